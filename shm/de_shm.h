@@ -1,0 +1,286 @@
+/*
+ * de_shm.h — the public interface of libdeshm: what lives in shared memory.
+ *
+ * Three parts, one library:
+ *   - arena:  memfd-backed memory that grows by adding segments and never moves;
+ *             everything inside refers to other things by offset, never by pointer.
+ *   - numa:   choosing a NUMA node from the hwloc topology and binding memory to it.
+ *   - table:  a dynamic embedding table (uint64 key -> dim floats + optimizer slots +
+ *             metadata) inside one arena, readable lock-free by other threads and by
+ *             other processes through a read-only mapping of the same memfds.
+ *
+ * Conventions: every function that can fail returns 0 or a negative errno; out-values
+ * go through pointers marked "out". Handles are opaque. Nothing here keeps global
+ * mutable state: several arenas and tables live side by side in one process.
+ *
+ * Caveats (what this API does not promise):
+ *   - Arena memory is never returned to the system while the arena lives; erased rows
+ *     are reused by later inserts, index segments and old directories are not freed.
+ *   - Writers (insert, assign, erase, apply) must all live in the process that created
+ *     the arena; other processes may only read (de_table_attach_ro).
+ *   - A read-only reader that cannot get a stable copy after a bounded number of retries
+ *     reports DE_RETRY for that key instead of spinning; the caller asks the owner.
+ *   - Iteration is weakly consistent: a key present for the whole iteration is returned
+ *     exactly once; a key inserted or erased during it may or may not be.
+ *   - Row ids are 32-bit: at most 2^32 - 2 rows per table.
+ */
+#ifndef DE_SHM_H
+#define DE_SHM_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <hwloc.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* ------------------------------------------------------------------------- */
+/* Arena                                                                      */
+/* ------------------------------------------------------------------------- */
+
+typedef struct de_arena de_arena;
+
+/* Which pages back a segment. AUTO tries HUGETLB, then THP, then SMALL. */
+enum de_pages {
+	DE_PAGES_AUTO = 0,
+	DE_PAGES_HUGETLB, /* memfd MFD_HUGETLB, 2 MiB pages from the reserved pool */
+	DE_PAGES_THP,     /* shmem memfd + MADV_HUGEPAGE (needs shmem_enabled=advise|always) */
+	DE_PAGES_SMALL,   /* shmem memfd, 4 KiB pages */
+};
+
+#define DE_NUMA_AUTO (-1) /* choose from the hwloc topology near the calling thread */
+#define DE_NUMA_NONE (-2) /* no binding */
+
+#define DE_ARENA_MAX_SEGMENTS 512u
+#define DE_ARENA_ALIGN (2u << 20) /* segments are multiples of 2 MiB */
+
+struct de_arena_config {
+	uint64_t reserve_bytes; /* virtual space for all segments; 0 = 64 GiB */
+	uint64_t segment_bytes; /* size of the first segment; 0 = 32 MiB; rounded up to 2 MiB */
+	uint64_t max_segment_bytes; /* cap on one grown segment; 0 = 1 GiB */
+	enum de_pages pages;    /* AUTO, or force one kind (forced HUGETLB fails with -ENOMEM
+	                           when the pool is short; forced THP falls back to SMALL when
+	                           the kernel disables shmem THP, and says so in the note) */
+	int numa_node;          /* DE_NUMA_AUTO, DE_NUMA_NONE, or an OS node index */
+	const char *name;       /* memfd name, for /proc/PID/fd and smaps; may be NULL */
+};
+
+struct de_segment_info {
+	uint64_t offset;      /* first arena offset of the segment */
+	uint64_t bytes;       /* its length */
+	enum de_pages pages;  /* what it actually got */
+	int numa_node;        /* node it is bound to, or DE_NUMA_NONE */
+};
+
+/* Create an arena with one segment. out: the arena. */
+int de_arena_create(const struct de_arena_config *cfg, de_arena **out);
+
+/*
+ * Map an existing arena read-only from its segment fds (segment 0 first; fds may be
+ * O_RDONLY). The header is untrusted: a foreign, truncated or inconsistent arena gives
+ * -EBADMSG, an unknown layout version -EPROTO. The arena dups the fds it keeps. Fewer
+ * fds than the owner has segments is fine (the owner may grow meanwhile): the first nfds
+ * are mapped and de_arena_refresh maps the rest.
+ */
+int de_arena_attach_ro(const int *fds, unsigned nfds, de_arena **out);
+
+/* Source of fds for segments a read-only arena has not mapped yet: returns a new fd
+ * (the arena takes ownership) or a negative errno. */
+typedef int (*de_fd_source)(void *ctx, unsigned segment);
+
+/* Read-only arenas: map the segments the owner added since the last call.
+ * Returns 0, or the error of src / -EBADMSG for an inconsistent header. */
+int de_arena_refresh(de_arena *a, de_fd_source src, void *ctx);
+
+/* Owner arenas: called (under the arena's allocation lock) after a segment is added
+ * and before any of its memory is handed out. */
+typedef void (*de_grow_hook)(void *ctx, de_arena *a, unsigned segment);
+void de_arena_set_grow_hook(de_arena *a, de_grow_hook fn, void *ctx);
+
+/* Unmap and close. NULL is fine. */
+void de_arena_destroy(de_arena *a);
+
+/* Allocate bytes aligned to align (a power of two <= 2 MiB). Thread-safe.
+ * -EROFS on a read-only arena, -ENOMEM when the reservation or the system is full. */
+int de_arena_alloc(de_arena *a, uint64_t bytes, uint64_t align, uint64_t *off /* out */);
+
+/* base + off. No check: use de_arena_valid on offsets read from shared memory. */
+static inline void *de_arena_at_base(void *base, uint64_t off) { return (char *)base + off; }
+void *de_arena_at(const de_arena *a, uint64_t off);
+bool de_arena_valid(const de_arena *a, uint64_t off, uint64_t len);
+
+bool de_arena_readonly(const de_arena *a);
+uint64_t de_arena_reserve_bytes(const de_arena *a); /* virtual space reserved */
+unsigned de_arena_nsegments(const de_arena *a); /* segments mapped here */
+uint64_t de_arena_mapped_bytes(const de_arena *a);
+uint64_t de_arena_used_bytes(const de_arena *a);
+int de_arena_segment(const de_arena *a, unsigned i, struct de_segment_info *out);
+
+/* A new fd for segment i (O_RDONLY when readonly, through /proc/self/fd), to pass to
+ * another process. Caller closes it. */
+int de_arena_segment_fd(const de_arena *a, unsigned i, bool readonly);
+
+/* Page kind of the first segment, and a human-readable line on how it came to be (the
+ * fallbacks taken); later segments report their kind through de_arena_segment. */
+enum de_pages de_arena_pages(const de_arena *a);
+const char *de_arena_pages_note(const de_arena *a);
+const char *de_pages_name(enum de_pages p);
+
+/* One offset the arena's user can store in the header (the table header lives there). */
+int de_arena_set_root(de_arena *a, uint64_t off);
+uint64_t de_arena_root(const de_arena *a);
+
+/* ------------------------------------------------------------------------- */
+/* NUMA                                                                       */
+/* ------------------------------------------------------------------------- */
+
+/*
+ * Choose the NUMA node for memory used by the cpus in `cpus`: the node whose locality
+ * overlaps those cpus most; ties go to the node with more local memory, then the lower
+ * OS index. A NULL or empty cpuset means "the whole machine". -ENOENT if the topology
+ * has no NUMA node. out: OS index of the node.
+ */
+int de_numa_choose(hwloc_topology_t topo, hwloc_const_cpuset_t cpus, int *node /* out */);
+
+/* The same on this machine's topology for the calling thread's binding. */
+int de_numa_choose_local(int *node /* out */);
+
+/* Bind [addr, addr+len) to node with libnuma before first touch. -ENOSYS where the
+ * kernel has no NUMA support, -EINVAL for a node that does not exist. */
+int de_numa_bind(void *addr, size_t len, int node);
+
+/* ------------------------------------------------------------------------- */
+/* Table                                                                      */
+/* ------------------------------------------------------------------------- */
+
+typedef struct de_table de_table;
+
+#define DE_MAX_DIM 4096u
+#define DE_MAX_SLOTS 8u
+
+enum de_init {
+	DE_INIT_ZEROS = 0,
+	DE_INIT_CONSTANT,     /* every value = a */
+	DE_INIT_UNIFORM,      /* uniform in [a, b) */
+	DE_INIT_TRUNC_NORMAL, /* normal(mean a, stddev b), redrawn outside a +- 2b */
+};
+
+struct de_table_config {
+	uint32_t dim;         /* values per row, 1..DE_MAX_DIM */
+	uint32_t nslots;      /* optimizer slots per row, each dim floats, 0..DE_MAX_SLOTS */
+	enum de_init init;
+	float init_a, init_b; /* see enum de_init */
+	float slot_init;      /* initial value of every slot element */
+	uint64_t seed;        /* seeds key hashing and the initializer */
+	uint32_t seg_buckets; /* index buckets per segment: power of two in 64..65536; 0 = 1024 */
+};
+
+/* Per-row metadata (32 bytes in shared memory). freq and last_step are maintained by
+ * find_or_insert, assign and apply; flags bit 0 means live (kept set by apply); aux
+ * belongs to the caller of apply (the optimizers keep a per-key step count there). */
+struct de_row_meta {
+	uint64_t key;
+	uint64_t last_step;
+	uint32_t freq;
+	uint32_t flags;
+	uint64_t aux;
+};
+
+/* Per-key status of batch calls. */
+enum de_status {
+	DE_MISSING = 0, /* find: no such key; the output row is zeros */
+	DE_FOUND = 1,   /* the row was there (key 0 always reads as found zeros) */
+	DE_CREATED = 2, /* find_or_insert / assign / apply: the row was created by this call */
+	DE_RETRY = 3,   /* read-only reader: no stable copy after the retry limit; ask the owner */
+};
+
+struct de_table_stats {
+	uint64_t keys;           /* live keys */
+	uint64_t rows_allocated; /* row ids handed out so far (live + free) */
+	uint64_t rows_free;      /* erased rows waiting for reuse */
+	uint64_t row_bytes;      /* bytes of row chunks (values, slots, metadata) */
+	uint64_t index_bytes;    /* bytes of index segments and directories */
+	uint64_t arena_bytes;    /* bytes of arena mapped */
+	uint64_t index_slots;    /* key slots in the index */
+	double load_factor;      /* keys / index_slots */
+	uint64_t segments;       /* index segments */
+	uint32_t global_depth;   /* directory has 2^global_depth entries */
+	uint64_t splits;         /* growth events: segment splits */
+	uint64_t dir_doublings;  /* growth events: directory doublings */
+	uint64_t arena_segments; /* growth events: arena segments (1 at start) */
+	uint64_t chunks;         /* row chunks allocated */
+};
+
+/*
+ * Create the table in an empty arena, or attach to the table already in it.
+ * Errors: -EINVAL for a bad config (dim 0 or > DE_MAX_DIM, too many slots, bad
+ * initializer parameters, bad seg_buckets); -EEXIST when the arena holds a table with a
+ * different config; -EBADMSG for a foreign or corrupt table; -EROFS on a read-only arena.
+ */
+int de_table_open(de_arena *a, const struct de_table_config *cfg, de_table **out);
+
+/* Attach to the table of a read-only arena: find, iterate and stats work; writes
+ * return -EROFS. The header is validated; -EBADMSG when it is foreign or corrupt. */
+int de_table_attach_ro(de_arena *a, de_table **out);
+
+/* Close the handle; the table stays in the arena. NULL is fine. */
+void de_table_close(de_table *t);
+
+int de_table_config_get(const de_table *t, struct de_table_config *out);
+uint32_t de_table_dim(const de_table *t);
+uint32_t de_table_row_floats(const de_table *t); /* dim * (1 + nslots) */
+
+/*
+ * Batch reads. out: n * dim floats (values only, not slots). status: n entries, may be
+ * NULL. Missing keys read as zeros. Read-only attaches take a missing segment mapping
+ * as DE_RETRY unless a fd source was set with de_table_set_fd_source.
+ */
+int de_table_find(de_table *t, const uint64_t *keys, size_t n, float *out, uint8_t *status);
+
+/* Like find, but missing keys are created with the table's initializer (slots =
+ * slot_init); freq is incremented and last_step set to step for every key. */
+int de_table_find_or_insert(de_table *t, const uint64_t *keys, size_t n, float *out,
+			    uint8_t *status, uint64_t step);
+
+/* Set the values (dim floats per key) of each key, creating missing keys (their slots
+ * start at slot_init). Later duplicates in the batch win. status may be NULL. */
+int de_table_assign(de_table *t, const uint64_t *keys, size_t n, const float *values,
+		    uint8_t *status, uint64_t step);
+
+/* Erase keys. erased (may be NULL): how many were present. */
+int de_table_erase(de_table *t, const uint64_t *keys, size_t n, size_t *erased /* out */);
+
+/*
+ * Call fn on each key's row under that row's write protection: row points at
+ * dim * (1 + nslots) floats (values, then slots), meta at its metadata. With create,
+ * missing keys are created first (initializer); without, fn is not called for them and
+ * their status is DE_MISSING. fn must not call back into the table. Key 0 is skipped.
+ */
+typedef void (*de_row_fn)(void *ctx, size_t i, float *row, struct de_row_meta *meta);
+int de_table_apply(de_table *t, const uint64_t *keys, size_t n, bool create, de_row_fn fn,
+		   void *ctx, uint8_t *status, uint64_t step);
+
+/*
+ * Iterate live keys. Start with *cursor = 0; each call fills up to cap keys (and their
+ * values when values != NULL, cap * dim floats) and advances the cursor; *n = 0 means
+ * done.
+ */
+int de_table_iterate(de_table *t, uint64_t *cursor, uint64_t *keys, float *values,
+		     size_t cap, size_t *n /* out */);
+
+int de_table_stats(de_table *t, struct de_table_stats *out);
+
+/* Read-only attaches: where to get fds for arena segments added after attaching. */
+void de_table_set_fd_source(de_table *t, de_fd_source src, void *ctx);
+
+/* Fingerprint of a string key: seeded xxh3-64; the empty string is key 0 and a
+ * non-empty string that would hash to 0 maps to 1. */
+uint64_t de_key_from_string(uint64_t seed, const void *s, size_t len);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* DE_SHM_H */

@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Installs every build and test dependency of dynemb on Debian 12 with apt-get.
+# Idempotent, and silent when everything is already there. Needs root (or sudo).
+set -euo pipefail
+
+pkgs=(
+  gcc make pkg-config meson ninja-build    # toolchain and build
+  libasan8 libubsan1 libtsan2              # sanitizer runtimes for the test builds
+  liburing-dev libhwloc-dev hwloc libnuma-dev libxxhash-dev   # libraries
+  libcriterion-dev                          # C test framework
+)
+
+missing=()
+for p in "${pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+[ ${#missing[@]} -eq 0 ] && exit 0
+
+SUDO=""
+[ "$(id -u)" -eq 0 ] || SUDO="sudo"
+echo "install-deps: installing ${missing[*]}" >&2
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get update -qq >/dev/null
+$SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null

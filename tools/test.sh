@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Installs what is needed, builds, and runs the whole test suite.
+#   tools/test.sh           plain build in build/
+#   tools/test.sh --asan    AddressSanitizer + UndefinedBehaviorSanitizer in build-asan/
+#   tools/test.sh --tsan    ThreadSanitizer (the concurrency tests) in build-tsan/
+# Ends with one line "tests: N passed, M failed, K skipped" and exits non-zero on failure.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+tools/install-deps.sh
+
+case "${1:-}" in
+  "")     dir=build;      opts=() ;;
+  --asan) dir=build-asan; opts=(-Db_sanitize=address,undefined -Db_lundef=false) ;;
+  --tsan) dir=build-tsan; opts=(-Db_sanitize=thread -Db_lundef=false) ;;
+  *) echo "usage: $0 [--asan|--tsan]" >&2; exit 2 ;;
+esac
+
+[ -f "$dir/build.ninja" ] || meson setup "$dir" "${opts[@]}" >/dev/null
+ninja -C "$dir" >/dev/null
+
+export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=1}
+export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}
+rc=0
+meson test -C "$dir" --print-errorlogs --num-processes 2 || rc=$?
+
+# One closing line over every test program: Criterion's per-program synthesis lines and
+# the mini-criterion line of the TSan build, from meson's log.
+log="$dir/meson-logs/testlog.txt"
+awk -v rc="$rc" '
+  /Synthesis: Tested:/ { for (i = 1; i <= NF; i++) {
+      if ($i == "Passing:") p += $(i + 1)
+      if ($i == "Failing:" || $i == "Crashing:") f += $(i + 1) } }
+  /^mini-criterion: [0-9]+ passed/ { p += $2; f += $4 }
+  /^\[SKIP\]/ { s++ }
+  END { if (rc != 0 && f == 0) f = 1
+        printf "tests: %d passed, %d failed, %d skipped\n", p, f, s }' "$log"
+exit "$rc"
