@@ -179,10 +179,23 @@ struct de_table {
 
 /* ---- small helpers ----------------------------------------------------------------- */
 
-#define LD(p) __atomic_load_n((p), __ATOMIC_RELAXED)
 #define LDA(p) __atomic_load_n((p), __ATOMIC_ACQUIRE)
-#define ST(p, v) __atomic_store_n((p), (v), __ATOMIC_RELAXED)
 #define STR(p, v) __atomic_store_n((p), (v), __ATOMIC_RELEASE)
+#ifndef DE_TSAN
+#define LD(p) __atomic_load_n((p), __ATOMIC_RELAXED)
+#define ST(p, v) __atomic_store_n((p), (v), __ATOMIC_RELAXED)
+#define FENCE_ACQ() FENCE_ACQ()
+#define FENCE_REL() FENCE_REL()
+#else
+/* ThreadSanitizer does not model fences (gcc refuses them). In TSan builds every
+ * relaxed access of shared memory is made acquire/release instead, which is strictly
+ * stronger: a reader that loads any value of a write section synchronizes with its store
+ * and so sees the odd seq stored before it. Same protocol, checkable by TSan. */
+#define LD(p) __atomic_load_n((p), __ATOMIC_ACQUIRE)
+#define ST(p, v) __atomic_store_n((p), (v), __ATOMIC_RELEASE)
+#define FENCE_ACQ() __asm__ __volatile__("" ::: "memory")
+#define FENCE_REL() __asm__ __volatile__("" ::: "memory")
+#endif
 
 static void spin_lock(uint32_t *l)
 {
@@ -249,7 +262,7 @@ static inline void seq_begin(struct bucket *b)
 	ST(&b->seq, LD(&b->seq) + 1);
 	/* release fence: the odd seq is visible before any store of this section; pairs
 	 * with the reader's acquire fence before its second seq load */
-	__atomic_thread_fence(__ATOMIC_RELEASE);
+	FENCE_REL();
 }
 
 static inline void seq_end(struct bucket *b)
@@ -381,13 +394,15 @@ static void init_values(const struct de_table_config *c, uint64_t key, float *v)
 		}
 		break;
 	case DE_INIT_TRUNC_NORMAL:
-		for (uint32_t i = 0; i < c->dim; i++) {
-			double z;
-			do { /* Box-Muller, redrawn outside +-2 sigma (about 4.6% of draws) */
-				double u1 = 1.0 - unif(&s), u2 = unif(&s);
-				z = sqrt(-2.0 * log(u1)) * cos(2.0 * M_PI * u2);
-			} while (z < -2.0 || z > 2.0);
-			v[i] = (float)(c->init_a + c->init_b * z);
+		/* Box-Muller gives two normals per draw; each outside +-2 sigma (about 4.6%)
+		 * is dropped and drawn again. */
+		for (uint32_t i = 0; i < c->dim;) {
+			double u1 = 1.0 - unif(&s), u2 = unif(&s);
+			double r = sqrt(-2.0 * log(u1)), z[2] = { r * cos(2.0 * M_PI * u2),
+								 r * sin(2.0 * M_PI * u2) };
+			for (int k = 0; k < 2 && i < c->dim; k++)
+				if (z[k] >= -2.0 && z[k] <= 2.0)
+					v[i++] = (float)(c->init_a + c->init_b * z[k]);
 		}
 		break;
 	}
@@ -661,7 +676,7 @@ static int read_one(struct de_table *t, uint64_t key, uint64_t h, float *out, ui
 				row_load(out, row, t->dim);
 			/* acquire fence: the copy happens before the re-check; pairs with the
 			 * release fence in seq_begin */
-			__atomic_thread_fence(__ATOMIC_ACQUIRE);
+			FENCE_ACQ();
 			if (LD(&b[k]->seq) != sq[k] || !row)
 				continue;
 			*row_out = r;
@@ -670,7 +685,7 @@ static int read_one(struct de_table *t, uint64_t key, uint64_t h, float *out, ui
 		/* In neither bucket: a miss if neither changed meanwhile (a kick moves a key
 		 * between its two buckets under both seqs) and this segment still owns h
 		 * (it may have split after we read the directory). */
-		__atomic_thread_fence(__ATOMIC_ACQUIRE);
+		FENCE_ACQ();
 		if (LD(&b[0]->seq) != sq[0] || LD(&b[1]->seq) != sq[1])
 			continue;
 		if (covers(LDA(&s->depth_prefix), h))
@@ -859,14 +874,14 @@ static int find_batch(struct de_table *t, const uint64_t *keys, size_t n, float 
 				continue;
 			case P_HIT:
 				row_load(o, p->rp, dim);
-				__atomic_thread_fence(__ATOMIC_ACQUIRE); /* pairs with seq_begin */
+				FENCE_ACQ(); /* pairs with seq_begin */
 				if (likely(LD(&p->bk->seq) == p->sk))
 					res = R_FOUND;
 				break;
 			case P_MISS:
 				/* neither bucket changed (a kick moves keys between them under both
 				 * seqs) and the segment still owns h (it may have split) */
-				__atomic_thread_fence(__ATOMIC_ACQUIRE);
+				FENCE_ACQ();
 				if (LD(&p->b1->seq) == p->s1 && LD(&p->b2->seq) == p->s2 &&
 				    covers(LDA(&p->sg->depth_prefix), p->h))
 					res = R_MISSING;
@@ -1146,7 +1161,7 @@ static int seg_split(struct de_table *t, struct seg *s)
 
 	for (uint32_t i = 0; i < nb; i++)
 		ST(&s->b[i].seq, LD(&s->b[i].seq) + 1);
-	__atomic_thread_fence(__ATOMIC_RELEASE); /* odd seqs before anything below */
+	FENCE_REL(); /* odd seqs before anything below */
 	STR(&s->depth_prefix, ((p << 1) << 8) | (d + 1));
 
 	struct table_hdr *h = t->hdr;

@@ -43,7 +43,7 @@ __attribute__((format(printf, 4, 5), noreturn)) static void
 mc_fail(const char *file, int line, const char *expr, const char *fmt, ...)
 {
 	fprintf(stderr, "%s:%d: assertion failed: %s\n", file, line, expr);
-	if (fmt[0]) {
+	if (fmt[1]) { /* fmt is " " followed by the caller's format, if any */
 		va_list ap;
 		va_start(ap, fmt);
 		fputs("  ", stderr);
@@ -58,7 +58,7 @@ mc_fail(const char *file, int line, const char *expr, const char *fmt, ...)
 #define cr_assert(cond, ...)                                                                \
 	do {                                                                               \
 		if (!(cond))                                                               \
-			mc_fail(__FILE__, __LINE__, #cond, "" __VA_ARGS__);                \
+			mc_fail(__FILE__, __LINE__, #cond, " " __VA_ARGS__);                \
 	} while (0)
 #define cr_assert_eq(a, b, ...) cr_assert((a) == (b), __VA_ARGS__)
 #define cr_assert_neq(a, b, ...) cr_assert((a) != (b), __VA_ARGS__)
@@ -68,7 +68,7 @@ mc_fail(const char *file, int line, const char *expr, const char *fmt, ...)
 #define cr_assert_leq(a, b, ...) cr_assert((a) <= (b), __VA_ARGS__)
 #define cr_assert_not_null(p, ...) cr_assert((p) != NULL, __VA_ARGS__)
 #define cr_assert_null(p, ...) cr_assert((p) == NULL, __VA_ARGS__)
-#define cr_assert_fail(...) mc_fail(__FILE__, __LINE__, "cr_assert_fail", "" __VA_ARGS__)
+#define cr_assert_fail(...) mc_fail(__FILE__, __LINE__, "cr_assert_fail", " " __VA_ARGS__)
 #define cr_log_info(...) (fprintf(stderr, "[----] " __VA_ARGS__), fputc('\n', stderr))
 #define cr_skip_test(...)                                                                   \
 	do {                                                                               \
@@ -76,6 +76,10 @@ mc_fail(const char *file, int line, const char *expr, const char *fmt, ...)
 		fputc('\n', stderr);                                                       \
 		longjmp(mc_skip_jmp, 1);                                                   \
 	} while (0)
+
+static const char *mc_filter = "*";
+static int mc_passed, mc_skipped;
+static struct mc_test *mc_cur;
 
 int main(int argc, char **argv)
 {
@@ -93,22 +97,23 @@ int main(int argc, char **argv)
 		t->next = rev;
 		rev = t;
 	}
-	int passed = 0, skipped = 0;
-	for (struct mc_test *t = rev; t; t = t->next) {
+	mc_filter = filter;
+	/* state lives in statics: setjmp/longjmp may clobber locals */
+	for (mc_cur = rev; mc_cur; mc_cur = mc_cur->next) {
 		char full[256];
-		snprintf(full, sizeof full, "%s/%s", t->suite, t->name);
-		if (fnmatch(filter, full, 0))
+		snprintf(full, sizeof full, "%s/%s", mc_cur->suite, mc_cur->name);
+		if (fnmatch(mc_filter, full, 0))
 			continue;
 		if (setjmp(mc_skip_jmp)) {
-			skipped++;
+			mc_skipped++;
 			continue;
 		}
-		t->fn();
-		fprintf(stderr, "[PASS] %s::%s\n", t->suite, t->name);
-		passed++;
+		mc_cur->fn();
+		fprintf(stderr, "[PASS] %s::%s\n", mc_cur->suite, mc_cur->name);
+		mc_passed++;
 	}
-	printf("mini-criterion: %d passed, 0 failed, %d skipped\n", passed, skipped);
-	return passed ? 0 : 1; /* a filter that matches nothing is an error */
+	printf("mini-criterion: %d passed, 0 failed, %d skipped\n", mc_passed, mc_skipped);
+	return mc_passed ? 0 : 1; /* a filter that matches nothing is an error */
 }
 
 #endif /* DE_MINI_CRITERION_H */

@@ -16,7 +16,11 @@
  * Threads never call cr_assert: they record the first failure, and the main thread
  * asserts after joining them. All loops are bounded by a deadline and by counts.
  */
+#ifdef DE_MINI_CRITERION
+#include "mini_criterion.h" /* ThreadSanitizer build: see that header */
+#else
 #include <criterion/criterion.h>
+#endif
 
 #include <errno.h>
 #include <fcntl.h>

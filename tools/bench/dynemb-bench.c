@@ -24,6 +24,11 @@
  * The gather array gets the page kind the arena got (THP for hugetlb/thp, 4 KiB for small)
  * unless --gather-pages says otherwise, so the ratio compares data structures, not pages.
  *
+ * A shared machine skews every figure: each measurement also records the CPU time its
+ * threads got (CLOCK_THREAD_CPUTIME_ID); below 95% of the wall time the line is flagged
+ * and the rows per thread CPU second are printed under it, and the growth batches are
+ * also timed in thread CPU time (preemption shows in wall time only).
+ *
  * Output: human text (stdout), or with --json one JSON object on stdout and the human text
  * on stderr. Exit status: 0 done, 1 a run-time failure (allocation, table error, wrong
  * result), 2 bad usage.
@@ -64,6 +69,7 @@
 #define GOAL_DIM 64u
 #define GOAL_THREADS 2u
 #define HUGE_2M (2ull << 20)
+#define CPU_SHARE_WARN 0.95 /* below this share of CPU time, a measurement is flagged */
 
 /* ------------------------------------------------------------------------- */
 /* Small helpers: clock, generator, formatting                               */
@@ -74,6 +80,16 @@ static double now_s(void)
 	struct timespec ts;
 
 	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+/* CPU time of the calling thread: with now_s() it tells how much of a measurement the
+ * thread actually ran (a busy machine steals it; the results then say so). */
+static double thread_cpu_s(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
 	return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
 }
 
@@ -116,6 +132,15 @@ static const char *fmt_rate(char *buf, size_t len, double v)
 		snprintf(buf, len, "%.2f k", v / 1e3);
 	else
 		snprintf(buf, len, "%.0f ", v);
+	return buf;
+}
+
+static const char *fmt_ratio(char *buf, size_t len, double v)
+{
+	if (isfinite(v))
+		snprintf(buf, len, "%.2f", v);
+	else
+		snprintf(buf, len, "n/a");
 	return buf;
 }
 
@@ -400,6 +425,12 @@ static int run_threads(struct worker *ws, unsigned n, worker_fn fn);
 /* table: options                                                             */
 /* ------------------------------------------------------------------------- */
 
+enum op { OP_FIND = 0, OP_FIND_OR_INSERT, OP_GATHER, OP_COUNT };
+enum dist { DIST_UNIFORM = 0, DIST_ZIPF, DIST_COUNT };
+
+static const char *const op_names[OP_COUNT] = {"find", "find_or_insert", "gather"};
+static const char *const dist_names[DIST_COUNT] = {"uniform", "zipf"};
+
 enum gather_pages { GATHER_MATCH = 0, GATHER_SMALL, GATHER_THP };
 
 struct table_opts {
@@ -414,6 +445,7 @@ struct table_opts {
 	uint32_t slots;
 	uint64_t seed;
 	bool short_mode, json;
+	unsigned ops;               /* bit (1 << op) for each op to measure */
 	bool set_keys, set_dims, set_seconds;
 };
 
@@ -446,6 +478,8 @@ static const char table_usage[] =
 	"                     the arena got huge pages, 4 KiB pages when it got small ones)\n"
 	"  --slots K          optimizer slots per row, 0..8 (default 0)\n"
 	"  --seed S           seed of the keys, queries and table (default 42)\n"
+	"  --ops LIST         what to measure after the fill, for profiling one path alone:\n"
+	"                     find,find_or_insert,gather (default all three)\n"
 	"  --short            quick run: 1000000 keys, dim 64, 0.5 s per measurement\n"
 	"                     (--keys, --dims, --seconds given explicitly still win)\n"
 	"  --json             one JSON object on stdout; the human text goes to stderr\n"
@@ -570,11 +604,37 @@ static int parse_gather_pages(const char *s, enum gather_pages *out)
 	return 0;
 }
 
+static int parse_ops(const char *s, unsigned *out)
+{
+	char buf[128], *save = NULL, *tok;
+	unsigned mask = 0;
+
+	if (!s || !*s || strlen(s) >= sizeof(buf))
+		return usage_error("--ops: '%s' is not a list of find, find_or_insert, gather",
+				   s ? s : "");
+	snprintf(buf, sizeof(buf), "%s", s);
+	for (tok = strtok_r(buf, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
+		int op;
+
+		for (op = 0; op < OP_COUNT; op++)
+			if (strcmp(tok, op_names[op]) == 0)
+				break;
+		if (op == OP_COUNT)
+			return usage_error("--ops: '%s' is not one of find, find_or_insert, gather",
+					   tok);
+		mask |= 1u << op;
+	}
+	if (!mask)
+		return usage_error("--ops: '%s' names no operation", s);
+	*out = mask;
+	return 0;
+}
+
 /* Returns 0, 1 when --help was printed, or -EINVAL after printing the error. */
 static int table_parse(int argc, char **argv, struct table_opts *o)
 {
 	enum { O_KEYS = 256, O_DIMS, O_BATCH, O_THREADS, O_SECONDS, O_PAGES, O_GPAGES, O_SLOTS,
-	       O_SEED, O_SHORT, O_JSON };
+	       O_SEED, O_OPS, O_SHORT, O_JSON };
 	static const struct option longopts[] = {
 		{"keys", required_argument, NULL, O_KEYS},
 		{"dims", required_argument, NULL, O_DIMS},
@@ -585,6 +645,7 @@ static int table_parse(int argc, char **argv, struct table_opts *o)
 		{"gather-pages", required_argument, NULL, O_GPAGES},
 		{"slots", required_argument, NULL, O_SLOTS},
 		{"seed", required_argument, NULL, O_SEED},
+		{"ops", required_argument, NULL, O_OPS},
 		{"short", no_argument, NULL, O_SHORT},
 		{"json", no_argument, NULL, O_JSON},
 		{"help", no_argument, NULL, 'h'},
@@ -601,6 +662,7 @@ static int table_parse(int argc, char **argv, struct table_opts *o)
 	o->seconds = 2.0;
 	o->pages = DE_PAGES_AUTO;
 	o->seed = 42;
+	o->ops = (1u << OP_COUNT) - 1;
 
 	opterr = 0;
 	optind = 1;
@@ -635,6 +697,9 @@ static int table_parse(int argc, char **argv, struct table_opts *o)
 		case O_SLOTS:
 			rc = parse_u64("--slots", optarg, 0, DE_MAX_SLOTS, &v);
 			o->slots = (uint32_t)v;
+			break;
+		case O_OPS:
+			rc = parse_ops(optarg, &o->ops);
 			break;
 		case O_SEED:
 			rc = parse_u64("--seed", optarg, 0, UINT64_MAX, &o->seed);
@@ -675,12 +740,6 @@ static int table_parse(int argc, char **argv, struct table_opts *o)
 /* table: workers                                                             */
 /* ------------------------------------------------------------------------- */
 
-enum op { OP_FIND = 0, OP_FIND_OR_INSERT, OP_GATHER, OP_COUNT };
-enum dist { DIST_UNIFORM = 0, DIST_ZIPF, DIST_COUNT };
-
-static const char *const op_names[OP_COUNT] = {"find", "find_or_insert", "gather"};
-static const char *const dist_names[DIST_COUNT] = {"uniform", "zipf"};
-
 /* What every worker of one measurement shares; read-only while the threads run. */
 struct run {
 	de_table *table;
@@ -719,6 +778,7 @@ struct worker {
 	/* results of the last call */
 	uint64_t rows;
 	double secs;
+	double cpu_secs;             /* thread CPU time during secs */
 	uint64_t not_found;          /* table statuses other than DE_FOUND: must stay 0 */
 	float sink;                  /* keeps the gather copies observable */
 	int err;
@@ -827,7 +887,7 @@ static void worker_prepare_dim(struct worker *w)
 	}
 	memset(w->out, 0, r->batch * r->dim * sizeof(float));
 	memset(w->status, 0, r->batch);
-	for (uint64_t i = lo; i < hi; i++) {
+	for (uint64_t i = lo; r->rows && i < hi; i++) {
 		float *row = r->rows + i * r->dim;
 
 		for (uint32_t j = 0; j < r->dim; j++)
@@ -846,9 +906,10 @@ static void worker_timed(struct worker *w)
 	uint64_t rows = 0, step = 1, not_found = 0;
 	size_t pos = 0;
 	float sink = 0.0f;
-	double t0, t, deadline;
+	double t0, t, deadline, cpu0;
 	int rc = 0;
 
+	cpu0 = thread_cpu_s();
 	t0 = now_s();
 	deadline = t0 + r->seconds;
 	do {
@@ -879,6 +940,7 @@ static void worker_timed(struct worker *w)
 		t = now_s();
 	} while (t < deadline);
 	t = now_s();
+	w->cpu_secs = thread_cpu_s() - cpu0;
 	w->rows = rows;
 	w->secs = t - t0;
 	w->not_found = not_found;
@@ -899,7 +961,14 @@ static void worker_free_dim(struct worker *w)
 /* ------------------------------------------------------------------------- */
 
 struct dist_result {
-	double rate[OP_COUNT]; /* rows/s, summed over threads */
+	double rate[OP_COUNT];      /* rows/s, summed over threads */
+	double rate_cpu[OP_COUNT];  /* rows per thread CPU second, summed over threads */
+	double cpu_share[OP_COUNT]; /* thread CPU time / wall time, summed over threads / T */
+};
+
+/* Batch latency percentiles, microseconds. */
+struct lat_stats {
+	double p50, p99, p999, max;
 };
 
 struct dim_result {
@@ -912,8 +981,10 @@ struct dim_result {
 	struct de_table_stats stats;
 	uint64_t created, found_during_fill;
 	double fill_s, insert_rps;
+	double fill_cpu_share;       /* CPU time / wall time of the filling thread */
 	size_t nbatches;             /* full batches timed */
-	double p50_us, p99_us, p999_us, max_us;
+	struct lat_stats wall;       /* the figures: wall-clock time per batch */
+	struct lat_stats cpu;        /* thread CPU time per batch: shown when the machine is busy */
 	struct dist_result dist[DIST_COUNT];
 };
 
@@ -971,57 +1042,72 @@ static int probe_pages(struct table_ctx *c)
 	return 0;
 }
 
-/* Fill the table with the N keys, timing each batch. */
+/* Sorts v and takes its percentiles. */
+static void lat_summary(double *v, size_t n, struct lat_stats *out)
+{
+	qsort(v, n, sizeof(double), cmp_double);
+	out->p50 = percentile(v, n, 0.50);
+	out->p99 = percentile(v, n, 0.99);
+	out->p999 = percentile(v, n, 0.999);
+	out->max = n ? v[n - 1] : NAN;
+}
+
+/* Fill the table with the N keys, timing each batch (wall clock and thread CPU time). */
 static int fill_table(struct table_ctx *c, de_table *t, struct dim_result *dr)
 {
 	const struct table_opts *o = c->o;
 	size_t nb = (size_t)((o->keys + o->batch - 1) / o->batch);
 	double *lat = calloc(nb, sizeof(double));
+	double *lat_cpu = calloc(nb, sizeof(double));
 	float *out = malloc(o->batch * dr->dim * sizeof(float));
 	uint8_t *st = malloc(o->batch);
 	size_t nfull = 0;
-	double total = 0.0;
+	double total = 0.0, cpu0 = thread_cpu_s(), wall0 = now_s();
 	int rc = 0;
 
-	if (!lat || !out || !st) {
+	if (!lat || !lat_cpu || !out || !st) {
 		rc = -ENOMEM;
 		goto out;
 	}
 	memset(out, 0, o->batch * dr->dim * sizeof(float));
 	for (uint64_t i = 0; i < o->keys; i += o->batch) {
 		size_t m = (size_t)(o->keys - i < o->batch ? o->keys - i : o->batch);
-		double t0 = now_s(), dt;
+		double c0 = thread_cpu_s(), t0 = now_s(), dt, dc;
 
 		rc = de_table_find_or_insert(t, c->keys + i, m, out, st, 1);
 		dt = now_s() - t0;
+		dc = thread_cpu_s() - c0;
 		if (rc)
 			goto out;
 		total += dt;
-		if (m == o->batch)
+		if (m == o->batch) {
+			lat_cpu[nfull] = dc * 1e6;
 			lat[nfull++] = dt * 1e6;
+		}
 		for (size_t j = 0; j < m; j++) {
 			dr->created += st[j] == DE_CREATED;
 			dr->found_during_fill += st[j] == DE_FOUND;
 		}
 	}
+	dr->fill_cpu_share = (thread_cpu_s() - cpu0) / (now_s() - wall0);
 	dr->fill_s = total;
 	dr->insert_rps = (double)o->keys / total;
 	dr->nbatches = nfull;
-	qsort(lat, nfull, sizeof(double), cmp_double);
-	dr->p50_us = percentile(lat, nfull, 0.50);
-	dr->p99_us = percentile(lat, nfull, 0.99);
-	dr->p999_us = percentile(lat, nfull, 0.999);
-	dr->max_us = nfull ? lat[nfull - 1] : NAN;
+	lat_summary(lat, nfull, &dr->wall);
+	lat_summary(lat_cpu, nfull, &dr->cpu);
 out:
 	free(lat);
+	free(lat_cpu);
 	free(out);
 	free(st);
 	return rc;
 }
 
 /* A run of one op on one distribution across the workers; rows/s summed over threads. */
-static int measure(struct table_ctx *c, struct run *r, enum op op, enum dist dist, double *rate)
+static int measure(struct table_ctx *c, struct run *r, enum op op, enum dist dist,
+		   struct dist_result *res)
 {
+	double cpu = 0.0, wall = 0.0;
 	uint64_t bad = 0;
 	int rc;
 
@@ -1030,13 +1116,17 @@ static int measure(struct table_ctx *c, struct run *r, enum op op, enum dist dis
 	rc = run_threads(c->ws, r->nthreads, worker_timed);
 	if (rc)
 		return rc;
-	*rate = 0.0;
+	res->rate[op] = res->rate_cpu[op] = 0.0;
 	for (unsigned i = 0; i < r->nthreads; i++) {
 		if (c->ws[i].err)
 			return c->ws[i].err;
 		bad += c->ws[i].not_found;
-		*rate += (double)c->ws[i].rows / c->ws[i].secs;
+		res->rate[op] += (double)c->ws[i].rows / c->ws[i].secs;
+		res->rate_cpu[op] += (double)c->ws[i].rows / c->ws[i].cpu_secs;
+		cpu += c->ws[i].cpu_secs;
+		wall += c->ws[i].secs;
 	}
+	res->cpu_share[op] = cpu / wall;
 	if (bad) {
 		fflush(c->h);
 		fprintf(stderr, PROG " table: %s (%s, dim %u): %" PRIu64
@@ -1074,31 +1164,64 @@ static double thp_share(const void *p, size_t len)
 
 static void print_result_header(FILE *h)
 {
-	fprintf(h, "  %4s  %-8s %14s %22s %16s %12s\n", "dim", "dist", "find rows/s",
-		"find_or_insert rows/s", "gather rows/s", "find/gather");
+	fprintf(h, "  %4s  %-8s %14s %22s %16s %12s %6s\n", "dim", "dist", "find rows/s",
+		"find_or_insert rows/s", "gather rows/s", "find/gather", "cpu");
+}
+
+static double min_cpu_share(const struct dist_result *r)
+{
+	double m = r->cpu_share[0];
+
+	for (int op = 1; op < OP_COUNT; op++)
+		m = fmin(m, r->cpu_share[op]);
+	return m;
 }
 
 static void print_result(FILE *h, uint32_t dim, enum dist d, const struct dist_result *r)
 {
-	char a[32], b[32], g[32];
+	char a[32], b[32], g[32], q[32];
+	double share = min_cpu_share(r);
 
-	fprintf(h, "  %4u  %-8s %14s %22s %16s %12.2f\n", dim, dist_names[d],
+	fprintf(h, "  %4u  %-8s %14s %22s %16s %12s %5.0f%%%s\n", dim, dist_names[d],
 		fmt_rate(a, sizeof(a), r->rate[OP_FIND]),
 		fmt_rate(b, sizeof(b), r->rate[OP_FIND_OR_INSERT]),
-		fmt_rate(g, sizeof(g), r->rate[OP_GATHER]), r->rate[OP_FIND] / r->rate[OP_GATHER]);
+		fmt_rate(g, sizeof(g), r->rate[OP_GATHER]),
+		fmt_ratio(q, sizeof(q), r->rate[OP_FIND] / r->rate[OP_GATHER]), share * 100.0, share < CPU_SHARE_WARN ? "  <- busy machine" : "");
+	if (share >= CPU_SHARE_WARN)
+		return;
+	/* the same rows over the CPU time the threads got: closer to a quiet machine, though
+	 * the other processes still share the caches and the memory bus */
+	fprintf(h, "  %4s  %-8s %14s %22s %16s %12s   (per thread CPU second)\n", "", "",
+		fmt_rate(a, sizeof(a), r->rate_cpu[OP_FIND]),
+		fmt_rate(b, sizeof(b), r->rate_cpu[OP_FIND_OR_INSERT]),
+		fmt_rate(g, sizeof(g), r->rate_cpu[OP_GATHER]),
+		fmt_ratio(q, sizeof(q), r->rate_cpu[OP_FIND] / r->rate_cpu[OP_GATHER]));
+}
+
+static void print_lat(FILE *h, const struct lat_stats *l)
+{
+	char p50[32], p99[32], p999[32], mx[32];
+
+	fprintf(h, "p50 %s  p99 %s  p999 %s  max %s; p999/p50 %.2f",
+		fmt_us(p50, sizeof(p50), l->p50), fmt_us(p99, sizeof(p99), l->p99),
+		fmt_us(p999, sizeof(p999), l->p999), fmt_us(mx, sizeof(mx), l->max),
+		l->p999 / l->p50);
 }
 
 static void print_growth(FILE *h, const struct dim_result *d)
 {
-	char p50[32], p99[32], p999[32], mx[32], ins[32];
+	char ins[32];
 
-	fprintf(h,
-		"  growth dim %u: %zu batches of new keys: p50 %s  p99 %s  p999 %s  max %s;"
-		" p999/p50 %.2f; insert %srows/s\n",
-		d->dim, d->nbatches, fmt_us(p50, sizeof(p50), d->p50_us),
-		fmt_us(p99, sizeof(p99), d->p99_us), fmt_us(p999, sizeof(p999), d->p999_us),
-		fmt_us(mx, sizeof(mx), d->max_us), d->p999_us / d->p50_us,
-		fmt_rate(ins, sizeof(ins), d->insert_rps));
+	fprintf(h, "  growth dim %u: %zu batches of new keys: ", d->dim, d->nbatches);
+	print_lat(h, &d->wall);
+	fprintf(h, "; insert %srows/s; cpu %.0f%%%s\n", fmt_rate(ins, sizeof(ins), d->insert_rps),
+		d->fill_cpu_share * 100.0,
+		d->fill_cpu_share < CPU_SHARE_WARN ? "  <- busy machine" : "");
+	if (d->fill_cpu_share >= CPU_SHARE_WARN)
+		return;
+	fprintf(h, "    by thread CPU time: ");
+	print_lat(h, &d->cpu);
+	fputc('\n', h);
 }
 
 /* Everything for one dim: arena, table, fill, gather array, the six measurements. */
@@ -1172,12 +1295,14 @@ static int run_dim(struct table_ctx *c, uint32_t dim, struct dim_result *dr)
 	else
 		want_thp = o->gather_pages == GATHER_THP;
 	dr->gather_pages = want_thp ? "thp" : "small";
-	r.rows = aligned_alloc(HUGE_2M, galloc);
-	if (!r.rows) {
-		rc = fail(c, "gather array", -ENOMEM);
-		goto out;
+	if (o->ops & (1u << OP_GATHER)) {
+		r.rows = aligned_alloc(HUGE_2M, galloc);
+		if (!r.rows) {
+			rc = fail(c, "gather array", -ENOMEM);
+			goto out;
+		}
+		(void)madvise(r.rows, galloc, want_thp ? MADV_HUGEPAGE : MADV_NOHUGEPAGE);
 	}
-	(void)madvise(r.rows, galloc, want_thp ? MADV_HUGEPAGE : MADV_NOHUGEPAGE);
 	r.table = table;
 	r.keys = c->keys;
 	r.perm = c->perm;
@@ -1196,13 +1321,21 @@ static int run_dim(struct table_ctx *c, uint32_t dim, struct dim_result *dr)
 		rc = fail(c, "per-dim buffers", rc);
 		goto out;
 	}
-	dr->gather_thp_share = thp_share(r.rows, galloc);
-	fprintf(c->h, "  gather array: %.2f GiB, %s pages (%.0f%% in THP)\n", gib(gbytes),
-		dr->gather_pages, dr->gather_thp_share * 100.0);
+	dr->gather_thp_share = -1.0;
+	if (r.rows) {
+		dr->gather_thp_share = thp_share(r.rows, galloc);
+		fprintf(c->h, "  gather array: %.2f GiB, %s pages (%.0f%% in THP)\n", gib(gbytes),
+			dr->gather_pages, dr->gather_thp_share * 100.0);
+	}
 
 	for (int d = 0; d < DIST_COUNT; d++) {
 		for (int op = 0; op < OP_COUNT; op++) {
-			rc = measure(c, &r, (enum op)op, (enum dist)d, &dr->dist[d].rate[op]);
+			if (!(o->ops & (1u << op))) {
+				dr->dist[d].rate[op] = dr->dist[d].rate_cpu[op] = NAN;
+				dr->dist[d].cpu_share[op] = NAN;
+				continue;
+			}
+			rc = measure(c, &r, (enum op)op, (enum dist)d, &dr->dist[d]);
 			if (rc) {
 				rc = fail(c, op_names[op], rc);
 				goto out;
@@ -1316,7 +1449,9 @@ static void print_intro(struct table_ctx *c)
 		"  - the bound: a plain memcpy gather of the same rows from a malloc'd"
 		" rows[N][dim] array;\n"
 		"  - rates are rows/s summed over the threads; find/gather is the share of the"
-		" bound reached.\n"
+		" bound reached;\n"
+		"    cpu is the least CPU time the threads got in those three measurements"
+		" (< 95%%: the machine is busy).\n"
 		"Goals: find >= %.0f%% of the gather bound at dim %u, uniform, %u threads;"
 		" growth p999/p50 < %.0f.\n",
 		o->short_mode ? " (short run)" : "", o->keys, dims, o->slots, o->batch, o->threads,
@@ -1343,13 +1478,20 @@ static void print_summary(struct table_ctx *c)
 	if (!hd)
 		return;
 	ratio = hd->dist[DIST_UNIFORM].rate[OP_FIND] / hd->dist[DIST_UNIFORM].rate[OP_GATHER];
-	growth = hd->p999_us / hd->p50_us;
+	growth = hd->wall.p999 / hd->wall.p50;
 	comparable = hd->dim == GOAL_DIM && c->o->threads == GOAL_THREADS;
 	fprintf(c->h, "\nSummary (dim %u, uniform, %u threads):\n", hd->dim, c->o->threads);
-	fprintf(c->h, "  find / gather bound   = %.2f   goal >= %.2f   %s\n", ratio,
+	if (!isfinite(ratio))
+		fprintf(c->h, "  find / gather bound   = n/a    (find and gather were not both run)\n");
+	else
+		fprintf(c->h, "  find / gather bound   = %.2f   goal >= %.2f   %s\n", ratio,
 		GOAL_FIND_OVER_GATHER,
 		!comparable ? "(goal is defined at dim 64, 2 threads)"
 		: ratio >= GOAL_FIND_OVER_GATHER ? "met" : "NOT met");
+	if (min_cpu_share(&hd->dist[DIST_UNIFORM]) < CPU_SHARE_WARN)
+		fprintf(c->h, "  warning: the threads got %.0f%% of the CPU time; other processes"
+			      " were running, rerun on a quiet machine\n",
+			min_cpu_share(&hd->dist[DIST_UNIFORM]) * 100.0);
 	if (hd->nbatches == 0) {
 		fprintf(c->h, "  growth p999 / p50     = n/a    (fewer keys than one batch)\n");
 		return;
@@ -1360,6 +1502,21 @@ static void print_summary(struct table_ctx *c)
 		fprintf(c->h, "  (only %zu growth batches: p999 is the largest one or two;"
 			      " a full run has more)\n",
 			hd->nbatches);
+}
+
+/* "p50_us":..,"p99_us":..,"p999_us":..,"max_us":..,"growth_p999_over_p50":.. */
+static void json_lat(FILE *f, const struct lat_stats *l)
+{
+	fputs("\"p50_us\":", f);
+	json_num(f, l->p50, "%.3f");
+	fputs(",\"p99_us\":", f);
+	json_num(f, l->p99, "%.3f");
+	fputs(",\"p999_us\":", f);
+	json_num(f, l->p999, "%.3f");
+	fputs(",\"max_us\":", f);
+	json_num(f, l->max, "%.3f");
+	fputs(",\"growth_p999_over_p50\":", f);
+	json_num(f, l->p999 / l->p50, "%.4f");
 }
 
 static void print_json(struct table_ctx *c)
@@ -1388,7 +1545,7 @@ static void print_json(struct table_ctx *c)
 		fputs(",\"find_over_gather\":", f);
 		json_num(f, u->rate[OP_FIND] / u->rate[OP_GATHER], "%.4f");
 		fputs(",\"growth_p999_over_p50\":", f);
-		json_num(f, hd->p999_us / hd->p50_us, "%.4f");
+		json_num(f, hd->wall.p999 / hd->wall.p50, "%.4f");
 	}
 	fputs(",\"results\":[", f);
 	for (unsigned i = 0; i < c->nres; i++) {
@@ -1404,6 +1561,15 @@ static void print_json(struct table_ctx *c)
 			json_num(f, r->rate[OP_GATHER], "%.0f");
 			fputs(",\"find_over_gather\":", f);
 			json_num(f, r->rate[OP_FIND] / r->rate[OP_GATHER], "%.4f");
+			fputs(",\"cpu_share_min\":", f);
+			json_num(f, min_cpu_share(r), "%.3f");
+			fputs(",\"per_thread_cpu_s\":{\"find_rows\":", f);
+			json_num(f, r->rate_cpu[OP_FIND], "%.0f");
+			fputs(",\"find_or_insert_rows\":", f);
+			json_num(f, r->rate_cpu[OP_FIND_OR_INSERT], "%.0f");
+			fputs(",\"gather_rows\":", f);
+			json_num(f, r->rate_cpu[OP_GATHER], "%.0f");
+			fputc('}', f);
 			fputc('}', f);
 		}
 	}
@@ -1415,19 +1581,15 @@ static void print_json(struct table_ctx *c)
 
 			if (!all && d != hd)
 				continue;
-			fprintf(f, "%s{\"dim\":%u,\"batches\":%zu,\"p50_us\":", all && i ? "," : "",
-				d->dim, d->nbatches);
-			json_num(f, d->p50_us, "%.3f");
-			fputs(",\"p99_us\":", f);
-			json_num(f, d->p99_us, "%.3f");
-			fputs(",\"p999_us\":", f);
-			json_num(f, d->p999_us, "%.3f");
-			fputs(",\"max_us\":", f);
-			json_num(f, d->max_us, "%.3f");
-			fputs(",\"growth_p999_over_p50\":", f);
-			json_num(f, d->p999_us / d->p50_us, "%.4f");
-			fputs(",\"insert_rows_per_s\":", f);
+			fprintf(f, "%s{\"dim\":%u,\"batches\":%zu,", all && i ? "," : "", d->dim,
+				d->nbatches);
+			json_lat(f, &d->wall);
+			fputs(",\"thread_cpu_time\":{", f);
+			json_lat(f, &d->cpu);
+			fputs("},\"insert_rows_per_s\":", f);
 			json_num(f, d->insert_rps, "%.0f");
+			fputs(",\"cpu_share\":", f);
+			json_num(f, d->fill_cpu_share, "%.3f");
 			fputc('}', f);
 		}
 		if (all)
@@ -1484,6 +1646,10 @@ static int cmd_table(int argc, char **argv, const char *command)
 	rc = probe_pages(c);
 	if (rc) {
 		rc = fail(c, "de_arena_create (probe)", rc);
+		if (rc == -ENOMEM && o.pages == DE_PAGES_HUGETLB)
+			fprintf(stderr, "  (%ld free 2 MiB huge pages: reserve some in"
+					" /proc/sys/vm/nr_hugepages, or use --pages auto)\n",
+				c->m.hugepages_free);
 		goto out;
 	}
 	print_intro(c);
