@@ -184,8 +184,8 @@ struct de_table {
 #ifndef DE_TSAN
 #define LD(p) __atomic_load_n((p), __ATOMIC_RELAXED)
 #define ST(p, v) __atomic_store_n((p), (v), __ATOMIC_RELAXED)
-#define FENCE_ACQ() FENCE_ACQ()
-#define FENCE_REL() FENCE_REL()
+#define FENCE_ACQ() __atomic_thread_fence(__ATOMIC_ACQUIRE)
+#define FENCE_REL() __atomic_thread_fence(__ATOMIC_RELEASE)
 #else
 /* ThreadSanitizer does not model fences (gcc refuses them). In TSan builds every
  * relaxed access of shared memory is made acquire/release instead, which is strictly
