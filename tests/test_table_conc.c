@@ -41,7 +41,7 @@
 
 #include "de_shm.h"
 
-#define DIM 8u
+#define DIM 32u /* 128-byte rows: two cache lines, so a torn copy has room to happen */
 #define VMAX ((1u << 24) - 1) /* versions stay exact in fp32 */
 #define RUN_S 1.5
 
@@ -230,7 +230,8 @@ static void *xcalloc(size_t n, size_t sz)
 /* ------------------------------------------------------------------------- */
 
 #define MAXW 4
-#define PCAP (1u << 20) /* keys per writer at most */
+#define PCAP (1u << 19) /* keys per writer at most */
+#define PHOT 32u        /* each writer's hot keys, re-assigned and read most often */
 #define BATCH 64
 
 struct pctx {
@@ -292,8 +293,9 @@ static void *pwriter(void *arg)
 			 * readers' acquire */
 			atomic_store_explicit(&c->published[w], ins, memory_order_release);
 		} else {
+			bool hot = rng_below(&rng, 2) == 0;
 			for (size_t k = 0; k < n; k++) {
-				idx[k] = rng_below(&rng, ins);
+				idx[k] = rng_below(&rng, hot ? PHOT : ins);
 				keys[k] = key_of(SP_WRITER(w), idx[k]);
 				if (ver[idx[k]] < VMAX)
 					ver[idx[k]]++;
@@ -374,7 +376,7 @@ static void *preader(void *arg)
 			int w = (int)rng_below(&rng, (uint64_t)c->nwriters);
 			uint64_t pub = atomic_load_explicit(&c->published[w], memory_order_acquire);
 			wof[k] = w;
-			idx[k] = rng_below(&rng, pub + 64);
+			idx[k] = p < 5 ? rng_below(&rng, PHOT) : rng_below(&rng, pub + 64);
 			if (idx[k] >= PCAP)
 				idx[k] = rng_below(&rng, PCAP);
 			mustf[k] = idx[k] < pub;
@@ -434,7 +436,7 @@ static void *preader(void *arg)
 	return NULL;
 }
 
-Test(threads, partitioned_writers, .timeout = 120)
+Test(threads, partitioned_writers)
 {
 	de_arena *a = mk_arena(0, 0, 0);
 	de_table *t = mk_table(a, 1);
@@ -631,7 +633,7 @@ static void *oreader(void *arg)
 	return NULL;
 }
 
-Test(threads, overlapping_writers, .timeout = 120)
+Test(threads, overlapping_writers)
 {
 	de_arena *a = mk_arena(0, 0, 0);
 	de_table *t = mk_table(a, 0);
@@ -761,8 +763,9 @@ static void *cwriter(void *arg)
 		if ((it & 15) == 0 && now_s() > c->deadline)
 			break;
 		size_t n = 1 + rng_below(&rng, 32);
+		bool hot = rng_below(&rng, 2) == 0;
 		for (size_t k = 0; k < n; k++) {
-			idx[k] = rng_below(&rng, CK);
+			idx[k] = rng_below(&rng, hot ? PHOT : CK);
 			keys[k] = key_of(SP_WRITER(w), idx[k]);
 		}
 		unsigned op = (unsigned)rng_below(&rng, 10);
@@ -944,7 +947,7 @@ static void *creader(void *arg)
 				keys[k] = key_of(SP_NEVER, rng_below(&rng, CK));
 			} else {
 				space[k] = SP_WRITER(rng_below(&rng, (uint64_t)c->nwriters));
-				keys[k] = key_of(space[k], rng_below(&rng, CK));
+				keys[k] = key_of(space[k], rng_below(&rng, p < 6 ? PHOT : CK));
 			}
 		}
 		int rc = de_table_find(c->t, keys, n, rows, st);
@@ -982,7 +985,7 @@ static void *creader(void *arg)
 	return NULL;
 }
 
-Test(threads, erase_reinsert_churn, .timeout = 120)
+Test(threads, erase_reinsert_churn)
 {
 	de_arena *a = mk_arena(0, 0, 0);
 	de_table *t = mk_table(a, 2);
@@ -1097,7 +1100,7 @@ Test(threads, erase_reinsert_churn, .timeout = 120)
 /* suite process: a read-only reader in another process                      */
 /* ------------------------------------------------------------------------- */
 
-#define XCAP (4u << 20) /* keys the parent may insert */
+#define XCAP (2u << 20) /* keys the parent may insert */
 #define XMAXSEG 250u    /* the parent stops inserting past this many arena segments */
 
 /* Shared with the child (MAP_SHARED | MAP_ANONYMOUS before fork). */
@@ -1229,8 +1232,9 @@ static int child_read(struct xshared *sh, de_table *t, uint32_t *last, double un
 		uint64_t pub = atomic_load_explicit(&sh->published, memory_order_acquire);
 		size_t n = 1 + rng_below(&rng, XB);
 		for (size_t k = 0; k < n; k++) {
-			never[k] = rng_below(&rng, 10) == 0;
-			idx[k] = rng_below(&rng, pub + 256);
+			uint64_t p = rng_below(&rng, 10);
+			never[k] = p == 0;
+			idx[k] = p < 4 ? rng_below(&rng, PHOT) : rng_below(&rng, pub + 256);
 			if (idx[k] >= XCAP)
 				idx[k] = rng_below(&rng, XCAP);
 			mustf[k] = !never[k] && idx[k] < pub;
@@ -1410,7 +1414,7 @@ static void parent_insert(de_table *t, struct xshared *sh, uint64_t from, size_t
 	atomic_store_explicit(&sh->published, from + n, memory_order_release);
 }
 
-Test(process, ro_reader_during_growth, .timeout = 120)
+Test(process, ro_reader_during_growth)
 {
 	struct xshared *sh = mmap(NULL, sizeof *sh, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS,
 				  -1, 0);
@@ -1474,8 +1478,9 @@ Test(process, ro_reader_during_growth, .timeout = 120)
 		}
 		uint64_t keys[XB], idx[XB];
 		float rows[XB * DIM];
+		bool hot = rng_below(&rng, 2) == 0;
 		for (size_t k = 0; k < XB; k++) {
-			idx[k] = rng_below(&rng, ins);
+			idx[k] = rng_below(&rng, hot ? PHOT : ins);
 			keys[k] = key_of(SP_WRITER(0), idx[k]);
 			if (sh->versions[idx[k]] < VMAX)
 				sh->versions[idx[k]]++;
@@ -1531,8 +1536,14 @@ Test(process, ro_reader_during_growth, .timeout = 120)
 
 #define RO_N (64u * 782u)
 
+/* In-process fd source: a read-only fd of the owner's segment. */
+static int owner_fd_source(void *ctx, unsigned segment)
+{
+	return de_arena_segment_fd(ctx, segment, true);
+}
+
 /* Read-only attach in the same process: reads agree with the owner, writes are refused. */
-Test(process, ro_attach_reads_and_refuses_writes, .timeout = 60)
+Test(process, ro_attach_reads_and_refuses_writes)
 {
 	de_arena *a = mk_arena(2u << 20, 4u << 20, 1ull << 30);
 	de_table *t = mk_table(a, 1);
@@ -1588,6 +1599,43 @@ Test(process, ro_attach_reads_and_refuses_writes, .timeout = 60)
 	cr_assert_eq(de_table_apply(rt, keys, 1, false, churn_apply_fn, &dummy, st, 2), -EROFS);
 	uint64_t k0 = 0;
 	cr_assert_eq(de_arena_alloc(ra, 64, 64, &k0), -EROFS);
+
+	/* The owner grows past what the reader mapped: without a fd source the new keys
+	 * read as DE_RETRY (never DE_MISSING); with one, all are found. */
+	const uint64_t more = 64u * 3000u;
+	for (uint64_t i = RO_N; i < RO_N + more; i += XB) {
+		for (size_t k = 0; k < XB; k++) {
+			keys[k] = key_of(SP_WRITER(1), i + k);
+			make_row(keys[k], 8, rows + k * DIM);
+		}
+		cr_assert_eq(de_table_assign(t, keys, XB, rows, NULL, 3), 0);
+	}
+	cr_assert_gt(de_arena_nsegments(a), nseg, "the owner's arena did not grow");
+	uint64_t retry = 0, found = 0;
+	for (int pass = 0; pass < 2; pass++) {
+		if (pass == 1)
+			de_table_set_fd_source(rt, owner_fd_source, a);
+		for (uint64_t i = RO_N; i < RO_N + more; i += XB) {
+			for (size_t k = 0; k < XB; k++)
+				keys[k] = key_of(SP_WRITER(1), i + k);
+			cr_assert_eq(de_table_find(rt, keys, XB, out, st), 0);
+			for (size_t k = 0; k < XB; k++) {
+				uint32_t v = 0;
+				if (st[k] == DE_RETRY && pass == 0 && row_zero(out + k * DIM)) {
+					retry++;
+					continue;
+				}
+				if (st[k] != DE_FOUND || row_bad(keys[k], out + k * DIM, false, &v) >= 0 ||
+				    v != 8)
+					cr_assert_fail("pass %d: ro find of new idx %llu: status %u", pass,
+						       (unsigned long long)(i + k), st[k]);
+				found += pass == 1;
+			}
+		}
+	}
+	cr_assert_gt(retry, 0, "no DE_RETRY for keys in segments the reader had not mapped");
+	cr_assert_eq(found, more);
+	cr_assert_eq(de_arena_nsegments(ra), de_arena_nsegments(a));
 	de_table_close(rt);
 	de_arena_destroy(ra);
 	de_table_close(t);

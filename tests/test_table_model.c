@@ -838,35 +838,35 @@ static void run_model(const struct model_cfg *mc)
 	free(m);
 }
 
-Test(model, seed1_dim1_small_segments, .timeout = 600)
+Test(model, seed1_dim1_small_segments)
 {
 	struct model_cfg mc = { .seed = 1, .dim = 1, .nslots = 0, .seg_buckets = 64,
 				.universe = 60000, .min_ops = 1000000, .expect_splits = true };
 	run_model(&mc);
 }
 
-Test(model, seed2_dim3_small_segments, .timeout = 600)
+Test(model, seed2_dim3_small_segments)
 {
 	struct model_cfg mc = { .seed = 2, .dim = 3, .nslots = 1, .seg_buckets = 64,
 				.universe = 150000, .min_ops = 1000000, .expect_splits = true };
 	run_model(&mc);
 }
 
-Test(model, seed3_dim8_default_segments, .timeout = 600)
+Test(model, seed3_dim8_default_segments)
 {
 	struct model_cfg mc = { .seed = 3, .dim = 8, .nslots = 2, .seg_buckets = 0,
 				.universe = 20000, .min_ops = 1000000, .expect_splits = false };
 	run_model(&mc);
 }
 
-Test(model, seed4_dim16_dense_churn, .timeout = 600)
+Test(model, seed4_dim16_dense_churn)
 {
 	struct model_cfg mc = { .seed = 4, .dim = 16, .nslots = 1, .seg_buckets = 64,
 				.universe = 5000, .min_ops = 1000000, .expect_splits = true };
 	run_model(&mc);
 }
 
-Test(model, seed5_dim8_segments128, .timeout = 600)
+Test(model, seed5_dim8_segments128)
 {
 	struct model_cfg mc = { .seed = 0xdeadbeefcafeull, .dim = 8, .nslots = 0,
 				.seg_buckets = 128, .universe = 300000, .min_ops = 1000000,
@@ -874,11 +874,18 @@ Test(model, seed5_dim8_segments128, .timeout = 600)
 	run_model(&mc);
 }
 
+Test(model, seed6_max_slots_big_segments)
+{
+	struct model_cfg mc = { .seed = 6, .dim = 3, .nslots = DE_MAX_SLOTS, .seg_buckets = 65536,
+				.universe = 400000, .min_ops = 1000000, .expect_splits = false };
+	run_model(&mc);
+}
+
 /*
  * Weak consistency of iteration: keys present for the whole scan come back exactly once
  * while other keys are inserted (forcing splits) and erased between the calls.
  */
-Test(model, iterate_during_changes, .timeout = 600)
+Test(model, iterate_during_changes)
 {
 	de_arena *a = mk_arena(2u << 20);
 	struct de_table_config tc = { .dim = 2, .init = DE_INIT_CONSTANT, .init_a = 0.25f,
@@ -974,7 +981,7 @@ static uint64_t gkey(uint64_t i)
 	return mix64(GROW_BASE + i);
 }
 
-Test(growth, ten_million_keys, .timeout = 900)
+Test(growth, ten_million_keys)
 {
 	const uint64_t N = 10000000;
 	const size_t B = 4096;
@@ -1166,7 +1173,7 @@ static de_table *init_table(de_arena *a, enum de_init init, float ia, float ib, 
 	return mk_table(a, &tc);
 }
 
-Test(init, uniform_statistics, .timeout = 300)
+Test(init, uniform_statistics)
 {
 	const float a0 = -0.5f, b0 = 1.5f;
 	const uint32_t dim = 16;
@@ -1217,7 +1224,7 @@ Test(init, uniform_statistics, .timeout = 300)
 	de_arena_destroy(a);
 }
 
-Test(init, trunc_normal_statistics, .timeout = 300)
+Test(init, trunc_normal_statistics)
 {
 	const float mu = 0.1f, sigma = 0.5f;
 	const uint32_t dim = 16;
@@ -1317,12 +1324,12 @@ static void init_determinism(enum de_init init, float ia, float ib)
 	de_arena_destroy(a3);
 }
 
-Test(init, determinism_uniform, .timeout = 300)
+Test(init, determinism_uniform)
 {
 	init_determinism(DE_INIT_UNIFORM, -1.0f, 1.0f);
 }
 
-Test(init, determinism_trunc_normal, .timeout = 300)
+Test(init, determinism_trunc_normal)
 {
 	init_determinism(DE_INIT_TRUNC_NORMAL, 0.0f, 0.05f);
 }

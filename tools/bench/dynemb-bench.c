@@ -976,6 +976,7 @@ struct dim_result {
 	enum de_pages pages;
 	char pages_note[256];
 	int numa_node;
+	uint64_t page_bytes[4];      /* arena bytes per enum de_pages, over all segments */
 	const char *gather_pages;    /* what the gather array asked for */
 	double gather_thp_share;     /* fraction of the gather array in THP, -1 unknown */
 	struct de_table_stats stats;
@@ -1288,10 +1289,23 @@ static int run_dim(struct table_ctx *c, uint32_t dim, struct dim_result *dr)
 		dr->stats.keys, gib(dr->stats.row_bytes), gib(dr->stats.index_bytes),
 		gib(dr->stats.arena_bytes), dr->stats.arena_segments, dr->stats.load_factor,
 		dr->stats.splits, dr->stats.dir_doublings);
+	/* the first segment's kind is not the whole story: a short huge page pool makes
+	 * later segments fall back */
+	for (unsigned i = 0; i < de_arena_nsegments(arena); i++)
+		if (de_arena_segment(arena, i, &seg) == 0 && (unsigned)seg.pages < 4)
+			dr->page_bytes[seg.pages] += seg.bytes;
+	fprintf(c->h, "  arena pages by segment:");
+	for (int p = 0; p < 4; p++)
+		if (dr->page_bytes[p])
+			fprintf(c->h, " %s %.2f GiB", de_pages_name((enum de_pages)p),
+				gib(dr->page_bytes[p]));
+	fputc('\n', c->h);
 
-	/* the bound: rows[N][dim], first touched by the pinned threads */
+	/* the bound: rows[N][dim], first touched by the pinned threads; "match" follows
+	 * the kind that backs most of the arena */
 	if (o->gather_pages == GATHER_MATCH)
-		want_thp = dr->pages == DE_PAGES_HUGETLB || dr->pages == DE_PAGES_THP;
+		want_thp = dr->page_bytes[DE_PAGES_HUGETLB] + dr->page_bytes[DE_PAGES_THP] >
+			   dr->page_bytes[DE_PAGES_SMALL] + dr->page_bytes[DE_PAGES_AUTO];
 	else
 		want_thp = o->gather_pages == GATHER_THP;
 	dr->gather_pages = want_thp ? "thp" : "small";
@@ -1605,6 +1619,11 @@ static void print_json(struct table_ctx *c)
 			   "\"gather_thp_share\":",
 			i ? "," : "", d->dim, de_pages_name(d->pages), d->numa_node, d->gather_pages);
 		json_num(f, d->gather_thp_share, "%.3f");
+		fputs(",\"arena_page_bytes\":{", f);
+		for (int p = 1; p < 4; p++)
+			fprintf(f, "%s\"%s\":%" PRIu64, p > 1 ? "," : "", de_pages_name((enum de_pages)p),
+				d->page_bytes[p]);
+		fputc('}', f);
 		fprintf(f, ",\"keys\":%" PRIu64 ",\"row_bytes\":%" PRIu64 ",\"index_bytes\":%" PRIu64
 			   ",\"arena_bytes\":%" PRIu64 ",\"load_factor\":",
 			d->stats.keys, d->stats.row_bytes, d->stats.index_bytes, d->stats.arena_bytes);
