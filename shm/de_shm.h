@@ -1,13 +1,15 @@
 /*
  * de_shm.h — the public interface of libdeshm: what lives in shared memory.
  *
- * Three parts, one library:
+ * Four parts, one library:
  *   - arena:  memfd-backed memory that grows by adding segments and never moves;
  *             everything inside refers to other things by offset, never by pointer.
  *   - numa:   choosing a NUMA node from the hwloc topology and binding memory to it.
  *   - table:  a dynamic embedding table (uint64 key -> dim floats + optimizer slots +
  *             metadata) inside one arena, readable lock-free by other threads and by
  *             other processes through a read-only mapping of the same memfds.
+ *   - channel: the data plane between a client and the daemon: a submission ring, a
+ *             completion ring and a data area in one memfd, with futex wakeups.
  *
  * Conventions: every function that can fail returns 0 or a negative errno; out-values
  * go through pointers marked "out". Handles are opaque. Nothing here keeps global
@@ -279,6 +281,97 @@ void de_table_set_fd_source(de_table *t, de_fd_source src, void *ctx);
 /* Fingerprint of a string key: seeded xxh3-64; the empty string is key 0 and a
  * non-empty string that would hash to 0 maps to 1. */
 uint64_t de_key_from_string(uint64_t seed, const void *s, size_t len);
+
+
+/* ------------------------------------------------------------------------- */
+/* Channel: submission ring, completion ring and data area in one memfd        */
+/* ------------------------------------------------------------------------- */
+
+/*
+ * One channel connects one client thread to the daemon, io_uring-style. The daemon
+ * creates it (de_channel_create) and passes its fd; the client maps it read-write
+ * (de_channel_attach). The client produces submissions (64-byte descriptors that name
+ * ranges of the channel's own data area by offset) and consumes completions; the daemon
+ * consumes submissions and produces completions. Neither side trusts the other's indices:
+ * the consumer of a ring keeps its own head, reads the producer's tail once per pop and
+ * rejects a tail that is behind its head or more than a ring ahead (the channel is then
+ * "broken": -EBADMSG from every later call on that side). Descriptors are copied out of
+ * shared memory before they are looked at.
+ *
+ * Sleeping: a daemon worker that finds no work sets NEED_WAKEUP in the channels it serves
+ * (de_channel_sleep_prepare), re-checks, and sleeps in de_channels_wait (futex_waitv on
+ * one word per channel). A client's submit bumps that word and wakes it only when the
+ * flag is set, so a busy daemon costs clients no system call. Completions work the same
+ * way in the other direction (de_channel_reap with wait).
+ */
+typedef struct de_channel de_channel;
+
+#define DE_CHANNEL_MAX_ENTRIES 4096u
+#define DE_CHANNEL_MAX_DATA (1ull << 32)
+#define DE_CHANNELS_WAIT_MAX 128u /* futex_waitv limit */
+
+struct de_sqe {           /* 64 bytes, little-endian, in the submission ring */
+	uint8_t op;           /* operation (the daemon's protocol defines them) */
+	uint8_t flags;
+	uint16_t table;       /* table id within the channel */
+	uint32_t count;       /* keys in this request */
+	uint64_t user_data;   /* returned unchanged in the completion */
+	uint64_t keys_off, keys_len;  /* data-area ranges: offsets into this channel's area */
+	uint64_t vals_off, vals_len;
+	uint64_t status_off;
+	uint64_t arg;         /* op-specific (e.g. the training step) */
+};
+
+struct de_cqe {           /* 32 bytes, in the completion ring */
+	uint64_t user_data;
+	int32_t res;          /* 0 or a negative errno */
+	uint32_t count;       /* op-specific (e.g. keys found) */
+	uint64_t aux0, aux1;  /* op-specific */
+};
+
+struct de_channel_config {
+	uint32_t sq_entries;  /* power of two, 2..DE_CHANNEL_MAX_ENTRIES; 0 = 256 */
+	uint32_t cq_entries;  /* power of two >= sq_entries; 0 = 2 * sq_entries */
+	uint64_t data_bytes;  /* data area, multiple of 4096, <= DE_CHANNEL_MAX_DATA; 0 = 64 MiB */
+};
+
+/* Daemon side: create a channel in a new memfd (4 KiB pages; sealed against shrinking). */
+int de_channel_create(const struct de_channel_config *cfg, de_channel **out);
+/* Client side: map a channel from the fd the daemon passed (the fd is dup'ed). The header
+ * is validated: -EBADMSG for a foreign or inconsistent one, -EPROTO for another version. */
+int de_channel_attach(int fd, de_channel **out);
+void de_channel_destroy(de_channel *c); /* NULL is fine */
+int de_channel_fd(const de_channel *c);  /* owned by the channel; dup it to pass it on */
+
+/* The data area: base pointer and size; a range check for offsets from a descriptor. */
+void *de_channel_data(const de_channel *c, uint64_t *bytes /* out, may be NULL */);
+bool de_channel_range_ok(const de_channel *c, uint64_t off, uint64_t len);
+
+/* Client: queue one submission and wake the daemon if it sleeps. -EAGAIN: ring full.
+ * Not thread-safe: one thread per channel, or the caller's lock. */
+int de_channel_submit(de_channel *c, const struct de_sqe *e);
+/*
+ * Client: take one completion. Without wait, -EAGAIN when there is none. With wait,
+ * busy-polls for spin_ns, then sleeps on the channel's futex; timeout_ms < 0 waits
+ * forever, else -ETIMEDOUT after it.
+ */
+int de_channel_reap(de_channel *c, struct de_cqe *out, bool wait, uint64_t spin_ns, int timeout_ms);
+
+/* Daemon: copy the next submission out. -EAGAIN: none; -EBADMSG: the client broke its
+ * ring (tail out of range), and the channel stays broken. */
+int de_channel_pop(de_channel *c, struct de_sqe *out);
+/* Daemon: post one completion and wake the client if it sleeps. -EAGAIN: the client does
+ * not reap (ring full); -EBADMSG: the client broke its head index. */
+int de_channel_post(de_channel *c, const struct de_cqe *e);
+/* Daemon: before sleeping, set NEED_WAKEUP. Returns 1 if a submission is already there
+ * (do not sleep), 0 if it may sleep, -EBADMSG if broken. */
+int de_channel_sleep_prepare(de_channel *c);
+/* Daemon: clear NEED_WAKEUP after waking. */
+void de_channel_sleep_done(de_channel *c);
+/* Daemon: sleep until one of chs (after de_channel_sleep_prepare on each) gets a
+ * submission, or timeout_ms (< 0: forever). 0, -ETIMEDOUT, or -EINVAL for n > 128. */
+int de_channels_wait(de_channel *const *chs, unsigned n, int timeout_ms);
+bool de_channel_broken(const de_channel *c);
 
 #ifdef __cplusplus
 }
