@@ -331,9 +331,19 @@ struct de_cqe {           /* 32 bytes, in the completion ring */
 
 struct de_channel_config {
 	uint32_t sq_entries;  /* power of two, 2..DE_CHANNEL_MAX_ENTRIES; 0 = 256 */
-	uint32_t cq_entries;  /* power of two >= sq_entries; 0 = 2 * sq_entries */
+	uint32_t cq_entries;  /* power of two, sq_entries..2 * DE_CHANNEL_MAX_ENTRIES; 0 = 2 * sq */
 	uint64_t data_bytes;  /* data area, multiple of 4096, <= DE_CHANNEL_MAX_DATA; 0 = 64 MiB */
 };
+
+/*
+ * Roles: the handle that created the channel is the daemon side (pop, post, sleep_*,
+ * de_channels_wait); a handle made by de_channel_attach is the client side (submit,
+ * reap). A call from the wrong side returns -EINVAL.
+ *
+ * Caveat: a client can bump its own futex word at will, which makes de_channels_wait
+ * return at once for the worker serving it: that costs the worker CPU (it re-checks and
+ * sleeps again), never correctness. Daemons should rate-limit such a channel.
+ */
 
 /* Daemon side: create a channel in a new memfd (4 KiB pages; sealed against shrinking). */
 int de_channel_create(const struct de_channel_config *cfg, de_channel **out);
@@ -352,8 +362,8 @@ bool de_channel_range_ok(const de_channel *c, uint64_t off, uint64_t len);
 int de_channel_submit(de_channel *c, const struct de_sqe *e);
 /*
  * Client: take one completion. Without wait, -EAGAIN when there is none. With wait,
- * busy-polls for spin_ns, then sleeps on the channel's futex; timeout_ms < 0 waits
- * forever, else -ETIMEDOUT after it.
+ * busy-polls for spin_ns, then sleeps on the channel's futex; timeout_ms (counted from
+ * the call, the spin included) < 0 waits forever, else -ETIMEDOUT after it.
  */
 int de_channel_reap(de_channel *c, struct de_cqe *out, bool wait, uint64_t spin_ns, int timeout_ms);
 
@@ -364,12 +374,15 @@ int de_channel_pop(de_channel *c, struct de_sqe *out);
  * not reap (ring full); -EBADMSG: the client broke its head index. */
 int de_channel_post(de_channel *c, const struct de_cqe *e);
 /* Daemon: before sleeping, set NEED_WAKEUP. Returns 1 if a submission is already there
- * (do not sleep), 0 if it may sleep, -EBADMSG if broken. */
+ * (do not sleep), 0 if it may sleep, -EBADMSG if broken. Either way NEED_WAKEUP is now
+ * set: call de_channel_sleep_done when the worker runs again. */
 int de_channel_sleep_prepare(de_channel *c);
 /* Daemon: clear NEED_WAKEUP after waking. */
 void de_channel_sleep_done(de_channel *c);
 /* Daemon: sleep until one of chs (after de_channel_sleep_prepare on each) gets a
- * submission, or timeout_ms (< 0: forever). 0, -ETIMEDOUT, or -EINVAL for n > 128. */
+ * submission, or timeout_ms (< 0: forever). Returns 0 when woken (possibly spuriously:
+ * re-check the rings), -ETIMEDOUT, or -EINVAL for n > 128. With n == 0 it sleeps for
+ * timeout_ms (not at all when negative) and returns -ETIMEDOUT. */
 int de_channels_wait(de_channel *const *chs, unsigned n, int timeout_ms);
 bool de_channel_broken(const de_channel *c);
 

@@ -966,6 +966,16 @@ struct dist_result {
 	double cpu_share[OP_COUNT]; /* thread CPU time / wall time, summed over threads / T */
 };
 
+/* One fill batch, and the growth events the table counted during it. */
+struct batch_event {
+	size_t batch;        /* index of the batch in the fill */
+	uint64_t keys_before; /* keys in the table when it started */
+	double us, cpu_us;   /* wall and thread CPU time */
+	uint64_t splits, doublings, arena_segments, chunks;
+};
+
+#define SLOWEST 3 /* slowest fill batches kept per dim */
+
 /* Batch latency percentiles, microseconds. */
 struct lat_stats {
 	double p50, p99, p999, max;
@@ -985,7 +995,9 @@ struct dim_result {
 	double fill_cpu_share;       /* CPU time / wall time of the filling thread */
 	size_t nbatches;             /* full batches timed */
 	struct lat_stats wall;       /* the figures: wall-clock time per batch */
-	struct lat_stats cpu;        /* thread CPU time per batch: shown when the machine is busy */
+	struct lat_stats cpu;        /* thread CPU time per batch (no preemption in it) */
+	struct batch_event slowest[SLOWEST]; /* by wall time, slowest first */
+	unsigned nslowest;
 	struct dist_result dist[DIST_COUNT];
 };
 
@@ -1053,6 +1065,22 @@ static void lat_summary(double *v, size_t n, struct lat_stats *out)
 	out->max = n ? v[n - 1] : NAN;
 }
 
+/* Keeps the SLOWEST slowest batches, slowest first. */
+static void keep_slowest(struct dim_result *dr, const struct batch_event *ev)
+{
+	unsigned i = dr->nslowest < SLOWEST ? dr->nslowest++ : SLOWEST;
+
+	if (i == SLOWEST && ev->us <= dr->slowest[SLOWEST - 1].us)
+		return;
+	if (i == SLOWEST)
+		i = SLOWEST - 1;
+	while (i > 0 && dr->slowest[i - 1].us < ev->us) {
+		dr->slowest[i] = dr->slowest[i - 1];
+		i--;
+	}
+	dr->slowest[i] = *ev;
+}
+
 /* Fill the table with the N keys, timing each batch (wall clock and thread CPU time). */
 static int fill_table(struct table_ctx *c, de_table *t, struct dim_result *dr)
 {
@@ -1064,6 +1092,7 @@ static int fill_table(struct table_ctx *c, de_table *t, struct dim_result *dr)
 	uint8_t *st = malloc(o->batch);
 	size_t nfull = 0;
 	double total = 0.0, cpu0 = thread_cpu_s(), wall0 = now_s();
+	struct de_table_stats before, after;
 	int rc = 0;
 
 	if (!lat || !lat_cpu || !out || !st) {
@@ -1071,6 +1100,7 @@ static int fill_table(struct table_ctx *c, de_table *t, struct dim_result *dr)
 		goto out;
 	}
 	memset(out, 0, o->batch * dr->dim * sizeof(float));
+	de_table_stats(t, &before);
 	for (uint64_t i = 0; i < o->keys; i += o->batch) {
 		size_t m = (size_t)(o->keys - i < o->batch ? o->keys - i : o->batch);
 		double c0 = thread_cpu_s(), t0 = now_s(), dt, dc;
@@ -1081,10 +1111,25 @@ static int fill_table(struct table_ctx *c, de_table *t, struct dim_result *dr)
 		if (rc)
 			goto out;
 		total += dt;
+		/* what grew in this batch (stats walk the directory: outside the timing) */
+		de_table_stats(t, &after);
 		if (m == o->batch) {
+			struct batch_event ev = {
+				.batch = (size_t)(i / o->batch),
+				.keys_before = before.keys,
+				.us = dt * 1e6,
+				.cpu_us = dc * 1e6,
+				.splits = after.splits - before.splits,
+				.doublings = after.dir_doublings - before.dir_doublings,
+				.arena_segments = after.arena_segments - before.arena_segments,
+				.chunks = after.chunks - before.chunks,
+			};
+
+			keep_slowest(dr, &ev);
 			lat_cpu[nfull] = dc * 1e6;
 			lat[nfull++] = dt * 1e6;
 		}
+		before = after;
 		for (size_t j = 0; j < m; j++) {
 			dr->created += st[j] == DE_CREATED;
 			dr->found_during_fill += st[j] == DE_FOUND;
@@ -1218,11 +1263,20 @@ static void print_growth(FILE *h, const struct dim_result *d)
 	fprintf(h, "; insert %srows/s; cpu %.0f%%%s\n", fmt_rate(ins, sizeof(ins), d->insert_rps),
 		d->fill_cpu_share * 100.0,
 		d->fill_cpu_share < CPU_SHARE_WARN ? "  <- busy machine" : "");
-	if (d->fill_cpu_share >= CPU_SHARE_WARN)
-		return;
-	fprintf(h, "    by thread CPU time: ");
+	fprintf(h, "    by thread CPU time (no preemption): ");
 	print_lat(h, &d->cpu);
 	fputc('\n', h);
+	for (unsigned i = 0; i < d->nslowest; i++) {
+		const struct batch_event *e = &d->slowest[i];
+		char w[32], cu[32];
+
+		fprintf(h, "    slowest #%u: batch %zu (at %" PRIu64 " keys) %s wall, %s cpu;"
+			   " %" PRIu64 " splits, %" PRIu64 " dir doublings, %" PRIu64
+			   " new arena segments, %" PRIu64 " new row chunks\n",
+			i + 1, e->batch, e->keys_before, fmt_us(w, sizeof(w), e->us),
+			fmt_us(cu, sizeof(cu), e->cpu_us), e->splits, e->doublings, e->arena_segments,
+			e->chunks);
+	}
 }
 
 /* Everything for one dim: arena, table, fill, gather array, the six measurements. */
@@ -1600,7 +1654,17 @@ static void print_json(struct table_ctx *c)
 			json_lat(f, &d->wall);
 			fputs(",\"thread_cpu_time\":{", f);
 			json_lat(f, &d->cpu);
-			fputs("},\"insert_rows_per_s\":", f);
+			fputs("},\"slowest\":[", f);
+			for (unsigned k = 0; k < d->nslowest; k++) {
+				const struct batch_event *e = &d->slowest[k];
+
+				fprintf(f, "%s{\"batch\":%zu,\"keys_before\":%" PRIu64 ",\"us\":%.3f,"
+					   "\"cpu_us\":%.3f,\"splits\":%" PRIu64 ",\"dir_doublings\":%" PRIu64
+					   ",\"arena_segments\":%" PRIu64 ",\"chunks\":%" PRIu64 "}",
+					k ? "," : "", e->batch, e->keys_before, e->us, e->cpu_us, e->splits,
+					e->doublings, e->arena_segments, e->chunks);
+			}
+			fputs("],\"insert_rows_per_s\":", f);
 			json_num(f, d->insert_rps, "%.0f");
 			fputs(",\"cpu_share\":", f);
 			json_num(f, d->fill_cpu_share, "%.3f");
