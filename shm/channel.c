@@ -30,10 +30,10 @@
  * memory. The other side's index is loaded once per call and checked: for a ring of E
  * entries, 0 <= tail - head <= E (unsigned), anything else breaks the channel.
  *
- * Sleep and wake-up (a Dekker handshake, both sides with a full fence): the sleeper
- * reads the futex word, sets NEED_WAKEUP, fences, re-checks its ring, and only then
- * sleeps on the word with the value it read; the producer publishes its tail, fences,
- * and if it sees NEED_WAKEUP bumps the word and wakes. Either the sleeper sees the new
+ * Sleep and wake-up (a Dekker handshake in seq_cst operations): the sleeper reads the
+ * futex word, sets NEED_WAKEUP (seq_cst RMW), re-checks its ring (seq_cst load), and
+ * only then sleeps on the word with the value it read; the producer publishes its tail
+ * (seq_cst store), loads the flag (seq_cst), and if set bumps the word and wakes. Either the sleeper sees the new
  * tail or the producer sees the flag, and a bump between the read and the sleep makes
  * the sleep return at once.
  */
@@ -291,17 +291,18 @@ int de_channel_submit(de_channel *c, const struct de_sqe *e)
 		return -EAGAIN;
 	memcpy(&c->sq[c->sq_local & c->sq_mask], e, sizeof *e);
 	c->sq_local++;
-	STR(&c->h->sq_tail, c->sq_local); /* release: publishes the entry; pairs with pop */
-	__atomic_thread_fence(__ATOMIC_SEQ_CST); /* tail store before flag load (Dekker) */
-	if (LD(&c->h->sq_flags) & NEED_WAKEUP)
+	/* seq_cst store then seq_cst load (Dekker, against sleep_prepare's seq_cst RMW of
+	 * the flag and load of the tail); the store also publishes the entry to pop */
+	__atomic_store_n(&c->h->sq_tail, c->sq_local, __ATOMIC_SEQ_CST);
+	if (__atomic_load_n(&c->h->sq_flags, __ATOMIC_SEQ_CST) & NEED_WAKEUP)
 		wake(&c->h->sq_futex);
 	return 0;
 }
 
-/* 1: an entry was taken, 0: none, <0: broken */
+/* 1: an entry was taken, 0: none, <0: broken. seq_cst: after the sleeper's flag RMW. */
 static int reap_one(struct de_channel *c, struct de_cqe *out)
 {
-	uint32_t tail = LDA(&c->h->cq_tail); /* acquire: pairs with the release in post */
+	uint32_t tail = __atomic_load_n(&c->h->cq_tail, __ATOMIC_SEQ_CST); /* pairs with post */
 	uint32_t avail = tail - c->cq_local;
 	if (avail > c->cq_n)
 		return chan_broken(c);
@@ -400,9 +401,9 @@ int de_channel_post(de_channel *c, const struct de_cqe *e)
 		return -EAGAIN;
 	memcpy(&c->cq[c->cq_local & c->cq_mask], e, sizeof *e);
 	c->cq_local++;
-	STR(&c->h->cq_tail, c->cq_local); /* release: publishes the entry; pairs with reap */
-	__atomic_thread_fence(__ATOMIC_SEQ_CST); /* tail store before flag load (Dekker) */
-	if (LD(&c->h->cq_flags) & NEED_WAKEUP)
+	/* seq_cst store then seq_cst load: the Dekker half that pairs with reap's sleep */
+	__atomic_store_n(&c->h->cq_tail, c->cq_local, __ATOMIC_SEQ_CST);
+	if (__atomic_load_n(&c->h->cq_flags, __ATOMIC_SEQ_CST) & NEED_WAKEUP)
 		wake(&c->h->cq_futex);
 	return 0;
 }
@@ -415,7 +416,7 @@ int de_channel_sleep_prepare(de_channel *c)
 		return -EBADMSG;
 	c->sleep_val = LDA(&c->h->sq_futex);
 	__atomic_fetch_or(&c->h->sq_flags, NEED_WAKEUP, __ATOMIC_SEQ_CST);
-	uint32_t avail = LDA(&c->h->sq_tail) - c->sq_local;
+	uint32_t avail = __atomic_load_n(&c->h->sq_tail, __ATOMIC_SEQ_CST) - c->sq_local;
 	if (avail > c->sq_n)
 		return chan_broken(c);
 	return avail ? 1 : 0;

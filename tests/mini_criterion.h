@@ -4,7 +4,7 @@
  * ("Could not initialize inheritable arena"), so there the same test file is compiled
  * with -DDE_MINI_CRITERION against this header into a plain program.
  *
- * Supported: Test(suite, name, ...options ignored), cr_assert, cr_assert_eq/neq/gt/geq/
+ * Supported: Test(suite, name, ...options ignored), cr_assert, cr_assert_not, cr_assert_eq/neq/gt/geq/
  * lt/leq, cr_assert_not_null, cr_assert_null, cr_assert_fail, cr_log_info, cr_skip_test.
  * Tests run one after another in this process; a failed assertion prints where and
  * exits 1. `--filter GLOB` (fnmatch on "suite/name") picks tests; unknown Criterion
@@ -60,6 +60,7 @@ mc_fail(const char *file, int line, const char *expr, const char *fmt, ...)
 		if (!(cond))                                                               \
 			mc_fail(__FILE__, __LINE__, #cond, " " __VA_ARGS__);                \
 	} while (0)
+#define cr_assert_not(cond, ...) cr_assert(!(cond), __VA_ARGS__)
 #define cr_assert_eq(a, b, ...) cr_assert((a) == (b), __VA_ARGS__)
 #define cr_assert_neq(a, b, ...) cr_assert((a) != (b), __VA_ARGS__)
 #define cr_assert_gt(a, b, ...) cr_assert((a) > (b), __VA_ARGS__)
