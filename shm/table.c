@@ -98,7 +98,9 @@
 #define CHUNK_TARGET (2u << 20)
 #define META_BYTES 32u
 #define ROW_LIVE 1u
+#ifndef PREFETCH_LINES
 #define PREFETCH_LINES 8
+#endif
 
 #if defined(__SANITIZE_THREAD__)
 #define DE_TSAN 1
@@ -766,8 +768,10 @@ static int read_slow(struct de_table *t, uint64_t key, uint64_t h, float *out, u
  * Torn or corrupt reads leave the pipeline for read_slow. With touch, found rows get
  * freq+1 and last_step = step (plain stores: the counters are statistics).
  */
+#ifndef PIPE_D
 #define PIPE_D 8
-#define PIPE_R 32 /* ring of per-key state, > 3 * PIPE_D */
+#endif
+#define PIPE_R 64 /* ring of per-key state, > 3 * PIPE_D */
 
 struct pipe_slot {
 	uint64_t h;
