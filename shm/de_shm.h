@@ -23,7 +23,11 @@
  *   - A read-only reader that cannot get a stable copy after a bounded number of retries
  *     reports DE_RETRY for that key instead of spinning; the caller asks the owner.
  *   - Iteration is weakly consistent: a key present for the whole iteration is returned
- *     exactly once; a key inserted or erased during it may or may not be.
+ *     exactly once; a key inserted or erased during it may or may not be, and one erased
+ *     and re-inserted during it may come back twice (iteration goes by row id).
+ *   - Key 0 is "no feature": every call reports it DE_FOUND with zeros and never stores it.
+ *   - Within one batch, a key's first occurrence is DE_CREATED when it was missing; later
+ *     duplicates of it in the same batch are DE_FOUND.
  *   - Row ids are 32-bit: at most 2^32 - 2 rows per table.
  */
 #ifndef DE_SHM_H
@@ -98,7 +102,9 @@ typedef int (*de_fd_source)(void *ctx, unsigned segment);
 int de_arena_refresh(de_arena *a, de_fd_source src, void *ctx);
 
 /* Owner arenas: called (under the arena's allocation lock) after a segment is added
- * and before any of its memory is handed out. */
+ * and before any of its memory is handed out. The segment is already in the shared
+ * header, so a reader's fd source may be asked for it before the hook has delivered its
+ * fd: fd sources should wait (boundedly) for it. */
 typedef void (*de_grow_hook)(void *ctx, de_arena *a, unsigned segment);
 void de_arena_set_grow_hook(de_arena *a, de_grow_hook fn, void *ctx);
 
