@@ -40,6 +40,7 @@
 #include <unistd.h>
 
 #include "de_shm.h"
+#include "test_util.h"
 
 #define DIM 32u /* 128-byte rows: two cache lines, so a torn copy has room to happen */
 #define VMAX ((1u << 24) - 1) /* versions stay exact in fp32 */
@@ -55,46 +56,9 @@
 /* Helpers                                                                    */
 /* ------------------------------------------------------------------------- */
 
-static uint64_t mix64(uint64_t x)
-{
-	x ^= x >> 30;
-	x *= 0xbf58476d1ce4e5b9ull;
-	x ^= x >> 27;
-	x *= 0x94d049bb133111ebull;
-	x ^= x >> 31;
-	return x;
-}
-
-static uint64_t rng_next(uint64_t *s)
-{
-	*s += 0x9e3779b97f4a7c15ull;
-	return mix64(*s);
-}
-
-static uint64_t rng_below(uint64_t *s, uint64_t n)
-{
-	return n ? rng_next(s) % n : 0;
-}
-
 static uint64_t key_of(unsigned space, uint64_t idx)
 {
 	return mix64(((uint64_t)space << 40) + idx + 1);
-}
-
-static uint64_t inv_odd(uint64_t c)
-{
-	uint64_t x = c; /* Newton: each step doubles the correct low bits */
-	for (int i = 0; i < 6; i++)
-		x *= 2 - c * x;
-	return x;
-}
-
-static uint64_t unxorshift(uint64_t y, unsigned s)
-{
-	uint64_t x = y;
-	for (unsigned k = s; k < 64; k += s)
-		x = y ^ (x >> s);
-	return x;
 }
 
 /* Inverse of key_of: the index, and the space in *space. */
@@ -107,13 +71,6 @@ static uint64_t key_index(uint64_t key, unsigned *space)
 	x = unxorshift(x, 30) - 1;
 	*space = (unsigned)(x >> 40);
 	return x & ((1ull << 40) - 1);
-}
-
-static double now_s(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
 }
 
 /* Value j (>= 1) of the row of key at version ver: 24 random bits, exact in fp32. */
@@ -216,13 +173,6 @@ static de_table *mk_table(de_arena *a, uint32_t nslots)
 	int rc = de_table_open(a, &tc, &t);
 	cr_assert_eq(rc, 0, "de_table_open: %d (%s)", rc, strerror(-rc));
 	return t;
-}
-
-static void *xcalloc(size_t n, size_t sz)
-{
-	void *p = calloc(n, sz);
-	cr_assert_not_null(p, "calloc(%zu, %zu)", n, sz);
-	return p;
 }
 
 /* ------------------------------------------------------------------------- */

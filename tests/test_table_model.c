@@ -33,6 +33,7 @@
 #include <xxhash.h>
 
 #include "de_shm.h"
+#include "test_util.h"
 
 #define CHECK(cond, ...)                          \
 	do {                                      \
@@ -47,33 +48,6 @@
 /* Helpers: mixing, rng, patterns, arenas                                     */
 /* ------------------------------------------------------------------------- */
 
-/* splitmix64's finalizer: a bijection on uint64 with mix(0) == 0. */
-static uint64_t mix64(uint64_t x)
-{
-	x ^= x >> 30;
-	x *= 0xbf58476d1ce4e5b9ull;
-	x ^= x >> 27;
-	x *= 0x94d049bb133111ebull;
-	x ^= x >> 31;
-	return x;
-}
-
-static uint64_t inv_odd(uint64_t c)
-{
-	uint64_t x = c; /* Newton: each step doubles the correct low bits */
-	for (int i = 0; i < 6; i++)
-		x *= 2 - c * x;
-	return x;
-}
-
-static uint64_t unxorshift(uint64_t y, unsigned s)
-{
-	uint64_t x = y;
-	for (unsigned k = s; k < 64; k += s)
-		x = y ^ (x >> s);
-	return x;
-}
-
 static uint64_t unmix64(uint64_t x)
 {
 	x = unxorshift(x, 31);
@@ -84,29 +58,11 @@ static uint64_t unmix64(uint64_t x)
 	return x;
 }
 
-static uint64_t rng_next(uint64_t *s)
-{
-	*s += 0x9e3779b97f4a7c15ull;
-	return mix64(*s);
-}
-
-static uint64_t rng_below(uint64_t *s, uint64_t n)
-{
-	return rng_next(s) % n;
-}
-
 /* Value j of a row assigned by this file at version ver (ver >= 1). Exact in fp32. */
 static float pattern(uint64_t key, uint32_t ver, uint32_t j)
 {
 	uint64_t h = mix64(key ^ mix64(((uint64_t)ver << 32 | j) + 0x1234567ull));
 	return (float)(int32_t)((h >> 40) & 0xffffff) / 16777216.0f - 0.5f;
-}
-
-static double now_s(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
 }
 
 static de_arena *mk_arena(uint64_t segment_bytes)
@@ -133,13 +89,6 @@ static de_table *mk_table(de_arena *a, const struct de_table_config *tc)
 	cr_assert_eq(rc, 0, "de_table_open: %d (%s)", rc, strerror(-rc));
 	cr_assert_not_null(t);
 	return t;
-}
-
-static void *xcalloc(size_t n, size_t sz)
-{
-	void *p = calloc(n, sz);
-	cr_assert_not_null(p, "calloc(%zu, %zu)", n, sz);
-	return p;
 }
 
 /* Index of the first float that differs bitwise, or -1. */
