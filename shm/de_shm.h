@@ -29,6 +29,10 @@
  *   - Within one batch, a key's first occurrence is DE_CREATED when it was missing; later
  *     duplicates of it in the same batch are DE_FOUND.
  *   - Row ids are 32-bit: at most 2^32 - 2 rows per table.
+ *   - de_table_open and de_table_close are not thread-safe against another open of the
+ *     same arena; every other table call is, for any number of threads.
+ *   - A freed row's id is reused; arena memory is not. Dropping keys does not shrink the
+ *     arena (the eviction issue bounds growth instead).
  */
 #ifndef DE_SHM_H
 #define DE_SHM_H

@@ -1273,7 +1273,12 @@ static int locate(struct de_table *t, uint64_t key, uint64_t h, bool create, con
 				spin_unlock(&s->lock);
 				s = lock_seg(t, h);
 				*sp = s;
-				*bk = locked_find(t, s, key, h, slot);
+				*bk = s ? locked_find(t, s, key, h, slot) : NULL;
+				if (!*bk) { /* only a corrupt index can lose the key */
+					if (s)
+						spin_unlock(&s->lock);
+					return -EBADMSG;
+				}
 			}
 		}
 		return 0;
