@@ -768,6 +768,9 @@ static int read_slow(struct de_table *t, uint64_t key, uint64_t h, float *out, u
  * Torn or corrupt reads leave the pipeline for read_slow. With touch, found rows get
  * freq+1 and last_step = step (plain stores: the counters are statistics).
  */
+#ifndef ROW_PREFETCH_LOCALITY
+#define ROW_PREFETCH_LOCALITY 3
+#endif
 #ifndef PIPE_D
 #define PIPE_D 8
 #endif
@@ -798,7 +801,7 @@ static inline void pipe_found(struct de_table *t, struct pipe_slot *p, struct bu
 	p->st = P_HIT;
 	uint64_t bytes = (uint64_t)t->dim * 4;
 	for (uint64_t o = 0; o < bytes && o < PREFETCH_LINES * 64; o += 64)
-		__builtin_prefetch((char *)p->rp + o);
+		__builtin_prefetch((char *)p->rp + o, 0, ROW_PREFETCH_LOCALITY);
 	if (touch)
 		__builtin_prefetch(meta_at(t, p->rid), 1);
 }
