@@ -106,6 +106,9 @@ struct de_arena {
 	de_grow_hook hook;
 	void *hook_ctx;
 	char note[320];
+#ifdef DE_FAULT_INJECTION
+	long fail_countdown;   /* > 0: allocations until the injected failure */
+#endif
 };
 
 static uint64_t round_up(uint64_t v, uint64_t a) { return (v + a - 1) & ~(a - 1); }
@@ -528,6 +531,12 @@ int de_arena_alloc(de_arena *a, uint64_t bytes, uint64_t align, uint64_t *off)
 	if (bytes > a->reserve)
 		return -ENOMEM;
 	pthread_mutex_lock(&a->lock);
+#ifdef DE_FAULT_INJECTION
+	if (a->fail_countdown > 0 && --a->fail_countdown == 0) {
+		pthread_mutex_unlock(&a->lock);
+		return -ENOMEM;
+	}
+#endif
 	uint64_t at = round_up(a->used, align);
 	int err = 0;
 	if (at + bytes > a->mapped) {
@@ -543,6 +552,17 @@ int de_arena_alloc(de_arena *a, uint64_t bytes, uint64_t align, uint64_t *off)
 	pthread_mutex_unlock(&a->lock);
 	return err;
 }
+
+#ifdef DE_FAULT_INJECTION
+long de_arena_fail_alloc(de_arena *a, long nth)
+{
+	pthread_mutex_lock(&a->lock);
+	long left = a->fail_countdown;
+	a->fail_countdown = nth > 0 ? nth : 0;
+	pthread_mutex_unlock(&a->lock);
+	return left;
+}
+#endif
 
 void *de_arena_at(const de_arena *a, uint64_t off) { return a->base + off; }
 

@@ -119,6 +119,13 @@ void de_arena_destroy(de_arena *a);
  * -EROFS on a read-only arena, -ENOMEM when the reservation or the system is full. */
 int de_arena_alloc(de_arena *a, uint64_t bytes, uint64_t align, uint64_t *off /* out */);
 
+#ifdef DE_FAULT_INJECTION
+/* Test builds only (meson -Dfault_injection=true): make the nth de_arena_alloc from now
+ * on fail once with -ENOMEM (0 disarms). Returns the countdown left from the previous
+ * arming: 0 when that fault fired (or none was armed). */
+long de_arena_fail_alloc(de_arena *a, long nth);
+#endif
+
 /* base + off. No check: use de_arena_valid on offsets read from shared memory. */
 static inline void *de_arena_at_base(void *base, uint64_t off) { return (char *)base + off; }
 void *de_arena_at(const de_arena *a, uint64_t off);

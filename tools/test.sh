@@ -9,13 +9,17 @@ cd "$(dirname "$0")/.."
 tools/install-deps.sh
 
 case "${1:-}" in
-  "")     dir=build;      opts=() ;;
-  --asan) dir=build-asan; opts=(-Db_sanitize=address,undefined -Db_lundef=false) ;;
+  "")     dir=build;      opts=(-Dfault_injection=true) ;;
+  --asan) dir=build-asan; opts=(-Dfault_injection=true -Db_sanitize=address,undefined -Db_lundef=false) ;;
   --tsan) dir=build-tsan; opts=(-Db_sanitize=thread -Db_lundef=false) ;;
   *) echo "usage: $0 [--asan|--tsan]" >&2; exit 2 ;;
 esac
 
-[ -f "$dir/build.ninja" ] || meson setup "$dir" "${opts[@]}" >/dev/null
+if [ -f "$dir/build.ninja" ]; then
+  [ ${#opts[@]} -eq 0 ] || meson configure "$dir" "${opts[@]}" >/dev/null
+else
+  meson setup "$dir" "${opts[@]}" >/dev/null
+fi
 ninja -C "$dir" >/dev/null
 
 export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=1}
