@@ -1,0 +1,1314 @@
+/*
+ * client.c — libdynemb: the client side of the dynemb sidecar (public API: dynemb.h;
+ * wire protocol: src/proto.h; shared memory: shm/de_shm.h).
+ *
+ * Owns, per de_client: the control socket (SOCK_SEQPACKET, one request at a time), the
+ * channel mapping (submission/completion rings + data area), the read-only mappings of
+ * the tables it opened (zero-copy reads), and the bookkeeping of requests in flight.
+ * Never writes table memory (it is mapped PROT_READ from O_RDONLY fds) and never trusts
+ * the daemon: every reply is checked (magic, version, type, exact length, seq), every
+ * fd count is checked against what the reply says and surplus fds are closed, every
+ * count in a completion is checked against the request, every status byte is checked.
+ *
+ * Data area plan. The data area (D bytes) is a FIFO ring allocator: each request takes
+ * one contiguous region [keys | vals | status] (each part 64-byte aligned) at the ring's
+ * head; a region that would straddle the end skips to offset 0 (the skipped bytes belong
+ * to it). Regions are released in any order but the tail only moves past released ones
+ * from the oldest on, so space comes back in allocation order. Positions are free-running
+ * u64 counters (offset = counter % D); head - tail <= D always. A completed async
+ * request's region is released at de_complete but its bytes stay put until a later
+ * request allocates over them: that is why de_request_vals is valid only until the next
+ * call that submits (any de_lookup/update/erase/stats/submit on this client).
+ *
+ * A slot whose region is released but not yet passed by the tail (an older region is
+ * still held) is not reused until it is: the FIFO holds each slot at most once.
+ *
+ * Requests. Every request (blocking or async) takes a slot; slots in flight never exceed
+ * the submission ring's size, so de_channel_submit cannot find the ring full and the
+ * daemon can always post every completion (cq_entries >= sq_entries). user_data is
+ * (generation << 16 | slot): a completion names its slot, and a stale or forged one is
+ * caught by the generation. Completions are reaped in whatever order they come and
+ * stashed in their slot. A blocking call that times out leaves its slot ABANDONED: the
+ * region stays allocated (the daemon may still write it) until the completion shows up.
+ *
+ * Batches. A blocking call splits n keys into chunks of at most min(max_batch, what
+ * fits in the largest free region of the data area), one request each, one at a time.
+ *
+ * Zero-copy. de_lookup/de_lookup_str with DE_READONLY probe the table's read-only
+ * mapping first (de_table_find). DE_FOUND and DE_MISSING are final; DE_RETRY keys (no
+ * stable copy, or a key in an arena segment the daemon has not passed yet) go to the
+ * daemon. New segments are fetched on demand by the table's fd source (seg_source), which
+ * sends SEGMENTS on the control socket and caches surplus fds of a reply.
+ *
+ * Errors. Every function returns 0 or a negative errno. The text of the daemon's last
+ * ERROR reply is kept per thread (thread-local), with its errno; de_strerror(err)
+ * appends it while err is that errno. Each control request clears it first.
+ *
+ * Not thread-safe: one de_client per thread (dynemb.h says so). The fd source runs
+ * inside de_table_find on the calling thread, so it may use the control socket.
+ */
+#include "dynemb.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "de_shm.h"
+#include "proto.h"
+
+#define unlikely(x) __builtin_expect(!!(x), 0)
+
+#define DEFAULT_TIMEOUT_MS 10000
+#define SPIN_NS 50000ull       /* busy-poll the completion ring this long, then futex-sleep */
+#define MAX_TABLES 256u        /* table handles per client */
+#define MAX_SLOTS 4096u        /* requests in flight, at most the SQ size */
+#define SCM_MAX 253u           /* the kernel's SCM_MAX_FD: the most fds one recvmsg can bring */
+#define SEG_WAIT_MS 2000       /* how long the fd source waits for a segment the daemon lacks */
+#define ALIGN 64u
+
+/* ------------------------------------------------------------------------- */
+/* Types                                                                      */
+/* ------------------------------------------------------------------------- */
+
+struct ctable {
+	struct de_client *c;    /* back pointer, for the fd source */
+	uint16_t wire_id;       /* the daemon's table id on this connection */
+	uint32_t dim;
+	uint32_t key_type;      /* enum de_key_type */
+	uint64_t seed;
+	de_arena *arena;        /* read-only mapping of the table's arena; owned */
+	de_table *ro;           /* read-only table on it; owned */
+	int segfd[DE_ARENA_MAX_SEGMENTS]; /* fds received ahead of need, -1 when none; owned */
+};
+
+enum slot_state {
+	S_FREE = 0,
+	S_INFLIGHT,   /* submitted, completion not reaped */
+	S_REAPED,     /* completion stashed, de_complete not called yet (async) */
+	S_COMPLETED,  /* async, de_complete returned: vals readable until the next submit */
+	S_ABANDONED,  /* blocking call timed out: free when its completion arrives */
+};
+
+struct slot {
+	uint64_t id;            /* user_data; 0 when free */
+	uint8_t state;
+	bool released;          /* its data-area region was given back */
+	bool in_fifo;           /* its region is still in the allocator's FIFO: the slot
+	                           cannot take a new one until the tail moved past */
+	bool local;             /* async request served from the read-only mapping */
+	uint32_t n, dim;
+	uint64_t start, end;    /* ring counters of its region */
+	uint64_t vals_off;      /* data-area offset of its values */
+	struct de_cqe cqe;      /* stashed completion */
+};
+
+struct de_client {
+	int sock;
+	uint32_t seq;           /* last control request number */
+	int timeout_ms;
+	int broken;             /* 0, or the error every call returns from now on */
+	bool error_reply;       /* the last ctl_recv got an ERROR reply */
+	de_channel *ch;
+	uint8_t *data;          /* the channel's data area */
+	uint64_t data_bytes;
+	uint32_t client_id, sq_entries, cq_entries, max_batch;
+
+	struct ctable *tables[MAX_TABLES];
+	unsigned ntables;
+
+	struct slot *slots;
+	unsigned nslots;
+	uint32_t gen;
+	/* FIFO of slots holding data-area regions, in allocation order */
+	uint16_t *fifo;
+	unsigned fifo_head, fifo_len;
+	uint64_t rhead, rtail;  /* ring allocator counters */
+
+	uint64_t local_keys, remote_keys;
+};
+
+/* ------------------------------------------------------------------------- */
+/* Errors                                                                     */
+/* ------------------------------------------------------------------------- */
+
+/* The daemon's message for the last ERROR reply on this thread, with its errno. */
+static __thread int tls_err;
+static __thread char tls_msg[sizeof(((struct de_msg_error *)0)->msg)];
+static __thread char tls_buf[sizeof tls_msg + 128];
+
+static void err_clear(void)
+{
+	tls_err = 0;
+	tls_msg[0] = 0;
+}
+
+const char *de_strerror(int err)
+{
+	const char *s;
+	switch (err) {
+	case 0: s = "success"; break;
+	case -ENOENT: s = "no daemon socket at that path (is dynembd running?)"; break;
+	case -ECONNREFUSED: s = "connection refused: no daemon listening on the socket"; break;
+	case -EACCES: s = "permission denied: this uid/gid is not on the daemon's allow-list"; break;
+	case -EPROTO: s = "protocol error: the daemon speaks another protocol version or sent a malformed reply"; break;
+	case -EEXIST: s = "a table of that name exists with a different config"; break;
+	case -EINVAL: s = "invalid argument (bad handle, spec, key type or flags)"; break;
+	case -ENOMEM: s = "out of memory"; break;
+	case -ETIMEDOUT: s = "timed out waiting for the daemon"; break;
+	case -EAGAIN: s = "too many requests in flight or the data area is full; complete some first"; break;
+	case -ENOBUFS: s = "the request does not fit in the channel's data area"; break;
+	case -E2BIG: s = "batch larger than the daemon's max batch"; break;
+	case -EBADMSG: s = "corrupt data from the daemon (bad completion, channel or mapping)"; break;
+	case -ECONNRESET: s = "the daemon closed the connection"; break;
+	case -EPIPE: s = "the daemon closed the connection (broken pipe)"; break;
+	case -ENOTCONN: s = "the connection is unusable after an earlier error"; break;
+	case -EMFILE: s = "too many open files"; break;
+	case -ENAMETOOLONG: s = "socket path or name too long"; break;
+	case -ESRCH: s = "no such request (unknown, already recycled, or not submitted here)"; break;
+	case -EROFS: s = "read-only"; break;
+	case -ENOSPC: s = "the daemon is out of space"; break;
+	case -EBUSY: s = "the daemon is busy"; break;
+	case -ENFILE: s = "too many open files in the system"; break;
+	default: {
+		const char *d = err < 0 ? strerrordesc_np(-err) : NULL;
+		s = d ? d : "unknown error";
+		break;
+	}
+	}
+	if (err != 0 && err == tls_err && tls_msg[0]) {
+		snprintf(tls_buf, sizeof tls_buf, "%s: %s", s, tls_msg);
+		return tls_buf;
+	}
+	return s;
+}
+
+/* ------------------------------------------------------------------------- */
+/* Control plane                                                              */
+/* ------------------------------------------------------------------------- */
+
+static int64_t now_ms(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static void close_fds(int *fds, unsigned n)
+{
+	for (unsigned i = 0; i < n; i++)
+		if (fds[i] >= 0)
+			close(fds[i]);
+}
+
+static void hdr_init(struct de_client *c, struct de_msg_hdr *h, uint16_t type, uint32_t len)
+{
+	h->magic = DE_MSG_MAGIC;
+	h->type = type;
+	h->version = DE_PROTO_VERSION;
+	h->len = len;
+	h->seq = ++c->seq;
+}
+
+static int ctl_send(struct de_client *c, const void *msg, size_t len)
+{
+	ssize_t r;
+	do
+		r = send(c->sock, msg, len, MSG_NOSIGNAL);
+	while (r < 0 && errno == EINTR);
+	if (r < 0)
+		return -errno;
+	if ((size_t)r != len)
+		return -EPROTO;
+	return 0;
+}
+
+/*
+ * Wait for the reply to request c->seq: a message of type want and exactly want_len
+ * bytes, or ERROR. Replies to older requests (ones that timed out) are dropped with
+ * their fds. fds (out): up to max_fds received fds; *nfds their count. Returns 0, the
+ * ERROR's errno (its text saved for de_strerror), or a negative errno.
+ */
+static int ctl_recv(struct de_client *c, uint16_t want, size_t want_len, void *buf,
+		    int *fds, unsigned max_fds, unsigned *nfds)
+{
+	union {
+		struct de_msg_hdr h;
+		struct de_msg_error e;
+		char b[DE_MSG_MAX];
+	} m;
+	union {
+		struct cmsghdr align;
+		char b[CMSG_SPACE(SCM_MAX * sizeof(int))];
+	} cm;
+	*nfds = 0;
+	c->error_reply = false;
+	int64_t deadline = now_ms() + c->timeout_ms;
+	for (;;) {
+		int left = (int)(deadline - now_ms());
+		if (left <= 0)
+			return -ETIMEDOUT;
+		struct pollfd p = { .fd = c->sock, .events = POLLIN };
+		int pr = poll(&p, 1, left);
+		if (pr < 0) {
+			if (errno == EINTR)
+				continue;
+			return -errno;
+		}
+		if (pr == 0)
+			return -ETIMEDOUT;
+
+		struct iovec iov = { .iov_base = m.b, .iov_len = sizeof m.b };
+		struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1,
+				     .msg_control = cm.b, .msg_controllen = sizeof cm.b };
+		ssize_t r = recvmsg(c->sock, &mh, MSG_CMSG_CLOEXEC | MSG_DONTWAIT);
+		if (r < 0) {
+			if (errno == EINTR || errno == EAGAIN)
+				continue;
+			return -errno;
+		}
+		if (r == 0)
+			return -ECONNRESET;
+
+		/* Collect every fd that came, whatever the message says. */
+		int got[SCM_MAX];
+		unsigned ngot = 0;
+		for (struct cmsghdr *h = CMSG_FIRSTHDR(&mh); h; h = CMSG_NXTHDR(&mh, h)) {
+			if (h->cmsg_level != SOL_SOCKET || h->cmsg_type != SCM_RIGHTS)
+				continue;
+			size_t k = (h->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+			const unsigned char *d = CMSG_DATA(h);
+			for (size_t i = 0; i < k; i++) {
+				int fd;
+				memcpy(&fd, d + i * sizeof(int), sizeof fd);
+				if (ngot < SCM_MAX)
+					got[ngot++] = fd;
+				else
+					close(fd);
+			}
+		}
+		int err = 0;
+		if (mh.msg_flags & (MSG_TRUNC | MSG_CTRUNC))
+			err = -EPROTO; /* a lost fd or byte: the reply cannot be trusted */
+		else if ((size_t)r < sizeof(struct de_msg_hdr) || m.h.magic != DE_MSG_MAGIC)
+			err = -EPROTO;
+		else if (m.h.version != DE_PROTO_VERSION)
+			err = -EPROTO;
+		else if (m.h.len != (uint32_t)r)
+			err = -EPROTO;
+		if (err) {
+			close_fds(got, ngot);
+			return err;
+		}
+		if (m.h.seq != c->seq) {
+			/* a late reply to a request that timed out: drop it */
+			close_fds(got, ngot);
+			if ((int32_t)(c->seq - m.h.seq) > 0)
+				continue;
+			return -EPROTO;
+		}
+		if (m.h.type == DE_MSG_ERROR) {
+			close_fds(got, ngot);
+			if ((size_t)r != sizeof(struct de_msg_error))
+				return -EPROTO;
+			int32_t e = m.e.err;
+			if (e >= 0 || e < -4095)
+				return -EPROTO;
+			memcpy(tls_msg, m.e.msg, sizeof tls_msg);
+			tls_msg[sizeof tls_msg - 1] = 0;
+			tls_err = e;
+			c->error_reply = true;
+			return e;
+		}
+		if (m.h.type != want || (size_t)r != want_len || ngot > max_fds) {
+			close_fds(got, ngot);
+			return -EPROTO;
+		}
+		memcpy(buf, m.b, want_len);
+		memcpy(fds, got, ngot * sizeof(int));
+		*nfds = ngot;
+		return 0;
+	}
+}
+
+/* A control-plane failure other than an ERROR reply (c->error_reply) leaves the socket
+ * in an unknown state: a malformed or missing reply makes later calls fail. A timeout
+ * does not: a late reply is recognised by its seq and dropped. */
+static int ctl_fail(struct de_client *c, int err)
+{
+	if (!c->error_reply && (err == -ECONNRESET || err == -EPIPE || err == -EPROTO))
+		c->broken = err;
+	return err;
+}
+
+/* ------------------------------------------------------------------------- */
+/* Connect                                                                    */
+/* ------------------------------------------------------------------------- */
+
+static void client_free(struct de_client *c);
+
+int de_connect(const char *socket_path, const struct de_connect_opts *opts, de_client **out)
+{
+	err_clear();
+	if (!out)
+		return -EINVAL;
+	*out = NULL;
+	if (!socket_path)
+		socket_path = DE_DEFAULT_SOCKET;
+	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+	size_t plen = strlen(socket_path);
+	if (!plen)
+		return -EINVAL;
+	if (plen >= sizeof sa.sun_path)
+		return -ENAMETOOLONG;
+	memcpy(sa.sun_path, socket_path, plen + 1);
+	if (opts && opts->timeout_ms < 0)
+		return -EINVAL;
+
+	struct de_client *c = calloc(1, sizeof *c);
+	if (!c)
+		return -ENOMEM;
+	c->timeout_ms = opts && opts->timeout_ms ? opts->timeout_ms : DEFAULT_TIMEOUT_MS;
+	c->sock = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+	int err = 0;
+	if (c->sock < 0) {
+		err = -errno;
+		goto fail;
+	}
+	if (connect(c->sock, (struct sockaddr *)&sa, sizeof sa) != 0) {
+		err = -errno;
+		goto fail;
+	}
+
+	struct de_msg_hello hello = { 0 };
+	hdr_init(c, &hello.h, DE_MSG_HELLO, sizeof hello);
+	if (opts) {
+		hello.sq_entries = opts->sq_entries;
+		hello.data_bytes = opts->data_bytes;
+		if (opts->name)
+			snprintf(hello.name, sizeof hello.name, "%s", opts->name);
+	}
+	err = ctl_send(c, &hello, sizeof hello);
+	if (err)
+		goto fail;
+	struct de_msg_hello_ok ok;
+	int fds[1];
+	unsigned nfds;
+	err = ctl_recv(c, DE_MSG_HELLO_OK, sizeof ok, &ok, fds, 1, &nfds);
+	if (err)
+		goto fail;
+	if (nfds != 1) {
+		close_fds(fds, nfds);
+		err = -EPROTO;
+		goto fail;
+	}
+	err = de_channel_attach(fds[0], &c->ch); /* dups the fd */
+	close(fds[0]);
+	if (err)
+		goto fail;
+
+	/* The reply's sizes must agree with the channel it came with. */
+	uint64_t dbytes = 0;
+	c->data = de_channel_data(c->ch, &dbytes);
+	if (ok.data_bytes != dbytes || !dbytes || !ok.max_batch || ok.sq_entries < 1 ||
+	    ok.sq_entries > DE_CHANNEL_MAX_ENTRIES || ok.cq_entries < ok.sq_entries ||
+	    ok.cq_entries > 2 * DE_CHANNEL_MAX_ENTRIES) {
+		err = -EPROTO;
+		goto fail;
+	}
+	c->data_bytes = dbytes;
+	c->client_id = ok.client_id;
+	c->sq_entries = ok.sq_entries;
+	c->cq_entries = ok.cq_entries;
+	c->max_batch = ok.max_batch;
+
+	c->nslots = ok.sq_entries < MAX_SLOTS ? ok.sq_entries : MAX_SLOTS;
+	c->slots = calloc(c->nslots, sizeof *c->slots);
+	c->fifo = calloc(c->nslots, sizeof *c->fifo);
+	if (!c->slots || !c->fifo) {
+		err = -ENOMEM;
+		goto fail;
+	}
+	*out = c;
+	return 0;
+fail:
+	client_free(c);
+	return err;
+}
+
+static void table_free(struct ctable *t)
+{
+	if (!t)
+		return;
+	de_table_close(t->ro);
+	de_arena_destroy(t->arena);
+	close_fds(t->segfd, DE_ARENA_MAX_SEGMENTS);
+	free(t);
+}
+
+static void client_free(struct de_client *c)
+{
+	for (unsigned i = 0; i < c->ntables; i++)
+		table_free(c->tables[i]);
+	de_channel_destroy(c->ch);
+	if (c->sock >= 0)
+		close(c->sock);
+	free(c->slots);
+	free(c->fifo);
+	free(c);
+}
+
+void de_close(de_client *c)
+{
+	if (!c)
+		return;
+	if (!c->broken) {
+		struct de_msg_hdr bye;
+		hdr_init(c, &bye, DE_MSG_BYE, sizeof bye);
+		(void)ctl_send(c, &bye, sizeof bye); /* best effort; closing says the same */
+	}
+	client_free(c);
+}
+
+/* ------------------------------------------------------------------------- */
+/* Tables                                                                     */
+/* ------------------------------------------------------------------------- */
+
+static struct ctable *table_get(const struct de_client *c, int table)
+{
+	if (!c || table < 0 || (unsigned)table >= c->ntables)
+		return NULL;
+	return c->tables[table];
+}
+
+uint32_t de_table_dim_of(const de_client *c, int table)
+{
+	const struct ctable *t = table_get(c, table);
+	return t ? t->dim : 0;
+}
+
+/*
+ * The read-only table's fd source (runs inside de_table_find / de_arena_refresh): the
+ * fd of arena segment seg, from the cache or by a SEGMENTS request from seg on. A
+ * segment the daemon has not announced yet (count 0 or ERROR -EAGAIN) is asked again
+ * for up to SEG_WAIT_MS. The arena takes ownership of the fd returned.
+ */
+static int seg_source(void *ctx, unsigned seg)
+{
+	struct ctable *t = ctx;
+	struct de_client *c = t->c;
+	if (seg >= DE_ARENA_MAX_SEGMENTS)
+		return -EBADMSG;
+	if (t->segfd[seg] >= 0) {
+		int fd = t->segfd[seg];
+		t->segfd[seg] = -1;
+		return fd;
+	}
+	if (c->broken)
+		return c->broken;
+	int64_t deadline = now_ms() + SEG_WAIT_MS;
+	for (;;) {
+		err_clear();
+		struct de_msg_segments rq = { .table_id = t->wire_id, .first = seg };
+		hdr_init(c, &rq.h, DE_MSG_SEGMENTS, sizeof rq);
+		int err = ctl_send(c, &rq, sizeof rq);
+		if (err)
+			return ctl_fail(c, err);
+		struct de_msg_segments_ok ok;
+		int fds[SCM_MAX];
+		unsigned nfds;
+		err = ctl_recv(c, DE_MSG_SEGMENTS_OK, sizeof ok, &ok, fds, DE_FDS_PER_MSG, &nfds);
+		if (err && err != -EAGAIN)
+			return ctl_fail(c, err);
+		if (!err) {
+			if (ok.table_id != t->wire_id || ok.first != seg || ok.count != nfds ||
+			    ok.count > DE_FDS_PER_MSG || ok.count > DE_ARENA_MAX_SEGMENTS - seg) {
+				close_fds(fds, nfds);
+				return ctl_fail(c, -EPROTO);
+			}
+			if (nfds) {
+				for (unsigned i = 1; i < nfds; i++) {
+					if (t->segfd[seg + i] >= 0)
+						close(t->segfd[seg + i]);
+					t->segfd[seg + i] = fds[i];
+				}
+				return fds[0];
+			}
+		}
+		if (now_ms() >= deadline)
+			return -ETIMEDOUT;
+		usleep(1000);
+	}
+}
+
+static int spec_to_wire(const struct de_table_spec *s, struct de_msg_open *m)
+{
+	if (!s || !s->name)
+		return -EINVAL;
+	size_t nl = strnlen(s->name, DE_NAME_MAX);
+	if (nl < 1 || nl >= DE_NAME_MAX)
+		return -EINVAL;
+	if (s->dim < 1 || s->dim > DE_MAX_DIM || s->nslots > DE_MAX_SLOTS)
+		return -EINVAL;
+	if ((unsigned)s->init > DE_TRUNC_NORMAL || (unsigned)s->keys > DE_STRING_KEYS)
+		return -EINVAL;
+	memcpy(m->name, s->name, nl);
+	m->cfg.dim = s->dim;
+	m->cfg.nslots = s->nslots;
+	m->cfg.init = (uint32_t)s->init;
+	m->cfg.seg_buckets = 0;
+	m->cfg.init_a = s->init_a;
+	m->cfg.init_b = s->init_b;
+	m->cfg.slot_init = s->slot_init;
+	m->cfg.key_type = s->keys == DE_STRING_KEYS ? DE_KEYS_STRING : DE_KEYS_INT64;
+	m->cfg.seed = s->seed;
+	return 0;
+}
+
+int de_open(de_client *c, const struct de_table_spec *spec, int *table)
+{
+	err_clear();
+	if (!c || !table)
+		return -EINVAL;
+	if (c->broken)
+		return c->broken;
+	struct de_msg_open m = { 0 };
+	int err = spec_to_wire(spec, &m);
+	if (err)
+		return err;
+	if (c->ntables >= MAX_TABLES)
+		return -EMFILE;
+	hdr_init(c, &m.h, DE_MSG_OPEN, sizeof m);
+	err = ctl_send(c, &m, sizeof m);
+	if (err)
+		return ctl_fail(c, err);
+	struct de_msg_open_ok ok;
+	int fds[SCM_MAX];
+	unsigned nfds;
+	err = ctl_recv(c, DE_MSG_OPEN_OK, sizeof ok, &ok, fds, DE_FDS_PER_MSG, &nfds);
+	if (err)
+		return ctl_fail(c, err);
+
+	unsigned want = ok.nsegments < DE_FDS_PER_MSG ? ok.nsegments : DE_FDS_PER_MSG;
+	if (ok.nsegments < 1 || ok.nsegments > DE_ARENA_MAX_SEGMENTS || nfds != want ||
+	    ok.dim != spec->dim || ok.key_type != m.cfg.key_type || ok.seed != spec->seed) {
+		close_fds(fds, nfds);
+		return ctl_fail(c, -EPROTO);
+	}
+	/* The same table opened twice on this connection: one handle. */
+	for (unsigned i = 0; i < c->ntables; i++) {
+		if (c->tables[i]->wire_id == ok.table_id) {
+			close_fds(fds, nfds);
+			*table = (int)i;
+			return 0;
+		}
+	}
+	struct ctable *t = calloc(1, sizeof *t);
+	if (!t) {
+		close_fds(fds, nfds);
+		return -ENOMEM;
+	}
+	for (unsigned i = 0; i < DE_ARENA_MAX_SEGMENTS; i++)
+		t->segfd[i] = -1;
+	t->c = c;
+	t->wire_id = ok.table_id;
+	t->dim = ok.dim;
+	t->key_type = ok.key_type;
+	t->seed = ok.seed;
+	err = de_arena_attach_ro(fds, nfds, &t->arena); /* dups the fds it keeps */
+	close_fds(fds, nfds);
+	if (!err)
+		err = de_table_attach_ro(t->arena, &t->ro);
+	if (!err && de_table_dim(t->ro) != t->dim)
+		err = -EBADMSG;
+	if (err) {
+		table_free(t);
+		return err;
+	}
+	de_table_set_fd_source(t->ro, seg_source, t);
+	c->tables[c->ntables] = t;
+	*table = (int)c->ntables++;
+	return 0;
+}
+
+/* ------------------------------------------------------------------------- */
+/* Data area: the ring allocator                                              */
+/* ------------------------------------------------------------------------- */
+
+static uint64_t align_up(uint64_t x) { return (x + ALIGN - 1) & ~(uint64_t)(ALIGN - 1); }
+
+/* Give back the regions of released slots from the oldest on. */
+static void ring_reclaim(struct de_client *c)
+{
+	while (c->fifo_len) {
+		struct slot *s = &c->slots[c->fifo[c->fifo_head]];
+		if (!s->released)
+			break;
+		c->rtail = s->end;
+		s->in_fifo = false;
+		c->fifo_head = (c->fifo_head + 1) % c->nslots;
+		c->fifo_len--;
+	}
+	if (!c->fifo_len) {
+		/* empty: restart at offset 0 so the whole area is one free region */
+		uint64_t D = c->data_bytes;
+		c->rhead = c->rtail = (c->rhead + D - 1) / D * D;
+	}
+}
+
+/* The largest region ring_alloc can give now. */
+static uint64_t ring_avail(struct de_client *c)
+{
+	uint64_t D = c->data_bytes, used = c->rhead - c->rtail, pos = c->rhead % D;
+	if (!c->fifo_len)
+		return D;
+	uint64_t a = D - pos < D - used ? D - pos : D - used; /* up to the end */
+	uint64_t b = 0;                                       /* after wrapping to 0 */
+	if (pos) {
+		uint64_t wrapped = c->rhead - pos + D - c->rtail; /* held if we wrap now */
+		b = wrapped < D ? D - wrapped : 0;
+	}
+	return a > b ? a : b;
+}
+
+static int ring_alloc(struct de_client *c, struct slot *s, unsigned slot_idx, uint64_t bytes,
+		      uint64_t *off /* out */)
+{
+	uint64_t D = c->data_bytes;
+	if (bytes > D)
+		return -ENOBUFS;
+	uint64_t start = c->rhead, pos = start % D;
+	if (pos + bytes > D)
+		start += D - pos;
+	if (start + bytes - c->rtail > D)
+		return -EAGAIN;
+	s->start = start;
+	s->end = start + bytes;
+	s->released = false;
+	s->in_fifo = true;
+	c->rhead = s->end;
+	c->fifo[(c->fifo_head + c->fifo_len) % c->nslots] = (uint16_t)slot_idx;
+	c->fifo_len++;
+	*off = start % D;
+	return 0;
+}
+
+/* ------------------------------------------------------------------------- */
+/* Slots and completions                                                      */
+/* ------------------------------------------------------------------------- */
+
+/* Before a new request: completed async requests give up their slots (their values are
+ * valid only until the next submit), and released regions come back. */
+static void recycle(struct de_client *c)
+{
+	for (unsigned i = 0; i < c->nslots; i++)
+		if (c->slots[i].state == S_COMPLETED) {
+			c->slots[i].state = S_FREE;
+			c->slots[i].id = 0;
+		}
+	ring_reclaim(c);
+}
+
+static int slot_get(struct de_client *c, unsigned *idx)
+{
+	recycle(c);
+	for (unsigned i = 0; i < c->nslots; i++) {
+		if (c->slots[i].state == S_FREE && !c->slots[i].in_fifo) {
+			struct slot *s = &c->slots[i];
+			if (++c->gen == 0)
+				c->gen = 1;
+			memset(s, 0, sizeof *s);
+			s->id = (uint64_t)c->gen << 16 | i;
+			*idx = i;
+			return 0;
+		}
+	}
+	return -EAGAIN;
+}
+
+static void slot_release(struct de_client *c, struct slot *s, enum slot_state to)
+{
+	s->released = true;
+	s->state = (uint8_t)to;
+	if (to == S_FREE)
+		s->id = 0;
+	ring_reclaim(c);
+}
+
+static struct slot *slot_of(struct de_client *c, uint64_t id)
+{
+	unsigned i = (unsigned)(id & 0xffff);
+	if (!id || i >= c->nslots || c->slots[i].id != id)
+		return NULL;
+	return &c->slots[i];
+}
+
+/* Reap completions until slot s has its own, stashing others (timeout_ms < 0: forever). */
+static int wait_slot(struct de_client *c, struct slot *s, int timeout_ms)
+{
+	int64_t deadline = timeout_ms < 0 ? INT64_MAX : now_ms() + timeout_ms;
+	while (s->state == S_INFLIGHT) {
+		int left = -1;
+		if (timeout_ms >= 0) {
+			int64_t l = deadline - now_ms();
+			left = l < 0 ? 0 : (int)l;
+		}
+		struct de_cqe e;
+		int err = de_channel_reap(c->ch, &e, true, SPIN_NS, left);
+		if (err) {
+			if (err == -EBADMSG)
+				c->broken = err;
+			return err;
+		}
+		struct slot *o = slot_of(c, e.user_data);
+		if (!o || (o->state != S_INFLIGHT && o->state != S_ABANDONED)) {
+			c->broken = -EPROTO; /* a completion for nothing we submitted */
+			return -EPROTO;
+		}
+		if (o->state == S_ABANDONED) {
+			slot_release(c, o, S_FREE);
+			continue;
+		}
+		o->cqe = e;
+		o->state = S_REAPED;
+	}
+	return 0;
+}
+
+static int submit(struct de_client *c, struct slot *s, struct de_sqe *e)
+{
+	e->user_data = s->id;
+	int err = de_channel_submit(c->ch, e);
+	if (err) {
+		if (err == -EBADMSG)
+			c->broken = err;
+		slot_release(c, s, S_FREE);
+		return err == -EAGAIN ? -EAGAIN : err;
+	}
+	s->state = S_INFLIGHT;
+	return 0;
+}
+
+/* ------------------------------------------------------------------------- */
+/* Blocking batches                                                           */
+/* ------------------------------------------------------------------------- */
+
+/* A batch of keys: int64 (ik) or strings (sk, lens), optionally a subset (idx) of the
+ * caller's arrays. Element j of the batch is the caller's key idx[j]. */
+struct keyset {
+	const uint64_t *ik;
+	const char *const *sk;
+	const size_t *lens;
+	const size_t *idx;
+	size_t n;
+};
+
+static inline size_t ks_at(const struct keyset *ks, size_t j) { return ks->idx ? ks->idx[j] : j; }
+
+static inline size_t ks_len(const struct keyset *ks, size_t i)
+{
+	return ks->lens ? ks->lens[i] : strlen(ks->sk[i]);
+}
+
+static int ks_check(const struct keyset *ks)
+{
+	if (ks->ik)
+		return 0;
+	for (size_t i = 0; i < ks->n; i++) {
+		if (!ks->sk[i] && (!ks->lens || ks->lens[i]))
+			return -EINVAL;
+		if (ks_len(ks, i) > DE_MAX_KEY_BYTES)
+			return -EINVAL;
+	}
+	return 0;
+}
+
+struct batch {
+	uint8_t op, flags;
+	uint64_t arg;
+	const float *vals_in;   /* UPDATE: n * dim, by the caller's index */
+	float *vals_out;        /* LOOKUP */
+	uint8_t *status;        /* LOOKUP, may be NULL */
+	size_t sum_count, sum_aux0;
+};
+
+/* One request for keys [from, from + cnt) of ks; kb: their wire bytes. */
+static int run_chunk(struct de_client *c, struct ctable *t, const struct keyset *ks,
+		     size_t from, size_t cnt, uint64_t kb, struct batch *b)
+{
+	uint64_t row = (uint64_t)t->dim * sizeof(float);
+	bool want_vals = b->op == DE_OP_LOOKUP || b->op == DE_OP_UPDATE;
+	bool want_status = b->op == DE_OP_LOOKUP && b->status;
+	uint64_t vb = want_vals ? cnt * row : 0, sb = want_status ? cnt : 0;
+	uint64_t voff = align_up(kb), soff = voff + align_up(vb), total = soff + align_up(sb);
+
+	unsigned si;
+	int err = slot_get(c, &si);
+	if (err)
+		return err;
+	struct slot *s = &c->slots[si];
+	uint64_t base;
+	err = ring_alloc(c, s, si, total, &base);
+	if (err) {
+		s->state = S_FREE;
+		s->id = 0;
+		return err;
+	}
+	uint8_t *d = c->data + base;
+	if (ks->ik) {
+		for (size_t j = 0; j < cnt; j++)
+			memcpy(d + 8 * j, &ks->ik[ks_at(ks, from + j)], 8);
+	} else {
+		uint8_t *p = d + 4 * cnt;
+		for (size_t j = 0; j < cnt; j++) {
+			size_t i = ks_at(ks, from + j), l = ks_len(ks, i);
+			uint32_t l32 = (uint32_t)l;
+			memcpy(d + 4 * j, &l32, 4);
+			if (l)
+				memcpy(p, ks->sk[i], l);
+			p += l;
+		}
+	}
+	if (b->op == DE_OP_UPDATE)
+		for (size_t j = 0; j < cnt; j++)
+			memcpy(d + voff + j * row, b->vals_in + ks_at(ks, from + j) * t->dim, row);
+
+	struct de_sqe e = { .op = b->op, .table = t->wire_id, .count = (uint32_t)cnt,
+			    .keys_off = base, .keys_len = kb, .arg = b->arg };
+	e.flags = b->flags | (want_status ? DE_SQE_STATUS : 0);
+	if (want_vals) {
+		e.vals_off = base + voff;
+		e.vals_len = vb;
+	}
+	if (want_status)
+		e.status_off = base + soff;
+	err = submit(c, s, &e);
+	if (err)
+		return err;
+	err = wait_slot(c, s, c->timeout_ms);
+	if (err) {
+		if (s->state == S_INFLIGHT)
+			s->state = S_ABANDONED; /* the daemon may still write its region */
+		return err;
+	}
+	struct de_cqe q = s->cqe;
+	err = q.res;
+	if (!err && (q.res > 0 || q.count > cnt || (b->op == DE_OP_LOOKUP && q.aux0 > cnt)))
+		err = -EBADMSG;
+	if (!err && want_status) {
+		for (size_t j = 0; j < cnt; j++) {
+			uint8_t st = d[soff + j];
+			if (st > DE_ST_CREATED) {
+				err = -EBADMSG;
+				break;
+			}
+			b->status[ks_at(ks, from + j)] = st;
+		}
+	}
+	if (!err && b->op == DE_OP_LOOKUP)
+		for (size_t j = 0; j < cnt; j++)
+			memcpy(b->vals_out + ks_at(ks, from + j) * t->dim, d + voff + j * row, row);
+	if (!err) {
+		b->sum_count += q.count;
+		b->sum_aux0 += q.aux0;
+	}
+	slot_release(c, s, S_FREE);
+	return err;
+}
+
+/* Run a batch of any size: chunks of at most max_batch keys that fit the data area. */
+static int run_batch(struct de_client *c, struct ctable *t, const struct keyset *ks,
+		     struct batch *b)
+{
+	uint64_t row = (uint64_t)t->dim * sizeof(float);
+	uint64_t per = (b->op == DE_OP_LOOKUP || b->op == DE_OP_UPDATE ? row : 0) +
+		       (b->op == DE_OP_LOOKUP && b->status ? 1 : 0);
+	size_t from = 0;
+	while (from < ks->n) {
+		if (c->broken)
+			return c->broken;
+		recycle(c);
+		uint64_t avail = ring_avail(c);
+		avail = avail > 3 * ALIGN ? avail - 3 * ALIGN : 0; /* alignment padding */
+		size_t cnt = 0;
+		uint64_t kb = 0;
+		size_t lim = ks->n - from < c->max_batch ? ks->n - from : c->max_batch;
+		if (ks->ik) {
+			uint64_t fit = avail / (8 + per);
+			cnt = lim < fit ? lim : (size_t)fit;
+			kb = 8 * (uint64_t)cnt;
+		} else {
+			uint64_t used = 0;
+			while (cnt < lim) {
+				uint64_t k = 4 + ks_len(ks, ks_at(ks, from + cnt));
+				if (used + k + per > avail)
+					break;
+				used += k + per;
+				kb += k;
+				cnt++;
+			}
+		}
+		if (!cnt)
+			return c->fifo_len ? -EAGAIN : -ENOBUFS;
+		int err = run_chunk(c, t, ks, from, cnt, kb, b);
+		if (err)
+			return err;
+		from += cnt;
+	}
+	return 0;
+}
+
+static int check_call(de_client *c, int table, uint32_t key_type, struct ctable **t)
+{
+	if (!c)
+		return -EINVAL;
+	if (c->broken)
+		return c->broken;
+	*t = table_get(c, table);
+	if (!*t || (*t)->key_type != key_type)
+		return -EINVAL;
+	return 0;
+}
+
+/*
+ * Lookups. DE_READONLY: probe the read-only mapping (hashes: the int64 keys, or the
+ * strings' fingerprints); DE_RETRY keys go to the daemon without create.
+ */
+static int lookup(de_client *c, struct ctable *t, struct keyset *ks, const uint64_t *hashes,
+		  float *out, uint8_t *status, unsigned flags, uint64_t step)
+{
+	if (ks->n && !out)
+		return -EINVAL;
+	if (flags & ~DE_READONLY)
+		return -EINVAL;
+	int err = ks_check(ks);
+	if (err)
+		return err;
+	struct batch b = { .op = DE_OP_LOOKUP, .arg = step, .vals_out = out, .status = status };
+	if (!(flags & DE_READONLY)) {
+		b.flags = DE_LOOKUP_CREATE;
+		return run_batch(c, t, ks, &b);
+	}
+	uint8_t *st = status ? status : malloc(ks->n ? ks->n : 1);
+	size_t *idx = malloc((ks->n ? ks->n : 1) * sizeof *idx);
+	if (!st || !idx) {
+		err = -ENOMEM;
+		goto out;
+	}
+	err = de_table_find(t->ro, hashes, ks->n, out, st);
+	if (err)
+		goto out;
+	size_t nr = 0;
+	for (size_t i = 0; i < ks->n; i++)
+		if (st[i] == DE_RETRY)
+			idx[nr++] = i;
+	c->local_keys += ks->n - nr;
+	c->remote_keys += nr;
+	if (nr) {
+		struct keyset rk = *ks;
+		rk.idx = idx;
+		rk.n = nr;
+		b.status = st;
+		err = run_batch(c, t, &rk, &b);
+	}
+out:
+	if (st != status)
+		free(st);
+	free(idx);
+	return err;
+}
+
+int de_lookup(de_client *c, int table, const uint64_t *keys, size_t n, float *out,
+	      uint8_t *status, unsigned flags, uint64_t step)
+{
+	struct ctable *t;
+	int err = check_call(c, table, DE_KEYS_INT64, &t);
+	if (err)
+		return err;
+	if (n && !keys)
+		return -EINVAL;
+	struct keyset ks = { .ik = keys, .n = n };
+	return lookup(c, t, &ks, keys, out, status, flags, step);
+}
+
+int de_lookup_str(de_client *c, int table, const char *const *keys, const size_t *lens, size_t n,
+		  float *out, uint8_t *status, unsigned flags, uint64_t step)
+{
+	struct ctable *t;
+	int err = check_call(c, table, DE_KEYS_STRING, &t);
+	if (err)
+		return err;
+	if (n && !keys)
+		return -EINVAL;
+	struct keyset ks = { .sk = keys, .lens = lens, .n = n };
+	if (!(flags & DE_READONLY))
+		return lookup(c, t, &ks, NULL, out, status, flags, step);
+	err = ks_check(&ks);
+	if (err)
+		return err;
+	uint64_t *h = malloc((n ? n : 1) * sizeof *h);
+	if (!h)
+		return -ENOMEM;
+	for (size_t i = 0; i < n; i++)
+		h[i] = de_key_from_string(t->seed, keys[i] ? keys[i] : "", ks_len(&ks, i));
+	err = lookup(c, t, &ks, h, out, status, flags, step);
+	free(h);
+	return err;
+}
+
+static int update(de_client *c, struct ctable *t, struct keyset *ks, const float *values,
+		  uint64_t step, size_t *created)
+{
+	if (ks->n && !values)
+		return -EINVAL;
+	int err = ks_check(ks);
+	if (err)
+		return err;
+	struct batch b = { .op = DE_OP_UPDATE, .arg = step, .vals_in = values };
+	err = run_batch(c, t, ks, &b);
+	if (created)
+		*created = b.sum_count;
+	return err;
+}
+
+int de_update(de_client *c, int table, const uint64_t *keys, size_t n, const float *values,
+	      uint64_t step, size_t *created)
+{
+	struct ctable *t;
+	int err = check_call(c, table, DE_KEYS_INT64, &t);
+	if (err)
+		return err;
+	if (n && !keys)
+		return -EINVAL;
+	struct keyset ks = { .ik = keys, .n = n };
+	return update(c, t, &ks, values, step, created);
+}
+
+int de_update_str(de_client *c, int table, const char *const *keys, const size_t *lens, size_t n,
+		  const float *values, uint64_t step, size_t *created)
+{
+	struct ctable *t;
+	int err = check_call(c, table, DE_KEYS_STRING, &t);
+	if (err)
+		return err;
+	if (n && !keys)
+		return -EINVAL;
+	struct keyset ks = { .sk = keys, .lens = lens, .n = n };
+	return update(c, t, &ks, values, step, created);
+}
+
+static int erase(de_client *c, struct ctable *t, struct keyset *ks, size_t *erased)
+{
+	int err = ks_check(ks);
+	if (err)
+		return err;
+	struct batch b = { .op = DE_OP_ERASE };
+	err = run_batch(c, t, ks, &b);
+	if (erased)
+		*erased = b.sum_count;
+	return err;
+}
+
+int de_erase(de_client *c, int table, const uint64_t *keys, size_t n, size_t *erased)
+{
+	struct ctable *t;
+	int err = check_call(c, table, DE_KEYS_INT64, &t);
+	if (err)
+		return err;
+	if (n && !keys)
+		return -EINVAL;
+	struct keyset ks = { .ik = keys, .n = n };
+	return erase(c, t, &ks, erased);
+}
+
+int de_erase_str(de_client *c, int table, const char *const *keys, const size_t *lens, size_t n,
+		 size_t *erased)
+{
+	struct ctable *t;
+	int err = check_call(c, table, DE_KEYS_STRING, &t);
+	if (err)
+		return err;
+	if (n && !keys)
+		return -EINVAL;
+	struct keyset ks = { .sk = keys, .lens = lens, .n = n };
+	return erase(c, t, &ks, erased);
+}
+
+int de_stats(de_client *c, int table, struct de_stats *out)
+{
+	if (!c || !out)
+		return -EINVAL;
+	if (c->broken)
+		return c->broken;
+	struct ctable *t = table_get(c, table);
+	if (!t)
+		return -EINVAL;
+	unsigned si;
+	int err = slot_get(c, &si);
+	if (err)
+		return err;
+	struct slot *s = &c->slots[si];
+	uint64_t base;
+	err = ring_alloc(c, s, si, align_up(sizeof(struct de_wire_stats)), &base);
+	if (err) {
+		s->state = S_FREE;
+		s->id = 0;
+		return err;
+	}
+	struct de_sqe e = { .op = DE_OP_STATS, .table = t->wire_id, .vals_off = base,
+			    .vals_len = sizeof(struct de_wire_stats) };
+	err = submit(c, s, &e);
+	if (err)
+		return err;
+	err = wait_slot(c, s, c->timeout_ms);
+	if (err) {
+		if (s->state == S_INFLIGHT)
+			s->state = S_ABANDONED;
+		return err;
+	}
+	err = s->cqe.res > 0 ? -EBADMSG : s->cqe.res;
+	if (!err) {
+		struct de_wire_stats w;
+		memcpy(&w, c->data + base, sizeof w);
+		if (w.dim != t->dim || w.key_type != t->key_type) {
+			err = -EBADMSG;
+		} else {
+			*out = (struct de_stats){
+				.keys = w.keys, .rows_allocated = w.rows_allocated,
+				.rows_free = w.rows_free, .row_bytes = w.row_bytes,
+				.index_bytes = w.index_bytes, .arena_bytes = w.arena_bytes,
+				.segments = w.segments, .splits = w.splits,
+				.dir_doublings = w.dir_doublings, .arena_segments = w.arena_segments,
+				.load_factor = w.load_factor, .dim = w.dim,
+			};
+		}
+	}
+	slot_release(c, s, S_FREE);
+	return err;
+}
+
+/* ------------------------------------------------------------------------- */
+/* Async lookups                                                              */
+/* ------------------------------------------------------------------------- */
+
+int de_submit_lookup(de_client *c, int table, const uint64_t *keys, size_t n, unsigned flags,
+		     uint64_t step, uint64_t *req)
+{
+	struct ctable *t;
+	int err = check_call(c, table, DE_KEYS_INT64, &t);
+	if (err)
+		return err;
+	if (!req || (n && !keys) || (flags & ~DE_READONLY))
+		return -EINVAL;
+	if (n > c->max_batch)
+		return -E2BIG;
+	uint64_t row = (uint64_t)t->dim * sizeof(float);
+	uint64_t voff = align_up(8 * (uint64_t)n), total = voff + align_up(n * row);
+	if (total > c->data_bytes)
+		return -ENOBUFS;
+	unsigned si;
+	err = slot_get(c, &si);
+	if (err)
+		return err;
+	struct slot *s = &c->slots[si];
+	uint64_t base;
+	err = ring_alloc(c, s, si, total ? total : ALIGN, &base);
+	if (err) {
+		s->state = S_FREE;
+		s->id = 0;
+		return err;
+	}
+	s->n = (uint32_t)n;
+	s->dim = t->dim;
+	s->vals_off = base + voff;
+	uint8_t *d = c->data + base;
+	memcpy(d, keys, 8 * n);
+
+	if (flags & DE_READONLY) {
+		/* Zero-copy: probe into the request's own values; done unless a key needs the
+		 * daemon, in which case the whole request goes there. */
+		uint8_t stbuf[256];
+		uint8_t *st = n <= sizeof stbuf ? stbuf : malloc(n);
+		if (!st) {
+			slot_release(c, s, S_FREE);
+			return -ENOMEM;
+		}
+		err = de_table_find(t->ro, keys, n, (float *)(d + voff), st);
+		size_t found = 0, retry = 0;
+		for (size_t i = 0; !err && i < n; i++) {
+			found += st[i] == DE_FOUND;
+			retry += st[i] == DE_RETRY;
+		}
+		if (st != stbuf)
+			free(st);
+		if (err) {
+			slot_release(c, s, S_FREE);
+			return err;
+		}
+		if (!retry) {
+			c->local_keys += n;
+			s->local = true;
+			s->state = S_REAPED;
+			s->cqe = (struct de_cqe){ .user_data = s->id, .count = (uint32_t)found };
+			*req = s->id;
+			return 0;
+		}
+		c->remote_keys += n;
+	}
+	struct de_sqe e = { .op = DE_OP_LOOKUP, .table = t->wire_id, .count = (uint32_t)n,
+			    .keys_off = base, .keys_len = 8 * (uint64_t)n, .vals_off = base + voff,
+			    .vals_len = n * row, .arg = step };
+	e.flags = flags & DE_READONLY ? 0 : DE_LOOKUP_CREATE;
+	err = submit(c, s, &e);
+	if (err)
+		return err;
+	*req = s->id;
+	return 0;
+}
+
+int de_complete(de_client *c, uint64_t req, int timeout_ms)
+{
+	if (!c)
+		return -EINVAL;
+	struct slot *s = slot_of(c, req);
+	if (!s || s->state == S_ABANDONED)
+		return -ESRCH;
+	if (s->state == S_COMPLETED)
+		return s->cqe.res;
+	if (s->state == S_INFLIGHT) {
+		if (c->broken)
+			return c->broken;
+		int err = wait_slot(c, s, timeout_ms < 0 ? c->timeout_ms : timeout_ms);
+		if (err)
+			return err; /* still in flight: de_complete may be called again */
+	}
+	struct de_cqe q = s->cqe;
+	if (q.res > 0 || (q.res == 0 && (q.count > s->n || q.aux0 > s->n)))
+		s->cqe.res = -EBADMSG;
+	slot_release(c, s, S_COMPLETED);
+	return s->cqe.res;
+}
+
+const float *de_request_vals(de_client *c, uint64_t req)
+{
+	if (!c)
+		return NULL;
+	struct slot *s = slot_of(c, req);
+	if (!s || s->state != S_COMPLETED || s->cqe.res)
+		return NULL;
+	return (const float *)(c->data + s->vals_off);
+}
+
+void de_zero_copy_counts(const de_client *c, uint64_t *local_keys, uint64_t *remote_keys)
+{
+	if (local_keys)
+		*local_keys = c ? c->local_keys : 0;
+	if (remote_keys)
+		*remote_keys = c ? c->remote_keys : 0;
+}

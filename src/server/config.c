@@ -1,0 +1,444 @@
+/*
+ * config.c — dynembd's configuration: an embedded default config (DEFAULT_CONFIG below,
+ * parsed first, so the daemon runs with no file at all), then one INI file (--config),
+ * then command-line flags, each later source overriding the earlier. Every value goes
+ * through one setter (set_key), so a key means the same in the file and as a flag.
+ *
+ * Errors name where the value came from ("FILE:LINE: ..." or "--flag: ...") and make
+ * the daemon exit with status 2. Owns nothing after srv_config_load returns.
+ */
+#include "server.h"
+
+#include <ctype.h>
+#include <errno.h>
+#include <getopt.h>
+#include <grp.h>
+#include <ini.h>
+#include <inttypes.h>
+#include <limits.h>
+#include <pwd.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#define DYNEMBD_VERSION "0.1.0"
+
+/* The built-in configuration: what runs when there is no file. */
+static const char DEFAULT_CONFIG[] =
+	"[server]\n"
+	"socket = " DE_DEFAULT_SOCKET "\n"
+	"workers = 1\n"
+	"poll_us = 50\n"
+	"max_batch = 65536\n"
+	"sq_entries = 256\n"
+	"data_bytes = 64M\n"
+	"max_data_bytes = 1G\n"
+	"allow_uids =\n"
+	"allow_gids =\n"
+	"log_level = info\n"
+	"[pages]\n"
+	"mode = auto\n"
+	"numa_node = auto\n"
+	"segment_bytes = 32M\n"
+	"reserve_bytes = 0\n";
+
+static const char *trim(char *s)
+{
+	while (isspace((unsigned char)*s))
+		s++;
+	size_t n = strlen(s);
+	while (n && isspace((unsigned char)s[n - 1]))
+		s[--n] = 0;
+	return s;
+}
+
+static int parse_u64(const char *v, uint64_t lo, uint64_t hi, uint64_t *out)
+{
+	if (!*v || !isdigit((unsigned char)*v))
+		return -1;
+	errno = 0;
+	char *end;
+	unsigned long long x = strtoull(v, &end, 10);
+	if (errno || *end || x < lo || x > hi)
+		return -1;
+	*out = x;
+	return 0;
+}
+
+/* A byte count: digits with an optional K, M, G (powers of 1024), optionally "iB"/"B". */
+static int parse_size(const char *v, uint64_t *out)
+{
+	if (!*v || !isdigit((unsigned char)*v))
+		return -1;
+	errno = 0;
+	char *end;
+	unsigned long long x = strtoull(v, &end, 10);
+	if (errno)
+		return -1;
+	unsigned shift = 0;
+	switch (toupper((unsigned char)*end)) {
+	case 'K': shift = 10; end++; break;
+	case 'M': shift = 20; end++; break;
+	case 'G': shift = 30; end++; break;
+	default: break;
+	}
+	if (shift && (!strcasecmp(end, "iB") || !strcasecmp(end, "B")))
+		end += strlen(end);
+	if (*end || (shift && x > (UINT64_MAX >> shift)))
+		return -1;
+	*out = (uint64_t)x << shift;
+	return 0;
+}
+
+/* "0, 1000,alice" -> ids; names go through getpwnam/getgrnam. An empty list is fine. */
+static int parse_ids(const char *v, bool groups, unsigned *ids, unsigned *n, char *err,
+		     size_t errcap)
+{
+	char buf[1024];
+	if (strlen(v) >= sizeof buf) {
+		snprintf(err, errcap, "list too long");
+		return -1;
+	}
+	strcpy(buf, v);
+	*n = 0;
+	char *save = NULL;
+	for (char *tok = strtok_r(buf, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
+		const char *t = trim(tok);
+		if (!*t)
+			continue;
+		if (*n == SRV_MAX_IDS) {
+			snprintf(err, errcap, "more than %u entries", SRV_MAX_IDS);
+			return -1;
+		}
+		uint64_t x;
+		if (parse_u64(t, 0, UINT32_MAX - 1, &x) == 0) {
+			ids[(*n)++] = (unsigned)x;
+		} else if (!groups && getpwnam(t)) {
+			ids[(*n)++] = getpwnam(t)->pw_uid;
+		} else if (groups && getgrnam(t)) {
+			ids[(*n)++] = getgrnam(t)->gr_gid;
+		} else {
+			snprintf(err, errcap, "'%s' is not a %s id or name", t, groups ? "group" : "user");
+			return -1;
+		}
+	}
+	return 0;
+}
+
+/* Set one key. 0, or -1 with a message in err ("unknown key" gets -2). */
+static int set_key(struct srv_config *c, const char *section, const char *key, const char *val,
+		   char *err, size_t errcap)
+{
+	char vbuf[1024];
+	snprintf(vbuf, sizeof vbuf, "%s", val ? val : "");
+	const char *v = trim(vbuf);
+	uint64_t x;
+#define BAD(...) do { snprintf(err, errcap, __VA_ARGS__); return -1; } while (0)
+	if (!strcmp(section, "server")) {
+		if (!strcmp(key, "socket")) {
+			if (!*v || strlen(v) >= sizeof c->socket)
+				BAD("socket path must be 1..%zu bytes", sizeof c->socket - 1);
+			strcpy(c->socket, v);
+		} else if (!strcmp(key, "workers")) {
+			if (parse_u64(v, 1, SRV_MAX_WORKERS, &x))
+				BAD("workers '%s' is not a number in 1..%u", v, SRV_MAX_WORKERS);
+			c->workers = (unsigned)x;
+		} else if (!strcmp(key, "poll_us")) {
+			if (parse_u64(v, 0, 1000000, &x))
+				BAD("poll_us '%s' is not a number in 0..1000000", v);
+			c->poll_us = (unsigned)x;
+		} else if (!strcmp(key, "max_batch")) {
+			if (parse_u64(v, 1, SRV_MAX_BATCH_LIMIT, &x))
+				BAD("max_batch '%s' is not a number in 1..%u", v, SRV_MAX_BATCH_LIMIT);
+			c->max_batch = (uint32_t)x;
+		} else if (!strcmp(key, "sq_entries")) {
+			if (parse_u64(v, 2, DE_CHANNEL_MAX_ENTRIES, &x) || (x & (x - 1)))
+				BAD("sq_entries '%s' is not a power of two in 2..%u", v, DE_CHANNEL_MAX_ENTRIES);
+			c->sq_entries = (uint32_t)x;
+		} else if (!strcmp(key, "data_bytes") || !strcmp(key, "max_data_bytes")) {
+			if (parse_size(v, &x) || x < 4096 || x > DE_CHANNEL_MAX_DATA)
+				BAD("%s '%s' is not a size in 4K..4G", key, v);
+			x = (x + 4095) & ~4095ull;
+			if (!strcmp(key, "data_bytes"))
+				c->data_bytes = x;
+			else
+				c->max_data_bytes = x;
+		} else if (!strcmp(key, "allow_uids")) {
+			char e[256];
+			if (parse_ids(v, false, c->allow_uids, &c->n_uids, e, sizeof e))
+				BAD("allow_uids: %s", e);
+		} else if (!strcmp(key, "allow_gids")) {
+			char e[256];
+			if (parse_ids(v, true, c->allow_gids, &c->n_gids, e, sizeof e))
+				BAD("allow_gids: %s", e);
+		} else if (!strcmp(key, "log_level")) {
+			static const char *names[] = { "error", "warn", "info", "debug" };
+			int lvl = -1;
+			for (int i = 0; i < 4; i++)
+				if (!strcasecmp(v, names[i]))
+					lvl = i;
+			if (lvl < 0)
+				BAD("log_level '%s' is not one of error, warn, info, debug", v);
+			c->log_level = lvl;
+		} else {
+			BAD("unknown key '%s' in [%s]", key, section);
+		}
+	} else if (!strcmp(section, "pages")) {
+		if (!strcmp(key, "mode")) {
+			if (!strcasecmp(v, "auto"))
+				c->pages = DE_PAGES_AUTO;
+			else if (!strcasecmp(v, "hugetlb"))
+				c->pages = DE_PAGES_HUGETLB;
+			else if (!strcasecmp(v, "thp"))
+				c->pages = DE_PAGES_THP;
+			else if (!strcasecmp(v, "small"))
+				c->pages = DE_PAGES_SMALL;
+			else
+				BAD("mode '%s' is not one of auto, hugetlb, thp, small", v);
+		} else if (!strcmp(key, "numa_node")) {
+			if (!strcasecmp(v, "auto"))
+				c->numa_node = DE_NUMA_AUTO;
+			else if (!strcasecmp(v, "none"))
+				c->numa_node = DE_NUMA_NONE;
+			else if (parse_u64(v, 0, 1023, &x) == 0)
+				c->numa_node = (int)x;
+			else
+				BAD("numa_node '%s' is not auto, none or a node number", v);
+		} else if (!strcmp(key, "segment_bytes")) {
+			if (parse_size(v, &x) || x < (2u << 20) || x > (1ull << 36))
+				BAD("segment_bytes '%s' is not a size in 2M..64G", v);
+			c->segment_bytes = x;
+		} else if (!strcmp(key, "reserve_bytes")) {
+			if (parse_size(v, &x) || (x && (x < (64u << 20) || x > (1ull << 44))))
+				BAD("reserve_bytes '%s' is not 0 (default) or a size in 64M..16T", v);
+			c->reserve_bytes = x;
+		} else {
+			BAD("unknown key '%s' in [%s]", key, section);
+		}
+	} else {
+		BAD("unknown section [%s]", section);
+	}
+#undef BAD
+	return 0;
+}
+
+struct ini_ctx {
+	struct srv_config *cfg;
+	char err[512];
+	bool failed;
+};
+
+static int on_ini_key(void *user, const char *section, const char *name, const char *value)
+{
+	struct ini_ctx *x = user;
+	if (!name) /* a section header with no keys (inih with INI_CALL_HANDLER_ON_NEW_SECTION) */
+		return 1;
+	char e[400];
+	if (set_key(x->cfg, section, name, value, e, sizeof e) == 0)
+		return 1;
+	if (!x->failed) { /* ini_parse reports the line of the first error: keep its message */
+		x->failed = true;
+		snprintf(x->err, sizeof x->err, "%s", e);
+	}
+	return 0;
+}
+
+static void usage(FILE *f)
+{
+	fprintf(f,
+		"Usage: dynembd [OPTION]...\n"
+		"The dynemb embedding-store daemon: one per host; clients talk to it over a unix\n"
+		"socket and shared-memory rings.\n"
+		"\n"
+		"Configuration comes from the built-in defaults, then --config FILE (INI), then\n"
+		"these flags. Each flag sets the config key named after it.\n"
+		"\n"
+		"  -c, --config FILE         INI file with [server] and [pages] sections\n"
+		"  -s, --socket PATH         [server] socket: control socket (default %s;\n"
+		"                            its directory is created)\n"
+		"  -w, --workers N           [server] workers: data-plane threads, 1..%u (default 1)\n"
+		"      --poll-us N           [server] poll_us: busy-poll this long before sleeping (50)\n"
+		"      --max-batch N         [server] max_batch: most keys in one request (65536)\n"
+		"      --sq-entries N        [server] sq_entries: default ring size, power of two (256)\n"
+		"      --data-bytes SIZE     [server] data_bytes: default data area per channel (64M)\n"
+		"      --max-data-bytes SIZE [server] max_data_bytes: largest data area a client gets (1G)\n"
+		"  -u, --allow-uid LIST      [server] allow_uids: users allowed to connect (ids or names,\n"
+		"                            comma-separated); root and the daemon's own user always are\n"
+		"  -g, --allow-gid LIST      [server] allow_gids: groups allowed to connect\n"
+		"  -l, --log-level LEVEL     [server] log_level: error, warn, info (default), debug\n"
+		"      --pages MODE          [pages] mode: auto (default), hugetlb, thp, small\n"
+		"      --numa-node N         [pages] numa_node: auto (default), none, or a node number\n"
+		"      --segment-bytes SIZE  [pages] segment_bytes: first arena segment of a table (32M)\n"
+		"      --reserve-bytes SIZE  [pages] reserve_bytes: address space per table (0 = 64G)\n"
+		"  -f, --foreground          stay in the foreground (default: detach after binding)\n"
+		"      --print-config        print the effective configuration and exit\n"
+		"  -h, --help                this text\n"
+		"      --version             the version\n"
+		"\n"
+		"SIZE takes K, M, G suffixes (powers of 1024). Bad values exit with status 2.\n"
+		"SIGTERM or SIGINT: stop accepting, finish every queued request, exit 0.\n",
+		DE_DEFAULT_SOCKET, SRV_MAX_WORKERS);
+}
+
+enum { O_POLL = 256, O_BATCH, O_SQ, O_DATA, O_MAXDATA, O_PAGES, O_NUMA, O_SEG, O_RES,
+       O_PRINT, O_VERSION };
+
+static const struct option opts[] = {
+	{ "config", required_argument, NULL, 'c' },
+	{ "socket", required_argument, NULL, 's' },
+	{ "workers", required_argument, NULL, 'w' },
+	{ "poll-us", required_argument, NULL, O_POLL },
+	{ "max-batch", required_argument, NULL, O_BATCH },
+	{ "sq-entries", required_argument, NULL, O_SQ },
+	{ "data-bytes", required_argument, NULL, O_DATA },
+	{ "max-data-bytes", required_argument, NULL, O_MAXDATA },
+	{ "allow-uid", required_argument, NULL, 'u' },
+	{ "allow-gid", required_argument, NULL, 'g' },
+	{ "log-level", required_argument, NULL, 'l' },
+	{ "pages", required_argument, NULL, O_PAGES },
+	{ "numa-node", required_argument, NULL, O_NUMA },
+	{ "segment-bytes", required_argument, NULL, O_SEG },
+	{ "reserve-bytes", required_argument, NULL, O_RES },
+	{ "foreground", no_argument, NULL, 'f' },
+	{ "print-config", no_argument, NULL, O_PRINT },
+	{ "help", no_argument, NULL, 'h' },
+	{ "version", no_argument, NULL, O_VERSION },
+	{ NULL, 0, NULL, 0 },
+};
+static const char shortopts[] = "+c:s:w:u:g:l:fh";
+
+/* The config key a flag sets. */
+static bool flag_key(int o, const char **section, const char **key)
+{
+	static const struct { int o; const char *s, *k; } map[] = {
+		{ 's', "server", "socket" },        { 'w', "server", "workers" },
+		{ O_POLL, "server", "poll_us" },    { O_BATCH, "server", "max_batch" },
+		{ O_SQ, "server", "sq_entries" },   { O_DATA, "server", "data_bytes" },
+		{ O_MAXDATA, "server", "max_data_bytes" },
+		{ 'u', "server", "allow_uids" },    { 'g', "server", "allow_gids" },
+		{ 'l', "server", "log_level" },     { O_PAGES, "pages", "mode" },
+		{ O_NUMA, "pages", "numa_node" },   { O_SEG, "pages", "segment_bytes" },
+		{ O_RES, "pages", "reserve_bytes" },
+	};
+	for (size_t i = 0; i < sizeof map / sizeof map[0]; i++)
+		if (map[i].o == o) {
+			*section = map[i].s;
+			*key = map[i].k;
+			return true;
+		}
+	return false;
+}
+
+static const char *flag_name(int o)
+{
+	for (const struct option *p = opts; p->name; p++)
+		if (p->val == o)
+			return p->name;
+	return "?";
+}
+
+int srv_config_load(struct srv_config *c, int argc, char **argv)
+{
+	memset(c, 0, sizeof *c);
+	struct ini_ctx x = { .cfg = c };
+	int line = ini_parse_string(DEFAULT_CONFIG, on_ini_key, &x);
+	if (line) { /* a bug in DEFAULT_CONFIG: say so loudly */
+		fprintf(stderr, "dynembd: built-in config:%d: %s\n", line, x.err);
+		return 2;
+	}
+
+	/* Pass 1: --config, --help, --version (and reject unknown options). */
+	const char *file = NULL;
+	opterr = 0;
+	optind = 0;
+	int o;
+	while ((o = getopt_long(argc, argv, shortopts, opts, NULL)) != -1) {
+		if (o == 'c')
+			file = optarg;
+		else if (o == 'h') {
+			usage(stdout);
+			return 1;
+		} else if (o == O_VERSION) {
+			printf("dynembd " DYNEMBD_VERSION " (protocol %u)\n", DE_PROTO_VERSION);
+			return 1;
+		} else if (o == '?' || o == ':') {
+			if (optopt && optopt < 256)
+				fprintf(stderr, "dynembd: option -%c: unknown or missing its value\n", optopt);
+			else
+				fprintf(stderr, "dynembd: option %s: unknown or missing its value\n",
+					argv[optind - 1]);
+			fprintf(stderr, "Try 'dynembd --help'.\n");
+			return 2;
+		}
+	}
+	if (optind < argc) {
+		fprintf(stderr, "dynembd: unexpected argument '%s'\nTry 'dynembd --help'.\n", argv[optind]);
+		return 2;
+	}
+
+	if (file) {
+		x = (struct ini_ctx){ .cfg = c };
+		line = ini_parse(file, on_ini_key, &x);
+		if (line < 0) {
+			fprintf(stderr, "dynembd: %s: cannot read the config file\n", file);
+			return 2;
+		}
+		if (line > 0) {
+			fprintf(stderr, "dynembd: %s:%d: %s\n", file, line,
+				x.failed ? x.err : "syntax error");
+			return 2;
+		}
+	}
+
+	/* Pass 2: the flags that set keys, in order. */
+	optind = 0;
+	while ((o = getopt_long(argc, argv, shortopts, opts, NULL)) != -1) {
+		const char *section, *key;
+		char e[400];
+		if (o == 'f')
+			c->foreground = true;
+		else if (o == O_PRINT)
+			c->print_config = true;
+		else if (flag_key(o, &section, &key) && set_key(c, section, key, optarg, e, sizeof e)) {
+			fprintf(stderr, "dynembd: --%s: %s\n", flag_name(o), e);
+			return 2;
+		}
+	}
+	if (c->data_bytes > c->max_data_bytes) {
+		fprintf(stderr, "dynembd: data_bytes (%" PRIu64 ") is above max_data_bytes (%" PRIu64 ")\n",
+			c->data_bytes, c->max_data_bytes);
+		return 2;
+	}
+	return 0;
+}
+
+static void print_ids(FILE *f, const unsigned *ids, unsigned n)
+{
+	for (unsigned i = 0; i < n; i++)
+		fprintf(f, "%s%u", i ? "," : "", ids[i]);
+	fputc('\n', f);
+}
+
+void srv_config_print(const struct srv_config *c, FILE *f)
+{
+	static const char *lv[] = { "error", "warn", "info", "debug" };
+	fprintf(f, "[server]\nsocket = %s\nworkers = %u\npoll_us = %u\nmax_batch = %u\n"
+		   "sq_entries = %u\ndata_bytes = %" PRIu64 "\nmax_data_bytes = %" PRIu64 "\n",
+		c->socket, c->workers, c->poll_us, c->max_batch, c->sq_entries, c->data_bytes,
+		c->max_data_bytes);
+	fprintf(f, "allow_uids = ");
+	print_ids(f, c->allow_uids, c->n_uids);
+	fprintf(f, "allow_gids = ");
+	print_ids(f, c->allow_gids, c->n_gids);
+	fprintf(f, "log_level = %s\n[pages]\nmode = %s\n", lv[c->log_level],
+		c->pages == DE_PAGES_AUTO ? "auto" : de_pages_name(c->pages));
+	if (c->numa_node == DE_NUMA_AUTO)
+		fprintf(f, "numa_node = auto\n");
+	else if (c->numa_node == DE_NUMA_NONE)
+		fprintf(f, "numa_node = none\n");
+	else
+		fprintf(f, "numa_node = %d\n", c->numa_node);
+	fprintf(f, "segment_bytes = %" PRIu64 "\nreserve_bytes = %" PRIu64 "\n", c->segment_bytes,
+		c->reserve_bytes);
+}

@@ -1,0 +1,627 @@
+/*
+ * control.c — dynembd's control plane: one epoll thread for the listener, every client
+ * socket, the signal fd and the workers' release eventfd.
+ *
+ * Per connection (SOCK_SEQPACKET, non-blocking; one request at a time, see proto.h):
+ *   1. HELLO must come first (anything else: ERROR -EPROTO, close). SO_PEERCRED (taken at
+ *      accept) against the allow-list: deny is ERROR -EACCES, close. Then the version
+ *      (-EPROTO). Then a channel with the clamped sizes goes to the worker with the fewest
+ *      channels (all full: -EBUSY) and its fd goes back with HELLO_OK.
+ *   2. OPEN: name and config checked, the registry finds or creates the table, OPEN_OK
+ *      carries read-only fds of its arena segments. SEGMENTS: fds from `first` on.
+ *   3. Every message is checked (magic, version, type, exact length for its type) before
+ *      anything reads its body; a malformed one gets ERROR -EBADMSG and the connection is
+ *      closed. Fds a client sends are closed unread. Replies never block: a client whose
+ *      socket buffer is full is closed.
+ * Hang-up: the socket is closed at once; the client's channel stays until its worker
+ * released it (see server.h), then the reaper destroys it.
+ *
+ * Owns: the listener (and the socket file), client sockets, struct srv_client memory.
+ */
+#include "server.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/signalfd.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#define EV_LISTEN 1u
+#define EV_SIGNAL 2u
+#define EV_RELEASE 3u
+#define MAX_CONNECTIONS 4096u
+
+struct ctl {
+	struct srv_server *s;
+	int ep, listen_fd, sig_fd;
+	struct srv_client *clients;
+	unsigned nconn;
+	unsigned next_id;
+	uid_t self_uid;
+	bool stopping;
+};
+
+/* ---- listener ---------------------------------------------------------------------- */
+
+static int mkdirs(const char *path)
+{
+	char buf[sizeof ((struct sockaddr_un *)0)->sun_path];
+	snprintf(buf, sizeof buf, "%s", path);
+	char *slash = strrchr(buf, '/');
+	if (!slash || slash == buf)
+		return 0;
+	*slash = 0;
+	for (char *p = buf + 1; *p; p++) {
+		if (*p != '/')
+			continue;
+		*p = 0;
+		if (mkdir(buf, 0755) && errno != EEXIST)
+			return -errno;
+		*p = '/';
+	}
+	if (mkdir(buf, 0755) && errno != EEXIST)
+		return -errno;
+	return 0;
+}
+
+int srv_listen(const char *path, int *out_fd)
+{
+	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+	if (strlen(path) >= sizeof sa.sun_path)
+		return -ENAMETOOLONG;
+	strcpy(sa.sun_path, path);
+	int err = mkdirs(path);
+	if (err) {
+		srv_log(SRV_LOG_ERROR, "cannot create the directory of %s: %s", path, strerror(-err));
+		return err;
+	}
+	int fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+	if (fd < 0)
+		return -errno;
+	struct stat st;
+	if (lstat(path, &st) == 0) {
+		if (!S_ISSOCK(st.st_mode)) {
+			srv_log(SRV_LOG_ERROR, "%s exists and is not a socket", path);
+			close(fd);
+			return -EEXIST;
+		}
+		/* A stale socket refuses connections; a live one means another daemon. */
+		int probe = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+		if (probe >= 0 && connect(probe, (struct sockaddr *)&sa, sizeof sa) == 0) {
+			close(probe);
+			close(fd);
+			srv_log(SRV_LOG_ERROR, "another dynembd is serving %s", path);
+			return -EADDRINUSE;
+		}
+		if (probe >= 0)
+			close(probe);
+		unlink(path);
+	}
+	if (bind(fd, (struct sockaddr *)&sa, sizeof sa) || chmod(path, 0666) || listen(fd, 128)) {
+		err = -errno;
+		srv_log(SRV_LOG_ERROR, "cannot listen on %s: %s", path, strerror(-err));
+		close(fd);
+		return err;
+	}
+	*out_fd = fd;
+	return 0;
+}
+
+/* ---- replies ----------------------------------------------------------------------- */
+
+static void hdr_reply(struct de_msg_hdr *h, uint16_t type, uint32_t len, uint32_t seq)
+{
+	*h = (struct de_msg_hdr){ .magic = DE_MSG_MAGIC, .type = type,
+				  .version = DE_PROTO_VERSION, .len = len, .seq = seq };
+}
+
+/* Send one message with fds; never blocks. 0 or a negative errno. */
+static int send_msg(int sock, const void *msg, size_t len, const int *fds, unsigned nfds)
+{
+	struct iovec iov = { .iov_base = (void *)msg, .iov_len = len };
+	union {
+		char buf[CMSG_SPACE(sizeof(int) * DE_FDS_PER_MSG)];
+		struct cmsghdr align;
+	} u;
+	struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1 };
+	if (nfds) {
+		memset(u.buf, 0, sizeof u.buf);
+		mh.msg_control = u.buf;
+		mh.msg_controllen = CMSG_SPACE(sizeof(int) * nfds);
+		struct cmsghdr *cm = CMSG_FIRSTHDR(&mh);
+		cm->cmsg_level = SOL_SOCKET;
+		cm->cmsg_type = SCM_RIGHTS;
+		cm->cmsg_len = CMSG_LEN(sizeof(int) * nfds);
+		memcpy(CMSG_DATA(cm), fds, sizeof(int) * nfds);
+	}
+	ssize_t r = sendmsg(sock, &mh, MSG_DONTWAIT | MSG_NOSIGNAL);
+	if (r < 0)
+		return -errno;
+	return (size_t)r == len ? 0 : -EIO;
+}
+
+__attribute__((format(printf, 4, 5)))
+static void send_error(struct srv_client *c, uint32_t seq, int err, const char *fmt, ...)
+{
+	struct de_msg_error m;
+	memset(&m, 0, sizeof m);
+	hdr_reply(&m.h, DE_MSG_ERROR, sizeof m, seq);
+	m.err = err;
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(m.msg, sizeof m.msg, fmt, ap);
+	va_end(ap);
+	send_msg(c->sock, &m, sizeof m, NULL, 0);
+}
+
+/* ---- clients ------------------------------------------------------------------------ */
+
+static void client_free(struct ctl *x, struct srv_client *c)
+{
+	for (struct srv_client **p = &x->clients; *p; p = &(*p)->next)
+		if (*p == c) {
+			*p = c->next;
+			break;
+		}
+	if (c->sock >= 0)
+		close(c->sock);
+	if (c->w)
+		c->w->nclients--;
+	de_channel_destroy(c->ch);
+	free(c);
+	x->nconn--;
+}
+
+/* Close the socket; the client's memory goes once its worker (if any) released it. */
+static void client_close(struct ctl *x, struct srv_client *c, const char *why)
+{
+	if (c->sock >= 0) {
+		epoll_ctl(x->ep, EPOLL_CTL_DEL, c->sock, NULL);
+		close(c->sock);
+		c->sock = -1;
+		srv_log(SRV_LOG_INFO, "client %u (pid %d uid %u) %s", c->id, (int)c->pid,
+			(unsigned)c->uid, why);
+	}
+	if (!c->w) {
+		client_free(x, c);
+		return;
+	}
+	/* release: pairs with the worker's acquire in take_mail */
+	__atomic_store_n(&c->want_remove, 1, __ATOMIC_RELEASE);
+	srv_worker_kick(c->w);
+}
+
+/* Free every client a worker has released; close those that broke their channel. */
+static void reap_released(struct ctl *x)
+{
+	uint64_t v;
+	ssize_t r = read(x->s->release_fd, &v, sizeof v);
+	(void)r;
+	for (struct srv_client *c = x->clients, *n; c; c = n) {
+		n = c->next;
+		/* acquire: pairs with the release in the worker's release() */
+		if (!__atomic_load_n(&c->released, __ATOMIC_ACQUIRE))
+			continue;
+		if (c->broken && c->sock >= 0)
+			srv_log(SRV_LOG_WARN, "client %u (pid %d uid %u) broke its ring: closed",
+				c->id, (int)c->pid, (unsigned)c->uid);
+		if (c->sock >= 0) {
+			epoll_ctl(x->ep, EPOLL_CTL_DEL, c->sock, NULL);
+			close(c->sock);
+			c->sock = -1;
+		}
+		client_free(x, c);
+	}
+}
+
+static void accept_all(struct ctl *x)
+{
+	for (;;) {
+		int fd = accept4(x->listen_fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+		if (fd < 0) {
+			if (errno != EAGAIN && errno != EINTR && errno != ECONNABORTED)
+				srv_log(SRV_LOG_WARN, "accept: %s", strerror(errno));
+			if (errno == EINTR || errno == ECONNABORTED)
+				continue;
+			return;
+		}
+		struct ucred cr;
+		socklen_t crl = sizeof cr;
+		struct srv_client *c = NULL;
+		if (x->nconn >= MAX_CONNECTIONS ||
+		    getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cr, &crl) != 0 ||
+		    !(c = calloc(1, sizeof *c))) {
+			srv_log(SRV_LOG_WARN, "refused a connection (%s)",
+				x->nconn >= MAX_CONNECTIONS ? "too many" : "out of resources");
+			close(fd);
+			continue;
+		}
+		c->id = ++x->next_id;
+		c->sock = fd;
+		c->pid = cr.pid;
+		c->uid = cr.uid;
+		c->gid = cr.gid;
+		struct epoll_event ev = { .events = EPOLLIN | EPOLLRDHUP, .data.ptr = c };
+		if (epoll_ctl(x->ep, EPOLL_CTL_ADD, fd, &ev)) {
+			close(fd);
+			free(c);
+			continue;
+		}
+		c->next = x->clients;
+		x->clients = c;
+		x->nconn++;
+		srv_log(SRV_LOG_INFO, "client %u (pid %d uid %u) connected", c->id, (int)c->pid,
+			(unsigned)c->uid);
+	}
+}
+
+static bool allowed(const struct ctl *x, const struct srv_client *c)
+{
+	const struct srv_config *cfg = &x->s->cfg;
+	if (c->uid == 0 || c->uid == x->self_uid)
+		return true;
+	for (unsigned i = 0; i < cfg->n_uids; i++)
+		if (cfg->allow_uids[i] == c->uid)
+			return true;
+	for (unsigned i = 0; i < cfg->n_gids; i++)
+		if (cfg->allow_gids[i] == c->gid)
+			return true;
+	return false;
+}
+
+static uint32_t clamp_entries(uint32_t want, uint32_t dflt)
+{
+	uint32_t v = want ? want : dflt;
+	if (v > DE_CHANNEL_MAX_ENTRIES)
+		v = DE_CHANNEL_MAX_ENTRIES;
+	uint32_t p = 2;
+	while (p < v)
+		p <<= 1;
+	return p;
+}
+
+/* Returns false when the connection must be closed. */
+static bool on_hello(struct ctl *x, struct srv_client *c, const struct de_msg_hello *m)
+{
+	const struct srv_config *cfg = &x->s->cfg;
+	if (!allowed(x, c)) {
+		srv_log(SRV_LOG_WARN, "client %u (pid %d) denied uid %u gid %u", c->id, (int)c->pid,
+			(unsigned)c->uid, (unsigned)c->gid);
+		send_error(c, m->h.seq, -EACCES,
+			   "uid %u gid %u is not allowed to use dynembd (allow_uids / allow_gids)",
+			   (unsigned)c->uid, (unsigned)c->gid);
+		return false;
+	}
+	if (m->h.version != DE_PROTO_VERSION) {
+		srv_log(SRV_LOG_WARN, "client %u: protocol version %u, not %u: closing", c->id,
+			m->h.version, DE_PROTO_VERSION);
+		send_error(c, m->h.seq, -EPROTO, "protocol version %u; this dynembd speaks %u",
+			   m->h.version, DE_PROTO_VERSION);
+		return false;
+	}
+	for (unsigned i = 0; i < DE_NAME_MAX - 1 && m->name[i]; i++)
+		c->name[i] = (m->name[i] >= 0x20 && m->name[i] < 0x7f) ? m->name[i] : '?';
+
+	struct srv_worker *best = NULL;
+	for (unsigned i = 0; i < x->s->nworkers; i++) {
+		struct srv_worker *w = &x->s->workers[i];
+		if (w->nclients < SRV_MAX_CLIENTS_PER_WORKER && (!best || w->nclients < best->nclients))
+			best = w;
+	}
+	if (!best) {
+		send_error(c, m->h.seq, -EBUSY, "every worker serves %u channels already",
+			   SRV_MAX_CLIENTS_PER_WORKER);
+		return false;
+	}
+	uint64_t data = m->data_bytes ? m->data_bytes : cfg->data_bytes;
+	if (data > cfg->max_data_bytes)
+		data = cfg->max_data_bytes;
+	data = (data + 4095) & ~4095ull;
+	struct de_channel_config cc = { .sq_entries = clamp_entries(m->sq_entries, cfg->sq_entries),
+					.data_bytes = data };
+	cc.cq_entries = 2 * cc.sq_entries;
+	int err = de_channel_create(&cc, &c->ch);
+	if (err) {
+		send_error(c, m->h.seq, err, "cannot create a channel: %s", strerror(-err));
+		return false;
+	}
+	struct de_msg_hello_ok ok;
+	memset(&ok, 0, sizeof ok);
+	hdr_reply(&ok.h, DE_MSG_HELLO_OK, sizeof ok, m->h.seq);
+	ok.client_id = c->id;
+	ok.sq_entries = cc.sq_entries;
+	ok.cq_entries = cc.cq_entries;
+	ok.max_batch = cfg->max_batch;
+	ok.data_bytes = cc.data_bytes;
+	int fd = de_channel_fd(c->ch);
+	if (send_msg(c->sock, &ok, sizeof ok, &fd, 1)) {
+		de_channel_destroy(c->ch);
+		c->ch = NULL;
+		return false;
+	}
+	c->hello_done = true;
+	c->w = best;
+	best->nclients++;
+	pthread_mutex_lock(&best->mu);
+	best->mail[best->nmail++] = c;
+	pthread_mutex_unlock(&best->mu);
+	srv_worker_kick(best);
+	srv_log(SRV_LOG_INFO, "client %u (pid %d uid %u) '%s': channel sq %u data %llu on worker %u",
+		c->id, (int)c->pid, (unsigned)c->uid, c->name, cc.sq_entries,
+		(unsigned long long)cc.data_bytes, best->idx);
+	return true;
+}
+
+/* Send fds of segments first.. (at most DE_FDS_PER_MSG) with a reply. */
+static int send_with_segments(struct srv_client *c, struct srv_table *t, const void *msg,
+			      size_t len, uint32_t first, uint32_t count)
+{
+	int fds[DE_FDS_PER_MSG];
+	unsigned n = 0;
+	int err = 0;
+	for (; n < count; n++) {
+		fds[n] = de_arena_segment_fd(t->arena, first + n, true);
+		if (fds[n] < 0) {
+			err = fds[n];
+			break;
+		}
+	}
+	if (!err)
+		err = send_msg(c->sock, msg, len, fds, n);
+	for (unsigned i = 0; i < n; i++)
+		close(fds[i]);
+	return err;
+}
+
+static bool on_open(struct ctl *x, struct srv_client *c, const struct de_msg_open *m)
+{
+	char msg[240];
+	char name[DE_NAME_MAX];
+	memcpy(name, m->name, sizeof name);
+	int err = srv_name_check(name, msg, sizeof msg);
+	struct de_wire_table_config cfg = m->cfg;
+	if (!err)
+		err = srv_wire_config_normalize(&cfg, msg, sizeof msg);
+	if (err) {
+		send_error(c, m->h.seq, err, "%s", msg);
+		return true;
+	}
+	struct srv_table *t;
+	bool created;
+	err = srv_registry_open(&x->s->reg, name, &cfg, &t, &created, msg, sizeof msg);
+	if (err) {
+		srv_log(SRV_LOG_INFO, "client %u: open '%s': %s", c->id, name, msg);
+		send_error(c, m->h.seq, err, "%s", msg);
+		return true;
+	}
+	uint32_t id, nt = c->ntables;
+	for (id = 0; id < nt && c->tables[id] != t; id++)
+		;
+	if (id == nt) {
+		if (nt == SRV_MAX_TABLES_PER_CLIENT) {
+			send_error(c, m->h.seq, -EMFILE, "a connection opens at most %u tables",
+				   SRV_MAX_TABLES_PER_CLIENT);
+			return true;
+		}
+		c->tables[nt] = t;
+		/* release: publishes tables[nt]; pairs with the acquire in the worker */
+		__atomic_store_n(&c->ntables, nt + 1, __ATOMIC_RELEASE);
+	}
+	struct de_msg_open_ok ok;
+	memset(&ok, 0, sizeof ok);
+	hdr_reply(&ok.h, DE_MSG_OPEN_OK, sizeof ok, m->h.seq);
+	ok.table_id = (uint16_t)id;
+	ok.dim = t->wcfg.dim;
+	ok.key_type = t->wcfg.key_type;
+	ok.seed = t->wcfg.seed;
+	ok.nsegments = de_arena_nsegments(t->arena);
+	uint32_t n = ok.nsegments < DE_FDS_PER_MSG ? ok.nsegments : DE_FDS_PER_MSG;
+	if (send_with_segments(c, t, &ok, sizeof ok, 0, n))
+		return false;
+	srv_log(SRV_LOG_INFO, "client %u opened table '%s' dim %u%s (%s, id %u)", c->id, name,
+		t->wcfg.dim, t->wcfg.key_type == DE_KEYS_STRING ? " string keys" : "",
+		created ? "new" : "shared", id);
+	if (created)
+		srv_log(SRV_LOG_INFO, "table '%s' memory: %s", name, de_arena_pages_note(t->arena));
+	return true;
+}
+
+static bool on_segments(struct srv_client *c, const struct de_msg_segments *m)
+{
+	uint32_t nt = c->ntables;
+	if (m->table_id >= nt || m->pad) {
+		send_error(c, m->h.seq, -EINVAL, "table id %u is not open on this connection",
+			   m->table_id);
+		return true;
+	}
+	struct srv_table *t = c->tables[m->table_id];
+	uint32_t nseg = de_arena_nsegments(t->arena);
+	uint32_t count = m->first < nseg ? nseg - m->first : 0;
+	if (count > DE_FDS_PER_MSG)
+		count = DE_FDS_PER_MSG;
+	struct de_msg_segments_ok ok;
+	memset(&ok, 0, sizeof ok);
+	hdr_reply(&ok.h, DE_MSG_SEGMENTS_OK, sizeof ok, m->h.seq);
+	ok.table_id = m->table_id;
+	ok.first = m->first;
+	ok.count = count;
+	return send_with_segments(c, t, &ok, sizeof ok, m->first, count) == 0;
+}
+
+static size_t expected_len(uint16_t type)
+{
+	switch (type) {
+	case DE_MSG_HELLO: return sizeof(struct de_msg_hello);
+	case DE_MSG_OPEN: return sizeof(struct de_msg_open);
+	case DE_MSG_SEGMENTS: return sizeof(struct de_msg_segments);
+	case DE_MSG_BYE: return sizeof(struct de_msg_hdr);
+	default: return 0; /* not a request a client sends */
+	}
+}
+
+/* Handle one received packet. Returns false when the connection must be closed. */
+static bool on_message(struct ctl *x, struct srv_client *c, const void *buf, size_t n, bool trunc)
+{
+	struct de_msg_hdr h = { 0 };
+	if (n >= sizeof h)
+		memcpy(&h, buf, sizeof h);
+	if (trunc || n < sizeof h || h.magic != DE_MSG_MAGIC || h.len != n ||
+	    !expected_len(h.type) || n != expected_len(h.type)) {
+		srv_log(SRV_LOG_WARN, "client %u: malformed message (%zu bytes, type %u): closing",
+			c->id, n, n >= sizeof h ? h.type : 0);
+		send_error(c, h.seq, -EBADMSG, "malformed message (%zu bytes, type %u)", n,
+			   n >= sizeof h ? h.type : 0);
+		return false;
+	}
+	if (!c->hello_done && h.type != DE_MSG_HELLO) {
+		srv_log(SRV_LOG_WARN, "client %u: message type %u before HELLO: closing", c->id, h.type);
+		send_error(c, h.seq, -EPROTO, "the first message must be HELLO");
+		return false;
+	}
+	if (c->hello_done && h.type == DE_MSG_HELLO) {
+		srv_log(SRV_LOG_WARN, "client %u: HELLO twice: closing", c->id);
+		send_error(c, h.seq, -EPROTO, "HELLO twice");
+		return false;
+	}
+	if (h.type == DE_MSG_HELLO) {
+		struct de_msg_hello m;
+		memcpy(&m, buf, sizeof m);
+		return on_hello(x, c, &m);
+	}
+	if (h.version != DE_PROTO_VERSION) {
+		send_error(c, h.seq, -EPROTO, "protocol version %u; this dynembd speaks %u", h.version,
+			   DE_PROTO_VERSION);
+		return false;
+	}
+	switch (h.type) {
+	case DE_MSG_OPEN: {
+		struct de_msg_open m;
+		memcpy(&m, buf, sizeof m);
+		return on_open(x, c, &m);
+	}
+	case DE_MSG_SEGMENTS: {
+		struct de_msg_segments m;
+		memcpy(&m, buf, sizeof m);
+		return on_segments(c, &m);
+	}
+	default: /* BYE */
+		return false;
+	}
+}
+
+static void on_client(struct ctl *x, struct srv_client *c, uint32_t events)
+{
+	for (int i = 0; i < 16; i++) { /* bounded: one busy client cannot starve the others */
+		union {
+			uint64_t align;
+			char b[DE_MSG_MAX];
+		} buf;
+		union {
+			char b[CMSG_SPACE(sizeof(int) * 253)];
+			struct cmsghdr align;
+		} cbuf;
+		struct iovec iov = { .iov_base = buf.b, .iov_len = sizeof buf.b };
+		struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = cbuf.b,
+				     .msg_controllen = sizeof cbuf.b };
+		ssize_t r = recvmsg(c->sock, &mh, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
+		if (r < 0 && (errno == EAGAIN || errno == EINTR))
+			break;
+		/* Drop any fds the client sent: we never take them. */
+		for (struct cmsghdr *cm = CMSG_FIRSTHDR(&mh); cm; cm = CMSG_NXTHDR(&mh, cm))
+			if (cm->cmsg_level == SOL_SOCKET && cm->cmsg_type == SCM_RIGHTS) {
+				size_t k = (cm->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+				for (size_t j = 0; j < k; j++) {
+					int fd;
+					memcpy(&fd, CMSG_DATA(cm) + j * sizeof(int), sizeof fd);
+					close(fd);
+				}
+			}
+		if (r <= 0) {
+			client_close(x, c, r == 0 ? "disconnected" : "failed: closed");
+			return;
+		}
+		bool trunc = (mh.msg_flags & MSG_TRUNC) != 0;
+		bool bye = !trunc && (size_t)r == sizeof(struct de_msg_hdr) &&
+			   ((struct de_msg_hdr *)(void *)buf.b)->type == DE_MSG_BYE;
+		if (!on_message(x, c, buf.b, (size_t)r, trunc)) {
+			client_close(x, c, bye ? "said bye" : "closed");
+			return;
+		}
+	}
+	if (events & (EPOLLHUP | EPOLLERR | EPOLLRDHUP)) {
+		/* the peer is gone; pending packets were read above (or will wake us again) */
+		char b;
+		if (recv(c->sock, &b, 1, MSG_DONTWAIT | MSG_PEEK) <= 0)
+			client_close(x, c, "disconnected");
+	}
+}
+
+int srv_control_run(struct srv_server *s, int listen_fd, int sig_fd)
+{
+	struct ctl x = { .s = s, .listen_fd = listen_fd, .sig_fd = sig_fd, .self_uid = geteuid() };
+	x.ep = epoll_create1(EPOLL_CLOEXEC);
+	if (x.ep < 0)
+		return 1;
+	struct epoll_event ev = { .events = EPOLLIN };
+	ev.data.u64 = EV_LISTEN;
+	epoll_ctl(x.ep, EPOLL_CTL_ADD, listen_fd, &ev);
+	ev.data.u64 = EV_SIGNAL;
+	epoll_ctl(x.ep, EPOLL_CTL_ADD, sig_fd, &ev);
+	ev.data.u64 = EV_RELEASE;
+	epoll_ctl(x.ep, EPOLL_CTL_ADD, s->release_fd, &ev);
+	srv_log(SRV_LOG_INFO, "listening on %s (%u workers)", s->cfg.socket, s->nworkers);
+
+	while (!x.stopping) {
+		struct epoll_event evs[64];
+		int n = epoll_wait(x.ep, evs, 64, -1);
+		if (n < 0) {
+			if (errno == EINTR)
+				continue;
+			srv_log(SRV_LOG_ERROR, "epoll_wait: %s", strerror(errno));
+			break;
+		}
+		/* Releases last: a client freed there may have an event in this batch. */
+		bool released = false;
+		for (int i = 0; i < n; i++) {
+			uint64_t tag = evs[i].data.u64;
+			if (tag == EV_RELEASE) {
+				released = true;
+				continue;
+			}
+			if (tag == EV_LISTEN) {
+				accept_all(&x);
+			} else if (tag == EV_SIGNAL) {
+				struct signalfd_siginfo si;
+				if (read(sig_fd, &si, sizeof si) == (ssize_t)sizeof si) {
+					srv_log(SRV_LOG_INFO, "signal %u: finishing queued requests, then exiting",
+						si.ssi_signo);
+					x.stopping = true;
+				}
+			} else {
+				struct srv_client *c = evs[i].data.ptr;
+				if (c->sock >= 0)
+					on_client(&x, c, evs[i].events);
+			}
+		}
+		if (released)
+			reap_released(&x);
+	}
+	/* Stop accepting, drain the workers, then let everything go. */
+	epoll_ctl(x.ep, EPOLL_CTL_DEL, listen_fd, NULL);
+	close(listen_fd);
+	unlink(s->cfg.socket);
+	srv_workers_stop(s);
+	reap_released(&x);
+	while (x.clients) /* not handed to any worker (no HELLO yet) */
+		client_free(&x, x.clients);
+	close(x.ep);
+	srv_log(SRV_LOG_INFO, "stopped");
+	return 0;
+}

@@ -1,0 +1,112 @@
+/*
+ * main.c — dynembd, the per-host dynemb daemon: configuration, NUMA placement, the
+ * listener, worker threads, and the control loop until SIGTERM/SIGINT.
+ *
+ * Order matters: signals are blocked (and taken through a signalfd) before any thread
+ * exists, so no worker ever runs a handler; the socket is bound before detaching, so a
+ * client may connect as soon as the parent returns; threads start after detaching.
+ * Exit status: 0 after a clean stop, 1 when the daemon cannot start, 2 for bad config.
+ */
+#include "server.h"
+
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/signalfd.h>
+#include <unistd.h>
+
+/* The node arenas use and workers are pinned near: an OS index or DE_NUMA_NONE. */
+static int resolve_node(struct srv_server *s)
+{
+	int want = s->cfg.numa_node;
+	if (want == DE_NUMA_NONE)
+		return DE_NUMA_NONE;
+	if (want == DE_NUMA_AUTO) {
+		int node;
+		if (de_numa_choose_local(&node) != 0) {
+			srv_log(SRV_LOG_INFO, "no NUMA topology: memory is not bound, workers not pinned");
+			return DE_NUMA_NONE;
+		}
+		return node;
+	}
+	if (!s->topo || !hwloc_get_numanode_obj_by_os_index(s->topo, (unsigned)want)) {
+		fprintf(stderr, "dynembd: numa_node %d: no such NUMA node on this machine\n", want);
+		return -3;
+	}
+	return want;
+}
+
+int main(int argc, char **argv)
+{
+	struct srv_server s = { .release_fd = -1 };
+	int r = srv_config_load(&s.cfg, argc, argv);
+	if (r)
+		return r == 1 ? 0 : r;
+	if (s.cfg.print_config) {
+		srv_config_print(&s.cfg, stdout);
+		return 0;
+	}
+	srv_log_set_level(s.cfg.log_level);
+
+	sigset_t set;
+	sigemptyset(&set);
+	sigaddset(&set, SIGTERM);
+	sigaddset(&set, SIGINT);
+	pthread_sigmask(SIG_BLOCK, &set, NULL);
+	signal(SIGPIPE, SIG_IGN);
+	int sig_fd = signalfd(-1, &set, SFD_CLOEXEC | SFD_NONBLOCK);
+	if (sig_fd < 0) {
+		srv_log(SRV_LOG_ERROR, "signalfd: %s", strerror(errno));
+		return 1;
+	}
+
+	if (hwloc_topology_init(&s.topo) || hwloc_topology_load(s.topo)) {
+		srv_log(SRV_LOG_WARN, "hwloc cannot load the topology: workers not pinned");
+		if (s.topo)
+			hwloc_topology_destroy(s.topo);
+		s.topo = NULL;
+	}
+	int node = resolve_node(&s);
+	if (node == -3) {
+		if (s.topo)
+			hwloc_topology_destroy(s.topo);
+		return 2;
+	}
+	srv_registry_init(&s.reg, s.cfg.pages, node, s.cfg.segment_bytes, s.cfg.reserve_bytes);
+
+	int listen_fd;
+	if (srv_listen(s.cfg.socket, &listen_fd)) {
+		if (s.topo)
+			hwloc_topology_destroy(s.topo);
+		return 1;
+	}
+	if (!s.cfg.foreground && daemon(0, 1) != 0) {
+		srv_log(SRV_LOG_ERROR, "cannot detach: %s", strerror(errno));
+		return 1;
+	}
+	int status = 1;
+	s.release_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+	if (s.release_fd < 0 || srv_workers_start(&s) != 0) {
+		srv_log(SRV_LOG_ERROR, "cannot start the workers");
+		srv_workers_stop(&s);
+		close(listen_fd);
+		unlink(s.cfg.socket);
+	} else {
+		srv_log(SRV_LOG_INFO, "pid %d, pages %s, NUMA node %s%d, max_batch %u, poll_us %u",
+			(int)getpid(),
+			s.cfg.pages == DE_PAGES_AUTO ? "auto" : de_pages_name(s.cfg.pages),
+			node < 0 ? "none/" : "", node, s.cfg.max_batch, s.cfg.poll_us);
+		status = srv_control_run(&s, listen_fd, sig_fd);
+	}
+	srv_workers_free(&s);
+	srv_registry_destroy(&s.reg);
+	if (s.release_fd >= 0)
+		close(s.release_fd);
+	close(sig_fd);
+	if (s.topo)
+		hwloc_topology_destroy(s.topo);
+	return status;
+}

@@ -1,0 +1,204 @@
+/*
+ * server.h — PRIVATE to dynembd (src/server): the daemon's configuration, its table
+ * registry, its clients and its worker threads. Nothing outside src/server includes this
+ * header except tests/test_daemon.c, which links the registry (tables.c) to unit-test the
+ * string-key store.
+ *
+ * Threads and ownership (the whole concurrency story of the daemon):
+ *   - One control thread (control.c) owns the listener, every client socket, the table
+ *     registry and the client list. It allocates and frees struct srv_client.
+ *   - Worker threads (worker.c) each serve up to SRV_MAX_CLIENTS_PER_WORKER channels. A
+ *     client enters a worker through the worker's mailbox (mutex + a NOP on the worker's
+ *     private control channel as the wake-up). From then on only that worker touches the
+ *     client's channel, until it "releases" the client (store-release of c->released),
+ *     after which it never touches it again, and tells the control thread through an
+ *     eventfd. The control thread frees a client only after it saw released == 1.
+ *   - The control thread asks a worker to drop a client by setting c->want_remove and
+ *     kicking the worker; a worker drops a client on its own when the client broke its
+ *     ring (c->broken).
+ *   - A client's table list is append-only: the control thread writes the pointer, then
+ *     publishes ntables (release); the worker reads ntables (acquire) before indexing.
+ *   - Tables live until the daemon exits (they are shared by name, as in the paper).
+ */
+#ifndef DE_SERVER_H
+#define DE_SERVER_H
+
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include "de_shm.h"
+#include "proto.h"
+
+#define SRV_MAX_CLIENTS_PER_WORKER 127u /* + the worker's control channel = 128 futexes */
+#define SRV_MAX_TABLES_PER_CLIENT 256u
+#define SRV_MAX_IDS 64u                 /* entries in allow_uids / allow_gids */
+#define SRV_MAX_WORKERS 64u
+#define SRV_MAX_BATCH_LIMIT (1u << 20)
+
+/* ---- logging (log.c) ---------------------------------------------------------------- */
+
+enum srv_log_level { SRV_LOG_ERROR = 0, SRV_LOG_WARN, SRV_LOG_INFO, SRV_LOG_DEBUG };
+
+/* The one process-wide setting: set once at startup, before any thread starts. */
+void srv_log_set_level(int level);
+/* One event per line on stderr, prefixed "dynembd: ", written with one write(2). */
+__attribute__((format(printf, 2, 3))) void srv_log(int level, const char *fmt, ...);
+
+/* ---- configuration (config.c) -------------------------------------------------------- */
+
+struct srv_config {
+	char socket[108];        /* sun_path */
+	unsigned workers;
+	unsigned poll_us;
+	uint32_t max_batch;
+	uint32_t sq_entries;     /* default for a HELLO that asks 0 */
+	uint64_t data_bytes;     /* default channel data area */
+	uint64_t max_data_bytes; /* most a HELLO may ask for */
+	uid_t allow_uids[SRV_MAX_IDS];
+	unsigned n_uids;
+	gid_t allow_gids[SRV_MAX_IDS];
+	unsigned n_gids;
+	int log_level;
+	enum de_pages pages;
+	int numa_node;           /* DE_NUMA_AUTO, DE_NUMA_NONE or an OS index */
+	uint64_t segment_bytes;  /* first arena segment of a table */
+	uint64_t reserve_bytes;  /* virtual space of a table's arena; 0 = libdeshm default */
+	bool foreground;
+	bool print_config;
+};
+
+/* Defaults (the embedded config), then the file, then the flags.
+ * Returns 0, 1 when the caller should exit 0 (--help, --version), or 2 after printing
+ * an error to stderr (the exit status for bad configuration). */
+int srv_config_load(struct srv_config *cfg, int argc, char **argv);
+void srv_config_print(const struct srv_config *cfg, FILE *f);
+
+/* ---- tables (tables.c) ----------------------------------------------------------------- */
+
+struct srv_table {
+	char name[DE_NAME_MAX];
+	struct de_wire_table_config wcfg; /* normalized (see srv_wire_config_normalize) */
+	de_arena *arena;                  /* its segments go to clients read-only */
+	de_table *t;
+	de_arena *names_arena;            /* string tables: key -> string offset index */
+	de_table *names;
+	struct srv_table *next;
+};
+
+struct srv_registry {
+	struct srv_table *head;
+	unsigned count;
+	enum de_pages pages;
+	int numa_node;                    /* resolved: an OS index or DE_NUMA_NONE */
+	uint64_t segment_bytes, reserve_bytes;
+};
+
+void srv_registry_init(struct srv_registry *r, enum de_pages pages, int numa_node,
+		       uint64_t segment_bytes, uint64_t reserve_bytes);
+void srv_registry_destroy(struct srv_registry *r);
+
+/* Check a table name from the wire: 1..63 bytes, NUL-terminated within DE_NAME_MAX,
+ * printable. -EINVAL with a message. */
+int srv_name_check(const char name[DE_NAME_MAX], char *msg, size_t msgcap);
+/* Check and normalize a config from the wire (as libdeshm normalizes it). */
+int srv_wire_config_normalize(struct de_wire_table_config *c, char *msg, size_t msgcap);
+
+/*
+ * Find or create table `name` (name and cfg already checked). Same config: the existing
+ * table. Another config: -EEXIST with msg naming the first field that differs. New:
+ * creates its arena(s) and opens it; *created tells which. Control thread only.
+ */
+int srv_registry_open(struct srv_registry *r, const char *name,
+		      const struct de_wire_table_config *cfg, struct srv_table **out,
+		      bool *created, char *msg, size_t msgcap);
+
+/* String tables: remember the string of a key just created (thread-safe; the first
+ * caller for a key stores it, later ones do nothing). 0 or a negative errno. */
+int srv_table_keep_string(struct srv_table *t, uint64_t key, const void *s, uint32_t len);
+/*
+ * The string of a key: copies up to cap bytes into buf (not NUL-terminated) and sets
+ * *len to the full length. -ENOENT: not known (or being stored right now); -ENOSPC: cap
+ * too small (*len says how much is needed); -EINVAL: not a string table; -EBADMSG:
+ * an offset that does not point into the arena (never expected).
+ */
+int srv_table_key_string(struct srv_table *t, uint64_t key, void *buf, size_t cap,
+			 uint32_t *len /* out */);
+
+/* ---- clients and workers ----------------------------------------------------------------- */
+
+struct srv_worker;
+
+struct srv_client {
+	/* control thread */
+	unsigned id;
+	int sock;                 /* -1 once closed */
+	pid_t pid;
+	uid_t uid;
+	gid_t gid;
+	char name[DE_NAME_MAX];
+	bool hello_done;
+	struct srv_client *next;
+	/* shared with the worker (see the top of this file) */
+	de_channel *ch;
+	struct srv_worker *w;
+	struct srv_table *tables[SRV_MAX_TABLES_PER_CLIENT];
+	uint32_t ntables;         /* release by control, acquire by worker */
+	int want_remove;          /* control -> worker (atomic) */
+	int released;             /* worker -> control (atomic, release) */
+	int broken;               /* worker: it broke its ring (written before released) */
+	/* worker only */
+	bool has_pending;
+	struct de_cqe pending;    /* a completion the full CQ did not take yet */
+};
+
+struct srv_server;
+
+struct srv_worker {
+	unsigned idx;
+	struct srv_server *srv;
+	pthread_t thread;
+	bool started;
+	hwloc_cpuset_t pin;       /* a PU near the memory, or NULL */
+	de_channel *ctl;          /* daemon side: in the worker's wait set */
+	de_channel *ctl_kick;     /* client side of the same memfd: the control thread's */
+	pthread_mutex_t mu;
+	struct srv_client *mail[SRV_MAX_CLIENTS_PER_WORKER]; /* clients to add */
+	unsigned nmail;
+	int stop;                 /* atomic: drain and exit */
+	unsigned nclients;        /* control thread's count (assigned, not yet freed) */
+	/* worker only */
+	struct srv_client *active[SRV_MAX_CLIENTS_PER_WORKER];
+	unsigned nactive;
+	uint64_t *keys;           /* max_batch fingerprints copied out of the data area */
+	uint8_t *status;          /* max_batch */
+	uint32_t *slen;           /* max_batch string lengths */
+	uint64_t *soff;           /* max_batch string offsets into sbuf */
+	char *sbuf;               /* string keys region copied out */
+	size_t sbuf_cap;
+};
+
+struct srv_server {
+	struct srv_config cfg;
+	struct srv_registry reg;
+	struct srv_worker *workers;
+	unsigned nworkers;
+	int release_fd;           /* eventfd: a worker released a client */
+	hwloc_topology_t topo;    /* NULL when hwloc could not load one */
+};
+
+int srv_workers_start(struct srv_server *s);
+/* Ask every worker to drain its rings and exit, and join them. */
+void srv_workers_stop(struct srv_server *s);
+void srv_workers_free(struct srv_server *s);
+/* Wake a worker to read its mailbox and flags. Control thread only. */
+void srv_worker_kick(struct srv_worker *w);
+
+/* The control plane: runs until SIGTERM/SIGINT. Returns the exit status. */
+int srv_control_run(struct srv_server *s, int listen_fd, int sig_fd);
+int srv_listen(const char *path, int *out_fd);
+
+#endif /* DE_SERVER_H */

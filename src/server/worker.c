@@ -1,0 +1,507 @@
+/*
+ * worker.c — dynembd's data plane: worker threads that serve channels.
+ *
+ * Each worker owns up to SRV_MAX_CLIENTS_PER_WORKER client channels plus one private
+ * control channel (`ctl`, 2 entries, created here). The control thread holds the client
+ * side of `ctl` (ctl_kick) and submits a NOP to it after it changed something the worker
+ * must see (a client in the mailbox, a want_remove flag, stop). Because `ctl` is one
+ * more channel in the worker's de_channels_wait set, a kick wakes a sleeping worker
+ * through the same futex handshake as a client's submit: no timeout polling, and an
+ * idle daemon uses no CPU. (The only timed sleep is while some client does not reap its
+ * completions: then the worker retries every PENDING_RETRY_MS.)
+ *
+ * Per pass, for each channel: first post the completion a full CQ refused last time
+ * (and pop nothing from that client until it goes through: at most one completion is
+ * ever pending per client, so a client that does not reap stalls only itself), then pop
+ * up to BUDGET descriptors, validate and execute each, and post its completion. After
+ * poll_us without work, the worker sets NEED_WAKEUP on every channel and sleeps.
+ *
+ * A descriptor is copied out by de_channel_pop; keys are copied again out of the data
+ * area before the table sees them (a client rewriting its keys mid-call must not make
+ * the shared table index one key under another's hash). Values and status bytes are
+ * written straight into the data area (zero-copy results); a client that races with
+ * those writes only garbles its own results.
+ *
+ * Never: block on a client, touch a client after releasing it, or trust any field of a
+ * descriptor before checking it.
+ */
+#include "server.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <time.h>
+#include <unistd.h>
+
+#define BUDGET 32              /* descriptors per channel per pass */
+#define PENDING_RETRY_MS 5     /* sleep bound while a completion waits for CQ space */
+#define DRAIN_DEADLINE_NS (5ull * 1000000000ull)
+
+static uint64_t now_ns(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+/* ---- descriptors ------------------------------------------------------------------ */
+
+/* Copy int64 keys out of the data area into w->keys. */
+static int load_int_keys(struct srv_worker *w, const char *data, const struct de_sqe *e)
+{
+	if (e->keys_len != 8ull * e->count)
+		return -EINVAL;
+	memcpy(w->keys, data + e->keys_off, e->keys_len);
+	return 0;
+}
+
+/* Copy a string-key region out, check its lengths, and fingerprint each string. */
+static int load_string_keys(struct srv_worker *w, struct srv_table *t, const char *data,
+			    const struct de_sqe *e)
+{
+	uint64_t hdr = 4ull * e->count;
+	if (e->keys_len < hdr)
+		return -EINVAL;
+	if (e->keys_len > w->sbuf_cap) {
+		size_t cap = w->sbuf_cap ? w->sbuf_cap : 65536;
+		while (cap < e->keys_len)
+			cap *= 2;
+		char *p = realloc(w->sbuf, cap);
+		if (!p)
+			return -ENOMEM;
+		w->sbuf = p;
+		w->sbuf_cap = cap;
+	}
+	memcpy(w->sbuf, data + e->keys_off, e->keys_len);
+	memcpy(w->slen, w->sbuf, hdr);
+	uint64_t off = hdr;
+	for (uint32_t i = 0; i < e->count; i++) {
+		uint32_t n = w->slen[i];
+		if (n > DE_MAX_KEY_BYTES || n > e->keys_len - off)
+			return -EINVAL;
+		w->soff[i] = off;
+		w->keys[i] = de_key_from_string(t->wcfg.seed, w->sbuf + off, n);
+		off += n;
+	}
+	return off == e->keys_len ? 0 : -EINVAL;
+}
+
+/* After a call that may have created keys: keep the strings of the created ones. */
+static void keep_strings(struct srv_worker *w, struct srv_table *t, uint32_t n)
+{
+	for (uint32_t i = 0; i < n; i++) {
+		if (w->status[i] != DE_CREATED)
+			continue;
+		int err = srv_table_keep_string(t, w->keys[i], w->sbuf + w->soff[i], w->slen[i]);
+		if (err)
+			srv_log(SRV_LOG_WARN, "table '%s': cannot keep a key string: %s", t->name,
+				strerror(-err));
+	}
+}
+
+static void wire_stats(struct srv_table *t, struct de_wire_stats *ws, const struct de_table_stats *s)
+{
+	*ws = (struct de_wire_stats){ .keys = s->keys, .rows_allocated = s->rows_allocated,
+				      .rows_free = s->rows_free, .row_bytes = s->row_bytes,
+				      .index_bytes = s->index_bytes, .arena_bytes = s->arena_bytes,
+				      .segments = s->segments, .splits = s->splits,
+				      .dir_doublings = s->dir_doublings,
+				      .arena_segments = s->arena_segments,
+				      .load_factor = s->load_factor, .dim = t->wcfg.dim,
+				      .key_type = t->wcfg.key_type };
+}
+
+/* Validate and execute one descriptor; fills res/count/aux0 of *q. */
+static void execute(struct srv_worker *w, struct srv_client *c, const struct de_sqe *e,
+		    struct de_cqe *q)
+{
+	const struct srv_config *cfg = &w->srv->cfg;
+	*q = (struct de_cqe){ .user_data = e->user_data };
+	if (e->op == DE_OP_NOP)
+		return;
+	if (e->op > DE_OP_STATS) {
+		q->res = -EINVAL;
+		return;
+	}
+	/* acquire: pairs with the release in the control thread's OPEN */
+	uint32_t nt = __atomic_load_n(&c->ntables, __ATOMIC_ACQUIRE);
+	if (e->table >= nt) {
+		q->res = -EINVAL;
+		return;
+	}
+	struct srv_table *t = c->tables[e->table];
+	uint64_t bytes;
+	char *data = de_channel_data(c->ch, &bytes);
+	(void)bytes;
+
+	if (e->op == DE_OP_STATS) {
+		if (e->flags || e->vals_off % 8 || e->vals_len < sizeof(struct de_wire_stats) ||
+		    !de_channel_range_ok(c->ch, e->vals_off, e->vals_len)) {
+			q->res = -EINVAL;
+			return;
+		}
+		struct de_table_stats s;
+		struct de_wire_stats ws;
+		q->res = de_table_stats(t->t, &s);
+		if (!q->res) {
+			wire_stats(t, &ws, &s);
+			memcpy(data + e->vals_off, &ws, sizeof ws);
+		}
+		return;
+	}
+
+	if (e->count > cfg->max_batch) {
+		q->res = -E2BIG;
+		return;
+	}
+	uint8_t allowed = e->op == DE_OP_LOOKUP ? DE_LOOKUP_CREATE | DE_SQE_STATUS
+			: e->op == DE_OP_UPDATE ? DE_SQE_STATUS : 0;
+	uint32_t n = e->count;
+	uint64_t vbytes = (uint64_t)n * t->wcfg.dim * 4;
+	bool want_vals = e->op == DE_OP_LOOKUP || e->op == DE_OP_UPDATE;
+	if ((e->flags & ~allowed) || e->keys_off % 8 ||
+	    !de_channel_range_ok(c->ch, e->keys_off, e->keys_len) ||
+	    (want_vals && (e->vals_off % 4 || e->vals_len != vbytes ||
+			   !de_channel_range_ok(c->ch, e->vals_off, e->vals_len))) ||
+	    ((e->flags & DE_SQE_STATUS) && !de_channel_range_ok(c->ch, e->status_off, n))) {
+		q->res = -EINVAL;
+		return;
+	}
+	bool str = t->wcfg.key_type == DE_KEYS_STRING;
+	int err = str ? load_string_keys(w, t, data, e) : load_int_keys(w, data, e);
+	if (err) {
+		q->res = err;
+		return;
+	}
+	float *vals = (float *)(void *)(data + e->vals_off);
+	size_t erased = 0;
+	switch (e->op) {
+	case DE_OP_LOOKUP:
+		if (e->flags & DE_LOOKUP_CREATE)
+			err = de_table_find_or_insert(t->t, w->keys, n, vals, w->status, e->arg);
+		else
+			err = de_table_find(t->t, w->keys, n, vals, w->status);
+		break;
+	case DE_OP_UPDATE:
+		err = de_table_assign(t->t, w->keys, n, vals, w->status, e->arg);
+		break;
+	default: /* DE_OP_ERASE */
+		err = de_table_erase(t->t, w->keys, n, &erased);
+		q->count = (uint32_t)erased;
+		break;
+	}
+	if (err) {
+		q->res = err;
+		return;
+	}
+	if (e->op == DE_OP_ERASE)
+		return;
+	uint32_t found = 0, created = 0;
+	for (uint32_t i = 0; i < n; i++) {
+		found += w->status[i] == DE_FOUND;
+		created += w->status[i] == DE_CREATED;
+	}
+	if (str && created)
+		keep_strings(w, t, n);
+	if (e->flags & DE_SQE_STATUS)
+		memcpy(data + e->status_off, w->status, n);
+	if (e->op == DE_OP_LOOKUP) {
+		q->count = found;
+		q->aux0 = created;
+	} else {
+		q->count = created;
+	}
+}
+
+/* ---- clients ------------------------------------------------------------------------ */
+
+/* Stop serving c and hand it back to the control thread. Never touch c afterwards. */
+static void release(struct srv_worker *w, unsigned i, bool broken)
+{
+	struct srv_client *c = w->active[i];
+	w->active[i] = w->active[--w->nactive];
+	if (broken)
+		c->broken = 1;
+	/* release: the worker's last accesses to c and its channel happen before; pairs
+	 * with the acquire in the control thread's reaper */
+	__atomic_store_n(&c->released, 1, __ATOMIC_RELEASE);
+	uint64_t one = 1;
+	ssize_t r = write(w->srv->release_fd, &one, sizeof one);
+	(void)r; /* an eventfd write fails only when the counter would overflow */
+}
+
+/* Take the mailbox and honour want_remove flags. */
+static void take_mail(struct srv_worker *w)
+{
+	pthread_mutex_lock(&w->mu);
+	for (unsigned i = 0; i < w->nmail; i++)
+		w->active[w->nactive++] = w->mail[i];
+	w->nmail = 0;
+	pthread_mutex_unlock(&w->mu);
+	for (unsigned i = w->nactive; i-- > 0;)
+		if (__atomic_load_n(&w->active[i]->want_remove, __ATOMIC_ACQUIRE))
+			release(w, i, false);
+}
+
+/*
+ * Serve one client for a pass. Returns 1 if it did work, 0 if not, -EBADMSG if the
+ * client broke its channel.
+ */
+static int serve(struct srv_worker *w, struct srv_client *c)
+{
+	int work = 0, r;
+	if (c->has_pending) {
+		r = de_channel_post(c->ch, &c->pending);
+		if (r == -EAGAIN)
+			return 0;
+		if (r)
+			return -EBADMSG;
+		c->has_pending = false;
+		work = 1;
+	}
+	for (int i = 0; i < BUDGET; i++) {
+		struct de_sqe e;
+		r = de_channel_pop(c->ch, &e);
+		if (r == -EAGAIN)
+			break;
+		if (r)
+			return -EBADMSG;
+		work = 1;
+		struct de_cqe q;
+		execute(w, c, &e, &q);
+		r = de_channel_post(c->ch, &q);
+		if (r == -EAGAIN) {
+			c->pending = q;
+			c->has_pending = true;
+			break;
+		}
+		if (r)
+			return -EBADMSG;
+	}
+	return work;
+}
+
+/* One pass over every client. *pending: some client still has a completion waiting. */
+static bool pass(struct srv_worker *w, bool *pending)
+{
+	bool work = false;
+	*pending = false;
+	for (unsigned i = w->nactive; i-- > 0;) {
+		struct srv_client *c = w->active[i];
+		int r = serve(w, c);
+		if (r < 0) {
+			srv_log(SRV_LOG_WARN, "client %u broke its channel: dropping it", c->id);
+			release(w, i, true);
+			continue;
+		}
+		work |= r > 0;
+		*pending |= c->has_pending;
+	}
+	return work;
+}
+
+static bool drain_ctl(struct srv_worker *w)
+{
+	struct de_sqe e;
+	bool any = false;
+	while (de_channel_pop(w->ctl, &e) == 0)
+		any = true;
+	return any;
+}
+
+/* Set NEED_WAKEUP everywhere and sleep unless something arrived meanwhile. */
+static void sleep_until_work(struct srv_worker *w, bool pending)
+{
+	de_channel *chs[DE_CHANNELS_WAIT_MAX];
+	unsigned n = 0;
+	bool ready = false;
+	chs[n++] = w->ctl;
+	if (de_channel_sleep_prepare(w->ctl) != 0)
+		ready = true;
+	for (unsigned i = w->nactive; i-- > 0 && !ready;) {
+		struct srv_client *c = w->active[i];
+		if (c->has_pending)
+			continue; /* retried on the timeout below */
+		int r = de_channel_sleep_prepare(c->ch);
+		chs[n++] = c->ch;
+		if (r)
+			ready = true; /* a submission, or broken: the next pass sees it */
+	}
+	if (!ready) {
+		int r = de_channels_wait(chs, n, pending ? PENDING_RETRY_MS : -1);
+		if (r && r != -ETIMEDOUT) {
+			static int warned;
+			if (!__atomic_exchange_n(&warned, 1, __ATOMIC_RELAXED))
+				srv_log(SRV_LOG_WARN, "de_channels_wait: %s; polling every 1 ms",
+					strerror(-r));
+			usleep(1000);
+		}
+	}
+	for (unsigned i = 0; i < n; i++)
+		de_channel_sleep_done(chs[i]);
+}
+
+/* SIGTERM: finish every descriptor already queued and post its completion. */
+static void drain(struct srv_worker *w)
+{
+	uint64_t deadline = now_ns() + DRAIN_DEADLINE_NS;
+	for (;;) {
+		bool pending;
+		bool work = pass(w, &pending);
+		if (!work && !pending)
+			break;
+		if (now_ns() > deadline) {
+			srv_log(SRV_LOG_WARN, "worker %u: clients did not reap their last completions",
+				w->idx);
+			break;
+		}
+		if (!work)
+			usleep(1000); /* completions wait for CQ space */
+	}
+}
+
+static void *worker_main(void *arg)
+{
+	struct srv_worker *w = arg;
+	struct srv_server *s = w->srv;
+	if (w->pin && s->topo) {
+		if (hwloc_set_cpubind(s->topo, w->pin, HWLOC_CPUBIND_THREAD) != 0)
+			srv_log(SRV_LOG_WARN, "worker %u: cannot pin to its cpu: %s", w->idx,
+				strerror(errno));
+	}
+	uint64_t poll_ns = (uint64_t)s->cfg.poll_us * 1000;
+	uint64_t last_work = now_ns();
+	for (;;) {
+		if (drain_ctl(w))
+			take_mail(w);
+		if (__atomic_load_n(&w->stop, __ATOMIC_ACQUIRE)) {
+			take_mail(w);
+			drain(w);
+			break;
+		}
+		bool pending;
+		if (pass(w, &pending)) {
+			last_work = now_ns();
+			continue;
+		}
+		if (now_ns() - last_work < poll_ns) {
+			__builtin_ia32_pause();
+			continue;
+		}
+		sleep_until_work(w, pending);
+		last_work = now_ns();
+	}
+	/* Hand every client back: the control thread frees them after the join. */
+	while (w->nactive)
+		release(w, w->nactive - 1, false);
+	return NULL;
+}
+
+/* ---- lifecycle ---------------------------------------------------------------------- */
+
+void srv_worker_kick(struct srv_worker *w)
+{
+	struct de_sqe nop = { .op = DE_OP_NOP };
+	/* -EAGAIN: the ring is full of kicks the worker has not popped: it will wake */
+	de_channel_submit(w->ctl_kick, &nop);
+}
+
+static hwloc_cpuset_t pick_pu(struct srv_server *s, unsigned idx)
+{
+	if (!s->topo || s->reg.numa_node < 0)
+		return NULL;
+	hwloc_obj_t node = hwloc_get_numanode_obj_by_os_index(s->topo, (unsigned)s->reg.numa_node);
+	if (!node || !node->cpuset)
+		return NULL;
+	int npu = hwloc_get_nbobjs_inside_cpuset_by_type(s->topo, node->cpuset, HWLOC_OBJ_PU);
+	if (npu <= 0)
+		return NULL;
+	hwloc_obj_t pu = hwloc_get_obj_inside_cpuset_by_type(s->topo, node->cpuset, HWLOC_OBJ_PU,
+							     idx % (unsigned)npu);
+	return pu && pu->cpuset ? hwloc_bitmap_dup(pu->cpuset) : NULL;
+}
+
+int srv_workers_start(struct srv_server *s)
+{
+	const struct srv_config *cfg = &s->cfg;
+	s->workers = calloc(cfg->workers, sizeof *s->workers);
+	if (!s->workers)
+		return -ENOMEM;
+	s->nworkers = cfg->workers;
+	for (unsigned i = 0; i < s->nworkers; i++) {
+		struct srv_worker *w = &s->workers[i];
+		w->idx = i;
+		w->srv = s;
+		pthread_mutex_init(&w->mu, NULL);
+		struct de_channel_config cc = { .sq_entries = 2, .cq_entries = 2, .data_bytes = 4096 };
+		int err = de_channel_create(&cc, &w->ctl);
+		if (!err)
+			err = de_channel_attach(de_channel_fd(w->ctl), &w->ctl_kick);
+		w->keys = calloc(cfg->max_batch, sizeof *w->keys);
+		w->status = calloc(cfg->max_batch, 1);
+		w->slen = calloc(cfg->max_batch, sizeof *w->slen);
+		w->soff = calloc(cfg->max_batch, sizeof *w->soff);
+		if (!err && (!w->keys || !w->status || !w->slen || !w->soff))
+			err = -ENOMEM;
+		if (err) {
+			srv_log(SRV_LOG_ERROR, "worker %u: %s", i, strerror(-err));
+			return err;
+		}
+		w->pin = pick_pu(s, i);
+		err = pthread_create(&w->thread, NULL, worker_main, w);
+		if (err) {
+			srv_log(SRV_LOG_ERROR, "worker %u: pthread_create: %s", i, strerror(err));
+			return -err;
+		}
+		w->started = true;
+		if (w->pin) {
+			char buf[64];
+			hwloc_bitmap_list_snprintf(buf, sizeof buf, w->pin);
+			srv_log(SRV_LOG_INFO, "worker %u started on cpu %s (NUMA node %d)", i, buf,
+				s->reg.numa_node);
+		} else {
+			srv_log(SRV_LOG_INFO, "worker %u started (not pinned)", i);
+		}
+	}
+	return 0;
+}
+
+void srv_workers_stop(struct srv_server *s)
+{
+	for (unsigned i = 0; i < s->nworkers; i++) {
+		struct srv_worker *w = &s->workers[i];
+		if (!w->started)
+			continue;
+		__atomic_store_n(&w->stop, 1, __ATOMIC_RELEASE);
+		srv_worker_kick(w);
+	}
+	for (unsigned i = 0; i < s->nworkers; i++) {
+		struct srv_worker *w = &s->workers[i];
+		if (w->started)
+			pthread_join(w->thread, NULL);
+		w->started = false;
+	}
+}
+
+void srv_workers_free(struct srv_server *s)
+{
+	for (unsigned i = 0; i < s->nworkers; i++) {
+		struct srv_worker *w = &s->workers[i];
+		de_channel_destroy(w->ctl_kick);
+		de_channel_destroy(w->ctl);
+		if (w->pin)
+			hwloc_bitmap_free(w->pin);
+		free(w->keys);
+		free(w->status);
+		free(w->slen);
+		free(w->soff);
+		free(w->sbuf);
+		pthread_mutex_destroy(&w->mu);
+	}
+	free(s->workers);
+	s->workers = NULL;
+	s->nworkers = 0;
+}

@@ -1,0 +1,1064 @@
+/*
+ * test_client.c — libdynemb (src/client/dynemb.h) against the real daemon.
+ *
+ * Every test starts its own dynembd (the binary named by $DYNEMBD, default
+ * /tmp/dynembd-c) in the foreground on a socket of its own under /tmp, with small
+ * arena segments and reservation, and stops it at the end (SIGTERM; PR_SET_PDEATHSIG
+ * as well, so a failed assertion never leaves a daemon behind). A missing binary is a
+ * failure, not a skip: the daemon is part of this project.
+ *
+ * Values are checked against references computed here: the initializer's constant or
+ * zeros, and val(key, j) below for assigned rows.
+ *
+ * Suites:
+ *   basic     connect/open/lookup-create with constant and zeros initializers, update,
+ *             erase, stats, config mismatch, no daemon, key-type and argument errors.
+ *   strings   string keys by update/lookup (blocking and read-only), "" reads zeros.
+ *   batch     batches larger than the daemon's --max-batch.
+ *   async     8 lookups in flight completed in reverse order; limits.
+ *   zerocopy  read-only lookups served from the mapping; arena growth; two processes.
+ *   untrusted a fake daemon (a thread here) answering HELLO with malformed replies: the
+ *             library must refuse each one and close every fd it was sent.
+ */
+#include <criterion/criterion.h>
+
+#include <errno.h>
+#include <fcntl.h>
+#include <math.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <pthread.h>
+#include <sys/mman.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "dynemb.h"
+#include "proto.h" /* the fake daemon below speaks the wire protocol */
+
+#define TIMEOUT 20 /* Criterion's guard against a hang, seconds */
+
+/* ---- the daemon -------------------------------------------------------------------- */
+
+static pid_t d_pid = -1;
+static char d_sock[108];
+
+static double now_s(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+static bool can_connect(const char *path)
+{
+	int s = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+	if (s < 0)
+		return false;
+	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+	snprintf(sa.sun_path, sizeof sa.sun_path, "%s", path);
+	bool ok = connect(s, (struct sockaddr *)&sa, sizeof sa) == 0;
+	close(s);
+	return ok;
+}
+
+/* Start dynembd with the common flags plus extra (NULL-terminated), wait until its
+ * socket accepts. */
+static void daemon_start(const char *const *extra)
+{
+	const char *bin = getenv("DYNEMBD");
+	if (!bin || !*bin)
+		bin = "/tmp/dynembd-c";
+	if (access(bin, X_OK) != 0)
+		cr_assert_fail("no daemon binary at %s (set DYNEMBD to the built dynembd)", bin);
+	static unsigned n;
+	snprintf(d_sock, sizeof d_sock, "/tmp/de-test-%d-%u.sock", (int)getpid(), n++);
+	unlink(d_sock);
+
+	const char *argv[32] = { bin, "--foreground", "--socket", d_sock, "--log-level", "warn",
+				 "--segment-bytes", "2M", "--reserve-bytes", "2G",
+				 "--pages", "small" };
+	unsigned a = 12;
+	for (unsigned i = 0; extra && extra[i] && a < 31; i++)
+		argv[a++] = extra[i];
+	argv[a] = NULL;
+
+	pid_t parent = getpid();
+	d_pid = fork();
+	cr_assert_geq(d_pid, 0, "fork: %s", strerror(errno));
+	if (d_pid == 0) {
+		prctl(PR_SET_PDEATHSIG, SIGTERM);
+		if (getppid() != parent)
+			_exit(1);
+		execv(bin, (char *const *)argv);
+		_exit(127);
+	}
+	double end = now_s() + 5;
+	while (!can_connect(d_sock)) {
+		int st;
+		cr_assert_eq(waitpid(d_pid, &st, WNOHANG), 0, "dynembd exited at startup");
+		cr_assert_lt(now_s(), end, "dynembd did not listen on %s within 5 s", d_sock);
+		usleep(2000);
+	}
+}
+
+static void daemon_stop(void)
+{
+	if (d_pid > 0) {
+		kill(d_pid, SIGCONT); /* in case a test stopped it */
+		kill(d_pid, SIGTERM);
+		int st;
+		double end = now_s() + 3;
+		while (waitpid(d_pid, &st, WNOHANG) == 0) {
+			if (now_s() > end) {
+				kill(d_pid, SIGKILL);
+				waitpid(d_pid, &st, 0);
+				break;
+			}
+			usleep(2000);
+		}
+		d_pid = -1;
+	}
+	unlink(d_sock);
+}
+
+static void start_default(void) { daemon_start(NULL); }
+
+static de_client *connect_ok(void)
+{
+	de_client *c = NULL;
+	struct de_connect_opts o = { .name = "test_client", .timeout_ms = 5000 };
+	int err = de_connect(d_sock, &o, &c);
+	cr_assert_eq(err, 0, "de_connect: %s", de_strerror(err));
+	cr_assert_not_null(c);
+	return c;
+}
+
+static int open_ok(de_client *c, const char *name, uint32_t dim, enum de_initializer init,
+		   float a, enum de_key_kind kind)
+{
+	struct de_table_spec s = { .name = name, .dim = dim, .init = init, .init_a = a,
+				   .seed = 42, .keys = kind };
+	int t = -1;
+	int err = de_open(c, &s, &t);
+	cr_assert_eq(err, 0, "de_open(%s): %s", name, de_strerror(err));
+	cr_assert_geq(t, 0);
+	cr_assert_eq(de_table_dim_of(c, t), dim);
+	return t;
+}
+
+/* ---- references -------------------------------------------------------------------- */
+
+/* The value assigned to element j of key k's row: exact in float. */
+static float val(uint64_t k, uint32_t j)
+{
+	return (float)((k * 131 + j * 7) % 4093) * 0.25f - 100.0f;
+}
+
+static float *vals_for(const uint64_t *keys, size_t n, uint32_t dim)
+{
+	float *v = malloc(n * dim * sizeof *v);
+	cr_assert_not_null(v);
+	for (size_t i = 0; i < n; i++)
+		for (uint32_t j = 0; j < dim; j++)
+			v[i * dim + j] = val(keys[i], j);
+	return v;
+}
+
+static uint64_t *seq_keys(size_t n, uint64_t first)
+{
+	uint64_t *k = malloc(n * sizeof *k);
+	cr_assert_not_null(k);
+	for (size_t i = 0; i < n; i++)
+		k[i] = first + i * 7919;
+	return k;
+}
+
+/* Rows [0, n) of out are val(keys[i], .); returns the first bad index or n. */
+static size_t first_bad(const uint64_t *keys, size_t n, uint32_t dim, const float *out)
+{
+	for (size_t i = 0; i < n; i++)
+		for (uint32_t j = 0; j < dim; j++)
+			if (out[i * dim + j] != val(keys[i], j))
+				return i;
+	return n;
+}
+
+static size_t first_not_const(size_t n, uint32_t dim, const float *out, float c)
+{
+	for (size_t i = 0; i < n; i++)
+		for (uint32_t j = 0; j < dim; j++)
+			if (out[i * dim + j] != c)
+				return i;
+	return n;
+}
+
+/* ---- basic ------------------------------------------------------------------------- */
+
+TestSuite(basic, .init = start_default, .fini = daemon_stop, .timeout = TIMEOUT);
+
+Test(basic, lookup_creates_with_constant_then_finds)
+{
+	de_client *c = connect_ok();
+	const uint32_t dim = 16;
+	int t = open_ok(c, "const", dim, DE_CONSTANT, 0.375f, DE_INT64_KEYS);
+	size_t n = 500;
+	uint64_t *k = seq_keys(n, 1);
+	float *out = calloc(n * dim, sizeof *out);
+	uint8_t *st = calloc(n, 1);
+	int err = de_lookup(c, t, k, n, out, st, 0, 1);
+	cr_assert_eq(err, 0, "%s", de_strerror(err));
+	cr_assert_eq(first_not_const(n, dim, out, 0.375f), n);
+	for (size_t i = 0; i < n; i++)
+		cr_assert_eq(st[i], DE_ST_CREATED, "key %zu: status %u", i, st[i]);
+	memset(out, 0, n * dim * sizeof *out);
+	err = de_lookup(c, t, k, n, out, st, 0, 2);
+	cr_assert_eq(err, 0, "%s", de_strerror(err));
+	cr_assert_eq(first_not_const(n, dim, out, 0.375f), n);
+	for (size_t i = 0; i < n; i++)
+		cr_assert_eq(st[i], DE_ST_FOUND);
+	/* read-only: the same values, served locally */
+	memset(out, 0, n * dim * sizeof *out);
+	err = de_lookup(c, t, k, n, out, st, DE_READONLY, 3);
+	cr_assert_eq(err, 0, "%s", de_strerror(err));
+	cr_assert_eq(first_not_const(n, dim, out, 0.375f), n);
+	free(k), free(out), free(st);
+	de_close(c);
+}
+
+Test(basic, lookup_creates_with_zeros)
+{
+	de_client *c = connect_ok();
+	const uint32_t dim = 8;
+	int t = open_ok(c, "zeros", dim, DE_ZEROS, 0, DE_INT64_KEYS);
+	size_t n = 300;
+	uint64_t *k = seq_keys(n, 5);
+	float *out = malloc(n * dim * sizeof *out);
+	for (size_t i = 0; i < n * dim; i++)
+		out[i] = 9.0f;
+	uint8_t *st = calloc(n, 1);
+	int err = de_lookup(c, t, k, n, out, st, 0, 1);
+	cr_assert_eq(err, 0, "%s", de_strerror(err));
+	cr_assert_eq(first_not_const(n, dim, out, 0.0f), n);
+	for (size_t i = 0; i < n; i++)
+		cr_assert_eq(st[i], DE_ST_CREATED);
+	struct de_stats s;
+	err = de_stats(c, t, &s);
+	cr_assert_eq(err, 0, "%s", de_strerror(err));
+	cr_assert_eq(s.keys, n);
+	cr_assert_eq(s.dim, dim);
+	free(k), free(out), free(st);
+	de_close(c);
+}
+
+Test(basic, update_then_lookup_gives_assigned_values)
+{
+	de_client *c = connect_ok();
+	const uint32_t dim = 12;
+	int t = open_ok(c, "upd", dim, DE_CONSTANT, 1.0f, DE_INT64_KEYS);
+	size_t n = 2000;
+	uint64_t *k = seq_keys(n, 100);
+	float *v = vals_for(k, n, dim);
+	size_t created = 0;
+	int err = de_update(c, t, k, n / 2, v, 1, &created); /* half exist before the rest */
+	cr_assert_eq(err, 0, "%s", de_strerror(err));
+	cr_assert_eq(created, n / 2);
+	err = de_update(c, t, k, n, v, 2, &created);
+	cr_assert_eq(err, 0, "%s", de_strerror(err));
+	cr_assert_eq(created, n - n / 2);
+
+	float *out = calloc(n * dim, sizeof *out);
+	uint8_t *st = calloc(n, 1);
+	err = de_lookup(c, t, k, n, out, st, 0, 3); /* through the daemon */
+	cr_assert_eq(err, 0, "%s", de_strerror(err));
+	size_t bad = first_bad(k, n, dim, out);
+	cr_assert_eq(bad, n, "daemon path: key %zu wrong", bad);
+	for (size_t i = 0; i < n; i++)
+		cr_assert_eq(st[i], DE_ST_FOUND);
+	memset(out, 0, n * dim * sizeof *out);
+	err = de_lookup(c, t, k, n, out, NULL, DE_READONLY, 3);
+	cr_assert_eq(err, 0, "%s", de_strerror(err));
+	bad = first_bad(k, n, dim, out);
+	cr_assert_eq(bad, n, "read-only path: key %zu wrong", bad);
+
+	struct de_stats s;
+	err = de_stats(c, t, &s);
+	cr_assert_eq(err, 0, "%s", de_strerror(err));
+	cr_assert_eq(s.keys, n, "stats keys %llu", (unsigned long long)s.keys);
+	free(k), free(v), free(out), free(st);
+	de_close(c);
+}
+
+Test(basic, erase_then_readonly_reads_zeros_missing)
+{
+	de_client *c = connect_ok();
+	const uint32_t dim = 4;
+	int t = open_ok(c, "erase", dim, DE_CONSTANT, 2.0f, DE_INT64_KEYS);
+	size_t n = 1000;
+	uint64_t *k = seq_keys(n, 7);
+	float *v = vals_for(k, n, dim);
+	int err = de_update(c, t, k, n, v, 1, NULL);
+	cr_assert_eq(err, 0, "%s", de_strerror(err));
+	/* erase the even ones (and one key that never existed) */
+	uint64_t *ek = malloc((n / 2 + 1) * sizeof *ek);
+	for (size_t i = 0; i < n / 2; i++)
+		ek[i] = k[2 * i];
+	ek[n / 2] = 999999999999ull;
+	size_t erased = 0;
+	err = de_erase(c, t, ek, n / 2 + 1, &erased);
+	cr_assert_eq(err, 0, "%s", de_strerror(err));
+	cr_assert_eq(erased, n / 2);
+
+	float *out = malloc(n * dim * sizeof *out);
+	uint8_t *st = calloc(n, 1);
+	for (int path = 0; path < 2; path++) {
+		/* path 0: this client; path 1: a fresh client with a fresh mapping */
+		de_client *c2 = path ? connect_ok() : c;
+		int t2 = path ? open_ok(c2, "erase", dim, DE_CONSTANT, 2.0f, DE_INT64_KEYS) : t;
+		for (size_t i = 0; i < n * dim; i++)
+			out[i] = 5.0f;
+		err = de_lookup(c2, t2, k, n, out, st, DE_READONLY, 2);
+		cr_assert_eq(err, 0, "%s", de_strerror(err));
+		for (size_t i = 0; i < n; i++) {
+			if (i % 2 == 0) {
+				cr_assert_eq(st[i], DE_ST_MISSING, "key %zu status %u", i, st[i]);
+				for (uint32_t j = 0; j < dim; j++)
+					cr_assert_eq(out[i * dim + j], 0.0f);
+			} else {
+				cr_assert_eq(st[i], DE_ST_FOUND);
+				for (uint32_t j = 0; j < dim; j++)
+					cr_assert_eq(out[i * dim + j], val(k[i], j));
+			}
+		}
+		if (path)
+			de_close(c2);
+	}
+	struct de_stats s;
+	err = de_stats(c, t, &s);
+	cr_assert_eq(err, 0, "%s", de_strerror(err));
+	cr_assert_eq(s.keys, n / 2);
+	free(k), free(v), free(ek), free(out), free(st);
+	de_close(c);
+}
+
+Test(basic, config_mismatch_is_eexist_with_message)
+{
+	de_client *c = connect_ok();
+	int t = open_ok(c, "shared", 8, DE_ZEROS, 0, DE_INT64_KEYS);
+	/* same name and config: the same table */
+	int t2 = open_ok(c, "shared", 8, DE_ZEROS, 0, DE_INT64_KEYS);
+	cr_assert_eq(t2, t);
+	struct de_table_spec s = { .name = "shared", .dim = 16, .init = DE_ZEROS, .seed = 42 };
+	int t3 = -1;
+	int err = de_open(c, &s, &t3);
+	cr_assert_eq(err, -EEXIST, "got %d (%s)", err, de_strerror(err));
+	const char *msg = de_strerror(err);
+	cr_log_info("-EEXIST: %s", msg);
+	cr_assert(strlen(msg) > strlen("a table of that name exists with a different config") + 2,
+		  "no daemon message in '%s'", msg);
+	/* the connection still works */
+	float out[8];
+	uint64_t key = 3;
+	err = de_lookup(c, t, &key, 1, out, NULL, 0, 1);
+	cr_assert_eq(err, 0, "%s", de_strerror(err));
+	/* a bad spec never reaches the daemon */
+	s.dim = 0;
+	cr_assert_eq(de_open(c, &s, &t3), -EINVAL);
+	s.dim = 8;
+	s.name = "";
+	cr_assert_eq(de_open(c, &s, &t3), -EINVAL);
+	de_close(c);
+}
+
+Test(basic, argument_and_key_type_errors)
+{
+	de_client *c = connect_ok();
+	int ti = open_ok(c, "ints", 4, DE_ZEROS, 0, DE_INT64_KEYS);
+	int ts = open_ok(c, "strs", 4, DE_ZEROS, 0, DE_STRING_KEYS);
+	uint64_t k = 1;
+	float out[4];
+	const char *sk[] = { "a" };
+	cr_assert_eq(de_lookup(c, ts, &k, 1, out, NULL, 0, 0), -EINVAL);
+	cr_assert_eq(de_lookup_str(c, ti, sk, NULL, 1, out, NULL, 0, 0), -EINVAL);
+	cr_assert_eq(de_lookup(c, 99, &k, 1, out, NULL, 0, 0), -EINVAL);
+	cr_assert_eq(de_lookup(c, ti, &k, 1, out, NULL, 0x80, 0), -EINVAL);
+	cr_assert_eq(de_lookup(c, ti, NULL, 0, NULL, NULL, 0, 0), 0);
+	cr_assert_eq(de_table_dim_of(c, 99), 0);
+	cr_assert_eq(de_complete(c, 12345, 0), -ESRCH);
+	cr_assert_null(de_request_vals(c, 12345));
+	de_close(c);
+	de_close(NULL);
+}
+
+Test(nodaemon, enoent_econnrefused, .timeout = TIMEOUT)
+{
+	de_client *c = NULL;
+	char path[108];
+	snprintf(path, sizeof path, "/tmp/de-test-none-%d.sock", (int)getpid());
+	unlink(path);
+	int err = de_connect(path, NULL, &c);
+	cr_assert_eq(err, -ENOENT, "got %d (%s)", err, de_strerror(err));
+	cr_assert_null(c);
+	/* a socket file with nobody listening */
+	int s = socket(AF_UNIX, SOCK_SEQPACKET, 0);
+	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+	snprintf(sa.sun_path, sizeof sa.sun_path, "%s", path);
+	cr_assert_eq(bind(s, (struct sockaddr *)&sa, sizeof sa), 0, "bind: %s", strerror(errno));
+	close(s);
+	err = de_connect(path, NULL, &c);
+	cr_assert_eq(err, -ECONNREFUSED, "got %d (%s)", err, de_strerror(err));
+	cr_assert(strlen(de_strerror(err)) > 0);
+	unlink(path);
+}
+
+/* ---- strings ----------------------------------------------------------------------- */
+
+TestSuite(strings, .init = start_default, .fini = daemon_stop, .timeout = TIMEOUT);
+
+Test(strings, update_and_read_back_by_string)
+{
+	de_client *c = connect_ok();
+	const uint32_t dim = 6;
+	int t = open_ok(c, "words", dim, DE_CONSTANT, 0.5f, DE_STRING_KEYS);
+	enum { N = 300 };
+	char *buf[N];
+	const char *keys[N];
+	size_t lens[N];
+	uint64_t ref[N]; /* the reference row of key i is val(ref[i], .) */
+	for (size_t i = 0; i < N; i++) {
+		buf[i] = malloc(64);
+		/* lengths 1..~40, some sharing prefixes */
+		int l = snprintf(buf[i], 64, "feature/%zu/%.*s", i, (int)(i % 30), "abcdefghijklmnopqrstuvwxyz0123");
+		keys[i] = buf[i];
+		lens[i] = (size_t)l;
+		ref[i] = 1000 + i;
+	}
+	float *v = vals_for(ref, N, dim);
+	size_t created = 0;
+	int err = de_update_str(c, t, keys, lens, N, v, 1, &created);
+	cr_assert_eq(err, 0, "%s", de_strerror(err));
+	cr_assert_eq(created, N);
+
+	float *out = calloc(N * dim, sizeof *out);
+	uint8_t st[N];
+	uint64_t l0, r0, l1, r1;
+	de_zero_copy_counts(c, &l0, &r0);
+	for (int ro = 0; ro < 2; ro++) {
+		memset(out, 0, N * dim * sizeof *out);
+		/* NUL-terminated (lens NULL) one way, explicit lengths the other */
+		err = de_lookup_str(c, t, keys, ro ? NULL : lens, N, out, st,
+				    ro ? DE_READONLY : 0, 2);
+		cr_assert_eq(err, 0, "%s", de_strerror(err));
+		size_t bad = first_bad(ref, N, dim, out);
+		cr_assert_eq(bad, N, "%s: key '%s' wrong", ro ? "read-only" : "daemon", keys[bad < N ? bad : 0]);
+		for (size_t i = 0; i < N; i++)
+			cr_assert_eq(st[i], DE_ST_FOUND);
+	}
+	de_zero_copy_counts(c, &l1, &r1);
+	cr_assert_eq(l1 - l0, N, "read-only string lookups served locally: %llu",
+		     (unsigned long long)(l1 - l0));
+	cr_assert_eq(r1 - r0, 0);
+
+	/* "" is key 0: zeros, both ways; a new string is created with the constant */
+	const char *odd[] = { "", "never-seen-before" };
+	float o2[2 * dim];
+	for (int ro = 0; ro < 2; ro++) {
+		for (size_t i = 0; i < 2 * dim; i++)
+			o2[i] = 7.0f;
+		err = de_lookup_str(c, t, odd, NULL, 2, o2, NULL, ro ? DE_READONLY : 0, 3);
+		cr_assert_eq(err, 0, "%s", de_strerror(err));
+		for (uint32_t j = 0; j < dim; j++) {
+			cr_assert_eq(o2[j], 0.0f, "\"\" reads %f", (double)o2[j]);
+			cr_assert_eq(o2[dim + j], 0.5f);
+		}
+	}
+	/* erase by string */
+	size_t erased = 0;
+	err = de_erase_str(c, t, keys, lens, 10, &erased);
+	cr_assert_eq(err, 0, "%s", de_strerror(err));
+	cr_assert_eq(erased, 10);
+	err = de_lookup_str(c, t, keys, lens, 10, out, st, DE_READONLY, 4);
+	cr_assert_eq(err, 0, "%s", de_strerror(err));
+	for (size_t i = 0; i < 10; i++)
+		cr_assert_eq(st[i], DE_ST_MISSING);
+	cr_assert_eq(first_not_const(10, dim, out, 0.0f), 10);
+
+	for (size_t i = 0; i < N; i++)
+		free(buf[i]);
+	free(v), free(out);
+	de_close(c);
+}
+
+/* ---- batch ------------------------------------------------------------------------- */
+
+static void start_small_batch(void)
+{
+	static const char *const extra[] = { "--max-batch", "1000", NULL };
+	daemon_start(extra);
+}
+
+TestSuite(batch, .init = start_small_batch, .fini = daemon_stop, .timeout = TIMEOUT);
+
+Test(batch, larger_than_max_batch_is_split)
+{
+	de_client *c = connect_ok();
+	const uint32_t dim = 8;
+	int t = open_ok(c, "big", dim, DE_CONSTANT, -1.5f, DE_INT64_KEYS);
+	size_t n = 10000;
+	uint64_t *k = seq_keys(n, 11);
+	float *out = calloc(n * dim, sizeof *out);
+	uint8_t *st = calloc(n, 1);
+	int err = de_lookup(c, t, k, n, out, st, 0, 1);
+	cr_assert_eq(err, 0, "%s", de_strerror(err));
+	cr_assert_eq(first_not_const(n, dim, out, -1.5f), n);
+	for (size_t i = 0; i < n; i++)
+		cr_assert_eq(st[i], DE_ST_CREATED);
+
+	float *v = vals_for(k, n, dim);
+	size_t created = 99;
+	err = de_update(c, t, k, n, v, 2, &created);
+	cr_assert_eq(err, 0, "%s", de_strerror(err));
+	cr_assert_eq(created, 0);
+	memset(out, 0, n * dim * sizeof *out);
+	err = de_lookup(c, t, k, n, out, st, 0, 3);
+	cr_assert_eq(err, 0, "%s", de_strerror(err));
+	size_t bad = first_bad(k, n, dim, out);
+	cr_assert_eq(bad, n, "key %zu wrong", bad);
+
+	/* strings too */
+	enum { NS = 2500 };
+	char (*sb)[24] = malloc(NS * sizeof *sb);
+	const char **sk = malloc(NS * sizeof *sk);
+	for (size_t i = 0; i < NS; i++) {
+		snprintf(sb[i], sizeof sb[i], "s%zu", i * 13);
+		sk[i] = sb[i];
+	}
+	int ts = open_ok(c, "bigs", dim, DE_ZEROS, 0, DE_STRING_KEYS);
+	err = de_update_str(c, ts, sk, NULL, NS, v, 1, &created);
+	cr_assert_eq(err, 0, "%s", de_strerror(err));
+	cr_assert_eq(created, NS);
+	memset(out, 0, n * dim * sizeof *out);
+	err = de_lookup_str(c, ts, sk, NULL, NS, out, NULL, 0, 2);
+	cr_assert_eq(err, 0, "%s", de_strerror(err));
+	bad = first_bad(k, NS, dim, out);
+	cr_assert_eq(bad, NS, "string key %zu wrong", bad);
+
+	struct de_stats s;
+	err = de_stats(c, t, &s);
+	cr_assert_eq(err, 0, "%s", de_strerror(err));
+	cr_assert_eq(s.keys, n);
+
+	/* an async request must fit one descriptor */
+	uint64_t req;
+	cr_assert_eq(de_submit_lookup(c, t, k, 1001, 0, 0, &req), -E2BIG);
+	free(sb), free(sk);
+	free(k), free(v), free(out), free(st);
+	de_close(c);
+}
+
+/* ---- async ------------------------------------------------------------------------- */
+
+TestSuite(async, .init = start_default, .fini = daemon_stop, .timeout = TIMEOUT);
+
+Test(async, eight_in_flight_completed_in_reverse)
+{
+	de_client *c = connect_ok();
+	const uint32_t dim = 16;
+	int t = open_ok(c, "async", dim, DE_CONSTANT, 3.0f, DE_INT64_KEYS);
+	enum { R = 8, N = 700 };
+	uint64_t *k[R];
+	uint64_t req[R];
+	/* requests 0..3 read assigned keys, 4..7 create new ones (constant) */
+	for (int r = 0; r < R; r++) {
+		k[r] = seq_keys(N, 1 + (uint64_t)r * 10000000);
+		if (r < 4) {
+			float *v = vals_for(k[r], N, dim);
+			int err = de_update(c, t, k[r], N, v, 1, NULL);
+			cr_assert_eq(err, 0, "%s", de_strerror(err));
+			free(v);
+		}
+	}
+	for (int r = 0; r < R; r++) {
+		int err = de_submit_lookup(c, t, k[r], N, 0, 2, &req[r]);
+		cr_assert_eq(err, 0, "submit %d: %s", r, de_strerror(err));
+	}
+	for (int r = R - 1; r >= 0; r--) {
+		int err = de_complete(c, req[r], -1);
+		cr_assert_eq(err, 0, "complete %d: %s", r, de_strerror(err));
+		const float *v = de_request_vals(c, req[r]);
+		cr_assert_not_null(v);
+		if (r < 4) {
+			size_t bad = first_bad(k[r], N, dim, v);
+			cr_assert_eq(bad, (size_t)N, "request %d key %zu wrong", r, bad);
+		} else {
+			cr_assert_eq(first_not_const(N, dim, v, 3.0f), (size_t)N);
+		}
+		/* completing twice gives the same result */
+		cr_assert_eq(de_complete(c, req[r], 0), 0);
+	}
+	/* read-only async (zero-copy) */
+	uint64_t rq;
+	int err = de_submit_lookup(c, t, k[0], N, DE_READONLY, 3, &rq);
+	cr_assert_eq(err, 0, "%s", de_strerror(err));
+	cr_assert_null(de_request_vals(c, req[0]), "values of older requests end at a submit");
+	err = de_complete(c, rq, -1);
+	cr_assert_eq(err, 0, "%s", de_strerror(err));
+	size_t bad = first_bad(k[0], N, dim, de_request_vals(c, rq));
+	cr_assert_eq(bad, (size_t)N);
+	for (int r = 0; r < R; r++)
+		free(k[r]);
+	de_close(c);
+}
+
+Test(async, fills_up_then_recovers)
+{
+	de_client *c = NULL;
+	/* a small channel: 8 entries, 1 MiB of data */
+	struct de_connect_opts o = { .sq_entries = 8, .data_bytes = 1 << 20, .timeout_ms = 5000 };
+	int err = de_connect(d_sock, &o, &c);
+	cr_assert_eq(err, 0, "%s", de_strerror(err));
+	const uint32_t dim = 64;
+	int t = open_ok(c, "fill", dim, DE_CONSTANT, 1.0f, DE_INT64_KEYS);
+	enum { N = 1000 }; /* 8 KB keys + 256 KB values: 3 fit in 1 MiB */
+	uint64_t *k = seq_keys(N, 3);
+	uint64_t req[16];
+	int r = 0;
+	for (; r < 16; r++) {
+		err = de_submit_lookup(c, t, k, N, 0, 1, &req[r]);
+		if (err)
+			break;
+	}
+	cr_assert_eq(err, -EAGAIN, "got %d (%s)", err, de_strerror(err));
+	cr_assert_geq(r, 2);
+	cr_assert_leq(r, 8);
+	/* too big for the area at all */
+	uint64_t *kk = seq_keys(5000, 3);
+	cr_assert_eq(de_submit_lookup(c, t, kk, 5000, 0, 1, &req[15]), -ENOBUFS);
+	for (int i = 0; i < r; i++) {
+		err = de_complete(c, req[i], -1);
+		cr_assert_eq(err, 0, "%s", de_strerror(err));
+		cr_assert_eq(first_not_const(N, dim, de_request_vals(c, req[i]), 1.0f), (size_t)N);
+	}
+	/* space is back; a blocking call larger than the area is split */
+	float *out = malloc(5000 * (size_t)dim * sizeof *out);
+	err = de_lookup(c, t, kk, 5000, out, NULL, 0, 2);
+	cr_assert_eq(err, 0, "%s", de_strerror(err));
+	cr_assert_eq(first_not_const(5000, dim, out, 1.0f), 5000);
+	err = de_submit_lookup(c, t, k, N, 0, 1, &req[0]);
+	cr_assert_eq(err, 0, "%s", de_strerror(err));
+	cr_assert_eq(de_complete(c, req[0], -1), 0);
+	free(k), free(kk), free(out);
+	de_close(c);
+}
+
+/* Completing out of allocation order and submitting in between: a region released
+ * behind an older one held must not be handed out twice. */
+Test(async, interleaved_submit_and_complete)
+{
+	de_client *c = NULL;
+	struct de_connect_opts o = { .sq_entries = 8, .data_bytes = 1 << 20, .timeout_ms = 5000 };
+	int err = de_connect(d_sock, &o, &c);
+	cr_assert_eq(err, 0, "%s", de_strerror(err));
+	const uint32_t dim = 32;
+	int t = open_ok(c, "inter", dim, DE_ZEROS, 0, DE_INT64_KEYS);
+	enum { K = 6, N = 1500 }; /* 12 KB keys + 192 KB values each: 4 fit in 1 MiB */
+	uint64_t *k[K];
+	for (int i = 0; i < K; i++) {
+		k[i] = seq_keys(N, 1 + (uint64_t)i * 100000000);
+		float *v = vals_for(k[i], N, dim);
+		cr_assert_eq(de_update(c, t, k[i], N, v, 1, NULL), 0);
+		free(v);
+	}
+	uint64_t seed = 1;
+	uint64_t req[K];
+	bool live[K] = { 0 };
+	int owner[K]; /* key set of each live request */
+	unsigned done = 0, rounds = 0;
+	while (done < 200 && rounds++ < 10000) {
+		seed = seed * 6364136223846793005ull + 1442695040888963407ull;
+		int i = (int)((seed >> 33) % K);
+		if (!live[i]) {
+			int ks = (int)((seed >> 40) % K);
+			err = de_submit_lookup(c, t, k[ks], N, 0, 2, &req[i]);
+			if (err == -EAGAIN)
+				continue;
+			cr_assert_eq(err, 0, "%s", de_strerror(err));
+			live[i] = true;
+			owner[i] = ks;
+		} else {
+			err = de_complete(c, req[i], -1);
+			cr_assert_eq(err, 0, "%s", de_strerror(err));
+			size_t bad = first_bad(k[owner[i]], N, dim, de_request_vals(c, req[i]));
+			cr_assert_eq(bad, (size_t)N, "round %u: key %zu wrong", rounds, bad);
+			live[i] = false;
+			done++;
+		}
+	}
+	cr_assert_geq(done, 200u);
+	for (int i = 0; i < K; i++) {
+		if (live[i])
+			cr_assert_eq(de_complete(c, req[i], -1), 0);
+		free(k[i]);
+	}
+	de_close(c);
+}
+
+Test(async, timeout_then_recovery)
+{
+	de_client *c = NULL;
+	struct de_connect_opts o = { .timeout_ms = 300 };
+	int err = de_connect(d_sock, &o, &c);
+	cr_assert_eq(err, 0, "%s", de_strerror(err));
+	const uint32_t dim = 8;
+	int t = open_ok(c, "stall", dim, DE_CONSTANT, 2.0f, DE_INT64_KEYS);
+	size_t n = 100;
+	uint64_t *k = seq_keys(n, 9);
+	float *out = calloc(n * dim, sizeof *out);
+	/* a stopped daemon: the blocking call gives up, its request stays accounted for */
+	cr_assert_eq(kill(d_pid, SIGSTOP), 0);
+	double t0 = now_s();
+	err = de_lookup(c, t, k, n, out, NULL, 0, 1);
+	cr_assert_eq(err, -ETIMEDOUT, "got %d (%s)", err, de_strerror(err));
+	cr_assert_lt(now_s() - t0, 2.0);
+	uint64_t req;
+	err = de_submit_lookup(c, t, k, n, 0, 1, &req);
+	cr_assert_eq(err, 0, "%s", de_strerror(err));
+	cr_assert_eq(de_complete(c, req, 0), -ETIMEDOUT); /* not yet */
+	cr_assert_eq(kill(d_pid, SIGCONT), 0);
+	/* the late completion of the abandoned request is taken and dropped on the way */
+	err = de_complete(c, req, -1);
+	cr_assert_eq(err, 0, "%s", de_strerror(err));
+	cr_assert_eq(first_not_const(n, dim, de_request_vals(c, req), 2.0f), n);
+	err = de_lookup(c, t, k, n, out, NULL, 0, 2);
+	cr_assert_eq(err, 0, "%s", de_strerror(err));
+	cr_assert_eq(first_not_const(n, dim, out, 2.0f), n);
+	struct de_stats s;
+	cr_assert_eq(de_stats(c, t, &s), 0);
+	cr_assert_eq(s.keys, n);
+	free(k), free(out);
+	de_close(c);
+}
+
+/* ---- zero-copy --------------------------------------------------------------------- */
+
+TestSuite(zerocopy, .init = start_default, .fini = daemon_stop, .timeout = TIMEOUT);
+
+Test(zerocopy, readonly_lookups_are_local_and_agree)
+{
+	de_client *c = connect_ok();
+	const uint32_t dim = 32;
+	int t = open_ok(c, "zc", dim, DE_CONSTANT, 0.125f, DE_INT64_KEYS);
+	size_t n = 5000;
+	uint64_t *k = seq_keys(n, 1);
+	float *v = vals_for(k, n, dim);
+	int err = de_update(c, t, k, n, v, 1, NULL);
+	cr_assert_eq(err, 0, "%s", de_strerror(err));
+
+	uint64_t l0, r0, l1, r1;
+	de_zero_copy_counts(c, &l0, &r0);
+	float *a = calloc(n * dim, sizeof *a), *b = calloc(n * dim, sizeof *b);
+	uint8_t *st = calloc(n, 1);
+	err = de_lookup(c, t, k, n, a, st, DE_READONLY, 2);
+	cr_assert_eq(err, 0, "%s", de_strerror(err));
+	de_zero_copy_counts(c, &l1, &r1);
+	cr_assert_eq(l1 - l0, n, "local %llu", (unsigned long long)(l1 - l0));
+	cr_assert_eq(r1 - r0, 0, "remote %llu", (unsigned long long)(r1 - r0));
+	for (size_t i = 0; i < n; i++)
+		cr_assert_eq(st[i], DE_ST_FOUND);
+	err = de_lookup(c, t, k, n, b, st, 0, 2); /* the daemon's answer */
+	cr_assert_eq(err, 0, "%s", de_strerror(err));
+	cr_assert_eq(memcmp(a, b, n * dim * sizeof *a), 0, "zero-copy and daemon disagree");
+	cr_assert_eq(first_bad(k, n, dim, a), n);
+
+	/* missing keys: local too, zeros, not created */
+	uint64_t miss[3] = { 77777777777ull, 0, 88888888888ull };
+	float mo[3 * dim];
+	uint8_t ms[3];
+	err = de_lookup(c, t, miss, 3, mo, ms, DE_READONLY, 3);
+	cr_assert_eq(err, 0, "%s", de_strerror(err));
+	cr_assert_eq(ms[0], DE_ST_MISSING);
+	cr_assert_eq(ms[1], DE_ST_FOUND); /* key 0: "no feature", zeros */
+	cr_assert_eq(ms[2], DE_ST_MISSING);
+	cr_assert_eq(first_not_const(3, dim, mo, 0.0f), 3);
+	struct de_stats s;
+	cr_assert_eq(de_stats(c, t, &s), 0);
+	cr_assert_eq(s.keys, n);
+	free(k), free(v), free(a), free(b), free(st);
+	de_close(c);
+}
+
+Test(zerocopy, picks_up_new_arena_segments)
+{
+	de_client *c = connect_ok();
+	const uint32_t dim = 64;
+	int t = open_ok(c, "grow", dim, DE_ZEROS, 0, DE_INT64_KEYS);
+	struct de_stats s0;
+	int err = de_stats(c, t, &s0);
+	cr_assert_eq(err, 0, "%s", de_strerror(err));
+	/* map the table now, while it has its first segment only */
+	uint64_t probe = 5;
+	float po[64];
+	err = de_lookup(c, t, &probe, 1, po, NULL, DE_READONLY, 0);
+	cr_assert_eq(err, 0, "%s", de_strerror(err));
+
+	size_t n = 300000;
+	uint64_t *k = seq_keys(n, 1000);
+	float *v = vals_for(k, n, dim);
+	err = de_update(c, t, k, n, v, 1, NULL);
+	cr_assert_eq(err, 0, "%s", de_strerror(err));
+	struct de_stats s1;
+	err = de_stats(c, t, &s1);
+	cr_assert_eq(err, 0, "%s", de_strerror(err));
+	cr_assert_eq(s1.keys, n);
+	cr_assert_gt(s1.arena_segments, s0.arena_segments, "the arena did not grow (%llu segments)",
+		     (unsigned long long)s1.arena_segments);
+	cr_log_info("arena segments %llu -> %llu", (unsigned long long)s0.arena_segments,
+		    (unsigned long long)s1.arena_segments);
+
+	uint64_t l0, r0, l1, r1;
+	de_zero_copy_counts(c, &l0, &r0);
+	float *out = malloc(n * dim * sizeof *out);
+	uint8_t *st = calloc(n, 1);
+	err = de_lookup(c, t, k, n, out, st, DE_READONLY, 2);
+	cr_assert_eq(err, 0, "%s", de_strerror(err));
+	de_zero_copy_counts(c, &l1, &r1);
+	for (size_t i = 0; i < n; i++)
+		cr_assert_eq(st[i], DE_ST_FOUND, "key %zu status %u", i, st[i]);
+	size_t bad = first_bad(k, n, dim, out);
+	cr_assert_eq(bad, n, "key %zu wrong", bad);
+	cr_assert_eq(r1 - r0, 0, "remote %llu", (unsigned long long)(r1 - r0));
+	cr_assert_eq(l1 - l0, n);
+	free(k), free(v), free(out), free(st);
+	de_close(c);
+}
+
+Test(zerocopy, two_processes_share_a_table)
+{
+	de_client *c = connect_ok();
+	const uint32_t dim = 8;
+	int t = open_ok(c, "shared", dim, DE_CONSTANT, 4.0f, DE_INT64_KEYS);
+	size_t n = 3000;
+	uint64_t *k = seq_keys(n, 50);
+	/* before the child writes: missing */
+	float *out = malloc(n * dim * sizeof *out);
+	uint8_t *st = calloc(n, 1);
+	int err = de_lookup(c, t, k, n, out, st, DE_READONLY, 0);
+	cr_assert_eq(err, 0, "%s", de_strerror(err));
+	cr_assert_eq(st[0], DE_ST_MISSING);
+
+	pid_t pid = fork();
+	cr_assert_geq(pid, 0);
+	if (pid == 0) {
+		/* the child: its own connection; the parent's client is not touched */
+		de_client *cc = NULL;
+		struct de_connect_opts o = { .name = "child", .timeout_ms = 5000 };
+		if (de_connect(d_sock, &o, &cc))
+			_exit(2);
+		struct de_table_spec s = { .name = "shared", .dim = dim, .init = DE_CONSTANT,
+					   .init_a = 4.0f, .seed = 42 };
+		int ct;
+		if (de_open(cc, &s, &ct))
+			_exit(3);
+		float *v = vals_for(k, n, dim);
+		size_t created = 0;
+		if (de_update(cc, ct, k, n, v, 1, &created) || created != n)
+			_exit(4);
+		de_close(cc);
+		_exit(0);
+	}
+	int status;
+	cr_assert_eq(waitpid(pid, &status, 0), pid);
+	cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0, "child failed: status %#x", status);
+
+	for (int ro = 0; ro < 2; ro++) {
+		memset(out, 0, n * dim * sizeof *out);
+		err = de_lookup(c, t, k, n, out, st, ro ? DE_READONLY : 0, 2);
+		cr_assert_eq(err, 0, "%s", de_strerror(err));
+		size_t bad = first_bad(k, n, dim, out);
+		cr_assert_eq(bad, n, "%s: key %zu wrong", ro ? "read-only" : "daemon", bad);
+		for (size_t i = 0; i < n; i++)
+			cr_assert_eq(st[i], DE_ST_FOUND);
+	}
+	free(k), free(out), free(st);
+	de_close(c);
+}
+
+/* ---- untrusted: a fake daemon ------------------------------------------------------- */
+
+struct fake {
+	char path[108];
+	int lfd;
+	struct de_msg_error reply; /* the biggest reply; len bytes of it are sent */
+	size_t len;
+	int nfds;                  /* memfds to attach */
+	bool silent;               /* send nothing */
+	pthread_t th;
+};
+
+static void *fake_main(void *arg)
+{
+	struct fake *f = arg;
+	int s = accept4(f->lfd, NULL, NULL, SOCK_CLOEXEC);
+	if (s < 0)
+		return NULL;
+	struct de_msg_hello h;
+	ssize_t r = recv(s, &h, sizeof h, 0);
+	if (r == (ssize_t)sizeof h && !f->silent) {
+		f->reply.h.seq = h.h.seq;
+		int fds[4];
+		union {
+			struct cmsghdr a;
+			char b[CMSG_SPACE(sizeof fds)];
+		} cm;
+		struct iovec iov = { .iov_base = &f->reply, .iov_len = f->len };
+		struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1 };
+		for (int i = 0; i < f->nfds; i++)
+			fds[i] = memfd_create("fake", MFD_CLOEXEC);
+		if (f->nfds) {
+			mh.msg_control = cm.b;
+			mh.msg_controllen = CMSG_SPACE(f->nfds * sizeof(int));
+			struct cmsghdr *c = CMSG_FIRSTHDR(&mh);
+			c->cmsg_level = SOL_SOCKET;
+			c->cmsg_type = SCM_RIGHTS;
+			c->cmsg_len = CMSG_LEN(f->nfds * sizeof(int));
+			memcpy(CMSG_DATA(c), fds, f->nfds * sizeof(int));
+		}
+		sendmsg(s, &mh, MSG_NOSIGNAL);
+		for (int i = 0; i < f->nfds; i++)
+			close(fds[i]);
+	}
+	char b[64];
+	while (recv(s, b, sizeof b, 0) > 0) /* until the client hangs up */
+		;
+	close(s);
+	return NULL;
+}
+
+static void fake_start(struct fake *f)
+{
+	static unsigned n;
+	snprintf(f->path, sizeof f->path, "/tmp/de-fake-%d-%u.sock", (int)getpid(), n++);
+	unlink(f->path);
+	f->lfd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+	snprintf(sa.sun_path, sizeof sa.sun_path, "%s", f->path);
+	cr_assert_eq(bind(f->lfd, (struct sockaddr *)&sa, sizeof sa), 0);
+	cr_assert_eq(listen(f->lfd, 4), 0);
+	cr_assert_eq(pthread_create(&f->th, NULL, fake_main, f), 0);
+}
+
+static void fake_stop(struct fake *f)
+{
+	pthread_join(f->th, NULL);
+	close(f->lfd);
+	unlink(f->path);
+}
+
+static int count_fds(void)
+{
+	int n = 0;
+	for (int fd = 0; fd < 1024; fd++)
+		n += fcntl(fd, F_GETFD) >= 0;
+	return n;
+}
+
+static struct de_msg_hello_ok good_hello_ok(void)
+{
+	return (struct de_msg_hello_ok){
+		.h = { .magic = DE_MSG_MAGIC, .type = DE_MSG_HELLO_OK, .version = DE_PROTO_VERSION,
+		       .len = sizeof(struct de_msg_hello_ok) },
+		.client_id = 1, .sq_entries = 8, .cq_entries = 16, .max_batch = 100,
+		.data_bytes = 1 << 20,
+	};
+}
+
+/* Connect to a fake daemon that sends f's reply; returns de_connect's result. */
+static int fake_connect(struct fake *f, int timeout_ms)
+{
+	int before = count_fds();
+	fake_start(f);
+	de_client *c = NULL;
+	struct de_connect_opts o = { .timeout_ms = timeout_ms };
+	int err = de_connect(f->path, &o, &c);
+	cr_assert_null(c);
+	fake_stop(f);
+	cr_assert_eq(count_fds(), before, "fds leaked: %d before, %d after", before, count_fds());
+	return err;
+}
+
+Test(untrusted, malformed_hello_replies_are_refused, .timeout = TIMEOUT)
+{
+	struct fake f = { .nfds = 1, .len = sizeof(struct de_msg_hello_ok) };
+	struct de_msg_hello_ok ok = good_hello_ok();
+
+	/* a memfd that is no channel: -EBADMSG from de_channel_attach */
+	memcpy(&f.reply, &ok, sizeof ok);
+	cr_assert_eq(fake_connect(&f, 2000), -EBADMSG);
+
+	/* two fds where one belongs */
+	f.nfds = 2;
+	cr_assert_eq(fake_connect(&f, 2000), -EPROTO);
+	/* none */
+	f.nfds = 0;
+	cr_assert_eq(fake_connect(&f, 2000), -EPROTO);
+	f.nfds = 1;
+
+	struct de_msg_hello_ok bad = ok;
+	bad.h.magic ^= 1;
+	memcpy(&f.reply, &bad, sizeof bad);
+	cr_assert_eq(fake_connect(&f, 2000), -EPROTO);
+
+	bad = ok;
+	bad.h.version = DE_PROTO_VERSION + 1;
+	memcpy(&f.reply, &bad, sizeof bad);
+	cr_assert_eq(fake_connect(&f, 2000), -EPROTO);
+
+	bad = ok;
+	bad.h.type = DE_MSG_OPEN_OK;
+	memcpy(&f.reply, &bad, sizeof bad);
+	cr_assert_eq(fake_connect(&f, 2000), -EPROTO);
+
+	/* a length field that disagrees with the packet, and a short packet */
+	bad = ok;
+	bad.h.len += 4;
+	memcpy(&f.reply, &bad, sizeof bad);
+	cr_assert_eq(fake_connect(&f, 2000), -EPROTO);
+	memcpy(&f.reply, &ok, sizeof ok);
+	f.reply.h.len = sizeof ok - 8;
+	f.len = sizeof ok - 8;
+	cr_assert_eq(fake_connect(&f, 2000), -EPROTO);
+	f.len = sizeof ok;
+
+	/* no reply at all */
+	f.silent = true;
+	double t0 = now_s();
+	cr_assert_eq(fake_connect(&f, 200), -ETIMEDOUT);
+	cr_assert_lt(now_s() - t0, 2.0);
+}
+
+Test(untrusted, error_reply_gives_its_errno_and_message, .timeout = TIMEOUT)
+{
+	struct fake f = { .nfds = 1, .len = sizeof(struct de_msg_error) };
+	f.reply = (struct de_msg_error){
+		.h = { .magic = DE_MSG_MAGIC, .type = DE_MSG_ERROR, .version = DE_PROTO_VERSION,
+		       .len = sizeof(struct de_msg_error) },
+		.err = -EACCES,
+	};
+	memset(f.reply.msg, 'x', sizeof f.reply.msg); /* not NUL-terminated */
+	memcpy(f.reply.msg, "uid 1234 is not allowed", 23);
+	cr_assert_eq(fake_connect(&f, 2000), -EACCES); /* the fd sent with it is closed */
+	const char *m = de_strerror(-EACCES);
+	cr_assert(strstr(m, "uid 1234 is not allowed"), "message: %s", m);
+	cr_assert_lt(strlen(m), 400);
+	cr_assert_null(strstr(de_strerror(-EINVAL), "uid 1234"));
+
+	/* an errno that is no errno */
+	f.reply.err = 5;
+	cr_assert_eq(fake_connect(&f, 2000), -EPROTO);
+}
