@@ -9,6 +9,7 @@ pkgs=(
   liburing-dev libhwloc-dev hwloc libnuma-dev libxxhash-dev   # libraries
   libinih-dev                               # dynembd's config file (INI)
   libcriterion-dev                          # C test framework
+  python3-numpy python3-pytest              # the Python package and its tests
 )
 
 missing=()

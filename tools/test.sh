@@ -36,6 +36,11 @@ awk -v rc="$rc" '
       if ($i == "Passing:") p += $(i + 1)
       if ($i == "Failing:" || $i == "Crashing:") f += $(i + 1) } }
   /^mini-criterion: [0-9]+ passed/ { p += $2; f += $4 }
+  /^[0-9]+ (passed|failed)/ && / in [0-9.]+s/ {   # pytest -q summary
+      for (i = 1; i < NF; i++) {
+        if ($(i + 1) ~ /^passed/) p += $i
+        if ($(i + 1) ~ /^(failed|errors?)/) f += $i
+        if ($(i + 1) ~ /^skipped/) s += $i } }
   /^\[SKIP\]/ { s++ }
   END { if (rc != 0 && f == 0) f = 1
         printf "tests: %d passed, %d failed, %d skipped\n", p, f, s }' "$log"

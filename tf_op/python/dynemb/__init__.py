@@ -1,0 +1,415 @@
+"""dynemb: NumPy access to the dynemb embedding-store sidecar (ctypes over libdynemb).
+
+A :class:`Client` is one connection to the host's ``dynembd`` (a unix socket plus a
+shared-memory channel). ``client.open(name, dim, ...)`` opens, or shares with every other
+client of the daemon, a :class:`Table`; the same name with another config raises
+:class:`DynembError` with ``errno.EEXIST``.
+
+Zero-copy rules
+---------------
+Inputs
+    * int64 tables: keys that are a C-contiguous NumPy array of dtype ``uint64`` or
+      ``int64`` (native byte order) are passed to C by their buffer address, never copied.
+      int64 values are reinterpreted bit for bit as uint64 (``-1`` is ``2**64 - 1``).
+      Other integer arrays, non-contiguous arrays and Python sequences are converted first
+      (one copy). Floats, bools, strings and objects raise ``TypeError``.
+    * ``values`` for :meth:`Table.update` are passed without a copy when they are a
+      C-contiguous native ``float32`` array of shape ``keys.shape + (dim,)``; other real
+      dtypes are converted (one copy); any other shape raises ``ValueError``.
+    * string tables take a ``str`` (or ``bytes``), a sequence of them, or a NumPy array of
+      ``str``/``bytes``/object. Strings are UTF-8 encoded into one buffer plus the
+      ``char *`` / length arrays the C API wants: that packing is the one copy made.
+Outputs
+    * :meth:`Table.lookup` returns ``keys.shape + (dim,)`` float32. With ``out=`` the
+      caller's array (C-contiguous, writeable, float32, that shape) is filled in place and
+      returned: no allocation, no copy.
+    * :meth:`Request.result` of :meth:`Table.lookup_async` returns a read-only array that
+      *wraps the channel's shared memory* (``de_request_vals``): no copy at all, but it is
+      valid only until the next request on the same client, and never after
+      :meth:`Client.close`. Call ``.copy()`` on it to keep the values longer.
+
+Errors from the C library raise :class:`DynembError` (an ``OSError``: ``.errno`` is the
+positive errno, the message comes from ``de_strerror``, including the daemon's own
+explanation when it sent one). Bad arguments raise ``TypeError`` / ``ValueError`` before
+any C call.
+
+A :class:`Client` serialises its calls with a lock (the C client is not thread-safe);
+for parallel work use one client per thread. The library is found through
+``$DYNEMB_LIB``, then ``ctypes.util.find_library('dynemb')``, then
+``$DYNEMB_BUILD/src/client/libdynemb.so`` (see ``dynemb._native``).
+"""
+
+import ctypes
+import errno as _errno
+import operator
+import os
+import threading
+
+import numpy as np
+
+from . import _native
+from ._native import ConnectOpts, Stats, TableSpec
+
+__all__ = ["Client", "Table", "Request", "DynembError", "READONLY", "ST_MISSING",
+           "ST_FOUND", "ST_CREATED", "strerror"]
+
+READONLY = 0x1
+ST_MISSING, ST_FOUND, ST_CREATED = 0, 1, 2
+
+_INITS = {"zeros": 0, "constant": 1, "uniform": 2, "trunc_normal": 3}
+# Defaults of (init_a, init_b) when the caller gives none. They are part of the table's
+# config: two clients that open the same name must end up with the same values.
+_INIT_DEFAULTS = {"zeros": (0.0, 0.0), "constant": (0.0, 0.0),
+                  "uniform": (-0.05, 0.05), "trunc_normal": (0.0, 0.05)}
+_KEY_KINDS = {"int64": 0, "str": 1}
+
+_U64 = np.dtype(np.uint64)
+_I64 = np.dtype(np.int64)
+_F32 = np.dtype(np.float32)
+
+
+class DynembError(OSError):
+    """An error from libdynemb or the daemon: ``DynembError(errno, message)``.
+
+    ``.errno`` is the positive errno (e.g. ``errno.EEXIST``), ``.strerror`` the text of
+    ``de_strerror``.
+    """
+
+    def __init__(self, err, message):
+        super().__init__(err, message)
+
+
+def strerror(err):
+    """de_strerror's text for an errno (positive or negative)."""
+    return _native.api.de_strerror(-abs(int(err))).decode("utf-8", "replace")
+
+
+def _check(rc):
+    """Raise DynembError for a negative return code (call on the thread that got it)."""
+    if rc < 0:
+        raise DynembError(-rc, _native.api.de_strerror(rc).decode("utf-8", "replace"))
+    return rc
+
+
+def _u64(v, what):
+    try:
+        v = operator.index(v)
+    except TypeError:
+        raise TypeError(f"{what} must be an integer, not {type(v).__name__}") from None
+    if not 0 <= v < 1 << 64:
+        raise ValueError(f"{what} must be in 0..2**64-1, got {v}")
+    return v
+
+
+def _int_keys(keys):
+    """keys -> C-contiguous int64/uint64 ndarray; the input itself when no copy is needed."""
+    if isinstance(keys, np.ndarray):
+        a = keys
+    else:
+        if isinstance(keys, (str, bytes, float)):
+            raise TypeError(f"int64 keys must be integers, not {type(keys).__name__}")
+        a = np.asarray(keys)
+        if a.size == 0 and a.dtype.kind == "f":  # [] -> float64 by default
+            a = a.astype(np.uint64)
+    if a.dtype == _U64 or a.dtype == _I64:
+        return a if a.flags.c_contiguous else np.ascontiguousarray(a)
+    if a.dtype.kind == "i":
+        return np.ascontiguousarray(a, dtype=np.int64)
+    if a.dtype.kind == "u":
+        return np.ascontiguousarray(a, dtype=np.uint64)
+    raise TypeError(f"int64 keys must be an integer array (uint64/int64 for no copy), "
+                    f"not dtype {a.dtype}")
+
+
+class _StrKeys:
+    """Strings packed for de_*_str: one UTF-8 buffer, char* and size_t arrays."""
+
+    __slots__ = ("shape", "n", "buf", "ptrs", "lens")
+
+    def __init__(self, keys):
+        if isinstance(keys, (str, bytes)):
+            items, self.shape = [keys], ()
+        elif isinstance(keys, np.ndarray):
+            if keys.dtype.kind not in "USO":
+                raise TypeError(f"string keys must be str/bytes, not dtype {keys.dtype}")
+            items, self.shape = keys.ravel().tolist(), keys.shape
+        else:
+            try:
+                a = np.array(keys, dtype=object)
+            except ValueError as e:
+                raise ValueError(f"string keys: {e}") from None
+            items, self.shape = a.ravel().tolist(), a.shape
+        enc = []
+        for k in items:
+            if isinstance(k, str):
+                enc.append(k.encode("utf-8"))
+            elif isinstance(k, bytes):
+                enc.append(k)
+            else:
+                raise TypeError(f"string keys must be str or bytes, not {type(k).__name__}")
+        self.n = len(enc)
+        # The trailing NUL keeps the buffer non-empty, so every pointer is non-NULL.
+        self.buf = np.frombuffer(b"".join(enc) + b"\0", dtype=np.uint8)
+        self.lens = np.fromiter(map(len, enc), dtype=np.uintp, count=self.n)
+        offs = np.cumsum(self.lens, dtype=np.uintp) - self.lens
+        self.ptrs = (offs + np.uintp(self.buf.ctypes.data)).astype(np.uintp)
+
+
+class Client:
+    """One connection to dynembd.
+
+    ``Client(socket_path=None, name=None, timeout_ms=0)``: ``socket_path`` None is the
+    daemon's default (``/run/dynemb/dynemb.sock``); ``name`` shows in the daemon's log;
+    ``timeout_ms`` bounds each control request and blocking call (0: 10 s). ``sq_entries``
+    and ``data_bytes`` (0: the daemon's defaults) size the shared-memory channel.
+
+    Use as a context manager, or call :meth:`close`. Raises :class:`DynembError` with
+    ``ENOENT`` / ``ECONNREFUSED`` when no daemon listens there.
+    """
+
+    def __init__(self, socket_path=None, name=None, timeout_ms=0, sq_entries=0,
+                 data_bytes=0):
+        self._c = None
+        self._lock = threading.RLock()
+        path = None if socket_path is None else os.fsencode(socket_path)
+        opts = ConnectOpts(None if name is None else str(name).encode("utf-8"),
+                           int(sq_entries), int(data_bytes), int(timeout_ms))
+        out = ctypes.c_void_p()
+        with self._lock:
+            _check(_native.api.de_connect(path, ctypes.byref(opts), ctypes.byref(out)))
+        self._c = out.value
+        self.socket_path = socket_path
+
+    def _handle(self):
+        if not self._c:
+            raise ValueError("dynemb: operation on a closed Client")
+        return self._c
+
+    @property
+    def closed(self):
+        return not self._c
+
+    def close(self):
+        """Close the connection. Arrays from :meth:`Request.result` become invalid."""
+        with self._lock:
+            c, self._c = self._c, None
+            if c:
+                _native.api.de_close(c)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:
+            pass
+
+    def open(self, name, dim, nslots=0, init="uniform", init_a=None, init_b=None,
+             slot_init=0.0, seed=0, keys="int64"):
+        """Open (or share) table ``name`` and return a :class:`Table`.
+
+        ``init``: ``'zeros'``, ``'constant'`` (``init_a``), ``'uniform'`` ([``init_a``,
+        ``init_b``), default [-0.05, 0.05)) or ``'trunc_normal'`` (mean ``init_a``, stddev
+        ``init_b``, default 0, 0.05). ``keys``: ``'int64'`` or ``'str'``. Opening a name
+        that exists with another config raises :class:`DynembError` (``EEXIST``).
+        """
+        if init not in _INITS:
+            raise ValueError(f"init must be one of {sorted(_INITS)}, not {init!r}")
+        if keys not in _KEY_KINDS:
+            raise ValueError(f"keys must be one of {sorted(_KEY_KINDS)}, not {keys!r}")
+        if not isinstance(name, str):
+            raise TypeError(f"table name must be a str, not {type(name).__name__}")
+        dim, nslots = operator.index(dim), operator.index(nslots)
+        if not 1 <= dim <= 4096:
+            raise ValueError(f"dim must be in 1..4096, got {dim}")
+        if not 0 <= nslots <= 8:
+            raise ValueError(f"nslots must be in 0..8, got {nslots}")
+        da, db = _INIT_DEFAULTS[init]
+        a = da if init_a is None else float(init_a)
+        b = db if init_b is None else float(init_b)
+        spec = TableSpec(name.encode("utf-8"), dim, nslots, _INITS[init], a, b,
+                         float(slot_init), _u64(seed, "seed"), _KEY_KINDS[keys])
+        h = ctypes.c_int()
+        with self._lock:
+            _check(_native.api.de_open(self._handle(), ctypes.byref(spec), ctypes.byref(h)))
+            got = _native.api.de_table_dim_of(self._c, h.value)
+        return Table(self, h.value, name, got or dim, keys)
+
+    def zero_copy_counts(self):
+        """(local_keys, remote_keys): read-only lookups served from this process's mapping
+        of the table vs. keys that went to the daemon."""
+        lo, re = ctypes.c_uint64(), ctypes.c_uint64()
+        with self._lock:
+            _native.api.de_zero_copy_counts(self._handle(), ctypes.byref(lo), ctypes.byref(re))
+        return lo.value, re.value
+
+
+class Table:
+    """A table opened by :meth:`Client.open`; ``.dim``, ``.name``, ``.key_type``."""
+
+    def __init__(self, client, handle, name, dim, key_type):
+        self.client, self.handle, self.name = client, handle, name
+        self.dim, self.key_type = dim, key_type
+
+    def __repr__(self):
+        return f"<dynemb.Table {self.name!r} dim={self.dim} keys={self.key_type}>"
+
+    def _keys(self, keys):
+        """(packed keys, shape, n): an ndarray for int64 tables, _StrKeys for str tables."""
+        if self.key_type == "str":
+            k = _StrKeys(keys)
+            return k, k.shape, k.n
+        k = _int_keys(keys)
+        return k, k.shape, k.size
+
+    def _out(self, out, shape):
+        want = shape + (self.dim,)
+        if out is None:
+            return np.empty(want, dtype=np.float32)
+        if not isinstance(out, np.ndarray):
+            raise TypeError(f"out must be a numpy.ndarray, not {type(out).__name__}")
+        if out.dtype != _F32:
+            raise TypeError(f"out must be float32, not {out.dtype}")
+        if out.shape != want:
+            raise ValueError(f"out has shape {out.shape}, expected {want}")
+        if not out.flags.c_contiguous or not out.flags.writeable:
+            raise ValueError("out must be C-contiguous and writeable")
+        return out
+
+    def lookup(self, keys, readonly=False, step=0, out=None, with_status=False):
+        """Embeddings of ``keys``: float32 of shape ``keys.shape + (dim,)``.
+
+        Without ``readonly`` missing keys are created with the table's initializer (``step``
+        is recorded with each key); with it they read as zeros. ``out``: an array to fill
+        in place (returned). ``with_status``: also return a uint8 array of ``keys.shape``
+        with ST_MISSING / ST_FOUND / ST_CREATED per key.
+        """
+        k, shape, n = self._keys(keys)
+        out = self._out(out, shape)
+        status = np.empty(shape, dtype=np.uint8) if with_status else None
+        flags = READONLY if readonly else 0
+        step = _u64(step, "step")
+        if n:
+            sp = None if status is None else status.ctypes.data
+            with self.client._lock:
+                c = self.client._handle()
+                if self.key_type == "str":
+                    rc = _native.api.de_lookup_str(c, self.handle, k.ptrs.ctypes.data,
+                                                   k.lens.ctypes.data, n, out.ctypes.data,
+                                                   sp, flags, step)
+                else:
+                    rc = _native.api.de_lookup(c, self.handle, k.ctypes.data, n,
+                                               out.ctypes.data, sp, flags, step)
+                _check(rc)
+        return (out, status) if with_status else out
+
+    def update(self, keys, values, step=0):
+        """Assign ``values`` (shape ``keys.shape + (dim,)``) to ``keys``, creating missing
+        ones; returns how many were created."""
+        k, shape, n = self._keys(keys)
+        want = shape + (self.dim,)
+        v = values if isinstance(values, np.ndarray) else np.asarray(values)
+        if v.dtype.kind not in "fiu":
+            raise TypeError(f"values must be real numbers (float32 for no copy), "
+                            f"not dtype {v.dtype}")
+        if v.shape != want:
+            raise ValueError(f"values has shape {v.shape}, expected keys.shape + (dim,) "
+                             f"= {want}")
+        if v.dtype != _F32 or not v.flags.c_contiguous:
+            v = np.ascontiguousarray(v, dtype=np.float32)
+        step = _u64(step, "step")
+        if not n:
+            return 0
+        created = ctypes.c_size_t()
+        with self.client._lock:
+            c = self.client._handle()
+            if self.key_type == "str":
+                rc = _native.api.de_update_str(c, self.handle, k.ptrs.ctypes.data,
+                                               k.lens.ctypes.data, n, v.ctypes.data, step,
+                                               ctypes.byref(created))
+            else:
+                rc = _native.api.de_update(c, self.handle, k.ctypes.data, n, v.ctypes.data,
+                                           step, ctypes.byref(created))
+            _check(rc)
+        return created.value
+
+    def erase(self, keys):
+        """Erase ``keys``; returns how many existed."""
+        k, _, n = self._keys(keys)
+        if not n:
+            return 0
+        erased = ctypes.c_size_t()
+        with self.client._lock:
+            c = self.client._handle()
+            if self.key_type == "str":
+                rc = _native.api.de_erase_str(c, self.handle, k.ptrs.ctypes.data,
+                                              k.lens.ctypes.data, n, ctypes.byref(erased))
+            else:
+                rc = _native.api.de_erase(c, self.handle, k.ctypes.data, n,
+                                          ctypes.byref(erased))
+            _check(rc)
+        return erased.value
+
+    def stats(self):
+        """The table's counters (struct de_stats) as a dict."""
+        s = Stats()
+        with self.client._lock:
+            _check(_native.api.de_stats(self.client._handle(), self.handle, ctypes.byref(s)))
+        return {name: getattr(s, name) for name, _ in Stats._fields_}
+
+    def lookup_async(self, keys, readonly=False, step=0):
+        """Submit a lookup of int64 ``keys`` without waiting; returns a :class:`Request`.
+
+        The keys are copied into the channel at submit time, so ``keys`` may be reused at
+        once. Several requests may be in flight (up to the channel's ring and data area).
+        String tables have no async lookup (``TypeError``).
+        """
+        if self.key_type != "int64":
+            raise TypeError("lookup_async needs an int64 table")
+        k = _int_keys(keys)
+        flags = READONLY if readonly else 0
+        step = _u64(step, "step")
+        req = ctypes.c_uint64()
+        with self.client._lock:
+            _check(_native.api.de_submit_lookup(self.client._handle(), self.handle,
+                                                k.ctypes.data, k.size, flags, step,
+                                                ctypes.byref(req)))
+        return Request(self, req.value, k.shape)
+
+
+class Request:
+    """An async lookup in flight (from :meth:`Table.lookup_async`)."""
+
+    def __init__(self, table, req_id, shape):
+        self.table, self.id, self.shape = table, req_id, shape
+        self._result = None
+
+    def result(self, timeout_ms=-1):
+        """Wait (``timeout_ms`` < 0: the client's timeout) and return the embeddings.
+
+        The array has shape ``keys.shape + (dim,)`` ((n, dim) for 1-D keys), is read-only,
+        and WRAPS the channel's shared memory without a copy: it is valid until the next
+        request on the same client and never after the client is closed. Use
+        ``result().copy()`` to keep it. A timeout raises DynembError(ETIMEDOUT) and the
+        request stays in flight: call ``result`` again.
+        """
+        if self._result is not None:
+            return self._result
+        client, dim = self.table.client, self.table.dim
+        n = int(np.prod(self.shape, dtype=np.int64))
+        with client._lock:
+            c = client._handle()
+            _check(_native.api.de_complete(c, self.id, int(timeout_ms)))
+            ptr = _native.api.de_request_vals(c, self.id)
+        if not ptr:
+            raise DynembError(_errno.EBADMSG, "de_request_vals gave no result")
+        buf = (ctypes.c_float * (n * dim)).from_address(ptr)
+        buf._dynemb_client = client  # the mapping lives as long as the client is open
+        arr = np.ctypeslib.as_array(buf).reshape(self.shape + (dim,))
+        arr.flags.writeable = False
+        self._result = arr
+        return arr

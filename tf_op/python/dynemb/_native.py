@@ -1,0 +1,114 @@
+"""Loading libdynemb.so and declaring its C prototypes (ctypes).
+
+Search order:
+
+1. ``$DYNEMB_LIB``: the full path of the library;
+2. ``ctypes.util.find_library('dynemb')``: an installed libdynemb;
+3. ``$DYNEMB_BUILD/src/client/libdynemb.so``: a meson build directory.
+
+Every C function the package calls is an attribute of :data:`api` and is looked up
+there at call time, so tests can wrap one (``monkeypatch.setattr(_native.api, ...)``).
+"""
+
+import ctypes
+import ctypes.util
+import os
+
+c_size_p = ctypes.POINTER(ctypes.c_size_t)
+c_u64_p = ctypes.POINTER(ctypes.c_uint64)
+c_int_p = ctypes.POINTER(ctypes.c_int)
+c_vp = ctypes.c_void_p
+
+
+class ConnectOpts(ctypes.Structure):
+    """struct de_connect_opts"""
+    _fields_ = [("name", ctypes.c_char_p), ("sq_entries", ctypes.c_uint32),
+                ("data_bytes", ctypes.c_uint64), ("timeout_ms", ctypes.c_int)]
+
+
+class TableSpec(ctypes.Structure):
+    """struct de_table_spec (enums are int-sized)"""
+    _fields_ = [("name", ctypes.c_char_p), ("dim", ctypes.c_uint32),
+                ("nslots", ctypes.c_uint32), ("init", ctypes.c_int),
+                ("init_a", ctypes.c_float), ("init_b", ctypes.c_float),
+                ("slot_init", ctypes.c_float), ("seed", ctypes.c_uint64),
+                ("keys", ctypes.c_int)]
+
+
+class Stats(ctypes.Structure):
+    """struct de_stats"""
+    _fields_ = [(f, ctypes.c_uint64) for f in (
+        "keys", "rows_allocated", "rows_free", "row_bytes", "index_bytes", "arena_bytes",
+        "segments", "splits", "dir_doublings", "arena_segments")] + [
+        ("load_factor", ctypes.c_double), ("dim", ctypes.c_uint32)]
+
+
+# name: (restype, argtypes). Pointers to caller data are c_void_p so that a NumPy
+# buffer address (ndarray.ctypes.data, an int) is passed as is: no copy, no conversion.
+_PROTOS = {
+    "de_connect": (ctypes.c_int, [ctypes.c_char_p, ctypes.POINTER(ConnectOpts), c_vp]),
+    "de_close": (None, [c_vp]),
+    "de_open": (ctypes.c_int, [c_vp, ctypes.POINTER(TableSpec), c_int_p]),
+    "de_table_dim_of": (ctypes.c_uint32, [c_vp, ctypes.c_int]),
+    "de_lookup": (ctypes.c_int, [c_vp, ctypes.c_int, c_vp, ctypes.c_size_t, c_vp, c_vp,
+                                 ctypes.c_uint, ctypes.c_uint64]),
+    "de_lookup_str": (ctypes.c_int, [c_vp, ctypes.c_int, c_vp, c_vp, ctypes.c_size_t, c_vp,
+                                     c_vp, ctypes.c_uint, ctypes.c_uint64]),
+    "de_update": (ctypes.c_int, [c_vp, ctypes.c_int, c_vp, ctypes.c_size_t, c_vp,
+                                 ctypes.c_uint64, c_size_p]),
+    "de_update_str": (ctypes.c_int, [c_vp, ctypes.c_int, c_vp, c_vp, ctypes.c_size_t, c_vp,
+                                     ctypes.c_uint64, c_size_p]),
+    "de_erase": (ctypes.c_int, [c_vp, ctypes.c_int, c_vp, ctypes.c_size_t, c_size_p]),
+    "de_erase_str": (ctypes.c_int, [c_vp, ctypes.c_int, c_vp, c_vp, ctypes.c_size_t,
+                                    c_size_p]),
+    "de_stats": (ctypes.c_int, [c_vp, ctypes.c_int, ctypes.POINTER(Stats)]),
+    "de_submit_lookup": (ctypes.c_int, [c_vp, ctypes.c_int, c_vp, ctypes.c_size_t,
+                                        ctypes.c_uint, ctypes.c_uint64, c_u64_p]),
+    "de_complete": (ctypes.c_int, [c_vp, ctypes.c_uint64, ctypes.c_int]),
+    "de_request_vals": (c_vp, [c_vp, ctypes.c_uint64]),
+    "de_zero_copy_counts": (None, [c_vp, c_u64_p, c_u64_p]),
+    "de_strerror": (ctypes.c_char_p, [ctypes.c_int]),
+}
+
+
+def _candidates():
+    env = os.environ.get("DYNEMB_LIB")
+    if env:
+        yield "DYNEMB_LIB", env
+    found = ctypes.util.find_library("dynemb")
+    if found:
+        yield "find_library('dynemb')", found
+    build = os.environ.get("DYNEMB_BUILD")
+    if build:
+        yield "DYNEMB_BUILD", os.path.join(build, "src", "client", "libdynemb.so")
+
+
+def load():
+    """Load libdynemb and return it with prototypes set; ImportError if none loads."""
+    tried = []
+    for how, path in _candidates():
+        try:
+            lib = ctypes.CDLL(path)
+        except OSError as e:
+            tried.append(f"  {how}: {path}: {e}")
+            continue
+        for name, (res, args) in _PROTOS.items():
+            fn = getattr(lib, name)
+            fn.restype, fn.argtypes = res, args
+        return lib, path
+    raise ImportError(
+        "dynemb: cannot find libdynemb.so. Set DYNEMB_LIB to its full path, install it "
+        "where the dynamic linker finds it, or set DYNEMB_BUILD to a meson build directory "
+        "(DYNEMB_BUILD/src/client/libdynemb.so)." + ("\nTried:\n" + "\n".join(tried)
+                                                      if tried else "\nNothing to try."))
+
+
+class _Api:
+    """The C functions, one attribute each (replaceable in tests)."""
+
+
+lib, lib_path = load()
+api = _Api()
+for _name in _PROTOS:
+    setattr(api, _name, getattr(lib, _name))
+del _name

@@ -1,0 +1,91 @@
+"""pytest fixtures for the dynemb Python package: a private dynembd per session.
+
+Environment:
+  DYNEMBD       path of the daemon binary (else DYNEMB_BUILD/src/server/dynembd)
+  DYNEMB_BUILD  meson build directory (also how the package finds libdynemb.so,
+                unless DYNEMB_LIB is set)
+"""
+
+import itertools
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+# Import the package from this source tree, not an installed copy.
+sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..")))
+
+
+def _dynembd_path():
+    p = os.environ.get("DYNEMBD")
+    if not p and os.environ.get("DYNEMB_BUILD"):
+        p = os.path.join(os.environ["DYNEMB_BUILD"], "src", "server", "dynembd")
+    if not p or not os.access(p, os.X_OK):
+        pytest.fail(f"no dynembd binary (got {p!r}): set DYNEMBD or DYNEMB_BUILD")
+    return p
+
+
+def _wait_socket(path, proc, log, deadline_s=10.0):
+    end = time.monotonic() + deadline_s
+    while time.monotonic() < end:
+        if proc.poll() is not None:
+            pytest.fail(f"dynembd exited with {proc.returncode}:\n{log.read_text()}")
+        if os.path.exists(path):
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+            try:
+                s.connect(path)
+                return
+            except OSError:
+                pass
+            finally:
+                s.close()
+        time.sleep(0.02)
+    proc.kill()
+    proc.wait()
+    pytest.fail(f"dynembd did not listen on {path} within {deadline_s}s:\n{log.read_text()}")
+
+
+@pytest.fixture(scope="session")
+def daemon(tmp_path_factory):
+    """Start dynembd --foreground on a private socket; yields the socket path. At the end:
+    SIGTERM, and the daemon must exit 0."""
+    d = tmp_path_factory.mktemp("dynembd")
+    sock = str(d / "d.sock")
+    log = d / "dynembd.log"
+    with open(log, "wb") as lf:
+        proc = subprocess.Popen([_dynembd_path(), "--foreground", "--socket", sock,
+                                 "--segment-bytes", "4M"],
+                                stdin=subprocess.DEVNULL, stdout=lf, stderr=subprocess.STDOUT)
+    try:
+        _wait_socket(sock, proc, log)
+        yield sock
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+                pytest.fail(f"dynembd ignored SIGTERM:\n{log.read_text()}")
+    assert proc.returncode == 0, f"dynembd exited {proc.returncode}:\n{log.read_text()}"
+
+
+@pytest.fixture
+def client(daemon):
+    import dynemb
+    with dynemb.Client(daemon, name="pytest") as c:
+        yield c
+
+
+_names = itertools.count()
+
+
+@pytest.fixture
+def tname(request):
+    """A table name unique in the session (1..63 bytes)."""
+    return f"t{next(_names)}_{request.node.name}"[:63]
