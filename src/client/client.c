@@ -838,9 +838,19 @@ struct batch {
 	size_t sum_count, sum_aux0;
 };
 
-/* One request for keys [from, from + cnt) of ks; kb: their wire bytes. */
-static int run_chunk(struct de_client *c, struct ctable *t, const struct keyset *ks,
-		     size_t from, size_t cnt, uint64_t kb, struct batch *b)
+/* One request in flight: its slot, the keys it carries and where its results land. */
+struct pend {
+	struct slot *s;
+	size_t from, cnt;
+	uint8_t *d;             /* its region of the data area */
+	uint64_t voff, soff;    /* values and status within the region */
+	bool want_vals, want_status;
+};
+
+/* Copy keys [from, from + cnt) of ks (kb wire bytes) into the data area and submit one
+ * request for them. On success p describes it; the caller finishes it with chunk_finish. */
+static int chunk_submit(struct de_client *c, struct ctable *t, const struct keyset *ks,
+			size_t from, size_t cnt, uint64_t kb, struct batch *b, struct pend *p)
 {
 	uint64_t row = (uint64_t)t->dim * sizeof(float);
 	bool want_vals = b->op == DE_OP_LOOKUP || b->op == DE_OP_UPDATE;
@@ -865,14 +875,14 @@ static int run_chunk(struct de_client *c, struct ctable *t, const struct keyset 
 		for (size_t j = 0; j < cnt; j++)
 			memcpy(d + 8 * j, &ks->ik[ks_at(ks, from + j)], 8);
 	} else {
-		uint8_t *p = d + 4 * cnt;
+		uint8_t *q = d + 4 * cnt;
 		for (size_t j = 0; j < cnt; j++) {
 			size_t i = ks_at(ks, from + j), l = ks_len(ks, i);
 			uint32_t l32 = (uint32_t)l;
 			memcpy(d + 4 * j, &l32, 4);
 			if (l)
-				memcpy(p, ks->sk[i], l);
-			p += l;
+				memcpy(q, ks->sk[i], l);
+			q += l;
 		}
 	}
 	if (b->op == DE_OP_UPDATE)
@@ -891,7 +901,18 @@ static int run_chunk(struct de_client *c, struct ctable *t, const struct keyset 
 	err = submit(c, s, &e);
 	if (err)
 		return err;
-	err = wait_slot(c, s, c->timeout_ms);
+	*p = (struct pend){ .s = s, .from = from, .cnt = cnt, .d = d, .voff = voff, .soff = soff,
+			    .want_vals = want_vals, .want_status = want_status };
+	return 0;
+}
+
+/* Wait for a submitted request, check its completion and copy its results out. */
+static int chunk_finish(struct de_client *c, struct ctable *t, const struct keyset *ks,
+			struct batch *b, struct pend *p)
+{
+	uint64_t row = (uint64_t)t->dim * sizeof(float);
+	struct slot *s = p->s;
+	int err = wait_slot(c, s, c->timeout_ms);
 	if (err) {
 		if (s->state == S_INFLIGHT)
 			s->state = S_ABANDONED; /* the daemon may still write its region */
@@ -899,21 +920,21 @@ static int run_chunk(struct de_client *c, struct ctable *t, const struct keyset 
 	}
 	struct de_cqe q = s->cqe;
 	err = q.res;
-	if (!err && (q.res > 0 || q.count > cnt || (b->op == DE_OP_LOOKUP && q.aux0 > cnt)))
+	if (!err && (q.res > 0 || q.count > p->cnt || (b->op == DE_OP_LOOKUP && q.aux0 > p->cnt)))
 		err = -EBADMSG;
-	if (!err && want_status) {
-		for (size_t j = 0; j < cnt; j++) {
-			uint8_t st = d[soff + j];
+	if (!err && p->want_status) {
+		for (size_t j = 0; j < p->cnt; j++) {
+			uint8_t st = p->d[p->soff + j];
 			if (st > DE_ST_CREATED) {
 				err = -EBADMSG;
 				break;
 			}
-			b->status[ks_at(ks, from + j)] = st;
+			b->status[ks_at(ks, p->from + j)] = st;
 		}
 	}
 	if (!err && b->op == DE_OP_LOOKUP)
-		for (size_t j = 0; j < cnt; j++)
-			memcpy(b->vals_out + ks_at(ks, from + j) * t->dim, d + voff + j * row, row);
+		for (size_t j = 0; j < p->cnt; j++)
+			memcpy(b->vals_out + ks_at(ks, p->from + j) * t->dim, p->d + p->voff + j * row, row);
 	if (!err) {
 		b->sum_count += q.count;
 		b->sum_aux0 += q.aux0;
@@ -922,46 +943,79 @@ static int run_chunk(struct de_client *c, struct ctable *t, const struct keyset 
 	return err;
 }
 
-/* Run a batch of any size: chunks of at most max_batch keys that fit the data area. */
+/*
+ * Run a batch of any size as a pipeline: chunks of at most max_batch keys that fit the
+ * data area, up to PIPE_DEPTH in flight, so that this thread copies keys in and results
+ * out of one chunk while the daemon works on the next. Chunks finish in order; after an
+ * error the chunks already submitted are still waited for (the daemon writes into their
+ * regions) and the first error is returned.
+ */
+#define PIPE_DEPTH 4
+#define PIPE_MIN_KEYS 256 /* smaller batches go as one request */
+
 static int run_batch(struct de_client *c, struct ctable *t, const struct keyset *ks,
 		     struct batch *b)
 {
 	uint64_t row = (uint64_t)t->dim * sizeof(float);
 	uint64_t per = (b->op == DE_OP_LOOKUP || b->op == DE_OP_UPDATE ? row : 0) +
 		       (b->op == DE_OP_LOOKUP && b->status ? 1 : 0);
+	size_t target = (ks->n + PIPE_DEPTH - 1) / PIPE_DEPTH;
+	if (target < PIPE_MIN_KEYS)
+		target = PIPE_MIN_KEYS;
+	struct pend q[PIPE_DEPTH];
+	unsigned head = 0, nq = 0;
 	size_t from = 0;
-	while (from < ks->n) {
-		if (c->broken)
-			return c->broken;
-		recycle(c);
-		uint64_t avail = ring_avail(c);
-		avail = avail > 3 * ALIGN ? avail - 3 * ALIGN : 0; /* alignment padding */
-		size_t cnt = 0;
-		uint64_t kb = 0;
-		size_t lim = ks->n - from < c->max_batch ? ks->n - from : c->max_batch;
-		if (ks->ik) {
-			uint64_t fit = avail / (8 + per);
-			cnt = lim < fit ? lim : (size_t)fit;
-			kb = 8 * (uint64_t)cnt;
-		} else {
-			uint64_t used = 0;
-			while (cnt < lim) {
-				uint64_t k = 4 + ks_len(ks, ks_at(ks, from + cnt));
-				if (used + k + per > avail)
-					break;
-				used += k + per;
-				kb += k;
-				cnt++;
+	int err = 0;
+	while ((!err && from < ks->n) || nq) {
+		if (!err && from < ks->n && nq < PIPE_DEPTH) {
+			if (c->broken) {
+				err = c->broken;
+				continue;
 			}
+			recycle(c);
+			uint64_t avail = ring_avail(c);
+			avail = avail > 3 * ALIGN ? avail - 3 * ALIGN : 0; /* alignment padding */
+			size_t cnt = 0;
+			uint64_t kb = 0;
+			size_t lim = ks->n - from < c->max_batch ? ks->n - from : c->max_batch;
+			if (lim > target)
+				lim = target;
+			if (ks->ik) {
+				uint64_t fit = avail / (8 + per);
+				cnt = lim < fit ? lim : (size_t)fit;
+				kb = 8 * (uint64_t)cnt;
+			} else {
+				uint64_t used = 0;
+				while (cnt < lim) {
+					uint64_t k = 4 + ks_len(ks, ks_at(ks, from + cnt));
+					if (used + k + per > avail)
+						break;
+					used += k + per;
+					kb += k;
+					cnt++;
+				}
+			}
+			if (cnt) {
+				err = chunk_submit(c, t, ks, from, cnt, kb, b, &q[(head + nq) % PIPE_DEPTH]);
+				if (!err) {
+					nq++;
+					from += cnt;
+				}
+				continue;
+			}
+			if (!nq) { /* nothing of ours to wait for: the space is not there */
+				err = c->fifo_len ? -EAGAIN : -ENOBUFS;
+				continue;
+			}
+			/* no room now: finish the oldest chunk to free its space */
 		}
-		if (!cnt)
-			return c->fifo_len ? -EAGAIN : -ENOBUFS;
-		int err = run_chunk(c, t, ks, from, cnt, kb, b);
-		if (err)
-			return err;
-		from += cnt;
+		int e = chunk_finish(c, t, ks, b, &q[head]);
+		if (!err)
+			err = e;
+		head = (head + 1) % PIPE_DEPTH;
+		nq--;
 	}
-	return 0;
+	return err;
 }
 
 static int check_call(de_client *c, int table, uint32_t key_type, struct ctable **t)

@@ -11,4 +11,7 @@
 /* dynemb-bench channel: data-plane round trips and throughput (bench_channel.c). */
 int cmd_channel(int argc, char **argv);
 
+/* dynemb-bench sidecar: dynembd end to end vs in-process, a socket and Redis (bench_sidecar.c). */
+int cmd_sidecar(int argc, char **argv);
+
 #endif

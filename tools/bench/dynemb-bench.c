@@ -1834,6 +1834,12 @@ static int cmd_channel_entry(int argc, char **argv, const char *command_line)
 	return cmd_channel(argc, argv);
 }
 
+static int cmd_sidecar_entry(int argc, char **argv, const char *command_line)
+{
+	(void)command_line;
+	return cmd_sidecar(argc, argv);
+}
+
 struct command {
 	const char *name;
 	int (*fn)(int argc, char **argv, const char *command_line);
@@ -1845,7 +1851,9 @@ static const struct command commands[] = {
 	 "table find / find_or_insert throughput against a plain gather, and growth latency"},
 	{"channel", cmd_channel_entry,
 	 "shm channel round trips (busy-poll, futex) vs a unix socket; ring vs zero-copy vs in-process"},
-	/* to come: sidecar, learn, persist */
+	{"sidecar", cmd_sidecar_entry,
+	 "dynembd end to end: ring and zero-copy vs in-process find, a unix socket and Redis"},
+	/* to come: learn, persist */
 };
 
 static void usage(FILE *f)
