@@ -709,6 +709,27 @@ Test(async, interleaved_submit_and_complete)
 	de_close(c);
 }
 
+/* kill(SIGSTOP) returns before the target has stopped: wait (boundedly) until
+ * /proc/PID/stat says so, or a busy-polling worker may still answer. */
+static void stop_and_wait(pid_t pid)
+{
+	cr_assert_eq(kill(pid, SIGSTOP), 0);
+	char path[64], buf[512];
+	snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
+	for (int i = 0; i < 2000; i++) {
+		FILE *f = fopen(path, "re");
+		size_t got = f ? fread(buf, 1, sizeof buf - 1, f) : 0;
+		if (f)
+			fclose(f);
+		buf[got] = 0;
+		const char *r = strrchr(buf, ')');
+		if (r && r[1] == ' ' && r[2] == 'T')
+			return;
+		usleep(1000);
+	}
+	cr_assert_fail("the daemon did not stop within 2 s");
+}
+
 Test(async, timeout_then_recovery)
 {
 	de_client *c = NULL;
@@ -721,7 +742,7 @@ Test(async, timeout_then_recovery)
 	uint64_t *k = seq_keys(n, 9);
 	float *out = calloc(n * dim, sizeof *out);
 	/* a stopped daemon: the blocking call gives up, its request stays accounted for */
-	cr_assert_eq(kill(d_pid, SIGSTOP), 0);
+	stop_and_wait(d_pid);
 	double t0 = now_s();
 	err = de_lookup(c, t, k, n, out, NULL, 0, 1);
 	cr_assert_eq(err, -ETIMEDOUT, "got %d (%s)", err, de_strerror(err));

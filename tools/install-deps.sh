@@ -9,6 +9,7 @@ pkgs=(
   liburing-dev libhwloc-dev hwloc libnuma-dev libxxhash-dev   # libraries
   libinih-dev                               # dynembd's config file (INI)
   libcriterion-dev                          # C test framework
+  clang libclang-rt-14-dev                  # libFuzzer targets (tools/fuzz.sh)
   python3-numpy python3-pytest              # the Python package and its tests
 )
 

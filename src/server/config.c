@@ -18,6 +18,7 @@
 #include <limits.h>
 #include <pwd.h>
 #include <stdio.h>
+#include <sys/stat.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
@@ -378,6 +379,12 @@ int srv_config_load(struct srv_config *c, int argc, char **argv)
 	}
 
 	if (file) {
+		struct stat st;
+		if (stat(file, &st) == 0 && !S_ISREG(st.st_mode)) {
+			/* fopen succeeds on a directory and ini_parse then reads it as empty */
+			fprintf(stderr, "dynembd: %s: not a regular file\n", file);
+			return 2;
+		}
 		x = (struct ini_ctx){ .cfg = c };
 		line = ini_parse(file, on_ini_key, &x);
 		if (line < 0) {

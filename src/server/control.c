@@ -10,7 +10,8 @@
  *   2. OPEN: name and config checked, the registry finds or creates the table, OPEN_OK
  *      carries read-only fds of its arena segments. SEGMENTS: fds from `first` on.
  *   3. Every message is checked (magic, version, type, exact length for its type) before
- *      anything reads its body; a malformed one gets ERROR -EBADMSG and the connection is
+ *      anything reads its body (srv_check_msg, side-effect free: tests/fuzz/fuzz_control.c
+ *      drives it); a malformed one gets ERROR -EBADMSG and the connection is
  *      closed. Fds a client sends are closed unread. Replies never block: a client whose
  *      socket buffer is full is closed.
  * Hang-up: the socket is closed at once; the client's channel stays until its worker
@@ -380,22 +381,15 @@ static int send_with_segments(struct srv_client *c, struct srv_table *t, const v
 	return err;
 }
 
+/* m: checked by srv_check_msg (name valid, config normalized). */
 static bool on_open(struct ctl *x, struct srv_client *c, const struct de_msg_open *m)
 {
 	char msg[240];
-	char name[DE_NAME_MAX];
-	memcpy(name, m->name, sizeof name);
-	int err = srv_name_check(name, msg, sizeof msg);
-	struct de_wire_table_config cfg = m->cfg;
-	if (!err)
-		err = srv_wire_config_normalize(&cfg, msg, sizeof msg);
-	if (err) {
-		send_error(c, m->h.seq, err, "%s", msg);
-		return true;
-	}
+	const char *name = m->name;
+	const struct de_wire_table_config cfg = m->cfg;
 	struct srv_table *t;
 	bool created;
-	err = srv_registry_open(&x->s->reg, name, &cfg, &t, &created, msg, sizeof msg);
+	int err = srv_registry_open(&x->s->reg, name, &cfg, &t, &created, msg, sizeof msg);
 	if (err) {
 		srv_log(SRV_LOG_INFO, "client %u: open '%s': %s", c->id, name, msg);
 		send_error(c, m->h.seq, err, "%s", msg);
@@ -466,51 +460,77 @@ static size_t expected_len(uint16_t type)
 	}
 }
 
+int srv_check_msg(const void *buf, size_t n, bool trunc, bool hello_done, union srv_msg *out,
+		  char *msg, size_t msgcap)
+{
+	struct de_msg_hdr h = { 0 };
+	memset(out, 0, sizeof *out);
+	if (n >= sizeof h)
+		memcpy(&h, buf, sizeof h);
+	out->h = h;
+	if (trunc || n < sizeof h || h.magic != DE_MSG_MAGIC || h.len != n ||
+	    !expected_len(h.type) || n != expected_len(h.type)) {
+		snprintf(msg, msgcap, "malformed message (%zu bytes, type %u)", n,
+			 n >= sizeof h ? h.type : 0);
+		return -EBADMSG;
+	}
+	if (!hello_done && h.type != DE_MSG_HELLO) {
+		snprintf(msg, msgcap, "the first message must be HELLO");
+		return -EPROTO;
+	}
+	if (hello_done && h.type == DE_MSG_HELLO) {
+		snprintf(msg, msgcap, "HELLO twice");
+		return -EPROTO;
+	}
+	memcpy(out, buf, n); /* n == expected_len(h.type) <= sizeof *out */
+	if (h.type == DE_MSG_HELLO)
+		return 0;    /* its version: after the allow-list, in on_hello */
+	if (h.version != DE_PROTO_VERSION) {
+		snprintf(msg, msgcap, "protocol version %u; this dynembd speaks %u", h.version,
+			 DE_PROTO_VERSION);
+		return -EPROTO;
+	}
+	if (h.type == DE_MSG_OPEN) {
+		int err = srv_name_check(out->open.name, msg, msgcap);
+		if (!err)
+			err = srv_wire_config_normalize(&out->open.cfg, msg, msgcap);
+		return err;
+	}
+	return 0;
+}
+
 /* Handle one received packet. Returns false when the connection must be closed. */
 static bool on_message(struct ctl *x, struct srv_client *c, const void *buf, size_t n, bool trunc)
 {
-	struct de_msg_hdr h = { 0 };
-	if (n >= sizeof h)
-		memcpy(&h, buf, sizeof h);
-	if (trunc || n < sizeof h || h.magic != DE_MSG_MAGIC || h.len != n ||
-	    !expected_len(h.type) || n != expected_len(h.type)) {
+	union srv_msg m;
+	char msg[240];
+	int err = srv_check_msg(buf, n, trunc, c->hello_done, &m, msg, sizeof msg);
+	if (err == -EBADMSG) {
 		srv_log(SRV_LOG_WARN, "client %u: malformed message (%zu bytes, type %u): closing",
-			c->id, n, n >= sizeof h ? h.type : 0);
-		send_error(c, h.seq, -EBADMSG, "malformed message (%zu bytes, type %u)", n,
-			   n >= sizeof h ? h.type : 0);
+			c->id, n, m.h.type);
+		send_error(c, m.h.seq, err, "%s", msg);
 		return false;
 	}
-	if (!c->hello_done && h.type != DE_MSG_HELLO) {
-		srv_log(SRV_LOG_WARN, "client %u: message type %u before HELLO: closing", c->id, h.type);
-		send_error(c, h.seq, -EPROTO, "the first message must be HELLO");
+	if (err == -EPROTO) {
+		if (!c->hello_done)
+			srv_log(SRV_LOG_WARN, "client %u: message type %u before HELLO: closing", c->id,
+				m.h.type);
+		else if (m.h.type == DE_MSG_HELLO)
+			srv_log(SRV_LOG_WARN, "client %u: HELLO twice: closing", c->id);
+		send_error(c, m.h.seq, err, "%s", msg);
 		return false;
 	}
-	if (c->hello_done && h.type == DE_MSG_HELLO) {
-		srv_log(SRV_LOG_WARN, "client %u: HELLO twice: closing", c->id);
-		send_error(c, h.seq, -EPROTO, "HELLO twice");
-		return false;
+	if (err) { /* OPEN: bad name or config */
+		send_error(c, m.h.seq, err, "%s", msg);
+		return true;
 	}
-	if (h.type == DE_MSG_HELLO) {
-		struct de_msg_hello m;
-		memcpy(&m, buf, sizeof m);
-		return on_hello(x, c, &m);
-	}
-	if (h.version != DE_PROTO_VERSION) {
-		send_error(c, h.seq, -EPROTO, "protocol version %u; this dynembd speaks %u", h.version,
-			   DE_PROTO_VERSION);
-		return false;
-	}
-	switch (h.type) {
-	case DE_MSG_OPEN: {
-		struct de_msg_open m;
-		memcpy(&m, buf, sizeof m);
-		return on_open(x, c, &m);
-	}
-	case DE_MSG_SEGMENTS: {
-		struct de_msg_segments m;
-		memcpy(&m, buf, sizeof m);
-		return on_segments(c, &m);
-	}
+	switch (m.h.type) {
+	case DE_MSG_HELLO:
+		return on_hello(x, c, &m.hello);
+	case DE_MSG_OPEN:
+		return on_open(x, c, &m.open);
+	case DE_MSG_SEGMENTS:
+		return on_segments(c, &m.segments);
 	default: /* BYE */
 		return false;
 	}

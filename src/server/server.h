@@ -197,6 +197,54 @@ void srv_workers_free(struct srv_server *s);
 /* Wake a worker to read its mailbox and flags. Control thread only. */
 void srv_worker_kick(struct srv_worker *w);
 
+/* ---- checks of untrusted bytes (pure: no daemon state read or written) ------------------
+ * The daemon runs these on everything a client sends; tests/fuzz/ drives them directly. */
+
+/* A control request, copied out of its packet. */
+union srv_msg {
+	struct de_msg_hdr h;
+	struct de_msg_hello hello;
+	struct de_msg_open open;
+	struct de_msg_segments segments;
+};
+
+/*
+ * Check one control packet of n bytes (control.c): trunc (MSG_TRUNC), size, magic, len,
+ * a request type (HELLO, OPEN, SEGMENTS, BYE) with its exact length; then the order
+ * (hello_done: this connection said HELLO already; HELLO must come first and only once);
+ * then the version of any request but HELLO (a HELLO's version is checked after the
+ * allow-list, in on_hello); then an OPEN's name (srv_name_check) and config
+ * (srv_wire_config_normalize, in place in out->open.cfg).
+ * Always sets *out (out->h: the header, zeros when n < 16; the body once the framing and
+ * order are good) and, on error, msg (the ERROR reply's text). Returns 0;
+ * -EBADMSG: malformed (the daemon closes); -EPROTO: out of order or another version
+ * (closes); -EINVAL: an OPEN with a bad name or config (error reply, stays open).
+ */
+int srv_check_msg(const void *buf, size_t n, bool trunc, bool hello_done, union srv_msg *out,
+		  char *msg, size_t msgcap);
+
+/*
+ * Check a data-plane descriptor (worker.c) before anything reads the data area: op;
+ * table < ntables; for STATS no flags and an 8-aligned output of at least
+ * sizeof(struct de_wire_stats); else count <= max_batch (-E2BIG), only the flags the op
+ * allows, keys_off 8-aligned, vals_off 4-aligned and vals_len == count * dim * 4
+ * (LOOKUP, UPDATE), status (DE_SQE_STATUS: count bytes) and every range inside a data
+ * area of data_bytes, and keys_len == 8 * count (int64 keys) or >= 4 * count (string
+ * keys; their lengths go through srv_check_string_keys on the copied region).
+ * dim and key_type: those of table e->table (unused when it is not < ntables).
+ * 0 (a NOP always), -EINVAL or -E2BIG.
+ */
+int srv_check_sqe(const struct de_sqe *e, uint32_t ntables, uint32_t dim, uint32_t key_type,
+		  uint32_t max_batch, uint64_t data_bytes);
+/*
+ * Check a string-key region of len bytes (a copy: count u32 lengths, then the strings
+ * back to back): len >= 4 * count, each length <= DE_MAX_KEY_BYTES, the strings fill the
+ * region exactly. Writes slen[0..count) and soff[0..count) (offset of each string in the
+ * region). 0 or -EINVAL.
+ */
+int srv_check_string_keys(const void *region, uint64_t len, uint32_t count, uint32_t *slen,
+			  uint64_t *soff);
+
 /* The control plane: runs until SIGTERM/SIGINT. Returns the exit status. */
 int srv_control_run(struct srv_server *s, int listen_fd, int sig_fd);
 int srv_listen(const char *path, int *out_fd);

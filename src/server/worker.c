@@ -23,7 +23,8 @@
  * those writes only garbles its own results.
  *
  * Never: block on a client, touch a client after releasing it, or trust any field of a
- * descriptor before checking it.
+ * descriptor before checking it (srv_check_sqe and srv_check_string_keys: side-effect
+ * free, so tests/fuzz/fuzz_sqe.c drives them).
  */
 #include "server.h"
 
@@ -49,22 +50,71 @@ static uint64_t now_ns(void)
 
 /* ---- descriptors ------------------------------------------------------------------ */
 
-/* Copy int64 keys out of the data area into w->keys. */
-static int load_int_keys(struct srv_worker *w, const char *data, const struct de_sqe *e)
+/* The same test as de_channel_range_ok, on a size instead of a channel. */
+static bool range_ok(uint64_t data_bytes, uint64_t off, uint64_t len)
 {
-	if (e->keys_len != 8ull * e->count)
+	return off <= data_bytes && len <= data_bytes - off;
+}
+
+int srv_check_sqe(const struct de_sqe *e, uint32_t ntables, uint32_t dim, uint32_t key_type,
+		  uint32_t max_batch, uint64_t data_bytes)
+{
+	if (e->op == DE_OP_NOP)
+		return 0;
+	if (e->op > DE_OP_STATS || e->table >= ntables)
 		return -EINVAL;
-	memcpy(w->keys, data + e->keys_off, e->keys_len);
+	if (e->op == DE_OP_STATS) {
+		if (e->flags || e->vals_off % 8 || e->vals_len < sizeof(struct de_wire_stats) ||
+		    !range_ok(data_bytes, e->vals_off, e->vals_len))
+			return -EINVAL;
+		return 0;
+	}
+	if (e->count > max_batch)
+		return -E2BIG;
+	uint8_t allowed = e->op == DE_OP_LOOKUP ? DE_LOOKUP_CREATE | DE_SQE_STATUS
+			: e->op == DE_OP_UPDATE ? DE_SQE_STATUS : 0;
+	uint32_t n = e->count;
+	uint64_t vbytes = (uint64_t)n * dim * 4;
+	bool want_vals = e->op == DE_OP_LOOKUP || e->op == DE_OP_UPDATE;
+	if ((e->flags & ~allowed) || e->keys_off % 8 ||
+	    !range_ok(data_bytes, e->keys_off, e->keys_len) ||
+	    (want_vals && (e->vals_off % 4 || e->vals_len != vbytes ||
+			   !range_ok(data_bytes, e->vals_off, e->vals_len))) ||
+	    ((e->flags & DE_SQE_STATUS) && !range_ok(data_bytes, e->status_off, n)))
+		return -EINVAL;
+	if (key_type == DE_KEYS_STRING ? e->keys_len < 4ull * n : e->keys_len != 8ull * n)
+		return -EINVAL;
 	return 0;
+}
+
+int srv_check_string_keys(const void *region, uint64_t len, uint32_t count, uint32_t *slen,
+			  uint64_t *soff)
+{
+	uint64_t hdr = 4ull * count;
+	if (len < hdr)
+		return -EINVAL;
+	memcpy(slen, region, hdr);
+	uint64_t off = hdr;
+	for (uint32_t i = 0; i < count; i++) {
+		uint32_t n = slen[i];
+		if (n > DE_MAX_KEY_BYTES || n > len - off)
+			return -EINVAL;
+		soff[i] = off;
+		off += n;
+	}
+	return off == len ? 0 : -EINVAL;
+}
+
+/* Copy int64 keys out of the data area into w->keys (keys_len checked: 8 * count). */
+static void load_int_keys(struct srv_worker *w, const char *data, const struct de_sqe *e)
+{
+	memcpy(w->keys, data + e->keys_off, e->keys_len);
 }
 
 /* Copy a string-key region out, check its lengths, and fingerprint each string. */
 static int load_string_keys(struct srv_worker *w, struct srv_table *t, const char *data,
 			    const struct de_sqe *e)
 {
-	uint64_t hdr = 4ull * e->count;
-	if (e->keys_len < hdr)
-		return -EINVAL;
 	if (e->keys_len > w->sbuf_cap) {
 		size_t cap = w->sbuf_cap ? w->sbuf_cap : 65536;
 		while (cap < e->keys_len)
@@ -76,17 +126,13 @@ static int load_string_keys(struct srv_worker *w, struct srv_table *t, const cha
 		w->sbuf_cap = cap;
 	}
 	memcpy(w->sbuf, data + e->keys_off, e->keys_len);
-	memcpy(w->slen, w->sbuf, hdr);
-	uint64_t off = hdr;
-	for (uint32_t i = 0; i < e->count; i++) {
-		uint32_t n = w->slen[i];
-		if (n > DE_MAX_KEY_BYTES || n > e->keys_len - off)
-			return -EINVAL;
-		w->soff[i] = off;
-		w->keys[i] = de_key_from_string(t->wcfg.seed, w->sbuf + off, n);
-		off += n;
-	}
-	return off == e->keys_len ? 0 : -EINVAL;
+	/* checked on the copy: the client may rewrite its data area meanwhile */
+	int err = srv_check_string_keys(w->sbuf, e->keys_len, e->count, w->slen, w->soff);
+	if (err)
+		return err;
+	for (uint32_t i = 0; i < e->count; i++)
+		w->keys[i] = de_key_from_string(t->wcfg.seed, w->sbuf + w->soff[i], w->slen[i]);
+	return 0;
 }
 
 /* After a call that may have created keys: keep the strings of the created ones. */
@@ -122,27 +168,17 @@ static void execute(struct srv_worker *w, struct srv_client *c, const struct de_
 	*q = (struct de_cqe){ .user_data = e->user_data };
 	if (e->op == DE_OP_NOP)
 		return;
-	if (e->op > DE_OP_STATS) {
-		q->res = -EINVAL;
-		return;
-	}
 	/* acquire: pairs with the release in the control thread's OPEN */
 	uint32_t nt = __atomic_load_n(&c->ntables, __ATOMIC_ACQUIRE);
-	if (e->table >= nt) {
-		q->res = -EINVAL;
-		return;
-	}
-	struct srv_table *t = c->tables[e->table];
+	struct srv_table *t = e->table < nt ? c->tables[e->table] : NULL;
 	uint64_t bytes;
 	char *data = de_channel_data(c->ch, &bytes);
-	(void)bytes;
+	q->res = srv_check_sqe(e, nt, t ? t->wcfg.dim : 0, t ? t->wcfg.key_type : 0,
+			       cfg->max_batch, bytes);
+	if (q->res)
+		return;
 
 	if (e->op == DE_OP_STATS) {
-		if (e->flags || e->vals_off % 8 || e->vals_len < sizeof(struct de_wire_stats) ||
-		    !de_channel_range_ok(c->ch, e->vals_off, e->vals_len)) {
-			q->res = -EINVAL;
-			return;
-		}
 		struct de_table_stats s;
 		struct de_wire_stats ws;
 		q->res = de_table_stats(t->t, &s);
@@ -153,25 +189,13 @@ static void execute(struct srv_worker *w, struct srv_client *c, const struct de_
 		return;
 	}
 
-	if (e->count > cfg->max_batch) {
-		q->res = -E2BIG;
-		return;
-	}
-	uint8_t allowed = e->op == DE_OP_LOOKUP ? DE_LOOKUP_CREATE | DE_SQE_STATUS
-			: e->op == DE_OP_UPDATE ? DE_SQE_STATUS : 0;
 	uint32_t n = e->count;
-	uint64_t vbytes = (uint64_t)n * t->wcfg.dim * 4;
-	bool want_vals = e->op == DE_OP_LOOKUP || e->op == DE_OP_UPDATE;
-	if ((e->flags & ~allowed) || e->keys_off % 8 ||
-	    !de_channel_range_ok(c->ch, e->keys_off, e->keys_len) ||
-	    (want_vals && (e->vals_off % 4 || e->vals_len != vbytes ||
-			   !de_channel_range_ok(c->ch, e->vals_off, e->vals_len))) ||
-	    ((e->flags & DE_SQE_STATUS) && !de_channel_range_ok(c->ch, e->status_off, n))) {
-		q->res = -EINVAL;
-		return;
-	}
 	bool str = t->wcfg.key_type == DE_KEYS_STRING;
-	int err = str ? load_string_keys(w, t, data, e) : load_int_keys(w, data, e);
+	int err = 0;
+	if (str)
+		err = load_string_keys(w, t, data, e);
+	else
+		load_int_keys(w, data, e);
 	if (err) {
 		q->res = err;
 		return;

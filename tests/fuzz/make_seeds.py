@@ -1,0 +1,137 @@
+#!/usr/bin/python3
+"""make_seeds.py - writes the seed inputs of the two libFuzzer targets in tests/fuzz/.
+
+    /usr/bin/python3 tests/fuzz/make_seeds.py      (rewrites corpus_control/, corpus_sqe/)
+
+The layouts are those of src/proto.h and shm/de_shm.h (little-endian, packed by layout);
+the framing of each input is the one its fuzz target reads:
+
+  fuzz_control: 1 byte of flags (bit 0: MSG_TRUNC, bit 1: this connection said HELLO),
+                then the packet.
+  fuzz_sqe:     struct de_sqe (64 bytes), then 16 bytes of limits
+                  u8 ntables, u8 key_type (bit 0), u16 dim (1 + v % 4096),
+                  u32 max_batch (1 + v % 2^20), u8 mode (bit 0: a large data area, not
+                  touched), 3 bytes pad, u32 area (pages: small mode 1 + v % 4, large mode
+                  1 + v % 2^20),
+                then the first bytes of the data area (the rest is zeros).
+Keep this file in step with tests/fuzz/fuzz_control.c and fuzz_sqe.c.
+"""
+import os
+import struct
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+MAGIC = 0x314D4544
+VERSION = 1
+HELLO, OPEN, SEGMENTS, BYE = 1, 3, 5, 8
+NOP, LOOKUP, UPDATE, ERASE, STATS = 0, 1, 2, 3, 4
+LOOKUP_CREATE, SQE_STATUS = 0x01, 0x02
+TRUNC, HELLO_DONE = 0x01, 0x02
+
+
+def hdr(typ, length, seq=1, version=VERSION, magic=MAGIC):
+    return struct.pack('<IHHII', magic, typ, version, length, seq)
+
+
+def name(s):
+    b = s.encode()
+    return b + b'\0' * (64 - len(b))
+
+
+def wire_cfg(dim=8, nslots=0, init=0, seg_buckets=0, a=0.0, b=0.0, slot_init=0.0,
+             key_type=0, seed=0, reserved=(0,) * 6):
+    return struct.pack('<IIIIfffIQ6I', dim, nslots, init, seg_buckets, a, b, slot_init,
+                       key_type, seed, *reserved)
+
+
+def hello(sq=0, data=0, nm='seed-client', **kw):
+    return hdr(HELLO, 96, **kw) + struct.pack('<IIQ', sq, 0, data) + name(nm)
+
+
+def open_msg(nm, cfg, **kw):
+    return hdr(OPEN, 144, **kw) + name(nm) + cfg
+
+
+def segments(table=0, first=0, pad=0, **kw):
+    return hdr(SEGMENTS, 24, **kw) + struct.pack('<HHI', table, pad, first)
+
+
+CONTROL = {
+    'hello': (0, hello()),
+    'hello_sizes': (0, hello(sq=1024, data=8 << 20)),
+    'hello_twice': (HELLO_DONE, hello()),
+    'hello_v9': (0, hello(version=9)),
+    'open_int': (HELLO_DONE, open_msg('emb', wire_cfg(dim=16, seed=42))),
+    'open_string': (HELLO_DONE, open_msg('words', wire_cfg(dim=4, key_type=1, seg_buckets=256))),
+    'open_uniform': (HELLO_DONE, open_msg('u', wire_cfg(dim=64, init=2, a=-0.05, b=0.05,
+                                                          nslots=2, slot_init=0.1))),
+    'open_normal': (HELLO_DONE, open_msg('n', wire_cfg(dim=4096, init=3, b=0.01))),
+    'open_before_hello': (0, open_msg('emb', wire_cfg())),
+    'open_bad_name': (HELLO_DONE, open_msg('bad\tname', wire_cfg())),
+    'segments': (HELLO_DONE, segments(0, 1)),
+    'bye': (HELLO_DONE, hdr(BYE, 16)),
+    'truncated': (TRUNC | HELLO_DONE, hdr(BYE, 16)),
+    'short': (0, hdr(HELLO, 96)[:8]),
+}
+
+
+def sqe(op, flags=0, table=0, count=0, user_data=7, keys=(0, 0), vals=(0, 0), status=0, arg=0):
+    return struct.pack('<BBHIQQQQQQQ', op, flags, table, count, user_data, keys[0], keys[1],
+                       vals[0], vals[1], status, arg)
+
+
+def limits(ntables=1, key_type=0, dim=8, max_batch=1024, large=False, pages=1):
+    # dim and max_batch are stored as v with 1 + v % N in the target: store value - 1
+    return struct.pack('<BBHIB3xI', ntables, key_type, dim - 1, max_batch - 1,
+                       1 if large else 0, pages - 1)
+
+
+def strings(*words):
+    bs = [w.encode() for w in words]
+    return struct.pack('<%dI' % len(bs), *[len(b) for b in bs]) + b''.join(bs)
+
+
+K = 0        # keys at the start of the area
+V = 1024     # values after them
+S = 3072     # status bytes near the end of a 4 KiB area
+ks = strings('apple', '', 'banana', 'x' * 40)
+SQE = {
+    'nop': sqe(NOP) + limits(ntables=0),
+    'lookup_int': sqe(LOOKUP, count=4, keys=(K, 32), vals=(V, 4 * 8 * 4)) + limits()
+    + struct.pack('<4Q', 1, 2, 3, 1 << 63),
+    'lookup_create_status': sqe(LOOKUP, LOOKUP_CREATE | SQE_STATUS, count=4, keys=(K, 32),
+                                vals=(V, 128), status=S) + limits(),
+    'update_int': sqe(UPDATE, SQE_STATUS, count=2, keys=(K, 16), vals=(V, 2 * 8 * 4), status=S,
+                      arg=5) + limits(),
+    'erase_int': sqe(ERASE, count=3, table=1, keys=(8, 24)) + limits(ntables=2),
+    'stats': sqe(STATS, vals=(V, 128)) + limits(),
+    'lookup_string': sqe(LOOKUP, LOOKUP_CREATE, count=4, keys=(K, len(ks)), vals=(V, 4 * 4 * 4))
+    + limits(key_type=1, dim=4) + ks,
+    'erase_string': sqe(ERASE, count=4, keys=(K, len(ks))) + limits(key_type=1) + ks,
+    'string_bad_len': sqe(ERASE, count=2, keys=(K, 8 + 3)) + limits(key_type=1)
+    + struct.pack('<II', 70000, 0) + b'abc',
+    'range_end': sqe(LOOKUP, count=1, keys=(4096 - 8, 8), vals=(4096 - 32, 32)) + limits(),
+    'range_past': sqe(LOOKUP, count=1, keys=(4096, 8), vals=(0, 32)) + limits(),
+    'range_wrap': sqe(ERASE, count=1, keys=(0xFFFFFFFFFFFFFFF8, 8)) + limits(),
+    'too_many': sqe(ERASE, count=1025, keys=(0, 8 * 1025)) + limits(pages=4),
+    'misaligned': sqe(LOOKUP, count=1, keys=(4, 8), vals=(V + 2, 32)) + limits(),
+    'bad_op': sqe(9) + limits(),
+    'bad_table': sqe(ERASE, table=3, count=1, keys=(0, 8)) + limits(ntables=3),
+    'large_area': sqe(UPDATE, count=1 << 20, keys=(0, 8 << 20), vals=(8 << 20, 4 << 20),
+                      ) + limits(dim=1, max_batch=1 << 20, large=True, pages=1 << 20),
+}
+
+
+def write(dirname, items):
+    d = os.path.join(HERE, dirname)
+    os.makedirs(d, exist_ok=True)
+    for f in os.listdir(d):
+        os.unlink(os.path.join(d, f))
+    for k, v in items.items():
+        with open(os.path.join(d, k), 'wb') as f:
+            f.write(v)
+
+
+write('corpus_control', {k: bytes([fl]) + m for k, (fl, m) in CONTROL.items()})
+write('corpus_sqe', SQE)
+print('make_seeds: %d control seeds, %d descriptor seeds' % (len(CONTROL), len(SQE)))

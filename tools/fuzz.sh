@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# tools/fuzz.sh [SECONDS] — build the libFuzzer targets of tests/fuzz/ with clang
+# (ASan + UBSan, every UBSan report fatal) into build-fuzz/, then run each for SECONDS
+# (default 20) from its seeds in tests/fuzz/corpus_*/. Prints, per target, the runs,
+# the coverage (edges, features) and the corpus size. Exits non-zero when a target
+# crashes, leaks, times out, trips a sanitizer or fails one of its own checks; the
+# input that did it is in build-fuzz/artifacts/ (replay: build-fuzz/fuzz_NAME FILE).
+#
+# Needs clang and libFuzzer (Debian: clang libclang-rt-14-dev; tools/install-deps.sh),
+# plus the libraries the daemon links (hwloc, numa, xxhash, inih).
+# CLANG=... picks another compiler; FUZZ_ARGS adds libFuzzer flags (e.g. -jobs=4).
+set -euo pipefail
+
+secs=${1:-20}
+[[ $secs =~ ^[0-9]+$ ]] || { echo "usage: tools/fuzz.sh [SECONDS]" >&2; exit 2; }
+root=$(cd "$(dirname "$0")/.." && pwd)
+out=$root/build-fuzz
+cc=${CLANG:-clang}
+command -v "$cc" >/dev/null || { echo "fuzz.sh: no $cc (apt-get install clang libclang-rt-14-dev)" >&2; exit 2; }
+
+san=(-fsanitize=address,undefined -fno-sanitize-recover=all)
+cflags=(-g -O1 -std=gnu11 -D_GNU_SOURCE -Wall -Wextra -Wno-missing-field-initializers
+        -I"$root/shm" -I"$root/src" -I"$root/src/server"
+        $(pkg-config --cflags hwloc libxxhash inih))
+libs=($(pkg-config --libs hwloc libxxhash inih) -lnuma -lm -lpthread)
+
+# The daemon's code (no main.c: libFuzzer has the main) and libdeshm, compiled once
+# with coverage instrumentation; each target links all of it.
+mkdir -p "$out/obj" "$out/artifacts"
+objs=()
+for src in shm/arena.c shm/numa.c shm/table.c shm/channel.c \
+           src/server/config.c src/server/control.c src/server/log.c \
+           src/server/tables.c src/server/worker.c; do
+  obj=$out/obj/$(echo "$src" | tr / _).o
+  "$cc" "${cflags[@]}" "${san[@]}" -fsanitize=fuzzer-no-link -c "$root/$src" -o "$obj"
+  objs+=("$obj")
+done
+
+status=0
+for name in control sqe; do
+  bin=$out/fuzz_$name
+  "$cc" "${cflags[@]}" "${san[@]}" -fsanitize=fuzzer "$root/tests/fuzz/fuzz_$name.c" \
+    "${objs[@]}" "${libs[@]}" -o "$bin"
+  # a working corpus under build-fuzz/ (grows); the committed seeds are only read
+  corpus=$out/corpus_$name
+  mkdir -p "$corpus"
+  log=$out/fuzz_$name.log
+  rc=0
+  ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=0} \
+  UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1} \
+    "$bin" -max_total_time="$secs" -timeout=10 -rss_limit_mb=2048 -max_len=4200 \
+      -print_final_stats=1 -artifact_prefix="$out/artifacts/$name-" ${FUZZ_ARGS:-} \
+      "$corpus" "$root/tests/fuzz/corpus_$name" >"$log" 2>&1 || rc=$?
+  runs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -1)
+  last=$(grep -E '^#[0-9]+' "$log" | tail -1 || true)
+  cov=$(sed -n 's/.* cov: \([0-9]*\).*/\1/p' <<<"$last")
+  ft=$(sed -n 's/.* ft: \([0-9]*\).*/\1/p' <<<"$last")
+  corp=$(sed -n 's/.* corp: \([0-9]*\/[0-9]*[a-zA-Z]*\).*/\1/p' <<<"$last")
+  if [ "$rc" -eq 0 ]; then
+    echo "fuzz_$name: ok: ${runs:-?} runs in ${secs}s, cov ${cov:-?} edges, ft ${ft:-?}, corpus ${corp:-?}"
+  else
+    status=1
+    echo "fuzz_$name: FAILED (exit $rc) after ${runs:-?} runs, cov ${cov:-?}; log: $log" >&2
+    grep -E 'ERROR: |SUMMARY: |runtime error|check failed|Test unit written' "$log" | head -20 >&2 || true
+  fi
+done
+exit $status
