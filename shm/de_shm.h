@@ -233,6 +233,12 @@ struct de_table_stats {
 	uint64_t chunks;         /* row chunks allocated */
 };
 
+/* Check a config and normalize it (seg_buckets 0 becomes 1024; initializer parameters
+ * the initializer does not use become 0): 0, or -EINVAL with the reason written to why
+ * (may be NULL). out may be in. de_table_open runs the same check. */
+int de_table_config_check(const struct de_table_config *in, struct de_table_config *out,
+			  char *why, size_t why_cap);
+
 /*
  * Create the table in an empty arena, or attach to the table already in it.
  * Errors: -EINVAL for a bad config (dim 0 or > DE_MAX_DIM, too many slots, bad

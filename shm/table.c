@@ -81,6 +81,7 @@
 #include <math.h>
 #include <pthread.h>
 #include <sched.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -412,36 +413,54 @@ static void init_values(const struct de_table_config *c, uint64_t key, float *v)
 
 /* ---- config and layout ------------------------------------------------------------- */
 
-static int config_check(const struct de_table_config *in, struct de_table_config *c)
+int de_table_config_check(const struct de_table_config *in, struct de_table_config *out,
+			 char *why, size_t why_cap)
 {
-	*c = *in;
-	if (!c->dim || c->dim > DE_MAX_DIM || c->nslots > DE_MAX_SLOTS)
-		return -EINVAL;
-	if (!c->seg_buckets)
-		c->seg_buckets = 1024;
-	if (c->seg_buckets < 64 || c->seg_buckets > 65536 || (c->seg_buckets & (c->seg_buckets - 1)))
-		return -EINVAL;
-	if (!isfinite(c->slot_init) || !isfinite(c->init_a) || !isfinite(c->init_b))
-		return -EINVAL;
-	switch (c->init) {
+#define BAD(...)                                                                           \
+	do {                                                                               \
+		if (why && why_cap)                                                        \
+			snprintf(why, why_cap, __VA_ARGS__);                               \
+		return -EINVAL;                                                            \
+	} while (0)
+	if (!in || !out)
+		BAD("no config");
+	struct de_table_config c = *in;
+	if (c.dim < 1 || c.dim > DE_MAX_DIM)
+		BAD("dim %u is not in 1..%u", c.dim, DE_MAX_DIM);
+	if (c.nslots > DE_MAX_SLOTS)
+		BAD("nslots %u is above %u", c.nslots, DE_MAX_SLOTS);
+	if (!c.seg_buckets)
+		c.seg_buckets = 1024;
+	if (c.seg_buckets < 64 || c.seg_buckets > 65536 || (c.seg_buckets & (c.seg_buckets - 1)))
+		BAD("seg_buckets %u is not a power of two in 64..65536", c.seg_buckets);
+	if (!isfinite(c.init_a) || !isfinite(c.init_b) || !isfinite(c.slot_init))
+		BAD("init_a, init_b and slot_init must be finite");
+	switch (c.init) {
 	case DE_INIT_ZEROS:
-		c->init_a = c->init_b = 0;
+		c.init_a = c.init_b = 0;
 		break;
 	case DE_INIT_CONSTANT:
-		c->init_b = 0;
+		c.init_b = 0;
 		break;
 	case DE_INIT_UNIFORM:
-		if (!(c->init_a < c->init_b))
-			return -EINVAL;
+		if (!(c.init_a < c.init_b))
+			BAD("uniform init needs init_a < init_b");
 		break;
 	case DE_INIT_TRUNC_NORMAL:
-		if (!(c->init_b > 0))
-			return -EINVAL;
+		if (!(c.init_b > 0))
+			BAD("truncated-normal init needs init_b (stddev) > 0");
 		break;
 	default:
-		return -EINVAL;
+		BAD("init %u is not 0..3", (unsigned)c.init);
 	}
+#undef BAD
+	*out = c;
 	return 0;
+}
+
+static int config_check(const struct de_table_config *in, struct de_table_config *c)
+{
+	return de_table_config_check(in, c, NULL, 0);
 }
 
 static bool config_equal(const struct de_table_config *a, const struct de_table_config *b)

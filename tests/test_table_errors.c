@@ -347,3 +347,20 @@ Test(capacity, full_arena_is_enomem_and_keeps_what_it_has)
 	de_table_close(t);
 	de_arena_destroy(a);
 }
+
+Test(config, check_gives_reasons_and_normalizes)
+{
+	char why[160] = "";
+	struct de_table_config c = good, out;
+	c.dim = 0;
+	cr_assert_eq(de_table_config_check(&c, &out, why, sizeof why), -EINVAL);
+	cr_assert_not_null(strstr(why, "dim 0"), "%s", why);
+	c = good, c.init_a = 2, c.init_b = 1;
+	cr_assert_eq(de_table_config_check(&c, &out, why, sizeof why), -EINVAL);
+	cr_assert_not_null(strstr(why, "init_a < init_b"), "%s", why);
+	cr_assert_eq(de_table_config_check(&c, &out, NULL, 0), -EINVAL, "why may be NULL");
+	c = good, c.init = DE_INIT_CONSTANT, c.init_b = 7, c.seg_buckets = 0;
+	cr_assert_eq(de_table_config_check(&c, &c, why, sizeof why), 0, "in place");
+	cr_assert_eq(c.init_b, 0.0f, "an unused parameter is zeroed");
+	cr_assert_eq(c.seg_buckets, 1024u, "the default is filled in");
+}

@@ -73,42 +73,27 @@ int srv_name_check(const char name[DE_NAME_MAX], char *msg, size_t msgcap)
 
 int srv_wire_config_normalize(struct de_wire_table_config *c, char *msg, size_t msgcap)
 {
-#define BAD(...) do { snprintf(msg, msgcap, __VA_ARGS__); return -EINVAL; } while (0)
 	for (unsigned i = 0; i < 6; i++)
-		if (c->reserved[i])
-			BAD("config reserved[%u] must be 0 (optimizer, admission, eviction and "
-			    "durability are not supported yet)", i);
-	if (c->dim < 1 || c->dim > DE_MAX_DIM)
-		BAD("dim %u is not in 1..%u", c->dim, DE_MAX_DIM);
-	if (c->nslots > DE_MAX_SLOTS)
-		BAD("nslots %u is above %u", c->nslots, DE_MAX_SLOTS);
-	if (c->key_type != DE_KEYS_INT64 && c->key_type != DE_KEYS_STRING)
-		BAD("key_type %u is neither 0 (int64) nor 1 (string)", c->key_type);
-	if (!c->seg_buckets)
-		c->seg_buckets = 1024;
-	if (c->seg_buckets < 64 || c->seg_buckets > 65536 || (c->seg_buckets & (c->seg_buckets - 1)))
-		BAD("seg_buckets %u is not a power of two in 64..65536", c->seg_buckets);
-	if (!isfinite(c->init_a) || !isfinite(c->init_b) || !isfinite(c->slot_init))
-		BAD("init_a, init_b and slot_init must be finite");
-	switch (c->init) {
-	case DE_INIT_ZEROS:
-		c->init_a = c->init_b = 0;
-		break;
-	case DE_INIT_CONSTANT:
-		c->init_b = 0;
-		break;
-	case DE_INIT_UNIFORM:
-		if (!(c->init_a < c->init_b))
-			BAD("uniform init needs init_a < init_b");
-		break;
-	case DE_INIT_TRUNC_NORMAL:
-		if (!(c->init_b > 0))
-			BAD("truncated-normal init needs init_b (stddev) > 0");
-		break;
-	default:
-		BAD("init %u is not 0..3", c->init);
+		if (c->reserved[i]) {
+			snprintf(msg, msgcap, "config reserved[%u] must be 0 (optimizer, admission, "
+				 "eviction and durability are not supported yet)", i);
+			return -EINVAL;
+		}
+	if (c->key_type != DE_KEYS_INT64 && c->key_type != DE_KEYS_STRING) {
+		snprintf(msg, msgcap, "key_type %u is neither 0 (int64) nor 1 (string)", c->key_type);
+		return -EINVAL;
 	}
-#undef BAD
+	/* the table's own rules, one copy of them (libdeshm) */
+	struct de_table_config t = { .dim = c->dim, .nslots = c->nslots,
+				     .init = (enum de_init)c->init, .init_a = c->init_a,
+				     .init_b = c->init_b, .slot_init = c->slot_init,
+				     .seed = c->seed, .seg_buckets = c->seg_buckets };
+	int err = de_table_config_check(&t, &t, msg, msgcap);
+	if (err)
+		return err;
+	c->seg_buckets = t.seg_buckets;
+	c->init_a = t.init_a;
+	c->init_b = t.init_b;
 	return 0;
 }
 
