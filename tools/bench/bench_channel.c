@@ -19,6 +19,7 @@
  * _exits. The child reports its numbers through a pipe as one fixed struct.
  */
 #include "bench.h"
+#include "bench_util.h"
 
 #include <errno.h>
 #include <getopt.h>
@@ -55,40 +56,12 @@ struct results { /* child -> parent, through a pipe */
 	char msg[160];
 };
 
-static uint64_t ns_now(void)
-{
-	struct timespec t;
-	clock_gettime(CLOCK_MONOTONIC, &t);
-	return (uint64_t)t.tv_sec * 1000000000ull + (uint64_t)t.tv_nsec;
-}
-
 static uint64_t mix(uint64_t x)
 {
 	x += 0x9e3779b97f4a7c15ull;
 	x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
 	x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
 	return (x ^ (x >> 31)) | 1;
-}
-
-static void pin(int cpu)
-{
-	cpu_set_t s;
-	CPU_ZERO(&s);
-	CPU_SET(cpu % (int)sysconf(_SC_NPROCESSORS_ONLN), &s);
-	(void)sched_setaffinity(0, sizeof s, &s);
-}
-
-static int cmp_u64(const void *a, const void *b)
-{
-	uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
-	return x < y ? -1 : x > y;
-}
-
-static void pctl(uint64_t *v, unsigned n, double out[2])
-{
-	qsort(v, n, sizeof *v, cmp_u64);
-	out[0] = (double)v[n / 2];
-	out[1] = (double)v[(size_t)((double)n * 0.99)];
 }
 
 /* ---- the daemon's side ---------------------------------------------------------- */
