@@ -11,6 +11,7 @@ pkgs=(
   libcriterion-dev                          # C test framework
   clang libclang-rt-14-dev                  # libFuzzer targets (tools/fuzz.sh)
   python3-numpy python3-pytest              # the Python package and its tests
+  python3-torch                             # the reference for the optimizer tests
 )
 
 missing=()
