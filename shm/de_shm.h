@@ -284,6 +284,8 @@ int de_table_erase(de_table *t, const uint64_t *keys, size_t n, size_t *erased /
  * missing keys are created first (initializer); without, fn is not called for them and
  * their status is DE_MISSING. fn must not call back into the table. Key 0 is skipped.
  */
+/* step DE_STEP_KEEP: apply leaves last_step as it is (read-only visits such as export) */
+#define DE_STEP_KEEP UINT64_MAX
 typedef void (*de_row_fn)(void *ctx, size_t i, float *row, struct de_row_meta *meta);
 int de_table_apply(de_table *t, const uint64_t *keys, size_t n, bool create, de_row_fn fn,
 		   void *ctx, uint8_t *status, uint64_t step);

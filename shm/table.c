@@ -1426,7 +1426,8 @@ static void apply_row(struct de_table *t, void *ctx, size_t i, float *row, struc
 	struct de_row_meta mc = { LD(&m->key), LD(&m->last_step), LD(&m->freq), LD(&m->flags),
 				  LD(&m->aux) };
 	row_load(a->buf, row, t->row_floats);
-	mc.last_step = a->step;
+	if (a->step != DE_STEP_KEEP)
+		mc.last_step = a->step;
 	a->fn(a->ctx, i, a->buf, &mc);
 	row_store(row, a->buf, t->row_floats);
 	ST(&m->last_step, mc.last_step);

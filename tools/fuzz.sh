@@ -21,8 +21,9 @@ command -v "$cc" >/dev/null || { echo "fuzz.sh: no $cc (apt-get install clang li
 san=(-fsanitize=address,undefined -fno-sanitize-recover=all)
 cflags=(-g -O1 -std=gnu11 -D_GNU_SOURCE -Wall -Wextra -Wno-missing-field-initializers
         -I"$root/shm" -I"$root/src" -I"$root/src/server"
-        $(pkg-config --cflags hwloc libxxhash inih))
-libs=($(pkg-config --libs hwloc libxxhash inih) -lnuma -lm -lpthread)
+        -I"$root/uring" -DDE_HAVE_ISAL
+        $(pkg-config --cflags hwloc libxxhash inih liburing libisal))
+libs=($(pkg-config --libs hwloc libxxhash inih liburing libisal) -lnuma -lm -lpthread)
 
 # The daemon's code (no main.c: libFuzzer has the main) and libdeshm, compiled once
 # with coverage instrumentation; each target links all of it.
@@ -30,14 +31,14 @@ mkdir -p "$out/obj" "$out/artifacts"
 objs=()
 for src in shm/arena.c shm/numa.c shm/table.c shm/channel.c \
            src/server/config.c src/server/control.c src/server/log.c \
-           src/server/tables.c src/server/worker.c; do
+           src/server/tables.c src/server/worker.c uring/export.c; do
   obj=$out/obj/$(echo "$src" | tr / _).o
   "$cc" "${cflags[@]}" "${san[@]}" -fsanitize=fuzzer-no-link -c "$root/$src" -o "$obj"
   objs+=("$obj")
 done
 
 status=0
-for name in control sqe; do
+for name in control sqe export; do
   bin=$out/fuzz_$name
   "$cc" "${cflags[@]}" "${san[@]}" -fsanitize=fuzzer "$root/tests/fuzz/fuzz_$name.c" \
     "${objs[@]}" "${libs[@]}" -o "$bin"

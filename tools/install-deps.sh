@@ -7,6 +7,7 @@ pkgs=(
   gcc make pkg-config meson ninja-build    # toolchain and build
   libasan8 libubsan1 libtsan2              # sanitizer runtimes for the test builds
   liburing-dev libhwloc-dev hwloc libnuma-dev libxxhash-dev   # libraries
+  libisal-dev                               # CRC32C (isa-l) for the export format
   libinih-dev                               # dynembd's config file (INI)
   libcriterion-dev                          # C test framework
   clang libclang-rt-14-dev                  # libFuzzer targets (tools/fuzz.sh)

@@ -1,0 +1,1018 @@
+/*
+ * export.c — export / import of a whole table to / from one file, through io_uring.
+ *
+ * Owns: the export file format below, its writer (de_export), its readers (de_import,
+ * de_export_check) and CRC32C (de_crc32c).
+ * Never: trusts a byte of the file (every size and count is bounded by the format's
+ * limits and the file's size before it is used; the reader crashes on nothing); leaves a
+ * partial file at the destination path (write path.tmp, fsync, rename, fsync the
+ * directory); writes into the table before a strict import has verified the whole file.
+ * Callers: tools and the daemon's export/import commands (issue 5); tests/test_export.c,
+ * tests/fuzz/fuzz_export.c.
+ *
+ * ---- File format, version 1 (all little-endian) ---------------------------------------
+ *
+ * Header, 128 bytes at offset 0 (struct exp_hdr):
+ *   0    u8[8] magic "DEEXPRT1"
+ *   8    u32 version (1)                12   u32 header_bytes (128: offset of record 0)
+ *   16   u32 dim (1..4096)              20   u32 nslots (0..8)
+ *   24   u32 init (enum de_init)        28   f32 init_a
+ *   32   f32 init_b                     36   f32 slot_init
+ *   40   u64 seed                       48   u64 records (number of records)
+ *   56   u32 row_floats = dim * (1 + nslots)
+ *   60   u32 record_bytes = 40 + 4 * row_floats
+ *   64   u32 seg_buckets (informational: import does not require it to match)
+ *   68   u32 flags (0; a reader of version 1 refuses anything else)
+ *   72   u8[52] reserved, zero
+ *   124  u32 header_crc = CRC32C of bytes 0..123
+ *   The config fields are the source table's normalized config (de_table_config_get) and
+ *   must pass de_table_config_check.
+ *
+ * Records, `records` of them, record i at header_bytes + i * record_bytes (struct exp_rec,
+ * then the floats):
+ *   0    u64 key (never 0)              8    u64 last_step
+ *   16   u32 freq                       20   u32 flags (bit 0: live)
+ *   24   u64 aux                        32   u32 crc
+ *   36   u32 pad (0)
+ *   40   f32[dim] values, then f32[nslots][dim] optimizer slots (slot-major)
+ *   crc = CRC32C of: u64 i (the record's index, little-endian), bytes 0..31, bytes
+ *   36..record_bytes-1. The index makes a record moved, duplicated or dropped inside the
+ *   file fail its check. The floats start at a multiple of 8 and record_bytes is a
+ *   multiple of 4; there is no other padding, so NumPy reads all records with one packed
+ *   structured dtype (uring/README.md):
+ *     [('key','<u8'), ('last_step','<u8'), ('freq','<u4'), ('flags','<u4'), ('aux','<u8'),
+ *      ('crc','<u4'), ('pad','<u4'), ('values','<f4',(dim,)), ('slots','<f4',(nslots,dim))]
+ *   (leave 'slots' out when nslots == 0), np.fromfile(path, dtype, count=records,
+ *   offset=header_bytes).
+ *
+ * Trailer, 32 bytes right after the last record (struct exp_trl):
+ *   0    u8[8] magic "DEEXEND1"         8    u64 records (equal to the header's)
+ *   16   u32 records_crc = CRC32C of the records' crc fields, in order (4 bytes each)
+ *   20   u32[2] reserved, zero          28   u32 trailer_crc = CRC32C of bytes 0..27
+ * The file ends there: its size is exactly 128 + records * record_bytes + 32.
+ *
+ * CRC32C is the standard one (Castagnoli, reflected, init and xorout 0xffffffff; the
+ * check value of "123456789" is 0xe3069283).
+ *
+ * ---- What a reader accepts ------------------------------------------------------------
+ *
+ * Order of header checks: the file has 128 bytes, magic, then version (another version
+ * is -EPROTO before anything else is looked at: a later version may move the CRC), then
+ * header_crc, then every field against the limits above (-EBADMSG for any of them).
+ * "Intact" (strict import, de_export_check returning 0): header good, file size exact,
+ * every record's crc, pad == 0 and key != 0 good, trailer good and agreeing.
+ * "Correct prefix" (salvage): records 0..k-1, where record k is the first one that is
+ * missing (truncated file) or fails its own check; each of those is exactly what the
+ * writer wrote at that position (up to CRC32C's odds: every error burst of 32 bits or
+ * less is detected, so every single-byte flip is). Damage to the trailer alone drops no
+ * record. A bad header drops everything.
+ *
+ * ---- I/O -------------------------------------------------------------------------------
+ *
+ * One io_uring per call (8 entries). Writes: NBUF chunk buffers of about 1 MiB (whole
+ * records) in flight at once, short writes resubmitted; at the end the header write, the
+ * trailer write and an fsync linked behind it (IOSQE_IO_LINK), then rename and an fsync of
+ * the directory (plain syscalls). Reads go through the same ring: the next chunk's read is
+ * in flight while the current one is checked and imported.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <liburing.h>
+
+#ifdef DE_HAVE_ISAL
+#include <isa-l/crc.h>
+#endif
+
+#include "de_uring.h"
+
+#if __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
+#error "export.c reads and writes its little-endian format with plain loads and stores"
+#endif
+
+#define EXP_MAGIC "DEEXPRT1"
+#define EXP_END_MAGIC "DEEXEND1"
+#define EXP_HDR_BYTES 128u
+#define EXP_REC_META 40u
+#define EXP_TRL_BYTES 32u
+#define CHUNK_TARGET (1u << 20) /* bytes of records per I/O */
+#define NBUF 4u                 /* chunk buffers in flight */
+#define RING_ENTRIES 8u
+#define TAG_FSYNC UINT64_MAX
+
+struct exp_hdr {
+	char magic[8];
+	uint32_t version, header_bytes;
+	uint32_t dim, nslots, init;
+	float init_a, init_b, slot_init;
+	uint64_t seed, records;
+	uint32_t row_floats, record_bytes, seg_buckets, flags;
+	uint8_t reserved[52];
+	uint32_t crc;
+};
+_Static_assert(sizeof(struct exp_hdr) == EXP_HDR_BYTES, "header is 128 bytes");
+_Static_assert(offsetof(struct exp_hdr, version) == 8, "spec");
+_Static_assert(offsetof(struct exp_hdr, header_bytes) == 12, "spec");
+_Static_assert(offsetof(struct exp_hdr, dim) == 16, "spec");
+_Static_assert(offsetof(struct exp_hdr, nslots) == 20, "spec");
+_Static_assert(offsetof(struct exp_hdr, init) == 24, "spec");
+_Static_assert(offsetof(struct exp_hdr, init_a) == 28, "spec");
+_Static_assert(offsetof(struct exp_hdr, init_b) == 32, "spec");
+_Static_assert(offsetof(struct exp_hdr, slot_init) == 36, "spec");
+_Static_assert(offsetof(struct exp_hdr, seed) == 40, "spec");
+_Static_assert(offsetof(struct exp_hdr, records) == 48, "spec");
+_Static_assert(offsetof(struct exp_hdr, row_floats) == 56, "spec");
+_Static_assert(offsetof(struct exp_hdr, record_bytes) == 60, "spec");
+_Static_assert(offsetof(struct exp_hdr, seg_buckets) == 64, "spec");
+_Static_assert(offsetof(struct exp_hdr, flags) == 68, "spec");
+_Static_assert(offsetof(struct exp_hdr, reserved) == 72, "spec");
+_Static_assert(offsetof(struct exp_hdr, crc) == 124, "spec");
+
+struct exp_rec {
+	uint64_t key, last_step;
+	uint32_t freq, flags;
+	uint64_t aux;
+	uint32_t crc, pad;
+};
+_Static_assert(sizeof(struct exp_rec) == EXP_REC_META, "record metadata is 40 bytes");
+_Static_assert(offsetof(struct exp_rec, last_step) == 8, "spec");
+_Static_assert(offsetof(struct exp_rec, freq) == 16, "spec");
+_Static_assert(offsetof(struct exp_rec, flags) == 20, "spec");
+_Static_assert(offsetof(struct exp_rec, aux) == 24, "spec");
+_Static_assert(offsetof(struct exp_rec, crc) == 32, "spec");
+_Static_assert(offsetof(struct exp_rec, pad) == 36, "spec");
+
+struct exp_trl {
+	char magic[8];
+	uint64_t records;
+	uint32_t records_crc;
+	uint32_t reserved[2];
+	uint32_t crc;
+};
+_Static_assert(sizeof(struct exp_trl) == EXP_TRL_BYTES, "trailer is 32 bytes");
+_Static_assert(offsetof(struct exp_trl, records) == 8, "spec");
+_Static_assert(offsetof(struct exp_trl, records_crc) == 16, "spec");
+_Static_assert(offsetof(struct exp_trl, reserved) == 20, "spec");
+_Static_assert(offsetof(struct exp_trl, crc) == 28, "spec");
+_Static_assert(sizeof(float) == 4, "f32");
+
+/* ------------------------------------------------------------------------- */
+/* CRC32C                                                                     */
+/* ------------------------------------------------------------------------- */
+
+/*
+ * With libisal (meson finds pkg-config libisal and defines DE_HAVE_ISAL): isa-l's
+ * crc32_iscsi, which picks the fastest kernel for the CPU at load time (PCLMUL folding,
+ * about 3x the single crc32 instruction on long buffers). It neither pre- nor
+ * post-inverts, so we do, and its length is an int, so long buffers go in pieces.
+ * Without it: the SSE4.2 crc32 instruction where the CPU has it, else bitwise (slow, but
+ * no mutable table: nothing here keeps global state).
+ */
+#ifdef DE_HAVE_ISAL
+static uint32_t crc_raw(uint32_t crc, const unsigned char *p, size_t len)
+{
+	while (len) {
+		size_t n = len > (1u << 30) ? (1u << 30) : len;
+		crc = crc32_iscsi((unsigned char *)p, (int)n, crc);
+		p += n;
+		len -= n;
+	}
+	return crc;
+}
+#else
+__attribute__((target("sse4.2"))) static uint32_t crc_sse42(uint32_t crc, const unsigned char *p,
+							     size_t len)
+{
+	uint64_t c = crc;
+	for (; len >= 8; p += 8, len -= 8) {
+		uint64_t v;
+		memcpy(&v, p, 8);
+		c = __builtin_ia32_crc32di(c, v);
+	}
+	uint32_t c32 = (uint32_t)c;
+	for (; len; p++, len--)
+		c32 = __builtin_ia32_crc32qi(c32, *p);
+	return c32;
+}
+
+static uint32_t crc_raw(uint32_t crc, const unsigned char *p, size_t len)
+{
+#if defined(__x86_64__) || defined(__i386__)
+	if (__builtin_cpu_supports("sse4.2"))
+		return crc_sse42(crc, p, len);
+#endif
+	for (; len; p++, len--) {
+		crc ^= *p;
+		for (int k = 0; k < 8; k++)
+			crc = (crc >> 1) ^ (0x82f63b78u & (0u - (crc & 1u)));
+	}
+	return crc;
+}
+#endif
+
+uint32_t de_crc32c(uint32_t crc, const void *buf, size_t len)
+{
+	return ~crc_raw(~crc, buf, len);
+}
+
+static uint32_t record_crc(uint64_t index, const unsigned char *rec, uint32_t record_bytes)
+{
+	uint32_t c = de_crc32c(0, &index, 8);
+	c = de_crc32c(c, rec, 32);
+	return de_crc32c(c, rec + 36, record_bytes - 36);
+}
+
+/* ------------------------------------------------------------------------- */
+/* One ring, a few buffers: writes or reads with short transfers completed     */
+/* ------------------------------------------------------------------------- */
+
+struct iobuf {
+	unsigned char *p;
+	size_t len;    /* bytes to transfer */
+	size_t done;   /* bytes transferred so far */
+	uint64_t off;  /* file offset of p[0] */
+	bool busy;     /* in flight */
+	bool eof;      /* read: the file ended before len */
+};
+
+struct io {
+	struct io_uring ring;
+	bool ring_ok;
+	int fd;
+	bool write;
+	unsigned inflight;
+	int err;          /* first error of a completion */
+	bool fsync_done;
+	struct iobuf b[NBUF + 2]; /* NBUF chunk buffers, then header and trailer */
+};
+
+static struct io_uring_sqe *get_sqe(struct io *io)
+{
+	struct io_uring_sqe *sqe = io_uring_get_sqe(&io->ring);
+	if (!sqe) {
+		io_uring_submit(&io->ring);
+		sqe = io_uring_get_sqe(&io->ring);
+	}
+	return sqe; /* never NULL: at most NBUF + 3 requests in a ring of 8 after a submit */
+}
+
+static int io_queue(struct io *io, unsigned i, unsigned sqe_flags)
+{
+	struct iobuf *b = &io->b[i];
+	struct io_uring_sqe *sqe = get_sqe(io);
+	if (!sqe)
+		return -EBUSY;
+	if (io->write)
+		io_uring_prep_write(sqe, io->fd, b->p + b->done, (unsigned)(b->len - b->done),
+				    b->off + b->done);
+	else
+		io_uring_prep_read(sqe, io->fd, b->p + b->done, (unsigned)(b->len - b->done),
+				   b->off + b->done);
+	io_uring_sqe_set_data64(sqe, i);
+	sqe->flags |= sqe_flags;
+	if (!b->busy) {
+		b->busy = true;
+		io->inflight++;
+	}
+	return 0;
+}
+
+static int io_submit(struct io *io)
+{
+	int r = io_uring_submit(&io->ring);
+	return r < 0 ? r : 0;
+}
+
+/* Wait for one completion and account for it; a short transfer is resubmitted. */
+static int io_reap(struct io *io)
+{
+	struct io_uring_cqe *cqe;
+	int r;
+	do
+		r = io_uring_wait_cqe(&io->ring, &cqe);
+	while (r == -EINTR);
+	if (r < 0)
+		return r;
+	uint64_t tag = io_uring_cqe_get_data64(cqe);
+	int res = cqe->res;
+	io_uring_cqe_seen(&io->ring, cqe);
+	io->inflight--;
+	if (tag == TAG_FSYNC) {
+		if (res == 0)
+			io->fsync_done = true;
+		else if (res != -ECANCELED && !io->err)
+			io->err = res;
+		return 0;
+	}
+	if (tag >= NBUF + 2)
+		return -EIO;
+	struct iobuf *b = &io->b[tag];
+	b->busy = false;
+	if (res < 0) {
+		if (!io->err)
+			io->err = res;
+		return 0;
+	}
+	if (res == 0) {
+		if (io->write) {
+			if (!io->err)
+				io->err = -EIO;
+		} else {
+			b->eof = true;
+		}
+		return 0;
+	}
+	b->done += (size_t)res;
+	if (b->done < b->len && !io->err) {
+		r = io_queue(io, (unsigned)tag, 0);
+		if (!r)
+			r = io_submit(io);
+		if (r && !io->err)
+			io->err = r;
+	}
+	return 0;
+}
+
+static int io_drain(struct io *io)
+{
+	while (io->inflight) {
+		int r = io_reap(io);
+		if (r)
+			return r; /* the ring itself failed: nothing more will complete */
+	}
+	return io->err;
+}
+
+/* The ring and the header and trailer buffers; chunk buffers come with io_bufs. */
+static int io_open(struct io *io, int fd, bool write)
+{
+	memset(io, 0, sizeof *io);
+	io->fd = fd;
+	io->write = write;
+	int r = io_uring_queue_init(RING_ENTRIES, &io->ring, 0);
+	if (r < 0)
+		return r;
+	io->ring_ok = true;
+	if (!(io->b[NBUF].p = calloc(1, EXP_HDR_BYTES)) ||
+	    !(io->b[NBUF + 1].p = calloc(1, EXP_TRL_BYTES)))
+		return -ENOMEM;
+	return 0;
+}
+
+/* nbuf chunk buffers of bytes each, sized to the file (a small file, small buffers) */
+static int io_bufs(struct io *io, unsigned nbuf, size_t bytes)
+{
+	for (unsigned i = 0; i < nbuf; i++)
+		if (!(io->b[i].p = malloc(bytes)))
+			return -ENOMEM;
+	return 0;
+}
+
+static void io_close(struct io *io)
+{
+	if (io->ring_ok) {
+		io_drain(io); /* the kernel may still use a buffer */
+		io_uring_queue_exit(&io->ring);
+	}
+	for (unsigned i = 0; i < NBUF + 2; i++)
+		free(io->b[i].p);
+}
+
+/* ------------------------------------------------------------------------- */
+/* Export                                                                     */
+/* ------------------------------------------------------------------------- */
+
+struct copy_ctx {
+	unsigned char *base; /* record 0 of the batch */
+	uint32_t record_bytes, row_floats;
+};
+
+static void copy_out(void *ctx, size_t i, float *row, struct de_row_meta *m)
+{
+	struct copy_ctx *c = ctx;
+	unsigned char *r = c->base + i * c->record_bytes;
+	struct exp_rec h = { .key = m->key, .last_step = m->last_step, .freq = m->freq,
+			     .flags = m->flags, .aux = m->aux };
+	memcpy(r, &h, sizeof h);
+	memcpy(r + EXP_REC_META, row, (size_t)c->row_floats * 4);
+}
+
+#ifdef DE_STEP_KEEP
+#define EXPORT_APPLY_STEP DE_STEP_KEEP
+#else
+#define EXPORT_APPLY_STEP DE_EXPORT_STEP
+#endif
+
+static void fill_header(struct exp_hdr *h, const struct de_table_config *c, uint64_t records)
+{
+	memset(h, 0, sizeof *h);
+	memcpy(h->magic, EXP_MAGIC, 8);
+	h->version = DE_EXPORT_VERSION;
+	h->header_bytes = EXP_HDR_BYTES;
+	h->dim = c->dim;
+	h->nslots = c->nslots;
+	h->init = (uint32_t)c->init;
+	h->init_a = c->init_a;
+	h->init_b = c->init_b;
+	h->slot_init = c->slot_init;
+	h->seed = c->seed;
+	h->records = records;
+	h->row_floats = c->dim * (1 + c->nslots);
+	h->record_bytes = EXP_REC_META + 4 * h->row_floats;
+	h->seg_buckets = c->seg_buckets;
+	h->crc = de_crc32c(0, h, offsetof(struct exp_hdr, crc));
+}
+
+static int fsync_dir_of(const char *path)
+{
+	char *d = strdup(path);
+	if (!d)
+		return -ENOMEM;
+	char *slash = strrchr(d, '/');
+	const char *dir = !slash ? "." : slash == d ? "/" : (*slash = 0, d);
+	int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	int err = fd < 0 ? -errno : 0;
+	if (fd >= 0) {
+		if (fsync(fd))
+			err = -errno;
+		close(fd);
+	}
+	free(d);
+	return err;
+}
+
+int de_export(de_table *t, const char *path, de_progress_fn cb, void *ctx, uint64_t *records)
+{
+	if (!t || !path || !*path)
+		return -EINVAL;
+	if (records)
+		*records = 0;
+	struct de_table_config cfg;
+	int err = de_table_config_get(t, &cfg);
+	if (err)
+		return err;
+	struct de_table_stats st;
+	uint64_t total = de_table_stats(t, &st) ? 0 : st.keys;
+	const uint32_t rf = cfg.dim * (1 + cfg.nslots);
+	const uint32_t rb = EXP_REC_META + 4 * rf;
+	size_t per = CHUNK_TARGET / rb ? CHUNK_TARGET / rb : 1;
+	if (per > total + 64) /* small table, small buffers; it may grow meanwhile: fine */
+		per = (size_t)total + 64;
+
+	size_t plen = strlen(path);
+	char *tmp = malloc(plen + 5);
+	uint64_t *keys = malloc(per * sizeof *keys);
+	uint8_t *status = malloc(per);
+	struct io io;
+	bool io_started = false, created = false;
+	int fd = -1;
+	if (!tmp || !keys || !status) {
+		err = -ENOMEM;
+		goto out;
+	}
+	memcpy(tmp, path, plen);
+	memcpy(tmp + plen, ".tmp", 5);
+	fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+	if (fd < 0) {
+		err = -errno;
+		goto out;
+	}
+	created = true;
+	io_started = true;
+	if ((err = io_open(&io, fd, true)) || (err = io_bufs(&io, NBUF, per * rb)))
+		goto out;
+
+	uint64_t n = 0, cursor = 0;
+	uint32_t records_crc = 0;
+	bool done = false;
+	unsigned next = 0;
+	while (!done) {
+		/* a free chunk buffer (round robin keeps the writes in file order) */
+		struct iobuf *b = &io.b[next];
+		while (b->busy && !io.err)
+			if ((err = io_reap(&io)))
+				goto out;
+		if ((err = io.err))
+			goto out;
+		size_t got = 0;
+		while (got < per) {
+			size_t k;
+			if ((err = de_table_iterate(t, &cursor, keys, NULL, per - got, &k)))
+				goto out;
+			if (!k) {
+				done = true;
+				break;
+			}
+			size_t got0 = got;
+			unsigned char *base = b->p + got0 * rb;
+			struct copy_ctx cc = { base, rb, rf };
+			if ((err = de_table_apply(t, keys, k, false, copy_out, &cc, status,
+						  EXPORT_APPLY_STEP)))
+				goto out;
+			for (size_t i = 0; i < k; i++) { /* drop keys erased meanwhile */
+				if (status[i] == DE_MISSING)
+					continue;
+				if (got != got0 + i)
+					memmove(b->p + got * rb, base + i * rb, rb);
+				got++;
+			}
+		}
+		if (!got)
+			break;
+		for (size_t i = 0; i < got; i++) {
+			unsigned char *r = b->p + i * rb;
+			memset(r + 32, 0, 8);
+			uint32_t c = record_crc(n + i, r, rb);
+			memcpy(r + 32, &c, 4);
+			records_crc = de_crc32c(records_crc, &c, 4);
+		}
+		b->len = got * rb;
+		b->done = 0;
+		b->off = EXP_HDR_BYTES + n * rb;
+		if ((err = io_queue(&io, next, 0)) || (err = io_submit(&io)))
+			goto out;
+		n += got;
+		next = (next + 1) % NBUF;
+		if (cb && cb(ctx, n, total > n ? total : n)) {
+			err = -ECANCELED;
+			goto out;
+		}
+	}
+	if ((err = io_drain(&io)))
+		goto out;
+
+	/* header and trailer, then an fsync linked behind the trailer */
+	struct iobuf *hb = &io.b[NBUF], *tb = &io.b[NBUF + 1];
+	fill_header((struct exp_hdr *)hb->p, &cfg, n);
+	hb->len = EXP_HDR_BYTES;
+	hb->off = 0;
+	struct exp_trl *tr = (struct exp_trl *)tb->p;
+	memset(tr, 0, sizeof *tr);
+	memcpy(tr->magic, EXP_END_MAGIC, 8);
+	tr->records = n;
+	tr->records_crc = records_crc;
+	tr->crc = de_crc32c(0, tr, offsetof(struct exp_trl, crc));
+	tb->len = EXP_TRL_BYTES;
+	tb->off = EXP_HDR_BYTES + n * rb;
+	if ((err = io_queue(&io, NBUF, 0)) || (err = io_queue(&io, NBUF + 1, IOSQE_IO_LINK)))
+		goto out;
+	struct io_uring_sqe *sqe = get_sqe(&io);
+	io_uring_prep_fsync(sqe, fd, 0);
+	io_uring_sqe_set_data64(sqe, TAG_FSYNC);
+	io.inflight++;
+	if ((err = io_submit(&io)) || (err = io_drain(&io)))
+		goto out;
+	if (!io.fsync_done) { /* the trailer went in two writes: the link was broken */
+		sqe = get_sqe(&io);
+		io_uring_prep_fsync(sqe, fd, 0);
+		io_uring_sqe_set_data64(sqe, TAG_FSYNC);
+		io.inflight++;
+		if ((err = io_submit(&io)) || (err = io_drain(&io)))
+			goto out;
+		if (!io.fsync_done) {
+			err = -EIO;
+			goto out;
+		}
+	}
+	io_close(&io);
+	io_started = false;
+	if (close(fd)) {
+		fd = -1;
+		err = -errno;
+		goto out;
+	}
+	fd = -1;
+	if (rename(tmp, path)) {
+		err = -errno;
+		goto out;
+	}
+	created = false;
+	if ((err = fsync_dir_of(path)))
+		goto out;
+	if (records)
+		*records = n;
+out:
+	if (io_started)
+		io_close(&io);
+	if (fd >= 0)
+		close(fd);
+	if (created && err)
+		unlink(tmp);
+	free(status);
+	free(keys);
+	free(tmp);
+	return err;
+}
+
+/* ------------------------------------------------------------------------- */
+/* Readers                                                                    */
+/* ------------------------------------------------------------------------- */
+
+struct reader {
+	int fd;
+	uint64_t size;
+	struct exp_hdr h;
+	struct de_table_config cfg;
+	uint64_t avail; /* complete records the file's size leaves room for (<= h.records) */
+	bool exact;     /* file size is exactly header + records + trailer */
+};
+
+/* Read the header with one io_uring read and check it (see "What a reader accepts"). */
+static int read_header(struct reader *rd, struct io *io, const char **problem)
+{
+	struct iobuf *b = &io->b[NBUF];
+	b->len = EXP_HDR_BYTES;
+	b->off = 0;
+	int err = io_queue(io, NBUF, 0);
+	if (!err)
+		err = io_submit(io);
+	if (!err)
+		err = io_drain(io);
+	if (err)
+		return err;
+	if (b->done < EXP_HDR_BYTES) {
+		*problem = "file shorter than the header";
+		return -EBADMSG;
+	}
+	struct exp_hdr *h = &rd->h;
+	memcpy(h, b->p, sizeof *h);
+	if (memcmp(h->magic, EXP_MAGIC, 8)) {
+		*problem = "not an export file (magic)";
+		return -EBADMSG;
+	}
+	if (h->version != DE_EXPORT_VERSION) {
+		*problem = "unsupported export version";
+		return -EPROTO;
+	}
+	if (h->crc != de_crc32c(0, h, offsetof(struct exp_hdr, crc))) {
+		*problem = "header checksum";
+		return -EBADMSG;
+	}
+	bool zero = true;
+	for (size_t i = 0; i < sizeof h->reserved; i++)
+		zero &= !h->reserved[i];
+	if (h->header_bytes != EXP_HDR_BYTES || h->flags || !zero || h->dim < 1 ||
+	    h->dim > DE_MAX_DIM || h->nslots > DE_MAX_SLOTS ||
+	    h->row_floats != h->dim * (1 + h->nslots) ||
+	    h->record_bytes != EXP_REC_META + 4 * h->row_floats) {
+		*problem = "header fields out of range";
+		return -EBADMSG;
+	}
+	struct de_table_config c = { .dim = h->dim, .nslots = h->nslots,
+				     .init = (enum de_init)h->init, .init_a = h->init_a,
+				     .init_b = h->init_b, .slot_init = h->slot_init,
+				     .seed = h->seed, .seg_buckets = h->seg_buckets };
+	if (h->init > DE_INIT_TRUNC_NORMAL || de_table_config_check(&c, &rd->cfg, NULL, 0)) {
+		*problem = "header holds an invalid table config";
+		return -EBADMSG;
+	}
+	uint64_t body = rd->size - EXP_HDR_BYTES; /* size >= header: we read it */
+	uint64_t fit = body / h->record_bytes;
+	rd->avail = h->records < fit ? h->records : fit;
+	rd->exact = body >= EXP_TRL_BYTES && (body - EXP_TRL_BYTES) % h->record_bytes == 0 &&
+		    (body - EXP_TRL_BYTES) / h->record_bytes == h->records;
+	return 0;
+}
+
+struct put_ctx {
+	const unsigned char *base;
+	uint32_t record_bytes, row_floats;
+};
+
+static void put_in(void *ctx, size_t i, float *row, struct de_row_meta *m)
+{
+	struct put_ctx *c = ctx;
+	const unsigned char *r = c->base + i * c->record_bytes;
+	struct exp_rec h;
+	memcpy(&h, r, sizeof h);
+	m->last_step = h.last_step;
+	m->freq = h.freq;
+	m->flags = h.flags;
+	m->aux = h.aux;
+	memcpy(row, r + EXP_REC_META, (size_t)c->row_floats * 4);
+}
+
+/*
+ * Read records 0..rd->avail-1 in chunks (the next read in flight while one is checked),
+ * stop at the first one that fails its check. With t, import each chunk's good records.
+ * out: *good (the verified prefix), *records_crc (over those records' crc fields).
+ * Returns 0 (damage is reported through *good < avail and *problem), or an I/O, table or
+ * callback error.
+ */
+static int scan(struct reader *rd, struct io *io, size_t per, de_table *t, de_progress_fn cb,
+		void *ctx, uint64_t *good, uint32_t *records_crc, const char **problem,
+		uint64_t *keys)
+{
+	const uint32_t rb = rd->h.record_bytes;
+	const uint64_t nchunks = (rd->avail + per - 1) / per;
+	uint64_t ok = 0;
+	uint32_t rc = 0;
+	int err = 0;
+	*good = 0;
+	*records_crc = 0;
+	/* two chunk buffers: chunk c in b[c % 2] */
+	for (uint64_t c = 0; c < nchunks && c < 2; c++) {
+		struct iobuf *b = &io->b[c % 2];
+		uint64_t first = c * per, cnt = rd->avail - first < per ? rd->avail - first : per;
+		b->len = cnt * rb;
+		b->done = 0;
+		b->eof = false;
+		b->off = EXP_HDR_BYTES + first * rb;
+		if ((err = io_queue(io, (unsigned)(c % 2), 0)))
+			return err;
+	}
+	if ((err = io_submit(io)))
+		return err;
+	bool stop = false;
+	for (uint64_t c = 0; c < nchunks && !stop; c++) {
+		struct iobuf *b = &io->b[c % 2];
+		while (b->busy && !io->err)
+			if ((err = io_reap(io)))
+				return err;
+		if ((err = io->err))
+			return err;
+		uint64_t first = c * per;
+		size_t cnt = b->done / rb; /* fewer than asked: the file shrank meanwhile */
+		if (b->done < b->len) {
+			*problem = "file ended early";
+			stop = true;
+		}
+		size_t k = 0;
+		for (; k < cnt; k++) {
+			const unsigned char *r = b->p + k * rb;
+			struct exp_rec h;
+			memcpy(&h, r, sizeof h);
+			if (h.crc != record_crc(first + k, r, rb)) {
+				*problem = "record checksum";
+				break;
+			}
+			if (h.pad || !h.key) {
+				*problem = h.pad ? "record padding not zero" : "record with key 0";
+				break;
+			}
+			if (keys)
+				keys[k] = h.key;
+			rc = de_crc32c(rc, &h.crc, 4);
+		}
+		if (k < cnt || k < b->len / rb)
+			stop = true;
+		if (t && k) {
+			struct put_ctx pc = { b->p, rb, rd->h.row_floats };
+			if ((err = de_table_apply(t, keys, k, true, put_in, &pc, NULL,
+						  EXPORT_APPLY_STEP)))
+				return err;
+		}
+		ok += k;
+		*good = ok;
+		*records_crc = rc;
+		if (cb && cb(ctx, ok, rd->h.records)) {
+			err = -ECANCELED;
+			break;
+		}
+		/* reuse this buffer for chunk c + 2 */
+		uint64_t nc = c + 2;
+		if (!stop && nc < nchunks) {
+			uint64_t nfirst = nc * per;
+			uint64_t ncnt = rd->avail - nfirst < per ? rd->avail - nfirst : per;
+			b->len = ncnt * rb;
+			b->done = 0;
+			b->eof = false;
+			b->off = EXP_HDR_BYTES + nfirst * rb;
+			if ((err = io_queue(io, (unsigned)(c % 2), 0)) || (err = io_submit(io)))
+				return err;
+		}
+	}
+	/* a read may still be in flight past the damage: wait for it (its buffer is ours) */
+	while (io->inflight) {
+		int r = io_reap(io);
+		if (r)
+			return r;
+	}
+	if (stop || err)
+		io->err = 0; /* errors of reads past the damage or the cancel do not matter */
+	else if (io->err)
+		return io->err;
+	if (!err && !*problem && ok < rd->h.records)
+		*problem = "file truncated (records missing)";
+	return err;
+}
+
+/* Trailer: 0 when it is there, intact and agrees with the records (count and CRC). */
+static int check_trailer(struct reader *rd, struct io *io, uint32_t records_crc,
+			 const char **problem)
+{
+	if (!rd->exact) {
+		*problem = rd->avail < rd->h.records ? "file truncated (records missing)"
+						     : "file size does not match the header";
+		return -EBADMSG;
+	}
+	struct iobuf *b = &io->b[NBUF + 1];
+	b->len = EXP_TRL_BYTES;
+	b->done = 0;
+	b->eof = false;
+	b->off = EXP_HDR_BYTES + rd->h.records * rd->h.record_bytes;
+	int err = io_queue(io, NBUF + 1, 0);
+	if (!err)
+		err = io_submit(io);
+	if (!err)
+		err = io_drain(io);
+	if (err)
+		return err;
+	struct exp_trl tr;
+	if (b->done < EXP_TRL_BYTES) {
+		*problem = "trailer missing";
+		return -EBADMSG;
+	}
+	memcpy(&tr, b->p, sizeof tr);
+	if (memcmp(tr.magic, EXP_END_MAGIC, 8) || tr.reserved[0] || tr.reserved[1] ||
+	    tr.crc != de_crc32c(0, &tr, offsetof(struct exp_trl, crc))) {
+		*problem = "trailer damaged";
+		return -EBADMSG;
+	}
+	if (tr.records != rd->h.records || tr.records_crc != records_crc) {
+		*problem = "trailer disagrees with the records";
+		return -EBADMSG;
+	}
+	return 0;
+}
+
+static int open_reader(const char *path, struct reader *rd, int *fd_out)
+{
+	memset(rd, 0, sizeof *rd);
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return -errno;
+	struct stat sb;
+	if (fstat(fd, &sb)) {
+		int err = -errno;
+		close(fd);
+		return err;
+	}
+	if (!S_ISREG(sb.st_mode)) {
+		close(fd);
+		return S_ISDIR(sb.st_mode) ? -EISDIR : -EINVAL;
+	}
+	rd->fd = fd;
+	rd->size = (uint64_t)sb.st_size;
+	*fd_out = fd;
+	return 0;
+}
+
+/* records per read: about CHUNK_TARGET bytes, at least 1, at most the records there are */
+static size_t chunk_records(uint32_t record_bytes, uint64_t avail)
+{
+	size_t per = CHUNK_TARGET / record_bytes ? CHUNK_TARGET / record_bytes : 1;
+	return avail < per ? (avail ? (size_t)avail : 1) : per;
+}
+
+int de_export_check(const char *path, struct de_export_info *out)
+{
+	if (!path)
+		return -EINVAL;
+	if (out)
+		memset(out, 0, sizeof *out);
+	struct reader rd;
+	struct io io;
+	const char *problem = NULL;
+	int fd = -1;
+	int err = open_reader(path, &rd, &fd);
+	if (err)
+		return err;
+	if ((err = io_open(&io, fd, false)))
+		goto out;
+	if (rd.size < EXP_HDR_BYTES) {
+		problem = "file shorter than the header";
+		err = -EBADMSG;
+		goto out;
+	}
+	if ((err = read_header(&rd, &io, &problem)))
+		goto out;
+	if (out) {
+		out->version = rd.h.version;
+		out->config = rd.cfg;
+		out->records = rd.h.records;
+		out->record_bytes = rd.h.record_bytes;
+		out->header_bytes = rd.h.header_bytes;
+	}
+	uint64_t good;
+	uint32_t rcrc;
+	size_t per = chunk_records(rd.h.record_bytes, rd.avail);
+	if ((err = io_bufs(&io, 2, per * rd.h.record_bytes)) ||
+	    (err = scan(&rd, &io, per, NULL, NULL, NULL, &good, &rcrc, &problem, NULL)))
+		goto out;
+	if (out)
+		out->valid_records = good;
+	if (problem) {
+		err = -EBADMSG;
+		goto out;
+	}
+	err = check_trailer(&rd, &io, rcrc, &problem);
+out:
+	if (out) {
+		out->file_bytes = rd.size;
+		out->problem = problem;
+		if (err == -EPROTO && out->version == 0)
+			out->version = rd.h.version;
+	}
+	io_close(&io);
+	close(fd);
+	return err;
+}
+
+static const char *config_mismatch(const struct de_table_config *a, const struct de_table_config *b)
+{
+	if (a->dim != b->dim)
+		return "dim";
+	if (a->nslots != b->nslots)
+		return "nslots";
+	if (a->init != b->init)
+		return "init";
+	if (a->init_a != b->init_a)
+		return "init_a";
+	if (a->init_b != b->init_b)
+		return "init_b";
+	if (a->slot_init != b->slot_init)
+		return "slot_init";
+	if (a->seed != b->seed)
+		return "seed";
+	return NULL;
+}
+
+int de_import(de_table *t, const char *path, unsigned flags, de_progress_fn cb, void *ctx,
+	      struct de_import_report *rep)
+{
+	struct de_import_report dummy;
+	if (!rep)
+		rep = &dummy;
+	memset(rep, 0, sizeof *rep);
+	if (!t || !path || (flags & ~DE_IMPORT_SALVAGE))
+		return -EINVAL;
+	const bool salvage = flags & DE_IMPORT_SALVAGE;
+	struct de_table_config tc;
+	int err = de_table_config_get(t, &tc);
+	if (err)
+		return err;
+	struct reader rd;
+	struct io io;
+	const char *problem = NULL;
+	uint64_t *keys = NULL;
+	int fd = -1;
+	if ((err = open_reader(path, &rd, &fd)))
+		return err;
+	if ((err = io_open(&io, fd, false)))
+		goto out;
+	if (rd.size < EXP_HDR_BYTES) {
+		problem = "file shorter than the header";
+		err = -EBADMSG;
+		goto out;
+	}
+	if ((err = read_header(&rd, &io, &problem)))
+		goto out;
+	rep->records = rd.h.records;
+	if ((rep->mismatch = config_mismatch(&tc, &rd.cfg))) {
+		err = -EEXIST;
+		goto out;
+	}
+	const size_t per = chunk_records(rd.h.record_bytes, rd.avail);
+	if ((err = io_bufs(&io, 2, per * rd.h.record_bytes)))
+		goto out;
+	if (!(keys = malloc(per * sizeof *keys))) {
+		err = -ENOMEM;
+		goto out;
+	}
+	uint64_t good;
+	uint32_t rcrc;
+	if (!salvage) { /* verify everything before the first write */
+		if ((err = scan(&rd, &io, per, NULL, NULL, NULL, &good, &rcrc, &problem, keys)))
+			goto out;
+		if (problem || (err = check_trailer(&rd, &io, rcrc, &problem))) {
+			err = err ? err : -EBADMSG;
+			goto out;
+		}
+	}
+	err = scan(&rd, &io, per, t, cb, ctx, &good, &rcrc, &problem, keys);
+	rep->imported = good;
+	if (err)
+		goto out;
+	if (!salvage && problem) { /* the file changed since it was verified */
+		err = -EBADMSG;
+		goto out;
+	}
+	if (!problem) /* salvage of a file whose records are all there: report the trailer */
+		check_trailer(&rd, &io, rcrc, &problem);
+	rep->dropped = rd.h.records - good;
+out:
+	rep->problem = problem;
+	io_close(&io);
+	close(fd);
+	free(keys);
+	return err;
+}
