@@ -873,6 +873,28 @@ static size_t chunk_records(uint32_t record_bytes, uint64_t avail)
 	return avail < per ? (avail ? (size_t)avail : 1) : per;
 }
 
+/*
+ * Open path for reading and verify its header: the reader, its io_uring and the header.
+ * Whatever happens, the caller ends with io_close(io) and close(*fd), which are safe on
+ * what was not opened (io is zeroed and *fd is -1 until they are).
+ */
+static int open_verified(const char *path, struct reader *rd, struct io *io, int *fd,
+			 const char **problem)
+{
+	memset(io, 0, sizeof *io);
+	*fd = -1;
+	int err = open_reader(path, rd, fd);
+	if (err)
+		return err;
+	if ((err = io_open(io, *fd, false)))
+		return err;
+	if (rd->size < EXP_HDR_BYTES) {
+		*problem = "file shorter than the header";
+		return -EBADMSG;
+	}
+	return read_header(rd, io, problem);
+}
+
 int de_export_check(const char *path, struct de_export_info *out)
 {
 	if (!path)
@@ -882,18 +904,9 @@ int de_export_check(const char *path, struct de_export_info *out)
 	struct reader rd;
 	struct io io;
 	const char *problem = NULL;
-	int fd = -1;
-	int err = open_reader(path, &rd, &fd);
+	int fd;
+	int err = open_verified(path, &rd, &io, &fd, &problem);
 	if (err)
-		return err;
-	if ((err = io_open(&io, fd, false)))
-		goto out;
-	if (rd.size < EXP_HDR_BYTES) {
-		problem = "file shorter than the header";
-		err = -EBADMSG;
-		goto out;
-	}
-	if ((err = read_header(&rd, &io, &problem)))
 		goto out;
 	if (out) {
 		out->version = rd.h.version;
@@ -964,17 +977,8 @@ int de_import(de_table *t, const char *path, unsigned flags, de_progress_fn cb, 
 	struct io io;
 	const char *problem = NULL;
 	uint64_t *keys = NULL;
-	int fd = -1;
-	if ((err = open_reader(path, &rd, &fd)))
-		return err;
-	if ((err = io_open(&io, fd, false)))
-		goto out;
-	if (rd.size < EXP_HDR_BYTES) {
-		problem = "file shorter than the header";
-		err = -EBADMSG;
-		goto out;
-	}
-	if ((err = read_header(&rd, &io, &problem)))
+	int fd;
+	if ((err = open_verified(path, &rd, &io, &fd, &problem)))
 		goto out;
 	rep->records = rd.h.records;
 	if ((rep->mismatch = config_mismatch(&tc, &rd.cfg))) {

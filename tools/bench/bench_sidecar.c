@@ -273,7 +273,13 @@ static char *find_on_path(const char *name)
 
 /* ---- round trips ---------------------------------------------------------------------- */
 
-static int rtt_ring(struct run *r, int t, const struct opts *o, double out[2][2])
+/* One timed request of n keys k: *ns is the time of the request alone; then its answer is
+ * checked (a wrong row is -EBADMSG). */
+typedef int (*rtt_call)(void *ctx, const uint64_t *k, uint32_t n, uint64_t *ns);
+
+/* p50/p99 of 1-key and 64-key requests, after 1000 untimed ones of each. */
+static int sample_rtt(struct run *r, const struct opts *o, rtt_call call, void *ctx,
+		      double out[2][2])
 {
 	int err = 0;
 	for (int s = 0; s < 2 && !err; s++) {
@@ -283,19 +289,39 @@ static int rtt_ring(struct run *r, int t, const struct opts *o, double out[2][2]
 		for (unsigned i = 0; i < warm + o->iters && !err; i++) {
 			for (uint32_t j = 0; j < n; j++)
 				k[j] = r->keys[mix(i * 64 + j) % o->keys];
-			uint64_t t0 = ns_now();
-			err = de_lookup(r->c, t, k, n, r->out, r->st, 0, 1);
-			uint64_t dt = ns_now() - t0;
+			uint64_t dt = 0;
+			err = call(ctx, k, n, &dt);
 			if (i >= warm)
 				r->lat[i - warm] = dt;
-			for (uint32_t j = 0; j < n && !err; j++)
-				if (r->st[j] != DE_ST_FOUND || r->out[j * DIM] != tag(k[j]))
-					err = -EBADMSG;
 		}
 		if (!err)
 			pctl(r->lat, o->iters, out[s]);
 	}
 	return err;
+}
+
+struct ring_call {
+	struct run *r;
+	int t;
+};
+
+static int ring_call(void *ctx, const uint64_t *k, uint32_t n, uint64_t *ns)
+{
+	struct ring_call *rc = ctx;
+	struct run *r = rc->r;
+	uint64_t t0 = ns_now();
+	int err = de_lookup(r->c, rc->t, k, n, r->out, r->st, 0, 1);
+	*ns = ns_now() - t0;
+	for (uint32_t j = 0; j < n && !err; j++)
+		if (r->st[j] != DE_ST_FOUND || r->out[j * DIM] != tag(k[j]))
+			err = -EBADMSG;
+	return err;
+}
+
+static int rtt_ring(struct run *r, int t, const struct opts *o, double out[2][2])
+{
+	struct ring_call rc = { r, t };
+	return sample_rtt(r, o, ring_call, &rc, out);
 }
 
 struct echo {
@@ -329,6 +355,22 @@ static void sock_timeouts(int fd)
 	setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
 }
 
+/* The baseline request: keys over the socket, rows back. ctx: the client's socket. */
+static int socket_call(void *ctx, const uint64_t *k, uint32_t n, uint64_t *ns)
+{
+	static float resp[64 * DIM];
+	int sk = *(int *)ctx, err = 0;
+	uint64_t t0 = ns_now();
+	if (send(sk, k, n * 8, 0) != (ssize_t)(n * 8) ||
+	    recv(sk, resp, sizeof resp, 0) != (ssize_t)(n * ROW_BYTES))
+		err = errno ? -errno : -EIO;
+	*ns = ns_now() - t0;
+	for (uint32_t j = 0; j < n && !err; j++)
+		if (resp[j * DIM] != (float)(k[j] % ECHO_ROWS))
+			err = -EBADMSG;
+	return err;
+}
+
 static int rtt_socket(struct run *r, const struct opts *o, double out[2][2])
 {
 	int sk[2];
@@ -357,28 +399,7 @@ static int rtt_socket(struct run *r, const struct opts *o, double out[2][2])
 		free(rows);
 		return err;
 	}
-	static float resp[64 * DIM];
-	for (int s = 0; s < 2 && !err; s++) {
-		uint32_t n = s ? 64 : 1;
-		uint64_t k[64];
-		unsigned warm = 1000;
-		for (unsigned i = 0; i < warm + o->iters && !err; i++) {
-			for (uint32_t j = 0; j < n; j++)
-				k[j] = r->keys[mix(i * 64 + j) % o->keys];
-			uint64_t t0 = ns_now();
-			if (send(sk[0], k, n * 8, 0) != (ssize_t)(n * 8) ||
-			    recv(sk[0], resp, sizeof resp, 0) != (ssize_t)(n * ROW_BYTES))
-				err = errno ? -errno : -EIO;
-			uint64_t dt = ns_now() - t0;
-			if (i >= warm)
-				r->lat[i - warm] = dt;
-			for (uint32_t j = 0; j < n && !err; j++)
-				if (resp[j * DIM] != (float)(k[j] % ECHO_ROWS))
-					err = -EBADMSG;
-		}
-		if (!err)
-			pctl(r->lat, o->iters, out[s]);
-	}
+	err = sample_rtt(r, o, socket_call, &sk[0], out);
 	shutdown(sk[0], SHUT_WR); /* echo_main returns */
 	pthread_join(th, NULL);
 	close(sk[0]);
