@@ -291,12 +291,55 @@ int de_table_apply(de_table *t, const uint64_t *keys, size_t n, bool create, de_
 		   void *ctx, uint8_t *status, uint64_t step);
 
 /*
+ * de_table_apply without per-row exclusion ("Hogwild", Recht et al. 2011): the row is
+ * found without a lock, fn steps a private copy, and the copy is stored back with no lock
+ * and no seqlock bracket. Concurrent writers of one row may lose each other's steps, and
+ * a lock-free reader may copy a row that is half before, half after a step. Missing keys
+ * are created through the locked path. Measured against de_table_apply by
+ * `dynemb-bench learn` (BENCHMARKS.md); the daemon uses de_table_apply.
+ */
+int de_table_apply_hogwild(de_table *t, const uint64_t *keys, size_t n, de_row_fn fn,
+			   void *ctx, uint8_t *status, uint64_t step);
+
+/*
  * Iterate live keys. Start with *cursor = 0; each call fills up to cap keys (and their
  * values when values != NULL, cap * dim floats) and advances the cursor; *n = 0 means
  * done.
  */
 int de_table_iterate(de_table *t, uint64_t *cursor, uint64_t *keys, float *values,
 		     size_t cap, size_t *n /* out */);
+
+/* The same over row ids [*cursor, end) only: threads can split a table by row id
+ * (0..de_table_row_limit) and each iterate its own range. */
+int de_table_iterate_range(de_table *t, uint64_t *cursor, uint64_t end, uint64_t *keys,
+			   float *values, size_t cap, size_t *n /* out */);
+
+/* Erase the keys whose rows fn accepts: fn sees each present key's full row (dim *
+ * (1 + nslots) floats) and a copy of its metadata under the row's write protection, so
+ * the row cannot change between the decision and the erase (an eviction can copy it to a
+ * disk tier and be sure it is what was dropped). fn must not call back into the table.
+ * Missing keys and key 0 are skipped. erased (may be NULL): how many were erased. */
+typedef bool (*de_erase_fn)(void *ctx, size_t i, const float *row,
+			    const struct de_row_meta *meta);
+int de_table_erase_if(de_table *t, const uint64_t *keys, size_t n, de_erase_fn fn, void *ctx,
+		      size_t *erased /* out */);
+
+/*
+ * Row-id access, for sampling (eviction candidates, uniform negatives): row ids of live
+ * keys are below de_table_row_limit (free rows are reused before it grows). de_table_peek
+ * copies row id `row`'s metadata (and its dim values when values != NULL) WITHOUT the
+ * seqlock: the copy may be torn by a concurrent writer, so use it only to choose
+ * candidates and re-read what matters by key. 0 when the row is live; -ENOENT for a free,
+ * never-used or not-yet-mapped row; -ERANGE at or beyond the limit.
+ */
+uint64_t de_table_row_limit(de_table *t);
+int de_table_peek(de_table *t, uint64_t row, struct de_row_meta *meta /* out */,
+		  float *values /* out, may be NULL */);
+
+/* The dim values a create of key would store (the initializer is deterministic in the
+ * table seed and the key), without storing anything; key 0 gives zeros. For admission:
+ * a key that has not earned a row yet reads as its future initial value. */
+int de_table_init_row(const de_table *t, uint64_t key, float *out /* out: dim floats */);
 
 int de_table_stats(de_table *t, struct de_table_stats *out);
 

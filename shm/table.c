@@ -1342,6 +1342,43 @@ int de_table_find_or_insert(de_table *t, const uint64_t *keys, size_t n, float *
 }
 
 /* Write access to one row under its bucket's seq: the caller's callback. */
+#define WPF_D 6
+#define WPF_R 16 /* > 2 * WPF_D */
+
+static inline void wpf_bucket(struct de_table *t, uint64_t key, uint64_t *h)
+{
+	*h = key ? key_hash(t, key) : 0;
+	if (!key)
+		return;
+	struct seg *s = seg_for(t, *h);
+	if (s) {
+		__builtin_prefetch(&s->lock, 1);
+		__builtin_prefetch(&s->b[*h & t->bmask], 1);
+	}
+}
+
+static inline void wpf_row(struct de_table *t, uint64_t key, uint64_t h)
+{
+	if (!key)
+		return;
+	struct seg *s = seg_for(t, h);
+	if (!s)
+		return;
+	struct bucket *b = &s->b[h & t->bmask];
+	int j = slot_of(b, key);
+	if (j < 0) {
+		__builtin_prefetch(&s->b[b2_of(t, h)], 1);
+		return;
+	}
+	uint32_t r = LD(&b->row[j]);
+	char *row = (char *)row_at(t, r);
+	if (!row)
+		return;
+	for (uint32_t o = 0; o < t->row_floats * 4; o += 64)
+		__builtin_prefetch(row + o, 1);
+	__builtin_prefetch(meta_at(t, r), 1);
+}
+
 typedef void (*row_writer)(struct de_table *t, void *ctx, size_t i, float *row,
 			   struct de_row_meta *m, bool created);
 
@@ -1352,14 +1389,27 @@ static int write_batch(struct de_table *t, const uint64_t *keys, size_t n, bool 
 		return -EINVAL;
 	if (t->ro)
 		return -EROFS;
+	/* Prefetch pipeline (hints only; every key is still found under its lock): the
+	 * bucket of key i + 2 * WPF_D, then, after a lock-free peek of that bucket, the row
+	 * and metadata of key i + WPF_D, so the locked step of key i finds them in cache. */
+	uint64_t hr[WPF_R];
+	size_t pre = n < 2 * WPF_D ? n : 2 * WPF_D;
+	for (size_t i = 0; i < pre; i++)
+		wpf_bucket(t, keys[i], &hr[i % WPF_R]);
+	for (size_t i = 0; i < n && i < WPF_D; i++)
+		wpf_row(t, keys[i], hr[i % WPF_R]);
 	for (size_t i = 0; i < n; i++) {
+		if (i + 2 * WPF_D < n)
+			wpf_bucket(t, keys[i + 2 * WPF_D], &hr[(i + 2 * WPF_D) % WPF_R]);
+		if (i + WPF_D < n)
+			wpf_row(t, keys[i + WPF_D], hr[(i + WPF_D) % WPF_R]);
 		uint64_t key = keys[i];
 		if (!key) {
 			if (status)
 				status[i] = DE_FOUND;
 			continue;
 		}
-		uint64_t h = key_hash(t, key);
+		uint64_t h = hr[i % WPF_R];
 		struct seg *s;
 		struct bucket *b;
 		int j;
@@ -1449,7 +1499,71 @@ int de_table_apply(de_table *t, const uint64_t *keys, size_t n, bool create, de_
 	return err;
 }
 
-int de_table_erase(de_table *t, const uint64_t *keys, size_t n, size_t *erased)
+/* Hogwild: find the row without a lock, step a private copy, store it back without a
+ * lock or a seq bracket. Two writers of one row can lose a step; a lock-free reader can
+ * copy a row half old, half new (its seq never moves). Missing keys go through the locked
+ * path, which creates them. */
+struct hog_one {
+	de_row_fn fn;
+	void *ctx;
+	size_t i;
+};
+
+static void hog_one_fn(void *ctx, size_t i, float *row, struct de_row_meta *meta)
+{
+	(void)i;
+	struct hog_one *o = ctx;
+	o->fn(o->ctx, o->i, row, meta);
+}
+
+int de_table_apply_hogwild(de_table *t, const uint64_t *keys, size_t n, de_row_fn fn, void *ctx,
+			   uint8_t *status, uint64_t step)
+{
+	if (!t || !fn || (n && !keys))
+		return -EINVAL;
+	if (t->ro)
+		return -EROFS;
+	float *buf = malloc((size_t)t->row_floats * 4);
+	if (!buf)
+		return -ENOMEM;
+	int err = 0;
+	for (size_t i = 0; i < n && !err; i++) {
+		uint64_t key = keys[i];
+		uint32_t r = ROW_NONE;
+		if (key && read_one(t, key, key_hash(t, key), buf, &r) != R_FOUND)
+			r = ROW_NONE;
+		float *row = r != ROW_NONE ? row_at(t, r) : NULL;
+		struct de_row_meta *m = r != ROW_NONE ? meta_at(t, r) : NULL;
+		if (!key || !row || !m) {
+			struct hog_one o = { fn, ctx, i };
+			err = de_table_apply(t, &keys[i], 1, true, hog_one_fn, &o,
+					     status ? &status[i] : NULL, step);
+			continue;
+		}
+		struct de_row_meta mc = { LD(&m->key), LD(&m->last_step), LD(&m->freq),
+					  LD(&m->flags), LD(&m->aux) };
+		if (mc.key != key) { /* recycled under us: take the locked path */
+			struct hog_one o = { fn, ctx, i };
+			err = de_table_apply(t, &keys[i], 1, true, hog_one_fn, &o,
+					     status ? &status[i] : NULL, step);
+			continue;
+		}
+		row_load(buf, row, t->row_floats);
+		if (step != DE_STEP_KEEP)
+			mc.last_step = step;
+		fn(ctx, i, buf, &mc);
+		row_store(row, buf, t->row_floats);
+		ST(&m->last_step, mc.last_step);
+		ST(&m->aux, mc.aux);
+		if (status)
+			status[i] = DE_FOUND;
+	}
+	free(buf);
+	return err;
+}
+
+int de_table_erase_if(de_table *t, const uint64_t *keys, size_t n, de_erase_fn fn, void *ctx,
+		      size_t *erased)
 {
 	if (!t || (n && !keys))
 		return -EINVAL;
@@ -1468,6 +1582,16 @@ int de_table_erase(de_table *t, const uint64_t *keys, size_t n, size_t *erased)
 		if (err)
 			return err;
 		uint32_t r = ROW_NONE;
+		if (b && fn) {
+			/* the segment lock keeps the row stable: writers take it too */
+			uint32_t rr = LD(&b->row[j]);
+			struct de_row_meta *m = meta_at(t, rr);
+			float *row = row_at(t, rr);
+			struct de_row_meta mc = { LD(&m->key), LD(&m->last_step), LD(&m->freq),
+						  LD(&m->flags), LD(&m->aux) };
+			if (!fn(ctx, i, row, &mc))
+				b = NULL;
+		}
 		if (b) {
 			r = LD(&b->row[j]);
 			seq_begin(b);
@@ -1487,16 +1611,66 @@ int de_table_erase(de_table *t, const uint64_t *keys, size_t n, size_t *erased)
 	return 0;
 }
 
+int de_table_erase(de_table *t, const uint64_t *keys, size_t n, size_t *erased)
+{
+	return de_table_erase_if(t, keys, n, NULL, NULL, erased);
+}
+
+uint64_t de_table_row_limit(de_table *t)
+{
+	if (!t)
+		return 0;
+	uint64_t end = LD(&t->hdr->next_row);
+	return end > MAX_ROWS ? MAX_ROWS : end;
+}
+
+int de_table_peek(de_table *t, uint64_t row, struct de_row_meta *meta, float *values)
+{
+	if (!t || !meta)
+		return -EINVAL;
+	if (row >= de_table_row_limit(t))
+		return -ERANGE;
+	struct de_row_meta *m = meta_at(t, (uint32_t)row);
+	float *r = row_at(t, (uint32_t)row);
+	if (!m || !r)
+		return -ENOENT; /* chunk not published (or not mapped here yet) */
+	struct de_row_meta mc = { LD(&m->key), LD(&m->last_step), LD(&m->freq), LD(&m->flags),
+				  LD(&m->aux) };
+	if (!(mc.flags & ROW_LIVE) || !mc.key)
+		return -ENOENT;
+	*meta = mc;
+	if (values)
+		row_load(values, r, t->dim);
+	return 0;
+}
+
+int de_table_init_row(const de_table *t, uint64_t key, float *out)
+{
+	if (!t || !out)
+		return -EINVAL;
+	if (!key)
+		memset(out, 0, (size_t)t->dim * 4);
+	else
+		init_values(&t->cfg, key, out);
+	return 0;
+}
+
 /* ---- iteration and statistics ----------------------------------------------------- */
 
 int de_table_iterate(de_table *t, uint64_t *cursor, uint64_t *keys, float *values, size_t cap,
 		     size_t *n)
 {
+	return de_table_iterate_range(t, cursor, UINT64_MAX, keys, values, cap, n);
+}
+
+int de_table_iterate_range(de_table *t, uint64_t *cursor, uint64_t end, uint64_t *keys,
+			   float *values, size_t cap, size_t *n)
+{
 	if (!t || !cursor || !keys || !n || !cap)
 		return -EINVAL;
-	uint64_t end = LD(&t->hdr->next_row);
-	if (end > MAX_ROWS)
-		end = MAX_ROWS;
+	uint64_t lim = de_table_row_limit(t);
+	if (end > lim)
+		end = lim;
 	uint64_t r = *cursor;
 	size_t got = 0;
 	uint8_t *st = values ? malloc(cap) : NULL;

@@ -12,8 +12,9 @@
  *   HELLO {proto, sq_entries, data_bytes, name}  ->  checks SO_PEERCRED against the allow-list
  *                                            <-  HELLO_OK {client_id, sizes} + [channel fd]
  *                                                or ERROR {-EACCES | -EPROTO | ...}
- *   OPEN {name, config}                      ->  same name + same config: shared table;
+ *   OPEN {name, config, learn}               ->  same name + same config: shared table;
  *                                                same name + other config: ERROR -EEXIST
+ *                                                naming the first field that differs
  *                                            <-  OPEN_OK {table_id, dim, key_type, seed,
  *                                                nsegments} + [read-only fds of the table's
  *                                                arena segments, at most DE_FDS_PER_MSG]
@@ -36,6 +37,16 @@
  *   UPDATE      keys, vals in (count * dim f32): assign values,  res, count = created
  *               creating missing keys; arg = step
  *   ERASE       keys                                              res, count = erased
+ *   APPLY_GRADS keys, vals in = gradients (count * dim f32),     res, count = distinct
+ *               arg = step; flags & DE_GRAD_LR: status_off holds   keys stepped,
+ *               an lr (IEEE double bits, finite, > 0) used for    aux0 = created
+ *               this request instead of the table's (without the
+ *               flag status_off must be 0). The table's optimizer
+ *               (learn.optim) steps each distinct key once with the
+ *               sum of its gradients (de_learn.h); missing keys are
+ *               created first. A non-finite gradient: -EINVAL, no
+ *               row touched. A table without an optimizer:
+ *               -EOPNOTSUPP. DE_SQE_STATUS is not allowed.
  *   STATS       vals out: struct de_wire_stats                    res
  *   NOP         -                                                 res = 0
  *
@@ -44,6 +55,21 @@
  * (keys_len = 4 * count + sum of lengths, each length <= DE_MAX_KEY_BYTES); the daemon
  * maps each to de_key_from_string(table seed, ...) and keeps the string (for top-k,
  * sampling and export to give it back). The empty string is key 0: it reads as zeros.
+ *
+ * Concurrency of APPLY_GRADS (the semantics we promise; no Hogwild): each row's step is
+ * atomic. Trainers on different channels (served by different workers) may push to the
+ * same row at once; de_table_apply excludes writers per row (the segment's lock) and
+ * readers retry on the row's seqlock, so two steps of one row are serialized in the
+ * order their requests reach the row, none is lost, and no reader sees a half-stepped
+ * row. Across rows there is no atomicity: a reader may see some rows of a batch stepped
+ * and others not yet.
+ *
+ * Learning and persistence config (struct de_wire_learn_config, in OPEN): every field is
+ * validated by the daemon; fields a mode does not use must be 0, so that two configs
+ * that mean the same thing compare equal. Defaults (the 0 of a "0 = default" field) are
+ * filled in by the daemon before the comparison (DE_*_DEFAULT below). Only the optimizer
+ * is acted on today; admission, eviction and durability are defined, checked and
+ * recorded with the table (struct srv_table.learn) for the code that implements them.
  */
 #ifndef DE_PROTO_H
 #define DE_PROTO_H
@@ -53,7 +79,7 @@
 
 #include "de_shm.h"
 
-#define DE_PROTO_VERSION 1u
+#define DE_PROTO_VERSION 2u /* 2: OPEN carries de_wire_learn_config; APPLY_GRADS */
 #define DE_MSG_MAGIC 0x314d4544u /* "DEM1" */
 #define DE_MSG_MAX 4096u
 #define DE_NAME_MAX 64u          /* bytes, NUL-terminated within */
@@ -105,13 +131,137 @@ struct de_wire_table_config {
 	float init_a, init_b, slot_init;
 	uint32_t key_type;    /* enum de_key_type */
 	uint64_t seed;
-	uint32_t reserved[6]; /* optimizer, admission, eviction, durability: must be 0 today */
+	uint32_t reserved[6]; /* must be 0 (learning config: struct de_wire_learn_config) */
+};
+
+/* ---- learning and persistence config (OPEN, protocol 2) ----------------------------- */
+
+/* Optimizer kinds on the wire: 0 = none, else 1 + enum de_optimizer (src/learn). */
+enum de_wire_optim_kind {
+	DE_WOPT_NONE = 0,     /* no server optimizer: APPLY_GRADS completes -EOPNOTSUPP */
+	DE_WOPT_SGD = 1,
+	DE_WOPT_MOMENTUM = 2,
+	DE_WOPT_NESTEROV = 3,
+	DE_WOPT_ADAGRAD = 4,
+	DE_WOPT_ADAM = 5,
+	DE_WOPT_ADAMW = 6,
+	DE_WOPT_FTRL = 7,
+	DE_WOPT_RMSPROP = 8,
+};
+
+/*
+ * 128 bytes. The hyperparameters of struct de_optim_config (de_learn.h states each one's
+ * meaning, range and formulas), as doubles, taken literally: there is no "0 = default"
+ * here (0 is a meaningful beta1 or weight_decay); the client library fills torch's
+ * defaults for the caller. kind NONE: every other field must be 0. Otherwise
+ * de_optim_check must accept them. The table's nslots must be >= de_optim_slots(kind);
+ * nslots 0 in the table config means "what the optimizer needs" (the daemon sets it).
+ */
+struct de_wire_optim {
+	uint32_t kind;        /* enum de_wire_optim_kind */
+	uint32_t centered;    /* RMSProp centered variant: must be 0 (unsupported) */
+	double lr;            /* all: the table's learning rate (APPLY_GRADS may override) */
+	double weight_decay;  /* L2 (ADAMW: decoupled); FTRL: must be 0 */
+	double momentum;      /* MOMENTUM, NESTEROV */
+	double dampening;     /* MOMENTUM */
+	double beta1, beta2;  /* ADAM, ADAMW */
+	double eps;           /* ADAGRAD, ADAM, ADAMW, RMSPROP */
+	double initial_accumulator_value; /* ADAGRAD, FTRL */
+	double alpha;         /* RMSPROP */
+	double l1, l2;        /* FTRL (TensorFlow's convention) */
+	double lr_power;      /* FTRL, <= 0 */
+	double ftrl_beta;     /* FTRL */
+	uint64_t reserved[2]; /* must be 0 */
+};
+
+/* Admission: which keys earn a row (implemented later; validated and recorded now). */
+enum de_wire_admission_mode {
+	DE_WADMIT_ALL = 0,         /* none: every key gets a row at once */
+	DE_WADMIT_COUNT = 1,       /* after min_count sightings (count-min sketch) */
+	DE_WADMIT_PROBABILITY = 2, /* each sighting admits with probability p */
+};
+enum de_wire_reject_value {
+	DE_WREJECT_INIT = 0,       /* a key not admitted yet reads as its initializer value */
+	DE_WREJECT_ZEROS = 1,      /* ... reads as zeros */
+};
+#define DE_SKETCH_WIDTH_DEFAULT (1u << 20) /* counters per row of the count-min sketch */
+#define DE_SKETCH_WIDTH_MIN 64u
+#define DE_SKETCH_WIDTH_MAX (1u << 28)     /* power of two in [MIN, MAX] */
+#define DE_SKETCH_DEPTH_DEFAULT 4u
+#define DE_SKETCH_DEPTH_MAX 16u            /* rows (hash functions), 1..MAX */
+
+/* 32 bytes. Gradients of a key not admitted yet are dropped. mode ALL: every other field
+ * must be 0. COUNT: min_count >= 1, probability 0, sketch sizes as above (0 = default),
+ * reject_value. PROBABILITY: probability in (0, 1], min_count 0 and sketch sizes 0,
+ * reject_value. */
+struct de_wire_admission {
+	uint32_t mode;          /* enum de_wire_admission_mode */
+	uint32_t min_count;     /* COUNT: sightings needed, >= 1 */
+	double probability;     /* PROBABILITY: in (0, 1] */
+	uint32_t sketch_width;  /* COUNT: 0 = DE_SKETCH_WIDTH_DEFAULT */
+	uint32_t sketch_depth;  /* COUNT: 0 = DE_SKETCH_DEPTH_DEFAULT */
+	uint32_t reject_value;  /* enum de_wire_reject_value */
+	uint32_t reserved;      /* must be 0 */
+};
+
+/* Eviction: what to drop when the table is over its budget (implemented later). */
+enum de_wire_eviction_policy {
+	DE_WEVICT_NONE = 0,
+	DE_WEVICT_LRU = 1,         /* least recently used (clock: lru_clock) */
+	DE_WEVICT_LFU = 2,         /* least frequently used, counts halved every lfu_decay steps */
+	DE_WEVICT_TTL = 3,         /* not touched for ttl (ttl_unit); also under budget if set */
+	DE_WEVICT_L2 = 4,          /* smallest L2 norm of the value row */
+};
+enum de_wire_time_unit { DE_WUNIT_STEPS = 0, DE_WUNIT_SECONDS = 1 };
+#define DE_WEVICT_DISK_TIER 0x1u /* de_wire_eviction.flags: evicted rows go to a disk tier
+                                   and come back on their next lookup */
+
+/* 48 bytes. NONE: every field must be 0. LRU, LFU, L2: budget_bytes > 0 (what they keep
+ * the table under). TTL: ttl > 0; budget_bytes may be 0 (time alone). ttl and ttl_unit:
+ * TTL only (else 0); lru_clock: LRU only; lfu_decay: LFU only, finite, >= 0 (0 = counts
+ * never decay). flags: DE_WEVICT_DISK_TIER only, with a policy. */
+struct de_wire_eviction {
+	uint32_t policy;        /* enum de_wire_eviction_policy */
+	uint32_t flags;         /* DE_WEVICT_DISK_TIER */
+	uint64_t budget_bytes;  /* per table (rows + index); 0 = unlimited */
+	uint64_t ttl;           /* TTL: in ttl_unit */
+	uint32_t ttl_unit;      /* enum de_wire_time_unit */
+	uint32_t lru_clock;     /* enum de_wire_time_unit: what "recent" counts in */
+	double lfu_decay;       /* LFU: half-life in steps; 0 = none */
+	uint64_t reserved;      /* must be 0 */
+};
+
+/* Durability of acknowledged updates (uring/: WAL + snapshots; implemented later). */
+enum de_wire_durability_mode {
+	DE_WDURABLE_NONE = 0,    /* snapshots only */
+	DE_WDURABLE_ASYNC = 1,   /* group commit every window_ms: at most that much is lost */
+	DE_WDURABLE_SYNC = 2,    /* a completion is posted after fdatasync */
+};
+#define DE_WINDOW_MS_DEFAULT 10u
+#define DE_WINDOW_MS_MAX 60000u
+
+/* 16 bytes. ASYNC: window_ms 1..DE_WINDOW_MS_MAX (0 = DE_WINDOW_MS_DEFAULT); NONE and
+ * SYNC: window_ms 0. */
+struct de_wire_durability {
+	uint32_t mode;          /* enum de_wire_durability_mode */
+	uint32_t window_ms;
+	uint64_t reserved;      /* must be 0 */
+};
+
+/* 256 bytes: the table's whole learning/persistence config. */
+struct de_wire_learn_config {
+	struct de_wire_optim optim;
+	struct de_wire_admission admission;
+	struct de_wire_eviction eviction;
+	struct de_wire_durability durability;
+	uint64_t reserved[4];   /* must be 0 */
 };
 
 struct de_msg_open {
 	struct de_msg_hdr h;
 	char name[DE_NAME_MAX];
 	struct de_wire_table_config cfg;
+	struct de_wire_learn_config learn;
 };
 
 struct de_msg_open_ok {
@@ -147,28 +297,63 @@ struct de_msg_error {
 };
 
 /* Data plane. */
-enum de_op { DE_OP_NOP = 0, DE_OP_LOOKUP = 1, DE_OP_UPDATE = 2, DE_OP_ERASE = 3, DE_OP_STATS = 4 };
+enum de_op { DE_OP_NOP = 0, DE_OP_LOOKUP = 1, DE_OP_UPDATE = 2, DE_OP_ERASE = 3, DE_OP_STATS = 4,
+	     DE_OP_APPLY_GRADS = 5 };
+#define DE_OP_MAX DE_OP_APPLY_GRADS
 
 #define DE_LOOKUP_CREATE 0x01u /* sqe.flags: create missing keys */
 #define DE_SQE_STATUS 0x02u    /* sqe.flags: write count status bytes at status_off */
+#define DE_GRAD_LR 0x04u       /* sqe.flags, APPLY_GRADS: status_off carries an lr */
+
+/* APPLY_GRADS' lr override travels as the bits of a double in sqe.status_off. */
+static inline uint64_t de_lr_to_wire(double lr)
+{
+	uint64_t u;
+	__builtin_memcpy(&u, &lr, sizeof u);
+	return u;
+}
+static inline double de_lr_from_wire(uint64_t u)
+{
+	double lr;
+	__builtin_memcpy(&lr, &u, sizeof lr);
+	return lr;
+}
 
 struct de_wire_stats {     /* STATS writes this at vals_off */
 	uint64_t keys, rows_allocated, rows_free, row_bytes, index_bytes, arena_bytes;
 	uint64_t segments, splits, dir_doublings, arena_segments;
 	double load_factor;
 	uint32_t dim, key_type;
-	uint64_t reserved[4];
+	/* admission (0 when the table admits every key) */
+	uint64_t admitted, filtered, grads_dropped;
+	/* eviction (0 when the table has no eviction) */
+	uint64_t evicted, evicted_to_tier, restored_from_tier, returned_fresh;
+	uint64_t resident_bytes, budget_bytes;
+	/* persistence (0 for durability none without snapshots) */
+	uint64_t wal_lsn, durable_lsn, snapshots, snapshot_lsn;
+	uint32_t read_only;   /* 1: a failed fsync or write made the table read-only */
+	uint32_t pad;
+	uint64_t reserved[8]; /* 0 */
 };
 
 _Static_assert(sizeof(struct de_msg_hdr) == 16, "layout");
 _Static_assert(sizeof(struct de_msg_hello) == 96, "layout");
 _Static_assert(sizeof(struct de_msg_hello_ok) == 40, "layout");
 _Static_assert(sizeof(struct de_wire_table_config) == 64, "layout");
-_Static_assert(sizeof(struct de_msg_open) == 144, "layout");
+_Static_assert(sizeof(struct de_wire_optim) == 128, "layout");
+_Static_assert(sizeof(struct de_wire_admission) == 32, "layout");
+_Static_assert(sizeof(struct de_wire_eviction) == 48, "layout");
+_Static_assert(sizeof(struct de_wire_durability) == 16, "layout");
+_Static_assert(sizeof(struct de_wire_learn_config) == 256, "layout");
+_Static_assert(offsetof(struct de_wire_learn_config, admission) == 128, "layout");
+_Static_assert(offsetof(struct de_wire_learn_config, eviction) == 160, "layout");
+_Static_assert(offsetof(struct de_wire_learn_config, durability) == 208, "layout");
+_Static_assert(offsetof(struct de_msg_open, learn) == 144, "layout");
+_Static_assert(sizeof(struct de_msg_open) == 400, "layout");
 _Static_assert(sizeof(struct de_msg_open_ok) == 40, "layout");
 _Static_assert(sizeof(struct de_msg_segments) == 24, "layout");
 _Static_assert(sizeof(struct de_msg_segments_ok) == 28, "layout");
 _Static_assert(sizeof(struct de_msg_error) == 264, "layout");
-_Static_assert(sizeof(struct de_wire_stats) == 128, "layout");
+_Static_assert(sizeof(struct de_wire_stats) == 272, "layout");
 
 #endif /* DE_PROTO_H */

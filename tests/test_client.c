@@ -1083,3 +1083,316 @@ Test(untrusted, error_reply_gives_its_errno_and_message, .timeout = TIMEOUT)
 	f.reply.err = 5;
 	cr_assert_eq(fake_connect(&f, 2000), -EPROTO);
 }
+
+/* ---- learn: server-side optimizers through the client ------------------------------ */
+
+static void start_learn(void)
+{
+	static const char *const extra[] = { "--max-batch", "1000", "--workers", "2", NULL };
+	daemon_start(extra);
+}
+
+TestSuite(learn, .init = start_learn, .fini = daemon_stop, .timeout = 60);
+
+static int open_learn(de_client *c, const char *name, uint32_t dim, float init,
+		      const struct de_optim_spec *o, enum de_key_kind kind)
+{
+	struct de_table_spec s = { .name = name, .dim = dim, .init = DE_CONSTANT, .init_a = init,
+				   .seed = 42, .keys = kind, .optim = *o };
+	int t = -1;
+	int err = de_open(c, &s, &t);
+	cr_assert_eq(err, 0, "de_open(%s): %s", name, de_strerror(err));
+	return t;
+}
+
+/* A deterministic generator (xorshift) for key choices and gradients. */
+static uint64_t rng_next(uint64_t *s)
+{
+	*s ^= *s << 13;
+	*s ^= *s >> 7;
+	*s ^= *s << 17;
+	return *s;
+}
+
+/* Reference optimizers, per key, in double, written from the formulas (torch.optim's
+ * Adam; FTRL-Proximal as tf.keras: see src/learn/de_learn.h). */
+struct ref_row {
+	double p[8], a[8], b[8]; /* value; Adam m, v / FTRL n, z */
+	uint64_t t;
+};
+
+static void ref_adam(struct ref_row *r, const double *g, uint32_t dim, double lr)
+{
+	const double b1 = 0.9, b2 = 0.999, eps = 1e-8;
+	r->t++;
+	double bc1 = 1 - pow(b1, (double)r->t), bc2 = 1 - pow(b2, (double)r->t);
+	for (uint32_t j = 0; j < dim; j++) {
+		r->a[j] = b1 * r->a[j] + (1 - b1) * g[j];
+		r->b[j] = b2 * r->b[j] + (1 - b2) * g[j] * g[j];
+		r->p[j] -= lr / bc1 * r->a[j] / (sqrt(r->b[j]) / sqrt(bc2) + eps);
+	}
+}
+
+static void ref_ftrl(struct ref_row *r, const double *g, uint32_t dim, double lr, double l1,
+		     double l2, double init_acc)
+{
+	const double lp = -0.5;
+	if (r->t++ == 0)
+		for (uint32_t j = 0; j < dim; j++) {
+			r->a[j] = init_acc; /* n */
+			r->b[j] = 0;        /* z */
+		}
+	for (uint32_t j = 0; j < dim; j++) {
+		double n = r->a[j], n2 = n + g[j] * g[j];
+		r->b[j] += g[j] - (pow(n2, -lp) - pow(n, -lp)) / lr * r->p[j];
+		r->a[j] = n2;
+		double z = r->b[j];
+		r->p[j] = fabs(z) <= l1 ? 0 : ((z > 0 ? l1 : -l1) - z) / (pow(n2, -lp) / lr + 2 * l2);
+	}
+}
+
+/* 50 steps of batches with duplicate keys from a pool, an lr change at step 25, against
+ * the reference; kind ADAM or FTRL. */
+static void stream_vs_reference(enum de_optim_kind kind)
+{
+	de_client *c = connect_ok();
+	enum { DIM = 4, POOL = 16, BATCH = 24, STEPS = 50 };
+	struct de_optim_spec o;
+	de_optim_spec_defaults(kind, &o);
+	o.lr = kind == DE_OPTIM_ADAM ? 0.01 : 0.1;
+	if (kind == DE_OPTIM_FTRL) {
+		o.l1 = 0.001;
+		o.l2 = 0.01;
+	}
+	const float init = 0.25f;
+	int t = open_learn(c, kind == DE_OPTIM_ADAM ? "adam" : "ftrl", DIM, init, &o, DE_INT64_KEYS);
+	struct ref_row ref[POOL];
+	memset(ref, 0, sizeof ref);
+	for (int k = 0; k < POOL; k++)
+		for (int j = 0; j < DIM; j++)
+			ref[k].p[j] = init;
+	uint64_t s = 0x9e3779b97f4a7c15ull + (uint64_t)kind;
+	for (int step = 0; step < STEPS; step++) {
+		double lr = step < STEPS / 2 ? o.lr : o.lr * 0.3;
+		uint64_t keys[BATCH];
+		float g[BATCH * DIM];
+		double sum[POOL][DIM];
+		bool in[POOL] = { 0 };
+		memset(sum, 0, sizeof sum);
+		for (int i = 0; i < BATCH; i++) {
+			int k = (int)(rng_next(&s) % POOL);
+			keys[i] = 100 + (uint64_t)k;
+			for (int j = 0; j < DIM; j++) {
+				g[i * DIM + j] = (float)((double)(rng_next(&s) % 2001) / 1000.0 - 1.0);
+				sum[k][j] += g[i * DIM + j];
+			}
+			in[k] = true;
+		}
+		size_t applied = 0, want = 0;
+		/* the first half uses the table's lr (lr 0), the second an override */
+		int err = de_apply_gradients(c, t, keys, BATCH, g, (uint64_t)step,
+					     step < STEPS / 2 ? 0 : lr, &applied);
+		cr_assert_eq(err, 0, "%s", de_strerror(err));
+		for (int k = 0; k < POOL; k++) {
+			if (!in[k])
+				continue;
+			want++;
+			if (kind == DE_OPTIM_ADAM)
+				ref_adam(&ref[k], sum[k], DIM, lr);
+			else
+				ref_ftrl(&ref[k], sum[k], DIM, lr, o.l1, o.l2, o.initial_accumulator_value);
+		}
+		cr_assert_eq(applied, want, "distinct keys stepped");
+	}
+	uint64_t keys[POOL];
+	for (int k = 0; k < POOL; k++)
+		keys[k] = 100 + (uint64_t)k;
+	float out[POOL * DIM];
+	cr_assert_eq(de_lookup(c, t, keys, POOL, out, NULL, DE_READONLY, 0), 0);
+	for (int k = 0; k < POOL; k++)
+		for (int j = 0; j < DIM; j++)
+			cr_assert(fabs(out[k * DIM + j] - ref[k].p[j]) <= 1e-5,
+				  "key %d col %d: %.9g vs reference %.9g", k, j, out[k * DIM + j],
+				  ref[k].p[j]);
+	de_close(c);
+}
+
+Test(learn, adam_stream_matches_reference) { stream_vs_reference(DE_OPTIM_ADAM); }
+Test(learn, ftrl_stream_matches_reference) { stream_vs_reference(DE_OPTIM_FTRL); }
+
+/* 5000 gradients over 50 keys (max batch 1000: the call is split): each key is still
+ * stepped once with the sum. SGD lr 1 from zeros with integer gradients is exact. */
+Test(learn, split_batch_steps_each_key_once)
+{
+	de_client *c = connect_ok();
+	enum { DIM = 3, N = 5000, K = 50 };
+	struct de_optim_spec o;
+	de_optim_spec_defaults(DE_OPTIM_SGD, &o);
+	o.lr = 1;
+	int t = open_learn(c, "split", DIM, 0, &o, DE_INT64_KEYS);
+	int ts = open_learn(c, "splits", DIM, 0, &o, DE_STRING_KEYS);
+	uint64_t *k = malloc(N * sizeof *k);
+	float *g = malloc(N * DIM * sizeof *g);
+	const char **sk = malloc(N * sizeof *sk);
+	static char names[K][16];
+	double want[K][DIM];
+	memset(want, 0, sizeof want);
+	for (int i = 0; i < K; i++)
+		snprintf(names[i], sizeof names[i], "w%d", i);
+	for (int i = 0; i < N; i++) {
+		int key = (i * 7) % K;
+		k[i] = 1 + (uint64_t)key;
+		sk[i] = names[key];
+		for (int j = 0; j < DIM; j++) {
+			g[i * DIM + j] = (float)((i + j) % 5) - 2.0f;
+			want[key][j] -= g[i * DIM + j];
+		}
+	}
+	size_t applied = 0;
+	int err = de_apply_gradients(c, t, k, N, g, 1, 0, &applied);
+	cr_assert_eq(err, 0, "%s", de_strerror(err));
+	cr_assert_eq(applied, (size_t)K);
+	err = de_apply_gradients_str(c, ts, sk, NULL, N, g, 1, 0, &applied);
+	cr_assert_eq(err, 0, "%s", de_strerror(err));
+	cr_assert_eq(applied, (size_t)K);
+	float out[K * DIM], outs[K * DIM];
+	cr_assert_eq(de_lookup(c, t, k, K, out, NULL, DE_READONLY, 0), 0);
+	cr_assert_eq(de_lookup_str(c, ts, sk, NULL, K, outs, NULL, DE_READONLY, 0), 0);
+	for (int i = 0; i < K; i++)
+		for (int j = 0; j < DIM; j++) {
+			int key = (i * 7) % K;
+			cr_assert_eq(out[i * DIM + j], (float)want[key][j], "key %d", key);
+			cr_assert_eq(outs[i * DIM + j], (float)want[key][j], "string key %d", key);
+		}
+	free(k), free(g), free(sk);
+	de_close(c);
+}
+
+struct pusher {
+	const char *sock;
+	int rounds, id, err;
+};
+
+static void *push_main(void *arg)
+{
+	struct pusher *p = arg;
+	de_client *c = NULL;
+	p->err = de_connect(p->sock, NULL, &c);
+	if (p->err)
+		return NULL;
+	struct de_table_spec s = { .name = "shared_sgd", .dim = 4, .seed = 42,
+				   .optim = { .kind = DE_OPTIM_SGD, .lr = 1 } };
+	int t;
+	p->err = de_open(c, &s, &t);
+	uint64_t keys[64];
+	float g[64 * 4];
+	for (int i = 0; i < 64; i++)
+		keys[i] = 1 + (uint64_t)i;
+	for (int r = 0; !p->err && r < p->rounds; r++) {
+		for (int i = 0; i < 64 * 4; i++)
+			g[i] = (float)(((r + i) % 3) + p->id); /* integers: exact sums */
+		p->err = de_apply_gradients(c, t, keys, 64, g, (uint64_t)r, 0, NULL);
+	}
+	de_close(c);
+	return NULL;
+}
+
+/* Two trainers (threads with a client each; two workers) push to the same 64 rows at
+ * once: the rows end with the exact sum of every step. */
+Test(learn, concurrent_trainers_lose_no_step)
+{
+	enum { ROUNDS = 400 };
+	struct pusher p[2] = { { d_sock, ROUNDS, 1, 0 }, { d_sock, ROUNDS, 2, 0 } };
+	pthread_t th[2];
+	for (int i = 0; i < 2; i++)
+		cr_assert_eq(pthread_create(&th[i], NULL, push_main, &p[i]), 0);
+	for (int i = 0; i < 2; i++) {
+		pthread_join(th[i], NULL);
+		cr_assert_eq(p[i].err, 0, "trainer %d: %s", i, de_strerror(p[i].err));
+	}
+	de_client *c = connect_ok();
+	struct de_table_spec s = { .name = "shared_sgd", .dim = 4, .seed = 42,
+				   .optim = { .kind = DE_OPTIM_SGD, .lr = 1 } };
+	int t;
+	cr_assert_eq(de_open(c, &s, &t), 0);
+	uint64_t keys[64];
+	float out[64 * 4];
+	for (int i = 0; i < 64; i++)
+		keys[i] = 1 + (uint64_t)i;
+	cr_assert_eq(de_lookup(c, t, keys, 64, out, NULL, DE_READONLY, 0), 0);
+	for (int i = 0; i < 64 * 4; i++) {
+		double want = 0;
+		for (int id = 1; id <= 2; id++)
+			for (int r = 0; r < ROUNDS; r++)
+				want -= ((r + i) % 3) + id;
+		cr_assert_eq(out[i], (float)want, "element %d: %g vs %g", i, out[i], want);
+	}
+	de_close(c);
+}
+
+Test(learn, errors_and_async)
+{
+	de_client *c = connect_ok();
+	struct de_optim_spec o;
+	de_optim_spec_defaults(DE_OPTIM_SGD, &o);
+	o.lr = 0.5;
+	int t = open_learn(c, "e", 2, 1.0f, &o, DE_INT64_KEYS);
+	int tn = open_ok(c, "plain", 2, DE_ZEROS, 0, DE_INT64_KEYS);
+	uint64_t k[2] = { 3, 4 };
+	float g[4] = { 1, 2, 3, NAN };
+	size_t applied = 9;
+	cr_assert_eq(de_apply_gradients(c, t, k, 2, g, 1, 0, &applied), -EINVAL, "non-finite");
+	cr_assert_eq(applied, 0u);
+	g[3] = 4;
+	cr_assert_eq(de_apply_gradients(c, t, k, 2, g, 1, NAN, NULL), -EINVAL, "lr NaN");
+	cr_assert_eq(de_apply_gradients(c, t, k, 2, g, 1, INFINITY, NULL), -EINVAL, "lr inf");
+	cr_assert_eq(de_apply_gradients(c, t, k, 2, NULL, 1, 0, NULL), -EINVAL);
+	cr_assert_eq(de_apply_gradients(c, tn, k, 2, g, 1, 0, NULL), -EOPNOTSUPP);
+	cr_assert_not_null(strstr(de_strerror(-EOPNOTSUPP), "optimizer"));
+	const char *sk[1] = { "x" };
+	cr_assert_eq(de_apply_gradients_str(c, t, sk, NULL, 1, g, 1, 0, NULL), -EINVAL, "key type");
+	float out[4];
+	uint8_t st[2];
+	cr_assert_eq(de_lookup(c, t, k, 2, out, st, DE_READONLY, 0), 0);
+	cr_assert_eq(st[0], DE_ST_MISSING, "nothing applied");
+	cr_assert_eq(st[1], DE_ST_MISSING);
+
+	/* async: lr override 0.25 */
+	uint64_t req;
+	cr_assert_eq(de_submit_apply_gradients(c, t, k, 2, g, 1, 0.25, &req), 0);
+	cr_assert_eq(de_complete(c, req, -1), 0);
+	uint64_t cnt = 0, aux = 0;
+	cr_assert_eq(de_request_counts(c, req, &cnt, &aux), 0);
+	cr_assert_eq(cnt, 2u);
+	cr_assert_eq(aux, 2u, "created");
+	cr_assert_null(de_request_vals(c, req), "no values for gradients");
+	cr_assert_eq(de_lookup(c, t, k, 2, out, NULL, DE_READONLY, 0), 0);
+	for (int i = 0; i < 4; i++)
+		cr_assert_eq(out[i], 1.0f - 0.25f * g[i]);
+	uint64_t *big = calloc(1001, 8);
+	float *bg = calloc(1001 * 2, 4);
+	cr_assert_eq(de_submit_apply_gradients(c, t, big, 1001, bg, 1, 0, &req), -E2BIG);
+	g[0] = INFINITY;
+	cr_assert_eq(de_submit_apply_gradients(c, t, k, 2, g, 1, 0, &req), -EINVAL);
+	free(big), free(bg);
+
+	/* spec errors: out-of-range enums here, bad values by the daemon, with its reason */
+	struct de_table_spec s = { .name = "bad", .dim = 2, .optim = o };
+	s.optim.kind = (enum de_optim_kind)42;
+	int tb;
+	cr_assert_eq(de_open(c, &s, &tb), -EINVAL);
+	s.optim = o;
+	s.admission.mode = DE_ADMISSION_PROBABILITY;
+	s.admission.probability = 2;
+	cr_assert_eq(de_open(c, &s, &tb), -EINVAL);
+	cr_assert_not_null(strstr(de_strerror(-EINVAL), "(0, 1]"), "%s", de_strerror(-EINVAL));
+	s.admission = (struct de_admission_spec){ 0 };
+	s.eviction = (struct de_eviction_spec){ .policy = DE_EVICTION_LFU, .budget_bytes = 1 << 20,
+						 .lfu_decay = 1000, .disk_tier = true };
+	s.durability = (struct de_durability_spec){ .mode = DE_DURABLE_SYNC };
+	cr_assert_eq(de_open(c, &s, &tb), 0, "%s", de_strerror(-EINVAL));
+	s.durability.mode = DE_DURABLE_ASYNC;
+	cr_assert_eq(de_open(c, &s, &tb), -EEXIST);
+	cr_assert_not_null(strstr(de_strerror(-EEXIST), "durability.mode"), "%s", de_strerror(-EEXIST));
+	de_close(c);
+}

@@ -5,6 +5,10 @@
  * against values computed here. The daemon binary comes from $DYNEMBD (meson sets it to
  * the built path), else /tmp/dynembd.
  *
+ * The suite "learn" checks the learning config of OPEN (every validation failure, the
+ * -EEXIST rules, nslots derived from the optimizer) and APPLY_GRADS (results against an
+ * SGD and an Adagrad computed here; every rejected descriptor).
+ *
  * The suite "keystore" links the daemon's registry (src/server/tables.c) directly and
  * unit-tests the string-key store: keep a key's string, fetch it back.
  *
@@ -17,6 +21,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <linux/futex.h>
+#include <math.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdint.h>
@@ -288,16 +293,19 @@ static struct de_wire_table_config int_cfg(uint32_t dim, float init)
 					      .seed = 42, .key_type = DE_KEYS_INT64 };
 }
 
-/* OPEN: the table id (>= 0) or the daemon's negative error. fds: segment fds (closed
- * unless the caller passes somewhere to keep them). */
-static int cli_open(struct cli *c, const char *name, const struct de_wire_table_config *cfg,
-		    int *fds, unsigned *nfds)
+/* OPEN with a learning config (NULL: all zeros): the table id (>= 0) or the daemon's
+ * negative error. fds: segment fds (closed unless the caller passes somewhere to keep
+ * them). */
+static int cli_open_learn(struct cli *c, const char *name, const struct de_wire_table_config *cfg,
+			  const struct de_wire_learn_config *learn, int *fds, unsigned *nfds)
 {
 	struct de_msg_open m;
 	memset(&m, 0, sizeof m);
 	hdr(&m.h, DE_MSG_OPEN, sizeof m, ++c->seq);
 	snprintf(m.name, sizeof m.name, "%s", name);
 	m.cfg = *cfg;
+	if (learn)
+		m.learn = *learn;
 	if (send_raw(c->sock, &m, sizeof m, -1))
 		return -EIO;
 	char buf[DE_MSG_MAX];
@@ -326,6 +334,12 @@ static int cli_open(struct cli *c, const char *name, const struct de_wire_table_
 	cr_assert_eq(ok->dim, cfg->dim);
 	cr_assert_eq(ok->nsegments, nf ? nf : ok->nsegments);
 	return ok->table_id;
+}
+
+static int cli_open(struct cli *c, const char *name, const struct de_wire_table_config *cfg,
+		    int *fds, unsigned *nfds)
+{
+	return cli_open_learn(c, name, cfg, NULL, fds, nfds);
 }
 
 /* Submit one descriptor and wait for its completion. */
@@ -572,7 +586,9 @@ Test(keystore, keep_and_fetch, .timeout = 20)
 	cr_assert_eq(srv_wire_config_normalize(&cfg, msg, sizeof msg), 0);
 	struct srv_table *t;
 	bool created;
-	cr_assert_eq(srv_registry_open(&r, "s", &cfg, &t, &created, msg, sizeof msg), 0, "%s", msg);
+	struct de_wire_learn_config none = { 0 };
+	cr_assert_eq(srv_registry_open(&r, "s", &cfg, &none, &t, &created, msg, sizeof msg), 0,
+		     "%s", msg);
 	cr_assert(created);
 	char s[300];
 	for (int i = 0; i < 2000; i++) {
@@ -602,17 +618,17 @@ Test(keystore, keep_and_fetch, .timeout = 20)
 
 	/* same name: same config shares, another config is -EEXIST naming the field */
 	struct srv_table *t2;
-	cr_assert_eq(srv_registry_open(&r, "s", &cfg, &t2, &created, msg, sizeof msg), 0);
+	cr_assert_eq(srv_registry_open(&r, "s", &cfg, &none, &t2, &created, msg, sizeof msg), 0);
 	cr_assert_eq(t2, t);
 	cr_assert_not(created);
 	struct de_wire_table_config other = cfg;
 	other.seed = 7;
-	cr_assert_eq(srv_registry_open(&r, "s", &other, &t2, &created, msg, sizeof msg), -EEXIST);
+	cr_assert_eq(srv_registry_open(&r, "s", &other, &none, &t2, &created, msg, sizeof msg), -EEXIST);
 	cr_assert_not_null(strstr(msg, "seed"), "%s", msg);
 	/* int tables keep no strings */
 	struct de_wire_table_config ic = int_cfg(4, 0);
 	cr_assert_eq(srv_wire_config_normalize(&ic, msg, sizeof msg), 0);
-	cr_assert_eq(srv_registry_open(&r, "i", &ic, &t2, &created, msg, sizeof msg), 0);
+	cr_assert_eq(srv_registry_open(&r, "i", &ic, &none, &t2, &created, msg, sizeof msg), 0);
 	cr_assert_eq(srv_table_key_string(t2, 1, got, sizeof got, &len), -EINVAL);
 	srv_registry_destroy(&r);
 }
@@ -1167,6 +1183,417 @@ Test(daemon, worker_full, .timeout = 20)
 	for (unsigned i = 0; i < SRV_MAX_CLIENTS_PER_WORKER; i++)
 		if (i != 5)
 			cli_close(&c[i]);
+	cr_assert_eq(dmn_stop(&d), 0);
+	dmn_cleanup(&d);
+}
+
+/* ---- learning config and APPLY_GRADS ------------------------------------------------ */
+
+/* torch's Adam defaults, written here (not taken from the library under test). */
+static struct de_wire_learn_config adam_cfg(double lr)
+{
+	return (struct de_wire_learn_config){ .optim = { .kind = DE_WOPT_ADAM, .lr = lr,
+		.beta1 = 0.9, .beta2 = 0.999, .eps = 1e-8 } };
+}
+
+static struct de_wire_learn_config sgd_cfg(double lr)
+{
+	return (struct de_wire_learn_config){ .optim = { .kind = DE_WOPT_SGD, .lr = lr } };
+}
+
+/* OPEN with learn must fail with -EINVAL and a message containing want; the connection
+ * stays usable. */
+static void open_bad(struct cli *c, const struct de_wire_table_config *cfg,
+		     const struct de_wire_learn_config *l, const char *want)
+{
+	c->msg[0] = 0;
+	int r = cli_open_learn(c, "bad", cfg, l, NULL, NULL);
+	cr_assert_eq(r, -EINVAL, "expected -EINVAL (%s), got %d: %s", want, r, c->msg);
+	cr_assert_not_null(strstr(c->msg, want), "message '%s' should name '%s'", c->msg, want);
+}
+
+Test(learn, config_validation, .timeout = 20)
+{
+	struct dmn d;
+	dmn_start(&d, NULL);
+	struct cli c;
+	cr_assert_eq(cli_hello(&c, d.sock), 0);
+	struct de_wire_table_config tc = int_cfg(4, 0);
+	struct de_wire_learn_config l;
+
+	/* optimizer */
+	l = adam_cfg(0.01); l.optim.kind = 9;                 open_bad(&c, &tc, &l, "optimizer.kind");
+	l = adam_cfg(0.01); l.optim.kind = 0xffffffffu;       open_bad(&c, &tc, &l, "optimizer.kind");
+	l = adam_cfg(-0.1);                                   open_bad(&c, &tc, &l, "lr");
+	l = adam_cfg(NAN);                                    open_bad(&c, &tc, &l, "lr");
+	l = adam_cfg(0.01); l.optim.beta1 = 1.0;              open_bad(&c, &tc, &l, "betas");
+	l = adam_cfg(0.01); l.optim.beta2 = -0.5;             open_bad(&c, &tc, &l, "betas");
+	l = adam_cfg(0.01); l.optim.eps = INFINITY;           open_bad(&c, &tc, &l, "eps");
+	l = adam_cfg(0.01); l.optim.weight_decay = -1;        open_bad(&c, &tc, &l, "weight_decay");
+	l = adam_cfg(0.01); l.optim.centered = 2;             open_bad(&c, &tc, &l, "centered");
+	l = adam_cfg(0.01); l.optim.reserved[1] = 1;          open_bad(&c, &tc, &l, "optimizer.reserved");
+	l = (struct de_wire_learn_config){ .optim = { .kind = DE_WOPT_NESTEROV, .lr = 0.1 } };
+	open_bad(&c, &tc, &l, "nesterov");                    /* momentum 0 */
+	l = (struct de_wire_learn_config){ .optim = { .kind = DE_WOPT_FTRL, .lr = 0 } };
+	open_bad(&c, &tc, &l, "ftrl");                        /* FTRL needs lr > 0 */
+	l = (struct de_wire_learn_config){ .optim = { .lr = 0.1 } };
+	open_bad(&c, &tc, &l, "optimizer none");              /* hyperparameters without kind */
+	/* too few slots: Adam needs 2 */
+	struct de_wire_table_config t1 = tc;
+	t1.nslots = 1;
+	l = adam_cfg(0.01);                                   open_bad(&c, &t1, &l, "needs 2 slots");
+	/* admission */
+	l = sgd_cfg(0.1); l.admission.mode = 3;               open_bad(&c, &tc, &l, "admission.mode");
+	l = sgd_cfg(0.1); l.admission.mode = DE_WADMIT_COUNT;  open_bad(&c, &tc, &l, "min_count");
+	l = sgd_cfg(0.1); l.admission = (struct de_wire_admission){ .mode = DE_WADMIT_COUNT,
+		.min_count = 3, .sketch_width = 1000 };       open_bad(&c, &tc, &l, "sketch_width");
+	l = sgd_cfg(0.1); l.admission = (struct de_wire_admission){ .mode = DE_WADMIT_COUNT,
+		.min_count = 3, .sketch_width = 1u << 29 };   open_bad(&c, &tc, &l, "sketch_width");
+	l = sgd_cfg(0.1); l.admission = (struct de_wire_admission){ .mode = DE_WADMIT_COUNT,
+		.min_count = 3, .sketch_depth = 17 };         open_bad(&c, &tc, &l, "sketch_depth");
+	l = sgd_cfg(0.1); l.admission = (struct de_wire_admission){ .mode = DE_WADMIT_COUNT,
+		.min_count = 3, .probability = 0.5 };         open_bad(&c, &tc, &l, "probability");
+	l = sgd_cfg(0.1); l.admission = (struct de_wire_admission){ .mode = DE_WADMIT_PROBABILITY,
+		.probability = 0 };                           open_bad(&c, &tc, &l, "(0, 1]");
+	l = sgd_cfg(0.1); l.admission = (struct de_wire_admission){ .mode = DE_WADMIT_PROBABILITY,
+		.probability = 1.5 };                         open_bad(&c, &tc, &l, "(0, 1]");
+	l = sgd_cfg(0.1); l.admission = (struct de_wire_admission){ .mode = DE_WADMIT_PROBABILITY,
+		.probability = NAN };                         open_bad(&c, &tc, &l, "(0, 1]");
+	l = sgd_cfg(0.1); l.admission = (struct de_wire_admission){ .mode = DE_WADMIT_PROBABILITY,
+		.probability = 0.5, .min_count = 2 };         open_bad(&c, &tc, &l, "min_count");
+	l = sgd_cfg(0.1); l.admission = (struct de_wire_admission){ .mode = DE_WADMIT_COUNT,
+		.min_count = 2, .reject_value = 2 };          open_bad(&c, &tc, &l, "reject_value");
+	l = sgd_cfg(0.1); l.admission.reject_value = 1;      open_bad(&c, &tc, &l, "admission none");
+	/* eviction */
+	l = sgd_cfg(0.1); l.eviction.policy = 5;              open_bad(&c, &tc, &l, "eviction.policy");
+	l = sgd_cfg(0.1); l.eviction.budget_bytes = 1 << 20;  open_bad(&c, &tc, &l, "eviction none");
+	l = sgd_cfg(0.1); l.eviction.policy = DE_WEVICT_LRU;   open_bad(&c, &tc, &l, "budget_bytes");
+	l = sgd_cfg(0.1); l.eviction = (struct de_wire_eviction){ .policy = DE_WEVICT_TTL };
+	open_bad(&c, &tc, &l, "ttl must be > 0");
+	l = sgd_cfg(0.1); l.eviction = (struct de_wire_eviction){ .policy = DE_WEVICT_LRU,
+		.budget_bytes = 1 << 20, .ttl = 5 };          open_bad(&c, &tc, &l, "policy ttl only");
+	l = sgd_cfg(0.1); l.eviction = (struct de_wire_eviction){ .policy = DE_WEVICT_TTL,
+		.ttl = 5, .ttl_unit = 2 };                    open_bad(&c, &tc, &l, "ttl_unit");
+	l = sgd_cfg(0.1); l.eviction = (struct de_wire_eviction){ .policy = DE_WEVICT_TTL,
+		.ttl = 5, .lru_clock = 1 };                   open_bad(&c, &tc, &l, "lru_clock");
+	l = sgd_cfg(0.1); l.eviction = (struct de_wire_eviction){ .policy = DE_WEVICT_LFU,
+		.budget_bytes = 1 << 20, .lfu_decay = -1 };   open_bad(&c, &tc, &l, "lfu_decay");
+	l = sgd_cfg(0.1); l.eviction = (struct de_wire_eviction){ .policy = DE_WEVICT_LFU,
+		.budget_bytes = 1 << 20, .lfu_decay = INFINITY }; open_bad(&c, &tc, &l, "lfu_decay");
+	l = sgd_cfg(0.1); l.eviction = (struct de_wire_eviction){ .policy = DE_WEVICT_L2,
+		.budget_bytes = 1 << 20, .lfu_decay = 3 };    open_bad(&c, &tc, &l, "lfu_decay");
+	l = sgd_cfg(0.1); l.eviction = (struct de_wire_eviction){ .policy = DE_WEVICT_L2,
+		.budget_bytes = 1 << 20, .flags = 2 };        open_bad(&c, &tc, &l, "flags");
+	l = sgd_cfg(0.1); l.eviction = (struct de_wire_eviction){ .policy = DE_WEVICT_L2,
+		.budget_bytes = 1 << 20, .reserved = 1 };     open_bad(&c, &tc, &l, "eviction.reserved");
+	/* durability */
+	l = sgd_cfg(0.1); l.durability.mode = 3;              open_bad(&c, &tc, &l, "durability.mode");
+	l = sgd_cfg(0.1); l.durability.window_ms = 5;         open_bad(&c, &tc, &l, "async only");
+	l = sgd_cfg(0.1); l.durability = (struct de_wire_durability){ .mode = DE_WDURABLE_SYNC,
+		.window_ms = 5 };                             open_bad(&c, &tc, &l, "async only");
+	l = sgd_cfg(0.1); l.durability = (struct de_wire_durability){ .mode = DE_WDURABLE_ASYNC,
+		.window_ms = 60001 };                         open_bad(&c, &tc, &l, "window_ms");
+	l = sgd_cfg(0.1); l.reserved[3] = 1;                  open_bad(&c, &tc, &l, "reserved[3]");
+
+	/* every valid combination of the defined modes opens */
+	l = (struct de_wire_learn_config){
+		.optim = { .kind = DE_WOPT_FTRL, .lr = 0.05, .lr_power = -0.5,
+			   .initial_accumulator_value = 0.1, .l1 = 0.01 },
+		.admission = { .mode = DE_WADMIT_COUNT, .min_count = 3, .reject_value = DE_WREJECT_ZEROS },
+		.eviction = { .policy = DE_WEVICT_TTL, .ttl = 3600, .ttl_unit = DE_WUNIT_SECONDS,
+			      .flags = DE_WEVICT_DISK_TIER },
+		.durability = { .mode = DE_WDURABLE_ASYNC, .window_ms = 20 } };
+	cr_assert_geq(cli_open_learn(&c, "good", &tc, &l, NULL, NULL), 0, "%s", c.msg);
+	nop_ok(&c);
+	cli_close(&c);
+	cr_assert_eq(dmn_stop(&d), 0);
+	dmn_cleanup(&d);
+}
+
+Test(learn, config_sharing, .timeout = 20)
+{
+	struct dmn d;
+	dmn_start(&d, NULL);
+	struct cli a, b;
+	cr_assert_eq(cli_hello(&a, d.sock), 0);
+	cr_assert_eq(cli_hello(&b, d.sock), 0);
+	struct de_wire_table_config tc = int_cfg(4, 0); /* nslots 0: derived (Adam: 2) */
+	struct de_wire_learn_config l = adam_cfg(0.01);
+	l.admission = (struct de_wire_admission){ .mode = DE_WADMIT_COUNT, .min_count = 2 };
+	l.durability.mode = DE_WDURABLE_ASYNC;
+	int ta = cli_open_learn(&a, "t", &tc, &l, NULL, NULL);
+	cr_assert_geq(ta, 0, "%s", a.msg);
+	/* the defaults spelled out, and nslots 2 spelled out: the same config */
+	struct de_wire_learn_config l2 = l;
+	l2.admission.sketch_width = DE_SKETCH_WIDTH_DEFAULT;
+	l2.admission.sketch_depth = DE_SKETCH_DEPTH_DEFAULT;
+	l2.durability.window_ms = DE_WINDOW_MS_DEFAULT;
+	struct de_wire_table_config tc2 = tc;
+	tc2.nslots = 2;
+	cr_assert_geq(cli_open_learn(&b, "t", &tc2, &l2, NULL, NULL), 0, "%s", b.msg);
+	/* each differing field is named */
+	struct { const char *field; void (*edit)(struct de_wire_learn_config *); } cases[] = {
+		{ "optimizer.lr", NULL }, { "optimizer.kind", NULL }, { "optimizer.beta2", NULL },
+		{ "admission.min_count", NULL }, { "admission.sketch_depth", NULL },
+		{ "eviction.policy", NULL }, { "durability.mode", NULL },
+		{ "durability.window_ms", NULL },
+	};
+	for (unsigned i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+		struct de_wire_learn_config x = l;
+		struct de_wire_table_config xt = tc;
+		switch (i) {
+		case 0: x.optim.lr = 0.02; break;
+		case 1: x.optim.kind = DE_WOPT_ADAMW; break;
+		case 2: x.optim.beta2 = 0.99; break;
+		case 3: x.admission.min_count = 3; break;
+		case 4: x.admission.sketch_depth = 2; break;
+		case 5: x.eviction = (struct de_wire_eviction){ .policy = DE_WEVICT_L2,
+							       .budget_bytes = 1 << 30 }; break;
+		case 6: x.durability = (struct de_wire_durability){ .mode = DE_WDURABLE_SYNC }; break;
+		default: x.durability.window_ms = 11; break;
+		}
+		b.msg[0] = 0;
+		cr_assert_eq(cli_open_learn(&b, "t", &xt, &x, NULL, NULL), -EEXIST, "%s", cases[i].field);
+		cr_assert_not_null(strstr(b.msg, cases[i].field), "'%s' names %s", b.msg, cases[i].field);
+	}
+	/* more slots than Adam needs: another table config (nslots) */
+	tc2.nslots = 3;
+	cr_assert_eq(cli_open_learn(&b, "t", &tc2, &l, NULL, NULL), -EEXIST);
+	cr_assert_not_null(strstr(b.msg, "nslots"), "%s", b.msg);
+	/* a table without an optimizer (same nslots) is another config too */
+	tc2.nslots = 2;
+	cr_assert_eq(cli_open(&b, "t", &tc2, NULL, NULL), -EEXIST);
+	cr_assert_not_null(strstr(b.msg, "optimizer.kind"), "%s", b.msg);
+	cli_close(&a);
+	cli_close(&b);
+	cr_assert_eq(dmn_stop(&d), 0);
+	dmn_cleanup(&d);
+}
+
+static struct de_sqe grad_sqe(uint16_t table, uint32_t n, uint32_t dim, uint64_t step)
+{
+	struct de_sqe e = int_sqe(DE_OP_APPLY_GRADS, 0, table, n, dim);
+	e.status_off = 0;
+	e.arg = step;
+	return e;
+}
+
+/* Read n rows (dim 4) without creating. */
+static void read_rows(struct cli *c, int t, const uint64_t *k, uint32_t n, float *out)
+{
+	put_keys(c, k, n);
+	struct de_sqe e = int_sqe(DE_OP_LOOKUP, 0, (uint16_t)t, n, 4);
+	struct de_cqe q = cli_do(c, &e);
+	cr_assert_eq(q.res, 0);
+	memcpy(out, vals(c), 16ull * n);
+}
+
+Test(learn, apply_grads_sgd_and_adagrad, .timeout = 20)
+{
+	struct dmn d;
+	dmn_start(&d, NULL);
+	struct cli c;
+	cr_assert_eq(cli_hello(&c, d.sock), 0);
+	/* SGD lr 0.5 on constant 1.0 rows: p -= lr * (sum of the key's gradients) */
+	struct de_wire_table_config tc = int_cfg(4, 1.0f);
+	struct de_wire_learn_config l = sgd_cfg(0.5);
+	int t = cli_open_learn(&c, "sgd", &tc, &l, NULL, NULL);
+	cr_assert_geq(t, 0, "%s", c.msg);
+	uint64_t keys[5] = { 10, 11, 10, 0, 12 };
+	float g[5 * 4];
+	for (int i = 0; i < 20; i++)
+		g[i] = (float)(i % 7) - 3.0f;
+	double ref[3][4];
+	for (int j = 0; j < 4; j++) {
+		ref[0][j] = 1.0 - 0.5 * ((double)g[j] + g[8 + j]); /* key 10 twice */
+		ref[1][j] = 1.0 - 0.5 * g[4 + j];
+		ref[2][j] = 1.0 - 0.5 * g[16 + j];                 /* key 0 is ignored */
+	}
+	put_keys(&c, keys, 5);
+	memcpy(vals(&c), g, sizeof g);
+	struct de_sqe e = grad_sqe((uint16_t)t, 5, 4, 3);
+	struct de_cqe q = cli_do(&c, &e);
+	cr_assert_eq(q.res, 0);
+	cr_assert_eq(q.count, 3u, "distinct keys stepped");
+	cr_assert_eq(q.aux0, 3u, "created");
+	uint64_t u[3] = { 10, 11, 12 };
+	float got[12];
+	read_rows(&c, t, u, 3, got);
+	for (int i = 0; i < 3; i++)
+		for (int j = 0; j < 4; j++)
+			cr_assert_float_eq(got[i * 4 + j], ref[i][j], 1e-6, "row %d col %d", i, j);
+	/* an lr override (0.25) for one request: nothing created this time */
+	put_keys(&c, u, 3);
+	for (int i = 0; i < 12; i++)
+		vals(&c)[i] = 1.0f;
+	e = grad_sqe((uint16_t)t, 3, 4, 4);
+	e.flags = DE_GRAD_LR;
+	e.status_off = de_lr_to_wire(0.25);
+	q = cli_do(&c, &e);
+	cr_assert_eq(q.res, 0);
+	cr_assert_eq(q.count, 3u);
+	cr_assert_eq(q.aux0, 0u);
+	read_rows(&c, t, u, 3, got);
+	for (int i = 0; i < 3; i++)
+		for (int j = 0; j < 4; j++)
+			cr_assert_float_eq(got[i * 4 + j], ref[i][j] - 0.25, 1e-6);
+
+	/* Adagrad (torch: s += g^2; p -= lr * g / (sqrt(s) + eps)), 3 steps of one key */
+	struct de_wire_learn_config la = { .optim = { .kind = DE_WOPT_ADAGRAD, .lr = 0.1,
+						      .eps = 1e-10 } };
+	int ta = cli_open_learn(&c, "adagrad", &tc, &la, NULL, NULL);
+	cr_assert_geq(ta, 0, "%s", c.msg);
+	double p[4] = { 1, 1, 1, 1 }, s[4] = { 0 };
+	uint64_t k = 77;
+	for (int st = 0; st < 3; st++) {
+		float gg[4];
+		for (int j = 0; j < 4; j++) {
+			gg[j] = (float)(0.5 * (j + 1) * (st % 2 ? -1 : 1));
+			s[j] += (double)gg[j] * gg[j];
+			p[j] -= 0.1 * gg[j] / (sqrt(s[j]) + 1e-10);
+		}
+		put_keys(&c, &k, 1);
+		memcpy(vals(&c), gg, sizeof gg);
+		e = grad_sqe((uint16_t)ta, 1, 4, (uint64_t)st);
+		q = cli_do(&c, &e);
+		cr_assert_eq(q.res, 0);
+	}
+	read_rows(&c, ta, &k, 1, got);
+	for (int j = 0; j < 4; j++)
+		cr_assert_float_eq(got[j], p[j], 1e-5, "adagrad col %d: %g vs %g", j, got[j], p[j]);
+	cli_close(&c);
+	cr_assert_eq(dmn_stop(&d), 0);
+	dmn_cleanup(&d);
+}
+
+Test(learn, apply_grads_rejects, .timeout = 20)
+{
+	struct dmn d;
+	dmn_start(&d, NULL);
+	struct cli c;
+	cr_assert_eq(cli_hello(&c, d.sock), 0);
+	struct de_wire_table_config tc = int_cfg(4, 1.0f);
+	struct de_wire_learn_config l = sgd_cfg(0.5);
+	int t = cli_open_learn(&c, "sgd", &tc, &l, NULL, NULL);
+	cr_assert_geq(t, 0, "%s", c.msg);
+	int tn = cli_open(&c, "plain", &tc, NULL, NULL);
+	cr_assert_geq(tn, 0);
+	uint64_t keys[2] = { 5, 6 };
+	float g[8] = { 1, 1, 1, 1, 1, 1, 1, 1 };
+	struct de_sqe e;
+	struct de_cqe q;
+
+	/* a non-finite gradient anywhere rejects the whole batch: key 5 is not even created */
+	float bad_vals[3] = { NAN, INFINITY, -INFINITY };
+	for (int b = 0; b < 3; b++) {
+		put_keys(&c, keys, 2);
+		memcpy(vals(&c), g, sizeof g);
+		vals(&c)[7] = bad_vals[b];
+		e = grad_sqe((uint16_t)t, 2, 4, 1);
+		q = cli_do(&c, &e);
+		cr_assert_eq(q.res, -EINVAL);
+	}
+	put_keys(&c, keys, 2);
+	e = int_sqe(DE_OP_LOOKUP, DE_SQE_STATUS, (uint16_t)t, 2, 4);
+	q = cli_do(&c, &e);
+	cr_assert_eq(q.res, 0);
+	cr_assert_eq(c.data[SOFF], DE_MISSING, "a rejected batch touches nothing");
+	cr_assert_eq(c.data[SOFF + 1], DE_MISSING);
+
+	/* the lr override: finite and > 0, only with the flag */
+	double bad_lr[] = { NAN, INFINITY, -INFINITY, 0.0, -0.1 };
+	for (unsigned b = 0; b < sizeof bad_lr / sizeof bad_lr[0]; b++) {
+		put_keys(&c, keys, 2);
+		memcpy(vals(&c), g, sizeof g);
+		e = grad_sqe((uint16_t)t, 2, 4, 1);
+		e.flags = DE_GRAD_LR;
+		e.status_off = de_lr_to_wire(bad_lr[b]);
+		q = cli_do(&c, &e);
+		cr_assert_eq(q.res, -EINVAL, "lr %g", bad_lr[b]);
+	}
+	e = grad_sqe((uint16_t)t, 2, 4, 1);
+	e.status_off = de_lr_to_wire(0.1); /* an lr without the flag */
+	cr_assert_eq(cli_do(&c, &e).res, -EINVAL);
+	/* flags APPLY_GRADS does not take */
+	e = grad_sqe((uint16_t)t, 2, 4, 1);
+	e.flags = DE_SQE_STATUS;
+	cr_assert_eq(cli_do(&c, &e).res, -EINVAL);
+	e.flags = DE_LOOKUP_CREATE;
+	cr_assert_eq(cli_do(&c, &e).res, -EINVAL);
+	/* gradient length != count * dim * 4, misaligned, out of the area */
+	e = grad_sqe((uint16_t)t, 2, 4, 1);
+	e.vals_len -= 4;
+	cr_assert_eq(cli_do(&c, &e).res, -EINVAL);
+	e.vals_len += 8;
+	cr_assert_eq(cli_do(&c, &e).res, -EINVAL);
+	e = grad_sqe((uint16_t)t, 2, 4, 1);
+	e.vals_off += 2;
+	cr_assert_eq(cli_do(&c, &e).res, -EINVAL);
+	e = grad_sqe((uint16_t)t, 2, 4, 1);
+	e.vals_off = DATA - 16;
+	cr_assert_eq(cli_do(&c, &e).res, -EINVAL);
+	e = grad_sqe((uint16_t)t, 2, 4, 1);
+	e.keys_len = 8;
+	cr_assert_eq(cli_do(&c, &e).res, -EINVAL);
+	e = grad_sqe((uint16_t)t, c.max_batch + 1, 4, 1);
+	cr_assert_eq(cli_do(&c, &e).res, -E2BIG);
+	e = grad_sqe(9, 2, 4, 1);
+	cr_assert_eq(cli_do(&c, &e).res, -EINVAL, "no such table");
+	/* a table without an optimizer */
+	put_keys(&c, keys, 2);
+	memcpy(vals(&c), g, sizeof g);
+	e = grad_sqe((uint16_t)tn, 2, 4, 1);
+	cr_assert_eq(cli_do(&c, &e).res, -EOPNOTSUPP);
+	/* still nothing created anywhere, and the channel works */
+	put_keys(&c, keys, 2);
+	e = int_sqe(DE_OP_LOOKUP, DE_SQE_STATUS, (uint16_t)t, 2, 4);
+	q = cli_do(&c, &e);
+	cr_assert_eq(q.count, 0u);
+	cr_assert_eq(c.data[SOFF], DE_MISSING);
+	nop_ok(&c);
+	cli_close(&c);
+	cr_assert_eq(dmn_stop(&d), 0);
+	dmn_cleanup(&d);
+}
+
+Test(learn, apply_grads_string_keys, .timeout = 20)
+{
+	struct dmn d;
+	dmn_start(&d, NULL);
+	struct cli c;
+	cr_assert_eq(cli_hello(&c, d.sock), 0);
+	struct de_wire_table_config tc = int_cfg(4, 0.0f);
+	tc.key_type = DE_KEYS_STRING;
+	struct de_wire_learn_config l = sgd_cfg(1.0);
+	int t = cli_open_learn(&c, "words", &tc, &l, NULL, NULL);
+	cr_assert_geq(t, 0, "%s", c.msg);
+	const char *w[] = { "apple", "pear", "apple", "" };
+	uint64_t kl = put_strings(&c, w, 4);
+	for (int i = 0; i < 16; i++)
+		vals(&c)[i] = (float)(i + 1);
+	struct de_sqe e = grad_sqe((uint16_t)t, 4, 4, 1);
+	e.keys_len = kl;
+	struct de_cqe q = cli_do(&c, &e);
+	cr_assert_eq(q.res, 0);
+	cr_assert_eq(q.count, 2u, "apple and pear; '' is key 0");
+	cr_assert_eq(q.aux0, 2u);
+	/* a bad string region: lengths past the end */
+	uint32_t big = 1000;
+	memcpy(c.data + KOFF, &big, 4);
+	cr_assert_eq(cli_do(&c, &e).res, -EINVAL);
+	/* read back: apple = -(g0 + g2), pear = -g1 */
+	const char *r[] = { "apple", "pear" };
+	kl = put_strings(&c, r, 2);
+	e = int_sqe(DE_OP_LOOKUP, 0, (uint16_t)t, 2, 4);
+	e.keys_len = kl;
+	q = cli_do(&c, &e);
+	cr_assert_eq(q.res, 0);
+	cr_assert_eq(q.count, 2u);
+	for (int j = 0; j < 4; j++) {
+		cr_assert_eq(vals(&c)[j], -(float)((j + 1) + (8 + j + 1)));
+		cr_assert_eq(vals(&c)[4 + j], -(float)(4 + j + 1));
+	}
+	cli_close(&c);
 	cr_assert_eq(dmn_stop(&d), 0);
 	dmn_cleanup(&d);
 }

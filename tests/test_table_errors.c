@@ -364,3 +364,234 @@ Test(config, check_gives_reasons_and_normalizes)
 	cr_assert_eq(c.init_b, 0.0f, "an unused parameter is zeroed");
 	cr_assert_eq(c.seg_buckets, 1024u, "the default is filled in");
 }
+
+/* ---- row-id access, conditional erase, ranged iteration (eviction and sampling) ---- */
+
+#define ROWS_N 3000u
+
+static de_table *rows_table(de_arena **a, uint64_t *keys)
+{
+	*a = mk_arena(0);
+	de_table *t = NULL;
+	cr_assert_eq(de_table_open(*a, &good, &t), 0);
+	for (uint32_t i = 0; i < ROWS_N; i++)
+		keys[i] = 0x9e3779b97f4a7c15ull * (i + 1);
+	float *v = calloc((size_t)ROWS_N * good.dim, 4);
+	cr_assert_eq(de_table_find_or_insert(t, keys, ROWS_N, v, NULL, 7), 0);
+	free(v);
+	return t;
+}
+
+static int key_index(const uint64_t *keys, uint64_t k)
+{
+	for (uint32_t i = 0; i < ROWS_N; i++)
+		if (keys[i] == k)
+			return (int)i;
+	return -1;
+}
+
+Test(rows, peek_sees_exactly_the_live_keys)
+{
+	static uint64_t keys[ROWS_N];
+	de_arena *a;
+	de_table *t = rows_table(&a, keys);
+	/* erase every third key: the reference is "i % 3 != 0" */
+	static uint64_t gone[ROWS_N];
+	size_t ng = 0, erased = 0;
+	for (uint32_t i = 0; i < ROWS_N; i += 3)
+		gone[ng++] = keys[i];
+	cr_assert_eq(de_table_erase(t, gone, ng, &erased), 0);
+	cr_assert_eq(erased, ng);
+
+	uint64_t lim = de_table_row_limit(t);
+	cr_assert_geq(lim, ROWS_N);
+	static uint8_t seen[ROWS_N];
+	memset(seen, 0, sizeof seen);
+	size_t live = 0;
+	float v[8], w[8];
+	for (uint64_t r = 0; r < lim; r++) {
+		struct de_row_meta m;
+		int err = de_table_peek(t, r, &m, v);
+		if (err) {
+			cr_assert_eq(err, -ENOENT);
+			continue;
+		}
+		int i = key_index(keys, m.key);
+		cr_assert_geq(i, 0, "peek returned a key never inserted");
+		cr_assert_neq(i % 3, 0, "peek returned an erased key");
+		cr_assert_eq(seen[i], 0, "two rows for one key");
+		seen[i] = 1;
+		cr_assert_eq(m.last_step, 7);
+		cr_assert_eq(m.freq, 1);
+		uint8_t st;
+		cr_assert_eq(de_table_find(t, &m.key, 1, w, &st), 0);
+		cr_assert_eq(memcmp(v, w, sizeof v), 0);
+		live++;
+	}
+	cr_assert_eq(live, ROWS_N - ng);
+	struct de_row_meta m;
+	cr_assert_eq(de_table_peek(t, lim, &m, NULL), -ERANGE);
+	cr_assert_eq(de_table_peek(t, UINT64_MAX, &m, NULL), -ERANGE);
+	cr_assert_eq(de_table_peek(t, 0, NULL, NULL), -EINVAL);
+	cr_assert_eq(de_table_peek(NULL, 0, &m, NULL), -EINVAL);
+	cr_assert_eq(de_table_row_limit(NULL), 0);
+	de_table_close(t);
+	de_arena_destroy(a);
+}
+
+Test(rows, init_row_is_what_a_create_stores)
+{
+	de_arena *a = mk_arena(0);
+	de_table *t = NULL;
+	cr_assert_eq(de_table_open(a, &good, &t), 0);
+	float before[8], after[8];
+	uint64_t k = 12345;
+	cr_assert_eq(de_table_init_row(t, k, before), 0);
+	struct de_table_stats s;
+	cr_assert_eq(de_table_stats(t, &s), 0);
+	cr_assert_eq(s.keys, 0, "init_row must not store");
+	for (int i = 0; i < 8; i++)
+		cr_assert(before[i] >= good.init_a && before[i] < good.init_b);
+	cr_assert_eq(de_table_find_or_insert(t, &k, 1, after, NULL, 1), 0);
+	cr_assert_eq(memcmp(before, after, sizeof before), 0);
+	cr_assert_eq(de_table_init_row(t, 0, before), 0);
+	for (int i = 0; i < 8; i++)
+		cr_assert_eq(before[i], 0.0f);
+	cr_assert_eq(de_table_init_row(t, 1, NULL), -EINVAL);
+	cr_assert_eq(de_table_init_row(NULL, 1, before), -EINVAL);
+	de_table_close(t);
+	de_arena_destroy(a);
+}
+
+struct erase_pick {
+	const uint64_t *keys;
+	unsigned calls;
+	bool bad_row;
+};
+
+static bool erase_odd(void *ctx, size_t i, const float *row, const struct de_row_meta *m)
+{
+	struct erase_pick *p = ctx;
+	p->calls++;
+	if (m->key != p->keys[i])
+		p->bad_row = true;
+	/* slots follow the values and hold slot_init */
+	for (uint32_t j = 0; j < good.dim * good.nslots; j++)
+		if (row[good.dim + j] != good.slot_init)
+			p->bad_row = true;
+	return i % 2 == 1;
+}
+
+Test(rows, erase_if_erases_what_fn_accepts)
+{
+	static uint64_t keys[ROWS_N];
+	de_arena *a;
+	de_table *t = rows_table(&a, keys);
+	uint64_t ask[ROWS_N + 1];
+	memcpy(ask, keys, sizeof keys);
+	ask[ROWS_N] = 0; /* key 0 is skipped, never passed to fn */
+	struct erase_pick p = { ask, 0, false };
+	size_t erased = 0;
+	cr_assert_eq(de_table_erase_if(t, ask, ROWS_N + 1, erase_odd, &p, &erased), 0);
+	cr_assert_eq(p.calls, ROWS_N);
+	cr_assert_not(p.bad_row);
+	cr_assert_eq(erased, ROWS_N / 2);
+	uint8_t *st = malloc(ROWS_N);
+	float *v = malloc((size_t)ROWS_N * good.dim * 4);
+	cr_assert_eq(de_table_find(t, keys, ROWS_N, v, st), 0);
+	for (uint32_t i = 0; i < ROWS_N; i++)
+		cr_assert_eq(st[i], i % 2 ? DE_MISSING : DE_FOUND, "key %u", i);
+	/* a second pass finds only the survivors, and fn is not called for missing keys */
+	p.calls = 0;
+	cr_assert_eq(de_table_erase_if(t, keys, ROWS_N, erase_odd, &p, &erased), 0);
+	cr_assert_eq(p.calls, ROWS_N / 2);
+	cr_assert_eq(erased, 0); /* survivors sit at even i */
+	free(st);
+	free(v);
+	de_table_close(t);
+	de_arena_destroy(a);
+}
+
+Test(rows, iterate_ranges_partition_the_table)
+{
+	static uint64_t keys[ROWS_N];
+	de_arena *a;
+	de_table *t = rows_table(&a, keys);
+	uint64_t lim = de_table_row_limit(t);
+	uint64_t cut[4] = { 0, lim / 3, 2 * lim / 3, UINT64_MAX };
+	static uint8_t seen[ROWS_N];
+	memset(seen, 0, sizeof seen);
+	size_t total = 0;
+	for (int r = 0; r < 3; r++) {
+		uint64_t cur = cut[r], got[64];
+		float vals[64 * 8];
+		size_t n;
+		do {
+			cr_assert_eq(de_table_iterate_range(t, &cur, cut[r + 1], got, vals, 64, &n), 0);
+			cr_assert_leq(cur, cut[r + 1] < lim ? cut[r + 1] : lim);
+			for (size_t i = 0; i < n; i++) {
+				int k = key_index(keys, got[i]);
+				cr_assert_geq(k, 0);
+				cr_assert_eq(seen[k], 0, "key returned by two ranges");
+				seen[k] = 1;
+				total++;
+			}
+		} while (n);
+	}
+	cr_assert_eq(total, ROWS_N);
+	de_table_close(t);
+	de_arena_destroy(a);
+}
+
+/* Hogwild apply: single-threaded it must step rows exactly as the locked apply does
+ * (a second table stepped with de_table_apply is the reference), create missing keys,
+ * and skip key 0. */
+static void add_i(void *ctx, size_t i, float *row, struct de_row_meta *m)
+{
+	const float *g = ctx;
+	for (uint32_t j = 0; j < good.dim * (1 + good.nslots); j++)
+		row[j] += g[i] + (float)j;
+	m->aux++;
+}
+
+Test(rows, hogwild_single_thread_matches_locked_apply)
+{
+	de_arena *a1 = mk_arena(0), *a2 = mk_arena(0);
+	de_table *t1 = NULL, *t2 = NULL;
+	cr_assert_eq(de_table_open(a1, &good, &t1), 0);
+	cr_assert_eq(de_table_open(a2, &good, &t2), 0);
+	uint64_t keys[6] = { 5, 9, 0, 5, 11, 9 };
+	float g[6] = { 1, 2, 3, 4, 5, 6 };
+	uint8_t s1[6], s2[6];
+	for (int round = 0; round < 3; round++) {
+		cr_assert_eq(de_table_apply(t1, keys, 6, true, add_i, g, s1, 10 + round), 0);
+		cr_assert_eq(de_table_apply_hogwild(t2, keys, 6, add_i, g, s2, 10 + round), 0);
+		cr_assert_eq(memcmp(s1, s2, sizeof s1), 0, "round %d", round);
+	}
+	for (int i = 0; i < 6; i++) {
+		if (!keys[i])
+			continue;
+		float r1[24], r2[24];
+		struct de_row_meta m1, m2;
+		cr_assert_eq(de_table_find(t1, &keys[i], 1, r1, NULL), 0);
+		cr_assert_eq(de_table_find(t2, &keys[i], 1, r2, NULL), 0);
+		cr_assert_eq(memcmp(r1, r2, good.dim * 4), 0, "key %lu", (unsigned long)keys[i]);
+		uint64_t lim1 = de_table_row_limit(t1), lim2 = de_table_row_limit(t2);
+		cr_assert_eq(lim1, lim2);
+		for (uint64_t r = 0; r < lim1; r++) {
+			cr_assert_eq(de_table_peek(t1, r, &m1, NULL), 0);
+			cr_assert_eq(de_table_peek(t2, r, &m2, NULL), 0);
+			cr_assert_eq(m1.key, m2.key);
+			cr_assert_eq(m1.aux, m2.aux);
+			cr_assert_eq(m1.aux, m1.key == 11 ? 3u : 6u); /* steps of duplicates */
+			cr_assert_eq(m1.last_step, 12);
+			cr_assert_eq(m2.last_step, 12);
+		}
+	}
+	cr_assert_eq(de_table_apply_hogwild(t2, keys, 6, NULL, g, NULL, 1), -EINVAL);
+	cr_assert_eq(de_table_apply_hogwild(NULL, keys, 6, add_i, g, NULL, 1), -EINVAL);
+	de_table_close(t1);
+	de_table_close(t2);
+	de_arena_destroy(a1);
+	de_arena_destroy(a2);
+}

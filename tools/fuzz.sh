@@ -20,7 +20,7 @@ command -v "$cc" >/dev/null || { echo "fuzz.sh: no $cc (apt-get install clang li
 
 san=(-fsanitize=address,undefined -fno-sanitize-recover=all)
 cflags=(-g -O1 -std=gnu11 -D_GNU_SOURCE -Wall -Wextra -Wno-missing-field-initializers
-        -I"$root/shm" -I"$root/src" -I"$root/src/server"
+        -I"$root/shm" -I"$root/src" -I"$root/src/server" -I"$root/src/learn"
         -I"$root/uring" -DDE_HAVE_ISAL
         $(pkg-config --cflags hwloc libxxhash inih liburing libisal))
 libs=($(pkg-config --libs hwloc libxxhash inih liburing libisal) -lnuma -lm -lpthread)
@@ -31,7 +31,7 @@ mkdir -p "$out/obj" "$out/artifacts"
 objs=()
 for src in shm/arena.c shm/numa.c shm/table.c shm/channel.c \
            src/server/config.c src/server/control.c src/server/log.c \
-           src/server/tables.c src/server/worker.c uring/export.c; do
+           src/server/tables.c src/server/worker.c src/learn/optim.c uring/export.c; do
   obj=$out/obj/$(echo "$src" | tr / _).o
   "$cc" "${cflags[@]}" "${san[@]}" -fsanitize=fuzzer-no-link -c "$root/$src" -o "$obj"
   objs+=("$obj")

@@ -2,7 +2,8 @@
 # Installs what is needed, builds (release), and runs the main job: starts dynembd on its
 # embedded default config (a private socket, nothing else needed), runs a short demo
 # client against it (lookups and updates over a growing key set, with a progress line and
-# a summary), then stops the daemon with SIGTERM and reports how it exited.
+# a summary), then tools/demo (PyTorch: dynemb vs. a hashed table vs. a fixed vocabulary,
+# held-out AUC table and plot), then stops the daemon with SIGTERM and reports how it exited.
 #   tools/run.sh [--seconds S]     (demo length, default 5)
 # The table benchmark is `build-release/tools/bench/dynemb-bench table --short`.
 set -euo pipefail
@@ -23,6 +24,11 @@ echo "dynembd (pid $pid) listening on $sock"
 
 rc=0
 build-release/tools/demo_client --socket "$sock" "$@" || rc=$?
+# The PyTorch demo on the same daemon: a click-through model with dynemb embeddings
+# against a hashed table and a fixed vocabulary (AUC table, plot; tools/demo --help).
+if [ "$rc" -eq 0 ]; then
+  DYNEMB_BUILD="$PWD/build-release" tools/demo --socket "$sock" || rc=$?
+fi
 
 trap - EXIT
 kill -TERM "$pid"

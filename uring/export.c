@@ -2,7 +2,7 @@
  * export.c — export / import of a whole table to / from one file, through io_uring.
  *
  * Owns: the export file format below, its writer (de_export), its readers (de_import,
- * de_export_check) and CRC32C (de_crc32c).
+ * de_export_check). CRC32C and the ring helpers are in util.c (uring_pvt.h).
  * Never: trusts a byte of the file (every size and count is bounded by the format's
  * limits and the file's size before it is used; the reader crashes on nothing); leaves a
  * partial file at the destination path (write path.tmp, fsync, rename, fsync the
@@ -69,7 +69,7 @@
  *
  * ---- I/O -------------------------------------------------------------------------------
  *
- * One io_uring per call (8 entries). Writes: NBUF chunk buffers of about 1 MiB (whole
+ * One io_uring per call (8 entries). Writes: DU_NBUF chunk buffers of about 1 MiB (whole
  * records) in flight at once, short writes resubmitted; at the end the header write, the
  * trailer write and an fsync linked behind it (IOSQE_IO_LINK), then rename and an fsync of
  * the directory (plain syscalls). Reads go through the same ring: the next chunk's read is
@@ -88,11 +88,8 @@
 
 #include <liburing.h>
 
-#ifdef DE_HAVE_ISAL
-#include <isa-l/crc.h>
-#endif
-
 #include "de_uring.h"
+#include "uring_pvt.h"
 
 #if __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
 #error "export.c reads and writes its little-endian format with plain loads and stores"
@@ -104,9 +101,7 @@
 #define EXP_REC_META 40u
 #define EXP_TRL_BYTES 32u
 #define CHUNK_TARGET (1u << 20) /* bytes of records per I/O */
-#define NBUF 4u                 /* chunk buffers in flight */
-#define RING_ENTRIES 8u
-#define TAG_FSYNC UINT64_MAX
+_Static_assert(EXP_HDR_BYTES == DU_HDR_BYTES && EXP_TRL_BYTES == DU_TRL_BYTES, "du_io buffers");
 
 struct exp_hdr {
 	char magic[8];
@@ -165,228 +160,6 @@ _Static_assert(offsetof(struct exp_trl, crc) == 28, "spec");
 _Static_assert(sizeof(float) == 4, "f32");
 
 /* ------------------------------------------------------------------------- */
-/* CRC32C                                                                     */
-/* ------------------------------------------------------------------------- */
-
-/*
- * With libisal (meson finds pkg-config libisal and defines DE_HAVE_ISAL): isa-l's
- * crc32_iscsi, which picks the fastest kernel for the CPU at load time (PCLMUL folding,
- * about 3x the single crc32 instruction on long buffers). It neither pre- nor
- * post-inverts, so we do, and its length is an int, so long buffers go in pieces.
- * Without it: the SSE4.2 crc32 instruction where the CPU has it, else bitwise (slow, but
- * no mutable table: nothing here keeps global state).
- */
-#ifdef DE_HAVE_ISAL
-static uint32_t crc_raw(uint32_t crc, const unsigned char *p, size_t len)
-{
-	while (len) {
-		size_t n = len > (1u << 30) ? (1u << 30) : len;
-		crc = crc32_iscsi((unsigned char *)p, (int)n, crc);
-		p += n;
-		len -= n;
-	}
-	return crc;
-}
-#else
-__attribute__((target("sse4.2"))) static uint32_t crc_sse42(uint32_t crc, const unsigned char *p,
-							     size_t len)
-{
-	uint64_t c = crc;
-	for (; len >= 8; p += 8, len -= 8) {
-		uint64_t v;
-		memcpy(&v, p, 8);
-		c = __builtin_ia32_crc32di(c, v);
-	}
-	uint32_t c32 = (uint32_t)c;
-	for (; len; p++, len--)
-		c32 = __builtin_ia32_crc32qi(c32, *p);
-	return c32;
-}
-
-static uint32_t crc_raw(uint32_t crc, const unsigned char *p, size_t len)
-{
-#if defined(__x86_64__) || defined(__i386__)
-	if (__builtin_cpu_supports("sse4.2"))
-		return crc_sse42(crc, p, len);
-#endif
-	for (; len; p++, len--) {
-		crc ^= *p;
-		for (int k = 0; k < 8; k++)
-			crc = (crc >> 1) ^ (0x82f63b78u & (0u - (crc & 1u)));
-	}
-	return crc;
-}
-#endif
-
-uint32_t de_crc32c(uint32_t crc, const void *buf, size_t len)
-{
-	return ~crc_raw(~crc, buf, len);
-}
-
-static uint32_t record_crc(uint64_t index, const unsigned char *rec, uint32_t record_bytes)
-{
-	uint32_t c = de_crc32c(0, &index, 8);
-	c = de_crc32c(c, rec, 32);
-	return de_crc32c(c, rec + 36, record_bytes - 36);
-}
-
-/* ------------------------------------------------------------------------- */
-/* One ring, a few buffers: writes or reads with short transfers completed     */
-/* ------------------------------------------------------------------------- */
-
-struct iobuf {
-	unsigned char *p;
-	size_t len;    /* bytes to transfer */
-	size_t done;   /* bytes transferred so far */
-	uint64_t off;  /* file offset of p[0] */
-	bool busy;     /* in flight */
-	bool eof;      /* read: the file ended before len */
-};
-
-struct io {
-	struct io_uring ring;
-	bool ring_ok;
-	int fd;
-	bool write;
-	unsigned inflight;
-	int err;          /* first error of a completion */
-	bool fsync_done;
-	struct iobuf b[NBUF + 2]; /* NBUF chunk buffers, then header and trailer */
-};
-
-static struct io_uring_sqe *get_sqe(struct io *io)
-{
-	struct io_uring_sqe *sqe = io_uring_get_sqe(&io->ring);
-	if (!sqe) {
-		io_uring_submit(&io->ring);
-		sqe = io_uring_get_sqe(&io->ring);
-	}
-	return sqe; /* never NULL: at most NBUF + 3 requests in a ring of 8 after a submit */
-}
-
-static int io_queue(struct io *io, unsigned i, unsigned sqe_flags)
-{
-	struct iobuf *b = &io->b[i];
-	struct io_uring_sqe *sqe = get_sqe(io);
-	if (!sqe)
-		return -EBUSY;
-	if (io->write)
-		io_uring_prep_write(sqe, io->fd, b->p + b->done, (unsigned)(b->len - b->done),
-				    b->off + b->done);
-	else
-		io_uring_prep_read(sqe, io->fd, b->p + b->done, (unsigned)(b->len - b->done),
-				   b->off + b->done);
-	io_uring_sqe_set_data64(sqe, i);
-	sqe->flags |= sqe_flags;
-	if (!b->busy) {
-		b->busy = true;
-		io->inflight++;
-	}
-	return 0;
-}
-
-static int io_submit(struct io *io)
-{
-	int r = io_uring_submit(&io->ring);
-	return r < 0 ? r : 0;
-}
-
-/* Wait for one completion and account for it; a short transfer is resubmitted. */
-static int io_reap(struct io *io)
-{
-	struct io_uring_cqe *cqe;
-	int r;
-	do
-		r = io_uring_wait_cqe(&io->ring, &cqe);
-	while (r == -EINTR);
-	if (r < 0)
-		return r;
-	uint64_t tag = io_uring_cqe_get_data64(cqe);
-	int res = cqe->res;
-	io_uring_cqe_seen(&io->ring, cqe);
-	io->inflight--;
-	if (tag == TAG_FSYNC) {
-		if (res == 0)
-			io->fsync_done = true;
-		else if (res != -ECANCELED && !io->err)
-			io->err = res;
-		return 0;
-	}
-	if (tag >= NBUF + 2)
-		return -EIO;
-	struct iobuf *b = &io->b[tag];
-	b->busy = false;
-	if (res < 0) {
-		if (!io->err)
-			io->err = res;
-		return 0;
-	}
-	if (res == 0) {
-		if (io->write) {
-			if (!io->err)
-				io->err = -EIO;
-		} else {
-			b->eof = true;
-		}
-		return 0;
-	}
-	b->done += (size_t)res;
-	if (b->done < b->len && !io->err) {
-		r = io_queue(io, (unsigned)tag, 0);
-		if (!r)
-			r = io_submit(io);
-		if (r && !io->err)
-			io->err = r;
-	}
-	return 0;
-}
-
-static int io_drain(struct io *io)
-{
-	while (io->inflight) {
-		int r = io_reap(io);
-		if (r)
-			return r; /* the ring itself failed: nothing more will complete */
-	}
-	return io->err;
-}
-
-/* The ring and the header and trailer buffers; chunk buffers come with io_bufs. */
-static int io_open(struct io *io, int fd, bool write)
-{
-	memset(io, 0, sizeof *io);
-	io->fd = fd;
-	io->write = write;
-	int r = io_uring_queue_init(RING_ENTRIES, &io->ring, 0);
-	if (r < 0)
-		return r;
-	io->ring_ok = true;
-	if (!(io->b[NBUF].p = calloc(1, EXP_HDR_BYTES)) ||
-	    !(io->b[NBUF + 1].p = calloc(1, EXP_TRL_BYTES)))
-		return -ENOMEM;
-	return 0;
-}
-
-/* nbuf chunk buffers of bytes each, sized to the file (a small file, small buffers) */
-static int io_bufs(struct io *io, unsigned nbuf, size_t bytes)
-{
-	for (unsigned i = 0; i < nbuf; i++)
-		if (!(io->b[i].p = malloc(bytes)))
-			return -ENOMEM;
-	return 0;
-}
-
-static void io_close(struct io *io)
-{
-	if (io->ring_ok) {
-		io_drain(io); /* the kernel may still use a buffer */
-		io_uring_queue_exit(&io->ring);
-	}
-	for (unsigned i = 0; i < NBUF + 2; i++)
-		free(io->b[i].p);
-}
-
-/* ------------------------------------------------------------------------- */
 /* Export                                                                     */
 /* ------------------------------------------------------------------------- */
 
@@ -431,24 +204,6 @@ static void fill_header(struct exp_hdr *h, const struct de_table_config *c, uint
 	h->crc = de_crc32c(0, h, offsetof(struct exp_hdr, crc));
 }
 
-static int fsync_dir_of(const char *path)
-{
-	char *d = strdup(path);
-	if (!d)
-		return -ENOMEM;
-	char *slash = strrchr(d, '/');
-	const char *dir = !slash ? "." : slash == d ? "/" : (*slash = 0, d);
-	int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-	int err = fd < 0 ? -errno : 0;
-	if (fd >= 0) {
-		if (fsync(fd))
-			err = -errno;
-		close(fd);
-	}
-	free(d);
-	return err;
-}
-
 int de_export(de_table *t, const char *path, de_progress_fn cb, void *ctx, uint64_t *records)
 {
 	if (!t || !path || !*path)
@@ -471,7 +226,7 @@ int de_export(de_table *t, const char *path, de_progress_fn cb, void *ctx, uint6
 	char *tmp = malloc(plen + 5);
 	uint64_t *keys = malloc(per * sizeof *keys);
 	uint8_t *status = malloc(per);
-	struct io io;
+	struct du_io io;
 	bool io_started = false, created = false;
 	int fd = -1;
 	if (!tmp || !keys || !status) {
@@ -487,7 +242,7 @@ int de_export(de_table *t, const char *path, de_progress_fn cb, void *ctx, uint6
 	}
 	created = true;
 	io_started = true;
-	if ((err = io_open(&io, fd, true)) || (err = io_bufs(&io, NBUF, per * rb)))
+	if ((err = du_io_open(&io, fd, true)) || (err = du_io_bufs(&io, DU_NBUF, per * rb)))
 		goto out;
 
 	uint64_t n = 0, cursor = 0;
@@ -496,9 +251,9 @@ int de_export(de_table *t, const char *path, de_progress_fn cb, void *ctx, uint6
 	unsigned next = 0;
 	while (!done) {
 		/* a free chunk buffer (round robin keeps the writes in file order) */
-		struct iobuf *b = &io.b[next];
+		struct du_iobuf *b = &io.b[next];
 		while (b->busy && !io.err)
-			if ((err = io_reap(&io)))
+			if ((err = du_io_reap(&io)))
 				goto out;
 		if ((err = io.err))
 			goto out;
@@ -530,27 +285,27 @@ int de_export(de_table *t, const char *path, de_progress_fn cb, void *ctx, uint6
 		for (size_t i = 0; i < got; i++) {
 			unsigned char *r = b->p + i * rb;
 			memset(r + 32, 0, 8);
-			uint32_t c = record_crc(n + i, r, rb);
+			uint32_t c = du_record_crc(n + i, r, rb);
 			memcpy(r + 32, &c, 4);
 			records_crc = de_crc32c(records_crc, &c, 4);
 		}
 		b->len = got * rb;
 		b->done = 0;
 		b->off = EXP_HDR_BYTES + n * rb;
-		if ((err = io_queue(&io, next, 0)) || (err = io_submit(&io)))
+		if ((err = du_io_queue(&io, next, 0)) || (err = du_io_submit(&io)))
 			goto out;
 		n += got;
-		next = (next + 1) % NBUF;
+		next = (next + 1) % DU_NBUF;
 		if (cb && cb(ctx, n, total > n ? total : n)) {
 			err = -ECANCELED;
 			goto out;
 		}
 	}
-	if ((err = io_drain(&io)))
+	if ((err = du_io_drain(&io)))
 		goto out;
 
 	/* header and trailer, then an fsync linked behind the trailer */
-	struct iobuf *hb = &io.b[NBUF], *tb = &io.b[NBUF + 1];
+	struct du_iobuf *hb = &io.b[DU_NBUF], *tb = &io.b[DU_NBUF + 1];
 	fill_header((struct exp_hdr *)hb->p, &cfg, n);
 	hb->len = EXP_HDR_BYTES;
 	hb->off = 0;
@@ -562,27 +317,21 @@ int de_export(de_table *t, const char *path, de_progress_fn cb, void *ctx, uint6
 	tr->crc = de_crc32c(0, tr, offsetof(struct exp_trl, crc));
 	tb->len = EXP_TRL_BYTES;
 	tb->off = EXP_HDR_BYTES + n * rb;
-	if ((err = io_queue(&io, NBUF, 0)) || (err = io_queue(&io, NBUF + 1, IOSQE_IO_LINK)))
+	if ((err = du_io_queue(&io, DU_NBUF, 0)) || (err = du_io_queue(&io, DU_NBUF + 1, IOSQE_IO_LINK)))
 		goto out;
-	struct io_uring_sqe *sqe = get_sqe(&io);
-	io_uring_prep_fsync(sqe, fd, 0);
-	io_uring_sqe_set_data64(sqe, TAG_FSYNC);
-	io.inflight++;
-	if ((err = io_submit(&io)) || (err = io_drain(&io)))
+	if ((err = du_io_queue_fsync(&io)) || (err = du_io_submit(&io)) ||
+	    (err = du_io_drain(&io)))
 		goto out;
 	if (!io.fsync_done) { /* the trailer went in two writes: the link was broken */
-		sqe = get_sqe(&io);
-		io_uring_prep_fsync(sqe, fd, 0);
-		io_uring_sqe_set_data64(sqe, TAG_FSYNC);
-		io.inflight++;
-		if ((err = io_submit(&io)) || (err = io_drain(&io)))
+		if ((err = du_io_queue_fsync(&io)) || (err = du_io_submit(&io)) ||
+		    (err = du_io_drain(&io)))
 			goto out;
 		if (!io.fsync_done) {
 			err = -EIO;
 			goto out;
 		}
 	}
-	io_close(&io);
+	du_io_close(&io);
 	io_started = false;
 	if (close(fd)) {
 		fd = -1;
@@ -595,13 +344,13 @@ int de_export(de_table *t, const char *path, de_progress_fn cb, void *ctx, uint6
 		goto out;
 	}
 	created = false;
-	if ((err = fsync_dir_of(path)))
+	if ((err = du_fsync_dir_of(path)))
 		goto out;
 	if (records)
 		*records = n;
 out:
 	if (io_started)
-		io_close(&io);
+		du_io_close(&io);
 	if (fd >= 0)
 		close(fd);
 	if (created && err)
@@ -626,16 +375,16 @@ struct reader {
 };
 
 /* Read the header with one io_uring read and check it (see "What a reader accepts"). */
-static int read_header(struct reader *rd, struct io *io, const char **problem)
+static int read_header(struct reader *rd, struct du_io *io, const char **problem)
 {
-	struct iobuf *b = &io->b[NBUF];
+	struct du_iobuf *b = &io->b[DU_NBUF];
 	b->len = EXP_HDR_BYTES;
 	b->off = 0;
-	int err = io_queue(io, NBUF, 0);
+	int err = du_io_queue(io, DU_NBUF, 0);
 	if (!err)
-		err = io_submit(io);
+		err = du_io_submit(io);
 	if (!err)
-		err = io_drain(io);
+		err = du_io_drain(io);
 	if (err)
 		return err;
 	if (b->done < EXP_HDR_BYTES) {
@@ -707,7 +456,7 @@ static void put_in(void *ctx, size_t i, float *row, struct de_row_meta *m)
  * Returns 0 (damage is reported through *good < avail and *problem), or an I/O, table or
  * callback error.
  */
-static int scan(struct reader *rd, struct io *io, size_t per, de_table *t, de_progress_fn cb,
+static int scan(struct reader *rd, struct du_io *io, size_t per, de_table *t, de_progress_fn cb,
 		void *ctx, uint64_t *good, uint32_t *records_crc, const char **problem,
 		uint64_t *keys)
 {
@@ -720,22 +469,22 @@ static int scan(struct reader *rd, struct io *io, size_t per, de_table *t, de_pr
 	*records_crc = 0;
 	/* two chunk buffers: chunk c in b[c % 2] */
 	for (uint64_t c = 0; c < nchunks && c < 2; c++) {
-		struct iobuf *b = &io->b[c % 2];
+		struct du_iobuf *b = &io->b[c % 2];
 		uint64_t first = c * per, cnt = rd->avail - first < per ? rd->avail - first : per;
 		b->len = cnt * rb;
 		b->done = 0;
 		b->eof = false;
 		b->off = EXP_HDR_BYTES + first * rb;
-		if ((err = io_queue(io, (unsigned)(c % 2), 0)))
+		if ((err = du_io_queue(io, (unsigned)(c % 2), 0)))
 			return err;
 	}
-	if ((err = io_submit(io)))
+	if ((err = du_io_submit(io)))
 		return err;
 	bool stop = false;
 	for (uint64_t c = 0; c < nchunks && !stop; c++) {
-		struct iobuf *b = &io->b[c % 2];
+		struct du_iobuf *b = &io->b[c % 2];
 		while (b->busy && !io->err)
-			if ((err = io_reap(io)))
+			if ((err = du_io_reap(io)))
 				return err;
 		if ((err = io->err))
 			return err;
@@ -750,7 +499,7 @@ static int scan(struct reader *rd, struct io *io, size_t per, de_table *t, de_pr
 			const unsigned char *r = b->p + k * rb;
 			struct exp_rec h;
 			memcpy(&h, r, sizeof h);
-			if (h.crc != record_crc(first + k, r, rb)) {
+			if (h.crc != du_record_crc(first + k, r, rb)) {
 				*problem = "record checksum";
 				break;
 			}
@@ -786,13 +535,13 @@ static int scan(struct reader *rd, struct io *io, size_t per, de_table *t, de_pr
 			b->done = 0;
 			b->eof = false;
 			b->off = EXP_HDR_BYTES + nfirst * rb;
-			if ((err = io_queue(io, (unsigned)(c % 2), 0)) || (err = io_submit(io)))
+			if ((err = du_io_queue(io, (unsigned)(c % 2), 0)) || (err = du_io_submit(io)))
 				return err;
 		}
 	}
 	/* a read may still be in flight past the damage: wait for it (its buffer is ours) */
 	while (io->inflight) {
-		int r = io_reap(io);
+		int r = du_io_reap(io);
 		if (r)
 			return r;
 	}
@@ -806,7 +555,7 @@ static int scan(struct reader *rd, struct io *io, size_t per, de_table *t, de_pr
 }
 
 /* Trailer: 0 when it is there, intact and agrees with the records (count and CRC). */
-static int check_trailer(struct reader *rd, struct io *io, uint32_t records_crc,
+static int check_trailer(struct reader *rd, struct du_io *io, uint32_t records_crc,
 			 const char **problem)
 {
 	if (!rd->exact) {
@@ -814,16 +563,16 @@ static int check_trailer(struct reader *rd, struct io *io, uint32_t records_crc,
 						     : "file size does not match the header";
 		return -EBADMSG;
 	}
-	struct iobuf *b = &io->b[NBUF + 1];
+	struct du_iobuf *b = &io->b[DU_NBUF + 1];
 	b->len = EXP_TRL_BYTES;
 	b->done = 0;
 	b->eof = false;
 	b->off = EXP_HDR_BYTES + rd->h.records * rd->h.record_bytes;
-	int err = io_queue(io, NBUF + 1, 0);
+	int err = du_io_queue(io, DU_NBUF + 1, 0);
 	if (!err)
-		err = io_submit(io);
+		err = du_io_submit(io);
 	if (!err)
-		err = io_drain(io);
+		err = du_io_drain(io);
 	if (err)
 		return err;
 	struct exp_trl tr;
@@ -875,10 +624,10 @@ static size_t chunk_records(uint32_t record_bytes, uint64_t avail)
 
 /*
  * Open path for reading and verify its header: the reader, its io_uring and the header.
- * Whatever happens, the caller ends with io_close(io) and close(*fd), which are safe on
+ * Whatever happens, the caller ends with du_io_close(io) and close(*fd), which are safe on
  * what was not opened (io is zeroed and *fd is -1 until they are).
  */
-static int open_verified(const char *path, struct reader *rd, struct io *io, int *fd,
+static int open_verified(const char *path, struct reader *rd, struct du_io *io, int *fd,
 			 const char **problem)
 {
 	memset(io, 0, sizeof *io);
@@ -886,7 +635,7 @@ static int open_verified(const char *path, struct reader *rd, struct io *io, int
 	int err = open_reader(path, rd, fd);
 	if (err)
 		return err;
-	if ((err = io_open(io, *fd, false)))
+	if ((err = du_io_open(io, *fd, false)))
 		return err;
 	if (rd->size < EXP_HDR_BYTES) {
 		*problem = "file shorter than the header";
@@ -902,7 +651,7 @@ int de_export_check(const char *path, struct de_export_info *out)
 	if (out)
 		memset(out, 0, sizeof *out);
 	struct reader rd;
-	struct io io;
+	struct du_io io;
 	const char *problem = NULL;
 	int fd;
 	int err = open_verified(path, &rd, &io, &fd, &problem);
@@ -918,7 +667,7 @@ int de_export_check(const char *path, struct de_export_info *out)
 	uint64_t good;
 	uint32_t rcrc;
 	size_t per = chunk_records(rd.h.record_bytes, rd.avail);
-	if ((err = io_bufs(&io, 2, per * rd.h.record_bytes)) ||
+	if ((err = du_io_bufs(&io, 2, per * rd.h.record_bytes)) ||
 	    (err = scan(&rd, &io, per, NULL, NULL, NULL, &good, &rcrc, &problem, NULL)))
 		goto out;
 	if (out)
@@ -935,7 +684,7 @@ out:
 		if (err == -EPROTO && out->version == 0)
 			out->version = rd.h.version;
 	}
-	io_close(&io);
+	du_io_close(&io);
 	close(fd);
 	return err;
 }
@@ -974,7 +723,7 @@ int de_import(de_table *t, const char *path, unsigned flags, de_progress_fn cb, 
 	if (err)
 		return err;
 	struct reader rd;
-	struct io io;
+	struct du_io io;
 	const char *problem = NULL;
 	uint64_t *keys = NULL;
 	int fd;
@@ -986,7 +735,7 @@ int de_import(de_table *t, const char *path, unsigned flags, de_progress_fn cb, 
 		goto out;
 	}
 	const size_t per = chunk_records(rd.h.record_bytes, rd.avail);
-	if ((err = io_bufs(&io, 2, per * rd.h.record_bytes)))
+	if ((err = du_io_bufs(&io, 2, per * rd.h.record_bytes)))
 		goto out;
 	if (!(keys = malloc(per * sizeof *keys))) {
 		err = -ENOMEM;
@@ -1015,7 +764,7 @@ int de_import(de_table *t, const char *path, unsigned flags, de_progress_fn cb, 
 	rep->dropped = rd.h.records - good;
 out:
 	rep->problem = problem;
-	io_close(&io);
+	du_io_close(&io);
 	close(fd);
 	free(keys);
 	return err;

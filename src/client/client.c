@@ -32,7 +32,16 @@
  * region stays allocated (the daemon may still write it) until the completion shows up.
  *
  * Batches. A blocking call splits n keys into chunks of at most min(max_batch, what
- * fits in the largest free region of the data area), one request each, one at a time.
+ * fits in the largest free region of the data area), pipelined (up to PIPE_DEPTH in
+ * flight). Gradients are checked finite first (so a rejected call applies nothing) and,
+ * when there is more than one key, deduplicated here (by key, or by the string's
+ * fingerprint, as the daemon does; summed in batch order, as the daemon does), so that
+ * splitting never steps a key twice in one call.
+ *
+ * Learning config. de_table_spec's optimizer/admission/eviction/durability go on the
+ * wire as they are (struct de_wire_learn_config); the daemon validates and normalizes
+ * them (proto.h). This side checks only what it must to build the message (enums in
+ * range so they fit their wire fields).
  *
  * Zero-copy. de_lookup/de_lookup_str with DE_READONLY probe the table's read-only
  * mapping first (de_table_find). DE_FOUND and DE_MISSING are final; DE_RETRY keys (no
@@ -51,6 +60,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <math.h>
 #include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -103,6 +113,7 @@ struct slot {
 	bool in_fifo;           /* its region is still in the allocator's FIFO: the slot
 	                           cannot take a new one until the tail moved past */
 	bool local;             /* async request served from the read-only mapping */
+	uint8_t op;             /* async: DE_OP_LOOKUP or DE_OP_APPLY_GRADS */
 	uint32_t n, dim;
 	uint64_t start, end;    /* ring counters of its region */
 	uint64_t vals_off;      /* data-area offset of its values */
@@ -176,6 +187,7 @@ const char *de_strerror(int err)
 	case -ENOSPC: s = "the daemon is out of space"; break;
 	case -EBUSY: s = "the daemon is busy"; break;
 	case -ENFILE: s = "too many open files in the system"; break;
+	case -EOPNOTSUPP: s = "the table has no optimizer: open it with one to apply gradients"; break;
 	default: {
 		const char *d = err < 0 ? strerrordesc_np(-err) : NULL;
 		s = d ? d : "unknown error";
@@ -568,7 +580,85 @@ static int spec_to_wire(const struct de_table_spec *s, struct de_msg_open *m)
 	m->cfg.slot_init = s->slot_init;
 	m->cfg.key_type = s->keys == DE_STRING_KEYS ? DE_KEYS_STRING : DE_KEYS_INT64;
 	m->cfg.seed = s->seed;
+
+	/* the learning config: the daemon checks every value; here only what must fit */
+	const struct de_optim_spec *o = &s->optim;
+	if ((unsigned)o->kind > DE_OPTIM_RMSPROP || (unsigned)s->admission.mode > DE_ADMISSION_PROBABILITY ||
+	    (unsigned)s->admission.reject_value > DE_REJECTED_READ_ZEROS ||
+	    (unsigned)s->eviction.policy > DE_EVICTION_L2 ||
+	    (unsigned)s->eviction.ttl_unit > DE_TIME_SECONDS ||
+	    (unsigned)s->eviction.lru_clock > DE_TIME_SECONDS ||
+	    (unsigned)s->durability.mode > DE_DURABLE_SYNC)
+		return -EINVAL;
+	struct de_wire_learn_config *l = &m->learn;
+	l->optim = (struct de_wire_optim){
+		.kind = (uint32_t)o->kind, /* DE_OPTIM_x == DE_WOPT_x (static asserts below) */
+		.lr = o->lr, .weight_decay = o->weight_decay, .momentum = o->momentum,
+		.dampening = o->dampening, .beta1 = o->beta1, .beta2 = o->beta2, .eps = o->eps,
+		.initial_accumulator_value = o->initial_accumulator_value, .alpha = o->alpha,
+		.l1 = o->l1, .l2 = o->l2, .lr_power = o->lr_power, .ftrl_beta = o->ftrl_beta,
+	};
+	l->admission = (struct de_wire_admission){
+		.mode = (uint32_t)s->admission.mode, .min_count = s->admission.min_count,
+		.probability = s->admission.probability, .sketch_width = s->admission.sketch_width,
+		.sketch_depth = s->admission.sketch_depth,
+		.reject_value = (uint32_t)s->admission.reject_value,
+	};
+	l->eviction = (struct de_wire_eviction){
+		.policy = (uint32_t)s->eviction.policy,
+		.flags = s->eviction.disk_tier ? DE_WEVICT_DISK_TIER : 0,
+		.budget_bytes = s->eviction.budget_bytes, .ttl = s->eviction.ttl,
+		.ttl_unit = (uint32_t)s->eviction.ttl_unit, .lru_clock = (uint32_t)s->eviction.lru_clock,
+		.lfu_decay = s->eviction.lfu_decay,
+	};
+	l->durability = (struct de_wire_durability){ .mode = (uint32_t)s->durability.mode,
+						     .window_ms = s->durability.window_ms };
 	return 0;
+}
+
+_Static_assert((int)DE_OPTIM_SGD == DE_WOPT_SGD && (int)DE_OPTIM_RMSPROP == DE_WOPT_RMSPROP &&
+	       (int)DE_OPTIM_ADAM == DE_WOPT_ADAM && (int)DE_OPTIM_FTRL == DE_WOPT_FTRL, "kinds");
+_Static_assert((int)DE_ADMISSION_PROBABILITY == DE_WADMIT_PROBABILITY &&
+	       (int)DE_REJECTED_READ_ZEROS == DE_WREJECT_ZEROS && (int)DE_EVICTION_L2 == DE_WEVICT_L2 &&
+	       (int)DE_EVICTION_TTL == DE_WEVICT_TTL && (int)DE_TIME_SECONDS == DE_WUNIT_SECONDS &&
+	       (int)DE_DURABLE_SYNC == DE_WDURABLE_SYNC, "modes");
+
+void de_optim_spec_defaults(enum de_optim_kind kind, struct de_optim_spec *out)
+{
+	if (!out)
+		return;
+	*out = (struct de_optim_spec){ .kind = kind };
+	if (kind == DE_OPTIM_NONE || (unsigned)kind > DE_OPTIM_RMSPROP)
+		return;
+	/* torch.optim's defaults (the same as de_optim_defaults in src/learn) */
+	out->lr = 0.01;
+	out->beta1 = 0.9;
+	out->beta2 = 0.999;
+	out->eps = 1e-8;
+	out->alpha = 0.99;
+	out->lr_power = -0.5;
+	switch (kind) {
+	case DE_OPTIM_MOMENTUM:
+	case DE_OPTIM_NESTEROV:
+		out->momentum = 0.9;
+		break;
+	case DE_OPTIM_ADAGRAD:
+		out->eps = 1e-10;
+		break;
+	case DE_OPTIM_ADAM:
+		out->lr = 1e-3;
+		break;
+	case DE_OPTIM_ADAMW:
+		out->lr = 1e-3;
+		out->weight_decay = 1e-2;
+		break;
+	case DE_OPTIM_FTRL:
+		out->lr = 1e-3;
+		out->initial_accumulator_value = 0.1;
+		break;
+	default:
+		break;
+	}
 }
 
 int de_open(de_client *c, const struct de_table_spec *spec, int *table)
@@ -832,7 +922,9 @@ static int ks_check(const struct keyset *ks)
 struct batch {
 	uint8_t op, flags;
 	uint64_t arg;
-	const float *vals_in;   /* UPDATE: n * dim, by the caller's index */
+	uint64_t lr_bits;       /* APPLY_GRADS: the lr override as double bits, 0 = none */
+	bool vals_by_pos;       /* vals_in is indexed by position in the keyset, not idx */
+	const float *vals_in;   /* UPDATE, APPLY_GRADS: n * dim, by the caller's index */
 	float *vals_out;        /* LOOKUP */
 	uint8_t *status;        /* LOOKUP, may be NULL */
 	size_t sum_count, sum_aux0;
@@ -853,7 +945,7 @@ static int chunk_submit(struct de_client *c, struct ctable *t, const struct keys
 			size_t from, size_t cnt, uint64_t kb, struct batch *b, struct pend *p)
 {
 	uint64_t row = (uint64_t)t->dim * sizeof(float);
-	bool want_vals = b->op == DE_OP_LOOKUP || b->op == DE_OP_UPDATE;
+	bool want_vals = b->op == DE_OP_LOOKUP || b->op == DE_OP_UPDATE || b->op == DE_OP_APPLY_GRADS;
 	bool want_status = b->op == DE_OP_LOOKUP && b->status;
 	uint64_t vb = want_vals ? cnt * row : 0, sb = want_status ? cnt : 0;
 	uint64_t voff = align_up(kb), soff = voff + align_up(vb), total = soff + align_up(sb);
@@ -885,9 +977,11 @@ static int chunk_submit(struct de_client *c, struct ctable *t, const struct keys
 			q += l;
 		}
 	}
-	if (b->op == DE_OP_UPDATE)
-		for (size_t j = 0; j < cnt; j++)
-			memcpy(d + voff + j * row, b->vals_in + ks_at(ks, from + j) * t->dim, row);
+	if (b->op == DE_OP_UPDATE || b->op == DE_OP_APPLY_GRADS)
+		for (size_t j = 0; j < cnt; j++) {
+			size_t i = b->vals_by_pos ? from + j : ks_at(ks, from + j);
+			memcpy(d + voff + j * row, b->vals_in + i * t->dim, row);
+		}
 
 	struct de_sqe e = { .op = b->op, .table = t->wire_id, .count = (uint32_t)cnt,
 			    .keys_off = base, .keys_len = kb, .arg = b->arg };
@@ -898,6 +992,10 @@ static int chunk_submit(struct de_client *c, struct ctable *t, const struct keys
 	}
 	if (want_status)
 		e.status_off = base + soff;
+	if (b->op == DE_OP_APPLY_GRADS && b->lr_bits) {
+		e.flags |= DE_GRAD_LR;
+		e.status_off = b->lr_bits;
+	}
 	err = submit(c, s, &e);
 	if (err)
 		return err;
@@ -920,7 +1018,8 @@ static int chunk_finish(struct de_client *c, struct ctable *t, const struct keys
 	}
 	struct de_cqe q = s->cqe;
 	err = q.res;
-	if (!err && (q.res > 0 || q.count > p->cnt || (b->op == DE_OP_LOOKUP && q.aux0 > p->cnt)))
+	if (!err && (q.res > 0 || q.count > p->cnt ||
+		     ((b->op == DE_OP_LOOKUP || b->op == DE_OP_APPLY_GRADS) && q.aux0 > p->cnt)))
 		err = -EBADMSG;
 	if (!err && p->want_status) {
 		for (size_t j = 0; j < p->cnt; j++) {
@@ -957,7 +1056,8 @@ static int run_batch(struct de_client *c, struct ctable *t, const struct keyset 
 		     struct batch *b)
 {
 	uint64_t row = (uint64_t)t->dim * sizeof(float);
-	uint64_t per = (b->op == DE_OP_LOOKUP || b->op == DE_OP_UPDATE ? row : 0) +
+	uint64_t per = (b->op == DE_OP_LOOKUP || b->op == DE_OP_UPDATE ||
+			b->op == DE_OP_APPLY_GRADS ? row : 0) +
 		       (b->op == DE_OP_LOOKUP && b->status ? 1 : 0);
 	size_t target = (ks->n + PIPE_DEPTH - 1) / PIPE_DEPTH;
 	if (target < PIPE_MIN_KEYS)
@@ -1194,6 +1294,168 @@ int de_erase_str(de_client *c, int table, const char *const *keys, const size_t 
 	return erase(c, t, &ks, erased);
 }
 
+/* ------------------------------------------------------------------------- */
+/* Gradients                                                                  */
+/* ------------------------------------------------------------------------- */
+
+/* The lr argument as the wire wants it: 0 (the table's lr) or a finite lr > 0. */
+static int lr_bits(double lr, uint64_t *out)
+{
+	if (!isfinite(lr))
+		return -EINVAL;
+	*out = lr > 0 ? de_lr_to_wire(lr) : 0;
+	return 0;
+}
+
+static bool grads_finite(const float *g, size_t nf)
+{
+	for (size_t i = 0; i < nf; i++)
+		if (!isfinite(g[i]))
+			return false;
+	return true;
+}
+
+struct dkey {
+	uint64_t h;             /* the daemon's key: the int64 key or the string's fingerprint */
+	size_t i;               /* the caller's index */
+};
+
+static int dkey_cmp(const void *a, const void *b)
+{
+	const struct dkey *x = a, *y = b;
+	if (x->h != y->h)
+		return x->h < y->h ? -1 : 1;
+	return x->i < y->i ? -1 : x->i > y->i;
+}
+
+static int first_cmp(const void *a, const void *b)
+{
+	size_t x = *(const size_t *)a, y = *(const size_t *)b;
+	return x < y ? -1 : x > y;
+}
+
+/*
+ * Deduplicate a gradient batch as the daemon would: distinct nonzero keys (key 0, the
+ * empty string, is ignored by the daemon: dropped here) in order of first occurrence
+ * into *idx (caller indices), their summed gradients (in batch order, float) into *sum
+ * (by position). Both malloc'd: the caller frees.
+ */
+static int dedup_grads(const struct ctable *t, const struct keyset *ks, const float *grads,
+		       size_t **idx_out, float **sum_out, size_t *nu_out)
+{
+	size_t n = ks->n, dim = t->dim;
+	struct dkey *dk = malloc(n * sizeof *dk);
+	size_t *idx = malloc(n * sizeof *idx);
+	float *sum = malloc(n * dim * sizeof *sum);
+	if (!dk || !idx || !sum) {
+		free(dk);
+		free(idx);
+		free(sum);
+		return -ENOMEM;
+	}
+	for (size_t i = 0; i < n; i++) {
+		dk[i].i = i;
+		dk[i].h = ks->ik ? ks->ik[i]
+				 : de_key_from_string(t->seed, ks->sk[i] ? ks->sk[i] : "", ks_len(ks, i));
+	}
+	qsort(dk, n, sizeof *dk, dkey_cmp);
+	size_t nu = 0;
+	for (size_t a = 0, b; a < n; a = b) {
+		for (b = a + 1; b < n && dk[b].h == dk[a].h; b++)
+			;
+		if (dk[a].h)
+			idx[nu++] = dk[a].i; /* the group's first occurrence */
+	}
+	qsort(idx, nu, sizeof *idx, first_cmp);
+	/* sums: walk the sorted groups again, find each group's position by binary search */
+	for (size_t a = 0, b; a < n; a = b) {
+		for (b = a + 1; b < n && dk[b].h == dk[a].h; b++)
+			;
+		if (!dk[a].h)
+			continue;
+		size_t lo = 0, hi = nu;
+		while (lo < hi) {
+			size_t mid = (lo + hi) / 2;
+			if (idx[mid] < dk[a].i)
+				lo = mid + 1;
+			else
+				hi = mid;
+		}
+		float *u = sum + lo * dim;
+		memcpy(u, grads + dk[a].i * dim, dim * sizeof *u);
+		for (size_t k = a + 1; k < b; k++) { /* increasing caller index: batch order */
+			const float *g = grads + dk[k].i * dim;
+			for (size_t j = 0; j < dim; j++)
+				u[j] += g[j];
+		}
+	}
+	free(dk);
+	*idx_out = idx;
+	*sum_out = sum;
+	*nu_out = nu;
+	return 0;
+}
+
+static int apply_grads(de_client *c, struct ctable *t, struct keyset *ks, const float *grads,
+		       uint64_t step, double lr, size_t *applied)
+{
+	if (applied)
+		*applied = 0;
+	if (ks->n && !grads)
+		return -EINVAL;
+	struct batch b = { .op = DE_OP_APPLY_GRADS, .arg = step, .vals_in = grads };
+	int err = lr_bits(lr, &b.lr_bits);
+	if (!err)
+		err = ks_check(ks);
+	if (err)
+		return err;
+	if (!grads_finite(grads, ks->n * t->dim))
+		return -EINVAL; /* the daemon would reject its chunk: reject the whole call */
+	size_t *idx = NULL;
+	float *sum = NULL;
+	struct keyset dk = *ks;
+	if (ks->n > 1) {
+		err = dedup_grads(t, ks, grads, &idx, &sum, &dk.n);
+		if (err)
+			return err;
+		dk.idx = idx;
+		b.vals_in = sum;
+		b.vals_by_pos = true;
+	}
+	err = run_batch(c, t, &dk, &b);
+	if (applied)
+		*applied = b.sum_count;
+	free(idx);
+	free(sum);
+	return err;
+}
+
+int de_apply_gradients(de_client *c, int table, const uint64_t *keys, size_t n,
+		       const float *grads, uint64_t step, double lr, size_t *applied)
+{
+	struct ctable *t;
+	int err = check_call(c, table, DE_KEYS_INT64, &t);
+	if (err)
+		return err;
+	if (n && !keys)
+		return -EINVAL;
+	struct keyset ks = { .ik = keys, .n = n };
+	return apply_grads(c, t, &ks, grads, step, lr, applied);
+}
+
+int de_apply_gradients_str(de_client *c, int table, const char *const *keys, const size_t *lens,
+			   size_t n, const float *grads, uint64_t step, double lr, size_t *applied)
+{
+	struct ctable *t;
+	int err = check_call(c, table, DE_KEYS_STRING, &t);
+	if (err)
+		return err;
+	if (n && !keys)
+		return -EINVAL;
+	struct keyset ks = { .sk = keys, .lens = lens, .n = n };
+	return apply_grads(c, t, &ks, grads, step, lr, applied);
+}
+
 int de_stats(de_client *c, int table, struct de_stats *out)
 {
 	if (!c || !out)
@@ -1240,6 +1502,14 @@ int de_stats(de_client *c, int table, struct de_stats *out)
 				.segments = w.segments, .splits = w.splits,
 				.dir_doublings = w.dir_doublings, .arena_segments = w.arena_segments,
 				.load_factor = w.load_factor, .dim = w.dim,
+				.read_only = w.read_only, .admitted = w.admitted,
+				.filtered = w.filtered, .grads_dropped = w.grads_dropped,
+				.evicted = w.evicted, .evicted_to_tier = w.evicted_to_tier,
+				.restored_from_tier = w.restored_from_tier,
+				.returned_fresh = w.returned_fresh,
+				.resident_bytes = w.resident_bytes, .budget_bytes = w.budget_bytes,
+				.wal_lsn = w.wal_lsn, .durable_lsn = w.durable_lsn,
+				.snapshots = w.snapshots, .snapshot_lsn = w.snapshot_lsn,
 			};
 		}
 	}
@@ -1281,6 +1551,7 @@ int de_submit_lookup(de_client *c, int table, const uint64_t *keys, size_t n, un
 	s->n = (uint32_t)n;
 	s->dim = t->dim;
 	s->vals_off = base + voff;
+	s->op = DE_OP_LOOKUP;
 	uint8_t *d = c->data + base;
 	memcpy(d, keys, 8 * n);
 
@@ -1354,9 +1625,79 @@ const float *de_request_vals(de_client *c, uint64_t req)
 	if (!c)
 		return NULL;
 	struct slot *s = slot_of(c, req);
-	if (!s || s->state != S_COMPLETED || s->cqe.res)
+	if (!s || s->state != S_COMPLETED || s->cqe.res || s->op != DE_OP_LOOKUP)
 		return NULL;
 	return (const float *)(c->data + s->vals_off);
+}
+
+int de_request_counts(de_client *c, uint64_t req, uint64_t *count, uint64_t *aux)
+{
+	if (!c)
+		return -EINVAL;
+	struct slot *s = slot_of(c, req);
+	if (!s || s->state != S_COMPLETED || s->cqe.res)
+		return -ESRCH;
+	if (count)
+		*count = s->cqe.count;
+	if (aux)
+		*aux = s->cqe.aux0;
+	return 0;
+}
+
+int de_submit_apply_gradients(de_client *c, int table, const uint64_t *keys, size_t n,
+			      const float *grads, uint64_t step, double lr, uint64_t *req)
+{
+	struct ctable *t;
+	int err = check_call(c, table, DE_KEYS_INT64, &t);
+	if (err)
+		return err;
+	if (!req || (n && (!keys || !grads)))
+		return -EINVAL;
+	uint64_t lrb;
+	err = lr_bits(lr, &lrb);
+	if (err)
+		return err;
+	if (n > c->max_batch)
+		return -E2BIG;
+	uint64_t row = (uint64_t)t->dim * sizeof(float);
+	if (!grads_finite(grads, n * t->dim))
+		return -EINVAL;
+	uint64_t voff = align_up(8 * (uint64_t)n), total = voff + align_up(n * row);
+	if (total > c->data_bytes)
+		return -ENOBUFS;
+	unsigned si;
+	err = slot_get(c, &si);
+	if (err)
+		return err;
+	struct slot *s = &c->slots[si];
+	uint64_t base;
+	err = ring_alloc(c, s, si, total ? total : ALIGN, &base);
+	if (err) {
+		s->state = S_FREE;
+		s->id = 0;
+		return err;
+	}
+	s->n = (uint32_t)n;
+	s->dim = t->dim;
+	s->vals_off = base + voff;
+	s->op = DE_OP_APPLY_GRADS;
+	uint8_t *d = c->data + base;
+	if (n) {
+		memcpy(d, keys, 8 * n);
+		memcpy(d + voff, grads, n * row);
+	}
+	struct de_sqe e = { .op = DE_OP_APPLY_GRADS, .table = t->wire_id, .count = (uint32_t)n,
+			    .keys_off = base, .keys_len = 8 * (uint64_t)n, .vals_off = base + voff,
+			    .vals_len = n * row, .arg = step };
+	if (lrb) {
+		e.flags = DE_GRAD_LR;
+		e.status_off = lrb;
+	}
+	err = submit(c, s, &e);
+	if (err)
+		return err;
+	*req = s->id;
+	return 0;
 }
 
 void de_zero_copy_counts(const de_client *c, uint64_t *local_keys, uint64_t *remote_keys)

@@ -9,6 +9,17 @@
  * of keys that exist are served zero-copy from the table's memory mapped read-only in
  * this process, and fall back to the daemon for the rest.
  *
+ * Training: open the table with an optimizer (struct de_table_spec.optim) and push
+ * gradients with de_apply_gradients; the daemon runs the optimizer step on its rows
+ * (src/learn/de_learn.h has the formulas: torch.optim's, per key, "sparse"). Duplicate
+ * keys in one call are summed and stepped once.
+ *
+ * Concurrent trainers: several clients (threads, processes) may push gradients to the
+ * same rows at once. Each row's step is atomic: two steps of one row are serialized in
+ * the order they reach it (the daemon's per-row lock), none is lost, and no reader
+ * (including a zero-copy lookup) sees a half-stepped row. There is no atomicity across
+ * rows, and no ordering between two clients' calls beyond that.
+ *
  * Every function returns 0 or a negative errno; de_strerror explains any of them.
  *
  * Caveats:
@@ -52,19 +63,84 @@ void de_close(de_client *c); /* NULL is fine */
 enum de_key_kind { DE_INT64_KEYS = 0, DE_STRING_KEYS = 1 };
 enum de_initializer { DE_ZEROS = 0, DE_CONSTANT, DE_UNIFORM, DE_TRUNC_NORMAL };
 
+/* The server-side optimizer of a table (formulas and ranges: src/learn/de_learn.h). */
+enum de_optim_kind {
+	DE_OPTIM_NONE = 0,  /* no optimizer: de_apply_gradients fails with -EOPNOTSUPP */
+	DE_OPTIM_SGD, DE_OPTIM_MOMENTUM, DE_OPTIM_NESTEROV, DE_OPTIM_ADAGRAD, DE_OPTIM_ADAM,
+	DE_OPTIM_ADAMW, DE_OPTIM_FTRL, DE_OPTIM_RMSPROP,
+};
+
+/* Hyperparameters, taken literally (0 is a value, e.g. beta1 = 0): start from
+ * de_optim_spec_defaults(kind) and change what you need. Names follow torch.optim (FTRL:
+ * tf.keras.optimizers.Ftrl; ftrl_beta is its `beta`). Unused fields are still part of
+ * the table's config (compared on open). */
+struct de_optim_spec {
+	enum de_optim_kind kind;
+	double lr, weight_decay, momentum, dampening, beta1, beta2, eps;
+	double initial_accumulator_value, alpha, l1, l2, lr_power, ftrl_beta;
+};
+/* torch.optim's defaults for kind (SGD: lr 0.01; FTRL: Keras' lr 0.001, lr_power -0.5,
+ * initial_accumulator_value 0.1); every field 0 for DE_OPTIM_NONE. */
+void de_optim_spec_defaults(enum de_optim_kind kind, struct de_optim_spec *out /* out */);
+
+/* Admission (defined and validated now; enforced by a later daemon). */
+enum de_admission_mode {
+	DE_ADMISSION_NONE = 0,        /* every key gets a row */
+	DE_ADMISSION_COUNT,           /* after min_count sightings (count-min sketch) */
+	DE_ADMISSION_PROBABILITY,     /* each sighting admits with probability p */
+};
+enum de_reject_read { DE_REJECTED_READ_INIT = 0, DE_REJECTED_READ_ZEROS };
+struct de_admission_spec {
+	enum de_admission_mode mode;
+	uint32_t min_count;           /* COUNT: >= 1 */
+	double probability;           /* PROBABILITY: (0, 1] */
+	uint32_t sketch_width;        /* COUNT: power of two in [64, 2^28]; 0 = 2^20 */
+	uint32_t sketch_depth;        /* COUNT: 1..16; 0 = 4 */
+	enum de_reject_read reject_value; /* what a key not admitted yet reads as */
+};
+
+/* Eviction (defined and validated now; enforced by a later daemon). */
+enum de_eviction_policy {
+	DE_EVICTION_NONE = 0, DE_EVICTION_LRU, DE_EVICTION_LFU, DE_EVICTION_TTL, DE_EVICTION_L2,
+};
+enum de_time_unit { DE_TIME_STEPS = 0, DE_TIME_SECONDS };
+struct de_eviction_spec {
+	enum de_eviction_policy policy;
+	uint64_t budget_bytes;        /* per table; 0 = unlimited (LRU, LFU, L2 need > 0) */
+	uint64_t ttl;                 /* TTL: > 0, in ttl_unit */
+	enum de_time_unit ttl_unit;   /* TTL only */
+	enum de_time_unit lru_clock;  /* LRU only */
+	double lfu_decay;             /* LFU only: half-life in steps, 0 = no decay */
+	bool disk_tier;               /* evicted rows go to disk and come back on lookup */
+};
+
+/* Durability of acknowledged updates (defined and validated now; a later daemon). */
+enum de_durability_mode { DE_DURABLE_NONE = 0, DE_DURABLE_ASYNC, DE_DURABLE_SYNC };
+struct de_durability_spec {
+	enum de_durability_mode mode;
+	uint32_t window_ms;           /* ASYNC: group commit window, 1..60000; 0 = 10 */
+};
+
+/* Zero-initialize, then set what you need: all-zero learning settings mean no
+ * optimizer, no admission filter, no eviction, no durability beyond snapshots. */
 struct de_table_spec {
 	const char *name;        /* 1..63 bytes */
 	uint32_t dim;            /* 1..4096 */
-	uint32_t nslots;         /* optimizer slots, 0..8 */
+	uint32_t nslots;         /* optimizer slots, 0..8; 0 with an optimizer: what it needs */
 	enum de_initializer init;
 	float init_a, init_b;    /* constant a; uniform [a, b); truncated normal mean a, stddev b */
 	float slot_init;
 	uint64_t seed;
 	enum de_key_kind keys;
+	struct de_optim_spec optim;
+	struct de_admission_spec admission;
+	struct de_eviction_spec eviction;
+	struct de_durability_spec durability;
 };
 
 /* Open (or share) a table. out: a small table handle for this client. -EEXIST: the name
- * is taken with a different config; -EINVAL: a bad spec. */
+ * is taken with a different config (every field above counts, the learning settings
+ * too; de_strerror names the field); -EINVAL: a bad spec (de_strerror says why). */
 int de_open(de_client *c, const struct de_table_spec *spec, int *table /* out */);
 uint32_t de_table_dim_of(const de_client *c, int table); /* 0 for a bad handle */
 
@@ -97,11 +173,38 @@ int de_erase(de_client *c, int table, const uint64_t *keys, size_t n, size_t *er
 int de_erase_str(de_client *c, int table, const char *const *keys, const size_t *lens, size_t n,
 		 size_t *erased);
 
+/*
+ * Push gradients (n * dim floats, row i for keys[i]) to the table's optimizer: the daemon
+ * sums the gradients of duplicate keys, creates missing keys (initializer) and steps each
+ * distinct key once. step: the training step recorded with the rows. lr > 0: use this
+ * learning rate for this call (a schedule); lr <= 0: the table's configured lr; NaN or
+ * infinite: -EINVAL. applied (may be NULL): distinct keys stepped.
+ * -EINVAL: a non-finite gradient (nothing is applied), a bad handle or key type;
+ * -EOPNOTSUPP: the table has no optimizer. A batch larger than one request is
+ * deduplicated here first, so a key is still stepped once per call; its parts are then
+ * applied one after the other (a reader may see some parts applied and not others).
+ */
+int de_apply_gradients(de_client *c, int table, const uint64_t *keys, size_t n,
+		       const float *grads, uint64_t step, double lr, size_t *applied);
+/* The same for a string table (keys as in de_lookup_str). */
+int de_apply_gradients_str(de_client *c, int table, const char *const *keys, const size_t *lens,
+			   size_t n, const float *grads, uint64_t step, double lr, size_t *applied);
+
 struct de_stats {
 	uint64_t keys, rows_allocated, rows_free, row_bytes, index_bytes, arena_bytes;
 	uint64_t segments, splits, dir_doublings, arena_segments;
 	double load_factor;
 	uint32_t dim;
+	uint32_t read_only;     /* 1: a failed fsync or write made the table read-only */
+	/* admission: keys admitted / sightings filtered / gradients dropped for unadmitted keys */
+	uint64_t admitted, filtered, grads_dropped;
+	/* eviction: rows evicted (of which to the disk tier), rows brought back from the tier,
+	 * keys that came back after eviction without their row (started fresh; approximate),
+	 * bytes the table holds as the evictor counts them, and its budget (0 = none) */
+	uint64_t evicted, evicted_to_tier, restored_from_tier, returned_fresh;
+	uint64_t resident_bytes, budget_bytes;
+	/* persistence: last WAL record, last durable one, snapshots taken, LSN of the last */
+	uint64_t wal_lsn, durable_lsn, snapshots, snapshot_lsn;
 };
 int de_stats(de_client *c, int table, struct de_stats *out);
 
@@ -115,6 +218,19 @@ int de_submit_lookup(de_client *c, int table, const uint64_t *keys, size_t n, un
 		     uint64_t step, uint64_t *req /* out */);
 int de_complete(de_client *c, uint64_t req, int timeout_ms);
 const float *de_request_vals(de_client *c, uint64_t req);
+/*
+ * Async gradients: one request of n <= max batch keys (-E2BIG otherwise; no splitting),
+ * grads copied into the channel at submit (the caller may reuse its array at once).
+ * de_complete gives the result; de_request_counts then gives the counts.
+ */
+int de_submit_apply_gradients(de_client *c, int table, const uint64_t *keys, size_t n,
+			      const float *grads, uint64_t step, double lr,
+			      uint64_t *req /* out */);
+/* After de_complete returned 0 (until the next submit): lookups: count = keys found,
+ * aux = keys created; gradients: count = distinct keys stepped, aux = keys created.
+ * -ESRCH: not a completed request. */
+int de_request_counts(de_client *c, uint64_t req, uint64_t *count /* out */,
+		      uint64_t *aux /* out */);
 
 /* Zero-copy counters of this client: lookups served from the read-only mapping, and keys
  * that had to go to the daemon. */

@@ -100,6 +100,10 @@ struct de_optim_config {
 	double l1, l2;       /* FTRL, TensorFlow's convention (see the top of this file) */
 	double lr_power;     /* FTRL: <= 0, usually -0.5 */
 	double ftrl_beta;    /* FTRL: the paper's beta, >= 0 (Keras default 0) */
+	int hogwild;         /* 0 (default): each row is stepped under its write protection
+	                        (de_table_apply); 1: lock-free Hogwild steps
+	                        (de_table_apply_hogwild: concurrent steps of one row can be
+	                        lost, readers can see torn rows). See BENCHMARKS.md, "learn". */
 };
 
 /* torch.optim's defaults for kind (SGD has none for lr: 0.01 here; FTRL: Keras' lr 0.001,
@@ -124,6 +128,403 @@ const char *de_optim_name(enum de_optimizer kind); /* "adam", ...; "?" when unkn
  */
 int de_optim_update(de_table *t, const struct de_optim_config *cfg, const uint64_t *keys,
 		    size_t n, const float *grads, uint64_t step, size_t *applied /* out */);
+
+/* ------------------------------------------------------------------------- */
+/* Admission and eviction (admit.c, evict.c, tier.c)                          */
+/* ------------------------------------------------------------------------- */
+
+/*
+ * Admission (admit.c). A key earns a row only after it was seen `threshold` times
+ * (count-min sketch, DE_ADMIT_COUNT) or, per sighting, with probability p
+ * (DE_ADMIT_PROB). The daemon calls de_admit_check on the keys a lookup did not find;
+ * for keys not admitted it returns de_table_init_row (or zeros) without storing, and
+ * drops their gradients (counting them with de_admit_drop_grads).
+ *
+ * Sketch: depth rows of width u16 counters, indexes from one seeded xxh3-64 of the key
+ * (double hashing h1 + i*h2). Conservative update: a sighting raises only the counters
+ * equal to the key's current minimum, to minimum + 1 (saturating at 65535). The estimate
+ * is the minimum. Single-threaded it never under-counts, and with total sightings S it
+ * over-counts by more than e*S/width with probability at most e^-depth (Cormode and
+ * Muthukrishnan). Concurrent sightings of one key may merge (relaxed atomics, no CAS
+ * loop): an under-count of at most the number of racing threads. Aging (TinyLFU
+ * reset): after aging_period sightings every counter is halved (by the thread whose
+ * sighting crossed the period; O(width * depth) once per period).
+ * PROB: the draw of a sighting is xxh3(key, seed ^ n) for a global sighting counter n,
+ * so a single-threaded replay admits the same keys.
+ * Key 0 is always admitted and not counted.
+ */
+typedef struct de_admit de_admit;
+
+enum de_admit_mode {
+	DE_ADMIT_ALL = 0, /* every key is admitted (statistics only) */
+	DE_ADMIT_COUNT,   /* count-min sketch, threshold sightings */
+	DE_ADMIT_PROB,    /* probability per sighting */
+};
+
+struct de_admit_config {
+	enum de_admit_mode mode;
+	uint32_t threshold;    /* COUNT: 1..65535 sightings */
+	uint32_t width;        /* COUNT: counters per row, a power of two in 64..2^28; 0 = 2^20 */
+	uint32_t depth;        /* COUNT: rows, 1..8; 0 = 4 */
+	uint64_t aging_period; /* COUNT: halve all counters every this many sightings; 0 = never */
+	double probability;    /* PROB: in (0, 1] */
+	uint64_t seed;
+};
+
+struct de_admit_stats {
+	uint64_t admitted;      /* sightings that returned admit = 1 (key 0 excluded) */
+	uint64_t filtered;      /* sightings that returned admit = 0 */
+	uint64_t dropped_grads; /* gradients reported dropped with de_admit_drop_grads */
+	uint64_t agings;        /* halvings done */
+};
+
+/* -EINVAL for a bad config, -ENOMEM. out: the admission filter (free with destroy). */
+int de_admit_create(const struct de_admit_config *cfg, de_admit **out);
+void de_admit_destroy(de_admit *a); /* NULL is fine */
+/* Record one sighting per key and say whether it is admitted (admit_out[i] = 0 or 1).
+ * Thread-safe. -EINVAL for NULL arguments (n == 0 is fine). */
+int de_admit_check(de_admit *a, const uint64_t *keys, size_t n, uint8_t *admit_out /* out */);
+/* COUNT: the sketch's current estimate of key's sightings (0 for other modes). */
+uint32_t de_admit_estimate(const de_admit *a, uint64_t key);
+/* Count n gradients dropped because their keys were not admitted. Thread-safe. */
+void de_admit_drop_grads(de_admit *a, uint64_t n);
+int de_admit_stats(const de_admit *a, struct de_admit_stats *out /* out */);
+
+/*
+ * Disk tier (tier.c): an unlinked file (O_TMPFILE, or created and unlinked) in a
+ * directory, written and read with io_uring, holding evicted rows with their slots and
+ * metadata; an in-memory index key -> offset. It is a cache: nothing survives close.
+ * Record (little-endian, 48 + 4 * row_floats bytes):
+ *   0 u32 magic "DETR", 4 u32 row_floats, 8 u64 key, 16 struct de_row_meta (32 bytes),
+ *   48 f32[row_floats] values then slots.
+ * A read record is checked (magic, row_floats, key) before it is returned: -EIO if not.
+ * Putting a key that is already there supersedes the old record (dead space). When dead
+ * space exceeds half the file (and 1 MiB), the next put compacts: live records are
+ * copied to a new file, under the tier's lock (takes wait meanwhile).
+ */
+typedef struct de_tier de_tier;
+
+struct de_tier_stats {
+	uint64_t live;        /* keys held */
+	uint64_t puts, takes; /* records written, records returned */
+	uint64_t file_bytes, dead_bytes;
+	uint64_t compactions;
+	uint64_t io_errors;   /* failed reads/writes (the rows concerned are lost) */
+	uint32_t row_floats;  /* the row size it was opened for */
+};
+
+/* dir: an existing writable directory. -EINVAL (row_floats 0 or > DE_MAX_DIM * (1 +
+ * DE_MAX_SLOTS), NULL), or the errno of open / io_uring_queue_init. */
+int de_tier_open(const char *dir, uint32_t row_floats, de_tier **out);
+void de_tier_close(de_tier *tier); /* NULL is fine */
+/* Append n rows (n * row_floats floats) with their metadata (metas[i].key is the key).
+ * Thread-safe. On a write error the records of this call are not indexed. */
+int de_tier_put(de_tier *tier, const float *rows, const struct de_row_meta *metas, size_t n);
+/* Return key's row (row_floats floats) and metadata, and forget it: 0, -ENOENT, -EIO. */
+int de_tier_take(de_tier *tier, uint64_t key, float *row /* out */,
+		 struct de_row_meta *meta /* out */);
+bool de_tier_contains(de_tier *tier, uint64_t key);
+int de_tier_compact(de_tier *tier);
+int de_tier_stats(de_tier *tier, struct de_tier_stats *out /* out */);
+#ifdef DE_FAULT_INJECTION
+/* Test builds: make the tier's file descriptor invalid (closed), so every later I/O fails. */
+void de_tier_break_fd(de_tier *tier);
+#endif
+
+/*
+ * Eviction (evict.c): one evictor per host manages up to DE_EVICT_MAX_TABLES tables, each
+ * with a byte budget, under an optional host budget.
+ *
+ * Resident bytes of a table (what budgets bound): the arena's used bytes minus the bytes
+ * of row chunks, plus live keys * row_cost, where row_cost = row_stride + 32 (metadata)
+ * and row_stride = dim * 4 * (1 + nslots) rounded up to 64 bytes (to 16 below 64 bytes),
+ * as shm/table.c lays rows out. So: header, chunk table, index segments and every
+ * directory ever made, plus the rows of live keys (values, slots and metadata). The
+ * arena never shrinks and reuses freed rows before growing, so keeping resident bytes
+ * under the budget keeps the arena's used bytes under budget + (rows handed out but not
+ * live: at most one row chunk, about 2 MiB, plus the rows inserted between checks).
+ *
+ * Watermarks: a table (or the host) whose resident bytes exceed budget * high is evicted
+ * down to budget * low. The background thread (de_evict_start) does it every
+ * interval_ms; de_evict_after_lookup does it inline, up to inline_max rows, when a lookup
+ * created rows and the table is over its full budget (so the budget holds when inserts
+ * outpace the thread); de_evict_step does one pass synchronously (tests, or a daemon
+ * without the thread). Over the host budget, rows are taken from the table with the
+ * highest resident / budget ratio (tables without a budget count host_budget / ntables).
+ * Caveat: each table has its own arena, and rows freed in one are not reusable by
+ * another, so under a host budget the arenas' used bytes are bounded by the sum of each
+ * table's peak resident bytes (a table that grew early and was cut back to its share
+ * keeps its peak), not by the host budget; per-table budgets bound each arena.
+ *
+ * Sampling (Redis' approximated LRU): each round peeks `samples` random row ids
+ * (de_table_peek, no lock), scores them, merges them into a pool of the `pool` lowest
+ * scores, and erases the lowest with de_table_erase_if, which re-scores the row under its
+ * write protection: a row touched since it was sampled (a higher score) is kept. When
+ * samples >= the table's row limit every row id is examined (exact, for tests).
+ *
+ * Scores (lowest evicted first); `now` is the evictor's step (de_evict_set_step) for
+ * DE_CLOCK_STEP tables, its clock (seconds, injectable) for DE_CLOCK_TIME tables:
+ *   LRU: last_step.   TTL: last_step (under budget pressure), and rows with
+ *   now - last_step > ttl are expired by an incremental sweep of sweep_rows row ids per
+ *   pass (every row is examined once per row_limit / sweep_rows passes).
+ *   LFU: freq * 2^(-(now - last_step) / half_life) (half_life 0: freq): decay applied
+ *   lazily, by idle time since the last access, without writing the row.
+ *   L2: sum of the squares of the values.
+ * Time clocks: last_step is the only per-row time (aux holds the optimizers' step count),
+ * so a DE_CLOCK_TIME table must be looked up and updated with de_evict_now(ev, id) as the
+ * step: last_step then holds seconds.
+ *
+ * Returning keys: de_evict_after_lookup, given a lookup's statuses, restores each
+ * DE_CREATED key the table's tier holds (values, slots, meta freq and aux; last_step =
+ * step) and writes its values into the lookup's output. Other DE_CREATED keys that a
+ * "recently evicted" filter knows count as returned_fresh. The filter: two generations
+ * of a 2^20-bit Bloom filter (2 bits per key) per table, the older cleared after 2^17
+ * evictions: false positives of about (2^17 / 2^20 * 2)^2 ~ 6% at most just after a
+ * rotation, and keys evicted more than 2 generations ago are forgotten.
+ */
+typedef struct de_evict de_evict;
+
+#define DE_EVICT_MAX_TABLES 64u
+#define DE_EVICT_HOST UINT32_MAX /* the "table id" of the host totals */
+
+enum de_evict_policy { DE_EVICT_LRU = 0, DE_EVICT_LFU, DE_EVICT_TTL, DE_EVICT_L2 };
+enum de_evict_clock { DE_CLOCK_STEP = 0, DE_CLOCK_TIME };
+
+struct de_evict_config {
+	uint64_t host_budget_bytes; /* 0 = none */
+	uint32_t samples;      /* row ids per round, 1..4096; 0 = 16 */
+	uint32_t pool;         /* candidates kept, 1..256; 0 = 16 */
+	double high, low;      /* watermarks, 0 < low <= high <= 1; 0 = 0.98 and 0.95 */
+	uint32_t inline_max;   /* rows one de_evict_after_lookup may evict; 0 = 1024 */
+	uint32_t interval_ms;  /* background period, 1..60000; 0 = 10 */
+	uint32_t sweep_rows;   /* TTL rows examined per pass, 1..2^24; 0 = 4096 */
+	uint64_t (*clock)(void *ctx); /* seconds; NULL = CLOCK_MONOTONIC seconds */
+	void *clock_ctx;
+	uint64_t seed;         /* sampling */
+};
+
+struct de_evict_table_config {
+	uint64_t budget_bytes; /* 0 = none (only the host budget applies) */
+	enum de_evict_policy policy;
+	enum de_evict_clock clock; /* LRU, LFU, TTL */
+	uint64_t ttl;          /* TTL: > 0, in steps or seconds */
+	uint64_t half_life;    /* LFU: 0 = no decay */
+	de_tier *tier;         /* NULL = evicted rows are dropped; not owned */
+};
+
+struct de_evict_stats {
+	uint64_t resident_bytes;  /* now (computed) */
+	uint64_t budget_bytes;
+	uint64_t evicted;         /* rows erased by the evictor (expired included) */
+	uint64_t expired;         /* TTL */
+	uint64_t evicted_to_tier; /* written to the tier */
+	uint64_t tier_errors;     /* evicted rows the tier failed to keep */
+	uint64_t restored_from_tier;
+	uint64_t returned_fresh;  /* created again without their old row (approximate) */
+	uint64_t kept_touched;    /* candidates kept because they changed since sampling */
+	uint64_t sweeps;          /* TTL: full sweeps completed */
+};
+
+/* -EINVAL for a bad config, -ENOMEM. */
+int de_evict_create(const struct de_evict_config *cfg, de_evict **out);
+/* Stops the thread if running. Tables and tiers are not closed. NULL is fine. */
+void de_evict_destroy(de_evict *ev);
+/* Register a table (and the arena it lives in). Before de_evict_start only: -EBUSY
+ * after; -ENOSPC past DE_EVICT_MAX_TABLES; -EINVAL for a bad config (TTL without ttl, a
+ * tier whose row size differs from the table's). id: the table's index. */
+int de_evict_add_table(de_evict *ev, de_table *t, de_arena *a,
+		       const struct de_evict_table_config *cfg, uint32_t *id /* out */);
+/* Change table id's budget (or the host's: DE_EVICT_HOST) at any time. -EINVAL: bad id. */
+int de_evict_set_budget(de_evict *ev, uint32_t id, uint64_t budget_bytes);
+/* Resident bytes of table id now (or of all tables: DE_EVICT_HOST); 0 for a bad id. */
+uint64_t de_evict_resident(de_evict *ev, uint32_t id);
+/* The training step, for DE_CLOCK_STEP tables (kept as the maximum seen). */
+void de_evict_set_step(de_evict *ev, uint64_t step);
+/* "now" of table id's clock; UINT64_MAX for a bad id. */
+uint64_t de_evict_now(de_evict *ev, uint32_t id);
+/* Start / stop the background thread. start: -EALREADY if running; stop: 0 either way. */
+int de_evict_start(de_evict *ev);
+int de_evict_stop(de_evict *ev);
+/* One synchronous pass: expire (TTL sweeps), then enforce table and host budgets,
+ * erasing at most max_rows rows (0 = no limit). evicted (may be NULL): rows erased. */
+int de_evict_step(de_evict *ev, size_t max_rows, size_t *evicted /* out */);
+/* After a lookup of n keys on table id with status from de_table_find_or_insert: restore
+ * returning keys from the tier (out: n * dim values, updated for them; may be NULL),
+ * count the fresh ones, and evict inline when over budget. restored (may be NULL). */
+int de_evict_after_lookup(de_evict *ev, uint32_t id, const uint64_t *keys, size_t n,
+			  const uint8_t *status, float *out, uint64_t step,
+			  size_t *restored /* out */);
+/* Statistics of table id, or of the host (DE_EVICT_HOST: sums, host budget). */
+int de_evict_stats(de_evict *ev, uint32_t id, struct de_evict_stats *out /* out */);
+
+/* ------------------------------------------------------------------------- */
+/* Candidate sampling and top-k (sample.c, topk.c)                            */
+/* ------------------------------------------------------------------------- */
+
+/*
+ * Candidate sampling (sample.c) for sampled softmax, with TensorFlow's definitions
+ * (tf.random.log_uniform_candidate_sampler / fixed_unigram_candidate_sampler):
+ *   UNIFORM:     P(k) = 1/L over the L live keys (L read from de_table_stats at each
+ *                call). Drawn by rejection over row ids [0, de_table_row_limit) with
+ *                de_table_peek: a free row is redrawn (at most DE_SAMPLE_MAX_REJECT times
+ *                per draw, then -EAGAIN), so a static table has no bias.
+ *   LOG_UNIFORM: keys ranked by observed frequency (meta.freq descending, ties by key
+ *                ascending) at the last rebuild; rank r of R has
+ *                P(r) = log((r+2)/(r+1)) / log(R+1)          (TF's LogUniformSampler).
+ *   UNIGRAM:     P(k) = freq(k)^power / sum over keys of freq^power, at the last rebuild
+ *                (Walker/Vose alias table; TF's `distortion` is `power`). Keys with weight
+ *                0 (freq 0, power > 0) are never drawn.
+ * LOG_UNIFORM and UNIGRAM sample from a snapshot of the table built by de_sampler_create,
+ * by de_sampler_rebuild and by a background thread every rebuild_ms. Snapshots are double
+ * buffered behind an atomic pointer: a sampling call pins the current one (a reference
+ * count), never waits; a rebuild waits for the old one to be unpinned before reusing it.
+ *
+ * Expected counts (TF's ExpectedCountHelper): with T draws made to get n samples (T = n
+ * without unique; with unique, T counts every draw including the duplicates rejected),
+ *   expected(k) = n * P(k)               when T == n,
+ *   expected(k) = 1 - (1 - P(k))^T       otherwise (computed as -expm1(T*log1p(-P))).
+ * sampled_expected[i] is that for keys[i], true_expected[j] for positives[j].
+ * A positive the sampler cannot draw gets a finite floor instead of 0 so the logit
+ * correction log(expected) stays finite: LOG_UNIFORM uses the probability of rank R (one
+ * past the last), UNIGRAM the smallest probability in the snapshot, UNIFORM always 1/L.
+ * Key 0 (no feature) as a positive gets 0 and is never a hit.
+ * is_positive[i] = 1 when keys[i] is one of the positives (an "accidental hit", which
+ * tf.nn.sampled_softmax_loss removes with remove_accidental_hits=True).
+ *
+ * Randomness: each call draws from its own splitmix64 stream seeded by (cfg.seed, a call
+ * counter), so any number of threads may call de_sample on one sampler at once; a
+ * single-threaded sequence of calls is reproducible.
+ *
+ * Caveats:
+ *   - Snapshot kinds may return a key erased since the last rebuild, and do not return
+ *     keys inserted since; probabilities are those of the snapshot, not of the table now.
+ *   - UNIFORM under concurrent writes is uniform over whatever rows were live when peeked
+ *     (a returned key was live at some moment of the call); L is read once per call.
+ *   - unique with n close to the population may need many draws: after
+ *     DE_SAMPLE_MAX_TRIES(n) draws the call fails with -EAGAIN.
+ *   - The table must outlive the sampler (de_sampler_destroy before de_table_close).
+ */
+typedef struct de_sampler de_sampler;
+
+enum de_sampler_kind {
+	DE_SAMPLER_UNIFORM = 0,
+	DE_SAMPLER_LOG_UNIFORM,
+	DE_SAMPLER_UNIGRAM,
+};
+
+#define DE_SAMPLE_MAX (1u << 20)      /* n per call; more is -E2BIG */
+#define DE_SAMPLE_MAX_POSITIVES (1u << 20)
+#define DE_SAMPLE_MAX_REJECT 4096u    /* UNIFORM: free rows redrawn per draw */
+#define DE_SAMPLE_MAX_TRIES(n) ((uint64_t)(n) * 64u + (1u << 20)) /* unique: draws per call */
+#define DE_SAMPLER_MAX_POWER 16.0
+
+struct de_sampler_config {
+	enum de_sampler_kind kind;
+	double power;        /* UNIGRAM: exponent in [0, DE_SAMPLER_MAX_POWER] (0.75 for
+	                        word2vec); must be 0 for the other kinds */
+	int unique;          /* nonzero: the n keys of a call are distinct */
+	uint64_t seed;
+	uint32_t rebuild_ms; /* LOG_UNIFORM, UNIGRAM: background rebuild period in ms, 0 = no
+	                        thread (de_sampler_rebuild only); UNIFORM: must be 0 */
+};
+
+/* What one de_sample call did. */
+struct de_sample_info {
+	uint64_t num_tries;  /* T above */
+	uint64_t population; /* L (UNIFORM) or keys in the snapshot */
+	uint64_t generation; /* snapshot generation used (0 for UNIFORM) */
+};
+
+/* 0, or -EINVAL with the reason written to why (may be NULL, cap bytes). */
+int de_sampler_check(const struct de_sampler_config *cfg, char *why, size_t cap);
+
+/* Create a sampler over t; snapshot kinds build their first snapshot now (an empty table
+ * gives an empty snapshot: de_sample says -ENOENT until a rebuild sees keys) and start
+ * the background thread. Errors: -EINVAL (NULL, bad cfg), -ENOMEM, pthread errors. */
+int de_sampler_create(de_table *t, const struct de_sampler_config *cfg, de_sampler **out);
+
+/* Stop the background thread and free everything. NULL is fine. Not concurrent with
+ * other calls on s. */
+void de_sampler_destroy(de_sampler *s);
+
+/* Rebuild the snapshot now (synchronous; serialized with the background thread).
+ * 0 for UNIFORM (nothing to build); -ENOMEM. */
+int de_sampler_rebuild(de_sampler *s);
+
+/*
+ * Draw n candidates. out: keys[n], sampled_expected[n] (may be NULL), is_positive[n]
+ * (may be NULL), true_expected[npos] (may be NULL; positives may be NULL when npos is 0),
+ * info (may be NULL). Thread-safe.
+ * Errors: -EINVAL (NULL s/keys, n == 0, positives NULL with npos > 0); -E2BIG (n >
+ * DE_SAMPLE_MAX or npos > DE_SAMPLE_MAX_POSITIVES); -ENOENT (no key to draw: empty table
+ * or snapshot); -ERANGE (unique and n > population); -EAGAIN (draw limits above);
+ * -ENOMEM.
+ */
+int de_sample(de_sampler *s, size_t n, const uint64_t *positives, size_t npos,
+	      uint64_t *keys /* out */, float *sampled_expected /* out */,
+	      uint8_t *is_positive /* out */, float *true_expected /* out */,
+	      struct de_sample_info *info /* out */);
+
+/* The sampler's probability P(k) of one draw for each key (the floors above for keys it
+ * cannot draw, 0 for key 0), from the current snapshot (UNIFORM: 1/L, or 0 when L == 0). */
+int de_sampler_prob(de_sampler *s, const uint64_t *keys, size_t n, double *prob /* out */);
+
+/*
+ * Top-k (topk.c): for each of nq queries (dim floats each, row-major), the k live keys
+ * whose values score highest: DOT = <q, v>; COSINE = <q, v> / (|q| |v|), defined as 0
+ * when |q| or |v| is 0. Exact (every live row is scored), not approximate.
+ *
+ * The table's row ids are split into nthreads ranges, each scanned with
+ * de_table_iterate_range (consistent rows, not torn) and scored in blocks of rows x
+ * queries with 8-float vector accumulators (AVX2+FMA when the CPU has it, else SSE via
+ * GCC vector extensions; DE_TOPK_KERNEL=base in the environment forces the latter);
+ * COSINE multiplies that float dot, in double, by 1/|q| and 1/|v| (norms in double).
+ * Each thread keeps a heap per query, and the heaps are merged
+ * with de_topk_merge. Every (query, row) score is computed by the same sequence of
+ * operations whatever the block or thread, so results do not depend on nthreads.
+ *
+ * Output: keys[q*k + j], scores[q*k + j] for j < k, best first: score descending, ties by
+ * key ascending (deterministic). When fewer than k live keys were scanned the tail
+ * entries are key 0 with score -INFINITY; found (may be NULL) says how many entries each
+ * query got (the same for every query: min(k, live keys scanned)). A NaN score (a row
+ * holding NaN) ranks and is reported as -INFINITY. Keys are the table's uint64 keys:
+ * for a string-keyed table they are de_key_from_string fingerprints, which the caller
+ * maps back to its strings (key 0 never names a row, so it is safe as "empty").
+ *
+ * Errors: -EINVAL (NULL, nq == 0, k == 0, bad metric, a non-finite query value);
+ * -E2BIG (k > DE_TOPK_MAX_K, nq > DE_TOPK_MAX_QUERIES, nq * k > DE_TOPK_MAX_RESULTS,
+ * nthreads > DE_TOPK_MAX_THREADS);
+ * -ENOMEM; pthread errors. nthreads 0 means 1.
+ * Caveat: under concurrent writes the scan is weakly consistent (de_table_iterate_range):
+ * a key inserted or erased meanwhile may or may not be scored, and one moved to another
+ * row during the scan could be scored twice (the merge keeps it once, best score).
+ */
+enum de_topk_metric {
+	DE_TOPK_DOT = 0,
+	DE_TOPK_COSINE,
+};
+
+#define DE_TOPK_MAX_K 65536u
+#define DE_TOPK_MAX_QUERIES 65536u
+#define DE_TOPK_MAX_THREADS 64u
+#define DE_TOPK_MAX_RESULTS (1u << 24) /* nq * k */
+
+int de_topk(de_table *t, const float *queries, size_t nq, size_t k, enum de_topk_metric metric,
+	    unsigned nthreads, uint64_t *keys /* out */, float *scores /* out */,
+	    size_t *found /* out */);
+
+/*
+ * Merge per-shard top-k lists (e.g. local shards, or peers' answers: inputs untrusted,
+ * never crash) into one: shard s gives keys[s][q*k_in + j] and scores[s][q*k_in + j] for
+ * nq queries. Entries with key 0 are empty and skipped; a key given more than once keeps
+ * its best score; NaN ranks as -INFINITY. Output layout, order and found as de_topk
+ * (found: the most entries any query got). Errors: -EINVAL (NULL, nq/k/k_in == 0),
+ * -E2BIG (k or k_in > DE_TOPK_MAX_K, nq > DE_TOPK_MAX_QUERIES, nq * k or nq * k_in >
+ * DE_TOPK_MAX_RESULTS), -ENOMEM. nshards may be 0 (keys, scores then may be NULL).
+ */
+int de_topk_merge(size_t nshards, const uint64_t *const *keys, const float *const *scores,
+		  size_t nq, size_t k_in, size_t k, uint64_t *out_keys /* out */,
+		  float *out_scores /* out */, size_t *found /* out */);
 
 #ifdef __cplusplus
 }

@@ -7,7 +7,8 @@
  *      accept) against the allow-list: deny is ERROR -EACCES, close. Then the version
  *      (-EPROTO). Then a channel with the clamped sizes goes to the worker with the fewest
  *      channels (all full: -EBUSY) and its fd goes back with HELLO_OK.
- *   2. OPEN: name and config checked, the registry finds or creates the table, OPEN_OK
+ *   2. OPEN: name, table config and learning config (optimizer, admission, eviction,
+ *      durability) checked, the registry finds or creates the table, OPEN_OK
  *      carries read-only fds of its arena segments. SEGMENTS: fds from `first` on.
  *   3. Every message is checked (magic, version, type, exact length for its type) before
  *      anything reads its body (srv_check_msg, side-effect free: tests/fuzz/fuzz_control.c
@@ -387,9 +388,10 @@ static bool on_open(struct ctl *x, struct srv_client *c, const struct de_msg_ope
 	char msg[240];
 	const char *name = m->name;
 	const struct de_wire_table_config cfg = m->cfg;
+	const struct de_wire_learn_config learn = m->learn;
 	struct srv_table *t;
 	bool created;
-	int err = srv_registry_open(&x->s->reg, name, &cfg, &t, &created, msg, sizeof msg);
+	int err = srv_registry_open(&x->s->reg, name, &cfg, &learn, &t, &created, msg, sizeof msg);
 	if (err) {
 		srv_log(SRV_LOG_INFO, "client %u: open '%s': %s", c->id, name, msg);
 		send_error(c, m->h.seq, err, "%s", msg);
@@ -419,9 +421,9 @@ static bool on_open(struct ctl *x, struct srv_client *c, const struct de_msg_ope
 	uint32_t n = ok.nsegments < DE_FDS_PER_MSG ? ok.nsegments : DE_FDS_PER_MSG;
 	if (send_with_segments(c, t, &ok, sizeof ok, 0, n))
 		return false;
-	srv_log(SRV_LOG_INFO, "client %u opened table '%s' dim %u%s (%s, id %u)", c->id, name,
-		t->wcfg.dim, t->wcfg.key_type == DE_KEYS_STRING ? " string keys" : "",
-		created ? "new" : "shared", id);
+	srv_log(SRV_LOG_INFO, "client %u opened table '%s' dim %u%s optimizer %s (%s, id %u)",
+		c->id, name, t->wcfg.dim, t->wcfg.key_type == DE_KEYS_STRING ? " string keys" : "",
+		t->has_optim ? de_optim_name(t->optim.kind) : "none", created ? "new" : "shared", id);
 	if (created)
 		srv_log(SRV_LOG_INFO, "table '%s' memory: %s", name, de_arena_pages_note(t->arena));
 	return true;
@@ -494,6 +496,8 @@ int srv_check_msg(const void *buf, size_t n, bool trunc, bool hello_done, union 
 		int err = srv_name_check(out->open.name, msg, msgcap);
 		if (!err)
 			err = srv_wire_config_normalize(&out->open.cfg, msg, msgcap);
+		if (!err)
+			err = srv_learn_config_normalize(&out->open.learn, &out->open.cfg, msg, msgcap);
 		return err;
 	}
 	return 0;

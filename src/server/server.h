@@ -19,6 +19,12 @@
  *   - A client's table list is append-only: the control thread writes the pointer, then
  *     publishes ntables (release); the worker reads ntables (acquire) before indexing.
  *   - Tables live until the daemon exits (they are shared by name, as in the paper).
+ *   - A table's config (wcfg, learn, optim) is written once by the control thread before
+ *     the table is published to any client, and never changes: workers read it freely.
+ *
+ * Learning: APPLY_GRADS runs de_optim_update (src/learn) on the worker that serves the
+ * channel; several workers may step the same table, even the same row, at once (row
+ * exclusion is de_table_apply's, see proto.h "Concurrency of APPLY_GRADS").
  */
 #ifndef DE_SERVER_H
 #define DE_SERVER_H
@@ -30,6 +36,7 @@
 #include <stdint.h>
 #include <sys/types.h>
 
+#include "de_learn.h"
 #include "de_shm.h"
 #include "proto.h"
 
@@ -82,6 +89,12 @@ void srv_config_print(const struct srv_config *cfg, FILE *f);
 struct srv_table {
 	char name[DE_NAME_MAX];
 	struct de_wire_table_config wcfg; /* normalized (see srv_wire_config_normalize) */
+	/* The whole per-table learning/persistence config as the client asked for it,
+	 * normalized by srv_learn_config_normalize: optimizer (used by APPLY_GRADS),
+	 * admission, eviction and durability (read these to implement them). */
+	struct de_wire_learn_config learn;
+	bool has_optim;                   /* learn.optim.kind != DE_WOPT_NONE */
+	struct de_optim_config optim;     /* learn.optim as libdelearn takes it */
 	de_arena *arena;                  /* its segments go to clients read-only */
 	de_table *t;
 	de_arena *names_arena;            /* string tables: key -> string offset index */
@@ -106,6 +119,17 @@ void srv_registry_destroy(struct srv_registry *r);
 int srv_name_check(const char name[DE_NAME_MAX], char *msg, size_t msgcap);
 /* Check and normalize a config from the wire (as libdeshm normalizes it). */
 int srv_wire_config_normalize(struct de_wire_table_config *c, char *msg, size_t msgcap);
+/*
+ * Check and normalize a learning config from the wire (proto.h states every rule), with
+ * its table config c (already normalized): reserved fields 0, modes known, fields a mode
+ * does not use 0, ranges; the optimizer through de_optim_check. Fills the defaults of
+ * "0 = default" fields, and c->nslots = de_optim_slots(kind) when c->nslots is 0;
+ * c->nslots below what the optimizer needs is -EINVAL. Idempotent. 0 or -EINVAL + msg.
+ */
+int srv_learn_config_normalize(struct de_wire_learn_config *l, struct de_wire_table_config *c,
+			       char *msg, size_t msgcap);
+/* learn.optim (kind != NONE, checked) as struct de_optim_config. */
+void srv_optim_from_wire(const struct de_wire_optim *w, struct de_optim_config *out /* out */);
 
 /*
  * Find or create table `name` (name and cfg already checked). Same config: the existing
@@ -113,7 +137,8 @@ int srv_wire_config_normalize(struct de_wire_table_config *c, char *msg, size_t 
  * creates its arena(s) and opens it; *created tells which. Control thread only.
  */
 int srv_registry_open(struct srv_registry *r, const char *name,
-		      const struct de_wire_table_config *cfg, struct srv_table **out,
+		      const struct de_wire_table_config *cfg,
+		      const struct de_wire_learn_config *learn, struct srv_table **out,
 		      bool *created, char *msg, size_t msgcap);
 
 /* String tables: remember the string of a key just created (thread-safe; the first
@@ -179,6 +204,8 @@ struct srv_worker {
 	uint64_t *soff;           /* max_batch string offsets into sbuf */
 	char *sbuf;               /* string keys region copied out */
 	size_t sbuf_cap;
+	float *gbuf;              /* APPLY_GRADS: gradients copied out (grown on demand) */
+	size_t gbuf_cap;          /* floats */
 };
 
 struct srv_server {
@@ -214,7 +241,8 @@ union srv_msg {
  * (hello_done: this connection said HELLO already; HELLO must come first and only once);
  * then the version of any request but HELLO (a HELLO's version is checked after the
  * allow-list, in on_hello); then an OPEN's name (srv_name_check) and config
- * (srv_wire_config_normalize, in place in out->open.cfg).
+ * (srv_wire_config_normalize, then srv_learn_config_normalize, in place in
+ * out->open.cfg and out->open.learn).
  * Always sets *out (out->h: the header, zeros when n < 16; the body once the framing and
  * order are good) and, on error, msg (the ERROR reply's text). Returns 0;
  * -EBADMSG: malformed (the daemon closes); -EPROTO: out of order or another version
@@ -228,8 +256,9 @@ int srv_check_msg(const void *buf, size_t n, bool trunc, bool hello_done, union 
  * table < ntables; for STATS no flags and an 8-aligned output of at least
  * sizeof(struct de_wire_stats); else count <= max_batch (-E2BIG), only the flags the op
  * allows, keys_off 8-aligned, vals_off 4-aligned and vals_len == count * dim * 4
- * (LOOKUP, UPDATE), status (DE_SQE_STATUS: count bytes) and every range inside a data
- * area of data_bytes, and keys_len == 8 * count (int64 keys) or >= 4 * count (string
+ * (LOOKUP, UPDATE, APPLY_GRADS), status (DE_SQE_STATUS: count bytes; APPLY_GRADS instead:
+ * with DE_GRAD_LR status_off is a finite lr > 0 as double bits, without it 0), every
+ * range inside a data area of data_bytes, and keys_len == 8 * count (int64 keys) or >= 4 * count (string
  * keys; their lengths go through srv_check_string_keys on the copied region).
  * dim and key_type: those of table e->table (unused when it is not < ntables).
  * 0 (a NOP always), -EINVAL or -E2BIG.

@@ -22,6 +22,13 @@
  * written straight into the data area (zero-copy results); a client that races with
  * those writes only garbles its own results.
  *
+ * APPLY_GRADS: keys and gradients are both copied out (gbuf) and the gradients checked
+ * finite on the copy, so a client rewriting its area cannot slip a NaN past the check
+ * into a shared row. Missing keys are created first by a no-op de_table_apply pass (its
+ * status counts them and, for string tables, keeps their strings), then
+ * de_optim_update steps each distinct key under its row's lock. Several workers may
+ * step one row at once: de_table_apply serializes them (proto.h states the semantics).
+ *
  * Never: block on a client, touch a client after releasing it, or trust any field of a
  * descriptor before checking it (srv_check_sqe and srv_check_string_keys: side-effect
  * free, so tests/fuzz/fuzz_sqe.c drives them).
@@ -30,6 +37,7 @@
 
 #include <errno.h>
 #include <inttypes.h>
+#include <math.h>
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
@@ -61,7 +69,7 @@ int srv_check_sqe(const struct de_sqe *e, uint32_t ntables, uint32_t dim, uint32
 {
 	if (e->op == DE_OP_NOP)
 		return 0;
-	if (e->op > DE_OP_STATS || e->table >= ntables)
+	if (e->op > DE_OP_MAX || e->table >= ntables)
 		return -EINVAL;
 	if (e->op == DE_OP_STATS) {
 		if (e->flags || e->vals_off % 8 || e->vals_len < sizeof(struct de_wire_stats) ||
@@ -72,10 +80,18 @@ int srv_check_sqe(const struct de_sqe *e, uint32_t ntables, uint32_t dim, uint32
 	if (e->count > max_batch)
 		return -E2BIG;
 	uint8_t allowed = e->op == DE_OP_LOOKUP ? DE_LOOKUP_CREATE | DE_SQE_STATUS
-			: e->op == DE_OP_UPDATE ? DE_SQE_STATUS : 0;
+			: e->op == DE_OP_UPDATE ? DE_SQE_STATUS
+			: e->op == DE_OP_APPLY_GRADS ? DE_GRAD_LR : 0;
 	uint32_t n = e->count;
 	uint64_t vbytes = (uint64_t)n * dim * 4;
-	bool want_vals = e->op == DE_OP_LOOKUP || e->op == DE_OP_UPDATE;
+	bool want_vals = e->op == DE_OP_LOOKUP || e->op == DE_OP_UPDATE ||
+			 e->op == DE_OP_APPLY_GRADS;
+	if (e->op == DE_OP_APPLY_GRADS) {
+		/* status_off carries the lr override (flag) or nothing */
+		double lr = de_lr_from_wire(e->status_off);
+		if ((e->flags & DE_GRAD_LR) ? !(isfinite(lr) && lr > 0) : e->status_off != 0)
+			return -EINVAL;
+	}
 	if ((e->flags & ~allowed) || e->keys_off % 8 ||
 	    !range_ok(data_bytes, e->keys_off, e->keys_len) ||
 	    (want_vals && (e->vals_off % 4 || e->vals_len != vbytes ||
@@ -160,6 +176,65 @@ static void wire_stats(struct srv_table *t, struct de_wire_stats *ws, const stru
 				      .key_type = t->wcfg.key_type };
 }
 
+static void noop_row(void *ctx, size_t i, float *row, struct de_row_meta *meta)
+{
+	(void)ctx, (void)i, (void)row, (void)meta;
+}
+
+/*
+ * APPLY_GRADS (descriptor checked, keys in w->keys): copy the gradients out and check
+ * them, create missing keys (counting them), then one optimizer step per distinct key.
+ */
+static void apply_grads(struct srv_worker *w, struct srv_table *t, const char *data,
+			const struct de_sqe *e, struct de_cqe *q)
+{
+	if (!t->has_optim) {
+		q->res = -EOPNOTSUPP;
+		return;
+	}
+	uint32_t n = e->count;
+	size_t nf = (size_t)n * t->wcfg.dim;
+	if (nf > w->gbuf_cap) {
+		size_t cap = w->gbuf_cap ? w->gbuf_cap : 4096;
+		while (cap < nf)
+			cap *= 2;
+		float *p = realloc(w->gbuf, cap * sizeof *p);
+		if (!p) {
+			q->res = -ENOMEM;
+			return;
+		}
+		w->gbuf = p;
+		w->gbuf_cap = cap;
+	}
+	memcpy(w->gbuf, data + e->vals_off, nf * sizeof(float));
+	for (size_t i = 0; i < nf; i++)
+		if (!isfinite(w->gbuf[i])) {
+			q->res = -EINVAL; /* rejected whole, before any row is touched */
+			return;
+		}
+	struct de_optim_config oc = t->optim;
+	if (e->flags & DE_GRAD_LR) {
+		oc.lr = de_lr_from_wire(e->status_off);
+		char why[160];
+		if (de_optim_check(&oc, why, sizeof why)) {
+			q->res = -EINVAL;
+			return;
+		}
+	}
+	int err = de_table_apply(t->t, w->keys, n, true, noop_row, NULL, w->status, e->arg);
+	uint32_t created = 0;
+	for (uint32_t i = 0; !err && i < n; i++)
+		created += w->status[i] == DE_CREATED;
+	if (!err && created && t->wcfg.key_type == DE_KEYS_STRING)
+		keep_strings(w, t, n);
+	size_t applied = 0;
+	if (!err)
+		err = de_optim_update(t->t, &oc, w->keys, n, w->gbuf, e->arg, &applied);
+	q->res = err;
+	q->count = (uint32_t)applied;
+	q->aux0 = created;
+}
+
 /* Validate and execute one descriptor; fills res/count/aux0 of *q. */
 static void execute(struct srv_worker *w, struct srv_client *c, const struct de_sqe *e,
 		    struct de_cqe *q)
@@ -198,6 +273,10 @@ static void execute(struct srv_worker *w, struct srv_client *c, const struct de_
 		load_int_keys(w, data, e);
 	if (err) {
 		q->res = err;
+		return;
+	}
+	if (e->op == DE_OP_APPLY_GRADS) {
+		apply_grads(w, t, data, e, q);
 		return;
 	}
 	float *vals = (float *)(void *)(data + e->vals_off);
@@ -523,6 +602,7 @@ void srv_workers_free(struct srv_server *s)
 		free(w->slen);
 		free(w->soff);
 		free(w->sbuf);
+		free(w->gbuf);
 		pthread_mutex_destroy(&w->mu);
 	}
 	free(s->workers);

@@ -15,9 +15,12 @@
  * values, status bytes, stats), so ASan reports any range the check let through that
  * leaves the area. Both modes also check the accepted descriptor against the rules
  * independently (128-bit arithmetic, no wrap-around), and srv_check_string_keys runs on
- * the trailing bytes directly as well. Build and run: tools/fuzz.sh.
+ * the trailing bytes directly as well. APPLY_GRADS: its gradients are read (copied, as
+ * the worker does) and its lr override, when flagged, must be a finite lr > 0.
+ * Build and run: tools/fuzz.sh.
  */
 #include <errno.h>
+#include <math.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -106,14 +109,24 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		return 0;
 
 	/* accepted: check it against the rules, independently of worker.c */
-	CHECK(e.op <= DE_OP_STATS && e.table < ntables);
+	CHECK(e.op <= DE_OP_APPLY_GRADS && e.table < ntables);
 	if (e.op == DE_OP_STATS) {
 		CHECK(e.flags == 0 && e.vals_off % 8 == 0);
 		CHECK(e.vals_len >= sizeof(struct de_wire_stats) && in_area(e.vals_off, e.vals_len, bytes));
 	} else {
-		bool want_vals = e.op == DE_OP_LOOKUP || e.op == DE_OP_UPDATE;
+		bool want_vals = e.op == DE_OP_LOOKUP || e.op == DE_OP_UPDATE ||
+				 e.op == DE_OP_APPLY_GRADS;
 		uint8_t allowed = e.op == DE_OP_LOOKUP ? DE_LOOKUP_CREATE | DE_SQE_STATUS
-				: e.op == DE_OP_UPDATE ? DE_SQE_STATUS : 0;
+				: e.op == DE_OP_UPDATE ? DE_SQE_STATUS
+				: e.op == DE_OP_APPLY_GRADS ? DE_GRAD_LR : 0;
+		if (e.op == DE_OP_APPLY_GRADS) {
+			double lr;
+			memcpy(&lr, &e.status_off, sizeof lr);
+			if (e.flags & DE_GRAD_LR)
+				CHECK(isfinite(lr) && lr > 0);
+			else
+				CHECK(e.status_off == 0);
+		}
 		CHECK(e.count <= max_batch && !(e.flags & ~allowed));
 		CHECK(e.keys_off % 8 == 0 && in_area(e.keys_off, e.keys_len, bytes));
 		if (key_type == DE_KEYS_STRING)
@@ -149,6 +162,12 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		CHECK(k);
 		memcpy(k, keys, e.keys_len); /* w->keys holds max_batch >= count keys */
 		free(k);
+	}
+	if (e.op == DE_OP_APPLY_GRADS) {
+		float *g = malloc(e.vals_len ? e.vals_len : 1);
+		CHECK(g);
+		memcpy(g, area + e.vals_off, e.vals_len); /* the worker's gbuf copy */
+		free(g);
 	}
 	if (e.op == DE_OP_LOOKUP || e.op == DE_OP_UPDATE) {
 		float *vals = (float *)(void *)(area + e.vals_off); /* 4-aligned: checked */

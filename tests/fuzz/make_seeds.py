@@ -22,10 +22,10 @@ import struct
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 MAGIC = 0x314D4544
-VERSION = 1
+VERSION = 2
 HELLO, OPEN, SEGMENTS, BYE = 1, 3, 5, 8
-NOP, LOOKUP, UPDATE, ERASE, STATS = 0, 1, 2, 3, 4
-LOOKUP_CREATE, SQE_STATUS = 0x01, 0x02
+NOP, LOOKUP, UPDATE, ERASE, STATS, APPLY_GRADS = 0, 1, 2, 3, 4, 5
+LOOKUP_CREATE, SQE_STATUS, GRAD_LR = 0x01, 0x02, 0x04
 TRUNC, HELLO_DONE = 0x01, 0x02
 
 
@@ -48,8 +48,19 @@ def hello(sq=0, data=0, nm='seed-client', **kw):
     return hdr(HELLO, 96, **kw) + struct.pack('<IIQ', sq, 0, data) + name(nm)
 
 
-def open_msg(nm, cfg, **kw):
-    return hdr(OPEN, 144, **kw) + name(nm) + cfg
+def learn_cfg(kind=0, lr=0.0, hp=(0.0,) * 12, admission=(0, 0, 0.0, 0, 0, 0),
+              eviction=(0, 0, 0, 0, 0, 0, 0.0), durability=(0, 0)):
+    # struct de_wire_learn_config (256 bytes): optim 128, admission 32, eviction 48,
+    # durability 16, reserved 32
+    optim = struct.pack('<II13d2Q', kind, 0, lr, *hp, 0, 0)
+    adm = struct.pack('<IIdIIII', *admission, 0)
+    ev = struct.pack('<IIQQIIdQ', *eviction, 0)
+    du = struct.pack('<IIQ', *durability, 0)
+    return optim + adm + ev + du + bytes(32)
+
+
+def open_msg(nm, cfg, learn=None, **kw):
+    return hdr(OPEN, 400, **kw) + name(nm) + cfg + (learn if learn is not None else learn_cfg())
 
 
 def segments(table=0, first=0, pad=0, **kw):
@@ -66,6 +77,15 @@ CONTROL = {
     'open_uniform': (HELLO_DONE, open_msg('u', wire_cfg(dim=64, init=2, a=-0.05, b=0.05,
                                                           nslots=2, slot_init=0.1))),
     'open_normal': (HELLO_DONE, open_msg('n', wire_cfg(dim=4096, init=3, b=0.01))),
+    'open_adam': (HELLO_DONE, open_msg('adam', wire_cfg(dim=8), learn_cfg(
+        5, 1e-3, (0.0, 0.0, 0.0, 0.9, 0.999, 1e-8, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0)))),
+    'open_full_learn': (HELLO_DONE, open_msg('f', wire_cfg(dim=4, nslots=2), learn_cfg(
+        7, 0.05, (0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.1, 0.0, 0.01, 0.0, -0.5, 0.0),
+        admission=(1, 3, 0.0, 1024, 4, 1), eviction=(3, 1, 0, 3600, 1, 0, 0.0),
+        durability=(1, 20)))),
+    'open_bad_learn': (HELLO_DONE, open_msg('b', wire_cfg(dim=4), learn_cfg(
+        5, float('nan'), durability=(3, 0)))),
+    'open_old_size': (HELLO_DONE, hdr(OPEN, 144) + name('old') + wire_cfg()),
     'open_before_hello': (0, open_msg('emb', wire_cfg())),
     'open_bad_name': (HELLO_DONE, open_msg('bad\tname', wire_cfg())),
     'segments': (HELLO_DONE, segments(0, 1)),
@@ -115,6 +135,14 @@ SQE = {
     'range_wrap': sqe(ERASE, count=1, keys=(0xFFFFFFFFFFFFFFF8, 8)) + limits(),
     'too_many': sqe(ERASE, count=1025, keys=(0, 8 * 1025)) + limits(pages=4),
     'misaligned': sqe(LOOKUP, count=1, keys=(4, 8), vals=(V + 2, 32)) + limits(),
+    'grads_int': sqe(APPLY_GRADS, count=2, keys=(K, 16), vals=(V, 2 * 8 * 4), arg=3) + limits()
+    + struct.pack('<2Q', 5, 5),
+    'grads_lr': sqe(APPLY_GRADS, GRAD_LR, count=2, keys=(K, 16), vals=(V, 2 * 8 * 4),
+                    status=struct.unpack('<Q', struct.pack('<d', 0.05))[0]) + limits(),
+    'grads_bad_lr': sqe(APPLY_GRADS, GRAD_LR, count=1, keys=(K, 8), vals=(V, 32),
+                        status=struct.unpack('<Q', struct.pack('<d', float('inf')))[0]) + limits(),
+    'grads_string': sqe(APPLY_GRADS, count=4, keys=(K, len(ks)), vals=(V, 4 * 4 * 4))
+    + limits(key_type=1, dim=4) + ks,
     'bad_op': sqe(9) + limits(),
     'bad_table': sqe(ERASE, table=3, count=1, keys=(0, 8)) + limits(ntables=3),
     'large_area': sqe(UPDATE, count=1 << 20, keys=(0, 8 << 20), vals=(8 << 20, 4 << 20),

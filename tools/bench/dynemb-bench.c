@@ -329,6 +329,19 @@ static void machine_json(FILE *f, const struct machine *m)
 	fprintf(f, ",\"hugepages_free\":%ld}", m->hugepages_free);
 }
 
+void bench_machine_print(FILE *f, bool json)
+{
+	struct machine m;
+	machine_describe(&m);
+	if (json) {
+		machine_json(f, &m);
+		return;
+	}
+	fprintf(f, "machine: %s, %u cpus (%u allowed), %.1f GiB, %s, hugepages free %ld\n",
+		m.cpu_model, m.cpus_online, m.cpus_allowed, (double)m.mem_total / (1 << 30),
+		m.kernel, m.hugepages_free);
+}
+
 /* ------------------------------------------------------------------------- */
 /* Zipf sampler: rejection-inversion (Hörmann & Derflinger, 1996)             */
 /* ------------------------------------------------------------------------- */
@@ -340,13 +353,7 @@ static void machine_json(FILE *f, const struct machine *m)
  * H(n + 1/2) and H(3/2) - h(1), x = Hinv(u), k = round(x); accept k when x is close
  * enough to k (the squeeze) or when u lies under the bar of k.
  */
-struct zipf {
-	double q;
-	uint64_t n;
-	double h_x1;   /* H(1.5) - h(1) */
-	double h_n;    /* H(n + 0.5) */
-	double squeeze;
-};
+/* struct zipf is in bench.h: bench_learn.c draws from it too. */
 
 /* log1p(x) / x, and its series near 0. */
 static double zipf_log1p_over(double x)
@@ -381,7 +388,7 @@ static double zipf_Hinv(const struct zipf *z, double y)
 	return exp(zipf_log1p_over(t) * y);
 }
 
-static void zipf_init(struct zipf *z, uint64_t n, double q)
+void zipf_init(struct zipf *z, uint64_t n, double q)
 {
 	z->q = q;
 	z->n = n;
@@ -391,7 +398,7 @@ static void zipf_init(struct zipf *z, uint64_t n, double q)
 }
 
 /* A rank in [0, n): 0 is the most frequent. */
-static uint64_t zipf_draw(const struct zipf *z, uint64_t *rng)
+uint64_t zipf_draw(const struct zipf *z, uint64_t *rng)
 {
 	for (;;) {
 		double u = z->h_n + rand_unit(rng) * (z->h_x1 - z->h_n);
@@ -1853,7 +1860,9 @@ static const struct command commands[] = {
 	 "shm channel round trips (busy-poll, futex) vs a unix socket; ring vs zero-copy vs in-process"},
 	{"sidecar", cmd_sidecar_entry,
 	 "dynembd end to end: ring and zero-copy vs in-process find, a unix socket and Redis"},
-	/* to come: learn, persist */
+	{"learn", cmd_learn,
+	 "optimizer steps vs find, Hogwild vs per-row exclusion, eviction overhead, top-k"},
+	/* to come: persist */
 };
 
 static void usage(FILE *f)

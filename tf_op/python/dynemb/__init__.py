@@ -28,6 +28,19 @@ Outputs
       valid only until the next request on the same client, and never after
       :meth:`Client.close`. Call ``.copy()`` on it to keep the values longer.
 
+Training
+--------
+``client.open(name, dim, optimizer="adam", lr=1e-3, betas=(0.9, 0.999), ...)`` gives the
+table a server-side optimizer (sgd, momentum, nesterov, adagrad, adam, adamw, ftrl,
+rmsprop; torch.optim's names and defaults, FTRL as tf.keras). ``table.apply_gradients(keys,
+grads, step, lr=None)`` pushes gradients (float32 of shape ``keys.shape + (dim,)`` pass
+without a copy); the daemon sums duplicate keys and steps each distinct key once, per-key
+("sparse") semantics. ``lr`` overrides the table's learning rate for that call (a
+schedule). Trainers in several threads or processes may push to the same rows at once:
+each row's step is atomic and none is lost. ``admission``, ``eviction`` and
+``durability`` are part of the table's config (validated and compared on open; acted on
+by a later daemon).
+
 Errors from the C library raise :class:`DynembError` (an ``OSError``: ``.errno`` is the
 positive errno, the message comes from ``de_strerror``, including the daemon's own
 explanation when it sent one). Bad arguments raise ``TypeError`` / ``ValueError`` before
@@ -48,7 +61,8 @@ import threading
 import numpy as np
 
 from . import _native
-from ._native import ConnectOpts, Stats, TableSpec
+from ._native import (AdmissionSpec, ConnectOpts, DurabilitySpec, EvictionSpec,
+                      OptimSpec, Stats, TableSpec)
 
 __all__ = ["Client", "Table", "Request", "DynembError", "READONLY", "ST_MISSING",
            "ST_FOUND", "ST_CREATED", "strerror"]
@@ -62,6 +76,82 @@ _INITS = {"zeros": 0, "constant": 1, "uniform": 2, "trunc_normal": 3}
 _INIT_DEFAULTS = {"zeros": (0.0, 0.0), "constant": (0.0, 0.0),
                   "uniform": (-0.05, 0.05), "trunc_normal": (0.0, 0.05)}
 _KEY_KINDS = {"int64": 0, "str": 1}
+_OPTIMIZERS = {None: 0, "none": 0, "sgd": 1, "momentum": 2, "nesterov": 3, "adagrad": 4,
+               "adam": 5, "adamw": 6, "ftrl": 7, "rmsprop": 8}
+_ADMISSION = {"none": 0, "count": 1, "probability": 2}
+_REJECT = {"init": 0, "zeros": 1}
+_EVICTION = {"none": 0, "lru": 1, "lfu": 2, "ttl": 3, "l2": 4}
+_UNITS = {"steps": 0, "seconds": 1}
+_DURABILITY = {"none": 0, "async": 1, "sync": 2}
+
+
+def _choice(table, v, what):
+    if v not in table:
+        raise ValueError(f"{what} must be one of {sorted(k for k in table if k)}, not {v!r}")
+    return table[v]
+
+
+def _spec_dict(v, what, main, allowed):
+    """None / a mode string / a dict -> dict with `main` set; unknown keys: ValueError."""
+    if v is None:
+        return {}
+    if isinstance(v, str):
+        return {main: v}
+    if not isinstance(v, dict):
+        raise TypeError(f"{what} must be None, a str or a dict, not {type(v).__name__}")
+    bad = set(v) - set(allowed)
+    if bad:
+        raise ValueError(f"{what}: unknown settings {sorted(bad)}; known: {sorted(allowed)}")
+    return v
+
+
+def _optim_spec(optimizer, hp):
+    """OptimSpec from the optimizer name and the keyword hyperparameters (None: default)."""
+    kind = _choice(_OPTIMIZERS, optimizer, "optimizer")
+    o = OptimSpec()
+    _native.api.de_optim_spec_defaults(kind, ctypes.byref(o))
+    given = {k: v for k, v in hp.items() if v is not None}
+    if not kind and given:
+        raise ValueError(f"hyperparameters {sorted(given)} need an optimizer")
+    betas = given.pop("betas", None)
+    if betas is not None:
+        b1, b2 = betas
+        given["beta1"], given["beta2"] = b1, b2
+    if "beta" in given:  # FTRL's beta (Keras' name)
+        given["ftrl_beta"] = given.pop("beta")
+    for k, v in given.items():
+        setattr(o, k, float(v))
+    return o
+
+
+def _admission_spec(v):
+    d = _spec_dict(v, "admission", "mode", ("mode", "min_count", "probability",
+                                             "sketch_width", "sketch_depth", "reject_value"))
+    mode = d.get("mode", "count" if "min_count" in d else
+                 "probability" if "probability" in d else "none")
+    return AdmissionSpec(_choice(_ADMISSION, mode, "admission mode"),
+                         operator.index(d.get("min_count", 0)),
+                         float(d.get("probability", 0.0)),
+                         operator.index(d.get("sketch_width", 0)),
+                         operator.index(d.get("sketch_depth", 0)),
+                         _choice(_REJECT, d.get("reject_value", "init"), "reject_value"))
+
+
+def _eviction_spec(v):
+    d = _spec_dict(v, "eviction", "policy", ("policy", "budget_bytes", "ttl", "ttl_unit",
+                                              "lru_clock", "lfu_decay", "disk_tier"))
+    return EvictionSpec(_choice(_EVICTION, d.get("policy", "none"), "eviction policy"),
+                        _u64(d.get("budget_bytes", 0), "budget_bytes"),
+                        _u64(d.get("ttl", 0), "ttl"),
+                        _choice(_UNITS, d.get("ttl_unit", "steps"), "ttl_unit"),
+                        _choice(_UNITS, d.get("lru_clock", "steps"), "lru_clock"),
+                        float(d.get("lfu_decay", 0.0)), bool(d.get("disk_tier", False)))
+
+
+def _durability_spec(v):
+    d = _spec_dict(v, "durability", "mode", ("mode", "window_ms"))
+    return DurabilitySpec(_choice(_DURABILITY, d.get("mode", "none"), "durability mode"),
+                          operator.index(d.get("window_ms", 0)))
 
 _U64 = np.dtype(np.uint64)
 _I64 = np.dtype(np.int64)
@@ -209,13 +299,34 @@ class Client:
             pass
 
     def open(self, name, dim, nslots=0, init="uniform", init_a=None, init_b=None,
-             slot_init=0.0, seed=0, keys="int64"):
+             slot_init=0.0, seed=0, keys="int64", optimizer=None, lr=None,
+             weight_decay=None, momentum=None, dampening=None, betas=None, eps=None,
+             initial_accumulator_value=None, alpha=None, l1=None, l2=None, lr_power=None,
+             beta=None, admission=None, eviction=None, durability=None):
         """Open (or share) table ``name`` and return a :class:`Table`.
 
         ``init``: ``'zeros'``, ``'constant'`` (``init_a``), ``'uniform'`` ([``init_a``,
         ``init_b``), default [-0.05, 0.05)) or ``'trunc_normal'`` (mean ``init_a``, stddev
         ``init_b``, default 0, 0.05). ``keys``: ``'int64'`` or ``'str'``. Opening a name
-        that exists with another config raises :class:`DynembError` (``EEXIST``).
+        that exists with another config raises :class:`DynembError` (``EEXIST``, naming
+        the field).
+
+        ``optimizer``: None (no server optimizer: :meth:`Table.apply_gradients` raises
+        ``EOPNOTSUPP``), ``'sgd'``, ``'momentum'``, ``'nesterov'``, ``'adagrad'``,
+        ``'adam'``, ``'adamw'``, ``'ftrl'`` or ``'rmsprop'``. Hyperparameters left None take
+        torch.optim's defaults (FTRL: Keras'): ``lr``, ``weight_decay``, ``momentum``,
+        ``dampening``, ``betas`` (Adam), ``eps``, ``initial_accumulator_value`` (Adagrad,
+        FTRL), ``alpha`` (RMSProp), ``l1``, ``l2``, ``lr_power``, ``beta`` (FTRL). With
+        ``nslots=0`` the table gets the slots its optimizer needs.
+
+        ``admission``: None, or a dict ``{"mode": "count", "min_count": 3,
+        "sketch_width": 0, "sketch_depth": 0, "reject_value": "init"|"zeros"}`` or
+        ``{"mode": "probability", "probability": 0.1}``.
+        ``eviction``: None, or ``{"policy": "lru"|"lfu"|"ttl"|"l2", "budget_bytes": ...,
+        "ttl": ..., "ttl_unit": "steps"|"seconds", "lru_clock": "steps"|"seconds",
+        "lfu_decay": half-life in steps, "disk_tier": bool}``.
+        ``durability``: None, ``'none'``, ``'sync'``, ``'async'`` or ``{"mode": "async",
+        "window_ms": 10}``. The daemon validates every value (``EINVAL`` says why).
         """
         if init not in _INITS:
             raise ValueError(f"init must be one of {sorted(_INITS)}, not {init!r}")
@@ -231,8 +342,14 @@ class Client:
         da, db = _INIT_DEFAULTS[init]
         a = da if init_a is None else float(init_a)
         b = db if init_b is None else float(init_b)
+        optim = _optim_spec(optimizer, dict(
+            lr=lr, weight_decay=weight_decay, momentum=momentum, dampening=dampening,
+            betas=betas, eps=eps, initial_accumulator_value=initial_accumulator_value,
+            alpha=alpha, l1=l1, l2=l2, lr_power=lr_power, beta=beta))
         spec = TableSpec(name.encode("utf-8"), dim, nslots, _INITS[init], a, b,
-                         float(slot_init), _u64(seed, "seed"), _KEY_KINDS[keys])
+                         float(slot_init), _u64(seed, "seed"), _KEY_KINDS[keys], optim,
+                         _admission_spec(admission), _eviction_spec(eviction),
+                         _durability_spec(durability))
         h = ctypes.c_int()
         with self._lock:
             _check(_native.api.de_open(self._handle(), ctypes.byref(spec), ctypes.byref(h)))
@@ -336,6 +453,50 @@ class Table:
                                            step, ctypes.byref(created))
             _check(rc)
         return created.value
+
+    def apply_gradients(self, keys, grads, step=0, lr=None):
+        """Push gradients to the table's optimizer; returns the distinct keys stepped.
+
+        ``grads``: shape ``keys.shape + (dim,)``; a C-contiguous native float32 array is
+        passed without a copy, other real dtypes are converted. Duplicate keys are summed
+        and stepped once. ``step`` is recorded with the rows. ``lr``: None uses the table's
+        learning rate; a float > 0 overrides it for this call. A non-finite gradient or
+        lr raises ``EINVAL`` and nothing is applied; a table without an optimizer raises
+        ``EOPNOTSUPP``.
+        """
+        k, shape, n = self._keys(keys)
+        want = shape + (self.dim,)
+        g = grads if isinstance(grads, np.ndarray) else np.asarray(grads)
+        if g.dtype.kind not in "fiu":
+            raise TypeError(f"grads must be real numbers (float32 for no copy), "
+                            f"not dtype {g.dtype}")
+        if g.shape != want:
+            raise ValueError(f"grads has shape {g.shape}, expected keys.shape + (dim,) "
+                             f"= {want}")
+        if g.dtype != _F32 or not g.flags.c_contiguous:
+            g = np.ascontiguousarray(g, dtype=np.float32)
+        step = _u64(step, "step")
+        if lr is None:
+            lr = 0.0
+        else:
+            lr = float(lr)
+            if not lr > 0:  # also NaN; infinities are the library's -EINVAL
+                raise ValueError(f"lr must be > 0 (or None for the table's), got {lr}")
+        if not n:
+            return 0
+        applied = ctypes.c_size_t()
+        with self.client._lock:
+            c = self.client._handle()
+            if self.key_type == "str":
+                rc = _native.api.de_apply_gradients_str(c, self.handle, k.ptrs.ctypes.data,
+                                                        k.lens.ctypes.data, n, g.ctypes.data,
+                                                        step, lr, ctypes.byref(applied))
+            else:
+                rc = _native.api.de_apply_gradients(c, self.handle, k.ctypes.data, n,
+                                                    g.ctypes.data, step, lr,
+                                                    ctypes.byref(applied))
+            _check(rc)
+        return applied.value
 
     def erase(self, keys):
         """Erase ``keys``; returns how many existed."""

@@ -26,13 +26,43 @@ class ConnectOpts(ctypes.Structure):
                 ("data_bytes", ctypes.c_uint64), ("timeout_ms", ctypes.c_int)]
 
 
+OPTIM_FIELDS = ("lr", "weight_decay", "momentum", "dampening", "beta1", "beta2", "eps",
+                "initial_accumulator_value", "alpha", "l1", "l2", "lr_power", "ftrl_beta")
+
+
+class OptimSpec(ctypes.Structure):
+    """struct de_optim_spec"""
+    _fields_ = [("kind", ctypes.c_int)] + [(f, ctypes.c_double) for f in OPTIM_FIELDS]
+
+
+class AdmissionSpec(ctypes.Structure):
+    """struct de_admission_spec"""
+    _fields_ = [("mode", ctypes.c_int), ("min_count", ctypes.c_uint32),
+                ("probability", ctypes.c_double), ("sketch_width", ctypes.c_uint32),
+                ("sketch_depth", ctypes.c_uint32), ("reject_value", ctypes.c_int)]
+
+
+class EvictionSpec(ctypes.Structure):
+    """struct de_eviction_spec"""
+    _fields_ = [("policy", ctypes.c_int), ("budget_bytes", ctypes.c_uint64),
+                ("ttl", ctypes.c_uint64), ("ttl_unit", ctypes.c_int),
+                ("lru_clock", ctypes.c_int), ("lfu_decay", ctypes.c_double),
+                ("disk_tier", ctypes.c_bool)]
+
+
+class DurabilitySpec(ctypes.Structure):
+    """struct de_durability_spec"""
+    _fields_ = [("mode", ctypes.c_int), ("window_ms", ctypes.c_uint32)]
+
+
 class TableSpec(ctypes.Structure):
     """struct de_table_spec (enums are int-sized)"""
     _fields_ = [("name", ctypes.c_char_p), ("dim", ctypes.c_uint32),
                 ("nslots", ctypes.c_uint32), ("init", ctypes.c_int),
                 ("init_a", ctypes.c_float), ("init_b", ctypes.c_float),
                 ("slot_init", ctypes.c_float), ("seed", ctypes.c_uint64),
-                ("keys", ctypes.c_int)]
+                ("keys", ctypes.c_int), ("optim", OptimSpec), ("admission", AdmissionSpec),
+                ("eviction", EvictionSpec), ("durability", DurabilitySpec)]
 
 
 class Stats(ctypes.Structure):
@@ -40,7 +70,11 @@ class Stats(ctypes.Structure):
     _fields_ = [(f, ctypes.c_uint64) for f in (
         "keys", "rows_allocated", "rows_free", "row_bytes", "index_bytes", "arena_bytes",
         "segments", "splits", "dir_doublings", "arena_segments")] + [
-        ("load_factor", ctypes.c_double), ("dim", ctypes.c_uint32)]
+        ("load_factor", ctypes.c_double), ("dim", ctypes.c_uint32),
+        ("read_only", ctypes.c_uint32)] + [(f, ctypes.c_uint64) for f in (
+        "admitted", "filtered", "grads_dropped", "evicted", "evicted_to_tier",
+        "restored_from_tier", "returned_fresh", "resident_bytes", "budget_bytes",
+        "wal_lsn", "durable_lsn", "snapshots", "snapshot_lsn")]
 
 
 # name: (restype, argtypes). Pointers to caller data are c_void_p so that a NumPy
@@ -67,6 +101,12 @@ _PROTOS = {
     "de_complete": (ctypes.c_int, [c_vp, ctypes.c_uint64, ctypes.c_int]),
     "de_request_vals": (c_vp, [c_vp, ctypes.c_uint64]),
     "de_zero_copy_counts": (None, [c_vp, c_u64_p, c_u64_p]),
+    "de_optim_spec_defaults": (None, [ctypes.c_int, ctypes.POINTER(OptimSpec)]),
+    "de_apply_gradients": (ctypes.c_int, [c_vp, ctypes.c_int, c_vp, ctypes.c_size_t, c_vp,
+                                          ctypes.c_uint64, ctypes.c_double, c_size_p]),
+    "de_apply_gradients_str": (ctypes.c_int, [c_vp, ctypes.c_int, c_vp, c_vp, ctypes.c_size_t,
+                                              c_vp, ctypes.c_uint64, ctypes.c_double,
+                                              c_size_p]),
     "de_strerror": (ctypes.c_char_p, [ctypes.c_int]),
 }
 

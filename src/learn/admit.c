@@ -1,0 +1,204 @@
+/*
+ * admit.c — admission of new keys (public header: de_learn.h, "Admission"): a count-min
+ * sketch with conservative update and TinyLFU-style aging, or a probability per sighting.
+ *
+ * Owns: the sketch (process memory, depth * width u16 counters) and the statistics.
+ * Never: stores keys, touches a table, takes a lock (several daemon workers call
+ * de_admit_check at once; counters are relaxed atomics: they are estimates, and a lost
+ * increment under a race costs one sighting, never memory safety).
+ * Callers: the daemon's lookup path, for keys the table does not hold yet.
+ */
+#include "de_learn.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <xxhash.h>
+
+#define LD(p) __atomic_load_n((p), __ATOMIC_RELAXED)
+#define ST(p, v) __atomic_store_n((p), (v), __ATOMIC_RELAXED)
+#define ADD(p, v) __atomic_fetch_add((p), (v), __ATOMIC_RELAXED)
+
+#define MAX_DEPTH 8u
+#define CMAX 65535u
+
+struct de_admit {
+	struct de_admit_config cfg;
+	uint16_t *c;         /* depth rows of width counters */
+	uint64_t wmask;
+	uint64_t sightings;  /* COUNT: since the last aging; PROB: draw counter */
+	uint64_t admitted, filtered, dropped, agings;
+	uint32_t aging_lock; /* 1 while one thread halves the counters */
+};
+
+int de_admit_create(const struct de_admit_config *cfg, de_admit **out)
+{
+	if (!cfg || !out)
+		return -EINVAL;
+	struct de_admit_config c = *cfg;
+	switch (c.mode) {
+	case DE_ADMIT_ALL:
+		break;
+	case DE_ADMIT_COUNT:
+		if (!c.width)
+			c.width = 1u << 20;
+		if (!c.depth)
+			c.depth = 4;
+		if (c.threshold < 1 || c.threshold > CMAX || c.depth > MAX_DEPTH || c.width < 64 ||
+		    c.width > (1u << 28) || (c.width & (c.width - 1)))
+			return -EINVAL;
+		break;
+	case DE_ADMIT_PROB:
+		if (!(c.probability > 0.0 && c.probability <= 1.0)) /* rejects NaN too */
+			return -EINVAL;
+		break;
+	default:
+		return -EINVAL;
+	}
+	de_admit *a = calloc(1, sizeof *a);
+	if (!a)
+		return -ENOMEM;
+	a->cfg = c;
+	if (c.mode == DE_ADMIT_COUNT) {
+		a->c = calloc((size_t)c.width * c.depth, sizeof(uint16_t));
+		if (!a->c) {
+			free(a);
+			return -ENOMEM;
+		}
+		a->wmask = c.width - 1;
+	}
+	*out = a;
+	return 0;
+}
+
+void de_admit_destroy(de_admit *a)
+{
+	if (!a)
+		return;
+	free(a->c);
+	free(a);
+}
+
+/* Counter indexes of key: double hashing of one 128-bit xxh3 (Kirsch and Mitzenmacher). */
+static void slots(const de_admit *a, uint64_t key, uint64_t idx[MAX_DEPTH])
+{
+	XXH128_hash_t h = XXH3_128bits_withSeed(&key, sizeof key, a->cfg.seed);
+	uint64_t h2 = h.high64 | 1;
+	for (uint32_t i = 0; i < a->cfg.depth; i++)
+		idx[i] = (uint64_t)i * a->cfg.width + ((h.low64 + i * h2) & a->wmask);
+}
+
+static uint32_t estimate(const de_admit *a, const uint64_t idx[MAX_DEPTH])
+{
+	uint32_t m = CMAX;
+	for (uint32_t i = 0; i < a->cfg.depth; i++) {
+		uint32_t v = LD(&a->c[idx[i]]);
+		if (v < m)
+			m = v;
+	}
+	return m;
+}
+
+/* TinyLFU reset: halve every counter. One thread does it; others keep counting into
+ * counters being halved (their increments may be halved too: an estimate). */
+static __attribute__((cold)) void age(de_admit *a)
+{
+	uint32_t z = 0;
+	if (!__atomic_compare_exchange_n(&a->aging_lock, &z, 1, false, __ATOMIC_ACQUIRE,
+					 __ATOMIC_RELAXED))
+		return;
+	size_t n = (size_t)a->cfg.width * a->cfg.depth;
+	for (size_t i = 0; i < n; i++)
+		ST(&a->c[i], (uint16_t)(LD(&a->c[i]) >> 1));
+	ADD(&a->agings, 1);
+	__atomic_store_n(&a->aging_lock, 0, __ATOMIC_RELEASE);
+}
+
+static bool sight_count(de_admit *a, uint64_t key)
+{
+	uint64_t idx[MAX_DEPTH];
+	slots(a, key, idx);
+	uint32_t m = estimate(a, idx);
+	if (m < CMAX) {
+		/* conservative update: only the counters at the minimum go up */
+		for (uint32_t i = 0; i < a->cfg.depth; i++)
+			if (LD(&a->c[idx[i]]) == m)
+				ST(&a->c[idx[i]], (uint16_t)(m + 1));
+		m++;
+	}
+	if (a->cfg.aging_period) {
+		uint64_t s = ADD(&a->sightings, 1) + 1;
+		if (s >= a->cfg.aging_period) {
+			ST(&a->sightings, 0);
+			age(a);
+		}
+	}
+	return m >= a->cfg.threshold;
+}
+
+static bool sight_prob(de_admit *a, uint64_t key)
+{
+	uint64_t n = ADD(&a->sightings, 1);
+	uint64_t h = XXH3_64bits_withSeed(&key, sizeof key, a->cfg.seed ^ (n * 0x9E3779B97F4A7C15ull));
+	/* 53 random bits as a uniform double in [0, 1) */
+	return (double)(h >> 11) * 0x1.0p-53 < a->cfg.probability;
+}
+
+int de_admit_check(de_admit *a, const uint64_t *keys, size_t n, uint8_t *admit_out)
+{
+	if (!a || (n && (!keys || !admit_out)))
+		return -EINVAL;
+	uint64_t yes = 0, no = 0;
+	for (size_t i = 0; i < n; i++) {
+		bool ok;
+		if (!keys[i]) {
+			admit_out[i] = 1;
+			continue;
+		}
+		switch (a->cfg.mode) {
+		case DE_ADMIT_COUNT:
+			ok = sight_count(a, keys[i]);
+			break;
+		case DE_ADMIT_PROB:
+			ok = sight_prob(a, keys[i]);
+			break;
+		default:
+			ok = true;
+		}
+		admit_out[i] = ok;
+		if (ok)
+			yes++;
+		else
+			no++;
+	}
+	ADD(&a->admitted, yes);
+	ADD(&a->filtered, no);
+	return 0;
+}
+
+uint32_t de_admit_estimate(const de_admit *a, uint64_t key)
+{
+	if (!a || a->cfg.mode != DE_ADMIT_COUNT || !key)
+		return 0;
+	uint64_t idx[MAX_DEPTH];
+	slots(a, key, idx);
+	return estimate(a, idx);
+}
+
+void de_admit_drop_grads(de_admit *a, uint64_t n)
+{
+	if (a)
+		ADD(&a->dropped, n);
+}
+
+int de_admit_stats(const de_admit *a, struct de_admit_stats *out)
+{
+	if (!a || !out)
+		return -EINVAL;
+	out->admitted = LD(&a->admitted);
+	out->filtered = LD(&a->filtered);
+	out->dropped_grads = LD(&a->dropped);
+	out->agings = LD(&a->agings);
+	return 0;
+}

@@ -1,0 +1,560 @@
+/*
+ * test_wal.c — the write-ahead log (uring/wal.c): round trip against the reference,
+ * group commit (async window, sync), segment roll, injected write / fsync / allocation
+ * faults, a real ENOSPC on a 1 MiB tmpfs, and every byte flip and truncation of a small
+ * log (replay must give exactly the records before the damage).
+ */
+#include <criterion/criterion.h>
+#include <pthread.h>
+#include <sys/mount.h>
+
+#include "persist_util.h"
+
+#define NK 300
+
+/* random puts and erases over two table ids: ref0 for table 1, ref1 for table 2 */
+static void workload(de_wal *w, struct tab *t0, struct tab *t1, struct ref *r0, struct ref *r1,
+		     size_t nrec, uint64_t *seed, uint64_t *last_lsn)
+{
+	uint64_t keys[64];
+	size_t idx[64];
+	for (size_t rec = 0; rec < nrec; rec++) {
+		bool second = rng_below(seed, 3) == 0;
+		de_table *t = second ? t1->t : t0->t;
+		struct ref *r = second ? r1 : r0;
+		size_t n = 1 + rng_below(seed, 20);
+		for (size_t k = 0; k < n; k++)
+			idx[k] = rng_below(seed, NK);
+		struct de_wal_batch b = { .table_id = second ? 2 : 1, .keys = keys, .n = n };
+		if (rng_below(seed, 5) == 0) {
+			erase_keys(t, r, idx, n, keys);
+			b.type = DE_WAL_ERASE;
+		} else {
+			put_keys(t, r, idx, n, 100 + rec, keys);
+			b.type = DE_WAL_PUT;
+			b.table = t;
+		}
+		cr_assert_eq(de_wal_append(w, &b, last_lsn), 0);
+	}
+}
+
+struct two {
+	de_table *t[2];
+};
+
+static int apply_two(void *ctx, const struct de_wal_record *r)
+{
+	struct two *x = ctx;
+	cr_assert(r->table_id == 1 || r->table_id == 2);
+	return de_wal_record_apply(x->t[r->table_id - 1], r);
+}
+
+Test(wal, round_trip_two_tables_and_roll)
+{
+	char d[64];
+	mk_dir(d, sizeof d);
+	struct tab t0 = mk_table(), t1 = mk_table();
+	struct ref r0 = ref_new(NK), r1 = ref_new(NK);
+	struct de_wal_options o = { .segment_bytes = 64 << 10, .buffer_bytes = 16 << 10 };
+	de_wal *w;
+	cr_assert_eq(de_wal_open(d, &o, &w), 0);
+	uint64_t seed = 1, last = 0;
+	workload(w, &t0, &t1, &r0, &r1, 600, &seed, &last);
+	cr_assert_eq(last, 600);
+	cr_assert_eq(de_wal_close(w), 0);
+
+	struct tab u0 = mk_table(), u1 = mk_table();
+	struct two x = { { u0.t, u1.t } };
+	struct de_wal_replay_result res;
+	cr_assert_eq(de_wal_replay(d, 1, 0, apply_two, &x, quiet_log, NULL, &res), 0);
+	cr_assert_eq(res.records, 600);
+	cr_assert_eq(res.last_lsn, 600);
+	cr_assert_eq(res.bytes_dropped, 0);
+	cr_assert_null(res.problem);
+	cr_assert_gt(res.segments, 2, "64 KiB segments must roll (%u)", res.segments);
+	cr_assert_eq(ref_diff(u0.t, &r0), 0);
+	cr_assert_eq(ref_diff(u1.t, &r1), 0);
+
+	/* reopen: the log continues at 601, and replay from 550 sees 51 + new records */
+	cr_assert_eq(de_wal_open(d, &o, &w), 0);
+	cr_assert_eq(de_wal_next_lsn(w), 601);
+	workload(w, &t0, &t1, &r0, &r1, 50, &seed, &last);
+	cr_assert_eq(last, 650);
+	cr_assert_eq(de_wal_close(w), 0);
+	cr_assert_eq(de_wal_replay(d, 550, 0, NULL, NULL, quiet_log, NULL, &res), 0);
+	cr_assert_eq(res.records, 101);
+	cr_assert_eq(res.last_lsn, 650);
+	rm_table(&t0);
+	rm_table(&t1);
+	rm_table(&u0);
+	rm_table(&u1);
+	rm_dir(d);
+}
+
+static int apply_first(void *ctx, const struct de_wal_record *r)
+{
+	return r->lsn == 1 ? de_wal_record_apply((de_table *)ctx, r) : 0;
+}
+
+Test(wal, explicit_rows_absent_keys_and_bad_args)
+{
+	char d[64];
+	mk_dir(d, sizeof d);
+	de_wal *w;
+	cr_assert_eq(de_wal_open(d, NULL, &w), 0);
+	struct tab t = mk_table();
+	struct ref r = ref_new(8);
+	uint64_t keys[3] = { key_of(0), key_of(1), key_of(2) };
+	struct ref_row rows[3] = { gen_row(0, 5), gen_row(1, 5), gen_row(2, 5) };
+	float fl[3 * RF];
+	struct de_row_meta meta[3];
+	for (int i = 0; i < 3; i++) {
+		memcpy(fl + i * RF, rows[i].row, sizeof rows[i].row);
+		meta[i] = (struct de_row_meta){ .last_step = rows[i].last_step, .freq = rows[i].freq,
+						.flags = i == 1 ? 0 : 1, .aux = rows[i].aux };
+		if (i != 1)
+			r.r[i] = rows[i];
+	}
+	/* key 1 was present in the table before: the record says absent, replay erases it */
+	struct tab pre = mk_table();
+	size_t one = 1;
+	uint64_t k1;
+	struct ref scratch = ref_new(8);
+	put_keys(pre.t, &scratch, &one, 1, 1, &k1);
+	struct de_wal_batch b = { .table_id = 9, .type = DE_WAL_PUT, .keys = keys, .n = 3,
+				  .rows = fl, .meta = meta, .row_floats = RF };
+	uint64_t lsn;
+	cr_assert_eq(de_wal_append(w, &b, &lsn), 0);
+	cr_assert_eq(lsn, 1);
+	/* bad arguments: nothing appended */
+	uint64_t zero = 0;
+	struct de_wal_batch bad = b;
+	bad.keys = &zero;
+	bad.n = 1;
+	cr_assert_eq(de_wal_append(w, &bad, NULL), -EINVAL);
+	bad = b;
+	bad.type = 7;
+	cr_assert_eq(de_wal_append(w, &bad, NULL), -EINVAL);
+	bad = b;
+	bad.row_floats = 0;
+	cr_assert_eq(de_wal_append(w, &bad, NULL), -EINVAL);
+	/* a record larger than a buffer (other keys: key_of(100..)) */
+	size_t big = de_wal_max_keys(w, RF) + 1;
+	uint64_t *bk = xcalloc(big, 8);
+	float *bf = xcalloc(big * RF, 4);
+	struct de_row_meta *bm = xcalloc(big, sizeof *bm);
+	for (size_t i = 0; i < big; i++)
+		bk[i] = key_of(100 + i);
+	struct de_wal_batch huge = { .table_id = 9, .type = DE_WAL_PUT, .keys = bk, .n = big,
+				     .rows = bf, .meta = bm, .row_floats = RF };
+	cr_assert_eq(de_wal_append(w, &huge, NULL), -EMSGSIZE);
+	huge.n = big - 1;
+	cr_assert_eq(de_wal_append(w, &huge, &lsn), 0, "max_keys keys must fit");
+	cr_assert_eq(lsn, 2);
+	cr_assert_eq(de_wal_sync(w, 3), -EINVAL, "lsn 3 was not appended");
+	cr_assert_eq(de_wal_close(w), 0);
+	/* replay lsn 1 only into pre: keys 0 and 2 set, key 1 (present before) erased */
+	struct de_wal_replay_result res;
+	cr_assert_eq(de_wal_replay(d, 1, 0, apply_first, pre.t, quiet_log, NULL, &res), 0);
+	cr_assert_eq(res.records, 2);
+	cr_assert_eq(ref_diff(pre.t, &r), 0);
+	/* a table of another row size refuses the record */
+	struct de_table_config c2 = pcfg;
+	c2.nslots = 0;
+	struct de_arena_config ac = { .reserve_bytes = 1ull << 30, .segment_bytes = 4 << 20,
+				      .pages = DE_PAGES_SMALL, .numa_node = DE_NUMA_NONE };
+	de_arena *a2;
+	de_table *t2;
+	cr_assert_eq(de_arena_create(&ac, &a2), 0);
+	cr_assert_eq(de_table_open(a2, &c2, &t2), 0);
+	cr_assert_eq(de_wal_replay(d, 1, 0, apply_cb, t2, quiet_log, NULL, &res), -EEXIST);
+	de_table_close(t2);
+	de_arena_destroy(a2);
+	free(bk);
+	free(bf);
+	free(bm);
+	free(r.r);
+	free(scratch.r);
+	rm_table(&t);
+	rm_table(&pre);
+	rm_dir(d);
+}
+
+Test(wal, async_window_group_commit)
+{
+	char d[64];
+	mk_dir(d, sizeof d);
+	struct de_wal_options o = { .window_ms = 50 };
+	de_wal *w;
+	cr_assert_eq(de_wal_open(d, &o, &w), 0);
+	struct tab t = mk_table();
+	struct ref r = ref_new(NK);
+	uint64_t keys[64], lsn = 0;
+	size_t idx[4] = { 1, 2, 3, 4 };
+	double worst = 0;
+	for (int round = 0; round < 5; round++) {
+		put_keys(t.t, &r, idx, 4, (uint64_t)round + 1, keys);
+		struct de_wal_batch b = { .table_id = 1, .type = DE_WAL_PUT, .keys = keys, .n = 4,
+					  .table = t.t };
+		cr_assert_eq(de_wal_append(w, &b, &lsn), 0);
+		double t0 = now_s();
+		while (de_wal_durable_lsn(w) < lsn && now_s() - t0 < 5)
+			usleep(1000);
+		double dt = now_s() - t0;
+		cr_assert_geq(de_wal_durable_lsn(w), lsn, "the group commit never came");
+		if (dt > worst)
+			worst = dt;
+	}
+	/* within the window plus an fdatasync; generous for a loaded 2-core CI machine */
+	cr_assert_lt(worst, 1.0, "group commit took %.3f s with a 50 ms window", worst);
+	cr_log_info("async: worst append-to-durable %.1f ms (window 50 ms)", worst * 1e3);
+	struct de_wal_stats st;
+	cr_assert_eq(de_wal_stats(w, &st), 0);
+	cr_assert_geq(st.flushes, 5);
+	cr_log_info("registered buffers: %d", st.registered);
+	/* durable means on disk: a reader sees the records while the WAL is open */
+	struct tab u = mk_table();
+	struct de_wal_replay_result res;
+	cr_assert_eq(de_wal_replay(d, 1, 0, apply_cb, u.t, quiet_log, NULL, &res), 0);
+	cr_assert_eq(res.records, 5);
+	cr_assert_eq(ref_diff(u.t, &r), 0);
+	cr_assert_eq(de_wal_close(w), 0);
+	free(r.r);
+	rm_table(&t);
+	rm_table(&u);
+	rm_dir(d);
+}
+
+struct syncer {
+	de_wal *w;
+	int id;
+	int n;
+	int err;
+};
+
+static void *sync_thread(void *arg)
+{
+	struct syncer *s = arg;
+	for (int i = 0; i < s->n && !s->err; i++) {
+		uint64_t key = key_of((size_t)s->id * 1000 + (size_t)i);
+		float row[RF] = { (float)i };
+		struct de_row_meta m = { .flags = 1, .last_step = (uint64_t)i };
+		struct de_wal_batch b = { .table_id = 1, .type = DE_WAL_PUT, .keys = &key, .n = 1,
+					  .rows = row, .meta = &m, .row_floats = RF };
+		uint64_t lsn;
+		if ((s->err = de_wal_append(s->w, &b, &lsn)))
+			break;
+		s->err = de_wal_sync(s->w, lsn);
+		if (!s->err && de_wal_durable_lsn(s->w) < lsn)
+			s->err = -EPROTO;
+	}
+	return NULL;
+}
+
+Test(wal, sync_mode_group_commit_threads)
+{
+	char d[64];
+	mk_dir(d, sizeof d);
+	de_wal *w;
+	cr_assert_eq(de_wal_open(d, NULL, &w), 0);
+	/* one record: not durable before sync, durable after */
+	uint64_t key = key_of(0), lsn;
+	cr_assert_eq(de_wal_append(w, &(struct de_wal_batch){ .table_id = 1, .type = DE_WAL_ERASE,
+							      .keys = &key, .n = 1 }, &lsn), 0);
+	cr_assert_eq(de_wal_durable_lsn(w), 0);
+	cr_assert_eq(de_wal_sync(w, lsn), 0);
+	cr_assert_eq(de_wal_durable_lsn(w), lsn);
+	/* 4 threads, each append + sync 100 times */
+	pthread_t th[4];
+	struct syncer s[4];
+	for (int i = 0; i < 4; i++) {
+		s[i] = (struct syncer){ w, i, 100, 0 };
+		pthread_create(&th[i], NULL, sync_thread, &s[i]);
+	}
+	for (int i = 0; i < 4; i++) {
+		pthread_join(th[i], NULL);
+		cr_assert_eq(s[i].err, 0, "thread %d: %d", i, s[i].err);
+	}
+	struct de_wal_stats st;
+	cr_assert_eq(de_wal_stats(w, &st), 0);
+	cr_assert_eq(st.durable_lsn, 401);
+	cr_assert_leq(st.fsyncs, 401);
+	cr_log_info("sync: 401 syncs took %" PRIu64 " fdatasyncs (group commit)", st.fsyncs);
+	cr_assert_eq(de_wal_close(w), 0);
+	struct de_wal_replay_result res;
+	cr_assert_eq(de_wal_replay(d, 1, 0, NULL, NULL, quiet_log, NULL, &res), 0);
+	cr_assert_eq(res.records, 401);
+	rm_dir(d);
+}
+
+#ifdef DE_FAULT_INJECTION
+static uint64_t append_one(de_wal *w, size_t i)
+{
+	uint64_t key = key_of(i), lsn = 0;
+	float row[RF] = { (float)i };
+	struct de_row_meta m = { .flags = 1 };
+	struct de_wal_batch b = { .table_id = 1, .type = DE_WAL_PUT, .keys = &key, .n = 1,
+				  .rows = row, .meta = &m, .row_floats = RF };
+	int err = de_wal_append(w, &b, &lsn);
+	return err ? 0 : lsn;
+}
+
+Test(wal, fault_write_fails_the_wal)
+{
+	char d[64];
+	mk_dir(d, sizeof d);
+	de_wal *w;
+	cr_assert_eq(de_wal_open(d, NULL, &w), 0);
+	cr_assert_eq(de_wal_sync(w, append_one(w, 0)), 0);
+	de_wal_fail(w, DE_FAULT_WRITE, 1);
+	uint64_t lsn = append_one(w, 1);
+	cr_assert_eq(lsn, 2);
+	cr_assert_eq(de_wal_sync(w, lsn), -EIO);
+	char why[256];
+	cr_assert_eq(de_wal_failed(w, why, sizeof why), -EIO);
+	cr_assert_not_null(strstr(why, "write"), "%s", why);
+	cr_assert_eq(de_wal_durable_lsn(w), 1, "nothing is reported durable that is not");
+	cr_assert_eq(append_one(w, 2), 0, "a failed WAL takes no appends");
+	cr_assert_eq(de_wal_flush(w), -EIO);
+	cr_assert_eq(de_wal_close(w), -EIO);
+	struct de_wal_replay_result res;
+	cr_assert_eq(de_wal_replay(d, 1, 0, NULL, NULL, quiet_log, NULL, &res), 0);
+	cr_assert_eq(res.records, 1);
+	rm_dir(d);
+}
+
+Test(wal, fault_fsync_fails_once_never_retried)
+{
+	char d[64];
+	mk_dir(d, sizeof d);
+	de_wal *w;
+	cr_assert_eq(de_wal_open(d, NULL, &w), 0);
+	cr_assert_eq(de_wal_sync(w, append_one(w, 0)), 0);
+	de_wal_fail(w, DE_FAULT_FSYNC, 1);
+	uint64_t lsn = append_one(w, 1);
+	cr_assert_eq(de_wal_sync(w, lsn), -EIO);
+	struct de_wal_stats st0, st1;
+	cr_assert_eq(de_wal_stats(w, &st0), 0);
+	char why[256];
+	cr_assert_eq(de_wal_failed(w, why, sizeof why), -EIO);
+	cr_assert_not_null(strstr(why, "fdatasync"), "%s", why);
+	/* no later call submits another fsync, and lsn 2 never becomes durable */
+	cr_assert_eq(de_wal_sync(w, lsn), -EIO);
+	cr_assert_eq(de_wal_flush(w), -EIO);
+	cr_assert_eq(de_wal_stats(w, &st1), 0);
+	cr_assert_eq(st1.fsyncs, st0.fsyncs, "an fsync was retried");
+	cr_assert_eq(st1.durable_lsn, 1);
+	cr_assert_eq(de_wal_close(w), -EIO);
+	rm_dir(d);
+}
+
+Test(wal, fault_alloc_every_allocation_of_open_and_replay)
+{
+	char d[64];
+	mk_dir(d, sizeof d);
+	de_wal *w;
+	cr_assert_eq(de_wal_open(d, NULL, &w), 0);
+	for (size_t i = 0; i < 5; i++)
+		append_one(w, i);
+	cr_assert_eq(de_wal_close(w), 0);
+	int ok_at = 0;
+	for (long nth = 1; nth < 40 && !ok_at; nth++) {
+		de_persist_fail(DE_FAULT_ALLOC, nth);
+		int err = de_wal_open(d, NULL, &w);
+		long left = de_persist_fail(DE_FAULT_ALLOC, 0);
+		if (left) { /* the fault did not fire: every allocation succeeded */
+			cr_assert_eq(err, 0);
+			ok_at = (int)nth;
+			cr_assert_eq(de_wal_next_lsn(w), 6);
+			cr_assert_eq(de_wal_close(w), 0);
+		} else {
+			cr_assert_eq(err, -ENOMEM, "allocation %ld: %d", nth, err);
+		}
+	}
+	cr_assert_gt(ok_at, 2, "open allocates");
+	/* replay: a failed allocation is -ENOMEM, never a partial success claimed as whole */
+	for (long nth = 1; nth < 40; nth++) {
+		struct tab t = mk_table();
+		de_persist_fail(DE_FAULT_ALLOC, nth);
+		struct de_wal_replay_result res;
+		int err = de_wal_replay(d, 1, 0, apply_cb, t.t, quiet_log, NULL, &res);
+		long left = de_persist_fail(DE_FAULT_ALLOC, 0);
+		rm_table(&t);
+		if (left) {
+			cr_assert_eq(err, 0);
+			cr_assert_eq(res.records, 5);
+			break;
+		}
+		cr_assert_eq(err, -ENOMEM, "allocation %ld: %d", nth, err);
+	}
+	rm_dir(d);
+}
+#endif
+
+Test(wal, tmpfs_enospc)
+{
+	char d[64];
+	mk_dir(d, sizeof d);
+	if (mount("tmpfs", d, "tmpfs", 0, "size=1m")) {
+		int e = errno;
+		rm_dir(d);
+		cr_skip_test("cannot mount a 1 MiB tmpfs (%s): needs root / CAP_SYS_ADMIN",
+			     strerror(e));
+	}
+	char wd[80];
+	snprintf(wd, sizeof wd, "%s/wal", d);
+	struct de_wal_options o = { .segment_bytes = 256 << 10, .buffer_bytes = 64 << 10 };
+	de_wal *w;
+	cr_assert_eq(de_wal_open(wd, &o, &w), 0);
+	struct ref r = ref_new(4000);
+	struct tab t = mk_table();
+	uint64_t keys[64], lsn = 0, acked = 0;
+	int err = 0;
+	size_t rec = 0;
+	for (; rec < 3999 && !err; rec++) {
+		size_t idx[32];
+		for (size_t k = 0; k < 32; k++)
+			idx[k] = (rec * 32 + k) % 4000;
+		put_keys(t.t, &r, idx, 32, rec + 1, keys);
+		struct de_wal_batch b = { .table_id = 1, .type = DE_WAL_PUT, .keys = keys,
+					  .n = 32, .table = t.t };
+		err = de_wal_append(w, &b, &lsn);
+		if (!err && rec % 8 == 7) {
+			err = de_wal_sync(w, lsn);
+			if (!err)
+				acked = lsn;
+		}
+	}
+	cr_assert(err == -ENOSPC || err == -EROFS, "err %d after %zu records", err, rec);
+	cr_assert_eq(de_wal_failed(w, NULL, 0), -ENOSPC);
+	uint64_t durable = de_wal_durable_lsn(w);
+	cr_assert_geq(durable, acked);
+	cr_log_info("ENOSPC after %zu records; durable lsn %" PRIu64, rec, durable);
+	de_wal_close(w);
+	/* replay: at least every durable record, and each replayed record equals what was
+	 * written (the rows of lsn k are rec k's keys at step k) */
+	struct de_wal_replay_result res;
+	struct tab u = mk_table();
+	cr_assert_eq(de_wal_replay(wd, 1, DE_WAL_REPLAY_TRUNCATE, apply_cb, u.t, quiet_log, NULL,
+				   &res), 0);
+	cr_assert_geq(res.last_lsn, durable);
+	struct ref want = ref_new(4000);
+	for (uint64_t l = 1; l <= res.last_lsn; l++)
+		for (size_t k = 0; k < 32; k++) {
+			size_t i = ((l - 1) * 32 + k) % 4000;
+			want.r[i] = gen_row(i, l);
+		}
+	cr_assert_eq(ref_diff(u.t, &want), 0);
+	free(want.r);
+	free(r.r);
+	rm_table(&t);
+	rm_table(&u);
+	umount(d);
+	rm_dir(d);
+}
+
+/* ---- every byte flip and every truncation of a small log ---------------------------- */
+
+struct rec_pos {
+	uint64_t start, end; /* byte range in the segment */
+};
+
+Test(wal, every_flip_and_truncation_gives_the_exact_prefix)
+{
+	char d[64], c[80];
+	mk_dir(d, sizeof d);
+	snprintf(c, sizeof c, "%s.copy", d);
+	de_wal *w;
+	cr_assert_eq(de_wal_open(d, NULL, &w), 0);
+	struct tab t = mk_table();
+	struct ref r = ref_new(16);
+	struct ref prefix[8]; /* the reference after records 0..k-1 */
+	struct rec_pos pos[7];
+	prefix[0] = ref_new(16);
+	uint64_t keys[64], off = 64;
+	for (int k = 0; k < 7; k++) {
+		size_t idx[3] = { (size_t)k, (size_t)k + 3, (size_t)k + 7 };
+		struct de_wal_batch b = { .table_id = 1, .keys = keys, .n = k == 4 ? 2 : 3 };
+		if (k == 4) {
+			erase_keys(t.t, &r, idx, 2, keys);
+			b.type = DE_WAL_ERASE;
+		} else {
+			put_keys(t.t, &r, idx, 3, (uint64_t)k + 1, keys);
+			b.type = DE_WAL_PUT;
+			b.table = t.t;
+		}
+		cr_assert_eq(de_wal_append(w, &b, NULL), 0);
+		uint64_t len = b.type == DE_WAL_PUT ? (40 + 3 * (32 + 4 * RF) + 7) / 8 * 8 : 40 + 16;
+		pos[k] = (struct rec_pos){ off, off + len };
+		off += len;
+		prefix[k + 1] = ref_copy(&r);
+	}
+	cr_assert_eq(de_wal_close(w), 0);
+	char seg[128], cseg[160];
+	snprintf(seg, sizeof seg, "%s/wal-0000000000000001.log", d);
+	snprintf(cseg, sizeof cseg, "%s/wal-0000000000000001.log", c);
+	struct stat sb;
+	cr_assert_eq(stat(seg, &sb), 0);
+	cr_assert_eq((uint64_t)sb.st_size, off, "the layout in the spec");
+	FILE *f = fopen(seg, "rb");
+	unsigned char *orig = xcalloc(1, off);
+	cr_assert_eq(fread(orig, 1, off, f), off);
+	fclose(f);
+
+	cr_assert_eq(mkdir(c, 0755), 0);
+	for (uint64_t at = 0; at <= 2 * off; at++) {
+		bool trunc = at >= off; /* flips of bytes 0..off-1, then truncations to 0..off */
+		uint64_t b = trunc ? at - off : at;
+		FILE *g = fopen(cseg, "wb");
+		cr_assert_not_null(g);
+		cr_assert_eq(fwrite(orig, 1, trunc ? b : off, g), trunc ? b : off);
+		if (!trunc) {
+			fseek(g, (long)b, SEEK_SET);
+			fputc(orig[b] ^ 0xff, g);
+		}
+		fclose(g);
+		/* the records whose bytes all come before the damage */
+		uint64_t size = trunc ? b : off, damage = trunc ? b : b;
+		int want = 0;
+		while (want < 7 && pos[want].end <= damage && damage >= 64)
+			want++;
+		if (trunc && b == off)
+			want = 7;
+		struct tab u = mk_table();
+		struct de_wal_replay_result res;
+		cr_assert_eq(de_wal_replay(c, 1, DE_WAL_REPLAY_TRUNCATE, apply_cb, u.t, quiet_log,
+					   NULL, &res), 0, "at %" PRIu64, at);
+		cr_assert_eq(res.records, (uint64_t)want, "%s %" PRIu64 ": %" PRIu64 " records, want %d",
+			     trunc ? "truncated to" : "flip at", b, res.records, want);
+		cr_assert_eq(ref_diff(u.t, &prefix[want]), 0, "at %" PRIu64, at);
+		uint64_t good_end = want ? pos[want - 1].end : 0;
+		cr_assert_eq(res.bytes_dropped, size > good_end ? size - good_end : 0,
+			     "at %" PRIu64 " dropped %" PRIu64, at, res.bytes_dropped);
+		cr_assert((res.bytes_dropped == 0) == (res.problem == NULL) || size <= 64,
+			  "at %" PRIu64, at);
+		if (!trunc)
+			cr_assert_geq(res.records_dropped, 1, "at %" PRIu64, at);
+		/* the tail is gone: a second replay is clean and gives the same prefix */
+		rm_table(&u);
+		u = mk_table();
+		cr_assert_eq(de_wal_replay(c, 1, 0, apply_cb, u.t, quiet_log, NULL, &res), 0);
+		cr_assert_eq(res.records, (uint64_t)want);
+		cr_assert_eq(res.bytes_dropped, 0, "at %" PRIu64, at);
+		cr_assert_eq(ref_diff(u.t, &prefix[want]), 0, "at %" PRIu64, at);
+		rm_table(&u);
+	}
+	/* the log continues after a truncation: open appends lsn want + 1 */
+	FILE *g = fopen(cseg, "wb");
+	cr_assert_eq(fwrite(orig, 1, pos[5].end - 3, g), pos[5].end - 3);
+	fclose(g);
+	cr_assert_eq(de_wal_open(c, NULL, &w), 0);
+	cr_assert_eq(de_wal_next_lsn(w), 6);
+	cr_assert_eq(de_wal_close(w), 0);
+	for (int k = 0; k < 8; k++)
+		free(prefix[k].r);
+	free(r.r);
+	free(orig);
+	rm_table(&t);
+	rm_dir(c);
+	rm_dir(d);
+}

@@ -1,0 +1,288 @@
+"""dynemb.torch: a PyTorch embedding layer whose rows live in the dynemb sidecar.
+
+:class:`DynamicEmbedding` is an ``nn.Module`` like ``nn.Embedding`` / ``nn.EmbeddingBag``
+with no vocabulary and no weight: keys (int64 or strings, any shape) are looked up in a
+dynembd table, which creates the rows of keys it has never seen with the table's
+initializer, and the backward pass sends the gradients to the daemon, which applies the
+table's own optimizer (``Client.open(..., optimizer=..., lr=...)``). The paper's
+DynamicEmbedding: the forward is a lookup, the backward is an update on the server.
+
+    import torch, dynemb.torch as det
+    emb = det.DynamicEmbedding("user", 16, socket_path=sock,
+                               optimizer="adagrad", lr=0.05)   # server-side optimizer
+    mlp = torch.nn.Sequential(torch.nn.Linear(16, 1))
+    opt = torch.optim.Adam(mlp.parameters(), lr=1e-3)          # the dense part only
+    for keys, y in batches:
+        loss = F.binary_cross_entropy_with_logits(mlp(emb(keys)).squeeze(-1), y)
+        opt.zero_grad()
+        loss.backward()      # <- pushes the embedding gradients to dynembd (one apply)
+        opt.step()           #    and fills the MLP's .grad for the torch optimizer
+
+How it works. ``forward`` takes the unique keys of the call (padding removed), looks them
+up (creating, in training mode), and gathers / bags the rows on the caller's side; the
+unique keys and the inverse index are kept for backward. Autograd sums the output
+gradient into one row per unique key (the index_add of a gather), and backward calls
+``table.apply_gradients(unique_keys, grads, step=self.step, lr=self.lr)`` once. The
+daemon applies the optimizer per key (src/learn/de_learn.h: torch.optim's formulas, with
+"sparse" semantics: keys without a gradient are not stepped).
+
+Rules a caller must know:
+
+* **No dense parameter.** ``parameters()`` and ``state_dict()`` are empty: the embeddings
+  and their optimizer state live in the daemon. Give the module's *other* layers to a
+  ``torch.optim`` optimizer as usual; ``zero_grad`` / ``step`` of that optimizer do not
+  touch the embeddings, and there is nothing to clip or to put on a GPU.
+* **One apply per forward, at backward.** Each forward call that reaches the loss makes
+  exactly one ``apply_gradients`` when ``loss.backward()`` runs (a module called twice in
+  one step makes two). A forward whose output is never backpropagated applies nothing.
+  Under ``torch.no_grad()`` nothing is recorded. Calling backward twice through the same
+  graph (``retain_graph=True``) applies twice.
+* **step.** ``self.step`` (an int, start with ``step=``) is passed with every lookup (the
+  rows' last-seen step, used by eviction) and every apply. With ``auto_step=True`` (the
+  default) it grows by one after each apply, so a training loop with one forward per
+  step needs nothing else; set ``emb.step`` yourself to follow a global step instead.
+* **lr.** ``self.lr`` is None (the table's configured lr) or a float that overrides it
+  for the next applies (a schedule: ``emb.lr = sched(step)``).
+* **eval mode.** With ``readonly_in_eval=True`` (the default) lookups after
+  ``module.eval()`` do not create rows: keys the table does not hold read as zeros.
+* **padding.** ``padding_key`` (default: the daemon's reserved empty key, 0 for int64
+  tables and ``""`` for string tables; None to disable) gives a zero vector, is excluded
+  from sum/mean bags (a mean divides by the number of other keys; an all-padding bag is
+  zeros), and gets no gradient, as ``padding_idx`` does in ``nn.EmbeddingBag``.
+* **processes.** A :class:`dynemb.Client` is neither thread-safe nor fork-safe. Without
+  ``client=`` the module connects lazily, one Client per process (``socket_path``): build
+  it in the parent, fork or spawn trainers, and each opens its own connection on its
+  first forward. A connection inherited through ``fork`` is left alone, never closed from
+  the child. Pickling (``spawn``) drops the connection. DataLoader workers should only
+  produce keys; the module runs in the trainer.
+"""
+
+import os
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import dynemb as _dynemb
+
+__all__ = ["DynamicEmbedding"]
+
+_DEFAULT = object()
+# Clients a forked child inherited from its parent: kept referenced so that their
+# __del__ never runs de_close on the parent's connection from the child.
+_inherited = []
+
+
+class _LookupPush(torch.autograd.Function):
+    """forward: the rows of the unique keys (a lookup); backward: one apply_gradients.
+
+    ``dummy`` is a fresh tensor with requires_grad=True: the module has no parameter, and
+    autograd only runs a backward whose function has an input that requires grad.
+    """
+
+    @staticmethod
+    def forward(ctx, dummy, owner, ukeys):
+        ctx.owner, ctx.ukeys = owner, ukeys
+        return torch.from_numpy(owner._lookup(ukeys))
+
+    @staticmethod
+    def backward(ctx, grad):
+        g = grad.detach().to(dtype=torch.float32, device="cpu").contiguous().numpy()
+        ctx.owner._push(ctx.ukeys, g)
+        return None, None, None
+
+
+class DynamicEmbedding(nn.Module):
+    """``DynamicEmbedding(name, dim, *, client=None, socket_path=None, keys='int64',
+    mode=None, padding_key=<empty key>, step=0, auto_step=True, readonly_in_eval=True,
+    **table_config)``
+
+    ``name``, ``dim``, ``keys`` and ``table_config`` (``optimizer``, ``lr``, ``init``,
+    ``init_a``, ``init_b``, ``seed``, ``nslots``, the optimizer's hyperparameters) go to
+    ``Client.open``: modules (or processes) that open the same name with the same config
+    share the table. ``client``: a :class:`dynemb.Client` to use (this process only);
+    else the module connects to ``socket_path`` (None: the daemon's default socket).
+
+    ``mode``: None (output ``keys.shape + (dim,)``), ``'sum'`` or ``'mean'`` (bags, as
+    ``nn.EmbeddingBag``: a 2-D input is one bag per row, a 1-D input needs ``offsets``).
+
+    Attributes: ``step`` (see the module docs), ``lr`` (None: the table's lr; a float
+    overrides it for the following applies), ``table`` (this process's Table).
+    """
+
+    def __init__(self, name, dim, *, client=None, socket_path=None, keys="int64", mode=None,
+                 padding_key=_DEFAULT, step=0, auto_step=True, readonly_in_eval=True,
+                 **table_config):
+        super().__init__()
+        if mode not in (None, "sum", "mean"):
+            raise ValueError(f"mode must be None, 'sum' or 'mean', not {mode!r}")
+        if keys not in ("int64", "str"):
+            raise ValueError(f"keys must be 'int64' or 'str', not {keys!r}")
+        if padding_key is _DEFAULT:
+            padding_key = 0 if keys == "int64" else ""
+        self.name, self.dim, self.key_type, self.mode = name, int(dim), keys, mode
+        self.padding_key = padding_key
+        self.step, self.auto_step, self.lr = int(step), bool(auto_step), None
+        self.readonly_in_eval = bool(readonly_in_eval)
+        self._table_config = dict(table_config)
+        self._socket_path = socket_path
+        self._given_client = client
+        self._conn = None          # (pid, Client or None, Table)
+        self.table                 # open now: a bad config fails here, not mid-training
+
+    # -- connection -------------------------------------------------------------------
+    @property
+    def table(self):
+        """The :class:`dynemb.Table` of this process (connecting on first use)."""
+        pid = os.getpid()
+        conn = self._conn
+        if conn is not None and conn[0] == pid:
+            return conn[2]
+        if conn is not None and conn[1] is not None:
+            _inherited.append(conn[1])  # another process's connection: never close it here
+        own = None
+        if self._given_client is not None:
+            c = self._given_client
+        else:
+            c = own = _dynemb.Client(self._socket_path, name=f"torch:{self.name}")
+        try:
+            t = c.open(self.name, self.dim, keys=self.key_type, **self._table_config)
+        except BaseException:
+            if own is not None:
+                own.close()
+            raise
+        if t.dim != self.dim:
+            raise ValueError(f"table {self.name!r} has dim {t.dim}, not {self.dim}")
+        self._conn = (pid, own, t)
+        return t
+
+    def close(self):
+        """Close this process's own connection (a later forward reconnects)."""
+        conn, self._conn = self._conn, None
+        if conn is not None and conn[1] is not None:
+            if conn[0] == os.getpid():
+                conn[1].close()
+            else:
+                _inherited.append(conn[1])
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state["_conn"] = None
+        if state.get("_given_client") is not None:
+            raise TypeError("a DynamicEmbedding built with client= cannot be pickled; "
+                            "give it socket_path= instead")
+        return state
+
+    def extra_repr(self):
+        return (f"{self.name!r}, {self.dim}, keys={self.key_type}, mode={self.mode}, "
+                f"padding_key={self.padding_key!r}, step={self.step}")
+
+    # -- the two calls to the daemon ---------------------------------------------------
+    def _lookup(self, ukeys):
+        ro = self.readonly_in_eval and not self.training
+        return self.table.lookup(ukeys, readonly=ro, step=self.step)
+
+    def _push(self, ukeys, grads):
+        t = self.table
+        if not hasattr(t, "apply_gradients"):
+            raise RuntimeError("dynemb.Table has no apply_gradients: this dynemb package "
+                               "predates server-side optimizers")
+        if len(ukeys):
+            t.apply_gradients(ukeys, grads, step=self.step, lr=self.lr)
+        if self.auto_step:
+            self.step += 1
+
+    # -- keys --------------------------------------------------------------------------
+    def _keys(self, keys):
+        """keys -> a numpy array (int64/uint64, or object of str/bytes) and its shape."""
+        if isinstance(keys, torch.Tensor):
+            if self.key_type == "str":
+                raise TypeError("a string table takes str keys, not a tensor")
+            if keys.dtype.is_floating_point or keys.dtype.is_complex or \
+                    keys.dtype == torch.bool:
+                raise TypeError(f"keys must be an integer tensor, not {keys.dtype}")
+            return keys.detach().cpu().to(torch.int64).numpy()
+        if self.key_type == "str":
+            if isinstance(keys, (str, bytes)):
+                return np.array([keys], dtype=object).reshape(())
+            a = np.array(keys, dtype=object)
+            return a
+        a = np.asarray(keys)
+        if a.dtype.kind not in "iu":
+            if a.size == 0:
+                return a.astype(np.int64)
+            raise TypeError(f"int64 keys must be integers, not dtype {a.dtype}")
+        return a if a.dtype in (np.int64, np.uint64) else a.astype(np.int64)
+
+    def _is_pad(self, flat):
+        if self.padding_key is None:
+            return None
+        if self.key_type == "str":
+            pk = self.padding_key
+            alt = pk.encode("utf-8") if isinstance(pk, str) else pk.decode("utf-8")
+            return np.fromiter((k == pk or k == alt for k in flat), dtype=bool,
+                               count=len(flat))
+        pk = self.padding_key
+        if flat.dtype == np.uint64 and pk < 0:
+            pk += 1 << 64
+        elif flat.dtype == np.int64 and pk >= 1 << 63:
+            pk -= 1 << 64
+        return flat == pk
+
+    def _rows(self, flat):
+        """(rows [n_unique + 1, dim] with a zero last row for padding, index into it)."""
+        pad = self._is_pad(flat)
+        if pad is not None and pad.any():
+            uniq, inv = np.unique(flat[~pad], return_inverse=True)
+            idx = np.full(len(flat), len(uniq), dtype=np.int64)
+            idx[~pad] = inv
+        else:
+            uniq, inv = np.unique(flat, return_inverse=True)
+            idx = inv.astype(np.int64, copy=False)
+        if self.key_type == "str":
+            uniq = uniq.tolist()
+        if torch.is_grad_enabled() and self.training:
+            dummy = torch.empty(0, requires_grad=True)
+            w = _LookupPush.apply(dummy, self, uniq)
+        else:
+            w = torch.from_numpy(self._lookup(uniq))
+        w = torch.cat([w, w.new_zeros(1, self.dim)])
+        return w, torch.from_numpy(idx)
+
+    # -- forward -----------------------------------------------------------------------
+    def forward(self, keys, offsets=None, per_sample_weights=None, include_last_offset=False):
+        """Embeddings of ``keys`` (``mode=None``: ``keys.shape + (dim,)``) or of bags
+        (``'sum'``/``'mean'``: ``[n_bags, dim]``; ``offsets`` for 1-D keys, as in
+        ``nn.EmbeddingBag``; ``per_sample_weights`` with ``'sum'`` only)."""
+        k = self._keys(keys)
+        shape = k.shape
+        flat = k.reshape(-1)
+        if self.mode is None:
+            if offsets is not None or per_sample_weights is not None:
+                raise ValueError("offsets / per_sample_weights need mode='sum' or 'mean'")
+            w, idx = self._rows(flat)
+            return w.index_select(0, idx).reshape(tuple(shape) + (self.dim,))
+        if len(shape) == 2:
+            if offsets is not None:
+                raise ValueError("offsets go with 1-D keys; 2-D keys are one bag per row")
+        elif len(shape) == 1:
+            if offsets is None:
+                raise ValueError("1-D keys in a bag mode need offsets")
+            offsets = torch.as_tensor(offsets, dtype=torch.int64)
+            if offsets.dim() != 1:
+                raise ValueError("offsets must be 1-D")
+        else:
+            raise ValueError(f"bag modes take 1-D keys with offsets or 2-D keys, not "
+                             f"{len(shape)}-D")
+        w, idx = self._rows(flat)
+        psw = None
+        if per_sample_weights is not None:
+            psw = torch.as_tensor(per_sample_weights, dtype=w.dtype).reshape(-1)
+        if len(shape) == 2:
+            idx = idx.reshape(shape)
+            if psw is not None:
+                psw = psw.reshape(shape)
+        return F.embedding_bag(idx, w, offsets, mode=self.mode, per_sample_weights=psw,
+                               include_last_offset=include_last_offset,
+                               padding_idx=w.shape[0] - 1)

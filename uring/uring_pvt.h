@@ -1,0 +1,119 @@
+/*
+ * uring_pvt.h — private to libdeuring (the .c files of uring/); not installed, not for other
+ * components. What the export, WAL, snapshot and manifest code share: CRC32C, the
+ * 40-byte row record of the export and snapshot formats, one io_uring with a few buffers
+ * (short transfers resubmitted, an fsync linked behind the last write), small file
+ * helpers (whole-file read, atomic replace, directory fsync) and the fault-injection
+ * counters (compiled only with DE_FAULT_INJECTION).
+ *
+ * Ownership: a du_io owns its ring and the buffers in b[] (du_io_close frees them, after
+ * waiting for every request in flight: the kernel may still be using a buffer).
+ */
+#ifndef DE_URING_PVT_H
+#define DE_URING_PVT_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <liburing.h>
+
+#include "de_uring.h"
+
+#if __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
+#error "libdeuring reads and writes its little-endian formats with plain loads and stores"
+#endif
+
+/* ---- fault injection ---------------------------------------------------------------- */
+
+/* Countdowns: the nth operation of a kind from arming fails once (0: disarmed). */
+struct du_fault {
+	long left[DE_FAULT_KINDS];
+};
+
+#ifdef DE_FAULT_INJECTION
+/* The calling thread's plan (de_persist_fail): every call but the WAL's own flushes. */
+extern __thread struct du_fault du_tls_fault;
+bool du_fault_hit(struct du_fault *f, enum de_fault_kind k);
+#else
+static inline bool du_fault_hit(struct du_fault *f, enum de_fault_kind k)
+{
+	(void)f;
+	(void)k;
+	return false;
+}
+#endif
+
+/* malloc / calloc that fail on an armed DE_FAULT_ALLOC of the calling thread */
+void *du_malloc(size_t n);
+void *du_calloc(size_t n, size_t size);
+
+/* ---- CRC and the 40-byte row record (export and snapshot files) ---------------------- */
+
+#define DU_REC_META 40u
+/* CRC32C of: u64 index, rec bytes 0..31, rec bytes 36..record_bytes-1 */
+uint32_t du_record_crc(uint64_t index, const unsigned char *rec, uint32_t record_bytes);
+
+/* ---- one ring, a few buffers -------------------------------------------------------- */
+
+#define DU_NBUF 4u                /* chunk buffers */
+#define DU_HDR_BYTES 128u         /* b[DU_NBUF]: the header buffer */
+#define DU_TRL_BYTES 32u          /* b[DU_NBUF + 1]: the trailer buffer */
+#define DU_TAG_FSYNC UINT64_MAX
+#define DU_RING_ENTRIES 8u
+
+struct du_iobuf {
+	unsigned char *p;
+	size_t len;    /* bytes to transfer */
+	size_t done;   /* bytes transferred so far */
+	uint64_t off;  /* file offset of p[0] */
+	bool busy;     /* in flight */
+	bool eof;      /* read: the file ended before len */
+};
+
+struct du_io {
+	struct io_uring ring;
+	bool ring_ok;
+	int fd;
+	bool write;
+	unsigned inflight;
+	int err;          /* first error of a completion */
+	bool fsync_done;
+	struct du_fault *fault; /* the calling thread's plan */
+	struct du_iobuf b[DU_NBUF + 2]; /* DU_NBUF chunk buffers, then header and trailer */
+};
+
+struct io_uring_sqe *du_get_sqe(struct du_io *io);
+int du_io_queue(struct du_io *io, unsigned i, unsigned sqe_flags); /* -EIO: injected */
+int du_io_queue_fsync(struct du_io *io);                            /* -EIO: injected */
+int du_io_submit(struct du_io *io);
+int du_io_reap(struct du_io *io);
+int du_io_drain(struct du_io *io);
+int du_io_open(struct du_io *io, int fd, bool write);
+int du_io_bufs(struct du_io *io, unsigned nbuf, size_t bytes);
+void du_io_close(struct du_io *io);
+
+/* ---- files -------------------------------------------------------------------------- */
+
+/* fsync the directory that holds path / the directory dir */
+int du_fsync_dir_of(const char *path);
+int du_fsync_dir(const char *dir);
+
+/* malloc'd "dir/name" (NULL: out of memory) */
+char *du_path(const char *dir, const char *name);
+
+/* Read a whole regular file of at most max bytes through io_uring. out: *buf (malloc'd,
+ * caller frees; NULL for an empty file), *len. -EFBIG when larger than max. */
+int du_read_file(const char *path, size_t max, unsigned char **buf, size_t *len);
+
+/* Synchronous pread / pwrite of [off, off + len) through ring, short transfers continued.
+ * out: *done (bytes; a read stops early at end of file). A write of 0 bytes is -EIO. */
+int du_ring_rw(struct io_uring *ring, int fd, bool write, void *buf, size_t len, uint64_t off,
+	       size_t *done);
+
+/* Replace path atomically: write path.tmp (io_uring write, fsync linked behind it),
+ * rename over path, fsync the directory. On error path is unchanged, path.tmp removed.
+ * Faults: DE_FAULT_WRITE, DE_FAULT_FSYNC of the calling thread. */
+int du_write_file_atomic(const char *path, const void *buf, size_t len);
+
+#endif /* DE_URING_PVT_H */

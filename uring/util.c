@@ -1,0 +1,475 @@
+/*
+ * util.c — what the files of libdeuring share (declared in uring_pvt.h): CRC32C, the row
+ * record CRC of the export and snapshot formats, one io_uring with a few buffers, file
+ * helpers (whole-file read, atomic replace, directory fsync) and the fault-injection
+ * counters. Formats live with their readers and writers (export.c, wal.c, snapshot.c,
+ * manifest.c); nothing here knows one.
+ * Never: keeps global mutable state, except the per-thread fault plan of test builds.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <liburing.h>
+
+#ifdef DE_HAVE_ISAL
+#include <isa-l/crc.h>
+#endif
+
+#include "uring_pvt.h"
+
+/* ------------------------------------------------------------------------- */
+/* Fault injection                                                            */
+/* ------------------------------------------------------------------------- */
+
+#ifdef DE_FAULT_INJECTION
+__thread struct du_fault du_tls_fault;
+
+bool du_fault_hit(struct du_fault *f, enum de_fault_kind k)
+{
+	if (!f || (unsigned)k >= DE_FAULT_KINDS || f->left[k] <= 0)
+		return false;
+	return --f->left[k] == 0;
+}
+
+long de_persist_fail(enum de_fault_kind k, long nth)
+{
+	if ((unsigned)k >= DE_FAULT_KINDS)
+		return -EINVAL;
+	long prev = du_tls_fault.left[k];
+	du_tls_fault.left[k] = nth > 0 ? nth : 0;
+	return prev;
+}
+#endif
+
+void *du_malloc(size_t n)
+{
+#ifdef DE_FAULT_INJECTION
+	if (du_fault_hit(&du_tls_fault, DE_FAULT_ALLOC))
+		return NULL;
+#endif
+	return malloc(n ? n : 1);
+}
+
+void *du_calloc(size_t n, size_t size)
+{
+#ifdef DE_FAULT_INJECTION
+	if (du_fault_hit(&du_tls_fault, DE_FAULT_ALLOC))
+		return NULL;
+#endif
+	return calloc(n ? n : 1, size ? size : 1);
+}
+
+/* ------------------------------------------------------------------------- */
+/* CRC32C                                                                     */
+/* ------------------------------------------------------------------------- */
+
+/*
+ * With libisal (meson finds pkg-config libisal and defines DE_HAVE_ISAL): isa-l's
+ * crc32_iscsi, which picks the fastest kernel for the CPU at load time (PCLMUL folding,
+ * about 3x the single crc32 instruction on long buffers). It neither pre- nor
+ * post-inverts, so we do, and its length is an int, so long buffers go in pieces.
+ * Without it: the SSE4.2 crc32 instruction where the CPU has it, else bitwise (slow, but
+ * no mutable table: nothing here keeps global state).
+ */
+#ifdef DE_HAVE_ISAL
+static uint32_t crc_raw(uint32_t crc, const unsigned char *p, size_t len)
+{
+	while (len) {
+		size_t n = len > (1u << 30) ? (1u << 30) : len;
+		crc = crc32_iscsi((unsigned char *)p, (int)n, crc);
+		p += n;
+		len -= n;
+	}
+	return crc;
+}
+#else
+__attribute__((target("sse4.2"))) static uint32_t crc_sse42(uint32_t crc, const unsigned char *p,
+							     size_t len)
+{
+	uint64_t c = crc;
+	for (; len >= 8; p += 8, len -= 8) {
+		uint64_t v;
+		memcpy(&v, p, 8);
+		c = __builtin_ia32_crc32di(c, v);
+	}
+	uint32_t c32 = (uint32_t)c;
+	for (; len; p++, len--)
+		c32 = __builtin_ia32_crc32qi(c32, *p);
+	return c32;
+}
+
+static uint32_t crc_raw(uint32_t crc, const unsigned char *p, size_t len)
+{
+#if defined(__x86_64__) || defined(__i386__)
+	if (__builtin_cpu_supports("sse4.2"))
+		return crc_sse42(crc, p, len);
+#endif
+	for (; len; p++, len--) {
+		crc ^= *p;
+		for (int k = 0; k < 8; k++)
+			crc = (crc >> 1) ^ (0x82f63b78u & (0u - (crc & 1u)));
+	}
+	return crc;
+}
+#endif
+
+uint32_t de_crc32c(uint32_t crc, const void *buf, size_t len)
+{
+	return ~crc_raw(~crc, buf, len);
+}
+
+uint32_t du_record_crc(uint64_t index, const unsigned char *rec, uint32_t record_bytes)
+{
+	uint32_t c = de_crc32c(0, &index, 8);
+	c = de_crc32c(c, rec, 32);
+	return de_crc32c(c, rec + 36, record_bytes - 36);
+}
+
+/* ------------------------------------------------------------------------- */
+/* One ring, a few buffers: writes or reads with short transfers completed     */
+/* ------------------------------------------------------------------------- */
+
+struct io_uring_sqe *du_get_sqe(struct du_io *io)
+{
+	struct io_uring_sqe *sqe = io_uring_get_sqe(&io->ring);
+	if (!sqe) {
+		io_uring_submit(&io->ring);
+		sqe = io_uring_get_sqe(&io->ring);
+	}
+	return sqe; /* never NULL: at most DU_NBUF + 3 requests in a ring of 8 after a submit */
+}
+
+int du_io_queue(struct du_io *io, unsigned i, unsigned sqe_flags)
+{
+	struct du_iobuf *b = &io->b[i];
+	if (io->write && du_fault_hit(io->fault, DE_FAULT_WRITE))
+		return -EIO;
+	struct io_uring_sqe *sqe = du_get_sqe(io);
+	if (!sqe)
+		return -EBUSY;
+	if (io->write)
+		io_uring_prep_write(sqe, io->fd, b->p + b->done, (unsigned)(b->len - b->done),
+				    b->off + b->done);
+	else
+		io_uring_prep_read(sqe, io->fd, b->p + b->done, (unsigned)(b->len - b->done),
+				   b->off + b->done);
+	io_uring_sqe_set_data64(sqe, i);
+	sqe->flags |= sqe_flags;
+	if (!b->busy) {
+		b->busy = true;
+		io->inflight++;
+	}
+	return 0;
+}
+
+int du_io_submit(struct du_io *io)
+{
+	int r = io_uring_submit(&io->ring);
+	return r < 0 ? r : 0;
+}
+
+/* Wait for one completion and account for it; a short transfer is resubmitted. */
+int du_io_reap(struct du_io *io)
+{
+	struct io_uring_cqe *cqe;
+	int r;
+	do
+		r = io_uring_wait_cqe(&io->ring, &cqe);
+	while (r == -EINTR);
+	if (r < 0)
+		return r;
+	uint64_t tag = io_uring_cqe_get_data64(cqe);
+	int res = cqe->res;
+	io_uring_cqe_seen(&io->ring, cqe);
+	io->inflight--;
+	if (tag == DU_TAG_FSYNC) {
+		if (res == 0)
+			io->fsync_done = true;
+		else if (res != -ECANCELED && !io->err)
+			io->err = res;
+		return 0;
+	}
+	if (tag >= DU_NBUF + 2)
+		return -EIO;
+	struct du_iobuf *b = &io->b[tag];
+	b->busy = false;
+	if (res < 0) {
+		if (!io->err)
+			io->err = res;
+		return 0;
+	}
+	if (res == 0) {
+		if (io->write) {
+			if (!io->err)
+				io->err = -EIO;
+		} else {
+			b->eof = true;
+		}
+		return 0;
+	}
+	b->done += (size_t)res;
+	if (b->done < b->len && !io->err) {
+		r = du_io_queue(io, (unsigned)tag, 0);
+		if (!r)
+			r = du_io_submit(io);
+		if (r && !io->err)
+			io->err = r;
+	}
+	return 0;
+}
+
+int du_io_drain(struct du_io *io)
+{
+	while (io->inflight) {
+		int r = du_io_reap(io);
+		if (r)
+			return r; /* the ring itself failed: nothing more will complete */
+	}
+	return io->err;
+}
+
+/* The ring and the header and trailer buffers; chunk buffers come with io_bufs. */
+int du_io_open(struct du_io *io, int fd, bool write)
+{
+	memset(io, 0, sizeof *io);
+	io->fd = fd;
+	io->write = write;
+	int r = io_uring_queue_init(DU_RING_ENTRIES, &io->ring, 0);
+	if (r < 0)
+		return r;
+	io->ring_ok = true;
+#ifdef DE_FAULT_INJECTION
+	io->fault = &du_tls_fault;
+#endif
+	if (!(io->b[DU_NBUF].p = calloc(1, DU_HDR_BYTES)) ||
+	    !(io->b[DU_NBUF + 1].p = calloc(1, DU_TRL_BYTES)))
+		return -ENOMEM;
+	return 0;
+}
+
+/* nbuf chunk buffers of bytes each, sized to the file (a small file, small buffers) */
+int du_io_bufs(struct du_io *io, unsigned nbuf, size_t bytes)
+{
+	for (unsigned i = 0; i < nbuf; i++)
+		if (!(io->b[i].p = malloc(bytes)))
+			return -ENOMEM;
+	return 0;
+}
+
+void du_io_close(struct du_io *io)
+{
+	if (io->ring_ok) {
+		du_io_drain(io); /* the kernel may still use a buffer */
+		io_uring_queue_exit(&io->ring);
+	}
+	for (unsigned i = 0; i < DU_NBUF + 2; i++)
+		free(io->b[i].p);
+}
+
+int du_fsync_dir_of(const char *path)
+{
+	char *d = strdup(path);
+	if (!d)
+		return -ENOMEM;
+	char *slash = strrchr(d, '/');
+	const char *dir = !slash ? "." : slash == d ? "/" : (*slash = 0, d);
+	int err = du_fsync_dir(dir);
+	free(d);
+	return err;
+}
+int du_io_queue_fsync(struct du_io *io)
+{
+	if (du_fault_hit(io->fault, DE_FAULT_FSYNC))
+		return -EIO;
+	struct io_uring_sqe *sqe = du_get_sqe(io);
+	io_uring_prep_fsync(sqe, io->fd, 0);
+	io_uring_sqe_set_data64(sqe, DU_TAG_FSYNC);
+	io->inflight++;
+	return 0;
+}
+
+int du_fsync_dir(const char *dir)
+{
+	int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (fd < 0)
+		return -errno;
+	int err = 0;
+#ifdef DE_FAULT_INJECTION
+	if (du_fault_hit(&du_tls_fault, DE_FAULT_FSYNC))
+		err = -EIO;
+	else
+#endif
+	if (fsync(fd))
+		err = -errno;
+	close(fd);
+	return err;
+}
+
+char *du_path(const char *dir, const char *name)
+{
+	size_t a = strlen(dir), b = strlen(name);
+	char *p = du_malloc(a + b + 2);
+	if (!p)
+		return NULL;
+	memcpy(p, dir, a);
+	p[a] = '/';
+	memcpy(p + a + 1, name, b + 1);
+	return p;
+}
+
+int du_ring_rw(struct io_uring *ring, int fd, bool write, void *buf, size_t len, uint64_t off,
+	       size_t *done)
+{
+	size_t got = 0;
+	int err = 0;
+	while (got < len) {
+		struct io_uring_sqe *sqe = io_uring_get_sqe(ring);
+		if (!sqe)
+			return -EBUSY; /* the caller's ring has nothing else queued */
+		size_t n = len - got > (1u << 30) ? (1u << 30) : len - got;
+		if (write)
+			io_uring_prep_write(sqe, fd, (char *)buf + got, (unsigned)n, off + got);
+		else
+			io_uring_prep_read(sqe, fd, (char *)buf + got, (unsigned)n, off + got);
+		int r = io_uring_submit(ring);
+		if (r < 0) {
+			err = r;
+			break;
+		}
+		struct io_uring_cqe *cqe;
+		do
+			r = io_uring_wait_cqe(ring, &cqe);
+		while (r == -EINTR);
+		if (r < 0) {
+			err = r;
+			break;
+		}
+		int res = cqe->res;
+		io_uring_cqe_seen(ring, cqe);
+		if (res < 0) {
+			err = res;
+			break;
+		}
+		if (res == 0) {
+			if (write)
+				err = -EIO;
+			break;
+		}
+		got += (size_t)res;
+	}
+	if (done)
+		*done = got;
+	return err;
+}
+
+int du_read_file(const char *path, size_t max, unsigned char **buf, size_t *len)
+{
+	*buf = NULL;
+	*len = 0;
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return -errno;
+	struct stat sb;
+	int err = 0;
+	unsigned char *p = NULL;
+	struct io_uring ring;
+	bool ring_ok = false;
+	if (fstat(fd, &sb)) {
+		err = -errno;
+		goto out;
+	}
+	if (!S_ISREG(sb.st_mode)) {
+		err = S_ISDIR(sb.st_mode) ? -EISDIR : -EINVAL;
+		goto out;
+	}
+	if ((uint64_t)sb.st_size > max) {
+		err = -EFBIG;
+		goto out;
+	}
+	size_t n = (size_t)sb.st_size;
+	if (!n)
+		goto out;
+	if (!(p = du_malloc(n))) {
+		err = -ENOMEM;
+		goto out;
+	}
+	if ((err = io_uring_queue_init(2, &ring, 0)) < 0)
+		goto out;
+	ring_ok = true;
+	size_t got;
+	if ((err = du_ring_rw(&ring, fd, false, p, n, 0, &got)))
+		goto out;
+	*buf = p;
+	*len = got; /* the file may have shrunk meanwhile: the caller checks what it got */
+	p = NULL;
+out:
+	if (ring_ok)
+		io_uring_queue_exit(&ring);
+	free(p);
+	close(fd);
+	return err;
+}
+
+int du_write_file_atomic(const char *path, const void *buf, size_t len)
+{
+	size_t plen = strlen(path);
+	char *tmp = du_malloc(plen + 5);
+	if (!tmp)
+		return -ENOMEM;
+	memcpy(tmp, path, plen);
+	memcpy(tmp + plen, ".tmp", 5);
+	struct du_io io;
+	memset(&io, 0, sizeof io);
+	int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+	int err = fd < 0 ? -errno : 0;
+	bool created = fd >= 0;
+	if (err || (err = du_io_open(&io, fd, true)))
+		goto out;
+	/* the bytes go in b[0] (a copy: the ring owns its buffers) */
+	if ((err = du_io_bufs(&io, 1, len)))
+		goto out;
+	memcpy(io.b[0].p, buf, len);
+	io.b[0].len = len;
+	io.b[0].off = 0;
+	if ((err = du_io_queue(&io, 0, IOSQE_IO_LINK)) || (err = du_io_queue_fsync(&io)) ||
+	    (err = du_io_submit(&io)) || (err = du_io_drain(&io)))
+		goto out;
+	if (!io.fsync_done) { /* a short write broke the link: the fsync was cancelled */
+		if ((err = du_io_queue_fsync(&io)) || (err = du_io_submit(&io)) ||
+		    (err = du_io_drain(&io)))
+			goto out;
+		if (!io.fsync_done) {
+			err = -EIO;
+			goto out;
+		}
+	}
+	du_io_close(&io);
+	memset(&io, 0, sizeof io);
+	if (close(fd)) {
+		fd = -1;
+		err = -errno;
+		goto out;
+	}
+	fd = -1;
+	if (rename(tmp, path)) {
+		err = -errno;
+		goto out;
+	}
+	created = false;
+	err = du_fsync_dir_of(path);
+out:
+	du_io_close(&io);
+	if (fd >= 0)
+		close(fd);
+	if (created && err)
+		unlink(tmp);
+	free(tmp);
+	return err;
+}

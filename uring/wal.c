@@ -1,0 +1,1119 @@
+/*
+ * wal.c — the write-ahead log: append-only segment files of CRC'd records, each carrying
+ * keys and their full rows, written through io_uring by group commit; and its reader
+ * (replay, torn-tail truncation).
+ *
+ * Owns: the WAL format below, the writer (de_wal_*), the reader (de_wal_replay) and
+ * de_wal_record_apply. Callers: the daemon's update path and recovery (manifest.c).
+ * Never: reports an LSN durable before the write that holds it and an fdatasync linked
+ * behind that write (IOSQE_IO_LINK: an unlinked IORING_OP_FSYNC does not order against
+ * earlier writes) have both completed; retries an fsync (the WAL fails instead: see
+ * de_wal_failed); appends after a failed or torn write (a hole would hide every later
+ * record from replay); trusts a byte it reads back.
+ *
+ * ---- Segment files, format version 1 (all little-endian) ------------------------------
+ *
+ * dir/wal-<first_lsn as 16 lowercase hex digits>.log. Segment header, 64 bytes:
+ *   0    u8[8] magic "DEWALSG1"
+ *   8    u32 version (1)             12   u32 header_bytes (64: offset of the first record)
+ *   16   u64 first_lsn (the LSN of its first record; the same as the file name)
+ *   24   u8[36] reserved, zero
+ *   60   u32 header_crc = CRC32C of bytes 0..59
+ * Records follow back to back from offset 64; a record is a multiple of 8 bytes:
+ *   0    u32 magic 0x52574544 ("DEWR")
+ *   4    u32 length: bytes of the whole record, header, payload and padding;
+ *        40 <= length <= DE_WAL_MAX_BUFFER, a multiple of 8
+ *   8    u64 lsn: the segment's first_lsn for its first record, then +1 per record
+ *   16   u32 table_id
+ *   20   u16 type (1 PUT, 2 ERASE)  22   u16 reserved, zero
+ *   24   u32 n (keys, >= 1)
+ *   28   u32 row_floats (PUT: 1..DE_MAX_DIM * (1 + DE_MAX_SLOTS); ERASE: 0)
+ *   32   u32 crc = CRC32C of bytes 0..31 and 36..length-1 (payload and padding included)
+ *   36   u32 reserved, zero
+ *   40   payload. PUT: n entries of 32 + 4 * row_floats bytes (not aligned):
+ *          u64 key (!= 0), u64 last_step, u32 freq, u32 flags (bit 0: present; clear: the
+ *          key was absent, replay erases it), u64 aux, f32[row_floats] (values, slots)
+ *        ERASE: n u64 keys (!= 0).
+ *        Then zeros up to length; length = 40 + payload rounded up to 8, exactly.
+ *
+ * ---- What the reader accepts ----------------------------------------------------------
+ *
+ * Segments are read in first_lsn order from the one holding the requested LSN; each must
+ * start where the previous ended (first_lsn = last LSN + 1). The log ends at the first
+ * thing that fails: a segment whose name, header or first_lsn is wrong, a record cut by
+ * the end of its file, or a record with a bad magic, length, lsn, type, reserved field,
+ * count, row size, key 0 or CRC. That record and everything after it (the rest of its
+ * segment and every later segment) is the torn tail: replay stops there and, asked to,
+ * truncates the segment at that offset (removes it if its header was the damage) and
+ * removes the later segments. A flip anywhere is caught (CRC32C catches every burst of
+ * 32 bits or less) and drops exactly the records from the damaged one on.
+ *
+ * ---- Writer ---------------------------------------------------------------------------
+ *
+ * Two buffers registered with one io_uring (io_uring_register_buffers; plain writes if the
+ * kernel refuses). Appends fill the open buffer under the append lock; a flush swaps the
+ * buffers, submits write_fixed(buffer) with IOSQE_IO_LINK and IORING_OP_FSYNC (DATASYNC)
+ * behind it, waits for both, and only then advances durable_lsn. One flush at a time; a
+ * short write is continued with a new linked pair (the kernel cancels the fsync of a
+ * broken link). Flushes are run by the group-commit thread every window_ms, by
+ * de_wal_flush / de_wal_sync, and by the appender that finds the open buffer full. A
+ * buffer never spans two segments: a roll starts a new buffer whose first bytes are the
+ * new segment's header; its flush creates the file and fsyncs the directory before the
+ * records in it count as durable. Any write or fsync error fails the WAL for good.
+ */
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/uio.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "uring_pvt.h"
+
+#define SEG_MAGIC "DEWALSG1"
+#define SEG_HDR 64u
+#define REC_MAGIC 0x52574544u
+#define REC_HDR 40u
+#define ENTRY_META 32u
+#define MAX_ROW_FLOATS (DE_MAX_DIM * (1u + DE_MAX_SLOTS))
+#define SEG_NAME_LEN 24 /* "wal-" 16 hex ".log" */
+
+struct seg_hdr {
+	char magic[8];
+	uint32_t version, header_bytes;
+	uint64_t first_lsn;
+	uint8_t reserved[36];
+	uint32_t crc;
+};
+_Static_assert(sizeof(struct seg_hdr) == SEG_HDR, "spec");
+_Static_assert(offsetof(struct seg_hdr, first_lsn) == 16, "spec");
+_Static_assert(offsetof(struct seg_hdr, crc) == 60, "spec");
+
+struct rec_hdr {
+	uint32_t magic, length;
+	uint64_t lsn;
+	uint32_t table_id;
+	uint16_t type, reserved0;
+	uint32_t n, row_floats;
+	uint32_t crc, reserved1;
+};
+_Static_assert(sizeof(struct rec_hdr) == REC_HDR, "spec");
+_Static_assert(offsetof(struct rec_hdr, lsn) == 8, "spec");
+_Static_assert(offsetof(struct rec_hdr, table_id) == 16, "spec");
+_Static_assert(offsetof(struct rec_hdr, type) == 20, "spec");
+_Static_assert(offsetof(struct rec_hdr, n) == 24, "spec");
+_Static_assert(offsetof(struct rec_hdr, row_floats) == 28, "spec");
+_Static_assert(offsetof(struct rec_hdr, crc) == 32, "spec");
+
+struct entry_meta {
+	uint64_t key, last_step;
+	uint32_t freq, flags;
+	uint64_t aux;
+};
+_Static_assert(sizeof(struct entry_meta) == ENTRY_META, "spec");
+
+static uint32_t rec_crc(const unsigned char *r, uint32_t length)
+{
+	uint32_t c = de_crc32c(0, r, 32);
+	return de_crc32c(c, r + 36, length - 36);
+}
+
+/* record length for a type, n and row_floats; 0 when it overflows the format */
+static uint64_t rec_length(uint32_t type, uint64_t n, uint32_t rf)
+{
+	uint64_t payload = type == DE_WAL_PUT ? n * (ENTRY_META + 4ull * rf) : n * 8ull;
+	return (REC_HDR + payload + 7) & ~7ull;
+}
+
+static void seg_name(char *buf, uint64_t lsn)
+{
+	snprintf(buf, SEG_NAME_LEN + 1, "wal-%016" PRIx64 ".log", lsn);
+}
+
+static void default_log(void *ctx, const char *line)
+{
+	(void)ctx;
+	fprintf(stderr, "dynemb wal: %s\n", line);
+}
+
+__attribute__((format(printf, 3, 4))) static void logf_(void (*log)(void *, const char *),
+							 void *ctx, const char *fmt, ...)
+{
+	char line[400];
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(line, sizeof line, fmt, ap);
+	va_end(ap);
+	(log ? log : default_log)(ctx, line);
+}
+
+/* ------------------------------------------------------------------------- */
+/* Writer                                                                     */
+/* ------------------------------------------------------------------------- */
+
+struct wbuf {
+	unsigned char *p;
+	size_t len;         /* bytes filled */
+	uint64_t last_lsn;  /* of the last record in it (0: none) */
+	uint64_t file_off;  /* where p[0] goes in its segment */
+	uint64_t seg_lsn;   /* its segment (first_lsn) */
+	bool new_seg;       /* p starts with the header of a segment still to be created */
+};
+
+struct de_wal {
+	char *dir;
+	struct de_wal_options o;
+	pthread_mutex_t mu;
+	pthread_cond_t cv;       /* flush done (flushing cleared, durable_lsn or failed moved) */
+	pthread_cond_t tick;     /* the group-commit thread: stop */
+	struct wbuf buf[2];
+	unsigned open;           /* appends go to buf[open] */
+	bool flushing;
+	uint64_t next_lsn, durable_lsn;
+	uint64_t seg_lsn;        /* current segment (append side); 0: none yet */
+	uint64_t seg_size;       /* its bytes, written or buffered */
+	int failed;
+	char why[200];
+	/* flusher side (one flush at a time) */
+	int fd;
+	struct io_uring ring;
+	bool ring_ok, registered;
+	struct du_fault fault;
+	struct de_wal_stats st;
+	pthread_t thread;
+	bool thread_on, stop;
+};
+
+/* the WAL's own fault plan (its flushes may run on any thread) */
+static bool wal_fault(de_wal *w, enum de_fault_kind k)
+{
+#ifdef DE_FAULT_INJECTION
+	bool hit;
+	pthread_mutex_lock(&w->mu);
+	hit = du_fault_hit(&w->fault, k);
+	pthread_mutex_unlock(&w->mu);
+	return hit;
+#else
+	(void)w;
+	(void)k;
+	return false;
+#endif
+}
+
+#ifdef DE_FAULT_INJECTION
+long de_wal_fail(de_wal *w, enum de_fault_kind k, long nth)
+{
+	if (!w || (k != DE_FAULT_WRITE && k != DE_FAULT_FSYNC))
+		return -EINVAL;
+	pthread_mutex_lock(&w->mu);
+	long prev = w->fault.left[k];
+	w->fault.left[k] = nth > 0 ? nth : 0;
+	pthread_mutex_unlock(&w->mu);
+	return prev;
+}
+#endif
+
+/* wait for n completions; out: res of the write (tag 0) and of the fsync (tag 1) */
+static int reap(struct io_uring *ring, unsigned n, int *wres, int *fres)
+{
+	for (unsigned i = 0; i < n; i++) {
+		struct io_uring_cqe *cqe;
+		int r;
+		do
+			r = io_uring_wait_cqe(ring, &cqe);
+		while (r == -EINTR);
+		if (r < 0)
+			return r;
+		if (io_uring_cqe_get_data64(cqe) == 1)
+			*fres = cqe->res;
+		else
+			*wres = cqe->res;
+		io_uring_cqe_seen(ring, cqe);
+	}
+	return 0;
+}
+
+/* fsync the directory through the ring (a new segment's directory entry) */
+static int sync_dir(de_wal *w)
+{
+	if (wal_fault(w, DE_FAULT_FSYNC))
+		return -EIO;
+	int dfd = open(w->dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (dfd < 0)
+		return -errno;
+	struct io_uring_sqe *sqe = io_uring_get_sqe(&w->ring);
+	io_uring_prep_fsync(sqe, dfd, 0);
+	io_uring_sqe_set_data64(sqe, 1);
+	int wres = 0, fres = -EIO;
+	int r = io_uring_submit(&w->ring);
+	if (r >= 0)
+		r = reap(&w->ring, 1, &wres, &fres);
+	close(dfd);
+	return r < 0 ? r : fres;
+}
+
+/* Write buffer b (index bi) and fdatasync it, linked. Called by the one flusher, unlocked.
+ * *what: static text naming the step that failed. */
+static int write_buffer(de_wal *w, struct wbuf *b, unsigned bi, const char **what)
+{
+	int err = 0;
+	if (b->new_seg) {
+		if (w->fd >= 0) /* the old segment's bytes were all fdatasync'ed by earlier flushes */
+			close(w->fd);
+		char name[SEG_NAME_LEN + 1];
+		seg_name(name, b->seg_lsn);
+		char *path = du_path(w->dir, name);
+		if (!path) {
+			*what = "allocation";
+			return -ENOMEM;
+		}
+		w->fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+		err = w->fd < 0 ? -errno : 0;
+		free(path);
+		if (err) {
+			*what = "creating a segment";
+			return err;
+		}
+		pthread_mutex_lock(&w->mu);
+		w->st.segments++;
+		pthread_mutex_unlock(&w->mu);
+	}
+	size_t done = 0;
+	while (done < b->len) {
+		if (wal_fault(w, DE_FAULT_WRITE)) {
+			*what = "write";
+			return -EIO;
+		}
+		bool fake_fsync_error = wal_fault(w, DE_FAULT_FSYNC);
+		struct io_uring_sqe *sqe = io_uring_get_sqe(&w->ring);
+		unsigned n = (unsigned)(b->len - done);
+		if (w->registered)
+			io_uring_prep_write_fixed(sqe, w->fd, b->p + done, n, b->file_off + done,
+						  (int)bi);
+		else
+			io_uring_prep_write(sqe, w->fd, b->p + done, n, b->file_off + done);
+		io_uring_sqe_set_data64(sqe, 0);
+		unsigned nreq = 1;
+		if (!fake_fsync_error) {
+			sqe->flags |= IOSQE_IO_LINK; /* the fsync starts after the write completed */
+			sqe = io_uring_get_sqe(&w->ring);
+			io_uring_prep_fsync(sqe, w->fd, IORING_FSYNC_DATASYNC);
+			io_uring_sqe_set_data64(sqe, 1);
+			nreq = 2;
+		}
+		int wres = -EIO, fres = -EIO;
+		int r = io_uring_submit(&w->ring);
+		if (r >= 0)
+			r = reap(&w->ring, nreq, &wres, &fres);
+		if (r < 0) {
+			*what = "io_uring";
+			return r;
+		}
+		pthread_mutex_lock(&w->mu);
+		w->st.fsyncs++; /* submitted (or failed by injection): never again after an error */
+		if (wres > 0)
+			w->st.bytes_written += (uint64_t)wres;
+		pthread_mutex_unlock(&w->mu);
+		if (wres < 0) {
+			*what = "write";
+			return wres;
+		}
+		if (wres == 0) {
+			*what = "write (no progress)";
+			return -EIO;
+		}
+		done += (size_t)wres;
+		if (done < b->len) /* short write: the kernel cancelled the linked fsync */
+			continue;
+		if (fake_fsync_error || fres < 0) {
+			*what = "fdatasync";
+			return fake_fsync_error ? -EIO : fres;
+		}
+	}
+	if (b->new_seg && (err = sync_dir(w)))
+		*what = "fsync of the directory";
+	return err;
+}
+
+/* Flush the open buffer. Called and returns with mu held; drops it for the I/O. */
+static int flush_locked(de_wal *w)
+{
+	while (w->flushing)
+		pthread_cond_wait(&w->cv, &w->mu);
+	if (w->failed)
+		return w->failed;
+	unsigned bi = w->open;
+	struct wbuf *b = &w->buf[bi];
+	if (!b->len)
+		return 0;
+	w->open ^= 1; /* the other buffer is empty: flushes complete in order */
+	w->flushing = true;
+	pthread_mutex_unlock(&w->mu);
+	const char *what = NULL;
+	int err = write_buffer(w, b, bi, &what);
+	pthread_mutex_lock(&w->mu);
+	if (err) {
+		if (!w->failed) {
+			w->failed = err;
+			snprintf(w->why, sizeof w->why,
+				 "WAL failed: %s of segment %016" PRIx64 " failed (%s); records after "
+				 "lsn %" PRIu64 " are not durable; read-only until reopened",
+				 what, b->seg_lsn, strerror(-err), w->durable_lsn);
+			logf_(w->o.log, w->o.log_ctx, "%s", w->why);
+		}
+	} else {
+		w->durable_lsn = b->last_lsn;
+		w->st.flushes++;
+	}
+	b->len = 0;
+	b->last_lsn = 0;
+	b->new_seg = false;
+	w->flushing = false;
+	pthread_cond_broadcast(&w->cv);
+	return err;
+}
+
+static void *commit_thread(void *arg)
+{
+	de_wal *w = arg;
+	pthread_mutex_lock(&w->mu);
+	while (!w->stop) {
+		struct timespec ts;
+		clock_gettime(CLOCK_MONOTONIC, &ts);
+		uint64_t ns = (uint64_t)ts.tv_nsec + (uint64_t)w->o.window_ms * 1000000ull;
+		ts.tv_sec += (time_t)(ns / 1000000000ull);
+		ts.tv_nsec = (long)(ns % 1000000000ull);
+		while (!w->stop && pthread_cond_timedwait(&w->tick, &w->mu, &ts) != ETIMEDOUT)
+			;
+		if (w->stop)
+			break;
+		if (!w->failed && w->buf[w->open].len)
+			flush_locked(w);
+	}
+	pthread_mutex_unlock(&w->mu);
+	return NULL;
+}
+
+static void wal_free(de_wal *w)
+{
+	if (w->ring_ok) {
+		if (w->registered)
+			io_uring_unregister_buffers(&w->ring);
+		io_uring_queue_exit(&w->ring);
+	}
+	if (w->fd >= 0)
+		close(w->fd);
+	free(w->buf[0].p);
+	free(w->buf[1].p);
+	pthread_cond_destroy(&w->tick);
+	pthread_cond_destroy(&w->cv);
+	pthread_mutex_destroy(&w->mu);
+	free(w->dir);
+	free(w);
+}
+
+int de_wal_open(const char *dir, const struct de_wal_options *o, de_wal **out)
+{
+	if (!dir || !*dir || !out)
+		return -EINVAL;
+	*out = NULL;
+	struct de_wal_options opt = o ? *o : (struct de_wal_options){ 0 };
+	if (!opt.segment_bytes)
+		opt.segment_bytes = 64ull << 20;
+	if (!opt.buffer_bytes)
+		opt.buffer_bytes = 4u << 20;
+	if (!opt.queue_depth)
+		opt.queue_depth = 8;
+	if (!opt.start_lsn)
+		opt.start_lsn = 1;
+	if (opt.segment_bytes < DE_WAL_MIN_SEGMENT || opt.segment_bytes > DE_WAL_MAX_SEGMENT ||
+	    opt.buffer_bytes < 4096 || opt.buffer_bytes > DE_WAL_MAX_BUFFER ||
+	    opt.queue_depth < 2 || opt.queue_depth > 4096 || opt.start_lsn >= (1ull << 62))
+		return -EINVAL;
+	opt.buffer_bytes = (opt.buffer_bytes + 4095u) & ~4095u;
+	if (mkdir(dir, 0755) && errno != EEXIST)
+		return -errno;
+
+	/* find the end of the log: the newest segment, its torn tail truncated */
+	struct de_wal_replay_result rr;
+	int err = de_wal_replay(dir, UINT64_MAX, DE_WAL_REPLAY_TRUNCATE, NULL, NULL, opt.log,
+				opt.log_ctx, &rr);
+	if (err)
+		return err;
+
+	de_wal *w = du_calloc(1, sizeof *w);
+	if (!w)
+		return -ENOMEM;
+	w->fd = -1;
+	pthread_mutex_init(&w->mu, NULL);
+	pthread_cond_init(&w->cv, NULL);
+	pthread_condattr_t ca;
+	pthread_condattr_init(&ca);
+	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+	pthread_cond_init(&w->tick, &ca);
+	pthread_condattr_destroy(&ca);
+	w->o = opt;
+	/* segments there: continue them (a jump would break the LSN sequence replay checks) */
+	w->next_lsn = rr.segments ? rr.last_lsn + 1 : opt.start_lsn;
+	w->durable_lsn = w->next_lsn - 1;
+	if (!(w->dir = du_malloc(strlen(dir) + 1)) ||
+	    !(w->buf[0].p = du_malloc(opt.buffer_bytes)) ||
+	    !(w->buf[1].p = du_malloc(opt.buffer_bytes))) {
+		err = -ENOMEM;
+		goto fail;
+	}
+	strcpy(w->dir, dir);
+	if ((err = io_uring_queue_init(opt.queue_depth, &w->ring, 0)) < 0)
+		goto fail;
+	w->ring_ok = true;
+	struct iovec iov[2] = { { w->buf[0].p, opt.buffer_bytes }, { w->buf[1].p, opt.buffer_bytes } };
+	w->registered = io_uring_register_buffers(&w->ring, iov, 2) == 0;
+	w->st.registered = w->registered;
+	if (opt.window_ms) {
+		if ((err = -pthread_create(&w->thread, NULL, commit_thread, w)))
+			goto fail;
+		w->thread_on = true;
+	}
+	*out = w;
+	return 0;
+fail:
+	wal_free(w);
+	return err;
+}
+
+size_t de_wal_max_keys(const de_wal *w, uint32_t row_floats)
+{
+	if (!w || !row_floats || row_floats > MAX_ROW_FLOATS)
+		return 0;
+	uint64_t room = w->o.buffer_bytes - SEG_HDR - REC_HDR - 8;
+	return (size_t)(room / (ENTRY_META + 4ull * row_floats));
+}
+
+struct fill_ctx {
+	unsigned char *base; /* entry 0 */
+	uint32_t entry, rf;
+};
+
+static void fill_row(void *ctx, size_t i, float *row, struct de_row_meta *m)
+{
+	struct fill_ctx *c = ctx;
+	unsigned char *e = c->base + i * c->entry;
+	struct entry_meta em = { .key = m->key, .last_step = m->last_step, .freq = m->freq,
+				 .flags = m->flags | 1u, .aux = m->aux };
+	memcpy(e, &em, sizeof em);
+	memcpy(e + ENTRY_META, row, (size_t)c->rf * 4);
+}
+
+int de_wal_append(de_wal *w, const struct de_wal_batch *b, uint64_t *lsn)
+{
+	if (!w || !b || !b->keys || !b->n || b->n > UINT32_MAX ||
+	    (b->type != DE_WAL_PUT && b->type != DE_WAL_ERASE))
+		return -EINVAL;
+	for (size_t i = 0; i < b->n; i++)
+		if (!b->keys[i])
+			return -EINVAL;
+	uint32_t rf = 0;
+	if (b->type == DE_WAL_PUT) {
+		if (b->table)
+			rf = de_table_row_floats(b->table);
+		else if (b->rows && b->meta)
+			rf = b->row_floats;
+		if (!rf || rf > MAX_ROW_FLOATS)
+			return -EINVAL;
+	}
+	uint64_t len = rec_length(b->type, b->n, rf);
+	if (len > w->o.buffer_bytes - SEG_HDR)
+		return -EMSGSIZE;
+	uint8_t *status = NULL;
+	if (b->type == DE_WAL_PUT && b->table && !(status = du_malloc(b->n)))
+		return -ENOMEM;
+
+	int err = 0;
+	pthread_mutex_lock(&w->mu);
+	struct wbuf *wb;
+	for (;;) {
+		if (w->failed) {
+			err = -EROFS;
+			goto out;
+		}
+		wb = &w->buf[w->open];
+		bool roll = !w->seg_lsn ||
+			    (w->seg_size > SEG_HDR && w->seg_size + len > w->o.segment_bytes);
+		if (roll && !wb->len) { /* start the next segment in this empty buffer */
+			struct seg_hdr h = { .version = 1, .header_bytes = SEG_HDR,
+					     .first_lsn = w->next_lsn };
+			memcpy(h.magic, SEG_MAGIC, 8);
+			h.crc = de_crc32c(0, &h, offsetof(struct seg_hdr, crc));
+			memcpy(wb->p, &h, sizeof h);
+			wb->len = SEG_HDR;
+			wb->file_off = 0;
+			wb->seg_lsn = w->next_lsn;
+			wb->new_seg = true;
+			w->seg_lsn = w->next_lsn;
+			w->seg_size = SEG_HDR;
+			continue;
+		}
+		if (roll || wb->len + len > w->o.buffer_bytes) {
+			flush_locked(w); /* a failure shows in w->failed */
+			continue;
+		}
+		break;
+	}
+	if (b->dirty && (err = de_dirty_add(b->dirty, b->keys, b->n)))
+		goto out;
+	if (!wb->len) {
+		wb->file_off = w->seg_size;
+		wb->seg_lsn = w->seg_lsn;
+	}
+	unsigned char *r = wb->p + wb->len;
+	memset(r, 0, len);
+	struct rec_hdr h = { .magic = REC_MAGIC, .length = (uint32_t)len, .lsn = w->next_lsn,
+			     .table_id = b->table_id, .type = (uint16_t)b->type,
+			     .n = (uint32_t)b->n, .row_floats = rf };
+	unsigned char *pl = r + REC_HDR;
+	if (b->type == DE_WAL_ERASE) {
+		memcpy(pl, b->keys, b->n * 8);
+	} else {
+		const uint32_t entry = ENTRY_META + 4 * rf;
+		if (b->table) {
+			struct fill_ctx fc = { pl, entry, rf };
+			err = de_table_apply(b->table, b->keys, b->n, false, fill_row, &fc, status,
+					     DE_STEP_KEEP);
+			if (err)
+				goto out;
+			for (size_t i = 0; i < b->n; i++)
+				if (status[i] == DE_MISSING) /* absent: key, zeros, flags 0 */
+					memcpy(pl + i * entry, &b->keys[i], 8);
+		} else {
+			for (size_t i = 0; i < b->n; i++) {
+				unsigned char *e = pl + i * entry;
+				const struct de_row_meta *m = &b->meta[i];
+				struct entry_meta em = { .key = b->keys[i], .last_step = m->last_step,
+							 .freq = m->freq, .flags = m->flags,
+							 .aux = m->aux };
+				memcpy(e, &em, sizeof em);
+				memcpy(e + ENTRY_META, b->rows + i * (size_t)rf, (size_t)rf * 4);
+			}
+		}
+	}
+	memcpy(r, &h, sizeof h);
+	h.crc = rec_crc(r, (uint32_t)len);
+	memcpy(r + offsetof(struct rec_hdr, crc), &h.crc, 4);
+	wb->len += len;
+	wb->last_lsn = w->next_lsn;
+	w->seg_size += len;
+	if (lsn)
+		*lsn = w->next_lsn;
+	w->next_lsn++;
+out:
+	pthread_mutex_unlock(&w->mu);
+	free(status);
+	return err;
+}
+
+int de_wal_flush(de_wal *w)
+{
+	if (!w)
+		return -EINVAL;
+	pthread_mutex_lock(&w->mu);
+	uint64_t want = w->next_lsn - 1;
+	int err = 0;
+	while (!err && w->durable_lsn < want)
+		err = w->failed ? w->failed : flush_locked(w);
+	pthread_mutex_unlock(&w->mu);
+	return err;
+}
+
+int de_wal_sync(de_wal *w, uint64_t lsn)
+{
+	if (!w)
+		return -EINVAL;
+	pthread_mutex_lock(&w->mu);
+	int err = 0;
+	if (lsn >= w->next_lsn)
+		err = -EINVAL;
+	while (!err && w->durable_lsn < lsn)
+		err = w->failed ? w->failed : flush_locked(w);
+	pthread_mutex_unlock(&w->mu);
+	return err;
+}
+
+uint64_t de_wal_durable_lsn(de_wal *w)
+{
+	pthread_mutex_lock(&w->mu);
+	uint64_t v = w->durable_lsn;
+	pthread_mutex_unlock(&w->mu);
+	return v;
+}
+
+uint64_t de_wal_next_lsn(de_wal *w)
+{
+	pthread_mutex_lock(&w->mu);
+	uint64_t v = w->next_lsn;
+	pthread_mutex_unlock(&w->mu);
+	return v;
+}
+
+int de_wal_failed(de_wal *w, char *why, size_t cap)
+{
+	pthread_mutex_lock(&w->mu);
+	int err = w->failed;
+	if (why && cap)
+		snprintf(why, cap, "%s", err ? w->why : "");
+	pthread_mutex_unlock(&w->mu);
+	return err;
+}
+
+int de_wal_cut(de_wal *w, de_dirty *d, uint64_t *start_lsn, uint64_t **keys, size_t *n)
+{
+	if (!w || !start_lsn || (d && (!keys || !n)))
+		return -EINVAL;
+	pthread_mutex_lock(&w->mu);
+	int err = d ? de_dirty_take(d, keys, n) : 0;
+	if (!err)
+		*start_lsn = w->next_lsn;
+	pthread_mutex_unlock(&w->mu);
+	return err;
+}
+
+int de_wal_stats(de_wal *w, struct de_wal_stats *out)
+{
+	if (!w || !out)
+		return -EINVAL;
+	pthread_mutex_lock(&w->mu);
+	*out = w->st;
+	out->next_lsn = w->next_lsn;
+	out->durable_lsn = w->durable_lsn;
+	pthread_mutex_unlock(&w->mu);
+	return 0;
+}
+
+int de_wal_close(de_wal *w)
+{
+	if (!w)
+		return 0;
+	if (w->thread_on) {
+		pthread_mutex_lock(&w->mu);
+		w->stop = true;
+		pthread_cond_signal(&w->tick);
+		pthread_mutex_unlock(&w->mu);
+		pthread_join(w->thread, NULL);
+	}
+	int err = de_wal_flush(w);
+	wal_free(w);
+	return err;
+}
+
+/* ------------------------------------------------------------------------- */
+/* Applying a record                                                          */
+/* ------------------------------------------------------------------------- */
+
+struct put_ctx {
+	const struct de_wal_record *r;
+	const size_t *idx; /* the record's index of each key applied */
+};
+
+static void put_row(void *ctx, size_t i, float *row, struct de_row_meta *m)
+{
+	struct put_ctx *c = ctx;
+	size_t j = c->idx[i];
+	const struct de_row_meta *s = &c->r->meta[j];
+	m->last_step = s->last_step;
+	m->freq = s->freq;
+	m->flags = s->flags;
+	m->aux = s->aux;
+	memcpy(row, c->r->rows + j * (size_t)c->r->row_floats, (size_t)c->r->row_floats * 4);
+}
+
+int de_wal_record_apply(de_table *t, const struct de_wal_record *r)
+{
+	if (!t || !r)
+		return -EINVAL;
+	if (r->type == DE_WAL_ERASE)
+		return de_table_erase(t, r->keys, r->n, NULL);
+	if (r->type != DE_WAL_PUT)
+		return -EINVAL;
+	if (r->row_floats != de_table_row_floats(t))
+		return -EEXIST;
+	/* in record order: a key present, then absent in one record ends absent */
+	uint64_t *keys = du_malloc((size_t)r->n * 8);
+	size_t *idx = du_malloc((size_t)r->n * sizeof *idx);
+	int err = 0;
+	if (!keys || !idx) {
+		err = -ENOMEM;
+		goto out;
+	}
+	size_t i = 0;
+	while (!err && i < r->n) {
+		bool present = r->meta[i].flags & 1u;
+		size_t k = 0;
+		for (; i < r->n && (bool)(r->meta[i].flags & 1u) == present; i++, k++) {
+			keys[k] = r->keys[i];
+			idx[k] = i;
+		}
+		if (present) {
+			struct put_ctx pc = { r, idx };
+			err = de_table_apply(t, keys, k, true, put_row, &pc, NULL, DE_STEP_KEEP);
+		} else {
+			err = de_table_erase(t, keys, k, NULL);
+		}
+	}
+out:
+	free(keys);
+	free(idx);
+	return err;
+}
+
+/* ------------------------------------------------------------------------- */
+/* Reader                                                                     */
+/* ------------------------------------------------------------------------- */
+
+struct seg {
+	uint64_t lsn;
+	char name[SEG_NAME_LEN + 1];
+};
+
+static int seg_cmp(const void *a, const void *b)
+{
+	uint64_t x = ((const struct seg *)a)->lsn, y = ((const struct seg *)b)->lsn;
+	return x < y ? -1 : x > y;
+}
+
+/* "wal-" + 16 lowercase hex + ".log" exactly */
+static bool parse_seg_name(const char *s, uint64_t *lsn)
+{
+	if (strlen(s) != SEG_NAME_LEN || memcmp(s, "wal-", 4) || memcmp(s + 20, ".log", 4))
+		return false;
+	uint64_t v = 0;
+	for (int i = 4; i < 20; i++) {
+		char c = s[i];
+		int d = c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
+		if (d < 0)
+			return false;
+		v = v << 4 | (uint64_t)d;
+	}
+	*lsn = v;
+	return v != 0;
+}
+
+/* The segments of dir in LSN order. out: *segs (malloc'd), *n. */
+static int list_segments(const char *dir, struct seg **segs, size_t *n)
+{
+	*segs = NULL;
+	*n = 0;
+	DIR *d = opendir(dir);
+	if (!d)
+		return errno == ENOENT ? 0 : -errno;
+	size_t cap = 0, k = 0;
+	struct seg *v = NULL;
+	int err = 0;
+	struct dirent *de;
+	while ((de = readdir(d))) {
+		uint64_t lsn;
+		if (!parse_seg_name(de->d_name, &lsn))
+			continue;
+		if (k == cap) {
+			size_t nc = cap ? cap * 2 : 16;
+			struct seg *nv = du_malloc(nc * sizeof *nv);
+			if (!nv) {
+				err = -ENOMEM;
+				break;
+			}
+			if (k)
+				memcpy(nv, v, k * sizeof *v);
+			free(v);
+			v = nv;
+			cap = nc;
+		}
+		v[k].lsn = lsn;
+		memcpy(v[k].name, de->d_name, SEG_NAME_LEN + 1);
+		k++;
+	}
+	closedir(d);
+	if (err) {
+		free(v);
+		return err;
+	}
+	qsort(v, k, sizeof *v, seg_cmp);
+	*segs = v;
+	*n = k;
+	return 0;
+}
+
+/* Check the record at r (avail bytes there) expecting lsn; NULL when intact. */
+static const char *check_record(const unsigned char *r, uint64_t avail, uint64_t lsn,
+				struct rec_hdr *h)
+{
+	if (avail < REC_HDR)
+		return "record header cut by the end of the segment";
+	memcpy(h, r, sizeof *h);
+	if (h->magic != REC_MAGIC)
+		return "record magic";
+	if (h->length < REC_HDR || h->length % 8 || h->length > DE_WAL_MAX_BUFFER)
+		return "record length out of range";
+	if (h->length > avail)
+		return "record cut by the end of the segment";
+	if (h->lsn != lsn)
+		return "record LSN out of sequence";
+	if (h->crc != rec_crc(r, h->length))
+		return "record checksum";
+	if (h->reserved0 || h->reserved1 || !h->n)
+		return "record fields out of range";
+	if (h->type == DE_WAL_PUT) {
+		if (!h->row_floats || h->row_floats > MAX_ROW_FLOATS)
+			return "record row size out of range";
+	} else if (h->type != DE_WAL_ERASE || h->row_floats) {
+		return "record type";
+	}
+	if (rec_length(h->type, h->n, h->row_floats) != h->length)
+		return "record length disagrees with its count";
+	return NULL;
+}
+
+/* records that can be delimited in p[off..size) by their magic and length alone */
+static uint64_t delimit(const unsigned char *p, uint64_t off, uint64_t size)
+{
+	uint64_t k = 0;
+	while (size - off >= REC_HDR) {
+		struct rec_hdr h;
+		memcpy(&h, p + off, sizeof h);
+		if (h.magic != REC_MAGIC || h.length < REC_HDR || h.length % 8 ||
+		    h.length > size - off)
+			break;
+		k++;
+		off += h.length;
+	}
+	return k;
+}
+
+struct scratch {
+	uint64_t *keys;
+	struct de_row_meta *meta;
+	float *rows;
+	size_t nk, nr; /* capacities: keys, floats */
+};
+
+static int decode(struct scratch *s, const unsigned char *r, const struct rec_hdr *h,
+		  struct de_wal_record *out)
+{
+	if (s->nk < h->n) {
+		free(s->keys);
+		free(s->meta);
+		s->keys = du_malloc((size_t)h->n * 8);
+		s->meta = du_malloc((size_t)h->n * sizeof *s->meta);
+		s->nk = s->keys && s->meta ? h->n : 0;
+		if (!s->nk)
+			return -ENOMEM;
+	}
+	const unsigned char *pl = r + REC_HDR;
+	*out = (struct de_wal_record){ .lsn = h->lsn, .table_id = h->table_id, .type = h->type,
+				       .n = h->n, .row_floats = h->row_floats, .keys = s->keys };
+	if (h->type == DE_WAL_ERASE) {
+		memcpy(s->keys, pl, (size_t)h->n * 8);
+	} else {
+		size_t nf = (size_t)h->n * h->row_floats;
+		if (s->nr < nf) {
+			free(s->rows);
+			s->rows = du_malloc(nf * 4);
+			s->nr = s->rows ? nf : 0;
+			if (!s->rows)
+				return -ENOMEM;
+		}
+		const size_t entry = ENTRY_META + 4ull * h->row_floats;
+		for (uint32_t i = 0; i < h->n; i++) {
+			const unsigned char *e = pl + i * entry;
+			struct entry_meta em;
+			memcpy(&em, e, sizeof em);
+			s->keys[i] = em.key;
+			s->meta[i] = (struct de_row_meta){ .key = em.key, .last_step = em.last_step,
+							   .freq = em.freq, .flags = em.flags,
+							   .aux = em.aux };
+			memcpy(s->rows + (size_t)i * h->row_floats, e + ENTRY_META,
+			       (size_t)h->row_floats * 4);
+		}
+		out->meta = s->meta;
+		out->rows = s->rows;
+	}
+	for (uint32_t i = 0; i < h->n; i++)
+		if (!s->keys[i])
+			return -EBADMSG; /* key 0: treated as damage by the caller */
+	return 0;
+}
+
+static int cut_tail(const char *dir, const struct seg *segs, size_t n, size_t at,
+		    uint64_t off)
+{
+	int err = 0;
+	for (size_t i = at; i < n; i++) {
+		char *path = du_path(dir, segs[i].name);
+		if (!path)
+			return -ENOMEM;
+		if (i == at && off >= SEG_HDR) {
+			int fd = open(path, O_WRONLY | O_CLOEXEC);
+			if (fd < 0 || ftruncate(fd, (off_t)off) || fsync(fd))
+				err = err ? err : -errno;
+			if (fd >= 0)
+				close(fd);
+		} else if (unlink(path) && errno != ENOENT) {
+			err = err ? err : -errno;
+		}
+		free(path);
+	}
+	int e = du_fsync_dir(dir);
+	return err ? err : e;
+}
+
+#define MAX_SEG_FILE (DE_WAL_MAX_SEGMENT + DE_WAL_MAX_BUFFER)
+
+int de_wal_replay(const char *dir, uint64_t from_lsn, unsigned flags, de_wal_record_fn cb,
+		  void *ctx, void (*log)(void *, const char *), void *log_ctx,
+		  struct de_wal_replay_result *res)
+{
+	struct de_wal_replay_result dummy;
+	if (!res)
+		res = &dummy;
+	memset(res, 0, sizeof *res);
+	if (!dir || (flags & ~DE_WAL_REPLAY_TRUNCATE))
+		return -EINVAL;
+	struct seg *segs;
+	size_t n;
+	int err = list_segments(dir, &segs, &n);
+	if (err || !n)
+		return err;
+	struct scratch sc = { 0 };
+	unsigned char *p = NULL;
+	size_t start = 0;
+	while (start + 1 < n && segs[start + 1].lsn <= from_lsn)
+		start++;
+	if (from_lsn && from_lsn < segs[0].lsn) {
+		res->problem = "the log starts after the requested LSN (segments missing)";
+		res->last_lsn = segs[0].lsn - 1;
+		err = -EBADMSG;
+		goto out;
+	}
+	uint64_t expect = segs[start].lsn;
+	size_t bad_seg = n;
+	uint64_t bad_off = 0, bad_size = 0;
+	for (size_t i = start; i < n && bad_seg == n; i++) {
+		size_t size = 0;
+		char *path = du_path(dir, segs[i].name);
+		if (!path) {
+			err = -ENOMEM;
+			goto out;
+		}
+		free(p);
+		p = NULL;
+		err = du_read_file(path, MAX_SEG_FILE, &p, &size);
+		free(path);
+		if (err == -EFBIG) {
+			res->problem = "segment larger than the format allows";
+			err = 0;
+		} else if (err) {
+			goto out;
+		}
+		res->segments++;
+		struct seg_hdr sh;
+		if (res->problem) {
+			/* oversize: damaged at 0 */
+		} else if (segs[i].lsn != expect) {
+			res->problem = "segment does not continue the previous one";
+		} else if (size < SEG_HDR) {
+			res->problem = "segment header cut";
+		} else if (memcpy(&sh, p, sizeof sh), memcmp(sh.magic, SEG_MAGIC, 8) ||
+			   sh.version != 1 || sh.header_bytes != SEG_HDR ||
+			   sh.crc != de_crc32c(0, &sh, offsetof(struct seg_hdr, crc)) ||
+			   sh.first_lsn != segs[i].lsn) {
+			res->problem = "segment header";
+		}
+		if (res->problem) {
+			bad_seg = i;
+			bad_off = 0;
+			bad_size = size;
+			break;
+		}
+		uint64_t off = SEG_HDR;
+		while (off < size) {
+			struct rec_hdr h;
+			const char *why = check_record(p + off, size - off, expect, &h);
+			struct de_wal_record rec;
+			if (!why) {
+				int d = decode(&sc, p + off, &h, &rec);
+				if (d == -EBADMSG)
+					why = "record with key 0";
+				else if (d) {
+					err = d;
+					goto out;
+				}
+			}
+			if (why) {
+				res->problem = why;
+				bad_seg = i;
+				bad_off = off;
+				bad_size = size;
+				break;
+			}
+			if (h.lsn >= from_lsn) {
+				if (cb && (err = cb(ctx, &rec)))
+					goto out;
+				res->records++;
+			} else {
+				res->skipped++;
+			}
+			expect++;
+			off += h.length;
+		}
+	}
+	res->last_lsn = expect - 1;
+	if (bad_seg < n) {
+		res->bytes_dropped = bad_size - bad_off;
+		if (bad_size > bad_off && p)
+			res->records_dropped = delimit(p, bad_off, bad_size);
+		if (bad_size > bad_off && !res->records_dropped)
+			res->records_dropped = 1; /* something was there: at least the torn one */
+		for (size_t i = bad_seg + 1; i < n; i++) {
+			char *path = du_path(dir, segs[i].name);
+			size_t size = 0;
+			free(p);
+			p = NULL;
+			int e = path ? du_read_file(path, MAX_SEG_FILE, &p, &size) : -ENOMEM;
+			free(path);
+			if (e == -EFBIG) {
+				struct stat sb;
+				char *q = du_path(dir, segs[i].name);
+				if (q && !stat(q, &sb))
+					res->bytes_dropped += (uint64_t)sb.st_size;
+				free(q);
+				continue;
+			}
+			if (e) {
+				err = e;
+				goto out;
+			}
+			res->bytes_dropped += size;
+			if (size > SEG_HDR)
+				res->records_dropped += delimit(p, SEG_HDR, size);
+		}
+		if (flags & DE_WAL_REPLAY_TRUNCATE) {
+			logf_(log, log_ctx,
+			      "torn tail: %s at segment %s offset %" PRIu64 "; dropped %" PRIu64
+			      " bytes, %" PRIu64 " records; the log ends at lsn %" PRIu64,
+			      res->problem, segs[bad_seg].name, bad_off, res->bytes_dropped,
+			      res->records_dropped, res->last_lsn);
+			err = cut_tail(dir, segs, n, bad_seg, bad_off);
+		}
+	}
+out:
+	free(p);
+	free(sc.keys);
+	free(sc.meta);
+	free(sc.rows);
+	free(segs);
+	return err;
+}
