@@ -49,6 +49,28 @@
  *               -EOPNOTSUPP. DE_SQE_STATUS is not allowed.
  *   STATS       vals out: struct de_wire_stats                    res
  *   NOP         -                                                 res = 0
+ *   SAMPLE      count = npos positives at keys (u64 keys; with    res, count = num_sampled,
+ *               DE_SAMPLE_STR a string table's string encoding);  aux0 = draws made (T),
+ *               status_off: struct de_wire_sample_args (32 bytes, aux1 = population
+ *               8-aligned, copied out and checked); vals out,
+ *               back to back: u64 sampled[ns], f32 sampled_expected[ns],
+ *               f32 true_expected[count], u8 accidental[ns]:
+ *               vals_len == 13 * ns + 4 * count, vals_off 8-aligned. ns (num_sampled)
+ *               1..min(max_batch, DE_SAMPLE_MAX). -ENOENT: no live key; -ERANGE: unique
+ *               and ns > population; -EAGAIN: draw limit.
+ *   TOPK        count = nq queries at keys (nq * dim f32, keys_len  res, count = found
+ *               == 4 * nq * dim, 4-aligned); arg = k (1..           (per query, the same
+ *               DE_TOPK_MAX_K); flags DE_WTOPK_COSINE (else dot);  for every query)
+ *               vals out: u64 keys[nq * k] then f32 scores[nq * k]
+ *               (vals_len == 12 * nq * k, 8-aligned), best first;
+ *               nq <= max_batch, nq * k <= DE_TOPK_MAX_RESULTS;
+ *               status_off 0. A non-finite query: -EINVAL.
+ *   KEY_STRINGS string tables only: count u64 fingerprints at keys  res (-ENOSPC: the
+ *               (keys_len == 8 * count); vals out: u32 lens[count]  strings did not fit;
+ *               (UINT32_MAX: no string known) then the strings      lens are complete),
+ *               back to back (vals_len >= 4 * count, 4-aligned);    count = strings known,
+ *               arg and status_off 0. Once one string does not fit  aux0 = bytes the
+ *               no later string is written (lens still are).        strings need
  *
  * Keys: an int64 table takes count u64 at keys_off (keys_len = 8 * count). A string
  * table takes count u32 lengths followed by the bytes of all strings back to back
@@ -67,9 +89,9 @@
  * Learning and persistence config (struct de_wire_learn_config, in OPEN): every field is
  * validated by the daemon; fields a mode does not use must be 0, so that two configs
  * that mean the same thing compare equal. Defaults (the 0 of a "0 = default" field) are
- * filled in by the daemon before the comparison (DE_*_DEFAULT below). Only the optimizer
- * is acted on today; admission, eviction and durability are defined, checked and
- * recorded with the table (struct srv_table.learn) for the code that implements them.
+ * filled in by the daemon before the comparison (DE_*_DEFAULT below). The optimizer,
+ * admission and eviction are enforced (src/server/learnops.c states how); durability is
+ * defined, checked and recorded with the table for the code that implements it.
  */
 #ifndef DE_PROTO_H
 #define DE_PROTO_H
@@ -174,7 +196,7 @@ struct de_wire_optim {
 	uint64_t reserved[2]; /* must be 0 */
 };
 
-/* Admission: which keys earn a row (implemented later; validated and recorded now). */
+/* Admission: which keys earn a row (enforced by the daemon: src/server/learnops.c). */
 enum de_wire_admission_mode {
 	DE_WADMIT_ALL = 0,         /* none: every key gets a row at once */
 	DE_WADMIT_COUNT = 1,       /* after min_count sightings (count-min sketch) */
@@ -188,7 +210,7 @@ enum de_wire_reject_value {
 #define DE_SKETCH_WIDTH_MIN 64u
 #define DE_SKETCH_WIDTH_MAX (1u << 28)     /* power of two in [MIN, MAX] */
 #define DE_SKETCH_DEPTH_DEFAULT 4u
-#define DE_SKETCH_DEPTH_MAX 16u            /* rows (hash functions), 1..MAX */
+#define DE_SKETCH_DEPTH_MAX 8u             /* rows (hash functions), 1..MAX */
 
 /* 32 bytes. Gradients of a key not admitted yet are dropped. mode ALL: every other field
  * must be 0. COUNT: min_count >= 1, probability 0, sketch sizes as above (0 = default),
@@ -204,7 +226,7 @@ struct de_wire_admission {
 	uint32_t reserved;      /* must be 0 */
 };
 
-/* Eviction: what to drop when the table is over its budget (implemented later). */
+/* Eviction: what to drop when the table is over its budget (src/server/learnops.c). */
 enum de_wire_eviction_policy {
 	DE_WEVICT_NONE = 0,
 	DE_WEVICT_LRU = 1,         /* least recently used (clock: lru_clock) */
@@ -298,12 +320,31 @@ struct de_msg_error {
 
 /* Data plane. */
 enum de_op { DE_OP_NOP = 0, DE_OP_LOOKUP = 1, DE_OP_UPDATE = 2, DE_OP_ERASE = 3, DE_OP_STATS = 4,
-	     DE_OP_APPLY_GRADS = 5 };
-#define DE_OP_MAX DE_OP_APPLY_GRADS
+	     DE_OP_APPLY_GRADS = 5, DE_OP_SAMPLE = 6, DE_OP_TOPK = 7, DE_OP_KEY_STRINGS = 8 };
+#define DE_OP_MAX DE_OP_KEY_STRINGS
 
 #define DE_LOOKUP_CREATE 0x01u /* sqe.flags: create missing keys */
 #define DE_SQE_STATUS 0x02u    /* sqe.flags: write count status bytes at status_off */
 #define DE_GRAD_LR 0x04u       /* sqe.flags, APPLY_GRADS: status_off carries an lr */
+#define DE_SAMPLE_STR 0x01u    /* sqe.flags, SAMPLE: positives are strings (string table) */
+#define DE_WTOPK_COSINE 0x01u  /* sqe.flags, TOPK: cosine similarity instead of dot */
+
+/* SAMPLE's arguments (at status_off). kind: 0 uniform, 1 log-uniform, 2 unigram (as
+ * de_learn.h's de_sampler_kind); unique 0 or 1; power: UNIGRAM only, finite, in
+ * (0, 16] (the client sends 0.75 for "default"), else 0; reserved 0. */
+struct de_wire_sample_args {
+	uint32_t kind;
+	uint32_t num_sampled;
+	uint32_t unique;
+	uint32_t reserved;
+	double power;
+	uint64_t seed;          /* the same seed and table state give the same draw */
+};
+#define DE_WSAMPLE_MAX_POWER 16.0
+#define DE_WSAMPLE_MAX (1u << 20)      /* num_sampled (de_learn.h's DE_SAMPLE_MAX) */
+#define DE_WTOPK_MAX_K 65536u          /* de_learn.h's DE_TOPK_MAX_K */
+#define DE_WTOPK_MAX_QUERIES 65536u    /* per request (DE_TOPK_MAX_QUERIES) */
+#define DE_WTOPK_MAX_RESULTS (1u << 24) /* nq * k per request (DE_TOPK_MAX_RESULTS) */
 
 /* APPLY_GRADS' lr override travels as the bits of a double in sqe.status_off. */
 static inline uint64_t de_lr_to_wire(double lr)
@@ -355,5 +396,6 @@ _Static_assert(sizeof(struct de_msg_segments) == 24, "layout");
 _Static_assert(sizeof(struct de_msg_segments_ok) == 28, "layout");
 _Static_assert(sizeof(struct de_msg_error) == 264, "layout");
 _Static_assert(sizeof(struct de_wire_stats) == 272, "layout");
+_Static_assert(sizeof(struct de_wire_sample_args) == 32, "layout");
 
 #endif /* DE_PROTO_H */

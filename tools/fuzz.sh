@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # tools/fuzz.sh [SECONDS] — build the libFuzzer targets of tests/fuzz/ with clang
 # (ASan + UBSan, every UBSan report fatal) into build-fuzz/, then run each for SECONDS
-# (default 20) from its seeds in tests/fuzz/corpus_*/. Prints, per target, the runs,
+# (default 20) from its seeds in tests/fuzz/corpus_*/ (the WAL, snapshot and manifest
+# seeds come from tests/fuzz/make_persist_seeds.py). Prints, per target, the runs,
 # the coverage (edges, features) and the corpus size. Exits non-zero when a target
 # crashes, leaks, times out, trips a sanitizer or fails one of its own checks; the
 # input that did it is in build-fuzz/artifacts/ (replay: build-fuzz/fuzz_NAME FILE).
@@ -31,14 +32,15 @@ mkdir -p "$out/obj" "$out/artifacts"
 objs=()
 for src in shm/arena.c shm/numa.c shm/table.c shm/channel.c \
            src/server/config.c src/server/control.c src/server/log.c \
-           src/server/tables.c src/server/worker.c src/learn/optim.c uring/export.c; do
+           src/server/tables.c src/server/worker.c src/learn/optim.c uring/export.c \
+           uring/util.c uring/wal.c uring/snapshot.c uring/manifest.c; do
   obj=$out/obj/$(echo "$src" | tr / _).o
   "$cc" "${cflags[@]}" "${san[@]}" -fsanitize=fuzzer-no-link -c "$root/$src" -o "$obj"
   objs+=("$obj")
 done
 
 status=0
-for name in control sqe export; do
+for name in control sqe export wal snapshot manifest; do
   bin=$out/fuzz_$name
   "$cc" "${cflags[@]}" "${san[@]}" -fsanitize=fuzzer "$root/tests/fuzz/fuzz_$name.c" \
     "${objs[@]}" "${libs[@]}" -o "$bin"

@@ -13,7 +13,7 @@ pkgs=(
   clang libclang-rt-14-dev                  # libFuzzer targets (tools/fuzz.sh)
   python3-numpy python3-pytest              # the Python package and its tests
   python3-torch                             # the reference for the optimizer tests
-  python3-matplotlib                        # tools/demo's accuracy plot
+  python3-matplotlib                        # tools/demo's and tools/word2vec's plots
 )
 
 missing=()

@@ -432,7 +432,9 @@ int de_manifest_read(const char *dir, struct de_manifest *m /* out */, const cha
 int de_manifest_decode(const void *buf, size_t len, struct de_manifest *m /* out */,
 		       const char **problem);
 /* Replace dir/MANIFEST atomically (write MANIFEST.tmp, fsync, rename, fsync dir).
- * -EINVAL: m breaks a rule above. */
+ * -EINVAL: m breaks a rule above. On an error of the last step (the directory fsync)
+ * the new manifest, complete and fsync'ed, may already be in place: a caller that treats
+ * the write as failed stays safe (a checkpoint puts its dirty keys back). */
 int de_manifest_write(const char *dir, const struct de_manifest *m);
 
 /* ---- recovery, checkpoints, garbage collection --------------------------------------- */

@@ -227,6 +227,13 @@ int du_io_reap(struct du_io *io)
 
 int du_io_drain(struct du_io *io)
 {
+	/* requests queued but not submitted (an error between queue and submit): submit
+	 * them, or waiting for their completions would never end */
+	if (io->inflight && io_uring_sq_ready(&io->ring)) {
+		int r = io_uring_submit(&io->ring);
+		if (r < 0)
+			return r;
+	}
 	while (io->inflight) {
 		int r = du_io_reap(io);
 		if (r)

@@ -841,7 +841,8 @@ static int list_segments(const char *dir, struct seg **segs, size_t *n)
 		free(v);
 		return err;
 	}
-	qsort(v, k, sizeof *v, seg_cmp);
+	if (k)
+		qsort(v, k, sizeof *v, seg_cmp);
 	*segs = v;
 	*n = k;
 	return 0;

@@ -70,6 +70,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "client_priv.h"
 #include "de_shm.h"
 #include "proto.h"
 
@@ -1697,6 +1698,75 @@ int de_submit_apply_gradients(de_client *c, int table, const uint64_t *keys, siz
 	if (err)
 		return err;
 	*req = s->id;
+	return 0;
+}
+
+/* ------------------------------------------------------------------------- */
+/* For client_learn.c (client_priv.h)                                         */
+/* ------------------------------------------------------------------------- */
+
+int de_priv_table(de_client *c, int table, struct de_priv_table *out)
+{
+	if (!c || !out)
+		return -EINVAL;
+	if (c->broken)
+		return c->broken;
+	struct ctable *t = table_get(c, table);
+	if (!t)
+		return -EINVAL;
+	recycle(c);
+	*out = (struct de_priv_table){ .wire_id = t->wire_id, .dim = t->dim,
+				       .key_type = t->key_type, .seed = t->seed,
+				       .max_batch = c->max_batch, .avail = ring_avail(c) };
+	return 0;
+}
+
+int de_priv_call(de_client *c, struct de_sqe *e, const void *keys_in, uint64_t keys_len,
+		 const void *vals_in, uint64_t vals_len, void *vals_out, const void *status_in,
+		 uint64_t status_len, struct de_cqe *cqe)
+{
+	if (c->broken)
+		return c->broken;
+	uint64_t voff = align_up(keys_len), soff = voff + align_up(vals_len);
+	uint64_t total = soff + align_up(status_len);
+	unsigned si;
+	int err = slot_get(c, &si);
+	if (err)
+		return err;
+	struct slot *s = &c->slots[si];
+	uint64_t base;
+	err = ring_alloc(c, s, si, total ? total : ALIGN, &base);
+	if (err) {
+		s->state = S_FREE;
+		s->id = 0;
+		return err;
+	}
+	uint8_t *d = c->data + base;
+	if (keys_len)
+		memcpy(d, keys_in, keys_len);
+	if (vals_in && vals_len)
+		memcpy(d + voff, vals_in, vals_len);
+	if (status_len)
+		memcpy(d + soff, status_in, status_len);
+	e->keys_off = base;
+	e->keys_len = keys_len;
+	e->vals_off = base + voff;
+	e->vals_len = vals_len;
+	if (status_len)
+		e->status_off = base + soff;
+	err = submit(c, s, e);
+	if (err)
+		return err;
+	err = wait_slot(c, s, c->timeout_ms);
+	if (err) {
+		if (s->state == S_INFLIGHT)
+			s->state = S_ABANDONED; /* the daemon may still write its region */
+		return err;
+	}
+	*cqe = s->cqe;
+	if (vals_out && vals_len && (cqe->res == 0 || cqe->res == -ENOSPC))
+		memcpy(vals_out, d + voff, vals_len);
+	slot_release(c, s, S_FREE);
 	return 0;
 }
 

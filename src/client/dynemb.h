@@ -83,7 +83,10 @@ struct de_optim_spec {
  * initial_accumulator_value 0.1); every field 0 for DE_OPTIM_NONE. */
 void de_optim_spec_defaults(enum de_optim_kind kind, struct de_optim_spec *out /* out */);
 
-/* Admission (defined and validated now; enforced by a later daemon). */
+/* Admission: a key earns a row on its min_count-th sighting (COUNT) or with probability
+ * p per sighting (PROBABILITY). A sighting is one occurrence of a missing key in a
+ * creating lookup; until admitted a key reads as reject_value (status DE_ST_MISSING) and
+ * de_update / de_apply_gradients drop its values / gradients (stats grads_dropped). */
 enum de_admission_mode {
 	DE_ADMISSION_NONE = 0,        /* every key gets a row */
 	DE_ADMISSION_COUNT,           /* after min_count sightings (count-min sketch) */
@@ -95,11 +98,13 @@ struct de_admission_spec {
 	uint32_t min_count;           /* COUNT: >= 1 */
 	double probability;           /* PROBABILITY: (0, 1] */
 	uint32_t sketch_width;        /* COUNT: power of two in [64, 2^28]; 0 = 2^20 */
-	uint32_t sketch_depth;        /* COUNT: 1..16; 0 = 4 */
+	uint32_t sketch_depth;        /* COUNT: 1..8; 0 = 4 */
 	enum de_reject_read reject_value; /* what a key not admitted yet reads as */
 };
 
-/* Eviction (defined and validated now; enforced by a later daemon). */
+/* Eviction: the daemon keeps the table under budget_bytes (and all evicting tables under
+ * its [memory] host_budget_bytes), evicting by policy; with disk_tier evicted rows (values
+ * and optimizer state) go to disk and come back on their next lookup or gradient. */
 enum de_eviction_policy {
 	DE_EVICTION_NONE = 0, DE_EVICTION_LRU, DE_EVICTION_LFU, DE_EVICTION_TTL, DE_EVICTION_L2,
 };
@@ -231,6 +236,66 @@ int de_submit_apply_gradients(de_client *c, int table, const uint64_t *keys, siz
  * -ESRCH: not a completed request. */
 int de_request_counts(de_client *c, uint64_t req, uint64_t *count /* out */,
 		      uint64_t *aux /* out */);
+
+/* ---- candidate sampling, top-k, key strings (client_learn.c) ------------------------- */
+
+enum de_sampler { DE_SAMPLER_UNIFORM = 0, DE_SAMPLER_LOG_UNIFORM = 1, DE_SAMPLER_UNIGRAM = 2 };
+struct de_sample_spec {
+	enum de_sampler kind;
+	uint32_t num_sampled;   /* 1..the daemon's max batch (and 2^20) */
+	int unique;             /* 1: no repeated candidates (TF's unique=True) */
+	double power;           /* UNIGRAM: observed frequency ^ power; 0 = 0.75; other kinds:
+	                           ignored */
+	uint64_t seed;          /* the same seed and table state give the same draw */
+};
+/*
+ * Draw num_sampled candidates from the table's live keys, server side. positives: npos
+ * true classes (npos <= the daemon's max batch; key 0 is "no class": expected 0, never a
+ * hit). sampled[num_sampled]: keys; sampled_expected[num_sampled], true_expected[npos]:
+ * expected counts as TensorFlow's candidate samplers define them (for the logit
+ * correction: logit - log(expected)); accidental[num_sampled] (may be NULL): 1 where
+ * sampled[i] is one of the positives. sampled_expected / true_expected may be NULL too.
+ * Distributions (src/learn/de_learn.h, "Candidate sampling"): UNIFORM over live keys;
+ * LOG_UNIFORM over keys ranked by observed frequency (lookups count); UNIGRAM
+ * frequency^power. The last two read a snapshot the daemon rebuilds every [learn]
+ * sampler_rebuild_ms (1 s by default): keys created since are not drawn yet.
+ * -ENOENT: the table has no live key; -ERANGE: unique and num_sampled > live keys;
+ * -E2BIG: num_sampled or npos too large; -EINVAL: a bad spec or handle.
+ */
+int de_sample(de_client *c, int table, const struct de_sample_spec *s,
+	      const uint64_t *positives, size_t npos, uint64_t *sampled,
+	      float *sampled_expected, float *true_expected, uint8_t *accidental);
+/* The same with string positives (lens NULL: NUL-terminated) on a string table; sampled
+ * keys are fingerprints: see de_key_strings. */
+int de_sample_str(de_client *c, int table, const struct de_sample_spec *s,
+		  const char *const *positives, const size_t *lens, size_t npos,
+		  uint64_t *sampled, float *sampled_expected, float *true_expected,
+		  uint8_t *accidental);
+
+enum de_metric { DE_METRIC_DOT = 0, DE_METRIC_COSINE = 1 };
+/*
+ * Exact top-k over the table for nq queries (nq * dim floats). keys/scores: nq * k,
+ * best first, ties by key; found[nq] (may be NULL): how many of k are valid per query
+ * (fewer when the table has fewer live keys; the rest are key 0, score -inf). COSINE is
+ * 0 for a zero vector. k: 1..65536 (-EINVAL for 0, -E2BIG above). Any nq: queries are
+ * split into requests that fit the daemon's limits and the channel's data area (each
+ * request scans the table once, with the daemon's [learn] topk_threads threads).
+ * -EINVAL: a non-finite query value, a bad metric or handle.
+ */
+int de_topk(de_client *c, int table, const float *queries, size_t nq, uint32_t k,
+	    enum de_metric metric, uint64_t *keys, float *scores, uint32_t *found);
+
+/*
+ * String tables: the strings behind fingerprints (from de_topk, de_sample, export).
+ * The strings are written back to back into buf (cap bytes); lens[i] = length of key i's
+ * string, or UINT32_MAX when the table has no string for it (key 0 is the empty string).
+ * -ENOSPC when cap is too small (lens are still filled, so the caller can size buf and
+ * retry). -EINVAL on an int64 table.
+ */
+int de_key_strings(de_client *c, int table, const uint64_t *keys, size_t n, char *buf,
+		   size_t cap, uint32_t *lens);
+/* The fingerprint a string key has in this table (the table's seed): computed here. */
+int de_string_key(de_client *c, int table, const char *s, size_t len, uint64_t *key);
 
 /* Zero-copy counters of this client: lookups served from the read-only mapping, and keys
  * that had to go to the daemon. */

@@ -330,7 +330,9 @@ int de_evict_create(const struct de_evict_config *cfg, de_evict **out);
 /* Stops the thread if running. Tables and tiers are not closed. NULL is fine. */
 void de_evict_destroy(de_evict *ev);
 /* Register a table (and the arena it lives in). Before de_evict_start only: -EBUSY
- * after; -ENOSPC past DE_EVICT_MAX_TABLES; -EINVAL for a bad config (TTL without ttl, a
+ * after (the daemon stops the thread, adds, and starts it again: other threads may call
+ * de_evict_after_lookup / _stats on tables added earlier meanwhile, as the table count is
+ * published with release/acquire); -ENOSPC past DE_EVICT_MAX_TABLES; -EINVAL for a bad config (TTL without ttl, a
  * tier whose row size differs from the table's). id: the table's index. */
 int de_evict_add_table(de_evict *ev, de_table *t, de_arena *a,
 		       const struct de_evict_table_config *cfg, uint32_t *id /* out */);
@@ -464,6 +466,15 @@ int de_sample(de_sampler *s, size_t n, const uint64_t *positives, size_t npos,
 	      uint64_t *keys /* out */, float *sampled_expected /* out */,
 	      uint8_t *is_positive /* out */, float *true_expected /* out */,
 	      struct de_sample_info *info /* out */);
+
+/* de_sample with this call's own unique flag and seed instead of the sampler's (the
+ * daemon shares one sampler per table and kind among callers that each pass theirs):
+ * the draw depends only on (seed, unique, n, the snapshot or, for UNIFORM, the table),
+ * and equals the first de_sample call of a sampler created with that seed and unique. */
+int de_sample_seeded(de_sampler *s, int unique, uint64_t seed, size_t n,
+		     const uint64_t *positives, size_t npos, uint64_t *keys /* out */,
+		     float *sampled_expected /* out */, uint8_t *is_positive /* out */,
+		     float *true_expected /* out */, struct de_sample_info *info /* out */);
 
 /* The sampler's probability P(k) of one draw for each key (the floors above for keys it
  * cannot draw, 0 for key 0), from the current snapshot (UNIFORM: 1/L, or 0 when L == 0). */

@@ -25,6 +25,10 @@
 
 #define LD(p) __atomic_load_n((p), __ATOMIC_RELAXED)
 #define ADD(p, v) __atomic_fetch_add((p), (v), __ATOMIC_RELAXED)
+/* Tables registered so far. acquire: pairs with the release in de_evict_add_table, so
+ * tab[i] for every i below it is fully built (a lookup thread may run while the daemon
+ * registers another table with the thread stopped). */
+#define NTAB(ev) __atomic_load_n(&(ev)->ntab, __ATOMIC_ACQUIRE)
 
 #define BLOOM_BITS (1u << 20)
 #define BLOOM_GEN (1u << 17) /* evictions per generation */
@@ -200,13 +204,15 @@ int de_evict_add_table(de_evict *ev, de_table *t, de_arena *a,
 		}
 	}
 	*id = ev->ntab;
-	ev->tab[ev->ntab++] = e;
+	ev->tab[ev->ntab] = e;
+	/* release: publishes tab[ntab]; pairs with NTAB's acquire */
+	__atomic_store_n(&ev->ntab, ev->ntab + 1, __ATOMIC_RELEASE);
 	return 0;
 }
 
 int de_evict_set_budget(de_evict *ev, uint32_t id, uint64_t budget_bytes)
 {
-	if (!ev || (id >= ev->ntab && id != DE_EVICT_HOST))
+	if (!ev || (id >= NTAB(ev) && id != DE_EVICT_HOST))
 		return -EINVAL;
 	uint64_t *p = id == DE_EVICT_HOST ? &ev->cfg.host_budget_bytes : &ev->tab[id]->cfg.budget_bytes;
 	__atomic_store_n(p, budget_bytes, __ATOMIC_RELAXED);
@@ -217,10 +223,11 @@ static uint64_t resident(const struct etable *e);
 
 uint64_t de_evict_resident(de_evict *ev, uint32_t id)
 {
-	if (!ev || (id >= ev->ntab && id != DE_EVICT_HOST))
+	uint32_t nt = ev ? NTAB(ev) : 0;
+	if (!ev || (id >= nt && id != DE_EVICT_HOST))
 		return 0;
 	uint64_t sum = 0;
-	for (uint32_t i = 0; i < ev->ntab; i++)
+	for (uint32_t i = 0; i < nt; i++)
 		if (id == DE_EVICT_HOST || id == i)
 			sum += resident(ev->tab[i]);
 	return sum;
@@ -244,7 +251,7 @@ static uint64_t now_of(de_evict *ev, const struct etable *e)
 
 uint64_t de_evict_now(de_evict *ev, uint32_t id)
 {
-	if (!ev || id >= ev->ntab)
+	if (!ev || id >= NTAB(ev))
 		return UINT64_MAX;
 	return now_of(ev, ev->tab[id]);
 }
@@ -490,14 +497,16 @@ static long sweep(de_evict *ev, struct etable *e, uint64_t limit)
 	return done;
 }
 
-/* Rows to evict to bring table e from `res` bytes to its low watermark, or 0 when it is
- * not above `start` (the high watermark, or the full budget inline). */
-static uint64_t rows_over(const de_evict *ev, const struct etable *e, uint64_t res, double start)
+/* Rows to evict to bring table e from `res` bytes down to `to` x its budget, or 0 when it
+ * is not above `start` x its budget: the thread goes from the high watermark to the low
+ * one; the inline path only from over the budget back to it (the least work that keeps
+ * the budget on the request path; the thread makes the headroom). */
+static uint64_t rows_over(const struct etable *e, uint64_t res, double start, double to)
 {
 	uint64_t b = LD(&e->cfg.budget_bytes);
 	if (!b || (double)res <= start * (double)b)
 		return 0;
-	double low = ev->cfg.low * (double)b;
+	double low = to * (double)b;
 	return (uint64_t)ceil(((double)res - low) / (double)e->row_cost);
 }
 
@@ -507,11 +516,12 @@ static uint64_t rows_over(const de_evict *ev, const struct etable *e, uint64_t r
 static long host_pass(de_evict *ev, double start, uint64_t max_rows)
 {
 	uint64_t hb = LD(&ev->cfg.host_budget_bytes);
-	if (!hb || !ev->ntab)
+	uint32_t nt = NTAB(ev);
+	if (!hb || !nt)
 		return 0;
 	pthread_mutex_lock(&ev->host_lock);
 	uint64_t res[DE_EVICT_MAX_TABLES], sum = 0;
-	for (uint32_t i = 0; i < ev->ntab; i++)
+	for (uint32_t i = 0; i < nt; i++)
 		sum += res[i] = resident(ev->tab[i]);
 	long done = 0;
 	if ((double)sum > start * (double)hb) {
@@ -519,9 +529,9 @@ static long host_pass(de_evict *ev, double start, uint64_t max_rows)
 		while ((double)sum > low && (uint64_t)done < max_rows) {
 			uint32_t w = 0;
 			double worst = -1;
-			for (uint32_t i = 0; i < ev->ntab; i++) {
+			for (uint32_t i = 0; i < nt; i++) {
 				uint64_t share = LD(&ev->tab[i]->cfg.budget_bytes) ? LD(&ev->tab[i]->cfg.budget_bytes)
-									       : hb / ev->ntab;
+									       : hb / nt;
 				double r = (double)res[i] / (double)(share ? share : 1);
 				if (r > worst) {
 					worst = r;
@@ -559,7 +569,8 @@ int de_evict_step(de_evict *ev, size_t max_rows, size_t *evicted)
 	uint64_t left = max_rows ? max_rows : UINT64_MAX;
 	uint64_t total = 0;
 	int err = 0;
-	for (uint32_t i = 0; i < ev->ntab && !err && left; i++) {
+	uint32_t nt = NTAB(ev);
+	for (uint32_t i = 0; i < nt && !err && left; i++) {
 		struct etable *e = ev->tab[i];
 		pthread_mutex_lock(&e->lock);
 		long r = 0;
@@ -568,7 +579,7 @@ int de_evict_step(de_evict *ev, size_t max_rows, size_t *evicted)
 		if (r >= 0) {
 			total += (uint64_t)r;
 			left -= (uint64_t)r;
-			uint64_t want = rows_over(ev, e, resident(e), ev->cfg.high);
+			uint64_t want = rows_over(e, resident(e), ev->cfg.high, ev->cfg.low);
 			r = evict_rows(ev, e, want < left ? want : left);
 			if (r > 0) {
 				total += (uint64_t)r;
@@ -672,7 +683,7 @@ int de_evict_after_lookup(de_evict *ev, uint32_t id, const uint64_t *keys, size_
 {
 	if (restored)
 		*restored = 0;
-	if (!ev || id >= ev->ntab || (n && (!keys || !status)))
+	if (!ev || id >= NTAB(ev) || (n && (!keys || !status)))
 		return -EINVAL;
 	struct etable *e = ev->tab[id];
 	size_t created = 0, back = 0;
@@ -724,11 +735,12 @@ int de_evict_after_lookup(de_evict *ev, uint32_t id, const uint64_t *keys, size_
 		return err;
 	/* inline eviction: the budget holds even when inserts outpace the thread */
 	if (LD(&e->cfg.budget_bytes)) {
-		uint64_t want = rows_over(ev, e, resident(e), 1.0);
-		if (want) {
+		uint64_t want = rows_over(e, resident(e), 1.0, 1.0);
+		/* a busy lock means the thread is evicting from this table right now: the
+		 * request does not wait for it (the budget is back when it is done) */
+		if (want && !pthread_mutex_trylock(&e->lock)) {
 			if (want > ev->cfg.inline_max)
 				want = ev->cfg.inline_max;
-			pthread_mutex_lock(&e->lock);
 			long r = evict_rows(ev, e, want);
 			pthread_mutex_unlock(&e->lock);
 			if (r < 0)
@@ -745,10 +757,11 @@ int de_evict_after_lookup(de_evict *ev, uint32_t id, const uint64_t *keys, size_
 
 int de_evict_stats(de_evict *ev, uint32_t id, struct de_evict_stats *out)
 {
-	if (!ev || !out || (id >= ev->ntab && id != DE_EVICT_HOST))
+	uint32_t nt = ev ? NTAB(ev) : 0;
+	if (!ev || !out || (id >= nt && id != DE_EVICT_HOST))
 		return -EINVAL;
 	memset(out, 0, sizeof *out);
-	uint32_t lo = id == DE_EVICT_HOST ? 0 : id, hi = id == DE_EVICT_HOST ? ev->ntab : id + 1;
+	uint32_t lo = id == DE_EVICT_HOST ? 0 : id, hi = id == DE_EVICT_HOST ? nt : id + 1;
 	for (uint32_t i = lo; i < hi; i++) {
 		struct etable *e = ev->tab[i];
 		out->resident_bytes += resident(e);

@@ -564,9 +564,11 @@ static double snap_prob(const struct snap *p, uint64_t key)
 	return i == NOIDX ? p->floor : p->prob[i];
 }
 
-int de_sample(de_sampler *s, size_t n, const uint64_t *positives, size_t npos, uint64_t *keys,
-	      float *sampled_expected, uint8_t *is_positive, float *true_expected,
-	      struct de_sample_info *info)
+/* de_sample's body, with the call's unique flag and its stream's start state rng0. */
+static int sample_impl(de_sampler *s, bool unique, uint64_t rng0, size_t n,
+		       const uint64_t *positives, size_t npos, uint64_t *keys,
+		       float *sampled_expected, uint8_t *is_positive, float *true_expected,
+		       struct de_sample_info *info)
 {
 	if (!s || !keys || !n || (npos && !positives))
 		return -EINVAL;
@@ -590,14 +592,14 @@ int de_sample(de_sampler *s, size_t n, const uint64_t *positives, size_t npos, u
 	}
 	int rc = 0;
 	struct kset seen = { 0 }, pos = { 0 };
-	if (s->cfg.unique && n > pop) {
+	if (unique && n > pop) {
 		rc = -ERANGE;
 		goto out;
 	}
-	if ((s->cfg.unique && (rc = kset_init(&seen, n))) ||
+	if ((unique && (rc = kset_init(&seen, n))) ||
 	    (is_positive && npos && (rc = kset_init(&pos, npos))))
 		goto out;
-	uint64_t rng = mix64(s->cfg.seed ^ mix64(atomic_fetch_add(&s->calls, 1) + 1));
+	uint64_t rng = rng0;
 	uint64_t tries = 0, max_tries = DE_SAMPLE_MAX_TRIES(n);
 	for (size_t i = 0; i < n;) {
 		if (tries >= max_tries) {
@@ -610,7 +612,7 @@ int de_sample(de_sampler *s, size_t n, const uint64_t *positives, size_t npos, u
 			goto out;
 		}
 		tries++;
-		if (s->cfg.unique && !kset_add(&seen, key))
+		if (unique && !kset_add(&seen, key))
 			continue;
 		keys[i++] = key;
 	}
@@ -641,6 +643,30 @@ out:
 	free(seen.slot);
 	free(pos.slot);
 	return rc;
+}
+
+int de_sample(de_sampler *s, size_t n, const uint64_t *positives, size_t npos, uint64_t *keys,
+	      float *sampled_expected, uint8_t *is_positive, float *true_expected,
+	      struct de_sample_info *info)
+{
+	if (!s)
+		return -EINVAL;
+	uint64_t rng0 = mix64(s->cfg.seed ^ mix64(atomic_fetch_add(&s->calls, 1) + 1));
+	return sample_impl(s, s->cfg.unique, rng0, n, positives, npos, keys, sampled_expected,
+			   is_positive, true_expected, info);
+}
+
+/* The stream of a call with its own seed is the one the FIRST de_sample call of a
+ * sampler created with cfg.seed = seed would use (call counter 1): replayable. */
+int de_sample_seeded(de_sampler *s, int unique, uint64_t seed, size_t n,
+		     const uint64_t *positives, size_t npos, uint64_t *keys,
+		     float *sampled_expected, uint8_t *is_positive, float *true_expected,
+		     struct de_sample_info *info)
+{
+	if (!s)
+		return -EINVAL;
+	return sample_impl(s, unique != 0, mix64(seed ^ mix64(1)), n, positives, npos, keys,
+			   sampled_expected, is_positive, true_expected, info);
 }
 
 int de_sampler_prob(de_sampler *s, const uint64_t *keys, size_t n, double *prob)

@@ -42,7 +42,13 @@ static const char DEFAULT_CONFIG[] =
 	"mode = auto\n"
 	"numa_node = auto\n"
 	"segment_bytes = 32M\n"
-	"reserve_bytes = 0\n";
+	"reserve_bytes = 0\n"
+	"[memory]\n"
+	"host_budget_bytes = 0\n"
+	"tier_dir = /var/tmp/dynemb-tier\n"
+	"[learn]\n"
+	"topk_threads = 0\n"
+	"sampler_rebuild_ms = 1000\n";
 
 static const char *trim(char *s)
 {
@@ -217,6 +223,32 @@ static int set_key(struct srv_config *c, const char *section, const char *key, c
 		} else {
 			BAD("unknown key '%s' in [%s]", key, section);
 		}
+	} else if (!strcmp(section, "memory")) {
+		if (!strcmp(key, "host_budget_bytes")) {
+			if (parse_size(v, &x) || (x && x < (1u << 20)))
+				BAD("host_budget_bytes '%s' is not 0 (none) or a size of at least 1M", v);
+			c->host_budget_bytes = x;
+		} else if (!strcmp(key, "tier_dir")) {
+			if (*v && (*v != '/' || strlen(v) >= sizeof c->tier_dir - 32))
+				BAD("tier_dir '%s' is not empty (no disk tier) or an absolute path of "
+				    "at most %zu bytes", v, sizeof c->tier_dir - 33);
+			strcpy(c->tier_dir, v);
+		} else {
+			BAD("unknown key '%s' in [%s]", key, section);
+		}
+	} else if (!strcmp(section, "learn")) {
+		if (!strcmp(key, "topk_threads")) {
+			if (parse_u64(v, 0, DE_TOPK_MAX_THREADS, &x))
+				BAD("topk_threads '%s' is not a number in 0..%u (0 = online CPUs)", v,
+				    DE_TOPK_MAX_THREADS);
+			c->topk_threads = (unsigned)x;
+		} else if (!strcmp(key, "sampler_rebuild_ms")) {
+			if (parse_u64(v, 0, 3600000, &x))
+				BAD("sampler_rebuild_ms '%s' is not a number in 0..3600000", v);
+			c->sampler_rebuild_ms = (unsigned)x;
+		} else {
+			BAD("unknown key '%s' in [%s]", key, section);
+		}
 	} else {
 		BAD("unknown section [%s]", section);
 	}
@@ -255,7 +287,7 @@ static void usage(FILE *f)
 		"Configuration comes from the built-in defaults, then --config FILE (INI), then\n"
 		"these flags. Each flag sets the config key named after it.\n"
 		"\n"
-		"  -c, --config FILE         INI file with [server] and [pages] sections\n"
+		"  -c, --config FILE         INI file with [server], [pages], [memory], [learn]\n"
 		"  -s, --socket PATH         [server] socket: control socket (default %s;\n"
 		"                            its directory is created)\n"
 		"  -w, --workers N           [server] workers: data-plane threads, 1..%u (default 1)\n"
@@ -272,6 +304,13 @@ static void usage(FILE *f)
 		"      --numa-node N         [pages] numa_node: auto (default), none, or a node number\n"
 		"      --segment-bytes SIZE  [pages] segment_bytes: first arena segment of a table (32M)\n"
 		"      --reserve-bytes SIZE  [pages] reserve_bytes: address space per table (0 = 64G)\n"
+		"      --host-budget-bytes SIZE [memory] host_budget_bytes: all evicting tables\n"
+		"                            together (0 = none; tables have their own budgets too)\n"
+		"      --tier-dir DIR        [memory] tier_dir: disk tier of evicted rows (default\n"
+		"                            /var/tmp/dynemb-tier; empty: no disk tier)\n"
+		"      --topk-threads N      [learn] topk_threads: threads of one top-k (0 = CPUs)\n"
+		"      --sampler-rebuild-ms N [learn] sampler_rebuild_ms: sampler snapshot period\n"
+		"                            (log-uniform, unigram; default 1000, 0 = never)\n"
 		"  -f, --foreground          stay in the foreground (default: detach after binding)\n"
 		"      --print-config        print the effective configuration and exit\n"
 		"  -h, --help                this text\n"
@@ -283,7 +322,7 @@ static void usage(FILE *f)
 }
 
 enum { O_POLL = 256, O_BATCH, O_SQ, O_DATA, O_MAXDATA, O_PAGES, O_NUMA, O_SEG, O_RES,
-       O_PRINT, O_VERSION };
+       O_PRINT, O_VERSION, O_HOSTB, O_TIER, O_TOPK, O_REBUILD };
 
 static const struct option opts[] = {
 	{ "config", required_argument, NULL, 'c' },
@@ -301,6 +340,10 @@ static const struct option opts[] = {
 	{ "numa-node", required_argument, NULL, O_NUMA },
 	{ "segment-bytes", required_argument, NULL, O_SEG },
 	{ "reserve-bytes", required_argument, NULL, O_RES },
+	{ "host-budget-bytes", required_argument, NULL, O_HOSTB },
+	{ "tier-dir", required_argument, NULL, O_TIER },
+	{ "topk-threads", required_argument, NULL, O_TOPK },
+	{ "sampler-rebuild-ms", required_argument, NULL, O_REBUILD },
 	{ "foreground", no_argument, NULL, 'f' },
 	{ "print-config", no_argument, NULL, O_PRINT },
 	{ "help", no_argument, NULL, 'h' },
@@ -321,6 +364,9 @@ static bool flag_key(int o, const char **section, const char **key)
 		{ 'l', "server", "log_level" },     { O_PAGES, "pages", "mode" },
 		{ O_NUMA, "pages", "numa_node" },   { O_SEG, "pages", "segment_bytes" },
 		{ O_RES, "pages", "reserve_bytes" },
+		{ O_HOSTB, "memory", "host_budget_bytes" }, { O_TIER, "memory", "tier_dir" },
+		{ O_TOPK, "learn", "topk_threads" },
+		{ O_REBUILD, "learn", "sampler_rebuild_ms" },
 	};
 	for (size_t i = 0; i < sizeof map / sizeof map[0]; i++)
 		if (map[i].o == o) {
@@ -448,4 +494,7 @@ void srv_config_print(const struct srv_config *c, FILE *f)
 		fprintf(f, "numa_node = %d\n", c->numa_node);
 	fprintf(f, "segment_bytes = %" PRIu64 "\nreserve_bytes = %" PRIu64 "\n", c->segment_bytes,
 		c->reserve_bytes);
+	fprintf(f, "[memory]\nhost_budget_bytes = %" PRIu64 "\ntier_dir = %s\n"
+		   "[learn]\ntopk_threads = %u\nsampler_rebuild_ms = %u\n",
+		c->host_budget_bytes, c->tier_dir, c->topk_threads, c->sampler_rebuild_ms);
 }

@@ -76,9 +76,16 @@ int main(int argc, char **argv)
 		return 2;
 	}
 	srv_registry_init(&s.reg, s.cfg.pages, node, s.cfg.segment_bytes, s.cfg.reserve_bytes);
+	if (srv_learn_host_create(&s.cfg, &s.reg.learn) != 0) {
+		srv_log(SRV_LOG_ERROR, "cannot create the evictor");
+		if (s.topo)
+			hwloc_topology_destroy(s.topo);
+		return 1;
+	}
 
 	int listen_fd;
 	if (srv_listen(s.cfg.socket, &listen_fd)) {
+		srv_learn_host_destroy(s.reg.learn);
 		if (s.topo)
 			hwloc_topology_destroy(s.topo);
 		return 1;
@@ -102,6 +109,8 @@ int main(int argc, char **argv)
 		status = srv_control_run(&s, listen_fd, sig_fd);
 	}
 	srv_workers_free(&s);
+	srv_learn_host_destroy(s.reg.learn); /* the evictor reads tables: before they go */
+	s.reg.learn = NULL;
 	srv_registry_destroy(&s.reg);
 	if (s.release_fd >= 0)
 		close(s.release_fd);

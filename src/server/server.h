@@ -74,6 +74,10 @@ struct srv_config {
 	int numa_node;           /* DE_NUMA_AUTO, DE_NUMA_NONE or an OS index */
 	uint64_t segment_bytes;  /* first arena segment of a table */
 	uint64_t reserve_bytes;  /* virtual space of a table's arena; 0 = libdeshm default */
+	uint64_t host_budget_bytes; /* [memory]: all evicting tables together; 0 = none */
+	char tier_dir[256];      /* [memory]: disk tier directory; "" = no disk tier */
+	unsigned topk_threads;   /* [learn]: threads of one top-k; 0 = online CPUs (<= 64) */
+	unsigned sampler_rebuild_ms; /* [learn]: log-uniform/unigram snapshot period; 0 = none */
 	bool foreground;
 	bool print_config;
 };
@@ -99,6 +103,8 @@ struct srv_table {
 	de_table *t;
 	de_arena *names_arena;            /* string tables: key -> string offset index */
 	de_table *names;
+	struct srv_table_learn *rt;       /* admission/eviction/sampling state (learnops.c);
+	                                     NULL when the table uses none of them */
 	struct srv_table *next;
 };
 
@@ -108,6 +114,7 @@ struct srv_registry {
 	enum de_pages pages;
 	int numa_node;                    /* resolved: an OS index or DE_NUMA_NONE */
 	uint64_t segment_bytes, reserve_bytes;
+	struct srv_learn_host *learn;     /* learnops.c; NULL: tables get no learning state */
 };
 
 void srv_registry_init(struct srv_registry *r, enum de_pages pages, int numa_node,
@@ -152,6 +159,43 @@ int srv_table_keep_string(struct srv_table *t, uint64_t key, const void *s, uint
  */
 int srv_table_key_string(struct srv_table *t, uint64_t key, void *buf, size_t cap,
 			 uint32_t *len /* out */);
+
+/* ---- learning: admission, eviction, sampling, top-k (learnops.c) ------------------------ */
+
+struct srv_learn_host;
+struct srv_table_learn;
+struct srv_worker;
+
+/* The daemon's one evictor and the [memory]/[learn] settings. Control thread. */
+int srv_learn_host_create(const struct srv_config *cfg, struct srv_learn_host **out);
+/* Stop the evictor's thread and free it: after the workers stopped, before the registry's
+ * tables are freed. NULL is fine. */
+void srv_learn_host_destroy(struct srv_learn_host *h);
+/* Give a new table its admission filter, disk tier and eviction (the last step of
+ * creating it: after a success nothing may fail, the evictor holds the table). h may be
+ * NULL (nothing to do). 0 or a negative errno with msg. Control thread. */
+int srv_learn_table_attach(struct srv_learn_host *h, struct srv_table *t, char *msg,
+			   size_t msgcap);
+/* Samplers, admission filter, tier: after srv_learn_host_destroy. */
+void srv_learn_table_free(struct srv_table *t);
+
+/* Worker paths (keys in w->keys, statuses into w->status). step: the request's arg. */
+int srv_learn_lookup_create(struct srv_worker *w, struct srv_table *t, uint32_t n, float *vals,
+			    uint64_t step);
+int srv_learn_update(struct srv_worker *w, struct srv_table *t, uint32_t n, const float *vals,
+		     uint64_t step);
+/* APPLY_GRADS before the optimizer: create (admitted) missing keys, restore tier rows,
+ * keep strings; drops the gradients of keys not admitted by compacting w->keys and
+ * w->gbuf. *n: in, the keys; out, those to step. *step: the row time to use. */
+int srv_learn_grads_prepare(struct srv_worker *w, struct srv_table *t, uint32_t *n,
+			    uint64_t *step, uint32_t *created);
+/* SAMPLE, TOPK, KEY_STRINGS (descriptor checked by srv_check_sqe). */
+void srv_learn_execute(struct srv_worker *w, struct srv_table *t, char *data,
+		       uint64_t data_bytes, const struct de_sqe *e, struct de_cqe *q);
+/* Admission and eviction counters into a STATS reply. */
+void srv_learn_stats(struct srv_table *t, struct de_wire_stats *ws);
+/* worker.c: keep the strings of the keys w->status says were created (string tables). */
+void srv_keep_strings(struct srv_worker *w, struct srv_table *t, uint32_t n);
 
 /* ---- clients and workers ----------------------------------------------------------------- */
 
@@ -273,6 +317,15 @@ int srv_check_sqe(const struct de_sqe *e, uint32_t ntables, uint32_t dim, uint32
  */
 int srv_check_string_keys(const void *region, uint64_t len, uint32_t count, uint32_t *slen,
 			  uint64_t *soff);
+/* srv_check_sqe's part for SAMPLE, TOPK and KEY_STRINGS (learnops.c; proto.h states the
+ * rules). 0, -EINVAL or -E2BIG. */
+int srv_check_learn_sqe(const struct de_sqe *e, uint32_t dim, uint32_t key_type,
+			uint32_t max_batch, uint64_t data_bytes);
+/* SAMPLE's argument block (a copy), against the descriptor: kind, unique, power,
+ * num_sampled in 1..min(max_batch, DE_SAMPLE_MAX), reserved, and vals_len == 13 * ns +
+ * 4 * count. 0, -EINVAL or -E2BIG. */
+int srv_check_sample_args(const struct de_wire_sample_args *a, const struct de_sqe *e,
+			  uint32_t max_batch);
 
 /* The control plane: runs until SIGTERM/SIGINT. Returns the exit status. */
 int srv_control_run(struct srv_server *s, int listen_fd, int sig_fd);

@@ -42,6 +42,7 @@ void srv_registry_init(struct srv_registry *r, enum de_pages pages, int numa_nod
 
 static void table_free(struct srv_table *t)
 {
+	srv_learn_table_free(t); /* samplers first: they read the table */
 	de_table_close(t->names);
 	de_arena_destroy(t->names_arena);
 	de_table_close(t->t);
@@ -392,6 +393,10 @@ static int table_create(struct srv_registry *r, const char *name,
 			goto fail;
 		}
 	}
+	/* last: once the evictor holds the table nothing may fail */
+	err = srv_learn_table_attach(r->learn, t, msg, msgcap);
+	if (err)
+		goto fail;
 	*out = t;
 	return 0;
 fail:

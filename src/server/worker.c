@@ -25,7 +25,8 @@
  * APPLY_GRADS: keys and gradients are both copied out (gbuf) and the gradients checked
  * finite on the copy, so a client rewriting its area cannot slip a NaN past the check
  * into a shared row. Missing keys are created first by a no-op de_table_apply pass (its
- * status counts them and, for string tables, keeps their strings), then
+ * status counts them and, for string tables, keeps their strings; with admission only
+ * keys the table or its disk tier holds are kept: srv_learn_grads_prepare), then
  * de_optim_update steps each distinct key under its row's lock. Several workers may
  * step one row at once: de_table_apply serializes them (proto.h states the semantics).
  *
@@ -71,6 +72,8 @@ int srv_check_sqe(const struct de_sqe *e, uint32_t ntables, uint32_t dim, uint32
 		return 0;
 	if (e->op > DE_OP_MAX || e->table >= ntables)
 		return -EINVAL;
+	if (e->op >= DE_OP_SAMPLE) /* SAMPLE, TOPK, KEY_STRINGS: learnops.c */
+		return srv_check_learn_sqe(e, dim, key_type, max_batch, data_bytes);
 	if (e->op == DE_OP_STATS) {
 		if (e->flags || e->vals_off % 8 || e->vals_len < sizeof(struct de_wire_stats) ||
 		    !range_ok(data_bytes, e->vals_off, e->vals_len))
@@ -152,7 +155,7 @@ static int load_string_keys(struct srv_worker *w, struct srv_table *t, const cha
 }
 
 /* After a call that may have created keys: keep the strings of the created ones. */
-static void keep_strings(struct srv_worker *w, struct srv_table *t, uint32_t n)
+void srv_keep_strings(struct srv_worker *w, struct srv_table *t, uint32_t n)
 {
 	for (uint32_t i = 0; i < n; i++) {
 		if (w->status[i] != DE_CREATED)
@@ -174,11 +177,6 @@ static void wire_stats(struct srv_table *t, struct de_wire_stats *ws, const stru
 				      .arena_segments = s->arena_segments,
 				      .load_factor = s->load_factor, .dim = t->wcfg.dim,
 				      .key_type = t->wcfg.key_type };
-}
-
-static void noop_row(void *ctx, size_t i, float *row, struct de_row_meta *meta)
-{
-	(void)ctx, (void)i, (void)row, (void)meta;
 }
 
 /*
@@ -221,15 +219,13 @@ static void apply_grads(struct srv_worker *w, struct srv_table *t, const char *d
 			return;
 		}
 	}
-	int err = de_table_apply(t->t, w->keys, n, true, noop_row, NULL, w->status, e->arg);
+	/* create missing keys (admission and the disk tier decide: learnops.c) */
 	uint32_t created = 0;
-	for (uint32_t i = 0; !err && i < n; i++)
-		created += w->status[i] == DE_CREATED;
-	if (!err && created && t->wcfg.key_type == DE_KEYS_STRING)
-		keep_strings(w, t, n);
+	uint64_t step = e->arg;
+	int err = srv_learn_grads_prepare(w, t, &n, &step, &created);
 	size_t applied = 0;
-	if (!err)
-		err = de_optim_update(t->t, &oc, w->keys, n, w->gbuf, e->arg, &applied);
+	if (!err && n)
+		err = de_optim_update(t->t, &oc, w->keys, n, w->gbuf, step, &applied);
 	q->res = err;
 	q->count = (uint32_t)applied;
 	q->aux0 = created;
@@ -259,11 +255,16 @@ static void execute(struct srv_worker *w, struct srv_client *c, const struct de_
 		q->res = de_table_stats(t->t, &s);
 		if (!q->res) {
 			wire_stats(t, &ws, &s);
+			srv_learn_stats(t, &ws);
 			memcpy(data + e->vals_off, &ws, sizeof ws);
 		}
 		return;
 	}
 
+	if (e->op >= DE_OP_SAMPLE) {
+		srv_learn_execute(w, t, data, bytes, e, q);
+		return;
+	}
 	uint32_t n = e->count;
 	bool str = t->wcfg.key_type == DE_KEYS_STRING;
 	int err = 0;
@@ -283,13 +284,13 @@ static void execute(struct srv_worker *w, struct srv_client *c, const struct de_
 	size_t erased = 0;
 	switch (e->op) {
 	case DE_OP_LOOKUP:
-		if (e->flags & DE_LOOKUP_CREATE)
-			err = de_table_find_or_insert(t->t, w->keys, n, vals, w->status, e->arg);
+		if (e->flags & DE_LOOKUP_CREATE) /* admission, eviction: learnops.c */
+			err = srv_learn_lookup_create(w, t, n, vals, e->arg);
 		else
 			err = de_table_find(t->t, w->keys, n, vals, w->status);
 		break;
 	case DE_OP_UPDATE:
-		err = de_table_assign(t->t, w->keys, n, vals, w->status, e->arg);
+		err = srv_learn_update(w, t, n, vals, e->arg);
 		break;
 	default: /* DE_OP_ERASE */
 		err = de_table_erase(t->t, w->keys, n, &erased);
@@ -308,7 +309,7 @@ static void execute(struct srv_worker *w, struct srv_client *c, const struct de_
 		created += w->status[i] == DE_CREATED;
 	}
 	if (str && created)
-		keep_strings(w, t, n);
+		srv_keep_strings(w, t, n);
 	if (e->flags & DE_SQE_STATUS)
 		memcpy(data + e->status_off, w->status, n);
 	if (e->op == DE_OP_LOOKUP) {

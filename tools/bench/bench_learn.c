@@ -9,8 +9,9 @@
  *      against lock-free Hogwild steps (de_table_apply_hogwild), with writer threads on a
  *      Zipf(1.0) stream so that hot rows are contended: throughput of both, and the steps
  *      Hogwild lost (SGD with lr 1 and gradient -1 counts steps exactly in a row's value);
- *   3. eviction's cost on lookups: p99 of a batch lookup with the background evictor
- *      working against a budget vs without eviction;
+ *   3. eviction's cost on lookups: p99 of a batch lookup (find_or_insert + the eviction
+ *      hook) on a Zipf(1.0) stream over twice as many keys as the budget holds, with the
+ *      background evictor working, vs the same stream on a table that holds every key;
  *   4. top-k queries per second over the table.
  * Never: compares against figures from another run; every ratio is measured here.
  */
@@ -227,6 +228,191 @@ static uint64_t *zipf_stream(uint64_t nkeys, size_t n, uint64_t seed)
 	return k;
 }
 
+/* ---- 3: eviction overhead on lookups -------------------------------------------------- */
+
+#define EV_BATCH 512u
+#define EV_BATCHES 4000u
+
+struct evict_result {
+	uint64_t universe, budget_rows, evicted, resident, budget;
+	double base[2], with[2]; /* p50, p99 ns */
+};
+
+/* p50/p99 of find_or_insert (+ the eviction hook) over a Zipf stream */
+static int evict_run(struct learn_env *e, de_evict *ev, uint32_t id, const uint64_t *zk,
+		     double out[2])
+{
+	uint64_t *lat = malloc(EV_BATCHES * 8);
+	uint8_t *st = malloc(EV_BATCH);
+	int err = lat && st ? 0 : -ENOMEM;
+	for (unsigned b = 0; b < EV_BATCHES && !err; b++) {
+		const uint64_t *k = zk + (size_t)b * EV_BATCH;
+		uint64_t t0 = ns_now();
+		err = de_table_find_or_insert(e->t, k, EV_BATCH, e->out, st, 10 + b);
+		if (!err && ev)
+			err = de_evict_after_lookup(ev, id, k, EV_BATCH, st, e->out, 10 + b, NULL);
+		lat[b] = ns_now() - t0;
+		if (ev)
+			de_evict_set_step(ev, 10 + b);
+	}
+	if (!err)
+		pctl(lat, EV_BATCHES, out);
+	free(lat);
+	free(st);
+	return err;
+}
+
+static int evict_case(struct learn_env *e, struct evict_result *r)
+{
+	uint64_t universe = e->o.keys;
+	uint64_t *zk = zipf_stream(universe, (size_t)EV_BATCHES * EV_BATCH, 7);
+	if (!zk)
+		return -ENOMEM;
+	r->universe = universe;
+	/* base: every key of the universe already resident, no eviction */
+	int err = env_open(e, 0, 0, DE_INIT_UNIFORM);
+	uint64_t *kk = malloc(4096 * 8);
+	if (!kk)
+		err = -ENOMEM;
+	for (uint64_t i = 0; !err && i < universe; i += 4096) {
+		uint64_t n = universe - i < 4096 ? universe - i : 4096;
+		for (uint64_t j = 0; j < n; j++)
+			kk[j] = ((i + j) << 32) | 1;
+		err = de_table_find_or_insert(e->t, kk, n, e->out, NULL, 1);
+	}
+	free(kk);
+	if (!err)
+		err = evict_run(e, NULL, 0, zk, r->base);
+	env_close(e);
+	/* with eviction: LRU by step, a budget of half the universe, background thread on */
+	de_evict *ev = NULL;
+	uint32_t id = 0;
+	if (!err)
+		err = env_open(e, 0, 0, DE_INIT_UNIFORM);
+	struct de_evict_config ec = { .seed = 3 };
+	if (!err)
+		err = de_evict_create(&ec, &ev);
+	if (!err) {
+		/* the arena's fixed part (header, first index segments) plus the rows */
+		uint64_t row_bytes = (uint64_t)e->o.dim * 4 + 32;
+		r->budget_rows = universe / 2;
+		r->budget = de_arena_used_bytes(e->a) + r->budget_rows * row_bytes * 5 / 4;
+		struct de_evict_table_config tc = { .budget_bytes = r->budget,
+						    .policy = DE_EVICT_LRU,
+						    .clock = DE_CLOCK_STEP };
+		err = de_evict_add_table(ev, e->t, e->a, &tc, &id);
+	}
+	if (!err)
+		err = de_evict_start(ev);
+	if (!err)
+		err = evict_run(e, ev, id, zk, r->with);
+	if (ev) {
+		de_evict_stop(ev);
+		struct de_evict_stats es;
+		if (!err && !de_evict_stats(ev, id, &es)) {
+			r->evicted = es.evicted;
+			r->resident = es.resident_bytes;
+		}
+		de_evict_destroy(ev);
+	}
+	env_close(e);
+	free(zk);
+	return err;
+}
+
+/* ---- 4: top-k ------------------------------------------------------------------------ */
+
+#define TK_K 10u
+#define TK_NQ 64u
+
+struct topk_result {
+	double qps, qps_cos, plain_qps;
+};
+
+/* a plain loop: one query over n contiguous rows, scalar dot, insertion top-k */
+static float plain_topk(const float *rows, uint64_t n, uint32_t dim, const float *q)
+{
+	float best[TK_K];
+	for (unsigned j = 0; j < TK_K; j++)
+		best[j] = -INFINITY;
+	for (uint64_t i = 0; i < n; i++) {
+		const float *rr = rows + i * dim;
+		float s = 0;
+		for (uint32_t d = 0; d < dim; d++)
+			s += rr[d] * q[d];
+		if (s <= best[TK_K - 1])
+			continue;
+		unsigned j = TK_K - 1;
+		while (j > 0 && best[j - 1] < s) {
+			best[j] = best[j - 1];
+			j--;
+		}
+		best[j] = s;
+	}
+	return best[0];
+}
+
+static int topk_case(struct learn_env *e, struct topk_result *r)
+{
+	uint32_t dim = e->o.dim;
+	float *q = malloc((size_t)TK_NQ * dim * 4);
+	uint64_t *keys = malloc((size_t)TK_NQ * TK_K * 8);
+	float *sc = malloc((size_t)TK_NQ * TK_K * 4);
+	float *rows = NULL;
+	int err = q && keys && sc ? 0 : -ENOMEM;
+	uint64_t rng = 77;
+	for (size_t i = 0; !err && i < (size_t)TK_NQ * dim; i++)
+		q[i] = (float)((double)(lmix(rng++) >> 11) * 0x1p-53 - 0.5);
+	if (!err)
+		err = env_open(e, e->o.keys, 0, DE_INIT_UNIFORM);
+	for (int m = 0; m < 2 && !err; m++) {
+		size_t found;
+		uint64_t t0 = ns_now(), calls = 0;
+		do {
+			err = de_topk(e->t, q, TK_NQ, TK_K, m ? DE_TOPK_COSINE : DE_TOPK_DOT,
+				      e->o.threads, keys, sc, &found);
+			calls++;
+		} while (!err && ns_now() - t0 < (uint64_t)(e->o.seconds * 1e9));
+		double qps = (double)calls * TK_NQ / ((double)(ns_now() - t0) / 1e9);
+		if (m)
+			r->qps_cos = qps;
+		else
+			r->qps = qps;
+	}
+	/* baseline: the same rows copied to a contiguous array */
+	uint64_t n = 0;
+	if (!err) {
+		rows = malloc((size_t)e->o.keys * dim * 4);
+		uint64_t *kk = malloc(4096 * 8), cur = 0;
+		size_t got = 0;
+		err = rows && kk ? 0 : -ENOMEM;
+		while (!err) {
+			err = de_table_iterate(e->t, &cur, kk, rows + n * dim, 4096, &got);
+			if (err || !got)
+				break;
+			n += got;
+		}
+		free(kk);
+	}
+	if (!err) {
+		unsigned nq = 0;
+		volatile float sink = 0;
+		uint64_t t0 = ns_now();
+		do {
+			sink += plain_topk(rows, n, dim, q + (size_t)(nq % TK_NQ) * dim);
+			nq++;
+		} while (ns_now() - t0 < (uint64_t)(e->o.seconds * 1e9));
+		r->plain_qps = (double)nq / ((double)(ns_now() - t0) / 1e9);
+		(void)sink;
+	}
+	env_close(e);
+	free(rows);
+	free(q);
+	free(keys);
+	free(sc);
+	return err;
+}
+
 /* ---- the command ------------------------------------------------------------------- */
 
 static void usage(FILE *f)
@@ -359,6 +545,38 @@ int cmd_learn(int argc, char **argv, const char *command_line)
 	fprintf(hu, "  %-26s %9.2fM %9.2fM %11.4f%%\n", "hogwild", hr[1][0].rows_per_s / 1e6,
 		hr[1][1].rows_per_s / 1e6, 100 * hr[1][0].lost_fraction);
 
+	/* 3: eviction's cost on lookup latency */
+	struct evict_result ev = { 0 };
+	err = evict_case(&e, &ev);
+	if (err) {
+		fprintf(stderr, PROG " learn: eviction case: %s\n", strerror(-err));
+		goto out;
+	}
+	fprintf(hu, "lookup latency, batch %u, Zipf(1.0) over %" PRIu64 " keys (2x the budget of "
+		    "%" PRIu64 " rows):\n", EV_BATCH, ev.universe, ev.budget_rows);
+	fprintf(hu, "  %-34s p50 %8.1f us   p99 %8.1f us\n", "no eviction (all keys resident)",
+		ev.base[0] / 1e3, ev.base[1] / 1e3);
+	fprintf(hu, "  %-34s p50 %8.1f us   p99 %8.1f us   (%.2fx p99)\n",
+		"LRU eviction, background + inline", ev.with[0] / 1e3, ev.with[1] / 1e3,
+		ev.with[1] / ev.base[1]);
+	fprintf(hu, "  evicted %" PRIu64 " rows; resident %.1f MiB of a %.1f MiB budget\n",
+		ev.evicted, ev.resident / 1048576.0, ev.budget / 1048576.0);
+
+	/* 4: top-k */
+	struct topk_result tk = { 0 };
+	err = topk_case(&e, &tk);
+	if (err) {
+		fprintf(stderr, PROG " learn: top-k case: %s\n", strerror(-err));
+		goto out;
+	}
+	fprintf(hu, "top-%u over %" PRIu64 " rows, dim %u, %u queries per call, %u threads:\n",
+		TK_K, o.keys, o.dim, TK_NQ, o.threads);
+	fprintf(hu, "  de_topk dot     %10.1f queries/s\n", tk.qps);
+	fprintf(hu, "  de_topk cosine  %10.1f queries/s\n", tk.qps_cos);
+	fprintf(hu, "  plain loop      %10.1f queries/s (contiguous copy of the rows, scalar dot,\n"
+		    "                  1 thread, insertion top-k): de_topk is %.1fx\n",
+		tk.plain_qps, tk.qps / tk.plain_qps);
+
 	if (o.json) {
 		printf("{\"command\":\"learn\",\"keys\":%" PRIu64 ",\"dim\":%u,\"batch\":%u,"
 		       "\"threads\":%u,\"find_rows_per_s\":%.0f",
@@ -374,6 +592,15 @@ int cmd_learn(int argc, char **argv, const char *command_line)
 		       ",\"locked_sgd_lost_fraction\":%.6f,\"hogwild_sgd_lost_fraction\":%.6f",
 		       hr[0][0].rows_per_s, hr[0][1].rows_per_s, hr[1][0].rows_per_s,
 		       hr[1][1].rows_per_s, hr[0][0].lost_fraction, hr[1][0].lost_fraction);
+		printf(",\"evict_base_p50_ns\":%.0f,\"evict_base_p99_ns\":%.0f"
+		       ",\"evict_p50_ns\":%.0f,\"evict_p99_ns\":%.0f,\"evict_p99_over_base_p99\":%.3f"
+		       ",\"evicted_rows\":%" PRIu64 ",\"evict_resident_bytes\":%" PRIu64
+		       ",\"evict_budget_bytes\":%" PRIu64,
+		       ev.base[0], ev.base[1], ev.with[0], ev.with[1], ev.with[1] / ev.base[1],
+		       ev.evicted, ev.resident, ev.budget);
+		printf(",\"topk_queries_per_s\":%.1f,\"topk_cosine_queries_per_s\":%.1f"
+		       ",\"topk_plain_loop_queries_per_s\":%.1f,\"topk_k\":%u,\"topk_batch\":%u",
+		       tk.qps, tk.qps_cos, tk.plain_qps, TK_K, TK_NQ);
 		printf(",\"machine\":");
 		bench_machine_print(stdout, true);
 		printf("}\n");

@@ -49,11 +49,13 @@ Rules a caller must know:
   tables and ``""`` for string tables; None to disable) gives a zero vector, is excluded
   from sum/mean bags (a mean divides by the number of other keys; an all-padding bag is
   zeros), and gets no gradient, as ``padding_idx`` does in ``nn.EmbeddingBag``.
-* **processes.** A :class:`dynemb.Client` is neither thread-safe nor fork-safe. Without
-  ``client=`` the module connects lazily, one Client per process (``socket_path``): build
-  it in the parent, fork or spawn trainers, and each opens its own connection on its
-  first forward. A connection inherited through ``fork`` is left alone, never closed from
-  the child. Pickling (``spawn``) drops the connection. DataLoader workers should only
+* **processes.** A :class:`dynemb.Client` is not fork-safe. Without ``client=`` the
+  module connects lazily to ``socket_path``, one Client per process shared by all its
+  modules: build the model in the parent, fork or spawn trainers, and each opens its own
+  connection on its first forward. A connection inherited through ``fork`` is left alone,
+  never used or closed from the child. Pickling (``spawn``) drops the connection. Threads
+  of one process share the Client (it serialises calls with a lock); for parallel
+  trainer threads give each module its own ``client=``. DataLoader workers should only
   produce keys; the module runs in the trainer.
 """
 
@@ -66,12 +68,29 @@ from torch import nn
 
 import dynemb as _dynemb
 
-__all__ = ["DynamicEmbedding"]
+__all__ = ["DynamicEmbedding", "close_clients"]
 
 _DEFAULT = object()
-# Clients a forked child inherited from its parent: kept referenced so that their
-# __del__ never runs de_close on the parent's connection from the child.
-_inherited = []
+# One Client per (process, socket), shared by the modules of that process (a Client has a
+# lock; each has a shared-memory channel, so one per module would waste them). Entries of
+# another pid are what a forked child inherited from its parent: they stay referenced, so
+# that their __del__ never runs de_close on the parent's connection from the child.
+_clients = {}
+
+
+def _client_for(socket_path):
+    key = (os.getpid(), socket_path)
+    c = _clients.get(key)
+    if c is None or c.closed:
+        c = _clients[key] = _dynemb.Client(socket_path, name=f"torch:{os.getpid()}")
+    return c
+
+
+def close_clients():
+    """Close this process's shared connections (modules reconnect on their next use)."""
+    pid = os.getpid()
+    for key in [k for k in _clients if k[0] == pid]:
+        _clients.pop(key).close()
 
 
 class _LookupPush(torch.autograd.Function):
@@ -137,34 +156,23 @@ class DynamicEmbedding(nn.Module):
         """The :class:`dynemb.Table` of this process (connecting on first use)."""
         pid = os.getpid()
         conn = self._conn
-        if conn is not None and conn[0] == pid:
+        if conn is not None and conn[0] == pid and not conn[1].closed:
             return conn[2]
-        if conn is not None and conn[1] is not None:
-            _inherited.append(conn[1])  # another process's connection: never close it here
-        own = None
         if self._given_client is not None:
             c = self._given_client
         else:
-            c = own = _dynemb.Client(self._socket_path, name=f"torch:{self.name}")
-        try:
-            t = c.open(self.name, self.dim, keys=self.key_type, **self._table_config)
-        except BaseException:
-            if own is not None:
-                own.close()
-            raise
+            c = _client_for(self._socket_path)
+        t = c.open(self.name, self.dim, keys=self.key_type, **self._table_config)
         if t.dim != self.dim:
             raise ValueError(f"table {self.name!r} has dim {t.dim}, not {self.dim}")
-        self._conn = (pid, own, t)
+        self._conn = (pid, c, t)
         return t
 
     def close(self):
-        """Close this process's own connection (a later forward reconnects)."""
-        conn, self._conn = self._conn, None
-        if conn is not None and conn[1] is not None:
-            if conn[0] == os.getpid():
-                conn[1].close()
-            else:
-                _inherited.append(conn[1])
+        """Forget this process's table handle; the connection is shared by the process's
+        modules and stays open (:func:`close_clients` closes it). A later forward
+        reopens the table."""
+        self._conn = None
 
     def __getstate__(self):
         state = self.__dict__.copy()

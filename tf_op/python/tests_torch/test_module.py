@@ -247,3 +247,13 @@ def test_dense_part_with_torch_optim(daemon, tname):
     # d out / d row = lin.weight for each key: the server stepped row -= 0.1 * weight
     assert np.allclose(rows_of(emb, [1, 2]), r0 - 0.1 * w0.numpy(), atol=1e-6)
     emb.close()
+
+
+def test_modules_of_a_process_share_one_client(daemon, tname):
+    a = sgd_emb(daemon, tname + "a")
+    b = sgd_emb(daemon, tname + "b", mode="sum")
+    assert a.table.client is b.table.client
+    det.close_clients()                                  # closes it; modules reconnect
+    assert a.table.client is not None and not a.table.client.closed
+    assert a.table.client is b.table.client
+    assert a(torch.tensor([1])).shape == (1, DIM)

@@ -1,0 +1,38 @@
+/*
+ * client_priv.h — PRIVATE to libdynemb (src/client): what client.c lends to the other
+ * files of the library (client_learn.c). Not installed, not exported (libdynemb.map).
+ */
+#ifndef DE_CLIENT_PRIV_H
+#define DE_CLIENT_PRIV_H
+
+#include <stdint.h>
+
+#include "de_shm.h"
+#include "dynemb.h"
+
+/* A table handle as the wire knows it, and the room one request may use now. */
+struct de_priv_table {
+	uint16_t wire_id;
+	uint32_t dim, key_type;
+	uint64_t seed;
+	uint32_t max_batch;  /* the daemon's */
+	uint64_t avail;      /* bytes the largest request region can take now (all parts,
+	                        each rounded up to 64) */
+};
+/* -EINVAL for a bad handle; the connection's broken error. */
+int de_priv_table(de_client *c, int table, struct de_priv_table *out /* out */);
+
+/*
+ * One blocking request whose data region is [keys | vals | status] (each part 64-byte
+ * aligned): keys_in (keys_len bytes) and status_in (status_len bytes, may be NULL with
+ * 0) are copied in, vals_in (may be NULL) into the vals part of vals_len bytes. e: op,
+ * flags, table (the wire id), count and arg set by the caller; the offsets and lengths
+ * are filled here. After the completion the vals part is copied to vals_out (may be
+ * NULL) when res is 0 or -ENOSPC. cqe: the completion. Returns 0 (the request ran: see
+ * cqe->res) or a negative errno of the transport (-ENOBUFS: the region cannot fit).
+ */
+int de_priv_call(de_client *c, struct de_sqe *e, const void *keys_in, uint64_t keys_len,
+		 const void *vals_in, uint64_t vals_len, void *vals_out, const void *status_in,
+		 uint64_t status_len, struct de_cqe *cqe /* out */);
+
+#endif /* DE_CLIENT_PRIV_H */

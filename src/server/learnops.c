@@ -1,0 +1,783 @@
+/*
+ * learnops.c — dynembd's learning features beyond the optimizer: admission, eviction
+ * under memory budgets with the disk tier, candidate sampling and top-k (libdelearn,
+ * src/learn/de_learn.h), and the ops SAMPLE, TOPK, KEY_STRINGS (proto.h).
+ *
+ * Owns: the daemon's one evictor (struct srv_learn_host) and, per table, its admission
+ * filter, its disk tier and its samplers (struct srv_table_learn, t->rt).
+ *
+ * Admission (a table with admission mode count or probability):
+ *   - A SIGHTING is one occurrence of a missing key in a create-lookup (LOOKUP with
+ *     DE_LOOKUP_CREATE): a key twice in one batch is seen twice. Read-only lookups,
+ *     UPDATE and APPLY_GRADS are not sightings. Keys the table holds are not counted.
+ *   - COUNT: the key is admitted at the sighting that brings its count-min estimate to
+ *     min_count (the Nth sighting, or earlier on a sketch collision: the sketch never
+ *     under-counts single-threaded). PROBABILITY: each sighting admits with p.
+ *   - An admitted key is created by that lookup (status CREATED). A key not admitted is
+ *     not stored: it reads as its initializer value (reject_value init, de_table_init_row)
+ *     or zeros, with status MISSING.
+ *   - UPDATE and APPLY_GRADS never create a key the table does not hold: its values or
+ *     gradients are dropped and counted (stats grads_dropped). So a trainer's first
+ *     gradients for a key not admitted yet are lost, as in the paper.
+ *   - A key the disk tier holds was admitted before: it is restored, not filtered.
+ *   - The sketch is seeded with the table seed: two daemons given the same single
+ *     stream admit the same keys.
+ *
+ * Eviction (a table with an eviction policy): the table joins the daemon's evictor (one
+ * per daemon, DE_EVICT_MAX_TABLES tables at most, -ENOSPC past that) with its budget;
+ * [memory] host_budget_bytes bounds all evicting tables together (tables without a
+ * policy are not counted). The evictor's thread runs every 10 ms; after each lookup,
+ * update or gradient push that created keys, de_evict_after_lookup restores returning
+ * keys from the tier (values, optimizer slots, Adam's per-key step count) and evicts
+ * inline when over budget. Clocks: policy ttl with ttl_unit seconds and policy lru with
+ * lru_clock seconds run on CLOCK_MONOTONIC seconds, so every row time of such a table
+ * (its last_step) is that clock, whatever step the client passes; other tables use the
+ * request's step (the evictor's "now" is the largest step seen). lfu_decay (a half-life
+ * in steps) is rounded to whole steps (at least 1 when > 0).
+ * Read-only (zero-copy) clients keep working while rows go: a row erased under them
+ * reads as missing or retries, per the table's seqlock protocol.
+ *
+ * Sampling: per table, one de_sampler per (kind, power) made on first use (at most
+ * MAX_SAMPLERS, the oldest replaced), snapshot kinds rebuilt every [learn]
+ * sampler_rebuild_ms by their thread, and at once when a snapshot is empty while the
+ * table is not. Each call passes its own unique flag and seed (de_sample_seeded).
+ * Top-k: de_topk with [learn] topk_threads threads inside the worker's call.
+ *
+ * Never: trust a byte of the data area (descriptors are checked by srv_check_sqe and
+ * srv_check_learn_sqe; argument blocks, keys and queries are copied out before use);
+ * create a key admission rejected.
+ */
+#include "server.h"
+
+#include <errno.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#define MAX_SAMPLERS 4u
+
+_Static_assert(DE_WSAMPLE_MAX == DE_SAMPLE_MAX, "proto.h and de_learn.h agree");
+_Static_assert(DE_WTOPK_MAX_K == DE_TOPK_MAX_K, "proto.h and de_learn.h agree");
+_Static_assert(DE_WTOPK_MAX_QUERIES == DE_TOPK_MAX_QUERIES, "proto.h and de_learn.h agree");
+_Static_assert(DE_WTOPK_MAX_RESULTS == DE_TOPK_MAX_RESULTS, "proto.h and de_learn.h agree");
+_Static_assert(DE_WSAMPLE_MAX_POWER == DE_SAMPLER_MAX_POWER, "proto.h and de_learn.h agree");
+
+struct srv_learn_host {
+	de_evict *ev;
+	uint64_t host_budget;
+	char tier_dir[256];
+	unsigned topk_threads;
+	unsigned rebuild_ms;
+	uint32_t max_batch;
+	unsigned ntables;             /* registered with ev */
+};
+
+struct sampler_slot {
+	int kind;
+	double power;
+	de_sampler *s;
+	uint64_t used;                /* for replacing the oldest */
+};
+
+struct srv_table_learn {
+	struct srv_learn_host *h;
+	de_admit *admit;              /* NULL: every key is admitted */
+	bool reject_zeros;
+	bool evict;                   /* registered with h->ev as evict_id */
+	uint32_t evict_id;
+	bool time_clock;
+	de_tier *tier;                /* owned */
+	pthread_rwlock_t slock;       /* samplers: read to use, write to add/replace */
+	struct sampler_slot samplers[MAX_SAMPLERS];
+	uint64_t sampler_clock;
+};
+
+/* ---- host ------------------------------------------------------------------------------ */
+
+int srv_learn_host_create(const struct srv_config *cfg, struct srv_learn_host **out)
+{
+	struct srv_learn_host *h = calloc(1, sizeof *h);
+	if (!h)
+		return -ENOMEM;
+	h->host_budget = cfg->host_budget_bytes;
+	snprintf(h->tier_dir, sizeof h->tier_dir, "%s", cfg->tier_dir);
+	h->topk_threads = cfg->topk_threads;
+	if (!h->topk_threads) {
+		long n = sysconf(_SC_NPROCESSORS_ONLN);
+		h->topk_threads = n < 1 ? 1 : n > (long)DE_TOPK_MAX_THREADS ? DE_TOPK_MAX_THREADS
+									  : (unsigned)n;
+	}
+	h->rebuild_ms = cfg->sampler_rebuild_ms;
+	h->max_batch = cfg->max_batch;
+	struct de_evict_config ec = { .host_budget_bytes = cfg->host_budget_bytes,
+				      .seed = 0x64796e656d62ull };
+	int err = de_evict_create(&ec, &h->ev);
+	if (err) {
+		free(h);
+		return err;
+	}
+	*out = h;
+	return 0;
+}
+
+void srv_learn_host_destroy(struct srv_learn_host *h)
+{
+	if (!h)
+		return;
+	de_evict_destroy(h->ev); /* stops the thread; flushes staged victims to the tiers */
+	free(h);
+}
+
+/* mkdir -p */
+static int mkdirs(const char *path)
+{
+	char buf[256];
+	snprintf(buf, sizeof buf, "%s", path);
+	for (char *p = buf + 1; *p; p++) {
+		if (*p != '/')
+			continue;
+		*p = 0;
+		if (mkdir(buf, 0700) && errno != EEXIST)
+			return -errno;
+		*p = '/';
+	}
+	if (mkdir(buf, 0700) && errno != EEXIST)
+		return -errno;
+	return 0;
+}
+
+/* ---- tables ---------------------------------------------------------------------------- */
+
+void srv_learn_table_free(struct srv_table *t)
+{
+	struct srv_table_learn *L = t->rt;
+	if (!L)
+		return;
+	for (unsigned i = 0; i < MAX_SAMPLERS; i++)
+		de_sampler_destroy(L->samplers[i].s); /* stops its rebuild thread */
+	pthread_rwlock_destroy(&L->slock);
+	de_admit_destroy(L->admit);
+	de_tier_close(L->tier);
+	free(L);
+	t->rt = NULL;
+}
+
+int srv_learn_table_attach(struct srv_learn_host *h, struct srv_table *t, char *msg,
+			   size_t msgcap)
+{
+	if (!h)
+		return 0;
+	const struct de_wire_admission *a = &t->learn.admission;
+	const struct de_wire_eviction *e = &t->learn.eviction;
+	struct srv_table_learn *L = calloc(1, sizeof *L);
+	if (!L)
+		return -ENOMEM;
+	L->h = h;
+	pthread_rwlock_init(&L->slock, NULL);
+	t->rt = L; /* freed by srv_learn_table_free, also on the failures below */
+	int err = 0;
+	if (a->mode != DE_WADMIT_ALL) {
+		struct de_admit_config ac = {
+			.mode = a->mode == DE_WADMIT_COUNT ? DE_ADMIT_COUNT : DE_ADMIT_PROB,
+			.threshold = a->min_count, .width = a->sketch_width, .depth = a->sketch_depth,
+			.probability = a->probability, .seed = t->wcfg.seed,
+		};
+		err = de_admit_create(&ac, &L->admit);
+		if (err) {
+			snprintf(msg, msgcap, "table '%s': admission filter: %s", t->name, strerror(-err));
+			return err;
+		}
+		L->reject_zeros = a->reject_value == DE_WREJECT_ZEROS;
+	}
+	if (e->policy == DE_WEVICT_NONE)
+		return 0;
+	if (e->flags & DE_WEVICT_DISK_TIER) {
+		if (!h->tier_dir[0]) {
+			snprintf(msg, msgcap, "table '%s' asks for a disk tier, but the daemon has none "
+				 "([memory] tier_dir is empty)", t->name);
+			return -EINVAL;
+		}
+		err = mkdirs(h->tier_dir);
+		if (!err)
+			err = de_tier_open(h->tier_dir, de_table_row_floats(t->t), &L->tier);
+		if (err) {
+			snprintf(msg, msgcap, "table '%s': disk tier in %s: %s", t->name, h->tier_dir,
+				 strerror(-err));
+			return err;
+		}
+	}
+	struct de_evict_table_config tc = { .budget_bytes = e->budget_bytes, .tier = L->tier };
+	switch (e->policy) {
+	case DE_WEVICT_LRU:
+		tc.policy = DE_EVICT_LRU;
+		tc.clock = e->lru_clock == DE_WUNIT_SECONDS ? DE_CLOCK_TIME : DE_CLOCK_STEP;
+		break;
+	case DE_WEVICT_LFU:
+		tc.policy = DE_EVICT_LFU;
+		tc.half_life = e->lfu_decay > 0 ? (uint64_t)fmax(1.0, llround(e->lfu_decay)) : 0;
+		break;
+	case DE_WEVICT_TTL:
+		tc.policy = DE_EVICT_TTL;
+		tc.clock = e->ttl_unit == DE_WUNIT_SECONDS ? DE_CLOCK_TIME : DE_CLOCK_STEP;
+		tc.ttl = e->ttl;
+		break;
+	default:
+		tc.policy = DE_EVICT_L2;
+		break;
+	}
+	L->time_clock = tc.clock == DE_CLOCK_TIME;
+	/* the library registers tables with its thread stopped: stop, add, start. Workers
+	 * may be inside de_evict_after_lookup for other tables meanwhile (evict.c publishes
+	 * the table count with release/acquire). */
+	de_evict_stop(h->ev);
+	err = de_evict_add_table(h->ev, t->t, t->arena, &tc, &L->evict_id);
+	int serr = h->ntables || !err ? de_evict_start(h->ev) : 0;
+	if (err) {
+		snprintf(msg, msgcap, "table '%s': eviction: %s%s", t->name, strerror(-err),
+			 err == -ENOSPC ? " (the daemon evicts at most 64 tables)" : "");
+		return err;
+	}
+	h->ntables++;
+	L->evict = true;
+	if (serr) /* the budget still holds inline, after each lookup */
+		srv_log(SRV_LOG_WARN, "eviction thread: %s", strerror(-serr));
+	return 0;
+}
+
+/* The row time of a request on t: seconds for time-clock tables, else the step (and the
+ * evictor's step clock moves to it). */
+static uint64_t row_time(struct srv_table *t, uint64_t step)
+{
+	struct srv_table_learn *L = t->rt;
+	if (!L || !L->evict)
+		return step;
+	if (L->time_clock)
+		return de_evict_now(L->h->ev, L->evict_id);
+	de_evict_set_step(L->h->ev, step);
+	return step;
+}
+
+static void after_create(struct srv_table *t, const uint64_t *keys, uint32_t n,
+			 const uint8_t *status, float *vals, uint64_t step)
+{
+	struct srv_table_learn *L = t->rt;
+	if (!L || !L->evict)
+		return;
+	int err = de_evict_after_lookup(L->h->ev, L->evict_id, keys, n, status, vals, step, NULL);
+	if (err)
+		srv_log(SRV_LOG_WARN, "table '%s': eviction after a lookup: %s", t->name,
+			strerror(-err));
+}
+
+static bool tier_has(struct srv_table_learn *L, uint64_t key)
+{
+	return L->tier && de_tier_contains(L->tier, key);
+}
+
+/* ---- the worker's paths ------------------------------------------------------------------ */
+
+int srv_learn_lookup_create(struct srv_worker *w, struct srv_table *t, uint32_t n, float *vals,
+			    uint64_t step)
+{
+	struct srv_table_learn *L = t->rt;
+	step = row_time(t, step);
+	if (!L || !L->admit) {
+		int err = de_table_find_or_insert(t->t, w->keys, n, vals, w->status, step);
+		if (!err)
+			after_create(t, w->keys, n, w->status, vals, step);
+		return err;
+	}
+	uint32_t dim = t->wcfg.dim;
+	int err = de_table_find(t->t, w->keys, n, vals, w->status);
+	if (err)
+		return err;
+	/* sightings: the missing keys, in batch order */
+	uint32_t nmiss = 0;
+	for (uint32_t i = 0; i < n; i++)
+		nmiss += w->status[i] == DE_MISSING;
+	uint64_t *skeys = malloc((size_t)n * 8);
+	uint64_t *mk = malloc((size_t)(nmiss ? nmiss : 1) * 8);
+	uint32_t *pos = malloc((size_t)n * 4);
+	uint8_t *ad = malloc((size_t)(nmiss ? nmiss : 1));
+	uint8_t *st = malloc(n);
+	float *sv = malloc((size_t)n * dim * 4);
+	if (!skeys || !mk || !pos || !ad || !st || !sv) {
+		err = -ENOMEM;
+		goto out;
+	}
+	uint32_t m = 0;
+	for (uint32_t i = 0; i < n; i++)
+		if (w->status[i] == DE_MISSING && !tier_has(L, w->keys[i]))
+			mk[m++] = w->keys[i];
+	if (m && (err = de_admit_check(L->admit, mk, m, ad)))
+		goto out;
+	uint32_t k = 0, j = 0;
+	for (uint32_t i = 0; i < n; i++) {
+		bool keep = true;
+		if (w->status[i] == DE_MISSING && !tier_has(L, w->keys[i]))
+			keep = ad[j++] != 0;
+		if (keep) {
+			skeys[k] = w->keys[i];
+			pos[k++] = i;
+		} else {
+			/* not admitted: not stored; reads as its initializer or zeros */
+			if (L->reject_zeros)
+				memset(vals + (size_t)i * dim, 0, 4ull * dim);
+			else
+				de_table_init_row(t->t, w->keys[i], vals + (size_t)i * dim);
+			w->status[i] = DE_MISSING;
+		}
+	}
+	if (k) {
+		err = de_table_find_or_insert(t->t, skeys, k, sv, st, step);
+		if (err)
+			goto out;
+		after_create(t, skeys, k, st, sv, step);
+		for (uint32_t q = 0; q < k; q++) {
+			memcpy(vals + (size_t)pos[q] * dim, sv + (size_t)q * dim, 4ull * dim);
+			w->status[pos[q]] = st[q];
+		}
+	}
+out:
+	free(skeys);
+	free(mk);
+	free(pos);
+	free(ad);
+	free(st);
+	free(sv);
+	return err;
+}
+
+static void noop_row(void *ctx, size_t i, float *row, struct de_row_meta *meta)
+{
+	(void)ctx, (void)i, (void)row, (void)meta;
+}
+
+int srv_learn_update(struct srv_worker *w, struct srv_table *t, uint32_t n, const float *vals,
+		     uint64_t step)
+{
+	struct srv_table_learn *L = t->rt;
+	step = row_time(t, step);
+	uint32_t dim = t->wcfg.dim;
+	if (!L || !L->admit) {
+		int err = de_table_assign(t->t, w->keys, n, vals, w->status, step);
+		if (err || !L || !L->evict)
+			return err;
+		/* an assigned value wins over an evicted row the tier holds: drop the record */
+		if (L->tier) {
+			float *row = malloc(4ull * de_table_row_floats(t->t));
+			if (!row)
+				return -ENOMEM;
+			for (uint32_t i = 0; i < n; i++) {
+				struct de_row_meta m;
+				if (w->status[i] == DE_CREATED)
+					de_tier_take(L->tier, w->keys[i], row, &m);
+			}
+			free(row);
+		}
+		after_create(t, w->keys, n, w->status, NULL, step);
+		return 0;
+	}
+	/* admission: only keys the table holds (or the tier) are written */
+	int err = de_table_apply(t->t, w->keys, n, false, noop_row, NULL, w->status, DE_STEP_KEEP);
+	if (err)
+		return err;
+	uint64_t *sk = malloc((size_t)n * 8);
+	float *sv = malloc((size_t)n * dim * 4);
+	uint32_t *pos = malloc((size_t)n * 4);
+	uint8_t *st = malloc(n);
+	if (!sk || !sv || !pos || !st) {
+		err = -ENOMEM;
+		goto out;
+	}
+	uint32_t k = 0, dropped = 0;
+	for (uint32_t i = 0; i < n; i++) {
+		if (w->keys[i] && w->status[i] == DE_MISSING && !tier_has(L, w->keys[i])) {
+			dropped++;
+			continue;
+		}
+		sk[k] = w->keys[i];
+		memcpy(sv + (size_t)k * dim, vals + (size_t)i * dim, 4ull * dim);
+		pos[k++] = i;
+	}
+	if (dropped)
+		de_admit_drop_grads(L->admit, dropped);
+	if (k) {
+		/* tier-held keys: restore (slots, counts) first, then the assignment wins */
+		err = de_table_apply(t->t, sk, k, true, noop_row, NULL, st, step);
+		if (!err)
+			after_create(t, sk, k, st, NULL, step);
+		if (!err)
+			err = de_table_assign(t->t, sk, k, sv, NULL, step);
+		for (uint32_t q = 0; !err && q < k; q++)
+			w->status[pos[q]] = st[q];
+	}
+out:
+	free(sk);
+	free(sv);
+	free(pos);
+	free(st);
+	return err;
+}
+
+int srv_learn_grads_prepare(struct srv_worker *w, struct srv_table *t, uint32_t *np,
+			    uint64_t *step, uint32_t *created)
+{
+	struct srv_table_learn *L = t->rt;
+	uint32_t n = *np, dim = t->wcfg.dim;
+	*step = row_time(t, *step);
+	*created = 0;
+	bool admit = L && L->admit;
+	int err = de_table_apply(t->t, w->keys, n, !admit, noop_row, NULL, w->status,
+				 admit ? DE_STEP_KEEP : *step);
+	if (err)
+		return err;
+	if (admit) {
+		/* missing keys the tier holds come back; the others' gradients are dropped */
+		uint64_t *tk = malloc((size_t)n * 8);
+		uint32_t *tp = malloc((size_t)n * 4);
+		uint8_t *ts = malloc(n);
+		if (!tk || !tp || !ts) {
+			free(tk), free(tp), free(ts);
+			return -ENOMEM;
+		}
+		uint32_t m = 0;
+		for (uint32_t i = 0; i < n; i++)
+			if (w->keys[i] && w->status[i] == DE_MISSING && tier_has(L, w->keys[i])) {
+				tk[m] = w->keys[i];
+				tp[m++] = i;
+			}
+		if (m) {
+			err = de_table_apply(t->t, tk, m, true, noop_row, NULL, ts, *step);
+			for (uint32_t q = 0; !err && q < m; q++)
+				w->status[tp[q]] = ts[q];
+		}
+		free(tk), free(tp), free(ts);
+		if (err)
+			return err;
+	}
+	for (uint32_t i = 0; i < n; i++)
+		*created += w->status[i] == DE_CREATED;
+	if (*created && t->wcfg.key_type == DE_KEYS_STRING)
+		srv_keep_strings(w, t, n);
+	if (*created)
+		after_create(t, w->keys, n, w->status, NULL, *step);
+	if (admit) {
+		uint32_t k = 0, dropped = 0;
+		for (uint32_t i = 0; i < n; i++) {
+			if (w->keys[i] && w->status[i] == DE_MISSING) {
+				dropped++;
+				continue;
+			}
+			if (k != i) {
+				w->keys[k] = w->keys[i];
+				memmove(w->gbuf + (size_t)k * dim, w->gbuf + (size_t)i * dim, 4ull * dim);
+			}
+			k++;
+		}
+		if (dropped)
+			de_admit_drop_grads(L->admit, dropped);
+		*np = k;
+	}
+	return 0;
+}
+
+/* ---- STATS ------------------------------------------------------------------------------ */
+
+void srv_learn_stats(struct srv_table *t, struct de_wire_stats *ws)
+{
+	struct srv_table_learn *L = t->rt;
+	if (!L)
+		return;
+	struct de_admit_stats as;
+	if (L->admit && !de_admit_stats(L->admit, &as)) {
+		ws->admitted = as.admitted;
+		ws->filtered = as.filtered;
+		ws->grads_dropped = as.dropped_grads;
+	}
+	struct de_evict_stats es;
+	if (L->evict && !de_evict_stats(L->h->ev, L->evict_id, &es)) {
+		ws->evicted = es.evicted;
+		ws->evicted_to_tier = es.evicted_to_tier;
+		ws->restored_from_tier = es.restored_from_tier;
+		ws->returned_fresh = es.returned_fresh;
+		ws->resident_bytes = es.resident_bytes;
+		ws->budget_bytes = es.budget_bytes;
+	}
+}
+
+/* ---- descriptor checks (pure) ----------------------------------------------------------- */
+
+static bool range_ok(uint64_t data_bytes, uint64_t off, uint64_t len)
+{
+	return off <= data_bytes && len <= data_bytes - off;
+}
+
+int srv_check_learn_sqe(const struct de_sqe *e, uint32_t dim, uint32_t key_type,
+			uint32_t max_batch, uint64_t data_bytes)
+{
+	uint64_t n = e->count;
+	if (n > max_batch)
+		return -E2BIG;
+	if (e->keys_off % 8 || !range_ok(data_bytes, e->keys_off, e->keys_len) ||
+	    !range_ok(data_bytes, e->vals_off, e->vals_len))
+		return -EINVAL;
+	switch (e->op) {
+	case DE_OP_SAMPLE:
+		if ((e->flags & ~DE_SAMPLE_STR) || e->arg || e->vals_off % 8 ||
+		    e->status_off % 8 ||
+		    !range_ok(data_bytes, e->status_off, sizeof(struct de_wire_sample_args)))
+			return -EINVAL;
+		if ((e->flags & DE_SAMPLE_STR) ? key_type != DE_KEYS_STRING || e->keys_len < 4 * n
+					       : e->keys_len != 8 * n)
+			return -EINVAL;
+		/* at least one sample: 13 bytes past the true_expected counts */
+		if (e->vals_len < 4 * n + 13)
+			return -EINVAL;
+		return 0;
+	case DE_OP_TOPK:
+		if ((e->flags & ~DE_WTOPK_COSINE) || e->status_off || !n || e->vals_off % 8 ||
+		    e->keys_off % 4 || e->keys_len != 4 * n * dim)
+			return -EINVAL;
+		if (!e->arg || e->arg > DE_TOPK_MAX_K)
+			return e->arg ? -E2BIG : -EINVAL;
+		if (n > DE_TOPK_MAX_QUERIES || n * e->arg > DE_TOPK_MAX_RESULTS)
+			return -E2BIG;
+		if (e->vals_len != 12 * n * e->arg)
+			return -EINVAL;
+		return 0;
+	case DE_OP_KEY_STRINGS:
+		if (e->flags || e->arg || e->status_off || key_type != DE_KEYS_STRING ||
+		    e->keys_len != 8 * n || e->vals_off % 4 || e->vals_len < 4 * n)
+			return -EINVAL;
+		return 0;
+	default:
+		return -EINVAL;
+	}
+}
+
+int srv_check_sample_args(const struct de_wire_sample_args *a, const struct de_sqe *e,
+			  uint32_t max_batch)
+{
+	if (a->kind > DE_SAMPLER_UNIGRAM || a->unique > 1 || a->reserved)
+		return -EINVAL;
+	if (a->kind == DE_SAMPLER_UNIGRAM ? !(a->power > 0 && a->power <= DE_WSAMPLE_MAX_POWER)
+					  : (a->power != 0 || signbit(a->power)))
+		return -EINVAL;
+	uint32_t lim = max_batch < DE_SAMPLE_MAX ? max_batch : DE_SAMPLE_MAX;
+	if (!a->num_sampled)
+		return -EINVAL;
+	if (a->num_sampled > lim)
+		return -E2BIG;
+	if (e->vals_len != 13ull * a->num_sampled + 4ull * e->count)
+		return -EINVAL;
+	return 0;
+}
+
+/* ---- SAMPLE ----------------------------------------------------------------------------- */
+
+/* The table's sampler for (kind, power), made on first use. Returns it with slock held
+ * for reading (the caller unlocks), or NULL with *err. */
+static de_sampler *sampler_get(struct srv_table *t, int kind, double power, int *err)
+{
+	struct srv_table_learn *L = t->rt;
+	pthread_rwlock_rdlock(&L->slock);
+	for (unsigned i = 0; i < MAX_SAMPLERS; i++) {
+		struct sampler_slot *s = &L->samplers[i];
+		if (s->s && s->kind == kind && s->power == power) {
+			__atomic_store_n(&s->used, __atomic_add_fetch(&L->sampler_clock, 1,
+								     __ATOMIC_RELAXED), __ATOMIC_RELAXED);
+			return s->s;
+		}
+	}
+	pthread_rwlock_unlock(&L->slock);
+	pthread_rwlock_wrlock(&L->slock);
+	struct sampler_slot *victim = NULL;
+	for (unsigned i = 0; i < MAX_SAMPLERS; i++) {
+		struct sampler_slot *s = &L->samplers[i];
+		if (s->s && s->kind == kind && s->power == power) { /* made meanwhile */
+			victim = s;
+			break;
+		}
+		if (!victim || !s->s || (victim->s && s->used < victim->used))
+			victim = s;
+	}
+	if (!(victim->s && victim->kind == kind && victim->power == power)) {
+		de_sampler_destroy(victim->s); /* nobody uses it: we hold the write lock */
+		victim->s = NULL;
+		struct de_sampler_config sc = { .kind = (enum de_sampler_kind)kind,
+						.power = kind == DE_SAMPLER_UNIGRAM ? power : 0,
+						.seed = t->wcfg.seed,
+						.rebuild_ms = kind == DE_SAMPLER_UNIFORM ? 0
+											 : L->h->rebuild_ms };
+		*err = de_sampler_create(t->t, &sc, &victim->s);
+		if (*err) {
+			pthread_rwlock_unlock(&L->slock);
+			return NULL;
+		}
+		victim->kind = kind;
+		victim->power = power;
+	}
+	victim->used = ++L->sampler_clock;
+	pthread_rwlock_unlock(&L->slock);
+	return sampler_get(t, kind, power, err); /* again, for reading (found this time) */
+}
+
+static uint64_t live_keys(struct srv_table *t)
+{
+	struct de_table_stats s;
+	return de_table_stats(t->t, &s) ? 0 : s.keys;
+}
+
+static void do_sample(struct srv_worker *w, struct srv_table *t, char *data,
+		      const struct de_sqe *e, struct de_cqe *q)
+{
+	struct de_wire_sample_args a;
+	memcpy(&a, data + e->status_off, sizeof a); /* checked on the copy */
+	q->res = srv_check_sample_args(&a, e, w->srv->cfg.max_batch);
+	if (q->res)
+		return;
+	uint32_t np = e->count, ns = a.num_sampled;
+	if (e->flags & DE_SAMPLE_STR) {
+		char *region = malloc(e->keys_len ? e->keys_len : 1);
+		if (!region) {
+			q->res = -ENOMEM;
+			return;
+		}
+		memcpy(region, data + e->keys_off, e->keys_len);
+		q->res = srv_check_string_keys(region, e->keys_len, np, w->slen, w->soff);
+		for (uint32_t i = 0; !q->res && i < np; i++)
+			w->keys[i] = de_key_from_string(t->wcfg.seed, region + w->soff[i], w->slen[i]);
+		free(region);
+		if (q->res)
+			return;
+	} else {
+		memcpy(w->keys, data + e->keys_off, 8ull * np);
+	}
+	if (!t->rt) {
+		q->res = -ENOMEM;
+		return;
+	}
+	int err = 0;
+	de_sampler *s = sampler_get(t, (int)a.kind, a.power, &err);
+	if (!s) {
+		q->res = err;
+		return;
+	}
+	size_t bytes = (size_t)ns * 13 + (size_t)np * 4;
+	char *out = malloc(bytes);
+	if (!out) {
+		pthread_rwlock_unlock(&t->rt->slock);
+		q->res = -ENOMEM;
+		return;
+	}
+	uint64_t *keys = (uint64_t *)(void *)out;
+	float *sexp = (float *)(void *)(out + 8ull * ns);
+	float *texp = sexp + ns;
+	uint8_t *acc = (uint8_t *)(texp + np);
+	struct de_sample_info info = { 0 };
+	err = de_sample_seeded(s, (int)a.unique, a.seed, ns, w->keys, np, keys, sexp, acc, texp,
+			       &info);
+	if (err == -ENOENT && a.kind != DE_SAMPLER_UNIFORM && live_keys(t)) {
+		/* an empty snapshot of a table that has keys now: rebuild at once */
+		err = de_sampler_rebuild(s);
+		if (!err)
+			err = de_sample_seeded(s, (int)a.unique, a.seed, ns, w->keys, np, keys, sexp,
+					       acc, texp, &info);
+	}
+	pthread_rwlock_unlock(&t->rt->slock);
+	if (!err) {
+		memcpy(data + e->vals_off, out, bytes);
+		q->count = ns;
+		q->aux0 = info.num_tries;
+		q->aux1 = info.population;
+	}
+	free(out);
+	q->res = err;
+}
+
+/* ---- TOPK, KEY_STRINGS ------------------------------------------------------------------ */
+
+static void do_topk(struct srv_worker *w, struct srv_table *t, char *data, const struct de_sqe *e,
+		    struct de_cqe *q)
+{
+	size_t nq = e->count, k = e->arg, nf = nq * t->wcfg.dim;
+	float *qbuf = malloc(nf * 4);
+	uint64_t *keys = malloc(nq * k * 8);
+	float *scores = malloc(nq * k * 4);
+	if (!qbuf || !keys || !scores) {
+		q->res = -ENOMEM;
+		goto out;
+	}
+	memcpy(qbuf, data + e->keys_off, nf * 4); /* the library checks them finite */
+	size_t found = 0;
+	unsigned nth = t->rt ? t->rt->h->topk_threads : 1;
+	(void)w;
+	q->res = de_topk(t->t, qbuf, nq, k, (e->flags & DE_WTOPK_COSINE) ? DE_TOPK_COSINE : DE_TOPK_DOT,
+			 nth, keys, scores, &found);
+	if (!q->res) {
+		memcpy(data + e->vals_off, keys, nq * k * 8);
+		memcpy(data + e->vals_off + nq * k * 8, scores, nq * k * 4);
+		q->count = (uint32_t)found;
+	}
+out:
+	free(qbuf);
+	free(keys);
+	free(scores);
+}
+
+static void do_key_strings(struct srv_worker *w, struct srv_table *t, char *data,
+			   const struct de_sqe *e, struct de_cqe *q)
+{
+	uint32_t n = e->count;
+	memcpy(w->keys, data + e->keys_off, 8ull * n);
+	char *lens = data + e->vals_off;
+	char *p = lens + 4ull * n;
+	uint64_t room = e->vals_len - 4ull * n, need = 0;
+	uint32_t known = 0;
+	bool full = false;
+	for (uint32_t i = 0; i < n; i++) {
+		uint32_t len = UINT32_MAX;
+		int err = srv_table_key_string(t, w->keys[i], p, full ? 0 : room, &len);
+		if (err == -ENOSPC) {
+			full = true;
+		} else if (err) {
+			if (err != -ENOENT)
+				srv_log(SRV_LOG_WARN, "table '%s': key string: %s", t->name, strerror(-err));
+			len = UINT32_MAX;
+		} else if (full && len) {
+			/* cap 0 took a non-empty string: impossible; keep the rule anyway */
+			full = true;
+		} else {
+			p += len;
+			room -= len;
+		}
+		if (len != UINT32_MAX) {
+			known++;
+			need += len;
+		}
+		memcpy(lens + 4ull * i, &len, 4);
+	}
+	q->count = known;
+	q->aux0 = need;
+	q->res = full ? -ENOSPC : 0;
+}
+
+void srv_learn_execute(struct srv_worker *w, struct srv_table *t, char *data,
+		       uint64_t data_bytes, const struct de_sqe *e, struct de_cqe *q)
+{
+	(void)data_bytes;
+	switch (e->op) {
+	case DE_OP_SAMPLE:
+		do_sample(w, t, data, e, q);
+		break;
+	case DE_OP_TOPK:
+		do_topk(w, t, data, e, q);
+		break;
+	default:
+		do_key_strings(w, t, data, e, q);
+		break;
+	}
+}
