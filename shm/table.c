@@ -1527,10 +1527,22 @@ int de_table_apply_hogwild(de_table *t, const uint64_t *keys, size_t n, de_row_f
 	if (!buf)
 		return -ENOMEM;
 	int err = 0;
+	/* the same prefetch pipeline as the locked path (write_batch), so that the two
+	 * differ only in the locking */
+	uint64_t hr[WPF_R];
+	size_t pre = n < 2 * WPF_D ? n : 2 * WPF_D;
+	for (size_t i = 0; i < pre; i++)
+		wpf_bucket(t, keys[i], &hr[i % WPF_R]);
+	for (size_t i = 0; i < n && i < WPF_D; i++)
+		wpf_row(t, keys[i], hr[i % WPF_R]);
 	for (size_t i = 0; i < n && !err; i++) {
+		if (i + 2 * WPF_D < n)
+			wpf_bucket(t, keys[i + 2 * WPF_D], &hr[(i + 2 * WPF_D) % WPF_R]);
+		if (i + WPF_D < n)
+			wpf_row(t, keys[i + WPF_D], hr[(i + WPF_D) % WPF_R]);
 		uint64_t key = keys[i];
 		uint32_t r = ROW_NONE;
-		if (key && read_one(t, key, key_hash(t, key), buf, &r) != R_FOUND)
+		if (key && read_one(t, key, hr[i % WPF_R], buf, &r) != R_FOUND)
 			r = ROW_NONE;
 		float *row = r != ROW_NONE ? row_at(t, r) : NULL;
 		struct de_row_meta *m = r != ROW_NONE ? meta_at(t, r) : NULL;

@@ -118,6 +118,15 @@ enum de_msg_type {
 	DE_MSG_SEGMENTS_OK = 6,
 	DE_MSG_ERROR = 7,
 	DE_MSG_BYE = 8,
+	/* 9..20: persistence (src/server/persist.c, src/client/client_persist.c) */
+	DE_MSG_SNAPSHOT = 9,
+	DE_MSG_SNAPSHOT_OK = 10,
+	DE_MSG_EXPORT = 11,
+	DE_MSG_EXPORT_OK = 12,
+	DE_MSG_IMPORT = 13,
+	DE_MSG_IMPORT_OK = 14,
+	DE_MSG_PROGRESS = 15,
+	/* 16..20 reserved for persistence */
 };
 
 struct de_msg_hdr {
@@ -318,6 +327,82 @@ struct de_msg_error {
 	char msg[240];        /* NUL-terminated: what was wrong, for the user */
 };
 
+/*
+ * ---- Persistence control messages (protocol 2; types 9..15) ----------------------------
+ *
+ *   SNAPSHOT {name, flags}     ->  name all zero: every table of the daemon; flags
+ *                                  DE_SNAP_FULL: full snapshots (else incremental where
+ *                                  a chain exists). Needs [persistence] data_dir.
+ *                              <-  PROGRESS* then SNAPSHOT_OK {tables, lsn (largest
+ *                                  cut: WAL replay starts there), rows, bytes} or ERROR
+ *   EXPORT {name, path}        ->  the daemon writes the table to path (uring/ export
+ *                                  format) as ITS OWN uid: path must be absolute and lie
+ *                                  under [persistence] export_dir (else -EPERM)
+ *                              <-  PROGRESS* then EXPORT_OK {records, bytes} or ERROR
+ *   IMPORT {name, flags, path} ->  reads path (same rule) into the table (DE_IMPORT_SALVAGE:
+ *                                  keep the verified prefix of a damaged file); a
+ *                                  persisted table then takes a full snapshot, so the
+ *                                  import is durable when IMPORT_OK comes
+ *                              <-  PROGRESS* then IMPORT_OK {records, imported, dropped,
+ *                                  problem} or ERROR
+ * The table is named (it must exist in the daemon), not a per-connection id: dynembctl
+ * needs no OPEN. PROGRESS {done, total, phase, table index, table name} comes at most
+ * every ~50 ms per job with the request's seq (a client resets its reply timeout on
+ * each); several may be dropped when the client does not read. One job per connection
+ * at a time (another: ERROR -EBUSY), at most SRV_MAX_JOBS in the daemon.
+ */
+#define DE_PATH_MAX 1024u         /* bytes, NUL-terminated within */
+#define DE_SNAP_FULL 0x1u          /* de_msg_snapshot.flags */
+#define DE_WIMPORT_SALVAGE 0x1u    /* de_msg_import.flags (uring's DE_IMPORT_SALVAGE) */
+
+enum de_progress_phase { DE_PHASE_SNAPSHOT = 1, DE_PHASE_EXPORT = 2, DE_PHASE_IMPORT = 3 };
+
+struct de_msg_snapshot {
+	struct de_msg_hdr h;
+	char name[DE_NAME_MAX];  /* all zero: every table */
+	uint32_t flags;          /* DE_SNAP_FULL */
+	uint32_t pad;            /* 0 */
+};
+
+struct de_msg_snapshot_ok {
+	struct de_msg_hdr h;
+	uint32_t tables, pad;
+	uint64_t lsn, rows, bytes;
+};
+
+struct de_msg_export {
+	struct de_msg_hdr h;
+	char name[DE_NAME_MAX];
+	char path[DE_PATH_MAX];
+};
+
+struct de_msg_export_ok {
+	struct de_msg_hdr h;
+	uint64_t records, bytes;
+};
+
+struct de_msg_import {
+	struct de_msg_hdr h;
+	char name[DE_NAME_MAX];
+	uint32_t flags;          /* DE_WIMPORT_SALVAGE */
+	uint32_t pad;            /* 0 */
+	char path[DE_PATH_MAX];
+};
+
+struct de_msg_import_ok {
+	struct de_msg_hdr h;
+	uint64_t records, imported, dropped;
+	char problem[128];       /* NUL-terminated; empty: the file was intact */
+};
+
+struct de_msg_progress {
+	struct de_msg_hdr h;
+	uint64_t done, total;    /* records (rows) so far and expected */
+	uint32_t phase;          /* enum de_progress_phase */
+	uint32_t table_index;    /* SNAPSHOT of every table: which one (0-based) */
+	char name[DE_NAME_MAX];  /* the table being worked on */
+};
+
 /* Data plane. */
 enum de_op { DE_OP_NOP = 0, DE_OP_LOOKUP = 1, DE_OP_UPDATE = 2, DE_OP_ERASE = 3, DE_OP_STATS = 4,
 	     DE_OP_APPLY_GRADS = 5, DE_OP_SAMPLE = 6, DE_OP_TOPK = 7, DE_OP_KEY_STRINGS = 8 };
@@ -397,5 +482,12 @@ _Static_assert(sizeof(struct de_msg_segments_ok) == 28, "layout");
 _Static_assert(sizeof(struct de_msg_error) == 264, "layout");
 _Static_assert(sizeof(struct de_wire_stats) == 272, "layout");
 _Static_assert(sizeof(struct de_wire_sample_args) == 32, "layout");
+_Static_assert(sizeof(struct de_msg_snapshot) == 88, "layout");
+_Static_assert(sizeof(struct de_msg_snapshot_ok) == 48, "layout");
+_Static_assert(sizeof(struct de_msg_export) == 1104, "layout");
+_Static_assert(sizeof(struct de_msg_export_ok) == 32, "layout");
+_Static_assert(sizeof(struct de_msg_import) == 1112, "layout");
+_Static_assert(sizeof(struct de_msg_import_ok) == 168, "layout");
+_Static_assert(sizeof(struct de_msg_progress) == 104, "layout");
 
 #endif /* DE_PROTO_H */

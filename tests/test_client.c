@@ -1086,13 +1086,27 @@ Test(untrusted, error_reply_gives_its_errno_and_message, .timeout = TIMEOUT)
 
 /* ---- learn: server-side optimizers through the client ------------------------------ */
 
+/* a data dir: tables that ask durability async/sync need one (persist.c) */
+static char learn_data[64];
+
 static void start_learn(void)
 {
-	static const char *const extra[] = { "--max-batch", "1000", "--workers", "2", NULL };
+	snprintf(learn_data, sizeof learn_data, "/tmp/de-test-data-%d", (int)getpid());
+	const char *const extra[] = { "--max-batch", "1000", "--workers", "2",
+				      "--data-dir", learn_data, NULL };
 	daemon_start(extra);
 }
 
-TestSuite(learn, .init = start_learn, .fini = daemon_stop, .timeout = 60);
+static void stop_learn(void)
+{
+	daemon_stop();
+	char cmd[96];
+	snprintf(cmd, sizeof cmd, "rm -rf %s", learn_data);
+	if (system(cmd) != 0)
+		cr_log_warn("cannot remove %s", learn_data);
+}
+
+TestSuite(learn, .init = start_learn, .fini = stop_learn, .timeout = 60);
 
 static int open_learn(de_client *c, const char *name, uint32_t dim, float init,
 		      const struct de_optim_spec *o, enum de_key_kind kind)

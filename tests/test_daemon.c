@@ -1215,7 +1215,10 @@ static void open_bad(struct cli *c, const struct de_wire_table_config *cfg,
 Test(learn, config_validation, .timeout = 20)
 {
 	struct dmn d;
-	dmn_start(&d, NULL);
+	char data[64]; /* durability async/sync needs a data dir */
+	snprintf(data, sizeof data, "/tmp/dynembd-test-data-%d", (int)getpid());
+	const char *const extra[] = { "--data-dir", data, NULL };
+	dmn_start(&d, extra);
 	struct cli c;
 	cr_assert_eq(cli_hello(&c, d.sock), 0);
 	struct de_wire_table_config tc = int_cfg(4, 0);
@@ -1308,12 +1311,18 @@ Test(learn, config_validation, .timeout = 20)
 	cli_close(&c);
 	cr_assert_eq(dmn_stop(&d), 0);
 	dmn_cleanup(&d);
+	char cmd[96];
+	snprintf(cmd, sizeof cmd, "rm -rf %s", data);
+	cr_expect_eq(system(cmd), 0);
 }
 
 Test(learn, config_sharing, .timeout = 20)
 {
 	struct dmn d;
-	dmn_start(&d, NULL);
+	char data[64]; /* durability async/sync needs a data dir */
+	snprintf(data, sizeof data, "/tmp/dynembd-test-data-%d", (int)getpid());
+	const char *const extra[] = { "--data-dir", data, NULL };
+	dmn_start(&d, extra);
 	struct cli a, b;
 	cr_assert_eq(cli_hello(&a, d.sock), 0);
 	cr_assert_eq(cli_hello(&b, d.sock), 0);
@@ -1368,6 +1377,9 @@ Test(learn, config_sharing, .timeout = 20)
 	cli_close(&b);
 	cr_assert_eq(dmn_stop(&d), 0);
 	dmn_cleanup(&d);
+	char cmd[96];
+	snprintf(cmd, sizeof cmd, "rm -rf %s", data);
+	cr_expect_eq(system(cmd), 0);
 }
 
 static struct de_sqe grad_sqe(uint16_t table, uint32_t n, uint32_t dim, uint64_t step)

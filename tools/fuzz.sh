@@ -32,7 +32,9 @@ mkdir -p "$out/obj" "$out/artifacts"
 objs=()
 for src in shm/arena.c shm/numa.c shm/table.c shm/channel.c \
            src/server/config.c src/server/control.c src/server/log.c \
-           src/server/tables.c src/server/worker.c src/learn/optim.c uring/export.c \
+           src/server/tables.c src/server/worker.c src/server/learnops.c src/server/persist.c \
+           src/learn/optim.c src/learn/admit.c src/learn/evict.c src/learn/tier.c \
+           src/learn/sample.c src/learn/topk.c uring/export.c \
            uring/util.c uring/wal.c uring/snapshot.c uring/manifest.c; do
   obj=$out/obj/$(echo "$src" | tr / _).o
   "$cc" "${cflags[@]}" "${san[@]}" -fsanitize=fuzzer-no-link -c "$root/$src" -o "$obj"

@@ -14,6 +14,7 @@ pkgs=(
   python3-numpy python3-pytest              # the Python package and its tests
   python3-torch                             # the reference for the optimizer tests
   python3-matplotlib                        # tools/demo's and tools/word2vec's plots
+  fio                                       # dynemb-bench persist's file-system baseline
 )
 
 missing=()

@@ -151,6 +151,19 @@ uint32_t de_crc32c(uint32_t crc, const void *buf, size_t len);
  * it does not add to it. So after replay a key written at or after L has the row of its
  * last durable record, and a key not written since L has the row it had at L, which the
  * snapshot holds exactly. Nothing depends on when the snapshot read a row.
+ *
+ * Caveats (durable tables):
+ *   - gc protects only the tables the manifest lists: checkpoint a new durable table once
+ *     when it is created (an empty table makes an empty snapshot), before the next gc.
+ *   - A fuzzy snapshot may hold rows newer than the durable end of the WAL (updates
+ *     applied in memory and never made durable before a crash): recovery then restores
+ *     every durable update and possibly some later ones, never fewer.
+ *   - de_wal_append reads rows and copies them under the WAL's append lock: appends are
+ *     serialized (one memcpy-speed critical section per record); flushes are not under it.
+ *   - A failed WAL stays failed; records appended but not durable are lost. Recover and
+ *     open a new handle (the torn tail, if any, is cut then).
+ *   - One process per directory: nothing locks the WAL against a second writer
+ *     (checkpoints lock each other out with flock on the directory).
  */
 
 enum de_durability {

@@ -144,6 +144,10 @@ struct de_client {
 	uint64_t rhead, rtail;  /* ring allocator counters */
 
 	uint64_t local_keys, remote_keys;
+	/* client_persist.c: ctl_recv also takes a PROGRESS of the current request (alt_len
+	 * bytes) and returns it with alt_got set */
+	uint32_t alt_len;
+	bool alt_got;
 };
 
 /* ------------------------------------------------------------------------- */
@@ -338,6 +342,12 @@ static int ctl_recv(struct de_client *c, uint16_t want, size_t want_len, void *b
 			tls_err = e;
 			c->error_reply = true;
 			return e;
+		}
+		c->alt_got = c->alt_len && m.h.type == DE_MSG_PROGRESS &&
+			     (size_t)r == c->alt_len && !ngot;
+		if (c->alt_got) {
+			memcpy(buf, m.b, c->alt_len);
+			return 0;
 		}
 		if (m.h.type != want || (size_t)r != want_len || ngot > max_fds) {
 			close_fds(got, ngot);
@@ -1704,6 +1714,46 @@ int de_submit_apply_gradients(de_client *c, int table, const uint64_t *keys, siz
 /* ------------------------------------------------------------------------- */
 /* For client_learn.c (client_priv.h)                                         */
 /* ------------------------------------------------------------------------- */
+
+int de_priv_ctl_request(de_client *c, void *msg, size_t len, uint16_t want, void *reply,
+			size_t reply_len, int (*on_progress)(void *ctx, const void *progress),
+			void *ctx)
+{
+	err_clear();
+	if (!c || !msg || len < sizeof(struct de_msg_hdr))
+		return -EINVAL;
+	if (c->broken)
+		return c->broken;
+	struct de_msg_hdr *h = msg;
+	hdr_init(c, h, h->type, (uint32_t)len);
+	int err = ctl_send(c, msg, len);
+	if (err)
+		return ctl_fail(c, err);
+	if (reply_len > DE_MSG_MAX)
+		return -EINVAL;
+	union {
+		uint64_t align;
+		char b[DE_MSG_MAX];
+	} buf;
+	int cancel = 0;
+	for (;;) {
+		unsigned nfds;
+		int fds[1];
+		c->alt_len = sizeof(struct de_msg_progress);
+		err = ctl_recv(c, want, reply_len, buf.b, fds, 0, &nfds);
+		bool progress = c->alt_got;
+		c->alt_len = 0;
+		c->alt_got = false;
+		if (err)
+			return ctl_fail(c, err);
+		if (!progress) {
+			memcpy(reply, buf.b, reply_len);
+			return cancel;
+		}
+		if (on_progress && !cancel && on_progress(ctx, buf.b))
+			cancel = -ECANCELED; /* the daemon's job goes on; its reply is awaited */
+	}
+}
 
 int de_priv_table(de_client *c, int table, struct de_priv_table *out)
 {

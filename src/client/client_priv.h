@@ -35,4 +35,16 @@ int de_priv_call(de_client *c, struct de_sqe *e, const void *keys_in, uint64_t k
 		 const void *vals_in, uint64_t vals_len, void *vals_out, const void *status_in,
 		 uint64_t status_len, struct de_cqe *cqe /* out */);
 
+/*
+ * One control request with progress (client_persist.c): msg (len bytes, h.type set; the
+ * rest of the header is filled here) is sent; every PROGRESS reply of it goes to
+ * on_progress (may be NULL; a non-zero return makes the call return -ECANCELED once the
+ * final reply came: the daemon's job is not stopped); the final reply must be of type
+ * want and exactly reply_len bytes (copied to reply), or ERROR (its errno returned, its
+ * text kept for de_strerror). The reply timeout restarts with each message.
+ */
+int de_priv_ctl_request(de_client *c, void *msg, size_t len, uint16_t want, void *reply,
+			size_t reply_len, int (*on_progress)(void *ctx, const void *progress),
+			void *ctx);
+
 #endif /* DE_CLIENT_PRIV_H */

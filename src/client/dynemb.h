@@ -297,6 +297,59 @@ int de_key_strings(de_client *c, int table, const uint64_t *keys, size_t n, char
 /* The fingerprint a string key has in this table (the table's seed): computed here. */
 int de_string_key(de_client *c, int table, const char *s, size_t len, uint64_t *key);
 
+/* ---- persistence: snapshots, export, import (client_persist.c; proto.h messages 9..15) ----
+ *
+ * Long jobs the daemon runs in its own thread; the call blocks until the job's final
+ * reply and calls cb with progress on the way (at most every ~50 ms). Tables are named
+ * (any table the daemon holds; no de_open needed), so a CLI can use these directly.
+ * The connection's timeout applies to the gap between two messages, not to the whole
+ * job. cb returning non-zero makes the call return -ECANCELED after the job's reply (the
+ * daemon finishes the job: a half-written snapshot or import is never left behind).
+ *
+ * Errors: -ENOENT no such table; -EINVAL bad arguments, or SNAPSHOT on a daemon without
+ * [persistence] data_dir; -EPERM export/import path not under the daemon's
+ * [persistence] export_dir (or export_dir not set); -EBUSY this connection runs a job
+ * already (or the daemon runs 8); -EROFS the table's WAL failed; the file system's errors
+ * (-ENOSPC, -EIO); import: -EBADMSG damaged file, -EEXIST the file's config differs
+ * (de_strerror names the field). de_strerror(err) has the daemon's text.
+ */
+enum de_progress_phase_kind { DE_PROGRESS_SNAPSHOT = 1, DE_PROGRESS_EXPORT = 2,
+			      DE_PROGRESS_IMPORT = 3 };
+struct de_progress {
+	uint64_t done, total;     /* rows so far and expected (total is an estimate) */
+	enum de_progress_phase_kind phase; /* import then snapshots the table: SNAPSHOT */
+	uint32_t table_index;     /* de_snapshot of every table: which one, 0-based */
+	const char *table;        /* the table's name (valid during the call) */
+};
+typedef int (*de_progress_cb)(void *ctx, const struct de_progress *p);
+
+struct de_snapshot_result {
+	uint32_t tables;          /* tables snapshotted */
+	uint64_t lsn;             /* the largest cut: recovery replays the WAL from there */
+	uint64_t rows, bytes;     /* rows written (incremental: the dirty ones), file bytes */
+};
+/* Checkpoint one table (table_name) or every persisted table (NULL): a full snapshot
+ * when full, else incremental where the table has a chain; the manifest then names it
+ * and the WAL before it may be removed. out may be NULL. */
+int de_snapshot(de_client *c, const char *table_name, bool full, de_progress_cb cb, void *ctx,
+		struct de_snapshot_result *out /* out */);
+
+/* The daemon writes table_name to path (absolute, under its export_dir) in the export
+ * format of uring/README.md, as the daemon's user. records, bytes (out, may be NULL). */
+int de_export_table(de_client *c, const char *table_name, const char *path, de_progress_cb cb,
+	      void *ctx, uint64_t *records /* out */, uint64_t *bytes /* out */);
+
+#define DE_IMPORT_SALVAGE_PREFIX 1u /* de_import_table flags: keep the verified prefix */
+struct de_import_result {
+	uint64_t records, imported, dropped;
+	char problem[128];        /* the damage found (salvage), or "" */
+};
+/* The daemon reads path (absolute, under its export_dir) into table_name (its config
+ * must match the file's); a persisted table then takes a full snapshot before the call
+ * returns, so the import survives a crash. out may be NULL. */
+int de_import_table(de_client *c, const char *table_name, const char *path, unsigned flags,
+	      de_progress_cb cb, void *ctx, struct de_import_result *out /* out */);
+
 /* Zero-copy counters of this client: lookups served from the read-only mapping, and keys
  * that had to go to the daemon. */
 void de_zero_copy_counts(const de_client *c, uint64_t *local_keys, uint64_t *remote_keys);

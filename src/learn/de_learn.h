@@ -247,8 +247,10 @@ void de_tier_break_fd(de_tier *tier);
  * Watermarks: a table (or the host) whose resident bytes exceed budget * high is evicted
  * down to budget * low. The background thread (de_evict_start) does it every
  * interval_ms; de_evict_after_lookup does it inline, up to inline_max rows, when a lookup
- * created rows and the table is over its full budget (so the budget holds when inserts
- * outpace the thread); de_evict_step does one pass synchronously (tests, or a daemon
+ * created rows and the table is over DE_EVICT_INLINE_OVER (1.02) x its budget, and only
+ * back down to that (so the budget holds within 2% when inserts outpace the thread, and
+ * the request path does the least work: the thread makes the headroom, 64 rows per hold
+ * of the table's lock); de_evict_step does one pass synchronously (tests, or a daemon
  * without the thread). Over the host budget, rows are taken from the table with the
  * highest resident / budget ratio (tables without a budget count host_budget / ntables).
  * Caveat: each table has its own arena, and rows freed in one are not reusable by
@@ -285,6 +287,7 @@ void de_tier_break_fd(de_tier *tier);
 typedef struct de_evict de_evict;
 
 #define DE_EVICT_MAX_TABLES 64u
+#define DE_EVICT_INLINE_OVER 1.02 /* inline eviction starts above budget * this */
 #define DE_EVICT_HOST UINT32_MAX /* the "table id" of the host totals */
 
 enum de_evict_policy { DE_EVICT_LRU = 0, DE_EVICT_LFU, DE_EVICT_TTL, DE_EVICT_L2 };

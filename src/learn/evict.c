@@ -512,6 +512,8 @@ static uint64_t rows_over(const struct etable *e, uint64_t res, double start, do
 
 /* ---- passes --------------------------------------------------------------------------- */
 
+#define STEP_CHUNK 64u
+
 /* Host budget: take rows from the table with the highest resident / share. */
 static long host_pass(de_evict *ev, double start, uint64_t max_rows)
 {
@@ -579,14 +581,22 @@ int de_evict_step(de_evict *ev, size_t max_rows, size_t *evicted)
 		if (r >= 0) {
 			total += (uint64_t)r;
 			left -= (uint64_t)r;
-			uint64_t want = rows_over(e, resident(e), ev->cfg.high, ev->cfg.low);
-			r = evict_rows(ev, e, want < left ? want : left);
-			if (r > 0) {
-				total += (uint64_t)r;
-				left -= (uint64_t)r;
-			}
 		}
 		pthread_mutex_unlock(&e->lock);
+		/* from the high watermark to the low one, STEP_CHUNK rows per hold of the
+		 * table's lock: a request's inline eviction never waits for a whole pass */
+		uint64_t want = r >= 0 ? rows_over(e, resident(e), ev->cfg.high, ev->cfg.low) : 0;
+		while (r >= 0 && want && left) {
+			uint64_t chunk = want < STEP_CHUNK ? want : STEP_CHUNK;
+			pthread_mutex_lock(&e->lock);
+			r = evict_rows(ev, e, chunk < left ? chunk : left);
+			pthread_mutex_unlock(&e->lock);
+			if (r <= 0)
+				break;
+			total += (uint64_t)r;
+			left -= (uint64_t)r;
+			want = want > (uint64_t)r ? want - (uint64_t)r : 0;
+		}
 		if (r < 0)
 			err = (int)r;
 	}
@@ -735,12 +745,11 @@ int de_evict_after_lookup(de_evict *ev, uint32_t id, const uint64_t *keys, size_
 		return err;
 	/* inline eviction: the budget holds even when inserts outpace the thread */
 	if (LD(&e->cfg.budget_bytes)) {
-		uint64_t want = rows_over(e, resident(e), 1.0, 1.0);
-		/* a busy lock means the thread is evicting from this table right now: the
-		 * request does not wait for it (the budget is back when it is done) */
-		if (want && !pthread_mutex_trylock(&e->lock)) {
+		uint64_t want = rows_over(e, resident(e), DE_EVICT_INLINE_OVER, DE_EVICT_INLINE_OVER);
+		if (want) {
 			if (want > ev->cfg.inline_max)
 				want = ev->cfg.inline_max;
+			pthread_mutex_lock(&e->lock); /* the thread holds it for STEP_CHUNK rows at most */
 			long r = evict_rows(ev, e, want);
 			pthread_mutex_unlock(&e->lock);
 			if (r < 0)

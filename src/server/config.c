@@ -8,6 +8,7 @@
  * the daemon exit with status 2. Owns nothing after srv_config_load returns.
  */
 #include "server.h"
+#include "de_uring.h" /* DE_WAL_MIN_SEGMENT, DE_WAL_MAX_SEGMENT */
 
 #include <ctype.h>
 #include <errno.h>
@@ -48,7 +49,12 @@ static const char DEFAULT_CONFIG[] =
 	"tier_dir = /var/tmp/dynemb-tier\n"
 	"[learn]\n"
 	"topk_threads = 0\n"
-	"sampler_rebuild_ms = 1000\n";
+	"sampler_rebuild_ms = 1000\n"
+	"[persistence]\n"
+	"data_dir =\n"
+	"snapshot_interval_s = 0\n"
+	"wal_segment_bytes = 64M\n"
+	"export_dir =\n";
 
 static const char *trim(char *s)
 {
@@ -249,6 +255,25 @@ static int set_key(struct srv_config *c, const char *section, const char *key, c
 		} else {
 			BAD("unknown key '%s' in [%s]", key, section);
 		}
+	} else if (!strcmp(section, "persistence")) {
+		if (!strcmp(key, "data_dir") || !strcmp(key, "export_dir")) {
+			char *dst = !strcmp(key, "data_dir") ? c->data_dir : c->export_dir;
+			if (*v && (*v != '/' || strlen(v) >= sizeof c->data_dir))
+				BAD("%s '%s' is not empty (off) or an absolute path of at most %zu "
+				    "bytes", key, v, sizeof c->data_dir - 1);
+			strcpy(dst, v);
+		} else if (!strcmp(key, "snapshot_interval_s")) {
+			if (parse_u64(v, 0, 604800, &x))
+				BAD("snapshot_interval_s '%s' is not a number of seconds in 0..604800 "
+				    "(0 = no periodic snapshots)", v);
+			c->snapshot_interval_s = (unsigned)x;
+		} else if (!strcmp(key, "wal_segment_bytes")) {
+			if (parse_size(v, &x) || x < DE_WAL_MIN_SEGMENT || x > DE_WAL_MAX_SEGMENT)
+				BAD("wal_segment_bytes '%s' is not a size in 64K..1G", v);
+			c->wal_segment_bytes = x;
+		} else {
+			BAD("unknown key '%s' in [%s]", key, section);
+		}
 	} else {
 		BAD("unknown section [%s]", section);
 	}
@@ -287,7 +312,8 @@ static void usage(FILE *f)
 		"Configuration comes from the built-in defaults, then --config FILE (INI), then\n"
 		"these flags. Each flag sets the config key named after it.\n"
 		"\n"
-		"  -c, --config FILE         INI file with [server], [pages], [memory], [learn]\n"
+		"  -c, --config FILE         INI file with [server], [pages], [memory], [learn],\n"
+		"                            [persistence]\n"
 		"  -s, --socket PATH         [server] socket: control socket (default %s;\n"
 		"                            its directory is created)\n"
 		"  -w, --workers N           [server] workers: data-plane threads, 1..%u (default 1)\n"
@@ -311,18 +337,28 @@ static void usage(FILE *f)
 		"      --topk-threads N      [learn] topk_threads: threads of one top-k (0 = CPUs)\n"
 		"      --sampler-rebuild-ms N [learn] sampler_rebuild_ms: sampler snapshot period\n"
 		"                            (log-uniform, unigram; default 1000, 0 = never)\n"
+		"  -d, --data-dir DIR        [persistence] data_dir: WAL, snapshots, manifest and table\n"
+		"                            catalog; tables are recovered from it at start (default\n"
+		"                            empty: no persistence; durability async/sync refused)\n"
+		"      --snapshot-interval-s N [persistence] snapshot_interval_s: checkpoint every\n"
+		"                            table with changes every N s (default 0 = never)\n"
+		"      --wal-segment-bytes SIZE [persistence] wal_segment_bytes: 64K..1G (64M)\n"
+		"      --export-dir DIR      [persistence] export_dir: EXPORT/IMPORT requests may only\n"
+		"                            name files under it (default empty: refused)\n"
 		"  -f, --foreground          stay in the foreground (default: detach after binding)\n"
 		"      --print-config        print the effective configuration and exit\n"
 		"  -h, --help                this text\n"
 		"      --version             the version\n"
 		"\n"
 		"SIZE takes K, M, G suffixes (powers of 1024). Bad values exit with status 2.\n"
-		"SIGTERM or SIGINT: stop accepting, finish every queued request, exit 0.\n",
+		"SIGTERM or SIGINT: stop accepting, finish every queued request, snapshot the\n"
+		"tables with changes (data_dir), exit 0. Exit 3: damaged catalog, manifest or\n"
+		"snapshot in data_dir (the log names the file).\n",
 		DE_DEFAULT_SOCKET, SRV_MAX_WORKERS);
 }
 
 enum { O_POLL = 256, O_BATCH, O_SQ, O_DATA, O_MAXDATA, O_PAGES, O_NUMA, O_SEG, O_RES,
-       O_PRINT, O_VERSION, O_HOSTB, O_TIER, O_TOPK, O_REBUILD };
+       O_PRINT, O_VERSION, O_HOSTB, O_TIER, O_TOPK, O_REBUILD, O_SNAPINT, O_WALSEG, O_EXPDIR };
 
 static const struct option opts[] = {
 	{ "config", required_argument, NULL, 'c' },
@@ -344,13 +380,17 @@ static const struct option opts[] = {
 	{ "tier-dir", required_argument, NULL, O_TIER },
 	{ "topk-threads", required_argument, NULL, O_TOPK },
 	{ "sampler-rebuild-ms", required_argument, NULL, O_REBUILD },
+	{ "data-dir", required_argument, NULL, 'd' },
+	{ "snapshot-interval-s", required_argument, NULL, O_SNAPINT },
+	{ "wal-segment-bytes", required_argument, NULL, O_WALSEG },
+	{ "export-dir", required_argument, NULL, O_EXPDIR },
 	{ "foreground", no_argument, NULL, 'f' },
 	{ "print-config", no_argument, NULL, O_PRINT },
 	{ "help", no_argument, NULL, 'h' },
 	{ "version", no_argument, NULL, O_VERSION },
 	{ NULL, 0, NULL, 0 },
 };
-static const char shortopts[] = "+c:s:w:u:g:l:fh";
+static const char shortopts[] = "+c:s:w:u:g:l:d:fh";
 
 /* The config key a flag sets. */
 static bool flag_key(int o, const char **section, const char **key)
@@ -367,6 +407,10 @@ static bool flag_key(int o, const char **section, const char **key)
 		{ O_HOSTB, "memory", "host_budget_bytes" }, { O_TIER, "memory", "tier_dir" },
 		{ O_TOPK, "learn", "topk_threads" },
 		{ O_REBUILD, "learn", "sampler_rebuild_ms" },
+		{ 'd', "persistence", "data_dir" },
+		{ O_SNAPINT, "persistence", "snapshot_interval_s" },
+		{ O_WALSEG, "persistence", "wal_segment_bytes" },
+		{ O_EXPDIR, "persistence", "export_dir" },
 	};
 	for (size_t i = 0; i < sizeof map / sizeof map[0]; i++)
 		if (map[i].o == o) {
@@ -497,4 +541,7 @@ void srv_config_print(const struct srv_config *c, FILE *f)
 	fprintf(f, "[memory]\nhost_budget_bytes = %" PRIu64 "\ntier_dir = %s\n"
 		   "[learn]\ntopk_threads = %u\nsampler_rebuild_ms = %u\n",
 		c->host_budget_bytes, c->tier_dir, c->topk_threads, c->sampler_rebuild_ms);
+	fprintf(f, "[persistence]\ndata_dir = %s\nsnapshot_interval_s = %u\n"
+		   "wal_segment_bytes = %" PRIu64 "\nexport_dir = %s\n",
+		c->data_dir, c->snapshot_interval_s, c->wal_segment_bytes, c->export_dir);
 }

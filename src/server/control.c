@@ -392,6 +392,8 @@ static bool on_open(struct ctl *x, struct srv_client *c, const struct de_msg_ope
 	struct srv_table *t;
 	bool created;
 	int err = srv_registry_open(&x->s->reg, name, &cfg, &learn, &t, &created, msg, sizeof msg);
+	if (!err) /* durability: catalog entry and first snapshot (persist.c) */
+		err = srv_persist_table_open(x->s->persist, t, msg, sizeof msg);
 	if (err) {
 		srv_log(SRV_LOG_INFO, "client %u: open '%s': %s", c->id, name, msg);
 		send_error(c, m->h.seq, err, "%s", msg);
@@ -458,6 +460,9 @@ static size_t expected_len(uint16_t type)
 	case DE_MSG_OPEN: return sizeof(struct de_msg_open);
 	case DE_MSG_SEGMENTS: return sizeof(struct de_msg_segments);
 	case DE_MSG_BYE: return sizeof(struct de_msg_hdr);
+	case DE_MSG_SNAPSHOT: return sizeof(struct de_msg_snapshot);
+	case DE_MSG_EXPORT: return sizeof(struct de_msg_export);
+	case DE_MSG_IMPORT: return sizeof(struct de_msg_import);
 	default: return 0; /* not a request a client sends */
 	}
 }
@@ -500,6 +505,8 @@ int srv_check_msg(const void *buf, size_t n, bool trunc, bool hello_done, union 
 			err = srv_learn_config_normalize(&out->open.learn, &out->open.cfg, msg, msgcap);
 		return err;
 	}
+	if (h.type == DE_MSG_SNAPSHOT || h.type == DE_MSG_EXPORT || h.type == DE_MSG_IMPORT)
+		return srv_check_persist_msg(out, msg, msgcap); /* persist.c */
 	return 0;
 }
 
@@ -524,7 +531,7 @@ static bool on_message(struct ctl *x, struct srv_client *c, const void *buf, siz
 		send_error(c, m.h.seq, err, "%s", msg);
 		return false;
 	}
-	if (err) { /* OPEN: bad name or config */
+	if (err) { /* OPEN: bad name or config; SNAPSHOT/EXPORT/IMPORT: bad fields */
 		send_error(c, m.h.seq, err, "%s", msg);
 		return true;
 	}
@@ -535,6 +542,10 @@ static bool on_message(struct ctl *x, struct srv_client *c, const void *buf, siz
 		return on_open(x, c, &m.open);
 	case DE_MSG_SEGMENTS:
 		return on_segments(c, &m.segments);
+	case DE_MSG_SNAPSHOT:
+	case DE_MSG_EXPORT:
+	case DE_MSG_IMPORT: /* a job thread replies (persist.c) */
+		return srv_persist_request(x->s, c, &m);
 	default: /* BYE */
 		return false;
 	}

@@ -5,7 +5,8 @@
  * Order matters: signals are blocked (and taken through a signalfd) before any thread
  * exists, so no worker ever runs a handler; the socket is bound before detaching, so a
  * client may connect as soon as the parent returns; threads start after detaching.
- * Exit status: 0 after a clean stop, 1 when the daemon cannot start, 2 for bad config.
+ * Exit status: 0 after a clean stop, 1 when the daemon cannot start, 2 for bad config,
+ * 3 (SRV_EXIT_CORRUPT) when the data_dir's catalog, manifest or a snapshot is damaged.
  */
 #include "server.h"
 
@@ -82,9 +83,20 @@ int main(int argc, char **argv)
 			hwloc_topology_destroy(s.topo);
 		return 1;
 	}
+	/* persistence: catalog tables recreated and recovered before anyone can connect */
+	r = srv_persist_open(&s);
+	if (r) {
+		srv_persist_free(s.persist);
+		srv_learn_host_destroy(s.reg.learn);
+		srv_registry_destroy(&s.reg);
+		if (s.topo)
+			hwloc_topology_destroy(s.topo);
+		return r;
+	}
 
 	int listen_fd;
 	if (srv_listen(s.cfg.socket, &listen_fd)) {
+		srv_persist_free(s.persist);
 		srv_learn_host_destroy(s.reg.learn);
 		if (s.topo)
 			hwloc_topology_destroy(s.topo);
@@ -96,7 +108,7 @@ int main(int argc, char **argv)
 	}
 	int status = 1;
 	s.release_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-	if (s.release_fd < 0 || srv_workers_start(&s) != 0) {
+	if (s.release_fd < 0 || srv_persist_start(s.persist) != 0 || srv_workers_start(&s) != 0) {
 		srv_log(SRV_LOG_ERROR, "cannot start the workers");
 		srv_workers_stop(&s);
 		close(listen_fd);
@@ -109,6 +121,7 @@ int main(int argc, char **argv)
 		status = srv_control_run(&s, listen_fd, sig_fd);
 	}
 	srv_workers_free(&s);
+	srv_persist_free(s.persist); /* after the workers: jobs, shutdown checkpoint, WAL */
 	srv_learn_host_destroy(s.reg.learn); /* the evictor reads tables: before they go */
 	s.reg.learn = NULL;
 	srv_registry_destroy(&s.reg);

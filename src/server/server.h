@@ -24,7 +24,10 @@
  *
  * Learning: APPLY_GRADS runs de_optim_update (src/learn) on the worker that serves the
  * channel; several workers may step the same table, even the same row, at once (row
- * exclusion is de_table_apply's, see proto.h "Concurrency of APPLY_GRADS").
+ * exclusion is de_table_apply's, see proto.h "Concurrency of APPLY_GRADS"). Admission,
+ * eviction (one evictor per daemon, its thread), samplers and top-k: learnops.c, which
+ * states the rules; a table's learning state (t->rt) is built before the table is
+ * published and freed after the evictor and the workers stopped.
  */
 #ifndef DE_SERVER_H
 #define DE_SERVER_H
@@ -78,6 +81,10 @@ struct srv_config {
 	char tier_dir[256];      /* [memory]: disk tier directory; "" = no disk tier */
 	unsigned topk_threads;   /* [learn]: threads of one top-k; 0 = online CPUs (<= 64) */
 	unsigned sampler_rebuild_ms; /* [learn]: log-uniform/unigram snapshot period; 0 = none */
+	char data_dir[200];      /* [persistence]: WAL, snapshots, manifest, catalog; "" = off */
+	unsigned snapshot_interval_s; /* [persistence]: checkpoint dirty tables; 0 = never */
+	uint64_t wal_segment_bytes;   /* [persistence]: WAL segment size (64K..1G) */
+	char export_dir[200];    /* [persistence]: EXPORT/IMPORT paths must lie under it; "" = off */
 	bool foreground;
 	bool print_config;
 };
@@ -105,6 +112,9 @@ struct srv_table {
 	de_table *names;
 	struct srv_table_learn *rt;       /* admission/eviction/sampling state (learnops.c);
 	                                     NULL when the table uses none of them */
+	struct srv_table_persist *ps;     /* persist.c: WAL/snapshot state; NULL when the
+	                                     daemon has no data_dir. Set before the table is
+	                                     published to any client, then never changes */
 	struct srv_table *next;
 };
 
@@ -220,8 +230,10 @@ struct srv_client {
 	int released;             /* worker -> control (atomic, release) */
 	int broken;               /* worker: it broke its ring (written before released) */
 	/* worker only */
-	bool has_pending;
-	struct de_cqe pending;    /* a completion the full CQ did not take yet */
+	bool has_pending;         /* npending > 0 */
+	unsigned npending;
+	struct de_cqe pending[32]; /* completions the full CQ did not take yet, in order
+	                             (at most one round: worker.c's BUDGET) */
 };
 
 struct srv_server;
@@ -250,6 +262,9 @@ struct srv_worker {
 	size_t sbuf_cap;
 	float *gbuf;              /* APPLY_GRADS: gradients copied out (grown on demand) */
 	size_t gbuf_cap;          /* floats */
+	/* persistence (persist.c): group commit of the round's SYNC writes */
+	uint64_t sync_lsn;        /* largest LSN a SYNC write of this round appended; 0: none */
+	bool sync_pending;        /* the descriptor just executed waits for sync_lsn */
 };
 
 struct srv_server {
@@ -259,6 +274,7 @@ struct srv_server {
 	unsigned nworkers;
 	int release_fd;           /* eventfd: a worker released a client */
 	hwloc_topology_t topo;    /* NULL when hwloc could not load one */
+	struct srv_persist *persist; /* persist.c; always there once srv_persist_open ran */
 };
 
 int srv_workers_start(struct srv_server *s);
@@ -277,6 +293,9 @@ union srv_msg {
 	struct de_msg_hello hello;
 	struct de_msg_open open;
 	struct de_msg_segments segments;
+	struct de_msg_snapshot snapshot;
+	struct de_msg_export exp;
+	struct de_msg_import imp;
 };
 
 /*
@@ -326,6 +345,51 @@ int srv_check_learn_sqe(const struct de_sqe *e, uint32_t dim, uint32_t key_type,
  * 4 * count. 0, -EINVAL or -E2BIG. */
 int srv_check_sample_args(const struct de_wire_sample_args *a, const struct de_sqe *e,
 			  uint32_t max_batch);
+
+/* ---- persistence (persist.c) -------------------------------------------------------------
+ * One WAL per daemon in [persistence] data_dir, snapshots, manifest (uring/) and the table
+ * catalog (persist.c states its format). The exit statuses srv_persist_open returns:
+ * 0 started, 1 an I/O or resource failure, 3 damaged persistent state (a corrupt
+ * catalog, manifest or snapshot: the message names the file). */
+struct srv_persist;
+struct srv_table_persist;
+#define SRV_EXIT_CORRUPT 3
+
+/* Create the persistence state (s->persist, also without a data_dir); with one: lock it,
+ * read the catalog, create its tables in s->reg and recover them (manifest -> snapshots
+ * -> WAL). Before the socket is bound and before detaching, so that damage is a non-zero
+ * exit status of the command that started the daemon. */
+int srv_persist_open(struct srv_server *s);
+/* After detaching: open the WAL (at recovery's next LSN) and start the threads. 0 or 1. */
+int srv_persist_start(struct srv_persist *p);
+/* After the workers stopped: cancel and join control-plane jobs, checkpoint every dirty
+ * table (clean shutdown), flush and close the WAL, stop the threads. NULL is fine. */
+void srv_persist_stop(struct srv_persist *p);
+/* Free everything (tables' persist state too): before srv_registry_destroy. */
+void srv_persist_free(struct srv_persist *p);
+/* OPEN, control thread, before the table is published: refuse durability async/sync
+ * without data_dir (-EINVAL + msg); give a new table its id, catalog entry and first
+ * (empty) snapshot. Idempotent for a table that has them. */
+int srv_persist_table_open(struct srv_persist *p, struct srv_table *t, char *msg, size_t cap);
+/* Worker, before a write (UPDATE, ERASE, APPLY_GRADS) executes: -EROFS when the table's
+ * WAL failed. */
+int srv_persist_write_check(struct srv_worker *w, struct srv_table *t);
+/* Worker, after a write succeeded on w->keys[0..n): log it (WAL record with the keys'
+ * full rows, or ERASE), mark the keys dirty. SYNC tables set w->sync_pending and
+ * w->sync_lsn: the worker posts the completion only after srv_persist_sync_round. */
+int srv_persist_log(struct srv_worker *w, struct srv_table *t, bool erase, uint32_t n);
+/* Worker: one fdatasync for the round (group commit); on failure every completion
+ * wait[i] marks gets the WAL's error instead of 0. Clears w->sync_lsn. */
+void srv_persist_sync_round(struct srv_worker *w, struct de_cqe *q, const bool *wait,
+			    unsigned n);
+/* STATS: wal_lsn, durable_lsn, snapshots, snapshot_lsn, read_only. */
+void srv_persist_stats(struct srv_persist *p, struct srv_table *t, struct de_wire_stats *ws);
+/* SNAPSHOT, EXPORT, IMPORT (checked by srv_check_msg): start a job thread that streams
+ * PROGRESS and ends with the OK reply or ERROR. Control thread. false: close c. */
+bool srv_persist_request(struct srv_server *s, struct srv_client *c, const union srv_msg *m);
+/* srv_check_msg's part for SNAPSHOT, EXPORT, IMPORT (pure): names, flags, pads, paths
+ * (NUL-terminated, absolute, no "." or ".." component). 0 or -EINVAL + msg. */
+int srv_check_persist_msg(union srv_msg *m, char *msg, size_t cap);
 
 /* The control plane: runs until SIGTERM/SIGINT. Returns the exit status. */
 int srv_control_run(struct srv_server *s, int listen_fd, int sig_fd);

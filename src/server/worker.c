@@ -10,10 +10,11 @@
  * idle daemon uses no CPU. (The only timed sleep is while some client does not reap its
  * completions: then the worker retries every PENDING_RETRY_MS.)
  *
- * Per pass, for each channel: first post the completion a full CQ refused last time
- * (and pop nothing from that client until it goes through: at most one completion is
- * ever pending per client, so a client that does not reap stalls only itself), then pop
- * up to BUDGET descriptors, validate and execute each, and post its completion. After
+ * Per pass, for each channel: first post the completions a full CQ refused last time
+ * (and pop nothing from that client until they go through: at most one round of
+ * completions is ever pending per client, so a client that does not reap stalls only
+ * itself), then pop up to BUDGET descriptors, validate and execute each, then (SYNC
+ * tables: after one WAL sync for the round, persist.c) post their completions. After
  * poll_us without work, the worker sets NEED_WAKEUP on every channel and sleeps.
  *
  * A descriptor is copied out by de_channel_pop; keys are copied again out of the data
@@ -47,6 +48,8 @@
 #include <unistd.h>
 
 #define BUDGET 32              /* descriptors per channel per pass */
+_Static_assert(BUDGET <= sizeof ((struct srv_client *)0)->pending / sizeof(struct de_cqe),
+	       "a client's pending completions hold one round");
 #define PENDING_RETRY_MS 5     /* sleep bound while a completion waits for CQ space */
 #define DRAIN_DEADLINE_NS (5ull * 1000000000ull)
 
@@ -226,6 +229,8 @@ static void apply_grads(struct srv_worker *w, struct srv_table *t, const char *d
 	size_t applied = 0;
 	if (!err && n)
 		err = de_optim_update(t->t, &oc, w->keys, n, w->gbuf, step, &applied);
+	if (!err) /* WAL record of the stepped rows (persist.c) */
+		err = srv_persist_log(w, t, false, n);
 	q->res = err;
 	q->count = (uint32_t)applied;
 	q->aux0 = created;
@@ -256,6 +261,7 @@ static void execute(struct srv_worker *w, struct srv_client *c, const struct de_
 		if (!q->res) {
 			wire_stats(t, &ws, &s);
 			srv_learn_stats(t, &ws);
+			srv_persist_stats(w->srv->persist, t, &ws);
 			memcpy(data + e->vals_off, &ws, sizeof ws);
 		}
 		return;
@@ -268,6 +274,8 @@ static void execute(struct srv_worker *w, struct srv_client *c, const struct de_
 	uint32_t n = e->count;
 	bool str = t->wcfg.key_type == DE_KEYS_STRING;
 	int err = 0;
+	if (e->op != DE_OP_LOOKUP && (q->res = srv_persist_write_check(w, t)))
+		return; /* the table's WAL failed: read-only */
 	if (str)
 		err = load_string_keys(w, t, data, e);
 	else
@@ -297,6 +305,8 @@ static void execute(struct srv_worker *w, struct srv_client *c, const struct de_
 		q->count = (uint32_t)erased;
 		break;
 	}
+	if (!err && e->op != DE_OP_LOOKUP) /* WAL record, dirty keys (persist.c) */
+		err = srv_persist_log(w, t, e->op == DE_OP_ERASE, n);
 	if (err) {
 		q->res = err;
 		return;
@@ -357,28 +367,60 @@ static void take_mail(struct srv_worker *w)
 static int serve(struct srv_worker *w, struct srv_client *c)
 {
 	int work = 0, r;
-	if (c->has_pending) {
-		r = de_channel_post(c->ch, &c->pending);
+	while (c->has_pending) {
+		r = de_channel_post(c->ch, &c->pending[0]);
 		if (r == -EAGAIN)
-			return 0;
+			return work;
 		if (r)
 			return -EBADMSG;
-		c->has_pending = false;
+		memmove(&c->pending[0], &c->pending[1], --c->npending * sizeof c->pending[0]);
+		c->has_pending = c->npending != 0;
 		work = 1;
 	}
+	/* Completions are posted as they come until the first SYNC write of the round;
+	 * from it on they are held, then one WAL sync covers the round's SYNC writes (group
+	 * commit), then they are posted in order: none goes out before its record is
+	 * durable. Without SYNC tables at most one completion is ever pending. */
+	struct de_cqe q[BUDGET];
+	bool wait[BUDGET];
+	unsigned nq = 0;
+	bool bad = false;
 	for (int i = 0; i < BUDGET; i++) {
 		struct de_sqe e;
 		r = de_channel_pop(c->ch, &e);
 		if (r == -EAGAIN)
 			break;
+		if (r) {
+			bad = true;
+			break;
+		}
+		work = 1;
+		w->sync_pending = false;
+		execute(w, c, &e, &q[nq]);
+		wait[nq] = w->sync_pending;
+		if (nq || wait[nq]) {
+			nq++; /* held behind a SYNC write */
+			continue;
+		}
+		r = de_channel_post(c->ch, &q[0]);
+		if (r == -EAGAIN) {
+			c->pending[0] = q[0];
+			c->npending = 1;
+			c->has_pending = true;
+			break;
+		}
 		if (r)
 			return -EBADMSG;
-		work = 1;
-		struct de_cqe q;
-		execute(w, c, &e, &q);
-		r = de_channel_post(c->ch, &q);
-		if (r == -EAGAIN) {
-			c->pending = q;
+	}
+	if (w->sync_lsn)
+		srv_persist_sync_round(w, q, wait, nq);
+	if (bad)
+		return -EBADMSG;
+	for (unsigned i = 0; i < nq; i++) {
+		r = de_channel_post(c->ch, &q[i]);
+		if (r == -EAGAIN) { /* the client does not reap: keep the rest, in order */
+			c->npending = nq - i;
+			memcpy(c->pending, &q[i], c->npending * sizeof q[0]);
 			c->has_pending = true;
 			break;
 		}

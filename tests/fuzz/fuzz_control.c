@@ -38,6 +38,9 @@ static size_t request_len(uint16_t type)
 	case DE_MSG_OPEN: return sizeof(struct de_msg_open);
 	case DE_MSG_SEGMENTS: return sizeof(struct de_msg_segments);
 	case DE_MSG_BYE: return sizeof(struct de_msg_hdr);
+	case DE_MSG_SNAPSHOT: return sizeof(struct de_msg_snapshot);
+	case DE_MSG_EXPORT: return sizeof(struct de_msg_export);
+	case DE_MSG_IMPORT: return sizeof(struct de_msg_import);
 	default: return 0;
 	}
 }
@@ -94,7 +97,13 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		CHECK(h.type == DE_MSG_HELLO || h.version == DE_PROTO_VERSION);
 	}
 	if (r == -EINVAL)
-		CHECK(h.type == DE_MSG_OPEN);
+		CHECK(h.type == DE_MSG_OPEN || h.type == DE_MSG_SNAPSHOT || h.type == DE_MSG_EXPORT ||
+		      h.type == DE_MSG_IMPORT);
+	if (r == 0 && (h.type == DE_MSG_EXPORT || h.type == DE_MSG_IMPORT)) {
+		/* persist.c's rule: an absolute, NUL-terminated path */
+		const char *p = h.type == DE_MSG_EXPORT ? m.exp.path : m.imp.path;
+		CHECK(memchr(p, 0, DE_PATH_MAX) && p[0] == '/' && !strstr(p, "/../"));
+	}
 	if (r == 0) {
 		if (h.type == DE_MSG_OPEN) {
 			const struct de_msg_open *o = &m.open;

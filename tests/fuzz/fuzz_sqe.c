@@ -17,6 +17,9 @@
  * independently (128-bit arithmetic, no wrap-around), and srv_check_string_keys runs on
  * the trailing bytes directly as well. APPLY_GRADS: its gradients are read (copied, as
  * the worker does) and its lr override, when flagged, must be a finite lr > 0.
+ * SAMPLE / TOPK / KEY_STRINGS (learnops.c): the accepted descriptor is checked against
+ * proto.h's rules here too; in small mode SAMPLE's argument block is read from the area
+ * and run through srv_check_sample_args, and every output region is written.
  * Build and run: tools/fuzz.sh.
  */
 #include <errno.h>
@@ -72,6 +75,60 @@ static void string_keys(const uint8_t *region, uint64_t len, uint32_t count, uin
 	free(soff);
 }
 
+/* An accepted SAMPLE / TOPK / KEY_STRINGS descriptor: the rules of proto.h, then (small
+ * area) what learnops.c does with it. */
+static int learn_op(const struct de_sqe *e, uint32_t key_type, uint32_t dim, uint32_t max_batch,
+		    uint64_t bytes, bool large, const uint8_t *rest, size_t nrest)
+{
+	CHECK(e->count <= max_batch && e->keys_off % 8 == 0);
+	CHECK(in_area(e->keys_off, e->keys_len, bytes) && in_area(e->vals_off, e->vals_len, bytes));
+	if (e->op == DE_OP_SAMPLE) {
+		CHECK(!(e->flags & ~DE_SAMPLE_STR) && e->arg == 0 && e->vals_off % 8 == 0);
+		CHECK(e->status_off % 8 == 0 &&
+		      in_area(e->status_off, sizeof(struct de_wire_sample_args), bytes));
+		if (e->flags & DE_SAMPLE_STR)
+			CHECK(key_type == DE_KEYS_STRING && (u128)e->keys_len >= (u128)4 * e->count);
+		else
+			CHECK((u128)e->keys_len == (u128)8 * e->count);
+		CHECK((u128)e->vals_len >= (u128)4 * e->count + 13);
+	} else if (e->op == DE_OP_TOPK) {
+		CHECK(!(e->flags & ~DE_WTOPK_COSINE) && e->status_off == 0 && e->count > 0);
+		CHECK(e->arg >= 1 && e->arg <= DE_WTOPK_MAX_K && e->count <= DE_WTOPK_MAX_QUERIES);
+		CHECK((u128)e->count * e->arg <= DE_WTOPK_MAX_RESULTS);
+		CHECK((u128)e->keys_len == (u128)4 * e->count * dim);
+		CHECK((u128)e->vals_len == (u128)12 * e->count * e->arg && e->vals_off % 8 == 0);
+	} else {
+		CHECK(key_type == DE_KEYS_STRING && e->flags == 0 && e->arg == 0 && e->status_off == 0);
+		CHECK((u128)e->keys_len == (u128)8 * e->count && e->vals_off % 4 == 0);
+		CHECK((u128)e->vals_len >= (u128)4 * e->count);
+	}
+	if (large)
+		return 0;
+	uint8_t *area = calloc(1, bytes);
+	CHECK(area);
+	memcpy(area, rest, nrest < bytes ? nrest : bytes);
+	uint8_t *keys = malloc(e->keys_len ? e->keys_len : 1);
+	CHECK(keys);
+	memcpy(keys, area + e->keys_off, e->keys_len); /* the worker's copy */
+	if (e->op == DE_OP_SAMPLE) {
+		struct de_wire_sample_args a;
+		memcpy(&a, area + e->status_off, sizeof a);
+		int r = srv_check_sample_args(&a, e, max_batch);
+		CHECK(r == 0 || r == -EINVAL || r == -E2BIG);
+		if (r == 0) {
+			CHECK(a.kind <= 2 && a.unique <= 1 && a.num_sampled >= 1 &&
+			      a.num_sampled <= max_batch && a.reserved == 0);
+			CHECK((u128)e->vals_len == (u128)13 * a.num_sampled + (u128)4 * e->count);
+			if (e->flags & DE_SAMPLE_STR)
+				string_keys(keys, e->keys_len, e->count, a.seed);
+		}
+	}
+	memset(area + e->vals_off, 0xA5, e->vals_len); /* every output the daemon writes */
+	free(keys);
+	free(area);
+	return 0;
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
 	struct de_sqe e;
@@ -99,8 +156,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	int r = srv_check_sqe(&e, ntables, dim, key_type, max_batch, bytes);
 	CHECK(r == 0 || r == -EINVAL || r == -E2BIG);
 	CHECK(srv_check_sqe(&e, ntables, dim, key_type, max_batch, bytes) == r);
-	if (r == -E2BIG)
-		CHECK(e.count > max_batch);
+	if (r == -E2BIG) /* TOPK also: k, nq or nq * k over the top-k limits */
+		CHECK(e.count > max_batch ||
+		      (e.op == DE_OP_TOPK && (e.arg > DE_WTOPK_MAX_K || e.count > DE_WTOPK_MAX_QUERIES ||
+					      (u128)e.count * e.arg > DE_WTOPK_MAX_RESULTS)));
 
 	/* the string-key check on its own, on whatever the input carries */
 	string_keys(rest, nrest, e.count % 4097, e.arg);
@@ -109,7 +168,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		return 0;
 
 	/* accepted: check it against the rules, independently of worker.c */
-	CHECK(e.op <= DE_OP_APPLY_GRADS && e.table < ntables);
+	CHECK(e.op <= DE_OP_KEY_STRINGS && e.table < ntables);
+	if (e.op >= DE_OP_SAMPLE)
+		return learn_op(&e, key_type, dim, max_batch, bytes, large, rest, nrest);
 	if (e.op == DE_OP_STATS) {
 		CHECK(e.flags == 0 && e.vals_off % 8 == 0);
 		CHECK(e.vals_len >= sizeof(struct de_wire_stats) && in_area(e.vals_off, e.vals_len, bytes));

@@ -26,6 +26,8 @@ VERSION = 2
 HELLO, OPEN, SEGMENTS, BYE = 1, 3, 5, 8
 NOP, LOOKUP, UPDATE, ERASE, STATS, APPLY_GRADS = 0, 1, 2, 3, 4, 5
 LOOKUP_CREATE, SQE_STATUS, GRAD_LR = 0x01, 0x02, 0x04
+SAMPLE, TOPK, KEY_STRINGS = 6, 7, 8
+SAMPLE_STR, TOPK_COSINE = 0x01, 0x01
 TRUNC, HELLO_DONE = 0x01, 0x02
 
 
@@ -67,6 +69,26 @@ def segments(table=0, first=0, pad=0, **kw):
     return hdr(SEGMENTS, 24, **kw) + struct.pack('<HHI', table, pad, first)
 
 
+SNAPSHOT, EXPORT, IMPORT = 9, 11, 13
+
+
+def path(p):
+    b = p.encode()
+    return b + bytes(1024 - len(b))
+
+
+def snapshot_msg(nm='', flags=0, pad=0, **kw):
+    return hdr(SNAPSHOT, 88, **kw) + (name(nm) if nm else bytes(64)) + struct.pack('<II', flags, pad)
+
+
+def export_msg(nm, p, **kw):
+    return hdr(EXPORT, 1104, **kw) + name(nm) + path(p)
+
+
+def import_msg(nm, p, flags=0, pad=0, **kw):
+    return hdr(IMPORT, 1112, **kw) + name(nm) + struct.pack('<II', flags, pad) + path(p)
+
+
 CONTROL = {
     'hello': (0, hello()),
     'hello_sizes': (0, hello(sq=1024, data=8 << 20)),
@@ -92,6 +114,16 @@ CONTROL = {
     'bye': (HELLO_DONE, hdr(BYE, 16)),
     'truncated': (TRUNC | HELLO_DONE, hdr(BYE, 16)),
     'short': (0, hdr(HELLO, 96)[:8]),
+    # persistence (types 9..15): checked by srv_check_persist_msg
+    'snapshot_all': (HELLO_DONE, snapshot_msg()),
+    'snapshot_one_full': (HELLO_DONE, snapshot_msg('emb', flags=1)),
+    'snapshot_bad_flags': (HELLO_DONE, snapshot_msg('emb', flags=6, pad=1)),
+    'export': (HELLO_DONE, export_msg('emb', '/var/lib/dynemb/exports/emb.dexp')),
+    'export_dotdot': (HELLO_DONE, export_msg('emb', '/var/lib/dynemb/../../etc/passwd')),
+    'export_relative': (HELLO_DONE, export_msg('emb', 'emb.dexp')),
+    'import_salvage': (HELLO_DONE, import_msg('emb', '/tmp/emb.dexp', flags=1)),
+    'import_bad': (HELLO_DONE, import_msg('emb', '/tmp/', flags=2, pad=3)),
+    'import_short': (HELLO_DONE, import_msg('emb', '/tmp/x')[:600]),
 }
 
 
@@ -143,6 +175,25 @@ SQE = {
                         status=struct.unpack('<Q', struct.pack('<d', float('inf')))[0]) + limits(),
     'grads_string': sqe(APPLY_GRADS, count=4, keys=(K, len(ks)), vals=(V, 4 * 4 * 4))
     + limits(key_type=1, dim=4) + ks,
+    # SAMPLE (6): positives, 32-byte args at S - 64 (kind, ns, unique, pad, power, seed)
+    'sample_int': sqe(SAMPLE, count=2, keys=(K, 16), vals=(V, 13 * 5 + 4 * 2), status=S - 64)
+    + limits() + struct.pack('<2Q', 1, 2).ljust(S - 64, b'\0')
+    + struct.pack('<IIIIdQ', 1, 5, 1, 0, 0.0, 42),
+    'sample_unigram': sqe(SAMPLE, count=0, vals=(V, 13 * 3), status=S - 64) + limits()
+    + bytes(S - 64) + struct.pack('<IIIIdQ', 2, 3, 0, 0, 0.75, 1),
+    'sample_string': sqe(SAMPLE, SAMPLE_STR, count=4, keys=(K, len(ks)), vals=(V, 13 + 16),
+                         status=S - 64) + limits(key_type=1)
+    + ks.ljust(S - 64, b'\0') + struct.pack('<IIIIdQ', 0, 1, 0, 0, 0.0, 7),
+    'sample_bad_args': sqe(SAMPLE, count=0, vals=(V, 13 * 3), status=S - 64) + limits()
+    + bytes(S - 64) + struct.pack('<IIIIdQ', 0, 4, 2, 1, float('nan'), 1),
+    # TOPK (7): 2 queries of dim 8, k = 3, cosine
+    'topk': sqe(TOPK, TOPK_COSINE, count=2, keys=(K, 2 * 8 * 4), vals=(V, 12 * 2 * 3), arg=3)
+    + limits() + struct.pack('<16f', *range(16)),
+    'topk_bad_k': sqe(TOPK, count=1, keys=(K, 32), vals=(V, 12), arg=0) + limits(),
+    # KEY_STRINGS (8): 3 fingerprints, lengths + 100 bytes of strings
+    'key_strings': sqe(KEY_STRINGS, count=3, keys=(K, 24), vals=(V, 12 + 100))
+    + limits(key_type=1) + struct.pack('<3Q', 0, 1, 2),
+    'key_strings_int': sqe(KEY_STRINGS, count=1, keys=(K, 8), vals=(V, 4)) + limits(),
     'bad_op': sqe(9) + limits(),
     'bad_table': sqe(ERASE, table=3, count=1, keys=(0, 8)) + limits(ntables=3),
     'large_area': sqe(UPDATE, count=1 << 20, keys=(0, 8 << 20), vals=(8 << 20, 4 << 20),

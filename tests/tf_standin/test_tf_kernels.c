@@ -899,7 +899,7 @@ Test(sampled, logits_match_de_sample_and_brute_force, .init = setup, .fini = tea
 {
 	de_client *c = ref_client();
 	int t = ref_open(c, "sm", "dim=4");
-	enum { NK = 50, B = 3, S = 10 };
+	enum { NK = 50, B = 3, S = 40 }; /* S large: accidental hits are all but certain */
 	uint64_t keys[NK];
 	float rows[NK * 4];
 	for (int i = 0; i < NK; i++) {
@@ -929,6 +929,7 @@ Test(sampled, logits_match_de_sample_and_brute_force, .init = setup, .fini = tea
 	const float *w = TF_TensorData(out[3]);
 	cr_assert_eq(TF_Dim(out[0], 1), 1 + S);
 	cr_assert_eq(TF_Dim(out[3], 0), B + S);
+	int hits = 0;
 	for (int s = 0; s < S; s++)
 		cr_expect_eq(ks[s], smp[s], "the same seed and table give the same draw");
 	for (int b = 0; b < B; b++)
@@ -942,12 +943,15 @@ Test(sampled, logits_match_de_sample_and_brute_force, .init = setup, .fini = tea
 				cr_expect_eq(wr[d], row[d]);
 			}
 			float want = dot - logf(j == 0 ? texp[b] : sexp[j - 1]);
-			if (j > 0 && key == (uint64_t)lab[b])
+			if (j > 0 && key == (uint64_t)lab[b]) {
+				hits++;
 				cr_expect(lg[b * (1 + S) + j] < -1e37f, "accidental hit not removed");
+			}
 			else
 				cr_expect_float_eq(lg[b * (1 + S) + j], want, 1e-4, "b %d j %d", b, j);
 			cr_expect_eq(lb[b * (1 + S) + j], j == 0 ? 1.0f : 0.0f);
 		}
+	cr_expect_gt(hits, 0, "this draw has no accidental hit: the check above did not run");
 	for (int i = 0; i < 4; i++)
 		TF_DeleteTensor(out[i]);
 	/* labels whose batch differs from inputs' */

@@ -22,6 +22,10 @@ int cmd_sidecar(int argc, char **argv);
  * overhead, top-k (bench_learn.c). */
 int cmd_learn(int argc, char **argv, const char *command_line);
 
+/* dynemb-bench persist: WAL async / sync, snapshot write, restore and restart against fio
+ * on the same file system (bench_persist.c). */
+int cmd_persist(int argc, char **argv, const char *command_line);
+
 /* The machine, for the figures' header: one human line, or a JSON object (no newline). */
 void bench_machine_print(FILE *f, bool json);
 

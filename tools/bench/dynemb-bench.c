@@ -1862,7 +1862,8 @@ static const struct command commands[] = {
 	 "dynembd end to end: ring and zero-copy vs in-process find, a unix socket and Redis"},
 	{"learn", cmd_learn,
 	 "optimizer steps vs find, Hogwild vs per-row exclusion, eviction overhead, top-k"},
-	/* to come: persist */
+	{"persist", cmd_persist,
+	 "WAL async / sync, snapshot write, restore and restart time against fio"},
 };
 
 static void usage(FILE *f)

@@ -37,9 +37,19 @@ grads, step, lr=None)`` pushes gradients (float32 of shape ``keys.shape + (dim,)
 without a copy); the daemon sums duplicate keys and steps each distinct key once, per-key
 ("sparse") semantics. ``lr`` overrides the table's learning rate for that call (a
 schedule). Trainers in several threads or processes may push to the same rows at once:
-each row's step is atomic and none is lost. ``admission``, ``eviction`` and
-``durability`` are part of the table's config (validated and compared on open; acted on
-by a later daemon).
+each row's step is atomic and none is lost. ``admission`` and ``eviction`` are enforced
+by the daemon (a key earns a row on its Nth creating lookup, or with probability p; the
+table is kept under its byte budget, evicted rows optionally go to a disk tier and come
+back with their optimizer state); ``durability`` is part of the table's config
+(validated and compared on open; acted on by a later daemon).
+
+Sampling and retrieval
+----------------------
+``table.sample(num_sampled, positives, kind="log_uniform")`` draws negatives server side
+(with TensorFlow's expected counts), ``table.topk(queries, k)`` is an exact top-k over
+the table, ``table.key_strings(fingerprints)`` maps a string table's keys back to their
+strings; ``dynemb.losses`` has ``sampled_softmax_loss`` / ``sampled_sigmoid_loss`` for
+PyTorch with the output classes in a table.
 
 Errors from the C library raise :class:`DynembError` (an ``OSError``: ``.errno`` is the
 positive errno, the message comes from ``de_strerror``, including the daemon's own
@@ -62,7 +72,8 @@ import numpy as np
 
 from . import _native
 from ._native import (AdmissionSpec, ConnectOpts, DurabilitySpec, EvictionSpec,
-                      OptimSpec, Stats, TableSpec)
+                      OptimSpec, SampleSpec, Stats, TableSpec)
+from ._native import ImportResult, ProgressCb, SnapshotResult
 
 __all__ = ["Client", "Table", "Request", "DynembError", "READONLY", "ST_MISSING",
            "ST_FOUND", "ST_CREATED", "strerror"]
@@ -83,6 +94,8 @@ _REJECT = {"init": 0, "zeros": 1}
 _EVICTION = {"none": 0, "lru": 1, "lfu": 2, "ttl": 3, "l2": 4}
 _UNITS = {"steps": 0, "seconds": 1}
 _DURABILITY = {"none": 0, "async": 1, "sync": 2}
+_SAMPLERS = {"uniform": 0, "log_uniform": 1, "unigram": 2}
+_METRICS = {"dot": 0, "cosine": 1}
 
 
 def _choice(table, v, what):
@@ -245,6 +258,34 @@ class _StrKeys:
         self.ptrs = (offs + np.uintp(self.buf.ctypes.data)).astype(np.uintp)
 
 
+_PHASES = {1: "snapshot", 2: "export", 3: "import"}
+
+
+def _progress_cb(progress):
+    """A C progress callback calling progress(done, total, phase, table), and a list that
+    receives an exception it raised (the C side then stops waiting for progress)."""
+    err = []
+    if progress is None:
+        return ctypes.cast(None, ProgressCb), err
+
+    def call(_ctx, p):
+        try:
+            q = p.contents
+            progress(q.done, q.total, _PHASES.get(q.phase, q.phase),
+                     (q.table or b"").decode("utf-8", "replace"))
+            return 0
+        except BaseException as e:  # noqa: BLE001 - re-raised by the caller
+            err.append(e)
+            return 1
+
+    return ProgressCb(call), err
+
+
+def _progress_raise(err):
+    if err:
+        raise err[0]
+
+
 class Client:
     """One connection to dynembd.
 
@@ -355,6 +396,22 @@ class Client:
             _check(_native.api.de_open(self._handle(), ctypes.byref(spec), ctypes.byref(h)))
             got = _native.api.de_table_dim_of(self._c, h.value)
         return Table(self, h.value, name, got or dim, keys)
+
+    def snapshot(self, table=None, full=False, progress=None):
+        """Checkpoint ``table`` (a name) or every persisted table (None) of the daemon:
+        full snapshots with ``full``, else incremental where possible. Needs the daemon's
+        ``[persistence] data_dir``. ``progress(done, total, phase, table)`` is called on
+        the way (phase: "snapshot", "export" or "import"); raising in it re-raises here
+        after the job ended. Returns ``{"tables", "lsn", "rows", "bytes"}``."""
+        r = SnapshotResult()
+        cb, err = _progress_cb(progress)
+        with self._lock:
+            rc = _native.api.de_snapshot(self._handle(),
+                                         None if table is None else str(table).encode("utf-8"),
+                                         bool(full), cb, None, ctypes.byref(r))
+        _progress_raise(err)
+        _check(rc)
+        return {"tables": r.tables, "lsn": r.lsn, "rows": r.rows, "bytes": r.bytes}
 
     def zero_copy_counts(self):
         """(local_keys, remote_keys): read-only lookups served from this process's mapping
@@ -515,12 +572,169 @@ class Table:
             _check(rc)
         return erased.value
 
+    # ---- persistence (the daemon's data_dir / export_dir) ------------------------------
+
+    def snapshot(self, full=False, progress=None):
+        """Snapshot this table now (see :meth:`Client.snapshot`)."""
+        return self.client.snapshot(self.name, full=full, progress=progress)
+
+    def export(self, path, progress=None):
+        """The daemon writes this table to ``path`` (absolute, under its ``export_dir``;
+        written as the daemon's user). Returns ``{"records", "bytes"}``."""
+        records, nbytes = ctypes.c_uint64(), ctypes.c_uint64()
+        cb, err = _progress_cb(progress)
+        with self.client._lock:
+            rc = _native.api.de_export_table(self.client._handle(), self.name.encode("utf-8"),
+                                       os.fsencode(path), cb, None, ctypes.byref(records),
+                                       ctypes.byref(nbytes))
+        _progress_raise(err)
+        _check(rc)
+        return {"records": records.value, "bytes": nbytes.value}
+
+    def import_(self, path, salvage=False, progress=None):
+        """The daemon reads ``path`` (an export; absolute, under its ``export_dir``) into
+        this table, whose config must match the file's. ``salvage``: keep the verified
+        prefix of a damaged file. A persisted table takes a full snapshot before this
+        returns. Returns ``{"records", "imported", "dropped", "problem"}``."""
+        r = ImportResult()
+        cb, err = _progress_cb(progress)
+        with self.client._lock:
+            rc = _native.api.de_import_table(self.client._handle(), self.name.encode("utf-8"),
+                                       os.fsencode(path), 1 if salvage else 0, cb, None,
+                                       ctypes.byref(r))
+        _progress_raise(err)
+        _check(rc)
+        return {"records": r.records, "imported": r.imported, "dropped": r.dropped,
+                "problem": r.problem.decode("utf-8", "replace") or None}
+
+    import_file = import_
+
     def stats(self):
         """The table's counters (struct de_stats) as a dict."""
         s = Stats()
         with self.client._lock:
             _check(_native.api.de_stats(self.client._handle(), self.handle, ctypes.byref(s)))
         return {name: getattr(s, name) for name, _ in Stats._fields_}
+
+    # ---- sampling, top-k, key strings ------------------------------------------------
+
+    def sample(self, num_sampled, positives=(), kind="log_uniform", unique=True, power=0.75,
+               seed=None):
+        """Draw ``num_sampled`` candidates from the table's live keys (server side).
+
+        ``positives``: the true classes (keys of this table; may be empty), any shape.
+        ``kind``: "uniform", "log_uniform" (keys ranked by how often they were looked up)
+        or "unigram" (frequency ** ``power``). ``unique``: no repeated candidates.
+        ``seed``: None draws a fresh one; the same seed and table state give the same draw.
+        Returns ``(sampled, true_expected, sampled_expected, accidental)``: sampled is
+        uint64 ``(num_sampled,)`` (string tables: a list of str), true_expected float32 of
+        ``positives``' shape, sampled_expected float32 ``(num_sampled,)`` (expected counts
+        as TensorFlow's candidate samplers define them), accidental bool ``(num_sampled,)``
+        (the candidate is one of the positives). ENOENT: the table has no key.
+        """
+        k = _choice(_SAMPLERS, kind, "kind")
+        n = operator.index(num_sampled)
+        if n <= 0:
+            raise ValueError(f"num_sampled must be > 0, got {n}")
+        if seed is None:
+            seed = int.from_bytes(os.urandom(8), "little")
+        spec = SampleSpec(k, n, 1 if unique else 0, float(power) if k == 2 else 0.0,
+                          _u64(seed, "seed"))
+        pk, shape, npos = self._keys(positives)
+        sampled = np.empty(n, dtype=np.uint64)
+        sexp = np.empty(n, dtype=np.float32)
+        texp = np.empty(shape, dtype=np.float32)
+        acc = np.empty(n, dtype=np.uint8)
+        with self.client._lock:
+            c = self.client._handle()
+            if self.key_type == "str":
+                rc = _native.api.de_sample_str(c, self.handle, ctypes.byref(spec),
+                                               pk.ptrs.ctypes.data if npos else None,
+                                               pk.lens.ctypes.data if npos else None, npos,
+                                               sampled.ctypes.data, sexp.ctypes.data,
+                                               texp.ctypes.data, acc.ctypes.data)
+            else:
+                rc = _native.api.de_sample(c, self.handle, ctypes.byref(spec),
+                                           pk.ctypes.data if npos else None, npos,
+                                           sampled.ctypes.data, sexp.ctypes.data,
+                                           texp.ctypes.data, acc.ctypes.data)
+            _check(rc)
+        out = self.key_strings(sampled) if self.key_type == "str" else sampled
+        return out, texp, sexp, acc.astype(bool)
+
+    def topk(self, queries, k, metric="dot"):
+        """Exact top-``k`` keys for each query (float32 ``(nq, dim)``; one query may be
+        ``(dim,)``). ``metric``: "dot" or "cosine". Returns ``(keys, scores, found)``:
+        uint64 ``(nq, k)`` (string tables: lists of str, "" past found), float32
+        ``(nq, k)`` best first (ties by key), and int ``(nq,)`` valid entries per query
+        (fewer when the table has fewer keys: the rest are key 0, score -inf)."""
+        m = _choice(_METRICS, metric, "metric")
+        q = np.ascontiguousarray(queries, dtype=np.float32)
+        single = q.ndim == 1
+        if single:
+            q = q.reshape(1, -1)
+        if q.ndim != 2 or q.shape[1] != self.dim:
+            raise ValueError(f"queries must have shape (nq, {self.dim}), not {q.shape}")
+        k = operator.index(k)
+        if k <= 0:
+            raise ValueError(f"k must be > 0, got {k}")
+        nq = q.shape[0]
+        keys = np.zeros((nq, k), dtype=np.uint64)
+        scores = np.zeros((nq, k), dtype=np.float32)
+        found = np.zeros(nq, dtype=np.uint32)
+        if nq:
+            with self.client._lock:
+                _check(_native.api.de_topk(self.client._handle(), self.handle, q.ctypes.data,
+                                           nq, k, m, keys.ctypes.data, scores.ctypes.data,
+                                           found.ctypes.data))
+        found = found.astype(np.int64)
+        if self.key_type == "str":
+            flat = self.key_strings(keys.reshape(-1))
+            keys = [[flat[i * k + j] if j < found[i] else "" for j in range(k)]
+                    for i in range(nq)]
+            if single:
+                return keys[0], scores[0], found[0]
+            return keys, scores, found
+        if single:
+            return keys[0], scores[0], found[0]
+        return keys, scores, found
+
+    def key_strings(self, keys):
+        """String tables: the strings of fingerprints (uint64, e.g. from topk / sample) as
+        a list of str; None for a key the table has no string for."""
+        if self.key_type != "str":
+            raise TypeError("key_strings needs a string table")
+        k = np.ascontiguousarray(np.asarray(keys, dtype=np.uint64).reshape(-1))
+        n = k.size
+        lens = np.empty(n, dtype=np.uint32)
+        cap = 64 * n + 64
+        while True:
+            buf = ctypes.create_string_buffer(cap)
+            with self.client._lock:
+                rc = _native.api.de_key_strings(self.client._handle(), self.handle,
+                                                k.ctypes.data, n, buf, cap, lens.ctypes.data)
+            if rc == -_errno.ENOSPC:
+                cap = int(lens[lens != 0xFFFFFFFF].sum()) + 1
+                continue
+            _check(rc)
+            break
+        out, off, raw = [], 0, buf.raw
+        for ln in lens.tolist():
+            if ln == 0xFFFFFFFF:
+                out.append(None)
+                continue
+            out.append(raw[off:off + ln].decode("utf-8", "surrogateescape"))
+            off += ln
+        return out
+
+    def string_key(self, s):
+        """The uint64 fingerprint of string ``s`` in this table (as the daemon maps it)."""
+        b = s.encode("utf-8") if isinstance(s, str) else bytes(s)
+        out = ctypes.c_uint64()
+        with self.client._lock:
+            _check(_native.api.de_string_key(self.client._handle(), self.handle, b, len(b),
+                                             ctypes.byref(out)))
+        return out.value
 
     def lookup_async(self, keys, readonly=False, step=0):
         """Submit a lookup of int64 ``keys`` without waiting; returns a :class:`Request`.

@@ -77,6 +77,35 @@ class Stats(ctypes.Structure):
         "wal_lsn", "durable_lsn", "snapshots", "snapshot_lsn")]
 
 
+class SampleSpec(ctypes.Structure):
+    """struct de_sample_spec"""
+    _fields_ = [("kind", ctypes.c_int), ("num_sampled", ctypes.c_uint32),
+                ("unique", ctypes.c_int), ("power", ctypes.c_double),
+                ("seed", ctypes.c_uint64)]
+
+
+class Progress(ctypes.Structure):
+    """struct de_progress"""
+    _fields_ = [("done", ctypes.c_uint64), ("total", ctypes.c_uint64), ("phase", ctypes.c_int),
+                ("table_index", ctypes.c_uint32), ("table", ctypes.c_char_p)]
+
+
+# int (*de_progress_cb)(void *ctx, const struct de_progress *p)
+ProgressCb = ctypes.CFUNCTYPE(ctypes.c_int, c_vp, ctypes.POINTER(Progress))
+
+
+class SnapshotResult(ctypes.Structure):
+    """struct de_snapshot_result"""
+    _fields_ = [("tables", ctypes.c_uint32), ("lsn", ctypes.c_uint64),
+                ("rows", ctypes.c_uint64), ("bytes", ctypes.c_uint64)]
+
+
+class ImportResult(ctypes.Structure):
+    """struct de_import_result"""
+    _fields_ = [("records", ctypes.c_uint64), ("imported", ctypes.c_uint64),
+                ("dropped", ctypes.c_uint64), ("problem", ctypes.c_char * 128)]
+
+
 # name: (restype, argtypes). Pointers to caller data are c_void_p so that a NumPy
 # buffer address (ndarray.ctypes.data, an int) is passed as is: no copy, no conversion.
 _PROTOS = {
@@ -108,6 +137,24 @@ _PROTOS = {
                                               c_vp, ctypes.c_uint64, ctypes.c_double,
                                               c_size_p]),
     "de_strerror": (ctypes.c_char_p, [ctypes.c_int]),
+    # sampling, top-k, key strings (DYNEMB_0.3)
+    "de_sample": (ctypes.c_int, [c_vp, ctypes.c_int, ctypes.POINTER(SampleSpec), c_vp,
+                                 ctypes.c_size_t, c_vp, c_vp, c_vp, c_vp]),
+    "de_sample_str": (ctypes.c_int, [c_vp, ctypes.c_int, ctypes.POINTER(SampleSpec), c_vp,
+                                     c_vp, ctypes.c_size_t, c_vp, c_vp, c_vp, c_vp]),
+    "de_topk": (ctypes.c_int, [c_vp, ctypes.c_int, c_vp, ctypes.c_size_t, ctypes.c_uint32,
+                               ctypes.c_int, c_vp, c_vp, c_vp]),
+    "de_key_strings": (ctypes.c_int, [c_vp, ctypes.c_int, c_vp, ctypes.c_size_t, c_vp,
+                                      ctypes.c_size_t, c_vp]),
+    "de_string_key": (ctypes.c_int, [c_vp, ctypes.c_int, ctypes.c_char_p, ctypes.c_size_t,
+                                     c_u64_p]),
+    # persistence: snapshots, export, import through the daemon (DYNEMB_0.4)
+    "de_snapshot": (ctypes.c_int, [c_vp, ctypes.c_char_p, ctypes.c_bool, ProgressCb, c_vp,
+                                   ctypes.POINTER(SnapshotResult)]),
+    "de_export_table": (ctypes.c_int, [c_vp, ctypes.c_char_p, ctypes.c_char_p, ProgressCb, c_vp,
+                                 c_u64_p, c_u64_p]),
+    "de_import_table": (ctypes.c_int, [c_vp, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_uint,
+                                 ProgressCb, c_vp, ctypes.POINTER(ImportResult)]),
 }
 
 

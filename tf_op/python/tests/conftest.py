@@ -57,8 +57,9 @@ def daemon(tmp_path_factory):
     sock = str(d / "d.sock")
     log = d / "dynembd.log"
     with open(log, "wb") as lf:
+        # a data dir: tables that ask durability async/sync need one
         proc = subprocess.Popen([_dynembd_path(), "--foreground", "--socket", sock,
-                                 "--segment-bytes", "4M"],
+                                 "--segment-bytes", "4M", "--data-dir", str(d / "data")],
                                 stdin=subprocess.DEVNULL, stdout=lf, stderr=subprocess.STDOUT)
     try:
         _wait_socket(sock, proc, log)

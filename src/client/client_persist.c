@@ -1,0 +1,120 @@
+/*
+ * client_persist.c — libdynemb's persistence calls: de_snapshot, de_export_table, de_import_table
+ * (dynemb.h). Each is one control request (proto.h types 9..15) answered by a job thread
+ * of the daemon: PROGRESS messages, then the OK reply or ERROR. The transport (send,
+ * replies checked for magic, version, type, exact length and seq; the timeout restarting
+ * at each message) is client.c's, through de_priv_ctl_request.
+ *
+ * Owns nothing beyond a call. Never trusts a reply: PROGRESS names are NUL-terminated
+ * here, phases outside the enum are passed as they are (a newer daemon), counts as given.
+ */
+#include <errno.h>
+#include <string.h>
+
+#include "client_priv.h"
+#include "dynemb.h"
+#include "proto.h"
+
+struct prog_ctx {
+	de_progress_cb cb;
+	void *ctx;
+};
+
+static int on_progress(void *ctx, const void *msg)
+{
+	const struct prog_ctx *pc = ctx;
+	struct de_msg_progress m;
+	memcpy(&m, msg, sizeof m);
+	if (!pc->cb)
+		return 0;
+	char name[DE_NAME_MAX];
+	memcpy(name, m.name, sizeof name);
+	name[sizeof name - 1] = 0;
+	struct de_progress p = { .done = m.done, .total = m.total,
+				 .phase = (enum de_progress_phase_kind)m.phase,
+				 .table_index = m.table_index, .table = name };
+	return pc->cb(pc->ctx, &p);
+}
+
+/* name: 1..63 bytes (the daemon checks the characters). */
+static int put_name(char dst[DE_NAME_MAX], const char *name)
+{
+	size_t n = name ? strlen(name) : 0;
+	if (!n || n >= DE_NAME_MAX)
+		return -EINVAL;
+	memcpy(dst, name, n);
+	return 0;
+}
+
+static int put_path(char dst[DE_PATH_MAX], const char *path)
+{
+	size_t n = path ? strlen(path) : 0;
+	if (!n || n >= DE_PATH_MAX || path[0] != '/')
+		return -EINVAL;
+	memcpy(dst, path, n);
+	return 0;
+}
+
+int de_snapshot(de_client *c, const char *table_name, bool full, de_progress_cb cb, void *ctx,
+		struct de_snapshot_result *out)
+{
+	struct de_msg_snapshot m;
+	memset(&m, 0, sizeof m);
+	m.h.type = DE_MSG_SNAPSHOT;
+	if (table_name && put_name(m.name, table_name))
+		return -EINVAL;
+	m.flags = full ? DE_SNAP_FULL : 0;
+	struct de_msg_snapshot_ok ok;
+	struct prog_ctx pc = { cb, ctx };
+	int err = de_priv_ctl_request(c, &m, sizeof m, DE_MSG_SNAPSHOT_OK, &ok, sizeof ok,
+				      on_progress, &pc);
+	if ((!err || err == -ECANCELED) && out)
+		*out = (struct de_snapshot_result){ .tables = ok.tables, .lsn = ok.lsn,
+						    .rows = ok.rows, .bytes = ok.bytes };
+	return err;
+}
+
+int de_export_table(de_client *c, const char *table_name, const char *path, de_progress_cb cb,
+	      void *ctx, uint64_t *records, uint64_t *bytes)
+{
+	struct de_msg_export m;
+	memset(&m, 0, sizeof m);
+	m.h.type = DE_MSG_EXPORT;
+	if (put_name(m.name, table_name) || put_path(m.path, path))
+		return -EINVAL;
+	struct de_msg_export_ok ok;
+	struct prog_ctx pc = { cb, ctx };
+	int err = de_priv_ctl_request(c, &m, sizeof m, DE_MSG_EXPORT_OK, &ok, sizeof ok,
+				      on_progress, &pc);
+	if (!err || err == -ECANCELED) {
+		if (records)
+			*records = ok.records;
+		if (bytes)
+			*bytes = ok.bytes;
+	}
+	return err;
+}
+
+int de_import_table(de_client *c, const char *table_name, const char *path, unsigned flags,
+	      de_progress_cb cb, void *ctx, struct de_import_result *out)
+{
+	struct de_msg_import m;
+	memset(&m, 0, sizeof m);
+	m.h.type = DE_MSG_IMPORT;
+	if (put_name(m.name, table_name) || put_path(m.path, path) ||
+	    (flags & ~DE_IMPORT_SALVAGE_PREFIX))
+		return -EINVAL;
+	m.flags = (flags & DE_IMPORT_SALVAGE_PREFIX) ? DE_WIMPORT_SALVAGE : 0;
+	struct de_msg_import_ok ok;
+	struct prog_ctx pc = { cb, ctx };
+	int err = de_priv_ctl_request(c, &m, sizeof m, DE_MSG_IMPORT_OK, &ok, sizeof ok,
+				      on_progress, &pc);
+	if ((!err || err == -ECANCELED) && out) {
+		out->records = ok.records;
+		out->imported = ok.imported;
+		out->dropped = ok.dropped;
+		memcpy(out->problem, ok.problem, sizeof out->problem);
+		out->problem[sizeof out->problem - 1] = 0;
+	}
+	return err;
+}

@@ -1,0 +1,385 @@
+/*
+ * dynembctl.c — the operator's command line for dynembd: snapshots, export and import
+ * (ARCHITECTURE.md section 9), through libdynemb's persistence calls (dynemb.h:
+ * de_snapshot, de_export_table, de_import_table).
+ *
+ *   dynembctl [--socket PATH] [--timeout-ms N] [--quiet] snapshot [TABLE] [--full]
+ *   dynembctl [...] export TABLE FILE
+ *   dynembctl [...] import TABLE FILE [--salvage]
+ *
+ * Owns the CLI only: argument checks, the progress display and the messages. The daemon
+ * does the work (its job thread) and checks everything again (table names, paths under
+ * its [persistence] export_dir, the file's format).
+ * Progress: on a terminal (isatty(stderr)) one line redrawn with \r: a bar, percent,
+ * rows, rate and ETA; otherwise a plain line at every 10% step. --quiet: none.
+ * SIGINT / SIGTERM during a job: the progress callback asks to stop; the daemon finishes
+ * what it must (no half-written snapshot or import is left) and the call returns
+ * -ECANCELED; a second signal is not caught any more (the default action).
+ * Paths: FILE is made absolute here (the daemon runs elsewhere and takes absolute paths
+ * only): a relative FILE is taken from the current directory.
+ * Exit status: 0 done, 1 failed (the reason from de_strerror on stderr), 2 bad usage.
+ * Never: retries a failed job (the daemon's error is final), or prints progress on
+ * stdout (stdout has the result line only, for scripts).
+ */
+#include <errno.h>
+#include <inttypes.h>
+#include <limits.h>
+#include <math.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "dynemb.h"
+
+#define EXIT_FAIL 1
+#define EXIT_USAGE 2
+#define BAR_WIDTH 30
+
+static volatile sig_atomic_t g_stop; /* set by SIGINT / SIGTERM: the progress cb stops */
+
+static void on_signal(int sig)
+{
+	g_stop = 1;
+	signal(sig, SIG_DFL); /* a second one ends the program */
+}
+
+static double now_s(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+/* ---- progress ---------------------------------------------------------------------------- */
+
+struct progress {
+	bool tty, quiet, drawn;
+	const char *verb;          /* "snapshot", "export", "import" */
+	int phase;                 /* the phase / table the current bar is about */
+	uint32_t table_index;
+	double t0;                 /* start of the current bar */
+	int last_decile;           /* non-tty: the last 10% step printed */
+	double last_draw;
+	char table[64];
+};
+
+static const char *phase_name(const struct progress *p, int phase)
+{
+	switch (phase) {
+	case DE_PROGRESS_SNAPSHOT:
+		return "snapshot";
+	case DE_PROGRESS_EXPORT:
+		return "export";
+	case DE_PROGRESS_IMPORT:
+		return "import";
+	default:
+		return p->verb;
+	}
+}
+
+static void human(char *buf, size_t cap, double v)
+{
+	if (v >= 1e9)
+		snprintf(buf, cap, "%.2fG", v / 1e9);
+	else if (v >= 1e6)
+		snprintf(buf, cap, "%.2fM", v / 1e6);
+	else if (v >= 1e4)
+		snprintf(buf, cap, "%.1fk", v / 1e3);
+	else
+		snprintf(buf, cap, "%.0f", v);
+}
+
+static void eta_text(char *buf, size_t cap, double s)
+{
+	if (!isfinite(s) || s < 0)
+		snprintf(buf, cap, "--");
+	else if (s >= 3600)
+		snprintf(buf, cap, "%dh%02dm", (int)(s / 3600), (int)fmod(s / 60, 60));
+	else if (s >= 60)
+		snprintf(buf, cap, "%dm%02ds", (int)(s / 60), (int)fmod(s, 60));
+	else
+		snprintf(buf, cap, "%.0fs", s);
+}
+
+static void progress_end_line(struct progress *p)
+{
+	if (p->tty && p->drawn) {
+		fputc('\n', stderr);
+		fflush(stderr);
+	}
+	p->drawn = false;
+}
+
+static int on_progress(void *ctx, const struct de_progress *d)
+{
+	struct progress *p = ctx;
+	if (g_stop)
+		return 1;
+	if (p->quiet)
+		return 0;
+	double t = now_s();
+	/* a new bar when the phase or the table changes (import then snapshots the table;
+	 * a snapshot of every table goes through them in turn) */
+	if ((int)d->phase != p->phase || d->table_index != p->table_index ||
+	    strncmp(p->table, d->table ? d->table : "", sizeof p->table - 1)) {
+		progress_end_line(p);
+		p->phase = (int)d->phase;
+		p->table_index = d->table_index;
+		snprintf(p->table, sizeof p->table, "%s", d->table ? d->table : "");
+		p->t0 = t;
+		p->last_decile = -1;
+		p->last_draw = 0;
+	}
+	double frac = d->total ? (double)d->done / (double)d->total : 0;
+	if (frac > 1)
+		frac = 1; /* total is an estimate */
+	double el = t - p->t0, rate = el > 0 ? (double)d->done / el : NAN;
+	char dn[16], tn[16], rt[16], eta[16];
+	human(dn, sizeof dn, (double)d->done);
+	human(tn, sizeof tn, (double)d->total);
+	human(rt, sizeof rt, rate);
+	eta_text(eta, sizeof eta,
+		 rate > 0 && d->total >= d->done ? (double)(d->total - d->done) / rate : NAN);
+	if (p->tty) {
+		if (t - p->last_draw < 0.1 && d->done < d->total)
+			return 0;
+		p->last_draw = t;
+		char bar[BAR_WIDTH + 1];
+		int fill = (int)(frac * BAR_WIDTH);
+		for (int i = 0; i < BAR_WIDTH; i++)
+			bar[i] = i < fill ? '#' : '.';
+		bar[BAR_WIDTH] = 0;
+		fprintf(stderr, "\r%s %s [%s] %3.0f%% %s/%s rows %s rows/s ETA %s\x1b[K",
+			phase_name(p, p->phase), p->table, bar, frac * 100, dn, tn,
+			isfinite(rate) ? rt : "--", eta);
+		p->drawn = true;
+		fflush(stderr);
+	} else {
+		int decile = (int)(frac * 10);
+		if (decile > p->last_decile) {
+			p->last_decile = decile;
+			fprintf(stderr, "%s %s: %d%% (%" PRIu64 "/%" PRIu64 " rows)\n",
+				phase_name(p, p->phase), p->table, decile * 10, d->done, d->total);
+		}
+	}
+	return 0;
+}
+
+/* ---- commands ---------------------------------------------------------------------------- */
+
+static void usage(FILE *f)
+{
+	fprintf(f,
+		"usage: dynembctl [--socket PATH] [--timeout-ms N] [--quiet] COMMAND [ARGS]\n"
+		"\n"
+		"Commands (the daemon does the work; dynembctl shows its progress):\n"
+		"  snapshot [TABLE] [--full]   checkpoint TABLE, or every persisted table: an\n"
+		"                              incremental snapshot where the table has one to\n"
+		"                              extend, else (or with --full) a full one\n"
+		"  export TABLE FILE           write TABLE to FILE in the export format (see\n"
+		"                              uring/README.md; NumPy reads it)\n"
+		"  import TABLE FILE [--salvage]  read FILE into TABLE (same config); --salvage\n"
+		"                              keeps the verified prefix of a damaged file\n"
+		"\n"
+		"Options:\n"
+		"  --socket PATH      the daemon's control socket (default: $DYNEMB_SOCKET, else\n"
+		"                     /run/dynemb/dynemb.sock)\n"
+		"  --timeout-ms N     longest wait between two messages of the daemon (10000)\n"
+		"  --quiet            no progress display\n"
+		"  -h, --help         this text\n"
+		"\n"
+		"FILE: the daemon reads and writes it itself, as its own user, and only under its\n"
+		"[persistence] export_dir (dynembd --export-dir); a relative FILE is taken from\n"
+		"the current directory. The daemon needs [persistence] data_dir for snapshots.\n"
+		"Progress goes to stderr (a redrawn bar on a terminal, else a line every 10%%);\n"
+		"the result goes to stdout. Ctrl-C asks the daemon to stop the job cleanly.\n"
+		"Exit status: 0 done, 1 failed, 2 bad usage.\n");
+}
+
+__attribute__((format(printf, 1, 2))) static int bad_usage(const char *fmt, ...)
+{
+	va_list ap;
+	fputs("dynembctl: ", stderr);
+	va_start(ap, fmt);
+	vfprintf(stderr, fmt, ap);
+	va_end(ap);
+	fputs("\nTry 'dynembctl --help'.\n", stderr);
+	return EXIT_USAGE;
+}
+
+/* FILE as an absolute path: -ENAMETOOLONG when it does not fit. */
+static int absolute(const char *in, char *out, size_t cap)
+{
+	if (in[0] == '/') {
+		if (strlen(in) >= cap)
+			return -ENAMETOOLONG;
+		snprintf(out, cap, "%s", in);
+		return 0;
+	}
+	char cwd[PATH_MAX];
+	if (!getcwd(cwd, sizeof cwd))
+		return -errno;
+	int n = snprintf(out, cap, "%s/%s", cwd, in);
+	return n < 0 || (size_t)n >= cap ? -ENAMETOOLONG : 0;
+}
+
+static int fail(const char *what, const char *table, int err)
+{
+	fprintf(stderr, "dynembctl: %s%s%s: %s\n", what, table ? " " : "", table ? table : "",
+		err == -ECANCELED ? "cancelled (the daemon finished or rolled back the job)"
+				  : de_strerror(err));
+	return EXIT_FAIL;
+}
+
+int main(int argc, char **argv)
+{
+	const char *socket_path = getenv("DYNEMB_SOCKET");
+	int timeout_ms = 10000;
+	bool quiet = false;
+	int i = 1;
+	for (; i < argc && argv[i][0] == '-'; i++) {
+		const char *a = argv[i];
+		if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
+			usage(stdout);
+			return 0;
+		} else if (!strcmp(a, "--quiet") || !strcmp(a, "-q")) {
+			quiet = true;
+		} else if (!strcmp(a, "--socket") || !strcmp(a, "--timeout-ms")) {
+			if (i + 1 >= argc)
+				return bad_usage("%s needs a value", a);
+			const char *v = argv[++i];
+			if (!strcmp(a, "--socket")) {
+				socket_path = v;
+				continue;
+			}
+			char *end;
+			errno = 0;
+			long t = strtol(v, &end, 10);
+			if (!*v || *end || errno || t < 1 || t > 3600000)
+				return bad_usage("--timeout-ms takes 1..3600000, not '%s'", v);
+			timeout_ms = (int)t;
+		} else {
+			return bad_usage("unknown option '%s'", a);
+		}
+	}
+	if (i >= argc)
+		return bad_usage("no command (snapshot, export, import)");
+	const char *cmd = argv[i++];
+
+	/* the command's own arguments: positionals and its flags, in any order */
+	const char *pos[3];
+	int npos = 0;
+	bool full = false, salvage = false;
+	for (; i < argc; i++) {
+		if (!strcmp(argv[i], "--full") && !strcmp(cmd, "snapshot"))
+			full = true;
+		else if (!strcmp(argv[i], "--salvage") && !strcmp(cmd, "import"))
+			salvage = true;
+		else if (!strcmp(argv[i], "-h") || !strcmp(argv[i], "--help")) {
+			usage(stdout);
+			return 0;
+		} else if (argv[i][0] == '-' && argv[i][1])
+			return bad_usage("%s: unknown option '%s'", cmd, argv[i]);
+		else if (npos < 3)
+			pos[npos++] = argv[i];
+		else
+			return bad_usage("%s: too many arguments", cmd);
+	}
+	enum { C_SNAPSHOT, C_EXPORT, C_IMPORT } which;
+	if (!strcmp(cmd, "snapshot")) {
+		which = C_SNAPSHOT;
+		if (npos > 1)
+			return bad_usage("snapshot takes at most one TABLE");
+	} else if (!strcmp(cmd, "export") || !strcmp(cmd, "import")) {
+		which = cmd[0] == 'e' ? C_EXPORT : C_IMPORT;
+		if (npos != 2)
+			return bad_usage("%s takes TABLE FILE", cmd);
+	} else {
+		return bad_usage("unknown command '%s' (snapshot, export, import)", cmd);
+	}
+	if (npos && (!pos[0][0] || strlen(pos[0]) > 63))
+		return bad_usage("a table name has 1..63 bytes: '%s'", pos[0]);
+	char path[PATH_MAX];
+	if (which != C_SNAPSHOT) {
+		if (!pos[1][0])
+			return bad_usage("%s: an empty FILE", cmd);
+		int err = absolute(pos[1], path, sizeof path);
+		if (err)
+			return fail("FILE", pos[1], err);
+	}
+
+	de_client *c = NULL;
+	struct de_connect_opts co = { .name = "dynembctl", .timeout_ms = timeout_ms };
+	int err = de_connect(socket_path, &co, &c);
+	if (err) {
+		fprintf(stderr, "dynembctl: cannot reach dynembd at %s: %s\n",
+			socket_path ? socket_path : "the default socket (/run/dynemb/dynemb.sock)",
+			de_strerror(err));
+		return EXIT_FAIL;
+	}
+	struct sigaction sa = { .sa_handler = on_signal };
+	sigemptyset(&sa.sa_mask);
+	sigaction(SIGINT, &sa, NULL);
+	sigaction(SIGTERM, &sa, NULL);
+
+	struct progress p = { .tty = isatty(2) == 1, .quiet = quiet, .phase = -1,
+			      .table_index = UINT32_MAX, .last_decile = -1 };
+	double t0 = now_s();
+	int rc = 0;
+	switch (which) {
+	case C_SNAPSHOT: {
+		struct de_snapshot_result res;
+		p.verb = "snapshot";
+		err = de_snapshot(c, npos ? pos[0] : NULL, full, on_progress, &p, &res);
+		progress_end_line(&p);
+		if (err) {
+			rc = fail("snapshot", npos ? pos[0] : "(every table)", err);
+			break;
+		}
+		printf("snapshot: %u table%s, %" PRIu64 " rows, %" PRIu64 " bytes, WAL from lsn %"
+		       PRIu64 ", %.2f s\n", res.tables, res.tables == 1 ? "" : "s", res.rows,
+		       res.bytes, res.lsn, now_s() - t0);
+		break;
+	}
+	case C_EXPORT: {
+		uint64_t records = 0, bytes = 0;
+		p.verb = "export";
+		err = de_export_table(c, pos[0], path, on_progress, &p, &records, &bytes);
+		progress_end_line(&p);
+		if (err) {
+			rc = fail("export", pos[0], err);
+			break;
+		}
+		printf("exported %s: %" PRIu64 " records, %" PRIu64 " bytes to %s, %.2f s\n", pos[0],
+		       records, bytes, path, now_s() - t0);
+		break;
+	}
+	case C_IMPORT: {
+		struct de_import_result res;
+		memset(&res, 0, sizeof res);
+		p.verb = "import";
+		err = de_import_table(c, pos[0], path, salvage ? DE_IMPORT_SALVAGE_PREFIX : 0, on_progress,
+				&p, &res);
+		progress_end_line(&p);
+		if (err) {
+			rc = fail("import", pos[0], err);
+			break;
+		}
+		res.problem[sizeof res.problem - 1] = 0;
+		printf("imported %s: %" PRIu64 " of %" PRIu64 " records from %s, %.2f s\n", pos[0],
+		       res.imported, res.records, path, now_s() - t0);
+		if (res.dropped || res.problem[0])
+			printf("salvage: %" PRIu64 " records dropped: %s\n", res.dropped,
+			       res.problem[0] ? res.problem : "(no reason given)");
+		break;
+	}
+	}
+	de_close(c);
+	return rc;
+}
