@@ -41,6 +41,7 @@
 
 #include "dynemb.h"
 #include "proto.h" /* the fake daemon below speaks the wire protocol */
+#include "daemon_util.h"
 
 #define TIMEOUT 20 /* Criterion's guard against a hang, seconds */
 
@@ -49,80 +50,25 @@
 static pid_t d_pid = -1;
 static char d_sock[108];
 
-static double now_s(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
-
-static bool can_connect(const char *path)
-{
-	int s = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
-	if (s < 0)
-		return false;
-	struct sockaddr_un sa = { .sun_family = AF_UNIX };
-	snprintf(sa.sun_path, sizeof sa.sun_path, "%s", path);
-	bool ok = connect(s, (struct sockaddr *)&sa, sizeof sa) == 0;
-	close(s);
-	return ok;
-}
-
 /* Start dynembd with the common flags plus extra (NULL-terminated), wait until its
  * socket accepts. */
 static void daemon_start(const char *const *extra)
 {
-	const char *bin = getenv("DYNEMBD");
-	if (!bin || !*bin)
-		bin = "/tmp/dynembd-c";
-	if (access(bin, X_OK) != 0)
-		cr_assert_fail("no daemon binary at %s (set DYNEMBD to the built dynembd)", bin);
+	const char *bin = daemon_bin();
 	static unsigned n;
 	snprintf(d_sock, sizeof d_sock, "/tmp/de-test-%d-%u.sock", (int)getpid(), n++);
 	unlink(d_sock);
-
-	const char *argv[32] = { bin, "--foreground", "--socket", d_sock, "--log-level", "warn",
-				 "--segment-bytes", "2M", "--reserve-bytes", "2G",
-				 "--pages", "small" };
-	unsigned a = 12;
-	for (unsigned i = 0; extra && extra[i] && a < 31; i++)
-		argv[a++] = extra[i];
-	argv[a] = NULL;
-
-	pid_t parent = getpid();
-	d_pid = fork();
-	cr_assert_geq(d_pid, 0, "fork: %s", strerror(errno));
-	if (d_pid == 0) {
-		prctl(PR_SET_PDEATHSIG, SIGTERM);
-		if (getppid() != parent)
-			_exit(1);
-		execv(bin, (char *const *)argv);
-		_exit(127);
-	}
-	double end = now_s() + 5;
-	while (!can_connect(d_sock)) {
-		int st;
-		cr_assert_eq(waitpid(d_pid, &st, WNOHANG), 0, "dynembd exited at startup");
-		cr_assert_lt(now_s(), end, "dynembd did not listen on %s within 5 s", d_sock);
-		usleep(2000);
-	}
+	const char *argv[32];
+	daemon_argv(argv, 32, bin, d_sock, "warn", NULL, extra);
+	d_pid = daemon_spawn(argv, SIGTERM, NULL);
+	daemon_wait_listen(d_pid, d_sock, 5, NULL);
 }
 
 static void daemon_stop(void)
 {
 	if (d_pid > 0) {
 		kill(d_pid, SIGCONT); /* in case a test stopped it */
-		kill(d_pid, SIGTERM);
-		int st;
-		double end = now_s() + 3;
-		while (waitpid(d_pid, &st, WNOHANG) == 0) {
-			if (now_s() > end) {
-				kill(d_pid, SIGKILL);
-				waitpid(d_pid, &st, 0);
-				break;
-			}
-			usleep(2000);
-		}
+		daemon_terminate(d_pid, 3);
 		d_pid = -1;
 	}
 	unlink(d_sock);
@@ -1120,7 +1066,7 @@ static int open_learn(de_client *c, const char *name, uint32_t dim, float init,
 }
 
 /* A deterministic generator (xorshift) for key choices and gradients. */
-static uint64_t rng_next(uint64_t *s)
+static uint64_t xorshift64(uint64_t *s)
 {
 	*s ^= *s << 13;
 	*s ^= *s >> 7;
@@ -1194,10 +1140,10 @@ static void stream_vs_reference(enum de_optim_kind kind)
 		bool in[POOL] = { 0 };
 		memset(sum, 0, sizeof sum);
 		for (int i = 0; i < BATCH; i++) {
-			int k = (int)(rng_next(&s) % POOL);
+			int k = (int)(xorshift64(&s) % POOL);
 			keys[i] = 100 + (uint64_t)k;
 			for (int j = 0; j < DIM; j++) {
-				g[i * DIM + j] = (float)((double)(rng_next(&s) % 2001) / 1000.0 - 1.0);
+				g[i * DIM + j] = (float)((double)(xorshift64(&s) % 2001) / 1000.0 - 1.0);
 				sum[k][j] += g[i * DIM + j];
 			}
 			in[k] = true;

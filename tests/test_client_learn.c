@@ -8,7 +8,11 @@
  * brute-force dot/cosine (top-k), TF's expected-count formulas (sampling), the strings the
  * test wrote (key strings).
  */
+#ifdef DE_MINI_CRITERION
+#include "mini_criterion.h" /* ThreadSanitizer build: see that header */
+#else
 #include <criterion/criterion.h>
+#endif
 
 #include <errno.h>
 #include <math.h>
@@ -27,6 +31,7 @@
 
 #include "dynemb.h"
 #include "test_util.h"
+#include "daemon_util.h"
 
 #define TIMEOUT 120
 
@@ -34,64 +39,24 @@ static pid_t d_pid = -1;
 static char d_sock[108];
 static char d_tier[64];
 
-static bool can_connect(const char *path)
-{
-	int s = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
-	struct sockaddr_un sa = { .sun_family = AF_UNIX };
-	snprintf(sa.sun_path, sizeof sa.sun_path, "%s", path);
-	bool ok = connect(s, (struct sockaddr *)&sa, sizeof sa) == 0;
-	close(s);
-	return ok;
-}
-
 static void daemon_start(const char *const *extra)
 {
-	const char *bin = getenv("DYNEMBD");
-	cr_assert(bin && access(bin, X_OK) == 0, "no daemon binary (set DYNEMBD)");
+	const char *bin = daemon_bin();
 	static unsigned n;
 	snprintf(d_sock, sizeof d_sock, "/tmp/de-learn-%d-%u.sock", (int)getpid(), n);
 	snprintf(d_tier, sizeof d_tier, "/tmp/de-learn-tier-%d-%u", (int)getpid(), n++);
 	unlink(d_sock);
-	const char *argv[40] = { bin, "--foreground", "--socket", d_sock, "--log-level", "warn",
-				 "--segment-bytes", "2M", "--reserve-bytes", "2G", "--pages", "small",
-				 "--tier-dir", d_tier, "--sampler-rebuild-ms", "50" };
-	unsigned a = 16;
-	for (unsigned i = 0; extra && extra[i] && a < 39; i++)
-		argv[a++] = extra[i];
-	argv[a] = NULL;
-	pid_t parent = getpid();
-	d_pid = fork();
-	cr_assert_geq(d_pid, 0);
-	if (d_pid == 0) {
-		prctl(PR_SET_PDEATHSIG, SIGTERM);
-		if (getppid() != parent)
-			_exit(1);
-		execv(bin, (char *const *)argv);
-		_exit(127);
-	}
-	double end = now_s() + 10;
-	while (!can_connect(d_sock)) {
-		int st;
-		cr_assert_eq(waitpid(d_pid, &st, WNOHANG), 0, "dynembd exited at startup");
-		cr_assert_lt(now_s(), end, "dynembd did not listen");
-		usleep(2000);
-	}
+	const char *more[] = { "--tier-dir", d_tier, "--sampler-rebuild-ms", "50", NULL };
+	const char *argv[40];
+	daemon_argv(argv, 40, bin, d_sock, "warn", more, extra);
+	d_pid = daemon_spawn(argv, SIGTERM, NULL);
+	daemon_wait_listen(d_pid, d_sock, 10, NULL);
 }
 
 static void daemon_stop(void)
 {
 	if (d_pid > 0) {
-		kill(d_pid, SIGTERM);
-		int st = 0;
-		double end = now_s() + 5;
-		while (waitpid(d_pid, &st, WNOHANG) == 0) {
-			if (now_s() > end) {
-				kill(d_pid, SIGKILL);
-				waitpid(d_pid, &st, 0);
-				break;
-			}
-			usleep(2000);
-		}
+		int st = daemon_terminate(d_pid, 5);
 		d_pid = -1;
 		cr_expect(WIFEXITED(st) && WEXITSTATUS(st) == 0, "dynembd exit status %d", st);
 	}
@@ -481,7 +446,7 @@ Test(notier, tier_needs_a_tier_dir, .fini = daemon_stop, .timeout = TIMEOUT)
 /* Zero-copy readers while rows are evicted: each row read is the assigned value (found)
  * or zeros (missing), never anything else, and no call fails. */
 struct writer_arg {
-	volatile int stop;
+	int stop; /* atomic: set by the main thread */
 	int err;
 };
 static void *writer(void *p)
@@ -499,7 +464,7 @@ static void *writer(void *p)
 		goto out;
 	static float out[512 * 8];
 	uint64_t keys[512];
-	for (uint64_t r = 0; !a->stop && r < 4000; r++) {
+	for (uint64_t r = 0; !__atomic_load_n(&a->stop, __ATOMIC_ACQUIRE) && r < 4000; r++) {
 		for (int i = 0; i < 512; i++)
 			keys[i] = 1000000 + r * 512 + (uint64_t)i;
 		if ((a->err = de_lookup(c, t, keys, 512, out, NULL, 0, 1000 + r)))
@@ -548,7 +513,7 @@ Test(evict, readonly_zero_copy_readers_survive_eviction)
 		if (missing == N)
 			break; /* every assigned row evicted while we read */
 	}
-	wa.stop = 1;
+	__atomic_store_n(&wa.stop, 1, __ATOMIC_RELEASE);
 	pthread_join(th, NULL);
 	cr_assert_eq(wa.err, 0, "writer: %s", de_strerror(wa.err));
 	uint64_t local = 0, remote = 0;

@@ -18,7 +18,11 @@
  *            nothing unacknowledged... every acknowledged update survives.
  *   jobs     snapshot / export / import through the control plane with progress.
  */
+#ifdef DE_MINI_CRITERION
+#include "mini_criterion.h" /* ThreadSanitizer build: see that header */
+#else
 #include <criterion/criterion.h>
+#endif
 
 #include <dirent.h>
 #include <errno.h>
@@ -38,6 +42,7 @@
 #include <unistd.h>
 
 #include "dynemb.h"
+#include "daemon_util.h"
 
 #define DIM 4
 
@@ -46,76 +51,23 @@ static char d_sock[108];
 static char d_dir[256];
 static char d_log[300];
 
-static double now_s(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
-
-static const char *bin(void)
-{
-	const char *b = getenv("DYNEMBD");
-	if (!b || !*b)
-		b = "/tmp/dynembd-c";
-	if (access(b, X_OK) != 0)
-		cr_assert_fail("no daemon binary at %s (set DYNEMBD to the built dynembd)", b);
-	return b;
-}
-
-static bool can_connect(const char *path)
-{
-	int s = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
-	if (s < 0)
-		return false;
-	struct sockaddr_un sa = { .sun_family = AF_UNIX };
-	snprintf(sa.sun_path, sizeof sa.sun_path, "%s", path);
-	bool ok = connect(s, (struct sockaddr *)&sa, sizeof sa) == 0;
-	close(s);
-	return ok;
-}
-
 /* fork + exec dynembd with the common flags, data dir d_dir, extra flags; stderr to d_log */
 static pid_t spawn(const char *const *extra)
 {
-	const char *b = bin();
+	const char *b = daemon_bin();
 	static unsigned n;
 	snprintf(d_sock, sizeof d_sock, "/tmp/de-pd-%d-%u.sock", (int)getpid(), n++);
 	unlink(d_sock);
-	const char *argv[40] = { b, "--foreground", "--socket", d_sock, "--log-level", "info",
-				 "--segment-bytes", "2M", "--reserve-bytes", "2G", "--pages", "small",
-				 "--data-dir", d_dir };
-	unsigned a = 14;
-	for (unsigned i = 0; extra && extra[i] && a < 39; i++)
-		argv[a++] = extra[i];
-	argv[a] = NULL;
-	pid_t parent = getpid();
-	pid_t pid = fork();
-	cr_assert_geq(pid, 0);
-	if (pid == 0) {
-		prctl(PR_SET_PDEATHSIG, SIGKILL);
-		if (getppid() != parent)
-			_exit(1);
-		int fd = open(d_log, O_WRONLY | O_CREAT | O_APPEND, 0644);
-		if (fd >= 0)
-			dup2(fd, 2);
-		execv(b, (char *const *)argv);
-		_exit(127);
-	}
-	return pid;
+	const char *more[] = { "--data-dir", d_dir, NULL };
+	const char *argv[40];
+	daemon_argv(argv, 40, b, d_sock, "info", more, extra);
+	return daemon_spawn(argv, SIGKILL, d_log);
 }
 
 static void start(const char *const *extra)
 {
 	d_pid = spawn(extra);
-	double end = now_s() + 10;
-	while (!can_connect(d_sock)) {
-		int st;
-		cr_assert_eq(waitpid(d_pid, &st, WNOHANG), 0, "dynembd exited at startup (log %s)",
-			     d_log);
-		cr_assert_lt(now_s(), end, "dynembd did not listen within 10 s");
-		usleep(2000);
-	}
+	daemon_wait_listen(d_pid, d_sock, 10, d_log);
 }
 
 /* Run the daemon expecting it to exit by itself within 10 s: its exit status. */
@@ -149,17 +101,7 @@ static void crash(void)
 static void stop(void)
 {
 	if (d_pid > 0) {
-		kill(d_pid, SIGTERM);
-		int st;
-		double end = now_s() + 10;
-		while (waitpid(d_pid, &st, WNOHANG) == 0) {
-			if (now_s() > end) {
-				kill(d_pid, SIGKILL);
-				waitpid(d_pid, &st, 0);
-				break;
-			}
-			usleep(2000);
-		}
+		daemon_terminate(d_pid, 10);
 		d_pid = -1;
 	}
 	unlink(d_sock);
@@ -292,7 +234,7 @@ Test(config, print_config)
 {
 	char cmd[600];
 	snprintf(cmd, sizeof cmd, "%s --data-dir %s --snapshot-interval-s 30 --wal-segment-bytes "
-		 "128K --export-dir /tmp --print-config", bin(), d_dir);
+		 "128K --export-dir /tmp --print-config", daemon_bin(), d_dir);
 	FILE *p = popen(cmd, "r");
 	char buf[8192];
 	size_t n = fread(buf, 1, sizeof buf - 1, p);
@@ -306,24 +248,12 @@ Test(config, print_config)
 
 Test(config, durability_needs_data_dir)
 {
-	const char *b = bin();
+	const char *b = daemon_bin();
 	snprintf(d_sock, sizeof d_sock, "/tmp/de-pd-%d-nd.sock", (int)getpid());
 	const char *argv[] = { b, "--foreground", "--socket", d_sock, "--pages", "small",
 			       "--segment-bytes", "2M", "--reserve-bytes", "2G", NULL };
-	d_pid = fork();
-	if (d_pid == 0) {
-		prctl(PR_SET_PDEATHSIG, SIGKILL);
-		int fd = open("/dev/null", O_WRONLY);
-		dup2(fd, 2);
-		execv(b, (char *const *)argv);
-		_exit(127);
-	}
-	double end = now_s() + 10;
-	while (!can_connect(d_sock))
-	{
-		cr_assert_lt(now_s(), end);
-		usleep(2000);
-	}
+	d_pid = daemon_spawn(argv, SIGKILL, "/dev/null");
+	daemon_wait_listen(d_pid, d_sock, 10, NULL);
 	de_client *c = conn();
 	struct de_table_spec s = spec("sync_t", DE_DURABLE_SYNC, 0);
 	int t, err = de_open(c, &s, &t);

@@ -304,6 +304,17 @@ static int shape_of(const TF_Tensor *t, int max_rank, int64_t *dims, int *rank, 
 	return 0;
 }
 
+/* A float32 tensor of rank <= max_rank: shape_of, after the dtype check. */
+static int float_shape_of(const TF_Tensor *t, int max_rank, int64_t *dims, int *rank, size_t *n,
+			  const char *what, char *err, size_t errlen)
+{
+	if (TF_TensorType(t) != TF_FLOAT) {
+		snprintf(err, errlen, "%s must be float32, not dtype %d", what, (int)TF_TensorType(t));
+		return -EINVAL;
+	}
+	return shape_of(t, max_rank, dims, rank, n, what, err, errlen);
+}
+
 static int get_keys(TF_Tensor *t, const struct kern *k, struct keys *out, char *err,
 		    size_t errlen)
 {
@@ -485,12 +496,8 @@ static void compute_update(void *p, TF_OpKernelContext *ctx)
 	int64_t vdims[DE_TF_MAX_RANK];
 	int vrank;
 	size_t vn;
-	rc = -EINVAL;
-	if (TF_TensorType(vt) != TF_FLOAT) {
-		snprintf(err, sizeof err, "values must be float32, not dtype %d", (int)TF_TensorType(vt));
-		goto fail;
-	}
-	if ((rc = shape_of(vt, DE_TF_MAX_RANK, vdims, &vrank, &vn, "values", err, sizeof err)) ||
+	if ((rc = float_shape_of(vt, DE_TF_MAX_RANK, vdims, &vrank, &vn, "values", err,
+				 sizeof err)) ||
 	    (rc = de_tf_check_rows_shape(k->gradients ? "gradients" : "values", ks.dims, ks.rank,
 					 vdims, vrank, k->dim, err, sizeof err)))
 		goto fail;
@@ -576,12 +583,7 @@ static void compute_topk(void *p, TF_OpKernelContext *ctx)
 	int64_t qd[2];
 	int qr;
 	size_t qn;
-	rc = -EINVAL;
-	if (TF_TensorType(qt) != TF_FLOAT) {
-		snprintf(err, sizeof err, "queries must be float32, not dtype %d", (int)TF_TensorType(qt));
-		goto fail;
-	}
-	if ((rc = shape_of(qt, 2, qd, &qr, &qn, "queries", err, sizeof err)))
+	if ((rc = float_shape_of(qt, 2, qd, &qr, &qn, "queries", err, sizeof err)))
 		goto fail;
 	rc = -EINVAL;
 	if (qr != 2 || qd[1] != (int64_t)k->dim) {
@@ -695,12 +697,7 @@ static void compute_sampled(void *p, TF_OpKernelContext *ctx)
 	int64_t idims[2];
 	int irank;
 	size_t in_n;
-	rc = -EINVAL;
-	if (TF_TensorType(it) != TF_FLOAT) {
-		snprintf(err, sizeof err, "inputs must be float32, not dtype %d", (int)TF_TensorType(it));
-		goto fail;
-	}
-	if ((rc = shape_of(it, 2, idims, &irank, &in_n, "inputs", err, sizeof err)))
+	if ((rc = float_shape_of(it, 2, idims, &irank, &in_n, "inputs", err, sizeof err)))
 		goto fail;
 	rc = -EINVAL;
 	if (irank != 2 || idims[1] != (int64_t)k->dim || TF_TensorByteSize(it) < in_n * 4) {

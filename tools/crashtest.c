@@ -541,6 +541,7 @@ static int iteration(struct run *r, int which, unsigned it)
 	atomic_store(&r->log->nsent, 0);
 	atomic_store(&r->log->error, 0);
 	atomic_store(&r->log->snap_error, 0);
+	atomic_store(&r->log->snaps_ok, 0);
 	uint64_t seed = mix(r->o.seed ^ ((uint64_t)it << 20) ^ (uint64_t)which);
 	pid_t w = fork();
 	if (w < 0) {

@@ -252,10 +252,7 @@ int de_export(de_table *t, const char *path, de_progress_fn cb, void *ctx, uint6
 	while (!done) {
 		/* a free chunk buffer (round robin keeps the writes in file order) */
 		struct du_iobuf *b = &io.b[next];
-		while (b->busy && !io.err)
-			if ((err = du_io_reap(&io)))
-				goto out;
-		if ((err = io.err))
+		if ((err = du_io_wait_free(&io, next)))
 			goto out;
 		size_t got = 0;
 		while (got < per) {
@@ -282,17 +279,8 @@ int de_export(de_table *t, const char *path, de_progress_fn cb, void *ctx, uint6
 		}
 		if (!got)
 			break;
-		for (size_t i = 0; i < got; i++) {
-			unsigned char *r = b->p + i * rb;
-			memset(r + 32, 0, 8);
-			uint32_t c = du_record_crc(n + i, r, rb);
-			memcpy(r + 32, &c, 4);
-			records_crc = de_crc32c(records_crc, &c, 4);
-		}
-		b->len = got * rb;
-		b->done = 0;
-		b->off = EXP_HDR_BYTES + n * rb;
-		if ((err = du_io_queue(&io, next, 0)) || (err = du_io_submit(&io)))
+		if ((err = du_io_put_records(&io, next, n, got, rb, EXP_HDR_BYTES + n * rb,
+					     &records_crc)))
 			goto out;
 		n += got;
 		next = (next + 1) % DU_NBUF;
@@ -317,32 +305,8 @@ int de_export(de_table *t, const char *path, de_progress_fn cb, void *ctx, uint6
 	tr->crc = de_crc32c(0, tr, offsetof(struct exp_trl, crc));
 	tb->len = EXP_TRL_BYTES;
 	tb->off = EXP_HDR_BYTES + n * rb;
-	if ((err = du_io_queue(&io, DU_NBUF, 0)) || (err = du_io_queue(&io, DU_NBUF + 1, IOSQE_IO_LINK)))
+	if ((err = du_io_commit(&io, DU_NBUF, 2, &fd, tmp, path)))
 		goto out;
-	if ((err = du_io_queue_fsync(&io)) || (err = du_io_submit(&io)) ||
-	    (err = du_io_drain(&io)))
-		goto out;
-	if (!io.fsync_done) { /* the trailer went in two writes: the link was broken */
-		if ((err = du_io_queue_fsync(&io)) || (err = du_io_submit(&io)) ||
-		    (err = du_io_drain(&io)))
-			goto out;
-		if (!io.fsync_done) {
-			err = -EIO;
-			goto out;
-		}
-	}
-	du_io_close(&io);
-	io_started = false;
-	if (close(fd)) {
-		fd = -1;
-		err = -errno;
-		goto out;
-	}
-	fd = -1;
-	if (rename(tmp, path)) {
-		err = -errno;
-		goto out;
-	}
 	created = false;
 	if ((err = du_fsync_dir_of(path)))
 		goto out;
@@ -593,28 +557,6 @@ static int check_trailer(struct reader *rd, struct du_io *io, uint32_t records_c
 	return 0;
 }
 
-static int open_reader(const char *path, struct reader *rd, int *fd_out)
-{
-	memset(rd, 0, sizeof *rd);
-	int fd = open(path, O_RDONLY | O_CLOEXEC);
-	if (fd < 0)
-		return -errno;
-	struct stat sb;
-	if (fstat(fd, &sb)) {
-		int err = -errno;
-		close(fd);
-		return err;
-	}
-	if (!S_ISREG(sb.st_mode)) {
-		close(fd);
-		return S_ISDIR(sb.st_mode) ? -EISDIR : -EINVAL;
-	}
-	rd->fd = fd;
-	rd->size = (uint64_t)sb.st_size;
-	*fd_out = fd;
-	return 0;
-}
-
 /* records per read: about CHUNK_TARGET bytes, at least 1, at most the records there are */
 static size_t chunk_records(uint32_t record_bytes, uint64_t avail)
 {
@@ -631,10 +573,11 @@ static int open_verified(const char *path, struct reader *rd, struct du_io *io, 
 			 const char **problem)
 {
 	memset(io, 0, sizeof *io);
-	*fd = -1;
-	int err = open_reader(path, rd, fd);
+	memset(rd, 0, sizeof *rd);
+	int err = du_open_regular(path, fd, &rd->size);
 	if (err)
 		return err;
+	rd->fd = *fd;
 	if ((err = du_io_open(io, *fd, false)))
 		return err;
 	if (rd->size < EXP_HDR_BYTES) {
@@ -689,25 +632,6 @@ out:
 	return err;
 }
 
-static const char *config_mismatch(const struct de_table_config *a, const struct de_table_config *b)
-{
-	if (a->dim != b->dim)
-		return "dim";
-	if (a->nslots != b->nslots)
-		return "nslots";
-	if (a->init != b->init)
-		return "init";
-	if (a->init_a != b->init_a)
-		return "init_a";
-	if (a->init_b != b->init_b)
-		return "init_b";
-	if (a->slot_init != b->slot_init)
-		return "slot_init";
-	if (a->seed != b->seed)
-		return "seed";
-	return NULL;
-}
-
 int de_import(de_table *t, const char *path, unsigned flags, de_progress_fn cb, void *ctx,
 	      struct de_import_report *rep)
 {
@@ -730,7 +654,7 @@ int de_import(de_table *t, const char *path, unsigned flags, de_progress_fn cb, 
 	if ((err = open_verified(path, &rd, &io, &fd, &problem)))
 		goto out;
 	rep->records = rd.h.records;
-	if ((rep->mismatch = config_mismatch(&tc, &rd.cfg))) {
+	if ((rep->mismatch = du_config_mismatch(&tc, &rd.cfg))) {
 		err = -EEXIST;
 		goto out;
 	}

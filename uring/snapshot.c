@@ -311,10 +311,7 @@ int de_snapshot_write(const char *dir, de_table *t, const struct de_snapshot_spe
 	unsigned next = 0;
 	for (bool done = false; !done;) {
 		struct du_iobuf *b = &io.b[next];
-		while (b->busy && !io.err)
-			if ((err = du_io_reap(&io)))
-				goto out;
-		if ((err = io.err))
+		if ((err = du_io_wait_free(&io, next)))
 			goto out;
 		size_t got = 0;
 		while (got < per) {
@@ -356,17 +353,7 @@ int de_snapshot_write(const char *dir, de_table *t, const struct de_snapshot_spe
 		}
 		if (!got)
 			break;
-		for (size_t i = 0; i < got; i++) {
-			unsigned char *r = b->p + i * rb;
-			memset(r + 32, 0, 8);
-			uint32_t c = du_record_crc(n + i, r, rb);
-			memcpy(r + 32, &c, 4);
-			records_crc = de_crc32c(records_crc, &c, 4);
-		}
-		b->len = got * rb;
-		b->done = 0;
-		b->off = SN_HDR + n * rb;
-		if ((err = du_io_queue(&io, next, 0)) || (err = du_io_submit(&io)))
+		if ((err = du_io_put_records(&io, next, n, got, rb, SN_HDR + n * rb, &records_crc)))
 			goto out;
 		n += got;
 		next = (next + 1) % DU_NBUF;
@@ -411,32 +398,8 @@ int de_snapshot_write(const char *dir, de_table *t, const struct de_snapshot_spe
 	tr->crc = de_crc32c(0, tr, offsetof(struct sn_trl, crc));
 	tb->len = SN_TRL;
 	tb->off = SN_HDR + n * rb;
-	if ((err = du_io_queue(&io, DU_NBUF, 0)) ||
-	    (err = du_io_queue(&io, DU_NBUF + 1, IOSQE_IO_LINK)) ||
-	    (err = du_io_queue_fsync(&io)) || (err = du_io_submit(&io)) ||
-	    (err = du_io_drain(&io)))
+	if ((err = du_io_commit(&io, DU_NBUF, 2, &fd, tmp, path)))
 		goto out;
-	if (!io.fsync_done) { /* a short trailer write broke the link */
-		if ((err = du_io_queue_fsync(&io)) || (err = du_io_submit(&io)) ||
-		    (err = du_io_drain(&io)))
-			goto out;
-		if (!io.fsync_done) {
-			err = -EIO;
-			goto out;
-		}
-	}
-	du_io_close(&io);
-	memset(&io, 0, sizeof io);
-	if (close(fd)) {
-		fd = -1;
-		err = -errno;
-		goto out;
-	}
-	fd = -1;
-	if (rename(tmp, path)) {
-		err = -errno;
-		goto out;
-	}
 	created = false;
 	if ((err = du_fsync_dir(dir)))
 		goto out;
@@ -481,7 +444,7 @@ struct rd {
 static void rd_close(struct rd *r)
 {
 	if (r->ring_ok)
-		io_uring_queue_exit(&r->ring);
+		du_ring_exit(&r->ring);
 	if (r->fd >= 0)
 		close(r->fd);
 	free(r->buf);
@@ -493,18 +456,11 @@ static int rd_open(struct rd *r, const char *path, struct de_snapshot_info *info
 		   const char **problem)
 {
 	memset(r, 0, sizeof *r);
-	r->fd = open(path, O_RDONLY | O_CLOEXEC);
-	if (r->fd < 0)
-		return -errno;
-	struct stat sb;
-	if (fstat(r->fd, &sb))
-		return -errno;
-	if (!S_ISREG(sb.st_mode))
-		return S_ISDIR(sb.st_mode) ? -EISDIR : -EINVAL;
-	r->size = (uint64_t)sb.st_size;
+	int err = du_open_regular(path, &r->fd, &r->size);
+	if (err)
+		return err;
 	info->file_bytes = r->size;
-	int err = io_uring_queue_init(2, &r->ring, 0);
-	if (err < 0)
+	if ((err = du_ring_init(2, &r->ring)) < 0)
 		return err;
 	r->ring_ok = true;
 	size_t got;
@@ -694,26 +650,6 @@ int de_snapshot_check(const char *path, struct de_snapshot_info *info)
 	return err;
 }
 
-static const char *config_mismatch(const struct de_table_config *a,
-				   const struct de_table_config *b)
-{
-	if (a->dim != b->dim)
-		return "dim";
-	if (a->nslots != b->nslots)
-		return "nslots";
-	if (a->init != b->init)
-		return "init";
-	if (a->init_a != b->init_a)
-		return "init_a";
-	if (a->init_b != b->init_b)
-		return "init_b";
-	if (a->slot_init != b->slot_init)
-		return "slot_init";
-	if (a->seed != b->seed)
-		return "seed";
-	return NULL;
-}
-
 int de_snapshot_load(de_table *t, const char *dir, uint32_t table_id, const uint64_t *seqs,
 		     unsigned n, struct de_snapshot_load_report *rep)
 {
@@ -755,7 +691,7 @@ int de_snapshot_load(de_table *t, const char *dir, uint32_t table_id, const uint
 				} else if (info.start_lsn < prev_lsn) {
 					problem = "chain start LSNs go backwards";
 					err = -EBADMSG;
-				} else if ((rep->mismatch = config_mismatch(&tc, &r.cfg))) {
+				} else if ((rep->mismatch = du_config_mismatch(&tc, &r.cfg))) {
 					problem = "table config differs from the snapshot's";
 					err = -EEXIST;
 				}

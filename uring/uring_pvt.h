@@ -2,8 +2,9 @@
  * uring_pvt.h — private to libdeuring (the .c files of uring/); not installed, not for other
  * components. What the export, WAL, snapshot and manifest code share: CRC32C, the
  * 40-byte row record of the export and snapshot formats, one io_uring with a few buffers
- * (short transfers resubmitted, an fsync linked behind the last write), small file
- * helpers (whole-file read, atomic replace, directory fsync) and the fault-injection
+ * (short transfers resubmitted, an fsync linked behind the last write; the record writers'
+ * chunk sealing and tmp-file commit), small file helpers (open a regular file, whole-file
+ * read, atomic replace, directory fsync) and the fault-injection
  * counters (compiled only with DE_FAULT_INJECTION).
  *
  * Ownership: a du_io owns its ring and the buffers in b[] (du_io_close frees them, after
@@ -54,6 +55,10 @@ void *du_calloc(size_t n, size_t size);
 /* CRC32C of: u64 index, rec bytes 0..31, rec bytes 36..record_bytes-1 */
 uint32_t du_record_crc(uint64_t index, const unsigned char *rec, uint32_t record_bytes);
 
+/* The first field (its name) in which a file's table config a differs from b's that an
+ * import or a load requires to match (seg_buckets does not count); NULL when none. */
+const char *du_config_mismatch(const struct de_table_config *a, const struct de_table_config *b);
+
 /* ---- one ring, a few buffers -------------------------------------------------------- */
 
 #define DU_NBUF 4u                /* chunk buffers */
@@ -93,11 +98,30 @@ int du_io_open(struct du_io *io, int fd, bool write);
 int du_io_bufs(struct du_io *io, unsigned nbuf, size_t bytes);
 void du_io_close(struct du_io *io);
 
+/* Writers of record files (export, snapshot). Wait until chunk buffer b[i] is free: 0, or
+ * the first error of a completion. */
+int du_io_wait_free(struct du_io *io, unsigned i);
+/* Seal the n records in b[i] (record rec0 + k at b[i].p + k * record_bytes gets its crc
+ * field, pad zeroed; *records_crc is extended over those crc fields in order) and queue
+ * and submit their write at file offset off. */
+int du_io_put_records(struct du_io *io, unsigned i, uint64_t rec0, size_t n,
+		      uint32_t record_bytes, uint64_t off, uint32_t *records_crc);
+/* The end of an atomic replace: write b[first..first+n-1] (len and off set), an fsync
+ * linked behind the last (fsync again when a short write broke the link), close the ring
+ * (io zeroed), close *fd (-1 after), rename tmp over path. 0: path replaced; the caller
+ * still fsyncs the directory. On error the caller unlinks tmp. */
+int du_io_commit(struct du_io *io, unsigned first, unsigned n, int *fd, const char *tmp,
+		 const char *path);
+
 /* ---- files -------------------------------------------------------------------------- */
 
 /* fsync the directory that holds path / the directory dir */
 int du_fsync_dir_of(const char *path);
 int du_fsync_dir(const char *dir);
+
+/* Open a regular file read-only. out: *fd (-1 on error), *size. -EISDIR for a directory,
+ * -EINVAL for anything else that is not a regular file. */
+int du_open_regular(const char *path, int *fd, uint64_t *size);
 
 /* malloc'd "dir/name" (NULL: out of memory) */
 char *du_path(const char *dir, const char *name);
@@ -105,6 +129,16 @@ char *du_path(const char *dir, const char *name);
 /* Read a whole regular file of at most max bytes through io_uring. out: *buf (malloc'd,
  * caller frees; NULL for an empty file), *len. -EFBIG when larger than max. */
 int du_read_file(const char *path, size_t max, unsigned char **buf, size_t *len);
+
+/* io_uring_queue_init (flags 0) / io_uring_queue_exit, which every ring of libdeuring goes
+ * through. Under ThreadSanitizer they also tell TSan what it cannot see: liburing maps and
+ * unmaps ring memory with raw syscalls, so TSan never learns that a closed ring's pages
+ * were unmapped before a new ring (often in another thread) got the same addresses, and
+ * reports the new ring's SQE writes as racing with the old one's. du_ring_exit releases
+ * each page of the ring before the unmap, du_ring_init acquires each page after the map:
+ * the order munmap and mmap give, and nothing more. */
+int du_ring_init(unsigned entries, struct io_uring *ring);
+void du_ring_exit(struct io_uring *ring);
 
 /* Synchronous pread / pwrite of [off, off + len) through ring, short transfers continued.
  * out: *done (bytes; a read stops early at end of file). A write of 0 bytes is -EIO. */

@@ -1,7 +1,8 @@
 /*
  * util.c — what the files of libdeuring share (declared in uring_pvt.h): CRC32C, the row
- * record CRC of the export and snapshot formats, one io_uring with a few buffers, file
- * helpers (whole-file read, atomic replace, directory fsync) and the fault-injection
+ * record CRC of the export and snapshot formats, one io_uring with a few buffers (and the
+ * record writers' chunk sealing and tmp-file commit on it), file helpers (open a regular
+ * file, whole-file read, atomic replace, directory fsync) and the fault-injection
  * counters. Formats live with their readers and writers (export.c, wal.c, snapshot.c,
  * manifest.c); nothing here knows one.
  * Never: keeps global mutable state, except the per-thread fault plan of test builds.
@@ -23,6 +24,17 @@
 #endif
 
 #include "uring_pvt.h"
+
+#if defined(__SANITIZE_THREAD__)
+#define DU_TSAN 1
+#elif defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+#define DU_TSAN 1
+#endif
+#endif
+#ifdef DU_TSAN
+#include <sanitizer/tsan_interface.h>
+#endif
 
 /* ------------------------------------------------------------------------- */
 /* Fault injection                                                            */
@@ -123,6 +135,25 @@ static uint32_t crc_raw(uint32_t crc, const unsigned char *p, size_t len)
 uint32_t de_crc32c(uint32_t crc, const void *buf, size_t len)
 {
 	return ~crc_raw(~crc, buf, len);
+}
+
+const char *du_config_mismatch(const struct de_table_config *a, const struct de_table_config *b)
+{
+	if (a->dim != b->dim)
+		return "dim";
+	if (a->nslots != b->nslots)
+		return "nslots";
+	if (a->init != b->init)
+		return "init";
+	if (a->init_a != b->init_a)
+		return "init_a";
+	if (a->init_b != b->init_b)
+		return "init_b";
+	if (a->slot_init != b->slot_init)
+		return "slot_init";
+	if (a->seed != b->seed)
+		return "seed";
+	return NULL;
 }
 
 uint32_t du_record_crc(uint64_t index, const unsigned char *rec, uint32_t record_bytes)
@@ -248,7 +279,7 @@ int du_io_open(struct du_io *io, int fd, bool write)
 	memset(io, 0, sizeof *io);
 	io->fd = fd;
 	io->write = write;
-	int r = io_uring_queue_init(DU_RING_ENTRIES, &io->ring, 0);
+	int r = du_ring_init(DU_RING_ENTRIES, &io->ring);
 	if (r < 0)
 		return r;
 	io->ring_ok = true;
@@ -274,10 +305,62 @@ void du_io_close(struct du_io *io)
 {
 	if (io->ring_ok) {
 		du_io_drain(io); /* the kernel may still use a buffer */
-		io_uring_queue_exit(&io->ring);
+		du_ring_exit(&io->ring);
 	}
 	for (unsigned i = 0; i < DU_NBUF + 2; i++)
 		free(io->b[i].p);
+}
+
+int du_io_wait_free(struct du_io *io, unsigned i)
+{
+	int err;
+	while (io->b[i].busy && !io->err)
+		if ((err = du_io_reap(io)))
+			return err;
+	return io->err;
+}
+
+int du_io_put_records(struct du_io *io, unsigned i, uint64_t rec0, size_t n,
+		      uint32_t record_bytes, uint64_t off, uint32_t *records_crc)
+{
+	struct du_iobuf *b = &io->b[i];
+	for (size_t k = 0; k < n; k++) {
+		unsigned char *r = b->p + k * record_bytes;
+		memset(r + 32, 0, 8);
+		uint32_t c = du_record_crc(rec0 + k, r, record_bytes);
+		memcpy(r + 32, &c, 4);
+		*records_crc = de_crc32c(*records_crc, &c, 4);
+	}
+	b->len = n * record_bytes;
+	b->done = 0;
+	b->off = off;
+	int err = du_io_queue(io, i, 0);
+	return err ? err : du_io_submit(io);
+}
+
+int du_io_commit(struct du_io *io, unsigned first, unsigned n, int *fd, const char *tmp,
+		 const char *path)
+{
+	int err = 0;
+	for (unsigned i = first; i < first + n && !err; i++)
+		err = du_io_queue(io, i, i + 1 == first + n ? IOSQE_IO_LINK : 0);
+	if (err || (err = du_io_queue_fsync(io)) || (err = du_io_submit(io)) ||
+	    (err = du_io_drain(io)))
+		return err;
+	if (!io->fsync_done) { /* a short write broke the link: the fsync was cancelled */
+		if ((err = du_io_queue_fsync(io)) || (err = du_io_submit(io)) ||
+		    (err = du_io_drain(io)))
+			return err;
+		if (!io->fsync_done)
+			return -EIO;
+	}
+	du_io_close(io);
+	memset(io, 0, sizeof *io);
+	int r = close(*fd);
+	*fd = -1;
+	if (r)
+		return -errno;
+	return rename(tmp, path) ? -errno : 0;
 }
 
 int du_fsync_dir_of(const char *path)
@@ -319,6 +402,26 @@ int du_fsync_dir(const char *dir)
 	return err;
 }
 
+int du_open_regular(const char *path, int *fd, uint64_t *size)
+{
+	*fd = -1;
+	*size = 0;
+	int f = open(path, O_RDONLY | O_CLOEXEC);
+	if (f < 0)
+		return -errno;
+	struct stat sb;
+	int err = fstat(f, &sb) ? -errno : 0;
+	if (!err && !S_ISREG(sb.st_mode))
+		err = S_ISDIR(sb.st_mode) ? -EISDIR : -EINVAL;
+	if (err) {
+		close(f);
+		return err;
+	}
+	*fd = f;
+	*size = (uint64_t)sb.st_size;
+	return 0;
+}
+
 char *du_path(const char *dir, const char *name)
 {
 	size_t a = strlen(dir), b = strlen(name);
@@ -329,6 +432,46 @@ char *du_path(const char *dir, const char *name)
 	p[a] = '/';
 	memcpy(p + a + 1, name, b + 1);
 	return p;
+}
+
+#ifdef DU_TSAN
+/* every page of ring's three mappings (SQ ring, CQ ring, SQE array): see uring_pvt.h */
+static void ring_pages_sync(struct io_uring *ring, bool release)
+{
+	struct {
+		char *p;
+		size_t n;
+	} m[3] = {
+		{ ring->sq.ring_ptr, ring->sq.ring_sz },
+		{ ring->cq.ring_ptr, ring->cq.ring_sz },
+		{ (char *)ring->sq.sqes, (size_t)ring->sq.ring_entries * sizeof *ring->sq.sqes },
+	};
+	for (int i = 0; i < 3; i++)
+		for (size_t o = 0; m[i].p && o < m[i].n; o += 4096) {
+			if (release)
+				__tsan_release(m[i].p + o);
+			else
+				__tsan_acquire(m[i].p + o);
+		}
+}
+#endif
+
+int du_ring_init(unsigned entries, struct io_uring *ring)
+{
+	int r = io_uring_queue_init(entries, ring, 0);
+#ifdef DU_TSAN
+	if (r >= 0)
+		ring_pages_sync(ring, false);
+#endif
+	return r;
+}
+
+void du_ring_exit(struct io_uring *ring)
+{
+#ifdef DU_TSAN
+	ring_pages_sync(ring, true);
+#endif
+	io_uring_queue_exit(ring);
 }
 
 int du_ring_rw(struct io_uring *ring, int fd, bool write, void *buf, size_t len, uint64_t off,
@@ -380,34 +523,26 @@ int du_read_file(const char *path, size_t max, unsigned char **buf, size_t *len)
 {
 	*buf = NULL;
 	*len = 0;
-	int fd = open(path, O_RDONLY | O_CLOEXEC);
-	if (fd < 0)
-		return -errno;
-	struct stat sb;
-	int err = 0;
+	int fd;
+	uint64_t size;
+	int err = du_open_regular(path, &fd, &size);
+	if (err)
+		return err;
 	unsigned char *p = NULL;
 	struct io_uring ring;
 	bool ring_ok = false;
-	if (fstat(fd, &sb)) {
-		err = -errno;
-		goto out;
-	}
-	if (!S_ISREG(sb.st_mode)) {
-		err = S_ISDIR(sb.st_mode) ? -EISDIR : -EINVAL;
-		goto out;
-	}
-	if ((uint64_t)sb.st_size > max) {
+	if (size > max) {
 		err = -EFBIG;
 		goto out;
 	}
-	size_t n = (size_t)sb.st_size;
+	size_t n = (size_t)size;
 	if (!n)
 		goto out;
 	if (!(p = du_malloc(n))) {
 		err = -ENOMEM;
 		goto out;
 	}
-	if ((err = io_uring_queue_init(2, &ring, 0)) < 0)
+	if ((err = du_ring_init(2, &ring)) < 0)
 		goto out;
 	ring_ok = true;
 	size_t got;
@@ -418,7 +553,7 @@ int du_read_file(const char *path, size_t max, unsigned char **buf, size_t *len)
 	p = NULL;
 out:
 	if (ring_ok)
-		io_uring_queue_exit(&ring);
+		du_ring_exit(&ring);
 	free(p);
 	close(fd);
 	return err;
@@ -445,30 +580,8 @@ int du_write_file_atomic(const char *path, const void *buf, size_t len)
 	memcpy(io.b[0].p, buf, len);
 	io.b[0].len = len;
 	io.b[0].off = 0;
-	if ((err = du_io_queue(&io, 0, IOSQE_IO_LINK)) || (err = du_io_queue_fsync(&io)) ||
-	    (err = du_io_submit(&io)) || (err = du_io_drain(&io)))
+	if ((err = du_io_commit(&io, 0, 1, &fd, tmp, path)))
 		goto out;
-	if (!io.fsync_done) { /* a short write broke the link: the fsync was cancelled */
-		if ((err = du_io_queue_fsync(&io)) || (err = du_io_submit(&io)) ||
-		    (err = du_io_drain(&io)))
-			goto out;
-		if (!io.fsync_done) {
-			err = -EIO;
-			goto out;
-		}
-	}
-	du_io_close(&io);
-	memset(&io, 0, sizeof io);
-	if (close(fd)) {
-		fd = -1;
-		err = -errno;
-		goto out;
-	}
-	fd = -1;
-	if (rename(tmp, path)) {
-		err = -errno;
-		goto out;
-	}
 	created = false;
 	err = du_fsync_dir_of(path);
 out:

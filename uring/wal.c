@@ -406,7 +406,7 @@ static void wal_free(de_wal *w)
 	if (w->ring_ok) {
 		if (w->registered)
 			io_uring_unregister_buffers(&w->ring);
-		io_uring_queue_exit(&w->ring);
+		du_ring_exit(&w->ring);
 	}
 	if (w->fd >= 0)
 		close(w->fd);
@@ -470,7 +470,7 @@ int de_wal_open(const char *dir, const struct de_wal_options *o, de_wal **out)
 		goto fail;
 	}
 	strcpy(w->dir, dir);
-	if ((err = io_uring_queue_init(opt.queue_depth, &w->ring, 0)) < 0)
+	if ((err = du_ring_init(opt.queue_depth, &w->ring)) < 0)
 		goto fail;
 	w->ring_ok = true;
 	struct iovec iov[2] = { { w->buf[0].p, opt.buffer_bytes }, { w->buf[1].p, opt.buffer_bytes } };
@@ -639,8 +639,15 @@ int de_wal_sync(de_wal *w, uint64_t lsn)
 	int err = 0;
 	if (lsn >= w->next_lsn)
 		err = -EINVAL;
-	while (!err && w->durable_lsn < lsn)
+	while (!err && w->durable_lsn < lsn) {
+		/* group commit: a flush in progress may carry lsn; wait for it and look again
+		 * before starting another (which would take only later records) */
+		if (w->flushing && !w->failed) {
+			pthread_cond_wait(&w->cv, &w->mu);
+			continue;
+		}
 		err = w->failed ? w->failed : flush_locked(w);
+	}
 	pthread_mutex_unlock(&w->mu);
 	return err;
 }

@@ -170,7 +170,7 @@ const char *de_strerror(int err)
 	const char *s;
 	switch (err) {
 	case 0: s = "success"; break;
-	case -ENOENT: s = "no daemon socket at that path (is dynembd running?)"; break;
+	case -ENOENT: s = "not found: no daemon socket at that path (is dynembd running?), or no such table or file"; break;
 	case -ECONNREFUSED: s = "connection refused: no daemon listening on the socket"; break;
 	case -EACCES: s = "permission denied: this uid/gid is not on the daemon's allow-list"; break;
 	case -EPROTO: s = "protocol error: the daemon speaks another protocol version or sent a malformed reply"; break;
@@ -896,6 +896,35 @@ static int submit(struct de_client *c, struct slot *s, struct de_sqe *e)
 	return 0;
 }
 
+/* A free slot and a region of bytes of the data area for it. out: *sp, *base (the
+ * region's offset). On error nothing is held. */
+static int slot_take(struct de_client *c, uint64_t bytes, struct slot **sp, uint64_t *base)
+{
+	unsigned si;
+	int err = slot_get(c, &si);
+	if (err)
+		return err;
+	struct slot *s = &c->slots[si];
+	err = ring_alloc(c, s, si, bytes, base);
+	if (err) {
+		s->state = S_FREE;
+		s->id = 0;
+		return err;
+	}
+	*sp = s;
+	return 0;
+}
+
+/* Wait for the completion of a submitted blocking request. On a timeout or a broken
+ * channel the slot is left ABANDONED: the daemon may still write its region. */
+static int wait_blocking(struct de_client *c, struct slot *s)
+{
+	int err = wait_slot(c, s, c->timeout_ms);
+	if (err && s->state == S_INFLIGHT)
+		s->state = S_ABANDONED;
+	return err;
+}
+
 /* ------------------------------------------------------------------------- */
 /* Blocking batches                                                           */
 /* ------------------------------------------------------------------------- */
@@ -961,18 +990,11 @@ static int chunk_submit(struct de_client *c, struct ctable *t, const struct keys
 	uint64_t vb = want_vals ? cnt * row : 0, sb = want_status ? cnt : 0;
 	uint64_t voff = align_up(kb), soff = voff + align_up(vb), total = soff + align_up(sb);
 
-	unsigned si;
-	int err = slot_get(c, &si);
+	struct slot *s;
+	uint64_t base;
+	int err = slot_take(c, total, &s, &base);
 	if (err)
 		return err;
-	struct slot *s = &c->slots[si];
-	uint64_t base;
-	err = ring_alloc(c, s, si, total, &base);
-	if (err) {
-		s->state = S_FREE;
-		s->id = 0;
-		return err;
-	}
 	uint8_t *d = c->data + base;
 	if (ks->ik) {
 		for (size_t j = 0; j < cnt; j++)
@@ -1021,12 +1043,9 @@ static int chunk_finish(struct de_client *c, struct ctable *t, const struct keys
 {
 	uint64_t row = (uint64_t)t->dim * sizeof(float);
 	struct slot *s = p->s;
-	int err = wait_slot(c, s, c->timeout_ms);
-	if (err) {
-		if (s->state == S_INFLIGHT)
-			s->state = S_ABANDONED; /* the daemon may still write its region */
+	int err = wait_blocking(c, s);
+	if (err)
 		return err;
-	}
 	struct de_cqe q = s->cqe;
 	err = q.res;
 	if (!err && (q.res > 0 || q.count > p->cnt ||
@@ -1476,29 +1495,19 @@ int de_stats(de_client *c, int table, struct de_stats *out)
 	struct ctable *t = table_get(c, table);
 	if (!t)
 		return -EINVAL;
-	unsigned si;
-	int err = slot_get(c, &si);
+	struct slot *s;
+	uint64_t base;
+	int err = slot_take(c, align_up(sizeof(struct de_wire_stats)), &s, &base);
 	if (err)
 		return err;
-	struct slot *s = &c->slots[si];
-	uint64_t base;
-	err = ring_alloc(c, s, si, align_up(sizeof(struct de_wire_stats)), &base);
-	if (err) {
-		s->state = S_FREE;
-		s->id = 0;
-		return err;
-	}
 	struct de_sqe e = { .op = DE_OP_STATS, .table = t->wire_id, .vals_off = base,
 			    .vals_len = sizeof(struct de_wire_stats) };
 	err = submit(c, s, &e);
 	if (err)
 		return err;
-	err = wait_slot(c, s, c->timeout_ms);
-	if (err) {
-		if (s->state == S_INFLIGHT)
-			s->state = S_ABANDONED;
+	err = wait_blocking(c, s);
+	if (err)
 		return err;
-	}
 	err = s->cqe.res > 0 ? -EBADMSG : s->cqe.res;
 	if (!err) {
 		struct de_wire_stats w;
@@ -1547,18 +1556,11 @@ int de_submit_lookup(de_client *c, int table, const uint64_t *keys, size_t n, un
 	uint64_t voff = align_up(8 * (uint64_t)n), total = voff + align_up(n * row);
 	if (total > c->data_bytes)
 		return -ENOBUFS;
-	unsigned si;
-	err = slot_get(c, &si);
+	struct slot *s;
+	uint64_t base;
+	err = slot_take(c, total ? total : ALIGN, &s, &base);
 	if (err)
 		return err;
-	struct slot *s = &c->slots[si];
-	uint64_t base;
-	err = ring_alloc(c, s, si, total ? total : ALIGN, &base);
-	if (err) {
-		s->state = S_FREE;
-		s->id = 0;
-		return err;
-	}
 	s->n = (uint32_t)n;
 	s->dim = t->dim;
 	s->vals_off = base + voff;
@@ -1676,18 +1678,11 @@ int de_submit_apply_gradients(de_client *c, int table, const uint64_t *keys, siz
 	uint64_t voff = align_up(8 * (uint64_t)n), total = voff + align_up(n * row);
 	if (total > c->data_bytes)
 		return -ENOBUFS;
-	unsigned si;
-	err = slot_get(c, &si);
+	struct slot *s;
+	uint64_t base;
+	err = slot_take(c, total ? total : ALIGN, &s, &base);
 	if (err)
 		return err;
-	struct slot *s = &c->slots[si];
-	uint64_t base;
-	err = ring_alloc(c, s, si, total ? total : ALIGN, &base);
-	if (err) {
-		s->state = S_FREE;
-		s->id = 0;
-		return err;
-	}
 	s->n = (uint32_t)n;
 	s->dim = t->dim;
 	s->vals_off = base + voff;
@@ -1779,18 +1774,11 @@ int de_priv_call(de_client *c, struct de_sqe *e, const void *keys_in, uint64_t k
 		return c->broken;
 	uint64_t voff = align_up(keys_len), soff = voff + align_up(vals_len);
 	uint64_t total = soff + align_up(status_len);
-	unsigned si;
-	int err = slot_get(c, &si);
+	struct slot *s;
+	uint64_t base;
+	int err = slot_take(c, total ? total : ALIGN, &s, &base);
 	if (err)
 		return err;
-	struct slot *s = &c->slots[si];
-	uint64_t base;
-	err = ring_alloc(c, s, si, total ? total : ALIGN, &base);
-	if (err) {
-		s->state = S_FREE;
-		s->id = 0;
-		return err;
-	}
 	uint8_t *d = c->data + base;
 	if (keys_len)
 		memcpy(d, keys_in, keys_len);
@@ -1807,12 +1795,9 @@ int de_priv_call(de_client *c, struct de_sqe *e, const void *keys_in, uint64_t k
 	err = submit(c, s, e);
 	if (err)
 		return err;
-	err = wait_slot(c, s, c->timeout_ms);
-	if (err) {
-		if (s->state == S_INFLIGHT)
-			s->state = S_ABANDONED; /* the daemon may still write its region */
+	err = wait_blocking(c, s);
+	if (err)
 		return err;
-	}
 	*cqe = s->cqe;
 	if (vals_out && vals_len && (cqe->res == 0 || cqe->res == -ENOSPC))
 		memcpy(vals_out, d + voff, vals_len);

@@ -119,7 +119,10 @@ struct de_eviction_spec {
 	bool disk_tier;               /* evicted rows go to disk and come back on lookup */
 };
 
-/* Durability of acknowledged updates (defined and validated now; a later daemon). */
+/* Durability of acknowledged updates; ASYNC and SYNC need a daemon started with a data
+ * directory ([persistence] data_dir), else de_open fails with -EINVAL. NONE: snapshots
+ * only (periodic, de_snapshot, and at SIGTERM). ASYNC: acknowledged at once, a crash loses
+ * at most about window_ms. SYNC: acknowledged after the WAL record is fdatasync'ed. */
 enum de_durability_mode { DE_DURABLE_NONE = 0, DE_DURABLE_ASYNC, DE_DURABLE_SYNC };
 struct de_durability_spec {
 	enum de_durability_mode mode;

@@ -52,6 +52,7 @@ struct ctl {
 
 /* ---- listener ---------------------------------------------------------------------- */
 
+/* mkdir -p the directory that holds path (nothing for a bare name or one under /) */
 static int mkdirs(const char *path)
 {
 	char buf[sizeof ((struct sockaddr_un *)0)->sun_path];
@@ -60,17 +61,7 @@ static int mkdirs(const char *path)
 	if (!slash || slash == buf)
 		return 0;
 	*slash = 0;
-	for (char *p = buf + 1; *p; p++) {
-		if (*p != '/')
-			continue;
-		*p = 0;
-		if (mkdir(buf, 0755) && errno != EEXIST)
-			return -errno;
-		*p = '/';
-	}
-	if (mkdir(buf, 0755) && errno != EEXIST)
-		return -errno;
-	return 0;
+	return srv_mkdir_p(buf, 0755);
 }
 
 int srv_listen(const char *path, int *out_fd)

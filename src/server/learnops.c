@@ -130,24 +130,6 @@ void srv_learn_host_destroy(struct srv_learn_host *h)
 	free(h);
 }
 
-/* mkdir -p */
-static int mkdirs(const char *path)
-{
-	char buf[256];
-	snprintf(buf, sizeof buf, "%s", path);
-	for (char *p = buf + 1; *p; p++) {
-		if (*p != '/')
-			continue;
-		*p = 0;
-		if (mkdir(buf, 0700) && errno != EEXIST)
-			return -errno;
-		*p = '/';
-	}
-	if (mkdir(buf, 0700) && errno != EEXIST)
-		return -errno;
-	return 0;
-}
-
 /* ---- tables ---------------------------------------------------------------------------- */
 
 void srv_learn_table_free(struct srv_table *t)
@@ -199,7 +181,7 @@ int srv_learn_table_attach(struct srv_learn_host *h, struct srv_table *t, char *
 				 "([memory] tier_dir is empty)", t->name);
 			return -EINVAL;
 		}
-		err = mkdirs(h->tier_dir);
+		err = srv_mkdir_p(h->tier_dir, 0700);
 		if (!err)
 			err = de_tier_open(h->tier_dir, de_table_row_floats(t->t), &L->tier);
 		if (err) {

@@ -671,7 +671,7 @@ static void *checkpointer_main(void *arg)
 /* Startup                                                                    */
 /* ------------------------------------------------------------------------- */
 
-static int mkdir_p(const char *path)
+int srv_mkdir_p(const char *path, mode_t mode)
 {
 	char buf[PATH_MAX];
 	snprintf(buf, sizeof buf, "%s", path);
@@ -679,11 +679,11 @@ static int mkdir_p(const char *path)
 		if (*q != '/')
 			continue;
 		*q = 0;
-		if (mkdir(buf, 0755) && errno != EEXIST)
+		if (mkdir(buf, mode) && errno != EEXIST)
 			return -errno;
 		*q = '/';
 	}
-	if (mkdir(buf, 0755) && errno != EEXIST)
+	if (mkdir(buf, mode) && errno != EEXIST)
 		return -errno;
 	return 0;
 }
@@ -696,7 +696,7 @@ static int corrupt_status(int err)
 
 static int persist_start(struct srv_server *s, struct srv_persist *p)
 {
-	int err = mkdir_p(p->dir);
+	int err = srv_mkdir_p(p->dir, 0755);
 	if (err) {
 		srv_log(SRV_LOG_ERROR, "persistence: cannot create data_dir %s: %s", p->dir,
 			strerror(-err));

@@ -395,4 +395,8 @@ int srv_check_persist_msg(union srv_msg *m, char *msg, size_t cap);
 int srv_control_run(struct srv_server *s, int listen_fd, int sig_fd);
 int srv_listen(const char *path, int *out_fd);
 
+/* mkdir -p path (persist.c; also the listener's socket directory and the disk tier):
+ * each missing directory created with mode. 0 or -errno. */
+int srv_mkdir_p(const char *path, mode_t mode);
+
 #endif /* DE_SERVER_H */

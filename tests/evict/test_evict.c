@@ -5,7 +5,11 @@
  * arena's used bytes for memory (measured independently of the evictor's accounting),
  * and snapshots of full rows (values, slots, metadata) for the tier round trip.
  */
+#ifdef DE_MINI_CRITERION
+#include "../mini_criterion.h" /* ThreadSanitizer build: see that header */
+#else
 #include <criterion/criterion.h>
+#endif
 
 #include <errno.h>
 #include <math.h>

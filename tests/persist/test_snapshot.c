@@ -5,7 +5,11 @@
  * after the manifest, every byte flip and truncation of a snapshot and of a manifest
  * (a clear error, the table untouched), and injected write / fsync / allocation faults.
  */
+#ifdef DE_MINI_CRITERION
+#include "../mini_criterion.h" /* ThreadSanitizer build: see that header */
+#else
 #include <criterion/criterion.h>
+#endif
 #include <dirent.h>
 #include <pthread.h>
 
@@ -175,7 +179,7 @@ struct writer {
 	de_dirty *dirty;
 	de_table *t;
 	struct ref *r;
-	volatile int stop;
+	int stop; /* atomic: set by the main thread */
 	size_t done;
 };
 
@@ -183,7 +187,7 @@ static void *writer_thread(void *arg)
 {
 	struct writer *x = arg;
 	uint64_t seed = 11, step = 1000;
-	while (!x->stop) {
+	while (!__atomic_load_n(&x->stop, __ATOMIC_ACQUIRE)) {
 		updates(x->w, x->dirty, x->t, x->r, 1, &seed, &step);
 		x->done++;
 	}
@@ -208,7 +212,7 @@ Test(snapshot, fuzzy_checkpoint_while_writing)
 		cr_assert_eq(de_persist_checkpoint(d, w, dirty, t.t, 1, c == 3 ? DE_CHECKPOINT_FULL : 0,
 						   NULL, NULL, NULL), 0);
 	}
-	x.stop = 1;
+	__atomic_store_n(&x.stop, 1, __ATOMIC_RELEASE);
 	pthread_join(th, NULL);
 	cr_assert_eq(de_wal_close(w), 0);
 	cr_log_info("fuzzy: %zu writer records during 6 checkpoints", x.done);

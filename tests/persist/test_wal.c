@@ -4,7 +4,11 @@
  * faults, a real ENOSPC on a 1 MiB tmpfs, and every byte flip and truncation of a small
  * log (replay must give exactly the records before the damage).
  */
+#ifdef DE_MINI_CRITERION
+#include "../mini_criterion.h" /* ThreadSanitizer build: see that header */
+#else
 #include <criterion/criterion.h>
+#endif
 #include <pthread.h>
 #include <sys/mount.h>
 

@@ -8,7 +8,11 @@
  * value from Wilson–Hilferty, sample_util.h) with fixed seeds; expected counts are
  * checked against TF's definitions recomputed here with pow() (not expm1/log1p).
  */
+#ifdef DE_MINI_CRITERION
+#include "../mini_criterion.h" /* ThreadSanitizer build: see that header */
+#else
 #include <criterion/criterion.h>
+#endif
 
 #include <pthread.h>
 #include <stdatomic.h>

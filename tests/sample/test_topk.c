@@ -9,7 +9,11 @@
  * compared rank by rank within 2e-6, and each returned key's own reference score must
  * agree with the score returned for it.
  */
+#ifdef DE_MINI_CRITERION
+#include "../mini_criterion.h" /* ThreadSanitizer build: see that header */
+#else
 #include <criterion/criterion.h>
+#endif
 
 #include <pthread.h>
 #include <stdatomic.h>

@@ -35,66 +35,29 @@
 #include "de_tf.h"
 #include "dynemb.h"
 #include "tf_standin.h"
+#include "../daemon_util.h"
 
 void de_tf_register_all(TF_Status *status);
 
 #define TIMEOUT 30
 
-/* ---- the daemon (as tests/test_client.c) ------------------------------------------------ */
+/* ---- the daemon (tests/daemon_util.h) --------------------------------------------------- */
 
 static pid_t d_pid = -1;
 static char d_sock[108];
-
-static double now_s(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
-
-static bool can_connect(const char *path)
-{
-	int s = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
-	if (s < 0)
-		return false;
-	struct sockaddr_un sa = { .sun_family = AF_UNIX };
-	snprintf(sa.sun_path, sizeof sa.sun_path, "%s", path);
-	bool ok = connect(s, (struct sockaddr *)&sa, sizeof sa) == 0;
-	close(s);
-	return ok;
-}
 
 static TF_Status *st;
 
 static void setup(void)
 {
-	const char *bin = getenv("DYNEMBD");
-	if (!bin || !*bin)
-		bin = "/tmp/dynembd-c";
-	if (access(bin, X_OK) != 0)
-		cr_assert_fail("no daemon binary at %s (set DYNEMBD to the built dynembd)", bin);
+	const char *bin = daemon_bin();
 	snprintf(d_sock, sizeof d_sock, "/tmp/de-tf-%d.sock", (int)getpid());
 	unlink(d_sock);
-	const char *argv[] = { bin, "--foreground", "--socket", d_sock, "--log-level", "error",
-			       "--segment-bytes", "2M", "--reserve-bytes", "2G", "--pages", "small",
-			       "--max-batch", "256", "--data-bytes", "1M", NULL };
-	pid_t parent = getpid();
-	d_pid = fork();
-	cr_assert_geq(d_pid, 0);
-	if (d_pid == 0) {
-		prctl(PR_SET_PDEATHSIG, SIGTERM);
-		if (getppid() != parent)
-			_exit(1);
-		execv(bin, (char *const *)argv);
-		_exit(127);
-	}
-	double end = now_s() + 5;
-	while (!can_connect(d_sock)) {
-		int s;
-		cr_assert_eq(waitpid(d_pid, &s, WNOHANG), 0, "dynembd exited at startup");
-		cr_assert_lt(now_s(), end, "dynembd did not listen within 5 s");
-		usleep(2000);
-	}
+	const char *more[] = { "--max-batch", "256", "--data-bytes", "1M", NULL };
+	const char *argv[24];
+	daemon_argv(argv, 24, bin, d_sock, "error", more, NULL);
+	d_pid = daemon_spawn(argv, SIGTERM, NULL);
+	daemon_wait_listen(d_pid, d_sock, 5, NULL);
 	st = TF_NewStatus();
 	de_tf_register_all(st);
 	cr_assert_eq(TF_GetCode(st), TF_OK, "register: %s", TF_Message(st));
@@ -104,17 +67,7 @@ static void teardown(void)
 {
 	de_tf_close_idle();
 	if (d_pid > 0) {
-		kill(d_pid, SIGTERM);
-		int s;
-		double end = now_s() + 3;
-		while (waitpid(d_pid, &s, WNOHANG) == 0) {
-			if (now_s() > end) {
-				kill(d_pid, SIGKILL);
-				waitpid(d_pid, &s, 0);
-				break;
-			}
-			usleep(2000);
-		}
+		daemon_terminate(d_pid, 3);
 		d_pid = -1;
 	}
 	unlink(d_sock);

@@ -482,6 +482,7 @@ int cmd_learn(int argc, char **argv, const char *command_line)
 		return EXIT_USAGE;
 	}
 	FILE *hu = o.json ? stderr : stdout;
+	char *mjson = NULL;
 	struct learn_env e = { .o = o };
 	e.bkeys = malloc((size_t)NBATCH * o.batch * 8);
 	e.grads = malloc((size_t)o.batch * o.dim * 4);
@@ -498,6 +499,13 @@ int cmd_learn(int argc, char **argv, const char *command_line)
 	}
 	fprintf(hu, "%s\n", command_line);
 	bench_machine_print(hu, false);
+	/* the machine as JSON now, before pinning narrows cpus_allowed */
+	size_t mlen = 0;
+	FILE *mf = open_memstream(&mjson, &mlen);
+	if (mf) {
+		bench_machine_print(mf, true);
+		fclose(mf);
+	}
 	pin(0);
 
 	/* 1: per optimizer, a table with the slots it needs (as a user would make it): a
@@ -619,11 +627,10 @@ int cmd_learn(int argc, char **argv, const char *command_line)
 		printf(",\"topk_queries_per_s\":%.1f,\"topk_cosine_queries_per_s\":%.1f"
 		       ",\"topk_plain_loop_queries_per_s\":%.1f,\"topk_k\":%u,\"topk_batch\":%u",
 		       tk.qps, tk.qps_cos, tk.plain_qps, TK_K, TK_NQ);
-		printf(",\"machine\":");
-		bench_machine_print(stdout, true);
-		printf("}\n");
+		printf(",\"machine\":%s}\n", mjson ? mjson : "null");
 	}
 out:
+	free(mjson);
 	env_close(&e);
 	free(e.bkeys);
 	free(e.grads);
