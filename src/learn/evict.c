@@ -415,6 +415,9 @@ static bool erase_fn(void *ctx, size_t i, const float *row, const struct de_row_
 		       4ull * e->row_floats);
 		e->stage_meta[e->nstage++] = *m;
 	}
+	/* before the erase: a lookup that finds the key gone must find it in the filter
+	 * (de_evict_after_lookup then waits for the stage to reach the tier) */
+	bloom_add(e, m->key);
 	return true;
 }
 
@@ -436,7 +439,6 @@ static int erase_one(struct erase_ctx *c, uint64_t key)
 	ADD(&e->evicted, 1);
 	if (c->expire)
 		ADD(&e->expired, 1);
-	bloom_add(e, key);
 	return 1;
 }
 
@@ -710,6 +712,14 @@ int de_evict_after_lookup(de_evict *ev, uint32_t id, const uint64_t *keys, size_
 			}
 			struct de_row_meta m;
 			int r = de_tier_take(e->cfg.tier, keys[i], row, &m);
+			if (r == -ENOENT && bloom_has(e, keys[i])) {
+				/* evicted lately: it may sit in the stage of a pass that holds the
+				 * table's lock right now (erased, not yet in the tier); every pass
+				 * flushes its stage before it unlocks, so wait for it and look again */
+				pthread_mutex_lock(&e->lock);
+				pthread_mutex_unlock(&e->lock);
+				r = de_tier_take(e->cfg.tier, keys[i], row, &m);
+			}
 			if (!r) {
 				struct restore_row c = { row, &m, e->row_floats, step };
 				uint8_t st = DE_MISSING;
