@@ -10,6 +10,11 @@
  * under the row's write protection (de_table_erase_if); holds a table's lock while doing
  * tier I/O for another table. A table's eviction state is guarded by its mutex (taken by
  * the thread, de_evict_step and the inline path of de_evict_after_lookup).
+ * Victims bound for the tier are staged (up to STAGE_ROWS) and written with one tier put;
+ * every pass flushes its stage before it releases the table's lock, and a victim is put
+ * in the Bloom filter before its erase, so a lookup that finds a recently evicted key gone
+ * and not in the tier waits for the table's lock and looks again: a returning key never
+ * misses its row because it was in flight to the tier.
  * Callers: the daemon (after lookups, and its thread), tests/evict.
  */
 #include "de_learn.h"
