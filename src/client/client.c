@@ -915,6 +915,29 @@ static int slot_take(struct de_client *c, uint64_t bytes, struct slot **sp, uint
 	return 0;
 }
 
+/* An async request of n int64 keys and n rows of t's dim: a slot whose region holds the
+ * keys (copied in) and then room for the rows at *voff. On error nothing is held. */
+static int slot_take_keys(struct de_client *c, const struct ctable *t, const uint64_t *keys,
+			  size_t n, uint8_t op, struct slot **sp, uint64_t *base, uint64_t *voff)
+{
+	uint64_t row = (uint64_t)t->dim * sizeof(float);
+	*voff = align_up(8 * (uint64_t)n);
+	uint64_t total = *voff + align_up(n * row);
+	if (total > c->data_bytes)
+		return -ENOBUFS;
+	int err = slot_take(c, total ? total : ALIGN, sp, base);
+	if (err)
+		return err;
+	struct slot *s = *sp;
+	s->n = (uint32_t)n;
+	s->dim = t->dim;
+	s->vals_off = *base + *voff;
+	s->op = op;
+	if (n)
+		memcpy(c->data + *base, keys, 8 * n);
+	return 0;
+}
+
 /* Wait for the completion of a submitted blocking request. On a timeout or a broken
  * channel the slot is left ABANDONED: the daemon may still write its region. */
 static int wait_blocking(struct de_client *c, struct slot *s)
@@ -1552,21 +1575,12 @@ int de_submit_lookup(de_client *c, int table, const uint64_t *keys, size_t n, un
 		return -EINVAL;
 	if (n > c->max_batch)
 		return -E2BIG;
-	uint64_t row = (uint64_t)t->dim * sizeof(float);
-	uint64_t voff = align_up(8 * (uint64_t)n), total = voff + align_up(n * row);
-	if (total > c->data_bytes)
-		return -ENOBUFS;
 	struct slot *s;
-	uint64_t base;
-	err = slot_take(c, total ? total : ALIGN, &s, &base);
+	uint64_t base, voff;
+	err = slot_take_keys(c, t, keys, n, DE_OP_LOOKUP, &s, &base, &voff);
 	if (err)
 		return err;
-	s->n = (uint32_t)n;
-	s->dim = t->dim;
-	s->vals_off = base + voff;
-	s->op = DE_OP_LOOKUP;
 	uint8_t *d = c->data + base;
-	memcpy(d, keys, 8 * n);
 
 	if (flags & DE_READONLY) {
 		/* Zero-copy: probe into the request's own values; done unless a key needs the
@@ -1601,7 +1615,7 @@ int de_submit_lookup(de_client *c, int table, const uint64_t *keys, size_t n, un
 	}
 	struct de_sqe e = { .op = DE_OP_LOOKUP, .table = t->wire_id, .count = (uint32_t)n,
 			    .keys_off = base, .keys_len = 8 * (uint64_t)n, .vals_off = base + voff,
-			    .vals_len = n * row, .arg = step };
+			    .vals_len = n * (uint64_t)t->dim * sizeof(float), .arg = step };
 	e.flags = flags & DE_READONLY ? 0 : DE_LOOKUP_CREATE;
 	err = submit(c, s, &e);
 	if (err)
@@ -1672,29 +1686,18 @@ int de_submit_apply_gradients(de_client *c, int table, const uint64_t *keys, siz
 		return err;
 	if (n > c->max_batch)
 		return -E2BIG;
-	uint64_t row = (uint64_t)t->dim * sizeof(float);
 	if (!grads_finite(grads, n * t->dim))
 		return -EINVAL;
-	uint64_t voff = align_up(8 * (uint64_t)n), total = voff + align_up(n * row);
-	if (total > c->data_bytes)
-		return -ENOBUFS;
 	struct slot *s;
-	uint64_t base;
-	err = slot_take(c, total ? total : ALIGN, &s, &base);
+	uint64_t base, voff;
+	err = slot_take_keys(c, t, keys, n, DE_OP_APPLY_GRADS, &s, &base, &voff);
 	if (err)
 		return err;
-	s->n = (uint32_t)n;
-	s->dim = t->dim;
-	s->vals_off = base + voff;
-	s->op = DE_OP_APPLY_GRADS;
-	uint8_t *d = c->data + base;
-	if (n) {
-		memcpy(d, keys, 8 * n);
-		memcpy(d + voff, grads, n * row);
-	}
+	if (n)
+		memcpy(c->data + base + voff, grads, n * (uint64_t)t->dim * sizeof(float));
 	struct de_sqe e = { .op = DE_OP_APPLY_GRADS, .table = t->wire_id, .count = (uint32_t)n,
 			    .keys_off = base, .keys_len = 8 * (uint64_t)n, .vals_off = base + voff,
-			    .vals_len = n * row, .arg = step };
+			    .vals_len = n * (uint64_t)t->dim * sizeof(float), .arg = step };
 	if (lrb) {
 		e.flags = DE_GRAD_LR;
 		e.status_off = lrb;
