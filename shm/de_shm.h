@@ -48,6 +48,35 @@ extern "C" {
 #endif
 
 /* ------------------------------------------------------------------------- */
+/* Mixing                                                                     */
+/* ------------------------------------------------------------------------- */
+
+/*
+ * splitmix64 (Steele, Lea, Flood 2014), the one copy the libraries and the benchmarks
+ * use: the table's initializer, the samplers' hashing and generators. Outputs are part
+ * of what tests pin with fixed seeds, so neither function may change.
+ */
+#define DE_SPLITMIX64_GAMMA 0x9e3779b97f4a7c15ull
+
+/* The finalizer: a bijection on 64-bit values. */
+static inline uint64_t de_mix64(uint64_t x)
+{
+	x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
+	x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
+	return x ^ (x >> 31);
+}
+
+/* The generator's output for state x (the draw after x), as a stateless hash of x. */
+static inline uint64_t de_splitmix64(uint64_t x) { return de_mix64(x + DE_SPLITMIX64_GAMMA); }
+
+/* One step of the generator: advance *s and return its next output. */
+static inline uint64_t de_splitmix64_next(uint64_t *s)
+{
+	*s += DE_SPLITMIX64_GAMMA;
+	return de_mix64(*s);
+}
+
+/* ------------------------------------------------------------------------- */
 /* Arena                                                                      */
 /* ------------------------------------------------------------------------- */
 

@@ -367,16 +367,8 @@ static inline struct seg *seg_for(struct de_table *t, uint64_t h)
 
 /* ---- initializers -------------------------------------------------------------------- */
 
-static inline uint64_t splitmix(uint64_t *s)
-{
-	uint64_t z = (*s += 0x9e3779b97f4a7c15ull);
-	z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-	z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-	return z ^ (z >> 31);
-}
-
 /* [0, 1) with 53 bits */
-static inline double unif(uint64_t *s) { return (double)(splitmix(s) >> 11) * 0x1p-53; }
+static inline double unif(uint64_t *s) { return (double)(de_splitmix64_next(s) >> 11) * 0x1p-53; }
 
 /* Fill dim values for key: deterministic in (seed, key), independent of the host. */
 static void init_values(const struct de_table_config *c, uint64_t key, float *v)
@@ -1035,7 +1027,7 @@ static bool scratch_put(const struct de_table *t, struct bucket *bs, uint64_t ke
 	for (int step = 0; step < 500; step++) {
 		if (bucket_put(&bs[b], key, row))
 			return true;
-		int j = (int)(splitmix(rng) % SLOTS);
+		int j = (int)(de_splitmix64_next(rng) % SLOTS);
 		uint64_t vk = bs[b].key[j];
 		uint32_t vr = bs[b].row[j];
 		bs[b].key[j] = key;

@@ -2,6 +2,8 @@
  * test_util.h — small helpers the table tests share: a splitmix64 mixer and its
  * inverse parts (so a test can map keys back to their index), a seeded generator, a
  * clock, and a checked calloc. Include after the Criterion header (or its stand-in).
+ * mix64 and rng_next are de_mix64 and de_splitmix64_next (shm/de_shm.h) again, because
+ * the daemon tests that include this header are built against dynemb.h alone.
  */
 #ifndef DE_TEST_UTIL_H
 #define DE_TEST_UTIL_H

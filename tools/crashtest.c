@@ -61,6 +61,7 @@
 #include <unistd.h>
 
 #include "dynemb.h"
+#include "mix.h"
 
 #define DIM 8u
 #define MAX_BATCH 64u
@@ -138,14 +139,6 @@ static uint64_t now_ns(void)
 	struct timespec ts;
 	clock_gettime(CLOCK_MONOTONIC, &ts);
 	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
-}
-
-static uint64_t mix(uint64_t x)
-{
-	x += 0x9e3779b97f4a7c15ull;
-	x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
-	x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
-	return x ^ (x >> 31);
 }
 
 static uint64_t rnd(uint64_t *s) { return mix((*s)++); }

@@ -72,30 +72,14 @@ struct de_sampler {
 
 /* ---- randomness ------------------------------------------------------------------- */
 
-static inline uint64_t mix64(uint64_t x)
-{
-	x ^= x >> 30;
-	x *= 0xbf58476d1ce4e5b9ull;
-	x ^= x >> 27;
-	x *= 0x94d049bb133111ebull;
-	x ^= x >> 31;
-	return x;
-}
-
-static inline uint64_t rnd(uint64_t *s)
-{
-	*s += 0x9e3779b97f4a7c15ull;
-	return mix64(*s);
-}
-
 static inline double rnd_unit(uint64_t *s) /* [0, 1), 53 bits */
 {
-	return (double)(rnd(s) >> 11) * 0x1p-53;
+	return (double)(de_splitmix64_next(s) >> 11) * 0x1p-53;
 }
 
 static inline uint64_t rnd_below(uint64_t *s, uint64_t n) /* [0, n), bias <= n / 2^64 */
 {
-	return (uint64_t)(((unsigned __int128)rnd(s) * n) >> 64);
+	return (uint64_t)(((unsigned __int128)de_splitmix64_next(s) * n) >> 64);
 }
 
 /* ---- small hash sets (per call) ---------------------------------------------------- */
@@ -121,7 +105,7 @@ static bool kset_add(struct kset *h, uint64_t key)
 {
 	if (!key)
 		return false;
-	for (size_t i = mix64(key) & h->mask;; i = (i + 1) & h->mask) {
+	for (size_t i = de_mix64(key) & h->mask;; i = (i + 1) & h->mask) {
 		if (h->slot[i] == key)
 			return false;
 		if (!h->slot[i]) {
@@ -135,7 +119,7 @@ static bool kset_has(const struct kset *h, uint64_t key)
 {
 	if (!key)
 		return false;
-	for (size_t i = mix64(key) & h->mask;; i = (i + 1) & h->mask) {
+	for (size_t i = de_mix64(key) & h->mask;; i = (i + 1) & h->mask) {
 		if (h->slot[i] == key)
 			return true;
 		if (!h->slot[i])
@@ -213,7 +197,7 @@ static size_t snap_find(const struct snap *p, uint64_t key)
 {
 	if (!key || !p->n)
 		return NOIDX;
-	for (size_t i = mix64(key) & p->imask;; i = (i + 1) & p->imask) {
+	for (size_t i = de_mix64(key) & p->imask;; i = (i + 1) & p->imask) {
 		uint32_t j = p->index[i];
 		if (j == NOIDX)
 			return NOIDX;
@@ -239,7 +223,7 @@ static int snap_index(struct snap *p, uint32_t *freq)
 	size_t w = 0;
 	for (size_t r = 0; r < p->n; r++) {
 		uint64_t key = p->keys[r];
-		size_t i = mix64(key) & p->imask;
+		size_t i = de_mix64(key) & p->imask;
 		bool dup = false;
 		for (;; i = (i + 1) & p->imask) {
 			if (idx[i] == NOIDX)
@@ -651,7 +635,7 @@ int de_sample(de_sampler *s, size_t n, const uint64_t *positives, size_t npos, u
 {
 	if (!s)
 		return -EINVAL;
-	uint64_t rng0 = mix64(s->cfg.seed ^ mix64(atomic_fetch_add(&s->calls, 1) + 1));
+	uint64_t rng0 = de_mix64(s->cfg.seed ^ de_mix64(atomic_fetch_add(&s->calls, 1) + 1));
 	return sample_impl(s, s->cfg.unique, rng0, n, positives, npos, keys, sampled_expected,
 			   is_positive, true_expected, info);
 }
@@ -665,7 +649,7 @@ int de_sample_seeded(de_sampler *s, int unique, uint64_t seed, size_t n,
 {
 	if (!s)
 		return -EINVAL;
-	return sample_impl(s, unique != 0, mix64(seed ^ mix64(1)), n, positives, npos, keys,
+	return sample_impl(s, unique != 0, de_mix64(seed ^ de_mix64(1)), n, positives, npos, keys,
 			   sampled_expected, is_positive, true_expected, info);
 }
 

@@ -27,16 +27,6 @@ static double now_s(void)
 	return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
 }
 
-static uint64_t mix64(uint64_t x)
-{
-	x ^= x >> 30;
-	x *= 0xbf58476d1ce4e5b9ull;
-	x ^= x >> 27;
-	x *= 0x94d049bb133111ebull;
-	x ^= x >> 31;
-	return x;
-}
-
 struct plain_job {
 	const float *rows, *qs;
 	size_t lo, hi, dim, nq, k;
@@ -100,11 +90,11 @@ int main(int argc, char **argv)
 		return 1;
 	uint64_t s = 1;
 	for (size_t i = 0; i < rows * dim; i++)
-		vals[i] = (float)((double)(mix64(++s) >> 11) * 0x1p-53 - 0.5);
+		vals[i] = (float)((double)(de_mix64(++s) >> 11) * 0x1p-53 - 0.5);
 	for (size_t i = 0; i < nq * dim; i++)
-		qs[i] = (float)((double)(mix64(++s) >> 11) * 0x1p-53 - 0.5);
+		qs[i] = (float)((double)(de_mix64(++s) >> 11) * 0x1p-53 - 0.5);
 	for (size_t i = 0; i < rows; i++)
-		keys[i] = mix64(i + 1) | 1;
+		keys[i] = de_mix64(i + 1) | 1;
 	for (size_t i = 0; i < rows; i += 65536) {
 		size_t m = rows - i < 65536 ? rows - i : 65536;
 		if (de_table_assign(t, keys + i, m, vals + i * dim, NULL, 1)) {

@@ -56,13 +56,7 @@ struct results { /* child -> parent, through a pipe */
 	char msg[160];
 };
 
-static uint64_t mix(uint64_t x)
-{
-	x += 0x9e3779b97f4a7c15ull;
-	x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
-	x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
-	return (x ^ (x >> 31)) | 1;
-}
+static uint64_t mix(uint64_t x) { return de_splitmix64(x) | 1; }
 
 /* ---- the daemon's side ---------------------------------------------------------- */
 

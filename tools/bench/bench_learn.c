@@ -36,16 +36,8 @@ struct learn_opts {
 	bool json;
 };
 
-static inline uint64_t lmix(uint64_t x)
-{
-	x += 0x9e3779b97f4a7c15ull;
-	x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
-	x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
-	return x ^ (x >> 31);
-}
-
 /* key of index i: never 0 */
-static inline uint64_t key_of(uint64_t i) { return lmix(i) | 1; }
+static inline uint64_t key_of(uint64_t i) { return de_splitmix64(i) | 1; }
 
 #define NBATCH 64u
 
@@ -379,7 +371,7 @@ static int topk_case(struct learn_env *e, struct topk_result *r)
 	int err = q && keys && sc ? 0 : -ENOMEM;
 	uint64_t rng = 77;
 	for (size_t i = 0; !err && i < (size_t)TK_NQ * dim; i++)
-		q[i] = (float)((double)(lmix(rng++) >> 11) * 0x1p-53 - 0.5);
+		q[i] = (float)((double)(de_splitmix64(rng++) >> 11) * 0x1p-53 - 0.5);
 	if (!err)
 		err = env_open(e, e->o.keys, 0, DE_INIT_UNIFORM);
 	for (int m = 0; m < 2 && !err; m++) {
@@ -490,9 +482,9 @@ int cmd_learn(int argc, char **argv, const char *command_line)
 	int err = e.bkeys && e.grads && e.out ? 0 : -ENOMEM;
 	uint64_t rng = 12345;
 	for (size_t i = 0; !err && i < (size_t)NBATCH * o.batch; i++)
-		e.bkeys[i] = key_of(lmix(rng++) % o.keys);
+		e.bkeys[i] = key_of(de_splitmix64(rng++) % o.keys);
 	for (size_t i = 0; !err && i < (size_t)o.batch * o.dim; i++)
-		e.grads[i] = (float)((double)(lmix(rng++) >> 11) * 0x1p-53 - 0.5) * 0.01f;
+		e.grads[i] = (float)((double)(de_splitmix64(rng++) >> 11) * 0x1p-53 - 0.5) * 0.01f;
 	if (err) {
 		fprintf(stderr, PROG " learn: setup: %s\n", strerror(-err));
 		goto out;

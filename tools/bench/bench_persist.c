@@ -81,16 +81,8 @@ struct persist_opts {
 	bool json, keep, no_fio, short_mode;
 };
 
-static inline uint64_t pmix(uint64_t x)
-{
-	x += 0x9e3779b97f4a7c15ull;
-	x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
-	x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
-	return x ^ (x >> 31);
-}
-
 /* key of row i: never 0 */
-static inline uint64_t key_of(uint64_t i) { return pmix(i) | 1; }
+static inline uint64_t key_of(uint64_t i) { return de_splitmix64(i) | 1; }
 
 static double secs(uint64_t ns) { return (double)ns / 1e9; }
 
@@ -469,9 +461,9 @@ struct sync_thread {
 static void *sync_run(void *arg)
 {
 	struct sync_thread *s = arg;
-	uint64_t r = pmix(s->id + 1);
+	uint64_t r = de_splitmix64(s->id + 1);
 	while (!s->err) {
-		size_t at = (size_t)(pmix(r++) % (KEY_POOL - s->batch));
+		size_t at = (size_t)(de_splitmix64(r++) % (KEY_POOL - s->batch));
 		struct de_wal_batch b = { .table_id = TABLE_ID, .type = DE_WAL_PUT,
 					  .keys = s->pool + at, .n = s->batch, .table = s->t,
 					  .dirty = s->d };
@@ -515,7 +507,7 @@ static int wal_async_case(const char *dir, const struct persist_opts *o, de_tabl
 	uint64_t deadline = t0 + (uint64_t)(o->seconds * 1e9);
 	struct de_wal_stats st = { 0 };
 	while (!err) {
-		size_t at = (size_t)(pmix(rng++) % (KEY_POOL - o->batch));
+		size_t at = (size_t)(de_splitmix64(rng++) % (KEY_POOL - o->batch));
 		struct de_wal_batch b = { .table_id = TABLE_ID, .type = DE_WAL_PUT,
 					  .keys = pool + at, .n = o->batch, .table = t, .dirty = d };
 		err = de_wal_append(w, &b, NULL);
@@ -985,7 +977,7 @@ int cmd_persist(int argc, char **argv, const char *command_line)
 
 	/* 4, 5: WAL cases, each in its own directory, removed after */
 	for (size_t i = 0; i < KEY_POOL; i++)
-		pool[i] = key_of(pmix(i + 12345) % o.rows);
+		pool[i] = key_of(de_splitmix64(i + 12345) % o.rows);
 	stage = "WAL async";
 	c0 = cpu_s();
 	if ((err = mk_sub(wdir, sizeof wdir, base, "wal-async")) ||
@@ -1023,8 +1015,8 @@ int cmd_persist(int argc, char **argv, const char *command_line)
 	if (err)
 		goto out;
 	for (size_t i = 0; i < NVERIFY; i++) /* half from the tail (when there is one) */
-		vf->keys[i] = key_of(i % 2 && o.tail_rows ? pmix(i) % o.tail_rows
-							  : pmix(i) % o.rows);
+		vf->keys[i] = key_of(i % 2 && o.tail_rows ? de_splitmix64(i) % o.tail_rows
+							  : de_splitmix64(i) % o.rows);
 	if ((err = de_table_find(x.t, vf->keys, NVERIFY, vf->vals, NULL)))
 		goto out;
 	tab_close(&x);

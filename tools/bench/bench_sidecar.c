@@ -132,13 +132,7 @@ struct run {
 
 /* ---- small helpers ---------------------------------------------------------------- */
 
-static uint64_t mix(uint64_t x)
-{
-	x += 0x9e3779b97f4a7c15ull;
-	x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
-	x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
-	return (x ^ (x >> 31)) | 1; /* never key 0 ("no feature") */
-}
+static uint64_t mix(uint64_t x) { return de_splitmix64(x) | 1; } /* never key 0 ("no feature") */
 
 static double unit(uint64_t *rng)
 {

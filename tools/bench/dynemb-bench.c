@@ -92,25 +92,16 @@ static double thread_cpu_s(void)
 	return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
 }
 
-static uint64_t splitmix64(uint64_t *state)
-{
-	uint64_t z = (*state += 0x9e3779b97f4a7c15ull);
-
-	z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-	z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-	return z ^ (z >> 31);
-}
-
 /* Uniform double in [0, 1) from the top 53 bits. */
 static double rand_unit(uint64_t *state)
 {
-	return (double)(splitmix64(state) >> 11) * 0x1.0p-53;
+	return (double)(de_splitmix64_next(state) >> 11) * 0x1.0p-53;
 }
 
 /* Uniform integer in [0, n): multiply-high (bias below 2^-32 for n < 2^32). */
 static uint64_t rand_below(uint64_t *state, uint64_t n)
 {
-	return (uint64_t)(((unsigned __int128)splitmix64(state) * n) >> 64);
+	return (uint64_t)(((unsigned __int128)de_splitmix64_next(state) * n) >> 64);
 }
 
 static uint64_t round_up(uint64_t v, uint64_t to)
@@ -1448,7 +1439,7 @@ static int make_keys(struct table_ctx *c)
 		uint64_t k;
 
 		do
-			k = splitmix64(&rng);
+			k = de_splitmix64_next(&rng);
 		while (k == 0);
 		c->keys[i] = k;
 		c->perm[i] = (uint32_t)i;
