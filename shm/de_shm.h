@@ -286,6 +286,10 @@ void de_table_close(de_table *t);
 int de_table_config_get(const de_table *t, struct de_table_config *out);
 uint32_t de_table_dim(const de_table *t);
 uint32_t de_table_row_floats(const de_table *t); /* dim * (1 + nslots) */
+/* Arena bytes one row takes in its row chunk: its values and slots padded to the row
+ * stride (row_floats * 4 rounded up to 64 bytes, to 16 below 64), plus its 32 bytes of
+ * metadata. Rows come in chunks, so this is the cost of a live row, not of an insert. */
+uint32_t de_table_bytes_per_row(const de_table *t);
 
 /*
  * Batch reads. out: n * dim floats (values only, not slots). status: n entries, may be

@@ -641,6 +641,7 @@ int de_table_config_get(const de_table *t, struct de_table_config *out)
 
 uint32_t de_table_dim(const de_table *t) { return t->dim; }
 uint32_t de_table_row_floats(const de_table *t) { return t->row_floats; }
+uint32_t de_table_bytes_per_row(const de_table *t) { return t->row_stride + META_BYTES; }
 
 void de_table_set_fd_source(de_table *t, de_fd_source src, void *ctx)
 {

@@ -236,9 +236,9 @@ void de_tier_break_fd(de_tier *tier);
  * with a byte budget, under an optional host budget.
  *
  * Resident bytes of a table (what budgets bound): the arena's used bytes minus the bytes
- * of row chunks, plus live keys * row_cost, where row_cost = row_stride + 32 (metadata)
- * and row_stride = dim * 4 * (1 + nslots) rounded up to 64 bytes (to 16 below 64 bytes),
- * as shm/table.c lays rows out. So: header, chunk table, index segments and every
+ * of row chunks, plus live keys * row_cost, where row_cost = de_table_bytes_per_row
+ * (row_stride + 32 bytes of metadata, row_stride = dim * 4 * (1 + nslots) rounded up to
+ * 64 bytes, to 16 below 64 bytes). So: header, chunk table, index segments and every
  * directory ever made, plus the rows of live keys (values, slots and metadata). The
  * arena never shrinks and reuses freed rows before growing, so keeping resident bytes
  * under the budget keeps the arena's used bytes under budget + (rows handed out but not

@@ -185,10 +185,8 @@ int de_evict_add_table(de_evict *ev, de_table *t, de_arena *a,
 	e->a = a;
 	e->cfg = *cfg;
 	e->dim = tc.dim;
-	e->row_floats = tc.dim * (1 + tc.nslots);
-	/* as shm/table.c lays rows out: values + slots rounded to 64 (16 below 64), + meta */
-	uint64_t bytes = 4ull * e->row_floats;
-	e->row_cost = (bytes >= 64 ? (bytes + 63) & ~63ull : (bytes + 15) & ~15ull) + 32;
+	e->row_floats = de_table_row_floats(t);
+	e->row_cost = de_table_bytes_per_row(t);
 	e->rng = (ev->cfg.seed ^ (0x9E3779B97F4A7C15ull * (ev->ntab + 1))) | 1;
 	e->pool = calloc(ev->cfg.pool, sizeof *e->pool);
 	e->vals = malloc(4ull * e->dim);
