@@ -28,7 +28,7 @@
  *   The config fields are the source table's normalized config (de_table_config_get) and
  *   must pass de_table_config_check.
  *
- * Records, `records` of them, record i at header_bytes + i * record_bytes (struct exp_rec,
+ * Records, `records` of them, record i at header_bytes + i * record_bytes (struct du_rec,
  * then the floats):
  *   0    u64 key (never 0)              8    u64 last_step
  *   16   u32 freq                       20   u32 flags (bit 0: live)
@@ -69,11 +69,12 @@
  *
  * ---- I/O -------------------------------------------------------------------------------
  *
- * One io_uring per call (8 entries). Writes: DU_NBUF chunk buffers of about 1 MiB (whole
- * records) in flight at once, short writes resubmitted; at the end the header write, the
- * trailer write and an fsync linked behind it (IOSQE_IO_LINK), then rename and an fsync of
- * the directory (plain syscalls). Reads go through the same ring: the next chunk's read is
- * in flight while the current one is checked and imported.
+ * One io_uring per call (8 entries). Writes (util.c's du_rec_write, shared with snapshot.c;
+ * this file encodes the records, header and trailer): DU_NBUF chunk buffers of about 1 MiB
+ * (whole records) in flight at once, short writes resubmitted; at the end the header
+ * write, the trailer write and an fsync linked behind it (IOSQE_IO_LINK), then rename and
+ * an fsync of the directory (plain syscalls). Reads go through the same kind of ring: the
+ * next chunk's read is in flight while the current one is checked and imported.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -100,7 +101,6 @@
 #define EXP_HDR_BYTES 128u
 #define EXP_REC_META 40u
 #define EXP_TRL_BYTES 32u
-#define CHUNK_TARGET (1u << 20) /* bytes of records per I/O */
 _Static_assert(EXP_HDR_BYTES == DU_HDR_BYTES && EXP_TRL_BYTES == DU_TRL_BYTES, "du_io buffers");
 
 struct exp_hdr {
@@ -131,19 +131,8 @@ _Static_assert(offsetof(struct exp_hdr, flags) == 68, "spec");
 _Static_assert(offsetof(struct exp_hdr, reserved) == 72, "spec");
 _Static_assert(offsetof(struct exp_hdr, crc) == 124, "spec");
 
-struct exp_rec {
-	uint64_t key, last_step;
-	uint32_t freq, flags;
-	uint64_t aux;
-	uint32_t crc, pad;
-};
-_Static_assert(sizeof(struct exp_rec) == EXP_REC_META, "record metadata is 40 bytes");
-_Static_assert(offsetof(struct exp_rec, last_step) == 8, "spec");
-_Static_assert(offsetof(struct exp_rec, freq) == 16, "spec");
-_Static_assert(offsetof(struct exp_rec, flags) == 20, "spec");
-_Static_assert(offsetof(struct exp_rec, aux) == 24, "spec");
-_Static_assert(offsetof(struct exp_rec, crc) == 32, "spec");
-_Static_assert(offsetof(struct exp_rec, pad) == 36, "spec");
+/* records: struct du_rec (uring_pvt.h, with its offsets asserted), shared with snapshot.c */
+_Static_assert(EXP_REC_META == DU_REC_META, "record metadata is 40 bytes");
 
 struct exp_trl {
 	char magic[8];
@@ -163,29 +152,27 @@ _Static_assert(sizeof(float) == 4, "f32");
 /* Export                                                                     */
 /* ------------------------------------------------------------------------- */
 
-struct copy_ctx {
-	unsigned char *base; /* record 0 of the batch */
-	uint32_t record_bytes, row_floats;
+/* what the callbacks of de_export's du_rec_write know */
+struct export_ctx {
+	struct de_table_config cfg;
+	uint32_t row_floats;
 };
 
-static void copy_out(void *ctx, size_t i, float *row, struct de_row_meta *m)
+static void copy_out(void *ctx, unsigned char *r, const float *row, const struct de_row_meta *m)
 {
-	struct copy_ctx *c = ctx;
-	unsigned char *r = c->base + i * c->record_bytes;
-	struct exp_rec h = { .key = m->key, .last_step = m->last_step, .freq = m->freq,
-			     .flags = m->flags, .aux = m->aux };
+	const struct export_ctx *f = ctx;
+	struct du_rec h = { .key = m->key, .last_step = m->last_step, .freq = m->freq,
+			    .flags = m->flags, .aux = m->aux };
 	memcpy(r, &h, sizeof h);
-	memcpy(r + EXP_REC_META, row, (size_t)c->row_floats * 4);
+	memcpy(r + EXP_REC_META, row, (size_t)f->row_floats * 4);
 }
 
-#ifdef DE_STEP_KEEP
-#define EXPORT_APPLY_STEP DE_STEP_KEEP
-#else
-#define EXPORT_APPLY_STEP DE_EXPORT_STEP
-#endif
-
-static void fill_header(struct exp_hdr *h, const struct de_table_config *c, uint64_t records)
+/* header and trailer of a file of n records */
+static void finish(void *ctx, void *hdr, void *trl, uint64_t n, uint32_t records_crc)
 {
+	const struct export_ctx *f = ctx;
+	const struct de_table_config *c = &f->cfg;
+	struct exp_hdr *h = hdr;
 	memset(h, 0, sizeof *h);
 	memcpy(h->magic, EXP_MAGIC, 8);
 	h->version = DE_EXPORT_VERSION;
@@ -197,11 +184,17 @@ static void fill_header(struct exp_hdr *h, const struct de_table_config *c, uint
 	h->init_b = c->init_b;
 	h->slot_init = c->slot_init;
 	h->seed = c->seed;
-	h->records = records;
-	h->row_floats = c->dim * (1 + c->nslots);
+	h->records = n;
+	h->row_floats = f->row_floats;
 	h->record_bytes = EXP_REC_META + 4 * h->row_floats;
 	h->seg_buckets = c->seg_buckets;
 	h->crc = de_crc32c(0, h, offsetof(struct exp_hdr, crc));
+	struct exp_trl *tr = trl;
+	memset(tr, 0, sizeof *tr);
+	memcpy(tr->magic, EXP_END_MAGIC, 8);
+	tr->records = n;
+	tr->records_crc = records_crc;
+	tr->crc = de_crc32c(0, tr, offsetof(struct exp_trl, crc));
 }
 
 int de_export(de_table *t, const char *path, de_progress_fn cb, void *ctx, uint64_t *records)
@@ -210,124 +203,25 @@ int de_export(de_table *t, const char *path, de_progress_fn cb, void *ctx, uint6
 		return -EINVAL;
 	if (records)
 		*records = 0;
-	struct de_table_config cfg;
-	int err = de_table_config_get(t, &cfg);
+	struct export_ctx f;
+	int err = de_table_config_get(t, &f.cfg);
 	if (err)
 		return err;
-	struct de_table_stats st;
-	uint64_t total = de_table_stats(t, &st) ? 0 : st.keys;
-	const uint32_t rf = cfg.dim * (1 + cfg.nslots);
-	const uint32_t rb = EXP_REC_META + 4 * rf;
-	size_t per = CHUNK_TARGET / rb ? CHUNK_TARGET / rb : 1;
-	if (per > total + 64) /* small table, small buffers; it may grow meanwhile: fine */
-		per = (size_t)total + 64;
-
-	size_t plen = strlen(path);
-	char *tmp = malloc(plen + 5);
-	uint64_t *keys = malloc(per * sizeof *keys);
-	uint8_t *status = malloc(per);
-	struct du_io io;
-	bool io_started = false, created = false;
-	int fd = -1;
-	if (!tmp || !keys || !status) {
-		err = -ENOMEM;
-		goto out;
-	}
-	memcpy(tmp, path, plen);
-	memcpy(tmp + plen, ".tmp", 5);
-	fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-	if (fd < 0) {
-		err = -errno;
-		goto out;
-	}
-	created = true;
-	io_started = true;
-	if ((err = du_io_open(&io, fd, true)) || (err = du_io_bufs(&io, DU_NBUF, per * rb)))
-		goto out;
-
-	uint64_t n = 0, cursor = 0;
-	uint32_t records_crc = 0;
-	bool done = false;
-	unsigned next = 0;
-	while (!done) {
-		/* a free chunk buffer (round robin keeps the writes in file order) */
-		struct du_iobuf *b = &io.b[next];
-		if ((err = du_io_wait_free(&io, next)))
-			goto out;
-		size_t got = 0;
-		while (got < per) {
-			size_t k;
-			if ((err = de_table_iterate(t, &cursor, keys, NULL, per - got, &k)))
-				goto out;
-			if (!k) {
-				done = true;
-				break;
-			}
-			size_t got0 = got;
-			unsigned char *base = b->p + got0 * rb;
-			struct copy_ctx cc = { base, rb, rf };
-			if ((err = de_table_apply(t, keys, k, false, copy_out, &cc, status,
-						  EXPORT_APPLY_STEP)))
-				goto out;
-			for (size_t i = 0; i < k; i++) { /* drop keys erased meanwhile */
-				if (status[i] == DE_MISSING)
-					continue;
-				if (got != got0 + i)
-					memmove(b->p + got * rb, base + i * rb, rb);
-				got++;
-			}
-		}
-		if (!got)
-			break;
-		if ((err = du_io_put_records(&io, next, n, got, rb, EXP_HDR_BYTES + n * rb,
-					     &records_crc)))
-			goto out;
-		n += got;
-		next = (next + 1) % DU_NBUF;
-		if (cb && cb(ctx, n, total > n ? total : n)) {
-			err = -ECANCELED;
-			goto out;
-		}
-	}
-	if ((err = du_io_drain(&io)))
-		goto out;
-
-	/* header and trailer, then an fsync linked behind the trailer */
-	struct du_iobuf *hb = &io.b[DU_NBUF], *tb = &io.b[DU_NBUF + 1];
-	fill_header((struct exp_hdr *)hb->p, &cfg, n);
-	hb->len = EXP_HDR_BYTES;
-	hb->off = 0;
-	struct exp_trl *tr = (struct exp_trl *)tb->p;
-	memset(tr, 0, sizeof *tr);
-	memcpy(tr->magic, EXP_END_MAGIC, 8);
-	tr->records = n;
-	tr->records_crc = records_crc;
-	tr->crc = de_crc32c(0, tr, offsetof(struct exp_trl, crc));
-	tb->len = EXP_TRL_BYTES;
-	tb->off = EXP_HDR_BYTES + n * rb;
-	if ((err = du_io_commit(&io, DU_NBUF, 2, &fd, tmp, path)))
-		goto out;
-	created = false;
-	if ((err = du_fsync_dir_of(path)))
-		goto out;
-	if (records)
-		*records = n;
-out:
-	if (io_started)
-		du_io_close(&io);
-	if (fd >= 0)
-		close(fd);
-	if (created && err)
-		unlink(tmp);
-	free(status);
-	free(keys);
-	free(tmp);
-	return err;
+	f.row_floats = de_table_row_floats(t);
+	const struct du_rec_writer w = { .all_keys = true, .row = copy_out, .finish = finish,
+					 .ctx = &f };
+	return du_rec_write(t, path, &w, cb, ctx, records);
 }
 
 /* ------------------------------------------------------------------------- */
 /* Readers                                                                    */
 /* ------------------------------------------------------------------------- */
+
+#ifdef DE_STEP_KEEP
+#define EXPORT_APPLY_STEP DE_STEP_KEEP
+#else
+#define EXPORT_APPLY_STEP DE_EXPORT_STEP
+#endif
 
 struct reader {
 	int fd;
@@ -404,7 +298,7 @@ static void put_in(void *ctx, size_t i, float *row, struct de_row_meta *m)
 {
 	struct put_ctx *c = ctx;
 	const unsigned char *r = c->base + i * c->record_bytes;
-	struct exp_rec h;
+	struct du_rec h;
 	memcpy(&h, r, sizeof h);
 	m->last_step = h.last_step;
 	m->freq = h.freq;
@@ -461,7 +355,7 @@ static int scan(struct reader *rd, struct du_io *io, size_t per, de_table *t, de
 		size_t k = 0;
 		for (; k < cnt; k++) {
 			const unsigned char *r = b->p + k * rb;
-			struct exp_rec h;
+			struct du_rec h;
 			memcpy(&h, r, sizeof h);
 			if (h.crc != du_record_crc(first + k, r, rb)) {
 				*problem = "record checksum";
@@ -557,10 +451,10 @@ static int check_trailer(struct reader *rd, struct du_io *io, uint32_t records_c
 	return 0;
 }
 
-/* records per read: about CHUNK_TARGET bytes, at least 1, at most the records there are */
+/* records per read: about DU_CHUNK_BYTES bytes, at least 1, at most the records there are */
 static size_t chunk_records(uint32_t record_bytes, uint64_t avail)
 {
-	size_t per = CHUNK_TARGET / record_bytes ? CHUNK_TARGET / record_bytes : 1;
+	size_t per = DU_CHUNK_BYTES / record_bytes ? DU_CHUNK_BYTES / record_bytes : 1;
 	return avail < per ? (avail ? (size_t)avail : 1) : per;
 }
 

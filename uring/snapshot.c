@@ -48,8 +48,10 @@
  *
  * ---- I/O --------------------------------------------------------------------------------
  *
- * Writes: like export (util.c's du_io): DU_NBUF buffers of about 1 MiB in flight, then
- * the header, the trailer and an fsync linked behind it. Reads: one io_uring, 1 MiB reads.
+ * Writes: the record file writer export uses too (util.c's du_rec_write): DU_NBUF buffers
+ * of about 1 MiB in flight, then the header, the trailer and an fsync linked behind it;
+ * this file encodes the records, tombstones, header and trailer. Reads: one io_uring,
+ * 1 MiB reads.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -69,7 +71,6 @@
 #define SN_TRL 32u
 #define SN_LIVE 1u
 #define SN_TOMB 2u
-#define CHUNK (1u << 20)
 
 struct sn_hdr {
 	char magic[8];
@@ -95,13 +96,7 @@ _Static_assert(offsetof(struct sn_hdr, seg_buckets) == 88, "spec");
 _Static_assert(offsetof(struct sn_hdr, records) == 96, "spec");
 _Static_assert(offsetof(struct sn_hdr, crc) == 124, "spec");
 
-struct sn_rec {
-	uint64_t key, last_step;
-	uint32_t freq, flags;
-	uint64_t aux;
-	uint32_t crc, pad;
-};
-_Static_assert(sizeof(struct sn_rec) == DU_REC_META, "spec");
+/* records: struct du_rec (uring_pvt.h), as in export files */
 
 struct sn_trl {
 	char magic[8];
@@ -241,19 +236,67 @@ int de_snapshot_name(char *buf, size_t cap, uint32_t table_id, uint64_t seq)
 	return 0;
 }
 
-struct copy_ctx {
-	unsigned char *base;
-	uint32_t rb, rf;
+/* what the callbacks of de_snapshot_write's du_rec_write know */
+struct write_ctx {
+	const struct de_table_config *cfg;
+	const struct de_snapshot_spec *s;
+	uint32_t rf;
+	uint64_t tombs; /* tombstones written */
 };
 
-static void copy_out(void *ctx, size_t i, float *row, struct de_row_meta *m)
+static void copy_out(void *ctx, unsigned char *r, const float *row, const struct de_row_meta *m)
 {
-	struct copy_ctx *c = ctx;
-	unsigned char *r = c->base + i * c->rb;
-	struct sn_rec h = { .key = m->key, .last_step = m->last_step, .freq = m->freq,
+	const struct write_ctx *c = ctx;
+	struct du_rec h = { .key = m->key, .last_step = m->last_step, .freq = m->freq,
 			    .flags = SN_LIVE, .aux = m->aux };
 	memcpy(r, &h, sizeof h);
 	memcpy(r + DU_REC_META, row, (size_t)c->rf * 4);
+}
+
+/* incremental: a dirty key the table no longer holds was erased, its record a tombstone
+ * (a full snapshot leaves such keys out: the WAL has the erase) */
+static void tombstone(void *ctx, unsigned char *r, uint64_t key)
+{
+	struct write_ctx *c = ctx;
+	struct du_rec h = { .key = key, .flags = SN_TOMB };
+	memcpy(r, &h, sizeof h);
+	c->tombs++;
+}
+
+static void finish(void *ctx, void *hdr, void *trl, uint64_t n, uint32_t records_crc)
+{
+	const struct write_ctx *c = ctx;
+	const struct de_table_config *cfg = c->cfg;
+	const struct de_snapshot_spec *s = c->s;
+	struct sn_hdr *h = hdr;
+	memset(h, 0, sizeof *h);
+	memcpy(h->magic, SN_MAGIC, 8);
+	h->version = 1;
+	h->header_bytes = SN_HDR;
+	h->dim = cfg->dim;
+	h->nslots = cfg->nslots;
+	h->init = (uint32_t)cfg->init;
+	h->init_a = cfg->init_a;
+	h->init_b = cfg->init_b;
+	h->slot_init = cfg->slot_init;
+	h->seed = cfg->seed;
+	h->row_floats = c->rf;
+	h->record_bytes = DU_REC_META + 4 * c->rf;
+	h->table_id = s->table_id;
+	h->kind = s->kind;
+	h->seq = s->seq;
+	h->parent_seq = s->parent_seq;
+	h->start_lsn = s->start_lsn;
+	h->seg_buckets = cfg->seg_buckets;
+	h->records = n;
+	h->crc = de_crc32c(0, h, offsetof(struct sn_hdr, crc));
+	struct sn_trl *tr = trl;
+	memset(tr, 0, sizeof *tr);
+	memcpy(tr->magic, SN_END_MAGIC, 8);
+	tr->records = n;
+	tr->records_crc = records_crc;
+	tr->tombstones = (uint32_t)c->tombs;
+	tr->crc = de_crc32c(0, tr, offsetof(struct sn_trl, crc));
 }
 
 int de_snapshot_write(const char *dir, de_table *t, const struct de_snapshot_spec *s,
@@ -274,155 +317,37 @@ int de_snapshot_write(const char *dir, de_table *t, const struct de_snapshot_spe
 	if (err)
 		return err;
 	const bool full = s->kind == DE_SNAPSHOT_FULL;
-	struct de_table_stats st;
-	uint64_t total = full ? (de_table_stats(t, &st) ? 0 : st.keys) : s->nkeys;
-	const uint32_t rf = cfg.dim * (1 + cfg.nslots), rb = DU_REC_META + 4 * rf;
-	size_t per = CHUNK / rb ? CHUNK / rb : 1;
-	if (per > total + 64)
-		per = (size_t)total + 64;
+	struct write_ctx c = { &cfg, s, de_table_row_floats(t), 0 };
+	const struct du_rec_writer w = {
+		.all_keys = full,
+		.keys = s->keys,
+		.nkeys = s->nkeys,
+		.row = copy_out,
+		.missing = full ? NULL : tombstone,
+		.finish = finish,
+		.ctx = &c,
+	};
 
 	char name[40];
 	de_snapshot_name(name, sizeof name, s->table_id, s->seq);
 	char *path = du_path(dir, name);
-	char *tmp = path ? du_malloc(strlen(path) + 5) : NULL;
-	uint64_t *keys = du_malloc(per * sizeof *keys);
-	uint8_t *status = du_malloc(per);
-	struct du_io io;
-	memset(&io, 0, sizeof io);
-	int fd = -1;
-	bool created = false;
-	if (!path || !tmp || !keys || !status) {
-		err = -ENOMEM;
-		goto out;
-	}
-	sprintf(tmp, "%s.tmp", path);
-	fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-	if (fd < 0) {
-		err = -errno;
-		goto out;
-	}
-	created = true;
-	if ((err = du_io_open(&io, fd, true)) || (err = du_io_bufs(&io, DU_NBUF, per * rb)))
-		goto out;
-
-	uint64_t n = 0, tombs = 0, cursor = 0;
-	size_t kpos = 0; /* incremental: next key of s->keys */
-	uint32_t records_crc = 0;
-	unsigned next = 0;
-	for (bool done = false; !done;) {
-		struct du_iobuf *b = &io.b[next];
-		if ((err = du_io_wait_free(&io, next)))
-			goto out;
-		size_t got = 0;
-		while (got < per) {
-			size_t k = 0;
-			if (full) {
-				if ((err = de_table_iterate(t, &cursor, keys, NULL, per - got, &k)))
-					goto out;
-			} else {
-				while (k < per - got && kpos < s->nkeys) {
-					uint64_t key = s->keys[kpos++];
-					if (key)
-						keys[k++] = key;
-				}
-			}
-			if (!k) {
-				done = true;
-				break;
-			}
-			unsigned char *base = b->p + got * rb;
-			struct copy_ctx cc = { base, rb, rf };
-			if ((err = de_table_apply(t, keys, k, false, copy_out, &cc, status,
-						  DE_STEP_KEEP)))
-				goto out;
-			size_t got0 = got;
-			for (size_t i = 0; i < k; i++) {
-				unsigned char *r = b->p + got * rb;
-				if (status[i] == DE_MISSING) {
-					if (full)
-						continue; /* erased meanwhile: the WAL has the erase */
-					struct sn_rec h = { .key = keys[i], .flags = SN_TOMB };
-					memset(r, 0, rb);
-					memcpy(r, &h, sizeof h);
-					tombs++;
-				} else if (got != got0 + i) {
-					memmove(r, base + i * rb, rb);
-				}
-				got++;
-			}
-		}
-		if (!got)
-			break;
-		if ((err = du_io_put_records(&io, next, n, got, rb, SN_HDR + n * rb, &records_crc)))
-			goto out;
-		n += got;
-		next = (next + 1) % DU_NBUF;
-		if (cb && cb(ctx, n, total > n ? total : n)) {
-			err = -ECANCELED;
-			goto out;
-		}
-	}
-	if ((err = du_io_drain(&io)))
-		goto out;
-	struct du_iobuf *hb = &io.b[DU_NBUF], *tb = &io.b[DU_NBUF + 1];
-	struct sn_hdr *h = (struct sn_hdr *)hb->p;
-	memset(h, 0, sizeof *h);
-	memcpy(h->magic, SN_MAGIC, 8);
-	h->version = 1;
-	h->header_bytes = SN_HDR;
-	h->dim = cfg.dim;
-	h->nslots = cfg.nslots;
-	h->init = (uint32_t)cfg.init;
-	h->init_a = cfg.init_a;
-	h->init_b = cfg.init_b;
-	h->slot_init = cfg.slot_init;
-	h->seed = cfg.seed;
-	h->row_floats = rf;
-	h->record_bytes = rb;
-	h->table_id = s->table_id;
-	h->kind = s->kind;
-	h->seq = s->seq;
-	h->parent_seq = s->parent_seq;
-	h->start_lsn = s->start_lsn;
-	h->seg_buckets = cfg.seg_buckets;
-	h->records = n;
-	h->crc = de_crc32c(0, h, offsetof(struct sn_hdr, crc));
-	hb->len = SN_HDR;
-	hb->off = 0;
-	struct sn_trl *tr = (struct sn_trl *)tb->p;
-	memset(tr, 0, sizeof *tr);
-	memcpy(tr->magic, SN_END_MAGIC, 8);
-	tr->records = n;
-	tr->records_crc = records_crc;
-	tr->tombstones = (uint32_t)tombs;
-	tr->crc = de_crc32c(0, tr, offsetof(struct sn_trl, crc));
-	tb->len = SN_TRL;
-	tb->off = SN_HDR + n * rb;
-	if ((err = du_io_commit(&io, DU_NBUF, 2, &fd, tmp, path)))
-		goto out;
-	created = false;
-	if ((err = du_fsync_dir(dir)))
-		goto out;
+	if (!path)
+		return -ENOMEM;
+	uint64_t n;
+	err = du_rec_write(t, path, &w, cb, ctx, &n);
+	free(path);
+	if (err)
+		return err;
 	info->table_id = s->table_id;
 	info->kind = s->kind;
 	info->seq = s->seq;
 	info->parent_seq = s->parent_seq;
 	info->start_lsn = s->start_lsn;
 	info->records = n;
-	info->tombstones = tombs;
-	info->file_bytes = SN_HDR + n * rb + SN_TRL;
+	info->tombstones = c.tombs;
+	info->file_bytes = SN_HDR + n * (DU_REC_META + 4ull * c.rf) + SN_TRL;
 	info->config = cfg;
-out:
-	du_io_close(&io);
-	if (fd >= 0)
-		close(fd);
-	if (created && err)
-		unlink(tmp);
-	free(status);
-	free(keys);
-	free(tmp);
-	free(path);
-	return err;
+	return 0;
 }
 
 /* ------------------------------------------------------------------------- */
@@ -516,7 +441,7 @@ static int rd_open(struct rd *r, const char *path, struct de_snapshot_info *info
 		*problem = "file size does not match the header";
 		return -EBADMSG;
 	}
-	r->per = CHUNK / h->record_bytes ? CHUNK / h->record_bytes : 1;
+	r->per = DU_CHUNK_BYTES / h->record_bytes ? DU_CHUNK_BYTES / h->record_bytes : 1;
 	if (r->per > h->records)
 		r->per = h->records ? (size_t)h->records : 1;
 	if (!(r->buf = du_malloc(r->per * h->record_bytes)) ||
@@ -535,7 +460,7 @@ static void put_in(void *ctx, size_t i, float *row, struct de_row_meta *m)
 {
 	struct put_ctx *c = ctx;
 	const unsigned char *r = c->base + c->idx[i] * c->rb;
-	struct sn_rec h;
+	struct du_rec h;
 	memcpy(&h, r, sizeof h);
 	m->last_step = h.last_step;
 	m->freq = h.freq;
@@ -574,7 +499,7 @@ static int rd_scan(struct rd *r, de_table *t, uint64_t *tombs_out, const char **
 		size_t nl = 0, ne = 0;
 		for (size_t k = 0; k < cnt; k++) {
 			const unsigned char *p = r->buf + k * rb;
-			struct sn_rec rec;
+			struct du_rec rec;
 			memcpy(&rec, p, sizeof rec);
 			if (rec.crc != du_record_crc(first + k, p, rb)) {
 				*problem = "record checksum";

@@ -2,10 +2,11 @@
  * uring_pvt.h — private to libdeuring (the .c files of uring/); not installed, not for other
  * components. What the export, WAL, snapshot and manifest code share: CRC32C, the
  * 40-byte row record of the export and snapshot formats, one io_uring with a few buffers
- * (short transfers resubmitted, an fsync linked behind the last write; the record writers'
- * chunk sealing and tmp-file commit), small file helpers (open a regular file, whole-file
- * read, atomic replace, directory fsync) and the fault-injection
- * counters (compiled only with DE_FAULT_INJECTION).
+ * (short transfers resubmitted, an fsync linked behind the last write; the tmp-file
+ * commit), the writer loop of record files (du_rec_write: export and snapshot files
+ * streamed out of a table, each format encoding its own records, header and trailer),
+ * small file helpers (open a regular file, whole-file read, atomic replace, directory
+ * fsync) and the fault-injection counters (compiled only with DE_FAULT_INJECTION).
  *
  * Ownership: a du_io owns its ring and the buffers in b[] (du_io_close frees them, after
  * waiting for every request in flight: the kernel may still be using a buffer).
@@ -52,6 +53,23 @@ void *du_calloc(size_t n, size_t size);
 /* ---- CRC and the 40-byte row record (export and snapshot files) ---------------------- */
 
 #define DU_REC_META 40u
+
+/* The record's first 40 bytes (layout in export.c's format comment); row_floats floats
+ * follow. What flags may hold is each format's own. */
+struct du_rec {
+	uint64_t key, last_step;
+	uint32_t freq, flags;
+	uint64_t aux;
+	uint32_t crc, pad;
+};
+_Static_assert(sizeof(struct du_rec) == DU_REC_META, "record metadata is 40 bytes");
+_Static_assert(offsetof(struct du_rec, last_step) == 8, "spec");
+_Static_assert(offsetof(struct du_rec, freq) == 16, "spec");
+_Static_assert(offsetof(struct du_rec, flags) == 20, "spec");
+_Static_assert(offsetof(struct du_rec, aux) == 24, "spec");
+_Static_assert(offsetof(struct du_rec, crc) == 32, "spec");
+_Static_assert(offsetof(struct du_rec, pad) == 36, "spec");
+
 /* CRC32C of: u64 index, rec bytes 0..31, rec bytes 36..record_bytes-1 */
 uint32_t du_record_crc(uint64_t index, const unsigned char *rec, uint32_t record_bytes);
 
@@ -98,20 +116,47 @@ int du_io_open(struct du_io *io, int fd, bool write);
 int du_io_bufs(struct du_io *io, unsigned nbuf, size_t bytes);
 void du_io_close(struct du_io *io);
 
-/* Writers of record files (export, snapshot). Wait until chunk buffer b[i] is free: 0, or
- * the first error of a completion. */
-int du_io_wait_free(struct du_io *io, unsigned i);
-/* Seal the n records in b[i] (record rec0 + k at b[i].p + k * record_bytes gets its crc
- * field, pad zeroed; *records_crc is extended over those crc fields in order) and queue
- * and submit their write at file offset off. */
-int du_io_put_records(struct du_io *io, unsigned i, uint64_t rec0, size_t n,
-		      uint32_t record_bytes, uint64_t off, uint32_t *records_crc);
 /* The end of an atomic replace: write b[first..first+n-1] (len and off set), an fsync
  * linked behind the last (fsync again when a short write broke the link), close the ring
  * (io zeroed), close *fd (-1 after), rename tmp over path. 0: path replaced; the caller
  * still fsyncs the directory. On error the caller unlinks tmp. */
 int du_io_commit(struct du_io *io, unsigned first, unsigned n, int *fd, const char *tmp,
 		 const char *path);
+
+/* ---- record files: the writer export and snapshot share ---------------------------- */
+
+#define DU_CHUNK_BYTES (1u << 20) /* bytes of records per read or write of a record file */
+
+/*
+ * A record file is a DU_HDR_BYTES header, records of DU_REC_META + 4 * row_floats bytes
+ * (record i at DU_HDR_BYTES + i * record_bytes), a DU_TRL_BYTES trailer. du_rec_write
+ * streams the records and seals them (crc, pad); the format's own callbacks encode them.
+ */
+struct du_rec_writer {
+	bool all_keys;        /* every key of the table (de_table_iterate), else keys[] */
+	const uint64_t *keys; /* the keys to write, in order (0s skipped) */
+	size_t nkeys;
+	/* Encode the record rec of a row the table holds (under its row lock). */
+	void (*row)(void *ctx, unsigned char *rec, const float *row, const struct de_row_meta *m);
+	/* A key the table does not hold: encode its record into rec (zeroed). NULL: such
+	 * keys are left out. */
+	void (*missing)(void *ctx, unsigned char *rec, uint64_t key);
+	/* The header at hdr and the trailer at trl (buffers of DU_HDR_BYTES, DU_TRL_BYTES) of
+	 * a file of n records whose crc fields, in order, have the CRC32C records_crc. */
+	void (*finish)(void *ctx, void *hdr, void *trl, uint64_t n, uint32_t records_crc);
+	void *ctx;
+};
+
+/*
+ * Write the record file path from table t: path.tmp through one io_uring, DU_NBUF chunk
+ * buffers of about DU_CHUNK_BYTES in flight, then header, trailer and an fsync linked
+ * behind it, rename over path, fsync the directory. cb (may be NULL) sees the records
+ * written after each chunk and the larger of that and the records expected (the table's
+ * key count, or nkeys); nonzero cancels
+ * (-ECANCELED). out: *records. On error path is unchanged and path.tmp removed.
+ */
+int du_rec_write(de_table *t, const char *path, const struct du_rec_writer *w,
+		 de_progress_fn cb, void *cb_ctx, uint64_t *records);
 
 /* ---- files -------------------------------------------------------------------------- */
 

@@ -1,7 +1,8 @@
 /*
  * util.c — what the files of libdeuring share (declared in uring_pvt.h): CRC32C, the row
  * record CRC of the export and snapshot formats, one io_uring with a few buffers (and the
- * record writers' chunk sealing and tmp-file commit on it), file helpers (open a regular
+ * tmp-file commit on it), the writer loop of record files (du_rec_write: the records of
+ * export and snapshot files streamed out of a table), file helpers (open a regular
  * file, whole-file read, atomic replace, directory fsync) and the fault-injection
  * counters. Formats live with their readers and writers (export.c, wal.c, snapshot.c,
  * manifest.c); nothing here knows one.
@@ -311,7 +312,8 @@ void du_io_close(struct du_io *io)
 		free(io->b[i].p);
 }
 
-int du_io_wait_free(struct du_io *io, unsigned i)
+/* Wait until chunk buffer b[i] is free: 0, or the first error of a completion. */
+static int io_wait_free(struct du_io *io, unsigned i)
 {
 	int err;
 	while (io->b[i].busy && !io->err)
@@ -320,8 +322,11 @@ int du_io_wait_free(struct du_io *io, unsigned i)
 	return io->err;
 }
 
-int du_io_put_records(struct du_io *io, unsigned i, uint64_t rec0, size_t n,
-		      uint32_t record_bytes, uint64_t off, uint32_t *records_crc)
+/* Seal the n records in b[i] (record rec0 + k at b[i].p + k * record_bytes gets its crc
+ * field, pad zeroed; *records_crc is extended over those crc fields in order) and queue
+ * and submit their write at file offset off. */
+static int io_put_records(struct du_io *io, unsigned i, uint64_t rec0, size_t n,
+			  uint32_t record_bytes, uint64_t off, uint32_t *records_crc)
 {
 	struct du_iobuf *b = &io->b[i];
 	for (size_t k = 0; k < n; k++) {
@@ -590,6 +595,151 @@ out:
 		close(fd);
 	if (created && err)
 		unlink(tmp);
+	free(tmp);
+	return err;
+}
+
+/* ------------------------------------------------------------------------- */
+/* Record files (export, snapshot)                                            */
+/* ------------------------------------------------------------------------- */
+
+struct rec_batch {
+	const struct du_rec_writer *w;
+	unsigned char *base; /* record 0 of the batch */
+	uint32_t record_bytes;
+};
+
+static void rec_row(void *ctx, size_t i, float *row, struct de_row_meta *m)
+{
+	struct rec_batch *c = ctx;
+	c->w->row(c->w->ctx, c->base + i * c->record_bytes, row, m);
+}
+
+/* Fill the chunk buffer at p with up to per records from the writer's keys (the table's
+ * from *cursor, or w->keys from *kpos). out: *got; *done when the keys ran out. */
+static int rec_fill(de_table *t, const struct du_rec_writer *w, unsigned char *p, size_t per,
+		    uint32_t rb, uint64_t *keys, uint8_t *status, uint64_t *cursor,
+		    size_t *kpos, size_t *got, bool *done)
+{
+	int err;
+	*got = 0;
+	while (*got < per) {
+		size_t k = 0;
+		if (w->all_keys) {
+			if ((err = de_table_iterate(t, cursor, keys, NULL, per - *got, &k)))
+				return err;
+		} else {
+			while (k < per - *got && *kpos < w->nkeys) {
+				uint64_t key = w->keys[(*kpos)++];
+				if (key)
+					keys[k++] = key;
+			}
+		}
+		if (!k) {
+			*done = true;
+			return 0;
+		}
+		size_t got0 = *got;
+		struct rec_batch rc = { w, p + got0 * rb, rb };
+		if ((err = de_table_apply(t, keys, k, false, rec_row, &rc, status, DE_STEP_KEEP)))
+			return err;
+		for (size_t i = 0; i < k; i++) { /* keys erased meanwhile: left out, or missing() */
+			unsigned char *r = p + *got * rb;
+			if (status[i] == DE_MISSING) {
+				if (!w->missing)
+					continue;
+				memset(r, 0, rb);
+				w->missing(w->ctx, r, keys[i]);
+			} else if (*got != got0 + i) {
+				memmove(r, rc.base + i * rb, rb);
+			}
+			(*got)++;
+		}
+	}
+	return 0;
+}
+
+int du_rec_write(de_table *t, const char *path, const struct du_rec_writer *w,
+		 de_progress_fn cb, void *cb_ctx, uint64_t *records)
+{
+	struct de_table_stats st;
+	const uint64_t total = !w->all_keys ? w->nkeys : de_table_stats(t, &st) ? 0 : st.keys;
+	const uint32_t rb = DU_REC_META + 4 * de_table_row_floats(t);
+	size_t per = DU_CHUNK_BYTES / rb ? DU_CHUNK_BYTES / rb : 1;
+	if (per > total + 64) /* small table, small buffers; it may grow meanwhile: fine */
+		per = (size_t)total + 64;
+
+	size_t plen = strlen(path);
+	char *tmp = du_malloc(plen + 5);
+	uint64_t *keys = du_malloc(per * sizeof *keys);
+	uint8_t *status = du_malloc(per);
+	struct du_io io;
+	memset(&io, 0, sizeof io);
+	int fd = -1, err = 0;
+	bool created = false;
+	if (!tmp || !keys || !status) {
+		err = -ENOMEM;
+		goto out;
+	}
+	memcpy(tmp, path, plen);
+	memcpy(tmp + plen, ".tmp", 5);
+	fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+	if (fd < 0) {
+		err = -errno;
+		goto out;
+	}
+	created = true;
+	if ((err = du_io_open(&io, fd, true)) || (err = du_io_bufs(&io, DU_NBUF, per * rb)))
+		goto out;
+
+	uint64_t n = 0, cursor = 0;
+	size_t kpos = 0;
+	uint32_t records_crc = 0;
+	unsigned next = 0;
+	for (bool done = false; !done;) {
+		/* a free chunk buffer (round robin keeps the writes in file order) */
+		size_t got;
+		if ((err = io_wait_free(&io, next)) ||
+		    (err = rec_fill(t, w, io.b[next].p, per, rb, keys, status, &cursor, &kpos,
+				    &got, &done)))
+			goto out;
+		if (!got)
+			break;
+		if ((err = io_put_records(&io, next, n, got, rb, DU_HDR_BYTES + n * rb,
+					  &records_crc)))
+			goto out;
+		n += got;
+		next = (next + 1) % DU_NBUF;
+		if (cb && cb(cb_ctx, n, total > n ? total : n)) {
+			err = -ECANCELED;
+			goto out;
+		}
+	}
+	if ((err = du_io_drain(&io)))
+		goto out;
+
+	/* header and trailer, then an fsync linked behind the trailer */
+	struct du_iobuf *hb = &io.b[DU_NBUF], *tb = &io.b[DU_NBUF + 1];
+	w->finish(w->ctx, hb->p, tb->p, n, records_crc);
+	hb->len = DU_HDR_BYTES;
+	hb->off = 0;
+	tb->len = DU_TRL_BYTES;
+	tb->off = DU_HDR_BYTES + n * rb;
+	if ((err = du_io_commit(&io, DU_NBUF, 2, &fd, tmp, path)))
+		goto out;
+	created = false;
+	if ((err = du_fsync_dir_of(path)))
+		goto out;
+	if (records)
+		*records = n;
+out:
+	du_io_close(&io);
+	if (fd >= 0)
+		close(fd);
+	if (created && err)
+		unlink(tmp);
+	free(status);
+	free(keys);
 	free(tmp);
 	return err;
 }
