@@ -1372,6 +1372,27 @@ static inline void wpf_row(struct de_table *t, uint64_t key, uint64_t h)
 	__builtin_prefetch(meta_at(t, r), 1);
 }
 
+/* The pipeline's first keys: hashes and buckets of keys 0..2D-1, rows of keys 0..D-1;
+ * hr[i % WPF_R] holds key i's hash. */
+static inline void wpf_start(struct de_table *t, const uint64_t *keys, size_t n, uint64_t *hr)
+{
+	size_t pre = n < 2 * WPF_D ? n : 2 * WPF_D;
+	for (size_t i = 0; i < pre; i++)
+		wpf_bucket(t, keys[i], &hr[i % WPF_R]);
+	for (size_t i = 0; i < n && i < WPF_D; i++)
+		wpf_row(t, keys[i], hr[i % WPF_R]);
+}
+
+/* Before key i's step: the bucket of key i + 2D and the row of key i + D. */
+static inline void wpf_next(struct de_table *t, const uint64_t *keys, size_t n, size_t i,
+			    uint64_t *hr)
+{
+	if (i + 2 * WPF_D < n)
+		wpf_bucket(t, keys[i + 2 * WPF_D], &hr[(i + 2 * WPF_D) % WPF_R]);
+	if (i + WPF_D < n)
+		wpf_row(t, keys[i + WPF_D], hr[(i + WPF_D) % WPF_R]);
+}
+
 typedef void (*row_writer)(struct de_table *t, void *ctx, size_t i, float *row,
 			   struct de_row_meta *m, bool created);
 
@@ -1386,16 +1407,9 @@ static int write_batch(struct de_table *t, const uint64_t *keys, size_t n, bool 
 	 * bucket of key i + 2 * WPF_D, then, after a lock-free peek of that bucket, the row
 	 * and metadata of key i + WPF_D, so the locked step of key i finds them in cache. */
 	uint64_t hr[WPF_R];
-	size_t pre = n < 2 * WPF_D ? n : 2 * WPF_D;
-	for (size_t i = 0; i < pre; i++)
-		wpf_bucket(t, keys[i], &hr[i % WPF_R]);
-	for (size_t i = 0; i < n && i < WPF_D; i++)
-		wpf_row(t, keys[i], hr[i % WPF_R]);
+	wpf_start(t, keys, n, hr);
 	for (size_t i = 0; i < n; i++) {
-		if (i + 2 * WPF_D < n)
-			wpf_bucket(t, keys[i + 2 * WPF_D], &hr[(i + 2 * WPF_D) % WPF_R]);
-		if (i + WPF_D < n)
-			wpf_row(t, keys[i + WPF_D], hr[(i + WPF_D) % WPF_R]);
+		wpf_next(t, keys, n, i, hr);
 		uint64_t key = keys[i];
 		if (!key) {
 			if (status)
@@ -1523,16 +1537,9 @@ int de_table_apply_hogwild(de_table *t, const uint64_t *keys, size_t n, de_row_f
 	/* the same prefetch pipeline as the locked path (write_batch), so that the two
 	 * differ only in the locking */
 	uint64_t hr[WPF_R];
-	size_t pre = n < 2 * WPF_D ? n : 2 * WPF_D;
-	for (size_t i = 0; i < pre; i++)
-		wpf_bucket(t, keys[i], &hr[i % WPF_R]);
-	for (size_t i = 0; i < n && i < WPF_D; i++)
-		wpf_row(t, keys[i], hr[i % WPF_R]);
+	wpf_start(t, keys, n, hr);
 	for (size_t i = 0; i < n && !err; i++) {
-		if (i + 2 * WPF_D < n)
-			wpf_bucket(t, keys[i + 2 * WPF_D], &hr[(i + 2 * WPF_D) % WPF_R]);
-		if (i + WPF_D < n)
-			wpf_row(t, keys[i + WPF_D], hr[(i + WPF_D) % WPF_R]);
+		wpf_next(t, keys, n, i, hr);
 		uint64_t key = keys[i];
 		uint32_t r = ROW_NONE;
 		if (key && read_one(t, key, hr[i % WPF_R], buf, &r) != R_FOUND)
