@@ -52,9 +52,10 @@ extern "C" {
 /* ------------------------------------------------------------------------- */
 
 /*
- * splitmix64 (Steele, Lea, Flood 2014), the one copy the libraries and the benchmarks
- * use: the table's initializer, the samplers' hashing and generators. Outputs are part
- * of what tests pin with fixed seeds, so neither function may change.
+ * The one copy of each 64-bit mixer the libraries and the benchmarks use: splitmix64
+ * (Steele, Lea, Flood 2014) for the table's initializer, the samplers' hashing and
+ * generators; MurmurHash3's finalizer for hash table slots. Outputs are part of what
+ * tests pin with fixed seeds, so none of these functions may change.
  */
 #define DE_SPLITMIX64_GAMMA 0x9e3779b97f4a7c15ull
 
@@ -74,6 +75,14 @@ static inline uint64_t de_splitmix64_next(uint64_t *s)
 {
 	*s += DE_SPLITMIX64_GAMMA;
 	return de_mix64(*s);
+}
+
+/* MurmurHash3's 64-bit finalizer, the slot hash of src/learn's in-memory hash tables. */
+static inline uint64_t de_fmix64(uint64_t x)
+{
+	x = (x ^ (x >> 33)) * 0xff51afd7ed558ccdull;
+	x = (x ^ (x >> 33)) * 0xc4ceb9fe1a85ec53ull;
+	return x ^ (x >> 33);
 }
 
 /* ------------------------------------------------------------------------- */

@@ -324,16 +324,6 @@ static void step_row(void *ctx, size_t i, float *row, struct de_row_meta *meta)
 
 /* ---- deduplication ------------------------------------------------------------------ */
 
-static inline uint64_t mix(uint64_t x)
-{
-	x ^= x >> 33;
-	x *= 0xff51afd7ed558ccdull;
-	x ^= x >> 33;
-	x *= 0xc4ceb9fe1a85ec53ull;
-	x ^= x >> 33;
-	return x;
-}
-
 /*
  * Distinct nonzero keys of keys[0..n) in order of first occurrence into ukeys, and where
  * their gradients are into gp: a key seen once points at its row of grads (no copy); a
@@ -352,7 +342,7 @@ static long dedup(const uint64_t *keys, size_t n, const float *grads, uint32_t d
 				return -EINVAL;
 		if (!keys[i])
 			continue;
-		size_t h = mix(keys[i]) & (cap - 1);
+		size_t h = de_fmix64(keys[i]) & (cap - 1);
 		while (map[h] && ukeys[map[h] - 1] != keys[i])
 			h = (h + 1) & (cap - 1);
 		if (map[h]) {

@@ -63,19 +63,10 @@ struct de_tier {
 	struct de_tier_stats st;
 };
 
-static uint64_t mix(uint64_t k)
-{
-	k ^= k >> 33;
-	k *= 0xff51afd7ed558ccdull;
-	k ^= k >> 33;
-	k *= 0xc4ceb9fe1a85ec53ull;
-	return k ^ (k >> 33);
-}
-
 /* The slot of key, or (with insert) the slot to put it in; NULL when absent. */
 static struct slot *map_find(struct de_tier *t, uint64_t key, bool insert)
 {
-	uint64_t m = t->cap - 1, i = mix(key) & m;
+	uint64_t m = t->cap - 1, i = de_fmix64(key) & m;
 	struct slot *tomb = NULL;
 	for (uint64_t n = 0; n < t->cap; n++, i = (i + 1) & m) {
 		struct slot *s = &t->map[i];
