@@ -106,9 +106,8 @@ _Static_assert(EXP_HDR_BYTES == DU_HDR_BYTES && EXP_TRL_BYTES == DU_TRL_BYTES, "
 struct exp_hdr {
 	char magic[8];
 	uint32_t version, header_bytes;
-	uint32_t dim, nslots, init;
-	float init_a, init_b, slot_init;
-	uint64_t seed, records;
+	struct du_hdr_config c; /* dim, nslots, init, init_a, init_b, slot_init, seed */
+	uint64_t records;
 	uint32_t row_floats, record_bytes, seg_buckets, flags;
 	uint8_t reserved[52];
 	uint32_t crc;
@@ -116,13 +115,13 @@ struct exp_hdr {
 _Static_assert(sizeof(struct exp_hdr) == EXP_HDR_BYTES, "header is 128 bytes");
 _Static_assert(offsetof(struct exp_hdr, version) == 8, "spec");
 _Static_assert(offsetof(struct exp_hdr, header_bytes) == 12, "spec");
-_Static_assert(offsetof(struct exp_hdr, dim) == 16, "spec");
-_Static_assert(offsetof(struct exp_hdr, nslots) == 20, "spec");
-_Static_assert(offsetof(struct exp_hdr, init) == 24, "spec");
-_Static_assert(offsetof(struct exp_hdr, init_a) == 28, "spec");
-_Static_assert(offsetof(struct exp_hdr, init_b) == 32, "spec");
-_Static_assert(offsetof(struct exp_hdr, slot_init) == 36, "spec");
-_Static_assert(offsetof(struct exp_hdr, seed) == 40, "spec");
+_Static_assert(offsetof(struct exp_hdr, c.dim) == 16, "spec");
+_Static_assert(offsetof(struct exp_hdr, c.nslots) == 20, "spec");
+_Static_assert(offsetof(struct exp_hdr, c.init) == 24, "spec");
+_Static_assert(offsetof(struct exp_hdr, c.init_a) == 28, "spec");
+_Static_assert(offsetof(struct exp_hdr, c.init_b) == 32, "spec");
+_Static_assert(offsetof(struct exp_hdr, c.slot_init) == 36, "spec");
+_Static_assert(offsetof(struct exp_hdr, c.seed) == 40, "spec");
 _Static_assert(offsetof(struct exp_hdr, records) == 48, "spec");
 _Static_assert(offsetof(struct exp_hdr, row_floats) == 56, "spec");
 _Static_assert(offsetof(struct exp_hdr, record_bytes) == 60, "spec");
@@ -177,13 +176,7 @@ static void finish(void *ctx, void *hdr, void *trl, uint64_t n, uint32_t records
 	memcpy(h->magic, EXP_MAGIC, 8);
 	h->version = DE_EXPORT_VERSION;
 	h->header_bytes = EXP_HDR_BYTES;
-	h->dim = c->dim;
-	h->nslots = c->nslots;
-	h->init = (uint32_t)c->init;
-	h->init_a = c->init_a;
-	h->init_b = c->init_b;
-	h->slot_init = c->slot_init;
-	h->seed = c->seed;
+	du_hdr_config_put(&h->c, c);
 	h->records = n;
 	h->row_floats = f->row_floats;
 	h->record_bytes = EXP_REC_META + 4 * h->row_floats;
@@ -266,18 +259,14 @@ static int read_header(struct reader *rd, struct du_io *io, const char **problem
 	bool zero = true;
 	for (size_t i = 0; i < sizeof h->reserved; i++)
 		zero &= !h->reserved[i];
-	if (h->header_bytes != EXP_HDR_BYTES || h->flags || !zero || h->dim < 1 ||
-	    h->dim > DE_MAX_DIM || h->nslots > DE_MAX_SLOTS ||
-	    h->row_floats != h->dim * (1 + h->nslots) ||
+	if (h->header_bytes != EXP_HDR_BYTES || h->flags || !zero || h->c.dim < 1 ||
+	    h->c.dim > DE_MAX_DIM || h->c.nslots > DE_MAX_SLOTS ||
+	    h->row_floats != h->c.dim * (1 + h->c.nslots) ||
 	    h->record_bytes != EXP_REC_META + 4 * h->row_floats) {
 		*problem = "header fields out of range";
 		return -EBADMSG;
 	}
-	struct de_table_config c = { .dim = h->dim, .nslots = h->nslots,
-				     .init = (enum de_init)h->init, .init_a = h->init_a,
-				     .init_b = h->init_b, .slot_init = h->slot_init,
-				     .seed = h->seed, .seg_buckets = h->seg_buckets };
-	if (h->init > DE_INIT_TRUNC_NORMAL || de_table_config_check(&c, &rd->cfg, NULL, 0)) {
+	if (du_hdr_config_get(&h->c, h->seg_buckets, &rd->cfg)) {
 		*problem = "header holds an invalid table config";
 		return -EBADMSG;
 	}

@@ -75,9 +75,7 @@
 struct sn_hdr {
 	char magic[8];
 	uint32_t version, header_bytes;
-	uint32_t dim, nslots, init;
-	float init_a, init_b, slot_init;
-	uint64_t seed;
+	struct du_hdr_config c; /* dim, nslots, init, init_a, init_b, slot_init, seed */
 	uint32_t row_floats, record_bytes;
 	uint32_t table_id, kind;
 	uint64_t seq, parent_seq, start_lsn;
@@ -87,7 +85,7 @@ struct sn_hdr {
 	uint32_t crc;
 };
 _Static_assert(sizeof(struct sn_hdr) == SN_HDR && SN_HDR == DU_HDR_BYTES, "spec");
-_Static_assert(offsetof(struct sn_hdr, seed) == 40, "spec");
+_Static_assert(offsetof(struct sn_hdr, c.seed) == 40, "spec");
 _Static_assert(offsetof(struct sn_hdr, row_floats) == 48, "spec");
 _Static_assert(offsetof(struct sn_hdr, table_id) == 56, "spec");
 _Static_assert(offsetof(struct sn_hdr, seq) == 64, "spec");
@@ -273,13 +271,7 @@ static void finish(void *ctx, void *hdr, void *trl, uint64_t n, uint32_t records
 	memcpy(h->magic, SN_MAGIC, 8);
 	h->version = 1;
 	h->header_bytes = SN_HDR;
-	h->dim = cfg->dim;
-	h->nslots = cfg->nslots;
-	h->init = (uint32_t)cfg->init;
-	h->init_a = cfg->init_a;
-	h->init_b = cfg->init_b;
-	h->slot_init = cfg->slot_init;
-	h->seed = cfg->seed;
+	du_hdr_config_put(&h->c, cfg);
 	h->row_floats = c->rf;
 	h->record_bytes = DU_REC_META + 4 * c->rf;
 	h->table_id = s->table_id;
@@ -411,8 +403,9 @@ static int rd_open(struct rd *r, const char *path, struct de_snapshot_info *info
 	bool zero = true;
 	for (size_t i = 0; i < sizeof h->reserved; i++)
 		zero &= !h->reserved[i];
-	if (h->header_bytes != SN_HDR || h->flags || !zero || h->dim < 1 || h->dim > DE_MAX_DIM ||
-	    h->nslots > DE_MAX_SLOTS || h->row_floats != h->dim * (1 + h->nslots) ||
+	if (h->header_bytes != SN_HDR || h->flags || !zero || h->c.dim < 1 ||
+	    h->c.dim > DE_MAX_DIM || h->c.nslots > DE_MAX_SLOTS ||
+	    h->row_floats != h->c.dim * (1 + h->c.nslots) ||
 	    h->record_bytes != DU_REC_META + 4 * h->row_floats || !h->seq ||
 	    (h->kind == DE_SNAPSHOT_FULL && h->parent_seq) ||
 	    (h->kind == DE_SNAPSHOT_INCREMENTAL && (!h->parent_seq || h->parent_seq >= h->seq)) ||
@@ -420,11 +413,7 @@ static int rd_open(struct rd *r, const char *path, struct de_snapshot_info *info
 		*problem = "header fields out of range";
 		return -EBADMSG;
 	}
-	struct de_table_config c = { .dim = h->dim, .nslots = h->nslots,
-				     .init = (enum de_init)h->init, .init_a = h->init_a,
-				     .init_b = h->init_b, .slot_init = h->slot_init,
-				     .seed = h->seed, .seg_buckets = h->seg_buckets };
-	if (h->init > DE_INIT_TRUNC_NORMAL || de_table_config_check(&c, &r->cfg, NULL, 0)) {
+	if (du_hdr_config_get(&h->c, h->seg_buckets, &r->cfg)) {
 		*problem = "header holds an invalid table config";
 		return -EBADMSG;
 	}

@@ -73,6 +73,23 @@ _Static_assert(offsetof(struct du_rec, pad) == 36, "spec");
 /* CRC32C of: u64 index, rec bytes 0..31, rec bytes 36..record_bytes-1 */
 uint32_t du_record_crc(uint64_t index, const unsigned char *rec, uint32_t record_bytes);
 
+/* Bytes 16..47 of the export and the snapshot header: the source table's normalized
+ * config (de_table_config_get) but seg_buckets, which each header keeps elsewhere. */
+struct du_hdr_config {
+	uint32_t dim, nslots, init;
+	float init_a, init_b, slot_init;
+	uint64_t seed;
+};
+_Static_assert(sizeof(struct du_hdr_config) == 32, "spec");
+_Static_assert(offsetof(struct du_hdr_config, init_a) == 12, "spec");
+_Static_assert(offsetof(struct du_hdr_config, seed) == 24, "spec");
+
+void du_hdr_config_put(struct du_hdr_config *h, const struct de_table_config *c);
+/* The config a header holds, with its seg_buckets: 0, or -EBADMSG when it is not one
+ * that de_table_config_check accepts (out: the normalized config). */
+int du_hdr_config_get(const struct du_hdr_config *h, uint32_t seg_buckets,
+		      struct de_table_config *out);
+
 /* The first field (its name) in which a file's table config a differs from b's that an
  * import or a load requires to match (seg_buckets does not count); NULL when none. */
 const char *du_config_mismatch(const struct de_table_config *a, const struct de_table_config *b);

@@ -157,6 +157,29 @@ const char *du_config_mismatch(const struct de_table_config *a, const struct de_
 	return NULL;
 }
 
+void du_hdr_config_put(struct du_hdr_config *h, const struct de_table_config *c)
+{
+	h->dim = c->dim;
+	h->nslots = c->nslots;
+	h->init = (uint32_t)c->init;
+	h->init_a = c->init_a;
+	h->init_b = c->init_b;
+	h->slot_init = c->slot_init;
+	h->seed = c->seed;
+}
+
+int du_hdr_config_get(const struct du_hdr_config *h, uint32_t seg_buckets,
+		      struct de_table_config *out)
+{
+	struct de_table_config c = { .dim = h->dim, .nslots = h->nslots,
+				     .init = (enum de_init)h->init, .init_a = h->init_a,
+				     .init_b = h->init_b, .slot_init = h->slot_init,
+				     .seed = h->seed, .seg_buckets = seg_buckets };
+	if (h->init > DE_INIT_TRUNC_NORMAL || de_table_config_check(&c, out, NULL, 0))
+		return -EBADMSG;
+	return 0;
+}
+
 uint32_t du_record_crc(uint64_t index, const unsigned char *rec, uint32_t record_bytes)
 {
 	uint32_t c = de_crc32c(0, &index, 8);
