@@ -21,7 +21,7 @@ c_vp = ctypes.c_void_p
 
 
 class ConnectOpts(ctypes.Structure):
-    """struct de_connect_opts"""
+    """struct dynemb_connect_opts"""
     _fields_ = [("name", ctypes.c_char_p), ("sq_entries", ctypes.c_uint32),
                 ("data_bytes", ctypes.c_uint64), ("timeout_ms", ctypes.c_int)]
 
@@ -31,19 +31,19 @@ OPTIM_FIELDS = ("lr", "weight_decay", "momentum", "dampening", "beta1", "beta2",
 
 
 class OptimSpec(ctypes.Structure):
-    """struct de_optim_spec"""
+    """struct dynemb_optim_spec"""
     _fields_ = [("kind", ctypes.c_int)] + [(f, ctypes.c_double) for f in OPTIM_FIELDS]
 
 
 class AdmissionSpec(ctypes.Structure):
-    """struct de_admission_spec"""
+    """struct dynemb_admission_spec"""
     _fields_ = [("mode", ctypes.c_int), ("min_count", ctypes.c_uint32),
                 ("probability", ctypes.c_double), ("sketch_width", ctypes.c_uint32),
                 ("sketch_depth", ctypes.c_uint32), ("reject_value", ctypes.c_int)]
 
 
 class EvictionSpec(ctypes.Structure):
-    """struct de_eviction_spec"""
+    """struct dynemb_eviction_spec"""
     _fields_ = [("policy", ctypes.c_int), ("budget_bytes", ctypes.c_uint64),
                 ("ttl", ctypes.c_uint64), ("ttl_unit", ctypes.c_int),
                 ("lru_clock", ctypes.c_int), ("lfu_decay", ctypes.c_double),
@@ -51,12 +51,12 @@ class EvictionSpec(ctypes.Structure):
 
 
 class DurabilitySpec(ctypes.Structure):
-    """struct de_durability_spec"""
+    """struct dynemb_durability_spec"""
     _fields_ = [("mode", ctypes.c_int), ("window_ms", ctypes.c_uint32)]
 
 
 class TableSpec(ctypes.Structure):
-    """struct de_table_spec (enums are int-sized)"""
+    """struct dynemb_table_spec (enums are int-sized)"""
     _fields_ = [("name", ctypes.c_char_p), ("dim", ctypes.c_uint32),
                 ("nslots", ctypes.c_uint32), ("init", ctypes.c_int),
                 ("init_a", ctypes.c_float), ("init_b", ctypes.c_float),
@@ -66,7 +66,7 @@ class TableSpec(ctypes.Structure):
 
 
 class Stats(ctypes.Structure):
-    """struct de_stats"""
+    """struct dynemb_stats"""
     _fields_ = [(f, ctypes.c_uint64) for f in (
         "keys", "rows_allocated", "rows_free", "row_bytes", "index_bytes", "arena_bytes",
         "segments", "splits", "dir_doublings", "arena_segments")] + [
@@ -78,30 +78,30 @@ class Stats(ctypes.Structure):
 
 
 class SampleSpec(ctypes.Structure):
-    """struct de_sample_spec"""
+    """struct dynemb_sample_spec"""
     _fields_ = [("kind", ctypes.c_int), ("num_sampled", ctypes.c_uint32),
                 ("unique", ctypes.c_int), ("power", ctypes.c_double),
                 ("seed", ctypes.c_uint64)]
 
 
 class Progress(ctypes.Structure):
-    """struct de_progress"""
+    """struct dynemb_progress"""
     _fields_ = [("done", ctypes.c_uint64), ("total", ctypes.c_uint64), ("phase", ctypes.c_int),
                 ("table_index", ctypes.c_uint32), ("table", ctypes.c_char_p)]
 
 
-# int (*de_progress_cb)(void *ctx, const struct de_progress *p)
+# int (*dynemb_progress_cb)(void *ctx, const struct dynemb_progress *p)
 ProgressCb = ctypes.CFUNCTYPE(ctypes.c_int, c_vp, ctypes.POINTER(Progress))
 
 
 class SnapshotResult(ctypes.Structure):
-    """struct de_snapshot_result"""
+    """struct dynemb_snapshot_result"""
     _fields_ = [("tables", ctypes.c_uint32), ("lsn", ctypes.c_uint64),
                 ("rows", ctypes.c_uint64), ("bytes", ctypes.c_uint64)]
 
 
 class ImportResult(ctypes.Structure):
-    """struct de_import_result"""
+    """struct dynemb_import_result"""
     _fields_ = [("records", ctypes.c_uint64), ("imported", ctypes.c_uint64),
                 ("dropped", ctypes.c_uint64), ("problem", ctypes.c_char * 128)]
 
@@ -109,51 +109,51 @@ class ImportResult(ctypes.Structure):
 # name: (restype, argtypes). Pointers to caller data are c_void_p so that a NumPy
 # buffer address (ndarray.ctypes.data, an int) is passed as is: no copy, no conversion.
 _PROTOS = {
-    "de_connect": (ctypes.c_int, [ctypes.c_char_p, ctypes.POINTER(ConnectOpts), c_vp]),
-    "de_close": (None, [c_vp]),
-    "de_open": (ctypes.c_int, [c_vp, ctypes.POINTER(TableSpec), c_int_p]),
-    "de_table_dim_of": (ctypes.c_uint32, [c_vp, ctypes.c_int]),
-    "de_lookup": (ctypes.c_int, [c_vp, ctypes.c_int, c_vp, ctypes.c_size_t, c_vp, c_vp,
+    "dynemb_connect": (ctypes.c_int, [ctypes.c_char_p, ctypes.POINTER(ConnectOpts), c_vp]),
+    "dynemb_close": (None, [c_vp]),
+    "dynemb_open": (ctypes.c_int, [c_vp, ctypes.POINTER(TableSpec), c_int_p]),
+    "dynemb_table_dim": (ctypes.c_uint32, [c_vp, ctypes.c_int]),
+    "dynemb_lookup": (ctypes.c_int, [c_vp, ctypes.c_int, c_vp, ctypes.c_size_t, c_vp, c_vp,
                                  ctypes.c_uint, ctypes.c_uint64]),
-    "de_lookup_str": (ctypes.c_int, [c_vp, ctypes.c_int, c_vp, c_vp, ctypes.c_size_t, c_vp,
+    "dynemb_lookup_str": (ctypes.c_int, [c_vp, ctypes.c_int, c_vp, c_vp, ctypes.c_size_t, c_vp,
                                      c_vp, ctypes.c_uint, ctypes.c_uint64]),
-    "de_update": (ctypes.c_int, [c_vp, ctypes.c_int, c_vp, ctypes.c_size_t, c_vp,
+    "dynemb_update": (ctypes.c_int, [c_vp, ctypes.c_int, c_vp, ctypes.c_size_t, c_vp,
                                  ctypes.c_uint64, c_size_p]),
-    "de_update_str": (ctypes.c_int, [c_vp, ctypes.c_int, c_vp, c_vp, ctypes.c_size_t, c_vp,
+    "dynemb_update_str": (ctypes.c_int, [c_vp, ctypes.c_int, c_vp, c_vp, ctypes.c_size_t, c_vp,
                                      ctypes.c_uint64, c_size_p]),
-    "de_erase": (ctypes.c_int, [c_vp, ctypes.c_int, c_vp, ctypes.c_size_t, c_size_p]),
-    "de_erase_str": (ctypes.c_int, [c_vp, ctypes.c_int, c_vp, c_vp, ctypes.c_size_t,
+    "dynemb_erase": (ctypes.c_int, [c_vp, ctypes.c_int, c_vp, ctypes.c_size_t, c_size_p]),
+    "dynemb_erase_str": (ctypes.c_int, [c_vp, ctypes.c_int, c_vp, c_vp, ctypes.c_size_t,
                                     c_size_p]),
-    "de_stats": (ctypes.c_int, [c_vp, ctypes.c_int, ctypes.POINTER(Stats)]),
-    "de_submit_lookup": (ctypes.c_int, [c_vp, ctypes.c_int, c_vp, ctypes.c_size_t,
+    "dynemb_stats": (ctypes.c_int, [c_vp, ctypes.c_int, ctypes.POINTER(Stats)]),
+    "dynemb_submit_lookup": (ctypes.c_int, [c_vp, ctypes.c_int, c_vp, ctypes.c_size_t,
                                         ctypes.c_uint, ctypes.c_uint64, c_u64_p]),
-    "de_complete": (ctypes.c_int, [c_vp, ctypes.c_uint64, ctypes.c_int]),
-    "de_request_vals": (c_vp, [c_vp, ctypes.c_uint64]),
-    "de_zero_copy_counts": (None, [c_vp, c_u64_p, c_u64_p]),
-    "de_optim_spec_defaults": (None, [ctypes.c_int, ctypes.POINTER(OptimSpec)]),
-    "de_apply_gradients": (ctypes.c_int, [c_vp, ctypes.c_int, c_vp, ctypes.c_size_t, c_vp,
+    "dynemb_complete": (ctypes.c_int, [c_vp, ctypes.c_uint64, ctypes.c_int]),
+    "dynemb_request_vals": (c_vp, [c_vp, ctypes.c_uint64]),
+    "dynemb_zero_copy_counts": (None, [c_vp, c_u64_p, c_u64_p]),
+    "dynemb_optim_spec_defaults": (None, [ctypes.c_int, ctypes.POINTER(OptimSpec)]),
+    "dynemb_apply_gradients": (ctypes.c_int, [c_vp, ctypes.c_int, c_vp, ctypes.c_size_t, c_vp,
                                           ctypes.c_uint64, ctypes.c_double, c_size_p]),
-    "de_apply_gradients_str": (ctypes.c_int, [c_vp, ctypes.c_int, c_vp, c_vp, ctypes.c_size_t,
+    "dynemb_apply_gradients_str": (ctypes.c_int, [c_vp, ctypes.c_int, c_vp, c_vp, ctypes.c_size_t,
                                               c_vp, ctypes.c_uint64, ctypes.c_double,
                                               c_size_p]),
-    "de_strerror": (ctypes.c_char_p, [ctypes.c_int]),
-    # sampling, top-k, key strings (DYNEMB_0.3)
-    "de_sample": (ctypes.c_int, [c_vp, ctypes.c_int, ctypes.POINTER(SampleSpec), c_vp,
+    "dynemb_strerror": (ctypes.c_char_p, [ctypes.c_int]),
+    # sampling, top-k, key strings
+    "dynemb_sample": (ctypes.c_int, [c_vp, ctypes.c_int, ctypes.POINTER(SampleSpec), c_vp,
                                  ctypes.c_size_t, c_vp, c_vp, c_vp, c_vp]),
-    "de_sample_str": (ctypes.c_int, [c_vp, ctypes.c_int, ctypes.POINTER(SampleSpec), c_vp,
+    "dynemb_sample_str": (ctypes.c_int, [c_vp, ctypes.c_int, ctypes.POINTER(SampleSpec), c_vp,
                                      c_vp, ctypes.c_size_t, c_vp, c_vp, c_vp, c_vp]),
-    "de_topk": (ctypes.c_int, [c_vp, ctypes.c_int, c_vp, ctypes.c_size_t, ctypes.c_uint32,
+    "dynemb_topk": (ctypes.c_int, [c_vp, ctypes.c_int, c_vp, ctypes.c_size_t, ctypes.c_uint32,
                                ctypes.c_int, c_vp, c_vp, c_vp]),
-    "de_key_strings": (ctypes.c_int, [c_vp, ctypes.c_int, c_vp, ctypes.c_size_t, c_vp,
+    "dynemb_key_strings": (ctypes.c_int, [c_vp, ctypes.c_int, c_vp, ctypes.c_size_t, c_vp,
                                       ctypes.c_size_t, c_vp]),
-    "de_string_key": (ctypes.c_int, [c_vp, ctypes.c_int, ctypes.c_char_p, ctypes.c_size_t,
+    "dynemb_string_key": (ctypes.c_int, [c_vp, ctypes.c_int, ctypes.c_char_p, ctypes.c_size_t,
                                      c_u64_p]),
-    # persistence: snapshots, export, import through the daemon (DYNEMB_0.4)
-    "de_snapshot": (ctypes.c_int, [c_vp, ctypes.c_char_p, ctypes.c_bool, ProgressCb, c_vp,
+    # persistence: snapshots, export, import through the daemon
+    "dynemb_snapshot": (ctypes.c_int, [c_vp, ctypes.c_char_p, ctypes.c_bool, ProgressCb, c_vp,
                                    ctypes.POINTER(SnapshotResult)]),
-    "de_export_table": (ctypes.c_int, [c_vp, ctypes.c_char_p, ctypes.c_char_p, ProgressCb, c_vp,
+    "dynemb_export": (ctypes.c_int, [c_vp, ctypes.c_char_p, ctypes.c_char_p, ProgressCb, c_vp,
                                  c_u64_p, c_u64_p]),
-    "de_import_table": (ctypes.c_int, [c_vp, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_uint,
+    "dynemb_import": (ctypes.c_int, [c_vp, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_uint,
                                  ProgressCb, c_vp, ctypes.POINTER(ImportResult)]),
 }
 
