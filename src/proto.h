@@ -167,7 +167,10 @@ struct de_wire_table_config {
 
 /* ---- learning and persistence config (OPEN, protocol 2) ----------------------------- */
 
-/* Optimizer kinds on the wire: 0 = none, else 1 + enum de_optimizer (src/learn). */
+/* Optimizer kinds on the wire. The definition of these numbers: dynemb.h's
+ * DYNEMB_OPTIM_* and src/learn's enum de_optimizer carry the same ones (static asserts in
+ * src/client/client.c and src/server/tables.c), and no side translates them. The same
+ * holds for every enum of this file and its dynemb.h / de_learn.h counterpart. */
 enum de_wire_optim_kind {
 	DE_WOPT_NONE = 0,     /* no server optimizer: APPLY_GRADS completes -EOPNOTSUPP */
 	DE_WOPT_SGD = 1,
@@ -412,11 +415,18 @@ enum de_op { DE_OP_NOP = 0, DE_OP_LOOKUP = 1, DE_OP_UPDATE = 2, DE_OP_ERASE = 3,
 #define DE_SQE_STATUS 0x02u    /* sqe.flags: write count status bytes at status_off */
 #define DE_GRAD_LR 0x04u       /* sqe.flags, APPLY_GRADS: status_off carries an lr */
 #define DE_SAMPLE_STR 0x01u    /* sqe.flags, SAMPLE: positives are strings (string table) */
-#define DE_WTOPK_COSINE 0x01u  /* sqe.flags, TOPK: cosine similarity instead of dot */
+#define DE_WTOPK_COSINE 0x01u  /* sqe.flags, TOPK: cosine similarity instead of dot (the
+                                  flags are the metric: 0 dot, 1 cosine, as de_learn.h's
+                                  enum de_topk_metric) */
 
-/* SAMPLE's arguments (at status_off). kind: 0 uniform, 1 log-uniform, 2 unigram (as
- * de_learn.h's de_sampler_kind); unique 0 or 1; power: UNIGRAM only, finite, in
+/* SAMPLE's arguments (at status_off). kind: enum de_wire_sampler (de_learn.h's
+ * de_sampler_kind has the same numbers); unique 0 or 1; power: UNIGRAM only, finite, in
  * (0, 16] (the client sends 0.75 for "default"), else 0; reserved 0. */
+enum de_wire_sampler {
+	DE_WSAMPLER_UNIFORM = 0,
+	DE_WSAMPLER_LOG_UNIFORM = 1,
+	DE_WSAMPLER_UNIGRAM = 2,
+};
 struct de_wire_sample_args {
 	uint32_t kind;
 	uint32_t num_sampled;

@@ -589,12 +589,13 @@ static int spec_to_wire(const struct dynemb_table_spec *s, struct de_msg_open *m
 	m->cfg.init_a = s->init_a;
 	m->cfg.init_b = s->init_b;
 	m->cfg.slot_init = s->slot_init;
-	m->cfg.key_type = s->keys == DYNEMB_STRING_KEYS ? DE_KEYS_STRING : DE_KEYS_INT64;
+	m->cfg.key_type = (uint32_t)s->keys;
 	m->cfg.seed = s->seed;
 
 	/* the learning config: the daemon checks every value; here only what must fit */
 	const struct dynemb_optim_spec *o = &s->optim;
-	if ((unsigned)o->kind > DYNEMB_OPTIM_RMSPROP || (unsigned)s->admission.mode > DYNEMB_ADMISSION_PROBABILITY ||
+	if ((unsigned)o->kind > DYNEMB_OPTIM_RMSPROP ||
+	    (unsigned)s->admission.mode > DYNEMB_ADMISSION_PROBABILITY ||
 	    (unsigned)s->admission.reject_value > DYNEMB_REJECTED_READ_ZEROS ||
 	    (unsigned)s->eviction.policy > DYNEMB_EVICTION_L2 ||
 	    (unsigned)s->eviction.ttl_unit > DYNEMB_TIME_SECONDS ||
@@ -603,7 +604,7 @@ static int spec_to_wire(const struct dynemb_table_spec *s, struct de_msg_open *m
 		return -EINVAL;
 	struct de_wire_learn_config *l = &m->learn;
 	l->optim = (struct de_wire_optim){
-		.kind = (uint32_t)o->kind, /* DE_OPTIM_x == DE_WOPT_x (static asserts below) */
+		.kind = (uint32_t)o->kind, /* DYNEMB_OPTIM_x == DE_WOPT_x (static asserts below) */
 		.lr = o->lr, .weight_decay = o->weight_decay, .momentum = o->momentum,
 		.dampening = o->dampening, .beta1 = o->beta1, .beta2 = o->beta2, .eps = o->eps,
 		.initial_accumulator_value = o->initial_accumulator_value, .alpha = o->alpha,
@@ -627,12 +628,55 @@ static int spec_to_wire(const struct dynemb_table_spec *s, struct de_msg_open *m
 	return 0;
 }
 
-_Static_assert((int)DYNEMB_OPTIM_SGD == DE_WOPT_SGD && (int)DYNEMB_OPTIM_RMSPROP == DE_WOPT_RMSPROP &&
-	       (int)DYNEMB_OPTIM_ADAM == DE_WOPT_ADAM && (int)DYNEMB_OPTIM_FTRL == DE_WOPT_FTRL, "kinds");
-_Static_assert((int)DYNEMB_ADMISSION_PROBABILITY == DE_WADMIT_PROBABILITY &&
-	       (int)DYNEMB_REJECTED_READ_ZEROS == DE_WREJECT_ZEROS && (int)DYNEMB_EVICTION_L2 == DE_WEVICT_L2 &&
-	       (int)DYNEMB_EVICTION_TTL == DE_WEVICT_TTL && (int)DYNEMB_TIME_SECONDS == DE_WUNIT_SECONDS &&
-	       (int)DYNEMB_DURABLE_SYNC == DE_WDURABLE_SYNC, "modes");
+/*
+ * dynemb.h's constants are the wire's (proto.h, de_shm.h): this library passes every one
+ * through as it is. dynemb.h is installed alone, so it cannot name them; these asserts
+ * keep the two in step, all of them.
+ */
+#define SAME(a, b) _Static_assert((long long)(a) == (long long)(b), #a " == " #b)
+SAME(DYNEMB_INT64_KEYS, DE_KEYS_INT64);
+SAME(DYNEMB_STRING_KEYS, DE_KEYS_STRING);
+SAME(DYNEMB_ZEROS, DE_INIT_ZEROS);
+SAME(DYNEMB_CONSTANT, DE_INIT_CONSTANT);
+SAME(DYNEMB_UNIFORM, DE_INIT_UNIFORM);
+SAME(DYNEMB_TRUNC_NORMAL, DE_INIT_TRUNC_NORMAL);
+SAME(DYNEMB_OPTIM_NONE, DE_WOPT_NONE);
+SAME(DYNEMB_OPTIM_SGD, DE_WOPT_SGD);
+SAME(DYNEMB_OPTIM_MOMENTUM, DE_WOPT_MOMENTUM);
+SAME(DYNEMB_OPTIM_NESTEROV, DE_WOPT_NESTEROV);
+SAME(DYNEMB_OPTIM_ADAGRAD, DE_WOPT_ADAGRAD);
+SAME(DYNEMB_OPTIM_ADAM, DE_WOPT_ADAM);
+SAME(DYNEMB_OPTIM_ADAMW, DE_WOPT_ADAMW);
+SAME(DYNEMB_OPTIM_FTRL, DE_WOPT_FTRL);
+SAME(DYNEMB_OPTIM_RMSPROP, DE_WOPT_RMSPROP);
+SAME(DYNEMB_ADMISSION_NONE, DE_WADMIT_ALL);
+SAME(DYNEMB_ADMISSION_COUNT, DE_WADMIT_COUNT);
+SAME(DYNEMB_ADMISSION_PROBABILITY, DE_WADMIT_PROBABILITY);
+SAME(DYNEMB_REJECTED_READ_INIT, DE_WREJECT_INIT);
+SAME(DYNEMB_REJECTED_READ_ZEROS, DE_WREJECT_ZEROS);
+SAME(DYNEMB_EVICTION_NONE, DE_WEVICT_NONE);
+SAME(DYNEMB_EVICTION_LRU, DE_WEVICT_LRU);
+SAME(DYNEMB_EVICTION_LFU, DE_WEVICT_LFU);
+SAME(DYNEMB_EVICTION_TTL, DE_WEVICT_TTL);
+SAME(DYNEMB_EVICTION_L2, DE_WEVICT_L2);
+SAME(DYNEMB_TIME_STEPS, DE_WUNIT_STEPS);
+SAME(DYNEMB_TIME_SECONDS, DE_WUNIT_SECONDS);
+SAME(DYNEMB_DURABLE_NONE, DE_WDURABLE_NONE);
+SAME(DYNEMB_DURABLE_ASYNC, DE_WDURABLE_ASYNC);
+SAME(DYNEMB_DURABLE_SYNC, DE_WDURABLE_SYNC);
+SAME(DYNEMB_ST_MISSING, DE_MISSING);
+SAME(DYNEMB_ST_FOUND, DE_FOUND);
+SAME(DYNEMB_ST_CREATED, DE_CREATED);
+SAME(DYNEMB_SAMPLER_UNIFORM, DE_WSAMPLER_UNIFORM);
+SAME(DYNEMB_SAMPLER_LOG_UNIFORM, DE_WSAMPLER_LOG_UNIFORM);
+SAME(DYNEMB_SAMPLER_UNIGRAM, DE_WSAMPLER_UNIGRAM);
+SAME(DYNEMB_METRIC_DOT, 0); /* TOPK's flags */
+SAME(DYNEMB_METRIC_COSINE, DE_WTOPK_COSINE);
+SAME(DYNEMB_PROGRESS_SNAPSHOT, DE_PHASE_SNAPSHOT);
+SAME(DYNEMB_PROGRESS_EXPORT, DE_PHASE_EXPORT);
+SAME(DYNEMB_PROGRESS_IMPORT, DE_PHASE_IMPORT);
+SAME(DYNEMB_IMPORT_SALVAGE_PREFIX, DE_WIMPORT_SALVAGE);
+#undef SAME
 
 void dynemb_optim_spec_defaults(enum dynemb_optim_kind kind, struct dynemb_optim_spec *out)
 {

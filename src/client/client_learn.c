@@ -177,7 +177,7 @@ int dynemb_topk(dynemb_client *c, int table, const float *queries, size_t nq, ui
 			bufcap = need;
 		}
 		struct de_sqe e = { .op = DE_OP_TOPK,
-				    .flags = metric == DYNEMB_METRIC_COSINE ? DE_WTOPK_COSINE : 0,
+				    .flags = (uint8_t)metric, /* the metric is the flags */
 				    .table = t.wire_id, .count = (uint32_t)cnt, .arg = k };
 		struct de_cqe q;
 		err = de_priv_call(c, &e, queries + done * t.dim, cnt * qrow, NULL, cnt * rrow, buf,

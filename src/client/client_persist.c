@@ -104,7 +104,7 @@ int dynemb_import(dynemb_client *c, const char *table_name, const char *path, un
 	if (put_name(m.name, table_name) || put_path(m.path, path) ||
 	    (flags & ~DYNEMB_IMPORT_SALVAGE_PREFIX))
 		return -EINVAL;
-	m.flags = (flags & DYNEMB_IMPORT_SALVAGE_PREFIX) ? DE_WIMPORT_SALVAGE : 0;
+	m.flags = flags; /* DYNEMB_IMPORT_SALVAGE_PREFIX is DE_WIMPORT_SALVAGE (client.c) */
 	struct de_msg_import_ok ok;
 	struct prog_ctx pc = { cb, ctx };
 	int err = de_priv_ctl_request(c, &m, sizeof m, DE_MSG_IMPORT_OK, &ok, sizeof ok,

@@ -60,14 +60,19 @@ struct dynemb_connect_opts {
 int dynemb_connect(const char *socket_path, const struct dynemb_connect_opts *opts, dynemb_client **out);
 void dynemb_close(dynemb_client *c); /* NULL is fine */
 
+/* Every constant below has a fixed number (the wire protocol's: the library passes the
+ * values to the daemon as they are), so a binding may use the numbers. */
 enum dynemb_key_kind { DYNEMB_INT64_KEYS = 0, DYNEMB_STRING_KEYS = 1 };
-enum dynemb_initializer { DYNEMB_ZEROS = 0, DYNEMB_CONSTANT, DYNEMB_UNIFORM, DYNEMB_TRUNC_NORMAL };
+enum dynemb_initializer {
+	DYNEMB_ZEROS = 0, DYNEMB_CONSTANT = 1, DYNEMB_UNIFORM = 2, DYNEMB_TRUNC_NORMAL = 3,
+};
 
 /* The server-side optimizer of a table (formulas and ranges: src/learn/de_learn.h). */
 enum dynemb_optim_kind {
 	DYNEMB_OPTIM_NONE = 0,  /* no optimizer: dynemb_apply_gradients fails with -EOPNOTSUPP */
-	DYNEMB_OPTIM_SGD, DYNEMB_OPTIM_MOMENTUM, DYNEMB_OPTIM_NESTEROV, DYNEMB_OPTIM_ADAGRAD, DYNEMB_OPTIM_ADAM,
-	DYNEMB_OPTIM_ADAMW, DYNEMB_OPTIM_FTRL, DYNEMB_OPTIM_RMSPROP,
+	DYNEMB_OPTIM_SGD = 1, DYNEMB_OPTIM_MOMENTUM = 2, DYNEMB_OPTIM_NESTEROV = 3,
+	DYNEMB_OPTIM_ADAGRAD = 4, DYNEMB_OPTIM_ADAM = 5, DYNEMB_OPTIM_ADAMW = 6,
+	DYNEMB_OPTIM_FTRL = 7, DYNEMB_OPTIM_RMSPROP = 8,
 };
 
 /* Hyperparameters, taken literally (0 is a value, e.g. beta1 = 0): start from
@@ -81,7 +86,8 @@ struct dynemb_optim_spec {
 };
 /* torch.optim's defaults for kind (SGD: lr 0.01; FTRL: Keras' lr 0.001, lr_power -0.5,
  * initial_accumulator_value 0.1); every field 0 for DYNEMB_OPTIM_NONE. */
-void dynemb_optim_spec_defaults(enum dynemb_optim_kind kind, struct dynemb_optim_spec *out /* out */);
+void dynemb_optim_spec_defaults(enum dynemb_optim_kind kind,
+				struct dynemb_optim_spec *out /* out */);
 
 /* Admission: a key earns a row on its min_count-th sighting (COUNT) or with probability
  * p per sighting (PROBABILITY). A sighting is one occurrence of a missing key in a
@@ -89,10 +95,10 @@ void dynemb_optim_spec_defaults(enum dynemb_optim_kind kind, struct dynemb_optim
  * dynemb_update / dynemb_apply_gradients drop its values / gradients (stats grads_dropped). */
 enum dynemb_admission_mode {
 	DYNEMB_ADMISSION_NONE = 0,        /* every key gets a row */
-	DYNEMB_ADMISSION_COUNT,           /* after min_count sightings (count-min sketch) */
-	DYNEMB_ADMISSION_PROBABILITY,     /* each sighting admits with probability p */
+	DYNEMB_ADMISSION_COUNT = 1,       /* after min_count sightings (count-min sketch) */
+	DYNEMB_ADMISSION_PROBABILITY = 2, /* each sighting admits with probability p */
 };
-enum dynemb_reject_read { DYNEMB_REJECTED_READ_INIT = 0, DYNEMB_REJECTED_READ_ZEROS };
+enum dynemb_reject_read { DYNEMB_REJECTED_READ_INIT = 0, DYNEMB_REJECTED_READ_ZEROS = 1 };
 struct dynemb_admission_spec {
 	enum dynemb_admission_mode mode;
 	uint32_t min_count;           /* COUNT: >= 1 */
@@ -106,9 +112,10 @@ struct dynemb_admission_spec {
  * its [memory] host_budget_bytes), evicting by policy; with disk_tier evicted rows (values
  * and optimizer state) go to disk and come back on their next lookup or gradient. */
 enum dynemb_eviction_policy {
-	DYNEMB_EVICTION_NONE = 0, DYNEMB_EVICTION_LRU, DYNEMB_EVICTION_LFU, DYNEMB_EVICTION_TTL, DYNEMB_EVICTION_L2,
+	DYNEMB_EVICTION_NONE = 0, DYNEMB_EVICTION_LRU = 1, DYNEMB_EVICTION_LFU = 2,
+	DYNEMB_EVICTION_TTL = 3, DYNEMB_EVICTION_L2 = 4,
 };
-enum dynemb_time_unit { DYNEMB_TIME_STEPS = 0, DYNEMB_TIME_SECONDS };
+enum dynemb_time_unit { DYNEMB_TIME_STEPS = 0, DYNEMB_TIME_SECONDS = 1 };
 struct dynemb_eviction_spec {
 	enum dynemb_eviction_policy policy;
 	uint64_t budget_bytes;        /* per table; 0 = unlimited (LRU, LFU, L2 need > 0) */
@@ -123,7 +130,9 @@ struct dynemb_eviction_spec {
  * directory ([persistence] data_dir), else dynemb_open fails with -EINVAL. NONE: snapshots
  * only (periodic, dynemb_snapshot, and at SIGTERM). ASYNC: acknowledged at once, a crash loses
  * at most about window_ms. SYNC: acknowledged after the WAL record is fdatasync'ed. */
-enum dynemb_durability_mode { DYNEMB_DURABLE_NONE = 0, DYNEMB_DURABLE_ASYNC, DYNEMB_DURABLE_SYNC };
+enum dynemb_durability_mode {
+	DYNEMB_DURABLE_NONE = 0, DYNEMB_DURABLE_ASYNC = 1, DYNEMB_DURABLE_SYNC = 2,
+};
 struct dynemb_durability_spec {
 	enum dynemb_durability_mode mode;
 	uint32_t window_ms;           /* ASYNC: group commit window, 1..60000; 0 = 10 */
@@ -242,7 +251,9 @@ int dynemb_request_counts(dynemb_client *c, uint64_t req, uint64_t *count /* out
 
 /* ---- candidate sampling, top-k, key strings (client_learn.c) ------------------------- */
 
-enum dynemb_sampler { DYNEMB_SAMPLER_UNIFORM = 0, DYNEMB_SAMPLER_LOG_UNIFORM = 1, DYNEMB_SAMPLER_UNIGRAM = 2 };
+enum dynemb_sampler {
+	DYNEMB_SAMPLER_UNIFORM = 0, DYNEMB_SAMPLER_LOG_UNIFORM = 1, DYNEMB_SAMPLER_UNIGRAM = 2,
+};
 struct dynemb_sample_spec {
 	enum dynemb_sampler kind;
 	uint32_t num_sampled;   /* 1..the daemon's max batch (and 2^20) */
