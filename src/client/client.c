@@ -72,6 +72,7 @@
 
 #include "client_priv.h"
 #include "de_shm.h"
+#include "learn/optim_defaults.h"
 #include "proto.h"
 
 #define unlikely(x) __builtin_expect(!!(x), 0)
@@ -682,38 +683,15 @@ void dynemb_optim_spec_defaults(enum dynemb_optim_kind kind, struct dynemb_optim
 {
 	if (!out)
 		return;
-	*out = (struct dynemb_optim_spec){ .kind = kind };
-	if (kind == DYNEMB_OPTIM_NONE || (unsigned)kind > DYNEMB_OPTIM_RMSPROP)
-		return;
-	/* torch.optim's defaults (the same as de_optim_defaults in src/learn) */
-	out->lr = 0.01;
-	out->beta1 = 0.9;
-	out->beta2 = 0.999;
-	out->eps = 1e-8;
-	out->alpha = 0.99;
-	out->lr_power = -0.5;
-	switch (kind) {
-	case DYNEMB_OPTIM_MOMENTUM:
-	case DYNEMB_OPTIM_NESTEROV:
-		out->momentum = 0.9;
-		break;
-	case DYNEMB_OPTIM_ADAGRAD:
-		out->eps = 1e-10;
-		break;
-	case DYNEMB_OPTIM_ADAM:
-		out->lr = 1e-3;
-		break;
-	case DYNEMB_OPTIM_ADAMW:
-		out->lr = 1e-3;
-		out->weight_decay = 1e-2;
-		break;
-	case DYNEMB_OPTIM_FTRL:
-		out->lr = 1e-3;
-		out->initial_accumulator_value = 0.1;
-		break;
-	default:
-		break;
-	}
+	/* the daemon's own table (src/learn/optim_defaults.h); kinds have one numbering */
+	struct de_optim_config d;
+	de_optim_defaults_fill((enum de_optimizer)kind, &d);
+	*out = (struct dynemb_optim_spec){
+		.kind = kind, .lr = d.lr, .weight_decay = d.weight_decay, .momentum = d.momentum,
+		.dampening = d.dampening, .beta1 = d.beta1, .beta2 = d.beta2, .eps = d.eps,
+		.initial_accumulator_value = d.initial_accumulator_value, .alpha = d.alpha,
+		.l1 = d.l1, .l2 = d.l2, .lr_power = d.lr_power, .ftrl_beta = d.ftrl_beta,
+	};
 }
 
 int dynemb_open(dynemb_client *c, const struct dynemb_table_spec *spec, int *table)

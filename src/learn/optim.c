@@ -18,6 +18,7 @@
  * rounding, not bit for bit (torch's vectorized kernels use fused multiply-adds).
  */
 #include "de_learn.h"
+#include "optim_defaults.h"
 
 #include <errno.h>
 #include <math.h>
@@ -59,36 +60,7 @@ const char *de_optim_name(enum de_optimizer kind)
 
 void de_optim_defaults(enum de_optimizer kind, struct de_optim_config *out)
 {
-	memset(out, 0, sizeof(*out));
-	out->kind = kind;
-	out->lr = 0.01;
-	out->beta1 = 0.9;
-	out->beta2 = 0.999;
-	out->eps = 1e-8;
-	out->alpha = 0.99;
-	out->lr_power = -0.5;
-	switch (kind) {
-	case DE_OPT_MOMENTUM:
-	case DE_OPT_NESTEROV:
-		out->momentum = 0.9;
-		break;
-	case DE_OPT_ADAGRAD:
-		out->eps = 1e-10;
-		break;
-	case DE_OPT_ADAM:
-		out->lr = 1e-3;
-		break;
-	case DE_OPT_ADAMW:
-		out->lr = 1e-3;
-		out->weight_decay = 1e-2;
-		break;
-	case DE_OPT_FTRL:
-		out->lr = 1e-3;
-		out->initial_accumulator_value = 0.1;
-		break;
-	default:
-		break;
-	}
+	de_optim_defaults_fill(kind, out); /* the table libdynemb uses too */
 }
 
 __attribute__((format(printf, 3, 4))) static int bad(char *why, size_t cap, const char *fmt, ...)
