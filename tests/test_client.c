@@ -342,6 +342,51 @@ Test(basic, argument_and_key_type_errors)
 	dynemb_close(NULL);
 }
 
+Test(basic, reserved_fields_must_be_zero)
+{
+	dynemb_client *c = NULL;
+	struct dynemb_connect_opts o = { .name = "test_client", .reserved[7] = 1 };
+	int err = dynemb_connect(d_sock, &o, &c);
+	cr_assert_eq(err, -EINVAL);
+	cr_assert_null(c);
+	cr_assert(strstr(dynemb_strerror(err), "dynemb_connect_opts.reserved[7]"), "%s",
+		  dynemb_strerror(err));
+	c = connect_ok();
+	int t = -1;
+	struct dynemb_table_spec s = { .name = "reserved", .dim = 4, .reserved[3] = 9 };
+	err = dynemb_open(c, &s, &t);
+	cr_assert_eq(err, -EINVAL);
+	cr_assert(strstr(dynemb_strerror(err), "dynemb_table_spec.reserved[3]"), "%s",
+		  dynemb_strerror(err));
+	s.reserved[3] = 0;
+	s.eviction.reserved[0] = 1;
+	err = dynemb_open(c, &s, &t);
+	cr_assert_eq(err, -EINVAL);
+	cr_assert(strstr(dynemb_strerror(err), "dynemb_table_spec.eviction.reserved[0]"), "%s",
+		  dynemb_strerror(err));
+	s.eviction.reserved[0] = 0;
+	err = dynemb_open(c, &s, &t);
+	cr_assert_eq(err, 0, "%s", dynemb_strerror(err));
+	uint64_t k = 1, sampled[1];
+	struct dynemb_sample_spec ss = { .kind = DYNEMB_SAMPLER_UNIFORM, .num_sampled = 1,
+					 .reserved[1] = 1 };
+	err = dynemb_sample(c, t, &ss, &k, 1, sampled, NULL, NULL, NULL);
+	cr_assert_eq(err, -EINVAL);
+	cr_assert(strstr(dynemb_strerror(err), "dynemb_sample_spec.reserved[1]"), "%s",
+		  dynemb_strerror(err));
+	dynemb_close(c);
+}
+
+Test(basic, struct_sizes_are_exported)
+{
+	cr_assert_eq(dynemb_struct_size("dynemb_table_spec"), sizeof(struct dynemb_table_spec));
+	cr_assert_eq(dynemb_struct_size("dynemb_stats"), sizeof(struct dynemb_stats));
+	cr_assert_eq(dynemb_struct_size("dynemb_import_result"), sizeof(struct dynemb_import_result));
+	cr_assert_eq(dynemb_struct_size("dynemb_connect_opts"), sizeof(struct dynemb_connect_opts));
+	cr_assert_eq(dynemb_struct_size("dynemb_nothing"), 0);
+	cr_assert_eq(dynemb_struct_size(NULL), 0);
+}
+
 Test(nodaemon, enoent_econnrefused, .timeout = TIMEOUT)
 {
 	dynemb_client *c = NULL;

@@ -207,6 +207,38 @@ const char *dynemb_strerror(int err)
 	return s;
 }
 
+int de_priv_reserved(const uint64_t *r, size_t n, const char *what)
+{
+	for (size_t i = 0; i < n; i++) {
+		if (r[i]) {
+			tls_err = -EINVAL;
+			snprintf(tls_msg, sizeof tls_msg,
+				 "%s.reserved[%zu] is not 0 (zero-initialize the struct)", what, i);
+			return -EINVAL;
+		}
+	}
+	return 0;
+}
+
+size_t dynemb_struct_size(const char *name)
+{
+	static const struct {
+		const char *name;
+		size_t size;
+	} sizes[] = {
+#define S(n) { #n, sizeof(struct n) }
+		S(dynemb_connect_opts), S(dynemb_optim_spec), S(dynemb_admission_spec),
+		S(dynemb_eviction_spec), S(dynemb_durability_spec), S(dynemb_table_spec),
+		S(dynemb_stats), S(dynemb_sample_spec), S(dynemb_progress),
+		S(dynemb_snapshot_result), S(dynemb_import_result),
+#undef S
+	};
+	for (size_t i = 0; name && i < sizeof sizes / sizeof sizes[0]; i++)
+		if (!strcmp(name, sizes[i].name))
+			return sizes[i].size;
+	return 0;
+}
+
 /* ------------------------------------------------------------------------- */
 /* Control plane                                                              */
 /* ------------------------------------------------------------------------- */
@@ -392,6 +424,8 @@ int dynemb_connect(const char *socket_path, const struct dynemb_connect_opts *op
 	if (plen >= sizeof sa.sun_path)
 		return -ENAMETOOLONG;
 	memcpy(sa.sun_path, socket_path, plen + 1);
+	if (opts && DE_PRIV_RESERVED(opts, "dynemb_connect_opts"))
+		return -EINVAL;
 	if (opts && opts->timeout_ms < 0)
 		return -EINVAL;
 
@@ -581,6 +615,12 @@ static int spec_to_wire(const struct dynemb_table_spec *s, struct de_msg_open *m
 	if (s->dim < 1 || s->dim > DE_MAX_DIM || s->nslots > DE_MAX_SLOTS)
 		return -EINVAL;
 	if ((unsigned)s->init > DYNEMB_TRUNC_NORMAL || (unsigned)s->keys > DYNEMB_STRING_KEYS)
+		return -EINVAL;
+	if (DE_PRIV_RESERVED(s, "dynemb_table_spec") ||
+	    DE_PRIV_RESERVED(&s->optim, "dynemb_table_spec.optim") ||
+	    DE_PRIV_RESERVED(&s->admission, "dynemb_table_spec.admission") ||
+	    DE_PRIV_RESERVED(&s->eviction, "dynemb_table_spec.eviction") ||
+	    DE_PRIV_RESERVED(&s->durability, "dynemb_table_spec.durability"))
 		return -EINVAL;
 	memcpy(m->name, s->name, nl);
 	m->cfg.dim = s->dim;

@@ -41,6 +41,8 @@ static int sample(dynemb_client *c, int table, const struct dynemb_sample_spec *
 	int err = de_priv_table(c, table, &t);
 	if (err)
 		return err;
+	if (s && DE_PRIV_RESERVED(s, "dynemb_sample_spec"))
+		return -EINVAL;
 	if (!s || !sampled || (npos && !ipos && !spos) || (str && t.key_type != DE_KEYS_STRING) ||
 	    (unsigned)s->kind > DYNEMB_SAMPLER_UNIGRAM || !s->num_sampled || (s->unique & ~1))
 		return -EINVAL;

@@ -110,6 +110,7 @@ int dynemb_import(dynemb_client *c, const char *table_name, const char *path, un
 	int err = de_priv_ctl_request(c, &m, sizeof m, DE_MSG_IMPORT_OK, &ok, sizeof ok,
 				      on_progress, &pc);
 	if ((!err || err == -ECANCELED) && out) {
+		memset(out, 0, sizeof *out);
 		out->records = ok.records;
 		out->imported = ok.imported;
 		out->dropped = ok.dropped;

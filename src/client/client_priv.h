@@ -5,10 +5,17 @@
 #ifndef DE_CLIENT_PRIV_H
 #define DE_CLIENT_PRIV_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 #include "de_shm.h"
 #include "dynemb.h"
+
+/* -EINVAL, with a message for dynemb_strerror naming what (a struct) and the index, when
+ * one of r[0..n) is not 0: the reserved tail of a public struct. */
+int de_priv_reserved(const uint64_t *r, size_t n, const char *what);
+#define DE_PRIV_RESERVED(s, what) \
+	de_priv_reserved((s)->reserved, sizeof((s)->reserved) / sizeof((s)->reserved[0]), what)
 
 /* A table handle as the wire knows it, and the room one request may use now. */
 struct de_priv_table {

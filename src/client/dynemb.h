@@ -2,17 +2,22 @@
  * dynemb.h — libdynemb, the client library of the dynemb sidecar: what a trainer or an
  * inference server links to reach its embeddings through shared memory.
  *
- * A dynemb_client is one connection to dynembd (a unix socket for control, a shared-memory
- * channel for data). Open a table by (name, config): the same name and config is shared
- * with every other client of the daemon; the same name with another config is -EEXIST.
- * Lookups create missing keys (training) or not (serving, DYNEMB_READONLY); read-only lookups
- * of keys that exist are served zero-copy from the table's memory mapped read-only in
- * this process, and fall back to the daemon for the rest.
+ * A dynemb_client is one connection to dynembd (a unix socket for control, a
+ * shared-memory channel for data). Open a table by (name, config): the same name and
+ * config is shared with every other client of the daemon; the same name with another
+ * config is -EEXIST. Lookups create missing keys (training) or not (serving,
+ * DYNEMB_READONLY); read-only lookups of keys that exist are served zero-copy from the
+ * table's memory mapped read-only in this process, and fall back to the daemon for the
+ * rest.
  *
  * Training: open the table with an optimizer (struct dynemb_table_spec.optim) and push
- * gradients with dynemb_apply_gradients; the daemon runs the optimizer step on its rows
- * (src/learn/de_learn.h has the formulas: torch.optim's, per key, "sparse"). Duplicate
- * keys in one call are summed and stepped once.
+ * gradients with dynemb_apply_gradients; the daemon runs the optimizer step on its rows.
+ * The contract of the step: each optimizer is torch.optim's (FTRL:
+ * tf.keras.optimizers.Ftrl's), applied "sparsely": only the rows of the keys in the call
+ * are stepped, each with its own step count (bias corrections count that key's steps),
+ * the optimizer state lives in the row's slots, and results agree with torch's to fp32
+ * rounding (not bit for bit). Duplicate keys in one call are summed and stepped once.
+ * README.md ("Learning") lists each optimizer's hyperparameters and ranges.
  *
  * Concurrent trainers: several clients (threads, processes) may push gradients to the
  * same rows at once. Each row's step is atomic: two steps of one row are serialized in
@@ -23,11 +28,16 @@
  * Every function returns 0 or a negative errno; dynemb_strerror explains any of them.
  *
  * Caveats:
+ *   - No ABI promise before 1.0: the library has one symbol version (DYNEMB_0) and its
+ *     structs may change between releases; rebuild against the new dynemb.h. Structs
+ *     that may grow end in reserved[] fields: zero-initialize them (a non-zero reserved
+ *     field of an input struct is -EINVAL, dynemb_strerror names it), and bindings that
+ *     copy the structs compare their sizes with dynemb_struct_size.
  *   - A dynemb_client is not thread-safe: use one per thread (each has its own channel).
  *   - Results of the blocking calls are copied into the caller's arrays. The async calls
- *     (dynemb_submit_lookup / dynemb_complete) leave them in the channel's data area until the request
- *     is completed and the next request reuses the space; dynemb_request_vals gives that
- *     memory, so a framework can wrap it without a copy.
+ *     (dynemb_submit_lookup / dynemb_complete) leave them in the channel's data area
+ *     until the request is completed and the next request reuses the space;
+ *     dynemb_request_vals gives that memory, so a framework can wrap it without a copy.
  *   - Batches larger than the daemon's max batch are split by the library.
  *   - String keys are addressed by a seeded 64-bit fingerprint (xxh3): two different
  *     strings share a row only if their fingerprints collide. With n distinct strings in
@@ -52,6 +62,7 @@ struct dynemb_connect_opts {
 	uint32_t sq_entries;   /* 0: the daemon's default */
 	uint64_t data_bytes;   /* 0: the daemon's default */
 	int timeout_ms;        /* for each control request and blocking call; 0: 10000 */
+	uint64_t reserved[8];  /* must be 0 (room for new fields) */
 };
 
 /* Connect to the daemon at socket_path (NULL: /run/dynemb/dynemb.sock). opts may be NULL.
@@ -67,7 +78,8 @@ enum dynemb_initializer {
 	DYNEMB_ZEROS = 0, DYNEMB_CONSTANT = 1, DYNEMB_UNIFORM = 2, DYNEMB_TRUNC_NORMAL = 3,
 };
 
-/* The server-side optimizer of a table (formulas and ranges: src/learn/de_learn.h). */
+/* The server-side optimizer of a table: torch.optim's update of that name (FTRL:
+ * FTRL-Proximal as tf.keras.optimizers.Ftrl), per key (see the top of this file). */
 enum dynemb_optim_kind {
 	DYNEMB_OPTIM_NONE = 0,  /* no optimizer: dynemb_apply_gradients fails with -EOPNOTSUPP */
 	DYNEMB_OPTIM_SGD = 1, DYNEMB_OPTIM_MOMENTUM = 2, DYNEMB_OPTIM_NESTEROV = 3,
@@ -76,13 +88,20 @@ enum dynemb_optim_kind {
 };
 
 /* Hyperparameters, taken literally (0 is a value, e.g. beta1 = 0): start from
- * dynemb_optim_spec_defaults(kind) and change what you need. Names follow torch.optim (FTRL:
- * tf.keras.optimizers.Ftrl; ftrl_beta is its `beta`). Unused fields are still part of
- * the table's config (compared on open). */
+ * dynemb_optim_spec_defaults(kind) and change what you need. Names and meanings follow
+ * torch.optim (FTRL: tf.keras.optimizers.Ftrl; ftrl_beta is its `beta`, l1 / l2 its
+ * l1_regularization_strength / l2_regularization_strength). Ranges the daemon checks
+ * (else dynemb_open is -EINVAL and dynemb_strerror names the field): every value
+ * finite; lr, weight_decay, eps, initial_accumulator_value, l1, l2, ftrl_beta >= 0;
+ * FTRL: lr > 0, lr_power <= 0, weight_decay 0 (use l2); MOMENTUM: momentum >= 0;
+ * NESTEROV: momentum > 0, dampening 0; ADAM / ADAMW: beta1, beta2 in [0, 1); RMSPROP:
+ * alpha in [0, 1], momentum 0. Unused fields are still part of the table's config (compared on
+ * open). */
 struct dynemb_optim_spec {
 	enum dynemb_optim_kind kind;
 	double lr, weight_decay, momentum, dampening, beta1, beta2, eps;
 	double initial_accumulator_value, alpha, l1, l2, lr_power, ftrl_beta;
+	uint64_t reserved[4];         /* must be 0 */
 };
 /* torch.optim's defaults for kind (SGD: lr 0.01; FTRL: Keras' lr 0.001, lr_power -0.5,
  * initial_accumulator_value 0.1); every field 0 for DYNEMB_OPTIM_NONE. */
@@ -106,6 +125,7 @@ struct dynemb_admission_spec {
 	uint32_t sketch_width;        /* COUNT: power of two in [64, 2^28]; 0 = 2^20 */
 	uint32_t sketch_depth;        /* COUNT: 1..8; 0 = 4 */
 	enum dynemb_reject_read reject_value; /* what a key not admitted yet reads as */
+	uint64_t reserved[4];         /* must be 0 */
 };
 
 /* Eviction: the daemon keeps the table under budget_bytes (and all evicting tables under
@@ -124,6 +144,7 @@ struct dynemb_eviction_spec {
 	enum dynemb_time_unit lru_clock;  /* LRU only */
 	double lfu_decay;             /* LFU only: half-life in steps, 0 = no decay */
 	bool disk_tier;               /* evicted rows go to disk and come back on lookup */
+	uint64_t reserved[4];         /* must be 0 */
 };
 
 /* Durability of acknowledged updates; ASYNC and SYNC need a daemon started with a data
@@ -136,6 +157,7 @@ enum dynemb_durability_mode {
 struct dynemb_durability_spec {
 	enum dynemb_durability_mode mode;
 	uint32_t window_ms;           /* ASYNC: group commit window, 1..60000; 0 = 10 */
+	uint64_t reserved[4];         /* must be 0 */
 };
 
 /* Zero-initialize, then set what you need: all-zero learning settings mean no
@@ -153,6 +175,7 @@ struct dynemb_table_spec {
 	struct dynemb_admission_spec admission;
 	struct dynemb_eviction_spec eviction;
 	struct dynemb_durability_spec durability;
+	uint64_t reserved[8];    /* must be 0 */
 };
 
 /* Open (or share) a table. out: a small table handle for this client. -EEXIST: the name
@@ -222,6 +245,7 @@ struct dynemb_stats {
 	uint64_t resident_bytes, budget_bytes;
 	/* persistence: last WAL record, last durable one, snapshots taken, LSN of the last */
 	uint64_t wal_lsn, durable_lsn, snapshots, snapshot_lsn;
+	uint64_t reserved[8];   /* 0 */
 };
 int dynemb_stats(dynemb_client *c, int table, struct dynemb_stats *out);
 
@@ -261,6 +285,7 @@ struct dynemb_sample_spec {
 	double power;           /* UNIGRAM: observed frequency ^ power; 0 = 0.75; other kinds:
 	                           ignored */
 	uint64_t seed;          /* the same seed and table state give the same draw */
+	uint64_t reserved[8];   /* must be 0 */
 };
 /*
  * Draw num_sampled candidates from the table's live keys, server side. positives: npos
@@ -269,9 +294,9 @@ struct dynemb_sample_spec {
  * expected counts as TensorFlow's candidate samplers define them (for the logit
  * correction: logit - log(expected)); accidental[num_sampled] (may be NULL): 1 where
  * sampled[i] is one of the positives. sampled_expected / true_expected may be NULL too.
- * Distributions (src/learn/de_learn.h, "Candidate sampling"): UNIFORM over live keys;
- * LOG_UNIFORM over keys ranked by observed frequency (lookups count); UNIGRAM
- * frequency^power. The last two read a snapshot the daemon rebuilds every [learn]
+ * Distributions (TensorFlow's): UNIFORM over live keys; LOG_UNIFORM over keys ranked
+ * by observed frequency (lookups count), rank r (0 = most frequent) of n drawn with
+ * probability log((r + 2) / (r + 1)) / log(n + 1); UNIGRAM frequency^power. The last two read a snapshot the daemon rebuilds every [learn]
  * sampler_rebuild_ms (1 s by default): keys created since are not drawn yet.
  * -ENOENT: the table has no live key; -ERANGE: unique and num_sampled > live keys;
  * -E2BIG: num_sampled or npos too large; -EINVAL: a bad spec or handle.
@@ -334,6 +359,7 @@ struct dynemb_progress {
 	enum dynemb_progress_phase phase; /* import then snapshots the table: SNAPSHOT */
 	uint32_t table_index;     /* dynemb_snapshot of every table: which one, 0-based */
 	const char *table;        /* the table's name (valid during the call) */
+	uint64_t reserved[8];     /* 0 */
 };
 typedef int (*dynemb_progress_cb)(void *ctx, const struct dynemb_progress *p);
 
@@ -341,6 +367,7 @@ struct dynemb_snapshot_result {
 	uint32_t tables;          /* tables snapshotted */
 	uint64_t lsn;             /* the largest cut: recovery replays the WAL from there */
 	uint64_t rows, bytes;     /* rows written (incremental: the dirty ones), file bytes */
+	uint64_t reserved[8];     /* 0 */
 };
 /* Checkpoint one table (table_name) or every persisted table (NULL): a full snapshot
  * when full, else incremental where the table has a chain; the manifest then names it
@@ -357,6 +384,7 @@ int dynemb_export(dynemb_client *c, const char *table_name, const char *path, dy
 struct dynemb_import_result {
 	uint64_t records, imported, dropped;
 	char problem[128];        /* the damage found (salvage), or "" */
+	uint64_t reserved[8];     /* 0 */
 };
 /* The daemon reads path (absolute, under its export_dir) into table_name (its config
  * must match the file's); a persisted table then takes a full snapshot before the call
@@ -369,6 +397,15 @@ int dynemb_import(dynemb_client *c, const char *table_name, const char *path, un
 void dynemb_zero_copy_counts(const dynemb_client *c, uint64_t *local_keys, uint64_t *remote_keys);
 
 const char *dynemb_strerror(int err);
+
+/*
+ * sizeof(struct NAME) in this build of the library, for bindings that copy the structs
+ * (the Python package checks its copies at load): NAME without "struct ", one of
+ * dynemb_connect_opts, dynemb_optim_spec, dynemb_admission_spec, dynemb_eviction_spec,
+ * dynemb_durability_spec, dynemb_table_spec, dynemb_stats, dynemb_sample_spec,
+ * dynemb_progress, dynemb_snapshot_result, dynemb_import_result. 0 for any other name.
+ */
+size_t dynemb_struct_size(const char *name);
 
 #ifdef __cplusplus
 }

@@ -614,7 +614,7 @@ class Table:
         s = Stats()
         with self.client._lock:
             _check(_native.api.dynemb_stats(self.client._handle(), self.handle, ctypes.byref(s)))
-        return {name: getattr(s, name) for name, _ in Stats._fields_}
+        return {name: getattr(s, name) for name, _ in Stats._fields_ if name != "reserved"}
 
     # ---- sampling, top-k, key strings ------------------------------------------------
 

@@ -20,10 +20,15 @@ c_int_p = ctypes.POINTER(ctypes.c_int)
 c_vp = ctypes.c_void_p
 
 
+def _reserved(n):
+    """The reserved tail of a struct that may grow (zero: ctypes zero-fills)."""
+    return [("reserved", ctypes.c_uint64 * n)]
+
+
 class ConnectOpts(ctypes.Structure):
     """struct dynemb_connect_opts"""
     _fields_ = [("name", ctypes.c_char_p), ("sq_entries", ctypes.c_uint32),
-                ("data_bytes", ctypes.c_uint64), ("timeout_ms", ctypes.c_int)]
+                ("data_bytes", ctypes.c_uint64), ("timeout_ms", ctypes.c_int)] + _reserved(8)
 
 
 OPTIM_FIELDS = ("lr", "weight_decay", "momentum", "dampening", "beta1", "beta2", "eps",
@@ -32,14 +37,16 @@ OPTIM_FIELDS = ("lr", "weight_decay", "momentum", "dampening", "beta1", "beta2",
 
 class OptimSpec(ctypes.Structure):
     """struct dynemb_optim_spec"""
-    _fields_ = [("kind", ctypes.c_int)] + [(f, ctypes.c_double) for f in OPTIM_FIELDS]
+    _fields_ = [("kind", ctypes.c_int)] + [(f, ctypes.c_double) for f in OPTIM_FIELDS] + \
+        _reserved(4)
 
 
 class AdmissionSpec(ctypes.Structure):
     """struct dynemb_admission_spec"""
     _fields_ = [("mode", ctypes.c_int), ("min_count", ctypes.c_uint32),
                 ("probability", ctypes.c_double), ("sketch_width", ctypes.c_uint32),
-                ("sketch_depth", ctypes.c_uint32), ("reject_value", ctypes.c_int)]
+                ("sketch_depth", ctypes.c_uint32), ("reject_value", ctypes.c_int)] + \
+        _reserved(4)
 
 
 class EvictionSpec(ctypes.Structure):
@@ -47,12 +54,12 @@ class EvictionSpec(ctypes.Structure):
     _fields_ = [("policy", ctypes.c_int), ("budget_bytes", ctypes.c_uint64),
                 ("ttl", ctypes.c_uint64), ("ttl_unit", ctypes.c_int),
                 ("lru_clock", ctypes.c_int), ("lfu_decay", ctypes.c_double),
-                ("disk_tier", ctypes.c_bool)]
+                ("disk_tier", ctypes.c_bool)] + _reserved(4)
 
 
 class DurabilitySpec(ctypes.Structure):
     """struct dynemb_durability_spec"""
-    _fields_ = [("mode", ctypes.c_int), ("window_ms", ctypes.c_uint32)]
+    _fields_ = [("mode", ctypes.c_int), ("window_ms", ctypes.c_uint32)] + _reserved(4)
 
 
 class TableSpec(ctypes.Structure):
@@ -62,7 +69,7 @@ class TableSpec(ctypes.Structure):
                 ("init_a", ctypes.c_float), ("init_b", ctypes.c_float),
                 ("slot_init", ctypes.c_float), ("seed", ctypes.c_uint64),
                 ("keys", ctypes.c_int), ("optim", OptimSpec), ("admission", AdmissionSpec),
-                ("eviction", EvictionSpec), ("durability", DurabilitySpec)]
+                ("eviction", EvictionSpec), ("durability", DurabilitySpec)] + _reserved(8)
 
 
 class Stats(ctypes.Structure):
@@ -74,20 +81,20 @@ class Stats(ctypes.Structure):
         ("read_only", ctypes.c_uint32)] + [(f, ctypes.c_uint64) for f in (
         "admitted", "filtered", "grads_dropped", "evicted", "evicted_to_tier",
         "restored_from_tier", "returned_fresh", "resident_bytes", "budget_bytes",
-        "wal_lsn", "durable_lsn", "snapshots", "snapshot_lsn")]
+        "wal_lsn", "durable_lsn", "snapshots", "snapshot_lsn")] + _reserved(8)
 
 
 class SampleSpec(ctypes.Structure):
     """struct dynemb_sample_spec"""
     _fields_ = [("kind", ctypes.c_int), ("num_sampled", ctypes.c_uint32),
                 ("unique", ctypes.c_int), ("power", ctypes.c_double),
-                ("seed", ctypes.c_uint64)]
+                ("seed", ctypes.c_uint64)] + _reserved(8)
 
 
 class Progress(ctypes.Structure):
     """struct dynemb_progress"""
     _fields_ = [("done", ctypes.c_uint64), ("total", ctypes.c_uint64), ("phase", ctypes.c_int),
-                ("table_index", ctypes.c_uint32), ("table", ctypes.c_char_p)]
+                ("table_index", ctypes.c_uint32), ("table", ctypes.c_char_p)] + _reserved(8)
 
 
 # int (*dynemb_progress_cb)(void *ctx, const struct dynemb_progress *p)
@@ -97,13 +104,13 @@ ProgressCb = ctypes.CFUNCTYPE(ctypes.c_int, c_vp, ctypes.POINTER(Progress))
 class SnapshotResult(ctypes.Structure):
     """struct dynemb_snapshot_result"""
     _fields_ = [("tables", ctypes.c_uint32), ("lsn", ctypes.c_uint64),
-                ("rows", ctypes.c_uint64), ("bytes", ctypes.c_uint64)]
+                ("rows", ctypes.c_uint64), ("bytes", ctypes.c_uint64)] + _reserved(8)
 
 
 class ImportResult(ctypes.Structure):
     """struct dynemb_import_result"""
     _fields_ = [("records", ctypes.c_uint64), ("imported", ctypes.c_uint64),
-                ("dropped", ctypes.c_uint64), ("problem", ctypes.c_char * 128)]
+                ("dropped", ctypes.c_uint64), ("problem", ctypes.c_char * 128)] + _reserved(8)
 
 
 # name: (restype, argtypes). Pointers to caller data are c_void_p so that a NumPy
@@ -155,7 +162,30 @@ _PROTOS = {
                                  c_u64_p, c_u64_p]),
     "dynemb_import": (ctypes.c_int, [c_vp, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_uint,
                                  ProgressCb, c_vp, ctypes.POINTER(ImportResult)]),
+    "dynemb_struct_size": (ctypes.c_size_t, [ctypes.c_char_p]),
 }
+
+# The C structs this package copies: each must have the library's size, else the two
+# are from different versions of dynemb.h and every call through them would misread.
+STRUCTS = {
+    "dynemb_connect_opts": ConnectOpts, "dynemb_optim_spec": OptimSpec,
+    "dynemb_admission_spec": AdmissionSpec, "dynemb_eviction_spec": EvictionSpec,
+    "dynemb_durability_spec": DurabilitySpec, "dynemb_table_spec": TableSpec,
+    "dynemb_stats": Stats, "dynemb_sample_spec": SampleSpec, "dynemb_progress": Progress,
+    "dynemb_snapshot_result": SnapshotResult, "dynemb_import_result": ImportResult,
+}
+
+
+def check_struct_sizes(lib, path):
+    """ImportError naming the first struct whose size differs between lib and here."""
+    for name, cls in STRUCTS.items():
+        theirs, ours = lib.dynemb_struct_size(name.encode()), ctypes.sizeof(cls)
+        if theirs != ours:
+            raise ImportError(
+                f"dynemb: struct {name} is {theirs} bytes in {path} but {ours} bytes in "
+                f"this Python package ({__file__}): the library and the package come from "
+                "different versions of dynemb.h; install matching ones"
+                + (" (the library does not know this struct)" if theirs == 0 else ""))
 
 
 def _candidates():
@@ -180,8 +210,13 @@ def load():
             tried.append(f"  {how}: {path}: {e}")
             continue
         for name, (res, args) in _PROTOS.items():
-            fn = getattr(lib, name)
+            try:
+                fn = getattr(lib, name)
+            except AttributeError:
+                raise ImportError(f"dynemb: {path} has no {name}: the library and this "
+                                  "Python package come from different versions") from None
             fn.restype, fn.argtypes = res, args
+        check_struct_sizes(lib, path)
         return lib, path
     raise ImportError(
         "dynemb: cannot find libdynemb.so. Set DYNEMB_LIB to its full path, install it "
