@@ -10,7 +10,8 @@
  *
  *   client                                   daemon
  *   HELLO {proto, sq_entries, data_bytes, name}  ->  checks SO_PEERCRED against the allow-list
- *                                            <-  HELLO_OK {client_id, sizes} + [channel fd]
+ *                                            <-  HELLO_OK {client_id, sizes, capabilities}
+ *                                                + [channel fd]
  *                                                or ERROR {-EACCES | -EPROTO | ...}
  *   OPEN {name, config, learn}               ->  same name + same config: shared table;
  *                                                same name + other config: ERROR -EEXIST
@@ -101,7 +102,10 @@
 
 #include "de_shm.h"
 
-#define DE_PROTO_VERSION 2u /* 2: OPEN carries de_wire_learn_config; APPLY_GRADS */
+/* 2: OPEN carries de_wire_learn_config; APPLY_GRADS; SAMPLE, TOPK, KEY_STRINGS; the
+ *    persistence messages. 3: HELLO_OK carries capabilities. A daemon serves one
+ *    version: HELLO of another is ERROR -EPROTO. */
+#define DE_PROTO_VERSION 3u
 #define DE_MSG_MAGIC 0x314d4544u /* "DEM1" */
 #define DE_MSG_MAX 4096u
 #define DE_NAME_MAX 64u          /* bytes, NUL-terminated within */
@@ -145,14 +149,36 @@ struct de_msg_hello {
 	char name[DE_NAME_MAX]; /* for logs */
 };
 
+/*
+ * 48 bytes:
+ *   0  hdr (16)          16 u32 client_id       20 u32 sq_entries   24 u32 cq_entries
+ *   28 u32 max_batch     32 u64 data_bytes      40 u64 capabilities (DE_CAP_*)
+ * capabilities: what this daemon does and how it is configured. A client uses a feature
+ * only when its bit is set, so a daemon may leave out what it does not offer; bits it
+ * does not know it leaves 0. Bits 0..31: operations and messages this daemon serves;
+ * bits 32..63: its configuration.
+ */
 struct de_msg_hello_ok {
 	struct de_msg_hdr h;
 	uint32_t client_id;
 	uint32_t sq_entries, cq_entries;
 	uint32_t max_batch;   /* most keys in one descriptor */
 	uint64_t data_bytes;
+	uint64_t capabilities;
 	/* SCM_RIGHTS: the channel memfd, read-write */
 };
+#define DE_CAP_APPLY_GRADS (1ull << 0)   /* server-side optimizers: OPEN's learn.optim, APPLY_GRADS */
+#define DE_CAP_ADMISSION (1ull << 1)     /* OPEN's learn.admission */
+#define DE_CAP_EVICTION (1ull << 2)      /* OPEN's learn.eviction (disk tier: DE_CAP_DISK_TIER) */
+#define DE_CAP_SAMPLE (1ull << 3)        /* op SAMPLE */
+#define DE_CAP_TOPK (1ull << 4)          /* op TOPK */
+#define DE_CAP_KEY_STRINGS (1ull << 5)   /* op KEY_STRINGS */
+#define DE_CAP_SNAPSHOT (1ull << 6)      /* message SNAPSHOT (needs DE_CAP_PERSISTENCE) */
+#define DE_CAP_EXPORT_IMPORT (1ull << 7) /* messages EXPORT, IMPORT (need DE_CAP_EXPORT_DIR) */
+#define DE_CAP_PERSISTENCE (1ull << 32)  /* [persistence] data_dir set: WAL, snapshots,
+                                           durability ASYNC / SYNC */
+#define DE_CAP_EXPORT_DIR (1ull << 33)   /* [persistence] export_dir set */
+#define DE_CAP_DISK_TIER (1ull << 34)    /* [memory] tier_dir set: eviction.disk_tier */
 
 enum de_key_type { DE_KEYS_INT64 = 0, DE_KEYS_STRING = 1 };
 
@@ -165,7 +191,7 @@ struct de_wire_table_config {
 	uint32_t reserved[6]; /* must be 0 (learning config: struct de_wire_learn_config) */
 };
 
-/* ---- learning and persistence config (OPEN, protocol 2) ----------------------------- */
+/* ---- learning and persistence config (OPEN, since protocol 2) ----------------------- */
 
 /* Optimizer kinds on the wire. The definition of these numbers: dynemb.h's
  * DYNEMB_OPTIM_* and src/learn's enum de_optimizer carry the same ones (static asserts in
@@ -331,7 +357,7 @@ struct de_msg_error {
 };
 
 /*
- * ---- Persistence control messages (protocol 2; types 9..15) ----------------------------
+ * ---- Persistence control messages (since protocol 2; types 9..15) ----------------------
  *
  *   SNAPSHOT {name, flags}     ->  name all zero: every table of the daemon; flags
  *                                  DE_SNAP_FULL: full snapshots (else incremental where
@@ -474,7 +500,9 @@ struct de_wire_stats {     /* STATS writes this at vals_off */
 
 _Static_assert(sizeof(struct de_msg_hdr) == 16, "layout");
 _Static_assert(sizeof(struct de_msg_hello) == 96, "layout");
-_Static_assert(sizeof(struct de_msg_hello_ok) == 40, "layout");
+_Static_assert(sizeof(struct de_msg_hello_ok) == 48, "layout");
+_Static_assert(offsetof(struct de_msg_hello_ok, data_bytes) == 32, "layout");
+_Static_assert(offsetof(struct de_msg_hello_ok, capabilities) == 40, "layout");
 _Static_assert(sizeof(struct de_wire_table_config) == 64, "layout");
 _Static_assert(sizeof(struct de_wire_optim) == 128, "layout");
 _Static_assert(sizeof(struct de_wire_admission) == 32, "layout");

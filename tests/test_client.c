@@ -377,6 +377,22 @@ Test(basic, reserved_fields_must_be_zero)
 	dynemb_close(c);
 }
 
+Test(basic, capabilities_of_a_default_daemon)
+{
+	/* every operation; of the configuration only the default [memory] tier_dir (no
+	 * data_dir, no export_dir) */
+	const uint64_t ops = DYNEMB_CAP_APPLY_GRADS | DYNEMB_CAP_ADMISSION | DYNEMB_CAP_EVICTION |
+			     DYNEMB_CAP_SAMPLE | DYNEMB_CAP_TOPK | DYNEMB_CAP_KEY_STRINGS |
+			     DYNEMB_CAP_SNAPSHOT | DYNEMB_CAP_EXPORT_IMPORT;
+	dynemb_client *c = connect_ok();
+	uint64_t caps = dynemb_capabilities(c);
+	cr_assert_eq(caps, ops | DYNEMB_CAP_DISK_TIER, "capabilities %#llx",
+		     (unsigned long long)caps);
+	cr_assert_eq(caps & (DYNEMB_CAP_PERSISTENCE | DYNEMB_CAP_EXPORT_DIR), 0);
+	cr_assert_eq(dynemb_capabilities(NULL), 0);
+	dynemb_close(c);
+}
+
 Test(basic, struct_sizes_are_exported)
 {
 	cr_assert_eq(dynemb_struct_size("dynemb_table_spec"), sizeof(struct dynemb_table_spec));

@@ -825,6 +825,9 @@ Test(jobs, export_import_round_trip)
 	const char *extra[] = { "--export-dir", exp_dir, NULL };
 	start(extra);
 	dynemb_client *c = conn();
+	/* a data_dir and an export_dir: the daemon says so */
+	cr_assert_eq(dynemb_capabilities(c) & (DYNEMB_CAP_PERSISTENCE | DYNEMB_CAP_EXPORT_DIR),
+		     DYNEMB_CAP_PERSISTENCE | DYNEMB_CAP_EXPORT_DIR);
 	struct dynemb_table_spec s = spec("src", DYNEMB_DURABLE_ASYNC, 5);
 	dynemb_optim_spec_defaults(DYNEMB_OPTIM_ADAGRAD, &s.optim);
 	int t = open_t(c, &s);

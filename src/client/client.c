@@ -132,6 +132,7 @@ struct dynemb_client {
 	uint8_t *data;          /* the channel's data area */
 	uint64_t data_bytes;
 	uint32_t client_id, sq_entries, cq_entries, max_batch;
+	uint64_t capabilities;  /* HELLO_OK's: DE_CAP_* == DYNEMB_CAP_* */
 
 	struct ctable *tables[MAX_TABLES];
 	unsigned ntables;
@@ -482,6 +483,7 @@ int dynemb_connect(const char *socket_path, const struct dynemb_connect_opts *op
 	}
 	c->data_bytes = dbytes;
 	c->client_id = ok.client_id;
+	c->capabilities = ok.capabilities;
 	c->sq_entries = ok.sq_entries;
 	c->cq_entries = ok.cq_entries;
 	c->max_batch = ok.max_batch;
@@ -717,6 +719,17 @@ SAME(DYNEMB_PROGRESS_SNAPSHOT, DE_PHASE_SNAPSHOT);
 SAME(DYNEMB_PROGRESS_EXPORT, DE_PHASE_EXPORT);
 SAME(DYNEMB_PROGRESS_IMPORT, DE_PHASE_IMPORT);
 SAME(DYNEMB_IMPORT_SALVAGE_PREFIX, DE_WIMPORT_SALVAGE);
+SAME(DYNEMB_CAP_APPLY_GRADS, DE_CAP_APPLY_GRADS);
+SAME(DYNEMB_CAP_ADMISSION, DE_CAP_ADMISSION);
+SAME(DYNEMB_CAP_EVICTION, DE_CAP_EVICTION);
+SAME(DYNEMB_CAP_SAMPLE, DE_CAP_SAMPLE);
+SAME(DYNEMB_CAP_TOPK, DE_CAP_TOPK);
+SAME(DYNEMB_CAP_KEY_STRINGS, DE_CAP_KEY_STRINGS);
+SAME(DYNEMB_CAP_SNAPSHOT, DE_CAP_SNAPSHOT);
+SAME(DYNEMB_CAP_EXPORT_IMPORT, DE_CAP_EXPORT_IMPORT);
+SAME(DYNEMB_CAP_PERSISTENCE, DE_CAP_PERSISTENCE);
+SAME(DYNEMB_CAP_EXPORT_DIR, DE_CAP_EXPORT_DIR);
+SAME(DYNEMB_CAP_DISK_TIER, DE_CAP_DISK_TIER);
 #undef SAME
 
 void dynemb_optim_spec_defaults(enum dynemb_optim_kind kind, struct dynemb_optim_spec *out)
@@ -1868,6 +1881,11 @@ int de_priv_call(dynemb_client *c, struct de_sqe *e, const void *keys_in, uint64
 		memcpy(vals_out, d + voff, vals_len);
 	slot_release(c, s, S_FREE);
 	return 0;
+}
+
+uint64_t dynemb_capabilities(const dynemb_client *c)
+{
+	return c ? c->capabilities : 0;
 }
 
 void dynemb_zero_copy_counts(const dynemb_client *c, uint64_t *local_keys, uint64_t *remote_keys)

@@ -71,6 +71,22 @@ struct dynemb_connect_opts {
 int dynemb_connect(const char *socket_path, const struct dynemb_connect_opts *opts, dynemb_client **out);
 void dynemb_close(dynemb_client *c); /* NULL is fine */
 
+/* What the daemon of c offers (its HELLO reply): DYNEMB_CAP_* bits; 0 for NULL. A bit
+ * this header does not name may be set by a newer daemon. Operations: */
+#define DYNEMB_CAP_APPLY_GRADS (1ull << 0)   /* optimizers, dynemb_apply_gradients */
+#define DYNEMB_CAP_ADMISSION (1ull << 1)     /* dynemb_table_spec.admission */
+#define DYNEMB_CAP_EVICTION (1ull << 2)      /* dynemb_table_spec.eviction */
+#define DYNEMB_CAP_SAMPLE (1ull << 3)        /* dynemb_sample */
+#define DYNEMB_CAP_TOPK (1ull << 4)          /* dynemb_topk */
+#define DYNEMB_CAP_KEY_STRINGS (1ull << 5)   /* dynemb_key_strings */
+#define DYNEMB_CAP_SNAPSHOT (1ull << 6)      /* dynemb_snapshot (needs CAP_PERSISTENCE) */
+#define DYNEMB_CAP_EXPORT_IMPORT (1ull << 7) /* dynemb_export / import (need CAP_EXPORT_DIR) */
+/* ... and the daemon's configuration: */
+#define DYNEMB_CAP_PERSISTENCE (1ull << 32)  /* a data directory: snapshots, durability */
+#define DYNEMB_CAP_EXPORT_DIR (1ull << 33)   /* an export directory for export / import */
+#define DYNEMB_CAP_DISK_TIER (1ull << 34)    /* a tier directory: eviction.disk_tier */
+uint64_t dynemb_capabilities(const dynemb_client *c);
+
 /* Every constant below has a fixed number (the wire protocol's: the library passes the
  * values to the daemon as they are), so a binding may use the numbers. */
 enum dynemb_key_kind { DYNEMB_INT64_KEYS = 0, DYNEMB_STRING_KEYS = 1 };

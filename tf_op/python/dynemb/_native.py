@@ -163,6 +163,7 @@ _PROTOS = {
     "dynemb_import": (ctypes.c_int, [c_vp, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_uint,
                                  ProgressCb, c_vp, ctypes.POINTER(ImportResult)]),
     "dynemb_struct_size": (ctypes.c_size_t, [ctypes.c_char_p]),
+    "dynemb_capabilities": (ctypes.c_uint64, [c_vp]),
 }
 
 # The C structs this package copies: each must have the library's size, else the two
