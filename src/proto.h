@@ -91,8 +91,8 @@
  * validated by the daemon; fields a mode does not use must be 0, so that two configs
  * that mean the same thing compare equal. Defaults (the 0 of a "0 = default" field) are
  * filled in by the daemon before the comparison (DE_*_DEFAULT below). The optimizer,
- * admission and eviction are enforced (src/server/learnops.c states how); durability is
- * defined, checked and recorded with the table for the code that implements it.
+ * admission and eviction are enforced (src/server/learnops.c states how); durability by
+ * the WAL and snapshots (src/server/persist.c over uring/).
  */
 #ifndef DE_PROTO_H
 #define DE_PROTO_H
@@ -291,7 +291,8 @@ struct de_wire_eviction {
 	uint64_t reserved;      /* must be 0 */
 };
 
-/* Durability of acknowledged updates (uring/: WAL + snapshots; implemented later). */
+/* Durability of acknowledged updates: the daemon's WAL and snapshots (uring/), needing
+ * [persistence] data_dir for ASYNC and SYNC. */
 enum de_wire_durability_mode {
 	DE_WDURABLE_NONE = 0,    /* snapshots only */
 	DE_WDURABLE_ASYNC = 1,   /* group commit every window_ms: at most that much is lost */

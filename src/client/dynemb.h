@@ -289,7 +289,7 @@ int dynemb_submit_apply_gradients(dynemb_client *c, int table, const uint64_t *k
 int dynemb_request_counts(dynemb_client *c, uint64_t req, uint64_t *count /* out */,
 		      uint64_t *aux /* out */);
 
-/* ---- candidate sampling, top-k, key strings (client_learn.c) ------------------------- */
+/* ---- candidate sampling, top-k, key strings ----------------------------------------- */
 
 enum dynemb_sampler {
 	DYNEMB_SAMPLER_UNIFORM = 0, DYNEMB_SAMPLER_LOG_UNIFORM = 1, DYNEMB_SAMPLER_UNIGRAM = 2,
@@ -352,7 +352,7 @@ int dynemb_key_strings(dynemb_client *c, int table, const uint64_t *keys, size_t
 /* The fingerprint a string key has in this table (the table's seed): computed here. */
 int dynemb_string_key(dynemb_client *c, int table, const char *s, size_t len, uint64_t *key);
 
-/* ---- persistence: snapshots, export, import (client_persist.c; proto.h messages 9..15) ----
+/* ---- persistence: snapshots, export, import ------------------------------------------
  *
  * Long jobs the daemon runs in its own thread; the call blocks until the job's final
  * reply and calls cb with progress on the way (at most every ~50 ms). Tables are named
