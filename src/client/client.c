@@ -410,7 +410,8 @@ static int ctl_fail(struct dynemb_client *c, int err)
 
 static void client_free(struct dynemb_client *c);
 
-int dynemb_connect(const char *socket_path, const struct dynemb_connect_opts *opts, dynemb_client **out)
+int dynemb_connect(const char *socket_path, const struct dynemb_connect_opts *opts,
+		   dynemb_client **out)
 {
 	err_clear();
 	if (!out)
@@ -1307,7 +1308,7 @@ out:
 }
 
 int dynemb_lookup(dynemb_client *c, int table, const uint64_t *keys, size_t n, float *out,
-	      uint8_t *status, unsigned flags, uint64_t step)
+		  uint8_t *status, unsigned flags, uint64_t step)
 {
 	struct ctable *t;
 	int err = check_call(c, table, DE_KEYS_INT64, &t);
@@ -1319,8 +1320,8 @@ int dynemb_lookup(dynemb_client *c, int table, const uint64_t *keys, size_t n, f
 	return lookup(c, t, &ks, keys, out, status, flags, step);
 }
 
-int dynemb_lookup_str(dynemb_client *c, int table, const char *const *keys, const size_t *lens, size_t n,
-		  float *out, uint8_t *status, unsigned flags, uint64_t step)
+int dynemb_lookup_str(dynemb_client *c, int table, const char *const *keys, const size_t *lens,
+		      size_t n, float *out, uint8_t *status, unsigned flags, uint64_t step)
 {
 	struct ctable *t;
 	int err = check_call(c, table, DE_KEYS_STRING, &t);
@@ -1360,7 +1361,7 @@ static int update(dynemb_client *c, struct ctable *t, struct keyset *ks, const f
 }
 
 int dynemb_update(dynemb_client *c, int table, const uint64_t *keys, size_t n, const float *values,
-	      uint64_t step, size_t *created)
+		  uint64_t step, size_t *created)
 {
 	struct ctable *t;
 	int err = check_call(c, table, DE_KEYS_INT64, &t);
@@ -1372,8 +1373,8 @@ int dynemb_update(dynemb_client *c, int table, const uint64_t *keys, size_t n, c
 	return update(c, t, &ks, values, step, created);
 }
 
-int dynemb_update_str(dynemb_client *c, int table, const char *const *keys, const size_t *lens, size_t n,
-		  const float *values, uint64_t step, size_t *created)
+int dynemb_update_str(dynemb_client *c, int table, const char *const *keys, const size_t *lens,
+		      size_t n, const float *values, uint64_t step, size_t *created)
 {
 	struct ctable *t;
 	int err = check_call(c, table, DE_KEYS_STRING, &t);
@@ -1409,8 +1410,8 @@ int dynemb_erase(dynemb_client *c, int table, const uint64_t *keys, size_t n, si
 	return erase(c, t, &ks, erased);
 }
 
-int dynemb_erase_str(dynemb_client *c, int table, const char *const *keys, const size_t *lens, size_t n,
-		 size_t *erased)
+int dynemb_erase_str(dynemb_client *c, int table, const char *const *keys, const size_t *lens,
+		     size_t n, size_t *erased)
 {
 	struct ctable *t;
 	int err = check_call(c, table, DE_KEYS_STRING, &t);
@@ -1559,7 +1560,7 @@ static int apply_grads(dynemb_client *c, struct ctable *t, struct keyset *ks, co
 }
 
 int dynemb_apply_gradients(dynemb_client *c, int table, const uint64_t *keys, size_t n,
-		       const float *grads, uint64_t step, double lr, size_t *applied)
+			   const float *grads, uint64_t step, double lr, size_t *applied)
 {
 	struct ctable *t;
 	int err = check_call(c, table, DE_KEYS_INT64, &t);
@@ -1571,8 +1572,9 @@ int dynemb_apply_gradients(dynemb_client *c, int table, const uint64_t *keys, si
 	return apply_grads(c, t, &ks, grads, step, lr, applied);
 }
 
-int dynemb_apply_gradients_str(dynemb_client *c, int table, const char *const *keys, const size_t *lens,
-			   size_t n, const float *grads, uint64_t step, double lr, size_t *applied)
+int dynemb_apply_gradients_str(dynemb_client *c, int table, const char *const *keys,
+			       const size_t *lens, size_t n, const float *grads, uint64_t step,
+			       double lr, size_t *applied)
 {
 	struct ctable *t;
 	int err = check_call(c, table, DE_KEYS_STRING, &t);
@@ -1639,8 +1641,8 @@ int dynemb_stats(dynemb_client *c, int table, struct dynemb_stats *out)
 /* Async lookups                                                              */
 /* ------------------------------------------------------------------------- */
 
-int dynemb_submit_lookup(dynemb_client *c, int table, const uint64_t *keys, size_t n, unsigned flags,
-		     uint64_t step, uint64_t *req)
+int dynemb_submit_lookup(dynemb_client *c, int table, const uint64_t *keys, size_t n,
+			 unsigned flags, uint64_t step, uint64_t *req)
 {
 	struct ctable *t;
 	int err = check_call(c, table, DE_KEYS_INT64, &t);
@@ -1747,7 +1749,7 @@ int dynemb_request_counts(dynemb_client *c, uint64_t req, uint64_t *count, uint6
 }
 
 int dynemb_submit_apply_gradients(dynemb_client *c, int table, const uint64_t *keys, size_t n,
-			      const float *grads, uint64_t step, double lr, uint64_t *req)
+				  const float *grads, uint64_t step, double lr, uint64_t *req)
 {
 	struct ctable *t;
 	int err = check_call(c, table, DE_KEYS_INT64, &t);

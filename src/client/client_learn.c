@@ -118,17 +118,17 @@ out:
 }
 
 int dynemb_sample(dynemb_client *c, int table, const struct dynemb_sample_spec *s,
-	      const uint64_t *positives, size_t npos, uint64_t *sampled,
-	      float *sampled_expected, float *true_expected, uint8_t *accidental)
+		  const uint64_t *positives, size_t npos, uint64_t *sampled,
+		  float *sampled_expected, float *true_expected, uint8_t *accidental)
 {
 	return sample(c, table, s, false, positives, NULL, NULL, npos, sampled, sampled_expected,
 		      true_expected, accidental);
 }
 
 int dynemb_sample_str(dynemb_client *c, int table, const struct dynemb_sample_spec *s,
-		  const char *const *positives, const size_t *lens, size_t npos,
-		  uint64_t *sampled, float *sampled_expected, float *true_expected,
-		  uint8_t *accidental)
+		      const char *const *positives, const size_t *lens, size_t npos,
+		      uint64_t *sampled, float *sampled_expected, float *true_expected,
+		      uint8_t *accidental)
 {
 	return sample(c, table, s, true, NULL, positives, lens, npos, sampled, sampled_expected,
 		      true_expected, accidental);
@@ -137,7 +137,7 @@ int dynemb_sample_str(dynemb_client *c, int table, const struct dynemb_sample_sp
 /* ---- TOPK ------------------------------------------------------------------------------- */
 
 int dynemb_topk(dynemb_client *c, int table, const float *queries, size_t nq, uint32_t k,
-	    enum dynemb_metric metric, uint64_t *keys, float *scores, uint32_t *found)
+		enum dynemb_metric metric, uint64_t *keys, float *scores, uint32_t *found)
 {
 	struct de_priv_table t;
 	int err = de_priv_table(c, table, &t);
@@ -206,7 +206,7 @@ int dynemb_topk(dynemb_client *c, int table, const float *queries, size_t nq, ui
 /* ---- KEY_STRINGS ----------------------------------------------------------------------- */
 
 int dynemb_key_strings(dynemb_client *c, int table, const uint64_t *keys, size_t n, char *buf,
-		   size_t cap, uint32_t *lens)
+		       size_t cap, uint32_t *lens)
 {
 	struct de_priv_table t;
 	int err = de_priv_table(c, table, &t);

@@ -55,8 +55,8 @@ static int put_path(char dst[DE_PATH_MAX], const char *path)
 	return 0;
 }
 
-int dynemb_snapshot(dynemb_client *c, const char *table_name, bool full, dynemb_progress_cb cb, void *ctx,
-		struct dynemb_snapshot_result *out)
+int dynemb_snapshot(dynemb_client *c, const char *table_name, bool full, dynemb_progress_cb cb,
+		    void *ctx, struct dynemb_snapshot_result *out)
 {
 	struct de_msg_snapshot m;
 	memset(&m, 0, sizeof m);
@@ -75,7 +75,7 @@ int dynemb_snapshot(dynemb_client *c, const char *table_name, bool full, dynemb_
 }
 
 int dynemb_export(dynemb_client *c, const char *table_name, const char *path, dynemb_progress_cb cb,
-	      void *ctx, uint64_t *records, uint64_t *bytes)
+		  void *ctx, uint64_t *records, uint64_t *bytes)
 {
 	struct de_msg_export m;
 	memset(&m, 0, sizeof m);
@@ -96,7 +96,7 @@ int dynemb_export(dynemb_client *c, const char *table_name, const char *path, dy
 }
 
 int dynemb_import(dynemb_client *c, const char *table_name, const char *path, unsigned flags,
-	      dynemb_progress_cb cb, void *ctx, struct dynemb_import_result *out)
+		  dynemb_progress_cb cb, void *ctx, struct dynemb_import_result *out)
 {
 	struct de_msg_import m;
 	memset(&m, 0, sizeof m);

@@ -68,7 +68,8 @@ struct dynemb_connect_opts {
 /* Connect to the daemon at socket_path (NULL: /run/dynemb/dynemb.sock). opts may be NULL.
  * -ENOENT/-ECONNREFUSED: no daemon; -EACCES: this uid/gid is not on its allow-list;
  * -EPROTO: a daemon speaking another protocol version. */
-int dynemb_connect(const char *socket_path, const struct dynemb_connect_opts *opts, dynemb_client **out);
+int dynemb_connect(const char *socket_path, const struct dynemb_connect_opts *opts,
+		   dynemb_client **out);
 void dynemb_close(dynemb_client *c); /* NULL is fine */
 
 /* What the daemon of c offers (its HELLO reply): DYNEMB_CAP_* bits; 0 for NULL. A bit
@@ -213,21 +214,21 @@ uint32_t dynemb_table_dim(const dynemb_client *c, int table); /* 0 for a bad han
  * table's initializer; step is the training step recorded with each key.
  */
 int dynemb_lookup(dynemb_client *c, int table, const uint64_t *keys, size_t n, float *out,
-	      uint8_t *status, unsigned flags, uint64_t step);
+		  uint8_t *status, unsigned flags, uint64_t step);
 /* The same for a string table: keys[i] of lens[i] bytes (lens NULL: NUL-terminated). */
-int dynemb_lookup_str(dynemb_client *c, int table, const char *const *keys, const size_t *lens, size_t n,
-		  float *out, uint8_t *status, unsigned flags, uint64_t step);
+int dynemb_lookup_str(dynemb_client *c, int table, const char *const *keys, const size_t *lens,
+		      size_t n, float *out, uint8_t *status, unsigned flags, uint64_t step);
 
 /* Assign values (n * dim floats) to keys, creating missing ones. created (may be NULL):
  * how many were created. */
 int dynemb_update(dynemb_client *c, int table, const uint64_t *keys, size_t n, const float *values,
-	      uint64_t step, size_t *created);
-int dynemb_update_str(dynemb_client *c, int table, const char *const *keys, const size_t *lens, size_t n,
-		  const float *values, uint64_t step, size_t *created);
+		  uint64_t step, size_t *created);
+int dynemb_update_str(dynemb_client *c, int table, const char *const *keys, const size_t *lens,
+		      size_t n, const float *values, uint64_t step, size_t *created);
 
 int dynemb_erase(dynemb_client *c, int table, const uint64_t *keys, size_t n, size_t *erased);
-int dynemb_erase_str(dynemb_client *c, int table, const char *const *keys, const size_t *lens, size_t n,
-		 size_t *erased);
+int dynemb_erase_str(dynemb_client *c, int table, const char *const *keys, const size_t *lens,
+		     size_t n, size_t *erased);
 
 /*
  * Push gradients (n * dim floats, row i for keys[i]) to the table's optimizer: the daemon
@@ -241,10 +242,11 @@ int dynemb_erase_str(dynemb_client *c, int table, const char *const *keys, const
  * applied one after the other (a reader may see some parts applied and not others).
  */
 int dynemb_apply_gradients(dynemb_client *c, int table, const uint64_t *keys, size_t n,
-		       const float *grads, uint64_t step, double lr, size_t *applied);
+			   const float *grads, uint64_t step, double lr, size_t *applied);
 /* The same for a string table (keys as in dynemb_lookup_str). */
-int dynemb_apply_gradients_str(dynemb_client *c, int table, const char *const *keys, const size_t *lens,
-			   size_t n, const float *grads, uint64_t step, double lr, size_t *applied);
+int dynemb_apply_gradients_str(dynemb_client *c, int table, const char *const *keys,
+			       const size_t *lens, size_t n, const float *grads, uint64_t step,
+			       double lr, size_t *applied);
 
 struct dynemb_stats {
 	uint64_t keys, rows_allocated, rows_free, row_bytes, index_bytes, arena_bytes;
@@ -271,8 +273,8 @@ int dynemb_stats(dynemb_client *c, int table, struct dynemb_stats *out);
  * (timeout_ms < 0: the connection's timeout) and gives its result; then dynemb_request_vals
  * points at its n * dim floats in the channel's data area, valid until the next submit.
  */
-int dynemb_submit_lookup(dynemb_client *c, int table, const uint64_t *keys, size_t n, unsigned flags,
-		     uint64_t step, uint64_t *req /* out */);
+int dynemb_submit_lookup(dynemb_client *c, int table, const uint64_t *keys, size_t n,
+			 unsigned flags, uint64_t step, uint64_t *req /* out */);
 int dynemb_complete(dynemb_client *c, uint64_t req, int timeout_ms);
 const float *dynemb_request_vals(dynemb_client *c, uint64_t req);
 /*
@@ -281,13 +283,13 @@ const float *dynemb_request_vals(dynemb_client *c, uint64_t req);
  * dynemb_complete gives the result; dynemb_request_counts then gives the counts.
  */
 int dynemb_submit_apply_gradients(dynemb_client *c, int table, const uint64_t *keys, size_t n,
-			      const float *grads, uint64_t step, double lr,
-			      uint64_t *req /* out */);
+				  const float *grads, uint64_t step, double lr,
+				  uint64_t *req /* out */);
 /* After dynemb_complete returned 0 (until the next submit): lookups: count = keys found,
  * aux = keys created; gradients: count = distinct keys stepped, aux = keys created.
  * -ESRCH: not a completed request. */
 int dynemb_request_counts(dynemb_client *c, uint64_t req, uint64_t *count /* out */,
-		      uint64_t *aux /* out */);
+			  uint64_t *aux /* out */);
 
 /* ---- candidate sampling, top-k, key strings ----------------------------------------- */
 
@@ -312,20 +314,21 @@ struct dynemb_sample_spec {
  * sampled[i] is one of the positives. sampled_expected / true_expected may be NULL too.
  * Distributions (TensorFlow's): UNIFORM over live keys; LOG_UNIFORM over keys ranked
  * by observed frequency (lookups count), rank r (0 = most frequent) of n drawn with
- * probability log((r + 2) / (r + 1)) / log(n + 1); UNIGRAM frequency^power. The last two read a snapshot the daemon rebuilds every [learn]
- * sampler_rebuild_ms (1 s by default): keys created since are not drawn yet.
+ * probability log((r + 2) / (r + 1)) / log(n + 1); UNIGRAM frequency^power. The last
+ * two read a snapshot the daemon rebuilds every [learn] sampler_rebuild_ms (1 s by
+ * default): keys created since are not drawn yet.
  * -ENOENT: the table has no live key; -ERANGE: unique and num_sampled > live keys;
  * -E2BIG: num_sampled or npos too large; -EINVAL: a bad spec or handle.
  */
 int dynemb_sample(dynemb_client *c, int table, const struct dynemb_sample_spec *s,
-	      const uint64_t *positives, size_t npos, uint64_t *sampled,
-	      float *sampled_expected, float *true_expected, uint8_t *accidental);
+		  const uint64_t *positives, size_t npos, uint64_t *sampled,
+		  float *sampled_expected, float *true_expected, uint8_t *accidental);
 /* The same with string positives (lens NULL: NUL-terminated) on a string table; sampled
  * keys are fingerprints: see dynemb_key_strings. */
 int dynemb_sample_str(dynemb_client *c, int table, const struct dynemb_sample_spec *s,
-		  const char *const *positives, const size_t *lens, size_t npos,
-		  uint64_t *sampled, float *sampled_expected, float *true_expected,
-		  uint8_t *accidental);
+		      const char *const *positives, const size_t *lens, size_t npos,
+		      uint64_t *sampled, float *sampled_expected, float *true_expected,
+		      uint8_t *accidental);
 
 enum dynemb_metric { DYNEMB_METRIC_DOT = 0, DYNEMB_METRIC_COSINE = 1 };
 /*
@@ -338,7 +341,7 @@ enum dynemb_metric { DYNEMB_METRIC_DOT = 0, DYNEMB_METRIC_COSINE = 1 };
  * -EINVAL: a non-finite query value, a bad metric or handle.
  */
 int dynemb_topk(dynemb_client *c, int table, const float *queries, size_t nq, uint32_t k,
-	    enum dynemb_metric metric, uint64_t *keys, float *scores, uint32_t *found);
+		enum dynemb_metric metric, uint64_t *keys, float *scores, uint32_t *found);
 
 /*
  * String tables: the strings behind fingerprints (from dynemb_topk, dynemb_sample, export).
@@ -348,7 +351,7 @@ int dynemb_topk(dynemb_client *c, int table, const float *queries, size_t nq, ui
  * retry). -EINVAL on an int64 table.
  */
 int dynemb_key_strings(dynemb_client *c, int table, const uint64_t *keys, size_t n, char *buf,
-		   size_t cap, uint32_t *lens);
+		       size_t cap, uint32_t *lens);
 /* The fingerprint a string key has in this table (the table's seed): computed here. */
 int dynemb_string_key(dynemb_client *c, int table, const char *s, size_t len, uint64_t *key);
 
@@ -388,13 +391,13 @@ struct dynemb_snapshot_result {
 /* Checkpoint one table (table_name) or every persisted table (NULL): a full snapshot
  * when full, else incremental where the table has a chain; the manifest then names it
  * and the WAL before it may be removed. out may be NULL. */
-int dynemb_snapshot(dynemb_client *c, const char *table_name, bool full, dynemb_progress_cb cb, void *ctx,
-		struct dynemb_snapshot_result *out /* out */);
+int dynemb_snapshot(dynemb_client *c, const char *table_name, bool full, dynemb_progress_cb cb,
+		    void *ctx, struct dynemb_snapshot_result *out /* out */);
 
 /* The daemon writes table_name to path (absolute, under its export_dir) in the export
  * format of uring/README.md, as the daemon's user. records, bytes (out, may be NULL). */
 int dynemb_export(dynemb_client *c, const char *table_name, const char *path, dynemb_progress_cb cb,
-	      void *ctx, uint64_t *records /* out */, uint64_t *bytes /* out */);
+		  void *ctx, uint64_t *records /* out */, uint64_t *bytes /* out */);
 
 #define DYNEMB_IMPORT_SALVAGE_PREFIX 1u /* dynemb_import flags: keep the verified prefix */
 struct dynemb_import_result {
@@ -406,7 +409,7 @@ struct dynemb_import_result {
  * must match the file's); a persisted table then takes a full snapshot before the call
  * returns, so the import survives a crash. out may be NULL. */
 int dynemb_import(dynemb_client *c, const char *table_name, const char *path, unsigned flags,
-	      dynemb_progress_cb cb, void *ctx, struct dynemb_import_result *out /* out */);
+		  dynemb_progress_cb cb, void *ctx, struct dynemb_import_result *out /* out */);
 
 /* Zero-copy counters of this client: lookups served from the read-only mapping, and keys
  * that had to go to the daemon. */
