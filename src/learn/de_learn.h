@@ -111,7 +111,8 @@ struct de_optim_config {
 };
 
 /* torch.optim's defaults for kind (SGD has none for lr: 0.01 here; FTRL: Keras' lr 0.001,
- * lr_power -0.5, initial_accumulator_value 0.1, l1 = l2 = beta = 0). */
+ * lr_power -0.5, initial_accumulator_value 0.1, l1 = l2 = beta = 0); NONE and unknown
+ * kinds: all 0. The table is optim_defaults.h, which libdynemb uses too. */
 void de_optim_defaults(enum de_optimizer kind, struct de_optim_config *out /* out */);
 
 /* 0, or -EINVAL with the reason written to why (may be NULL, cap bytes). */
