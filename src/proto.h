@@ -10,7 +10,8 @@
  *
  *   client                                   daemon
  *   HELLO {proto, sq_entries, data_bytes, name}  ->  checks SO_PEERCRED against the allow-list
- *                                            <-  HELLO_OK {client_id, sizes} + [channel fd]
+ *                                            <-  HELLO_OK {client_id, sizes, capabilities}
+ *                                                + [channel fd]
  *                                                or ERROR {-EACCES | -EPROTO | ...}
  *   OPEN {name, config, learn}               ->  same name + same config: shared table;
  *                                                same name + other config: ERROR -EEXIST
@@ -90,8 +91,8 @@
  * validated by the daemon; fields a mode does not use must be 0, so that two configs
  * that mean the same thing compare equal. Defaults (the 0 of a "0 = default" field) are
  * filled in by the daemon before the comparison (DE_*_DEFAULT below). The optimizer,
- * admission and eviction are enforced (src/server/learnops.c states how); durability is
- * defined, checked and recorded with the table for the code that implements it.
+ * admission and eviction are enforced (src/server/learnops.c states how); durability by
+ * the WAL and snapshots (src/server/persist.c over uring/).
  */
 #ifndef DE_PROTO_H
 #define DE_PROTO_H
@@ -101,7 +102,10 @@
 
 #include "de_shm.h"
 
-#define DE_PROTO_VERSION 2u /* 2: OPEN carries de_wire_learn_config; APPLY_GRADS */
+/* 2: OPEN carries de_wire_learn_config; APPLY_GRADS; SAMPLE, TOPK, KEY_STRINGS; the
+ *    persistence messages. 3: HELLO_OK carries capabilities. A daemon serves one
+ *    version: HELLO of another is ERROR -EPROTO. */
+#define DE_PROTO_VERSION 3u
 #define DE_MSG_MAGIC 0x314d4544u /* "DEM1" */
 #define DE_MSG_MAX 4096u
 #define DE_NAME_MAX 64u          /* bytes, NUL-terminated within */
@@ -145,14 +149,36 @@ struct de_msg_hello {
 	char name[DE_NAME_MAX]; /* for logs */
 };
 
+/*
+ * 48 bytes:
+ *   0  hdr (16)          16 u32 client_id       20 u32 sq_entries   24 u32 cq_entries
+ *   28 u32 max_batch     32 u64 data_bytes      40 u64 capabilities (DE_CAP_*)
+ * capabilities: what this daemon does and how it is configured. A client uses a feature
+ * only when its bit is set, so a daemon may leave out what it does not offer; bits it
+ * does not know it leaves 0. Bits 0..31: operations and messages this daemon serves;
+ * bits 32..63: its configuration.
+ */
 struct de_msg_hello_ok {
 	struct de_msg_hdr h;
 	uint32_t client_id;
 	uint32_t sq_entries, cq_entries;
 	uint32_t max_batch;   /* most keys in one descriptor */
 	uint64_t data_bytes;
+	uint64_t capabilities;
 	/* SCM_RIGHTS: the channel memfd, read-write */
 };
+#define DE_CAP_APPLY_GRADS (1ull << 0)   /* server-side optimizers: OPEN's learn.optim, APPLY_GRADS */
+#define DE_CAP_ADMISSION (1ull << 1)     /* OPEN's learn.admission */
+#define DE_CAP_EVICTION (1ull << 2)      /* OPEN's learn.eviction (disk tier: DE_CAP_DISK_TIER) */
+#define DE_CAP_SAMPLE (1ull << 3)        /* op SAMPLE */
+#define DE_CAP_TOPK (1ull << 4)          /* op TOPK */
+#define DE_CAP_KEY_STRINGS (1ull << 5)   /* op KEY_STRINGS */
+#define DE_CAP_SNAPSHOT (1ull << 6)      /* message SNAPSHOT (needs DE_CAP_PERSISTENCE) */
+#define DE_CAP_EXPORT_IMPORT (1ull << 7) /* messages EXPORT, IMPORT (need DE_CAP_EXPORT_DIR) */
+#define DE_CAP_PERSISTENCE (1ull << 32)  /* [persistence] data_dir set: WAL, snapshots,
+                                           durability ASYNC / SYNC */
+#define DE_CAP_EXPORT_DIR (1ull << 33)   /* [persistence] export_dir set */
+#define DE_CAP_DISK_TIER (1ull << 34)    /* [memory] tier_dir set: eviction.disk_tier */
 
 enum de_key_type { DE_KEYS_INT64 = 0, DE_KEYS_STRING = 1 };
 
@@ -165,9 +191,12 @@ struct de_wire_table_config {
 	uint32_t reserved[6]; /* must be 0 (learning config: struct de_wire_learn_config) */
 };
 
-/* ---- learning and persistence config (OPEN, protocol 2) ----------------------------- */
+/* ---- learning and persistence config (OPEN, since protocol 2) ----------------------- */
 
-/* Optimizer kinds on the wire: 0 = none, else 1 + enum de_optimizer (src/learn). */
+/* Optimizer kinds on the wire. The definition of these numbers: dynemb.h's
+ * DYNEMB_OPTIM_* and src/learn's enum de_optimizer carry the same ones (static asserts in
+ * src/client/client.c and src/server/tables.c), and no side translates them. The same
+ * holds for every enum of this file and its dynemb.h / de_learn.h counterpart. */
 enum de_wire_optim_kind {
 	DE_WOPT_NONE = 0,     /* no server optimizer: APPLY_GRADS completes -EOPNOTSUPP */
 	DE_WOPT_SGD = 1,
@@ -262,7 +291,8 @@ struct de_wire_eviction {
 	uint64_t reserved;      /* must be 0 */
 };
 
-/* Durability of acknowledged updates (uring/: WAL + snapshots; implemented later). */
+/* Durability of acknowledged updates: the daemon's WAL and snapshots (uring/), needing
+ * [persistence] data_dir for ASYNC and SYNC. */
 enum de_wire_durability_mode {
 	DE_WDURABLE_NONE = 0,    /* snapshots only */
 	DE_WDURABLE_ASYNC = 1,   /* group commit every window_ms: at most that much is lost */
@@ -328,7 +358,7 @@ struct de_msg_error {
 };
 
 /*
- * ---- Persistence control messages (protocol 2; types 9..15) ----------------------------
+ * ---- Persistence control messages (since protocol 2; types 9..15) ----------------------
  *
  *   SNAPSHOT {name, flags}     ->  name all zero: every table of the daemon; flags
  *                                  DE_SNAP_FULL: full snapshots (else incremental where
@@ -412,11 +442,18 @@ enum de_op { DE_OP_NOP = 0, DE_OP_LOOKUP = 1, DE_OP_UPDATE = 2, DE_OP_ERASE = 3,
 #define DE_SQE_STATUS 0x02u    /* sqe.flags: write count status bytes at status_off */
 #define DE_GRAD_LR 0x04u       /* sqe.flags, APPLY_GRADS: status_off carries an lr */
 #define DE_SAMPLE_STR 0x01u    /* sqe.flags, SAMPLE: positives are strings (string table) */
-#define DE_WTOPK_COSINE 0x01u  /* sqe.flags, TOPK: cosine similarity instead of dot */
+#define DE_WTOPK_COSINE 0x01u  /* sqe.flags, TOPK: cosine similarity instead of dot (the
+                                  flags are the metric: 0 dot, 1 cosine, as de_learn.h's
+                                  enum de_topk_metric) */
 
-/* SAMPLE's arguments (at status_off). kind: 0 uniform, 1 log-uniform, 2 unigram (as
- * de_learn.h's de_sampler_kind); unique 0 or 1; power: UNIGRAM only, finite, in
+/* SAMPLE's arguments (at status_off). kind: enum de_wire_sampler (de_learn.h's
+ * de_sampler_kind has the same numbers); unique 0 or 1; power: UNIGRAM only, finite, in
  * (0, 16] (the client sends 0.75 for "default"), else 0; reserved 0. */
+enum de_wire_sampler {
+	DE_WSAMPLER_UNIFORM = 0,
+	DE_WSAMPLER_LOG_UNIFORM = 1,
+	DE_WSAMPLER_UNIGRAM = 2,
+};
 struct de_wire_sample_args {
 	uint32_t kind;
 	uint32_t num_sampled;
@@ -464,7 +501,9 @@ struct de_wire_stats {     /* STATS writes this at vals_off */
 
 _Static_assert(sizeof(struct de_msg_hdr) == 16, "layout");
 _Static_assert(sizeof(struct de_msg_hello) == 96, "layout");
-_Static_assert(sizeof(struct de_msg_hello_ok) == 40, "layout");
+_Static_assert(sizeof(struct de_msg_hello_ok) == 48, "layout");
+_Static_assert(offsetof(struct de_msg_hello_ok, data_bytes) == 32, "layout");
+_Static_assert(offsetof(struct de_msg_hello_ok, capabilities) == 40, "layout");
 _Static_assert(sizeof(struct de_wire_table_config) == 64, "layout");
 _Static_assert(sizeof(struct de_wire_optim) == 128, "layout");
 _Static_assert(sizeof(struct de_wire_admission) == 32, "layout");

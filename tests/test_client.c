@@ -76,26 +76,26 @@ static void daemon_stop(void)
 
 static void start_default(void) { daemon_start(NULL); }
 
-static de_client *connect_ok(void)
+static dynemb_client *connect_ok(void)
 {
-	de_client *c = NULL;
-	struct de_connect_opts o = { .name = "test_client", .timeout_ms = 5000 };
-	int err = de_connect(d_sock, &o, &c);
-	cr_assert_eq(err, 0, "de_connect: %s", de_strerror(err));
+	dynemb_client *c = NULL;
+	struct dynemb_connect_opts o = { .name = "test_client", .timeout_ms = 5000 };
+	int err = dynemb_connect(d_sock, &o, &c);
+	cr_assert_eq(err, 0, "dynemb_connect: %s", dynemb_strerror(err));
 	cr_assert_not_null(c);
 	return c;
 }
 
-static int open_ok(de_client *c, const char *name, uint32_t dim, enum de_initializer init,
-		   float a, enum de_key_kind kind)
+static int open_ok(dynemb_client *c, const char *name, uint32_t dim, enum dynemb_initializer init,
+		   float a, enum dynemb_key_kind kind)
 {
-	struct de_table_spec s = { .name = name, .dim = dim, .init = init, .init_a = a,
+	struct dynemb_table_spec s = { .name = name, .dim = dim, .init = init, .init_a = a,
 				   .seed = 42, .keys = kind };
 	int t = -1;
-	int err = de_open(c, &s, &t);
-	cr_assert_eq(err, 0, "de_open(%s): %s", name, de_strerror(err));
+	int err = dynemb_open(c, &s, &t);
+	cr_assert_eq(err, 0, "dynemb_open(%s): %s", name, dynemb_strerror(err));
 	cr_assert_geq(t, 0);
-	cr_assert_eq(de_table_dim_of(c, t), dim);
+	cr_assert_eq(dynemb_table_dim(c, t), dim);
 	return t;
 }
 
@@ -151,205 +151,266 @@ TestSuite(basic, .init = start_default, .fini = daemon_stop, .timeout = TIMEOUT)
 
 Test(basic, lookup_creates_with_constant_then_finds)
 {
-	de_client *c = connect_ok();
+	dynemb_client *c = connect_ok();
 	const uint32_t dim = 16;
-	int t = open_ok(c, "const", dim, DE_CONSTANT, 0.375f, DE_INT64_KEYS);
+	int t = open_ok(c, "const", dim, DYNEMB_CONSTANT, 0.375f, DYNEMB_INT64_KEYS);
 	size_t n = 500;
 	uint64_t *k = seq_keys(n, 1);
 	float *out = calloc(n * dim, sizeof *out);
 	uint8_t *st = calloc(n, 1);
-	int err = de_lookup(c, t, k, n, out, st, 0, 1);
-	cr_assert_eq(err, 0, "%s", de_strerror(err));
+	int err = dynemb_lookup(c, t, k, n, out, st, 0, 1);
+	cr_assert_eq(err, 0, "%s", dynemb_strerror(err));
 	cr_assert_eq(first_not_const(n, dim, out, 0.375f), n);
 	for (size_t i = 0; i < n; i++)
-		cr_assert_eq(st[i], DE_ST_CREATED, "key %zu: status %u", i, st[i]);
+		cr_assert_eq(st[i], DYNEMB_ST_CREATED, "key %zu: status %u", i, st[i]);
 	memset(out, 0, n * dim * sizeof *out);
-	err = de_lookup(c, t, k, n, out, st, 0, 2);
-	cr_assert_eq(err, 0, "%s", de_strerror(err));
+	err = dynemb_lookup(c, t, k, n, out, st, 0, 2);
+	cr_assert_eq(err, 0, "%s", dynemb_strerror(err));
 	cr_assert_eq(first_not_const(n, dim, out, 0.375f), n);
 	for (size_t i = 0; i < n; i++)
-		cr_assert_eq(st[i], DE_ST_FOUND);
+		cr_assert_eq(st[i], DYNEMB_ST_FOUND);
 	/* read-only: the same values, served locally */
 	memset(out, 0, n * dim * sizeof *out);
-	err = de_lookup(c, t, k, n, out, st, DE_READONLY, 3);
-	cr_assert_eq(err, 0, "%s", de_strerror(err));
+	err = dynemb_lookup(c, t, k, n, out, st, DYNEMB_READONLY, 3);
+	cr_assert_eq(err, 0, "%s", dynemb_strerror(err));
 	cr_assert_eq(first_not_const(n, dim, out, 0.375f), n);
 	free(k), free(out), free(st);
-	de_close(c);
+	dynemb_close(c);
 }
 
 Test(basic, lookup_creates_with_zeros)
 {
-	de_client *c = connect_ok();
+	dynemb_client *c = connect_ok();
 	const uint32_t dim = 8;
-	int t = open_ok(c, "zeros", dim, DE_ZEROS, 0, DE_INT64_KEYS);
+	int t = open_ok(c, "zeros", dim, DYNEMB_ZEROS, 0, DYNEMB_INT64_KEYS);
 	size_t n = 300;
 	uint64_t *k = seq_keys(n, 5);
 	float *out = malloc(n * dim * sizeof *out);
 	for (size_t i = 0; i < n * dim; i++)
 		out[i] = 9.0f;
 	uint8_t *st = calloc(n, 1);
-	int err = de_lookup(c, t, k, n, out, st, 0, 1);
-	cr_assert_eq(err, 0, "%s", de_strerror(err));
+	int err = dynemb_lookup(c, t, k, n, out, st, 0, 1);
+	cr_assert_eq(err, 0, "%s", dynemb_strerror(err));
 	cr_assert_eq(first_not_const(n, dim, out, 0.0f), n);
 	for (size_t i = 0; i < n; i++)
-		cr_assert_eq(st[i], DE_ST_CREATED);
-	struct de_stats s;
-	err = de_stats(c, t, &s);
-	cr_assert_eq(err, 0, "%s", de_strerror(err));
+		cr_assert_eq(st[i], DYNEMB_ST_CREATED);
+	struct dynemb_stats s;
+	err = dynemb_stats(c, t, &s);
+	cr_assert_eq(err, 0, "%s", dynemb_strerror(err));
 	cr_assert_eq(s.keys, n);
 	cr_assert_eq(s.dim, dim);
 	free(k), free(out), free(st);
-	de_close(c);
+	dynemb_close(c);
 }
 
 Test(basic, update_then_lookup_gives_assigned_values)
 {
-	de_client *c = connect_ok();
+	dynemb_client *c = connect_ok();
 	const uint32_t dim = 12;
-	int t = open_ok(c, "upd", dim, DE_CONSTANT, 1.0f, DE_INT64_KEYS);
+	int t = open_ok(c, "upd", dim, DYNEMB_CONSTANT, 1.0f, DYNEMB_INT64_KEYS);
 	size_t n = 2000;
 	uint64_t *k = seq_keys(n, 100);
 	float *v = vals_for(k, n, dim);
 	size_t created = 0;
-	int err = de_update(c, t, k, n / 2, v, 1, &created); /* half exist before the rest */
-	cr_assert_eq(err, 0, "%s", de_strerror(err));
+	int err = dynemb_update(c, t, k, n / 2, v, 1, &created); /* half exist before the rest */
+	cr_assert_eq(err, 0, "%s", dynemb_strerror(err));
 	cr_assert_eq(created, n / 2);
-	err = de_update(c, t, k, n, v, 2, &created);
-	cr_assert_eq(err, 0, "%s", de_strerror(err));
+	err = dynemb_update(c, t, k, n, v, 2, &created);
+	cr_assert_eq(err, 0, "%s", dynemb_strerror(err));
 	cr_assert_eq(created, n - n / 2);
 
 	float *out = calloc(n * dim, sizeof *out);
 	uint8_t *st = calloc(n, 1);
-	err = de_lookup(c, t, k, n, out, st, 0, 3); /* through the daemon */
-	cr_assert_eq(err, 0, "%s", de_strerror(err));
+	err = dynemb_lookup(c, t, k, n, out, st, 0, 3); /* through the daemon */
+	cr_assert_eq(err, 0, "%s", dynemb_strerror(err));
 	size_t bad = first_bad(k, n, dim, out);
 	cr_assert_eq(bad, n, "daemon path: key %zu wrong", bad);
 	for (size_t i = 0; i < n; i++)
-		cr_assert_eq(st[i], DE_ST_FOUND);
+		cr_assert_eq(st[i], DYNEMB_ST_FOUND);
 	memset(out, 0, n * dim * sizeof *out);
-	err = de_lookup(c, t, k, n, out, NULL, DE_READONLY, 3);
-	cr_assert_eq(err, 0, "%s", de_strerror(err));
+	err = dynemb_lookup(c, t, k, n, out, NULL, DYNEMB_READONLY, 3);
+	cr_assert_eq(err, 0, "%s", dynemb_strerror(err));
 	bad = first_bad(k, n, dim, out);
 	cr_assert_eq(bad, n, "read-only path: key %zu wrong", bad);
 
-	struct de_stats s;
-	err = de_stats(c, t, &s);
-	cr_assert_eq(err, 0, "%s", de_strerror(err));
+	struct dynemb_stats s;
+	err = dynemb_stats(c, t, &s);
+	cr_assert_eq(err, 0, "%s", dynemb_strerror(err));
 	cr_assert_eq(s.keys, n, "stats keys %llu", (unsigned long long)s.keys);
 	free(k), free(v), free(out), free(st);
-	de_close(c);
+	dynemb_close(c);
 }
 
 Test(basic, erase_then_readonly_reads_zeros_missing)
 {
-	de_client *c = connect_ok();
+	dynemb_client *c = connect_ok();
 	const uint32_t dim = 4;
-	int t = open_ok(c, "erase", dim, DE_CONSTANT, 2.0f, DE_INT64_KEYS);
+	int t = open_ok(c, "erase", dim, DYNEMB_CONSTANT, 2.0f, DYNEMB_INT64_KEYS);
 	size_t n = 1000;
 	uint64_t *k = seq_keys(n, 7);
 	float *v = vals_for(k, n, dim);
-	int err = de_update(c, t, k, n, v, 1, NULL);
-	cr_assert_eq(err, 0, "%s", de_strerror(err));
+	int err = dynemb_update(c, t, k, n, v, 1, NULL);
+	cr_assert_eq(err, 0, "%s", dynemb_strerror(err));
 	/* erase the even ones (and one key that never existed) */
 	uint64_t *ek = malloc((n / 2 + 1) * sizeof *ek);
 	for (size_t i = 0; i < n / 2; i++)
 		ek[i] = k[2 * i];
 	ek[n / 2] = 999999999999ull;
 	size_t erased = 0;
-	err = de_erase(c, t, ek, n / 2 + 1, &erased);
-	cr_assert_eq(err, 0, "%s", de_strerror(err));
+	err = dynemb_erase(c, t, ek, n / 2 + 1, &erased);
+	cr_assert_eq(err, 0, "%s", dynemb_strerror(err));
 	cr_assert_eq(erased, n / 2);
 
 	float *out = malloc(n * dim * sizeof *out);
 	uint8_t *st = calloc(n, 1);
 	for (int path = 0; path < 2; path++) {
 		/* path 0: this client; path 1: a fresh client with a fresh mapping */
-		de_client *c2 = path ? connect_ok() : c;
-		int t2 = path ? open_ok(c2, "erase", dim, DE_CONSTANT, 2.0f, DE_INT64_KEYS) : t;
+		dynemb_client *c2 = path ? connect_ok() : c;
+		int t2 = path ? open_ok(c2, "erase", dim, DYNEMB_CONSTANT, 2.0f, DYNEMB_INT64_KEYS) : t;
 		for (size_t i = 0; i < n * dim; i++)
 			out[i] = 5.0f;
-		err = de_lookup(c2, t2, k, n, out, st, DE_READONLY, 2);
-		cr_assert_eq(err, 0, "%s", de_strerror(err));
+		err = dynemb_lookup(c2, t2, k, n, out, st, DYNEMB_READONLY, 2);
+		cr_assert_eq(err, 0, "%s", dynemb_strerror(err));
 		for (size_t i = 0; i < n; i++) {
 			if (i % 2 == 0) {
-				cr_assert_eq(st[i], DE_ST_MISSING, "key %zu status %u", i, st[i]);
+				cr_assert_eq(st[i], DYNEMB_ST_MISSING, "key %zu status %u", i, st[i]);
 				for (uint32_t j = 0; j < dim; j++)
 					cr_assert_eq(out[i * dim + j], 0.0f);
 			} else {
-				cr_assert_eq(st[i], DE_ST_FOUND);
+				cr_assert_eq(st[i], DYNEMB_ST_FOUND);
 				for (uint32_t j = 0; j < dim; j++)
 					cr_assert_eq(out[i * dim + j], val(k[i], j));
 			}
 		}
 		if (path)
-			de_close(c2);
+			dynemb_close(c2);
 	}
-	struct de_stats s;
-	err = de_stats(c, t, &s);
-	cr_assert_eq(err, 0, "%s", de_strerror(err));
+	struct dynemb_stats s;
+	err = dynemb_stats(c, t, &s);
+	cr_assert_eq(err, 0, "%s", dynemb_strerror(err));
 	cr_assert_eq(s.keys, n / 2);
 	free(k), free(v), free(ek), free(out), free(st);
-	de_close(c);
+	dynemb_close(c);
 }
 
 Test(basic, config_mismatch_is_eexist_with_message)
 {
-	de_client *c = connect_ok();
-	int t = open_ok(c, "shared", 8, DE_ZEROS, 0, DE_INT64_KEYS);
+	dynemb_client *c = connect_ok();
+	int t = open_ok(c, "shared", 8, DYNEMB_ZEROS, 0, DYNEMB_INT64_KEYS);
 	/* same name and config: the same table */
-	int t2 = open_ok(c, "shared", 8, DE_ZEROS, 0, DE_INT64_KEYS);
+	int t2 = open_ok(c, "shared", 8, DYNEMB_ZEROS, 0, DYNEMB_INT64_KEYS);
 	cr_assert_eq(t2, t);
-	struct de_table_spec s = { .name = "shared", .dim = 16, .init = DE_ZEROS, .seed = 42 };
+	struct dynemb_table_spec s = { .name = "shared", .dim = 16, .init = DYNEMB_ZEROS, .seed = 42 };
 	int t3 = -1;
-	int err = de_open(c, &s, &t3);
-	cr_assert_eq(err, -EEXIST, "got %d (%s)", err, de_strerror(err));
-	const char *msg = de_strerror(err);
+	int err = dynemb_open(c, &s, &t3);
+	cr_assert_eq(err, -EEXIST, "got %d (%s)", err, dynemb_strerror(err));
+	const char *msg = dynemb_strerror(err);
 	cr_log_info("-EEXIST: %s", msg);
 	cr_assert(strlen(msg) > strlen("a table of that name exists with a different config") + 2,
 		  "no daemon message in '%s'", msg);
 	/* the connection still works */
 	float out[8];
 	uint64_t key = 3;
-	err = de_lookup(c, t, &key, 1, out, NULL, 0, 1);
-	cr_assert_eq(err, 0, "%s", de_strerror(err));
+	err = dynemb_lookup(c, t, &key, 1, out, NULL, 0, 1);
+	cr_assert_eq(err, 0, "%s", dynemb_strerror(err));
 	/* a bad spec never reaches the daemon */
 	s.dim = 0;
-	cr_assert_eq(de_open(c, &s, &t3), -EINVAL);
+	cr_assert_eq(dynemb_open(c, &s, &t3), -EINVAL);
 	s.dim = 8;
 	s.name = "";
-	cr_assert_eq(de_open(c, &s, &t3), -EINVAL);
-	de_close(c);
+	cr_assert_eq(dynemb_open(c, &s, &t3), -EINVAL);
+	dynemb_close(c);
 }
 
 Test(basic, argument_and_key_type_errors)
 {
-	de_client *c = connect_ok();
-	int ti = open_ok(c, "ints", 4, DE_ZEROS, 0, DE_INT64_KEYS);
-	int ts = open_ok(c, "strs", 4, DE_ZEROS, 0, DE_STRING_KEYS);
+	dynemb_client *c = connect_ok();
+	int ti = open_ok(c, "ints", 4, DYNEMB_ZEROS, 0, DYNEMB_INT64_KEYS);
+	int ts = open_ok(c, "strs", 4, DYNEMB_ZEROS, 0, DYNEMB_STRING_KEYS);
 	uint64_t k = 1;
 	float out[4];
 	const char *sk[] = { "a" };
-	cr_assert_eq(de_lookup(c, ts, &k, 1, out, NULL, 0, 0), -EINVAL);
-	cr_assert_eq(de_lookup_str(c, ti, sk, NULL, 1, out, NULL, 0, 0), -EINVAL);
-	cr_assert_eq(de_lookup(c, 99, &k, 1, out, NULL, 0, 0), -EINVAL);
-	cr_assert_eq(de_lookup(c, ti, &k, 1, out, NULL, 0x80, 0), -EINVAL);
-	cr_assert_eq(de_lookup(c, ti, NULL, 0, NULL, NULL, 0, 0), 0);
-	cr_assert_eq(de_table_dim_of(c, 99), 0);
-	cr_assert_eq(de_complete(c, 12345, 0), -ESRCH);
-	cr_assert_null(de_request_vals(c, 12345));
-	de_close(c);
-	de_close(NULL);
+	cr_assert_eq(dynemb_lookup(c, ts, &k, 1, out, NULL, 0, 0), -EINVAL);
+	cr_assert_eq(dynemb_lookup_str(c, ti, sk, NULL, 1, out, NULL, 0, 0), -EINVAL);
+	cr_assert_eq(dynemb_lookup(c, 99, &k, 1, out, NULL, 0, 0), -EINVAL);
+	cr_assert_eq(dynemb_lookup(c, ti, &k, 1, out, NULL, 0x80, 0), -EINVAL);
+	cr_assert_eq(dynemb_lookup(c, ti, NULL, 0, NULL, NULL, 0, 0), 0);
+	cr_assert_eq(dynemb_table_dim(c, 99), 0);
+	cr_assert_eq(dynemb_complete(c, 12345, 0), -ESRCH);
+	cr_assert_null(dynemb_request_vals(c, 12345));
+	dynemb_close(c);
+	dynemb_close(NULL);
+}
+
+Test(basic, reserved_fields_must_be_zero)
+{
+	dynemb_client *c = NULL;
+	struct dynemb_connect_opts o = { .name = "test_client", .reserved[7] = 1 };
+	int err = dynemb_connect(d_sock, &o, &c);
+	cr_assert_eq(err, -EINVAL);
+	cr_assert_null(c);
+	cr_assert(strstr(dynemb_strerror(err), "dynemb_connect_opts.reserved[7]"), "%s",
+		  dynemb_strerror(err));
+	c = connect_ok();
+	int t = -1;
+	struct dynemb_table_spec s = { .name = "reserved", .dim = 4, .reserved[3] = 9 };
+	err = dynemb_open(c, &s, &t);
+	cr_assert_eq(err, -EINVAL);
+	cr_assert(strstr(dynemb_strerror(err), "dynemb_table_spec.reserved[3]"), "%s",
+		  dynemb_strerror(err));
+	s.reserved[3] = 0;
+	s.eviction.reserved[0] = 1;
+	err = dynemb_open(c, &s, &t);
+	cr_assert_eq(err, -EINVAL);
+	cr_assert(strstr(dynemb_strerror(err), "dynemb_table_spec.eviction.reserved[0]"), "%s",
+		  dynemb_strerror(err));
+	s.eviction.reserved[0] = 0;
+	err = dynemb_open(c, &s, &t);
+	cr_assert_eq(err, 0, "%s", dynemb_strerror(err));
+	uint64_t k = 1, sampled[1];
+	struct dynemb_sample_spec ss = { .kind = DYNEMB_SAMPLER_UNIFORM, .num_sampled = 1,
+					 .reserved[1] = 1 };
+	err = dynemb_sample(c, t, &ss, &k, 1, sampled, NULL, NULL, NULL);
+	cr_assert_eq(err, -EINVAL);
+	cr_assert(strstr(dynemb_strerror(err), "dynemb_sample_spec.reserved[1]"), "%s",
+		  dynemb_strerror(err));
+	dynemb_close(c);
+}
+
+Test(basic, capabilities_of_a_default_daemon)
+{
+	/* every operation; of the configuration only the default [memory] tier_dir (no
+	 * data_dir, no export_dir) */
+	const uint64_t ops = DYNEMB_CAP_APPLY_GRADS | DYNEMB_CAP_ADMISSION | DYNEMB_CAP_EVICTION |
+			     DYNEMB_CAP_SAMPLE | DYNEMB_CAP_TOPK | DYNEMB_CAP_KEY_STRINGS |
+			     DYNEMB_CAP_SNAPSHOT | DYNEMB_CAP_EXPORT_IMPORT;
+	dynemb_client *c = connect_ok();
+	uint64_t caps = dynemb_capabilities(c);
+	cr_assert_eq(caps, ops | DYNEMB_CAP_DISK_TIER, "capabilities %#llx",
+		     (unsigned long long)caps);
+	cr_assert_eq(caps & (DYNEMB_CAP_PERSISTENCE | DYNEMB_CAP_EXPORT_DIR), 0);
+	cr_assert_eq(dynemb_capabilities(NULL), 0);
+	dynemb_close(c);
+}
+
+Test(basic, struct_sizes_are_exported)
+{
+	cr_assert_eq(dynemb_struct_size("dynemb_table_spec"), sizeof(struct dynemb_table_spec));
+	cr_assert_eq(dynemb_struct_size("dynemb_stats"), sizeof(struct dynemb_stats));
+	cr_assert_eq(dynemb_struct_size("dynemb_import_result"), sizeof(struct dynemb_import_result));
+	cr_assert_eq(dynemb_struct_size("dynemb_connect_opts"), sizeof(struct dynemb_connect_opts));
+	cr_assert_eq(dynemb_struct_size("dynemb_nothing"), 0);
+	cr_assert_eq(dynemb_struct_size(NULL), 0);
 }
 
 Test(nodaemon, enoent_econnrefused, .timeout = TIMEOUT)
 {
-	de_client *c = NULL;
+	dynemb_client *c = NULL;
 	char path[108];
 	snprintf(path, sizeof path, "/tmp/de-test-none-%d.sock", (int)getpid());
 	unlink(path);
-	int err = de_connect(path, NULL, &c);
-	cr_assert_eq(err, -ENOENT, "got %d (%s)", err, de_strerror(err));
+	int err = dynemb_connect(path, NULL, &c);
+	cr_assert_eq(err, -ENOENT, "got %d (%s)", err, dynemb_strerror(err));
 	cr_assert_null(c);
 	/* a socket file with nobody listening */
 	int s = socket(AF_UNIX, SOCK_SEQPACKET, 0);
@@ -357,9 +418,9 @@ Test(nodaemon, enoent_econnrefused, .timeout = TIMEOUT)
 	snprintf(sa.sun_path, sizeof sa.sun_path, "%s", path);
 	cr_assert_eq(bind(s, (struct sockaddr *)&sa, sizeof sa), 0, "bind: %s", strerror(errno));
 	close(s);
-	err = de_connect(path, NULL, &c);
-	cr_assert_eq(err, -ECONNREFUSED, "got %d (%s)", err, de_strerror(err));
-	cr_assert(strlen(de_strerror(err)) > 0);
+	err = dynemb_connect(path, NULL, &c);
+	cr_assert_eq(err, -ECONNREFUSED, "got %d (%s)", err, dynemb_strerror(err));
+	cr_assert(strlen(dynemb_strerror(err)) > 0);
 	unlink(path);
 }
 
@@ -369,9 +430,9 @@ TestSuite(strings, .init = start_default, .fini = daemon_stop, .timeout = TIMEOU
 
 Test(strings, update_and_read_back_by_string)
 {
-	de_client *c = connect_ok();
+	dynemb_client *c = connect_ok();
 	const uint32_t dim = 6;
-	int t = open_ok(c, "words", dim, DE_CONSTANT, 0.5f, DE_STRING_KEYS);
+	int t = open_ok(c, "words", dim, DYNEMB_CONSTANT, 0.5f, DYNEMB_STRING_KEYS);
 	enum { N = 300 };
 	char *buf[N];
 	const char *keys[N];
@@ -387,26 +448,26 @@ Test(strings, update_and_read_back_by_string)
 	}
 	float *v = vals_for(ref, N, dim);
 	size_t created = 0;
-	int err = de_update_str(c, t, keys, lens, N, v, 1, &created);
-	cr_assert_eq(err, 0, "%s", de_strerror(err));
+	int err = dynemb_update_str(c, t, keys, lens, N, v, 1, &created);
+	cr_assert_eq(err, 0, "%s", dynemb_strerror(err));
 	cr_assert_eq(created, N);
 
 	float *out = calloc(N * dim, sizeof *out);
 	uint8_t st[N];
 	uint64_t l0, r0, l1, r1;
-	de_zero_copy_counts(c, &l0, &r0);
+	dynemb_zero_copy_counts(c, &l0, &r0);
 	for (int ro = 0; ro < 2; ro++) {
 		memset(out, 0, N * dim * sizeof *out);
 		/* NUL-terminated (lens NULL) one way, explicit lengths the other */
-		err = de_lookup_str(c, t, keys, ro ? NULL : lens, N, out, st,
-				    ro ? DE_READONLY : 0, 2);
-		cr_assert_eq(err, 0, "%s", de_strerror(err));
+		err = dynemb_lookup_str(c, t, keys, ro ? NULL : lens, N, out, st,
+				    ro ? DYNEMB_READONLY : 0, 2);
+		cr_assert_eq(err, 0, "%s", dynemb_strerror(err));
 		size_t bad = first_bad(ref, N, dim, out);
 		cr_assert_eq(bad, N, "%s: key '%s' wrong", ro ? "read-only" : "daemon", keys[bad < N ? bad : 0]);
 		for (size_t i = 0; i < N; i++)
-			cr_assert_eq(st[i], DE_ST_FOUND);
+			cr_assert_eq(st[i], DYNEMB_ST_FOUND);
 	}
-	de_zero_copy_counts(c, &l1, &r1);
+	dynemb_zero_copy_counts(c, &l1, &r1);
 	cr_assert_eq(l1 - l0, N, "read-only string lookups served locally: %llu",
 		     (unsigned long long)(l1 - l0));
 	cr_assert_eq(r1 - r0, 0);
@@ -417,8 +478,8 @@ Test(strings, update_and_read_back_by_string)
 	for (int ro = 0; ro < 2; ro++) {
 		for (size_t i = 0; i < 2 * dim; i++)
 			o2[i] = 7.0f;
-		err = de_lookup_str(c, t, odd, NULL, 2, o2, NULL, ro ? DE_READONLY : 0, 3);
-		cr_assert_eq(err, 0, "%s", de_strerror(err));
+		err = dynemb_lookup_str(c, t, odd, NULL, 2, o2, NULL, ro ? DYNEMB_READONLY : 0, 3);
+		cr_assert_eq(err, 0, "%s", dynemb_strerror(err));
 		for (uint32_t j = 0; j < dim; j++) {
 			cr_assert_eq(o2[j], 0.0f, "\"\" reads %f", (double)o2[j]);
 			cr_assert_eq(o2[dim + j], 0.5f);
@@ -426,19 +487,19 @@ Test(strings, update_and_read_back_by_string)
 	}
 	/* erase by string */
 	size_t erased = 0;
-	err = de_erase_str(c, t, keys, lens, 10, &erased);
-	cr_assert_eq(err, 0, "%s", de_strerror(err));
+	err = dynemb_erase_str(c, t, keys, lens, 10, &erased);
+	cr_assert_eq(err, 0, "%s", dynemb_strerror(err));
 	cr_assert_eq(erased, 10);
-	err = de_lookup_str(c, t, keys, lens, 10, out, st, DE_READONLY, 4);
-	cr_assert_eq(err, 0, "%s", de_strerror(err));
+	err = dynemb_lookup_str(c, t, keys, lens, 10, out, st, DYNEMB_READONLY, 4);
+	cr_assert_eq(err, 0, "%s", dynemb_strerror(err));
 	for (size_t i = 0; i < 10; i++)
-		cr_assert_eq(st[i], DE_ST_MISSING);
+		cr_assert_eq(st[i], DYNEMB_ST_MISSING);
 	cr_assert_eq(first_not_const(10, dim, out, 0.0f), 10);
 
 	for (size_t i = 0; i < N; i++)
 		free(buf[i]);
 	free(v), free(out);
-	de_close(c);
+	dynemb_close(c);
 }
 
 /* ---- batch ------------------------------------------------------------------------- */
@@ -453,27 +514,27 @@ TestSuite(batch, .init = start_small_batch, .fini = daemon_stop, .timeout = TIME
 
 Test(batch, larger_than_max_batch_is_split)
 {
-	de_client *c = connect_ok();
+	dynemb_client *c = connect_ok();
 	const uint32_t dim = 8;
-	int t = open_ok(c, "big", dim, DE_CONSTANT, -1.5f, DE_INT64_KEYS);
+	int t = open_ok(c, "big", dim, DYNEMB_CONSTANT, -1.5f, DYNEMB_INT64_KEYS);
 	size_t n = 10000;
 	uint64_t *k = seq_keys(n, 11);
 	float *out = calloc(n * dim, sizeof *out);
 	uint8_t *st = calloc(n, 1);
-	int err = de_lookup(c, t, k, n, out, st, 0, 1);
-	cr_assert_eq(err, 0, "%s", de_strerror(err));
+	int err = dynemb_lookup(c, t, k, n, out, st, 0, 1);
+	cr_assert_eq(err, 0, "%s", dynemb_strerror(err));
 	cr_assert_eq(first_not_const(n, dim, out, -1.5f), n);
 	for (size_t i = 0; i < n; i++)
-		cr_assert_eq(st[i], DE_ST_CREATED);
+		cr_assert_eq(st[i], DYNEMB_ST_CREATED);
 
 	float *v = vals_for(k, n, dim);
 	size_t created = 99;
-	err = de_update(c, t, k, n, v, 2, &created);
-	cr_assert_eq(err, 0, "%s", de_strerror(err));
+	err = dynemb_update(c, t, k, n, v, 2, &created);
+	cr_assert_eq(err, 0, "%s", dynemb_strerror(err));
 	cr_assert_eq(created, 0);
 	memset(out, 0, n * dim * sizeof *out);
-	err = de_lookup(c, t, k, n, out, st, 0, 3);
-	cr_assert_eq(err, 0, "%s", de_strerror(err));
+	err = dynemb_lookup(c, t, k, n, out, st, 0, 3);
+	cr_assert_eq(err, 0, "%s", dynemb_strerror(err));
 	size_t bad = first_bad(k, n, dim, out);
 	cr_assert_eq(bad, n, "key %zu wrong", bad);
 
@@ -485,27 +546,27 @@ Test(batch, larger_than_max_batch_is_split)
 		snprintf(sb[i], sizeof sb[i], "s%zu", i * 13);
 		sk[i] = sb[i];
 	}
-	int ts = open_ok(c, "bigs", dim, DE_ZEROS, 0, DE_STRING_KEYS);
-	err = de_update_str(c, ts, sk, NULL, NS, v, 1, &created);
-	cr_assert_eq(err, 0, "%s", de_strerror(err));
+	int ts = open_ok(c, "bigs", dim, DYNEMB_ZEROS, 0, DYNEMB_STRING_KEYS);
+	err = dynemb_update_str(c, ts, sk, NULL, NS, v, 1, &created);
+	cr_assert_eq(err, 0, "%s", dynemb_strerror(err));
 	cr_assert_eq(created, NS);
 	memset(out, 0, n * dim * sizeof *out);
-	err = de_lookup_str(c, ts, sk, NULL, NS, out, NULL, 0, 2);
-	cr_assert_eq(err, 0, "%s", de_strerror(err));
+	err = dynemb_lookup_str(c, ts, sk, NULL, NS, out, NULL, 0, 2);
+	cr_assert_eq(err, 0, "%s", dynemb_strerror(err));
 	bad = first_bad(k, NS, dim, out);
 	cr_assert_eq(bad, NS, "string key %zu wrong", bad);
 
-	struct de_stats s;
-	err = de_stats(c, t, &s);
-	cr_assert_eq(err, 0, "%s", de_strerror(err));
+	struct dynemb_stats s;
+	err = dynemb_stats(c, t, &s);
+	cr_assert_eq(err, 0, "%s", dynemb_strerror(err));
 	cr_assert_eq(s.keys, n);
 
 	/* an async request must fit one descriptor */
 	uint64_t req;
-	cr_assert_eq(de_submit_lookup(c, t, k, 1001, 0, 0, &req), -E2BIG);
+	cr_assert_eq(dynemb_submit_lookup(c, t, k, 1001, 0, 0, &req), -E2BIG);
 	free(sb), free(sk);
 	free(k), free(v), free(out), free(st);
-	de_close(c);
+	dynemb_close(c);
 }
 
 /* ---- async ------------------------------------------------------------------------- */
@@ -514,9 +575,9 @@ TestSuite(async, .init = start_default, .fini = daemon_stop, .timeout = TIMEOUT)
 
 Test(async, eight_in_flight_completed_in_reverse)
 {
-	de_client *c = connect_ok();
+	dynemb_client *c = connect_ok();
 	const uint32_t dim = 16;
-	int t = open_ok(c, "async", dim, DE_CONSTANT, 3.0f, DE_INT64_KEYS);
+	int t = open_ok(c, "async", dim, DYNEMB_CONSTANT, 3.0f, DYNEMB_INT64_KEYS);
 	enum { R = 8, N = 700 };
 	uint64_t *k[R];
 	uint64_t req[R];
@@ -525,19 +586,19 @@ Test(async, eight_in_flight_completed_in_reverse)
 		k[r] = seq_keys(N, 1 + (uint64_t)r * 10000000);
 		if (r < 4) {
 			float *v = vals_for(k[r], N, dim);
-			int err = de_update(c, t, k[r], N, v, 1, NULL);
-			cr_assert_eq(err, 0, "%s", de_strerror(err));
+			int err = dynemb_update(c, t, k[r], N, v, 1, NULL);
+			cr_assert_eq(err, 0, "%s", dynemb_strerror(err));
 			free(v);
 		}
 	}
 	for (int r = 0; r < R; r++) {
-		int err = de_submit_lookup(c, t, k[r], N, 0, 2, &req[r]);
-		cr_assert_eq(err, 0, "submit %d: %s", r, de_strerror(err));
+		int err = dynemb_submit_lookup(c, t, k[r], N, 0, 2, &req[r]);
+		cr_assert_eq(err, 0, "submit %d: %s", r, dynemb_strerror(err));
 	}
 	for (int r = R - 1; r >= 0; r--) {
-		int err = de_complete(c, req[r], -1);
-		cr_assert_eq(err, 0, "complete %d: %s", r, de_strerror(err));
-		const float *v = de_request_vals(c, req[r]);
+		int err = dynemb_complete(c, req[r], -1);
+		cr_assert_eq(err, 0, "complete %d: %s", r, dynemb_strerror(err));
+		const float *v = dynemb_request_vals(c, req[r]);
 		cr_assert_not_null(v);
 		if (r < 4) {
 			size_t bad = first_bad(k[r], N, dim, v);
@@ -546,79 +607,79 @@ Test(async, eight_in_flight_completed_in_reverse)
 			cr_assert_eq(first_not_const(N, dim, v, 3.0f), (size_t)N);
 		}
 		/* completing twice gives the same result */
-		cr_assert_eq(de_complete(c, req[r], 0), 0);
+		cr_assert_eq(dynemb_complete(c, req[r], 0), 0);
 	}
 	/* read-only async (zero-copy) */
 	uint64_t rq;
-	int err = de_submit_lookup(c, t, k[0], N, DE_READONLY, 3, &rq);
-	cr_assert_eq(err, 0, "%s", de_strerror(err));
-	cr_assert_null(de_request_vals(c, req[0]), "values of older requests end at a submit");
-	err = de_complete(c, rq, -1);
-	cr_assert_eq(err, 0, "%s", de_strerror(err));
-	size_t bad = first_bad(k[0], N, dim, de_request_vals(c, rq));
+	int err = dynemb_submit_lookup(c, t, k[0], N, DYNEMB_READONLY, 3, &rq);
+	cr_assert_eq(err, 0, "%s", dynemb_strerror(err));
+	cr_assert_null(dynemb_request_vals(c, req[0]), "values of older requests end at a submit");
+	err = dynemb_complete(c, rq, -1);
+	cr_assert_eq(err, 0, "%s", dynemb_strerror(err));
+	size_t bad = first_bad(k[0], N, dim, dynemb_request_vals(c, rq));
 	cr_assert_eq(bad, (size_t)N);
 	for (int r = 0; r < R; r++)
 		free(k[r]);
-	de_close(c);
+	dynemb_close(c);
 }
 
 Test(async, fills_up_then_recovers)
 {
-	de_client *c = NULL;
+	dynemb_client *c = NULL;
 	/* a small channel: 8 entries, 1 MiB of data */
-	struct de_connect_opts o = { .sq_entries = 8, .data_bytes = 1 << 20, .timeout_ms = 5000 };
-	int err = de_connect(d_sock, &o, &c);
-	cr_assert_eq(err, 0, "%s", de_strerror(err));
+	struct dynemb_connect_opts o = { .sq_entries = 8, .data_bytes = 1 << 20, .timeout_ms = 5000 };
+	int err = dynemb_connect(d_sock, &o, &c);
+	cr_assert_eq(err, 0, "%s", dynemb_strerror(err));
 	const uint32_t dim = 64;
-	int t = open_ok(c, "fill", dim, DE_CONSTANT, 1.0f, DE_INT64_KEYS);
+	int t = open_ok(c, "fill", dim, DYNEMB_CONSTANT, 1.0f, DYNEMB_INT64_KEYS);
 	enum { N = 1000 }; /* 8 KB keys + 256 KB values: 3 fit in 1 MiB */
 	uint64_t *k = seq_keys(N, 3);
 	uint64_t req[16];
 	int r = 0;
 	for (; r < 16; r++) {
-		err = de_submit_lookup(c, t, k, N, 0, 1, &req[r]);
+		err = dynemb_submit_lookup(c, t, k, N, 0, 1, &req[r]);
 		if (err)
 			break;
 	}
-	cr_assert_eq(err, -EAGAIN, "got %d (%s)", err, de_strerror(err));
+	cr_assert_eq(err, -EAGAIN, "got %d (%s)", err, dynemb_strerror(err));
 	cr_assert_geq(r, 2);
 	cr_assert_leq(r, 8);
 	/* too big for the area at all */
 	uint64_t *kk = seq_keys(5000, 3);
-	cr_assert_eq(de_submit_lookup(c, t, kk, 5000, 0, 1, &req[15]), -ENOBUFS);
+	cr_assert_eq(dynemb_submit_lookup(c, t, kk, 5000, 0, 1, &req[15]), -ENOBUFS);
 	for (int i = 0; i < r; i++) {
-		err = de_complete(c, req[i], -1);
-		cr_assert_eq(err, 0, "%s", de_strerror(err));
-		cr_assert_eq(first_not_const(N, dim, de_request_vals(c, req[i]), 1.0f), (size_t)N);
+		err = dynemb_complete(c, req[i], -1);
+		cr_assert_eq(err, 0, "%s", dynemb_strerror(err));
+		cr_assert_eq(first_not_const(N, dim, dynemb_request_vals(c, req[i]), 1.0f), (size_t)N);
 	}
 	/* space is back; a blocking call larger than the area is split */
 	float *out = malloc(5000 * (size_t)dim * sizeof *out);
-	err = de_lookup(c, t, kk, 5000, out, NULL, 0, 2);
-	cr_assert_eq(err, 0, "%s", de_strerror(err));
+	err = dynemb_lookup(c, t, kk, 5000, out, NULL, 0, 2);
+	cr_assert_eq(err, 0, "%s", dynemb_strerror(err));
 	cr_assert_eq(first_not_const(5000, dim, out, 1.0f), 5000);
-	err = de_submit_lookup(c, t, k, N, 0, 1, &req[0]);
-	cr_assert_eq(err, 0, "%s", de_strerror(err));
-	cr_assert_eq(de_complete(c, req[0], -1), 0);
+	err = dynemb_submit_lookup(c, t, k, N, 0, 1, &req[0]);
+	cr_assert_eq(err, 0, "%s", dynemb_strerror(err));
+	cr_assert_eq(dynemb_complete(c, req[0], -1), 0);
 	free(k), free(kk), free(out);
-	de_close(c);
+	dynemb_close(c);
 }
 
 /* Completing out of allocation order and submitting in between: a region released
  * behind an older one held must not be handed out twice. */
 Test(async, interleaved_submit_and_complete)
 {
-	de_client *c = NULL;
-	struct de_connect_opts o = { .sq_entries = 8, .data_bytes = 1 << 20, .timeout_ms = 5000 };
-	int err = de_connect(d_sock, &o, &c);
-	cr_assert_eq(err, 0, "%s", de_strerror(err));
+	dynemb_client *c = NULL;
+	struct dynemb_connect_opts o = { .sq_entries = 8, .data_bytes = 1 << 20, .timeout_ms = 5000 };
+	int err = dynemb_connect(d_sock, &o, &c);
+	cr_assert_eq(err, 0, "%s", dynemb_strerror(err));
 	const uint32_t dim = 32;
-	int t = open_ok(c, "inter", dim, DE_ZEROS, 0, DE_INT64_KEYS);
+	int t = open_ok(c, "inter", dim, DYNEMB_ZEROS, 0, DYNEMB_INT64_KEYS);
 	enum { K = 6, N = 1500 }; /* 12 KB keys + 192 KB values each: 4 fit in 1 MiB */
 	uint64_t *k[K];
 	for (int i = 0; i < K; i++) {
 		k[i] = seq_keys(N, 1 + (uint64_t)i * 100000000);
 		float *v = vals_for(k[i], N, dim);
-		cr_assert_eq(de_update(c, t, k[i], N, v, 1, NULL), 0);
+		cr_assert_eq(dynemb_update(c, t, k[i], N, v, 1, NULL), 0);
 		free(v);
 	}
 	uint64_t seed = 1;
@@ -631,16 +692,16 @@ Test(async, interleaved_submit_and_complete)
 		int i = (int)((seed >> 33) % K);
 		if (!live[i]) {
 			int ks = (int)((seed >> 40) % K);
-			err = de_submit_lookup(c, t, k[ks], N, 0, 2, &req[i]);
+			err = dynemb_submit_lookup(c, t, k[ks], N, 0, 2, &req[i]);
 			if (err == -EAGAIN)
 				continue;
-			cr_assert_eq(err, 0, "%s", de_strerror(err));
+			cr_assert_eq(err, 0, "%s", dynemb_strerror(err));
 			live[i] = true;
 			owner[i] = ks;
 		} else {
-			err = de_complete(c, req[i], -1);
-			cr_assert_eq(err, 0, "%s", de_strerror(err));
-			size_t bad = first_bad(k[owner[i]], N, dim, de_request_vals(c, req[i]));
+			err = dynemb_complete(c, req[i], -1);
+			cr_assert_eq(err, 0, "%s", dynemb_strerror(err));
+			size_t bad = first_bad(k[owner[i]], N, dim, dynemb_request_vals(c, req[i]));
 			cr_assert_eq(bad, (size_t)N, "round %u: key %zu wrong", rounds, bad);
 			live[i] = false;
 			done++;
@@ -649,10 +710,10 @@ Test(async, interleaved_submit_and_complete)
 	cr_assert_geq(done, 200u);
 	for (int i = 0; i < K; i++) {
 		if (live[i])
-			cr_assert_eq(de_complete(c, req[i], -1), 0);
+			cr_assert_eq(dynemb_complete(c, req[i], -1), 0);
 		free(k[i]);
 	}
-	de_close(c);
+	dynemb_close(c);
 }
 
 /* kill(SIGSTOP) returns before the target has stopped: wait (boundedly) until
@@ -678,38 +739,38 @@ static void stop_and_wait(pid_t pid)
 
 Test(async, timeout_then_recovery)
 {
-	de_client *c = NULL;
-	struct de_connect_opts o = { .timeout_ms = 300 };
-	int err = de_connect(d_sock, &o, &c);
-	cr_assert_eq(err, 0, "%s", de_strerror(err));
+	dynemb_client *c = NULL;
+	struct dynemb_connect_opts o = { .timeout_ms = 300 };
+	int err = dynemb_connect(d_sock, &o, &c);
+	cr_assert_eq(err, 0, "%s", dynemb_strerror(err));
 	const uint32_t dim = 8;
-	int t = open_ok(c, "stall", dim, DE_CONSTANT, 2.0f, DE_INT64_KEYS);
+	int t = open_ok(c, "stall", dim, DYNEMB_CONSTANT, 2.0f, DYNEMB_INT64_KEYS);
 	size_t n = 100;
 	uint64_t *k = seq_keys(n, 9);
 	float *out = calloc(n * dim, sizeof *out);
 	/* a stopped daemon: the blocking call gives up, its request stays accounted for */
 	stop_and_wait(d_pid);
 	double t0 = now_s();
-	err = de_lookup(c, t, k, n, out, NULL, 0, 1);
-	cr_assert_eq(err, -ETIMEDOUT, "got %d (%s)", err, de_strerror(err));
+	err = dynemb_lookup(c, t, k, n, out, NULL, 0, 1);
+	cr_assert_eq(err, -ETIMEDOUT, "got %d (%s)", err, dynemb_strerror(err));
 	cr_assert_lt(now_s() - t0, 2.0);
 	uint64_t req;
-	err = de_submit_lookup(c, t, k, n, 0, 1, &req);
-	cr_assert_eq(err, 0, "%s", de_strerror(err));
-	cr_assert_eq(de_complete(c, req, 0), -ETIMEDOUT); /* not yet */
+	err = dynemb_submit_lookup(c, t, k, n, 0, 1, &req);
+	cr_assert_eq(err, 0, "%s", dynemb_strerror(err));
+	cr_assert_eq(dynemb_complete(c, req, 0), -ETIMEDOUT); /* not yet */
 	cr_assert_eq(kill(d_pid, SIGCONT), 0);
 	/* the late completion of the abandoned request is taken and dropped on the way */
-	err = de_complete(c, req, -1);
-	cr_assert_eq(err, 0, "%s", de_strerror(err));
-	cr_assert_eq(first_not_const(n, dim, de_request_vals(c, req), 2.0f), n);
-	err = de_lookup(c, t, k, n, out, NULL, 0, 2);
-	cr_assert_eq(err, 0, "%s", de_strerror(err));
+	err = dynemb_complete(c, req, -1);
+	cr_assert_eq(err, 0, "%s", dynemb_strerror(err));
+	cr_assert_eq(first_not_const(n, dim, dynemb_request_vals(c, req), 2.0f), n);
+	err = dynemb_lookup(c, t, k, n, out, NULL, 0, 2);
+	cr_assert_eq(err, 0, "%s", dynemb_strerror(err));
 	cr_assert_eq(first_not_const(n, dim, out, 2.0f), n);
-	struct de_stats s;
-	cr_assert_eq(de_stats(c, t, &s), 0);
+	struct dynemb_stats s;
+	cr_assert_eq(dynemb_stats(c, t, &s), 0);
 	cr_assert_eq(s.keys, n);
 	free(k), free(out);
-	de_close(c);
+	dynemb_close(c);
 }
 
 /* ---- zero-copy --------------------------------------------------------------------- */
@@ -718,28 +779,28 @@ TestSuite(zerocopy, .init = start_default, .fini = daemon_stop, .timeout = TIMEO
 
 Test(zerocopy, readonly_lookups_are_local_and_agree)
 {
-	de_client *c = connect_ok();
+	dynemb_client *c = connect_ok();
 	const uint32_t dim = 32;
-	int t = open_ok(c, "zc", dim, DE_CONSTANT, 0.125f, DE_INT64_KEYS);
+	int t = open_ok(c, "zc", dim, DYNEMB_CONSTANT, 0.125f, DYNEMB_INT64_KEYS);
 	size_t n = 5000;
 	uint64_t *k = seq_keys(n, 1);
 	float *v = vals_for(k, n, dim);
-	int err = de_update(c, t, k, n, v, 1, NULL);
-	cr_assert_eq(err, 0, "%s", de_strerror(err));
+	int err = dynemb_update(c, t, k, n, v, 1, NULL);
+	cr_assert_eq(err, 0, "%s", dynemb_strerror(err));
 
 	uint64_t l0, r0, l1, r1;
-	de_zero_copy_counts(c, &l0, &r0);
+	dynemb_zero_copy_counts(c, &l0, &r0);
 	float *a = calloc(n * dim, sizeof *a), *b = calloc(n * dim, sizeof *b);
 	uint8_t *st = calloc(n, 1);
-	err = de_lookup(c, t, k, n, a, st, DE_READONLY, 2);
-	cr_assert_eq(err, 0, "%s", de_strerror(err));
-	de_zero_copy_counts(c, &l1, &r1);
+	err = dynemb_lookup(c, t, k, n, a, st, DYNEMB_READONLY, 2);
+	cr_assert_eq(err, 0, "%s", dynemb_strerror(err));
+	dynemb_zero_copy_counts(c, &l1, &r1);
 	cr_assert_eq(l1 - l0, n, "local %llu", (unsigned long long)(l1 - l0));
 	cr_assert_eq(r1 - r0, 0, "remote %llu", (unsigned long long)(r1 - r0));
 	for (size_t i = 0; i < n; i++)
-		cr_assert_eq(st[i], DE_ST_FOUND);
-	err = de_lookup(c, t, k, n, b, st, 0, 2); /* the daemon's answer */
-	cr_assert_eq(err, 0, "%s", de_strerror(err));
+		cr_assert_eq(st[i], DYNEMB_ST_FOUND);
+	err = dynemb_lookup(c, t, k, n, b, st, 0, 2); /* the daemon's answer */
+	cr_assert_eq(err, 0, "%s", dynemb_strerror(err));
 	cr_assert_eq(memcmp(a, b, n * dim * sizeof *a), 0, "zero-copy and daemon disagree");
 	cr_assert_eq(first_bad(k, n, dim, a), n);
 
@@ -747,41 +808,41 @@ Test(zerocopy, readonly_lookups_are_local_and_agree)
 	uint64_t miss[3] = { 77777777777ull, 0, 88888888888ull };
 	float mo[3 * dim];
 	uint8_t ms[3];
-	err = de_lookup(c, t, miss, 3, mo, ms, DE_READONLY, 3);
-	cr_assert_eq(err, 0, "%s", de_strerror(err));
-	cr_assert_eq(ms[0], DE_ST_MISSING);
-	cr_assert_eq(ms[1], DE_ST_FOUND); /* key 0: "no feature", zeros */
-	cr_assert_eq(ms[2], DE_ST_MISSING);
+	err = dynemb_lookup(c, t, miss, 3, mo, ms, DYNEMB_READONLY, 3);
+	cr_assert_eq(err, 0, "%s", dynemb_strerror(err));
+	cr_assert_eq(ms[0], DYNEMB_ST_MISSING);
+	cr_assert_eq(ms[1], DYNEMB_ST_FOUND); /* key 0: "no feature", zeros */
+	cr_assert_eq(ms[2], DYNEMB_ST_MISSING);
 	cr_assert_eq(first_not_const(3, dim, mo, 0.0f), 3);
-	struct de_stats s;
-	cr_assert_eq(de_stats(c, t, &s), 0);
+	struct dynemb_stats s;
+	cr_assert_eq(dynemb_stats(c, t, &s), 0);
 	cr_assert_eq(s.keys, n);
 	free(k), free(v), free(a), free(b), free(st);
-	de_close(c);
+	dynemb_close(c);
 }
 
 Test(zerocopy, picks_up_new_arena_segments)
 {
-	de_client *c = connect_ok();
+	dynemb_client *c = connect_ok();
 	const uint32_t dim = 64;
-	int t = open_ok(c, "grow", dim, DE_ZEROS, 0, DE_INT64_KEYS);
-	struct de_stats s0;
-	int err = de_stats(c, t, &s0);
-	cr_assert_eq(err, 0, "%s", de_strerror(err));
+	int t = open_ok(c, "grow", dim, DYNEMB_ZEROS, 0, DYNEMB_INT64_KEYS);
+	struct dynemb_stats s0;
+	int err = dynemb_stats(c, t, &s0);
+	cr_assert_eq(err, 0, "%s", dynemb_strerror(err));
 	/* map the table now, while it has its first segment only */
 	uint64_t probe = 5;
 	float po[64];
-	err = de_lookup(c, t, &probe, 1, po, NULL, DE_READONLY, 0);
-	cr_assert_eq(err, 0, "%s", de_strerror(err));
+	err = dynemb_lookup(c, t, &probe, 1, po, NULL, DYNEMB_READONLY, 0);
+	cr_assert_eq(err, 0, "%s", dynemb_strerror(err));
 
 	size_t n = 300000;
 	uint64_t *k = seq_keys(n, 1000);
 	float *v = vals_for(k, n, dim);
-	err = de_update(c, t, k, n, v, 1, NULL);
-	cr_assert_eq(err, 0, "%s", de_strerror(err));
-	struct de_stats s1;
-	err = de_stats(c, t, &s1);
-	cr_assert_eq(err, 0, "%s", de_strerror(err));
+	err = dynemb_update(c, t, k, n, v, 1, NULL);
+	cr_assert_eq(err, 0, "%s", dynemb_strerror(err));
+	struct dynemb_stats s1;
+	err = dynemb_stats(c, t, &s1);
+	cr_assert_eq(err, 0, "%s", dynemb_strerror(err));
 	cr_assert_eq(s1.keys, n);
 	cr_assert_gt(s1.arena_segments, s0.arena_segments, "the arena did not grow (%llu segments)",
 		     (unsigned long long)s1.arena_segments);
@@ -789,54 +850,54 @@ Test(zerocopy, picks_up_new_arena_segments)
 		    (unsigned long long)s1.arena_segments);
 
 	uint64_t l0, r0, l1, r1;
-	de_zero_copy_counts(c, &l0, &r0);
+	dynemb_zero_copy_counts(c, &l0, &r0);
 	float *out = malloc(n * dim * sizeof *out);
 	uint8_t *st = calloc(n, 1);
-	err = de_lookup(c, t, k, n, out, st, DE_READONLY, 2);
-	cr_assert_eq(err, 0, "%s", de_strerror(err));
-	de_zero_copy_counts(c, &l1, &r1);
+	err = dynemb_lookup(c, t, k, n, out, st, DYNEMB_READONLY, 2);
+	cr_assert_eq(err, 0, "%s", dynemb_strerror(err));
+	dynemb_zero_copy_counts(c, &l1, &r1);
 	for (size_t i = 0; i < n; i++)
-		cr_assert_eq(st[i], DE_ST_FOUND, "key %zu status %u", i, st[i]);
+		cr_assert_eq(st[i], DYNEMB_ST_FOUND, "key %zu status %u", i, st[i]);
 	size_t bad = first_bad(k, n, dim, out);
 	cr_assert_eq(bad, n, "key %zu wrong", bad);
 	cr_assert_eq(r1 - r0, 0, "remote %llu", (unsigned long long)(r1 - r0));
 	cr_assert_eq(l1 - l0, n);
 	free(k), free(v), free(out), free(st);
-	de_close(c);
+	dynemb_close(c);
 }
 
 Test(zerocopy, two_processes_share_a_table)
 {
-	de_client *c = connect_ok();
+	dynemb_client *c = connect_ok();
 	const uint32_t dim = 8;
-	int t = open_ok(c, "shared", dim, DE_CONSTANT, 4.0f, DE_INT64_KEYS);
+	int t = open_ok(c, "shared", dim, DYNEMB_CONSTANT, 4.0f, DYNEMB_INT64_KEYS);
 	size_t n = 3000;
 	uint64_t *k = seq_keys(n, 50);
 	/* before the child writes: missing */
 	float *out = malloc(n * dim * sizeof *out);
 	uint8_t *st = calloc(n, 1);
-	int err = de_lookup(c, t, k, n, out, st, DE_READONLY, 0);
-	cr_assert_eq(err, 0, "%s", de_strerror(err));
-	cr_assert_eq(st[0], DE_ST_MISSING);
+	int err = dynemb_lookup(c, t, k, n, out, st, DYNEMB_READONLY, 0);
+	cr_assert_eq(err, 0, "%s", dynemb_strerror(err));
+	cr_assert_eq(st[0], DYNEMB_ST_MISSING);
 
 	pid_t pid = fork();
 	cr_assert_geq(pid, 0);
 	if (pid == 0) {
 		/* the child: its own connection; the parent's client is not touched */
-		de_client *cc = NULL;
-		struct de_connect_opts o = { .name = "child", .timeout_ms = 5000 };
-		if (de_connect(d_sock, &o, &cc))
+		dynemb_client *cc = NULL;
+		struct dynemb_connect_opts o = { .name = "child", .timeout_ms = 5000 };
+		if (dynemb_connect(d_sock, &o, &cc))
 			_exit(2);
-		struct de_table_spec s = { .name = "shared", .dim = dim, .init = DE_CONSTANT,
+		struct dynemb_table_spec s = { .name = "shared", .dim = dim, .init = DYNEMB_CONSTANT,
 					   .init_a = 4.0f, .seed = 42 };
 		int ct;
-		if (de_open(cc, &s, &ct))
+		if (dynemb_open(cc, &s, &ct))
 			_exit(3);
 		float *v = vals_for(k, n, dim);
 		size_t created = 0;
-		if (de_update(cc, ct, k, n, v, 1, &created) || created != n)
+		if (dynemb_update(cc, ct, k, n, v, 1, &created) || created != n)
 			_exit(4);
-		de_close(cc);
+		dynemb_close(cc);
 		_exit(0);
 	}
 	int status;
@@ -845,15 +906,15 @@ Test(zerocopy, two_processes_share_a_table)
 
 	for (int ro = 0; ro < 2; ro++) {
 		memset(out, 0, n * dim * sizeof *out);
-		err = de_lookup(c, t, k, n, out, st, ro ? DE_READONLY : 0, 2);
-		cr_assert_eq(err, 0, "%s", de_strerror(err));
+		err = dynemb_lookup(c, t, k, n, out, st, ro ? DYNEMB_READONLY : 0, 2);
+		cr_assert_eq(err, 0, "%s", dynemb_strerror(err));
 		size_t bad = first_bad(k, n, dim, out);
 		cr_assert_eq(bad, n, "%s: key %zu wrong", ro ? "read-only" : "daemon", bad);
 		for (size_t i = 0; i < n; i++)
-			cr_assert_eq(st[i], DE_ST_FOUND);
+			cr_assert_eq(st[i], DYNEMB_ST_FOUND);
 	}
 	free(k), free(out), free(st);
-	de_close(c);
+	dynemb_close(c);
 }
 
 /* ---- untrusted: a fake daemon ------------------------------------------------------- */
@@ -945,14 +1006,14 @@ static struct de_msg_hello_ok good_hello_ok(void)
 	};
 }
 
-/* Connect to a fake daemon that sends f's reply; returns de_connect's result. */
+/* Connect to a fake daemon that sends f's reply; returns dynemb_connect's result. */
 static int fake_connect(struct fake *f, int timeout_ms)
 {
 	int before = count_fds();
 	fake_start(f);
-	de_client *c = NULL;
-	struct de_connect_opts o = { .timeout_ms = timeout_ms };
-	int err = de_connect(f->path, &o, &c);
+	dynemb_client *c = NULL;
+	struct dynemb_connect_opts o = { .timeout_ms = timeout_ms };
+	int err = dynemb_connect(f->path, &o, &c);
 	cr_assert_null(c);
 	fake_stop(f);
 	cr_assert_eq(count_fds(), before, "fds leaked: %d before, %d after", before, count_fds());
@@ -1020,10 +1081,10 @@ Test(untrusted, error_reply_gives_its_errno_and_message, .timeout = TIMEOUT)
 	memset(f.reply.msg, 'x', sizeof f.reply.msg); /* not NUL-terminated */
 	memcpy(f.reply.msg, "uid 1234 is not allowed", 23);
 	cr_assert_eq(fake_connect(&f, 2000), -EACCES); /* the fd sent with it is closed */
-	const char *m = de_strerror(-EACCES);
+	const char *m = dynemb_strerror(-EACCES);
 	cr_assert(strstr(m, "uid 1234 is not allowed"), "message: %s", m);
 	cr_assert_lt(strlen(m), 400);
-	cr_assert_null(strstr(de_strerror(-EINVAL), "uid 1234"));
+	cr_assert_null(strstr(dynemb_strerror(-EINVAL), "uid 1234"));
 
 	/* an errno that is no errno */
 	f.reply.err = 5;
@@ -1054,14 +1115,14 @@ static void stop_learn(void)
 
 TestSuite(learn, .init = start_learn, .fini = stop_learn, .timeout = 60);
 
-static int open_learn(de_client *c, const char *name, uint32_t dim, float init,
-		      const struct de_optim_spec *o, enum de_key_kind kind)
+static int open_learn(dynemb_client *c, const char *name, uint32_t dim, float init,
+		      const struct dynemb_optim_spec *o, enum dynemb_key_kind kind)
 {
-	struct de_table_spec s = { .name = name, .dim = dim, .init = DE_CONSTANT, .init_a = init,
+	struct dynemb_table_spec s = { .name = name, .dim = dim, .init = DYNEMB_CONSTANT, .init_a = init,
 				   .seed = 42, .keys = kind, .optim = *o };
 	int t = -1;
-	int err = de_open(c, &s, &t);
-	cr_assert_eq(err, 0, "de_open(%s): %s", name, de_strerror(err));
+	int err = dynemb_open(c, &s, &t);
+	cr_assert_eq(err, 0, "dynemb_open(%s): %s", name, dynemb_strerror(err));
 	return t;
 }
 
@@ -1113,19 +1174,19 @@ static void ref_ftrl(struct ref_row *r, const double *g, uint32_t dim, double lr
 
 /* 50 steps of batches with duplicate keys from a pool, an lr change at step 25, against
  * the reference; kind ADAM or FTRL. */
-static void stream_vs_reference(enum de_optim_kind kind)
+static void stream_vs_reference(enum dynemb_optim_kind kind)
 {
-	de_client *c = connect_ok();
+	dynemb_client *c = connect_ok();
 	enum { DIM = 4, POOL = 16, BATCH = 24, STEPS = 50 };
-	struct de_optim_spec o;
-	de_optim_spec_defaults(kind, &o);
-	o.lr = kind == DE_OPTIM_ADAM ? 0.01 : 0.1;
-	if (kind == DE_OPTIM_FTRL) {
+	struct dynemb_optim_spec o;
+	dynemb_optim_spec_defaults(kind, &o);
+	o.lr = kind == DYNEMB_OPTIM_ADAM ? 0.01 : 0.1;
+	if (kind == DYNEMB_OPTIM_FTRL) {
 		o.l1 = 0.001;
 		o.l2 = 0.01;
 	}
 	const float init = 0.25f;
-	int t = open_learn(c, kind == DE_OPTIM_ADAM ? "adam" : "ftrl", DIM, init, &o, DE_INT64_KEYS);
+	int t = open_learn(c, kind == DYNEMB_OPTIM_ADAM ? "adam" : "ftrl", DIM, init, &o, DYNEMB_INT64_KEYS);
 	struct ref_row ref[POOL];
 	memset(ref, 0, sizeof ref);
 	for (int k = 0; k < POOL; k++)
@@ -1150,14 +1211,14 @@ static void stream_vs_reference(enum de_optim_kind kind)
 		}
 		size_t applied = 0, want = 0;
 		/* the first half uses the table's lr (lr 0), the second an override */
-		int err = de_apply_gradients(c, t, keys, BATCH, g, (uint64_t)step,
+		int err = dynemb_apply_gradients(c, t, keys, BATCH, g, (uint64_t)step,
 					     step < STEPS / 2 ? 0 : lr, &applied);
-		cr_assert_eq(err, 0, "%s", de_strerror(err));
+		cr_assert_eq(err, 0, "%s", dynemb_strerror(err));
 		for (int k = 0; k < POOL; k++) {
 			if (!in[k])
 				continue;
 			want++;
-			if (kind == DE_OPTIM_ADAM)
+			if (kind == DYNEMB_OPTIM_ADAM)
 				ref_adam(&ref[k], sum[k], DIM, lr);
 			else
 				ref_ftrl(&ref[k], sum[k], DIM, lr, o.l1, o.l2, o.initial_accumulator_value);
@@ -1168,29 +1229,29 @@ static void stream_vs_reference(enum de_optim_kind kind)
 	for (int k = 0; k < POOL; k++)
 		keys[k] = 100 + (uint64_t)k;
 	float out[POOL * DIM];
-	cr_assert_eq(de_lookup(c, t, keys, POOL, out, NULL, DE_READONLY, 0), 0);
+	cr_assert_eq(dynemb_lookup(c, t, keys, POOL, out, NULL, DYNEMB_READONLY, 0), 0);
 	for (int k = 0; k < POOL; k++)
 		for (int j = 0; j < DIM; j++)
 			cr_assert(fabs(out[k * DIM + j] - ref[k].p[j]) <= 1e-5,
 				  "key %d col %d: %.9g vs reference %.9g", k, j, out[k * DIM + j],
 				  ref[k].p[j]);
-	de_close(c);
+	dynemb_close(c);
 }
 
-Test(learn, adam_stream_matches_reference) { stream_vs_reference(DE_OPTIM_ADAM); }
-Test(learn, ftrl_stream_matches_reference) { stream_vs_reference(DE_OPTIM_FTRL); }
+Test(learn, adam_stream_matches_reference) { stream_vs_reference(DYNEMB_OPTIM_ADAM); }
+Test(learn, ftrl_stream_matches_reference) { stream_vs_reference(DYNEMB_OPTIM_FTRL); }
 
 /* 5000 gradients over 50 keys (max batch 1000: the call is split): each key is still
  * stepped once with the sum. SGD lr 1 from zeros with integer gradients is exact. */
 Test(learn, split_batch_steps_each_key_once)
 {
-	de_client *c = connect_ok();
+	dynemb_client *c = connect_ok();
 	enum { DIM = 3, N = 5000, K = 50 };
-	struct de_optim_spec o;
-	de_optim_spec_defaults(DE_OPTIM_SGD, &o);
+	struct dynemb_optim_spec o;
+	dynemb_optim_spec_defaults(DYNEMB_OPTIM_SGD, &o);
 	o.lr = 1;
-	int t = open_learn(c, "split", DIM, 0, &o, DE_INT64_KEYS);
-	int ts = open_learn(c, "splits", DIM, 0, &o, DE_STRING_KEYS);
+	int t = open_learn(c, "split", DIM, 0, &o, DYNEMB_INT64_KEYS);
+	int ts = open_learn(c, "splits", DIM, 0, &o, DYNEMB_STRING_KEYS);
 	uint64_t *k = malloc(N * sizeof *k);
 	float *g = malloc(N * DIM * sizeof *g);
 	const char **sk = malloc(N * sizeof *sk);
@@ -1209,15 +1270,15 @@ Test(learn, split_batch_steps_each_key_once)
 		}
 	}
 	size_t applied = 0;
-	int err = de_apply_gradients(c, t, k, N, g, 1, 0, &applied);
-	cr_assert_eq(err, 0, "%s", de_strerror(err));
+	int err = dynemb_apply_gradients(c, t, k, N, g, 1, 0, &applied);
+	cr_assert_eq(err, 0, "%s", dynemb_strerror(err));
 	cr_assert_eq(applied, (size_t)K);
-	err = de_apply_gradients_str(c, ts, sk, NULL, N, g, 1, 0, &applied);
-	cr_assert_eq(err, 0, "%s", de_strerror(err));
+	err = dynemb_apply_gradients_str(c, ts, sk, NULL, N, g, 1, 0, &applied);
+	cr_assert_eq(err, 0, "%s", dynemb_strerror(err));
 	cr_assert_eq(applied, (size_t)K);
 	float out[K * DIM], outs[K * DIM];
-	cr_assert_eq(de_lookup(c, t, k, K, out, NULL, DE_READONLY, 0), 0);
-	cr_assert_eq(de_lookup_str(c, ts, sk, NULL, K, outs, NULL, DE_READONLY, 0), 0);
+	cr_assert_eq(dynemb_lookup(c, t, k, K, out, NULL, DYNEMB_READONLY, 0), 0);
+	cr_assert_eq(dynemb_lookup_str(c, ts, sk, NULL, K, outs, NULL, DYNEMB_READONLY, 0), 0);
 	for (int i = 0; i < K; i++)
 		for (int j = 0; j < DIM; j++) {
 			int key = (i * 7) % K;
@@ -1225,7 +1286,7 @@ Test(learn, split_batch_steps_each_key_once)
 			cr_assert_eq(outs[i * DIM + j], (float)want[key][j], "string key %d", key);
 		}
 	free(k), free(g), free(sk);
-	de_close(c);
+	dynemb_close(c);
 }
 
 struct pusher {
@@ -1236,14 +1297,14 @@ struct pusher {
 static void *push_main(void *arg)
 {
 	struct pusher *p = arg;
-	de_client *c = NULL;
-	p->err = de_connect(p->sock, NULL, &c);
+	dynemb_client *c = NULL;
+	p->err = dynemb_connect(p->sock, NULL, &c);
 	if (p->err)
 		return NULL;
-	struct de_table_spec s = { .name = "shared_sgd", .dim = 4, .seed = 42,
-				   .optim = { .kind = DE_OPTIM_SGD, .lr = 1 } };
+	struct dynemb_table_spec s = { .name = "shared_sgd", .dim = 4, .seed = 42,
+				   .optim = { .kind = DYNEMB_OPTIM_SGD, .lr = 1 } };
 	int t;
-	p->err = de_open(c, &s, &t);
+	p->err = dynemb_open(c, &s, &t);
 	uint64_t keys[64];
 	float g[64 * 4];
 	for (int i = 0; i < 64; i++)
@@ -1251,9 +1312,9 @@ static void *push_main(void *arg)
 	for (int r = 0; !p->err && r < p->rounds; r++) {
 		for (int i = 0; i < 64 * 4; i++)
 			g[i] = (float)(((r + i) % 3) + p->id); /* integers: exact sums */
-		p->err = de_apply_gradients(c, t, keys, 64, g, (uint64_t)r, 0, NULL);
+		p->err = dynemb_apply_gradients(c, t, keys, 64, g, (uint64_t)r, 0, NULL);
 	}
-	de_close(c);
+	dynemb_close(c);
 	return NULL;
 }
 
@@ -1268,18 +1329,18 @@ Test(learn, concurrent_trainers_lose_no_step)
 		cr_assert_eq(pthread_create(&th[i], NULL, push_main, &p[i]), 0);
 	for (int i = 0; i < 2; i++) {
 		pthread_join(th[i], NULL);
-		cr_assert_eq(p[i].err, 0, "trainer %d: %s", i, de_strerror(p[i].err));
+		cr_assert_eq(p[i].err, 0, "trainer %d: %s", i, dynemb_strerror(p[i].err));
 	}
-	de_client *c = connect_ok();
-	struct de_table_spec s = { .name = "shared_sgd", .dim = 4, .seed = 42,
-				   .optim = { .kind = DE_OPTIM_SGD, .lr = 1 } };
+	dynemb_client *c = connect_ok();
+	struct dynemb_table_spec s = { .name = "shared_sgd", .dim = 4, .seed = 42,
+				   .optim = { .kind = DYNEMB_OPTIM_SGD, .lr = 1 } };
 	int t;
-	cr_assert_eq(de_open(c, &s, &t), 0);
+	cr_assert_eq(dynemb_open(c, &s, &t), 0);
 	uint64_t keys[64];
 	float out[64 * 4];
 	for (int i = 0; i < 64; i++)
 		keys[i] = 1 + (uint64_t)i;
-	cr_assert_eq(de_lookup(c, t, keys, 64, out, NULL, DE_READONLY, 0), 0);
+	cr_assert_eq(dynemb_lookup(c, t, keys, 64, out, NULL, DYNEMB_READONLY, 0), 0);
 	for (int i = 0; i < 64 * 4; i++) {
 		double want = 0;
 		for (int id = 1; id <= 2; id++)
@@ -1287,72 +1348,72 @@ Test(learn, concurrent_trainers_lose_no_step)
 				want -= ((r + i) % 3) + id;
 		cr_assert_eq(out[i], (float)want, "element %d: %g vs %g", i, out[i], want);
 	}
-	de_close(c);
+	dynemb_close(c);
 }
 
 Test(learn, errors_and_async)
 {
-	de_client *c = connect_ok();
-	struct de_optim_spec o;
-	de_optim_spec_defaults(DE_OPTIM_SGD, &o);
+	dynemb_client *c = connect_ok();
+	struct dynemb_optim_spec o;
+	dynemb_optim_spec_defaults(DYNEMB_OPTIM_SGD, &o);
 	o.lr = 0.5;
-	int t = open_learn(c, "e", 2, 1.0f, &o, DE_INT64_KEYS);
-	int tn = open_ok(c, "plain", 2, DE_ZEROS, 0, DE_INT64_KEYS);
+	int t = open_learn(c, "e", 2, 1.0f, &o, DYNEMB_INT64_KEYS);
+	int tn = open_ok(c, "plain", 2, DYNEMB_ZEROS, 0, DYNEMB_INT64_KEYS);
 	uint64_t k[2] = { 3, 4 };
 	float g[4] = { 1, 2, 3, NAN };
 	size_t applied = 9;
-	cr_assert_eq(de_apply_gradients(c, t, k, 2, g, 1, 0, &applied), -EINVAL, "non-finite");
+	cr_assert_eq(dynemb_apply_gradients(c, t, k, 2, g, 1, 0, &applied), -EINVAL, "non-finite");
 	cr_assert_eq(applied, 0u);
 	g[3] = 4;
-	cr_assert_eq(de_apply_gradients(c, t, k, 2, g, 1, NAN, NULL), -EINVAL, "lr NaN");
-	cr_assert_eq(de_apply_gradients(c, t, k, 2, g, 1, INFINITY, NULL), -EINVAL, "lr inf");
-	cr_assert_eq(de_apply_gradients(c, t, k, 2, NULL, 1, 0, NULL), -EINVAL);
-	cr_assert_eq(de_apply_gradients(c, tn, k, 2, g, 1, 0, NULL), -EOPNOTSUPP);
-	cr_assert_not_null(strstr(de_strerror(-EOPNOTSUPP), "optimizer"));
+	cr_assert_eq(dynemb_apply_gradients(c, t, k, 2, g, 1, NAN, NULL), -EINVAL, "lr NaN");
+	cr_assert_eq(dynemb_apply_gradients(c, t, k, 2, g, 1, INFINITY, NULL), -EINVAL, "lr inf");
+	cr_assert_eq(dynemb_apply_gradients(c, t, k, 2, NULL, 1, 0, NULL), -EINVAL);
+	cr_assert_eq(dynemb_apply_gradients(c, tn, k, 2, g, 1, 0, NULL), -EOPNOTSUPP);
+	cr_assert_not_null(strstr(dynemb_strerror(-EOPNOTSUPP), "optimizer"));
 	const char *sk[1] = { "x" };
-	cr_assert_eq(de_apply_gradients_str(c, t, sk, NULL, 1, g, 1, 0, NULL), -EINVAL, "key type");
+	cr_assert_eq(dynemb_apply_gradients_str(c, t, sk, NULL, 1, g, 1, 0, NULL), -EINVAL, "key type");
 	float out[4];
 	uint8_t st[2];
-	cr_assert_eq(de_lookup(c, t, k, 2, out, st, DE_READONLY, 0), 0);
-	cr_assert_eq(st[0], DE_ST_MISSING, "nothing applied");
-	cr_assert_eq(st[1], DE_ST_MISSING);
+	cr_assert_eq(dynemb_lookup(c, t, k, 2, out, st, DYNEMB_READONLY, 0), 0);
+	cr_assert_eq(st[0], DYNEMB_ST_MISSING, "nothing applied");
+	cr_assert_eq(st[1], DYNEMB_ST_MISSING);
 
 	/* async: lr override 0.25 */
 	uint64_t req;
-	cr_assert_eq(de_submit_apply_gradients(c, t, k, 2, g, 1, 0.25, &req), 0);
-	cr_assert_eq(de_complete(c, req, -1), 0);
+	cr_assert_eq(dynemb_submit_apply_gradients(c, t, k, 2, g, 1, 0.25, &req), 0);
+	cr_assert_eq(dynemb_complete(c, req, -1), 0);
 	uint64_t cnt = 0, aux = 0;
-	cr_assert_eq(de_request_counts(c, req, &cnt, &aux), 0);
+	cr_assert_eq(dynemb_request_counts(c, req, &cnt, &aux), 0);
 	cr_assert_eq(cnt, 2u);
 	cr_assert_eq(aux, 2u, "created");
-	cr_assert_null(de_request_vals(c, req), "no values for gradients");
-	cr_assert_eq(de_lookup(c, t, k, 2, out, NULL, DE_READONLY, 0), 0);
+	cr_assert_null(dynemb_request_vals(c, req), "no values for gradients");
+	cr_assert_eq(dynemb_lookup(c, t, k, 2, out, NULL, DYNEMB_READONLY, 0), 0);
 	for (int i = 0; i < 4; i++)
 		cr_assert_eq(out[i], 1.0f - 0.25f * g[i]);
 	uint64_t *big = calloc(1001, 8);
 	float *bg = calloc(1001 * 2, 4);
-	cr_assert_eq(de_submit_apply_gradients(c, t, big, 1001, bg, 1, 0, &req), -E2BIG);
+	cr_assert_eq(dynemb_submit_apply_gradients(c, t, big, 1001, bg, 1, 0, &req), -E2BIG);
 	g[0] = INFINITY;
-	cr_assert_eq(de_submit_apply_gradients(c, t, k, 2, g, 1, 0, &req), -EINVAL);
+	cr_assert_eq(dynemb_submit_apply_gradients(c, t, k, 2, g, 1, 0, &req), -EINVAL);
 	free(big), free(bg);
 
 	/* spec errors: out-of-range enums here, bad values by the daemon, with its reason */
-	struct de_table_spec s = { .name = "bad", .dim = 2, .optim = o };
-	s.optim.kind = (enum de_optim_kind)42;
+	struct dynemb_table_spec s = { .name = "bad", .dim = 2, .optim = o };
+	s.optim.kind = (enum dynemb_optim_kind)42;
 	int tb;
-	cr_assert_eq(de_open(c, &s, &tb), -EINVAL);
+	cr_assert_eq(dynemb_open(c, &s, &tb), -EINVAL);
 	s.optim = o;
-	s.admission.mode = DE_ADMISSION_PROBABILITY;
+	s.admission.mode = DYNEMB_ADMISSION_PROBABILITY;
 	s.admission.probability = 2;
-	cr_assert_eq(de_open(c, &s, &tb), -EINVAL);
-	cr_assert_not_null(strstr(de_strerror(-EINVAL), "(0, 1]"), "%s", de_strerror(-EINVAL));
-	s.admission = (struct de_admission_spec){ 0 };
-	s.eviction = (struct de_eviction_spec){ .policy = DE_EVICTION_LFU, .budget_bytes = 1 << 20,
+	cr_assert_eq(dynemb_open(c, &s, &tb), -EINVAL);
+	cr_assert_not_null(strstr(dynemb_strerror(-EINVAL), "(0, 1]"), "%s", dynemb_strerror(-EINVAL));
+	s.admission = (struct dynemb_admission_spec){ 0 };
+	s.eviction = (struct dynemb_eviction_spec){ .policy = DYNEMB_EVICTION_LFU, .budget_bytes = 1 << 20,
 						 .lfu_decay = 1000, .disk_tier = true };
-	s.durability = (struct de_durability_spec){ .mode = DE_DURABLE_SYNC };
-	cr_assert_eq(de_open(c, &s, &tb), 0, "%s", de_strerror(-EINVAL));
-	s.durability.mode = DE_DURABLE_ASYNC;
-	cr_assert_eq(de_open(c, &s, &tb), -EEXIST);
-	cr_assert_not_null(strstr(de_strerror(-EEXIST), "durability.mode"), "%s", de_strerror(-EEXIST));
-	de_close(c);
+	s.durability = (struct dynemb_durability_spec){ .mode = DYNEMB_DURABLE_SYNC };
+	cr_assert_eq(dynemb_open(c, &s, &tb), 0, "%s", dynemb_strerror(-EINVAL));
+	s.durability.mode = DYNEMB_DURABLE_ASYNC;
+	cr_assert_eq(dynemb_open(c, &s, &tb), -EEXIST);
+	cr_assert_not_null(strstr(dynemb_strerror(-EEXIST), "durability.mode"), "%s", dynemb_strerror(-EEXIST));
+	dynemb_close(c);
 }

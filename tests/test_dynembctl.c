@@ -240,25 +240,25 @@ static uint64_t key_of(uint32_t i) { return 0x9e3779b97f4a7c15ull * (i + 1) | 1;
 
 static float val(uint64_t k, uint32_t j) { return (float)((k >> 40) % 1000) + 0.25f * (float)j; }
 
-static de_client *client(void)
+static dynemb_client *client(void)
 {
-	de_client *c = NULL;
-	struct de_connect_opts o = { .name = "test_dynembctl", .timeout_ms = 10000 };
-	int err = de_connect(sock, &o, &c);
-	cr_assert_eq(err, 0, "de_connect: %s", de_strerror(err));
+	dynemb_client *c = NULL;
+	struct dynemb_connect_opts o = { .name = "test_dynembctl", .timeout_ms = 10000 };
+	int err = dynemb_connect(sock, &o, &c);
+	cr_assert_eq(err, 0, "dynemb_connect: %s", dynemb_strerror(err));
 	return c;
 }
 
-static int open_table(de_client *c, const char *name, enum de_durability_mode mode)
+static int open_table(dynemb_client *c, const char *name, enum dynemb_durability_mode mode)
 {
-	struct de_table_spec s = { .name = name, .dim = DIM, .init = DE_ZEROS, .seed = 5 };
+	struct dynemb_table_spec s = { .name = name, .dim = DIM, .init = DYNEMB_ZEROS, .seed = 5 };
 	s.durability.mode = mode;
-	int t = -1, err = de_open(c, &s, &t);
-	cr_assert_eq(err, 0, "de_open(%s): %s", name, de_strerror(err));
+	int t = -1, err = dynemb_open(c, &s, &t);
+	cr_assert_eq(err, 0, "dynemb_open(%s): %s", name, dynemb_strerror(err));
 	return t;
 }
 
-static void fill(de_client *c, int t, uint32_t n)
+static void fill(dynemb_client *c, int t, uint32_t n)
 {
 	uint64_t *k = malloc(n * sizeof *k);
 	float *v = malloc((size_t)n * DIM * sizeof *v);
@@ -268,14 +268,14 @@ static void fill(de_client *c, int t, uint32_t n)
 		for (uint32_t j = 0; j < DIM; j++)
 			v[(size_t)i * DIM + j] = val(k[i], j);
 	}
-	int err = de_update(c, t, k, n, v, 1, NULL);
-	cr_assert_eq(err, 0, "de_update: %s", de_strerror(err));
+	int err = dynemb_update(c, t, k, n, v, 1, NULL);
+	cr_assert_eq(err, 0, "dynemb_update: %s", dynemb_strerror(err));
 	free(k);
 	free(v);
 }
 
 /* keys 0..n-1 hold val(); keys n..n+extra-1 are absent */
-static void expect_rows(de_client *c, int t, uint32_t n, uint32_t extra, const char *what)
+static void expect_rows(dynemb_client *c, int t, uint32_t n, uint32_t extra, const char *what)
 {
 	uint32_t m = n + extra;
 	uint64_t *k = malloc(m * sizeof *k);
@@ -284,14 +284,14 @@ static void expect_rows(de_client *c, int t, uint32_t n, uint32_t extra, const c
 	cr_assert(k && v && st);
 	for (uint32_t i = 0; i < m; i++)
 		k[i] = key_of(i);
-	int err = de_lookup(c, t, k, m, v, st, DE_READONLY, 0);
-	cr_assert_eq(err, 0, "%s: de_lookup: %s", what, de_strerror(err));
+	int err = dynemb_lookup(c, t, k, m, v, st, DYNEMB_READONLY, 0);
+	cr_assert_eq(err, 0, "%s: dynemb_lookup: %s", what, dynemb_strerror(err));
 	for (uint32_t i = 0; i < m; i++) {
 		if (i >= n) {
-			cr_assert_eq(st[i], DE_ST_MISSING, "%s: key %u should be absent", what, i);
+			cr_assert_eq(st[i], DYNEMB_ST_MISSING, "%s: key %u should be absent", what, i);
 			continue;
 		}
-		cr_assert_eq(st[i], DE_ST_FOUND, "%s: key %u missing", what, i);
+		cr_assert_eq(st[i], DYNEMB_ST_FOUND, "%s: key %u missing", what, i);
 		for (uint32_t j = 0; j < DIM; j++)
 			cr_assert_eq(v[(size_t)i * DIM + j], val(k[i], j), "%s: key %u[%u]", what, i, j);
 	}
@@ -382,10 +382,10 @@ TestSuite(ctl, .init = setup, .fini = teardown, .timeout = TIMEOUT);
 
 Test(ctl, snapshot_export_import)
 {
-	de_client *c = client();
-	int t = open_table(c, "t", DE_DURABLE_NONE);
+	dynemb_client *c = client();
+	int t = open_table(c, "t", DYNEMB_DURABLE_NONE);
 	fill(c, t, NKEYS);
-	de_close(c);
+	dynemb_close(c);
 
 	/* a none table survives a kill only through a snapshot: take one */
 	struct ctl_out o;
@@ -395,7 +395,7 @@ Test(ctl, snapshot_export_import)
 	daemon_kill();
 	daemon_start();
 	c = client();
-	t = open_table(c, "t", DE_DURABLE_NONE);
+	t = open_table(c, "t", DYNEMB_DURABLE_NONE);
 	expect_rows(c, t, NKEYS, 10, "after snapshot + SIGKILL");
 
 	/* export: the file holds exactly the rows written */
@@ -407,29 +407,29 @@ Test(ctl, snapshot_export_import)
 	check_export_file(path, NKEYS);
 
 	/* import into another table of the same config, sync durability */
-	int u = open_table(c, "u", DE_DURABLE_SYNC);
+	int u = open_table(c, "u", DYNEMB_DURABLE_SYNC);
 	expect_rows(c, u, 0, NKEYS, "u before the import");
 	CTL(&o, "import", "u", path);
 	cr_assert_eq(o.status, 0, "import: %d\n%s", o.status, o.err);
 	cr_assert(strstr(o.out, "imported u: 3000 of 3000 records"), "stdout: %s", o.out);
 	expect_rows(c, u, NKEYS, 10, "u after the import");
-	de_close(c);
+	dynemb_close(c);
 	/* the import is durable (the daemon snapshots the table before answering) */
 	daemon_kill();
 	daemon_start();
 	c = client();
-	u = open_table(c, "u", DE_DURABLE_SYNC);
+	u = open_table(c, "u", DYNEMB_DURABLE_SYNC);
 	expect_rows(c, u, NKEYS, 10, "u after the import and SIGKILL");
-	de_close(c);
+	dynemb_close(c);
 }
 
 Test(ctl, snapshot_all_and_relative_path)
 {
-	de_client *c = client();
-	int a = open_table(c, "a", DE_DURABLE_NONE), b = open_table(c, "b", DE_DURABLE_NONE);
+	dynemb_client *c = client();
+	int a = open_table(c, "a", DYNEMB_DURABLE_NONE), b = open_table(c, "b", DYNEMB_DURABLE_NONE);
 	fill(c, a, 500);
 	fill(c, b, 700);
-	de_close(c);
+	dynemb_close(c);
 	struct ctl_out o;
 	CTL(&o, "--quiet", "snapshot");
 	cr_assert_eq(o.status, 0, "snapshot: %d\n%s", o.status, o.err);
@@ -438,11 +438,11 @@ Test(ctl, snapshot_all_and_relative_path)
 	daemon_kill();
 	daemon_start();
 	c = client();
-	a = open_table(c, "a", DE_DURABLE_NONE);
-	b = open_table(c, "b", DE_DURABLE_NONE);
+	a = open_table(c, "a", DYNEMB_DURABLE_NONE);
+	b = open_table(c, "b", DYNEMB_DURABLE_NONE);
 	expect_rows(c, a, 500, 5, "a");
 	expect_rows(c, b, 700, 5, "b");
-	de_close(c);
+	dynemb_close(c);
 
 	/* a relative FILE is taken from the current directory */
 	char cwd[512];
@@ -458,8 +458,8 @@ Test(ctl, snapshot_all_and_relative_path)
 
 Test(ctl, damaged_import)
 {
-	de_client *c = client();
-	int t = open_table(c, "t", DE_DURABLE_NONE);
+	dynemb_client *c = client();
+	int t = open_table(c, "t", DYNEMB_DURABLE_NONE);
 	fill(c, t, NKEYS);
 	struct ctl_out o;
 	char path[256], bad[256];
@@ -480,7 +480,7 @@ Test(ctl, damaged_import)
 	fclose(in);
 	cr_assert_eq(fclose(out), 0);
 
-	int u = open_table(c, "u", DE_DURABLE_NONE);
+	int u = open_table(c, "u", DYNEMB_DURABLE_NONE);
 	CTL(&o, "import", "u", bad);
 	cr_assert_eq(o.status, 1, "strict import of a damaged file: %d\n%s", o.status, o.out);
 	cr_assert(strstr(o.err, "dynembctl: import u:"), "stderr: %s", o.err);
@@ -505,9 +505,9 @@ Test(ctl, damaged_import)
 	float *v = malloc((size_t)NKEYS * DIM * sizeof *v);
 	uint8_t *st = malloc(NKEYS);
 	cr_assert(v && st);
-	cr_assert_eq(de_lookup(c, u, keys, NKEYS, v, st, DE_READONLY, 0), 0);
+	cr_assert_eq(dynemb_lookup(c, u, keys, NKEYS, v, st, DYNEMB_READONLY, 0), 0);
 	for (uint32_t i = 0; i < NKEYS; i++) {
-		cr_assert_eq(st[i], i < 1234 ? DE_ST_FOUND : DE_ST_MISSING, "record %u", i);
+		cr_assert_eq(st[i], i < 1234 ? DYNEMB_ST_FOUND : DYNEMB_ST_MISSING, "record %u", i);
 		for (uint32_t j = 0; i < 1234 && j < DIM; j++)
 			cr_assert_eq(v[(size_t)i * DIM + j], val(keys[i], j));
 	}
@@ -515,7 +515,7 @@ Test(ctl, damaged_import)
 	free(keys);
 	free(v);
 	free(st);
-	de_close(c);
+	dynemb_close(c);
 }
 
 /* ---- fail ----------------------------------------------------------------------------------- */
@@ -557,10 +557,10 @@ Test(fail, usage)
 
 Test(fail, daemon_errors)
 {
-	de_client *c = client();
-	int t = open_table(c, "t", DE_DURABLE_NONE);
+	dynemb_client *c = client();
+	int t = open_table(c, "t", DYNEMB_DURABLE_NONE);
 	fill(c, t, 100);
-	de_close(c);
+	dynemb_close(c);
 	struct ctl_out o;
 	char path[256];
 	snprintf(path, sizeof path, "%s/x.dexp", expdir);

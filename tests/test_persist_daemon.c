@@ -158,28 +158,28 @@ static bool log_has(const char *needle)
 	return found;
 }
 
-static de_client *conn(void)
+static dynemb_client *conn(void)
 {
-	de_client *c;
-	struct de_connect_opts o = { .name = "persist-test", .timeout_ms = 20000 };
-	int err = de_connect(d_sock, &o, &c);
-	cr_assert_eq(err, 0, "connect: %s", de_strerror(err));
+	dynemb_client *c;
+	struct dynemb_connect_opts o = { .name = "persist-test", .timeout_ms = 20000 };
+	int err = dynemb_connect(d_sock, &o, &c);
+	cr_assert_eq(err, 0, "connect: %s", dynemb_strerror(err));
 	return c;
 }
 
-static struct de_table_spec spec(const char *name, enum de_durability_mode mode, uint32_t win)
+static struct dynemb_table_spec spec(const char *name, enum dynemb_durability_mode mode, uint32_t win)
 {
-	struct de_table_spec s = { .name = name, .dim = DIM, .init = DE_CONSTANT, .init_a = 0.5f,
+	struct dynemb_table_spec s = { .name = name, .dim = DIM, .init = DYNEMB_CONSTANT, .init_a = 0.5f,
 				   .seed = 7 };
 	s.durability.mode = mode;
 	s.durability.window_ms = win;
 	return s;
 }
 
-static int open_t(de_client *c, const struct de_table_spec *s)
+static int open_t(dynemb_client *c, const struct dynemb_table_spec *s)
 {
-	int t, err = de_open(c, s, &t);
-	cr_assert_eq(err, 0, "open %s: %s", s->name, de_strerror(err));
+	int t, err = dynemb_open(c, s, &t);
+	cr_assert_eq(err, 0, "open %s: %s", s->name, dynemb_strerror(err));
 	return t;
 }
 
@@ -189,11 +189,11 @@ static float val(uint64_t key, uint32_t version, unsigned j)
 }
 
 /* the table's rows of keys[0..n) as lookups without create see them: found[i] */
-static void read_rows(de_client *c, int t, const uint64_t *keys, size_t n, float *out,
+static void read_rows(dynemb_client *c, int t, const uint64_t *keys, size_t n, float *out,
 		      uint8_t *st)
 {
-	int err = de_lookup(c, t, keys, n, out, st, DE_READONLY, 0);
-	cr_assert_eq(err, 0, "lookup: %s", de_strerror(err));
+	int err = dynemb_lookup(c, t, keys, n, out, st, DYNEMB_READONLY, 0);
+	cr_assert_eq(err, 0, "lookup: %s", dynemb_strerror(err));
 }
 
 /* ---- config ----------------------------------------------------------------------- */
@@ -254,17 +254,17 @@ Test(config, durability_needs_data_dir)
 			       "--segment-bytes", "2M", "--reserve-bytes", "2G", NULL };
 	d_pid = daemon_spawn(argv, SIGKILL, "/dev/null");
 	daemon_wait_listen(d_pid, d_sock, 10, NULL);
-	de_client *c = conn();
-	struct de_table_spec s = spec("sync_t", DE_DURABLE_SYNC, 0);
-	int t, err = de_open(c, &s, &t);
+	dynemb_client *c = conn();
+	struct dynemb_table_spec s = spec("sync_t", DYNEMB_DURABLE_SYNC, 0);
+	int t, err = dynemb_open(c, &s, &t);
 	cr_expect_eq(err, -EINVAL);
-	cr_expect(strstr(de_strerror(err), "data_dir"), "%s", de_strerror(err));
-	s = spec("async_t", DE_DURABLE_ASYNC, 5);
-	cr_expect_eq(de_open(c, &s, &t), -EINVAL);
-	s = spec("none_t", DE_DURABLE_NONE, 0);
-	cr_expect_eq(de_open(c, &s, &t), 0, "durability none needs no data_dir");
-	cr_expect_eq(de_snapshot(c, NULL, false, NULL, NULL, NULL), -EINVAL, "no data_dir");
-	de_close(c);
+	cr_expect(strstr(dynemb_strerror(err), "data_dir"), "%s", dynemb_strerror(err));
+	s = spec("async_t", DYNEMB_DURABLE_ASYNC, 5);
+	cr_expect_eq(dynemb_open(c, &s, &t), -EINVAL);
+	s = spec("none_t", DYNEMB_DURABLE_NONE, 0);
+	cr_expect_eq(dynemb_open(c, &s, &t), 0, "durability none needs no data_dir");
+	cr_expect_eq(dynemb_snapshot(c, NULL, false, NULL, NULL, NULL), -EINVAL, "no data_dir");
+	dynemb_close(c);
 }
 
 /* ---- crash ------------------------------------------------------------------------ */
@@ -276,8 +276,8 @@ TestSuite(crash, .init = setup, .fini = teardown, .timeout = 120);
 Test(crash, sync_acked_updates_survive_sigkill)
 {
 	start(NULL);
-	de_client *c = conn();
-	struct de_table_spec s = spec("emb", DE_DURABLE_SYNC, 0);
+	dynemb_client *c = conn();
+	struct dynemb_table_spec s = spec("emb", DYNEMB_DURABLE_SYNC, 0);
 	int t = open_t(c, &s);
 	uint32_t ref[NKEYS + 1] = { 0 }; /* version of each key's acknowledged value; 0: none */
 	uint64_t seed = 1;
@@ -293,24 +293,24 @@ Test(crash, sync_acked_updates_survive_sigkill)
 					keys[i] = 1 + (keys[i] % NKEYS);
 		}
 		if (round % 37 == 36) {
-			cr_assert_eq(de_erase(c, t, keys, 1, NULL), 0);
+			cr_assert_eq(dynemb_erase(c, t, keys, 1, NULL), 0);
 			ref[keys[0]] = 0;
 			continue;
 		}
 		for (size_t i = 0; i < n; i++)
 			for (unsigned j = 0; j < DIM; j++)
 				vals[i * DIM + j] = val(keys[i], (uint32_t)round + 1, j);
-		int err = de_update(c, t, keys, n, vals, 0, NULL);
-		cr_assert_eq(err, 0, "update: %s", de_strerror(err));
+		int err = dynemb_update(c, t, keys, n, vals, 0, NULL);
+		cr_assert_eq(err, 0, "update: %s", dynemb_strerror(err));
 		for (size_t i = 0; i < n; i++) /* duplicates: the last one wins */
 			ref[keys[i]] = (uint32_t)round + 1;
 	}
-	struct de_stats st;
-	cr_assert_eq(de_stats(c, t, &st), 0);
+	struct dynemb_stats st;
+	cr_assert_eq(dynemb_stats(c, t, &st), 0);
 	cr_expect_geq(st.wal_lsn, 290, "one record per write");
 	cr_expect_eq(st.durable_lsn, st.wal_lsn, "sync: everything acknowledged is durable");
 	cr_expect_eq(st.read_only, 0);
-	de_close(c);
+	dynemb_close(c);
 	crash();
 
 	start(NULL);
@@ -326,17 +326,17 @@ Test(crash, sync_acked_updates_survive_sigkill)
 	for (unsigned i = 0; i < NKEYS; i++) {
 		uint64_t k = keys[i];
 		if (!ref[k]) {
-			cr_expect_eq(stt[i], DE_ST_MISSING, "key %lu: never written or erased", k);
+			cr_expect_eq(stt[i], DYNEMB_ST_MISSING, "key %lu: never written or erased", k);
 			continue;
 		}
 		present++;
-		cr_expect_eq(stt[i], DE_ST_FOUND, "key %lu acknowledged, lost", k);
+		cr_expect_eq(stt[i], DYNEMB_ST_FOUND, "key %lu acknowledged, lost", k);
 		for (unsigned j = 0; j < DIM; j++)
 			cr_expect_eq(out[i * DIM + j], val(k, ref[k], j), "key %lu col %u", k, j);
 	}
 	cr_expect_gt(present, 50);
 	cr_expect(log_has("WAL records applied"));
-	de_close(c);
+	dynemb_close(c);
 }
 
 /* de_learn.h's Adam, per key (bias correction by the key's own step count) */
@@ -365,9 +365,9 @@ static float grad(uint64_t key, unsigned step, unsigned j)
 Test(crash, adam_continues_after_sigkill)
 {
 	start(NULL);
-	de_client *c = conn();
-	struct de_table_spec s = spec("adam", DE_DURABLE_SYNC, 0);
-	de_optim_spec_defaults(DE_OPTIM_ADAM, &s.optim);
+	dynemb_client *c = conn();
+	struct dynemb_table_spec s = spec("adam", DYNEMB_DURABLE_SYNC, 0);
+	dynemb_optim_spec_defaults(DYNEMB_OPTIM_ADAM, &s.optim);
 	s.optim.lr = 0.05;
 	int t = open_t(c, &s);
 	enum { K = 16, STEPS = 40, CRASH_AT = 23 };
@@ -379,7 +379,7 @@ Test(crash, adam_continues_after_sigkill)
 	}
 	for (unsigned step = 0; step < STEPS; step++) {
 		if (step == CRASH_AT) {
-			de_close(c);
+			dynemb_close(c);
 			crash();
 			start(NULL);
 			c = conn();
@@ -396,8 +396,8 @@ Test(crash, adam_continues_after_sigkill)
 				adam_step(&ref[k], &g[n * DIM], 0.05);
 				n++;
 			}
-		int err = de_apply_gradients(c, t, keys, n, g, step, 0, NULL);
-		cr_assert_eq(err, 0, "step %u: %s", step, de_strerror(err));
+		int err = dynemb_apply_gradients(c, t, keys, n, g, step, 0, NULL);
+		cr_assert_eq(err, 0, "step %u: %s", step, dynemb_strerror(err));
 	}
 	uint64_t keys[K];
 	float out[K * DIM];
@@ -412,15 +412,15 @@ Test(crash, adam_continues_after_sigkill)
 				  "key %u col %u: %.7f, reference %.7f (optimizer state lost?)", k + 1,
 				  j, got, want);
 		}
-	de_close(c);
+	dynemb_close(c);
 }
 
 Test(crash, async_loss_is_a_bounded_prefix)
 {
 	start(NULL);
-	de_client *c = conn();
+	dynemb_client *c = conn();
 	enum { WIN = 50, N = 400 };
-	struct de_table_spec s = spec("async", DE_DURABLE_ASYNC, WIN);
+	struct dynemb_table_spec s = spec("async", DYNEMB_DURABLE_ASYNC, WIN);
 	int t = open_t(c, &s);
 	double acked[N];
 	/* update i writes key i + 1 with version i + 1, paced ~1 ms apart */
@@ -429,7 +429,7 @@ Test(crash, async_loss_is_a_bounded_prefix)
 		float v[DIM];
 		for (unsigned j = 0; j < DIM; j++)
 			v[j] = val(k, i + 1, j);
-		cr_assert_eq(de_update(c, t, &k, 1, v, 0, NULL), 0);
+		cr_assert_eq(dynemb_update(c, t, &k, 1, v, 0, NULL), 0);
 		acked[i] = now_s();
 		usleep(1000);
 	}
@@ -445,10 +445,10 @@ Test(crash, async_loss_is_a_bounded_prefix)
 		keys[i] = i + 1;
 	read_rows(c, t, keys, N, out, st);
 	unsigned kept = 0;
-	while (kept < N && st[kept] == DE_ST_FOUND)
+	while (kept < N && st[kept] == DYNEMB_ST_FOUND)
 		kept++;
 	for (unsigned i = kept; i < N; i++)
-		cr_expect_eq(st[i], DE_ST_MISSING, "update %u survived after a lost one", i);
+		cr_expect_eq(st[i], DYNEMB_ST_MISSING, "update %u survived after a lost one", i);
 	for (unsigned i = 0; i < kept; i++)
 		cr_expect_eq(out[i * DIM], val(i + 1, i + 1, 0));
 	/* lost: acknowledged at most one window (+ a flush and scheduling slack) before the kill */
@@ -459,14 +459,14 @@ Test(crash, async_loss_is_a_bounded_prefix)
 			      killed - acked[kept]);
 	cr_log_info("async: %u of %u updates survived; the first lost was acked %.1f ms before "
 		    "the kill", kept, N, kept < N ? (killed - acked[kept]) * 1e3 : 0.0);
-	de_close(c);
+	dynemb_close(c);
 }
 
 Test(crash, snapshot_then_wal)
 {
 	start(NULL);
-	de_client *c = conn();
-	struct de_table_spec s = spec("sw", DE_DURABLE_SYNC, 0);
+	dynemb_client *c = conn();
+	struct dynemb_table_spec s = spec("sw", DYNEMB_DURABLE_SYNC, 0);
 	int t = open_t(c, &s);
 	uint64_t keys[100];
 	float v[100 * DIM];
@@ -475,23 +475,23 @@ Test(crash, snapshot_then_wal)
 		for (unsigned j = 0; j < DIM; j++)
 			v[i * DIM + j] = val(i + 1, 1, j);
 	}
-	cr_assert_eq(de_update(c, t, keys, 100, v, 0, NULL), 0);
-	struct de_snapshot_result r;
-	int err = de_snapshot(c, "sw", false, NULL, NULL, &r);
-	cr_assert_eq(err, 0, "snapshot: %s", de_strerror(err));
+	cr_assert_eq(dynemb_update(c, t, keys, 100, v, 0, NULL), 0);
+	struct dynemb_snapshot_result r;
+	int err = dynemb_snapshot(c, "sw", false, NULL, NULL, &r);
+	cr_assert_eq(err, 0, "snapshot: %s", dynemb_strerror(err));
 	cr_expect_eq(r.tables, 1);
 	cr_expect_eq(r.rows, 100, "incremental: the 100 dirty keys");
 	/* after the snapshot: keys 51..100 get version 2, key 1 erased */
 	for (unsigned i = 50; i < 100; i++)
 		for (unsigned j = 0; j < DIM; j++)
 			v[i * DIM + j] = val(i + 1, 2, j);
-	cr_assert_eq(de_update(c, t, keys + 50, 50, v + 50 * DIM, 0, NULL), 0);
-	cr_assert_eq(de_erase(c, t, keys, 1, NULL), 0);
-	struct de_stats st;
-	cr_assert_eq(de_stats(c, t, &st), 0);
+	cr_assert_eq(dynemb_update(c, t, keys + 50, 50, v + 50 * DIM, 0, NULL), 0);
+	cr_assert_eq(dynemb_erase(c, t, keys, 1, NULL), 0);
+	struct dynemb_stats st;
+	cr_assert_eq(dynemb_stats(c, t, &st), 0);
 	cr_expect_eq(st.snapshots, 2, "the table's first (empty) one and this");
 	cr_expect_eq(st.snapshot_lsn, r.lsn);
-	de_close(c);
+	dynemb_close(c);
 	crash();
 	start(NULL);
 	c = conn();
@@ -499,19 +499,19 @@ Test(crash, snapshot_then_wal)
 	float out[100 * DIM];
 	uint8_t stt[100];
 	read_rows(c, t, keys, 100, out, stt);
-	cr_expect_eq(stt[0], DE_ST_MISSING, "erased after the snapshot");
+	cr_expect_eq(stt[0], DYNEMB_ST_MISSING, "erased after the snapshot");
 	for (unsigned i = 1; i < 100; i++) {
-		cr_expect_eq(stt[i], DE_ST_FOUND);
+		cr_expect_eq(stt[i], DYNEMB_ST_FOUND);
 		cr_expect_eq(out[i * DIM + 3], val(i + 1, i < 50 ? 1 : 2, 3), "key %u", i + 1);
 	}
-	de_close(c);
+	dynemb_close(c);
 }
 
 Test(crash, durability_none_keeps_the_snapshot)
 {
 	start(NULL);
-	de_client *c = conn();
-	struct de_table_spec s = spec("none", DE_DURABLE_NONE, 0);
+	dynemb_client *c = conn();
+	struct dynemb_table_spec s = spec("none", DYNEMB_DURABLE_NONE, 0);
 	int t = open_t(c, &s);
 	uint64_t keys[20];
 	float v[20 * DIM];
@@ -520,16 +520,16 @@ Test(crash, durability_none_keeps_the_snapshot)
 		for (unsigned j = 0; j < DIM; j++)
 			v[i * DIM + j] = val(i + 1, 1, j);
 	}
-	cr_assert_eq(de_update(c, t, keys, 10, v, 0, NULL), 0);
-	cr_assert_eq(de_snapshot(c, NULL, false, NULL, NULL, NULL), 0);
+	cr_assert_eq(dynemb_update(c, t, keys, 10, v, 0, NULL), 0);
+	cr_assert_eq(dynemb_snapshot(c, NULL, false, NULL, NULL, NULL), 0);
 	for (unsigned i = 0; i < 20; i++)
 		for (unsigned j = 0; j < DIM; j++)
 			v[i * DIM + j] = val(i + 1, 2, j);
-	cr_assert_eq(de_update(c, t, keys, 20, v, 0, NULL), 0); /* after it: lost on a crash */
-	struct de_stats st;
-	cr_assert_eq(de_stats(c, t, &st), 0);
+	cr_assert_eq(dynemb_update(c, t, keys, 20, v, 0, NULL), 0); /* after it: lost on a crash */
+	struct dynemb_stats st;
+	cr_assert_eq(dynemb_stats(c, t, &st), 0);
 	cr_expect_eq(st.wal_lsn, 0, "none: no WAL");
-	de_close(c);
+	dynemb_close(c);
 	crash();
 	start(NULL);
 	c = conn();
@@ -539,15 +539,15 @@ Test(crash, durability_none_keeps_the_snapshot)
 	read_rows(c, t, keys, 20, out, stt);
 	for (unsigned i = 0; i < 20; i++) {
 		if (i < 10) {
-			cr_expect_eq(stt[i], DE_ST_FOUND);
+			cr_expect_eq(stt[i], DYNEMB_ST_FOUND);
 			cr_expect_eq(out[i * DIM], val(i + 1, 1, 0), "key %u: as of the snapshot", i + 1);
 		} else {
-			cr_expect_eq(stt[i], DE_ST_MISSING, "key %u: written after the snapshot", i + 1);
+			cr_expect_eq(stt[i], DYNEMB_ST_MISSING, "key %u: written after the snapshot", i + 1);
 		}
 	}
 	/* a clean stop (SIGTERM) snapshots what changed */
-	cr_assert_eq(de_update(c, t, keys, 20, v, 0, NULL), 0);
-	de_close(c);
+	cr_assert_eq(dynemb_update(c, t, keys, 20, v, 0, NULL), 0);
+	dynemb_close(c);
 	stop();
 	start(NULL);
 	c = conn();
@@ -555,7 +555,7 @@ Test(crash, durability_none_keeps_the_snapshot)
 	read_rows(c, t, keys, 20, out, stt);
 	for (unsigned i = 0; i < 20; i++)
 		cr_expect_eq(out[i * DIM], val(i + 1, 2, 0), "key %u after a clean stop", i + 1);
-	de_close(c);
+	dynemb_close(c);
 }
 
 /* ---- corrupt ---------------------------------------------------------------------- */
@@ -566,10 +566,10 @@ TestSuite(corrupt, .init = setup, .fini = teardown, .timeout = 120);
 static void populate(void)
 {
 	start(NULL);
-	de_client *c = conn();
-	struct de_table_spec s = spec("a", DE_DURABLE_SYNC, 0);
+	dynemb_client *c = conn();
+	struct dynemb_table_spec s = spec("a", DYNEMB_DURABLE_SYNC, 0);
 	int t = open_t(c, &s);
-	struct de_table_spec s2 = spec("b", DE_DURABLE_ASYNC, 5);
+	struct dynemb_table_spec s2 = spec("b", DYNEMB_DURABLE_ASYNC, 5);
 	open_t(c, &s2);
 	uint64_t keys[30];
 	float v[30 * DIM];
@@ -578,10 +578,10 @@ static void populate(void)
 		for (unsigned j = 0; j < DIM; j++)
 			v[i * DIM + j] = val(i + 1, 1, j);
 	}
-	cr_assert_eq(de_update(c, t, keys, 30, v, 0, NULL), 0);
-	cr_assert_eq(de_snapshot(c, "a", true, NULL, NULL, NULL), 0);
-	cr_assert_eq(de_update(c, t, keys, 10, v, 0, NULL), 0);
-	de_close(c);
+	cr_assert_eq(dynemb_update(c, t, keys, 30, v, 0, NULL), 0);
+	cr_assert_eq(dynemb_snapshot(c, "a", true, NULL, NULL, NULL), 0);
+	cr_assert_eq(dynemb_update(c, t, keys, 10, v, 0, NULL), 0);
+	dynemb_close(c);
 	crash();
 }
 
@@ -655,8 +655,8 @@ Test(corrupt, wal_tail_truncated)
 	unlink(d_log);
 	start(NULL);
 	cr_expect(log_has("torn tail"), "the truncation is logged");
-	de_client *c = conn();
-	struct de_table_spec s = spec("a", DE_DURABLE_SYNC, 0);
+	dynemb_client *c = conn();
+	struct dynemb_table_spec s = spec("a", DYNEMB_DURABLE_SYNC, 0);
 	int t = open_t(c, &s);
 	uint64_t keys[30];
 	float out[30 * DIM];
@@ -665,8 +665,8 @@ Test(corrupt, wal_tail_truncated)
 		keys[i] = i + 1;
 	read_rows(c, t, keys, 30, out, st);
 	for (unsigned i = 0; i < 30; i++)
-		cr_expect_eq(st[i], DE_ST_FOUND, "key %u: in the snapshot", i + 1);
-	de_close(c);
+		cr_expect_eq(st[i], DYNEMB_ST_FOUND, "key %u: in the snapshot", i + 1);
+	dynemb_close(c);
 }
 
 /* ---- faults ----------------------------------------------------------------------- */
@@ -682,8 +682,8 @@ Test(faults, fsync_failure_makes_read_only)
 	setenv("DYNEMBD_TEST_WAL_FAULT", "fsync:3", 1);
 	start(NULL);
 	unsetenv("DYNEMBD_TEST_WAL_FAULT");
-	de_client *c = conn();
-	struct de_table_spec s = spec("ro", DE_DURABLE_SYNC, 0);
+	dynemb_client *c = conn();
+	struct dynemb_table_spec s = spec("ro", DYNEMB_DURABLE_SYNC, 0);
 	int t = open_t(c, &s);
 	uint64_t k;
 	float v[DIM];
@@ -692,20 +692,20 @@ Test(faults, fsync_failure_makes_read_only)
 	for (k = 1; k <= 10 && !err; k++) {
 		for (unsigned j = 0; j < DIM; j++)
 			v[j] = val(k, 1, j);
-		err = de_update(c, t, &k, 1, v, 0, NULL);
+		err = dynemb_update(c, t, &k, 1, v, 0, NULL);
 		ok += !err;
 	}
 	cr_expect_eq(err, -EIO, "the update whose fsync failed is not acknowledged: %s",
-		     de_strerror(err));
+		     dynemb_strerror(err));
 	cr_expect_geq(ok, 1);
 	uint64_t failed_key = k - 1;
 	k = 100;
-	cr_expect_eq(de_update(c, t, &k, 1, v, 0, NULL), -EROFS, "later writes");
+	cr_expect_eq(dynemb_update(c, t, &k, 1, v, 0, NULL), -EROFS, "later writes");
 	float g[DIM] = { 1, 1, 1, 1 };
 	(void)g;
-	cr_expect_eq(de_erase(c, t, &k, 1, NULL), -EROFS);
-	struct de_stats st;
-	cr_assert_eq(de_stats(c, t, &st), 0);
+	cr_expect_eq(dynemb_erase(c, t, &k, 1, NULL), -EROFS);
+	struct dynemb_stats st;
+	cr_assert_eq(dynemb_stats(c, t, &st), 0);
 	cr_expect_eq(st.read_only, 1);
 	cr_expect_lt(st.durable_lsn, st.wal_lsn + 1);
 	/* reads go on: the acknowledged keys are there */
@@ -718,8 +718,8 @@ Test(faults, fsync_failure_makes_read_only)
 	for (unsigned i = 0; i < ok; i++)
 		cr_expect_eq(out[i * DIM], val(i + 1, 1, 0));
 	cr_expect(log_has("read-only"), "one log line says so");
-	cr_expect_eq(de_snapshot(c, "ro", false, NULL, NULL, NULL), -EROFS);
-	de_close(c);
+	cr_expect_eq(dynemb_snapshot(c, "ro", false, NULL, NULL, NULL), -EROFS);
+	dynemb_close(c);
 	crash();
 	/* after a restart the acknowledged updates are there; the failed one may or may not
 	 * be (it was not acknowledged) */
@@ -728,12 +728,12 @@ Test(faults, fsync_failure_makes_read_only)
 	t = open_t(c, &s);
 	read_rows(c, t, keys, ok, out, stt);
 	for (unsigned i = 0; i < ok; i++)
-		cr_expect_eq(stt[i], DE_ST_FOUND, "acknowledged key %u", i + 1);
-	struct de_stats st2;
-	cr_assert_eq(de_stats(c, t, &st2), 0);
+		cr_expect_eq(stt[i], DYNEMB_ST_FOUND, "acknowledged key %u", i + 1);
+	struct dynemb_stats st2;
+	cr_assert_eq(dynemb_stats(c, t, &st2), 0);
 	cr_expect_eq(st2.read_only, 0, "a restart recovers");
 	cr_log_info("fsync fault: %u acknowledged, key %lu failed", ok, (unsigned long)failed_key);
-	de_close(c);
+	dynemb_close(c);
 #endif
 }
 
@@ -743,8 +743,8 @@ Test(faults, enospc_on_tmpfs)
 		cr_skip_test("cannot mount a tmpfs on %s (%s): needs root", d_dir, strerror(errno));
 	const char *extra[] = { "--wal-segment-bytes", "64K", NULL };
 	start(extra);
-	de_client *c = conn();
-	struct de_table_spec s = spec("full", DE_DURABLE_SYNC, 0);
+	dynemb_client *c = conn();
+	struct dynemb_table_spec s = spec("full", DYNEMB_DURABLE_SYNC, 0);
 	s.dim = 64;
 	int t = open_t(c, &s);
 	enum { MAXK = 20000 };
@@ -758,16 +758,16 @@ Test(faults, enospc_on_tmpfs)
 			for (unsigned j = 0; j < 64; j++)
 				v[i * 64 + j] = val(k + i, 1, j);
 		}
-		err = de_update(c, t, keys, 16, v, 0, NULL);
+		err = dynemb_update(c, t, keys, 16, v, 0, NULL);
 		if (!err)
 			acked = k + 15;
 	}
-	cr_expect(err == -ENOSPC || err == -EROFS, "a full disk surfaces: %s", de_strerror(err));
+	cr_expect(err == -ENOSPC || err == -EROFS, "a full disk surfaces: %s", dynemb_strerror(err));
 	cr_expect_gt(acked, 0);
-	struct de_stats st;
-	cr_assert_eq(de_stats(c, t, &st), 0);
+	struct dynemb_stats st;
+	cr_assert_eq(dynemb_stats(c, t, &st), 0);
 	cr_expect_eq(st.read_only, 1);
-	de_close(c);
+	dynemb_close(c);
 	crash();
 	/* make room (a bigger tmpfs over the same files is not possible: remount) */
 	cr_assert_eq(mount("tmpfs", d_dir, "tmpfs", MS_REMOUNT, "size=64m"), 0);
@@ -783,13 +783,13 @@ Test(faults, enospc_on_tmpfs)
 			keys[i] = k + i;
 		read_rows(c, t, keys, 16, out, stt);
 		for (unsigned i = 0; i < 16; i++) {
-			cr_assert_eq(stt[i], DE_ST_FOUND, "acknowledged key %lu lost",
+			cr_assert_eq(stt[i], DYNEMB_ST_FOUND, "acknowledged key %lu lost",
 				     (unsigned long)(k + i));
 			cr_assert_eq(out[i * 64 + 5], val(k + i, 1, 5));
 		}
 	}
 	cr_log_info("tmpfs 1M: %lu keys acknowledged before ENOSPC", (unsigned long)acked);
-	de_close(c);
+	dynemb_close(c);
 }
 
 /* ---- jobs ------------------------------------------------------------------------- */
@@ -804,7 +804,7 @@ struct seen {
 	char table[64];
 };
 
-static int on_prog(void *ctx, const struct de_progress *p)
+static int on_prog(void *ctx, const struct dynemb_progress *p)
 {
 	struct seen *s = ctx;
 	if (s->calls && p->done < s->last_done && (unsigned)p->phase == s->phase)
@@ -824,9 +824,12 @@ Test(jobs, export_import_round_trip)
 	mkdir(exp_dir, 0755);
 	const char *extra[] = { "--export-dir", exp_dir, NULL };
 	start(extra);
-	de_client *c = conn();
-	struct de_table_spec s = spec("src", DE_DURABLE_ASYNC, 5);
-	de_optim_spec_defaults(DE_OPTIM_ADAGRAD, &s.optim);
+	dynemb_client *c = conn();
+	/* a data_dir and an export_dir: the daemon says so */
+	cr_assert_eq(dynemb_capabilities(c) & (DYNEMB_CAP_PERSISTENCE | DYNEMB_CAP_EXPORT_DIR),
+		     DYNEMB_CAP_PERSISTENCE | DYNEMB_CAP_EXPORT_DIR);
+	struct dynemb_table_spec s = spec("src", DYNEMB_DURABLE_ASYNC, 5);
+	dynemb_optim_spec_defaults(DYNEMB_OPTIM_ADAGRAD, &s.optim);
 	int t = open_t(c, &s);
 	enum { N = 3000 };
 	static uint64_t keys[N];
@@ -837,13 +840,13 @@ Test(jobs, export_import_round_trip)
 		for (unsigned j = 0; j < DIM; j++)
 			v[i * DIM + j] = val(keys[i], 3, j);
 	}
-	cr_assert_eq(de_update(c, t, keys, N, v, 0, NULL), 0);
+	cr_assert_eq(dynemb_update(c, t, keys, N, v, 0, NULL), 0);
 	char path[400];
 	snprintf(path, sizeof path, "%s/src.dexp", exp_dir);
 	struct seen sp = { .monotonic = true };
 	uint64_t records = 0, bytes = 0;
-	int err = de_export_table(c, "src", path, on_prog, &sp, &records, &bytes);
-	cr_assert_eq(err, 0, "export: %s", de_strerror(err));
+	int err = dynemb_export(c, "src", path, on_prog, &sp, &records, &bytes);
+	cr_assert_eq(err, 0, "export: %s", dynemb_strerror(err));
 	cr_expect_eq(records, N);
 	struct stat fst;
 	cr_assert_eq(stat(path, &fst), 0);
@@ -854,31 +857,31 @@ Test(jobs, export_import_round_trip)
 	cr_expect_str_eq(sp.table, "src");
 
 	/* a second table with the same config, durable: import, crash, it is still there */
-	struct de_table_spec s2 = s;
+	struct dynemb_table_spec s2 = s;
 	s2.name = "dst";
-	s2.durability.mode = DE_DURABLE_SYNC;
+	s2.durability.mode = DYNEMB_DURABLE_SYNC;
 	s2.durability.window_ms = 0;
 	int t2 = open_t(c, &s2);
-	struct de_import_result ir;
+	struct dynemb_import_result ir;
 	struct seen ip = { .monotonic = true };
-	err = de_import_table(c, "dst", path, 0, on_prog, &ip, &ir);
-	cr_assert_eq(err, 0, "import: %s", de_strerror(err));
+	err = dynemb_import(c, "dst", path, 0, on_prog, &ip, &ir);
+	cr_assert_eq(err, 0, "import: %s", dynemb_strerror(err));
 	cr_expect_eq(ir.imported, N);
 	cr_expect_eq(ir.dropped, 0);
 	cr_expect_geq(ip.calls, 1);
 	(void)t2;
 	/* refused paths */
-	cr_expect_eq(de_export_table(c, "src", "/etc/dynemb-test.dexp", NULL, NULL, NULL, NULL), -EPERM);
-	cr_expect(strstr(de_strerror(-EPERM), "export_dir"), "%s", de_strerror(-EPERM));
+	cr_expect_eq(dynemb_export(c, "src", "/etc/dynemb-test.dexp", NULL, NULL, NULL, NULL), -EPERM);
+	cr_expect(strstr(dynemb_strerror(-EPERM), "export_dir"), "%s", dynemb_strerror(-EPERM));
 	char dots[500];
 	snprintf(dots, sizeof dots, "%s/../x.dexp", exp_dir);
-	cr_expect_eq(de_export_table(c, "src", dots, NULL, NULL, NULL, NULL), -EINVAL);
-	cr_expect_eq(de_export_table(c, "src", "relative.dexp", NULL, NULL, NULL, NULL), -EINVAL);
-	cr_expect_eq(de_export_table(c, "nosuch", path, NULL, NULL, NULL, NULL), -ENOENT);
-	struct de_table_spec s3 = spec("other", DE_DURABLE_NONE, 0); /* another config */
+	cr_expect_eq(dynemb_export(c, "src", dots, NULL, NULL, NULL, NULL), -EINVAL);
+	cr_expect_eq(dynemb_export(c, "src", "relative.dexp", NULL, NULL, NULL, NULL), -EINVAL);
+	cr_expect_eq(dynemb_export(c, "nosuch", path, NULL, NULL, NULL, NULL), -ENOENT);
+	struct dynemb_table_spec s3 = spec("other", DYNEMB_DURABLE_NONE, 0); /* another config */
 	open_t(c, &s3);
-	cr_expect_eq(de_import_table(c, "other", path, 0, NULL, NULL, NULL), -EEXIST);
-	de_close(c);
+	cr_expect_eq(dynemb_import(c, "other", path, 0, NULL, NULL, NULL), -EEXIST);
+	dynemb_close(c);
 	crash();
 
 	start(extra);
@@ -886,17 +889,17 @@ Test(jobs, export_import_round_trip)
 	t2 = open_t(c, &s2);
 	read_rows(c, t2, keys, N, out, st);
 	for (unsigned i = 0; i < N; i++) {
-		cr_assert_eq(st[i], DE_ST_FOUND, "imported key %lu lost in the crash",
+		cr_assert_eq(st[i], DYNEMB_ST_FOUND, "imported key %lu lost in the crash",
 			     (unsigned long)keys[i]);
 		cr_assert_eq(out[i * DIM + 1], v[i * DIM + 1]);
 	}
-	de_close(c);
+	dynemb_close(c);
 }
 
 Test(jobs, snapshot_every_table_with_progress)
 {
 	start(NULL);
-	de_client *c = conn();
+	dynemb_client *c = conn();
 	int ts[3];
 	const char *names[3] = { "x", "y", "z" };
 	enum { N = 5000 };
@@ -908,21 +911,21 @@ Test(jobs, snapshot_every_table_with_progress)
 			v[i * DIM + j] = 1;
 	}
 	for (unsigned i = 0; i < 3; i++) {
-		struct de_table_spec s = spec(names[i], i == 0 ? DE_DURABLE_NONE : DE_DURABLE_SYNC, 0);
+		struct dynemb_table_spec s = spec(names[i], i == 0 ? DYNEMB_DURABLE_NONE : DYNEMB_DURABLE_SYNC, 0);
 		ts[i] = open_t(c, &s);
-		cr_assert_eq(de_update(c, ts[i], keys, N - i * 1000, v, 0, NULL), 0);
+		cr_assert_eq(dynemb_update(c, ts[i], keys, N - i * 1000, v, 0, NULL), 0);
 	}
 	struct seen sp = { .monotonic = true };
-	struct de_snapshot_result r;
-	int err = de_snapshot(c, NULL, true, on_prog, &sp, &r);
-	cr_assert_eq(err, 0, "%s", de_strerror(err));
+	struct dynemb_snapshot_result r;
+	int err = dynemb_snapshot(c, NULL, true, on_prog, &sp, &r);
+	cr_assert_eq(err, 0, "%s", dynemb_strerror(err));
 	cr_expect_eq(r.tables, 3);
 	cr_expect_eq(r.rows, 3ull * N - 3000);
 	cr_expect_gt(r.bytes, r.rows * DIM * 4);
 	cr_expect_geq(sp.calls, 3, "progress per table");
-	cr_expect_eq(sp.phase, DE_PROGRESS_SNAPSHOT);
-	cr_expect_eq(de_snapshot(c, "nosuch", false, NULL, NULL, NULL), -ENOENT);
-	de_close(c);
+	cr_expect_eq(sp.phase, DYNEMB_PROGRESS_SNAPSHOT);
+	cr_expect_eq(dynemb_snapshot(c, "nosuch", false, NULL, NULL, NULL), -ENOENT);
+	dynemb_close(c);
 }
 
 /* Regression (found by tools/crashtest): rows WAL replay brought back are in no dirty
@@ -931,8 +934,8 @@ Test(jobs, snapshot_every_table_with_progress)
 Test(crash, snapshot_right_after_recovery_keeps_replayed_rows)
 {
 	start(NULL);
-	de_client *c = conn();
-	struct de_table_spec s = spec("rr", DE_DURABLE_SYNC, 0);
+	dynemb_client *c = conn();
+	struct dynemb_table_spec s = spec("rr", DYNEMB_DURABLE_SYNC, 0);
 	int t = open_t(c, &s);
 	uint64_t keys[50];
 	float v[50 * DIM], out[50 * DIM];
@@ -942,23 +945,23 @@ Test(crash, snapshot_right_after_recovery_keeps_replayed_rows)
 		for (unsigned j = 0; j < DIM; j++)
 			v[i * DIM + j] = val(i + 1, 9, j);
 	}
-	cr_assert_eq(de_update(c, t, keys, 50, v, 0, NULL), 0);
-	de_close(c);
+	cr_assert_eq(dynemb_update(c, t, keys, 50, v, 0, NULL), 0);
+	dynemb_close(c);
 	crash();
 	start(NULL); /* the 50 rows come back from the WAL only */
 	c = conn();
-	struct de_snapshot_result r;
-	cr_assert_eq(de_snapshot(c, "rr", false, NULL, NULL, &r), 0); /* no writes since */
+	struct dynemb_snapshot_result r;
+	cr_assert_eq(dynemb_snapshot(c, "rr", false, NULL, NULL, &r), 0); /* no writes since */
 	cr_expect_eq(r.rows, 50, "the first snapshot after a start is full");
-	de_close(c);
+	dynemb_close(c);
 	crash();
 	start(NULL);
 	c = conn();
 	t = open_t(c, &s);
 	read_rows(c, t, keys, 50, out, st);
 	for (unsigned i = 0; i < 50; i++) {
-		cr_expect_eq(st[i], DE_ST_FOUND, "key %u lost", i + 1);
+		cr_expect_eq(st[i], DYNEMB_ST_FOUND, "key %u lost", i + 1);
 		cr_expect_eq(out[i * DIM + 2], val(i + 1, 9, 2));
 	}
-	de_close(c);
+	dynemb_close(c);
 }

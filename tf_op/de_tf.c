@@ -5,7 +5,7 @@
  * Pools. One pool per (address, timeout_ms), in a global list under one mutex (`g`).
  * A pool owns its connections; each is idle (on the pool's idle stack) or taken by one
  * Compute, or taken and held behind a wrapped output tensor. Connections are created
- * outside the mutex (de_connect may block) and counted in `open` first, so a burst of
+ * outside the mutex (dynemb_connect may block) and counted in `open` first, so a burst of
  * Computes never opens more than it needs. The pools live until de_tf_close_idle
  * closes what is idle; a connection released after that closes or returns to its
  * (still existing) pool: pools are never freed while a connection points at them, and
@@ -45,34 +45,34 @@ struct name_val {
 	int val;
 };
 
-static const struct name_val inits[] = { { "zeros", DE_ZEROS }, { "constant", DE_CONSTANT },
-					 { "uniform", DE_UNIFORM },
-					 { "trunc_normal", DE_TRUNC_NORMAL }, { 0, 0 } };
-static const struct name_val key_kinds[] = { { "int64", DE_INT64_KEYS },
-					     { "string", DE_STRING_KEYS }, { 0, 0 } };
+static const struct name_val inits[] = { { "zeros", DYNEMB_ZEROS }, { "constant", DYNEMB_CONSTANT },
+					 { "uniform", DYNEMB_UNIFORM },
+					 { "trunc_normal", DYNEMB_TRUNC_NORMAL }, { 0, 0 } };
+static const struct name_val key_kinds[] = { { "int64", DYNEMB_INT64_KEYS },
+					     { "string", DYNEMB_STRING_KEYS }, { 0, 0 } };
 static const struct name_val optims[] = {
-	{ "none", DE_OPTIM_NONE }, { "sgd", DE_OPTIM_SGD }, { "momentum", DE_OPTIM_MOMENTUM },
-	{ "nesterov", DE_OPTIM_NESTEROV }, { "adagrad", DE_OPTIM_ADAGRAD }, { "adam", DE_OPTIM_ADAM },
-	{ "adamw", DE_OPTIM_ADAMW }, { "ftrl", DE_OPTIM_FTRL }, { "rmsprop", DE_OPTIM_RMSPROP },
+	{ "none", DYNEMB_OPTIM_NONE }, { "sgd", DYNEMB_OPTIM_SGD }, { "momentum", DYNEMB_OPTIM_MOMENTUM },
+	{ "nesterov", DYNEMB_OPTIM_NESTEROV }, { "adagrad", DYNEMB_OPTIM_ADAGRAD }, { "adam", DYNEMB_OPTIM_ADAM },
+	{ "adamw", DYNEMB_OPTIM_ADAMW }, { "ftrl", DYNEMB_OPTIM_FTRL }, { "rmsprop", DYNEMB_OPTIM_RMSPROP },
 	{ 0, 0 }
 };
-static const struct name_val admissions[] = { { "none", DE_ADMISSION_NONE },
-					      { "count", DE_ADMISSION_COUNT },
-					      { "probability", DE_ADMISSION_PROBABILITY }, { 0, 0 } };
-static const struct name_val rejects[] = { { "init", DE_REJECTED_READ_INIT },
-					   { "zeros", DE_REJECTED_READ_ZEROS }, { 0, 0 } };
-static const struct name_val evictions[] = { { "none", DE_EVICTION_NONE }, { "lru", DE_EVICTION_LRU },
-					     { "lfu", DE_EVICTION_LFU }, { "ttl", DE_EVICTION_TTL },
-					     { "l2", DE_EVICTION_L2 }, { 0, 0 } };
-static const struct name_val units[] = { { "steps", DE_TIME_STEPS }, { "seconds", DE_TIME_SECONDS },
+static const struct name_val admissions[] = { { "none", DYNEMB_ADMISSION_NONE },
+					      { "count", DYNEMB_ADMISSION_COUNT },
+					      { "probability", DYNEMB_ADMISSION_PROBABILITY }, { 0, 0 } };
+static const struct name_val rejects[] = { { "init", DYNEMB_REJECTED_READ_INIT },
+					   { "zeros", DYNEMB_REJECTED_READ_ZEROS }, { 0, 0 } };
+static const struct name_val evictions[] = { { "none", DYNEMB_EVICTION_NONE }, { "lru", DYNEMB_EVICTION_LRU },
+					     { "lfu", DYNEMB_EVICTION_LFU }, { "ttl", DYNEMB_EVICTION_TTL },
+					     { "l2", DYNEMB_EVICTION_L2 }, { 0, 0 } };
+static const struct name_val units[] = { { "steps", DYNEMB_TIME_STEPS }, { "seconds", DYNEMB_TIME_SECONDS },
 					 { 0, 0 } };
-static const struct name_val durabilities[] = { { "none", DE_DURABLE_NONE },
-						{ "async", DE_DURABLE_ASYNC },
-						{ "sync", DE_DURABLE_SYNC }, { 0, 0 } };
+static const struct name_val durabilities[] = { { "none", DYNEMB_DURABLE_NONE },
+						{ "async", DYNEMB_DURABLE_ASYNC },
+						{ "sync", DYNEMB_DURABLE_SYNC }, { 0, 0 } };
 
 enum kind { K_U32, K_U64, K_F32, K_F64, K_BOOL, K_ENUM };
 
-#define F(name, kind, field, names) { name, kind, offsetof(struct de_table_spec, field), names }
+#define F(name, kind, field, names) { name, kind, offsetof(struct dynemb_table_spec, field), names }
 static const struct field {
 	const char *name;
 	enum kind kind;
@@ -134,7 +134,7 @@ static char *trim(char *s)
 }
 
 /* Store the text value v into field f of spec. */
-static int set_field(struct de_table_spec *spec, const struct field *f, const char *v, char *err,
+static int set_field(struct dynemb_table_spec *spec, const struct field *f, const char *v, char *err,
 		     size_t errlen)
 {
 	char *p = (char *)spec + f->off;
@@ -178,7 +178,7 @@ static int set_field(struct de_table_spec *spec, const struct field *f, const ch
 	case K_ENUM:
 		for (const struct name_val *nv = f->names; nv->name; nv++)
 			if (!strcmp(nv->name, v)) {
-				*(int *)(void *)p = nv->val; /* every enum of de_table_spec is an int */
+				*(int *)(void *)p = nv->val; /* every enum of dynemb_table_spec is an int */
 				return 0;
 			}
 		{
@@ -193,11 +193,11 @@ static int set_field(struct de_table_spec *spec, const struct field *f, const ch
 	return fail(err, errlen, "config: internal error");
 }
 
-int de_tf_parse_config(const char *text, const char *var_name, struct de_table_spec *spec,
+int de_tf_parse_config(const char *text, const char *var_name, struct dynemb_table_spec *spec,
 		       char *err, size_t errlen)
 {
-	_Static_assert(sizeof(enum de_optim_kind) == sizeof(int) &&
-			       sizeof(enum de_initializer) == sizeof(int),
+	_Static_assert(sizeof(enum dynemb_optim_kind) == sizeof(int) &&
+			       sizeof(enum dynemb_initializer) == sizeof(int),
 		       "enums are stored as int");
 	if (!text || !var_name || !spec)
 		return fail(err, errlen, "config: NULL argument");
@@ -250,11 +250,11 @@ int de_tf_parse_config(const char *text, const char *var_name, struct de_table_s
 		if (rc)
 			goto out;
 	}
-	de_optim_spec_defaults(spec->optim.kind, &spec->optim);
+	dynemb_optim_spec_defaults(spec->optim.kind, &spec->optim);
 	for (size_t i = 0; i < NFIELDS; i++) {
 		if (!vals[i] || i == OPTIM_FIELD)
 			continue;
-		if (i >= HP_FIRST && i <= HP_LAST && spec->optim.kind == DE_OPTIM_NONE) {
+		if (i >= HP_FIRST && i <= HP_LAST && spec->optim.kind == DYNEMB_OPTIM_NONE) {
 			rc = fail(err, errlen, "config: hyperparameter '%s' needs an optimizer",
 				  fields[i].name);
 			goto out;
@@ -279,7 +279,7 @@ struct tcache {
 struct pool;
 struct de_tf_conn {
 	struct pool *pool;
-	de_client *c;
+	dynemb_client *c;
 	struct tcache *tables;
 	size_t ntables, captables;
 	bool held;
@@ -307,7 +307,7 @@ static struct pool *find_pool(const char *address, int timeout_ms) /* under g */
 
 static void conn_free(de_tf_conn *conn)
 {
-	de_close(conn->c);
+	dynemb_close(conn->c);
 	for (size_t i = 0; i < conn->ntables; i++) {
 		free(conn->tables[i].var_name);
 		free(conn->tables[i].config);
@@ -350,11 +350,11 @@ int de_tf_acquire(const char *address, int timeout_ms, de_tf_conn **out, char *e
 	int rc = -ENOMEM;
 	conn = calloc(1, sizeof *conn);
 	if (conn) {
-		struct de_connect_opts o = { .name = "dynemb.tensorflow", .timeout_ms = timeout_ms };
-		rc = de_connect(*address ? address : NULL, &o, &conn->c);
+		struct dynemb_connect_opts o = { .name = "dynemb.tensorflow", .timeout_ms = timeout_ms };
+		rc = dynemb_connect(*address ? address : NULL, &o, &conn->c);
 		if (rc) {
 			snprintf(err, errlen, "cannot connect to dynembd at '%s': %s",
-				 *address ? address : "/run/dynemb/dynemb.sock", de_strerror(rc));
+				 *address ? address : "/run/dynemb/dynemb.sock", dynemb_strerror(rc));
 			free(conn);
 			conn = NULL;
 		}
@@ -391,7 +391,7 @@ void de_tf_release(de_tf_conn *conn, int broken)
 	conn_free(conn);
 }
 
-de_client *de_tf_client(de_tf_conn *conn)
+dynemb_client *de_tf_client(de_tf_conn *conn)
 {
 	return conn->c;
 }
@@ -428,7 +428,7 @@ int de_tf_table(de_tf_conn *conn, const char *var_name, const char *config, int 
 			*table = conn->tables[i].table;
 			return 0;
 		}
-	struct de_table_spec spec;
+	struct dynemb_table_spec spec;
 	int rc = de_tf_parse_config(config, var_name, &spec, err, errlen);
 	if (rc)
 		return rc;
@@ -441,11 +441,11 @@ int de_tf_table(de_tf_conn *conn, const char *var_name, const char *config, int 
 		conn->captables = cap;
 	}
 	int h;
-	rc = de_open(conn->c, &spec, &h);
+	rc = dynemb_open(conn->c, &spec, &h);
 	if (rc) {
 		snprintf(err, errlen, "cannot open table '%s'%s: %s", var_name,
 			 rc == -EEXIST ? " (the daemon has it with another config)" : "",
-			 de_strerror(rc));
+			 dynemb_strerror(rc));
 		return rc;
 	}
 	struct tcache *t = &conn->tables[conn->ntables];

@@ -3,9 +3,9 @@
  * that does not touch a TensorFlow type, so that it can be tested without TensorFlow.
  *
  *   - the table config: the `config` attribute of every op is a text "key=value;..."
- *     (written by dynemb.tensorflow's config mapping) parsed into a struct de_table_spec;
+ *     (written by dynemb.tensorflow's config mapping) parsed into a struct dynemb_table_spec;
  *   - a pool of libdynemb connections per (service address, timeout), shared by every
- *     kernel instance and thread: a Compute takes a connection for itself (a de_client
+ *     kernel instance and thread: a Compute takes a connection for itself (a dynemb_client
  *     is not thread-safe), and gives it back when done — or, when the lookup's output
  *     wraps the connection's channel memory, when TensorFlow frees that output;
  *   - per connection, the table handles by (var_name, config);
@@ -34,7 +34,7 @@ extern "C" {
  *   dim (required), nslots, init=zeros|constant|uniform|trunc_normal, init_a, init_b,
  *   slot_init, seed, keys=int64|string,
  *   optimizer=none|sgd|momentum|nesterov|adagrad|adam|adamw|ftrl|rmsprop (its defaults
- *   from de_optim_spec_defaults, then) lr, weight_decay, momentum, dampening, beta1,
+ *   from dynemb_optim_spec_defaults, then) lr, weight_decay, momentum, dampening, beta1,
  *   beta2, eps, initial_accumulator_value, alpha, l1, l2, lr_power, ftrl_beta,
  *   admission=none|count|probability, admission_min_count, admission_probability,
  *   admission_sketch_width, admission_sketch_depth, admission_reject=init|zeros,
@@ -42,23 +42,23 @@ extern "C" {
  *   eviction_ttl_unit=steps|seconds, eviction_lru_clock=steps|seconds,
  *   eviction_lfu_decay, eviction_disk_tier=0|1, durability=none|async|sync,
  *   durability_window_ms.
- * Unset fields stay zero (de_table_spec's meaning of zero). -EINVAL: unknown key,
+ * Unset fields stay zero (dynemb_table_spec's meaning of zero). -EINVAL: unknown key,
  * repeated key, bad number or name, hyperparameters without an optimizer, no dim.
- * The daemon still validates the ranges (de_open). */
-int de_tf_parse_config(const char *text, const char *var_name, struct de_table_spec *spec,
+ * The daemon still validates the ranges (dynemb_open). */
+int de_tf_parse_config(const char *text, const char *var_name, struct dynemb_table_spec *spec,
 		       char *err, size_t errlen);
 
 typedef struct de_tf_conn de_tf_conn;
 
 /* Take a connection to the daemon at address ("" : libdynemb's default socket) for the
  * caller alone: an idle one from the pool, or a new one. timeout_ms <= 0: libdynemb's
- * default. Errors: those of de_connect, with the address in err. */
+ * default. Errors: those of dynemb_connect, with the address in err. */
 int de_tf_acquire(const char *address, int timeout_ms, de_tf_conn **out, char *err,
 		  size_t errlen);
 /* Give it back. broken: the connection failed in a way that may leave it unusable (a
  * timeout, a lost daemon): close it instead of pooling it. Any thread may call this. */
 void de_tf_release(de_tf_conn *conn, int broken);
-de_client *de_tf_client(de_tf_conn *conn);
+dynemb_client *de_tf_client(de_tf_conn *conn);
 /* The table handle for (var_name, config) on this connection, opened on first use. */
 int de_tf_table(de_tf_conn *conn, const char *var_name, const char *config, int *table,
 		char *err, size_t errlen);

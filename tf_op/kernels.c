@@ -12,23 +12,23 @@
  *       is ignored here: it is the float input the registered gradient (Python) hangs the
  *       gradient push on.
  *   DynamicEmbeddingUpdate(keys: Tkeys, values: float, lr: float, step: int64) -> count: int64
- *       gradients=0: assign values (de_update; count = keys created); gradients=1: push
- *       them as gradients to the table's optimizer (de_apply_gradients, duplicates summed;
+ *       gradients=0: assign values (dynemb_update; count = keys created); gradients=1: push
+ *       them as gradients to the table's optimizer (dynemb_apply_gradients, duplicates summed;
  *       lr > 0 overrides the table's lr; count = distinct keys stepped).
  *   DynamicEmbeddingTopK(queries: float [nq, dim]) -> keys: int64 [nq, k],
- *       scores: float [nq, k], found: int32 [nq]            (de_topk; attrs k, metric)
+ *       scores: float [nq, k], found: int32 [nq]            (dynemb_topk; attrs k, metric)
  *   DynamicEmbeddingSampledLogits(inputs: float [B, dim], labels: Tkeys [B, T]) ->
  *       logits: float [B, T + S], out_labels: float [B, T + S], sampled: int64 [S],
  *       weights: float [B*T + S, dim]
  *       TensorFlow's _compute_sampled_logits with the candidates drawn by the daemon
- *       (de_sample): logits = inputs . w (true classes first, then the S sampled ones),
+ *       (dynemb_sample): logits = inputs . w (true classes first, then the S sampled ones),
  *       minus log(expected count) when subtract_log_q, -FLT_MAX added where a sampled
  *       candidate is one of the row's labels when remove_accidental_hits; out_labels =
  *       1/T on the true columns. weights are the rows used (labels row-major, then the
  *       sampled keys), for the gradient (Python).
  *
  * Output memory. Lookup of int64 keys wraps the channel's result memory
- * (de_request_vals) in the output tensor without a copy: that memory stays valid only
+ * (dynemb_request_vals) in the output tensor without a copy: that memory stays valid only
  * until the connection's next request, so the connection is *held* (de_tf_try_hold)
  * and used by nobody until TensorFlow frees the tensor: the deallocator gives it back
  * to the pool. At most DE_TF_MAX_HELD connections per pool are held; past that, and for
@@ -52,10 +52,6 @@
 #include "dynemb.h"
 #include "tf_c_api.h"
 
-#ifndef DE_TF_HAVE_SAMPLE
-#define DE_TF_HAVE_SAMPLE 0
-#endif
-
 void de_tf_register_all(TF_Status *status); /* also called by the stand-in tests */
 
 enum op { OP_LOOKUP, OP_UPDATE, OP_TOPK, OP_SAMPLED };
@@ -66,7 +62,7 @@ struct kern {
 	char *config, *address;
 	int timeout_ms;
 	uint32_t dim;
-	enum de_key_kind keys;
+	enum dynemb_key_kind keys;
 	int64_t readonly, gradients, k, num_sampled, unique, seed, remove_hits, subtract_log_q;
 	int metric, sampler;
 	float power;
@@ -105,7 +101,7 @@ static void fail_ctx(TF_OpKernelContext *ctx, TF_Status *st, const char *op, int
 		     const char *msg)
 {
 	char m[DE_TF_ERRLEN + 64];
-	snprintf(m, sizeof m, "%s: %s", op, msg && *msg ? msg : de_strerror(err));
+	snprintf(m, sizeof m, "%s: %s", op, msg && *msg ? msg : dynemb_strerror(err));
 	TF_SetStatus(st, code_of(err), m);
 	TF_OpKernelContext_Failure(ctx, st);
 }
@@ -185,7 +181,7 @@ static void *create(TF_OpKernelConstruction *ctx, enum op op)
 		goto fail;
 	k->timeout_ms = t < 0 || t > INT32_MAX ? 0 : (int)t;
 
-	struct de_table_spec spec;
+	struct dynemb_table_spec spec;
 	int rc = de_tf_parse_config(k->config, var_name, &spec, err, sizeof err);
 	if (rc) {
 		TF_SetStatus(st, code_of(rc), err);
@@ -320,11 +316,11 @@ static int get_keys(TF_Tensor *t, const struct kern *k, struct keys *out, char *
 {
 	memset(out, 0, sizeof *out);
 	TF_DataType dt = TF_TensorType(t);
-	TF_DataType want = k->keys == DE_STRING_KEYS ? TF_STRING : TF_INT64;
+	TF_DataType want = k->keys == DYNEMB_STRING_KEYS ? TF_STRING : TF_INT64;
 	if (dt != want) {
 		snprintf(err, errlen, "table '%s' has %s keys: keys must be a %s tensor, not dtype %d",
-			 k->var_name, k->keys == DE_STRING_KEYS ? "string" : "int64",
-			 k->keys == DE_STRING_KEYS ? "tf.string" : "tf.int64", (int)dt);
+			 k->var_name, k->keys == DYNEMB_STRING_KEYS ? "string" : "int64",
+			 k->keys == DYNEMB_STRING_KEYS ? "tf.string" : "tf.int64", (int)dt);
 		return -EINVAL;
 	}
 	int rc = shape_of(t, DE_TF_MAX_RANK - 1, out->dims, &out->rank, &out->n, "keys", err,
@@ -417,15 +413,15 @@ static void compute_lookup(void *p, TF_OpKernelContext *ctx)
 	int table;
 	if ((rc = conn_table(k, &conn, &table, err, sizeof err)))
 		goto fail;
-	de_client *c = de_tf_client(conn);
-	unsigned flags = k->readonly ? DE_READONLY : 0;
+	dynemb_client *c = de_tf_client(conn);
+	unsigned flags = k->readonly ? DYNEMB_READONLY : 0;
 
 	if (ks.ints && ks.n && de_tf_try_hold(conn)) {
 		uint64_t req;
-		rc = de_submit_lookup(c, table, ks.ints, ks.n, flags, 0, &req);
+		rc = dynemb_submit_lookup(c, table, ks.ints, ks.n, flags, 0, &req);
 		if (!rc) {
-			rc = de_complete(c, req, -1);
-			const float *vals = rc ? NULL : de_request_vals(c, req);
+			rc = dynemb_complete(c, req, -1);
+			const float *vals = rc ? NULL : dynemb_request_vals(c, req);
 			if (rc || !vals) {
 				rc = rc ? rc : -EPROTO;
 				goto fail;
@@ -455,9 +451,9 @@ static void compute_lookup(void *p, TF_OpKernelContext *ctx)
 		goto done;
 	}
 	if (ks.ints)
-		rc = de_lookup(c, table, ks.ints, ks.n, TF_TensorData(out), NULL, flags, 0);
+		rc = dynemb_lookup(c, table, ks.ints, ks.n, TF_TensorData(out), NULL, flags, 0);
 	else
-		rc = de_lookup_str(c, table, ks.ptrs, ks.lens, ks.n, TF_TensorData(out), NULL, flags,
+		rc = dynemb_lookup_str(c, table, ks.ptrs, ks.lens, ks.n, TF_TensorData(out), NULL, flags,
 				   0);
 	if (rc)
 		goto fail;
@@ -525,18 +521,18 @@ static void compute_update(void *p, TF_OpKernelContext *ctx)
 	int table;
 	if ((rc = conn_table(k, &conn, &table, err, sizeof err)))
 		goto fail;
-	de_client *c = de_tf_client(conn);
+	dynemb_client *c = de_tf_client(conn);
 	const float *v = TF_TensorData(vt);
 	size_t count = 0;
 	if (k->gradients && ks.ints)
-		rc = de_apply_gradients(c, table, ks.ints, ks.n, v, (uint64_t)step, lr, &count);
+		rc = dynemb_apply_gradients(c, table, ks.ints, ks.n, v, (uint64_t)step, lr, &count);
 	else if (k->gradients)
-		rc = de_apply_gradients_str(c, table, ks.ptrs, ks.lens, ks.n, v, (uint64_t)step, lr,
+		rc = dynemb_apply_gradients_str(c, table, ks.ptrs, ks.lens, ks.n, v, (uint64_t)step, lr,
 					    &count);
 	else if (ks.ints)
-		rc = de_update(c, table, ks.ints, ks.n, v, (uint64_t)step, &count);
+		rc = dynemb_update(c, table, ks.ints, ks.n, v, (uint64_t)step, &count);
 	else
-		rc = de_update_str(c, table, ks.ptrs, ks.lens, ks.n, v, (uint64_t)step, &count);
+		rc = dynemb_update_str(c, table, ks.ptrs, ks.lens, ks.n, v, (uint64_t)step, &count);
 	if (rc) {
 		if (rc == -EOPNOTSUPP)
 			snprintf(err, sizeof err, "table '%s' has no optimizer (config optimizer=...)",
@@ -564,9 +560,8 @@ done:
 	TF_DeleteStatus(st);
 }
 
-/* ---- top-k and sampled logits (need de_topk / de_sample in libdynemb) --------------------- */
+/* ---- top-k and sampled logits ------------------------------------------------------- */
 
-#if DE_TF_HAVE_SAMPLE
 static void compute_topk(void *p, TF_OpKernelContext *ctx)
 {
 	const struct kern *k = p;
@@ -614,9 +609,9 @@ static void compute_topk(void *p, TF_OpKernelContext *ctx)
 	int table;
 	if ((rc = conn_table(k, &conn, &table, err, sizeof err)))
 		goto fail;
-	/* found: de_topk's uint32 counts are <= k <= 2^20, so int32 holds them bit for bit */
-	rc = de_topk(de_tf_client(conn), table, TF_TensorData(qt), nq, (uint32_t)kk,
-		     k->metric ? DE_METRIC_COSINE : DE_METRIC_DOT, TF_TensorData(ok),
+	/* found: dynemb_topk's uint32 counts are <= k <= 2^20, so int32 holds them bit for bit */
+	rc = dynemb_topk(de_tf_client(conn), table, TF_TensorData(qt), nq, (uint32_t)kk,
+		     k->metric ? DYNEMB_METRIC_COSINE : DYNEMB_METRIC_DOT, TF_TensorData(ok),
 		     TF_TensorData(os), TF_TensorData(of));
 	if (rc)
 		goto fail;
@@ -634,7 +629,7 @@ done:
 }
 
 /* Look up the rows of sampled keys (fingerprints) of a string table: their strings first. */
-static int lookup_sampled_str(de_client *c, int table, const uint64_t *keys, size_t n, float *out,
+static int lookup_sampled_str(dynemb_client *c, int table, const uint64_t *keys, size_t n, float *out,
 			      char *err, size_t errlen)
 {
 	uint32_t *lens = malloc(n * sizeof *lens);
@@ -645,14 +640,14 @@ static int lookup_sampled_str(de_client *c, int table, const uint64_t *keys, siz
 	int rc = -ENOMEM;
 	if (!lens || !szs || !ptrs || !buf)
 		goto out;
-	rc = de_key_strings(c, table, keys, n, buf, cap, lens);
+	rc = dynemb_key_strings(c, table, keys, n, buf, cap, lens);
 	if (rc == -ENOSPC) {
 		cap = 0;
 		for (size_t i = 0; i < n; i++)
 			cap += lens[i] == UINT32_MAX ? 0 : lens[i];
 		free(buf);
 		buf = malloc(cap ? cap : 1);
-		rc = buf ? de_key_strings(c, table, keys, n, buf, cap, lens) : -ENOMEM;
+		rc = buf ? dynemb_key_strings(c, table, keys, n, buf, cap, lens) : -ENOMEM;
 	}
 	if (rc)
 		goto out;
@@ -668,7 +663,7 @@ static int lookup_sampled_str(de_client *c, int table, const uint64_t *keys, siz
 		szs[i] = lens[i];
 		off += lens[i];
 	}
-	rc = de_lookup_str(c, table, ptrs, szs, n, out, NULL, 0, 0);
+	rc = dynemb_lookup_str(c, table, ptrs, szs, n, out, NULL, 0, 0);
 out:
 	free(lens);
 	free(szs);
@@ -739,17 +734,17 @@ static void compute_sampled(void *p, TF_OpKernelContext *ctx)
 	int table;
 	if ((rc = conn_table(k, &conn, &table, err, sizeof err)))
 		goto fail;
-	de_client *c = de_tf_client(conn);
-	struct de_sample_spec spec = { .kind = (enum de_sampler)k->sampler,
+	dynemb_client *c = de_tf_client(conn);
+	struct dynemb_sample_spec spec = { .kind = (enum dynemb_sampler)k->sampler,
 				       .num_sampled = (uint32_t)S, .unique = k->unique != 0,
 				       .power = k->power, .seed = (uint64_t)k->seed };
 	uint64_t *sampled = TF_TensorData(o_smp);
 	float *w = TF_TensorData(o_w);
 	/* sample first: the lookup of the labels below may create keys */
 	if (ks.ints)
-		rc = de_sample(c, table, &spec, ks.ints, B * T, sampled, sexp, texp, NULL);
+		rc = dynemb_sample(c, table, &spec, ks.ints, B * T, sampled, sexp, texp, NULL);
 	else
-		rc = de_sample_str(c, table, &spec, ks.ptrs, ks.lens, B * T, sampled, sexp, texp,
+		rc = dynemb_sample_str(c, table, &spec, ks.ptrs, ks.lens, B * T, sampled, sexp, texp,
 				   NULL);
 	if (rc) {
 		if (rc == -ENOENT)
@@ -758,14 +753,14 @@ static void compute_sampled(void *p, TF_OpKernelContext *ctx)
 	}
 	if (ks.ints) {
 		memcpy(lkeys, ks.ints, B * T * sizeof *lkeys);
-		rc = de_lookup(c, table, ks.ints, B * T, w, NULL, 0, 0);
+		rc = dynemb_lookup(c, table, ks.ints, B * T, w, NULL, 0, 0);
 		if (!rc)
-			rc = de_lookup(c, table, sampled, S, w + B * T * D, NULL, 0, 0);
+			rc = dynemb_lookup(c, table, sampled, S, w + B * T * D, NULL, 0, 0);
 	} else {
 		for (size_t i = 0; i < B * T && !rc; i++)
-			rc = de_string_key(c, table, ks.ptrs[i], ks.lens[i], &lkeys[i]);
+			rc = dynemb_string_key(c, table, ks.ptrs[i], ks.lens[i], &lkeys[i]);
 		if (!rc)
-			rc = de_lookup_str(c, table, ks.ptrs, ks.lens, B * T, w, NULL, 0, 0);
+			rc = dynemb_lookup_str(c, table, ks.ptrs, ks.lens, B * T, w, NULL, 0, 0);
 		if (!rc)
 			rc = lookup_sampled_str(c, table, sampled, S, w + B * T * D, err, sizeof err);
 	}
@@ -812,18 +807,6 @@ done:
 	TF_DeleteTensor(lt);
 	TF_DeleteStatus(st);
 }
-#else
-static void compute_unavailable(void *p, TF_OpKernelContext *ctx)
-{
-	const struct kern *k = p;
-	TF_Status *st = TF_NewStatus();
-	fail_ctx(ctx, st, op_name(k->op), -EOPNOTSUPP,
-		 "this build's libdynemb has no de_topk / de_sample");
-	TF_DeleteStatus(st);
-}
-#define compute_topk compute_unavailable
-#define compute_sampled compute_unavailable
-#endif
 
 /* ---- registration -------------------------------------------------------------------- */
 

@@ -8,11 +8,11 @@
  *      sync, and "crash_async", durability async with --window-ms) against the model
  *      below (the first start has nothing to verify: the model is empty);
  *   3. fork a writer process: it connects, opens the phase's table and updates batches of
- *      random keys (distinct keys per batch) until it is killed. Before each de_update it
+ *      random keys (distinct keys per batch) until it is killed. Before each dynemb_update it
  *      publishes the batch (keys and their versions) in a shared log; after the update is
  *      acknowledged it stores the acknowledgement time and marks the entry acked (release
  *      order: the parent reads the count, then the entries);
- *   3b. in about half of the iterations, also fork a snapshotter: de_snapshot of every
+ *   3b. in about half of the iterations, also fork a snapshotter: dynemb_snapshot of every
  *      table (full or incremental at random) in a loop, so kills hit checkpoints too;
  *   4. after a random delay (--min-ms..--max-ms) SIGKILL the daemon, note the time, then
  *      SIGKILL the writer (it cannot record anything after the daemon died that the
@@ -279,25 +279,25 @@ static int daemon_stop(struct run *r)
 
 /* ---- client side ---------------------------------------------------------------------- */
 
-static int open_table(de_client *c, const struct opts *o, int which, int *t)
+static int open_table(dynemb_client *c, const struct opts *o, int which, int *t)
 {
-	struct de_table_spec s = { .name = table_names[which], .dim = DIM, .init = DE_ZEROS,
+	struct dynemb_table_spec s = { .name = table_names[which], .dim = DIM, .init = DYNEMB_ZEROS,
 				   .seed = 11 };
-	s.durability.mode = which == T_SYNC ? DE_DURABLE_SYNC : DE_DURABLE_ASYNC;
+	s.durability.mode = which == T_SYNC ? DYNEMB_DURABLE_SYNC : DYNEMB_DURABLE_ASYNC;
 	s.durability.window_ms = which == T_SYNC ? 0 : o->window_ms;
-	return de_open(c, &s, t);
+	return dynemb_open(c, &s, t);
 }
 
-static int connect_client(struct run *r, const char *name, de_client **c)
+static int connect_client(struct run *r, const char *name, dynemb_client **c)
 {
-	struct de_connect_opts co = { .name = name, .timeout_ms = 10000 };
-	return de_connect(r->sock, &co, c);
+	struct dynemb_connect_opts co = { .name = name, .timeout_ms = 10000 };
+	return dynemb_connect(r->sock, &co, c);
 }
 
 /* The writer process: never returns. */
 __attribute__((noreturn)) static void writer(struct run *r, int which, uint64_t seed)
 {
-	de_client *c = NULL;
+	dynemb_client *c = NULL;
 	int t = -1, err = connect_client(r, "crashtest-writer", &c);
 	if (!err)
 		err = open_table(c, &r->o, which, &t);
@@ -324,7 +324,7 @@ __attribute__((noreturn)) static void writer(struct run *r, int which, uint64_t 
 		for (uint32_t j = 0; j < e->n; j++)
 			used[e->key[j]] = 0;
 		atomic_store_explicit(&r->log->nsent, n + 1, memory_order_release);
-		err = de_update(c, t, keys, e->n, vals, n + 1, NULL);
+		err = dynemb_update(c, t, keys, e->n, vals, n + 1, NULL);
 		if (err)
 			break;
 		e->ack_ns = now_ns();
@@ -337,15 +337,15 @@ __attribute__((noreturn)) static void writer(struct run *r, int which, uint64_t 
 		pause();
 }
 
-/* The snapshotter process (some iterations): de_snapshot of every table, full or
+/* The snapshotter process (some iterations): dynemb_snapshot of every table, full or
  * incremental at random, at random moments while the writer runs; never returns. */
 __attribute__((noreturn)) static void snapshotter(struct run *r, uint64_t seed)
 {
-	de_client *c = NULL;
+	dynemb_client *c = NULL;
 	int err = connect_client(r, "crashtest-snapshot", &c);
 	while (!err) {
 		usleep((useconds_t)(rnd(&seed) % 50000));
-		err = de_snapshot(c, NULL, rnd(&seed) & 1, NULL, NULL, NULL);
+		err = dynemb_snapshot(c, NULL, rnd(&seed) & 1, NULL, NULL, NULL);
 		if (!err)
 			atomic_fetch_add(&r->log->snaps_ok, 1);
 	}
@@ -414,12 +414,12 @@ static int fold_log(struct run *r, int which)
 
 /* Verify one table after a start and make what it holds each key's base. kill_ns: when
  * the daemon was killed (0: the first start). */
-static int verify_table(struct run *r, de_client *c, int which, uint64_t kill_ns)
+static int verify_table(struct run *r, dynemb_client *c, int which, uint64_t kill_ns)
 {
 	int t = -1, err = open_table(c, &r->o, which, &t);
 	if (err) {
-		fprintf(stderr, "crashtest: de_open(%s) after restart: %s\n", table_names[which],
-			de_strerror(err));
+		fprintf(stderr, "crashtest: dynemb_open(%s) after restart: %s\n", table_names[which],
+			dynemb_strerror(err));
 		return err;
 	}
 	struct keystate *ks = r->ks[which];
@@ -432,8 +432,8 @@ static int verify_table(struct run *r, de_client *c, int which, uint64_t kill_ns
 		uint32_t n = r->o.keys - lo < READ_BATCH ? r->o.keys - lo : READ_BATCH;
 		for (uint32_t j = 0; j < n; j++)
 			keys[j] = key_of(lo + j);
-		if ((err = de_lookup(c, t, keys, n, got, st, DE_READONLY, 0))) {
-			fprintf(stderr, "crashtest: de_lookup after restart: %s\n", de_strerror(err));
+		if ((err = dynemb_lookup(c, t, keys, n, got, st, DYNEMB_READONLY, 0))) {
+			fprintf(stderr, "crashtest: dynemb_lookup after restart: %s\n", dynemb_strerror(err));
 			break;
 		}
 		for (uint32_t j = 0; j < n; j++) {
@@ -441,7 +441,7 @@ static int verify_table(struct run *r, de_client *c, int which, uint64_t kill_ns
 			struct keystate *k = &ks[i];
 			const float *g = got + (size_t)j * DIM;
 			uint32_t v = 0;
-			if (st[j] == DE_ST_FOUND) {
+			if (st[j] == DYNEMB_ST_FOUND) {
 				float f0 = g[0];
 				if (!(f0 >= 1.0f && f0 <= 16777216.0f) || f0 != (float)(uint32_t)f0) {
 					violation(r, "%s key %u: a row that was never written (first value"
@@ -455,7 +455,7 @@ static int verify_table(struct run *r, de_client *c, int which, uint64_t kill_ns
 						  table_names[which], i, v);
 					continue;
 				}
-			} else if (st[j] != DE_ST_MISSING) {
+			} else if (st[j] != DYNEMB_ST_MISSING) {
 				violation(r, "%s key %u: status %u", table_names[which], i, st[j]);
 				continue;
 			}
@@ -509,16 +509,16 @@ static int start_and_verify(struct run *r, uint64_t kill_ns)
 	int rc = daemon_start(r);
 	if (rc)
 		return rc;
-	de_client *c = NULL;
+	dynemb_client *c = NULL;
 	int err = connect_client(r, "crashtest-verify", &c);
 	if (err) {
-		fprintf(stderr, "crashtest: de_connect after restart: %s\n", de_strerror(err));
+		fprintf(stderr, "crashtest: dynemb_connect after restart: %s\n", dynemb_strerror(err));
 		return -1;
 	}
 	for (int w = 0; !err && w < NTABLES; w++)
 		if (r->o.modes & (1 << w))
 			err = verify_table(r, c, w, kill_ns);
-	de_close(c);
+	dynemb_close(c);
 	return err ? -1 : 0;
 }
 
@@ -590,8 +590,8 @@ static int iteration(struct run *r, int which, unsigned it)
 			;
 		int serr = atomic_load(&r->log->snap_error);
 		if (serr && r->log->snap_error_ns < kill_ns) {
-			fprintf(stderr, "crashtest: de_snapshot failed while dynembd ran: %s\n",
-				de_strerror(serr));
+			fprintf(stderr, "crashtest: dynemb_snapshot failed while dynembd ran: %s\n",
+				dynemb_strerror(serr));
 			return -1;
 		}
 		r->snapshots += atomic_load(&r->log->snaps_ok);
@@ -599,7 +599,7 @@ static int iteration(struct run *r, int which, unsigned it)
 	int werr = atomic_load(&r->log->error);
 	if (werr && r->log->error_ns < kill_ns) {
 		fprintf(stderr, "crashtest: the writer failed while dynembd ran: %s\n",
-			de_strerror(werr));
+			dynemb_strerror(werr));
 		return -1;
 	}
 	if (died)
@@ -657,7 +657,7 @@ static void usage(FILE *f)
 		"  --snapshot-interval S  dynembd --snapshot-interval-s S (default 1; 0: the\n"
 		"                   daemon's default, no periodic snapshots)\n"
 		"  --no-snapshots   no snapshotter (default: in about half of the iterations a\n"
-		"                   process calls de_snapshot, full or incremental, in a loop\n"
+		"                   process calls dynemb_snapshot, full or incremental, in a loop\n"
 		"                   while the writer runs, so kills also hit checkpoints)\n"
 		"  --keep           keep the work directory\n"
 		"  --verbose        one line per kill\n"

@@ -36,7 +36,7 @@ static uint64_t feature(uint64_t i) { return mix(i) | 1; }
 
 static int fail(const char *what, int err)
 {
-	fprintf(stderr, "demo_client: %s: %s\n", what, de_strerror(err));
+	fprintf(stderr, "demo_client: %s: %s\n", what, dynemb_strerror(err));
 	return 1;
 }
 
@@ -69,15 +69,15 @@ int main(int argc, char **argv)
 		return 2;
 	}
 
-	de_client *cl;
-	struct de_connect_opts co = { .name = "demo_client" };
-	int err = de_connect(sock, &co, &cl);
+	dynemb_client *cl;
+	struct dynemb_connect_opts co = { .name = "demo_client" };
+	int err = dynemb_connect(sock, &co, &cl);
 	if (err)
 		return fail("connect", err);
-	struct de_table_spec spec = { .name = "demo", .dim = dim, .init = DE_UNIFORM,
+	struct dynemb_table_spec spec = { .name = "demo", .dim = dim, .init = DYNEMB_UNIFORM,
 				      .init_a = -0.05f, .init_b = 0.05f, .seed = 2020 };
 	int tb;
-	if ((err = de_open(cl, &spec, &tb)))
+	if ((err = dynemb_open(cl, &spec, &tb)))
 		return fail("open table 'demo'", err);
 
 	uint64_t *keys = malloc(batch * sizeof *keys);
@@ -102,22 +102,22 @@ int main(int argc, char **argv)
 				keys[k] = feature(seen - 1 - back);
 			}
 		}
-		if ((err = de_lookup(cl, tb, keys, batch, rows, st, 0, steps)))
+		if ((err = dynemb_lookup(cl, tb, keys, batch, rows, st, 0, steps)))
 			return fail("lookup", err);
 		for (unsigned k = 0; k < batch; k++) {
-			created += st[k] == DE_ST_CREATED;
+			created += st[k] == DYNEMB_ST_CREATED;
 			rows[(size_t)k * dim] = (float)steps; /* what the summary checks */
 			for (unsigned j = 1; j < dim; j++)
 				rows[(size_t)k * dim + j] *= 0.99f;
 		}
-		if ((err = de_update(cl, tb, keys, batch, rows, steps, NULL)))
+		if ((err = dynemb_update(cl, tb, keys, batch, rows, steps, NULL)))
 			return fail("update", err);
 		steps++;
 		looked += batch;
 		double t = now_s();
 		if (t - last >= 0.5) {
-			struct de_stats s;
-			if ((err = de_stats(cl, tb, &s)))
+			struct dynemb_stats s;
+			if ((err = dynemb_stats(cl, tb, &s)))
 				return fail("stats", err);
 			printf("%sstep %6llu  %8.2f M rows/s looked up and updated  table: %9llu keys, "
 			       "%6.1f MiB%s",
@@ -133,20 +133,20 @@ int main(int argc, char **argv)
 
 	/* The last batch: read back through the zero-copy path, then through the daemon. */
 	uint64_t loc0, rem0, loc1, rem1;
-	de_zero_copy_counts(cl, &loc0, &rem0);
+	dynemb_zero_copy_counts(cl, &loc0, &rem0);
 	float *back = malloc((size_t)batch * dim * sizeof *back);
 	if (!back)
 		return fail("allocate", -ENOMEM);
-	if ((err = de_lookup(cl, tb, keys, batch, back, st, DE_READONLY, steps)))
+	if ((err = dynemb_lookup(cl, tb, keys, batch, back, st, DYNEMB_READONLY, steps)))
 		return fail("read-only lookup", err);
-	de_zero_copy_counts(cl, &loc1, &rem1);
+	dynemb_zero_copy_counts(cl, &loc1, &rem1);
 	size_t bad = 0;
 	for (unsigned k = 0; k < batch; k++) {
 		/* a key can appear twice in the batch: the later update wins, both hold step */
-		bad += st[k] != DE_ST_FOUND || back[(size_t)k * dim] != (float)(steps - 1);
+		bad += st[k] != DYNEMB_ST_FOUND || back[(size_t)k * dim] != (float)(steps - 1);
 	}
-	struct de_stats s;
-	if ((err = de_stats(cl, tb, &s)))
+	struct dynemb_stats s;
+	if ((err = dynemb_stats(cl, tb, &s)))
 		return fail("stats", err);
 	printf("summary: %llu steps in %.1f s, %.2f M rows/s looked up + updated; %llu features "
 	       "seen, %llu created by the daemon; table holds %llu keys in %.1f MiB; last batch "
@@ -158,6 +158,6 @@ int main(int argc, char **argv)
 	free(keys);
 	free(rows);
 	free(st);
-	de_close(cl);
+	dynemb_close(cl);
 	return bad ? 1 : 0;
 }

@@ -1,7 +1,7 @@
 /*
  * dynembctl.c — the operator's command line for dynembd: snapshots, export and import
  * (ARCHITECTURE.md section 9), through libdynemb's persistence calls (dynemb.h:
- * de_snapshot, de_export_table, de_import_table).
+ * dynemb_snapshot, dynemb_export, dynemb_import).
  *
  *   dynembctl [--socket PATH] [--timeout-ms N] [--quiet] snapshot [TABLE] [--full]
  *   dynembctl [...] export TABLE FILE
@@ -17,7 +17,7 @@
  * -ECANCELED; a second signal is not caught any more (the default action).
  * Paths: FILE is made absolute here (the daemon runs elsewhere and takes absolute paths
  * only): a relative FILE is taken from the current directory.
- * Exit status: 0 done, 1 failed (the reason from de_strerror on stderr), 2 bad usage.
+ * Exit status: 0 done, 1 failed (the reason from dynemb_strerror on stderr), 2 bad usage.
  * Never: retries a failed job (the daemon's error is final), or prints progress on
  * stdout (stdout has the result line only, for scripts).
  */
@@ -72,11 +72,11 @@ struct progress {
 static const char *phase_name(const struct progress *p, int phase)
 {
 	switch (phase) {
-	case DE_PROGRESS_SNAPSHOT:
+	case DYNEMB_PROGRESS_SNAPSHOT:
 		return "snapshot";
-	case DE_PROGRESS_EXPORT:
+	case DYNEMB_PROGRESS_EXPORT:
 		return "export";
-	case DE_PROGRESS_IMPORT:
+	case DYNEMB_PROGRESS_IMPORT:
 		return "import";
 	default:
 		return p->verb;
@@ -116,7 +116,7 @@ static void progress_end_line(struct progress *p)
 	p->drawn = false;
 }
 
-static int on_progress(void *ctx, const struct de_progress *d)
+static int on_progress(void *ctx, const struct dynemb_progress *d)
 {
 	struct progress *p = ctx;
 	if (g_stop)
@@ -233,7 +233,7 @@ static int fail(const char *what, const char *table, int err)
 {
 	fprintf(stderr, "dynembctl: %s%s%s: %s\n", what, table ? " " : "", table ? table : "",
 		err == -ECANCELED ? "cancelled (the daemon finished or rolled back the job)"
-				  : de_strerror(err));
+				  : dynemb_strerror(err));
 	return EXIT_FAIL;
 }
 
@@ -314,13 +314,13 @@ int main(int argc, char **argv)
 			return fail("FILE", pos[1], err);
 	}
 
-	de_client *c = NULL;
-	struct de_connect_opts co = { .name = "dynembctl", .timeout_ms = timeout_ms };
-	int err = de_connect(socket_path, &co, &c);
+	dynemb_client *c = NULL;
+	struct dynemb_connect_opts co = { .name = "dynembctl", .timeout_ms = timeout_ms };
+	int err = dynemb_connect(socket_path, &co, &c);
 	if (err) {
 		fprintf(stderr, "dynembctl: cannot reach dynembd at %s: %s\n",
 			socket_path ? socket_path : "the default socket (/run/dynemb/dynemb.sock)",
-			de_strerror(err));
+			dynemb_strerror(err));
 		return EXIT_FAIL;
 	}
 	struct sigaction sa = { .sa_handler = on_signal };
@@ -334,9 +334,9 @@ int main(int argc, char **argv)
 	int rc = 0;
 	switch (which) {
 	case C_SNAPSHOT: {
-		struct de_snapshot_result res;
+		struct dynemb_snapshot_result res;
 		p.verb = "snapshot";
-		err = de_snapshot(c, npos ? pos[0] : NULL, full, on_progress, &p, &res);
+		err = dynemb_snapshot(c, npos ? pos[0] : NULL, full, on_progress, &p, &res);
 		progress_end_line(&p);
 		if (err) {
 			rc = fail("snapshot", npos ? pos[0] : "(every table)", err);
@@ -350,7 +350,7 @@ int main(int argc, char **argv)
 	case C_EXPORT: {
 		uint64_t records = 0, bytes = 0;
 		p.verb = "export";
-		err = de_export_table(c, pos[0], path, on_progress, &p, &records, &bytes);
+		err = dynemb_export(c, pos[0], path, on_progress, &p, &records, &bytes);
 		progress_end_line(&p);
 		if (err) {
 			rc = fail("export", pos[0], err);
@@ -361,10 +361,10 @@ int main(int argc, char **argv)
 		break;
 	}
 	case C_IMPORT: {
-		struct de_import_result res;
+		struct dynemb_import_result res;
 		memset(&res, 0, sizeof res);
 		p.verb = "import";
-		err = de_import_table(c, pos[0], path, salvage ? DE_IMPORT_SALVAGE_PREFIX : 0, on_progress,
+		err = dynemb_import(c, pos[0], path, salvage ? DYNEMB_IMPORT_SALVAGE_PREFIX : 0, on_progress,
 				&p, &res);
 		progress_end_line(&p);
 		if (err) {
@@ -380,6 +380,6 @@ int main(int argc, char **argv)
 		break;
 	}
 	}
-	de_close(c);
+	dynemb_close(c);
 	return rc;
 }

@@ -2,7 +2,7 @@
  * client.c — libdynemb: the client side of the dynemb sidecar (public API: dynemb.h;
  * wire protocol: src/proto.h; shared memory: shm/de_shm.h).
  *
- * Owns, per de_client: the control socket (SOCK_SEQPACKET, one request at a time), the
+ * Owns, per dynemb_client: the control socket (SOCK_SEQPACKET, one request at a time), the
  * channel mapping (submission/completion rings + data area), the read-only mappings of
  * the tables it opened (zero-copy reads), and the bookkeeping of requests in flight.
  * Never writes table memory (it is mapped PROT_READ from O_RDONLY fds) and never trusts
@@ -16,9 +16,9 @@
  * to it). Regions are released in any order but the tail only moves past released ones
  * from the oldest on, so space comes back in allocation order. Positions are free-running
  * u64 counters (offset = counter % D); head - tail <= D always. A completed async
- * request's region is released at de_complete but its bytes stay put until a later
- * request allocates over them: that is why de_request_vals is valid only until the next
- * call that submits (any de_lookup/update/erase/stats/submit on this client).
+ * request's region is released at dynemb_complete but its bytes stay put until a later
+ * request allocates over them: that is why dynemb_request_vals is valid only until the next
+ * call that submits (any dynemb_lookup/update/erase/stats/submit on this client).
  *
  * A slot whose region is released but not yet passed by the tail (an older region is
  * still held) is not reused until it is: the FIFO holds each slot at most once.
@@ -38,22 +38,22 @@
  * fingerprint, as the daemon does; summed in batch order, as the daemon does), so that
  * splitting never steps a key twice in one call.
  *
- * Learning config. de_table_spec's optimizer/admission/eviction/durability go on the
+ * Learning config. dynemb_table_spec's optimizer/admission/eviction/durability go on the
  * wire as they are (struct de_wire_learn_config); the daemon validates and normalizes
  * them (proto.h). This side checks only what it must to build the message (enums in
  * range so they fit their wire fields).
  *
- * Zero-copy. de_lookup/de_lookup_str with DE_READONLY probe the table's read-only
+ * Zero-copy. dynemb_lookup/dynemb_lookup_str with DYNEMB_READONLY probe the table's read-only
  * mapping first (de_table_find). DE_FOUND and DE_MISSING are final; DE_RETRY keys (no
  * stable copy, or a key in an arena segment the daemon has not passed yet) go to the
  * daemon. New segments are fetched on demand by the table's fd source (seg_source), which
  * sends SEGMENTS on the control socket and caches surplus fds of a reply.
  *
  * Errors. Every function returns 0 or a negative errno. The text of the daemon's last
- * ERROR reply is kept per thread (thread-local), with its errno; de_strerror(err)
+ * ERROR reply is kept per thread (thread-local), with its errno; dynemb_strerror(err)
  * appends it while err is that errno. Each control request clears it first.
  *
- * Not thread-safe: one de_client per thread (dynemb.h says so). The fd source runs
+ * Not thread-safe: one dynemb_client per thread (dynemb.h says so). The fd source runs
  * inside de_table_find on the calling thread, so it may use the control socket.
  */
 #include "dynemb.h"
@@ -72,6 +72,7 @@
 
 #include "client_priv.h"
 #include "de_shm.h"
+#include "learn/optim_defaults.h"
 #include "proto.h"
 
 #define unlikely(x) __builtin_expect(!!(x), 0)
@@ -89,7 +90,7 @@
 /* ------------------------------------------------------------------------- */
 
 struct ctable {
-	struct de_client *c;    /* back pointer, for the fd source */
+	struct dynemb_client *c;    /* back pointer, for the fd source */
 	uint16_t wire_id;       /* the daemon's table id on this connection */
 	uint32_t dim;
 	uint32_t key_type;      /* enum de_key_type */
@@ -102,8 +103,8 @@ struct ctable {
 enum slot_state {
 	S_FREE = 0,
 	S_INFLIGHT,   /* submitted, completion not reaped */
-	S_REAPED,     /* completion stashed, de_complete not called yet (async) */
-	S_COMPLETED,  /* async, de_complete returned: vals readable until the next submit */
+	S_REAPED,     /* completion stashed, dynemb_complete not called yet (async) */
+	S_COMPLETED,  /* async, dynemb_complete returned: vals readable until the next submit */
 	S_ABANDONED,  /* blocking call timed out: free when its completion arrives */
 };
 
@@ -121,7 +122,7 @@ struct slot {
 	struct de_cqe cqe;      /* stashed completion */
 };
 
-struct de_client {
+struct dynemb_client {
 	int sock;
 	uint32_t seq;           /* last control request number */
 	int timeout_ms;
@@ -131,6 +132,7 @@ struct de_client {
 	uint8_t *data;          /* the channel's data area */
 	uint64_t data_bytes;
 	uint32_t client_id, sq_entries, cq_entries, max_batch;
+	uint64_t capabilities;  /* HELLO_OK's: DE_CAP_* == DYNEMB_CAP_* */
 
 	struct ctable *tables[MAX_TABLES];
 	unsigned ntables;
@@ -165,7 +167,7 @@ static void err_clear(void)
 	tls_msg[0] = 0;
 }
 
-const char *de_strerror(int err)
+const char *dynemb_strerror(int err)
 {
 	const char *s;
 	switch (err) {
@@ -206,6 +208,38 @@ const char *de_strerror(int err)
 	return s;
 }
 
+int de_priv_reserved(const uint64_t *r, size_t n, const char *what)
+{
+	for (size_t i = 0; i < n; i++) {
+		if (r[i]) {
+			tls_err = -EINVAL;
+			snprintf(tls_msg, sizeof tls_msg,
+				 "%s.reserved[%zu] is not 0 (zero-initialize the struct)", what, i);
+			return -EINVAL;
+		}
+	}
+	return 0;
+}
+
+size_t dynemb_struct_size(const char *name)
+{
+	static const struct {
+		const char *name;
+		size_t size;
+	} sizes[] = {
+#define S(n) { #n, sizeof(struct n) }
+		S(dynemb_connect_opts), S(dynemb_optim_spec), S(dynemb_admission_spec),
+		S(dynemb_eviction_spec), S(dynemb_durability_spec), S(dynemb_table_spec),
+		S(dynemb_stats), S(dynemb_sample_spec), S(dynemb_progress),
+		S(dynemb_snapshot_result), S(dynemb_import_result),
+#undef S
+	};
+	for (size_t i = 0; name && i < sizeof sizes / sizeof sizes[0]; i++)
+		if (!strcmp(name, sizes[i].name))
+			return sizes[i].size;
+	return 0;
+}
+
 /* ------------------------------------------------------------------------- */
 /* Control plane                                                              */
 /* ------------------------------------------------------------------------- */
@@ -224,7 +258,7 @@ static void close_fds(int *fds, unsigned n)
 			close(fds[i]);
 }
 
-static void hdr_init(struct de_client *c, struct de_msg_hdr *h, uint16_t type, uint32_t len)
+static void hdr_init(struct dynemb_client *c, struct de_msg_hdr *h, uint16_t type, uint32_t len)
 {
 	h->magic = DE_MSG_MAGIC;
 	h->type = type;
@@ -233,7 +267,7 @@ static void hdr_init(struct de_client *c, struct de_msg_hdr *h, uint16_t type, u
 	h->seq = ++c->seq;
 }
 
-static int ctl_send(struct de_client *c, const void *msg, size_t len)
+static int ctl_send(struct dynemb_client *c, const void *msg, size_t len)
 {
 	ssize_t r;
 	do
@@ -250,9 +284,9 @@ static int ctl_send(struct de_client *c, const void *msg, size_t len)
  * Wait for the reply to request c->seq: a message of type want and exactly want_len
  * bytes, or ERROR. Replies to older requests (ones that timed out) are dropped with
  * their fds. fds (out): up to max_fds received fds; *nfds their count. Returns 0, the
- * ERROR's errno (its text saved for de_strerror), or a negative errno.
+ * ERROR's errno (its text saved for dynemb_strerror), or a negative errno.
  */
-static int ctl_recv(struct de_client *c, uint16_t want, size_t want_len, void *buf,
+static int ctl_recv(struct dynemb_client *c, uint16_t want, size_t want_len, void *buf,
 		    int *fds, unsigned max_fds, unsigned *nfds)
 {
 	union {
@@ -363,7 +397,7 @@ static int ctl_recv(struct de_client *c, uint16_t want, size_t want_len, void *b
 /* A control-plane failure other than an ERROR reply (c->error_reply) leaves the socket
  * in an unknown state: a malformed or missing reply makes later calls fail. A timeout
  * does not: a late reply is recognised by its seq and dropped. */
-static int ctl_fail(struct de_client *c, int err)
+static int ctl_fail(struct dynemb_client *c, int err)
 {
 	if (!c->error_reply && (err == -ECONNRESET || err == -EPIPE || err == -EPROTO))
 		c->broken = err;
@@ -374,9 +408,10 @@ static int ctl_fail(struct de_client *c, int err)
 /* Connect                                                                    */
 /* ------------------------------------------------------------------------- */
 
-static void client_free(struct de_client *c);
+static void client_free(struct dynemb_client *c);
 
-int de_connect(const char *socket_path, const struct de_connect_opts *opts, de_client **out)
+int dynemb_connect(const char *socket_path, const struct dynemb_connect_opts *opts,
+		   dynemb_client **out)
 {
 	err_clear();
 	if (!out)
@@ -391,10 +426,12 @@ int de_connect(const char *socket_path, const struct de_connect_opts *opts, de_c
 	if (plen >= sizeof sa.sun_path)
 		return -ENAMETOOLONG;
 	memcpy(sa.sun_path, socket_path, plen + 1);
+	if (opts && DE_PRIV_RESERVED(opts, "dynemb_connect_opts"))
+		return -EINVAL;
 	if (opts && opts->timeout_ms < 0)
 		return -EINVAL;
 
-	struct de_client *c = calloc(1, sizeof *c);
+	struct dynemb_client *c = calloc(1, sizeof *c);
 	if (!c)
 		return -ENOMEM;
 	c->timeout_ms = opts && opts->timeout_ms ? opts->timeout_ms : DEFAULT_TIMEOUT_MS;
@@ -447,6 +484,7 @@ int de_connect(const char *socket_path, const struct de_connect_opts *opts, de_c
 	}
 	c->data_bytes = dbytes;
 	c->client_id = ok.client_id;
+	c->capabilities = ok.capabilities;
 	c->sq_entries = ok.sq_entries;
 	c->cq_entries = ok.cq_entries;
 	c->max_batch = ok.max_batch;
@@ -475,7 +513,7 @@ static void table_free(struct ctable *t)
 	free(t);
 }
 
-static void client_free(struct de_client *c)
+static void client_free(struct dynemb_client *c)
 {
 	for (unsigned i = 0; i < c->ntables; i++)
 		table_free(c->tables[i]);
@@ -487,7 +525,7 @@ static void client_free(struct de_client *c)
 	free(c);
 }
 
-void de_close(de_client *c)
+void dynemb_close(dynemb_client *c)
 {
 	if (!c)
 		return;
@@ -503,14 +541,14 @@ void de_close(de_client *c)
 /* Tables                                                                     */
 /* ------------------------------------------------------------------------- */
 
-static struct ctable *table_get(const struct de_client *c, int table)
+static struct ctable *table_get(const struct dynemb_client *c, int table)
 {
 	if (!c || table < 0 || (unsigned)table >= c->ntables)
 		return NULL;
 	return c->tables[table];
 }
 
-uint32_t de_table_dim_of(const de_client *c, int table)
+uint32_t dynemb_table_dim(const dynemb_client *c, int table)
 {
 	const struct ctable *t = table_get(c, table);
 	return t ? t->dim : 0;
@@ -525,7 +563,7 @@ uint32_t de_table_dim_of(const de_client *c, int table)
 static int seg_source(void *ctx, unsigned seg)
 {
 	struct ctable *t = ctx;
-	struct de_client *c = t->c;
+	struct dynemb_client *c = t->c;
 	if (seg >= DE_ARENA_MAX_SEGMENTS)
 		return -EBADMSG;
 	if (t->segfd[seg] >= 0) {
@@ -570,7 +608,7 @@ static int seg_source(void *ctx, unsigned seg)
 	}
 }
 
-static int spec_to_wire(const struct de_table_spec *s, struct de_msg_open *m)
+static int spec_to_wire(const struct dynemb_table_spec *s, struct de_msg_open *m)
 {
 	if (!s || !s->name)
 		return -EINVAL;
@@ -579,7 +617,13 @@ static int spec_to_wire(const struct de_table_spec *s, struct de_msg_open *m)
 		return -EINVAL;
 	if (s->dim < 1 || s->dim > DE_MAX_DIM || s->nslots > DE_MAX_SLOTS)
 		return -EINVAL;
-	if ((unsigned)s->init > DE_TRUNC_NORMAL || (unsigned)s->keys > DE_STRING_KEYS)
+	if ((unsigned)s->init > DYNEMB_TRUNC_NORMAL || (unsigned)s->keys > DYNEMB_STRING_KEYS)
+		return -EINVAL;
+	if (DE_PRIV_RESERVED(s, "dynemb_table_spec") ||
+	    DE_PRIV_RESERVED(&s->optim, "dynemb_table_spec.optim") ||
+	    DE_PRIV_RESERVED(&s->admission, "dynemb_table_spec.admission") ||
+	    DE_PRIV_RESERVED(&s->eviction, "dynemb_table_spec.eviction") ||
+	    DE_PRIV_RESERVED(&s->durability, "dynemb_table_spec.durability"))
 		return -EINVAL;
 	memcpy(m->name, s->name, nl);
 	m->cfg.dim = s->dim;
@@ -589,21 +633,22 @@ static int spec_to_wire(const struct de_table_spec *s, struct de_msg_open *m)
 	m->cfg.init_a = s->init_a;
 	m->cfg.init_b = s->init_b;
 	m->cfg.slot_init = s->slot_init;
-	m->cfg.key_type = s->keys == DE_STRING_KEYS ? DE_KEYS_STRING : DE_KEYS_INT64;
+	m->cfg.key_type = (uint32_t)s->keys;
 	m->cfg.seed = s->seed;
 
 	/* the learning config: the daemon checks every value; here only what must fit */
-	const struct de_optim_spec *o = &s->optim;
-	if ((unsigned)o->kind > DE_OPTIM_RMSPROP || (unsigned)s->admission.mode > DE_ADMISSION_PROBABILITY ||
-	    (unsigned)s->admission.reject_value > DE_REJECTED_READ_ZEROS ||
-	    (unsigned)s->eviction.policy > DE_EVICTION_L2 ||
-	    (unsigned)s->eviction.ttl_unit > DE_TIME_SECONDS ||
-	    (unsigned)s->eviction.lru_clock > DE_TIME_SECONDS ||
-	    (unsigned)s->durability.mode > DE_DURABLE_SYNC)
+	const struct dynemb_optim_spec *o = &s->optim;
+	if ((unsigned)o->kind > DYNEMB_OPTIM_RMSPROP ||
+	    (unsigned)s->admission.mode > DYNEMB_ADMISSION_PROBABILITY ||
+	    (unsigned)s->admission.reject_value > DYNEMB_REJECTED_READ_ZEROS ||
+	    (unsigned)s->eviction.policy > DYNEMB_EVICTION_L2 ||
+	    (unsigned)s->eviction.ttl_unit > DYNEMB_TIME_SECONDS ||
+	    (unsigned)s->eviction.lru_clock > DYNEMB_TIME_SECONDS ||
+	    (unsigned)s->durability.mode > DYNEMB_DURABLE_SYNC)
 		return -EINVAL;
 	struct de_wire_learn_config *l = &m->learn;
 	l->optim = (struct de_wire_optim){
-		.kind = (uint32_t)o->kind, /* DE_OPTIM_x == DE_WOPT_x (static asserts below) */
+		.kind = (uint32_t)o->kind, /* DYNEMB_OPTIM_x == DE_WOPT_x (static asserts below) */
 		.lr = o->lr, .weight_decay = o->weight_decay, .momentum = o->momentum,
 		.dampening = o->dampening, .beta1 = o->beta1, .beta2 = o->beta2, .eps = o->eps,
 		.initial_accumulator_value = o->initial_accumulator_value, .alpha = o->alpha,
@@ -627,52 +672,83 @@ static int spec_to_wire(const struct de_table_spec *s, struct de_msg_open *m)
 	return 0;
 }
 
-_Static_assert((int)DE_OPTIM_SGD == DE_WOPT_SGD && (int)DE_OPTIM_RMSPROP == DE_WOPT_RMSPROP &&
-	       (int)DE_OPTIM_ADAM == DE_WOPT_ADAM && (int)DE_OPTIM_FTRL == DE_WOPT_FTRL, "kinds");
-_Static_assert((int)DE_ADMISSION_PROBABILITY == DE_WADMIT_PROBABILITY &&
-	       (int)DE_REJECTED_READ_ZEROS == DE_WREJECT_ZEROS && (int)DE_EVICTION_L2 == DE_WEVICT_L2 &&
-	       (int)DE_EVICTION_TTL == DE_WEVICT_TTL && (int)DE_TIME_SECONDS == DE_WUNIT_SECONDS &&
-	       (int)DE_DURABLE_SYNC == DE_WDURABLE_SYNC, "modes");
+/*
+ * dynemb.h's constants are the wire's (proto.h, de_shm.h): this library passes every one
+ * through as it is. dynemb.h is installed alone, so it cannot name them; these asserts
+ * keep the two in step, all of them.
+ */
+#define SAME(a, b) _Static_assert((long long)(a) == (long long)(b), #a " == " #b)
+SAME(DYNEMB_INT64_KEYS, DE_KEYS_INT64);
+SAME(DYNEMB_STRING_KEYS, DE_KEYS_STRING);
+SAME(DYNEMB_ZEROS, DE_INIT_ZEROS);
+SAME(DYNEMB_CONSTANT, DE_INIT_CONSTANT);
+SAME(DYNEMB_UNIFORM, DE_INIT_UNIFORM);
+SAME(DYNEMB_TRUNC_NORMAL, DE_INIT_TRUNC_NORMAL);
+SAME(DYNEMB_OPTIM_NONE, DE_WOPT_NONE);
+SAME(DYNEMB_OPTIM_SGD, DE_WOPT_SGD);
+SAME(DYNEMB_OPTIM_MOMENTUM, DE_WOPT_MOMENTUM);
+SAME(DYNEMB_OPTIM_NESTEROV, DE_WOPT_NESTEROV);
+SAME(DYNEMB_OPTIM_ADAGRAD, DE_WOPT_ADAGRAD);
+SAME(DYNEMB_OPTIM_ADAM, DE_WOPT_ADAM);
+SAME(DYNEMB_OPTIM_ADAMW, DE_WOPT_ADAMW);
+SAME(DYNEMB_OPTIM_FTRL, DE_WOPT_FTRL);
+SAME(DYNEMB_OPTIM_RMSPROP, DE_WOPT_RMSPROP);
+SAME(DYNEMB_ADMISSION_NONE, DE_WADMIT_ALL);
+SAME(DYNEMB_ADMISSION_COUNT, DE_WADMIT_COUNT);
+SAME(DYNEMB_ADMISSION_PROBABILITY, DE_WADMIT_PROBABILITY);
+SAME(DYNEMB_REJECTED_READ_INIT, DE_WREJECT_INIT);
+SAME(DYNEMB_REJECTED_READ_ZEROS, DE_WREJECT_ZEROS);
+SAME(DYNEMB_EVICTION_NONE, DE_WEVICT_NONE);
+SAME(DYNEMB_EVICTION_LRU, DE_WEVICT_LRU);
+SAME(DYNEMB_EVICTION_LFU, DE_WEVICT_LFU);
+SAME(DYNEMB_EVICTION_TTL, DE_WEVICT_TTL);
+SAME(DYNEMB_EVICTION_L2, DE_WEVICT_L2);
+SAME(DYNEMB_TIME_STEPS, DE_WUNIT_STEPS);
+SAME(DYNEMB_TIME_SECONDS, DE_WUNIT_SECONDS);
+SAME(DYNEMB_DURABLE_NONE, DE_WDURABLE_NONE);
+SAME(DYNEMB_DURABLE_ASYNC, DE_WDURABLE_ASYNC);
+SAME(DYNEMB_DURABLE_SYNC, DE_WDURABLE_SYNC);
+SAME(DYNEMB_ST_MISSING, DE_MISSING);
+SAME(DYNEMB_ST_FOUND, DE_FOUND);
+SAME(DYNEMB_ST_CREATED, DE_CREATED);
+SAME(DYNEMB_SAMPLER_UNIFORM, DE_WSAMPLER_UNIFORM);
+SAME(DYNEMB_SAMPLER_LOG_UNIFORM, DE_WSAMPLER_LOG_UNIFORM);
+SAME(DYNEMB_SAMPLER_UNIGRAM, DE_WSAMPLER_UNIGRAM);
+SAME(DYNEMB_METRIC_DOT, 0); /* TOPK's flags */
+SAME(DYNEMB_METRIC_COSINE, DE_WTOPK_COSINE);
+SAME(DYNEMB_PROGRESS_SNAPSHOT, DE_PHASE_SNAPSHOT);
+SAME(DYNEMB_PROGRESS_EXPORT, DE_PHASE_EXPORT);
+SAME(DYNEMB_PROGRESS_IMPORT, DE_PHASE_IMPORT);
+SAME(DYNEMB_IMPORT_SALVAGE_PREFIX, DE_WIMPORT_SALVAGE);
+SAME(DYNEMB_CAP_APPLY_GRADS, DE_CAP_APPLY_GRADS);
+SAME(DYNEMB_CAP_ADMISSION, DE_CAP_ADMISSION);
+SAME(DYNEMB_CAP_EVICTION, DE_CAP_EVICTION);
+SAME(DYNEMB_CAP_SAMPLE, DE_CAP_SAMPLE);
+SAME(DYNEMB_CAP_TOPK, DE_CAP_TOPK);
+SAME(DYNEMB_CAP_KEY_STRINGS, DE_CAP_KEY_STRINGS);
+SAME(DYNEMB_CAP_SNAPSHOT, DE_CAP_SNAPSHOT);
+SAME(DYNEMB_CAP_EXPORT_IMPORT, DE_CAP_EXPORT_IMPORT);
+SAME(DYNEMB_CAP_PERSISTENCE, DE_CAP_PERSISTENCE);
+SAME(DYNEMB_CAP_EXPORT_DIR, DE_CAP_EXPORT_DIR);
+SAME(DYNEMB_CAP_DISK_TIER, DE_CAP_DISK_TIER);
+#undef SAME
 
-void de_optim_spec_defaults(enum de_optim_kind kind, struct de_optim_spec *out)
+void dynemb_optim_spec_defaults(enum dynemb_optim_kind kind, struct dynemb_optim_spec *out)
 {
 	if (!out)
 		return;
-	*out = (struct de_optim_spec){ .kind = kind };
-	if (kind == DE_OPTIM_NONE || (unsigned)kind > DE_OPTIM_RMSPROP)
-		return;
-	/* torch.optim's defaults (the same as de_optim_defaults in src/learn) */
-	out->lr = 0.01;
-	out->beta1 = 0.9;
-	out->beta2 = 0.999;
-	out->eps = 1e-8;
-	out->alpha = 0.99;
-	out->lr_power = -0.5;
-	switch (kind) {
-	case DE_OPTIM_MOMENTUM:
-	case DE_OPTIM_NESTEROV:
-		out->momentum = 0.9;
-		break;
-	case DE_OPTIM_ADAGRAD:
-		out->eps = 1e-10;
-		break;
-	case DE_OPTIM_ADAM:
-		out->lr = 1e-3;
-		break;
-	case DE_OPTIM_ADAMW:
-		out->lr = 1e-3;
-		out->weight_decay = 1e-2;
-		break;
-	case DE_OPTIM_FTRL:
-		out->lr = 1e-3;
-		out->initial_accumulator_value = 0.1;
-		break;
-	default:
-		break;
-	}
+	/* the daemon's own table (src/learn/optim_defaults.h); kinds have one numbering */
+	struct de_optim_config d;
+	de_optim_defaults_fill((enum de_optimizer)kind, &d);
+	*out = (struct dynemb_optim_spec){
+		.kind = kind, .lr = d.lr, .weight_decay = d.weight_decay, .momentum = d.momentum,
+		.dampening = d.dampening, .beta1 = d.beta1, .beta2 = d.beta2, .eps = d.eps,
+		.initial_accumulator_value = d.initial_accumulator_value, .alpha = d.alpha,
+		.l1 = d.l1, .l2 = d.l2, .lr_power = d.lr_power, .ftrl_beta = d.ftrl_beta,
+	};
 }
 
-int de_open(de_client *c, const struct de_table_spec *spec, int *table)
+int dynemb_open(dynemb_client *c, const struct dynemb_table_spec *spec, int *table)
 {
 	err_clear();
 	if (!c || !table)
@@ -745,7 +821,7 @@ int de_open(de_client *c, const struct de_table_spec *spec, int *table)
 static uint64_t align_up(uint64_t x) { return (x + ALIGN - 1) & ~(uint64_t)(ALIGN - 1); }
 
 /* Give back the regions of released slots from the oldest on. */
-static void ring_reclaim(struct de_client *c)
+static void ring_reclaim(struct dynemb_client *c)
 {
 	while (c->fifo_len) {
 		struct slot *s = &c->slots[c->fifo[c->fifo_head]];
@@ -764,7 +840,7 @@ static void ring_reclaim(struct de_client *c)
 }
 
 /* The largest region ring_alloc can give now. */
-static uint64_t ring_avail(struct de_client *c)
+static uint64_t ring_avail(struct dynemb_client *c)
 {
 	uint64_t D = c->data_bytes, used = c->rhead - c->rtail, pos = c->rhead % D;
 	if (!c->fifo_len)
@@ -778,7 +854,7 @@ static uint64_t ring_avail(struct de_client *c)
 	return a > b ? a : b;
 }
 
-static int ring_alloc(struct de_client *c, struct slot *s, unsigned slot_idx, uint64_t bytes,
+static int ring_alloc(struct dynemb_client *c, struct slot *s, unsigned slot_idx, uint64_t bytes,
 		      uint64_t *off /* out */)
 {
 	uint64_t D = c->data_bytes;
@@ -806,7 +882,7 @@ static int ring_alloc(struct de_client *c, struct slot *s, unsigned slot_idx, ui
 
 /* Before a new request: completed async requests give up their slots (their values are
  * valid only until the next submit), and released regions come back. */
-static void recycle(struct de_client *c)
+static void recycle(struct dynemb_client *c)
 {
 	for (unsigned i = 0; i < c->nslots; i++)
 		if (c->slots[i].state == S_COMPLETED) {
@@ -816,7 +892,7 @@ static void recycle(struct de_client *c)
 	ring_reclaim(c);
 }
 
-static int slot_get(struct de_client *c, unsigned *idx)
+static int slot_get(struct dynemb_client *c, unsigned *idx)
 {
 	recycle(c);
 	for (unsigned i = 0; i < c->nslots; i++) {
@@ -833,7 +909,7 @@ static int slot_get(struct de_client *c, unsigned *idx)
 	return -EAGAIN;
 }
 
-static void slot_release(struct de_client *c, struct slot *s, enum slot_state to)
+static void slot_release(struct dynemb_client *c, struct slot *s, enum slot_state to)
 {
 	s->released = true;
 	s->state = (uint8_t)to;
@@ -842,7 +918,7 @@ static void slot_release(struct de_client *c, struct slot *s, enum slot_state to
 	ring_reclaim(c);
 }
 
-static struct slot *slot_of(struct de_client *c, uint64_t id)
+static struct slot *slot_of(struct dynemb_client *c, uint64_t id)
 {
 	unsigned i = (unsigned)(id & 0xffff);
 	if (!id || i >= c->nslots || c->slots[i].id != id)
@@ -851,7 +927,7 @@ static struct slot *slot_of(struct de_client *c, uint64_t id)
 }
 
 /* Reap completions until slot s has its own, stashing others (timeout_ms < 0: forever). */
-static int wait_slot(struct de_client *c, struct slot *s, int timeout_ms)
+static int wait_slot(struct dynemb_client *c, struct slot *s, int timeout_ms)
 {
 	int64_t deadline = timeout_ms < 0 ? INT64_MAX : now_ms() + timeout_ms;
 	while (s->state == S_INFLIGHT) {
@@ -882,7 +958,7 @@ static int wait_slot(struct de_client *c, struct slot *s, int timeout_ms)
 	return 0;
 }
 
-static int submit(struct de_client *c, struct slot *s, struct de_sqe *e)
+static int submit(struct dynemb_client *c, struct slot *s, struct de_sqe *e)
 {
 	e->user_data = s->id;
 	int err = de_channel_submit(c->ch, e);
@@ -898,7 +974,7 @@ static int submit(struct de_client *c, struct slot *s, struct de_sqe *e)
 
 /* A free slot and a region of bytes of the data area for it. out: *sp, *base (the
  * region's offset). On error nothing is held. */
-static int slot_take(struct de_client *c, uint64_t bytes, struct slot **sp, uint64_t *base)
+static int slot_take(struct dynemb_client *c, uint64_t bytes, struct slot **sp, uint64_t *base)
 {
 	unsigned si;
 	int err = slot_get(c, &si);
@@ -917,7 +993,7 @@ static int slot_take(struct de_client *c, uint64_t bytes, struct slot **sp, uint
 
 /* An async request of n int64 keys and n rows of t's dim: a slot whose region holds the
  * keys (copied in) and then room for the rows at *voff. On error nothing is held. */
-static int slot_take_keys(struct de_client *c, const struct ctable *t, const uint64_t *keys,
+static int slot_take_keys(struct dynemb_client *c, const struct ctable *t, const uint64_t *keys,
 			  size_t n, uint8_t op, struct slot **sp, uint64_t *base, uint64_t *voff)
 {
 	uint64_t row = (uint64_t)t->dim * sizeof(float);
@@ -940,7 +1016,7 @@ static int slot_take_keys(struct de_client *c, const struct ctable *t, const uin
 
 /* Wait for the completion of a submitted blocking request. On a timeout or a broken
  * channel the slot is left ABANDONED: the daemon may still write its region. */
-static int wait_blocking(struct de_client *c, struct slot *s)
+static int wait_blocking(struct dynemb_client *c, struct slot *s)
 {
 	int err = wait_slot(c, s, c->timeout_ms);
 	if (err && s->state == S_INFLIGHT)
@@ -1004,7 +1080,7 @@ struct pend {
 
 /* Copy keys [from, from + cnt) of ks (kb wire bytes) into the data area and submit one
  * request for them. On success p describes it; the caller finishes it with chunk_finish. */
-static int chunk_submit(struct de_client *c, struct ctable *t, const struct keyset *ks,
+static int chunk_submit(struct dynemb_client *c, struct ctable *t, const struct keyset *ks,
 			size_t from, size_t cnt, uint64_t kb, struct batch *b, struct pend *p)
 {
 	uint64_t row = (uint64_t)t->dim * sizeof(float);
@@ -1061,7 +1137,7 @@ static int chunk_submit(struct de_client *c, struct ctable *t, const struct keys
 }
 
 /* Wait for a submitted request, check its completion and copy its results out. */
-static int chunk_finish(struct de_client *c, struct ctable *t, const struct keyset *ks,
+static int chunk_finish(struct dynemb_client *c, struct ctable *t, const struct keyset *ks,
 			struct batch *b, struct pend *p)
 {
 	uint64_t row = (uint64_t)t->dim * sizeof(float);
@@ -1077,7 +1153,7 @@ static int chunk_finish(struct de_client *c, struct ctable *t, const struct keys
 	if (!err && p->want_status) {
 		for (size_t j = 0; j < p->cnt; j++) {
 			uint8_t st = p->d[p->soff + j];
-			if (st > DE_ST_CREATED) {
+			if (st > DYNEMB_ST_CREATED) {
 				err = -EBADMSG;
 				break;
 			}
@@ -1105,7 +1181,7 @@ static int chunk_finish(struct de_client *c, struct ctable *t, const struct keys
 #define PIPE_DEPTH 4
 #define PIPE_MIN_KEYS 256 /* smaller batches go as one request */
 
-static int run_batch(struct de_client *c, struct ctable *t, const struct keyset *ks,
+static int run_batch(struct dynemb_client *c, struct ctable *t, const struct keyset *ks,
 		     struct batch *b)
 {
 	uint64_t row = (uint64_t)t->dim * sizeof(float);
@@ -1171,7 +1247,7 @@ static int run_batch(struct de_client *c, struct ctable *t, const struct keyset 
 	return err;
 }
 
-static int check_call(de_client *c, int table, uint32_t key_type, struct ctable **t)
+static int check_call(dynemb_client *c, int table, uint32_t key_type, struct ctable **t)
 {
 	if (!c)
 		return -EINVAL;
@@ -1184,21 +1260,21 @@ static int check_call(de_client *c, int table, uint32_t key_type, struct ctable 
 }
 
 /*
- * Lookups. DE_READONLY: probe the read-only mapping (hashes: the int64 keys, or the
+ * Lookups. DYNEMB_READONLY: probe the read-only mapping (hashes: the int64 keys, or the
  * strings' fingerprints); DE_RETRY keys go to the daemon without create.
  */
-static int lookup(de_client *c, struct ctable *t, struct keyset *ks, const uint64_t *hashes,
+static int lookup(dynemb_client *c, struct ctable *t, struct keyset *ks, const uint64_t *hashes,
 		  float *out, uint8_t *status, unsigned flags, uint64_t step)
 {
 	if (ks->n && !out)
 		return -EINVAL;
-	if (flags & ~DE_READONLY)
+	if (flags & ~DYNEMB_READONLY)
 		return -EINVAL;
 	int err = ks_check(ks);
 	if (err)
 		return err;
 	struct batch b = { .op = DE_OP_LOOKUP, .arg = step, .vals_out = out, .status = status };
-	if (!(flags & DE_READONLY)) {
+	if (!(flags & DYNEMB_READONLY)) {
 		b.flags = DE_LOOKUP_CREATE;
 		return run_batch(c, t, ks, &b);
 	}
@@ -1231,8 +1307,8 @@ out:
 	return err;
 }
 
-int de_lookup(de_client *c, int table, const uint64_t *keys, size_t n, float *out,
-	      uint8_t *status, unsigned flags, uint64_t step)
+int dynemb_lookup(dynemb_client *c, int table, const uint64_t *keys, size_t n, float *out,
+		  uint8_t *status, unsigned flags, uint64_t step)
 {
 	struct ctable *t;
 	int err = check_call(c, table, DE_KEYS_INT64, &t);
@@ -1244,8 +1320,8 @@ int de_lookup(de_client *c, int table, const uint64_t *keys, size_t n, float *ou
 	return lookup(c, t, &ks, keys, out, status, flags, step);
 }
 
-int de_lookup_str(de_client *c, int table, const char *const *keys, const size_t *lens, size_t n,
-		  float *out, uint8_t *status, unsigned flags, uint64_t step)
+int dynemb_lookup_str(dynemb_client *c, int table, const char *const *keys, const size_t *lens,
+		      size_t n, float *out, uint8_t *status, unsigned flags, uint64_t step)
 {
 	struct ctable *t;
 	int err = check_call(c, table, DE_KEYS_STRING, &t);
@@ -1254,7 +1330,7 @@ int de_lookup_str(de_client *c, int table, const char *const *keys, const size_t
 	if (n && !keys)
 		return -EINVAL;
 	struct keyset ks = { .sk = keys, .lens = lens, .n = n };
-	if (!(flags & DE_READONLY))
+	if (!(flags & DYNEMB_READONLY))
 		return lookup(c, t, &ks, NULL, out, status, flags, step);
 	err = ks_check(&ks);
 	if (err)
@@ -1269,7 +1345,7 @@ int de_lookup_str(de_client *c, int table, const char *const *keys, const size_t
 	return err;
 }
 
-static int update(de_client *c, struct ctable *t, struct keyset *ks, const float *values,
+static int update(dynemb_client *c, struct ctable *t, struct keyset *ks, const float *values,
 		  uint64_t step, size_t *created)
 {
 	if (ks->n && !values)
@@ -1284,8 +1360,8 @@ static int update(de_client *c, struct ctable *t, struct keyset *ks, const float
 	return err;
 }
 
-int de_update(de_client *c, int table, const uint64_t *keys, size_t n, const float *values,
-	      uint64_t step, size_t *created)
+int dynemb_update(dynemb_client *c, int table, const uint64_t *keys, size_t n, const float *values,
+		  uint64_t step, size_t *created)
 {
 	struct ctable *t;
 	int err = check_call(c, table, DE_KEYS_INT64, &t);
@@ -1297,8 +1373,8 @@ int de_update(de_client *c, int table, const uint64_t *keys, size_t n, const flo
 	return update(c, t, &ks, values, step, created);
 }
 
-int de_update_str(de_client *c, int table, const char *const *keys, const size_t *lens, size_t n,
-		  const float *values, uint64_t step, size_t *created)
+int dynemb_update_str(dynemb_client *c, int table, const char *const *keys, const size_t *lens,
+		      size_t n, const float *values, uint64_t step, size_t *created)
 {
 	struct ctable *t;
 	int err = check_call(c, table, DE_KEYS_STRING, &t);
@@ -1310,7 +1386,7 @@ int de_update_str(de_client *c, int table, const char *const *keys, const size_t
 	return update(c, t, &ks, values, step, created);
 }
 
-static int erase(de_client *c, struct ctable *t, struct keyset *ks, size_t *erased)
+static int erase(dynemb_client *c, struct ctable *t, struct keyset *ks, size_t *erased)
 {
 	int err = ks_check(ks);
 	if (err)
@@ -1322,7 +1398,7 @@ static int erase(de_client *c, struct ctable *t, struct keyset *ks, size_t *eras
 	return err;
 }
 
-int de_erase(de_client *c, int table, const uint64_t *keys, size_t n, size_t *erased)
+int dynemb_erase(dynemb_client *c, int table, const uint64_t *keys, size_t n, size_t *erased)
 {
 	struct ctable *t;
 	int err = check_call(c, table, DE_KEYS_INT64, &t);
@@ -1334,8 +1410,8 @@ int de_erase(de_client *c, int table, const uint64_t *keys, size_t n, size_t *er
 	return erase(c, t, &ks, erased);
 }
 
-int de_erase_str(de_client *c, int table, const char *const *keys, const size_t *lens, size_t n,
-		 size_t *erased)
+int dynemb_erase_str(dynemb_client *c, int table, const char *const *keys, const size_t *lens,
+		     size_t n, size_t *erased)
 {
 	struct ctable *t;
 	int err = check_call(c, table, DE_KEYS_STRING, &t);
@@ -1449,7 +1525,7 @@ static int dedup_grads(const struct ctable *t, const struct keyset *ks, const fl
 	return 0;
 }
 
-static int apply_grads(de_client *c, struct ctable *t, struct keyset *ks, const float *grads,
+static int apply_grads(dynemb_client *c, struct ctable *t, struct keyset *ks, const float *grads,
 		       uint64_t step, double lr, size_t *applied)
 {
 	if (applied)
@@ -1483,8 +1559,8 @@ static int apply_grads(de_client *c, struct ctable *t, struct keyset *ks, const 
 	return err;
 }
 
-int de_apply_gradients(de_client *c, int table, const uint64_t *keys, size_t n,
-		       const float *grads, uint64_t step, double lr, size_t *applied)
+int dynemb_apply_gradients(dynemb_client *c, int table, const uint64_t *keys, size_t n,
+			   const float *grads, uint64_t step, double lr, size_t *applied)
 {
 	struct ctable *t;
 	int err = check_call(c, table, DE_KEYS_INT64, &t);
@@ -1496,8 +1572,9 @@ int de_apply_gradients(de_client *c, int table, const uint64_t *keys, size_t n,
 	return apply_grads(c, t, &ks, grads, step, lr, applied);
 }
 
-int de_apply_gradients_str(de_client *c, int table, const char *const *keys, const size_t *lens,
-			   size_t n, const float *grads, uint64_t step, double lr, size_t *applied)
+int dynemb_apply_gradients_str(dynemb_client *c, int table, const char *const *keys,
+			       const size_t *lens, size_t n, const float *grads, uint64_t step,
+			       double lr, size_t *applied)
 {
 	struct ctable *t;
 	int err = check_call(c, table, DE_KEYS_STRING, &t);
@@ -1509,7 +1586,7 @@ int de_apply_gradients_str(de_client *c, int table, const char *const *keys, con
 	return apply_grads(c, t, &ks, grads, step, lr, applied);
 }
 
-int de_stats(de_client *c, int table, struct de_stats *out)
+int dynemb_stats(dynemb_client *c, int table, struct dynemb_stats *out)
 {
 	if (!c || !out)
 		return -EINVAL;
@@ -1538,7 +1615,7 @@ int de_stats(de_client *c, int table, struct de_stats *out)
 		if (w.dim != t->dim || w.key_type != t->key_type) {
 			err = -EBADMSG;
 		} else {
-			*out = (struct de_stats){
+			*out = (struct dynemb_stats){
 				.keys = w.keys, .rows_allocated = w.rows_allocated,
 				.rows_free = w.rows_free, .row_bytes = w.row_bytes,
 				.index_bytes = w.index_bytes, .arena_bytes = w.arena_bytes,
@@ -1564,14 +1641,14 @@ int de_stats(de_client *c, int table, struct de_stats *out)
 /* Async lookups                                                              */
 /* ------------------------------------------------------------------------- */
 
-int de_submit_lookup(de_client *c, int table, const uint64_t *keys, size_t n, unsigned flags,
-		     uint64_t step, uint64_t *req)
+int dynemb_submit_lookup(dynemb_client *c, int table, const uint64_t *keys, size_t n,
+			 unsigned flags, uint64_t step, uint64_t *req)
 {
 	struct ctable *t;
 	int err = check_call(c, table, DE_KEYS_INT64, &t);
 	if (err)
 		return err;
-	if (!req || (n && !keys) || (flags & ~DE_READONLY))
+	if (!req || (n && !keys) || (flags & ~DYNEMB_READONLY))
 		return -EINVAL;
 	if (n > c->max_batch)
 		return -E2BIG;
@@ -1582,7 +1659,7 @@ int de_submit_lookup(de_client *c, int table, const uint64_t *keys, size_t n, un
 		return err;
 	uint8_t *d = c->data + base;
 
-	if (flags & DE_READONLY) {
+	if (flags & DYNEMB_READONLY) {
 		/* Zero-copy: probe into the request's own values; done unless a key needs the
 		 * daemon, in which case the whole request goes there. */
 		uint8_t stbuf[256];
@@ -1616,7 +1693,7 @@ int de_submit_lookup(de_client *c, int table, const uint64_t *keys, size_t n, un
 	struct de_sqe e = { .op = DE_OP_LOOKUP, .table = t->wire_id, .count = (uint32_t)n,
 			    .keys_off = base, .keys_len = 8 * (uint64_t)n, .vals_off = base + voff,
 			    .vals_len = n * (uint64_t)t->dim * sizeof(float), .arg = step };
-	e.flags = flags & DE_READONLY ? 0 : DE_LOOKUP_CREATE;
+	e.flags = flags & DYNEMB_READONLY ? 0 : DE_LOOKUP_CREATE;
 	err = submit(c, s, &e);
 	if (err)
 		return err;
@@ -1624,7 +1701,7 @@ int de_submit_lookup(de_client *c, int table, const uint64_t *keys, size_t n, un
 	return 0;
 }
 
-int de_complete(de_client *c, uint64_t req, int timeout_ms)
+int dynemb_complete(dynemb_client *c, uint64_t req, int timeout_ms)
 {
 	if (!c)
 		return -EINVAL;
@@ -1638,7 +1715,7 @@ int de_complete(de_client *c, uint64_t req, int timeout_ms)
 			return c->broken;
 		int err = wait_slot(c, s, timeout_ms < 0 ? c->timeout_ms : timeout_ms);
 		if (err)
-			return err; /* still in flight: de_complete may be called again */
+			return err; /* still in flight: dynemb_complete may be called again */
 	}
 	struct de_cqe q = s->cqe;
 	if (q.res > 0 || (q.res == 0 && (q.count > s->n || q.aux0 > s->n)))
@@ -1647,7 +1724,7 @@ int de_complete(de_client *c, uint64_t req, int timeout_ms)
 	return s->cqe.res;
 }
 
-const float *de_request_vals(de_client *c, uint64_t req)
+const float *dynemb_request_vals(dynemb_client *c, uint64_t req)
 {
 	if (!c)
 		return NULL;
@@ -1657,7 +1734,7 @@ const float *de_request_vals(de_client *c, uint64_t req)
 	return (const float *)(c->data + s->vals_off);
 }
 
-int de_request_counts(de_client *c, uint64_t req, uint64_t *count, uint64_t *aux)
+int dynemb_request_counts(dynemb_client *c, uint64_t req, uint64_t *count, uint64_t *aux)
 {
 	if (!c)
 		return -EINVAL;
@@ -1671,8 +1748,8 @@ int de_request_counts(de_client *c, uint64_t req, uint64_t *count, uint64_t *aux
 	return 0;
 }
 
-int de_submit_apply_gradients(de_client *c, int table, const uint64_t *keys, size_t n,
-			      const float *grads, uint64_t step, double lr, uint64_t *req)
+int dynemb_submit_apply_gradients(dynemb_client *c, int table, const uint64_t *keys, size_t n,
+				  const float *grads, uint64_t step, double lr, uint64_t *req)
 {
 	struct ctable *t;
 	int err = check_call(c, table, DE_KEYS_INT64, &t);
@@ -1713,7 +1790,7 @@ int de_submit_apply_gradients(de_client *c, int table, const uint64_t *keys, siz
 /* For client_learn.c (client_priv.h)                                         */
 /* ------------------------------------------------------------------------- */
 
-int de_priv_ctl_request(de_client *c, void *msg, size_t len, uint16_t want, void *reply,
+int de_priv_ctl_request(dynemb_client *c, void *msg, size_t len, uint16_t want, void *reply,
 			size_t reply_len, int (*on_progress)(void *ctx, const void *progress),
 			void *ctx)
 {
@@ -1753,7 +1830,7 @@ int de_priv_ctl_request(de_client *c, void *msg, size_t len, uint16_t want, void
 	}
 }
 
-int de_priv_table(de_client *c, int table, struct de_priv_table *out)
+int de_priv_table(dynemb_client *c, int table, struct de_priv_table *out)
 {
 	if (!c || !out)
 		return -EINVAL;
@@ -1769,7 +1846,7 @@ int de_priv_table(de_client *c, int table, struct de_priv_table *out)
 	return 0;
 }
 
-int de_priv_call(de_client *c, struct de_sqe *e, const void *keys_in, uint64_t keys_len,
+int de_priv_call(dynemb_client *c, struct de_sqe *e, const void *keys_in, uint64_t keys_len,
 		 const void *vals_in, uint64_t vals_len, void *vals_out, const void *status_in,
 		 uint64_t status_len, struct de_cqe *cqe)
 {
@@ -1808,7 +1885,12 @@ int de_priv_call(de_client *c, struct de_sqe *e, const void *keys_in, uint64_t k
 	return 0;
 }
 
-void de_zero_copy_counts(const de_client *c, uint64_t *local_keys, uint64_t *remote_keys)
+uint64_t dynemb_capabilities(const dynemb_client *c)
+{
+	return c ? c->capabilities : 0;
+}
+
+void dynemb_zero_copy_counts(const dynemb_client *c, uint64_t *local_keys, uint64_t *remote_keys)
 {
 	if (local_keys)
 		*local_keys = c ? c->local_keys : 0;

@@ -7,9 +7,9 @@
  * time, and copies results out of a private buffer. Never trusts the daemon: counts,
  * flags and string lengths of a reply are checked before they are used (-EBADMSG).
  *
- * Splitting: de_topk splits queries into requests of at most min(max batch, 65536,
+ * Splitting: dynemb_topk splits queries into requests of at most min(max batch, 65536,
  * 2^24 / k) queries that fit the data area (queries + 12 bytes per result);
- * de_key_strings splits keys by the max batch and the data area, and halves a request
+ * dynemb_key_strings splits keys by the max batch and the data area, and halves a request
  * whose strings did not fit the area (as opposed to the caller's buffer).
  */
 #include "dynemb.h"
@@ -32,7 +32,7 @@ static uint64_t room_of(const struct de_priv_table *t)
 
 /* ---- SAMPLE ----------------------------------------------------------------------------- */
 
-static int sample(de_client *c, int table, const struct de_sample_spec *s, bool str,
+static int sample(dynemb_client *c, int table, const struct dynemb_sample_spec *s, bool str,
 		  const uint64_t *ipos, const char *const *spos, const size_t *lens, size_t npos,
 		  uint64_t *sampled, float *sampled_expected, float *true_expected,
 		  uint8_t *accidental)
@@ -41,11 +41,13 @@ static int sample(de_client *c, int table, const struct de_sample_spec *s, bool 
 	int err = de_priv_table(c, table, &t);
 	if (err)
 		return err;
-	if (!s || !sampled || (npos && !ipos && !spos) || (str && t.key_type != DE_KEYS_STRING) ||
-	    (unsigned)s->kind > DE_SAMPLER_UNIGRAM || !s->num_sampled || (s->unique & ~1))
+	if (s && DE_PRIV_RESERVED(s, "dynemb_sample_spec"))
 		return -EINVAL;
-	double power = s->kind == DE_SAMPLER_UNIGRAM ? (s->power == 0 ? 0.75 : s->power) : 0;
-	if (s->kind == DE_SAMPLER_UNIGRAM && !(power > 0 && power <= DE_WSAMPLE_MAX_POWER))
+	if (!s || !sampled || (npos && !ipos && !spos) || (str && t.key_type != DE_KEYS_STRING) ||
+	    (unsigned)s->kind > DYNEMB_SAMPLER_UNIGRAM || !s->num_sampled || (s->unique & ~1))
+		return -EINVAL;
+	double power = s->kind == DYNEMB_SAMPLER_UNIGRAM ? (s->power == 0 ? 0.75 : s->power) : 0;
+	if (s->kind == DYNEMB_SAMPLER_UNIGRAM && !(power > 0 && power <= DE_WSAMPLE_MAX_POWER))
 		return -EINVAL;
 	uint32_t lim = t.max_batch < DE_WSAMPLE_MAX ? t.max_batch : DE_WSAMPLE_MAX;
 	if (s->num_sampled > lim || npos > t.max_batch)
@@ -115,18 +117,18 @@ out:
 	return err;
 }
 
-int de_sample(de_client *c, int table, const struct de_sample_spec *s,
-	      const uint64_t *positives, size_t npos, uint64_t *sampled,
-	      float *sampled_expected, float *true_expected, uint8_t *accidental)
+int dynemb_sample(dynemb_client *c, int table, const struct dynemb_sample_spec *s,
+		  const uint64_t *positives, size_t npos, uint64_t *sampled,
+		  float *sampled_expected, float *true_expected, uint8_t *accidental)
 {
 	return sample(c, table, s, false, positives, NULL, NULL, npos, sampled, sampled_expected,
 		      true_expected, accidental);
 }
 
-int de_sample_str(de_client *c, int table, const struct de_sample_spec *s,
-		  const char *const *positives, const size_t *lens, size_t npos,
-		  uint64_t *sampled, float *sampled_expected, float *true_expected,
-		  uint8_t *accidental)
+int dynemb_sample_str(dynemb_client *c, int table, const struct dynemb_sample_spec *s,
+		      const char *const *positives, const size_t *lens, size_t npos,
+		      uint64_t *sampled, float *sampled_expected, float *true_expected,
+		      uint8_t *accidental)
 {
 	return sample(c, table, s, true, NULL, positives, lens, npos, sampled, sampled_expected,
 		      true_expected, accidental);
@@ -134,14 +136,14 @@ int de_sample_str(de_client *c, int table, const struct de_sample_spec *s,
 
 /* ---- TOPK ------------------------------------------------------------------------------- */
 
-int de_topk(de_client *c, int table, const float *queries, size_t nq, uint32_t k,
-	    enum de_metric metric, uint64_t *keys, float *scores, uint32_t *found)
+int dynemb_topk(dynemb_client *c, int table, const float *queries, size_t nq, uint32_t k,
+		enum dynemb_metric metric, uint64_t *keys, float *scores, uint32_t *found)
 {
 	struct de_priv_table t;
 	int err = de_priv_table(c, table, &t);
 	if (err)
 		return err;
-	if ((nq && (!queries || !keys || !scores)) || !k || (unsigned)metric > DE_METRIC_COSINE)
+	if ((nq && (!queries || !keys || !scores)) || !k || (unsigned)metric > DYNEMB_METRIC_COSINE)
 		return -EINVAL;
 	if (k > DE_WTOPK_MAX_K)
 		return -E2BIG;
@@ -177,7 +179,7 @@ int de_topk(de_client *c, int table, const float *queries, size_t nq, uint32_t k
 			bufcap = need;
 		}
 		struct de_sqe e = { .op = DE_OP_TOPK,
-				    .flags = metric == DE_METRIC_COSINE ? DE_WTOPK_COSINE : 0,
+				    .flags = (uint8_t)metric, /* the metric is the flags */
 				    .table = t.wire_id, .count = (uint32_t)cnt, .arg = k };
 		struct de_cqe q;
 		err = de_priv_call(c, &e, queries + done * t.dim, cnt * qrow, NULL, cnt * rrow, buf,
@@ -203,8 +205,8 @@ int de_topk(de_client *c, int table, const float *queries, size_t nq, uint32_t k
 
 /* ---- KEY_STRINGS ----------------------------------------------------------------------- */
 
-int de_key_strings(de_client *c, int table, const uint64_t *keys, size_t n, char *buf,
-		   size_t cap, uint32_t *lens)
+int dynemb_key_strings(dynemb_client *c, int table, const uint64_t *keys, size_t n, char *buf,
+		       size_t cap, uint32_t *lens)
 {
 	struct de_priv_table t;
 	int err = de_priv_table(c, table, &t);
@@ -302,7 +304,7 @@ int de_key_strings(de_client *c, int table, const uint64_t *keys, size_t n, char
 	return err;
 }
 
-int de_string_key(de_client *c, int table, const char *s, size_t len, uint64_t *key)
+int dynemb_string_key(dynemb_client *c, int table, const char *s, size_t len, uint64_t *key)
 {
 	struct de_priv_table t;
 	int err = de_priv_table(c, table, &t);

@@ -1,5 +1,5 @@
 /*
- * client_persist.c — libdynemb's persistence calls: de_snapshot, de_export_table, de_import_table
+ * client_persist.c — libdynemb's persistence calls: dynemb_snapshot, dynemb_export, dynemb_import
  * (dynemb.h). Each is one control request (proto.h types 9..15) answered by a job thread
  * of the daemon: PROGRESS messages, then the OK reply or ERROR. The transport (send,
  * replies checked for magic, version, type, exact length and seq; the timeout restarting
@@ -16,7 +16,7 @@
 #include "proto.h"
 
 struct prog_ctx {
-	de_progress_cb cb;
+	dynemb_progress_cb cb;
 	void *ctx;
 };
 
@@ -30,8 +30,8 @@ static int on_progress(void *ctx, const void *msg)
 	char name[DE_NAME_MAX];
 	memcpy(name, m.name, sizeof name);
 	name[sizeof name - 1] = 0;
-	struct de_progress p = { .done = m.done, .total = m.total,
-				 .phase = (enum de_progress_phase_kind)m.phase,
+	struct dynemb_progress p = { .done = m.done, .total = m.total,
+				 .phase = (enum dynemb_progress_phase)m.phase,
 				 .table_index = m.table_index, .table = name };
 	return pc->cb(pc->ctx, &p);
 }
@@ -55,8 +55,8 @@ static int put_path(char dst[DE_PATH_MAX], const char *path)
 	return 0;
 }
 
-int de_snapshot(de_client *c, const char *table_name, bool full, de_progress_cb cb, void *ctx,
-		struct de_snapshot_result *out)
+int dynemb_snapshot(dynemb_client *c, const char *table_name, bool full, dynemb_progress_cb cb,
+		    void *ctx, struct dynemb_snapshot_result *out)
 {
 	struct de_msg_snapshot m;
 	memset(&m, 0, sizeof m);
@@ -69,13 +69,13 @@ int de_snapshot(de_client *c, const char *table_name, bool full, de_progress_cb 
 	int err = de_priv_ctl_request(c, &m, sizeof m, DE_MSG_SNAPSHOT_OK, &ok, sizeof ok,
 				      on_progress, &pc);
 	if ((!err || err == -ECANCELED) && out)
-		*out = (struct de_snapshot_result){ .tables = ok.tables, .lsn = ok.lsn,
+		*out = (struct dynemb_snapshot_result){ .tables = ok.tables, .lsn = ok.lsn,
 						    .rows = ok.rows, .bytes = ok.bytes };
 	return err;
 }
 
-int de_export_table(de_client *c, const char *table_name, const char *path, de_progress_cb cb,
-	      void *ctx, uint64_t *records, uint64_t *bytes)
+int dynemb_export(dynemb_client *c, const char *table_name, const char *path, dynemb_progress_cb cb,
+		  void *ctx, uint64_t *records, uint64_t *bytes)
 {
 	struct de_msg_export m;
 	memset(&m, 0, sizeof m);
@@ -95,21 +95,22 @@ int de_export_table(de_client *c, const char *table_name, const char *path, de_p
 	return err;
 }
 
-int de_import_table(de_client *c, const char *table_name, const char *path, unsigned flags,
-	      de_progress_cb cb, void *ctx, struct de_import_result *out)
+int dynemb_import(dynemb_client *c, const char *table_name, const char *path, unsigned flags,
+		  dynemb_progress_cb cb, void *ctx, struct dynemb_import_result *out)
 {
 	struct de_msg_import m;
 	memset(&m, 0, sizeof m);
 	m.h.type = DE_MSG_IMPORT;
 	if (put_name(m.name, table_name) || put_path(m.path, path) ||
-	    (flags & ~DE_IMPORT_SALVAGE_PREFIX))
+	    (flags & ~DYNEMB_IMPORT_SALVAGE_PREFIX))
 		return -EINVAL;
-	m.flags = (flags & DE_IMPORT_SALVAGE_PREFIX) ? DE_WIMPORT_SALVAGE : 0;
+	m.flags = flags; /* DYNEMB_IMPORT_SALVAGE_PREFIX is DE_WIMPORT_SALVAGE (client.c) */
 	struct de_msg_import_ok ok;
 	struct prog_ctx pc = { cb, ctx };
 	int err = de_priv_ctl_request(c, &m, sizeof m, DE_MSG_IMPORT_OK, &ok, sizeof ok,
 				      on_progress, &pc);
 	if ((!err || err == -ECANCELED) && out) {
+		memset(out, 0, sizeof *out);
 		out->records = ok.records;
 		out->imported = ok.imported;
 		out->dropped = ok.dropped;

@@ -5,10 +5,17 @@
 #ifndef DE_CLIENT_PRIV_H
 #define DE_CLIENT_PRIV_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 #include "de_shm.h"
 #include "dynemb.h"
+
+/* -EINVAL, with a message for dynemb_strerror naming what (a struct) and the index, when
+ * one of r[0..n) is not 0: the reserved tail of a public struct. */
+int de_priv_reserved(const uint64_t *r, size_t n, const char *what);
+#define DE_PRIV_RESERVED(s, what) \
+	de_priv_reserved((s)->reserved, sizeof((s)->reserved) / sizeof((s)->reserved[0]), what)
 
 /* A table handle as the wire knows it, and the room one request may use now. */
 struct de_priv_table {
@@ -20,7 +27,7 @@ struct de_priv_table {
 	                        each rounded up to 64) */
 };
 /* -EINVAL for a bad handle; the connection's broken error. */
-int de_priv_table(de_client *c, int table, struct de_priv_table *out /* out */);
+int de_priv_table(dynemb_client *c, int table, struct de_priv_table *out /* out */);
 
 /*
  * One blocking request whose data region is [keys | vals | status] (each part 64-byte
@@ -31,7 +38,7 @@ int de_priv_table(de_client *c, int table, struct de_priv_table *out /* out */);
  * NULL) when res is 0 or -ENOSPC. cqe: the completion. Returns 0 (the request ran: see
  * cqe->res) or a negative errno of the transport (-ENOBUFS: the region cannot fit).
  */
-int de_priv_call(de_client *c, struct de_sqe *e, const void *keys_in, uint64_t keys_len,
+int de_priv_call(dynemb_client *c, struct de_sqe *e, const void *keys_in, uint64_t keys_len,
 		 const void *vals_in, uint64_t vals_len, void *vals_out, const void *status_in,
 		 uint64_t status_len, struct de_cqe *cqe /* out */);
 
@@ -41,9 +48,9 @@ int de_priv_call(de_client *c, struct de_sqe *e, const void *keys_in, uint64_t k
  * on_progress (may be NULL; a non-zero return makes the call return -ECANCELED once the
  * final reply came: the daemon's job is not stopped); the final reply must be of type
  * want and exactly reply_len bytes (copied to reply), or ERROR (its errno returned, its
- * text kept for de_strerror). The reply timeout restarts with each message.
+ * text kept for dynemb_strerror). The reply timeout restarts with each message.
  */
-int de_priv_ctl_request(de_client *c, void *msg, size_t len, uint16_t want, void *reply,
+int de_priv_ctl_request(dynemb_client *c, void *msg, size_t len, uint16_t want, void *reply,
 			size_t reply_len, int (*on_progress)(void *ctx, const void *progress),
 			void *ctx);
 

@@ -2,17 +2,22 @@
  * dynemb.h — libdynemb, the client library of the dynemb sidecar: what a trainer or an
  * inference server links to reach its embeddings through shared memory.
  *
- * A de_client is one connection to dynembd (a unix socket for control, a shared-memory
- * channel for data). Open a table by (name, config): the same name and config is shared
- * with every other client of the daemon; the same name with another config is -EEXIST.
- * Lookups create missing keys (training) or not (serving, DE_READONLY); read-only lookups
- * of keys that exist are served zero-copy from the table's memory mapped read-only in
- * this process, and fall back to the daemon for the rest.
+ * A dynemb_client is one connection to dynembd (a unix socket for control, a
+ * shared-memory channel for data). Open a table by (name, config): the same name and
+ * config is shared with every other client of the daemon; the same name with another
+ * config is -EEXIST. Lookups create missing keys (training) or not (serving,
+ * DYNEMB_READONLY); read-only lookups of keys that exist are served zero-copy from the
+ * table's memory mapped read-only in this process, and fall back to the daemon for the
+ * rest.
  *
- * Training: open the table with an optimizer (struct de_table_spec.optim) and push
- * gradients with de_apply_gradients; the daemon runs the optimizer step on its rows
- * (src/learn/de_learn.h has the formulas: torch.optim's, per key, "sparse"). Duplicate
- * keys in one call are summed and stepped once.
+ * Training: open the table with an optimizer (struct dynemb_table_spec.optim) and push
+ * gradients with dynemb_apply_gradients; the daemon runs the optimizer step on its rows.
+ * The contract of the step: each optimizer is torch.optim's (FTRL:
+ * tf.keras.optimizers.Ftrl's), applied "sparsely": only the rows of the keys in the call
+ * are stepped, each with its own step count (bias corrections count that key's steps),
+ * the optimizer state lives in the row's slots, and results agree with torch's to fp32
+ * rounding (not bit for bit). Duplicate keys in one call are summed and stepped once.
+ * README.md ("Learning") lists each optimizer's hyperparameters and ranges.
  *
  * Concurrent trainers: several clients (threads, processes) may push gradients to the
  * same rows at once. Each row's step is atomic: two steps of one row are serialized in
@@ -20,14 +25,19 @@
  * (including a zero-copy lookup) sees a half-stepped row. There is no atomicity across
  * rows, and no ordering between two clients' calls beyond that.
  *
- * Every function returns 0 or a negative errno; de_strerror explains any of them.
+ * Every function returns 0 or a negative errno; dynemb_strerror explains any of them.
  *
  * Caveats:
- *   - A de_client is not thread-safe: use one per thread (each has its own channel).
+ *   - No ABI promise before 1.0: the library has one symbol version (DYNEMB_0) and its
+ *     structs may change between releases; rebuild against the new dynemb.h. Structs
+ *     that may grow end in reserved[] fields: zero-initialize them (a non-zero reserved
+ *     field of an input struct is -EINVAL, dynemb_strerror names it), and bindings that
+ *     copy the structs compare their sizes with dynemb_struct_size.
+ *   - A dynemb_client is not thread-safe: use one per thread (each has its own channel).
  *   - Results of the blocking calls are copied into the caller's arrays. The async calls
- *     (de_submit / de_complete) leave them in the channel's data area until the request
- *     is completed and the next request reuses the space; de_request_vals gives that
- *     memory, so a framework can wrap it without a copy.
+ *     (dynemb_submit_lookup / dynemb_complete) leave them in the channel's data area
+ *     until the request is completed and the next request reuses the space;
+ *     dynemb_request_vals gives that memory, so a framework can wrap it without a copy.
  *   - Batches larger than the daemon's max batch are split by the library.
  *   - String keys are addressed by a seeded 64-bit fingerprint (xxh3): two different
  *     strings share a row only if their fingerprints collide. With n distinct strings in
@@ -45,141 +55,180 @@
 extern "C" {
 #endif
 
-typedef struct de_client de_client;
+typedef struct dynemb_client dynemb_client;
 
-struct de_connect_opts {
+struct dynemb_connect_opts {
 	const char *name;      /* shows in the daemon's log; may be NULL */
 	uint32_t sq_entries;   /* 0: the daemon's default */
 	uint64_t data_bytes;   /* 0: the daemon's default */
 	int timeout_ms;        /* for each control request and blocking call; 0: 10000 */
+	uint64_t reserved[8];  /* must be 0 (room for new fields) */
 };
 
 /* Connect to the daemon at socket_path (NULL: /run/dynemb/dynemb.sock). opts may be NULL.
  * -ENOENT/-ECONNREFUSED: no daemon; -EACCES: this uid/gid is not on its allow-list;
  * -EPROTO: a daemon speaking another protocol version. */
-int de_connect(const char *socket_path, const struct de_connect_opts *opts, de_client **out);
-void de_close(de_client *c); /* NULL is fine */
+int dynemb_connect(const char *socket_path, const struct dynemb_connect_opts *opts,
+		   dynemb_client **out);
+void dynemb_close(dynemb_client *c); /* NULL is fine */
 
-enum de_key_kind { DE_INT64_KEYS = 0, DE_STRING_KEYS = 1 };
-enum de_initializer { DE_ZEROS = 0, DE_CONSTANT, DE_UNIFORM, DE_TRUNC_NORMAL };
+/* What the daemon of c offers (its HELLO reply): DYNEMB_CAP_* bits; 0 for NULL. A bit
+ * this header does not name may be set by a newer daemon. Operations: */
+#define DYNEMB_CAP_APPLY_GRADS (1ull << 0)   /* optimizers, dynemb_apply_gradients */
+#define DYNEMB_CAP_ADMISSION (1ull << 1)     /* dynemb_table_spec.admission */
+#define DYNEMB_CAP_EVICTION (1ull << 2)      /* dynemb_table_spec.eviction */
+#define DYNEMB_CAP_SAMPLE (1ull << 3)        /* dynemb_sample */
+#define DYNEMB_CAP_TOPK (1ull << 4)          /* dynemb_topk */
+#define DYNEMB_CAP_KEY_STRINGS (1ull << 5)   /* dynemb_key_strings */
+#define DYNEMB_CAP_SNAPSHOT (1ull << 6)      /* dynemb_snapshot (needs CAP_PERSISTENCE) */
+#define DYNEMB_CAP_EXPORT_IMPORT (1ull << 7) /* dynemb_export / import (need CAP_EXPORT_DIR) */
+/* ... and the daemon's configuration: */
+#define DYNEMB_CAP_PERSISTENCE (1ull << 32)  /* a data directory: snapshots, durability */
+#define DYNEMB_CAP_EXPORT_DIR (1ull << 33)   /* an export directory for export / import */
+#define DYNEMB_CAP_DISK_TIER (1ull << 34)    /* a tier directory: eviction.disk_tier */
+uint64_t dynemb_capabilities(const dynemb_client *c);
 
-/* The server-side optimizer of a table (formulas and ranges: src/learn/de_learn.h). */
-enum de_optim_kind {
-	DE_OPTIM_NONE = 0,  /* no optimizer: de_apply_gradients fails with -EOPNOTSUPP */
-	DE_OPTIM_SGD, DE_OPTIM_MOMENTUM, DE_OPTIM_NESTEROV, DE_OPTIM_ADAGRAD, DE_OPTIM_ADAM,
-	DE_OPTIM_ADAMW, DE_OPTIM_FTRL, DE_OPTIM_RMSPROP,
+/* Every constant below has a fixed number (the wire protocol's: the library passes the
+ * values to the daemon as they are), so a binding may use the numbers. */
+enum dynemb_key_kind { DYNEMB_INT64_KEYS = 0, DYNEMB_STRING_KEYS = 1 };
+enum dynemb_initializer {
+	DYNEMB_ZEROS = 0, DYNEMB_CONSTANT = 1, DYNEMB_UNIFORM = 2, DYNEMB_TRUNC_NORMAL = 3,
+};
+
+/* The server-side optimizer of a table: torch.optim's update of that name (FTRL:
+ * FTRL-Proximal as tf.keras.optimizers.Ftrl), per key (see the top of this file). */
+enum dynemb_optim_kind {
+	DYNEMB_OPTIM_NONE = 0,  /* no optimizer: dynemb_apply_gradients fails with -EOPNOTSUPP */
+	DYNEMB_OPTIM_SGD = 1, DYNEMB_OPTIM_MOMENTUM = 2, DYNEMB_OPTIM_NESTEROV = 3,
+	DYNEMB_OPTIM_ADAGRAD = 4, DYNEMB_OPTIM_ADAM = 5, DYNEMB_OPTIM_ADAMW = 6,
+	DYNEMB_OPTIM_FTRL = 7, DYNEMB_OPTIM_RMSPROP = 8,
 };
 
 /* Hyperparameters, taken literally (0 is a value, e.g. beta1 = 0): start from
- * de_optim_spec_defaults(kind) and change what you need. Names follow torch.optim (FTRL:
- * tf.keras.optimizers.Ftrl; ftrl_beta is its `beta`). Unused fields are still part of
- * the table's config (compared on open). */
-struct de_optim_spec {
-	enum de_optim_kind kind;
+ * dynemb_optim_spec_defaults(kind) and change what you need. Names and meanings follow
+ * torch.optim (FTRL: tf.keras.optimizers.Ftrl; ftrl_beta is its `beta`, l1 / l2 its
+ * l1_regularization_strength / l2_regularization_strength). Ranges the daemon checks
+ * (else dynemb_open is -EINVAL and dynemb_strerror names the field): every value
+ * finite; lr, weight_decay, eps, initial_accumulator_value, l1, l2, ftrl_beta >= 0;
+ * FTRL: lr > 0, lr_power <= 0, weight_decay 0 (use l2); MOMENTUM: momentum >= 0;
+ * NESTEROV: momentum > 0, dampening 0; ADAM / ADAMW: beta1, beta2 in [0, 1); RMSPROP:
+ * alpha in [0, 1], momentum 0. Unused fields are still part of the table's config (compared on
+ * open). */
+struct dynemb_optim_spec {
+	enum dynemb_optim_kind kind;
 	double lr, weight_decay, momentum, dampening, beta1, beta2, eps;
 	double initial_accumulator_value, alpha, l1, l2, lr_power, ftrl_beta;
+	uint64_t reserved[4];         /* must be 0 */
 };
 /* torch.optim's defaults for kind (SGD: lr 0.01; FTRL: Keras' lr 0.001, lr_power -0.5,
- * initial_accumulator_value 0.1); every field 0 for DE_OPTIM_NONE. */
-void de_optim_spec_defaults(enum de_optim_kind kind, struct de_optim_spec *out /* out */);
+ * initial_accumulator_value 0.1); every field 0 for DYNEMB_OPTIM_NONE. */
+void dynemb_optim_spec_defaults(enum dynemb_optim_kind kind,
+				struct dynemb_optim_spec *out /* out */);
 
 /* Admission: a key earns a row on its min_count-th sighting (COUNT) or with probability
  * p per sighting (PROBABILITY). A sighting is one occurrence of a missing key in a
- * creating lookup; until admitted a key reads as reject_value (status DE_ST_MISSING) and
- * de_update / de_apply_gradients drop its values / gradients (stats grads_dropped). */
-enum de_admission_mode {
-	DE_ADMISSION_NONE = 0,        /* every key gets a row */
-	DE_ADMISSION_COUNT,           /* after min_count sightings (count-min sketch) */
-	DE_ADMISSION_PROBABILITY,     /* each sighting admits with probability p */
+ * creating lookup; until admitted a key reads as reject_value (status DYNEMB_ST_MISSING) and
+ * dynemb_update / dynemb_apply_gradients drop its values / gradients (stats grads_dropped). */
+enum dynemb_admission_mode {
+	DYNEMB_ADMISSION_NONE = 0,        /* every key gets a row */
+	DYNEMB_ADMISSION_COUNT = 1,       /* after min_count sightings (count-min sketch) */
+	DYNEMB_ADMISSION_PROBABILITY = 2, /* each sighting admits with probability p */
 };
-enum de_reject_read { DE_REJECTED_READ_INIT = 0, DE_REJECTED_READ_ZEROS };
-struct de_admission_spec {
-	enum de_admission_mode mode;
+enum dynemb_reject_read { DYNEMB_REJECTED_READ_INIT = 0, DYNEMB_REJECTED_READ_ZEROS = 1 };
+struct dynemb_admission_spec {
+	enum dynemb_admission_mode mode;
 	uint32_t min_count;           /* COUNT: >= 1 */
 	double probability;           /* PROBABILITY: (0, 1] */
 	uint32_t sketch_width;        /* COUNT: power of two in [64, 2^28]; 0 = 2^20 */
 	uint32_t sketch_depth;        /* COUNT: 1..8; 0 = 4 */
-	enum de_reject_read reject_value; /* what a key not admitted yet reads as */
+	enum dynemb_reject_read reject_value; /* what a key not admitted yet reads as */
+	uint64_t reserved[4];         /* must be 0 */
 };
 
 /* Eviction: the daemon keeps the table under budget_bytes (and all evicting tables under
  * its [memory] host_budget_bytes), evicting by policy; with disk_tier evicted rows (values
  * and optimizer state) go to disk and come back on their next lookup or gradient. */
-enum de_eviction_policy {
-	DE_EVICTION_NONE = 0, DE_EVICTION_LRU, DE_EVICTION_LFU, DE_EVICTION_TTL, DE_EVICTION_L2,
+enum dynemb_eviction_policy {
+	DYNEMB_EVICTION_NONE = 0, DYNEMB_EVICTION_LRU = 1, DYNEMB_EVICTION_LFU = 2,
+	DYNEMB_EVICTION_TTL = 3, DYNEMB_EVICTION_L2 = 4,
 };
-enum de_time_unit { DE_TIME_STEPS = 0, DE_TIME_SECONDS };
-struct de_eviction_spec {
-	enum de_eviction_policy policy;
+enum dynemb_time_unit { DYNEMB_TIME_STEPS = 0, DYNEMB_TIME_SECONDS = 1 };
+struct dynemb_eviction_spec {
+	enum dynemb_eviction_policy policy;
 	uint64_t budget_bytes;        /* per table; 0 = unlimited (LRU, LFU, L2 need > 0) */
 	uint64_t ttl;                 /* TTL: > 0, in ttl_unit */
-	enum de_time_unit ttl_unit;   /* TTL only */
-	enum de_time_unit lru_clock;  /* LRU only */
+	enum dynemb_time_unit ttl_unit;   /* TTL only */
+	enum dynemb_time_unit lru_clock;  /* LRU only */
 	double lfu_decay;             /* LFU only: half-life in steps, 0 = no decay */
 	bool disk_tier;               /* evicted rows go to disk and come back on lookup */
+	uint64_t reserved[4];         /* must be 0 */
 };
 
 /* Durability of acknowledged updates; ASYNC and SYNC need a daemon started with a data
- * directory ([persistence] data_dir), else de_open fails with -EINVAL. NONE: snapshots
- * only (periodic, de_snapshot, and at SIGTERM). ASYNC: acknowledged at once, a crash loses
+ * directory ([persistence] data_dir), else dynemb_open fails with -EINVAL. NONE: snapshots
+ * only (periodic, dynemb_snapshot, and at SIGTERM). ASYNC: acknowledged at once, a crash loses
  * at most about window_ms. SYNC: acknowledged after the WAL record is fdatasync'ed. */
-enum de_durability_mode { DE_DURABLE_NONE = 0, DE_DURABLE_ASYNC, DE_DURABLE_SYNC };
-struct de_durability_spec {
-	enum de_durability_mode mode;
+enum dynemb_durability_mode {
+	DYNEMB_DURABLE_NONE = 0, DYNEMB_DURABLE_ASYNC = 1, DYNEMB_DURABLE_SYNC = 2,
+};
+struct dynemb_durability_spec {
+	enum dynemb_durability_mode mode;
 	uint32_t window_ms;           /* ASYNC: group commit window, 1..60000; 0 = 10 */
+	uint64_t reserved[4];         /* must be 0 */
 };
 
 /* Zero-initialize, then set what you need: all-zero learning settings mean no
  * optimizer, no admission filter, no eviction, no durability beyond snapshots. */
-struct de_table_spec {
+struct dynemb_table_spec {
 	const char *name;        /* 1..63 bytes */
 	uint32_t dim;            /* 1..4096 */
 	uint32_t nslots;         /* optimizer slots, 0..8; 0 with an optimizer: what it needs */
-	enum de_initializer init;
+	enum dynemb_initializer init;
 	float init_a, init_b;    /* constant a; uniform [a, b); truncated normal mean a, stddev b */
 	float slot_init;
 	uint64_t seed;
-	enum de_key_kind keys;
-	struct de_optim_spec optim;
-	struct de_admission_spec admission;
-	struct de_eviction_spec eviction;
-	struct de_durability_spec durability;
+	enum dynemb_key_kind keys;
+	struct dynemb_optim_spec optim;
+	struct dynemb_admission_spec admission;
+	struct dynemb_eviction_spec eviction;
+	struct dynemb_durability_spec durability;
+	uint64_t reserved[8];    /* must be 0 */
 };
 
 /* Open (or share) a table. out: a small table handle for this client. -EEXIST: the name
  * is taken with a different config (every field above counts, the learning settings
- * too; de_strerror names the field); -EINVAL: a bad spec (de_strerror says why). */
-int de_open(de_client *c, const struct de_table_spec *spec, int *table /* out */);
-uint32_t de_table_dim_of(const de_client *c, int table); /* 0 for a bad handle */
+ * too; dynemb_strerror names the field); -EINVAL: a bad spec (dynemb_strerror says why). */
+int dynemb_open(dynemb_client *c, const struct dynemb_table_spec *spec, int *table /* out */);
+uint32_t dynemb_table_dim(const dynemb_client *c, int table); /* 0 for a bad handle */
 
-#define DE_READONLY 0x1u /* lookups: do not create missing keys (they read as zeros) */
+#define DYNEMB_READONLY 0x1u /* lookups: do not create missing keys (they read as zeros) */
 
 /* Per-key status of lookups (same values as the table's): */
-#define DE_ST_MISSING 0
-#define DE_ST_FOUND 1
-#define DE_ST_CREATED 2
+#define DYNEMB_ST_MISSING 0
+#define DYNEMB_ST_FOUND 1
+#define DYNEMB_ST_CREATED 2
 
 /*
  * Look up n int64 keys of an int64 table: out gets n * dim floats. status (may be NULL)
- * gets one of DE_ST_* per key. Without DE_READONLY missing keys are created with the
+ * gets one of DYNEMB_ST_* per key. Without DYNEMB_READONLY missing keys are created with the
  * table's initializer; step is the training step recorded with each key.
  */
-int de_lookup(de_client *c, int table, const uint64_t *keys, size_t n, float *out,
-	      uint8_t *status, unsigned flags, uint64_t step);
+int dynemb_lookup(dynemb_client *c, int table, const uint64_t *keys, size_t n, float *out,
+		  uint8_t *status, unsigned flags, uint64_t step);
 /* The same for a string table: keys[i] of lens[i] bytes (lens NULL: NUL-terminated). */
-int de_lookup_str(de_client *c, int table, const char *const *keys, const size_t *lens, size_t n,
-		  float *out, uint8_t *status, unsigned flags, uint64_t step);
+int dynemb_lookup_str(dynemb_client *c, int table, const char *const *keys, const size_t *lens,
+		      size_t n, float *out, uint8_t *status, unsigned flags, uint64_t step);
 
 /* Assign values (n * dim floats) to keys, creating missing ones. created (may be NULL):
  * how many were created. */
-int de_update(de_client *c, int table, const uint64_t *keys, size_t n, const float *values,
-	      uint64_t step, size_t *created);
-int de_update_str(de_client *c, int table, const char *const *keys, const size_t *lens, size_t n,
-		  const float *values, uint64_t step, size_t *created);
+int dynemb_update(dynemb_client *c, int table, const uint64_t *keys, size_t n, const float *values,
+		  uint64_t step, size_t *created);
+int dynemb_update_str(dynemb_client *c, int table, const char *const *keys, const size_t *lens,
+		      size_t n, const float *values, uint64_t step, size_t *created);
 
-int de_erase(de_client *c, int table, const uint64_t *keys, size_t n, size_t *erased);
-int de_erase_str(de_client *c, int table, const char *const *keys, const size_t *lens, size_t n,
-		 size_t *erased);
+int dynemb_erase(dynemb_client *c, int table, const uint64_t *keys, size_t n, size_t *erased);
+int dynemb_erase_str(dynemb_client *c, int table, const char *const *keys, const size_t *lens,
+		     size_t n, size_t *erased);
 
 /*
  * Push gradients (n * dim floats, row i for keys[i]) to the table's optimizer: the daemon
@@ -192,13 +241,14 @@ int de_erase_str(de_client *c, int table, const char *const *keys, const size_t 
  * deduplicated here first, so a key is still stepped once per call; its parts are then
  * applied one after the other (a reader may see some parts applied and not others).
  */
-int de_apply_gradients(de_client *c, int table, const uint64_t *keys, size_t n,
-		       const float *grads, uint64_t step, double lr, size_t *applied);
-/* The same for a string table (keys as in de_lookup_str). */
-int de_apply_gradients_str(de_client *c, int table, const char *const *keys, const size_t *lens,
-			   size_t n, const float *grads, uint64_t step, double lr, size_t *applied);
+int dynemb_apply_gradients(dynemb_client *c, int table, const uint64_t *keys, size_t n,
+			   const float *grads, uint64_t step, double lr, size_t *applied);
+/* The same for a string table (keys as in dynemb_lookup_str). */
+int dynemb_apply_gradients_str(dynemb_client *c, int table, const char *const *keys,
+			       const size_t *lens, size_t n, const float *grads, uint64_t step,
+			       double lr, size_t *applied);
 
-struct de_stats {
+struct dynemb_stats {
 	uint64_t keys, rows_allocated, rows_free, row_bytes, index_bytes, arena_bytes;
 	uint64_t segments, splits, dir_doublings, arena_segments;
 	double load_factor;
@@ -213,43 +263,47 @@ struct de_stats {
 	uint64_t resident_bytes, budget_bytes;
 	/* persistence: last WAL record, last durable one, snapshots taken, LSN of the last */
 	uint64_t wal_lsn, durable_lsn, snapshots, snapshot_lsn;
+	uint64_t reserved[8];   /* 0 */
 };
-int de_stats(de_client *c, int table, struct de_stats *out);
+int dynemb_stats(dynemb_client *c, int table, struct dynemb_stats *out);
 
 /*
  * Async: submit an int64 lookup without waiting; several may be in flight (up to the
- * channel's ring and data area). *req identifies it. de_complete waits for that request
- * (timeout_ms < 0: the connection's timeout) and gives its result; then de_request_vals
+ * channel's ring and data area). *req identifies it. dynemb_complete waits for that request
+ * (timeout_ms < 0: the connection's timeout) and gives its result; then dynemb_request_vals
  * points at its n * dim floats in the channel's data area, valid until the next submit.
  */
-int de_submit_lookup(de_client *c, int table, const uint64_t *keys, size_t n, unsigned flags,
-		     uint64_t step, uint64_t *req /* out */);
-int de_complete(de_client *c, uint64_t req, int timeout_ms);
-const float *de_request_vals(de_client *c, uint64_t req);
+int dynemb_submit_lookup(dynemb_client *c, int table, const uint64_t *keys, size_t n,
+			 unsigned flags, uint64_t step, uint64_t *req /* out */);
+int dynemb_complete(dynemb_client *c, uint64_t req, int timeout_ms);
+const float *dynemb_request_vals(dynemb_client *c, uint64_t req);
 /*
  * Async gradients: one request of n <= max batch keys (-E2BIG otherwise; no splitting),
  * grads copied into the channel at submit (the caller may reuse its array at once).
- * de_complete gives the result; de_request_counts then gives the counts.
+ * dynemb_complete gives the result; dynemb_request_counts then gives the counts.
  */
-int de_submit_apply_gradients(de_client *c, int table, const uint64_t *keys, size_t n,
-			      const float *grads, uint64_t step, double lr,
-			      uint64_t *req /* out */);
-/* After de_complete returned 0 (until the next submit): lookups: count = keys found,
+int dynemb_submit_apply_gradients(dynemb_client *c, int table, const uint64_t *keys, size_t n,
+				  const float *grads, uint64_t step, double lr,
+				  uint64_t *req /* out */);
+/* After dynemb_complete returned 0 (until the next submit): lookups: count = keys found,
  * aux = keys created; gradients: count = distinct keys stepped, aux = keys created.
  * -ESRCH: not a completed request. */
-int de_request_counts(de_client *c, uint64_t req, uint64_t *count /* out */,
-		      uint64_t *aux /* out */);
+int dynemb_request_counts(dynemb_client *c, uint64_t req, uint64_t *count /* out */,
+			  uint64_t *aux /* out */);
 
-/* ---- candidate sampling, top-k, key strings (client_learn.c) ------------------------- */
+/* ---- candidate sampling, top-k, key strings ----------------------------------------- */
 
-enum de_sampler { DE_SAMPLER_UNIFORM = 0, DE_SAMPLER_LOG_UNIFORM = 1, DE_SAMPLER_UNIGRAM = 2 };
-struct de_sample_spec {
-	enum de_sampler kind;
+enum dynemb_sampler {
+	DYNEMB_SAMPLER_UNIFORM = 0, DYNEMB_SAMPLER_LOG_UNIFORM = 1, DYNEMB_SAMPLER_UNIGRAM = 2,
+};
+struct dynemb_sample_spec {
+	enum dynemb_sampler kind;
 	uint32_t num_sampled;   /* 1..the daemon's max batch (and 2^20) */
 	int unique;             /* 1: no repeated candidates (TF's unique=True) */
 	double power;           /* UNIGRAM: observed frequency ^ power; 0 = 0.75; other kinds:
 	                           ignored */
 	uint64_t seed;          /* the same seed and table state give the same draw */
+	uint64_t reserved[8];   /* must be 0 */
 };
 /*
  * Draw num_sampled candidates from the table's live keys, server side. positives: npos
@@ -258,24 +312,25 @@ struct de_sample_spec {
  * expected counts as TensorFlow's candidate samplers define them (for the logit
  * correction: logit - log(expected)); accidental[num_sampled] (may be NULL): 1 where
  * sampled[i] is one of the positives. sampled_expected / true_expected may be NULL too.
- * Distributions (src/learn/de_learn.h, "Candidate sampling"): UNIFORM over live keys;
- * LOG_UNIFORM over keys ranked by observed frequency (lookups count); UNIGRAM
- * frequency^power. The last two read a snapshot the daemon rebuilds every [learn]
- * sampler_rebuild_ms (1 s by default): keys created since are not drawn yet.
+ * Distributions (TensorFlow's): UNIFORM over live keys; LOG_UNIFORM over keys ranked
+ * by observed frequency (lookups count), rank r (0 = most frequent) of n drawn with
+ * probability log((r + 2) / (r + 1)) / log(n + 1); UNIGRAM frequency^power. The last
+ * two read a snapshot the daemon rebuilds every [learn] sampler_rebuild_ms (1 s by
+ * default): keys created since are not drawn yet.
  * -ENOENT: the table has no live key; -ERANGE: unique and num_sampled > live keys;
  * -E2BIG: num_sampled or npos too large; -EINVAL: a bad spec or handle.
  */
-int de_sample(de_client *c, int table, const struct de_sample_spec *s,
-	      const uint64_t *positives, size_t npos, uint64_t *sampled,
-	      float *sampled_expected, float *true_expected, uint8_t *accidental);
+int dynemb_sample(dynemb_client *c, int table, const struct dynemb_sample_spec *s,
+		  const uint64_t *positives, size_t npos, uint64_t *sampled,
+		  float *sampled_expected, float *true_expected, uint8_t *accidental);
 /* The same with string positives (lens NULL: NUL-terminated) on a string table; sampled
- * keys are fingerprints: see de_key_strings. */
-int de_sample_str(de_client *c, int table, const struct de_sample_spec *s,
-		  const char *const *positives, const size_t *lens, size_t npos,
-		  uint64_t *sampled, float *sampled_expected, float *true_expected,
-		  uint8_t *accidental);
+ * keys are fingerprints: see dynemb_key_strings. */
+int dynemb_sample_str(dynemb_client *c, int table, const struct dynemb_sample_spec *s,
+		      const char *const *positives, const size_t *lens, size_t npos,
+		      uint64_t *sampled, float *sampled_expected, float *true_expected,
+		      uint8_t *accidental);
 
-enum de_metric { DE_METRIC_DOT = 0, DE_METRIC_COSINE = 1 };
+enum dynemb_metric { DYNEMB_METRIC_DOT = 0, DYNEMB_METRIC_COSINE = 1 };
 /*
  * Exact top-k over the table for nq queries (nq * dim floats). keys/scores: nq * k,
  * best first, ties by key; found[nq] (may be NULL): how many of k are valid per query
@@ -285,26 +340,26 @@ enum de_metric { DE_METRIC_DOT = 0, DE_METRIC_COSINE = 1 };
  * request scans the table once, with the daemon's [learn] topk_threads threads).
  * -EINVAL: a non-finite query value, a bad metric or handle.
  */
-int de_topk(de_client *c, int table, const float *queries, size_t nq, uint32_t k,
-	    enum de_metric metric, uint64_t *keys, float *scores, uint32_t *found);
+int dynemb_topk(dynemb_client *c, int table, const float *queries, size_t nq, uint32_t k,
+		enum dynemb_metric metric, uint64_t *keys, float *scores, uint32_t *found);
 
 /*
- * String tables: the strings behind fingerprints (from de_topk, de_sample, export).
+ * String tables: the strings behind fingerprints (from dynemb_topk, dynemb_sample, export).
  * The strings are written back to back into buf (cap bytes); lens[i] = length of key i's
  * string, or UINT32_MAX when the table has no string for it (key 0 is the empty string).
  * -ENOSPC when cap is too small (lens are still filled, so the caller can size buf and
  * retry). -EINVAL on an int64 table.
  */
-int de_key_strings(de_client *c, int table, const uint64_t *keys, size_t n, char *buf,
-		   size_t cap, uint32_t *lens);
+int dynemb_key_strings(dynemb_client *c, int table, const uint64_t *keys, size_t n, char *buf,
+		       size_t cap, uint32_t *lens);
 /* The fingerprint a string key has in this table (the table's seed): computed here. */
-int de_string_key(de_client *c, int table, const char *s, size_t len, uint64_t *key);
+int dynemb_string_key(dynemb_client *c, int table, const char *s, size_t len, uint64_t *key);
 
-/* ---- persistence: snapshots, export, import (client_persist.c; proto.h messages 9..15) ----
+/* ---- persistence: snapshots, export, import ------------------------------------------
  *
  * Long jobs the daemon runs in its own thread; the call blocks until the job's final
  * reply and calls cb with progress on the way (at most every ~50 ms). Tables are named
- * (any table the daemon holds; no de_open needed), so a CLI can use these directly.
+ * (any table the daemon holds; no dynemb_open needed), so a CLI can use these directly.
  * The connection's timeout applies to the gap between two messages, not to the whole
  * job. cb returning non-zero makes the call return -ECANCELED after the job's reply (the
  * daemon finishes the job: a half-written snapshot or import is never left behind).
@@ -314,50 +369,62 @@ int de_string_key(de_client *c, int table, const char *s, size_t len, uint64_t *
  * [persistence] export_dir (or export_dir not set); -EBUSY this connection runs a job
  * already (or the daemon runs 8); -EROFS the table's WAL failed; the file system's errors
  * (-ENOSPC, -EIO); import: -EBADMSG damaged file, -EEXIST the file's config differs
- * (de_strerror names the field). de_strerror(err) has the daemon's text.
+ * (dynemb_strerror names the field). dynemb_strerror(err) has the daemon's text.
  */
-enum de_progress_phase_kind { DE_PROGRESS_SNAPSHOT = 1, DE_PROGRESS_EXPORT = 2,
-			      DE_PROGRESS_IMPORT = 3 };
-struct de_progress {
+enum dynemb_progress_phase { DYNEMB_PROGRESS_SNAPSHOT = 1, DYNEMB_PROGRESS_EXPORT = 2,
+			      DYNEMB_PROGRESS_IMPORT = 3 };
+struct dynemb_progress {
 	uint64_t done, total;     /* rows so far and expected (total is an estimate) */
-	enum de_progress_phase_kind phase; /* import then snapshots the table: SNAPSHOT */
-	uint32_t table_index;     /* de_snapshot of every table: which one, 0-based */
+	enum dynemb_progress_phase phase; /* import then snapshots the table: SNAPSHOT */
+	uint32_t table_index;     /* dynemb_snapshot of every table: which one, 0-based */
 	const char *table;        /* the table's name (valid during the call) */
+	uint64_t reserved[8];     /* 0 */
 };
-typedef int (*de_progress_cb)(void *ctx, const struct de_progress *p);
+typedef int (*dynemb_progress_cb)(void *ctx, const struct dynemb_progress *p);
 
-struct de_snapshot_result {
+struct dynemb_snapshot_result {
 	uint32_t tables;          /* tables snapshotted */
 	uint64_t lsn;             /* the largest cut: recovery replays the WAL from there */
 	uint64_t rows, bytes;     /* rows written (incremental: the dirty ones), file bytes */
+	uint64_t reserved[8];     /* 0 */
 };
 /* Checkpoint one table (table_name) or every persisted table (NULL): a full snapshot
  * when full, else incremental where the table has a chain; the manifest then names it
  * and the WAL before it may be removed. out may be NULL. */
-int de_snapshot(de_client *c, const char *table_name, bool full, de_progress_cb cb, void *ctx,
-		struct de_snapshot_result *out /* out */);
+int dynemb_snapshot(dynemb_client *c, const char *table_name, bool full, dynemb_progress_cb cb,
+		    void *ctx, struct dynemb_snapshot_result *out /* out */);
 
 /* The daemon writes table_name to path (absolute, under its export_dir) in the export
  * format of uring/README.md, as the daemon's user. records, bytes (out, may be NULL). */
-int de_export_table(de_client *c, const char *table_name, const char *path, de_progress_cb cb,
-	      void *ctx, uint64_t *records /* out */, uint64_t *bytes /* out */);
+int dynemb_export(dynemb_client *c, const char *table_name, const char *path, dynemb_progress_cb cb,
+		  void *ctx, uint64_t *records /* out */, uint64_t *bytes /* out */);
 
-#define DE_IMPORT_SALVAGE_PREFIX 1u /* de_import_table flags: keep the verified prefix */
-struct de_import_result {
+#define DYNEMB_IMPORT_SALVAGE_PREFIX 1u /* dynemb_import flags: keep the verified prefix */
+struct dynemb_import_result {
 	uint64_t records, imported, dropped;
 	char problem[128];        /* the damage found (salvage), or "" */
+	uint64_t reserved[8];     /* 0 */
 };
 /* The daemon reads path (absolute, under its export_dir) into table_name (its config
  * must match the file's); a persisted table then takes a full snapshot before the call
  * returns, so the import survives a crash. out may be NULL. */
-int de_import_table(de_client *c, const char *table_name, const char *path, unsigned flags,
-	      de_progress_cb cb, void *ctx, struct de_import_result *out /* out */);
+int dynemb_import(dynemb_client *c, const char *table_name, const char *path, unsigned flags,
+		  dynemb_progress_cb cb, void *ctx, struct dynemb_import_result *out /* out */);
 
 /* Zero-copy counters of this client: lookups served from the read-only mapping, and keys
  * that had to go to the daemon. */
-void de_zero_copy_counts(const de_client *c, uint64_t *local_keys, uint64_t *remote_keys);
+void dynemb_zero_copy_counts(const dynemb_client *c, uint64_t *local_keys, uint64_t *remote_keys);
 
-const char *de_strerror(int err);
+const char *dynemb_strerror(int err);
+
+/*
+ * sizeof(struct NAME) in this build of the library, for bindings that copy the structs
+ * (the Python package checks its copies at load): NAME without "struct ", one of
+ * dynemb_connect_opts, dynemb_optim_spec, dynemb_admission_spec, dynemb_eviction_spec,
+ * dynemb_durability_spec, dynemb_table_spec, dynemb_stats, dynemb_sample_spec,
+ * dynemb_progress, dynemb_snapshot_result, dynemb_import_result. 0 for any other name.
+ */
+size_t dynemb_struct_size(const char *name);
 
 #ifdef __cplusplus
 }

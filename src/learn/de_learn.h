@@ -72,15 +72,19 @@
 extern "C" {
 #endif
 
+/* The wire's numbers (src/proto.h, enum de_wire_optim_kind): the daemon passes a kind
+ * through as it is. NONE is "no optimizer": de_optim_check rejects it, de_optim_name
+ * says "none", de_optim_slots 0. */
 enum de_optimizer {
-	DE_OPT_SGD = 0,
-	DE_OPT_MOMENTUM,
-	DE_OPT_NESTEROV,
-	DE_OPT_ADAGRAD,
-	DE_OPT_ADAM,
-	DE_OPT_ADAMW,
-	DE_OPT_FTRL,
-	DE_OPT_RMSPROP,
+	DE_OPT_NONE = 0,
+	DE_OPT_SGD = 1,
+	DE_OPT_MOMENTUM = 2,
+	DE_OPT_NESTEROV = 3,
+	DE_OPT_ADAGRAD = 4,
+	DE_OPT_ADAM = 5,
+	DE_OPT_ADAMW = 6,
+	DE_OPT_FTRL = 7,
+	DE_OPT_RMSPROP = 8,
 };
 
 /* Hyperparameters. Names follow torch.optim (FTRL: tf.keras.optimizers.Ftrl). Fields an
@@ -107,7 +111,8 @@ struct de_optim_config {
 };
 
 /* torch.optim's defaults for kind (SGD has none for lr: 0.01 here; FTRL: Keras' lr 0.001,
- * lr_power -0.5, initial_accumulator_value 0.1, l1 = l2 = beta = 0). */
+ * lr_power -0.5, initial_accumulator_value 0.1, l1 = l2 = beta = 0); NONE and unknown
+ * kinds: all 0. The table is optim_defaults.h, which libdynemb uses too. */
 void de_optim_defaults(enum de_optimizer kind, struct de_optim_config *out /* out */);
 
 /* 0, or -EINVAL with the reason written to why (may be NULL, cap bytes). */
@@ -155,10 +160,11 @@ int de_optim_update(de_table *t, const struct de_optim_config *cfg, const uint64
  */
 typedef struct de_admit de_admit;
 
+/* The wire's numbers (src/proto.h, enum de_wire_admission_mode). */
 enum de_admit_mode {
-	DE_ADMIT_ALL = 0, /* every key is admitted (statistics only) */
-	DE_ADMIT_COUNT,   /* count-min sketch, threshold sightings */
-	DE_ADMIT_PROB,    /* probability per sighting */
+	DE_ADMIT_ALL = 0,   /* every key is admitted (statistics only) */
+	DE_ADMIT_COUNT = 1, /* count-min sketch, threshold sightings */
+	DE_ADMIT_PROB = 2,  /* probability per sighting */
 };
 
 struct de_admit_config {
@@ -290,8 +296,12 @@ typedef struct de_evict de_evict;
 #define DE_EVICT_INLINE_OVER 1.02 /* inline eviction starts above budget * this */
 #define DE_EVICT_HOST UINT32_MAX /* the "table id" of the host totals */
 
-enum de_evict_policy { DE_EVICT_LRU = 0, DE_EVICT_LFU, DE_EVICT_TTL, DE_EVICT_L2 };
-enum de_evict_clock { DE_CLOCK_STEP = 0, DE_CLOCK_TIME };
+/* The wire's numbers (src/proto.h, enum de_wire_eviction_policy and de_wire_time_unit).
+ * NONE: no eviction; de_evict_add_table rejects it. */
+enum de_evict_policy {
+	DE_EVICT_NONE = 0, DE_EVICT_LRU = 1, DE_EVICT_LFU = 2, DE_EVICT_TTL = 3, DE_EVICT_L2 = 4,
+};
+enum de_evict_clock { DE_CLOCK_STEP = 0, DE_CLOCK_TIME = 1 };
 
 struct de_evict_config {
 	uint64_t host_budget_bytes; /* 0 = none */
@@ -411,10 +421,11 @@ int de_evict_stats(de_evict *ev, uint32_t id, struct de_evict_stats *out /* out 
  */
 typedef struct de_sampler de_sampler;
 
+/* The wire's numbers (src/proto.h, enum de_wire_sampler). */
 enum de_sampler_kind {
 	DE_SAMPLER_UNIFORM = 0,
-	DE_SAMPLER_LOG_UNIFORM,
-	DE_SAMPLER_UNIGRAM,
+	DE_SAMPLER_LOG_UNIFORM = 1,
+	DE_SAMPLER_UNIGRAM = 2,
 };
 
 #define DE_SAMPLE_MAX (1u << 20)      /* n per call; more is -E2BIG */

@@ -162,7 +162,7 @@ int de_evict_add_table(de_evict *ev, de_table *t, de_arena *a,
 {
 	if (!ev || !t || !a || !cfg || !id)
 		return -EINVAL;
-	if ((unsigned)cfg->policy > DE_EVICT_L2 || (unsigned)cfg->clock > DE_CLOCK_TIME ||
+	if (cfg->policy == DE_EVICT_NONE || (unsigned)cfg->policy > DE_EVICT_L2 || (unsigned)cfg->clock > DE_CLOCK_TIME ||
 	    (cfg->policy == DE_EVICT_TTL && !cfg->ttl))
 		return -EINVAL;
 	struct de_table_config tc;

@@ -18,6 +18,7 @@
  * rounding, not bit for bit (torch's vectorized kernels use fused multiply-adds).
  */
 #include "de_learn.h"
+#include "optim_defaults.h"
 
 #include <errno.h>
 #include <math.h>
@@ -30,62 +31,36 @@
 /* ---- configuration -------------------------------------------------------------- */
 
 static const char *const names[] = {
+	[DE_OPT_NONE] = "none",
 	[DE_OPT_SGD] = "sgd",         [DE_OPT_MOMENTUM] = "momentum", [DE_OPT_NESTEROV] = "nesterov",
 	[DE_OPT_ADAGRAD] = "adagrad", [DE_OPT_ADAM] = "adam",         [DE_OPT_ADAMW] = "adamw",
 	[DE_OPT_FTRL] = "ftrl",       [DE_OPT_RMSPROP] = "rmsprop",
 };
 
 static const uint32_t nslots[] = {
+	[DE_OPT_NONE] = 0,
 	[DE_OPT_SGD] = 0,     [DE_OPT_MOMENTUM] = 1, [DE_OPT_NESTEROV] = 1, [DE_OPT_ADAGRAD] = 1,
 	[DE_OPT_ADAM] = 2,    [DE_OPT_ADAMW] = 2,    [DE_OPT_FTRL] = 2,     [DE_OPT_RMSPROP] = 1,
 };
 
 #define NKINDS (sizeof(nslots) / sizeof(nslots[0]))
 
-static bool kind_ok(enum de_optimizer k) { return (unsigned)k < NKINDS; }
+/* a kind that steps (NONE does not) */
+static bool kind_ok(enum de_optimizer k) { return k >= DE_OPT_SGD && (unsigned)k < NKINDS; }
 
 uint32_t de_optim_slots(enum de_optimizer kind)
 {
-	return kind_ok(kind) ? nslots[kind] : UINT32_MAX;
+	return (unsigned)kind < NKINDS ? nslots[kind] : UINT32_MAX;
 }
 
 const char *de_optim_name(enum de_optimizer kind)
 {
-	return kind_ok(kind) ? names[kind] : "?";
+	return (unsigned)kind < NKINDS ? names[kind] : "?";
 }
 
 void de_optim_defaults(enum de_optimizer kind, struct de_optim_config *out)
 {
-	memset(out, 0, sizeof(*out));
-	out->kind = kind;
-	out->lr = 0.01;
-	out->beta1 = 0.9;
-	out->beta2 = 0.999;
-	out->eps = 1e-8;
-	out->alpha = 0.99;
-	out->lr_power = -0.5;
-	switch (kind) {
-	case DE_OPT_MOMENTUM:
-	case DE_OPT_NESTEROV:
-		out->momentum = 0.9;
-		break;
-	case DE_OPT_ADAGRAD:
-		out->eps = 1e-10;
-		break;
-	case DE_OPT_ADAM:
-		out->lr = 1e-3;
-		break;
-	case DE_OPT_ADAMW:
-		out->lr = 1e-3;
-		out->weight_decay = 1e-2;
-		break;
-	case DE_OPT_FTRL:
-		out->lr = 1e-3;
-		out->initial_accumulator_value = 0.1;
-		break;
-	default:
-		break;
-	}
+	de_optim_defaults_fill(kind, out); /* the table libdynemb uses too */
 }
 
 __attribute__((format(printf, 3, 4))) static int bad(char *why, size_t cap, const char *fmt, ...)
@@ -116,6 +91,7 @@ int de_optim_check(const struct de_optim_config *c, char *why, size_t cap)
 	if (c->hogwild != 0 && c->hogwild != 1)
 		return bad(why, cap, "%s: hogwild must be 0 or 1", nm);
 	switch (c->kind) {
+	case DE_OPT_NONE: /* rejected by kind_ok above */
 	case DE_OPT_SGD:
 		break;
 	case DE_OPT_MOMENTUM:
@@ -316,6 +292,8 @@ static void step_row(void *ctx, size_t i, float *row, struct de_row_meta *meta)
 		break;
 	case DE_OPT_RMSPROP:
 		step_rmsprop(c, g, row, first);
+		break;
+	case DE_OPT_NONE: /* de_optim_check rejected it */
 		break;
 	}
 	meta->aux = t;

@@ -333,6 +333,11 @@ static bool on_hello(struct ctl *x, struct srv_client *c, const struct de_msg_he
 	ok.cq_entries = cc.cq_entries;
 	ok.max_batch = cfg->max_batch;
 	ok.data_bytes = cc.data_bytes;
+	ok.capabilities = DE_CAP_APPLY_GRADS | DE_CAP_ADMISSION | DE_CAP_EVICTION | DE_CAP_SAMPLE |
+			  DE_CAP_TOPK | DE_CAP_KEY_STRINGS | DE_CAP_SNAPSHOT | DE_CAP_EXPORT_IMPORT |
+			  (cfg->data_dir[0] ? DE_CAP_PERSISTENCE : 0) |
+			  (cfg->export_dir[0] ? DE_CAP_EXPORT_DIR : 0) |
+			  (cfg->tier_dir[0] ? DE_CAP_DISK_TIER : 0);
 	int fd = de_channel_fd(c->ch);
 	if (send_msg(c->sock, &ok, sizeof ok, &fd, 1)) {
 		de_channel_destroy(c->ch);

@@ -63,6 +63,24 @@ _Static_assert(DE_WTOPK_MAX_K == DE_TOPK_MAX_K, "proto.h and de_learn.h agree");
 _Static_assert(DE_WTOPK_MAX_QUERIES == DE_TOPK_MAX_QUERIES, "proto.h and de_learn.h agree");
 _Static_assert(DE_WTOPK_MAX_RESULTS == DE_TOPK_MAX_RESULTS, "proto.h and de_learn.h agree");
 _Static_assert((int)DE_WSAMPLE_MAX_POWER == (int)DE_SAMPLER_MAX_POWER, "proto.h and de_learn.h agree");
+/* libdelearn's enums have the wire's numbers: values pass through as they are */
+#define SAME(a, b) _Static_assert((int)(a) == (int)(b), #a " == " #b)
+SAME(DE_ADMIT_ALL, DE_WADMIT_ALL);
+SAME(DE_ADMIT_COUNT, DE_WADMIT_COUNT);
+SAME(DE_ADMIT_PROB, DE_WADMIT_PROBABILITY);
+SAME(DE_EVICT_NONE, DE_WEVICT_NONE);
+SAME(DE_EVICT_LRU, DE_WEVICT_LRU);
+SAME(DE_EVICT_LFU, DE_WEVICT_LFU);
+SAME(DE_EVICT_TTL, DE_WEVICT_TTL);
+SAME(DE_EVICT_L2, DE_WEVICT_L2);
+SAME(DE_CLOCK_STEP, DE_WUNIT_STEPS);
+SAME(DE_CLOCK_TIME, DE_WUNIT_SECONDS);
+SAME(DE_SAMPLER_UNIFORM, DE_WSAMPLER_UNIFORM);
+SAME(DE_SAMPLER_LOG_UNIFORM, DE_WSAMPLER_LOG_UNIFORM);
+SAME(DE_SAMPLER_UNIGRAM, DE_WSAMPLER_UNIGRAM);
+SAME(DE_TOPK_DOT, 0);
+SAME(DE_TOPK_COSINE, DE_WTOPK_COSINE);
+#undef SAME
 
 struct srv_learn_host {
 	de_evict *ev;
@@ -162,7 +180,7 @@ int srv_learn_table_attach(struct srv_learn_host *h, struct srv_table *t, char *
 	int err = 0;
 	if (a->mode != DE_WADMIT_ALL) {
 		struct de_admit_config ac = {
-			.mode = a->mode == DE_WADMIT_COUNT ? DE_ADMIT_COUNT : DE_ADMIT_PROB,
+			.mode = (enum de_admit_mode)a->mode,
 			.threshold = a->min_count, .width = a->sketch_width, .depth = a->sketch_depth,
 			.probability = a->probability, .seed = t->wcfg.seed,
 		};
@@ -190,23 +208,20 @@ int srv_learn_table_attach(struct srv_learn_host *h, struct srv_table *t, char *
 			return err;
 		}
 	}
-	struct de_evict_table_config tc = { .budget_bytes = e->budget_bytes, .tier = L->tier };
+	struct de_evict_table_config tc = { .budget_bytes = e->budget_bytes, .tier = L->tier,
+					    .policy = (enum de_evict_policy)e->policy };
 	switch (e->policy) {
 	case DE_WEVICT_LRU:
-		tc.policy = DE_EVICT_LRU;
-		tc.clock = e->lru_clock == DE_WUNIT_SECONDS ? DE_CLOCK_TIME : DE_CLOCK_STEP;
+		tc.clock = (enum de_evict_clock)e->lru_clock;
 		break;
 	case DE_WEVICT_LFU:
-		tc.policy = DE_EVICT_LFU;
 		tc.half_life = e->lfu_decay > 0 ? (uint64_t)fmax(1.0, llround(e->lfu_decay)) : 0;
 		break;
 	case DE_WEVICT_TTL:
-		tc.policy = DE_EVICT_TTL;
-		tc.clock = e->ttl_unit == DE_WUNIT_SECONDS ? DE_CLOCK_TIME : DE_CLOCK_STEP;
+		tc.clock = (enum de_evict_clock)e->ttl_unit;
 		tc.ttl = e->ttl;
 		break;
 	default:
-		tc.policy = DE_EVICT_L2;
 		break;
 	}
 	L->time_clock = tc.clock == DE_CLOCK_TIME;
@@ -697,7 +712,7 @@ static void do_topk(struct srv_worker *w, struct srv_table *t, char *data, const
 	size_t found = 0;
 	unsigned nth = t->rt ? t->rt->h->topk_threads : 1;
 	(void)w;
-	q->res = de_topk(t->t, qbuf, nq, k, (e->flags & DE_WTOPK_COSINE) ? DE_TOPK_COSINE : DE_TOPK_DOT,
+	q->res = de_topk(t->t, qbuf, nq, k, (enum de_topk_metric)(e->flags & DE_WTOPK_COSINE),
 			 nth, keys, scores, &found);
 	if (!q->res) {
 		memcpy(data + e->vals_off, keys, nq * k * 8);

@@ -110,10 +110,23 @@ static const char *const optim_names[] = {
 	"none", "sgd", "momentum", "nesterov", "adagrad", "adam", "adamw", "ftrl", "rmsprop",
 };
 
+/* enum de_optimizer has the wire's numbers: a kind passes through as it is */
+#define SAME(a, b) _Static_assert((int)(a) == (int)(b), #a " == " #b)
+SAME(DE_OPT_NONE, DE_WOPT_NONE);
+SAME(DE_OPT_SGD, DE_WOPT_SGD);
+SAME(DE_OPT_MOMENTUM, DE_WOPT_MOMENTUM);
+SAME(DE_OPT_NESTEROV, DE_WOPT_NESTEROV);
+SAME(DE_OPT_ADAGRAD, DE_WOPT_ADAGRAD);
+SAME(DE_OPT_ADAM, DE_WOPT_ADAM);
+SAME(DE_OPT_ADAMW, DE_WOPT_ADAMW);
+SAME(DE_OPT_FTRL, DE_WOPT_FTRL);
+SAME(DE_OPT_RMSPROP, DE_WOPT_RMSPROP);
+#undef SAME
+
 void srv_optim_from_wire(const struct de_wire_optim *w, struct de_optim_config *o)
 {
 	*o = (struct de_optim_config){
-		.kind = (enum de_optimizer)(w->kind - 1), .lr = w->lr,
+		.kind = (enum de_optimizer)w->kind, .lr = w->lr,
 		.weight_decay = w->weight_decay, .momentum = w->momentum,
 		.dampening = w->dampening, .beta1 = w->beta1, .beta2 = w->beta2, .eps = w->eps,
 		.initial_accumulator_value = w->initial_accumulator_value, .alpha = w->alpha,

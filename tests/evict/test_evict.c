@@ -500,7 +500,7 @@ Test(evict, background_thread_two_inserters, .timeout = 300)
 	cr_assert_eq(de_evict_start(ev), 0);
 	cr_assert_eq(de_evict_start(ev), -EALREADY);
 	uint32_t id2;
-	cr_assert_eq(de_evict_add_table(ev, x.t, x.a, &(struct de_evict_table_config){ 0 }, &id2),
+	cr_assert_eq(de_evict_add_table(ev, x.t, x.a, &(struct de_evict_table_config){ .policy = DE_EVICT_LRU }, &id2),
 		     -EBUSY);
 	pthread_t th[2];
 	struct ins_arg args[2] = { { x, ev, id, 1, true, 0 }, { x, ev, id, 2, true, 0 } };
@@ -530,7 +530,8 @@ Test(evict, background_thread_alone, .timeout = 120)
 	const uint64_t budget = 16ull << 20;
 	struct tab x = mk_table(16, 1);
 	de_evict *ev = mk_ev((struct de_evict_config){ .interval_ms = 1 });
-	uint32_t id = add(ev, x, (struct de_evict_table_config){ .budget_bytes = budget });
+	uint32_t id = add(ev, x, (struct de_evict_table_config){ .budget_bytes = budget,
+								 .policy = DE_EVICT_LRU });
 	struct ins_arg a = { x, ev, id, 5, false, 0 };
 	inserter(&a);
 	cr_assert_eq(a.err, 0);
@@ -646,7 +647,7 @@ static void tier_roundtrip(bool with_tier)
 	struct snap before = { xcalloc((size_t)N * rf, 4), xcalloc(N, sizeof(struct de_row_meta)), rf };
 	cr_assert_eq(de_table_apply(x.t, keys, N, false, snap_fn, &before, NULL, DE_STEP_KEEP), 0);
 	de_evict *ev = mk_ev((struct de_evict_config){ .high = 1, .low = 1 });
-	uint32_t id = add(ev, x, (struct de_evict_table_config){ .tier = tier });
+	uint32_t id = add(ev, x, (struct de_evict_table_config){ .policy = DE_EVICT_LRU, .tier = tier });
 	de_evict_set_budget(ev, id, de_evict_resident(ev, id) - EV * cost);
 	size_t n = 0;
 	cr_assert_eq(de_evict_step(ev, 0, &n), 0);
@@ -854,7 +855,7 @@ Test(tier, evictor_with_failing_tier)
 		keys[i] = i + 1;
 	de_table_find_or_insert(x.t, keys, 500, out, st, 1);
 	de_evict *ev = mk_ev((struct de_evict_config){ .high = 1, .low = 1 });
-	uint32_t id = add(ev, x, (struct de_evict_table_config){ .tier = tier });
+	uint32_t id = add(ev, x, (struct de_evict_table_config){ .policy = DE_EVICT_LRU, .tier = tier });
 	de_evict_set_budget(ev, id, de_evict_resident(ev, id) - 100 * 48);
 	de_tier_break_fd(tier);
 	size_t n;
@@ -892,7 +893,7 @@ Test(evict, bad_configs_and_args)
 	ev = mk_ev((struct de_evict_config){ 0 });
 	struct tab x = mk_table(4, 1);
 	uint32_t id;
-	struct de_evict_table_config tc = { 0 };
+	struct de_evict_table_config tc = { .policy = DE_EVICT_LRU };
 	cr_assert_eq(de_evict_add_table(NULL, x.t, x.a, &tc, &id), -EINVAL);
 	cr_assert_eq(de_evict_add_table(ev, NULL, x.a, &tc, &id), -EINVAL);
 	cr_assert_eq(de_evict_add_table(ev, x.t, NULL, &tc, &id), -EINVAL);
@@ -900,16 +901,18 @@ Test(evict, bad_configs_and_args)
 	cr_assert_eq(de_evict_add_table(ev, x.t, x.a, &tc, NULL), -EINVAL);
 	tc.policy = 9;
 	cr_assert_eq(de_evict_add_table(ev, x.t, x.a, &tc, &id), -EINVAL);
-	tc = (struct de_evict_table_config){ .clock = 5 };
+	tc.policy = DE_EVICT_NONE;
+	cr_assert_eq(de_evict_add_table(ev, x.t, x.a, &tc, &id), -EINVAL, "policy none");
+	tc = (struct de_evict_table_config){ .policy = DE_EVICT_LRU, .clock = 5 };
 	cr_assert_eq(de_evict_add_table(ev, x.t, x.a, &tc, &id), -EINVAL);
 	tc = (struct de_evict_table_config){ .policy = DE_EVICT_TTL };
 	cr_assert_eq(de_evict_add_table(ev, x.t, x.a, &tc, &id), -EINVAL, "TTL without ttl");
 	mk_tmpdir();
 	de_tier *tier;
 	cr_assert_eq(de_tier_open(tmpdir, 4, &tier), 0); /* table rows are 8 floats */
-	tc = (struct de_evict_table_config){ .tier = tier };
+	tc = (struct de_evict_table_config){ .policy = DE_EVICT_LRU, .tier = tier };
 	cr_assert_eq(de_evict_add_table(ev, x.t, x.a, &tc, &id), -EINVAL, "tier row size");
-	tc = (struct de_evict_table_config){ 0 };
+	tc = (struct de_evict_table_config){ .policy = DE_EVICT_LRU };
 	for (uint32_t i = 0; i < DE_EVICT_MAX_TABLES; i++)
 		cr_assert_eq(de_evict_add_table(ev, x.t, x.a, &tc, &id), 0);
 	cr_assert_eq(de_evict_add_table(ev, x.t, x.a, &tc, &id), -ENOSPC);

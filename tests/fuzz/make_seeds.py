@@ -22,7 +22,7 @@ import struct
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 MAGIC = 0x314D4544
-VERSION = 2
+VERSION = 3
 HELLO, OPEN, SEGMENTS, BYE = 1, 3, 5, 8
 NOP, LOOKUP, UPDATE, ERASE, STATS, APPLY_GRADS = 0, 1, 2, 3, 4, 5
 LOOKUP_CREATE, SQE_STATUS, GRAD_LR = 0x01, 0x02, 0x04

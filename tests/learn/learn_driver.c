@@ -281,7 +281,7 @@ out:
 
 static void test_config(void)
 {
-	static const uint32_t slots[] = { 0, 1, 1, 1, 2, 2, 2, 1 };
+	static const uint32_t slots[] = { [DE_OPT_SGD] = 0, 1, 1, 1, 2, 2, 2, 1 };
 	char why[200];
 	for (int k = DE_OPT_SGD; k <= DE_OPT_RMSPROP; k++) {
 		struct de_optim_config c;

@@ -36,7 +36,7 @@ torch = pytest.importorskip("torch")  # Debian's python3-torch
 DRIVER = os.environ.get("LEARN_DRIVER")
 pytestmark = pytest.mark.skipif(not DRIVER, reason="LEARN_DRIVER (path of learn_driver) not set")
 
-KIND = dict(sgd=0, momentum=1, nesterov=2, adagrad=3, adam=4, adamw=5, ftrl=6, rmsprop=7)
+KIND = dict(sgd=1, momentum=2, nesterov=3, adagrad=4, adam=5, adamw=6, ftrl=7, rmsprop=8)
 SLOTS = dict(sgd=0, momentum=1, nesterov=1, adagrad=1, adam=2, adamw=2, ftrl=2, rmsprop=1)
 DIM = 16
 NKEYS = 50        # keys the batches draw from

@@ -13,7 +13,7 @@
  * tests/test_client.c does.
  *
  * Suites: config (the config text), lookup, strings, update, grads, errors, wrap,
- * threads, topk and sampled (when libdynemb has de_topk / de_sample).
+ * threads, topk and sampled (when libdynemb has dynemb_topk / dynemb_sample).
  */
 #include <criterion/criterion.h>
 
@@ -77,22 +77,22 @@ static void teardown(void)
 
 /* ---- helpers ----------------------------------------------------------------------------- */
 
-static de_client *ref_client(void)
+static dynemb_client *ref_client(void)
 {
-	de_client *c = NULL;
-	struct de_connect_opts o = { .name = "test_tf_ref", .timeout_ms = 5000 };
-	int rc = de_connect(d_sock, &o, &c);
-	cr_assert_eq(rc, 0, "de_connect: %s", de_strerror(rc));
+	dynemb_client *c = NULL;
+	struct dynemb_connect_opts o = { .name = "test_tf_ref", .timeout_ms = 5000 };
+	int rc = dynemb_connect(d_sock, &o, &c);
+	cr_assert_eq(rc, 0, "dynemb_connect: %s", dynemb_strerror(rc));
 	return c;
 }
 
-static int ref_open(de_client *c, const char *name, const char *config)
+static int ref_open(dynemb_client *c, const char *name, const char *config)
 {
-	struct de_table_spec spec;
+	struct dynemb_table_spec spec;
 	char err[DE_TF_ERRLEN];
 	cr_assert_eq(de_tf_parse_config(config, name, &spec, err, sizeof err), 0, "%s", err);
-	int t, rc = de_open(c, &spec, &t);
-	cr_assert_eq(rc, 0, "de_open: %s", de_strerror(rc));
+	int t, rc = dynemb_open(c, &spec, &t);
+	cr_assert_eq(rc, 0, "dynemb_open: %s", dynemb_strerror(rc));
 	return t;
 }
 
@@ -149,7 +149,7 @@ static float val(uint64_t key, unsigned j) { return (float)key * 0.25f + (float)
 
 Test(config, parses_every_kind_of_field)
 {
-	struct de_table_spec s;
+	struct dynemb_table_spec s;
 	char err[DE_TF_ERRLEN];
 	int rc = de_tf_parse_config(
 		" dim = 16 ;keys=string; init=trunc_normal; init_a=0.5; init_b=0.125; seed=42;"
@@ -160,26 +160,26 @@ Test(config, parses_every_kind_of_field)
 	cr_assert_eq(rc, 0, "%s", err);
 	cr_expect_str_eq(s.name, "emb");
 	cr_expect_eq(s.dim, 16);
-	cr_expect_eq(s.keys, DE_STRING_KEYS);
-	cr_expect_eq(s.init, DE_TRUNC_NORMAL);
+	cr_expect_eq(s.keys, DYNEMB_STRING_KEYS);
+	cr_expect_eq(s.init, DYNEMB_TRUNC_NORMAL);
 	cr_expect_eq(s.init_a, 0.5f);
 	cr_expect_eq(s.init_b, 0.125f);
 	cr_expect_eq(s.seed, 42);
 	cr_expect_eq(s.nslots, 2);
 	cr_expect_eq(s.slot_init, 0.25f);
-	cr_expect_eq(s.optim.kind, DE_OPTIM_ADAM);
+	cr_expect_eq(s.optim.kind, DYNEMB_OPTIM_ADAM);
 	cr_expect_eq(s.optim.lr, 0.5);
 	/* torch.optim.Adam's defaults for the fields not given */
 	cr_expect_eq(s.optim.beta1, 0.9);
 	cr_expect_eq(s.optim.beta2, 0.999);
 	cr_expect_eq(s.optim.eps, 1e-8);
-	cr_expect_eq(s.admission.mode, DE_ADMISSION_COUNT);
+	cr_expect_eq(s.admission.mode, DYNEMB_ADMISSION_COUNT);
 	cr_expect_eq(s.admission.min_count, 3);
-	cr_expect_eq(s.eviction.policy, DE_EVICTION_TTL);
+	cr_expect_eq(s.eviction.policy, DYNEMB_EVICTION_TTL);
 	cr_expect_eq(s.eviction.ttl, 100);
-	cr_expect_eq(s.eviction.ttl_unit, DE_TIME_SECONDS);
+	cr_expect_eq(s.eviction.ttl_unit, DYNEMB_TIME_SECONDS);
 	cr_expect(s.eviction.disk_tier);
-	cr_expect_eq(s.durability.mode, DE_DURABLE_ASYNC);
+	cr_expect_eq(s.durability.mode, DYNEMB_DURABLE_ASYNC);
 	cr_expect_eq(s.durability.window_ms, 20);
 
 	/* the text dynemb.tensorflow.config_text writes (tf_op/python/tests_tf) */
@@ -187,19 +187,19 @@ Test(config, parses_every_kind_of_field)
 				"nslots=0;slot_init=0.0;optimizer=adam;lr=0.5;beta1=0.8;beta2=0.95",
 				"py", &s, err, sizeof err);
 	cr_assert_eq(rc, 0, "%s", err);
-	cr_expect_eq(s.init, DE_UNIFORM);
+	cr_expect_eq(s.init, DYNEMB_UNIFORM);
 	cr_expect_eq(s.init_a, -0.05f);
 	cr_expect_eq(s.init_b, 0.05f);
-	cr_expect_eq(s.optim.kind, DE_OPTIM_ADAM);
+	cr_expect_eq(s.optim.kind, DYNEMB_OPTIM_ADAM);
 	cr_expect_eq(s.optim.beta1, 0.8);
 	cr_expect_eq(s.optim.beta2, 0.95);
 	cr_expect_eq(s.optim.eps, 1e-8);
 
 	rc = de_tf_parse_config("dim=4", "x", &s, err, sizeof err);
 	cr_assert_eq(rc, 0, "%s", err);
-	cr_expect_eq(s.init, DE_ZEROS);
-	cr_expect_eq(s.optim.kind, DE_OPTIM_NONE);
-	cr_expect_eq(s.keys, DE_INT64_KEYS);
+	cr_expect_eq(s.init, DYNEMB_ZEROS);
+	cr_expect_eq(s.optim.kind, DYNEMB_OPTIM_NONE);
+	cr_expect_eq(s.keys, DYNEMB_INT64_KEYS);
 }
 
 Test(config, rejects_bad_text)
@@ -224,7 +224,7 @@ Test(config, rejects_bad_text)
 		  "var_name" },
 	};
 	for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
-		struct de_table_spec s;
+		struct dynemb_table_spec s;
 		char err[DE_TF_ERRLEN] = "";
 		int rc = de_tf_parse_config(bad[i].text, bad[i].var, &s, err, sizeof err);
 		cr_expect_eq(rc, -EINVAL, "'%s' accepted", bad[i].text);
@@ -238,7 +238,7 @@ Test(config, rejects_bad_text)
 Test(lookup, equals_de_lookup_and_assigned_rows, .init = setup, .fini = teardown,
      .timeout = TIMEOUT)
 {
-	de_client *c = ref_client();
+	dynemb_client *c = ref_client();
 	int t = ref_open(c, "emb", CFG_U8);
 	/* rows 1..4 assigned here; 100..107 created by the kernel (initializer) */
 	uint64_t ak[4] = { 1, 2, 3, 4 };
@@ -246,7 +246,7 @@ Test(lookup, equals_de_lookup_and_assigned_rows, .init = setup, .fini = teardown
 	for (int i = 0; i < 4; i++)
 		for (unsigned j = 0; j < 8; j++)
 			av[i * 8 + j] = val(ak[i], j);
-	cr_assert_eq(de_update(c, t, ak, 4, av, 0, NULL), 0);
+	cr_assert_eq(dynemb_update(c, t, ak, 4, av, 0, NULL), 0);
 
 	si_kernel *k = kernel("DynamicEmbeddingLookup", "emb", CFG_U8, NULL, 0);
 	int64_t keys[3][4] = { { 1, 100, 2, 101 }, { 3, 3, 102, 4 }, { 103, 104, 1, 105 } };
@@ -260,7 +260,7 @@ Test(lookup, equals_de_lookup_and_assigned_rows, .init = setup, .fini = teardown
 	cr_assert_eq(TF_Dim(out, 2), 8);
 	const float *v = TF_TensorData(out);
 	float ref[12 * 8];
-	cr_assert_eq(de_lookup(c, t, (const uint64_t *)keys, 12, ref, NULL, DE_READONLY, 0), 0);
+	cr_assert_eq(dynemb_lookup(c, t, (const uint64_t *)keys, 12, ref, NULL, DYNEMB_READONLY, 0), 0);
 	for (int i = 0; i < 12; i++) {
 		uint64_t key = ((uint64_t *)keys)[i];
 		for (unsigned j = 0; j < 8; j++) {
@@ -300,15 +300,15 @@ Test(lookup, equals_de_lookup_and_assigned_rows, .init = setup, .fini = teardown
 	}
 	uint8_t status;
 	float tmp[8];
-	cr_assert_eq(de_lookup(c, t, (uint64_t *)&miss[0], 1, tmp, &status, DE_READONLY, 0), 0);
-	cr_expect_eq(status, DE_ST_MISSING, "a readonly kernel lookup created the key");
+	cr_assert_eq(dynemb_lookup(c, t, (uint64_t *)&miss[0], 1, tmp, &status, DYNEMB_READONLY, 0), 0);
+	cr_expect_eq(status, DYNEMB_ST_MISSING, "a readonly kernel lookup created the key");
 	TF_DeleteTensor(out);
 	TF_DeleteTensor(mt);
 	si_kernel_free(kro);
 
 	TF_DeleteTensor(kt);
 	si_kernel_free(k);
-	de_close(c);
+	dynemb_close(c);
 	struct si_counts n;
 	si_get_counts(&n);
 	cr_expect_eq(n.ok_failures, 0);
@@ -319,7 +319,7 @@ Test(lookup, batch_larger_than_one_request_is_copied, .init = setup, .fini = tea
 {
 	/* --max-batch 256: 1000 keys cannot be one async request; the kernel falls back to
 	 * the blocking (splitting) lookup and copies */
-	de_client *c = ref_client();
+	dynemb_client *c = ref_client();
 	int t = ref_open(c, "big", "dim=4; init=uniform; init_a=-1; init_b=1; seed=3");
 	si_kernel *k = kernel("DynamicEmbeddingLookup", "big",
 			      "dim=4; init=uniform; init_a=-1; init_b=1; seed=3", NULL, 0);
@@ -334,13 +334,13 @@ Test(lookup, batch_larger_than_one_request_is_copied, .init = setup, .fini = tea
 	si_get_counts(&after);
 	cr_expect_eq(after.wrapped, before.wrapped, "a batch over max-batch was wrapped");
 	float *ref = malloc(1000 * 4 * sizeof *ref);
-	cr_assert_eq(de_lookup(c, t, (uint64_t *)keys, 1000, ref, NULL, DE_READONLY, 0), 0);
+	cr_assert_eq(dynemb_lookup(c, t, (uint64_t *)keys, 1000, ref, NULL, DYNEMB_READONLY, 0), 0);
 	cr_expect_eq(memcmp(ref, TF_TensorData(out), 1000 * 4 * sizeof *ref), 0);
 	free(ref);
 	TF_DeleteTensor(out);
 	TF_DeleteTensor(kt);
 	si_kernel_free(k);
-	de_close(c);
+	dynemb_close(c);
 }
 
 /* ---- strings ------------------------------------------------------------------------------ */
@@ -376,10 +376,10 @@ Test(strings, update_then_lookup, .init = setup, .fini = teardown, .timeout = TI
 		cr_expect_eq(v[3 * 4 + j], vals[0 + j]);
 	}
 	/* and libdynemb agrees */
-	de_client *c = ref_client();
+	dynemb_client *c = ref_client();
 	int t = ref_open(c, "words", CFG_STR);
 	float ref[16];
-	cr_assert_eq(de_lookup_str(c, t, q, NULL, 4, ref, NULL, DE_READONLY, 0), 0);
+	cr_assert_eq(dynemb_lookup_str(c, t, q, NULL, 4, ref, NULL, DYNEMB_READONLY, 0), 0);
 	cr_expect_eq(memcmp(ref, v, sizeof ref), 0);
 
 	/* gradients with string keys: "apple" twice, summed */
@@ -395,12 +395,12 @@ Test(strings, update_then_lookup, .init = setup, .fini = teardown, .timeout = TI
 	cr_assert_eq(TF_GetCode(st), TF_OK, "%s", TF_Message(st));
 	float after[8];
 	const char *two[2] = { "apple", "cherry" };
-	cr_assert_eq(de_lookup_str(c, t, two, NULL, 2, after, NULL, DE_READONLY, 0), 0);
+	cr_assert_eq(dynemb_lookup_str(c, t, two, NULL, 2, after, NULL, DYNEMB_READONLY, 0), 0);
 	for (int j = 0; j < 4; j++) {
 		cr_expect_float_eq(after[j], vals[j] - 0.5f * (g[j] + g[8 + j]), 1e-6);
 		cr_expect_float_eq(after[4 + j], 0.5f - 0.5f * g[4 + j], 1e-6);
 	}
-	de_close(c);
+	dynemb_close(c);
 	TF_DeleteTensor(gkt);
 	TF_DeleteTensor(gt);
 	si_kernel_free(kg);
@@ -426,18 +426,18 @@ Test(update, assigns_rows, .init = setup, .fini = teardown, .timeout = TIMEOUT)
 		vals[i] = (float)i;
 	TF_Tensor *kt = si_tensor(TF_INT64, kd, 2, keys), *vt = si_tensor(TF_FLOAT, vd, 3, vals);
 	cr_expect_eq(run_update(ku, kt, vt, -1, 3), 3, "%s", TF_Message(st));
-	de_client *c = ref_client();
+	dynemb_client *c = ref_client();
 	int t = ref_open(c, "u", CFG_SGD);
 	float got[9];
 	uint64_t q[3] = { 10, 11, 12 };
-	cr_assert_eq(de_lookup(c, t, q, 3, got, NULL, DE_READONLY, 0), 0);
+	cr_assert_eq(dynemb_lookup(c, t, q, 3, got, NULL, DYNEMB_READONLY, 0), 0);
 	/* key 10 appears twice: the last assignment (row 3) wins */
 	for (int j = 0; j < 3; j++) {
 		cr_expect_eq(got[j], vals[9 + j]);
 		cr_expect_eq(got[3 + j], vals[3 + j]);
 		cr_expect_eq(got[6 + j], vals[6 + j]);
 	}
-	de_close(c);
+	dynemb_close(c);
 	TF_DeleteTensor(kt);
 	TF_DeleteTensor(vt);
 	si_kernel_free(ku);
@@ -456,11 +456,11 @@ Test(grads, sgd_step_with_summed_duplicates, .init = setup, .fini = teardown, .t
 	TF_Tensor *kt = si_tensor(TF_INT64, kd, 1, keys), *gt = si_tensor(TF_FLOAT, gd, 2, g);
 
 	/* reference rows: 5 and 7 start at 0.5 (created by a lookup) */
-	de_client *c = ref_client();
+	dynemb_client *c = ref_client();
 	int t = ref_open(c, "g", CFG_SGD);
 	float w[3 * 3];
 	uint64_t uk[3] = { 5, 7, 9 };
-	cr_assert_eq(de_lookup(c, t, uk, 2, w, NULL, 0, 0), 0);
+	cr_assert_eq(dynemb_lookup(c, t, uk, 2, w, NULL, 0, 0), 0);
 	w[6] = w[7] = w[8] = 0.5f;
 
 	cr_expect_eq(run_update(kg, kt, gt, -1, 1), 3, "%s", TF_Message(st)); /* lr 0.1 */
@@ -476,11 +476,11 @@ Test(grads, sgd_step_with_summed_duplicates, .init = setup, .fini = teardown, .t
 		w[6 + j] -= 0.5f * g[9 + j];
 	}
 	float got[9];
-	cr_assert_eq(de_lookup(c, t, uk, 3, got, NULL, DE_READONLY, 0), 0);
+	cr_assert_eq(dynemb_lookup(c, t, uk, 3, got, NULL, DYNEMB_READONLY, 0), 0);
 	for (int i = 0; i < 9; i++)
 		cr_expect_float_eq(got[i], w[i], 1e-6, "row %d col %d: %g vs %g", i / 3, i % 3,
 				   (double)got[i], (double)w[i]);
-	de_close(c);
+	dynemb_close(c);
 	TF_DeleteTensor(kt);
 	TF_DeleteTensor(gt);
 	si_kernel_free(kg);
@@ -634,7 +634,7 @@ Test(errors, bad_inputs_set_a_status, .init = setup, .fini = teardown, .timeout 
 Test(wrap, channel_memory_lives_until_the_deallocator_runs_once, .init = setup,
      .fini = teardown, .timeout = TIMEOUT)
 {
-	de_client *c = ref_client();
+	dynemb_client *c = ref_client();
 	int t = ref_open(c, "w", "dim=4");
 	enum { N = DE_TF_MAX_HELD + 3, K = 5 };
 	uint64_t keys[N][K];
@@ -645,7 +645,7 @@ Test(wrap, channel_memory_lives_until_the_deallocator_runs_once, .init = setup,
 			for (unsigned j = 0; j < 4; j++)
 				vals[r][i * 4 + j] = val(keys[r][i], j);
 		}
-	cr_assert_eq(de_update(c, t, &keys[0][0], N * K, &vals[0][0], 0, NULL), 0);
+	cr_assert_eq(dynemb_update(c, t, &keys[0][0], N * K, &vals[0][0], 0, NULL), 0);
 
 	si_kernel *k = kernel("DynamicEmbeddingLookup", "w", "dim=4", NULL, 0);
 	struct si_counts c0, c1, c2;
@@ -698,7 +698,7 @@ Test(wrap, channel_memory_lives_until_the_deallocator_runs_once, .init = setup,
 	cr_expect_eq(held, 0);
 	cr_expect_eq(idle, open);
 	si_kernel_free(k);
-	de_close(c);
+	dynemb_close(c);
 }
 
 /* ---- threads ------------------------------------------------------------------------------ */
@@ -752,7 +752,6 @@ Test(threads, concurrent_computes_share_the_pool, .init = setup, .fini = teardow
 
 /* ---- top-k and sampled logits ------------------------------------------------------------ */
 
-#if DE_TF_HAVE_SAMPLE
 /* Reference top-k: every key's score, best first, ties by key. */
 struct scored {
 	uint64_t key;
@@ -768,7 +767,7 @@ static int by_score(const void *a, const void *b)
 
 Test(topk, matches_brute_force_and_de_topk, .init = setup, .fini = teardown, .timeout = TIMEOUT)
 {
-	de_client *c = ref_client();
+	dynemb_client *c = ref_client();
 	int t = ref_open(c, "tk", "dim=4");
 	enum { NK = 20 };
 	uint64_t keys[NK];
@@ -778,7 +777,7 @@ Test(topk, matches_brute_force_and_de_topk, .init = setup, .fini = teardown, .ti
 		for (unsigned j = 0; j < 4; j++)
 			rows[i * 4 + j] = sinf((float)(i * 4 + j)) * (1.0f + (float)i / 10);
 	}
-	cr_assert_eq(de_update(c, t, keys, NK, rows, 0, NULL), 0);
+	cr_assert_eq(dynemb_update(c, t, keys, NK, rows, 0, NULL), 0);
 	float q[2 * 4] = { 1, -0.5f, 0.25f, 2, -1, 0, 1, 0.5f };
 	int64_t qd[2] = { 2, 4 };
 	for (int metric = 0; metric < 2; metric++)
@@ -798,8 +797,8 @@ Test(topk, matches_brute_force_and_de_topk, .init = setup, .fini = teardown, .ti
 			uint64_t rk[2 * 30];
 			float rs[2 * 30];
 			uint32_t rf[2];
-			cr_assert_eq(de_topk(c, t, q, 2, (uint32_t)kk,
-					     metric ? DE_METRIC_COSINE : DE_METRIC_DOT, rk, rs, rf), 0);
+			cr_assert_eq(dynemb_topk(c, t, q, 2, (uint32_t)kk,
+					     metric ? DYNEMB_METRIC_COSINE : DYNEMB_METRIC_DOT, rk, rs, rf), 0);
 			for (int qi = 0; qi < 2; qi++) {
 				struct scored all[NK];
 				float qn = 0;
@@ -844,13 +843,13 @@ Test(topk, matches_brute_force_and_de_topk, .init = setup, .fini = teardown, .ti
 	expect_fail(TF_INVALID_ARGUMENT, "queries must have shape [nq, 4]");
 	TF_DeleteTensor(bt);
 	si_kernel_free(k);
-	de_close(c);
+	dynemb_close(c);
 }
 
 Test(sampled, logits_match_de_sample_and_brute_force, .init = setup, .fini = teardown,
      .timeout = TIMEOUT)
 {
-	de_client *c = ref_client();
+	dynemb_client *c = ref_client();
 	int t = ref_open(c, "sm", "dim=4");
 	enum { NK = 50, B = 3, S = 40 }; /* S large: accidental hits are all but certain */
 	uint64_t keys[NK];
@@ -860,7 +859,7 @@ Test(sampled, logits_match_de_sample_and_brute_force, .init = setup, .fini = tea
 		for (unsigned j = 0; j < 4; j++)
 			rows[i * 4 + j] = val(keys[i], j) / 10;
 	}
-	cr_assert_eq(de_update(c, t, keys, NK, rows, 0, NULL), 0);
+	cr_assert_eq(dynemb_update(c, t, keys, NK, rows, 0, NULL), 0);
 	struct si_attr a[4] = { { .name = "num_sampled", .kind = SI_INT, .i = S },
 				{ .name = "sampler", .kind = SI_STR, .s = "uniform" },
 				{ .name = "seed", .kind = SI_INT, .i = 5 } };
@@ -872,11 +871,11 @@ Test(sampled, logits_match_de_sample_and_brute_force, .init = setup, .fini = tea
 	TF_Tensor *out[4];
 	si_compute(k, in, 2, out, 4, st);
 	cr_assert_eq(TF_GetCode(st), TF_OK, "%s", TF_Message(st));
-	struct de_sample_spec spec = { .kind = DE_SAMPLER_UNIFORM, .num_sampled = S, .unique = 1,
+	struct dynemb_sample_spec spec = { .kind = DYNEMB_SAMPLER_UNIFORM, .num_sampled = S, .unique = 1,
 				       .power = 0.75, .seed = 5 };
 	uint64_t smp[S];
 	float sexp[S], texp[B];
-	cr_assert_eq(de_sample(c, t, &spec, (uint64_t *)lab, B, smp, sexp, texp, NULL), 0);
+	cr_assert_eq(dynemb_sample(c, t, &spec, (uint64_t *)lab, B, smp, sexp, texp, NULL), 0);
 	const uint64_t *ks = TF_TensorData(out[2]);
 	const float *lg = TF_TensorData(out[0]), *lb = TF_TensorData(out[1]);
 	const float *w = TF_TensorData(out[3]);
@@ -916,19 +915,5 @@ Test(sampled, logits_match_de_sample_and_brute_force, .init = setup, .fini = tea
 	TF_DeleteTensor(in[0]);
 	TF_DeleteTensor(in[1]);
 	si_kernel_free(k);
-	de_close(c);
+	dynemb_close(c);
 }
-#else
-Test(topk, unavailable_without_de_topk, .init = setup, .fini = teardown, .timeout = TIMEOUT)
-{
-	struct si_attr a = { .name = "k", .kind = SI_INT, .i = 2 };
-	si_kernel *k = kernel("DynamicEmbeddingTopK", "tk", "dim=2", &a, 1);
-	float q[2] = { 1, 0 };
-	int64_t qd[2] = { 1, 2 };
-	TF_Tensor *qt = si_tensor(TF_FLOAT, qd, 2, q), *out[3];
-	si_compute(k, &qt, 1, out, 3, st);
-	expect_fail(TF_FAILED_PRECONDITION, "no de_topk");
-	TF_DeleteTensor(qt);
-	si_kernel_free(k);
-}
-#endif

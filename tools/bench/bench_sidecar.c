@@ -15,12 +15,12 @@
  *
  * The phases, in order:
  *   1. dynembd: connect (retrying for 10 s while the socket appears), open a table
- *      (int64 keys, dim 64, uniform init), fill N keys with de_update in batches of 4096
+ *      (int64 keys, dim 64, uniform init), fill N keys with dynemb_update in batches of 4096
  *      (row k: first float = the key's low 24 bits, the tag checked by every phase).
- *   2. Round trips of 1 and 64 existing keys through the ring (de_lookup without
- *      DE_READONLY): p50/p99 over K iterations after 1000 warm-up ones.
+ *   2. Round trips of 1 and 64 existing keys through the ring (dynemb_lookup without
+ *      DYNEMB_READONLY): p50/p99 over K iterations after 1000 warm-up ones.
  *   3. Throughput, batch 4096, one client thread, uniform and Zipf(0.99) keys: through
- *      the ring, then zero-copy (de_lookup with DE_READONLY; de_zero_copy_counts must show
+ *      the ring, then zero-copy (dynemb_lookup with DYNEMB_READONLY; dynemb_zero_copy_counts must show
  *      every key served locally), measured after a 1.2 s pause so that the worker's 1 s
  *      busy-poll window has run out (zero-copy does not use it; a worker spinning on the
  *      other vCPU of a 2-vCPU VM cost the client 30-55% of its rate). Keys come from pools of 4M keys drawn before timing
@@ -117,10 +117,10 @@ struct run {
 	char dir[64];
 	char dsock[128], dlog[128], rsock[128], rlog[128];
 	pid_t dpid, rpid;
-	de_client *c;
+	dynemb_client *c;
 	uint64_t *keys;           /* the N keys of the fill */
 	uint64_t *pool[2];        /* POOL keys per distribution */
-	float *vals;              /* BATCH rows: de_update's input and the echo's output */
+	float *vals;              /* BATCH rows: dynemb_update's input and the echo's output */
 	float *out;               /* BATCH rows of output */
 	uint8_t *st;              /* BATCH statuses */
 	uint64_t *lat;            /* iters latencies */
@@ -304,10 +304,10 @@ static int ring_call(void *ctx, const uint64_t *k, uint32_t n, uint64_t *ns)
 	struct ring_call *rc = ctx;
 	struct run *r = rc->r;
 	uint64_t t0 = ns_now();
-	int err = de_lookup(r->c, rc->t, k, n, r->out, r->st, 0, 1);
+	int err = dynemb_lookup(r->c, rc->t, k, n, r->out, r->st, 0, 1);
 	*ns = ns_now() - t0;
 	for (uint32_t j = 0; j < n && !err; j++)
-		if (r->st[j] != DE_ST_FOUND || r->out[j * DIM] != tag(k[j]))
+		if (r->st[j] != DYNEMB_ST_FOUND || r->out[j * DIM] != tag(k[j]))
 			err = -EBADMSG;
 	return err;
 }
@@ -408,9 +408,9 @@ static int one_batch(struct run *r, int path, int t, const uint64_t *k)
 {
 	switch (path) {
 	case PATH_RING:
-		return de_lookup(r->c, t, k, BATCH, r->out, r->st, 0, 1);
+		return dynemb_lookup(r->c, t, k, BATCH, r->out, r->st, 0, 1);
 	case PATH_ZEROCOPY:
-		return de_lookup(r->c, t, k, BATCH, r->out, r->st, DE_READONLY, 1);
+		return dynemb_lookup(r->c, t, k, BATCH, r->out, r->st, DYNEMB_READONLY, 1);
 	default:
 		return de_table_find(r->table, k, BATCH, r->out, r->st);
 	}
@@ -435,7 +435,7 @@ static double thr(struct run *r, int path, int t, const uint64_t *pool, double s
 	/* the last batch must be rows of existing keys with their tags */
 	const uint64_t *k = pool + ((b + nb - 1) % nb) * BATCH;
 	for (uint32_t j = 0; j < BATCH && !*err; j++)
-		if (r->st[j] != DE_ST_FOUND || r->out[(size_t)j * DIM] != tag(k[j]))
+		if (r->st[j] != DYNEMB_ST_FOUND || r->out[(size_t)j * DIM] != tag(k[j]))
 			*err = -EBADMSG;
 	return rate;
 }
@@ -774,7 +774,7 @@ static int start_daemon(struct run *r, const char *path)
 		r->dpid = 0;
 		return -errno;
 	}
-	struct de_connect_opts co = { .name = "dynemb-bench sidecar" };
+	struct dynemb_connect_opts co = { .name = "dynemb-bench sidecar" };
 	int err = -ETIMEDOUT;
 	for (int i = 0; i < START_WAIT_MS / 10; i++) {
 		if (child_gone(r->dpid)) {
@@ -782,13 +782,13 @@ static int start_daemon(struct run *r, const char *path)
 			err = -ECHILD;
 			break;
 		}
-		err = de_connect(r->dsock, &co, &r->c);
+		err = dynemb_connect(r->dsock, &co, &r->c);
 		if (err != -ENOENT && err != -ECONNREFUSED)
 			break;
 		usleep(10000);
 	}
 	if (err) {
-		fail("dynembd (%s) did not come up on %s: %s", path, r->dsock, de_strerror(err));
+		fail("dynembd (%s) did not come up on %s: %s", path, r->dsock, dynemb_strerror(err));
 		log_tail(r->dlog);
 	}
 	return err;
@@ -805,12 +805,12 @@ static int fill_daemon(struct run *r, int t, uint64_t n, double *rate)
 		uint64_t m = n - i < BATCH ? n - i : BATCH;
 		for (uint64_t j = 0; j < m; j++)
 			r->vals[j * DIM] = tag(r->keys[i + j]);
-		err = de_update(r->c, t, r->keys + i, m, r->vals, 1, NULL);
+		err = dynemb_update(r->c, t, r->keys + i, m, r->vals, 1, NULL);
 	}
 	*rate = (double)n / ((double)(ns_now() - t0) / 1e9);
-	struct de_stats s;
+	struct dynemb_stats s;
 	if (!err)
-		err = de_stats(r->c, t, &s);
+		err = dynemb_stats(r->c, t, &s);
 	if (!err && s.keys != n) {
 		fail("the daemon's table holds %" PRIu64 " keys after the fill, not %" PRIu64, s.keys, n);
 		err = -EBADMSG;
@@ -821,11 +821,11 @@ static int fill_daemon(struct run *r, int t, uint64_t n, double *rate)
 static int run_daemon(struct run *r, const char *path, const struct opts *o, struct figures *f)
 {
 	int err = start_daemon(r, path), t = -1;
-	struct de_table_spec spec = { .name = "sidecar_bench", .dim = DIM, .init = DE_UNIFORM,
-				      .init_a = -1, .init_b = 1, .seed = 1, .keys = DE_INT64_KEYS };
+	struct dynemb_table_spec spec = { .name = "sidecar_bench", .dim = DIM, .init = DYNEMB_UNIFORM,
+				      .init_a = -1, .init_b = 1, .seed = 1, .keys = DYNEMB_INT64_KEYS };
 	const char *what = "open";
 	if (!err)
-		err = de_open(r->c, &spec, &t);
+		err = dynemb_open(r->c, &spec, &t);
 	if (!err)
 		what = "fill", err = fill_daemon(r, t, o->keys, &f->fill_rows_per_s);
 	if (!err)
@@ -835,7 +835,7 @@ static int run_daemon(struct run *r, const char *path, const struct opts *o, str
 		what = "ring throughput";
 		f->thr[PATH_RING][d] = thr(r, PATH_RING, t, r->pool[d], o->seconds, &err);
 	}
-	de_zero_copy_counts(r->c, &l0, &r0);
+	dynemb_zero_copy_counts(r->c, &l0, &r0);
 	/* Zero-copy does not use the worker: let its busy-poll window (1 s) run out first. On
 	 * a 2-vCPU VM a spinning worker cost the client 30-55% of its zero-copy rate. */
 	usleep(1200000);
@@ -843,7 +843,7 @@ static int run_daemon(struct run *r, const char *path, const struct opts *o, str
 		what = "zero-copy throughput";
 		f->thr[PATH_ZEROCOPY][d] = thr(r, PATH_ZEROCOPY, t, r->pool[d], o->seconds, &err);
 	}
-	de_zero_copy_counts(r->c, &l1, &r1);
+	dynemb_zero_copy_counts(r->c, &l1, &r1);
 	f->zc_local = l1 - l0;
 	f->zc_remote = r1 - r0;
 	if (!err && (f->zc_local == 0 || f->zc_remote * 100 > f->zc_local)) {
@@ -852,10 +852,10 @@ static int run_daemon(struct run *r, const char *path, const struct opts *o, str
 		err = -EBADMSG;
 	}
 	if (err && r->c) {
-		fail("dynembd: %s: %s", what, de_strerror(err));
+		fail("dynembd: %s: %s", what, dynemb_strerror(err));
 		log_tail(r->dlog);
 	}
-	de_close(r->c);
+	dynemb_close(r->c);
 	r->c = NULL;
 	int st = stop_child(&r->dpid);
 	if (!err && st != 0) {
@@ -915,7 +915,7 @@ static void report(const struct opts *o, const struct figures *f)
 		DIM, CLIENT_CPU, SERVER_CPU);
 	fprintf(h, "  %-26s %12s %12s %12s %12s\n", "path", "1 key p50", "1 key p99", "64 keys p50",
 		"64 keys p99");
-	fprintf(h, "  %-26s %12.0f %12.0f %12.0f %12.0f\n", "dynembd ring (de_lookup)", f->rtt[0][0][0],
+	fprintf(h, "  %-26s %12.0f %12.0f %12.0f %12.0f\n", "dynembd ring (dynemb_lookup)", f->rtt[0][0][0],
 		f->rtt[0][0][1], f->rtt[0][1][0], f->rtt[0][1][1]);
 	fprintf(h, "  %-26s %12.0f %12.0f %12.0f %12.0f\n", "unix socket echo-lookup", f->rtt[1][0][0],
 		f->rtt[1][0][1], f->rtt[1][1][0], f->rtt[1][1][1]);
@@ -926,9 +926,9 @@ static void report(const struct opts *o, const struct figures *f)
 	fprintf(h, "  %-26s %12s %12s\n", "path", dn[0], dn[1]);
 	fprintf(h, "  %-26s %12.2f %12.2f\n", "in-process de_table_find", t[PATH_INPROC][0] / 1e6,
 		t[PATH_INPROC][1] / 1e6);
-	fprintf(h, "  %-26s %12.2f %12.2f\n", "zero-copy (DE_READONLY)", t[PATH_ZEROCOPY][0] / 1e6,
+	fprintf(h, "  %-26s %12.2f %12.2f\n", "zero-copy (DYNEMB_READONLY)", t[PATH_ZEROCOPY][0] / 1e6,
 		t[PATH_ZEROCOPY][1] / 1e6);
-	fprintf(h, "  %-26s %12.2f %12.2f\n", "ring (de_lookup)", t[PATH_RING][0] / 1e6,
+	fprintf(h, "  %-26s %12.2f %12.2f\n", "ring (dynemb_lookup)", t[PATH_RING][0] / 1e6,
 		t[PATH_RING][1] / 1e6);
 	if (f->have_redis)
 		fprintf(h, "  %-26s %12.2f %12s   (%" PRIu64 " keys, MGET x%d pipelined)\n",
@@ -1078,7 +1078,7 @@ static int parse(int argc, char **argv, struct opts *o)
 
 static void run_free(struct run *r)
 {
-	de_close(r->c);
+	dynemb_close(r->c);
 	if (r->rfd >= 0)
 		close(r->rfd);
 	stop_child(&r->dpid);
@@ -1175,7 +1175,7 @@ int cmd_sidecar(int argc, char **argv)
 
 	err = run_daemon(&r, dynembd, &o, &f);
 	if (!err) {
-		fprintf(h, "dynembd: filled %" PRIu64 " keys with de_update at %.2f M rows/s; stopped\n",
+		fprintf(h, "dynembd: filled %" PRIu64 " keys with dynemb_update at %.2f M rows/s; stopped\n",
 			o.keys, f.fill_rows_per_s / 1e6);
 		fflush(h);
 		err = rtt_socket(&r, &o, f.rtt[1]);

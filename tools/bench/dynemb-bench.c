@@ -2,11 +2,13 @@
  * dynemb-bench — benchmark CLI for dynemb.
  *
  * One program, several sub-commands, each a {name, fn, help} entry in `commands` at the
- * bottom of this file. Only `table` exists today; `sidecar` (ring round trips through the
- * daemon), `learn` (optimizer apply rates) and `persist` (snapshot / WAL throughput) are
- * meant to be added as further entries, each with its own cmd_<name>() and options, reusing
- * the shared helpers here (clock, seeded generator, Zipf sampler, pinned thread runner,
- * machine description, JSON string output).
+ * bottom of this file: `table` (here), `channel` (bench_channel.c: shm channel round
+ * trips), `sidecar` (bench_sidecar.c: the daemon end to end through libdynemb), `learn`
+ * (bench_learn.c: optimizer steps, eviction, top-k) and `persist` (bench_persist.c: WAL,
+ * snapshots, restore). Each has its own cmd_<name>() and options (bench.h declares the
+ * others). This file also holds `table`'s helpers (clock, seeded generator, Zipf sampler,
+ * pinned thread runner, machine description, JSON string output); bench_util.h has the
+ * few the data-plane benchmarks share.
  *
  * `table` measures the embedding table of libdeshm against the bound that matters for it,
  * a plain in-process gather of the same rows out of a malloc'd float array:

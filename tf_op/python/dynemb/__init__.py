@@ -24,7 +24,7 @@ Outputs
       caller's array (C-contiguous, writeable, float32, that shape) is filled in place and
       returned: no allocation, no copy.
     * :meth:`Request.result` of :meth:`Table.lookup_async` returns a read-only array that
-      *wraps the channel's shared memory* (``de_request_vals``): no copy at all, but it is
+      *wraps the channel's shared memory* (``dynemb_request_vals``): no copy at all, but it is
       valid only until the next request on the same client, and never after
       :meth:`Client.close`. Call ``.copy()`` on it to keep the values longer.
 
@@ -52,7 +52,7 @@ strings; ``dynemb.losses`` has ``sampled_softmax_loss`` / ``sampled_sigmoid_loss
 PyTorch with the output classes in a table.
 
 Errors from the C library raise :class:`DynembError` (an ``OSError``: ``.errno`` is the
-positive errno, the message comes from ``de_strerror``, including the daemon's own
+positive errno, the message comes from ``dynemb_strerror``, including the daemon's own
 explanation when it sent one). Bad arguments raise ``TypeError`` / ``ValueError`` before
 any C call.
 
@@ -122,7 +122,7 @@ def _optim_spec(optimizer, hp):
     """OptimSpec from the optimizer name and the keyword hyperparameters (None: default)."""
     kind = _choice(_OPTIMIZERS, optimizer, "optimizer")
     o = OptimSpec()
-    _native.api.de_optim_spec_defaults(kind, ctypes.byref(o))
+    _native.api.dynemb_optim_spec_defaults(kind, ctypes.byref(o))
     given = {k: v for k, v in hp.items() if v is not None}
     if not kind and given:
         raise ValueError(f"hyperparameters {sorted(given)} need an optimizer")
@@ -175,7 +175,7 @@ class DynembError(OSError):
     """An error from libdynemb or the daemon: ``DynembError(errno, message)``.
 
     ``.errno`` is the positive errno (e.g. ``errno.EEXIST``), ``.strerror`` the text of
-    ``de_strerror``.
+    ``dynemb_strerror``.
     """
 
     def __init__(self, err, message):
@@ -183,14 +183,14 @@ class DynembError(OSError):
 
 
 def strerror(err):
-    """de_strerror's text for an errno (positive or negative)."""
-    return _native.api.de_strerror(-abs(int(err))).decode("utf-8", "replace")
+    """dynemb_strerror's text for an errno (positive or negative)."""
+    return _native.api.dynemb_strerror(-abs(int(err))).decode("utf-8", "replace")
 
 
 def _check(rc):
     """Raise DynembError for a negative return code (call on the thread that got it)."""
     if rc < 0:
-        raise DynembError(-rc, _native.api.de_strerror(rc).decode("utf-8", "replace"))
+        raise DynembError(-rc, _native.api.dynemb_strerror(rc).decode("utf-8", "replace"))
     return rc
 
 
@@ -225,7 +225,7 @@ def _int_keys(keys):
 
 
 class _StrKeys:
-    """Strings packed for de_*_str: one UTF-8 buffer, char* and size_t arrays."""
+    """Strings packed for dynemb_*_str: one UTF-8 buffer, char* and size_t arrays."""
 
     __slots__ = ("shape", "n", "buf", "ptrs", "lens")
 
@@ -307,7 +307,7 @@ class Client:
                            int(sq_entries), int(data_bytes), int(timeout_ms))
         out = ctypes.c_void_p()
         with self._lock:
-            _check(_native.api.de_connect(path, ctypes.byref(opts), ctypes.byref(out)))
+            _check(_native.api.dynemb_connect(path, ctypes.byref(opts), ctypes.byref(out)))
         self._c = out.value
         self.socket_path = socket_path
 
@@ -325,7 +325,7 @@ class Client:
         with self._lock:
             c, self._c = self._c, None
             if c:
-                _native.api.de_close(c)
+                _native.api.dynemb_close(c)
 
     def __enter__(self):
         return self
@@ -393,8 +393,8 @@ class Client:
                          _durability_spec(durability))
         h = ctypes.c_int()
         with self._lock:
-            _check(_native.api.de_open(self._handle(), ctypes.byref(spec), ctypes.byref(h)))
-            got = _native.api.de_table_dim_of(self._c, h.value)
+            _check(_native.api.dynemb_open(self._handle(), ctypes.byref(spec), ctypes.byref(h)))
+            got = _native.api.dynemb_table_dim(self._c, h.value)
         return Table(self, h.value, name, got or dim, keys)
 
     def snapshot(self, table=None, full=False, progress=None):
@@ -406,7 +406,7 @@ class Client:
         r = SnapshotResult()
         cb, err = _progress_cb(progress)
         with self._lock:
-            rc = _native.api.de_snapshot(self._handle(),
+            rc = _native.api.dynemb_snapshot(self._handle(),
                                          None if table is None else str(table).encode("utf-8"),
                                          bool(full), cb, None, ctypes.byref(r))
         _progress_raise(err)
@@ -418,7 +418,7 @@ class Client:
         of the table vs. keys that went to the daemon."""
         lo, re = ctypes.c_uint64(), ctypes.c_uint64()
         with self._lock:
-            _native.api.de_zero_copy_counts(self._handle(), ctypes.byref(lo), ctypes.byref(re))
+            _native.api.dynemb_zero_copy_counts(self._handle(), ctypes.byref(lo), ctypes.byref(re))
         return lo.value, re.value
 
 
@@ -472,11 +472,11 @@ class Table:
             with self.client._lock:
                 c = self.client._handle()
                 if self.key_type == "str":
-                    rc = _native.api.de_lookup_str(c, self.handle, k.ptrs.ctypes.data,
+                    rc = _native.api.dynemb_lookup_str(c, self.handle, k.ptrs.ctypes.data,
                                                    k.lens.ctypes.data, n, out.ctypes.data,
                                                    sp, flags, step)
                 else:
-                    rc = _native.api.de_lookup(c, self.handle, k.ctypes.data, n,
+                    rc = _native.api.dynemb_lookup(c, self.handle, k.ctypes.data, n,
                                                out.ctypes.data, sp, flags, step)
                 _check(rc)
         return (out, status) if with_status else out
@@ -502,11 +502,11 @@ class Table:
         with self.client._lock:
             c = self.client._handle()
             if self.key_type == "str":
-                rc = _native.api.de_update_str(c, self.handle, k.ptrs.ctypes.data,
+                rc = _native.api.dynemb_update_str(c, self.handle, k.ptrs.ctypes.data,
                                                k.lens.ctypes.data, n, v.ctypes.data, step,
                                                ctypes.byref(created))
             else:
-                rc = _native.api.de_update(c, self.handle, k.ctypes.data, n, v.ctypes.data,
+                rc = _native.api.dynemb_update(c, self.handle, k.ctypes.data, n, v.ctypes.data,
                                            step, ctypes.byref(created))
             _check(rc)
         return created.value
@@ -545,11 +545,11 @@ class Table:
         with self.client._lock:
             c = self.client._handle()
             if self.key_type == "str":
-                rc = _native.api.de_apply_gradients_str(c, self.handle, k.ptrs.ctypes.data,
+                rc = _native.api.dynemb_apply_gradients_str(c, self.handle, k.ptrs.ctypes.data,
                                                         k.lens.ctypes.data, n, g.ctypes.data,
                                                         step, lr, ctypes.byref(applied))
             else:
-                rc = _native.api.de_apply_gradients(c, self.handle, k.ctypes.data, n,
+                rc = _native.api.dynemb_apply_gradients(c, self.handle, k.ctypes.data, n,
                                                     g.ctypes.data, step, lr,
                                                     ctypes.byref(applied))
             _check(rc)
@@ -564,10 +564,10 @@ class Table:
         with self.client._lock:
             c = self.client._handle()
             if self.key_type == "str":
-                rc = _native.api.de_erase_str(c, self.handle, k.ptrs.ctypes.data,
+                rc = _native.api.dynemb_erase_str(c, self.handle, k.ptrs.ctypes.data,
                                               k.lens.ctypes.data, n, ctypes.byref(erased))
             else:
-                rc = _native.api.de_erase(c, self.handle, k.ctypes.data, n,
+                rc = _native.api.dynemb_erase(c, self.handle, k.ctypes.data, n,
                                           ctypes.byref(erased))
             _check(rc)
         return erased.value
@@ -584,7 +584,7 @@ class Table:
         records, nbytes = ctypes.c_uint64(), ctypes.c_uint64()
         cb, err = _progress_cb(progress)
         with self.client._lock:
-            rc = _native.api.de_export_table(self.client._handle(), self.name.encode("utf-8"),
+            rc = _native.api.dynemb_export(self.client._handle(), self.name.encode("utf-8"),
                                        os.fsencode(path), cb, None, ctypes.byref(records),
                                        ctypes.byref(nbytes))
         _progress_raise(err)
@@ -599,7 +599,7 @@ class Table:
         r = ImportResult()
         cb, err = _progress_cb(progress)
         with self.client._lock:
-            rc = _native.api.de_import_table(self.client._handle(), self.name.encode("utf-8"),
+            rc = _native.api.dynemb_import(self.client._handle(), self.name.encode("utf-8"),
                                        os.fsencode(path), 1 if salvage else 0, cb, None,
                                        ctypes.byref(r))
         _progress_raise(err)
@@ -610,11 +610,11 @@ class Table:
     import_file = import_
 
     def stats(self):
-        """The table's counters (struct de_stats) as a dict."""
+        """The table's counters (struct dynemb_stats) as a dict."""
         s = Stats()
         with self.client._lock:
-            _check(_native.api.de_stats(self.client._handle(), self.handle, ctypes.byref(s)))
-        return {name: getattr(s, name) for name, _ in Stats._fields_}
+            _check(_native.api.dynemb_stats(self.client._handle(), self.handle, ctypes.byref(s)))
+        return {name: getattr(s, name) for name, _ in Stats._fields_ if name != "reserved"}
 
     # ---- sampling, top-k, key strings ------------------------------------------------
 
@@ -648,13 +648,13 @@ class Table:
         with self.client._lock:
             c = self.client._handle()
             if self.key_type == "str":
-                rc = _native.api.de_sample_str(c, self.handle, ctypes.byref(spec),
+                rc = _native.api.dynemb_sample_str(c, self.handle, ctypes.byref(spec),
                                                pk.ptrs.ctypes.data if npos else None,
                                                pk.lens.ctypes.data if npos else None, npos,
                                                sampled.ctypes.data, sexp.ctypes.data,
                                                texp.ctypes.data, acc.ctypes.data)
             else:
-                rc = _native.api.de_sample(c, self.handle, ctypes.byref(spec),
+                rc = _native.api.dynemb_sample(c, self.handle, ctypes.byref(spec),
                                            pk.ctypes.data if npos else None, npos,
                                            sampled.ctypes.data, sexp.ctypes.data,
                                            texp.ctypes.data, acc.ctypes.data)
@@ -684,7 +684,7 @@ class Table:
         found = np.zeros(nq, dtype=np.uint32)
         if nq:
             with self.client._lock:
-                _check(_native.api.de_topk(self.client._handle(), self.handle, q.ctypes.data,
+                _check(_native.api.dynemb_topk(self.client._handle(), self.handle, q.ctypes.data,
                                            nq, k, m, keys.ctypes.data, scores.ctypes.data,
                                            found.ctypes.data))
         found = found.astype(np.int64)
@@ -711,7 +711,7 @@ class Table:
         while True:
             buf = ctypes.create_string_buffer(cap)
             with self.client._lock:
-                rc = _native.api.de_key_strings(self.client._handle(), self.handle,
+                rc = _native.api.dynemb_key_strings(self.client._handle(), self.handle,
                                                 k.ctypes.data, n, buf, cap, lens.ctypes.data)
             if rc == -_errno.ENOSPC:
                 cap = int(lens[lens != 0xFFFFFFFF].sum()) + 1
@@ -732,7 +732,7 @@ class Table:
         b = s.encode("utf-8") if isinstance(s, str) else bytes(s)
         out = ctypes.c_uint64()
         with self.client._lock:
-            _check(_native.api.de_string_key(self.client._handle(), self.handle, b, len(b),
+            _check(_native.api.dynemb_string_key(self.client._handle(), self.handle, b, len(b),
                                              ctypes.byref(out)))
         return out.value
 
@@ -750,7 +750,7 @@ class Table:
         step = _u64(step, "step")
         req = ctypes.c_uint64()
         with self.client._lock:
-            _check(_native.api.de_submit_lookup(self.client._handle(), self.handle,
+            _check(_native.api.dynemb_submit_lookup(self.client._handle(), self.handle,
                                                 k.ctypes.data, k.size, flags, step,
                                                 ctypes.byref(req)))
         return Request(self, req.value, k.shape)
@@ -778,10 +778,10 @@ class Request:
         n = int(np.prod(self.shape, dtype=np.int64))
         with client._lock:
             c = client._handle()
-            _check(_native.api.de_complete(c, self.id, int(timeout_ms)))
-            ptr = _native.api.de_request_vals(c, self.id)
+            _check(_native.api.dynemb_complete(c, self.id, int(timeout_ms)))
+            ptr = _native.api.dynemb_request_vals(c, self.id)
         if not ptr:
-            raise DynembError(_errno.EBADMSG, "de_request_vals gave no result")
+            raise DynembError(_errno.EBADMSG, "dynemb_request_vals gave no result")
         buf = (ctypes.c_float * (n * dim)).from_address(ptr)
         buf._dynemb_client = client  # the mapping lives as long as the client is open
         arr = np.ctypeslib.as_array(buf).reshape(self.shape + (dim,))

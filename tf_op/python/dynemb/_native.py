@@ -20,10 +20,15 @@ c_int_p = ctypes.POINTER(ctypes.c_int)
 c_vp = ctypes.c_void_p
 
 
+def _reserved(n):
+    """The reserved tail of a struct that may grow (zero: ctypes zero-fills)."""
+    return [("reserved", ctypes.c_uint64 * n)]
+
+
 class ConnectOpts(ctypes.Structure):
-    """struct de_connect_opts"""
+    """struct dynemb_connect_opts"""
     _fields_ = [("name", ctypes.c_char_p), ("sq_entries", ctypes.c_uint32),
-                ("data_bytes", ctypes.c_uint64), ("timeout_ms", ctypes.c_int)]
+                ("data_bytes", ctypes.c_uint64), ("timeout_ms", ctypes.c_int)] + _reserved(8)
 
 
 OPTIM_FIELDS = ("lr", "weight_decay", "momentum", "dampening", "beta1", "beta2", "eps",
@@ -31,42 +36,44 @@ OPTIM_FIELDS = ("lr", "weight_decay", "momentum", "dampening", "beta1", "beta2",
 
 
 class OptimSpec(ctypes.Structure):
-    """struct de_optim_spec"""
-    _fields_ = [("kind", ctypes.c_int)] + [(f, ctypes.c_double) for f in OPTIM_FIELDS]
+    """struct dynemb_optim_spec"""
+    _fields_ = [("kind", ctypes.c_int)] + [(f, ctypes.c_double) for f in OPTIM_FIELDS] + \
+        _reserved(4)
 
 
 class AdmissionSpec(ctypes.Structure):
-    """struct de_admission_spec"""
+    """struct dynemb_admission_spec"""
     _fields_ = [("mode", ctypes.c_int), ("min_count", ctypes.c_uint32),
                 ("probability", ctypes.c_double), ("sketch_width", ctypes.c_uint32),
-                ("sketch_depth", ctypes.c_uint32), ("reject_value", ctypes.c_int)]
+                ("sketch_depth", ctypes.c_uint32), ("reject_value", ctypes.c_int)] + \
+        _reserved(4)
 
 
 class EvictionSpec(ctypes.Structure):
-    """struct de_eviction_spec"""
+    """struct dynemb_eviction_spec"""
     _fields_ = [("policy", ctypes.c_int), ("budget_bytes", ctypes.c_uint64),
                 ("ttl", ctypes.c_uint64), ("ttl_unit", ctypes.c_int),
                 ("lru_clock", ctypes.c_int), ("lfu_decay", ctypes.c_double),
-                ("disk_tier", ctypes.c_bool)]
+                ("disk_tier", ctypes.c_bool)] + _reserved(4)
 
 
 class DurabilitySpec(ctypes.Structure):
-    """struct de_durability_spec"""
-    _fields_ = [("mode", ctypes.c_int), ("window_ms", ctypes.c_uint32)]
+    """struct dynemb_durability_spec"""
+    _fields_ = [("mode", ctypes.c_int), ("window_ms", ctypes.c_uint32)] + _reserved(4)
 
 
 class TableSpec(ctypes.Structure):
-    """struct de_table_spec (enums are int-sized)"""
+    """struct dynemb_table_spec (enums are int-sized)"""
     _fields_ = [("name", ctypes.c_char_p), ("dim", ctypes.c_uint32),
                 ("nslots", ctypes.c_uint32), ("init", ctypes.c_int),
                 ("init_a", ctypes.c_float), ("init_b", ctypes.c_float),
                 ("slot_init", ctypes.c_float), ("seed", ctypes.c_uint64),
                 ("keys", ctypes.c_int), ("optim", OptimSpec), ("admission", AdmissionSpec),
-                ("eviction", EvictionSpec), ("durability", DurabilitySpec)]
+                ("eviction", EvictionSpec), ("durability", DurabilitySpec)] + _reserved(8)
 
 
 class Stats(ctypes.Structure):
-    """struct de_stats"""
+    """struct dynemb_stats"""
     _fields_ = [(f, ctypes.c_uint64) for f in (
         "keys", "rows_allocated", "rows_free", "row_bytes", "index_bytes", "arena_bytes",
         "segments", "splits", "dir_doublings", "arena_segments")] + [
@@ -74,88 +81,112 @@ class Stats(ctypes.Structure):
         ("read_only", ctypes.c_uint32)] + [(f, ctypes.c_uint64) for f in (
         "admitted", "filtered", "grads_dropped", "evicted", "evicted_to_tier",
         "restored_from_tier", "returned_fresh", "resident_bytes", "budget_bytes",
-        "wal_lsn", "durable_lsn", "snapshots", "snapshot_lsn")]
+        "wal_lsn", "durable_lsn", "snapshots", "snapshot_lsn")] + _reserved(8)
 
 
 class SampleSpec(ctypes.Structure):
-    """struct de_sample_spec"""
+    """struct dynemb_sample_spec"""
     _fields_ = [("kind", ctypes.c_int), ("num_sampled", ctypes.c_uint32),
                 ("unique", ctypes.c_int), ("power", ctypes.c_double),
-                ("seed", ctypes.c_uint64)]
+                ("seed", ctypes.c_uint64)] + _reserved(8)
 
 
 class Progress(ctypes.Structure):
-    """struct de_progress"""
+    """struct dynemb_progress"""
     _fields_ = [("done", ctypes.c_uint64), ("total", ctypes.c_uint64), ("phase", ctypes.c_int),
-                ("table_index", ctypes.c_uint32), ("table", ctypes.c_char_p)]
+                ("table_index", ctypes.c_uint32), ("table", ctypes.c_char_p)] + _reserved(8)
 
 
-# int (*de_progress_cb)(void *ctx, const struct de_progress *p)
+# int (*dynemb_progress_cb)(void *ctx, const struct dynemb_progress *p)
 ProgressCb = ctypes.CFUNCTYPE(ctypes.c_int, c_vp, ctypes.POINTER(Progress))
 
 
 class SnapshotResult(ctypes.Structure):
-    """struct de_snapshot_result"""
+    """struct dynemb_snapshot_result"""
     _fields_ = [("tables", ctypes.c_uint32), ("lsn", ctypes.c_uint64),
-                ("rows", ctypes.c_uint64), ("bytes", ctypes.c_uint64)]
+                ("rows", ctypes.c_uint64), ("bytes", ctypes.c_uint64)] + _reserved(8)
 
 
 class ImportResult(ctypes.Structure):
-    """struct de_import_result"""
+    """struct dynemb_import_result"""
     _fields_ = [("records", ctypes.c_uint64), ("imported", ctypes.c_uint64),
-                ("dropped", ctypes.c_uint64), ("problem", ctypes.c_char * 128)]
+                ("dropped", ctypes.c_uint64), ("problem", ctypes.c_char * 128)] + _reserved(8)
 
 
 # name: (restype, argtypes). Pointers to caller data are c_void_p so that a NumPy
 # buffer address (ndarray.ctypes.data, an int) is passed as is: no copy, no conversion.
 _PROTOS = {
-    "de_connect": (ctypes.c_int, [ctypes.c_char_p, ctypes.POINTER(ConnectOpts), c_vp]),
-    "de_close": (None, [c_vp]),
-    "de_open": (ctypes.c_int, [c_vp, ctypes.POINTER(TableSpec), c_int_p]),
-    "de_table_dim_of": (ctypes.c_uint32, [c_vp, ctypes.c_int]),
-    "de_lookup": (ctypes.c_int, [c_vp, ctypes.c_int, c_vp, ctypes.c_size_t, c_vp, c_vp,
+    "dynemb_connect": (ctypes.c_int, [ctypes.c_char_p, ctypes.POINTER(ConnectOpts), c_vp]),
+    "dynemb_close": (None, [c_vp]),
+    "dynemb_open": (ctypes.c_int, [c_vp, ctypes.POINTER(TableSpec), c_int_p]),
+    "dynemb_table_dim": (ctypes.c_uint32, [c_vp, ctypes.c_int]),
+    "dynemb_lookup": (ctypes.c_int, [c_vp, ctypes.c_int, c_vp, ctypes.c_size_t, c_vp, c_vp,
                                  ctypes.c_uint, ctypes.c_uint64]),
-    "de_lookup_str": (ctypes.c_int, [c_vp, ctypes.c_int, c_vp, c_vp, ctypes.c_size_t, c_vp,
+    "dynemb_lookup_str": (ctypes.c_int, [c_vp, ctypes.c_int, c_vp, c_vp, ctypes.c_size_t, c_vp,
                                      c_vp, ctypes.c_uint, ctypes.c_uint64]),
-    "de_update": (ctypes.c_int, [c_vp, ctypes.c_int, c_vp, ctypes.c_size_t, c_vp,
+    "dynemb_update": (ctypes.c_int, [c_vp, ctypes.c_int, c_vp, ctypes.c_size_t, c_vp,
                                  ctypes.c_uint64, c_size_p]),
-    "de_update_str": (ctypes.c_int, [c_vp, ctypes.c_int, c_vp, c_vp, ctypes.c_size_t, c_vp,
+    "dynemb_update_str": (ctypes.c_int, [c_vp, ctypes.c_int, c_vp, c_vp, ctypes.c_size_t, c_vp,
                                      ctypes.c_uint64, c_size_p]),
-    "de_erase": (ctypes.c_int, [c_vp, ctypes.c_int, c_vp, ctypes.c_size_t, c_size_p]),
-    "de_erase_str": (ctypes.c_int, [c_vp, ctypes.c_int, c_vp, c_vp, ctypes.c_size_t,
+    "dynemb_erase": (ctypes.c_int, [c_vp, ctypes.c_int, c_vp, ctypes.c_size_t, c_size_p]),
+    "dynemb_erase_str": (ctypes.c_int, [c_vp, ctypes.c_int, c_vp, c_vp, ctypes.c_size_t,
                                     c_size_p]),
-    "de_stats": (ctypes.c_int, [c_vp, ctypes.c_int, ctypes.POINTER(Stats)]),
-    "de_submit_lookup": (ctypes.c_int, [c_vp, ctypes.c_int, c_vp, ctypes.c_size_t,
+    "dynemb_stats": (ctypes.c_int, [c_vp, ctypes.c_int, ctypes.POINTER(Stats)]),
+    "dynemb_submit_lookup": (ctypes.c_int, [c_vp, ctypes.c_int, c_vp, ctypes.c_size_t,
                                         ctypes.c_uint, ctypes.c_uint64, c_u64_p]),
-    "de_complete": (ctypes.c_int, [c_vp, ctypes.c_uint64, ctypes.c_int]),
-    "de_request_vals": (c_vp, [c_vp, ctypes.c_uint64]),
-    "de_zero_copy_counts": (None, [c_vp, c_u64_p, c_u64_p]),
-    "de_optim_spec_defaults": (None, [ctypes.c_int, ctypes.POINTER(OptimSpec)]),
-    "de_apply_gradients": (ctypes.c_int, [c_vp, ctypes.c_int, c_vp, ctypes.c_size_t, c_vp,
+    "dynemb_complete": (ctypes.c_int, [c_vp, ctypes.c_uint64, ctypes.c_int]),
+    "dynemb_request_vals": (c_vp, [c_vp, ctypes.c_uint64]),
+    "dynemb_zero_copy_counts": (None, [c_vp, c_u64_p, c_u64_p]),
+    "dynemb_optim_spec_defaults": (None, [ctypes.c_int, ctypes.POINTER(OptimSpec)]),
+    "dynemb_apply_gradients": (ctypes.c_int, [c_vp, ctypes.c_int, c_vp, ctypes.c_size_t, c_vp,
                                           ctypes.c_uint64, ctypes.c_double, c_size_p]),
-    "de_apply_gradients_str": (ctypes.c_int, [c_vp, ctypes.c_int, c_vp, c_vp, ctypes.c_size_t,
+    "dynemb_apply_gradients_str": (ctypes.c_int, [c_vp, ctypes.c_int, c_vp, c_vp, ctypes.c_size_t,
                                               c_vp, ctypes.c_uint64, ctypes.c_double,
                                               c_size_p]),
-    "de_strerror": (ctypes.c_char_p, [ctypes.c_int]),
-    # sampling, top-k, key strings (DYNEMB_0.3)
-    "de_sample": (ctypes.c_int, [c_vp, ctypes.c_int, ctypes.POINTER(SampleSpec), c_vp,
+    "dynemb_strerror": (ctypes.c_char_p, [ctypes.c_int]),
+    # sampling, top-k, key strings
+    "dynemb_sample": (ctypes.c_int, [c_vp, ctypes.c_int, ctypes.POINTER(SampleSpec), c_vp,
                                  ctypes.c_size_t, c_vp, c_vp, c_vp, c_vp]),
-    "de_sample_str": (ctypes.c_int, [c_vp, ctypes.c_int, ctypes.POINTER(SampleSpec), c_vp,
+    "dynemb_sample_str": (ctypes.c_int, [c_vp, ctypes.c_int, ctypes.POINTER(SampleSpec), c_vp,
                                      c_vp, ctypes.c_size_t, c_vp, c_vp, c_vp, c_vp]),
-    "de_topk": (ctypes.c_int, [c_vp, ctypes.c_int, c_vp, ctypes.c_size_t, ctypes.c_uint32,
+    "dynemb_topk": (ctypes.c_int, [c_vp, ctypes.c_int, c_vp, ctypes.c_size_t, ctypes.c_uint32,
                                ctypes.c_int, c_vp, c_vp, c_vp]),
-    "de_key_strings": (ctypes.c_int, [c_vp, ctypes.c_int, c_vp, ctypes.c_size_t, c_vp,
+    "dynemb_key_strings": (ctypes.c_int, [c_vp, ctypes.c_int, c_vp, ctypes.c_size_t, c_vp,
                                       ctypes.c_size_t, c_vp]),
-    "de_string_key": (ctypes.c_int, [c_vp, ctypes.c_int, ctypes.c_char_p, ctypes.c_size_t,
+    "dynemb_string_key": (ctypes.c_int, [c_vp, ctypes.c_int, ctypes.c_char_p, ctypes.c_size_t,
                                      c_u64_p]),
-    # persistence: snapshots, export, import through the daemon (DYNEMB_0.4)
-    "de_snapshot": (ctypes.c_int, [c_vp, ctypes.c_char_p, ctypes.c_bool, ProgressCb, c_vp,
+    # persistence: snapshots, export, import through the daemon
+    "dynemb_snapshot": (ctypes.c_int, [c_vp, ctypes.c_char_p, ctypes.c_bool, ProgressCb, c_vp,
                                    ctypes.POINTER(SnapshotResult)]),
-    "de_export_table": (ctypes.c_int, [c_vp, ctypes.c_char_p, ctypes.c_char_p, ProgressCb, c_vp,
+    "dynemb_export": (ctypes.c_int, [c_vp, ctypes.c_char_p, ctypes.c_char_p, ProgressCb, c_vp,
                                  c_u64_p, c_u64_p]),
-    "de_import_table": (ctypes.c_int, [c_vp, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_uint,
+    "dynemb_import": (ctypes.c_int, [c_vp, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_uint,
                                  ProgressCb, c_vp, ctypes.POINTER(ImportResult)]),
+    "dynemb_struct_size": (ctypes.c_size_t, [ctypes.c_char_p]),
+    "dynemb_capabilities": (ctypes.c_uint64, [c_vp]),
 }
+
+# The C structs this package copies: each must have the library's size, else the two
+# are from different versions of dynemb.h and every call through them would misread.
+STRUCTS = {
+    "dynemb_connect_opts": ConnectOpts, "dynemb_optim_spec": OptimSpec,
+    "dynemb_admission_spec": AdmissionSpec, "dynemb_eviction_spec": EvictionSpec,
+    "dynemb_durability_spec": DurabilitySpec, "dynemb_table_spec": TableSpec,
+    "dynemb_stats": Stats, "dynemb_sample_spec": SampleSpec, "dynemb_progress": Progress,
+    "dynemb_snapshot_result": SnapshotResult, "dynemb_import_result": ImportResult,
+}
+
+
+def check_struct_sizes(lib, path):
+    """ImportError naming the first struct whose size differs between lib and here."""
+    for name, cls in STRUCTS.items():
+        theirs, ours = lib.dynemb_struct_size(name.encode()), ctypes.sizeof(cls)
+        if theirs != ours:
+            raise ImportError(
+                f"dynemb: struct {name} is {theirs} bytes in {path} but {ours} bytes in "
+                f"this Python package ({__file__}): the library and the package come from "
+                "different versions of dynemb.h; install matching ones"
+                + (" (the library does not know this struct)" if theirs == 0 else ""))
 
 
 def _candidates():
@@ -180,8 +211,13 @@ def load():
             tried.append(f"  {how}: {path}: {e}")
             continue
         for name, (res, args) in _PROTOS.items():
-            fn = getattr(lib, name)
+            try:
+                fn = getattr(lib, name)
+            except AttributeError:
+                raise ImportError(f"dynemb: {path} has no {name}: the library and this "
+                                  "Python package come from different versions") from None
             fn.restype, fn.argtypes = res, args
+        check_struct_sizes(lib, path)
         return lib, path
     raise ImportError(
         "dynemb: cannot find libdynemb.so. Set DYNEMB_LIB to its full path, install it "

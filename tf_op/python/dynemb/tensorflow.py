@@ -15,7 +15,7 @@ argument order::
   are created with the table's initializer.
 * Gradients: the lookup's registered gradient sums the incoming gradient per unique key
   (``tf.unique`` + ``tf.math.unsorted_segment_sum``) and sends it with
-  ``DynamicEmbeddingUpdate(gradients=1)`` (``de_apply_gradients``): the daemon runs the
+  ``DynamicEmbeddingUpdate(gradients=1)`` (``dynemb_apply_gradients``): the daemon runs the
   table's optimizer. The gradient hangs on a scalar float *trigger* input: TensorFlow
   only computes gradients towards variables, so a lookup pushes when the trigger variable
   is among the sources of ``tape.gradient`` / the model's trainable weights. The Keras
@@ -33,7 +33,7 @@ argument order::
 
 config: a :class:`DynamicEmbeddingConfig` or a dict of its arguments; both map to the
 config text the ops take (:func:`config_text`), which tf_op/de_tf.c parses into
-``struct de_table_spec``. Two processes that open the same ``var_name`` must use the same
+``struct dynemb_table_spec``. Two processes that open the same ``var_name`` must use the same
 config (``-EEXIST`` otherwise, as a FAILED_PRECONDITION error).
 
 Not tested here (no TensorFlow on the build machines): everything that needs TensorFlow.

@@ -74,7 +74,7 @@ _DEFAULT = object()
 # One Client per (process, socket), shared by the modules of that process (a Client has a
 # lock; each has a shared-memory channel, so one per module would waste them). Entries of
 # another pid are what a forked child inherited from its parent: they stay referenced, so
-# that their __del__ never runs de_close on the parent's connection from the child.
+# that their __del__ never runs dynemb_close on the parent's connection from the child.
 _clients = {}
 
 

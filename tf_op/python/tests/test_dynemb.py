@@ -144,7 +144,7 @@ class Spy:
 
 def test_zero_copy_inputs(client, tname, monkeypatch):
     t = client.open(tname, DIM, init="zeros")
-    lk, up, sub = (Spy(monkeypatch, n) for n in ("de_lookup", "de_update", "de_submit_lookup"))
+    lk, up, sub = (Spy(monkeypatch, n) for n in ("dynemb_lookup", "dynemb_update", "dynemb_submit_lookup"))
     keys = np.arange(1, 1001, dtype=np.uint64)
     vals = rand_vals((1000, DIM), 6)
     t.update(keys, vals)
@@ -213,8 +213,8 @@ def test_config_mismatch_eexist(client, tname):
 
 def test_bad_arguments_raise_before_c(client, tname, monkeypatch):
     t = client.open(tname, DIM, init="zeros")
-    spies = [Spy(monkeypatch, n) for n in ("de_lookup", "de_update", "de_erase",
-                                          "de_submit_lookup")]
+    spies = [Spy(monkeypatch, n) for n in ("dynemb_lookup", "dynemb_update", "dynemb_erase",
+                                          "dynemb_submit_lookup")]
     with pytest.raises(TypeError):
         t.lookup(np.array([1.0, 2.0]))
     with pytest.raises(TypeError):

@@ -133,13 +133,13 @@ def test_grads_without_copy(client, tname, monkeypatch):
     keys = np.array([5, 6, 5], dtype=np.int64)
     g = np.arange(3 * DIM, dtype=np.float32).reshape(3, DIM)
     seen = {}
-    real = dynemb._native.api.de_apply_gradients
+    real = dynemb._native.api.dynemb_apply_gradients
 
     def spy(c, h, kp, n, gp, step, lr, applied):
         seen.update(kp=kp, gp=gp, lr=lr)
         return real(c, h, kp, n, gp, step, lr, applied)
 
-    monkeypatch.setattr(dynemb._native.api, "de_apply_gradients", spy)
+    monkeypatch.setattr(dynemb._native.api, "dynemb_apply_gradients", spy)
     assert t.apply_gradients(keys, g, step=3) == 2
     assert seen["kp"] == keys.ctypes.data and seen["gp"] == g.ctypes.data
     assert seen["lr"] == 0.0
