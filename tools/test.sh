@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Installs what is needed, builds, and runs the whole test suite.
+# Installs what is needed, builds (warnings are errors: -Dwerror=true), and runs the whole
+# test suite.
 #   tools/test.sh           plain build in build/
 #   tools/test.sh --asan    AddressSanitizer + UndefinedBehaviorSanitizer in build-asan/
 #   tools/test.sh --tsan    ThreadSanitizer (the concurrency tests) in build-tsan/
@@ -9,9 +10,9 @@ cd "$(dirname "$0")/.."
 tools/install-deps.sh
 
 case "${1:-}" in
-  "")     dir=build;      opts=(-Dfault_injection=true) ;;
-  --asan) dir=build-asan; opts=(-Dfault_injection=true -Db_sanitize=address,undefined -Db_lundef=false) ;;
-  --tsan) dir=build-tsan; opts=(-Db_sanitize=thread -Db_lundef=false) ;;
+  "")     dir=build;      opts=(-Dwerror=true -Dfault_injection=true) ;;
+  --asan) dir=build-asan; opts=(-Dwerror=true -Dfault_injection=true -Db_sanitize=address,undefined -Db_lundef=false) ;;
+  --tsan) dir=build-tsan; opts=(-Dwerror=true -Db_sanitize=thread -Db_lundef=false) ;;
   *) echo "usage: $0 [--asan|--tsan]" >&2; exit 2 ;;
 esac
 
