@@ -35,7 +35,7 @@
  *   - de_table_open and de_table_close are not thread-safe against another open of the
  *     same arena; every other table call is, for any number of threads.
  *   - A freed row's id is reused; arena memory is not. Dropping keys does not shrink the
- *     arena (the eviction issue bounds growth instead).
+ *     arena (eviction, src/learn/evict.c, bounds growth instead).
  */
 #ifndef DE_SHM_H
 #define DE_SHM_H

@@ -7,8 +7,8 @@
  * limits and the file's size before it is used; the reader crashes on nothing); leaves a
  * partial file at the destination path (write path.tmp, fsync, rename, fsync the
  * directory); writes into the table before a strict import has verified the whole file.
- * Callers: tools and the daemon's export/import commands (issue 5); tests/test_export.c,
- * tests/fuzz/fuzz_export.c.
+ * Callers: the daemon's export/import jobs (src/server/persist.c, dynembctl through
+ * them); tests/test_export.c, tests/fuzz/fuzz_export.c.
  *
  * ---- File format, version 1 (all little-endian) ---------------------------------------
  *
@@ -178,11 +178,9 @@ static void copy_out(void *ctx, size_t i, float *row, struct de_row_meta *m)
 	memcpy(r + EXP_REC_META, row, (size_t)c->row_floats * 4);
 }
 
-#ifdef DE_STEP_KEEP
+/* Rows are read with de_table_apply's step DE_STEP_KEEP: apply leaves last_step as it
+ * is, so the record has the row's own last_step and the row keeps it. */
 #define EXPORT_APPLY_STEP DE_STEP_KEEP
-#else
-#define EXPORT_APPLY_STEP DE_EXPORT_STEP
-#endif
 
 static void fill_header(struct exp_hdr *h, const struct de_table_config *c, uint64_t records)
 {
