@@ -3,7 +3,9 @@
  *
  * Owns: the virtual reservation, the segment memfds and their mappings, the arena
  * header (segment table + root offset), the bump allocator, the page-kind fallback
- * (hugetlb -> THP -> 4 KiB) and the NUMA binding of each new segment.
+ * (hugetlb -> THP -> 4 KiB), and the call of its creator's bind function on each new
+ * segment (de_arena_create in shm/numa.c passes de_numa_bind; this file itself links
+ * neither hwloc nor libnuma, so that libdynemb, which only attaches, does not either).
  * Never: moves or frees bytes while the arena lives; trusts a header it did not write
  * (read-only attaches validate every field before mapping anything).
  * Callers: shm/table.c (row chunks, index segments), later the daemon, which passes the
@@ -103,6 +105,7 @@ struct de_arena {
 	uint64_t used;
 	struct de_arena_config cfg;
 	int node;              /* resolved NUMA node or DE_NUMA_NONE */
+	de_bind_fn bind;       /* binds each new segment to node (when node >= 0) */
 	de_grow_hook hook;
 	void *hook_ctx;
 	char note[320];
@@ -261,8 +264,8 @@ static int seg_add(struct de_arena *a, uint64_t need)
 		err = -errno;
 		goto fail;
 	}
-	if (a->node >= 0) {
-		err = de_numa_bind(a->base + off, bytes, a->node);
+	if (a->node >= 0 && a->bind) {
+		err = a->bind(a->base + off, bytes, a->node);
 		if (err)
 			goto fail;
 	}
@@ -317,9 +320,10 @@ static struct de_arena *arena_new(void)
 	return a;
 }
 
-int de_arena_create(const struct de_arena_config *cfg, de_arena **out)
+int de_arena_create_placed(const struct de_arena_config *cfg, int node, de_bind_fn bind,
+			   de_arena **out)
 {
-	if (!cfg || !out)
+	if (!cfg || !out || node < DE_NUMA_NONE || node == DE_NUMA_AUTO)
 		return -EINVAL;
 	*out = NULL;
 	struct de_arena_config c = *cfg;
@@ -345,12 +349,8 @@ int de_arena_create(const struct de_arena_config *cfg, de_arena **out)
 	int err = reserve_va(a, c.reserve_bytes);
 	if (err)
 		goto fail;
-	if (c.numa_node == DE_NUMA_AUTO) {
-		if (de_numa_choose_local(&a->node) != 0)
-			a->node = DE_NUMA_NONE; /* no topology: leave placement to the kernel */
-	} else {
-		a->node = c.numa_node;
-	}
+	a->node = node;
+	a->bind = bind;
 	a->cfg.name = cfg->name;
 	err = seg_add(a, c.segment_bytes);
 	a->cfg.name = NULL;

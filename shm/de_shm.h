@@ -1,7 +1,10 @@
 /*
  * de_shm.h — the public interface of libdeshm: what lives in shared memory.
  *
- * Four parts, one library:
+ * Four parts, two static libraries (shm/meson.build): libdeshm_core (arena.c, table.c,
+ * channel.c: what a client needs to map, probe and talk, with no hwloc or libnuma) and
+ * libdeshm_place (numa.c: the NUMA choice and binding, and de_arena_create, which uses
+ * them; the daemon's side). deshm_dep is both; libdynemb links the core alone.
  *   - arena:  memfd-backed memory that grows by adding segments and never moves;
  *             everything inside refers to other things by offset, never by pointer.
  *   - numa:   choosing a NUMA node from the hwloc topology and binding memory to it.
@@ -32,7 +35,7 @@
  *   - de_table_open and de_table_close are not thread-safe against another open of the
  *     same arena; every other table call is, for any number of threads.
  *   - A freed row's id is reused; arena memory is not. Dropping keys does not shrink the
- *     arena (the eviction issue bounds growth instead).
+ *     arena (eviction, src/learn/evict.c, bounds growth instead).
  */
 #ifndef DE_SHM_H
 #define DE_SHM_H
@@ -123,8 +126,18 @@ struct de_segment_info {
 	int numa_node;        /* node it is bound to, or DE_NUMA_NONE */
 };
 
-/* Create an arena with one segment. out: the arena. */
+/* Create an arena with one segment, placed as cfg->numa_node says (libdeshm_place:
+ * shm/numa.c, which links hwloc and libnuma). out: the arena. */
 int de_arena_create(const struct de_arena_config *cfg, de_arena **out);
+
+/* Binds [addr, addr+len) to NUMA node `node` before its first touch (de_numa_bind). */
+typedef int (*de_bind_fn)(void *addr, size_t len, int node);
+
+/* de_arena_create without the NUMA choice (libdeshm_core): node is an OS node index or
+ * DE_NUMA_NONE (cfg->numa_node is checked but not used); when node >= 0, bind (may be
+ * NULL: no binding) is called on every new segment. */
+int de_arena_create_placed(const struct de_arena_config *cfg, int node, de_bind_fn bind,
+			   de_arena **out);
 
 /*
  * Map an existing arena read-only from its segment fds (segment 0 first; fds may be

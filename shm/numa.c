@@ -7,9 +7,14 @@
  * owns. No global mutable state: every call is independent and thread-safe as far as
  * hwloc and libnuma are (a topology must not be modified while it is read here).
  *
- * Callers: the arena (shm/arena.c) when a config asks for DE_NUMA_AUTO (choose_local)
- * or an explicit node (bind, on each new segment before its first touch); tools and
- * tests with synthetic topologies (choose).
+ * Also de_arena_create: the arena with placement, over de_arena_create_placed
+ * (shm/arena.c): it resolves DE_NUMA_AUTO (choose_local) and gives the arena de_numa_bind
+ * for each new segment before its first touch. This file is libdeshm_place, the only one
+ * of shm/ that links hwloc and libnuma: the daemon and the tests link it, libdynemb does
+ * not (it only attaches arenas read-only).
+ *
+ * Callers: the daemon and tests that create arenas (de_arena_create); tools and tests
+ * with synthetic topologies (de_numa_choose).
  *
  * What it must never do:
  *   - bind the calling thread or process (no hwloc_set_cpubind / numa_run_on_node /
@@ -166,4 +171,16 @@ int de_numa_bind(void *addr, size_t len, int node)
 	if (mbind(addr, len, MPOL_BIND, mask, (unsigned long)node + 2, 0) < 0)
 		return -errno;
 	return 0;
+}
+
+int de_arena_create(const struct de_arena_config *cfg, de_arena **out)
+{
+	int node = DE_NUMA_NONE;
+	if (cfg && cfg->numa_node == DE_NUMA_AUTO) {
+		if (de_numa_choose_local(&node) != 0)
+			node = DE_NUMA_NONE; /* no topology: leave placement to the kernel */
+	} else if (cfg && cfg->numa_node >= 0) {
+		node = cfg->numa_node;
+	}
+	return de_arena_create_placed(cfg, node, de_numa_bind, out);
 }

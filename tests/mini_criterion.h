@@ -13,7 +13,9 @@
  * assertion prints where and exits 1; a failed expectation prints where, the test goes
  * on and counts as failed (exit 1 at the end). `--filter GLOB` (fnmatch on "suite/name";
  * may be given several times: a test runs if any matches) picks tests; unknown Criterion
- * options are ignored. The last line is "mini-criterion: N passed, M failed, K skipped".
+ * options are ignored. The last line is "mini-criterion: N passed, M failed, K skipped";
+ * the exit status is 1 on a failure or when no test matched, 77 (meson's SKIP) when every
+ * test that ran skipped, else 0.
  */
 #ifndef DE_MINI_CRITERION_H
 #define DE_MINI_CRITERION_H
@@ -226,8 +228,13 @@ int main(int argc, char **argv)
 	}
 	printf("mini-criterion: %d passed, %d failed, %d skipped\n", mc_passed, mc_failed,
 	       mc_skipped);
-	/* a filter that matches nothing (or only skipped tests) is an error */
-	return mc_failed || !mc_passed ? 1 : 0;
+	/* every test that ran skipped: 77, meson's SKIP; a filter that matches nothing is an
+	 * error */
+	if (mc_failed)
+		return 1;
+	if (!mc_passed)
+		return mc_skipped ? 77 : 1;
+	return 0;
 }
 
 #endif /* DE_MINI_CRITERION_H */

@@ -79,7 +79,10 @@ static int try_connect(const char *path)
 {
 	int fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
 	struct sockaddr_un sa = { .sun_family = AF_UNIX };
-	snprintf(sa.sun_path, sizeof sa.sun_path, "%s", path);
+	if (snprintf(sa.sun_path, sizeof sa.sun_path, "%s", path) >= (int)sizeof sa.sun_path) {
+		close(fd);
+		return -ENAMETOOLONG;
+	}
 	if (connect(fd, (struct sockaddr *)&sa, sizeof sa) != 0) {
 		int e = errno;
 		close(fd);

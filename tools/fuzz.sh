@@ -20,7 +20,8 @@ cc=${CLANG:-clang}
 command -v "$cc" >/dev/null || { echo "fuzz.sh: no $cc (apt-get install clang libclang-rt-14-dev)" >&2; exit 2; }
 
 san=(-fsanitize=address,undefined -fno-sanitize-recover=all)
-cflags=(-g -O1 -std=gnu11 -D_GNU_SOURCE -Wall -Wextra -Wno-missing-field-initializers
+# warnings are errors here as in tools/test.sh's builds (-Dwerror=true)
+cflags=(-g -O1 -std=gnu11 -D_GNU_SOURCE -Wall -Wextra -Werror -Wno-missing-field-initializers
         -I"$root/shm" -I"$root/src" -I"$root/src/server" -I"$root/src/learn"
         -I"$root/uring" -DDE_HAVE_ISAL
         $(pkg-config --cflags hwloc libxxhash inih liburing libisal))

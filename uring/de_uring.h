@@ -27,11 +27,9 @@
  *     keeps the later record). Stop the writers for an exact copy.
  *   - Export reads rows through de_table_apply, which is a write: it must run in the
  *     process that owns the table (not on a read-only attach), and see last_step below.
- *   - last_step: de_table_apply overwrites a row's last_step with its step argument before
- *     the callback sees the row. Where de_shm.h defines DE_STEP_KEEP (a step value for
- *     which apply leaves last_step alone), export passes it and preserves last_step
- *     exactly. Without it, export passes DE_EXPORT_STEP (0): every exported last_step is 0,
- *     and so is the source row's afterwards. A known gap until de_shm.h has DE_STEP_KEEP.
+ *   - last_step: export reads rows with de_table_apply's step DE_STEP_KEEP (de_shm.h),
+ *     for which apply leaves a row's last_step as it is: the file has each row's
+ *     last_step exactly, and the source row keeps it.
  *   - Import does not erase keys the table already holds; a key in both ends up with the
  *     file's row and metadata. Import into a table the file's keys would overflow fails
  *     with the table's error (-ENOMEM) after importing some records (rep says how many).
@@ -61,7 +59,6 @@ extern "C" {
 typedef int (*de_progress_fn)(void *ctx, uint64_t done, uint64_t total);
 
 #define DE_EXPORT_VERSION 1u
-#define DE_EXPORT_STEP 0u /* the step de_export passes to de_table_apply (see Caveats) */
 
 /* What a file says about itself (de_export_check) and how far it is intact. */
 struct de_export_info {

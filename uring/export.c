@@ -210,11 +210,9 @@ int de_export(de_table *t, const char *path, de_progress_fn cb, void *ctx, uint6
 /* Readers                                                                    */
 /* ------------------------------------------------------------------------- */
 
-#ifdef DE_STEP_KEEP
+/* Rows are read with de_table_apply's step DE_STEP_KEEP: apply leaves last_step as it
+ * is, so the record has the row's own last_step and the row keeps it. */
 #define EXPORT_APPLY_STEP DE_STEP_KEEP
-#else
-#define EXPORT_APPLY_STEP DE_EXPORT_STEP
-#endif
 
 struct reader {
 	int fd;

@@ -289,7 +289,7 @@ static void zipf_budget(enum de_evict_policy pol)
 	/* exact simulation with the table's mean occupancy as its capacity */
 	uint32_t cap = (uint32_t)(live_sum / live_n);
 	uint64_t ref_hot = 0, ref_all = 0;
-	struct lru l;
+	struct lru l = { 0 };
 	struct lfu f;
 	if (pol == DE_EVICT_LRU)
 		lru_init(&l, U, cap);

@@ -182,7 +182,7 @@ Test(config, parses_every_kind_of_field)
 	cr_expect_eq(s.durability.mode, DYNEMB_DURABLE_ASYNC);
 	cr_expect_eq(s.durability.window_ms, 20);
 
-	/* the text dynemb.tensorflow.config_text writes (tf_op/python/tests_tf) */
+	/* the text dynemb.tensorflow.config_text writes (tf_op/python/tests/test_tf_config.py) */
 	rc = de_tf_parse_config("dim=16;keys=int64;init=uniform;init_a=-0.05;init_b=0.05;seed=0;"
 				"nslots=0;slot_init=0.0;optimizer=adam;lr=0.5;beta1=0.8;beta2=0.95",
 				"py", &s, err, sizeof err);

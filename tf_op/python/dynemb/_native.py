@@ -1,10 +1,12 @@
 """Loading libdynemb.so and declaring its C prototypes (ctypes).
 
-Search order:
+Search order (:func:`_open`):
 
 1. ``$DYNEMB_LIB``: the full path of the library;
-2. ``ctypes.util.find_library('dynemb')``: an installed libdynemb;
-3. ``$DYNEMB_BUILD/src/client/libdynemb.so``: a meson build directory.
+2. ``pkg-config --variable=libdir dynemb``: the libdynemb that ``meson install``
+   installed with its ``dynemb.pc``;
+3. ``ctypes.util.find_library('dynemb')``: one the dynamic linker knows;
+4. ``$DYNEMB_BUILD/src/client/libdynemb.so``: a meson build directory (developers, tests).
 
 Every C function the package calls is an attribute of :data:`api` and is looked up
 there at call time, so tests can wrap one (``monkeypatch.setattr(_native.api, ...)``).
@@ -13,6 +15,7 @@ there at call time, so tests can wrap one (``monkeypatch.setattr(_native.api, ..
 import ctypes
 import ctypes.util
 import os
+import subprocess
 
 c_size_p = ctypes.POINTER(ctypes.c_size_t)
 c_u64_p = ctypes.POINTER(ctypes.c_uint64)
@@ -189,41 +192,56 @@ def check_struct_sizes(lib, path):
                 + (" (the library does not know this struct)" if theirs == 0 else ""))
 
 
-def _candidates():
-    env = os.environ.get("DYNEMB_LIB")
-    if env:
-        yield "DYNEMB_LIB", env
-    found = ctypes.util.find_library("dynemb")
-    if found:
-        yield "find_library('dynemb')", found
+def _open():
+    """Find and open libdynemb, trying the places of the module docstring in order:
+    (library, path), or ImportError listing every place tried and what went wrong."""
+    def pkg_config_libdir():
+        try:
+            p = subprocess.run(["pkg-config", "--variable=libdir", "dynemb"],
+                               capture_output=True, text=True, timeout=10, check=False)
+        except (OSError, subprocess.SubprocessError) as e:
+            return None, f"pkg-config did not run ({e})"
+        if p.returncode != 0 or not p.stdout.strip():
+            return None, "no dynemb.pc on PKG_CONFIG_PATH"
+        return os.path.join(p.stdout.strip(), "libdynemb.so"), None
+
     build = os.environ.get("DYNEMB_BUILD")
-    if build:
-        yield "DYNEMB_BUILD", os.path.join(build, "src", "client", "libdynemb.so")
+    places = [
+        ("DYNEMB_LIB", lambda: (os.environ.get("DYNEMB_LIB"), "not set")),
+        ("pkg-config --variable=libdir dynemb", pkg_config_libdir),
+        ("find_library('dynemb')", lambda: (ctypes.util.find_library("dynemb"), "not found")),
+        ("DYNEMB_BUILD", lambda: (os.path.join(build, "src", "client", "libdynemb.so")
+                                  if build else None, "not set")),
+    ]
+    tried = []
+    for how, where in places:
+        path, why = where()
+        if not path:
+            tried.append(f"  {how}: {why}")
+            continue
+        try:
+            return ctypes.CDLL(path), path
+        except OSError as e:
+            tried.append(f"  {how}: {path}: {e}")
+    raise ImportError(
+        "dynemb: cannot find libdynemb.so. Set DYNEMB_LIB to its full path, install it "
+        "with `meson install` (found through pkg-config's dynemb.pc, or where the dynamic "
+        "linker finds it), or set DYNEMB_BUILD to a meson build directory "
+        "(DYNEMB_BUILD/src/client/libdynemb.so).\nTried:\n" + "\n".join(tried))
 
 
 def load():
     """Load libdynemb and return it with prototypes set; ImportError if none loads."""
-    tried = []
-    for how, path in _candidates():
+    lib, path = _open()
+    for name, (res, args) in _PROTOS.items():
         try:
-            lib = ctypes.CDLL(path)
-        except OSError as e:
-            tried.append(f"  {how}: {path}: {e}")
-            continue
-        for name, (res, args) in _PROTOS.items():
-            try:
-                fn = getattr(lib, name)
-            except AttributeError:
-                raise ImportError(f"dynemb: {path} has no {name}: the library and this "
-                                  "Python package come from different versions") from None
-            fn.restype, fn.argtypes = res, args
-        check_struct_sizes(lib, path)
-        return lib, path
-    raise ImportError(
-        "dynemb: cannot find libdynemb.so. Set DYNEMB_LIB to its full path, install it "
-        "where the dynamic linker finds it, or set DYNEMB_BUILD to a meson build directory "
-        "(DYNEMB_BUILD/src/client/libdynemb.so)." + ("\nTried:\n" + "\n".join(tried)
-                                                      if tried else "\nNothing to try."))
+            fn = getattr(lib, name)
+        except AttributeError:
+            raise ImportError(f"dynemb: {path} has no {name}: the library and this "
+                              "Python package come from different versions") from None
+        fn.restype, fn.argtypes = res, args
+    check_struct_sizes(lib, path)
+    return lib, path
 
 
 class _Api:

@@ -37,8 +37,8 @@ config text the ops take (:func:`config_text`), which tf_op/de_tf.c parses into
 config (``-EEXIST`` otherwise, as a FAILED_PRECONDITION error).
 
 Not tested here (no TensorFlow on the build machines): everything that needs TensorFlow.
-The config mapping is tested with pytest (tf_op/python/tests_tf); the kernels are tested
-in C through a stand-in of TensorFlow's C API (tests/tf_standin).
+The config mapping is tested with pytest (tf_op/python/tests, marker tensorflow); the
+kernels are tested in C through a stand-in of TensorFlow's C API (tests/tf_standin).
 
 The op library is found through ``$DYNEMB_TF_LIB``, then
 ``$DYNEMB_BUILD/tf_op/libdynemb_tf.so``.

@@ -1,11 +1,17 @@
 """pytest fixtures for the dynemb Python package: a private dynembd per session.
 
+The tests import the installed package (meson installs it into a venv under the build
+directory, tests/python_venv.py): nothing here puts the source tree on sys.path. One
+folder, selected by markers (registered in ../pyproject.toml): torch (dynemb.torch and the
+demo), tensorflow (dynemb.tensorflow), slow (word2vec); the rest is the NumPy API.
+
 Environment:
   DYNEMBD       path of the daemon binary (else DYNEMB_BUILD/src/server/dynembd)
   DYNEMB_BUILD  meson build directory (also how the package finds libdynemb.so,
                 unless DYNEMB_LIB is set)
 """
 
+import importlib.util
 import itertools
 import os
 import signal
@@ -16,8 +22,20 @@ import time
 
 import pytest
 
-# Import the package from this source tree, not an installed copy.
-sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..")))
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", ".."))
+
+
+def tool_lib(name):
+    """tools/<name>/ (demo_lib, word2vec_lib: the demo's and word2vec's helpers, which
+    live in the tree, not in the package), imported from its file by name."""
+    if name not in sys.modules:
+        d = os.path.join(ROOT, "tools", name)
+        spec = importlib.util.spec_from_file_location(
+            name, os.path.join(d, "__init__.py"), submodule_search_locations=[d])
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules[name] = mod
+        spec.loader.exec_module(mod)
+    return sys.modules[name]
 
 
 def _dynembd_path():

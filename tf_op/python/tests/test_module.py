@@ -8,16 +8,18 @@ import errno
 
 import numpy as np
 import pytest
-import torch
-from torch import nn
 
-import dynemb
-import dynemb.torch as det
+torch = pytest.importorskip("torch")
+from torch import nn  # noqa: E402
+
+import dynemb  # noqa: E402
+import dynemb.torch as det  # noqa: E402
 
 DIM = 6
 
-pytestmark = pytest.mark.skipif(not hasattr(dynemb.Table, "apply_gradients"),
-                                reason="dynemb.Table.apply_gradients not available yet")
+pytestmark = [pytest.mark.torch,
+              pytest.mark.skipif(not hasattr(dynemb.Table, "apply_gradients"),
+                                 reason="dynemb.Table.apply_gradients not available yet")]
 
 
 def sgd_emb(daemon, name, **kw):

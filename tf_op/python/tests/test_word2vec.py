@@ -26,10 +26,13 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-import dynemb  # noqa: E402  (conftest put tf_op/python on sys.path)
-import word2vec_lib as W  # noqa: E402
+import dynemb  # noqa: E402
 
-from conftest import ROOT  # noqa: E402
+from conftest import ROOT, tool_lib  # noqa: E402
+
+W = tool_lib("word2vec_lib")
+
+pytestmark = pytest.mark.slow
 
 BOUND = 0.02
 

@@ -11,7 +11,12 @@ import sys
 
 import pytest
 
-SRC = os.path.join(os.path.dirname(__file__), "..", "dynemb", "tensorflow.py")
+# the installed package's file (find_spec does not run dynemb/__init__.py, which needs
+# libdynemb)
+SRC = os.path.join(importlib.util.find_spec("dynemb").submodule_search_locations[0],
+                   "tensorflow.py")
+
+pytestmark = pytest.mark.tensorflow
 
 
 def _load():

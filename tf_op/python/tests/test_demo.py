@@ -8,16 +8,22 @@ import os
 import subprocess
 import sys
 
+import importlib
+
 import numpy as np
 import pytest
 
-import dynemb
+pytest.importorskip("torch")
 
-ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", ".."))
+import dynemb  # noqa: E402
+
+from conftest import ROOT, tool_lib  # noqa: E402
+
 DEMO = os.path.join(ROOT, "tools", "demo")
-sys.path.insert(0, os.path.join(ROOT, "tools"))
+tool_lib("demo_lib")
+ctr = importlib.import_module("demo_lib.ctr")
 
-from demo_lib import ctr  # noqa: E402
+pytestmark = pytest.mark.torch
 
 needs_apply = pytest.mark.skipif(not hasattr(dynemb.Table, "apply_gradients"),
                                  reason="dynemb.Table.apply_gradients not available yet")

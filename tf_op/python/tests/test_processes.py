@@ -13,16 +13,18 @@ import textwrap
 
 import numpy as np
 import pytest
-import torch
 
-import dynemb
-import dynemb.torch as det
+torch = pytest.importorskip("torch")
+
+import dynemb  # noqa: E402
+import dynemb.torch as det  # noqa: E402
 
 DIM = 4
 NKEYS = 30
 
-pytestmark = pytest.mark.skipif(not hasattr(dynemb.Table, "apply_gradients"),
-                                reason="dynemb.Table.apply_gradients not available yet")
+pytestmark = [pytest.mark.torch,
+              pytest.mark.skipif(not hasattr(dynemb.Table, "apply_gradients"),
+                                 reason="dynemb.Table.apply_gradients not available yet")]
 
 
 def _open(sock, name):
@@ -84,15 +86,16 @@ def test_two_trainer_subprocesses_share_a_table(daemon, tname, tmp_path):
     """Two independent interpreters (no fork), each with its own Client."""
     script = textwrap.dedent(f"""
         import sys
-        sys.path[:0] = [{os.path.dirname(os.path.dirname(det.__file__))!r},
-                        {os.path.dirname(os.path.abspath(__file__))!r}]
         import numpy as np
         from test_processes import _open, _train
         emb = _open(sys.argv[1], sys.argv[2])
         np.save(sys.argv[4], _train(emb, int(sys.argv[3]), 40))
     """)
+    # the same interpreter (it has the installed dynemb) with this folder on PYTHONPATH
+    # for test_processes itself
+    env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.abspath(__file__)))
     procs = [subprocess.Popen([sys.executable, "-c", script, daemon, tname, str(seed),
-                               str(tmp_path / f"t{seed}.npy")])
+                               str(tmp_path / f"t{seed}.npy")], env=env)
              for seed in (3, 4)]
     for p in procs:
         assert p.wait(timeout=120) == 0
