@@ -1,5 +1,5 @@
 /*
- * fuzz_control.c — libFuzzer target for srv_check_msg (src/server/control.c): the check
+ * fuzz_control.c — libFuzzer target for srv_check_msg (src/server/validate_msg.c): the check
  * of every control packet a client sends (framing, order, version, an OPEN's name and
  * table config) before dynembd reads its body.
  *
@@ -18,7 +18,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "server.h"
+#include "validate.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
@@ -30,20 +30,6 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 			abort();                                                           \
 		}                                                                          \
 	} while (0)
-
-static size_t request_len(uint16_t type)
-{
-	switch (type) {
-	case DE_MSG_HELLO: return sizeof(struct de_msg_hello);
-	case DE_MSG_OPEN: return sizeof(struct de_msg_open);
-	case DE_MSG_SEGMENTS: return sizeof(struct de_msg_segments);
-	case DE_MSG_BYE: return sizeof(struct de_msg_hdr);
-	case DE_MSG_SNAPSHOT: return sizeof(struct de_msg_snapshot);
-	case DE_MSG_EXPORT: return sizeof(struct de_msg_export);
-	case DE_MSG_IMPORT: return sizeof(struct de_msg_import);
-	default: return 0;
-	}
-}
 
 /* What a normalized config from srv_wire_config_normalize must satisfy. */
 static void check_config(const struct de_wire_table_config *c)
@@ -90,7 +76,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	CHECK(memcmp(&m.h, &h, sizeof h) == 0);
 	if (r != -EBADMSG) { /* framing was good */
 		CHECK(!trunc && n >= sizeof h && h.magic == DE_MSG_MAGIC && h.len == n);
-		CHECK(request_len(h.type) == n);
+		CHECK(srv_request_len(h.type) == n);
 	}
 	if (r == 0 || r == -EINVAL) {
 		CHECK(hello_done == (h.type != DE_MSG_HELLO));
@@ -124,7 +110,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	if (r)
 		CHECK(strcmp(msg, msg2) == 0);
 	else
-		CHECK(memcmp(&m, &m2, request_len(h.type)) == 0);
+		CHECK(memcmp(&m, &m2, srv_request_len(h.type)) == 0);
 	free(pkt);
 	return 0;
 }
