@@ -1,7 +1,7 @@
 /*
- * fuzz_control.c — libFuzzer target for srv_check_msg (src/server/validate_msg.c): the check
- * of every control packet a client sends (framing, order, version, an OPEN's name and
- * table config) before dynembd reads its body.
+ * fuzz_control.c — libFuzzer target for srv_check_msg (src/server/validate_msg.c): the
+ * check of every control packet a client sends (framing, order, version, an OPEN's name
+ * and table config) before dynembd reads its body. It links the validators alone.
  *
  * Input: 1 byte of flags (bit 0: the packet came with MSG_TRUNC; bit 1: the connection
  * said HELLO already), then the packet (at most DE_MSG_MAX bytes, as the daemon's receive
@@ -86,7 +86,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		CHECK(h.type == DE_MSG_OPEN || h.type == DE_MSG_SNAPSHOT || h.type == DE_MSG_EXPORT ||
 		      h.type == DE_MSG_IMPORT);
 	if (r == 0 && (h.type == DE_MSG_EXPORT || h.type == DE_MSG_IMPORT)) {
-		/* persist.c's rule: an absolute, NUL-terminated path */
+		/* srv_check_persist_msg's rule: an absolute, NUL-terminated path */
 		const char *p = h.type == DE_MSG_EXPORT ? m.exp.path : m.imp.path;
 		CHECK(memchr(p, 0, DE_PATH_MAX) && p[0] == '/' && !strstr(p, "/../"));
 	}
