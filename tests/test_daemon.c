@@ -40,7 +40,9 @@
 
 #include "de_shm.h"
 #include "proto.h"
-#include "server.h"
+#include "tables.h"
+#include "validate.h"
+#include "worker.h" /* SRV_MAX_CLIENTS_PER_WORKER */
 
 #define TIMEOUT_MS 3000
 #define MiB (1ull << 20)

@@ -16,7 +16,8 @@
 #include <string.h>
 
 #include "proto.h"
-#include "server.h"
+#include "config.h"
+#include "validate.h"
 
 #define DATA (1ull << 20)
 #define MB 1024u

@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
-# tools/fuzz.sh [SECONDS] — build the libFuzzer targets of tests/fuzz/ with clang
-# (ASan + UBSan, every UBSan report fatal) into build-fuzz/, then run each for SECONDS
-# (default 20) from its seeds in tests/fuzz/corpus_*/ (the WAL, snapshot and manifest
-# seeds come from tests/fuzz/make_persist_seeds.py). Prints, per target, the runs,
-# the coverage (edges, features) and the corpus size. Exits non-zero when a target
-# crashes, leaks, times out, trips a sanitizer or fails one of its own checks; the
-# input that did it is in build-fuzz/artifacts/ (replay: build-fuzz/fuzz_NAME FILE).
+# tools/fuzz.sh [SECONDS] — build the libFuzzer targets of tests/fuzz/ with meson and clang
+# (-Dfuzz=true, ASan + UBSan, every sanitizer report fatal) into build-fuzz/, then run
+# each for SECONDS (default 20) from its seeds in tests/fuzz/corpus_*/ (the WAL, snapshot
+# and manifest seeds come from tests/fuzz/make_persist_seeds.py). Prints, per target, the
+# runs, the coverage (edges, features) and the corpus size. Exits non-zero when a target
+# crashes, leaks, times out, trips a sanitizer or fails one of its own checks; the input
+# that did it is in build-fuzz/artifacts/ (replay: build-fuzz/tests/fuzz/fuzz_NAME FILE).
 #
-# Needs clang and libFuzzer (Debian: clang libclang-rt-14-dev; tools/install-deps.sh),
-# plus the libraries the daemon links (hwloc, numa, xxhash, inih).
+# Each target links only what it fuzzes (tests/fuzz/meson.build): the daemon's validators
+# (src/server/validate*.c) for control and sqe, libdeuring/libdeshm for the readers.
+# Needs clang and libFuzzer (Debian: clang libclang-rt-14-dev; tools/install-deps.sh).
 # CLANG=... picks another compiler; FUZZ_ARGS adds libFuzzer flags (e.g. -jobs=4).
 set -euo pipefail
 
@@ -19,34 +20,21 @@ out=$root/build-fuzz
 cc=${CLANG:-clang}
 command -v "$cc" >/dev/null || { echo "fuzz.sh: no $cc (apt-get install clang libclang-rt-14-dev)" >&2; exit 2; }
 
-san=(-fsanitize=address,undefined -fno-sanitize-recover=all)
-# warnings are errors here as in tools/test.sh's builds (-Dwerror=true)
-cflags=(-g -O1 -std=gnu11 -D_GNU_SOURCE -Wall -Wextra -Werror -Wno-missing-field-initializers
-        -I"$root/shm" -I"$root/src" -I"$root/src/server" -I"$root/src/learn"
-        -I"$root/uring" -DDE_HAVE_ISAL
-        $(pkg-config --cflags hwloc libxxhash inih liburing libisal))
-libs=($(pkg-config --libs hwloc libxxhash inih liburing libisal) -lnuma -lm -lpthread)
-
-# The daemon's code (no main.c: libFuzzer has the main) and libdeshm, compiled once
-# with coverage instrumentation; each target links all of it.
-mkdir -p "$out/obj" "$out/artifacts"
-objs=()
-for src in shm/arena.c shm/numa.c shm/table.c shm/channel.c \
-           src/server/config.c src/server/control.c src/server/log.c \
-           src/server/tables.c src/server/worker.c src/server/learnops.c src/server/persist.c \
-           src/learn/optim.c src/learn/admit.c src/learn/evict.c src/learn/tier.c \
-           src/learn/sample.c src/learn/topk.c uring/export.c \
-           uring/util.c uring/wal.c uring/snapshot.c uring/manifest.c; do
-  obj=$out/obj/$(echo "$src" | tr / _).o
-  "$cc" "${cflags[@]}" "${san[@]}" -fsanitize=fuzzer-no-link -c "$root/$src" -o "$obj"
-  objs+=("$obj")
-done
+names=(control sqe export wal snapshot manifest)
+mkdir -p "$out"
+if [ ! -f "$out/build.ninja" ]; then
+  CC=$cc meson setup "$out" "$root" -Dfuzz=true -Db_sanitize=address,undefined \
+    -Db_lundef=false -Dtests=disabled -Dtensorflow=disabled -Dwerror=true \
+    -Doptimization=1 -Ddebug=true >"$out/setup.log" 2>&1 ||
+    { cat "$out/setup.log" >&2; echo "fuzz.sh: meson setup failed" >&2; exit 2; }
+fi
+ninja -C "$out" "${names[@]/#/tests/fuzz/fuzz_}" >"$out/ninja.log" 2>&1 ||
+  { tail -40 "$out/ninja.log" >&2; echo "fuzz.sh: build failed" >&2; exit 2; }
+mkdir -p "$out/artifacts"
 
 status=0
-for name in control sqe export wal snapshot manifest; do
-  bin=$out/fuzz_$name
-  "$cc" "${cflags[@]}" "${san[@]}" -fsanitize=fuzzer "$root/tests/fuzz/fuzz_$name.c" \
-    "${objs[@]}" "${libs[@]}" -o "$bin"
+for name in "${names[@]}"; do
+  bin=$out/tests/fuzz/fuzz_$name
   # a working corpus under build-fuzz/ (grows); the committed seeds are only read
   corpus=$out/corpus_$name
   mkdir -p "$corpus"

@@ -7,7 +7,10 @@
  * Errors name where the value came from ("FILE:LINE: ..." or "--flag: ...") and make
  * the daemon exit with status 2. Owns nothing after srv_config_load returns.
  */
-#include "server.h"
+#include "config.h"
+#include "de_learn.h" /* DE_TOPK_MAX_THREADS */
+#include "proto.h"
+#include "validate.h" /* SRV_MAX_BATCH_LIMIT */
 #include "de_uring.h" /* DE_WAL_MIN_SEGMENT, DE_WAL_MAX_SEGMENT */
 
 #include <ctype.h>

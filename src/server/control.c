@@ -11,20 +11,27 @@
  *      durability) checked, the registry finds or creates the table, OPEN_OK
  *      carries read-only fds of its arena segments. SEGMENTS: fds from `first` on.
  *   3. Every message is checked (magic, version, type, exact length for its type) before
- *      anything reads its body (srv_check_msg, side-effect free: tests/fuzz/fuzz_control.c
- *      drives it); a malformed one gets ERROR -EBADMSG and the connection is
- *      closed. Fds a client sends are closed unread. Replies never block: a client whose
- *      socket buffer is full is closed.
+ *      anything reads its body (srv_check_msg, validate.h, side-effect free:
+ *      tests/fuzz/fuzz_control.c drives it); a malformed one gets ERROR -EBADMSG and the
+ *      connection is closed. Fds a client sends are closed unread. Replies (reply.h)
+ *      never block: a client whose socket buffer is full is closed.
+ *   4. SNAPSHOT, EXPORT, IMPORT: a persistence job replies (persist_jobs.c).
  * Hang-up: the socket is closed at once; the client's channel stays until its worker
- * released it (see server.h), then the reaper destroys it.
+ * released it (see worker.h), then the reaper destroys it.
+ *
+ * Opening a table is this layer's sequence, for OPEN and for the catalog's tables at
+ * startup (srv_control_recover): registry open -> learning attach (a new table; on
+ * failure the registry discards it) -> persistence open. The layers below never call
+ * each other for it.
  *
  * Owns: the listener (and the socket file), client sockets, struct srv_client memory.
  */
-#include "server.h"
+#include "control.h"
 
 #include <errno.h>
 #include <fcntl.h>
 #include <signal.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -34,6 +41,14 @@
 #include <sys/stat.h>
 #include <sys/un.h>
 #include <unistd.h>
+
+#include "learnops.h"
+#include "log.h"
+#include "persist.h"
+#include "reply.h"
+#include "util.h"
+#include "validate.h"
+#include "worker.h"
 
 #define EV_LISTEN 1u
 #define EV_SIGNAL 2u
@@ -109,49 +124,13 @@ int srv_listen(const char *path, int *out_fd)
 
 /* ---- replies ----------------------------------------------------------------------- */
 
-static void hdr_reply(struct de_msg_hdr *h, uint16_t type, uint32_t len, uint32_t seq)
-{
-	*h = (struct de_msg_hdr){ .magic = DE_MSG_MAGIC, .type = type,
-				  .version = DE_PROTO_VERSION, .len = len, .seq = seq };
-}
-
-/* Send one message with fds; never blocks. 0 or a negative errno. */
-static int send_msg(int sock, const void *msg, size_t len, const int *fds, unsigned nfds)
-{
-	struct iovec iov = { .iov_base = (void *)msg, .iov_len = len };
-	union {
-		char buf[CMSG_SPACE(sizeof(int) * DE_FDS_PER_MSG)];
-		struct cmsghdr align;
-	} u;
-	struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1 };
-	if (nfds) {
-		memset(u.buf, 0, sizeof u.buf);
-		mh.msg_control = u.buf;
-		mh.msg_controllen = CMSG_SPACE(sizeof(int) * nfds);
-		struct cmsghdr *cm = CMSG_FIRSTHDR(&mh);
-		cm->cmsg_level = SOL_SOCKET;
-		cm->cmsg_type = SCM_RIGHTS;
-		cm->cmsg_len = CMSG_LEN(sizeof(int) * nfds);
-		memcpy(CMSG_DATA(cm), fds, sizeof(int) * nfds);
-	}
-	ssize_t r = sendmsg(sock, &mh, MSG_DONTWAIT | MSG_NOSIGNAL);
-	if (r < 0)
-		return -errno;
-	return (size_t)r == len ? 0 : -EIO;
-}
-
 __attribute__((format(printf, 4, 5)))
 static void send_error(struct srv_client *c, uint32_t seq, int err, const char *fmt, ...)
 {
-	struct de_msg_error m;
-	memset(&m, 0, sizeof m);
-	hdr_reply(&m.h, DE_MSG_ERROR, sizeof m, seq);
-	m.err = err;
 	va_list ap;
 	va_start(ap, fmt);
-	vsnprintf(m.msg, sizeof m.msg, fmt, ap);
+	srv_reply_verror(c->sock, seq, err, 0, fmt, ap); /* never blocks */
 	va_end(ap);
-	send_msg(c->sock, &m, sizeof m, NULL, 0);
 }
 
 /* ---- clients ------------------------------------------------------------------------ */
@@ -327,7 +306,7 @@ static bool on_hello(struct ctl *x, struct srv_client *c, const struct de_msg_he
 	}
 	struct de_msg_hello_ok ok;
 	memset(&ok, 0, sizeof ok);
-	hdr_reply(&ok.h, DE_MSG_HELLO_OK, sizeof ok, m->h.seq);
+	srv_reply_hdr(&ok.h, DE_MSG_HELLO_OK, sizeof ok, m->h.seq);
 	ok.client_id = c->id;
 	ok.sq_entries = cc.sq_entries;
 	ok.cq_entries = cc.cq_entries;
@@ -339,7 +318,7 @@ static bool on_hello(struct ctl *x, struct srv_client *c, const struct de_msg_he
 			  (cfg->export_dir[0] ? DE_CAP_EXPORT_DIR : 0) |
 			  (cfg->tier_dir[0] ? DE_CAP_DISK_TIER : 0);
 	int fd = de_channel_fd(c->ch);
-	if (send_msg(c->sock, &ok, sizeof ok, &fd, 1)) {
+	if (srv_reply_send(c->sock, &ok, sizeof ok, &fd, 1, 0)) {
 		de_channel_destroy(c->ch);
 		c->ch = NULL;
 		return false;
@@ -372,10 +351,51 @@ static int send_with_segments(struct srv_client *c, struct srv_table *t, const v
 		}
 	}
 	if (!err)
-		err = send_msg(c->sock, msg, len, fds, n);
+		err = srv_reply_send(c->sock, msg, len, fds, n, 0);
 	for (unsigned i = 0; i < n; i++)
 		close(fds[i]);
 	return err;
+}
+
+/* Find or create a table: registry, then (a new table) learning, whose failure undoes
+ * the creation. Persistence is the caller's next step. */
+static int open_table(struct srv_server *s, const char *name,
+		      const struct de_wire_table_config *cfg,
+		      const struct de_wire_learn_config *learn, struct srv_table **out,
+		      bool *created, char *msg, size_t cap)
+{
+	int err = srv_registry_open(&s->reg, name, cfg, learn, out, created, msg, cap);
+	if (err || !*created)
+		return err;
+	/* last step of creating it: once the evictor holds the table nothing may fail */
+	err = srv_learn_table_attach(s->learn, *out, msg, cap);
+	if (err) {
+		srv_registry_discard(&s->reg, *out);
+		*out = NULL;
+		*created = false;
+	}
+	return err;
+}
+
+int srv_control_recover(struct srv_server *s)
+{
+	const struct srv_catalog_entry *cat;
+	unsigned n = srv_persist_catalog(s->persist, &cat);
+	for (unsigned i = 0; i < n; i++) {
+		char msg[240];
+		struct srv_table *t;
+		bool created;
+		int err = open_table(s, cat[i].name, &cat[i].cfg, &cat[i].learn, &t, &created, msg,
+				     sizeof msg);
+		if (!err)
+			err = srv_persist_adopt(s->persist, t, &cat[i]);
+		if (err) {
+			srv_log(SRV_LOG_ERROR, "persistence: cannot recreate table '%s' of %s/CATALOG: "
+				"%s", cat[i].name, s->cfg.data_dir, err == -ENOMEM ? "out of memory" : msg);
+			return 1;
+		}
+	}
+	return srv_persist_recover(s->persist);
 }
 
 /* m: checked by srv_check_msg (name valid, config normalized). */
@@ -387,8 +407,8 @@ static bool on_open(struct ctl *x, struct srv_client *c, const struct de_msg_ope
 	const struct de_wire_learn_config learn = m->learn;
 	struct srv_table *t;
 	bool created;
-	int err = srv_registry_open(&x->s->reg, name, &cfg, &learn, &t, &created, msg, sizeof msg);
-	if (!err) /* durability: catalog entry and first snapshot (persist.c) */
+	int err = open_table(x->s, name, &cfg, &learn, &t, &created, msg, sizeof msg);
+	if (!err) /* durability: catalog entry and first snapshot */
 		err = srv_persist_table_open(x->s->persist, t, msg, sizeof msg);
 	if (err) {
 		srv_log(SRV_LOG_INFO, "client %u: open '%s': %s", c->id, name, msg);
@@ -410,7 +430,7 @@ static bool on_open(struct ctl *x, struct srv_client *c, const struct de_msg_ope
 	}
 	struct de_msg_open_ok ok;
 	memset(&ok, 0, sizeof ok);
-	hdr_reply(&ok.h, DE_MSG_OPEN_OK, sizeof ok, m->h.seq);
+	srv_reply_hdr(&ok.h, DE_MSG_OPEN_OK, sizeof ok, m->h.seq);
 	ok.table_id = (uint16_t)id;
 	ok.dim = t->wcfg.dim;
 	ok.key_type = t->wcfg.key_type;
@@ -442,68 +462,11 @@ static bool on_segments(struct srv_client *c, const struct de_msg_segments *m)
 		count = DE_FDS_PER_MSG;
 	struct de_msg_segments_ok ok;
 	memset(&ok, 0, sizeof ok);
-	hdr_reply(&ok.h, DE_MSG_SEGMENTS_OK, sizeof ok, m->h.seq);
+	srv_reply_hdr(&ok.h, DE_MSG_SEGMENTS_OK, sizeof ok, m->h.seq);
 	ok.table_id = m->table_id;
 	ok.first = m->first;
 	ok.count = count;
 	return send_with_segments(c, t, &ok, sizeof ok, m->first, count) == 0;
-}
-
-static size_t expected_len(uint16_t type)
-{
-	switch (type) {
-	case DE_MSG_HELLO: return sizeof(struct de_msg_hello);
-	case DE_MSG_OPEN: return sizeof(struct de_msg_open);
-	case DE_MSG_SEGMENTS: return sizeof(struct de_msg_segments);
-	case DE_MSG_BYE: return sizeof(struct de_msg_hdr);
-	case DE_MSG_SNAPSHOT: return sizeof(struct de_msg_snapshot);
-	case DE_MSG_EXPORT: return sizeof(struct de_msg_export);
-	case DE_MSG_IMPORT: return sizeof(struct de_msg_import);
-	default: return 0; /* not a request a client sends */
-	}
-}
-
-int srv_check_msg(const void *buf, size_t n, bool trunc, bool hello_done, union srv_msg *out,
-		  char *msg, size_t msgcap)
-{
-	struct de_msg_hdr h = { 0 };
-	memset(out, 0, sizeof *out);
-	if (n >= sizeof h)
-		memcpy(&h, buf, sizeof h);
-	out->h = h;
-	if (trunc || n < sizeof h || h.magic != DE_MSG_MAGIC || h.len != n ||
-	    !expected_len(h.type) || n != expected_len(h.type)) {
-		snprintf(msg, msgcap, "malformed message (%zu bytes, type %u)", n,
-			 n >= sizeof h ? h.type : 0);
-		return -EBADMSG;
-	}
-	if (!hello_done && h.type != DE_MSG_HELLO) {
-		snprintf(msg, msgcap, "the first message must be HELLO");
-		return -EPROTO;
-	}
-	if (hello_done && h.type == DE_MSG_HELLO) {
-		snprintf(msg, msgcap, "HELLO twice");
-		return -EPROTO;
-	}
-	memcpy(out, buf, n); /* n == expected_len(h.type) <= sizeof *out */
-	if (h.type == DE_MSG_HELLO)
-		return 0;    /* its version: after the allow-list, in on_hello */
-	if (h.version != DE_PROTO_VERSION) {
-		snprintf(msg, msgcap, "protocol version %u; this dynembd speaks %u", h.version,
-			 DE_PROTO_VERSION);
-		return -EPROTO;
-	}
-	if (h.type == DE_MSG_OPEN) {
-		int err = srv_name_check(out->open.name, msg, msgcap);
-		if (!err)
-			err = srv_wire_config_normalize(&out->open.cfg, msg, msgcap);
-		if (!err)
-			err = srv_learn_config_normalize(&out->open.learn, &out->open.cfg, msg, msgcap);
-		return err;
-	}
-	if (h.type == DE_MSG_SNAPSHOT || h.type == DE_MSG_EXPORT || h.type == DE_MSG_IMPORT)
-		return srv_check_persist_msg(out, msg, msgcap); /* persist.c */
-	return 0;
 }
 
 /* Handle one received packet. Returns false when the connection must be closed. */
@@ -540,8 +503,9 @@ static bool on_message(struct ctl *x, struct srv_client *c, const void *buf, siz
 		return on_segments(c, &m.segments);
 	case DE_MSG_SNAPSHOT:
 	case DE_MSG_EXPORT:
-	case DE_MSG_IMPORT: /* a job thread replies (persist.c) */
-		return srv_persist_request(x->s, c, &m);
+	case DE_MSG_IMPORT: /* a job thread replies (persist_jobs.c) */
+		srv_persist_request(x->s->persist, &x->s->reg, c->id, c->sock, &m);
+		return true;
 	default: /* BYE */
 		return false;
 	}

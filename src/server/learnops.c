@@ -43,26 +43,28 @@
  * table is not. Each call passes its own unique flag and seed (de_sample_seeded).
  * Top-k: de_topk with [learn] topk_threads threads inside the worker's call.
  *
+ * Callers: the worker (worker.c) with a batch description (batch.h) for the data-plane
+ * paths; the control plane (control.c) for the host and for attaching a new table.
  * Never: trust a byte of the data area (descriptors are checked by srv_check_sqe and
  * srv_check_learn_sqe; argument blocks, keys and queries are copied out before use);
- * create a key admission rejected.
+ * create a key admission rejected; read anything of the worker but the batch; call the
+ * persistence layer (the worker logs what these paths wrote).
  */
-#include "server.h"
+#include "learnops.h"
 
 #include <errno.h>
 #include <math.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 #include <unistd.h>
+
+#include "log.h"
+#include "util.h"
+#include "validate.h"
 
 #define MAX_SAMPLERS 4u
 
-_Static_assert(DE_WSAMPLE_MAX == DE_SAMPLE_MAX, "proto.h and de_learn.h agree");
-_Static_assert(DE_WTOPK_MAX_K == DE_TOPK_MAX_K, "proto.h and de_learn.h agree");
-_Static_assert(DE_WTOPK_MAX_QUERIES == DE_TOPK_MAX_QUERIES, "proto.h and de_learn.h agree");
-_Static_assert(DE_WTOPK_MAX_RESULTS == DE_TOPK_MAX_RESULTS, "proto.h and de_learn.h agree");
-_Static_assert((int)DE_WSAMPLE_MAX_POWER == (int)DE_SAMPLER_MAX_POWER, "proto.h and de_learn.h agree");
 /* libdelearn's enums have the wire's numbers: values pass through as they are */
 #define SAME(a, b) _Static_assert((int)(a) == (int)(b), #a " == " #b)
 SAME(DE_ADMIT_ALL, DE_WADMIT_ALL);
@@ -90,6 +92,7 @@ struct srv_learn_host {
 	unsigned rebuild_ms;
 	uint32_t max_batch;
 	unsigned ntables;             /* registered with ev */
+	struct srv_table_learn *tables; /* every attached table's state, freed with h */
 };
 
 struct sampler_slot {
@@ -101,6 +104,8 @@ struct sampler_slot {
 
 struct srv_table_learn {
 	struct srv_learn_host *h;
+	struct srv_table *t;
+	struct srv_table_learn *next; /* h->tables */
 	de_admit *admit;              /* NULL: every key is admitted */
 	bool reject_zeros;
 	bool evict;                   /* registered with h->ev as evict_id */
@@ -140,17 +145,8 @@ int srv_learn_host_create(const struct srv_config *cfg, struct srv_learn_host **
 	return 0;
 }
 
-void srv_learn_host_destroy(struct srv_learn_host *h)
-{
-	if (!h)
-		return;
-	de_evict_destroy(h->ev); /* stops the thread; flushes staged victims to the tiers */
-	free(h);
-}
-
-/* ---- tables ---------------------------------------------------------------------------- */
-
-void srv_learn_table_free(struct srv_table *t)
+/* Samplers, admission filter, tier of t: after the evictor let go of the table. */
+static void learn_free(struct srv_table *t)
 {
 	struct srv_table_learn *L = t->rt;
 	if (!L)
@@ -164,19 +160,51 @@ void srv_learn_table_free(struct srv_table *t)
 	t->rt = NULL;
 }
 
+void srv_learn_host_destroy(struct srv_learn_host *h)
+{
+	if (!h)
+		return;
+	de_evict_destroy(h->ev); /* stops the thread; flushes staged victims to the tiers */
+	for (struct srv_table_learn *L = h->tables, *n; L; L = n) {
+		n = L->next;
+		learn_free(L->t); /* samplers first: they read the table */
+	}
+	free(h);
+}
+
+/* ---- tables ---------------------------------------------------------------------------- */
+
+static int attach(struct srv_learn_host *h, struct srv_table *t, struct srv_table_learn *L,
+		  char *msg, size_t msgcap);
+
 int srv_learn_table_attach(struct srv_learn_host *h, struct srv_table *t, char *msg,
 			   size_t msgcap)
 {
 	if (!h)
 		return 0;
-	const struct de_wire_admission *a = &t->learn.admission;
-	const struct de_wire_eviction *e = &t->learn.eviction;
 	struct srv_table_learn *L = calloc(1, sizeof *L);
 	if (!L)
 		return -ENOMEM;
 	L->h = h;
+	L->t = t;
 	pthread_rwlock_init(&L->slock, NULL);
-	t->rt = L; /* freed by srv_learn_table_free, also on the failures below */
+	t->rt = L;
+	int err = attach(h, t, L, msg, msgcap);
+	if (err) {
+		learn_free(t); /* the evictor does not hold it: attach failed before that */
+		return err;
+	}
+	L->next = h->tables;
+	h->tables = L;
+	return 0;
+}
+
+/* The admission filter, tier and eviction of t into L (t->rt). */
+static int attach(struct srv_learn_host *h, struct srv_table *t, struct srv_table_learn *L,
+		  char *msg, size_t msgcap)
+{
+	const struct de_wire_admission *a = &t->learn.admission;
+	const struct de_wire_eviction *e = &t->learn.eviction;
 	int err = 0;
 	if (a->mode != DE_WADMIT_ALL) {
 		struct de_admit_config ac = {
@@ -275,25 +303,28 @@ static bool tier_has(struct srv_table_learn *L, uint64_t key)
 
 /* ---- the worker's paths ------------------------------------------------------------------ */
 
-int srv_learn_lookup_create(struct srv_worker *w, struct srv_table *t, uint32_t n, float *vals,
-			    uint64_t step)
+int srv_learn_lookup_create(struct srv_batch *b)
 {
+	struct srv_table *t = b->t;
+	uint32_t n = b->n;
+	float *vals = b->vals;
+	uint64_t step = b->step;
 	struct srv_table_learn *L = t->rt;
 	step = row_time(t, step);
 	if (!L || !L->admit) {
-		int err = de_table_find_or_insert(t->t, w->keys, n, vals, w->status, step);
+		int err = de_table_find_or_insert(t->t, b->keys, n, vals, b->status, step);
 		if (!err)
-			after_create(t, w->keys, n, w->status, vals, step);
+			after_create(t, b->keys, n, b->status, vals, step);
 		return err;
 	}
 	uint32_t dim = t->wcfg.dim;
-	int err = de_table_find(t->t, w->keys, n, vals, w->status);
+	int err = de_table_find(t->t, b->keys, n, vals, b->status);
 	if (err)
 		return err;
 	/* sightings: the missing keys, in batch order */
 	uint32_t nmiss = 0;
 	for (uint32_t i = 0; i < n; i++)
-		nmiss += w->status[i] == DE_MISSING;
+		nmiss += b->status[i] == DE_MISSING;
 	uint64_t *skeys = malloc((size_t)n * 8);
 	uint64_t *mk = malloc((size_t)(nmiss ? nmiss : 1) * 8);
 	uint32_t *pos = malloc((size_t)n * 4);
@@ -306,25 +337,25 @@ int srv_learn_lookup_create(struct srv_worker *w, struct srv_table *t, uint32_t 
 	}
 	uint32_t m = 0;
 	for (uint32_t i = 0; i < n; i++)
-		if (w->status[i] == DE_MISSING && !tier_has(L, w->keys[i]))
-			mk[m++] = w->keys[i];
+		if (b->status[i] == DE_MISSING && !tier_has(L, b->keys[i]))
+			mk[m++] = b->keys[i];
 	if (m && (err = de_admit_check(L->admit, mk, m, ad)))
 		goto out;
 	uint32_t k = 0, j = 0;
 	for (uint32_t i = 0; i < n; i++) {
 		bool keep = true;
-		if (w->status[i] == DE_MISSING && !tier_has(L, w->keys[i]))
+		if (b->status[i] == DE_MISSING && !tier_has(L, b->keys[i]))
 			keep = ad[j++] != 0;
 		if (keep) {
-			skeys[k] = w->keys[i];
+			skeys[k] = b->keys[i];
 			pos[k++] = i;
 		} else {
 			/* not admitted: not stored; reads as its initializer or zeros */
 			if (L->reject_zeros)
 				memset(vals + (size_t)i * dim, 0, 4ull * dim);
 			else
-				de_table_init_row(t->t, w->keys[i], vals + (size_t)i * dim);
-			w->status[i] = DE_MISSING;
+				de_table_init_row(t->t, b->keys[i], vals + (size_t)i * dim);
+			b->status[i] = DE_MISSING;
 		}
 	}
 	if (k) {
@@ -334,7 +365,7 @@ int srv_learn_lookup_create(struct srv_worker *w, struct srv_table *t, uint32_t 
 		after_create(t, skeys, k, st, sv, step);
 		for (uint32_t q = 0; q < k; q++) {
 			memcpy(vals + (size_t)pos[q] * dim, sv + (size_t)q * dim, 4ull * dim);
-			w->status[pos[q]] = st[q];
+			b->status[pos[q]] = st[q];
 		}
 	}
 out:
@@ -352,14 +383,17 @@ static void noop_row(void *ctx, size_t i, float *row, struct de_row_meta *meta)
 	(void)ctx, (void)i, (void)row, (void)meta;
 }
 
-int srv_learn_update(struct srv_worker *w, struct srv_table *t, uint32_t n, const float *vals,
-		     uint64_t step)
+int srv_learn_update(struct srv_batch *b)
 {
+	struct srv_table *t = b->t;
+	uint32_t n = b->n;
+	const float *vals = b->vals;
+	uint64_t step = b->step;
 	struct srv_table_learn *L = t->rt;
 	step = row_time(t, step);
 	uint32_t dim = t->wcfg.dim;
 	if (!L || !L->admit) {
-		int err = de_table_assign(t->t, w->keys, n, vals, w->status, step);
+		int err = de_table_assign(t->t, b->keys, n, vals, b->status, step);
 		if (err || !L || !L->evict)
 			return err;
 		/* an assigned value wins over an evicted row the tier holds: drop the record */
@@ -369,16 +403,16 @@ int srv_learn_update(struct srv_worker *w, struct srv_table *t, uint32_t n, cons
 				return -ENOMEM;
 			for (uint32_t i = 0; i < n; i++) {
 				struct de_row_meta m;
-				if (w->status[i] == DE_CREATED)
-					de_tier_take(L->tier, w->keys[i], row, &m);
+				if (b->status[i] == DE_CREATED)
+					de_tier_take(L->tier, b->keys[i], row, &m);
 			}
 			free(row);
 		}
-		after_create(t, w->keys, n, w->status, NULL, step);
+		after_create(t, b->keys, n, b->status, NULL, step);
 		return 0;
 	}
 	/* admission: only keys the table holds (or the tier) are written */
-	int err = de_table_apply(t->t, w->keys, n, false, noop_row, NULL, w->status, DE_STEP_KEEP);
+	int err = de_table_apply(t->t, b->keys, n, false, noop_row, NULL, b->status, DE_STEP_KEEP);
 	if (err)
 		return err;
 	uint64_t *sk = malloc((size_t)n * 8);
@@ -391,11 +425,11 @@ int srv_learn_update(struct srv_worker *w, struct srv_table *t, uint32_t n, cons
 	}
 	uint32_t k = 0, dropped = 0;
 	for (uint32_t i = 0; i < n; i++) {
-		if (w->keys[i] && w->status[i] == DE_MISSING && !tier_has(L, w->keys[i])) {
+		if (b->keys[i] && b->status[i] == DE_MISSING && !tier_has(L, b->keys[i])) {
 			dropped++;
 			continue;
 		}
-		sk[k] = w->keys[i];
+		sk[k] = b->keys[i];
 		memcpy(sv + (size_t)k * dim, vals + (size_t)i * dim, 4ull * dim);
 		pos[k++] = i;
 	}
@@ -409,7 +443,7 @@ int srv_learn_update(struct srv_worker *w, struct srv_table *t, uint32_t n, cons
 		if (!err)
 			err = de_table_assign(t->t, sk, k, sv, NULL, step);
 		for (uint32_t q = 0; !err && q < k; q++)
-			w->status[pos[q]] = st[q];
+			b->status[pos[q]] = st[q];
 	}
 out:
 	free(sk);
@@ -419,15 +453,16 @@ out:
 	return err;
 }
 
-int srv_learn_grads_prepare(struct srv_worker *w, struct srv_table *t, uint32_t *np,
-			    uint64_t *step, uint32_t *created)
+int srv_learn_grads_prepare(struct srv_batch *b, uint32_t *created)
 {
+	struct srv_table *t = b->t;
 	struct srv_table_learn *L = t->rt;
-	uint32_t n = *np, dim = t->wcfg.dim;
+	uint32_t n = b->n, dim = t->wcfg.dim;
+	uint64_t *step = &b->step;
 	*step = row_time(t, *step);
 	*created = 0;
 	bool admit = L && L->admit;
-	int err = de_table_apply(t->t, w->keys, n, !admit, noop_row, NULL, w->status,
+	int err = de_table_apply(t->t, b->keys, n, !admit, noop_row, NULL, b->status,
 				 admit ? DE_STEP_KEEP : *step);
 	if (err)
 		return err;
@@ -442,41 +477,41 @@ int srv_learn_grads_prepare(struct srv_worker *w, struct srv_table *t, uint32_t 
 		}
 		uint32_t m = 0;
 		for (uint32_t i = 0; i < n; i++)
-			if (w->keys[i] && w->status[i] == DE_MISSING && tier_has(L, w->keys[i])) {
-				tk[m] = w->keys[i];
+			if (b->keys[i] && b->status[i] == DE_MISSING && tier_has(L, b->keys[i])) {
+				tk[m] = b->keys[i];
 				tp[m++] = i;
 			}
 		if (m) {
 			err = de_table_apply(t->t, tk, m, true, noop_row, NULL, ts, *step);
 			for (uint32_t q = 0; !err && q < m; q++)
-				w->status[tp[q]] = ts[q];
+				b->status[tp[q]] = ts[q];
 		}
 		free(tk), free(tp), free(ts);
 		if (err)
 			return err;
 	}
 	for (uint32_t i = 0; i < n; i++)
-		*created += w->status[i] == DE_CREATED;
-	if (*created && t->wcfg.key_type == DE_KEYS_STRING)
-		srv_keep_strings(w, t, n);
+		*created += b->status[i] == DE_CREATED;
 	if (*created)
-		after_create(t, w->keys, n, w->status, NULL, *step);
+		srv_batch_keep_strings(b); /* string tables */
+	if (*created)
+		after_create(t, b->keys, n, b->status, NULL, *step);
 	if (admit) {
 		uint32_t k = 0, dropped = 0;
 		for (uint32_t i = 0; i < n; i++) {
-			if (w->keys[i] && w->status[i] == DE_MISSING) {
+			if (b->keys[i] && b->status[i] == DE_MISSING) {
 				dropped++;
 				continue;
 			}
 			if (k != i) {
-				w->keys[k] = w->keys[i];
-				memmove(w->gbuf + (size_t)k * dim, w->gbuf + (size_t)i * dim, 4ull * dim);
+				b->keys[k] = b->keys[i];
+				memmove(b->vals + (size_t)k * dim, b->vals + (size_t)i * dim, 4ull * dim);
 			}
 			k++;
 		}
 		if (dropped)
 			de_admit_drop_grads(L->admit, dropped);
-		*np = k;
+		b->n = k;
 	}
 	return 0;
 }
@@ -503,74 +538,6 @@ void srv_learn_stats(struct srv_table *t, struct de_wire_stats *ws)
 		ws->resident_bytes = es.resident_bytes;
 		ws->budget_bytes = es.budget_bytes;
 	}
-}
-
-/* ---- descriptor checks (pure) ----------------------------------------------------------- */
-
-static bool range_ok(uint64_t data_bytes, uint64_t off, uint64_t len)
-{
-	return off <= data_bytes && len <= data_bytes - off;
-}
-
-int srv_check_learn_sqe(const struct de_sqe *e, uint32_t dim, uint32_t key_type,
-			uint32_t max_batch, uint64_t data_bytes)
-{
-	uint64_t n = e->count;
-	if (n > max_batch)
-		return -E2BIG;
-	if (e->keys_off % 8 || !range_ok(data_bytes, e->keys_off, e->keys_len) ||
-	    !range_ok(data_bytes, e->vals_off, e->vals_len))
-		return -EINVAL;
-	switch (e->op) {
-	case DE_OP_SAMPLE:
-		if ((e->flags & ~DE_SAMPLE_STR) || e->arg || e->vals_off % 8 ||
-		    e->status_off % 8 ||
-		    !range_ok(data_bytes, e->status_off, sizeof(struct de_wire_sample_args)))
-			return -EINVAL;
-		if ((e->flags & DE_SAMPLE_STR) ? key_type != DE_KEYS_STRING || e->keys_len < 4 * n
-					       : e->keys_len != 8 * n)
-			return -EINVAL;
-		/* at least one sample: 13 bytes past the true_expected counts */
-		if (e->vals_len < 4 * n + 13)
-			return -EINVAL;
-		return 0;
-	case DE_OP_TOPK:
-		if ((e->flags & ~DE_WTOPK_COSINE) || e->status_off || !n || e->vals_off % 8 ||
-		    e->keys_off % 4 || e->keys_len != 4 * n * dim)
-			return -EINVAL;
-		if (!e->arg || e->arg > DE_TOPK_MAX_K)
-			return e->arg ? -E2BIG : -EINVAL;
-		if (n > DE_TOPK_MAX_QUERIES || n * e->arg > DE_TOPK_MAX_RESULTS)
-			return -E2BIG;
-		if (e->vals_len != 12 * n * e->arg)
-			return -EINVAL;
-		return 0;
-	case DE_OP_KEY_STRINGS:
-		if (e->flags || e->arg || e->status_off || key_type != DE_KEYS_STRING ||
-		    e->keys_len != 8 * n || e->vals_off % 4 || e->vals_len < 4 * n)
-			return -EINVAL;
-		return 0;
-	default:
-		return -EINVAL;
-	}
-}
-
-int srv_check_sample_args(const struct de_wire_sample_args *a, const struct de_sqe *e,
-			  uint32_t max_batch)
-{
-	if (a->kind > DE_SAMPLER_UNIGRAM || a->unique > 1 || a->reserved)
-		return -EINVAL;
-	if (a->kind == DE_SAMPLER_UNIGRAM ? !(a->power > 0 && a->power <= DE_WSAMPLE_MAX_POWER)
-					  : (a->power != 0 || signbit(a->power)))
-		return -EINVAL;
-	uint32_t lim = max_batch < DE_SAMPLE_MAX ? max_batch : DE_SAMPLE_MAX;
-	if (!a->num_sampled)
-		return -EINVAL;
-	if (a->num_sampled > lim)
-		return -E2BIG;
-	if (e->vals_len != 13ull * a->num_sampled + 4ull * e->count)
-		return -EINVAL;
-	return 0;
 }
 
 /* ---- SAMPLE ----------------------------------------------------------------------------- */
@@ -628,12 +595,12 @@ static uint64_t live_keys(struct srv_table *t)
 	return de_table_stats(t->t, &s) ? 0 : s.keys;
 }
 
-static void do_sample(struct srv_worker *w, struct srv_table *t, char *data,
+static void do_sample(struct srv_batch *b, struct srv_table *t, char *data,
 		      const struct de_sqe *e, struct de_cqe *q)
 {
 	struct de_wire_sample_args a;
 	memcpy(&a, data + e->status_off, sizeof a); /* checked on the copy */
-	q->res = srv_check_sample_args(&a, e, w->srv->cfg.max_batch);
+	q->res = srv_check_sample_args(&a, e, b->cap);
 	if (q->res)
 		return;
 	uint32_t np = e->count, ns = a.num_sampled;
@@ -644,14 +611,14 @@ static void do_sample(struct srv_worker *w, struct srv_table *t, char *data,
 			return;
 		}
 		memcpy(region, data + e->keys_off, e->keys_len);
-		q->res = srv_check_string_keys(region, e->keys_len, np, w->slen, w->soff);
+		q->res = srv_check_string_keys(region, e->keys_len, np, b->slen, b->soff);
 		for (uint32_t i = 0; !q->res && i < np; i++)
-			w->keys[i] = de_key_from_string(t->wcfg.seed, region + w->soff[i], w->slen[i]);
+			b->keys[i] = de_key_from_string(t->wcfg.seed, region + b->soff[i], b->slen[i]);
 		free(region);
 		if (q->res)
 			return;
 	} else {
-		memcpy(w->keys, data + e->keys_off, 8ull * np);
+		memcpy(b->keys, data + e->keys_off, 8ull * np);
 	}
 	if (!t->rt) { /* a registry without srv_learn_host (unit tests) */
 		q->res = -EOPNOTSUPP;
@@ -675,13 +642,13 @@ static void do_sample(struct srv_worker *w, struct srv_table *t, char *data,
 	float *texp = sexp + ns;
 	uint8_t *acc = (uint8_t *)(texp + np);
 	struct de_sample_info info = { 0 };
-	err = de_sample_seeded(s, (int)a.unique, a.seed, ns, w->keys, np, keys, sexp, acc, texp,
+	err = de_sample_seeded(s, (int)a.unique, a.seed, ns, b->keys, np, keys, sexp, acc, texp,
 			       &info);
 	if (err == -ENOENT && a.kind != DE_SAMPLER_UNIFORM && live_keys(t)) {
 		/* an empty snapshot of a table that has keys now: rebuild at once */
 		err = de_sampler_rebuild(s);
 		if (!err)
-			err = de_sample_seeded(s, (int)a.unique, a.seed, ns, w->keys, np, keys, sexp,
+			err = de_sample_seeded(s, (int)a.unique, a.seed, ns, b->keys, np, keys, sexp,
 					       acc, texp, &info);
 	}
 	pthread_rwlock_unlock(&t->rt->slock);
@@ -697,8 +664,7 @@ static void do_sample(struct srv_worker *w, struct srv_table *t, char *data,
 
 /* ---- TOPK, KEY_STRINGS ------------------------------------------------------------------ */
 
-static void do_topk(struct srv_worker *w, struct srv_table *t, char *data, const struct de_sqe *e,
-		    struct de_cqe *q)
+static void do_topk(struct srv_table *t, char *data, const struct de_sqe *e, struct de_cqe *q)
 {
 	size_t nq = e->count, k = e->arg, nf = nq * t->wcfg.dim;
 	float *qbuf = malloc(nf * 4);
@@ -711,7 +677,6 @@ static void do_topk(struct srv_worker *w, struct srv_table *t, char *data, const
 	memcpy(qbuf, data + e->keys_off, nf * 4); /* the library checks them finite */
 	size_t found = 0;
 	unsigned nth = t->rt ? t->rt->h->topk_threads : 1;
-	(void)w;
 	q->res = de_topk(t->t, qbuf, nq, k, (enum de_topk_metric)(e->flags & DE_WTOPK_COSINE),
 			 nth, keys, scores, &found);
 	if (!q->res) {
@@ -725,11 +690,11 @@ out:
 	free(scores);
 }
 
-static void do_key_strings(struct srv_worker *w, struct srv_table *t, char *data,
+static void do_key_strings(struct srv_batch *b, struct srv_table *t, char *data,
 			   const struct de_sqe *e, struct de_cqe *q)
 {
 	uint32_t n = e->count;
-	memcpy(w->keys, data + e->keys_off, 8ull * n);
+	memcpy(b->keys, data + e->keys_off, 8ull * n);
 	char *lens = data + e->vals_off;
 	char *p = lens + 4ull * n;
 	uint64_t room = e->vals_len - 4ull * n, need = 0;
@@ -737,7 +702,7 @@ static void do_key_strings(struct srv_worker *w, struct srv_table *t, char *data
 	bool full = false;
 	for (uint32_t i = 0; i < n; i++) {
 		uint32_t len = UINT32_MAX;
-		int err = srv_table_key_string(t, w->keys[i], p, full ? 0 : room, &len);
+		int err = srv_table_key_string(t, b->keys[i], p, full ? 0 : room, &len);
 		if (err == -ENOSPC) {
 			full = true;
 		} else if (err) {
@@ -762,19 +727,18 @@ static void do_key_strings(struct srv_worker *w, struct srv_table *t, char *data
 	q->res = full ? -ENOSPC : 0;
 }
 
-void srv_learn_execute(struct srv_worker *w, struct srv_table *t, char *data,
-		       uint64_t data_bytes, const struct de_sqe *e, struct de_cqe *q)
+void srv_learn_execute(struct srv_batch *b, char *data, const struct de_sqe *e,
+		       struct de_cqe *q)
 {
-	(void)data_bytes;
 	switch (e->op) {
 	case DE_OP_SAMPLE:
-		do_sample(w, t, data, e, q);
+		do_sample(b, b->t, data, e, q);
 		break;
 	case DE_OP_TOPK:
-		do_topk(w, t, data, e, q);
+		do_topk(b->t, data, e, q);
 		break;
 	default:
-		do_key_strings(w, t, data, e, q);
+		do_key_strings(b, b->t, data, e, q);
 		break;
 	}
 }

@@ -3,7 +3,9 @@
  * written with a single write(2) so that lines from several threads never interleave.
  * The level is the one process-wide setting of the daemon, set before threads start.
  */
-#include "server.h"
+#include "log.h"
+
+#include <stdarg.h>
 
 #include <stdio.h>
 #include <unistd.h>

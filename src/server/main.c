@@ -7,6 +7,8 @@
  * client may connect as soon as the parent returns; threads start after detaching.
  * Exit status: 0 after a clean stop, 1 when the daemon cannot start, 2 for bad config,
  * 3 (SRV_EXIT_CORRUPT) when the data_dir's catalog, manifest or a snapshot is damaged.
+ * The top of the daemon's layers (server.h lists them): it builds each layer bottom-up
+ * and frees them top-down.
  */
 #include "server.h"
 
@@ -18,6 +20,14 @@
 #include <sys/eventfd.h>
 #include <sys/signalfd.h>
 #include <unistd.h>
+
+#include "config.h"
+#include "control.h"
+#include "learnops.h"
+#include "log.h"
+#include "persist.h"
+#include "tables.h"
+#include "worker.h"
 
 /* The node arenas use and workers are pinned near: an OS index or DE_NUMA_NONE. */
 static int resolve_node(struct srv_server *s)
@@ -77,17 +87,19 @@ int main(int argc, char **argv)
 		return 2;
 	}
 	srv_registry_init(&s.reg, s.cfg.pages, node, s.cfg.segment_bytes, s.cfg.reserve_bytes);
-	if (srv_learn_host_create(&s.cfg, &s.reg.learn) != 0) {
+	if (srv_learn_host_create(&s.cfg, &s.learn) != 0) {
 		srv_log(SRV_LOG_ERROR, "cannot create the evictor");
 		if (s.topo)
 			hwloc_topology_destroy(s.topo);
 		return 1;
 	}
 	/* persistence: catalog tables recreated and recovered before anyone can connect */
-	r = srv_persist_open(&s);
+	r = srv_persist_open(&s.cfg, &s.persist);
+	if (!r)
+		r = srv_control_recover(&s);
 	if (r) {
 		srv_persist_free(s.persist);
-		srv_learn_host_destroy(s.reg.learn);
+		srv_learn_host_destroy(s.learn);
 		srv_registry_destroy(&s.reg);
 		if (s.topo)
 			hwloc_topology_destroy(s.topo);
@@ -97,7 +109,7 @@ int main(int argc, char **argv)
 	int listen_fd;
 	if (srv_listen(s.cfg.socket, &listen_fd)) {
 		srv_persist_free(s.persist);
-		srv_learn_host_destroy(s.reg.learn);
+		srv_learn_host_destroy(s.learn);
 		if (s.topo)
 			hwloc_topology_destroy(s.topo);
 		return 1;
@@ -122,8 +134,8 @@ int main(int argc, char **argv)
 	}
 	srv_workers_free(&s);
 	srv_persist_free(s.persist); /* after the workers: jobs, shutdown checkpoint, WAL */
-	srv_learn_host_destroy(s.reg.learn); /* the evictor reads tables: before they go */
-	s.reg.learn = NULL;
+	srv_learn_host_destroy(s.learn); /* the evictor reads tables: before they go */
+	s.learn = NULL;
 	srv_registry_destroy(&s.reg);
 	if (s.release_fd >= 0)
 		close(s.release_fd);

@@ -31,11 +31,16 @@
  * de_optim_update steps each distinct key under its row's lock. Several workers may
  * step one row at once: de_table_apply serializes them (proto.h states the semantics).
  *
+ * The worker owns its batch: the copies above live in struct srv_worker, and each
+ * descriptor's keys go down to the operations layers (learnops.h, persist.h) as a batch
+ * description (batch.h). Persistence returns the LSN a SYNC write waits for; the worker
+ * keeps the round's largest and asks for one sync (srv_persist_sync) before posting.
+ *
  * Never: block on a client, touch a client after releasing it, or trust any field of a
- * descriptor before checking it (srv_check_sqe and srv_check_string_keys: side-effect
- * free, so tests/fuzz/fuzz_sqe.c drives them).
+ * descriptor before checking it (the validators, validate.h: srv_check_sqe and
+ * srv_check_string_keys, side-effect free, so tests/fuzz/fuzz_sqe.c drives them).
  */
-#include "server.h"
+#include "worker.h"
 
 #include <errno.h>
 #include <inttypes.h>
@@ -47,85 +52,20 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "batch.h"
+#include "learnops.h"
+#include "log.h"
+#include "persist.h"
+#include "util.h"
+#include "validate.h"
+
 #define BUDGET 32              /* descriptors per channel per pass */
 _Static_assert(BUDGET <= sizeof ((struct srv_client *)0)->pending / sizeof(struct de_cqe),
 	       "a client's pending completions hold one round");
 #define PENDING_RETRY_MS 5     /* sleep bound while a completion waits for CQ space */
 #define DRAIN_DEADLINE_NS (5ull * 1000000000ull)
 
-static uint64_t now_ns(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
-}
-
 /* ---- descriptors ------------------------------------------------------------------ */
-
-/* The same test as de_channel_range_ok, on a size instead of a channel. */
-static bool range_ok(uint64_t data_bytes, uint64_t off, uint64_t len)
-{
-	return off <= data_bytes && len <= data_bytes - off;
-}
-
-int srv_check_sqe(const struct de_sqe *e, uint32_t ntables, uint32_t dim, uint32_t key_type,
-		  uint32_t max_batch, uint64_t data_bytes)
-{
-	if (e->op == DE_OP_NOP)
-		return 0;
-	if (e->op > DE_OP_MAX || e->table >= ntables)
-		return -EINVAL;
-	if (e->op >= DE_OP_SAMPLE) /* SAMPLE, TOPK, KEY_STRINGS: learnops.c */
-		return srv_check_learn_sqe(e, dim, key_type, max_batch, data_bytes);
-	if (e->op == DE_OP_STATS) {
-		if (e->flags || e->vals_off % 8 || e->vals_len < sizeof(struct de_wire_stats) ||
-		    !range_ok(data_bytes, e->vals_off, e->vals_len))
-			return -EINVAL;
-		return 0;
-	}
-	if (e->count > max_batch)
-		return -E2BIG;
-	uint8_t allowed = e->op == DE_OP_LOOKUP ? DE_LOOKUP_CREATE | DE_SQE_STATUS
-			: e->op == DE_OP_UPDATE ? DE_SQE_STATUS
-			: e->op == DE_OP_APPLY_GRADS ? DE_GRAD_LR : 0;
-	uint32_t n = e->count;
-	uint64_t vbytes = (uint64_t)n * dim * 4;
-	bool want_vals = e->op == DE_OP_LOOKUP || e->op == DE_OP_UPDATE ||
-			 e->op == DE_OP_APPLY_GRADS;
-	if (e->op == DE_OP_APPLY_GRADS) {
-		/* status_off carries the lr override (flag) or nothing */
-		double lr = de_lr_from_wire(e->status_off);
-		if ((e->flags & DE_GRAD_LR) ? !(isfinite(lr) && lr > 0) : e->status_off != 0)
-			return -EINVAL;
-	}
-	if ((e->flags & ~allowed) || e->keys_off % 8 ||
-	    !range_ok(data_bytes, e->keys_off, e->keys_len) ||
-	    (want_vals && (e->vals_off % 4 || e->vals_len != vbytes ||
-			   !range_ok(data_bytes, e->vals_off, e->vals_len))) ||
-	    ((e->flags & DE_SQE_STATUS) && !range_ok(data_bytes, e->status_off, n)))
-		return -EINVAL;
-	if (key_type == DE_KEYS_STRING ? e->keys_len < 4ull * n : e->keys_len != 8ull * n)
-		return -EINVAL;
-	return 0;
-}
-
-int srv_check_string_keys(const void *region, uint64_t len, uint32_t count, uint32_t *slen,
-			  uint64_t *soff)
-{
-	uint64_t hdr = 4ull * count;
-	if (len < hdr)
-		return -EINVAL;
-	memcpy(slen, region, hdr);
-	uint64_t off = hdr;
-	for (uint32_t i = 0; i < count; i++) {
-		uint32_t n = slen[i];
-		if (n > DE_MAX_KEY_BYTES || n > len - off)
-			return -EINVAL;
-		soff[i] = off;
-		off += n;
-	}
-	return off == len ? 0 : -EINVAL;
-}
 
 /* Copy int64 keys out of the data area into w->keys (keys_len checked: 8 * count). */
 static void load_int_keys(struct srv_worker *w, const char *data, const struct de_sqe *e)
@@ -157,17 +97,29 @@ static int load_string_keys(struct srv_worker *w, struct srv_table *t, const cha
 	return 0;
 }
 
-/* After a call that may have created keys: keep the strings of the created ones. */
-void srv_keep_strings(struct srv_worker *w, struct srv_table *t, uint32_t n)
+/* The batch of descriptor e on t: the worker's own arrays (keys already copied in). */
+static struct srv_batch batch_of(struct srv_worker *w, struct srv_table *t,
+				 const struct de_sqe *e, float *vals)
 {
-	for (uint32_t i = 0; i < n; i++) {
-		if (w->status[i] != DE_CREATED)
-			continue;
-		int err = srv_table_keep_string(t, w->keys[i], w->sbuf + w->soff[i], w->slen[i]);
-		if (err)
-			srv_log(SRV_LOG_WARN, "table '%s': cannot keep a key string: %s", t->name,
-				strerror(-err));
+	bool str = t->wcfg.key_type == DE_KEYS_STRING;
+	return (struct srv_batch){ .t = t, .n = e->count, .cap = w->srv->cfg.max_batch,
+				   .keys = w->keys, .status = w->status, .vals = vals,
+				   .step = e->arg, .sbuf = str ? w->sbuf : NULL,
+				   .slen = w->slen, .soff = w->soff };
+}
+
+/* After a write: its WAL record (persistence); a SYNC one holds the completion until
+ * the round's sync covers the LSN it returned. */
+static int log_write(struct srv_worker *w, const struct srv_batch *b, bool erase)
+{
+	uint64_t lsn = 0;
+	int err = srv_persist_log(w->srv->persist, b, erase, &lsn);
+	if (!err && lsn) {
+		if (lsn > w->sync_lsn)
+			w->sync_lsn = lsn;
+		w->sync_pending = true;
 	}
+	return err;
 }
 
 static void wire_stats(struct srv_table *t, struct de_wire_stats *ws, const struct de_table_stats *s)
@@ -193,8 +145,7 @@ static void apply_grads(struct srv_worker *w, struct srv_table *t, const char *d
 		q->res = -EOPNOTSUPP;
 		return;
 	}
-	uint32_t n = e->count;
-	size_t nf = (size_t)n * t->wcfg.dim;
+	size_t nf = (size_t)e->count * t->wcfg.dim;
 	if (nf > w->gbuf_cap) {
 		size_t cap = w->gbuf_cap ? w->gbuf_cap : 4096;
 		while (cap < nf)
@@ -224,13 +175,13 @@ static void apply_grads(struct srv_worker *w, struct srv_table *t, const char *d
 	}
 	/* create missing keys (admission and the disk tier decide: learnops.c) */
 	uint32_t created = 0;
-	uint64_t step = e->arg;
-	int err = srv_learn_grads_prepare(w, t, &n, &step, &created);
+	struct srv_batch b = batch_of(w, t, e, w->gbuf);
+	int err = srv_learn_grads_prepare(&b, &created);
 	size_t applied = 0;
-	if (!err && n)
-		err = de_optim_update(t->t, &oc, w->keys, n, w->gbuf, step, &applied);
-	if (!err) /* WAL record of the stepped rows (persist.c) */
-		err = srv_persist_log(w, t, false, n);
+	if (!err && b.n)
+		err = de_optim_update(t->t, &oc, b.keys, b.n, b.vals, b.step, &applied);
+	if (!err) /* WAL record of the stepped rows */
+		err = log_write(w, &b, false);
 	q->res = err;
 	q->count = (uint32_t)applied;
 	q->aux0 = created;
@@ -267,14 +218,15 @@ static void execute(struct srv_worker *w, struct srv_client *c, const struct de_
 		return;
 	}
 
-	if (e->op >= DE_OP_SAMPLE) {
-		srv_learn_execute(w, t, data, bytes, e, q);
+	if (e->op >= DE_OP_SAMPLE) { /* the batch's arrays as scratch */
+		struct srv_batch b = batch_of(w, t, e, NULL);
+		srv_learn_execute(&b, data, e, q);
 		return;
 	}
 	uint32_t n = e->count;
 	bool str = t->wcfg.key_type == DE_KEYS_STRING;
 	int err = 0;
-	if (e->op != DE_OP_LOOKUP && (q->res = srv_persist_write_check(w, t)))
+	if (e->op != DE_OP_LOOKUP && (q->res = srv_persist_write_check(w->srv->persist, t)))
 		return; /* the table's WAL failed: read-only */
 	if (str)
 		err = load_string_keys(w, t, data, e);
@@ -289,24 +241,25 @@ static void execute(struct srv_worker *w, struct srv_client *c, const struct de_
 		return;
 	}
 	float *vals = (float *)(void *)(data + e->vals_off);
+	struct srv_batch b = batch_of(w, t, e, vals);
 	size_t erased = 0;
 	switch (e->op) {
 	case DE_OP_LOOKUP:
 		if (e->flags & DE_LOOKUP_CREATE) /* admission, eviction: learnops.c */
-			err = srv_learn_lookup_create(w, t, n, vals, e->arg);
+			err = srv_learn_lookup_create(&b);
 		else
 			err = de_table_find(t->t, w->keys, n, vals, w->status);
 		break;
 	case DE_OP_UPDATE:
-		err = srv_learn_update(w, t, n, vals, e->arg);
+		err = srv_learn_update(&b);
 		break;
 	default: /* DE_OP_ERASE */
 		err = de_table_erase(t->t, w->keys, n, &erased);
 		q->count = (uint32_t)erased;
 		break;
 	}
-	if (!err && e->op != DE_OP_LOOKUP) /* WAL record, dirty keys (persist.c) */
-		err = srv_persist_log(w, t, e->op == DE_OP_ERASE, n);
+	if (!err && e->op != DE_OP_LOOKUP) /* WAL record, dirty keys (persistence) */
+		err = log_write(w, &b, e->op == DE_OP_ERASE);
 	if (err) {
 		q->res = err;
 		return;
@@ -319,7 +272,7 @@ static void execute(struct srv_worker *w, struct srv_client *c, const struct de_
 		created += w->status[i] == DE_CREATED;
 	}
 	if (str && created)
-		srv_keep_strings(w, t, n);
+		srv_batch_keep_strings(&b);
 	if (e->flags & DE_SQE_STATUS)
 		memcpy(data + e->status_off, w->status, n);
 	if (e->op == DE_OP_LOOKUP) {
@@ -412,8 +365,14 @@ static int serve(struct srv_worker *w, struct srv_client *c)
 		if (r)
 			return -EBADMSG;
 	}
-	if (w->sync_lsn)
-		srv_persist_sync_round(w, q, wait, nq);
+	if (w->sync_lsn) { /* one sync for the round; on failure none of its SYNC writes is
+			    * acknowledged */
+		int err = srv_persist_sync(w->srv->persist, w->sync_lsn);
+		w->sync_lsn = 0;
+		for (unsigned i = 0; err && i < nq; i++)
+			if (wait[i] && q[i].res == 0)
+				q[i].res = err;
+	}
 	if (bad)
 		return -EBADMSG;
 	for (unsigned i = 0; i < nq; i++) {
@@ -493,13 +452,13 @@ static void sleep_until_work(struct srv_worker *w, bool pending)
 /* SIGTERM: finish every descriptor already queued and post its completion. */
 static void drain(struct srv_worker *w)
 {
-	uint64_t deadline = now_ns() + DRAIN_DEADLINE_NS;
+	uint64_t deadline = srv_mono_ns() + DRAIN_DEADLINE_NS;
 	for (;;) {
 		bool pending;
 		bool work = pass(w, &pending);
 		if (!work && !pending)
 			break;
-		if (now_ns() > deadline) {
+		if (srv_mono_ns() > deadline) {
 			srv_log(SRV_LOG_WARN, "worker %u: clients did not reap their last completions",
 				w->idx);
 			break;
@@ -519,7 +478,7 @@ static void *worker_main(void *arg)
 				strerror(errno));
 	}
 	uint64_t poll_ns = (uint64_t)s->cfg.poll_us * 1000;
-	uint64_t last_work = now_ns();
+	uint64_t last_work = srv_mono_ns();
 	for (;;) {
 		if (drain_ctl(w))
 			take_mail(w);
@@ -530,15 +489,15 @@ static void *worker_main(void *arg)
 		}
 		bool pending;
 		if (pass(w, &pending)) {
-			last_work = now_ns();
+			last_work = srv_mono_ns();
 			continue;
 		}
-		if (now_ns() - last_work < poll_ns) {
+		if (srv_mono_ns() - last_work < poll_ns) {
 			__builtin_ia32_pause();
 			continue;
 		}
 		sleep_until_work(w, pending);
-		last_work = now_ns();
+		last_work = srv_mono_ns();
 	}
 	/* Hand every client back: the control thread frees them after the join. */
 	while (w->nactive)

@@ -1,7 +1,7 @@
 /*
- * fuzz_control.c — libFuzzer target for srv_check_msg (src/server/control.c): the check
- * of every control packet a client sends (framing, order, version, an OPEN's name and
- * table config) before dynembd reads its body.
+ * fuzz_control.c — libFuzzer target for srv_check_msg (src/server/validate_msg.c): the
+ * check of every control packet a client sends (framing, order, version, an OPEN's name
+ * and table config) before dynembd reads its body. It links the validators alone.
  *
  * Input: 1 byte of flags (bit 0: the packet came with MSG_TRUNC; bit 1: the connection
  * said HELLO already), then the packet (at most DE_MSG_MAX bytes, as the daemon's receive
@@ -18,7 +18,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "server.h"
+#include "validate.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
@@ -30,20 +30,6 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 			abort();                                                           \
 		}                                                                          \
 	} while (0)
-
-static size_t request_len(uint16_t type)
-{
-	switch (type) {
-	case DE_MSG_HELLO: return sizeof(struct de_msg_hello);
-	case DE_MSG_OPEN: return sizeof(struct de_msg_open);
-	case DE_MSG_SEGMENTS: return sizeof(struct de_msg_segments);
-	case DE_MSG_BYE: return sizeof(struct de_msg_hdr);
-	case DE_MSG_SNAPSHOT: return sizeof(struct de_msg_snapshot);
-	case DE_MSG_EXPORT: return sizeof(struct de_msg_export);
-	case DE_MSG_IMPORT: return sizeof(struct de_msg_import);
-	default: return 0;
-	}
-}
 
 /* What a normalized config from srv_wire_config_normalize must satisfy. */
 static void check_config(const struct de_wire_table_config *c)
@@ -90,7 +76,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	CHECK(memcmp(&m.h, &h, sizeof h) == 0);
 	if (r != -EBADMSG) { /* framing was good */
 		CHECK(!trunc && n >= sizeof h && h.magic == DE_MSG_MAGIC && h.len == n);
-		CHECK(request_len(h.type) == n);
+		CHECK(srv_request_len(h.type) == n);
 	}
 	if (r == 0 || r == -EINVAL) {
 		CHECK(hello_done == (h.type != DE_MSG_HELLO));
@@ -100,7 +86,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		CHECK(h.type == DE_MSG_OPEN || h.type == DE_MSG_SNAPSHOT || h.type == DE_MSG_EXPORT ||
 		      h.type == DE_MSG_IMPORT);
 	if (r == 0 && (h.type == DE_MSG_EXPORT || h.type == DE_MSG_IMPORT)) {
-		/* persist.c's rule: an absolute, NUL-terminated path */
+		/* srv_check_persist_msg's rule: an absolute, NUL-terminated path */
 		const char *p = h.type == DE_MSG_EXPORT ? m.exp.path : m.imp.path;
 		CHECK(memchr(p, 0, DE_PATH_MAX) && p[0] == '/' && !strstr(p, "/../"));
 	}
@@ -124,7 +110,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	if (r)
 		CHECK(strcmp(msg, msg2) == 0);
 	else
-		CHECK(memcmp(&m, &m2, request_len(h.type)) == 0);
+		CHECK(memcmp(&m, &m2, srv_request_len(h.type)) == 0);
 	free(pkt);
 	return 0;
 }

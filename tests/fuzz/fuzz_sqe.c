@@ -1,6 +1,6 @@
 /*
  * fuzz_sqe.c — libFuzzer target for srv_check_sqe and srv_check_string_keys
- * (src/server/worker.c): the checks of a data-plane descriptor, which a client writes
+ * (src/server/validate_sqe.c): the checks of a data-plane descriptor, which a client writes
  * into its submission ring, before a worker touches the data area or the table.
  *
  * Input (see tests/fuzz/make_seeds.py, which writes the seeds in corpus_sqe/):
@@ -17,9 +17,9 @@
  * independently (128-bit arithmetic, no wrap-around), and srv_check_string_keys runs on
  * the trailing bytes directly as well. APPLY_GRADS: its gradients are read (copied, as
  * the worker does) and its lr override, when flagged, must be a finite lr > 0.
- * SAMPLE / TOPK / KEY_STRINGS (learnops.c): the accepted descriptor is checked against
- * proto.h's rules here too; in small mode SAMPLE's argument block is read from the area
- * and run through srv_check_sample_args, and every output region is written.
+ * SAMPLE / TOPK / KEY_STRINGS (srv_check_learn_sqe): the accepted descriptor is checked
+ * against proto.h's rules here too; in small mode SAMPLE's argument block is read from
+ * the area and run through srv_check_sample_args, and every output region is written.
  * Build and run: tools/fuzz.sh.
  */
 #include <errno.h>
@@ -29,7 +29,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "server.h"
+#include "validate.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 

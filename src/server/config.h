@@ -1,0 +1,54 @@
+/*
+ * config.h — PRIVATE to dynembd: the daemon's configuration (config.c), read once at
+ * startup and then only read (by every layer above it). It depends on nothing of the
+ * daemon; tests/test_daemon_learn.c drives srv_config_load directly.
+ */
+#ifndef DE_SRV_CONFIG_H
+#define DE_SRV_CONFIG_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <sys/types.h>
+
+#include "de_shm.h"
+
+#define SRV_MAX_IDS 64u                 /* entries in allow_uids / allow_gids */
+#define SRV_MAX_WORKERS 64u
+
+struct srv_config {
+	char socket[108];        /* sun_path */
+	unsigned workers;
+	unsigned poll_us;
+	uint32_t max_batch;
+	uint32_t sq_entries;     /* default for a HELLO that asks 0 */
+	uint64_t data_bytes;     /* default channel data area */
+	uint64_t max_data_bytes; /* most a HELLO may ask for */
+	uid_t allow_uids[SRV_MAX_IDS];
+	unsigned n_uids;
+	gid_t allow_gids[SRV_MAX_IDS];
+	unsigned n_gids;
+	int log_level;
+	enum de_pages pages;
+	int numa_node;           /* DE_NUMA_AUTO, DE_NUMA_NONE or an OS index */
+	uint64_t segment_bytes;  /* first arena segment of a table */
+	uint64_t reserve_bytes;  /* virtual space of a table's arena; 0 = libdeshm default */
+	uint64_t host_budget_bytes; /* [memory]: all evicting tables together; 0 = none */
+	char tier_dir[256];      /* [memory]: disk tier directory; "" = no disk tier */
+	unsigned topk_threads;   /* [learn]: threads of one top-k; 0 = online CPUs (<= 64) */
+	unsigned sampler_rebuild_ms; /* [learn]: log-uniform/unigram snapshot period; 0 = none */
+	char data_dir[200];      /* [persistence]: WAL, snapshots, manifest, catalog; "" = off */
+	unsigned snapshot_interval_s; /* [persistence]: checkpoint dirty tables; 0 = never */
+	uint64_t wal_segment_bytes;   /* [persistence]: WAL segment size (64K..1G) */
+	char export_dir[200];    /* [persistence]: EXPORT/IMPORT paths must lie under it; "" = off */
+	bool foreground;
+	bool print_config;
+};
+
+/* Defaults (the embedded config), then the file, then the flags.
+ * Returns 0, 1 when the caller should exit 0 (--help, --version), or 2 after printing
+ * an error to stderr (the exit status for bad configuration). */
+int srv_config_load(struct srv_config *cfg, int argc, char **argv);
+void srv_config_print(const struct srv_config *cfg, FILE *f);
+
+#endif /* DE_SRV_CONFIG_H */

@@ -1,0 +1,54 @@
+/*
+ * learnops.h — PRIVATE to dynembd: learning beyond the optimizer (learnops.c):
+ * admission, eviction under memory budgets with the disk tier, sampling, top-k, and the
+ * ops SAMPLE, TOPK, KEY_STRINGS. An operations layer: above the registry and the
+ * validators, below the worker and the control plane; it never calls persistence.
+ *
+ * The worker's paths take a batch description (batch.h), never the worker. Control-plane
+ * calls: srv_learn_host_create / _destroy, srv_learn_table_attach.
+ */
+#ifndef DE_SRV_LEARNOPS_H
+#define DE_SRV_LEARNOPS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "batch.h"
+#include "config.h"
+#include "proto.h"
+#include "tables.h"
+
+struct srv_learn_host;
+
+/* The daemon's one evictor and the [memory]/[learn] settings. Control thread. */
+int srv_learn_host_create(const struct srv_config *cfg, struct srv_learn_host **out);
+/* Stop the evictor's thread, free it, then free the learning state of every table it
+ * attached (t->rt = NULL): after the workers stopped, before the registry's tables are
+ * freed. NULL is fine. */
+void srv_learn_host_destroy(struct srv_learn_host *h);
+/* Give a table srv_registry_open just created its admission filter, disk tier and
+ * eviction (after a success nothing may fail: the evictor holds the table). h may be
+ * NULL (nothing to do). 0, or a negative errno with msg and t->rt left NULL.
+ * Control thread, before the table is published. */
+int srv_learn_table_attach(struct srv_learn_host *h, struct srv_table *t, char *msg,
+			   size_t msgcap);
+
+/* LOOKUP with DE_LOOKUP_CREATE: admission decides which missing keys are created;
+ * b->vals gets every key's row, b->status its status. */
+int srv_learn_lookup_create(struct srv_batch *b);
+/* UPDATE: assign b->vals to the keys (with admission: only keys the table or its disk
+ * tier holds; the others' values are dropped and counted). */
+int srv_learn_update(struct srv_batch *b);
+/* APPLY_GRADS before the optimizer (b->vals: the copied gradients): create (admitted)
+ * missing keys, restore tier rows, keep strings; drops the gradients of keys not
+ * admitted by compacting b->keys and b->vals. b->n: in, the keys; out, those to step.
+ * b->step: out, the row time to use. *created: keys created. */
+int srv_learn_grads_prepare(struct srv_batch *b, uint32_t *created /* out */);
+/* SAMPLE, TOPK, KEY_STRINGS (descriptor checked by srv_check_sqe) on b->t, with b's
+ * arrays as scratch (b->cap: the daemon's max_batch). Fills q's res, count, aux. */
+void srv_learn_execute(struct srv_batch *b, char *data, const struct de_sqe *e,
+		       struct de_cqe *q);
+/* Admission and eviction counters into a STATS reply. */
+void srv_learn_stats(struct srv_table *t, struct de_wire_stats *ws);
+
+#endif /* DE_SRV_LEARNOPS_H */

@@ -1,0 +1,95 @@
+/*
+ * persist.h — PRIVATE to dynembd: persistence (persist*.c), an operations layer beside
+ * learning: above the registry and the validators, below the worker and the control
+ * plane; it never calls the learning layer.
+ *
+ * One WAL per daemon in [persistence] data_dir, snapshots, manifest (uring/) and the
+ * table catalog (persist_catalog.c states its format). The worker's write path takes a
+ * batch description (batch.h) and RETURNS the LSN a SYNC batch must wait for; the worker
+ * owns the round and asks for one sync of its largest LSN (group commit).
+ *
+ * Startup, run by the control plane (control.c, srv_control_recover):
+ *   srv_persist_open (lock, read the catalog) -> for each srv_persist_catalog entry:
+ *   registry open -> learning attach -> srv_persist_adopt -> srv_persist_recover
+ *   (manifest -> snapshots -> WAL) -> (after detaching) srv_persist_start.
+ * Exit statuses of srv_persist_open / srv_persist_recover: 0 fine, 1 an I/O or resource
+ * failure, SRV_EXIT_CORRUPT damaged persistent state (the message names the file).
+ */
+#ifndef DE_SRV_PERSIST_H
+#define DE_SRV_PERSIST_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "batch.h"
+#include "config.h"
+#include "proto.h"
+#include "tables.h"
+#include "validate.h"
+
+#define SRV_EXIT_CORRUPT 3
+
+struct srv_persist;
+
+/* One table of the catalog (its on-disk entry: persist_catalog.c). */
+struct srv_catalog_entry {
+	uint32_t table_id, reserved0;
+	char name[DE_NAME_MAX];
+	struct de_wire_table_config cfg;
+	struct de_wire_learn_config learn;
+	uint64_t reserved1;
+};
+
+/* Create the persistence state (*out; also without a data_dir; NULL only when out of
+ * memory, status 1); with a data_dir: create it, lock it, read its catalog. Before the
+ * socket is bound and before detaching, so that damage is a non-zero exit status of the
+ * command that started the daemon. Returns the exit status (0, 1, SRV_EXIT_CORRUPT). */
+int srv_persist_open(const struct srv_config *cfg, struct srv_persist **out);
+/* The catalog srv_persist_open read (entries in increasing table_id), until
+ * srv_persist_recover: *entries and the count. */
+unsigned srv_persist_catalog(const struct srv_persist *p,
+			     const struct srv_catalog_entry **entries /* out */);
+/* Give t, just opened from catalog entry e, its persistence state (id, dirty set; its
+ * first checkpoint will be full). 0 or -ENOMEM. */
+int srv_persist_adopt(struct srv_persist *p, struct srv_table *t,
+		      const struct srv_catalog_entry *e);
+/* Recover every adopted table (manifest -> snapshots -> WAL replay) and drop the
+ * catalog copy. Returns the exit status (0, 1, SRV_EXIT_CORRUPT). */
+int srv_persist_recover(struct srv_persist *p);
+/* After detaching: open the WAL (at recovery's next LSN) and start the threads. 0 or 1. */
+int srv_persist_start(struct srv_persist *p);
+/* After the workers stopped: cancel and join control-plane jobs, checkpoint every dirty
+ * table (clean shutdown), flush and close the WAL, stop the threads. NULL is fine. */
+void srv_persist_stop(struct srv_persist *p);
+/* Free everything (tables' persist state too, t->ps = NULL): before the registry's
+ * tables are freed. NULL is fine. */
+void srv_persist_free(struct srv_persist *p);
+
+/* OPEN, control thread, before the table is published: refuse durability async/sync
+ * without data_dir (-EINVAL + msg); give a new table its id, catalog entry and first
+ * (empty) snapshot. Idempotent for a table that has them. */
+int srv_persist_table_open(struct srv_persist *p, struct srv_table *t, char *msg, size_t cap);
+
+/* Worker, before a write (UPDATE, ERASE, APPLY_GRADS) on t executes: -EROFS when the
+ * table's WAL failed. */
+int srv_persist_write_check(struct srv_persist *p, const struct srv_table *t);
+/* Worker, after a write on b->keys[0..b->n) succeeded: log it (WAL record with the keys'
+ * full rows, or ERASE), mark the keys dirty. *sync_lsn: the LSN the batch's completion
+ * must wait for (SYNC tables), else 0. 0 or a negative errno (the WAL failed). */
+int srv_persist_log(struct srv_persist *p, const struct srv_batch *b, bool erase,
+		    uint64_t *sync_lsn /* out */);
+/* Worker: make the WAL durable up to lsn (one fdatasync for a round: group commit).
+ * 0, or the WAL's error: then no completion that waited for lsn may be acknowledged. */
+int srv_persist_sync(struct srv_persist *p, uint64_t lsn);
+/* STATS: wal_lsn, durable_lsn, snapshots, snapshot_lsn, read_only. */
+void srv_persist_stats(struct srv_persist *p, struct srv_table *t, struct de_wire_stats *ws);
+
+/* SNAPSHOT, EXPORT, IMPORT (checked by srv_check_msg) from connection `client` on
+ * socket sock: resolve the table in reg, start a job thread that streams PROGRESS and
+ * ends with the OK reply or ERROR (on a dup of sock); a refusal is an ERROR reply at
+ * once. Control thread. */
+void srv_persist_request(struct srv_persist *p, const struct srv_registry *reg,
+			 unsigned client, int sock, const union srv_msg *m);
+
+#endif /* DE_SRV_PERSIST_H */

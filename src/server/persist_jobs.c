@@ -1,0 +1,339 @@
+/*
+ * persist_jobs.c — the control-plane jobs of persistence: SNAPSHOT (a checkpoint of one
+ * table or of all), EXPORT (de_export of a table to a file under [persistence]
+ * export_dir) and IMPORT (de_import, then a full snapshot that makes the imported rows
+ * durable before OK). Each runs on its own thread with a dup of the client's socket,
+ * streams PROGRESS (at most every 50 ms; a client that does not read misses some) and
+ * ends with the OK reply or ERROR, through the daemon's reply encoder (reply.h).
+ *
+ * At most SRV_MAX_JOBS at once and one per connection (a job counts until its final reply
+ * is being sent: the client may ask again as soon as it has it). srv_persist_stop cancels
+ * them (the progress callback says stop: -ECANCELED) and joins them. Never: touch the
+ * client's state (the control plane passes its id and socket), or block the control
+ * thread (a refusal is sent without waiting).
+ */
+#include "persist_int.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "log.h"
+#include "reply.h"
+#include "util.h"
+
+#define SRV_MAX_JOBS 8u
+#define PROGRESS_NS (50ull * 1000000ull)
+#define FINAL_SEND_MS 5000
+
+struct srv_job {
+	struct srv_persist *p;
+	pthread_t thread;
+	int sock;                 /* a dup of the client's socket */
+	unsigned client;
+	union srv_msg m;
+	struct srv_table *t;      /* EXPORT / IMPORT */
+	int done;                 /* atomic: the thread ended */
+	int replying;             /* atomic: the final reply is being sent */
+	uint64_t last_ns;
+	uint32_t phase, index;
+	const char *tname;
+	struct srv_job *next;
+};
+
+/* Before the final reply: the client may send its next request as soon as it has it,
+ * and this job must not count as running then (srv_persist_request's -EBUSY). */
+static void finishing(struct srv_job *j)
+{
+	__atomic_store_n(&j->replying, 1, __ATOMIC_RELEASE);
+}
+
+static int job_progress(void *ctx, uint64_t done, uint64_t total)
+{
+	struct srv_job *j = ctx;
+	if (__atomic_load_n(&j->p->stop, __ATOMIC_ACQUIRE))
+		return 1; /* the daemon is stopping: -ECANCELED */
+	uint64_t now = srv_mono_ns();
+	if (now - j->last_ns < PROGRESS_NS && done != total)
+		return 0;
+	j->last_ns = now;
+	struct de_msg_progress m;
+	memset(&m, 0, sizeof m);
+	srv_reply_hdr(&m.h, DE_MSG_PROGRESS, sizeof m, j->m.h.seq);
+	m.done = done;
+	m.total = total;
+	m.phase = j->phase;
+	m.table_index = j->index;
+	snprintf(m.name, sizeof m.name, "%s", j->tname ? j->tname : "");
+	srv_reply_send(j->sock, &m, sizeof m, NULL, 0, 0); /* a client that does not read misses some */
+	return 0;
+}
+
+static void job_snapshot(struct srv_job *j)
+{
+	struct srv_persist *p = j->p;
+	struct srv_table *ts[DE_MANIFEST_MAX_TABLES];
+	unsigned n = 0;
+	if (j->t) {
+		ts[n++] = j->t;
+	} else {
+		pthread_mutex_lock(&p->mu);
+		n = p->ntables;
+		memcpy(ts, p->tables, n * sizeof ts[0]);
+		pthread_mutex_unlock(&p->mu);
+	}
+	struct de_msg_snapshot_ok ok;
+	memset(&ok, 0, sizeof ok);
+	srv_reply_hdr(&ok.h, DE_MSG_SNAPSHOT_OK, sizeof ok, j->m.h.seq);
+	j->phase = DE_PHASE_SNAPSHOT;
+	for (unsigned i = 0; i < n; i++) {
+		struct de_snapshot_info info;
+		j->index = i;
+		j->tname = ts[i]->name;
+		j->last_ns = 0;
+		int err = persist_durable(ts[i]) && __atomic_load_n(&p->failed, __ATOMIC_ACQUIRE)
+				  ? -EROFS
+				  : persist_checkpoint(p, ts[i], j->m.snapshot.flags & DE_SNAP_FULL,
+					       job_progress, j, &info);
+		if (err) {
+			srv_log(SRV_LOG_WARN, "persistence: snapshot of table '%s' failed: %s",
+				ts[i]->name, strerror(-err));
+			finishing(j);
+			srv_reply_error(j->sock, j->m.h.seq, err, FINAL_SEND_MS,
+				 "snapshot of table '%s' failed: %s%s (%u of %u tables done)",
+				 ts[i]->name, strerror(-err),
+				 err == -EROFS ? " (the WAL failed: the table is read-only)" : "", i, n);
+			return;
+		}
+		ok.tables++;
+		ok.rows += info.records - info.tombstones;
+		ok.bytes += info.file_bytes;
+		if (info.start_lsn > ok.lsn)
+			ok.lsn = info.start_lsn;
+	}
+	srv_log(SRV_LOG_INFO, "persistence: snapshot of %u table(s): %" PRIu64 " rows, %" PRIu64
+		" bytes, lsn %" PRIu64, ok.tables, ok.rows, ok.bytes, ok.lsn);
+	finishing(j);
+	srv_reply_send(j->sock, &ok, sizeof ok, NULL, 0, FINAL_SEND_MS);
+}
+
+static void job_export(struct srv_job *j)
+{
+	j->phase = DE_PHASE_EXPORT;
+	j->tname = j->t->name;
+	uint64_t records = 0;
+	int err = de_export(j->t->t, j->m.exp.path, job_progress, j, &records);
+	if (err) {
+		srv_log(SRV_LOG_WARN, "export of table '%s' to %s failed: %s", j->t->name,
+			j->m.exp.path, strerror(-err));
+		finishing(j);
+		srv_reply_error(j->sock, j->m.h.seq, err, FINAL_SEND_MS, "export of '%s' to %s: %s",
+			 j->t->name, j->m.exp.path, strerror(-err));
+		return;
+	}
+	struct de_msg_export_ok ok;
+	memset(&ok, 0, sizeof ok);
+	srv_reply_hdr(&ok.h, DE_MSG_EXPORT_OK, sizeof ok, j->m.h.seq);
+	ok.records = records;
+	struct stat st;
+	if (stat(j->m.exp.path, &st) == 0)
+		ok.bytes = (uint64_t)st.st_size;
+	srv_log(SRV_LOG_INFO, "exported table '%s' to %s: %" PRIu64 " records", j->t->name,
+		j->m.exp.path, records);
+	finishing(j);
+	srv_reply_send(j->sock, &ok, sizeof ok, NULL, 0, FINAL_SEND_MS);
+}
+
+static void job_import(struct srv_job *j)
+{
+	struct srv_persist *p = j->p;
+	j->phase = DE_PHASE_IMPORT;
+	j->tname = j->t->name;
+	struct de_import_report rep;
+	memset(&rep, 0, sizeof rep);
+	unsigned flags = (j->m.imp.flags & DE_WIMPORT_SALVAGE) ? DE_IMPORT_SALVAGE : 0;
+	int err = de_import(j->t->t, j->m.imp.path, flags, job_progress, j, &rep);
+	if (err) {
+		finishing(j);
+		srv_reply_error(j->sock, j->m.h.seq, err, FINAL_SEND_MS, "import of %s into '%s': %s%s%s%s",
+			 j->m.imp.path, j->t->name, strerror(-err),
+			 rep.mismatch || rep.problem ? " (" : "",
+			 rep.mismatch ? rep.mismatch : rep.problem ? rep.problem : "",
+			 rep.mismatch || rep.problem ? ")" : "");
+		return;
+	}
+	/* imported rows are in no WAL record and no dirty set: a full snapshot makes them
+	 * durable before the client hears OK */
+	if (j->t->ps) {
+		j->phase = DE_PHASE_SNAPSHOT;
+		j->last_ns = 0;
+		err = persist_checkpoint(p, j->t, true, job_progress, j, NULL);
+		if (err) {
+			finishing(j);
+			srv_reply_error(j->sock, j->m.h.seq, err, FINAL_SEND_MS,
+				 "import of %s into '%s': %" PRIu64 " records imported but the "
+				 "snapshot that makes them durable failed: %s", j->m.imp.path,
+				 j->t->name, rep.imported, strerror(-err));
+			return;
+		}
+	}
+	struct de_msg_import_ok ok;
+	memset(&ok, 0, sizeof ok);
+	srv_reply_hdr(&ok.h, DE_MSG_IMPORT_OK, sizeof ok, j->m.h.seq);
+	ok.records = rep.records;
+	ok.imported = rep.imported;
+	ok.dropped = rep.dropped;
+	if (rep.problem)
+		snprintf(ok.problem, sizeof ok.problem, "%s", rep.problem);
+	srv_log(SRV_LOG_INFO, "imported %s into table '%s': %" PRIu64 " of %" PRIu64 " records",
+		j->m.imp.path, j->t->name, rep.imported, rep.records);
+	finishing(j);
+	srv_reply_send(j->sock, &ok, sizeof ok, NULL, 0, FINAL_SEND_MS);
+}
+
+static void *job_main(void *arg)
+{
+	struct srv_job *j = arg;
+	switch (j->m.h.type) {
+	case DE_MSG_SNAPSHOT: job_snapshot(j); break;
+	case DE_MSG_EXPORT: job_export(j); break;
+	default: job_import(j); break;
+	}
+	close(j->sock);
+	j->sock = -1;
+	__atomic_store_n(&j->done, 1, __ATOMIC_RELEASE);
+	return NULL;
+}
+
+void persist_jobs_reap(struct srv_persist *p, bool all)
+{
+	for (;;) {
+		struct srv_job *j = NULL;
+		pthread_mutex_lock(&p->mu);
+		for (struct srv_job **pp = &p->jobs; *pp; pp = &(*pp)->next)
+			if (all || __atomic_load_n(&(*pp)->done, __ATOMIC_ACQUIRE)) {
+				j = *pp;
+				*pp = j->next;
+				p->njobs--;
+				break;
+			}
+		pthread_mutex_unlock(&p->mu);
+		if (!j)
+			return;
+		pthread_join(j->thread, NULL);
+		free(j);
+	}
+}
+
+/* Is path (checked: absolute, no . or ..) inside export_dir? Its directory must resolve
+ * (realpath) to export_dir or below it; the file itself may not exist yet. */
+static int path_allowed(const struct srv_config *cfg, const char *path, char *msg, size_t cap)
+{
+	if (!cfg->export_dir[0]) {
+		snprintf(msg, cap, "export/import through the daemon is off: set [persistence] "
+			 "export_dir (the daemon writes and reads files as its own user)");
+		return -EPERM;
+	}
+	char dir[DE_PATH_MAX], real_dir[PATH_MAX], real_base[PATH_MAX];
+	snprintf(dir, sizeof dir, "%s", path);
+	*strrchr(dir, '/') = 0;
+	if (!realpath(dir[0] ? dir : "/", real_dir)) {
+		snprintf(msg, cap, "%.180s: %s", dir[0] ? dir : "/", strerror(errno));
+		return -errno;
+	}
+	if (!realpath(cfg->export_dir, real_base)) {
+		snprintf(msg, cap, "export_dir %s: %s", cfg->export_dir, strerror(errno));
+		return -EPERM;
+	}
+	size_t n = strlen(real_base);
+	if (strncmp(real_dir, real_base, n) ||
+	    (real_dir[n] && real_dir[n] != '/' && strcmp(real_base, "/"))) {
+		snprintf(msg, cap, "%s is not under the daemon's export_dir %s", path,
+			 cfg->export_dir);
+		return -EPERM;
+	}
+	return 0;
+}
+
+void srv_persist_request(struct srv_persist *p, const struct srv_registry *reg,
+			 unsigned client, int sock, const union srv_msg *m)
+{
+	char msg[240];
+	int err = 0;
+	const char *name = m->h.type == DE_MSG_SNAPSHOT ? m->snapshot.name
+			   : m->h.type == DE_MSG_EXPORT ? m->exp.name : m->imp.name;
+	struct srv_table *t = NULL;
+	persist_jobs_reap(p, false);
+	if (name[0] && !(t = srv_registry_find(reg, name))) {
+		snprintf(msg, sizeof msg, "no table '%s' in this daemon", name);
+		err = -ENOENT;
+	} else if (m->h.type == DE_MSG_SNAPSHOT && !p->on) {
+		snprintf(msg, sizeof msg, "snapshots need the daemon's [persistence] data_dir");
+		err = -EINVAL;
+	} else if (m->h.type == DE_MSG_SNAPSHOT && t && !t->ps) {
+		snprintf(msg, sizeof msg, "table '%s' is not persisted", name);
+		err = -EINVAL;
+	} else if (m->h.type == DE_MSG_IMPORT && persist_durable(t) &&
+		   __atomic_load_n(&p->failed, __ATOMIC_ACQUIRE)) {
+		snprintf(msg, sizeof msg, "table '%s' is read-only: its WAL failed", name);
+		err = -EROFS;
+	} else if (m->h.type != DE_MSG_SNAPSHOT) {
+		err = path_allowed(p->cfg, m->h.type == DE_MSG_EXPORT ? m->exp.path : m->imp.path,
+				   msg, sizeof msg);
+	}
+	struct srv_job *j = NULL;
+	if (!err) {
+		pthread_mutex_lock(&p->mu);
+		for (struct srv_job *q = p->jobs; q; q = q->next)
+			if (q->client == client && !__atomic_load_n(&q->replying, __ATOMIC_ACQUIRE)) {
+				snprintf(msg, sizeof msg, "this connection runs a job already");
+				err = -EBUSY;
+			}
+		if (!err && p->njobs >= SRV_MAX_JOBS) {
+			snprintf(msg, sizeof msg, "the daemon runs %u jobs already", SRV_MAX_JOBS);
+			err = -EBUSY;
+		}
+		if (!err && !(j = calloc(1, sizeof *j))) {
+			snprintf(msg, sizeof msg, "out of memory");
+			err = -ENOMEM;
+		}
+		if (!err) {
+			j->p = p;
+			j->client = client;
+			j->m = *m;
+			j->t = t;
+			j->sock = fcntl(sock, F_DUPFD_CLOEXEC, 0);
+			if (j->sock < 0) {
+				err = -errno;
+				snprintf(msg, sizeof msg, "dup: %s", strerror(-err));
+			} else if ((err = -pthread_create(&j->thread, NULL, job_main, j))) {
+				close(j->sock);
+				snprintf(msg, sizeof msg, "cannot start a job thread");
+			}
+			if (err) {
+				free(j);
+			} else {
+				j->next = p->jobs;
+				p->jobs = j;
+				p->njobs++;
+			}
+		}
+		pthread_mutex_unlock(&p->mu);
+	}
+	if (err) {
+		srv_reply_error(sock, m->h.seq, err, 0, "%s", msg);
+		return;
+	}
+	srv_log(SRV_LOG_INFO, "client %u: %s %s%s%s", client,
+		m->h.type == DE_MSG_SNAPSHOT ? "snapshot" : m->h.type == DE_MSG_EXPORT ? "export"
+											   : "import",
+		name[0] ? name : "(every table)", m->h.type == DE_MSG_SNAPSHOT ? "" : " ",
+		m->h.type == DE_MSG_EXPORT ? m->exp.path
+		: m->h.type == DE_MSG_IMPORT ? m->imp.path : "");
+}

@@ -1,0 +1,160 @@
+/*
+ * persist_recover.c — startup of persistence: srv_persist_open creates the state and,
+ * with a data_dir, creates and locks it (flock on data_dir/LOCK: one daemon per data
+ * directory) and reads its catalog; the control plane then opens each catalog table
+ * (registry, learning) and hands it back with srv_persist_adopt; srv_persist_recover runs
+ * libdeuring's recovery over them: manifest -> snapshots -> WAL replay up to the first
+ * bad record (a torn tail is truncated with a log line that says how much was dropped).
+ *
+ * Exit statuses: 1 for an I/O or resource failure, SRV_EXIT_CORRUPT for a damaged
+ * catalog, manifest or snapshot (the message names the file). Never: start over a
+ * damaged directory, or open tables itself (the registry is the control plane's).
+ */
+#include "persist_int.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/file.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "log.h"
+#include "util.h"
+
+static int corrupt_status(int err)
+{
+	return err == -EBADMSG || err == -EPROTO || err == -EEXIST || err == -ENOENT ||
+	       err == -EINVAL ? SRV_EXIT_CORRUPT : 1;
+}
+
+/* Create and lock the data_dir, read its catalog into p->cat. */
+static int begin(struct srv_persist *p)
+{
+	int err = srv_mkdir_p(p->dir, 0755);
+	if (err) {
+		srv_log(SRV_LOG_ERROR, "persistence: cannot create data_dir %s: %s", p->dir,
+			strerror(-err));
+		return 1;
+	}
+	char path[PATH_MAX];
+	snprintf(path, sizeof path, "%s/LOCK", p->dir);
+	p->lock_fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+	if (p->lock_fd < 0 || flock(p->lock_fd, LOCK_EX | LOCK_NB)) {
+		srv_log(SRV_LOG_ERROR, "persistence: %s: %s", path,
+			errno == EWOULDBLOCK ? "another dynembd uses this data_dir" : strerror(errno));
+		return 1;
+	}
+	const char *problem = NULL;
+	err = persist_cat_read(p->dir, &p->cat, &p->ncat, &problem);
+	if (err == -ENOENT) {
+		p->cat = NULL;
+		p->ncat = 0;
+	} else if (err) {
+		srv_log(SRV_LOG_ERROR, "persistence: %s/CATALOG is damaged: %s (%s); not starting",
+			p->dir, problem ? problem : strerror(-err), strerror(-err));
+		return err == -ENOMEM ? 1 : SRV_EXIT_CORRUPT;
+	}
+	p->next_id = 1;
+	return 0;
+}
+
+int srv_persist_open(const struct srv_config *cfg, struct srv_persist **out)
+{
+	struct srv_persist *p = calloc(1, sizeof *p);
+	*out = p;
+	if (!p)
+		return 1;
+	p->cfg = cfg;
+	p->lock_fd = -1;
+	pthread_mutex_init(&p->mu, NULL);
+	pthread_condattr_t ca;
+	pthread_condattr_init(&ca);
+	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+	pthread_cond_init(&p->cv, &ca);
+	pthread_condattr_destroy(&ca);
+	if (!cfg->data_dir[0]) {
+		srv_log(SRV_LOG_INFO, "persistence: off (no data_dir): tables live in memory only");
+		return 0;
+	}
+	p->on = true;
+	snprintf(p->dir, sizeof p->dir, "%s", cfg->data_dir);
+	return begin(p);
+}
+
+unsigned srv_persist_catalog(const struct srv_persist *p,
+			     const struct srv_catalog_entry **entries)
+{
+	*entries = p->cat;
+	return p->ncat;
+}
+
+int srv_persist_adopt(struct srv_persist *p, struct srv_table *t,
+		      const struct srv_catalog_entry *e)
+{
+	int err = persist_tp_create(e->table_id, e->learn.durability.mode, &t->ps);
+	if (err)
+		return err;
+	/* the rows WAL replay brings back are in no dirty set: an incremental snapshot
+	 * would move the table's wal_lsn past them, so the first checkpoint after a start
+	 * is full */
+	t->ps->need_full = 1;
+	pthread_mutex_lock(&p->mu);
+	persist_table_add_locked(p, t);
+	pthread_mutex_unlock(&p->mu);
+	if (e->table_id >= p->next_id)
+		p->next_id = e->table_id + 1;
+	return 0;
+}
+
+int srv_persist_recover(struct srv_persist *p)
+{
+	if (!p->on)
+		return 0;
+	int status = 0;
+	unsigned n = p->ntables;
+	struct de_recover_table *rt = calloc(n ? n : 1, sizeof *rt);
+	if (!rt)
+		return 1;
+	for (unsigned i = 0; i < n; i++)
+		rt[i] = (struct de_recover_table){ .table_id = p->tables[i]->ps->id,
+						   .table = p->tables[i]->t };
+	struct de_recover_report rep;
+	memset(&rep, 0, sizeof rep);
+	int err = de_persist_recover(p->dir, rt, n, persist_wal_log, NULL, &rep);
+	if (err) {
+		srv_log(SRV_LOG_ERROR, "persistence: recovery of %s failed: %s (%s); not starting",
+			p->dir, rep.message[0] ? rep.message : "?", strerror(-err));
+		status = corrupt_status(err);
+		goto out;
+	}
+	srv_log(SRV_LOG_INFO, "persistence: recovered %u tables from %s: manifest %s "
+		"(generation %" PRIu64 "), %u snapshots (%" PRIu64 " rows), %" PRIu64
+		" WAL records applied, next LSN %" PRIu64, n, p->dir,
+		rep.manifest ? "found" : "none", rep.generation, rep.snapshots, rep.snapshot_rows,
+		rep.wal_applied, rep.next_lsn);
+	if (rep.wal.bytes_dropped)
+		srv_log(SRV_LOG_WARN, "persistence: WAL torn tail truncated: %" PRIu64 " bytes (at "
+			"least %" PRIu64 " records) after LSN %" PRIu64 " dropped (%s)",
+			rep.wal.bytes_dropped, rep.wal.records_dropped, rep.wal.last_lsn,
+			rep.wal.problem ? rep.wal.problem : "damaged record");
+	/* the snapshot LSN of each table, for STATS */
+	struct de_manifest *man = calloc(1, sizeof *man);
+	if (man && de_manifest_read(p->dir, man, NULL) == 0)
+		for (uint32_t i = 0; i < man->ntables; i++)
+			for (unsigned k = 0; k < p->ntables; k++)
+				if (p->tables[k]->ps->id == man->tables[i].table_id)
+					p->tables[k]->ps->snapshot_lsn = man->tables[i].wal_lsn;
+	free(man);
+	p->next_lsn = rep.next_lsn;
+out:
+	free(rt);
+	free(p->cat);
+	p->cat = NULL;
+	p->ncat = 0;
+	return status;
+}

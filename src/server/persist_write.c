@@ -1,0 +1,105 @@
+/*
+ * persist_write.c — the workers' write path of persistence (persist.h): the check before
+ * a write, the WAL record after it, the round's sync, and STATS.
+ *
+ * Write path (worker.c calls these). Before a write on an ASYNC/SYNC table:
+ * srv_persist_write_check (-EROFS once the WAL failed). After it succeeded:
+ * srv_persist_log appends a PUT record that carries each key's whole row read back from
+ * the table under its row lock (values, optimizer slots, freq, last_step, aux), or an
+ * ERASE record, and marks the keys dirty (incremental snapshots). NONE tables only mark
+ * dirty. SYNC: the worker holds the round's completions and calls
+ * srv_persist_sync, one de_wal_sync for the largest LSN (group commit; several
+ * workers share the WAL, whose flushes are serialized inside libdeuring, so concurrent
+ * syncs merge), then posts them: nothing is acknowledged before its record is on disk.
+ * ASYNC: acknowledged at once; the committer thread flushes the WAL every min(window_ms)
+ * of the async tables (the loss bound is that window plus one flush).
+ * LOOKUP with create is NOT logged: a created row holds the table's deterministic
+ * initializer value (de_learn.h), so replay loses nothing a user wrote; its freq,
+ * last_step and the admission sketch are not restored (a full snapshot has them).
+ *
+ * Takes a batch description (batch.h), never the worker: srv_persist_log RETURNS the LSN
+ * a SYNC batch must wait for, and the worker (which owns its round and its completions)
+ * calls srv_persist_sync once for the largest. Never: block a worker on anything but
+ * that sync; log a key 0.
+ */
+#include "persist_int.h"
+
+#include <errno.h>
+#include <stdlib.h>
+
+int srv_persist_write_check(struct srv_persist *p, const struct srv_table *t)
+{
+	if (!persist_durable(t))
+		return 0;
+	return __atomic_load_n(&p->failed, __ATOMIC_ACQUIRE) ? -EROFS : 0;
+}
+
+int srv_persist_log(struct srv_persist *p, const struct srv_batch *b, bool erase,
+		    uint64_t *sync_lsn)
+{
+	struct srv_table *t = b->t;
+	struct srv_table_persist *ps = t->ps;
+	uint32_t n = b->n;
+	*sync_lsn = 0;
+	if (!ps || !n)
+		return 0;
+	if (ps->mode == DE_WDURABLE_NONE) {
+		if (de_dirty_add(ps->dirty, b->keys, n))
+			__atomic_store_n(&ps->need_full, 1, __ATOMIC_RELEASE); /* nothing lost */
+		return 0;
+	}
+	/* key 0 is "no feature": never written, never logged */
+	const uint64_t *keys = b->keys;
+	uint64_t *nz = NULL;
+	size_t m = n;
+	for (uint32_t i = 0; i < n; i++)
+		if (!b->keys[i]) {
+			if (!(nz = malloc((size_t)n * sizeof *nz)))
+				return -ENOMEM;
+			m = 0;
+			for (uint32_t k = 0; k < n; k++)
+				if (b->keys[k])
+					nz[m++] = b->keys[k];
+			keys = nz;
+			break;
+		}
+	uint32_t rf = (uint32_t)de_table_row_floats(t->t);
+	size_t chunk = de_wal_max_keys(p->wal, erase ? 1 : rf);
+	int err = chunk ? 0 : -EMSGSIZE;
+	uint64_t lsn = 0;
+	for (size_t at = 0; !err && at < m; at += chunk) {
+		struct de_wal_batch wb = { .table_id = ps->id,
+					   .type = erase ? DE_WAL_ERASE : DE_WAL_PUT,
+					   .keys = keys + at, .n = m - at < chunk ? m - at : chunk,
+					   .table = erase ? NULL : t->t, .dirty = ps->dirty };
+		err = de_wal_append(p->wal, &wb, &lsn);
+	}
+	free(nz);
+	if (err)
+		return persist_note_failure(p, err);
+	if (ps->mode == DE_WDURABLE_SYNC)
+		*sync_lsn = lsn;
+	return 0;
+}
+
+int srv_persist_sync(struct srv_persist *p, uint64_t lsn)
+{
+	if (!lsn || !p || !p->wal)
+		return 0;
+	int err = de_wal_sync(p->wal, lsn);
+	return err ? persist_note_failure(p, err) : 0;
+}
+
+void srv_persist_stats(struct srv_persist *p, struct srv_table *t, struct de_wire_stats *ws)
+{
+	struct srv_table_persist *ps = t->ps;
+	if (!p || !ps)
+		return;
+	if (ps->mode != DE_WDURABLE_NONE && p->wal) {
+		ws->wal_lsn = de_wal_next_lsn(p->wal) - 1;
+		ws->durable_lsn = de_wal_durable_lsn(p->wal);
+		ws->read_only = __atomic_load_n(&p->failed, __ATOMIC_ACQUIRE) != 0;
+	}
+	ws->snapshots = __atomic_load_n(&ps->snapshots, __ATOMIC_RELAXED);
+	ws->snapshot_lsn = __atomic_load_n(&ps->snapshot_lsn, __ATOMIC_RELAXED);
+}

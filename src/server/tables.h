@@ -1,0 +1,95 @@
+/*
+ * tables.h — PRIVATE to dynembd: the table registry and the string-key store (tables.c),
+ * the layer just above the validators.
+ *
+ * Tables by name, each in its own arena; the same name with the same normalized config
+ * is the same table, shared by every client that opens it (as in the paper). Only the
+ * control thread opens tables; tables live until the daemon exits (or, a table no client
+ * saw yet, until srv_registry_discard), so workers hold pointers freely. A table's config
+ * (wcfg, learn, optim) is written once before the table is published to any client and
+ * never changes: workers read it freely.
+ *
+ * The registry creates tables and nothing more: it never calls the learning or the
+ * persistence layer. The control plane runs open -> learning attach (learnops.h) ->
+ * persistence open (persist.h) itself; those layers keep their per-table state behind
+ * the two opaque pointers below, which the registry never reads.
+ */
+#ifndef DE_SRV_TABLES_H
+#define DE_SRV_TABLES_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "de_learn.h"
+#include "de_shm.h"
+#include "proto.h"
+
+struct srv_table_learn;   /* learnops.c */
+struct srv_table_persist; /* persist_*.c */
+
+struct srv_table {
+	char name[DE_NAME_MAX];
+	struct de_wire_table_config wcfg; /* normalized (see srv_wire_config_normalize) */
+	/* The whole per-table learning/persistence config as the client asked for it,
+	 * normalized by srv_learn_config_normalize: optimizer (used by APPLY_GRADS),
+	 * admission, eviction and durability (read these to implement them). */
+	struct de_wire_learn_config learn;
+	bool has_optim;                   /* learn.optim.kind != DE_WOPT_NONE */
+	struct de_optim_config optim;     /* learn.optim as libdelearn takes it */
+	de_arena *arena;                  /* its segments go to clients read-only */
+	de_table *t;
+	de_arena *names_arena;            /* string tables: key -> string offset index */
+	de_table *names;
+	struct srv_table_learn *rt;       /* learnops.c: admission/eviction/sampling state;
+	                                     NULL when the table uses none of them. Set by
+	                                     srv_learn_table_attach, freed by
+	                                     srv_learn_host_destroy */
+	struct srv_table_persist *ps;     /* persist_*.c: WAL/snapshot state; NULL when the
+	                                     daemon has no data_dir. Set before the table is
+	                                     published to any client, then never changes */
+	struct srv_table *next;
+};
+
+struct srv_registry {
+	struct srv_table *head;
+	unsigned count;
+	enum de_pages pages;
+	int numa_node;                    /* resolved: an OS index or DE_NUMA_NONE */
+	uint64_t segment_bytes, reserve_bytes;
+};
+
+void srv_registry_init(struct srv_registry *r, enum de_pages pages, int numa_node,
+		       uint64_t segment_bytes, uint64_t reserve_bytes);
+/* Free every table: after the layers above freed their per-table state (rt, ps). */
+void srv_registry_destroy(struct srv_registry *r);
+
+/*
+ * Find or create table `name` (name and cfg already checked by the validators). Same
+ * config: the existing table. Another config: -EEXIST with msg naming the first field
+ * that differs. New: creates its arena(s) and opens it; *created tells which.
+ * Control thread only.
+ */
+int srv_registry_open(struct srv_registry *r, const char *name,
+		      const struct de_wire_table_config *cfg,
+		      const struct de_wire_learn_config *learn, struct srv_table **out,
+		      bool *created, char *msg, size_t msgcap);
+/* Undo the srv_registry_open that created t, before any client saw it (its rt and ps
+ * must be NULL). Control thread only. */
+void srv_registry_discard(struct srv_registry *r, struct srv_table *t);
+/* The table called name, or NULL. Control thread (tables are only added there). */
+struct srv_table *srv_registry_find(const struct srv_registry *r, const char *name);
+
+/* String tables: remember the string of a key just created (thread-safe; the first
+ * caller for a key stores it, later ones do nothing). 0 or a negative errno. */
+int srv_table_keep_string(struct srv_table *t, uint64_t key, const void *s, uint32_t len);
+/*
+ * The string of a key: copies up to cap bytes into buf (not NUL-terminated) and sets
+ * *len to the full length. -ENOENT: not known (or being stored right now); -ENOSPC: cap
+ * too small (*len says how much is needed); -EINVAL: not a string table; -EBADMSG:
+ * an offset that does not point into the arena (never expected).
+ */
+int srv_table_key_string(struct srv_table *t, uint64_t key, void *buf, size_t cap,
+			 uint32_t *len /* out */);
+
+#endif /* DE_SRV_TABLES_H */

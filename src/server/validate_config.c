@@ -1,0 +1,273 @@
+/*
+ * validate_config.c — the pure checks and normalizations of table names and wire configs
+ * (validate.h): srv_name_check, srv_wire_config_normalize (the table's own rules, from
+ * libdeshm's de_table_config_check) and srv_learn_config_normalize (optimizer, admission,
+ * eviction, durability: every rule is stated in proto.h).
+ *
+ * Normalizing fills the "0 = default" fields and folds equal settings (-0.0 and 0.0) so
+ * that two configs that mean the same compare equal field by field: the registry shares
+ * a table by that comparison, and the persistence catalog reader refuses an entry that
+ * is not already normalized. Callers: srv_check_msg (OPEN), the catalog reader, tests.
+ * Never: keep state, log, or accept a field it does not know.
+ */
+#include "validate.h"
+
+#include <errno.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "de_shm.h"
+
+int srv_name_check(const char name[DE_NAME_MAX], char *msg, size_t msgcap)
+{
+	const char *end = memchr(name, 0, DE_NAME_MAX);
+	if (!end) {
+		snprintf(msg, msgcap, "table name is not NUL-terminated within %u bytes", DE_NAME_MAX);
+		return -EINVAL;
+	}
+	if (end == name) {
+		snprintf(msg, msgcap, "table name is empty");
+		return -EINVAL;
+	}
+	for (const char *p = name; p < end; p++)
+		if ((unsigned char)*p < 0x20 || *p == 0x7f) {
+			snprintf(msg, msgcap, "table name has a control character at byte %zu",
+				 (size_t)(p - name));
+			return -EINVAL;
+		}
+	return 0;
+}
+
+int srv_wire_config_normalize(struct de_wire_table_config *c, char *msg, size_t msgcap)
+{
+	for (unsigned i = 0; i < 6; i++)
+		if (c->reserved[i]) {
+			snprintf(msg, msgcap, "config reserved[%u] must be 0 (optimizer, admission, "
+				 "eviction and durability are not supported yet)", i);
+			return -EINVAL;
+		}
+	if (c->key_type != DE_KEYS_INT64 && c->key_type != DE_KEYS_STRING) {
+		snprintf(msg, msgcap, "key_type %u is neither 0 (int64) nor 1 (string)", c->key_type);
+		return -EINVAL;
+	}
+	/* the table's own rules, one copy of them (libdeshm) */
+	struct de_table_config t = { .dim = c->dim, .nslots = c->nslots,
+				     .init = (enum de_init)c->init, .init_a = c->init_a,
+				     .init_b = c->init_b, .slot_init = c->slot_init,
+				     .seed = c->seed, .seg_buckets = c->seg_buckets };
+	int err = de_table_config_check(&t, &t, msg, msgcap);
+	if (err)
+		return err;
+	c->seg_buckets = t.seg_buckets;
+	c->init_a = t.init_a;
+	c->init_b = t.init_b;
+	return 0;
+}
+
+static const char *const optim_names[] = {
+	"none", "sgd", "momentum", "nesterov", "adagrad", "adam", "adamw", "ftrl", "rmsprop",
+};
+
+const char *srv_optim_wire_name(uint32_t kind)
+{
+	return kind < sizeof optim_names / sizeof optim_names[0] ? optim_names[kind] : "?";
+}
+
+/* enum de_optimizer has the wire's numbers: a kind passes through as it is */
+#define SAME(a, b) _Static_assert((int)(a) == (int)(b), #a " == " #b)
+SAME(DE_OPT_NONE, DE_WOPT_NONE);
+SAME(DE_OPT_SGD, DE_WOPT_SGD);
+SAME(DE_OPT_MOMENTUM, DE_WOPT_MOMENTUM);
+SAME(DE_OPT_NESTEROV, DE_WOPT_NESTEROV);
+SAME(DE_OPT_ADAGRAD, DE_WOPT_ADAGRAD);
+SAME(DE_OPT_ADAM, DE_WOPT_ADAM);
+SAME(DE_OPT_ADAMW, DE_WOPT_ADAMW);
+SAME(DE_OPT_FTRL, DE_WOPT_FTRL);
+SAME(DE_OPT_RMSPROP, DE_WOPT_RMSPROP);
+#undef SAME
+
+void srv_optim_from_wire(const struct de_wire_optim *w, struct de_optim_config *o)
+{
+	*o = (struct de_optim_config){
+		.kind = (enum de_optimizer)w->kind, .lr = w->lr,
+		.weight_decay = w->weight_decay, .momentum = w->momentum,
+		.dampening = w->dampening, .beta1 = w->beta1, .beta2 = w->beta2, .eps = w->eps,
+		.initial_accumulator_value = w->initial_accumulator_value, .alpha = w->alpha,
+		.centered = (int)w->centered, .l1 = w->l1, .l2 = w->l2, .lr_power = w->lr_power,
+		.ftrl_beta = w->ftrl_beta,
+	};
+}
+
+__attribute__((format(printf, 3, 4))) static int bad(char *msg, size_t cap, const char *fmt, ...)
+{
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(msg, cap, fmt, ap);
+	va_end(ap);
+	return -EINVAL;
+}
+
+static bool all_zero(const void *p, size_t n)
+{
+	const unsigned char *b = p;
+	for (size_t i = 0; i < n; i++)
+		if (b[i])
+			return false;
+	return true;
+}
+
+static int optim_normalize(struct de_wire_optim *o, struct de_wire_table_config *c, char *msg,
+			   size_t cap)
+{
+	if (o->reserved[0] || o->reserved[1])
+		return bad(msg, cap, "optimizer.reserved must be 0");
+	if (o->kind == DE_WOPT_NONE) {
+		if (!all_zero(o, sizeof *o))
+			return bad(msg, cap, "optimizer none: its hyperparameters must be 0");
+		return 0;
+	}
+	if (o->kind > DE_WOPT_RMSPROP)
+		return bad(msg, cap, "optimizer.kind %u is unknown (0 none .. 8 rmsprop)", o->kind);
+	if (o->centered > 1)
+		return bad(msg, cap, "optimizer.centered must be 0 or 1");
+	struct de_optim_config oc;
+	srv_optim_from_wire(o, &oc);
+	char why[160];
+	if (de_optim_check(&oc, why, sizeof why))
+		return bad(msg, cap, "optimizer: %s", why);
+	double *d[] = { &o->lr, &o->weight_decay, &o->momentum, &o->dampening, &o->beta1,
+			&o->beta2, &o->eps, &o->initial_accumulator_value, &o->alpha, &o->l1,
+			&o->l2, &o->lr_power, &o->ftrl_beta };
+	for (size_t i = 0; i < sizeof d / sizeof d[0]; i++)
+		if (*d[i] == 0)
+			*d[i] = 0; /* -0.0 and 0.0 are the same setting: compare equal */
+	uint32_t need = de_optim_slots(oc.kind);
+	if (!c->nslots)
+		c->nslots = need;
+	else if (c->nslots < need)
+		return bad(msg, cap, "optimizer %s needs %u slots; the table has nslots %u (0 = "
+			   "derive from the optimizer)", srv_optim_wire_name(o->kind), need, c->nslots);
+	return 0;
+}
+
+static int admission_normalize(struct de_wire_admission *a, char *msg, size_t cap)
+{
+	if (a->reserved)
+		return bad(msg, cap, "admission.reserved must be 0");
+	if (a->reject_value > DE_WREJECT_ZEROS)
+		return bad(msg, cap, "admission.reject_value %u is neither 0 (init) nor 1 (zeros)",
+			   a->reject_value);
+	switch (a->mode) {
+	case DE_WADMIT_ALL:
+		if (!all_zero(a, sizeof *a))
+			return bad(msg, cap, "admission none: min_count, probability, sketch sizes "
+				   "and reject_value must be 0");
+		return 0;
+	case DE_WADMIT_COUNT:
+		if (a->min_count < 1)
+			return bad(msg, cap, "admission count: min_count must be >= 1");
+		if (a->probability != 0 || signbit(a->probability))
+			return bad(msg, cap, "admission count: probability must be 0");
+		if (!a->sketch_width)
+			a->sketch_width = DE_SKETCH_WIDTH_DEFAULT;
+		if (!a->sketch_depth)
+			a->sketch_depth = DE_SKETCH_DEPTH_DEFAULT;
+		if (a->sketch_width < DE_SKETCH_WIDTH_MIN || a->sketch_width > DE_SKETCH_WIDTH_MAX ||
+		    (a->sketch_width & (a->sketch_width - 1)))
+			return bad(msg, cap, "admission: sketch_width %u must be a power of two in "
+				   "[%u, %u] (0 = %u)", a->sketch_width, DE_SKETCH_WIDTH_MIN,
+				   DE_SKETCH_WIDTH_MAX, DE_SKETCH_WIDTH_DEFAULT);
+		if (a->sketch_depth > DE_SKETCH_DEPTH_MAX)
+			return bad(msg, cap, "admission: sketch_depth %u must be in 1..%u (0 = %u)",
+				   a->sketch_depth, DE_SKETCH_DEPTH_MAX, DE_SKETCH_DEPTH_DEFAULT);
+		return 0;
+	case DE_WADMIT_PROBABILITY:
+		if (!(a->probability > 0 && a->probability <= 1))
+			return bad(msg, cap, "admission probability: p must be in (0, 1]");
+		if (a->min_count || a->sketch_width || a->sketch_depth)
+			return bad(msg, cap, "admission probability: min_count and sketch sizes "
+				   "must be 0");
+		return 0;
+	default:
+		return bad(msg, cap, "admission.mode %u is unknown (0 none, 1 count, 2 probability)",
+			   a->mode);
+	}
+}
+
+static int eviction_normalize(struct de_wire_eviction *e, char *msg, size_t cap)
+{
+	if (e->reserved)
+		return bad(msg, cap, "eviction.reserved must be 0");
+	if (e->policy == DE_WEVICT_NONE) {
+		if (!all_zero(e, sizeof *e))
+			return bad(msg, cap, "eviction none: budget, ttl, clocks, lfu_decay and "
+				   "disk_tier must be 0");
+		return 0;
+	}
+	if (e->policy > DE_WEVICT_L2)
+		return bad(msg, cap, "eviction.policy %u is unknown (0 none, 1 lru, 2 lfu, 3 ttl, "
+			   "4 l2)", e->policy);
+	if (e->flags & ~DE_WEVICT_DISK_TIER)
+		return bad(msg, cap, "eviction.flags 0x%x: only 0x1 (disk_tier) is defined", e->flags);
+	if (e->ttl_unit > DE_WUNIT_SECONDS || e->lru_clock > DE_WUNIT_SECONDS)
+		return bad(msg, cap, "eviction: ttl_unit and lru_clock are 0 (steps) or 1 (seconds)");
+	if (e->policy != DE_WEVICT_TTL && (e->ttl || e->ttl_unit))
+		return bad(msg, cap, "eviction: ttl and ttl_unit are for policy ttl only");
+	if (e->policy != DE_WEVICT_LRU && e->lru_clock)
+		return bad(msg, cap, "eviction: lru_clock is for policy lru only");
+	if (e->policy != DE_WEVICT_LFU && (e->lfu_decay != 0 || signbit(e->lfu_decay)))
+		return bad(msg, cap, "eviction: lfu_decay is for policy lfu only");
+	if (e->policy == DE_WEVICT_LFU && !(isfinite(e->lfu_decay) && e->lfu_decay >= 0))
+		return bad(msg, cap, "eviction lfu: lfu_decay must be finite and >= 0");
+	if (signbit(e->lfu_decay))
+		e->lfu_decay = 0; /* -0.0 and 0.0 are the same setting */
+	if (e->policy == DE_WEVICT_TTL) {
+		if (!e->ttl)
+			return bad(msg, cap, "eviction ttl: ttl must be > 0");
+	} else if (!e->budget_bytes) {
+		return bad(msg, cap, "eviction: policy %s needs budget_bytes > 0",
+			   e->policy == DE_WEVICT_LRU ? "lru" : e->policy == DE_WEVICT_LFU ? "lfu" : "l2");
+	}
+	return 0;
+}
+
+static int durability_normalize(struct de_wire_durability *d, char *msg, size_t cap)
+{
+	if (d->reserved)
+		return bad(msg, cap, "durability.reserved must be 0");
+	switch (d->mode) {
+	case DE_WDURABLE_NONE:
+	case DE_WDURABLE_SYNC:
+		if (d->window_ms)
+			return bad(msg, cap, "durability: window_ms is for mode async only");
+		return 0;
+	case DE_WDURABLE_ASYNC:
+		if (!d->window_ms)
+			d->window_ms = DE_WINDOW_MS_DEFAULT;
+		if (d->window_ms > DE_WINDOW_MS_MAX)
+			return bad(msg, cap, "durability async: window_ms %u must be in 1..%u",
+				   d->window_ms, DE_WINDOW_MS_MAX);
+		return 0;
+	default:
+		return bad(msg, cap, "durability.mode %u is unknown (0 none, 1 async, 2 sync)",
+			   d->mode);
+	}
+}
+
+int srv_learn_config_normalize(struct de_wire_learn_config *l, struct de_wire_table_config *c,
+			       char *msg, size_t msgcap)
+{
+	for (unsigned i = 0; i < 4; i++)
+		if (l->reserved[i])
+			return bad(msg, msgcap, "learn config reserved[%u] must be 0", i);
+	int err = optim_normalize(&l->optim, c, msg, msgcap);
+	if (!err)
+		err = admission_normalize(&l->admission, msg, msgcap);
+	if (!err)
+		err = eviction_normalize(&l->eviction, msg, msgcap);
+	if (!err)
+		err = durability_normalize(&l->durability, msg, msgcap);
+	return err;
+}

@@ -1,0 +1,105 @@
+/*
+ * worker.h — PRIVATE to dynembd: the data plane's worker threads (worker.c) and the
+ * clients they serve. The top layer with the control plane (control.c), which calls down
+ * into it (hand a client over, kick, stop); a worker never calls the control plane.
+ *
+ * Threads and ownership:
+ *   - The control thread (control.c) allocates and frees struct srv_client.
+ *   - Worker threads each serve up to SRV_MAX_CLIENTS_PER_WORKER channels. A client
+ *     enters a worker through the worker's mailbox (mutex + a NOP on the worker's
+ *     private control channel as the wake-up). From then on only that worker touches the
+ *     client's channel, until it "releases" the client (store-release of c->released),
+ *     after which it never touches it again, and tells the control thread through an
+ *     eventfd. The control thread frees a client only after it saw released == 1.
+ *   - The control thread asks a worker to drop a client by setting c->want_remove and
+ *     kicking the worker; a worker drops a client on its own when the client broke its
+ *     ring (c->broken).
+ *   - A client's table list is append-only: the control thread writes the pointer, then
+ *     publishes ntables (release); the worker reads ntables (acquire) before indexing.
+ *   - A worker owns its batch (its copies of the keys, statuses, strings, gradients) and
+ *     hands the operations layers (learnops.h, persist.h) a description of it (batch.h).
+ *
+ * Learning: APPLY_GRADS runs de_optim_update (src/learn) on the worker that serves the
+ * channel; several workers may step the same table, even the same row, at once (row
+ * exclusion is de_table_apply's, see proto.h "Concurrency of APPLY_GRADS").
+ */
+#ifndef DE_SRV_WORKER_H
+#define DE_SRV_WORKER_H
+
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include "de_shm.h"
+#include "proto.h"
+#include "server.h"
+#include "tables.h"
+
+#define SRV_MAX_CLIENTS_PER_WORKER 127u /* + the worker's control channel = 128 futexes */
+#define SRV_MAX_TABLES_PER_CLIENT 256u
+
+struct srv_worker;
+
+struct srv_client {
+	/* control thread */
+	unsigned id;
+	int sock;                 /* -1 once closed */
+	pid_t pid;
+	uid_t uid;
+	gid_t gid;
+	char name[DE_NAME_MAX];
+	bool hello_done;
+	struct srv_client *next;
+	/* shared with the worker (see the top of this file) */
+	de_channel *ch;
+	struct srv_worker *w;
+	struct srv_table *tables[SRV_MAX_TABLES_PER_CLIENT];
+	uint32_t ntables;         /* release by control, acquire by worker */
+	int want_remove;          /* control -> worker (atomic) */
+	int released;             /* worker -> control (atomic, release) */
+	int broken;               /* worker: it broke its ring (written before released) */
+	/* worker only */
+	bool has_pending;         /* npending > 0 */
+	unsigned npending;
+	struct de_cqe pending[32]; /* completions the full CQ did not take yet, in order
+	                             (at most one round: worker.c's BUDGET) */
+};
+
+struct srv_worker {
+	unsigned idx;
+	struct srv_server *srv;
+	pthread_t thread;
+	bool started;
+	hwloc_cpuset_t pin;       /* a PU near the memory, or NULL */
+	de_channel *ctl;          /* daemon side: in the worker's wait set */
+	de_channel *ctl_kick;     /* client side of the same memfd: the control thread's */
+	pthread_mutex_t mu;
+	struct srv_client *mail[SRV_MAX_CLIENTS_PER_WORKER]; /* clients to add */
+	unsigned nmail;
+	int stop;                 /* atomic: drain and exit */
+	unsigned nclients;        /* control thread's count (assigned, not yet freed) */
+	/* worker only */
+	struct srv_client *active[SRV_MAX_CLIENTS_PER_WORKER];
+	unsigned nactive;
+	uint64_t *keys;           /* max_batch fingerprints copied out of the data area */
+	uint8_t *status;          /* max_batch */
+	uint32_t *slen;           /* max_batch string lengths */
+	uint64_t *soff;           /* max_batch string offsets into sbuf */
+	char *sbuf;               /* string keys region copied out */
+	size_t sbuf_cap;
+	float *gbuf;              /* APPLY_GRADS: gradients copied out (grown on demand) */
+	size_t gbuf_cap;          /* floats */
+	/* group commit of the round's SYNC writes (srv_persist_log returns each one's LSN) */
+	uint64_t sync_lsn;        /* largest LSN a SYNC write of this round appended; 0: none */
+	bool sync_pending;        /* the descriptor just executed waits for sync_lsn */
+};
+
+int srv_workers_start(struct srv_server *s);
+/* Ask every worker to drain its rings and exit, and join them. */
+void srv_workers_stop(struct srv_server *s);
+void srv_workers_free(struct srv_server *s);
+/* Wake a worker to read its mailbox and flags. Control thread only. */
+void srv_worker_kick(struct srv_worker *w);
+
+#endif /* DE_SRV_WORKER_H */
