@@ -122,7 +122,7 @@ enum de_msg_type {
 	DE_MSG_SEGMENTS_OK = 6,
 	DE_MSG_ERROR = 7,
 	DE_MSG_BYE = 8,
-	/* 9..20: persistence (src/server/persist.c, src/client/client_persist.c) */
+	/* 9..20: persistence (src/server/persist_jobs.c, src/client/client_persist.c) */
 	DE_MSG_SNAPSHOT = 9,
 	DE_MSG_SNAPSHOT_OK = 10,
 	DE_MSG_EXPORT = 11,

@@ -29,13 +29,8 @@
 #define DE_SRCDIR "."
 #endif
 
-#ifdef DE_STEP_KEEP
+/* reads keep each row's last_step (de_table_apply's DE_STEP_KEEP), as export does */
 #define READ_STEP DE_STEP_KEEP
-#define HAVE_LAST_STEP 1
-#else
-#define READ_STEP 0
-#define HAVE_LAST_STEP 0
-#endif
 
 struct tab {
 	de_arena *a;
@@ -125,8 +120,7 @@ static void assert_meta_eq(const struct de_row_meta *a, const struct de_row_meta
 	cr_assert_eq(a->freq, b->freq, "freq of %lu", (unsigned long)key);
 	cr_assert_eq(a->flags, b->flags, "flags of %lu", (unsigned long)key);
 	cr_assert_eq(a->aux, b->aux, "aux of %lu", (unsigned long)key);
-	if (HAVE_LAST_STEP)
-		cr_assert_eq(a->last_step, b->last_step, "last_step of %lu", (unsigned long)key);
+	cr_assert_eq(a->last_step, b->last_step, "last_step of %lu", (unsigned long)key);
 }
 
 /* ---- files ---- */
@@ -308,9 +302,6 @@ Test(export, round_trip_values_slots_meta)
 
 Test(export, last_step_preserved)
 {
-	if (!HAVE_LAST_STEP)
-		cr_skip_test("de_shm.h has no DE_STEP_KEEP: de_table_apply overwrites last_step "
-			     "before its callback, so export cannot read it (see de_uring.h)");
 	mkdir_tmp();
 	struct tab src = mk_table(big_cfg), dst = mk_table(big_cfg);
 	uint64_t keys[50];
@@ -750,8 +741,7 @@ static void numpy_reads(struct de_table_config cfg)
 		cr_assert_eq(fr, wm.freq);
 		cr_assert_eq(fl, wm.flags);
 		cr_assert_eq(aux, wm.aux);
-		if (HAVE_LAST_STEP)
-			cr_assert_eq(ls, wm.last_step);
+		cr_assert_eq(ls, wm.last_step);
 		for (uint32_t j = 0; j < rf; j++) {
 			char tok[64];
 			cr_assert_eq(fscanf(pp, "%63s", tok), 1);
