@@ -18,7 +18,6 @@
  * Ownership: everything is created by cmd_channel and freed before it returns; the child
  * _exits. The child reports its numbers through a pipe as one fixed struct.
  */
-#include "bench.h"
 #include "bench_util.h"
 
 #include <errno.h>
@@ -55,8 +54,6 @@ struct results { /* child -> parent, through a pipe */
 	int err;
 	char msg[160];
 };
-
-static uint64_t mix(uint64_t x) { return de_splitmix64(x) | 1; }
 
 /* ---- the daemon's side ---------------------------------------------------------- */
 
@@ -155,7 +152,7 @@ static int rtt_ring(de_channel *ch, const uint64_t *keys, uint64_t nkeys, unsign
 		uint32_t n = s ? 64 : 1;
 		for (unsigned i = 0; i < iters && !r; i++) {
 			for (uint32_t k = 0; k < n; k++)
-				dk[k] = keys[mix(i * 64 + k) % nkeys];
+				dk[k] = keys[key_of(i * 64 + k) % nkeys];
 			struct de_sqe q = { .op = OP_FIND, .count = n, .keys_off = 0,
 					    .keys_len = n * 8, .vals_off = 1 << 20, .vals_len = n * DIM * 4 };
 			if (!busy)
@@ -184,7 +181,7 @@ static int rtt_socket(de_channel *ch, int sk, const uint64_t *keys, uint64_t nke
 		uint32_t n = s ? 64 : 1;
 		for (unsigned i = 0; i < iters && !r; i++) {
 			for (uint32_t j = 0; j < n; j++)
-				k[j] = keys[mix(i * 64 + j) % nkeys];
+				k[j] = keys[key_of(i * 64 + j) % nkeys];
 			uint64_t t0 = ns_now();
 			if (send(sk, k, n * 8, 0) < 0 || recv(sk, rows, sizeof rows, 0) != (ssize_t)(n * DIM * 4))
 				r = -EIO;
@@ -205,7 +202,7 @@ static double thr_ring(de_channel *ch, const uint64_t *keys, uint64_t nkeys, dou
 	uint64_t t0 = ns_now(), end = t0 + (uint64_t)(secs * 1e9);
 	while (!*err && ns_now() < end) {
 		for (uint32_t k = 0; k < BATCH; k++)
-			dk[k] = keys[mix(i++) % nkeys];
+			dk[k] = keys[key_of(i++) % nkeys];
 		struct de_sqe q = { .op = OP_FIND, .count = BATCH, .keys_off = 0, .keys_len = BATCH * 8,
 				    .vals_off = 1 << 20, .vals_len = BATCH * DIM * 4 };
 		*err = call(ch, &q, true);
@@ -225,7 +222,7 @@ static double thr_find(de_table *t, const uint64_t *keys, uint64_t nkeys, double
 		return 0;
 	while (ns_now() < end) {
 		for (uint32_t j = 0; j < BATCH; j++)
-			k[j] = keys[mix(i++) % nkeys];
+			k[j] = keys[key_of(i++) % nkeys];
 		de_table_find(t, k, BATCH, out, st);
 		rows += BATCH;
 	}
@@ -344,7 +341,7 @@ int cmd_channel(int argc, char **argv)
 	for (uint64_t i = 0; !err && i < o.keys; i += BATCH) {
 		uint64_t n = o.keys - i < BATCH ? o.keys - i : BATCH;
 		for (uint64_t k = 0; k < n; k++)
-			keys[i + k] = mix(i + k + 0x1000);
+			keys[i + k] = key_of(i + k + 0x1000);
 		err = de_table_find_or_insert(t, keys + i, n, out, NULL, 1);
 	}
 	if (!err)

@@ -24,7 +24,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "bench.h"
 #include "bench_util.h"
 #include "de_learn.h"
 #include "de_shm.h"
@@ -35,9 +34,6 @@ struct learn_opts {
 	double seconds;
 	bool json;
 };
-
-/* key of index i: never 0 */
-static inline uint64_t key_of(uint64_t i) { return de_splitmix64(i) | 1; }
 
 #define NBATCH 64u
 

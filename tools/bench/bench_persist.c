@@ -53,7 +53,6 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include "bench.h"
 #include "bench_util.h"
 #include "de_shm.h"
 #include "de_uring.h"
@@ -80,9 +79,6 @@ struct persist_opts {
 	double seconds;
 	bool json, keep, no_fio, short_mode;
 };
-
-/* key of row i: never 0 */
-static inline uint64_t key_of(uint64_t i) { return de_splitmix64(i) | 1; }
 
 static double secs(uint64_t ns) { return (double)ns / 1e9; }
 

@@ -46,7 +46,6 @@
  * Ownership: everything is created by cmd_sidecar (through struct run) and freed in
  * run_free, on success and on every error path.
  */
-#include "bench.h"
 #include "bench_util.h"
 
 #include <errno.h>
@@ -132,12 +131,10 @@ struct run {
 
 /* ---- small helpers ---------------------------------------------------------------- */
 
-static uint64_t mix(uint64_t x) { return de_splitmix64(x) | 1; } /* never key 0 ("no feature") */
-
 static double unit(uint64_t *rng)
 {
 	*rng += 1;
-	return (double)(mix(*rng * 0x2545f4914f6cdd1dull) >> 11) * 0x1.0p-53;
+	return (double)(key_of(*rng * 0x2545f4914f6cdd1dull) >> 11) * 0x1.0p-53;
 }
 
 /* The first float of every row: checked by each phase to catch a wrong row. */
@@ -282,7 +279,7 @@ static int sample_rtt(struct run *r, const struct opts *o, rtt_call call, void *
 		unsigned warm = 1000;
 		for (unsigned i = 0; i < warm + o->iters && !err; i++) {
 			for (uint32_t j = 0; j < n; j++)
-				k[j] = r->keys[mix(i * 64 + j) % o->keys];
+				k[j] = r->keys[key_of(i * 64 + j) % o->keys];
 			uint64_t dt = 0;
 			err = call(ctx, k, n, &dt);
 			if (i >= warm)
@@ -448,7 +445,7 @@ static int make_pools(struct run *r, uint64_t n)
 		if (!(r->pool[d] = malloc((size_t)POOL * 8)))
 			return -ENOMEM;
 	for (uint32_t i = 0; i < POOL; i++)
-		r->pool[DIST_UNIFORM][i] = r->keys[mix(i + 0x5eed) % n];
+		r->pool[DIST_UNIFORM][i] = r->keys[key_of(i + 0x5eed) % n];
 	double *cdf = malloc(n * sizeof *cdf);
 	if (!cdf)
 		return -ENOMEM;
@@ -706,7 +703,7 @@ static double redis_mget(struct run *r, uint64_t nkeys, double secs, int *err)
 	const uint32_t nb = POOL / BATCH;
 	uint64_t *pool = r->pool[DIST_UNIFORM];
 	for (uint32_t i = 0; i < POOL; i++)
-		pool[i] = r->keys[mix(i + 0x7ed15) % nkeys];
+		pool[i] = r->keys[key_of(i + 0x7ed15) % nkeys];
 	uint64_t rows = 0, b = 0, t0 = 0, end = 0;
 	for (int timed = 0; timed < 2 && !*err; timed++) {
 		/* untimed: about a tenth of the time, to warm up both sides */
@@ -1153,7 +1150,7 @@ int cmd_sidecar(int argc, char **argv)
 	snprintf(r.rlog, sizeof r.rlog, "%s/redis.log", r.dir);
 	pin(CLIENT_CPU);
 	for (uint64_t i = 0; i < o.keys; i++)
-		r.keys[i] = mix(i + 0x1000);
+		r.keys[i] = key_of(i + 0x1000);
 	uint64_t t0 = ns_now();
 	err = make_pools(&r, o.keys);
 	if (err) {
