@@ -491,6 +491,23 @@ static int wal_open_in(const char *dir, uint32_t window_ms, de_wal **w)
 	return de_wal_open(dir, &wo, w);
 }
 
+/* The end of a WAL case that ran for ns and logged rows: closes w and d, fills r's
+ * figures from st; returns err, else the error of de_wal_close. */
+static int wal_case_end(de_wal *w, de_dirty *d, int err, uint64_t ns,
+			const struct de_wal_stats *st, uint64_t rows, struct wal_result *r)
+{
+	int cerr = de_wal_close(w);
+	de_dirty_destroy(d);
+	if (!err)
+		err = cerr;
+	r->seconds = secs(ns);
+	r->bytes = st->bytes_written;
+	r->fsyncs = st->fsyncs;
+	r->bytes_per_s = (double)st->bytes_written / r->seconds;
+	r->rows_per_s = (double)rows / r->seconds;
+	return err;
+}
+
 static int wal_async_case(const char *dir, const struct persist_opts *o, de_table *t,
 			  const uint64_t *pool, struct wal_result *r)
 {
@@ -523,16 +540,7 @@ static int wal_async_case(const char *dir, const struct persist_opts *o, de_tabl
 	uint64_t t1 = ns_now();
 	if (!err)
 		err = de_wal_stats(w, &st);
-	int cerr = de_wal_close(w);
-	de_dirty_destroy(d);
-	if (!err)
-		err = cerr;
-	r->seconds = secs(t1 - t0);
-	r->bytes = st.bytes_written;
-	r->fsyncs = st.fsyncs;
-	r->bytes_per_s = (double)st.bytes_written / r->seconds;
-	r->rows_per_s = (double)rows / r->seconds;
-	return err;
+	return wal_case_end(w, d, err, t1 - t0, &st, rows, r);
 }
 
 static int wal_sync_case(const char *dir, const struct persist_opts *o, de_table *t,
@@ -591,41 +599,16 @@ static int wal_sync_case(const char *dir, const struct persist_opts *o, de_table
 	for (unsigned i = 0; th && i < o->threads; i++)
 		free(th[i].lat);
 	free(th);
-	int cerr = de_wal_close(w);
-	de_dirty_destroy(d);
-	if (!err)
-		err = cerr;
-	r->seconds = secs(t1 - t0);
-	r->bytes = st.bytes_written;
-	r->fsyncs = st.fsyncs;
-	r->bytes_per_s = (double)st.bytes_written / r->seconds;
-	r->rows_per_s = (double)rows / r->seconds;
-	return err;
+	return wal_case_end(w, d, err, t1 - t0, &st, rows, r);
 }
 
 /* ---- output ------------------------------------------------------------------------------ */
 
-static void jstr(FILE *f, const char *s)
-{
-	fputc('"', f);
-	for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
-		if (*p == '"' || *p == '\\')
-			fprintf(f, "\\%c", *p);
-		else if (*p < 0x20)
-			fprintf(f, "\\u%04x", *p);
-		else
-			fputc(*p, f);
-	}
-	fputc('"', f);
-}
-
+/* ,"key":v (null when v is not finite) */
 static void jnum(FILE *f, const char *key, double v)
 {
 	fprintf(f, ",\"%s\":", key);
-	if (isfinite(v))
-		fprintf(f, "%.6g", v);
-	else
-		fputs("null", f);
+	json_num(f, v, "%.6g");
 }
 
 static void jbool(FILE *f, const char *key, double ratio, double goal)
@@ -873,16 +856,7 @@ int cmd_persist(int argc, char **argv, const char *command_line)
 
 	uint32_t rf = o.dim * (1 + o.slots);
 	uint64_t row_bytes = 4ull * rf + 32, need = o.rows * (row_bytes + 24);
-	int64_t avail = -1;
-	{
-		FILE *mf = fopen("/proc/meminfo", "r");
-		char line[256];
-		while (mf && fgets(line, sizeof line, mf))
-			if (!strncmp(line, "MemAvailable:", 13))
-				avail = strtoll(line + 13, NULL, 10) * 1024;
-		if (mf)
-			fclose(mf);
-	}
+	int64_t avail = proc_kb("/proc/meminfo", "MemAvailable");
 
 	double load1 = NAN;
 	{
@@ -1093,13 +1067,13 @@ int cmd_persist(int argc, char **argv, const char *command_line)
 	if (o.json) {
 		FILE *j = stdout;
 		fputs("{\"command\":", j);
-		jstr(j, command_line);
+		json_str(j, command_line);
 		fputs(",\"dir\":", j);
-		jstr(j, base);
+		json_str(j, base);
 		fputs(",\"fs_type\":", j);
-		jstr(j, fi.type);
+		json_str(j, fi.type);
 		fputs(",\"fs_source\":", j);
-		jstr(j, fi.source);
+		json_str(j, fi.source);
 		fprintf(j, ",\"rows\":%" PRIu64 ",\"dim\":%u,\"slots\":%u,\"tail_rows\":%" PRIu64
 			   ",\"batch\":%u,\"sync_batch\":%u,\"sync_threads\":%u,\"short\":%s",
 			o.rows, o.dim, o.slots, o.tail_rows, o.batch, o.sync_batch, o.threads,
