@@ -282,7 +282,7 @@ static int daemon_stop(struct run *r)
 static int open_table(dynemb_client *c, const struct opts *o, int which, int *t)
 {
 	struct dynemb_table_spec s = { .name = table_names[which], .dim = DIM, .init = DYNEMB_ZEROS,
-				   .seed = 11 };
+				       .seed = 11 };
 	s.durability.mode = which == T_SYNC ? DYNEMB_DURABLE_SYNC : DYNEMB_DURABLE_ASYNC;
 	s.durability.window_ms = which == T_SYNC ? 0 : o->window_ms;
 	return dynemb_open(c, &s, t);
@@ -418,8 +418,8 @@ static int verify_table(struct run *r, dynemb_client *c, int which, uint64_t kil
 {
 	int t = -1, err = open_table(c, &r->o, which, &t);
 	if (err) {
-		fprintf(stderr, "crashtest: dynemb_open(%s) after restart: %s\n", table_names[which],
-			dynemb_strerror(err));
+		fprintf(stderr, "crashtest: dynemb_open(%s) after restart: %s\n",
+			table_names[which], dynemb_strerror(err));
 		return err;
 	}
 	struct keystate *ks = r->ks[which];
@@ -433,7 +433,8 @@ static int verify_table(struct run *r, dynemb_client *c, int which, uint64_t kil
 		for (uint32_t j = 0; j < n; j++)
 			keys[j] = key_of(lo + j);
 		if ((err = dynemb_lookup(c, t, keys, n, got, st, DYNEMB_READONLY, 0))) {
-			fprintf(stderr, "crashtest: dynemb_lookup after restart: %s\n", dynemb_strerror(err));
+			fprintf(stderr, "crashtest: dynemb_lookup after restart: %s\n",
+				dynemb_strerror(err));
 			break;
 		}
 		for (uint32_t j = 0; j < n; j++) {
@@ -512,7 +513,8 @@ static int start_and_verify(struct run *r, uint64_t kill_ns)
 	dynemb_client *c = NULL;
 	int err = connect_client(r, "crashtest-verify", &c);
 	if (err) {
-		fprintf(stderr, "crashtest: dynemb_connect after restart: %s\n", dynemb_strerror(err));
+		fprintf(stderr, "crashtest: dynemb_connect after restart: %s\n",
+			dynemb_strerror(err));
 		return -1;
 	}
 	for (int w = 0; !err && w < NTABLES; w++)

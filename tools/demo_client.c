@@ -75,7 +75,7 @@ int main(int argc, char **argv)
 	if (err)
 		return fail("connect", err);
 	struct dynemb_table_spec spec = { .name = "demo", .dim = dim, .init = DYNEMB_UNIFORM,
-				      .init_a = -0.05f, .init_b = 0.05f, .seed = 2020 };
+					  .init_a = -0.05f, .init_b = 0.05f, .seed = 2020 };
 	int tb;
 	if ((err = dynemb_open(cl, &spec, &tb)))
 		return fail("open table 'demo'", err);

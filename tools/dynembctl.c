@@ -364,8 +364,8 @@ int main(int argc, char **argv)
 		struct dynemb_import_result res;
 		memset(&res, 0, sizeof res);
 		p.verb = "import";
-		err = dynemb_import(c, pos[0], path, salvage ? DYNEMB_IMPORT_SALVAGE_PREFIX : 0, on_progress,
-				&p, &res);
+		err = dynemb_import(c, pos[0], path, salvage ? DYNEMB_IMPORT_SALVAGE_PREFIX : 0,
+				    on_progress, &p, &res);
 		progress_end_line(&p);
 		if (err) {
 			rc = fail("import", pos[0], err);

@@ -20,13 +20,14 @@
  *   2. Round trips of 1 and 64 existing keys through the ring (dynemb_lookup without
  *      DYNEMB_READONLY): p50/p99 over K iterations after 1000 warm-up ones.
  *   3. Throughput, batch 4096, one client thread, uniform and Zipf(0.99) keys: through
- *      the ring, then zero-copy (dynemb_lookup with DYNEMB_READONLY; dynemb_zero_copy_counts must show
- *      every key served locally), measured after a 1.2 s pause so that the worker's 1 s
- *      busy-poll window has run out (zero-copy does not use it; a worker spinning on the
- *      other vCPU of a 2-vCPU VM cost the client 30-55% of its rate). Keys come from pools of 4M keys drawn before timing
- *      (the Zipf sampler is a CDF over the N ranks + binary search; rank r is key r of the
- *      fill, whose keys are hashes, so hot keys are scattered). Each measurement first
- *      runs one untimed pass over its pool (capped at S/2) to fault the mappings in.
+ *      the ring, then zero-copy (dynemb_lookup with DYNEMB_READONLY;
+ *      dynemb_zero_copy_counts must show every key served locally), measured after a
+ *      1.2 s pause so that the worker's 1 s busy-poll window has run out (zero-copy does
+ *      not use it; a worker spinning on the other vCPU of a 2-vCPU VM cost the client
+ *      30-55% of its rate). Keys come from pools of 4M keys drawn before timing (the Zipf
+ *      sampler is a CDF over the N ranks + binary search; rank r is key r of the fill,
+ *      whose keys are hashes, so hot keys are scattered). Each measurement first runs one
+ *      untimed pass over its pool (capped at S/2) to fault the mappings in.
  *   4. dynembd is stopped. Baseline round trip: the same request/response over a unix
  *      SOCK_SEQPACKET socket pair against an echo-lookup thread of this process (pinned
  *      to CPU 1): keys in, 64 floats per key out of a plain array (key % 65536).
@@ -785,7 +786,8 @@ static int start_daemon(struct run *r, const char *path)
 		usleep(10000);
 	}
 	if (err) {
-		fail("dynembd (%s) did not come up on %s: %s", path, r->dsock, dynemb_strerror(err));
+		fail("dynembd (%s) did not come up on %s: %s", path, r->dsock,
+		     dynemb_strerror(err));
 		log_tail(r->dlog);
 	}
 	return err;
@@ -818,8 +820,9 @@ static int fill_daemon(struct run *r, int t, uint64_t n, double *rate)
 static int run_daemon(struct run *r, const char *path, const struct opts *o, struct figures *f)
 {
 	int err = start_daemon(r, path), t = -1;
-	struct dynemb_table_spec spec = { .name = "sidecar_bench", .dim = DIM, .init = DYNEMB_UNIFORM,
-				      .init_a = -1, .init_b = 1, .seed = 1, .keys = DYNEMB_INT64_KEYS };
+	struct dynemb_table_spec spec = { .name = "sidecar_bench", .dim = DIM,
+					  .init = DYNEMB_UNIFORM, .init_a = -1, .init_b = 1,
+					  .seed = 1, .keys = DYNEMB_INT64_KEYS };
 	const char *what = "open";
 	if (!err)
 		err = dynemb_open(r->c, &spec, &t);
@@ -912,8 +915,8 @@ static void report(const struct opts *o, const struct figures *f)
 		DIM, CLIENT_CPU, SERVER_CPU);
 	fprintf(h, "  %-26s %12s %12s %12s %12s\n", "path", "1 key p50", "1 key p99", "64 keys p50",
 		"64 keys p99");
-	fprintf(h, "  %-26s %12.0f %12.0f %12.0f %12.0f\n", "dynembd ring (dynemb_lookup)", f->rtt[0][0][0],
-		f->rtt[0][0][1], f->rtt[0][1][0], f->rtt[0][1][1]);
+	fprintf(h, "  %-26s %12.0f %12.0f %12.0f %12.0f\n", "dynembd ring (dynemb_lookup)",
+		f->rtt[0][0][0], f->rtt[0][0][1], f->rtt[0][1][0], f->rtt[0][1][1]);
 	fprintf(h, "  %-26s %12.0f %12.0f %12.0f %12.0f\n", "unix socket echo-lookup", f->rtt[1][0][0],
 		f->rtt[1][0][1], f->rtt[1][1][0], f->rtt[1][1][1]);
 	fprintf(h, "  1-key p50: the ring is %.1fx faster than the socket\n",
@@ -923,8 +926,8 @@ static void report(const struct opts *o, const struct figures *f)
 	fprintf(h, "  %-26s %12s %12s\n", "path", dn[0], dn[1]);
 	fprintf(h, "  %-26s %12.2f %12.2f\n", "in-process de_table_find", t[PATH_INPROC][0] / 1e6,
 		t[PATH_INPROC][1] / 1e6);
-	fprintf(h, "  %-26s %12.2f %12.2f\n", "zero-copy (DYNEMB_READONLY)", t[PATH_ZEROCOPY][0] / 1e6,
-		t[PATH_ZEROCOPY][1] / 1e6);
+	fprintf(h, "  %-26s %12.2f %12.2f\n", "zero-copy (DYNEMB_READONLY)",
+		t[PATH_ZEROCOPY][0] / 1e6, t[PATH_ZEROCOPY][1] / 1e6);
 	fprintf(h, "  %-26s %12.2f %12.2f\n", "ring (dynemb_lookup)", t[PATH_RING][0] / 1e6,
 		t[PATH_RING][1] / 1e6);
 	if (f->have_redis)
@@ -1172,7 +1175,8 @@ int cmd_sidecar(int argc, char **argv)
 
 	err = run_daemon(&r, dynembd, &o, &f);
 	if (!err) {
-		fprintf(h, "dynembd: filled %" PRIu64 " keys with dynemb_update at %.2f M rows/s; stopped\n",
+		fprintf(h, "dynembd: filled %" PRIu64
+			   " keys with dynemb_update at %.2f M rows/s; stopped\n",
 			o.keys, f.fill_rows_per_s / 1e6);
 		fflush(h);
 		err = rtt_socket(&r, &o, f.rtt[1]);

@@ -1195,9 +1195,9 @@ static void print_summary(struct table_ctx *c)
 		fprintf(c->h, "  find / gather bound   = n/a    (find and gather were not both run)\n");
 	else
 		fprintf(c->h, "  find / gather bound   = %.2f   goal >= %.2f   %s\n", ratio,
-		GOAL_FIND_OVER_GATHER,
-		!comparable ? "(goal is defined at dim 64, 2 threads)"
-		: ratio >= GOAL_FIND_OVER_GATHER ? "met" : "NOT met");
+			GOAL_FIND_OVER_GATHER,
+			!comparable ? "(goal is defined at dim 64, 2 threads)"
+			: ratio >= GOAL_FIND_OVER_GATHER ? "met" : "NOT met");
 	if (min_cpu_share(&hd->dist[DIST_UNIFORM]) < CPU_SHARE_WARN)
 		fprintf(c->h, "  warning: the threads got %.0f%% of the CPU time; other processes"
 			      " were running, rerun on a quiet machine\n",
