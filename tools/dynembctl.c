@@ -356,8 +356,8 @@ int main(int argc, char **argv)
 			rc = fail("export", pos[0], err);
 			break;
 		}
-		printf("exported %s: %" PRIu64 " records, %" PRIu64 " bytes to %s, %.2f s\n", pos[0],
-		       records, bytes, path, now_s() - t0);
+		printf("exported %s: %" PRIu64 " records, %" PRIu64 " bytes to %s, %.2f s\n",
+		       pos[0], records, bytes, path, now_s() - t0);
 		break;
 	}
 	case C_IMPORT: {

@@ -154,7 +154,8 @@ static int rtt_ring(de_channel *ch, const uint64_t *keys, uint64_t nkeys, unsign
 			for (uint32_t k = 0; k < n; k++)
 				dk[k] = keys[key_of(i * 64 + k) % nkeys];
 			struct de_sqe q = { .op = OP_FIND, .count = n, .keys_off = 0,
-					    .keys_len = n * 8, .vals_off = 1 << 20, .vals_len = n * DIM * 4 };
+					    .keys_len = n * 8, .vals_off = 1 << 20,
+					    .vals_len = n * DIM * 4 };
 			if (!busy)
 				usleep(20); /* let the daemon fall asleep: this measures a wake-up */
 			uint64_t t0 = ns_now();
@@ -183,7 +184,8 @@ static int rtt_socket(de_channel *ch, int sk, const uint64_t *keys, uint64_t nke
 			for (uint32_t j = 0; j < n; j++)
 				k[j] = keys[key_of(i * 64 + j) % nkeys];
 			uint64_t t0 = ns_now();
-			if (send(sk, k, n * 8, 0) < 0 || recv(sk, rows, sizeof rows, 0) != (ssize_t)(n * DIM * 4))
+			if (send(sk, k, n * 8, 0) < 0 ||
+			    recv(sk, rows, sizeof rows, 0) != (ssize_t)(n * DIM * 4))
 				r = -EIO;
 			lat[i] = ns_now() - t0;
 		}
@@ -203,8 +205,9 @@ static double thr_ring(de_channel *ch, const uint64_t *keys, uint64_t nkeys, dou
 	while (!*err && ns_now() < end) {
 		for (uint32_t k = 0; k < BATCH; k++)
 			dk[k] = keys[key_of(i++) % nkeys];
-		struct de_sqe q = { .op = OP_FIND, .count = BATCH, .keys_off = 0, .keys_len = BATCH * 8,
-				    .vals_off = 1 << 20, .vals_len = BATCH * DIM * 4 };
+		struct de_sqe q = { .op = OP_FIND, .count = BATCH, .keys_off = 0,
+				    .keys_len = BATCH * 8, .vals_off = 1 << 20,
+				    .vals_len = BATCH * DIM * 4 };
 		*err = call(ch, &q, true);
 		rows += BATCH;
 	}
@@ -319,14 +322,15 @@ int cmd_channel(int argc, char **argv)
 	}
 	if (o.keys < BATCH || o.keys > (1ull << 31) || o.iters < 100 || o.iters > 10000000 ||
 	    !(o.seconds > 0 && o.seconds <= 600)) {
-		fprintf(stderr, PROG " channel: --keys 4096..2^31, --iters 100..1e7, --seconds (0, 600]\n");
+		fprintf(stderr,
+			PROG " channel: --keys 4096..2^31, --iters 100..1e7, --seconds (0, 600]\n");
 		return EXIT_USAGE;
 	}
 	FILE *hu = o.json ? stderr : stdout;
 
 	struct de_arena_config ac = { .pages = DE_PAGES_AUTO, .numa_node = DE_NUMA_AUTO };
-	struct de_table_config tc = { .dim = DIM, .init = DE_INIT_UNIFORM, .init_a = -1, .init_b = 1,
-				      .seed = 1 };
+	struct de_table_config tc = { .dim = DIM, .init = DE_INIT_UNIFORM, .init_a = -1,
+				      .init_b = 1, .seed = 1 };
 	de_arena *a = NULL;
 	de_table *t = NULL;
 	de_channel *ch = NULL;
@@ -388,15 +392,15 @@ int cmd_channel(int argc, char **argv)
 	}
 	static const char *cases[3] = { "ring, busy-poll", "ring, futex", "unix socket" };
 	fprintf(hu, "round trips (client and daemon in two processes, ns):\n");
-	fprintf(hu, "  %-18s %12s %12s %12s %12s\n", "path", "1 key p50", "1 key p99", "64 keys p50",
-		"64 keys p99");
+	fprintf(hu, "  %-18s %12s %12s %12s %12s\n", "path", "1 key p50", "1 key p99",
+		"64 keys p50", "64 keys p99");
 	for (int i = 0; i < 3; i++)
 		fprintf(hu, "  %-18s %12.0f %12.0f %12.0f %12.0f\n", cases[i], r.rtt_ns[i][0][0],
 			r.rtt_ns[i][0][1], r.rtt_ns[i][1][0], r.rtt_ns[i][1][1]);
 	fprintf(hu, "lookup throughput, batch %d, uniform, one client thread (rows/s):\n", BATCH);
 	fprintf(hu, "  in-process find  %10.2f M\n", inproc / 1e6);
-	fprintf(hu, "  zero-copy        %10.2f M   %.2f of in-process\n", r.zerocopy_rows_per_s / 1e6,
-		r.zerocopy_rows_per_s / inproc);
+	fprintf(hu, "  zero-copy        %10.2f M   %.2f of in-process\n",
+		r.zerocopy_rows_per_s / 1e6, r.zerocopy_rows_per_s / inproc);
 	fprintf(hu, "  ring             %10.2f M   %.2f of in-process\n", r.ring_rows_per_s / 1e6,
 		r.ring_rows_per_s / inproc);
 	fprintf(hu, "1-key round trip: ring busy-poll is %.0fx faster than the unix socket (p50)\n",

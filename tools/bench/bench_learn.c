@@ -457,7 +457,8 @@ int cmd_learn(int argc, char **argv, const char *command_line)
 		else if (v && !strcmp(argv[i], "--seconds"))
 			o.seconds = strtod(v, NULL), i++;
 		else {
-			fprintf(stderr, PROG " learn: unknown or incomplete option '%s'\n", argv[i]);
+			fprintf(stderr, PROG " learn: unknown or incomplete option '%s'\n",
+				argv[i]);
 			usage(stderr);
 			return EXIT_USAGE;
 		}
@@ -517,8 +518,8 @@ int cmd_learn(int argc, char **argv, const char *command_line)
 			upd[k] = rate(&e, do_update, &c, &err);
 		if (!err)
 			fprintf(hu, "  %-9s %5u %12.2f M %14.2f M %14.2f   (%s pages)\n",
-				de_optim_name((enum de_optimizer)k), ns, find[k] / 1e6, upd[k] / 1e6,
-				find[k] / upd[k], de_pages_name(de_arena_pages(e.a)));
+				de_optim_name((enum de_optimizer)k), ns, find[k] / 1e6,
+				upd[k] / 1e6, find[k] / upd[k], de_pages_name(de_arena_pages(e.a)));
 		env_close(&e);
 	}
 	if (err) {

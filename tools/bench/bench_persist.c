@@ -285,8 +285,8 @@ static void run_fio(const char *dir, const char *const *args, const char *sectio
 	close(pfd[1]);
 	if (se) {
 		close(pfd[0]);
-		snprintf(r->why, sizeof r->why, "cannot run fio: %s (install it: Debian package fio)",
-			 strerror(se));
+		snprintf(r->why, sizeof r->why,
+			 "cannot run fio: %s (install it: Debian package fio)", strerror(se));
 		return;
 	}
 	size_t cap = 1 << 16, len = 0;
@@ -303,7 +303,8 @@ static void run_fio(const char *dir, const char *const *args, const char *sectio
 			}
 		}
 		char sink[4096];
-		ssize_t k = out ? read(pfd[0], out + len, cap - len) : read(pfd[0], sink, sizeof sink);
+		ssize_t k = out ? read(pfd[0], out + len, cap - len)
+				: read(pfd[0], sink, sizeof sink);
 		if (k < 0 && errno == EINTR)
 			continue;
 		if (k <= 0)
@@ -346,7 +347,8 @@ static void run_fio(const char *dir, const char *const *args, const char *sectio
 		r->sync_mean_us = isfinite(m) ? m / 1e3 : 0;
 		r->ok = isfinite(r->bw) && r->bw > 0;
 		if (!r->ok)
-			snprintf(r->why, sizeof r->why, "fio's output had no bandwidth for %s", section);
+			snprintf(r->why, sizeof r->why, "fio's output had no bandwidth for %s",
+				 section);
 	}
 	free(out);
 	unlink(errpath);
@@ -389,7 +391,8 @@ static void fio_all(const char *dir, const struct persist_opts *o, struct fio_re
 		run_fio(dir, args[i], i == F_READ_DIRECT || i == F_READ_BUFFERED ? "read" : "write",
 			&f[i]);
 		if (f[i].ok && i == F_SYNC_4K)
-			fprintf(hu, "  %-72s %8.1f us per write+fdatasync (fdatasync alone %.1f us)\n",
+			fprintf(hu,
+				"  %-72s %8.1f us per write+fdatasync (fdatasync alone %.1f us)\n",
 				fio_names[i], f[i].runtime_ms * 1e3 / f[i].ios, f[i].sync_mean_us);
 		else if (f[i].ok)
 			fprintf(hu, "  %-72s %8.1f MB/s\n", fio_names[i], f[i].bw / 1e6);
@@ -522,7 +525,8 @@ static int wal_async_case(const char *dir, const struct persist_opts *o, de_tabl
 	while (!err) {
 		size_t at = (size_t)(de_splitmix64(rng++) % (KEY_POOL - o->batch));
 		struct de_wal_batch b = { .table_id = TABLE_ID, .type = DE_WAL_PUT,
-					  .keys = pool + at, .n = o->batch, .table = t, .dirty = d };
+					  .keys = pool + at, .n = o->batch, .table = t,
+					  .dirty = d };
 		err = de_wal_append(w, &b, NULL);
 		rows += o->batch;
 		r->records++;
@@ -713,7 +717,8 @@ static int parse(int argc, char **argv, struct persist_opts *o)
 			goto bad;
 		}
 		if (end && (*end || end == v)) {
-			fprintf(stderr, PROG " persist: '%s' is not a number for %s\n", v, argv[i - 1]);
+			fprintf(stderr, PROG " persist: '%s' is not a number for %s\n", v,
+				argv[i - 1]);
 			return -1;
 		}
 		continue;
@@ -817,7 +822,8 @@ static int check(de_table *t, const struct verify *vf, uint32_t dim, uint64_t ro
 		if (st[i] != DE_FOUND ||
 		    memcmp(got + i * dim, vf->vals + i * dim, dim * sizeof(float))) {
 			fprintf(stderr, PROG " persist: %s: key %016" PRIx64 " %s\n", what,
-				vf->keys[i], st[i] != DE_FOUND ? "missing" : "has the wrong values");
+				vf->keys[i],
+				st[i] != DE_FOUND ? "missing" : "has the wrong values");
 			err = -EBADMSG;
 		}
 	free(got);
@@ -877,8 +883,8 @@ int cmd_persist(int argc, char **argv, const char *command_line)
 			? " -- MEMORY, not a disk: these figures say nothing about storage" : "");
 	fprintf(hu, "table: %" PRIu64 " rows, dim %u, %u slots (%" PRIu64 " bytes a snapshot "
 		    "record), about %.2f GiB in memory; WAL buffer %u MiB, async window %u ms\n",
-		o.rows, o.dim, o.slots, (uint64_t)(40 + 4ull * rf), (double)need / (1 << 30), WAL_BUFFER >> 20,
-		WAL_WINDOW_MS);
+		o.rows, o.dim, o.slots, (uint64_t)(40 + 4ull * rf), (double)need / (1 << 30),
+		WAL_BUFFER >> 20, WAL_WINDOW_MS);
 	if (avail > 0 && (double)need > 0.85 * (double)avail) {
 		fprintf(stderr, PROG " persist: the table needs about %.1f GiB, %.1f GiB available:"
 				" use fewer --rows\n", (double)need / (1 << 30),
@@ -941,7 +947,8 @@ int cmd_persist(int argc, char **argv, const char *command_line)
 	snap_s = secs(ns_now() - t0);
 	cpu_snap = cpu_s() - c0;
 	double snap_bps = (double)si.file_bytes / snap_s;
-	fprintf(hu, "snapshot write: %" PRIu64 " rows, %.1f MiB in %.2f s: %.1f MB/s (cpu %.2f s)\n",
+	fprintf(hu,
+		"snapshot write: %" PRIu64 " rows, %.1f MiB in %.2f s: %.1f MB/s (cpu %.2f s)\n",
 		si.records, (double)si.file_bytes / (1 << 20), snap_s, snap_bps / 1e6, cpu_snap);
 	fflush(hu);
 

@@ -533,7 +533,8 @@ static int r_header(struct run *r, char c, long long *v)
 		return err;
 	if (n < 2 || l[0] != c) {
 		if (n && l[0] == '-')
-			fprintf(stderr, PROG " sidecar: redis: %.*s\n", (int)(n < 200 ? n : 200), l);
+			fprintf(stderr, PROG " sidecar: redis: %.*s\n", (int)(n < 200 ? n : 200),
+				l);
 		return -EPROTO;
 	}
 	long long x = 0;
@@ -744,7 +745,8 @@ static int run_redis(struct run *r, const struct opts *o, struct figures *f)
 	}
 	int err = redis_connect(r);
 	if (err) {
-		fail("redis-server (%s) did not answer on %s: %s", o->redis, r->rsock, strerror(-err));
+		fail("redis-server (%s) did not answer on %s: %s", o->redis, r->rsock,
+		     strerror(-err));
 		log_tail(r->rlog);
 		return err;
 	}
@@ -811,7 +813,8 @@ static int fill_daemon(struct run *r, int t, uint64_t n, double *rate)
 	if (!err)
 		err = dynemb_stats(r->c, t, &s);
 	if (!err && s.keys != n) {
-		fail("the daemon's table holds %" PRIu64 " keys after the fill, not %" PRIu64, s.keys, n);
+		fail("the daemon's table holds %" PRIu64 " keys after the fill, not %" PRIu64,
+		     s.keys, n);
 		err = -EBADMSG;
 	}
 	return err;
@@ -871,8 +874,8 @@ static int run_daemon(struct run *r, const char *path, const struct opts *o, str
 static int run_inproc(struct run *r, const struct opts *o, struct figures *f)
 {
 	struct de_arena_config ac = { .pages = DE_PAGES_AUTO, .numa_node = DE_NUMA_AUTO };
-	struct de_table_config tc = { .dim = DIM, .init = DE_INIT_UNIFORM, .init_a = -1, .init_b = 1,
-				      .seed = 1 };
+	struct de_table_config tc = { .dim = DIM, .init = DE_INIT_UNIFORM, .init_a = -1,
+				      .init_b = 1, .seed = 1 };
 	int err = de_arena_create(&ac, &r->arena);
 	if (!err)
 		err = de_table_open(r->arena, &tc, &r->table);
@@ -917,8 +920,8 @@ static void report(const struct opts *o, const struct figures *f)
 		"64 keys p99");
 	fprintf(h, "  %-26s %12.0f %12.0f %12.0f %12.0f\n", "dynembd ring (dynemb_lookup)",
 		f->rtt[0][0][0], f->rtt[0][0][1], f->rtt[0][1][0], f->rtt[0][1][1]);
-	fprintf(h, "  %-26s %12.0f %12.0f %12.0f %12.0f\n", "unix socket echo-lookup", f->rtt[1][0][0],
-		f->rtt[1][0][1], f->rtt[1][1][0], f->rtt[1][1][1]);
+	fprintf(h, "  %-26s %12.0f %12.0f %12.0f %12.0f\n", "unix socket echo-lookup",
+		f->rtt[1][0][0], f->rtt[1][0][1], f->rtt[1][1][0], f->rtt[1][1][1]);
 	fprintf(h, "  1-key p50: the ring is %.1fx faster than the socket\n",
 		f->rtt[1][0][0] / f->rtt[0][0][0]);
 	fprintf(h, "lookup throughput, batch %d, one client thread, %" PRIu64 " keys (M rows/s):\n",
@@ -938,8 +941,10 @@ static void report(const struct opts *o, const struct figures *f)
 	fprintf(h, "  zero-copy keys: %" PRIu64 " served locally, %" PRIu64 " by the daemon; "
 		   "in-process arena pages: %s\n", f->zc_local, f->zc_remote, f->inproc_pages);
 	fprintf(h, "ratios (uniform; zipf in brackets):\n");
-	fprintf(h, "  ring / in-process       %6.2f  (%.2f)\n", t[0][0] / t[2][0], t[0][1] / t[2][1]);
-	fprintf(h, "  zero-copy / in-process  %6.2f  (%.2f)\n", t[1][0] / t[2][0], t[1][1] / t[2][1]);
+	fprintf(h, "  ring / in-process       %6.2f  (%.2f)\n", t[0][0] / t[2][0],
+		t[0][1] / t[2][1]);
+	fprintf(h, "  zero-copy / in-process  %6.2f  (%.2f)\n", t[1][0] / t[2][0],
+		t[1][1] / t[2][1]);
 	if (f->have_redis) {
 		fprintf(h, "  ring / redis            %6.1f\n", t[0][0] / f->redis_rows_per_s);
 		fprintf(h, "  zero-copy / redis       %6.1f\n", t[1][0] / f->redis_rows_per_s);
@@ -957,10 +962,10 @@ static void report(const struct opts *o, const struct figures *f)
 	} else {
 		fprintf(h, "  ring, zero-copy >= 20x redis        n/a (%s)\n", f->redis_note);
 	}
-	fprintf(h, "  1-key ring round trip p50 < 1.5 us  %-8s (%.0f ns)\n", met(f->rtt[0][0][0] < 1500),
-		f->rtt[0][0][0]);
-	fprintf(h, "  1-key ring round trip p99 < 5 us    %-8s (%.0f ns)\n", met(f->rtt[0][0][1] < 5000),
-		f->rtt[0][0][1]);
+	fprintf(h, "  1-key ring round trip p50 < 1.5 us  %-8s (%.0f ns)\n",
+		met(f->rtt[0][0][0] < 1500), f->rtt[0][0][0]);
+	fprintf(h, "  1-key ring round trip p99 < 5 us    %-8s (%.0f ns)\n",
+		met(f->rtt[0][0][1] < 5000), f->rtt[0][0][1]);
 	if (!o->json)
 		return;
 	char redis[64] = "null", ring_x[32] = "null", zc_x[32] = "null";
@@ -994,7 +999,8 @@ static void report(const struct opts *o, const struct figures *f)
 	       !f->have_redis ? "null"
 	       : t[0][0] >= 20 * f->redis_rows_per_s && t[1][0] >= 20 * f->redis_rows_per_s ? "true"
 											 : "false",
-	       f->rtt[0][0][0] < 1500 ? "true" : "false", f->rtt[0][0][1] < 5000 ? "true" : "false");
+	       f->rtt[0][0][0] < 1500 ? "true" : "false",
+	       f->rtt[0][0][1] < 5000 ? "true" : "false");
 }
 
 /* ---- options, setup, teardown ------------------------------------------------------------ */
@@ -1063,14 +1069,16 @@ static int parse(int argc, char **argv, struct opts *o)
 	}
 	if (o->keys < BATCH || o->keys > (1ull << 31) || o->iters < 100 || o->iters > 10000000 ||
 	    !(o->seconds >= 0.01 && o->seconds <= 600)) {
-		fprintf(stderr, PROG " sidecar: --keys 4096..2^31, --iters 100..1e7, --seconds 0.01..600\n");
+		fprintf(stderr,
+			PROG " sidecar: --keys 4096..2^31, --iters 100..1e7, --seconds 0.01..600\n");
 		return EXIT_USAGE;
 	}
 	if (o->redis && !strcmp(o->redis, "none")) {
 		o->redis = NULL;
 		o->redis_none = true;
 	} else if (o->redis && !executable(o->redis)) {
-		fprintf(stderr, PROG " sidecar: --redis %s: not an executable file (or 'none')\n", o->redis);
+		fprintf(stderr, PROG " sidecar: --redis %s: not an executable file (or 'none')\n",
+			o->redis);
 		return EXIT_USAGE;
 	}
 	return 0;
@@ -1111,7 +1119,8 @@ int cmd_sidecar(int argc, char **argv)
 		return pr == 1 ? 0 : pr;
 	char dynembd[PATH_MAX];
 	if (find_dynembd(dynembd, sizeof dynembd)) {
-		fail("dynembd not found at %s: build it (ninja) or set DYNEMBD to its path", dynembd);
+		fail("dynembd not found at %s: build it (ninja) or set DYNEMBD to its path",
+		     dynembd);
 		return 1;
 	}
 	struct figures f = { 0 };
@@ -1133,7 +1142,8 @@ int cmd_sidecar(int argc, char **argv)
 	if (o.redis) {
 		r.rbuf = malloc(RBUF);
 		/* REDIS_DEPTH MGETs of BATCH 8-byte keys, or BATCH SETs of 256-byte values */
-		r.wbuf = malloc((size_t)BATCH * (ROW_BYTES + 64) + (size_t)REDIS_DEPTH * BATCH * 20 + 4096);
+		r.wbuf = malloc((size_t)BATCH * (ROW_BYTES + 64) +
+				(size_t)REDIS_DEPTH * BATCH * 20 + 4096);
 	}
 	if (!r.keys || !r.vals || !r.out || !r.st || !r.lat || (o.redis && (!r.rbuf || !r.wbuf)))
 		err = -ENOMEM;
@@ -1170,7 +1180,8 @@ int cmd_sidecar(int argc, char **argv)
 		fclose(lf);
 	}
 	fprintf(h, "%s sidecar: %" PRIu64 " keys, dim %d, dynembd %s (key pools drawn in %.1f s; "
-		   "loadavg %s)\n", PROG, o.keys, DIM, dynembd, (double)(ns_now() - t0) / 1e9, load);
+		   "loadavg %s)\n", PROG, o.keys, DIM, dynembd,
+		(double)(ns_now() - t0) / 1e9, load);
 	fflush(h);
 
 	err = run_daemon(&r, dynembd, &o, &f);

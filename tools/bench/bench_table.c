@@ -208,7 +208,8 @@ static int parse_dims(const char *s, struct table_opts *o)
 	unsigned n = 0;
 
 	if (!s || !*s || strlen(s) >= sizeof(buf))
-		return usage_error("--dims: '%s' is not a comma-separated list of dims", s ? s : "");
+		return usage_error("--dims: '%s' is not a comma-separated list of dims",
+				   s ? s : "");
 	snprintf(buf, sizeof(buf), "%s", s);
 	if (buf[0] == ',' || buf[strlen(buf) - 1] == ',' || strstr(buf, ",,"))
 		return usage_error("--dims: '%s' has an empty entry", s);
@@ -503,7 +504,8 @@ static void worker_gen_queries(struct worker *w)
 
 	zipf_init(&z, r->nkeys, ZIPF_EXPONENT);
 	for (int d = 0; d < DIST_COUNT; d++) {
-		uint64_t rng = r->seed ^ (0x5851f42d4c957f2dull * (w->id + 1)) ^ ((uint64_t)d << 56);
+		uint64_t rng = r->seed ^ (0x5851f42d4c957f2dull * (w->id + 1)) ^
+			       ((uint64_t)d << 56);
 
 		w->qkeys[d] = malloc(w->nq * sizeof(uint64_t));
 		w->qidx[d] = malloc(w->nq * sizeof(uint32_t));
@@ -574,11 +576,13 @@ static void worker_timed(struct worker *w)
 			rc = de_table_find(r->table, qk + pos, b, w->out, w->status);
 			break;
 		case OP_FIND_OR_INSERT:
-			rc = de_table_find_or_insert(r->table, qk + pos, b, w->out, w->status, step++);
+			rc = de_table_find_or_insert(r->table, qk + pos, b, w->out, w->status,
+						     step++);
 			break;
 		case OP_GATHER:
 			for (size_t j = 0; j < b; j++)
-				memcpy(w->out + j * dim, r->rows + (size_t)qi[pos + j] * dim, rowbytes);
+				memcpy(w->out + j * dim, r->rows + (size_t)qi[pos + j] * dim,
+				       rowbytes);
 			break;
 		default:
 			rc = -EINVAL;
@@ -855,7 +859,8 @@ static double thp_share(const void *p, size_t len)
 	while (fgets(line, sizeof(line), f)) {
 		unsigned long x, y;
 
-		if (sscanf(line, "%lx-%lx ", &x, &y) == 2 && strchr(line, '-') < strchr(line, ' ')) {
+		if (sscanf(line, "%lx-%lx ", &x, &y) == 2 &&
+		    strchr(line, '-') < strchr(line, ' ')) {
 			a = x, b = y;
 			in = b > lo && a < hi;
 		} else if (in && strncmp(line, "AnonHugePages:", 14) == 0) {
@@ -890,7 +895,8 @@ static void print_result(FILE *h, uint32_t dim, enum dist d, const struct dist_r
 		fmt_rate(a, sizeof(a), r->rate[OP_FIND]),
 		fmt_rate(b, sizeof(b), r->rate[OP_FIND_OR_INSERT]),
 		fmt_rate(g, sizeof(g), r->rate[OP_GATHER]),
-		fmt_ratio(q, sizeof(q), r->rate[OP_FIND] / r->rate[OP_GATHER]), share * 100.0, share < CPU_SHARE_WARN ? "  <- busy machine" : "");
+		fmt_ratio(q, sizeof(q), r->rate[OP_FIND] / r->rate[OP_GATHER]), share * 100.0,
+		share < CPU_SHARE_WARN ? "  <- busy machine" : "");
 	if (share >= CPU_SHARE_WARN)
 		return;
 	/* the same rows over the CPU time the threads got: closer to a quiet machine, though
@@ -928,12 +934,13 @@ static void print_growth(FILE *h, const struct dim_result *d)
 		const struct batch_event *e = &d->slowest[i];
 		char w[32], cu[32];
 
-		fprintf(h, "    slowest #%u: batch %zu (at %" PRIu64 " keys, t=%.3f) %s wall, %s cpu;"
+		fprintf(h,
+			"    slowest #%u: batch %zu (at %" PRIu64 " keys, t=%.3f) %s wall, %s cpu;"
 			   " %" PRIu64 " splits, %" PRIu64 " dir doublings, %" PRIu64
 			   " new arena segments, %" PRIu64 " new row chunks\n",
 			i + 1, e->batch, e->keys_before, e->t0, fmt_us(w, sizeof(w), e->us),
-			fmt_us(cu, sizeof(cu), e->cpu_us), e->splits, e->doublings, e->arena_segments,
-			e->chunks);
+			fmt_us(cu, sizeof(cu), e->cpu_us), e->splits, e->doublings,
+			e->arena_segments, e->chunks);
 	}
 }
 
@@ -1192,7 +1199,8 @@ static void print_summary(struct table_ctx *c)
 	comparable = hd->dim == GOAL_DIM && c->o->threads == GOAL_THREADS;
 	fprintf(c->h, "\nSummary (dim %u, uniform, %u threads):\n", hd->dim, c->o->threads);
 	if (!isfinite(ratio))
-		fprintf(c->h, "  find / gather bound   = n/a    (find and gather were not both run)\n");
+		fprintf(c->h,
+			"  find / gather bound   = n/a    (find and gather were not both run)\n");
 	else
 		fprintf(c->h, "  find / gather bound   = %.2f   goal >= %.2f   %s\n", ratio,
 			GOAL_FIND_OVER_GATHER,
@@ -1303,8 +1311,9 @@ static void print_json(struct table_ctx *c)
 				fprintf(f, "%s{\"batch\":%zu,\"keys_before\":%" PRIu64 ",\"t0\":%.6f,\"us\":%.3f,"
 					   "\"cpu_us\":%.3f,\"splits\":%" PRIu64 ",\"dir_doublings\":%" PRIu64
 					   ",\"arena_segments\":%" PRIu64 ",\"chunks\":%" PRIu64 "}",
-					k ? "," : "", e->batch, e->keys_before, e->t0, e->us, e->cpu_us, e->splits,
-					e->doublings, e->arena_segments, e->chunks);
+					k ? "," : "", e->batch, e->keys_before, e->t0, e->us,
+					e->cpu_us, e->splits, e->doublings, e->arena_segments,
+					e->chunks);
 			}
 			fputs("],\"insert_rows_per_s\":", f);
 			json_num(f, d->insert_rps, "%.0f");
@@ -1321,18 +1330,22 @@ static void print_json(struct table_ctx *c)
 	for (unsigned i = 0; i < c->nres; i++) {
 		const struct dim_result *d = &c->res[i];
 
-		fprintf(f, "%s{\"dim\":%u,\"pages\":\"%s\",\"numa_node\":%d,\"gather_pages\":\"%s\","
+		fprintf(f,
+			"%s{\"dim\":%u,\"pages\":\"%s\",\"numa_node\":%d,\"gather_pages\":\"%s\","
 			   "\"gather_thp_share\":",
-			i ? "," : "", d->dim, de_pages_name(d->pages), d->numa_node, d->gather_pages);
+			i ? "," : "", d->dim, de_pages_name(d->pages), d->numa_node,
+			d->gather_pages);
 		json_num(f, d->gather_thp_share, "%.3f");
 		fputs(",\"arena_page_bytes\":{", f);
 		for (int p = 1; p < 4; p++)
-			fprintf(f, "%s\"%s\":%" PRIu64, p > 1 ? "," : "", de_pages_name((enum de_pages)p),
-				d->page_bytes[p]);
+			fprintf(f, "%s\"%s\":%" PRIu64, p > 1 ? "," : "",
+				de_pages_name((enum de_pages)p), d->page_bytes[p]);
 		fputc('}', f);
-		fprintf(f, ",\"keys\":%" PRIu64 ",\"row_bytes\":%" PRIu64 ",\"index_bytes\":%" PRIu64
+		fprintf(f,
+			",\"keys\":%" PRIu64 ",\"row_bytes\":%" PRIu64 ",\"index_bytes\":%" PRIu64
 			   ",\"arena_bytes\":%" PRIu64 ",\"load_factor\":",
-			d->stats.keys, d->stats.row_bytes, d->stats.index_bytes, d->stats.arena_bytes);
+			d->stats.keys, d->stats.row_bytes, d->stats.index_bytes,
+			d->stats.arena_bytes);
 		json_num(f, d->stats.load_factor, "%.4f");
 		fprintf(f, ",\"splits\":%" PRIu64 ",\"dir_doublings\":%" PRIu64
 			   ",\"arena_segments\":%" PRIu64 "}",
