@@ -137,34 +137,54 @@ static int call(de_channel *ch, struct de_sqe *q, bool busy)
 	return r ? r : c.res;
 }
 
-static int rtt_ring(de_channel *ch, const uint64_t *keys, uint64_t nkeys, unsigned iters, bool busy,
-		    double out[2][2])
+struct ring_rtt {
+	de_channel *ch;
+	uint64_t *dk; /* the channel's data area: the keys go at offset 0 */
+	bool busy;
+};
+
+/* One round trip of the n keys k through the channel (an rtt_call of sample_rtt). */
+static int ring_rtt_call(void *ctx, const uint64_t *k, uint32_t n, uint64_t *ns)
+{
+	struct ring_rtt *c = ctx;
+	memcpy(c->dk, k, n * sizeof *k);
+	struct de_sqe q = { .op = OP_FIND, .count = n, .keys_off = 0, .keys_len = n * 8,
+			    .vals_off = 1 << 20, .vals_len = n * DIM * 4 };
+	if (!c->busy)
+		usleep(20); /* let the daemon fall asleep: this measures a wake-up */
+	uint64_t t0 = ns_now();
+	int r = call(c->ch, &q, c->busy);
+	*ns = ns_now() - t0;
+	return r;
+}
+
+static int rtt_ring(de_channel *ch, const uint64_t *keys, uint64_t nkeys, unsigned iters,
+		    bool busy, double out[2][2])
 {
 	struct de_sqe m = { .op = OP_MODE, .arg = busy ? MODE_BUSY : MODE_SLEEP };
 	int r = call(ch, &m, true);
 	if (r)
 		return r;
 	uint64_t *lat = malloc(iters * sizeof *lat);
-	uint64_t *dk = de_channel_data(ch, NULL);
+	struct ring_rtt c = { .ch = ch, .dk = de_channel_data(ch, NULL), .busy = busy };
 	if (!lat)
 		return -ENOMEM;
-	for (int s = 0; s < 2 && !r; s++) {
-		uint32_t n = s ? 64 : 1;
-		for (unsigned i = 0; i < iters && !r; i++) {
-			for (uint32_t k = 0; k < n; k++)
-				dk[k] = keys[key_of(i * 64 + k) % nkeys];
-			struct de_sqe q = { .op = OP_FIND, .count = n, .keys_off = 0,
-					    .keys_len = n * 8, .vals_off = 1 << 20,
-					    .vals_len = n * DIM * 4 };
-			if (!busy)
-				usleep(20); /* let the daemon fall asleep: this measures a wake-up */
-			uint64_t t0 = ns_now();
-			r = call(ch, &q, busy);
-			lat[i] = ns_now() - t0;
-		}
-		pctl(lat, iters, out[s]);
-	}
+	r = sample_rtt(keys, nkeys, iters, 0, lat, ring_rtt_call, &c, out);
 	free(lat);
+	return r;
+}
+
+/* One request of the n keys k over the socket, the rows back (an rtt_call of sample_rtt);
+ * ctx: the socket. */
+static int socket_rtt_call(void *ctx, const uint64_t *k, uint32_t n, uint64_t *ns)
+{
+	static float rows[64 * DIM];
+	int sk = *(int *)ctx, r = 0;
+	uint64_t t0 = ns_now();
+	if (send(sk, k, n * 8, 0) < 0 ||
+	    recv(sk, rows, sizeof rows, 0) != (ssize_t)(n * DIM * 4))
+		r = -EIO;
+	*ns = ns_now() - t0;
 	return r;
 }
 
@@ -174,23 +194,10 @@ static int rtt_socket(de_channel *ch, int sk, const uint64_t *keys, uint64_t nke
 	struct de_sqe m = { .op = OP_SOCKET };
 	int r = call(ch, &m, true);
 	uint64_t *lat = malloc(iters * sizeof *lat);
-	static uint64_t k[64];
-	static float rows[64 * DIM];
 	if (!lat)
 		return -ENOMEM;
-	for (int s = 0; s < 2 && !r; s++) {
-		uint32_t n = s ? 64 : 1;
-		for (unsigned i = 0; i < iters && !r; i++) {
-			for (uint32_t j = 0; j < n; j++)
-				k[j] = keys[key_of(i * 64 + j) % nkeys];
-			uint64_t t0 = ns_now();
-			if (send(sk, k, n * 8, 0) < 0 ||
-			    recv(sk, rows, sizeof rows, 0) != (ssize_t)(n * DIM * 4))
-				r = -EIO;
-			lat[i] = ns_now() - t0;
-		}
-		pctl(lat, iters, out[s]);
-	}
+	if (!r)
+		r = sample_rtt(keys, nkeys, iters, 0, lat, socket_rtt_call, &sk, out);
 	shutdown(sk, SHUT_WR); /* the daemon's serve_socket returns */
 	free(lat);
 	return r;

@@ -265,32 +265,9 @@ static char *find_on_path(const char *name)
 
 /* ---- round trips ---------------------------------------------------------------------- */
 
-/* One timed request of n keys k: *ns is the time of the request alone; then its answer is
- * checked (a wrong row is -EBADMSG). */
-typedef int (*rtt_call)(void *ctx, const uint64_t *k, uint32_t n, uint64_t *ns);
-
-/* p50/p99 of 1-key and 64-key requests, after 1000 untimed ones of each. */
-static int sample_rtt(struct run *r, const struct opts *o, rtt_call call, void *ctx,
-		      double out[2][2])
-{
-	int err = 0;
-	for (int s = 0; s < 2 && !err; s++) {
-		uint32_t n = s ? 64 : 1;
-		uint64_t k[64];
-		unsigned warm = 1000;
-		for (unsigned i = 0; i < warm + o->iters && !err; i++) {
-			for (uint32_t j = 0; j < n; j++)
-				k[j] = r->keys[key_of(i * 64 + j) % o->keys];
-			uint64_t dt = 0;
-			err = call(ctx, k, n, &dt);
-			if (i >= warm)
-				r->lat[i - warm] = dt;
-		}
-		if (!err)
-			pctl(r->lat, o->iters, out[s]);
-	}
-	return err;
-}
+/* The round trips are sampled by sample_rtt (bench_util.c), after 1000 untimed requests of
+ * each size; each call below checks its answer (a wrong row is -EBADMSG). */
+#define RTT_WARM 1000u
 
 struct ring_call {
 	struct run *r;
@@ -313,7 +290,7 @@ static int ring_call(void *ctx, const uint64_t *k, uint32_t n, uint64_t *ns)
 static int rtt_ring(struct run *r, int t, const struct opts *o, double out[2][2])
 {
 	struct ring_call rc = { r, t };
-	return sample_rtt(r, o, ring_call, &rc, out);
+	return sample_rtt(r->keys, o->keys, o->iters, RTT_WARM, r->lat, ring_call, &rc, out);
 }
 
 struct echo {
@@ -391,7 +368,7 @@ static int rtt_socket(struct run *r, const struct opts *o, double out[2][2])
 		free(rows);
 		return err;
 	}
-	err = sample_rtt(r, o, socket_call, &sk[0], out);
+	err = sample_rtt(r->keys, o->keys, o->iters, RTT_WARM, r->lat, socket_call, &sk[0], out);
 	shutdown(sk[0], SHUT_WR); /* echo_main returns */
 	pthread_join(th, NULL);
 	close(sk[0]);

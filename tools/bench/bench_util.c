@@ -37,6 +37,27 @@ void pctl(uint64_t *v, unsigned n, double out[2])
 	out[1] = (double)v[(size_t)((double)n * 0.99)];
 }
 
+int sample_rtt(const uint64_t *keys, uint64_t nkeys, unsigned iters, unsigned warm,
+	       uint64_t *lat, rtt_call call, void *ctx, double out[2][2])
+{
+	int err = 0;
+	for (int s = 0; s < 2 && !err; s++) {
+		uint32_t n = s ? 64 : 1;
+		uint64_t k[64];
+		for (unsigned i = 0; i < warm + iters && !err; i++) {
+			for (uint32_t j = 0; j < n; j++)
+				k[j] = keys[key_of(i * 64 + j) % nkeys];
+			uint64_t dt = 0;
+			err = call(ctx, k, n, &dt);
+			if (i >= warm)
+				lat[i - warm] = dt;
+		}
+		if (!err)
+			pctl(lat, iters, out[s]);
+	}
+	return err;
+}
+
 /* "12.34 M" style rate for the human output. */
 const char *fmt_rate(char *buf, size_t len, double v)
 {

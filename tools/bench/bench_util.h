@@ -123,6 +123,16 @@ int cmp_double(const void *a, const void *b);
 /* Sorts v[0, n) and puts its p50 and p99 (v[n / 2], v[n * 0.99]) in out; n > 0. */
 void pctl(uint64_t *v, unsigned n, double out[2]);
 
+/* One timed request of the n keys k (n <= 64): *ns is the time of the request alone.
+ * Returns 0 or a negative errno. */
+typedef int (*rtt_call)(void *ctx, const uint64_t *k, uint32_t n, uint64_t *ns);
+
+/* p50/p99 of 1-key (out[0]) and 64-key (out[1]) requests through call: warm untimed, then
+ * iters timed ones of each size, request i asking for keys[key_of(i * 64 + j) % nkeys];
+ * lat holds iters samples. Returns 0, or the first error of call (out is then partial). */
+int sample_rtt(const uint64_t *keys, uint64_t nkeys, unsigned iters, unsigned warm,
+	       uint64_t *lat, rtt_call call, void *ctx, double out[2][2]);
+
 /* Nearest-rank percentile of a sorted array (p in (0, 1]); NAN when n is 0. */
 double percentile(const double *sorted, size_t n, double p);
 
