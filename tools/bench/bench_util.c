@@ -1,10 +1,11 @@
 /*
  * bench_util.c — the helpers the dynemb-bench sub-commands share (bench_util.h declares
- * them): percentiles, human formatting of figures, JSON output, the machine description
- * (/proc, /sys, uname) and the Zipf sampler. Callers: bench_table.c, bench_channel.c,
- * bench_sidecar.c, bench_learn.c, bench_persist.c.
+ * them): percentiles, the 1-key / 64-key round-trip sampler, human formatting of figures,
+ * JSON output, the machine description (/proc, /sys, uname) and the Zipf sampler.
+ * Callers: bench_table.c, bench_channel.c, bench_sidecar.c, bench_learn.c, bench_persist.c.
  *
- * Never: keeps state between calls, allocates, or writes anywhere but the FILE it is given.
+ * Never: keeps state between calls, allocates, or writes anywhere but the FILE or the
+ * buffers it is given.
  */
 #include <ctype.h>
 #include <inttypes.h>

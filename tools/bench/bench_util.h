@@ -2,8 +2,9 @@
  * bench_util.h — what the sub-commands of dynemb-bench share: the program name and the
  * usage exit code, each sub-command's entry point, and the helpers more than one
  * benchmark uses (clocks, CPU pinning, seeded draws, the keys of the fills, percentiles,
- * human formatting of rates / ratios / microseconds, JSON output, the machine
- * description, the Zipf sampler). Every bench_*.c and dynemb-bench.c include it.
+ * the round-trip sampler, human formatting of rates / ratios / microseconds, JSON output,
+ * the machine description, the Zipf sampler). Every bench_*.c and dynemb-bench.c include
+ * it.
  *
  * The clocks and the draws are static inline: they run inside timed loops. The rest is
  * in bench_util.c, which keeps no state; nothing here allocates.
