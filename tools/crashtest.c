@@ -227,7 +227,8 @@ static int daemon_start(struct run *r)
 			r->daemon = -1;
 			if (WIFEXITED(st) && WEXITSTATUS(st) == 2) {
 				fprintf(stderr, "crashtest: %s refused its flags (status 2): no "
-						"persistence (--data-dir) in this daemon?\n", r->o.daemon);
+						"persistence (--data-dir) in this daemon?\n",
+					r->o.daemon);
 				print_log_tail(r);
 				return EXIT_SKIP;
 			}
@@ -238,7 +239,8 @@ static int daemon_start(struct run *r)
 			return -1;
 		}
 		if (now_ns() > end) {
-			fprintf(stderr, "crashtest: dynembd did not listen on %s within 30 s\n", r->sock);
+			fprintf(stderr, "crashtest: dynembd did not listen on %s within 30 s\n",
+				r->sock);
 			print_log_tail(r);
 			return -1;
 		}
@@ -282,7 +284,7 @@ static int daemon_stop(struct run *r)
 static int open_table(dynemb_client *c, const struct opts *o, int which, int *t)
 {
 	struct dynemb_table_spec s = { .name = table_names[which], .dim = DIM, .init = DYNEMB_ZEROS,
-				   .seed = 11 };
+				       .seed = 11 };
 	s.durability.mode = which == T_SYNC ? DYNEMB_DURABLE_SYNC : DYNEMB_DURABLE_ASYNC;
 	s.durability.window_ms = which == T_SYNC ? 0 : o->window_ms;
 	return dynemb_open(c, &s, t);
@@ -418,8 +420,8 @@ static int verify_table(struct run *r, dynemb_client *c, int which, uint64_t kil
 {
 	int t = -1, err = open_table(c, &r->o, which, &t);
 	if (err) {
-		fprintf(stderr, "crashtest: dynemb_open(%s) after restart: %s\n", table_names[which],
-			dynemb_strerror(err));
+		fprintf(stderr, "crashtest: dynemb_open(%s) after restart: %s\n",
+			table_names[which], dynemb_strerror(err));
 		return err;
 	}
 	struct keystate *ks = r->ks[which];
@@ -433,7 +435,8 @@ static int verify_table(struct run *r, dynemb_client *c, int which, uint64_t kil
 		for (uint32_t j = 0; j < n; j++)
 			keys[j] = key_of(lo + j);
 		if ((err = dynemb_lookup(c, t, keys, n, got, st, DYNEMB_READONLY, 0))) {
-			fprintf(stderr, "crashtest: dynemb_lookup after restart: %s\n", dynemb_strerror(err));
+			fprintf(stderr, "crashtest: dynemb_lookup after restart: %s\n",
+				dynemb_strerror(err));
 			break;
 		}
 		for (uint32_t j = 0; j < n; j++) {
@@ -443,7 +446,8 @@ static int verify_table(struct run *r, dynemb_client *c, int which, uint64_t kil
 			uint32_t v = 0;
 			if (st[j] == DYNEMB_ST_FOUND) {
 				float f0 = g[0];
-				if (!(f0 >= 1.0f && f0 <= 16777216.0f) || f0 != (float)(uint32_t)f0) {
+				if (!(f0 >= 1.0f && f0 <= 16777216.0f) ||
+				    f0 != (float)(uint32_t)f0) {
 					violation(r, "%s key %u: a row that was never written (first value"
 						  " %g)", table_names[which], i, (double)f0);
 					continue;
@@ -451,7 +455,8 @@ static int verify_table(struct run *r, dynemb_client *c, int which, uint64_t kil
 				v = (uint32_t)f0;
 				row_of(i, v, want);
 				if (memcmp(want, g, sizeof want)) {
-					violation(r, "%s key %u: the row is not version %u as written",
+					violation(r,
+						  "%s key %u: the row is not version %u as written",
 						  table_names[which], i, v);
 					continue;
 				}
@@ -486,7 +491,8 @@ static int verify_table(struct run *r, dynemb_client *c, int which, uint64_t kil
 				r->lost_updates_max += k->acked - (v == k->base ? k->first - 1 : v);
 				if (ms > r->max_loss_ms)
 					r->max_loss_ms = ms;
-				if (which == T_ASYNC && ms > (double)(r->o.window_ms + r->o.slack_ms))
+				if (which == T_ASYNC &&
+				    ms > (double)(r->o.window_ms + r->o.slack_ms))
 					violation(r, "%s key %u: version %u acknowledged %.1f ms before the "
 						  "kill was lost (found %u): more than the window %u ms + "
 						  "slack %u ms", table_names[which], i, first_lost, ms, v,
@@ -512,7 +518,8 @@ static int start_and_verify(struct run *r, uint64_t kill_ns)
 	dynemb_client *c = NULL;
 	int err = connect_client(r, "crashtest-verify", &c);
 	if (err) {
-		fprintf(stderr, "crashtest: dynemb_connect after restart: %s\n", dynemb_strerror(err));
+		fprintf(stderr, "crashtest: dynemb_connect after restart: %s\n",
+			dynemb_strerror(err));
 		return -1;
 	}
 	for (int w = 0; !err && w < NTABLES; w++)
@@ -577,7 +584,8 @@ static int iteration(struct run *r, int which, unsigned it)
 	if (died) {
 		r->daemon = -1;
 		fprintf(stderr, "crashtest: dynembd died before the kill (%s %d)\n",
-			WIFEXITED(st) ? "status" : "signal", WIFEXITED(st) ? WEXITSTATUS(st) : WTERMSIG(st));
+			WIFEXITED(st) ? "status" : "signal",
+			WIFEXITED(st) ? WEXITSTATUS(st) : WTERMSIG(st));
 		print_log_tail(r);
 	}
 	daemon_kill(r);
@@ -612,7 +620,8 @@ static int iteration(struct run *r, int which, unsigned it)
 	uint64_t nsent = atomic_load(&r->log->nsent);
 	int err = fold_log(r, which);
 	if (err) {
-		fprintf(stderr, "crashtest: the writer's log is inconsistent (%s)\n", strerror(-err));
+		fprintf(stderr, "crashtest: the writer's log is inconsistent (%s)\n",
+			strerror(-err));
 		return -1;
 	}
 	r->kills[which]++;
@@ -713,7 +722,8 @@ static int parse(int argc, char **argv, struct opts *o)
 			else if (!strcmp(v, "both"))
 				o->modes = 3;
 			else {
-				fprintf(stderr, "crashtest: --mode is sync, async or both, not '%s'\n", v);
+				fprintf(stderr,
+					"crashtest: --mode is sync, async or both, not '%s'\n", v);
 				return -1;
 			}
 			continue;

@@ -65,7 +65,8 @@ int main(int argc, char **argv)
 		}
 	}
 	if (!(seconds > 0 && seconds <= 3600) || !dim || dim > 4096 || !batch || batch > 65536) {
-		fprintf(stderr, "demo_client: --seconds (0, 3600], --dim 1..4096, --batch 1..65536\n");
+		fprintf(stderr,
+			"demo_client: --seconds (0, 3600], --dim 1..4096, --batch 1..65536\n");
 		return 2;
 	}
 
@@ -75,7 +76,7 @@ int main(int argc, char **argv)
 	if (err)
 		return fail("connect", err);
 	struct dynemb_table_spec spec = { .name = "demo", .dim = dim, .init = DYNEMB_UNIFORM,
-				      .init_a = -0.05f, .init_b = 0.05f, .seed = 2020 };
+					  .init_a = -0.05f, .init_b = 0.05f, .seed = 2020 };
 	int tb;
 	if ((err = dynemb_open(cl, &spec, &tb)))
 		return fail("open table 'demo'", err);
@@ -121,8 +122,10 @@ int main(int argc, char **argv)
 				return fail("stats", err);
 			printf("%sstep %6llu  %8.2f M rows/s looked up and updated  table: %9llu keys, "
 			       "%6.1f MiB%s",
-			       tty ? "\r" : "", (unsigned long long)steps, (double)looked / (t - t0) / 1e6,
-			       (unsigned long long)s.keys, (double)s.arena_bytes / (1 << 20), tty ? "" : "\n");
+			       tty ? "\r" : "", (unsigned long long)steps,
+			       (double)looked / (t - t0) / 1e6,
+			       (unsigned long long)s.keys, (double)s.arena_bytes / (1 << 20),
+			       tty ? "" : "\n");
 			fflush(stdout);
 			last = t;
 		}

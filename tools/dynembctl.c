@@ -356,16 +356,16 @@ int main(int argc, char **argv)
 			rc = fail("export", pos[0], err);
 			break;
 		}
-		printf("exported %s: %" PRIu64 " records, %" PRIu64 " bytes to %s, %.2f s\n", pos[0],
-		       records, bytes, path, now_s() - t0);
+		printf("exported %s: %" PRIu64 " records, %" PRIu64 " bytes to %s, %.2f s\n",
+		       pos[0], records, bytes, path, now_s() - t0);
 		break;
 	}
 	case C_IMPORT: {
 		struct dynemb_import_result res;
 		memset(&res, 0, sizeof res);
 		p.verb = "import";
-		err = dynemb_import(c, pos[0], path, salvage ? DYNEMB_IMPORT_SALVAGE_PREFIX : 0, on_progress,
-				&p, &res);
+		err = dynemb_import(c, pos[0], path, salvage ? DYNEMB_IMPORT_SALVAGE_PREFIX : 0,
+				    on_progress, &p, &res);
 		progress_end_line(&p);
 		if (err) {
 			rc = fail("import", pos[0], err);

@@ -18,7 +18,6 @@
  * Ownership: everything is created by cmd_channel and freed before it returns; the child
  * _exits. The child reports its numbers through a pipe as one fixed struct.
  */
-#include "bench.h"
 #include "bench_util.h"
 
 #include <errno.h>
@@ -55,8 +54,6 @@ struct results { /* child -> parent, through a pipe */
 	int err;
 	char msg[160];
 };
-
-static uint64_t mix(uint64_t x) { return de_splitmix64(x) | 1; }
 
 /* ---- the daemon's side ---------------------------------------------------------- */
 
@@ -140,33 +137,54 @@ static int call(de_channel *ch, struct de_sqe *q, bool busy)
 	return r ? r : c.res;
 }
 
-static int rtt_ring(de_channel *ch, const uint64_t *keys, uint64_t nkeys, unsigned iters, bool busy,
-		    double out[2][2])
+struct ring_rtt {
+	de_channel *ch;
+	uint64_t *dk; /* the channel's data area: the keys go at offset 0 */
+	bool busy;
+};
+
+/* One round trip of the n keys k through the channel (an rtt_call of sample_rtt). */
+static int ring_rtt_call(void *ctx, const uint64_t *k, uint32_t n, uint64_t *ns)
+{
+	struct ring_rtt *c = ctx;
+	memcpy(c->dk, k, n * sizeof *k);
+	struct de_sqe q = { .op = OP_FIND, .count = n, .keys_off = 0, .keys_len = n * 8,
+			    .vals_off = 1 << 20, .vals_len = n * DIM * 4 };
+	if (!c->busy)
+		usleep(20); /* let the daemon fall asleep: this measures a wake-up */
+	uint64_t t0 = ns_now();
+	int r = call(c->ch, &q, c->busy);
+	*ns = ns_now() - t0;
+	return r;
+}
+
+static int rtt_ring(de_channel *ch, const uint64_t *keys, uint64_t nkeys, unsigned iters,
+		    bool busy, double out[2][2])
 {
 	struct de_sqe m = { .op = OP_MODE, .arg = busy ? MODE_BUSY : MODE_SLEEP };
 	int r = call(ch, &m, true);
 	if (r)
 		return r;
 	uint64_t *lat = malloc(iters * sizeof *lat);
-	uint64_t *dk = de_channel_data(ch, NULL);
+	struct ring_rtt c = { .ch = ch, .dk = de_channel_data(ch, NULL), .busy = busy };
 	if (!lat)
 		return -ENOMEM;
-	for (int s = 0; s < 2 && !r; s++) {
-		uint32_t n = s ? 64 : 1;
-		for (unsigned i = 0; i < iters && !r; i++) {
-			for (uint32_t k = 0; k < n; k++)
-				dk[k] = keys[mix(i * 64 + k) % nkeys];
-			struct de_sqe q = { .op = OP_FIND, .count = n, .keys_off = 0,
-					    .keys_len = n * 8, .vals_off = 1 << 20, .vals_len = n * DIM * 4 };
-			if (!busy)
-				usleep(20); /* let the daemon fall asleep: this measures a wake-up */
-			uint64_t t0 = ns_now();
-			r = call(ch, &q, busy);
-			lat[i] = ns_now() - t0;
-		}
-		pctl(lat, iters, out[s]);
-	}
+	r = sample_rtt(keys, nkeys, iters, 0, lat, ring_rtt_call, &c, out);
 	free(lat);
+	return r;
+}
+
+/* One request of the n keys k over the socket, the rows back (an rtt_call of sample_rtt);
+ * ctx: the socket. */
+static int socket_rtt_call(void *ctx, const uint64_t *k, uint32_t n, uint64_t *ns)
+{
+	static float rows[64 * DIM];
+	int sk = *(int *)ctx, r = 0;
+	uint64_t t0 = ns_now();
+	if (send(sk, k, n * 8, 0) < 0 ||
+	    recv(sk, rows, sizeof rows, 0) != (ssize_t)(n * DIM * 4))
+		r = -EIO;
+	*ns = ns_now() - t0;
 	return r;
 }
 
@@ -176,22 +194,10 @@ static int rtt_socket(de_channel *ch, int sk, const uint64_t *keys, uint64_t nke
 	struct de_sqe m = { .op = OP_SOCKET };
 	int r = call(ch, &m, true);
 	uint64_t *lat = malloc(iters * sizeof *lat);
-	static uint64_t k[64];
-	static float rows[64 * DIM];
 	if (!lat)
 		return -ENOMEM;
-	for (int s = 0; s < 2 && !r; s++) {
-		uint32_t n = s ? 64 : 1;
-		for (unsigned i = 0; i < iters && !r; i++) {
-			for (uint32_t j = 0; j < n; j++)
-				k[j] = keys[mix(i * 64 + j) % nkeys];
-			uint64_t t0 = ns_now();
-			if (send(sk, k, n * 8, 0) < 0 || recv(sk, rows, sizeof rows, 0) != (ssize_t)(n * DIM * 4))
-				r = -EIO;
-			lat[i] = ns_now() - t0;
-		}
-		pctl(lat, iters, out[s]);
-	}
+	if (!r)
+		r = sample_rtt(keys, nkeys, iters, 0, lat, socket_rtt_call, &sk, out);
 	shutdown(sk, SHUT_WR); /* the daemon's serve_socket returns */
 	free(lat);
 	return r;
@@ -205,9 +211,10 @@ static double thr_ring(de_channel *ch, const uint64_t *keys, uint64_t nkeys, dou
 	uint64_t t0 = ns_now(), end = t0 + (uint64_t)(secs * 1e9);
 	while (!*err && ns_now() < end) {
 		for (uint32_t k = 0; k < BATCH; k++)
-			dk[k] = keys[mix(i++) % nkeys];
-		struct de_sqe q = { .op = OP_FIND, .count = BATCH, .keys_off = 0, .keys_len = BATCH * 8,
-				    .vals_off = 1 << 20, .vals_len = BATCH * DIM * 4 };
+			dk[k] = keys[key_of(i++) % nkeys];
+		struct de_sqe q = { .op = OP_FIND, .count = BATCH, .keys_off = 0,
+				    .keys_len = BATCH * 8, .vals_off = 1 << 20,
+				    .vals_len = BATCH * DIM * 4 };
 		*err = call(ch, &q, true);
 		rows += BATCH;
 	}
@@ -225,7 +232,7 @@ static double thr_find(de_table *t, const uint64_t *keys, uint64_t nkeys, double
 		return 0;
 	while (ns_now() < end) {
 		for (uint32_t j = 0; j < BATCH; j++)
-			k[j] = keys[mix(i++) % nkeys];
+			k[j] = keys[key_of(i++) % nkeys];
 		de_table_find(t, k, BATCH, out, st);
 		rows += BATCH;
 	}
@@ -322,14 +329,15 @@ int cmd_channel(int argc, char **argv)
 	}
 	if (o.keys < BATCH || o.keys > (1ull << 31) || o.iters < 100 || o.iters > 10000000 ||
 	    !(o.seconds > 0 && o.seconds <= 600)) {
-		fprintf(stderr, PROG " channel: --keys 4096..2^31, --iters 100..1e7, --seconds (0, 600]\n");
+		fprintf(stderr,
+			PROG " channel: --keys 4096..2^31, --iters 100..1e7, --seconds (0, 600]\n");
 		return EXIT_USAGE;
 	}
 	FILE *hu = o.json ? stderr : stdout;
 
 	struct de_arena_config ac = { .pages = DE_PAGES_AUTO, .numa_node = DE_NUMA_AUTO };
-	struct de_table_config tc = { .dim = DIM, .init = DE_INIT_UNIFORM, .init_a = -1, .init_b = 1,
-				      .seed = 1 };
+	struct de_table_config tc = { .dim = DIM, .init = DE_INIT_UNIFORM, .init_a = -1,
+				      .init_b = 1, .seed = 1 };
 	de_arena *a = NULL;
 	de_table *t = NULL;
 	de_channel *ch = NULL;
@@ -344,7 +352,7 @@ int cmd_channel(int argc, char **argv)
 	for (uint64_t i = 0; !err && i < o.keys; i += BATCH) {
 		uint64_t n = o.keys - i < BATCH ? o.keys - i : BATCH;
 		for (uint64_t k = 0; k < n; k++)
-			keys[i + k] = mix(i + k + 0x1000);
+			keys[i + k] = key_of(i + k + 0x1000);
 		err = de_table_find_or_insert(t, keys + i, n, out, NULL, 1);
 	}
 	if (!err)
@@ -391,15 +399,15 @@ int cmd_channel(int argc, char **argv)
 	}
 	static const char *cases[3] = { "ring, busy-poll", "ring, futex", "unix socket" };
 	fprintf(hu, "round trips (client and daemon in two processes, ns):\n");
-	fprintf(hu, "  %-18s %12s %12s %12s %12s\n", "path", "1 key p50", "1 key p99", "64 keys p50",
-		"64 keys p99");
+	fprintf(hu, "  %-18s %12s %12s %12s %12s\n", "path", "1 key p50", "1 key p99",
+		"64 keys p50", "64 keys p99");
 	for (int i = 0; i < 3; i++)
 		fprintf(hu, "  %-18s %12.0f %12.0f %12.0f %12.0f\n", cases[i], r.rtt_ns[i][0][0],
 			r.rtt_ns[i][0][1], r.rtt_ns[i][1][0], r.rtt_ns[i][1][1]);
 	fprintf(hu, "lookup throughput, batch %d, uniform, one client thread (rows/s):\n", BATCH);
 	fprintf(hu, "  in-process find  %10.2f M\n", inproc / 1e6);
-	fprintf(hu, "  zero-copy        %10.2f M   %.2f of in-process\n", r.zerocopy_rows_per_s / 1e6,
-		r.zerocopy_rows_per_s / inproc);
+	fprintf(hu, "  zero-copy        %10.2f M   %.2f of in-process\n",
+		r.zerocopy_rows_per_s / 1e6, r.zerocopy_rows_per_s / inproc);
 	fprintf(hu, "  ring             %10.2f M   %.2f of in-process\n", r.ring_rows_per_s / 1e6,
 		r.ring_rows_per_s / inproc);
 	fprintf(hu, "1-key round trip: ring busy-poll is %.0fx faster than the unix socket (p50)\n",

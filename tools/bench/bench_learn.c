@@ -24,7 +24,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "bench.h"
 #include "bench_util.h"
 #include "de_learn.h"
 #include "de_shm.h"
@@ -35,9 +34,6 @@ struct learn_opts {
 	double seconds;
 	bool json;
 };
-
-/* key of index i: never 0 */
-static inline uint64_t key_of(uint64_t i) { return de_splitmix64(i) | 1; }
 
 #define NBATCH 64u
 
@@ -461,7 +457,8 @@ int cmd_learn(int argc, char **argv, const char *command_line)
 		else if (v && !strcmp(argv[i], "--seconds"))
 			o.seconds = strtod(v, NULL), i++;
 		else {
-			fprintf(stderr, PROG " learn: unknown or incomplete option '%s'\n", argv[i]);
+			fprintf(stderr, PROG " learn: unknown or incomplete option '%s'\n",
+				argv[i]);
 			usage(stderr);
 			return EXIT_USAGE;
 		}
@@ -521,8 +518,8 @@ int cmd_learn(int argc, char **argv, const char *command_line)
 			upd[k] = rate(&e, do_update, &c, &err);
 		if (!err)
 			fprintf(hu, "  %-9s %5u %12.2f M %14.2f M %14.2f   (%s pages)\n",
-				de_optim_name((enum de_optimizer)k), ns, find[k] / 1e6, upd[k] / 1e6,
-				find[k] / upd[k], de_pages_name(de_arena_pages(e.a)));
+				de_optim_name((enum de_optimizer)k), ns, find[k] / 1e6,
+				upd[k] / 1e6, find[k] / upd[k], de_pages_name(de_arena_pages(e.a)));
 		env_close(&e);
 	}
 	if (err) {

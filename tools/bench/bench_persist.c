@@ -53,7 +53,6 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include "bench.h"
 #include "bench_util.h"
 #include "de_shm.h"
 #include "de_uring.h"
@@ -80,9 +79,6 @@ struct persist_opts {
 	double seconds;
 	bool json, keep, no_fio, short_mode;
 };
-
-/* key of row i: never 0 */
-static inline uint64_t key_of(uint64_t i) { return de_splitmix64(i) | 1; }
 
 static double secs(uint64_t ns) { return (double)ns / 1e9; }
 
@@ -289,8 +285,8 @@ static void run_fio(const char *dir, const char *const *args, const char *sectio
 	close(pfd[1]);
 	if (se) {
 		close(pfd[0]);
-		snprintf(r->why, sizeof r->why, "cannot run fio: %s (install it: Debian package fio)",
-			 strerror(se));
+		snprintf(r->why, sizeof r->why,
+			 "cannot run fio: %s (install it: Debian package fio)", strerror(se));
 		return;
 	}
 	size_t cap = 1 << 16, len = 0;
@@ -307,7 +303,8 @@ static void run_fio(const char *dir, const char *const *args, const char *sectio
 			}
 		}
 		char sink[4096];
-		ssize_t k = out ? read(pfd[0], out + len, cap - len) : read(pfd[0], sink, sizeof sink);
+		ssize_t k = out ? read(pfd[0], out + len, cap - len)
+				: read(pfd[0], sink, sizeof sink);
 		if (k < 0 && errno == EINTR)
 			continue;
 		if (k <= 0)
@@ -350,7 +347,8 @@ static void run_fio(const char *dir, const char *const *args, const char *sectio
 		r->sync_mean_us = isfinite(m) ? m / 1e3 : 0;
 		r->ok = isfinite(r->bw) && r->bw > 0;
 		if (!r->ok)
-			snprintf(r->why, sizeof r->why, "fio's output had no bandwidth for %s", section);
+			snprintf(r->why, sizeof r->why, "fio's output had no bandwidth for %s",
+				 section);
 	}
 	free(out);
 	unlink(errpath);
@@ -393,7 +391,8 @@ static void fio_all(const char *dir, const struct persist_opts *o, struct fio_re
 		run_fio(dir, args[i], i == F_READ_DIRECT || i == F_READ_BUFFERED ? "read" : "write",
 			&f[i]);
 		if (f[i].ok && i == F_SYNC_4K)
-			fprintf(hu, "  %-72s %8.1f us per write+fdatasync (fdatasync alone %.1f us)\n",
+			fprintf(hu,
+				"  %-72s %8.1f us per write+fdatasync (fdatasync alone %.1f us)\n",
 				fio_names[i], f[i].runtime_ms * 1e3 / f[i].ios, f[i].sync_mean_us);
 		else if (f[i].ok)
 			fprintf(hu, "  %-72s %8.1f MB/s\n", fio_names[i], f[i].bw / 1e6);
@@ -495,6 +494,23 @@ static int wal_open_in(const char *dir, uint32_t window_ms, de_wal **w)
 	return de_wal_open(dir, &wo, w);
 }
 
+/* The end of a WAL case that ran for ns and logged rows: closes w and d, fills r's
+ * figures from st; returns err, else the error of de_wal_close. */
+static int wal_case_end(de_wal *w, de_dirty *d, int err, uint64_t ns,
+			const struct de_wal_stats *st, uint64_t rows, struct wal_result *r)
+{
+	int cerr = de_wal_close(w);
+	de_dirty_destroy(d);
+	if (!err)
+		err = cerr;
+	r->seconds = secs(ns);
+	r->bytes = st->bytes_written;
+	r->fsyncs = st->fsyncs;
+	r->bytes_per_s = (double)st->bytes_written / r->seconds;
+	r->rows_per_s = (double)rows / r->seconds;
+	return err;
+}
+
 static int wal_async_case(const char *dir, const struct persist_opts *o, de_table *t,
 			  const uint64_t *pool, struct wal_result *r)
 {
@@ -509,7 +525,8 @@ static int wal_async_case(const char *dir, const struct persist_opts *o, de_tabl
 	while (!err) {
 		size_t at = (size_t)(de_splitmix64(rng++) % (KEY_POOL - o->batch));
 		struct de_wal_batch b = { .table_id = TABLE_ID, .type = DE_WAL_PUT,
-					  .keys = pool + at, .n = o->batch, .table = t, .dirty = d };
+					  .keys = pool + at, .n = o->batch, .table = t,
+					  .dirty = d };
 		err = de_wal_append(w, &b, NULL);
 		rows += o->batch;
 		r->records++;
@@ -527,16 +544,7 @@ static int wal_async_case(const char *dir, const struct persist_opts *o, de_tabl
 	uint64_t t1 = ns_now();
 	if (!err)
 		err = de_wal_stats(w, &st);
-	int cerr = de_wal_close(w);
-	de_dirty_destroy(d);
-	if (!err)
-		err = cerr;
-	r->seconds = secs(t1 - t0);
-	r->bytes = st.bytes_written;
-	r->fsyncs = st.fsyncs;
-	r->bytes_per_s = (double)st.bytes_written / r->seconds;
-	r->rows_per_s = (double)rows / r->seconds;
-	return err;
+	return wal_case_end(w, d, err, t1 - t0, &st, rows, r);
 }
 
 static int wal_sync_case(const char *dir, const struct persist_opts *o, de_table *t,
@@ -595,41 +603,16 @@ static int wal_sync_case(const char *dir, const struct persist_opts *o, de_table
 	for (unsigned i = 0; th && i < o->threads; i++)
 		free(th[i].lat);
 	free(th);
-	int cerr = de_wal_close(w);
-	de_dirty_destroy(d);
-	if (!err)
-		err = cerr;
-	r->seconds = secs(t1 - t0);
-	r->bytes = st.bytes_written;
-	r->fsyncs = st.fsyncs;
-	r->bytes_per_s = (double)st.bytes_written / r->seconds;
-	r->rows_per_s = (double)rows / r->seconds;
-	return err;
+	return wal_case_end(w, d, err, t1 - t0, &st, rows, r);
 }
 
 /* ---- output ------------------------------------------------------------------------------ */
 
-static void jstr(FILE *f, const char *s)
-{
-	fputc('"', f);
-	for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
-		if (*p == '"' || *p == '\\')
-			fprintf(f, "\\%c", *p);
-		else if (*p < 0x20)
-			fprintf(f, "\\u%04x", *p);
-		else
-			fputc(*p, f);
-	}
-	fputc('"', f);
-}
-
+/* ,"key":v (null when v is not finite) */
 static void jnum(FILE *f, const char *key, double v)
 {
 	fprintf(f, ",\"%s\":", key);
-	if (isfinite(v))
-		fprintf(f, "%.6g", v);
-	else
-		fputs("null", f);
+	json_num(f, v, "%.6g");
 }
 
 static void jbool(FILE *f, const char *key, double ratio, double goal)
@@ -734,7 +717,8 @@ static int parse(int argc, char **argv, struct persist_opts *o)
 			goto bad;
 		}
 		if (end && (*end || end == v)) {
-			fprintf(stderr, PROG " persist: '%s' is not a number for %s\n", v, argv[i - 1]);
+			fprintf(stderr, PROG " persist: '%s' is not a number for %s\n", v,
+				argv[i - 1]);
 			return -1;
 		}
 		continue;
@@ -838,7 +822,8 @@ static int check(de_table *t, const struct verify *vf, uint32_t dim, uint64_t ro
 		if (st[i] != DE_FOUND ||
 		    memcmp(got + i * dim, vf->vals + i * dim, dim * sizeof(float))) {
 			fprintf(stderr, PROG " persist: %s: key %016" PRIx64 " %s\n", what,
-				vf->keys[i], st[i] != DE_FOUND ? "missing" : "has the wrong values");
+				vf->keys[i],
+				st[i] != DE_FOUND ? "missing" : "has the wrong values");
 			err = -EBADMSG;
 		}
 	free(got);
@@ -877,16 +862,7 @@ int cmd_persist(int argc, char **argv, const char *command_line)
 
 	uint32_t rf = o.dim * (1 + o.slots);
 	uint64_t row_bytes = 4ull * rf + 32, need = o.rows * (row_bytes + 24);
-	int64_t avail = -1;
-	{
-		FILE *mf = fopen("/proc/meminfo", "r");
-		char line[256];
-		while (mf && fgets(line, sizeof line, mf))
-			if (!strncmp(line, "MemAvailable:", 13))
-				avail = strtoll(line + 13, NULL, 10) * 1024;
-		if (mf)
-			fclose(mf);
-	}
+	int64_t avail = proc_kb("/proc/meminfo", "MemAvailable");
 
 	double load1 = NAN;
 	{
@@ -907,8 +883,8 @@ int cmd_persist(int argc, char **argv, const char *command_line)
 			? " -- MEMORY, not a disk: these figures say nothing about storage" : "");
 	fprintf(hu, "table: %" PRIu64 " rows, dim %u, %u slots (%" PRIu64 " bytes a snapshot "
 		    "record), about %.2f GiB in memory; WAL buffer %u MiB, async window %u ms\n",
-		o.rows, o.dim, o.slots, (uint64_t)(40 + 4ull * rf), (double)need / (1 << 30), WAL_BUFFER >> 20,
-		WAL_WINDOW_MS);
+		o.rows, o.dim, o.slots, (uint64_t)(40 + 4ull * rf), (double)need / (1 << 30),
+		WAL_BUFFER >> 20, WAL_WINDOW_MS);
 	if (avail > 0 && (double)need > 0.85 * (double)avail) {
 		fprintf(stderr, PROG " persist: the table needs about %.1f GiB, %.1f GiB available:"
 				" use fewer --rows\n", (double)need / (1 << 30),
@@ -971,7 +947,8 @@ int cmd_persist(int argc, char **argv, const char *command_line)
 	snap_s = secs(ns_now() - t0);
 	cpu_snap = cpu_s() - c0;
 	double snap_bps = (double)si.file_bytes / snap_s;
-	fprintf(hu, "snapshot write: %" PRIu64 " rows, %.1f MiB in %.2f s: %.1f MB/s (cpu %.2f s)\n",
+	fprintf(hu,
+		"snapshot write: %" PRIu64 " rows, %.1f MiB in %.2f s: %.1f MB/s (cpu %.2f s)\n",
 		si.records, (double)si.file_bytes / (1 << 20), snap_s, snap_bps / 1e6, cpu_snap);
 	fflush(hu);
 
@@ -1097,13 +1074,13 @@ int cmd_persist(int argc, char **argv, const char *command_line)
 	if (o.json) {
 		FILE *j = stdout;
 		fputs("{\"command\":", j);
-		jstr(j, command_line);
+		json_str(j, command_line);
 		fputs(",\"dir\":", j);
-		jstr(j, base);
+		json_str(j, base);
 		fputs(",\"fs_type\":", j);
-		jstr(j, fi.type);
+		json_str(j, fi.type);
 		fputs(",\"fs_source\":", j);
-		jstr(j, fi.source);
+		json_str(j, fi.source);
 		fprintf(j, ",\"rows\":%" PRIu64 ",\"dim\":%u,\"slots\":%u,\"tail_rows\":%" PRIu64
 			   ",\"batch\":%u,\"sync_batch\":%u,\"sync_threads\":%u,\"short\":%s",
 			o.rows, o.dim, o.slots, o.tail_rows, o.batch, o.sync_batch, o.threads,

@@ -20,13 +20,14 @@
  *   2. Round trips of 1 and 64 existing keys through the ring (dynemb_lookup without
  *      DYNEMB_READONLY): p50/p99 over K iterations after 1000 warm-up ones.
  *   3. Throughput, batch 4096, one client thread, uniform and Zipf(0.99) keys: through
- *      the ring, then zero-copy (dynemb_lookup with DYNEMB_READONLY; dynemb_zero_copy_counts must show
- *      every key served locally), measured after a 1.2 s pause so that the worker's 1 s
- *      busy-poll window has run out (zero-copy does not use it; a worker spinning on the
- *      other vCPU of a 2-vCPU VM cost the client 30-55% of its rate). Keys come from pools of 4M keys drawn before timing
- *      (the Zipf sampler is a CDF over the N ranks + binary search; rank r is key r of the
- *      fill, whose keys are hashes, so hot keys are scattered). Each measurement first
- *      runs one untimed pass over its pool (capped at S/2) to fault the mappings in.
+ *      the ring, then zero-copy (dynemb_lookup with DYNEMB_READONLY;
+ *      dynemb_zero_copy_counts must show every key served locally), measured after a
+ *      1.2 s pause so that the worker's 1 s busy-poll window has run out (zero-copy does
+ *      not use it; a worker spinning on the other vCPU of a 2-vCPU VM cost the client
+ *      30-55% of its rate). Keys come from pools of 4M keys drawn before timing (the Zipf
+ *      sampler is a CDF over the N ranks + binary search; rank r is key r of the fill,
+ *      whose keys are hashes, so hot keys are scattered). Each measurement first runs one
+ *      untimed pass over its pool (capped at S/2) to fault the mappings in.
  *   4. dynembd is stopped. Baseline round trip: the same request/response over a unix
  *      SOCK_SEQPACKET socket pair against an echo-lookup thread of this process (pinned
  *      to CPU 1): keys in, 64 floats per key out of a plain array (key % 65536).
@@ -46,7 +47,6 @@
  * Ownership: everything is created by cmd_sidecar (through struct run) and freed in
  * run_free, on success and on every error path.
  */
-#include "bench.h"
 #include "bench_util.h"
 
 #include <errno.h>
@@ -132,12 +132,10 @@ struct run {
 
 /* ---- small helpers ---------------------------------------------------------------- */
 
-static uint64_t mix(uint64_t x) { return de_splitmix64(x) | 1; } /* never key 0 ("no feature") */
-
 static double unit(uint64_t *rng)
 {
 	*rng += 1;
-	return (double)(mix(*rng * 0x2545f4914f6cdd1dull) >> 11) * 0x1.0p-53;
+	return (double)(key_of(*rng * 0x2545f4914f6cdd1dull) >> 11) * 0x1.0p-53;
 }
 
 /* The first float of every row: checked by each phase to catch a wrong row. */
@@ -267,32 +265,9 @@ static char *find_on_path(const char *name)
 
 /* ---- round trips ---------------------------------------------------------------------- */
 
-/* One timed request of n keys k: *ns is the time of the request alone; then its answer is
- * checked (a wrong row is -EBADMSG). */
-typedef int (*rtt_call)(void *ctx, const uint64_t *k, uint32_t n, uint64_t *ns);
-
-/* p50/p99 of 1-key and 64-key requests, after 1000 untimed ones of each. */
-static int sample_rtt(struct run *r, const struct opts *o, rtt_call call, void *ctx,
-		      double out[2][2])
-{
-	int err = 0;
-	for (int s = 0; s < 2 && !err; s++) {
-		uint32_t n = s ? 64 : 1;
-		uint64_t k[64];
-		unsigned warm = 1000;
-		for (unsigned i = 0; i < warm + o->iters && !err; i++) {
-			for (uint32_t j = 0; j < n; j++)
-				k[j] = r->keys[mix(i * 64 + j) % o->keys];
-			uint64_t dt = 0;
-			err = call(ctx, k, n, &dt);
-			if (i >= warm)
-				r->lat[i - warm] = dt;
-		}
-		if (!err)
-			pctl(r->lat, o->iters, out[s]);
-	}
-	return err;
-}
+/* The round trips are sampled by sample_rtt (bench_util.c), after 1000 untimed requests of
+ * each size; each call below checks its answer (a wrong row is -EBADMSG). */
+#define RTT_WARM 1000u
 
 struct ring_call {
 	struct run *r;
@@ -315,7 +290,7 @@ static int ring_call(void *ctx, const uint64_t *k, uint32_t n, uint64_t *ns)
 static int rtt_ring(struct run *r, int t, const struct opts *o, double out[2][2])
 {
 	struct ring_call rc = { r, t };
-	return sample_rtt(r, o, ring_call, &rc, out);
+	return sample_rtt(r->keys, o->keys, o->iters, RTT_WARM, r->lat, ring_call, &rc, out);
 }
 
 struct echo {
@@ -393,7 +368,7 @@ static int rtt_socket(struct run *r, const struct opts *o, double out[2][2])
 		free(rows);
 		return err;
 	}
-	err = sample_rtt(r, o, socket_call, &sk[0], out);
+	err = sample_rtt(r->keys, o->keys, o->iters, RTT_WARM, r->lat, socket_call, &sk[0], out);
 	shutdown(sk[0], SHUT_WR); /* echo_main returns */
 	pthread_join(th, NULL);
 	close(sk[0]);
@@ -448,7 +423,7 @@ static int make_pools(struct run *r, uint64_t n)
 		if (!(r->pool[d] = malloc((size_t)POOL * 8)))
 			return -ENOMEM;
 	for (uint32_t i = 0; i < POOL; i++)
-		r->pool[DIST_UNIFORM][i] = r->keys[mix(i + 0x5eed) % n];
+		r->pool[DIST_UNIFORM][i] = r->keys[key_of(i + 0x5eed) % n];
 	double *cdf = malloc(n * sizeof *cdf);
 	if (!cdf)
 		return -ENOMEM;
@@ -535,7 +510,8 @@ static int r_header(struct run *r, char c, long long *v)
 		return err;
 	if (n < 2 || l[0] != c) {
 		if (n && l[0] == '-')
-			fprintf(stderr, PROG " sidecar: redis: %.*s\n", (int)(n < 200 ? n : 200), l);
+			fprintf(stderr, PROG " sidecar: redis: %.*s\n", (int)(n < 200 ? n : 200),
+				l);
 		return -EPROTO;
 	}
 	long long x = 0;
@@ -706,7 +682,7 @@ static double redis_mget(struct run *r, uint64_t nkeys, double secs, int *err)
 	const uint32_t nb = POOL / BATCH;
 	uint64_t *pool = r->pool[DIST_UNIFORM];
 	for (uint32_t i = 0; i < POOL; i++)
-		pool[i] = r->keys[mix(i + 0x7ed15) % nkeys];
+		pool[i] = r->keys[key_of(i + 0x7ed15) % nkeys];
 	uint64_t rows = 0, b = 0, t0 = 0, end = 0;
 	for (int timed = 0; timed < 2 && !*err; timed++) {
 		/* untimed: about a tenth of the time, to warm up both sides */
@@ -746,7 +722,8 @@ static int run_redis(struct run *r, const struct opts *o, struct figures *f)
 	}
 	int err = redis_connect(r);
 	if (err) {
-		fail("redis-server (%s) did not answer on %s: %s", o->redis, r->rsock, strerror(-err));
+		fail("redis-server (%s) did not answer on %s: %s", o->redis, r->rsock,
+		     strerror(-err));
 		log_tail(r->rlog);
 		return err;
 	}
@@ -788,7 +765,8 @@ static int start_daemon(struct run *r, const char *path)
 		usleep(10000);
 	}
 	if (err) {
-		fail("dynembd (%s) did not come up on %s: %s", path, r->dsock, dynemb_strerror(err));
+		fail("dynembd (%s) did not come up on %s: %s", path, r->dsock,
+		     dynemb_strerror(err));
 		log_tail(r->dlog);
 	}
 	return err;
@@ -812,7 +790,8 @@ static int fill_daemon(struct run *r, int t, uint64_t n, double *rate)
 	if (!err)
 		err = dynemb_stats(r->c, t, &s);
 	if (!err && s.keys != n) {
-		fail("the daemon's table holds %" PRIu64 " keys after the fill, not %" PRIu64, s.keys, n);
+		fail("the daemon's table holds %" PRIu64 " keys after the fill, not %" PRIu64,
+		     s.keys, n);
 		err = -EBADMSG;
 	}
 	return err;
@@ -821,8 +800,9 @@ static int fill_daemon(struct run *r, int t, uint64_t n, double *rate)
 static int run_daemon(struct run *r, const char *path, const struct opts *o, struct figures *f)
 {
 	int err = start_daemon(r, path), t = -1;
-	struct dynemb_table_spec spec = { .name = "sidecar_bench", .dim = DIM, .init = DYNEMB_UNIFORM,
-				      .init_a = -1, .init_b = 1, .seed = 1, .keys = DYNEMB_INT64_KEYS };
+	struct dynemb_table_spec spec = { .name = "sidecar_bench", .dim = DIM,
+					  .init = DYNEMB_UNIFORM, .init_a = -1, .init_b = 1,
+					  .seed = 1, .keys = DYNEMB_INT64_KEYS };
 	const char *what = "open";
 	if (!err)
 		err = dynemb_open(r->c, &spec, &t);
@@ -871,8 +851,8 @@ static int run_daemon(struct run *r, const char *path, const struct opts *o, str
 static int run_inproc(struct run *r, const struct opts *o, struct figures *f)
 {
 	struct de_arena_config ac = { .pages = DE_PAGES_AUTO, .numa_node = DE_NUMA_AUTO };
-	struct de_table_config tc = { .dim = DIM, .init = DE_INIT_UNIFORM, .init_a = -1, .init_b = 1,
-				      .seed = 1 };
+	struct de_table_config tc = { .dim = DIM, .init = DE_INIT_UNIFORM, .init_a = -1,
+				      .init_b = 1, .seed = 1 };
 	int err = de_arena_create(&ac, &r->arena);
 	if (!err)
 		err = de_table_open(r->arena, &tc, &r->table);
@@ -915,10 +895,10 @@ static void report(const struct opts *o, const struct figures *f)
 		DIM, CLIENT_CPU, SERVER_CPU);
 	fprintf(h, "  %-26s %12s %12s %12s %12s\n", "path", "1 key p50", "1 key p99", "64 keys p50",
 		"64 keys p99");
-	fprintf(h, "  %-26s %12.0f %12.0f %12.0f %12.0f\n", "dynembd ring (dynemb_lookup)", f->rtt[0][0][0],
-		f->rtt[0][0][1], f->rtt[0][1][0], f->rtt[0][1][1]);
-	fprintf(h, "  %-26s %12.0f %12.0f %12.0f %12.0f\n", "unix socket echo-lookup", f->rtt[1][0][0],
-		f->rtt[1][0][1], f->rtt[1][1][0], f->rtt[1][1][1]);
+	fprintf(h, "  %-26s %12.0f %12.0f %12.0f %12.0f\n", "dynembd ring (dynemb_lookup)",
+		f->rtt[0][0][0], f->rtt[0][0][1], f->rtt[0][1][0], f->rtt[0][1][1]);
+	fprintf(h, "  %-26s %12.0f %12.0f %12.0f %12.0f\n", "unix socket echo-lookup",
+		f->rtt[1][0][0], f->rtt[1][0][1], f->rtt[1][1][0], f->rtt[1][1][1]);
 	fprintf(h, "  1-key p50: the ring is %.1fx faster than the socket\n",
 		f->rtt[1][0][0] / f->rtt[0][0][0]);
 	fprintf(h, "lookup throughput, batch %d, one client thread, %" PRIu64 " keys (M rows/s):\n",
@@ -926,8 +906,8 @@ static void report(const struct opts *o, const struct figures *f)
 	fprintf(h, "  %-26s %12s %12s\n", "path", dn[0], dn[1]);
 	fprintf(h, "  %-26s %12.2f %12.2f\n", "in-process de_table_find", t[PATH_INPROC][0] / 1e6,
 		t[PATH_INPROC][1] / 1e6);
-	fprintf(h, "  %-26s %12.2f %12.2f\n", "zero-copy (DYNEMB_READONLY)", t[PATH_ZEROCOPY][0] / 1e6,
-		t[PATH_ZEROCOPY][1] / 1e6);
+	fprintf(h, "  %-26s %12.2f %12.2f\n", "zero-copy (DYNEMB_READONLY)",
+		t[PATH_ZEROCOPY][0] / 1e6, t[PATH_ZEROCOPY][1] / 1e6);
 	fprintf(h, "  %-26s %12.2f %12.2f\n", "ring (dynemb_lookup)", t[PATH_RING][0] / 1e6,
 		t[PATH_RING][1] / 1e6);
 	if (f->have_redis)
@@ -938,8 +918,10 @@ static void report(const struct opts *o, const struct figures *f)
 	fprintf(h, "  zero-copy keys: %" PRIu64 " served locally, %" PRIu64 " by the daemon; "
 		   "in-process arena pages: %s\n", f->zc_local, f->zc_remote, f->inproc_pages);
 	fprintf(h, "ratios (uniform; zipf in brackets):\n");
-	fprintf(h, "  ring / in-process       %6.2f  (%.2f)\n", t[0][0] / t[2][0], t[0][1] / t[2][1]);
-	fprintf(h, "  zero-copy / in-process  %6.2f  (%.2f)\n", t[1][0] / t[2][0], t[1][1] / t[2][1]);
+	fprintf(h, "  ring / in-process       %6.2f  (%.2f)\n", t[0][0] / t[2][0],
+		t[0][1] / t[2][1]);
+	fprintf(h, "  zero-copy / in-process  %6.2f  (%.2f)\n", t[1][0] / t[2][0],
+		t[1][1] / t[2][1]);
 	if (f->have_redis) {
 		fprintf(h, "  ring / redis            %6.1f\n", t[0][0] / f->redis_rows_per_s);
 		fprintf(h, "  zero-copy / redis       %6.1f\n", t[1][0] / f->redis_rows_per_s);
@@ -957,10 +939,10 @@ static void report(const struct opts *o, const struct figures *f)
 	} else {
 		fprintf(h, "  ring, zero-copy >= 20x redis        n/a (%s)\n", f->redis_note);
 	}
-	fprintf(h, "  1-key ring round trip p50 < 1.5 us  %-8s (%.0f ns)\n", met(f->rtt[0][0][0] < 1500),
-		f->rtt[0][0][0]);
-	fprintf(h, "  1-key ring round trip p99 < 5 us    %-8s (%.0f ns)\n", met(f->rtt[0][0][1] < 5000),
-		f->rtt[0][0][1]);
+	fprintf(h, "  1-key ring round trip p50 < 1.5 us  %-8s (%.0f ns)\n",
+		met(f->rtt[0][0][0] < 1500), f->rtt[0][0][0]);
+	fprintf(h, "  1-key ring round trip p99 < 5 us    %-8s (%.0f ns)\n",
+		met(f->rtt[0][0][1] < 5000), f->rtt[0][0][1]);
 	if (!o->json)
 		return;
 	char redis[64] = "null", ring_x[32] = "null", zc_x[32] = "null";
@@ -994,7 +976,8 @@ static void report(const struct opts *o, const struct figures *f)
 	       !f->have_redis ? "null"
 	       : t[0][0] >= 20 * f->redis_rows_per_s && t[1][0] >= 20 * f->redis_rows_per_s ? "true"
 											 : "false",
-	       f->rtt[0][0][0] < 1500 ? "true" : "false", f->rtt[0][0][1] < 5000 ? "true" : "false");
+	       f->rtt[0][0][0] < 1500 ? "true" : "false",
+	       f->rtt[0][0][1] < 5000 ? "true" : "false");
 }
 
 /* ---- options, setup, teardown ------------------------------------------------------------ */
@@ -1063,14 +1046,16 @@ static int parse(int argc, char **argv, struct opts *o)
 	}
 	if (o->keys < BATCH || o->keys > (1ull << 31) || o->iters < 100 || o->iters > 10000000 ||
 	    !(o->seconds >= 0.01 && o->seconds <= 600)) {
-		fprintf(stderr, PROG " sidecar: --keys 4096..2^31, --iters 100..1e7, --seconds 0.01..600\n");
+		fprintf(stderr,
+			PROG " sidecar: --keys 4096..2^31, --iters 100..1e7, --seconds 0.01..600\n");
 		return EXIT_USAGE;
 	}
 	if (o->redis && !strcmp(o->redis, "none")) {
 		o->redis = NULL;
 		o->redis_none = true;
 	} else if (o->redis && !executable(o->redis)) {
-		fprintf(stderr, PROG " sidecar: --redis %s: not an executable file (or 'none')\n", o->redis);
+		fprintf(stderr, PROG " sidecar: --redis %s: not an executable file (or 'none')\n",
+			o->redis);
 		return EXIT_USAGE;
 	}
 	return 0;
@@ -1111,7 +1096,8 @@ int cmd_sidecar(int argc, char **argv)
 		return pr == 1 ? 0 : pr;
 	char dynembd[PATH_MAX];
 	if (find_dynembd(dynembd, sizeof dynembd)) {
-		fail("dynembd not found at %s: build it (ninja) or set DYNEMBD to its path", dynembd);
+		fail("dynembd not found at %s: build it (ninja) or set DYNEMBD to its path",
+		     dynembd);
 		return 1;
 	}
 	struct figures f = { 0 };
@@ -1133,7 +1119,8 @@ int cmd_sidecar(int argc, char **argv)
 	if (o.redis) {
 		r.rbuf = malloc(RBUF);
 		/* REDIS_DEPTH MGETs of BATCH 8-byte keys, or BATCH SETs of 256-byte values */
-		r.wbuf = malloc((size_t)BATCH * (ROW_BYTES + 64) + (size_t)REDIS_DEPTH * BATCH * 20 + 4096);
+		r.wbuf = malloc((size_t)BATCH * (ROW_BYTES + 64) +
+				(size_t)REDIS_DEPTH * BATCH * 20 + 4096);
 	}
 	if (!r.keys || !r.vals || !r.out || !r.st || !r.lat || (o.redis && (!r.rbuf || !r.wbuf)))
 		err = -ENOMEM;
@@ -1153,7 +1140,7 @@ int cmd_sidecar(int argc, char **argv)
 	snprintf(r.rlog, sizeof r.rlog, "%s/redis.log", r.dir);
 	pin(CLIENT_CPU);
 	for (uint64_t i = 0; i < o.keys; i++)
-		r.keys[i] = mix(i + 0x1000);
+		r.keys[i] = key_of(i + 0x1000);
 	uint64_t t0 = ns_now();
 	err = make_pools(&r, o.keys);
 	if (err) {
@@ -1170,12 +1157,14 @@ int cmd_sidecar(int argc, char **argv)
 		fclose(lf);
 	}
 	fprintf(h, "%s sidecar: %" PRIu64 " keys, dim %d, dynembd %s (key pools drawn in %.1f s; "
-		   "loadavg %s)\n", PROG, o.keys, DIM, dynembd, (double)(ns_now() - t0) / 1e9, load);
+		   "loadavg %s)\n", PROG, o.keys, DIM, dynembd,
+		(double)(ns_now() - t0) / 1e9, load);
 	fflush(h);
 
 	err = run_daemon(&r, dynembd, &o, &f);
 	if (!err) {
-		fprintf(h, "dynembd: filled %" PRIu64 " keys with dynemb_update at %.2f M rows/s; stopped\n",
+		fprintf(h, "dynembd: filled %" PRIu64
+			   " keys with dynemb_update at %.2f M rows/s; stopped\n",
 			o.keys, f.fill_rows_per_s / 1e6);
 		fflush(h);
 		err = rtt_socket(&r, &o, f.rtt[1]);

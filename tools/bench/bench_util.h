@@ -1,16 +1,54 @@
 /*
- * bench_util.h — helpers the data-plane benchmarks share (bench_channel.c,
- * bench_sidecar.c): a monotonic clock, CPU pinning, and p50/p99 of latency samples.
+ * bench_util.h — what the sub-commands of dynemb-bench share: the program name and the
+ * usage exit code, each sub-command's entry point, and the helpers more than one
+ * benchmark uses (clocks, CPU pinning, seeded draws, the keys of the fills, percentiles,
+ * the round-trip sampler, human formatting of rates / ratios / microseconds, JSON output,
+ * the machine description, the Zipf sampler). Every bench_*.c and dynemb-bench.c include
+ * it.
+ *
+ * The clocks and the draws are static inline: they run inside timed loops. The rest is
+ * in bench_util.c, which keeps no state; nothing here allocates.
  */
 #ifndef DE_BENCH_UTIL_H
 #define DE_BENCH_UTIL_H
 
 #include <sched.h>
+#include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <time.h>
 #include <unistd.h>
 
+#include "de_shm.h"
+
+#define PROG "dynemb-bench"
+#define EXIT_USAGE 2
+
+/* ---- the sub-commands (dynemb-bench.c dispatches to them) ---------------------------- */
+
+/* dynemb-bench table: the table against a plain gather, and growth latency (bench_table.c). */
+int cmd_table(int argc, char **argv, const char *command_line);
+
+/* dynemb-bench channel: data-plane round trips and throughput (bench_channel.c). */
+int cmd_channel(int argc, char **argv);
+
+/* dynemb-bench sidecar: dynembd end to end vs in-process, a socket and Redis
+ * (bench_sidecar.c). */
+int cmd_sidecar(int argc, char **argv);
+
+/* dynemb-bench learn: optimizer steps vs find, Hogwild vs per-row exclusion, eviction
+ * overhead, top-k (bench_learn.c). */
+int cmd_learn(int argc, char **argv, const char *command_line);
+
+/* dynemb-bench persist: WAL async / sync, snapshot write, restore and restart against fio
+ * on the same file system (bench_persist.c). */
+int cmd_persist(int argc, char **argv, const char *command_line);
+
+/* ---- clocks and pinning ----------------------------------------------------------------- */
+
+/* CLOCK_MONOTONIC in nanoseconds. */
 static inline uint64_t ns_now(void)
 {
 	struct timespec t;
@@ -18,6 +56,26 @@ static inline uint64_t ns_now(void)
 	return (uint64_t)t.tv_sec * 1000000000ull + (uint64_t)t.tv_nsec;
 }
 
+/* CLOCK_MONOTONIC in seconds. */
+static inline double now_s(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+/* CPU time of the calling thread: with now_s() it tells how much of a measurement the
+ * thread actually ran (a busy machine steals it; the results then say so). */
+static inline double thread_cpu_s(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+	return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+/* Pins the calling thread to cpu (modulo the CPUs online); best effort. */
 static inline void pin(int cpu)
 {
 	cpu_set_t s;
@@ -26,17 +84,109 @@ static inline void pin(int cpu)
 	(void)sched_setaffinity(0, sizeof s, &s);
 }
 
-static inline int cmp_u64(const void *a, const void *b)
+/* ---- draws and keys ---------------------------------------------------------------------- */
+
+/* Uniform double in [0, 1) from the top 53 bits. */
+static inline double rand_unit(uint64_t *state)
 {
-	uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
-	return x < y ? -1 : x > y;
+	return (double)(de_splitmix64_next(state) >> 11) * 0x1.0p-53;
 }
 
-static inline void pctl(uint64_t *v, unsigned n, double out[2])
+/* Uniform integer in [0, n): multiply-high (bias below 2^-32 for n < 2^32). */
+static inline uint64_t rand_below(uint64_t *state, uint64_t n)
 {
-	qsort(v, n, sizeof *v, cmp_u64);
-	out[0] = (double)v[n / 2];
-	out[1] = (double)v[(size_t)((double)n * 0.99)];
+	return (uint64_t)(((unsigned __int128)de_splitmix64_next(state) * n) >> 64);
 }
+
+/* The key of index i, a scattered non-zero hash of it (key 0 is "no feature"); the
+ * benchmarks also draw indexes with it. */
+static inline uint64_t key_of(uint64_t i)
+{
+	return de_splitmix64(i) | 1;
+}
+
+/* ---- numbers ------------------------------------------------------------------------------ */
+
+static inline uint64_t round_up(uint64_t v, uint64_t to)
+{
+	return (v + to - 1) / to * to;
+}
+
+static inline double gib(uint64_t bytes)
+{
+	return (double)bytes / (double)(1ull << 30);
+}
+
+/* qsort comparators. */
+int cmp_u64(const void *a, const void *b);
+int cmp_double(const void *a, const void *b);
+
+/* Sorts v[0, n) and puts its p50 and p99 (v[n / 2], v[n * 0.99]) in out; n > 0. */
+void pctl(uint64_t *v, unsigned n, double out[2]);
+
+/* One timed request of the n keys k (n <= 64): *ns is the time of the request alone.
+ * Returns 0 or a negative errno. */
+typedef int (*rtt_call)(void *ctx, const uint64_t *k, uint32_t n, uint64_t *ns);
+
+/* p50/p99 of 1-key (out[0]) and 64-key (out[1]) requests through call: warm untimed, then
+ * iters timed ones of each size, request i asking for keys[key_of(i * 64 + j) % nkeys];
+ * lat holds iters samples. Returns 0, or the first error of call (out is then partial). */
+int sample_rtt(const uint64_t *keys, uint64_t nkeys, unsigned iters, unsigned warm,
+	       uint64_t *lat, rtt_call call, void *ctx, double out[2][2]);
+
+/* Nearest-rank percentile of a sorted array (p in (0, 1]); NAN when n is 0. */
+double percentile(const double *sorted, size_t n, double p);
+
+/* Human text into buf, which is returned: "12.34 M" style rate ("n/a" when not finite),
+ * a ratio "0.83" ("n/a"), and "12.3 us" / "1.23 ms". */
+const char *fmt_rate(char *buf, size_t len, double v);
+const char *fmt_ratio(char *buf, size_t len, double v);
+const char *fmt_us(char *buf, size_t len, double us);
+
+/* ---- JSON output ------------------------------------------------------------------------ */
+
+/* s as a JSON string, quotes included. */
+void json_str(FILE *f, const char *s);
+
+/* v with printf format fmt, or null when v is not finite. */
+void json_num(FILE *f, double v, const char *fmt);
+
+/* ---- the machine -------------------------------------------------------------------------- */
+
+struct machine {
+	char cpu_model[128];
+	unsigned cpus_online;
+	unsigned cpus_allowed;      /* this process's affinity mask (what nproc prints) */
+	uint64_t mem_total;         /* bytes */
+	uint64_t mem_available;     /* bytes, when the run started */
+	char kernel[3 * 65 + 8]; /* sysname release machine */
+	char thp_anon[32];          /* the bracketed choice of .../transparent_hugepage/enabled */
+	char thp_shmem[32];         /* ... and of shmem_enabled */
+	long hugepages_free;        /* 2 MiB pool, -1 unknown */
+};
+
+/* Value in kB of a "Name:   123 kB" line of a /proc file, in bytes; -1 if absent. */
+int64_t proc_kb(const char *path, const char *name);
+
+void machine_describe(struct machine *m);
+
+/* m as one JSON object (no newline). */
+void machine_json(FILE *f, const struct machine *m);
+
+/* The machine, for the figures' header: one human line, or a JSON object (no newline). */
+void bench_machine_print(FILE *f, bool json);
+
+/* ---- Zipf sampler -------------------------------------------------------------------------- */
+
+/* P(rank k) proportional to (k+1)^-q over [0, n). */
+struct zipf {
+	double q;
+	uint64_t n;
+	double h_x1;   /* H(1.5) - h(1) */
+	double h_n;    /* H(n + 0.5) */
+	double squeeze;
+};
+void zipf_init(struct zipf *z, uint64_t n, double q);
+uint64_t zipf_draw(const struct zipf *z, uint64_t *rng);
 
 #endif
