@@ -28,6 +28,8 @@
 #include "de_learn.h"
 #include "de_shm.h"
 
+#define FILL_BATCH 4096u /* keys per lookup when a case fills a table */
+
 struct learn_opts {
 	uint64_t keys;
 	uint32_t dim, batch, threads;
@@ -43,7 +45,7 @@ struct learn_env {
 	de_table *t;
 	uint64_t *bkeys; /* NBATCH * batch keys, uniform over the table */
 	float *grads;    /* batch * dim */
-	float *out;      /* batch * dim */
+	float *out;      /* max(batch, FILL_BATCH) * dim */
 };
 
 static int env_open(struct learn_env *e, uint64_t keys, uint32_t nslots, enum de_init init)
@@ -218,7 +220,7 @@ static uint64_t *zipf_stream(uint64_t nkeys, size_t n, uint64_t seed)
 
 /* ---- 3: eviction overhead on lookups -------------------------------------------------- */
 
-#define EV_BATCH 512u
+#define EV_BATCH 512u /* <= FILL_BATCH */
 #define EV_BATCHES 4000u
 
 struct evict_result {
@@ -272,11 +274,11 @@ static int evict_case(struct learn_env *e, struct evict_result *r)
 	r->universe = distinct;
 	/* base: every key of the universe already resident, no eviction */
 	int err = env_open(e, 0, 0, DE_INIT_UNIFORM);
-	uint64_t *kk = malloc(4096 * 8);
+	uint64_t *kk = malloc(FILL_BATCH * 8);
 	if (!kk)
 		err = -ENOMEM;
-	for (uint64_t i = 0; !err && i < universe; i += 4096) {
-		uint64_t n = universe - i < 4096 ? universe - i : 4096;
+	for (uint64_t i = 0; !err && i < universe; i += FILL_BATCH) {
+		uint64_t n = universe - i < FILL_BATCH ? universe - i : FILL_BATCH;
 		for (uint64_t j = 0; j < n; j++)
 			kk[j] = ((i + j) << 32) | 1;
 		err = de_table_find_or_insert(e->t, kk, n, e->out, NULL, 1);
@@ -475,7 +477,8 @@ int cmd_learn(int argc, char **argv, const char *command_line)
 	struct learn_env e = { .o = o };
 	e.bkeys = malloc((size_t)NBATCH * o.batch * 8);
 	e.grads = malloc((size_t)o.batch * o.dim * 4);
-	e.out = malloc((size_t)o.batch * o.dim * 4);
+	/* the fills and the eviction case look up 4096 and EV_BATCH keys at a time */
+	e.out = malloc((size_t)(o.batch > FILL_BATCH ? o.batch : FILL_BATCH) * o.dim * 4);
 	int err = e.bkeys && e.grads && e.out ? 0 : -ENOMEM;
 	uint64_t rng = 12345;
 	for (size_t i = 0; !err && i < (size_t)NBATCH * o.batch; i++)
