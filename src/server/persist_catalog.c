@@ -42,15 +42,6 @@ _Static_assert(sizeof(struct srv_catalog_entry) == CAT_ENTRY, "spec");
 _Static_assert(offsetof(struct srv_catalog_entry, cfg) == 72, "spec");
 _Static_assert(offsetof(struct srv_catalog_entry, learn) == 136, "spec");
 
-static bool zero(const void *p, size_t n)
-{
-	const unsigned char *b = p;
-	for (size_t i = 0; i < n; i++)
-		if (b[i])
-			return false;
-	return true;
-}
-
 /* Decode a catalog image. 0, -EBADMSG / -EPROTO with *problem (static text). */
 static int cat_decode(const unsigned char *b, size_t len, struct srv_catalog_entry **out,
 		      uint32_t *count, const char **problem)
@@ -70,7 +61,7 @@ static int cat_decode(const unsigned char *b, size_t len, struct srv_catalog_ent
 		*problem = "another catalog version";
 		return -EPROTO;
 	}
-	if (eb != CAT_ENTRY || n > DE_MANIFEST_MAX_TABLES || r32 || !zero(b + 24, 8) ||
+	if (eb != CAT_ENTRY || n > DE_MANIFEST_MAX_TABLES || r32 || !srv_all_zero(b + 24, 8) ||
 	    len != CAT_HDR + (size_t)n * CAT_ENTRY + 4) {
 		*problem = "bad header or file size";
 		return -EBADMSG;

@@ -27,6 +27,9 @@
  * take any max_batch up to it. */
 #define SRV_MAX_BATCH_LIMIT (1u << 20)
 
+/* true when all n bytes at p are 0 (reserved fields, padding); validate_msg.c */
+bool srv_all_zero(const void *p, size_t n);
+
 /* ---- control packets (validate_msg.c) --------------------------------------------------- */
 
 /* A control request, copied out of its packet. */

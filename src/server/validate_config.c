@@ -109,22 +109,13 @@ __attribute__((format(printf, 3, 4))) static int bad(char *msg, size_t cap, cons
 	return -EINVAL;
 }
 
-static bool all_zero(const void *p, size_t n)
-{
-	const unsigned char *b = p;
-	for (size_t i = 0; i < n; i++)
-		if (b[i])
-			return false;
-	return true;
-}
-
 static int optim_normalize(struct de_wire_optim *o, struct de_wire_table_config *c, char *msg,
 			   size_t cap)
 {
 	if (o->reserved[0] || o->reserved[1])
 		return bad(msg, cap, "optimizer.reserved must be 0");
 	if (o->kind == DE_WOPT_NONE) {
-		if (!all_zero(o, sizeof *o))
+		if (!srv_all_zero(o, sizeof *o))
 			return bad(msg, cap, "optimizer none: its hyperparameters must be 0");
 		return 0;
 	}
@@ -161,7 +152,7 @@ static int admission_normalize(struct de_wire_admission *a, char *msg, size_t ca
 			   a->reject_value);
 	switch (a->mode) {
 	case DE_WADMIT_ALL:
-		if (!all_zero(a, sizeof *a))
+		if (!srv_all_zero(a, sizeof *a))
 			return bad(msg, cap, "admission none: min_count, probability, sketch sizes "
 				   "and reject_value must be 0");
 		return 0;
@@ -201,7 +192,7 @@ static int eviction_normalize(struct de_wire_eviction *e, char *msg, size_t cap)
 	if (e->reserved)
 		return bad(msg, cap, "eviction.reserved must be 0");
 	if (e->policy == DE_WEVICT_NONE) {
-		if (!all_zero(e, sizeof *e))
+		if (!srv_all_zero(e, sizeof *e))
 			return bad(msg, cap, "eviction none: budget, ttl, clocks, lfu_decay and "
 				   "disk_tier must be 0");
 		return 0;

@@ -72,7 +72,7 @@ int srv_check_msg(const void *buf, size_t n, bool trunc, bool hello_done, union 
 }
 
 
-static bool zero(const void *p, size_t n)
+bool srv_all_zero(const void *p, size_t n)
 {
 	const unsigned char *b = p;
 	for (size_t i = 0; i < n; i++)
@@ -119,7 +119,7 @@ int srv_check_persist_msg(union srv_msg *m, char *msg, size_t cap)
 			snprintf(msg, cap, "SNAPSHOT: unknown flags or a nonzero pad");
 			return -EINVAL;
 		}
-		if (zero(m->snapshot.name, DE_NAME_MAX))
+		if (srv_all_zero(m->snapshot.name, DE_NAME_MAX))
 			return 0;
 		return srv_name_check(m->snapshot.name, msg, cap);
 	case DE_MSG_EXPORT: {
