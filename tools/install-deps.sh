@@ -12,6 +12,7 @@ pkgs=(
   libcriterion-dev                          # C test framework
   clang libclang-rt-14-dev                  # libFuzzer targets (tools/fuzz.sh)
   python3-numpy python3-pytest              # the Python package and its tests
+  python3-venv python3-setuptools python3-pip  # the venv the tests install the package into
   python3-torch                             # the reference for the optimizer tests
   python3-matplotlib                        # tools/demo's and tools/word2vec's plots
   fio                                       # dynemb-bench persist's file-system baseline
