@@ -3,7 +3,8 @@
  * socket in a private temporary directory, and the tests speak the raw protocol of
  * src/proto.h (their own SEQPACKET + SCM_RIGHTS helpers, de_channel_attach on the channel
  * fd, the segments attached read-only through libdeshm), checking results against values
- * computed here.
+ * computed here. No code of the daemon is linked: it is reached only through its socket
+ * (worker.h is included for SRV_MAX_CLIENTS_PER_WORKER alone).
  *
  * The suite "daemon": HELLO/OPEN/SEGMENTS and the data-plane ops, string keys, tables
  * shared between processes and connections, permissions, every malformed control packet
@@ -12,8 +13,8 @@
  * The suite "learn" checks the learning config of OPEN (every validation failure, the
  * -EEXIST rules, nslots derived from the optimizer) and APPLY_GRADS (results against an
  * SGD and an Adagrad computed here; every rejected descriptor).
- * The suite "keystore" links the daemon's registry (src/server/tables.c) directly and
- * unit-tests the string-key store: keep a key's string, fetch it back.
+ * The daemon's string-key store as a unit: test_keystore.c; the daemon's descriptor and
+ * config checks linked directly: test_daemon_learn.c.
  *
  * The daemon is started through tests/daemon_util.h (the binary from $DYNEMBD, which meson
  * sets to the built path; the daemon's own page and segment defaults; log level info; its
@@ -44,9 +45,7 @@
 #include "daemon_util.h"
 #include "de_shm.h"
 #include "proto.h"
-#include "tables.h"
-#include "validate.h"
-#include "worker.h" /* SRV_MAX_CLIENTS_PER_WORKER */
+#include "worker.h" /* SRV_MAX_CLIENTS_PER_WORKER: its header only, nothing linked */
 
 #define TIMEOUT_MS 3000
 #define MiB (1ull << 20)
@@ -510,64 +509,6 @@ Test(daemon, string_keys, .timeout = 20)
 	cli_close(&c);
 	cr_assert_eq(dmn_stop(&d), 0);
 	dmn_cleanup(&d);
-}
-
-/* The daemon's string store, linked directly (src/server/tables.c). */
-Test(keystore, keep_and_fetch, .timeout = 20)
-{
-	struct srv_registry r;
-	srv_registry_init(&r, DE_PAGES_SMALL, DE_NUMA_NONE, 2 * MiB, 256 * MiB);
-	struct de_wire_table_config cfg = int_cfg(4, 0);
-	cfg.key_type = DE_KEYS_STRING;
-	char msg[240];
-	cr_assert_eq(srv_wire_config_normalize(&cfg, msg, sizeof msg), 0);
-	struct srv_table *t;
-	bool created;
-	struct de_wire_learn_config none = { 0 };
-	cr_assert_eq(srv_registry_open(&r, "s", &cfg, &none, &t, &created, msg, sizeof msg), 0,
-		     "%s", msg);
-	cr_assert(created);
-	char s[300];
-	for (int i = 0; i < 2000; i++) {
-		int n = snprintf(s, sizeof s, "key-%d-%0*d", i, i % 200, 0);
-		uint64_t k = de_key_from_string(cfg.seed, s, (size_t)n);
-		cr_assert_eq(srv_table_keep_string(t, k, s, (uint32_t)n), 0);
-		cr_assert_eq(srv_table_keep_string(t, k, "other", 5), 0, "the first string stays");
-	}
-	for (int i = 0; i < 2000; i++) {
-		int n = snprintf(s, sizeof s, "key-%d-%0*d", i, i % 200, 0);
-		uint64_t k = de_key_from_string(cfg.seed, s, (size_t)n);
-		char got[300];
-		uint32_t len = 0;
-		cr_assert_eq(srv_table_key_string(t, k, got, sizeof got, &len), 0);
-		cr_assert_eq(len, (uint32_t)n);
-		cr_assert_eq(memcmp(got, s, (size_t)n), 0);
-		if (n > 4) {
-			cr_assert_eq(srv_table_key_string(t, k, got, 4, &len), -ENOSPC);
-			cr_assert_eq(len, (uint32_t)n);
-		}
-	}
-	uint32_t len;
-	char got[8];
-	cr_assert_eq(srv_table_key_string(t, 12345, got, sizeof got, &len), -ENOENT);
-	cr_assert_eq(srv_table_key_string(t, 0, got, sizeof got, &len), 0, "'' is key 0");
-	cr_assert_eq(len, 0u);
-
-	/* same name: same config shares, another config is -EEXIST naming the field */
-	struct srv_table *t2;
-	cr_assert_eq(srv_registry_open(&r, "s", &cfg, &none, &t2, &created, msg, sizeof msg), 0);
-	cr_assert_eq(t2, t);
-	cr_assert_not(created);
-	struct de_wire_table_config other = cfg;
-	other.seed = 7;
-	cr_assert_eq(srv_registry_open(&r, "s", &other, &none, &t2, &created, msg, sizeof msg), -EEXIST);
-	cr_assert_not_null(strstr(msg, "seed"), "%s", msg);
-	/* int tables keep no strings */
-	struct de_wire_table_config ic = int_cfg(4, 0);
-	cr_assert_eq(srv_wire_config_normalize(&ic, msg, sizeof msg), 0);
-	cr_assert_eq(srv_registry_open(&r, "i", &ic, &none, &t2, &created, msg, sizeof msg), 0);
-	cr_assert_eq(srv_table_key_string(t2, 1, got, sizeof got, &len), -EINVAL);
-	srv_registry_destroy(&r);
 }
 
 /* A forked client: writes or reads table "shared"; exit 0 on success. */
