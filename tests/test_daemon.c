@@ -76,8 +76,8 @@ static void dmn_start(struct dmn *d, const char *const *extra)
 	const char *argv[32];
 	daemon_argv_defaults(argv, 32, bin, d->sock, "info", extra);
 	d->pid = daemon_spawn(argv, SIGKILL, d->log);
-	int st = 0; /* generous: a sanitizer build starts slowly */
-	int r = daemon_await_listen(d->pid, d->sock, 10, &st);
+	/* 10 s, generous: a sanitizer build starts slowly */
+	int st = 0, r = daemon_await_listen(d->pid, d->sock, 10, &st);
 	if (r == -ECHILD) {
 		daemon_show_log(d->log);
 		cr_assert_fail("the daemon exited at start (status %d)", st);
