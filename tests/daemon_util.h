@@ -1,15 +1,20 @@
 /*
  * daemon_util.h — what the tests that run the real dynembd share: the binary ($DYNEMBD,
  * default /tmp/dynembd-c; a missing one is a failure, not a skip: the daemon is part of
- * this project), its argv with the common small-footprint flags, fork + exec with
- * PR_SET_PDEATHSIG (a failed assertion never leaves a daemon behind), waiting until its
- * socket accepts, and stopping it (SIGTERM, SIGKILL after a deadline).
- * Each test keeps its own pid and socket name; nothing here holds state.
+ * this project), its argv (with the common small-footprint flags, or with the daemon's
+ * own page and segment defaults), fork + exec with PR_SET_PDEATHSIG (a failed assertion
+ * never leaves a daemon behind), connecting to its socket and waiting until it accepts,
+ * stopping it (SIGTERM, SIGKILL after a deadline), and showing its log (the stderr file
+ * daemon_spawn wrote; always, or only when DYNEMBD_TEST_SHOW_LOGS is set).
+ * Each test keeps its own pid, socket name and log; nothing here holds state.
+ * Users: test_client.c, test_client_learn.c, test_persist_daemon.c, test_daemon.c,
+ * tf_standin/test_tf_kernels.c.
  * Include after the Criterion header (uses now_s from test_util.h).
  */
 #ifndef DE_DAEMON_UTIL_H
 #define DE_DAEMON_UTIL_H
 
+#include <errno.h>
 #include <fcntl.h>
 #include <signal.h>
 #include <stdbool.h>
@@ -34,17 +39,45 @@ static inline const char *daemon_bin(void)
 	return b;
 }
 
+/* A SOCK_SEQPACKET connection to path: its fd (close-on-exec), or a negative errno
+ * (-ENAMETOOLONG when path does not fit in sun_path). The caller closes the fd. */
+static inline int daemon_connect(const char *path)
+{
+	int fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+	if (fd < 0)
+		return -errno;
+	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+	if (snprintf(sa.sun_path, sizeof sa.sun_path, "%s", path) >= (int)sizeof sa.sun_path) {
+		close(fd);
+		return -ENAMETOOLONG;
+	}
+	if (connect(fd, (struct sockaddr *)&sa, sizeof sa) != 0) {
+		int e = errno;
+		close(fd);
+		return -e;
+	}
+	return fd;
+}
+
 /* true when a SOCK_SEQPACKET connect to path succeeds */
 static inline bool daemon_can_connect(const char *path)
 {
-	int s = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
-	if (s < 0)
+	int fd = daemon_connect(path);
+	if (fd < 0)
 		return false;
-	struct sockaddr_un sa = { .sun_family = AF_UNIX };
-	snprintf(sa.sun_path, sizeof sa.sun_path, "%s", path);
-	bool ok = connect(s, (struct sockaddr *)&sa, sizeof sa) == 0;
-	close(s);
-	return ok;
+	close(fd);
+	return true;
+}
+
+/* Append the NULL-terminated list (NULL: nothing) to argv from index a while it fits in
+ * cap entries with the final NULL, and write that NULL. The next index. */
+static inline unsigned daemon_argv_add(const char **argv, unsigned cap, unsigned a,
+				       const char *const *list)
+{
+	for (unsigned i = 0; list && list[i] && a + 1 < cap; i++)
+		argv[a++] = list[i];
+	argv[a] = NULL;
+	return a;
 }
 
 /* Fill argv (cap entries): bin --foreground --socket sock --log-level level
@@ -54,16 +87,26 @@ static inline void daemon_argv(const char **argv, unsigned cap, const char *bin,
 			       const char *level, const char *const *more,
 			       const char *const *extra)
 {
-	const char *common[] = { bin, "--foreground", "--socket", sock, "--log-level", level,
-				 "--segment-bytes", "2M", "--reserve-bytes", "2G", "--pages", "small" };
-	unsigned a = 0;
-	for (unsigned i = 0; i < sizeof common / sizeof common[0] && a + 1 < cap; i++)
-		argv[a++] = common[i];
-	for (unsigned i = 0; more && more[i] && a + 1 < cap; i++)
-		argv[a++] = more[i];
-	for (unsigned i = 0; extra && extra[i] && a + 1 < cap; i++)
-		argv[a++] = extra[i];
-	argv[a] = NULL;
+	const char *const head[] = { bin, "--foreground", "--socket", sock, "--log-level", level,
+				     NULL };
+	const char *const small[] = { "--segment-bytes", "2M", "--reserve-bytes", "2G",
+				      "--pages", "small", NULL };
+	unsigned a = daemon_argv_add(argv, cap, 0, head);
+	a = daemon_argv_add(argv, cap, a, small);
+	a = daemon_argv_add(argv, cap, a, more);
+	daemon_argv_add(argv, cap, a, extra);
+}
+
+/* Fill argv like daemon_argv without the small-footprint flags (the daemon's own page,
+ * segment and reserve defaults): bin --foreground --socket sock --log-level level, then
+ * the NULL-terminated extra (may be NULL) while it fits; argv ends with NULL. */
+static inline void daemon_argv_defaults(const char **argv, unsigned cap, const char *bin,
+					const char *sock, const char *level,
+					const char *const *extra)
+{
+	const char *const head[] = { bin, "--foreground", "--socket", sock, "--log-level", level,
+				     NULL };
+	daemon_argv_add(argv, cap, daemon_argv_add(argv, cap, 0, head), extra);
 }
 
 /* fork + exec argv[0] with argv; the child gets death_sig when this process dies, and its
@@ -88,18 +131,33 @@ static inline pid_t daemon_spawn(const char *const *argv, int death_sig, const c
 	return pid;
 }
 
+/* Poll until sock accepts: 0; -ECHILD when pid exited first (its wait status in *status
+ * when status is not NULL), -ETIMEDOUT after secs seconds. Asserts nothing. */
+static inline int daemon_await_listen(pid_t pid, const char *sock, double secs, int *status)
+{
+	double end = now_s() + secs;
+	while (!daemon_can_connect(sock)) {
+		int st = 0;
+		if (waitpid(pid, &st, WNOHANG) != 0) {
+			if (status)
+				*status = st;
+			return -ECHILD;
+		}
+		if (now_s() >= end)
+			return -ETIMEDOUT;
+		usleep(2000);
+	}
+	return 0;
+}
+
 /* Wait until sock accepts; fails the test when pid exits first or after secs seconds
  * (log, when not NULL, is named in the message). */
 static inline void daemon_wait_listen(pid_t pid, const char *sock, double secs, const char *log)
 {
-	double end = now_s() + secs;
-	while (!daemon_can_connect(sock)) {
-		int st;
-		cr_assert_eq(waitpid(pid, &st, WNOHANG), 0, "dynembd exited at startup%s%s",
-			     log ? ", log " : "", log ? log : "");
-		cr_assert_lt(now_s(), end, "dynembd did not listen on %s within %.0f s", sock, secs);
-		usleep(2000);
-	}
+	int r = daemon_await_listen(pid, sock, secs, NULL);
+	cr_assert_neq(r, -ECHILD, "dynembd exited at startup%s%s", log ? ", log " : "",
+		      log ? log : "");
+	cr_assert_eq(r, 0, "dynembd did not listen on %s within %.0f s", sock, secs);
 }
 
 /* SIGTERM pid and wait for it; SIGKILL after secs seconds. Its wait status. */
@@ -117,6 +175,28 @@ static inline int daemon_terminate(pid_t pid, double secs)
 		usleep(2000);
 	}
 	return st;
+}
+
+/* Copy the file log (a daemon's stderr, see daemon_spawn) to this process's stderr after
+ * a header line naming it; nothing when it cannot be opened. */
+static inline void daemon_show_log(const char *log)
+{
+	FILE *f = fopen(log, "r");
+	if (!f)
+		return;
+	char line[512];
+	fprintf(stderr, "---- daemon log %s ----\n", log);
+	while (fgets(line, sizeof line, f))
+		fputs(line, stderr);
+	fclose(f);
+}
+
+/* daemon_show_log when DYNEMBD_TEST_SHOW_LOGS is set (to anything): for debugging, every
+ * daemon's log, also of the tests that passed. */
+static inline void daemon_show_log_if_asked(const char *log)
+{
+	if (getenv("DYNEMBD_TEST_SHOW_LOGS"))
+		daemon_show_log(log);
 }
 
 #endif /* DE_DAEMON_UTIL_H */

@@ -1,20 +1,27 @@
 /*
  * test_daemon.c — dynembd end to end: the real daemon binary runs as a child process on a
- * temporary socket, and the tests speak the raw protocol of src/proto.h (their own
- * SEQPACKET + SCM_RIGHTS helpers, de_channel_attach on the channel fd), checking results
- * against values computed here. The daemon binary comes from $DYNEMBD (meson sets it to
- * the built path), else /tmp/dynembd.
+ * socket in a private temporary directory, and the tests speak the raw protocol of
+ * src/proto.h (their own SEQPACKET + SCM_RIGHTS helpers, de_channel_attach on the channel
+ * fd, the segments attached read-only through libdeshm), checking results against values
+ * computed here. No code of the daemon is linked: it is reached only through its socket
+ * (worker.h is included for SRV_MAX_CLIENTS_PER_WORKER alone).
  *
+ * The suite "daemon": HELLO/OPEN/SEGMENTS and the data-plane ops, string keys, tables
+ * shared between processes and connections, permissions, every malformed control packet
+ * and descriptor, a client killed mid-batch, a scribbled ring, an idle daemon's CPU, the
+ * SIGTERM drain, a client that never reaps, a full worker.
  * The suite "learn" checks the learning config of OPEN (every validation failure, the
  * -EEXIST rules, nslots derived from the optimizer) and APPLY_GRADS (results against an
  * SGD and an Adagrad computed here; every rejected descriptor).
+ * The daemon's string-key store as a unit: test_keystore.c; the daemon's descriptor and
+ * config checks linked directly: test_daemon_learn.c.
  *
- * The suite "keystore" links the daemon's registry (src/server/tables.c) directly and
- * unit-tests the string-key store: keep a key's string, fetch it back.
- *
- * Every daemon is started with PR_SET_PDEATHSIG, so a failed assertion (which ends the
- * test process) never leaves one behind. Every wait is bounded (TIMEOUT_MS per reply).
- * DYNEMBD_TEST_SHOW_LOGS=1 prints each daemon's log (stderr) when its test ends.
+ * The daemon is started through tests/daemon_util.h (the binary from $DYNEMBD, which meson
+ * sets to the built path; the daemon's own page and segment defaults; log level info; its
+ * stderr to a log file in the test's directory). PR_SET_PDEATHSIG means a failed
+ * assertion (which ends the test process) never leaves a daemon behind. Every wait is
+ * bounded (TIMEOUT_MS per reply). A daemon that exits at start or stops uncleanly has
+ * its log printed; DYNEMBD_TEST_SHOW_LOGS=1 prints each daemon's log when its test ends.
  */
 #include <criterion/criterion.h>
 
@@ -29,20 +36,16 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
-#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
-#include <sys/un.h>
 #include <sys/wait.h>
-#include <time.h>
 #include <unistd.h>
 
+#include "daemon_util.h"
 #include "de_shm.h"
 #include "proto.h"
-#include "tables.h"
-#include "validate.h"
-#include "worker.h" /* SRV_MAX_CLIENTS_PER_WORKER */
+#include "worker.h" /* SRV_MAX_CLIENTS_PER_WORKER: its header only, nothing linked */
 
 #define TIMEOUT_MS 3000
 #define MiB (1ull << 20)
@@ -51,124 +54,52 @@
 #define VOFF (1 * MiB)
 #define SOFF (7 * MiB)
 
-/* ---- the daemon as a child process --------------------------------------------------- */
+/* ---- the daemon as a child process (tests/daemon_util.h) ------------------------------ */
 
+/* One test's daemon: its pid and its private directory, which holds the log and run/,
+ * where the daemon creates its socket. */
 struct dmn {
 	pid_t pid;
 	char dir[64], sock[128], log[128];
 };
 
-static uint64_t now_ms(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
-}
-
-static void dmn_dump(const struct dmn *d)
-{
-	FILE *f = fopen(d->log, "r");
-	if (!f)
-		return;
-	char line[512];
-	fprintf(stderr, "---- daemon log %s ----\n", d->log);
-	while (fgets(line, sizeof line, f))
-		fputs(line, stderr);
-	fclose(f);
-}
-
-static int try_connect(const char *path)
-{
-	int fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
-	struct sockaddr_un sa = { .sun_family = AF_UNIX };
-	if (snprintf(sa.sun_path, sizeof sa.sun_path, "%s", path) >= (int)sizeof sa.sun_path) {
-		close(fd);
-		return -ENAMETOOLONG;
-	}
-	if (connect(fd, (struct sockaddr *)&sa, sizeof sa) != 0) {
-		int e = errno;
-		close(fd);
-		return -e;
-	}
-	return fd;
-}
-
-/* Start dynembd with extra flags (NULL-terminated) and wait until it accepts. */
+/* Start dynembd with extra flags (NULL-terminated) and wait until it accepts; a daemon
+ * that exits first fails the test with its log shown. */
 static void dmn_start(struct dmn *d, const char *const *extra)
 {
-	const char *bin = getenv("DYNEMBD");
-	if (!bin || !*bin)
-		bin = "/tmp/dynembd";
-	cr_assert(access(bin, X_OK) == 0, "no daemon binary at %s (set DYNEMBD)", bin);
+	const char *bin = daemon_bin();
 	strcpy(d->dir, "/tmp/dynembd-test.XXXXXX");
 	cr_assert_not_null(mkdtemp(d->dir));
 	chmod(d->dir, 0755); /* the permission test connects as another user */
 	snprintf(d->sock, sizeof d->sock, "%s/run/d.sock", d->dir); /* run/: the daemon creates it */
 	snprintf(d->log, sizeof d->log, "%s/log", d->dir);
-	const char *argv[32] = { bin, "--foreground", "--socket", d->sock, "--log-level", "info" };
-	int n = 6;
-	for (int i = 0; extra && extra[i] && n < 31; i++)
-		argv[n++] = extra[i];
-	argv[n] = NULL;
-	pid_t parent = getpid();
-	d->pid = fork();
-	cr_assert_geq(d->pid, 0);
-	if (d->pid == 0) {
-		prctl(PR_SET_PDEATHSIG, SIGKILL);
-		if (getppid() != parent)
-			_exit(99);
-		int lf = open(d->log, O_WRONLY | O_CREAT | O_TRUNC, 0644);
-		dup2(lf, 2);
-		int nul = open("/dev/null", O_RDWR);
-		dup2(nul, 0);
-		dup2(nul, 1);
-		execv(bin, (char *const *)argv);
-		_exit(98);
+	const char *argv[32];
+	daemon_argv_defaults(argv, 32, bin, d->sock, "info", extra);
+	d->pid = daemon_spawn(argv, SIGKILL, d->log);
+	/* 10 s, generous: a sanitizer build starts slowly */
+	int st = 0, r = daemon_await_listen(d->pid, d->sock, 10, &st);
+	if (r == -ECHILD) {
+		daemon_show_log(d->log);
+		cr_assert_fail("the daemon exited at start (status %d)", st);
 	}
-	uint64_t end = now_ms() + 10000; /* generous: a sanitizer build starts slowly */
-	for (;;) {
-		int fd = try_connect(d->sock);
-		if (fd >= 0) {
-			close(fd);
-			return;
-		}
-		int st;
-		if (waitpid(d->pid, &st, WNOHANG) == d->pid) {
-			dmn_dump(d);
-			cr_assert_fail("the daemon exited at start (status %d)", st);
-		}
-		cr_assert(now_ms() < end, "the daemon did not come up");
-		usleep(5000);
-	}
+	cr_assert_eq(r, 0, "the daemon did not come up");
 }
 
-/* SIGTERM, wait (bounded); returns the exit status, or -1 when it had to be killed. */
+/* SIGTERM, wait (SIGKILL after 8 s): 0 after exit 0; else, with the log shown, the exit
+ * code or 128 + the signal (137: it had to be killed). */
 static int dmn_stop(struct dmn *d)
 {
-	kill(d->pid, SIGTERM);
-	uint64_t end = now_ms() + 8000;
-	int st = 0;
-	while (waitpid(d->pid, &st, WNOHANG) != d->pid) {
-		if (now_ms() > end) {
-			kill(d->pid, SIGKILL);
-			waitpid(d->pid, &st, 0);
-			dmn_dump(d);
-			return -1;
-		}
-		usleep(2000);
-	}
-	if (!WIFEXITED(st) || WEXITSTATUS(st) != 0) {
-		dmn_dump(d);
-		return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
-	}
-	return 0;
+	int st = daemon_terminate(d->pid, 8);
+	if (WIFEXITED(st) && WEXITSTATUS(st) == 0)
+		return 0;
+	daemon_show_log(d->log);
+	return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
 }
 
 static void dmn_cleanup(struct dmn *d)
 {
 	char p[160];
-	if (getenv("DYNEMBD_TEST_SHOW_LOGS")) /* debugging: print each daemon's log */
-		dmn_dump(d);
+	daemon_show_log_if_asked(d->log);
 	unlink(d->log);
 	snprintf(p, sizeof p, "%s/run", d->dir);
 	rmdir(p);
@@ -250,7 +181,7 @@ struct cli {
 static int cli_hello(struct cli *c, const char *path)
 {
 	memset(c, 0, sizeof *c);
-	c->sock = try_connect(path);
+	c->sock = daemon_connect(path);
 	if (c->sock < 0)
 		return c->sock;
 	struct de_msg_hello h = { .sq_entries = 256, .data_bytes = DATA };
@@ -580,64 +511,6 @@ Test(daemon, string_keys, .timeout = 20)
 	dmn_cleanup(&d);
 }
 
-/* The daemon's string store, linked directly (src/server/tables.c). */
-Test(keystore, keep_and_fetch, .timeout = 20)
-{
-	struct srv_registry r;
-	srv_registry_init(&r, DE_PAGES_SMALL, DE_NUMA_NONE, 2 * MiB, 256 * MiB);
-	struct de_wire_table_config cfg = int_cfg(4, 0);
-	cfg.key_type = DE_KEYS_STRING;
-	char msg[240];
-	cr_assert_eq(srv_wire_config_normalize(&cfg, msg, sizeof msg), 0);
-	struct srv_table *t;
-	bool created;
-	struct de_wire_learn_config none = { 0 };
-	cr_assert_eq(srv_registry_open(&r, "s", &cfg, &none, &t, &created, msg, sizeof msg), 0,
-		     "%s", msg);
-	cr_assert(created);
-	char s[300];
-	for (int i = 0; i < 2000; i++) {
-		int n = snprintf(s, sizeof s, "key-%d-%0*d", i, i % 200, 0);
-		uint64_t k = de_key_from_string(cfg.seed, s, (size_t)n);
-		cr_assert_eq(srv_table_keep_string(t, k, s, (uint32_t)n), 0);
-		cr_assert_eq(srv_table_keep_string(t, k, "other", 5), 0, "the first string stays");
-	}
-	for (int i = 0; i < 2000; i++) {
-		int n = snprintf(s, sizeof s, "key-%d-%0*d", i, i % 200, 0);
-		uint64_t k = de_key_from_string(cfg.seed, s, (size_t)n);
-		char got[300];
-		uint32_t len = 0;
-		cr_assert_eq(srv_table_key_string(t, k, got, sizeof got, &len), 0);
-		cr_assert_eq(len, (uint32_t)n);
-		cr_assert_eq(memcmp(got, s, (size_t)n), 0);
-		if (n > 4) {
-			cr_assert_eq(srv_table_key_string(t, k, got, 4, &len), -ENOSPC);
-			cr_assert_eq(len, (uint32_t)n);
-		}
-	}
-	uint32_t len;
-	char got[8];
-	cr_assert_eq(srv_table_key_string(t, 12345, got, sizeof got, &len), -ENOENT);
-	cr_assert_eq(srv_table_key_string(t, 0, got, sizeof got, &len), 0, "'' is key 0");
-	cr_assert_eq(len, 0u);
-
-	/* same name: same config shares, another config is -EEXIST naming the field */
-	struct srv_table *t2;
-	cr_assert_eq(srv_registry_open(&r, "s", &cfg, &none, &t2, &created, msg, sizeof msg), 0);
-	cr_assert_eq(t2, t);
-	cr_assert_not(created);
-	struct de_wire_table_config other = cfg;
-	other.seed = 7;
-	cr_assert_eq(srv_registry_open(&r, "s", &other, &none, &t2, &created, msg, sizeof msg), -EEXIST);
-	cr_assert_not_null(strstr(msg, "seed"), "%s", msg);
-	/* int tables keep no strings */
-	struct de_wire_table_config ic = int_cfg(4, 0);
-	cr_assert_eq(srv_wire_config_normalize(&ic, msg, sizeof msg), 0);
-	cr_assert_eq(srv_registry_open(&r, "i", &ic, &none, &t2, &created, msg, sizeof msg), 0);
-	cr_assert_eq(srv_table_key_string(t2, 1, got, sizeof got, &len), -EINVAL);
-	srv_registry_destroy(&r);
-}
-
 /* A forked client: writes or reads table "shared"; exit 0 on success. */
 static int shared_client(const char *path, bool writer)
 {
@@ -771,7 +644,7 @@ static void expect_rejected(const char *path, bool after_hello, const void *m, s
 		cr_assert_eq(cli_hello(&c, path), 0);
 		fd = c.sock;
 	} else {
-		fd = try_connect(path);
+		fd = daemon_connect(path);
 		cr_assert_geq(fd, 0);
 	}
 	cr_assert_eq(send_raw(fd, m, n, passfd), 0);
@@ -1130,7 +1003,8 @@ Test(daemon, client_not_reaping, .timeout = 20)
 	cr_assert_eq(cli_hello(&fast, d.sock), 0);
 	/* SQ 256, CQ 512: submit until the SQ stays full (the CQ is full and one completion
 	 * is pending in the daemon) */
-	uint64_t submitted = 0, end = now_ms() + 5000;
+	uint64_t submitted = 0;
+	double end = now_s() + 5;
 	int full_for = 0;
 	while (full_for < 20) {
 		struct de_sqe e = { .op = DE_OP_NOP, .user_data = submitted };
@@ -1141,7 +1015,7 @@ Test(daemon, client_not_reaping, .timeout = 20)
 			full_for++;
 			usleep(2000);
 		}
-		cr_assert(now_ms() < end, "the SQ never stayed full");
+		cr_assert(now_s() < end, "the SQ never stayed full");
 	}
 	cr_assert_eq(submitted, 256u + 512u + 1u, "SQ + CQ + one pending");
 	for (int i = 0; i < 100; i++)
@@ -1174,12 +1048,12 @@ Test(daemon, worker_full, .timeout = 20)
 	nop_ok(&c[SRV_MAX_CLIENTS_PER_WORKER - 1]);
 	cli_close(&c[5]);
 	/* the slot frees once the worker released the channel: bounded retry */
-	uint64_t end = now_ms() + 3000;
+	double end = now_s() + 3;
 	struct cli x;
 	int r;
 	while ((r = cli_hello(&x, d.sock)) == -EBUSY) {
 		close(x.sock);
-		cr_assert(now_ms() < end, "the slot never came back");
+		cr_assert(now_s() < end, "the slot never came back");
 		usleep(5000);
 	}
 	cr_assert_eq(r, 0);

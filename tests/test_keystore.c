@@ -1,0 +1,88 @@
+/*
+ * test_keystore.c — the daemon's string-key store as a unit: its registry
+ * (src/server/tables.c, linked directly through dynembd_core; no daemon runs) opens a
+ * string table, keeps the first string of each key (srv_table_keep_string) and gives it
+ * back (srv_table_key_string: the length, -ENOSPC with the length needed, -ENOENT for an
+ * unknown key, '' as key 0); the same name with the same config is the same table,
+ * another config is -EEXIST naming the field; an int table keeps no strings (-EINVAL).
+ * String keys end to end through the daemon: test_daemon.c (daemon/string_keys) and
+ * test_client_learn.c (the suite "strings").
+ */
+#include <criterion/criterion.h>
+
+#include <errno.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "de_shm.h"
+#include "proto.h"
+#include "tables.h"
+#include "validate.h"
+
+#define MiB (1ull << 20)
+
+static struct de_wire_table_config int_cfg(uint32_t dim, float init)
+{
+	return (struct de_wire_table_config){ .dim = dim, .init = DE_INIT_CONSTANT, .init_a = init,
+					      .seed = 42, .key_type = DE_KEYS_INT64 };
+}
+
+/* The daemon's string store, linked directly (src/server/tables.c). */
+Test(keystore, keep_and_fetch, .timeout = 20)
+{
+	struct srv_registry r;
+	srv_registry_init(&r, DE_PAGES_SMALL, DE_NUMA_NONE, 2 * MiB, 256 * MiB);
+	struct de_wire_table_config cfg = int_cfg(4, 0);
+	cfg.key_type = DE_KEYS_STRING;
+	char msg[240];
+	cr_assert_eq(srv_wire_config_normalize(&cfg, msg, sizeof msg), 0);
+	struct srv_table *t;
+	bool created;
+	struct de_wire_learn_config none = { 0 };
+	cr_assert_eq(srv_registry_open(&r, "s", &cfg, &none, &t, &created, msg, sizeof msg), 0,
+		     "%s", msg);
+	cr_assert(created);
+	char s[300];
+	for (int i = 0; i < 2000; i++) {
+		int n = snprintf(s, sizeof s, "key-%d-%0*d", i, i % 200, 0);
+		uint64_t k = de_key_from_string(cfg.seed, s, (size_t)n);
+		cr_assert_eq(srv_table_keep_string(t, k, s, (uint32_t)n), 0);
+		cr_assert_eq(srv_table_keep_string(t, k, "other", 5), 0, "the first string stays");
+	}
+	for (int i = 0; i < 2000; i++) {
+		int n = snprintf(s, sizeof s, "key-%d-%0*d", i, i % 200, 0);
+		uint64_t k = de_key_from_string(cfg.seed, s, (size_t)n);
+		char got[300];
+		uint32_t len = 0;
+		cr_assert_eq(srv_table_key_string(t, k, got, sizeof got, &len), 0);
+		cr_assert_eq(len, (uint32_t)n);
+		cr_assert_eq(memcmp(got, s, (size_t)n), 0);
+		if (n > 4) {
+			cr_assert_eq(srv_table_key_string(t, k, got, 4, &len), -ENOSPC);
+			cr_assert_eq(len, (uint32_t)n);
+		}
+	}
+	uint32_t len;
+	char got[8];
+	cr_assert_eq(srv_table_key_string(t, 12345, got, sizeof got, &len), -ENOENT);
+	cr_assert_eq(srv_table_key_string(t, 0, got, sizeof got, &len), 0, "'' is key 0");
+	cr_assert_eq(len, 0u);
+
+	/* same name: same config shares, another config is -EEXIST naming the field */
+	struct srv_table *t2;
+	cr_assert_eq(srv_registry_open(&r, "s", &cfg, &none, &t2, &created, msg, sizeof msg), 0);
+	cr_assert_eq(t2, t);
+	cr_assert_not(created);
+	struct de_wire_table_config other = cfg;
+	other.seed = 7;
+	cr_assert_eq(srv_registry_open(&r, "s", &other, &none, &t2, &created, msg, sizeof msg), -EEXIST);
+	cr_assert_not_null(strstr(msg, "seed"), "%s", msg);
+	/* int tables keep no strings */
+	struct de_wire_table_config ic = int_cfg(4, 0);
+	cr_assert_eq(srv_wire_config_normalize(&ic, msg, sizeof msg), 0);
+	cr_assert_eq(srv_registry_open(&r, "i", &ic, &none, &t2, &created, msg, sizeof msg), 0);
+	cr_assert_eq(srv_table_key_string(t2, 1, got, sizeof got, &len), -EINVAL);
+	srv_registry_destroy(&r);
+}
