@@ -11,7 +11,7 @@
  *
  * Files: validate_msg.c (control packets), validate_sqe.c (descriptors and what they
  * point at), validate_config.c (names and wire configs). Callers: control.c, worker.c,
- * learnops.c, the persistence catalog reader, the registry, tests/test_daemon*.c.
+ * learnops.c, the persistence catalog reader, the registry, tests/test_daemon_learn.c.
  */
 #ifndef DE_SRV_VALIDATE_H
 #define DE_SRV_VALIDATE_H
