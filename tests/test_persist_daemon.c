@@ -17,6 +17,9 @@
  *            a full tmpfs (root only; SKIP otherwise): ENOSPC reaches the client and
  *            nothing unacknowledged... every acknowledged update survives.
  *   jobs     snapshot / export / import through the control plane with progress.
+ *   tier     sync tables with eviction: every acknowledged value comes back (from the
+ *            table or the disk tier) after SIGKILL and after SIGTERM; without a tier
+ *            no evicted row comes back, the budget holds, a dropped key starts fresh.
  */
 #ifdef DE_MINI_CRITERION
 #include "mini_criterion.h" /* ThreadSanitizer build: see that header */
@@ -963,5 +966,172 @@ Test(crash, snapshot_right_after_recovery_keeps_replayed_rows)
 		cr_expect_eq(st[i], DYNEMB_ST_FOUND, "key %u lost", i + 1);
 		cr_expect_eq(out[i * DIM + 2], val(i + 1, 9, 2));
 	}
+	dynemb_close(c);
+}
+
+/* ---- tier: eviction of durable tables, with and without the disk tier --------------- */
+
+TestSuite(tier, .init = setup, .fini = teardown, .timeout = 300);
+
+#define TKEYS 20000
+#define TBUDGET (640u << 10) /* the index and about 6000 rows of DIM 4: most keys are evicted */
+
+static struct dynemb_table_spec evict_spec(const char *name, bool tier)
+{
+	struct dynemb_table_spec s = spec(name, DYNEMB_DURABLE_SYNC, 0);
+	s.eviction.policy = DYNEMB_EVICTION_LRU;
+	s.eviction.budget_bytes = TBUDGET;
+	s.eviction.disk_tier = tier;
+	return s;
+}
+
+/* TKEYS keys updated (acknowledged) in batches of 50 at steps 1.., then a third of them
+ * updated again (most of them in the tier by then): ref[k] the acknowledged version */
+static void write_evicting(dynemb_client *c, int t, uint32_t *ref)
+{
+	uint64_t keys[50];
+	float v[50 * DIM];
+	uint64_t step = 1;
+	for (uint32_t pass = 1; pass <= 2; pass++)
+		for (uint64_t k0 = 1; k0 <= TKEYS; k0 += 50 * pass, step++) {
+			for (unsigned i = 0; i < 50; i++) {
+				keys[i] = k0 + i * pass;
+				for (unsigned j = 0; j < DIM; j++)
+					v[i * DIM + j] = val(keys[i], pass, j);
+			}
+			int err = dynemb_update(c, t, keys, 50, v, step, NULL);
+			cr_assert_eq(err, 0, "update: %s", dynemb_strerror(err));
+			for (unsigned i = 0; i < 50; i++)
+				if (keys[i] <= TKEYS)
+					ref[keys[i]] = pass;
+		}
+}
+
+/* every acknowledged value, read with create lookups (which bring rows back from the
+ * tier): the number of keys that did not have it */
+static unsigned check_all(dynemb_client *c, int t, const uint32_t *ref)
+{
+	unsigned bad = 0;
+	for (uint64_t k0 = 1; k0 <= TKEYS; k0 += 50) {
+		uint64_t keys[50];
+		float out[50 * DIM];
+		uint8_t st[50];
+		for (unsigned i = 0; i < 50; i++)
+			keys[i] = k0 + i;
+		int err = dynemb_lookup(c, t, keys, 50, out, st, 0, 100000 + k0);
+		cr_assert_eq(err, 0, "lookup: %s", dynemb_strerror(err));
+		for (unsigned i = 0; i < 50; i++)
+			if (out[i * DIM + 1] != val(keys[i], ref[keys[i]], 1)) {
+				if (bad < 5)
+					cr_log_error("key %lu: %g, acknowledged %g (status %u)",
+						     (unsigned long)keys[i], out[i * DIM + 1],
+						     val(keys[i], ref[keys[i]], 1), st[i]);
+				bad++;
+			}
+	}
+	return bad;
+}
+
+static void tier_round_trip(bool clean)
+{
+	start(NULL);
+	dynemb_client *c = conn();
+	struct dynemb_table_spec s = evict_spec("tiered", true);
+	int t = open_t(c, &s);
+	static uint32_t ref[TKEYS + 1];
+	memset(ref, 0, sizeof ref);
+	write_evicting(c, t, ref);
+	struct dynemb_stats st;
+	cr_assert_eq(dynemb_stats(c, t, &st), 0);
+	cr_assert_gt(st.evicted_to_tier, TKEYS / 2, "most rows went to the tier (%lu)",
+		     (unsigned long)st.evicted_to_tier);
+	cr_expect_eq(check_all(c, t, ref), 0, "before the restart");
+	dynemb_close(c);
+	if (clean)
+		stop();
+	else
+		crash();
+	for (int round = 0; round < 2; round++) { /* and once more: the reads moved rows */
+		start(NULL);
+		c = conn();
+		t = open_t(c, &s);
+		cr_expect_eq(check_all(c, t, ref), 0, "after %s %d", clean ? "SIGTERM" : "SIGKILL",
+			     round + 1);
+		dynemb_close(c);
+		if (clean)
+			stop();
+		else
+			crash();
+	}
+}
+
+Test(tier, sync_tier_rows_survive_sigkill)
+{
+	tier_round_trip(false);
+}
+
+Test(tier, sync_tier_rows_survive_sigterm)
+{
+	tier_round_trip(true);
+}
+
+/* No tier: eviction is logged, so a restart brings back only rows that were resident
+ * (never one the budget had dropped), and a dropped key starts fresh. */
+Test(tier, sync_eviction_without_tier_is_logged)
+{
+	start(NULL);
+	dynemb_client *c = conn();
+	struct dynemb_table_spec s = evict_spec("dropping", false);
+	int t = open_t(c, &s);
+	static uint32_t ref[TKEYS + 1];
+	memset(ref, 0, sizeof ref);
+	write_evicting(c, t, ref);
+	static uint64_t keys[TKEYS];
+	static float before[TKEYS * DIM], after[TKEYS * DIM];
+	static uint8_t stb[TKEYS], sta[TKEYS];
+	for (unsigned i = 0; i < TKEYS; i++)
+		keys[i] = i + 1;
+	usleep(100 * 1000); /* the evictor's thread: done with its headroom */
+	for (unsigned i = 0; i < TKEYS; i += 500)
+		read_rows(c, t, keys + i, 500, before + i * DIM, stb + i);
+	unsigned resident = 0;
+	for (unsigned i = 0; i < TKEYS; i++)
+		resident += stb[i] == DYNEMB_ST_FOUND;
+	cr_assert_lt(resident, TKEYS / 2, "the budget dropped most keys (%u resident)", resident);
+	dynemb_close(c);
+	crash();
+
+	start(NULL);
+	c = conn();
+	t = open_t(c, &s);
+	for (unsigned i = 0; i < TKEYS; i += 500)
+		read_rows(c, t, keys + i, 500, after + i * DIM, sta + i);
+	unsigned back = 0, resurrected = 0;
+	for (unsigned i = 0; i < TKEYS; i++) {
+		if (sta[i] != DYNEMB_ST_FOUND)
+			continue;
+		back++;
+		if (stb[i] != DYNEMB_ST_FOUND) {
+			resurrected++;
+			continue;
+		}
+		cr_expect_eq(after[i * DIM + 1], val(keys[i], ref[keys[i]], 1), "key %u", i + 1);
+	}
+	cr_expect_eq(resurrected, 0, "%u of %u rows back after the restart had been evicted",
+		     resurrected, back);
+	struct dynemb_stats st;
+	cr_assert_eq(dynemb_stats(c, t, &st), 0);
+	cr_expect_leq(st.resident_bytes, TBUDGET + TBUDGET / 10, "budget after recovery: %lu "
+		      "(%u keys)", (unsigned long)st.resident_bytes, back);
+	/* a dropped key comes back fresh: its initializer, as without the crash */
+	for (unsigned i = 0; i < TKEYS; i++)
+		if (stb[i] != DYNEMB_ST_FOUND) {
+			float out[DIM];
+			uint8_t s1;
+			cr_assert_eq(dynemb_lookup(c, t, &keys[i], 1, out, &s1, 0, 999999), 0);
+			cr_expect_eq(s1, DYNEMB_ST_CREATED);
+			cr_expect_eq(out[1], 0.5f, "key %u starts fresh", i + 1);
+			break;
+		}
 	dynemb_close(c);
 }

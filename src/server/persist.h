@@ -79,6 +79,12 @@ int srv_persist_write_check(struct srv_persist *p, const struct srv_table *t);
  * must wait for (SYNC tables), else 0. 0 or a negative errno (the WAL failed). */
 int srv_persist_log(struct srv_persist *p, const struct srv_batch *b, bool erase,
 		    uint64_t *sync_lsn /* out */);
+/* The evictor (any thread; through learnops' srv_learn_log): keys a pass erased from t
+ * are logged (ERASE record, dirty keys; NONE tables: dirty keys). Not waited for. */
+void srv_persist_evicted(struct srv_persist *p, struct srv_table *t, const uint64_t *keys,
+			 size_t n);
+/* Make every record appended so far durable: 0 or the WAL's error. */
+int srv_persist_flush(struct srv_persist *p);
 /* Worker: make the WAL durable up to lsn (one fdatasync for a round: group commit).
  * 0, or the WAL's error: then no completion that waited for lsn may be acknowledged. */
 int srv_persist_sync(struct srv_persist *p, uint64_t lsn);
