@@ -1135,3 +1135,53 @@ Test(tier, sync_eviction_without_tier_is_logged)
 		}
 	dynemb_close(c);
 }
+
+/* ---- strings and admission state across restarts --------------------------------- */
+
+TestSuite(state, .init = setup, .fini = teardown, .timeout = 120);
+
+#define NSTR 300
+
+/* the strings of a string table come back after SIGKILL (and after SIGTERM) */
+Test(state, key_strings_survive_restarts)
+{
+	start(NULL);
+	dynemb_client *c = conn();
+	struct dynemb_table_spec s = spec("words", DYNEMB_DURABLE_SYNC, 0);
+	s.keys = DYNEMB_STRING_KEYS;
+	int t = open_t(c, &s);
+	static char words[NSTR][32];
+	const char *ptr[NSTR];
+	uint64_t keys[NSTR];
+	float out[NSTR * DIM];
+	uint8_t st[NSTR];
+	for (unsigned i = 0; i < NSTR; i++) {
+		snprintf(words[i], sizeof words[i], "word-%u-%s", i * 7919u, i % 3 ? "x" : "long-tail");
+		ptr[i] = words[i];
+		cr_assert_eq(dynemb_string_key(c, t, words[i], strlen(words[i]), &keys[i]), 0);
+	}
+	cr_assert_eq(dynemb_lookup_str(c, t, ptr, NULL, NSTR, out, st, 0, 1), 0); /* creates */
+	dynemb_close(c);
+	for (int round = 0; round < 2; round++) {
+		if (round)
+			stop();
+		else
+			crash();
+		start(NULL);
+		c = conn();
+		t = open_t(c, &s);
+		static char buf[NSTR * 32];
+		uint32_t lens[NSTR];
+		int err = dynemb_key_strings(c, t, keys, NSTR, buf, sizeof buf, lens);
+		cr_assert_eq(err, 0, "key_strings: %s", dynemb_strerror(err));
+		size_t at = 0;
+		for (unsigned i = 0; i < NSTR; i++) {
+			cr_assert_neq(lens[i], UINT32_MAX, "after %s: the string of key %u is unknown",
+				      round ? "SIGTERM" : "SIGKILL", i);
+			cr_assert_eq(lens[i], strlen(words[i]));
+			cr_assert(!memcmp(buf + at, words[i], lens[i]), "string %u", i);
+			at += lens[i];
+		}
+		dynemb_close(c);
+	}
+}
