@@ -20,6 +20,7 @@
  *   tier     sync tables with eviction: every acknowledged value comes back (from the
  *            table or the disk tier) after SIGKILL and after SIGTERM; without a tier
  *            no evicted row comes back, the budget holds, a dropped key starts fresh.
+ *   state    the strings of a string table and the admission sketch survive restarts.
  */
 #ifdef DE_MINI_CRITERION
 #include "mini_criterion.h" /* ThreadSanitizer build: see that header */
@@ -1184,4 +1185,52 @@ Test(state, key_strings_survive_restarts)
 		}
 		dynemb_close(c);
 	}
+}
+
+static uint8_t sight(dynemb_client *c, int t, uint64_t key)
+{
+	float out[DIM];
+	uint8_t st = 0xff;
+	int err = dynemb_lookup(c, t, &key, 1, out, &st, 0, 1);
+	cr_assert_eq(err, 0, "lookup: %s", dynemb_strerror(err));
+	return st;
+}
+
+/* the admission sketch is saved with each checkpoint and at a clean stop: a key seen
+ * min_count - 1 times before a restart is admitted at its next sighting */
+Test(state, admission_sketch_survives_restarts)
+{
+	start(NULL);
+	dynemb_client *c = conn();
+	struct dynemb_table_spec s = spec("admitted", DYNEMB_DURABLE_SYNC, 0);
+	s.admission.mode = DYNEMB_ADMISSION_COUNT;
+	s.admission.min_count = 3;
+	s.admission.sketch_width = 1u << 12;
+	int t = open_t(c, &s);
+	const uint64_t k1 = 1001, k2 = 2002, once = 3003;
+	for (int i = 0; i < 2; i++)
+		cr_assert_eq(sight(c, t, k1), DYNEMB_ST_MISSING, "not admitted before min_count");
+	cr_assert_eq(sight(c, t, once), DYNEMB_ST_MISSING);
+	struct dynemb_snapshot_result r;
+	cr_assert_eq(dynemb_snapshot(c, "admitted", false, NULL, NULL, &r), 0);
+	dynemb_close(c);
+	crash();
+
+	start(NULL);
+	c = conn();
+	t = open_t(c, &s);
+	cr_expect_eq(sight(c, t, k1), DYNEMB_ST_CREATED, "k1's two sightings were forgotten");
+	cr_expect_eq(sight(c, t, once), DYNEMB_ST_MISSING, "a key seen once is not admitted at "
+		     "its second sighting");
+	for (int i = 0; i < 2; i++)
+		cr_assert_eq(sight(c, t, k2), DYNEMB_ST_MISSING);
+	dynemb_close(c);
+	stop();
+
+	start(NULL);
+	c = conn();
+	t = open_t(c, &s);
+	cr_expect_eq(sight(c, t, k2), DYNEMB_ST_CREATED, "k2's sightings were forgotten at SIGTERM");
+	cr_expect_eq(sight(c, t, once), DYNEMB_ST_CREATED, "its third sighting");
+	dynemb_close(c);
 }

@@ -197,6 +197,13 @@ uint32_t de_admit_estimate(const de_admit *a, uint64_t key);
 /* Count n gradients dropped because their keys were not admitted. Thread-safe. */
 void de_admit_drop_grads(de_admit *a, uint64_t n);
 int de_admit_stats(const de_admit *a, struct de_admit_stats *out /* out */);
+/* COUNT mode: write the sketch and the statistics to path atomically (path.tmp, fsync,
+ * rename, directory fsync; 72 + 2 * width * depth + 8 bytes; admit.c has the layout), or
+ * read them back into a sketch of the same width, depth, threshold and seed (before it
+ * is used). Other modes: 0, nothing written or read. load: -ENOENT, -EBADMSG (damaged),
+ * -EEXIST (another sketch's file), and the sketch is unchanged. */
+int de_admit_save(const de_admit *a, const char *path);
+int de_admit_load(de_admit *a, const char *path);
 
 /*
  * Disk tier (tier.c): an unlinked file (O_TMPFILE, or created and unlinked) in a

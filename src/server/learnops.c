@@ -127,6 +127,8 @@ struct srv_table_learn {
 	bool time_clock;
 	de_tier *tier;                /* owned */
 	bool logged;                  /* persisted: eviction logged, pass lock, durable tier */
+	char *admit_path;             /* persisted COUNT admission: its saved sketch (malloc'd) */
+	pthread_mutex_t save_mu;      /* one save of the sketch at a time */
 	pthread_rwlock_t plock;       /* logged: workers read across a write and its log */
 	pthread_rwlock_t slock;       /* samplers: read to use, write to add/replace */
 	struct sampler_slot samplers[MAX_SAMPLERS];
@@ -176,6 +178,8 @@ static void learn_free(struct srv_table *t)
 	de_admit_destroy(L->admit);
 	de_tier_close(L->tier);
 	pthread_rwlock_destroy(&L->plock);
+	pthread_mutex_destroy(&L->save_mu);
+	free(L->admit_path);
 	free(L);
 	t->rt = NULL;
 }
@@ -213,6 +217,7 @@ int srv_learn_table_attach(struct srv_learn_host *h, struct srv_table *t, char *
 	pthread_rwlockattr_setkind_np(&ra, PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
 	pthread_rwlock_init(&L->plock, &ra);
 	pthread_rwlockattr_destroy(&ra);
+	pthread_mutex_init(&L->save_mu, NULL);
 	t->rt = L;
 	int err = attach(h, t, L, msg, msgcap);
 	if (err) {
@@ -222,6 +227,16 @@ int srv_learn_table_attach(struct srv_learn_host *h, struct srv_table *t, char *
 	L->next = h->tables;
 	h->tables = L;
 	return 0;
+}
+
+/* data_dir/<prefix>-<FNV-1a 64 of the table's name, 16 hex><suffix> */
+static void name_path(char *buf, size_t cap, const struct srv_learn_host *h,
+		      const struct srv_table *t, const char *prefix, const char *suffix)
+{
+	uint64_t x = 0xcbf29ce484222325ull;
+	for (const char *c = t->name; *c; c++)
+		x = (x ^ (unsigned char)*c) * 0x100000001b3ull;
+	snprintf(buf, cap, "%s/%s-%016llx%s", h->data_dir, prefix, (unsigned long long)x, suffix);
 }
 
 /* Evicted rows of a logged table: to persistence (an erase record), after the tier put. */
@@ -245,17 +260,50 @@ static int before_compact(void *ctx)
 static int tier_open_durable(struct srv_learn_host *h, struct srv_table *t,
 			     struct srv_table_learn *L)
 {
-	uint64_t x = 0xcbf29ce484222325ull;
-	for (const char *c = t->name; *c; c++)
-		x = (x ^ (unsigned char)*c) * 0x100000001b3ull;
-	char path[sizeof h->data_dir + 32];
-	snprintf(path, sizeof path, "%s/tier-%016llx.dt", h->data_dir, (unsigned long long)x);
+	char path[sizeof h->data_dir + 40];
+	name_path(path, sizeof path, h, t, "tier", ".dt");
 	int err = srv_mkdir_p(h->data_dir, 0700);
 	if (!err)
 		err = de_tier_open_file(path, de_table_row_floats(t->t), &L->tier);
 	if (!err)
 		de_tier_set_compact_hook(L->tier, before_compact, L);
 	return err;
+}
+
+/* A persisted table's admission sketch: data_dir/admit-<hash>.das, loaded when there. */
+static void admit_restore(struct srv_learn_host *h, struct srv_table *t,
+			  struct srv_table_learn *L)
+{
+	char path[sizeof h->data_dir + 40];
+	name_path(path, sizeof path, h, t, "admit", ".das");
+	if (!(L->admit_path = strdup(path)))
+		return; /* the sketch is then not persisted: an estimate lost, nothing more */
+	int err = de_admit_load(L->admit, path);
+	if (!err)
+		srv_log(SRV_LOG_INFO, "table '%s': admission sketch loaded from %s", t->name, path);
+	else if (err != -ENOENT)
+		srv_log(SRV_LOG_WARN, "table '%s': admission sketch %s not loaded (%s): it starts "
+			"empty", t->name, path, err == -EEXIST ? "another sketch configuration"
+							      : strerror(-err));
+}
+
+void srv_learn_save_table(struct srv_table *t)
+{
+	struct srv_table_learn *L = t->rt;
+	if (!L || !L->admit_path)
+		return;
+	pthread_mutex_lock(&L->save_mu);
+	int err = de_admit_save(L->admit, L->admit_path);
+	pthread_mutex_unlock(&L->save_mu);
+	if (err)
+		srv_log(SRV_LOG_WARN, "table '%s': saving the admission sketch to %s: %s", t->name,
+			L->admit_path, strerror(-err));
+}
+
+void srv_learn_save_all(struct srv_learn_host *h)
+{
+	for (struct srv_table_learn *L = h ? h->tables : NULL; L; L = L->next)
+		srv_learn_save_table(L->t);
 }
 
 /* The admission filter, tier and eviction of t into L (t->rt). */
@@ -277,6 +325,8 @@ static int attach(struct srv_learn_host *h, struct srv_table *t, struct srv_tabl
 			return err;
 		}
 		L->reject_zeros = a->reject_value == DE_WREJECT_ZEROS;
+		if (h->data_dir[0] && a->mode == DE_WADMIT_COUNT)
+			admit_restore(h, t, L);
 	}
 	if (e->policy == DE_WEVICT_NONE)
 		return 0;

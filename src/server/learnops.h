@@ -50,6 +50,10 @@ int srv_learn_host_set_log(struct srv_learn_host *h, const struct srv_learn_log 
 /* After recovery (with a data_dir the evictor does not run before): drop from each
  * durable tier the rows the recovered table holds, then start the evictor. */
 void srv_learn_recovered(struct srv_learn_host *h);
+/* Persisted tables with COUNT admission: save the sketch (data_dir/admit-<hash>.das; one
+ * table after its checkpoints, all at shutdown). Any thread; errors are logged. */
+void srv_learn_save_table(struct srv_table *t);
+void srv_learn_save_all(struct srv_learn_host *h);
 /* Worker, around a write on t and its logging: begin returns whether it took t's pass
  * lock; end (given that) lets it go and runs the inline eviction the write left. */
 bool srv_learn_write_begin(struct srv_table *t);

@@ -60,6 +60,12 @@ static int log_flush(void *ctx)
 	return srv_persist_flush(ctx);
 }
 
+static void checkpointed(void *ctx, struct srv_table *t)
+{
+	(void)ctx;
+	srv_learn_save_table(t);
+}
+
 int main(int argc, char **argv)
 {
 	struct srv_server s = { .release_fd = -1 };
@@ -133,6 +139,7 @@ int main(int argc, char **argv)
 	/* eviction of persisted tables is logged from now on (learnops.h, persist.h) */
 	const struct srv_learn_log lg = { .evicted = log_evicted, .flush = log_flush,
 					  .ctx = s.persist };
+	srv_persist_set_checkpoint_hook(s.persist, checkpointed, NULL); /* admission sketches */
 	if (s.release_fd < 0 || srv_persist_start(s.persist) != 0 ||
 	    srv_learn_host_set_log(s.learn, &lg) != 0 || srv_workers_start(&s) != 0) {
 		srv_log(SRV_LOG_ERROR, "cannot start the workers");
@@ -148,6 +155,7 @@ int main(int argc, char **argv)
 	}
 	srv_workers_free(&s);
 	srv_learn_host_set_log(s.learn, NULL); /* the evictor stopped: nothing logs any more */
+	srv_learn_save_all(s.learn);           /* admission sketches (clean shutdown) */
 	srv_persist_free(s.persist); /* after the workers: jobs, shutdown checkpoint, WAL */
 	srv_learn_host_destroy(s.learn); /* the evictor reads tables: before they go */
 	s.learn = NULL;

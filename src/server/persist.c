@@ -134,6 +134,8 @@ int persist_checkpoint(struct srv_persist *p, struct srv_table *t, bool full, de
 	if (!err) {
 		__atomic_add_fetch(&ps->snapshots, 1, __ATOMIC_RELAXED);
 		__atomic_store_n(&ps->snapshot_lsn, info->start_lsn, __ATOMIC_RELAXED);
+		if (p->checkpointed) /* the learning state saved with it (admission sketch) */
+			p->checkpointed(p->checkpointed_ctx, t);
 	} else if (f) {
 		__atomic_store_n(&ps->need_full, 1, __ATOMIC_RELEASE);
 	}
@@ -141,6 +143,15 @@ int persist_checkpoint(struct srv_persist *p, struct srv_table *t, bool full, de
 		persist_note_failure(p, de_wal_failed(w, NULL, 0));
 	pthread_mutex_unlock(&ps->ckpt);
 	return err;
+}
+
+void srv_persist_set_checkpoint_hook(struct srv_persist *p,
+				     void (*fn)(void *ctx, struct srv_table *t), void *ctx)
+{
+	if (!p)
+		return;
+	p->checkpointed = fn;
+	p->checkpointed_ctx = ctx;
 }
 
 int srv_persist_table_open(struct srv_persist *p, struct srv_table *t, char *msg, size_t cap)

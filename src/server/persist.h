@@ -57,6 +57,10 @@ int srv_persist_adopt(struct srv_persist *p, struct srv_table *t,
 /* Recover every adopted table (manifest -> snapshots -> WAL replay) and drop the
  * catalog copy. Returns the exit status (0, 1, SRV_EXIT_CORRUPT). */
 int srv_persist_recover(struct srv_persist *p);
+/* Called after each successful checkpoint of a table (with its checkpoint lock held):
+ * set before srv_persist_start, by the layer above (the admission sketch is saved). */
+void srv_persist_set_checkpoint_hook(struct srv_persist *p,
+				     void (*fn)(void *ctx, struct srv_table *t), void *ctx);
 /* After detaching: open the WAL (at recovery's next LSN) and start the threads. 0 or 1. */
 int srv_persist_start(struct srv_persist *p);
 /* After the workers stopped: cancel and join control-plane jobs, checkpoint every dirty

@@ -55,6 +55,8 @@ struct srv_persist {
 	bool threads_on;
 	struct srv_job *jobs;
 	unsigned njobs;
+	void (*checkpointed)(void *ctx, struct srv_table *t); /* srv_persist_set_checkpoint_hook */
+	void *checkpointed_ctx;
 };
 
 /* ---- persist.c ---- */
