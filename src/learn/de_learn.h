@@ -253,6 +253,10 @@ int de_tier_stats(de_tier *tier, struct de_tier_stats *out /* out */);
  */
 int de_tier_open_file(const char *path, uint32_t row_floats, de_tier **out);
 void de_tier_set_compact_hook(de_tier *tier, int (*fn)(void *ctx), void *ctx);
+/* Erase keys from the tier: forgotten; a durable tier first appends a tombstone for each
+ * key (also one taken: its record may still be in the file) and fdatasyncs them (the scan at the next open forgets them too). 0, or the
+ * write's error (then nothing is forgotten). */
+int de_tier_erase(de_tier *tier, const uint64_t *keys, size_t n);
 /* Forget every key drop(ctx, key) says (under the tier's lock: drop must not call the
  * tier). Returns how many. */
 size_t de_tier_drop_if(de_tier *tier, bool (*drop)(void *ctx, uint64_t key), void *ctx);

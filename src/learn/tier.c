@@ -26,6 +26,8 @@
  * key in memory only: the record stays in the file until a compaction, which first calls
  * the compaction hook (the owner makes durable whatever now holds the taken rows), then
  * writes path.tmp, fdatasyncs it, renames it over path and fsyncs the directory.
+ * de_tier_erase appends tombstones (the record layout with magic "DETX" (0x58544544) and
+ * zero meta and floats), fdatasync'ed: the scan forgets the key there.
  */
 #include "de_learn.h"
 
@@ -48,6 +50,7 @@
 #define TOMB UINT64_MAX    /* a slot whose key was taken */
 #define COMPACT_MIN (1ull << 20)
 #define TRL_MAGIC 0x45544544u /* "DETE" little-endian */
+#define TOMB_MAGIC 0x58544544u /* "DETX": a durable tier's erase of a key */
 #define TRL_BYTES 8u
 #define TRL_SEED 0x44455452u
 
@@ -257,9 +260,20 @@ static int scan_file(struct de_tier *t)
 			break; /* end of file, or a record cut by it */
 		struct rec_hdr h;
 		memcpy(&h, rec, REC_HDR);
-		if (h.magic != REC_MAGIC || h.key == 0 || h.meta.key != h.key ||
-		    !trailer_ok(t, rec))
+		if ((h.magic != REC_MAGIC && h.magic != TOMB_MAGIC) || h.key == 0 ||
+		    h.meta.key != h.key || !trailer_ok(t, rec))
 			break; /* the torn tail */
+		if (h.magic == TOMB_MAGIC && h.row_floats == t->row_floats) {
+			struct slot *s = map_find(t, h.key, false);
+			if (s) {
+				s->key = TOMB;
+				t->st.live--;
+				t->st.dead_bytes += t->rec_bytes;
+			}
+			t->st.dead_bytes += t->rec_bytes;
+			off += t->rec_bytes;
+			continue;
+		}
 		if (h.row_floats != t->row_floats) {
 			err = -EEXIST; /* a tier of another row size */
 			break;
@@ -349,6 +363,59 @@ void de_tier_set_compact_hook(de_tier *t, int (*fn)(void *ctx), void *ctx)
 	t->before_compact = fn;
 	t->compact_ctx = ctx;
 	pthread_mutex_unlock(&t->lock);
+}
+
+int de_tier_erase(de_tier *t, const uint64_t *keys, size_t n)
+{
+	if (!t || (n && !keys))
+		return -EINVAL;
+	if (!t->path) { /* a cache: forgetting is enough */
+		pthread_mutex_lock(&t->lock);
+		for (size_t i = 0; i < n; i++) {
+			struct slot *s = keys[i] ? map_find(t, keys[i], false) : NULL;
+			if (s) {
+				s->key = TOMB;
+				t->st.live--;
+				t->st.dead_bytes += t->rec_bytes;
+			}
+		}
+		pthread_mutex_unlock(&t->lock);
+		return 0;
+	}
+	char *buf = calloc(n ? n : 1, t->rec_bytes);
+	if (!buf)
+		return -ENOMEM;
+	pthread_mutex_lock(&t->lock);
+	size_t m = 0;
+	for (size_t i = 0; i < n; i++) {
+		if (!keys[i])
+			continue; /* a taken key's record may still be in the file: every key */
+		struct rec_hdr h = { TOMB_MAGIC, t->row_floats, keys[i], { .key = keys[i] } };
+		memcpy(buf + m * t->rec_bytes, &h, REC_HDR);
+		put_trailer(t, buf + m * t->rec_bytes);
+		m++;
+	}
+	int err = m ? ring_rw(t, t->fd, true, buf, m * t->rec_bytes, t->tail) : 0;
+	if (!err && m && fdatasync(t->fd))
+		err = -errno;
+	if (err) {
+		t->st.io_errors++;
+	} else if (m) {
+		t->tail += m * t->rec_bytes;
+		t->st.file_bytes = t->tail;
+		t->st.dead_bytes += m * t->rec_bytes;
+		for (size_t i = 0; i < n; i++) {
+			struct slot *s = keys[i] ? map_find(t, keys[i], false) : NULL;
+			if (s) {
+				s->key = TOMB;
+				t->st.live--;
+				t->st.dead_bytes += t->rec_bytes;
+			}
+		}
+	}
+	pthread_mutex_unlock(&t->lock);
+	free(buf);
+	return err;
 }
 
 size_t de_tier_drop_if(de_tier *t, bool (*drop)(void *ctx, uint64_t key), void *ctx)

@@ -670,6 +670,14 @@ void srv_learn_write_end(struct srv_table *t, bool held)
 			strerror(-err));
 }
 
+int srv_learn_erase(struct srv_table *t, const uint64_t *keys, uint32_t n)
+{
+	struct srv_table_learn *L = t->rt;
+	if (!L || !L->logged || !L->tier)
+		return 0;
+	return de_tier_erase(L->tier, keys, n);
+}
+
 bool srv_learn_logs_creates(const struct srv_table *t)
 {
 	const struct srv_table_learn *L = t->rt;

@@ -58,6 +58,10 @@ void srv_learn_save_all(struct srv_learn_host *h);
  * lock; end (given that) lets it go and runs the inline eviction the write left. */
 bool srv_learn_write_begin(struct srv_table *t);
 void srv_learn_write_end(struct srv_table *t, bool held);
+/* ERASE on a persisted table with a durable tier: the keys leave the tier too (a
+ * tombstone, fdatasync'ed, before the table's erase is logged), so a crash cannot bring a
+ * tier copy of an erased key back. 0 or the tier's error (then nothing was erased). */
+int srv_learn_erase(struct srv_table *t, const uint64_t *keys, uint32_t n);
 /* t's LOOKUPs that create keys must be logged (they may restore rows from its durable
  * tier); their completions need not wait for the WAL. */
 bool srv_learn_logs_creates(const struct srv_table *t);

@@ -84,7 +84,8 @@ int srv_persist_write_check(struct srv_persist *p, const struct srv_table *t);
 int srv_persist_log(struct srv_persist *p, const struct srv_batch *b, bool erase,
 		    uint64_t *sync_lsn /* out */);
 /* The evictor (any thread; through learnops' srv_learn_log): keys a pass erased from t
- * are logged (ERASE record, dirty keys; NONE tables: dirty keys). Not waited for. */
+ * are logged (ERASE record, dirty keys; NONE tables: dirty keys); SYNC tables: flushed
+ * before it returns. */
 void srv_persist_evicted(struct srv_persist *p, struct srv_table *t, const uint64_t *keys,
 			 size_t n);
 /* Make every record appended so far durable: 0 or the WAL's error. */

@@ -19,9 +19,9 @@
  *
  * Eviction (srv_persist_evicted, called by the evictor's passes through learnops'
  * srv_learn_log once persistence started): an ERASE record of the evicted keys (NONE
- * tables: dirty only), appended after the rows reached the disk tier and never waited
- * for: while it is not durable, recovery finds the row in the table and drops the
- * tier's copy. srv_persist_flush: the tier's compaction makes the log durable first.
+ * tables: dirty only), appended after the rows reached the disk tier; flushed at once
+ * for SYNC tables, by the committer for ASYNC ones. While it is not durable, recovery
+ * finds the row in the table (and drops the tier's copy): never a lost row. srv_persist_flush: the tier's compaction makes the log durable first.
  *
  * Takes a batch description (batch.h), never the worker: srv_persist_log RETURNS the LSN
  * a SYNC batch must wait for, and the worker (which owns its round and its completions)
@@ -110,6 +110,10 @@ void srv_persist_evicted(struct srv_persist *p, struct srv_table *t, const uint6
 					   .dirty = ps->dirty };
 		err = de_wal_append(wal, &wb, NULL);
 	}
+	/* sync tables: durable before the pass ends (one fdatasync per call, up to 64 keys),
+	 * so a crash never brings back a row the budget dropped; async: the committer's */
+	if (!err && ps->mode == DE_WDURABLE_SYNC)
+		err = de_wal_flush(wal);
 	if (err)
 		persist_note_failure(p, err);
 }

@@ -272,8 +272,10 @@ static void execute(struct srv_worker *w, struct srv_client *c, const struct de_
 	case DE_OP_UPDATE:
 		err = srv_learn_update(&b);
 		break;
-	default: /* DE_OP_ERASE */
-		err = de_table_erase(t->t, w->keys, n, &erased);
+	default: /* DE_OP_ERASE (a durable tier's copies first: learnops.c) */
+		err = srv_learn_erase(t, w->keys, n);
+		if (!err)
+			err = de_table_erase(t->t, w->keys, n, &erased);
 		q->count = (uint32_t)erased;
 		break;
 	}
