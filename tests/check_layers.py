@@ -66,6 +66,7 @@ SOURCES = {
     "persist_threads.c": "persist",
     "persist_recover.c": "persist",
     "persist_jobs.c": "persist",
+    "persist_strings.c": "persist",
     "worker.c": "worker",
     "control.c": "control",
     "main.c": "main",

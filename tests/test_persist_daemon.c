@@ -17,6 +17,10 @@
  *            a full tmpfs (root only; SKIP otherwise): ENOSPC reaches the client and
  *            nothing unacknowledged... every acknowledged update survives.
  *   jobs     snapshot / export / import through the control plane with progress.
+ *   tier     sync tables with eviction: every acknowledged value comes back (from the
+ *            table or the disk tier) after SIGKILL and after SIGTERM; without a tier
+ *            no evicted row comes back, the budget holds, a dropped key starts fresh.
+ *   state    the strings of a string table and the admission sketch survive restarts.
  */
 #ifdef DE_MINI_CRITERION
 #include "mini_criterion.h" /* ThreadSanitizer build: see that header */
@@ -963,5 +967,282 @@ Test(crash, snapshot_right_after_recovery_keeps_replayed_rows)
 		cr_expect_eq(st[i], DYNEMB_ST_FOUND, "key %u lost", i + 1);
 		cr_expect_eq(out[i * DIM + 2], val(i + 1, 9, 2));
 	}
+	dynemb_close(c);
+}
+
+/* ---- tier: eviction of durable tables, with and without the disk tier --------------- */
+
+TestSuite(tier, .init = setup, .fini = teardown, .timeout = 300);
+
+#define TKEYS 20000
+#define TBUDGET (640u << 10) /* the index and about 6000 rows of DIM 4: most keys are evicted */
+
+static struct dynemb_table_spec evict_spec(const char *name, bool tier)
+{
+	struct dynemb_table_spec s = spec(name, DYNEMB_DURABLE_SYNC, 0);
+	s.eviction.policy = DYNEMB_EVICTION_LRU;
+	s.eviction.budget_bytes = TBUDGET;
+	s.eviction.disk_tier = tier;
+	return s;
+}
+
+/* TKEYS keys updated (acknowledged) in batches of 50 at steps 1.., then a third of them
+ * updated again (most of them in the tier by then): ref[k] the acknowledged version */
+static void write_evicting(dynemb_client *c, int t, uint32_t *ref)
+{
+	uint64_t keys[50];
+	float v[50 * DIM];
+	uint64_t step = 1;
+	for (uint32_t pass = 1; pass <= 2; pass++)
+		for (uint64_t k0 = 1; k0 <= TKEYS; k0 += 50 * pass, step++) {
+			for (unsigned i = 0; i < 50; i++) {
+				keys[i] = k0 + i * pass;
+				for (unsigned j = 0; j < DIM; j++)
+					v[i * DIM + j] = val(keys[i], pass, j);
+			}
+			int err = dynemb_update(c, t, keys, 50, v, step, NULL);
+			cr_assert_eq(err, 0, "update: %s", dynemb_strerror(err));
+			for (unsigned i = 0; i < 50; i++)
+				if (keys[i] <= TKEYS)
+					ref[keys[i]] = pass;
+		}
+}
+
+/* every acknowledged value, read with create lookups (which bring rows back from the
+ * tier): the number of keys that did not have it */
+static unsigned check_all(dynemb_client *c, int t, const uint32_t *ref)
+{
+	unsigned bad = 0;
+	for (uint64_t k0 = 1; k0 <= TKEYS; k0 += 50) {
+		uint64_t keys[50];
+		float out[50 * DIM];
+		uint8_t st[50];
+		for (unsigned i = 0; i < 50; i++)
+			keys[i] = k0 + i;
+		int err = dynemb_lookup(c, t, keys, 50, out, st, 0, 100000 + k0);
+		cr_assert_eq(err, 0, "lookup: %s", dynemb_strerror(err));
+		for (unsigned i = 0; i < 50; i++) {
+			/* erased (ref 0): created again with the initializer */
+			float want = ref[keys[i]] ? val(keys[i], ref[keys[i]], 1) : 0.5f;
+			if (out[i * DIM + 1] != want) {
+				if (bad < 5)
+					cr_log_error("key %lu: %g, acknowledged %g (status %u)",
+						     (unsigned long)keys[i], out[i * DIM + 1], want,
+						     st[i]);
+				bad++;
+			}
+		}
+	}
+	return bad;
+}
+
+static void tier_round_trip(bool clean)
+{
+	start(NULL);
+	dynemb_client *c = conn();
+	struct dynemb_table_spec s = evict_spec("tiered", true);
+	int t = open_t(c, &s);
+	static uint32_t ref[TKEYS + 1];
+	memset(ref, 0, sizeof ref);
+	write_evicting(c, t, ref);
+	struct dynemb_stats st;
+	cr_assert_eq(dynemb_stats(c, t, &st), 0);
+	cr_assert_gt(st.evicted_to_tier, TKEYS / 2, "most rows went to the tier (%lu)",
+		     (unsigned long)st.evicted_to_tier);
+	cr_expect_eq(check_all(c, t, ref), 0, "before the restart");
+	/* every 7th key brought back from the tier (a creating lookup), then erased: its
+	 * tier record must not come back after a restart */
+	for (uint64_t k = 7; k <= TKEYS; k += 7) {
+		float out[DIM];
+		uint8_t s1;
+		cr_assert_eq(dynemb_lookup(c, t, &k, 1, out, &s1, 0, 50000 + k), 0);
+		cr_assert_eq(dynemb_erase(c, t, &k, 1, NULL), 0);
+		ref[k] = 0;
+	}
+	dynemb_close(c);
+	if (clean)
+		stop();
+	else
+		crash();
+	for (int round = 0; round < 2; round++) { /* and once more: the reads moved rows */
+		start(NULL);
+		c = conn();
+		t = open_t(c, &s);
+		cr_expect_eq(check_all(c, t, ref), 0, "after %s %d", clean ? "SIGTERM" : "SIGKILL",
+			     round + 1);
+		dynemb_close(c);
+		if (clean)
+			stop();
+		else
+			crash();
+	}
+}
+
+Test(tier, sync_tier_rows_survive_sigkill)
+{
+	tier_round_trip(false);
+}
+
+Test(tier, sync_tier_rows_survive_sigterm)
+{
+	tier_round_trip(true);
+}
+
+/* No tier: eviction is logged, so a restart brings back only rows that were resident
+ * (never one the budget had dropped), and a dropped key starts fresh. */
+Test(tier, sync_eviction_without_tier_is_logged)
+{
+	start(NULL);
+	dynemb_client *c = conn();
+	struct dynemb_table_spec s = evict_spec("dropping", false);
+	int t = open_t(c, &s);
+	static uint32_t ref[TKEYS + 1];
+	memset(ref, 0, sizeof ref);
+	write_evicting(c, t, ref);
+	static uint64_t keys[TKEYS];
+	static float before[TKEYS * DIM], after[TKEYS * DIM];
+	static uint8_t stb[TKEYS], sta[TKEYS];
+	for (unsigned i = 0; i < TKEYS; i++)
+		keys[i] = i + 1;
+	usleep(100 * 1000); /* the evictor's thread: done with its headroom */
+	for (unsigned i = 0; i < TKEYS; i += 500)
+		read_rows(c, t, keys + i, 500, before + i * DIM, stb + i);
+	unsigned resident = 0;
+	for (unsigned i = 0; i < TKEYS; i++)
+		resident += stb[i] == DYNEMB_ST_FOUND;
+	cr_assert_lt(resident, TKEYS / 2, "the budget dropped most keys (%u resident)", resident);
+	dynemb_close(c);
+	crash();
+
+	start(NULL);
+	c = conn();
+	t = open_t(c, &s);
+	for (unsigned i = 0; i < TKEYS; i += 500)
+		read_rows(c, t, keys + i, 500, after + i * DIM, sta + i);
+	unsigned back = 0, resurrected = 0;
+	for (unsigned i = 0; i < TKEYS; i++) {
+		if (sta[i] != DYNEMB_ST_FOUND)
+			continue;
+		back++;
+		if (stb[i] != DYNEMB_ST_FOUND) {
+			resurrected++;
+			continue;
+		}
+		cr_expect_eq(after[i * DIM + 1], val(keys[i], ref[keys[i]], 1), "key %u", i + 1);
+	}
+	cr_expect_eq(resurrected, 0, "%u of %u rows back after the restart had been evicted",
+		     resurrected, back);
+	struct dynemb_stats st;
+	cr_assert_eq(dynemb_stats(c, t, &st), 0);
+	cr_expect_leq(st.resident_bytes, TBUDGET + TBUDGET / 10, "budget after recovery: %lu "
+		      "(%u keys)", (unsigned long)st.resident_bytes, back);
+	/* a dropped key comes back fresh: its initializer, as without the crash */
+	for (unsigned i = 0; i < TKEYS; i++)
+		if (stb[i] != DYNEMB_ST_FOUND) {
+			float out[DIM];
+			uint8_t s1;
+			cr_assert_eq(dynemb_lookup(c, t, &keys[i], 1, out, &s1, 0, 999999), 0);
+			cr_expect_eq(s1, DYNEMB_ST_CREATED);
+			cr_expect_eq(out[1], 0.5f, "key %u starts fresh", i + 1);
+			break;
+		}
+	dynemb_close(c);
+}
+
+/* ---- strings and admission state across restarts --------------------------------- */
+
+TestSuite(state, .init = setup, .fini = teardown, .timeout = 120);
+
+#define NSTR 300
+
+/* the strings of a string table come back after SIGKILL (and after SIGTERM) */
+Test(state, key_strings_survive_restarts)
+{
+	start(NULL);
+	dynemb_client *c = conn();
+	struct dynemb_table_spec s = spec("words", DYNEMB_DURABLE_SYNC, 0);
+	s.keys = DYNEMB_STRING_KEYS;
+	int t = open_t(c, &s);
+	static char words[NSTR][32];
+	const char *ptr[NSTR];
+	uint64_t keys[NSTR];
+	float out[NSTR * DIM];
+	uint8_t st[NSTR];
+	for (unsigned i = 0; i < NSTR; i++) {
+		snprintf(words[i], sizeof words[i], "word-%u-%s", i * 7919u, i % 3 ? "x" : "long-tail");
+		ptr[i] = words[i];
+		cr_assert_eq(dynemb_string_key(c, t, words[i], strlen(words[i]), &keys[i]), 0);
+	}
+	cr_assert_eq(dynemb_lookup_str(c, t, ptr, NULL, NSTR, out, st, 0, 1), 0); /* creates */
+	dynemb_close(c);
+	for (int round = 0; round < 2; round++) {
+		if (round)
+			stop();
+		else
+			crash();
+		start(NULL);
+		c = conn();
+		t = open_t(c, &s);
+		static char buf[NSTR * 32];
+		uint32_t lens[NSTR];
+		int err = dynemb_key_strings(c, t, keys, NSTR, buf, sizeof buf, lens);
+		cr_assert_eq(err, 0, "key_strings: %s", dynemb_strerror(err));
+		size_t at = 0;
+		for (unsigned i = 0; i < NSTR; i++) {
+			cr_assert_neq(lens[i], UINT32_MAX, "after %s: the string of key %u is unknown",
+				      round ? "SIGTERM" : "SIGKILL", i);
+			cr_assert_eq(lens[i], strlen(words[i]));
+			cr_assert(!memcmp(buf + at, words[i], lens[i]), "string %u", i);
+			at += lens[i];
+		}
+		dynemb_close(c);
+	}
+}
+
+static uint8_t sight(dynemb_client *c, int t, uint64_t key)
+{
+	float out[DIM];
+	uint8_t st = 0xff;
+	int err = dynemb_lookup(c, t, &key, 1, out, &st, 0, 1);
+	cr_assert_eq(err, 0, "lookup: %s", dynemb_strerror(err));
+	return st;
+}
+
+/* the admission sketch is saved with each checkpoint and at a clean stop: a key seen
+ * min_count - 1 times before a restart is admitted at its next sighting */
+Test(state, admission_sketch_survives_restarts)
+{
+	start(NULL);
+	dynemb_client *c = conn();
+	struct dynemb_table_spec s = spec("admitted", DYNEMB_DURABLE_SYNC, 0);
+	s.admission.mode = DYNEMB_ADMISSION_COUNT;
+	s.admission.min_count = 3;
+	s.admission.sketch_width = 1u << 12;
+	int t = open_t(c, &s);
+	const uint64_t k1 = 1001, k2 = 2002, once = 3003;
+	for (int i = 0; i < 2; i++)
+		cr_assert_eq(sight(c, t, k1), DYNEMB_ST_MISSING, "not admitted before min_count");
+	cr_assert_eq(sight(c, t, once), DYNEMB_ST_MISSING);
+	struct dynemb_snapshot_result r;
+	cr_assert_eq(dynemb_snapshot(c, "admitted", false, NULL, NULL, &r), 0);
+	dynemb_close(c);
+	crash();
+
+	start(NULL);
+	c = conn();
+	t = open_t(c, &s);
+	cr_expect_eq(sight(c, t, k1), DYNEMB_ST_CREATED, "k1's two sightings were forgotten");
+	cr_expect_eq(sight(c, t, once), DYNEMB_ST_MISSING, "a key seen once is not admitted at "
+		     "its second sighting");
+	for (int i = 0; i < 2; i++)
+		cr_assert_eq(sight(c, t, k2), DYNEMB_ST_MISSING);
+	dynemb_close(c);
+	stop();
+
+	start(NULL);
+	c = conn();
+	t = open_t(c, &s);
+	cr_expect_eq(sight(c, t, k2), DYNEMB_ST_CREATED, "k2's sightings were forgotten at SIGTERM");
+	cr_expect_eq(sight(c, t, once), DYNEMB_ST_CREATED, "its third sighting");
 	dynemb_close(c);
 }

@@ -32,6 +32,12 @@
  * be at most window + slack (the group commit runs every window; slack covers the flush
  * itself on a busy disk). The table not written in a phase must read exactly its base.
  *
+ * --tier adds a third table, "crash_tier": durability sync with LRU eviction to the disk
+ * tier under a budget that holds about a third of the keys, so most acknowledged rows
+ * live in the tier at a kill. It is verified like crash_sync (every acknowledged version
+ * present), read with create lookups (which restore rows from the tier); an all-zero row
+ * (the initializer) counts as absent.
+ *
  * Never: trusts the daemon's own report of what is durable; reuses a version.
  * --self-check-wipe empties the data directory after each kill: the run then passes only
  * when the checker reports the loss (a test of the checker itself).
@@ -70,8 +76,9 @@
 #define EXIT_SKIP 77
 #define READ_BATCH 1024u
 
-enum { T_SYNC = 0, T_ASYNC = 1, NTABLES = 2 };
-static const char *const table_names[NTABLES] = { "crash_sync", "crash_async" };
+enum { T_SYNC = 0, T_ASYNC = 1, T_TIER = 2, NTABLES = 3 };
+static const char *const table_names[NTABLES] = { "crash_sync", "crash_async", "crash_tier" };
+#define TIER_BUDGET (192u << 10) /* crash_tier: the index and about a third of 4096 rows */
 
 struct opts {
 	unsigned iterations, keys, batch, min_ms, max_ms, window_ms, slack_ms;
@@ -281,12 +288,42 @@ static int daemon_stop(struct run *r)
 
 /* ---- client side ---------------------------------------------------------------------- */
 
+/* crash_tier (--tier): a sync table whose budget evicts most keys to the disk tier */
+static void tier_spec(struct dynemb_table_spec *s)
+{
+	s->eviction.policy = DYNEMB_EVICTION_LRU;
+	s->eviction.budget_bytes = TIER_BUDGET;
+	s->eviction.disk_tier = true;
+}
+
+/* How verify_table reads table `which`: crash_tier with create lookups, which bring rows
+ * back from the tier (read-only ones see only the resident rows) */
+static unsigned read_flags(int which)
+{
+	return which == T_TIER ? 0 : DYNEMB_READONLY;
+}
+
+/* crash_tier's statuses as verify_table takes them: a row restored from the tier or
+ * resident is FOUND; an all-zero row (the ZEROS initializer: a key created by an earlier
+ * verification, never written since, or not at all) is MISSING */
+static uint8_t read_status(int which, uint8_t st, const float *row)
+{
+	if (which != T_TIER || (st != DYNEMB_ST_FOUND && st != DYNEMB_ST_CREATED))
+		return st;
+	for (unsigned j = 0; j < DIM; j++)
+		if (row[j] != 0.0f)
+			return DYNEMB_ST_FOUND;
+	return DYNEMB_ST_MISSING;
+}
+
 static int open_table(dynemb_client *c, const struct opts *o, int which, int *t)
 {
 	struct dynemb_table_spec s = { .name = table_names[which], .dim = DIM, .init = DYNEMB_ZEROS,
 				       .seed = 11 };
-	s.durability.mode = which == T_SYNC ? DYNEMB_DURABLE_SYNC : DYNEMB_DURABLE_ASYNC;
-	s.durability.window_ms = which == T_SYNC ? 0 : o->window_ms;
+	s.durability.mode = which == T_ASYNC ? DYNEMB_DURABLE_ASYNC : DYNEMB_DURABLE_SYNC;
+	s.durability.window_ms = which == T_ASYNC ? o->window_ms : 0;
+	if (which == T_TIER)
+		tier_spec(&s);
 	return dynemb_open(c, &s, t);
 }
 
@@ -434,7 +471,7 @@ static int verify_table(struct run *r, dynemb_client *c, int which, uint64_t kil
 		uint32_t n = r->o.keys - lo < READ_BATCH ? r->o.keys - lo : READ_BATCH;
 		for (uint32_t j = 0; j < n; j++)
 			keys[j] = key_of(lo + j);
-		if ((err = dynemb_lookup(c, t, keys, n, got, st, DYNEMB_READONLY, 0))) {
+		if ((err = dynemb_lookup(c, t, keys, n, got, st, read_flags(which), 0))) {
 			fprintf(stderr, "crashtest: dynemb_lookup after restart: %s\n",
 				dynemb_strerror(err));
 			break;
@@ -444,6 +481,7 @@ static int verify_table(struct run *r, dynemb_client *c, int which, uint64_t kil
 			struct keystate *k = &ks[i];
 			const float *g = got + (size_t)j * DIM;
 			uint32_t v = 0;
+			st[j] = read_status(which, st[j], g);
 			if (st[j] == DYNEMB_ST_FOUND) {
 				float f0 = g[0];
 				if (!(f0 >= 1.0f && f0 <= 16777216.0f) ||
@@ -481,7 +519,7 @@ static int verify_table(struct run *r, dynemb_client *c, int which, uint64_t kil
 				continue;
 			}
 			if (k->acked && v < k->acked) {
-				if (which == T_SYNC)
+				if (which != T_ASYNC)
 					violation(r, "%s key %u: acknowledged version %u lost (found %u)",
 						  table_names[which], i, k->acked, v);
 				uint32_t first_lost = v == k->base ? k->first : v + 1;
@@ -645,7 +683,7 @@ static void usage(FILE *f)
 		"                 [--daemon PATH] [--dir DIR] [--keys N] [--batch N]\n"
 		"                 [--window-ms MS] [--slack-ms MS] [--min-ms MS] [--max-ms MS]\n"
 		"                 [--snapshot-interval S] [--no-snapshots] [--keep]\n"
-		"                 [--verbose] [--self-check-wipe]\n"
+		"                 [--verbose] [--self-check-wipe] [--tier]\n"
 		"Starts dynembd with a data directory, writes acknowledged updates, SIGKILLs it at\n"
 		"a random moment, restarts it and checks every acknowledged update (sync), or that\n"
 		"only updates acknowledged within the window before the kill were lost (async),\n"
@@ -670,6 +708,9 @@ static void usage(FILE *f)
 		"                   while the writer runs, so kills also hit checkpoints)\n"
 		"  --keep           keep the work directory\n"
 		"  --verbose        one line per kill\n"
+		"  --mode tier      only crash_tier's kills (see --tier)\n"
+		"  --tier           also N kills of crash_tier: sync, LRU eviction to the disk\n"
+		"                   tier under a small budget (read back with create lookups)\n"
 		"  --self-check-wipe  empty the data directory after each kill and expect the\n"
 		"                   checker to report violations: exit 0 when it does (a check\n"
 		"                   of this checker), 1 when it does not\n"
@@ -701,6 +742,10 @@ static int parse(int argc, char **argv, struct opts *o)
 			o->verbose = true;
 			continue;
 		}
+		if (!strcmp(a, "--tier")) {
+			o->modes |= 1 << T_TIER;
+			continue;
+		}
 		if (!v) {
 			fprintf(stderr, "crashtest: unknown or incomplete option '%s'\n", a);
 			return -1;
@@ -715,15 +760,18 @@ static int parse(int argc, char **argv, struct opts *o)
 			continue;
 		}
 		if (!strcmp(a, "--mode")) {
+			int tier = o->modes & (1 << T_TIER); /* --tier, before or after */
 			if (!strcmp(v, "sync"))
-				o->modes = 1;
+				o->modes = 1 | tier;
 			else if (!strcmp(v, "async"))
-				o->modes = 2;
+				o->modes = 2 | tier;
 			else if (!strcmp(v, "both"))
-				o->modes = 3;
+				o->modes = 3 | tier;
+			else if (!strcmp(v, "tier"))
+				o->modes = 1 << T_TIER;
 			else {
 				fprintf(stderr,
-					"crashtest: --mode is sync, async or both, not '%s'\n", v);
+					"crashtest: --mode is sync, async, both or tier, not '%s'\n", v);
 				return -1;
 			}
 			continue;
@@ -891,13 +939,16 @@ int main(int argc, char **argv)
 			rm_tree(r->work, 2);
 		return EXIT_SKIP;
 	}
-	printf("crashtest: %u kills (%u sync, %u async) in %.1f s; acknowledged updates verified:"
-	       " %" PRIu64 " sync (%" PRIu64 " key-updates), %" PRIu64 " async (%" PRIu64
+	printf("crashtest: %u kills (%u sync, %u async, %u tier) in %.1f s; acknowledged updates"
+	       " verified: %" PRIu64 " sync (%" PRIu64 " key-updates), %" PRIu64 " tier (%" PRIu64
+	       " key-updates), %" PRIu64 " async (%" PRIu64
 	       " key-updates); async keys that lost acknowledged updates: %" PRIu64 " (within the"
 	       " window); max loss %.1f ms (window %u ms + slack %u ms); %" PRIu64 " snapshots"
 	       " taken while writing; %u violations\n",
-	       r->kills[T_SYNC] + r->kills[T_ASYNC], r->kills[T_SYNC], r->kills[T_ASYNC],
+	       r->kills[T_SYNC] + r->kills[T_ASYNC] + r->kills[T_TIER], r->kills[T_SYNC],
+	       r->kills[T_ASYNC], r->kills[T_TIER],
 	       (double)(now_ns() - t0) / 1e9, r->acked_updates[T_SYNC], r->acked_keys[T_SYNC],
+	       r->acked_updates[T_TIER], r->acked_keys[T_TIER],
 	       r->acked_updates[T_ASYNC], r->acked_keys[T_ASYNC], r->lost_keys, r->max_loss_ms,
 	       r->o.window_ms, r->o.slack_ms, r->snapshots, r->violations);
 	bool bad = rc || r->violations;

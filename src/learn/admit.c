@@ -7,12 +7,23 @@
  * de_admit_check at once; counters are relaxed atomics: they are estimates, and a lost
  * increment under a race costs one sighting, never memory safety).
  * Callers: the daemon's lookup path, for keys the table does not hold yet.
+ *
+ * Saved state (de_admit_save / de_admit_load), COUNT mode only, little-endian:
+ *   0 u8[8] "DEADMIT1"  8 u32 width  12 u32 depth  16 u32 threshold  20 u32 reserved 0
+ *   24 u64 seed  32 u64 sightings  40 u64 admitted  48 u64 filtered  56 u64 dropped
+ *   64 u64 agings  72 u16[depth * width] counters, then u64 XXH64 (seed 0) of all before.
+ * Written to path.tmp, fsync'ed, renamed over path, directory fsync'ed. Counters are read
+ * with relaxed loads while other threads count: a save is a fuzzy copy (an estimate, as
+ * the sketch itself).
  */
 #include "de_learn.h"
 
 #include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include <xxhash.h>
 
@@ -201,4 +212,124 @@ int de_admit_stats(const de_admit *a, struct de_admit_stats *out)
 	out->dropped_grads = LD(&a->dropped);
 	out->agings = LD(&a->agings);
 	return 0;
+}
+
+#define SAVE_MAGIC "DEADMIT1"
+#define SAVE_HDR 72u
+
+struct save_hdr {
+	char magic[8];
+	uint32_t width, depth, threshold, reserved;
+	uint64_t seed, sightings, admitted, filtered, dropped, agings;
+};
+_Static_assert(sizeof(struct save_hdr) == SAVE_HDR, "layout");
+
+int de_admit_save(const de_admit *a, const char *path)
+{
+	if (!a || !path)
+		return -EINVAL;
+	if (a->cfg.mode != DE_ADMIT_COUNT)
+		return 0; /* nothing but statistics to keep */
+	size_t nc = (size_t)a->cfg.width * a->cfg.depth;
+	size_t len = SAVE_HDR + nc * 2 + 8;
+	char *buf = malloc(len), *tmp = malloc(strlen(path) + 5);
+	int err = 0, fd = -1;
+	if (!buf || !tmp) {
+		err = -ENOMEM;
+		goto out;
+	}
+	struct save_hdr h = { .width = a->cfg.width, .depth = a->cfg.depth,
+			      .threshold = a->cfg.threshold, .seed = a->cfg.seed,
+			      .sightings = LD(&a->sightings), .admitted = LD(&a->admitted),
+			      .filtered = LD(&a->filtered), .dropped = LD(&a->dropped),
+			      .agings = LD(&a->agings) };
+	memcpy(h.magic, SAVE_MAGIC, 8);
+	memcpy(buf, &h, SAVE_HDR);
+	uint16_t *c = (uint16_t *)(void *)(buf + SAVE_HDR);
+	for (size_t i = 0; i < nc; i++)
+		c[i] = LD(&a->c[i]);
+	uint64_t x = XXH64(buf, len - 8, 0);
+	memcpy(buf + len - 8, &x, 8);
+	sprintf(tmp, "%s.tmp", path);
+	fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+	if (fd < 0) {
+		err = -errno;
+		goto out;
+	}
+	for (size_t done = 0; done < len;) {
+		ssize_t w = write(fd, buf + done, len - done);
+		if (w <= 0) {
+			err = w < 0 ? -errno : -EIO;
+			goto out;
+		}
+		done += (size_t)w;
+	}
+	if (fsync(fd) || rename(tmp, path)) {
+		err = -errno;
+		goto out;
+	}
+	char *slash = strrchr(tmp, '/');
+	if (slash)
+		*slash = 0;
+	int dfd = open(slash ? tmp : ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (dfd >= 0) {
+		(void)fsync(dfd);
+		close(dfd);
+	}
+out:
+	if (fd >= 0)
+		close(fd);
+	if (err && tmp)
+		unlink(tmp);
+	free(buf);
+	free(tmp);
+	return err;
+}
+
+int de_admit_load(de_admit *a, const char *path)
+{
+	if (!a || !path)
+		return -EINVAL;
+	if (a->cfg.mode != DE_ADMIT_COUNT)
+		return 0;
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return -errno;
+	size_t nc = (size_t)a->cfg.width * a->cfg.depth;
+	size_t len = SAVE_HDR + nc * 2 + 8;
+	char *buf = malloc(len + 1);
+	int err = buf ? 0 : -ENOMEM;
+	ssize_t got = 0;
+	while (!err && (size_t)got < len + 1) {
+		ssize_t r = read(fd, buf + got, len + 1 - (size_t)got);
+		if (r < 0)
+			err = -errno;
+		if (r <= 0)
+			break;
+		got += r;
+	}
+	close(fd);
+	struct save_hdr h;
+	uint64_t x;
+	if (!err && (size_t)got != len)
+		err = -EBADMSG;
+	if (!err) {
+		memcpy(&h, buf, SAVE_HDR);
+		memcpy(&x, buf + len - 8, 8);
+		if (memcmp(h.magic, SAVE_MAGIC, 8) || x != XXH64(buf, len - 8, 0))
+			err = -EBADMSG;
+		else if (h.width != a->cfg.width || h.depth != a->cfg.depth ||
+			 h.threshold != a->cfg.threshold || h.seed != a->cfg.seed)
+			err = -EEXIST; /* another sketch: start empty */
+	}
+	if (!err) {
+		memcpy(a->c, buf + SAVE_HDR, nc * 2);
+		a->sightings = h.sightings;
+		a->admitted = h.admitted;
+		a->filtered = h.filtered;
+		a->dropped = h.dropped;
+		a->agings = h.agings;
+	}
+	free(buf);
+	return err;
 }

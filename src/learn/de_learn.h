@@ -63,6 +63,8 @@
 #ifndef DE_LEARN_H
 #define DE_LEARN_H
 
+#include <pthread.h>
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -195,6 +197,13 @@ uint32_t de_admit_estimate(const de_admit *a, uint64_t key);
 /* Count n gradients dropped because their keys were not admitted. Thread-safe. */
 void de_admit_drop_grads(de_admit *a, uint64_t n);
 int de_admit_stats(const de_admit *a, struct de_admit_stats *out /* out */);
+/* COUNT mode: write the sketch and the statistics to path atomically (path.tmp, fsync,
+ * rename, directory fsync; 72 + 2 * width * depth + 8 bytes; admit.c has the layout), or
+ * read them back into a sketch of the same width, depth, threshold and seed (before it
+ * is used). Other modes: 0, nothing written or read. load: -ENOENT, -EBADMSG (damaged),
+ * -EEXIST (another sketch's file), and the sketch is unchanged. */
+int de_admit_save(const de_admit *a, const char *path);
+int de_admit_load(de_admit *a, const char *path);
 
 /*
  * Disk tier (tier.c): an unlinked file (O_TMPFILE, or created and unlinked) in a
@@ -232,6 +241,25 @@ int de_tier_take(de_tier *tier, uint64_t key, float *row /* out */,
 bool de_tier_contains(de_tier *tier, uint64_t key);
 int de_tier_compact(de_tier *tier);
 int de_tier_stats(de_tier *tier, struct de_tier_stats *out /* out */);
+
+/*
+ * Durable tier: the file at path (created, mode 0600, its directory fsync'ed), records as
+ * above followed by an 8-byte trailer (u32 XXH32 of the record, u32 magic "DETE"), so 56
+ * + 4 * row_floats bytes each. Open rebuilds the index by a scan (the later record of a
+ * key wins) and truncates the file after the last intact record. A put returns once its
+ * records are fdatasync'ed. Takes forget in memory only; a compaction first calls the
+ * hook (non-zero: no compaction), then replaces the file atomically (path.tmp, fdatasync,
+ * rename, directory fsync). -EEXIST: the file holds rows of another size.
+ */
+int de_tier_open_file(const char *path, uint32_t row_floats, de_tier **out);
+void de_tier_set_compact_hook(de_tier *tier, int (*fn)(void *ctx), void *ctx);
+/* Erase keys from the tier: forgotten; a durable tier first appends a tombstone for each
+ * key (also one taken: its record may still be in the file) and fdatasyncs them (the scan at the next open forgets them too). 0, or the
+ * write's error (then nothing is forgotten). */
+int de_tier_erase(de_tier *tier, const uint64_t *keys, size_t n);
+/* Forget every key drop(ctx, key) says (under the tier's lock: drop must not call the
+ * tier). Returns how many. */
+size_t de_tier_drop_if(de_tier *tier, bool (*drop)(void *ctx, uint64_t key), void *ctx);
 #ifdef DE_FAULT_INJECTION
 /* Test builds: make the tier's file descriptor invalid (closed), so every later I/O fails. */
 void de_tier_break_fd(de_tier *tier);
@@ -323,6 +351,16 @@ struct de_evict_table_config {
 	uint64_t ttl;          /* TTL: > 0, in steps or seconds */
 	uint64_t half_life;    /* LFU: 0 = no decay */
 	de_tier *tier;         /* NULL = evicted rows are dropped; not owned */
+	/* Logged eviction (a durable table). on_evict (may be NULL) is called with the keys
+	 * each pass erased, after their rows reached the tier (a durable tier: fdatasync'ed),
+	 * before the pass lets go of the table. pass_lock (may be NULL): each pass holds it
+	 * for writing, so the owner, holding it for reading across a write and the logging
+	 * of that write, never sees its row evicted in between; with it set,
+	 * de_evict_after_lookup does not evict (the owner calls de_evict_inline after it let
+	 * go of its read lock). */
+	void (*on_evict)(void *ctx, const uint64_t *keys, size_t n);
+	void *evict_ctx;
+	pthread_rwlock_t *pass_lock;
 };
 
 struct de_evict_stats {
@@ -371,6 +409,9 @@ int de_evict_after_lookup(de_evict *ev, uint32_t id, const uint64_t *keys, size_
 			  size_t *restored /* out */);
 /* Statistics of table id, or of the host (DE_EVICT_HOST: sums, host budget). */
 int de_evict_stats(de_evict *ev, uint32_t id, struct de_evict_stats *out /* out */);
+/* The inline eviction de_evict_after_lookup leaves to the owner of a table with a
+ * pass_lock: the table's own budget, then the host's. Not with pass_lock held. */
+int de_evict_inline(de_evict *ev, uint32_t id);
 
 /* ------------------------------------------------------------------------- */
 /* Candidate sampling and top-k (sample.c, topk.c)                            */

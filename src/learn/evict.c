@@ -15,6 +15,9 @@
  * in the Bloom filter before its erase, so a lookup that finds a recently evicted key gone
  * and not in the tier waits for the table's lock and looks again: a returning key never
  * misses its row because it was in flight to the tier.
+ * Logged eviction (on_evict, pass_lock: de_learn.h): each pass collects the keys it erased
+ * and hands them to on_evict in flush_stage, after the stage's tier put returned; a pass
+ * takes the table's pass_lock (writing) before its mutex, always in that order.
  * Callers: the daemon (after lookups, and its thread), tests/evict.
  */
 #include "de_learn.h"
@@ -61,6 +64,9 @@ struct etable {
 	float *stage_rows;
 	struct de_row_meta *stage_meta;
 	uint32_t nstage;
+	/* keys erased since the last on_evict call */
+	uint64_t *erased;
+	uint32_t nerased;
 	/* "recently evicted": two generations, atomics (read by lookup threads) */
 	uint64_t *bloom[2];
 	uint32_t gen;         /* index of the current generation */
@@ -133,6 +139,7 @@ static void etable_free(struct etable *e)
 	free(e->vals);
 	free(e->stage_rows);
 	free(e->stage_meta);
+	free(e->erased);
 	free(e->bloom[0]);
 	free(e->bloom[1]);
 	free(e);
@@ -192,9 +199,10 @@ int de_evict_add_table(de_evict *ev, de_table *t, de_arena *a,
 	e->vals = malloc(4ull * e->dim);
 	e->stage_rows = malloc(4ull * e->row_floats * STAGE_ROWS);
 	e->stage_meta = malloc(sizeof *e->stage_meta * STAGE_ROWS);
+	e->erased = malloc(sizeof *e->erased * STAGE_ROWS);
 	e->bloom[0] = calloc(BLOOM_BITS / 64, 8);
 	e->bloom[1] = calloc(BLOOM_BITS / 64, 8);
-	if (!e->pool || !e->vals || !e->stage_rows || !e->stage_meta || !e->bloom[0] ||
+	if (!e->pool || !e->vals || !e->stage_rows || !e->stage_meta || !e->erased || !e->bloom[0] ||
 	    !e->bloom[1]) {
 		etable_free(e);
 		return -ENOMEM;
@@ -380,13 +388,33 @@ static bool bloom_has(const struct etable *e, uint64_t key)
 
 static void flush_stage(struct etable *e)
 {
-	if (!e->nstage)
-		return;
-	if (de_tier_put(e->cfg.tier, e->stage_rows, e->stage_meta, e->nstage))
-		ADD(&e->tier_errors, e->nstage);
-	else
-		ADD(&e->to_tier, e->nstage);
-	e->nstage = 0;
+	if (e->nstage) {
+		if (de_tier_put(e->cfg.tier, e->stage_rows, e->stage_meta, e->nstage))
+			ADD(&e->tier_errors, e->nstage);
+		else
+			ADD(&e->to_tier, e->nstage);
+		e->nstage = 0;
+	}
+	/* the erases after the rows are in the tier: a log replayed sees the row erased
+	 * only once the tier holds it */
+	if (e->nerased && e->cfg.on_evict)
+		e->cfg.on_evict(e->cfg.evict_ctx, e->erased, e->nerased);
+	e->nerased = 0;
+}
+
+/* A pass over e: its pass lock (writing), then its mutex. */
+static void table_lock(struct etable *e)
+{
+	if (e->cfg.pass_lock)
+		pthread_rwlock_wrlock(e->cfg.pass_lock);
+	pthread_mutex_lock(&e->lock);
+}
+
+static void table_unlock(struct etable *e)
+{
+	pthread_mutex_unlock(&e->lock);
+	if (e->cfg.pass_lock)
+		pthread_rwlock_unlock(e->cfg.pass_lock);
 }
 
 struct erase_ctx {
@@ -428,7 +456,7 @@ static bool erase_fn(void *ctx, size_t i, const float *row, const struct de_row_
 static int erase_one(struct erase_ctx *c, uint64_t key)
 {
 	struct etable *e = c->e;
-	if (e->nstage == STAGE_ROWS)
+	if (e->nstage == STAGE_ROWS || e->nerased == STAGE_ROWS)
 		flush_stage(e);
 	c->touched = false;
 	size_t n = 0;
@@ -439,6 +467,7 @@ static int erase_one(struct erase_ctx *c, uint64_t key)
 		ADD(&e->kept, 1);
 	if (!n)
 		return 0;
+	e->erased[e->nerased++] = key;
 	ADD(&e->evicted, 1);
 	if (c->expire)
 		ADD(&e->expired, 1);
@@ -469,8 +498,7 @@ static long evict_rows(de_evict *ev, struct etable *e, uint64_t want)
 		if (!r && ++idle > 64 * (uint64_t)want + 1024)
 			break; /* every candidate keeps getting touched: give up this pass */
 	}
-	if (e->cfg.tier)
-		flush_stage(e);
+	flush_stage(e);
 	return (long)done;
 }
 
@@ -497,8 +525,7 @@ static long sweep(de_evict *ev, struct etable *e, uint64_t limit)
 			return r;
 		done += r;
 	}
-	if (e->cfg.tier)
-		flush_stage(e);
+	flush_stage(e);
 	return done;
 }
 
@@ -551,9 +578,9 @@ static long host_pass(de_evict *ev, double start, uint64_t max_rows)
 				want = HOST_BATCH;
 			if (want > max_rows - (uint64_t)done)
 				want = max_rows - (uint64_t)done;
-			pthread_mutex_lock(&e->lock);
+			table_lock(e);
 			long r = evict_rows(ev, e, want);
-			pthread_mutex_unlock(&e->lock);
+			table_unlock(e);
 			if (r <= 0) {
 				if (r < 0)
 					done = done ? done : r;
@@ -579,7 +606,7 @@ int de_evict_step(de_evict *ev, size_t max_rows, size_t *evicted)
 	uint32_t nt = NTAB(ev);
 	for (uint32_t i = 0; i < nt && !err && left; i++) {
 		struct etable *e = ev->tab[i];
-		pthread_mutex_lock(&e->lock);
+		table_lock(e);
 		long r = 0;
 		if (e->cfg.policy == DE_EVICT_TTL)
 			r = sweep(ev, e, left);
@@ -587,15 +614,15 @@ int de_evict_step(de_evict *ev, size_t max_rows, size_t *evicted)
 			total += (uint64_t)r;
 			left -= (uint64_t)r;
 		}
-		pthread_mutex_unlock(&e->lock);
+		table_unlock(e);
 		/* from the high watermark to the low one, STEP_CHUNK rows per hold of the
 		 * table's lock: a request's inline eviction never waits for a whole pass */
 		uint64_t want = r >= 0 ? rows_over(e, resident(e), ev->cfg.high, ev->cfg.low) : 0;
 		while (r >= 0 && want && left) {
 			uint64_t chunk = want < STEP_CHUNK ? want : STEP_CHUNK;
-			pthread_mutex_lock(&e->lock);
+			table_lock(e);
 			r = evict_rows(ev, e, chunk < left ? chunk : left);
-			pthread_mutex_unlock(&e->lock);
+			table_unlock(e);
 			if (r <= 0)
 				break;
 			total += (uint64_t)r;
@@ -754,17 +781,25 @@ int de_evict_after_lookup(de_evict *ev, uint32_t id, const uint64_t *keys, size_
 	free(row);
 	if (restored)
 		*restored = back;
-	if (err || !created)
+	if (err || !created || e->cfg.pass_lock) /* pass_lock: the owner calls de_evict_inline */
 		return err;
+	return de_evict_inline(ev, id);
+}
+
+int de_evict_inline(de_evict *ev, uint32_t id)
+{
+	if (!ev || id >= NTAB(ev))
+		return -EINVAL;
+	struct etable *e = ev->tab[id];
 	/* inline eviction: the budget holds even when inserts outpace the thread */
 	if (LD(&e->cfg.budget_bytes)) {
 		uint64_t want = rows_over(e, resident(e), DE_EVICT_INLINE_OVER, DE_EVICT_INLINE_OVER);
 		if (want) {
 			if (want > ev->cfg.inline_max)
 				want = ev->cfg.inline_max;
-			pthread_mutex_lock(&e->lock); /* the thread holds it for STEP_CHUNK rows at most */
+			table_lock(e); /* the thread holds it for STEP_CHUNK rows at most */
 			long r = evict_rows(ev, e, want);
-			pthread_mutex_unlock(&e->lock);
+			table_unlock(e);
 			if (r < 0)
 				return (int)r;
 		}

@@ -395,7 +395,10 @@ int srv_control_recover(struct srv_server *s)
 			return 1;
 		}
 	}
-	return srv_persist_recover(s->persist);
+	int status = srv_persist_recover(s->persist);
+	if (!status) /* a row in the recovered table is newer than its tier copy */
+		srv_learn_recovered(s->learn);
+	return status;
 }
 
 /* m: checked by srv_check_msg (name valid, config normalized). */

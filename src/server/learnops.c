@@ -43,6 +43,17 @@
  * table is not. Each call passes its own unique flag and seed (de_sample_seeded).
  * Top-k: de_topk with [learn] topk_threads threads inside the worker's call.
  *
+ * Persisted tables (the daemon has a data_dir) with eviction: a pass of the evictor holds
+ * the table's plock for writing and logs the keys it erased (srv_learn_log.evicted, an
+ * erase record) after their rows reached the tier; the worker holds plock for reading
+ * from a write to its WAL append (srv_learn_write_begin / _end), so what it logs is the
+ * row it wrote, and runs the inline eviction after it let go. The tier is then a named
+ * file in data_dir (tier-<hash of the name>.dt, de_tier_open_file): each row is in the
+ * arena + WAL or in the tier; recovery rebuilds the tier's index from the file, and
+ * srv_learn_recovered drops every tier row the recovered table holds (the table's is
+ * newer: a row leaves the tier only into the table, and a restore is logged, see
+ * srv_learn_logs_creates; the tier's compaction first makes the WAL durable).
+ *
  * Callers: the worker (worker.c) with a batch description (batch.h) for the data-plane
  * paths; the control plane (control.c) for the host and for attaching a new table.
  * Never: trust a byte of the data area (descriptors are checked by srv_check_sqe and
@@ -88,6 +99,9 @@ struct srv_learn_host {
 	de_evict *ev;
 	uint64_t host_budget;
 	char tier_dir[256];
+	char data_dir[sizeof ((struct srv_config *)0)->data_dir]; /* "" = no persistence */
+	struct srv_learn_log log;     /* set by srv_learn_host_set_log, evictor stopped */
+	bool recovering;              /* data_dir: no eviction until srv_learn_recovered */
 	unsigned topk_threads;
 	unsigned rebuild_ms;
 	uint32_t max_batch;
@@ -112,6 +126,10 @@ struct srv_table_learn {
 	uint32_t evict_id;
 	bool time_clock;
 	de_tier *tier;                /* owned */
+	bool logged;                  /* persisted: eviction logged, pass lock, durable tier */
+	char *admit_path;             /* persisted COUNT admission: its saved sketch (malloc'd) */
+	pthread_mutex_t save_mu;      /* one save of the sketch at a time */
+	pthread_rwlock_t plock;       /* logged: workers read across a write and its log */
 	pthread_rwlock_t slock;       /* samplers: read to use, write to add/replace */
 	struct sampler_slot samplers[MAX_SAMPLERS];
 	uint64_t sampler_clock;
@@ -126,6 +144,9 @@ int srv_learn_host_create(const struct srv_config *cfg, struct srv_learn_host **
 		return -ENOMEM;
 	h->host_budget = cfg->host_budget_bytes;
 	snprintf(h->tier_dir, sizeof h->tier_dir, "%s", cfg->tier_dir);
+	snprintf(h->data_dir, sizeof h->data_dir, "%s", cfg->data_dir);
+	/* a pass during WAL replay would put replayed (old) rows into a durable tier */
+	h->recovering = cfg->data_dir[0] != 0;
 	h->topk_threads = cfg->topk_threads;
 	if (!h->topk_threads) {
 		long n = sysconf(_SC_NPROCESSORS_ONLN);
@@ -156,6 +177,9 @@ static void learn_free(struct srv_table *t)
 	pthread_rwlock_destroy(&L->slock);
 	de_admit_destroy(L->admit);
 	de_tier_close(L->tier);
+	pthread_rwlock_destroy(&L->plock);
+	pthread_mutex_destroy(&L->save_mu);
+	free(L->admit_path);
 	free(L);
 	t->rt = NULL;
 }
@@ -188,6 +212,12 @@ int srv_learn_table_attach(struct srv_learn_host *h, struct srv_table *t, char *
 	L->h = h;
 	L->t = t;
 	pthread_rwlock_init(&L->slock, NULL);
+	pthread_rwlockattr_t ra; /* writer preference: passes are not starved by workers */
+	pthread_rwlockattr_init(&ra);
+	pthread_rwlockattr_setkind_np(&ra, PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
+	pthread_rwlock_init(&L->plock, &ra);
+	pthread_rwlockattr_destroy(&ra);
+	pthread_mutex_init(&L->save_mu, NULL);
 	t->rt = L;
 	int err = attach(h, t, L, msg, msgcap);
 	if (err) {
@@ -197,6 +227,83 @@ int srv_learn_table_attach(struct srv_learn_host *h, struct srv_table *t, char *
 	L->next = h->tables;
 	h->tables = L;
 	return 0;
+}
+
+/* data_dir/<prefix>-<FNV-1a 64 of the table's name, 16 hex><suffix> */
+static void name_path(char *buf, size_t cap, const struct srv_learn_host *h,
+		      const struct srv_table *t, const char *prefix, const char *suffix)
+{
+	uint64_t x = 0xcbf29ce484222325ull;
+	for (const char *c = t->name; *c; c++)
+		x = (x ^ (unsigned char)*c) * 0x100000001b3ull;
+	snprintf(buf, cap, "%s/%s-%016llx%s", h->data_dir, prefix, (unsigned long long)x, suffix);
+}
+
+/* Evicted rows of a logged table: to persistence (an erase record), after the tier put. */
+static void on_evict(void *ctx, const uint64_t *keys, size_t n)
+{
+	struct srv_table_learn *L = ctx;
+	struct srv_learn_log *lg = &L->h->log;
+	if (lg->evicted)
+		lg->evicted(lg->ctx, L->t, keys, n);
+}
+
+/* Before a compaction of the tier drops the records of taken rows: their logging durable. */
+static int before_compact(void *ctx)
+{
+	struct srv_table_learn *L = ctx;
+	struct srv_learn_log *lg = &L->h->log;
+	return lg->flush ? lg->flush(lg->ctx) : 0;
+}
+
+/* The durable tier of a persisted table: data_dir/tier-<FNV-1a 64 of the name, 16 hex>.dt */
+static int tier_open_durable(struct srv_learn_host *h, struct srv_table *t,
+			     struct srv_table_learn *L)
+{
+	char path[sizeof h->data_dir + 40];
+	name_path(path, sizeof path, h, t, "tier", ".dt");
+	int err = srv_mkdir_p(h->data_dir, 0700);
+	if (!err)
+		err = de_tier_open_file(path, de_table_row_floats(t->t), &L->tier);
+	if (!err)
+		de_tier_set_compact_hook(L->tier, before_compact, L);
+	return err;
+}
+
+/* A persisted table's admission sketch: data_dir/admit-<hash>.das, loaded when there. */
+static void admit_restore(struct srv_learn_host *h, struct srv_table *t,
+			  struct srv_table_learn *L)
+{
+	char path[sizeof h->data_dir + 40];
+	name_path(path, sizeof path, h, t, "admit", ".das");
+	if (!(L->admit_path = strdup(path)))
+		return; /* the sketch is then not persisted: an estimate lost, nothing more */
+	int err = de_admit_load(L->admit, path);
+	if (!err)
+		srv_log(SRV_LOG_INFO, "table '%s': admission sketch loaded from %s", t->name, path);
+	else if (err != -ENOENT)
+		srv_log(SRV_LOG_WARN, "table '%s': admission sketch %s not loaded (%s): it starts "
+			"empty", t->name, path, err == -EEXIST ? "another sketch configuration"
+							      : strerror(-err));
+}
+
+void srv_learn_save_table(struct srv_table *t)
+{
+	struct srv_table_learn *L = t->rt;
+	if (!L || !L->admit_path)
+		return;
+	pthread_mutex_lock(&L->save_mu);
+	int err = de_admit_save(L->admit, L->admit_path);
+	pthread_mutex_unlock(&L->save_mu);
+	if (err)
+		srv_log(SRV_LOG_WARN, "table '%s': saving the admission sketch to %s: %s", t->name,
+			L->admit_path, strerror(-err));
+}
+
+void srv_learn_save_all(struct srv_learn_host *h)
+{
+	for (struct srv_table_learn *L = h ? h->tables : NULL; L; L = L->next)
+		srv_learn_save_table(L->t);
 }
 
 /* The admission filter, tier and eviction of t into L (t->rt). */
@@ -218,10 +325,20 @@ static int attach(struct srv_learn_host *h, struct srv_table *t, struct srv_tabl
 			return err;
 		}
 		L->reject_zeros = a->reject_value == DE_WREJECT_ZEROS;
+		if (h->data_dir[0] && a->mode == DE_WADMIT_COUNT)
+			admit_restore(h, t, L);
 	}
 	if (e->policy == DE_WEVICT_NONE)
 		return 0;
-	if (e->flags & DE_WEVICT_DISK_TIER) {
+	L->logged = h->data_dir[0] != 0;
+	if ((e->flags & DE_WEVICT_DISK_TIER) && L->logged) {
+		err = tier_open_durable(h, t, L);
+		if (err) {
+			snprintf(msg, msgcap, "table '%s': disk tier in %s: %s", t->name, h->data_dir,
+				 strerror(-err));
+			return err;
+		}
+	} else if (e->flags & DE_WEVICT_DISK_TIER) {
 		if (!h->tier_dir[0]) {
 			snprintf(msg, msgcap, "table '%s' asks for a disk tier, but the daemon has none "
 				 "([memory] tier_dir is empty)", t->name);
@@ -238,6 +355,11 @@ static int attach(struct srv_learn_host *h, struct srv_table *t, struct srv_tabl
 	}
 	struct de_evict_table_config tc = { .budget_bytes = e->budget_bytes, .tier = L->tier,
 					    .policy = (enum de_evict_policy)e->policy };
+	if (L->logged) {
+		tc.on_evict = on_evict;
+		tc.evict_ctx = L;
+		tc.pass_lock = &L->plock;
+	}
 	switch (e->policy) {
 	case DE_WEVICT_LRU:
 		tc.clock = (enum de_evict_clock)e->lru_clock;
@@ -258,7 +380,7 @@ static int attach(struct srv_learn_host *h, struct srv_table *t, struct srv_tabl
 	 * the table count with release/acquire). */
 	de_evict_stop(h->ev);
 	err = de_evict_add_table(h->ev, t->t, t->arena, &tc, &L->evict_id);
-	int serr = h->ntables || !err ? de_evict_start(h->ev) : 0;
+	int serr = (h->ntables || !err) && !h->recovering ? de_evict_start(h->ev) : 0;
 	if (err) {
 		snprintf(msg, msgcap, "table '%s': eviction: %s%s", t->name, strerror(-err),
 			 err == -ENOSPC ? " (the daemon evicts at most 64 tables)" : "");
@@ -514,6 +636,83 @@ int srv_learn_grads_prepare(struct srv_batch *b, uint32_t *created)
 		b->n = k;
 	}
 	return 0;
+}
+
+/* ---- logged eviction ---------------------------------------------------------------------- */
+
+int srv_learn_host_set_log(struct srv_learn_host *h, const struct srv_learn_log *lg)
+{
+	if (!h)
+		return 0;
+	de_evict_stop(h->ev);
+	h->log = lg ? *lg : (struct srv_learn_log){ 0 };
+	return h->ntables && lg ? de_evict_start(h->ev) : 0;
+}
+
+bool srv_learn_write_begin(struct srv_table *t)
+{
+	struct srv_table_learn *L = t->rt;
+	if (!L || !L->logged || !L->evict)
+		return false;
+	pthread_rwlock_rdlock(&L->plock);
+	return true;
+}
+
+void srv_learn_write_end(struct srv_table *t, bool held)
+{
+	if (!held)
+		return;
+	struct srv_table_learn *L = t->rt;
+	pthread_rwlock_unlock(&L->plock);
+	int err = de_evict_inline(L->h->ev, L->evict_id); /* the eviction after_create left */
+	if (err)
+		srv_log(SRV_LOG_WARN, "table '%s': eviction after a write: %s", t->name,
+			strerror(-err));
+}
+
+int srv_learn_erase(struct srv_table *t, const uint64_t *keys, uint32_t n)
+{
+	struct srv_table_learn *L = t->rt;
+	if (!L || !L->logged || !L->tier)
+		return 0;
+	return de_tier_erase(L->tier, keys, n);
+}
+
+bool srv_learn_logs_creates(const struct srv_table *t)
+{
+	const struct srv_table_learn *L = t->rt;
+	return L && L->logged && L->tier;
+}
+
+struct in_table_ctx {
+	de_table *t;
+	float v[DE_MAX_DIM];
+};
+
+static bool in_table(void *ctx, uint64_t key)
+{
+	struct in_table_ctx *c = ctx;
+	uint8_t st = DE_MISSING;
+	return de_table_find(c->t, &key, 1, c->v, &st) == 0 && st == DE_FOUND;
+}
+
+void srv_learn_recovered(struct srv_learn_host *h)
+{
+	if (!h)
+		return;
+	de_evict_stop(h->ev); /* stopped since the first attach: recovery is done now */
+	h->recovering = false;
+	for (struct srv_table_learn *L = h->tables; L; L = L->next) {
+		if (!L->tier || !L->logged)
+			continue;
+		struct in_table_ctx c = { .t = L->t->t };
+		size_t n = de_tier_drop_if(L->tier, in_table, &c);
+		if (n)
+			srv_log(SRV_LOG_INFO, "table '%s': %zu rows of the disk tier are older than the "
+				"recovered table's and were dropped", L->t->name, n);
+	}
+	if (h->ntables)
+		de_evict_start(h->ev);
 }
 
 /* ---- STATS ------------------------------------------------------------------------------ */

@@ -10,6 +10,7 @@
 #ifndef DE_SRV_LEARNOPS_H
 #define DE_SRV_LEARNOPS_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -19,6 +20,15 @@
 #include "tables.h"
 
 struct srv_learn_host;
+
+/* What logs evictions of persisted tables (wired by the layer above persistence and
+ * learning). evicted: keys a pass erased (their rows in the tier, when it has one);
+ * flush: make every logged record durable (0 or a negative errno). */
+struct srv_learn_log {
+	void (*evicted)(void *ctx, struct srv_table *t, const uint64_t *keys, size_t n);
+	int (*flush)(void *ctx);
+	void *ctx;
+};
 
 /* The daemon's one evictor and the [memory]/[learn] settings. Control thread. */
 int srv_learn_host_create(const struct srv_config *cfg, struct srv_learn_host **out);
@@ -32,6 +42,29 @@ void srv_learn_host_destroy(struct srv_learn_host *h);
  * Control thread, before the table is published. */
 int srv_learn_table_attach(struct srv_learn_host *h, struct srv_table *t, char *msg,
 			   size_t msgcap);
+
+/* Set (lg) or clear (NULL) the eviction log, with the evictor's thread stopped meanwhile:
+ * after persistence started, before the workers; cleared before persistence stops.
+ * 0 or the errno of restarting the thread. */
+int srv_learn_host_set_log(struct srv_learn_host *h, const struct srv_learn_log *lg);
+/* After recovery (with a data_dir the evictor does not run before): drop from each
+ * durable tier the rows the recovered table holds, then start the evictor. */
+void srv_learn_recovered(struct srv_learn_host *h);
+/* Persisted tables with COUNT admission: save the sketch (data_dir/admit-<hash>.das; one
+ * table after its checkpoints, all at shutdown). Any thread; errors are logged. */
+void srv_learn_save_table(struct srv_table *t);
+void srv_learn_save_all(struct srv_learn_host *h);
+/* Worker, around a write on t and its logging: begin returns whether it took t's pass
+ * lock; end (given that) lets it go and runs the inline eviction the write left. */
+bool srv_learn_write_begin(struct srv_table *t);
+void srv_learn_write_end(struct srv_table *t, bool held);
+/* ERASE on a persisted table with a durable tier: the keys leave the tier too (a
+ * tombstone, fdatasync'ed, before the table's erase is logged), so a crash cannot bring a
+ * tier copy of an erased key back. 0 or the tier's error (then nothing was erased). */
+int srv_learn_erase(struct srv_table *t, const uint64_t *keys, uint32_t n);
+/* t's LOOKUPs that create keys must be logged (they may restore rows from its durable
+ * tier); their completions need not wait for the WAL. */
+bool srv_learn_logs_creates(const struct srv_table *t);
 
 /* LOOKUP with DE_LOOKUP_CREATE: admission decides which missing keys are created;
  * b->vals gets every key's row, b->status its status. */

@@ -50,6 +50,22 @@ static int resolve_node(struct srv_server *s)
 	return want;
 }
 
+static void log_evicted(void *ctx, struct srv_table *t, const uint64_t *keys, size_t n)
+{
+	srv_persist_evicted(ctx, t, keys, n);
+}
+
+static int log_flush(void *ctx)
+{
+	return srv_persist_flush(ctx);
+}
+
+static void checkpointed(void *ctx, struct srv_table *t)
+{
+	(void)ctx;
+	srv_learn_save_table(t);
+}
+
 int main(int argc, char **argv)
 {
 	struct srv_server s = { .release_fd = -1 };
@@ -120,7 +136,12 @@ int main(int argc, char **argv)
 	}
 	int status = 1;
 	s.release_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-	if (s.release_fd < 0 || srv_persist_start(s.persist) != 0 || srv_workers_start(&s) != 0) {
+	/* eviction of persisted tables is logged from now on (learnops.h, persist.h) */
+	const struct srv_learn_log lg = { .evicted = log_evicted, .flush = log_flush,
+					  .ctx = s.persist };
+	srv_persist_set_checkpoint_hook(s.persist, checkpointed, NULL); /* admission sketches */
+	if (s.release_fd < 0 || srv_persist_start(s.persist) != 0 ||
+	    srv_learn_host_set_log(s.learn, &lg) != 0 || srv_workers_start(&s) != 0) {
 		srv_log(SRV_LOG_ERROR, "cannot start the workers");
 		srv_workers_stop(&s);
 		close(listen_fd);
@@ -133,6 +154,8 @@ int main(int argc, char **argv)
 		status = srv_control_run(&s, listen_fd, sig_fd);
 	}
 	srv_workers_free(&s);
+	srv_learn_host_set_log(s.learn, NULL); /* the evictor stopped: nothing logs any more */
+	srv_learn_save_all(s.learn);           /* admission sketches (clean shutdown) */
 	srv_persist_free(s.persist); /* after the workers: jobs, shutdown checkpoint, WAL */
 	srv_learn_host_destroy(s.learn); /* the evictor reads tables: before they go */
 	s.learn = NULL;

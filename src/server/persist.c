@@ -74,7 +74,9 @@ int persist_tp_create(uint32_t id, uint32_t mode, struct srv_table_persist **out
 	}
 	ps->id = id;
 	ps->mode = mode;
+	ps->strings_fd = -1;
 	pthread_mutex_init(&ps->ckpt, NULL);
+	pthread_mutex_init(&ps->strings_mu, NULL);
 	*out = ps;
 	return 0;
 }
@@ -85,6 +87,9 @@ void persist_tp_free(struct srv_table_persist *ps)
 		return;
 	de_dirty_destroy(ps->dirty);
 	pthread_mutex_destroy(&ps->ckpt);
+	if (ps->strings_fd >= 0)
+		close(ps->strings_fd);
+	pthread_mutex_destroy(&ps->strings_mu);
 	free(ps);
 }
 
@@ -117,6 +122,7 @@ int persist_checkpoint(struct srv_persist *p, struct srv_table *t, bool full, de
 	if (!info)
 		info = &local;
 	pthread_mutex_lock(&ps->ckpt);
+	persist_strings_sync(ps);
 	bool f = full || __atomic_exchange_n(&ps->need_full, 0, __ATOMIC_ACQ_REL);
 	/* NONE tables have no records: they use the WAL only for its cut (which lets gc
 	 * drop old segments), and not at all once it failed */
@@ -128,6 +134,8 @@ int persist_checkpoint(struct srv_persist *p, struct srv_table *t, bool full, de
 	if (!err) {
 		__atomic_add_fetch(&ps->snapshots, 1, __ATOMIC_RELAXED);
 		__atomic_store_n(&ps->snapshot_lsn, info->start_lsn, __ATOMIC_RELAXED);
+		if (p->checkpointed) /* the learning state saved with it (admission sketch) */
+			p->checkpointed(p->checkpointed_ctx, t);
 	} else if (f) {
 		__atomic_store_n(&ps->need_full, 1, __ATOMIC_RELEASE);
 	}
@@ -135,6 +143,15 @@ int persist_checkpoint(struct srv_persist *p, struct srv_table *t, bool full, de
 		persist_note_failure(p, de_wal_failed(w, NULL, 0));
 	pthread_mutex_unlock(&ps->ckpt);
 	return err;
+}
+
+void srv_persist_set_checkpoint_hook(struct srv_persist *p,
+				     void (*fn)(void *ctx, struct srv_table *t), void *ctx)
+{
+	if (!p)
+		return;
+	p->checkpointed = fn;
+	p->checkpointed_ctx = ctx;
 }
 
 int srv_persist_table_open(struct srv_persist *p, struct srv_table *t, char *msg, size_t cap)
@@ -171,6 +188,8 @@ int srv_persist_table_open(struct srv_persist *p, struct srv_table *t, char *msg
 	err = persist_cat_write(p->dir, all, p->ntables + 1);
 	if (!err)
 		err = persist_checkpoint(p, t, true, NULL, NULL, NULL);
+	if (!err)
+		err = persist_strings_open(p, t);
 	if (err) {
 		snprintf(msg, cap, "table '%s': cannot persist it in %s: %s", t->name, p->dir,
 			 strerror(-err));

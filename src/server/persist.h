@@ -57,6 +57,10 @@ int srv_persist_adopt(struct srv_persist *p, struct srv_table *t,
 /* Recover every adopted table (manifest -> snapshots -> WAL replay) and drop the
  * catalog copy. Returns the exit status (0, 1, SRV_EXIT_CORRUPT). */
 int srv_persist_recover(struct srv_persist *p);
+/* Called after each successful checkpoint of a table (with its checkpoint lock held):
+ * set before srv_persist_start, by the layer above (the admission sketch is saved). */
+void srv_persist_set_checkpoint_hook(struct srv_persist *p,
+				     void (*fn)(void *ctx, struct srv_table *t), void *ctx);
 /* After detaching: open the WAL (at recovery's next LSN) and start the threads. 0 or 1. */
 int srv_persist_start(struct srv_persist *p);
 /* After the workers stopped: cancel and join control-plane jobs, checkpoint every dirty
@@ -79,6 +83,13 @@ int srv_persist_write_check(struct srv_persist *p, const struct srv_table *t);
  * must wait for (SYNC tables), else 0. 0 or a negative errno (the WAL failed). */
 int srv_persist_log(struct srv_persist *p, const struct srv_batch *b, bool erase,
 		    uint64_t *sync_lsn /* out */);
+/* The evictor (any thread; through learnops' srv_learn_log): keys a pass erased from t
+ * are logged (ERASE record, dirty keys; NONE tables: dirty keys); SYNC tables: flushed
+ * before it returns. */
+void srv_persist_evicted(struct srv_persist *p, struct srv_table *t, const uint64_t *keys,
+			 size_t n);
+/* Make every record appended so far durable: 0 or the WAL's error. */
+int srv_persist_flush(struct srv_persist *p);
 /* Worker: make the WAL durable up to lsn (one fdatasync for a round: group commit).
  * 0, or the WAL's error: then no completion that waited for lsn may be acknowledged. */
 int srv_persist_sync(struct srv_persist *p, uint64_t lsn);

@@ -27,6 +27,8 @@ struct srv_table_persist {
 	uint64_t snapshots;       /* atomic: checkpoints of this run */
 	uint64_t snapshot_lsn;    /* atomic: the cut of the last one (recovered: the manifest's) */
 	pthread_mutex_t ckpt;     /* one checkpoint of this table at a time */
+	int strings_fd;           /* string tables: strings-<id>.dks (persist_strings.c); -1 */
+	pthread_mutex_t strings_mu;
 };
 
 struct srv_job; /* persist_jobs.c */
@@ -53,6 +55,8 @@ struct srv_persist {
 	bool threads_on;
 	struct srv_job *jobs;
 	unsigned njobs;
+	void (*checkpointed)(void *ctx, struct srv_table *t); /* srv_persist_set_checkpoint_hook */
+	void *checkpointed_ctx;
 };
 
 /* ---- persist.c ---- */
@@ -79,6 +83,12 @@ int persist_cat_read(const char *dir, struct srv_catalog_entry **out, uint32_t *
 /* Replace dir/CATALOG with the entries of tables[0..n) (ids increasing; each has ps). */
 int persist_cat_write(const char *dir, struct srv_table *const *tables, unsigned n);
 
+/* ---- persist_strings.c ---- */
+/* A string table's strings file: load it into the table's string store, then append
+ * every string kept from now on. 0 or a negative errno. */
+int persist_strings_open(struct srv_persist *p, struct srv_table *t);
+/* fdatasync the strings file (checkpoints). */
+void persist_strings_sync(struct srv_table_persist *ps);
 /* ---- persist_threads.c ---- */
 /* Checkpoint every table with dirty keys (or one that needs a full snapshot). */
 void persist_checkpoint_dirty(struct srv_persist *p, const char *why);

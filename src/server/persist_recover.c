@@ -151,6 +151,13 @@ int srv_persist_recover(struct srv_persist *p)
 					p->tables[k]->ps->snapshot_lsn = man->tables[i].wal_lsn;
 	free(man);
 	p->next_lsn = rep.next_lsn;
+	for (unsigned k = 0; k < p->ntables; k++) /* the strings of string tables */
+		if ((err = persist_strings_open(p, p->tables[k]))) {
+			srv_log(SRV_LOG_ERROR, "persistence: the strings file of table '%s' in %s: %s",
+				p->tables[k]->name, p->dir, strerror(-err));
+			status = 1;
+			goto out;
+		}
 out:
 	free(rt);
 	free(p->cat);

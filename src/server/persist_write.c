@@ -17,6 +17,12 @@
  * initializer value (de_learn.h), so replay loses nothing a user wrote; its freq,
  * last_step and the admission sketch are not restored (a full snapshot has them).
  *
+ * Eviction (srv_persist_evicted, called by the evictor's passes through learnops'
+ * srv_learn_log once persistence started): an ERASE record of the evicted keys (NONE
+ * tables: dirty only), appended after the rows reached the disk tier; flushed at once
+ * for SYNC tables, by the committer for ASYNC ones. While it is not durable, recovery
+ * finds the row in the table (and drops the tier's copy): never a lost row. srv_persist_flush: the tier's compaction makes the log durable first.
+ *
  * Takes a batch description (batch.h), never the worker: srv_persist_log RETURNS the LSN
  * a SYNC batch must wait for, and the worker (which owns its round and its completions)
  * calls srv_persist_sync once for the largest. Never: block a worker on anything but
@@ -80,6 +86,45 @@ int srv_persist_log(struct srv_persist *p, const struct srv_batch *b, bool erase
 	if (ps->mode == DE_WDURABLE_SYNC)
 		*sync_lsn = lsn;
 	return 0;
+}
+
+void srv_persist_evicted(struct srv_persist *p, struct srv_table *t, const uint64_t *keys,
+			 size_t n)
+{
+	struct srv_table_persist *ps = t->ps;
+	de_wal *wal = p ? __atomic_load_n(&p->wal, __ATOMIC_ACQUIRE) : NULL;
+	if (!ps || !n)
+		return;
+	if (ps->mode == DE_WDURABLE_NONE || !wal) {
+		if (de_dirty_add(ps->dirty, keys, n))
+			__atomic_store_n(&ps->need_full, 1, __ATOMIC_RELEASE);
+		return;
+	}
+	if (__atomic_load_n(&p->failed, __ATOMIC_ACQUIRE))
+		return; /* read-only: nothing more reaches the log */
+	size_t chunk = de_wal_max_keys(wal, 1);
+	int err = chunk ? 0 : -EMSGSIZE;
+	for (size_t at = 0; !err && at < n; at += chunk) {
+		struct de_wal_batch wb = { .table_id = ps->id, .type = DE_WAL_ERASE,
+					   .keys = keys + at, .n = n - at < chunk ? n - at : chunk,
+					   .dirty = ps->dirty };
+		err = de_wal_append(wal, &wb, NULL);
+	}
+	/* sync tables: durable before the pass ends (one fdatasync per call, up to 64 keys),
+	 * so a crash never brings back a row the budget dropped; async: the committer's */
+	if (!err && ps->mode == DE_WDURABLE_SYNC)
+		err = de_wal_flush(wal);
+	if (err)
+		persist_note_failure(p, err);
+}
+
+int srv_persist_flush(struct srv_persist *p)
+{
+	de_wal *wal = p ? __atomic_load_n(&p->wal, __ATOMIC_ACQUIRE) : NULL;
+	if (!wal)
+		return 0;
+	int err = de_wal_flush(wal);
+	return err ? persist_note_failure(p, err) : 0;
 }
 
 int srv_persist_sync(struct srv_persist *p, uint64_t lsn)

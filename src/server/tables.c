@@ -245,7 +245,12 @@ int srv_table_keep_string(struct srv_table *t, uint64_t key, const void *s, uint
 	memcpy(row, &off, sizeof off); /* the offset bit-copied into the two floats */
 	/* assign publishes the row under the table's row protection; a reader that finds
 	 * the key sees either zeros (being stored) or the complete offset */
-	return de_table_assign(t->names, &key, 1, row, NULL, 0);
+	err = de_table_assign(t->names, &key, 1, row, NULL, 0);
+	void (*kept)(void *, struct srv_table *, uint64_t, const void *, uint32_t) =
+		__atomic_load_n(&t->string_kept, __ATOMIC_ACQUIRE);
+	if (!err && kept) /* persistence: the strings file */
+		kept(t->string_ctx, t, key, s, len);
+	return err;
 }
 
 int srv_table_key_string(struct srv_table *t, uint64_t key, void *buf, size_t cap, uint32_t *len)

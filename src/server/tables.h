@@ -48,6 +48,11 @@ struct srv_table {
 	struct srv_table_persist *ps;     /* persist_*.c: WAL/snapshot state; NULL when the
 	                                     daemon has no data_dir. Set before the table is
 	                                     published to any client, then never changes */
+	/* string tables: called by srv_table_keep_string after it stored a new string (the
+	 * persistence layer sets it, release-stored, with string_ctx before) */
+	void (*string_kept)(void *ctx, struct srv_table *t, uint64_t key, const void *s,
+			    uint32_t len);
+	void *string_ctx;
 	struct srv_table *next;
 };
 

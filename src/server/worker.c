@@ -122,6 +122,20 @@ static int log_write(struct srv_worker *w, const struct srv_batch *b, bool erase
 	return err;
 }
 
+/* A LOOKUP that created keys of a table with a durable tier: the rows it may have restored
+ * from the tier are logged (recovery must find them once the tier's compaction dropped
+ * their records: that compaction flushes the log first). Not waited for; a failure shows
+ * in the WAL's state. */
+static void log_restores(struct srv_worker *w, const struct srv_batch *b)
+{
+	uint32_t created = 0;
+	for (uint32_t i = 0; i < b->n; i++)
+		created += b->status[i] == DE_CREATED;
+	uint64_t lsn;
+	if (created)
+		(void)srv_persist_log(w->srv->persist, b, false, &lsn);
+}
+
 static void wire_stats(struct srv_table *t, struct de_wire_stats *ws, const struct de_table_stats *s)
 {
 	*ws = (struct de_wire_stats){ .keys = s->keys, .rows_allocated = s->rows_allocated,
@@ -176,12 +190,14 @@ static void apply_grads(struct srv_worker *w, struct srv_table *t, const char *d
 	/* create missing keys (admission and the disk tier decide: learnops.c) */
 	uint32_t created = 0;
 	struct srv_batch b = batch_of(w, t, e, w->gbuf);
+	bool held = srv_learn_write_begin(t); /* no eviction between the step and its log */
 	int err = srv_learn_grads_prepare(&b, &created);
 	size_t applied = 0;
 	if (!err && b.n)
 		err = de_optim_update(t->t, &oc, b.keys, b.n, b.vals, b.step, &applied);
 	if (!err) /* WAL record of the stepped rows */
 		err = log_write(w, &b, false);
+	srv_learn_write_end(t, held);
 	q->res = err;
 	q->count = (uint32_t)applied;
 	q->aux0 = created;
@@ -243,6 +259,9 @@ static void execute(struct srv_worker *w, struct srv_client *c, const struct de_
 	float *vals = (float *)(void *)(data + e->vals_off);
 	struct srv_batch b = batch_of(w, t, e, vals);
 	size_t erased = 0;
+	bool create = e->op == DE_OP_LOOKUP && (e->flags & DE_LOOKUP_CREATE);
+	/* no eviction between a write and its log (persisted tables with eviction) */
+	bool held = (e->op != DE_OP_LOOKUP || create) && srv_learn_write_begin(t);
 	switch (e->op) {
 	case DE_OP_LOOKUP:
 		if (e->flags & DE_LOOKUP_CREATE) /* admission, eviction: learnops.c */
@@ -253,13 +272,18 @@ static void execute(struct srv_worker *w, struct srv_client *c, const struct de_
 	case DE_OP_UPDATE:
 		err = srv_learn_update(&b);
 		break;
-	default: /* DE_OP_ERASE */
-		err = de_table_erase(t->t, w->keys, n, &erased);
+	default: /* DE_OP_ERASE (a durable tier's copies first: learnops.c) */
+		err = srv_learn_erase(t, w->keys, n);
+		if (!err)
+			err = de_table_erase(t->t, w->keys, n, &erased);
 		q->count = (uint32_t)erased;
 		break;
 	}
 	if (!err && e->op != DE_OP_LOOKUP) /* WAL record, dirty keys (persistence) */
 		err = log_write(w, &b, e->op == DE_OP_ERASE);
+	else if (!err && create && srv_learn_logs_creates(t))
+		log_restores(w, &b);
+	srv_learn_write_end(t, held);
 	if (err) {
 		q->res = err;
 		return;
