@@ -1246,3 +1246,151 @@ Test(state, admission_sketch_survives_restarts)
 	cr_expect_eq(sight(c, t, once), DYNEMB_ST_CREATED, "its third sighting");
 	dynemb_close(c);
 }
+
+/* ---- LSNs never go back after a damaged WAL is recovered ---------------------------- */
+
+/* flip bit 2 of the byte at offset off of d_dir/name */
+static void flip_at(const char *name, long off)
+{
+	char p[600];
+	snprintf(p, sizeof p, "%s/%s", d_dir, name);
+	int fd = open(p, O_RDWR);
+	cr_assert_geq(fd, 0, "%s", p);
+	unsigned char b;
+	cr_assert_eq(pread(fd, &b, 1, off), 1);
+	b ^= 0x04;
+	cr_assert_eq(pwrite(fd, &b, 1, off), 1);
+	close(fd);
+}
+
+/* keys lo..hi hold version v (or are all missing when v is 0) */
+static void expect_versions(dynemb_client *c, int t, uint64_t lo, uint64_t hi, uint32_t v)
+{
+	uint64_t keys[64];
+	float out[64 * DIM];
+	uint8_t st[64];
+	size_t n = (size_t)(hi - lo + 1);
+	cr_assert_leq(n, 64);
+	for (size_t i = 0; i < n; i++)
+		keys[i] = lo + i;
+	read_rows(c, t, keys, n, out, st);
+	for (size_t i = 0; i < n; i++) {
+		if (!v) {
+			cr_expect_eq(st[i], DYNEMB_ST_MISSING, "key %lu", (unsigned long)keys[i]);
+			continue;
+		}
+		cr_expect_eq(st[i], DYNEMB_ST_FOUND, "key %lu acknowledged, lost",
+			     (unsigned long)keys[i]);
+		cr_expect_eq(out[i * DIM + 1], val(keys[i], v, 1), "key %lu: version %u wanted",
+			     (unsigned long)keys[i], v);
+	}
+}
+
+static void update_versions(dynemb_client *c, int t, uint64_t lo, uint64_t hi, uint32_t v)
+{
+	uint64_t keys[64];
+	float vals[64 * DIM];
+	size_t n = (size_t)(hi - lo + 1);
+	for (size_t i = 0; i < n; i++) {
+		keys[i] = lo + i;
+		for (unsigned j = 0; j < DIM; j++)
+			vals[i * DIM + j] = val(keys[i], v, j);
+	}
+	int err = dynemb_update(c, t, keys, n, vals, 0, NULL);
+	cr_assert_eq(err, 0, "update: %s", dynemb_strerror(err));
+}
+
+/* snapshot after the first record; with after: more records after the snapshot; then
+ * a bit flipped in the first WAL record (below the snapshot's LSN), a restart, a sync
+ * update of key 100, SIGKILL, a restart: key 100 must be there */
+static void damaged_old_record(bool after)
+{
+	start(NULL);
+	dynemb_client *c = conn();
+	struct dynemb_table_spec s = spec("m", DYNEMB_DURABLE_SYNC, 0);
+	int t = open_t(c, &s);
+	update_versions(c, t, 1, 30, 1);
+	cr_assert_eq(dynemb_snapshot(c, "m", false, NULL, NULL, NULL), 0);
+	if (after)
+		update_versions(c, t, 1, 10, 2);
+	dynemb_close(c);
+	crash();
+	flip_at("wal-0000000000000001.log", 64 + 40 + 8); /* record 1's first key */
+	unlink(d_log);
+	start(NULL);
+	if (after)
+		cr_expect(log_has("damage no table needs"), "the skipped damage is logged");
+	else
+		cr_expect(log_has("torn tail"), "the truncation is logged");
+	c = conn();
+	t = open_t(c, &s);
+	expect_versions(c, t, 1, 10, after ? 2 : 1);
+	expect_versions(c, t, 11, 30, 1);
+	update_versions(c, t, 100, 100, 7);
+	dynemb_close(c);
+	crash();
+	start(NULL);
+	c = conn();
+	t = open_t(c, &s);
+	expect_versions(c, t, 100, 100, 7);
+	expect_versions(c, t, 1, 10, after ? 2 : 1);
+	expect_versions(c, t, 11, 30, 1);
+	dynemb_close(c);
+}
+
+Test(crash, lsn_never_goes_back_after_a_damaged_old_record)
+{
+	damaged_old_record(false);
+}
+
+Test(crash, damaged_old_record_keeps_the_needed_records_after_it)
+{
+	damaged_old_record(true);
+}
+
+/* ---- a missing CATALOG or MANIFEST is damage; --recover-from-wal salvages --------- */
+
+static void rm_file(const char *name)
+{
+	char p[600];
+	snprintf(p, sizeof p, "%s/%s", d_dir, name);
+	cr_assert_eq(unlink(p), 0, "%s", p);
+}
+
+Test(corrupt, missing_catalog)
+{
+	populate();
+	rm_file("CATALOG");
+	expect_refused("CATALOG");
+}
+
+Test(corrupt, missing_manifest)
+{
+	populate();
+	rm_file("MANIFEST");
+	expect_refused("MANIFEST");
+}
+
+Test(corrupt, recover_from_wal_salvages)
+{
+	populate();
+	rm_file("MANIFEST");
+	unlink(d_log);
+	const char *salvage[] = { "--recover-from-wal", NULL };
+	start(salvage);
+	cr_expect(log_has("--recover-from-wal: "), "the salvage is logged");
+	dynemb_client *c = conn();
+	struct dynemb_table_spec s = spec("a", DYNEMB_DURABLE_SYNC, 0);
+	int t = open_t(c, &s);
+	expect_versions(c, t, 1, 30, 1); /* from the WAL: every record is still there */
+	dynemb_close(c);
+	crash();
+	rm_file("CATALOG");
+	unlink(d_log);
+	start(salvage);
+	cr_expect(log_has("CATALOG is missing"), "the salvage names CATALOG");
+	c = conn();
+	t = open_t(c, &s);
+	expect_versions(c, t, 1, 30, 0); /* no catalog: no table came back */
+	dynemb_close(c);
+}

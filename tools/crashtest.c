@@ -89,6 +89,8 @@ struct opts {
 	bool keep, verbose;
 	bool snapshots; /* a snapshotter process in about half of the iterations */
 	bool wipe; /* self-check: empty the data directory after each kill (must fail) */
+	bool corrupt_old_wal; /* after each kill, flip a bit of a WAL record no table needs */
+	bool missing_files;   /* after each kill, a start without CATALOG / MANIFEST: exit 3 */
 };
 
 /* ---- the shared log (writer -> parent) ------------------------------------------------ */
@@ -139,6 +141,7 @@ struct run {
 	uint64_t lost_keys, lost_updates_max, snapshots;
 	double max_loss_ms;
 	unsigned violations;
+	unsigned old_flips, refusals; /* --corrupt-old-wal, --missing-files */
 };
 
 static uint64_t now_ns(void)
@@ -569,6 +572,205 @@ static int start_and_verify(struct run *r, uint64_t kill_ns)
 
 static void rm_tree(const char *dir, int depth);
 
+/* ---- damage between a kill and the restart (--corrupt-old-wal, --missing-files) ------- */
+/*
+ * Read with this file's own parsing of the on-disk formats (uring/wal.c, uring/manifest.c
+ * state them): MANIFEST gives each table's WAL start LSN; a WAL segment is a 64-byte
+ * header, then records of u32 magic, u32 length, u64 lsn, ... A record whose LSN is below
+ * every table's start LSN is one no recovery needs: a bit flipped in it must cost no
+ * acknowledged write, now or after later writes and kills (the restart, then the next
+ * iteration's writes, kill and restart verify exactly that).
+ */
+
+static unsigned char *read_all(const char *path, size_t *len)
+{
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	struct stat st;
+	if (fd < 0 || fstat(fd, &st) || st.st_size <= 0 || st.st_size > (1ll << 31)) {
+		if (fd >= 0)
+			close(fd);
+		return NULL;
+	}
+	unsigned char *b = malloc((size_t)st.st_size);
+	size_t got = 0;
+	while (b && got < (size_t)st.st_size) {
+		ssize_t k = pread(fd, b + got, (size_t)st.st_size - got, (off_t)got);
+		if (k <= 0) {
+			free(b);
+			b = NULL;
+			break;
+		}
+		got += (size_t)k;
+	}
+	close(fd);
+	*len = got;
+	return b;
+}
+
+/* the smallest table start LSN of data/MANIFEST; 0 when unreadable or no table */
+static uint64_t manifest_min_lsn(struct run *r)
+{
+	char path[PATH_MAX + 16];
+	snprintf(path, sizeof path, "%s/MANIFEST", r->data);
+	size_t len = 0;
+	unsigned char *b = read_all(path, &len);
+	uint64_t min = 0;
+	uint32_t n = 0;
+	if (b && len >= 36 && !memcmp(b, "DEMANIF1", 8))
+		memcpy(&n, b + 24, 4);
+	size_t off = 32;
+	for (uint32_t i = 0; i < n && off + 16 <= len; i++) {
+		uint32_t nsnaps;
+		uint64_t lsn;
+		memcpy(&nsnaps, b + off + 4, 4);
+		memcpy(&lsn, b + off + 8, 8);
+		if (!min || lsn < min)
+			min = lsn;
+		off += 16 + 8 * (size_t)nsnaps;
+	}
+	free(b);
+	return min;
+}
+
+/* Flip one random bit of one random WAL record below every table's start LSN. */
+static int corrupt_old_record(struct run *r)
+{
+	uint64_t min = manifest_min_lsn(r);
+	DIR *d = opendir(r->data);
+	if (!d)
+		return -errno;
+	struct dirent *e;
+	char pick[PATH_MAX + 32] = "";
+	uint64_t pick_off = 0, pick_len = 0, seen = 0;
+	while ((e = readdir(d))) {
+		if (strncmp(e->d_name, "wal-", 4) || strlen(e->d_name) != 24)
+			continue;
+		char path[PATH_MAX + 32];
+		snprintf(path, sizeof path, "%s/%s", r->data, e->d_name);
+		size_t len = 0;
+		unsigned char *b = read_all(path, &len);
+		for (uint64_t off = 64; b && off + 40 <= len;) {
+			uint32_t magic, rlen;
+			uint64_t lsn;
+			memcpy(&magic, b + off, 4);
+			memcpy(&rlen, b + off + 4, 4);
+			memcpy(&lsn, b + off + 8, 8);
+			if (magic != 0x52574544u || rlen < 40 || rlen % 8 || rlen > len - off)
+				break; /* an earlier flip or a torn tail: stop reading this one */
+			if (lsn < min && rnd(&r->rng) % ++seen == 0) { /* reservoir: uniform */
+				snprintf(pick, sizeof pick, "%s", path);
+				pick_off = off;
+				pick_len = rlen;
+			}
+			off += rlen;
+		}
+		free(b);
+	}
+	closedir(d);
+	if (!seen)
+		return 0; /* no old record left (gc, or no snapshot yet): nothing to damage */
+	int fd = open(pick, O_RDWR | O_CLOEXEC);
+	if (fd < 0)
+		return -errno;
+	off_t at = (off_t)(pick_off + rnd(&r->rng) % pick_len);
+	unsigned char c;
+	int err = pread(fd, &c, 1, at) == 1 ? 0 : -EIO;
+	c ^= (unsigned char)(1u << (rnd(&r->rng) % 8));
+	if (!err && (pwrite(fd, &c, 1, at) != 1 || fsync(fd)))
+		err = -EIO;
+	close(fd);
+	if (!err) {
+		r->old_flips++;
+		if (r->o.verbose)
+			printf("flipped a bit of %s at %lld (record below lsn %" PRIu64 ")\n", pick,
+			       (long long)at, min);
+	}
+	return err;
+}
+
+/* The log written since offset from contains needle. */
+static bool log_has_since(struct run *r, off_t from, const char *needle)
+{
+	size_t len = 0;
+	unsigned char *b = read_all(r->logpath, &len);
+	bool found = false;
+	if (b && (size_t)from < len) {
+		char *t = malloc(len - (size_t)from + 1);
+		if (t) {
+			memcpy(t, b + from, len - (size_t)from);
+			t[len - (size_t)from] = 0;
+			found = strstr(t, needle) != NULL;
+			free(t);
+		}
+	}
+	free(b);
+	return found;
+}
+
+/* Move data/name aside, start dynembd: it must exit with status 3 within 30 s naming the
+ * file; then put the file back. */
+static int expect_refusal_without(struct run *r, const char *name)
+{
+	char path[PATH_MAX + 16], aside[PATH_MAX + 32];
+	snprintf(path, sizeof path, "%s/%s", r->data, name);
+	snprintf(aside, sizeof aside, "%s/%s.crashtest-aside", r->work, name);
+	if (rename(path, aside))
+		return errno == ENOENT ? 0 : -errno;
+	struct stat st;
+	off_t from = stat(r->logpath, &st) ? 0 : st.st_size;
+	const char *argv[] = { r->o.daemon, "--foreground", "--socket", r->sock, "--data-dir",
+			       r->data, "--log-level", "info", "--pages", "small",
+			       "--segment-bytes", "2M", "--reserve-bytes", "2G", NULL };
+	pid_t pid = fork();
+	if (pid == 0) {
+		prctl(PR_SET_PDEATHSIG, SIGKILL);
+		int fd = open(r->logpath, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+		if (fd >= 0) {
+			dup2(fd, 1);
+			dup2(fd, 2);
+		}
+		execv(r->o.daemon, (char *const *)argv);
+		_exit(127);
+	}
+	int status = -1, ws = 0;
+	uint64_t end = now_ns() + 30000000000ull;
+	while (pid > 0 && waitpid(pid, &ws, WNOHANG) == 0) {
+		if (now_ns() > end) {
+			kill(pid, SIGKILL);
+			waitpid(pid, &ws, 0);
+			break;
+		}
+		usleep(2000);
+	}
+	if (pid > 0 && WIFEXITED(ws))
+		status = WEXITSTATUS(ws);
+	char needle[64];
+	snprintf(needle, sizeof needle, "%s is missing", name);
+	bool named = log_has_since(r, from, needle);
+	int err = rename(aside, path) ? -errno : 0;
+	if (status != 3 || !named) {
+		violation(r, "dynembd without %s: exit status %d (3 wanted), %s", name, status,
+			  named ? "the log names it" : "the log does not name it");
+		print_log_tail(r);
+	} else {
+		r->refusals++;
+	}
+	return err;
+}
+
+/* The damage of --corrupt-old-wal and --missing-files, between a kill and its restart. */
+static int damage_after_kill(struct run *r, unsigned it)
+{
+	int err = 0;
+	if (r->o.missing_files)
+		err = expect_refusal_without(r, it % 2 ? "MANIFEST" : "CATALOG");
+	if (!err && r->o.corrupt_old_wal)
+		err = corrupt_old_record(r);
+	if (err)
+		fprintf(stderr, "crashtest: damaging the data directory: %s\n", strerror(-err));
+	return err;
+}
+
 /* One kill of table `which`'s writer's daemon, and the restart that verifies it. */
 static int iteration(struct run *r, int which, unsigned it)
 {
@@ -655,6 +857,8 @@ static int iteration(struct run *r, int which, unsigned it)
 		if (mkdir(r->data, 0755))
 			return -1;
 	}
+	if (damage_after_kill(r, it))
+		return -1;
 	uint64_t nsent = atomic_load(&r->log->nsent);
 	int err = fold_log(r, which);
 	if (err) {
@@ -683,7 +887,8 @@ static void usage(FILE *f)
 		"                 [--daemon PATH] [--dir DIR] [--keys N] [--batch N]\n"
 		"                 [--window-ms MS] [--slack-ms MS] [--min-ms MS] [--max-ms MS]\n"
 		"                 [--snapshot-interval S] [--no-snapshots] [--keep]\n"
-		"                 [--verbose] [--self-check-wipe] [--tier]\n"
+		"                 [--verbose] [--self-check-wipe] [--tier] [--corrupt-old-wal]\n"
+		"                 [--missing-files]\n"
 		"Starts dynembd with a data directory, writes acknowledged updates, SIGKILLs it at\n"
 		"a random moment, restarts it and checks every acknowledged update (sync), or that\n"
 		"only updates acknowledged within the window before the kill were lost (async),\n"
@@ -714,6 +919,12 @@ static void usage(FILE *f)
 		"  --self-check-wipe  empty the data directory after each kill and expect the\n"
 		"                   checker to report violations: exit 0 when it does (a check\n"
 		"                   of this checker), 1 when it does not\n"
+		"  --corrupt-old-wal  after each kill, flip a random bit of a random WAL record\n"
+		"                   below every table's start LSN (MANIFEST): no acknowledged\n"
+		"                   write may be lost, at this restart or after later ones\n"
+		"  --missing-files  after each kill, start dynembd without CATALOG (even kills)\n"
+		"                   or MANIFEST (odd): it must exit 3 naming the file; then the\n"
+		"                   file is put back and the restart verifies as usual\n"
 		"Exit status: 0 no violation, 1 a violation or failure, 2 bad usage, 77 the daemon\n"
 		"has no persistence.\n", MAX_BATCH);
 }
@@ -736,6 +947,14 @@ static int parse(int argc, char **argv, struct opts *o)
 		}
 		if (!strcmp(a, "--self-check-wipe")) {
 			o->wipe = true;
+			continue;
+		}
+		if (!strcmp(a, "--corrupt-old-wal")) {
+			o->corrupt_old_wal = true;
+			continue;
+		}
+		if (!strcmp(a, "--missing-files")) {
+			o->missing_files = true;
 			continue;
 		}
 		if (!strcmp(a, "--verbose") || !strcmp(a, "-v")) {
@@ -951,6 +1170,9 @@ int main(int argc, char **argv)
 	       r->acked_updates[T_TIER], r->acked_keys[T_TIER],
 	       r->acked_updates[T_ASYNC], r->acked_keys[T_ASYNC], r->lost_keys, r->max_loss_ms,
 	       r->o.window_ms, r->o.slack_ms, r->snapshots, r->violations);
+	if (r->o.corrupt_old_wal || r->o.missing_files)
+		printf("crashtest: %u old WAL records damaged, %u starts refused without CATALOG or "
+		       "MANIFEST\n", r->old_flips, r->refusals);
 	bool bad = rc || r->violations;
 	if (r->o.wipe) { /* the self-check passes when the checker caught the wipes */
 		bad = rc || !r->violations;

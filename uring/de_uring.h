@@ -209,9 +209,10 @@ struct de_wal_options {
 	                           0 = no thread: only de_wal_flush / de_wal_sync / a full
 	                           buffer write */
 	uint32_t queue_depth;   /* io_uring entries; 0 = 8; 2..4096 */
-	uint64_t start_lsn;     /* the first LSN when dir holds no segment (give it
-	                           de_recover_report.next_lsn); 0 = 1. With segments there,
-	                           the log continues after their last intact record. */
+	uint64_t start_lsn;     /* the lowest next LSN (give it de_recover_report.next_lsn);
+	                           0 = 1. With segments there, the log continues at the
+	                           highest of it, last intact record + 1 and lsn_floor; above
+	                           the last record a GAP segment is written at open. */
 	void (*log)(void *ctx, const char *line); /* a line on failures and truncations;
 	                                             NULL: stderr */
 	void *log_ctx;
@@ -241,8 +242,10 @@ struct de_wal_batch {
 
 /*
  * Open the log in dir (created if missing, mode 0755) for appending. The directory's
- * segments are scanned first (only the newest is read) and its torn tail truncated, as
- * de_wal_replay with DE_WAL_REPLAY_TRUNCATE does; appends then go to a new segment. Run
+ * segments are scanned first and its torn tail truncated, as de_wal_replay with
+ * DE_WAL_REPLAY_TRUNCATE does; appends then go to a new segment (or to the newest one
+ * when it holds no record and starts at the next LSN). LSNs never go back: the next LSN
+ * is at least start_lsn and above every LSN the segments name. Run
  * recovery BEFORE opening (recovery needs the records the open would not touch, and a
  * WAL opened on a directory it did not recover may find segments missing).
  * -EINVAL: bad options.
@@ -334,6 +337,12 @@ struct de_wal_replay_result {
 	uint64_t records_dropped; /* records that could be delimited in them (a lower bound) */
 	uint32_t segments;        /* segments read */
 	const char *problem;      /* static text: why the log ends early (NULL: clean end) */
+	uint64_t lsn_floor;       /* no LSN below it may be given out again: above every LSN
+	                             the segments read name (the torn tail's included) */
+	uint64_t unneeded_bytes;  /* damage skipped because every LSN it lost is below
+	                             from_lsn (left on disk for gc; the records after it read) */
+	uint64_t unneeded_records; /* the LSNs it lost */
+	const char *unneeded_problem; /* static text: the first such damage (NULL: none) */
 };
 
 #define DE_WAL_REPLAY_TRUNCATE 1u /* cut the torn tail off (truncate that segment, remove
@@ -341,9 +350,13 @@ struct de_wal_replay_result {
 
 /*
  * Read the log in dir in LSN order and call cb on each intact record with lsn >=
- * from_lsn, up to the first record that is damaged (bad magic, length, LSN sequence or
- * CRC32C): that record and everything after it are the torn tail, reported in res and,
- * with DE_WAL_REPLAY_TRUNCATE, removed (and a line logged). A directory without segments
+ * from_lsn, up to the first damage (bad magic, length, LSN sequence or CRC32C, a segment
+ * that does not continue the previous one) that loses an LSN >= from_lsn: that record
+ * and everything after it are the torn tail, reported in res and, with
+ * DE_WAL_REPLAY_TRUNCATE, removed (and a line logged). Damage that loses only LSNs below
+ * from_lsn is skipped when intact records follow it (unneeded_*; with
+ * DE_WAL_REPLAY_TRUNCATE a line logged). A segment may start after a gap it declares
+ * (de_wal_open leaves one when start_lsn is above the log). A directory without segments
  * replays nothing. -EBADMSG when records from_lsn.. are not in the log any more (the
  * oldest segment starts later). A callback's non-zero return stops the replay and is
  * returned. log (may be NULL: stderr) gets the truncation line. from_lsn 0: from the
@@ -461,7 +474,8 @@ struct de_recover_report {
 	uint64_t snapshot_rows;
 	uint64_t wal_applied;      /* records applied */
 	uint64_t wal_skipped;      /* intact records of other tables or below a table's LSN */
-	uint64_t next_lsn;         /* give to de_wal_options.start_lsn */
+	uint64_t next_lsn;         /* give to de_wal_options.start_lsn: the highest of the
+	                              WAL's lsn_floor and every table's manifest wal_lsn */
 	struct de_wal_replay_result wal;
 	char message[256];         /* what failed (file and reason), or a summary */
 };
@@ -469,7 +483,9 @@ struct de_recover_report {
 /*
  * The whole recovery: manifest -> each listed table's snapshot chain -> WAL replay from
  * the smallest wal_lsn (each table takes its records from its own wal_lsn on), up to the
- * first damaged record; the torn tail is truncated and logged. Tables not listed are left
+ * first damage that loses a record at or above it; the torn tail is truncated and
+ * logged (damage below every wal_lsn is skipped, logged, and the records after it
+ * replayed). next_lsn never goes back (see its field). Tables not listed are left
  * alone (their records skipped); a listed table the manifest does not know starts empty
  * and takes every record of its id. A damaged manifest or snapshot is an error
  * (-EBADMSG, ...) with rep->message naming it; the tables may then hold part of a load:

@@ -320,7 +320,11 @@ int de_persist_recover(const char *dir, const struct de_recover_table *tables, s
 				 strerror(-err));
 		goto out;
 	}
-	rep->next_lsn = rep->wal.segments ? rep->wal.last_lsn + 1 : max_lsn;
+	/* LSNs never go back: above every LSN the WAL names and every table's wal_lsn (a cut
+	 * of the log below a table's wal_lsn would otherwise hand out LSNs replay skips) */
+	rep->next_lsn = max_lsn;
+	if (rep->wal.segments && rep->wal.lsn_floor > rep->next_lsn)
+		rep->next_lsn = rep->wal.lsn_floor;
 	snprintf(rep->message, sizeof rep->message,
 		 "recovered: %s, %" PRIu32 " snapshot files (%" PRIu64 " rows), WAL %" PRIu64
 		 " records applied, %" PRIu64 " skipped, next lsn %" PRIu64 "%s%s",

@@ -17,8 +17,13 @@
  *   0    u8[8] magic "DEWALSG1"
  *   8    u32 version (1)             12   u32 header_bytes (64: offset of the first record)
  *   16   u64 first_lsn (the LSN of its first record; the same as the file name)
- *   24   u8[36] reserved, zero
+ *   24   u32 flags: bit 0 (GAP) the segment starts after a gap: the log before it ends at
+ *        prev_lsn and LSNs prev_lsn + 1 .. first_lsn - 1 were never given out; other bits 0
+ *   28   u32 reserved, zero          32   u64 prev_lsn (GAP; else 0)
+ *   40   u8[20] reserved, zero
  *   60   u32 header_crc = CRC32C of bytes 0..59
+ * (Readers before the GAP flag ignored bytes 24..59; they take a GAP segment for a log
+ * that does not continue.)
  * Records follow back to back from offset 64; a record is a multiple of 8 bytes:
  *   0    u32 magic 0x52574544 ("DEWR")
  *   4    u32 length: bytes of the whole record, header, payload and padding;
@@ -39,14 +44,23 @@
  * ---- What the reader accepts ----------------------------------------------------------
  *
  * Segments are read in first_lsn order from the one holding the requested LSN; each must
- * start where the previous ended (first_lsn = last LSN + 1). The log ends at the first
- * thing that fails: a segment whose name, header or first_lsn is wrong, a record cut by
- * the end of its file, or a record with a bad magic, length, lsn, type, reserved field,
- * count, row size, key 0 or CRC. That record and everything after it (the rest of its
- * segment and every later segment) is the torn tail: replay stops there and, asked to,
- * truncates the segment at that offset (removes it if its header was the damage) and
- * removes the later segments. A flip anywhere is caught (CRC32C catches every burst of
- * 32 bits or less) and drops exactly the records from the damaged one on.
+ * start where the previous ended: first_lsn = last LSN + 1, or, with GAP, prev_lsn = last
+ * LSN (LSNs never go back: after a recovery that cut the log below an LSN some durable
+ * file names, the writer starts a GAP segment above it). Inside a segment LSNs are
+ * consecutive. Damage is: a segment whose name, header or first_lsn is wrong, one that
+ * does not continue the previous one, a record cut by the end of its file, or a record
+ * with a bad magic, length, lsn, type, reserved field, count, row size, key 0 or CRC.
+ * From damage the reader looks for where intact data resumes: the first 8-aligned offset
+ * of that segment holding an intact record with an LSN at or above the damaged one, else
+ * the next segment with an intact header. When every LSN lost in between lies below
+ * from_lsn (no table needs them), the damage is skipped, reported (unneeded_*) and left
+ * on disk for gc; the records after it are read. Otherwise (or when nothing intact
+ * follows) the damaged record and everything after it (the rest of its segment and every
+ * later segment) is the torn tail: replay stops there and, asked to, truncates the
+ * segment at that offset (removes it if its header was the damage) and removes the later
+ * segments. A flip anywhere is caught (CRC32C catches every burst of 32 bits or less).
+ * lsn_floor is above every LSN the segments read name (names, headers, intact records,
+ * those in the torn tail included): the writer never gives out an LSN below it.
  *
  * ---- Writer ---------------------------------------------------------------------------
  *
@@ -89,12 +103,18 @@ struct seg_hdr {
 	char magic[8];
 	uint32_t version, header_bytes;
 	uint64_t first_lsn;
-	uint8_t reserved[36];
+	uint32_t flags, reserved0;
+	uint64_t prev_lsn;
+	uint8_t reserved[20];
 	uint32_t crc;
 };
 _Static_assert(sizeof(struct seg_hdr) == SEG_HDR, "spec");
 _Static_assert(offsetof(struct seg_hdr, first_lsn) == 16, "spec");
+_Static_assert(offsetof(struct seg_hdr, flags) == 24, "spec");
+_Static_assert(offsetof(struct seg_hdr, prev_lsn) == 32, "spec");
 _Static_assert(offsetof(struct seg_hdr, crc) == 60, "spec");
+#define SEG_GAP 1u
+#define LSN_LIMIT (1ull << 62) /* de_wal_open refuses start_lsn at or above it */
 
 struct rec_hdr {
 	uint32_t magic, length;
@@ -419,6 +439,78 @@ static void wal_free(de_wal *w)
 	free(w);
 }
 
+struct seg {
+	uint64_t lsn;
+	char name[SEG_NAME_LEN + 1];
+};
+static int list_segments(const char *dir, struct seg **segs, size_t *n);
+static int read_seg_hdr(const char *dir, const struct seg *s, struct seg_hdr *sh,
+			uint64_t *size);
+static int replay(const char *dir, uint64_t from_lsn, unsigned flags, de_wal_record_fn cb,
+		  void *ctx, void (*log)(void *, const char *), void *log_ctx, bool quiet_skips,
+		  struct de_wal_replay_result *res);
+static uint64_t max_u64(uint64_t a, uint64_t b);
+
+/*
+ * Where the first append goes, in a directory with segments (last_lsn: the last intact
+ * record). The newest segment when it holds no record and starts at next_lsn: appended
+ * to as it is (rewriting it would lose a GAP header). Else, when next_lsn leaves a gap
+ * after last_lsn, a GAP segment created now (header, fdatasync, directory fsync), so that
+ * the gap is on disk before any LSN above it is given out. Else nothing: the append path
+ * creates the next segment.
+ */
+static int open_start(de_wal *w, uint64_t last_lsn)
+{
+	struct seg *segs;
+	size_t n;
+	int err = list_segments(w->dir, &segs, &n);
+	if (err)
+		return err;
+	bool adopt = false;
+	if (n && segs[n - 1].lsn == w->next_lsn) {
+		struct seg_hdr sh;
+		uint64_t size = 0;
+		err = read_seg_hdr(w->dir, &segs[n - 1], &sh, &size);
+		adopt = !err && size == SEG_HDR;
+		err = err == -ENOMEM ? err : 0;
+	}
+	free(segs);
+	if (err || (!adopt && w->next_lsn == last_lsn + 1))
+		return err;
+	char name[SEG_NAME_LEN + 1];
+	seg_name(name, w->next_lsn);
+	char *path = du_path(w->dir, name);
+	if (!path)
+		return -ENOMEM;
+	int fd = open(path, adopt ? O_WRONLY | O_CLOEXEC : O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC,
+		      0644);
+	free(path);
+	if (fd < 0)
+		return -errno;
+	if (!adopt) {
+		struct seg_hdr h = { .version = 1, .header_bytes = SEG_HDR,
+				     .first_lsn = w->next_lsn, .flags = SEG_GAP,
+				     .prev_lsn = last_lsn };
+		memcpy(h.magic, SEG_MAGIC, 8);
+		h.crc = de_crc32c(0, &h, offsetof(struct seg_hdr, crc));
+		ssize_t r = pwrite(fd, &h, sizeof h, 0);
+		err = r == (ssize_t)sizeof h ? 0 : r < 0 ? -errno : -EIO;
+		if (!err && fdatasync(fd))
+			err = -errno;
+		if (!err)
+			err = du_fsync_dir(w->dir);
+		if (err) {
+			close(fd);
+			return err;
+		}
+		w->st.segments++;
+	}
+	w->fd = fd;
+	w->seg_lsn = w->next_lsn;
+	w->seg_size = SEG_HDR;
+	return 0;
+}
+
 int de_wal_open(const char *dir, const struct de_wal_options *o, de_wal **out)
 {
 	if (!dir || !*dir || !out)
@@ -443,8 +535,8 @@ int de_wal_open(const char *dir, const struct de_wal_options *o, de_wal **out)
 
 	/* find the end of the log: the newest segment, its torn tail truncated */
 	struct de_wal_replay_result rr;
-	int err = de_wal_replay(dir, UINT64_MAX, DE_WAL_REPLAY_TRUNCATE, NULL, NULL, opt.log,
-				opt.log_ctx, &rr);
+	int err = replay(dir, UINT64_MAX, DE_WAL_REPLAY_TRUNCATE, NULL, NULL, opt.log,
+			 opt.log_ctx, true, &rr);
 	if (err)
 		return err;
 
@@ -460,8 +552,11 @@ int de_wal_open(const char *dir, const struct de_wal_options *o, de_wal **out)
 	pthread_cond_init(&w->tick, &ca);
 	pthread_condattr_destroy(&ca);
 	w->o = opt;
-	/* segments there: continue them (a jump would break the LSN sequence replay checks) */
-	w->next_lsn = rr.segments ? rr.last_lsn + 1 : opt.start_lsn;
+	/* never below an LSN the directory or the caller names; above the last record, the
+	 * first segment declares the gap (open_start) */
+	w->next_lsn = opt.start_lsn;
+	if (rr.segments)
+		w->next_lsn = max_u64(w->next_lsn, max_u64(rr.last_lsn + 1, rr.lsn_floor));
 	w->durable_lsn = w->next_lsn - 1;
 	if (!(w->dir = du_malloc(strlen(dir) + 1)) ||
 	    !(w->buf[0].p = du_malloc(opt.buffer_bytes)) ||
@@ -476,6 +571,8 @@ int de_wal_open(const char *dir, const struct de_wal_options *o, de_wal **out)
 	struct iovec iov[2] = { { w->buf[0].p, opt.buffer_bytes }, { w->buf[1].p, opt.buffer_bytes } };
 	w->registered = io_uring_register_buffers(&w->ring, iov, 2) == 0;
 	w->st.registered = w->registered;
+	if (rr.segments && (err = open_start(w, rr.last_lsn)))
+		goto fail;
 	if (opt.window_ms) {
 		if ((err = -pthread_create(&w->thread, NULL, commit_thread, w)))
 			goto fail;
@@ -782,11 +879,6 @@ out:
 /* Reader                                                                     */
 /* ------------------------------------------------------------------------- */
 
-struct seg {
-	uint64_t lsn;
-	char name[SEG_NAME_LEN + 1];
-};
-
 static int seg_cmp(const void *a, const void *b)
 {
 	uint64_t x = ((const struct seg *)a)->lsn, y = ((const struct seg *)b)->lsn;
@@ -980,13 +1072,160 @@ static int cut_tail(const char *dir, const struct seg *segs, size_t n, size_t at
 
 #define MAX_SEG_FILE (DE_WAL_MAX_SEGMENT + DE_WAL_MAX_BUFFER)
 
-int de_wal_replay(const char *dir, uint64_t from_lsn, unsigned flags, de_wal_record_fn cb,
-		  void *ctx, void (*log)(void *, const char *), void *log_ctx,
+static uint64_t max_u64(uint64_t a, uint64_t b)
+{
+	return a > b ? a : b;
+}
+
+/* The header of segment file p (size bytes) named lsn: NULL when intact, else the damage. */
+static const char *check_seg_hdr(const unsigned char *p, size_t size, uint64_t lsn,
+				 struct seg_hdr *sh)
+{
+	if (size < SEG_HDR)
+		return "segment header cut";
+	memcpy(sh, p, sizeof *sh);
+	if (memcmp(sh->magic, SEG_MAGIC, 8) || sh->version != 1 || sh->header_bytes != SEG_HDR ||
+	    sh->crc != de_crc32c(0, sh, offsetof(struct seg_hdr, crc)) || sh->first_lsn != lsn ||
+	    (sh->flags & ~SEG_GAP) || sh->reserved0 ||
+	    ((sh->flags & SEG_GAP) ? sh->prev_lsn >= lsn : sh->prev_lsn != 0))
+		return "segment header";
+	return NULL;
+}
+
+/* The header of segment s read from disk: 0 with *sh and the file's *size when intact,
+ * -EBADMSG when damaged, or an I/O error. */
+static int read_seg_hdr(const char *dir, const struct seg *s, struct seg_hdr *sh,
+			uint64_t *size)
+{
+	char *path = du_path(dir, s->name);
+	if (!path)
+		return -ENOMEM;
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	free(path);
+	if (fd < 0)
+		return -errno;
+	unsigned char b[SEG_HDR];
+	struct stat sb;
+	ssize_t r = pread(fd, b, SEG_HDR, 0);
+	int err = r < 0 || fstat(fd, &sb) ? -errno : 0;
+	close(fd);
+	if (err)
+		return err;
+	if (check_seg_hdr(b, (size_t)r, s->lsn, sh))
+		return -EBADMSG;
+	*size = (uint64_t)sb.st_size;
+	return 0;
+}
+
+/* The record at r, intact at whatever LSN it names (below LSN_LIMIT): header in *h. */
+static bool intact_any(const unsigned char *r, uint64_t avail, struct rec_hdr *h)
+{
+	uint32_t magic;
+	uint64_t lsn;
+	if (avail < REC_HDR)
+		return false;
+	memcpy(&magic, r, 4);
+	memcpy(&lsn, r + offsetof(struct rec_hdr, lsn), 8);
+	return magic == REC_MAGIC && lsn && lsn < LSN_LIMIT && !check_record(r, avail, lsn, h);
+}
+
+/* The first 8-aligned offset in p[from..size) holding an intact record with lsn >= min:
+ * its offset (*lsn its LSN), or size when there is none. */
+static uint64_t find_resume(const unsigned char *p, uint64_t from, uint64_t size, uint64_t min,
+			    uint64_t *lsn)
+{
+	for (uint64_t q = from; q + REC_HDR <= size; q += 8) {
+		struct rec_hdr h;
+		if (intact_any(p + q, size - q, &h) && h.lsn >= min) {
+			*lsn = h.lsn;
+			return q;
+		}
+	}
+	return size;
+}
+
+/* 1 + the highest LSN of an intact record in p[from..size) (0: none) */
+static uint64_t intact_floor(const unsigned char *p, uint64_t from, uint64_t size)
+{
+	uint64_t f = 0;
+	for (uint64_t q = from; q + REC_HDR <= size; q += 8) {
+		struct rec_hdr h;
+		if (intact_any(p + q, size - q, &h)) {
+			f = max_u64(f, h.lsn + 1);
+			q += h.length - 8;
+		}
+	}
+	return f;
+}
+
+/* The torn tail from segment at, offset off, on: res->bytes_dropped, records_dropped
+ * (records delimited by magic and length: a lower bound), and *floor raised above every
+ * LSN it names (segment names, intact records). */
+static int account_tail(const char *dir, const struct seg *segs, size_t n, size_t at,
+			uint64_t off, struct de_wal_replay_result *res, uint64_t *floor)
+{
+	for (size_t i = at; i < n; i++) {
+		uint64_t from = i == at ? off : 0;
+		if (segs[i].lsn < LSN_LIMIT)
+			*floor = max_u64(*floor, segs[i].lsn);
+		char *path = du_path(dir, segs[i].name);
+		if (!path)
+			return -ENOMEM;
+		unsigned char *p = NULL;
+		size_t size = 0;
+		int e = du_read_file(path, MAX_SEG_FILE, &p, &size);
+		if (e == -EFBIG) {
+			struct stat sb;
+			if (!stat(path, &sb) && (uint64_t)sb.st_size > from)
+				res->bytes_dropped += (uint64_t)sb.st_size - from;
+			free(path);
+			continue;
+		}
+		free(path);
+		if (e)
+			return e;
+		if (size > from) {
+			res->bytes_dropped += size - from;
+			uint64_t k = delimit(p, i == at ? off : SEG_HDR, size);
+			if (i == at && !k)
+				k = 1; /* something was there: at least the torn one */
+			res->records_dropped += k;
+			*floor = max_u64(*floor, intact_floor(p, from > SEG_HDR ? from : SEG_HDR,
+							      size));
+		}
+		free(p);
+	}
+	return 0;
+}
+
+struct skip_log {
+	void (*log)(void *, const char *);
+	void *log_ctx;
+	bool on;
+	uint64_t from_lsn;
+};
+
+/* Damage no table needs (LSNs lost_from .. lost_to - 1, all below from_lsn): skipped. */
+static void note_unneeded(struct de_wal_replay_result *res, const struct skip_log *sl,
+			  uint64_t lost_from, uint64_t lost_to, uint64_t bytes, const char *why,
+			  const char *seg, uint64_t off)
+{
+	res->unneeded_bytes += bytes;
+	res->unneeded_records += lost_to - lost_from;
+	if (!res->unneeded_problem)
+		res->unneeded_problem = why;
+	if (sl->on)
+		logf_(sl->log, sl->log_ctx,
+		      "damage no table needs: %s at segment %s offset %" PRIu64 "; skipped %" PRIu64
+		      " bytes, %" PRIu64 " records (lsn %" PRIu64 "..%" PRIu64 ", below lsn %" PRIu64
+		      " where replay starts); the records after it are kept",
+		      why, seg, off, bytes, lost_to - lost_from, lost_from, lost_to - 1, sl->from_lsn);
+}
+
+static int replay(const char *dir, uint64_t from_lsn, unsigned flags, de_wal_record_fn cb,
+		  void *ctx, void (*log)(void *, const char *), void *log_ctx, bool quiet_skips,
 		  struct de_wal_replay_result *res)
 {
-	struct de_wal_replay_result dummy;
-	if (!res)
-		res = &dummy;
 	memset(res, 0, sizeof *res);
 	if (!dir || (flags & ~DE_WAL_REPLAY_TRUNCATE))
 		return -EINVAL;
@@ -998,19 +1237,38 @@ int de_wal_replay(const char *dir, uint64_t from_lsn, unsigned flags, de_wal_rec
 	struct scratch sc = { 0 };
 	unsigned char *p = NULL;
 	size_t start = 0;
+	const struct skip_log sl = { log, log_ctx, (flags & DE_WAL_REPLAY_TRUNCATE) && !quiet_skips,
+				     from_lsn };
 	while (start + 1 < n && segs[start + 1].lsn <= from_lsn)
 		start++;
 	if (from_lsn && from_lsn < segs[0].lsn) {
-		res->problem = "the log starts after the requested LSN (segments missing)";
-		res->last_lsn = segs[0].lsn - 1;
-		err = -EBADMSG;
-		goto out;
+		/* fine only when the oldest segment says the LSNs before it were never used */
+		struct seg_hdr sh;
+		uint64_t sz;
+		int e = read_seg_hdr(dir, &segs[0], &sh, &sz);
+		if (e == -ENOMEM) {
+			err = e;
+			goto out;
+		}
+		if (e || !(sh.flags & SEG_GAP) || sh.prev_lsn >= from_lsn) {
+			res->problem = "the log starts after the requested LSN (segments missing)";
+			res->last_lsn = segs[0].lsn - 1;
+			err = -EBADMSG;
+			goto out;
+		}
 	}
-	uint64_t expect = segs[start].lsn;
+	uint64_t expect = segs[start].lsn, floor = 0;
+	bool first = true;
+	/* damage whose resumption is still to be found: where it began */
+	bool dmg = false;
+	size_t dseg = 0;
+	uint64_t doff = 0, dexpect = 0, dbytes = 0;
+	const char *dwhy = NULL;
 	size_t bad_seg = n;
-	uint64_t bad_off = 0, bad_size = 0;
+	uint64_t bad_off = 0;
 	for (size_t i = start; i < n && bad_seg == n; i++) {
 		size_t size = 0;
+		const char *why = NULL;
 		char *path = du_path(dir, segs[i].name);
 		if (!path) {
 			err = -ENOMEM;
@@ -1019,37 +1277,63 @@ int de_wal_replay(const char *dir, uint64_t from_lsn, unsigned flags, de_wal_rec
 		free(p);
 		p = NULL;
 		err = du_read_file(path, MAX_SEG_FILE, &p, &size);
-		free(path);
 		if (err == -EFBIG) {
-			res->problem = "segment larger than the format allows";
+			struct stat sb;
+			why = "segment larger than the format allows";
+			size = stat(path, &sb) ? 0 : (size_t)sb.st_size;
 			err = 0;
-		} else if (err) {
+		}
+		free(path);
+		if (err)
 			goto out;
-		}
 		res->segments++;
+		if (segs[i].lsn < LSN_LIMIT)
+			floor = max_u64(floor, segs[i].lsn);
 		struct seg_hdr sh;
-		if (res->problem) {
-			/* oversize: damaged at 0 */
-		} else if (segs[i].lsn != expect) {
-			res->problem = "segment does not continue the previous one";
-		} else if (size < SEG_HDR) {
-			res->problem = "segment header cut";
-		} else if (memcpy(&sh, p, sizeof sh), memcmp(sh.magic, SEG_MAGIC, 8) ||
-			   sh.version != 1 || sh.header_bytes != SEG_HDR ||
-			   sh.crc != de_crc32c(0, &sh, offsetof(struct seg_hdr, crc)) ||
-			   sh.first_lsn != segs[i].lsn) {
-			res->problem = "segment header";
+		if (!why)
+			why = check_seg_hdr(p, size, segs[i].lsn, &sh);
+		/* where the log before this segment ends, by its header */
+		uint64_t cont = why ? 0 : (sh.flags & SEG_GAP) ? sh.prev_lsn + 1 : segs[i].lsn;
+		if (!why && !first && !dmg && cont < expect)
+			why = "segment does not continue the previous one";
+		if (why || (dmg && cont < dexpect)) {
+			if (!dmg) {
+				dmg = true;
+				dseg = i;
+				doff = 0;
+				dexpect = expect;
+				dwhy = why;
+				dbytes = 0;
+			}
+			dbytes += size;
+			first = false;
+			continue;
 		}
-		if (res->problem) {
-			bad_seg = i;
-			bad_off = 0;
-			bad_size = size;
-			break;
+		if (dmg) { /* intact data resumes here: LSNs dexpect .. cont - 1 are lost */
+			if (cont > dexpect && cont > from_lsn) {
+				bad_seg = dseg;
+				bad_off = doff;
+				res->problem = dwhy;
+				break;
+			}
+			note_unneeded(res, &sl, dexpect, cont, dbytes, dwhy, segs[dseg].name, doff);
+			dmg = false;
+		} else if (!first && cont > expect) { /* the end of the previous segment is missing */
+			const char *w = "segment does not continue the previous one";
+			if (cont > from_lsn) {
+				bad_seg = i;
+				bad_off = 0;
+				res->problem = w;
+				break;
+			}
+			note_unneeded(res, &sl, expect, cont, 0, w, segs[i].name, 0);
 		}
+		first = false;
+		expect = segs[i].lsn;
 		uint64_t off = SEG_HDR;
 		while (off < size) {
 			struct rec_hdr h;
-			const char *why = check_record(p + off, size - off, expect, &h);
+			why = check_record(p + off, size - off, expect, &h);
 			struct de_wal_record rec;
 			if (!why) {
 				int d = decode(&sc, p + off, &h, &rec);
@@ -1061,10 +1345,25 @@ int de_wal_replay(const char *dir, uint64_t from_lsn, unsigned flags, de_wal_rec
 				}
 			}
 			if (why) {
-				res->problem = why;
-				bad_seg = i;
-				bad_off = off;
-				bad_size = size;
+				uint64_t rl = 0, q = find_resume(p, off + 8, size, expect, &rl);
+				if (q < size && (rl == expect || rl <= from_lsn)) {
+					note_unneeded(res, &sl, expect, rl, q - off, why, segs[i].name, off);
+					expect = rl;
+					off = q;
+					continue;
+				}
+				if (q < size) {
+					res->problem = why;
+					bad_seg = i;
+					bad_off = off;
+				} else { /* maybe the next segment resumes */
+					dmg = true;
+					dseg = i;
+					doff = off;
+					dexpect = expect;
+					dwhy = why;
+					dbytes = size - off;
+				}
 				break;
 			}
 			if (h.lsn >= from_lsn) {
@@ -1078,36 +1377,16 @@ int de_wal_replay(const char *dir, uint64_t from_lsn, unsigned flags, de_wal_rec
 			off += h.length;
 		}
 	}
+	if (dmg && bad_seg == n) { /* nothing intact after the damage: the torn tail */
+		bad_seg = dseg;
+		bad_off = doff;
+		res->problem = dwhy;
+	}
 	res->last_lsn = expect - 1;
+	floor = max_u64(floor, expect);
 	if (bad_seg < n) {
-		res->bytes_dropped = bad_size - bad_off;
-		if (bad_size > bad_off && p)
-			res->records_dropped = delimit(p, bad_off, bad_size);
-		if (bad_size > bad_off && !res->records_dropped)
-			res->records_dropped = 1; /* something was there: at least the torn one */
-		for (size_t i = bad_seg + 1; i < n; i++) {
-			char *path = du_path(dir, segs[i].name);
-			size_t size = 0;
-			free(p);
-			p = NULL;
-			int e = path ? du_read_file(path, MAX_SEG_FILE, &p, &size) : -ENOMEM;
-			free(path);
-			if (e == -EFBIG) {
-				struct stat sb;
-				char *q = du_path(dir, segs[i].name);
-				if (q && !stat(q, &sb))
-					res->bytes_dropped += (uint64_t)sb.st_size;
-				free(q);
-				continue;
-			}
-			if (e) {
-				err = e;
-				goto out;
-			}
-			res->bytes_dropped += size;
-			if (size > SEG_HDR)
-				res->records_dropped += delimit(p, SEG_HDR, size);
-		}
+		if ((err = account_tail(dir, segs, n, bad_seg, bad_off, res, &floor)))
+			goto out;
 		if (flags & DE_WAL_REPLAY_TRUNCATE) {
 			logf_(log, log_ctx,
 			      "torn tail: %s at segment %s offset %" PRIu64 "; dropped %" PRIu64
@@ -1117,6 +1396,7 @@ int de_wal_replay(const char *dir, uint64_t from_lsn, unsigned flags, de_wal_rec
 			err = cut_tail(dir, segs, n, bad_seg, bad_off);
 		}
 	}
+	res->lsn_floor = floor;
 out:
 	free(p);
 	free(sc.keys);
@@ -1124,4 +1404,12 @@ out:
 	free(sc.rows);
 	free(segs);
 	return err;
+}
+
+int de_wal_replay(const char *dir, uint64_t from_lsn, unsigned flags, de_wal_record_fn cb,
+		  void *ctx, void (*log)(void *, const char *), void *log_ctx,
+		  struct de_wal_replay_result *res)
+{
+	struct de_wal_replay_result dummy;
+	return replay(dir, from_lsn, flags, cb, ctx, log, log_ctx, false, res ? res : &dummy);
 }

@@ -348,6 +348,10 @@ static void usage(FILE *f)
 		"      --wal-segment-bytes SIZE [persistence] wal_segment_bytes: 64K..1G (64M)\n"
 		"      --export-dir DIR      [persistence] export_dir: EXPORT/IMPORT requests may only\n"
 		"                            name files under it (default empty: refused)\n"
+		"      --recover-from-wal    salvage: start even when data_dir lost its CATALOG or\n"
+		"                            MANIFEST while snapshots or WAL segments remain (else\n"
+		"                            exit 3): without CATALOG no table is recovered, without\n"
+		"                            MANIFEST every WAL record still there is replayed\n"
 		"  -f, --foreground          stay in the foreground (default: detach after binding)\n"
 		"      --print-config        print the effective configuration and exit\n"
 		"  -h, --help                this text\n"
@@ -356,12 +360,14 @@ static void usage(FILE *f)
 		"SIZE takes K, M, G suffixes (powers of 1024). Bad values exit with status 2.\n"
 		"SIGTERM or SIGINT: stop accepting, finish every queued request, snapshot the\n"
 		"tables with changes (data_dir), exit 0. Exit 3: damaged catalog, manifest or\n"
-		"snapshot in data_dir (the log names the file).\n",
+		"snapshot in data_dir, or a missing catalog or manifest beside snapshots or WAL\n"
+		"segments (the log names the file).\n",
 		DE_DEFAULT_SOCKET, SRV_MAX_WORKERS);
 }
 
 enum { O_POLL = 256, O_BATCH, O_SQ, O_DATA, O_MAXDATA, O_PAGES, O_NUMA, O_SEG, O_RES,
-       O_PRINT, O_VERSION, O_HOSTB, O_TIER, O_TOPK, O_REBUILD, O_SNAPINT, O_WALSEG, O_EXPDIR };
+       O_PRINT, O_VERSION, O_HOSTB, O_TIER, O_TOPK, O_REBUILD, O_SNAPINT, O_WALSEG, O_EXPDIR,
+       O_SALVAGE };
 
 static const struct option opts[] = {
 	{ "config", required_argument, NULL, 'c' },
@@ -387,6 +393,7 @@ static const struct option opts[] = {
 	{ "snapshot-interval-s", required_argument, NULL, O_SNAPINT },
 	{ "wal-segment-bytes", required_argument, NULL, O_WALSEG },
 	{ "export-dir", required_argument, NULL, O_EXPDIR },
+	{ "recover-from-wal", no_argument, NULL, O_SALVAGE },
 	{ "foreground", no_argument, NULL, 'f' },
 	{ "print-config", no_argument, NULL, O_PRINT },
 	{ "help", no_argument, NULL, 'h' },
@@ -500,6 +507,8 @@ int srv_config_load(struct srv_config *c, int argc, char **argv)
 			c->foreground = true;
 		else if (o == O_PRINT)
 			c->print_config = true;
+		else if (o == O_SALVAGE)
+			c->recover_from_wal = true;
 		else if (flag_key(o, &section, &key) && set_key(c, section, key, optarg, e, sizeof e)) {
 			fprintf(stderr, "dynembd: --%s: %s\n", flag_name(o), e);
 			return 2;

@@ -43,6 +43,7 @@ struct srv_config {
 	char export_dir[200];    /* [persistence]: EXPORT/IMPORT paths must lie under it; "" = off */
 	bool foreground;
 	bool print_config;
+	bool recover_from_wal;   /* --recover-from-wal: start without a lost CATALOG/MANIFEST */
 };
 
 /* Defaults (the embedded config), then the file, then the flags.

@@ -7,8 +7,13 @@
  * bad record (a torn tail is truncated with a log line that says how much was dropped).
  *
  * Exit statuses: 1 for an I/O or resource failure, SRV_EXIT_CORRUPT for a damaged
- * catalog, manifest or snapshot (the message names the file). Never: start over a
- * damaged directory, or open tables itself (the registry is the control plane's).
+ * catalog, manifest or snapshot (the message names the file), and for a missing CATALOG
+ * or MANIFEST where the files written after it are there (CATALOG is written before any
+ * MANIFEST, snapshot or WAL segment; MANIFEST before any WAL segment and before a
+ * snapshot of seq 2 and up: a table's seq 1 is its empty creation snapshot, which a crash
+ * can leave without a manifest). --recover-from-wal (cfg->recover_from_wal) starts then
+ * anyway, logged at WARN. Never: start over a damaged directory unasked, or open tables
+ * itself (the registry is the control plane's).
  */
 #include "persist_int.h"
 
@@ -19,7 +24,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <dirent.h>
 #include <sys/file.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -30,6 +37,56 @@ static int corrupt_status(int err)
 {
 	return err == -EBADMSG || err == -EPROTO || err == -EEXIST || err == -ENOENT ||
 	       err == -EINVAL ? SRV_EXIT_CORRUPT : 1;
+}
+
+/* What the data_dir holds besides CATALOG: a MANIFEST, WAL segments, snapshots (and of
+ * those, files of seq 2 and up). */
+struct dir_files {
+	bool manifest;
+	unsigned wal, snaps, later_snaps;
+};
+
+static int scan_dir(const char *dir, struct dir_files *f)
+{
+	memset(f, 0, sizeof *f);
+	DIR *d = opendir(dir);
+	if (!d)
+		return -errno;
+	struct dirent *e;
+	while ((e = readdir(d))) {
+		const char *s = e->d_name;
+		size_t n = strlen(s);
+		if (!strcmp(s, "MANIFEST")) {
+			f->manifest = true;
+		} else if (n == 24 && !strncmp(s, "wal-", 4) && !strcmp(s + 20, ".log")) {
+			f->wal++;
+		} else if (n == 35 && !strncmp(s, "snap-", 5) && !strcmp(s + 30, ".dsnp")) {
+			f->snaps++;
+			/* "snap-" table "-" seq (16 hex digits at 14): any seq but 1 */
+			bool one = s[29] == '1';
+			for (int i = 14; i < 29; i++)
+				one &= s[i] == '0';
+			f->later_snaps += !one;
+		}
+	}
+	closedir(d);
+	return 0;
+}
+
+/* A missing name (CATALOG or MANIFEST) beside the files described by what: SRV_EXIT_CORRUPT,
+ * or 0 with a WARN line under --recover-from-wal. */
+static int missing(const struct srv_persist *p, const char *name, const char *what,
+		   const char *salvage)
+{
+	if (!p->cfg->recover_from_wal) {
+		srv_log(SRV_LOG_ERROR, "persistence: %s/%s is missing while the directory holds %s; "
+			"not starting (restore the file, or start with --recover-from-wal to %s)",
+			p->dir, name, what, salvage);
+		return SRV_EXIT_CORRUPT;
+	}
+	srv_log(SRV_LOG_WARN, "persistence: --recover-from-wal: %s/%s is missing while the "
+		"directory holds %s; starting anyway: %s", p->dir, name, what, salvage);
+	return 0;
 }
 
 /* Create and lock the data_dir, read its catalog into p->cat. */
@@ -54,6 +111,22 @@ static int begin(struct srv_persist *p)
 	if (err == -ENOENT) {
 		p->cat = NULL;
 		p->ncat = 0;
+		struct dir_files f;
+		if ((err = scan_dir(p->dir, &f))) {
+			srv_log(SRV_LOG_ERROR, "persistence: cannot list data_dir %s: %s", p->dir,
+				strerror(-err));
+			return 1;
+		}
+		if (f.manifest || f.wal || f.snaps) {
+			char what[160];
+			snprintf(what, sizeof what, "%s%u WAL segments and %u snapshots",
+				 f.manifest ? "a MANIFEST, " : "", f.wal, f.snaps);
+			int st = missing(p, "CATALOG", what,
+					 "no table is recovered, and new tables reuse the ids (and "
+					 "replace the files) of the lost ones");
+			if (st)
+				return st;
+		}
 	} else if (err) {
 		srv_log(SRV_LOG_ERROR, "persistence: %s/CATALOG is damaged: %s (%s); not starting",
 			p->dir, problem ? problem : strerror(-err), strerror(-err));
@@ -123,6 +196,28 @@ int srv_persist_recover(struct srv_persist *p)
 	for (unsigned i = 0; i < n; i++)
 		rt[i] = (struct de_recover_table){ .table_id = p->tables[i]->ps->id,
 						   .table = p->tables[i]->t };
+	char mpath[PATH_MAX];
+	struct stat sb;
+	snprintf(mpath, sizeof mpath, "%s/MANIFEST", p->dir);
+	if (stat(mpath, &sb) && errno == ENOENT) {
+		struct dir_files f;
+		int e = scan_dir(p->dir, &f);
+		if (e) {
+			srv_log(SRV_LOG_ERROR, "persistence: cannot list data_dir %s: %s", p->dir,
+				strerror(-e));
+			status = 1;
+			goto out;
+		}
+		if (f.wal || f.later_snaps) {
+			char what[160];
+			snprintf(what, sizeof what, "%u WAL segments and %u snapshots", f.wal,
+				 f.snaps);
+			if ((status = missing(p, "MANIFEST", what,
+					      "every table replays every WAL record still there; "
+					      "rows only in snapshots or collected segments are lost")))
+				goto out;
+		}
+	}
 	struct de_recover_report rep;
 	memset(&rep, 0, sizeof rep);
 	int err = de_persist_recover(p->dir, rt, n, persist_wal_log, NULL, &rep);
@@ -137,6 +232,12 @@ int srv_persist_recover(struct srv_persist *p)
 		" WAL records applied, next LSN %" PRIu64, n, p->dir,
 		rep.manifest ? "found" : "none", rep.generation, rep.snapshots, rep.snapshot_rows,
 		rep.wal_applied, rep.next_lsn);
+	if (rep.wal.unneeded_bytes || rep.wal.unneeded_records)
+		srv_log(SRV_LOG_WARN, "persistence: WAL damage no table needs skipped: %" PRIu64
+			" bytes (%" PRIu64 " records, all below every table's snapshot LSN) (%s); "
+			"the records after it were replayed", rep.wal.unneeded_bytes,
+			rep.wal.unneeded_records,
+			rep.wal.unneeded_problem ? rep.wal.unneeded_problem : "damaged record");
 	if (rep.wal.bytes_dropped)
 		srv_log(SRV_LOG_WARN, "persistence: WAL torn tail truncated: %" PRIu64 " bytes (at "
 			"least %" PRIu64 " records) after LSN %" PRIu64 " dropped (%s)",

@@ -562,3 +562,180 @@ Test(wal, every_flip_and_truncation_gives_the_exact_prefix)
 	rm_dir(c);
 	rm_dir(d);
 }
+
+/* ---- LSNs never go back: gaps at a segment start, damage no table needs ------------- */
+
+/* one PUT of key_of(i) with explicit rows; its LSN */
+static uint64_t put_one(de_wal *w, size_t i)
+{
+	uint64_t key = key_of(i), lsn = 0;
+	float row[RF] = { (float)i };
+	struct de_row_meta m = { .flags = 1, .last_step = i };
+	struct de_wal_batch b = { .table_id = 1, .type = DE_WAL_PUT, .keys = &key, .n = 1,
+				  .rows = row, .meta = &m, .row_floats = RF };
+	cr_assert_eq(de_wal_append(w, &b, &lsn), 0);
+	return lsn;
+}
+
+/* byte offset of record k (0-based) of a segment of put_one records */
+static long rec_off(int k)
+{
+	return 64 + (long)k * (long)((40 + 32 + 4 * RF + 7) / 8 * 8);
+}
+
+static void seg_path(char *out, size_t cap, const char *d, uint64_t lsn)
+{
+	snprintf(out, cap, "%s/wal-%016" PRIx64 ".log", d, lsn);
+}
+
+static long file_size(const char *path)
+{
+	struct stat sb;
+	cr_assert_eq(stat(path, &sb), 0, "%s", path);
+	return (long)sb.st_size;
+}
+
+static void xor_byte(const char *path, long off, unsigned char x)
+{
+	FILE *f = fopen(path, "r+b");
+	cr_assert_not_null(f, "%s", path);
+	fseek(f, off, SEEK_SET);
+	int c = fgetc(f);
+	fseek(f, off, SEEK_SET);
+	fputc(c ^ x, f);
+	fclose(f);
+}
+
+static int lsns_cb(void *ctx, const struct de_wal_record *r)
+{
+	uint64_t *v = ctx; /* v[0]: count, then the LSNs */
+	v[1 + v[0]++] = r->lsn;
+	return 0;
+}
+
+Test(wal, gap_at_a_segment_start)
+{
+	char d[64], p1[128], p2[128];
+	mk_dir(d, sizeof d);
+	de_wal *w;
+	cr_assert_eq(de_wal_open(d, NULL, &w), 0);
+	for (size_t i = 0; i < 3; i++)
+		cr_assert_eq(put_one(w, i), i + 1);
+	cr_assert_eq(de_wal_close(w), 0);
+	/* the caller names LSN 100 (a table's manifest LSN): the log continues there */
+	cr_assert_eq(de_wal_open(d, &(struct de_wal_options){ .start_lsn = 100 }, &w), 0);
+	cr_assert_eq(de_wal_next_lsn(w), 100, "LSNs never go back below start_lsn");
+	cr_assert_eq(put_one(w, 10), 100);
+	cr_assert_eq(put_one(w, 11), 101);
+	cr_assert_eq(de_wal_close(w), 0);
+	uint64_t got[16] = { 0 };
+	struct de_wal_replay_result res;
+	cr_assert_eq(de_wal_replay(d, 1, 0, lsns_cb, got, quiet_log, NULL, &res), 0);
+	cr_assert_null(res.problem, "%s", res.problem);
+	cr_assert_eq(got[0], 5);
+	cr_assert_eq(got[3], 3);
+	cr_assert_eq(got[4], 100);
+	cr_assert_eq(got[5], 101);
+	cr_assert_eq(res.last_lsn, 101);
+	cr_assert_eq(res.segments, 2);
+	/* from an LSN inside the gap: nothing missing */
+	cr_assert_eq(de_wal_replay(d, 50, 0, NULL, NULL, quiet_log, NULL, &res), 0);
+	cr_assert_eq(res.records, 2);
+	cr_assert_null(res.problem);
+	/* reopened without start_lsn: after the last record, no new gap */
+	cr_assert_eq(de_wal_open(d, NULL, &w), 0);
+	cr_assert_eq(de_wal_next_lsn(w), 102);
+	cr_assert_eq(de_wal_close(w), 0);
+
+	/* a gap the next segment does not declare (the first segment lost its last record)
+	 * is damage: needed records lost when replay starts at or below it, skipped above */
+	seg_path(p1, sizeof p1, d, 1);
+	seg_path(p2, sizeof p2, d, 100);
+	cr_assert_eq(truncate(p1, rec_off(2)), 0);
+	cr_assert_eq(de_wal_replay(d, 1, 0, NULL, NULL, quiet_log, NULL, &res), 0);
+	cr_assert_eq(res.records, 2);
+	cr_assert_str_eq(res.problem, "segment does not continue the previous one");
+	cr_assert_eq(de_wal_replay(d, 4, 0, NULL, NULL, quiet_log, NULL, &res), 0);
+	cr_assert_eq(res.records, 2, "LSN 3 is below every start: the records after it count");
+	cr_assert_null(res.problem);
+	cr_assert_eq(res.unneeded_records, 1);
+
+	/* a gap inside a segment stays an error: LSN 101 -> 103, its CRC made right */
+	char d2[64], q[128];
+	mk_dir(d2, sizeof d2);
+	cr_assert_eq(de_wal_open(d2, NULL, &w), 0);
+	for (size_t i = 0; i < 4; i++)
+		put_one(w, i);
+	cr_assert_eq(de_wal_close(w), 0);
+	seg_path(q, sizeof q, d2, 1);
+	FILE *f = fopen(q, "r+b");
+	unsigned char r[40 + 32 + 4 * RF + 7];
+	size_t len = (40 + 32 + 4 * RF + 7) / 8 * 8;
+	fseek(f, rec_off(2), SEEK_SET);
+	cr_assert_eq(fread(r, 1, len, f), len);
+	uint64_t lsn = 5;
+	memcpy(r + 8, &lsn, 8);
+	uint32_t crc = de_crc32c(de_crc32c(0, r, 32), r + 36, len - 36);
+	memcpy(r + 32, &crc, 4);
+	fseek(f, rec_off(2), SEEK_SET);
+	cr_assert_eq(fwrite(r, 1, len, f), len);
+	fclose(f);
+	cr_assert_eq(de_wal_replay(d2, 1, 0, NULL, NULL, quiet_log, NULL, &res), 0);
+	cr_assert_eq(res.records, 2);
+	cr_assert_str_eq(res.problem, "record LSN out of sequence");
+	rm_dir(d2);
+	rm_dir(d);
+}
+
+Test(wal, bad_unneeded_record_keeps_the_needed_after_it)
+{
+	char d[64], p[128];
+	mk_dir(d, sizeof d);
+	de_wal *w;
+	cr_assert_eq(de_wal_open(d, NULL, &w), 0);
+	for (size_t i = 0; i < 10; i++)
+		put_one(w, i);
+	cr_assert_eq(de_wal_close(w), 0);
+	seg_path(p, sizeof p, d, 1);
+	long size = file_size(p);
+	xor_byte(p, rec_off(2) + 48, 0x04); /* a bit in record 3's key */
+	/* replay from 6 (every table's start): record 3 is not needed; 6..10 are read */
+	uint64_t got[16] = { 0 };
+	struct de_wal_replay_result res;
+	cr_assert_eq(de_wal_replay(d, 6, DE_WAL_REPLAY_TRUNCATE, lsns_cb, got, quiet_log, NULL,
+				   &res), 0);
+	cr_assert_null(res.problem, "%s", res.problem);
+	cr_assert_eq(got[0], 5);
+	cr_assert_eq(got[1], 6);
+	cr_assert_eq(got[5], 10);
+	cr_assert_eq(res.last_lsn, 10);
+	cr_assert_eq(res.skipped, 4, "1, 2, 4, 5: intact, below 6");
+	cr_assert_eq(res.unneeded_records, 1);
+	cr_assert_eq(res.unneeded_bytes, (uint64_t)(rec_off(3) - rec_off(2)));
+	cr_assert_str_eq(res.unneeded_problem, "record checksum");
+	cr_assert_eq(res.bytes_dropped, 0);
+	cr_assert_eq(file_size(p), size, "nothing is cut");
+	/* from 3 the damaged record is needed: replay stops there, as a torn tail */
+	cr_assert_eq(de_wal_replay(d, 3, 0, NULL, NULL, quiet_log, NULL, &res), 0);
+	cr_assert_eq(res.records, 0);
+	cr_assert_eq(res.last_lsn, 2);
+	cr_assert_str_eq(res.problem, "record checksum");
+	/* cut there, the next LSN is still above every intact record that was in the log */
+	cr_assert_eq(de_wal_replay(d, 1, DE_WAL_REPLAY_TRUNCATE, NULL, NULL, quiet_log, NULL,
+				   &res), 0);
+	cr_assert_eq(res.records, 2);
+	cr_assert_eq(res.lsn_floor, 11);
+	cr_assert_eq(file_size(p), rec_off(2));
+	/* as recovery does: next_lsn (the floor) given to the open, which leaves a gap */
+	cr_assert_eq(de_wal_open(d, &(struct de_wal_options){ .start_lsn = res.lsn_floor }, &w),
+		     0);
+	cr_assert_eq(de_wal_next_lsn(w), 11);
+	cr_assert_eq(put_one(w, 20), 11);
+	cr_assert_eq(de_wal_close(w), 0);
+	memset(got, 0, sizeof got);
+	cr_assert_eq(de_wal_replay(d, 1, 0, lsns_cb, got, quiet_log, NULL, &res), 0);
+	cr_assert_null(res.problem, "%s", res.problem);
+	cr_assert_eq(got[0], 3);
+	cr_assert_eq(got[3], 11);
+	rm_dir(d);
+}
