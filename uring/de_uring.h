@@ -46,6 +46,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <time.h>
 
 #include "de_shm.h"
 
@@ -268,6 +269,26 @@ int de_wal_flush(de_wal *w);
  * that failed the WAL (the record is NOT durable then). -EINVAL for an LSN not appended. */
 int de_wal_sync(de_wal *w, uint64_t lsn);
 
+/*
+ * Before acknowledging, without waiting for its durability, what was appended so far
+ * (async tables): return once no flush that leaves it behind is in flight, i.e. when the
+ * flush in flight carries it, or none is in flight (the next, within window_ms on the
+ * group-commit cadence, will), or it is durable. 0, or the WAL's failure (it will not be
+ * written then). Blocks only while a flush is in flight, at most until it lands.
+ * The bound this gives, with T the group-commit period (window_ms here, the daemon's
+ * commit_ms): an update acknowledged at time a is in the kernel (and survives a crash of
+ * the process) by a + T + W + d, W one buffer write into the page cache, d the
+ * committer's scheduling delay. It is durable (survives power loss) only once the
+ * fdatasync behind that write returns: by a + T + W + F + d, F that fdatasync's latency,
+ * which the WAL does not bound (a failing disk may take seconds).
+ */
+int de_wal_ack_wait(de_wal *w);
+
+/* The group-commit cadence: advance *tick (CLOCK_MONOTONIC) by window_ms; a tick already
+ * past (the flush overran it) becomes now. Fixed to the clock: flush k starts at the
+ * first tick + k * window_ms, not window_ms after flush k - 1 returned. */
+void de_wal_next_tick(struct timespec *tick, uint32_t window_ms);
+
 uint64_t de_wal_durable_lsn(de_wal *w); /* every record <= it is on disk (0: none) */
 uint64_t de_wal_next_lsn(de_wal *w);    /* the LSN the next append gets */
 
@@ -302,6 +323,9 @@ int de_wal_close(de_wal *w);
 /* Test builds: the WAL's nth write / fsync (any thread's flush) from now fails once;
  * DE_FAULT_ALLOC is refused (-EINVAL). Returns the previous countdown. */
 long de_wal_fail(de_wal *w, enum de_fault_kind k, long nth);
+/* Test builds: from now every flush of w lands ms later than its fdatasync returned (a
+ * late fdatasync, as a loaded disk gives); 0 disarms. -EINVAL: ms > 60000. */
+int de_wal_delay(de_wal *w, unsigned ms);
 /* Test builds: the calling thread's nth write / fsync / allocation in libdeuring (not the
  * WAL's flushes) fails once. Returns the previous countdown; 0 disarms. */
 long de_persist_fail(enum de_fault_kind k, long nth);
