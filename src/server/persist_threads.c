@@ -133,6 +133,10 @@ int srv_persist_start(struct srv_persist *p)
 		srv_log(SRV_LOG_WARN, "persistence: TEST fault armed: the WAL's %s #%ld fails",
 			k == DE_FAULT_WRITE ? "write" : "fsync", nth);
 	}
+	/* test builds: DYNEMBD_TEST_WAL_DELAY_MS=N lands every WAL flush N ms late */
+	const char *late = getenv("DYNEMBD_TEST_WAL_DELAY_MS");
+	if (late && !de_wal_delay(p->wal, (unsigned)strtoul(late, NULL, 10)))
+		srv_log(SRV_LOG_WARN, "persistence: TEST every WAL flush lands %s ms late", late);
 #endif
 	if (pthread_create(&p->committer, NULL, committer_main, p)) {
 		srv_log(SRV_LOG_ERROR, "persistence: cannot start the group-commit thread");
