@@ -326,6 +326,24 @@ long de_wal_fail(de_wal *w, enum de_fault_kind k, long nth);
 /* Test builds: from now every flush of w lands ms later than its fdatasync returned (a
  * late fdatasync, as a loaded disk gives); 0 disarms. -EINVAL: ms > 60000. */
 int de_wal_delay(de_wal *w, unsigned ms);
+/* Test builds: the order of the calling thread's file writes and fsyncs through its
+ * record-file and atomic-replace ring (snapshots, exports, MANIFEST, CATALOG; not the
+ * WAL's flushes), as libdeuring queued them and as they completed. */
+enum de_io_trace_kind {
+	DE_IO_WRITE_QUEUED = 1, /* linked: queued with IOSQE_IO_LINK (the next waits for it) */
+	DE_IO_WRITE_DONE = 2,   /* res: bytes, or a negative errno */
+	DE_IO_FSYNC_QUEUED = 3,
+	DE_IO_FSYNC_DONE = 4,
+};
+struct de_io_trace_event {
+	uint32_t kind;   /* enum de_io_trace_kind */
+	uint32_t linked; /* DE_IO_WRITE_QUEUED */
+	int fd, res;
+	uint64_t off, len; /* writes: the range queued (a resubmitted short write: its rest) */
+};
+/* Record into buf[0..cap) from now (events past cap are counted, not kept); buf NULL
+ * stops. Returns the events of the recording it ends (0 when none was on). */
+size_t de_persist_trace(struct de_io_trace_event *buf, size_t cap);
 /* Test builds: the calling thread's nth write / fsync / allocation in libdeuring (not the
  * WAL's flushes) fails once. Returns the previous countdown; 0 disarms. */
 long de_persist_fail(enum de_fault_kind k, long nth);

@@ -459,6 +459,74 @@ static bool has_tmp(const char *d)
 	return found;
 }
 
+/* Before each fsync is queued, every write queued earlier on that file has completed, or
+ * (the only other order an fsync honours) is linked in an unbroken chain ending right at
+ * it. Returns the fsyncs seen; fails the test on the first one that could overtake a
+ * write (an unlinked IORING_OP_FSYNC runs alongside the writes in flight). */
+static unsigned check_fsync_order(const struct de_io_trace_event *ev, size_t n, const char *what)
+{
+	unsigned fsyncs = 0;
+	for (size_t j = 0; j < n; j++) {
+		if (ev[j].kind != DE_IO_FSYNC_QUEUED)
+			continue;
+		fsyncs++;
+		size_t pending = 0;
+		for (size_t i = 0; i < j; i++)
+			if (ev[i].fd == ev[j].fd && ev[i].kind == DE_IO_WRITE_QUEUED)
+				pending++;
+			else if (ev[i].fd == ev[j].fd && ev[i].kind == DE_IO_WRITE_DONE)
+				pending--;
+		cr_assert_leq(pending, j, "%s: trace out of order", what);
+		for (size_t k = 1; k <= pending; k++) {
+			const struct de_io_trace_event *e = &ev[j - k];
+			cr_assert(e->kind == DE_IO_WRITE_QUEUED && e->fd == ev[j].fd && e->linked,
+				  "%s: fsync %u (event %zu) was queued while the write of %" PRIu64
+				  " bytes at offset %" PRIu64 " was in flight and not linked before it",
+				  what, fsyncs, j, e->kind == DE_IO_WRITE_QUEUED ? e->len : 0,
+				  e->kind == DE_IO_WRITE_QUEUED ? e->off : 0);
+		}
+	}
+	return fsyncs;
+}
+
+Test(snapshot, record_files_are_written_before_their_fsync)
+{
+	char d[64];
+	mk_dir(d, sizeof d);
+	struct tab t = mk_table();
+	struct ref r = ref_new(NK);
+	de_dirty *dirty;
+	cr_assert_eq(de_dirty_create(&dirty), 0);
+	uint64_t seed = 5, step = 0;
+	updates(NULL, dirty, t.t, &r, 50, &seed, &step);
+	enum { CAP = 4096 };
+	struct de_io_trace_event *ev = xcalloc(CAP, sizeof *ev);
+	/* a full checkpoint: snapshot file (records, header, trailer), MANIFEST */
+	de_persist_trace(ev, CAP);
+	cr_assert_eq(de_persist_checkpoint(d, NULL, dirty, t.t, 1, 0, NULL, NULL, NULL), 0);
+	size_t n = de_persist_trace(NULL, 0);
+	cr_assert_leq(n, CAP);
+	unsigned f = check_fsync_order(ev, n, "checkpoint");
+	cr_assert_geq(f, 2, "a snapshot and a MANIFEST: %u fsyncs traced", f);
+	/* an export */
+	char path[96];
+	snprintf(path, sizeof path, "%s/x.dexp", d);
+	de_persist_trace(ev, CAP);
+	cr_assert_eq(de_export(t.t, path, NULL, NULL, NULL), 0);
+	n = de_persist_trace(NULL, 0);
+	cr_assert_leq(n, CAP);
+	cr_assert_geq(check_fsync_order(ev, n, "export"), 1);
+	size_t writes = 0;
+	for (size_t i = 0; i < n; i++)
+		writes += ev[i].kind == DE_IO_WRITE_QUEUED;
+	cr_assert_geq(writes, 3, "records, header and trailer: %zu writes traced", writes);
+	free(ev);
+	free(r.r);
+	de_dirty_destroy(dirty);
+	rm_table(&t);
+	rm_dir(d);
+}
+
 Test(snapshot, faults_write_fsync_alloc_leave_nothing)
 {
 	char d[64];
