@@ -117,6 +117,13 @@ int de_export_check(const char *path, struct de_export_info *out /* out */);
  * start): de_crc32c(0, "123456789", 9) == 0xe3069283. */
 uint32_t de_crc32c(uint32_t crc, const void *buf, size_t len);
 
+/* mkdir -p whose result survives power loss: create path and each missing parent (mode),
+ * and fsync the parent of every directory it created, from the top down, so that no
+ * directory it made can vanish with its entry after the call returned (a directory that
+ * existed is left as it is). 0, or the negative errno of the mkdir or fsync that failed
+ * (-ENAMETOOLONG past PATH_MAX). A data directory is made with it. */
+int de_mkdir_durable(const char *path, unsigned mode);
+
 /* ========================================================================= */
 /* Durable tables: WAL, snapshots, manifest, recovery                          */
 /* ========================================================================= */
@@ -334,6 +341,7 @@ enum de_io_trace_kind {
 	DE_IO_WRITE_DONE = 2,   /* res: bytes, or a negative errno */
 	DE_IO_FSYNC_QUEUED = 3,
 	DE_IO_FSYNC_DONE = 4,
+	DE_IO_DIR_FSYNC = 5,    /* an fsync of a directory: off = its inode, res its result */
 };
 struct de_io_trace_event {
 	uint32_t kind;   /* enum de_io_trace_kind */

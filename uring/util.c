@@ -3,13 +3,14 @@
  * record CRC of the export and snapshot formats, one io_uring with a few buffers (and the
  * tmp-file commit on it), the writer loop of record files (du_rec_write: the records of
  * export and snapshot files streamed out of a table), file helpers (open a regular
- * file, whole-file read, atomic replace, directory fsync) and the fault-injection
- * counters. Formats live with their readers and writers (export.c, wal.c, snapshot.c,
+ * file, whole-file read, atomic replace, directory fsync, the durable mkdir -p) and the
+ * fault-injection counters (and the test builds' trace of writes and fsyncs). Formats live with their readers and writers (export.c, wal.c, snapshot.c,
  * manifest.c); nothing here knows one.
  * Never: keeps global mutable state, except the per-thread fault plan of test builds.
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdio.h>
@@ -462,8 +463,46 @@ int du_fsync_dir(const char *dir)
 #endif
 	if (fsync(fd))
 		err = -errno;
+#ifdef DE_FAULT_INJECTION
+	struct stat sb;
+	if (io_trace.ev && !fstat(fd, &sb)) {
+		struct du_io dio = { .fd = fd };
+		struct du_iobuf db = { .off = (uint64_t)sb.st_ino };
+		trace_io(DE_IO_DIR_FSYNC, &dio, &db, false, err);
+	}
+#endif
 	close(fd);
 	return err;
+}
+
+int de_mkdir_durable(const char *path, unsigned mode)
+{
+	if (!path || !*path)
+		return -EINVAL;
+	char buf[PATH_MAX];
+	if ((size_t)snprintf(buf, sizeof buf, "%s", path) >= sizeof buf)
+		return -ENAMETOOLONG;
+	size_t len = strlen(buf);
+	while (len > 1 && buf[len - 1] == '/')
+		buf[--len] = 0;
+	/* create the missing ones from the top; each one created gets its parent fsynced
+	 * (its entry durable) before a child is made in it */
+	for (char *q = buf + 1;; q++) {
+		if (*q && *q != '/')
+			continue;
+		char c = *q;
+		*q = 0;
+		if (!mkdir(buf, (mode_t)mode)) {
+			int err = du_fsync_dir_of(buf);
+			if (err)
+				return err;
+		} else if (errno != EEXIST) {
+			return -errno;
+		}
+		if (!c)
+			return 0;
+		*q = '/';
+	}
 }
 
 int du_open_regular(const char *path, int *fd, uint64_t *size)

@@ -527,6 +527,53 @@ Test(snapshot, record_files_are_written_before_their_fsync)
 	rm_dir(d);
 }
 
+static uint64_t ino_of(const char *path)
+{
+	struct stat sb;
+	cr_assert_eq(stat(path, &sb), 0, "%s", path);
+	return (uint64_t)sb.st_ino;
+}
+
+/* A new data directory and the parents made for it are each fsync'ed in their parent
+ * (a power loss after the daemon started cannot take the directory away with the files
+ * in it); one that exists is left alone. */
+Test(snapshot, new_data_dir_is_fsynced_in_its_parent)
+{
+	char d[64], p1[96], p2[96], p3[96];
+	mk_dir(d, sizeof d);
+	snprintf(p1, sizeof p1, "%s/a", d);
+	snprintf(p2, sizeof p2, "%s/a/b", d);
+	snprintf(p3, sizeof p3, "%s/a/b/data/", d);
+	struct de_io_trace_event ev[16];
+	de_persist_trace(ev, 16);
+	cr_assert_eq(de_mkdir_durable(p3, 0755), 0);
+	size_t n = de_persist_trace(NULL, 0);
+	const uint64_t want[3] = { ino_of(d), ino_of(p1), ino_of(p2) };
+	size_t k = 0;
+	for (size_t i = 0; i < n && i < 16; i++)
+		if (ev[i].kind == DE_IO_DIR_FSYNC) {
+			cr_assert_lt(k, 3, "more directory fsyncs than directories created");
+			cr_assert_eq(ev[i].res, 0);
+			cr_assert_eq(ev[i].off, want[k], "fsync %zu: inode %" PRIu64 ", want the "
+				     "parent of the directory created %zu-th", k, ev[i].off, k);
+			k++;
+		}
+	cr_assert_eq(k, 3, "3 directories created: %zu parents fsync'ed", k);
+	struct stat sb;
+	cr_assert_eq(stat(p3, &sb), 0);
+	cr_assert(S_ISDIR(sb.st_mode));
+	/* all there: nothing to make durable */
+	de_persist_trace(ev, 16);
+	cr_assert_eq(de_mkdir_durable(p3, 0755), 0);
+	cr_assert_eq(de_persist_trace(NULL, 0), 0);
+	/* a failed fsync is the call's error */
+	snprintf(p3, sizeof p3, "%s/a/c", d);
+	de_persist_fail(DE_FAULT_FSYNC, 1);
+	cr_assert_eq(de_mkdir_durable(p3, 0755), -EIO);
+	de_persist_fail(DE_FAULT_FSYNC, 0);
+	rm_dir(d);
+}
+
 Test(snapshot, faults_write_fsync_alloc_leave_nothing)
 {
 	char d[64];
