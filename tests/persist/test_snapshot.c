@@ -3,7 +3,9 @@
  * snapshot.c, manifest.c): full + incremental chains restored against the reference, a
  * fuzzy checkpoint while another thread writes (recovery must equal the reference), gc
  * after the manifest, every byte flip and truncation of a snapshot and of a manifest
- * (a clear error, the table untouched), and injected write / fsync / allocation faults.
+ * (a clear error, the table untouched), injected write / fsync / allocation faults, and
+ * (de_persist_trace) that no fsync of a record file is queued while one of its writes is
+ * in flight unlinked, and that a new data directory is fsync'ed in its parent.
  */
 #ifdef DE_MINI_CRITERION
 #include "../mini_criterion.h" /* ThreadSanitizer build: see that header */

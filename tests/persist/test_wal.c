@@ -1,6 +1,7 @@
 /*
  * test_wal.c — the write-ahead log (uring/wal.c): round trip against the reference,
- * group commit (async window, sync), segment roll, injected write / fsync / allocation
+ * group commit (async window, sync; the window as a bound on acknowledged records while
+ * every flush is late: de_wal_delay), segment roll, injected write / fsync / allocation
  * faults, a real ENOSPC on a 1 MiB tmpfs, and every byte flip and truncation of a small
  * log (replay must give exactly the records before the damage).
  */
