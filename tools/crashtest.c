@@ -29,8 +29,12 @@
  * ("nothing never written appears": also a lost version from an earlier iteration must
  * not come back). Sync tables: r >= last acked. Async tables: r < last acked is a loss;
  * the first lost update (version r + 1) was acknowledged at some time a, and kill - a must
- * be at most window + slack (the group commit runs every window; slack covers the flush
- * itself on a busy disk). The table not written in a phase must read exactly its base.
+ * be at most window + slack: the daemon flushes on a fixed cadence of the window and
+ * holds async acknowledgements while a flush that leaves them behind is late, so an
+ * acknowledged update is in the kernel within the window plus one buffer write; the
+ * slack (default 30 ms) covers that write and scheduling on 2 loaded cores, not a slow
+ * fdatasync (which only power loss exposes). The worst loss seen is reported. The table
+ * not written in a phase must read exactly its base.
  *
  * --tier adds a third table, "crash_tier": durability sync with LRU eviction to the disk
  * tier under a budget that holds about a third of the keys, so most acknowledged rows
@@ -904,7 +908,8 @@ static void usage(FILE *f)
 		"  --keys N         key space per table (default 4096)\n"
 		"  --batch N        keys per update, 1..%u (default 16)\n"
 		"  --window-ms MS   async table's group-commit window (default 50)\n"
-		"  --slack-ms MS    allowed loss beyond the window (default 100: the flush itself)\n"
+		"  --slack-ms MS    allowed loss beyond the window (default 30: one buffer write and\n"
+		"                   scheduling on loaded cores)\n"
 		"  --min-ms/--max-ms  kill delay after the first ack (default 0..200)\n"
 		"  --snapshot-interval S  dynembd --snapshot-interval-s S (default 1; 0: the\n"
 		"                   daemon's default, no periodic snapshots)\n"
@@ -1125,7 +1130,7 @@ int main(int argc, char **argv)
 	static struct run run;
 	struct run *r = &run;
 	r->o = (struct opts){ .iterations = 30, .keys = 4096, .batch = 16, .min_ms = 0,
-			      .max_ms = 200, .window_ms = 50, .slack_ms = 100, .modes = 3,
+			      .max_ms = 200, .window_ms = 50, .slack_ms = 30, .modes = 3,
 			      .seed = 1, .snapshot_s = 1, .snapshots = true };
 	int rc = parse(argc, argv, &r->o);
 	if (rc)
@@ -1162,7 +1167,7 @@ int main(int argc, char **argv)
 	       " verified: %" PRIu64 " sync (%" PRIu64 " key-updates), %" PRIu64 " tier (%" PRIu64
 	       " key-updates), %" PRIu64 " async (%" PRIu64
 	       " key-updates); async keys that lost acknowledged updates: %" PRIu64 " (within the"
-	       " window); max loss %.1f ms (window %u ms + slack %u ms); %" PRIu64 " snapshots"
+	       " window); worst loss %.1f ms (asserted <= window %u ms + slack %u ms); %" PRIu64 " snapshots"
 	       " taken while writing; %u violations\n",
 	       r->kills[T_SYNC] + r->kills[T_ASYNC] + r->kills[T_TIER], r->kills[T_SYNC],
 	       r->kills[T_ASYNC], r->kills[T_TIER],

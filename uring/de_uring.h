@@ -46,6 +46,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <time.h>
 
 #include "de_shm.h"
 
@@ -115,6 +116,13 @@ int de_export_check(const char *path, struct de_export_info *out /* out */);
 /* CRC32C (Castagnoli, reflected, init and xorout 0xffffffff), continuing from crc (0 to
  * start): de_crc32c(0, "123456789", 9) == 0xe3069283. */
 uint32_t de_crc32c(uint32_t crc, const void *buf, size_t len);
+
+/* mkdir -p whose result survives power loss: create path and each missing parent (mode),
+ * and fsync the parent of every directory it created, from the top down, so that no
+ * directory it made can vanish with its entry after the call returned (a directory that
+ * existed is left as it is). 0, or the negative errno of the mkdir or fsync that failed
+ * (-ENAMETOOLONG past PATH_MAX). A data directory is made with it. */
+int de_mkdir_durable(const char *path, unsigned mode);
 
 /* ========================================================================= */
 /* Durable tables: WAL, snapshots, manifest, recovery                          */
@@ -271,6 +279,26 @@ int de_wal_flush(de_wal *w);
  * that failed the WAL (the record is NOT durable then). -EINVAL for an LSN not appended. */
 int de_wal_sync(de_wal *w, uint64_t lsn);
 
+/*
+ * Before acknowledging, without waiting for its durability, what was appended so far
+ * (async tables): return once no flush that leaves it behind is in flight, i.e. when the
+ * flush in flight carries it, or none is in flight (the next, within window_ms on the
+ * group-commit cadence, will), or it is durable. 0, or the WAL's failure (it will not be
+ * written then). Blocks only while a flush is in flight, at most until it lands.
+ * The bound this gives, with T the group-commit period (window_ms here, the daemon's
+ * commit_ms): an update acknowledged at time a is in the kernel (and survives a crash of
+ * the process) by a + T + W + d, W one buffer write into the page cache, d the
+ * committer's scheduling delay. It is durable (survives power loss) only once the
+ * fdatasync behind that write returns: by a + T + W + F + d, F that fdatasync's latency,
+ * which the WAL does not bound (a failing disk may take seconds).
+ */
+int de_wal_ack_wait(de_wal *w);
+
+/* The group-commit cadence: advance *tick (CLOCK_MONOTONIC) by window_ms; a tick already
+ * past (the flush overran it) becomes now. Fixed to the clock: flush k starts at the
+ * first tick + k * window_ms, not window_ms after flush k - 1 returned. */
+void de_wal_next_tick(struct timespec *tick, uint32_t window_ms);
+
 uint64_t de_wal_durable_lsn(de_wal *w); /* every record <= it is on disk (0: none) */
 uint64_t de_wal_next_lsn(de_wal *w);    /* the LSN the next append gets */
 
@@ -305,6 +333,28 @@ int de_wal_close(de_wal *w);
 /* Test builds: the WAL's nth write / fsync (any thread's flush) from now fails once;
  * DE_FAULT_ALLOC is refused (-EINVAL). Returns the previous countdown. */
 long de_wal_fail(de_wal *w, enum de_fault_kind k, long nth);
+/* Test builds: from now every flush of w lands ms later than its fdatasync returned (a
+ * late fdatasync, as a loaded disk gives); 0 disarms. -EINVAL: ms > 60000. */
+int de_wal_delay(de_wal *w, unsigned ms);
+/* Test builds: the order of the calling thread's file writes and fsyncs through its
+ * record-file and atomic-replace ring (snapshots, exports, MANIFEST, CATALOG; not the
+ * WAL's flushes), as libdeuring queued them and as they completed. */
+enum de_io_trace_kind {
+	DE_IO_WRITE_QUEUED = 1, /* linked: queued with IOSQE_IO_LINK (the next waits for it) */
+	DE_IO_WRITE_DONE = 2,   /* res: bytes, or a negative errno */
+	DE_IO_FSYNC_QUEUED = 3,
+	DE_IO_FSYNC_DONE = 4,
+	DE_IO_DIR_FSYNC = 5,    /* an fsync of a directory: off = its inode, res its result */
+};
+struct de_io_trace_event {
+	uint32_t kind;   /* enum de_io_trace_kind */
+	uint32_t linked; /* DE_IO_WRITE_QUEUED */
+	int fd, res;
+	uint64_t off, len; /* writes: the range queued (a resubmitted short write: its rest) */
+};
+/* Record into buf[0..cap) from now (events past cap are counted, not kept); buf NULL
+ * stops. Returns the events of the recording it ends (0 when none was on). */
+size_t de_persist_trace(struct de_io_trace_event *buf, size_t cap);
 /* Test builds: the calling thread's nth write / fsync / allocation in libdeuring (not the
  * WAL's flushes) fails once. Returns the previous countdown; 0 disarms. */
 long de_persist_fail(enum de_fault_kind k, long nth);

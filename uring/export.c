@@ -72,7 +72,7 @@
  * One io_uring per call (8 entries). Writes (util.c's du_rec_write, shared with snapshot.c;
  * this file encodes the records, header and trailer): DU_NBUF chunk buffers of about 1 MiB
  * (whole records) in flight at once, short writes resubmitted; at the end the header
- * write, the trailer write and an fsync linked behind it (IOSQE_IO_LINK), then rename and
+ * write and the trailer write, and once both completed an fsync, then rename and
  * an fsync of the directory (plain syscalls). Reads go through the same kind of ring: the
  * next chunk's read is in flight while the current one is checked and imported.
  */

@@ -49,7 +49,8 @@
  * ---- I/O --------------------------------------------------------------------------------
  *
  * Writes: the record file writer export uses too (util.c's du_rec_write): DU_NBUF buffers
- * of about 1 MiB in flight, then the header, the trailer and an fsync linked behind it;
+ * of about 1 MiB in flight, then the header and the trailer, and once both completed an
+ * fsync;
  * this file encodes the records, tombstones, header and trailer. Reads: one io_uring,
  * 1 MiB reads.
  */

@@ -2,8 +2,8 @@
  * uring_pvt.h — private to libdeuring (the .c files of uring/); not installed, not for other
  * components. What the export, WAL, snapshot and manifest code share: CRC32C, the
  * 40-byte row record of the export and snapshot formats, one io_uring with a few buffers
- * (short transfers resubmitted, an fsync linked behind the last write; the tmp-file
- * commit), the writer loop of record files (du_rec_write: export and snapshot files
+ * (short transfers resubmitted; the tmp-file commit: every write completed, then the
+ * fsync), the writer loop of record files (du_rec_write: export and snapshot files
  * streamed out of a table, each format encoding its own records, header and trailer),
  * small file helpers (open a regular file, whole-file read, atomic replace, directory
  * fsync) and the fault-injection counters (compiled only with DE_FAULT_INJECTION).
@@ -133,8 +133,10 @@ int du_io_open(struct du_io *io, int fd, bool write);
 int du_io_bufs(struct du_io *io, unsigned nbuf, size_t bytes);
 void du_io_close(struct du_io *io);
 
-/* The end of an atomic replace: write b[first..first+n-1] (len and off set), an fsync
- * linked behind the last (fsync again when a short write broke the link), close the ring
+/* The end of an atomic replace: write b[first..first+n-1] (len and off set), wait until
+ * every one of them completed, then fsync (an fsync covers only writes that completed
+ * before it started: one linked behind the last write does not wait for the others),
+ * close the ring
  * (io zeroed), close *fd (-1 after), rename tmp over path. 0: path replaced; the caller
  * still fsyncs the directory. On error the caller unlinks tmp. */
 int du_io_commit(struct du_io *io, unsigned first, unsigned n, int *fd, const char *tmp,
@@ -166,8 +168,8 @@ struct du_rec_writer {
 
 /*
  * Write the record file path from table t: path.tmp through one io_uring, DU_NBUF chunk
- * buffers of about DU_CHUNK_BYTES in flight, then header, trailer and an fsync linked
- * behind it, rename over path, fsync the directory. cb (may be NULL) sees the records
+ * buffers of about DU_CHUNK_BYTES in flight, then header and trailer, then (both
+ * completed) an fsync, rename over path, fsync the directory. cb (may be NULL) sees the records
  * written after each chunk and the larger of that and the records expected (the table's
  * key count, or nkeys); nonzero cancels
  * (-ECANCELED). out: *records. On error path is unchanged and path.tmp removed.
@@ -207,7 +209,7 @@ void du_ring_exit(struct io_uring *ring);
 int du_ring_rw(struct io_uring *ring, int fd, bool write, void *buf, size_t len, uint64_t off,
 	       size_t *done);
 
-/* Replace path atomically: write path.tmp (io_uring write, fsync linked behind it),
+/* Replace path atomically: write path.tmp (io_uring write, then fsync once it completed),
  * rename over path, fsync the directory. On error path is unchanged, path.tmp removed.
  * Faults: DE_FAULT_WRITE, DE_FAULT_FSYNC of the calling thread. */
 int du_write_file_atomic(const char *path, const void *buf, size_t len);

@@ -3,13 +3,14 @@
  * record CRC of the export and snapshot formats, one io_uring with a few buffers (and the
  * tmp-file commit on it), the writer loop of record files (du_rec_write: the records of
  * export and snapshot files streamed out of a table), file helpers (open a regular
- * file, whole-file read, atomic replace, directory fsync) and the fault-injection
- * counters. Formats live with their readers and writers (export.c, wal.c, snapshot.c,
+ * file, whole-file read, atomic replace, directory fsync, the durable mkdir -p) and the
+ * fault-injection counters (and the test builds' trace of writes and fsyncs). Formats live with their readers and writers (export.c, wal.c, snapshot.c,
  * manifest.c); nothing here knows one.
  * Never: keeps global mutable state, except the per-thread fault plan of test builds.
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdio.h>
@@ -51,6 +52,37 @@ bool du_fault_hit(struct du_fault *f, enum de_fault_kind k)
 	return --f->left[k] == 0;
 }
 
+/* the calling thread's trace of its du_io writes and fsyncs (de_persist_trace) */
+static __thread struct {
+	struct de_io_trace_event *ev;
+	size_t cap, n;
+} io_trace;
+
+size_t de_persist_trace(struct de_io_trace_event *buf, size_t cap)
+{
+	size_t n = io_trace.ev ? io_trace.n : 0;
+	io_trace.ev = buf;
+	io_trace.cap = buf ? cap : 0;
+	io_trace.n = 0;
+	return n;
+}
+
+static void trace_io(uint32_t kind, const struct du_io *io, const struct du_iobuf *b,
+		     bool linked, int res)
+{
+	if (!io_trace.ev)
+		return;
+	if (io_trace.n < io_trace.cap)
+		io_trace.ev[io_trace.n] = (struct de_io_trace_event){
+			.kind = kind, .linked = linked, .fd = io->fd, .res = res,
+			.off = b ? b->off + b->done : 0, .len = b ? b->len - b->done : 0 };
+	io_trace.n++;
+}
+#else
+#define trace_io(kind, io, b, linked, res) ((void)0)
+#endif
+
+#ifdef DE_FAULT_INJECTION
 long de_persist_fail(enum de_fault_kind k, long nth)
 {
 	if ((unsigned)k >= DE_FAULT_KINDS)
@@ -217,6 +249,8 @@ int du_io_queue(struct du_io *io, unsigned i, unsigned sqe_flags)
 				   b->off + b->done);
 	io_uring_sqe_set_data64(sqe, i);
 	sqe->flags |= sqe_flags;
+	if (io->write)
+		trace_io(DE_IO_WRITE_QUEUED, io, b, sqe_flags & IOSQE_IO_LINK, 0);
 	if (!b->busy) {
 		b->busy = true;
 		io->inflight++;
@@ -245,6 +279,7 @@ int du_io_reap(struct du_io *io)
 	io_uring_cqe_seen(&io->ring, cqe);
 	io->inflight--;
 	if (tag == DU_TAG_FSYNC) {
+		trace_io(DE_IO_FSYNC_DONE, io, NULL, false, res);
 		if (res == 0)
 			io->fsync_done = true;
 		else if (res != -ECANCELED && !io->err)
@@ -255,6 +290,8 @@ int du_io_reap(struct du_io *io)
 		return -EIO;
 	struct du_iobuf *b = &io->b[tag];
 	b->busy = false;
+	if (io->write)
+		trace_io(DE_IO_WRITE_DONE, io, b, false, res);
 	if (res < 0) {
 		if (!io->err)
 			io->err = res;
@@ -369,19 +406,18 @@ static int io_put_records(struct du_io *io, unsigned i, uint64_t rec0, size_t n,
 int du_io_commit(struct du_io *io, unsigned first, unsigned n, int *fd, const char *tmp,
 		 const char *path)
 {
+	/* Every write completes (short ones continued by du_io_reap) before the fsync is
+	 * queued: an fsync covers the writes that completed before it started, and one
+	 * linked behind the last write alone would not wait for the others (the header of a
+	 * record file could miss it). One more wait on the ring; no more fsyncs. */
 	int err = 0;
 	for (unsigned i = first; i < first + n && !err; i++)
-		err = du_io_queue(io, i, i + 1 == first + n ? IOSQE_IO_LINK : 0);
-	if (err || (err = du_io_queue_fsync(io)) || (err = du_io_submit(io)) ||
-	    (err = du_io_drain(io)))
+		err = du_io_queue(io, i, 0);
+	if (err || (err = du_io_submit(io)) || (err = du_io_drain(io)) ||
+	    (err = du_io_queue_fsync(io)) || (err = du_io_submit(io)) || (err = du_io_drain(io)))
 		return err;
-	if (!io->fsync_done) { /* a short write broke the link: the fsync was cancelled */
-		if ((err = du_io_queue_fsync(io)) || (err = du_io_submit(io)) ||
-		    (err = du_io_drain(io)))
-			return err;
-		if (!io->fsync_done)
-			return -EIO;
-	}
+	if (!io->fsync_done)
+		return -EIO;
 	du_io_close(io);
 	memset(io, 0, sizeof *io);
 	int r = close(*fd);
@@ -410,6 +446,7 @@ int du_io_queue_fsync(struct du_io *io)
 	io_uring_prep_fsync(sqe, io->fd, 0);
 	io_uring_sqe_set_data64(sqe, DU_TAG_FSYNC);
 	io->inflight++;
+	trace_io(DE_IO_FSYNC_QUEUED, io, NULL, false, 0);
 	return 0;
 }
 
@@ -426,8 +463,46 @@ int du_fsync_dir(const char *dir)
 #endif
 	if (fsync(fd))
 		err = -errno;
+#ifdef DE_FAULT_INJECTION
+	struct stat sb;
+	if (io_trace.ev && !fstat(fd, &sb)) {
+		struct du_io dio = { .fd = fd };
+		struct du_iobuf db = { .off = (uint64_t)sb.st_ino };
+		trace_io(DE_IO_DIR_FSYNC, &dio, &db, false, err);
+	}
+#endif
 	close(fd);
 	return err;
+}
+
+int de_mkdir_durable(const char *path, unsigned mode)
+{
+	if (!path || !*path)
+		return -EINVAL;
+	char buf[PATH_MAX];
+	if ((size_t)snprintf(buf, sizeof buf, "%s", path) >= sizeof buf)
+		return -ENAMETOOLONG;
+	size_t len = strlen(buf);
+	while (len > 1 && buf[len - 1] == '/')
+		buf[--len] = 0;
+	/* create the missing ones from the top; each one created gets its parent fsynced
+	 * (its entry durable) before a child is made in it */
+	for (char *q = buf + 1;; q++) {
+		if (*q && *q != '/')
+			continue;
+		char c = *q;
+		*q = 0;
+		if (!mkdir(buf, (mode_t)mode)) {
+			int err = du_fsync_dir_of(buf);
+			if (err)
+				return err;
+		} else if (errno != EEXIST) {
+			return -errno;
+		}
+		if (!c)
+			return 0;
+		*q = '/';
+	}
 }
 
 int du_open_regular(const char *path, int *fd, uint64_t *size)
@@ -741,7 +816,7 @@ int du_rec_write(de_table *t, const char *path, const struct du_rec_writer *w,
 	if ((err = du_io_drain(&io)))
 		goto out;
 
-	/* header and trailer, then an fsync linked behind the trailer */
+	/* header and trailer, then (both completed) the fsync */
 	struct du_iobuf *hb = &io.b[DU_NBUF], *tb = &io.b[DU_NBUF + 1];
 	w->finish(w->ctx, hb->p, tb->p, n, records_crc);
 	hb->len = DU_HDR_BYTES;

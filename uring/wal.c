@@ -69,8 +69,17 @@
  * buffers, submits write_fixed(buffer) with IOSQE_IO_LINK and IORING_OP_FSYNC (DATASYNC)
  * behind it, waits for both, and only then advances durable_lsn. One flush at a time; a
  * short write is continued with a new linked pair (the kernel cancels the fsync of a
- * broken link). Flushes are run by the group-commit thread every window_ms, by
- * de_wal_flush / de_wal_sync, and by the appender that finds the open buffer full. A
+ * broken link). Flushes are run by the group-commit thread on a fixed cadence (a tick
+ * every window_ms of the clock, not window_ms after the last flush returned: one that
+ * overran its tick is followed by the next at once; de_wal_next_tick), by
+ * de_wal_flush / de_wal_sync, and by the appender that finds the open buffer full.
+ * Every flush takes the whole open buffer, so a record appended while no flush is in
+ * flight is written by the next one, which starts within window_ms; one appended while
+ * a flush is in flight waits for that flush to land first. de_wal_ack_wait holds the
+ * acknowledgement of such a record until it lands (back-pressure): so an acknowledged
+ * record reaches the kernel within window_ms + one write of a buffer, however long a
+ * late fdatasync takes (the window bounds a process crash; de_uring.h states the
+ * power-loss bound). A
  * buffer never spans two segments: a roll starts a new buffer whose first bytes are the
  * new segment's header; its flush creates the file and fsyncs the directory before the
  * records in it count as durable. Any write or fsync error fails the WAL for good.
@@ -196,6 +205,7 @@ struct de_wal {
 	struct wbuf buf[2];
 	unsigned open;           /* appends go to buf[open] */
 	bool flushing;
+	uint64_t flight_last;    /* while flushing: the last LSN the flush in flight carries */
 	uint64_t next_lsn, durable_lsn;
 	uint64_t seg_lsn;        /* current segment (append side); 0: none yet */
 	uint64_t seg_size;       /* its bytes, written or buffered */
@@ -206,6 +216,7 @@ struct de_wal {
 	struct io_uring ring;
 	bool ring_ok, registered;
 	struct du_fault fault;
+	unsigned delay_ms;       /* test builds: each flush lands this much later (de_wal_delay) */
 	struct de_wal_stats st;
 	pthread_t thread;
 	bool thread_on, stop;
@@ -239,6 +250,34 @@ long de_wal_fail(de_wal *w, enum de_fault_kind k, long nth)
 	return prev;
 }
 #endif
+
+#ifdef DE_FAULT_INJECTION
+int de_wal_delay(de_wal *w, unsigned ms)
+{
+	if (!w || ms > 60000)
+		return -EINVAL;
+	pthread_mutex_lock(&w->mu);
+	w->delay_ms = ms;
+	pthread_mutex_unlock(&w->mu);
+	return 0;
+}
+#endif
+
+/* A late flush (test builds, de_wal_delay): its write and fdatasync have completed, and
+ * it lands delay_ms later, as one whose fdatasync took that long would. */
+static void flush_delay(de_wal *w)
+{
+#ifdef DE_FAULT_INJECTION
+	pthread_mutex_lock(&w->mu);
+	unsigned ms = w->delay_ms;
+	pthread_mutex_unlock(&w->mu);
+	struct timespec ts = { .tv_sec = ms / 1000, .tv_nsec = (long)(ms % 1000) * 1000000L };
+	while (ms && nanosleep(&ts, &ts) && errno == EINTR)
+		;
+#else
+	(void)w;
+#endif
+}
 
 /* wait for n completions; out: res of the write (tag 0) and of the fsync (tag 1) */
 static int reap(struct io_uring *ring, unsigned n, int *wres, int *fres)
@@ -357,6 +396,7 @@ static int write_buffer(de_wal *w, struct wbuf *b, unsigned bi, const char **wha
 			return fake_fsync_error ? -EIO : fres;
 		}
 	}
+	flush_delay(w);
 	if (b->new_seg && (err = sync_dir(w)))
 		*what = "fsync of the directory";
 	return err;
@@ -375,6 +415,7 @@ static int flush_locked(de_wal *w)
 		return 0;
 	w->open ^= 1; /* the other buffer is empty: flushes complete in order */
 	w->flushing = true;
+	w->flight_last = b->last_lsn;
 	pthread_mutex_unlock(&w->mu);
 	const char *what = NULL;
 	int err = write_buffer(w, b, bi, &what);
@@ -403,14 +444,12 @@ static int flush_locked(de_wal *w)
 static void *commit_thread(void *arg)
 {
 	de_wal *w = arg;
+	struct timespec tick;
+	clock_gettime(CLOCK_MONOTONIC, &tick);
 	pthread_mutex_lock(&w->mu);
 	while (!w->stop) {
-		struct timespec ts;
-		clock_gettime(CLOCK_MONOTONIC, &ts);
-		uint64_t ns = (uint64_t)ts.tv_nsec + (uint64_t)w->o.window_ms * 1000000ull;
-		ts.tv_sec += (time_t)(ns / 1000000000ull);
-		ts.tv_nsec = (long)(ns % 1000000000ull);
-		while (!w->stop && pthread_cond_timedwait(&w->tick, &w->mu, &ts) != ETIMEDOUT)
+		de_wal_next_tick(&tick, w->o.window_ms);
+		while (!w->stop && pthread_cond_timedwait(&w->tick, &w->mu, &tick) != ETIMEDOUT)
 			;
 		if (w->stop)
 			break;
@@ -419,6 +458,31 @@ static void *commit_thread(void *arg)
 	}
 	pthread_mutex_unlock(&w->mu);
 	return NULL;
+}
+
+void de_wal_next_tick(struct timespec *tick, uint32_t window_ms)
+{
+	uint64_t ns = (uint64_t)tick->tv_nsec + (uint64_t)window_ms * 1000000ull;
+	tick->tv_sec += (time_t)(ns / 1000000000ull);
+	tick->tv_nsec = (long)(ns % 1000000000ull);
+	struct timespec now;
+	clock_gettime(CLOCK_MONOTONIC, &now);
+	if (tick->tv_sec < now.tv_sec || (tick->tv_sec == now.tv_sec && tick->tv_nsec < now.tv_nsec))
+		*tick = now; /* the flush overran its tick: the next one starts now */
+}
+
+int de_wal_ack_wait(de_wal *w)
+{
+	if (!w)
+		return -EINVAL;
+	pthread_mutex_lock(&w->mu);
+	uint64_t last = w->next_lsn - 1;
+	int err = 0;
+	while (w->durable_lsn < last && !(err = w->failed) && w->flushing &&
+	       w->flight_last < last)
+		pthread_cond_wait(&w->cv, &w->mu);
+	pthread_mutex_unlock(&w->mu);
+	return err;
 }
 
 static void wal_free(de_wal *w)

@@ -93,6 +93,12 @@ int srv_persist_flush(struct srv_persist *p);
 /* Worker: make the WAL durable up to lsn (one fdatasync for a round: group commit).
  * 0, or the WAL's error: then no completion that waited for lsn may be acknowledged. */
 int srv_persist_sync(struct srv_persist *p, uint64_t lsn);
+/* Worker, after srv_persist_log of a write on table t and before posting its completion:
+ * an ASYNC table's acknowledgement is held while a WAL flush that does not carry the
+ * record is in flight, until it lands (de_wal_ack_wait: back-pressure that makes the
+ * table's window_ms a bound on what a process crash loses). 0 at once for other
+ * tables; else 0, or the WAL's error (the write must not be acknowledged then). */
+int srv_persist_ack_hold(struct srv_persist *p, const struct srv_table *t);
 /* STATS: wal_lsn, durable_lsn, snapshots, snapshot_lsn, read_only. */
 void srv_persist_stats(struct srv_persist *p, struct srv_table *t, struct de_wire_stats *ws);
 

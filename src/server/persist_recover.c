@@ -31,7 +31,6 @@
 #include <unistd.h>
 
 #include "log.h"
-#include "util.h"
 
 static int corrupt_status(int err)
 {
@@ -92,7 +91,7 @@ static int missing(const struct srv_persist *p, const char *name, const char *wh
 /* Create and lock the data_dir, read its catalog into p->cat. */
 static int begin(struct srv_persist *p)
 {
-	int err = srv_mkdir_p(p->dir, 0755);
+	int err = de_mkdir_durable(p->dir, 0755); /* a new data_dir survives power loss */
 	if (err) {
 		srv_log(SRV_LOG_ERROR, "persistence: cannot create data_dir %s: %s", p->dir,
 			strerror(-err));

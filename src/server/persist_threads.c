@@ -1,7 +1,8 @@
 /*
  * persist_threads.c — the background threads of persistence: the committer (group
- * commit of ASYNC tables: one WAL flush every min(window_ms) of them, so at most that
- * window plus one flush of acknowledged updates can be lost) and the checkpointer
+ * commit of ASYNC tables: one WAL flush every min(window_ms) of them on a fixed
+ * cadence; with the workers' acknowledgement hold that window bounds the loss at a
+ * process crash, persist.h) and the checkpointer
  * ([persistence] snapshot_interval_s: every dirty table gets a checkpoint), and
  * srv_persist_start, which opens the WAL and starts both after the daemon detached
  * (io_uring buffers and threads do not survive fork).
@@ -27,20 +28,32 @@ static void deadline_in(struct timespec *ts, uint64_t ns)
 	ts->tv_nsec = (long)(t % 1000000000ull);
 }
 
+/* Flushes on a fixed cadence (de_wal_next_tick): a tick every commit_ms of the clock,
+ * the next at once when a flush overran its tick. With the workers' de_wal_ack_wait
+ * (srv_persist_ack_hold) this makes commit_ms a bound: persist.h. */
 static void *committer_main(void *arg)
 {
 	struct srv_persist *p = arg;
+	struct timespec tick;
+	clock_gettime(CLOCK_MONOTONIC, &tick);
 	pthread_mutex_lock(&p->mu);
 	while (!p->stop) {
 		if (!p->commit_ms) {
 			pthread_cond_wait(&p->cv, &p->mu);
+			clock_gettime(CLOCK_MONOTONIC, &tick);
 			continue;
 		}
-		struct timespec ts;
-		deadline_in(&ts, (uint64_t)p->commit_ms * 1000000ull);
-		pthread_cond_timedwait(&p->cv, &p->mu, &ts);
+		unsigned ms = p->commit_ms;
+		de_wal_next_tick(&tick, ms);
+		int r = 0;
+		while (!p->stop && p->commit_ms == ms && r != ETIMEDOUT)
+			r = pthread_cond_timedwait(&p->cv, &p->mu, &tick);
 		if (p->stop)
 			break;
+		if (r != ETIMEDOUT) { /* a table changed the period: the cadence restarts now */
+			clock_gettime(CLOCK_MONOTONIC, &tick);
+			continue;
+		}
 		pthread_mutex_unlock(&p->mu);
 		if (!__atomic_load_n(&p->failed, __ATOMIC_ACQUIRE) &&
 		    de_wal_durable_lsn(p->wal) + 1 < de_wal_next_lsn(p->wal)) {
@@ -120,6 +133,10 @@ int srv_persist_start(struct srv_persist *p)
 		srv_log(SRV_LOG_WARN, "persistence: TEST fault armed: the WAL's %s #%ld fails",
 			k == DE_FAULT_WRITE ? "write" : "fsync", nth);
 	}
+	/* test builds: DYNEMBD_TEST_WAL_DELAY_MS=N lands every WAL flush N ms late */
+	const char *late = getenv("DYNEMBD_TEST_WAL_DELAY_MS");
+	if (late && !de_wal_delay(p->wal, (unsigned)strtoul(late, NULL, 10)))
+		srv_log(SRV_LOG_WARN, "persistence: TEST every WAL flush lands %s ms late", late);
 #endif
 	if (pthread_create(&p->committer, NULL, committer_main, p)) {
 		srv_log(SRV_LOG_ERROR, "persistence: cannot start the group-commit thread");

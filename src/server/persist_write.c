@@ -11,8 +11,13 @@
  * srv_persist_sync, one de_wal_sync for the largest LSN (group commit; several
  * workers share the WAL, whose flushes are serialized inside libdeuring, so concurrent
  * syncs merge), then posts them: nothing is acknowledged before its record is on disk.
- * ASYNC: acknowledged at once; the committer thread flushes the WAL every min(window_ms)
- * of the async tables (the loss bound is that window plus one flush).
+ * ASYNC: acknowledged without waiting for durability; the committer thread flushes the
+ * WAL every min(window_ms) of the async tables, on a fixed cadence. While a flush that
+ * does not carry the record is in flight, srv_persist_ack_hold holds the acknowledgement
+ * until it lands (back-pressure), so an acknowledged update reaches the kernel within
+ * the window plus one buffer write (a process crash loses no older one) however late an
+ * fdatasync is; on power loss add that fdatasync's latency (de_uring.h,
+ * de_wal_ack_wait).
  * LOOKUP with create is NOT logged: a created row holds the table's deterministic
  * initializer value (de_learn.h), so replay loses nothing a user wrote; its freq,
  * last_step and the admission sketch are not restored (a full snapshot has them).
@@ -26,7 +31,7 @@
  * Takes a batch description (batch.h), never the worker: srv_persist_log RETURNS the LSN
  * a SYNC batch must wait for, and the worker (which owns its round and its completions)
  * calls srv_persist_sync once for the largest. Never: block a worker on anything but
- * that sync; log a key 0.
+ * that sync and the ASYNC hold (at most one flush); log a key 0.
  */
 #include "persist_int.h"
 
@@ -132,6 +137,14 @@ int srv_persist_sync(struct srv_persist *p, uint64_t lsn)
 	if (!lsn || !p || !p->wal)
 		return 0;
 	int err = de_wal_sync(p->wal, lsn);
+	return err ? persist_note_failure(p, err) : 0;
+}
+
+int srv_persist_ack_hold(struct srv_persist *p, const struct srv_table *t)
+{
+	if (!p || !p->wal || !t->ps || t->ps->mode != DE_WDURABLE_ASYNC)
+		return 0;
+	int err = de_wal_ack_wait(p->wal);
 	return err ? persist_note_failure(p, err) : 0;
 }
 

@@ -109,7 +109,8 @@ static struct srv_batch batch_of(struct srv_worker *w, struct srv_table *t,
 }
 
 /* After a write: its WAL record (persistence); a SYNC one holds the completion until
- * the round's sync covers the LSN it returned. */
+ * the round's sync covers the LSN it returned, an ASYNC one waits here while a WAL
+ * flush that does not carry it is in flight (srv_persist_ack_hold). */
 static int log_write(struct srv_worker *w, const struct srv_batch *b, bool erase)
 {
 	uint64_t lsn = 0;
@@ -119,6 +120,8 @@ static int log_write(struct srv_worker *w, const struct srv_batch *b, bool erase
 			w->sync_lsn = lsn;
 		w->sync_pending = true;
 	}
+	if (!err && !lsn) /* ASYNC: held while a flush that leaves the record behind is late */
+		err = srv_persist_ack_hold(w->srv->persist, b->t);
 	return err;
 }
 

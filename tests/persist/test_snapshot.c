@@ -3,7 +3,9 @@
  * snapshot.c, manifest.c): full + incremental chains restored against the reference, a
  * fuzzy checkpoint while another thread writes (recovery must equal the reference), gc
  * after the manifest, every byte flip and truncation of a snapshot and of a manifest
- * (a clear error, the table untouched), and injected write / fsync / allocation faults.
+ * (a clear error, the table untouched), injected write / fsync / allocation faults, and
+ * (de_persist_trace) that no fsync of a record file is queued while one of its writes is
+ * in flight unlinked, and that a new data directory is fsync'ed in its parent.
  */
 #ifdef DE_MINI_CRITERION
 #include "../mini_criterion.h" /* ThreadSanitizer build: see that header */
@@ -457,6 +459,121 @@ static bool has_tmp(const char *d)
 		found |= strstr(e->d_name, ".tmp") != NULL;
 	closedir(x);
 	return found;
+}
+
+/* Before each fsync is queued, every write queued earlier on that file has completed, or
+ * (the only other order an fsync honours) is linked in an unbroken chain ending right at
+ * it. Returns the fsyncs seen; fails the test on the first one that could overtake a
+ * write (an unlinked IORING_OP_FSYNC runs alongside the writes in flight). */
+static unsigned check_fsync_order(const struct de_io_trace_event *ev, size_t n, const char *what)
+{
+	unsigned fsyncs = 0;
+	for (size_t j = 0; j < n; j++) {
+		if (ev[j].kind != DE_IO_FSYNC_QUEUED)
+			continue;
+		fsyncs++;
+		size_t pending = 0;
+		for (size_t i = 0; i < j; i++)
+			if (ev[i].fd == ev[j].fd && ev[i].kind == DE_IO_WRITE_QUEUED)
+				pending++;
+			else if (ev[i].fd == ev[j].fd && ev[i].kind == DE_IO_WRITE_DONE)
+				pending--;
+		cr_assert_leq(pending, j, "%s: trace out of order", what);
+		for (size_t k = 1; k <= pending; k++) {
+			const struct de_io_trace_event *e = &ev[j - k];
+			cr_assert(e->kind == DE_IO_WRITE_QUEUED && e->fd == ev[j].fd && e->linked,
+				  "%s: fsync %u (event %zu) was queued while the write of %" PRIu64
+				  " bytes at offset %" PRIu64 " was in flight and not linked before it",
+				  what, fsyncs, j, e->kind == DE_IO_WRITE_QUEUED ? e->len : 0,
+				  e->kind == DE_IO_WRITE_QUEUED ? e->off : 0);
+		}
+	}
+	return fsyncs;
+}
+
+Test(snapshot, record_files_are_written_before_their_fsync)
+{
+	char d[64];
+	mk_dir(d, sizeof d);
+	struct tab t = mk_table();
+	struct ref r = ref_new(NK);
+	de_dirty *dirty;
+	cr_assert_eq(de_dirty_create(&dirty), 0);
+	uint64_t seed = 5, step = 0;
+	updates(NULL, dirty, t.t, &r, 50, &seed, &step);
+	enum { CAP = 4096 };
+	struct de_io_trace_event *ev = xcalloc(CAP, sizeof *ev);
+	/* a full checkpoint: snapshot file (records, header, trailer), MANIFEST */
+	de_persist_trace(ev, CAP);
+	cr_assert_eq(de_persist_checkpoint(d, NULL, dirty, t.t, 1, 0, NULL, NULL, NULL), 0);
+	size_t n = de_persist_trace(NULL, 0);
+	cr_assert_leq(n, CAP);
+	unsigned f = check_fsync_order(ev, n, "checkpoint");
+	cr_assert_geq(f, 2, "a snapshot and a MANIFEST: %u fsyncs traced", f);
+	/* an export */
+	char path[96];
+	snprintf(path, sizeof path, "%s/x.dexp", d);
+	de_persist_trace(ev, CAP);
+	cr_assert_eq(de_export(t.t, path, NULL, NULL, NULL), 0);
+	n = de_persist_trace(NULL, 0);
+	cr_assert_leq(n, CAP);
+	cr_assert_geq(check_fsync_order(ev, n, "export"), 1);
+	size_t writes = 0;
+	for (size_t i = 0; i < n; i++)
+		writes += ev[i].kind == DE_IO_WRITE_QUEUED;
+	cr_assert_geq(writes, 3, "records, header and trailer: %zu writes traced", writes);
+	free(ev);
+	free(r.r);
+	de_dirty_destroy(dirty);
+	rm_table(&t);
+	rm_dir(d);
+}
+
+static uint64_t ino_of(const char *path)
+{
+	struct stat sb;
+	cr_assert_eq(stat(path, &sb), 0, "%s", path);
+	return (uint64_t)sb.st_ino;
+}
+
+/* A new data directory and the parents made for it are each fsync'ed in their parent
+ * (a power loss after the daemon started cannot take the directory away with the files
+ * in it); one that exists is left alone. */
+Test(snapshot, new_data_dir_is_fsynced_in_its_parent)
+{
+	char d[64], p1[96], p2[96], p3[96];
+	mk_dir(d, sizeof d);
+	snprintf(p1, sizeof p1, "%s/a", d);
+	snprintf(p2, sizeof p2, "%s/a/b", d);
+	snprintf(p3, sizeof p3, "%s/a/b/data/", d);
+	struct de_io_trace_event ev[16];
+	de_persist_trace(ev, 16);
+	cr_assert_eq(de_mkdir_durable(p3, 0755), 0);
+	size_t n = de_persist_trace(NULL, 0);
+	const uint64_t want[3] = { ino_of(d), ino_of(p1), ino_of(p2) };
+	size_t k = 0;
+	for (size_t i = 0; i < n && i < 16; i++)
+		if (ev[i].kind == DE_IO_DIR_FSYNC) {
+			cr_assert_lt(k, 3, "more directory fsyncs than directories created");
+			cr_assert_eq(ev[i].res, 0);
+			cr_assert_eq(ev[i].off, want[k], "fsync %zu: inode %" PRIu64 ", want the "
+				     "parent of the directory created %zu-th", k, ev[i].off, k);
+			k++;
+		}
+	cr_assert_eq(k, 3, "3 directories created: %zu parents fsync'ed", k);
+	struct stat sb;
+	cr_assert_eq(stat(p3, &sb), 0);
+	cr_assert(S_ISDIR(sb.st_mode));
+	/* all there: nothing to make durable */
+	de_persist_trace(ev, 16);
+	cr_assert_eq(de_mkdir_durable(p3, 0755), 0);
+	cr_assert_eq(de_persist_trace(NULL, 0), 0);
+	/* a failed fsync is the call's error */
+	snprintf(p3, sizeof p3, "%s/a/c", d);
+	de_persist_fail(DE_FAULT_FSYNC, 1);
+	cr_assert_eq(de_mkdir_durable(p3, 0755), -EIO);
+	de_persist_fail(DE_FAULT_FSYNC, 0);
+	rm_dir(d);
 }
 
 Test(snapshot, faults_write_fsync_alloc_leave_nothing)

@@ -1,6 +1,7 @@
 /*
  * test_wal.c — the write-ahead log (uring/wal.c): round trip against the reference,
- * group commit (async window, sync), segment roll, injected write / fsync / allocation
+ * group commit (async window, sync; the window as a bound on acknowledged records while
+ * every flush is late: de_wal_delay), segment roll, injected write / fsync / allocation
  * faults, a real ENOSPC on a 1 MiB tmpfs, and every byte flip and truncation of a small
  * log (replay must give exactly the records before the damage).
  */
@@ -10,6 +11,7 @@
 #include <criterion/criterion.h>
 #endif
 #include <pthread.h>
+#include <stdatomic.h>
 #include <sys/mount.h>
 
 #include "persist_util.h"
@@ -301,6 +303,100 @@ static uint64_t append_one(de_wal *w, size_t i)
 				  .rows = row, .meta = &m, .row_floats = RF };
 	int err = de_wal_append(w, &b, &lsn);
 	return err ? 0 : lsn;
+}
+
+/* The async window as a bound: every flush lands LATE_MS after its fdatasync returned
+ * (de_wal_delay: a loaded disk), the window is WINDOW_MS, and one thread appends and
+ * "acknowledges" (de_wal_ack_wait) a record every half millisecond while another notes
+ * when each LSN became durable. On the fixed cadence with acknowledgements held while a
+ * flush that leaves them behind is in flight, an acknowledged record lands within
+ * WINDOW_MS + LATE_MS (its flush starts within the window; one held lands the flush it
+ * waited for and then the next tick's); a committer that sleeps the window after each
+ * flush returned, acknowledging at once, lets a record appended just after a flush
+ * started wait for that flush, the window and its own flush: WINDOW_MS + 2 * LATE_MS. */
+#define WINDOW_MS 20u
+#define LATE_MS 100u
+#define BOUND_SLACK_MS 50.0 /* scheduling on a loaded 2-core machine */
+#define MAX_ACKS 8192u
+
+struct watch {
+	de_wal *w;
+	double *durable_at; /* [lsn]: when durable_lsn first reached it */
+	_Atomic bool stop;
+};
+
+static void *watch_thread(void *arg)
+{
+	struct watch *x = arg;
+	uint64_t seen = 0;
+	while (!atomic_load(&x->stop)) {
+		uint64_t d = de_wal_durable_lsn(x->w);
+		double t = now_s();
+		for (; seen < d && seen + 1 < MAX_ACKS; seen++)
+			x->durable_at[seen + 1] = t;
+		usleep(200);
+	}
+	return NULL;
+}
+
+Test(wal, async_window_bounds_acks_while_flushes_are_late)
+{
+	char d[64];
+	mk_dir(d, sizeof d);
+	struct de_wal_options o = { .window_ms = WINDOW_MS };
+	de_wal *w;
+	cr_assert_eq(de_wal_open(d, &o, &w), 0);
+	cr_assert_eq(de_wal_delay(w, LATE_MS), 0);
+	double *acked_at = calloc(MAX_ACKS, sizeof *acked_at);
+	struct watch x = { .w = w, .durable_at = calloc(MAX_ACKS, sizeof(double)) };
+	cr_assert(acked_at && x.durable_at);
+	pthread_t th;
+	cr_assert_eq(pthread_create(&th, NULL, watch_thread, &x), 0);
+	double t0 = now_s(), held_max = 0;
+	uint64_t last = 0;
+	unsigned held = 0;
+	for (size_t i = 0; now_s() - t0 < 1.2 && last + 1 < MAX_ACKS; i++) {
+		uint64_t lsn = append_one(w, i);
+		cr_assert_gt(lsn, last);
+		double a = now_s();
+		cr_assert_eq(de_wal_ack_wait(w), 0);
+		double h = now_s() - a;
+		held += h > 0.5e-3 * LATE_MS;
+		if (h > held_max)
+			held_max = h;
+		acked_at[lsn] = now_s();
+		last = lsn;
+		usleep(500);
+	}
+	cr_assert_eq(de_wal_flush(w), 0);
+	double t1 = now_s();
+	while (de_wal_durable_lsn(w) >= last && x.durable_at[last] == 0 && now_s() - t1 < 5)
+		usleep(1000);
+	atomic_store(&x.stop, true);
+	pthread_join(th, NULL);
+	double worst = 0;
+	uint64_t worst_lsn = 0;
+	for (uint64_t l = 1; l <= last; l++) {
+		cr_assert_gt(x.durable_at[l], 0, "lsn %" PRIu64 " never seen durable", l);
+		double dt = x.durable_at[l] - acked_at[l];
+		if (dt > worst) {
+			worst = dt;
+			worst_lsn = l;
+		}
+	}
+	cr_log_info("late flushes (%u ms) with a %u ms window: %" PRIu64 " acks, %u held (longest"
+		    " %.1f ms), worst ack-to-durable %.1f ms (lsn %" PRIu64 ")",
+		    LATE_MS, WINDOW_MS, last, held, held_max * 1e3, worst * 1e3, worst_lsn);
+	cr_assert_lt(worst * 1e3, WINDOW_MS + LATE_MS + BOUND_SLACK_MS,
+		     "an acknowledged record took %.1f ms to land: more than the window %u ms + the "
+		     "late flush %u ms + slack %.0f ms", worst * 1e3, WINDOW_MS, LATE_MS,
+		     BOUND_SLACK_MS);
+	cr_assert_gt(held, 0, "acknowledgements were never held while a flush was late");
+	cr_assert_eq(de_wal_delay(w, 0), 0);
+	cr_assert_eq(de_wal_close(w), 0);
+	free(acked_at);
+	free(x.durable_at);
+	rm_dir(d);
 }
 
 Test(wal, fault_write_fails_the_wal)
