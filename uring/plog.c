@@ -1,0 +1,71 @@
+/*
+ * plog.c — the power-loss log of test builds (-Dfault_injection=true): a hook that sees,
+ * in order, every operation of libdeuring that decides what a disk keeps after a power
+ * loss: writes (with their bytes) as they are queued and as they complete, fsyncs and
+ * fdatasyncs as they are queued and as they complete, directory fsyncs, file creation
+ * (O_CREAT | O_TRUNC), rename, unlink, ftruncate and mkdir. tests/persist/test_powerloss.c
+ * installs it (de_persist_plog), rebuilds the directory a disk could hold at each cut of
+ * the log and runs recovery on it.
+ *
+ * Owns: the one installed hook (a process-wide pointer, test builds only) and the event
+ * ids. Callers: the file operations of util.c, wal.c and manifest.c, through the du_plog_*
+ * calls of uring_pvt.h (no-ops in release builds and while no hook is installed).
+ * Never: changes what the operation does, or fails it; calls the hook for reads.
+ * Events of all threads go to the hook one at a time, under one lock, in the order they
+ * are reported: the hook sees one total order.
+ */
+#include <fcntl.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "uring_pvt.h"
+
+#ifdef DE_FAULT_INJECTION
+
+static pthread_mutex_t plog_mu = PTHREAD_MUTEX_INITIALIZER;
+static de_plog_fn plog_fn;   /* under plog_mu */
+static void *plog_ctx;       /* under plog_mu */
+static uint64_t plog_next_id = 1;
+
+void de_persist_plog(de_plog_fn fn, void *ctx)
+{
+	pthread_mutex_lock(&plog_mu);
+	plog_fn = fn;
+	plog_ctx = ctx;
+	pthread_mutex_unlock(&plog_mu);
+}
+
+/* the path an open fd names now ("" when it cannot be read) */
+static void fd_path(int fd, char *buf, size_t cap)
+{
+	char link[40];
+	snprintf(link, sizeof link, "/proc/self/fd/%d", fd);
+	ssize_t n = readlink(link, buf, cap - 1);
+	buf[n > 0 ? (size_t)n : 0] = 0;
+}
+
+uint64_t du_plog(enum de_plog_op op, int fd, const char *path, const char *path2, uint64_t id,
+		 uint64_t off, uint64_t len, const void *data, bool linked)
+{
+	char buf[4096];
+	pthread_mutex_lock(&plog_mu);
+	if (!plog_fn) {
+		pthread_mutex_unlock(&plog_mu);
+		return 0;
+	}
+	if (op == DE_PLOG_WRITE || op == DE_PLOG_FSYNC)
+		id = plog_next_id++;
+	if (!path && fd >= 0) {
+		fd_path(fd, buf, sizeof buf);
+		path = buf;
+	}
+	struct de_plog_event e = { .op = op, .id = id, .path = path, .path2 = path2, .off = off,
+				   .len = len, .data = data, .linked = linked };
+	plog_fn(plog_ctx, &e);
+	pthread_mutex_unlock(&plog_mu);
+	return id;
+}
+
+#endif
