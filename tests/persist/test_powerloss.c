@@ -44,10 +44,12 @@
  *    to recover each. Damage to durable bytes (bit rot, a lying disk), where refusing
  *    (exit status 3 in the daemon) is right, is not in the model.
  *
- * Sizes: DE_POWERLOSS_CUTS (cut points tried, spread evenly over the log; default 150,
+ * Sizes: DE_POWERLOSS_CUTS (cut points tried, spread evenly over the log; default 200,
  * "all" = every event boundary), DE_POWERLOSS_STATES (states per cut; default 3: least,
- * most, one random), DE_POWERLOSS_OPS (workload records; default 400), DE_POWERLOSS_SEED.
- * Figures go to stderr. DE_POWERLOSS_KNOWN_BUGS=1 also runs the checks that current code
+ * most, one random), DE_POWERLOSS_OPS (workload records; default 400), DE_POWERLOSS_SEED,
+ * DE_POWERLOSS_WINDOW_MS (a group-commit thread: flushes concurrent with checkpoints).
+ * Figures go to stderr; DE_POWERLOSS_DUMP=1 prints the log (each event with the position
+ * that makes it durable). DE_POWERLOSS_KNOWN_BUGS=1 also runs the checks that current code
  * fails (see the tests marked "known bug" below).
  */
 #ifdef DE_MINI_CRITERION
@@ -116,7 +118,14 @@ static void plog_hook(void *ctx, const struct de_plog_event *e)
 		l->v = realloc(l->v, l->cap * sizeof *l->v);
 		cr_assert_not_null(l->v);
 	}
-	l->v[l->n++] = x;
+	l->v[l->n] = x;
+	__atomic_store_n(&l->n, l->n + 1, __ATOMIC_RELEASE); /* read by the workload's thread */
+}
+
+/* the log's length now (the hook may run on the WAL's own thread meanwhile) */
+static size_t plog_now(const struct plog *l)
+{
+	return __atomic_load_n(&l->n, __ATOMIC_ACQUIRE);
 }
 
 static void plog_free(struct plog *l)
@@ -197,8 +206,10 @@ struct life {
 	de_wal *w;
 };
 
-static const struct de_wal_options wopt = { .segment_bytes = DE_WAL_MIN_SEGMENT,
-					    .buffer_bytes = 4096, .log = quiet_log };
+/* window_ms (DE_POWERLOSS_WINDOW_MS, default 0): with a group-commit thread, its flushes
+ * run concurrently with the checkpoints and syncs of the workload */
+static struct de_wal_options wopt = { .segment_bytes = DE_WAL_MIN_SEGMENT,
+				      .buffer_bytes = 4096, .log = quiet_log };
 
 static void life_start(struct life *L)
 {
@@ -274,14 +285,14 @@ static void record(struct plog *l, struct oracle *o, const char *base, bool fres
 		}
 		free(scratch.r);
 		uint64_t lsn;
-		size_t applied = l->n;
+		size_t applied = plog_now(l);
 		cr_assert_eq(de_wal_append(L.w, &b, &lsn), 0);
 		for (size_t k = 0; k < n; k++)
 			hist_add(&o->h[t][idx[k]], (struct val){ erase ? 0 : s, applied, SIZE_MAX,
 								  lsn });
 		if (rng_below(&seed, 2)) {
 			cr_assert_eq(de_wal_sync(L.w, lsn), 0);
-			oracle_ack(o, lsn, l->n);
+			oracle_ack(o, lsn, plog_now(l));
 		}
 		if (op % 50 == 49) {
 			int ct = (int)rng_below(&seed, NTAB);
@@ -297,7 +308,7 @@ static void record(struct plog *l, struct oracle *o, const char *base, bool fres
 		}
 	}
 	cr_assert_eq(de_wal_sync(L.w, de_wal_next_lsn(L.w) - 1), 0);
-	oracle_ack(o, de_wal_next_lsn(L.w) - 1, l->n);
+	oracle_ack(o, de_wal_next_lsn(L.w) - 1, plog_now(l));
 	de_persist_plog(NULL, NULL);
 	life_stop(&L);
 }
@@ -312,6 +323,9 @@ struct model {
 	uint32_t *ino;  /* per event: the inode it acts on (data ops; 0: none) */
 	uint32_t nino;
 };
+
+/* Event i creates, renames or removes a directory entry. */
+static bool is_entry_op(const struct model *m, size_t i);
 
 /* A directory entry operation's directory: "" (base) for "data", else "data". */
 static bool in_dir(const char *path, const char *dir)
@@ -369,6 +383,13 @@ static void ns_clear(struct ns *s)
 static bool is_ns_op(enum de_plog_op op)
 {
 	return op == DE_PLOG_RENAME || op == DE_PLOG_UNLINK || op == DE_PLOG_MKDIR;
+}
+
+/* the directory an entry operation changes: 0 the base (the data directory's own entry),
+ * 1 the data directory */
+static int entry_dir(const struct ev *e)
+{
+	return in_dir(e->path, "") ? 0 : 1;
 }
 
 /* The position of the event with id among pos[0..n) (ids grow with the position). */
@@ -506,6 +527,12 @@ static void model_build(struct model *m, const struct plog *l, bool lenient)
 	free(fs);
 }
 
+static bool is_entry_op(const struct model *m, size_t i)
+{
+	enum de_plog_op op = m->l->v[i].op;
+	return is_ns_op(op) || (op == DE_PLOG_CREATE && (m->ino[i] >> 31));
+}
+
 static void model_free(struct model *m)
 {
 	free(m->cover);
@@ -590,20 +617,17 @@ static void model_state(const struct model *m, size_t c, enum mode mode, uint64_
 		else
 			file_truncate(&files[ino], e->op == DE_PLOG_CREATE ? 0 : e->len);
 	}
-	/* entries: everything up to the last DIRSYNC before c is durable; then a prefix */
-	size_t nsops = 0, durable_ns = 0;
-	for (size_t i = 0; i < c; i++) {
-		const struct ev *e = &l->v[i];
-		if (is_ns_op(e->op) || (e->op == DE_PLOG_CREATE && (m->ino[i] >> 31))) {
-			nsops++;
-			if (m->cover[i] < c)
-				durable_ns = nsops; /* ops are durable in order: a prefix */
-		}
+	/* entries: an operation is durable when a DIRSYNC of its directory followed it
+	 * before c; of the others, each directory keeps a prefix (its first k_d) */
+	size_t nd[2] = { 0, 0 }, kd[2];
+	for (size_t i = 0; i < c; i++)
+		if (is_entry_op(m, i) && m->cover[i] >= c)
+			nd[entry_dir(&l->v[i])]++;
+	for (int d = 0; d < 2; d++) {
+		kd[d] = mode == LEAST ? 0 : mode == MOST ? nd[d] : rng_below(rng, nd[d] + 1);
+		*optional += nd[d];
+		*kept += kd[d];
 	}
-	size_t take = mode == LEAST ? durable_ns : mode == MOST ? nsops :
-		      durable_ns + rng_below(rng, nsops - durable_ns + 1);
-	*optional += nsops - durable_ns;
-	*kept += take - durable_ns;
 	struct ns s = { .n = 0 };
 	ns_put(&s, "data", 0); /* the data directory: made before recording when no MKDIR */
 	bool mkdir_logged = false;
@@ -611,24 +635,27 @@ static void model_state(const struct model *m, size_t c, enum mode mode, uint64_
 		mkdir_logged |= l->v[i].op == DE_PLOG_MKDIR && !strcmp(l->v[i].path, "data");
 	if (mkdir_logged)
 		ns_del(&s, "data");
-	for (size_t i = 0, k = 0; i < c && k < take; i++) {
+	size_t seen[2] = { 0, 0 };
+	for (size_t i = 0; i < c; i++) {
 		const struct ev *e = &l->v[i];
-		if (e->op == DE_PLOG_CREATE && (m->ino[i] >> 31))
+		if (!is_entry_op(m, i))
+			continue;
+		if (m->cover[i] >= c && seen[entry_dir(e)]++ >= kd[entry_dir(e)])
+			continue;
+		if (e->op == DE_PLOG_CREATE) {
 			ns_put(&s, e->path, m->ino[i] & 0x7fffffffu);
-		else if (e->op == DE_PLOG_MKDIR)
+		} else if (e->op == DE_PLOG_MKDIR) {
 			ns_put(&s, e->path, 0);
-		else if (e->op == DE_PLOG_RENAME) {
+		} else if (e->op == DE_PLOG_RENAME) {
 			struct nsent *x = ns_find(&s, e->path);
 			if (x) {
 				uint32_t ino = x->ino;
 				ns_del(&s, e->path);
 				ns_put(&s, e->path2, ino);
 			}
-		} else if (e->op == DE_PLOG_UNLINK)
+		} else if (e->op == DE_PLOG_UNLINK) {
 			ns_del(&s, e->path);
-		else
-			continue;
-		k++;
+		}
 	}
 	char cmd[400];
 	snprintf(cmd, sizeof cmd, "rm -rf '%s' && mkdir -p '%s'", dst, dst);
@@ -757,18 +784,19 @@ static void check_state(const struct plog *l, const struct oracle *o, size_t c,
 		violation(fg, c, "cut %zu, %s state: de_wal_open after recovery: %d", c, what, err);
 		goto out;
 	}
-	size_t idx = 0;
-	uint64_t key;
-	struct ref scratch = ref_new(NKEYS);
-	put_keys(t[0].t, &scratch, &idx, 1, STEP_AFTER, &key);
-	free(scratch.r);
-	struct de_wal_batch b = { .table_id = 1, .type = DE_WAL_PUT, .keys = &key, .n = 1,
-				  .table = t[0].t };
-	uint64_t lsn;
-	cr_assert_eq(de_wal_append(w, &b, &lsn), 0);
-	cr_assert_eq(de_wal_sync(w, lsn), 0);
+	for (int ti = 0; ti < NTAB; ti++) { /* key 0 of each table */
+		size_t idx = 0;
+		uint64_t key, lsn;
+		struct ref scratch = ref_new(NKEYS);
+		put_keys(t[ti].t, &scratch, &idx, 1, STEP_AFTER, &key);
+		free(scratch.r);
+		struct de_wal_batch b = { .table_id = (uint32_t)ti + 1, .type = DE_WAL_PUT,
+					  .keys = &key, .n = 1, .table = t[ti].t };
+		cr_assert_eq(de_wal_append(w, &b, &lsn), 0);
+		cr_assert_eq(de_wal_sync(w, lsn), 0);
+		got[ti][0] = STEP_AFTER;
+	}
 	cr_assert_eq(de_wal_close(w), 0);
-	got[0][0] = STEP_AFTER;
 	struct tab t2[NTAB];
 	struct de_recover_report rep2;
 	if (!recover_into(dir, t2, &rep2)) {
@@ -801,13 +829,18 @@ out:
 /* Record one workload and check its cuts; the figures go to stderr. */
 static struct figures run(const char *name, bool fresh_dir, bool lenient)
 {
-	size_t ncuts = env_size("DE_POWERLOSS_CUTS", 150);
+	size_t ncuts = env_size("DE_POWERLOSS_CUTS", 200);
 	size_t nstates = env_size("DE_POWERLOSS_STATES", 3);
 	size_t nops = env_size("DE_POWERLOSS_OPS", 400);
+	wopt.window_ms = (uint32_t)env_size("DE_POWERLOSS_WINDOW_MS", 0);
 	uint64_t seed = env_size("DE_POWERLOSS_SEED", 11), rng = seed * 7919 + 1;
 	char base[64], dst[80];
 	mk_dir(base, sizeof base);
-	snprintf(dst, sizeof dst, "%s-state", base);
+	/* the states: in memory where there is a tmpfs (thousands of recoveries, each with
+	 * its fsyncs) */
+	snprintf(dst, sizeof dst, "/dev/shm/de_powerloss_XXXXXX");
+	if (!mkdtemp(dst))
+		snprintf(dst, sizeof dst, "%s-state", base);
 	struct plog l = { 0 };
 	struct oracle *o = xcalloc(1, sizeof *o);
 	double t0 = now_s();
@@ -838,11 +871,11 @@ static struct figures run(const char *name, bool fresh_dir, bool lenient)
 		}
 	}
 	fprintf(stderr,
-		"powerloss %s: seed %" PRIu64 ", %zu ops, %zu events logged, %zu cut points, "
+		"powerloss %s: seed %" PRIu64 ", window %u ms, %zu ops, %zu events logged, %zu cut points, "
 		"%zu states checked (%zu optional operations, %zu of them kept), %.1f s: "
 		"%zu violations (%zu refused, %zu lost or stale, %zu wrong rows, %zu after "
 		"the next recovery)%s%s\n",
-		name, seed, nops, events, fg.cuts, fg.states, optional_total, kept_total,
+		name, seed, wopt.window_ms, nops, events, fg.cuts, fg.states, optional_total, kept_total,
 		now_s() - t0, fg.violations, fg.refusals, fg.lost, fg.wrong, fg.after,
 		fg.violations ? "; first: " : "", fg.violations ? fg.first : "");
 	model_free(&m);
