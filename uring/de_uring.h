@@ -345,6 +345,16 @@ long de_wal_fail(de_wal *w, enum de_fault_kind k, long nth);
 long de_persist_fail(enum de_fault_kind k, long nth);
 
 void de_persist_plog(de_plog_fn fn, void *ctx);
+/* Test builds: report an operation done outside libdeuring (the daemon's CATALOG) to the
+ * installed hook; WRITE and FSYNC return their new id (0: no hook), which their *_DONE
+ * pass back as id. */
+uint64_t de_persist_plog_note(enum de_plog_op op, const char *path, const char *path2,
+			      uint64_t id, uint64_t off, uint64_t len, const void *data);
+/* Test builds: install a hook that appends each event to the file at path (created if
+ * missing): u32 op, u32 linked, u64 id, u64 off, u64 len, u32 path bytes, u32 path2
+ * bytes, then the two paths (no NUL) and, for a WRITE, its len bytes. For a daemon
+ * under test (DYNEMBD_TEST_PLOG). */
+int de_persist_plog_file(const char *path);
 #endif
 
 /* ---- replay -------------------------------------------------------------------------- */

@@ -7,17 +7,23 @@
  * installs it (de_persist_plog), rebuilds the directory a disk could hold at each cut of
  * the log and runs recovery on it.
  *
- * Owns: the one installed hook (a process-wide pointer, test builds only) and the event
- * ids. Callers: the file operations of util.c, wal.c and manifest.c, through the du_plog_*
- * calls of uring_pvt.h (no-ops in release builds and while no hook is installed).
+ * Owns: the one installed hook (a process-wide pointer, test builds only), the event ids
+ * and the file hook (de_persist_plog_file: each event appended to a file, for a daemon
+ * under test; the format is struct plog_frec below). Callers: the file operations of
+ * util.c, wal.c and manifest.c through du_plog (uring_pvt.h; a no-op in release builds
+ * and while no hook is installed), and the daemon's CATALOG writer through
+ * de_persist_plog_note.
  * Never: changes what the operation does, or fails it; calls the hook for reads.
  * Events of all threads go to the hook one at a time, under one lock, in the order they
  * are reported: the hook sees one total order.
  */
+#include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #include "uring_pvt.h"
@@ -66,6 +72,48 @@ uint64_t du_plog(enum de_plog_op op, int fd, const char *path, const char *path2
 	plog_fn(plog_ctx, &e);
 	pthread_mutex_unlock(&plog_mu);
 	return id;
+}
+
+uint64_t de_persist_plog_note(enum de_plog_op op, const char *path, const char *path2,
+			      uint64_t id, uint64_t off, uint64_t len, const void *data)
+{
+	return du_plog(op, -1, path, path2, id, off, len, data, false);
+}
+
+/* ---- the file hook: a daemon under test logs into a file ---------------------------- */
+
+/* One event in the file, then path, path2 (no NULs) and, for a WRITE, its len bytes. */
+struct plog_frec {
+	uint32_t op, linked;
+	uint64_t id, off, len;
+	uint32_t path_len, path2_len;
+};
+
+static void file_hook(void *ctx, const struct de_plog_event *e)
+{
+	int fd = (int)(intptr_t)ctx;
+	struct plog_frec r = { .op = (uint32_t)e->op, .linked = e->linked, .id = e->id,
+			       .off = e->off, .len = e->len,
+			       .path_len = e->path ? (uint32_t)strlen(e->path) : 0,
+			       .path2_len = e->path2 ? (uint32_t)strlen(e->path2) : 0 };
+	struct iovec v[4] = { { &r, sizeof r }, { (void *)(e->path ? e->path : ""), r.path_len },
+			      { (void *)(e->path2 ? e->path2 : ""), r.path2_len },
+			      { (void *)e->data, e->op == DE_PLOG_WRITE ? e->len : 0 } };
+	size_t want = 0;
+	for (int i = 0; i < 4; i++)
+		want += v[i].iov_len;
+	/* O_APPEND: one writev per event; a short one (never on a local file) ends the log */
+	if (writev(fd, v, 4) != (ssize_t)want)
+		plog_fn = NULL;
+}
+
+int de_persist_plog_file(const char *path)
+{
+	int fd = open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+	if (fd < 0)
+		return -errno;
+	de_persist_plog(file_hook, (void *)(intptr_t)fd);
+	return 0;
 }
 
 #endif
