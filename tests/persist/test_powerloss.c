@@ -126,12 +126,6 @@ static void plog_hook(void *ctx, const struct de_plog_event *e)
 	__atomic_store_n(&l->n, l->n + 1, __ATOMIC_RELEASE); /* read by the workload's thread */
 }
 
-/* the log's length now (the hook may run on the WAL's own thread meanwhile) */
-__attribute__((unused)) static size_t plog_now(const struct plog *l)
-{
-	return __atomic_load_n(&l->n, __ATOMIC_ACQUIRE);
-}
-
 static void plog_free(struct plog *l)
 {
 	for (size_t i = 0; i < l->n; i++) {
@@ -162,27 +156,6 @@ struct oracle {
 	struct hist h[NTAB][NKEYS];
 };
 
-__attribute__((unused)) static void hist_add(struct hist *h, struct val v)
-{
-	if (h->n == h->cap) {
-		h->cap = h->cap ? 2 * h->cap : 8;
-		h->v = realloc(h->v, h->cap * sizeof *h->v);
-		cr_assert_not_null(h->v);
-	}
-	h->v[h->n++] = v;
-}
-
-__attribute__((unused)) static void oracle_ack(struct oracle *o, uint64_t lsn, size_t at)
-{
-	for (int t = 0; t < NTAB; t++)
-		for (int k = 0; k < NKEYS; k++)
-			for (size_t j = 0; j < o->h[t][k].n; j++) {
-				struct val *v = &o->h[t][k].v[j];
-				if (v->lsn <= lsn && v->acked == SIZE_MAX)
-					v->acked = at;
-			}
-}
-
 static size_t env_size(const char *name, size_t dflt)
 {
 	const char *s = getenv(name);
@@ -195,6 +168,33 @@ static size_t env_size(const char *name, size_t dflt)
 
 #ifndef DE_POWERLOSS_DAEMON
 /* ---- the workload (recorded) --------------------------------------------------------- */
+
+/* the log's length now (the hook may run on the WAL's own thread meanwhile) */
+static size_t plog_now(const struct plog *l)
+{
+	return __atomic_load_n(&l->n, __ATOMIC_ACQUIRE);
+}
+
+static void hist_add(struct hist *h, struct val v)
+{
+	if (h->n == h->cap) {
+		h->cap = h->cap ? 2 * h->cap : 8;
+		h->v = realloc(h->v, h->cap * sizeof *h->v);
+		cr_assert_not_null(h->v);
+	}
+	h->v[h->n++] = v;
+}
+
+static void oracle_ack(struct oracle *o, uint64_t lsn, size_t at)
+{
+	for (int t = 0; t < NTAB; t++)
+		for (int k = 0; k < NKEYS; k++)
+			for (size_t j = 0; j < o->h[t][k].n; j++) {
+				struct val *v = &o->h[t][k].v[j];
+				if (v->lsn <= lsn && v->acked == SIZE_MAX)
+					v->acked = at;
+			}
+}
 
 /* What a table holds for key index i: step (0: absent) and whether row and meta are
  * exactly gen_row(i, step). */
