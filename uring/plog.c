@@ -31,15 +31,15 @@
 #ifdef DE_FAULT_INJECTION
 
 static pthread_mutex_t plog_mu = PTHREAD_MUTEX_INITIALIZER;
-static de_plog_fn plog_fn;   /* under plog_mu */
+static de_plog_fn plog_fn;   /* written under plog_mu; read without it first */
 static void *plog_ctx;       /* under plog_mu */
 static uint64_t plog_next_id = 1;
 
 void de_persist_plog(de_plog_fn fn, void *ctx)
 {
 	pthread_mutex_lock(&plog_mu);
-	plog_fn = fn;
 	plog_ctx = ctx;
+	__atomic_store_n(&plog_fn, fn, __ATOMIC_RELAXED);
 	pthread_mutex_unlock(&plog_mu);
 }
 
@@ -56,6 +56,9 @@ uint64_t du_plog(enum de_plog_op op, int fd, const char *path, const char *path2
 		 uint64_t off, uint64_t len, const void *data, bool linked)
 {
 	char buf[4096];
+	/* relaxed: a hook installed or removed meanwhile is seen under the lock below */
+	if (!__atomic_load_n(&plog_fn, __ATOMIC_RELAXED))
+		return 0;
 	pthread_mutex_lock(&plog_mu);
 	if (!plog_fn) {
 		pthread_mutex_unlock(&plog_mu);
@@ -104,7 +107,7 @@ static void file_hook(void *ctx, const struct de_plog_event *e)
 		want += v[i].iov_len;
 	/* O_APPEND: one writev per event; a short one (never on a local file) ends the log */
 	if (writev(fd, v, 4) != (ssize_t)want)
-		plog_fn = NULL;
+		__atomic_store_n(&plog_fn, NULL, __ATOMIC_RELAXED);
 }
 
 int de_persist_plog_file(const char *path)
