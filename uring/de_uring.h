@@ -329,6 +329,44 @@ int de_wal_stats(de_wal *w, struct de_wal_stats *out);
  * or the WAL's failure. NULL is fine. */
 int de_wal_close(de_wal *w);
 
+/* The power-loss log of test builds (uring/plog.c). Each operation that decides what a disk
+ * keeps, reported in one total order across threads:
+ *   WRITE       path (the fd's), off, len, data (valid during the call only), a new id;
+ *               linked: queued with IOSQE_IO_LINK, the next request of its ring starts
+ *               only after it completed. From now on any part of it may reach the disk.
+ *   WRITE_DONE  id: that write completed (a short one is continued by a new WRITE).
+ *   FSYNC       path, a new id: an fsync / fdatasync queued; it covers the writes of that
+ *               file completed before it and those linked into it.
+ *   FSYNC_DONE  id: it succeeded: what it covers is durable.
+ *   DIRSYNC     path (a directory): its fsync succeeded: the entries created, renamed or
+ *               removed in it before are durable.
+ *   CREATE      path: opened with O_CREAT | O_TRUNC (a new empty file, or truncated).
+ *   RENAME      path -> path2.   UNLINK path.   MKDIR path.
+ *   TRUNCATE    path, len: ftruncate (durable with the file's next fsync).
+ * de_persist_plog (test builds only) installs the hook, one at a time (NULL removes it);
+ * it runs under a lock and must not call back into libdeuring. */
+enum de_plog_op {
+	DE_PLOG_WRITE = 1,
+	DE_PLOG_WRITE_DONE,
+	DE_PLOG_FSYNC,
+	DE_PLOG_FSYNC_DONE,
+	DE_PLOG_DIRSYNC,
+	DE_PLOG_CREATE,
+	DE_PLOG_RENAME,
+	DE_PLOG_UNLINK,
+	DE_PLOG_MKDIR,
+	DE_PLOG_TRUNCATE,
+};
+struct de_plog_event {
+	enum de_plog_op op;
+	uint64_t id;
+	const char *path, *path2;
+	uint64_t off, len;
+	const void *data;
+	bool linked;
+};
+typedef void (*de_plog_fn)(void *ctx, const struct de_plog_event *e);
+
 #ifdef DE_FAULT_INJECTION
 /* Test builds: the WAL's nth write / fsync (any thread's flush) from now fails once;
  * DE_FAULT_ALLOC is refused (-EINVAL). Returns the previous countdown. */
@@ -358,6 +396,18 @@ size_t de_persist_trace(struct de_io_trace_event *buf, size_t cap);
 /* Test builds: the calling thread's nth write / fsync / allocation in libdeuring (not the
  * WAL's flushes) fails once. Returns the previous countdown; 0 disarms. */
 long de_persist_fail(enum de_fault_kind k, long nth);
+
+void de_persist_plog(de_plog_fn fn, void *ctx);
+/* Test builds: report an operation done outside libdeuring (the daemon's CATALOG) to the
+ * installed hook; WRITE and FSYNC return their new id (0: no hook), which their *_DONE
+ * pass back as id. */
+uint64_t de_persist_plog_note(enum de_plog_op op, const char *path, const char *path2,
+			      uint64_t id, uint64_t off, uint64_t len, const void *data);
+/* Test builds: install a hook that appends each event to the file at path (created if
+ * missing): u32 op, u32 linked, u64 id, u64 off, u64 len, u32 path bytes, u32 path2
+ * bytes, then the two paths (no NUL) and, for a WRITE, its len bytes. For a daemon
+ * under test (DYNEMBD_TEST_PLOG). */
+int de_persist_plog_file(const char *path);
 #endif
 
 /* ---- replay -------------------------------------------------------------------------- */

@@ -375,8 +375,12 @@ static int remove_file(const char *dir, const char *name, uint64_t *bytes)
 	int err = 0;
 	if (!stat(path, &sb))
 		*bytes += (uint64_t)sb.st_size;
-	if (unlink(path) && errno != ENOENT)
-		err = -errno;
+	if (unlink(path)) {
+		if (errno != ENOENT)
+			err = -errno;
+	} else {
+		du_plog(DE_PLOG_UNLINK, -1, path, NULL, 0, 0, 0, NULL, false);
+	}
 	free(path);
 	return err;
 }

@@ -46,6 +46,23 @@ static inline bool du_fault_hit(struct du_fault *f, enum de_fault_kind k)
 }
 #endif
 
+/* The power-loss log (plog.c, de_persist_plog): report one operation to the hook, if one
+ * is installed. fd >= 0 with path NULL: the fd's path. WRITE and FSYNC get a new id,
+ * returned (0: no hook); the *_DONE events pass it back. */
+#ifdef DE_FAULT_INJECTION
+uint64_t du_plog(enum de_plog_op op, int fd, const char *path, const char *path2, uint64_t id,
+		 uint64_t off, uint64_t len, const void *data, bool linked);
+#else
+static inline uint64_t du_plog(enum de_plog_op op, int fd, const char *path, const char *path2,
+			       uint64_t id, uint64_t off, uint64_t len, const void *data,
+			       bool linked)
+{
+	(void)op, (void)fd, (void)path, (void)path2, (void)id, (void)off, (void)len;
+	(void)data, (void)linked;
+	return 0;
+}
+#endif
+
 /* malloc / calloc that fail on an armed DE_FAULT_ALLOC of the calling thread */
 void *du_malloc(size_t n);
 void *du_calloc(size_t n, size_t size);
@@ -109,6 +126,7 @@ struct du_iobuf {
 	uint64_t off;  /* file offset of p[0] */
 	bool busy;     /* in flight */
 	bool eof;      /* read: the file ended before len */
+	uint64_t plog_id; /* the power-loss log's id of the write in flight (test builds) */
 };
 
 struct du_io {
@@ -120,6 +138,7 @@ struct du_io {
 	int err;          /* first error of a completion */
 	bool fsync_done;
 	struct du_fault *fault; /* the calling thread's plan */
+	uint64_t plog_fsync;    /* the power-loss log's id of the fsync in flight */
 	struct du_iobuf b[DU_NBUF + 2]; /* DU_NBUF chunk buffers, then header and trailer */
 };
 

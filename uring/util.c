@@ -242,6 +242,9 @@ int du_io_queue(struct du_io *io, unsigned i, unsigned sqe_flags)
 	if (!sqe)
 		return -EBUSY;
 	if (io->write)
+		b->plog_id = du_plog(DE_PLOG_WRITE, io->fd, NULL, NULL, 0, b->off + b->done,
+				     b->len - b->done, b->p + b->done, sqe_flags & IOSQE_IO_LINK);
+	if (io->write)
 		io_uring_prep_write(sqe, io->fd, b->p + b->done, (unsigned)(b->len - b->done),
 				    b->off + b->done);
 	else
@@ -280,9 +283,10 @@ int du_io_reap(struct du_io *io)
 	io->inflight--;
 	if (tag == DU_TAG_FSYNC) {
 		trace_io(DE_IO_FSYNC_DONE, io, NULL, false, res);
-		if (res == 0)
+		if (res == 0) {
 			io->fsync_done = true;
-		else if (res != -ECANCELED && !io->err)
+			du_plog(DE_PLOG_FSYNC_DONE, -1, NULL, NULL, io->plog_fsync, 0, 0, NULL, false);
+		} else if (res != -ECANCELED && !io->err)
 			io->err = res;
 		return 0;
 	}
@@ -306,6 +310,8 @@ int du_io_reap(struct du_io *io)
 		}
 		return 0;
 	}
+	if (io->write)
+		du_plog(DE_PLOG_WRITE_DONE, -1, NULL, NULL, b->plog_id, 0, (uint64_t)res, NULL, false);
 	b->done += (size_t)res;
 	if (b->done < b->len && !io->err) {
 		r = du_io_queue(io, (unsigned)tag, 0);
@@ -424,7 +430,10 @@ int du_io_commit(struct du_io *io, unsigned first, unsigned n, int *fd, const ch
 	*fd = -1;
 	if (r)
 		return -errno;
-	return rename(tmp, path) ? -errno : 0;
+	if (rename(tmp, path))
+		return -errno;
+	du_plog(DE_PLOG_RENAME, -1, tmp, path, 0, 0, 0, NULL, false);
+	return 0;
 }
 
 int du_fsync_dir_of(const char *path)
@@ -443,6 +452,7 @@ int du_io_queue_fsync(struct du_io *io)
 	if (du_fault_hit(io->fault, DE_FAULT_FSYNC))
 		return -EIO;
 	struct io_uring_sqe *sqe = du_get_sqe(io);
+	io->plog_fsync = du_plog(DE_PLOG_FSYNC, io->fd, NULL, NULL, 0, 0, 0, NULL, false);
 	io_uring_prep_fsync(sqe, io->fd, 0);
 	io_uring_sqe_set_data64(sqe, DU_TAG_FSYNC);
 	io->inflight++;
@@ -463,6 +473,8 @@ int du_fsync_dir(const char *dir)
 #endif
 	if (fsync(fd))
 		err = -errno;
+	else
+		du_plog(DE_PLOG_DIRSYNC, -1, dir, NULL, 0, 0, 0, NULL, false);
 #ifdef DE_FAULT_INJECTION
 	struct stat sb;
 	if (io_trace.ev && !fstat(fd, &sb)) {
@@ -675,6 +687,8 @@ int du_write_file_atomic(const char *path, const void *buf, size_t len)
 	int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
 	int err = fd < 0 ? -errno : 0;
 	bool created = fd >= 0;
+	if (created)
+		du_plog(DE_PLOG_CREATE, -1, tmp, NULL, 0, 0, 0, NULL, false);
 	if (err || (err = du_io_open(&io, fd, true)))
 		goto out;
 	/* the bytes go in b[0] (a copy: the ring owns its buffers) */
@@ -691,8 +705,8 @@ out:
 	du_io_close(&io);
 	if (fd >= 0)
 		close(fd);
-	if (created && err)
-		unlink(tmp);
+	if (created && err && !unlink(tmp))
+		du_plog(DE_PLOG_UNLINK, -1, tmp, NULL, 0, 0, 0, NULL, false);
 	free(tmp);
 	return err;
 }
@@ -787,6 +801,7 @@ int du_rec_write(de_table *t, const char *path, const struct du_rec_writer *w,
 		goto out;
 	}
 	created = true;
+	du_plog(DE_PLOG_CREATE, -1, tmp, NULL, 0, 0, 0, NULL, false);
 	if ((err = du_io_open(&io, fd, true)) || (err = du_io_bufs(&io, DU_NBUF, per * rb)))
 		goto out;
 
@@ -834,8 +849,8 @@ out:
 	du_io_close(&io);
 	if (fd >= 0)
 		close(fd);
-	if (created && err)
-		unlink(tmp);
+	if (created && err && !unlink(tmp))
+		du_plog(DE_PLOG_UNLINK, -1, tmp, NULL, 0, 0, 0, NULL, false);
 	free(status);
 	free(keys);
 	free(tmp);

@@ -314,6 +314,8 @@ static int sync_dir(de_wal *w)
 	int r = io_uring_submit(&w->ring);
 	if (r >= 0)
 		r = reap(&w->ring, 1, &wres, &fres);
+	if (r >= 0 && fres == 0)
+		du_plog(DE_PLOG_DIRSYNC, -1, w->dir, NULL, 0, 0, 0, NULL, false);
 	close(dfd);
 	return r < 0 ? r : fres;
 }
@@ -335,6 +337,8 @@ static int write_buffer(de_wal *w, struct wbuf *b, unsigned bi, const char **wha
 		}
 		w->fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
 		err = w->fd < 0 ? -errno : 0;
+		if (!err)
+			du_plog(DE_PLOG_CREATE, -1, path, NULL, 0, 0, 0, NULL, false);
 		free(path);
 		if (err) {
 			*what = "creating a segment";
@@ -359,10 +363,13 @@ static int write_buffer(de_wal *w, struct wbuf *b, unsigned bi, const char **wha
 		else
 			io_uring_prep_write(sqe, w->fd, b->p + done, n, b->file_off + done);
 		io_uring_sqe_set_data64(sqe, 0);
+		uint64_t pw = du_plog(DE_PLOG_WRITE, w->fd, NULL, NULL, 0, b->file_off + done, n,
+				      b->p + done, !fake_fsync_error), pf = 0;
 		unsigned nreq = 1;
 		if (!fake_fsync_error) {
 			sqe->flags |= IOSQE_IO_LINK; /* the fsync starts after the write completed */
 			sqe = io_uring_get_sqe(&w->ring);
+			pf = du_plog(DE_PLOG_FSYNC, w->fd, NULL, NULL, 0, 0, 0, NULL, false);
 			io_uring_prep_fsync(sqe, w->fd, IORING_FSYNC_DATASYNC);
 			io_uring_sqe_set_data64(sqe, 1);
 			nreq = 2;
@@ -375,6 +382,10 @@ static int write_buffer(de_wal *w, struct wbuf *b, unsigned bi, const char **wha
 			*what = "io_uring";
 			return r;
 		}
+		if (wres > 0)
+			du_plog(DE_PLOG_WRITE_DONE, -1, NULL, NULL, pw, 0, (uint64_t)wres, NULL, false);
+		if (pf && fres == 0)
+			du_plog(DE_PLOG_FSYNC_DONE, -1, NULL, NULL, pf, 0, 0, NULL, false);
 		pthread_mutex_lock(&w->mu);
 		w->st.fsyncs++; /* submitted (or failed by injection): never again after an error */
 		if (wres > 0)
@@ -594,8 +605,12 @@ int de_wal_open(const char *dir, const struct de_wal_options *o, de_wal **out)
 	    opt.queue_depth < 2 || opt.queue_depth > 4096 || opt.start_lsn >= (1ull << 62))
 		return -EINVAL;
 	opt.buffer_bytes = (opt.buffer_bytes + 4095u) & ~4095u;
-	if (mkdir(dir, 0755) && errno != EEXIST)
-		return -errno;
+	if (mkdir(dir, 0755)) {
+		if (errno != EEXIST)
+			return -errno;
+	} else {
+		du_plog(DE_PLOG_MKDIR, -1, dir, NULL, 0, 0, 0, NULL, false);
+	}
 
 	/* find the end of the log: the newest segment, its torn tail truncated */
 	struct de_wal_replay_result rr;
@@ -1111,6 +1126,14 @@ static int decode(struct scratch *s, const unsigned char *r, const struct rec_hd
 	return 0;
 }
 
+/* the power-loss log of a segment cut at off: the truncate, and its fsync */
+static void cut_tail_plog(const char *path, uint64_t off)
+{
+	du_plog(DE_PLOG_TRUNCATE, -1, path, NULL, 0, 0, off, NULL, false);
+	uint64_t id = du_plog(DE_PLOG_FSYNC, -1, path, NULL, 0, 0, 0, NULL, false);
+	du_plog(DE_PLOG_FSYNC_DONE, -1, NULL, NULL, id, 0, 0, NULL, false);
+}
+
 static int cut_tail(const char *dir, const struct seg *segs, size_t n, size_t at,
 		    uint64_t off)
 {
@@ -1123,10 +1146,15 @@ static int cut_tail(const char *dir, const struct seg *segs, size_t n, size_t at
 			int fd = open(path, O_WRONLY | O_CLOEXEC);
 			if (fd < 0 || ftruncate(fd, (off_t)off) || fsync(fd))
 				err = err ? err : -errno;
+			else
+				cut_tail_plog(path, off);
 			if (fd >= 0)
 				close(fd);
-		} else if (unlink(path) && errno != ENOENT) {
-			err = err ? err : -errno;
+		} else if (unlink(path)) {
+			if (errno != ENOENT)
+				err = err ? err : -errno;
+		} else {
+			du_plog(DE_PLOG_UNLINK, -1, path, NULL, 0, 0, 0, NULL, false);
 		}
 		free(path);
 	}

@@ -167,6 +167,21 @@ static int write_all(int fd, const void *buf, size_t len)
 	return 0;
 }
 
+/* Test builds: the power-loss log (de_persist_plog_note) of one step of the replace; a
+ * write and an fsync are reported done, as the calls that made them returned. */
+static void cat_plog(enum de_plog_op op, const char *path, const char *path2, size_t len,
+		     const void *data)
+{
+#ifdef DE_FAULT_INJECTION
+	uint64_t id = de_persist_plog_note(op, path, path2, 0, 0, len, data);
+	if (op == DE_PLOG_WRITE || op == DE_PLOG_FSYNC)
+		de_persist_plog_note(op == DE_PLOG_WRITE ? DE_PLOG_WRITE_DONE : DE_PLOG_FSYNC_DONE,
+				     NULL, NULL, id, 0, len, NULL);
+#else
+	(void)op, (void)path, (void)path2, (void)len, (void)data;
+#endif
+}
+
 int persist_cat_write(const char *dir, struct srv_table *const *tables, unsigned n)
 {
 	size_t len = CAT_HDR + (size_t)n * CAT_ENTRY + 4;
@@ -196,18 +211,26 @@ int persist_cat_write(const char *dir, struct srv_table *const *tables, unsigned
 	int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
 	if (fd < 0)
 		err = -errno;
-	if (!err)
-		err = write_all(fd, b, len);
+	else
+		cat_plog(DE_PLOG_CREATE, tmp, NULL, 0, NULL);
+	if (!err && !(err = write_all(fd, b, len)))
+		cat_plog(DE_PLOG_WRITE, tmp, NULL, len, b);
 	if (!err && fsync(fd))
 		err = -errno;
+	else if (!err)
+		cat_plog(DE_PLOG_FSYNC, tmp, NULL, 0, NULL);
 	if (fd >= 0)
 		close(fd);
 	if (!err && rename(tmp, path))
 		err = -errno;
+	else if (!err)
+		cat_plog(DE_PLOG_RENAME, tmp, path, 0, NULL);
 	if (!err) {
 		int dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
 		if (dfd < 0 || fsync(dfd))
 			err = -errno;
+		else
+			cat_plog(DE_PLOG_DIRSYNC, dir, NULL, 0, NULL);
 		if (dfd >= 0)
 			close(dfd);
 	} else {

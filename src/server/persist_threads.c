@@ -117,6 +117,13 @@ int srv_persist_start(struct srv_persist *p)
 		return 0;
 	struct de_wal_options wo = { .segment_bytes = p->cfg->wal_segment_bytes,
 				     .start_lsn = p->next_lsn, .log = persist_wal_log };
+#ifdef DE_FAULT_INJECTION
+	/* test builds: DYNEMBD_TEST_PLOG=file logs every file operation of the persistence
+	 * (the power-loss log, de_persist_plog_file) from here on */
+	const char *pl = getenv("DYNEMBD_TEST_PLOG");
+	if (pl && *pl && de_persist_plog_file(pl))
+		srv_log(SRV_LOG_WARN, "persistence: TEST cannot open the power-loss log %s", pl);
+#endif
 	int err = de_wal_open(p->dir, &wo, &p->wal);
 	if (err) {
 		srv_log(SRV_LOG_ERROR, "persistence: cannot open the WAL in %s: %s", p->dir,
