@@ -166,8 +166,11 @@ struct dynemb_eviction_spec {
 
 /* Durability of acknowledged updates; ASYNC and SYNC need a daemon started with a data
  * directory ([persistence] data_dir), else dynemb_open fails with -EINVAL. NONE: snapshots
- * only (periodic, dynemb_snapshot, and at SIGTERM). ASYNC: acknowledged at once, a crash loses
- * at most about window_ms. SYNC: acknowledged after the WAL record is fdatasync'ed. */
+ * only (periodic, dynemb_snapshot, and at SIGTERM). ASYNC: group commit every window_ms;
+ * acknowledgements are held while a late flush would leave them older than the window, so
+ * a process crash loses at most window_ms (plus one buffer write and scheduling), a power
+ * loss at most that plus one fdatasync's latency. SYNC: acknowledged after the WAL record
+ * is fdatasync'ed. Other clients may read a row before it is durable (README, Persistence). */
 enum dynemb_durability_mode {
 	DYNEMB_DURABLE_NONE = 0, DYNEMB_DURABLE_ASYNC = 1, DYNEMB_DURABLE_SYNC = 2,
 };
