@@ -7,7 +7,7 @@
  * limits and the file's size before it is used; the reader crashes on nothing); leaves a
  * partial file at the destination path (write path.tmp, fsync, rename, fsync the
  * directory); writes into the table before a strict import has verified the whole file.
- * Callers: tools and the daemon's export/import commands (issue 5); tests/test_export.c,
+ * Callers: the daemon's export/import jobs (src/server/persist_jobs.c); tests/test_export.c,
  * tests/fuzz/fuzz_export.c.
  *
  * ---- File format, version 1 (all little-endian) ---------------------------------------

@@ -196,36 +196,58 @@ static int tmpfile_in(const char *dir)
 	return fd;
 }
 
+/* The parts both opens share: a tier with its index and no file yet (NULL: no memory),
+ * its ring and lock once the file is open, and the unwinding of a failed open. */
+static de_tier *tier_alloc(uint32_t row_floats, uint64_t rec_bytes)
+{
+	de_tier *t = calloc(1, sizeof *t);
+	if (!t)
+		return NULL;
+	t->fd = -1;
+	t->row_floats = row_floats;
+	t->rec_bytes = rec_bytes;
+	t->cap = 1024;
+	if (!(t->map = calloc(t->cap, sizeof *t->map))) {
+		free(t);
+		return NULL;
+	}
+	return t;
+}
+
+static int tier_start(de_tier *t, de_tier **out)
+{
+	int err = io_uring_queue_init(4, &t->ring, 0);
+	if (err < 0)
+		return err;
+	pthread_mutex_init(&t->lock, NULL);
+	*out = t;
+	return 0;
+}
+
+static int tier_unwind(de_tier *t, int err)
+{
+	if (t->fd >= 0)
+		close(t->fd);
+	free(t->dir);
+	free(t->path);
+	free(t->map);
+	free(t);
+	return err;
+}
+
 int de_tier_open(const char *dir, uint32_t row_floats, de_tier **out)
 {
 	if (!dir || !out || !row_floats || row_floats > DE_MAX_DIM * (1 + DE_MAX_SLOTS))
 		return -EINVAL;
-	de_tier *t = calloc(1, sizeof *t);
+	de_tier *t = tier_alloc(row_floats, REC_HDR + 4ull * row_floats);
 	if (!t)
 		return -ENOMEM;
-	int err = -ENOMEM;
-	t->fd = -1;
-	t->row_floats = row_floats;
-	t->rec_bytes = REC_HDR + 4ull * row_floats;
-	t->cap = 1024;
-	if (!(t->map = calloc(t->cap, sizeof *t->map)) || !(t->dir = strdup(dir)))
-		goto fail;
-	if ((t->fd = tmpfile_in(dir)) < 0) {
-		err = t->fd;
-		goto fail;
-	}
-	if ((err = io_uring_queue_init(4, &t->ring, 0)) < 0)
-		goto fail;
-	pthread_mutex_init(&t->lock, NULL);
-	*out = t;
-	return 0;
-fail:
-	if (t->fd >= 0)
-		close(t->fd);
-	free(t->dir);
-	free(t->map);
-	free(t);
-	return err;
+	if (!(t->dir = strdup(dir)))
+		return tier_unwind(t, -ENOMEM);
+	if ((t->fd = tmpfile_in(dir)) < 0)
+		return tier_unwind(t, t->fd);
+	int err = tier_start(t, out);
+	return err ? tier_unwind(t, err) : 0;
 }
 
 void de_tier_close(de_tier *t)
@@ -309,16 +331,11 @@ int de_tier_open_file(const char *path, uint32_t row_floats, de_tier **out)
 {
 	if (!path || !*path || !out || !row_floats || row_floats > DE_MAX_DIM * (1 + DE_MAX_SLOTS))
 		return -EINVAL;
-	de_tier *t = calloc(1, sizeof *t);
+	de_tier *t = tier_alloc(row_floats, REC_HDR + 4ull * row_floats + TRL_BYTES);
 	if (!t)
 		return -ENOMEM;
 	int err = -ENOMEM;
-	t->fd = -1;
-	t->row_floats = row_floats;
-	t->rec_bytes = REC_HDR + 4ull * row_floats + TRL_BYTES;
-	t->cap = 1024;
-	if (!(t->map = calloc(t->cap, sizeof *t->map)) || !(t->path = strdup(path)) ||
-	    !(t->dir = strdup(path)))
+	if (!(t->path = strdup(path)) || !(t->dir = strdup(path)))
 		goto fail;
 	char *slash = strrchr(t->dir, '/');
 	if (slash)
@@ -340,19 +357,11 @@ int de_tier_open_file(const char *path, uint32_t row_floats, de_tier **out)
 	}
 	if ((err = scan_file(t)))
 		goto fail;
-	if ((err = io_uring_queue_init(4, &t->ring, 0)) < 0)
+	if ((err = tier_start(t, out)))
 		goto fail;
-	pthread_mutex_init(&t->lock, NULL);
-	*out = t;
 	return 0;
 fail:
-	if (t->fd >= 0)
-		close(t->fd);
-	free(t->dir);
-	free(t->path);
-	free(t->map);
-	free(t);
-	return err;
+	return tier_unwind(t, err);
 }
 
 void de_tier_set_compact_hook(de_tier *t, int (*fn)(void *ctx), void *ctx)
