@@ -321,6 +321,7 @@ struct de_wal_stats {
 	uint64_t fsyncs;        /* fdatasyncs submitted (a failed WAL submits no more) */
 	uint64_t bytes_written;
 	uint64_t segments;      /* segments this handle created */
+	uint64_t flush_ns_max;  /* longest flush, buffer taken to durable (write + fdatasync) */
 	bool registered;        /* the buffers are registered with the ring (else plain writes) */
 };
 int de_wal_stats(de_wal *w, struct de_wal_stats *out);

@@ -429,8 +429,14 @@ static int flush_locked(de_wal *w)
 	w->flight_last = b->last_lsn;
 	pthread_mutex_unlock(&w->mu);
 	const char *what = NULL;
+	struct timespec t0, t1;
+	clock_gettime(CLOCK_MONOTONIC, &t0);
 	int err = write_buffer(w, b, bi, &what);
+	clock_gettime(CLOCK_MONOTONIC, &t1);
+	uint64_t took = (uint64_t)((t1.tv_sec - t0.tv_sec) * 1000000000ll + (t1.tv_nsec - t0.tv_nsec));
 	pthread_mutex_lock(&w->mu);
+	if (took > w->st.flush_ns_max)
+		w->st.flush_ns_max = took;
 	if (err) {
 		if (!w->failed) {
 			w->failed = err;
