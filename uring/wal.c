@@ -616,6 +616,10 @@ int de_wal_open(const char *dir, const struct de_wal_options *o, de_wal **out)
 			return -errno;
 	} else {
 		du_plog(DE_PLOG_MKDIR, -1, dir, NULL, 0, 0, 0, NULL, false);
+		/* the new directory's entry is durable before any segment in it counts */
+		int err = du_fsync_dir_of(dir);
+		if (err)
+			return err;
 	}
 
 	/* find the end of the log: the newest segment, its torn tail truncated */

@@ -49,8 +49,8 @@
  * most, one random), DE_POWERLOSS_OPS (workload records; default 400), DE_POWERLOSS_SEED,
  * DE_POWERLOSS_WINDOW_MS (a group-commit thread: flushes concurrent with checkpoints).
  * Figures go to stderr; DE_POWERLOSS_DUMP=1 prints the log (each event with the position
- * that makes it durable). DE_POWERLOSS_KNOWN_BUGS=1 also runs the checks that current code
- * fails (see the tests marked "known bug" below).
+ * that makes it durable). The model is the strict one everywhere (see wal_and_checkpoints);
+ * DE_POWERLOSS_LENIENT=1 makes the daemon test use the lenient one.
  */
 #ifdef DE_MINI_CRITERION
 #include "../mini_criterion.h"
@@ -935,7 +935,7 @@ Test(powerloss, self_check, .timeout = 300)
 	record(&l, o, base, false, 120, 5);
 	log_sane(&l, o, false);
 	struct model m;
-	model_build(&m, &l, true); /* lenient: see snapshot_header_strict */
+	model_build(&m, &l, false);
 	size_t c = l.n, victim = SIZE_MAX;
 	for (size_t i = 0; i < l.n; i++)
 		if (l.v[i].op == DE_PLOG_WRITE && strstr(l.v[i].path, "/wal-") &&
@@ -964,39 +964,23 @@ Test(powerloss, self_check, .timeout = 300)
 	rm_dir(base);
 }
 
-static void known_bug(const char *what)
-{
-	const char *s = getenv("DE_POWERLOSS_KNOWN_BUGS");
-	if (!s || !*s || !strcmp(s, "0"))
-		cr_skip_test("known bug, %s; DE_POWERLOSS_KNOWN_BUGS=1 runs it", what);
-}
-
 /* WAL, checkpoints, gc and a restart in a data directory made (durably) before the
- * run. Lenient on one point: a write that completed before its file's fsync completed
- * counts as covered by that fsync (see snapshot_header_strict). */
+ * run, on the strict model: a write counts as covered by an fsync only if it completed
+ * before the fsync was queued (or is linked before it). It found the snapshot header that
+ * was not linked to its fsync (uring/util.c, du_io_commit: a refused start at cuts after
+ * the MANIFEST named the snapshot); du_io_commit now completes header and trailer first. */
 Test(powerloss, wal_and_checkpoints, .timeout = 600)
 {
-	struct figures fg = run("wal_and_checkpoints", false, true);
+	struct figures fg = run("wal_and_checkpoints", false, false);
 	cr_assert_eq(fg.violations, 0, "%zu violations; first: %s", fg.violations, fg.first);
 }
 
-/* The strict model: a write counts as covered by an fsync only if it completed before
- * the fsync was queued (or is linked before it). It found the snapshot header that was
- * not linked to its fsync (uring/util.c, du_io_commit: a refused start at cuts after the
- * MANIFEST named the snapshot); du_io_commit now completes header and trailer first. */
-Test(powerloss, snapshot_header_strict, .timeout = 600)
-{
-	struct figures fg = run("snapshot_header_strict", false, false);
-	cr_assert_eq(fg.violations, 0, "%zu violations; first: %s", fg.violations, fg.first);
-}
-
-/* Known bug: de_wal_open makes the data directory (mkdir) but never fsyncs its parent,
- * so a power loss can take the whole directory, every acknowledged write with it.
- * Enable by default once the parent is fsync'ed after the mkdir. */
+/* The data directory made by de_wal_open itself: its entry must be durable (the parent
+ * fsync'ed after the mkdir) before a record in it counts; without that a power loss takes
+ * the whole directory, every acknowledged write with it (368 violations before). */
 Test(powerloss, new_data_dir, .timeout = 600)
 {
-	known_bug("a new data directory is not fsync'ed in its parent (de_wal_open)");
-	struct figures fg = run("new_data_dir", true, true);
+	struct figures fg = run("new_data_dir", true, false);
 	cr_assert_eq(fg.violations, 0, "%zu violations; first: %s", fg.violations, fg.first);
 }
 
@@ -1222,11 +1206,10 @@ Test(powerloss, daemon, .timeout = 600)
 	for (size_t i = 0; i < l.n; i++)
 		catalog |= l.v[i].op == DE_PLOG_RENAME && !strcmp(l.v[i].path2, "data/CATALOG");
 	cr_assert(catalog, "the log holds the CATALOG's replace");
-	/* lenient (see snapshot_header_strict) unless DE_POWERLOSS_KNOWN_BUGS=1 */
-	const char *kb = getenv("DE_POWERLOSS_KNOWN_BUGS");
-	bool strict = kb && *kb && strcmp(kb, "0");
+	/* the strict model (see wal_and_checkpoints); DE_POWERLOSS_LENIENT=1 the lenient one */
+	bool lenient = env_size("DE_POWERLOSS_LENIENT", 0);
 	struct model m;
-	model_build(&m, &l, !strict);
+	model_build(&m, &l, lenient);
 	/* self-check (DE_POWERLOSS_DAEMON_SELF_CHECK=1): the disk forgets the last fsync'ed
 	 * WAL write; the last cut must then show a violation */
 	bool self_check = env_size("DE_POWERLOSS_DAEMON_SELF_CHECK", 0);
@@ -1324,7 +1307,7 @@ Test(powerloss, daemon, .timeout = 600)
 	fprintf(stderr,
 		"powerloss daemon%s: seed %" PRIu64 ", %zu ops, %zu events logged, %zu cut points, "
 		"%zu states checked, %.1f s: %zu violations (%zu refused, %zu lost or stale, %zu "
-		"wrong rows), %zu keys found%s%s\n", strict ? " (strict)" : "", seed0, nops, l.n, fg.cuts, fg.states, now_s() - t0,
+		"wrong rows), %zu keys found%s%s\n", lenient ? " (lenient)" : "", seed0, nops, l.n, fg.cuts, fg.states, now_s() - t0,
 		fg.violations, fg.refusals, fg.lost, fg.wrong, found, fg.violations ? "; first: " : "",
 		fg.violations ? fg.first : "");
 	if (self_check)
