@@ -14,7 +14,9 @@
  *              may write is refused, an import of a root-only file or of a symlink is
  *              refused
  *   restart    the owner is in the catalog: after a restart the creator still has its
- *              rights and another uid still has none
+ *              rights and another uid still has none; a version 1 catalog (no owners)
+ *              loads with the daemon (root) owning its tables, one with a non-zero
+ *              reserved field is refused (exit 3)
  * Every test SKIPs when not run as root (it needs setresuid and a root daemon).
  * Each child reports what it saw through a pipe; only the parent asserts.
  */
@@ -524,4 +526,76 @@ Test(tenant, owner_is_in_the_catalog)
 	s = as_user(UID_A, UID_A, c_read_then_write, &j);
 	cr_expect_eq(s.err[0], 0, "A after the restart: %s", s.msg[0]);
 	cr_expect_eq(s.err[2], 0, "A still writes: %s", s.msg[2]);
+}
+
+/* CRC32C (Castagnoli, reflected), bit by bit: the reference for rewriting a CATALOG */
+static uint32_t crc32c(const unsigned char *b, size_t n)
+{
+	uint32_t c = 0xffffffffu;
+	for (size_t i = 0; i < n; i++) {
+		c ^= b[i];
+		for (int k = 0; k < 8; k++)
+			c = (c >> 1) ^ (0x82f63b78u & (0u - (c & 1u)));
+	}
+	return c ^ 0xffffffffu;
+}
+
+/* Rewrite data_dir/CATALOG (version 2, or 1 when owner_field is set) as format version
+ * 1: no owners (offset 4 of each 400-byte entry zero), then owner_field in the first
+ * entry's offset 4. */
+static void catalog_as_v1(uint32_t owner_field)
+{
+	char path[200];
+	snprintf(path, sizeof path, "%s/CATALOG", d_data);
+	FILE *f = fopen(path, "rb");
+	cr_assert_not_null(f);
+	static unsigned char b[32 + 400 * 8 + 4];
+	size_t n = fread(b, 1, sizeof b, f);
+	fclose(f);
+	uint32_t v, count;
+	memcpy(&v, b + 8, 4);
+	memcpy(&count, b + 12, 4);
+	cr_assert(v == 2 || (v == 1 && owner_field), "the daemon writes CATALOG version 2, "
+		  "not %u", v);
+	cr_assert_eq(n, 32 + 400 * (size_t)count + 4);
+	uint32_t owner;
+	memcpy(&owner, b + 32 + 4, 4);
+	if (v == 2)
+		cr_assert_eq(owner, UID_A, "the first entry's owner is its creator");
+	v = 1;
+	memcpy(b + 8, &v, 4);
+	for (uint32_t i = 0; i < count; i++)
+		memset(b + 32 + 400 * i + 4, 0, 4);
+	memcpy(b + 32 + 4, &owner_field, 4);
+	uint32_t crc = crc32c(b, n - 4);
+	memcpy(b + n - 4, &crc, 4);
+	f = fopen(path, "wb");
+	cr_assert_not_null(f);
+	cr_assert_eq(fwrite(b, 1, n, f), n);
+	fclose(f);
+}
+
+Test(tenant, old_catalog_tables_belong_to_the_daemon)
+{
+	struct job j = { .name = "legacy", .seed = 7 };
+	struct seen s = as_user(UID_A, UID_A, c_create_write, &j);
+	cr_assert_eq(s.err[0], 0, "%s", s.msg[0]);
+	stop();
+	catalog_as_v1(0);
+	start();
+	s = as_user(UID_A, UID_A, c_open, &j);
+	cr_expect_eq(s.err[0], -EACCES, "a version 1 table is the daemon's (root's): %s", s.msg[0]);
+	root_values("legacy", (float[4 * DIM]){ 0 });
+	stop();
+	/* version 1 with something at the reserved offset: damage, the daemon refuses it */
+	catalog_as_v1(UID_A);
+	char allow[64];
+	snprintf(allow, sizeof allow, "%u", UID_A);
+	const char *extra[] = { "--config", d_cfg, "--allow-uid", allow, NULL };
+	const char *argv[40];
+	daemon_argv(argv, 40, daemon_bin(), d_sock, "info", NULL, extra);
+	pid_t pid = daemon_spawn(argv, SIGKILL, d_log);
+	int st = 0;
+	cr_assert_eq(waitpid(pid, &st, 0), pid);
+	cr_expect(WIFEXITED(st) && WEXITSTATUS(st) == 3, "exit status %d", st);
 }
