@@ -430,7 +430,7 @@ static bool on_open(struct ctl *x, struct srv_client *c, const struct de_msg_ope
 		need = SRV_RIGHT_CREATE;
 	int err = srv_authz_need(&x->s->cfg, rights, need, c->uid, c->gid, name, msg, sizeof msg);
 	if (err) {
-		srv_log(SRV_LOG_WARN, "client %u (uid %u): open '%s' refused: %s", c->id,
+		srv_log(SRV_LOG_INFO, "client %u (uid %u): open '%s' refused: %s", c->id,
 			(unsigned)c->uid, name, msg);
 		send_error(c, m->h.seq, err, "%s", msg);
 		return true;
@@ -522,15 +522,15 @@ static bool job_allowed(struct ctl *x, struct srv_client *c, const union srv_msg
 		for (const struct srv_table *t = x->s->reg.head; t && !err; t = t->next)
 			if (!(srv_authz_rights(cfg, c->uid, c->gid, t->name, true, t->owner) &
 			      SRV_RIGHT_BIT(SRV_RIGHT_SNAPSHOT))) {
-				snprintf(msg, sizeof msg, "uid %u may not snapshot every table of this "
-					 "daemon (some are not its own): name the table to snapshot",
+				snprintf(msg, sizeof msg, "uid %u: a snapshot of every table needs the "
+					 "snapshot right on each: name the table to snapshot",
 					 (unsigned)c->uid);
 				err = -EACCES;
 			}
 	}
 	if (!err)
 		return true;
-	srv_log(SRV_LOG_WARN, "client %u (uid %u): %s refused: %s", c->id, (unsigned)c->uid,
+	srv_log(SRV_LOG_INFO, "client %u (uid %u): %s refused: %s", c->id, (unsigned)c->uid,
 		srv_right_name(right), msg);
 	send_error(c, m->h.seq, err, "%s", msg);
 	return false;
