@@ -599,3 +599,25 @@ Test(tenant, old_catalog_tables_belong_to_the_daemon)
 	cr_assert_eq(waitpid(pid, &st, 0), pid);
 	cr_expect(WIFEXITED(st) && WEXITSTATUS(st) == 3, "exit status %d", st);
 }
+
+Test(tenant, export_paths_are_resolved_as_the_client)
+{
+	struct job j = { .name = "a-paths", .seed = 7 };
+	struct seen s = as_user(UID_A, UID_A, c_create_write, &j);
+	cr_assert_eq(s.err[0], 0, "%s", s.msg[0]);
+	/* root's 0700 directory under export_dir, one directory in it: A learns nothing of
+	 * what is in there (the same error for a directory that exists and one that does not) */
+	char priv[200], there[240], yes[300], no[300];
+	snprintf(priv, sizeof priv, "%s/private", d_exp);
+	cr_assert_eq(mkdir(priv, 0700), 0);
+	snprintf(there, sizeof there, "%s/there", priv);
+	cr_assert_eq(mkdir(there, 0755), 0);
+	snprintf(yes, sizeof yes, "%s/x.dexp", there);
+	snprintf(no, sizeof no, "%s/nothere/x.dexp", priv);
+	struct seen a = as_user(UID_A, UID_A, c_export, &(struct job){ .name = "a-paths", .path = yes });
+	struct seen b = as_user(UID_A, UID_A, c_export, &(struct job){ .name = "a-paths", .path = no });
+	cr_expect_eq(a.err[0], -EACCES, "%s", a.msg[0]);
+	cr_expect_eq(b.err[0], -EACCES, "%s", b.msg[0]);
+	cr_expect(strstr(a.msg[0], "Permission denied"), "%s", a.msg[0]);
+	cr_expect_eq(access(yes, F_OK), -1);
+}
