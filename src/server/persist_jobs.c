@@ -292,8 +292,10 @@ void persist_jobs_reap(struct srv_persist *p, bool all)
 }
 
 /* Is path (checked: absolute, no . or ..) inside export_dir? Its directory must resolve
- * (realpath) to export_dir or below it; the file itself may not exist yet. */
-static int path_allowed(const struct srv_config *cfg, const char *path, char *msg, size_t cap)
+ * (realpath, as the client: what it cannot search it does not learn about) to export_dir
+ * or below it; the file itself may not exist yet. */
+static int path_allowed(const struct srv_config *cfg, uid_t uid, gid_t gid, const char *path,
+			char *msg, size_t cap)
 {
 	if (!cfg->export_dir[0]) {
 		snprintf(msg, cap, "export/import through the daemon is off: set [persistence] "
@@ -303,9 +305,15 @@ static int path_allowed(const struct srv_config *cfg, const char *path, char *ms
 	char dir[DE_PATH_MAX], real_dir[PATH_MAX], real_base[PATH_MAX];
 	snprintf(dir, sizeof dir, "%s", path);
 	*strrchr(dir, '/') = 0;
-	if (!realpath(dir[0] ? dir : "/", real_dir)) {
-		snprintf(msg, cap, "%.180s: %s", dir[0] ? dir : "/", strerror(errno));
-		return -errno;
+	struct fs_ids ids;
+	int err = fs_as_client(&ids, uid, gid);
+	const char *real = err ? NULL : realpath(dir[0] ? dir : "/", real_dir);
+	if (!err && !real)
+		err = -errno;
+	fs_as_daemon(&ids);
+	if (err) {
+		snprintf(msg, cap, "%.180s: %s", dir[0] ? dir : "/", strerror(-err));
+		return err;
 	}
 	if (!realpath(cfg->export_dir, real_base)) {
 		snprintf(msg, cap, "export_dir %s: %s", cfg->export_dir, strerror(errno));
@@ -344,8 +352,9 @@ void srv_persist_request(struct srv_persist *p, const struct srv_registry *reg,
 		snprintf(msg, sizeof msg, "table '%s' is read-only: its WAL failed", name);
 		err = -EROFS;
 	} else if (m->h.type != DE_MSG_SNAPSHOT) {
-		err = path_allowed(p->cfg, m->h.type == DE_MSG_EXPORT ? m->exp.path : m->imp.path,
-				   msg, sizeof msg);
+		err = path_allowed(p->cfg, uid, gid,
+				   m->h.type == DE_MSG_EXPORT ? m->exp.path : m->imp.path, msg,
+				   sizeof msg);
 	}
 	struct srv_job *j = NULL;
 	if (!err) {
