@@ -540,10 +540,9 @@ static uint32_t crc32c(const unsigned char *b, size_t n)
 	return c ^ 0xffffffffu;
 }
 
-/* Rewrite data_dir/CATALOG (version 2, or 1 when owner_field is set) as format version
- * 1: no owners (offset 4 of each 400-byte entry zero), then owner_field in the first
- * entry's offset 4. */
-static void catalog_as_v1(uint32_t owner_field)
+/* Rewrite data_dir/CATALOG (any version) as format version `version`: every owner field
+ * (offset 4 of each 400-byte entry) zero, then owner_field in the first entry's. */
+static void catalog_as(uint32_t version, uint32_t owner_field)
 {
 	char path[200];
 	snprintf(path, sizeof path, "%s/CATALOG", d_data);
@@ -555,14 +554,15 @@ static void catalog_as_v1(uint32_t owner_field)
 	uint32_t v, count;
 	memcpy(&v, b + 8, 4);
 	memcpy(&count, b + 12, 4);
-	cr_assert(v == 2 || (v == 1 && owner_field), "the daemon writes CATALOG version 2, "
-		  "not %u", v);
+	static bool first = true;
+	cr_assert(!first || v == 2, "the daemon writes CATALOG version 2, not %u", v);
 	cr_assert_eq(n, 32 + 400 * (size_t)count + 4);
 	uint32_t owner;
 	memcpy(&owner, b + 32 + 4, 4);
-	if (v == 2)
+	if (first)
 		cr_assert_eq(owner, UID_A, "the first entry's owner is its creator");
-	v = 1;
+	first = false;
+	v = version;
 	memcpy(b + 8, &v, 4);
 	for (uint32_t i = 0; i < count; i++)
 		memset(b + 32 + 400 * i + 4, 0, 4);
@@ -581,23 +581,26 @@ Test(tenant, old_catalog_tables_belong_to_the_daemon)
 	struct seen s = as_user(UID_A, UID_A, c_create_write, &j);
 	cr_assert_eq(s.err[0], 0, "%s", s.msg[0]);
 	stop();
-	catalog_as_v1(0);
+	catalog_as(1, 0);
 	start();
 	s = as_user(UID_A, UID_A, c_open, &j);
 	cr_expect_eq(s.err[0], -EACCES, "a version 1 table is the daemon's (root's): %s", s.msg[0]);
 	root_values("legacy", (float[4 * DIM]){ 0 });
 	stop();
-	/* version 1 with something at the reserved offset: damage, the daemon refuses it */
-	catalog_as_v1(UID_A);
-	char allow[64];
-	snprintf(allow, sizeof allow, "%u", UID_A);
-	const char *extra[] = { "--config", d_cfg, "--allow-uid", allow, NULL };
-	const char *argv[40];
-	daemon_argv(argv, 40, daemon_bin(), d_sock, "info", NULL, extra);
-	pid_t pid = daemon_spawn(argv, SIGKILL, d_log);
-	int st = 0;
-	cr_assert_eq(waitpid(pid, &st, 0), pid);
-	cr_expect(WIFEXITED(st) && WEXITSTATUS(st) == 3, "exit status %d", st);
+	/* damage, refused (exit 3): version 1 with something at the reserved offset, and
+	 * version 2 with the owner -1 (no uid) */
+	const uint32_t bad[2][2] = { { 1, UID_A }, { 2, UINT32_MAX } };
+	for (int i = 0; i < 2; i++) {
+		catalog_as(bad[i][0], bad[i][1]);
+		const char *extra[] = { "--config", d_cfg, NULL };
+		const char *argv[40];
+		daemon_argv(argv, 40, daemon_bin(), d_sock, "info", NULL, extra);
+		pid_t pid = daemon_spawn(argv, SIGKILL, d_log);
+		int st = 0;
+		cr_assert_eq(waitpid(pid, &st, 0), pid);
+		cr_expect(WIFEXITED(st) && WEXITSTATUS(st) == 3, "version %u owner %u: exit status %d",
+			  bad[i][0], bad[i][1], st);
+	}
 }
 
 Test(tenant, export_paths_are_resolved_as_the_client)
