@@ -13,9 +13,10 @@ The layer order, bottom (0) to top:
                                     what the fuzz targets link (nothing of the daemon)
   1 log       log.h                 the log
     util      util.h                mkdir -p, the clock
-  2 config    config.h              the daemon's configuration
+  2 config    config.h config_ns.h  the daemon's configuration (and its [namespace]s)
     reply     reply.h               the one reply encoder of the control socket
   3 registry  tables.h batch.h      the table registry; the batch description
+    authz     authz.h               who may do what to which table (config only)
   4 learn     learnops.h            admission, eviction, sampling, top-k on a batch
     persist   persist.h             WAL, snapshots, catalog, recovery, jobs on a batch
               persist_int.h         (private to the persist*.c files)
@@ -37,9 +38,11 @@ HEADERS = {
     "validate.h": (0, "validate"),
     "log.h": (1, "log"),
     "config.h": (2, "config"),
+    "config_ns.h": (2, "config"),
     "util.h": (1, "util"),
     "reply.h": (2, "reply"),
     "tables.h": (3, "registry"),
+    "authz.h": (3, "authz"),
     "batch.h": (3, "registry"),
     "learnops.h": (4, "learn"),
     "persist.h": (4, "persist"),
@@ -56,9 +59,11 @@ SOURCES = {
     "validate_sqe.c": "validate",
     "log.c": "log",
     "config.c": "config",
+    "config_ns.c": "config",
     "util.c": "util",
     "reply.c": "reply",
     "tables.c": "registry",
+    "authz.c": "authz",
     "learnops.c": "learn",
     "persist.c": "persist",
     "persist_catalog.c": "persist",

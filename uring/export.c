@@ -6,7 +6,9 @@
  * Never: trusts a byte of the file (every size and count is bounded by the format's
  * limits and the file's size before it is used; the reader crashes on nothing); leaves a
  * partial file at the destination path (write path.tmp, fsync, rename, fsync the
- * directory); writes into the table before a strict import has verified the whole file.
+ * directory); follows a symlink at path.tmp (created O_EXCL | O_NOFOLLOW) or at the
+ * file it imports (O_NOFOLLOW: -ELOOP); writes into the table before a strict import
+ * has verified the whole file.
  * Callers: the daemon's export/import jobs (src/server/persist_jobs.c); tests/test_export.c,
  * tests/fuzz/fuzz_export.c.
  *

@@ -186,7 +186,8 @@ struct du_rec_writer {
 };
 
 /*
- * Write the record file path from table t: path.tmp through one io_uring, DU_NBUF chunk
+ * Write the record file path from table t: path.tmp (a new file: a leftover is unlinked,
+ * then O_CREAT | O_EXCL | O_NOFOLLOW, so a symlink planted there is never followed) through one io_uring, DU_NBUF chunk
  * buffers of about DU_CHUNK_BYTES in flight, then header and trailer, then (both
  * completed) an fsync, rename over path, fsync the directory. cb (may be NULL) sees the records
  * written after each chunk and the larger of that and the records expected (the table's
@@ -203,7 +204,8 @@ int du_fsync_dir_of(const char *path);
 int du_fsync_dir(const char *dir);
 
 /* Open a regular file read-only. out: *fd (-1 on error), *size. -EISDIR for a directory,
- * -EINVAL for anything else that is not a regular file. */
+ * -EINVAL for anything else that is not a regular file, -ELOOP for a symlink (never
+ * followed). */
 int du_open_regular(const char *path, int *fd, uint64_t *size);
 
 /* malloc'd "dir/name" (NULL: out of memory) */

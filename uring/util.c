@@ -521,13 +521,18 @@ int du_open_regular(const char *path, int *fd, uint64_t *size)
 {
 	*fd = -1;
 	*size = 0;
-	int f = open(path, O_RDONLY | O_CLOEXEC);
+	/* O_NOFOLLOW: a symlink at path is -ELOOP, never followed; O_NONBLOCK: a FIFO
+	 * planted there does not block the open (it is refused below, and the flag is
+	 * cleared again for the regular file's io_uring reads) */
+	int f = open(path, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
 	if (f < 0)
 		return -errno;
 	struct stat sb;
 	int err = fstat(f, &sb) ? -errno : 0;
 	if (!err && !S_ISREG(sb.st_mode))
 		err = S_ISDIR(sb.st_mode) ? -EISDIR : -EINVAL;
+	if (!err && fcntl(f, F_SETFL, 0))
+		err = -errno;
 	if (err) {
 		close(f);
 		return err;
@@ -795,7 +800,12 @@ int du_rec_write(de_table *t, const char *path, const struct du_rec_writer *w,
 	}
 	memcpy(tmp, path, plen);
 	memcpy(tmp + plen, ".tmp", 5);
-	fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+	/* A new file, never one found at tmp: a leftover of a crash is removed first (an
+	 * unlink removes a symlink itself, not what it points to), and O_EXCL | O_NOFOLLOW
+	 * refuse whatever appears there meanwhile (-EEXIST) instead of following it. */
+	if (!unlink(tmp))
+		du_plog(DE_PLOG_UNLINK, -1, tmp, NULL, 0, 0, 0, NULL, false);
+	fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0644);
 	if (fd < 0) {
 		err = -errno;
 		goto out;

@@ -174,7 +174,7 @@ const char *dynemb_strerror(int err)
 	case 0: s = "success"; break;
 	case -ENOENT: s = "not found: no daemon socket at that path (is dynembd running?), or no such table or file"; break;
 	case -ECONNREFUSED: s = "connection refused: no daemon listening on the socket"; break;
-	case -EACCES: s = "permission denied: this uid/gid is not on the daemon's allow-list"; break;
+	case -EACCES: s = "permission denied: this uid/gid is not on the daemon's allow-list, or lacks the right (open, write, export, import, snapshot, drop) on this table ([namespace] in the daemon's config)"; break;
 	case -EPROTO: s = "protocol error: the daemon speaks another protocol version or sent a malformed reply"; break;
 	case -EEXIST: s = "a table of that name exists with a different config"; break;
 	case -EINVAL: s = "invalid argument (bad handle, spec, key type or flags)"; break;

@@ -398,7 +398,10 @@ int dynemb_snapshot(dynemb_client *c, const char *table_name, bool full, dynemb_
 		    void *ctx, struct dynemb_snapshot_result *out /* out */);
 
 /* The daemon writes table_name to path (absolute, under its export_dir) in the export
- * format of uring/README.md, as the daemon's user. records, bytes (out, may be NULL). */
+ * format of uring/README.md, with the caller's uid and gid when the daemon runs as root
+ * (else as the daemon's user); a symlink at path.tmp is never followed. Needs the export
+ * right on the table (-EACCES, README "Who may use a table"). records, bytes (out, may be
+ * NULL). */
 int dynemb_export(dynemb_client *c, const char *table_name, const char *path, dynemb_progress_cb cb,
 		  void *ctx, uint64_t *records /* out */, uint64_t *bytes /* out */);
 

@@ -277,6 +277,8 @@ static int set_key(struct srv_config *c, const char *section, const char *key, c
 		} else {
 			BAD("unknown key '%s' in [%s]", key, section);
 		}
+	} else if (!strncmp(section, "namespace", 9)) {
+		return srv_ns_set(&c->ns, section + 9, key, val, err, errcap);
 	} else {
 		BAD("unknown section [%s]", section);
 	}
@@ -316,7 +318,7 @@ static void usage(FILE *f)
 		"these flags. Each flag sets the config key named after it.\n"
 		"\n"
 		"  -c, --config FILE         INI file with [server], [pages], [memory], [learn],\n"
-		"                            [persistence]\n"
+		"                            [persistence], [namespace NAME] (table rights)\n"
 		"  -s, --socket PATH         [server] socket: control socket (default %s;\n"
 		"                            its directory is created)\n"
 		"  -w, --workers N           [server] workers: data-plane threads, 1..%u (default 1)\n"
@@ -496,6 +498,10 @@ int srv_config_load(struct srv_config *c, int argc, char **argv)
 				x.failed ? x.err : "syntax error");
 			return 2;
 		}
+		if (srv_ns_finish(&c->ns, x.err, sizeof x.err)) {
+			fprintf(stderr, "dynembd: %s: %s\n", file, x.err);
+			return 2;
+		}
 	}
 
 	/* Pass 2: the flags that set keys, in order. */
@@ -556,4 +562,5 @@ void srv_config_print(const struct srv_config *c, FILE *f)
 	fprintf(f, "[persistence]\ndata_dir = %s\nsnapshot_interval_s = %u\n"
 		   "wal_segment_bytes = %" PRIu64 "\nexport_dir = %s\n",
 		c->data_dir, c->snapshot_interval_s, c->wal_segment_bytes, c->export_dir);
+	srv_ns_print(&c->ns, f);
 }

@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <sys/types.h>
 
+#include "config_ns.h"
 #include "de_shm.h"
 
 #define SRV_MAX_IDS 64u                 /* entries in allow_uids / allow_gids */
@@ -41,6 +42,8 @@ struct srv_config {
 	unsigned snapshot_interval_s; /* [persistence]: checkpoint dirty tables; 0 = never */
 	uint64_t wal_segment_bytes;   /* [persistence]: WAL segment size (64K..1G) */
 	char export_dir[200];    /* [persistence]: EXPORT/IMPORT paths must lie under it; "" = off */
+	struct srv_namespaces ns; /* [namespace NAME] sections: who may do what to which
+	                             tables (config_ns.h; authz.c decides) */
 	bool foreground;
 	bool print_config;
 	bool recover_from_wal;   /* --recover-from-wal: start without a lost CATALOG/MANIFEST */

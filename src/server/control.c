@@ -8,14 +8,21 @@
  *      (-EPROTO). Then a channel with the clamped sizes goes to the worker with the fewest
  *      channels (all full: -EBUSY) and its fd goes back with HELLO_OK.
  *   2. OPEN: name, table config and learning config (optimizer, admission, eviction,
- *      durability) checked, the registry finds or creates the table, OPEN_OK
- *      carries read-only fds of its arena segments. SEGMENTS: fds from `first` on.
+ *      durability) checked, then the client's rights on the name (authz.h: open for a
+ *      table that exists, create for a new name; -EACCES before anything else says
+ *      whether a table exists), the registry finds or creates the table (a new one is
+ *      owned by the client's uid), OPEN_OK carries read-only fds of its arena segments,
+ *      and the client's rights on the table go with it to the worker (writes need the
+ *      write right). SEGMENTS: fds from `first` on.
  *   3. Every message is checked (magic, version, type, exact length for its type) before
  *      anything reads its body (srv_check_msg, validate.h, side-effect free:
  *      tests/fuzz/fuzz_control.c drives it); a malformed one gets ERROR -EBADMSG and the
  *      connection is closed. Fds a client sends are closed unread. Replies (reply.h)
  *      never block: a client whose socket buffer is full is closed.
- *   4. SNAPSHOT, EXPORT, IMPORT: a persistence job replies (persist_jobs.c).
+ *   4. SNAPSHOT, EXPORT, IMPORT: the right of that name on the table is checked first
+ *      (-EACCES, the same whether or not the table exists; a snapshot of every table
+ *      needs the snapshot right on each), then a persistence job replies
+ *      (persist_jobs.c), touching files with the client's uid and gid.
  * Hang-up: the socket is closed at once; the client's channel stays until its worker
  * released it (see worker.h), then the reaper destroys it.
  *
@@ -42,6 +49,7 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include "authz.h"
 #include "learnops.h"
 #include "log.h"
 #include "persist.h"
@@ -387,8 +395,10 @@ int srv_control_recover(struct srv_server *s)
 		bool created;
 		int err = open_table(s, cat[i].name, &cat[i].cfg, &cat[i].learn, &t, &created, msg,
 				     sizeof msg);
-		if (!err)
+		if (!err) {
+			t->owner = cat[i].owner;
 			err = srv_persist_adopt(s->persist, t, &cat[i]);
+		}
 		if (err) {
 			srv_log(SRV_LOG_ERROR, "persistence: cannot recreate table '%s' of %s/CATALOG: "
 				"%s", cat[i].name, s->cfg.data_dir, err == -ENOMEM ? "out of memory" : msg);
@@ -408,9 +418,28 @@ static bool on_open(struct ctl *x, struct srv_client *c, const struct de_msg_ope
 	const char *name = m->name;
 	const struct de_wire_table_config cfg = m->cfg;
 	const struct de_wire_learn_config learn = m->learn;
-	struct srv_table *t;
+	struct srv_table *t = srv_registry_find(&x->s->reg, name);
 	bool created;
-	int err = open_table(x->s, name, &cfg, &learn, &t, &created, msg, sizeof msg);
+	/* rights first: a refusal must not depend on whether the table exists */
+	unsigned rights = srv_authz_rights(&x->s->cfg, c->uid, c->gid, name, t != NULL,
+					   t ? t->owner : 0);
+	/* A new name needs create; a caller with neither open nor create hears about open
+	 * whether or not the table exists (one with either may learn the name is free). */
+	enum srv_right need = SRV_RIGHT_OPEN;
+	if (!t && (rights & (SRV_RIGHT_BIT(SRV_RIGHT_CREATE) | SRV_RIGHT_BIT(SRV_RIGHT_OPEN))))
+		need = SRV_RIGHT_CREATE;
+	int err = srv_authz_need(&x->s->cfg, rights, need, c->uid, c->gid, name, msg, sizeof msg);
+	if (err) {
+		srv_log(SRV_LOG_INFO, "client %u (uid %u): open '%s' refused: %s", c->id,
+			(unsigned)c->uid, name, msg);
+		send_error(c, m->h.seq, err, "%s", msg);
+		return true;
+	}
+	err = open_table(x->s, name, &cfg, &learn, &t, &created, msg, sizeof msg);
+	if (!err && created) { /* the creator owns it (before the catalog records it) */
+		t->owner = c->uid;
+		rights = srv_authz_rights(&x->s->cfg, c->uid, c->gid, name, true, t->owner);
+	}
 	if (!err) /* durability: catalog entry and first snapshot */
 		err = srv_persist_table_open(x->s->persist, t, msg, sizeof msg);
 	if (err) {
@@ -428,7 +457,9 @@ static bool on_open(struct ctl *x, struct srv_client *c, const struct de_msg_ope
 			return true;
 		}
 		c->tables[nt] = t;
-		/* release: publishes tables[nt]; pairs with the acquire in the worker */
+		c->rights[nt] = (uint8_t)rights;
+		/* release: publishes tables[nt] and rights[nt]; pairs with the acquire in the
+		 * worker */
 		__atomic_store_n(&c->ntables, nt + 1, __ATOMIC_RELEASE);
 	}
 	struct de_msg_open_ok ok;
@@ -472,6 +503,39 @@ static bool on_segments(struct srv_client *c, const struct de_msg_segments *m)
 	return send_with_segments(c, t, &ok, sizeof ok, m->first, count) == 0;
 }
 
+/* SNAPSHOT / EXPORT / IMPORT: the client's right on the table, before anything looks at
+ * whether it exists. false: refused (the ERROR is sent). */
+static bool job_allowed(struct ctl *x, struct srv_client *c, const union srv_msg *m)
+{
+	const struct srv_config *cfg = &x->s->cfg;
+	enum srv_right right = m->h.type == DE_MSG_SNAPSHOT ? SRV_RIGHT_SNAPSHOT
+			       : m->h.type == DE_MSG_EXPORT ? SRV_RIGHT_EXPORT : SRV_RIGHT_IMPORT;
+	const char *name = m->h.type == DE_MSG_SNAPSHOT ? m->snapshot.name
+			   : m->h.type == DE_MSG_EXPORT ? m->exp.name : m->imp.name;
+	char msg[240];
+	int err = 0;
+	if (name[0]) {
+		const struct srv_table *t = srv_registry_find(&x->s->reg, name);
+		unsigned r = srv_authz_rights(cfg, c->uid, c->gid, name, t != NULL, t ? t->owner : 0);
+		err = srv_authz_need(cfg, r, right, c->uid, c->gid, name, msg, sizeof msg);
+	} else if (c->uid != 0) { /* every table: the right on each (names stay unsaid) */
+		for (const struct srv_table *t = x->s->reg.head; t && !err; t = t->next)
+			if (!(srv_authz_rights(cfg, c->uid, c->gid, t->name, true, t->owner) &
+			      SRV_RIGHT_BIT(SRV_RIGHT_SNAPSHOT))) {
+				snprintf(msg, sizeof msg, "uid %u: a snapshot of every table needs the "
+					 "snapshot right on each: name the table to snapshot",
+					 (unsigned)c->uid);
+				err = -EACCES;
+			}
+	}
+	if (!err)
+		return true;
+	srv_log(SRV_LOG_INFO, "client %u (uid %u): %s refused: %s", c->id, (unsigned)c->uid,
+		srv_right_name(right), msg);
+	send_error(c, m->h.seq, err, "%s", msg);
+	return false;
+}
+
 /* Handle one received packet. Returns false when the connection must be closed. */
 static bool on_message(struct ctl *x, struct srv_client *c, const void *buf, size_t n, bool trunc)
 {
@@ -507,7 +571,9 @@ static bool on_message(struct ctl *x, struct srv_client *c, const void *buf, siz
 	case DE_MSG_SNAPSHOT:
 	case DE_MSG_EXPORT:
 	case DE_MSG_IMPORT: /* a job thread replies (persist_jobs.c) */
-		srv_persist_request(x->s->persist, &x->s->reg, c->id, c->sock, &m);
+		if (job_allowed(x, c, &m))
+			srv_persist_request(x->s->persist, &x->s->reg, c->id, c->uid, c->gid,
+					    c->sock, &m);
 		return true;
 	default: /* BYE */
 		return false;

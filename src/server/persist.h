@@ -34,7 +34,8 @@ struct srv_persist;
 
 /* One table of the catalog (its on-disk entry: persist_catalog.c). */
 struct srv_catalog_entry {
-	uint32_t table_id, reserved0;
+	uint32_t table_id;
+	uint32_t owner;           /* the creator's uid (a version 1 catalog: the daemon's euid) */
 	char name[DE_NAME_MAX];
 	struct de_wire_table_config cfg;
 	struct de_wire_learn_config learn;
@@ -102,11 +103,13 @@ int srv_persist_ack_hold(struct srv_persist *p, const struct srv_table *t);
 /* STATS: wal_lsn, durable_lsn, snapshots, snapshot_lsn, read_only. */
 void srv_persist_stats(struct srv_persist *p, struct srv_table *t, struct de_wire_stats *ws);
 
-/* SNAPSHOT, EXPORT, IMPORT (checked by srv_check_msg) from connection `client` on
- * socket sock: resolve the table in reg, start a job thread that streams PROGRESS and
- * ends with the OK reply or ERROR (on a dup of sock); a refusal is an ERROR reply at
- * once. Control thread. */
+/* SNAPSHOT, EXPORT, IMPORT (checked by srv_check_msg; the caller checked the client's
+ * right on the table) from connection `client` of uid/gid on socket sock: resolve the
+ * table in reg, start a job thread that streams PROGRESS and ends with the OK reply or
+ * ERROR (on a dup of sock); a refusal is an ERROR reply at once. The export and import
+ * files are created and opened with the client's uid and gid (a root daemon; any other
+ * daemon can only act as itself). Control thread. */
 void srv_persist_request(struct srv_persist *p, const struct srv_registry *reg,
-			 unsigned client, int sock, const union srv_msg *m);
+			 unsigned client, uid_t uid, gid_t gid, int sock, const union srv_msg *m);
 
 #endif /* DE_SRV_PERSIST_H */

@@ -3,20 +3,24 @@
  * ids and normalized wire configs, so that a restart recreates them before recovery
  * (persist_recover.c reads it; srv_persist_table_open rewrites it for a new table).
  *
- * CATALOG, format version 1 (all little-endian):
+ * CATALOG, format version 2 (all little-endian):
  * data_dir/CATALOG, replaced atomically (CATALOG.tmp, fsync, rename, fsync dir):
  *   0    u8[8] magic "DECATLG1"
- *   8    u32 version (1)         12   u32 count (<= DE_MANIFEST_MAX_TABLES)
+ *   8    u32 version (2)         12   u32 count (<= DE_MANIFEST_MAX_TABLES)
  *   16   u32 entry_bytes (400)   20   u32 reserved, zero
  *   24   u64 reserved, zero
  *   32   count entries of 400 bytes:
- *          0    u32 table_id (>= 1, strictly increasing)   4  u32 reserved, zero
+ *          0    u32 table_id (>= 1, strictly increasing)
+ *          4    u32 owner: the uid that created the table (authz.h)
  *          8    char name[64] (NUL-terminated, srv_name_check)
  *          72   struct de_wire_table_config (64 bytes, normalized)
  *          136  struct de_wire_learn_config (256 bytes, normalized)
  *          392  u64 reserved, zero
  *   32 + 400 * count: u32 CRC32C of every byte before it. The file is exactly that long.
- * A reader refuses any deviation (-EBADMSG; -EPROTO for another version).
+ * A reader refuses any deviation (-EBADMSG; -EPROTO for another version). Version 1 is
+ * the same with a reserved zero at entry offset 4: it is still read, every table then
+ * owned by the daemon's effective uid (root for a daemon run as root), and the next
+ * rewrite is version 2.
  * Entries are checked again with the validators (srv_name_check and the config
  * normalizers must leave them unchanged). Never: trust a byte of the file.
  */
@@ -34,7 +38,8 @@
 #include "validate.h"
 
 #define CAT_MAGIC "DECATLG1"
-#define CAT_VERSION 1u
+#define CAT_VERSION 2u
+#define CAT_VERSION_NO_OWNER 1u
 #define CAT_HDR 32u
 #define CAT_ENTRY 400u
 
@@ -57,7 +62,7 @@ static int cat_decode(const unsigned char *b, size_t len, struct srv_catalog_ent
 	memcpy(&n, b + 12, 4);
 	memcpy(&eb, b + 16, 4);
 	memcpy(&r32, b + 20, 4);
-	if (v != CAT_VERSION) {
+	if (v != CAT_VERSION && v != CAT_VERSION_NO_OWNER) {
 		*problem = "another catalog version";
 		return -EPROTO;
 	}
@@ -81,10 +86,13 @@ static int cat_decode(const unsigned char *b, size_t len, struct srv_catalog_ent
 		struct de_wire_table_config c = e[i].cfg;
 		struct de_wire_learn_config l = e[i].learn;
 		if (!e[i].table_id || (i && e[i].table_id <= e[i - 1].table_id) ||
-		    e[i].reserved0 || e[i].reserved1) {
-			*problem = "bad table id or reserved field";
+		    (v == CAT_VERSION_NO_OWNER && e[i].owner) || e[i].reserved1 ||
+		    e[i].owner == UINT32_MAX) {
+			*problem = "bad table id, owner or reserved field";
 			goto bad;
 		}
+		if (v == CAT_VERSION_NO_OWNER)
+			e[i].owner = (uint32_t)geteuid();
 		if (srv_name_check(e[i].name, msg, sizeof msg) ||
 		    srv_wire_config_normalize(&c, msg, sizeof msg) ||
 		    srv_learn_config_normalize(&l, &c, msg, sizeof msg) ||
@@ -197,6 +205,7 @@ int persist_cat_write(const char *dir, struct srv_table *const *tables, unsigned
 		struct srv_catalog_entry e;
 		memset(&e, 0, sizeof e);
 		e.table_id = tables[i]->ps->id;
+		e.owner = (uint32_t)tables[i]->owner;
 		memcpy(e.name, tables[i]->name, DE_NAME_MAX);
 		e.cfg = tables[i]->wcfg;
 		e.learn = tables[i]->learn;

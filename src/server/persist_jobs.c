@@ -9,8 +9,17 @@
  * At most SRV_MAX_JOBS at once and one per connection (a job counts until its final reply
  * is being sent: the client may ask again as soon as it has it). srv_persist_stop cancels
  * them (the progress callback says stop: -ECANCELED) and joins them. Never: touch the
- * client's state (the control plane passes its id and socket), or block the control
- * thread (a refusal is sent without waiting).
+ * client's state (the control plane passes its id, uid, gid and socket), or block the
+ * control thread (a refusal is sent without waiting).
+ *
+ * Files a client names (EXPORT, IMPORT) are touched with the client's identity: a root
+ * daemon sets the job thread's fsuid and fsgid to the client's uid and primary gid and
+ * drops the thread's supplementary groups (all three are per thread in the kernel; the
+ * raw syscalls change this thread only) around de_export / de_import, so the kernel's
+ * permission checks are the client's: it can only write, replace or read what it could
+ * itself. The import's snapshot (into the data_dir) runs as the daemon again. The files
+ * themselves are created O_EXCL | O_NOFOLLOW and opened O_NOFOLLOW (uring/util.c): a
+ * symlink at the path or at path.tmp is refused (-ELOOP / -EEXIST), never followed.
  */
 #include "persist_int.h"
 
@@ -21,7 +30,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/fsuid.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include "log.h"
@@ -37,6 +48,8 @@ struct srv_job {
 	pthread_t thread;
 	int sock;                 /* a dup of the client's socket */
 	unsigned client;
+	uid_t uid;                /* the client's (SO_PEERCRED) */
+	gid_t gid;
 	union srv_msg m;
 	struct srv_table *t;      /* EXPORT / IMPORT */
 	int done;                 /* atomic: the thread ended */
@@ -123,12 +136,56 @@ static void job_snapshot(struct srv_job *j)
 	srv_reply_send(j->sock, &ok, sizeof ok, NULL, 0, FINAL_SEND_MS);
 }
 
+/* The daemon's file identity of this thread while it acts for a client. */
+struct fs_ids {
+	bool switched;
+	int ngroups;
+	gid_t groups[256];
+};
+
+/* Act on files as uid/gid on this thread only (see the top of the file). A daemon that
+ * is not root cannot, and acts as itself; root clients need nothing. 0 or -EPERM. */
+static int fs_as_client(struct fs_ids *s, uid_t uid, gid_t gid)
+{
+	s->switched = false;
+	if (geteuid() != 0 || uid == 0)
+		return 0;
+	s->ngroups = getgroups((int)(sizeof s->groups / sizeof s->groups[0]), s->groups);
+	if (s->ngroups < 0 || syscall(SYS_setgroups, 0, NULL))
+		return -EPERM;
+	setfsgid(gid);
+	setfsuid(uid);
+	s->switched = true;
+	/* setfsuid returns the previous value and reports no error: ask again */
+	if ((uid_t)setfsuid((uid_t)-1) != uid || (gid_t)setfsgid((gid_t)-1) != gid)
+		return -EPERM;
+	return 0;
+}
+
+static void fs_as_daemon(struct fs_ids *s)
+{
+	if (!s->switched)
+		return;
+	setfsuid(geteuid());
+	setfsgid(getegid());
+	if (syscall(SYS_setgroups, (size_t)s->ngroups, s->groups))
+		srv_log(SRV_LOG_WARN, "job: cannot restore the supplementary groups: %s",
+			strerror(errno));
+	s->switched = false;
+}
+
 static void job_export(struct srv_job *j)
 {
 	j->phase = DE_PHASE_EXPORT;
 	j->tname = j->t->name;
 	uint64_t records = 0;
-	int err = de_export(j->t->t, j->m.exp.path, job_progress, j, &records);
+	struct fs_ids ids;
+	int err = fs_as_client(&ids, j->uid, j->gid);
+	if (!err)
+		err = de_export(j->t->t, j->m.exp.path, job_progress, j, &records);
+	struct stat st;
+	bool have_st = !err && stat(j->m.exp.path, &st) == 0;
+	fs_as_daemon(&ids);
 	if (err) {
 		srv_log(SRV_LOG_WARN, "export of table '%s' to %s failed: %s", j->t->name,
 			j->m.exp.path, strerror(-err));
@@ -141,8 +198,7 @@ static void job_export(struct srv_job *j)
 	memset(&ok, 0, sizeof ok);
 	srv_reply_hdr(&ok.h, DE_MSG_EXPORT_OK, sizeof ok, j->m.h.seq);
 	ok.records = records;
-	struct stat st;
-	if (stat(j->m.exp.path, &st) == 0)
+	if (have_st)
 		ok.bytes = (uint64_t)st.st_size;
 	srv_log(SRV_LOG_INFO, "exported table '%s' to %s: %" PRIu64 " records", j->t->name,
 		j->m.exp.path, records);
@@ -158,7 +214,11 @@ static void job_import(struct srv_job *j)
 	struct de_import_report rep;
 	memset(&rep, 0, sizeof rep);
 	unsigned flags = (j->m.imp.flags & DE_WIMPORT_SALVAGE) ? DE_IMPORT_SALVAGE : 0;
-	int err = de_import(j->t->t, j->m.imp.path, flags, job_progress, j, &rep);
+	struct fs_ids ids;
+	int err = fs_as_client(&ids, j->uid, j->gid);
+	if (!err)
+		err = de_import(j->t->t, j->m.imp.path, flags, job_progress, j, &rep);
+	fs_as_daemon(&ids);
 	if (err) {
 		finishing(j);
 		srv_reply_error(j->sock, j->m.h.seq, err, FINAL_SEND_MS, "import of %s into '%s': %s%s%s%s",
@@ -232,20 +292,28 @@ void persist_jobs_reap(struct srv_persist *p, bool all)
 }
 
 /* Is path (checked: absolute, no . or ..) inside export_dir? Its directory must resolve
- * (realpath) to export_dir or below it; the file itself may not exist yet. */
-static int path_allowed(const struct srv_config *cfg, const char *path, char *msg, size_t cap)
+ * (realpath, as the client: what it cannot search it does not learn about) to export_dir
+ * or below it; the file itself may not exist yet. */
+static int path_allowed(const struct srv_config *cfg, uid_t uid, gid_t gid, const char *path,
+			char *msg, size_t cap)
 {
 	if (!cfg->export_dir[0]) {
 		snprintf(msg, cap, "export/import through the daemon is off: set [persistence] "
-			 "export_dir (the daemon writes and reads files as its own user)");
+			 "export_dir (a daemon run as root reads and writes them as the client)");
 		return -EPERM;
 	}
 	char dir[DE_PATH_MAX], real_dir[PATH_MAX], real_base[PATH_MAX];
 	snprintf(dir, sizeof dir, "%s", path);
 	*strrchr(dir, '/') = 0;
-	if (!realpath(dir[0] ? dir : "/", real_dir)) {
-		snprintf(msg, cap, "%.180s: %s", dir[0] ? dir : "/", strerror(errno));
-		return -errno;
+	struct fs_ids ids;
+	int err = fs_as_client(&ids, uid, gid);
+	const char *real = err ? NULL : realpath(dir[0] ? dir : "/", real_dir);
+	if (!err && !real)
+		err = -errno;
+	fs_as_daemon(&ids);
+	if (err) {
+		snprintf(msg, cap, "%.180s: %s", dir[0] ? dir : "/", strerror(-err));
+		return err;
 	}
 	if (!realpath(cfg->export_dir, real_base)) {
 		snprintf(msg, cap, "export_dir %s: %s", cfg->export_dir, strerror(errno));
@@ -262,7 +330,7 @@ static int path_allowed(const struct srv_config *cfg, const char *path, char *ms
 }
 
 void srv_persist_request(struct srv_persist *p, const struct srv_registry *reg,
-			 unsigned client, int sock, const union srv_msg *m)
+			 unsigned client, uid_t uid, gid_t gid, int sock, const union srv_msg *m)
 {
 	char msg[240];
 	int err = 0;
@@ -284,8 +352,9 @@ void srv_persist_request(struct srv_persist *p, const struct srv_registry *reg,
 		snprintf(msg, sizeof msg, "table '%s' is read-only: its WAL failed", name);
 		err = -EROFS;
 	} else if (m->h.type != DE_MSG_SNAPSHOT) {
-		err = path_allowed(p->cfg, m->h.type == DE_MSG_EXPORT ? m->exp.path : m->imp.path,
-				   msg, sizeof msg);
+		err = path_allowed(p->cfg, uid, gid,
+				   m->h.type == DE_MSG_EXPORT ? m->exp.path : m->imp.path, msg,
+				   sizeof msg);
 	}
 	struct srv_job *j = NULL;
 	if (!err) {
@@ -306,6 +375,8 @@ void srv_persist_request(struct srv_persist *p, const struct srv_registry *reg,
 		if (!err) {
 			j->p = p;
 			j->client = client;
+			j->uid = uid;
+			j->gid = gid;
 			j->m = *m;
 			j->t = t;
 			j->sock = fcntl(sock, F_DUPFD_CLOEXEC, 0);

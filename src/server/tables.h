@@ -20,6 +20,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/types.h>
 
 #include "de_learn.h"
 #include "de_shm.h"
@@ -41,6 +42,10 @@ struct srv_table {
 	de_table *t;
 	de_arena *names_arena;            /* string tables: key -> string offset index */
 	de_table *names;
+	uid_t owner;                      /* the uid that created it (authz.h): set by the
+	                                     control plane before the table is published or
+	                                     persisted (the catalog keeps it), then never
+	                                     changes */
 	struct srv_table_learn *rt;       /* learnops.c: admission/eviction/sampling state;
 	                                     NULL when the table uses none of them. Set by
 	                                     srv_learn_table_attach, freed by

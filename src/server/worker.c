@@ -36,6 +36,10 @@
  * description (batch.h). Persistence returns the LSN a SYNC write waits for; the worker
  * keeps the round's largest and asks for one sync (srv_persist_sync) before posting.
  *
+ * Rights: a descriptor that writes (UPDATE, ERASE, APPLY_GRADS, LOOKUP creating keys) on
+ * a table the client opened without the write right (c->rights, set at OPEN: authz.h)
+ * completes with -EACCES before it touches the table.
+ *
  * Never: block on a client, touch a client after releasing it, or trust any field of a
  * descriptor before checking it (the validators, validate.h: srv_check_sqe and
  * srv_check_string_keys, side-effect free, so tests/fuzz/fuzz_sqe.c drives them).
@@ -223,6 +227,13 @@ static void execute(struct srv_worker *w, struct srv_client *c, const struct de_
 			       cfg->max_batch, bytes);
 	if (q->res)
 		return;
+	bool writes = e->op == DE_OP_UPDATE || e->op == DE_OP_ERASE ||
+		      e->op == DE_OP_APPLY_GRADS ||
+		      (e->op == DE_OP_LOOKUP && (e->flags & DE_LOOKUP_CREATE));
+	if (writes && !(c->rights[e->table] & SRV_RIGHT_BIT(SRV_RIGHT_WRITE))) {
+		q->res = -EACCES; /* opened without the write right (authz.h) */
+		return;
+	}
 
 	if (e->op == DE_OP_STATS) {
 		struct de_table_stats s;

@@ -14,8 +14,9 @@
  *   - The control thread asks a worker to drop a client by setting c->want_remove and
  *     kicking the worker; a worker drops a client on its own when the client broke its
  *     ring (c->broken).
- *   - A client's table list is append-only: the control thread writes the pointer, then
- *     publishes ntables (release); the worker reads ntables (acquire) before indexing.
+ *   - A client's table list is append-only: the control thread writes the pointer and
+ *     the client's rights on it, then publishes ntables (release); the worker reads
+ *     ntables (acquire) before indexing. A write without the write right is -EACCES.
  *   - A worker owns its batch (its copies of the keys, statuses, strings, gradients) and
  *     hands the operations layers (learnops.h, persist.h) a description of it (batch.h).
  *
@@ -55,6 +56,8 @@ struct srv_client {
 	de_channel *ch;
 	struct srv_worker *w;
 	struct srv_table *tables[SRV_MAX_TABLES_PER_CLIENT];
+	uint8_t rights[SRV_MAX_TABLES_PER_CLIENT]; /* SRV_RIGHT_BIT set (authz.h) of this
+	                             client on tables[i]: written with tables[i] */
 	uint32_t ntables;         /* release by control, acquire by worker */
 	int want_remove;          /* control -> worker (atomic) */
 	int released;             /* worker -> control (atomic, release) */
