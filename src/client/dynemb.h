@@ -218,12 +218,15 @@ uint32_t dynemb_table_dim(const dynemb_client *c, int table); /* 0 for a bad han
  */
 int dynemb_lookup(dynemb_client *c, int table, const uint64_t *keys, size_t n, float *out,
 		  uint8_t *status, unsigned flags, uint64_t step);
-/* The same for a string table: keys[i] of lens[i] bytes (lens NULL: NUL-terminated). */
+/* The same for a string table: keys[i] of lens[i] bytes (lens NULL: NUL-terminated), each
+ * at most DYNEMB_MAX_KEY_BYTES (else -EINVAL naming the key). */
+#define DYNEMB_MAX_KEY_BYTES 65535u
 int dynemb_lookup_str(dynemb_client *c, int table, const char *const *keys, const size_t *lens,
 		      size_t n, float *out, uint8_t *status, unsigned flags, uint64_t step);
 
 /* Assign values (n * dim floats) to keys, creating missing ones. created (may be NULL):
- * how many were created. */
+ * how many were created. A NaN or infinite value is -EINVAL (dynemb_strerror names its
+ * row and column) and nothing is assigned. */
 int dynemb_update(dynemb_client *c, int table, const uint64_t *keys, size_t n, const float *values,
 		  uint64_t step, size_t *created);
 int dynemb_update_str(dynemb_client *c, int table, const char *const *keys, const size_t *lens,

@@ -7,10 +7,11 @@
  * tables are never closed before the daemon exits, so workers may hold pointers freely.
  *
  * Configs arrive checked and normalized by the validators (validate_config.c), so two
- * configs that mean the same compare equal field by field; config_differs names the
- * first field that differs (-EEXIST). The registry keeps the normalized learning block
- * in struct srv_table.learn for the admission, eviction and durability layers to read,
- * and the optimizer as a struct de_optim_config for the workers' APPLY_GRADS.
+ * configs that mean the same compare equal field by field; srv_config_differs
+ * (validate_config.c) names the first field that differs (-EEXIST). The registry keeps
+ * the normalized learning block in struct srv_table.learn for the admission, eviction
+ * and durability layers to read, and the optimizer as a struct de_optim_config for the
+ * workers' APPLY_GRADS.
  *
  * Never: call the learning or persistence layers (the control plane attaches them after
  * srv_registry_open), or read t->rt / t->ps.
@@ -61,43 +62,6 @@ void srv_registry_destroy(struct srv_registry *r)
 	}
 	r->head = NULL;
 	r->count = 0;
-}
-
-/* Name the first field where two normalized configs differ, or return false. */
-static bool config_differs(const struct de_wire_table_config *a, const struct de_wire_table_config *b,
-			   const struct de_wire_learn_config *la, const struct de_wire_learn_config *lb,
-			   char *out, size_t cap)
-{
-#define U(f) if (a->f != b->f) { snprintf(out, cap, #f " %llu, not %llu", \
-	(unsigned long long)a->f, (unsigned long long)b->f); return true; }
-#define F(f) if (memcmp(&a->f, &b->f, sizeof a->f)) { snprintf(out, cap, #f " %g, not %g", \
-	(double)a->f, (double)b->f); return true; }
-	U(dim) U(key_type) U(nslots) U(init) F(init_a) F(init_b) F(slot_init) U(seed) U(seg_buckets)
-#undef U
-#undef F
-#define U(s, f) if (la->s.f != lb->s.f) { snprintf(out, cap, #s "." #f " %llu, not %llu", \
-	(unsigned long long)la->s.f, (unsigned long long)lb->s.f); return true; }
-#define F(s, f) if (memcmp(&la->s.f, &lb->s.f, sizeof la->s.f)) { snprintf(out, cap, \
-	#s "." #f " %.17g, not %.17g", (double)la->s.f, (double)lb->s.f); return true; }
-	if (la->optim.kind != lb->optim.kind) {
-		snprintf(out, cap, "optimizer.kind %s, not %s", srv_optim_wire_name(la->optim.kind),
-			 srv_optim_wire_name(lb->optim.kind));
-		return true;
-	}
-#define OF(f) if (memcmp(&la->optim.f, &lb->optim.f, sizeof la->optim.f)) { snprintf(out, cap, \
-	"optimizer." #f " %.17g, not %.17g", (double)la->optim.f, (double)lb->optim.f); return true; }
-	OF(lr) OF(weight_decay) OF(momentum) OF(dampening) OF(beta1) OF(beta2) OF(eps)
-	OF(initial_accumulator_value) OF(alpha) OF(centered) OF(l1) OF(l2) OF(lr_power)
-	OF(ftrl_beta)
-#undef OF
-	U(admission, mode) U(admission, min_count) F(admission, probability)
-	U(admission, sketch_width) U(admission, sketch_depth) U(admission, reject_value)
-	U(eviction, policy) U(eviction, flags) U(eviction, budget_bytes) U(eviction, ttl)
-	U(eviction, ttl_unit) U(eviction, lru_clock) F(eviction, lfu_decay)
-	U(durability, mode) U(durability, window_ms)
-#undef U
-#undef F
-	return false;
 }
 
 static int make_arena(const struct srv_registry *r, const char *memfd_name, uint64_t seg,
@@ -179,7 +143,7 @@ int srv_registry_open(struct srv_registry *r, const char *name,
 		if (strcmp(t->name, name))
 			continue;
 		char d[160];
-		if (config_differs(cfg, &t->wcfg, learn, &t->learn, d, sizeof d)) {
+		if (srv_config_differs(cfg, &t->wcfg, learn, &t->learn, d, sizeof d)) {
 			snprintf(msg, msgcap, "table '%s' exists with another config: asked %s", name, d);
 			return -EEXIST;
 		}
