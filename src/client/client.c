@@ -46,7 +46,8 @@
  * Zero-copy. dynemb_lookup/dynemb_lookup_str with DYNEMB_READONLY probe the table's read-only
  * mapping first (de_table_find). DE_FOUND and DE_MISSING are final; DE_RETRY keys (no
  * stable copy, or a key in an arena segment the daemon has not passed yet) go to the
- * daemon. New segments are fetched on demand by the table's fd source (seg_source), which
+ * daemon. A string key's DE_FOUND is final only once the daemon served that fingerprint
+ * to the same string (struct vset): the row could be another string's. New segments are fetched on demand by the table's fd source (seg_source), which
  * sends SEGMENTS on the control socket and caches surplus fds of a reply.
  *
  * Errors. Every function returns 0 or a negative errno. The text of the daemon's last
@@ -92,6 +93,63 @@
 /* Types                                                                      */
 /* ------------------------------------------------------------------------- */
 
+/*
+ * A set of string fingerprints (open addressing, linear probing; 0 is never stored: the
+ * empty string reads as zeros anyway). A read-only lookup serves a string key from the
+ * mapping only once the daemon served that fingerprint's row to the same string: the
+ * daemon compares each string with the one it keeps for the fingerprint (proto.h), and
+ * that string never changes, so a colliding string never reads another key's row here.
+ * Bounded: at VSET_MAX entries it starts over (the keys are verified again).
+ */
+#define VSET_MAX (1u << 20)
+struct vset {
+	uint64_t *slot;
+	size_t cap, n;          /* cap: a power of two, or 0 */
+};
+
+static bool vset_has(const struct vset *v, uint64_t h)
+{
+	if (!v->cap)
+		return false;
+	for (size_t i = h & (v->cap - 1);; i = (i + 1) & (v->cap - 1)) {
+		if (v->slot[i] == h)
+			return true;
+		if (!v->slot[i])
+			return false;
+	}
+}
+
+/* Add h (!= 0); a failed allocation only forgets (the key is verified again). */
+static void vset_add(struct vset *v, uint64_t h)
+{
+	if (!h || vset_has(v, h))
+		return;
+	if (2 * (v->n + 1) > v->cap) {
+		size_t cap = v->cap && v->n < VSET_MAX ? 2 * v->cap : 1024;
+		uint64_t *ns = calloc(cap, sizeof *ns);
+		if (!ns)
+			return;
+		for (size_t i = 0; v->n < VSET_MAX && i < v->cap; i++) /* full: start over */
+			if (v->slot[i])
+				for (size_t j = v->slot[i] & (cap - 1);; j = (j + 1) & (cap - 1))
+					if (!ns[j]) {
+						ns[j] = v->slot[i];
+						break;
+					}
+		if (v->n >= VSET_MAX)
+			v->n = 0;
+		free(v->slot);
+		v->slot = ns;
+		v->cap = cap;
+	}
+	for (size_t j = h & (v->cap - 1);; j = (j + 1) & (v->cap - 1))
+		if (!v->slot[j]) {
+			v->slot[j] = h;
+			v->n++;
+			return;
+		}
+}
+
 struct ctable {
 	struct dynemb_client *c;    /* back pointer, for the fd source */
 	uint16_t wire_id;       /* the daemon's table id on this connection */
@@ -101,6 +159,8 @@ struct ctable {
 	de_arena *arena;        /* read-only mapping of the table's arena; owned */
 	de_table *ro;           /* read-only table on it; owned */
 	int segfd[DE_ARENA_MAX_SEGMENTS]; /* fds received ahead of need, -1 when none; owned */
+	struct vset verified;   /* string tables: fingerprints whose row the daemon served to
+	                           this key's string (zero-copy may serve them); owned */
 };
 
 enum slot_state {
@@ -542,6 +602,7 @@ static void table_free(struct ctable *t)
 	de_table_close(t->ro);
 	de_arena_destroy(t->arena);
 	close_fds(t->segfd, DE_ARENA_MAX_SEGMENTS);
+	free(t->verified.slot);
 	free(t);
 }
 
@@ -1214,6 +1275,13 @@ static int chunk_finish(struct dynemb_client *c, struct ctable *t, const struct 
 		return err;
 	struct de_cqe q = s->cqe;
 	err = q.res;
+	if (err == -EEXIST && ks->sk && q.count < p->cnt) { /* proto.h: count names the key */
+		size_t i = ks_at(ks, p->from + q.count), l = ks_len(ks, i);
+		de_priv_data_err(-EEXIST, "string key %zu (\"%.*s\"%s) has the fingerprint of "
+				 "another key's string in this table: it has no row of its own, and "
+				 "its request was refused", i, (int)(l < 40 ? l : 40), ks->sk[i],
+				 l > 40 ? "..." : "");
+	}
 	if (!err && (q.res > 0 || q.count > p->cnt ||
 		     ((b->op == DE_OP_LOOKUP || b->op == DE_OP_APPLY_GRADS) && q.aux0 > p->cnt)))
 		err = -EBADMSG;
@@ -1225,6 +1293,11 @@ static int chunk_finish(struct dynemb_client *c, struct ctable *t, const struct 
 				break;
 			}
 			b->status[ks_at(ks, p->from + j)] = st;
+			if (ks->sk && st != DYNEMB_ST_MISSING) { /* the daemon served it this row */
+				size_t i = ks_at(ks, p->from + j);
+				vset_add(&t->verified, de_key_from_string(t->seed, ks->sk[i] ? ks->sk[i]
+									   : "", ks_len(ks, i)));
+			}
 		}
 	}
 	if (!err && b->op == DE_OP_LOOKUP)
@@ -1367,9 +1440,13 @@ static int lookup(dynemb_client *c, struct ctable *t, struct keyset *ks, const u
 	if (err)
 		goto out;
 	size_t nr = 0;
-	for (size_t i = 0; i < ks->n; i++)
+	for (size_t i = 0; i < ks->n; i++) {
+		/* a string the daemon has not served this row to yet: it compares the string */
+		if (ks->sk && st[i] == DE_FOUND && hashes[i] && !vset_has(&t->verified, hashes[i]))
+			st[i] = DE_RETRY;
 		if (st[i] == DE_RETRY)
 			idx[nr++] = i;
+	}
 	c->local_keys += ks->n - nr;
 	c->remote_keys += nr;
 	if (nr) {
@@ -1379,6 +1456,7 @@ static int lookup(dynemb_client *c, struct ctable *t, struct keyset *ks, const u
 		b.status = st;
 		err = run_batch(c, t, &rk, &b);
 	}
+
 out:
 	if (st != status)
 		free(st);
@@ -1577,8 +1655,21 @@ static int dedup_grads(const struct ctable *t, const struct keyset *ks, const fl
 	qsort(dk, n, sizeof *dk, dkey_cmp);
 	size_t nu = 0;
 	for (size_t a = 0, b; a < n; a = b) {
-		for (b = a + 1; b < n && dk[b].h == dk[a].h; b++)
-			;
+		for (b = a + 1; b < n && dk[b].h == dk[a].h; b++) {
+			size_t x = dk[a].i, y = dk[b].i;
+			if (ks->ik || !dk[a].h)
+				continue;
+			size_t lx = ks_len(ks, x);
+			if (lx == ks_len(ks, y) && !memcmp(ks->sk[x], ks->sk[y], lx))
+				continue;
+			/* two strings of one fingerprint: summing them would merge two keys */
+			free(dk);
+			free(idx);
+			free(sum);
+			return de_priv_data_err(-EEXIST, "string keys %zu and %zu have one "
+						"fingerprint: they cannot share a row, and nothing was "
+						"applied", x, y);
+		}
 		if (dk[a].h)
 			idx[nu++] = dk[a].i; /* the group's first occurrence */
 	}

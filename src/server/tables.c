@@ -31,6 +31,7 @@
 #include "batch.h"
 
 #include <errno.h>
+#include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -183,6 +184,123 @@ struct srv_table *srv_registry_find(const struct srv_registry *r, const char *na
 
 /* ---- string keys --------------------------------------------------------------------- */
 
+/* The string a names row points at (off from the row): 0 with *p, *n; -EBADMSG for an
+ * offset or length that does not lie in the arena. */
+static int stored_at(struct srv_table *t, uint64_t off, const char **p, uint32_t *n)
+{
+	if (!de_arena_valid(t->arena, off, 4))
+		return -EBADMSG;
+	const char *q = de_arena_at(t->arena, off);
+	uint32_t len;
+	memcpy(&len, q, 4);
+	if (len > DE_MAX_KEY_BYTES || !de_arena_valid(t->arena, off + 4, len))
+		return -EBADMSG;
+	*p = q + 4;
+	*n = len;
+	return 0;
+}
+
+/* How long a reader waits for a string another thread is storing (between its names
+ * insert and its assign: a few microseconds) before it takes the key as unknown. */
+#define STORING_SPINS 10000
+
+/* The names row of key, waiting while it reads "being stored": *off 0 when unknown. */
+static int names_offset(struct srv_table *t, uint64_t key, uint64_t *off)
+{
+	for (int i = 0;; i++) {
+		float row[2];
+		uint8_t st;
+		int err = de_table_find(t->names, &key, 1, row, &st);
+		if (err)
+			return err;
+		memcpy(off, row, sizeof *off);
+		if (st != DE_FOUND || *off || i == STORING_SPINS)
+			return 0;
+		sched_yield();
+	}
+}
+
+/* 0 when key's kept string is s (or none is kept), -EEXIST when it is another one. */
+static int same_string(struct srv_table *t, uint64_t off, const void *s, uint32_t len)
+{
+	const char *p;
+	uint32_t n;
+	int err = stored_at(t, off, &p, &n);
+	if (err)
+		return err;
+	return n == len && !memcmp(p, s, len) ? 0 : -EEXIST;
+}
+
+static int by_key(const void *a, const void *b, void *keys)
+{
+	const uint64_t *k = keys;
+	uint64_t x = k[*(const uint32_t *)a], y = k[*(const uint32_t *)b];
+	return x < y ? -1 : x > y;
+}
+
+/* Two keys of one request with one fingerprint and different strings: -EEXIST, *bad the
+ * later one. */
+static int batch_collision(const uint64_t *keys, const char *sbuf, const uint32_t *slen,
+			   const uint64_t *soff, uint32_t n, uint32_t *bad)
+{
+	uint32_t *ix = malloc((size_t)n * sizeof *ix);
+	if (!ix)
+		return -ENOMEM;
+	for (uint32_t i = 0; i < n; i++)
+		ix[i] = i;
+	qsort_r(ix, n, sizeof *ix, by_key, (void *)keys);
+	int err = 0;
+	for (uint32_t j = 1; j < n && !err; j++) {
+		uint32_t a = ix[j - 1], b = ix[j];
+		if (keys[a] != keys[b] || !keys[a])
+			continue;
+		if (slen[a] != slen[b] || memcmp(sbuf + soff[a], sbuf + soff[b], slen[a])) {
+			*bad = a > b ? a : b;
+			err = -EEXIST;
+		}
+	}
+	free(ix);
+	return err;
+}
+
+int srv_table_check_strings(struct srv_table *t, const uint64_t *keys, const char *sbuf,
+			    const uint32_t *slen, const uint64_t *soff, uint32_t n, uint32_t *bad)
+{
+	if (!t->names)
+		return -EINVAL;
+	if (n > 1) {
+		int err = batch_collision(keys, sbuf, slen, soff, n, bad);
+		if (err)
+			return err;
+	}
+	enum { CHUNK = 256 };
+	float rows[2 * CHUNK];
+	uint8_t st[CHUNK];
+	for (uint32_t base = 0; base < n; base += CHUNK) {
+		uint32_t m = n - base < CHUNK ? n - base : CHUNK;
+		int err = de_table_find(t->names, keys + base, m, rows, st);
+		if (err)
+			return err;
+		for (uint32_t j = 0; j < m; j++) {
+			uint32_t i = base + j;
+			if (st[j] != DE_FOUND || !keys[i])
+				continue; /* no string kept: the first creator keeps its own */
+			uint64_t off;
+			memcpy(&off, rows + 2 * j, sizeof off);
+			if (!off && (err = names_offset(t, keys[i], &off)))
+				return err;
+			if (!off)
+				continue;
+			err = same_string(t, off, sbuf + soff[i], slen[i]);
+			if (err) {
+				*bad = i;
+				return err;
+			}
+		}
+	}
+	return 0;
+}
+
 int srv_table_keep_string(struct srv_table *t, uint64_t key, const void *s, uint32_t len)
 {
 	if (!t->names)
@@ -194,8 +312,13 @@ int srv_table_keep_string(struct srv_table *t, uint64_t key, const void *s, uint
 	int err = de_table_find_or_insert(t->names, &key, 1, row, &st, 0);
 	if (err)
 		return err;
-	if (st != DE_CREATED)
-		return 0; /* someone else stores (or stored) it */
+	if (st != DE_CREATED) { /* someone else stores (or stored) it: the same string? */
+		uint64_t off;
+		memcpy(&off, row, sizeof off);
+		if (!off && (err = names_offset(t, key, &off)))
+			return err;
+		return off ? same_string(t, off, s, len) : 0;
+	}
 	uint64_t off;
 	err = de_arena_alloc(t->arena, 4ull + len, 4, &off);
 	if (err) {
@@ -234,17 +357,14 @@ int srv_table_key_string(struct srv_table *t, uint64_t key, void *buf, size_t ca
 	memcpy(&off, row, sizeof off);
 	if (st != DE_FOUND || !off)
 		return -ENOENT;
-	if (!de_arena_valid(t->arena, off, 4))
-		return -EBADMSG;
-	const char *p = de_arena_at(t->arena, off);
+	const char *p;
 	uint32_t n;
-	memcpy(&n, p, 4);
-	if (n > DE_MAX_KEY_BYTES || !de_arena_valid(t->arena, off + 4, n))
-		return -EBADMSG;
+	if ((err = stored_at(t, off, &p, &n)))
+		return err;
 	*len = n;
 	if (n > cap)
 		return -ENOSPC;
-	memcpy(buf, p + 4, n);
+	memcpy(buf, p, n);
 	return 0;
 }
 
@@ -257,7 +377,11 @@ void srv_batch_keep_strings(const struct srv_batch *b)
 		if (b->status[i] != DE_CREATED)
 			continue;
 		int err = srv_table_keep_string(t, b->keys[i], b->sbuf + b->soff[i], b->slen[i]);
-		if (err)
+		if (err == -EEXIST) /* two strings of one fingerprint created at one instant */
+			srv_log(SRV_LOG_WARN, "table '%s': a new key's string has the fingerprint "
+				"%016llx of another key created at the same moment; they share its "
+				"row", t->name, (unsigned long long)b->keys[i]);
+		else if (err)
 			srv_log(SRV_LOG_WARN, "table '%s': cannot keep a key string: %s", t->name,
 				strerror(-err));
 	}

@@ -247,12 +247,16 @@ static void execute(struct srv_worker *w, struct srv_client *c, const struct de_
 	int err = 0;
 	if (e->op != DE_OP_LOOKUP && (q->res = srv_persist_write_check(w->srv->persist, t)))
 		return; /* the table's WAL failed: read-only */
+	uint32_t bad = 0;
 	if (str)
 		err = load_string_keys(w, t, data, e);
 	else
 		load_int_keys(w, data, e);
+	if (str && !err) /* a fingerprint of another key's string: no row of its own */
+		err = srv_table_check_strings(t, w->keys, w->sbuf, w->slen, w->soff, n, &bad);
 	if (err) {
 		q->res = err;
+		q->count = err == -EEXIST ? bad : 0; /* which key (proto.h) */
 		return;
 	}
 	if (e->op == DE_OP_APPLY_GRADS) {
