@@ -39,10 +39,16 @@
  *     until the request is completed and the next request reuses the space;
  *     dynemb_request_vals gives that memory, so a framework can wrap it without a copy.
  *   - Batches larger than the daemon's max batch are split by the library.
- *   - String keys are addressed by a seeded 64-bit fingerprint (xxh3): two different
- *     strings share a row only if their fingerprints collide. With n distinct strings in
- *     a table the chance of any collision is about n^2 / 2^65: 3e-6 for 10 million,
- *     3e-4 for 100 million, 2.7% for a billion. The daemon keeps each key's string.
+ *   - String keys are addressed by a seeded 64-bit fingerprint (xxh3). The daemon keeps
+ *     each key's string and compares it on every lookup, update, gradient and erase, so
+ *     two different strings never share a row: a string whose fingerprint belongs to
+ *     another key's string is -EEXIST (dynemb_strerror names the key) and gets no row
+ *     of its own. Read-only lookups serve a string from the mapping only after the
+ *     daemon served that row to the same string. The seed is readable, so such a string
+ *     can be made on purpose; by chance, with n distinct strings in a table, some pair
+ *     collides with probability about n^2 / 2^65 (3e-6 for 10 million, 2.7% for a
+ *     billion). Not covered: two colliding strings first created at the same instant
+ *     by two clients (before either string is kept) share the row; the daemon logs it.
  */
 #ifndef DYNEMB_H
 #define DYNEMB_H

@@ -24,8 +24,14 @@
  *     u64 bit-copied into the two floats. A row of zeros (offset 0, never a valid
  *     allocation: the arena header lives there) means "being stored".
  * The first de_table_find_or_insert on `names` that CREATES the key owns the store; any
- * other thread sees FOUND and does nothing. Strings are never freed (erasing a key keeps
- * its string for when it comes back; arena memory is never returned anyway).
+ * other thread sees FOUND and compares its string. Strings are never freed (erasing a key
+ * keeps its string for when it comes back; arena memory is never returned anyway).
+ *
+ * Collisions: a fingerprint's kept string never changes, so srv_table_check_strings
+ * compares every request's strings with it before any row is touched (and the request's
+ * strings among themselves): another string of a kept fingerprint is -EEXIST, never a
+ * merge. The one gap: two colliding strings created at the same instant, before either
+ * is kept; keep_string then finds the other's string and the worker logs it.
  */
 #include "tables.h"
 #include "batch.h"
