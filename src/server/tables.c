@@ -30,8 +30,15 @@
  * Collisions: a fingerprint's kept string never changes, so srv_table_check_strings
  * compares every request's strings with it before any row is touched (and the request's
  * strings among themselves): another string of a kept fingerprint is -EEXIST, never a
- * merge. The one gap: two colliding strings created at the same instant, before either
- * is kept; keep_string then finds the other's string and the worker logs it.
+ * merge. Its order closes the races where it can: a creating request on a table without
+ * admission keeps its new strings BEFORE it creates rows (the first request of a
+ * fingerprint owns it, so a row never exists before its string is kept), and a lookup
+ * without create is checked AFTER it read (a row it found had its string kept by then,
+ * or being stored: waited for). The gaps: on a table with admission strings are kept
+ * after the create (keeping one for every key not admitted would cost what admission
+ * saves), so two new colliding strings checked at one instant may share the row in
+ * those requests (keep_string, finding another string kept, makes the worker log it);
+ * and an ERASE checked just before another string's first create may erase that row.
  */
 #include "tables.h"
 #include "batch.h"
@@ -270,10 +277,14 @@ static int batch_collision(const uint64_t *keys, const char *sbuf, const uint32_
 }
 
 int srv_table_check_strings(struct srv_table *t, const uint64_t *keys, const char *sbuf,
-			    const uint32_t *slen, const uint64_t *soff, uint32_t n, uint32_t *bad)
+			    const uint32_t *slen, const uint64_t *soff, uint32_t n, bool creating,
+			    uint32_t *bad)
 {
 	if (!t->names)
 		return -EINVAL;
+	/* without admission a creating request creates every key: keeping its strings
+	 * first costs nothing more, and makes the first request of a fingerprint own it */
+	bool claim = creating && t->learn.admission.mode == DE_WADMIT_ALL;
 	if (n > 1) {
 		int err = batch_collision(keys, sbuf, slen, soff, n, bad);
 		if (err)
@@ -289,8 +300,17 @@ int srv_table_check_strings(struct srv_table *t, const uint64_t *keys, const cha
 			return err;
 		for (uint32_t j = 0; j < m; j++) {
 			uint32_t i = base + j;
-			if (st[j] != DE_FOUND || !keys[i])
-				continue; /* no string kept: the first creator keeps its own */
+			if (!keys[i])
+				continue; /* the empty string */
+			if (st[j] != DE_FOUND) { /* no string kept: the first creator keeps its own */
+				err = claim ? srv_table_keep_string(t, keys[i], sbuf + soff[i], slen[i])
+					    : 0;
+				if (err == -EEXIST) { /* kept by another request meanwhile */
+					*bad = i;
+					return err;
+				}
+				continue; /* another error: kept after the create, as without claim */
+			}
 			uint64_t off;
 			memcpy(&off, rows + 2 * j, sizeof off);
 			if (!off && (err = names_offset(t, keys[i], &off)))
@@ -383,10 +403,10 @@ void srv_batch_keep_strings(const struct srv_batch *b)
 		if (b->status[i] != DE_CREATED)
 			continue;
 		int err = srv_table_keep_string(t, b->keys[i], b->sbuf + b->soff[i], b->slen[i]);
-		if (err == -EEXIST) /* two strings of one fingerprint created at one instant */
+		if (err == -EEXIST) /* admission tables: two new strings of one fingerprint */
 			srv_log(SRV_LOG_WARN, "table '%s': a new key's string has the fingerprint "
-				"%016llx of another key created at the same moment; they share its "
-				"row", t->name, (unsigned long long)b->keys[i]);
+				"%016llx of another key's string, kept while this request ran",
+				t->name, (unsigned long long)b->keys[i]);
 		else if (err)
 			srv_log(SRV_LOG_WARN, "table '%s': cannot keep a key string: %s", t->name,
 				strerror(-err));
