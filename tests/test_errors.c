@@ -9,7 +9,8 @@
  *
  * Suites:
  *   args    client-side checks: non-finite gradients, learning rates and update values,
- *           string keys over the limit, table names, handles, key types.
+ *           string keys over the limit, table names, handles, key types; a snapshot of
+ *           a table the daemon does not have (not "is dynembd running?").
  *   reopen  the daemon's -EEXIST for a reopen with another config: another optimizer
  *           (not "nslots"), enum names, floats as written, the table's seed not echoed.
  */
@@ -244,6 +245,15 @@ Test(args, handles_and_key_types)
 		    "invalid argument: out is NULL");
 	int err = dynemb_lookup(c, t, &k, 1, out, NULL, 0, 1);
 	cr_expect_eq(err, 0, "%s", dynemb_strerror(err));
+	dynemb_close(c);
+}
+
+Test(args, snapshot_of_no_such_table_says_so)
+{
+	dynemb_client *c = connect_ok();
+	struct dynemb_snapshot_result res;
+	expect_text(dynemb_snapshot(c, "NOSUCH", false, NULL, NULL, &res), -ENOENT,
+		    "not found: no table 'NOSUCH' in this daemon");
 	dynemb_close(c);
 }
 

@@ -292,6 +292,8 @@ const char *dynemb_strerror(int err)
 		/* the message names the problem: the generic texts would only mislead */
 		if (err == -EINVAL)
 			s = "invalid argument";
+		else if (err == -ENOENT) /* the daemon answered: not a missing socket */
+			s = "not found";
 		else if (err == -EEXIST && tls_data_plane)
 			s = "key conflict";
 		snprintf(tls_buf, sizeof tls_buf, "%s: %s", s, tls_msg);
