@@ -428,6 +428,11 @@ int dynemb_import(dynemb_client *c, const char *table_name, const char *path, un
  * that had to go to the daemon. */
 void dynemb_zero_copy_counts(const dynemb_client *c, uint64_t *local_keys, uint64_t *remote_keys);
 
+/* The text of err. While err is the last error of this thread's last call, the text
+ * names the problem: the argument and the rule it broke (-EINVAL, found here), or the
+ * daemon's own message (-EEXIST names the field that differs; -ENOENT what is missing);
+ * for a string key whose fingerprint belongs to another key's string, "key conflict:"
+ * and the key. Valid until the next call on this thread. */
 const char *dynemb_strerror(int err);
 
 /*
