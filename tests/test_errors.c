@@ -254,6 +254,8 @@ Test(args, snapshot_of_no_such_table_says_so)
 	struct dynemb_snapshot_result res;
 	expect_text(dynemb_snapshot(c, "NOSUCH", false, NULL, NULL, &res), -ENOENT,
 		    "not found: no table 'NOSUCH' in this daemon");
+	expect_text(dynemb_export(c, "NOSUCH", "rel/path", NULL, NULL, NULL, NULL), -EINVAL,
+		    "invalid argument: path not absolute: a path is absolute, 1 to 1023 bytes");
 	dynemb_close(c);
 }
 
