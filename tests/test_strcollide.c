@@ -9,7 +9,8 @@
  * For a pair (a, b) of one fingerprint where a owns the row: every call with b (create
  * lookups, read-only lookups from the mapping, updates, gradients, erases) fails with
  * -EEXIST and a text naming b, and a's row keeps a's values (the reference: what a was
- * given). Two fresh colliding strings in one request are refused as a whole.
+ * given). Two fresh colliding strings in one request are refused as a whole. On a table
+ * with admission the admitted string owns the fingerprint.
  */
 #include <criterion/criterion.h>
 
@@ -211,5 +212,41 @@ Test(collide, two_new_colliding_strings_in_one_request)
 	err = dynemb_update_str(c, t, aa, NULL, 2, v, 1, NULL);
 	cr_expect_eq(err, 0, "%s", dynemb_strerror(err));
 	expect_row(c, t, ab[0], 2); /* the later value wins */
+	dynemb_close(c);
+}
+
+/* With admission the sightings of a fingerprint count together; whichever string is
+ * admitted owns the fingerprint, and the other never reads or writes its row. */
+Test(collide, admission_table)
+{
+	dynemb_client *c = connect_ok();
+	struct dynemb_table_spec s = { .name = "adm", .dim = DIM, .init = DYNEMB_ZEROS,
+				       .keys = DYNEMB_STRING_KEYS,
+				       .optim = { .kind = DYNEMB_OPTIM_SGD, .lr = 1.0 },
+				       .admission = { .mode = DYNEMB_ADMISSION_COUNT,
+						      .min_count = 2 } };
+	int t = -1;
+	int err = dynemb_open(c, &s, &t);
+	cr_assert_eq(err, 0, "dynemb_open: %s", dynemb_strerror(err));
+	const char *p[1][2];
+	find_pairs(c, t, p, 1);
+	const char *a = p[0][0], *b = p[0][1];
+	float out[DIM];
+	uint8_t st;
+	/* a's sighting: not admitted yet; b's: admitted (the fingerprint's second), b owns */
+	err = dynemb_lookup_str(c, t, &a, NULL, 1, out, &st, 0, 1);
+	cr_assert_eq(err, 0, "%s", dynemb_strerror(err));
+	cr_expect_eq(st, DYNEMB_ST_MISSING);
+	err = dynemb_lookup_str(c, t, &b, NULL, 1, out, &st, 0, 1);
+	cr_assert_eq(err, 0, "%s", dynemb_strerror(err));
+	cr_expect_eq(st, DYNEMB_ST_CREATED);
+	float v[DIM];
+	set_row(v, 5);
+	err = dynemb_update_str(c, t, &b, NULL, 1, v, 2, NULL);
+	cr_assert_eq(err, 0, "%s", dynemb_strerror(err));
+	expect_conflict(dynemb_lookup_str(c, t, &a, NULL, 1, out, &st, 0, 3), a, 0);
+	expect_conflict(dynemb_update_str(c, t, &a, NULL, 1, v, 3, NULL), a, 0);
+	expect_conflict(dynemb_apply_gradients_str(c, t, &a, NULL, 1, v, 3, 0, NULL), a, 0);
+	expect_row(c, t, b, 5);
 	dynemb_close(c);
 }

@@ -47,9 +47,8 @@
  *     daemon served that row to the same string. The seed is readable, so such a string
  *     can be made on purpose; by chance, with n distinct strings in a table, some pair
  *     collides with probability about n^2 / 2^65 (3e-6 for 10 million, 2.7% for a
- *     billion). Not covered: two colliding strings that are both new and reach the
- *     daemon at the same instant (one request is checked before the other's string is
- *     kept) may share the row in those requests.
+ *     billion). Not covered: an erase of a string that collides with a new key, at the
+ *     instant that key is first created, may erase the new key's row.
  */
 #ifndef DYNEMB_H
 #define DYNEMB_H

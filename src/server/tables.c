@@ -30,15 +30,13 @@
  * Collisions: a fingerprint's kept string never changes, so srv_table_check_strings
  * compares every request's strings with it before any row is touched (and the request's
  * strings among themselves): another string of a kept fingerprint is -EEXIST, never a
- * merge. Its order closes the races where it can: a creating request on a table without
- * admission keeps its new strings BEFORE it creates rows (the first request of a
- * fingerprint owns it, so a row never exists before its string is kept), and a lookup
- * without create is checked AFTER it read (a row it found had its string kept by then,
- * or being stored: waited for). The gaps: on a table with admission strings are kept
- * after the create (keeping one for every key not admitted would cost what admission
- * saves), so two new colliding strings checked at one instant may share the row in
- * those requests (keep_string, finding another string kept, makes the worker log it);
- * and an ERASE checked just before another string's first create may erase that row.
+ * merge. Its order closes the races: a row never exists before its string is kept
+ * (a creating request on a table without admission keeps its new strings before it
+ * creates rows; with admission, the lookup keeps the strings of the keys admitted just
+ * before it creates them: learnops.c), so the first request of a fingerprint owns it;
+ * writes are checked before they write, and a lookup without create AFTER it read (a
+ * row it found had its string kept by then, or being stored: waited for). The gap left:
+ * an ERASE checked just before another string's first create may erase that new row.
  */
 #include "tables.h"
 #include "batch.h"
@@ -403,7 +401,7 @@ void srv_batch_keep_strings(const struct srv_batch *b)
 		if (b->status[i] != DE_CREATED)
 			continue;
 		int err = srv_table_keep_string(t, b->keys[i], b->sbuf + b->soff[i], b->slen[i]);
-		if (err == -EEXIST) /* admission tables: two new strings of one fingerprint */
+		if (err == -EEXIST) /* not expected: strings are kept before their rows exist */
 			srv_log(SRV_LOG_WARN, "table '%s': a new key's string has the fingerprint "
 				"%016llx of another key's string, kept while this request ran",
 				t->name, (unsigned long long)b->keys[i]);

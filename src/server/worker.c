@@ -297,6 +297,8 @@ static void execute(struct srv_worker *w, struct srv_client *c, const struct de_
 	    (err = srv_table_check_strings(t, w->keys, w->sbuf, w->slen, w->soff, n, false, &bad)) ==
 		    -EEXIST)
 		q->count = bad; /* what it read is not delivered (proto.h) */
+	else if (err == -EEXIST)
+		q->count = b.bad; /* admission: a new key's string (learnops.c) */
 	if (err) {
 		q->res = err;
 		return;
