@@ -402,7 +402,8 @@ int de_table_stats(de_table *t, struct de_table_stats *out);
 void de_table_set_fd_source(de_table *t, de_fd_source src, void *ctx);
 
 /* Fingerprint of a string key: seeded xxh3-64; the empty string is key 0 and a
- * non-empty string that would hash to 0 maps to 1. */
+ * non-empty string that would hash to 0 maps to 1. Fault-injection builds only:
+ * DE_FAULT_KEY_BITS=b in the environment keeps b low bits (collisions for tests). */
 uint64_t de_key_from_string(uint64_t seed, const void *s, size_t len);
 
 

@@ -651,11 +651,31 @@ void de_table_set_fd_source(de_table *t, de_fd_source src, void *ctx)
 	pthread_mutex_unlock(&t->ro_lock);
 }
 
+#ifdef DE_FAULT_INJECTION
+/* Test builds: DE_FAULT_KEY_BITS=b (1..63) in the environment keeps the low b bits of
+ * every string fingerprint, so that tests can find colliding strings. Read once. */
+static uint64_t key_mask(void)
+{
+	static uint64_t mask; /* 0: not read yet */
+	uint64_t m = __atomic_load_n(&mask, __ATOMIC_RELAXED);
+	if (!m) {
+		const char *e = getenv("DE_FAULT_KEY_BITS");
+		long b = e ? strtol(e, NULL, 10) : 0;
+		m = b > 0 && b < 64 ? (1ull << b) - 1 : ~0ull;
+		__atomic_store_n(&mask, m, __ATOMIC_RELAXED);
+	}
+	return m;
+}
+#endif
+
 uint64_t de_key_from_string(uint64_t seed, const void *s, size_t len)
 {
 	if (!len)
 		return 0;
 	uint64_t k = XXH3_64bits_withSeed(s, len, seed);
+#ifdef DE_FAULT_INJECTION
+	k &= key_mask();
+#endif
 	return k ? k : 1;
 }
 

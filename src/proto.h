@@ -78,6 +78,12 @@
  * (keys_len = 4 * count + sum of lengths, each length <= DE_MAX_KEY_BYTES); the daemon
  * maps each to de_key_from_string(table seed, ...) and keeps the string (for top-k,
  * sampling and export to give it back). The empty string is key 0: it reads as zeros.
+ * In LOOKUP, UPDATE, ERASE and APPLY_GRADS each string is compared with the one kept
+ * for its fingerprint, and with the other strings of the request: a fingerprint that
+ * belongs to another string completes the request with -EEXIST and count = the index
+ * of one such key in the request; no row is written (the check runs first) and nothing
+ * read is delivered (a lookup without create is checked after it read; its vals and
+ * status are not to be used).
  *
  * Concurrency of APPLY_GRADS (the semantics we promise; no Hogwild): each row's step is
  * atomic. Trainers on different channels (served by different workers) may push to the

@@ -586,6 +586,11 @@ Test(daemon, same_name_other_config, .timeout = 20)
 	bad.dim = 5000;
 	cr_assert_eq(cli_open(&b, "u", &bad, NULL, NULL), -EINVAL);
 	cr_assert_eq(cli_open(&b, "", &c8, NULL, NULL), -EINVAL);
+	cr_expect_str_eq(b.msg, "table name is empty: a table name is 1 to 63 bytes, without "
+			 "control characters");
+	cr_assert_eq(cli_open(&b, "a\x7f", &c8, NULL, NULL), -EINVAL);
+	cr_expect_str_eq(b.msg, "table name has a control character at byte 1: a table name is "
+			 "1 to 63 bytes, without control characters");
 	struct de_msg_open m;
 	memset(&m, 'x', sizeof m); /* name without NUL */
 	hdr(&m.h, DE_MSG_OPEN, sizeof m, 77);

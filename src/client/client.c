@@ -46,12 +46,15 @@
  * Zero-copy. dynemb_lookup/dynemb_lookup_str with DYNEMB_READONLY probe the table's read-only
  * mapping first (de_table_find). DE_FOUND and DE_MISSING are final; DE_RETRY keys (no
  * stable copy, or a key in an arena segment the daemon has not passed yet) go to the
- * daemon. New segments are fetched on demand by the table's fd source (seg_source), which
+ * daemon. A string key's DE_FOUND is final only once the daemon served that fingerprint
+ * to the same string (struct vset): the row could be another string's. New segments are fetched on demand by the table's fd source (seg_source), which
  * sends SEGMENTS on the control socket and caches surplus fds of a reply.
  *
  * Errors. Every function returns 0 or a negative errno. The text of the daemon's last
  * ERROR reply is kept per thread (thread-local), with its errno; dynemb_strerror(err)
- * appends it while err is that errno. Each control request clears it first.
+ * appends it while err is that errno. Each control request clears it first, and so does
+ * each data-plane call. Every -EINVAL found on this side keeps a message the same way
+ * (de_priv_err): which argument, and the rule it broke.
  *
  * Not thread-safe: one dynemb_client per thread (dynemb.h says so). The fd source runs
  * inside de_table_find on the calling thread, so it may use the control socket.
@@ -62,6 +65,7 @@
 #include <fcntl.h>
 #include <math.h>
 #include <poll.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -89,6 +93,63 @@
 /* Types                                                                      */
 /* ------------------------------------------------------------------------- */
 
+/*
+ * A set of string fingerprints (open addressing, linear probing; 0 is never stored: the
+ * empty string reads as zeros anyway). A read-only lookup serves a string key from the
+ * mapping only once the daemon served that fingerprint's row to the same string: the
+ * daemon compares each string with the one it keeps for the fingerprint (proto.h), and
+ * that string never changes, so a colliding string never reads another key's row here.
+ * Bounded: at VSET_MAX entries it starts over (the keys are verified again).
+ */
+#define VSET_MAX (1u << 20)
+struct vset {
+	uint64_t *slot;
+	size_t cap, n;          /* cap: a power of two, or 0 */
+};
+
+static bool vset_has(const struct vset *v, uint64_t h)
+{
+	if (!v->cap)
+		return false;
+	for (size_t i = h & (v->cap - 1);; i = (i + 1) & (v->cap - 1)) {
+		if (v->slot[i] == h)
+			return true;
+		if (!v->slot[i])
+			return false;
+	}
+}
+
+/* Add h (!= 0); a failed allocation only forgets (the key is verified again). */
+static void vset_add(struct vset *v, uint64_t h)
+{
+	if (!h || vset_has(v, h))
+		return;
+	if (2 * (v->n + 1) > v->cap) {
+		size_t cap = v->cap && v->n < VSET_MAX ? 2 * v->cap : 1024;
+		uint64_t *ns = calloc(cap, sizeof *ns);
+		if (!ns)
+			return;
+		for (size_t i = 0; v->n < VSET_MAX && i < v->cap; i++) /* full: start over */
+			if (v->slot[i])
+				for (size_t j = v->slot[i] & (cap - 1);; j = (j + 1) & (cap - 1))
+					if (!ns[j]) {
+						ns[j] = v->slot[i];
+						break;
+					}
+		if (v->n >= VSET_MAX)
+			v->n = 0;
+		free(v->slot);
+		v->slot = ns;
+		v->cap = cap;
+	}
+	for (size_t j = h & (v->cap - 1);; j = (j + 1) & (v->cap - 1))
+		if (!v->slot[j]) {
+			v->slot[j] = h;
+			v->n++;
+			return;
+		}
+}
+
 struct ctable {
 	struct dynemb_client *c;    /* back pointer, for the fd source */
 	uint16_t wire_id;       /* the daemon's table id on this connection */
@@ -98,6 +159,8 @@ struct ctable {
 	de_arena *arena;        /* read-only mapping of the table's arena; owned */
 	de_table *ro;           /* read-only table on it; owned */
 	int segfd[DE_ARENA_MAX_SEGMENTS]; /* fds received ahead of need, -1 when none; owned */
+	struct vset verified;   /* string tables: fingerprints whose row the daemon served to
+	                           this key's string (zero-copy may serve them); owned */
 };
 
 enum slot_state {
@@ -160,11 +223,35 @@ struct dynemb_client {
 static __thread int tls_err;
 static __thread char tls_msg[sizeof(((struct de_msg_error *)0)->msg)];
 static __thread char tls_buf[sizeof tls_msg + 128];
+static __thread bool tls_data_plane; /* the message is about a data-plane request */
 
 static void err_clear(void)
 {
 	tls_err = 0;
 	tls_msg[0] = 0;
+	tls_data_plane = false;
+}
+
+int de_priv_err(int err, const char *fmt, ...)
+{
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(tls_msg, sizeof tls_msg, fmt, ap);
+	va_end(ap);
+	tls_err = err;
+	tls_data_plane = false;
+	return err;
+}
+
+int de_priv_data_err(int err, const char *fmt, ...)
+{
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(tls_msg, sizeof tls_msg, fmt, ap);
+	va_end(ap);
+	tls_err = err;
+	tls_data_plane = true;
+	return err;
 }
 
 const char *dynemb_strerror(int err)
@@ -202,6 +289,13 @@ const char *dynemb_strerror(int err)
 	}
 	}
 	if (err != 0 && err == tls_err && tls_msg[0]) {
+		/* the message names the problem: the generic texts would only mislead */
+		if (err == -EINVAL)
+			s = "invalid argument";
+		else if (err == -ENOENT) /* the daemon answered: not a missing socket */
+			s = "not found";
+		else if (err == -EEXIST && tls_data_plane)
+			s = "key conflict";
 		snprintf(tls_buf, sizeof tls_buf, "%s: %s", s, tls_msg);
 		return tls_buf;
 	}
@@ -212,10 +306,8 @@ int de_priv_reserved(const uint64_t *r, size_t n, const char *what)
 {
 	for (size_t i = 0; i < n; i++) {
 		if (r[i]) {
-			tls_err = -EINVAL;
-			snprintf(tls_msg, sizeof tls_msg,
+			return de_priv_err(-EINVAL,
 				 "%s.reserved[%zu] is not 0 (zero-initialize the struct)", what, i);
-			return -EINVAL;
 		}
 	}
 	return 0;
@@ -374,6 +466,7 @@ static int ctl_recv(struct dynemb_client *c, uint16_t want, size_t want_len, voi
 			memcpy(tls_msg, m.e.msg, sizeof tls_msg);
 			tls_msg[sizeof tls_msg - 1] = 0;
 			tls_err = e;
+			tls_data_plane = false;
 			c->error_reply = true;
 			return e;
 		}
@@ -415,21 +508,22 @@ int dynemb_connect(const char *socket_path, const struct dynemb_connect_opts *op
 {
 	err_clear();
 	if (!out)
-		return -EINVAL;
+		return de_priv_err(-EINVAL, "dynemb_connect: out is NULL");
 	*out = NULL;
 	if (!socket_path)
 		socket_path = DE_DEFAULT_SOCKET;
 	struct sockaddr_un sa = { .sun_family = AF_UNIX };
 	size_t plen = strlen(socket_path);
 	if (!plen)
-		return -EINVAL;
+		return de_priv_err(-EINVAL, "dynemb_connect: the socket path is empty");
 	if (plen >= sizeof sa.sun_path)
 		return -ENAMETOOLONG;
 	memcpy(sa.sun_path, socket_path, plen + 1);
 	if (opts && DE_PRIV_RESERVED(opts, "dynemb_connect_opts"))
 		return -EINVAL;
 	if (opts && opts->timeout_ms < 0)
-		return -EINVAL;
+		return de_priv_err(-EINVAL, "dynemb_connect_opts.timeout_ms is %d: it must be >= 0 "
+				   "(0 = the default)", opts->timeout_ms);
 
 	struct dynemb_client *c = calloc(1, sizeof *c);
 	if (!c)
@@ -510,6 +604,7 @@ static void table_free(struct ctable *t)
 	de_table_close(t->ro);
 	de_arena_destroy(t->arena);
 	close_fds(t->segfd, DE_ARENA_MAX_SEGMENTS);
+	free(t->verified.slot);
 	free(t);
 }
 
@@ -546,6 +641,18 @@ static struct ctable *table_get(const struct dynemb_client *c, int table)
 	if (!c || table < 0 || (unsigned)table >= c->ntables)
 		return NULL;
 	return c->tables[table];
+}
+
+/* -EINVAL naming a handle that is not a table of this client (c may be NULL). */
+static int bad_handle(const struct dynemb_client *c, int table)
+{
+	if (!c)
+		return de_priv_err(-EINVAL, "the client is NULL");
+	if (!c->ntables)
+		return de_priv_err(-EINVAL, "table handle %d: no table is open on this client "
+				   "(dynemb_open gives handles)", table);
+	return de_priv_err(-EINVAL, "table handle %d is not open on this client (its handles "
+			   "are 0..%u)", table, c->ntables - 1);
 }
 
 uint32_t dynemb_table_dim(const dynemb_client *c, int table)
@@ -611,14 +718,30 @@ static int seg_source(void *ctx, unsigned seg)
 static int spec_to_wire(const struct dynemb_table_spec *s, struct de_msg_open *m)
 {
 	if (!s || !s->name)
-		return -EINVAL;
+		return de_priv_err(-EINVAL, s ? "dynemb_table_spec.name is NULL"
+					      : "dynemb_open: spec is NULL");
 	size_t nl = strnlen(s->name, DE_NAME_MAX);
 	if (nl < 1 || nl >= DE_NAME_MAX)
-		return -EINVAL;
-	if (s->dim < 1 || s->dim > DE_MAX_DIM || s->nslots > DE_MAX_SLOTS)
-		return -EINVAL;
-	if ((unsigned)s->init > DYNEMB_TRUNC_NORMAL || (unsigned)s->keys > DYNEMB_STRING_KEYS)
-		return -EINVAL;
+		return de_priv_err(-EINVAL, "table name %s: a table name is 1 to %u bytes, "
+				   "without control characters", nl ? "too long" : "empty",
+				   DE_NAME_MAX - 1);
+	for (size_t i = 0; i < nl; i++)
+		if ((unsigned char)s->name[i] < 0x20 || s->name[i] == 0x7f)
+			return de_priv_err(-EINVAL, "table name has a control character at byte "
+					   "%zu: a table name is 1 to %u bytes, without control "
+					   "characters", i, DE_NAME_MAX - 1);
+	if (s->dim < 1 || s->dim > DE_MAX_DIM)
+		return de_priv_err(-EINVAL, "dynemb_table_spec.dim is %u: it must be 1..%u", s->dim,
+				   DE_MAX_DIM);
+	if (s->nslots > DE_MAX_SLOTS)
+		return de_priv_err(-EINVAL, "dynemb_table_spec.nslots is %u: it must be 0..%u "
+				   "(0 = what the optimizer needs)", s->nslots, DE_MAX_SLOTS);
+	if ((unsigned)s->init > DYNEMB_TRUNC_NORMAL)
+		return de_priv_err(-EINVAL, "dynemb_table_spec.init is %u: not a dynemb_init",
+				   (unsigned)s->init);
+	if ((unsigned)s->keys > DYNEMB_STRING_KEYS)
+		return de_priv_err(-EINVAL, "dynemb_table_spec.keys is %u: neither "
+				   "DYNEMB_INT64_KEYS nor DYNEMB_STRING_KEYS", (unsigned)s->keys);
 	if (DE_PRIV_RESERVED(s, "dynemb_table_spec") ||
 	    DE_PRIV_RESERVED(&s->optim, "dynemb_table_spec.optim") ||
 	    DE_PRIV_RESERVED(&s->admission, "dynemb_table_spec.admission") ||
@@ -638,14 +761,17 @@ static int spec_to_wire(const struct dynemb_table_spec *s, struct de_msg_open *m
 
 	/* the learning config: the daemon checks every value; here only what must fit */
 	const struct dynemb_optim_spec *o = &s->optim;
-	if ((unsigned)o->kind > DYNEMB_OPTIM_RMSPROP ||
-	    (unsigned)s->admission.mode > DYNEMB_ADMISSION_PROBABILITY ||
-	    (unsigned)s->admission.reject_value > DYNEMB_REJECTED_READ_ZEROS ||
-	    (unsigned)s->eviction.policy > DYNEMB_EVICTION_L2 ||
-	    (unsigned)s->eviction.ttl_unit > DYNEMB_TIME_SECONDS ||
-	    (unsigned)s->eviction.lru_clock > DYNEMB_TIME_SECONDS ||
-	    (unsigned)s->durability.mode > DYNEMB_DURABLE_SYNC)
-		return -EINVAL;
+#define ENUM(v, max, what) if ((unsigned)(v) > (unsigned)(max)) \
+	return de_priv_err(-EINVAL, "dynemb_table_spec." what " is %u: not a known value", \
+			   (unsigned)(v));
+	ENUM(o->kind, DYNEMB_OPTIM_RMSPROP, "optim.kind")
+	ENUM(s->admission.mode, DYNEMB_ADMISSION_PROBABILITY, "admission.mode")
+	ENUM(s->admission.reject_value, DYNEMB_REJECTED_READ_ZEROS, "admission.reject_value")
+	ENUM(s->eviction.policy, DYNEMB_EVICTION_L2, "eviction.policy")
+	ENUM(s->eviction.ttl_unit, DYNEMB_TIME_SECONDS, "eviction.ttl_unit")
+	ENUM(s->eviction.lru_clock, DYNEMB_TIME_SECONDS, "eviction.lru_clock")
+	ENUM(s->durability.mode, DYNEMB_DURABLE_SYNC, "durability.mode")
+#undef ENUM
 	struct de_wire_learn_config *l = &m->learn;
 	l->optim = (struct de_wire_optim){
 		.kind = (uint32_t)o->kind, /* DYNEMB_OPTIM_x == DE_WOPT_x (static asserts below) */
@@ -680,6 +806,7 @@ static int spec_to_wire(const struct dynemb_table_spec *s, struct de_msg_open *m
 #define SAME(a, b) _Static_assert((long long)(a) == (long long)(b), #a " == " #b)
 SAME(DYNEMB_INT64_KEYS, DE_KEYS_INT64);
 SAME(DYNEMB_STRING_KEYS, DE_KEYS_STRING);
+SAME(DYNEMB_MAX_KEY_BYTES, DE_MAX_KEY_BYTES);
 SAME(DYNEMB_ZEROS, DE_INIT_ZEROS);
 SAME(DYNEMB_CONSTANT, DE_INIT_CONSTANT);
 SAME(DYNEMB_UNIFORM, DE_INIT_UNIFORM);
@@ -752,7 +879,7 @@ int dynemb_open(dynemb_client *c, const struct dynemb_table_spec *spec, int *tab
 {
 	err_clear();
 	if (!c || !table)
-		return -EINVAL;
+		return de_priv_err(-EINVAL, "dynemb_open: %s is NULL", c ? "table" : "the client");
 	if (c->broken)
 		return c->broken;
 	struct de_msg_open m = { 0 };
@@ -1051,9 +1178,12 @@ static int ks_check(const struct keyset *ks)
 		return 0;
 	for (size_t i = 0; i < ks->n; i++) {
 		if (!ks->sk[i] && (!ks->lens || ks->lens[i]))
-			return -EINVAL;
-		if (ks_len(ks, i) > DE_MAX_KEY_BYTES)
-			return -EINVAL;
+			return de_priv_err(-EINVAL, "string key %zu is NULL with length %zu", i,
+					   ks->lens ? ks->lens[i] : 0);
+		size_t l = ks_len(ks, i);
+		if (l > DE_MAX_KEY_BYTES)
+			return de_priv_err(-EINVAL, "string key %zu is %zu bytes: a string key is "
+					   "at most %u bytes", i, l, DE_MAX_KEY_BYTES);
 	}
 	return 0;
 }
@@ -1147,6 +1277,13 @@ static int chunk_finish(struct dynemb_client *c, struct ctable *t, const struct 
 		return err;
 	struct de_cqe q = s->cqe;
 	err = q.res;
+	if (err == -EEXIST && ks->sk && q.count < p->cnt) { /* proto.h: count names the key */
+		size_t i = ks_at(ks, p->from + q.count), l = ks_len(ks, i);
+		de_priv_data_err(-EEXIST, "string key %zu (\"%.*s\"%s) has the fingerprint of "
+				 "another key's string in this table: it has no row of its own, and "
+				 "its request was refused", i, (int)(l < 40 ? l : 40), ks->sk[i],
+				 l > 40 ? "..." : "");
+	}
 	if (!err && (q.res > 0 || q.count > p->cnt ||
 		     ((b->op == DE_OP_LOOKUP || b->op == DE_OP_APPLY_GRADS) && q.aux0 > p->cnt)))
 		err = -EBADMSG;
@@ -1158,6 +1295,11 @@ static int chunk_finish(struct dynemb_client *c, struct ctable *t, const struct 
 				break;
 			}
 			b->status[ks_at(ks, p->from + j)] = st;
+			if (ks->sk && st != DYNEMB_ST_MISSING) { /* the daemon served it this row */
+				size_t i = ks_at(ks, p->from + j);
+				vset_add(&t->verified, de_key_from_string(t->seed, ks->sk[i] ? ks->sk[i]
+									   : "", ks_len(ks, i)));
+			}
 		}
 	}
 	if (!err && b->op == DE_OP_LOOKUP)
@@ -1247,15 +1389,27 @@ static int run_batch(struct dynemb_client *c, struct ctable *t, const struct key
 	return err;
 }
 
+static const char *keys_word(uint32_t key_type)
+{
+	return key_type == DE_KEYS_STRING ? "string" : "int64";
+}
+
+/* Checks every data-plane call starts with; clears the last error's message. */
 static int check_call(dynemb_client *c, int table, uint32_t key_type, struct ctable **t)
 {
+	err_clear();
 	if (!c)
-		return -EINVAL;
+		return bad_handle(c, table);
 	if (c->broken)
 		return c->broken;
 	*t = table_get(c, table);
-	if (!*t || (*t)->key_type != key_type)
-		return -EINVAL;
+	if (!*t)
+		return bad_handle(c, table);
+	if ((*t)->key_type != key_type)
+		return de_priv_err(-EINVAL, "table handle %d has %s keys: use the %s calls "
+				   "(dynemb_*%s)", table, keys_word((*t)->key_type),
+				   keys_word((*t)->key_type),
+				   (*t)->key_type == DE_KEYS_STRING ? "_str" : " without _str");
 	return 0;
 }
 
@@ -1267,9 +1421,9 @@ static int lookup(dynemb_client *c, struct ctable *t, struct keyset *ks, const u
 		  float *out, uint8_t *status, unsigned flags, uint64_t step)
 {
 	if (ks->n && !out)
-		return -EINVAL;
+		return de_priv_err(-EINVAL, "out is NULL");
 	if (flags & ~DYNEMB_READONLY)
-		return -EINVAL;
+		return de_priv_err(-EINVAL, "flags 0x%x: only DYNEMB_READONLY is known", flags);
 	int err = ks_check(ks);
 	if (err)
 		return err;
@@ -1288,9 +1442,13 @@ static int lookup(dynemb_client *c, struct ctable *t, struct keyset *ks, const u
 	if (err)
 		goto out;
 	size_t nr = 0;
-	for (size_t i = 0; i < ks->n; i++)
+	for (size_t i = 0; i < ks->n; i++) {
+		/* a string the daemon has not served this row to yet: it compares the string */
+		if (ks->sk && st[i] == DE_FOUND && hashes[i] && !vset_has(&t->verified, hashes[i]))
+			st[i] = DE_RETRY;
 		if (st[i] == DE_RETRY)
 			idx[nr++] = i;
+	}
 	c->local_keys += ks->n - nr;
 	c->remote_keys += nr;
 	if (nr) {
@@ -1300,6 +1458,7 @@ static int lookup(dynemb_client *c, struct ctable *t, struct keyset *ks, const u
 		b.status = st;
 		err = run_batch(c, t, &rk, &b);
 	}
+
 out:
 	if (st != status)
 		free(st);
@@ -1315,7 +1474,7 @@ int dynemb_lookup(dynemb_client *c, int table, const uint64_t *keys, size_t n, f
 	if (err)
 		return err;
 	if (n && !keys)
-		return -EINVAL;
+		return de_priv_err(-EINVAL, "keys is NULL with n = %zu", n);
 	struct keyset ks = { .ik = keys, .n = n };
 	return lookup(c, t, &ks, keys, out, status, flags, step);
 }
@@ -1328,7 +1487,7 @@ int dynemb_lookup_str(dynemb_client *c, int table, const char *const *keys, cons
 	if (err)
 		return err;
 	if (n && !keys)
-		return -EINVAL;
+		return de_priv_err(-EINVAL, "keys is NULL with n = %zu", n);
 	struct keyset ks = { .sk = keys, .lens = lens, .n = n };
 	if (!(flags & DYNEMB_READONLY))
 		return lookup(c, t, &ks, NULL, out, status, flags, step);
@@ -1345,12 +1504,26 @@ int dynemb_lookup_str(dynemb_client *c, int table, const char *const *keys, cons
 	return err;
 }
 
+/* -EINVAL naming the first value of nf that is NaN or infinite (what: "value",
+ * "gradient"), 0 when all are finite. Row i is the caller's i-th key. */
+static int check_finite(const float *v, size_t nf, uint32_t dim, const char *what)
+{
+	for (size_t i = 0; i < nf; i++)
+		if (unlikely(!isfinite(v[i])))
+			return de_priv_err(-EINVAL, "non-finite %s in row %zu (column %zu: %g): "
+					   "nothing was applied", what, i / dim, i % dim,
+					   (double)v[i]);
+	return 0;
+}
+
 static int update(dynemb_client *c, struct ctable *t, struct keyset *ks, const float *values,
 		  uint64_t step, size_t *created)
 {
 	if (ks->n && !values)
-		return -EINVAL;
+		return de_priv_err(-EINVAL, "values is NULL");
 	int err = ks_check(ks);
+	if (!err)
+		err = check_finite(values, ks->n * t->dim, t->dim, "value");
 	if (err)
 		return err;
 	struct batch b = { .op = DE_OP_UPDATE, .arg = step, .vals_in = values };
@@ -1368,7 +1541,7 @@ int dynemb_update(dynemb_client *c, int table, const uint64_t *keys, size_t n, c
 	if (err)
 		return err;
 	if (n && !keys)
-		return -EINVAL;
+		return de_priv_err(-EINVAL, "keys is NULL with n = %zu", n);
 	struct keyset ks = { .ik = keys, .n = n };
 	return update(c, t, &ks, values, step, created);
 }
@@ -1381,7 +1554,7 @@ int dynemb_update_str(dynemb_client *c, int table, const char *const *keys, cons
 	if (err)
 		return err;
 	if (n && !keys)
-		return -EINVAL;
+		return de_priv_err(-EINVAL, "keys is NULL with n = %zu", n);
 	struct keyset ks = { .sk = keys, .lens = lens, .n = n };
 	return update(c, t, &ks, values, step, created);
 }
@@ -1405,7 +1578,7 @@ int dynemb_erase(dynemb_client *c, int table, const uint64_t *keys, size_t n, si
 	if (err)
 		return err;
 	if (n && !keys)
-		return -EINVAL;
+		return de_priv_err(-EINVAL, "keys is NULL with n = %zu", n);
 	struct keyset ks = { .ik = keys, .n = n };
 	return erase(c, t, &ks, erased);
 }
@@ -1418,7 +1591,7 @@ int dynemb_erase_str(dynemb_client *c, int table, const char *const *keys, const
 	if (err)
 		return err;
 	if (n && !keys)
-		return -EINVAL;
+		return de_priv_err(-EINVAL, "keys is NULL with n = %zu", n);
 	struct keyset ks = { .sk = keys, .lens = lens, .n = n };
 	return erase(c, t, &ks, erased);
 }
@@ -1431,18 +1604,12 @@ int dynemb_erase_str(dynemb_client *c, int table, const char *const *keys, const
 static int lr_bits(double lr, uint64_t *out)
 {
 	if (!isfinite(lr))
-		return -EINVAL;
+		return de_priv_err(-EINVAL, "non-finite learning rate %g: give a finite lr > 0, "
+				   "or 0 for the table's", lr);
 	*out = lr > 0 ? de_lr_to_wire(lr) : 0;
 	return 0;
 }
 
-static bool grads_finite(const float *g, size_t nf)
-{
-	for (size_t i = 0; i < nf; i++)
-		if (!isfinite(g[i]))
-			return false;
-	return true;
-}
 
 struct dkey {
 	uint64_t h;             /* the daemon's key: the int64 key or the string's fingerprint */
@@ -1490,8 +1657,21 @@ static int dedup_grads(const struct ctable *t, const struct keyset *ks, const fl
 	qsort(dk, n, sizeof *dk, dkey_cmp);
 	size_t nu = 0;
 	for (size_t a = 0, b; a < n; a = b) {
-		for (b = a + 1; b < n && dk[b].h == dk[a].h; b++)
-			;
+		for (b = a + 1; b < n && dk[b].h == dk[a].h; b++) {
+			size_t x = dk[a].i, y = dk[b].i;
+			if (ks->ik || !dk[a].h)
+				continue;
+			size_t lx = ks_len(ks, x);
+			if (lx == ks_len(ks, y) && !memcmp(ks->sk[x], ks->sk[y], lx))
+				continue;
+			/* two strings of one fingerprint: summing them would merge two keys */
+			free(dk);
+			free(idx);
+			free(sum);
+			return de_priv_data_err(-EEXIST, "string keys %zu and %zu have one "
+						"fingerprint: they cannot share a row, and nothing was "
+						"applied", x, y);
+		}
 		if (dk[a].h)
 			idx[nu++] = dk[a].i; /* the group's first occurrence */
 	}
@@ -1531,15 +1711,15 @@ static int apply_grads(dynemb_client *c, struct ctable *t, struct keyset *ks, co
 	if (applied)
 		*applied = 0;
 	if (ks->n && !grads)
-		return -EINVAL;
+		return de_priv_err(-EINVAL, "grads is NULL");
 	struct batch b = { .op = DE_OP_APPLY_GRADS, .arg = step, .vals_in = grads };
 	int err = lr_bits(lr, &b.lr_bits);
 	if (!err)
 		err = ks_check(ks);
+	if (!err) /* the daemon would reject its chunk: reject the whole call */
+		err = check_finite(grads, ks->n * t->dim, t->dim, "gradient");
 	if (err)
 		return err;
-	if (!grads_finite(grads, ks->n * t->dim))
-		return -EINVAL; /* the daemon would reject its chunk: reject the whole call */
 	size_t *idx = NULL;
 	float *sum = NULL;
 	struct keyset dk = *ks;
@@ -1567,7 +1747,7 @@ int dynemb_apply_gradients(dynemb_client *c, int table, const uint64_t *keys, si
 	if (err)
 		return err;
 	if (n && !keys)
-		return -EINVAL;
+		return de_priv_err(-EINVAL, "keys is NULL with n = %zu", n);
 	struct keyset ks = { .ik = keys, .n = n };
 	return apply_grads(c, t, &ks, grads, step, lr, applied);
 }
@@ -1581,20 +1761,21 @@ int dynemb_apply_gradients_str(dynemb_client *c, int table, const char *const *k
 	if (err)
 		return err;
 	if (n && !keys)
-		return -EINVAL;
+		return de_priv_err(-EINVAL, "keys is NULL with n = %zu", n);
 	struct keyset ks = { .sk = keys, .lens = lens, .n = n };
 	return apply_grads(c, t, &ks, grads, step, lr, applied);
 }
 
 int dynemb_stats(dynemb_client *c, int table, struct dynemb_stats *out)
 {
+	err_clear();
 	if (!c || !out)
-		return -EINVAL;
+		return de_priv_err(-EINVAL, "%s is NULL", c ? "out" : "the client");
 	if (c->broken)
 		return c->broken;
 	struct ctable *t = table_get(c, table);
 	if (!t)
-		return -EINVAL;
+		return bad_handle(c, table);
 	struct slot *s;
 	uint64_t base;
 	int err = slot_take(c, align_up(sizeof(struct de_wire_stats)), &s, &base);
@@ -1648,8 +1829,10 @@ int dynemb_submit_lookup(dynemb_client *c, int table, const uint64_t *keys, size
 	int err = check_call(c, table, DE_KEYS_INT64, &t);
 	if (err)
 		return err;
-	if (!req || (n && !keys) || (flags & ~DYNEMB_READONLY))
-		return -EINVAL;
+	if (!req || (n && !keys))
+		return de_priv_err(-EINVAL, "%s is NULL", req ? "keys" : "req");
+	if (flags & ~DYNEMB_READONLY)
+		return de_priv_err(-EINVAL, "flags 0x%x: only DYNEMB_READONLY is known", flags);
 	if (n > c->max_batch)
 		return -E2BIG;
 	struct slot *s;
@@ -1704,7 +1887,7 @@ int dynemb_submit_lookup(dynemb_client *c, int table, const uint64_t *keys, size
 int dynemb_complete(dynemb_client *c, uint64_t req, int timeout_ms)
 {
 	if (!c)
-		return -EINVAL;
+		return de_priv_err(-EINVAL, "the client is NULL");
 	struct slot *s = slot_of(c, req);
 	if (!s || s->state == S_ABANDONED)
 		return -ESRCH;
@@ -1737,7 +1920,7 @@ const float *dynemb_request_vals(dynemb_client *c, uint64_t req)
 int dynemb_request_counts(dynemb_client *c, uint64_t req, uint64_t *count, uint64_t *aux)
 {
 	if (!c)
-		return -EINVAL;
+		return de_priv_err(-EINVAL, "the client is NULL");
 	struct slot *s = slot_of(c, req);
 	if (!s || s->state != S_COMPLETED || s->cqe.res)
 		return -ESRCH;
@@ -1756,15 +1939,16 @@ int dynemb_submit_apply_gradients(dynemb_client *c, int table, const uint64_t *k
 	if (err)
 		return err;
 	if (!req || (n && (!keys || !grads)))
-		return -EINVAL;
-	uint64_t lrb;
+		return de_priv_err(-EINVAL, "%s is NULL", !req ? "req" : !keys ? "keys" : "grads");
+	uint64_t lrb = 0;
 	err = lr_bits(lr, &lrb);
 	if (err)
 		return err;
 	if (n > c->max_batch)
 		return -E2BIG;
-	if (!grads_finite(grads, n * t->dim))
-		return -EINVAL;
+	err = check_finite(grads, n * t->dim, t->dim, "gradient");
+	if (err)
+		return err;
 	struct slot *s;
 	uint64_t base, voff;
 	err = slot_take_keys(c, t, keys, n, DE_OP_APPLY_GRADS, &s, &base, &voff);
@@ -1832,13 +2016,14 @@ int de_priv_ctl_request(dynemb_client *c, void *msg, size_t len, uint16_t want, 
 
 int de_priv_table(dynemb_client *c, int table, struct de_priv_table *out)
 {
+	err_clear();
 	if (!c || !out)
-		return -EINVAL;
+		return de_priv_err(-EINVAL, "%s is NULL", c ? "out" : "the client");
 	if (c->broken)
 		return c->broken;
 	struct ctable *t = table_get(c, table);
 	if (!t)
-		return -EINVAL;
+		return bad_handle(c, table);
 	recycle(c);
 	*out = (struct de_priv_table){ .wire_id = t->wire_id, .dim = t->dim,
 				       .key_type = t->key_type, .seed = t->seed,

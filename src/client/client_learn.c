@@ -43,12 +43,25 @@ static int sample(dynemb_client *c, int table, const struct dynemb_sample_spec *
 		return err;
 	if (s && DE_PRIV_RESERVED(s, "dynemb_sample_spec"))
 		return -EINVAL;
-	if (!s || !sampled || (npos && !ipos && !spos) || (str && t.key_type != DE_KEYS_STRING) ||
-	    (unsigned)s->kind > DYNEMB_SAMPLER_UNIGRAM || !s->num_sampled || (s->unique & ~1))
-		return -EINVAL;
+	if (!s || !sampled || (npos && !ipos && !spos))
+		return de_priv_err(-EINVAL, "%s is NULL", !s ? "spec" : !sampled ? "sampled"
+							: "the positives");
+	if (str && t.key_type != DE_KEYS_STRING)
+		return de_priv_err(-EINVAL, "table handle %d has int64 keys: use dynemb_sample",
+				   table);
+	if ((unsigned)s->kind > DYNEMB_SAMPLER_UNIGRAM)
+		return de_priv_err(-EINVAL, "dynemb_sample_spec.kind is %u: not a known sampler",
+				   (unsigned)s->kind);
+	if (!s->num_sampled)
+		return de_priv_err(-EINVAL, "dynemb_sample_spec.num_sampled is 0: ask for at "
+				   "least 1");
+	if (s->unique & ~1)
+		return de_priv_err(-EINVAL, "dynemb_sample_spec.unique is %u: it must be 0 or 1",
+				   (unsigned)s->unique);
 	double power = s->kind == DYNEMB_SAMPLER_UNIGRAM ? (s->power == 0 ? 0.75 : s->power) : 0;
 	if (s->kind == DYNEMB_SAMPLER_UNIGRAM && !(power > 0 && power <= DE_WSAMPLE_MAX_POWER))
-		return -EINVAL;
+		return de_priv_err(-EINVAL, "dynemb_sample_spec.power is %g: it must be in (0, %g]",
+				   power, (double)DE_WSAMPLE_MAX_POWER);
 	uint32_t lim = t.max_batch < DE_WSAMPLE_MAX ? t.max_batch : DE_WSAMPLE_MAX;
 	if (s->num_sampled > lim || npos > t.max_batch)
 		return -E2BIG;
@@ -59,8 +72,12 @@ static int sample(dynemb_client *c, int table, const struct dynemb_sample_spec *
 		kb = 4 * (uint64_t)npos;
 		for (size_t i = 0; i < npos; i++) {
 			size_t l = lens ? lens[i] : spos[i] ? strlen(spos[i]) : 0;
-			if ((!spos[i] && l) || l > DE_MAX_KEY_BYTES)
-				return -EINVAL;
+			if (!spos[i] && l)
+				return de_priv_err(-EINVAL, "string key %zu is NULL with length %zu",
+						   i, l);
+			if (l > DE_MAX_KEY_BYTES)
+				return de_priv_err(-EINVAL, "string key %zu is %zu bytes: a string "
+						   "key is at most %u bytes", i, l, DE_MAX_KEY_BYTES);
 			kb += l;
 		}
 	}
@@ -143,8 +160,13 @@ int dynemb_topk(dynemb_client *c, int table, const float *queries, size_t nq, ui
 	int err = de_priv_table(c, table, &t);
 	if (err)
 		return err;
-	if ((nq && (!queries || !keys || !scores)) || !k || (unsigned)metric > DYNEMB_METRIC_COSINE)
-		return -EINVAL;
+	if (nq && (!queries || !keys || !scores))
+		return de_priv_err(-EINVAL, "%s is NULL", !queries ? "queries" : !keys ? "keys"
+										: "scores");
+	if (!k)
+		return de_priv_err(-EINVAL, "k is 0: ask for at least 1 neighbour");
+	if ((unsigned)metric > DYNEMB_METRIC_COSINE)
+		return de_priv_err(-EINVAL, "metric %u is not a dynemb_metric", (unsigned)metric);
 	if (k > DE_WTOPK_MAX_K)
 		return -E2BIG;
 	uint64_t qrow = 4ull * t.dim, rrow = 12ull * k;
@@ -212,8 +234,12 @@ int dynemb_key_strings(dynemb_client *c, int table, const uint64_t *keys, size_t
 	int err = de_priv_table(c, table, &t);
 	if (err)
 		return err;
-	if ((n && (!keys || !lens)) || (cap && !buf) || t.key_type != DE_KEYS_STRING)
-		return -EINVAL;
+	if ((n && (!keys || !lens)) || (cap && !buf))
+		return de_priv_err(-EINVAL, "%s is NULL", !buf && cap ? "buf" : !keys ? "keys"
+										   : "lens");
+	if (t.key_type != DE_KEYS_STRING)
+		return de_priv_err(-EINVAL, "table handle %d has int64 keys: it keeps no strings",
+				   table);
 	size_t done = 0, used = 0;
 	bool over = false; /* the caller's buffer is full: only lengths from now on */
 	char *tmp = NULL;
@@ -310,8 +336,14 @@ int dynemb_string_key(dynemb_client *c, int table, const char *s, size_t len, ui
 	int err = de_priv_table(c, table, &t);
 	if (err)
 		return err;
-	if (!key || (len && !s) || len > DE_MAX_KEY_BYTES || t.key_type != DE_KEYS_STRING)
-		return -EINVAL;
+	if (!key || (len && !s))
+		return de_priv_err(-EINVAL, "%s is NULL", key ? "s" : "key");
+	if (len > DE_MAX_KEY_BYTES)
+		return de_priv_err(-EINVAL, "the string key is %zu bytes: a string key is at "
+				   "most %u bytes", len, DE_MAX_KEY_BYTES);
+	if (t.key_type != DE_KEYS_STRING)
+		return de_priv_err(-EINVAL, "table handle %d has int64 keys: it has no string "
+				   "keys to fingerprint", table);
 	*key = de_key_from_string(t.seed, s, len);
 	return 0;
 }

@@ -41,7 +41,9 @@ static int put_name(char dst[DE_NAME_MAX], const char *name)
 {
 	size_t n = name ? strlen(name) : 0;
 	if (!n || n >= DE_NAME_MAX)
-		return -EINVAL;
+		return de_priv_err(-EINVAL, "table name %s: a table name is 1 to %u bytes, "
+				   "without control characters", n ? "too long" : "empty",
+				   DE_NAME_MAX - 1);
 	memcpy(dst, name, n);
 	return 0;
 }
@@ -50,7 +52,9 @@ static int put_path(char dst[DE_PATH_MAX], const char *path)
 {
 	size_t n = path ? strlen(path) : 0;
 	if (!n || n >= DE_PATH_MAX || path[0] != '/')
-		return -EINVAL;
+		return de_priv_err(-EINVAL, "path %s: a path is absolute, 1 to %u bytes",
+				   !n ? "empty" : n >= DE_PATH_MAX ? "too long" : "not absolute",
+				   DE_PATH_MAX - 1);
 	memcpy(dst, path, n);
 	return 0;
 }
@@ -101,9 +105,11 @@ int dynemb_import(dynemb_client *c, const char *table_name, const char *path, un
 	struct de_msg_import m;
 	memset(&m, 0, sizeof m);
 	m.h.type = DE_MSG_IMPORT;
-	if (put_name(m.name, table_name) || put_path(m.path, path) ||
-	    (flags & ~DYNEMB_IMPORT_SALVAGE_PREFIX))
+	if (put_name(m.name, table_name) || put_path(m.path, path))
 		return -EINVAL;
+	if (flags & ~DYNEMB_IMPORT_SALVAGE_PREFIX)
+		return de_priv_err(-EINVAL, "flags 0x%x: only DYNEMB_IMPORT_SALVAGE_PREFIX is "
+				   "known", flags);
 	m.flags = flags; /* DYNEMB_IMPORT_SALVAGE_PREFIX is DE_WIMPORT_SALVAGE (client.c) */
 	struct de_msg_import_ok ok;
 	struct prog_ctx pc = { cb, ctx };

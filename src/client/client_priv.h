@@ -17,6 +17,12 @@ int de_priv_reserved(const uint64_t *r, size_t n, const char *what);
 #define DE_PRIV_RESERVED(s, what) \
 	de_priv_reserved((s)->reserved, sizeof((s)->reserved) / sizeof((s)->reserved[0]), what)
 
+/* Keep fmt's message for dynemb_strerror(err) (this thread, until the next call) and
+ * return err: every -EINVAL this library finds itself says which argument and why. */
+__attribute__((format(printf, 2, 3))) int de_priv_err(int err, const char *fmt, ...);
+/* The same, for a data-plane request the daemon refused (-EEXIST: a key conflict). */
+__attribute__((format(printf, 2, 3))) int de_priv_data_err(int err, const char *fmt, ...);
+
 /* A table handle as the wire knows it, and the room one request may use now. */
 struct de_priv_table {
 	uint16_t wire_id;

@@ -39,10 +39,16 @@
  *     until the request is completed and the next request reuses the space;
  *     dynemb_request_vals gives that memory, so a framework can wrap it without a copy.
  *   - Batches larger than the daemon's max batch are split by the library.
- *   - String keys are addressed by a seeded 64-bit fingerprint (xxh3): two different
- *     strings share a row only if their fingerprints collide. With n distinct strings in
- *     a table the chance of any collision is about n^2 / 2^65: 3e-6 for 10 million,
- *     3e-4 for 100 million, 2.7% for a billion. The daemon keeps each key's string.
+ *   - String keys are addressed by a seeded 64-bit fingerprint (xxh3). The daemon keeps
+ *     each key's string and compares it on every lookup, update, gradient and erase, so
+ *     two different strings never share a row: a string whose fingerprint belongs to
+ *     another key's string is -EEXIST (dynemb_strerror names the key) and gets no row
+ *     of its own. Read-only lookups serve a string from the mapping only after the
+ *     daemon served that row to the same string. The seed is readable, so such a string
+ *     can be made on purpose; by chance, with n distinct strings in a table, some pair
+ *     collides with probability about n^2 / 2^65 (3e-6 for 10 million, 2.7% for a
+ *     billion). Not covered: an erase of a string that collides with a new key, at the
+ *     instant that key is first created, may erase the new key's row.
  */
 #ifndef DYNEMB_H
 #define DYNEMB_H
@@ -218,12 +224,15 @@ uint32_t dynemb_table_dim(const dynemb_client *c, int table); /* 0 for a bad han
  */
 int dynemb_lookup(dynemb_client *c, int table, const uint64_t *keys, size_t n, float *out,
 		  uint8_t *status, unsigned flags, uint64_t step);
-/* The same for a string table: keys[i] of lens[i] bytes (lens NULL: NUL-terminated). */
+/* The same for a string table: keys[i] of lens[i] bytes (lens NULL: NUL-terminated), each
+ * at most DYNEMB_MAX_KEY_BYTES (else -EINVAL naming the key). */
+#define DYNEMB_MAX_KEY_BYTES 65535u
 int dynemb_lookup_str(dynemb_client *c, int table, const char *const *keys, const size_t *lens,
 		      size_t n, float *out, uint8_t *status, unsigned flags, uint64_t step);
 
 /* Assign values (n * dim floats) to keys, creating missing ones. created (may be NULL):
- * how many were created. */
+ * how many were created. A NaN or infinite value is -EINVAL (dynemb_strerror names its
+ * row and column) and nothing is assigned. */
 int dynemb_update(dynemb_client *c, int table, const uint64_t *keys, size_t n, const float *values,
 		  uint64_t step, size_t *created);
 int dynemb_update_str(dynemb_client *c, int table, const char *const *keys, const size_t *lens,
@@ -421,6 +430,11 @@ int dynemb_import(dynemb_client *c, const char *table_name, const char *path, un
  * that had to go to the daemon. */
 void dynemb_zero_copy_counts(const dynemb_client *c, uint64_t *local_keys, uint64_t *remote_keys);
 
+/* The text of err. While err is the last error of this thread's last call, the text
+ * names the problem: the argument and the rule it broke (-EINVAL, found here), or the
+ * daemon's own message (-EEXIST names the field that differs; -ENOENT what is missing);
+ * for a string key whose fingerprint belongs to another key's string, "key conflict:"
+ * and the key. Valid until the next call on this thread. */
 const char *dynemb_strerror(int err);
 
 /*

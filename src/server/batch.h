@@ -29,6 +29,7 @@ struct srv_batch {
 	const char *sbuf;
 	uint32_t *slen;
 	uint64_t *soff;
+	uint32_t bad;         /* out, string tables: the key an -EEXIST names (proto.h) */
 };
 
 /* String tables: keep the strings of the keys status[] says were created (the registry's

@@ -480,6 +480,18 @@ int srv_learn_lookup_create(struct srv_batch *b)
 			b->status[i] = DE_MISSING;
 		}
 	}
+	/* string tables: a new key's string is kept before its row exists, so a row never
+	 * lacks its string (tables.c); another string of the fingerprint is -EEXIST */
+	for (uint32_t q = 0; b->sbuf && q < k; q++) {
+		uint32_t i = pos[q];
+		if (b->status[i] == DE_MISSING && b->keys[i] &&
+		    srv_table_keep_string(t, b->keys[i], b->sbuf + b->soff[i], b->slen[i]) ==
+			    -EEXIST) {
+			b->bad = i;
+			err = -EEXIST;
+			goto out;
+		}
+	}
 	if (k) {
 		err = de_table_find_or_insert(t->t, skeys, k, sv, st, step);
 		if (err)

@@ -7,10 +7,11 @@
  * tables are never closed before the daemon exits, so workers may hold pointers freely.
  *
  * Configs arrive checked and normalized by the validators (validate_config.c), so two
- * configs that mean the same compare equal field by field; config_differs names the
- * first field that differs (-EEXIST). The registry keeps the normalized learning block
- * in struct srv_table.learn for the admission, eviction and durability layers to read,
- * and the optimizer as a struct de_optim_config for the workers' APPLY_GRADS.
+ * configs that mean the same compare equal field by field; srv_config_differs
+ * (validate_config.c) names the first field that differs (-EEXIST). The registry keeps
+ * the normalized learning block in struct srv_table.learn for the admission, eviction
+ * and durability layers to read, and the optimizer as a struct de_optim_config for the
+ * workers' APPLY_GRADS.
  *
  * Never: call the learning or persistence layers (the control plane attaches them after
  * srv_registry_open), or read t->rt / t->ps.
@@ -23,13 +24,25 @@
  *     u64 bit-copied into the two floats. A row of zeros (offset 0, never a valid
  *     allocation: the arena header lives there) means "being stored".
  * The first de_table_find_or_insert on `names` that CREATES the key owns the store; any
- * other thread sees FOUND and does nothing. Strings are never freed (erasing a key keeps
- * its string for when it comes back; arena memory is never returned anyway).
+ * other thread sees FOUND and compares its string. Strings are never freed (erasing a key
+ * keeps its string for when it comes back; arena memory is never returned anyway).
+ *
+ * Collisions: a fingerprint's kept string never changes, so srv_table_check_strings
+ * compares every request's strings with it before any row is touched (and the request's
+ * strings among themselves): another string of a kept fingerprint is -EEXIST, never a
+ * merge. Its order closes the races: a row never exists before its string is kept
+ * (a creating request on a table without admission keeps its new strings before it
+ * creates rows; with admission, the lookup keeps the strings of the keys admitted just
+ * before it creates them: learnops.c), so the first request of a fingerprint owns it;
+ * writes are checked before they write, and a lookup without create AFTER it read (a
+ * row it found had its string kept by then, or being stored: waited for). The gap left:
+ * an ERASE checked just before another string's first create may erase that new row.
  */
 #include "tables.h"
 #include "batch.h"
 
 #include <errno.h>
+#include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -61,43 +74,6 @@ void srv_registry_destroy(struct srv_registry *r)
 	}
 	r->head = NULL;
 	r->count = 0;
-}
-
-/* Name the first field where two normalized configs differ, or return false. */
-static bool config_differs(const struct de_wire_table_config *a, const struct de_wire_table_config *b,
-			   const struct de_wire_learn_config *la, const struct de_wire_learn_config *lb,
-			   char *out, size_t cap)
-{
-#define U(f) if (a->f != b->f) { snprintf(out, cap, #f " %llu, not %llu", \
-	(unsigned long long)a->f, (unsigned long long)b->f); return true; }
-#define F(f) if (memcmp(&a->f, &b->f, sizeof a->f)) { snprintf(out, cap, #f " %g, not %g", \
-	(double)a->f, (double)b->f); return true; }
-	U(dim) U(key_type) U(nslots) U(init) F(init_a) F(init_b) F(slot_init) U(seed) U(seg_buckets)
-#undef U
-#undef F
-#define U(s, f) if (la->s.f != lb->s.f) { snprintf(out, cap, #s "." #f " %llu, not %llu", \
-	(unsigned long long)la->s.f, (unsigned long long)lb->s.f); return true; }
-#define F(s, f) if (memcmp(&la->s.f, &lb->s.f, sizeof la->s.f)) { snprintf(out, cap, \
-	#s "." #f " %.17g, not %.17g", (double)la->s.f, (double)lb->s.f); return true; }
-	if (la->optim.kind != lb->optim.kind) {
-		snprintf(out, cap, "optimizer.kind %s, not %s", srv_optim_wire_name(la->optim.kind),
-			 srv_optim_wire_name(lb->optim.kind));
-		return true;
-	}
-#define OF(f) if (memcmp(&la->optim.f, &lb->optim.f, sizeof la->optim.f)) { snprintf(out, cap, \
-	"optimizer." #f " %.17g, not %.17g", (double)la->optim.f, (double)lb->optim.f); return true; }
-	OF(lr) OF(weight_decay) OF(momentum) OF(dampening) OF(beta1) OF(beta2) OF(eps)
-	OF(initial_accumulator_value) OF(alpha) OF(centered) OF(l1) OF(l2) OF(lr_power)
-	OF(ftrl_beta)
-#undef OF
-	U(admission, mode) U(admission, min_count) F(admission, probability)
-	U(admission, sketch_width) U(admission, sketch_depth) U(admission, reject_value)
-	U(eviction, policy) U(eviction, flags) U(eviction, budget_bytes) U(eviction, ttl)
-	U(eviction, ttl_unit) U(eviction, lru_clock) F(eviction, lfu_decay)
-	U(durability, mode) U(durability, window_ms)
-#undef U
-#undef F
-	return false;
 }
 
 static int make_arena(const struct srv_registry *r, const char *memfd_name, uint64_t seg,
@@ -179,7 +155,7 @@ int srv_registry_open(struct srv_registry *r, const char *name,
 		if (strcmp(t->name, name))
 			continue;
 		char d[160];
-		if (config_differs(cfg, &t->wcfg, learn, &t->learn, d, sizeof d)) {
+		if (srv_config_differs(cfg, &t->wcfg, learn, &t->learn, d, sizeof d)) {
 			snprintf(msg, msgcap, "table '%s' exists with another config: asked %s", name, d);
 			return -EEXIST;
 		}
@@ -219,6 +195,136 @@ struct srv_table *srv_registry_find(const struct srv_registry *r, const char *na
 
 /* ---- string keys --------------------------------------------------------------------- */
 
+/* The string a names row points at (off from the row): 0 with *p, *n; -EBADMSG for an
+ * offset or length that does not lie in the arena. */
+static int stored_at(struct srv_table *t, uint64_t off, const char **p, uint32_t *n)
+{
+	if (!de_arena_valid(t->arena, off, 4))
+		return -EBADMSG;
+	const char *q = de_arena_at(t->arena, off);
+	uint32_t len;
+	memcpy(&len, q, 4);
+	if (len > DE_MAX_KEY_BYTES || !de_arena_valid(t->arena, off + 4, len))
+		return -EBADMSG;
+	*p = q + 4;
+	*n = len;
+	return 0;
+}
+
+/* How long a reader waits for a string another thread is storing (between its names
+ * insert and its assign: a few microseconds) before it takes the key as unknown. */
+#define STORING_SPINS 10000
+
+/* The names row of key, waiting while it reads "being stored": *off 0 when unknown. */
+static int names_offset(struct srv_table *t, uint64_t key, uint64_t *off)
+{
+	for (int i = 0;; i++) {
+		float row[2];
+		uint8_t st;
+		int err = de_table_find(t->names, &key, 1, row, &st);
+		if (err)
+			return err;
+		memcpy(off, row, sizeof *off);
+		if (st != DE_FOUND || *off || i == STORING_SPINS)
+			return 0;
+		sched_yield();
+	}
+}
+
+/* 0 when key's kept string is s (or none is kept), -EEXIST when it is another one. */
+static int same_string(struct srv_table *t, uint64_t off, const void *s, uint32_t len)
+{
+	const char *p;
+	uint32_t n;
+	int err = stored_at(t, off, &p, &n);
+	if (err)
+		return err;
+	return n == len && !memcmp(p, s, len) ? 0 : -EEXIST;
+}
+
+static int by_key(const void *a, const void *b, void *keys)
+{
+	const uint64_t *k = keys;
+	uint64_t x = k[*(const uint32_t *)a], y = k[*(const uint32_t *)b];
+	return x < y ? -1 : x > y;
+}
+
+/* Two keys of one request with one fingerprint and different strings: -EEXIST, *bad the
+ * later one. */
+static int batch_collision(const uint64_t *keys, const char *sbuf, const uint32_t *slen,
+			   const uint64_t *soff, uint32_t n, uint32_t *bad)
+{
+	uint32_t *ix = malloc((size_t)n * sizeof *ix);
+	if (!ix)
+		return -ENOMEM;
+	for (uint32_t i = 0; i < n; i++)
+		ix[i] = i;
+	qsort_r(ix, n, sizeof *ix, by_key, (void *)keys);
+	int err = 0;
+	for (uint32_t j = 1; j < n && !err; j++) {
+		uint32_t a = ix[j - 1], b = ix[j];
+		if (keys[a] != keys[b] || !keys[a])
+			continue;
+		if (slen[a] != slen[b] || memcmp(sbuf + soff[a], sbuf + soff[b], slen[a])) {
+			*bad = a > b ? a : b;
+			err = -EEXIST;
+		}
+	}
+	free(ix);
+	return err;
+}
+
+int srv_table_check_strings(struct srv_table *t, const uint64_t *keys, const char *sbuf,
+			    const uint32_t *slen, const uint64_t *soff, uint32_t n, bool creating,
+			    uint32_t *bad)
+{
+	if (!t->names)
+		return -EINVAL;
+	/* without admission a creating request creates every key: keeping its strings
+	 * first costs nothing more, and makes the first request of a fingerprint own it */
+	bool claim = creating && t->learn.admission.mode == DE_WADMIT_ALL;
+	if (n > 1) {
+		int err = batch_collision(keys, sbuf, slen, soff, n, bad);
+		if (err)
+			return err;
+	}
+	enum { CHUNK = 256 };
+	float rows[2 * CHUNK];
+	uint8_t st[CHUNK];
+	for (uint32_t base = 0; base < n; base += CHUNK) {
+		uint32_t m = n - base < CHUNK ? n - base : CHUNK;
+		int err = de_table_find(t->names, keys + base, m, rows, st);
+		if (err)
+			return err;
+		for (uint32_t j = 0; j < m; j++) {
+			uint32_t i = base + j;
+			if (!keys[i])
+				continue; /* the empty string */
+			if (st[j] != DE_FOUND) { /* no string kept: the first creator keeps its own */
+				err = claim ? srv_table_keep_string(t, keys[i], sbuf + soff[i], slen[i])
+					    : 0;
+				if (err == -EEXIST) { /* kept by another request meanwhile */
+					*bad = i;
+					return err;
+				}
+				continue; /* another error: kept after the create, as without claim */
+			}
+			uint64_t off;
+			memcpy(&off, rows + 2 * j, sizeof off);
+			if (!off && (err = names_offset(t, keys[i], &off)))
+				return err;
+			if (!off)
+				continue;
+			err = same_string(t, off, sbuf + soff[i], slen[i]);
+			if (err) {
+				*bad = i;
+				return err;
+			}
+		}
+	}
+	return 0;
+}
+
 int srv_table_keep_string(struct srv_table *t, uint64_t key, const void *s, uint32_t len)
 {
 	if (!t->names)
@@ -230,8 +336,13 @@ int srv_table_keep_string(struct srv_table *t, uint64_t key, const void *s, uint
 	int err = de_table_find_or_insert(t->names, &key, 1, row, &st, 0);
 	if (err)
 		return err;
-	if (st != DE_CREATED)
-		return 0; /* someone else stores (or stored) it */
+	if (st != DE_CREATED) { /* someone else stores (or stored) it: the same string? */
+		uint64_t off;
+		memcpy(&off, row, sizeof off);
+		if (!off && (err = names_offset(t, key, &off)))
+			return err;
+		return off ? same_string(t, off, s, len) : 0;
+	}
 	uint64_t off;
 	err = de_arena_alloc(t->arena, 4ull + len, 4, &off);
 	if (err) {
@@ -270,17 +381,14 @@ int srv_table_key_string(struct srv_table *t, uint64_t key, void *buf, size_t ca
 	memcpy(&off, row, sizeof off);
 	if (st != DE_FOUND || !off)
 		return -ENOENT;
-	if (!de_arena_valid(t->arena, off, 4))
-		return -EBADMSG;
-	const char *p = de_arena_at(t->arena, off);
+	const char *p;
 	uint32_t n;
-	memcpy(&n, p, 4);
-	if (n > DE_MAX_KEY_BYTES || !de_arena_valid(t->arena, off + 4, n))
-		return -EBADMSG;
+	if ((err = stored_at(t, off, &p, &n)))
+		return err;
 	*len = n;
 	if (n > cap)
 		return -ENOSPC;
-	memcpy(buf, p + 4, n);
+	memcpy(buf, p, n);
 	return 0;
 }
 
@@ -293,7 +401,11 @@ void srv_batch_keep_strings(const struct srv_batch *b)
 		if (b->status[i] != DE_CREATED)
 			continue;
 		int err = srv_table_keep_string(t, b->keys[i], b->sbuf + b->soff[i], b->slen[i]);
-		if (err)
+		if (err == -EEXIST) /* not expected: strings are kept before their rows exist */
+			srv_log(SRV_LOG_WARN, "table '%s': a new key's string has the fingerprint "
+				"%016llx of another key's string, kept while this request ran",
+				t->name, (unsigned long long)b->keys[i]);
+		else if (err)
 			srv_log(SRV_LOG_WARN, "table '%s': cannot keep a key string: %s", t->name,
 				strerror(-err));
 	}

@@ -91,8 +91,23 @@ void srv_registry_discard(struct srv_registry *r, struct srv_table *t);
 struct srv_table *srv_registry_find(const struct srv_registry *r, const char *name);
 
 /* String tables: remember the string of a key just created (thread-safe; the first
- * caller for a key stores it, later ones do nothing). 0 or a negative errno. */
+ * caller for a key stores it, later ones compare: -EEXIST when the fingerprint's kept
+ * string is another one). 0 or a negative errno. */
 int srv_table_keep_string(struct srv_table *t, uint64_t key, const void *s, uint32_t len);
+/*
+ * String tables: compare each key's string (sbuf + soff[i], slen[i] bytes; keys[i] its
+ * fingerprint) with the string kept for that fingerprint and with the request's other
+ * strings. creating (UPDATE, APPLY_GRADS, LOOKUP with create; called before the request
+ * touches rows): on a table without admission a key with no string kept has its string
+ * kept now. Else (ERASE: before; LOOKUP without create: after it read, before its
+ * completion) such a key passes. A string being stored right now is waited for.
+ * -EEXIST with *bad = i: key i's fingerprint belongs to another string, so key i has no
+ * row of its own and the request must not serve or write that row. 0, -EEXIST, or a
+ * negative errno of the index.
+ */
+int srv_table_check_strings(struct srv_table *t, const uint64_t *keys, const char *sbuf,
+			    const uint32_t *slen, const uint64_t *soff, uint32_t n, bool creating,
+			    uint32_t *bad /* out */);
 /*
  * The string of a key: copies up to cap bytes into buf (not NUL-terminated) and sets
  * *len to the full length. -ENOENT: not known (or being stored right now); -ENOSPC: cap

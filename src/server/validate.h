@@ -117,6 +117,16 @@ int srv_wire_config_normalize(struct de_wire_table_config *c, char *msg, size_t 
  */
 int srv_learn_config_normalize(struct de_wire_learn_config *l, struct de_wire_table_config *c,
 			       char *msg, size_t msgcap);
+/*
+ * Two normalized configs (a: the one asked for, b: the table's): false when they are the
+ * same table; else true with out naming the first field that differs, as
+ * "<field> <asked>, not <the table's>", enums by name (the optimizer before nslots,
+ * whose 0 means "what the optimizer needs"), floats as written (the shortest text that
+ * reads back to the same value). The table's seed is not echoed. For -EEXIST (tables.c).
+ */
+bool srv_config_differs(const struct de_wire_table_config *a, const struct de_wire_table_config *b,
+			const struct de_wire_learn_config *la, const struct de_wire_learn_config *lb,
+			char *out, size_t cap);
 /* learn.optim (kind != NONE, checked) as struct de_optim_config. */
 void srv_optim_from_wire(const struct de_wire_optim *w, struct de_optim_config *out /* out */);
 /* The name of a wire optimizer kind ("none", "sgd", ... "rmsprop"; "?" past them). */

@@ -2,7 +2,8 @@
  * validate_config.c — the pure checks and normalizations of table names and wire configs
  * (validate.h): srv_name_check, srv_wire_config_normalize (the table's own rules, from
  * libdeshm's de_table_config_check) and srv_learn_config_normalize (optimizer, admission,
- * eviction, durability: every rule is stated in proto.h).
+ * eviction, durability: every rule is stated in proto.h); srv_config_differs, the text
+ * of the -EEXIST a reopen with another config gets (enums by name, floats as written).
  *
  * Normalizing fills the "0 = default" fields and folds equal settings (-0.0 and 0.0) so
  * that two configs that mean the same compare equal field by field: the registry shares
@@ -16,25 +17,30 @@
 #include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "de_shm.h"
+
+/* the rule, as every message about a bad name states it (one %u: DE_NAME_MAX - 1) */
+#define NAME_RULE "a table name is 1 to %u bytes, without control characters"
 
 int srv_name_check(const char name[DE_NAME_MAX], char *msg, size_t msgcap)
 {
 	const char *end = memchr(name, 0, DE_NAME_MAX);
 	if (!end) {
-		snprintf(msg, msgcap, "table name is not NUL-terminated within %u bytes", DE_NAME_MAX);
+		snprintf(msg, msgcap, "table name is not NUL-terminated within %u bytes: " NAME_RULE,
+			 DE_NAME_MAX, DE_NAME_MAX - 1);
 		return -EINVAL;
 	}
 	if (end == name) {
-		snprintf(msg, msgcap, "table name is empty");
+		snprintf(msg, msgcap, "table name is empty: " NAME_RULE, DE_NAME_MAX - 1);
 		return -EINVAL;
 	}
 	for (const char *p = name; p < end; p++)
 		if ((unsigned char)*p < 0x20 || *p == 0x7f) {
-			snprintf(msg, msgcap, "table name has a control character at byte %zu",
-				 (size_t)(p - name));
+			snprintf(msg, msgcap, "table name has a control character at byte %zu: "
+				 NAME_RULE, (size_t)(p - name), DE_NAME_MAX - 1);
 			return -EINVAL;
 		}
 	return 0;
@@ -261,4 +267,98 @@ int srv_learn_config_normalize(struct de_wire_learn_config *l, struct de_wire_ta
 	if (!err)
 		err = durability_normalize(&l->durability, msg, msgcap);
 	return err;
+}
+
+/* ---- the -EEXIST message ----------------------------------------------------------------- */
+
+/* x as written: the shortest %g that reads back to the same value (as a float when
+ * is_float, else as a double). */
+static const char *shortest(char *buf, size_t cap, double x, bool is_float)
+{
+	for (int p = 1; p <= 17; p++) {
+		snprintf(buf, cap, "%.*g", p, x);
+		if (is_float ? strtof(buf, NULL) == (float)x : strtod(buf, NULL) == x)
+			return buf;
+	}
+	snprintf(buf, cap, "%.17g", x); /* NaN never compares equal; not expected here */
+	return buf;
+}
+
+static const char *name_of(const char *const *names, size_t n, uint32_t v, char *buf, size_t cap)
+{
+	if (v < n && names[v])
+		return names[v];
+	snprintf(buf, cap, "%u", v);
+	return buf;
+}
+
+/* the names dynemb.h and the Python package use, lower case */
+static const char *const key_names[] = { "int64", "string" };
+static const char *const init_names[] = { "zeros", "constant", "uniform", "trunc_normal" };
+static const char *const admit_names[] = { "all", "count", "probability" };
+static const char *const reject_names[] = { "init", "zeros" };
+static const char *const evict_names[] = { "none", "lru", "lfu", "ttl", "l2" };
+static const char *const unit_names[] = { "steps", "seconds" };
+static const char *const durable_names[] = { "none", "async", "sync" };
+static const char *const flag_names[] = { "none", "disk_tier" };
+
+bool srv_config_differs(const struct de_wire_table_config *a, const struct de_wire_table_config *b,
+			const struct de_wire_learn_config *la, const struct de_wire_learn_config *lb,
+			char *out, size_t cap)
+{
+	char x[40], y[40];
+#define NAMES(v) (sizeof(v) / sizeof(v)[0])
+#define U(f) if (a->f != b->f) { snprintf(out, cap, #f " %llu, not %llu", \
+	(unsigned long long)a->f, (unsigned long long)b->f); return true; }
+#define E(f, names) if (a->f != b->f) { snprintf(out, cap, #f " %s, not %s", \
+	name_of(names, NAMES(names), a->f, x, sizeof x), \
+	name_of(names, NAMES(names), b->f, y, sizeof y)); return true; }
+#define F(f) if (memcmp(&a->f, &b->f, sizeof a->f)) { snprintf(out, cap, #f " %s, not %s", \
+	shortest(x, sizeof x, a->f, true), shortest(y, sizeof y, b->f, true)); return true; }
+	E(key_type, key_names) U(dim)
+	/* the optimizer before nslots: nslots 0 means "what the optimizer needs", so
+	 * another optimizer shows first as another nslots */
+	if (la->optim.kind != lb->optim.kind) {
+		snprintf(out, cap, "optimizer.kind %s, not %s", srv_optim_wire_name(la->optim.kind),
+			 srv_optim_wire_name(lb->optim.kind));
+		return true;
+	}
+	U(nslots) E(init, init_names) F(init_a) F(init_b) F(slot_init)
+	/* the table's seed is not echoed: it is another client's value */
+	if (a->seed != b->seed) {
+		snprintf(out, cap, "seed %llu, not the table's seed", (unsigned long long)a->seed);
+		return true;
+	}
+	U(seg_buckets)
+#undef U
+#undef E
+#undef F
+#define U(s, f) if (la->s.f != lb->s.f) { snprintf(out, cap, #s "." #f " %llu, not %llu", \
+	(unsigned long long)la->s.f, (unsigned long long)lb->s.f); return true; }
+#define E(s, f, names) if (la->s.f != lb->s.f) { snprintf(out, cap, #s "." #f " %s, not %s", \
+	name_of(names, NAMES(names), la->s.f, x, sizeof x), \
+	name_of(names, NAMES(names), lb->s.f, y, sizeof y)); return true; }
+#define F(s, f) if (memcmp(&la->s.f, &lb->s.f, sizeof la->s.f)) { snprintf(out, cap, \
+	#s "." #f " %s, not %s", shortest(x, sizeof x, la->s.f, false), \
+	shortest(y, sizeof y, lb->s.f, false)); return true; }
+#define OF(f) if (memcmp(&la->optim.f, &lb->optim.f, sizeof la->optim.f)) { \
+	snprintf(out, cap, "optimizer." #f " %s, not %s", \
+		 shortest(x, sizeof x, (double)la->optim.f, false), \
+		 shortest(y, sizeof y, (double)lb->optim.f, false)); return true; }
+	OF(lr) OF(weight_decay) OF(momentum) OF(dampening) OF(beta1) OF(beta2) OF(eps)
+	OF(initial_accumulator_value) OF(alpha) OF(centered) OF(l1) OF(l2) OF(lr_power)
+	OF(ftrl_beta)
+#undef OF
+	E(admission, mode, admit_names) U(admission, min_count) F(admission, probability)
+	U(admission, sketch_width) U(admission, sketch_depth)
+	E(admission, reject_value, reject_names)
+	E(eviction, policy, evict_names) E(eviction, flags, flag_names)
+	U(eviction, budget_bytes) U(eviction, ttl) E(eviction, ttl_unit, unit_names)
+	E(eviction, lru_clock, unit_names) F(eviction, lfu_decay)
+	E(durability, mode, durable_names) U(durability, window_ms)
+#undef U
+#undef E
+#undef F
+#undef NAMES
+	return false;
 }

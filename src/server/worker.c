@@ -258,12 +258,19 @@ static void execute(struct srv_worker *w, struct srv_client *c, const struct de_
 	int err = 0;
 	if (e->op != DE_OP_LOOKUP && (q->res = srv_persist_write_check(w->srv->persist, t)))
 		return; /* the table's WAL failed: read-only */
+	uint32_t bad = 0;
 	if (str)
 		err = load_string_keys(w, t, data, e);
 	else
 		load_int_keys(w, data, e);
+	bool create = e->op == DE_OP_LOOKUP && (e->flags & DE_LOOKUP_CREATE);
+	bool reads = e->op == DE_OP_LOOKUP && !create; /* checked after the read */
+	if (str && !err && !reads) /* a fingerprint of another key's string: no row of its own */
+		err = srv_table_check_strings(t, w->keys, w->sbuf, w->slen, w->soff, n,
+					      e->op != DE_OP_ERASE, &bad);
 	if (err) {
 		q->res = err;
+		q->count = err == -EEXIST ? bad : 0; /* which key (proto.h) */
 		return;
 	}
 	if (e->op == DE_OP_APPLY_GRADS) {
@@ -273,7 +280,6 @@ static void execute(struct srv_worker *w, struct srv_client *c, const struct de_
 	float *vals = (float *)(void *)(data + e->vals_off);
 	struct srv_batch b = batch_of(w, t, e, vals);
 	size_t erased = 0;
-	bool create = e->op == DE_OP_LOOKUP && (e->flags & DE_LOOKUP_CREATE);
 	/* no eviction between a write and its log (persisted tables with eviction) */
 	bool held = (e->op != DE_OP_LOOKUP || create) && srv_learn_write_begin(t);
 	switch (e->op) {
@@ -298,6 +304,12 @@ static void execute(struct srv_worker *w, struct srv_client *c, const struct de_
 	else if (!err && create && srv_learn_logs_creates(t))
 		log_restores(w, &b);
 	srv_learn_write_end(t, held);
+	if (!err && str && reads &&
+	    (err = srv_table_check_strings(t, w->keys, w->sbuf, w->slen, w->soff, n, false, &bad)) ==
+		    -EEXIST)
+		q->count = bad; /* what it read is not delivered (proto.h) */
+	else if (err == -EEXIST)
+		q->count = b.bad; /* admission: a new key's string (learnops.c) */
 	if (err) {
 		q->res = err;
 		return;

@@ -483,7 +483,8 @@ class Table:
 
     def update(self, keys, values, step=0):
         """Assign ``values`` (shape ``keys.shape + (dim,)``) to ``keys``, creating missing
-        ones; returns how many were created."""
+        ones; returns how many were created. A NaN or infinite value raises ``EINVAL``
+        (naming its row and column) and nothing is assigned."""
         k, shape, n = self._keys(keys)
         want = shape + (self.dim,)
         v = values if isinstance(values, np.ndarray) else np.asarray(values)
