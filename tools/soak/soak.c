@@ -50,6 +50,8 @@ struct drv {
 	dynemb_client *c;
 	int h[SOAK_NTABLES];
 	struct dynemb_stats prev[SOAK_NTABLES]; /* this daemon run's last stats */
+	struct dynemb_stats end[SOAK_NTABLES];  /* at the end, before the last kill */
+	uint64_t evicted_total;                 /* soak_evict's evictions, all daemon runs */
 	bool have_prev;
 	uint64_t durable_before_kill[SOAK_NTABLES];
 	uint64_t rss_warm_kib, rss_after_kib, rss_last_kib, rss_samples;
@@ -362,6 +364,8 @@ static int daemon_cycle(struct drv *r, bool kill_daemon, const char *who)
 	atomic_store(&r->x.sh->down, 1);
 	for (int t = 0; t < SOAK_NTABLES; t++)
 		r->durable_before_kill[t] = r->have_prev ? r->prev[t].durable_lsn : 0;
+	if (kill_daemon && r->have_prev)
+		r->evicted_total += r->prev[T_EVICT].evicted;
 	if (kill_daemon)
 		dproc_kill(&r->d);
 	kill_all(r);
@@ -448,8 +452,10 @@ static int run(struct drv *r)
 	if (r->failed)
 		return -1;
 	/* the end: writers stopped, everything read back; then once more after a kill */
-	if (daemon_cycle(r, false, "at the end") ||
-	    (!o->no_daemon_kills && daemon_cycle(r, true, "after the final daemon kill")))
+	if (daemon_cycle(r, false, "at the end"))
+		return -1;
+	memcpy(r->end, r->prev, sizeof r->end);
+	if ((!o->no_daemon_kills && daemon_cycle(r, true, "after the final daemon kill")))
 		return -1;
 	dynemb_close(r->c);
 	r->c = NULL;
@@ -650,11 +656,15 @@ static void summary(struct drv *r)
 	printf("soak: checked: %" PRIu64 " rows read by the workers, %" PRIu64 " rows in %u"
 	       " full read-backs, %" PRIu64 " statistics checks\n", CNT(C_ROWS_CHECKED),
 	       r->rows_verified, r->verifications, r->stat_checks);
+	printf("soak: the tables at the end (stats of the last daemon run, before its kill):\n");
 	for (int t = 0; t < SOAK_NTABLES; t++)
-		printf("soak:   %-10s %6" PRIu64 " keys, wal_lsn %" PRIu64 ", %" PRIu64
-		       " snapshots, %" PRIu64 " evicted, %" PRIu64 " resident bytes\n",
-		       soak_table_names[t], r->prev[t].keys, r->prev[t].wal_lsn,
-		       r->prev[t].snapshots, r->prev[t].evicted, r->prev[t].resident_bytes);
+		printf("soak:   %-10s %6" PRIu64 " keys, wal_lsn %" PRIu64 ", durable_lsn %" PRIu64
+		       ", %" PRIu64 " snapshots, %" PRIu64 " resident bytes of a budget of %" PRIu64
+		       "\n", soak_table_names[t], r->end[t].keys, r->end[t].wal_lsn,
+		       r->end[t].durable_lsn, r->end[t].snapshots, r->end[t].resident_bytes,
+		       r->end[t].budget_bytes);
+	printf("soak: soak_evict evicted %" PRIu64 " rows over all daemon runs\n",
+	       r->evicted_total + r->end[T_EVICT].evicted);
 	printf("soak: hostile:");
 	for (int a = 0; a < SOAK_NATTACKS; a++)
 		printf("%s %s %" PRIu64 "/%" PRIu64, a ? ";" : "", soak_attack_names[a],
