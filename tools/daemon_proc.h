@@ -2,8 +2,8 @@
  * daemon_proc.h — running dynembd as a child process, for the test drivers in tools/
  * (soak/): find the binary, start it on a private socket with its output in a log file,
  * wait until it accepts, SIGKILL or SIGTERM it, show the end of its log, remove a work
- * directory. Header-only (static inline) so that each driver stays one program built
- * against the public dynemb.h alone; crashtest.c has its own copy of the same steps.
+ * directory, read its VmRSS. Header-only (static inline): crashtest.c and soak/soak.c
+ * use it, each one program built against the public dynemb.h.
  *
  * Owns nothing beyond the struct below: the caller owns the paths and the argv.
  */
