@@ -482,7 +482,7 @@ static void usage(FILE *f)
 		"            [--daemon-kill-s S] [--no-daemon-kills] [--no-hostile] [--warmup-s S]\n"
 		"            [--rss-tolerance-pct P] [--rss-slack-mib M] [--timeout-ms MS]\n"
 		"            [--seed S] [--daemon PATH] [--dir DIR] [--keep] [--verbose]\n"
-		"            [--self-check-wipe]\n"
+		"            [--self-check-wipe] [--require-hello-deadline]\n"
 		"Runs dynembd under several clients (lookups, updates, gradients, erases,\n"
 		"sampling, top-k, snapshots) on sync, async, non-durable and evicting tables,\n"
 		"kills a client every few seconds and the daemon now and then, runs a hostile\n"
@@ -497,6 +497,8 @@ static void usage(FILE *f)
 		"  --daemon-kill-s S    SIGKILL dynembd every S seconds (0.5x..1.5x; default 20)\n"
 		"  --no-daemon-kills    never (nor at the end)\n"
 		"  --no-hostile         no hostile client\n"
+		"  --require-hello-deadline  the daemon must close connections that send no\n"
+		"                       HELLO within 5 s (default: counted, not required)\n"
 		"  --warmup-s S         RSS warm-up (default: seconds / 6, within 5..60)\n"
 		"  --rss-tolerance-pct P  allowed VmRSS growth after the warm-up (default 25)\n"
 		"  --rss-slack-mib M    plus this much (default 16)\n"
@@ -525,7 +527,8 @@ static int parse(int argc, char **argv, struct soak_opts *o)
 		}
 		if (!strcmp(a, "--keep") || !strcmp(a, "--verbose") || !strcmp(a, "-v") ||
 		    !strcmp(a, "--no-hostile") || !strcmp(a, "--no-daemon-kills") ||
-		    !strcmp(a, "--self-check-wipe")) {
+		    !strcmp(a, "--self-check-wipe") || !strcmp(a, "--require-hello-deadline")) {
+			o->hello_deadline |= !strcmp(a, "--require-hello-deadline");
 			o->self_check |= !strcmp(a, "--self-check-wipe");
 			o->keep |= !strcmp(a, "--keep");
 			o->verbose |= !strcmp(a, "--verbose") || !strcmp(a, "-v");

@@ -87,7 +87,7 @@ struct soak_opts {
 	unsigned rss_tol_pct, rss_slack_mib, timeout_ms;
 	uint64_t seed;
 	const char *daemon, *dir;
-	bool keep, verbose, no_hostile, no_daemon_kills, self_check;
+	bool keep, verbose, no_hostile, no_daemon_kills, self_check, hello_deadline;
 };
 
 /* What every child gets (a copy through fork). */
