@@ -70,6 +70,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "daemon_proc.h"
 #include "dynemb.h"
 #include "mix.h"
 
@@ -130,8 +131,8 @@ struct keystate {
 
 struct run {
 	struct opts o;
-	char work[PATH_MAX], data[PATH_MAX], sock[108], logpath[PATH_MAX], tier[PATH_MAX];
-	pid_t daemon;
+	char work[PATH_MAX], data[PATH_MAX], tier[PATH_MAX];
+	struct dproc d; /* the daemon: its socket, log and pid (daemon_proc.h) */
 	struct keystate *ks[NTABLES];
 	struct wlog *log;
 	/* this iteration's acknowledgement times per key, in version order (versions of a key
@@ -170,39 +171,10 @@ static void row_of(uint32_t i, uint32_t v, float *out)
 
 /* ---- the daemon ------------------------------------------------------------------------- */
 
-static bool can_connect(const char *path)
-{
-	int fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
-	struct sockaddr_un a = { .sun_family = AF_UNIX };
-	snprintf(a.sun_path, sizeof a.sun_path, "%s", path);
-	bool ok = fd >= 0 && connect(fd, (struct sockaddr *)&a, sizeof a) == 0;
-	if (fd >= 0)
-		close(fd);
-	return ok;
-}
-
-static void print_log_tail(struct run *r)
-{
-	FILE *f = fopen(r->logpath, "r");
-	if (!f)
-		return;
-	char line[512];
-	long size = 0;
-	if (!fseek(f, 0, SEEK_END))
-		size = ftell(f);
-	fseek(f, size > 4000 ? size - 4000 : 0, SEEK_SET);
-	fprintf(stderr, "---- the end of %s ----\n", r->logpath);
-	while (fgets(line, sizeof line, f))
-		fputs(line, stderr);
-	fprintf(stderr, "----\n");
-	fclose(f);
-}
-
 /* 0 started; -1 failed (said why); EXIT_SKIP: no persistence in this daemon */
 static int daemon_start(struct run *r)
 {
-	unlink(r->sock);
-	const char *argv[32] = { r->o.daemon, "--foreground", "--socket", r->sock,
+	const char *argv[32] = { r->o.daemon, "--foreground", "--socket", r->d.sock,
 				 "--data-dir", r->data, "--log-level", "info", "--pages", "small",
 				 "--segment-bytes", "2M", "--reserve-bytes", "2G",
 				 "--tier-dir", r->tier };
@@ -214,83 +186,17 @@ static int daemon_start(struct run *r)
 		argv[a++] = snap;
 	}
 	argv[a] = NULL;
-	pid_t parent = getpid();
-	pid_t pid = fork();
-	if (pid < 0) {
-		fprintf(stderr, "crashtest: fork: %s\n", strerror(errno));
-		return -1;
+	/* recovery of a big directory takes a while */
+	int rc = dproc_start(&r->d, (char *const *)argv, 30);
+	if (rc == 2) {
+		fprintf(stderr, "crashtest: %s refused its flags (status 2): no persistence "
+				"(--data-dir) in this daemon?\n", r->o.daemon);
+		dproc_log_tail(&r->d);
+		return EXIT_SKIP;
 	}
-	if (pid == 0) {
-		prctl(PR_SET_PDEATHSIG, SIGKILL);
-		if (getppid() != parent)
-			_exit(1);
-		int fd = open(r->logpath, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
-		if (fd >= 0) {
-			dup2(fd, 1);
-			dup2(fd, 2);
-		}
-		execv(r->o.daemon, (char *const *)argv);
-		fprintf(stderr, "crashtest: exec %s: %s\n", r->o.daemon, strerror(errno));
-		_exit(127);
-	}
-	r->daemon = pid;
-	uint64_t end = now_ns() + 30000000000ull; /* recovery of a big directory takes a while */
-	while (!can_connect(r->sock)) {
-		int st;
-		if (waitpid(pid, &st, WNOHANG) == pid) {
-			r->daemon = -1;
-			if (WIFEXITED(st) && WEXITSTATUS(st) == 2) {
-				fprintf(stderr, "crashtest: %s refused its flags (status 2): no "
-						"persistence (--data-dir) in this daemon?\n",
-					r->o.daemon);
-				print_log_tail(r);
-				return EXIT_SKIP;
-			}
-			fprintf(stderr, "crashtest: dynembd exited at startup (%s %d)\n",
-				WIFEXITED(st) ? "status" : "signal",
-				WIFEXITED(st) ? WEXITSTATUS(st) : WTERMSIG(st));
-			print_log_tail(r);
-			return -1;
-		}
-		if (now_ns() > end) {
-			fprintf(stderr, "crashtest: dynembd did not listen on %s within 30 s\n",
-				r->sock);
-			print_log_tail(r);
-			return -1;
-		}
-		usleep(2000);
-	}
-	return 0;
-}
-
-static void daemon_kill(struct run *r)
-{
-	if (r->daemon > 0) {
-		kill(r->daemon, SIGKILL);
-		while (waitpid(r->daemon, NULL, 0) < 0 && errno == EINTR)
-			;
-		r->daemon = -1;
-	}
-}
-
-/* SIGTERM and wait (SIGKILL after 10 s): 0 when it exited with status 0 */
-static int daemon_stop(struct run *r)
-{
-	int st = 0;
-	if (r->daemon <= 0)
-		return 0;
-	kill(r->daemon, SIGTERM);
-	uint64_t end = now_ns() + 10000000000ull;
-	while (waitpid(r->daemon, &st, WNOHANG) == 0) {
-		if (now_ns() > end) {
-			kill(r->daemon, SIGKILL);
-			waitpid(r->daemon, &st, 0);
-			break;
-		}
-		usleep(2000);
-	}
-	r->daemon = -1;
-	return WIFEXITED(st) && WEXITSTATUS(st) == 0 ? 0 : -1;
+	if (rc)
+		fprintf(stderr, "crashtest: dynembd did not start\n");
+	return rc ? -1 : 0;
 }
 
 /* ---- client side ---------------------------------------------------------------------- */
@@ -337,7 +243,7 @@ static int open_table(dynemb_client *c, const struct opts *o, int which, int *t)
 static int connect_client(struct run *r, const char *name, dynemb_client **c)
 {
 	struct dynemb_connect_opts co = { .name = name, .timeout_ms = 10000 };
-	return dynemb_connect(r->sock, &co, c);
+	return dynemb_connect(r->d.sock, &co, c);
 }
 
 /* The writer process: never returns. */
@@ -574,7 +480,6 @@ static int start_and_verify(struct run *r, uint64_t kill_ns)
 	return err ? -1 : 0;
 }
 
-static void rm_tree(const char *dir, int depth);
 
 /* ---- damage between a kill and the restart (--corrupt-old-wal, --missing-files) ------- */
 /*
@@ -696,7 +601,7 @@ static int corrupt_old_record(struct run *r)
 static bool log_has_since(struct run *r, off_t from, const char *needle)
 {
 	size_t len = 0;
-	unsigned char *b = read_all(r->logpath, &len);
+	unsigned char *b = read_all(r->d.logpath, &len);
 	bool found = false;
 	if (b && (size_t)from < len) {
 		char *t = malloc(len - (size_t)from + 1);
@@ -721,14 +626,14 @@ static int expect_refusal_without(struct run *r, const char *name)
 	if (rename(path, aside))
 		return errno == ENOENT ? 0 : -errno;
 	struct stat st;
-	off_t from = stat(r->logpath, &st) ? 0 : st.st_size;
-	const char *argv[] = { r->o.daemon, "--foreground", "--socket", r->sock, "--data-dir",
+	off_t from = stat(r->d.logpath, &st) ? 0 : st.st_size;
+	const char *argv[] = { r->o.daemon, "--foreground", "--socket", r->d.sock, "--data-dir",
 			       r->data, "--log-level", "info", "--pages", "small",
 			       "--segment-bytes", "2M", "--reserve-bytes", "2G", NULL };
 	pid_t pid = fork();
 	if (pid == 0) {
 		prctl(PR_SET_PDEATHSIG, SIGKILL);
-		int fd = open(r->logpath, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+		int fd = open(r->d.logpath, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
 		if (fd >= 0) {
 			dup2(fd, 1);
 			dup2(fd, 2);
@@ -755,7 +660,7 @@ static int expect_refusal_without(struct run *r, const char *name)
 	if (status != 3 || !named) {
 		violation(r, "dynembd without %s: exit status %d (3 wanted), %s", name, status,
 			  named ? "the log names it" : "the log does not name it");
-		print_log_tail(r);
+		dproc_log_tail(&r->d);
 	} else {
 		r->refusals++;
 	}
@@ -823,16 +728,16 @@ static int iteration(struct run *r, int which, unsigned it)
 	while (nanosleep(&ts, &ts) && errno == EINTR)
 		;
 	int st;
-	bool died = waitpid(r->daemon, &st, WNOHANG) == r->daemon;
+	bool died = waitpid(r->d.pid, &st, WNOHANG) == r->d.pid;
 	uint64_t kill_ns = now_ns();
 	if (died) {
-		r->daemon = -1;
+		r->d.pid = -1;
 		fprintf(stderr, "crashtest: dynembd died before the kill (%s %d)\n",
 			WIFEXITED(st) ? "status" : "signal",
 			WIFEXITED(st) ? WEXITSTATUS(st) : WTERMSIG(st));
-		print_log_tail(r);
+		dproc_log_tail(&r->d);
 	}
-	daemon_kill(r);
+	dproc_kill(&r->d);
 	kill(w, SIGKILL);
 	while (waitpid(w, NULL, 0) < 0 && errno == EINTR)
 		;
@@ -857,7 +762,7 @@ static int iteration(struct run *r, int which, unsigned it)
 	if (died)
 		return -1;
 	if (r->o.wipe) { /* the self-check: lose everything; the verification must notice */
-		rm_tree(r->data, 1);
+		dproc_rm_tree(r->data, 1);
 		if (mkdir(r->data, 0755))
 			return -1;
 	}
@@ -1041,51 +946,14 @@ static int parse(int argc, char **argv, struct opts *o)
 	return 0;
 }
 
-/* rm -r of the work directory (two levels: work/data/files) */
-static void rm_tree(const char *dir, int depth)
-{
-	char cmd_path[PATH_MAX];
-	DIR *d = opendir(dir);
-	struct dirent *e;
-	while (d && (e = readdir(d))) {
-		if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, ".."))
-			continue;
-		int n = snprintf(cmd_path, sizeof cmd_path, "%s/%s", dir, e->d_name);
-		if (n < 0 || (size_t)n >= sizeof cmd_path)
-			continue;
-		struct stat st;
-		if (!lstat(cmd_path, &st) && S_ISDIR(st.st_mode) && depth > 0)
-			rm_tree(cmd_path, depth - 1);
-		else
-			unlink(cmd_path);
-	}
-	if (d)
-		closedir(d);
-	rmdir(dir);
-}
-
 static int setup(struct run *r, const char *argv0)
 {
 	static char def_daemon[PATH_MAX];
 	if (!r->o.daemon)
-		r->o.daemon = getenv("DYNEMBD");
-	if (!r->o.daemon) {
-		char self[PATH_MAX];
-		ssize_t n = readlink("/proc/self/exe", self, sizeof self - 1);
-		if (n <= 0)
-			snprintf(self, sizeof self, "%s", argv0);
-		else
-			self[n] = '\0';
-		char *slash = strrchr(self, '/');
-		if (slash)
-			*slash = '\0';
-		else
-			snprintf(self, sizeof self, ".");
-		int k = snprintf(def_daemon, sizeof def_daemon, "%s/../src/server/dynembd", self);
-		if (k < 0 || (size_t)k >= sizeof def_daemon)
-			return -ENAMETOOLONG;
-		r->o.daemon = def_daemon;
-	}
+		r->o.daemon = dproc_default_exe(def_daemon, sizeof def_daemon, argv0);
+	if (!r->o.daemon)
+		return -ENAMETOOLONG;
+	r->d.exe = r->o.daemon;
 	if (access(r->o.daemon, X_OK)) {
 		fprintf(stderr, "crashtest: no dynembd at %s (--daemon PATH or $DYNEMBD)\n",
 			r->o.daemon);
@@ -1100,11 +968,11 @@ static int setup(struct run *r, const char *argv0)
 		if (!mkdtemp(r->work))
 			return -errno;
 	}
-	if (strlen(r->work) + 16 > sizeof r->sock || strlen(r->work) + 32 > PATH_MAX)
+	if (strlen(r->work) + 16 > sizeof r->d.sock || strlen(r->work) + 32 > PATH_MAX)
 		return -ENAMETOOLONG;
 	snprintf(r->data, sizeof r->data, "%s/data", r->work);
-	snprintf(r->sock, sizeof r->sock, "%s/d.sock", r->work);
-	snprintf(r->logpath, sizeof r->logpath, "%s/dynembd.log", r->work);
+	snprintf(r->d.sock, sizeof r->d.sock, "%s/d.sock", r->work);
+	snprintf(r->d.logpath, sizeof r->d.logpath, "%s/dynembd.log", r->work);
 	snprintf(r->tier, sizeof r->tier, "%s/tier", r->work);
 	if (mkdir(r->data, 0755) && errno != EEXIST)
 		return -errno;
@@ -1136,7 +1004,7 @@ int main(int argc, char **argv)
 	if (rc)
 		return rc > 0 ? 0 : EXIT_USAGE;
 	signal(SIGPIPE, SIG_IGN);
-	r->daemon = -1;
+	r->d.pid = -1;
 	r->rng = mix(r->o.seed);
 	int err = setup(r, argv[0]);
 	if (err) {
@@ -1151,16 +1019,16 @@ int main(int argc, char **argv)
 		for (unsigned it = 0; !rc && it < r->o.iterations; it++)
 			rc = iteration(r, which, it);
 	}
-	if (!rc && daemon_stop(r)) {
+	if (!rc && dproc_stop(&r->d, 10)) {
 		fprintf(stderr, "crashtest: dynembd did not exit cleanly on SIGTERM\n");
-		print_log_tail(r);
+		dproc_log_tail(&r->d);
 		rc = -1;
 	}
-	daemon_kill(r);
+	dproc_kill(&r->d);
 	if (rc == EXIT_SKIP) {
 		printf("crashtest: SKIP: %s has no persistence\n", r->o.daemon);
 		if (!r->o.keep && !r->o.dir)
-			rm_tree(r->work, 2);
+			dproc_rm_tree(r->work, 2);
 		return EXIT_SKIP;
 	}
 	printf("crashtest: %u kills (%u sync, %u async, %u tier) in %.1f s; acknowledged updates"
@@ -1188,7 +1056,7 @@ int main(int argc, char **argv)
 	if (bad || r->o.keep || r->o.dir)
 		printf("crashtest: work directory kept: %s\n", r->work);
 	else
-		rm_tree(r->work, 2);
+		dproc_rm_tree(r->work, 2);
 	for (int w = 0; w < NTABLES; w++)
 		free(r->ks[w]);
 	free(r->off);
