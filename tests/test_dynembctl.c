@@ -87,8 +87,10 @@ static void daemon_start(void)
 	unlink(sock);
 	char tier[160];
 	snprintf(tier, sizeof tier, "%s/tier", work);
+	char uid[16];
+	snprintf(uid, sizeof uid, "%u", (unsigned)geteuid()); /* dynembd allows listed uids only */
 	const char *argv[] = { bin, "--foreground", "--socket", sock, "--log-level", "warn",
-			       "--pages", "small", "--segment-bytes", "2M", "--reserve-bytes", "2G",
+			       "--allow-uid", uid, "--pages", "small", "--segment-bytes", "2M", "--reserve-bytes", "2G",
 			       "--data-dir", data, "--export-dir", expdir, "--tier-dir", tier,
 			       NULL };
 	pid_t parent = getpid();

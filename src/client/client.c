@@ -274,6 +274,8 @@ static void hdr_init(struct dynemb_client *c, struct de_msg_hdr *h, uint16_t typ
 	h->version = DE_PROTO_VERSION;
 	h->len = len;
 	h->seq = ++c->seq;
+	if (!h->seq) /* 0 is the daemon's refusal of the connection (ctl_recv) */
+		h->seq = ++c->seq;
 }
 
 static int ctl_send(struct dynemb_client *c, const void *msg, size_t len)
@@ -309,6 +311,7 @@ static int ctl_recv(struct dynemb_client *c, uint16_t want, size_t want_len, voi
 	} cm;
 	*nfds = 0;
 	c->error_reply = false;
+	bool reset = false;
 	int64_t deadline = now_ms() + c->timeout_ms;
 	for (;;) {
 		int left = (int)(deadline - now_ms());
@@ -331,6 +334,12 @@ static int ctl_recv(struct dynemb_client *c, uint16_t want, size_t want_len, voi
 		if (r < 0) {
 			if (errno == EINTR || errno == EAGAIN)
 				continue;
+			/* a peer that closed with our request unread: the reset comes first,
+			 * once, and its last reply (a refusal) may still be queued */
+			if (errno == ECONNRESET && !reset) {
+				reset = true;
+				continue;
+			}
 			return -errno;
 		}
 		if (r == 0)
@@ -366,7 +375,10 @@ static int ctl_recv(struct dynemb_client *c, uint16_t want, size_t want_len, voi
 			close_fds(got, ngot);
 			return err;
 		}
-		if (m.h.seq != c->seq) {
+		/* seq 0: the daemon refused the connection at accept (allow-list, per-uid cap)
+		 * or closes it (no HELLO in time): the answer to whatever was asked */
+		bool refusal = m.h.seq == 0 && m.h.type == DE_MSG_ERROR;
+		if (m.h.seq != c->seq && !refusal) {
 			/* a late reply to a request that timed out: drop it */
 			close_fds(got, ngot);
 			if ((int32_t)(c->seq - m.h.seq) > 0)
@@ -494,12 +506,21 @@ int dynemb_connect(const char *socket_path, const struct dynemb_connect_opts *op
 			snprintf(hello.name, sizeof hello.name, "%s", opts->name);
 	}
 	err = ctl_send(c, &hello, sizeof hello);
-	if (err)
+	if (err && err != -EPIPE && err != -ECONNRESET)
 		goto fail;
+	/* a daemon that refused this connection at accept sent its reason before closing:
+	 * read it even when the HELLO found the socket closed */
+	int send_err = err;
 	struct de_msg_hello_ok ok;
 	int fds[1];
 	unsigned nfds;
 	err = ctl_recv(c, DE_MSG_HELLO_OK, sizeof ok, &ok, fds, 1, &nfds);
+	if (err && send_err && !c->error_reply)
+		err = send_err;
+	if (!err && send_err) {
+		close_fds(fds, nfds);
+		err = send_err;
+	}
 	if (err)
 		goto fail;
 	if (nfds != 1) {
