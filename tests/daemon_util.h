@@ -2,7 +2,8 @@
  * daemon_util.h — what the tests that run the real dynembd share: the binary ($DYNEMBD,
  * default /tmp/dynembd-c; a missing one is a failure, not a skip: the daemon is part of
  * this project), its argv (with the common small-footprint flags, or with the daemon's
- * own page and segment defaults), fork + exec with PR_SET_PDEATHSIG (a failed assertion
+ * own page and segment defaults; both allow this process's uid, which dynembd does not
+ * allow unless listed: a later --allow-uid replaces it), fork + exec with PR_SET_PDEATHSIG (a failed assertion
  * never leaves a daemon behind), connecting to its socket and waiting until it accepts,
  * stopping it (SIGTERM, SIGKILL after a deadline), and showing its log (the stderr file
  * daemon_spawn wrote; always, or only when DYNEMBD_TEST_SHOW_LOGS is set).
@@ -80,15 +81,23 @@ static inline unsigned daemon_argv_add(const char **argv, unsigned cap, unsigned
 	return a;
 }
 
+/* This process's euid as a string, for --allow-uid. */
+static inline const char *daemon_self_uid(void)
+{
+	static char buf[16];
+	snprintf(buf, sizeof buf, "%u", (unsigned)geteuid());
+	return buf;
+}
+
 /* Fill argv (cap entries): bin --foreground --socket sock --log-level level
- * --segment-bytes 2M --reserve-bytes 2G --pages small, then the NULL-terminated lists
+ * --allow-uid (this euid) --segment-bytes 2M --reserve-bytes 2G --pages small, then the NULL-terminated lists
  * more and extra (either may be NULL) while they fit; argv ends with NULL. */
 static inline void daemon_argv(const char **argv, unsigned cap, const char *bin, const char *sock,
 			       const char *level, const char *const *more,
 			       const char *const *extra)
 {
 	const char *const head[] = { bin, "--foreground", "--socket", sock, "--log-level", level,
-				     NULL };
+				     "--allow-uid", daemon_self_uid(), NULL };
 	const char *const small[] = { "--segment-bytes", "2M", "--reserve-bytes", "2G",
 				      "--pages", "small", NULL };
 	unsigned a = daemon_argv_add(argv, cap, 0, head);
@@ -98,14 +107,14 @@ static inline void daemon_argv(const char **argv, unsigned cap, const char *bin,
 }
 
 /* Fill argv like daemon_argv without the small-footprint flags (the daemon's own page,
- * segment and reserve defaults): bin --foreground --socket sock --log-level level, then
- * the NULL-terminated extra (may be NULL) while it fits; argv ends with NULL. */
+ * segment and reserve defaults): bin --foreground --socket sock --log-level level
+ * --allow-uid (this euid), then the NULL-terminated extra (may be NULL) while it fits; argv ends with NULL. */
 static inline void daemon_argv_defaults(const char **argv, unsigned cap, const char *bin,
 					const char *sock, const char *level,
 					const char *const *extra)
 {
 	const char *const head[] = { bin, "--foreground", "--socket", sock, "--log-level", level,
-				     NULL };
+				     "--allow-uid", daemon_self_uid(), NULL };
 	daemon_argv_add(argv, cap, daemon_argv_add(argv, cap, 0, head), extra);
 }
 

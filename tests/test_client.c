@@ -17,6 +17,9 @@
  *   batch     batches larger than the daemon's --max-batch.
  *   async     8 lookups in flight completed in reverse order; limits.
  *   zerocopy  read-only lookups served from the mapping; arena growth; two processes.
+ *   gone      the daemon SIGKILLed while a call waits on the ring and between calls: that
+ *             call and every later one fail with -ECONNRESET/-EPIPE within seconds
+ *             (not the connection's 30 s timeout), saying the daemon went away.
  *   untrusted a fake daemon (a thread here) answering HELLO with malformed replies: the
  *             library must refuse each one and close every fd it was sent.
  */
@@ -422,6 +425,139 @@ Test(nodaemon, enoent_econnrefused, .timeout = TIMEOUT)
 	cr_assert_eq(err, -ECONNREFUSED, "got %d (%s)", err, dynemb_strerror(err));
 	cr_assert(strlen(dynemb_strerror(err)) > 0);
 	unlink(path);
+}
+
+/* ---- a daemon that goes away ------------------------------------------------------- */
+
+#define GONE_TIMEOUT_MS 30000 /* far above the bound below: a call that waits it out fails */
+#define GONE_BOUND_S 3.0      /* generous: the library looks every 100 ms */
+
+static dynemb_client *connect_slow(void)
+{
+	dynemb_client *c = NULL;
+	struct dynemb_connect_opts o = { .name = "test_gone", .timeout_ms = GONE_TIMEOUT_MS };
+	int err = dynemb_connect(d_sock, &o, &c);
+	cr_assert_eq(err, 0, "dynemb_connect: %s", dynemb_strerror(err));
+	return c;
+}
+
+static void stop_and_wait(pid_t pid); /* below: SIGSTOP, and wait until it took effect */
+
+static void kill_daemon(void)
+{
+	kill(d_pid, SIGKILL);
+	waitpid(d_pid, NULL, 0);
+	d_pid = -1;
+}
+
+/* err is -ECONNRESET or -EPIPE, and its text (dynemb_strerror on the thread of the
+ * call: text, NULL for this one) says the daemon went away */
+static void assert_gone_text(int err, const char *text, const char *what)
+{
+	if (!text)
+		text = dynemb_strerror(err);
+	cr_assert(err == -ECONNRESET || err == -EPIPE, "%s: %d (%s), want -ECONNRESET/-EPIPE",
+		  what, err, text);
+	cr_assert(strstr(text, "dynembd went away"), "%s: %s", what, text);
+}
+
+static void assert_gone(int err, const char *what) { assert_gone_text(err, NULL, what); }
+
+/* Every kind of call on c fails at once, saying the daemon went away. */
+static void assert_every_call_gone(dynemb_client *c, int t)
+{
+	uint64_t k[4] = { 1, 2, 3, 4 };
+	float out[4 * 8];
+	struct dynemb_stats st;
+	uint64_t req;
+	double t0 = now_s();
+	assert_gone(dynemb_lookup(c, t, k, 4, out, NULL, 0, 0), "lookup after");
+	assert_gone(dynemb_update(c, t, k, 4, out, 0, NULL), "update after");
+	assert_gone(dynemb_stats(c, t, &st), "stats after");
+	assert_gone(dynemb_submit_lookup(c, t, k, 4, 0, 0, &req), "submit after");
+	struct dynemb_table_spec s = { .name = "other", .dim = 8, .init = DYNEMB_ZEROS };
+	int t2;
+	assert_gone(dynemb_open(c, &s, &t2), "open after");
+	cr_assert_lt(now_s() - t0, GONE_BOUND_S, "later calls took %.2f s", now_s() - t0);
+}
+
+struct waiter {
+	dynemb_client *c;
+	int t, err;
+	double done;
+	char text[512]; /* dynemb_strerror(err) on the waiting thread */
+};
+
+static void *lookup_waits(void *arg)
+{
+	struct waiter *w = arg;
+	uint64_t k[4] = { 11, 12, 13, 14 };
+	float out[4 * 8];
+	w->err = dynemb_lookup(w->c, w->t, k, 4, out, NULL, 0, 0);
+	w->done = now_s();
+	snprintf(w->text, sizeof w->text, "%s", dynemb_strerror(w->err));
+	return NULL;
+}
+
+TestSuite(gone, .init = start_default, .fini = daemon_stop, .timeout = 90);
+
+/* The daemon dies while a blocking lookup waits on the ring (the daemon is stopped so
+ * the request stays unserved): the call returns within the bound, and so does every
+ * later one. */
+Test(gone, sigkill_while_a_call_waits)
+{
+	dynemb_client *c = connect_slow();
+	int t = open_ok(c, "g", 8, DYNEMB_ZEROS, 0, DYNEMB_INT64_KEYS);
+	stop_and_wait(d_pid);
+	struct waiter w = { .c = c, .t = t };
+	pthread_t th;
+	cr_assert_eq(pthread_create(&th, NULL, lookup_waits, &w), 0);
+	usleep(300 * 1000); /* the lookup is submitted and sleeps on the ring */
+	double killed = now_s();
+	kill_daemon();
+	pthread_join(th, NULL);
+	assert_gone_text(w.err, w.text, "the waiting lookup");
+	cr_assert_lt(w.done - killed, GONE_BOUND_S, "the waiting lookup returned %.2f s after the "
+		     "kill", w.done - killed);
+	assert_every_call_gone(c, t);
+	dynemb_close(c);
+}
+
+/* The daemon dies between calls: the next blocking call, an async completion and a
+ * control request each notice it within the bound. */
+Test(gone, sigkill_between_calls)
+{
+	dynemb_client *c = connect_slow(), *c2 = connect_slow();
+	int t = open_ok(c, "g", 8, DYNEMB_ZEROS, 0, DYNEMB_INT64_KEYS);
+	int t2 = open_ok(c2, "g", 8, DYNEMB_ZEROS, 0, DYNEMB_INT64_KEYS);
+	uint64_t k[4] = { 1, 2, 3, 4 }, req;
+	float out[4 * 8];
+	cr_assert_eq(dynemb_submit_lookup(c2, t2, k, 4, 0, 0, &req), 0);
+	cr_assert_eq(dynemb_complete(c2, req, -1), 0);
+	stop_and_wait(d_pid);
+	cr_assert_eq(dynemb_submit_lookup(c2, t2, k, 4, 0, 0, &req), 0);
+	kill_daemon();
+	double t0 = now_s();
+	assert_gone(dynemb_lookup(c, t, k, 4, out, NULL, 0, 0), "the first lookup");
+	assert_gone(dynemb_complete(c2, req, -1), "the async completion");
+	cr_assert_lt(now_s() - t0, GONE_BOUND_S, "took %.2f s", now_s() - t0);
+	assert_every_call_gone(c, t);
+	assert_every_call_gone(c2, t2);
+	dynemb_close(c);
+	dynemb_close(c2);
+
+	/* a control request first */
+	daemon_start(NULL);
+	c = connect_slow();
+	t = open_ok(c, "g", 8, DYNEMB_ZEROS, 0, DYNEMB_INT64_KEYS);
+	kill_daemon();
+	struct dynemb_table_spec s = { .name = "h", .dim = 8, .init = DYNEMB_ZEROS };
+	int th;
+	t0 = now_s();
+	assert_gone(dynemb_open(c, &s, &th), "the first open");
+	cr_assert_lt(now_s() - t0, GONE_BOUND_S, "took %.2f s", now_s() - t0);
+	assert_every_call_gone(c, t);
+	dynemb_close(c);
 }
 
 /* ---- strings ----------------------------------------------------------------------- */

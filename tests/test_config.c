@@ -247,6 +247,10 @@ static const struct {
 	{ "log_level", "--log-level", "loud" },
 	{ "mode", "--pages", "huge" },
 	{ "segment_bytes", "--segment-bytes", "1M" },
+	{ "hello_timeout_ms", "--hello-timeout-ms", "5" },
+	{ "hello_timeout_ms", "--hello-timeout-ms", "600001" },
+	{ "max_connections_per_uid", "--max-connections-per-uid", "0" },
+	{ "max_connections_per_uid", "--max-connections-per-uid", "4097" },
 };
 
 Test(config, bad_values_in_file)
@@ -386,12 +390,15 @@ Test(config, print_config_file_then_flags)
 		   "sq_entries = 64\n"
 		   "data_bytes = 8M\n"
 		   "log_level = debug\n"
+		   "hello_timeout_ms = 500\n"
+		   "max_connections_per_uid = 9\n"
 		   "[pages]\n"
 		   "mode = small\n"
 		   "segment_bytes = 4M\n");
 	/* flags on either side of --config: they win over the file all the same */
 	struct result r = run((const char *const[]){ "--workers", "5", "--config", path,
 						     "--sq-entries", "1024", "--pages", "thp",
+						     "--max-connections-per-uid", "17",
 						     "--print-config", NULL });
 	cr_assert_eq(r.status, 0, "exit %d, stderr: %s", r.status, r.err);
 	static const struct { const char *key, *want; } want[] = {
@@ -407,6 +414,8 @@ Test(config, print_config_file_then_flags)
 		{ "numa_node", "auto" },             /* default */
 		{ "segment_bytes", "4194304" },      /* file */
 		{ "reserve_bytes", "0" },            /* default */
+		{ "hello_timeout_ms", "500" },       /* file */
+		{ "max_connections_per_uid", "17" }, /* flag over file */
 	};
 	for (size_t i = 0; i < sizeof want / sizeof want[0]; i++) {
 		const char *v = config_value(r.out, want[i].key);
@@ -420,6 +429,16 @@ Test(config, print_config_file_then_flags)
 				       NULL });
 	cr_assert_eq(r.status, 0, "exit %d, stderr: %s", r.status, r.err);
 	cr_assert_str_eq(config_value(r.out, "workers"), "4");
+	result_free(&r);
+}
+
+Test(config, connection_limits_default)
+{
+	struct result r = run((const char *const[]){ "--print-config", NULL });
+	cr_assert_eq(r.status, 0, "exit %d, stderr: %s", r.status, r.err);
+	cr_assert_str_eq(config_value(r.out, "hello_timeout_ms"), "2000");
+	cr_assert_str_eq(config_value(r.out, "max_connections_per_uid"), "64");
+	cr_assert_str_eq(config_value(r.out, "allow_uids"), "", "no uid is allowed unlisted");
 	result_free(&r);
 }
 
@@ -480,8 +499,11 @@ Test(config, second_daemon_on_live_socket)
 {
 	char sock[128];
 	snprintf(sock, sizeof sock, "%s/run/d.sock", dir);
+	char uid[16];
+	snprintf(uid, sizeof uid, "%u", (unsigned)geteuid()); /* dynembd allows listed uids only */
 	const char *const args[] = { "--foreground", "--socket", sock, "--log-level", "info",
-				     "--data-bytes", "1M", "--segment-bytes", "2M", NULL };
+				     "--data-bytes", "1M", "--segment-bytes", "2M", "--allow-uid",
+				     uid, NULL };
 	pid_t first = spawn(args, "first");
 	uint64_t end = now_ms() + RUN_TIMEOUT_MS;
 	while (hello(sock) != 0) {

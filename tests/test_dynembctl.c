@@ -15,8 +15,9 @@
  *   ctl   snapshot of a durability-none table survives SIGKILL + restart; export file
  *         content; import into another table (and after a restart); strict import of a
  *         damaged file refused, --salvage keeps exactly the intact prefix.
- *   fail  usage errors exit 2 with a message; daemon errors (no table, path outside the
- *         export directory, no daemon) exit 1 with the daemon's reason.
+ *   fail  usage errors exit 2 with a message; daemon errors exit 1 with the reason, word
+ *         for word where dynembctl words it (no table, no FILE or directory, no socket,
+ *         nothing listening), the daemon's reason otherwise (a path outside export_dir).
  */
 #include <criterion/criterion.h>
 
@@ -86,8 +87,10 @@ static void daemon_start(void)
 	unlink(sock);
 	char tier[160];
 	snprintf(tier, sizeof tier, "%s/tier", work);
+	char uid[16];
+	snprintf(uid, sizeof uid, "%u", (unsigned)geteuid()); /* dynembd allows listed uids only */
 	const char *argv[] = { bin, "--foreground", "--socket", sock, "--log-level", "warn",
-			       "--pages", "small", "--segment-bytes", "2M", "--reserve-bytes", "2G",
+			       "--allow-uid", uid, "--pages", "small", "--segment-bytes", "2M", "--reserve-bytes", "2G",
 			       "--data-dir", data, "--export-dir", expdir, "--tier-dir", tier,
 			       NULL };
 	pid_t parent = getpid();
@@ -555,6 +558,9 @@ Test(fail, usage)
 	cr_assert(strstr(o.out, "usage: dynembctl"), "%s", o.out);
 }
 
+/* stderr is exactly want */
+#define ERR_IS(o, want) cr_assert_str_eq((o)->err, (want), "stderr: %s", (o)->err)
+
 Test(fail, daemon_errors)
 {
 	dynemb_client *c = client();
@@ -562,27 +568,55 @@ Test(fail, daemon_errors)
 	fill(c, t, 100);
 	dynemb_close(c);
 	struct ctl_out o;
-	char path[256];
+	char path[256], want[640];
 	snprintf(path, sizeof path, "%s/x.dexp", expdir);
 	CTL(&o, "export", "nosuch", path);
 	cr_assert_eq(o.status, 1, "%d %s", o.status, o.err);
-	cr_assert(strstr(o.err, "dynembctl: export nosuch:") && strstr(o.err, "nosuch"),
-		  "stderr: %s", o.err);
-	CTL(&o, "snapshot", "nosuch");
+	ERR_IS(&o, "dynembctl: export nosuch: table 'nosuch' does not exist in this dynembd\n");
+	CTL(&o, "snapshot", "NOSUCH");
 	cr_assert_eq(o.status, 1, "%d %s", o.status, o.err);
+	ERR_IS(&o, "dynembctl: snapshot NOSUCH: table 'NOSUCH' does not exist in this dynembd\n");
+	CTL(&o, "import", "nosuch", path);
+	cr_assert_eq(o.status, 1, "%d %s", o.status, o.err);
+	snprintf(want, sizeof want, "dynembctl: import nosuch: %s does not exist\n", path);
+	ERR_IS(&o, want);
 	/* outside the export directory: the daemon refuses (-EPERM) */
 	snprintf(path, sizeof path, "%s/outside.dexp", work);
 	CTL(&o, "export", "t", path);
 	cr_assert_eq(o.status, 1, "%d %s", o.status, o.err);
 	cr_assert_eq(access(path, F_OK), -1, "a file was written outside export_dir");
+	cr_assert(strstr(o.err, "is not under the daemon's export_dir"), "stderr: %s", o.err);
+	/* a directory that does not exist */
+	snprintf(path, sizeof path, "%s/nodir/x.dexp", expdir);
+	CTL(&o, "export", "t", path);
+	cr_assert_eq(o.status, 1, "%d %s", o.status, o.err);
+	snprintf(want, sizeof want, "dynembctl: export t: the directory %s/nodir does not exist\n",
+		 expdir);
+	ERR_IS(&o, want);
 	/* a missing file */
 	snprintf(path, sizeof path, "%s/missing.dexp", expdir);
 	CTL(&o, "import", "t", path);
 	cr_assert_eq(o.status, 1, "%d %s", o.status, o.err);
+	snprintf(want, sizeof want, "dynembctl: import t: %s does not exist\n", path);
+	ERR_IS(&o, want);
 	/* no daemon */
-	char nosock[160];
-	snprintf(nosock, sizeof nosock, "%s/nothing.sock", work);
+	char nosock[100];
+	cr_assert_lt(snprintf(nosock, sizeof nosock, "%s/nothing.sock", work), (int)sizeof nosock);
 	ctl(&o, false, (const char *const[]){ "--socket", nosock, "snapshot", NULL });
 	cr_assert_eq(o.status, 1, "%d %s", o.status, o.err);
-	cr_assert(strstr(o.err, "cannot reach dynembd"), "stderr: %s", o.err);
+	snprintf(want, sizeof want, "dynembctl: cannot reach dynembd at %s: no such socket (is "
+		 "dynembd running? --socket or DYNEMB_SOCKET names another one)\n", nosock);
+	ERR_IS(&o, want);
+	/* a socket file nothing listens on */
+	int s = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+	snprintf(sa.sun_path, sizeof sa.sun_path, "%s", nosock);
+	cr_assert(s >= 0 && bind(s, (struct sockaddr *)&sa, sizeof sa) == 0);
+	close(s);
+	ctl(&o, false, (const char *const[]){ "--socket", nosock, "snapshot", NULL });
+	cr_assert_eq(o.status, 1, "%d %s", o.status, o.err);
+	snprintf(want, sizeof want, "dynembctl: cannot reach dynembd at %s: nothing listens there "
+		 "(is dynembd running?)\n", nosock);
+	ERR_IS(&o, want);
+	unlink(nosock);
 }

@@ -255,7 +255,8 @@ Test(config, durability_needs_data_dir)
 	const char *b = daemon_bin();
 	snprintf(d_sock, sizeof d_sock, "/tmp/de-pd-%d-nd.sock", (int)getpid());
 	const char *argv[] = { b, "--foreground", "--socket", d_sock, "--pages", "small",
-			       "--segment-bytes", "2M", "--reserve-bytes", "2G", NULL };
+			       "--segment-bytes", "2M", "--reserve-bytes", "2G", "--allow-uid",
+			       daemon_self_uid(), NULL };
 	d_pid = daemon_spawn(argv, SIGKILL, "/dev/null");
 	daemon_wait_listen(d_pid, d_sock, 10, NULL);
 	dynemb_client *c = conn();

@@ -174,11 +174,13 @@ static void row_of(uint32_t i, uint32_t v, float *out)
 /* 0 started; -1 failed (said why); EXIT_SKIP: no persistence in this daemon */
 static int daemon_start(struct run *r)
 {
+	char uid[16];
+	snprintf(uid, sizeof uid, "%u", (unsigned)geteuid()); /* dynembd allows listed uids only */
 	const char *argv[32] = { r->o.daemon, "--foreground", "--socket", r->d.sock,
 				 "--data-dir", r->data, "--log-level", "info", "--pages", "small",
 				 "--segment-bytes", "2M", "--reserve-bytes", "2G",
-				 "--tier-dir", r->tier };
-	unsigned a = 16;
+				 "--tier-dir", r->tier, "--allow-uid", uid };
+	unsigned a = 18;
 	char snap[32];
 	if (r->o.snapshot_s) {
 		snprintf(snap, sizeof snap, "%u", r->o.snapshot_s);
@@ -627,9 +629,12 @@ static int expect_refusal_without(struct run *r, const char *name)
 		return errno == ENOENT ? 0 : -errno;
 	struct stat st;
 	off_t from = stat(r->d.logpath, &st) ? 0 : st.st_size;
+	char uid[16];
+	snprintf(uid, sizeof uid, "%u", (unsigned)geteuid()); /* dynembd allows listed uids only */
 	const char *argv[] = { r->o.daemon, "--foreground", "--socket", r->d.sock, "--data-dir",
 			       r->data, "--log-level", "info", "--pages", "small",
-			       "--segment-bytes", "2M", "--reserve-bytes", "2G", NULL };
+			       "--segment-bytes", "2M", "--reserve-bytes", "2G", "--allow-uid", uid,
+			       NULL };
 	pid_t pid = fork();
 	if (pid == 0) {
 		prctl(PR_SET_PDEATHSIG, SIGKILL);

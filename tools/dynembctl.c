@@ -17,7 +17,10 @@
  * -ECANCELED; a second signal is not caught any more (the default action).
  * Paths: FILE is made absolute here (the daemon runs elsewhere and takes absolute paths
  * only): a relative FILE is taken from the current directory.
- * Exit status: 0 done, 1 failed (the reason from dynemb_strerror on stderr), 2 bad usage.
+ * Exit status: 0 done, 1 failed (the reason on stderr), 2 bad usage.
+ * Messages: a failure says what to fix as the command means it (connect_fail, job_fail):
+ * no socket or no listener (is dynembd running?), a table or FILE that does not exist, a
+ * daemon that went away mid-job; anything else is dynemb_strerror with the daemon's reason.
  * Never: retries a failed job (the daemon's error is final), or prints progress on
  * stdout (stdout has the result line only, for scripts).
  */
@@ -32,6 +35,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -237,6 +241,76 @@ static int fail(const char *what, const char *table, int err)
 	return EXIT_FAIL;
 }
 
+/* A failed snapshot, export or import: the reason as this command means it. -ENOENT from
+ * the daemon is a missing table, or (export, import) a missing FILE or directory of FILE,
+ * which is checked here (the daemon runs on this host: a path it cannot find is missing
+ * here too); the daemon looks the table up first. Other errors: dynemb_strerror, which
+ * carries the daemon's own reason. */
+static int job_fail(const char *cmd, const char *table, const char *file, int err)
+{
+	const char *shown = table ? table : "(every table)";
+	char dir[PATH_MAX];
+	struct stat st;
+	switch (err) {
+	case -ENOENT:
+		if (file && !strcmp(cmd, "import") && stat(file, &st) && errno == ENOENT) {
+			fprintf(stderr, "dynembctl: import %s: %s does not exist\n", shown, file);
+			return EXIT_FAIL;
+		}
+		snprintf(dir, sizeof dir, "%s", file ? file : "");
+		if (file && strrchr(dir, '/'))
+			*strrchr(dir, '/') = 0;
+		if (file && dir[0] && stat(dir, &st) && errno == ENOENT) {
+			fprintf(stderr, "dynembctl: %s %s: the directory %s does not exist\n", cmd,
+				shown, dir);
+			return EXIT_FAIL;
+		}
+		if (table) {
+			fprintf(stderr, "dynembctl: %s %s: table '%s' does not exist in this dynembd\n",
+				cmd, shown, table);
+			return EXIT_FAIL;
+		}
+		break;
+	case -ECONNRESET:
+	case -EPIPE:
+		fprintf(stderr, "dynembctl: %s %s: dynembd went away during the %s (it exited or "
+			"was killed): whether the job finished is unknown\n", cmd, shown, cmd);
+		return EXIT_FAIL;
+	case -ETIMEDOUT:
+		fprintf(stderr, "dynembctl: %s %s: dynembd sent nothing for --timeout-ms; the job "
+			"may still be running\n", cmd, shown);
+		return EXIT_FAIL;
+	default:
+		break;
+	}
+	return fail(cmd, shown, err);
+}
+
+/* dynemb_connect failed: say what to check. */
+static int connect_fail(const char *socket_path, int err)
+{
+	const char *where = socket_path ? socket_path : "the default socket (/run/dynemb/dynemb.sock)";
+	switch (err) {
+	case -ENOENT:
+		fprintf(stderr, "dynembctl: cannot reach dynembd at %s: no such socket (is dynembd "
+			"running? --socket or DYNEMB_SOCKET names another one)\n", where);
+		break;
+	case -ECONNREFUSED:
+		fprintf(stderr, "dynembctl: cannot reach dynembd at %s: nothing listens there (is "
+			"dynembd running?)\n", where);
+		break;
+	case -EACCES:
+		fprintf(stderr, "dynembctl: dynembd at %s refused uid %u: %s\n", where,
+			(unsigned)geteuid(), dynemb_strerror(err));
+		break;
+	default:
+		fprintf(stderr, "dynembctl: cannot reach dynembd at %s: %s\n", where,
+			dynemb_strerror(err));
+		break;
+	}
+	return EXIT_FAIL;
+}
+
 int main(int argc, char **argv)
 {
 	const char *socket_path = getenv("DYNEMB_SOCKET");
@@ -317,12 +391,8 @@ int main(int argc, char **argv)
 	dynemb_client *c = NULL;
 	struct dynemb_connect_opts co = { .name = "dynembctl", .timeout_ms = timeout_ms };
 	int err = dynemb_connect(socket_path, &co, &c);
-	if (err) {
-		fprintf(stderr, "dynembctl: cannot reach dynembd at %s: %s\n",
-			socket_path ? socket_path : "the default socket (/run/dynemb/dynemb.sock)",
-			dynemb_strerror(err));
-		return EXIT_FAIL;
-	}
+	if (err)
+		return connect_fail(socket_path, err);
 	struct sigaction sa = { .sa_handler = on_signal };
 	sigemptyset(&sa.sa_mask);
 	sigaction(SIGINT, &sa, NULL);
@@ -339,7 +409,7 @@ int main(int argc, char **argv)
 		err = dynemb_snapshot(c, npos ? pos[0] : NULL, full, on_progress, &p, &res);
 		progress_end_line(&p);
 		if (err) {
-			rc = fail("snapshot", npos ? pos[0] : "(every table)", err);
+			rc = job_fail("snapshot", npos ? pos[0] : NULL, NULL, err);
 			break;
 		}
 		printf("snapshot: %u table%s, %" PRIu64 " rows, %" PRIu64 " bytes, WAL from lsn %"
@@ -353,7 +423,7 @@ int main(int argc, char **argv)
 		err = dynemb_export(c, pos[0], path, on_progress, &p, &records, &bytes);
 		progress_end_line(&p);
 		if (err) {
-			rc = fail("export", pos[0], err);
+			rc = job_fail("export", pos[0], path, err);
 			break;
 		}
 		printf("exported %s: %" PRIu64 " records, %" PRIu64 " bytes to %s, %.2f s\n",
@@ -368,7 +438,7 @@ int main(int argc, char **argv)
 				    on_progress, &p, &res);
 		progress_end_line(&p);
 		if (err) {
-			rc = fail("import", pos[0], err);
+			rc = job_fail("import", pos[0], path, err);
 			break;
 		}
 		res.problem[sizeof res.problem - 1] = 0;

@@ -14,7 +14,7 @@ ninja -C build-release >/dev/null
 
 run=$(mktemp -d /tmp/dynemb-run.XXXXXX)
 sock="$run/dynemb.sock"
-build-release/src/server/dynembd --foreground --socket "$sock" 2> "$run/dynembd.log" &
+build-release/src/server/dynembd --foreground --socket "$sock" --allow-uid "$(id -u)" 2> "$run/dynembd.log" &
 pid=$!
 stop() { kill -TERM "$pid" 2>/dev/null || true; }
 trap stop EXIT

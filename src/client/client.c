@@ -56,6 +56,13 @@
  * each data-plane call. Every -EINVAL found on this side keeps a message the same way
  * (de_priv_err): which argument, and the rule it broke.
  *
+ * A daemon that went away. The control socket is its liveness: a wait on the completion
+ * ring looks at it every LIVENESS_MS (a dead daemon posts nothing and wakes no one), and a
+ * closed one (POLLHUP/POLLRDHUP), like a control request that finds it closed, makes the
+ * call and every later one fail at once with -ECONNRESET (or -EPIPE from a send), and the
+ * text "dynembd went away ..." (broken_err). Zero-copy reads of tables already mapped
+ * do not ask the daemon and so go on working until a call does.
+ *
  * Not thread-safe: one dynemb_client per thread (dynemb.h says so). The fd source runs
  * inside de_table_find on the calling thread, so it may use the control socket.
  */
@@ -87,6 +94,7 @@
 #define MAX_SLOTS 4096u        /* requests in flight, at most the SQ size */
 #define SCM_MAX 253u           /* the kernel's SCM_MAX_FD: the most fds one recvmsg can bring */
 #define SEG_WAIT_MS 2000       /* how long the fd source waits for a segment the daemon lacks */
+#define LIVENESS_MS 100        /* a ring wait looks at the control socket this often */
 #define ALIGN 64u
 
 /* ------------------------------------------------------------------------- */
@@ -190,6 +198,7 @@ struct dynemb_client {
 	uint32_t seq;           /* last control request number */
 	int timeout_ms;
 	int broken;             /* 0, or the error every call returns from now on */
+	bool gone;              /* broken because the daemon's end of the socket closed */
 	bool error_reply;       /* the last ctl_recv got an ERROR reply */
 	de_channel *ch;
 	uint8_t *data;          /* the channel's data area */
@@ -357,6 +366,8 @@ static void hdr_init(struct dynemb_client *c, struct de_msg_hdr *h, uint16_t typ
 	h->version = DE_PROTO_VERSION;
 	h->len = len;
 	h->seq = ++c->seq;
+	if (!h->seq) /* 0 is the daemon's refusal of the connection (ctl_recv) */
+		h->seq = ++c->seq;
 }
 
 static int ctl_send(struct dynemb_client *c, const void *msg, size_t len)
@@ -392,6 +403,7 @@ static int ctl_recv(struct dynemb_client *c, uint16_t want, size_t want_len, voi
 	} cm;
 	*nfds = 0;
 	c->error_reply = false;
+	bool reset = false;
 	int64_t deadline = now_ms() + c->timeout_ms;
 	for (;;) {
 		int left = (int)(deadline - now_ms());
@@ -414,6 +426,12 @@ static int ctl_recv(struct dynemb_client *c, uint16_t want, size_t want_len, voi
 		if (r < 0) {
 			if (errno == EINTR || errno == EAGAIN)
 				continue;
+			/* a peer that closed with our request unread: the reset comes first,
+			 * once, and its last reply (a refusal) may still be queued */
+			if (errno == ECONNRESET && !reset) {
+				reset = true;
+				continue;
+			}
 			return -errno;
 		}
 		if (r == 0)
@@ -449,7 +467,10 @@ static int ctl_recv(struct dynemb_client *c, uint16_t want, size_t want_len, voi
 			close_fds(got, ngot);
 			return err;
 		}
-		if (m.h.seq != c->seq) {
+		/* seq 0: the daemon refused the connection at accept (allow-list, per-uid cap)
+		 * or closes it (no HELLO in time): the answer to whatever was asked */
+		bool refusal = m.h.seq == 0 && m.h.type == DE_MSG_ERROR;
+		if (m.h.seq != c->seq && !refusal) {
 			/* a late reply to a request that timed out: drop it */
 			close_fds(got, ngot);
 			if ((int32_t)(c->seq - m.h.seq) > 0)
@@ -487,12 +508,42 @@ static int ctl_recv(struct dynemb_client *c, uint16_t want, size_t want_len, voi
 	}
 }
 
+/* c->broken, for a call that cannot proceed; when the daemon went away, with the reason
+ * for dynemb_strerror (every later call says it again, whatever ran in between). */
+static int broken_err(const struct dynemb_client *c)
+{
+	if (c->gone) {
+		tls_err = c->broken;
+		snprintf(tls_msg, sizeof tls_msg, "dynembd went away (it exited or was killed, or "
+			 "closed this connection; its log says which): connect again once it is back");
+	}
+	return c->broken;
+}
+
+/* The daemon's end of the control socket closed (it exits, is killed, or dropped this
+ * client): err (-ECONNRESET, -EPIPE) from every call from now on. */
+static int daemon_gone(struct dynemb_client *c, int err)
+{
+	c->broken = err;
+	c->gone = true;
+	return broken_err(c);
+}
+
+/* Has the daemon closed the control socket? Never blocks. */
+static bool peer_closed(const struct dynemb_client *c)
+{
+	struct pollfd p = { .fd = c->sock, .events = POLLRDHUP };
+	return poll(&p, 1, 0) == 1 && (p.revents & (POLLHUP | POLLRDHUP | POLLERR));
+}
+
 /* A control-plane failure other than an ERROR reply (c->error_reply) leaves the socket
  * in an unknown state: a malformed or missing reply makes later calls fail. A timeout
  * does not: a late reply is recognised by its seq and dropped. */
 static int ctl_fail(struct dynemb_client *c, int err)
 {
-	if (!c->error_reply && (err == -ECONNRESET || err == -EPIPE || err == -EPROTO))
+	if (!c->error_reply && (err == -ECONNRESET || err == -EPIPE))
+		return daemon_gone(c, err);
+	if (!c->error_reply && err == -EPROTO)
 		c->broken = err;
 	return err;
 }
@@ -549,12 +600,21 @@ int dynemb_connect(const char *socket_path, const struct dynemb_connect_opts *op
 			snprintf(hello.name, sizeof hello.name, "%s", opts->name);
 	}
 	err = ctl_send(c, &hello, sizeof hello);
-	if (err)
+	if (err && err != -EPIPE && err != -ECONNRESET)
 		goto fail;
+	/* a daemon that refused this connection at accept sent its reason before closing:
+	 * read it even when the HELLO found the socket closed */
+	int send_err = err;
 	struct de_msg_hello_ok ok;
 	int fds[1];
 	unsigned nfds;
 	err = ctl_recv(c, DE_MSG_HELLO_OK, sizeof ok, &ok, fds, 1, &nfds);
+	if (err && send_err && !c->error_reply)
+		err = send_err;
+	if (!err && send_err) {
+		close_fds(fds, nfds);
+		err = send_err;
+	}
 	if (err)
 		goto fail;
 	if (nfds != 1) {
@@ -679,7 +739,7 @@ static int seg_source(void *ctx, unsigned seg)
 		return fd;
 	}
 	if (c->broken)
-		return c->broken;
+		return broken_err(c);
 	int64_t deadline = now_ms() + SEG_WAIT_MS;
 	for (;;) {
 		err_clear();
@@ -881,7 +941,7 @@ int dynemb_open(dynemb_client *c, const struct dynemb_table_spec *spec, int *tab
 	if (!c || !table)
 		return de_priv_err(-EINVAL, "dynemb_open: %s is NULL", c ? "table" : "the client");
 	if (c->broken)
-		return c->broken;
+		return broken_err(c);
 	struct de_msg_open m = { 0 };
 	int err = spec_to_wire(spec, &m);
 	if (err)
@@ -1058,13 +1118,15 @@ static int wait_slot(struct dynemb_client *c, struct slot *s, int timeout_ms)
 {
 	int64_t deadline = timeout_ms < 0 ? INT64_MAX : now_ms() + timeout_ms;
 	while (s->state == S_INFLIGHT) {
-		int left = -1;
-		if (timeout_ms >= 0) {
-			int64_t l = deadline - now_ms();
-			left = l < 0 ? 0 : (int)l;
-		}
+		/* in slices of LIVENESS_MS: a daemon that died posts nothing and wakes no one */
+		int64_t l = deadline - now_ms();
+		int left = l < 0 ? 0 : l > LIVENESS_MS ? LIVENESS_MS : (int)l;
 		struct de_cqe e;
 		int err = de_channel_reap(c->ch, &e, true, SPIN_NS, left);
+		if (err == -ETIMEDOUT && peer_closed(c))
+			return daemon_gone(c, -ECONNRESET);
+		if (err == -ETIMEDOUT && now_ms() < deadline)
+			continue;
 		if (err) {
 			if (err == -EBADMSG)
 				c->broken = err;
@@ -1340,7 +1402,7 @@ static int run_batch(struct dynemb_client *c, struct ctable *t, const struct key
 	while ((!err && from < ks->n) || nq) {
 		if (!err && from < ks->n && nq < PIPE_DEPTH) {
 			if (c->broken) {
-				err = c->broken;
+				err = broken_err(c);
 				continue;
 			}
 			recycle(c);
@@ -1401,7 +1463,7 @@ static int check_call(dynemb_client *c, int table, uint32_t key_type, struct cta
 	if (!c)
 		return bad_handle(c, table);
 	if (c->broken)
-		return c->broken;
+		return broken_err(c);
 	*t = table_get(c, table);
 	if (!*t)
 		return bad_handle(c, table);
@@ -1772,7 +1834,7 @@ int dynemb_stats(dynemb_client *c, int table, struct dynemb_stats *out)
 	if (!c || !out)
 		return de_priv_err(-EINVAL, "%s is NULL", c ? "out" : "the client");
 	if (c->broken)
-		return c->broken;
+		return broken_err(c);
 	struct ctable *t = table_get(c, table);
 	if (!t)
 		return bad_handle(c, table);
@@ -1895,7 +1957,7 @@ int dynemb_complete(dynemb_client *c, uint64_t req, int timeout_ms)
 		return s->cqe.res;
 	if (s->state == S_INFLIGHT) {
 		if (c->broken)
-			return c->broken;
+			return broken_err(c);
 		int err = wait_slot(c, s, timeout_ms < 0 ? c->timeout_ms : timeout_ms);
 		if (err)
 			return err; /* still in flight: dynemb_complete may be called again */
@@ -1982,7 +2044,7 @@ int de_priv_ctl_request(dynemb_client *c, void *msg, size_t len, uint16_t want, 
 	if (!c || !msg || len < sizeof(struct de_msg_hdr))
 		return -EINVAL;
 	if (c->broken)
-		return c->broken;
+		return broken_err(c);
 	struct de_msg_hdr *h = msg;
 	hdr_init(c, h, h->type, (uint32_t)len);
 	int err = ctl_send(c, msg, len);
@@ -2020,7 +2082,7 @@ int de_priv_table(dynemb_client *c, int table, struct de_priv_table *out)
 	if (!c || !out)
 		return de_priv_err(-EINVAL, "%s is NULL", c ? "out" : "the client");
 	if (c->broken)
-		return c->broken;
+		return broken_err(c);
 	struct ctable *t = table_get(c, table);
 	if (!t)
 		return bad_handle(c, table);
@@ -2036,7 +2098,7 @@ int de_priv_call(dynemb_client *c, struct de_sqe *e, const void *keys_in, uint64
 		 uint64_t status_len, struct de_cqe *cqe)
 {
 	if (c->broken)
-		return c->broken;
+		return broken_err(c);
 	uint64_t voff = align_up(keys_len), soff = voff + align_up(vals_len);
 	uint64_t total = soff + align_up(status_len);
 	struct slot *s;

@@ -73,7 +73,10 @@ struct dynemb_connect_opts {
 
 /* Connect to the daemon at socket_path (NULL: /run/dynemb/dynemb.sock). opts may be NULL.
  * -ENOENT/-ECONNREFUSED: no daemon; -EACCES: this uid/gid is not on its allow-list;
- * -EPROTO: a daemon speaking another protocol version. */
+ * -EUSERS: this uid holds as many connections as the daemon allows one uid;
+ * -EPROTO: a daemon speaking another protocol version.
+ * A daemon that exits or is killed: the call waiting on it and every later call of c
+ * fail within about 100 ms with -ECONNRESET (or -EPIPE), not after timeout_ms. */
 int dynemb_connect(const char *socket_path, const struct dynemb_connect_opts *opts,
 		   dynemb_client **out);
 void dynemb_close(dynemb_client *c); /* NULL is fine */

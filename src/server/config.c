@@ -41,6 +41,8 @@ static const char DEFAULT_CONFIG[] =
 	"max_data_bytes = 1G\n"
 	"allow_uids =\n"
 	"allow_gids =\n"
+	"hello_timeout_ms = 2000\n"
+	"max_connections_per_uid = 64\n"
 	"log_level = info\n"
 	"[pages]\n"
 	"mode = auto\n"
@@ -188,6 +190,15 @@ static int set_key(struct srv_config *c, const char *section, const char *key, c
 			char e[256];
 			if (parse_ids(v, true, c->allow_gids, &c->n_gids, e, sizeof e))
 				BAD("allow_gids: %s", e);
+		} else if (!strcmp(key, "hello_timeout_ms")) {
+			if (parse_u64(v, 10, 600000, &x))
+				BAD("hello_timeout_ms '%s' is not a number of milliseconds in 10..600000", v);
+			c->hello_timeout_ms = (unsigned)x;
+		} else if (!strcmp(key, "max_connections_per_uid")) {
+			if (parse_u64(v, 1, SRV_MAX_CONNECTIONS, &x))
+				BAD("max_connections_per_uid '%s' is not a number in 1..%u", v,
+				    SRV_MAX_CONNECTIONS);
+			c->max_conn_per_uid = (unsigned)x;
 		} else if (!strcmp(key, "log_level")) {
 			static const char *names[] = { "error", "warn", "info", "debug" };
 			int lvl = -1;
@@ -328,8 +339,13 @@ static void usage(FILE *f)
 		"      --data-bytes SIZE     [server] data_bytes: default data area per channel (64M)\n"
 		"      --max-data-bytes SIZE [server] max_data_bytes: largest data area a client gets (1G)\n"
 		"  -u, --allow-uid LIST      [server] allow_uids: users allowed to connect (ids or names,\n"
-		"                            comma-separated); root and the daemon's own user always are\n"
+		"                            comma-separated); no other user is, not root and not the\n"
+		"                            daemon's own user (list them to let them in)\n"
 		"  -g, --allow-gid LIST      [server] allow_gids: groups allowed to connect\n"
+		"      --hello-timeout-ms N  [server] hello_timeout_ms: a connection that sends no\n"
+		"                            HELLO this long is closed (2000)\n"
+		"      --max-connections-per-uid N [server] max_connections_per_uid: connections\n"
+		"                            one uid may hold, 1..%u (64; refused with -EUSERS)\n"
 		"  -l, --log-level LEVEL     [server] log_level: error, warn, info (default), debug\n"
 		"      --pages MODE          [pages] mode: auto (default), hugetlb, thp, small\n"
 		"      --numa-node N         [pages] numa_node: auto (default), none, or a node number\n"
@@ -364,12 +380,12 @@ static void usage(FILE *f)
 		"tables with changes (data_dir), exit 0. Exit 3: damaged catalog, manifest or\n"
 		"snapshot in data_dir, or a missing catalog or manifest beside snapshots or WAL\n"
 		"segments (the log names the file).\n",
-		DE_DEFAULT_SOCKET, SRV_MAX_WORKERS);
+		DE_DEFAULT_SOCKET, SRV_MAX_WORKERS, SRV_MAX_CONNECTIONS);
 }
 
 enum { O_POLL = 256, O_BATCH, O_SQ, O_DATA, O_MAXDATA, O_PAGES, O_NUMA, O_SEG, O_RES,
        O_PRINT, O_VERSION, O_HOSTB, O_TIER, O_TOPK, O_REBUILD, O_SNAPINT, O_WALSEG, O_EXPDIR,
-       O_SALVAGE };
+       O_SALVAGE, O_HELLO_TO, O_PERUID };
 
 static const struct option opts[] = {
 	{ "config", required_argument, NULL, 'c' },
@@ -383,6 +399,8 @@ static const struct option opts[] = {
 	{ "allow-uid", required_argument, NULL, 'u' },
 	{ "allow-gid", required_argument, NULL, 'g' },
 	{ "log-level", required_argument, NULL, 'l' },
+	{ "hello-timeout-ms", required_argument, NULL, O_HELLO_TO },
+	{ "max-connections-per-uid", required_argument, NULL, O_PERUID },
 	{ "pages", required_argument, NULL, O_PAGES },
 	{ "numa-node", required_argument, NULL, O_NUMA },
 	{ "segment-bytes", required_argument, NULL, O_SEG },
@@ -414,6 +432,8 @@ static bool flag_key(int o, const char **section, const char **key)
 		{ O_MAXDATA, "server", "max_data_bytes" },
 		{ 'u', "server", "allow_uids" },    { 'g', "server", "allow_gids" },
 		{ 'l', "server", "log_level" },     { O_PAGES, "pages", "mode" },
+		{ O_HELLO_TO, "server", "hello_timeout_ms" },
+		{ O_PERUID, "server", "max_connections_per_uid" },
 		{ O_NUMA, "pages", "numa_node" },   { O_SEG, "pages", "segment_bytes" },
 		{ O_RES, "pages", "reserve_bytes" },
 		{ O_HOSTB, "memory", "host_budget_bytes" }, { O_TIER, "memory", "tier_dir" },
@@ -546,6 +566,8 @@ void srv_config_print(const struct srv_config *c, FILE *f)
 	print_ids(f, c->allow_uids, c->n_uids);
 	fprintf(f, "allow_gids = ");
 	print_ids(f, c->allow_gids, c->n_gids);
+	fprintf(f, "hello_timeout_ms = %u\nmax_connections_per_uid = %u\n", c->hello_timeout_ms,
+		c->max_conn_per_uid);
 	fprintf(f, "log_level = %s\n[pages]\nmode = %s\n", lv[c->log_level],
 		c->pages == DE_PAGES_AUTO ? "auto" : de_pages_name(c->pages));
 	if (c->numa_node == DE_NUMA_AUTO)

@@ -16,6 +16,7 @@
 
 #define SRV_MAX_IDS 64u                 /* entries in allow_uids / allow_gids */
 #define SRV_MAX_WORKERS 64u
+#define SRV_MAX_CONNECTIONS 4096u       /* open client sockets, all uids together */
 
 struct srv_config {
 	char socket[108];        /* sun_path */
@@ -29,6 +30,8 @@ struct srv_config {
 	unsigned n_uids;
 	gid_t allow_gids[SRV_MAX_IDS];
 	unsigned n_gids;
+	unsigned hello_timeout_ms; /* a connection without HELLO this long is closed */
+	unsigned max_conn_per_uid; /* [server] max_connections_per_uid */
 	int log_level;
 	enum de_pages pages;
 	int numa_node;           /* DE_NUMA_AUTO, DE_NUMA_NONE or an OS index */

@@ -3,10 +3,17 @@
  * socket, the signal fd and the workers' release eventfd.
  *
  * Per connection (SOCK_SEQPACKET, non-blocking; one request at a time, see proto.h):
- *   1. HELLO must come first (anything else: ERROR -EPROTO, close). SO_PEERCRED (taken at
- *      accept) against the allow-list: deny is ERROR -EACCES, close. Then the version
- *      (-EPROTO). Then a channel with the clamped sizes goes to the worker with the fewest
- *      channels (all full: -EBUSY) and its fd goes back with HELLO_OK.
+ *   0. At accept, before it costs more than an fd (accept_all): SO_PEERCRED against the
+ *      allow-list (only listed uids/gids: not root, not the daemon's own user, which
+ *      could otherwise reach other clients' channels), the uid's open connections
+ *      against max_connections_per_uid, and all of them against SRV_MAX_CONNECTIONS. A
+ *      refusal is an ERROR (-EACCES, -EUSERS, -EBUSY; seq 0, the client takes it as the
+ *      reply to its HELLO) and close at once: counted, and logged at most once a second
+ *      per kind. The backlog always drains, so no uid can hold the listener.
+ *   1. HELLO must come first (anything else: ERROR -EPROTO, close), within
+ *      hello_timeout_ms of the accept (else ERROR -ETIMEDOUT, close: sweep_hello). Then
+ *      the version (-EPROTO). Then a channel with the clamped sizes goes to the worker
+ *      with the fewest channels (all full: -EBUSY) and its fd goes back with HELLO_OK.
  *   2. OPEN: name, table config and learning config (optimizer, admission, eviction,
  *      durability) checked, then the client's rights on the name (authz.h: open for a
  *      table that exists, create for a new name; -EACCES before anything else says
@@ -61,17 +68,30 @@
 #define EV_LISTEN 1u
 #define EV_SIGNAL 2u
 #define EV_RELEASE 3u
-#define MAX_CONNECTIONS 4096u
+#define ACCEPT_BATCH 256u /* accepts per event: a connect flood cannot starve the rest */
+#define SWEEP_MS 50       /* how often connections without HELLO are looked at */
+#define LISTEN_BACKLOG 1024
+
+/* Connections turned away of one kind: counted, logged at most once a second with the
+ * number of lines left out (a flood must not flood the log). */
+struct refusals {
+	uint64_t n, quiet;
+	int64_t last_ms;
+};
 
 struct ctl {
 	struct srv_server *s;
 	int ep, listen_fd, sig_fd;
 	struct srv_client *clients;
 	unsigned nconn;
+	unsigned npending;        /* open connections that have not sent HELLO yet */
 	unsigned next_id;
-	uid_t self_uid;
+	int64_t next_sweep_ms;
+	struct refusals denied, uid_full, no_hello, full;
 	bool stopping;
 };
+
+static int64_t now_ms(void) { return (int64_t)(srv_mono_ns() / 1000000); }
 
 /* ---- listener ---------------------------------------------------------------------- */
 
@@ -120,7 +140,7 @@ int srv_listen(const char *path, int *out_fd)
 			close(probe);
 		unlink(path);
 	}
-	if (bind(fd, (struct sockaddr *)&sa, sizeof sa) || chmod(path, 0666) || listen(fd, 128)) {
+	if (bind(fd, (struct sockaddr *)&sa, sizeof sa) || chmod(path, 0666) || listen(fd, LISTEN_BACKLOG)) {
 		err = -errno;
 		srv_log(SRV_LOG_ERROR, "cannot listen on %s: %s", path, strerror(-err));
 		close(fd);
@@ -152,6 +172,8 @@ static void client_free(struct ctl *x, struct srv_client *c)
 		}
 	if (c->sock >= 0)
 		close(c->sock);
+	if (c->sock >= 0 && !c->hello_done)
+		x->npending--;
 	if (c->w)
 		c->w->nclients--;
 	de_channel_destroy(c->ch);
@@ -166,8 +188,11 @@ static void client_close(struct ctl *x, struct srv_client *c, const char *why)
 		epoll_ctl(x->ep, EPOLL_CTL_DEL, c->sock, NULL);
 		close(c->sock);
 		c->sock = -1;
-		srv_log(SRV_LOG_INFO, "client %u (pid %d uid %u) %s", c->id, (int)c->pid,
-			(unsigned)c->uid, why);
+		if (!c->hello_done)
+			x->npending--;
+		if (why)
+			srv_log(SRV_LOG_INFO, "client %u (pid %d uid %u) %s", c->id, (int)c->pid,
+				(unsigned)c->uid, why);
 	}
 	if (!c->w) {
 		client_free(x, c);
@@ -195,15 +220,86 @@ static void reap_released(struct ctl *x)
 		if (c->sock >= 0) {
 			epoll_ctl(x->ep, EPOLL_CTL_DEL, c->sock, NULL);
 			close(c->sock);
-			c->sock = -1;
+			c->sock = -1; /* released by a worker: HELLO was done */
 		}
 		client_free(x, c);
 	}
 }
 
+/* Count one refusal of kind r; log it (fmt) unless one was logged less than a second ago. */
+__attribute__((format(printf, 3, 4)))
+static void refused(struct refusals *r, int64_t now, const char *fmt, ...)
+{
+	r->n++;
+	if (r->last_ms && now - r->last_ms < 1000) {
+		r->quiet++;
+		return;
+	}
+	char line[300];
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(line, sizeof line, fmt, ap);
+	va_end(ap);
+	if (r->quiet)
+		srv_log(SRV_LOG_WARN, "%s (%llu refused so far; %llu more in the last second not "
+			"logged)", line, (unsigned long long)r->n, (unsigned long long)r->quiet);
+	else
+		srv_log(SRV_LOG_WARN, "%s (%llu refused so far)", line, (unsigned long long)r->n);
+	r->quiet = 0;
+	r->last_ms = now;
+}
+
+/* The allow-list is the whole rule: no uid is allowed without being listed (by uid, or
+ * by its primary gid), not root and not the daemon's own user. */
+static bool allowed(const struct srv_config *cfg, uid_t uid, gid_t gid)
+{
+	for (unsigned i = 0; i < cfg->n_uids; i++)
+		if (cfg->allow_uids[i] == uid)
+			return true;
+	for (unsigned i = 0; i < cfg->n_gids; i++)
+		if (cfg->allow_gids[i] == gid)
+			return true;
+	return false;
+}
+
+static unsigned conns_of(const struct ctl *x, uid_t uid)
+{
+	unsigned n = 0;
+	for (const struct srv_client *c = x->clients; c; c = c->next)
+		n += c->sock >= 0 && c->uid == uid;
+	return n;
+}
+
+/* Refuse the connection on fd at once: its reason as an ERROR for whatever request comes
+ * (seq 0: the client takes it as the reply to its HELLO), then close. Never blocks.
+ * Closing a unix socket with unread packets sets ECONNRESET on the peer, which its next
+ * recv reports before the ERROR: so shut it (nothing more can come) and drain it first. */
+__attribute__((format(printf, 3, 4)))
+static void turn_away(int fd, int err, const char *fmt, ...)
+{
+	va_list ap;
+	va_start(ap, fmt);
+	srv_reply_verror(fd, 0, err, 0, fmt, ap);
+	va_end(ap);
+	shutdown(fd, SHUT_RDWR);
+	char b[64];
+	for (int i = 0; i < 64 && recv(fd, b, sizeof b, MSG_DONTWAIT) > 0; i++)
+		;
+	close(fd);
+}
+
+/*
+ * Accept what waits, at most ACCEPT_BATCH (the listener stays readable: epoll comes back).
+ * Every connection is decided here, before it costs more than an fd: its SO_PEERCRED
+ * against the allow-list (-EACCES), its uid's open connections against
+ * max_connections_per_uid (-EUSERS), all of them against SRV_MAX_CONNECTIONS (-EBUSY).
+ * A refused one is closed at once, so the backlog always drains and no uid can hold
+ * more than its share; a kept one has hello_timeout_ms to send HELLO (sweep_hello).
+ */
 static void accept_all(struct ctl *x)
 {
-	for (;;) {
+	const struct srv_config *cfg = &x->s->cfg;
+	for (unsigned k = 0; k < ACCEPT_BATCH; k++) {
 		int fd = accept4(x->listen_fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
 		if (fd < 0) {
 			if (errno != EAGAIN && errno != EINTR && errno != ECONNABORTED)
@@ -212,14 +308,40 @@ static void accept_all(struct ctl *x)
 				continue;
 			return;
 		}
+		int64_t now = now_ms();
 		struct ucred cr;
 		socklen_t crl = sizeof cr;
-		struct srv_client *c = NULL;
-		if (x->nconn >= MAX_CONNECTIONS ||
-		    getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cr, &crl) != 0 ||
-		    !(c = calloc(1, sizeof *c))) {
-			srv_log(SRV_LOG_WARN, "refused a connection (%s)",
-				x->nconn >= MAX_CONNECTIONS ? "too many" : "out of resources");
+		if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cr, &crl) != 0) {
+			refused(&x->full, now, "refused a connection: SO_PEERCRED: %s", strerror(errno));
+			close(fd);
+			continue;
+		}
+		if (!allowed(cfg, cr.uid, cr.gid)) {
+			refused(&x->denied, now, "denied pid %d uid %u gid %u: not in allow_uids / "
+				"allow_gids", (int)cr.pid, (unsigned)cr.uid, (unsigned)cr.gid);
+			turn_away(fd, -EACCES, "uid %u gid %u is not allowed to use dynembd "
+				  "(allow_uids / allow_gids)", (unsigned)cr.uid, (unsigned)cr.gid);
+			continue;
+		}
+		if (x->nconn >= SRV_MAX_CONNECTIONS) {
+			refused(&x->full, now, "refused pid %d uid %u: %u connections open, the most "
+				"dynembd takes", (int)cr.pid, (unsigned)cr.uid, SRV_MAX_CONNECTIONS);
+			turn_away(fd, -EBUSY, "dynembd has %u connections open, the most it takes",
+				  SRV_MAX_CONNECTIONS);
+			continue;
+		}
+		unsigned held = conns_of(x, cr.uid);
+		if (held >= cfg->max_conn_per_uid) {
+			refused(&x->uid_full, now, "refused pid %d uid %u: it holds %u connections "
+				"(max_connections_per_uid)", (int)cr.pid, (unsigned)cr.uid, held);
+			turn_away(fd, -EUSERS, "uid %u holds %u connections, the most one uid may "
+				  "(max_connections_per_uid = %u)", (unsigned)cr.uid, held,
+				  cfg->max_conn_per_uid);
+			continue;
+		}
+		struct srv_client *c = calloc(1, sizeof *c);
+		if (!c) {
+			refused(&x->full, now, "refused a connection: out of memory");
 			close(fd);
 			continue;
 		}
@@ -228,6 +350,7 @@ static void accept_all(struct ctl *x)
 		c->pid = cr.pid;
 		c->uid = cr.uid;
 		c->gid = cr.gid;
+		c->accepted_ms = now;
 		struct epoll_event ev = { .events = EPOLLIN | EPOLLRDHUP, .data.ptr = c };
 		if (epoll_ctl(x->ep, EPOLL_CTL_ADD, fd, &ev)) {
 			close(fd);
@@ -237,23 +360,25 @@ static void accept_all(struct ctl *x)
 		c->next = x->clients;
 		x->clients = c;
 		x->nconn++;
+		x->npending++;
 		srv_log(SRV_LOG_INFO, "client %u (pid %d uid %u) connected", c->id, (int)c->pid,
 			(unsigned)c->uid);
 	}
 }
 
-static bool allowed(const struct ctl *x, const struct srv_client *c)
+/* Close every connection that sent no HELLO within hello_timeout_ms. */
+static void sweep_hello(struct ctl *x, int64_t now)
 {
-	const struct srv_config *cfg = &x->s->cfg;
-	if (c->uid == 0 || c->uid == x->self_uid)
-		return true;
-	for (unsigned i = 0; i < cfg->n_uids; i++)
-		if (cfg->allow_uids[i] == c->uid)
-			return true;
-	for (unsigned i = 0; i < cfg->n_gids; i++)
-		if (cfg->allow_gids[i] == c->gid)
-			return true;
-	return false;
+	unsigned limit = x->s->cfg.hello_timeout_ms;
+	for (struct srv_client *c = x->clients, *n; c && x->npending; c = n) {
+		n = c->next;
+		if (c->sock < 0 || c->hello_done || now - c->accepted_ms < limit)
+			continue;
+		refused(&x->no_hello, now, "client %u (pid %d uid %u) sent no HELLO within %u ms "
+			"(hello_timeout_ms): closed", c->id, (int)c->pid, (unsigned)c->uid, limit);
+		send_error(c, 0, -ETIMEDOUT, "no HELLO within %u ms (hello_timeout_ms): closed", limit);
+		client_close(x, c, NULL);
+	}
 }
 
 static uint32_t clamp_entries(uint32_t want, uint32_t dflt)
@@ -271,14 +396,7 @@ static uint32_t clamp_entries(uint32_t want, uint32_t dflt)
 static bool on_hello(struct ctl *x, struct srv_client *c, const struct de_msg_hello *m)
 {
 	const struct srv_config *cfg = &x->s->cfg;
-	if (!allowed(x, c)) {
-		srv_log(SRV_LOG_WARN, "client %u (pid %d) denied uid %u gid %u", c->id, (int)c->pid,
-			(unsigned)c->uid, (unsigned)c->gid);
-		send_error(c, m->h.seq, -EACCES,
-			   "uid %u gid %u is not allowed to use dynembd (allow_uids / allow_gids)",
-			   (unsigned)c->uid, (unsigned)c->gid);
-		return false;
-	}
+	/* SO_PEERCRED was checked against the allow-list at accept */
 	if (m->h.version != DE_PROTO_VERSION) {
 		srv_log(SRV_LOG_WARN, "client %u: protocol version %u, not %u: closing", c->id,
 			m->h.version, DE_PROTO_VERSION);
@@ -332,6 +450,7 @@ static bool on_hello(struct ctl *x, struct srv_client *c, const struct de_msg_he
 		return false;
 	}
 	c->hello_done = true;
+	x->npending--;
 	c->w = best;
 	best->nclients++;
 	pthread_mutex_lock(&best->mu);
@@ -629,7 +748,7 @@ static void on_client(struct ctl *x, struct srv_client *c, uint32_t events)
 
 int srv_control_run(struct srv_server *s, int listen_fd, int sig_fd)
 {
-	struct ctl x = { .s = s, .listen_fd = listen_fd, .sig_fd = sig_fd, .self_uid = geteuid() };
+	struct ctl x = { .s = s, .listen_fd = listen_fd, .sig_fd = sig_fd };
 	x.ep = epoll_create1(EPOLL_CLOEXEC);
 	if (x.ep < 0)
 		return 1;
@@ -644,7 +763,7 @@ int srv_control_run(struct srv_server *s, int listen_fd, int sig_fd)
 
 	while (!x.stopping) {
 		struct epoll_event evs[64];
-		int n = epoll_wait(x.ep, evs, 64, -1);
+		int n = epoll_wait(x.ep, evs, 64, x.npending ? SWEEP_MS : -1);
 		if (n < 0) {
 			if (errno == EINTR)
 				continue;
@@ -676,7 +795,16 @@ int srv_control_run(struct srv_server *s, int listen_fd, int sig_fd)
 		}
 		if (released)
 			reap_released(&x);
+		int64_t now = now_ms();
+		if (x.npending && now >= x.next_sweep_ms) {
+			sweep_hello(&x, now);
+			x.next_sweep_ms = now + SWEEP_MS;
+		}
 	}
+	srv_log(SRV_LOG_INFO, "connections refused: %llu not allowed, %llu over "
+		"max_connections_per_uid, %llu without HELLO in time, %llu over the total",
+		(unsigned long long)x.denied.n, (unsigned long long)x.uid_full.n,
+		(unsigned long long)x.no_hello.n, (unsigned long long)x.full.n);
 	/* Stop accepting, drain the workers, then let everything go. */
 	epoll_ctl(x.ep, EPOLL_CTL_DEL, listen_fd, NULL);
 	close(listen_fd);

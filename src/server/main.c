@@ -2,6 +2,10 @@
  * main.c — dynembd, the per-host dynemb daemon: configuration, NUMA placement, the
  * listener, worker threads, and the control loop until SIGTERM/SIGINT.
  *
+ * Not dumpable (PR_SET_DUMPABLE 0, first thing): /proc/<pid>/fd, mem and ptrace are
+ * closed to processes of the daemon's own uid (only CAP_SYS_PTRACE reaches them), so a
+ * client with that uid cannot open other clients' channels or the tables writable.
+ * (The fork of daemon() keeps the flag; core dumps are off with it.)
  * Order matters: signals are blocked (and taken through a signalfd) before any thread
  * exists, so no worker ever runs a handler; the socket is bound before detaching, so a
  * client may connect as soon as the parent returns; threads start after detaching.
@@ -18,6 +22,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
+#include <sys/prctl.h>
 #include <sys/signalfd.h>
 #include <unistd.h>
 
@@ -77,6 +82,13 @@ int main(int argc, char **argv)
 		return 0;
 	}
 	srv_log_set_level(s.cfg.log_level);
+	if (prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) != 0) {
+		srv_log(SRV_LOG_ERROR, "prctl(PR_SET_DUMPABLE, 0): %s", strerror(errno));
+		return 1;
+	}
+	if (!s.cfg.n_uids && !s.cfg.n_gids)
+		srv_log(SRV_LOG_WARN, "allow_uids and allow_gids are empty: no client can connect "
+			"(list the users or groups that may, root and this daemon's own user too)");
 
 	sigset_t set;
 	sigemptyset(&set);

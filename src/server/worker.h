@@ -51,6 +51,7 @@ struct srv_client {
 	gid_t gid;
 	char name[DE_NAME_MAX];
 	bool hello_done;
+	int64_t accepted_ms;      /* monotonic: HELLO is due hello_timeout_ms after it */
 	struct srv_client *next;
 	/* shared with the worker (see the top of this file) */
 	de_channel *ch;

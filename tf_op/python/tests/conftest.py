@@ -77,7 +77,8 @@ def daemon(tmp_path_factory):
     with open(log, "wb") as lf:
         # a data dir: tables that ask durability async/sync need one
         proc = subprocess.Popen([_dynembd_path(), "--foreground", "--socket", sock,
-                                 "--segment-bytes", "4M", "--data-dir", str(d / "data")],
+                                 "--segment-bytes", "4M", "--data-dir", str(d / "data"),
+                                 "--allow-uid", str(os.geteuid())],
                                 stdin=subprocess.DEVNULL, stdout=lf, stderr=subprocess.STDOUT)
     try:
         _wait_socket(sock, proc, log)

@@ -26,7 +26,7 @@ class Daemon:
             self.proc = subprocess.Popen(
                 [_dynembd_path(), "--foreground", "--socket", self.sock, "--segment-bytes",
                  "2M", "--pages", "small", "--data-dir", str(self.dir), "--export-dir",
-                 str(self.exports)], stdin=subprocess.DEVNULL, stdout=lf,
+                 str(self.exports), "--allow-uid", str(os.geteuid())], stdin=subprocess.DEVNULL, stdout=lf,
                 stderr=subprocess.STDOUT)
         _wait_socket(self.sock, self.proc, self.log)
 
