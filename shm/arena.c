@@ -129,6 +129,7 @@ struct de_arena {
 	char note[320];
 #ifdef DE_FAULT_INJECTION
 	long fail_countdown;   /* > 0: allocations until the injected failure */
+	bool fail_seal;        /* the next segment's F_ADD_SEALS fails as on an old kernel */
 #endif
 };
 
@@ -279,7 +280,15 @@ static int seg_add(struct de_arena *a, uint64_t need)
 	if (err)
 		return err;
 	/* after seg_make's writable mapping (the owner's, the only one there will be) */
-	if (fcntl(fd, F_ADD_SEALS, SEG_SEALS) != 0) {
+	int sealed = fcntl(fd, F_ADD_SEALS, SEG_SEALS);
+#ifdef DE_FAULT_INJECTION
+	if (a->fail_seal) {
+		a->fail_seal = false;
+		sealed = -1;
+		errno = EINVAL;
+	}
+#endif
+	if (sealed != 0) {
 		/* EINVAL: a kernel without F_SEAL_FUTURE_WRITE; clients could write */
 		err = errno == EINVAL ? -ENOTSUP : -errno;
 		goto fail;
@@ -585,6 +594,13 @@ long de_arena_fail_alloc(de_arena *a, long nth)
 	a->fail_countdown = nth > 0 ? nth : 0;
 	pthread_mutex_unlock(&a->lock);
 	return left;
+}
+
+void de_arena_fail_seal(de_arena *a)
+{
+	pthread_mutex_lock(&a->lock);
+	a->fail_seal = true;
+	pthread_mutex_unlock(&a->lock);
 }
 #endif
 

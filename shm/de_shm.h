@@ -177,6 +177,9 @@ int de_arena_alloc(de_arena *a, uint64_t bytes, uint64_t align, uint64_t *off /*
  * on fail once with -ENOMEM (0 disarms). Returns the countdown left from the previous
  * arming: 0 when that fault fired (or none was armed). */
 long de_arena_fail_alloc(de_arena *a, long nth);
+/* Test builds only: the next segment's seals fail as on a kernel without
+ * F_SEAL_FUTURE_WRITE (the segment is not added; the allocation gets -ENOTSUP). */
+void de_arena_fail_seal(de_arena *a);
 #endif
 
 /* base + off. No check: use de_arena_valid on offsets read from shared memory. */

@@ -483,8 +483,20 @@ Test(scribbled, lock_nobody_releases, .timeout = 120)
 	/* the free-list lock */
 	*(uint32_t *)(hdr_of(a) + H_FREE_LOCK) = 1;
 	cr_expect_eq(insert_one(t, key), -EDEADLK);
+	/* an erase under a free-list lock nobody releases: the key goes, its row is lost
+	 * to the table (not handed out twice) */
+	size_t erased = 0;
+	uint64_t nfree = *(uint64_t *)(hdr_of(a) + H_NFREE);
+	cr_expect_eq(de_table_erase(t, &keys[100], 1, &erased), 0);
+	cr_expect_eq(erased, 1);
+	cr_expect_eq(*(uint64_t *)(hdr_of(a) + H_NFREE), nfree, "the row went on the free list");
+	float v[8];
+	uint8_t st = 0;
+	cr_expect_eq(de_table_find(t, &keys[100], 1, v, &st), 0);
+	cr_expect_eq(st, DE_MISSING);
 	*(uint32_t *)(hdr_of(a) + H_FREE_LOCK) = 0;
 	cr_expect_eq(insert_one(t, key), 0, "released, the insert works");
+	expect_keys(t, keys + 101, NK - 101, "untouched keys");
 	de_table_close(t);
 	de_arena_destroy(a);
 	free(keys);
@@ -649,6 +661,57 @@ Test(flood, early_split_refused)
 	cr_expect_eq(insert_one(t, k[10]), 0, "at %lu keys the split is allowed",
 		     (unsigned long)(s.keys + 100));
 	expect_keys(t, u, 100, "uniform keys");
+	de_table_close(t);
+	de_arena_destroy(a);
+	free(u);
+}
+
+/*
+ * Splits that each free a slot, one per insert, can still deepen the directory by one bit
+ * per key: chain keys whose hashes start with j zero bits then a one, all in one bucket
+ * pair, and 25 filler keys deep in the zero half that keep the deepest segment above the
+ * minimum load. The directory stops DEPTH_SLACK (6) bits above log2 of the segment count;
+ * the chain keys past that get -ENOSPC. (Without the cap the directory doubles once per
+ * key until the 64 MiB reservation is gone.)
+ */
+Test(flood, depth_capped_by_segment_count, .timeout = 120)
+{
+	de_arena *a = mk_arena(64ull << 20);
+	de_table *t;
+	cr_assert_eq(de_table_open(a, &cfg8, &t), 0);
+	uint64_t fill[25], s = 5;
+	for (int i = 0; i < 25; i++) {
+		uint64_t h = (de_splitmix64_next(&s) & 0xfffffull) | 1;
+		if ((h & 63) == 0x2f || ((h >> 16) & 63) == 0x2b)
+			h ^= 0x10; /* keep out of the chain's pair */
+		fill[i] = key_with_hash(h, cfg8.seed);
+		cr_assert_eq(hash_of(fill[i], cfg8.seed), h);
+	}
+	put_keys(t, fill, 25);
+	enum { NC = 40 };
+	unsigned refused = 0, other = 0;
+	for (unsigned j = 0; j < NC; j++) {
+		uint64_t h = (1ull << (63 - j)) | 0x2bcdefull;
+		uint64_t k = key_with_hash(h, cfg8.seed);
+		cr_assert_eq(hash_of(k, cfg8.seed), h);
+		int err = insert_one(t, k);
+		if (err == -ENOSPC)
+			refused++;
+		else if (err)
+			other++;
+	}
+	struct de_table_stats st;
+	cr_assert_eq(de_table_stats(t, &st), 0);
+	cr_expect_eq(other, 0, "%u chain inserts failed with another error than -ENOSPC", other);
+	cr_expect_gt(refused, 0);
+	cr_expect_eq(st.index_refusals, refused);
+	cr_expect_leq(st.global_depth, log2_ceil(st.segments) + 6, "depth %u for %lu segments",
+		      st.global_depth, (unsigned long)st.segments);
+	cr_expect_geq(st.global_depth, 8, "the chain did split (depth %u)", st.global_depth);
+	expect_keys(t, fill, 25, "fillers");
+	uint64_t *u = uniform_keys(500, 6);
+	put_keys(t, u, 500);
+	expect_keys(t, u, 500, "uniform keys after the chain");
 	de_table_close(t);
 	de_arena_destroy(a);
 	free(u);
