@@ -33,8 +33,20 @@
  *       i32 numa node, u64 pad
  * Allocation starts at DE_ARENA_HDR_SPAN (20480, page aligned).
  *
- * Segment memfds are sealed F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL: nobody holding
- * an fd, the owner included, can truncate one under a mapping (which would SIGBUS).
+ * Segment memfds are sealed F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_FUTURE_WRITE |
+ * F_SEAL_SEAL once the owner's own writable mapping exists, and their mode is 0400:
+ *   - nobody holding an fd, the owner included, can truncate one under a mapping (which
+ *     would SIGBUS);
+ *   - nobody can write through any fd or any new mapping: pwrite, mmap(PROT_WRITE,
+ *     MAP_SHARED) and mprotect of a shared mapping to writable fail with EPERM, even on
+ *     an fd reopened O_RDWR through /proc/self/fd (root can, the seal stops it there);
+ *     only the mapping made before the seal writes, and it never leaves the owner;
+ *   - a client of another uid cannot reopen or fchmod the fd (not its owner), and the
+ *     owner's uid cannot reopen it O_RDWR (no write bit).
+ * The seal is not optional: a kernel that refuses F_SEAL_FUTURE_WRITE (Linux < 5.1; the
+ * daemon needs 5.16 for futex_waitv anyway) fails the segment (-ENOTSUP), hugetlb and
+ * shmem alike (Linux accepts it on both: hugetlbfs checks it in its mmap and has no
+ * write). Readers never write either: they map PROT_READ.
  */
 #include "de_shm.h"
 
@@ -48,6 +60,12 @@
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
+
+#ifndef F_SEAL_FUTURE_WRITE
+#define F_SEAL_FUTURE_WRITE 0x0010 /* linux/fcntl.h, Linux 5.1 */
+#endif
+#define SEG_SEALS (F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_FUTURE_WRITE | F_SEAL_SEAL)
+#define SEG_MODE 0400 /* read for the owner's uid; the fds say who may do what */
 
 #ifndef MFD_HUGE_2MB
 #define MFD_HUGE_2MB (21u << 26) /* log2(2 MiB) << MFD_HUGE_SHIFT, from linux/memfd.h */
@@ -111,6 +129,7 @@ struct de_arena {
 	char note[320];
 #ifdef DE_FAULT_INJECTION
 	long fail_countdown;   /* > 0: allocations until the injected failure */
+	bool fail_seal;        /* the next segment's F_ADD_SEALS fails as on an old kernel */
 #endif
 };
 
@@ -260,7 +279,21 @@ static int seg_add(struct de_arena *a, uint64_t need)
 			   sizeof a->note);
 	if (err)
 		return err;
-	if (fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL) != 0) {
+	/* after seg_make's writable mapping (the owner's, the only one there will be) */
+	int sealed = fcntl(fd, F_ADD_SEALS, SEG_SEALS);
+#ifdef DE_FAULT_INJECTION
+	if (a->fail_seal) {
+		a->fail_seal = false;
+		sealed = -1;
+		errno = EINVAL;
+	}
+#endif
+	if (sealed != 0) {
+		/* EINVAL: a kernel without F_SEAL_FUTURE_WRITE; clients could write */
+		err = errno == EINVAL ? -ENOTSUP : -errno;
+		goto fail;
+	}
+	if (fchmod(fd, SEG_MODE) != 0) {
 		err = -errno;
 		goto fail;
 	}
@@ -561,6 +594,13 @@ long de_arena_fail_alloc(de_arena *a, long nth)
 	a->fail_countdown = nth > 0 ? nth : 0;
 	pthread_mutex_unlock(&a->lock);
 	return left;
+}
+
+void de_arena_fail_seal(de_arena *a)
+{
+	pthread_mutex_lock(&a->lock);
+	a->fail_seal = true;
+	pthread_mutex_unlock(&a->lock);
 }
 #endif
 

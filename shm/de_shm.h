@@ -127,7 +127,9 @@ struct de_segment_info {
 };
 
 /* Create an arena with one segment, placed as cfg->numa_node says (libdeshm_place:
- * shm/numa.c, which links hwloc and libnuma). out: the arena. */
+ * shm/numa.c, which links hwloc and libnuma). out: the arena. Segments are sealed
+ * against every write but the owner's own mapping (F_SEAL_FUTURE_WRITE, mode 0400):
+ * -ENOTSUP on a kernel that refuses that seal. */
 int de_arena_create(const struct de_arena_config *cfg, de_arena **out);
 
 /* Binds [addr, addr+len) to NUMA node `node` before its first touch (de_numa_bind). */
@@ -175,6 +177,9 @@ int de_arena_alloc(de_arena *a, uint64_t bytes, uint64_t align, uint64_t *off /*
  * on fail once with -ENOMEM (0 disarms). Returns the countdown left from the previous
  * arming: 0 when that fault fired (or none was armed). */
 long de_arena_fail_alloc(de_arena *a, long nth);
+/* Test builds only: the next segment's seals fail as on a kernel without
+ * F_SEAL_FUTURE_WRITE (the segment is not added; the allocation gets -ENOTSUP). */
+void de_arena_fail_seal(de_arena *a);
 #endif
 
 /* base + off. No check: use de_arena_valid on offsets read from shared memory. */
@@ -190,7 +195,8 @@ uint64_t de_arena_used_bytes(const de_arena *a);
 int de_arena_segment(const de_arena *a, unsigned i, struct de_segment_info *out);
 
 /* A new fd for segment i (O_RDONLY when readonly, through /proc/self/fd), to pass to
- * another process. Caller closes it. */
+ * another process. Caller closes it. Even the owner's non-readonly fd cannot write
+ * (pwrite, a new writable shared mapping): the segments are sealed. */
 int de_arena_segment_fd(const de_arena *a, unsigned i, bool readonly);
 
 /* Page kind of the first segment, and a human-readable line on how it came to be (the
@@ -272,7 +278,8 @@ struct de_table_stats {
 	uint64_t rows_allocated; /* row ids handed out so far (live + free) */
 	uint64_t rows_free;      /* erased rows waiting for reuse */
 	uint64_t row_bytes;      /* bytes of row chunks (values, slots, metadata) */
-	uint64_t index_bytes;    /* bytes of index segments and directories */
+	uint64_t index_bytes;    /* bytes of index segments and directories, the old
+	                            directories a doubling left in place included */
 	uint64_t arena_bytes;    /* bytes of arena mapped */
 	uint64_t index_slots;    /* key slots in the index */
 	double load_factor;      /* keys / index_slots */
@@ -282,6 +289,9 @@ struct de_table_stats {
 	uint64_t dir_doublings;  /* growth events: directory doublings */
 	uint64_t arena_segments; /* growth events: arena segments (1 at start) */
 	uint64_t chunks;         /* row chunks allocated */
+	uint64_t index_refusals; /* inserts refused with -ENOSPC because the index would not
+	                            grow for them: keys whose seeded hashes collide (a hash
+	                            flood), shm/table.c "Flooding" */
 };
 
 /* Check a config and normalize it (seg_buckets 0 becomes 1024; initializer parameters
@@ -321,7 +331,13 @@ uint32_t de_table_bytes_per_row(const de_table *t);
 int de_table_find(de_table *t, const uint64_t *keys, size_t n, float *out, uint8_t *status);
 
 /* Like find, but missing keys are created with the table's initializer (slots =
- * slot_init); freq is incremented and last_step set to step for every key. */
+ * slot_init); freq is incremented and last_step set to step for every key.
+ * Errors of every inserting call (find_or_insert, assign, apply with create; the batch
+ * stops at the key that failed): -ENOSPC when the table is out of row ids or its index
+ * refuses to grow for the key (index_refusals counts those: keys whose seeded hashes
+ * collide, which no split separates; other keys still insert), -ENOMEM when the arena
+ * is full, -EBADMSG when the table's shared memory is corrupt (a row id, offset, depth
+ * or free-list entry out of range), -EDEADLK when a lock in it was held for 2 s. */
 int de_table_find_or_insert(de_table *t, const uint64_t *keys, size_t n, float *out,
 			    uint8_t *status, uint64_t step);
 

@@ -29,7 +29,8 @@
  *   200  u32 nchunks  chunks published (release after chunk_tab[i] is written)
  *   204  u32 chunk_lock (spinlock; owner process only)
  *   256  u32 free_lock, u32 free_head (row id, ROW_NONE = empty), u64 nfree  (own line)
- *   320  u64 splits, u64 doublings, u32 dir_lock (spinlock), ...  (own line)
+ *   320  u64 splits, u64 doublings, u32 dir_lock (spinlock), u32 pad,
+ *        u64 refusals (inserts the growth rules refused), ...  (own line)
  *
  * Directory: u64[2^depth] segment offsets. Entry i covers hashes whose top `depth` bits
  * are i. Old directories are left in place after a doubling (readers may hold them).
@@ -71,6 +72,28 @@
  * missed checks that the segment still covers its hash (depth_prefix) and retries if not.
  * A call never waits for more than one segment (seg_buckets * 5 keys) to be rehashed.
  *
+ * Flooding. The seed is public (zero-copy readers hash on the client side) and xxh3 of an
+ * 8-byte key is a bijection, so anyone can make keys that share as many hash bits as
+ * they like. Splitting cannot separate keys that share the next bit, and before these
+ * rules 12 such keys cost 27 doublings and a 1 GiB directory in one call. So an insert
+ * that finds its bucket pair full (after a kick) gets -ENOSPC, and h->refusals counts it,
+ * instead of growth, when:
+ *   - it already split once (one split, with at most one doubling, per insert);
+ *   - every key of the pair and the new one agree on the split bit (the split would
+ *     leave the full pair on one side);
+ *   - the segment is less than 1/16 full (MIN_SPLIT_LOAD: uniform keys fill a pair at
+ *     about 45% load; a pair full this early is made of chosen keys), which bounds index
+ *     bytes per key;
+ *   - the split needs a doubling past DEPTH_SLACK bits above log2 of the segment count
+ *     (uniform keys stay within 1 bit; measured to 3 M keys at 64..65536 buckets).
+ * Other keys are unaffected: they live in other pairs.
+ *
+ * Defence in depth. Only the owner writes the index, the row store and the locks (the
+ * segment fds are sealed: shm/arena.c), but every offset, row id, depth and prefix the
+ * owner follows is still checked before use (-EBADMSG, never a wild store), the free list
+ * is checked (a row it hands out must be a published, non-live row), and every spinlock
+ * gives up after SPIN_LIMIT_NS (-EDEADLK) instead of hanging a worker.
+ *
  * Readers retry at most READ_RETRIES times; then the owner takes the segment lock and a
  * read-only reader reports DE_RETRY. seq is 32 bits: a reader preempted for 2^31 writes
  * of one bucket between its two loads could be fooled; we accept that.
@@ -84,6 +107,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #define XXH_INLINE_ALL
 #include <xxhash.h>
@@ -96,6 +120,11 @@
 #define MAX_ROWS 0xfffffffeu
 #define MAX_DEPTH 48u
 #define READ_RETRIES 64
+#define LOCK_SEG_RETRIES 4096 /* directory changes between lookup and lock, per call */
+#define SPIN_LIMIT_NS 2000000000ull /* a lock held this long is not held by a live writer */
+#define DEPTH_SLACK 6u
+#define MIN_SPLIT_LOAD 16u
+#define CHUNK_AHEAD 1024u /* row chunks one allocation may add past the published ones */ /* splits of segments under 1/16 full are refused */
 #define CHUNK_TARGET (2u << 20)
 #define META_BYTES 32u
 #define ROW_LIVE 1u
@@ -150,7 +179,8 @@ struct table_hdr {
 	uint64_t pad4[6];
 	/* 320 */ uint64_t splits, doublings;
 	uint32_t dir_lock, pad5;
-	uint64_t pad6[5];
+	uint64_t refusals;     /* inserts refused by the index's growth rules */
+	uint64_t pad6[4];
 };
 
 _Static_assert(sizeof(struct bucket) == 64, "a bucket is one cache line");
@@ -162,6 +192,7 @@ _Static_assert(offsetof(struct table_hdr, dir) == 128, "layout");
 _Static_assert(offsetof(struct table_hdr, next_row) == 192, "layout");
 _Static_assert(offsetof(struct table_hdr, free_lock) == 256, "layout");
 _Static_assert(offsetof(struct table_hdr, splits) == 320, "layout");
+_Static_assert(offsetof(struct table_hdr, refusals) == 344, "layout");
 _Static_assert(sizeof(struct table_hdr) <= HDR_BYTES, "header fits");
 _Static_assert(sizeof(struct de_row_meta) == META_BYTES, "metadata is 32 bytes");
 
@@ -200,15 +231,33 @@ struct de_table {
 #define FENCE_REL() __asm__ __volatile__("" ::: "memory")
 #endif
 
-static void spin_lock(uint32_t *l)
+static uint64_t mono_ns(void)
 {
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+/* Take a spinlock in shared memory: 0, or -EDEADLK after SPIN_LIMIT_NS (a corrupt lock
+ * word, or a holder that died: no live writer holds one that long). */
+static int __attribute__((warn_unused_result)) spin_lock(uint32_t *l)
+{
+	uint64_t t0 = 0;
 	for (unsigned n = 0;; n++) {
 		if (!LD(l) && !__atomic_exchange_n(l, 1, __ATOMIC_ACQUIRE))
-			return;
-		if (n < 256)
+			return 0;
+		if (n < 256) {
 			__builtin_ia32_pause();
-		else
-			sched_yield();
+			continue;
+		}
+		sched_yield();
+		if (n % 64)
+			continue;
+		uint64_t now = mono_ns();
+		if (!t0)
+			t0 = now;
+		else if (now - t0 > SPIN_LIMIT_NS)
+			return -EDEADLK;
 	}
 }
 
@@ -342,6 +391,8 @@ static inline uint64_t b2_of(const struct de_table *t, uint64_t h)
 static inline bool covers(uint64_t dp, uint64_t h)
 {
 	uint32_t d = (uint32_t)(dp & 0xff);
+	if (unlikely(d > MAX_DEPTH))
+		return false; /* corrupt: covers nothing */
 	return d == 0 || (h >> (64 - d)) == (dp >> 8);
 }
 
@@ -728,18 +779,25 @@ static int read_one(struct de_table *t, uint64_t key, uint64_t h, float *out, ui
 	return R_RETRY;
 }
 
-/* Lock the segment that owns h. */
-static struct seg *lock_seg(struct de_table *t, uint64_t h)
+/* Lock the segment that owns h. out: the locked segment. -EBADMSG for a corrupt index
+ * (a directory entry that names no valid segment, or none that covers h), -EDEADLK for a
+ * lock nobody releases. */
+static int lock_seg(struct de_table *t, uint64_t h, struct seg **out)
 {
-	for (;;) {
+	for (unsigned n = 0; n < LOCK_SEG_RETRIES; n++) {
 		struct seg *s = seg_for(t, h);
 		if (unlikely(!s))
-			return NULL; /* corrupt index: only the owner writes it, so a bug */
-		spin_lock(&s->lock);
-		if (covers(LD(&s->depth_prefix), h))
-			return s;
-		spin_unlock(&s->lock);
+			return -EBADMSG; /* only the owner writes the index: a bug */
+		int err = spin_lock(&s->lock);
+		if (err)
+			return err;
+		if (covers(LD(&s->depth_prefix), h)) {
+			*out = s;
+			return 0;
+		}
+		spin_unlock(&s->lock); /* it split after we read the directory: look again */
 	}
+	return -EBADMSG;
 }
 
 /* Find key in a locked segment: bucket and slot, or NULL. */
@@ -766,8 +824,8 @@ static inline void meta_touch(struct de_table *t, uint32_t r, uint64_t step)
 /* Owner's fallback after READ_RETRIES: read under the segment lock. */
 static int read_locked(struct de_table *t, uint64_t key, uint64_t h, float *out, uint32_t *row_out)
 {
-	struct seg *s = lock_seg(t, h);
-	if (!s)
+	struct seg *s;
+	if (lock_seg(t, h, &s))
 		return R_RETRY;
 	int j;
 	struct bucket *b = locked_find(t, s, key, h, &j);
@@ -953,13 +1011,18 @@ int de_table_find(de_table *t, const uint64_t *keys, size_t n, float *out, uint8
 static int chunk_add(struct de_table *t, uint32_t c)
 {
 	struct table_hdr *h = t->hdr;
-	int err = 0;
-	spin_lock(&h->chunk_lock);
+	int err = spin_lock(&h->chunk_lock);
+	if (err)
+		return err;
 	while (!err && LD(&h->nchunks) <= c) {
 		uint32_t n = LD(&h->nchunks);
 		uint64_t off;
 		if (n >= t->chunk_cap) {
 			err = -ENOSPC;
+			break;
+		}
+		if (c - n > CHUNK_AHEAD) { /* next_row ran ahead of what was ever published */
+			err = -EBADMSG;
 			break;
 		}
 		err = de_arena_alloc(t->arena, t->chunk_bytes, 64, &off);
@@ -973,16 +1036,33 @@ static int chunk_add(struct de_table *t, uint32_t c)
 	return err;
 }
 
+/* A row id from the free list or the shared header is one the table handed out: below
+ * next_row, in a published chunk, with its row and metadata mapped. */
+static bool row_ok(struct de_table *t, uint32_t r)
+{
+	return r < LD(&t->hdr->next_row) && row_at(t, r) && meta_at(t, r);
+}
+
 static int row_alloc(struct de_table *t, uint32_t *out)
 {
 	struct table_hdr *h = t->hdr;
 	if (LD(&h->nfree)) {
-		spin_lock(&h->free_lock);
-		uint32_t r = h->free_head;
+		int err = spin_lock(&h->free_lock);
+		if (err)
+			return err;
+		uint32_t r = LD(&h->free_head);
 		if (r != ROW_NONE) {
-			struct de_row_meta *m = meta_at(t, r);
-			h->free_head = (uint32_t)LD(&m->last_step);
-			ST(&h->nfree, LD(&h->nfree) - 1);
+			struct de_row_meta *m = row_ok(t, r) ? meta_at(t, r) : NULL;
+			uint64_t next = m ? LD(&m->last_step) : 0;
+			/* a free row is not live, and links to a row id or to the end; a cycle
+			 * hands out a live row again, and its flags catch it */
+			if (!m || (LD(&m->flags) & ROW_LIVE) || (next != ROW_NONE && next >= MAX_ROWS)) {
+				spin_unlock(&h->free_lock);
+				return -EBADMSG;
+			}
+			ST(&h->free_head, (uint32_t)next);
+			uint64_t nf = LD(&h->nfree);
+			ST(&h->nfree, nf ? nf - 1 : 0);
 			spin_unlock(&h->free_lock);
 			*out = r;
 			return 0;
@@ -1003,15 +1083,20 @@ static int row_alloc(struct de_table *t, uint32_t *out)
 			return err;
 		}
 	}
+	if (!row_at(t, (uint32_t)r) || !meta_at(t, (uint32_t)r))
+		return -EBADMSG; /* a chunk table entry that names no mapped chunk */
 	*out = (uint32_t)r;
 	return 0;
 }
 
+/* Put row r on the free list. A lock that times out leaks the row (a corrupt header:
+ * losing one row id is the safe way out). */
 static void row_free(struct de_table *t, uint32_t r)
 {
 	struct table_hdr *h = t->hdr;
 	struct de_row_meta *m = meta_at(t, r);
-	spin_lock(&h->free_lock);
+	if (!m || spin_lock(&h->free_lock))
+		return;
 	ST(&m->flags, 0u);
 	ST(&m->last_step, (uint64_t)h->free_head);
 	h->free_head = r;
@@ -1093,13 +1178,29 @@ static struct bucket *kick(struct de_table *t, struct seg *s, struct bucket *bb[
 	return NULL;
 }
 
+/* The deepest directory the table may have now: DEPTH_SLACK bits above log2 of the
+ * segments it will have after one more split. */
+static uint32_t depth_cap(const struct de_table *t)
+{
+	uint64_t segs = LD(&t->hdr->splits) + 2;
+	uint32_t l = 0;
+	while (l < 64 && (1ull << l) < segs)
+		l++;
+	l += DEPTH_SLACK;
+	return l < MAX_DEPTH ? l : MAX_DEPTH;
+}
+
+/* Double the directory (under dir_lock). -ENOSPC past depth_cap, -EBADMSG when the
+ * current one is not where the header says. */
 static int dir_double(struct de_table *t)
 {
 	struct table_hdr *h = t->hdr;
 	uint64_t dw = LD(&h->dir);
 	uint32_t g = (uint32_t)(dw & 63);
-	if (g >= MAX_DEPTH)
+	if (g >= MAX_DEPTH || g + 1 > depth_cap(t))
 		return -ENOSPC;
+	if (!in_map(t, dw & ~63ull, 8ull << g))
+		return -EBADMSG;
 	uint64_t noff;
 	int err = de_arena_alloc(t->arena, 8ull << (g + 1), 64, &noff);
 	if (err)
@@ -1160,15 +1261,45 @@ static inline uint32_t split_threshold(const struct de_table *t, uint64_t dp)
 	return (uint32_t)(cap * 45 / 100 + (cap * 40 / 100) * (r >> 40) / (1ull << 24));
 }
 
-/* Split the locked segment s in two by the next hash bit. */
-static int seg_split(struct de_table *t, struct seg *s)
+/* Would splitting s by its next hash bit free a slot in the full bucket pair of h? Not
+ * when the pair's keys and h all agree on that bit. */
+static bool split_frees_pair(const struct de_table *t, struct seg *s, uint64_t h, uint32_t d)
+{
+	unsigned bit = (unsigned)(h >> (63 - d)) & 1;
+	const struct bucket *bb[2] = { &s->b[h & t->bmask], &s->b[b2_of(t, h)] };
+	for (int k = 0; k < 2; k++)
+		for (int j = 0; j < SLOTS; j++) {
+			uint64_t key = LD(&bb[k]->key[j]);
+			if (!key || ((unsigned)(key_hash(t, key) >> (63 - d)) & 1) != bit)
+				return true;
+		}
+	return false;
+}
+
+/*
+ * Split the locked segment s in two by the next hash bit. pair: the split is for key
+ * hash h whose bucket pair is full, and the flooding rules (see "Flooding" above) apply:
+ * -ENOSPC when the split would not free a slot there, when s is under 1/MIN_SPLIT_LOAD
+ * full, or when it needs a doubling past depth_cap. Without pair (a split at the load
+ * threshold) only the depth cap applies. -EBADMSG for a corrupt depth or prefix.
+ */
+static int seg_split(struct de_table *t, struct seg *s, uint64_t h, bool pair)
 {
 	uint64_t dp = LD(&s->depth_prefix);
 	uint32_t d = (uint32_t)(dp & 0xff);
 	uint64_t p = dp >> 8;
 	uint32_t nb = t->cfg.seg_buckets;
 	if (d >= MAX_DEPTH)
+		return d > MAX_DEPTH ? -EBADMSG : -ENOSPC;
+	uint64_t dw0 = LD(&t->hdr->dir);
+	if ((d && (p >> d)) || (!d && p) || d > (uint32_t)(dw0 & 63))
+		return -EBADMSG; /* the prefix has more bits than the depth, or the depth
+				    is beyond the directory's */
+	if (pair && (!split_frees_pair(t, s, h, d) ||
+		     LD(&s->nkeys) < (uint64_t)nb * SLOTS / MIN_SPLIT_LOAD))
 		return -ENOSPC;
+	if (d == (uint32_t)(dw0 & 63) && d + 1 > depth_cap(t))
+		return -ENOSPC; /* checked again under dir_lock; this spares a segment */
 	struct bucket *sc = scratch_get(2 * (size_t)nb);
 	if (!sc)
 		return -ENOMEM;
@@ -1179,9 +1310,9 @@ static int seg_split(struct de_table *t, struct seg *s)
 			uint64_t key = LD(&s->b[i].key[j]);
 			if (!key)
 				continue;
-			uint64_t h = key_hash(t, key);
-			unsigned bit = (unsigned)(h >> (63 - d)) & 1;
-			if (!scratch_put(t, sc + (size_t)bit * nb, key, h, LD(&s->b[i].row[j]), &rng)) {
+			uint64_t kh = key_hash(t, key);
+			unsigned bit = (unsigned)(kh >> (63 - d)) & 1;
+			if (!scratch_put(t, sc + (size_t)bit * nb, key, kh, LD(&s->b[i].row[j]), &rng)) {
 				/* the cuckoo walk failed on a half-empty segment: only a flood of
 				 * keys with colliding seeded 64-bit hashes does that; refuse */
 				return -ENOSPC;
@@ -1203,21 +1334,24 @@ static int seg_split(struct de_table *t, struct seg *s)
 	FENCE_REL(); /* odd seqs before anything below */
 	STR(&s->depth_prefix, ((p << 1) << 8) | (d + 1));
 
-	struct table_hdr *h = t->hdr;
-	spin_lock(&h->dir_lock);
-	err = 0;
-	if ((uint32_t)(LD(&h->dir) & 63) == d)
-		err = dir_double(t);
+	struct table_hdr *th = t->hdr;
+	err = spin_lock(&th->dir_lock);
 	if (!err) {
-		uint64_t dw = LD(&h->dir);
+		if ((uint32_t)(LD(&th->dir) & 63) == d)
+			err = dir_double(t);
+		uint64_t dw = LD(&th->dir);
 		uint32_t g = (uint32_t)(dw & 63);
-		uint64_t *dir = (uint64_t *)(t->base + (dw & ~63ull));
-		uint64_t span = 1ull << (g - d - 1); /* entries per half */
-		uint64_t first = ((p << 1) | 1) << (g - d - 1);
-		for (uint64_t i = 0; i < span; i++)
-			STR(&dir[first + i], noff); /* pairs with the acquire in seg_for */
+		if (!err && (g <= d || g > MAX_DEPTH || !in_map(t, dw & ~63ull, 8ull << g)))
+			err = -EBADMSG;
+		if (!err) {
+			uint64_t *dir = (uint64_t *)(t->base + (dw & ~63ull));
+			uint64_t span = 1ull << (g - d - 1); /* entries per half */
+			uint64_t first = ((p << 1) | 1) << (g - d - 1); /* < 2^g: p < 2^d */
+			for (uint64_t i = 0; i < span; i++)
+				STR(&dir[first + i], noff); /* pairs with the acquire in seg_for */
+		}
+		spin_unlock(&th->dir_lock);
 	}
-	spin_unlock(&h->dir_lock);
 	if (err) {
 		/* No directory room: undo (the old segment's contents never changed). */
 		STR(&s->depth_prefix, dp);
@@ -1234,7 +1368,7 @@ static int seg_split(struct de_table *t, struct seg *s)
 		STR(&s->b[i].seq, LD(&s->b[i].seq) + 1); /* pairs with the reader's acquire */
 	}
 	ST(&s->nkeys, cnt[0]);
-	__atomic_fetch_add(&h->splits, 1, __ATOMIC_RELAXED);
+	__atomic_fetch_add(&th->splits, 1, __ATOMIC_RELAXED);
 	return 0;
 }
 
@@ -1250,12 +1384,23 @@ static int locate(struct de_table *t, uint64_t key, uint64_t h, bool create, con
 		  uint64_t step, struct seg **sp, struct bucket **bk, int *slot, bool *created)
 {
 	*created = false;
+	bool grew = false; /* one split (and at most one doubling) per insert */
 	for (;;) {
-		struct seg *s = lock_seg(t, h);
-		if (!s)
-			return -EBADMSG;
+		struct seg *s;
+		int err = lock_seg(t, h, &s);
+		if (err)
+			return err;
 		*sp = s;
-		if ((*bk = locked_find(t, s, key, h, slot)) || !create)
+		if ((*bk = locked_find(t, s, key, h, slot))) {
+			uint32_t r = LD(&(*bk)->row[*slot]);
+			struct de_row_meta *m = row_ok(t, r) ? meta_at(t, r) : NULL;
+			if (!m || LD(&m->key) != key) { /* a slot that names another key's row */
+				spin_unlock(&s->lock);
+				return -EBADMSG;
+			}
+			return 0;
+		}
+		if (!create)
 			return 0;
 		struct bucket *b = NULL, *bb[2] = { &s->b[h & t->bmask], &s->b[b2_of(t, h)] };
 		int j = -1;
@@ -1265,14 +1410,17 @@ static int locate(struct de_table *t, uint64_t key, uint64_t h, bool create, con
 		if (!b && (b = kick(t, s, bb)))
 			j = slot_of(b, 0);
 		if (!b) {
-			int err = seg_split(t, s);
+			err = grew ? -ENOSPC : seg_split(t, s, h, true);
 			spin_unlock(&s->lock);
+			if (err == -ENOSPC)
+				__atomic_fetch_add(&t->hdr->refusals, 1, __ATOMIC_RELAXED);
 			if (err)
 				return err;
+			grew = true;
 			continue;
 		}
 		uint32_t r;
-		int err = row_alloc(t, &r);
+		err = row_alloc(t, &r);
 		if (err) {
 			spin_unlock(&s->lock);
 			return err;
@@ -1301,17 +1449,18 @@ static int locate(struct de_table *t, uint64_t key, uint64_t h, bool create, con
 		*bk = b;
 		*slot = j;
 		*created = true;
-		if (nk > split_threshold(t, LD(&s->depth_prefix))) {
+		if (!grew && nk > split_threshold(t, LD(&s->depth_prefix))) {
 			/* Split now, while it is cheap to find the key again; a failure
 			 * here only means the split happens at the next full bucket pair. */
-			if (seg_split(t, s) == 0) {
+			if (seg_split(t, s, h, false) == 0) {
 				spin_unlock(&s->lock);
-				s = lock_seg(t, h);
+				err = lock_seg(t, h, &s);
+				if (err)
+					return err;
 				*sp = s;
-				*bk = s ? locked_find(t, s, key, h, slot) : NULL;
+				*bk = locked_find(t, s, key, h, slot);
 				if (!*bk) { /* only a corrupt index can lose the key */
-					if (s)
-						spin_unlock(&s->lock);
+					spin_unlock(&s->lock);
 					return -EBADMSG;
 				}
 			}
@@ -1764,7 +1913,9 @@ int de_table_stats(de_table *t, struct de_table_stats *out)
 	out->global_depth = g;
 	out->index_slots = out->segments * t->cfg.seg_buckets * SLOTS;
 	out->load_factor = out->index_slots ? (double)out->keys / (double)out->index_slots : 0;
-	out->index_bytes = out->segments * t->seg_bytes + (8ull << g);
+	/* every directory ever made: 64 bytes at depth 0, then 8 << k for k = 1..g */
+	out->index_bytes = out->segments * t->seg_bytes + 64 + (g ? (16ull << g) - 16 : 0);
+	out->index_refusals = LD(&h->refusals);
 	out->rows_allocated = LD(&h->next_row);
 	out->rows_free = LD(&h->nfree);
 	out->chunks = LDA(&h->nchunks);

@@ -139,3 +139,21 @@ Test(faults, every_allocation_can_fail_once)
 	cr_assert_gt(hits, in_open, "failures inside batches surface as -ENOMEM");
 	cr_assert_eq(in_open, 4, "header, chunk table, directory, first segment");
 }
+
+/* A kernel that refuses F_SEAL_FUTURE_WRITE would leave a segment clients could write
+ * through their fds: the arena refuses the segment (-ENOTSUP) instead, adds nothing, and
+ * grows normally once sealing works. */
+Test(faults, segment_without_future_write_seal_is_refused)
+{
+	de_arena *a = arena();
+	unsigned n0 = de_arena_nsegments(a);
+	uint64_t used = de_arena_used_bytes(a), off;
+	de_arena_fail_seal(a);
+	cr_expect_eq(de_arena_alloc(a, 3 << 20, 64, &off), -ENOTSUP);
+	cr_expect_eq(de_arena_nsegments(a), n0, "a segment without the seal was added");
+	cr_expect_eq(de_arena_used_bytes(a), used);
+	cr_assert_eq(de_arena_alloc(a, 3 << 20, 64, &off), 0, "the next segment seals");
+	cr_expect_eq(de_arena_nsegments(a), n0 + 1);
+	memset(de_arena_at(a, off), 1, 3 << 20);
+	de_arena_destroy(a);
+}
