@@ -13,6 +13,7 @@ The layer order, bottom (0) to top:
                                     what the fuzz targets link (nothing of the daemon)
   1 log       log.h                 the log
     util      util.h                mkdir -p, the clock
+    quota     quota.h               memory quotas of tables, sizing from budgets
   2 config    config.h              the daemon's configuration
     reply     reply.h               the one reply encoder of the control socket
   3 registry  tables.h batch.h      the table registry; the batch description
@@ -38,6 +39,7 @@ HEADERS = {
     "log.h": (1, "log"),
     "config.h": (2, "config"),
     "util.h": (1, "util"),
+    "quota.h": (1, "quota"),
     "reply.h": (2, "reply"),
     "tables.h": (3, "registry"),
     "batch.h": (3, "registry"),
@@ -57,6 +59,7 @@ SOURCES = {
     "log.c": "log",
     "config.c": "config",
     "util.c": "util",
+    "quota.c": "quota",
     "reply.c": "reply",
     "tables.c": "registry",
     "learnops.c": "learn",

@@ -315,11 +315,11 @@ Test(arena, reserve_exhaustion)
 	/* 8 MiB of reservation: 1 MiB chunks run out after fewer than 9. */
 	for (int i = 0; i < 16 && r == 0; i++)
 		r = de_arena_alloc(a, MiB, 64, &off);
-	cr_expect_eq(r, -ENOMEM);
+	cr_expect_eq(r, -ENOSPC, "a full reservation is -ENOSPC (the arena's limit), not -ENOMEM");
 	cr_expect_leq(de_arena_mapped_bytes(a), 8 * MiB);
 	/* Far more than the reservation at once. */
-	cr_expect_eq(de_arena_alloc(a, 1ull << 40, 64, &off), -ENOMEM);
-	cr_expect_eq(de_arena_alloc(a, UINT64_MAX - 4096, 64, &off), -ENOMEM);
+	cr_expect_eq(de_arena_alloc(a, 1ull << 40, 64, &off), -ENOSPC);
+	cr_expect_eq(de_arena_alloc(a, UINT64_MAX - 4096, 64, &off), -ENOSPC);
 	/* The arena still works for what fits, and kept its bytes. */
 	cr_expect_eq(check(a, keep, 100, 3), UINT64_MAX);
 	de_arena_destroy(a);

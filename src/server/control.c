@@ -146,6 +146,8 @@ static void client_free(struct ctl *x, struct srv_client *c)
 		close(c->sock);
 	if (c->w)
 		c->w->nclients--;
+	for (uint32_t i = 0; i < c->ntables; i++) /* its worker let go: a DROP may free them */
+		c->tables[i]->refs--;
 	de_channel_destroy(c->ch);
 	free(c);
 	x->nconn--;
@@ -359,12 +361,12 @@ static int send_with_segments(struct srv_client *c, struct srv_table *t, const v
 
 /* Find or create a table: registry, then (a new table) learning, whose failure undoes
  * the creation. Persistence is the caller's next step. */
-static int open_table(struct srv_server *s, const char *name,
+static int open_table(struct srv_server *s, uid_t uid, const char *name,
 		      const struct de_wire_table_config *cfg,
 		      const struct de_wire_learn_config *learn, struct srv_table **out,
 		      bool *created, char *msg, size_t cap)
 {
-	int err = srv_registry_open(&s->reg, name, cfg, learn, out, created, msg, cap);
+	int err = srv_registry_open(&s->reg, uid, name, cfg, learn, out, created, msg, cap);
 	if (err || !*created)
 		return err;
 	/* last step of creating it: once the evictor holds the table nothing may fail */
@@ -385,8 +387,8 @@ int srv_control_recover(struct srv_server *s)
 		char msg[240];
 		struct srv_table *t;
 		bool created;
-		int err = open_table(s, cat[i].name, &cat[i].cfg, &cat[i].learn, &t, &created, msg,
-				     sizeof msg);
+		int err = open_table(s, SRV_QUOTA_UID_NONE, cat[i].name, &cat[i].cfg,
+				     &cat[i].learn, &t, &created, msg, sizeof msg);
 		if (!err)
 			err = srv_persist_adopt(s->persist, t, &cat[i]);
 		if (err) {
@@ -410,7 +412,7 @@ static bool on_open(struct ctl *x, struct srv_client *c, const struct de_msg_ope
 	const struct de_wire_learn_config learn = m->learn;
 	struct srv_table *t;
 	bool created;
-	int err = open_table(x->s, name, &cfg, &learn, &t, &created, msg, sizeof msg);
+	int err = open_table(x->s, c->uid, name, &cfg, &learn, &t, &created, msg, sizeof msg);
 	if (!err) /* durability: catalog entry and first snapshot */
 		err = srv_persist_table_open(x->s->persist, t, msg, sizeof msg);
 	if (err) {
@@ -428,6 +430,7 @@ static bool on_open(struct ctl *x, struct srv_client *c, const struct de_msg_ope
 			return true;
 		}
 		c->tables[nt] = t;
+		t->refs++;
 		/* release: publishes tables[nt]; pairs with the acquire in the worker */
 		__atomic_store_n(&c->ntables, nt + 1, __ATOMIC_RELEASE);
 	}
