@@ -24,6 +24,7 @@ The layer order, bottom (0) to top:
                                     and the worker: it takes batches like the worker
   6 worker    worker.h server.h     the data plane; it owns its batch
   7 control   control.h             the control plane (open -> learning -> persistence)
+              control_int.h         (private to control*.c: DROP in control_drop.c)
   8 main                            main.c
 
 Headers from outside src/server (proto.h, de_shm.h, de_learn.h, de_uring.h) are below
@@ -49,6 +50,7 @@ HEADERS = {
     "server.h": (6, "worker"),
     "worker.h": (6, "worker"),
     "control.h": (7, "control"),
+    "control_int.h": (7, "control"),
 }
 
 # source file -> module (its layer is the module's)
@@ -70,8 +72,10 @@ SOURCES = {
     "persist_recover.c": "persist",
     "persist_jobs.c": "persist",
     "persist_strings.c": "persist",
+    "persist_drop.c": "persist",
     "worker.c": "worker",
     "control.c": "control",
+    "control_drop.c": "control",
     "main.c": "main",
 }
 

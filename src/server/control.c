@@ -16,6 +16,7 @@
  *      connection is closed. Fds a client sends are closed unread. Replies (reply.h)
  *      never block: a client whose socket buffer is full is closed.
  *   4. SNAPSHOT, EXPORT, IMPORT: a persistence job replies (persist_jobs.c).
+ *   5. DROP: control_drop.c (a table no connection has open; rights, then the catalog).
  * Hang-up: the socket is closed at once; the client's channel stays until its worker
  * released it (see worker.h), then the reaper destroys it.
  *
@@ -27,6 +28,7 @@
  * Owns: the listener (and the socket file), client sockets, struct srv_client memory.
  */
 #include "control.h"
+#include "control_int.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -316,6 +318,7 @@ static bool on_hello(struct ctl *x, struct srv_client *c, const struct de_msg_he
 	ok.data_bytes = cc.data_bytes;
 	ok.capabilities = DE_CAP_APPLY_GRADS | DE_CAP_ADMISSION | DE_CAP_EVICTION | DE_CAP_SAMPLE |
 			  DE_CAP_TOPK | DE_CAP_KEY_STRINGS | DE_CAP_SNAPSHOT | DE_CAP_EXPORT_IMPORT |
+			  DE_CAP_DROP |
 			  (cfg->data_dir[0] ? DE_CAP_PERSISTENCE : 0) |
 			  (cfg->export_dir[0] ? DE_CAP_EXPORT_DIR : 0) |
 			  (cfg->tier_dir[0] ? DE_CAP_DISK_TIER : 0);
@@ -507,6 +510,9 @@ static bool on_message(struct ctl *x, struct srv_client *c, const void *buf, siz
 		return on_open(x, c, &m.open);
 	case DE_MSG_SEGMENTS:
 		return on_segments(c, &m.segments);
+	case DE_MSG_DROP: /* control_drop.c */
+		srv_control_drop(x->s, c, &m.drop);
+		return true;
 	case DE_MSG_SNAPSHOT:
 	case DE_MSG_EXPORT:
 	case DE_MSG_IMPORT: /* a job thread replies (persist_jobs.c) */

@@ -1,0 +1,81 @@
+/*
+ * control_drop.c — DROP (proto.h): a table nobody references goes, and its memory,
+ * reservation, quota charge and files with it.
+ *
+ * Order: find the table -> may this caller drop it (drop_allowed) -> nobody references
+ * it (no connection has it open: t->refs, which counts connections until their worker
+ * released them, so no worker can be serving it) -> its learning state can go (not an
+ * evicting table) -> persistence forgets it (the catalog, durably: the commit point;
+ * persist_drop.c) -> learning state freed -> the registry frees it (tables.c: arenas,
+ * reservation, quota charge). Every refusal comes before the commit point and changes
+ * nothing.
+ *
+ * Rights: drop_allowed is the one place that decides (today: the table's creator, or
+ * root; a table recovered at startup, whose creator the catalog does not record: root).
+ * Namespaces with their own drop right plug in there.
+ *
+ * Callers: control.c (on_message). Never: drops a table a connection has open, or
+ * replies before the catalog is durable.
+ */
+#include "control_int.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "learnops.h"
+#include "log.h"
+#include "persist.h"
+#include "reply.h"
+#include "tables.h"
+
+/* The rights hook: may c drop t? 0, or -EPERM with msg. */
+static int drop_allowed(const struct srv_client *c, const struct srv_table *t, char *msg,
+			size_t cap)
+{
+	if (c->uid == 0 || (t->quota_uid != SRV_QUOTA_UID_NONE && t->quota_uid == c->uid))
+		return 0;
+	snprintf(msg, cap, "table '%s' may be dropped only by the uid that created it, or root",
+		 t->name);
+	return -EPERM;
+}
+
+void srv_control_drop(struct srv_server *s, struct srv_client *c, const struct de_msg_drop *m)
+{
+	char msg[240];
+	const char *name = m->name;
+	struct srv_table *t = srv_registry_find(&s->reg, name);
+	int err = 0;
+	if (!t) {
+		snprintf(msg, sizeof msg, "no table '%s' in this daemon", name);
+		err = -ENOENT;
+	}
+	if (!err)
+		err = drop_allowed(c, t, msg, sizeof msg);
+	if (!err && t->refs) {
+		snprintf(msg, sizeof msg, "table '%s' is open on %u connection%s (this one counts "
+			 "too): close them first", name, t->refs, t->refs == 1 ? "" : "s");
+		err = -EBUSY;
+	}
+	if (!err)
+		err = srv_learn_table_can_drop(t, msg, sizeof msg);
+	if (!err)
+		err = srv_persist_table_drop(s->persist, t, msg, sizeof msg);
+	if (err) {
+		srv_log(SRV_LOG_INFO, "client %u (uid %u): drop '%s': %s", c->id, (unsigned)c->uid,
+			name, msg);
+		srv_reply_error(c->sock, m->h.seq, err, 0, "%s", msg);
+		return;
+	}
+	uint64_t bytes = t->quota ? srv_quota_acct_bytes(t->quota) : 0;
+	srv_learn_table_detach(s->learn, t);
+	srv_registry_drop(&s->reg, t); /* t is gone */
+	srv_log(SRV_LOG_INFO, "client %u (uid %u) dropped table '%s': %" PRIu64 " MiB given back",
+		c->id, (unsigned)c->uid, name, bytes >> 20);
+	struct de_msg_drop_ok ok;
+	memset(&ok, 0, sizeof ok);
+	srv_reply_hdr(&ok.h, DE_MSG_DROP_OK, sizeof ok, m->h.seq);
+	ok.bytes = bytes;
+	srv_reply_send(c->sock, &ok, sizeof ok, NULL, 0, 0);
+}
