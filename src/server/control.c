@@ -195,6 +195,7 @@ static void reap_released(struct ctl *x)
 		}
 		client_free(x, c);
 	}
+	srv_control_drop_retry(x->s, x->clients); /* DROPs that waited for these */
 }
 
 static void accept_all(struct ctl *x)
@@ -511,7 +512,7 @@ static bool on_message(struct ctl *x, struct srv_client *c, const void *buf, siz
 	case DE_MSG_SEGMENTS:
 		return on_segments(c, &m.segments);
 	case DE_MSG_DROP: /* control_drop.c */
-		srv_control_drop(x->s, c, &m.drop);
+		srv_control_drop(x->s, x->clients, c, &m.drop);
 		return true;
 	case DE_MSG_SNAPSHOT:
 	case DE_MSG_EXPORT:

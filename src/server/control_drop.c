@@ -4,7 +4,9 @@
  *
  * Order: find the table -> may this caller drop it (drop_allowed) -> nobody references
  * it (no connection has it open: t->refs, which counts connections until their worker
- * released them, so no worker can be serving it) -> its learning state can go (not an
+ * released them, so no worker can be serving it; when the only ones left are closed
+ * connections not reaped yet, as right after a client's exit, the DROP waits for the
+ * reap instead of failing: srv_control_drop_retry) -> its learning state can go (not an
  * evicting table) -> persistence forgets it (the catalog, durably: the commit point;
  * persist_drop.c) -> learning state freed -> the registry frees it (tables.c: arenas,
  * reservation, quota charge). Every refusal comes before the commit point and changes
@@ -41,7 +43,20 @@ static int drop_allowed(const struct srv_client *c, const struct srv_table *t, c
 	return -EPERM;
 }
 
-void srv_control_drop(struct srv_server *s, struct srv_client *c, const struct de_msg_drop *m)
+/* References to t from connections already closed (their worker has not released
+ * them yet: they go within a worker's round). */
+static unsigned closing_refs(const struct srv_client *all, const struct srv_table *t)
+{
+	unsigned n = 0;
+	for (const struct srv_client *k = all; k; k = k->next)
+		if (k->sock < 0)
+			for (uint32_t i = 0; i < k->ntables; i++)
+				n += k->tables[i] == t;
+	return n;
+}
+
+void srv_control_drop(struct srv_server *s, struct srv_client *clients, struct srv_client *c,
+		      const struct de_msg_drop *m)
 {
 	char msg[240];
 	const char *name = m->name;
@@ -53,6 +68,12 @@ void srv_control_drop(struct srv_server *s, struct srv_client *c, const struct d
 	}
 	if (!err)
 		err = drop_allowed(c, t, msg, sizeof msg);
+	if (!err && t->refs && t->refs == closing_refs(clients, t)) {
+		c->drop_wait = true; /* a client that closed just before: answered at the reap */
+		c->drop_seq = m->h.seq;
+		memcpy(c->drop_name, m->name, DE_NAME_MAX);
+		return;
+	}
 	if (!err && t->refs) {
 		snprintf(msg, sizeof msg, "table '%s' is open on %u connection%s (this one counts "
 			 "too): close them first", name, t->refs, t->refs == 1 ? "" : "s");
@@ -78,4 +99,20 @@ void srv_control_drop(struct srv_server *s, struct srv_client *c, const struct d
 	srv_reply_hdr(&ok.h, DE_MSG_DROP_OK, sizeof ok, m->h.seq);
 	ok.bytes = bytes;
 	srv_reply_send(c->sock, &ok, sizeof ok, NULL, 0, 0);
+}
+
+void srv_control_drop_retry(struct srv_server *s, struct srv_client *clients)
+{
+	for (struct srv_client *c = clients; c; c = c->next) {
+		if (!c->drop_wait || c->sock < 0)
+			continue;
+		c->drop_wait = false;
+		struct de_msg_drop m;
+		memset(&m, 0, sizeof m);
+		m.h = (struct de_msg_hdr){ .magic = DE_MSG_MAGIC, .type = DE_MSG_DROP,
+					   .version = DE_PROTO_VERSION, .len = sizeof m,
+					   .seq = c->drop_seq };
+		memcpy(m.name, c->drop_name, DE_NAME_MAX);
+		srv_control_drop(s, clients, c, &m); /* may wait again */
+	}
 }

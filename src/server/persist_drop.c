@@ -10,8 +10,9 @@
  *   2. The table leaves p->tables; the drop waits for a checkpoint sweep that copied the
  *      list before (p->sweeping), so no thread checkpoints it any more.
  *   3. MANIFEST without the table's entry, under the directory's checkpoint lock (flock,
- *      as de_persist_checkpoint takes it), then de_persist_gc: its snapshot files go, and
- *      WAL segments only it needed.
+ *      as de_persist_checkpoint takes it); then its snapshot files go (gc keeps files of
+ *      tables the manifest does not name) and de_persist_gc drops the WAL segments only
+ *      it needed.
  *   4. Its strings file goes; its persistence state is freed (t->ps = NULL).
  * A failure in 1 leaves everything as it was (the error is the reply); failures after it
  * are logged and leave only files no table reads (the next gc, or a later drop of a table
@@ -23,6 +24,7 @@
  */
 #include "persist_int.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
@@ -35,7 +37,34 @@
 
 #include "log.h"
 
-/* Step 3: the manifest without table id, then gc. */
+/* The snapshot files of table id (gc keeps those of tables the manifest does not name:
+ * a new table's first snapshot may be written before its manifest entry). */
+static void remove_snapshots(const char *dir, uint32_t id)
+{
+	char prefix[24];
+	snprintf(prefix, sizeof prefix, "snap-%08" PRIx32 "-", id);
+	DIR *d = opendir(dir);
+	if (!d)
+		return;
+	bool removed = false;
+	struct dirent *e;
+	while ((e = readdir(d))) {
+		size_t n = strlen(e->d_name);
+		if (n > 5 && !strncmp(e->d_name, prefix, strlen(prefix)) &&
+		    !strcmp(e->d_name + n - 5, ".dsnp")) {
+			if (unlinkat(dirfd(d), e->d_name, 0) == 0)
+				removed = true;
+			else
+				srv_log(SRV_LOG_WARN, "persistence: cannot remove %s/%s: %s", dir,
+					e->d_name, strerror(errno));
+		}
+	}
+	if (removed)
+		fsync(dirfd(d));
+	closedir(d);
+}
+
+/* Step 3: the manifest without table id, its snapshot files, then gc. */
 static int manifest_forget(const char *dir, uint32_t id)
 {
 	int dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
@@ -61,8 +90,10 @@ static int manifest_forget(const char *dir, uint32_t id)
 				err = de_manifest_write(dir, m);
 				break;
 			}
-		if (!err)
-			de_persist_gc(dir, NULL);
+	}
+	if (!err) {
+		remove_snapshots(dir, id);
+		de_persist_gc(dir, NULL); /* WAL segments only the dropped table needed */
 	}
 	free(m);
 	flock(dfd, LOCK_UN);
