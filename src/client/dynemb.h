@@ -82,6 +82,7 @@ void dynemb_close(dynemb_client *c); /* NULL is fine */
 #define DYNEMB_CAP_KEY_STRINGS (1ull << 5)   /* dynemb_key_strings */
 #define DYNEMB_CAP_SNAPSHOT (1ull << 6)      /* dynemb_snapshot (needs CAP_PERSISTENCE) */
 #define DYNEMB_CAP_EXPORT_IMPORT (1ull << 7) /* dynemb_export / import (need CAP_EXPORT_DIR) */
+#define DYNEMB_CAP_DROP (1ull << 8)          /* dynemb_drop_table */
 /* ... and the daemon's configuration: */
 #define DYNEMB_CAP_PERSISTENCE (1ull << 32)  /* a data directory: snapshots, durability */
 #define DYNEMB_CAP_EXPORT_DIR (1ull << 33)   /* an export directory for export / import */
