@@ -2,6 +2,8 @@
  * test_quota.c — memory reservations, quotas and DROP, end to end: the real dynembd as a
  * child process (tests/daemon_util.h), driven through libdynemb as its users would.
  *
+ *   defaults       a loop of OPENs stops at the default 256 tables per uid, with the
+ *                  address space they reserve bounded (16 GiB each)
  *   uid_tables     one uid's OPENs stop at [quota] uid_tables with -EDQUOT and a message
  *                  naming the quota, while another uid (65534, root needed) still opens
  *   host_tables    the host's count: -ENOSPC naming host_tables
@@ -192,6 +194,34 @@ Test(quota, uid_tables_named_error_other_uid_still_opens, .timeout = 60)
 	/* another uid is not locked out */
 	cr_expect_eq(as_nobody(nobody_opens, &d), 0, "uid 65534 could not open a table");
 	dynemb_close(c);
+	dmn_stop(&d);
+	dmn_cleanup(&d);
+}
+
+/* The attack with the daemon's default limits and reservation sizes: a loop of OPENs
+ * from one uid stops at 256 tables, and the address space they hold stays bounded
+ * (16 GiB each; 64 GiB each before reservations were sized, which ran out of address
+ * space after about 2,000 tables). */
+Test(quota, default_limits_stop_an_open_loop, .timeout = 120)
+{
+	struct dmn d = { 0 };
+	dmn_start(&d, false, (const char *const[]){ "--reserve-bytes", "0", NULL });
+	dynemb_client *c[2] = { conn(&d), conn(&d) }; /* a connection opens at most 256 */
+	uint64_t vm0 = status_kib(d.pid, "VmSize:"); /* a sanitizer's shadow is in it */
+	char name[32];
+	int t, err = 0, opened = 0;
+	for (int i = 0; i < 300 && !err; i++) {
+		snprintf(name, sizeof name, "loop%d", i);
+		err = open_as(c[i & 1], name, 4, &t);
+		opened += !err;
+	}
+	cr_expect_eq(opened, 256, "opened %d tables", opened);
+	cr_expect_eq(err, -EDQUOT, "%d (%s)", err, dynemb_strerror(err));
+	uint64_t vm = status_kib(d.pid, "VmSize:") - vm0;
+	cr_expect_lt(vm, (256ull * 17) << 20, "the tables' address space: %llu KiB",
+		     (unsigned long long)vm);
+	dynemb_close(c[0]);
+	dynemb_close(c[1]);
 	dmn_stop(&d);
 	dmn_cleanup(&d);
 }
