@@ -33,6 +33,12 @@
  *       i32 numa node, u64 pad
  * Allocation starts at DE_ARENA_HDR_SPAN (20480, page aligned).
  *
+ * Sizing. reserve_bytes is the arena's limit, not only its address space: segments never
+ * go past it (the last one is cut to what the allocation needs), and an allocation that
+ * does not fit is -ENOSPC, so a caller that sizes the reservation from a memory budget
+ * bounds what the arena can ever map. A charge hook (de_arena_set_charge_hook) may
+ * refuse a segment before it is mapped (the daemon's per-uid and host quotas).
+ *
  * Segment memfds are sealed F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_FUTURE_WRITE |
  * F_SEAL_SEAL once the owner's own writable mapping exists, and their mode is 0400:
  *   - nobody holding an fd, the owner included, can truncate one under a mapping (which
@@ -126,6 +132,8 @@ struct de_arena {
 	de_bind_fn bind;       /* binds each new segment to node (when node >= 0) */
 	de_grow_hook hook;
 	void *hook_ctx;
+	de_charge_hook charge;
+	void *charge_ctx;
 	char note[320];
 #ifdef DE_FAULT_INJECTION
 	long fail_countdown;   /* > 0: allocations until the injected failure */
@@ -251,7 +259,7 @@ static int seg_add(struct de_arena *a, uint64_t need)
 {
 	unsigned i = a->nmapped;
 	if (i >= DE_ARENA_MAX_SEGMENTS)
-		return -ENOMEM;
+		return -ENOSPC;
 	uint64_t off = a->mapped;
 	uint64_t bytes;
 	if (i == 0) {
@@ -267,7 +275,12 @@ static int seg_add(struct de_arena *a, uint64_t need)
 	if (off + bytes > a->reserve) {
 		bytes = round_up(need, DE_ARENA_ALIGN);
 		if (off + bytes > a->reserve)
-			return -ENOMEM;
+			return -ENOSPC; /* the reservation is the arena's size limit */
+	}
+	if (i && a->charge) {
+		int cerr = a->charge(a->charge_ctx, bytes, false);
+		if (cerr)
+			return cerr;
 	}
 
 	int fd = -1;
@@ -277,8 +290,11 @@ static int seg_add(struct de_arena *a, uint64_t need)
 	 * kind through de_arena_segment (the note is never rewritten: readers hold it). */
 	int err = seg_make(a, off, bytes, a->cfg.pages, &fd, &got, i ? later : a->note,
 			   sizeof a->note);
-	if (err)
+	if (err) {
+		if (i && a->charge)
+			a->charge(a->charge_ctx, bytes, true);
 		return err;
+	}
 	/* after seg_make's writable mapping (the owner's, the only one there will be) */
 	int sealed = fcntl(fd, F_ADD_SEALS, SEG_SEALS);
 #ifdef DE_FAULT_INJECTION
@@ -325,6 +341,8 @@ fail:
 	munmap(a->base + off, bytes);
 	rereserve(a->base + off, bytes);
 	close(fd);
+	if (i && a->charge)
+		a->charge(a->charge_ctx, bytes, true);
 	return err;
 }
 
@@ -542,6 +560,14 @@ void de_arena_set_grow_hook(de_arena *a, de_grow_hook fn, void *ctx)
 	pthread_mutex_unlock(&a->lock);
 }
 
+void de_arena_set_charge_hook(de_arena *a, de_charge_hook fn, void *ctx)
+{
+	pthread_mutex_lock(&a->lock);
+	a->charge = fn;
+	a->charge_ctx = ctx;
+	pthread_mutex_unlock(&a->lock);
+}
+
 void de_arena_destroy(de_arena *a)
 {
 	if (!a)
@@ -562,7 +588,7 @@ int de_arena_alloc(de_arena *a, uint64_t bytes, uint64_t align, uint64_t *off)
 	if (a->ro)
 		return -EROFS;
 	if (bytes > a->reserve)
-		return -ENOMEM;
+		return -ENOSPC;
 	pthread_mutex_lock(&a->lock);
 #ifdef DE_FAULT_INJECTION
 	if (a->fail_countdown > 0 && --a->fail_countdown == 0) {

@@ -165,11 +165,21 @@ int de_arena_refresh(de_arena *a, de_fd_source src, void *ctx);
 typedef void (*de_grow_hook)(void *ctx, de_arena *a, unsigned segment);
 void de_arena_set_grow_hook(de_arena *a, de_grow_hook fn, void *ctx);
 
+/* Owner arenas: asked (under the arena's allocation lock) before a segment after the
+ * first is mapped, with its size: 0 lets it be made, a negative errno (the daemon's
+ * quotas: -ENOSPC, -EDQUOT) is what de_arena_alloc returns instead. When making the
+ * segment fails after a 0, the hook is called again with give_back set and the same
+ * bytes. The first segment is the creator's to account (de_arena_mapped_bytes). */
+typedef int (*de_charge_hook)(void *ctx, uint64_t bytes, bool give_back);
+void de_arena_set_charge_hook(de_arena *a, de_charge_hook fn, void *ctx);
+
 /* Unmap and close. NULL is fine. */
 void de_arena_destroy(de_arena *a);
 
 /* Allocate bytes aligned to align (a power of two <= 2 MiB). Thread-safe.
- * -EROFS on a read-only arena, -ENOMEM when the reservation or the system is full. */
+ * -EROFS on a read-only arena; -ENOSPC when the reservation is full (reserve_bytes is
+ * the arena's size limit: a caller sizes it from its budget); -ENOMEM when the system
+ * refuses memory; the charge hook's error when it refuses a new segment. */
 int de_arena_alloc(de_arena *a, uint64_t bytes, uint64_t align, uint64_t *off /* out */);
 
 #ifdef DE_FAULT_INJECTION

@@ -21,6 +21,8 @@
  *                                                arena segments, at most DE_FDS_PER_MSG]
  *   SEGMENTS {table_id, first}               ->  (the zero-copy path found a new segment)
  *                                            <-  SEGMENTS_OK {table_id, first, count} + [fds]
+ *   DROP {name}                              ->  (below: a table no connection has open)
+ *                                            <-  DROP_OK {bytes} or ERROR
  *   BYE                                      ->  (or just close the socket)
  * A reply carries the seq of its request. One request at a time per connection.
  *
@@ -137,6 +139,8 @@ enum de_msg_type {
 	DE_MSG_IMPORT_OK = 14,
 	DE_MSG_PROGRESS = 15,
 	/* 16..20 reserved for persistence */
+	DE_MSG_DROP = 21,
+	DE_MSG_DROP_OK = 22,
 };
 
 struct de_msg_hdr {
@@ -181,6 +185,7 @@ struct de_msg_hello_ok {
 #define DE_CAP_KEY_STRINGS (1ull << 5)   /* op KEY_STRINGS */
 #define DE_CAP_SNAPSHOT (1ull << 6)      /* message SNAPSHOT (needs DE_CAP_PERSISTENCE) */
 #define DE_CAP_EXPORT_IMPORT (1ull << 7) /* messages EXPORT, IMPORT (need DE_CAP_EXPORT_DIR) */
+#define DE_CAP_DROP (1ull << 8)          /* message DROP */
 #define DE_CAP_PERSISTENCE (1ull << 32)  /* [persistence] data_dir set: WAL, snapshots,
                                            durability ASYNC / SYNC */
 #define DE_CAP_EXPORT_DIR (1ull << 33)   /* [persistence] export_dir set */
@@ -439,6 +444,32 @@ struct de_msg_progress {
 	char name[DE_NAME_MAX];  /* the table being worked on */
 };
 
+/*
+ * ---- DROP (types 21, 22) -----------------------------------------------------------------
+ *
+ *   DROP {name}                ->  the table goes: its memory, its reservation, its quota
+ *                                  charge and its files (snapshots, strings, sketch) are
+ *                                  given back; with a data_dir the catalog forgets it
+ *                                  (fsync'ed) before DROP_OK, so a restart does not bring
+ *                                  it back, and its id is never given again (its WAL
+ *                                  records are skipped by replay until gc drops them)
+ *                              <-  DROP_OK {bytes: the quota charge given back} or ERROR:
+ *                                  -ENOENT no such table; -EPERM the caller is neither
+ *                                  its creator nor root; -EBUSY a connection has it open
+ *                                  (this one included: dynemb_close first), a snapshot,
+ *                                  export or import job runs, or the table has eviction
+ *                                  (the evictor keeps its tables while the daemon runs)
+ */
+struct de_msg_drop {
+	struct de_msg_hdr h;
+	char name[DE_NAME_MAX];
+};
+
+struct de_msg_drop_ok {
+	struct de_msg_hdr h;
+	uint64_t bytes;
+};
+
 /* Data plane. */
 enum de_op { DE_OP_NOP = 0, DE_OP_LOOKUP = 1, DE_OP_UPDATE = 2, DE_OP_ERASE = 3, DE_OP_STATS = 4,
 	     DE_OP_APPLY_GRADS = 5, DE_OP_SAMPLE = 6, DE_OP_TOPK = 7, DE_OP_KEY_STRINGS = 8 };
@@ -534,5 +565,7 @@ _Static_assert(sizeof(struct de_msg_export_ok) == 32, "layout");
 _Static_assert(sizeof(struct de_msg_import) == 1112, "layout");
 _Static_assert(sizeof(struct de_msg_import_ok) == 168, "layout");
 _Static_assert(sizeof(struct de_msg_progress) == 104, "layout");
+_Static_assert(sizeof(struct de_msg_drop) == 80, "layout");
+_Static_assert(sizeof(struct de_msg_drop_ok) == 24, "layout");
 
 #endif /* DE_PROTO_H */

@@ -13,6 +13,7 @@ The layer order, bottom (0) to top:
                                     what the fuzz targets link (nothing of the daemon)
   1 log       log.h                 the log
     util      util.h                mkdir -p, the clock
+    quota     quota.h               memory quotas of tables, sizing from budgets
   2 config    config.h config_ns.h  the daemon's configuration (and its [namespace]s)
     reply     reply.h               the one reply encoder of the control socket
   3 registry  tables.h batch.h      the table registry; the batch description
@@ -24,6 +25,7 @@ The layer order, bottom (0) to top:
                                     and the worker: it takes batches like the worker
   6 worker    worker.h server.h     the data plane; it owns its batch
   7 control   control.h             the control plane (open -> learning -> persistence)
+              control_int.h         (private to control*.c: DROP in control_drop.c)
   8 main                            main.c
 
 Headers from outside src/server (proto.h, de_shm.h, de_learn.h, de_uring.h) are below
@@ -40,6 +42,7 @@ HEADERS = {
     "config.h": (2, "config"),
     "config_ns.h": (2, "config"),
     "util.h": (1, "util"),
+    "quota.h": (1, "quota"),
     "reply.h": (2, "reply"),
     "tables.h": (3, "registry"),
     "authz.h": (3, "authz"),
@@ -50,6 +53,7 @@ HEADERS = {
     "server.h": (6, "worker"),
     "worker.h": (6, "worker"),
     "control.h": (7, "control"),
+    "control_int.h": (7, "control"),
 }
 
 # source file -> module (its layer is the module's)
@@ -61,6 +65,7 @@ SOURCES = {
     "config.c": "config",
     "config_ns.c": "config",
     "util.c": "util",
+    "quota.c": "quota",
     "reply.c": "reply",
     "tables.c": "registry",
     "authz.c": "authz",
@@ -72,8 +77,10 @@ SOURCES = {
     "persist_recover.c": "persist",
     "persist_jobs.c": "persist",
     "persist_strings.c": "persist",
+    "persist_drop.c": "persist",
     "worker.c": "worker",
     "control.c": "control",
+    "control_drop.c": "control",
     "main.c": "main",
 }
 

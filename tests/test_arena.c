@@ -315,11 +315,11 @@ Test(arena, reserve_exhaustion)
 	/* 8 MiB of reservation: 1 MiB chunks run out after fewer than 9. */
 	for (int i = 0; i < 16 && r == 0; i++)
 		r = de_arena_alloc(a, MiB, 64, &off);
-	cr_expect_eq(r, -ENOMEM);
+	cr_expect_eq(r, -ENOSPC, "a full reservation is -ENOSPC (the arena's limit), not -ENOMEM");
 	cr_expect_leq(de_arena_mapped_bytes(a), 8 * MiB);
 	/* Far more than the reservation at once. */
-	cr_expect_eq(de_arena_alloc(a, 1ull << 40, 64, &off), -ENOMEM);
-	cr_expect_eq(de_arena_alloc(a, UINT64_MAX - 4096, 64, &off), -ENOMEM);
+	cr_expect_eq(de_arena_alloc(a, 1ull << 40, 64, &off), -ENOSPC);
+	cr_expect_eq(de_arena_alloc(a, UINT64_MAX - 4096, 64, &off), -ENOSPC);
 	/* The arena still works for what fits, and kept its bytes. */
 	cr_expect_eq(check(a, keep, 100, 3), UINT64_MAX);
 	de_arena_destroy(a);
@@ -931,6 +931,50 @@ Test(arena, auto_without_hugepages)
 		cr_expect_neq(si.pages, DE_PAGES_AUTO, "segment %u reports AUTO", i);
 	}
 	cr_expect_eq(check(a, off, MiB, 61), UINT64_MAX);
+	de_arena_destroy(a);
+}
+
+/* A charge hook's ledger: what it let through, and a limit. */
+struct ledger {
+	uint64_t charged, limit;
+	unsigned asked, given_back;
+};
+
+static int charge(void *ctx, uint64_t bytes, bool give_back)
+{
+	struct ledger *l = ctx;
+	if (give_back) {
+		l->given_back++;
+		l->charged -= bytes;
+		return 0;
+	}
+	l->asked++;
+	if (l->charged + bytes > l->limit)
+		return -EDQUOT;
+	l->charged += bytes;
+	return 0;
+}
+
+Test(arena, charge_hook_refuses_growth)
+{
+	struct de_arena_config cfg = small_cfg(DE_PAGES_SMALL);
+	de_arena *a = create_or_die(&cfg);
+	struct ledger l = { .limit = 6 * MiB };
+	de_arena_set_charge_hook(a, charge, &l);
+	uint64_t off, first = de_arena_mapped_bytes(a);
+	int r = 0;
+	for (int i = 0; i < 64 && r == 0; i++)
+		r = de_arena_alloc(a, MiB, 64, &off);
+	cr_expect_eq(r, -EDQUOT, "the hook's error is the allocation's");
+	cr_expect_gt(l.asked, 1, "asked for every new segment");
+	cr_expect_leq(l.charged, l.limit);
+	/* the mapped bytes past the first segment are exactly what the hook let through */
+	cr_expect_eq(de_arena_mapped_bytes(a) - first, l.charged);
+	cr_expect_eq(l.given_back, 0);
+	/* once the hook lets it, the arena grows again */
+	l.limit = 64 * MiB;
+	cr_expect_eq(de_arena_alloc(a, MiB, 64, &off), 0);
+	cr_expect_eq(de_arena_mapped_bytes(a) - first, l.charged);
 	de_arena_destroy(a);
 }
 

@@ -540,3 +540,48 @@ Test(config, second_daemon_on_live_socket)
 		cr_assert_fail("the first daemon exited %d after SIGTERM; log:\n%s", status, log);
 	}
 }
+
+/* [quota]: the defaults, a file then a flag, and every bad value named. */
+Test(config, quota_keys)
+{
+	struct result p = run((const char *const[]){ "--print-config", NULL });
+	cr_assert_eq(p.status, 0, "%s", p.err);
+	cr_expect_str_eq(config_value(p.out, "uid_tables"), "256");
+	cr_expect_str_eq(config_value(p.out, "host_tables"), "1024");
+	cr_expect_str_eq(config_value(p.out, "uid_bytes"), "0");
+	cr_expect_str_eq(config_value(p.out, "table_bytes"), "17179869184");
+	const char *hb = config_value(p.out, "host_bytes");
+	cr_assert_not_null(hb);
+	cr_expect_gt(strtoull(hb, NULL, 10), 0, "host_bytes auto is 3/4 of physical memory: %s", hb);
+	result_free(&p);
+
+	char path[128];
+	write_file(path, sizeof path, "quota.ini",
+		   "[quota]\nuid_tables = 3\nhost_tables = 0\nuid_bytes = 1G\nhost_bytes = 0\n"
+		   "table_bytes = 128M\n");
+	p = run((const char *const[]){ "--config", path, "--uid-tables", "5", "--print-config",
+				       NULL });
+	cr_assert_eq(p.status, 0, "%s", p.err);
+	cr_expect_str_eq(config_value(p.out, "uid_tables"), "5", "the flag wins");
+	cr_expect_str_eq(config_value(p.out, "host_tables"), "0");
+	cr_expect_str_eq(config_value(p.out, "uid_bytes"), "1073741824");
+	cr_expect_str_eq(config_value(p.out, "host_bytes"), "0");
+	cr_expect_str_eq(config_value(p.out, "table_bytes"), "134217728");
+	result_free(&p);
+
+	static const struct { const char *flag, *key, *value; } bad[] = {
+		{ "--uid-tables", "uid_tables", "-1" },
+		{ "--host-tables", "host_tables", "99999999" },
+		{ "--uid-bytes", "uid_bytes", "1M" },
+		{ "--host-bytes", "host_bytes", "lots" },
+		{ "--table-bytes", "table_bytes", "0" },
+		{ "--table-bytes", "table_bytes", "17T" },
+	};
+	for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+		struct result r = run((const char *const[]){ bad[i].flag, bad[i].value,
+							     "--print-config", NULL });
+		cr_expect_eq(r.status, 2, "%s %s: exit %d", bad[i].flag, bad[i].value, r.status);
+		cr_expect(has_word(r.err, bad[i].key), "%s %s: %s", bad[i].flag, bad[i].value, r.err);
+		result_free(&r);
+	}
+}

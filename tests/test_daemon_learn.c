@@ -17,6 +17,7 @@
 
 #include "proto.h"
 #include "config.h"
+#include "quota.h"
 #include "validate.h"
 
 #define DATA (1ull << 20)
@@ -326,4 +327,85 @@ Test(lib, sample_seeded_replays)
 	}
 	de_table_close(t);
 	de_arena_destroy(a);
+}
+
+/* DROP's framing and name (srv_check_msg): exact length, a valid name, after HELLO. */
+Test(msg, drop_checked)
+{
+	struct de_msg_drop m;
+	memset(&m, 0, sizeof m);
+	m.h = (struct de_msg_hdr){ .magic = DE_MSG_MAGIC, .type = DE_MSG_DROP,
+				   .version = DE_PROTO_VERSION, .len = sizeof m, .seq = 5 };
+	strcpy(m.name, "emb");
+	union srv_msg out;
+	char msg[240];
+	cr_assert_eq(srv_check_msg(&m, sizeof m, false, true, &out, msg, sizeof msg), 0, "%s", msg);
+	cr_expect_str_eq(out.drop.name, "emb");
+	cr_expect_eq(srv_check_msg(&m, sizeof m, false, false, &out, msg, sizeof msg), -EPROTO,
+		     "DROP before HELLO");
+	cr_expect_eq(srv_check_msg(&m, sizeof m - 8, false, true, &out, msg, sizeof msg), -EBADMSG);
+	m.name[1] = '\t';
+	cr_expect_eq(srv_check_msg(&m, sizeof m, false, true, &out, msg, sizeof msg), -EINVAL);
+	cr_expect(strstr(msg, "control character"), "%s", msg);
+	memset(m.name, 'x', sizeof m.name); /* no NUL */
+	cr_expect_eq(srv_check_msg(&m, sizeof m, false, true, &out, msg, sizeof msg), -EINVAL);
+	cr_expect(strstr(msg, "NUL-terminated"), "%s", msg);
+}
+
+/* A table's reservation from its budget, and the name index's. */
+Test(quota, reservation_sizing)
+{
+	const uint64_t M = 1ull << 20;
+	cr_expect_eq(srv_quota_table_reserve(0, 16384 * M, 0), 16384 * M, "no budget: table_bytes");
+	cr_expect_eq(srv_quota_table_reserve(400 * M, 16384 * M, 0), 564 * M,
+		     "budget * 5/4 + 64 MiB");
+	cr_expect_eq(srv_quota_table_reserve(400 * M, 16384 * M, 256 * M), 256 * M, "capped");
+	cr_expect_eq(srv_quota_table_reserve(1, 0, 0) % (2 * M), 0, "2 MiB multiples");
+	cr_expect_eq(srv_quota_names_reserve(16384 * M), 4096 * M);
+	cr_expect_eq(srv_quota_names_reserve(100 * M), 64 * M);
+}
+
+/* Accounts: counts and bytes per uid and for the host, the errors naming the quota, all
+ * given back at the end. */
+Test(quota, accounts)
+{
+	struct srv_quota_limits l = { .host_bytes = 100, .uid_bytes = 60, .host_tables = 3,
+				      .uid_tables = 2 };
+	struct srv_quota *q;
+	cr_assert_eq(srv_quota_create(&l, &q), 0);
+	struct srv_quota_acct *a, *b, *c, *x;
+	char msg[240];
+	cr_assert_eq(srv_quota_table_begin(q, 1000, "a", 10, &a, msg, sizeof msg), 0);
+	cr_assert_eq(srv_quota_table_begin(q, 1000, "b", 10, &b, msg, sizeof msg), 0);
+	cr_expect_eq(srv_quota_table_begin(q, 1000, "c", 10, &x, msg, sizeof msg), -EDQUOT);
+	cr_expect(strstr(msg, "uid 1000") && strstr(msg, "uid_tables"), "%s", msg);
+	cr_expect_null(x);
+	cr_expect_eq(srv_quota_charge(a, 41, msg, sizeof msg), -EDQUOT, "uid_bytes 60");
+	cr_expect(strstr(msg, "uid_bytes"), "%s", msg);
+	cr_assert_eq(srv_quota_charge(a, 40, msg, sizeof msg), 0);
+	cr_assert_eq(srv_quota_table_begin(q, 2000, "c", 30, &c, msg, sizeof msg), 0);
+	cr_expect_eq(srv_quota_charge(c, 11, msg, sizeof msg), -ENOSPC, "host_bytes 100");
+	cr_expect(strstr(msg, "host_bytes"), "%s", msg);
+	cr_expect_eq(srv_quota_table_begin(q, 3000, "d", 0, &x, msg, sizeof msg), -ENOSPC);
+	cr_expect(strstr(msg, "host_tables"), "%s", msg);
+	/* a recovered table is never refused, and counts for the host */
+	cr_assert_eq(srv_quota_table_begin(q, SRV_QUOTA_UID_NONE, "r", 500, &x, msg, sizeof msg), 0);
+	uint32_t n;
+	uint64_t bytes;
+	srv_quota_usage(q, SRV_QUOTA_UID_NONE, &n, &bytes);
+	cr_expect(n == 4 && bytes == 590, "host: %u tables, %llu bytes", n, (unsigned long long)bytes);
+	srv_quota_usage(q, 1000, &n, &bytes);
+	cr_expect(n == 2 && bytes == 60, "uid 1000: %u tables, %llu bytes", n,
+		  (unsigned long long)bytes);
+	srv_quota_give_back(a, 1000); /* more than it holds: cut to its account */
+	cr_expect_eq(srv_quota_acct_bytes(a), 0);
+	srv_quota_table_end(a);
+	srv_quota_table_end(b);
+	srv_quota_table_end(c);
+	srv_quota_table_end(x);
+	srv_quota_usage(q, SRV_QUOTA_UID_NONE, &n, &bytes);
+	cr_expect(n == 0 && bytes == 0, "all given back: %u, %llu", n, (unsigned long long)bytes);
+	srv_quota_usage(q, 1000, &n, &bytes);
+	cr_expect(n == 0 && bytes == 0);
+	srv_quota_destroy(q);
 }

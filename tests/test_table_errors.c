@@ -313,7 +313,7 @@ Test(keys, key_zero_is_no_feature)
 	de_arena_destroy(a);
 }
 
-Test(capacity, full_arena_is_enomem_and_keeps_what_it_has)
+Test(capacity, full_arena_is_enospc_and_keeps_what_it_has)
 {
 	/* 16 MiB of virtual space: fills after some tens of thousands of dim-64 rows */
 	de_arena *a = mk_arena(16 << 20);
@@ -334,7 +334,7 @@ Test(capacity, full_arena_is_enomem_and_keeps_what_it_has)
 		if (!err)
 			done = i + 256;
 	}
-	cr_assert_eq(err, -ENOMEM, "the arena fills up: %d", err);
+	cr_assert_eq(err, -ENOSPC, "the arena's reservation fills up: %d", err);
 	cr_assert_gt(done, 1000);
 	for (size_t i = 0; i < done; i += 256) {
 		cr_assert_eq(de_table_find(t, keys + i, 256, out, st), 0);

@@ -67,7 +67,7 @@ static void write_config(void)
 static void start(void)
 {
 	char allow[64];
-	snprintf(allow, sizeof allow, "%u,%u,%u", UID_A, UID_B, UID_C);
+	snprintf(allow, sizeof allow, "%u,%u,%u,%u", (unsigned)geteuid(), UID_A, UID_B, UID_C);
 	const char *extra[] = { "--config", d_cfg, "--allow-uid", allow, NULL };
 	const char *argv[40];
 	daemon_argv(argv, 40, daemon_bin(), d_sock, "info", NULL, extra);
@@ -564,6 +564,8 @@ static void catalog_as(uint32_t version, uint32_t owner_field)
 	first = false;
 	v = version;
 	memcpy(b + 8, &v, 4);
+	if (version == 1)
+		memset(b + 24, 0, 8); /* version 1 has no next_id */
 	for (uint32_t i = 0; i < count; i++)
 		memset(b + 32 + 400 * i + 4, 0, 4);
 	memcpy(b + 32 + 4, &owner_field, 4);

@@ -1,11 +1,13 @@
 /*
  * dynembctl.c — the operator's command line for dynembd: snapshots, export and import
  * (ARCHITECTURE.md section 9), through libdynemb's persistence calls (dynemb.h:
- * dynemb_snapshot, dynemb_export, dynemb_import).
+ * dynemb_snapshot, dynemb_export, dynemb_import), and dropping a table
+ * (dynemb_drop_table).
  *
  *   dynembctl [--socket PATH] [--timeout-ms N] [--quiet] snapshot [TABLE] [--full]
  *   dynembctl [...] export TABLE FILE
  *   dynembctl [...] import TABLE FILE [--salvage]
+ *   dynembctl [...] drop TABLE
  *
  * Owns the CLI only: argument checks, the progress display and the messages. The daemon
  * does the work (its job thread) and checks everything again (table names, paths under
@@ -190,6 +192,8 @@ static void usage(FILE *f)
 		"                              uring/README.md; NumPy reads it)\n"
 		"  import TABLE FILE [--salvage]  read FILE into TABLE (same config); --salvage\n"
 		"                              keeps the verified prefix of a damaged file\n"
+		"  drop TABLE                  remove TABLE from the daemon (and its data_dir) and\n"
+		"                              give its memory back; no client may have it open\n"
 		"\n"
 		"Options:\n"
 		"  --socket PATH      the daemon's control socket (default: $DYNEMB_SOCKET, else\n"
@@ -343,7 +347,7 @@ int main(int argc, char **argv)
 		}
 	}
 	if (i >= argc)
-		return bad_usage("no command (snapshot, export, import)");
+		return bad_usage("no command (snapshot, export, import, drop)");
 	const char *cmd = argv[i++];
 
 	/* the command's own arguments: positionals and its flags, in any order */
@@ -365,7 +369,7 @@ int main(int argc, char **argv)
 		else
 			return bad_usage("%s: too many arguments", cmd);
 	}
-	enum { C_SNAPSHOT, C_EXPORT, C_IMPORT } which;
+	enum { C_SNAPSHOT, C_EXPORT, C_IMPORT, C_DROP } which;
 	if (!strcmp(cmd, "snapshot")) {
 		which = C_SNAPSHOT;
 		if (npos > 1)
@@ -374,13 +378,17 @@ int main(int argc, char **argv)
 		which = cmd[0] == 'e' ? C_EXPORT : C_IMPORT;
 		if (npos != 2)
 			return bad_usage("%s takes TABLE FILE", cmd);
+	} else if (!strcmp(cmd, "drop")) {
+		which = C_DROP;
+		if (npos != 1)
+			return bad_usage("drop takes TABLE");
 	} else {
-		return bad_usage("unknown command '%s' (snapshot, export, import)", cmd);
+		return bad_usage("unknown command '%s' (snapshot, export, import, drop)", cmd);
 	}
 	if (npos && (!pos[0][0] || strlen(pos[0]) > 63))
 		return bad_usage("a table name has 1..63 bytes: '%s'", pos[0]);
 	char path[PATH_MAX];
-	if (which != C_SNAPSHOT) {
+	if (which == C_EXPORT || which == C_IMPORT) {
 		if (!pos[1][0])
 			return bad_usage("%s: an empty FILE", cmd);
 		int err = absolute(pos[1], path, sizeof path);
@@ -447,6 +455,16 @@ int main(int argc, char **argv)
 		if (res.dropped || res.problem[0])
 			printf("salvage: %" PRIu64 " records dropped: %s\n", res.dropped,
 			       res.problem[0] ? res.problem : "(no reason given)");
+		break;
+	}
+	case C_DROP: {
+		uint64_t bytes = 0;
+		err = dynemb_drop_table(c, pos[0], &bytes);
+		if (err) {
+			rc = fail("drop", pos[0], err);
+			break;
+		}
+		printf("dropped %s: %" PRIu64 " MiB given back\n", pos[0], bytes >> 20);
 		break;
 	}
 	}

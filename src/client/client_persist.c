@@ -1,6 +1,6 @@
 /*
- * client_persist.c — libdynemb's persistence calls: dynemb_snapshot, dynemb_export, dynemb_import
- * (dynemb.h). Each is one control request (proto.h types 9..15) answered by a job thread
+ * client_persist.c — libdynemb's calls on named tables: dynemb_snapshot, dynemb_export,
+ * dynemb_import, dynemb_drop_table (dynemb.h). Each is one control request (proto.h types 9..15) answered by a job thread
  * of the daemon: PROGRESS messages, then the OK reply or ERROR. The transport (send,
  * replies checked for magic, version, type, exact length and seq; the timeout restarting
  * at each message) is client.c's, through de_priv_ctl_request.
@@ -123,5 +123,23 @@ int dynemb_import(dynemb_client *c, const char *table_name, const char *path, un
 		memcpy(out->problem, ok.problem, sizeof out->problem);
 		out->problem[sizeof out->problem - 1] = 0;
 	}
+	return err;
+}
+
+int dynemb_drop_table(dynemb_client *c, const char *table_name, uint64_t *bytes)
+{
+	if (!c)
+		return -EINVAL;
+	if (!(dynemb_capabilities(c) & DE_CAP_DROP))
+		return -EOPNOTSUPP;
+	struct de_msg_drop m;
+	memset(&m, 0, sizeof m);
+	m.h.type = DE_MSG_DROP;
+	if (put_name(m.name, table_name))
+		return -EINVAL;
+	struct de_msg_drop_ok ok;
+	int err = de_priv_ctl_request(c, &m, sizeof m, DE_MSG_DROP_OK, &ok, sizeof ok, NULL, NULL);
+	if (!err && bytes)
+		*bytes = ok.bytes;
 	return err;
 }

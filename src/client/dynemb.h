@@ -91,6 +91,7 @@ void dynemb_close(dynemb_client *c); /* NULL is fine */
 #define DYNEMB_CAP_KEY_STRINGS (1ull << 5)   /* dynemb_key_strings */
 #define DYNEMB_CAP_SNAPSHOT (1ull << 6)      /* dynemb_snapshot (needs CAP_PERSISTENCE) */
 #define DYNEMB_CAP_EXPORT_IMPORT (1ull << 7) /* dynemb_export / import (need CAP_EXPORT_DIR) */
+#define DYNEMB_CAP_DROP (1ull << 8)          /* dynemb_drop_table */
 /* ... and the daemon's configuration: */
 #define DYNEMB_CAP_PERSISTENCE (1ull << 32)  /* a data directory: snapshots, durability */
 #define DYNEMB_CAP_EXPORT_DIR (1ull << 33)   /* an export directory for export / import */
@@ -428,6 +429,17 @@ struct dynemb_import_result {
  * returns, so the import survives a crash. out may be NULL. */
 int dynemb_import(dynemb_client *c, const char *table_name, const char *path, unsigned flags,
 		  dynemb_progress_cb cb, void *ctx, struct dynemb_import_result *out /* out */);
+
+/* Drop table_name from the daemon: its rows, memory, reservation and files go, its
+ * memory is given back to its creator's quota (bytes, out, may be NULL: how much), and a
+ * daemon with a data_dir forgets it durably before this returns (a restart does not
+ * bring it back). Only a table no connection has open (dynemb_close first: this one
+ * counts too), asked by its creator or root.
+ * Errors: -ENOENT no such table; -EPERM another uid created it; -EBUSY a connection has
+ * it open, a snapshot/export/import runs, or it has eviction (not droppable while the
+ * daemon runs); -EOPNOTSUPP a daemon without DROP; the catalog write's error (then
+ * nothing changed). dynemb_strerror(err) has the daemon's text. */
+int dynemb_drop_table(dynemb_client *c, const char *table_name, uint64_t *bytes /* out */);
 
 /* Zero-copy counters of this client: lookups served from the read-only mapping, and keys
  * that had to go to the daemon. */

@@ -2,7 +2,8 @@
  * admit.c — admission of new keys (public header: de_learn.h, "Admission"): a count-min
  * sketch with conservative update and TinyLFU-style aging, or a probability per sighting.
  *
- * Owns: the sketch (process memory, depth * width u16 counters) and the statistics.
+ * Owns: the sketch (process memory, depth * width u16 counters: de_admit_sketch_bytes,
+ * which the daemon counts in the table's memory budget) and the statistics.
  * Never: stores keys, touches a table, takes a lock (several daemon workers call
  * de_admit_check at once; counters are relaxed atomics: they are estimates, and a lost
  * increment under a race costs one sighting, never memory safety).
@@ -42,6 +43,17 @@ struct de_admit {
 	uint64_t admitted, filtered, dropped, agings;
 	uint32_t aging_lock; /* 1 while one thread halves the counters */
 };
+
+uint64_t de_admit_sketch_bytes(uint32_t width, uint32_t depth)
+{
+	if (!width)
+		width = 1u << 20;
+	if (!depth)
+		depth = 4;
+	if (depth > MAX_DEPTH || width > (1u << 28))
+		return 0;
+	return (uint64_t)width * depth * sizeof(uint16_t) + sizeof(struct de_admit);
+}
 
 int de_admit_create(const struct de_admit_config *cfg, de_admit **out)
 {

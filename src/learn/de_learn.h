@@ -188,6 +188,9 @@ struct de_admit_stats {
 
 /* -EINVAL for a bad config, -ENOMEM. out: the admission filter (free with destroy). */
 int de_admit_create(const struct de_admit_config *cfg, de_admit **out);
+/* The bytes of process memory de_admit_create takes for a COUNT sketch of width x depth
+ * counters (0 = the defaults): what a memory budget must count. 0 for a bad size. */
+uint64_t de_admit_sketch_bytes(uint32_t width, uint32_t depth);
 void de_admit_destroy(de_admit *a); /* NULL is fine */
 /* Record one sighting per key and say whether it is admitted (admit_out[i] = 0 or 1).
  * Thread-safe. -EINVAL for NULL arguments (n == 0 is fine). */

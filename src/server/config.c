@@ -26,6 +26,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <unistd.h>
 
 #define DYNEMBD_VERSION "0.1.0"
 
@@ -52,6 +53,12 @@ static const char DEFAULT_CONFIG[] =
 	"[memory]\n"
 	"host_budget_bytes = 0\n"
 	"tier_dir = /var/tmp/dynemb-tier\n"
+	"[quota]\n"
+	"uid_tables = 256\n"
+	"host_tables = 1024\n"
+	"uid_bytes = 0\n"
+	"host_bytes = auto\n"
+	"table_bytes = 16G\n"
 	"[learn]\n"
 	"topk_threads = 0\n"
 	"sampler_rebuild_ms = 1000\n"
@@ -256,6 +263,30 @@ static int set_key(struct srv_config *c, const char *section, const char *key, c
 		} else {
 			BAD("unknown key '%s' in [%s]", key, section);
 		}
+	} else if (!strcmp(section, "quota")) {
+		if (!strcmp(key, "uid_tables") || !strcmp(key, "host_tables")) {
+			if (parse_u64(v, 0, 1u << 20, &x))
+				BAD("%s '%s' is not a number of tables in 0..%u (0 = no limit)", key, v,
+				    1u << 20);
+			*(!strcmp(key, "uid_tables") ? &c->quota_uid_tables : &c->quota_host_tables) =
+				(uint32_t)x;
+		} else if (!strcmp(key, "uid_bytes") || !strcmp(key, "host_bytes")) {
+			if (!strcmp(key, "host_bytes") && !strcasecmp(v, "auto")) {
+				/* three quarters of the physical memory */
+				long pages = sysconf(_SC_PHYS_PAGES), psz = sysconf(_SC_PAGESIZE);
+				x = pages > 0 && psz > 0 ? (uint64_t)pages / 4 * 3 * (uint64_t)psz : 0;
+			} else if (parse_size(v, &x) || (x && x < (64u << 20))) {
+				BAD("%s '%s' is not 0 (no limit)%s or a size of at least 64M", key, v,
+				    !strcmp(key, "host_bytes") ? ", auto (3/4 of physical memory)" : "");
+			}
+			*(!strcmp(key, "uid_bytes") ? &c->quota_uid_bytes : &c->quota_host_bytes) = x;
+		} else if (!strcmp(key, "table_bytes")) {
+			if (parse_size(v, &x) || x < (64u << 20) || x > (1ull << 44))
+				BAD("table_bytes '%s' is not a size in 64M..16T", v);
+			c->quota_table_bytes = x;
+		} else {
+			BAD("unknown key '%s' in [%s]", key, section);
+		}
 	} else if (!strcmp(section, "learn")) {
 		if (!strcmp(key, "topk_threads")) {
 			if (parse_u64(v, 0, DE_TOPK_MAX_THREADS, &x))
@@ -328,8 +359,8 @@ static void usage(FILE *f)
 		"Configuration comes from the built-in defaults, then --config FILE (INI), then\n"
 		"these flags. Each flag sets the config key named after it.\n"
 		"\n"
-		"  -c, --config FILE         INI file with [server], [pages], [memory], [learn],\n"
-		"                            [persistence], [namespace NAME] (table rights)\n"
+		"  -c, --config FILE         INI file with [server], [pages], [memory], [quota],\n"
+		"                            [learn], [persistence], [namespace NAME] (table rights)\n"
 		"  -s, --socket PATH         [server] socket: control socket (default %s;\n"
 		"                            its directory is created)\n"
 		"  -w, --workers N           [server] workers: data-plane threads, 1..%u (default 1)\n"
@@ -350,11 +381,23 @@ static void usage(FILE *f)
 		"      --pages MODE          [pages] mode: auto (default), hugetlb, thp, small\n"
 		"      --numa-node N         [pages] numa_node: auto (default), none, or a node number\n"
 		"      --segment-bytes SIZE  [pages] segment_bytes: first arena segment of a table (32M)\n"
-		"      --reserve-bytes SIZE  [pages] reserve_bytes: address space per table (0 = 64G)\n"
+		"      --reserve-bytes SIZE  [pages] reserve_bytes: most address space of a table\n"
+		"                            (0 = sized from its budget or [quota] table_bytes)\n"
 		"      --host-budget-bytes SIZE [memory] host_budget_bytes: all evicting tables\n"
 		"                            together (0 = none; tables have their own budgets too)\n"
 		"      --tier-dir DIR        [memory] tier_dir: disk tier of evicted rows (default\n"
 		"                            /var/tmp/dynemb-tier; empty: no disk tier)\n"
+		"      --uid-tables N        [quota] uid_tables: tables one uid may create (256;\n"
+		"                            0 = no limit; over it OPEN is -EDQUOT)\n"
+		"      --host-tables N       [quota] host_tables: tables of the host (1024; -ENOSPC)\n"
+		"      --uid-bytes SIZE      [quota] uid_bytes: memory of one uid's tables (0 = none)\n"
+		"      --host-bytes SIZE     [quota] host_bytes: memory of all tables (auto = 3/4 of\n"
+		"                            physical memory; 0 = none). A table's memory: the arena\n"
+		"                            segments it maps (charged as it grows) and its sketch\n"
+		"      --table-bytes SIZE    [quota] table_bytes: memory of a table without an\n"
+		"                            eviction budget (16G; a table with one gets budget\n"
+		"                            * 5/4 + 64M); past it writes that create rows fail\n"
+		"                            -ENOSPC\n"
 		"      --topk-threads N      [learn] topk_threads: threads of one top-k (0 = CPUs)\n"
 		"      --sampler-rebuild-ms N [learn] sampler_rebuild_ms: sampler snapshot period\n"
 		"                            (log-uniform, unigram; default 1000, 0 = never)\n"
@@ -385,7 +428,7 @@ static void usage(FILE *f)
 
 enum { O_POLL = 256, O_BATCH, O_SQ, O_DATA, O_MAXDATA, O_PAGES, O_NUMA, O_SEG, O_RES,
        O_PRINT, O_VERSION, O_HOSTB, O_TIER, O_TOPK, O_REBUILD, O_SNAPINT, O_WALSEG, O_EXPDIR,
-       O_SALVAGE, O_HELLO_TO, O_PERUID };
+       O_SALVAGE, O_HELLO_TO, O_PERUID, O_QUT, O_QHT, O_QUB, O_QHB, O_QTB };
 
 static const struct option opts[] = {
 	{ "config", required_argument, NULL, 'c' },
@@ -407,6 +450,11 @@ static const struct option opts[] = {
 	{ "reserve-bytes", required_argument, NULL, O_RES },
 	{ "host-budget-bytes", required_argument, NULL, O_HOSTB },
 	{ "tier-dir", required_argument, NULL, O_TIER },
+	{ "uid-tables", required_argument, NULL, O_QUT },
+	{ "host-tables", required_argument, NULL, O_QHT },
+	{ "uid-bytes", required_argument, NULL, O_QUB },
+	{ "host-bytes", required_argument, NULL, O_QHB },
+	{ "table-bytes", required_argument, NULL, O_QTB },
 	{ "topk-threads", required_argument, NULL, O_TOPK },
 	{ "sampler-rebuild-ms", required_argument, NULL, O_REBUILD },
 	{ "data-dir", required_argument, NULL, 'd' },
@@ -437,6 +485,9 @@ static bool flag_key(int o, const char **section, const char **key)
 		{ O_NUMA, "pages", "numa_node" },   { O_SEG, "pages", "segment_bytes" },
 		{ O_RES, "pages", "reserve_bytes" },
 		{ O_HOSTB, "memory", "host_budget_bytes" }, { O_TIER, "memory", "tier_dir" },
+		{ O_QUT, "quota", "uid_tables" },   { O_QHT, "quota", "host_tables" },
+		{ O_QUB, "quota", "uid_bytes" },    { O_QHB, "quota", "host_bytes" },
+		{ O_QTB, "quota", "table_bytes" },
 		{ O_TOPK, "learn", "topk_threads" },
 		{ O_REBUILD, "learn", "sampler_rebuild_ms" },
 		{ 'd', "persistence", "data_dir" },
@@ -579,8 +630,12 @@ void srv_config_print(const struct srv_config *c, FILE *f)
 	fprintf(f, "segment_bytes = %" PRIu64 "\nreserve_bytes = %" PRIu64 "\n", c->segment_bytes,
 		c->reserve_bytes);
 	fprintf(f, "[memory]\nhost_budget_bytes = %" PRIu64 "\ntier_dir = %s\n"
+		   "[quota]\nuid_tables = %u\nhost_tables = %u\nuid_bytes = %" PRIu64
+		   "\nhost_bytes = %" PRIu64 "\ntable_bytes = %" PRIu64 "\n"
 		   "[learn]\ntopk_threads = %u\nsampler_rebuild_ms = %u\n",
-		c->host_budget_bytes, c->tier_dir, c->topk_threads, c->sampler_rebuild_ms);
+		c->host_budget_bytes, c->tier_dir, c->quota_uid_tables, c->quota_host_tables,
+		c->quota_uid_bytes, c->quota_host_bytes, c->quota_table_bytes, c->topk_threads,
+		c->sampler_rebuild_ms);
 	fprintf(f, "[persistence]\ndata_dir = %s\nsnapshot_interval_s = %u\n"
 		   "wal_segment_bytes = %" PRIu64 "\nexport_dir = %s\n",
 		c->data_dir, c->snapshot_interval_s, c->wal_segment_bytes, c->export_dir);

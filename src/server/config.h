@@ -39,6 +39,10 @@ struct srv_config {
 	uint64_t reserve_bytes;  /* virtual space of a table's arena; 0 = libdeshm default */
 	uint64_t host_budget_bytes; /* [memory]: all evicting tables together; 0 = none */
 	char tier_dir[256];      /* [memory]: disk tier directory; "" = no disk tier */
+	/* [quota] (quota.h): tables and mapped bytes per creating uid and for the host
+	 * (0 = no limit); table_bytes: the memory of a table without an eviction budget */
+	uint32_t quota_uid_tables, quota_host_tables;
+	uint64_t quota_uid_bytes, quota_host_bytes, quota_table_bytes;
 	unsigned topk_threads;   /* [learn]: threads of one top-k; 0 = online CPUs (<= 64) */
 	unsigned sampler_rebuild_ms; /* [learn]: log-uniform/unigram snapshot period; 0 = none */
 	char data_dir[200];      /* [persistence]: WAL, snapshots, manifest, catalog; "" = off */

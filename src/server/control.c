@@ -30,6 +30,7 @@
  *      (-EACCES, the same whether or not the table exists; a snapshot of every table
  *      needs the snapshot right on each), then a persistence job replies
  *      (persist_jobs.c), touching files with the client's uid and gid.
+ *   5. DROP: control_drop.c (a table no connection has open; rights, then the catalog).
  * Hang-up: the socket is closed at once; the client's channel stays until its worker
  * released it (see worker.h), then the reaper destroys it.
  *
@@ -41,6 +42,7 @@
  * Owns: the listener (and the socket file), client sockets, struct srv_client memory.
  */
 #include "control.h"
+#include "control_int.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -176,6 +178,8 @@ static void client_free(struct ctl *x, struct srv_client *c)
 		x->npending--;
 	if (c->w)
 		c->w->nclients--;
+	for (uint32_t i = 0; i < c->ntables; i++) /* its worker let go: a DROP may free them */
+		c->tables[i]->refs--;
 	de_channel_destroy(c->ch);
 	free(c);
 	x->nconn--;
@@ -224,6 +228,7 @@ static void reap_released(struct ctl *x)
 		}
 		client_free(x, c);
 	}
+	srv_control_drop_retry(x->s, x->clients); /* DROPs that waited for these */
 }
 
 /* Count one refusal of kind r; log it (fmt) unless one was logged less than a second ago. */
@@ -440,6 +445,7 @@ static bool on_hello(struct ctl *x, struct srv_client *c, const struct de_msg_he
 	ok.data_bytes = cc.data_bytes;
 	ok.capabilities = DE_CAP_APPLY_GRADS | DE_CAP_ADMISSION | DE_CAP_EVICTION | DE_CAP_SAMPLE |
 			  DE_CAP_TOPK | DE_CAP_KEY_STRINGS | DE_CAP_SNAPSHOT | DE_CAP_EXPORT_IMPORT |
+			  DE_CAP_DROP |
 			  (cfg->data_dir[0] ? DE_CAP_PERSISTENCE : 0) |
 			  (cfg->export_dir[0] ? DE_CAP_EXPORT_DIR : 0) |
 			  (cfg->tier_dir[0] ? DE_CAP_DISK_TIER : 0);
@@ -486,12 +492,12 @@ static int send_with_segments(struct srv_client *c, struct srv_table *t, const v
 
 /* Find or create a table: registry, then (a new table) learning, whose failure undoes
  * the creation. Persistence is the caller's next step. */
-static int open_table(struct srv_server *s, const char *name,
+static int open_table(struct srv_server *s, uid_t uid, const char *name,
 		      const struct de_wire_table_config *cfg,
 		      const struct de_wire_learn_config *learn, struct srv_table **out,
 		      bool *created, char *msg, size_t cap)
 {
-	int err = srv_registry_open(&s->reg, name, cfg, learn, out, created, msg, cap);
+	int err = srv_registry_open(&s->reg, uid, name, cfg, learn, out, created, msg, cap);
 	if (err || !*created)
 		return err;
 	/* last step of creating it: once the evictor holds the table nothing may fail */
@@ -512,8 +518,8 @@ int srv_control_recover(struct srv_server *s)
 		char msg[240];
 		struct srv_table *t;
 		bool created;
-		int err = open_table(s, cat[i].name, &cat[i].cfg, &cat[i].learn, &t, &created, msg,
-				     sizeof msg);
+		int err = open_table(s, SRV_QUOTA_UID_NONE, cat[i].name, &cat[i].cfg,
+				     &cat[i].learn, &t, &created, msg, sizeof msg);
 		if (!err) {
 			t->owner = cat[i].owner;
 			err = srv_persist_adopt(s->persist, t, &cat[i]);
@@ -554,7 +560,7 @@ static bool on_open(struct ctl *x, struct srv_client *c, const struct de_msg_ope
 		send_error(c, m->h.seq, err, "%s", msg);
 		return true;
 	}
-	err = open_table(x->s, name, &cfg, &learn, &t, &created, msg, sizeof msg);
+	err = open_table(x->s, c->uid, name, &cfg, &learn, &t, &created, msg, sizeof msg);
 	if (!err && created) { /* the creator owns it (before the catalog records it) */
 		t->owner = c->uid;
 		rights = srv_authz_rights(&x->s->cfg, c->uid, c->gid, name, true, t->owner);
@@ -577,6 +583,7 @@ static bool on_open(struct ctl *x, struct srv_client *c, const struct de_msg_ope
 		}
 		c->tables[nt] = t;
 		c->rights[nt] = (uint8_t)rights;
+		t->refs++;
 		/* release: publishes tables[nt] and rights[nt]; pairs with the acquire in the
 		 * worker */
 		__atomic_store_n(&c->ntables, nt + 1, __ATOMIC_RELEASE);
@@ -687,6 +694,9 @@ static bool on_message(struct ctl *x, struct srv_client *c, const void *buf, siz
 		return on_open(x, c, &m.open);
 	case DE_MSG_SEGMENTS:
 		return on_segments(c, &m.segments);
+	case DE_MSG_DROP: /* control_drop.c */
+		srv_control_drop(x->s, x->clients, c, &m.drop);
+		return true;
 	case DE_MSG_SNAPSHOT:
 	case DE_MSG_EXPORT:
 	case DE_MSG_IMPORT: /* a job thread replies (persist_jobs.c) */

@@ -229,6 +229,32 @@ int srv_learn_table_attach(struct srv_learn_host *h, struct srv_table *t, char *
 	return 0;
 }
 
+int srv_learn_table_can_drop(const struct srv_table *t, char *msg, size_t msgcap)
+{
+	if (t->rt && t->rt->evict) {
+		snprintf(msg, msgcap, "table '%s' has eviction: the evictor keeps its tables while "
+			 "the daemon runs, so it cannot be dropped yet", t->name);
+		return -EBUSY;
+	}
+	return 0;
+}
+
+void srv_learn_table_detach(struct srv_learn_host *h, struct srv_table *t)
+{
+	struct srv_table_learn *L = t->rt;
+	if (!L)
+		return;
+	if (h)
+		for (struct srv_table_learn **p = &h->tables; *p; p = &(*p)->next)
+			if (*p == L) {
+				*p = L->next;
+				break;
+			}
+	if (L->admit_path)
+		unlink(L->admit_path); /* the saved sketch: a table of that name starts afresh */
+	learn_free(t);
+}
+
 /* data_dir/<prefix>-<FNV-1a 64 of the table's name, 16 hex><suffix> */
 static void name_path(char *buf, size_t cap, const struct srv_learn_host *h,
 		      const struct srv_table *t, const char *prefix, const char *suffix)

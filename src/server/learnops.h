@@ -43,6 +43,13 @@ void srv_learn_host_destroy(struct srv_learn_host *h);
 int srv_learn_table_attach(struct srv_learn_host *h, struct srv_table *t, char *msg,
 			   size_t msgcap);
 
+/* DROP: whether t's learning state can go while the daemon runs (-EBUSY with msg for a
+ * table with eviction: the evictor keeps its tables), then detach frees it (samplers
+ * stopped, the sketch and its saved file in data_dir removed; t->rt = NULL). Control
+ * thread, once no connection has t open. h may be NULL. */
+int srv_learn_table_can_drop(const struct srv_table *t, char *msg, size_t msgcap);
+void srv_learn_table_detach(struct srv_learn_host *h, struct srv_table *t);
+
 /* Set (lg) or clear (NULL) the eviction log, with the evictor's thread stopped meanwhile:
  * after persistence started, before the workers; cleared before persistence stops.
  * 0 or the errno of restarting the thread. */

@@ -31,6 +31,7 @@
 #include "learnops.h"
 #include "log.h"
 #include "persist.h"
+#include "quota.h"
 #include "tables.h"
 #include "worker.h"
 
@@ -115,6 +116,16 @@ int main(int argc, char **argv)
 		return 2;
 	}
 	srv_registry_init(&s.reg, s.cfg.pages, node, s.cfg.segment_bytes, s.cfg.reserve_bytes);
+	const struct srv_quota_limits ql = { .host_bytes = s.cfg.quota_host_bytes,
+					     .uid_bytes = s.cfg.quota_uid_bytes,
+					     .host_tables = s.cfg.quota_host_tables,
+					     .uid_tables = s.cfg.quota_uid_tables };
+	struct srv_quota *quota;
+	if (srv_quota_create(&ql, &quota)) {
+		srv_log(SRV_LOG_ERROR, "out of memory");
+		return 1;
+	}
+	srv_registry_set_quota(&s.reg, quota, s.cfg.quota_table_bytes);
 	if (srv_learn_host_create(&s.cfg, &s.learn) != 0) {
 		srv_log(SRV_LOG_ERROR, "cannot create the evictor");
 		if (s.topo)
@@ -172,6 +183,7 @@ int main(int argc, char **argv)
 	srv_learn_host_destroy(s.learn); /* the evictor reads tables: before they go */
 	s.learn = NULL;
 	srv_registry_destroy(&s.reg);
+	srv_quota_destroy(quota); /* after every table gave its charge back */
 	if (s.release_fd >= 0)
 		close(s.release_fd);
 	close(sig_fd);

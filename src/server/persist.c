@@ -185,7 +185,7 @@ int srv_persist_table_open(struct srv_persist *p, struct srv_table *t, char *msg
 	struct srv_table *all[DE_MANIFEST_MAX_TABLES];
 	memcpy(all, p->tables, p->ntables * sizeof all[0]);
 	all[p->ntables] = t; /* the new id is the largest */
-	err = persist_cat_write(p->dir, all, p->ntables + 1);
+	err = persist_cat_write(p->dir, all, p->ntables + 1, (uint64_t)p->next_id + 1);
 	if (!err)
 		err = persist_checkpoint(p, t, true, NULL, NULL, NULL);
 	if (!err)
@@ -244,6 +244,7 @@ void srv_persist_free(struct srv_persist *p)
 	if (p->lock_fd >= 0)
 		close(p->lock_fd);
 	pthread_cond_destroy(&p->cv);
+	pthread_cond_destroy(&p->sweep_cv);
 	pthread_mutex_destroy(&p->mu);
 	free(p);
 }

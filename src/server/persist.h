@@ -76,6 +76,12 @@ void srv_persist_free(struct srv_persist *p);
  * (empty) snapshot. Idempotent for a table that has them. */
 int srv_persist_table_open(struct srv_persist *p, struct srv_table *t, char *msg, size_t cap);
 
+/* DROP, control thread, once no connection has t open: the catalog forgets t durably
+ * (its id is never given again), then its manifest entry, snapshots and strings file go
+ * and t->ps is freed (NULL). 0 (also for a table without persistence), -EBUSY while a
+ * job runs, or the catalog write's error (then nothing changed); msg says which. */
+int srv_persist_table_drop(struct srv_persist *p, struct srv_table *t, char *msg, size_t cap);
+
 /* Worker, before a write (UPDATE, ERASE, APPLY_GRADS) on t executes: -EROFS when the
  * table's WAL failed. */
 int srv_persist_write_check(struct srv_persist *p, const struct srv_table *t);

@@ -8,7 +8,10 @@
  *   0    u8[8] magic "DECATLG1"
  *   8    u32 version (2)         12   u32 count (<= DE_MANIFEST_MAX_TABLES)
  *   16   u32 entry_bytes (400)   20   u32 reserved, zero
- *   24   u64 reserved, zero
+ *   24   u64 next_id: above every id the daemon ever gave, dropped tables' included, so
+ *        that a new table never takes the id (and the WAL records) of a dropped one
+ *        (version 1: zero; the next id is then the largest entry's + 1), 0 or > every
+ *        entry's id
  *   32   count entries of 400 bytes:
  *          0    u32 table_id (>= 1, strictly increasing)
  *          4    u32 owner: the uid that created the table (authz.h)
@@ -49,11 +52,13 @@ _Static_assert(offsetof(struct srv_catalog_entry, learn) == 136, "spec");
 
 /* Decode a catalog image. 0, -EBADMSG / -EPROTO with *problem (static text). */
 static int cat_decode(const unsigned char *b, size_t len, struct srv_catalog_entry **out,
-		      uint32_t *count, const char **problem)
+		      uint32_t *count, uint64_t *next_id, const char **problem)
 {
 	uint32_t v, n, eb, r32;
+	uint64_t nid = 0;
 	*out = NULL;
 	*count = 0;
+	*next_id = 0;
 	if (len < CAT_HDR + 4 || memcmp(b, CAT_MAGIC, 8)) {
 		*problem = "not a dynemb catalog (magic)";
 		return -EBADMSG;
@@ -66,8 +71,9 @@ static int cat_decode(const unsigned char *b, size_t len, struct srv_catalog_ent
 		*problem = "another catalog version";
 		return -EPROTO;
 	}
-	if (eb != CAT_ENTRY || n > DE_MANIFEST_MAX_TABLES || r32 || !srv_all_zero(b + 24, 8) ||
-	    len != CAT_HDR + (size_t)n * CAT_ENTRY + 4) {
+	memcpy(&nid, b + 24, 8);
+	if (eb != CAT_ENTRY || n > DE_MANIFEST_MAX_TABLES || r32 || (v == CAT_VERSION_NO_OWNER && nid) ||
+	    nid > UINT32_MAX || len != CAT_HDR + (size_t)n * CAT_ENTRY + 4) {
 		*problem = "bad header or file size";
 		return -EBADMSG;
 	}
@@ -86,6 +92,7 @@ static int cat_decode(const unsigned char *b, size_t len, struct srv_catalog_ent
 		struct de_wire_table_config c = e[i].cfg;
 		struct de_wire_learn_config l = e[i].learn;
 		if (!e[i].table_id || (i && e[i].table_id <= e[i - 1].table_id) ||
+		    (nid && e[i].table_id >= nid) ||
 		    (v == CAT_VERSION_NO_OWNER && e[i].owner) || e[i].reserved1 ||
 		    e[i].owner == UINT32_MAX) {
 			*problem = "bad table id, owner or reserved field";
@@ -108,6 +115,7 @@ static int cat_decode(const unsigned char *b, size_t len, struct srv_catalog_ent
 	}
 	*out = e;
 	*count = n;
+	*next_id = nid;
 	return 0;
 bad:
 	free(e);
@@ -115,7 +123,7 @@ bad:
 }
 
 int persist_cat_read(const char *dir, struct srv_catalog_entry **out, uint32_t *count,
-		    const char **problem)
+		     uint64_t *next_id, const char **problem)
 {
 	char path[PATH_MAX];
 	snprintf(path, sizeof path, "%s/CATALOG", dir);
@@ -153,7 +161,7 @@ int persist_cat_read(const char *dir, struct srv_catalog_entry **out, uint32_t *
 		}
 		got += (size_t)r;
 	}
-	err = cat_decode(b, len, out, count, problem);
+	err = cat_decode(b, len, out, count, next_id, problem);
 out:
 	free(b);
 	close(fd);
@@ -190,7 +198,8 @@ static void cat_plog(enum de_plog_op op, const char *path, const char *path2, si
 #endif
 }
 
-int persist_cat_write(const char *dir, struct srv_table *const *tables, unsigned n)
+int persist_cat_write(const char *dir, struct srv_table *const *tables, unsigned n,
+		      uint64_t next_id)
 {
 	size_t len = CAT_HDR + (size_t)n * CAT_ENTRY + 4;
 	unsigned char *b = calloc(1, len);
@@ -201,6 +210,7 @@ int persist_cat_write(const char *dir, struct srv_table *const *tables, unsigned
 	memcpy(b + 8, &v, 4);
 	memcpy(b + 12, &cnt, 4);
 	memcpy(b + 16, &eb, 4);
+	memcpy(b + 24, &next_id, 8);
 	for (unsigned i = 0; i < n; i++) {
 		struct srv_catalog_entry e;
 		memset(&e, 0, sizeof e);

@@ -7,7 +7,7 @@
  * a table, stop/free), persist_catalog.c (the CATALOG file format), persist_write.c (the
  * workers' write path), persist_threads.c (group commit and periodic checkpoints),
  * persist_recover.c (startup: lock, catalog, recovery), persist_jobs.c (SNAPSHOT, EXPORT,
- * IMPORT job threads).
+ * IMPORT job threads), persist_drop.c (DROP of a table).
  */
 #ifndef DE_SRV_PERSIST_INT_H
 #define DE_SRV_PERSIST_INT_H
@@ -49,6 +49,9 @@ struct srv_persist {
 	uint64_t next_lsn;        /* recovery's: the WAL starts there */
 	struct srv_catalog_entry *cat; /* the catalog read at open, until recovery */
 	uint32_t ncat;
+	uint64_t cat_next_id;     /* the catalog's next_id (0: not recorded), until recovery */
+	unsigned sweeping;        /* persist_checkpoint_dirty calls running (a DROP waits) */
+	pthread_cond_t sweep_cv;  /* sweeping went to 0 */
 	unsigned commit_ms;       /* min window_ms of the async tables; 0: none */
 	bool stop;
 	pthread_t committer, checkpointer;
@@ -79,9 +82,11 @@ void persist_wal_log(void *ctx, const char *line);
 /* Read and check dir/CATALOG: 0 with *out (free it) and *count; -ENOENT (no catalog);
  * -EBADMSG / -EPROTO with *problem (static text); another negative errno. */
 int persist_cat_read(const char *dir, struct srv_catalog_entry **out, uint32_t *count,
-		     const char **problem);
-/* Replace dir/CATALOG with the entries of tables[0..n) (ids increasing; each has ps). */
-int persist_cat_write(const char *dir, struct srv_table *const *tables, unsigned n);
+		     uint64_t *next_id /* out: 0 = not recorded */, const char **problem);
+/* Replace dir/CATALOG with the entries of tables[0..n) (ids increasing; each has ps)
+ * and next_id (above every id given so far). */
+int persist_cat_write(const char *dir, struct srv_table *const *tables, unsigned n,
+		      uint64_t next_id);
 
 /* ---- persist_strings.c ---- */
 /* A string table's strings file: load it into the table's string store, then append
@@ -92,6 +97,8 @@ void persist_strings_sync(struct srv_table_persist *ps);
 /* ---- persist_threads.c ---- */
 /* Checkpoint every table with dirty keys (or one that needs a full snapshot). */
 void persist_checkpoint_dirty(struct srv_persist *p, const char *why);
+
+/* ---- persist_drop.c: srv_persist_table_drop (persist.h) ---- */
 
 /* ---- persist_jobs.c ---- */
 /* Join finished jobs (all: every job, waiting). Not under p->mu. */

@@ -106,7 +106,7 @@ static int begin(struct srv_persist *p)
 		return 1;
 	}
 	const char *problem = NULL;
-	err = persist_cat_read(p->dir, &p->cat, &p->ncat, &problem);
+	err = persist_cat_read(p->dir, &p->cat, &p->ncat, &p->cat_next_id, &problem);
 	if (err == -ENOENT) {
 		p->cat = NULL;
 		p->ncat = 0;
@@ -131,7 +131,7 @@ static int begin(struct srv_persist *p)
 			p->dir, problem ? problem : strerror(-err), strerror(-err));
 		return err == -ENOMEM ? 1 : SRV_EXIT_CORRUPT;
 	}
-	p->next_id = 1;
+	p->next_id = p->cat_next_id ? (uint32_t)p->cat_next_id : 1; /* adopt raises it */
 	return 0;
 }
 
@@ -148,6 +148,7 @@ int srv_persist_open(const struct srv_config *cfg, struct srv_persist **out)
 	pthread_condattr_init(&ca);
 	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
 	pthread_cond_init(&p->cv, &ca);
+	pthread_cond_init(&p->sweep_cv, NULL);
 	pthread_condattr_destroy(&ca);
 	if (!cfg->data_dir[0]) {
 		srv_log(SRV_LOG_INFO, "persistence: off (no data_dir): tables live in memory only");

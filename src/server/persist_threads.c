@@ -73,6 +73,7 @@ void persist_checkpoint_dirty(struct srv_persist *p, const char *why)
 	pthread_mutex_lock(&p->mu);
 	unsigned n = p->ntables;
 	memcpy(ts, p->tables, n * sizeof ts[0]);
+	p->sweeping++; /* a DROP waits until this sweep no longer holds its table */
 	pthread_mutex_unlock(&p->mu);
 	for (unsigned i = 0; i < n; i++) {
 		struct srv_table_persist *ps = ts[i]->ps;
@@ -89,6 +90,10 @@ void persist_checkpoint_dirty(struct srv_persist *p, const char *why)
 			srv_log(SRV_LOG_DEBUG, "persistence: %s checkpoint of '%s': %" PRIu64
 				" records, lsn %" PRIu64, why, ts[i]->name, info.records, info.start_lsn);
 	}
+	pthread_mutex_lock(&p->mu);
+	if (!--p->sweeping)
+		pthread_cond_broadcast(&p->sweep_cv);
+	pthread_mutex_unlock(&p->mu);
 }
 
 static void *checkpointer_main(void *arg)

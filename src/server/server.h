@@ -13,7 +13,8 @@
  * owns the listener, every client socket, the table registry and the client list; worker
  * threads (worker.c, whose header states the client hand-over) serve the channels; the
  * evictor and sampler threads (learnops.c), the persistence committer, checkpointer and
- * job threads (persist*.c). Tables live until the daemon exits.
+ * job threads (persist*.c). Tables live until the daemon exits or a DROP frees one
+ * that no connection has open (control_drop.c).
  */
 #ifndef DE_SRV_SERVER_H
 #define DE_SRV_SERVER_H

@@ -4,7 +4,8 @@
  * Registry: tables by name, each in its own arena (pages and NUMA node from [pages]).
  * The same name with the same (normalized) config is the same table, shared by every
  * client that opens it; another config is -EEXIST. Only the control thread opens tables;
- * tables are never closed before the daemon exits, so workers may hold pointers freely.
+ * a table is freed only when the daemon exits or when it is dropped, which the control
+ * plane allows only once no connection has it open, so workers may hold pointers freely.
  *
  * Configs arrive checked and normalized by the validators (validate_config.c), so two
  * configs that mean the same compare equal field by field; srv_config_differs
@@ -12,6 +13,13 @@
  * the normalized learning block in struct srv_table.learn for the admission, eviction
  * and durability layers to read, and the optimizer as a struct de_optim_config for the
  * workers' APPLY_GRADS.
+ *
+ * Memory (quota.h): a new table's reservation is sized from its budget
+ * (srv_quota_table_reserve), so that its arena can never map more; the first segments
+ * and the admission sketch are charged to the creator's quota before anything is
+ * mapped, and every later segment through the arenas' charge hook (table_charge, any
+ * thread: a refused growth is the write's -EDQUOT / -ENOSPC, logged once per table).
+ * A table is freed (its charge given back) by discard or drop.
  *
  * Never: call the learning or persistence layers (the control plane attaches them after
  * srv_registry_open), or read t->rt / t->ps.
@@ -57,13 +65,37 @@ void srv_registry_init(struct srv_registry *r, enum de_pages pages, int numa_nod
 				    .segment_bytes = segment_bytes, .reserve_bytes = reserve_bytes };
 }
 
+void srv_registry_set_quota(struct srv_registry *r, struct srv_quota *q, uint64_t table_bytes)
+{
+	r->quota = q;
+	r->table_bytes = table_bytes;
+}
+
 static void table_free(struct srv_table *t)
 {
 	de_table_close(t->names);
 	de_arena_destroy(t->names_arena);
 	de_table_close(t->t);
 	de_arena_destroy(t->arena);
+	srv_quota_table_end(t->quota);
 	free(t);
+}
+
+/* The arenas' charge hook: a new segment of a table's arena (or its name index). */
+static int table_charge(void *ctx, uint64_t bytes, bool give_back)
+{
+	struct srv_table *t = ctx;
+	if (give_back) {
+		srv_quota_give_back(t->quota, bytes);
+		return 0;
+	}
+	char msg[240];
+	int err = srv_quota_charge(t->quota, bytes, msg, sizeof msg);
+	if (err && !__atomic_exchange_n(&t->growth_logged, 1, __ATOMIC_RELAXED))
+		srv_log(SRV_LOG_WARN, "table '%s' cannot grow: %s; writes that create rows fail "
+			"with %s until memory is given back (drop a table)", t->name, msg,
+			err == -EDQUOT ? "-EDQUOT" : "-ENOSPC");
+	return err;
 }
 
 void srv_registry_destroy(struct srv_registry *r)
@@ -92,7 +124,7 @@ static int make_arena(const struct srv_registry *r, const char *memfd_name, uint
 	return err;
 }
 
-static int table_create(struct srv_registry *r, const char *name,
+static int table_create(struct srv_registry *r, uid_t uid, const char *name,
 			const struct de_wire_table_config *w,
 			const struct de_wire_learn_config *learn, struct srv_table **out, char *msg,
 			size_t msgcap)
@@ -106,13 +138,47 @@ static int table_create(struct srv_registry *r, const char *name,
 	t->has_optim = learn->optim.kind != DE_WOPT_NONE;
 	if (t->has_optim)
 		srv_optim_from_wire(&learn->optim, &t->optim);
+	/* memory: the reservation from the budget, the sketch inside the budget, the first
+	 * segments charged before they are mapped */
+	uint64_t budget = learn->eviction.budget_bytes;
+	uint64_t tbytes = r->table_bytes ? r->table_bytes : 16ull << 30;
+	uint64_t reserve = srv_quota_table_reserve(budget, tbytes, r->reserve_bytes);
+	uint64_t seg = r->segment_bytes < reserve ? r->segment_bytes : reserve;
+	uint64_t names_reserve = srv_quota_names_reserve(reserve);
+	bool strings = w->key_type == DE_KEYS_STRING;
+	int err;
+	if (learn->admission.mode == DE_WADMIT_COUNT) {
+		uint64_t limit = budget ? budget : tbytes;
+		t->sketch_bytes = de_admit_sketch_bytes(learn->admission.sketch_width,
+							learn->admission.sketch_depth);
+		if (!t->sketch_bytes || t->sketch_bytes > limit) {
+			snprintf(msg, msgcap, "table '%s': the admission sketch of %u x %u counters "
+				 "needs %llu MiB, more than the table's budget of %llu MiB (%s); ask "
+				 "for a smaller admission.sketch_width or sketch_depth", name,
+				 learn->admission.sketch_width, learn->admission.sketch_depth,
+				 (unsigned long long)(t->sketch_bytes >> 20),
+				 (unsigned long long)(limit >> 20),
+				 budget ? "eviction.budget_bytes" : "the daemon's [quota] table_bytes");
+			err = -EINVAL;
+			goto fail;
+		}
+	}
+	t->quota_uid = uid;
+	if (r->quota) {
+		uint64_t first = seg + (strings ? DE_ARENA_ALIGN : 0) + t->sketch_bytes;
+		err = srv_quota_table_begin(r->quota, uid, name, first, &t->quota, msg, msgcap);
+		if (err)
+			goto fail;
+	}
 	char mname[96];
 	snprintf(mname, sizeof mname, "dynemb:%s", name);
-	int err = make_arena(r, mname, r->segment_bytes, r->reserve_bytes, &t->arena);
+	err = make_arena(r, mname, seg, reserve, &t->arena);
 	if (err) {
 		snprintf(msg, msgcap, "cannot create the arena of table '%s': %s", name, strerror(-err));
 		goto fail;
 	}
+	if (t->quota)
+		de_arena_set_charge_hook(t->arena, table_charge, t);
 	struct de_table_config tc = { .dim = w->dim, .nslots = w->nslots, .init = (enum de_init)w->init,
 				      .init_a = w->init_a, .init_b = w->init_b,
 				      .slot_init = w->slot_init, .seed = w->seed,
@@ -122,14 +188,16 @@ static int table_create(struct srv_registry *r, const char *name,
 		snprintf(msg, msgcap, "cannot open table '%s': %s", name, strerror(-err));
 		goto fail;
 	}
-	if (w->key_type == DE_KEYS_STRING) {
+	if (strings) {
 		snprintf(mname, sizeof mname, "dynemb:%s:names", name);
-		err = make_arena(r, mname, DE_ARENA_ALIGN, 4ull << 30, &t->names_arena);
+		err = make_arena(r, mname, DE_ARENA_ALIGN, names_reserve, &t->names_arena);
 		if (err) {
 			snprintf(msg, msgcap, "cannot create the string index of '%s': %s", name,
 				 strerror(-err));
 			goto fail;
 		}
+		if (t->quota)
+			de_arena_set_charge_hook(t->names_arena, table_charge, t);
 		struct de_table_config nc = { .dim = 2, .seed = w->seed };
 		err = de_table_open(t->names_arena, &nc, &t->names);
 		if (err) {
@@ -145,7 +213,7 @@ fail:
 	return err;
 }
 
-int srv_registry_open(struct srv_registry *r, const char *name,
+int srv_registry_open(struct srv_registry *r, uid_t uid, const char *name,
 		      const struct de_wire_table_config *cfg,
 		      const struct de_wire_learn_config *learn, struct srv_table **out,
 		      bool *created, char *msg, size_t msgcap)
@@ -163,7 +231,7 @@ int srv_registry_open(struct srv_registry *r, const char *name,
 		return 0;
 	}
 	struct srv_table *t;
-	int err = table_create(r, name, cfg, learn, &t, msg, msgcap);
+	int err = table_create(r, uid, name, cfg, learn, &t, msg, msgcap);
 	if (err)
 		return err;
 	t->next = r->head;
@@ -183,6 +251,11 @@ void srv_registry_discard(struct srv_registry *r, struct srv_table *t)
 			table_free(t);
 			return;
 		}
+}
+
+void srv_registry_drop(struct srv_registry *r, struct srv_table *t)
+{
+	srv_registry_discard(r, t);
 }
 
 struct srv_table *srv_registry_find(const struct srv_registry *r, const char *name)

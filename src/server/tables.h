@@ -4,8 +4,10 @@
  *
  * Tables by name, each in its own arena; the same name with the same normalized config
  * is the same table, shared by every client that opens it (as in the paper). Only the
- * control thread opens tables; tables live until the daemon exits (or, a table no client
- * saw yet, until srv_registry_discard), so workers hold pointers freely. A table's config
+ * control thread opens tables; tables live until the daemon exits, a table no client saw
+ * yet until srv_registry_discard, a dropped one until srv_registry_drop (only once no
+ * connection has it open: a worker serves a table only to connections that opened it,
+ * so workers hold pointers freely). A table's config
  * (wcfg, learn, optim) is written once before the table is published to any client and
  * never changes: workers read it freely.
  *
@@ -25,6 +27,7 @@
 #include "de_learn.h"
 #include "de_shm.h"
 #include "proto.h"
+#include "quota.h"
 
 struct srv_table_learn;   /* learnops.c */
 struct srv_table_persist; /* persist_*.c */
@@ -58,6 +61,14 @@ struct srv_table {
 	void (*string_kept)(void *ctx, struct srv_table *t, uint64_t key, const void *s,
 			    uint32_t len);
 	void *string_ctx;
+	/* memory (quota.h): the creator's charge for the arenas' segments and the sketch;
+	 * grown by the arenas' charge hook (any thread), ended by the table's free */
+	struct srv_quota_acct *quota;
+	uid_t quota_uid;                  /* who is charged (SRV_QUOTA_UID_NONE: recovered) */
+	uint64_t sketch_bytes;            /* admission COUNT: de_admit_sketch_bytes */
+	int growth_logged;                /* atomic: the first refused growth was logged */
+	/* control thread only: connections that have the table open (a DROP needs 0) */
+	unsigned refs;
 	struct srv_table *next;
 };
 
@@ -66,27 +77,38 @@ struct srv_registry {
 	unsigned count;
 	enum de_pages pages;
 	int numa_node;                    /* resolved: an OS index or DE_NUMA_NONE */
-	uint64_t segment_bytes, reserve_bytes;
+	uint64_t segment_bytes, reserve_bytes; /* reserve_bytes: a cap, 0 = none (quota.h) */
+	struct srv_quota *quota;          /* NULL: no quotas (tests) */
+	uint64_t table_bytes;             /* [quota] table_bytes; 0 = 16 GiB */
 };
 
 void srv_registry_init(struct srv_registry *r, enum de_pages pages, int numa_node,
 		       uint64_t segment_bytes, uint64_t reserve_bytes);
+/* Charge tables to q ([quota], quota.h) and size a table without a budget at
+ * table_bytes (0 = 16 GiB). Before the first open. */
+void srv_registry_set_quota(struct srv_registry *r, struct srv_quota *q, uint64_t table_bytes);
 /* Free every table: after the layers above freed their per-table state (rt, ps). */
 void srv_registry_destroy(struct srv_registry *r);
 
 /*
- * Find or create table `name` (name and cfg already checked by the validators). Same
- * config: the existing table. Another config: -EEXIST with msg naming the first field
- * that differs. New: creates its arena(s) and opens it; *created tells which.
- * Control thread only.
+ * Find or create table `name` (name and cfg already checked by the validators) for uid
+ * (SRV_QUOTA_UID_NONE: a table recovered at startup). Same config: the existing table.
+ * Another config: -EEXIST with msg naming the first field that differs. New: sizes its
+ * reservation from its budget (quota.h), refuses an admission sketch larger than the
+ * table's budget (-EINVAL), charges uid's quota (-EDQUOT / -ENOSPC naming the quota),
+ * creates its arena(s) and opens it; *created tells which. Control thread only.
  */
-int srv_registry_open(struct srv_registry *r, const char *name,
+int srv_registry_open(struct srv_registry *r, uid_t uid, const char *name,
 		      const struct de_wire_table_config *cfg,
 		      const struct de_wire_learn_config *learn, struct srv_table **out,
 		      bool *created, char *msg, size_t msgcap);
 /* Undo the srv_registry_open that created t, before any client saw it (its rt and ps
  * must be NULL). Control thread only. */
 void srv_registry_discard(struct srv_registry *r, struct srv_table *t);
+/* DROP: unlink t and free it (memory, reservation and quota charge return). The
+ * caller made sure nothing references it: no connection (refs 0), no job, and the
+ * layers above let go of their state (rt and ps NULL). Control thread only. */
+void srv_registry_drop(struct srv_registry *r, struct srv_table *t);
 /* The table called name, or NULL. Control thread (tables are only added there). */
 struct srv_table *srv_registry_find(const struct srv_registry *r, const char *name);
 

@@ -41,10 +41,11 @@ union srv_msg {
 	struct de_msg_snapshot snapshot;
 	struct de_msg_export exp;
 	struct de_msg_import imp;
+	struct de_msg_drop drop;
 };
 
 /* The exact length of a request a client may send (HELLO, OPEN, SEGMENTS, BYE, SNAPSHOT,
- * EXPORT, IMPORT); 0 for any other type. The one table srv_check_msg frames by. */
+ * EXPORT, IMPORT, DROP); 0 for any other type. The one table srv_check_msg frames by. */
 size_t srv_request_len(uint16_t type);
 
 /*

@@ -2,7 +2,8 @@
  * validate_msg.c — the pure checks of control packets (validate.h): srv_check_msg frames
  * one SOCK_SEQPACKET packet (size, magic, type, exact length from srv_request_len, order,
  * version) and checks its body: an OPEN's name and configs (validate_config.c), the
- * names, flags and paths of SNAPSHOT, EXPORT, IMPORT (srv_check_persist_msg).
+ * names, flags and paths of SNAPSHOT, EXPORT, IMPORT (srv_check_persist_msg), a DROP's
+ * name.
  *
  * Callers: control.c on every packet it receives, tests/fuzz/fuzz_control.c. Never: read
  * past n bytes, or a body before its framing is good; an error always leaves the reply
@@ -24,6 +25,7 @@ size_t srv_request_len(uint16_t type)
 	case DE_MSG_SNAPSHOT: return sizeof(struct de_msg_snapshot);
 	case DE_MSG_EXPORT: return sizeof(struct de_msg_export);
 	case DE_MSG_IMPORT: return sizeof(struct de_msg_import);
+	case DE_MSG_DROP: return sizeof(struct de_msg_drop);
 	default: return 0; /* not a request a client sends */
 	}
 }
@@ -68,6 +70,8 @@ int srv_check_msg(const void *buf, size_t n, bool trunc, bool hello_done, union 
 	}
 	if (h.type == DE_MSG_SNAPSHOT || h.type == DE_MSG_EXPORT || h.type == DE_MSG_IMPORT)
 		return srv_check_persist_msg(out, msg, msgcap);
+	if (h.type == DE_MSG_DROP)
+		return srv_name_check(out->drop.name, msg, msgcap);
 	return 0;
 }
 

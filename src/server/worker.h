@@ -52,6 +52,11 @@ struct srv_client {
 	char name[DE_NAME_MAX];
 	bool hello_done;
 	int64_t accepted_ms;      /* monotonic: HELLO is due hello_timeout_ms after it */
+	/* a DROP waiting for closed connections' workers to let the table go
+	 * (control_drop.c): its seq and name */
+	bool drop_wait;
+	uint32_t drop_seq;
+	char drop_name[DE_NAME_MAX];
 	struct srv_client *next;
 	/* shared with the worker (see the top of this file) */
 	de_channel *ch;

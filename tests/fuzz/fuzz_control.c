@@ -84,7 +84,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	}
 	if (r == -EINVAL)
 		CHECK(h.type == DE_MSG_OPEN || h.type == DE_MSG_SNAPSHOT || h.type == DE_MSG_EXPORT ||
-		      h.type == DE_MSG_IMPORT);
+		      h.type == DE_MSG_IMPORT || h.type == DE_MSG_DROP);
 	if (r == 0 && (h.type == DE_MSG_EXPORT || h.type == DE_MSG_IMPORT)) {
 		/* srv_check_persist_msg's rule: an absolute, NUL-terminated path */
 		const char *p = h.type == DE_MSG_EXPORT ? m.exp.path : m.imp.path;

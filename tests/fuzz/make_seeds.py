@@ -70,6 +70,7 @@ def segments(table=0, first=0, pad=0, **kw):
 
 
 SNAPSHOT, EXPORT, IMPORT = 9, 11, 13
+DROP = 21
 
 
 def path(p):
@@ -124,6 +125,10 @@ CONTROL = {
     'import_salvage': (HELLO_DONE, import_msg('emb', '/tmp/emb.dexp', flags=1)),
     'import_bad': (HELLO_DONE, import_msg('emb', '/tmp/', flags=2, pad=3)),
     'import_short': (HELLO_DONE, import_msg('emb', '/tmp/x')[:600]),
+    # DROP (type 21): a name, checked by srv_name_check
+    'drop': (HELLO_DONE, hdr(DROP, 80) + name('emb')),
+    'drop_bad_name': (HELLO_DONE, hdr(DROP, 80) + name('a\x01b')),
+    'drop_short': (HELLO_DONE, (hdr(DROP, 80) + name('emb'))[:40]),
 }
 
 

@@ -186,7 +186,9 @@ def test_sampled_softmax_draws_with_seed(client, tname):
 
 def test_admission_and_eviction_settings_reach_the_daemon(client, tname):
     t = client.open(tname, 4, init="constant", init_a=0.5,
-                    admission={"mode": "count", "min_count": 2, "reject_value": "zeros"},
+                    # the sketch counts in the 3 MiB budget: 2^16 x 4 counters, 512 KiB
+                    admission={"mode": "count", "min_count": 2, "reject_value": "zeros",
+                               "sketch_width": 1 << 16},
                     eviction={"policy": "lru", "budget_bytes": 3 << 20})
     k = np.array([7], dtype=np.uint64)
     v, st = t.lookup(k, with_status=True)

@@ -1,0 +1,550 @@
+/*
+ * test_quota.c — memory reservations, quotas and DROP, end to end: the real dynembd as a
+ * child process (tests/daemon_util.h), driven through libdynemb as its users would.
+ *
+ *   defaults       a loop of OPENs stops at the default 256 tables per uid, with the
+ *                  address space they reserve bounded (16 GiB each)
+ *   uid_tables     one uid's OPENs stop at [quota] uid_tables with -EDQUOT and a message
+ *                  naming the quota, while another uid (65534, root needed) still opens
+ *   host_tables    the host's count: -ENOSPC naming host_tables
+ *   growth         a table without a budget stops growing at [quota] table_bytes with
+ *                  -ENOSPC (its rows still there), and the daemon's resident memory stays
+ *                  bounded; a table charged past [quota] uid_bytes stops with -EDQUOT
+ *   sketch         an admission sketch larger than the table's budget is refused at OPEN
+ *                  (-EINVAL naming the sketch and the budget); one that fits is accepted
+ *   drop           DROP gives memory back (the table's memfds leave the daemon's maps,
+ *                  its quota count returns), is refused while open (-EBUSY), for a name
+ *                  not there (-ENOENT), to another uid (-EACCES: the drop right), for an evicting table
+ *                  (-EBUSY); with a data_dir a restart does not bring the table back and a
+ *                  new table never takes its id (its WAL records are not replayed into it);
+ *                  dynembctl drop does the same from the command line
+ * Every bound is generous (CI is a loaded 2-core box under ASan): the assertions are on
+ * error codes, messages and counts, and on memory only with a wide margin.
+ */
+#include <criterion/criterion.h>
+
+#include <dirent.h>
+#include <errno.h>
+#include <signal.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "daemon_util.h"
+#include "dynemb.h"
+
+#define MiB (1ull << 20)
+
+struct dmn {
+	pid_t pid;
+	char dir[64], sock[128], log[128], data[128];
+};
+
+/* Start dynembd (small pages and segments: daemon_argv) with extra flags; data_dir set
+ * when with_data. The directory is reused by a restart. */
+static void dmn_start(struct dmn *d, bool with_data, const char *const *extra)
+{
+	if (!d->dir[0]) {
+		strcpy(d->dir, "/tmp/dynembd-quota.XXXXXX");
+		cr_assert_not_null(mkdtemp(d->dir));
+		chmod(d->dir, 0755); /* uid 65534 connects */
+		snprintf(d->sock, sizeof d->sock, "%s/d.sock", d->dir);
+		snprintf(d->log, sizeof d->log, "%s/log", d->dir);
+		snprintf(d->data, sizeof d->data, "%s/data", d->dir);
+	}
+	const char *more[] = { "--data-dir", d->data, NULL };
+	const char *argv[48];
+	daemon_argv(argv, 48, daemon_bin(), d->sock, "info", with_data ? more : NULL, extra);
+	d->pid = daemon_spawn(argv, SIGKILL, d->log);
+	int st = 0, r = daemon_await_listen(d->pid, d->sock, 10, &st);
+	if (r)
+		daemon_show_log(d->log);
+	cr_assert_eq(r, 0, "the daemon did not come up (%d, status %d)", r, st);
+}
+
+static void dmn_stop(struct dmn *d)
+{
+	int st = daemon_terminate(d->pid, 8);
+	if (!WIFEXITED(st) || WEXITSTATUS(st))
+		daemon_show_log(d->log);
+	cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0, "the daemon stopped uncleanly");
+	d->pid = -1;
+}
+
+static void dmn_cleanup(struct dmn *d)
+{
+	daemon_show_log_if_asked(d->log);
+	char cmd[200];
+	snprintf(cmd, sizeof cmd, "rm -rf '%s'", d->dir);
+	cr_expect_eq(system(cmd), 0);
+}
+
+static dynemb_client *conn(const struct dmn *d)
+{
+	dynemb_client *c = NULL;
+	struct dynemb_connect_opts o = { .name = "test_quota", .timeout_ms = 10000,
+					 .data_bytes = 8 * MiB };
+	int err = dynemb_connect(d->sock, &o, &c);
+	cr_assert_eq(err, 0, "connect: %s", dynemb_strerror(err));
+	return c;
+}
+
+static struct dynemb_table_spec spec(const char *name, uint32_t dim)
+{
+	return (struct dynemb_table_spec){ .name = name, .dim = dim, .seed = 7 };
+}
+
+static int open_as(dynemb_client *c, const char *name, uint32_t dim, int *t)
+{
+	struct dynemb_table_spec s = spec(name, dim);
+	return dynemb_open(c, &s, t);
+}
+
+/* A line of /proc/pid/status ("VmRSS:", ...) in KiB, or 0. */
+static uint64_t status_kib(pid_t pid, const char *key)
+{
+	char path[64], line[256];
+	snprintf(path, sizeof path, "/proc/%d/status", (int)pid);
+	FILE *f = fopen(path, "r");
+	uint64_t v = 0;
+	while (f && fgets(line, sizeof line, f))
+		if (!strncmp(line, key, strlen(key)))
+			v = strtoull(line + strlen(key), NULL, 10);
+	if (f)
+		fclose(f);
+	return v;
+}
+
+/* Mappings of the daemon whose line names needle (its memfds: "dynemb:NAME"). */
+static unsigned maps_with(pid_t pid, const char *needle)
+{
+	char path[64], line[512];
+	snprintf(path, sizeof path, "/proc/%d/maps", (int)pid);
+	FILE *f = fopen(path, "r");
+	unsigned n = 0;
+	while (f && fgets(line, sizeof line, f))
+		n += strstr(line, needle) != NULL;
+	if (f)
+		fclose(f);
+	return n;
+}
+
+/* Run fn in a child as uid/gid 65534; its exit status (0 = passed). */
+static int as_nobody(int (*fn)(const struct dmn *), const struct dmn *d)
+{
+	pid_t pid = fork();
+	cr_assert_geq(pid, 0);
+	if (pid == 0) {
+		if (setresgid(65534, 65534, 65534) || setresuid(65534, 65534, 65534))
+			_exit(90);
+		_exit(fn(d));
+	}
+	int st = 0;
+	waitpid(pid, &st, 0);
+	return WIFEXITED(st) ? WEXITSTATUS(st) : 100 + WTERMSIG(st);
+}
+
+static dynemb_client *conn_quiet(const struct dmn *d)
+{
+	dynemb_client *c = NULL;
+	struct dynemb_connect_opts o = { .name = "nobody", .timeout_ms = 10000,
+					 .data_bytes = 8 * MiB };
+	return dynemb_connect(d->sock, &o, &c) ? NULL : c;
+}
+
+/* ---- table count quotas --------------------------------------------------------------- */
+
+static int nobody_opens(const struct dmn *d)
+{
+	dynemb_client *c = conn_quiet(d);
+	if (!c)
+		return 10;
+	int t;
+	int err = open_as(c, "nobody-table", 4, &t);
+	dynemb_close(c);
+	return err ? 11 : 0;
+}
+
+Test(quota, uid_tables_named_error_other_uid_still_opens, .timeout = 60)
+{
+	if (geteuid() != 0)
+		cr_skip_test("needs root to open tables as a second uid (65534)");
+	struct dmn d = { 0 };
+	dmn_start(&d, false, (const char *const[]){ "--uid-tables", "8", "--allow-uid", "0,65534",
+						    NULL });
+	dynemb_client *c = conn(&d);
+	char name[32];
+	int t, err = 0, opened = 0;
+	for (int i = 0; i < 64 && !err; i++) { /* an attacker's loop of OPENs */
+		snprintf(name, sizeof name, "t%d", i);
+		err = open_as(c, name, 4, &t);
+		opened += !err;
+	}
+	cr_expect_eq(opened, 8, "uid 0 opened %d tables; its quota is 8", opened);
+	cr_assert_eq(err, -EDQUOT, "the 9th table: %d (%s)", err, dynemb_strerror(err));
+	const char *m = dynemb_strerror(err);
+	cr_expect(strstr(m, "uid 0") && strstr(m, "uid_tables") && strstr(m, "t8"),
+		  "the message names the uid, the quota and the table: %s", m);
+	/* reopening one it has is no new table: fine */
+	cr_expect_eq(open_as(c, "t3", 4, &t), 0);
+	/* another uid is not locked out */
+	cr_expect_eq(as_nobody(nobody_opens, &d), 0, "uid 65534 could not open a table");
+	dynemb_close(c);
+	dmn_stop(&d);
+	dmn_cleanup(&d);
+}
+
+/* The attack with the daemon's default limits and reservation sizes: a loop of OPENs
+ * from one uid stops at 256 tables, and the address space they hold stays bounded
+ * (16 GiB each; 64 GiB each before reservations were sized, which ran out of address
+ * space after about 2,000 tables). */
+Test(quota, default_limits_stop_an_open_loop, .timeout = 120)
+{
+	struct dmn d = { 0 };
+	dmn_start(&d, false, (const char *const[]){ "--reserve-bytes", "0", NULL });
+	dynemb_client *c[2] = { conn(&d), conn(&d) }; /* a connection opens at most 256 */
+	uint64_t vm0 = status_kib(d.pid, "VmSize:"); /* a sanitizer's shadow is in it */
+	char name[32];
+	int t, err = 0, opened = 0;
+	for (int i = 0; i < 300 && !err; i++) {
+		snprintf(name, sizeof name, "loop%d", i);
+		err = open_as(c[i & 1], name, 4, &t);
+		opened += !err;
+	}
+	cr_expect_eq(opened, 256, "opened %d tables", opened);
+	cr_expect_eq(err, -EDQUOT, "%d (%s)", err, dynemb_strerror(err));
+	uint64_t vm = status_kib(d.pid, "VmSize:") - vm0;
+	cr_expect_lt(vm, (256ull * 17) << 20, "the tables' address space: %llu KiB",
+		     (unsigned long long)vm);
+	dynemb_close(c[0]);
+	dynemb_close(c[1]);
+	dmn_stop(&d);
+	dmn_cleanup(&d);
+}
+
+Test(quota, host_tables_named_error, .timeout = 60)
+{
+	struct dmn d = { 0 };
+	dmn_start(&d, false, (const char *const[]){ "--host-tables", "3", NULL });
+	dynemb_client *c = conn(&d);
+	int t;
+	cr_assert_eq(open_as(c, "a", 4, &t), 0);
+	cr_assert_eq(open_as(c, "b", 4, &t), 0);
+	cr_assert_eq(open_as(c, "c", 4, &t), 0);
+	int err = open_as(c, "d", 4, &t);
+	cr_assert_eq(err, -ENOSPC, "%d (%s)", err, dynemb_strerror(err));
+	cr_expect(strstr(dynemb_strerror(err), "host_tables"), "%s", dynemb_strerror(err));
+	dynemb_close(c);
+	dmn_stop(&d);
+	dmn_cleanup(&d);
+}
+
+/* ---- growth ------------------------------------------------------------------------------ */
+
+/* Insert batches of 4096 dim-64 rows until an error or `most` rows; the error. */
+static int fill(dynemb_client *c, int t, uint64_t most, uint64_t *done)
+{
+	enum { B = 4096, DIM = 64 };
+	static uint64_t keys[B];
+	static float vals[B * DIM];
+	*done = 0;
+	for (uint64_t k = 1; *done < most; ) {
+		for (unsigned i = 0; i < B; i++)
+			keys[i] = k++;
+		for (unsigned i = 0; i < B * DIM; i++)
+			vals[i] = (float)(keys[i / DIM] % 1000);
+		int err = dynemb_update(c, t, keys, B, vals, 1, NULL);
+		if (err)
+			return err;
+		*done += B;
+	}
+	return 0;
+}
+
+Test(quota, growth_past_table_bytes_is_enospc_and_rss_bounded, .timeout = 120)
+{
+	struct dmn d = { 0 };
+	dmn_start(&d, false, (const char *const[]){ "--table-bytes", "64M", NULL });
+	dynemb_client *c = conn(&d);
+	int t;
+	cr_assert_eq(open_as(c, "big", 64, &t), 0);
+	uint64_t done;
+	/* 3M rows of 256 bytes: 768 MiB of values, twelve times what the table may hold */
+	int err = fill(c, t, 3u << 20, &done);
+	cr_assert_eq(err, -ENOSPC, "growth past table_bytes: %d (%s) after %llu rows", err,
+		     dynemb_strerror(err), (unsigned long long)done);
+	cr_expect_gt(done, 50000, "the table took %llu rows before it was full",
+		     (unsigned long long)done);
+	/* what was acknowledged is still there */
+	static float out[4096 * 64];
+	uint64_t keys[4096];
+	uint8_t st[4096];
+	for (unsigned i = 0; i < 4096; i++)
+		keys[i] = i + 1;
+	cr_assert_eq(dynemb_lookup(c, t, keys, 4096, out, st, DYNEMB_READONLY, 0), 0);
+	for (unsigned i = 0; i < 4096; i++)
+		cr_assert(st[i] == DYNEMB_ST_FOUND && out[i * 64] == (float)(keys[i] % 1000));
+	/* the daemon's memory: the table's 64 MiB and the channel's 8 MiB plus the daemon
+	 * itself; 384 MiB leaves room for a sanitizer's own */
+	uint64_t rss = status_kib(d.pid, "VmRSS:");
+	cr_expect_lt(rss, 384 * 1024, "the daemon's RSS is %llu KiB", (unsigned long long)rss);
+	/* another table is not affected */
+	int t2;
+	cr_assert_eq(open_as(c, "small", 64, &t2), 0);
+	cr_expect_eq(fill(c, t2, 8192, &done), 0);
+	dynemb_close(c);
+	dmn_stop(&d);
+	dmn_cleanup(&d);
+}
+
+Test(quota, growth_past_uid_bytes_is_edquot, .timeout = 120)
+{
+	struct dmn d = { 0 };
+	dmn_start(&d, false, (const char *const[]){ "--uid-bytes", "64M", "--table-bytes", "1G",
+						    NULL });
+	dynemb_client *c = conn(&d);
+	int t;
+	cr_assert_eq(open_as(c, "big", 64, &t), 0);
+	uint64_t done;
+	int err = fill(c, t, 3u << 20, &done);
+	cr_assert_eq(err, -EDQUOT, "growth past uid_bytes: %d (%s)", err, dynemb_strerror(err));
+	dynemb_close(c);
+	dmn_stop(&d);
+	/* the daemon said which quota */
+	FILE *f = fopen(d.log, "r");
+	char line[600];
+	bool named = false;
+	while (f && fgets(line, sizeof line, f))
+		named |= strstr(line, "cannot grow") && strstr(line, "uid_bytes");
+	if (f)
+		fclose(f);
+	cr_expect(named, "the log names the quota ([quota] uid_bytes)");
+	dmn_cleanup(&d);
+}
+
+/* ---- sketch -------------------------------------------------------------------------------- */
+
+Test(quota, sketch_larger_than_budget_is_refused, .timeout = 60)
+{
+	struct dmn d = { 0 };
+	dmn_start(&d, false, (const char *const[]){ "--table-bytes", "1G", NULL });
+	dynemb_client *c = conn(&d);
+	struct dynemb_table_spec s = spec("sk", 8);
+	s.admission = (struct dynemb_admission_spec){ .mode = DYNEMB_ADMISSION_COUNT,
+						      .min_count = 2, .sketch_width = 1u << 28,
+						      .sketch_depth = 8 };
+	int t;
+	int err = dynemb_open(c, &s, &t);
+	cr_assert_eq(err, -EINVAL, "a 2^28 x 8 sketch (4 GiB) in a 1 GiB table: %d", err);
+	const char *m = dynemb_strerror(err);
+	cr_expect(strstr(m, "sketch") && strstr(m, "4096 MiB") && strstr(m, "table_bytes"),
+		  "the message names the sketch, its size and the budget: %s", m);
+	/* the same in an evicting table: its budget counts */
+	s.eviction = (struct dynemb_eviction_spec){ .policy = DYNEMB_EVICTION_LRU,
+						    .budget_bytes = 64 * MiB };
+	s.admission.sketch_width = 1u << 24; /* 256 MiB */
+	err = dynemb_open(c, &s, &t);
+	cr_assert_eq(err, -EINVAL);
+	cr_expect(strstr(dynemb_strerror(err), "eviction.budget_bytes"), "%s",
+		  dynemb_strerror(err));
+	/* one that fits is fine */
+	s.admission.sketch_width = 1u << 16;
+	err = dynemb_open(c, &s, &t);
+	cr_expect_eq(err, 0, "%s", dynemb_strerror(err));
+	dynemb_close(c);
+	dmn_stop(&d);
+	dmn_cleanup(&d);
+}
+
+/* ---- drop -------------------------------------------------------------------------------- */
+
+static int nobody_drops(const struct dmn *d)
+{
+	dynemb_client *c = conn_quiet(d);
+	if (!c)
+		return 10;
+	int err = dynemb_drop_table(c, "mine", NULL);
+	bool named = strstr(dynemb_strerror(err), "has no 'drop' right on table 'mine'") != NULL;
+	dynemb_close(c);
+	return err == -EACCES && named ? 0 : 11;
+}
+
+Test(quota, drop_returns_memory_and_refuses_what_it_must, .timeout = 60)
+{
+	struct dmn d = { 0 };
+	bool root = geteuid() == 0;
+	dmn_start(&d, false, root ? (const char *const[]){ "--uid-tables", "2", "--allow-uid",
+							   "0,65534", NULL }
+				  : (const char *const[]){ "--uid-tables", "2", NULL });
+	dynemb_client *c = conn(&d);
+	int t;
+	cr_assert_eq(open_as(c, "mine", 64, &t), 0);
+	uint64_t done;
+	cr_assert_eq(fill(c, t, 65536, &done), 0);
+	cr_assert_eq(open_as(c, "other", 4, &t), 0);
+	cr_assert_gt(maps_with(d.pid, "dynemb:mine"), 0, "the table's memfds are mapped");
+	/* the quota is full: a third table is refused until one is dropped */
+	cr_assert_eq(open_as(c, "third", 4, &t), -EDQUOT);
+	/* refused: open (this connection counts), not there, another uid */
+	int err = dynemb_drop_table(c, "mine", NULL);
+	cr_expect_eq(err, -EBUSY, "drop of an open table: %d", err);
+	cr_expect(strstr(dynemb_strerror(err), "open on 1 connection"), "%s",
+		  dynemb_strerror(err));
+	dynemb_close(c);
+	c = conn(&d);
+	err = dynemb_drop_table(c, "nosuch", NULL);
+	cr_expect_eq(err, -ENOENT);
+	cr_expect(strstr(dynemb_strerror(err), "no table 'nosuch'"), "%s", dynemb_strerror(err));
+	if (root)
+		cr_expect_eq(as_nobody(nobody_drops, &d), 0, "uid 65534 dropped uid 0's table");
+	/* dropped: memory back, count back */
+	uint64_t bytes = 0;
+	err = dynemb_drop_table(c, "mine", &bytes);
+	cr_assert_eq(err, 0, "drop: %s", dynemb_strerror(err));
+	cr_expect_geq(bytes, 2 * MiB, "%llu bytes given back", (unsigned long long)bytes);
+	cr_expect_eq(maps_with(d.pid, "dynemb:mine"), 0, "the table's memfds left the daemon");
+	cr_expect_eq(dynemb_drop_table(c, "mine", NULL), -ENOENT, "dropped twice");
+	cr_expect_eq(open_as(c, "third", 4, &t), 0, "the dropped table's count came back");
+	/* the name is free: a new table of it starts empty */
+	cr_assert_eq(open_as(c, "mine", 64, &t), -EDQUOT); /* two tables again */
+	dynemb_close(c);
+	dmn_stop(&d);
+	dmn_cleanup(&d);
+}
+
+Test(quota, drop_of_an_evicting_table_is_refused, .timeout = 60)
+{
+	struct dmn d = { 0 };
+	dmn_start(&d, false, NULL);
+	dynemb_client *c = conn(&d);
+	struct dynemb_table_spec s = spec("ev", 8);
+	s.eviction = (struct dynemb_eviction_spec){ .policy = DYNEMB_EVICTION_LRU,
+						    .budget_bytes = 8 * MiB };
+	int t;
+	cr_assert_eq(dynemb_open(c, &s, &t), 0);
+	dynemb_close(c);
+	c = conn(&d);
+	int err = dynemb_drop_table(c, "ev", NULL);
+	cr_expect_eq(err, -EBUSY);
+	cr_expect(strstr(dynemb_strerror(err), "eviction"), "%s", dynemb_strerror(err));
+	dynemb_close(c);
+	dmn_stop(&d);
+	dmn_cleanup(&d);
+}
+
+static bool has_file(const char *dir, const char *prefix)
+{
+	DIR *dd = opendir(dir);
+	bool found = false;
+	struct dirent *e;
+	while (dd && (e = readdir(dd)))
+		found |= !strncmp(e->d_name, prefix, strlen(prefix));
+	if (dd)
+		closedir(dd);
+	return found;
+}
+
+static struct dynemb_table_spec sync_spec(const char *name)
+{
+	struct dynemb_table_spec s = spec(name, 4);
+	s.durability.mode = DYNEMB_DURABLE_SYNC;
+	return s;
+}
+
+/* Keys 1..n of table name read back: how many are there. */
+static unsigned present(dynemb_client *c, const char *name, unsigned n)
+{
+	struct dynemb_table_spec s = sync_spec(name);
+	int t;
+	int err = dynemb_open(c, &s, &t);
+	cr_assert_eq(err, 0, "%s", dynemb_strerror(err));
+	uint64_t keys[64];
+	float out[64 * 4];
+	uint8_t st[64];
+	for (unsigned i = 0; i < n; i++)
+		keys[i] = i + 1;
+	cr_assert_eq(dynemb_lookup(c, t, keys, n, out, st, DYNEMB_READONLY, 0), 0);
+	unsigned k = 0;
+	for (unsigned i = 0; i < n; i++)
+		k += st[i] == DYNEMB_ST_FOUND;
+	return k;
+}
+
+Test(quota, drop_is_durable_and_ids_are_not_reused, .timeout = 120)
+{
+	struct dmn d = { 0 };
+	dmn_start(&d, true, NULL);
+	dynemb_client *c = conn(&d);
+	struct dynemb_table_spec s = sync_spec("gone");
+	int t;
+	int err = dynemb_open(c, &s, &t);
+	cr_assert_eq(err, 0, "%s", dynemb_strerror(err));
+	uint64_t keys[64];
+	float vals[64 * 4];
+	for (unsigned i = 0; i < 64; i++) {
+		keys[i] = i + 1;
+		for (unsigned j = 0; j < 4; j++)
+			vals[i * 4 + j] = (float)i;
+	}
+	cr_assert_eq(dynemb_update(c, t, keys, 64, vals, 1, NULL), 0);
+	dynemb_close(c);
+	cr_assert(has_file(d.data, "snap-00000001-"), "table id 1 has its snapshot");
+	c = conn(&d);
+	err = dynemb_drop_table(c, "gone", NULL);
+	cr_assert_eq(err, 0, "%s", dynemb_strerror(err));
+	dynemb_close(c);
+	cr_expect(!has_file(d.data, "snap-00000001-"), "the dropped table's snapshots went");
+	dmn_stop(&d);
+
+	/* a restart does not bring it back; a new table gets a new id */
+	dmn_start(&d, true, NULL);
+	c = conn(&d);
+	cr_expect_eq(dynemb_drop_table(c, "gone", NULL), -ENOENT, "the drop did not last");
+	cr_expect_eq(present(c, "again", 64), 0, "a new table starts empty");
+	dynemb_close(c);
+	cr_expect(!has_file(d.data, "snap-00000001-"), "id 1 is not given again");
+	cr_expect(has_file(d.data, "snap-00000002-"), "the new table is id 2");
+	dmn_stop(&d);
+
+	/* and replay never puts the dropped table's WAL records into it */
+	dmn_start(&d, true, NULL);
+	c = conn(&d);
+	cr_expect_eq(present(c, "again", 64), 0, "the dropped table's rows came back");
+	dynemb_close(c);
+	dmn_stop(&d);
+	dmn_cleanup(&d);
+}
+
+Test(quota, dynembctl_drop, .timeout = 60)
+{
+	const char *ctl = getenv("DYNEMBCTL");
+	if (!ctl)
+		cr_skip_test("DYNEMBCTL is not set (meson sets it)");
+	struct dmn d = { 0 };
+	dmn_start(&d, false, NULL);
+	dynemb_client *c = conn(&d);
+	int t;
+	cr_assert_eq(open_as(c, "cli", 4, &t), 0);
+	dynemb_close(c);
+	char cmd[400], out[256] = "";
+	snprintf(cmd, sizeof cmd, "'%s' --socket '%s' drop cli 2>&1", ctl, d.sock);
+	FILE *p = popen(cmd, "r");
+	cr_assert_not_null(p);
+	size_t n = fread(out, 1, sizeof out - 1, p);
+	out[n] = 0;
+	int st = pclose(p);
+	cr_expect(WIFEXITED(st) && WEXITSTATUS(st) == 0, "dynembctl drop: %s", out);
+	cr_expect(strstr(out, "dropped cli"), "%s", out);
+	p = popen(cmd, "r");
+	n = fread(out, 1, sizeof out - 1, p);
+	out[n] = 0;
+	st = pclose(p);
+	cr_expect(WIFEXITED(st) && WEXITSTATUS(st) == 1, "a second drop fails: %s", out);
+	cr_expect(strstr(out, "no table 'cli'"), "%s", out);
+	dmn_stop(&d);
+	dmn_cleanup(&d);
+}
