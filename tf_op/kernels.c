@@ -344,8 +344,8 @@ static int get_keys(TF_Tensor *t, const struct kern *k, struct keys *out, char *
 		return -ENOMEM;
 	}
 	for (size_t i = 0; i < out->n; i++) {
-		out->ptrs[i] = TF_StringGetDataPointer(&s[i]);
-		out->lens[i] = TF_StringGetSize(&s[i]);
+		out->ptrs[i] = de_tf_string_data(&s[i]);
+		out->lens[i] = de_tf_string_size(&s[i]);
 		if (!out->ptrs[i] && out->lens[i]) {
 			keys_free(out);
 			snprintf(err, errlen, "keys: string %zu has no data", i);
