@@ -1,7 +1,7 @@
 """dynemb.tensorflow: the paper's DynamicEmbedding ops for TensorFlow 2.
 
 Wrappers over the ops of ``libdynemb_tf.so`` (tf_op/kernels.c, TensorFlow's stable C
-API; built by meson only where TensorFlow is installed), with the paper's names and
+API; built by meson against the project venv's TensorFlow), with the paper's names and
 argument order::
 
     import dynemb.tensorflow as detf
@@ -16,7 +16,8 @@ argument order::
 * Gradients: the lookup's registered gradient sums the incoming gradient per unique key
   (``tf.unique`` + ``tf.math.unsorted_segment_sum``) and sends it with
   ``DynamicEmbeddingUpdate(gradients=1)`` (``dynemb_apply_gradients``): the daemon runs the
-  table's optimizer. The gradient hangs on a scalar float *trigger* input: TensorFlow
+  table's optimizer. The trigger's gradient (always 0) is computed from the push's
+  output, so graph rewrites (Keras' train function) cannot drop the push. The gradient hangs on a scalar float *trigger* input: TensorFlow
   only computes gradients towards variables, so a lookup pushes when the trigger variable
   is among the sources of ``tape.gradient`` / the model's trainable weights. The Keras
   layer owns one (its only weight; Keras' optimizer steps it with a zero gradient, which
@@ -34,11 +35,15 @@ argument order::
 config: a :class:`DynamicEmbeddingConfig` or a dict of its arguments; both map to the
 config text the ops take (:func:`config_text`), which tf_op/de_tf.c parses into
 ``struct dynemb_table_spec``. Two processes that open the same ``var_name`` must use the same
-config (``-EEXIST`` otherwise, as a FAILED_PRECONDITION error).
+config (``-EEXIST`` otherwise, as ``tf.errors.InvalidArgumentError`` naming the field).
+No daemon at the address, or none answering within ``timeout_ms``:
+``tf.errors.UnavailableError``. Key 0 and the empty string read as zeros (no feature).
 
-Not tested here (no TensorFlow on the build machines): everything that needs TensorFlow.
-The config mapping is tested with pytest (tf_op/python/tests, marker tensorflow); the
-kernels are tested in C through a stand-in of TensorFlow's C API (tests/tf_standin).
+Tested in real TensorFlow (tf_op/python/tests/test_tf_ops.py, marker tensorflow): values
+vs the table's rows, the pushed gradients, SGD / Adagrad training vs Keras' optimizers on
+a dense tf.Variable, the Keras layer in eager, tf.function and model.fit, the errors.
+The kernels' fault paths are tested in C through a stand-in of TensorFlow's C API
+(tests/tf_standin).
 
 The op library is found through ``$DYNEMB_TF_LIB``, then
 ``$DYNEMB_BUILD/tf_op/libdynemb_tf.so``.
@@ -196,13 +201,14 @@ def config_text(config):
 
 # ---- TensorFlow ------------------------------------------------------------------------
 
-try:
-    import tensorflow as tf
-except ImportError as _e:  # pragma: no cover - depends on the machine
-    if os.environ.get("DYNEMB_TF_CONFIG_ONLY") != "1":
-        raise ImportError("dynemb.tensorflow needs TensorFlow 2 (`import tensorflow` failed: "
-                          f"{_e}); dynemb and dynemb.torch work without it") from _e
-    tf = None
+if os.environ.get("DYNEMB_TF_CONFIG_ONLY") == "1":
+    tf = None  # the config half only (its tests), even where TensorFlow is installed
+else:
+    try:
+        import tensorflow as tf
+    except ImportError as _e:  # pragma: no cover - depends on the machine
+        raise ImportError("dynemb.tensorflow needs TensorFlow 2 (`import tensorflow` "
+                          f"failed: {_e}); dynemb and dynemb.torch work without it") from _e
 
 _lib = None
 _triggers = {}
@@ -287,8 +293,10 @@ if tf is not None:
     @tf.RegisterGradient("DynamicEmbeddingLookup")
     def _lookup_grad(op, grad):
         push = _push(op, op.inputs[0], grad)
-        with tf.control_dependencies([push]):
-            return [None, tf.zeros_like(op.inputs[1])]
+        # the trigger's gradient is 0 computed from the push's count: a data dependency,
+        # so no graph rewrite (Keras' train function, grappler) can drop the push the way
+        # a control dependency on a constant zero can be dropped
+        return [None, tf.zeros_like(op.inputs[1]) * tf.cast(tf.minimum(push, 0), tf.float32)]
 
     @tf.RegisterGradient("DynamicEmbeddingSampledLogits")
     def _sampled_grad(op, g_logits, *unused):
@@ -303,8 +311,8 @@ if tf is not None:
         dws = tf.matmul(gs, x, transpose_a=True)
         push = _push(op, tf.concat([tf.reshape(labels, [-1]), sampled], 0),
                      tf.concat([dwt, dws], 0))
-        with tf.control_dependencies([push]):
-            return [tf.identity(dx), None]
+        # dx carries the push as a data dependency (see _lookup_grad)
+        return [dx + tf.cast(tf.minimum(push, 0), dx.dtype), None]
 
 
 def top_k(queries, k, config, var_name, metric="dot", service_address="", timeout_ms=-1):
