@@ -8,6 +8,8 @@ libdynemb_tf.so loaded with tf.load_op_library, against the session's dynembd (c
 * Training: rows after several SGD / Adagrad steps equal a reference trained by TensorFlow
   itself (Keras' optimizer on a dense tf.Variable holding the same initial rows).
 * Keras: the DynamicEmbedding layer in eager, in tf.function and in model.fit.
+* Zero-copy lifetime: an output kept alive across many later lookups and row changes
+  keeps its values; a tf.data map with parallel calls returns the rows.
 * Errors: TensorFlow errors carrying the daemon's reason (UnavailableError with no daemon,
   InvalidArgumentError for a config mismatch), and the process goes on.
 
@@ -255,3 +257,34 @@ def test_bad_keys_and_no_optimizer_are_tf_errors(daemon, tname):
         detf.dynamic_embedding_update(tf.constant([1], tf.int64), np.ones((1, 2)),
                                       dict(dim=2), tname, service_address=daemon,
                                       gradients=True)
+
+
+# ---- zero-copy outputs and parallel calls ----------------------------------------------------
+
+def test_an_output_kept_alive_across_many_lookups_stays_valid(daemon, client, tname):
+    cfg = dict(dim=8, seed=2)
+    keys = tf.constant([5, 6, 7], tf.int64)
+    kept = detf.dynamic_embedding_lookup(keys, cfg, tname, service_address=daemon)
+    want = kept.numpy().copy()
+    t = client.open(tname, 8, seed=2)
+    # later lookups (more than the connections an output may hold, so later ones are
+    # copies) and new rows for the same keys must not change the kept tensor: it holds
+    # the lookup's result, not the table
+    for i in range(40):
+        t.update(np.array([5, 6, 7], np.int64), np.full((3, 8), float(i), np.float32))
+        detf.dynamic_embedding_lookup(tf.constant([5, 6, 7, 100 + i], tf.int64), cfg, tname,
+                                      service_address=daemon)
+    np.testing.assert_array_equal(kept.numpy(), want)
+    np.testing.assert_allclose(tf.reduce_sum(kept, 1).numpy(), want.sum(1), rtol=1e-6)
+    del kept
+
+
+def test_tf_data_map_with_parallel_calls(daemon, client, tname):
+    cfg = dict(dim=4, seed=4)
+    keys = np.arange(1, 257, dtype=np.int64).reshape(64, 4)
+    ds = tf.data.Dataset.from_tensor_slices(keys).map(
+        lambda k: detf.dynamic_embedding_lookup(k, cfg, tname, service_address=daemon,
+                                                skip_gradient_update=True),
+        num_parallel_calls=4, deterministic=True)
+    got = np.stack([x.numpy() for x in ds])
+    np.testing.assert_array_equal(got, _rows(client, tname, keys, dim=4, seed=4))
