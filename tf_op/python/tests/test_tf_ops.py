@@ -6,7 +6,8 @@ libdynemb_tf.so loaded with tf.load_op_library, against the session's dynembd (c
 * Gradient: the registered gradient pushes the per-unique-key sums of the incoming
   gradient; checked against SGD steps computed here in NumPy, eagerly and in tf.function.
 * Training: rows after several SGD / Adagrad steps equal a reference trained by TensorFlow
-  itself (Keras' optimizer on a dense tf.Variable holding the same initial rows).
+  itself (Keras' optimizer on a dense tf.Variable holding the same initial rows); Adam
+  rows equal a lazy per-key Adam written in TF ops.
 * Keras: the DynamicEmbedding layer in eager, in tf.function and in model.fit.
 * Zero-copy lifetime: an output kept alive across many later lookups and row changes
   keeps its values; a tf.data map with parallel calls returns the rows.
@@ -185,6 +186,59 @@ def test_training_rows_equal_a_dense_tf_variable_reference(daemon, client, tname
     got = _rows(client, tname, np.arange(1, _VOCAB + 1), dim=_DIM, init="zeros", optimizer=opt, **hp)
     assert np.abs(got - init).max() > 1e-3  # it trained
     np.testing.assert_allclose(got, dense.numpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_adam_rows_equal_a_lazy_per_key_reference_in_tf_ops(daemon, client, tname):
+    """Adam: dynemb steps a key only when it is in the batch, with its own step count
+    (lazy Adam, torch's formulas). Keras' Adam on a dense variable would move every row
+    every step (its moments decay and its step count is global), so the reference here
+    is that per-key rule written in TF ops."""
+    init = np.random.default_rng(9).uniform(-0.5, 0.5, (_VOCAB, _DIM)).astype(np.float32)
+    proj = tf.constant(np.random.default_rng(10).standard_normal((3, _DIM)), tf.float32)
+    lr, b1, b2, eps = 0.05, 0.9, 0.999, 1e-8
+    hp = dict(lr=lr, betas=(b1, b2), eps=eps)
+    cfg = detf.DynamicEmbeddingConfig(_DIM, initializer="zeros", optimizer="adam", **hp)
+    client.open(tname, _DIM, init="zeros", optimizer="adam", **hp).update(
+        np.arange(1, _VOCAB + 1, dtype=np.int64), init)
+    trig = detf.trigger_variable(tname)
+    w, m, v = (tf.Variable(init), tf.Variable(tf.zeros_like(init)),
+               tf.Variable(tf.zeros_like(init)))
+    t = tf.Variable(tf.zeros([_VOCAB], tf.float32))
+
+    @tf.function
+    def ref_step(k, y):
+        with tf.GradientTape() as tape:
+            loss = _loss(tf.gather(w, k - 1), proj, y)
+        g = tf.convert_to_tensor(tape.gradient(loss, w))
+        rows, _ = tf.unique(tf.reshape(k - 1, [-1]))
+        idx = rows[:, None]
+        tk = tf.gather(t, rows) + 1.0
+        gk = tf.gather(g, rows)
+        mk = b1 * tf.gather(m, rows) + (1 - b1) * gk
+        vk = b2 * tf.gather(v, rows) + (1 - b2) * gk * gk
+        bc1, bc2 = 1 - tf.pow(b1, tk), 1 - tf.pow(b2, tk)
+        pk = tf.gather(w, rows) - (lr / bc1)[:, None] * mk / (
+            tf.sqrt(vk) / tf.sqrt(bc2)[:, None] + eps)
+        for var, val in ((t, tk), (m, mk), (v, vk), (w, pk)):
+            var.scatter_nd_update(idx, val)
+        return loss
+
+    @tf.function
+    def dyn_step(k, y):
+        with tf.GradientTape() as tape:
+            loss = _loss(detf.dynamic_embedding_lookup(k, cfg, tname, service_address=daemon),
+                         proj, y)
+        tape.gradient(loss, trig)
+        return loss
+
+    for k, y in _batches(n=8, seed=11):
+        l_dyn = dyn_step(tf.constant(k), tf.constant(y))
+        l_ref = ref_step(tf.constant(k), tf.constant(y))
+        np.testing.assert_allclose(float(l_dyn), float(l_ref), rtol=1e-4, atol=1e-6)
+    got = _rows(client, tname, np.arange(1, _VOCAB + 1), dim=_DIM, init="zeros",
+                optimizer="adam", **hp)
+    assert np.abs(got - init).max() > 1e-2  # it trained
+    np.testing.assert_allclose(got, w.numpy(), rtol=1e-4, atol=1e-5)
 
 
 # ---- Keras ---------------------------------------------------------------------------------
