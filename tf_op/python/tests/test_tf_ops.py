@@ -9,6 +9,7 @@ libdynemb_tf.so loaded with tf.load_op_library, against the session's dynembd (c
   itself (Keras' optimizer on a dense tf.Variable holding the same initial rows); Adam
   rows equal a lazy per-key Adam written in TF ops.
 * Keras: the DynamicEmbedding layer in eager, in tf.function and in model.fit.
+  A learning-rate schedule given to the layer reaches the daemon with each push.
 * Zero-copy lifetime: an output kept alive across many later lookups and row changes
   keeps its values; a tf.data map with parallel calls returns the rows.
 * Errors: TensorFlow errors carrying the daemon's reason (UnavailableError with no daemon,
@@ -280,6 +281,32 @@ def test_keras_layer_eager_tf_function_and_fit(daemon, client, tname):
     after = _rows(client, tname, np.arange(1, 21), **spec)
     assert np.abs(after - before).max() > 1e-2, "fit pushed no gradient to the table"
     assert hist[-1] < 0.5 * hist[0], f"fit did not converge: {hist}"
+
+
+@pytest.mark.parametrize("graph", [False, True], ids=["eager", "tf_function"])
+def test_keras_learning_rate_schedule_reaches_the_daemon(daemon, client, tname, graph):
+    cfg, keys, w, init, _ = _sgd_case(tname, lr=0.5)   # the table's lr 0.5: overridden
+    client.open(tname, 4, init="zeros", optimizer="sgd", lr=0.5).update(
+        np.array([1, 2, 3], np.int64), init)
+    sched = tf.keras.optimizers.schedules.ExponentialDecay(0.1, decay_steps=1,
+                                                           decay_rate=0.5, staircase=True)
+    layer = detf.DynamicEmbedding(cfg, tname, service_address=daemon, learning_rate=sched)
+
+    def step(k):
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_sum(layer(k, training=True) * w)
+        return tape.gradient(loss, layer.trainable_weights)
+
+    if graph:
+        step = tf.function(step)
+    want = init.copy()
+    for s in range(3):
+        step(tf.constant(keys))
+        for pos, k in np.ndenumerate(keys):   # lr of step s: 0.1 * 0.5^s
+            want[k - 1] -= 0.1 * 0.5 ** s * w[pos]
+    assert int(layer.step.numpy()) == 3
+    got = _rows(client, tname, [1, 2, 3], dim=4, init="zeros", optimizer="sgd", lr=0.5)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
 
 
 # ---- errors --------------------------------------------------------------------------------
