@@ -10,6 +10,7 @@ libdynemb_tf.so loaded with tf.load_op_library, against the session's dynembd (c
   rows equal a lazy per-key Adam written in TF ops.
 * Keras: the DynamicEmbedding layer in eager, in tf.function and in model.fit.
   A learning-rate schedule given to the layer reaches the daemon with each push.
+  Two layers (two models) with the same (var_name, config) share the table.
 * Zero-copy lifetime: an output kept alive across many later lookups and row changes
   keeps its values; a tf.data map with parallel calls returns the rows.
 * Errors: TensorFlow errors carrying the daemon's reason (UnavailableError with no daemon,
@@ -281,6 +282,22 @@ def test_keras_layer_eager_tf_function_and_fit(daemon, client, tname):
     after = _rows(client, tname, np.arange(1, 21), **spec)
     assert np.abs(after - before).max() > 1e-2, "fit pushed no gradient to the table"
     assert hist[-1] < 0.5 * hist[0], f"fit did not converge: {hist}"
+
+
+def test_two_keras_models_share_one_table_by_name_and_config(daemon, client, tname):
+    cfg, keys, w, init, want = _sgd_case(tname)
+    client.open(tname, 4, init="zeros", optimizer="sgd", lr=0.5).update(
+        np.array([1, 2, 3], np.int64), init)
+    a = detf.DynamicEmbedding(cfg, tname, service_address=daemon)
+    b = detf.DynamicEmbedding(detf.config_text(cfg), tname, service_address=daemon)
+    k = tf.constant(keys)
+    np.testing.assert_array_equal(a(k, training=False).numpy(), b(k, training=False).numpy())
+    with tf.GradientTape() as tape:   # one SGD step through model a ...
+        loss = tf.reduce_sum(a(k, training=True) * w)
+    tape.gradient(loss, a.trainable_weights)
+    # ... is what model b reads
+    np.testing.assert_allclose(b(tf.constant([[1, 2, 3]], tf.int64), training=False)
+                               .numpy()[0], want, rtol=1e-6, atol=1e-6)
 
 
 @pytest.mark.parametrize("graph", [False, True], ids=["eager", "tf_function"])
