@@ -1,13 +1,18 @@
-#!/usr/bin/python3
+#!/usr/bin/env python3
 """tests/python_venv.py: the Python package (tf_op/python) installed the way a user
 installs it, for meson's tests (tests/meson.build and tests/install/meson.build call it).
 
+Every venv made here is built on the project venv (.venv at the repository root, which
+tools/install-deps.sh fills from tools/python-requirements.txt: TensorFlow, torch, numpy,
+pytest, matplotlib): made with that venv's interpreter, and a .pth file puts its
+site-packages on sys.path, after the new venv's own (so the package installed here wins,
+and the project venv is never written to).
+
   python_venv.py setup VENV PKG STAMP
-      The meson custom target 'python-venv': creates VENV once with
-      `/usr/bin/python3 -m venv --system-site-packages` (Debian's numpy, torch, pytest and
-      matplotlib stay visible) and `pip install --no-deps --no-build-isolation` PKG into it,
-      not editable, from a copy (setuptools' build/ and egg-info stay out of the source
-      tree); then touches STAMP. Re-run by meson when the package's files change.
+      The meson custom target 'python-venv': creates VENV once (as above) and
+      `pip install --no-deps --no-build-isolation` PKG into it, not editable, from a copy
+      (setuptools' build/ and egg-info stay out of the source tree); then touches STAMP.
+      Re-run by meson when the package's files change.
 
   python_venv.py pytest PYTHON ARGS...
       Runs `PYTHON -m pytest ARGS` (with the working directory meson gives, outside
@@ -15,8 +20,8 @@ installs it, for meson's tests (tests/meson.build and tests/install/meson.build 
       collected, or every test deselected by -m) or every test skipped.
 
   python_venv.py user PKG LIB
-      What a user does: a fresh venv in a temporary directory (system site packages, for
-      Debian's numpy), `pip install PKG` from a copy of the tree (build isolation: pip
+      What a user does: a fresh venv in a temporary directory (as above, for numpy),
+      `pip install PKG` from a copy of the tree (build isolation: pip
       fetches setuptools from PyPI), then `python -c "import dynemb"` from outside the tree
       with DYNEMB_LIB=LIB; checks the package loaded LIB.
 """
@@ -27,7 +32,25 @@ import subprocess
 import sys
 import tempfile
 
-BASE_PYTHON = "/usr/bin/python3"
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
+PROJECT_VENV = os.path.join(ROOT, ".venv")
+PROJECT_PYTHON = os.path.join(PROJECT_VENV, "bin", "python")
+
+
+def _make_venv(venv):
+    """venv from the project venv's interpreter, the project venv's packages visible."""
+    if not os.access(PROJECT_PYTHON, os.X_OK):
+        sys.exit(f"python_venv.py: no project venv at {PROJECT_VENV}: run tools/install-deps.sh")
+    subprocess.run([PROJECT_PYTHON, "-m", "venv", venv], check=True)
+    py = os.path.join(venv, "bin", "python")
+    site = subprocess.run([py, "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
+                          check=True, capture_output=True, text=True).stdout.strip()
+    base = subprocess.run([PROJECT_PYTHON, "-c",
+                           "import sysconfig; print(sysconfig.get_path('purelib'))"],
+                          check=True, capture_output=True, text=True).stdout.strip()
+    with open(os.path.join(site, "dynemb-project-venv.pth"), "w") as f:
+        f.write(base + "\n")
+    return py
 
 
 def _copy_package(pkg, dest):
@@ -37,8 +60,12 @@ def _copy_package(pkg, dest):
 
 def setup(venv, pkg, stamp):
     py = os.path.join(venv, "bin", "python")
-    if not os.path.exists(py):
-        subprocess.run([BASE_PYTHON, "-m", "venv", "--system-site-packages", venv], check=True)
+    pth = subprocess.run([py, "-c", "import sysconfig, os; print(os.path.exists(os.path.join("
+                          "sysconfig.get_path('purelib'), 'dynemb-project-venv.pth')))"],
+                         capture_output=True, text=True) if os.path.exists(py) else None
+    if pth is None or pth.stdout.strip() != "True":
+        shutil.rmtree(venv, ignore_errors=True)  # none yet, or one of an older layout
+        py = _make_venv(venv)
     with tempfile.TemporaryDirectory(prefix="dynemb-pkg.") as tmp:
         src = os.path.join(tmp, "python")
         _copy_package(pkg, src)
@@ -75,8 +102,7 @@ def user(pkg, lib):
         tree = os.path.join(tmp, "src")
         _copy_package(pkg, os.path.join(tree, "tf_op", "python"))
         venv = os.path.join(tmp, "venv")
-        subprocess.run([BASE_PYTHON, "-m", "venv", "--system-site-packages", venv], check=True)
-        py = os.path.join(venv, "bin", "python")
+        py = _make_venv(venv)
         env = {k: v for k, v in os.environ.items()
                if k not in ("DYNEMB_BUILD", "PYTHONPATH", "PYTHONHOME")}
         subprocess.run([py, "-m", "pip", "install", "--quiet", "--disable-pip-version-check",

@@ -73,11 +73,14 @@ struct kern {
 static TF_Code code_of(int err)
 {
 	switch (-err) {
-	case EINVAL: case ERANGE: case EDOM: return TF_INVALID_ARGUMENT;
-	case EEXIST: case EOPNOTSUPP: return TF_FAILED_PRECONDITION;
+	/* EEXIST: the table exists with another config, i.e. the op's config attribute
+	 * disagrees with the daemon's table (tf.errors.InvalidArgumentError). */
+	case EINVAL: case ERANGE: case EDOM: case EEXIST: return TF_INVALID_ARGUMENT;
+	case EOPNOTSUPP: return TF_FAILED_PRECONDITION;
+	/* no daemon, or none answering within timeout_ms: tf.errors.UnavailableError (the
+	 * retryable code; the message says which) */
 	case ENOENT: case ECONNREFUSED: case EPIPE: case ECONNRESET: case ENOTCONN:
-	case ESHUTDOWN: return TF_UNAVAILABLE;
-	case ETIMEDOUT: return TF_DEADLINE_EXCEEDED;
+	case ESHUTDOWN: case ETIMEDOUT: return TF_UNAVAILABLE;
 	case ENOMEM: case ENOSPC: case ENOBUFS: case E2BIG: case EAGAIN: return TF_RESOURCE_EXHAUSTED;
 	case EACCES: case EPERM: return TF_PERMISSION_DENIED;
 	default: return TF_INTERNAL;
@@ -344,8 +347,8 @@ static int get_keys(TF_Tensor *t, const struct kern *k, struct keys *out, char *
 		return -ENOMEM;
 	}
 	for (size_t i = 0; i < out->n; i++) {
-		out->ptrs[i] = TF_StringGetDataPointer(&s[i]);
-		out->lens[i] = TF_StringGetSize(&s[i]);
+		out->ptrs[i] = de_tf_string_data(&s[i]);
+		out->lens[i] = de_tf_string_size(&s[i]);
 		if (!out->ptrs[i] && out->lens[i]) {
 			keys_free(out);
 			snprintf(err, errlen, "keys: string %zu has no data", i);

@@ -20,11 +20,23 @@
 #ifdef DE_TF_HAVE_TF_HEADERS
 
 #include "tensorflow/c/kernels.h"
+/* ops.h declares these as bare structs (valid C++ only); C needs the typedefs first. */
+typedef struct TF_DimensionHandle TF_DimensionHandle;
+typedef struct TF_OpDefinitionBuilder TF_OpDefinitionBuilder;
+typedef struct TF_ShapeHandle TF_ShapeHandle;
+typedef struct TF_ShapeInferenceContext TF_ShapeInferenceContext;
 #include "tensorflow/c/ops.h"
 #include "tensorflow/c/tf_datatype.h"
 #include "tensorflow/c/tf_status.h"
 #include "tensorflow/c/tf_tensor.h"
 #include "tensorflow/c/tf_tstring.h"
+
+/* The kernel API lives in libtensorflow_framework.so.2 (the one library the op library
+ * links), which does not export TF_StringGetDataPointer / TF_StringGetSize (only
+ * libtensorflow_cc.so.2 does): read a TF_TString with the header-only accessors of
+ * tsl/platform/ctstring_internal.h instead, the same layout. */
+#define de_tf_string_data TF_TString_GetDataPointer
+#define de_tf_string_size TF_TString_GetSize
 
 #else /* declarations copied from TensorFlow's C API headers */
 
@@ -205,6 +217,9 @@ TF_CAPI_EXPORT extern void TF_ShapeInferenceContextSetUnknownShape(TF_ShapeInfer
 #ifdef __cplusplus
 }
 #endif
+
+#define de_tf_string_data TF_StringGetDataPointer
+#define de_tf_string_size TF_StringGetSize
 
 #endif /* DE_TF_HAVE_TF_HEADERS */
 #endif /* DE_TF_C_API_H */

@@ -1,7 +1,12 @@
 #!/usr/bin/env bash
-# Installs every build and test dependency of dynemb on Debian 12 with apt-get.
-# Idempotent, and silent when everything is already there. Needs root (or sudo).
+# Installs every build and test dependency of dynemb: Debian 12's packages with apt-get,
+# then the project virtual environment .venv at the repository root (ignored by git) with
+# the pinned Python packages of tools/python-requirements.txt (TensorFlow, PyTorch, numpy,
+# pytest, matplotlib), from which meson builds the TensorFlow op library and every Python
+# test, demo and benchmark runs. Idempotent, and silent when everything is already there.
+# Needs root (or sudo) for apt-get.
 set -euo pipefail
+cd "$(dirname "$0")/.."
 
 pkgs=(
   gcc make pkg-config meson ninja-build    # toolchain and build
@@ -11,10 +16,7 @@ pkgs=(
   libinih-dev                               # dynembd's config file (INI)
   libcriterion-dev                          # C test framework
   clang libclang-rt-14-dev                  # libFuzzer targets (tools/fuzz.sh)
-  python3-numpy python3-pytest              # the Python package and its tests
-  python3-venv python3-setuptools python3-pip  # the venv the tests install the package into
-  python3-torch                             # the reference for the optimizer tests
-  python3-matplotlib                        # tools/demo's and tools/word2vec's plots
+  python3-venv python3-setuptools python3-pip  # .venv, and the venvs the tests make from it
   fio                                       # dynemb-bench persist's file-system baseline
 )
 
@@ -22,11 +24,32 @@ missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
 done
-[ ${#missing[@]} -eq 0 ] && exit 0
+if [ ${#missing[@]} -gt 0 ]; then
+  SUDO=""
+  [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  echo "install-deps: installing ${missing[*]}" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  $SUDO apt-get update -qq >/dev/null
+  $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
 
-SUDO=""
-[ "$(id -u)" -eq 0 ] || SUDO="sudo"
-echo "install-deps: installing ${missing[*]}" >&2
-export DEBIAN_FRONTEND=noninteractive
-$SUDO apt-get update -qq >/dev/null
-$SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+# The project venv, from Debian's python3 (the interpreter the venv's packages are
+# built for: cp311). .venv/dynemb-requirements.txt is the copy of the requirements it was
+# last installed from: the same file means nothing to do.
+venv=.venv
+req=tools/python-requirements.txt
+if [ -x "$venv/bin/python" ] && cmp -s "$req" "$venv/dynemb-requirements.txt"; then
+  exit 0
+fi
+echo "install-deps: installing $req into $venv (a few minutes the first time)" >&2
+[ -x "$venv/bin/python" ] || /usr/bin/python3 -m venv "$venv"
+log=$(mktemp)
+if ! "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -r "$req" \
+     > "$log" 2>&1; then
+  cat "$log" >&2
+  rm -f "$log"
+  echo "install-deps: pip install -r $req into $venv failed (output above)" >&2
+  exit 1
+fi
+rm -f "$log"
+cp "$req" "$venv/dynemb-requirements.txt"

@@ -31,7 +31,7 @@ import subprocess
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")  # Debian's python3-torch
+torch = pytest.importorskip("torch")  # the project venv's (tools/python-requirements.txt)
 
 DRIVER = os.environ.get("LEARN_DRIVER")
 pytestmark = pytest.mark.skipif(not DRIVER, reason="LEARN_DRIVER (path of learn_driver) not set")

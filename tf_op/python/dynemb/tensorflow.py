@@ -1,7 +1,7 @@
 """dynemb.tensorflow: the paper's DynamicEmbedding ops for TensorFlow 2.
 
 Wrappers over the ops of ``libdynemb_tf.so`` (tf_op/kernels.c, TensorFlow's stable C
-API; built by meson only where TensorFlow is installed), with the paper's names and
+API; built by meson against the project venv's TensorFlow), with the paper's names and
 argument order::
 
     import dynemb.tensorflow as detf
@@ -16,13 +16,17 @@ argument order::
 * Gradients: the lookup's registered gradient sums the incoming gradient per unique key
   (``tf.unique`` + ``tf.math.unsorted_segment_sum``) and sends it with
   ``DynamicEmbeddingUpdate(gradients=1)`` (``dynemb_apply_gradients``): the daemon runs the
-  table's optimizer. The gradient hangs on a scalar float *trigger* input: TensorFlow
+  table's optimizer. The trigger's gradient (always 0) is computed from the push's
+  output, so graph rewrites (Keras' train function) cannot drop the push. The gradient hangs on a scalar float *trigger* input: TensorFlow
   only computes gradients towards variables, so a lookup pushes when the trigger variable
   is among the sources of ``tape.gradient`` / the model's trainable weights. The Keras
   layer owns one (its only weight; Keras' optimizer steps it with a zero gradient, which
   changes nothing); with the functional form pass ``trigger=trigger_variable(var_name)``
   and include it in the tape's sources. ``skip_gradient_update=True`` stops the gradient.
-  Step and learning rate of the push: step 0 and the table's configured lr.
+  Step and learning rate of the push: step 0 and the table's configured lr, unless the
+  lookup is given ``lr=`` / ``step=`` (then a ``tf.custom_gradient`` pushes with them), as
+  the layer does with ``learning_rate=`` (a float or a Keras LearningRateSchedule, at the
+  layer's own training-call count ``layer.step``; not yet in ``get_config``).
 * ``dynamic_embedding_update(keys, values, config, var_name, ...)``: assign rows (or
   push gradients with ``gradients=True``); returns the count (created / stepped).
 * ``top_k(queries, k, config, var_name, metric='dot', ...)`` -> (keys, scores, found).
@@ -34,11 +38,15 @@ argument order::
 config: a :class:`DynamicEmbeddingConfig` or a dict of its arguments; both map to the
 config text the ops take (:func:`config_text`), which tf_op/de_tf.c parses into
 ``struct dynemb_table_spec``. Two processes that open the same ``var_name`` must use the same
-config (``-EEXIST`` otherwise, as a FAILED_PRECONDITION error).
+config (``-EEXIST`` otherwise, as ``tf.errors.InvalidArgumentError`` naming the field).
+No daemon at the address, or none answering within ``timeout_ms``:
+``tf.errors.UnavailableError``. Key 0 and the empty string read as zeros (no feature).
 
-Not tested here (no TensorFlow on the build machines): everything that needs TensorFlow.
-The config mapping is tested with pytest (tf_op/python/tests, marker tensorflow); the
-kernels are tested in C through a stand-in of TensorFlow's C API (tests/tf_standin).
+Tested in real TensorFlow (tf_op/python/tests/test_tf_ops.py, marker tensorflow): values
+vs the table's rows, the pushed gradients, SGD / Adagrad training vs Keras' optimizers on
+a dense tf.Variable, the Keras layer in eager, tf.function and model.fit, the errors.
+The kernels' fault paths are tested in C through a stand-in of TensorFlow's C API
+(tests/tf_standin).
 
 The op library is found through ``$DYNEMB_TF_LIB``, then
 ``$DYNEMB_BUILD/tf_op/libdynemb_tf.so``.
@@ -196,13 +204,14 @@ def config_text(config):
 
 # ---- TensorFlow ------------------------------------------------------------------------
 
-try:
-    import tensorflow as tf
-except ImportError as _e:  # pragma: no cover - depends on the machine
-    if os.environ.get("DYNEMB_TF_CONFIG_ONLY") != "1":
-        raise ImportError("dynemb.tensorflow needs TensorFlow 2 (`import tensorflow` failed: "
-                          f"{_e}); dynemb and dynemb.torch work without it") from _e
-    tf = None
+if os.environ.get("DYNEMB_TF_CONFIG_ONLY") == "1":
+    tf = None  # the config half only (its tests), even where TensorFlow is installed
+else:
+    try:
+        import tensorflow as tf
+    except ImportError as _e:  # pragma: no cover - depends on the machine
+        raise ImportError("dynemb.tensorflow needs TensorFlow 2 (`import tensorflow` "
+                          f"failed: {_e}); dynemb and dynemb.torch work without it") from _e
 
 _lib = None
 _triggers = {}
@@ -247,13 +256,32 @@ def trigger_variable(var_name):
 
 def dynamic_embedding_lookup(keys, config, var_name, service_address="",
                              skip_gradient_update=False, timeout_ms=-1, trigger=None,
-                             readonly=False):
+                             readonly=False, lr=None, step=None):
+    """lr, step (scalars or tensors, evaluated when the gradient is computed): sent with
+    the pushed gradients (the daemon's lr for this push instead of the table's; the step
+    the table's step-based settings count). Without them, the registered gradient pushes
+    with the table's lr and step 0."""
     keys = tf.convert_to_tensor(keys)
     if trigger is None:
         trigger = tf.constant(0.0) if skip_gradient_update else trigger_variable(var_name)
-    out = _ops().dynamic_embedding_lookup(keys=keys, trigger=trigger, readonly=int(readonly),
-                                          **_attrs(config, var_name, service_address,
-                                                   timeout_ms))
+    attrs = _attrs(config, var_name, service_address, timeout_ms)
+    if skip_gradient_update or (lr is None and step is None):
+        out = _ops().dynamic_embedding_lookup(keys=keys, trigger=trigger,
+                                              readonly=int(readonly), **attrs)
+    else:
+        lr_t = tf.cast(-1.0 if lr is None else lr, tf.float32)
+        step_t = tf.cast(0 if step is None else step, tf.int64)
+
+        @tf.custom_gradient
+        def _lookup(trig):
+            o = _ops().dynamic_embedding_lookup(keys=keys, trigger=trig,
+                                                readonly=int(readonly), **attrs)
+
+            def grad(dy):
+                push = _push_to(attrs, keys, dy, lr_t, step_t)
+                return tf.zeros_like(trig) * tf.cast(tf.minimum(push, 0), tf.float32)
+            return o, grad
+        out = _lookup(tf.convert_to_tensor(trigger))
     out.set_shape(keys.shape.concatenate([_dim(config)]))
     return tf.stop_gradient(out) if skip_gradient_update else out
 
@@ -271,24 +299,32 @@ def _str_attr(op, name):
     return v.decode() if isinstance(v, bytes) else v
 
 
-def _push(op, keys, grads):
-    """Send grads (rows for keys) to the table of op, summed per unique key."""
+def _push_to(attrs, keys, grads, lr, step):
+    """Send grads (rows for keys) to the table of attrs, summed per unique key."""
     flat = tf.reshape(keys, [-1])
     g = tf.reshape(grads, [tf.size(flat), -1])
     ukeys, idx = tf.unique(flat)
     ug = tf.math.unsorted_segment_sum(g, idx, tf.size(ukeys))
-    return _ops().dynamic_embedding_update(
-        keys=ukeys, values=ug, lr=tf.constant(-1.0), step=tf.constant(0, tf.int64),
-        gradients=1, var_name=_str_attr(op, "var_name"), config=_str_attr(op, "config"),
-        service_address=_str_attr(op, "service_address"), timeout_ms=op.get_attr("timeout_ms"))
+    return _ops().dynamic_embedding_update(keys=ukeys, values=ug, lr=lr, step=step,
+                                           gradients=1, **attrs)
+
+
+def _push(op, keys, grads):
+    """_push_to the table of op (its attributes), with the table's lr and step 0."""
+    attrs = dict(var_name=_str_attr(op, "var_name"), config=_str_attr(op, "config"),
+                 service_address=_str_attr(op, "service_address"),
+                 timeout_ms=op.get_attr("timeout_ms"))
+    return _push_to(attrs, keys, grads, tf.constant(-1.0), tf.constant(0, tf.int64))
 
 
 if tf is not None:
     @tf.RegisterGradient("DynamicEmbeddingLookup")
     def _lookup_grad(op, grad):
         push = _push(op, op.inputs[0], grad)
-        with tf.control_dependencies([push]):
-            return [None, tf.zeros_like(op.inputs[1])]
+        # the trigger's gradient is 0 computed from the push's count: a data dependency,
+        # so no graph rewrite (Keras' train function, grappler) can drop the push the way
+        # a control dependency on a constant zero can be dropped
+        return [None, tf.zeros_like(op.inputs[1]) * tf.cast(tf.minimum(push, 0), tf.float32)]
 
     @tf.RegisterGradient("DynamicEmbeddingSampledLogits")
     def _sampled_grad(op, g_logits, *unused):
@@ -303,8 +339,8 @@ if tf is not None:
         dws = tf.matmul(gs, x, transpose_a=True)
         push = _push(op, tf.concat([tf.reshape(labels, [-1]), sampled], 0),
                      tf.concat([dwt, dws], 0))
-        with tf.control_dependencies([push]):
-            return [tf.identity(dx), None]
+        # dx carries the push as a data dependency (see _lookup_grad)
+        return [dx + tf.cast(tf.minimum(push, 0), dx.dtype), None]
 
 
 def top_k(queries, k, config, var_name, metric="dot", service_address="", timeout_ms=-1):
@@ -340,8 +376,14 @@ if tf is not None:
         daemon (its one weight is the gradient trigger, see the module docstring)."""
 
         def __init__(self, config, var_name, service_address="", timeout_ms=-1,
-                     skip_gradient_update=False, **kwargs):
+                     skip_gradient_update=False, learning_rate=None, **kwargs):
+            """learning_rate: None (the table's lr), a float, or a Keras
+            LearningRateSchedule evaluated at the layer's training-call count (its
+            non-trainable ``step``, which the pushes also carry)."""
             super().__init__(**kwargs)
+            self.learning_rate = learning_rate
+            self.step = self.add_weight(name="dynemb_step", shape=(), dtype="int64",
+                                        initializer="zeros", trainable=False)
             self.config_text = config_text(config)
             self.var_name, self.service_address = var_name, service_address
             self.timeout_ms, self.skip_gradient_update = timeout_ms, skip_gradient_update
@@ -350,10 +392,18 @@ if tf is not None:
                                            trainable=not skip_gradient_update)
 
         def call(self, keys, training=None):
+            lr = step = None
+            if self.learning_rate is not None and training:
+                step = self.step.value if hasattr(self.step, "value") else self.step
+                step = tf.convert_to_tensor(step)
+                lr = self.learning_rate
+                if callable(lr):  # a schedule: its value at this call's step
+                    lr = lr(step)
+                self.step.assign_add(1)
             return dynamic_embedding_lookup(
                 keys, self.config_text, self.var_name, self.service_address,
                 self.skip_gradient_update, self.timeout_ms, trigger=self.trigger,
-                readonly=training is False)
+                readonly=training is False, lr=lr, step=step)
 
         def get_config(self):
             return dict(super().get_config(), config=self.config_text,
