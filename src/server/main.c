@@ -128,6 +128,7 @@ int main(int argc, char **argv)
 	srv_registry_set_quota(&s.reg, quota, s.cfg.quota_table_bytes);
 	if (srv_learn_host_create(&s.cfg, &s.learn) != 0) {
 		srv_log(SRV_LOG_ERROR, "cannot create the evictor");
+		srv_quota_destroy(quota);
 		if (s.topo)
 			hwloc_topology_destroy(s.topo);
 		return 1;
@@ -140,6 +141,7 @@ int main(int argc, char **argv)
 		srv_persist_free(s.persist);
 		srv_learn_host_destroy(s.learn);
 		srv_registry_destroy(&s.reg);
+		srv_quota_destroy(quota); /* after every table gave its charge back */
 		if (s.topo)
 			hwloc_topology_destroy(s.topo);
 		return r;
@@ -149,6 +151,8 @@ int main(int argc, char **argv)
 	if (srv_listen(s.cfg.socket, &listen_fd)) {
 		srv_persist_free(s.persist);
 		srv_learn_host_destroy(s.learn);
+		srv_registry_destroy(&s.reg);
+		srv_quota_destroy(quota);
 		if (s.topo)
 			hwloc_topology_destroy(s.topo);
 		return 1;
