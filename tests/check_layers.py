@@ -22,6 +22,7 @@ The layer order, bottom (0) to top:
   5 peer      (src/peer, later)     forwarding and rebalancing, between the operations
                                     and the worker: it takes batches like the worker
   6 worker    worker.h server.h     the data plane; it owns its batch
+              slowpool.h            (TOPK and SAMPLE off the workers)
   7 control   control.h             the control plane (open -> learning -> persistence)
   8 main                            main.c
 
@@ -46,6 +47,7 @@ HEADERS = {
     "persist_int.h": (4, "persist"),
     "server.h": (6, "worker"),
     "worker.h": (6, "worker"),
+    "slowpool.h": (6, "worker"),
     "control.h": (7, "control"),
 }
 
@@ -68,6 +70,7 @@ SOURCES = {
     "persist_jobs.c": "persist",
     "persist_strings.c": "persist",
     "worker.c": "worker",
+    "slowpool.c": "worker",
     "control.c": "control",
     "main.c": "main",
 }
