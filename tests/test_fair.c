@@ -7,7 +7,8 @@
  *   - 4,096 in-flight lookups of max_batch keys each (the flooder keeps its ring full;
  *     every descriptor names the same data-area range, which the daemon allows);
  *   - long TOPK requests, and a TOPK over the daemon's cost cap (refused, the cap named in
- *     the completion);
+ *     the completion; libdynemb's dynemb_topk then splits its queries under the cap, or
+ *     names the cap when one query alone is over it);
  *   - a futex wake storm: the flooder bumps its channel's futex word and wakes it in a
  *     loop without submitting anything.
  * Bounds are generous (a loaded 2-core CI box under ASan): the victim's p99 under a flood
@@ -17,7 +18,7 @@
  * wake storm is checked structurally (the daemon counts and backs off the channel:
  * STATS dp_wake_backoffs) and by the daemon's CPU time with a wide margin.
  *
- * Like test_daemon.c, the tests speak the raw protocol of src/proto.h (their own SEQPACKET
+ * Like test_daemon.c, the tests (but the dynemb_topk one) speak the raw protocol of src/proto.h (their own SEQPACKET
  * helpers, de_channel_attach on the channel fd) and link nothing of the daemon; the daemon
  * is started through tests/daemon_util.h. Every wait is bounded.
  */
@@ -39,6 +40,7 @@
 
 #include "daemon_util.h"
 #include "de_shm.h"
+#include "dynemb.h"
 #include "proto.h"
 
 #define TIMEOUT_MS 10000
@@ -544,5 +546,52 @@ Test(fair, wake_storm, .timeout = 120)
 	cr_expect_geq(s.dp_empty_wakes, 64, "its empty wakes were counted");
 	cr_expect_lt(cpu, 0.30, "daemon CPU %.0f%% during the storm", 100 * cpu);
 	cli_close(&v);
+	dmn_stop(&d);
+}
+
+/* dynemb_topk under a small cap: requests split to fit it, results exact; a table where
+ * one query is over it: -E2BIG, the cap named. */
+Test(fair, topk_client_splits_under_cap, .timeout = 60)
+{
+	struct dmn d;
+	dmn_start(&d, (const char *const[]){ "--topk-max-cost", "100000", NULL });
+	dynemb_client *c;
+	cr_assert_eq(dynemb_connect(d.sock, NULL, &c), 0);
+	enum { D = 8, SMALL = 1000, BIG = 20000, NQ = 100 };
+	int t, tb;
+	struct dynemb_table_spec spec = { .name = "small", .dim = D, .keys = DYNEMB_INT64_KEYS };
+	cr_assert_eq(dynemb_open(c, &spec, &t), 0);
+	spec.name = "big";
+	cr_assert_eq(dynemb_open(c, &spec, &tb), 0);
+	static uint64_t keys[BIG];
+	static float rows[BIG * D];
+	for (uint32_t i = 0; i < BIG; i++) {
+		keys[i] = key_i(i);
+		for (int j = 0; j < D; j++)
+			rows[i * D + j] = j ? 0.0f : (float)i / BIG; /* key_i(SMALL - 1) scores best */
+	}
+	cr_assert_eq(dynemb_update(c, t, keys, SMALL, rows, 1, NULL), 0);
+	cr_assert_eq(dynemb_update(c, tb, keys, BIG, rows, 1, NULL), 0);
+	static float q[NQ * D];
+	for (int i = 0; i < NQ; i++)
+		q[i * D] = 1.0f + (float)i; /* every query's best row is the same */
+	uint64_t best[NQ];
+	float score[NQ];
+	uint32_t found[NQ];
+	/* 8,000 per query: 12 queries per request fit the cap of 100,000 */
+	cr_assert_eq(dynemb_topk(c, t, q, NQ, 1, DYNEMB_METRIC_DOT, best, score, found), 0);
+	for (int i = 0; i < NQ; i++) {
+		cr_assert_eq(found[i], 1);
+		cr_assert_eq(best[i], key_i(SMALL - 1), "query %d: the best row", i);
+		cr_assert_float_eq(score[i], (1.0f + (float)i) * (float)(SMALL - 1) / BIG, 1e-4);
+	}
+	/* 160,000 for one query: refused, the cap named */
+	int err = dynemb_topk(c, tb, q, NQ, 1, DYNEMB_METRIC_DOT, best, score, found);
+	cr_assert_eq(err, -E2BIG);
+	const char *msg = dynemb_strerror(err);
+	cr_assert(strstr(msg, "one top-k query over this table costs 160000 (rows x dim), over "
+			      "the daemon's cost cap of 100000 per request"),
+		  "message: %s", msg);
+	dynemb_close(c);
 	dmn_stop(&d);
 }

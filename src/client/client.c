@@ -62,6 +62,7 @@
 #include <fcntl.h>
 #include <math.h>
 #include <poll.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -206,6 +207,16 @@ const char *dynemb_strerror(int err)
 		return tls_buf;
 	}
 	return s;
+}
+
+int de_priv_fail(int err, const char *fmt, ...)
+{
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(tls_msg, sizeof tls_msg, fmt, ap);
+	va_end(ap);
+	tls_err = err;
+	return err;
 }
 
 int de_priv_reserved(const uint64_t *r, size_t n, const char *what)

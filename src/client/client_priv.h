@@ -17,6 +17,9 @@ int de_priv_reserved(const uint64_t *r, size_t n, const char *what);
 #define DE_PRIV_RESERVED(s, what) \
 	de_priv_reserved((s)->reserved, sizeof((s)->reserved) / sizeof((s)->reserved[0]), what)
 
+/* err, with the message (printf format) dynemb_strerror(err) appends on this thread. */
+int de_priv_fail(int err, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
 /* A table handle as the wire knows it, and the room one request may use now. */
 struct de_priv_table {
 	uint16_t wire_id;

@@ -52,6 +52,7 @@ static const char DEFAULT_CONFIG[] =
 	"tier_dir = /var/tmp/dynemb-tier\n"
 	"[learn]\n"
 	"topk_threads = 0\n"
+	"topk_max_cost = 17179869184\n"
 	"sampler_rebuild_ms = 1000\n"
 	"[persistence]\n"
 	"data_dir =\n"
@@ -251,6 +252,11 @@ static int set_key(struct srv_config *c, const char *section, const char *key, c
 				BAD("topk_threads '%s' is not a number in 0..%u (0 = online CPUs)", v,
 				    DE_TOPK_MAX_THREADS);
 			c->topk_threads = (unsigned)x;
+		} else if (!strcmp(key, "topk_max_cost")) {
+			if (parse_u64(v, 1, UINT64_MAX / 2, &x))
+				BAD("topk_max_cost '%s' is not a number in 1..%llu (queries x rows "
+				    "x dim of one request)", v, (unsigned long long)(UINT64_MAX / 2));
+			c->topk_max_cost = x;
 		} else if (!strcmp(key, "sampler_rebuild_ms")) {
 			if (parse_u64(v, 0, 3600000, &x))
 				BAD("sampler_rebuild_ms '%s' is not a number in 0..3600000", v);
@@ -338,6 +344,8 @@ static void usage(FILE *f)
 		"      --tier-dir DIR        [memory] tier_dir: disk tier of evicted rows (default\n"
 		"                            /var/tmp/dynemb-tier; empty: no disk tier)\n"
 		"      --topk-threads N      [learn] topk_threads: threads of one top-k (0 = CPUs)\n"
+		"      --topk-max-cost N     [learn] topk_max_cost: most queries x rows x dim of one\n"
+		"                            top-k request; more is refused (17179869184 = 2^34)\n"
 		"      --sampler-rebuild-ms N [learn] sampler_rebuild_ms: sampler snapshot period\n"
 		"                            (log-uniform, unigram; default 1000, 0 = never)\n"
 		"  -d, --data-dir DIR        [persistence] data_dir: WAL, snapshots, manifest and table\n"
@@ -367,7 +375,7 @@ static void usage(FILE *f)
 
 enum { O_POLL = 256, O_BATCH, O_SQ, O_DATA, O_MAXDATA, O_PAGES, O_NUMA, O_SEG, O_RES,
        O_PRINT, O_VERSION, O_HOSTB, O_TIER, O_TOPK, O_REBUILD, O_SNAPINT, O_WALSEG, O_EXPDIR,
-       O_SALVAGE };
+       O_SALVAGE, O_TOPKCOST };
 
 static const struct option opts[] = {
 	{ "config", required_argument, NULL, 'c' },
@@ -388,6 +396,7 @@ static const struct option opts[] = {
 	{ "host-budget-bytes", required_argument, NULL, O_HOSTB },
 	{ "tier-dir", required_argument, NULL, O_TIER },
 	{ "topk-threads", required_argument, NULL, O_TOPK },
+	{ "topk-max-cost", required_argument, NULL, O_TOPKCOST },
 	{ "sampler-rebuild-ms", required_argument, NULL, O_REBUILD },
 	{ "data-dir", required_argument, NULL, 'd' },
 	{ "snapshot-interval-s", required_argument, NULL, O_SNAPINT },
@@ -416,6 +425,7 @@ static bool flag_key(int o, const char **section, const char **key)
 		{ O_RES, "pages", "reserve_bytes" },
 		{ O_HOSTB, "memory", "host_budget_bytes" }, { O_TIER, "memory", "tier_dir" },
 		{ O_TOPK, "learn", "topk_threads" },
+		{ O_TOPKCOST, "learn", "topk_max_cost" },
 		{ O_REBUILD, "learn", "sampler_rebuild_ms" },
 		{ 'd', "persistence", "data_dir" },
 		{ O_SNAPINT, "persistence", "snapshot_interval_s" },
@@ -551,8 +561,9 @@ void srv_config_print(const struct srv_config *c, FILE *f)
 	fprintf(f, "segment_bytes = %" PRIu64 "\nreserve_bytes = %" PRIu64 "\n", c->segment_bytes,
 		c->reserve_bytes);
 	fprintf(f, "[memory]\nhost_budget_bytes = %" PRIu64 "\ntier_dir = %s\n"
-		   "[learn]\ntopk_threads = %u\nsampler_rebuild_ms = %u\n",
-		c->host_budget_bytes, c->tier_dir, c->topk_threads, c->sampler_rebuild_ms);
+		   "[learn]\ntopk_threads = %u\ntopk_max_cost = %" PRIu64 "\nsampler_rebuild_ms = %u\n",
+		c->host_budget_bytes, c->tier_dir, c->topk_threads, c->topk_max_cost,
+		c->sampler_rebuild_ms);
 	fprintf(f, "[persistence]\ndata_dir = %s\nsnapshot_interval_s = %u\n"
 		   "wal_segment_bytes = %" PRIu64 "\nexport_dir = %s\n",
 		c->data_dir, c->snapshot_interval_s, c->wal_segment_bytes, c->export_dir);

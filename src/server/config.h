@@ -36,6 +36,7 @@ struct srv_config {
 	uint64_t host_budget_bytes; /* [memory]: all evicting tables together; 0 = none */
 	char tier_dir[256];      /* [memory]: disk tier directory; "" = no disk tier */
 	unsigned topk_threads;   /* [learn]: threads of one top-k; 0 = online CPUs (<= 64) */
+	uint64_t topk_max_cost;  /* [learn]: cap of one TOPK's queries x rows x dim (slowpool.h) */
 	unsigned sampler_rebuild_ms; /* [learn]: log-uniform/unigram snapshot period; 0 = none */
 	char data_dir[200];      /* [persistence]: WAL, snapshots, manifest, catalog; "" = off */
 	unsigned snapshot_interval_s; /* [persistence]: checkpoint dirty tables; 0 = never */

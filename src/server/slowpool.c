@@ -4,7 +4,7 @@
  * scan of a whole table (one TOPK of a few queries over a large table takes a second).
  *
  * A worker that pops a TOPK or SAMPLE checks it (srv_check_sqe), refuses it when its cost
- * (srv_slow_cost) is over SRV_SLOW_MAX_COST, else copies the descriptor into the client
+ * (srv_slow_cost) is over the config's topk_max_cost, else copies the descriptor into the client
  * (slow_e, slow_t), sets slow_busy and calls srv_slowpool_submit; from then on it serves
  * nothing else of that client (its completions stay in order) until the job is done.
  * The pool's threads take jobs in FIFO order (each client has at most one, so the queue

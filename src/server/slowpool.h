@@ -16,9 +16,9 @@
 
 #include "worker.h"
 
-/* The cost cap of one TOPK (queries x rows x dim) or SAMPLE (draws): over it the worker
- * refuses the request (-E2BIG, cqe aux0 = its cost, aux1 = the cap) without running it. */
-#define SRV_SLOW_MAX_COST (1ull << 34)
+/* The cost cap of one TOPK (queries x rows x dim) or SAMPLE (draws) is the config's
+ * topk_max_cost (default 2^34): over it the worker refuses the request (-E2BIG, cqe
+ * aux0 = its cost, aux1 = the cap) without running it. */
 
 struct srv_slowpool;
 

@@ -46,7 +46,8 @@
  * meanwhile, so its completions stay in order. Other large requests (writes, string keys)
  * run whole once they start a pass: their records and semantics are per request.
  * TOPK and SAMPLE run on the slow pool (slowpool.c), never on a worker; one whose cost is
- * over SRV_SLOW_MAX_COST is refused (-E2BIG, aux0 = its cost, aux1 = the cap, logged).
+ * over the config's topk_max_cost is refused (-E2BIG, aux0 = its cost, aux1 = the cap,
+ * logged).
  *
  * Wake storms: a client can bump its futex word without submitting anything, and every
  * bump wakes the sleeping worker. After a wake, the worker busy-polls only if the pass
@@ -298,16 +299,16 @@ static void apply_grads(struct srv_worker *w, struct srv_table *t, const char *d
 static int slow_op(struct srv_worker *w, struct srv_client *c, struct srv_table *t,
 		   char *data, const struct de_sqe *e, struct de_cqe *q)
 {
-	uint64_t cost = srv_slow_cost(t, e);
-	if (cost > SRV_SLOW_MAX_COST) {
+	uint64_t cost = srv_slow_cost(t, e), cap = w->srv->cfg.topk_max_cost;
+	if (cost > cap) {
 		q->res = -E2BIG;
 		q->aux0 = cost;
-		q->aux1 = SRV_SLOW_MAX_COST;
+		q->aux1 = cap;
 		if (log_due(&w->last_refuse_log))
 			srv_log(SRV_LOG_WARN,
-				"client %u: %s of cost %" PRIu64 " refused: over the cap %llu "
-				"(top-k: queries x rows x dim)", c->id,
-				e->op == DE_OP_TOPK ? "TOPK" : "SAMPLE", cost, SRV_SLOW_MAX_COST);
+				"client %u: %s of cost %" PRIu64 " refused: over topk_max_cost %"
+				PRIu64 " (queries x rows x dim)", c->id,
+				e->op == DE_OP_TOPK ? "TOPK" : "SAMPLE", cost, cap);
 		return 0;
 	}
 	if (!w->srv->slow) { /* no pool (it could not start): on the worker */
