@@ -84,7 +84,7 @@
 #define BUDGET 32              /* descriptors per channel per pass */
 _Static_assert(BUDGET <= sizeof ((struct srv_client *)0)->pending / sizeof(struct de_cqe),
 	       "a client's pending completions hold one round");
-#define PASS_WORK (1 << 14)    /* work units (keys x (dim + 1)) per client per pass */
+#define PASS_WORK (1 << 12)    /* work units (keys x (dim + 1)) per client per pass */
 #define PENDING_RETRY_MS 5     /* sleep bound while a completion waits for CQ space */
 #define EMPTY_WAKES_MAX 64     /* wakes in a row without work before a back-off */
 #define BACKOFF_MIN_MS 8u
