@@ -48,8 +48,8 @@
 #define DIM 64
 #define NKEYS 65536u          /* the table's keys, and the flooder's batch (max_batch) */
 #define VICTIM_KEYS 16u
-#define VICTIM_ITERS 2000u
-#define VICTIM_SECS 8.0       /* the flooded victim's run is bounded by this too */
+#define VICTIM_ITERS 1000u
+#define VICTIM_SECS 40.0      /* the flooded victim's run is bounded by this too */
 #define FLOOR_MS 2.0          /* added to the bound: scheduling noise of a loaded box */
 
 struct dmn {
