@@ -299,7 +299,8 @@ static void apply_grads(struct srv_worker *w, struct srv_table *t, const char *d
 static int slow_op(struct srv_worker *w, struct srv_client *c, struct srv_table *t,
 		   char *data, const struct de_sqe *e, struct de_cqe *q)
 {
-	uint64_t cost = srv_slow_cost(t, e), cap = w->srv->cfg.topk_max_cost;
+	uint64_t cost = srv_slow_cost(t, e);
+	uint64_t cap = w->srv->cfg.topk_max_cost ? w->srv->cfg.topk_max_cost : 1ull << 34;
 	if (cost > cap) {
 		q->res = -E2BIG;
 		q->aux0 = cost;
