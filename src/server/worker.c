@@ -7,8 +7,9 @@
  * must see (a client in the mailbox, a want_remove flag, stop). Because `ctl` is one
  * more channel in the worker's de_channels_wait set, a kick wakes a sleeping worker
  * through the same futex handshake as a client's submit: no timeout polling, and an
- * idle daemon uses no CPU. (The only timed sleep is while some client does not reap its
- * completions: then the worker retries every PENDING_RETRY_MS.)
+ * idle daemon uses no CPU. (Timed sleeps: while some client does not reap its completions
+ * or has a job on the slow pool, the worker retries every PENDING_RETRY_MS; while a
+ * channel is backed off for a wake storm, it is polled every SLOW_POLL_MS.)
  *
  * Per pass, for each channel: first post the completions a full CQ refused last time
  * (and pop nothing from that client until they go through: at most one round of
