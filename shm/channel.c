@@ -422,6 +422,13 @@ int de_channel_sleep_prepare(de_channel *c)
 	return avail ? 1 : 0;
 }
 
+bool de_channel_woken(const de_channel *c)
+{
+	/* relaxed: a hint for the daemon's wake accounting, never for correctness (the
+	 * client may write any value there) */
+	return c && c->daemon && LD(&c->h->sq_futex) != c->sleep_val;
+}
+
 void de_channel_sleep_done(de_channel *c)
 {
 	if (c && c->daemon)

@@ -527,6 +527,10 @@ int de_channel_post(de_channel *c, const struct de_cqe *e);
  * (do not sleep), 0 if it may sleep, -EBADMSG if broken. Either way NEED_WAKEUP is now
  * set: call de_channel_sleep_done when the worker runs again. */
 int de_channel_sleep_prepare(de_channel *c);
+/* Daemon, after de_channels_wait: whether this channel's futex word moved since
+ * de_channel_sleep_prepare (a client's submit, or a client bumping it for nothing: the
+ * daemon counts the wakes that bring no work and backs such a channel off). */
+bool de_channel_woken(const de_channel *c);
 /* Daemon: clear NEED_WAKEUP after waking. */
 void de_channel_sleep_done(de_channel *c);
 /* Daemon: sleep until one of chs (after de_channel_sleep_prepare on each) gets a

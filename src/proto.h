@@ -533,7 +533,10 @@ struct de_wire_stats {     /* STATS writes this at vals_off */
 	uint64_t wal_lsn, durable_lsn, snapshots, snapshot_lsn;
 	uint32_t read_only;   /* 1: a failed fsync or write made the table read-only */
 	uint32_t pad;
-	uint64_t reserved[8]; /* 0 */
+	/* the data plane, daemon-wide (every worker's counts): wakes of a client channel that
+	 * brought no work, and times such a channel's wakes were then ignored for a while */
+	uint64_t dp_empty_wakes, dp_wake_backoffs;
+	uint64_t reserved[6]; /* 0 */
 };
 
 _Static_assert(sizeof(struct de_msg_hdr) == 16, "layout");

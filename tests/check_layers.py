@@ -24,6 +24,7 @@ The layer order, bottom (0) to top:
   5 peer      (src/peer, later)     forwarding and rebalancing, between the operations
                                     and the worker: it takes batches like the worker
   6 worker    worker.h server.h     the data plane; it owns its batch
+              slowpool.h            (TOPK and SAMPLE off the workers)
   7 control   control.h             the control plane (open -> learning -> persistence)
               control_int.h         (private to control*.c: DROP in control_drop.c)
   8 main                            main.c
@@ -52,6 +53,7 @@ HEADERS = {
     "persist_int.h": (4, "persist"),
     "server.h": (6, "worker"),
     "worker.h": (6, "worker"),
+    "slowpool.h": (6, "worker"),
     "control.h": (7, "control"),
     "control_int.h": (7, "control"),
 }
@@ -79,6 +81,7 @@ SOURCES = {
     "persist_strings.c": "persist",
     "persist_drop.c": "persist",
     "worker.c": "worker",
+    "slowpool.c": "worker",
     "control.c": "control",
     "control_drop.c": "control",
     "main.c": "main",

@@ -8,7 +8,9 @@
  * flags and string lengths of a reply are checked before they are used (-EBADMSG).
  *
  * Splitting: dynemb_topk splits queries into requests of at most min(max batch, 65536,
- * 2^24 / k) queries that fit the data area (queries + 12 bytes per result);
+ * 2^24 / k) queries that fit the data area (queries + 12 bytes per result), and fewer
+ * when the daemon refuses a request over its cost cap (-E2BIG with aux0 = the cost and
+ * aux1 = the cap: the queries per request are cut to what the cap allows);
  * dynemb_key_strings splits keys by the max batch and the data area, and halves a request
  * whose strings did not fit the area (as opposed to the caller's buffer).
  */
@@ -173,10 +175,13 @@ int dynemb_topk(dynemb_client *c, int table, const float *queries, size_t nq, ui
 	size_t done = 0;
 	char *buf = NULL;
 	size_t bufcap = 0;
+	uint64_t cost_q = UINT64_MAX; /* queries per request the daemon's cost cap allows */
 	while (done < nq) {
 		if ((err = de_priv_table(c, table, &t)))
 			break;
 		uint64_t cnt = nq - done;
+		if (cnt > cost_q)
+			cnt = cost_q;
 		if (cnt > t.max_batch)
 			cnt = t.max_batch;
 		if (cnt > DE_WTOPK_MAX_QUERIES)
@@ -206,6 +211,21 @@ int dynemb_topk(dynemb_client *c, int table, const float *queries, size_t nq, ui
 		struct de_cqe q;
 		err = de_priv_call(c, &e, queries + done * t.dim, cnt * qrow, NULL, cnt * rrow, buf,
 				   NULL, 0, &q);
+		if (!err && q.res == -E2BIG && q.aux1 && q.aux0 > q.aux1) {
+			/* over the daemon's cost cap (aux0 = cost, aux1 = cap): fewer queries */
+			uint64_t per = q.aux0 / cnt ? q.aux0 / cnt : 1;
+			if (cnt > 1) {
+				cost_q = q.aux1 / per ? q.aux1 / per : 1;
+				if (cost_q >= cnt)
+					cost_q = cnt / 2;
+				continue;
+			}
+			err = de_priv_err(-E2BIG, "one top-k query over this table costs %llu "
+					   "(rows x dim), over the daemon's cost cap of %llu per "
+					   "request", (unsigned long long)q.aux0,
+					   (unsigned long long)q.aux1);
+			break;
+		}
 		if (!err)
 			err = q.res;
 		if (err)

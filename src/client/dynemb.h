@@ -354,7 +354,9 @@ enum dynemb_metric { DYNEMB_METRIC_DOT = 0, DYNEMB_METRIC_COSINE = 1 };
  * 0 for a zero vector. k: 1..65536 (-EINVAL for 0, -E2BIG above). Any nq: queries are
  * split into requests that fit the daemon's limits and the channel's data area (each
  * request scans the table once, with the daemon's [learn] topk_threads threads).
- * -EINVAL: a non-finite query value, a bad metric or handle.
+ * -EINVAL: a non-finite query value, a bad metric or handle. A request over the daemon's
+ * [learn] topk_max_cost (queries x rows x dim) is refused by it and sent again with fewer
+ * queries; -E2BIG when one query alone is over it (dynemb_strerror names the cap).
  */
 int dynemb_topk(dynemb_client *c, int table, const float *queries, size_t nq, uint32_t k,
 		enum dynemb_metric metric, uint64_t *keys, float *scores, uint32_t *found);

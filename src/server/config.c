@@ -61,6 +61,7 @@ static const char DEFAULT_CONFIG[] =
 	"table_bytes = 16G\n"
 	"[learn]\n"
 	"topk_threads = 0\n"
+	"topk_max_cost = 17179869184\n"
 	"sampler_rebuild_ms = 1000\n"
 	"[persistence]\n"
 	"data_dir =\n"
@@ -293,6 +294,11 @@ static int set_key(struct srv_config *c, const char *section, const char *key, c
 				BAD("topk_threads '%s' is not a number in 0..%u (0 = online CPUs)", v,
 				    DE_TOPK_MAX_THREADS);
 			c->topk_threads = (unsigned)x;
+		} else if (!strcmp(key, "topk_max_cost")) {
+			if (parse_u64(v, 1, UINT64_MAX / 2, &x))
+				BAD("topk_max_cost '%s' is not a number in 1..%llu (queries x rows "
+				    "x dim of one request)", v, (unsigned long long)(UINT64_MAX / 2));
+			c->topk_max_cost = x;
 		} else if (!strcmp(key, "sampler_rebuild_ms")) {
 			if (parse_u64(v, 0, 3600000, &x))
 				BAD("sampler_rebuild_ms '%s' is not a number in 0..3600000", v);
@@ -399,6 +405,8 @@ static void usage(FILE *f)
 		"                            * 5/4 + 64M); past it writes that create rows fail\n"
 		"                            -ENOSPC\n"
 		"      --topk-threads N      [learn] topk_threads: threads of one top-k (0 = CPUs)\n"
+		"      --topk-max-cost N     [learn] topk_max_cost: most queries x rows x dim of one\n"
+		"                            top-k request; more is refused (17179869184 = 2^34)\n"
 		"      --sampler-rebuild-ms N [learn] sampler_rebuild_ms: sampler snapshot period\n"
 		"                            (log-uniform, unigram; default 1000, 0 = never)\n"
 		"  -d, --data-dir DIR        [persistence] data_dir: WAL, snapshots, manifest and table\n"
@@ -428,7 +436,7 @@ static void usage(FILE *f)
 
 enum { O_POLL = 256, O_BATCH, O_SQ, O_DATA, O_MAXDATA, O_PAGES, O_NUMA, O_SEG, O_RES,
        O_PRINT, O_VERSION, O_HOSTB, O_TIER, O_TOPK, O_REBUILD, O_SNAPINT, O_WALSEG, O_EXPDIR,
-       O_SALVAGE, O_HELLO_TO, O_PERUID, O_QUT, O_QHT, O_QUB, O_QHB, O_QTB };
+       O_SALVAGE, O_HELLO_TO, O_PERUID, O_QUT, O_QHT, O_QUB, O_QHB, O_QTB, O_TOPKCOST };
 
 static const struct option opts[] = {
 	{ "config", required_argument, NULL, 'c' },
@@ -456,6 +464,7 @@ static const struct option opts[] = {
 	{ "host-bytes", required_argument, NULL, O_QHB },
 	{ "table-bytes", required_argument, NULL, O_QTB },
 	{ "topk-threads", required_argument, NULL, O_TOPK },
+	{ "topk-max-cost", required_argument, NULL, O_TOPKCOST },
 	{ "sampler-rebuild-ms", required_argument, NULL, O_REBUILD },
 	{ "data-dir", required_argument, NULL, 'd' },
 	{ "snapshot-interval-s", required_argument, NULL, O_SNAPINT },
@@ -489,6 +498,7 @@ static bool flag_key(int o, const char **section, const char **key)
 		{ O_QUB, "quota", "uid_bytes" },    { O_QHB, "quota", "host_bytes" },
 		{ O_QTB, "quota", "table_bytes" },
 		{ O_TOPK, "learn", "topk_threads" },
+		{ O_TOPKCOST, "learn", "topk_max_cost" },
 		{ O_REBUILD, "learn", "sampler_rebuild_ms" },
 		{ 'd', "persistence", "data_dir" },
 		{ O_SNAPINT, "persistence", "snapshot_interval_s" },
@@ -632,9 +642,10 @@ void srv_config_print(const struct srv_config *c, FILE *f)
 	fprintf(f, "[memory]\nhost_budget_bytes = %" PRIu64 "\ntier_dir = %s\n"
 		   "[quota]\nuid_tables = %u\nhost_tables = %u\nuid_bytes = %" PRIu64
 		   "\nhost_bytes = %" PRIu64 "\ntable_bytes = %" PRIu64 "\n"
-		   "[learn]\ntopk_threads = %u\nsampler_rebuild_ms = %u\n",
+		   "[learn]\ntopk_threads = %u\ntopk_max_cost = %" PRIu64 "\nsampler_rebuild_ms = %u\n",
 		c->host_budget_bytes, c->tier_dir, c->quota_uid_tables, c->quota_host_tables,
 		c->quota_uid_bytes, c->quota_host_bytes, c->quota_table_bytes, c->topk_threads,
+		c->topk_max_cost,
 		c->sampler_rebuild_ms);
 	fprintf(f, "[persistence]\ndata_dir = %s\nsnapshot_interval_s = %u\n"
 		   "wal_segment_bytes = %" PRIu64 "\nexport_dir = %s\n",

@@ -44,6 +44,7 @@ struct srv_config {
 	uint32_t quota_uid_tables, quota_host_tables;
 	uint64_t quota_uid_bytes, quota_host_bytes, quota_table_bytes;
 	unsigned topk_threads;   /* [learn]: threads of one top-k; 0 = online CPUs (<= 64) */
+	uint64_t topk_max_cost;  /* [learn]: cap of one TOPK's queries x rows x dim (slowpool.h) */
 	unsigned sampler_rebuild_ms; /* [learn]: log-uniform/unigram snapshot period; 0 = none */
 	char data_dir[200];      /* [persistence]: WAL, snapshots, manifest, catalog; "" = off */
 	unsigned snapshot_interval_s; /* [persistence]: checkpoint dirty tables; 0 = never */

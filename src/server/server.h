@@ -26,6 +26,7 @@
 struct srv_worker;
 struct srv_persist;
 struct srv_learn_host;
+struct srv_slowpool;
 
 struct srv_server {
 	struct srv_config cfg;
@@ -34,6 +35,7 @@ struct srv_server {
 	struct srv_persist *persist;  /* persist*.c; always there once srv_persist_open ran */
 	struct srv_worker *workers;
 	unsigned nworkers;
+	struct srv_slowpool *slow;  /* slowpool.c: TOPK and SAMPLE, off the workers */
 	int release_fd;           /* eventfd: a worker released a client */
 	hwloc_topology_t topo;    /* NULL when hwloc could not load one */
 };

@@ -7,8 +7,9 @@
  * must see (a client in the mailbox, a want_remove flag, stop). Because `ctl` is one
  * more channel in the worker's de_channels_wait set, a kick wakes a sleeping worker
  * through the same futex handshake as a client's submit: no timeout polling, and an
- * idle daemon uses no CPU. (The only timed sleep is while some client does not reap its
- * completions: then the worker retries every PENDING_RETRY_MS.)
+ * idle daemon uses no CPU. (Timed sleeps: while some client does not reap its completions
+ * or has a job on the slow pool, the worker retries every PENDING_RETRY_MS; while a
+ * channel is backed off for a wake storm, it is polled every SLOW_POLL_MS.)
  *
  * Per pass, for each channel: first post the completions a full CQ refused last time
  * (and pop nothing from that client until they go through: at most one round of
@@ -40,6 +41,27 @@
  * a table the client opened without the write right (c->rights, set at OPEN: authz.h)
  * completes with -EACCES before it touches the table.
  *
+ * Fairness: a pass serves every client in turn, and each client for at most PASS_WORK
+ * units of work (keys x (dim + 1): the rows copied and the keys hashed) and BUDGET
+ * descriptors, so one client's backlog costs another at most a slice of the pass. A
+ * descriptor that does not fit what is left of a client's slice waits for the next pass
+ * (c->cur, not started), where it starts with a whole slice. An int64 LOOKUP larger than
+ * a slice is served in slices (chunks of keys, resumed pass after pass: c->cur,
+ * cur_done) and completed when its last chunk is done; nothing else of that client runs
+ * meanwhile, so its completions stay in order. Other large requests (writes, string keys)
+ * run whole once they start a pass: their records and semantics are per request.
+ * TOPK and SAMPLE run on the slow pool (slowpool.c), never on a worker; one whose cost is
+ * over the config's topk_max_cost is refused (-E2BIG, aux0 = its cost, aux1 = the cap,
+ * logged).
+ *
+ * Wake storms: a client can bump its futex word without submitting anything, and every
+ * bump wakes the sleeping worker. After a wake, the worker busy-polls only if the pass
+ * found work. A channel whose wakes bring no work EMPTY_WAKES_MAX times in a row is left
+ * out of the wait set for a growing interval (BACKOFF_MIN_MS doubling to BACKOFF_MAX_MS;
+ * work halves it again) and is polled every SLOW_POLL_MS meanwhile; wakes without work
+ * and back-offs are counted (STATS: dp_empty_wakes, dp_wake_backoffs) and logged at most
+ * once per STORM_LOG_NS per worker.
+ *
  * Never: block on a client, touch a client after releasing it, or trust any field of a
  * descriptor before checking it (the validators, validate.h: srv_check_sqe and
  * srv_check_string_keys, side-effect free, so tests/fuzz/fuzz_sqe.c drives them).
@@ -60,13 +82,20 @@
 #include "learnops.h"
 #include "log.h"
 #include "persist.h"
+#include "slowpool.h"
 #include "util.h"
 #include "validate.h"
 
 #define BUDGET 32              /* descriptors per channel per pass */
 _Static_assert(BUDGET <= sizeof ((struct srv_client *)0)->pending / sizeof(struct de_cqe),
 	       "a client's pending completions hold one round");
+#define PASS_WORK (1 << 12)    /* work units (keys x (dim + 1)) per client per pass */
 #define PENDING_RETRY_MS 5     /* sleep bound while a completion waits for CQ space */
+#define EMPTY_WAKES_MAX 64     /* wakes in a row without work before a back-off */
+#define BACKOFF_MIN_MS 8u
+#define BACKOFF_MAX_MS 1024u
+#define SLOW_POLL_MS 10        /* a backed-off channel is polled this often */
+#define STORM_LOG_NS (10ull * 1000000000ull)
 #define DRAIN_DEADLINE_NS (5ull * 1000000000ull)
 
 /* ---- descriptors ------------------------------------------------------------------ */
@@ -143,6 +172,66 @@ static void log_restores(struct srv_worker *w, const struct srv_batch *b)
 		(void)srv_persist_log(w->srv->persist, b, false, &lsn);
 }
 
+/*
+ * An int64 LOOKUP (descriptor checked) on keys [off, off + n) of e: copy them out, find
+ * (or create) them, write their values and statuses at their places in the data area.
+ * *found / *created: its counts.
+ */
+static int lookup_range(struct srv_worker *w, struct srv_table *t, char *data,
+			const struct de_sqe *e, uint32_t off, uint32_t n, uint32_t *found,
+			uint32_t *created)
+{
+	uint64_t dim = t->wcfg.dim;
+	memcpy(w->keys, data + e->keys_off + 8ull * off, 8ull * n);
+	float *vals = (float *)(void *)(data + e->vals_off + 4ull * dim * off);
+	struct srv_batch b = batch_of(w, t, e, vals);
+	b.n = n;
+	bool create = e->flags & DE_LOOKUP_CREATE;
+	bool held = create && srv_learn_write_begin(t); /* no eviction between create and log */
+	int err = create ? srv_learn_lookup_create(&b) /* admission, eviction: learnops.c */
+			 : de_table_find(t->t, w->keys, n, vals, w->status);
+	if (!err && create && srv_learn_logs_creates(t))
+		log_restores(w, &b);
+	srv_learn_write_end(t, held);
+	if (err)
+		return err;
+	*found = *created = 0;
+	for (uint32_t i = 0; i < n; i++) {
+		*found += w->status[i] == DE_FOUND;
+		*created += w->status[i] == DE_CREATED;
+	}
+	if (e->flags & DE_SQE_STATUS)
+		memcpy(data + e->status_off + off, w->status, n);
+	return 0;
+}
+
+/* Work units of a descriptor on t (NULL: not a table of the client): keys x (dim + 1)
+ * for the ops that move rows; the keys for ERASE and KEY_STRINGS; 1 otherwise. */
+static uint64_t cost_of(const struct de_sqe *e, const struct srv_table *t)
+{
+	uint64_t per = t ? (uint64_t)t->wcfg.dim + 1 : 1;
+	switch (e->op) {
+	case DE_OP_LOOKUP:
+	case DE_OP_UPDATE:
+	case DE_OP_APPLY_GRADS:
+		return (uint64_t)e->count * per;
+	case DE_OP_ERASE:
+	case DE_OP_KEY_STRINGS:
+		return e->count ? e->count : 1;
+	default:
+		return 1;
+	}
+}
+
+static bool log_due(uint64_t *last)
+{
+	uint64_t now = srv_mono_ns();
+	if (*last && now - *last < STORM_LOG_NS)
+		return false;
+	*last = now;
+	return true;
+}
+
 static void wire_stats(struct srv_table *t, struct de_wire_stats *ws, const struct de_table_stats *s)
 {
 	*ws = (struct de_wire_stats){ .keys = s->keys, .rows_allocated = s->rows_allocated,
@@ -210,14 +299,56 @@ static void apply_grads(struct srv_worker *w, struct srv_table *t, const char *d
 	q->aux0 = created;
 }
 
-/* Validate and execute one descriptor; fills res/count/aux0 of *q. */
-static void execute(struct srv_worker *w, struct srv_client *c, const struct de_sqe *e,
-		    struct de_cqe *q)
+/* TOPK or SAMPLE (checked): refused over the cap, else queued on the slow pool. 0: *q
+ * is its completion; 2: the pool has it (c->slow_busy). */
+static int slow_op(struct srv_worker *w, struct srv_client *c, struct srv_table *t,
+		   char *data, const struct de_sqe *e, struct de_cqe *q)
+{
+	uint64_t cost = srv_slow_cost(t, e);
+	uint64_t cap = w->srv->cfg.topk_max_cost ? w->srv->cfg.topk_max_cost : 1ull << 34;
+	if (cost > cap) {
+		q->res = -E2BIG;
+		q->aux0 = cost;
+		q->aux1 = cap;
+		if (log_due(&w->last_refuse_log))
+			srv_log(SRV_LOG_WARN,
+				"client %u: %s of cost %" PRIu64 " refused: over topk_max_cost %"
+				PRIu64 " (queries x rows x dim)", c->id,
+				e->op == DE_OP_TOPK ? "TOPK" : "SAMPLE", cost, cap);
+		return 0;
+	}
+	if (!w->srv->slow) { /* no pool (it could not start): on the worker */
+		struct srv_batch b = batch_of(w, t, e, NULL);
+		srv_learn_execute(&b, data, e, q);
+		return 0;
+	}
+	c->slow_e = *e;
+	c->slow_t = t;
+	__atomic_store_n(&c->slow_done, 0, __ATOMIC_RELAXED);
+	c->slow_busy = true;
+	srv_slowpool_submit(w->srv->slow, c);
+	return 2;
+}
+
+/* -EACCES for a descriptor that writes (a creating LOOKUP included) on a table c opened
+ * without the write right (c->rights, set at OPEN: authz.h), else 0. e is checked. */
+static int write_right(const struct srv_client *c, const struct de_sqe *e)
+{
+	bool writes = e->op == DE_OP_UPDATE || e->op == DE_OP_ERASE ||
+		      e->op == DE_OP_APPLY_GRADS ||
+		      (e->op == DE_OP_LOOKUP && (e->flags & DE_LOOKUP_CREATE));
+	return writes && !(c->rights[e->table] & SRV_RIGHT_BIT(SRV_RIGHT_WRITE)) ? -EACCES : 0;
+}
+
+/* Validate and execute one descriptor; fills res/count/aux0 of *q and returns 0, or
+ * returns 2 when the slow pool took it (its completion comes later: c->slow_q). */
+static int execute(struct srv_worker *w, struct srv_client *c, const struct de_sqe *e,
+		   struct de_cqe *q)
 {
 	const struct srv_config *cfg = &w->srv->cfg;
 	*q = (struct de_cqe){ .user_data = e->user_data };
 	if (e->op == DE_OP_NOP)
-		return;
+		return 0;
 	/* acquire: pairs with the release in the control thread's OPEN */
 	uint32_t nt = __atomic_load_n(&c->ntables, __ATOMIC_ACQUIRE);
 	struct srv_table *t = e->table < nt ? c->tables[e->table] : NULL;
@@ -226,14 +357,9 @@ static void execute(struct srv_worker *w, struct srv_client *c, const struct de_
 	q->res = srv_check_sqe(e, nt, t ? t->wcfg.dim : 0, t ? t->wcfg.key_type : 0,
 			       cfg->max_batch, bytes);
 	if (q->res)
-		return;
-	bool writes = e->op == DE_OP_UPDATE || e->op == DE_OP_ERASE ||
-		      e->op == DE_OP_APPLY_GRADS ||
-		      (e->op == DE_OP_LOOKUP && (e->flags & DE_LOOKUP_CREATE));
-	if (writes && !(c->rights[e->table] & SRV_RIGHT_BIT(SRV_RIGHT_WRITE))) {
-		q->res = -EACCES; /* opened without the write right (authz.h) */
-		return;
-	}
+		return 0;
+	if ((q->res = write_right(c, e)))
+		return 0;
 
 	if (e->op == DE_OP_STATS) {
 		struct de_table_stats s;
@@ -243,21 +369,37 @@ static void execute(struct srv_worker *w, struct srv_client *c, const struct de_
 			wire_stats(t, &ws, &s);
 			srv_learn_stats(t, &ws);
 			srv_persist_stats(w->srv->persist, t, &ws);
+			for (unsigned i = 0; i < w->srv->nworkers; i++) {
+				struct srv_worker *x = &w->srv->workers[i];
+				ws.dp_empty_wakes += __atomic_load_n(&x->n_empty_wakes,
+								     __ATOMIC_RELAXED);
+				ws.dp_wake_backoffs += __atomic_load_n(&x->n_backoffs,
+								       __ATOMIC_RELAXED);
+			}
 			memcpy(data + e->vals_off, &ws, sizeof ws);
 		}
-		return;
+		return 0;
 	}
 
-	if (e->op >= DE_OP_SAMPLE) { /* the batch's arrays as scratch */
+	if (e->op == DE_OP_SAMPLE || e->op == DE_OP_TOPK)
+		return slow_op(w, c, t, data, e, q);
+	if (e->op == DE_OP_KEY_STRINGS) { /* the batch's arrays as scratch */
 		struct srv_batch b = batch_of(w, t, e, NULL);
 		srv_learn_execute(&b, data, e, q);
-		return;
+		return 0;
 	}
 	uint32_t n = e->count;
 	bool str = t->wcfg.key_type == DE_KEYS_STRING;
 	int err = 0;
+	if (e->op == DE_OP_LOOKUP && !str) {
+		uint32_t found = 0, created = 0;
+		q->res = lookup_range(w, t, data, e, 0, n, &found, &created);
+		q->count = found;
+		q->aux0 = created;
+		return 0;
+	}
 	if (e->op != DE_OP_LOOKUP && (q->res = srv_persist_write_check(w->srv->persist, t)))
-		return; /* the table's WAL failed: read-only */
+		return 0; /* the table's WAL failed: read-only */
 	uint32_t bad = 0;
 	if (str)
 		err = load_string_keys(w, t, data, e);
@@ -271,11 +413,11 @@ static void execute(struct srv_worker *w, struct srv_client *c, const struct de_
 	if (err) {
 		q->res = err;
 		q->count = err == -EEXIST ? bad : 0; /* which key (proto.h) */
-		return;
+		return 0;
 	}
 	if (e->op == DE_OP_APPLY_GRADS) {
 		apply_grads(w, t, data, e, q);
-		return;
+		return 0;
 	}
 	float *vals = (float *)(void *)(data + e->vals_off);
 	struct srv_batch b = batch_of(w, t, e, vals);
@@ -312,10 +454,10 @@ static void execute(struct srv_worker *w, struct srv_client *c, const struct de_
 		q->count = b.bad; /* admission: a new key's string (learnops.c) */
 	if (err) {
 		q->res = err;
-		return;
+		return 0;
 	}
 	if (e->op == DE_OP_ERASE)
-		return;
+		return 0;
 	uint32_t found = 0, created = 0;
 	for (uint32_t i = 0; i < n; i++) {
 		found += w->status[i] == DE_FOUND;
@@ -331,6 +473,7 @@ static void execute(struct srv_worker *w, struct srv_client *c, const struct de_
 	} else {
 		q->count = created;
 	}
+	return 0;
 }
 
 /* ---- clients ------------------------------------------------------------------------ */
@@ -359,8 +502,71 @@ static void take_mail(struct srv_worker *w)
 	w->nmail = 0;
 	pthread_mutex_unlock(&w->mu);
 	for (unsigned i = w->nactive; i-- > 0;)
-		if (__atomic_load_n(&w->active[i]->want_remove, __ATOMIC_ACQUIRE))
+		if (__atomic_load_n(&w->active[i]->want_remove, __ATOMIC_ACQUIRE) &&
+		    !w->active[i]->slow_busy) /* else once its job is done (the pool kicks) */
 			release(w, i, false);
+}
+
+/* The next chunk of c->cur (an int64 LOOKUP larger than a slice, started) on t: as many
+ * keys as *left allows (at least one). 1: keys remain; 0: done, *q is its completion. */
+static int lookup_chunk(struct srv_worker *w, struct srv_client *c, struct srv_table *t,
+			struct de_cqe *q, int64_t *left)
+{
+	const struct de_sqe *e = &c->cur;
+	uint64_t per = (uint64_t)t->wcfg.dim + 1;
+	uint64_t fit = *left > 0 ? (uint64_t)*left / per : 0;
+	uint32_t n = e->count - c->cur_done;
+	if (fit < 1)
+		fit = 1;
+	if (n > fit)
+		n = (uint32_t)fit;
+	uint32_t found = 0, created = 0;
+	int err = lookup_range(w, t, de_channel_data(c->ch, NULL), e, c->cur_done, n, &found,
+			       &created);
+	__atomic_fetch_add(&w->n_chunks, 1, __ATOMIC_RELAXED);
+	*left -= (int64_t)(n * per);
+	c->cur_done += n;
+	c->cur_found += found;
+	c->cur_created += created;
+	if (!err && c->cur_done < e->count)
+		return 1;
+	c->has_cur = false;
+	*q = (struct de_cqe){ .user_data = e->user_data, .res = err,
+			      .count = err ? 0 : c->cur_found, .aux0 = err ? 0 : c->cur_created };
+	return 0;
+}
+
+/*
+ * Run e (popped, or c->cur) within what is left of c's slice: a large int64 LOOKUP
+ * starts or continues in chunks, anything else runs whole. 0: done, *q is its
+ * completion; 1: a chunked LOOKUP goes on next pass (c->cur); 2: on the slow pool.
+ */
+static int step(struct srv_worker *w, struct srv_client *c, const struct de_sqe *e,
+		struct de_cqe *q, int64_t *left)
+{
+	/* acquire: pairs with the release in the control thread's OPEN */
+	uint32_t nt = __atomic_load_n(&c->ntables, __ATOMIC_ACQUIRE);
+	struct srv_table *t = e->table < nt ? c->tables[e->table] : NULL;
+	if (c->has_cur && c->cur_started)
+		return lookup_chunk(w, c, t, q, left); /* checked when it started */
+	c->has_cur = false;
+	uint64_t cost = cost_of(e, t);
+	if (e->op == DE_OP_LOOKUP && t && t->wcfg.key_type == DE_KEYS_INT64 &&
+	    cost > (uint64_t)*left) {
+		uint64_t bytes;
+		de_channel_data(c->ch, &bytes);
+		*q = (struct de_cqe){ .user_data = e->user_data };
+		q->res = srv_check_sqe(e, nt, t->wcfg.dim, t->wcfg.key_type,
+				       w->srv->cfg.max_batch, bytes);
+		if (q->res || (q->res = write_right(c, e)))
+			return 0;
+		c->cur = *e;
+		c->has_cur = c->cur_started = true;
+		c->cur_done = c->cur_found = c->cur_created = 0;
+		return lookup_chunk(w, c, t, q, left);
+	}
+	*left -= cost > (uint64_t)INT64_MAX ? INT64_MAX : (int64_t)cost;
+	return execute(w, c, e, q);
 }
 
 /*
@@ -370,6 +576,15 @@ static void take_mail(struct srv_worker *w)
 static int serve(struct srv_worker *w, struct srv_client *c)
 {
 	int work = 0, r;
+	if (c->slow_busy) {
+		/* acquire: pairs with the release in slowpool.c's run_job (slow_q, the data) */
+		if (!__atomic_load_n(&c->slow_done, __ATOMIC_ACQUIRE))
+			return 0; /* nothing else of c runs while its job is out */
+		c->slow_busy = false;
+		/* after the completions held before it (at most BUDGET - 1 of them) */
+		c->pending[c->npending++] = c->slow_q;
+		c->has_pending = true;
+	}
 	while (c->has_pending) {
 		r = de_channel_post(c->ch, &c->pending[0]);
 		if (r == -EAGAIN)
@@ -388,18 +603,36 @@ static int serve(struct srv_worker *w, struct srv_client *c)
 	bool wait[BUDGET];
 	unsigned nq = 0;
 	bool bad = false;
-	for (int i = 0; i < BUDGET; i++) {
+	int64_t left = PASS_WORK; /* c's slice of this pass ("Fairness" at the top) */
+	for (int i = 0; i < BUDGET && left > 0; i++) {
 		struct de_sqe e;
-		r = de_channel_pop(c->ch, &e);
-		if (r == -EAGAIN)
-			break;
-		if (r) {
-			bad = true;
-			break;
+		if (c->has_cur) {
+			e = c->cur;
+		} else {
+			r = de_channel_pop(c->ch, &e);
+			if (r == -EAGAIN)
+				break;
+			if (r) {
+				bad = true;
+				break;
+			}
+			if (i > 0) { /* too large for what is left: first thing next pass */
+				uint32_t nt = __atomic_load_n(&c->ntables, __ATOMIC_ACQUIRE);
+				if (cost_of(&e, e.table < nt ? c->tables[e.table] : NULL) >
+				    (uint64_t)left) {
+					c->cur = e;
+					c->has_cur = true;
+					c->cur_started = false;
+					work = 1;
+					break;
+				}
+			}
 		}
 		work = 1;
 		w->sync_pending = false;
-		execute(w, c, &e, &q[nq]);
+		int st = step(w, c, &e, &q[nq], &left);
+		if (st)
+			break; /* c->cur goes on next pass, or the slow pool has it */
 		wait[nq] = w->sync_pending;
 		if (nq || wait[nq]) {
 			nq++; /* held behind a SYNC write */
@@ -439,7 +672,28 @@ static int serve(struct srv_worker *w, struct srv_client *c)
 	return work;
 }
 
-/* One pass over every client. *pending: some client still has a completion waiting. */
+/* A wake of c's channel that brought no work ("Wake storms" at the top). */
+static void empty_wake(struct srv_worker *w, struct srv_client *c)
+{
+	__atomic_fetch_add(&w->n_empty_wakes, 1, __ATOMIC_RELAXED);
+	if (++c->empty_wakes < EMPTY_WAKES_MAX)
+		return;
+	c->empty_wakes = 0;
+	c->backoff_ms = c->backoff_ms ? 2 * c->backoff_ms : BACKOFF_MIN_MS;
+	if (c->backoff_ms > BACKOFF_MAX_MS)
+		c->backoff_ms = BACKOFF_MAX_MS;
+	c->backoff_until = srv_mono_ns() + (uint64_t)c->backoff_ms * 1000000ull;
+	uint64_t n = __atomic_add_fetch(&w->n_backoffs, 1, __ATOMIC_RELAXED);
+	if (log_due(&w->last_storm_log))
+		srv_log(SRV_LOG_WARN,
+			"client %u (pid %d, '%s'): %u wakes in a row brought no work: its wakes "
+			"are ignored for %u ms, its channel polled every %d ms meanwhile (%" PRIu64
+			" back-offs on worker %u so far)", c->id, (int)c->pid, c->name,
+			EMPTY_WAKES_MAX, c->backoff_ms, SLOW_POLL_MS, n, w->idx);
+}
+
+/* One pass over every client. *pending: some client still has a completion waiting, or
+ * a job on the slow pool. */
 static bool pass(struct srv_worker *w, bool *pending)
 {
 	bool work = false;
@@ -447,13 +701,22 @@ static bool pass(struct srv_worker *w, bool *pending)
 	for (unsigned i = w->nactive; i-- > 0;) {
 		struct srv_client *c = w->active[i];
 		int r = serve(w, c);
+		if (c->woke) {
+			c->woke = false;
+			if (r > 0) {
+				c->empty_wakes = 0;
+				c->backoff_ms /= 2;
+			} else if (r == 0) {
+				empty_wake(w, c);
+			}
+		}
 		if (r < 0) {
 			srv_log(SRV_LOG_WARN, "client %u broke its channel: dropping it", c->id);
 			release(w, i, true);
 			continue;
 		}
 		work |= r > 0;
-		*pending |= c->has_pending;
+		*pending |= c->has_pending || c->slow_busy;
 	}
 	return work;
 }
@@ -468,25 +731,50 @@ static bool drain_ctl(struct srv_worker *w)
 }
 
 /* Set NEED_WAKEUP everywhere and sleep unless something arrived meanwhile. */
+/* Set NEED_WAKEUP everywhere and sleep unless something arrived meanwhile. A client
+ * with completions waiting is retried every PENDING_RETRY_MS; one with a job on the slow
+ * pool is left out (the pool kicks the worker); a backed-off one is polled every
+ * SLOW_POLL_MS. A client channel whose word moved is marked woke (the next pass tells
+ * whether the wake brought work). */
 static void sleep_until_work(struct srv_worker *w, bool pending)
 {
 	de_channel *chs[DE_CHANNELS_WAIT_MAX];
+	struct srv_client *who[DE_CHANNELS_WAIT_MAX];
 	unsigned n = 0;
 	bool ready = false;
+	int timeout = -1;
+	uint64_t now = srv_mono_ns();
+	who[n] = NULL;
 	chs[n++] = w->ctl;
 	if (de_channel_sleep_prepare(w->ctl) != 0)
 		ready = true;
 	for (unsigned i = w->nactive; i-- > 0 && !ready;) {
 		struct srv_client *c = w->active[i];
-		if (c->has_pending)
+		if (c->has_pending) {
+			timeout = PENDING_RETRY_MS;
 			continue; /* retried on the timeout below */
+		}
+		if (c->slow_busy)
+			continue;
+		if (c->backoff_until && now < c->backoff_until) {
+			if (timeout < 0 || timeout > SLOW_POLL_MS)
+				timeout = SLOW_POLL_MS;
+			continue;
+		}
+		c->backoff_until = 0;
 		int r = de_channel_sleep_prepare(c->ch);
+		who[n] = c;
 		chs[n++] = c->ch;
 		if (r)
 			ready = true; /* a submission, or broken: the next pass sees it */
 	}
+	if (pending && (timeout < 0 || timeout > PENDING_RETRY_MS))
+		timeout = PENDING_RETRY_MS;
 	if (!ready) {
-		int r = de_channels_wait(chs, n, pending ? PENDING_RETRY_MS : -1);
+		int r = de_channels_wait(chs, n, timeout);
+		for (unsigned i = 1; r == 0 && i < n; i++)
+			if (de_channel_woken(chs[i]))
+				who[i]->woke = true;
 		if (r && r != -ETIMEDOUT) {
 			static int warned;
 			if (!__atomic_exchange_n(&warned, 1, __ATOMIC_RELAXED))
@@ -547,9 +835,16 @@ static void *worker_main(void *arg)
 			continue;
 		}
 		sleep_until_work(w, pending);
-		last_work = srv_mono_ns();
+		/* busy-poll again only once a pass finds work: a wake that brought none (a
+		 * client bumping its word) costs one pass, not poll_us of spinning */
+		last_work = srv_mono_ns() - poll_ns;
 	}
-	/* Hand every client back: the control thread frees them after the join. */
+	/* Hand every client back (the control thread frees them after the join), once the
+	 * slow pool is done with their jobs: a job writes into its client's channel. */
+	for (unsigned i = 0; i < w->nactive; i++)
+		while (w->active[i]->slow_busy &&
+		       !__atomic_load_n(&w->active[i]->slow_done, __ATOMIC_ACQUIRE))
+			usleep(1000);
 	while (w->nactive)
 		release(w, w->nactive - 1, false);
 	return NULL;
@@ -560,8 +855,10 @@ static void *worker_main(void *arg)
 void srv_worker_kick(struct srv_worker *w)
 {
 	struct de_sqe nop = { .op = DE_OP_NOP };
+	pthread_mutex_lock(&w->kick_mu);
 	/* -EAGAIN: the ring is full of kicks the worker has not popped: it will wake */
 	de_channel_submit(w->ctl_kick, &nop);
+	pthread_mutex_unlock(&w->kick_mu);
 }
 
 static hwloc_cpuset_t pick_pu(struct srv_server *s, unsigned idx)
@@ -587,10 +884,18 @@ int srv_workers_start(struct srv_server *s)
 		return -ENOMEM;
 	s->nworkers = cfg->workers;
 	for (unsigned i = 0; i < s->nworkers; i++) {
+		pthread_mutex_init(&s->workers[i].mu, NULL);
+		pthread_mutex_init(&s->workers[i].kick_mu, NULL);
+	}
+	/* one thread: TOPK and SAMPLE queue behind each other, never behind a lookup */
+	int perr = srv_slowpool_start(s, 1, &s->slow);
+	if (perr)
+		srv_log(SRV_LOG_WARN, "no top-k / sampling pool (%s): the workers run them",
+			strerror(-perr));
+	for (unsigned i = 0; i < s->nworkers; i++) {
 		struct srv_worker *w = &s->workers[i];
 		w->idx = i;
 		w->srv = s;
-		pthread_mutex_init(&w->mu, NULL);
 		struct de_channel_config cc = { .sq_entries = 2, .cq_entries = 2, .data_bytes = 4096 };
 		int err = de_channel_create(&cc, &w->ctl);
 		if (!err)
@@ -639,6 +944,8 @@ void srv_workers_stop(struct srv_server *s)
 			pthread_join(w->thread, NULL);
 		w->started = false;
 	}
+	srv_slowpool_stop(s->slow); /* after the workers: they waited for their jobs */
+	s->slow = NULL;
 }
 
 void srv_workers_free(struct srv_server *s)
@@ -656,7 +963,10 @@ void srv_workers_free(struct srv_server *s)
 		free(w->sbuf);
 		free(w->gbuf);
 		pthread_mutex_destroy(&w->mu);
+		pthread_mutex_destroy(&w->kick_mu);
 	}
+	srv_slowpool_stop(s->slow);
+	s->slow = NULL;
 	free(s->workers);
 	s->workers = NULL;
 	s->nworkers = 0;

@@ -73,6 +73,25 @@ struct srv_client {
 	unsigned npending;
 	struct de_cqe pending[32]; /* completions the full CQ did not take yet, in order
 	                             (at most one round: worker.c's BUDGET) */
+	/* worker only: a descriptor popped but not finished (worker.c "Fairness") */
+	bool has_cur;             /* cur holds it; nothing else of c runs before it ends */
+	bool cur_started;         /* checked, and cur_done keys of it served */
+	struct de_sqe cur;
+	uint32_t cur_done, cur_found, cur_created;
+	/* worker only: wake accounting (worker.c "Wake storms") */
+	bool woke;                /* its futex word moved while the worker slept */
+	uint32_t empty_wakes;     /* wakes in a row that brought no work */
+	uint32_t backoff_ms;      /* the last interval its wakes were ignored for */
+	uint64_t backoff_until;   /* monotonic ns; 0: in the wait set */
+	/* TOPK / SAMPLE on the slow pool (slowpool.h): the worker sets slow_busy, queues
+	 * the job and serves nothing else of c; the pool fills slow_q and stores slow_done
+	 * (release); the worker posts slow_q after its acquire load of slow_done */
+	bool slow_busy;           /* worker only */
+	int slow_done;            /* pool -> worker (atomic) */
+	struct de_sqe slow_e;     /* worker writes before queueing; the pool reads */
+	struct srv_table *slow_t;
+	struct de_cqe slow_q;     /* pool writes, worker reads after slow_done */
+	struct srv_client *slow_next; /* the pool's queue (under its lock) */
 };
 
 struct srv_worker {
@@ -99,6 +118,13 @@ struct srv_worker {
 	size_t sbuf_cap;
 	float *gbuf;              /* APPLY_GRADS: gradients copied out (grown on demand) */
 	size_t gbuf_cap;          /* floats */
+	pthread_mutex_t kick_mu;  /* ctl_kick's one producer at a time: control, slow pool */
+	/* counters, read by STATS of any worker (relaxed atomics) */
+	uint64_t n_empty_wakes;   /* wakes of a client channel that brought no work */
+	uint64_t n_backoffs;      /* times a channel's wakes were ignored for an interval */
+	uint64_t n_chunks;        /* passes that served part of a large lookup */
+	uint64_t last_storm_log;  /* monotonic ns of the last wake-storm warning */
+	uint64_t last_refuse_log; /* ... of the last refused TOPK / SAMPLE */
 	/* group commit of the round's SYNC writes (srv_persist_log returns each one's LSN) */
 	uint64_t sync_lsn;        /* largest LSN a SYNC write of this round appended; 0: none */
 	bool sync_pending;        /* the descriptor just executed waits for sync_lsn */
@@ -108,7 +134,8 @@ int srv_workers_start(struct srv_server *s);
 /* Ask every worker to drain its rings and exit, and join them. */
 void srv_workers_stop(struct srv_server *s);
 void srv_workers_free(struct srv_server *s);
-/* Wake a worker to read its mailbox and flags. Control thread only. */
+/* Wake a worker to read its mailbox and flags, or a finished slow-pool job. Any thread
+ * (kick_mu orders the producers of ctl_kick). */
 void srv_worker_kick(struct srv_worker *w);
 
 #endif /* DE_SRV_WORKER_H */

@@ -46,6 +46,10 @@ int cmd_learn(int argc, char **argv, const char *command_line);
  * on the same file system (bench_persist.c). */
 int cmd_persist(int argc, char **argv, const char *command_line);
 
+/* dynemb-bench fair: a victim client's latency alone and while another client floods the
+ * daemon (bench_fair.c). */
+int cmd_fair(int argc, char **argv, const char *command_line);
+
 /* ---- clocks and pinning ----------------------------------------------------------------- */
 
 /* CLOCK_MONOTONIC in nanoseconds. */

@@ -5,8 +5,9 @@
  * bottom of this file: `table` (bench_table.c: the table against a plain gather, growth
  * latency), `channel` (bench_channel.c: shm channel round trips), `sidecar`
  * (bench_sidecar.c: the daemon end to end through libdynemb), `learn` (bench_learn.c:
- * optimizer steps, eviction, top-k) and `persist` (bench_persist.c: WAL, snapshots,
- * restore). Each has its own cmd_<name>() and options, declared in bench_util.h with the
+ * optimizer steps, eviction, top-k), `persist` (bench_persist.c: WAL, snapshots,
+ * restore) and `fair` (bench_fair.c: a victim client's latency while another floods the
+ * daemon). Each has its own cmd_<name>() and options, declared in bench_util.h with the
  * helpers they share (bench_util.c). main() hands a sub-command argv from its name on and
  * the whole command line, quoted, for the figures' header.
  *
@@ -68,6 +69,8 @@ static const struct command commands[] = {
 	 "optimizer steps vs find, Hogwild vs per-row exclusion, eviction overhead, top-k"},
 	{"persist", cmd_persist,
 	 "WAL async / sync, snapshot write, restore and restart time against fio"},
+	{"fair", cmd_fair,
+	 "a victim client's p50/p99 alone and under a flood (max-size lookups, top-k, wake storm)"},
 };
 
 static void usage(FILE *f)
