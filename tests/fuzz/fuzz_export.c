@@ -6,7 +6,8 @@
  * flags let the fuzzer ask for them to be fixed up before the file is read: bit 0 — the
  * header CRC (bytes 124..127) is recomputed; bit 1 — every complete record's CRC, and a
  * trailer CRC, are recomputed for the record size the header says (the layout at the top
- * of uring/export.c). The file goes to a memfd, read through /proc/self/fd/N.
+ * of uring/export.c). The file goes to a regular file in /dev/shm (or /tmp), rewritten for
+ * each input (import opens O_NOFOLLOW, so /proc/self/fd/N, a symlink, is refused).
  *
  * Beyond "no crash, no leak, no sanitizer report", it checks what a caller relies on:
  * check and strict import agree; a strict import that fails wrote nothing; salvage
@@ -15,6 +16,7 @@
  * Build and run: tools/fuzz.sh (seeds: tests/fuzz/corpus_export/).
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -80,6 +82,13 @@ static uint64_t nkeys(de_table *t)
 	return st.keys;
 }
 
+static char path[64];
+
+static void remove_input(void)
+{
+	unlink(path);
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
 	if (size < 1 || size > (1u << 20))
@@ -90,12 +99,15 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	CHECK(f);
 	memcpy(f, data + 1, n);
 	fix_crcs(f, n, flags);
-	int fd = memfd_create("fuzz_export", MFD_CLOEXEC);
+	if (!path[0]) {
+		const char *dir = access("/dev/shm", W_OK) == 0 ? "/dev/shm" : "/tmp";
+		snprintf(path, sizeof path, "%s/fuzz_export.%d", dir, (int)getpid());
+		atexit(remove_input);
+	}
+	int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
 	CHECK(fd >= 0);
 	CHECK(write(fd, f, n) == (ssize_t)n);
 	free(f);
-	char path[64];
-	snprintf(path, sizeof path, "/proc/self/fd/%d", fd);
 
 	struct de_export_info info;
 	int rc = de_export_check(path, &info);
