@@ -70,7 +70,8 @@
  * segment (doubling the directory first when needed), the old segment takes the first
  * half, and its buckets go even. A reader that looked up a stale directory entry and
  * missed checks that the segment still covers its hash (depth_prefix) and retries if not.
- * A call never waits for more than one segment (seg_buckets * 5 keys) to be rehashed.
+ * An insert never waits for more than two segments (seg_buckets * 5 keys each) to be
+ * rehashed (see Flooding).
  *
  * Flooding. The seed is public (zero-copy readers hash on the client side) and xxh3 of an
  * 8-byte key is a bijection, so anyone can make keys that share as many hash bits as
@@ -78,9 +79,13 @@
  * rules 12 such keys cost 27 doublings and a 1 GiB directory in one call. So an insert
  * that finds its bucket pair full (after a kick) gets -ENOSPC, and h->refusals counts it,
  * instead of growth, when:
- *   - it already split once (one split, with at most one doubling, per insert);
- *   - every key of the pair and the new one agree on the split bit (the split would
- *     leave the full pair on one side);
+ *   - it already split twice (at most two splits, each with at most one doubling, per
+ *     insert);
+ *   - on its second split, every key of the pair and the new one agree on the split bit
+ *     (the split would leave the full pair on one side). Uniform keys do that once in
+ *     about 2^10 splits (11 keys on one side), so the first split of an insert is let
+ *     through whatever it separates; two in a row are about 2^-20 for uniform keys and
+ *     certain for chosen ones;
  *   - the segment is less than 1/16 full (MIN_SPLIT_LOAD: uniform keys fill a pair at
  *     about 45% load; a pair full this early is made of chosen keys), which bounds index
  *     bytes per key;
@@ -1283,7 +1288,7 @@ static bool split_frees_pair(const struct de_table *t, struct seg *s, uint64_t h
  * full, or when it needs a doubling past depth_cap. Without pair (a split at the load
  * threshold) only the depth cap applies. -EBADMSG for a corrupt depth or prefix.
  */
-static int seg_split(struct de_table *t, struct seg *s, uint64_t h, bool pair)
+static int seg_split(struct de_table *t, struct seg *s, uint64_t h, bool pair, bool second)
 {
 	uint64_t dp = LD(&s->depth_prefix);
 	uint32_t d = (uint32_t)(dp & 0xff);
@@ -1295,7 +1300,7 @@ static int seg_split(struct de_table *t, struct seg *s, uint64_t h, bool pair)
 	if ((d && (p >> d)) || (!d && p) || d > (uint32_t)(dw0 & 63))
 		return -EBADMSG; /* the prefix has more bits than the depth, or the depth
 				    is beyond the directory's */
-	if (pair && (!split_frees_pair(t, s, h, d) ||
+	if (pair && ((second && !split_frees_pair(t, s, h, d)) ||
 		     LD(&s->nkeys) < (uint64_t)nb * SLOTS / MIN_SPLIT_LOAD))
 		return -ENOSPC;
 	if (d == (uint32_t)(dw0 & 63) && d + 1 > depth_cap(t))
@@ -1384,7 +1389,7 @@ static int locate(struct de_table *t, uint64_t key, uint64_t h, bool create, con
 		  uint64_t step, struct seg **sp, struct bucket **bk, int *slot, bool *created)
 {
 	*created = false;
-	bool grew = false; /* one split (and at most one doubling) per insert */
+	unsigned splits = 0; /* at most two splits (each with at most one doubling) per insert */
 	for (;;) {
 		struct seg *s;
 		int err = lock_seg(t, h, &s);
@@ -1410,13 +1415,13 @@ static int locate(struct de_table *t, uint64_t key, uint64_t h, bool create, con
 		if (!b && (b = kick(t, s, bb)))
 			j = slot_of(b, 0);
 		if (!b) {
-			err = grew ? -ENOSPC : seg_split(t, s, h, true);
+			err = splits >= 2 ? -ENOSPC : seg_split(t, s, h, true, splits == 1);
 			spin_unlock(&s->lock);
 			if (err == -ENOSPC)
 				__atomic_fetch_add(&t->hdr->refusals, 1, __ATOMIC_RELAXED);
 			if (err)
 				return err;
-			grew = true;
+			splits++;
 			continue;
 		}
 		uint32_t r;
@@ -1449,10 +1454,10 @@ static int locate(struct de_table *t, uint64_t key, uint64_t h, bool create, con
 		*bk = b;
 		*slot = j;
 		*created = true;
-		if (!grew && nk > split_threshold(t, LD(&s->depth_prefix))) {
+		if (!splits && nk > split_threshold(t, LD(&s->depth_prefix))) {
 			/* Split now, while it is cheap to find the key again; a failure
 			 * here only means the split happens at the next full bucket pair. */
-			if (seg_split(t, s, h, false) == 0) {
+			if (seg_split(t, s, h, false, false) == 0) {
 				spin_unlock(&s->lock);
 				err = lock_seg(t, h, &s);
 				if (err)

@@ -23,6 +23,7 @@
 #endif
 
 #include <errno.h>
+#include <inttypes.h>
 #include <fcntl.h>
 #include <poll.h>
 #include <pthread.h>
@@ -1354,8 +1355,13 @@ static void parent_insert(de_table *t, struct xshared *sh, uint64_t from, size_t
 		make_row(keys[k], 1, rows + k * DIM);
 	}
 	int rc = de_table_assign(t, keys, n, rows, st, step);
-	if (rc != 0)
-		cr_assert_fail("parent: assign returned %d", rc);
+	if (rc != 0) {
+		struct de_table_stats ts = { 0 };
+		de_table_stats(t, &ts);
+		cr_assert_fail("parent: assign returned %d (%s) at key %" PRIu64 " of this run; "
+			       "%" PRIu64 " keys, %" PRIu64 " index refusals, %" PRIu64 " index bytes",
+			       rc, strerror(-rc), from, ts.keys, ts.index_refusals, ts.index_bytes);
+	}
 	for (size_t k = 0; k < n; k++)
 		if (st[k] != DE_CREATED)
 			cr_assert_fail("parent: new key %llu status %u", (unsigned long long)(from + k),
