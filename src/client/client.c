@@ -1460,6 +1460,7 @@ static const char *keys_word(uint32_t key_type)
 /* Checks every data-plane call starts with; clears the last error's message. */
 static int check_call(dynemb_client *c, int table, uint32_t key_type, struct ctable **t)
 {
+	*t = NULL;
 	err_clear();
 	if (!c)
 		return bad_handle(c, table);
