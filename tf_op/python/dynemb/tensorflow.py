@@ -30,10 +30,18 @@ argument order::
 * ``dynamic_embedding_update(keys, values, config, var_name, ...)``: assign rows (or
   push gradients with ``gradients=True``); returns the count (created / stepped).
 * ``top_k(queries, k, config, var_name, metric='dot', ...)`` -> (keys, scores, found).
-* ``compute_sampled_logits`` / ``sampled_softmax_loss``: TensorFlow's
-  ``_compute_sampled_logits`` with candidates drawn by the daemon; the gradient w.r.t.
+* ``compute_sampled_logits`` / ``sampled_softmax_loss`` / ``sampled_sigmoid_loss``:
+  TensorFlow's ``_compute_sampled_logits`` with candidates drawn by the daemon (the losses
+  as ``tf.nn.sampled_softmax_loss`` and, for the sigmoid one, ``tf.nn.nce_loss``: per-row
+  sums of sigmoid cross-entropies against labels 1/num_true and 0); the gradient w.r.t.
   ``inputs`` flows back and the embedding rows' gradients go to the daemon. No biases.
   int64 tables only for training (sampled keys of string tables are fingerprints).
+* ``embedding_lookup_sparse(sp_ids, config, var_name, sp_weights=None, combiner='mean')``
+  and the Keras layer ``DynamicEmbeddingBag``: ``tf.nn.embedding_lookup_sparse`` over a
+  dynemb table (a tf.SparseTensor or tf.RaggedTensor of keys per example; combiners sum,
+  mean, sqrtn; optional weights) -> ``[batch, dim]``, an example without keys gives zeros
+  (``dense_shape[0]`` / ``nrows()`` rows, as ``safe_embedding_lookup_sparse``). The
+  gradient goes through the one lookup of all the bag's keys.
 
 config: a :class:`DynamicEmbeddingConfig` or a dict of its arguments; both map to the
 config text the ops take (:func:`config_text`), which tf_op/de_tf.c parses into
@@ -44,7 +52,10 @@ No daemon at the address, or none answering within ``timeout_ms``:
 
 Tested in real TensorFlow (tf_op/python/tests/test_tf_ops.py, marker tensorflow): values
 vs the table's rows, the pushed gradients, SGD / Adagrad training vs Keras' optimizers on
-a dense tf.Variable, the Keras layer in eager, tf.function and model.fit, the errors.
+a dense tf.Variable, the Keras layer in eager, tf.function and model.fit, the errors;
+test_tf_more.py: bags vs tf.nn.embedding_lookup_sparse, the sampled losses vs
+tf.nn.sampled_softmax_loss / nce_loss on the same candidates, top_k vs brute force, the
+output inside the channel mapping (no copy), a SavedModel served by another process.
 The kernels' fault paths are tested in C through a stand-in of TensorFlow's C API
 (tests/tf_standin).
 
@@ -58,7 +69,8 @@ import os
 
 __all__ = ["DynamicEmbeddingConfig", "config_text", "dynamic_embedding_lookup",
            "dynamic_embedding_update", "top_k", "compute_sampled_logits",
-           "sampled_softmax_loss", "DynamicEmbedding", "trigger_variable"]
+           "sampled_softmax_loss", "sampled_sigmoid_loss", "embedding_lookup_sparse",
+           "DynamicEmbedding", "DynamicEmbeddingBag", "trigger_variable"]
 
 # ---- config mapping (pure Python: tested without TensorFlow) --------------------------
 
@@ -370,6 +382,61 @@ def sampled_softmax_loss(labels, inputs, num_sampled, config, var_name, num_true
                                                    logits=logits)
 
 
+def sampled_sigmoid_loss(labels, inputs, num_sampled, config, var_name, num_true=1, **kw):
+    """tf.nn.nce_loss's loss over the daemon's candidates: per example, the sum of the
+    sigmoid cross-entropies of the true logits (label 1/num_true) and the sampled ones
+    (label 0); -> [batch]."""
+    logits, out_labels = compute_sampled_logits(inputs, labels, num_sampled, config, var_name,
+                                                num_true=num_true, **kw)
+    xent = tf.nn.sigmoid_cross_entropy_with_logits(labels=tf.stop_gradient(out_labels),
+                                                   logits=logits)
+    return tf.reduce_sum(xent, axis=1)
+
+
+_COMBINERS = ("sum", "mean", "sqrtn")
+
+
+def embedding_lookup_sparse(sp_ids, config, var_name, sp_weights=None, combiner="mean",
+                            service_address="", timeout_ms=-1, **lookup_kw):
+    """tf.nn.embedding_lookup_sparse over a dynemb table: sp_ids a tf.SparseTensor
+    ([batch, n], values the keys) or a tf.RaggedTensor ([batch, None]); sp_weights None or
+    of the same structure (float). -> float32 [batch, dim]; rows without keys are zeros.
+    combiner: 'sum', 'mean' (sum / sum of weights) or 'sqrtn' (sum / sqrt of the sum of
+    squared weights). lookup_kw: dynamic_embedding_lookup's (trigger, lr, step, ...)."""
+    if combiner not in _COMBINERS:
+        raise ValueError(f"combiner must be one of {list(_COMBINERS)}, not {combiner!r}")
+    if isinstance(sp_ids, tf.RaggedTensor):
+        if sp_ids.ragged_rank != 1:
+            raise ValueError(f"sp_ids: a RaggedTensor of rank 2 ([batch, None]), not ragged "
+                             f"rank {sp_ids.ragged_rank}")
+        keys, rows, nrows = sp_ids.values, sp_ids.value_rowids(), sp_ids.nrows()
+        w = None if sp_weights is None else sp_weights.values
+    elif isinstance(sp_ids, tf.SparseTensor):
+        keys, rows = sp_ids.values, sp_ids.indices[:, 0]
+        nrows = sp_ids.dense_shape[0]
+        w = None if sp_weights is None else sp_weights.values
+    else:
+        raise TypeError(f"sp_ids must be a tf.SparseTensor or a tf.RaggedTensor, not "
+                        f"{type(sp_ids).__name__}")
+    emb = dynamic_embedding_lookup(keys, config, var_name, service_address,
+                                   timeout_ms=timeout_ms, **lookup_kw)
+    rows = tf.cast(rows, tf.int32)
+    nrows = tf.cast(nrows, tf.int32)
+    if w is None:
+        w = tf.ones_like(rows, tf.float32)
+    else:
+        w = tf.cast(w, tf.float32)
+        emb = emb * w[:, None]
+    out = tf.math.unsorted_segment_sum(emb, rows, nrows)
+    if combiner == "mean":
+        den = tf.math.unsorted_segment_sum(w, rows, nrows)
+    elif combiner == "sqrtn":
+        den = tf.sqrt(tf.math.unsorted_segment_sum(w * w, rows, nrows))
+    else:
+        return out
+    return tf.math.divide_no_nan(out, den[:, None])
+
+
 if tf is not None:
     class DynamicEmbedding(tf.keras.layers.Layer):
         """Keras layer: keys -> keys.shape + [dim]; training pushes gradients to the
@@ -410,3 +477,32 @@ if tf is not None:
                         var_name=self.var_name, service_address=self.service_address,
                         timeout_ms=self.timeout_ms,
                         skip_gradient_update=self.skip_gradient_update)
+
+    class DynamicEmbeddingBag(DynamicEmbedding):
+        """Keras layer: a tf.RaggedTensor or tf.SparseTensor of keys per example ->
+        [batch, dim], combined as embedding_lookup_sparse (sum / mean / sqrtn); call it
+        with weights= for weighted bags. Trains as DynamicEmbedding."""
+
+        def __init__(self, config, var_name, combiner="mean", **kwargs):
+            if combiner not in _COMBINERS:
+                raise ValueError(f"combiner must be one of {list(_COMBINERS)}, "
+                                 f"not {combiner!r}")
+            super().__init__(config, var_name, **kwargs)
+            self.combiner = combiner
+
+        def call(self, keys, weights=None, training=None):
+            lr = step = None
+            if self.learning_rate is not None and training:
+                step = tf.convert_to_tensor(self.step.value if hasattr(self.step, "value")
+                                            else self.step)
+                lr = self.learning_rate(step) if callable(self.learning_rate) \
+                    else self.learning_rate
+                self.step.assign_add(1)
+            return embedding_lookup_sparse(
+                keys, self.config_text, self.var_name, sp_weights=weights,
+                combiner=self.combiner, service_address=self.service_address,
+                timeout_ms=self.timeout_ms, skip_gradient_update=self.skip_gradient_update,
+                trigger=self.trigger, readonly=training is False, lr=lr, step=step)
+
+        def get_config(self):
+            return dict(super().get_config(), combiner=self.combiner)
