@@ -6,7 +6,8 @@ model on the same pairs and negatives in lockstep (``DynembLearner``: both embed
 tables in dynembd, gradients pushed with ``apply_gradients``; ``TorchLearner``: two
 ``nn.Embedding(sparse=True)`` sized for the final vocabulary with torch.optim or, for
 Momentum, an explicit lazy (per-row) momentum), and the comparison of their loss curves
-(``run``, ``compare``). Used by tools/word2vec and tf_op/python/tests/test_word2vec.py.
+(``run``, ``compare``); ``sgns_tf`` has the two learners in TensorFlow (``run(...,
+framework="tf")``: dynemb's TF ops vs tf.keras.layers.Embedding). Used by tools/word2vec and tf_op/python/tests/test_word2vec.py.
 
 Never: depends on dynemb's server-side sampling (negatives are drawn here, in numpy, from
 the unigram^0.75 of the words seen so far); changes the dynemb package.

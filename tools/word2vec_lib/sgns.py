@@ -23,7 +23,8 @@ Model and loss
     id + 1 (key 0 means "no key" in dynemb), or the string "w<id>" with --keys str.
     loss = mean over the batch's pairs of -log s(u_pos . v) - sum_k log s(-u_neg_k . v).
 
-Learners (both step every batch, same pairs, same negatives)
+Learners (both step every batch, same pairs, same negatives; sgns_tf.py has the same two
+in TensorFlow for ``framework="tf"``: the TF ops against tf.keras.layers.Embedding)
     DynembLearner: lookups create missing words; torch autograd on leaf tensors made from
         the lookup results gives d loss / d rows; one apply_gradients per table per batch
         (duplicates summed and stepped once by the daemon, its optimizer applied there).
@@ -313,13 +314,24 @@ _run_ids = iter(range(1 << 30))
 
 
 def run(client, cfg, optimizers=OPTIMIZERS, keys="int64", controls=None, progress=None,
-        batches=None):
-    """Train each optimizer's DynembLearner and TorchLearner in lockstep on the same data.
+        batches=None, framework="torch", service_address=""):
+    """Train each optimizer's DynembLearner and TorchLearner in lockstep on the same data
+    (framework "tf": sgns_tf's TFDynembLearner, through the TensorFlow ops at
+    service_address, and KerasLearner; the results' "torch" fields then hold Keras').
 
-    controls: {optimizer: lr multiplier} adds a TorchLearner with a different lr (a
+    controls: {optimizer: lr multiplier} adds a reference learner with a different lr (a
     negative control, compared against the dynemb learner). batches: limit (default all).
-    Returns {"config", "corpus", "results": {opt: {...}}}.
+    Returns {"config", "framework", "corpus", "results": {opt: {...}}}.
     """
+    if framework == "tf":
+        from .sgns_tf import KerasLearner as Ref, TFDynembLearner
+
+        def Dyn(*a, **kw):
+            return TFDynembLearner(*a, service_address=service_address, **kw)
+    elif framework == "torch":
+        Dyn, Ref = DynembLearner, TorchLearner
+    else:
+        raise ValueError(f"framework must be 'torch' or 'tf', not {framework!r}")
     t0 = time.monotonic()
     corpus = Corpus(**cfg)
     nb = corpus.nbatches if batches is None else min(batches, corpus.nbatches)
@@ -331,10 +343,10 @@ def run(client, cfg, optimizers=OPTIMIZERS, keys="int64", controls=None, progres
         lr = cfg["lr"][opt]
         prefix = f"w2v{os.getpid()}_{next(_run_ids)}_{opt}"
         ref_init = init_rows(client, prefix, V, dim, cfg["seed"], keys)
-        d = DynembLearner(client, prefix, V, dim, opt, lr, cfg["momentum"], cfg["seed"], keys,
-                          ref_init=ref_init)
-        r = TorchLearner(V, dim, opt, lr, cfg["momentum"], in_init=ref_init)
-        ctrl = (TorchLearner(V, dim, opt, lr * controls[opt], cfg["momentum"], in_init=ref_init)
+        d = Dyn(client, prefix, V, dim, opt, lr, cfg["momentum"], cfg["seed"], keys,
+                ref_init=ref_init)
+        r = Ref(V, dim, opt, lr, cfg["momentum"], in_init=ref_init)
+        ctrl = (Ref(V, dim, opt, lr * controls[opt], cfg["momentum"], in_init=ref_init)
                 if opt in controls else None)
         neg = Negatives(corpus, K, cfg["seed"])
         seen_in = np.zeros(V, dtype=bool)
@@ -390,7 +402,7 @@ def run(client, cfg, optimizers=OPTIMIZERS, keys="int64", controls=None, progres
         for t in (d.tin, d.tout):  # free the rows in a shared daemon
             t.erase(d.key(np.arange(V)))
         results[opt] = res
-    return dict(config=cfg, keys=keys, seconds=time.monotonic() - t0,
+    return dict(config=cfg, keys=keys, framework=framework, seconds=time.monotonic() - t0,
                 corpus=dict(pairs=int(corpus.centers.size), batches=nb,
                             tokens=int(corpus.tokens.size),
                             distinct_words=int(np.unique(corpus.tokens).size)),
