@@ -26,7 +26,8 @@ argument order::
   Step and learning rate of the push: step 0 and the table's configured lr, unless the
   lookup is given ``lr=`` / ``step=`` (then a ``tf.custom_gradient`` pushes with them), as
   the layer does with ``learning_rate=`` (a float or a Keras LearningRateSchedule, at the
-  layer's own training-call count ``layer.step``; not yet in ``get_config``).
+  layer's own training-call count ``layer.step``; saved by ``get_config``, a schedule
+  serialized by Keras and rebuilt by ``from_config``).
 * ``dynamic_embedding_update(keys, values, config, var_name, ...)``: assign rows (or
   push gradients with ``gradients=True``); returns the count (created / stepped).
 * ``top_k(queries, k, config, var_name, metric='dot', ...)`` -> (keys, scores, found).
@@ -473,10 +474,24 @@ if tf is not None:
                 readonly=training is False, lr=lr, step=step)
 
         def get_config(self):
+            lr = self.learning_rate
+            if isinstance(lr, tf.keras.optimizers.schedules.LearningRateSchedule):
+                lr = tf.keras.optimizers.schedules.serialize(lr)
+            elif lr is not None and not isinstance(lr, numbers.Real):
+                raise ValueError(f"learning_rate {lr!r} cannot be saved in get_config: use "
+                                 "a float or a Keras LearningRateSchedule")
             return dict(super().get_config(), config=self.config_text,
                         var_name=self.var_name, service_address=self.service_address,
                         timeout_ms=self.timeout_ms,
-                        skip_gradient_update=self.skip_gradient_update)
+                        skip_gradient_update=self.skip_gradient_update, learning_rate=lr)
+
+        @classmethod
+        def from_config(cls, config):
+            config = dict(config)
+            if isinstance(config.get("learning_rate"), dict):
+                config["learning_rate"] = tf.keras.optimizers.schedules.deserialize(
+                    config["learning_rate"])
+            return cls(**config)
 
     class DynamicEmbeddingBag(DynamicEmbedding):
         """Keras layer: a tf.RaggedTensor or tf.SparseTensor of keys per example ->

@@ -270,3 +270,20 @@ def test_saved_model_serves_the_trained_rows_in_another_process(daemon, client, 
     # the serving process looked up read-only: key 999 was not created
     _, status = t.lookup(np.array([999], np.int64), readonly=True, with_status=True)
     assert status[0] == dynemb.ST_MISSING
+
+
+def test_layer_config_round_trips_with_a_learning_rate_schedule(daemon, tname):
+    sched = tf.keras.optimizers.schedules.ExponentialDecay(0.5, decay_steps=3, decay_rate=0.5)
+    for lr, at in ((sched, lambda l, s: float(l(s))), (0.25, lambda l, s: l)):
+        a = detf.DynamicEmbedding(dict(dim=3, optimizer="sgd", lr=0.1), tname,
+                                  service_address=daemon, learning_rate=lr)
+        cfg = a.get_config()
+        b = detf.DynamicEmbedding.from_config(cfg)
+        assert (b.config_text, b.var_name, b.service_address) == (a.config_text, tname, daemon)
+        for step in (0, 3, 7):
+            assert at(b.learning_rate, step) == pytest.approx(at(lr, step))
+    bag = detf.DynamicEmbeddingBag(dict(dim=3), tname + "_b", combiner="sqrtn",
+                                   service_address=daemon)
+    assert detf.DynamicEmbeddingBag.from_config(bag.get_config()).combiner == "sqrtn"
+    with pytest.raises(ValueError, match="cannot be saved in get_config"):
+        detf.DynamicEmbedding(dict(dim=3), tname, learning_rate=lambda s: 0.1).get_config()
