@@ -4,7 +4,7 @@
 # the pinned Python packages of tools/python-requirements.txt (TensorFlow, PyTorch, numpy,
 # pytest, matplotlib), from which meson builds the TensorFlow op library and every Python
 # test, demo and benchmark runs. Idempotent, and silent when everything is already there.
-# Needs root (or sudo) for apt-get.
+# Needs root (or sudo) for apt-get. --tfra also makes .venv-tfra (tools/bench/bench_tf.py).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -33,23 +33,33 @@ if [ ${#missing[@]} -gt 0 ]; then
   $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
-# The project venv, from Debian's python3 (the interpreter the venv's packages are
-# built for: cp311). .venv/dynemb-requirements.txt is the copy of the requirements it was
-# last installed from: the same file means nothing to do.
-venv=.venv
-req=tools/python-requirements.txt
-if [ -x "$venv/bin/python" ] && cmp -s "$req" "$venv/dynemb-requirements.txt"; then
-  exit 0
-fi
-echo "install-deps: installing $req into $venv (a few minutes the first time)" >&2
-[ -x "$venv/bin/python" ] || /usr/bin/python3 -m venv "$venv"
-log=$(mktemp)
-if ! "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -r "$req" \
-     > "$log" 2>&1; then
-  cat "$log" >&2
+# A venv from Debian's python3 (the interpreter the venv's packages are built for: cp311)
+# with the pinned packages of a requirements file. VENV/dynemb-requirements.txt is the copy
+# of the requirements it was last installed from: the same file means nothing to do.
+install_venv() {
+  local venv=$1 req=$2
+  if [ -x "$venv/bin/python" ] && cmp -s "$req" "$venv/dynemb-requirements.txt"; then
+    return 0
+  fi
+  echo "install-deps: installing $req into $venv (a few minutes the first time)" >&2
+  [ -x "$venv/bin/python" ] || /usr/bin/python3 -m venv "$venv"
+  local log
+  log=$(mktemp)
+  if ! "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -r "$req" \
+       > "$log" 2>&1; then
+    cat "$log" >&2
+    rm -f "$log"
+    echo "install-deps: pip install -r $req into $venv failed (output above)" >&2
+    exit 1
+  fi
   rm -f "$log"
-  echo "install-deps: pip install -r $req into $venv failed (output above)" >&2
-  exit 1
+  cp "$req" "$venv/dynemb-requirements.txt"
+}
+
+# The project venv.
+install_venv .venv tools/python-requirements.txt
+# --tfra: also .venv-tfra, TensorFlow Recommenders-Addons with the one TensorFlow its
+# release is built for, for tools/bench/bench_tf.py's comparison only (not the tests).
+if [ "${1:-}" = "--tfra" ]; then
+  install_venv .venv-tfra tools/tfra-requirements.txt
 fi
-rm -f "$log"
-cp "$req" "$venv/dynemb-requirements.txt"

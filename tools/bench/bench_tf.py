@@ -1,0 +1,254 @@
+#!/usr/bin/python3
+"""tools/bench/bench_tf.py — dynemb in TensorFlow against the in-process Keras Embedding and
+TensorFlow Recommenders-Addons (TFRA), in one run.
+
+Measures, with the same Keras click-through model (one embedding table shared by F sparse
+fields, concatenated, an MLP of 64-32-1, sigmoid cross-entropy; Adagrad lr 0.05 for the
+embeddings) and the same Zipf(1.05) stream of ids over a vocabulary of V:
+  steps_per_s_dynemb            dynemb.tensorflow.DynamicEmbedding (server-side Adagrad,
+                                rows created on first sight), eager GradientTape steps
+  steps_per_s_keras_embedding   tf.keras.layers.Embedding holding the whole vocabulary in
+                                process, Keras Adagrad, the same steps
+  steps_per_s_tfra              tfra.dynamic_embedding.keras.layers.Embedding (CPU cuckoo
+                                hash table) with de.DynamicEmbeddingOptimizer(Adagrad)
+  lookup_rows_per_s_dynemb      dynamic_embedding_lookup of a 4096-key batch at dim 64
+                                (read-only, existing keys)
+  lookup_rows_per_s_tfra        tfra.dynamic_embedding.embedding_lookup of the same batch
+  lookup_rows_per_s_gather      tf.gather from a tf.Variable (the floor, in-process)
+TFRA runs in a second virtual environment (--tfra-python; TFRA 0.8.1 is built for one
+TensorFlow, 2.16.2 with Keras 2, while the project venv has 2.21.0): this script runs itself there
+with --tfra-part and reads its JSON. Where that venv is missing or TFRA fails, its figures
+are null with the reason. Prints a table with ratios, the command and the machine; --json
+prints one JSON object.
+
+Usage: tools/bench/bench_tf.py [--build DIR] [--steps N] [--json]
+                               [--tfra-python PATH] [--lookup-reps N]
+"""
+
+import argparse
+import json
+import os
+import platform
+import shlex
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+V, F, DIM, BATCH, LOOKUP_KEYS, LOOKUP_DIM = 100_000, 8, 16, 512, 4096, 64
+
+
+def stream(seed, steps):
+    import numpy as np
+    rng = np.random.default_rng(seed)
+    ids = (rng.zipf(1.05, (steps, BATCH, F)) % V + 1).astype(np.int64)
+    # a label the first field's id decides (a learnable signal; the figures are speed)
+    y = (ids[..., 0] * 2654435761 % 64 < 24).astype(np.float32)
+    return ids, y[..., None]
+
+
+def mlp(tf):
+    return tf.keras.Sequential([tf.keras.layers.Dense(64, activation="relu"),
+                                tf.keras.layers.Dense(32, activation="relu"),
+                                tf.keras.layers.Dense(1)])
+
+
+def time_steps(step, ids, y, warm=5):
+    for i in range(warm):
+        step(ids[i], y[i])
+    t0 = time.perf_counter()
+    for i in range(warm, len(ids)):
+        step(ids[i], y[i])
+    return (len(ids) - warm) / (time.perf_counter() - t0)
+
+
+def keras_part(tf, ids, y):
+    emb = tf.keras.layers.Embedding(V + 1, DIM)
+    head = mlp(tf)
+    opt_e = tf.keras.optimizers.Adagrad(0.05)
+    opt_h = tf.keras.optimizers.Adam(1e-3)
+
+    @tf.function
+    def step(x, t):
+        with tf.GradientTape() as tape:
+            z = head(tf.reshape(emb(x), [BATCH, F * DIM]))
+            loss = tf.reduce_mean(tf.nn.sigmoid_cross_entropy_with_logits(t, z))
+        ge, *gh = tape.gradient(loss, emb.trainable_weights + head.trainable_weights)
+        opt_e.apply_gradients([(ge, emb.trainable_weights[0])])
+        opt_h.apply_gradients(zip(gh, head.trainable_weights))
+        return loss
+    return time_steps(step, ids, y)
+
+
+def gather_rows_per_s(tf, reps):
+    import numpy as np
+    var = tf.Variable(tf.random.uniform([V + 1, LOOKUP_DIM]))
+    keys = tf.constant(np.random.default_rng(3).integers(1, V + 1, LOOKUP_KEYS))
+    f = tf.function(lambda k: tf.gather(var, k))
+    for _ in range(5):
+        f(keys).numpy()
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        f(keys).numpy()
+    return reps * LOOKUP_KEYS / (time.perf_counter() - t0)
+
+
+def dynemb_part(a, sock):
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import numpy as np
+    import tensorflow as tf
+    import dynemb.tensorflow as detf
+    ids, y = stream(1, a.steps)
+    out = dict(tensorflow=tf.__version__)
+    out["steps_per_s_keras_embedding"] = keras_part(tf, ids, y)
+    cfg = detf.DynamicEmbeddingConfig(DIM, optimizer="adagrad", lr=0.05)
+    emb = detf.DynamicEmbedding(cfg, f"bench_tf_{os.getpid()}", service_address=sock)
+    head = mlp(tf)
+    opt_h = tf.keras.optimizers.Adam(1e-3)
+
+    @tf.function
+    def step(x, t):
+        with tf.GradientTape() as tape:
+            z = head(tf.reshape(emb(x, training=True), [BATCH, F * DIM]))
+            loss = tf.reduce_mean(tf.nn.sigmoid_cross_entropy_with_logits(t, z))
+        gt, *gh = tape.gradient(loss, emb.trainable_weights + head.trainable_weights)
+        opt_h.apply_gradients(zip(gh, head.trainable_weights))
+        return loss + 0.0 * gt  # gt: the push (the trigger's zero gradient)
+    out["steps_per_s_dynemb"] = time_steps(step, ids, y)
+    lcfg = detf.DynamicEmbeddingConfig(LOOKUP_DIM, seed=2)
+    name = f"bench_tf_lookup_{os.getpid()}"
+    keys = tf.constant(np.random.default_rng(3).integers(1, V + 1, LOOKUP_KEYS))
+    detf.dynamic_embedding_lookup(keys, lcfg, name, sock, skip_gradient_update=True)
+    f = tf.function(lambda k: detf.dynamic_embedding_lookup(
+        k, lcfg, name, sock, skip_gradient_update=True, readonly=True))
+    for _ in range(5):
+        f(keys).numpy()
+    t0 = time.perf_counter()
+    for _ in range(a.lookup_reps):
+        f(keys).numpy()
+    out["lookup_rows_per_s_dynemb"] = a.lookup_reps * LOOKUP_KEYS / (time.perf_counter() - t0)
+    out["lookup_rows_per_s_gather"] = gather_rows_per_s(tf, a.lookup_reps)
+    return out
+
+
+def tfra_part(a):
+    """Runs in the TFRA venv: prints one JSON object."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import numpy as np
+    import tensorflow as tf
+    import tensorflow_recommenders_addons as tfra
+    de = tfra.dynamic_embedding
+    ids, y = stream(1, a.steps)
+    out = dict(tensorflow=tf.__version__, tfra=tfra.__version__)
+    out["steps_per_s_keras_embedding_tfra_venv"] = keras_part(tf, ids, y)
+    emb = de.keras.layers.Embedding(DIM, initializer=tf.keras.initializers.RandomUniform(
+        -0.05, 0.05), name="tfra_emb")
+    head = mlp(tf)
+    opt_e = de.DynamicEmbeddingOptimizer(tf.keras.optimizers.Adagrad(0.05))
+    opt_h = tf.keras.optimizers.Adam(1e-3)
+
+    @tf.function
+    def step(x, t):
+        with tf.GradientTape() as tape:
+            z = head(tf.reshape(emb(x), [BATCH, F * DIM]))
+            loss = tf.reduce_mean(tf.nn.sigmoid_cross_entropy_with_logits(t, z))
+        ge = tape.gradient(loss, emb.trainable_weights + head.trainable_weights)
+        n = len(emb.trainable_weights)
+        opt_e.apply_gradients(zip(ge[:n], emb.trainable_weights))
+        opt_h.apply_gradients(zip(ge[n:], head.trainable_weights))
+        return loss
+    out["steps_per_s_tfra"] = time_steps(step, ids, y)
+    var = de.get_variable("tfra_lookup", dim=LOOKUP_DIM,
+                          initializer=tf.keras.initializers.RandomUniform(-0.05, 0.05))
+    keys = tf.constant(np.random.default_rng(3).integers(1, V + 1, LOOKUP_KEYS))
+    f = tf.function(lambda k: de.embedding_lookup(var, k, name="lk"))
+    for _ in range(5):
+        f(keys).numpy()
+    t0 = time.perf_counter()
+    for _ in range(a.lookup_reps):
+        f(keys).numpy()
+    out["lookup_rows_per_s_tfra"] = a.lookup_reps * LOOKUP_KEYS / (time.perf_counter() - t0)
+    print(json.dumps(out))
+
+
+def start_daemon(build):
+    d = tempfile.mkdtemp(prefix="dynemb-bench-tf.")
+    sock = os.path.join(d, "s")
+    proc = subprocess.Popen([os.path.join(build, "src", "server", "dynembd"), "--foreground",
+                             "--socket", sock, "--allow-uid", str(os.geteuid())],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    for _ in range(500):
+        if os.path.exists(sock):
+            return proc, sock
+        if proc.poll() is not None:
+            break
+        time.sleep(0.02)
+    sys.exit("bench_tf: dynembd did not start")
+
+
+def main(argv):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--build", default="build-release")
+    p.add_argument("--steps", type=int, default=200)
+    p.add_argument("--lookup-reps", type=int, default=300)
+    p.add_argument("--tfra-python", default=os.path.join(ROOT, ".venv-tfra", "bin", "python"))
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--tfra-part", action="store_true", help=argparse.SUPPRESS)
+    a = p.parse_args(argv)
+    if a.tfra_part:
+        return tfra_part(a)
+    build = os.path.abspath(a.build)
+    os.environ.setdefault("DYNEMB_BUILD", build)
+    sys.path.insert(0, os.path.join(ROOT, "tf_op", "python"))
+    proc, sock = start_daemon(build)
+    try:
+        res = dynemb_part(a, sock)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=20)
+    res.update(steps_per_s_tfra=None, lookup_rows_per_s_tfra=None, tfra_reason=None)
+    if not os.access(a.tfra_python, os.X_OK):
+        res["tfra_reason"] = f"no TFRA venv at {a.tfra_python} (see BENCHMARKS.md)"
+    else:
+        env = dict(os.environ, TF_USE_LEGACY_KERAS="1")  # TFRA's layers are Keras 2's
+        r = subprocess.run([a.tfra_python, os.path.abspath(__file__), "--tfra-part",
+                            "--steps", str(a.steps), "--lookup-reps", str(a.lookup_reps)],
+                           capture_output=True, text=True, timeout=1800, env=env)
+        if r.returncode == 0:
+            t = json.loads(r.stdout.strip().splitlines()[-1])
+            t["tensorflow_tfra_venv"] = t.pop("tensorflow")
+            res.update(t)
+        else:
+            res["tfra_reason"] = f"TFRA run failed ({r.returncode}): {r.stderr[-800:]}"
+    res["command"] = " ".join(shlex.quote(x) for x in ["tools/bench/bench_tf.py"] + argv)
+    res["machine"] = f"{platform.node()} {os.cpu_count()} CPUs {platform.processor()}"
+    if a.json:
+        print(json.dumps(res))
+        return 0
+
+    def ratio(x, y):
+        return "n/a" if x is None or y is None else f"{x / y:.2f}"
+
+    def num(x, f):
+        return "n/a" if x is None else format(x, f)
+    print(f"bench_tf: V {V:,}, {F} fields, dim {DIM}, batch {BATCH}, {a.steps} steps; "
+          f"lookup {LOOKUP_KEYS} keys at dim {LOOKUP_DIM}, {a.lookup_reps} reps")
+    print(f"  steps/s dynemb {res['steps_per_s_dynemb']:.1f}, Keras Embedding "
+          f"{res['steps_per_s_keras_embedding']:.1f} (ratio "
+          f"{ratio(res['steps_per_s_dynemb'], res['steps_per_s_keras_embedding'])}), TFRA "
+          f"{num(res['steps_per_s_tfra'], '.1f')} (dynemb/TFRA "
+          f"{ratio(res['steps_per_s_dynemb'], res['steps_per_s_tfra'])})")
+    print(f"  lookup rows/s dynemb {res['lookup_rows_per_s_dynemb']:.3g}, tf.gather "
+          f"{res['lookup_rows_per_s_gather']:.3g}, TFRA {num(res['lookup_rows_per_s_tfra'], '.3g')} "
+          f"(dynemb/TFRA {ratio(res['lookup_rows_per_s_dynemb'], res['lookup_rows_per_s_tfra'])})")
+    if res["tfra_reason"]:
+        print(f"  TFRA: {res['tfra_reason']}")
+    print(f"command: {res['command']}\nmachine: {res['machine']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
