@@ -241,9 +241,9 @@ def main(argv):
           f"{ratio(res['steps_per_s_dynemb'], res['steps_per_s_keras_embedding'])}), TFRA "
           f"{num(res['steps_per_s_tfra'], '.1f')} (dynemb/TFRA "
           f"{ratio(res['steps_per_s_dynemb'], res['steps_per_s_tfra'])})")
-    print(f"  lookup rows/s dynemb {res['lookup_rows_per_s_dynemb']:.3g}, tf.gather "
-          f"{res['lookup_rows_per_s_gather']:.3g}, TFRA {num(res['lookup_rows_per_s_tfra'], '.3g')} "
-          f"(dynemb/TFRA {ratio(res['lookup_rows_per_s_dynemb'], res['lookup_rows_per_s_tfra'])})")
+    ld, lt = res["lookup_rows_per_s_dynemb"], res["lookup_rows_per_s_tfra"]
+    print(f"  lookup rows/s dynemb {ld:.3g}, tf.gather {res['lookup_rows_per_s_gather']:.3g}, "
+          f"TFRA {num(lt, '.3g')} (dynemb/TFRA {ratio(ld, lt)})")
     if res["tfra_reason"]:
         print(f"  TFRA: {res['tfra_reason']}")
     print(f"command: {res['command']}\nmachine: {res['machine']}")
