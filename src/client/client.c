@@ -70,6 +70,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <inttypes.h>
 #include <math.h>
 #include <poll.h>
 #include <stdarg.h>
@@ -305,6 +306,8 @@ const char *dynemb_strerror(int err)
 			s = "not found";
 		else if (err == -EEXIST && tls_data_plane)
 			s = "key conflict";
+		else if (err == -ENOSPC && tls_data_plane)
+			s = "no room for the key";
 		snprintf(tls_buf, sizeof tls_buf, "%s: %s", s, tls_msg);
 		return tls_buf;
 	}
@@ -1347,6 +1350,10 @@ static int chunk_finish(struct dynemb_client *c, struct ctable *t, const struct 
 				 "its request was refused", i, (int)(l < 40 ? l : 40), ks->sk[i],
 				 l > 40 ? "..." : "");
 	}
+	if (err == -ENOSPC && q.aux1) /* proto.h: the index refused a key */
+		de_priv_data_err(-ENOSPC, "the table's index refused the key: its hash bucket is "
+				 "full of colliding keys (a hash flood; other keys still insert; "
+				 "index_refusals %" PRIu64 ")", q.aux1);
 	if (!err && (q.res > 0 || q.count > p->cnt ||
 		     ((b->op == DE_OP_LOOKUP || b->op == DE_OP_APPLY_GRADS) && q.aux0 > p->cnt)))
 		err = -EBADMSG;
@@ -1875,6 +1882,7 @@ int dynemb_stats(dynemb_client *c, int table, struct dynemb_stats *out)
 				.resident_bytes = w.resident_bytes, .budget_bytes = w.budget_bytes,
 				.wal_lsn = w.wal_lsn, .durable_lsn = w.durable_lsn,
 				.snapshots = w.snapshots, .snapshot_lsn = w.snapshot_lsn,
+				.index_refusals = w.index_refusals,
 			};
 		}
 	}

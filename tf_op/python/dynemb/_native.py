@@ -84,7 +84,7 @@ class Stats(ctypes.Structure):
         ("read_only", ctypes.c_uint32)] + [(f, ctypes.c_uint64) for f in (
         "admitted", "filtered", "grads_dropped", "evicted", "evicted_to_tier",
         "restored_from_tier", "returned_fresh", "resident_bytes", "budget_bytes",
-        "wal_lsn", "durable_lsn", "snapshots", "snapshot_lsn")] + _reserved(8)
+        "wal_lsn", "durable_lsn", "snapshots", "snapshot_lsn", "index_refusals")] + _reserved(7)
 
 
 class SampleSpec(ctypes.Structure):
