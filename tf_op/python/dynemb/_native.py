@@ -165,6 +165,7 @@ _PROTOS = {
                                  c_u64_p, c_u64_p]),
     "dynemb_import": (ctypes.c_int, [c_vp, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_uint,
                                  ProgressCb, c_vp, ctypes.POINTER(ImportResult)]),
+    "dynemb_drop_table": (ctypes.c_int, [c_vp, ctypes.c_char_p, c_u64_p]),
     "dynemb_struct_size": (ctypes.c_size_t, [ctypes.c_char_p]),
     "dynemb_capabilities": (ctypes.c_uint64, [c_vp]),
 }
