@@ -107,6 +107,18 @@ Test(index_refusals, flood_is_refused_named_and_counted, .timeout = 120)
 			   dynemb_strerror(err));
 	refused++;
 
+	/* and an async lookup's completion */
+	h = 0xabc0000000000000ull | (uint64_t)(NA + 2) << 32 | 0x12345678ull;
+	k = key_with_hash(h, SEED);
+	uint64_t req;
+	cr_assert_eq(err = dynemb_submit_lookup(c, t, &k, 1, 0, 1, &req), 0, "submit: %s",
+		     dynemb_strerror(err));
+	err = dynemb_complete(c, req, -1);
+	cr_expect_eq(err, -ENOSPC, "async: %s", dynemb_strerror(err));
+	cr_expect_not_null(strstr(dynemb_strerror(err), "index refused the key"), "async: %s",
+			   dynemb_strerror(err));
+	refused++;
+
 	struct dynemb_stats stt = { 0 };
 	cr_assert_eq(err = dynemb_stats(c, t, &stt), 0, "stats: %s", dynemb_strerror(err));
 	cr_expect_eq(stt.index_refusals, refused, "STATS index_refusals %lu, refused %u",
