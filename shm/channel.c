@@ -175,6 +175,14 @@ int de_channel_create(const struct de_channel_config *cfg, de_channel **out)
 		free(c);
 		return err;
 	}
+	/* a memfd is born 0777: only its owner (and who it is passed to) may open it again
+	 * through /proc/<pid>/fd */
+	if (fchmod(fd, 0600)) {
+		err = -errno;
+		close(fd);
+		free(c);
+		return err;
+	}
 	if (ftruncate(fd, (off_t)l.total_bytes) || fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL)) {
 		err = -errno;
 		close(fd);

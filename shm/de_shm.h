@@ -423,6 +423,8 @@ int de_table_peek(de_table *t, uint64_t row, struct de_row_meta *meta /* out */,
 int de_table_init_row(const de_table *t, uint64_t key, float *out /* out: dim floats */);
 
 int de_table_stats(de_table *t, struct de_table_stats *out);
+/* Just index_refusals (one load: cheap enough to read around every write). */
+uint64_t de_table_index_refusals(const de_table *t);
 
 /* Read-only attaches: where to get fds for arena segments added after attaching. */
 void de_table_set_fd_source(de_table *t, de_fd_source src, void *ctx);

@@ -1893,6 +1893,11 @@ int de_table_iterate_range(de_table *t, uint64_t *cursor, uint64_t end, uint64_t
 	return 0;
 }
 
+uint64_t de_table_index_refusals(const de_table *t)
+{
+	return LD(&t->hdr->refusals);
+}
+
 int de_table_stats(de_table *t, struct de_table_stats *out)
 {
 	if (!t || !out)

@@ -75,6 +75,10 @@
  *               arg and status_off 0. Once one string does not fit  aux0 = bytes the
  *               no later string is written (lens still are).        strings need
  *
+ * A LOOKUP (create), UPDATE or APPLY_GRADS that fails -ENOSPC because the table's hash
+ * index refused a key (shm/de_shm.h: its seeded hashes collide with keys that fill its
+ * bucket pair) completes with aux1 = the table's index_refusals (> 0); 0 otherwise.
+ *
  * Keys: an int64 table takes count u64 at keys_off (keys_len = 8 * count). A string
  * table takes count u32 lengths followed by the bytes of all strings back to back
  * (keys_len = 4 * count + sum of lengths, each length <= DE_MAX_KEY_BYTES); the daemon
@@ -536,7 +540,9 @@ struct de_wire_stats {     /* STATS writes this at vals_off */
 	/* the data plane, daemon-wide (every worker's counts): wakes of a client channel that
 	 * brought no work, and times such a channel's wakes were then ignored for a while */
 	uint64_t dp_empty_wakes, dp_wake_backoffs;
-	uint64_t reserved[6]; /* 0 */
+	/* inserts the table's hash index refused (-ENOSPC): keys whose seeded hashes collide */
+	uint64_t index_refusals;
+	uint64_t reserved[5]; /* 0 */
 };
 
 _Static_assert(sizeof(struct de_msg_hdr) == 16, "layout");

@@ -467,6 +467,21 @@ Test(basics, attach_sees_the_same_data_area, .timeout = TIMEOUT)
 
 /* The memfd is sealed against shrinking: a client cannot pull pages out from under the
  * daemon's mapping (which would turn its next access into SIGBUS). */
+/* The memfd is born 0777; the channel makes it 0600 (owner only), and a receiver of the
+ * fd sees that mode. */
+Test(basics, memfd_is_owner_only, .timeout = TIMEOUT)
+{
+	de_channel *srv = create_or_die(8, 16, 4096);
+	de_channel *cli = attach_or_die(srv);
+	struct stat st;
+	cr_assert_eq(fstat(de_channel_fd(srv), &st), 0);
+	cr_expect_eq(st.st_mode & 07777, 0600, "daemon side: mode %#o", st.st_mode & 07777);
+	cr_assert_eq(fstat(de_channel_fd(cli), &st), 0);
+	cr_expect_eq(st.st_mode & 07777, 0600, "client side: mode %#o", st.st_mode & 07777);
+	de_channel_destroy(cli);
+	de_channel_destroy(srv);
+}
+
 Test(basics, sealed_against_shrinking, .timeout = TIMEOUT)
 {
 	de_channel *srv = create_or_die(8, 16, 4096);

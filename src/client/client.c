@@ -70,6 +70,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <inttypes.h>
 #include <math.h>
 #include <poll.h>
 #include <stdarg.h>
@@ -305,6 +306,8 @@ const char *dynemb_strerror(int err)
 			s = "not found";
 		else if (err == -EEXIST && tls_data_plane)
 			s = "key conflict";
+		else if (err == -ENOSPC && tls_data_plane)
+			s = "no room for the key";
 		snprintf(tls_buf, sizeof tls_buf, "%s: %s", s, tls_msg);
 		return tls_buf;
 	}
@@ -1329,6 +1332,15 @@ static int chunk_submit(struct dynemb_client *c, struct ctable *t, const struct 
 	return 0;
 }
 
+/* A write refused -ENOSPC by the table's hash index (proto.h: aux1) says so. */
+static void index_refusal_err(const struct de_cqe *q)
+{
+	if (q->res == -ENOSPC && q->aux1)
+		de_priv_data_err(-ENOSPC, "the table's index refused the key: its hash bucket is "
+				 "full of colliding keys (a hash flood; other keys still insert; "
+				 "index_refusals %" PRIu64 ")", q->aux1);
+}
+
 /* Wait for a submitted request, check its completion and copy its results out. */
 static int chunk_finish(struct dynemb_client *c, struct ctable *t, const struct keyset *ks,
 			struct batch *b, struct pend *p)
@@ -1347,6 +1359,7 @@ static int chunk_finish(struct dynemb_client *c, struct ctable *t, const struct 
 				 "its request was refused", i, (int)(l < 40 ? l : 40), ks->sk[i],
 				 l > 40 ? "..." : "");
 	}
+	index_refusal_err(&q);
 	if (!err && (q.res > 0 || q.count > p->cnt ||
 		     ((b->op == DE_OP_LOOKUP || b->op == DE_OP_APPLY_GRADS) && q.aux0 > p->cnt)))
 		err = -EBADMSG;
@@ -1875,6 +1888,7 @@ int dynemb_stats(dynemb_client *c, int table, struct dynemb_stats *out)
 				.resident_bytes = w.resident_bytes, .budget_bytes = w.budget_bytes,
 				.wal_lsn = w.wal_lsn, .durable_lsn = w.durable_lsn,
 				.snapshots = w.snapshots, .snapshot_lsn = w.snapshot_lsn,
+				.index_refusals = w.index_refusals,
 			};
 		}
 	}
@@ -1955,8 +1969,10 @@ int dynemb_complete(dynemb_client *c, uint64_t req, int timeout_ms)
 	struct slot *s = slot_of(c, req);
 	if (!s || s->state == S_ABANDONED)
 		return -ESRCH;
-	if (s->state == S_COMPLETED)
+	if (s->state == S_COMPLETED) {
+		index_refusal_err(&s->cqe);
 		return s->cqe.res;
+	}
 	if (s->state == S_INFLIGHT) {
 		if (c->broken)
 			return broken_err(c);
@@ -1967,6 +1983,7 @@ int dynemb_complete(dynemb_client *c, uint64_t req, int timeout_ms)
 	struct de_cqe q = s->cqe;
 	if (q.res > 0 || (q.res == 0 && (q.count > s->n || q.aux0 > s->n)))
 		s->cqe.res = -EBADMSG;
+	index_refusal_err(&s->cqe);
 	slot_release(c, s, S_COMPLETED);
 	return s->cqe.res;
 }

@@ -279,7 +279,11 @@ struct dynemb_stats {
 	uint64_t resident_bytes, budget_bytes;
 	/* persistence: last WAL record, last durable one, snapshots taken, LSN of the last */
 	uint64_t wal_lsn, durable_lsn, snapshots, snapshot_lsn;
-	uint64_t reserved[8];   /* 0 */
+	/* inserts the table's hash index refused (-ENOSPC): keys whose seeded hashes collide
+	 * fill their bucket pair and no split separates them (a hash flood); other keys
+	 * still insert */
+	uint64_t index_refusals;
+	uint64_t reserved[7];   /* 0 */
 };
 int dynemb_stats(dynemb_client *c, int table, struct dynemb_stats *out);
 

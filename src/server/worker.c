@@ -240,6 +240,7 @@ static void wire_stats(struct srv_table *t, struct de_wire_stats *ws, const stru
 				      .segments = s->segments, .splits = s->splits,
 				      .dir_doublings = s->dir_doublings,
 				      .arena_segments = s->arena_segments,
+				      .index_refusals = s->index_refusals,
 				      .load_factor = s->load_factor, .dim = t->wcfg.dim,
 				      .key_type = t->wcfg.key_type };
 }
@@ -541,12 +542,33 @@ static int lookup_chunk(struct srv_worker *w, struct srv_client *c, struct srv_t
  * starts or continues in chunks, anything else runs whole. 0: done, *q is its
  * completion; 1: a chunked LOOKUP goes on next pass (c->cur); 2: on the slow pool.
  */
+static int step_run(struct srv_worker *w, struct srv_client *c, struct srv_table *t,
+		    uint32_t nt, const struct de_sqe *e, struct de_cqe *q, int64_t *left);
+
+/*
+ * A write that failed -ENOSPC while the table's index refused an insert completes with
+ * aux1 = the table's index_refusals (proto.h), so that the client can name the cause (a
+ * refusal of another worker at the same moment may be taken for this one's).
+ */
 static int step(struct srv_worker *w, struct srv_client *c, const struct de_sqe *e,
 		struct de_cqe *q, int64_t *left)
 {
 	/* acquire: pairs with the release in the control thread's OPEN */
 	uint32_t nt = __atomic_load_n(&c->ntables, __ATOMIC_ACQUIRE);
 	struct srv_table *t = e->table < nt ? c->tables[e->table] : NULL;
+	uint64_t r0 = t ? de_table_index_refusals(t->t) : 0;
+	int st = step_run(w, c, t, nt, e, q, left);
+	if (!st && t && q->res == -ENOSPC && e->op != DE_OP_KEY_STRINGS) {
+		uint64_t r1 = de_table_index_refusals(t->t);
+		if (r1 > r0)
+			q->aux1 = r1;
+	}
+	return st;
+}
+
+static int step_run(struct srv_worker *w, struct srv_client *c, struct srv_table *t,
+		    uint32_t nt, const struct de_sqe *e, struct de_cqe *q, int64_t *left)
+{
 	if (c->has_cur && c->cur_started)
 		return lookup_chunk(w, c, t, q, left); /* checked when it started */
 	c->has_cur = false;

@@ -413,6 +413,20 @@ class Client:
         _check(rc)
         return {"tables": r.tables, "lsn": r.lsn, "rows": r.rows, "bytes": r.bytes}
 
+    def drop_table(self, name):
+        """Drop the table ``name`` from the daemon (its rows, memory and files; durably with
+        a data dir). Only a table no connection has open, this one included: close the
+        clients that opened it first. Returns the bytes given back to its creator's quota.
+        Raises :class:`DynembError` with the daemon's text: ``ENOENT`` no such table,
+        ``EBUSY`` a connection has it open (or a job runs, or it evicts), ``EPERM``
+        another uid created it, ``EOPNOTSUPP`` a daemon without drop."""
+        b = ctypes.c_uint64()
+        with self._lock:
+            rc = _native.api.dynemb_drop_table(self._handle(), str(name).encode("utf-8"),
+                                           ctypes.byref(b))
+        _check(rc)
+        return b.value
+
     def zero_copy_counts(self):
         """(local_keys, remote_keys): read-only lookups served from this process's mapping
         of the table vs. keys that went to the daemon."""

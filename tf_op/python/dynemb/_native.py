@@ -84,7 +84,7 @@ class Stats(ctypes.Structure):
         ("read_only", ctypes.c_uint32)] + [(f, ctypes.c_uint64) for f in (
         "admitted", "filtered", "grads_dropped", "evicted", "evicted_to_tier",
         "restored_from_tier", "returned_fresh", "resident_bytes", "budget_bytes",
-        "wal_lsn", "durable_lsn", "snapshots", "snapshot_lsn")] + _reserved(8)
+        "wal_lsn", "durable_lsn", "snapshots", "snapshot_lsn", "index_refusals")] + _reserved(7)
 
 
 class SampleSpec(ctypes.Structure):
@@ -165,6 +165,7 @@ _PROTOS = {
                                  c_u64_p, c_u64_p]),
     "dynemb_import": (ctypes.c_int, [c_vp, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_uint,
                                  ProgressCb, c_vp, ctypes.POINTER(ImportResult)]),
+    "dynemb_drop_table": (ctypes.c_int, [c_vp, ctypes.c_char_p, c_u64_p]),
     "dynemb_struct_size": (ctypes.c_size_t, [ctypes.c_char_p]),
     "dynemb_capabilities": (ctypes.c_uint64, [c_vp]),
 }
