@@ -20,34 +20,10 @@
 #include <xxhash.h>
 
 #include "daemon_util.h"
+#include "hostile_keys.h"
 #include "dynemb.h"
 
 #define SEED 0x5eed5eed12345678ull
-
-static uint64_t rotl64(uint64_t x, unsigned r) { r &= 63; return r ? x << r | x >> (64 - r) : x; }
-
-static uint64_t inv_mul(uint64_t c)
-{
-	uint64_t x = c;
-	for (int i = 0; i < 6; i++)
-		x *= 2 - c * x;
-	return x;
-}
-
-/* The 8-byte key whose XXH3_64bits_withSeed is h (as in test_shm_hostile.c). */
-static uint64_t key_with_hash(uint64_t h, uint64_t seed)
-{
-	const uint64_t m = 0x9FB21C651E98DF25ull, mi = inv_mul(m);
-	uint64_t x = h ^ (h >> 28) ^ (h >> 56);
-	x *= mi;
-	x ^= (x >> 35) + 8;
-	x *= mi;
-	for (unsigned i = 0; i < 6; i++)
-		x = x ^ rotl64(x, 49u << i) ^ rotl64(x, 24u << i);
-	uint64_t s = seed ^ ((uint64_t)XXH_swap32((uint32_t)seed) << 32);
-	uint64_t bitflip = (XXH_readLE64(XXH3_kSecret + 8) ^ XXH_readLE64(XXH3_kSecret + 16)) - s;
-	return rotl64(x ^ bitflip, 32);
-}
 
 Test(index_refusals, flood_is_refused_named_and_counted, .timeout = 120)
 {

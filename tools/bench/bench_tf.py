@@ -83,11 +83,13 @@ def keras_part(tf, ids, y):
     return time_steps(step, ids, y)
 
 
-def gather_rows_per_s(tf, reps):
+def lookup_keys(tf):
     import numpy as np
-    var = tf.Variable(tf.random.uniform([V + 1, LOOKUP_DIM]))
-    keys = tf.constant(np.random.default_rng(3).integers(1, V + 1, LOOKUP_KEYS))
-    f = tf.function(lambda k: tf.gather(var, k))
+    return tf.constant(np.random.default_rng(3).integers(1, V + 1, LOOKUP_KEYS))
+
+
+def rows_per_s(f, keys, reps):
+    """Rows per second of f(keys) (a tf.function; its result fetched), after 5 warm calls."""
     for _ in range(5):
         f(keys).numpy()
     t0 = time.perf_counter()
@@ -96,9 +98,13 @@ def gather_rows_per_s(tf, reps):
     return reps * LOOKUP_KEYS / (time.perf_counter() - t0)
 
 
+def gather_rows_per_s(tf, reps):
+    var = tf.Variable(tf.random.uniform([V + 1, LOOKUP_DIM]))
+    return rows_per_s(tf.function(lambda k: tf.gather(var, k)), lookup_keys(tf), reps)
+
+
 def dynemb_part(a, sock):
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    import numpy as np
     import tensorflow as tf
     import dynemb.tensorflow as detf
     ids, y = stream(1, a.steps)
@@ -120,16 +126,11 @@ def dynemb_part(a, sock):
     out["steps_per_s_dynemb"] = time_steps(step, ids, y)
     lcfg = detf.DynamicEmbeddingConfig(LOOKUP_DIM, seed=2)
     name = f"bench_tf_lookup_{os.getpid()}"
-    keys = tf.constant(np.random.default_rng(3).integers(1, V + 1, LOOKUP_KEYS))
+    keys = lookup_keys(tf)
     detf.dynamic_embedding_lookup(keys, lcfg, name, sock, skip_gradient_update=True)
     f = tf.function(lambda k: detf.dynamic_embedding_lookup(
         k, lcfg, name, sock, skip_gradient_update=True, readonly=True))
-    for _ in range(5):
-        f(keys).numpy()
-    t0 = time.perf_counter()
-    for _ in range(a.lookup_reps):
-        f(keys).numpy()
-    out["lookup_rows_per_s_dynemb"] = a.lookup_reps * LOOKUP_KEYS / (time.perf_counter() - t0)
+    out["lookup_rows_per_s_dynemb"] = rows_per_s(f, keys, a.lookup_reps)
     out["lookup_rows_per_s_gather"] = gather_rows_per_s(tf, a.lookup_reps)
     return out
 
@@ -137,7 +138,6 @@ def dynemb_part(a, sock):
 def tfra_part(a):
     """Runs in the TFRA venv: prints one JSON object."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    import numpy as np
     import tensorflow as tf
     import tensorflow_recommenders_addons as tfra
     de = tfra.dynamic_embedding
@@ -163,14 +163,8 @@ def tfra_part(a):
     out["steps_per_s_tfra"] = time_steps(step, ids, y)
     var = de.get_variable("tfra_lookup", dim=LOOKUP_DIM,
                           initializer=tf.keras.initializers.RandomUniform(-0.05, 0.05))
-    keys = tf.constant(np.random.default_rng(3).integers(1, V + 1, LOOKUP_KEYS))
     f = tf.function(lambda k: de.embedding_lookup(var, k, name="lk"))
-    for _ in range(5):
-        f(keys).numpy()
-    t0 = time.perf_counter()
-    for _ in range(a.lookup_reps):
-        f(keys).numpy()
-    out["lookup_rows_per_s_tfra"] = a.lookup_reps * LOOKUP_KEYS / (time.perf_counter() - t0)
+    out["lookup_rows_per_s_tfra"] = rows_per_s(f, lookup_keys(tf), a.lookup_reps)
     print(json.dumps(out))
 
 

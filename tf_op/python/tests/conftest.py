@@ -38,6 +38,19 @@ def tool_lib(name):
     return sys.modules[name]
 
 
+def tf_op_library():
+    """(path of libdynemb_tf.so, the tensorflow module) for the TensorFlow test modules, or
+    a module-level skip that says why (meson builds the library where the project venv has
+    TensorFlow)."""
+    lib = os.environ.get("DYNEMB_TF_LIB") or os.path.join(
+        os.environ.get("DYNEMB_BUILD", ""), "tf_op", "libdynemb_tf.so")
+    if not os.path.exists(lib):
+        pytest.skip(f"no TensorFlow op library at {lib} (meson builds it where the project "
+                    "venv has TensorFlow)", allow_module_level=True)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    return lib, pytest.importorskip("tensorflow")
+
+
 def _dynembd_path():
     p = os.environ.get("DYNEMBD")
     if not p and os.environ.get("DYNEMB_BUILD"):

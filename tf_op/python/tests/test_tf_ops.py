@@ -18,21 +18,16 @@ libdynemb_tf.so loaded with tf.load_op_library, against the session's dynembd (c
 
 Skipped (with the reason) where meson did not build libdynemb_tf.so.
 """
-import os
 
 import numpy as np
 import pytest
 
 pytestmark = pytest.mark.tensorflow
 
-_LIB = os.environ.get("DYNEMB_TF_LIB") or os.path.join(
-    os.environ.get("DYNEMB_BUILD", ""), "tf_op", "libdynemb_tf.so")
-if not os.path.exists(_LIB):
-    pytest.skip(f"no TensorFlow op library at {_LIB} (meson builds it where the project "
-                "venv has TensorFlow)", allow_module_level=True)
+from conftest import tf_op_library  # noqa: E402
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-tf = pytest.importorskip("tensorflow")
+_LIB, tf = tf_op_library()
+
 import dynemb  # noqa: E402
 import dynemb.tensorflow as detf  # noqa: E402
 

@@ -12,24 +12,17 @@ ops (tools/word2vec_lib/sgns_tf.py).
   BENCHMARKS.md).
 * Every row the TF lookups created held the reference's initial value; the vocabulary grew.
 """
-import os
 
-import numpy as np
 import pytest
 
 pytestmark = pytest.mark.tensorflow
 
-_LIB = os.environ.get("DYNEMB_TF_LIB") or os.path.join(
-    os.environ.get("DYNEMB_BUILD", ""), "tf_op", "libdynemb_tf.so")
-if not os.path.exists(_LIB):
-    pytest.skip(f"no TensorFlow op library at {_LIB}", allow_module_level=True)
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-pytest.importorskip("tensorflow")
+from conftest import tf_op_library, tool_lib  # noqa: E402
+
+tf_op_library()
 pytest.importorskip("torch")
 
 import dynemb  # noqa: E402
-
-from conftest import tool_lib  # noqa: E402
 
 W = tool_lib("word2vec_lib")
 
