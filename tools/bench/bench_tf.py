@@ -65,22 +65,30 @@ def time_steps(step, ids, y, warm=5):
     return (len(ids) - warm) / (time.perf_counter() - t0)
 
 
-def keras_part(tf, ids, y):
-    emb = tf.keras.layers.Embedding(V + 1, DIM)
+def train_steps_per_s(tf, emb, opt_e, ids, y, **call_kw):
+    """Steps/s of the CTR model over emb (MLP head, Adam) on the stream; opt_e steps emb's
+    trainable weights (None: the layer steps itself, as dynemb's pushes do)."""
     head = mlp(tf)
-    opt_e = tf.keras.optimizers.Adagrad(0.05)
     opt_h = tf.keras.optimizers.Adam(1e-3)
 
     @tf.function
     def step(x, t):
         with tf.GradientTape() as tape:
-            z = head(tf.reshape(emb(x), [BATCH, F * DIM]))
+            z = head(tf.reshape(emb(x, **call_kw), [BATCH, F * DIM]))
             loss = tf.reduce_mean(tf.nn.sigmoid_cross_entropy_with_logits(t, z))
-        ge, *gh = tape.gradient(loss, emb.trainable_weights + head.trainable_weights)
-        opt_e.apply_gradients([(ge, emb.trainable_weights[0])])
-        opt_h.apply_gradients(zip(gh, head.trainable_weights))
-        return loss
+        g = tape.gradient(loss, emb.trainable_weights + head.trainable_weights)
+        n = len(emb.trainable_weights)
+        if opt_e is not None:
+            opt_e.apply_gradients(zip(g[:n], emb.trainable_weights))
+        opt_h.apply_gradients(zip(g[n:], head.trainable_weights))
+        # dynemb: g[:n] is the trigger's zero gradient, computed from the push: an output
+        return loss, (g[:n] if opt_e is None else [])
     return time_steps(step, ids, y)
+
+
+def keras_part(tf, ids, y):
+    return train_steps_per_s(tf, tf.keras.layers.Embedding(V + 1, DIM),
+                             tf.keras.optimizers.Adagrad(0.05), ids, y)
 
 
 def lookup_keys(tf):
@@ -112,18 +120,7 @@ def dynemb_part(a, sock):
     out["steps_per_s_keras_embedding"] = keras_part(tf, ids, y)
     cfg = detf.DynamicEmbeddingConfig(DIM, optimizer="adagrad", lr=0.05)
     emb = detf.DynamicEmbedding(cfg, f"bench_tf_{os.getpid()}", service_address=sock)
-    head = mlp(tf)
-    opt_h = tf.keras.optimizers.Adam(1e-3)
-
-    @tf.function
-    def step(x, t):
-        with tf.GradientTape() as tape:
-            z = head(tf.reshape(emb(x, training=True), [BATCH, F * DIM]))
-            loss = tf.reduce_mean(tf.nn.sigmoid_cross_entropy_with_logits(t, z))
-        gt, *gh = tape.gradient(loss, emb.trainable_weights + head.trainable_weights)
-        opt_h.apply_gradients(zip(gh, head.trainable_weights))
-        return loss + 0.0 * gt  # gt: the push (the trigger's zero gradient)
-    out["steps_per_s_dynemb"] = time_steps(step, ids, y)
+    out["steps_per_s_dynemb"] = train_steps_per_s(tf, emb, None, ids, y, training=True)
     lcfg = detf.DynamicEmbeddingConfig(LOOKUP_DIM, seed=2)
     name = f"bench_tf_lookup_{os.getpid()}"
     keys = lookup_keys(tf)
@@ -146,21 +143,8 @@ def tfra_part(a):
     out["steps_per_s_keras_embedding_tfra_venv"] = keras_part(tf, ids, y)
     emb = de.keras.layers.Embedding(DIM, initializer=tf.keras.initializers.RandomUniform(
         -0.05, 0.05), name="tfra_emb")
-    head = mlp(tf)
     opt_e = de.DynamicEmbeddingOptimizer(tf.keras.optimizers.Adagrad(0.05))
-    opt_h = tf.keras.optimizers.Adam(1e-3)
-
-    @tf.function
-    def step(x, t):
-        with tf.GradientTape() as tape:
-            z = head(tf.reshape(emb(x), [BATCH, F * DIM]))
-            loss = tf.reduce_mean(tf.nn.sigmoid_cross_entropy_with_logits(t, z))
-        ge = tape.gradient(loss, emb.trainable_weights + head.trainable_weights)
-        n = len(emb.trainable_weights)
-        opt_e.apply_gradients(zip(ge[:n], emb.trainable_weights))
-        opt_h.apply_gradients(zip(ge[n:], head.trainable_weights))
-        return loss
-    out["steps_per_s_tfra"] = time_steps(step, ids, y)
+    out["steps_per_s_tfra"] = train_steps_per_s(tf, emb, opt_e, ids, y)
     var = de.get_variable("tfra_lookup", dim=LOOKUP_DIM,
                           initializer=tf.keras.initializers.RandomUniform(-0.05, 0.05))
     f = tf.function(lambda k: de.embedding_lookup(var, k, name="lk"))
