@@ -245,6 +245,23 @@ static void wire_stats(struct srv_table *t, struct de_wire_stats *ws, const stru
 				      .key_type = t->wcfg.key_type };
 }
 
+int srv_table_wire_stats(struct srv_server *srv, struct srv_table *t, struct de_wire_stats *ws)
+{
+	struct de_table_stats s;
+	int err = de_table_stats(t->t, &s);
+	if (err)
+		return err;
+	wire_stats(t, ws, &s);
+	srv_learn_stats(t, ws);
+	srv_persist_stats(srv->persist, t, ws);
+	for (unsigned i = 0; i < srv->nworkers; i++) {
+		struct srv_worker *x = &srv->workers[i];
+		ws->dp_empty_wakes += __atomic_load_n(&x->n_empty_wakes, __ATOMIC_RELAXED);
+		ws->dp_wake_backoffs += __atomic_load_n(&x->n_backoffs, __ATOMIC_RELAXED);
+	}
+	return 0;
+}
+
 /*
  * APPLY_GRADS (descriptor checked, keys in w->keys): copy the gradients out and check
  * them, create missing keys (counting them), then one optimizer step per distinct key.
@@ -363,22 +380,10 @@ static int execute(struct srv_worker *w, struct srv_client *c, const struct de_s
 		return 0;
 
 	if (e->op == DE_OP_STATS) {
-		struct de_table_stats s;
 		struct de_wire_stats ws;
-		q->res = de_table_stats(t->t, &s);
-		if (!q->res) {
-			wire_stats(t, &ws, &s);
-			srv_learn_stats(t, &ws);
-			srv_persist_stats(w->srv->persist, t, &ws);
-			for (unsigned i = 0; i < w->srv->nworkers; i++) {
-				struct srv_worker *x = &w->srv->workers[i];
-				ws.dp_empty_wakes += __atomic_load_n(&x->n_empty_wakes,
-								     __ATOMIC_RELAXED);
-				ws.dp_wake_backoffs += __atomic_load_n(&x->n_backoffs,
-								       __ATOMIC_RELAXED);
-			}
+		q->res = srv_table_wire_stats(w->srv, t, &ws);
+		if (!q->res)
 			memcpy(data + e->vals_off, &ws, sizeof ws);
-		}
 		return 0;
 	}
 

@@ -137,5 +137,9 @@ void srv_workers_free(struct srv_server *s);
 /* Wake a worker to read its mailbox and flags, or a finished slow-pool job. Any thread
  * (kick_mu orders the producers of ctl_kick). */
 void srv_worker_kick(struct srv_worker *w);
+/* A table's statistics as STATS gives them (the table, its learning, its persistence, the
+ * workers' wake counters): any thread; every counter is read with relaxed atomics or
+ * under the lock of the layer that owns it. 0 or the table's negative errno. */
+int srv_table_wire_stats(struct srv_server *srv, struct srv_table *t, struct de_wire_stats *ws);
 
 #endif /* DE_SRV_WORKER_H */
