@@ -459,15 +459,22 @@ if tf is not None:
                                            initializer="zeros",
                                            trainable=not skip_gradient_update)
 
+        def _lr_step(self, training):
+            """(lr, step) for this call's pushes: (None, None) unless a learning_rate is
+            set and the call trains; a schedule is evaluated at the step, which then
+            counts this call."""
+            if self.learning_rate is None or not training:
+                return None, None
+            step = self.step.value if hasattr(self.step, "value") else self.step
+            step = tf.convert_to_tensor(step)
+            lr = self.learning_rate
+            if callable(lr):  # a schedule: its value at this call's step
+                lr = lr(step)
+            self.step.assign_add(1)
+            return lr, step
+
         def call(self, keys, training=None):
-            lr = step = None
-            if self.learning_rate is not None and training:
-                step = self.step.value if hasattr(self.step, "value") else self.step
-                step = tf.convert_to_tensor(step)
-                lr = self.learning_rate
-                if callable(lr):  # a schedule: its value at this call's step
-                    lr = lr(step)
-                self.step.assign_add(1)
+            lr, step = self._lr_step(training)
             return dynamic_embedding_lookup(
                 keys, self.config_text, self.var_name, self.service_address,
                 self.skip_gradient_update, self.timeout_ms, trigger=self.trigger,
@@ -506,13 +513,7 @@ if tf is not None:
             self.combiner = combiner
 
         def call(self, keys, weights=None, training=None):
-            lr = step = None
-            if self.learning_rate is not None and training:
-                step = tf.convert_to_tensor(self.step.value if hasattr(self.step, "value")
-                                            else self.step)
-                lr = self.learning_rate(step) if callable(self.learning_rate) \
-                    else self.learning_rate
-                self.step.assign_add(1)
+            lr, step = self._lr_step(training)
             return embedding_lookup_sparse(
                 keys, self.config_text, self.var_name, sp_weights=weights,
                 combiner=self.combiner, service_address=self.service_address,
