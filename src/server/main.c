@@ -6,6 +6,11 @@
  * closed to processes of the daemon's own uid (only CAP_SYS_PTRACE reaches them), so a
  * client with that uid cannot open other clients' channels or the tables writable.
  * (The fork of daemon() keeps the flag; core dumps are off with it.)
+ * Large allocations always come from mmap (M_MMAP_THRESHOLD fixed at 128 KiB, which stops
+ * glibc raising it after a big free): recovery reads a whole WAL segment (up to 64 MiB)
+ * into one buffer, and without this the heap keeps that memory for the daemon's life
+ * (measured after recovering a 30 MB segment: 34 MiB VmRSS, 12 MiB with it). A
+ * MALLOC_MMAP_THRESHOLD_ in the environment still wins.
  * Order matters: signals are blocked (and taken through a signalfd) before any thread
  * exists, so no worker ever runs a handler; the socket is bound before detaching, so a
  * client may connect as soon as the parent returns; threads start after detaching.
@@ -17,6 +22,7 @@
 #include "server.h"
 
 #include <errno.h>
+#include <malloc.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -75,6 +81,8 @@ static void checkpointed(void *ctx, struct srv_table *t)
 int main(int argc, char **argv)
 {
 	struct srv_server s = { .release_fd = -1 };
+	if (!getenv("MALLOC_MMAP_THRESHOLD_"))
+		mallopt(M_MMAP_THRESHOLD, 128 * 1024);
 	int r = srv_config_load(&s.cfg, argc, argv);
 	if (r)
 		return r == 1 ? 0 : r;
