@@ -15,6 +15,8 @@ embeddings) and the same Zipf(1.05) stream of ids over a vocabulary of V:
                                 (read-only, existing keys)
   lookup_rows_per_s_tfra        tfra.dynamic_embedding.embedding_lookup of the same batch
   lookup_rows_per_s_gather      tf.gather from a tf.Variable (the floor, in-process)
+  steps_per_s_no_embedding      the same step with a constant in place of the embedding
+                                (the ceiling any embedding can reach)
 TFRA runs in a second virtual environment (--tfra-python; TFRA 0.8.1 is built for one
 TensorFlow, 2.16.2 with Keras 2, while the project venv has 2.21.0): this script runs itself there
 with --tfra-part and reads its JSON. Where that venv is missing or TFRA fails, its figures
@@ -86,6 +88,18 @@ def train_steps_per_s(tf, emb, opt_e, ids, y, **call_kw):
     return time_steps(step, ids, y)
 
 
+class NoEmbedding:
+    """The step's ceiling: the same model and step with the embedding replaced by a
+    constant [BATCH, F, DIM] tensor (no lookup, no embedding gradient)."""
+    trainable_weights = []
+
+    def __init__(self, tf):
+        self.out = tf.constant(0.01, tf.float32, [BATCH, F, DIM])
+
+    def __call__(self, x):
+        return self.out
+
+
 def keras_part(tf, ids, y):
     return train_steps_per_s(tf, tf.keras.layers.Embedding(V + 1, DIM),
                              tf.keras.optimizers.Adagrad(0.05), ids, y)
@@ -118,6 +132,7 @@ def dynemb_part(a, sock):
     ids, y = stream(1, a.steps)
     out = dict(tensorflow=tf.__version__)
     out["steps_per_s_keras_embedding"] = keras_part(tf, ids, y)
+    out["steps_per_s_no_embedding"] = train_steps_per_s(tf, NoEmbedding(tf), None, ids, y)
     cfg = detf.DynamicEmbeddingConfig(DIM, optimizer="adagrad", lr=0.05)
     emb = detf.DynamicEmbedding(cfg, f"bench_tf_{os.getpid()}", service_address=sock)
     out["steps_per_s_dynemb"] = train_steps_per_s(tf, emb, None, ids, y, training=True)
@@ -219,6 +234,9 @@ def main(argv):
           f"{ratio(res['steps_per_s_dynemb'], res['steps_per_s_keras_embedding'])}), TFRA "
           f"{num(res['steps_per_s_tfra'], '.1f')} (dynemb/TFRA "
           f"{ratio(res['steps_per_s_dynemb'], res['steps_per_s_tfra'])})")
+    print(f"  steps/s with no embedding at all (the ceiling) "
+          f"{res['steps_per_s_no_embedding']:.1f}: TFRA x2 would need "
+          f"{num(None if res['steps_per_s_tfra'] is None else 2 * res['steps_per_s_tfra'], '.1f')}")
     ld, lt = res["lookup_rows_per_s_dynemb"], res["lookup_rows_per_s_tfra"]
     print(f"  lookup rows/s dynemb {ld:.3g}, tf.gather {res['lookup_rows_per_s_gather']:.3g}, "
           f"TFRA {num(lt, '.3g')} (dynemb/TFRA {ratio(ld, lt)})")
