@@ -25,7 +25,8 @@ bool ctl_is_query(const char *cmd);
  * The exit status. */
 int ctl_query(const char *cmd, int npos, const char *const *pos, const struct ctl_opts *o);
 
-/* s as a JSON string (quoted, escaped: ", \, control bytes and bytes >= 0x80 as \u00XX) */
+/* s as a JSON string: quoted; ", \ and control bytes escaped; valid UTF-8 as it is, any
+ * other byte >= 0x80 as U+FFFD */
 void ctl_json_str(FILE *f, const char *s);
 /* With o->json: {"ok":false,"command":cmd,"errno":err,"error":msg} on stdout. */
 void ctl_json_error(const struct ctl_opts *o, const char *cmd, int err, const char *msg);

@@ -40,20 +40,44 @@ bool ctl_is_query(const char *cmd)
 
 /* ---- output helpers ------------------------------------------------------------------- */
 
+/* Bytes in a valid UTF-8 sequence at p (1..4), or 0. */
+static int utf8_len(const unsigned char *p)
+{
+	int n = p[0] >= 0xf0 && p[0] <= 0xf4 ? 4 : p[0] >= 0xe0 ? 3 : p[0] >= 0xc2 ? 2 : 0;
+	if (p[0] >= 0xf5)
+		n = 0;
+	for (int i = 1; i < n; i++)
+		if ((p[i] & 0xc0) != 0x80)
+			return 0;
+	if ((n == 3 && p[0] == 0xe0 && p[1] < 0xa0) || (n == 3 && p[0] == 0xed && p[1] >= 0xa0) ||
+	    (n == 4 && p[0] == 0xf0 && p[1] < 0x90) || (n == 4 && p[0] == 0xf4 && p[1] >= 0x90))
+		return 0; /* overlong, surrogate, beyond U+10FFFF */
+	return n;
+}
+
 void ctl_json_str(FILE *f, const char *s)
 {
 	fputc('"', f);
 	for (const unsigned char *p = (const unsigned char *)(s ? s : ""); *p; p++) {
-		if (*p == '"' || *p == '\\')
+		if (*p == '"' || *p == '\\') {
 			fprintf(f, "\\%c", *p);
-		else if (*p == '\n')
+		} else if (*p == '\n') {
 			fputs("\\n", f);
-		else if (*p == '\t')
+		} else if (*p == '\t') {
 			fputs("\\t", f);
-		else if (*p < 0x20 || *p >= 0x7f)
+		} else if (*p < 0x20 || *p == 0x7f) {
 			fprintf(f, "\\u%04x", *p);
-		else
+		} else if (*p >= 0x80) { /* valid UTF-8 as it is; a stray byte as U+FFFD */
+			int n = utf8_len(p);
+			if (n) {
+				fwrite(p, 1, (size_t)n, f);
+				p += n - 1;
+			} else {
+				fputs("\\ufffd", f);
+			}
+		} else {
 			fputc(*p, f);
+		}
 	}
 	fputc('"', f);
 }
