@@ -103,7 +103,7 @@ static void table_info(struct srv_server *s, struct srv_table *t, struct de_wire
 static void on_tables(struct srv_server *s, const struct srv_client *c,
 		      const struct de_msg_tables *m)
 {
-	static struct de_msg_tables_ok ok; /* control thread only; 3.8 KiB off the stack */
+	struct de_msg_tables_ok ok; /* 3.8 KiB: the control thread's stack has room */
 	memset(&ok, 0, sizeof ok);
 	srv_reply_hdr(&ok.h, DE_MSG_TABLES_OK, sizeof ok, m->h.seq);
 	ok.first = m->first;
