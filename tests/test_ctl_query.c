@@ -13,7 +13,8 @@
  *
  * Suites:
  *   query  the client calls: values, paging, rights of another uid (a child with
- *          setresuid; SKIP when not root), every error
+ *          setresuid; SKIP when not root), every error, and the daemon's own checks of
+ *          the raw messages (what the library never sends)
  *   cli    the dynembctl commands: text and JSON, exit statuses, health up / down /
  *          degraded (a WAL fsync fault: -Dfault_injection=true)
  */
@@ -29,6 +30,7 @@
 
 #include "daemon_util.h"
 #include "dynemb.h"
+#include "proto.h"
 
 #ifndef DYNEMB_PROJECT_VERSION
 #error "the build passes meson's project version"
@@ -344,6 +346,91 @@ Test(query, log_level_is_logged)
 	}
 	fclose(f);
 	cr_expect(dbg && warn, "the log says who set which level");
+}
+
+/* ---- the wire, without the library's own checks ---- */
+
+static void raw_send(int fd, void *m, uint16_t type, uint32_t len)
+{
+	struct de_msg_hdr *h = m;
+	h->magic = DE_MSG_MAGIC;
+	h->type = type;
+	h->version = DE_PROTO_VERSION;
+	h->len = len;
+	h->seq = 9;
+	cr_assert_eq(send(fd, m, len, 0), (ssize_t)len);
+}
+
+/* One reply into buf (cap bytes); its fds closed. The length, 0 at EOF. */
+static ssize_t raw_recv(int fd, void *buf, size_t cap)
+{
+	union {
+		char b[CMSG_SPACE(sizeof(int) * 4)];
+		struct cmsghdr align;
+	} cb;
+	struct iovec iov = { .iov_base = buf, .iov_len = cap };
+	struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = cb.b,
+			     .msg_controllen = sizeof cb.b };
+	ssize_t r = recvmsg(fd, &mh, MSG_CMSG_CLOEXEC);
+	for (struct cmsghdr *cm = CMSG_FIRSTHDR(&mh); cm; cm = CMSG_NXTHDR(&mh, cm))
+		if (cm->cmsg_level == SOL_SOCKET && cm->cmsg_type == SCM_RIGHTS) {
+			int k;
+			memcpy(&k, CMSG_DATA(cm), sizeof k);
+			close(k);
+		}
+	return r;
+}
+
+static void raw_expect_error(int fd, int err, const char *text)
+{
+	struct de_msg_error e;
+	memset(&e, 0, sizeof e);
+	ssize_t r = raw_recv(fd, &e, sizeof e);
+	cr_assert_eq(r, (ssize_t)sizeof e, "an ERROR reply: %zd bytes", r);
+	cr_assert_eq(e.h.type, DE_MSG_ERROR);
+	cr_expect_eq(e.err, err, "errno %d", e.err);
+	e.msg[sizeof e.msg - 1] = 0;
+	cr_expect(strstr(e.msg, text), "%s", e.msg);
+}
+
+Test(query, daemon_checks_the_wire)
+{
+	int fd = daemon_connect(sock);
+	cr_assert_geq(fd, 0);
+	struct de_msg_hello hello;
+	memset(&hello, 0, sizeof hello);
+	raw_send(fd, &hello, DE_MSG_HELLO, sizeof hello);
+	char buf[DE_MSG_MAX];
+	cr_assert_eq(raw_recv(fd, buf, sizeof buf), (ssize_t)sizeof(struct de_msg_hello_ok));
+
+	struct de_msg_log_level lv;
+	memset(&lv, 0, sizeof lv);
+	lv.level = 4;
+	raw_send(fd, &lv, DE_MSG_LOG_LEVEL, sizeof lv);
+	raw_expect_error(fd, -EINVAL, "log level 4");
+	struct de_msg_tables tb;
+	memset(&tb, 0, sizeof tb);
+	tb.pad = 1;
+	raw_send(fd, &tb, DE_MSG_TABLES, sizeof tb);
+	raw_expect_error(fd, -EINVAL, "TABLES: a nonzero pad");
+	struct de_msg_by_name bn;
+	memset(&bn, 0, sizeof bn);
+	raw_send(fd, &bn, DE_MSG_STATS_BY_NAME, sizeof bn);
+	raw_expect_error(fd, -EINVAL, "table name is empty");
+	/* still served: a good request after the refusals */
+	tb.pad = 0;
+	raw_send(fd, &tb, DE_MSG_TABLES, sizeof tb);
+	struct de_msg_tables_ok ok;
+	cr_assert_eq(raw_recv(fd, &ok, sizeof ok), (ssize_t)sizeof ok);
+	cr_expect_eq(ok.h.type, DE_MSG_TABLES_OK);
+	cr_expect_eq(ok.total, 0);
+	/* a STATUS with a body is malformed: ERROR -EBADMSG, closed */
+	char st[24];
+	memset(st, 0, sizeof st);
+	raw_send(fd, st, DE_MSG_STATUS, sizeof st);
+	raw_expect_error(fd, -EBADMSG, "malformed");
+	cr_expect_eq(raw_recv(fd, buf, sizeof buf), 0, "closed");
+	close(fd);
 }
 
 /* What a child of another uid saw. */
