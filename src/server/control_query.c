@@ -69,7 +69,6 @@ static void on_status(struct srv_server *s, const struct srv_client *clients,
 	ok.peers = 0; /* src/peer does not exist yet */
 	ok.pid = (uint32_t)getpid();
 	ok.workers = s->nworkers;
-	(void)c;
 	srv_reply_send(c->sock, &ok, sizeof ok, NULL, 0, 0);
 }
 
