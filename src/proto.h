@@ -145,6 +145,17 @@ enum de_msg_type {
 	/* 16..20 reserved for persistence */
 	DE_MSG_DROP = 21,
 	DE_MSG_DROP_OK = 22,
+	/* 23..32: the operator's queries (src/server/control_query.c) */
+	DE_MSG_STATUS = 23,
+	DE_MSG_STATUS_OK = 24,
+	DE_MSG_TABLES = 25,
+	DE_MSG_TABLES_OK = 26,
+	DE_MSG_STATS_BY_NAME = 27,
+	DE_MSG_STATS_BY_NAME_OK = 28,
+	DE_MSG_EVICT = 29,
+	DE_MSG_EVICT_OK = 30,
+	DE_MSG_LOG_LEVEL = 31,
+	DE_MSG_LOG_LEVEL_OK = 32,
 };
 
 struct de_msg_hdr {
@@ -190,6 +201,8 @@ struct de_msg_hello_ok {
 #define DE_CAP_SNAPSHOT (1ull << 6)      /* message SNAPSHOT (needs DE_CAP_PERSISTENCE) */
 #define DE_CAP_EXPORT_IMPORT (1ull << 7) /* messages EXPORT, IMPORT (need DE_CAP_EXPORT_DIR) */
 #define DE_CAP_DROP (1ull << 8)          /* message DROP */
+#define DE_CAP_QUERY (1ull << 9)         /* messages STATUS, TABLES, STATS_BY_NAME, EVICT,
+                                            LOG_LEVEL */
 #define DE_CAP_PERSISTENCE (1ull << 32)  /* [persistence] data_dir set: WAL, snapshots,
                                            durability ASYNC / SYNC */
 #define DE_CAP_EXPORT_DIR (1ull << 33)   /* [persistence] export_dir set */
@@ -545,6 +558,111 @@ struct de_wire_stats {     /* STATS writes this at vals_off */
 	uint64_t reserved[5]; /* 0 */
 };
 
+/*
+ * ---- The operator's queries (types 23..32; src/server/control_query.c) ----------------
+ *
+ *   STATUS {}                  ->  anyone connected
+ *                              <-  STATUS_OK {version, uptime, pages, NUMA node, clients,
+ *                                  tables, WAL state and LSNs, peers}
+ *   TABLES {first}             ->  the tables this caller may open (the open right;
+ *                                  root: all), in the registry's order, from index first
+ *                              <-  TABLES_OK {total, first, count, DE_TABLES_PER_MSG
+ *                                  entries (count used, the rest zero)}: a client pages
+ *                                  with first += count until first >= total (a table
+ *                                  created or dropped meanwhile may shift the pages)
+ *   STATS_BY_NAME {name}       ->  a table's STATS without opening it: needs the open
+ *                                  right (-EACCES before -ENOENT, as OPEN decides)
+ *                              <-  STATS_BY_NAME_OK {struct de_wire_stats}
+ *   EVICT {name}               ->  one eviction pass on the table now, down to its low
+ *                                  watermark: needs the write right; -EOPNOTSUPP for a
+ *                                  table without eviction
+ *                              <-  EVICT_OK {evicted rows, resident and budget bytes after}
+ *   LOG_LEVEL {level}          ->  the daemon's log level from now on (0 error .. 3
+ *                                  debug): root or the daemon's own uid (-EPERM)
+ *                              <-  LOG_LEVEL_OK {level}
+ */
+#define DE_TABLES_PER_MSG 28u
+#define DE_VERSION_MAX 32u
+
+enum de_wal_state { DE_WAL_NONE = 0, DE_WAL_OK = 1, DE_WAL_FAILED = 2 };
+
+struct de_msg_status_ok {
+	struct de_msg_hdr h;
+	char version[DE_VERSION_MAX]; /* the daemon's version (meson's project version) */
+	uint64_t uptime_ms;
+	uint32_t pages_config;   /* enum de_pages the daemon was told ([memory] pages) */
+	uint32_t pages_got;      /* bit (1 << enum de_pages) for each kind some table's
+	                            arena got; 0: no table */
+	int32_t numa_node;       /* the node tables are bound to; -2 (DE_NUMA_NONE): none */
+	uint32_t clients;        /* connections that said HELLO and are open */
+	uint32_t tables;         /* every table of the daemon */
+	uint32_t wal_state;      /* enum de_wal_state */
+	int32_t wal_err;         /* DE_WAL_FAILED: the negative errno */
+	uint32_t peers;          /* peer daemons configured (0: none) */
+	uint64_t wal_last_lsn;   /* the last LSN given */
+	uint64_t wal_durable_lsn; /* every record up to it is on disk */
+	uint32_t pid;
+	uint32_t workers;
+	char wal_why[128];       /* DE_WAL_FAILED: the WAL's reason, NUL-terminated */
+	uint64_t reserved[4];    /* 0 */
+};
+
+struct de_msg_tables {
+	struct de_msg_hdr h;
+	uint32_t first;          /* index of the first table wanted */
+	uint32_t pad;            /* 0 */
+};
+
+struct de_wire_table_info {
+	char name[DE_NAME_MAX];
+	uint32_t key_type;       /* enum de_key_type */
+	uint32_t dim;
+	uint64_t keys;
+	uint64_t resident_bytes; /* what its eviction budget counts (0 without eviction:
+	                            then arena_bytes of its STATS) */
+	uint64_t budget_bytes;   /* 0: no eviction budget */
+	uint32_t read_only;      /* 1: its WAL failed */
+	uint32_t pages;          /* enum de_pages its arena got */
+	uint32_t owner;          /* the uid that created it */
+	uint32_t eviction;       /* enum de_wire_eviction_policy */
+	uint32_t durability;     /* enum de_wire_durability_mode */
+	uint32_t open_conns;     /* connections that have it open */
+	uint64_t reserved[2];    /* 0 */
+};
+
+struct de_msg_tables_ok {
+	struct de_msg_hdr h;
+	uint32_t total;          /* tables this caller may open */
+	uint32_t first;
+	uint32_t count;          /* entries used, <= DE_TABLES_PER_MSG */
+	uint32_t pad;
+	struct de_wire_table_info t[DE_TABLES_PER_MSG];
+};
+
+struct de_msg_by_name {      /* STATS_BY_NAME and EVICT */
+	struct de_msg_hdr h;
+	char name[DE_NAME_MAX];
+};
+
+struct de_msg_stats_by_name_ok {
+	struct de_msg_hdr h;
+	struct de_wire_stats st;
+};
+
+struct de_msg_evict_ok {
+	struct de_msg_hdr h;
+	uint64_t evicted;        /* rows this pass erased */
+	uint64_t resident_bytes, budget_bytes; /* after it */
+};
+
+#define DE_LOG_LEVEL_MAX 3u  /* 0 error, 1 warn, 2 info, 3 debug */
+struct de_msg_log_level {    /* LOG_LEVEL and LOG_LEVEL_OK */
+	struct de_msg_hdr h;
+	uint32_t level;
+	uint32_t pad;            /* 0 */
+};
+
+
 _Static_assert(sizeof(struct de_msg_hdr) == 16, "layout");
 _Static_assert(sizeof(struct de_msg_hello) == 96, "layout");
 _Static_assert(sizeof(struct de_msg_hello_ok) == 48, "layout");
@@ -576,5 +694,15 @@ _Static_assert(sizeof(struct de_msg_import_ok) == 168, "layout");
 _Static_assert(sizeof(struct de_msg_progress) == 104, "layout");
 _Static_assert(sizeof(struct de_msg_drop) == 80, "layout");
 _Static_assert(sizeof(struct de_msg_drop_ok) == 24, "layout");
+
+_Static_assert(sizeof(struct de_msg_status_ok) == 272, "layout");
+_Static_assert(sizeof(struct de_msg_tables) == 24, "layout");
+_Static_assert(sizeof(struct de_wire_table_info) == 136, "layout");
+_Static_assert(sizeof(struct de_msg_tables_ok) == 32 + 136 * DE_TABLES_PER_MSG, "layout");
+_Static_assert(sizeof(struct de_msg_tables_ok) <= DE_MSG_MAX, "one packet");
+_Static_assert(sizeof(struct de_msg_by_name) == 80, "layout");
+_Static_assert(sizeof(struct de_msg_stats_by_name_ok) == 288, "layout");
+_Static_assert(sizeof(struct de_msg_evict_ok) == 40, "layout");
+_Static_assert(sizeof(struct de_msg_log_level) == 24, "layout");
 
 #endif /* DE_PROTO_H */

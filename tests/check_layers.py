@@ -26,7 +26,8 @@ The layer order, bottom (0) to top:
   6 worker    worker.h server.h     the data plane; it owns its batch
               slowpool.h            (TOPK and SAMPLE off the workers)
   7 control   control.h             the control plane (open -> learning -> persistence)
-              control_int.h         (private to control*.c: DROP in control_drop.c)
+              control_int.h         (private to control*.c: DROP in control_drop.c,
+                                    the queries in control_query.c)
   8 main                            main.c
 
 Headers from outside src/server (proto.h, de_shm.h, de_learn.h, de_uring.h) are below
@@ -84,6 +85,7 @@ SOURCES = {
     "slowpool.c": "worker",
     "control.c": "control",
     "control_drop.c": "control",
+    "control_query.c": "control",
     "main.c": "main",
 }
 

@@ -2,13 +2,16 @@
  * dynembctl.c — the operator's command line for dynembd: snapshots, export and import
  * (ARCHITECTURE.md section 9), through libdynemb's persistence calls (dynemb.h:
  * dynemb_snapshot, dynemb_export, dynemb_import), and dropping a table
- * (dynemb_drop_table).
+ * (dynemb_drop_table). The queries (status, tables, stats, health, evict, log-level)
+ * are dynembctl_query.c's; this file parses every command's arguments.
  *
- *   dynembctl [--socket PATH] [--timeout-ms N] [--quiet] snapshot [TABLE] [--full]
+ *   dynembctl [--socket PATH] [--timeout-ms N] [--quiet] [--json] snapshot [TABLE] [--full]
  *   dynembctl [...] export TABLE FILE
  *   dynembctl [...] import TABLE FILE [--salvage]
  *   dynembctl [...] drop TABLE
  *
+ * --json (before or after the command): the result as one JSON object on stdout (a
+ * failure too: {"ok": false, "errno", "error"}; the text stays on stderr).
  * Owns the CLI only: argument checks, the progress display and the messages. The daemon
  * does the work (its job thread) and checks everything again (table names, paths under
  * its [persistence] export_dir, the file's format).
@@ -42,12 +45,12 @@
 #include <unistd.h>
 
 #include "dynemb.h"
+#include "dynembctl.h"
 
-#define EXIT_FAIL 1
-#define EXIT_USAGE 2
 #define BAR_WIDTH 30
 
 static volatile sig_atomic_t g_stop; /* set by SIGINT / SIGTERM: the progress cb stops */
+static struct ctl_opts g_opts;       /* the options of this run (for the failure paths) */
 
 static void on_signal(int sig)
 {
@@ -182,7 +185,7 @@ static int on_progress(void *ctx, const struct dynemb_progress *d)
 static void usage(FILE *f)
 {
 	fprintf(f,
-		"usage: dynembctl [--socket PATH] [--timeout-ms N] [--quiet] COMMAND [ARGS]\n"
+		"usage: dynembctl [--socket PATH] [--timeout-ms N] [--quiet] [--json] COMMAND [ARGS]\n"
 		"\n"
 		"Commands (the daemon does the work; dynembctl shows its progress):\n"
 		"  snapshot [TABLE] [--full]   checkpoint TABLE, or every persisted table: an\n"
@@ -195,11 +198,25 @@ static void usage(FILE *f)
 		"  drop TABLE                  remove TABLE from the daemon (and its data_dir) and\n"
 		"                              give its memory back; no client may have it open\n"
 		"\n"
+		"The daemon's state:\n"
+		"  status                      version, uptime, pages, NUMA node, clients, tables,\n"
+		"                              WAL state, peers\n"
+		"  tables                      the tables this uid may open: keys, dim, resident\n"
+		"                              and budget bytes, read-only\n"
+		"  stats TABLE                 TABLE's statistics (without opening it)\n"
+		"  health                      exit 0 serving, 1 degraded (the reason on stdout: the\n"
+		"                              WAL failed, a table is read-only), 2 down or\n"
+		"                              unreachable; --quiet: no output (probes)\n"
+		"  evict TABLE                 one eviction pass on TABLE now (a table with\n"
+		"                              eviction; needs the write right)\n"
+		"  log-level LEVEL             error, warn, info or debug (root or the daemon's uid)\n"
+		"\n"
 		"Options:\n"
 		"  --socket PATH      the daemon's control socket (default: $DYNEMB_SOCKET, else\n"
 		"                     /run/dynemb/dynemb.sock)\n"
 		"  --timeout-ms N     longest wait between two messages of the daemon (10000)\n"
-		"  --quiet            no progress display\n"
+		"  --quiet            no progress display (health: no output)\n"
+		"  --json             the result as one JSON object on stdout\n"
 		"  -h, --help         this text\n"
 		"\n"
 		"FILE: the daemon reads and writes it itself, as its own user, and only under its\n"
@@ -207,7 +224,7 @@ static void usage(FILE *f)
 		"the current directory. The daemon needs [persistence] data_dir for snapshots.\n"
 		"Progress goes to stderr (a redrawn bar on a terminal, else a line every 10%%);\n"
 		"the result goes to stdout. Ctrl-C asks the daemon to stop the job cleanly.\n"
-		"Exit status: 0 done, 1 failed, 2 bad usage.\n");
+		"Exit status: 0 done, 1 failed, 2 bad usage (health: 2 down).\n");
 }
 
 __attribute__((format(printf, 1, 2))) static int bad_usage(const char *fmt, ...)
@@ -239,9 +256,24 @@ static int absolute(const char *in, char *out, size_t cap)
 
 static int fail(const char *what, const char *table, int err)
 {
-	fprintf(stderr, "dynembctl: %s%s%s: %s\n", what, table ? " " : "", table ? table : "",
-		err == -ECANCELED ? "cancelled (the daemon finished or rolled back the job)"
-				  : dynemb_strerror(err));
+	const char *why = err == -ECANCELED ? "cancelled (the daemon finished or rolled back the job)"
+					    : dynemb_strerror(err);
+	fprintf(stderr, "dynembctl: %s%s%s: %s\n", what, table ? " " : "", table ? table : "", why);
+	ctl_json_error(&g_opts, what, err, why);
+	return EXIT_FAIL;
+}
+
+/* A failure with the message already printed (fmt, on stderr): the same as JSON. */
+__attribute__((format(printf, 3, 4)))
+static int fail_msg(const char *cmd, int err, const char *fmt, ...)
+{
+	char line[1024];
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(line, sizeof line, fmt, ap);
+	va_end(ap);
+	fprintf(stderr, "dynembctl: %s\n", line);
+	ctl_json_error(&g_opts, cmd, err, line);
 	return EXIT_FAIL;
 }
 
@@ -257,33 +289,25 @@ static int job_fail(const char *cmd, const char *table, const char *file, int er
 	struct stat st;
 	switch (err) {
 	case -ENOENT:
-		if (file && !strcmp(cmd, "import") && stat(file, &st) && errno == ENOENT) {
-			fprintf(stderr, "dynembctl: import %s: %s does not exist\n", shown, file);
-			return EXIT_FAIL;
-		}
+		if (file && !strcmp(cmd, "import") && stat(file, &st) && errno == ENOENT)
+			return fail_msg(cmd, err, "import %s: %s does not exist", shown, file);
 		snprintf(dir, sizeof dir, "%s", file ? file : "");
 		if (file && strrchr(dir, '/'))
 			*strrchr(dir, '/') = 0;
-		if (file && dir[0] && stat(dir, &st) && errno == ENOENT) {
-			fprintf(stderr, "dynembctl: %s %s: the directory %s does not exist\n", cmd,
-				shown, dir);
-			return EXIT_FAIL;
-		}
-		if (table) {
-			fprintf(stderr, "dynembctl: %s %s: table '%s' does not exist in this dynembd\n",
-				cmd, shown, table);
-			return EXIT_FAIL;
-		}
+		if (file && dir[0] && stat(dir, &st) && errno == ENOENT)
+			return fail_msg(cmd, err, "%s %s: the directory %s does not exist", cmd, shown,
+					dir);
+		if (table)
+			return fail_msg(cmd, err, "%s %s: table '%s' does not exist in this dynembd",
+					cmd, shown, table);
 		break;
 	case -ECONNRESET:
 	case -EPIPE:
-		fprintf(stderr, "dynembctl: %s %s: dynembd went away during the %s (it exited or "
-			"was killed): whether the job finished is unknown\n", cmd, shown, cmd);
-		return EXIT_FAIL;
+		return fail_msg(cmd, err, "%s %s: dynembd went away during the %s (it exited or "
+				"was killed): whether the job finished is unknown", cmd, shown, cmd);
 	case -ETIMEDOUT:
-		fprintf(stderr, "dynembctl: %s %s: dynembd sent nothing for --timeout-ms; the job "
-			"may still be running\n", cmd, shown);
-		return EXIT_FAIL;
+		return fail_msg(cmd, err, "%s %s: dynembd sent nothing for --timeout-ms; the job "
+				"may still be running", cmd, shown);
 	default:
 		break;
 	}
@@ -291,28 +315,25 @@ static int job_fail(const char *cmd, const char *table, const char *file, int er
 }
 
 /* dynemb_connect failed: say what to check. */
-static int connect_fail(const char *socket_path, int err)
+int ctl_connect_fail(const struct ctl_opts *o, const char *cmd, int err)
 {
-	const char *where = socket_path ? socket_path : "the default socket (/run/dynemb/dynemb.sock)";
+	const char *where = o->socket_path ? o->socket_path
+					   : "the default socket (/run/dynemb/dynemb.sock)";
+	g_opts = *o;
 	switch (err) {
 	case -ENOENT:
-		fprintf(stderr, "dynembctl: cannot reach dynembd at %s: no such socket (is dynembd "
-			"running? --socket or DYNEMB_SOCKET names another one)\n", where);
-		break;
+		return fail_msg(cmd, err, "cannot reach dynembd at %s: no such socket (is dynembd "
+				"running? --socket or DYNEMB_SOCKET names another one)", where);
 	case -ECONNREFUSED:
-		fprintf(stderr, "dynembctl: cannot reach dynembd at %s: nothing listens there (is "
-			"dynembd running?)\n", where);
-		break;
+		return fail_msg(cmd, err, "cannot reach dynembd at %s: nothing listens there (is "
+				"dynembd running?)", where);
 	case -EACCES:
-		fprintf(stderr, "dynembctl: dynembd at %s refused uid %u: %s\n", where,
-			(unsigned)geteuid(), dynemb_strerror(err));
-		break;
+		return fail_msg(cmd, err, "dynembd at %s refused uid %u: %s", where,
+				(unsigned)geteuid(), dynemb_strerror(err));
 	default:
-		fprintf(stderr, "dynembctl: cannot reach dynembd at %s: %s\n", where,
-			dynemb_strerror(err));
-		break;
+		return fail_msg(cmd, err, "cannot reach dynembd at %s: %s", where,
+				dynemb_strerror(err));
 	}
-	return EXIT_FAIL;
 }
 
 int main(int argc, char **argv)
@@ -328,6 +349,8 @@ int main(int argc, char **argv)
 			return 0;
 		} else if (!strcmp(a, "--quiet") || !strcmp(a, "-q")) {
 			quiet = true;
+		} else if (!strcmp(a, "--json")) {
+			g_opts.json = true;
 		} else if (!strcmp(a, "--socket") || !strcmp(a, "--timeout-ms")) {
 			if (i + 1 >= argc)
 				return bad_usage("%s needs a value", a);
@@ -347,7 +370,8 @@ int main(int argc, char **argv)
 		}
 	}
 	if (i >= argc)
-		return bad_usage("no command (snapshot, export, import, drop)");
+		return bad_usage("no command (snapshot, export, import, drop, status, tables, "
+				 "stats, health, evict, log-level)");
 	const char *cmd = argv[i++];
 
 	/* the command's own arguments: positionals and its flags, in any order */
@@ -359,6 +383,10 @@ int main(int argc, char **argv)
 			full = true;
 		else if (!strcmp(argv[i], "--salvage") && !strcmp(cmd, "import"))
 			salvage = true;
+		else if (!strcmp(argv[i], "--json"))
+			g_opts.json = true;
+		else if (!strcmp(argv[i], "--quiet") || !strcmp(argv[i], "-q"))
+			quiet = true;
 		else if (!strcmp(argv[i], "-h") || !strcmp(argv[i], "--help")) {
 			usage(stdout);
 			return 0;
@@ -369,6 +397,11 @@ int main(int argc, char **argv)
 		else
 			return bad_usage("%s: too many arguments", cmd);
 	}
+	g_opts.socket_path = socket_path;
+	g_opts.timeout_ms = timeout_ms;
+	g_opts.quiet = quiet;
+	if (ctl_is_query(cmd)) /* dynembctl_query.c */
+		return ctl_query(cmd, npos, pos, &g_opts);
 	enum { C_SNAPSHOT, C_EXPORT, C_IMPORT, C_DROP } which;
 	if (!strcmp(cmd, "snapshot")) {
 		which = C_SNAPSHOT;
@@ -383,7 +416,8 @@ int main(int argc, char **argv)
 		if (npos != 1)
 			return bad_usage("drop takes TABLE");
 	} else {
-		return bad_usage("unknown command '%s' (snapshot, export, import, drop)", cmd);
+		return bad_usage("unknown command '%s' (snapshot, export, import, drop, status, "
+				 "tables, stats, health, evict, log-level)", cmd);
 	}
 	if (npos && (!pos[0][0] || strlen(pos[0]) > 63))
 		return bad_usage("a table name has 1..63 bytes: '%s'", pos[0]);
@@ -400,7 +434,7 @@ int main(int argc, char **argv)
 	struct dynemb_connect_opts co = { .name = "dynembctl", .timeout_ms = timeout_ms };
 	int err = dynemb_connect(socket_path, &co, &c);
 	if (err)
-		return connect_fail(socket_path, err);
+		return ctl_connect_fail(&g_opts, cmd, err);
 	struct sigaction sa = { .sa_handler = on_signal };
 	sigemptyset(&sa.sa_mask);
 	sigaction(SIGINT, &sa, NULL);
@@ -420,9 +454,14 @@ int main(int argc, char **argv)
 			rc = job_fail("snapshot", npos ? pos[0] : NULL, NULL, err);
 			break;
 		}
-		printf("snapshot: %u table%s, %" PRIu64 " rows, %" PRIu64 " bytes, WAL from lsn %"
-		       PRIu64 ", %.2f s\n", res.tables, res.tables == 1 ? "" : "s", res.rows,
-		       res.bytes, res.lsn, now_s() - t0);
+		if (g_opts.json)
+			printf("{\"ok\": true, \"command\": \"snapshot\", \"tables\": %u, \"rows\": %"
+			       PRIu64 ", \"bytes\": %" PRIu64 ", \"lsn\": %" PRIu64 ", \"seconds\": %.3f}\n",
+			       res.tables, res.rows, res.bytes, res.lsn, now_s() - t0);
+		else
+			printf("snapshot: %u table%s, %" PRIu64 " rows, %" PRIu64 " bytes, WAL from lsn %"
+			       PRIu64 ", %.2f s\n", res.tables, res.tables == 1 ? "" : "s", res.rows,
+			       res.bytes, res.lsn, now_s() - t0);
 		break;
 	}
 	case C_EXPORT: {
@@ -432,6 +471,15 @@ int main(int argc, char **argv)
 		progress_end_line(&p);
 		if (err) {
 			rc = job_fail("export", pos[0], path, err);
+			break;
+		}
+		if (g_opts.json) {
+			printf("{\"ok\": true, \"command\": \"export\", \"table\": ");
+			ctl_json_str(stdout, pos[0]);
+			printf(", \"file\": ");
+			ctl_json_str(stdout, path);
+			printf(", \"records\": %" PRIu64 ", \"bytes\": %" PRIu64 ", \"seconds\": %.3f}\n",
+			       records, bytes, now_s() - t0);
 			break;
 		}
 		printf("exported %s: %" PRIu64 " records, %" PRIu64 " bytes to %s, %.2f s\n",
@@ -450,6 +498,17 @@ int main(int argc, char **argv)
 			break;
 		}
 		res.problem[sizeof res.problem - 1] = 0;
+		if (g_opts.json) {
+			printf("{\"ok\": true, \"command\": \"import\", \"table\": ");
+			ctl_json_str(stdout, pos[0]);
+			printf(", \"file\": ");
+			ctl_json_str(stdout, path);
+			printf(", \"records\": %" PRIu64 ", \"imported\": %" PRIu64 ", \"dropped\": %"
+			       PRIu64 ", \"problem\": ", res.records, res.imported, res.dropped);
+			ctl_json_str(stdout, res.problem);
+			printf(", \"seconds\": %.3f}\n", now_s() - t0);
+			break;
+		}
 		printf("imported %s: %" PRIu64 " of %" PRIu64 " records from %s, %.2f s\n", pos[0],
 		       res.imported, res.records, path, now_s() - t0);
 		if (res.dropped || res.problem[0])
@@ -464,7 +523,13 @@ int main(int argc, char **argv)
 			rc = fail("drop", pos[0], err);
 			break;
 		}
-		printf("dropped %s: %" PRIu64 " MiB given back\n", pos[0], bytes >> 20);
+		if (g_opts.json) {
+			printf("{\"ok\": true, \"command\": \"drop\", \"table\": ");
+			ctl_json_str(stdout, pos[0]);
+			printf(", \"bytes\": %" PRIu64 "}\n", bytes);
+		} else {
+			printf("dropped %s: %" PRIu64 " MiB given back\n", pos[0], bytes >> 20);
+		}
 		break;
 	}
 	}

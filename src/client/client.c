@@ -335,7 +335,8 @@ size_t dynemb_struct_size(const char *name)
 		S(dynemb_connect_opts), S(dynemb_optim_spec), S(dynemb_admission_spec),
 		S(dynemb_eviction_spec), S(dynemb_durability_spec), S(dynemb_table_spec),
 		S(dynemb_stats), S(dynemb_sample_spec), S(dynemb_progress),
-		S(dynemb_snapshot_result), S(dynemb_import_result),
+		S(dynemb_snapshot_result), S(dynemb_import_result), S(dynemb_status),
+		S(dynemb_table_info),
 #undef S
 	};
 	for (size_t i = 0; name && i < sizeof sizes / sizeof sizes[0]; i++)

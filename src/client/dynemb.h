@@ -92,6 +92,9 @@ void dynemb_close(dynemb_client *c); /* NULL is fine */
 #define DYNEMB_CAP_SNAPSHOT (1ull << 6)      /* dynemb_snapshot (needs CAP_PERSISTENCE) */
 #define DYNEMB_CAP_EXPORT_IMPORT (1ull << 7) /* dynemb_export / import (need CAP_EXPORT_DIR) */
 #define DYNEMB_CAP_DROP (1ull << 8)          /* dynemb_drop_table */
+#define DYNEMB_CAP_QUERY (1ull << 9)         /* dynemb_status, dynemb_list_tables,
+                                                dynemb_stats_by_name, dynemb_evict_table,
+                                                dynemb_set_log_level */
 /* ... and the daemon's configuration: */
 #define DYNEMB_CAP_PERSISTENCE (1ull << 32)  /* a data directory: snapshots, durability */
 #define DYNEMB_CAP_EXPORT_DIR (1ull << 33)   /* an export directory for export / import */
@@ -447,6 +450,70 @@ int dynemb_import(dynemb_client *c, const char *table_name, const char *path, un
  * nothing changed). dynemb_strerror(err) has the daemon's text. */
 int dynemb_drop_table(dynemb_client *c, const char *table_name, uint64_t *bytes /* out */);
 
+/* ---- The operator's view (DYNEMB_CAP_QUERY; a daemon without it: -EOPNOTSUPP) ---- */
+
+enum dynemb_wal_state { DYNEMB_WAL_NONE = 0, DYNEMB_WAL_OK = 1, DYNEMB_WAL_FAILED = 2 };
+enum dynemb_pages { DYNEMB_PAGES_AUTO = 0, DYNEMB_PAGES_HUGETLB = 1, DYNEMB_PAGES_THP = 2,
+		    DYNEMB_PAGES_SMALL = 3 };
+
+struct dynemb_status {
+	char version[32];         /* the daemon's version */
+	uint64_t uptime_ms;
+	uint32_t pages_config;    /* enum dynemb_pages it was configured with */
+	uint32_t pages_got;       /* bit 1 << enum dynemb_pages for each kind some table's
+	                             memory got (0: no table) */
+	int32_t numa_node;        /* the NUMA node tables are bound to; -1: not bound */
+	uint32_t clients;         /* connections open (this one included) */
+	uint32_t tables;          /* every table of the daemon, also those this caller may
+	                             not open */
+	uint32_t workers;
+	uint32_t pid;
+	uint32_t peers;           /* peer daemons configured (0: none) */
+	uint32_t wal_state;       /* enum dynemb_wal_state: NONE without a data directory */
+	int32_t wal_err;          /* WAL_FAILED: the negative errno */
+	uint64_t wal_last_lsn;    /* the last WAL record */
+	uint64_t wal_durable_lsn; /* every record up to it is on disk */
+	char wal_error[128];      /* WAL_FAILED: the reason, else "" */
+	uint64_t reserved[8];     /* 0 */
+};
+/* The daemon's state; anyone connected may ask. */
+int dynemb_status(dynemb_client *c, struct dynemb_status *out /* out */);
+
+struct dynemb_table_info {
+	char name[64];
+	uint32_t key_kind;        /* enum dynemb_key_kind */
+	uint32_t dim;
+	uint64_t keys;
+	uint64_t resident_bytes;  /* what its eviction budget counts; without eviction the
+	                             bytes of its memory */
+	uint64_t budget_bytes;    /* 0: no eviction budget */
+	uint32_t read_only;       /* 1: a failed WAL write made it read-only */
+	uint32_t pages;           /* enum dynemb_pages its memory got */
+	uint32_t owner_uid;       /* the uid that created it */
+	uint32_t eviction;        /* enum dynemb_eviction_policy */
+	uint32_t durability;      /* enum dynemb_durability_mode */
+	uint32_t open_connections;
+	uint64_t reserved[4];     /* 0 */
+};
+/* The tables this caller may open (the open right; root: all), from index first: up to
+ * cap entries into out (*n of them), *total: how many there are (total may be NULL).
+ * Page with first += *n while first < *total; several requests are made when cap is
+ * larger than one reply holds. A table created or dropped meanwhile may shift pages. */
+int dynemb_list_tables(dynemb_client *c, size_t first, struct dynemb_table_info *out,
+		       size_t cap, size_t *n /* out */, size_t *total /* out */);
+/* dynemb_stats of a table by name, without opening it (needs the open right). -ENOENT
+ * no such table; -EACCES no right (said before whether the table exists, as
+ * dynemb_open decides). */
+int dynemb_stats_by_name(dynemb_client *c, const char *table_name,
+			 struct dynemb_stats *out /* out */);
+/* One eviction pass on the table now, down to its low watermark (needs the write
+ * right). evicted (may be NULL): rows erased. -EOPNOTSUPP: the table has no eviction;
+ * -ENOENT, -EACCES as dynemb_stats_by_name. */
+int dynemb_evict_table(dynemb_client *c, const char *table_name, uint64_t *evicted /* out */);
+/* The daemon's log level from now on: "error", "warn", "info" or "debug". Root or the
+ * daemon's own uid only (-EPERM); another word is -EINVAL. */
+int dynemb_set_log_level(dynemb_client *c, const char *level);
+
 /* Zero-copy counters of this client: lookups served from the read-only mapping, and keys
  * that had to go to the daemon. */
 void dynemb_zero_copy_counts(const dynemb_client *c, uint64_t *local_keys, uint64_t *remote_keys);
@@ -463,7 +530,8 @@ const char *dynemb_strerror(int err);
  * (the Python package checks its copies at load): NAME without "struct ", one of
  * dynemb_connect_opts, dynemb_optim_spec, dynemb_admission_spec, dynemb_eviction_spec,
  * dynemb_durability_spec, dynemb_table_spec, dynemb_stats, dynemb_sample_spec,
- * dynemb_progress, dynemb_snapshot_result, dynemb_import_result. 0 for any other name.
+ * dynemb_progress, dynemb_snapshot_result, dynemb_import_result, dynemb_status,
+ * dynemb_table_info. 0 for any other name.
  */
 size_t dynemb_struct_size(const char *name);
 

@@ -404,6 +404,11 @@ int de_evict_stop(de_evict *ev);
 /* One synchronous pass: expire (TTL sweeps), then enforce table and host budgets,
  * erasing at most max_rows rows (0 = no limit). evicted (may be NULL): rows erased. */
 int de_evict_step(de_evict *ev, size_t max_rows, size_t *evicted /* out */);
+/* One synchronous pass over table id alone (an operator's "evict now"): a TTL sweep
+ * round, then its budget from anywhere above the low watermark down to it (the thread
+ * starts only above the high one), at most max_rows rows (0 = no limit). evicted (may be
+ * NULL): rows erased. Not with the table's pass_lock held. */
+int de_evict_table_step(de_evict *ev, uint32_t id, size_t max_rows, size_t *evicted /* out */);
 /* After a lookup of n keys on table id with status from de_table_find_or_insert: restore
  * returning keys from the tier (out: n * dim values, updated for them; may be NULL),
  * count the fresh ones, and evict inline when over budget. restored (may be NULL). */

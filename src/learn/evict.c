@@ -644,6 +644,40 @@ int de_evict_step(de_evict *ev, size_t max_rows, size_t *evicted)
 	return err;
 }
 
+int de_evict_table_step(de_evict *ev, uint32_t id, size_t max_rows, size_t *evicted)
+{
+	if (evicted)
+		*evicted = 0;
+	if (!ev || id >= NTAB(ev))
+		return -EINVAL;
+	struct etable *e = ev->tab[id];
+	uint64_t left = max_rows ? max_rows : UINT64_MAX;
+	uint64_t total = 0;
+	table_lock(e);
+	long r = e->cfg.policy == DE_EVICT_TTL ? sweep(ev, e, left) : 0;
+	table_unlock(e);
+	if (r > 0) {
+		total += (uint64_t)r;
+		left -= (uint64_t)r;
+	}
+	/* from anywhere above the low watermark down to it, STEP_CHUNK rows per hold */
+	uint64_t want = r >= 0 ? rows_over(e, resident(e), ev->cfg.low, ev->cfg.low) : 0;
+	while (r >= 0 && want && left) {
+		uint64_t chunk = want < STEP_CHUNK ? want : STEP_CHUNK;
+		table_lock(e);
+		r = evict_rows(ev, e, chunk < left ? chunk : left);
+		table_unlock(e);
+		if (r <= 0)
+			break;
+		total += (uint64_t)r;
+		left -= (uint64_t)r;
+		want = want > (uint64_t)r ? want - (uint64_t)r : 0;
+	}
+	if (evicted)
+		*evicted = total;
+	return r < 0 ? (int)r : 0;
+}
+
 static void *thread_main(void *arg)
 {
 	de_evict *ev = arg;

@@ -75,6 +75,7 @@
 #include "validate.h"
 
 #define MAX_SAMPLERS 4u
+#define EVICT_NOW_MAX_ROWS (1u << 22) /* EVICT: rows one pass may erase (the control thread waits for it) */
 
 /* libdelearn's enums have the wire's numbers: values pass through as they are */
 #define SAME(a, b) _Static_assert((int)(a) == (int)(b), #a " == " #b)
@@ -237,6 +238,29 @@ int srv_learn_table_can_drop(const struct srv_table *t, char *msg, size_t msgcap
 		return -EBUSY;
 	}
 	return 0;
+}
+
+int srv_learn_evict_now(struct srv_table *t, uint64_t *evicted, char *msg, size_t msgcap)
+{
+	*evicted = 0;
+	struct srv_table_learn *L = t->rt;
+	if (!L || !L->evict) {
+		snprintf(msg, msgcap, "table '%s' has no eviction (its eviction policy is none): "
+			 "nothing to evict", t->name);
+		return -EOPNOTSUPP;
+	}
+	if (L->h->recovering) {
+		snprintf(msg, msgcap, "table '%s': the daemon is still recovering; eviction starts "
+			 "after it", t->name);
+		return -EAGAIN;
+	}
+	size_t n = 0;
+	int err = de_evict_table_step(L->h->ev, L->evict_id, EVICT_NOW_MAX_ROWS, &n);
+	*evicted = n;
+	if (err)
+		snprintf(msg, msgcap, "table '%s': the eviction pass failed after %zu rows: %s",
+			 t->name, n, strerror(-err));
+	return err;
 }
 
 void srv_learn_table_detach(struct srv_learn_host *h, struct srv_table *t)

@@ -49,6 +49,11 @@ int srv_learn_table_attach(struct srv_learn_host *h, struct srv_table *t, char *
  * thread, once no connection has t open. h may be NULL. */
 int srv_learn_table_can_drop(const struct srv_table *t, char *msg, size_t msgcap);
 void srv_learn_table_detach(struct srv_learn_host *h, struct srv_table *t);
+/* An operator's "evict now" (EVICT, control thread): one pass of the evictor over t
+ * alone, down to its low watermark (de_evict_table_step), at most EVICT_NOW_MAX_ROWS
+ * rows; *evicted: rows erased. -EOPNOTSUPP: t has no eviction; -EAGAIN: still
+ * recovering; msg says which. */
+int srv_learn_evict_now(struct srv_table *t, uint64_t *evicted, char *msg, size_t msgcap);
 
 /* Set (lg) or clear (NULL) the eviction log, with the evictor's thread stopped meanwhile:
  * after persistence started, before the workers; cleared before persistence stops.

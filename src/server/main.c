@@ -39,6 +39,7 @@
 #include "persist.h"
 #include "quota.h"
 #include "tables.h"
+#include "util.h"
 #include "worker.h"
 
 /* The node arenas use and workers are pinned near: an OS index or DE_NUMA_NONE. */
@@ -80,7 +81,7 @@ static void checkpointed(void *ctx, struct srv_table *t)
 
 int main(int argc, char **argv)
 {
-	struct srv_server s = { .release_fd = -1 };
+	struct srv_server s = { .release_fd = -1, .start_ns = srv_mono_ns() };
 	if (!getenv("MALLOC_MMAP_THRESHOLD_"))
 		mallopt(M_MMAP_THRESHOLD, 128 * 1024);
 	int r = srv_config_load(&s.cfg, argc, argv);

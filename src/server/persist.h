@@ -108,6 +108,11 @@ int srv_persist_sync(struct srv_persist *p, uint64_t lsn);
 int srv_persist_ack_hold(struct srv_persist *p, const struct srv_table *t);
 /* STATS: wal_lsn, durable_lsn, snapshots, snapshot_lsn, read_only. */
 void srv_persist_stats(struct srv_persist *p, struct srv_table *t, struct de_wire_stats *ws);
+/* STATUS (any thread): the daemon's WAL. 1: no WAL (no data_dir, or not started);
+ * 0: healthy; a negative errno: it failed (why: its reason). *last_lsn: the last LSN
+ * given, *durable_lsn: every record up to it is on disk. */
+int srv_persist_wal_state(struct srv_persist *p, uint64_t *last_lsn, uint64_t *durable_lsn,
+			  char *why, size_t cap);
 
 /* SNAPSHOT, EXPORT, IMPORT (checked by srv_check_msg; the caller checked the client's
  * right on the table) from connection `client` of uid/gid on socket sock: resolve the

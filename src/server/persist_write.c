@@ -36,7 +36,9 @@
 #include "persist_int.h"
 
 #include <errno.h>
+#include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 int srv_persist_write_check(struct srv_persist *p, const struct srv_table *t)
 {
@@ -146,6 +148,24 @@ int srv_persist_ack_hold(struct srv_persist *p, const struct srv_table *t)
 		return 0;
 	int err = de_wal_ack_wait(p->wal);
 	return err ? persist_note_failure(p, err) : 0;
+}
+
+int srv_persist_wal_state(struct srv_persist *p, uint64_t *last_lsn, uint64_t *durable_lsn,
+			  char *why, size_t cap)
+{
+	*last_lsn = *durable_lsn = 0;
+	if (cap)
+		why[0] = 0;
+	if (!p || !p->wal)
+		return 1;
+	*last_lsn = de_wal_next_lsn(p->wal) - 1;
+	*durable_lsn = de_wal_durable_lsn(p->wal);
+	int err = __atomic_load_n(&p->failed, __ATOMIC_ACQUIRE);
+	if (!err)
+		return 0;
+	if (de_wal_failed(p->wal, why, cap) == 0 && cap)
+		snprintf(why, cap, "%s", strerror(err < 0 ? -err : err));
+	return err < 0 ? err : -err;
 }
 
 void srv_persist_stats(struct srv_persist *p, struct srv_table *t, struct de_wire_stats *ws)

@@ -38,6 +38,7 @@ struct srv_server {
 	struct srv_slowpool *slow;  /* slowpool.c: TOPK and SAMPLE, off the workers */
 	int release_fd;           /* eventfd: a worker released a client */
 	hwloc_topology_t topo;    /* NULL when hwloc could not load one */
+	uint64_t start_ns;        /* srv_mono_ns at startup (STATUS: uptime) */
 };
 
 #endif /* DE_SRV_SERVER_H */

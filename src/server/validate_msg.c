@@ -2,8 +2,8 @@
  * validate_msg.c — the pure checks of control packets (validate.h): srv_check_msg frames
  * one SOCK_SEQPACKET packet (size, magic, type, exact length from srv_request_len, order,
  * version) and checks its body: an OPEN's name and configs (validate_config.c), the
- * names, flags and paths of SNAPSHOT, EXPORT, IMPORT (srv_check_persist_msg), a DROP's
- * name.
+ * names, flags and paths of SNAPSHOT, EXPORT, IMPORT (srv_check_persist_msg), the name
+ * of a DROP, STATS_BY_NAME or EVICT, a TABLES pad, a LOG_LEVEL's level.
  *
  * Callers: control.c on every packet it receives, tests/fuzz/fuzz_control.c. Never: read
  * past n bytes, or a body before its framing is good; an error always leaves the reply
@@ -26,6 +26,11 @@ size_t srv_request_len(uint16_t type)
 	case DE_MSG_EXPORT: return sizeof(struct de_msg_export);
 	case DE_MSG_IMPORT: return sizeof(struct de_msg_import);
 	case DE_MSG_DROP: return sizeof(struct de_msg_drop);
+	case DE_MSG_STATUS: return sizeof(struct de_msg_hdr);
+	case DE_MSG_TABLES: return sizeof(struct de_msg_tables);
+	case DE_MSG_STATS_BY_NAME: return sizeof(struct de_msg_by_name);
+	case DE_MSG_EVICT: return sizeof(struct de_msg_by_name);
+	case DE_MSG_LOG_LEVEL: return sizeof(struct de_msg_log_level);
 	default: return 0; /* not a request a client sends */
 	}
 }
@@ -72,6 +77,19 @@ int srv_check_msg(const void *buf, size_t n, bool trunc, bool hello_done, union 
 		return srv_check_persist_msg(out, msg, msgcap);
 	if (h.type == DE_MSG_DROP)
 		return srv_name_check(out->drop.name, msg, msgcap);
+	if (h.type == DE_MSG_STATS_BY_NAME || h.type == DE_MSG_EVICT)
+		return srv_name_check(out->by_name.name, msg, msgcap);
+	if (h.type == DE_MSG_TABLES && out->tables.pad) {
+		snprintf(msg, msgcap, "TABLES: a nonzero pad");
+		return -EINVAL;
+	}
+	if (h.type == DE_MSG_LOG_LEVEL && (out->log_level.level > DE_LOG_LEVEL_MAX ||
+					   out->log_level.pad)) {
+		snprintf(msg, msgcap, "log level %u: the levels are 0 error, 1 warn, 2 info, "
+			 "3 debug%s", out->log_level.level, out->log_level.pad ? " (and the pad "
+			 "must be 0)" : "");
+		return -EINVAL;
+	}
 	return 0;
 }
 

@@ -427,6 +427,71 @@ class Client:
         _check(rc)
         return b.value
 
+    # ---- the operator's view ------------------------------------------------------
+
+    def status(self):
+        """The daemon's state as a dict: version, pid, uptime_ms, workers, clients,
+        tables (all of the daemon's), pages ("auto", "huge", "thp", "4k": configured) and
+        pages_got (the kinds its tables got), numa_node (-1: not bound), peers, and wal:
+        {"state": "none" | "ok" | "failed", "errno", "error", "last_lsn", "durable_lsn"}."""
+        s = _native.Status()
+        with self._lock:
+            rc = _native.api.dynemb_status(self._handle(), ctypes.byref(s))
+        _check(rc)
+        pages = ("auto", "huge", "thp", "4k")
+        return {
+            "version": s.version.decode("utf-8", "replace"), "pid": s.pid,
+            "uptime_ms": s.uptime_ms, "workers": s.workers, "clients": s.clients,
+            "tables": s.tables, "peers": s.peers, "numa_node": s.numa_node,
+            "pages": pages[s.pages_config] if s.pages_config < 4 else s.pages_config,
+            "pages_got": [pages[k] for k in range(4) if s.pages_got & (1 << k)],
+            "wal": {"state": ("none", "ok", "failed")[s.wal_state] if s.wal_state < 3
+                    else s.wal_state, "errno": -s.wal_err,
+                    "error": s.wal_error.decode("utf-8", "replace"),
+                    "last_lsn": s.wal_last_lsn, "durable_lsn": s.wal_durable_lsn},
+        }
+
+    def tables(self):
+        """The tables this uid may open (root: all), as a list of dicts: name, key_type
+        ("int64" or "str"), dim, keys, resident_bytes, budget_bytes (0: none), read_only,
+        owner_uid, eviction, durability, open_connections."""
+        out, first, total = [], 0, None
+        buf = (_native.TableInfo * 64)()
+        evict = ("none", "lru", "lfu", "ttl", "l2")
+        durable = ("none", "async", "sync")
+        while total is None or first < total:
+            n, tot = ctypes.c_size_t(), ctypes.c_size_t()
+            with self._lock:
+                rc = _native.api.dynemb_list_tables(self._handle(), first, buf, len(buf),
+                                                    ctypes.byref(n), ctypes.byref(tot))
+            _check(rc)
+            total = tot.value
+            for t in buf[:n.value]:
+                out.append({
+                    "name": t.name.decode("utf-8", "replace"),
+                    "key_type": "str" if t.key_kind == 1 else "int64", "dim": t.dim,
+                    "keys": t.keys, "resident_bytes": t.resident_bytes,
+                    "budget_bytes": t.budget_bytes, "read_only": bool(t.read_only),
+                    "owner_uid": t.owner_uid,
+                    "eviction": evict[t.eviction] if t.eviction < 5 else t.eviction,
+                    "durability": durable[t.durability] if t.durability < 3 else t.durability,
+                    "open_connections": t.open_connections})
+            if not n.value:
+                break
+            first += n.value
+        return out
+
+    def stats_by_name(self, name):
+        """A table's counters (as :meth:`Table.stats`) by name, without opening it (the
+        open right is needed). Raises :class:`DynembError`: ``ENOENT`` no such table,
+        ``EACCES`` no right on it."""
+        s = _native.Stats()
+        with self._lock:
+            rc = _native.api.dynemb_stats_by_name(self._handle(), str(name).encode("utf-8"),
+                                                  ctypes.byref(s))
+        _check(rc)
+        return {f: getattr(s, f) for f, _ in _native.Stats._fields_ if f != "reserved"}
+
     def zero_copy_counts(self):
         """(local_keys, remote_keys): read-only lookups served from this process's mapping
         of the table vs. keys that went to the daemon."""

@@ -87,6 +87,25 @@ class Stats(ctypes.Structure):
         "wal_lsn", "durable_lsn", "snapshots", "snapshot_lsn", "index_refusals")] + _reserved(7)
 
 
+class Status(ctypes.Structure):
+    """struct dynemb_status"""
+    _fields_ = [("version", ctypes.c_char * 32), ("uptime_ms", ctypes.c_uint64),
+                ("pages_config", ctypes.c_uint32), ("pages_got", ctypes.c_uint32),
+                ("numa_node", ctypes.c_int32)] + [(f, ctypes.c_uint32) for f in (
+        "clients", "tables", "workers", "pid", "peers", "wal_state")] + [
+        ("wal_err", ctypes.c_int32), ("wal_last_lsn", ctypes.c_uint64),
+        ("wal_durable_lsn", ctypes.c_uint64), ("wal_error", ctypes.c_char * 128)] + _reserved(8)
+
+
+class TableInfo(ctypes.Structure):
+    """struct dynemb_table_info"""
+    _fields_ = [("name", ctypes.c_char * 64), ("key_kind", ctypes.c_uint32),
+                ("dim", ctypes.c_uint32)] + [(f, ctypes.c_uint64) for f in (
+        "keys", "resident_bytes", "budget_bytes")] + [(f, ctypes.c_uint32) for f in (
+        "read_only", "pages", "owner_uid", "eviction", "durability",
+        "open_connections")] + _reserved(4)
+
+
 class SampleSpec(ctypes.Structure):
     """struct dynemb_sample_spec"""
     _fields_ = [("kind", ctypes.c_int), ("num_sampled", ctypes.c_uint32),
@@ -166,6 +185,11 @@ _PROTOS = {
     "dynemb_import": (ctypes.c_int, [c_vp, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_uint,
                                  ProgressCb, c_vp, ctypes.POINTER(ImportResult)]),
     "dynemb_drop_table": (ctypes.c_int, [c_vp, ctypes.c_char_p, c_u64_p]),
+    "dynemb_status": (ctypes.c_int, [c_vp, ctypes.POINTER(Status)]),
+    "dynemb_list_tables": (ctypes.c_int, [c_vp, ctypes.c_size_t, ctypes.POINTER(TableInfo),
+                                          ctypes.c_size_t, ctypes.POINTER(ctypes.c_size_t),
+                                          ctypes.POINTER(ctypes.c_size_t)]),
+    "dynemb_stats_by_name": (ctypes.c_int, [c_vp, ctypes.c_char_p, ctypes.POINTER(Stats)]),
     "dynemb_struct_size": (ctypes.c_size_t, [ctypes.c_char_p]),
     "dynemb_capabilities": (ctypes.c_uint64, [c_vp]),
 }
@@ -178,6 +202,7 @@ STRUCTS = {
     "dynemb_durability_spec": DurabilitySpec, "dynemb_table_spec": TableSpec,
     "dynemb_stats": Stats, "dynemb_sample_spec": SampleSpec, "dynemb_progress": Progress,
     "dynemb_snapshot_result": SnapshotResult, "dynemb_import_result": ImportResult,
+    "dynemb_status": Status, "dynemb_table_info": TableInfo,
 }
 
 
