@@ -1844,6 +1844,25 @@ int dynemb_apply_gradients_str(dynemb_client *c, int table, const char *const *k
 	return apply_grads(c, t, &ks, grads, step, lr, applied);
 }
 
+void de_priv_stats_from_wire(const struct de_wire_stats *w, struct dynemb_stats *out)
+{
+	*out = (struct dynemb_stats){
+		.keys = w->keys, .rows_allocated = w->rows_allocated, .rows_free = w->rows_free,
+		.row_bytes = w->row_bytes, .index_bytes = w->index_bytes,
+		.arena_bytes = w->arena_bytes, .segments = w->segments, .splits = w->splits,
+		.dir_doublings = w->dir_doublings, .arena_segments = w->arena_segments,
+		.load_factor = w->load_factor, .dim = w->dim, .read_only = w->read_only,
+		.admitted = w->admitted, .filtered = w->filtered,
+		.grads_dropped = w->grads_dropped, .evicted = w->evicted,
+		.evicted_to_tier = w->evicted_to_tier,
+		.restored_from_tier = w->restored_from_tier,
+		.returned_fresh = w->returned_fresh, .resident_bytes = w->resident_bytes,
+		.budget_bytes = w->budget_bytes, .wal_lsn = w->wal_lsn,
+		.durable_lsn = w->durable_lsn, .snapshots = w->snapshots,
+		.snapshot_lsn = w->snapshot_lsn, .index_refusals = w->index_refusals,
+	};
+}
+
 int dynemb_stats(dynemb_client *c, int table, struct dynemb_stats *out)
 {
 	err_clear();
@@ -1874,23 +1893,7 @@ int dynemb_stats(dynemb_client *c, int table, struct dynemb_stats *out)
 		if (w.dim != t->dim || w.key_type != t->key_type) {
 			err = -EBADMSG;
 		} else {
-			*out = (struct dynemb_stats){
-				.keys = w.keys, .rows_allocated = w.rows_allocated,
-				.rows_free = w.rows_free, .row_bytes = w.row_bytes,
-				.index_bytes = w.index_bytes, .arena_bytes = w.arena_bytes,
-				.segments = w.segments, .splits = w.splits,
-				.dir_doublings = w.dir_doublings, .arena_segments = w.arena_segments,
-				.load_factor = w.load_factor, .dim = w.dim,
-				.read_only = w.read_only, .admitted = w.admitted,
-				.filtered = w.filtered, .grads_dropped = w.grads_dropped,
-				.evicted = w.evicted, .evicted_to_tier = w.evicted_to_tier,
-				.restored_from_tier = w.restored_from_tier,
-				.returned_fresh = w.returned_fresh,
-				.resident_bytes = w.resident_bytes, .budget_bytes = w.budget_bytes,
-				.wal_lsn = w.wal_lsn, .durable_lsn = w.durable_lsn,
-				.snapshots = w.snapshots, .snapshot_lsn = w.snapshot_lsn,
-				.index_refusals = w.index_refusals,
-			};
+			de_priv_stats_from_wire(&w, out);
 		}
 	}
 	slot_release(c, s, S_FREE);

@@ -59,5 +59,8 @@ int de_priv_call(dynemb_client *c, struct de_sqe *e, const void *keys_in, uint64
 int de_priv_ctl_request(dynemb_client *c, void *msg, size_t len, uint16_t want, void *reply,
 			size_t reply_len, int (*on_progress)(void *ctx, const void *progress),
 			void *ctx);
+struct de_wire_stats;
+/* A STATS reply's wire struct as the public struct (client.c; STATS and STATS_BY_NAME). */
+void de_priv_stats_from_wire(const struct de_wire_stats *w, struct dynemb_stats *out);
 
 #endif /* DE_CLIENT_PRIV_H */

@@ -141,22 +141,7 @@ int dynemb_stats_by_name(dynemb_client *c, const char *table_name, struct dynemb
 				  NULL);
 	if (err)
 		return err;
-	const struct de_wire_stats *w = &ok.st;
-	*out = (struct dynemb_stats){
-		.keys = w->keys, .rows_allocated = w->rows_allocated, .rows_free = w->rows_free,
-		.row_bytes = w->row_bytes, .index_bytes = w->index_bytes,
-		.arena_bytes = w->arena_bytes, .segments = w->segments, .splits = w->splits,
-		.dir_doublings = w->dir_doublings, .arena_segments = w->arena_segments,
-		.load_factor = w->load_factor, .dim = w->dim, .read_only = w->read_only,
-		.admitted = w->admitted, .filtered = w->filtered,
-		.grads_dropped = w->grads_dropped, .evicted = w->evicted,
-		.evicted_to_tier = w->evicted_to_tier,
-		.restored_from_tier = w->restored_from_tier,
-		.returned_fresh = w->returned_fresh, .resident_bytes = w->resident_bytes,
-		.budget_bytes = w->budget_bytes, .wal_lsn = w->wal_lsn,
-		.durable_lsn = w->durable_lsn, .snapshots = w->snapshots,
-		.snapshot_lsn = w->snapshot_lsn, .index_refusals = w->index_refusals,
-	};
+	de_priv_stats_from_wire(&ok.st, out);
 	return 0;
 }
 
