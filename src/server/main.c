@@ -83,6 +83,7 @@ int main(int argc, char **argv)
 		return 0;
 	}
 	srv_log_set_level(s.cfg.log_level);
+	srv_log_set_format(s.cfg.log_format);
 	if (prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) != 0) {
 		srv_log(SRV_LOG_ERROR, "prctl(PR_SET_DUMPABLE, 0): %s", strerror(errno));
 		return 1;
