@@ -96,7 +96,8 @@ struct line {
 /* Appends s[0..len) whole, or sets full and appends nothing. */
 static bool put(struct line *l, const char *s, size_t len)
 {
-	if (l->full || len > sizeof l->b - LINE_TAIL - l->n) {
+	size_t limit = sizeof l->b - LINE_TAIL; /* a closing quote may be past it already */
+	if (l->full || l->n >= limit || len > limit - l->n) {
 		l->full = true;
 		return false;
 	}
@@ -208,8 +209,14 @@ static bool put_key(struct line *l, const char *key, const char *head, size_t hl
 	bool first = l->json ? l->n == 1 : l->n == 0;
 	int n = l->json ? snprintf(piece, sizeof piece, "%s\"%s\":", first ? "" : ",", k)
 			: snprintf(piece, sizeof piece, "%s%s=", first ? "" : " ", k);
-	if (hlen > sizeof piece - (size_t)n)
-		return put(l, piece, sizeof piece); /* longer than any line: full */
+	if (hlen > sizeof piece - (size_t)n) { /* a long bare value: key and value apart */
+		if (l->n + (size_t)n + hlen >= sizeof l->b - LINE_TAIL) {
+			l->full = true;
+			return false;
+		}
+		put(l, piece, (size_t)n);
+		return put(l, head, hlen);
+	}
 	memcpy(piece + n, head, hlen);
 	return put(l, piece, (size_t)n + hlen);
 }
