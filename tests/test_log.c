@@ -652,3 +652,49 @@ Test(log, threads_write_whole_lines)
 	cr_expect_eq(n, 0u, "a partial line left");
 	free(buf);
 }
+
+/* The per-site limit: one line a second, the lines left out counted and handed to the
+ * next due one; every call is either due or counted (threads racing included). */
+struct limit_arg { struct srv_log_limit *lim; unsigned calls, due; uint64_t reported; };
+
+static void *limit_main(void *arg)
+{
+	struct limit_arg *a = arg;
+	for (unsigned i = 0; i < a->calls; i++) {
+		uint64_t q;
+		if (srv_log_limit_due(a->lim, &q)) {
+			a->due++;
+			a->reported += q;
+		}
+	}
+	return NULL;
+}
+
+Test(log, rate_limit_counts_what_it_leaves_out)
+{
+	static struct srv_log_limit lim;
+	enum { NT = 4, CALLS = 20000 };
+	struct limit_arg a[NT];
+	pthread_t th[NT];
+	for (int i = 0; i < NT; i++) {
+		a[i] = (struct limit_arg){ .lim = &lim, .calls = CALLS };
+		pthread_create(&th[i], NULL, limit_main, &a[i]);
+	}
+	unsigned due = 0;
+	uint64_t reported = 0;
+	for (int i = 0; i < NT; i++) {
+		pthread_join(th[i], NULL);
+		due += a[i].due;
+		reported += a[i].reported;
+	}
+	cr_expect_geq(due, 1u, "the first call is due");
+	/* 80,000 calls take far less than a second each way; a loaded box may cross a few */
+	cr_expect_leq(due, 10u, "%u lines due", due);
+	usleep(1100 * 1000);
+	uint64_t q = 0;
+	cr_assert(srv_log_limit_due(&lim, &q), "due again after a second");
+	cr_expect_eq(reported + q + due, (uint64_t)NT * CALLS,
+		     "every call due or counted: %u due, %llu + %llu reported", due,
+		     (unsigned long long)reported, (unsigned long long)q);
+	cr_expect(!srv_log_limit_due(&lim, &q), "not due right after");
+}

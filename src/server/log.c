@@ -81,6 +81,23 @@ int srv_log_format_parse(const char *name)
 	return -1;
 }
 
+bool srv_log_limit_due(struct srv_log_limit *lim, uint64_t *suppressed)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	uint64_t now = (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u + 1u;
+	uint64_t last = __atomic_load_n(&lim->last_ms, __ATOMIC_RELAXED);
+	/* relaxed: the limit orders nothing; one thread wins the CAS of a second */
+	if ((last && now - last < 1000u) ||
+	    !__atomic_compare_exchange_n(&lim->last_ms, &last, now, false, __ATOMIC_RELAXED,
+					 __ATOMIC_RELAXED)) {
+		__atomic_add_fetch(&lim->quiet, 1, __ATOMIC_RELAXED);
+		return false;
+	}
+	*suppressed = __atomic_exchange_n(&lim->quiet, 0, __ATOMIC_RELAXED);
+	return true;
+}
+
 /* ---- the line being built ---------------------------------------------------------- */
 
 /* Room kept back for what closes a line in every case: a value's closing quote,

@@ -24,6 +24,7 @@
 #ifndef DE_SRV_LOG_H
 #define DE_SRV_LOG_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -76,6 +77,15 @@ struct srv_log_field {
 __attribute__((format(printf, 5, 6))) void
 srv_log_kv(int level, const char *component, const struct srv_log_field *fields,
 	   size_t nfields, const char *fmt, ...);
+
+/* A rate limit for a line that a request can cause (an error on a per-request path): at
+ * most one line a second per limit (a static at the call site; any thread). When due,
+ * *suppressed is the number of lines left out since the last one (log it as a field). */
+struct srv_log_limit {
+	uint64_t last_ms; /* atomic: CLOCK_MONOTONIC ms of the last line + 1; 0 = none yet */
+	uint64_t quiet;   /* atomic: lines left out since */
+};
+bool srv_log_limit_due(struct srv_log_limit *lim, uint64_t *suppressed);
 
 #ifndef SRV_LOG_COMPONENT
 #define SRV_LOG_COMPONENT __FILE__ /* log.c keeps the base name up to its first '_' or '.' */
