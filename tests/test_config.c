@@ -244,7 +244,8 @@ static const struct {
 	{ "data_bytes", "--data-bytes", "" },
 	{ "max_batch", "--max-batch", "-1" },
 	{ "poll_us", "--poll-us", "1e3" },
-	{ "log_level", "--log-level", "loud" },
+	{ "level", "--log-level", "loud" },
+	{ "format", "--log-format", "xml" },
 	{ "mode", "--pages", "huge" },
 	{ "segment_bytes", "--segment-bytes", "1M" },
 	{ "hello_timeout_ms", "--hello-timeout-ms", "5" },
@@ -258,7 +259,7 @@ Test(config, bad_values_in_file)
 	for (size_t i = 0; i < sizeof bad_values / sizeof bad_values[0]; i++) {
 		const char *key = bad_values[i].key;
 		const char *section = !strcmp(key, "mode") || !strcmp(key, "segment_bytes") ?
-			"pages" : "server";
+			"pages" : !strcmp(key, "level") || !strcmp(key, "format") ? "log" : "server";
 		char content[256], path[128], name[32];
 		snprintf(content, sizeof content, "[%s]\n%s = %s\n", section, key, bad_values[i].value);
 		snprintf(name, sizeof name, "bad%zu.ini", i);
@@ -409,7 +410,7 @@ Test(config, print_config_file_then_flags)
 		{ "sq_entries", "1024" },            /* flag over file */
 		{ "data_bytes", "8388608" },         /* file, in bytes */
 		{ "max_data_bytes", "1073741824" },  /* default */
-		{ "log_level", "debug" },            /* file */
+		{ "level", "debug" },                /* file ([server] log_level, the older name) */
 		{ "mode", "thp" },                   /* flag over file */
 		{ "numa_node", "auto" },             /* default */
 		{ "segment_bytes", "4194304" },      /* file */
@@ -584,4 +585,42 @@ Test(config, quota_keys)
 		cr_expect(has_word(r.err, bad[i].key), "%s %s: %s", bad[i].flag, bad[i].value, r.err);
 		result_free(&r);
 	}
+}
+
+/* [log]: level and format from the file, a flag over the file, [server] log_level (the
+ * older name of [log] level) still read, and its bad value named by that name. */
+Test(config, log_section)
+{
+	struct result p = run((const char *const[]){ "--print-config", NULL });
+	cr_assert_eq(p.status, 0, "%s", p.err);
+	cr_expect_str_eq(config_value(p.out, "level"), "info");
+	cr_expect_str_eq(config_value(p.out, "format"), "logfmt");
+	cr_expect_null(config_value(p.out, "log_level"), "one key prints the level: [log] level");
+	result_free(&p);
+
+	char path[128];
+	write_file(path, sizeof path, "log.ini", "[log]\nlevel = warn\nformat = JSON\n");
+	p = run((const char *const[]){ "--config", path, "--log-level", "debug", "--print-config",
+				       NULL });
+	cr_assert_eq(p.status, 0, "%s", p.err);
+	cr_expect_str_eq(config_value(p.out, "level"), "debug", "the flag wins");
+	cr_expect_str_eq(config_value(p.out, "format"), "json");
+	result_free(&p);
+	p = run((const char *const[]){ "--config", path, "--log-format", "logfmt", "--print-config",
+				       NULL });
+	cr_assert_eq(p.status, 0, "%s", p.err);
+	cr_expect_str_eq(config_value(p.out, "level"), "warn");
+	cr_expect_str_eq(config_value(p.out, "format"), "logfmt", "the flag wins");
+	result_free(&p);
+
+	write_file(path, sizeof path, "oldlog.ini", "[server]\nlog_level = loud\n");
+	p = run((const char *const[]){ "--config", path, "--print-config", NULL });
+	cr_expect_eq(p.status, 2, "exit %d: %s", p.status, p.err);
+	cr_expect(has_word(p.err, "log_level"), "names the key as written: %s", p.err);
+	result_free(&p);
+	write_file(path, sizeof path, "badlog.ini", "[log]\nlevels = info\n");
+	p = run((const char *const[]){ "--config", path, "--print-config", NULL });
+	cr_expect_eq(p.status, 2, "exit %d: %s", p.status, p.err);
+	cr_expect(has_word(p.err, "levels") && strstr(p.err, "[log]"), "%s", p.err);
+	result_free(&p);
 }

@@ -8,6 +8,7 @@
  * the daemon exit with status 2. Owns nothing after srv_config_load returns.
  */
 #include "config.h"
+#include "log.h" /* the level and format names */
 #include "de_learn.h" /* DE_TOPK_MAX_THREADS */
 #include "proto.h"
 #include "validate.h" /* SRV_MAX_BATCH_LIMIT */
@@ -44,7 +45,6 @@ static const char DEFAULT_CONFIG[] =
 	"allow_gids =\n"
 	"hello_timeout_ms = 2000\n"
 	"max_connections_per_uid = 64\n"
-	"log_level = info\n"
 	"[pages]\n"
 	"mode = auto\n"
 	"numa_node = auto\n"
@@ -67,7 +67,10 @@ static const char DEFAULT_CONFIG[] =
 	"data_dir =\n"
 	"snapshot_interval_s = 0\n"
 	"wal_segment_bytes = 64M\n"
-	"export_dir =\n";
+	"export_dir =\n"
+	"[log]\n"
+	"level = info\n"
+	"format = logfmt\n";
 
 static const char *trim(char *s)
 {
@@ -152,6 +155,32 @@ static int parse_ids(const char *v, bool groups, unsigned *ids, unsigned *n, cha
 	return 0;
 }
 
+/* [log] level, format; key is the name the value came under ([server] log_level, the
+ * older name of [log] level, is still read). 0, or -1 with a message in err. */
+static int set_log_key(struct srv_config *c, const char *key, const char *v, char *err,
+		       size_t errcap)
+{
+	if (!strcmp(key, "level") || !strcmp(key, "log_level")) {
+		int lvl = srv_log_level_parse(v);
+		if (lvl < 0) {
+			snprintf(err, errcap, "%s '%s' is not one of error, warn, info, debug", key, v);
+			return -1;
+		}
+		c->log_level = lvl;
+	} else if (!strcmp(key, "format")) {
+		int fmt = srv_log_format_parse(v);
+		if (fmt < 0) {
+			snprintf(err, errcap, "format '%s' is not one of logfmt, json", v);
+			return -1;
+		}
+		c->log_format = fmt;
+	} else {
+		snprintf(err, errcap, "unknown key '%s' in [log]", key);
+		return -1;
+	}
+	return 0;
+}
+
 /* Set one key. 0, or -1 with a message in err ("unknown key" gets -2). */
 static int set_key(struct srv_config *c, const char *section, const char *key, const char *val,
 		   char *err, size_t errcap)
@@ -208,14 +237,7 @@ static int set_key(struct srv_config *c, const char *section, const char *key, c
 				    SRV_MAX_CONNECTIONS);
 			c->max_conn_per_uid = (unsigned)x;
 		} else if (!strcmp(key, "log_level")) {
-			static const char *names[] = { "error", "warn", "info", "debug" };
-			int lvl = -1;
-			for (int i = 0; i < 4; i++)
-				if (!strcasecmp(v, names[i]))
-					lvl = i;
-			if (lvl < 0)
-				BAD("log_level '%s' is not one of error, warn, info, debug", v);
-			c->log_level = lvl;
+			return set_log_key(c, key, v, err, errcap); /* older name of [log] level */
 		} else {
 			BAD("unknown key '%s' in [%s]", key, section);
 		}
@@ -325,6 +347,8 @@ static int set_key(struct srv_config *c, const char *section, const char *key, c
 		} else {
 			BAD("unknown key '%s' in [%s]", key, section);
 		}
+	} else if (!strcmp(section, "log")) {
+		return set_log_key(c, key, v, err, errcap);
 	} else if (!strncmp(section, "namespace", 9)) {
 		return srv_ns_set(&c->ns, section + 9, key, val, err, errcap);
 	} else {
@@ -366,7 +390,8 @@ static void usage(FILE *f)
 		"these flags. Each flag sets the config key named after it.\n"
 		"\n"
 		"  -c, --config FILE         INI file with [server], [pages], [memory], [quota],\n"
-		"                            [learn], [persistence], [namespace NAME] (table rights)\n"
+		"                            [learn], [persistence], [log], [namespace NAME] (table\n"
+		"                            rights)\n"
 		"  -s, --socket PATH         [server] socket: control socket (default %s;\n"
 		"                            its directory is created)\n"
 		"  -w, --workers N           [server] workers: data-plane threads, 1..%u (default 1)\n"
@@ -383,7 +408,10 @@ static void usage(FILE *f)
 		"                            HELLO this long is closed (2000)\n"
 		"      --max-connections-per-uid N [server] max_connections_per_uid: connections\n"
 		"                            one uid may hold, 1..%u (64; refused with -EUSERS)\n"
-		"  -l, --log-level LEVEL     [server] log_level: error, warn, info (default), debug\n"
+		"  -l, --log-level LEVEL     [log] level: error, warn, info (default), debug (the\n"
+		"                            older [server] log_level is still read)\n"
+		"      --log-format FORMAT   [log] format: logfmt (default) or json, one event a\n"
+		"                            line on stderr\n"
 		"      --pages MODE          [pages] mode: auto (default), hugetlb, thp, small\n"
 		"      --numa-node N         [pages] numa_node: auto (default), none, or a node number\n"
 		"      --segment-bytes SIZE  [pages] segment_bytes: first arena segment of a table (32M)\n"
@@ -436,7 +464,8 @@ static void usage(FILE *f)
 
 enum { O_POLL = 256, O_BATCH, O_SQ, O_DATA, O_MAXDATA, O_PAGES, O_NUMA, O_SEG, O_RES,
        O_PRINT, O_VERSION, O_HOSTB, O_TIER, O_TOPK, O_REBUILD, O_SNAPINT, O_WALSEG, O_EXPDIR,
-       O_SALVAGE, O_HELLO_TO, O_PERUID, O_QUT, O_QHT, O_QUB, O_QHB, O_QTB, O_TOPKCOST };
+       O_SALVAGE, O_HELLO_TO, O_PERUID, O_QUT, O_QHT, O_QUB, O_QHB, O_QTB, O_TOPKCOST,
+       O_LOGFMT };
 
 static const struct option opts[] = {
 	{ "config", required_argument, NULL, 'c' },
@@ -450,6 +479,7 @@ static const struct option opts[] = {
 	{ "allow-uid", required_argument, NULL, 'u' },
 	{ "allow-gid", required_argument, NULL, 'g' },
 	{ "log-level", required_argument, NULL, 'l' },
+	{ "log-format", required_argument, NULL, O_LOGFMT },
 	{ "hello-timeout-ms", required_argument, NULL, O_HELLO_TO },
 	{ "max-connections-per-uid", required_argument, NULL, O_PERUID },
 	{ "pages", required_argument, NULL, O_PAGES },
@@ -488,7 +518,8 @@ static bool flag_key(int o, const char **section, const char **key)
 		{ O_SQ, "server", "sq_entries" },   { O_DATA, "server", "data_bytes" },
 		{ O_MAXDATA, "server", "max_data_bytes" },
 		{ 'u', "server", "allow_uids" },    { 'g', "server", "allow_gids" },
-		{ 'l', "server", "log_level" },     { O_PAGES, "pages", "mode" },
+		{ 'l', "log", "level" },            { O_PAGES, "pages", "mode" },
+		{ O_LOGFMT, "log", "format" },
 		{ O_HELLO_TO, "server", "hello_timeout_ms" },
 		{ O_PERUID, "server", "max_connections_per_uid" },
 		{ O_NUMA, "pages", "numa_node" },   { O_SEG, "pages", "segment_bytes" },
@@ -618,7 +649,6 @@ static void print_ids(FILE *f, const unsigned *ids, unsigned n)
 
 void srv_config_print(const struct srv_config *c, FILE *f)
 {
-	static const char *lv[] = { "error", "warn", "info", "debug" };
 	fprintf(f, "[server]\nsocket = %s\nworkers = %u\npoll_us = %u\nmax_batch = %u\n"
 		   "sq_entries = %u\ndata_bytes = %" PRIu64 "\nmax_data_bytes = %" PRIu64 "\n",
 		c->socket, c->workers, c->poll_us, c->max_batch, c->sq_entries, c->data_bytes,
@@ -629,7 +659,7 @@ void srv_config_print(const struct srv_config *c, FILE *f)
 	print_ids(f, c->allow_gids, c->n_gids);
 	fprintf(f, "hello_timeout_ms = %u\nmax_connections_per_uid = %u\n", c->hello_timeout_ms,
 		c->max_conn_per_uid);
-	fprintf(f, "log_level = %s\n[pages]\nmode = %s\n", lv[c->log_level],
+	fprintf(f, "[pages]\nmode = %s\n",
 		c->pages == DE_PAGES_AUTO ? "auto" : de_pages_name(c->pages));
 	if (c->numa_node == DE_NUMA_AUTO)
 		fprintf(f, "numa_node = auto\n");
@@ -650,5 +680,7 @@ void srv_config_print(const struct srv_config *c, FILE *f)
 	fprintf(f, "[persistence]\ndata_dir = %s\nsnapshot_interval_s = %u\n"
 		   "wal_segment_bytes = %" PRIu64 "\nexport_dir = %s\n",
 		c->data_dir, c->snapshot_interval_s, c->wal_segment_bytes, c->export_dir);
+	fprintf(f, "[log]\nlevel = %s\nformat = %s\n", srv_log_level_name(c->log_level),
+		srv_log_format_name(c->log_format));
 	srv_ns_print(&c->ns, f);
 }

@@ -1,7 +1,8 @@
 /*
  * config.h — PRIVATE to dynembd: the daemon's configuration (config.c), read once at
  * startup and then only read (by every layer above it). It depends on nothing of the
- * daemon; tests/test_daemon_learn.c drives srv_config_load directly.
+ * daemon but the log's level and format names (log.h); tests/test_daemon_learn.c drives
+ * srv_config_load directly.
  */
 #ifndef DE_SRV_CONFIG_H
 #define DE_SRV_CONFIG_H
@@ -32,7 +33,8 @@ struct srv_config {
 	unsigned n_gids;
 	unsigned hello_timeout_ms; /* a connection without HELLO this long is closed */
 	unsigned max_conn_per_uid; /* [server] max_connections_per_uid */
-	int log_level;
+	int log_level;           /* [log] level (SRV_LOG_*, log.h); [server] log_level too */
+	int log_format;          /* [log] format: SRV_LOG_LOGFMT or SRV_LOG_JSON */
 	enum de_pages pages;
 	int numa_node;           /* DE_NUMA_AUTO, DE_NUMA_NONE or an OS index */
 	uint64_t segment_bytes;  /* first arena segment of a table */

@@ -61,6 +61,7 @@
  * create a key admission rejected; read anything of the worker but the batch; call the
  * persistence layer (the worker logs what these paths wrote).
  */
+#define SRV_LOG_COMPONENT "learn" /* log.h: the component of this file's lines */
 #include "learnops.h"
 
 #include <errno.h>
@@ -330,11 +331,14 @@ static void admit_restore(struct srv_learn_host *h, struct srv_table *t,
 		return; /* the sketch is then not persisted: an estimate lost, nothing more */
 	int err = de_admit_load(L->admit, path);
 	if (!err)
-		srv_log(SRV_LOG_INFO, "table '%s': admission sketch loaded from %s", t->name, path);
+		srv_logf(SRV_LOG_INFO, SRV_KV(SRV_F_TABLE(t->name), SRV_F_PATH(path)),
+			 "table '%s': admission sketch loaded from %s", t->name, path);
 	else if (err != -ENOENT)
-		srv_log(SRV_LOG_WARN, "table '%s': admission sketch %s not loaded (%s): it starts "
-			"empty", t->name, path, err == -EEXIST ? "another sketch configuration"
-							      : strerror(-err));
+		srv_logf(SRV_LOG_WARN, SRV_KV(SRV_F_TABLE(t->name), SRV_F_PATH(path),
+					     SRV_F_ERRNO(err)),
+			 "table '%s': admission sketch %s not loaded (%s): it starts empty",
+			 t->name, path,
+			 err == -EEXIST ? "another sketch configuration" : strerror(-err));
 }
 
 void srv_learn_save_table(struct srv_table *t)
@@ -346,8 +350,10 @@ void srv_learn_save_table(struct srv_table *t)
 	int err = de_admit_save(L->admit, L->admit_path);
 	pthread_mutex_unlock(&L->save_mu);
 	if (err)
-		srv_log(SRV_LOG_WARN, "table '%s': saving the admission sketch to %s: %s", t->name,
-			L->admit_path, strerror(-err));
+		srv_logf(SRV_LOG_WARN, SRV_KV(SRV_F_TABLE(t->name), SRV_F_PATH(L->admit_path),
+					     SRV_F_ERRNO(err)),
+			 "table '%s': saving the admission sketch to %s: %s", t->name,
+			 L->admit_path, strerror(-err));
 }
 
 void srv_learn_save_all(struct srv_learn_host *h)
@@ -439,7 +445,8 @@ static int attach(struct srv_learn_host *h, struct srv_table *t, struct srv_tabl
 	h->ntables++;
 	L->evict = true;
 	if (serr) /* the budget still holds inline, after each lookup */
-		srv_log(SRV_LOG_WARN, "eviction thread: %s", strerror(-serr));
+		srv_logf(SRV_LOG_WARN, SRV_KV(SRV_F_TABLE(t->name), SRV_F_ERRNO(serr)),
+			 "eviction thread: %s", strerror(-serr));
 	return 0;
 }
 
@@ -463,9 +470,12 @@ static void after_create(struct srv_table *t, const uint64_t *keys, uint32_t n,
 	if (!L || !L->evict)
 		return;
 	int err = de_evict_after_lookup(L->h->ev, L->evict_id, keys, n, status, vals, step, NULL);
-	if (err)
-		srv_log(SRV_LOG_WARN, "table '%s': eviction after a lookup: %s", t->name,
-			strerror(-err));
+	static struct srv_log_limit lim; /* per request: at most a line a second */
+	uint64_t quiet;
+	if (err && srv_log_limit_due(&lim, &quiet))
+		srv_logf(SRV_LOG_WARN, SRV_KV(SRV_F_TABLE(t->name), SRV_F_ERRNO(err),
+					     SRV_F_UINT("suppressed", quiet)),
+			 "table '%s': eviction after a lookup: %s", t->name, strerror(-err));
 }
 
 static bool tier_has(struct srv_table_learn *L, uint64_t key)
@@ -727,9 +737,12 @@ void srv_learn_write_end(struct srv_table *t, bool held)
 	struct srv_table_learn *L = t->rt;
 	pthread_rwlock_unlock(&L->plock);
 	int err = de_evict_inline(L->h->ev, L->evict_id); /* the eviction after_create left */
-	if (err)
-		srv_log(SRV_LOG_WARN, "table '%s': eviction after a write: %s", t->name,
-			strerror(-err));
+	static struct srv_log_limit lim; /* per request: at most a line a second */
+	uint64_t quiet;
+	if (err && srv_log_limit_due(&lim, &quiet))
+		srv_logf(SRV_LOG_WARN, SRV_KV(SRV_F_TABLE(t->name), SRV_F_ERRNO(err),
+					     SRV_F_UINT("suppressed", quiet)),
+			 "table '%s': eviction after a write: %s", t->name, strerror(-err));
 }
 
 int srv_learn_erase(struct srv_table *t, const uint64_t *keys, uint32_t n)
@@ -770,8 +783,9 @@ void srv_learn_recovered(struct srv_learn_host *h)
 		struct in_table_ctx c = { .t = L->t->t };
 		size_t n = de_tier_drop_if(L->tier, in_table, &c);
 		if (n)
-			srv_log(SRV_LOG_INFO, "table '%s': %zu rows of the disk tier are older than the "
-				"recovered table's and were dropped", L->t->name, n);
+			srv_logf(SRV_LOG_INFO, SRV_KV(SRV_F_TABLE(L->t->name), SRV_F_UINT("rows", n)),
+				 "table '%s': %zu rows of the disk tier are older than the "
+				 "recovered table's and were dropped", L->t->name, n);
 	}
 	if (h->ntables)
 		de_evict_start(h->ev);
@@ -967,8 +981,12 @@ static void do_key_strings(struct srv_batch *b, struct srv_table *t, char *data,
 		if (err == -ENOSPC) {
 			full = true;
 		} else if (err) {
-			if (err != -ENOENT)
-				srv_log(SRV_LOG_WARN, "table '%s': key string: %s", t->name, strerror(-err));
+			static struct srv_log_limit lim; /* per key: at most a line a second */
+			uint64_t quiet;
+			if (err != -ENOENT && srv_log_limit_due(&lim, &quiet))
+				srv_logf(SRV_LOG_WARN, SRV_KV(SRV_F_TABLE(t->name), SRV_F_ERRNO(err),
+							     SRV_F_UINT("suppressed", quiet)),
+					 "table '%s': key string: %s", t->name, strerror(-err));
 			len = UINT32_MAX;
 		} else if (full && len) {
 			/* cap 0 took a non-empty string: impossible; keep the rule anyway */

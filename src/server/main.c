@@ -57,7 +57,8 @@ static int resolve_node(struct srv_server *s)
 		return node;
 	}
 	if (!s->topo || !hwloc_get_numanode_obj_by_os_index(s->topo, (unsigned)want)) {
-		fprintf(stderr, "dynembd: numa_node %d: no such NUMA node on this machine\n", want);
+		srv_logf(SRV_LOG_ERROR, SRV_KV(SRV_F_INT("numa_node", want)),
+			 "numa_node %d: no such NUMA node on this machine", want);
 		return -3;
 	}
 	return want;
@@ -92,8 +93,10 @@ int main(int argc, char **argv)
 		return 0;
 	}
 	srv_log_set_level(s.cfg.log_level);
+	srv_log_set_format(s.cfg.log_format);
 	if (prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) != 0) {
-		srv_log(SRV_LOG_ERROR, "prctl(PR_SET_DUMPABLE, 0): %s", strerror(errno));
+		srv_logf(SRV_LOG_ERROR, SRV_KV(SRV_F_ERRNO(errno)), "prctl(PR_SET_DUMPABLE, 0): %s",
+			 strerror(errno));
 		return 1;
 	}
 	if (!s.cfg.n_uids && !s.cfg.n_gids)
@@ -108,7 +111,7 @@ int main(int argc, char **argv)
 	signal(SIGPIPE, SIG_IGN);
 	int sig_fd = signalfd(-1, &set, SFD_CLOEXEC | SFD_NONBLOCK);
 	if (sig_fd < 0) {
-		srv_log(SRV_LOG_ERROR, "signalfd: %s", strerror(errno));
+		srv_logf(SRV_LOG_ERROR, SRV_KV(SRV_F_ERRNO(errno)), "signalfd: %s", strerror(errno));
 		return 1;
 	}
 
@@ -167,7 +170,8 @@ int main(int argc, char **argv)
 		return 1;
 	}
 	if (!s.cfg.foreground && daemon(0, 1) != 0) {
-		srv_log(SRV_LOG_ERROR, "cannot detach: %s", strerror(errno));
+		srv_logf(SRV_LOG_ERROR, SRV_KV(SRV_F_ERRNO(errno)), "cannot detach: %s",
+			 strerror(errno));
 		return 1;
 	}
 	int status = 1;
@@ -183,10 +187,16 @@ int main(int argc, char **argv)
 		close(listen_fd);
 		unlink(s.cfg.socket);
 	} else {
-		srv_log(SRV_LOG_INFO, "pid %d, pages %s, NUMA node %s%d, max_batch %u, poll_us %u",
-			(int)getpid(),
-			s.cfg.pages == DE_PAGES_AUTO ? "auto" : de_pages_name(s.cfg.pages),
-			node < 0 ? "none/" : "", node, s.cfg.max_batch, s.cfg.poll_us);
+		const char *pages = s.cfg.pages == DE_PAGES_AUTO ? "auto"
+								 : de_pages_name(s.cfg.pages);
+		srv_logf(SRV_LOG_INFO, SRV_KV(SRV_F_INT("pid", (int)getpid()),
+					      SRV_F_STR("socket", s.cfg.socket),
+					      SRV_F_STR("pages", pages), SRV_F_INT("numa_node", node),
+					      SRV_F_UINT("workers", s.nworkers),
+					      SRV_F_STR("data_dir", s.cfg.data_dir)),
+			 "started: pid %d, pages %s, NUMA node %s%d, max_batch %u, poll_us %u",
+			 (int)getpid(), pages, node < 0 ? "none/" : "", node, s.cfg.max_batch,
+			 s.cfg.poll_us);
 		status = srv_control_run(&s, listen_fd, sig_fd);
 	}
 	srv_workers_free(&s);

@@ -54,7 +54,7 @@ int persist_note_failure(struct srv_persist *p, int err)
 		char why[200] = "";
 		if (p->wal)
 			de_wal_failed(p->wal, why, sizeof why);
-		srv_log(SRV_LOG_ERROR,
+		srv_logf(SRV_LOG_ERROR, SRV_KV(SRV_F_PATH(p->dir), SRV_F_ERRNO(err)),
 			"persistence: the WAL in %s failed (%s%s%s): every async/sync table is "
 			"read-only from now on (writes complete with -EROFS; never retried; restart "
 			"the daemon to recover)", p->dir, strerror(-err), why[0] ? ": " : "", why);
@@ -193,15 +193,19 @@ int srv_persist_table_open(struct srv_persist *p, struct srv_table *t, char *msg
 	if (err) {
 		snprintf(msg, cap, "table '%s': cannot persist it in %s: %s", t->name, p->dir,
 			 strerror(-err));
-		srv_log(SRV_LOG_ERROR, "persistence: %s", msg);
+		srv_logf(SRV_LOG_ERROR, SRV_KV(SRV_F_TABLE(t->name), SRV_F_PATH(p->dir),
+					      SRV_F_ERRNO(err)), "persistence: %s", msg);
 		t->ps = NULL;
 		persist_tp_free(ps);
 		goto out;
 	}
 	p->next_id++;
 	persist_table_add_locked(p, t);
-	srv_log(SRV_LOG_INFO, "persistence: table '%s' is id %u, durability %s", t->name, ps->id,
-		mode == DE_WDURABLE_SYNC ? "sync" : mode == DE_WDURABLE_ASYNC ? "async" : "none");
+	const char *dur = mode == DE_WDURABLE_SYNC ? "sync" : mode == DE_WDURABLE_ASYNC ? "async"
+											: "none";
+	srv_logf(SRV_LOG_INFO, SRV_KV(SRV_F_TABLE(t->name), SRV_F_UINT("table_id", ps->id),
+				      SRV_F_STR("durability", dur)),
+		 "persistence: table '%s' is id %u, durability %s", t->name, ps->id, dur);
 out:
 	pthread_mutex_unlock(&p->mu);
 	return err;
@@ -227,7 +231,8 @@ void srv_persist_stop(struct srv_persist *p)
 		int err = de_wal_close(p->wal);
 		p->wal = NULL;
 		if (err && !p->failed)
-			srv_log(SRV_LOG_ERROR, "persistence: closing the WAL: %s", strerror(-err));
+			srv_logf(SRV_LOG_ERROR, SRV_KV(SRV_F_PATH(p->dir), SRV_F_ERRNO(err)),
+				 "persistence: closing the WAL: %s", strerror(-err));
 	}
 }
 

@@ -55,8 +55,10 @@ static void remove_snapshots(const char *dir, uint32_t id)
 			if (unlinkat(dirfd(d), e->d_name, 0) == 0)
 				removed = true;
 			else
-				srv_log(SRV_LOG_WARN, "persistence: cannot remove %s/%s: %s", dir,
-					e->d_name, strerror(errno));
+				srv_logf(SRV_LOG_WARN, SRV_KV(SRV_F_PATH(dir), SRV_F_STR("file", e->d_name),
+							      SRV_F_ERRNO(errno)),
+					 "persistence: cannot remove %s/%s: %s", dir, e->d_name,
+					 strerror(errno));
 		}
 	}
 	if (removed)
@@ -128,7 +130,8 @@ int srv_persist_table_drop(struct srv_persist *p, struct srv_table *t, char *msg
 		pthread_mutex_unlock(&p->mu);
 		snprintf(msg, cap, "table '%s' not dropped: cannot rewrite %s/CATALOG: %s", t->name,
 			 p->dir, strerror(-err));
-		srv_log(SRV_LOG_ERROR, "persistence: %s", msg);
+		srv_logf(SRV_LOG_ERROR, SRV_KV(SRV_F_TABLE(t->name), SRV_F_PATH(p->dir),
+					      SRV_F_ERRNO(err)), "persistence: %s", msg);
 		return err;
 	}
 	memcpy(p->tables, rest, (n - 1) * sizeof rest[0]);
@@ -140,16 +143,21 @@ files:;
 	uint32_t id = t->ps->id;
 	err = manifest_forget(p->dir, id);
 	if (err)
-		srv_log(SRV_LOG_WARN, "persistence: dropped table '%s' (id %u) stays in %s/MANIFEST "
+		srv_logf(SRV_LOG_WARN, SRV_KV(SRV_F_TABLE(t->name), SRV_F_UINT("table_id", id),
+					     SRV_F_PATH(p->dir), SRV_F_ERRNO(err)),
+			"persistence: dropped table '%s' (id %u) stays in %s/MANIFEST "
 			"(%s): its snapshot files stay until a later gc", t->name, id, p->dir,
 			strerror(-err));
 	char path[PATH_MAX];
 	snprintf(path, sizeof path, "%s/strings-%08" PRIx32 ".dks", p->dir, id);
 	if (unlink(path) && errno != ENOENT)
-		srv_log(SRV_LOG_WARN, "persistence: cannot remove %s: %s", path, strerror(errno));
+		srv_logf(SRV_LOG_WARN, SRV_KV(SRV_F_TABLE(t->name), SRV_F_PATH(path),
+					     SRV_F_ERRNO(errno)),
+			 "persistence: cannot remove %s: %s", path, strerror(errno));
 	persist_tp_free(t->ps);
 	t->ps = NULL;
-	srv_log(SRV_LOG_INFO, "persistence: table '%s' (id %u) dropped from %s/CATALOG", t->name,
-		id, p->dir);
+	srv_logf(SRV_LOG_INFO, SRV_KV(SRV_F_TABLE(t->name), SRV_F_UINT("table_id", id),
+				      SRV_F_PATH(p->dir)),
+		 "persistence: table '%s' (id %u) dropped from %s/CATALOG", t->name, id, p->dir);
 	return 0;
 }

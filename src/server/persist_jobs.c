@@ -115,8 +115,10 @@ static void job_snapshot(struct srv_job *j)
 				  : persist_checkpoint(p, ts[i], j->m.snapshot.flags & DE_SNAP_FULL,
 					       job_progress, j, &info);
 		if (err) {
-			srv_log(SRV_LOG_WARN, "persistence: snapshot of table '%s' failed: %s",
-				ts[i]->name, strerror(-err));
+			srv_logf(SRV_LOG_WARN, SRV_KV(SRV_F_TABLE(ts[i]->name), SRV_F_UINT("uid", j->uid),
+						      SRV_F_ERRNO(err)),
+				 "persistence: snapshot of table '%s' failed: %s", ts[i]->name,
+				 strerror(-err));
 			finishing(j);
 			srv_reply_error(j->sock, j->m.h.seq, err, FINAL_SEND_MS,
 				 "snapshot of table '%s' failed: %s%s (%u of %u tables done)",
@@ -130,8 +132,10 @@ static void job_snapshot(struct srv_job *j)
 		if (info.start_lsn > ok.lsn)
 			ok.lsn = info.start_lsn;
 	}
-	srv_log(SRV_LOG_INFO, "persistence: snapshot of %u table(s): %" PRIu64 " rows, %" PRIu64
-		" bytes, lsn %" PRIu64, ok.tables, ok.rows, ok.bytes, ok.lsn);
+	srv_logf(SRV_LOG_INFO, SRV_KV(SRV_F_UINT("tables", ok.tables), SRV_F_UINT("rows", ok.rows),
+				      SRV_F_UINT("bytes", ok.bytes), SRV_F_UINT("lsn", ok.lsn)),
+		 "persistence: snapshot of %u table(s): %" PRIu64 " rows, %" PRIu64
+		 " bytes, lsn %" PRIu64, ok.tables, ok.rows, ok.bytes, ok.lsn);
 	finishing(j);
 	srv_reply_send(j->sock, &ok, sizeof ok, NULL, 0, FINAL_SEND_MS);
 }
@@ -169,8 +173,8 @@ static void fs_as_daemon(struct fs_ids *s)
 	setfsuid(geteuid());
 	setfsgid(getegid());
 	if (syscall(SYS_setgroups, (size_t)s->ngroups, s->groups))
-		srv_log(SRV_LOG_WARN, "job: cannot restore the supplementary groups: %s",
-			strerror(errno));
+		srv_logf(SRV_LOG_WARN, SRV_KV(SRV_F_ERRNO(errno)),
+			 "job: cannot restore the supplementary groups: %s", strerror(errno));
 	s->switched = false;
 }
 
@@ -187,8 +191,10 @@ static void job_export(struct srv_job *j)
 	bool have_st = !err && stat(j->m.exp.path, &st) == 0;
 	fs_as_daemon(&ids);
 	if (err) {
-		srv_log(SRV_LOG_WARN, "export of table '%s' to %s failed: %s", j->t->name,
-			j->m.exp.path, strerror(-err));
+		srv_logf(SRV_LOG_WARN, SRV_KV(SRV_F_TABLE(j->t->name), SRV_F_PATH(j->m.exp.path),
+					     SRV_F_UINT("uid", j->uid), SRV_F_ERRNO(err)),
+			 "export of table '%s' to %s failed: %s", j->t->name, j->m.exp.path,
+			 strerror(-err));
 		finishing(j);
 		srv_reply_error(j->sock, j->m.h.seq, err, FINAL_SEND_MS, "export of '%s' to %s: %s",
 			 j->t->name, j->m.exp.path, strerror(-err));
@@ -200,8 +206,10 @@ static void job_export(struct srv_job *j)
 	ok.records = records;
 	if (have_st)
 		ok.bytes = (uint64_t)st.st_size;
-	srv_log(SRV_LOG_INFO, "exported table '%s' to %s: %" PRIu64 " records", j->t->name,
-		j->m.exp.path, records);
+	srv_logf(SRV_LOG_INFO, SRV_KV(SRV_F_TABLE(j->t->name), SRV_F_PATH(j->m.exp.path),
+				      SRV_F_UINT("uid", j->uid), SRV_F_UINT("records", records)),
+		 "exported table '%s' to %s: %" PRIu64 " records", j->t->name, j->m.exp.path,
+		 records);
 	finishing(j);
 	srv_reply_send(j->sock, &ok, sizeof ok, NULL, 0, FINAL_SEND_MS);
 }
@@ -220,6 +228,10 @@ static void job_import(struct srv_job *j)
 		err = de_import(j->t->t, j->m.imp.path, flags, job_progress, j, &rep);
 	fs_as_daemon(&ids);
 	if (err) {
+		srv_logf(SRV_LOG_WARN, SRV_KV(SRV_F_TABLE(j->t->name), SRV_F_PATH(j->m.imp.path),
+					     SRV_F_UINT("uid", j->uid), SRV_F_ERRNO(err)),
+			 "import of %s into table '%s' failed: %s", j->m.imp.path, j->t->name,
+			 strerror(-err));
 		finishing(j);
 		srv_reply_error(j->sock, j->m.h.seq, err, FINAL_SEND_MS, "import of %s into '%s': %s%s%s%s",
 			 j->m.imp.path, j->t->name, strerror(-err),
@@ -235,6 +247,10 @@ static void job_import(struct srv_job *j)
 		j->last_ns = 0;
 		err = persist_checkpoint(p, j->t, true, job_progress, j, NULL);
 		if (err) {
+			srv_logf(SRV_LOG_WARN, SRV_KV(SRV_F_TABLE(j->t->name),
+						      SRV_F_PATH(j->m.imp.path), SRV_F_ERRNO(err)),
+				 "import into table '%s': the snapshot that makes it durable "
+				 "failed: %s", j->t->name, strerror(-err));
 			finishing(j);
 			srv_reply_error(j->sock, j->m.h.seq, err, FINAL_SEND_MS,
 				 "import of %s into '%s': %" PRIu64 " records imported but the "
@@ -251,8 +267,11 @@ static void job_import(struct srv_job *j)
 	ok.dropped = rep.dropped;
 	if (rep.problem)
 		snprintf(ok.problem, sizeof ok.problem, "%s", rep.problem);
-	srv_log(SRV_LOG_INFO, "imported %s into table '%s': %" PRIu64 " of %" PRIu64 " records",
-		j->m.imp.path, j->t->name, rep.imported, rep.records);
+	srv_logf(SRV_LOG_INFO, SRV_KV(SRV_F_TABLE(j->t->name), SRV_F_PATH(j->m.imp.path),
+				      SRV_F_UINT("uid", j->uid), SRV_F_UINT("records", rep.records),
+				      SRV_F_UINT("imported", rep.imported)),
+		 "imported %s into table '%s': %" PRIu64 " of %" PRIu64 " records",
+		 j->m.imp.path, j->t->name, rep.imported, rep.records);
 	finishing(j);
 	srv_reply_send(j->sock, &ok, sizeof ok, NULL, 0, FINAL_SEND_MS);
 }
@@ -401,10 +420,12 @@ void srv_persist_request(struct srv_persist *p, const struct srv_registry *reg,
 		srv_reply_error(sock, m->h.seq, err, 0, "%s", msg);
 		return;
 	}
-	srv_log(SRV_LOG_INFO, "client %u: %s %s%s%s", client,
-		m->h.type == DE_MSG_SNAPSHOT ? "snapshot" : m->h.type == DE_MSG_EXPORT ? "export"
-											   : "import",
-		name[0] ? name : "(every table)", m->h.type == DE_MSG_SNAPSHOT ? "" : " ",
-		m->h.type == DE_MSG_EXPORT ? m->exp.path
-		: m->h.type == DE_MSG_IMPORT ? m->imp.path : "");
+	const char *op = m->h.type == DE_MSG_SNAPSHOT ? "snapshot"
+			 : m->h.type == DE_MSG_EXPORT ? "export" : "import";
+	const char *jpath = m->h.type == DE_MSG_EXPORT ? m->exp.path
+			    : m->h.type == DE_MSG_IMPORT ? m->imp.path : "";
+	srv_logf(SRV_LOG_INFO, SRV_KV(SRV_F_UINT("client", client), SRV_F_UINT("uid", uid),
+				      SRV_F_STR("op", op), SRV_F_TABLE(name), SRV_F_PATH(jpath)),
+		 "client %u: %s %s%s%s", client, op, name[0] ? name : "(every table)",
+		 jpath[0] ? " " : "", jpath);
 }

@@ -78,12 +78,14 @@ static int missing(const struct srv_persist *p, const char *name, const char *wh
 		   const char *salvage)
 {
 	if (!p->cfg->recover_from_wal) {
-		srv_log(SRV_LOG_ERROR, "persistence: %s/%s is missing while the directory holds %s; "
+		srv_logf(SRV_LOG_ERROR, SRV_KV(SRV_F_PATH(p->dir), SRV_F_STR("file", name)),
+			"persistence: %s/%s is missing while the directory holds %s; "
 			"not starting (restore the file, or start with --recover-from-wal to %s)",
 			p->dir, name, what, salvage);
 		return SRV_EXIT_CORRUPT;
 	}
-	srv_log(SRV_LOG_WARN, "persistence: --recover-from-wal: %s/%s is missing while the "
+	srv_logf(SRV_LOG_WARN, SRV_KV(SRV_F_PATH(p->dir), SRV_F_STR("file", name)),
+		"persistence: --recover-from-wal: %s/%s is missing while the "
 		"directory holds %s; starting anyway: %s", p->dir, name, what, salvage);
 	return 0;
 }
@@ -93,16 +95,18 @@ static int begin(struct srv_persist *p)
 {
 	int err = de_mkdir_durable(p->dir, 0755); /* a new data_dir survives power loss */
 	if (err) {
-		srv_log(SRV_LOG_ERROR, "persistence: cannot create data_dir %s: %s", p->dir,
-			strerror(-err));
+		srv_logf(SRV_LOG_ERROR, SRV_KV(SRV_F_PATH(p->dir), SRV_F_ERRNO(err)),
+			 "persistence: cannot create data_dir %s: %s", p->dir, strerror(-err));
 		return 1;
 	}
 	char path[PATH_MAX];
 	snprintf(path, sizeof path, "%s/LOCK", p->dir);
 	p->lock_fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
 	if (p->lock_fd < 0 || flock(p->lock_fd, LOCK_EX | LOCK_NB)) {
-		srv_log(SRV_LOG_ERROR, "persistence: %s: %s", path,
-			errno == EWOULDBLOCK ? "another dynembd uses this data_dir" : strerror(errno));
+		int e = errno;
+		srv_logf(SRV_LOG_ERROR, SRV_KV(SRV_F_PATH(path), SRV_F_ERRNO(e)),
+			 "persistence: %s: %s", path,
+			 e == EWOULDBLOCK ? "another dynembd uses this data_dir" : strerror(e));
 		return 1;
 	}
 	const char *problem = NULL;
@@ -112,8 +116,8 @@ static int begin(struct srv_persist *p)
 		p->ncat = 0;
 		struct dir_files f;
 		if ((err = scan_dir(p->dir, &f))) {
-			srv_log(SRV_LOG_ERROR, "persistence: cannot list data_dir %s: %s", p->dir,
-				strerror(-err));
+			srv_logf(SRV_LOG_ERROR, SRV_KV(SRV_F_PATH(p->dir), SRV_F_ERRNO(err)),
+				 "persistence: cannot list data_dir %s: %s", p->dir, strerror(-err));
 			return 1;
 		}
 		if (f.manifest || f.wal || f.snaps) {
@@ -127,7 +131,9 @@ static int begin(struct srv_persist *p)
 				return st;
 		}
 	} else if (err) {
-		srv_log(SRV_LOG_ERROR, "persistence: %s/CATALOG is damaged: %s (%s); not starting",
+		srv_logf(SRV_LOG_ERROR, SRV_KV(SRV_F_PATH(p->dir), SRV_F_STR("file", "CATALOG"),
+					      SRV_F_ERRNO(err)),
+			 "persistence: %s/CATALOG is damaged: %s (%s); not starting",
 			p->dir, problem ? problem : strerror(-err), strerror(-err));
 		return err == -ENOMEM ? 1 : SRV_EXIT_CORRUPT;
 	}
@@ -203,8 +209,8 @@ int srv_persist_recover(struct srv_persist *p)
 		struct dir_files f;
 		int e = scan_dir(p->dir, &f);
 		if (e) {
-			srv_log(SRV_LOG_ERROR, "persistence: cannot list data_dir %s: %s", p->dir,
-				strerror(-e));
+			srv_logf(SRV_LOG_ERROR, SRV_KV(SRV_F_PATH(p->dir), SRV_F_ERRNO(e)),
+				 "persistence: cannot list data_dir %s: %s", p->dir, strerror(-e));
 			status = 1;
 			goto out;
 		}
@@ -222,24 +228,34 @@ int srv_persist_recover(struct srv_persist *p)
 	memset(&rep, 0, sizeof rep);
 	int err = de_persist_recover(p->dir, rt, n, persist_wal_log, NULL, &rep);
 	if (err) {
-		srv_log(SRV_LOG_ERROR, "persistence: recovery of %s failed: %s (%s); not starting",
+		srv_logf(SRV_LOG_ERROR, SRV_KV(SRV_F_PATH(p->dir), SRV_F_ERRNO(err)),
+			 "persistence: recovery of %s failed: %s (%s); not starting",
 			p->dir, rep.message[0] ? rep.message : "?", strerror(-err));
 		status = corrupt_status(err);
 		goto out;
 	}
-	srv_log(SRV_LOG_INFO, "persistence: recovered %u tables from %s: manifest %s "
+	srv_logf(SRV_LOG_INFO, SRV_KV(SRV_F_PATH(p->dir), SRV_F_UINT("tables", n),
+				      SRV_F_UINT("snapshots", rep.snapshots),
+				      SRV_F_UINT("wal_records", rep.wal_applied),
+				      SRV_F_UINT("next_lsn", rep.next_lsn)),
+		"persistence: recovered %u tables from %s: manifest %s "
 		"(generation %" PRIu64 "), %u snapshots (%" PRIu64 " rows), %" PRIu64
 		" WAL records applied, next LSN %" PRIu64, n, p->dir,
 		rep.manifest ? "found" : "none", rep.generation, rep.snapshots, rep.snapshot_rows,
 		rep.wal_applied, rep.next_lsn);
 	if (rep.wal.unneeded_bytes || rep.wal.unneeded_records)
-		srv_log(SRV_LOG_WARN, "persistence: WAL damage no table needs skipped: %" PRIu64
+		srv_logf(SRV_LOG_WARN, SRV_KV(SRV_F_PATH(p->dir),
+					     SRV_F_UINT("bytes", rep.wal.unneeded_bytes)),
+			"persistence: WAL damage no table needs skipped: %" PRIu64
 			" bytes (%" PRIu64 " records, all below every table's snapshot LSN) (%s); "
 			"the records after it were replayed", rep.wal.unneeded_bytes,
 			rep.wal.unneeded_records,
 			rep.wal.unneeded_problem ? rep.wal.unneeded_problem : "damaged record");
 	if (rep.wal.bytes_dropped)
-		srv_log(SRV_LOG_WARN, "persistence: WAL torn tail truncated: %" PRIu64 " bytes (at "
+		srv_logf(SRV_LOG_WARN, SRV_KV(SRV_F_PATH(p->dir),
+					     SRV_F_UINT("bytes", rep.wal.bytes_dropped),
+					     SRV_F_UINT("lsn", rep.wal.last_lsn)),
+			"persistence: WAL torn tail truncated: %" PRIu64 " bytes (at "
 			"least %" PRIu64 " records) after LSN %" PRIu64 " dropped (%s)",
 			rep.wal.bytes_dropped, rep.wal.records_dropped, rep.wal.last_lsn,
 			rep.wal.problem ? rep.wal.problem : "damaged record");
@@ -254,8 +270,10 @@ int srv_persist_recover(struct srv_persist *p)
 	p->next_lsn = rep.next_lsn;
 	for (unsigned k = 0; k < p->ntables; k++) /* the strings of string tables */
 		if ((err = persist_strings_open(p, p->tables[k]))) {
-			srv_log(SRV_LOG_ERROR, "persistence: the strings file of table '%s' in %s: %s",
-				p->tables[k]->name, p->dir, strerror(-err));
+			srv_logf(SRV_LOG_ERROR, SRV_KV(SRV_F_TABLE(p->tables[k]->name),
+						      SRV_F_PATH(p->dir), SRV_F_ERRNO(err)),
+				 "persistence: the strings file of table '%s' in %s: %s",
+				 p->tables[k]->name, p->dir, strerror(-err));
 			status = 1;
 			goto out;
 		}

@@ -53,10 +53,14 @@ static void string_kept(void *ctx, struct srv_table *t, uint64_t key, const void
 	pthread_mutex_lock(&ps->strings_mu);
 	ssize_t w = ps->strings_fd >= 0 ? write(ps->strings_fd, rec, n) : (ssize_t)n;
 	if (w != (ssize_t)n) {
-		/* a short or failed append: later records would follow a torn one, so stop */
-		srv_log(SRV_LOG_ERROR, "persistence: table '%s': writing its strings file: %s; "
-			"strings kept from now on are not persisted", t->name,
-			w < 0 ? strerror(errno) : "short write");
+		/* a short or failed append: later records would follow a torn one, so stop
+		 * (logged once: the file is closed); a short write logs as EIO */
+		int e = w < 0 ? errno : EIO;
+		srv_logf(SRV_LOG_ERROR, SRV_KV(SRV_F_TABLE(t->name), SRV_F_UINT("table_id", ps->id),
+					      SRV_F_ERRNO(e)),
+			 "persistence: table '%s': writing its strings file: %s; "
+			 "strings kept from now on are not persisted", t->name,
+			 w < 0 ? strerror(e) : "short write");
 		close(ps->strings_fd);
 		ps->strings_fd = -1;
 	}
@@ -99,8 +103,10 @@ int persist_strings_open(struct srv_persist *p, struct srv_table *t)
 	}
 	free(buf);
 	if (size > 0 && off != (uint64_t)size) {
-		srv_log(SRV_LOG_WARN, "persistence: %s: torn tail of %" PRIu64 " bytes dropped",
-			path, (uint64_t)size - off);
+		srv_logf(SRV_LOG_WARN, SRV_KV(SRV_F_TABLE(t->name), SRV_F_PATH(path),
+					     SRV_F_UINT("bytes", (uint64_t)size - off)),
+			 "persistence: %s: torn tail of %" PRIu64 " bytes dropped", path,
+			 (uint64_t)size - off);
 		if (ftruncate(fd, (off_t)off) || fdatasync(fd)) {
 			int err = -errno;
 			close(fd);
@@ -113,8 +119,9 @@ int persist_strings_open(struct srv_persist *p, struct srv_table *t)
 		return err;
 	}
 	if (loaded)
-		srv_log(SRV_LOG_INFO, "persistence: table '%s': %" PRIu64 " key strings loaded",
-			t->name, loaded);
+		srv_logf(SRV_LOG_INFO, SRV_KV(SRV_F_TABLE(t->name), SRV_F_PATH(path),
+					     SRV_F_UINT("strings", loaded)),
+			 "persistence: table '%s': %" PRIu64 " key strings loaded", t->name, loaded);
 	ps->strings_fd = fd;
 	t->string_ctx = p;
 	__atomic_store_n(&t->string_kept, string_kept, __ATOMIC_RELEASE);
@@ -125,6 +132,7 @@ void persist_strings_sync(struct srv_table_persist *ps)
 {
 	pthread_mutex_lock(&ps->strings_mu);
 	if (ps->strings_fd >= 0 && fdatasync(ps->strings_fd))
-		srv_log(SRV_LOG_WARN, "persistence: fdatasync of a strings file: %s", strerror(errno));
+		srv_logf(SRV_LOG_WARN, SRV_KV(SRV_F_UINT("table_id", ps->id), SRV_F_ERRNO(errno)),
+			 "persistence: fdatasync of a strings file: %s", strerror(errno));
 	pthread_mutex_unlock(&ps->strings_mu);
 }

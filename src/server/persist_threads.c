@@ -84,11 +84,16 @@ void persist_checkpoint_dirty(struct srv_persist *p, const char *why)
 		struct de_snapshot_info info;
 		int err = persist_checkpoint(p, ts[i], false, NULL, NULL, &info);
 		if (err)
-			srv_log(SRV_LOG_WARN, "persistence: %s checkpoint of table '%s' failed: %s", why,
-				ts[i]->name, strerror(-err));
+			srv_logf(SRV_LOG_WARN, SRV_KV(SRV_F_TABLE(ts[i]->name), SRV_F_STR("why", why),
+						      SRV_F_ERRNO(err)),
+				 "persistence: %s checkpoint of table '%s' failed: %s", why,
+				 ts[i]->name, strerror(-err));
 		else
-			srv_log(SRV_LOG_DEBUG, "persistence: %s checkpoint of '%s': %" PRIu64
-				" records, lsn %" PRIu64, why, ts[i]->name, info.records, info.start_lsn);
+			srv_logf(SRV_LOG_DEBUG, SRV_KV(SRV_F_TABLE(ts[i]->name), SRV_F_STR("why", why),
+						       SRV_F_UINT("records", info.records),
+						       SRV_F_UINT("lsn", info.start_lsn)),
+				 "persistence: %s checkpoint of '%s': %" PRIu64 " records, lsn %" PRIu64,
+				 why, ts[i]->name, info.records, info.start_lsn);
 	}
 	pthread_mutex_lock(&p->mu);
 	if (!--p->sweeping)
@@ -131,8 +136,8 @@ int srv_persist_start(struct srv_persist *p)
 #endif
 	int err = de_wal_open(p->dir, &wo, &p->wal);
 	if (err) {
-		srv_log(SRV_LOG_ERROR, "persistence: cannot open the WAL in %s: %s", p->dir,
-			strerror(-err));
+		srv_logf(SRV_LOG_ERROR, SRV_KV(SRV_F_PATH(p->dir), SRV_F_ERRNO(err)),
+			 "persistence: cannot open the WAL in %s: %s", p->dir, strerror(-err));
 		return 1;
 	}
 #ifdef DE_FAULT_INJECTION

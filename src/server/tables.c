@@ -92,9 +92,11 @@ static int table_charge(void *ctx, uint64_t bytes, bool give_back)
 	char msg[240];
 	int err = srv_quota_charge(t->quota, bytes, msg, sizeof msg);
 	if (err && !__atomic_exchange_n(&t->growth_logged, 1, __ATOMIC_RELAXED))
-		srv_log(SRV_LOG_WARN, "table '%s' cannot grow: %s; writes that create rows fail "
-			"with %s until memory is given back (drop a table)", t->name, msg,
-			err == -EDQUOT ? "-EDQUOT" : "-ENOSPC");
+		srv_logf(SRV_LOG_WARN, SRV_KV(SRV_F_TABLE(t->name), SRV_F_UINT("bytes", bytes),
+					     SRV_F_ERRNO(err)),
+			 "table '%s' cannot grow: %s; writes that create rows fail "
+			 "with %s until memory is given back (drop a table)", t->name, msg,
+			 err == -EDQUOT ? "-EDQUOT" : "-ENOSPC");
 	return err;
 }
 
@@ -116,8 +118,10 @@ static int make_arena(const struct srv_registry *r, const char *memfd_name, uint
 				      .name = memfd_name };
 	int err = de_arena_create(&ac, out);
 	if (err && r->numa_node >= 0) {
-		srv_log(SRV_LOG_WARN, "arena '%s' on NUMA node %d failed (%s); trying unbound",
-			memfd_name, r->numa_node, strerror(-err));
+		srv_logf(SRV_LOG_WARN, SRV_KV(SRV_F_STR("arena", memfd_name),
+					     SRV_F_INT("numa_node", r->numa_node), SRV_F_ERRNO(err)),
+			 "arena '%s' on NUMA node %d failed (%s); trying unbound", memfd_name,
+			 r->numa_node, strerror(-err));
 		ac.numa_node = DE_NUMA_NONE;
 		err = de_arena_create(&ac, out);
 	}
@@ -474,12 +478,19 @@ void srv_batch_keep_strings(const struct srv_batch *b)
 		if (b->status[i] != DE_CREATED)
 			continue;
 		int err = srv_table_keep_string(t, b->keys[i], b->sbuf + b->soff[i], b->slen[i]);
+		static struct srv_log_limit lim; /* per key: at most a line a second */
+		uint64_t quiet;
+		if (!err || !srv_log_limit_due(&lim, &quiet))
+			continue;
 		if (err == -EEXIST) /* not expected: strings are kept before their rows exist */
-			srv_log(SRV_LOG_WARN, "table '%s': a new key's string has the fingerprint "
-				"%016llx of another key's string, kept while this request ran",
-				t->name, (unsigned long long)b->keys[i]);
-		else if (err)
-			srv_log(SRV_LOG_WARN, "table '%s': cannot keep a key string: %s", t->name,
-				strerror(-err));
+			srv_logf(SRV_LOG_WARN, SRV_KV(SRV_F_TABLE(t->name),
+						     SRV_F_UINT("suppressed", quiet)),
+				 "table '%s': a new key's string has the fingerprint "
+				 "%016llx of another key's string, kept while this request ran",
+				 t->name, (unsigned long long)b->keys[i]);
+		else
+			srv_logf(SRV_LOG_WARN, SRV_KV(SRV_F_TABLE(t->name), SRV_F_ERRNO(err),
+						     SRV_F_UINT("suppressed", quiet)),
+				 "table '%s': cannot keep a key string: %s", t->name, strerror(-err));
 	}
 }
