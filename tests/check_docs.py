@@ -71,13 +71,14 @@ def help_flags(dynembd):
 
 
 def ctl_commands(dynembctl):
-    """The commands of dynembctl --help: the lines of its Commands block indented by two."""
+    """The commands of dynembctl --help: the lines indented by two from its "Commands"
+    heading to its "Options" heading (every group of commands between them)."""
     cmds, inside = [], False
     for line in run([dynembctl, "--help"]).splitlines():
         if line.startswith("Commands"):
             inside = True
             continue
-        if inside and not line.strip():
+        if inside and line.startswith("Options"):
             break
         m = re.match(r"^  ([a-z][a-z0-9-]*)\b", line)
         if inside and m:
