@@ -16,9 +16,10 @@ icount.c says why), divides by the keys and compares with the recorded figure:
   within                                  ok
 
 The counts depend on the compiler and its flags. They are recorded for the release build
-(meson setup --buildtype=release: what .ci/run builds as build-release) and the file says
-which compiler made them. A build of another build type is refused (exit 2: its counts
-mean nothing against these). Another compiler version is warned about, and its growths are
+(meson setup --buildtype=release without -Dfault_injection: .ci/run's build-release; the
+program reports its build type, with "+fault_injection" when set) and the file says which
+compiler made them. A build of another type is refused (exit 2: its counts mean nothing
+against these). Another compiler version is warned about, and its growths are
 reported but do not fail (exit 0; --strict makes them fail): rerecord with --update on the
 new compiler.
 
@@ -261,6 +262,10 @@ def main(argv):
         if not exists:
             raise Error(f"{a.expected} does not exist: record it with --update")
 
+        if exp.valgrind and meas.valgrind and exp.valgrind != meas.valgrind:
+            print(f"icount: note: recorded under {exp.valgrind}, measured under"
+                  f" {meas.valgrind} (callgrind's Ir counts guest instructions: the same"
+                  " across versions, as far as we know)")
         compiler_differs = exp.compiler is not None and exp.compiler != meas.compiler
         if compiler_differs:
             print(f"icount: WARNING: the counts were recorded with '{exp.compiler}', this build"
