@@ -35,7 +35,7 @@
  * stragglers do not move.
  *
  * Output: one line on stdout, "icount workload=NAME keys_per_dump=K dumps=D aggregate=sum|
- * median compiler=... buildtype=..." that the runner parses with the dumps. Exit status: 0
+ * median buildtype=TYPE compiler=NAME VERSION" that the runner parses with the dumps. Exit status: 0
  * done, 1 a failure (named on stderr), 2 bad usage.
  *
  * Ownership: each workload frees what it made; the daemon is SIGTERMed and reaped, its work

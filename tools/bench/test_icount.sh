@@ -84,6 +84,9 @@ compare() {
   figures "$m.debug" "gcc 12.2.0" debugoptimized 1.0
   run "a non-release build is refused" 2 "the measured build is 'debugoptimized'" \
     --measured "$m.debug" --expected "$e"
+  figures "$m.fi" "gcc 12.2.0" release+fault_injection 1.0
+  run "a fault-injection build is refused" 2 "the measured build is 'release+fault_injection'" \
+    --measured "$m.fi" --expected "$e"
   # --update rewrites the file: the same figures then pass, the old file's growth is gone
   figures "$e" "gcc 12.2.0" release 0.8
   run "--update rewrites" 0 "wrote $e" --measured "$m" --expected "$e" --update --reason "test"
