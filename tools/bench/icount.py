@@ -189,7 +189,8 @@ def measure(build, workloads, valgrind):
 
 
 def pct(new, old):
-    return (new - old) / old * 100.0
+    d = (new - old) / old * 100.0
+    return d if abs(d) >= 0.05 else 0.0  # no "-0.0%" from the recorded figure's rounding
 
 
 def main(argv):
