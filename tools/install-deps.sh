@@ -19,6 +19,8 @@ pkgs=(
   python3-venv python3-setuptools python3-pip  # .venv, and the venvs the tests make from it
   fio                                       # dynemb-bench persist's file-system baseline
   libmicrohttpd-dev                         # the daemon's /metrics endpoint (Prometheus)
+  valgrind                                  # callgrind and its headers: the instruction-count
+                                            # gate (tools/bench/icount.py, .ci/run)
 )
 
 missing=()
