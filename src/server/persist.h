@@ -31,6 +31,7 @@
 #define SRV_EXIT_CORRUPT 3
 
 struct srv_persist;
+struct de_wal_stats; /* de_uring.h */
 
 /* One table of the catalog (its on-disk entry: persist_catalog.c). */
 struct srv_catalog_entry {
@@ -108,6 +109,11 @@ int srv_persist_sync(struct srv_persist *p, uint64_t lsn);
 int srv_persist_ack_hold(struct srv_persist *p, const struct srv_table *t);
 /* STATS: wal_lsn, durable_lsn, snapshots, snapshot_lsn, read_only. */
 void srv_persist_stats(struct srv_persist *p, struct srv_table *t, struct de_wire_stats *ws);
+/* /metrics: the WAL's counters (de_wal_stats); -ENOENT without a WAL. Any thread. */
+int srv_persist_wal_stats(struct srv_persist *p, struct de_wal_stats *out);
+/* /metrics: CLOCK_MONOTONIC ns of t's last checkpoint in this run (0: none yet). Any
+ * thread, under the registry's lock (tables.h: t's ps does not go meanwhile). */
+uint64_t srv_persist_snapshot_mono_ns(const struct srv_table *t);
 
 /* SNAPSHOT, EXPORT, IMPORT (checked by srv_check_msg; the caller checked the client's
  * right on the table) from connection `client` of uid/gid on socket sock: resolve the

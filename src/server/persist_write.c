@@ -161,3 +161,16 @@ void srv_persist_stats(struct srv_persist *p, struct srv_table *t, struct de_wir
 	ws->snapshots = __atomic_load_n(&ps->snapshots, __ATOMIC_RELAXED);
 	ws->snapshot_lsn = __atomic_load_n(&ps->snapshot_lsn, __ATOMIC_RELAXED);
 }
+
+int srv_persist_wal_stats(struct srv_persist *p, struct de_wal_stats *out)
+{
+	if (!p || !p->wal)
+		return -ENOENT;
+	return de_wal_stats(p->wal, out);
+}
+
+uint64_t srv_persist_snapshot_mono_ns(const struct srv_table *t)
+{
+	const struct srv_table_persist *ps = t->ps;
+	return ps ? __atomic_load_n(&ps->snapshot_ns, __ATOMIC_RELAXED) : 0;
+}
