@@ -219,6 +219,47 @@ def test_label_values_escaped_and_dropped_tables_go(mdaemon):
     assert value(fams, "dynemb_table_rows", table=name) is None
 
 
+def test_scrapes_while_tables_come_and_go(mdaemon):
+    """Scrapes in a loop on another thread while tables are created, used and dropped: a
+    scrape reads each table under the registry's lock, so it never sees one half freed
+    (an ASan daemon, DYNEMBD=build-asan/..., turns a use after free into a failure)."""
+    import threading
+    sock, base = mdaemon
+    stop = threading.Event()
+    bad = []
+    scrapes = [0]
+
+    def scraper():
+        while not stop.is_set():
+            try:
+                _, fams = scrape(base)
+                assert "dynemb_table_rows" in fams
+                scrapes[0] += 1
+            except Exception as e:  # reported below
+                bad.append(repr(e))
+                return
+
+    th = threading.Thread(target=scraper)
+    th.start()
+    try:
+        for i in range(20):
+            name = f"m_churn{i % 3}"
+            with dynemb.Client(sock, name="churn") as c:
+                t = c.open(name, DIM, durability="async" if i % 2 else "none",
+                           optimizer="sgd" if i % 2 else None)
+                t.lookup(np.arange(1, 65, dtype=np.uint64))
+            with dynemb.Client(sock, name="churn") as c:
+                c.drop_table(name)
+    finally:
+        stop.set()
+        th.join(timeout=30)
+    assert not bad, bad
+    assert scrapes[0] > 0
+    _, fams = scrape(base)
+    assert not any(s.labels.get("table", "").startswith("m_churn")
+                   for s in fams["dynemb_table_rows"].samples)
+
+
 def test_not_found_and_method_not_allowed(mdaemon):
     _, base = mdaemon
     status, _, _ = _get(base + "/")
