@@ -169,6 +169,17 @@ static void copy_table(struct srv_server *s, struct srv_table *t, struct snap *x
 	x->snapshot_ns = srv_persist_snapshot_mono_ns(t);
 }
 
+/* The pages label: the [pages] mode words, stable whatever de_pages_name prints. */
+static const char *pages_label(enum de_pages p)
+{
+	switch (p) {
+	case DE_PAGES_HUGETLB: return "hugetlb";
+	case DE_PAGES_THP: return "thp";
+	case DE_PAGES_SMALL: return "small";
+	default: return "unknown";
+	}
+}
+
 static void table_label(struct buf *b, const struct snap *x)
 {
 	put(b, "table=\"");
@@ -291,7 +302,7 @@ static void put_tables(struct buf *b, const struct snap *x, unsigned n, uint64_t
 	for (unsigned i = 0; i < n; i++) {
 		put(b, "dynemb_table_pages_info{");
 		table_label(b, &x[i]);
-		put(b, ",pages=\"%s\"} 1\n", de_pages_name(x[i].pages));
+		put(b, ",pages=\"%s\"} 1\n", pages_label(x[i].pages));
 	}
 	family(b, "dynemb_table_snapshot_age_seconds", "gauge",
 	       "Seconds since the table's last snapshot of this run (absent: none yet).");
