@@ -189,6 +189,12 @@ def test_counts_follow_the_work(mdaemon):
         keys = np.arange(1000, 1000 + n_keys, dtype=np.uint64)
         for _ in range(n_lookups):
             t.lookup(keys)
+        # a lookup larger than a worker's slice of a pass (worker.c: served in chunks of
+        # at most 4096 / (DIM + 1) keys, pass after pass) is one request per descriptor:
+        # libdynemb sends a blocking batch as up to 4 descriptors, the worker would make
+        # about 25 chunks of them
+        big = c.open("m_chunked", DIM)
+        big.lookup(np.arange(1, 20001, dtype=np.uint64))
         with pytest.raises(dynemb.DynembError):
             nopt.apply_gradients(keys[:3], np.ones((3, DIM), np.float32))
         _, after = scrape(base)
@@ -200,6 +206,8 @@ def test_counts_follow_the_work(mdaemon):
     assert value(after, *req, table="m_noopt", op="apply_grads") == 1
     assert value(after, *err, table="m_noopt", op="apply_grads") == 1
     assert value(after, "dynemb_table_rows", table="m_counts") == n_keys
+    assert 1 <= value(after, *req, table="m_chunked", op="lookup") <= 4
+    assert value(after, "dynemb_table_rows", table="m_chunked") == 20000
     assert value(after, "dynemb_table_arena_bytes", table="m_counts") > 0
     hist_count = value(after, "dynemb_request_duration_seconds",
                        "dynemb_request_duration_seconds_count", table="m_counts", op="lookup")
