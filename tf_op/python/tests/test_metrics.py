@@ -325,6 +325,8 @@ def _refused(tmp, listen):
     ("::1:9464", "an IPv6 address goes in brackets"),
     ("[::1:9464", "is not [IPV6]:PORT"),
     ("example.com:9464", "names are not resolved"),
+    ("h" * 70 + ":9464", "the host is too long"),
+    ("[fe80::zz]:9464", "'fe80::zz' is not an IPv6 address"),
 ])
 def test_bad_listen_value_refused(tmp_path, listen, why):
     rc, out = _refused(tmp_path, listen)
@@ -339,6 +341,15 @@ def test_bad_listen_in_config_file_names_line(tmp_path):
                           capture_output=True, text=True, timeout=10)
     assert proc.returncode == 2
     assert f"{conf}:2: [metrics] listen '127.0.0.1:0'" in proc.stderr, proc.stderr
+
+
+def test_unknown_metrics_key_refused(tmp_path):
+    conf = tmp_path / "d.conf"
+    conf.write_text("[metrics]\nlisten = 9464\nport = 9464\n")
+    proc = subprocess.run([_dynembd_path(), "--config", str(conf), "--print-config"],
+                          capture_output=True, text=True, timeout=10)
+    assert proc.returncode == 2
+    assert f"{conf}:3: unknown key 'port' in [metrics]" in proc.stderr, proc.stderr
 
 
 def test_print_config_shows_metrics(tmp_path):
