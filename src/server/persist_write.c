@@ -1,6 +1,7 @@
 /*
  * persist_write.c — the workers' write path of persistence (persist.h): the check before
- * a write, the WAL record after it, the round's sync, and STATS.
+ * a write, the WAL record after it, the round's sync, STATS and what /metrics reads
+ * (the WAL's counters, a table's last snapshot time).
  *
  * Write path (worker.c calls these). Before a write on an ASYNC/SYNC table:
  * srv_persist_write_check (-EROFS once the WAL failed). After it succeeded:
