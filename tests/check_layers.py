@@ -28,6 +28,7 @@ The layer order, bottom (0) to top:
   7 control   control.h             the control plane (open -> learning -> persistence)
               control_int.h         (private to control*.c: DROP in control_drop.c,
                                     the queries in control_query.c)
+    metrics   metrics.h             Prometheus /metrics on its own thread (libmicrohttpd)
   8 main                            main.c
 
 Headers from outside src/server (proto.h, de_shm.h, de_learn.h, de_uring.h) are below
@@ -57,6 +58,7 @@ HEADERS = {
     "slowpool.h": (6, "worker"),
     "control.h": (7, "control"),
     "control_int.h": (7, "control"),
+    "metrics.h": (7, "metrics"),
 }
 
 # source file -> module (its layer is the module's)
@@ -86,6 +88,7 @@ SOURCES = {
     "control.c": "control",
     "control_drop.c": "control",
     "control_query.c": "control",
+    "metrics.c": "metrics",
     "main.c": "main",
 }
 

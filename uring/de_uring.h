@@ -315,6 +315,8 @@ int de_wal_failed(de_wal *w, char *why, size_t cap);
  * dirty set is taken (de_dirty_take). See "fuzzy snapshot" above. */
 int de_wal_cut(de_wal *w, de_dirty *d, uint64_t *start_lsn, uint64_t **keys, size_t *n);
 
+#define DE_WAL_FLUSH_BUCKETS 21u
+#define DE_WAL_FLUSH_BOUND_NS(i) (1000ull << (i))
 struct de_wal_stats {
 	uint64_t next_lsn, durable_lsn;
 	uint64_t flushes;       /* write + fdatasync rounds */
@@ -322,6 +324,10 @@ struct de_wal_stats {
 	uint64_t bytes_written;
 	uint64_t segments;      /* segments this handle created */
 	uint64_t flush_ns_max;  /* longest flush, buffer taken to durable (write + fdatasync) */
+	uint64_t flush_ns_sum;  /* every successful flush's time, added up */
+	/* successful flushes by time: flush_le[i] took at most DE_WAL_FLUSH_BOUND_NS(i)
+	 * (1 us * 2^i) and more than bound i - 1; the last one more than every bound */
+	uint64_t flush_le[DE_WAL_FLUSH_BUCKETS + 1];
 	bool registered;        /* the buffers are registered with the ring (else plain writes) */
 };
 int de_wal_stats(de_wal *w, struct de_wal_stats *out);

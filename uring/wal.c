@@ -449,6 +449,10 @@ static int flush_locked(de_wal *w)
 	} else {
 		w->durable_lsn = b->last_lsn;
 		w->st.flushes++;
+		w->st.flush_ns_sum += took;
+		uint64_t q = took ? (took - 1) / 1000 : 0; /* bucket i: took <= 1000 << i */
+		unsigned i = q ? 64u - (unsigned)__builtin_clzll(q) : 0;
+		w->st.flush_le[i < DE_WAL_FLUSH_BUCKETS ? i : DE_WAL_FLUSH_BUCKETS]++;
 	}
 	b->len = 0;
 	b->last_lsn = 0;

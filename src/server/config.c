@@ -4,6 +4,9 @@
  * then command-line flags, each later source overriding the earlier. Every value goes
  * through one setter (set_key), so a key means the same in the file and as a flag.
  *
+ * Sections: [server], [pages], [memory], [quota], [learn], [persistence], [metrics]
+ * (set_metrics_key: the /metrics listen address), [namespace NAME] (config_ns.c).
+ *
  * Errors name where the value came from ("FILE:LINE: ..." or "--flag: ...") and make
  * the daemon exit with status 2. Owns nothing after srv_config_load returns.
  */
@@ -14,6 +17,7 @@
 #include "validate.h" /* SRV_MAX_BATCH_LIMIT */
 #include "de_uring.h" /* DE_WAL_MIN_SEGMENT, DE_WAL_MAX_SEGMENT */
 
+#include <arpa/inet.h>
 #include <ctype.h>
 #include <errno.h>
 #include <getopt.h>
@@ -21,6 +25,7 @@
 #include <ini.h>
 #include <inttypes.h>
 #include <limits.h>
+#include <netinet/in.h>
 #include <pwd.h>
 #include <stdio.h>
 #include <sys/stat.h>
@@ -28,8 +33,6 @@
 #include <string.h>
 #include <strings.h>
 #include <unistd.h>
-
-#define DYNEMBD_VERSION "0.1.0"
 
 /* The built-in configuration: what runs when there is no file. */
 static const char DEFAULT_CONFIG[] =
@@ -70,7 +73,9 @@ static const char DEFAULT_CONFIG[] =
 	"export_dir =\n"
 	"[log]\n"
 	"level = info\n"
-	"format = logfmt\n";
+	"format = logfmt\n"
+	"[metrics]\n"
+	"listen =\n";
 
 static const char *trim(char *s)
 {
@@ -179,6 +184,104 @@ static int set_log_key(struct srv_config *c, const char *key, const char *v, cha
 		return -1;
 	}
 	return 0;
+}
+
+/* ---- [metrics] ------------------------------------------------------------------------ */
+
+/*
+ * [metrics] listen: "" (off), "PORT" or ":PORT" (loopback: 127.0.0.1), "IPV4:PORT",
+ * "localhost:PORT" (127.0.0.1), "[IPV6]:PORT". Names other than localhost are not
+ * resolved (a daemon's bind address should not depend on DNS). 0 or -1 with err.
+ */
+static int parse_listen(struct srv_config *c, const char *v, char *err, size_t errcap)
+{
+	c->metrics_on = false;
+	memset(&c->metrics_addr, 0, sizeof c->metrics_addr);
+	c->metrics_addrlen = 0;
+	if (!*v)
+		return 0;
+	char host[64] = "";
+	const char *port;
+	bool v6 = false;
+	if (*v == '[') {
+		const char *end = strchr(v, ']');
+		if (!end || end[1] != ':' || (size_t)(end - v - 1) >= sizeof host) {
+			snprintf(err, errcap, "[metrics] listen '%s' is not [IPV6]:PORT", v);
+			return -1;
+		}
+		memcpy(host, v + 1, (size_t)(end - v - 1));
+		port = end + 2;
+		v6 = true;
+	} else {
+		const char *colon = strrchr(v, ':');
+		if (colon && strchr(v, ':') != colon) {
+			snprintf(err, errcap, "[metrics] listen '%s': an IPv6 address goes in "
+				 "brackets, as in [::1]:9464", v);
+			return -1;
+		}
+		if (colon && (size_t)(colon - v) >= sizeof host) {
+			snprintf(err, errcap, "[metrics] listen '%s': the host is too long", v);
+			return -1;
+		}
+		if (colon)
+			memcpy(host, v, (size_t)(colon - v));
+		port = colon ? colon + 1 : v;
+	}
+	uint64_t pn;
+	if (parse_u64(port, 1, 65535, &pn)) {
+		snprintf(err, errcap, "[metrics] listen '%s': port '%s' is not a number in "
+			 "1..65535 (as in 127.0.0.1:9464)", v, port);
+		return -1;
+	}
+	if (v6) {
+		struct sockaddr_in6 *a = (struct sockaddr_in6 *)&c->metrics_addr;
+		a->sin6_family = AF_INET6;
+		a->sin6_port = htons((uint16_t)pn);
+		if (inet_pton(AF_INET6, host, &a->sin6_addr) != 1) {
+			snprintf(err, errcap, "[metrics] listen '%s': '%s' is not an IPv6 address",
+				 v, host);
+			return -1;
+		}
+		c->metrics_addrlen = sizeof *a;
+	} else {
+		struct sockaddr_in *a = (struct sockaddr_in *)&c->metrics_addr;
+		a->sin_family = AF_INET;
+		a->sin_port = htons((uint16_t)pn);
+		const char *h = !*host || !strcasecmp(host, "localhost") ? "127.0.0.1" : host;
+		if (inet_pton(AF_INET, h, &a->sin_addr) != 1) {
+			snprintf(err, errcap, "[metrics] listen '%s': '%s' is not an IPv4 address, "
+				 "localhost or [IPV6] (names are not resolved)", v, host);
+			return -1;
+		}
+		c->metrics_addrlen = sizeof *a;
+	}
+	c->metrics_on = true;
+	return 0;
+}
+
+static int set_metrics_key(struct srv_config *c, const char *key, const char *v, char *err,
+			   size_t errcap)
+{
+	if (!strcmp(key, "listen"))
+		return parse_listen(c, v, err, errcap);
+	snprintf(err, errcap, "unknown key '%s' in [metrics]", key);
+	return -1;
+}
+
+void srv_config_metrics_addr(const struct srv_config *c, char *buf, size_t cap)
+{
+	char h[INET6_ADDRSTRLEN] = "";
+	if (!c->metrics_on) {
+		snprintf(buf, cap, "%s", "");
+	} else if (c->metrics_addr.ss_family == AF_INET6) {
+		const struct sockaddr_in6 *a = (const void *)&c->metrics_addr;
+		inet_ntop(AF_INET6, &a->sin6_addr, h, sizeof h);
+		snprintf(buf, cap, "[%s]:%u", h, (unsigned)ntohs(a->sin6_port));
+	} else {
+		const struct sockaddr_in *a = (const void *)&c->metrics_addr;
+		inet_ntop(AF_INET, &a->sin_addr, h, sizeof h);
+		snprintf(buf, cap, "%s:%u", h, (unsigned)ntohs(a->sin_port));
+	}
 }
 
 /* Set one key. 0, or -1 with a message in err ("unknown key" gets -2). */
@@ -349,6 +452,8 @@ static int set_key(struct srv_config *c, const char *section, const char *key, c
 		}
 	} else if (!strcmp(section, "log")) {
 		return set_log_key(c, key, v, err, errcap);
+	} else if (!strcmp(section, "metrics")) {
+		return set_metrics_key(c, key, v, err, errcap);
 	} else if (!strncmp(section, "namespace", 9)) {
 		return srv_ns_set(&c->ns, section + 9, key, val, err, errcap);
 	} else {
@@ -390,8 +495,8 @@ static void usage(FILE *f)
 		"these flags. Each flag sets the config key named after it.\n"
 		"\n"
 		"  -c, --config FILE         INI file with [server], [pages], [memory], [quota],\n"
-		"                            [learn], [persistence], [log], [namespace NAME] (table\n"
-		"                            rights)\n"
+		"                            [learn], [persistence], [log], [metrics],\n"
+		"                            [namespace NAME] (table rights)\n"
 		"  -s, --socket PATH         [server] socket: control socket (default %s;\n"
 		"                            its directory is created)\n"
 		"  -w, --workers N           [server] workers: data-plane threads, 1..%u (default 1)\n"
@@ -449,6 +554,9 @@ static void usage(FILE *f)
 		"                            MANIFEST while snapshots or WAL segments remain (else\n"
 		"                            exit 3): without CATALOG no table is recovered, without\n"
 		"                            MANIFEST every WAL record still there is replayed\n"
+		"      --metrics-listen ADDR [metrics] listen: serve Prometheus /metrics over HTTP\n"
+		"                            at ADDR: PORT or :PORT (127.0.0.1), IPV4:PORT,\n"
+		"                            localhost:PORT, [IPV6]:PORT (default empty: off)\n"
 		"  -f, --foreground          stay in the foreground (default: detach after binding)\n"
 		"      --print-config        print the effective configuration and exit\n"
 		"  -h, --help                this text\n"
@@ -465,7 +573,7 @@ static void usage(FILE *f)
 enum { O_POLL = 256, O_BATCH, O_SQ, O_DATA, O_MAXDATA, O_PAGES, O_NUMA, O_SEG, O_RES,
        O_PRINT, O_VERSION, O_HOSTB, O_TIER, O_TOPK, O_REBUILD, O_SNAPINT, O_WALSEG, O_EXPDIR,
        O_SALVAGE, O_HELLO_TO, O_PERUID, O_QUT, O_QHT, O_QUB, O_QHB, O_QTB, O_TOPKCOST,
-       O_LOGFMT };
+       O_LOGFMT, O_METRICS };
 
 static const struct option opts[] = {
 	{ "config", required_argument, NULL, 'c' },
@@ -500,6 +608,7 @@ static const struct option opts[] = {
 	{ "snapshot-interval-s", required_argument, NULL, O_SNAPINT },
 	{ "wal-segment-bytes", required_argument, NULL, O_WALSEG },
 	{ "export-dir", required_argument, NULL, O_EXPDIR },
+	{ "metrics-listen", required_argument, NULL, O_METRICS },
 	{ "recover-from-wal", no_argument, NULL, O_SALVAGE },
 	{ "foreground", no_argument, NULL, 'f' },
 	{ "print-config", no_argument, NULL, O_PRINT },
@@ -535,6 +644,7 @@ static bool flag_key(int o, const char **section, const char **key)
 		{ O_SNAPINT, "persistence", "snapshot_interval_s" },
 		{ O_WALSEG, "persistence", "wal_segment_bytes" },
 		{ O_EXPDIR, "persistence", "export_dir" },
+		{ O_METRICS, "metrics", "listen" },
 	};
 	for (size_t i = 0; i < sizeof map / sizeof map[0]; i++)
 		if (map[i].o == o) {
@@ -682,5 +792,8 @@ void srv_config_print(const struct srv_config *c, FILE *f)
 		c->data_dir, c->snapshot_interval_s, c->wal_segment_bytes, c->export_dir);
 	fprintf(f, "[log]\nlevel = %s\nformat = %s\n", srv_log_level_name(c->log_level),
 		srv_log_format_name(c->log_format));
+	char addr[80];
+	srv_config_metrics_addr(c, addr, sizeof addr);
+	fprintf(f, "[metrics]\nlisten = %s\n", addr);
 	srv_ns_print(&c->ns, f);
 }

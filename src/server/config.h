@@ -10,11 +10,18 @@
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <sys/socket.h>
 #include <sys/types.h>
 
 #include "config_ns.h"
 #include "de_shm.h"
 
+/* The version meson's project() gives (-DDYNEMB_VERSION on the daemon's library). */
+#ifdef DYNEMB_VERSION
+#define DYNEMBD_VERSION DYNEMB_VERSION
+#else
+#define DYNEMBD_VERSION "unknown"
+#endif
 #define SRV_MAX_IDS 64u                 /* entries in allow_uids / allow_gids */
 #define SRV_MAX_WORKERS 64u
 #define SRV_MAX_CONNECTIONS 4096u       /* open client sockets, all uids together */
@@ -52,6 +59,10 @@ struct srv_config {
 	unsigned snapshot_interval_s; /* [persistence]: checkpoint dirty tables; 0 = never */
 	uint64_t wal_segment_bytes;   /* [persistence]: WAL segment size (64K..1G) */
 	char export_dir[200];    /* [persistence]: EXPORT/IMPORT paths must lie under it; "" = off */
+	/* [metrics] listen: the Prometheus /metrics address (metrics.c); off when empty */
+	bool metrics_on;
+	struct sockaddr_storage metrics_addr; /* AF_INET or AF_INET6, port set */
+	socklen_t metrics_addrlen;
 	struct srv_namespaces ns; /* [namespace NAME] sections: who may do what to which
 	                             tables (config_ns.h; authz.c decides) */
 	bool foreground;
@@ -64,5 +75,7 @@ struct srv_config {
  * an error to stderr (the exit status for bad configuration). */
 int srv_config_load(struct srv_config *cfg, int argc, char **argv);
 void srv_config_print(const struct srv_config *cfg, FILE *f);
+/* [metrics] listen as "HOST:PORT" ("[V6]:PORT"), "" when off: for messages. */
+void srv_config_metrics_addr(const struct srv_config *cfg, char *buf, size_t cap);
 
 #endif /* DE_SRV_CONFIG_H */

@@ -179,7 +179,7 @@ static void client_free(struct ctl *x, struct srv_client *c)
 	if (c->sock >= 0 && !c->hello_done)
 		x->npending--;
 	if (c->w)
-		c->w->nclients--;
+		__atomic_fetch_sub(&c->w->nclients, 1, __ATOMIC_RELAXED); /* /metrics reads it */
 	for (uint32_t i = 0; i < c->ntables; i++) /* its worker let go: a DROP may free them */
 		c->tables[i]->refs--;
 	de_channel_destroy(c->ch);
@@ -460,7 +460,7 @@ static bool on_hello(struct ctl *x, struct srv_client *c, const struct de_msg_he
 	c->hello_done = true;
 	x->npending--;
 	c->w = best;
-	best->nclients++;
+	__atomic_fetch_add(&best->nclients, 1, __ATOMIC_RELAXED);
 	pthread_mutex_lock(&best->mu);
 	best->mail[best->nmail++] = c;
 	pthread_mutex_unlock(&best->mu);
@@ -562,6 +562,7 @@ static bool on_open(struct ctl *x, struct srv_client *c, const struct de_msg_ope
 		send_error(c, m->h.seq, err, "%s", msg);
 		return true;
 	}
+	srv_registry_lock(&x->s->reg); /* a new table's layers attach unseen by /metrics */
 	err = open_table(x->s, c->uid, name, &cfg, &learn, &t, &created, msg, sizeof msg);
 	if (!err && created) { /* the creator owns it (before the catalog records it) */
 		t->owner = c->uid;
@@ -569,6 +570,7 @@ static bool on_open(struct ctl *x, struct srv_client *c, const struct de_msg_ope
 	}
 	if (!err) /* durability: catalog entry and first snapshot */
 		err = srv_persist_table_open(x->s->persist, t, msg, sizeof msg);
+	srv_registry_unlock(&x->s->reg);
 	if (err) {
 		srv_log(SRV_LOG_INFO, "client %u: open '%s': %s", c->id, name, msg);
 		send_error(c, m->h.seq, err, "%s", msg);

@@ -73,9 +73,13 @@ void srv_control_drop(struct srv_server *s, struct srv_client *clients, struct s
 	}
 	if (!err)
 		err = srv_learn_table_can_drop(t, msg, sizeof msg);
+	/* /metrics reads t's layer state under the registry's lock: held from persistence's
+	 * teardown to the free */
+	srv_registry_lock(&s->reg);
 	if (!err)
 		err = srv_persist_table_drop(s->persist, t, msg, sizeof msg);
 	if (err) {
+		srv_registry_unlock(&s->reg);
 		srv_log(SRV_LOG_INFO, "client %u (uid %u): drop '%s': %s", c->id, (unsigned)c->uid,
 			name, msg);
 		srv_reply_error(c->sock, m->h.seq, err, 0, "%s", msg);
@@ -84,6 +88,7 @@ void srv_control_drop(struct srv_server *s, struct srv_client *clients, struct s
 	uint64_t bytes = t->quota ? srv_quota_acct_bytes(t->quota) : 0;
 	srv_learn_table_detach(s->learn, t);
 	srv_registry_drop(&s->reg, t); /* t is gone */
+	srv_registry_unlock(&s->reg);
 	srv_log(SRV_LOG_INFO, "client %u (uid %u) dropped table '%s': %" PRIu64 " MiB given back",
 		c->id, (unsigned)c->uid, name, bytes >> 20);
 	struct de_msg_drop_ok ok;

@@ -35,10 +35,6 @@
 #include "tables.h"
 #include "util.h"
 
-#ifndef DYNEMB_VERSION
-#define DYNEMB_VERSION "unknown"
-#endif
-
 static const char *const level_names[] = { "error", "warn", "info", "debug" };
 
 static void on_status(struct srv_server *s, const struct srv_client *clients,
@@ -47,7 +43,7 @@ static void on_status(struct srv_server *s, const struct srv_client *clients,
 	struct de_msg_status_ok ok;
 	memset(&ok, 0, sizeof ok);
 	srv_reply_hdr(&ok.h, DE_MSG_STATUS_OK, sizeof ok, seq);
-	snprintf(ok.version, sizeof ok.version, "%s", DYNEMB_VERSION);
+	snprintf(ok.version, sizeof ok.version, "%s", DYNEMBD_VERSION);
 	uint64_t now = srv_mono_ns();
 	ok.uptime_ms = now > s->start_ns ? (now - s->start_ns) / 1000000u : 0;
 	ok.pages_config = (uint32_t)s->reg.pages;

@@ -36,6 +36,7 @@
 #include "control.h"
 #include "learnops.h"
 #include "log.h"
+#include "metrics.h"
 #include "persist.h"
 #include "quota.h"
 #include "tables.h"
@@ -169,6 +170,18 @@ int main(int argc, char **argv)
 			hwloc_topology_destroy(s.topo);
 		return 1;
 	}
+	struct srv_metrics *metrics; /* [metrics] listen: bound now, served once workers run */
+	if (srv_metrics_bind(&s.cfg, &metrics)) {
+		close(listen_fd);
+		unlink(s.cfg.socket);
+		srv_persist_free(s.persist);
+		srv_learn_host_destroy(s.learn);
+		srv_registry_destroy(&s.reg);
+		srv_quota_destroy(quota);
+		if (s.topo)
+			hwloc_topology_destroy(s.topo);
+		return 1;
+	}
 	if (!s.cfg.foreground && daemon(0, 1) != 0) {
 		srv_logf(SRV_LOG_ERROR, SRV_KV(SRV_F_ERRNO(errno)), "cannot detach: %s",
 			 strerror(errno));
@@ -186,6 +199,10 @@ int main(int argc, char **argv)
 		srv_workers_stop(&s);
 		close(listen_fd);
 		unlink(s.cfg.socket);
+	} else if (srv_metrics_start(metrics, &s) != 0) { /* logged */
+		srv_workers_stop(&s);
+		close(listen_fd);
+		unlink(s.cfg.socket);
 	} else {
 		const char *pages = s.cfg.pages == DE_PAGES_AUTO ? "auto"
 								 : de_pages_name(s.cfg.pages);
@@ -199,6 +216,7 @@ int main(int argc, char **argv)
 			 s.cfg.poll_us);
 		status = srv_control_run(&s, listen_fd, sig_fd);
 	}
+	srv_metrics_free(metrics); /* a scrape reads the workers and the tables: first */
 	srv_workers_free(&s);
 	srv_learn_host_set_log(s.learn, NULL); /* the evictor stopped: nothing logs any more */
 	srv_learn_save_all(s.learn);           /* admission sketches (clean shutdown) */

@@ -32,6 +32,7 @@
 #include <unistd.h>
 
 #include "log.h"
+#include "util.h"
 
 void persist_wal_log(void *ctx, const char *line)
 {
@@ -134,6 +135,7 @@ int persist_checkpoint(struct srv_persist *p, struct srv_table *t, bool full, de
 	if (!err) {
 		__atomic_add_fetch(&ps->snapshots, 1, __ATOMIC_RELAXED);
 		__atomic_store_n(&ps->snapshot_lsn, info->start_lsn, __ATOMIC_RELAXED);
+		__atomic_store_n(&ps->snapshot_ns, srv_mono_ns(), __ATOMIC_RELAXED);
 		if (p->checkpointed) /* the learning state saved with it (admission sketch) */
 			p->checkpointed(p->checkpointed_ctx, t);
 	} else if (f) {

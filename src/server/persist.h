@@ -31,6 +31,7 @@
 #define SRV_EXIT_CORRUPT 3
 
 struct srv_persist;
+struct de_wal_stats; /* de_uring.h */
 
 /* One table of the catalog (its on-disk entry: persist_catalog.c). */
 struct srv_catalog_entry {
@@ -113,6 +114,11 @@ void srv_persist_stats(struct srv_persist *p, struct srv_table *t, struct de_wir
  * given, *durable_lsn: every record up to it is on disk. */
 int srv_persist_wal_state(struct srv_persist *p, uint64_t *last_lsn, uint64_t *durable_lsn,
 			  char *why, size_t cap);
+/* /metrics: the WAL's counters (de_wal_stats); -ENOENT without a WAL. Any thread. */
+int srv_persist_wal_stats(struct srv_persist *p, struct de_wal_stats *out);
+/* /metrics: CLOCK_MONOTONIC ns of t's last checkpoint in this run (0: none yet). Any
+ * thread, under the registry's lock (tables.h: t's ps does not go meanwhile). */
+uint64_t srv_persist_snapshot_mono_ns(const struct srv_table *t);
 
 /* SNAPSHOT, EXPORT, IMPORT (checked by srv_check_msg; the caller checked the client's
  * right on the table) from connection `client` of uid/gid on socket sock: resolve the

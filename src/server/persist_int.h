@@ -26,6 +26,7 @@ struct srv_table_persist {
 	int need_full;            /* atomic: the dirty set lost keys (-ENOMEM): next is full */
 	uint64_t snapshots;       /* atomic: checkpoints of this run */
 	uint64_t snapshot_lsn;    /* atomic: the cut of the last one (recovered: the manifest's) */
+	uint64_t snapshot_ns;     /* atomic: CLOCK_MONOTONIC of the last one of this run; 0 */
 	pthread_mutex_t ckpt;     /* one checkpoint of this table at a time */
 	int strings_fd;           /* string tables: strings-<id>.dks (persist_strings.c); -1 */
 	pthread_mutex_t strings_mu;

@@ -1,6 +1,7 @@
 /*
  * persist_write.c — the workers' write path of persistence (persist.h): the check before
- * a write, the WAL record after it, the round's sync, and STATS.
+ * a write, the WAL record after it, the round's sync, STATS and what /metrics reads
+ * (the WAL's counters, a table's last snapshot time).
  *
  * Write path (worker.c calls these). Before a write on an ASYNC/SYNC table:
  * srv_persist_write_check (-EROFS once the WAL failed). After it succeeded:
@@ -180,4 +181,17 @@ void srv_persist_stats(struct srv_persist *p, struct srv_table *t, struct de_wir
 	}
 	ws->snapshots = __atomic_load_n(&ps->snapshots, __ATOMIC_RELAXED);
 	ws->snapshot_lsn = __atomic_load_n(&ps->snapshot_lsn, __ATOMIC_RELAXED);
+}
+
+int srv_persist_wal_stats(struct srv_persist *p, struct de_wal_stats *out)
+{
+	if (!p || !p->wal)
+		return -ENOENT;
+	return de_wal_stats(p->wal, out);
+}
+
+uint64_t srv_persist_snapshot_mono_ns(const struct srv_table *t)
+{
+	const struct srv_table_persist *ps = t->ps;
+	return ps ? __atomic_load_n(&ps->snapshot_ns, __ATOMIC_RELAXED) : 0;
 }

@@ -7,13 +7,15 @@
  * the #include lines): the validators (validate.h) -> the log and util (log.h, util.h)
  * -> config and the reply encoder (config.h, reply.h) -> the table registry (tables.h, batch.h) -> learning (learnops.h) and
  * persistence (persist.h) on a batch description -> peers (src/peer, later) -> the worker
- * (worker.h, this header) -> the control plane (control.h) -> main.c.
+ * (worker.h, this header) -> the control plane (control.h) and, beside it, the /metrics
+ * endpoint (metrics.h) -> main.c.
  *
  * Threads (the whole concurrency story of the daemon): one control thread (control.c)
  * owns the listener, every client socket, the table registry and the client list; worker
  * threads (worker.c, whose header states the client hand-over) serve the channels; the
  * evictor and sampler threads (learnops.c), the persistence committer, checkpointer and
- * job threads (persist*.c). Tables live until the daemon exits or a DROP frees one
+ * job threads (persist*.c), and libmicrohttpd's thread serving /metrics (metrics.c:
+ * it reads tables under the registry's lock, tables.h). Tables live until the daemon exits or a DROP frees one
  * that no connection has open (control_drop.c).
  */
 #ifndef DE_SRV_SERVER_H

@@ -63,6 +63,17 @@ void srv_registry_init(struct srv_registry *r, enum de_pages pages, int numa_nod
 {
 	*r = (struct srv_registry){ .pages = pages, .numa_node = numa_node,
 				    .segment_bytes = segment_bytes, .reserve_bytes = reserve_bytes };
+	pthread_mutex_init(&r->mu, NULL);
+}
+
+void srv_registry_lock(struct srv_registry *r)
+{
+	pthread_mutex_lock(&r->mu);
+}
+
+void srv_registry_unlock(struct srv_registry *r)
+{
+	pthread_mutex_unlock(&r->mu);
 }
 
 void srv_registry_set_quota(struct srv_registry *r, struct srv_quota *q, uint64_t table_bytes)
@@ -108,6 +119,7 @@ void srv_registry_destroy(struct srv_registry *r)
 	}
 	r->head = NULL;
 	r->count = 0;
+	pthread_mutex_destroy(&r->mu);
 }
 
 static int make_arena(const struct srv_registry *r, const char *memfd_name, uint64_t seg,

@@ -19,6 +19,7 @@
 #ifndef DE_SRV_TABLES_H
 #define DE_SRV_TABLES_H
 
+#include <pthread.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -31,6 +32,24 @@
 
 struct srv_table_learn;   /* learnops.c */
 struct srv_table_persist; /* persist_*.c */
+
+/*
+ * Per-op counters of a table, for /metrics (metrics.c): one set per enum de_op, added to
+ * by the worker that completes a descriptor (relaxed atomics, once per descriptor, never
+ * per key) and read by the scrape thread. A descriptor's latency runs from the worker
+ * starting it to its completion being ready (a chunked LOOKUP: first chunk to last; TOPK
+ * and SAMPLE: queued to the slow pool until the worker takes their completion back). It
+ * lands in the first bucket i whose bound SRV_LAT_BOUND_NS(i) (1 us * 2^i, i <
+ * SRV_LAT_BUCKETS: up to ~1.05 s) it does not exceed, else in le[SRV_LAT_BUCKETS]; the
+ * buckets are not cumulative (the scrape sums them).
+ */
+#define SRV_OP_SLOTS (DE_OP_MAX + 1)
+#define SRV_LAT_BUCKETS 21u
+#define SRV_LAT_BOUND_NS(i) (1000ull << (i))
+struct srv_op_counters {
+	uint64_t le[SRV_LAT_BUCKETS + 1]; /* their sum is the op's request count */
+	uint64_t errors, sum_ns;          /* completions with res < 0; latencies' sum */
+};
 
 struct srv_table {
 	char name[DE_NAME_MAX];
@@ -70,9 +89,19 @@ struct srv_table {
 	/* control thread only: connections that have the table open (a DROP needs 0) */
 	unsigned refs;
 	struct srv_table *next;
+	struct srv_op_counters ops[SRV_OP_SLOTS]; /* workers add, /metrics reads (above) */
 };
 
+/*
+ * Other threads than the control thread (the /metrics scrape, metrics.c) walk the list
+ * and read each listed table's layer state (rt, ps: srv_table_wire_stats) under mu. The
+ * control thread holds mu while it changes either (srv_registry_lock): a new table from
+ * srv_registry_open until its last layer is attached (or it is discarded), a DROP from
+ * its persistence teardown until srv_registry_drop freed it. It reads without it. No
+ * worker ever takes mu, so a slow scrape delays only the control thread.
+ */
 struct srv_registry {
+	pthread_mutex_t mu;
 	struct srv_table *head;
 	unsigned count;
 	enum de_pages pages;
@@ -109,6 +138,9 @@ void srv_registry_discard(struct srv_registry *r, struct srv_table *t);
  * caller made sure nothing references it: no connection (refs 0), no job, and the
  * layers above let go of their state (rt and ps NULL). Control thread only. */
 void srv_registry_drop(struct srv_registry *r, struct srv_table *t);
+/* mu above: the control thread around changes, other threads around reads. */
+void srv_registry_lock(struct srv_registry *r);
+void srv_registry_unlock(struct srv_registry *r);
 /* The table called name, or NULL. Control thread (tables are only added there). */
 struct srv_table *srv_registry_find(const struct srv_registry *r, const char *name);
 

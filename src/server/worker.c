@@ -62,6 +62,11 @@
  * and back-offs are counted (STATS: dp_empty_wakes, dp_wake_backoffs) and logged at most
  * once per STORM_LOG_NS per worker.
  *
+ * Metrics: each descriptor completed on a table adds to that table's per-op counters
+ * (tables.h: a latency bucket, the latency sum, an error), relaxed atomics with one
+ * clock read pair per descriptor, never per key and never logged; /metrics (metrics.c)
+ * sums them at a scrape.
+ *
  * Never: block on a client, touch a client after releasing it, or trust any field of a
  * descriptor before checking it (the validators, validate.h: srv_check_sqe and
  * srv_check_string_keys, side-effect free, so tests/fuzz/fuzz_sqe.c drives them).
@@ -203,6 +208,24 @@ static int lookup_range(struct srv_worker *w, struct srv_table *t, char *data,
 	if (e->flags & DE_SQE_STATUS)
 		memcpy(data + e->status_off + off, w->status, n);
 	return 0;
+}
+
+/* One completed descriptor of op on t in the table's per-op counters (tables.h): its
+ * latency bucket, the sum, an error. Relaxed atomics: /metrics sums them at a scrape. */
+static void count_op(struct srv_table *t, uint32_t op, int32_t res, uint64_t t0)
+{
+	if (op == DE_OP_NOP || op > DE_OP_MAX)
+		return;
+	uint64_t ns = srv_mono_ns() - t0;
+	uint64_t q = ns ? (ns - 1) / 1000 : 0; /* bucket i: ns <= 1000 << i */
+	unsigned i = q ? 64u - (unsigned)__builtin_clzll(q) : 0;
+	if (i > SRV_LAT_BUCKETS)
+		i = SRV_LAT_BUCKETS;
+	struct srv_op_counters *k = &t->ops[op];
+	__atomic_fetch_add(&k->le[i], 1, __ATOMIC_RELAXED);
+	__atomic_fetch_add(&k->sum_ns, ns, __ATOMIC_RELAXED);
+	if (res < 0)
+		__atomic_fetch_add(&k->errors, 1, __ATOMIC_RELAXED);
 }
 
 /* Work units of a descriptor on t (NULL: not a table of the client): keys x (dim + 1)
@@ -562,12 +585,20 @@ static int step(struct srv_worker *w, struct srv_client *c, const struct de_sqe 
 	uint32_t nt = __atomic_load_n(&c->ntables, __ATOMIC_ACQUIRE);
 	struct srv_table *t = e->table < nt ? c->tables[e->table] : NULL;
 	uint64_t r0 = t ? de_table_index_refusals(t->t) : 0;
+	bool cont = c->has_cur && c->cur_started; /* a chunked LOOKUP going on */
+	uint64_t t0 = srv_mono_ns();
 	int st = step_run(w, c, t, nt, e, q, left);
 	if (!st && t && q->res == -ENOSPC && e->op != DE_OP_KEY_STRINGS) {
 		uint64_t r1 = de_table_index_refusals(t->t);
 		if (r1 > r0)
 			q->aux1 = r1;
 	}
+	if (t && !st)
+		count_op(t, e->op, q->res, cont ? c->cur_t0 : t0);
+	else if (st == 1 && !cont)
+		c->cur_t0 = t0;
+	else if (st == 2)
+		c->slow_t0 = t0;
 	return st;
 }
 
@@ -608,6 +639,7 @@ static int serve(struct srv_worker *w, struct srv_client *c)
 		if (!__atomic_load_n(&c->slow_done, __ATOMIC_ACQUIRE))
 			return 0; /* nothing else of c runs while its job is out */
 		c->slow_busy = false;
+		count_op(c->slow_t, c->slow_e.op, c->slow_q.res, c->slow_t0);
 		/* after the completions held before it (at most BUDGET - 1 of them) */
 		c->pending[c->npending++] = c->slow_q;
 		c->has_pending = true;

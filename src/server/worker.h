@@ -78,6 +78,7 @@ struct srv_client {
 	bool cur_started;         /* checked, and cur_done keys of it served */
 	struct de_sqe cur;
 	uint32_t cur_done, cur_found, cur_created;
+	uint64_t cur_t0;          /* monotonic ns its first chunk started (metrics) */
 	/* worker only: wake accounting (worker.c "Wake storms") */
 	bool woke;                /* its futex word moved while the worker slept */
 	uint32_t empty_wakes;     /* wakes in a row that brought no work */
@@ -92,6 +93,7 @@ struct srv_client {
 	struct srv_table *slow_t;
 	struct de_cqe slow_q;     /* pool writes, worker reads after slow_done */
 	struct srv_client *slow_next; /* the pool's queue (under its lock) */
+	uint64_t slow_t0;         /* worker only: monotonic ns it was queued (metrics) */
 };
 
 struct srv_worker {
@@ -106,7 +108,8 @@ struct srv_worker {
 	struct srv_client *mail[SRV_MAX_CLIENTS_PER_WORKER]; /* clients to add */
 	unsigned nmail;
 	int stop;                 /* atomic: drain and exit */
-	unsigned nclients;        /* control thread's count (assigned, not yet freed) */
+	unsigned nclients;        /* control thread's count (assigned, not yet freed; written
+	                             with atomics: /metrics reads it) */
 	/* worker only */
 	struct srv_client *active[SRV_MAX_CLIENTS_PER_WORKER];
 	unsigned nactive;
