@@ -69,6 +69,10 @@
 #include "validate.h"
 #include "worker.h"
 
+/* The fields that name a connection in a log line. */
+#define CLIENT_FIELDS(c) SRV_F_UINT("client", (c)->id), SRV_F_INT("pid", (c)->pid), \
+	SRV_F_UINT("uid", (c)->uid)
+
 #define EV_LISTEN 1u
 #define EV_SIGNAL 2u
 #define EV_RELEASE 3u
@@ -119,7 +123,8 @@ int srv_listen(const char *path, int *out_fd)
 	strcpy(sa.sun_path, path);
 	int err = mkdirs(path);
 	if (err) {
-		srv_log(SRV_LOG_ERROR, "cannot create the directory of %s: %s", path, strerror(-err));
+		srv_logf(SRV_LOG_ERROR, SRV_KV(SRV_F_PATH(path), SRV_F_ERRNO(err)),
+			 "cannot create the directory of %s: %s", path, strerror(-err));
 		return err;
 	}
 	int fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
@@ -128,7 +133,8 @@ int srv_listen(const char *path, int *out_fd)
 	struct stat st;
 	if (lstat(path, &st) == 0) {
 		if (!S_ISSOCK(st.st_mode)) {
-			srv_log(SRV_LOG_ERROR, "%s exists and is not a socket", path);
+			srv_logf(SRV_LOG_ERROR, SRV_KV(SRV_F_PATH(path)), "%s exists and is not a socket",
+				 path);
 			close(fd);
 			return -EEXIST;
 		}
@@ -137,7 +143,8 @@ int srv_listen(const char *path, int *out_fd)
 		if (probe >= 0 && connect(probe, (struct sockaddr *)&sa, sizeof sa) == 0) {
 			close(probe);
 			close(fd);
-			srv_log(SRV_LOG_ERROR, "another dynembd is serving %s", path);
+			srv_logf(SRV_LOG_ERROR, SRV_KV(SRV_F_PATH(path)), "another dynembd is serving %s",
+				 path);
 			return -EADDRINUSE;
 		}
 		if (probe >= 0)
@@ -146,7 +153,8 @@ int srv_listen(const char *path, int *out_fd)
 	}
 	if (bind(fd, (struct sockaddr *)&sa, sizeof sa) || chmod(path, 0666) || listen(fd, LISTEN_BACKLOG)) {
 		err = -errno;
-		srv_log(SRV_LOG_ERROR, "cannot listen on %s: %s", path, strerror(-err));
+		srv_logf(SRV_LOG_ERROR, SRV_KV(SRV_F_PATH(path), SRV_F_ERRNO(err)),
+			 "cannot listen on %s: %s", path, strerror(-err));
 		close(fd);
 		return err;
 	}
@@ -197,8 +205,8 @@ static void client_close(struct ctl *x, struct srv_client *c, const char *why)
 		if (!c->hello_done)
 			x->npending--;
 		if (why)
-			srv_log(SRV_LOG_INFO, "client %u (pid %d uid %u) %s", c->id, (int)c->pid,
-				(unsigned)c->uid, why);
+			srv_logf(SRV_LOG_INFO, SRV_KV(CLIENT_FIELDS(c)), "client %u (pid %d uid %u) %s",
+				 c->id, (int)c->pid, (unsigned)c->uid, why);
 	}
 	if (!c->w) {
 		client_free(x, c);
@@ -221,8 +229,9 @@ static void reap_released(struct ctl *x)
 		if (!__atomic_load_n(&c->released, __ATOMIC_ACQUIRE))
 			continue;
 		if (c->broken && c->sock >= 0)
-			srv_log(SRV_LOG_WARN, "client %u (pid %d uid %u) broke its ring: closed",
-				c->id, (int)c->pid, (unsigned)c->uid);
+			srv_logf(SRV_LOG_WARN, SRV_KV(CLIENT_FIELDS(c)),
+				 "client %u (pid %d uid %u) broke its ring: closed", c->id, (int)c->pid,
+				 (unsigned)c->uid);
 		if (c->sock >= 0) {
 			epoll_ctl(x->ep, EPOLL_CTL_DEL, c->sock, NULL);
 			close(c->sock);
@@ -368,8 +377,8 @@ static void accept_all(struct ctl *x)
 		x->clients = c;
 		x->nconn++;
 		x->npending++;
-		srv_log(SRV_LOG_INFO, "client %u (pid %d uid %u) connected", c->id, (int)c->pid,
-			(unsigned)c->uid);
+		srv_logf(SRV_LOG_INFO, SRV_KV(CLIENT_FIELDS(c)), "client %u (pid %d uid %u) connected",
+			 c->id, (int)c->pid, (unsigned)c->uid);
 	}
 }
 
@@ -465,8 +474,9 @@ static bool on_hello(struct ctl *x, struct srv_client *c, const struct de_msg_he
 	best->mail[best->nmail++] = c;
 	pthread_mutex_unlock(&best->mu);
 	srv_worker_kick(best);
-	srv_log(SRV_LOG_INFO, "client %u (pid %d uid %u) '%s': channel sq %u data %llu on worker %u",
-		c->id, (int)c->pid, (unsigned)c->uid, c->name, cc.sq_entries,
+	srv_logf(SRV_LOG_INFO, SRV_KV(CLIENT_FIELDS(c), SRV_F_STR("name", c->name),
+				      SRV_F_UINT("worker", best->idx)),
+		 "client %u (pid %d uid %u) '%s': channel sq %u data %llu on worker %u", c->id, (int)c->pid, (unsigned)c->uid, c->name, cc.sq_entries,
 		(unsigned long long)cc.data_bytes, best->idx);
 	return true;
 }
@@ -527,8 +537,9 @@ int srv_control_recover(struct srv_server *s)
 			err = srv_persist_adopt(s->persist, t, &cat[i]);
 		}
 		if (err) {
-			srv_log(SRV_LOG_ERROR, "persistence: cannot recreate table '%s' of %s/CATALOG: "
-				"%s", cat[i].name, s->cfg.data_dir, err == -ENOMEM ? "out of memory" : msg);
+			srv_logf(SRV_LOG_ERROR, SRV_KV(SRV_F_TABLE(cat[i].name),
+						       SRV_F_PATH(s->cfg.data_dir), SRV_F_ERRNO(err)),
+				 "persistence: cannot recreate table '%s' of %s/CATALOG: %s", cat[i].name, s->cfg.data_dir, err == -ENOMEM ? "out of memory" : msg);
 			return 1;
 		}
 	}
@@ -557,8 +568,9 @@ static bool on_open(struct ctl *x, struct srv_client *c, const struct de_msg_ope
 		need = SRV_RIGHT_CREATE;
 	int err = srv_authz_need(&x->s->cfg, rights, need, c->uid, c->gid, name, msg, sizeof msg);
 	if (err) {
-		srv_log(SRV_LOG_INFO, "client %u (uid %u): open '%s' refused: %s", c->id,
-			(unsigned)c->uid, name, msg);
+		srv_logf(SRV_LOG_INFO, SRV_KV(CLIENT_FIELDS(c), SRV_F_TABLE(name), SRV_F_ERRNO(err)),
+			 "client %u (uid %u): open '%s' refused: %s", c->id, (unsigned)c->uid, name,
+			 msg);
 		send_error(c, m->h.seq, err, "%s", msg);
 		return true;
 	}
@@ -572,7 +584,8 @@ static bool on_open(struct ctl *x, struct srv_client *c, const struct de_msg_ope
 		err = srv_persist_table_open(x->s->persist, t, msg, sizeof msg);
 	srv_registry_unlock(&x->s->reg);
 	if (err) {
-		srv_log(SRV_LOG_INFO, "client %u: open '%s': %s", c->id, name, msg);
+		srv_logf(SRV_LOG_INFO, SRV_KV(CLIENT_FIELDS(c), SRV_F_TABLE(name), SRV_F_ERRNO(err)),
+			 "client %u: open '%s': %s", c->id, name, msg);
 		send_error(c, m->h.seq, err, "%s", msg);
 		return true;
 	}
@@ -603,11 +616,13 @@ static bool on_open(struct ctl *x, struct srv_client *c, const struct de_msg_ope
 	uint32_t n = ok.nsegments < DE_FDS_PER_MSG ? ok.nsegments : DE_FDS_PER_MSG;
 	if (send_with_segments(c, t, &ok, sizeof ok, 0, n))
 		return false;
-	srv_log(SRV_LOG_INFO, "client %u opened table '%s' dim %u%s optimizer %s (%s, id %u)",
+	srv_logf(SRV_LOG_INFO, SRV_KV(CLIENT_FIELDS(c), SRV_F_TABLE(name), SRV_F_UINT("dim", t->wcfg.dim)),
+		 "client %u opened table '%s' dim %u%s optimizer %s (%s, id %u)",
 		c->id, name, t->wcfg.dim, t->wcfg.key_type == DE_KEYS_STRING ? " string keys" : "",
 		t->has_optim ? de_optim_name(t->optim.kind) : "none", created ? "new" : "shared", id);
 	if (created)
-		srv_log(SRV_LOG_INFO, "table '%s' memory: %s", name, de_arena_pages_note(t->arena));
+		srv_logf(SRV_LOG_INFO, SRV_KV(SRV_F_TABLE(name)), "table '%s' memory: %s", name,
+			 de_arena_pages_note(t->arena));
 	return true;
 }
 
@@ -660,8 +675,10 @@ static bool job_allowed(struct ctl *x, struct srv_client *c, const union srv_msg
 	}
 	if (!err)
 		return true;
-	srv_log(SRV_LOG_INFO, "client %u (uid %u): %s refused: %s", c->id, (unsigned)c->uid,
-		srv_right_name(right), msg);
+	srv_logf(SRV_LOG_INFO, SRV_KV(CLIENT_FIELDS(c), SRV_F_STR("right", srv_right_name(right)),
+				      SRV_F_ERRNO(err)),
+		 "client %u (uid %u): %s refused: %s", c->id, (unsigned)c->uid,
+		 srv_right_name(right), msg);
 	send_error(c, m->h.seq, err, "%s", msg);
 	return false;
 }

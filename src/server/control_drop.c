@@ -80,8 +80,9 @@ void srv_control_drop(struct srv_server *s, struct srv_client *clients, struct s
 		err = srv_persist_table_drop(s->persist, t, msg, sizeof msg);
 	if (err) {
 		srv_registry_unlock(&s->reg);
-		srv_log(SRV_LOG_INFO, "client %u (uid %u): drop '%s': %s", c->id, (unsigned)c->uid,
-			name, msg);
+		srv_logf(SRV_LOG_INFO, SRV_KV(SRV_F_UINT("client", c->id), SRV_F_UINT("uid", c->uid),
+					      SRV_F_TABLE(name), SRV_F_ERRNO(err)),
+			 "client %u (uid %u): drop '%s': %s", c->id, (unsigned)c->uid, name, msg);
 		srv_reply_error(c->sock, m->h.seq, err, 0, "%s", msg);
 		return;
 	}
@@ -89,8 +90,10 @@ void srv_control_drop(struct srv_server *s, struct srv_client *clients, struct s
 	srv_learn_table_detach(s->learn, t);
 	srv_registry_drop(&s->reg, t); /* t is gone */
 	srv_registry_unlock(&s->reg);
-	srv_log(SRV_LOG_INFO, "client %u (uid %u) dropped table '%s': %" PRIu64 " MiB given back",
-		c->id, (unsigned)c->uid, name, bytes >> 20);
+	srv_logf(SRV_LOG_INFO, SRV_KV(SRV_F_UINT("client", c->id), SRV_F_UINT("uid", c->uid),
+				      SRV_F_TABLE(name), SRV_F_UINT("bytes", bytes)),
+		 "client %u (uid %u) dropped table '%s': %" PRIu64 " MiB given back", c->id,
+		 (unsigned)c->uid, name, bytes >> 20);
 	struct de_msg_drop_ok ok;
 	memset(&ok, 0, sizeof ok);
 	srv_reply_hdr(&ok.h, DE_MSG_DROP_OK, sizeof ok, m->h.seq);
