@@ -192,6 +192,12 @@ class _Plan:
         """Complete a lookup left in flight by an error (its slot and data area come back);
         its own error is dropped: the caller raises the first one."""
         r, self.req = self.req, None
+        _settle([r])
+
+
+def _settle(reqs):
+    """Complete requests left in flight by an error, dropping their own errors."""
+    for r in reqs:
         if r is not None and not r.table.client.closed:
             try:
                 r.result()
@@ -319,9 +325,11 @@ class DynamicEmbedding(nn.Module):
                 f"padding_key={self.padding_key!r}, step={self.step}")
 
     # -- the two calls to the daemon ---------------------------------------------------
+    def _readonly(self):
+        return self.readonly_in_eval and not self.training
+
     def _lookup(self, ukeys):
-        ro = self.readonly_in_eval and not self.training
-        return self.table.lookup(ukeys, readonly=ro, step=self.step)
+        return self.table.lookup(ukeys, readonly=self._readonly(), step=self.step)
 
     def _push(self, ukeys, grads):
         t = self.table
@@ -433,9 +441,8 @@ class DynamicEmbedding(nn.Module):
         _finish makes a blocking lookup."""
         if self.key_type != "int64" or not len(p.uniq) or p.rows is not None:
             return
-        ro = self.readonly_in_eval and not self.training
         try:
-            p.req = self.table.lookup_async(p.uniq, readonly=ro, step=self.step)
+            p.req = self.table.lookup_async(p.uniq, readonly=self._readonly(), step=self.step)
         except _dynemb.DynembError as e:
             if e.errno not in _FALLBACK:
                 raise
@@ -471,3 +478,128 @@ class DynamicEmbedding(nn.Module):
         (``'sum'``/``'mean'``: ``[n_bags, dim]``; ``offsets`` for 1-D keys, as in
         ``nn.EmbeddingBag``; ``per_sample_weights`` with ``'sum'`` only)."""
         return _run([self._plan(keys, offsets, per_sample_weights, include_last_offset)])[0]
+
+
+class DynamicEmbeddingCollection(nn.Module):
+    """``DynamicEmbeddingCollection(modules, strict=True)``: several DynamicEmbeddings
+    looked up together, as TorchRec's EmbeddingBagCollection groups its tables.
+
+    ``modules``: a dict ``{name: DynamicEmbedding}`` (kept as ``self.embs``, an
+    ``nn.ModuleDict``). ``forward(batch)`` takes a dict ``{name: keys}`` (every name; bag
+    modules take 2-D keys, one bag per row) and returns ``{name: output}``: all the
+    lookups are submitted before the first is waited for (:func:`lookup_many`).
+
+    ``prefetch(batch)`` submits the lookups of a later batch now, so that the daemon
+    serves them while this batch's MLP, backward and optimizer step run; the next
+    ``forward`` of a batch with the same keys uses them (other keys: the prefetch is
+    dropped and looked up again). Consistency: a prefetched lookup runs before the
+    gradient pushes submitted after it, so on its own it misses them. With ``strict``
+    (the default) ``forward`` looks up again, after those pushes, the keys this
+    collection's modules pushed since the prefetch, and uses those rows: the output is
+    what a plain forward would have read. ``strict=False`` skips that re-read: a key
+    updated by batch i and prefetched for batch i + 1 reads its row from before batch
+    i's update (one step stale; pushes of other modules or processes are never
+    tracked). A prefetch also records the step of the time of the prefetch with the
+    rows it creates.
+    """
+
+    def __init__(self, modules, strict=True):
+        super().__init__()
+        for n, m in modules.items():
+            if not isinstance(m, DynamicEmbedding):
+                raise TypeError(f"module {n!r} is a {type(m).__name__}, not a "
+                                f"DynamicEmbedding")
+        self.embs = nn.ModuleDict(modules)
+        self.strict = bool(strict)
+        self._prefetched = None    # {name: _Plan}, submitted
+
+    def _keys_of(self, batch):
+        missing = [n for n in self.embs if n not in batch]
+        if missing:
+            raise KeyError(f"batch has no keys for {missing}")
+        return [batch[n] for n in self.embs]
+
+    def prefetch(self, batch):
+        """Submit the lookups of ``batch`` (a later forward's) now; see the class docs."""
+        self._drop_prefetch()
+        mods = list(self.embs.values())
+        plans = [m._plan(k) for m, k in zip(mods, self._keys_of(batch))]
+        try:
+            for p in plans:
+                p.owner._submit(p)
+        except BaseException:
+            for p in plans:
+                p.abandon()
+            raise
+        for m in mods:
+            m._pushed_log = [] if self.strict else None
+        self._prefetched = dict(zip(self.embs, plans))
+
+    def _drop_prefetch(self):
+        pre, self._prefetched = self._prefetched, None
+        for m in self.embs.values():
+            m._pushed_log = None
+        if pre:
+            for p in pre.values():
+                p.abandon()
+
+    def _take_prefetch(self, plans):
+        """Rows for plans from the prefetch, if it was of the same keys (else None):
+        completed, copied out of the channel and, in strict mode, re-read where pushed."""
+        pre = self._prefetched
+        if pre is None:
+            return False
+        same = all(np.array_equal(pre[n].keys, p.keys) and
+                   pre[n].train == p.train and pre[n].owner.training == p.owner.training
+                   for n, p in zip(self.embs, plans))
+        if not same:
+            self._drop_prefetch()
+            return False
+        self._prefetched = None
+        pres = list(pre.values())
+        logs = [q.owner._pushed_log for q in pres]
+        for q in pres:
+            q.owner._pushed_log = None
+        try:
+            for q in pres:                 # complete all, copying, before any submit
+                if q.req is not None:
+                    q.rows = np.array(q.req.result())
+                    q.req = None
+        except BaseException:
+            for q in pres:
+                q.abandon()
+            raise
+        reread = []
+        for p, q, log in zip(plans, pres, logs):
+            p.rows = q.rows                # None: no async lookup, _run looks up afresh
+            if p.rows is None or not log:
+                continue
+            stale = np.isin(p.uniq, np.concatenate(log))
+            if stale.any():                # strict: read them again, after the pushes
+                m, r = p.owner, None
+                try:
+                    r = m.table.lookup_async(p.uniq[stale], readonly=m._readonly(),
+                                             step=m.step)
+                except _dynemb.DynembError as e:
+                    if e.errno not in _FALLBACK:
+                        _settle(x for _, _, x in reread)
+                        raise
+                reread.append((p, stale, r))
+        for i, (p, stale, r) in enumerate(reread):
+            try:
+                p.rows[stale] = r.result() if r is not None else p.owner._lookup(p.uniq[stale])
+            except BaseException:
+                _settle(x for _, _, x in reread[i + 1:])
+                raise
+        return True
+
+    def forward(self, batch):
+        mods = list(self.embs.values())
+        plans = [m._plan(k) for m, k in zip(mods, self._keys_of(batch))]
+        self._take_prefetch(plans)
+        return dict(zip(self.embs, _run(plans)))
+
+    def flush(self):
+        """Complete the async pushes of the modules' connections (errors raise)."""
+        for m in self.embs.values():
+            m.flush()
