@@ -61,6 +61,7 @@ Rules a caller must know:
 
 import errno as _errno
 import os
+import threading
 import weakref
 
 import numpy as np
@@ -109,6 +110,56 @@ def _add_pending(client, req):
     if ent is None or ent[0] != os.getpid():
         ent = _pending[client] = (os.getpid(), [])
     ent[1].append(req)
+
+
+def _submit_push(t, ukeys, grads, step, lr):
+    """Submit one async push (or, without room or over the max batch, wait for the pushes
+    in flight and apply it blocking)."""
+    try:
+        _add_pending(t.client, t.apply_gradients_async(ukeys, grads, step=step, lr=lr))
+        return
+    except _dynemb.DynembError as e:
+        if e.errno not in _FALLBACK:
+            raise
+    _drain(t.client)
+    t.apply_gradients(ukeys, grads, step=step, lr=lr)
+
+
+_tls = threading.local()   # .queued: the async pushes of this thread's running backward
+
+
+def _queue():
+    q = getattr(_tls, "queued", None)
+    if q is None:
+        q = _tls.queued = []
+    return q
+
+
+def _submit_queued():
+    queued = _queue()
+    q = queued[:]
+    queued.clear()
+    first = None
+    for args in q:                 # all of them, even after an error: none is lost
+        try:
+            _submit_push(*args)
+        except _dynemb.DynembError as e:
+            first = first or e
+    if first is not None:
+        raise first
+
+
+def _queue_push(t, ukeys, grads, step, lr):
+    """An async push from a backward: queued, and the queue submitted back to back when
+    the backward ends (the daemon's worker wakes once for them, not once per module)."""
+    queued = _queue()
+    if not queued:
+        try:
+            torch.autograd.Variable._execution_engine.queue_callback(_submit_queued)
+        except RuntimeError:       # not inside autograd's engine: submit now
+            _submit_push(t, ukeys, grads, step, lr)
+            return
+    queued.append((t, ukeys, grads, step, lr))
 
 
 def _drain(client):
@@ -339,18 +390,10 @@ class DynamicEmbedding(nn.Module):
         if len(ukeys):
             if self._pushed_log is not None:
                 self._pushed_log.append(np.asarray(ukeys))
-            req = None
             if self.async_push and self.key_type == "int64":
-                try:
-                    req = t.apply_gradients_async(ukeys, grads, step=self.step, lr=self.lr)
-                except _dynemb.DynembError as e:
-                    if e.errno not in _FALLBACK:
-                        raise
-                    _drain(t.client)       # no room or too large: wait, then block
-            if req is None:
-                t.apply_gradients(ukeys, grads, step=self.step, lr=self.lr)
+                _queue_push(t, ukeys, grads, self.step, self.lr)
             else:
-                _add_pending(t.client, req)
+                t.apply_gradients(ukeys, grads, step=self.step, lr=self.lr)
         if self.auto_step:
             self.step += 1
 
