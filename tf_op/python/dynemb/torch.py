@@ -26,6 +26,34 @@ gradient into one row per unique key (the index_add of a gather), and backward c
 daemon applies the optimizer per key (src/learn/de_learn.h: torch.optim's formulas, with
 "sparse" semantics: keys without a gradient are not stepped).
 
+Pipelining (what TorchRec's train pipelines do, in three parts; each keeps the rows a
+plain synchronous module reads unless said otherwise):
+
+* **Async pushes** (``async_push=True``). Backward does not wait for its apply: the
+  pushes of one ``loss.backward()`` are submitted together when it ends
+  (``Table.apply_gradients_async``), and the daemon runs them while the MLP's optimizer
+  step and the next batch's key preparation run. The next forward on the same Client
+  submits its lookups, then completes the pushes (raising their errors, e.g.
+  ``EOPNOTSUPP``), then its lookups. The daemon runs a channel's requests in the order
+  they were submitted (one worker serves a channel, in ring order: src/server/worker.c),
+  so a lookup submitted after a push reads the pushed rows: no stale row. What is not
+  ordered with the channel: control requests (snapshot, export, import, drop) and other
+  connections; call :func:`flush` (or ``module.flush()`` / ``close()``) first. A
+  non-finite gradient still raises at backward (checked at submit).
+* **Several tables in one round** (:func:`lookup_many`, :class:`DynamicEmbeddingCollection`,
+  as TorchRec's EmbeddingBagCollection): the lookups of every module are submitted before
+  the first is waited for.
+* **Prefetch** (``DynamicEmbeddingCollection.prefetch(next_batch)``): the next batch's
+  lookups are submitted while this one computes. ``strict=True`` (the default) re-reads,
+  after this batch's pushes, the prefetched keys the collection's modules pushed since
+  the prefetch, so results equal the plain modules'; ``strict=False`` skips that and a
+  key updated by batch i and prefetched for batch i + 1 reads its pre-update row (one
+  step stale). Strict is the default because the difference changes training results
+  and is invisible otherwise; the re-read costs a lookup of the keys both batches share.
+* **One copy.** An async lookup's rows are read straight from the channel's shared memory
+  (valid until the next submit on that Client) and copied once, into the tensor that
+  autograd sees (with the zero padding row appended).
+
 Rules a caller must know:
 
 * **No dense parameter.** ``parameters()`` and ``state_dict()`` are empty: the embeddings
@@ -33,7 +61,8 @@ Rules a caller must know:
   ``torch.optim`` optimizer as usual; ``zero_grad`` / ``step`` of that optimizer do not
   touch the embeddings, and there is nothing to clip or to put on a GPU.
 * **One apply per forward, at backward.** Each forward call that reaches the loss makes
-  exactly one ``apply_gradients`` when ``loss.backward()`` runs (a module called twice in
+  exactly one ``apply_gradients`` when ``loss.backward()`` runs (with ``async_push``:
+  submitted when it ends, completed by the next forward or :func:`flush`) (a module called twice in
   one step makes two). A forward whose output is never backpropagated applies nothing.
   Under ``torch.no_grad()`` nothing is recorded. Calling backward twice through the same
   graph (``retain_graph=True``) applies twice.
@@ -55,7 +84,9 @@ Rules a caller must know:
   connection on its first forward. A connection inherited through ``fork`` is left alone,
   never used or closed from the child. Pickling (``spawn``) drops the connection. Threads
   of one process share the Client (it serialises calls with a lock); for parallel
-  trainer threads give each module its own ``client=``. DataLoader workers should only
+  trainer threads give each module its own ``client=`` (needed with ``async_push``,
+  collections and prefetch: an async lookup's rows live in the channel only until the
+  Client's next submit, which another thread could make). DataLoader workers should only
   produce keys; the module runs in the trainer.
 """
 
