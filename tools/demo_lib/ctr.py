@@ -15,7 +15,8 @@ a Gaussian drawn from a hash of (seed, field, id); the click probability is
 The three embeddings of the comparison (the paper's: a dictionary that grows vs. one
 fixed before training), all trained with Adagrad at the same lr, the MLP with the same
 torch.optim.Adam in all three:
-  * ``dynemb``: :class:`dynemb.torch.DynamicEmbedding` tables with server-side Adagrad;
+  * ``dynemb``: :class:`dynemb.torch.DynamicEmbedding` tables with server-side Adagrad
+    (async gradient pushes, the four lookups grouped in a DynamicEmbeddingCollection);
   * ``hashed``: ``nn.Embedding(sparse=True)`` with ``rows`` buckets (the hashing trick),
     as many buckets as the dynemb table ended with rows (:func:`hashed_rows_for`: the
     same embedding memory);

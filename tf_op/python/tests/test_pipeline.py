@@ -235,3 +235,17 @@ def test_daemon_gone_mid_pipeline_raises(own_daemon, tname, where):
         coll({"k": torch.tensor([2, 3])})
     assert time.monotonic() - t0 < 60                    # bounded: no hang
     c.close()
+
+
+def test_over_max_batch_falls_back_to_blocking_calls(daemon, tname):
+    """More keys than one async request holds (the daemon's max batch, 65536): the lookup
+    and the push go through the blocking calls, which split; the rows are the same."""
+    e = sgd_emb(daemon, tname, async_push=True)
+    keys = torch.arange(1, 70002)
+    out = e(keys)
+    assert out.shape == (70001, DIM) and not out.detach().any()
+    (out * 2.0).sum().backward()                         # every row -= 2 (lr 1)
+    e.flush()
+    got = rows(e, [1, 65537, 70001])
+    np.testing.assert_array_equal(got, np.full((3, DIM), -2.0))
+    np.testing.assert_array_equal(e(torch.tensor([70001])).detach().numpy(), [[-2.0] * DIM])
