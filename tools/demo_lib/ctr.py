@@ -15,7 +15,8 @@ a Gaussian drawn from a hash of (seed, field, id); the click probability is
 The three embeddings of the comparison (the paper's: a dictionary that grows vs. one
 fixed before training), all trained with Adagrad at the same lr, the MLP with the same
 torch.optim.Adam in all three:
-  * ``dynemb``: :class:`dynemb.torch.DynamicEmbedding` tables with server-side Adagrad;
+  * ``dynemb``: :class:`dynemb.torch.DynamicEmbedding` tables with server-side Adagrad
+    (async gradient pushes, the four lookups grouped in a DynamicEmbeddingCollection);
   * ``hashed``: ``nn.Embedding(sparse=True)`` with ``rows`` buckets (the hashing trick),
     as many buckets as the dynemb table ended with rows (:func:`hashed_rows_for`: the
     same embedding memory);
@@ -97,15 +98,22 @@ class DenseEmb(nn.Module):
 
 
 class CTRModel(nn.Module):
-    """One embedding per field, concatenated, then an MLP to one logit."""
+    """One embedding per field, concatenated, then an MLP to one logit. dynemb's fields
+    go through one DynamicEmbeddingCollection (``collection``): the four lookups are
+    submitted together, and each waits first for the async gradient pushes of the step
+    before (the same rows a module-by-module forward would read)."""
 
-    def __init__(self, embs, dim, hidden):
+    def __init__(self, embs, dim, hidden, collection=None):
         super().__init__()
         self.embs = nn.ModuleDict(embs)
+        self.coll = collection
         self.mlp = nn.Sequential(nn.Linear(len(FIELDS) * dim, hidden), nn.ReLU(),
                                  nn.Linear(hidden, 1))
 
     def forward(self, batch):
+        if self.coll is not None:
+            out = self.coll(batch)
+            return self.mlp(torch.cat([out[f] for f in FIELDS], 1)).squeeze(1)
         return self.mlp(torch.cat([self.embs[f](batch[f]) for f in FIELDS], 1)).squeeze(1)
 
 
@@ -121,7 +129,7 @@ def build_embeddings(variant, stream, cfg, seed, socket_path=None, hashed_rows=N
         for f in FIELDS:
             embs[f] = DynamicEmbedding(
                 f"demo{run_tag}_{seed}_{f}", dim, socket_path=socket_path,
-                mode="mean" if f == "tags" else None, optimizer="adagrad",
+                mode="mean" if f == "tags" else None, optimizer="adagrad", async_push=True,
                 lr=cfg["lr_emb"], init="uniform", init_a=-init, init_b=init, seed=seed)
         return embs, lambda: sum(dynemb_bytes(e.table.stats()) for e in embs.values())
     nbytes = 0
@@ -150,7 +158,11 @@ def train_eval(variant, stream, cfg, seed, socket_path=None, hashed_rows=None,
     embs, mem = build_embeddings(variant, stream, cfg, seed, socket_path, hashed_rows,
                                  run_tag)
     torch.manual_seed(seed + 1)                       # the same MLP init in every variant
-    model = CTRModel(embs, cfg["dim"], cfg["hidden"])
+    coll = None
+    if variant == "dynemb":
+        from dynemb.torch import DynamicEmbeddingCollection
+        coll = DynamicEmbeddingCollection(embs)
+    model = CTRModel(embs, cfg["dim"], cfg["hidden"], coll)
     dense = torch.optim.Adam(model.mlp.parameters(), lr=cfg["lr_mlp"])
     sparse_params = [p for f in FIELDS for p in embs[f].parameters()]
     sparse = torch.optim.Adagrad(sparse_params, lr=cfg["lr_emb"]) if sparse_params else None
@@ -177,6 +189,7 @@ def train_eval(variant, stream, cfg, seed, socket_path=None, hashed_rows=None,
                                        mem, progress)
     res = result(variant, seed, cfg, steps, train_s, curve, rows(), mem())
     if variant == "dynemb":
+        coll.flush()             # the last step's pushes, before reading the tables
         res["rows_per_field"] = {f: embs[f].table.stats()["keys"] for f in FIELDS}
         res["bytes_per_field"] = {f: dynemb_bytes(embs[f].table.stats()) for f in FIELDS}
     if evaluate:

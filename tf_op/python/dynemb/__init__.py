@@ -75,7 +75,7 @@ from ._native import (AdmissionSpec, ConnectOpts, DurabilitySpec, EvictionSpec,
                       OptimSpec, SampleSpec, Stats, TableSpec)
 from ._native import ImportResult, ProgressCb, SnapshotResult
 
-__all__ = ["Client", "Table", "Request", "DynembError", "READONLY", "ST_MISSING",
+__all__ = ["Client", "Table", "Request", "GradRequest", "DynembError", "READONLY", "ST_MISSING",
            "ST_FOUND", "ST_CREATED", "strerror"]
 
 READONLY = 0x1
@@ -591,16 +591,8 @@ class Table:
             _check(rc)
         return created.value
 
-    def apply_gradients(self, keys, grads, step=0, lr=None):
-        """Push gradients to the table's optimizer; returns the distinct keys stepped.
-
-        ``grads``: shape ``keys.shape + (dim,)``; a C-contiguous native float32 array is
-        passed without a copy, other real dtypes are converted. Duplicate keys are summed
-        and stepped once. ``step`` is recorded with the rows. ``lr``: None uses the table's
-        learning rate; a float > 0 overrides it for this call. A non-finite gradient or
-        lr raises ``EINVAL`` and nothing is applied; a table without an optimizer raises
-        ``EOPNOTSUPP``.
-        """
+    def _grad_args(self, keys, grads, step, lr):
+        """The checked arguments of an apply: (packed keys, n, float32 grads, step, lr)."""
         k, shape, n = self._keys(keys)
         want = shape + (self.dim,)
         g = grads if isinstance(grads, np.ndarray) else np.asarray(grads)
@@ -619,6 +611,19 @@ class Table:
             lr = float(lr)
             if not lr > 0:  # also NaN; infinities are the library's -EINVAL
                 raise ValueError(f"lr must be > 0 (or None for the table's), got {lr}")
+        return k, n, g, step, lr
+
+    def apply_gradients(self, keys, grads, step=0, lr=None):
+        """Push gradients to the table's optimizer; returns the distinct keys stepped.
+
+        ``grads``: shape ``keys.shape + (dim,)``; a C-contiguous native float32 array is
+        passed without a copy, other real dtypes are converted. Duplicate keys are summed
+        and stepped once. ``step`` is recorded with the rows. ``lr``: None uses the table's
+        learning rate; a float > 0 overrides it for this call. A non-finite gradient or
+        lr raises ``EINVAL`` and nothing is applied; a table without an optimizer raises
+        ``EOPNOTSUPP``.
+        """
+        k, n, g, step, lr = self._grad_args(keys, grads, step, lr)
         if not n:
             return 0
         applied = ctypes.c_size_t()
@@ -834,6 +839,51 @@ class Table:
                                                 k.ctypes.data, k.size, flags, step,
                                                 ctypes.byref(req)))
         return Request(self, req.value, k.shape)
+
+    def apply_gradients_async(self, keys, grads, step=0, lr=None):
+        """Submit :meth:`apply_gradients` of int64 ``keys`` without waiting; returns a
+        :class:`GradRequest` (``.result()``: the distinct keys stepped).
+
+        Keys and gradients are copied into the channel at submit time (both arrays may be
+        reused at once); a non-finite gradient or a bad ``lr`` raises here and nothing is
+        submitted. One request holds at most the daemon's max batch keys (``E2BIG``: use
+        :meth:`apply_gradients`, which splits). The daemon runs a channel's requests in
+        the order they were submitted, so any later request of this client (a lookup of
+        the same keys included) sees the update, completed or not. String tables have no
+        async apply (``TypeError``).
+        """
+        if self.key_type != "int64":
+            raise TypeError("apply_gradients_async needs an int64 table")
+        k, n, g, step, lr = self._grad_args(keys, grads, step, lr)
+        req = ctypes.c_uint64()
+        with self.client._lock:
+            _check(_native.api.dynemb_submit_apply_gradients(
+                self.client._handle(), self.handle, k.ctypes.data, n, g.ctypes.data, step,
+                lr, ctypes.byref(req)))
+        return GradRequest(self, req.value)
+
+
+class GradRequest:
+    """An async apply_gradients in flight (from :meth:`Table.apply_gradients_async`)."""
+
+    def __init__(self, table, req_id):
+        self.table, self.id = table, req_id
+        self._result = None
+
+    def result(self, timeout_ms=-1):
+        """Wait (``timeout_ms`` < 0: the client's timeout) and return how many distinct
+        keys were stepped. The daemon's error (e.g. ``EOPNOTSUPP``: no optimizer) raises
+        here. A timeout raises DynembError(ETIMEDOUT) and the request stays in flight."""
+        if self._result is not None:
+            return self._result
+        client = self.table.client
+        count = ctypes.c_uint64()
+        with client._lock:
+            c = client._handle()
+            _check(_native.api.dynemb_complete(c, self.id, int(timeout_ms)))
+            _check(_native.api.dynemb_request_counts(c, self.id, ctypes.byref(count), None))
+        self._result = count.value
+        return self._result
 
 
 class Request:

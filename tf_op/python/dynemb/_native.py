@@ -165,6 +165,10 @@ _PROTOS = {
     "dynemb_apply_gradients_str": (ctypes.c_int, [c_vp, ctypes.c_int, c_vp, c_vp, ctypes.c_size_t,
                                               c_vp, ctypes.c_uint64, ctypes.c_double,
                                               c_size_p]),
+    "dynemb_submit_apply_gradients": (ctypes.c_int, [c_vp, ctypes.c_int, c_vp, ctypes.c_size_t,
+                                                 c_vp, ctypes.c_uint64, ctypes.c_double,
+                                                 c_u64_p]),
+    "dynemb_request_counts": (ctypes.c_int, [c_vp, ctypes.c_uint64, c_u64_p, c_u64_p]),
     "dynemb_strerror": (ctypes.c_char_p, [ctypes.c_int]),
     # sampling, top-k, key strings
     "dynemb_sample": (ctypes.c_int, [c_vp, ctypes.c_int, ctypes.POINTER(SampleSpec), c_vp,

@@ -26,6 +26,34 @@ gradient into one row per unique key (the index_add of a gather), and backward c
 daemon applies the optimizer per key (src/learn/de_learn.h: torch.optim's formulas, with
 "sparse" semantics: keys without a gradient are not stepped).
 
+Pipelining (what TorchRec's train pipelines do, in three parts; each keeps the rows a
+plain synchronous module reads unless said otherwise):
+
+* **Async pushes** (``async_push=True``). Backward does not wait for its apply: the
+  pushes of one ``loss.backward()`` are submitted together when it ends
+  (``Table.apply_gradients_async``), and the daemon runs them while the MLP's optimizer
+  step and the next batch's key preparation run. The next forward on the same Client
+  submits its lookups, then completes the pushes (raising their errors, e.g.
+  ``EOPNOTSUPP``), then its lookups. The daemon runs a channel's requests in the order
+  they were submitted (one worker serves a channel, in ring order: src/server/worker.c),
+  so a lookup submitted after a push reads the pushed rows: no stale row. What is not
+  ordered with the channel: control requests (snapshot, export, import, drop) and other
+  connections; call :func:`flush` (or ``module.flush()`` / ``close()``) first. A
+  non-finite gradient still raises at backward (checked at submit).
+* **Several tables in one round** (:func:`lookup_many`, :class:`DynamicEmbeddingCollection`,
+  as TorchRec's EmbeddingBagCollection): the lookups of every module are submitted before
+  the first is waited for.
+* **Prefetch** (``DynamicEmbeddingCollection.prefetch(next_batch)``): the next batch's
+  lookups are submitted while this one computes. ``strict=True`` (the default) re-reads,
+  after this batch's pushes, the prefetched keys the collection's modules pushed since
+  the prefetch, so results equal the plain modules'; ``strict=False`` skips that and a
+  key updated by batch i and prefetched for batch i + 1 reads its pre-update row (one
+  step stale). Strict is the default because the difference changes training results
+  and is invisible otherwise; the re-read costs a lookup of the keys both batches share.
+* **One copy.** An async lookup's rows are read straight from the channel's shared memory
+  (valid until the next submit on that Client) and copied once, into the tensor that
+  autograd sees (with the zero padding row appended).
+
 Rules a caller must know:
 
 * **No dense parameter.** ``parameters()`` and ``state_dict()`` are empty: the embeddings
@@ -33,7 +61,8 @@ Rules a caller must know:
   ``torch.optim`` optimizer as usual; ``zero_grad`` / ``step`` of that optimizer do not
   touch the embeddings, and there is nothing to clip or to put on a GPU.
 * **One apply per forward, at backward.** Each forward call that reaches the loss makes
-  exactly one ``apply_gradients`` when ``loss.backward()`` runs (a module called twice in
+  exactly one ``apply_gradients`` when ``loss.backward()`` runs (with ``async_push``:
+  submitted when it ends, completed by the next forward or :func:`flush`) (a module called twice in
   one step makes two). A forward whose output is never backpropagated applies nothing.
   Under ``torch.no_grad()`` nothing is recorded. Calling backward twice through the same
   graph (``retain_graph=True``) applies twice.
@@ -55,11 +84,16 @@ Rules a caller must know:
   connection on its first forward. A connection inherited through ``fork`` is left alone,
   never used or closed from the child. Pickling (``spawn``) drops the connection. Threads
   of one process share the Client (it serialises calls with a lock); for parallel
-  trainer threads give each module its own ``client=``. DataLoader workers should only
+  trainer threads give each module its own ``client=`` (needed with ``async_push``,
+  collections and prefetch: an async lookup's rows live in the channel only until the
+  Client's next submit, which another thread could make). DataLoader workers should only
   produce keys; the module runs in the trainer.
 """
 
+import errno as _errno
 import os
+import threading
+import weakref
 
 import numpy as np
 import torch
@@ -68,7 +102,14 @@ from torch import nn
 
 import dynemb as _dynemb
 
-__all__ = ["DynamicEmbedding", "close_clients"]
+__all__ = ["DynamicEmbedding", "DynamicEmbeddingCollection", "lookup_many", "flush",
+           "close_clients"]
+
+# Errors of an async submit that the blocking call handles (it waits for room, or splits
+# a batch larger than one request): the caller falls back to it.
+_FALLBACK = (_errno.EAGAIN, _errno.E2BIG, _errno.ENOBUFS)
+# Async gradient pushes not completed yet, per Client: {client: (pid, [GradRequest])}.
+_pending = weakref.WeakKeyDictionary()
 
 _DEFAULT = object()
 # One Client per (process, socket), shared by the modules of that process (a Client has a
@@ -87,35 +128,199 @@ def _client_for(socket_path):
 
 
 def close_clients():
-    """Close this process's shared connections (modules reconnect on their next use)."""
+    """Close this process's shared connections (modules reconnect on their next use).
+    Async pushes in flight are completed first (their errors raise)."""
+    flush()
     pid = os.getpid()
     for key in [k for k in _clients if k[0] == pid]:
         _clients.pop(key).close()
 
 
+def _add_pending(client, req):
+    ent = _pending.get(client)
+    if ent is None or ent[0] != os.getpid():
+        ent = _pending[client] = (os.getpid(), [])
+    ent[1].append(req)
+
+
+def _submit_push(t, ukeys, grads, step, lr):
+    """Submit one async push (or, without room or over the max batch, wait for the pushes
+    in flight and apply it blocking)."""
+    try:
+        _add_pending(t.client, t.apply_gradients_async(ukeys, grads, step=step, lr=lr))
+        return
+    except _dynemb.DynembError as e:
+        if e.errno not in _FALLBACK:
+            raise
+    _drain(t.client)
+    t.apply_gradients(ukeys, grads, step=step, lr=lr)
+
+
+_tls = threading.local()   # .queued: the async pushes of this thread's running backward
+
+
+def _queue():
+    q = getattr(_tls, "queued", None)
+    if q is None:
+        q = _tls.queued = []
+    return q
+
+
+def _submit_queued():
+    queued = _queue()
+    q = queued[:]
+    queued.clear()
+    first = None
+    for args in q:                 # all of them, even after an error: none is lost
+        try:
+            _submit_push(*args)
+        except _dynemb.DynembError as e:
+            first = first or e
+    if first is not None:
+        raise first
+
+
+def _queue_push(t, ukeys, grads, step, lr):
+    """An async push from a backward: queued, and the queue submitted back to back when
+    the backward ends (the daemon's worker wakes once for them, not once per module)."""
+    queued = _queue()
+    if not queued:
+        try:
+            torch.autograd.Variable._execution_engine.queue_callback(_submit_queued)
+        except RuntimeError:       # not inside autograd's engine: submit now
+            _submit_push(t, ukeys, grads, step, lr)
+            return
+    queued.append((t, ukeys, grads, step, lr))
+
+
+def _drain(client):
+    """Complete the async pushes of ``client`` (this process's), oldest first; each wait is
+    bounded by the client's timeout. All are completed; the first error raises."""
+    ent = _pending.get(client)
+    if ent is None or ent[0] != os.getpid() or not ent[1]:
+        return
+    reqs = ent[1][:]
+    ent[1].clear()
+    first = None
+    for r in reqs:
+        try:
+            if not client.closed:
+                r.result()
+        except _dynemb.DynembError as e:
+            first = first or e
+    if first is not None:
+        raise first
+
+
+def flush():
+    """Wait for every async gradient push of this process (``async_push=True`` modules)
+    and raise the first error. Lookups and other calls on the same Client need no flush
+    (the daemon runs a channel's requests in order); call it before a snapshot, an
+    export or a read through another connection, and at the end of training."""
+    pid = os.getpid()
+    first = None
+    for c, ent in list(_pending.items()):
+        if ent[0] == pid:
+            try:
+                _drain(c)
+            except _dynemb.DynembError as e:
+                first = first or e
+    if first is not None:
+        raise first
+
+
+def _padded(rows, dim):
+    """rows (n, dim), possibly a view of channel memory -> a new [n + 1, dim] tensor whose
+    last row is zeros (padding): the one copy out of the channel."""
+    n = len(rows)
+    w = torch.empty(n + 1, dim)
+    wn = w.numpy()
+    wn[:n] = rows
+    wn[n] = 0
+    return w
+
+
 class _LookupPush(torch.autograd.Function):
-    """forward: the rows of the unique keys (a lookup); backward: one apply_gradients.
+    """forward: the looked-up rows of the unique keys plus a padding row; backward: one
+    apply_gradients of the unique keys' rows of the gradient.
 
     ``dummy`` is a fresh tensor with requires_grad=True: the module has no parameter, and
     autograd only runs a backward whose function has an input that requires grad.
     """
 
     @staticmethod
-    def forward(ctx, dummy, owner, ukeys):
-        ctx.owner, ctx.ukeys = owner, ukeys
-        return torch.from_numpy(owner._lookup(ukeys))
+    def forward(ctx, dummy, owner, ukeys, rows):
+        ctx.owner, ctx.ukeys, ctx.n = owner, ukeys, len(rows)
+        return _padded(rows, owner.dim)
 
     @staticmethod
     def backward(ctx, grad):
-        g = grad.detach().to(dtype=torch.float32, device="cpu").contiguous().numpy()
+        g = grad[:ctx.n].detach().to(dtype=torch.float32, device="cpu").contiguous().numpy()
         ctx.owner._push(ctx.ukeys, g)
-        return None, None, None
+        return None, None, None, None
+
+
+class _Plan:
+    """One forward call of a module between its submit and its finish: the unique keys,
+    the index into their rows, the layout, and the lookup in flight (or None: blocking)."""
+
+    __slots__ = ("owner", "uniq", "idx", "shape", "offsets", "psw", "ilo", "train", "req",
+                 "rows", "keys")
+
+    def __init__(self, owner):
+        self.owner, self.req, self.rows, self.keys = owner, None, None, None
+
+    def abandon(self):
+        """Complete a lookup left in flight by an error (its slot and data area come back);
+        its own error is dropped: the caller raises the first one."""
+        r, self.req = self.req, None
+        _settle([r])
+
+
+def _settle(reqs):
+    """Complete requests left in flight by an error, dropping their own errors."""
+    for r in reqs:
+        if r is not None and not r.table.client.closed:
+            try:
+                r.result()
+            except _dynemb.DynembError:
+                pass
+
+
+def _run(plans):
+    """Submit the lookups of plans (all before waiting for any), complete the async pushes
+    of their clients, then complete each lookup and build its output. On any error every
+    submitted lookup is completed before it raises (nothing stays in flight)."""
+    try:
+        for p in plans:
+            p.owner._submit(p)
+        seen = []
+        for p in plans:
+            c = p.owner.table.client
+            if not any(c is x for x in seen):
+                seen.append(c)
+                _drain(c)
+        return [p.owner._finish(p) for p in plans]
+    except BaseException:
+        for p in plans:
+            p.abandon()
+        raise
+
+
+def lookup_many(modules, keys):
+    """The outputs of ``modules[i](keys[i])`` for each i, with all the lookups submitted
+    before the first is waited for (the daemon works on them together): one round of
+    waits instead of one per module. Bag modules take 2-D keys here (one bag per row)."""
+    modules, keys = list(modules), list(keys)
+    if len(modules) != len(keys):
+        raise ValueError(f"{len(modules)} modules but {len(keys)} key sets")
+    return _run([m._plan(k) for m, k in zip(modules, keys)])
 
 
 class DynamicEmbedding(nn.Module):
     """``DynamicEmbedding(name, dim, *, client=None, socket_path=None, keys='int64',
     mode=None, padding_key=<empty key>, step=0, auto_step=True, readonly_in_eval=True,
-    **table_config)``
+    async_push=False, **table_config)``
 
     ``name``, ``dim``, ``keys`` and ``table_config`` (``optimizer``, ``lr``, ``init``,
     ``init_a``, ``init_b``, ``seed``, ``nslots``, the optimizer's hyperparameters) go to
@@ -126,13 +331,17 @@ class DynamicEmbedding(nn.Module):
     ``mode``: None (output ``keys.shape + (dim,)``), ``'sum'`` or ``'mean'`` (bags, as
     ``nn.EmbeddingBag``: a 2-D input is one bag per row, a 1-D input needs ``offsets``).
 
+    ``async_push``: backward submits the apply without waiting for it; the next forward
+    on the same Client completes it (see "Pipelining" in the module docs).
+
     Attributes: ``step`` (see the module docs), ``lr`` (None: the table's lr; a float
-    overrides it for the following applies), ``table`` (this process's Table).
+    overrides it for the following applies), ``async_push``, ``table`` (this process's
+    Table).
     """
 
     def __init__(self, name, dim, *, client=None, socket_path=None, keys="int64", mode=None,
                  padding_key=_DEFAULT, step=0, auto_step=True, readonly_in_eval=True,
-                 **table_config):
+                 async_push=False, **table_config):
         super().__init__()
         if mode not in (None, "sum", "mean"):
             raise ValueError(f"mode must be None, 'sum' or 'mean', not {mode!r}")
@@ -144,6 +353,8 @@ class DynamicEmbedding(nn.Module):
         self.padding_key = padding_key
         self.step, self.auto_step, self.lr = int(step), bool(auto_step), None
         self.readonly_in_eval = bool(readonly_in_eval)
+        self.async_push = bool(async_push)
+        self._pushed_log = None    # keys pushed since a prefetch (a collection's strict mode)
         self._table_config = dict(table_config)
         self._socket_path = socket_path
         self._given_client = client
@@ -171,8 +382,17 @@ class DynamicEmbedding(nn.Module):
     def close(self):
         """Forget this process's table handle; the connection is shared by the process's
         modules and stays open (:func:`close_clients` closes it). A later forward
-        reopens the table."""
+        reopens the table. Async pushes of the connection are completed first."""
+        conn = self._conn
         self._conn = None
+        if conn is not None and conn[0] == os.getpid() and not conn[1].closed:
+            _drain(conn[1])
+
+    def flush(self):
+        """Complete this module's connection's async pushes (their errors raise)."""
+        conn = self._conn
+        if conn is not None and conn[0] == os.getpid() and not conn[1].closed:
+            _drain(conn[1])
 
     def __getstate__(self):
         state = self.__dict__.copy()
@@ -187,9 +407,11 @@ class DynamicEmbedding(nn.Module):
                 f"padding_key={self.padding_key!r}, step={self.step}")
 
     # -- the two calls to the daemon ---------------------------------------------------
+    def _readonly(self):
+        return self.readonly_in_eval and not self.training
+
     def _lookup(self, ukeys):
-        ro = self.readonly_in_eval and not self.training
-        return self.table.lookup(ukeys, readonly=ro, step=self.step)
+        return self.table.lookup(ukeys, readonly=self._readonly(), step=self.step)
 
     def _push(self, ukeys, grads):
         t = self.table
@@ -197,7 +419,12 @@ class DynamicEmbedding(nn.Module):
             raise RuntimeError("dynemb.Table has no apply_gradients: this dynemb package "
                                "predates server-side optimizers")
         if len(ukeys):
-            t.apply_gradients(ukeys, grads, step=self.step, lr=self.lr)
+            if self._pushed_log is not None:
+                self._pushed_log.append(np.asarray(ukeys))
+            if self.async_push and self.key_type == "int64":
+                _queue_push(t, ukeys, grads, self.step, self.lr)
+            else:
+                t.apply_gradients(ukeys, grads, step=self.step, lr=self.lr)
         if self.auto_step:
             self.step += 1
 
@@ -238,8 +465,9 @@ class DynamicEmbedding(nn.Module):
             pk -= 1 << 64
         return flat == pk
 
-    def _rows(self, flat):
-        """(rows [n_unique + 1, dim] with a zero last row for padding, index into it)."""
+    def _unique(self, flat):
+        """(unique keys, index of each key into rows [n_unique + 1, dim] whose last row is
+        the zero row of padding)."""
         pad = self._is_pad(flat)
         if pad is not None and pad.any():
             uniq, inv = np.unique(flat[~pad], return_inverse=True)
@@ -250,28 +478,18 @@ class DynamicEmbedding(nn.Module):
             idx = inv.astype(np.int64, copy=False)
         if self.key_type == "str":
             uniq = uniq.tolist()
-        if torch.is_grad_enabled() and self.training:
-            dummy = torch.empty(0, requires_grad=True)
-            w = _LookupPush.apply(dummy, self, uniq)
-        else:
-            w = torch.from_numpy(self._lookup(uniq))
-        w = torch.cat([w, w.new_zeros(1, self.dim)])
-        return w, torch.from_numpy(idx)
+        return uniq, idx
 
-    # -- forward -----------------------------------------------------------------------
-    def forward(self, keys, offsets=None, per_sample_weights=None, include_last_offset=False):
-        """Embeddings of ``keys`` (``mode=None``: ``keys.shape + (dim,)``) or of bags
-        (``'sum'``/``'mean'``: ``[n_bags, dim]``; ``offsets`` for 1-D keys, as in
-        ``nn.EmbeddingBag``; ``per_sample_weights`` with ``'sum'`` only)."""
+    # -- one call in three parts: plan (keys), submit (the lookup), finish (output) -----
+    def _plan(self, keys, offsets=None, per_sample_weights=None, include_last_offset=False):
+        p = _Plan(self)
         k = self._keys(keys)
         shape = k.shape
         flat = k.reshape(-1)
         if self.mode is None:
             if offsets is not None or per_sample_weights is not None:
                 raise ValueError("offsets / per_sample_weights need mode='sum' or 'mean'")
-            w, idx = self._rows(flat)
-            return w.index_select(0, idx).reshape(tuple(shape) + (self.dim,))
-        if len(shape) == 2:
+        elif len(shape) == 2:
             if offsets is not None:
                 raise ValueError("offsets go with 1-D keys; 2-D keys are one bag per row")
         elif len(shape) == 1:
@@ -283,14 +501,187 @@ class DynamicEmbedding(nn.Module):
         else:
             raise ValueError(f"bag modes take 1-D keys with offsets or 2-D keys, not "
                              f"{len(shape)}-D")
-        w, idx = self._rows(flat)
-        psw = None
+        p.keys = flat
+        p.uniq, p.idx = self._unique(flat)
+        p.shape, p.offsets, p.ilo = shape, offsets, include_last_offset
+        p.psw = None
         if per_sample_weights is not None:
-            psw = torch.as_tensor(per_sample_weights, dtype=w.dtype).reshape(-1)
+            p.psw = torch.as_tensor(per_sample_weights, dtype=torch.float32).reshape(-1)
+        p.train = torch.is_grad_enabled() and self.training
+        return p
+
+    def _submit(self, p):
+        """Submit p's lookup without waiting (int64 tables); else p.req stays None and
+        _finish makes a blocking lookup."""
+        if self.key_type != "int64" or not len(p.uniq) or p.rows is not None:
+            return
+        try:
+            p.req = self.table.lookup_async(p.uniq, readonly=self._readonly(), step=self.step)
+        except _dynemb.DynembError as e:
+            if e.errno not in _FALLBACK:
+                raise
+
+    def _finish(self, p):
+        rows = p.rows
+        if rows is None:
+            if p.req is not None:
+                rows = p.req.result()        # a view of channel memory: copied just below
+                p.req = None
+            else:
+                rows = self._lookup(p.uniq)
+        if p.train:
+            dummy = torch.empty(0, requires_grad=True)
+            w = _LookupPush.apply(dummy, self, p.uniq, rows)
+        else:
+            w = _padded(rows, self.dim)
+        idx = torch.from_numpy(p.idx)
+        shape = p.shape
+        if self.mode is None:
+            return w.index_select(0, idx).reshape(tuple(shape) + (self.dim,))
+        psw = p.psw
         if len(shape) == 2:
             idx = idx.reshape(shape)
             if psw is not None:
                 psw = psw.reshape(shape)
-        return F.embedding_bag(idx, w, offsets, mode=self.mode, per_sample_weights=psw,
-                               include_last_offset=include_last_offset,
-                               padding_idx=w.shape[0] - 1)
+        return F.embedding_bag(idx, w, p.offsets, mode=self.mode, per_sample_weights=psw,
+                               include_last_offset=p.ilo, padding_idx=w.shape[0] - 1)
+
+    # -- forward -----------------------------------------------------------------------
+    def forward(self, keys, offsets=None, per_sample_weights=None, include_last_offset=False):
+        """Embeddings of ``keys`` (``mode=None``: ``keys.shape + (dim,)``) or of bags
+        (``'sum'``/``'mean'``: ``[n_bags, dim]``; ``offsets`` for 1-D keys, as in
+        ``nn.EmbeddingBag``; ``per_sample_weights`` with ``'sum'`` only)."""
+        return _run([self._plan(keys, offsets, per_sample_weights, include_last_offset)])[0]
+
+
+class DynamicEmbeddingCollection(nn.Module):
+    """``DynamicEmbeddingCollection(modules, strict=True)``: several DynamicEmbeddings
+    looked up together, as TorchRec's EmbeddingBagCollection groups its tables.
+
+    ``modules``: a dict ``{name: DynamicEmbedding}`` (kept as ``self.embs``, an
+    ``nn.ModuleDict``). ``forward(batch)`` takes a dict ``{name: keys}`` (every name; bag
+    modules take 2-D keys, one bag per row) and returns ``{name: output}``: all the
+    lookups are submitted before the first is waited for (:func:`lookup_many`).
+
+    ``prefetch(batch)`` submits the lookups of a later batch now, so that the daemon
+    serves them while this batch's MLP, backward and optimizer step run; the next
+    ``forward`` of a batch with the same keys uses them (other keys: the prefetch is
+    dropped and looked up again). Consistency: a prefetched lookup runs before the
+    gradient pushes submitted after it, so on its own it misses them. With ``strict``
+    (the default) ``forward`` looks up again, after those pushes, the keys this
+    collection's modules pushed since the prefetch, and uses those rows: the output is
+    what a plain forward would have read. ``strict=False`` skips that re-read: a key
+    updated by batch i and prefetched for batch i + 1 reads its row from before batch
+    i's update (one step stale; pushes of other modules or processes are never
+    tracked). A prefetch also records the step of the time of the prefetch with the
+    rows it creates. A prefetch in flight holds its region of the channel's data area,
+    and the client's FIFO allocator does not reuse the requests after it until it is
+    completed: consume it with the next forward; many other requests on the same Client
+    meanwhile run out of request slots (``EAGAIN``).
+
+    Measured on the CTR demo (2 loaded cores), prefetch did not pay: the daemon's work
+    for batch i + 1 competes for the cores with batch i's backward, and strict mode adds
+    a lookup of the re-read keys; async pushes and the grouped lookups did. It is off
+    unless called.
+    """
+
+    def __init__(self, modules, strict=True):
+        super().__init__()
+        for n, m in modules.items():
+            if not isinstance(m, DynamicEmbedding):
+                raise TypeError(f"module {n!r} is a {type(m).__name__}, not a "
+                                f"DynamicEmbedding")
+        self.embs = nn.ModuleDict(modules)
+        self.strict = bool(strict)
+        self._prefetched = None    # {name: _Plan}, submitted
+
+    def _keys_of(self, batch):
+        missing = [n for n in self.embs if n not in batch]
+        if missing:
+            raise KeyError(f"batch has no keys for {missing}")
+        return [batch[n] for n in self.embs]
+
+    def prefetch(self, batch):
+        """Submit the lookups of ``batch`` (a later forward's) now; see the class docs."""
+        self._drop_prefetch()
+        mods = list(self.embs.values())
+        plans = [m._plan(k) for m, k in zip(mods, self._keys_of(batch))]
+        try:
+            for p in plans:
+                p.owner._submit(p)
+        except BaseException:
+            for p in plans:
+                p.abandon()
+            raise
+        for m in mods:
+            m._pushed_log = [] if self.strict else None
+        self._prefetched = dict(zip(self.embs, plans))
+
+    def _drop_prefetch(self):
+        pre, self._prefetched = self._prefetched, None
+        for m in self.embs.values():
+            m._pushed_log = None
+        if pre:
+            for p in pre.values():
+                p.abandon()
+
+    def _take_prefetch(self, plans):
+        """Rows for plans from the prefetch, if it was of the same keys (else None):
+        completed, copied out of the channel and, in strict mode, re-read where pushed."""
+        pre = self._prefetched
+        if pre is None:
+            return False
+        same = all(np.array_equal(pre[n].keys, p.keys) and
+                   pre[n].train == p.train and pre[n].owner.training == p.owner.training
+                   for n, p in zip(self.embs, plans))
+        if not same:
+            self._drop_prefetch()
+            return False
+        self._prefetched = None
+        pres = list(pre.values())
+        logs = [q.owner._pushed_log for q in pres]
+        for q in pres:
+            q.owner._pushed_log = None
+        try:
+            for q in pres:                 # complete all, copying, before any submit
+                if q.req is not None:
+                    q.rows = np.array(q.req.result())
+                    q.req = None
+        except BaseException:
+            for q in pres:
+                q.abandon()
+            raise
+        reread = []
+        for p, q, log in zip(plans, pres, logs):
+            p.rows = q.rows                # None: no async lookup, _run looks up afresh
+            if p.rows is None or not log:
+                continue
+            stale = np.isin(p.uniq, np.concatenate(log))
+            if stale.any():                # strict: read them again, after the pushes
+                m, r = p.owner, None
+                try:
+                    r = m.table.lookup_async(p.uniq[stale], readonly=m._readonly(),
+                                             step=m.step)
+                except _dynemb.DynembError as e:
+                    if e.errno not in _FALLBACK:
+                        _settle(x for _, _, x in reread)
+                        raise
+                reread.append((p, stale, r))
+        for i, (p, stale, r) in enumerate(reread):
+            try:
+                p.rows[stale] = r.result() if r is not None else p.owner._lookup(p.uniq[stale])
+            except BaseException:
+                _settle(x for _, _, x in reread[i + 1:])
+                raise
+        return True
+
+    def forward(self, batch):
+        mods = list(self.embs.values())
+        plans = [m._plan(k) for m, k in zip(mods, self._keys_of(batch))]
+        self._take_prefetch(plans)
+        return dict(zip(self.embs, _run(plans)))
+
+    def flush(self):
+        """Complete the async pushes of the modules' connections (errors raise)."""
+        for m in self.embs.values():
+            m.flush()
