@@ -504,12 +504,13 @@ static int send_with_segments(struct srv_client *c, struct srv_table *t, const v
 
 /* Find or create a table: registry, then (a new table) learning, whose failure undoes
  * the creation. Persistence is the caller's next step. */
-static int open_table(struct srv_server *s, uid_t uid, const char *name,
+static int open_table(struct srv_server *s, uid_t uid, bool recovered, const char *name,
 		      const struct de_wire_table_config *cfg,
 		      const struct de_wire_learn_config *learn, struct srv_table **out,
 		      bool *created, char *msg, size_t cap)
 {
-	int err = srv_registry_open(&s->reg, uid, name, cfg, learn, out, created, msg, cap);
+	int err = srv_registry_open(&s->reg, uid, recovered, name, cfg, learn, out, created, msg,
+				    cap);
 	if (err || !*created)
 		return err;
 	/* last step of creating it: once the evictor holds the table nothing may fail */
@@ -530,7 +531,8 @@ int srv_control_recover(struct srv_server *s)
 		char msg[240];
 		struct srv_table *t;
 		bool created;
-		int err = open_table(s, SRV_QUOTA_UID_NONE, cat[i].name, &cat[i].cfg,
+		/* charged to its creator (a version 1 catalog: the daemon's euid) */
+		int err = open_table(s, cat[i].owner, true, cat[i].name, &cat[i].cfg,
 				     &cat[i].learn, &t, &created, msg, sizeof msg);
 		if (!err) {
 			t->owner = cat[i].owner;
@@ -575,7 +577,7 @@ static bool on_open(struct ctl *x, struct srv_client *c, const struct de_msg_ope
 		return true;
 	}
 	srv_registry_lock(&x->s->reg); /* a new table's layers attach unseen by /metrics */
-	err = open_table(x->s, c->uid, name, &cfg, &learn, &t, &created, msg, sizeof msg);
+	err = open_table(x->s, c->uid, false, name, &cfg, &learn, &t, &created, msg, sizeof msg);
 	if (!err && created) { /* the creator owns it (before the catalog records it) */
 		t->owner = c->uid;
 		rights = srv_authz_rights(&x->s->cfg, c->uid, c->gid, name, true, t->owner);

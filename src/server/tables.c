@@ -140,7 +140,7 @@ static int make_arena(const struct srv_registry *r, const char *memfd_name, uint
 	return err;
 }
 
-static int table_create(struct srv_registry *r, uid_t uid, const char *name,
+static int table_create(struct srv_registry *r, uid_t uid, bool recovered, const char *name,
 			const struct de_wire_table_config *w,
 			const struct de_wire_learn_config *learn, struct srv_table **out, char *msg,
 			size_t msgcap)
@@ -182,7 +182,8 @@ static int table_create(struct srv_registry *r, uid_t uid, const char *name,
 	t->quota_uid = uid;
 	if (r->quota) {
 		uint64_t first = seg + (strings ? DE_ARENA_ALIGN : 0) + t->sketch_bytes;
-		err = srv_quota_table_begin(r->quota, uid, name, first, &t->quota, msg, msgcap);
+		err = srv_quota_table_begin(r->quota, uid, name, first, recovered, &t->quota, msg,
+					    msgcap);
 		if (err)
 			goto fail;
 	}
@@ -229,7 +230,7 @@ fail:
 	return err;
 }
 
-int srv_registry_open(struct srv_registry *r, uid_t uid, const char *name,
+int srv_registry_open(struct srv_registry *r, uid_t uid, bool recovered, const char *name,
 		      const struct de_wire_table_config *cfg,
 		      const struct de_wire_learn_config *learn, struct srv_table **out,
 		      bool *created, char *msg, size_t msgcap)
@@ -247,7 +248,7 @@ int srv_registry_open(struct srv_registry *r, uid_t uid, const char *name,
 		return 0;
 	}
 	struct srv_table *t;
-	int err = table_create(r, uid, name, cfg, learn, &t, msg, msgcap);
+	int err = table_create(r, uid, recovered, name, cfg, learn, &t, msg, msgcap);
 	if (err)
 		return err;
 	t->next = r->head;

@@ -83,7 +83,7 @@ struct srv_table {
 	/* memory (quota.h): the creator's charge for the arenas' segments and the sketch;
 	 * grown by the arenas' charge hook (any thread), ended by the table's free */
 	struct srv_quota_acct *quota;
-	uid_t quota_uid;                  /* who is charged (SRV_QUOTA_UID_NONE: recovered) */
+	uid_t quota_uid;                  /* who is charged: the creator */
 	uint64_t sketch_bytes;            /* admission COUNT: de_admit_sketch_bytes */
 	int growth_logged;                /* atomic: the first refused growth was logged */
 	/* control thread only: connections that have the table open (a DROP needs 0) */
@@ -121,13 +121,14 @@ void srv_registry_destroy(struct srv_registry *r);
 
 /*
  * Find or create table `name` (name and cfg already checked by the validators) for uid
- * (SRV_QUOTA_UID_NONE: a table recovered at startup). Same config: the existing table.
+ * (recovered: a table of uid's brought back from the catalog at startup, charged to uid
+ * but never refused by a quota: quota.h). Same config: the existing table.
  * Another config: -EEXIST with msg naming the first field that differs. New: sizes its
  * reservation from its budget (quota.h), refuses an admission sketch larger than the
  * table's budget (-EINVAL), charges uid's quota (-EDQUOT / -ENOSPC naming the quota),
  * creates its arena(s) and opens it; *created tells which. Control thread only.
  */
-int srv_registry_open(struct srv_registry *r, uid_t uid, const char *name,
+int srv_registry_open(struct srv_registry *r, uid_t uid, bool recovered, const char *name,
 		      const struct de_wire_table_config *cfg,
 		      const struct de_wire_learn_config *learn, struct srv_table **out,
 		      bool *created, char *msg, size_t msgcap);
