@@ -47,8 +47,8 @@
  *     daemon served that row to the same string. The seed is readable, so such a string
  *     can be made on purpose; by chance, with n distinct strings in a table, some pair
  *     collides with probability about n^2 / 2^65 (3e-6 for 10 million, 2.7% for a
- *     billion). Not covered: an erase of a string that collides with a new key, at the
- *     instant that key is first created, may erase the new key's row.
+ *     billion). An erase of a string that collides with a key being created at that
+ *     instant never erases the new key's row (it erases nothing, or is -EEXIST).
  */
 #ifndef DYNEMB_H
 #define DYNEMB_H

@@ -154,8 +154,8 @@ int srv_table_keep_string(struct srv_table *t, uint64_t key, const void *s, uint
  * fingerprint) with the string kept for that fingerprint and with the request's other
  * strings. creating (UPDATE, APPLY_GRADS, LOOKUP with create; called before the request
  * touches rows): on a table without admission a key with no string kept has its string
- * kept now. Else (ERASE: before; LOOKUP without create: after it read, before its
- * completion) such a key passes. A string being stored right now is waited for.
+ * kept now. Else (LOOKUP without create: after it read, before its completion) such a
+ * key passes. A string being stored right now is waited for.
  * -EEXIST with *bad = i: key i's fingerprint belongs to another string, so key i has no
  * row of its own and the request must not serve or write that row. 0, -EEXIST, or a
  * negative errno of the index.
@@ -163,6 +163,16 @@ int srv_table_keep_string(struct srv_table *t, uint64_t key, const void *s, uint
 int srv_table_check_strings(struct srv_table *t, const uint64_t *keys, const char *sbuf,
 			    const uint32_t *slen, const uint64_t *soff, uint32_t n, bool creating,
 			    uint32_t *bad /* out */);
+/*
+ * The same for an ERASE, before it erases: a key whose fingerprint has no string kept
+ * and no row has absent[i] = 1 (nothing to erase: the caller leaves it out, so a row a
+ * colliding string creates meanwhile is never erased); one with a row (its string was
+ * not kept) is claimed for the erase's string first. absent: n bytes. 0, -EEXIST with
+ * *bad, or a negative errno.
+ */
+int srv_table_check_erase_strings(struct srv_table *t, const uint64_t *keys, const char *sbuf,
+				  const uint32_t *slen, const uint64_t *soff, uint32_t n,
+				  uint8_t *absent /* out */, uint32_t *bad /* out */);
 /*
  * The string of a key: copies up to cap bytes into buf (not NUL-terminated) and sets
  * *len to the full length. -ENOENT: not known (or being stored right now); -ENOSPC: cap
