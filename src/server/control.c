@@ -576,6 +576,14 @@ static bool on_open(struct ctl *x, struct srv_client *c, const struct de_msg_ope
 		send_error(c, m->h.seq, err, "%s", msg);
 		return true;
 	}
+	/* a new table its persistence would refuse is never created */
+	if (!t && (err = srv_persist_table_admit(x->s->persist, name, learn.durability.mode, msg,
+						 sizeof msg))) {
+		srv_logf(SRV_LOG_INFO, SRV_KV(CLIENT_FIELDS(c), SRV_F_TABLE(name), SRV_F_ERRNO(err)),
+			 "client %u: open '%s': %s", c->id, name, msg);
+		send_error(c, m->h.seq, err, "%s", msg);
+		return true;
+	}
 	srv_registry_lock(&x->s->reg); /* a new table's layers attach unseen by /metrics */
 	err = open_table(x->s, c->uid, false, name, &cfg, &learn, &t, &created, msg, sizeof msg);
 	if (!err && created) { /* the creator owns it (before the catalog records it) */
@@ -584,6 +592,12 @@ static bool on_open(struct ctl *x, struct srv_client *c, const struct de_msg_ope
 	}
 	if (!err) /* durability: catalog entry and first snapshot */
 		err = srv_persist_table_open(x->s->persist, t, msg, sizeof msg);
+	char why[160];
+	if (err && created && !srv_learn_table_can_drop(t, why, sizeof why)) {
+		/* its catalog entry could not be written: no client saw it, it goes */
+		srv_learn_table_detach(x->s->learn, t);
+		srv_registry_discard(&x->s->reg, t);
+	}
 	srv_registry_unlock(&x->s->reg);
 	if (err) {
 		srv_logf(SRV_LOG_INFO, SRV_KV(CLIENT_FIELDS(c), SRV_F_TABLE(name), SRV_F_ERRNO(err)),
