@@ -188,6 +188,15 @@ def backticked(text, name):
                for span in re.findall(r"`([^`]+)`", text))
 
 
+def read_doc(path, problems):
+    """The text of a docs file, or "" with the problem noted."""
+    try:
+        return open(path, encoding="utf-8").read()
+    except OSError as e:
+        problems.append(f"{path}: {e.strerror}")
+        return ""
+
+
 def check_reference(docs, problems):
     root = os.path.dirname(os.path.abspath(docs))
     capi_md = os.path.join(docs, "c-api.md")
@@ -197,11 +206,7 @@ def check_reference(docs, problems):
     funcs = header_functions(header)
     if not funcs:
         problems.append(f"{header}: no function declarations found (has its layout changed?)")
-    try:
-        capi = open(capi_md, encoding="utf-8").read()
-    except OSError as e:
-        problems.append(f"{capi_md}: {e.strerror}")
-        capi = ""
+    capi = read_doc(capi_md, problems)
     documented = re.findall(r"^### `(dynemb_[a-z0-9_]+)`", capi, re.M)
     for f in funcs:
         if f not in documented:
@@ -210,11 +215,7 @@ def check_reference(docs, problems):
         if f not in funcs:
             problems.append(f"{capi_md}: {f} is documented but {header} does not declare it")
 
-    try:
-        py = open(py_md, encoding="utf-8").read()
-    except OSError as e:
-        problems.append(f"{py_md}: {e.strerror}")
-        py = ""
+    py = read_doc(py_md, problems)
     names = python_public(os.path.join(root, "tf_op", "python", "dynemb"))
     for mod, ns in names.items():
         for n in ns:
@@ -226,11 +227,7 @@ def check_reference(docs, problems):
             if not ok:
                 problems.append(f"{py_md}: {mod}.{n} is not documented")
 
-    try:
-        proto = open(proto_md, encoding="utf-8").read()
-    except OSError as e:
-        problems.append(f"{proto_md}: {e.strerror}")
-        proto = ""
+    proto = read_doc(proto_md, problems)
     msgs, ops = proto_names(os.path.join(root, "src", "proto.h"))
     for kind, ns in (("message", msgs), ("op", ops)):
         for n in ns:
