@@ -156,6 +156,8 @@ enum de_msg_type {
 	DE_MSG_EVICT_OK = 30,
 	DE_MSG_LOG_LEVEL = 31,
 	DE_MSG_LOG_LEVEL_OK = 32,
+	DE_MSG_OPSTATS = 33,
+	DE_MSG_OPSTATS_OK = 34,
 };
 
 struct de_msg_hdr {
@@ -203,6 +205,7 @@ struct de_msg_hello_ok {
 #define DE_CAP_DROP (1ull << 8)          /* message DROP */
 #define DE_CAP_QUERY (1ull << 9)         /* messages STATUS, TABLES, STATS_BY_NAME, EVICT,
                                             LOG_LEVEL */
+#define DE_CAP_OPSTATS (1ull << 10)      /* message OPSTATS */
 #define DE_CAP_PERSISTENCE (1ull << 32)  /* [persistence] data_dir set: WAL, snapshots,
                                            durability ASYNC / SYNC */
 #define DE_CAP_EXPORT_DIR (1ull << 33)   /* [persistence] export_dir set */
@@ -662,6 +665,65 @@ struct de_msg_log_level {    /* LOG_LEVEL and LOG_LEVEL_OK */
 	uint32_t pad;            /* 0 */
 };
 
+/*
+ * ---- OPSTATS (types 33, 34; src/server/control_query.c) ---------------------------------
+ *
+ *   OPSTATS {first, pad 0}     ->  (struct de_msg_tables) the per-op counters of the
+ *                                  tables this caller may open (as TABLES decides), in
+ *                                  the registry's order, from table index first; and the
+ *                                  daemon's WAL counters (anyone connected)
+ *                              <-  OPSTATS_OK: 3,760 bytes, always whole:
+ *   0    hdr (16)
+ *   16   u32 total          tables this caller may open
+ *   20   u32 first          as asked
+ *   24   u32 ntables        tables this reply covers: first .. first + ntables - 1 (their
+ *                           names in names[0..ntables)); 0 only when first >= total.
+ *                           A client pages with first += ntables until first >= total.
+ *   28   u32 count          entries used in op[], <= DE_OPSTATS_ENTRIES (the rest zero)
+ *   32   wal (struct de_wire_wal_opstats, 232 bytes)
+ *   264  names[DE_OPSTATS_TABLES][DE_NAME_MAX]   NUL-terminated, non-empty
+ *   520  op[DE_OPSTATS_ENTRIES] (struct de_wire_op_stat, 216 bytes each)
+ * Entries: one per (table, op) that has completed at least one request (ops never seen
+ * are left out, as /metrics leaves out their histograms), table by table in names[]
+ * order, ops ascending. A table goes whole into one reply: every one of its ops fits
+ * (DE_OP_MAX <= DE_OPSTATS_ENTRIES), so each reply covers at least one table.
+ * Latency buckets (request and WAL flush alike) are cumulative, as /metrics exports
+ * them: le[i] counts the requests that took at most 1 us << i (i < DE_OPSTATS_BUCKETS,
+ * up to ~1.05 s); le[DE_OPSTATS_BUCKETS] is every request (+Inf), == requests. What a
+ * request's latency is: src/server/tables.h (struct srv_op_counters). Counters are read
+ * with relaxed atomics while workers add to them: one entry is a consistent histogram
+ * (requests is the sum of the buckets read) but errors may lag it; it is clamped to
+ * requests. keys: the count of every request (keys; TOPK queries; SAMPLE positives).
+ */
+#define DE_OPSTATS_TABLES 4u
+#define DE_OPSTATS_ENTRIES 15u
+#define DE_OPSTATS_BUCKETS 21u /* tables.h's SRV_LAT_BUCKETS, de_uring.h's DE_WAL_FLUSH_BUCKETS */
+
+struct de_wire_op_stat {
+	uint32_t table;          /* index into names[] of its reply, < ntables */
+	uint32_t op;             /* enum de_op, 1..DE_OP_MAX */
+	uint64_t requests, errors, keys;
+	uint64_t sum_ns;         /* the latencies, added up */
+	uint64_t le[DE_OPSTATS_BUCKETS + 1]; /* cumulative (above) */
+};
+
+struct de_wire_wal_opstats {
+	uint32_t present;        /* 1: the daemon has a WAL (a data_dir); 0: the rest is 0 */
+	uint32_t pad;
+	uint64_t last_lsn, durable_lsn; /* the last LSN given; every record up to it on disk */
+	uint64_t bytes_written, flushes, fsyncs;
+	uint64_t flush_ns_sum;   /* successful flushes (write + fdatasync), their time */
+	uint64_t flush_le[DE_OPSTATS_BUCKETS + 1]; /* cumulative, as le[] above */
+};
+
+struct de_msg_opstats_ok {
+	struct de_msg_hdr h;
+	uint32_t total, first, ntables, count;
+	struct de_wire_wal_opstats wal;
+	char names[DE_OPSTATS_TABLES][DE_NAME_MAX];
+	struct de_wire_op_stat op[DE_OPSTATS_ENTRIES];
+};
+
 
 _Static_assert(sizeof(struct de_msg_hdr) == 16, "layout");
 _Static_assert(sizeof(struct de_msg_hello) == 96, "layout");
@@ -704,5 +766,13 @@ _Static_assert(sizeof(struct de_msg_by_name) == 80, "layout");
 _Static_assert(sizeof(struct de_msg_stats_by_name_ok) == 288, "layout");
 _Static_assert(sizeof(struct de_msg_evict_ok) == 40, "layout");
 _Static_assert(sizeof(struct de_msg_log_level) == 24, "layout");
+_Static_assert(sizeof(struct de_wire_op_stat) == 216, "layout");
+_Static_assert(sizeof(struct de_wire_wal_opstats) == 232, "layout");
+_Static_assert(offsetof(struct de_msg_opstats_ok, wal) == 32, "layout");
+_Static_assert(offsetof(struct de_msg_opstats_ok, names) == 264, "layout");
+_Static_assert(offsetof(struct de_msg_opstats_ok, op) == 520, "layout");
+_Static_assert(sizeof(struct de_msg_opstats_ok) == 520 + 216 * DE_OPSTATS_ENTRIES, "layout");
+_Static_assert(sizeof(struct de_msg_opstats_ok) <= DE_MSG_MAX, "one packet");
+_Static_assert(DE_OP_MAX <= DE_OPSTATS_ENTRIES, "a table's every op fits one reply");
 
 #endif /* DE_PROTO_H */

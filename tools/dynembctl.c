@@ -2,8 +2,9 @@
  * dynembctl.c — the operator's command line for dynembd: snapshots, export and import
  * (ARCHITECTURE.md section 9), through libdynemb's persistence calls (dynemb.h:
  * dynemb_snapshot, dynemb_export, dynemb_import), and dropping a table
- * (dynemb_drop_table). The queries (status, tables, stats, health, evict, log-level)
- * are dynembctl_query.c's; this file parses every command's arguments.
+ * (dynemb_drop_table). The queries (status, tables, stats, health, evict, log-level,
+ * top) are dynembctl_query.c's (top: dynembctl_top.c); this file parses every
+ * command's arguments.
  *
  *   dynembctl [--socket PATH] [--timeout-ms N] [--quiet] [--json] snapshot [TABLE] [--full]
  *   dynembctl [...] export TABLE FILE
@@ -210,13 +211,20 @@ static void usage(FILE *f)
 		"  evict TABLE                 one eviction pass on TABLE now (a table with\n"
 		"                              eviction; needs the write right)\n"
 		"  log-level LEVEL             error, warn, info or debug (root or the daemon's uid)\n"
+		"  top [--interval MS] [--iterations N]\n"
+		"                              a live view: requests/s, errors/s and p50/p99\n"
+		"                              latency per table and op, rows, memory against\n"
+		"                              budget, evictions, admissions, WAL lag and fsync\n"
+		"                              latency, peers; every MS ms (1000). A terminal is\n"
+		"                              redrawn until Ctrl-C (or N frames); otherwise N\n"
+		"                              frames (1) are printed one after another\n"
 		"\n"
 		"Options:\n"
 		"  --socket PATH      the daemon's control socket (default: $DYNEMB_SOCKET, else\n"
 		"                     /run/dynemb/dynemb.sock)\n"
 		"  --timeout-ms N     longest wait between two messages of the daemon (10000)\n"
 		"  --quiet            no progress display (health: no output)\n"
-		"  --json             the result as one JSON object on stdout\n"
+		"  --json             the result as one JSON object on stdout (top: one per frame)\n"
 		"  -h, --help         this text\n"
 		"\n"
 		"FILE: the daemon reads and writes it itself, as its own user, and only under its\n"
@@ -371,7 +379,7 @@ int main(int argc, char **argv)
 	}
 	if (i >= argc)
 		return bad_usage("no command (snapshot, export, import, drop, status, tables, "
-				 "stats, health, evict, log-level)");
+				 "stats, health, evict, log-level, top)");
 	const char *cmd = argv[i++];
 
 	/* the command's own arguments: positionals and its flags, in any order */
@@ -385,6 +393,25 @@ int main(int argc, char **argv)
 			salvage = true;
 		else if (!strcmp(argv[i], "--json"))
 			g_opts.json = true;
+		else if (!strcmp(cmd, "top") && (!strcmp(argv[i], "--interval") ||
+						 !strcmp(argv[i], "--iterations"))) {
+			const char *a = argv[i];
+			if (i + 1 >= argc)
+				return bad_usage("top: %s needs a value", a);
+			const char *v = argv[++i];
+			bool ival = !strcmp(a, "--interval");
+			long lo = ival ? 10 : 1, hi = ival ? 3600000 : 100000000;
+			char *end;
+			errno = 0;
+			long x = strtol(v, &end, 10);
+			if (!*v || *end || errno || x < lo || x > hi)
+				return bad_usage("top: %s takes %ld..%ld%s, not '%s'", a, lo, hi,
+						 ival ? " (ms)" : "", v);
+			if (ival)
+				g_opts.interval_ms = (int)x;
+			else
+				g_opts.iterations = x;
+		}
 		else if (!strcmp(argv[i], "--quiet") || !strcmp(argv[i], "-q"))
 			quiet = true;
 		else if (!strcmp(argv[i], "-h") || !strcmp(argv[i], "--help")) {
@@ -397,6 +424,8 @@ int main(int argc, char **argv)
 		else
 			return bad_usage("%s: too many arguments", cmd);
 	}
+	if (!g_opts.interval_ms)
+		g_opts.interval_ms = 1000;
 	g_opts.socket_path = socket_path;
 	g_opts.timeout_ms = timeout_ms;
 	g_opts.quiet = quiet;
@@ -417,7 +446,7 @@ int main(int argc, char **argv)
 			return bad_usage("drop takes TABLE");
 	} else {
 		return bad_usage("unknown command '%s' (snapshot, export, import, drop, status, "
-				 "tables, stats, health, evict, log-level)", cmd);
+				 "tables, stats, health, evict, log-level, top)", cmd);
 	}
 	if (npos && (!pos[0][0] || strlen(pos[0]) > 63))
 		return bad_usage("a table name has 1..63 bytes: '%s'", pos[0]);

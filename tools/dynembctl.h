@@ -1,6 +1,6 @@
 /*
- * dynembctl.h — PRIVATE to dynembctl: what dynembctl.c (argument parsing, the jobs) and
- * dynembctl_query.c (the operator's queries) share.
+ * dynembctl.h — PRIVATE to dynembctl: what dynembctl.c (argument parsing, the jobs),
+ * dynembctl_query.c (the operator's queries) and dynembctl_top.c (top) share.
  */
 #ifndef DE_DYNEMBCTL_H
 #define DE_DYNEMBCTL_H
@@ -16,6 +16,8 @@ struct ctl_opts {
 	const char *socket_path; /* NULL: the library's default */
 	int timeout_ms;
 	bool quiet, json;
+	int interval_ms;         /* top: between two polls (1000) */
+	long iterations;         /* top: frames to print; 0: not given */
 };
 
 /* true for the commands of dynembctl_query.c */
@@ -24,6 +26,11 @@ bool ctl_is_query(const char *cmd);
  * usage), connect, run it, print its result (text, or one JSON object with o->json).
  * The exit status. */
 int ctl_query(const char *cmd, int npos, const char *const *pos, const struct ctl_opts *o);
+
+struct dynemb_client;
+/* dynembctl top on connection c (dynembctl_top.c): frames until o->iterations or a
+ * signal. The exit status. */
+int ctl_top(struct dynemb_client *c, const struct ctl_opts *o);
 
 /* s as a JSON string: quoted; ", \ and control bytes escaped; valid UTF-8 as it is, any
  * other byte >= 0x80 as U+FFFD */

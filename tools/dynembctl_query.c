@@ -10,6 +10,9 @@
  *                                       unreachable; --quiet prints nothing
  *   dynembctl [...] evict TABLE         one eviction pass on TABLE now
  *   dynembctl [...] log-level LEVEL     error, warn, info or debug, from now on
+ *   dynembctl [...] top [--interval MS] [--iterations N]
+ *                                       a live view: requests/s and latency per table
+ *                                       and op, rows, memory, WAL (dynembctl_top.c)
  *
  * Output: aligned text with human byte sizes by default; --json: one JSON object on
  * stdout (byte counts as exact integers), also for a failure ({"ok": false, ...}, the
@@ -28,7 +31,7 @@
 #include "dynemb.h"
 
 static const char *const query_cmds[] = { "status", "tables", "stats", "health", "evict",
-					  "log-level" };
+					  "log-level", "top" };
 
 bool ctl_is_query(const char *cmd)
 {
@@ -447,6 +450,8 @@ int ctl_query(const char *cmd, int npos, const char *const *pos, const struct ct
 	int rc = 0;
 	if (is_health) {
 		rc = health(c, o);
+	} else if (!strcmp(cmd, "top")) {
+		rc = ctl_top(c, o);
 	} else if (!strcmp(cmd, "status")) {
 		struct dynemb_status st;
 		err = dynemb_status(c, &st);

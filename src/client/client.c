@@ -336,7 +336,7 @@ size_t dynemb_struct_size(const char *name)
 		S(dynemb_eviction_spec), S(dynemb_durability_spec), S(dynemb_table_spec),
 		S(dynemb_stats), S(dynemb_sample_spec), S(dynemb_progress),
 		S(dynemb_snapshot_result), S(dynemb_import_result), S(dynemb_status),
-		S(dynemb_table_info),
+		S(dynemb_table_info), S(dynemb_op_stat), S(dynemb_wal_stats),
 #undef S
 	};
 	for (size_t i = 0; name && i < sizeof sizes / sizeof sizes[0]; i++)

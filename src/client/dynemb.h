@@ -95,6 +95,7 @@ void dynemb_close(dynemb_client *c); /* NULL is fine */
 #define DYNEMB_CAP_QUERY (1ull << 9)         /* dynemb_status, dynemb_list_tables,
                                                 dynemb_stats_by_name, dynemb_evict_table,
                                                 dynemb_set_log_level */
+#define DYNEMB_CAP_OPSTATS (1ull << 10)      /* dynemb_op_stats */
 /* ... and the daemon's configuration: */
 #define DYNEMB_CAP_PERSISTENCE (1ull << 32)  /* a data directory: snapshots, durability */
 #define DYNEMB_CAP_EXPORT_DIR (1ull << 33)   /* an export directory for export / import */
@@ -514,6 +515,54 @@ int dynemb_evict_table(dynemb_client *c, const char *table_name, uint64_t *evict
  * daemon's own uid only (-EPERM); another word is -EINVAL. */
 int dynemb_set_log_level(dynemb_client *c, const char *level);
 
+/*
+ * Per-op counters (DYNEMB_CAP_OPSTATS): for every table this caller may open (as
+ * dynemb_list_tables), one entry per operation that has completed at least one request
+ * since the daemon started, with a latency histogram; and the daemon's WAL counters.
+ * What dynembctl top shows; /metrics exports the same counters and buckets.
+ *
+ * Latency buckets, cumulative: le[i] (i < DYNEMB_LAT_BUCKETS) counts the requests that
+ * took at most 1 us << i (1 us .. ~1.05 s); le[DYNEMB_LAT_BUCKETS] is every request
+ * (== requests). A request's latency runs from a worker starting it to its completion
+ * being ready (the queue before it and the client's side are not in it); the counters
+ * are read while workers add to them, so errors and keys may lag requests a little.
+ */
+#define DYNEMB_LAT_BUCKETS 21u
+enum dynemb_op { DYNEMB_OP_LOOKUP = 1, DYNEMB_OP_UPDATE = 2, DYNEMB_OP_ERASE = 3,
+		 DYNEMB_OP_STATS = 4, DYNEMB_OP_APPLY_GRADS = 5, DYNEMB_OP_SAMPLE = 6,
+		 DYNEMB_OP_TOPK = 7, DYNEMB_OP_KEY_STRINGS = 8 };
+#define DYNEMB_OP_MAX DYNEMB_OP_KEY_STRINGS
+struct dynemb_op_stat {
+	char table[64];
+	uint32_t op;              /* enum dynemb_op */
+	uint32_t pad;             /* 0 */
+	uint64_t requests;        /* requests completed (each call's part sent at once: one
+	                             per max batch of keys) */
+	uint64_t errors;          /* of them, completed with an error */
+	uint64_t keys;            /* their keys added up (TOPK: queries; SAMPLE: positives) */
+	uint64_t sum_ns;          /* their latencies added up */
+	uint64_t le[DYNEMB_LAT_BUCKETS + 1]; /* cumulative (above) */
+	uint64_t reserved[4];     /* 0 */
+};
+struct dynemb_wal_stats {
+	uint32_t present;         /* 1: the daemon has a WAL (a data directory); 0: the rest 0 */
+	uint32_t pad;             /* 0 */
+	uint64_t last_lsn, durable_lsn; /* the last record; every record up to it is on disk */
+	uint64_t bytes_written, flushes, fsyncs;
+	uint64_t flush_ns_sum;    /* successful flushes (write + fdatasync), their time */
+	uint64_t flush_le[DYNEMB_LAT_BUCKETS + 1]; /* flushes by time, cumulative as le[] */
+	uint64_t reserved[4];     /* 0 */
+};
+/*
+ * Up to cap entries into out, table by table (the daemon's order), ops ascending; *n:
+ * how many. -ENOBUFS: there are more than cap (*n says how many; out holds the first
+ * cap; call again with room for them, and some more: tables and ops may be added
+ * meanwhile). wal (may be NULL): the WAL's counters. out may be NULL with cap 0 (to
+ * count). A reply that breaks the protocol is -EBADMSG, its fault named.
+ */
+int dynemb_op_stats(dynemb_client *c, struct dynemb_op_stat *out, size_t cap,
+		    size_t *n /* out */, struct dynemb_wal_stats *wal /* out */);
+
 /* Zero-copy counters of this client: lookups served from the read-only mapping, and keys
  * that had to go to the daemon. */
 void dynemb_zero_copy_counts(const dynemb_client *c, uint64_t *local_keys, uint64_t *remote_keys);
@@ -531,7 +580,7 @@ const char *dynemb_strerror(int err);
  * dynemb_connect_opts, dynemb_optim_spec, dynemb_admission_spec, dynemb_eviction_spec,
  * dynemb_durability_spec, dynemb_table_spec, dynemb_stats, dynemb_sample_spec,
  * dynemb_progress, dynemb_snapshot_result, dynemb_import_result, dynemb_status,
- * dynemb_table_info. 0 for any other name.
+ * dynemb_table_info, dynemb_op_stat, dynemb_wal_stats. 0 for any other name.
  */
 size_t dynemb_struct_size(const char *name);
 

@@ -31,8 +31,8 @@
  *      needs the snapshot right on each), then a persistence job replies
  *      (persist_jobs.c), touching files with the client's uid and gid.
  *   5. DROP: control_drop.c (a table no connection has open; rights, then the catalog).
- *   6. STATUS, TABLES, STATS_BY_NAME, EVICT, LOG_LEVEL: control_query.c (the operator's
- *      view; rights as OPEN decides them).
+ *   6. STATUS, TABLES, STATS_BY_NAME, EVICT, LOG_LEVEL, OPSTATS: control_query.c (the
+ *      operator's view; rights as OPEN decides them).
  * Hang-up: the socket is closed at once; the client's channel stays until its worker
  * released it (see worker.h), then the reaper destroys it.
  *
@@ -456,7 +456,7 @@ static bool on_hello(struct ctl *x, struct srv_client *c, const struct de_msg_he
 	ok.data_bytes = cc.data_bytes;
 	ok.capabilities = DE_CAP_APPLY_GRADS | DE_CAP_ADMISSION | DE_CAP_EVICTION | DE_CAP_SAMPLE |
 			  DE_CAP_TOPK | DE_CAP_KEY_STRINGS | DE_CAP_SNAPSHOT | DE_CAP_EXPORT_IMPORT |
-			  DE_CAP_DROP | DE_CAP_QUERY |
+			  DE_CAP_DROP | DE_CAP_QUERY | DE_CAP_OPSTATS |
 			  (cfg->data_dir[0] ? DE_CAP_PERSISTENCE : 0) |
 			  (cfg->export_dir[0] ? DE_CAP_EXPORT_DIR : 0) |
 			  (cfg->tier_dir[0] ? DE_CAP_DISK_TIER : 0);
@@ -735,7 +735,8 @@ static bool on_message(struct ctl *x, struct srv_client *c, const void *buf, siz
 	case DE_MSG_TABLES:
 	case DE_MSG_STATS_BY_NAME:
 	case DE_MSG_EVICT:
-	case DE_MSG_LOG_LEVEL: /* control_query.c */
+	case DE_MSG_LOG_LEVEL:
+	case DE_MSG_OPSTATS: /* control_query.c */
 		srv_control_query(x->s, x->clients, c, &m);
 		return true;
 	case DE_MSG_DROP: /* control_drop.c */

@@ -1,11 +1,12 @@
 /*
- * control_query.c — the operator's view of the daemon (proto.h, types 23..32): STATUS,
- * TABLES, STATS_BY_NAME, EVICT, LOG_LEVEL, as dynembctl status / tables / stats / health
- * / evict / log-level use them.
+ * control_query.c — the operator's view of the daemon (proto.h, types 23..34): STATUS,
+ * TABLES, STATS_BY_NAME, EVICT, LOG_LEVEL, OPSTATS, as dynembctl status / tables / stats
+ * / health / evict / log-level / top use them.
  *
  * Rights (authz.h), decided before whether the table exists matters, in OPEN's order:
  *   STATUS       anyone connected (it names no table)
  *   TABLES       lists only the tables the caller has the open right on (root: all)
+ *   OPSTATS      the same tables' per-op counters; its WAL part: anyone connected
  *   STATS_BY_NAME  the open right; EVICT the write right. A caller with neither open nor
  *                create on the name hears -EACCES whether or not the table exists; one
  *                with either may learn that it does not (-ENOENT), as OPEN tells it.
@@ -28,6 +29,7 @@
 #include <unistd.h>
 
 #include "authz.h"
+#include "de_uring.h" /* struct de_wal_stats */
 #include "learnops.h"
 #include "log.h"
 #include "persist.h"
@@ -186,6 +188,82 @@ static void on_evict(struct srv_server *s, const struct srv_client *c,
 	srv_reply_send(c->sock, &ok, sizeof ok, NULL, 0, 0);
 }
 
+/* The daemon's WAL counters as OPSTATS carries them (present 0 without a data_dir). */
+static void wal_opstats(struct srv_server *s, struct de_wire_wal_opstats *o)
+{
+	struct de_wal_stats w;
+	memset(o, 0, sizeof *o);
+	if (srv_persist_wal_stats(s->persist, &w) != 0)
+		return;
+	o->present = 1;
+	o->last_lsn = w.next_lsn ? w.next_lsn - 1 : 0;
+	o->durable_lsn = w.durable_lsn;
+	o->bytes_written = w.bytes_written;
+	o->flushes = w.flushes;
+	o->fsyncs = w.fsyncs;
+	o->flush_ns_sum = w.flush_ns_sum;
+	uint64_t cum = 0;
+	for (unsigned i = 0; i <= DE_OPSTATS_BUCKETS; i++)
+		o->flush_le[i] = cum += w.flush_le[i];
+}
+
+/* t's ops that completed a request, as entries of table index ti into out: how many
+ * (<= DE_OP_MAX). */
+static unsigned table_opstats(const struct srv_table *t, uint32_t ti,
+			      struct de_wire_op_stat out[DE_OP_MAX])
+{
+	unsigned n = 0;
+	for (unsigned op = 1; op <= DE_OP_MAX; op++) {
+		struct srv_op_counters k;
+		srv_op_counters_read(t, op, &k);
+		struct de_wire_op_stat *o = &out[n];
+		memset(o, 0, sizeof *o);
+		uint64_t cum = 0;
+		for (unsigned i = 0; i <= DE_OPSTATS_BUCKETS; i++)
+			o->le[i] = cum += k.le[i];
+		if (!cum)
+			continue;
+		o->table = ti;
+		o->op = op;
+		o->requests = cum;
+		o->errors = k.errors < cum ? k.errors : cum; /* it may lag: tables.h */
+		o->keys = k.keys;
+		o->sum_ns = k.sum_ns;
+		n++;
+	}
+	return n;
+}
+
+static void on_opstats(struct srv_server *s, const struct srv_client *c,
+		       const struct de_msg_tables *m)
+{
+	struct de_msg_opstats_ok ok; /* 3.7 KiB: the control thread's stack has room */
+	memset(&ok, 0, sizeof ok);
+	srv_reply_hdr(&ok.h, DE_MSG_OPSTATS_OK, sizeof ok, m->h.seq);
+	ok.first = m->first;
+	wal_opstats(s, &ok.wal);
+	bool full = false;
+	for (struct srv_table *t = s->reg.head; t; t = t->next) {
+		if (!may_open(s, c, t))
+			continue;
+		if (ok.total++ < m->first || full)
+			continue;
+		/* whole tables only: one that does not fit goes first in the next reply */
+		struct de_wire_op_stat e[DE_OP_MAX];
+		unsigned n = table_opstats(t, ok.ntables, e);
+		if (ok.ntables == DE_OPSTATS_TABLES || ok.count + n > DE_OPSTATS_ENTRIES) {
+			full = true;
+			continue;
+		}
+		memcpy(ok.names[ok.ntables], t->name, DE_NAME_MAX);
+		ok.names[ok.ntables][DE_NAME_MAX - 1] = 0;
+		memcpy(&ok.op[ok.count], e, n * sizeof e[0]);
+		ok.count += n;
+		ok.ntables++;
+	}
+	srv_reply_send(c->sock, &ok, sizeof ok, NULL, 0, 0);
+}
+
 static void on_log_level(const struct srv_client *c, const struct de_msg_log_level *m)
 {
 	if (c->uid != 0 && c->uid != geteuid()) {
@@ -225,6 +303,9 @@ void srv_control_query(struct srv_server *s, const struct srv_client *clients,
 		break;
 	case DE_MSG_LOG_LEVEL:
 		on_log_level(c, &m->log_level);
+		break;
+	case DE_MSG_OPSTATS:
+		on_opstats(s, c, &m->tables);
 		break;
 	default:
 		break;

@@ -158,13 +158,8 @@ static void copy_table(struct srv_server *s, struct srv_table *t, struct snap *x
 	memcpy(x->name, t->name, sizeof x->name);
 	x->name[sizeof x->name - 1] = 0;
 	x->has_stats = srv_table_wire_stats(s, t, &x->ws) == 0;
-	for (unsigned op = 0; op < SRV_OP_SLOTS; op++) {
-		const struct srv_op_counters *k = &t->ops[op];
-		for (unsigned i = 0; i <= SRV_LAT_BUCKETS; i++)
-			x->ops[op].le[i] = __atomic_load_n(&k->le[i], __ATOMIC_RELAXED);
-		x->ops[op].errors = __atomic_load_n(&k->errors, __ATOMIC_RELAXED);
-		x->ops[op].sum_ns = __atomic_load_n(&k->sum_ns, __ATOMIC_RELAXED);
-	}
+	for (unsigned op = 0; op < SRV_OP_SLOTS; op++)
+		srv_op_counters_read(t, op, &x->ops[op]);
 	x->pages = de_arena_pages(t->arena);
 	x->snapshot_ns = srv_persist_snapshot_mono_ns(t);
 }

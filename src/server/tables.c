@@ -285,6 +285,16 @@ struct srv_table *srv_registry_find(const struct srv_registry *r, const char *na
 	return NULL;
 }
 
+void srv_op_counters_read(const struct srv_table *t, unsigned op, struct srv_op_counters *out)
+{
+	const struct srv_op_counters *k = &t->ops[op];
+	for (unsigned i = 0; i <= SRV_LAT_BUCKETS; i++)
+		out->le[i] = __atomic_load_n(&k->le[i], __ATOMIC_RELAXED);
+	out->errors = __atomic_load_n(&k->errors, __ATOMIC_RELAXED);
+	out->sum_ns = __atomic_load_n(&k->sum_ns, __ATOMIC_RELAXED);
+	out->keys = __atomic_load_n(&k->keys, __ATOMIC_RELAXED);
+}
+
 /* ---- string keys --------------------------------------------------------------------- */
 
 /* The string a names row points at (off from the row): 0 with *p, *n; -EBADMSG for an

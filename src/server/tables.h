@@ -49,7 +49,9 @@ struct srv_table_persist; /* persist_*.c */
 struct srv_op_counters {
 	uint64_t le[SRV_LAT_BUCKETS + 1]; /* their sum is the op's request count */
 	uint64_t errors, sum_ns;          /* completions with res < 0; latencies' sum */
+	uint64_t keys;                    /* the descriptors' counts, added up */
 };
+_Static_assert(SRV_LAT_BUCKETS == DE_OPSTATS_BUCKETS, "OPSTATS carries these buckets");
 
 struct srv_table {
 	char name[DE_NAME_MAX];
@@ -144,6 +146,13 @@ void srv_registry_lock(struct srv_registry *r);
 void srv_registry_unlock(struct srv_registry *r);
 /* The table called name, or NULL. Control thread (tables are only added there). */
 struct srv_table *srv_registry_find(const struct srv_registry *r, const char *name);
+
+/* A copy of t's counters of op (< SRV_OP_SLOTS), each read once with a relaxed load
+ * (/metrics and OPSTATS): the buckets are what the request count is made of; errors
+ * and keys may lag them by the requests completing meanwhile. Any thread that keeps t
+ * alive (the registry's lock, or the control thread). */
+void srv_op_counters_read(const struct srv_table *t, unsigned op,
+			  struct srv_op_counters *out /* out */);
 
 /* String tables: remember the string of a key just created (thread-safe; the first
  * caller for a key stores it, later ones compare: -EEXIST when the fingerprint's kept

@@ -42,13 +42,14 @@ union srv_msg {
 	struct de_msg_export exp;
 	struct de_msg_import imp;
 	struct de_msg_drop drop;
-	struct de_msg_tables tables;
+	struct de_msg_tables tables;   /* TABLES, OPSTATS */
 	struct de_msg_by_name by_name; /* STATS_BY_NAME, EVICT */
 	struct de_msg_log_level log_level;
 };
 
 /* The exact length of a request a client may send (HELLO, OPEN, SEGMENTS, BYE, SNAPSHOT,
- * EXPORT, IMPORT, DROP, STATUS, TABLES, STATS_BY_NAME, EVICT, LOG_LEVEL); 0 for any other type. The one table srv_check_msg frames by. */
+ * EXPORT, IMPORT, DROP, STATUS, TABLES, STATS_BY_NAME, EVICT, LOG_LEVEL, OPSTATS); 0 for any
+ * other type. The one table srv_check_msg frames by. */
 size_t srv_request_len(uint16_t type);
 
 /*

@@ -3,7 +3,7 @@
  * one SOCK_SEQPACKET packet (size, magic, type, exact length from srv_request_len, order,
  * version) and checks its body: an OPEN's name and configs (validate_config.c), the
  * names, flags and paths of SNAPSHOT, EXPORT, IMPORT (srv_check_persist_msg), the name
- * of a DROP, STATS_BY_NAME or EVICT, a TABLES pad, a LOG_LEVEL's level.
+ * of a DROP, STATS_BY_NAME or EVICT, a TABLES or OPSTATS pad, a LOG_LEVEL's level.
  *
  * Callers: control.c on every packet it receives, tests/fuzz/fuzz_control.c. Never: read
  * past n bytes, or a body before its framing is good; an error always leaves the reply
@@ -31,6 +31,7 @@ size_t srv_request_len(uint16_t type)
 	case DE_MSG_STATS_BY_NAME: return sizeof(struct de_msg_by_name);
 	case DE_MSG_EVICT: return sizeof(struct de_msg_by_name);
 	case DE_MSG_LOG_LEVEL: return sizeof(struct de_msg_log_level);
+	case DE_MSG_OPSTATS: return sizeof(struct de_msg_tables);
 	default: return 0; /* not a request a client sends */
 	}
 }
@@ -79,8 +80,9 @@ int srv_check_msg(const void *buf, size_t n, bool trunc, bool hello_done, union 
 		return srv_name_check(out->drop.name, msg, msgcap);
 	if (h.type == DE_MSG_STATS_BY_NAME || h.type == DE_MSG_EVICT)
 		return srv_name_check(out->by_name.name, msg, msgcap);
-	if (h.type == DE_MSG_TABLES && out->tables.pad) {
-		snprintf(msg, msgcap, "TABLES: a nonzero pad");
+	if ((h.type == DE_MSG_TABLES || h.type == DE_MSG_OPSTATS) && out->tables.pad) {
+		snprintf(msg, msgcap, "%s: a nonzero pad",
+			 h.type == DE_MSG_TABLES ? "TABLES" : "OPSTATS");
 		return -EINVAL;
 	}
 	if (h.type == DE_MSG_LOG_LEVEL && (out->log_level.level > DE_LOG_LEVEL_MAX ||

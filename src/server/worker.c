@@ -229,8 +229,9 @@ static int lookup_range(struct srv_worker *w, struct srv_table *t, char *data,
 }
 
 /* One completed descriptor of op on t in the table's per-op counters (tables.h): its
- * latency bucket, the sum, an error. Relaxed atomics: /metrics sums them at a scrape. */
-static void count_op(struct srv_table *t, uint32_t op, int32_t res, uint64_t t0)
+ * latency bucket, the sum, an error, its count of keys. Relaxed atomics: /metrics and
+ * OPSTATS read them (srv_op_counters_read). */
+static void count_op(struct srv_table *t, uint32_t op, uint32_t keys, int32_t res, uint64_t t0)
 {
 	if (op == DE_OP_NOP || op > DE_OP_MAX)
 		return;
@@ -242,6 +243,7 @@ static void count_op(struct srv_table *t, uint32_t op, int32_t res, uint64_t t0)
 	struct srv_op_counters *k = &t->ops[op];
 	__atomic_fetch_add(&k->le[i], 1, __ATOMIC_RELAXED);
 	__atomic_fetch_add(&k->sum_ns, ns, __ATOMIC_RELAXED);
+	__atomic_fetch_add(&k->keys, keys, __ATOMIC_RELAXED);
 	if (res < 0)
 		__atomic_fetch_add(&k->errors, 1, __ATOMIC_RELAXED);
 }
@@ -626,7 +628,7 @@ static int step(struct srv_worker *w, struct srv_client *c, const struct de_sqe 
 			q->aux1 = r1;
 	}
 	if (t && !st)
-		count_op(t, e->op, q->res, cont ? c->cur_t0 : t0);
+		count_op(t, e->op, e->count, q->res, cont ? c->cur_t0 : t0);
 	else if (st == 1 && !cont)
 		c->cur_t0 = t0;
 	else if (st == 2)
@@ -671,7 +673,8 @@ static int serve(struct srv_worker *w, struct srv_client *c)
 		if (!__atomic_load_n(&c->slow_done, __ATOMIC_ACQUIRE))
 			return 0; /* nothing else of c runs while its job is out */
 		c->slow_busy = false;
-		count_op(c->slow_t, c->slow_e.op, c->slow_q.res, c->slow_t0);
+		count_op(c->slow_t, c->slow_e.op, c->slow_e.count, c->slow_q.res,
+			 c->slow_t0);
 		/* after the completions held before it (at most BUDGET - 1 of them) */
 		c->pending[c->npending++] = c->slow_q;
 		c->has_pending = true;

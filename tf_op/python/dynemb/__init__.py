@@ -492,6 +492,40 @@ class Client:
         _check(rc)
         return {f: getattr(s, f) for f, _ in _native.Stats._fields_ if f != "reserved"}
 
+    _OPS = (None, "lookup", "update", "erase", "stats", "apply_grads", "sample", "topk",
+            "key_strings")
+
+    def op_stats(self):
+        """Per-op counters since the daemon started (what ``dynembctl top`` shows), as
+        ``{"ops": [...], "wal": {...} or None}``. Each of ``ops``, for every table this uid
+        may open and every operation it has served: table, op ("lookup", "update",
+        "erase", "stats", "apply_grads", "sample", "topk", "key_strings"), requests,
+        errors, keys, sum_ns and le: the cumulative latency buckets (le[i]: requests that
+        took at most 1 us << i; the last one, +Inf, is every request). ``wal`` (None
+        without a data directory): last_lsn, durable_lsn, bytes_written, flushes, fsyncs,
+        flush_ns_sum and flush_le, cumulative as le."""
+        cap = 64
+        for _ in range(8):  # each retry has room for twice what the last one counted
+            buf = (_native.OpStat * cap)()
+            n, w = ctypes.c_size_t(), _native.WalStats()
+            with self._lock:
+                rc = _native.api.dynemb_op_stats(self._handle(), buf, cap, ctypes.byref(n),
+                                                 ctypes.byref(w))
+            if rc != -_errno.ENOBUFS:
+                break
+            cap = 2 * n.value + 16  # tables and ops may come meanwhile
+        _check(rc)
+        ops = [{"table": e.table.decode("utf-8", "replace"),
+                "op": self._OPS[e.op] if 0 < e.op < len(self._OPS) else e.op,
+                "requests": e.requests, "errors": e.errors, "keys": e.keys,
+                "sum_ns": e.sum_ns, "le": list(e.le)} for e in buf[:n.value]]
+        wal = None
+        if w.present:
+            wal = {f: getattr(w, f) for f in ("last_lsn", "durable_lsn", "bytes_written",
+                                              "flushes", "fsyncs", "flush_ns_sum")}
+            wal["flush_le"] = list(w.flush_le)
+        return {"ops": ops, "wal": wal}
+
     def zero_copy_counts(self):
         """(local_keys, remote_keys): read-only lookups served from this process's mapping
         of the table vs. keys that went to the daemon."""

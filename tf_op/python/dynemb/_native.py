@@ -106,6 +106,25 @@ class TableInfo(ctypes.Structure):
         "open_connections")] + _reserved(4)
 
 
+LAT_BUCKETS = 21  # dynemb.h's DYNEMB_LAT_BUCKETS
+
+
+class OpStat(ctypes.Structure):
+    """struct dynemb_op_stat"""
+    _fields_ = [("table", ctypes.c_char * 64), ("op", ctypes.c_uint32),
+                ("pad", ctypes.c_uint32)] + [(f, ctypes.c_uint64) for f in (
+        "requests", "errors", "keys", "sum_ns")] + [
+        ("le", ctypes.c_uint64 * (LAT_BUCKETS + 1))] + _reserved(4)
+
+
+class WalStats(ctypes.Structure):
+    """struct dynemb_wal_stats"""
+    _fields_ = [("present", ctypes.c_uint32), ("pad", ctypes.c_uint32)] + [
+        (f, ctypes.c_uint64) for f in ("last_lsn", "durable_lsn", "bytes_written", "flushes",
+                                       "fsyncs", "flush_ns_sum")] + [
+        ("flush_le", ctypes.c_uint64 * (LAT_BUCKETS + 1))] + _reserved(4)
+
+
 class SampleSpec(ctypes.Structure):
     """struct dynemb_sample_spec"""
     _fields_ = [("kind", ctypes.c_int), ("num_sampled", ctypes.c_uint32),
@@ -194,6 +213,9 @@ _PROTOS = {
                                           ctypes.c_size_t, ctypes.POINTER(ctypes.c_size_t),
                                           ctypes.POINTER(ctypes.c_size_t)]),
     "dynemb_stats_by_name": (ctypes.c_int, [c_vp, ctypes.c_char_p, ctypes.POINTER(Stats)]),
+    "dynemb_op_stats": (ctypes.c_int, [c_vp, ctypes.POINTER(OpStat), ctypes.c_size_t,
+                                       ctypes.POINTER(ctypes.c_size_t),
+                                       ctypes.POINTER(WalStats)]),
     "dynemb_struct_size": (ctypes.c_size_t, [ctypes.c_char_p]),
     "dynemb_capabilities": (ctypes.c_uint64, [c_vp]),
 }
@@ -207,6 +229,7 @@ STRUCTS = {
     "dynemb_stats": Stats, "dynemb_sample_spec": SampleSpec, "dynemb_progress": Progress,
     "dynemb_snapshot_result": SnapshotResult, "dynemb_import_result": ImportResult,
     "dynemb_status": Status, "dynemb_table_info": TableInfo,
+    "dynemb_op_stat": OpStat, "dynemb_wal_stats": WalStats,
 }
 
 
