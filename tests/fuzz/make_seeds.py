@@ -71,7 +71,7 @@ def segments(table=0, first=0, pad=0, **kw):
 
 SNAPSHOT, EXPORT, IMPORT = 9, 11, 13
 DROP = 21
-STATUS, TABLES, STATS_BY_NAME, EVICT, LOG_LEVEL = 23, 25, 27, 29, 31
+STATUS, TABLES, STATS_BY_NAME, EVICT, LOG_LEVEL, OPSTATS = 23, 25, 27, 29, 31, 33
 
 
 def path(p):
@@ -130,7 +130,7 @@ CONTROL = {
     'drop': (HELLO_DONE, hdr(DROP, 80) + name('emb')),
     'drop_bad_name': (HELLO_DONE, hdr(DROP, 80) + name('a\x01b')),
     'drop_short': (HELLO_DONE, (hdr(DROP, 80) + name('emb'))[:40]),
-    # the operator's queries (types 23..31): exact lengths, names, a pad, a level
+    # the operator's queries (types 23..33): exact lengths, names, a pad, a level
     'status': (HELLO_DONE, hdr(STATUS, 16)),
     'status_long': (HELLO_DONE, hdr(STATUS, 24) + bytes(8)),
     'tables': (HELLO_DONE, hdr(TABLES, 24) + struct.pack('<II', 28, 0)),
@@ -139,6 +139,8 @@ CONTROL = {
     'evict_bad_name': (HELLO_DONE, hdr(EVICT, 80) + name('a\x01b')),
     'log_level': (HELLO_DONE, hdr(LOG_LEVEL, 24) + struct.pack('<II', 3, 0)),
     'log_level_bad': (HELLO_DONE, hdr(LOG_LEVEL, 24) + struct.pack('<II', 4, 0)),
+    'opstats': (HELLO_DONE, hdr(OPSTATS, 24) + struct.pack('<II', 4, 0)),
+    'opstats_pad': (HELLO_DONE, hdr(OPSTATS, 24) + struct.pack('<II', 0, 1)),
 }
 
 
