@@ -371,7 +371,8 @@ static void *proxy_main(void *arg)
 		return NULL;
 	}
 	for (;;) {
-		struct pollfd pf[2] = { { .fd = cl, .events = POLLIN }, { .fd = d, .events = POLLIN } };
+		struct pollfd pf[2] = { { .fd = cl, .events = POLLIN },
+					{ .fd = d, .events = POLLIN } };
 		if (poll(pf, 2, 20000) <= 0)
 			break;
 		if ((pf[0].revents & (POLLIN | POLLHUP)) && relay(p, cl, d) <= 0)
@@ -652,7 +653,8 @@ Test(top, json_frames_count_the_calls_made)
 	/* no work during top: totals are the calls made, the intervals saw none */
 	cr_expect(frames_hold(o.out_path,
 			      "len(frames) == 2 and [f['frame'] for f in frames] == [1, 2] and "
-			      "all(f['ok'] and f['command'] == 'top' and 0.15 <= f['interval_s'] <= 1.0 and "
+			      "all(f['ok'] and f['command'] == 'top' and "
+			      "0.15 <= f['interval_s'] <= 1.0 and "
 			      "f['peers'] == 'none' and f['wal'] is None and "
 			      "op(f, 'tt', 'lookup')['requests'] == 23 and "
 			      "op(f, 'tt', 'lookup')['keys'] == 23 * 64 and "

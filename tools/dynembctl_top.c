@@ -260,7 +260,8 @@ static void frame_text(const struct poll *p, const struct poll *q, double dt, un
 										 : q->ops[i].table;
 		printf("%-24.24s %-11s %10s %8s %10s %10s %10s %12" PRIu64 "\n", name,
 		       op_names[q->ops[i].op], num_h(a, sizeof a, (double)f.d_req / dt),
-		       num_h(b, sizeof b, (double)f.d_err / dt), num_h(c, sizeof c, (double)f.d_keys / dt),
+		       num_h(b, sizeof b, (double)f.d_err / dt),
+		       num_h(c, sizeof c, (double)f.d_keys / dt),
 		       dur_h(d, sizeof d, f.p50, f.p50_over), dur_h(e, sizeof e, f.p99, f.p99_over),
 		       q->ops[i].requests);
 		shown++;
@@ -282,8 +283,10 @@ static void frame_text(const struct poll *p, const struct poll *q, double dt, un
 					    : "none");
 		printf("%-24.24s %12" PRIu64 " %23s %10s %10s %10" PRIu64 "\n", t->info.name,
 		       t->st.keys, mem,
-		       num_h(c, sizeof c, (double)diff(t->st.evicted, po ? o->st.evicted : 0, !po) / dt),
-		       num_h(d, sizeof d, (double)diff(t->st.admitted, po ? o->st.admitted : 0, !po) / dt),
+		       num_h(c, sizeof c,
+			     (double)diff(t->st.evicted, po ? o->st.evicted : 0, !po) / dt),
+		       num_h(d, sizeof d,
+			     (double)diff(t->st.admitted, po ? o->st.admitted : 0, !po) / dt),
 		       t->st.evicted);
 	}
 	if (!q->nt)
@@ -295,7 +298,8 @@ static void frame_text(const struct poll *p, const struct poll *q, double dt, un
 		uint64_t dl[TOP_HIST_BUCKETS + 1];
 		top_hist_delta(q->wal.flush_le, p->wal.present ? p->wal.flush_le : NULL, dl);
 		bool o50, o99;
-		double f50 = top_hist_quantile(dl, 0.50, &o50), f99 = top_hist_quantile(dl, 0.99, &o99);
+		double f50 = top_hist_quantile(dl, 0.50, &o50);
+		double f99 = top_hist_quantile(dl, 0.99, &o99);
 		printf("wal    %s, lag %" PRIu64 " records (durable lsn %" PRIu64 " of %" PRIu64
 		       "), %s/s written, %s flushes/s, fsync p50 %s p99 %s\n",
 		       q->status.wal_state == DYNEMB_WAL_FAILED ? "FAILED" : "ok",
@@ -353,8 +357,9 @@ static void frame_json(const struct poll *p, const struct poll *q, double dt, un
 			struct fop f;
 			frame_op(&q->ops[k], find_op(p, t->info.name, q->ops[k].op), &f);
 			printf("%s{\"op\": \"%s\", \"requests\": %" PRIu64 ", \"errors\": %" PRIu64
-			       ", \"keys\": %" PRIu64 ", \"sum_ns\": %" PRIu64 ", \"delta_requests\": %"
-			       PRIu64 ", \"delta_errors\": %" PRIu64 ", \"delta_keys\": %" PRIu64
+			       ", \"keys\": %" PRIu64 ", \"sum_ns\": %" PRIu64
+			       ", \"delta_requests\": %" PRIu64 ", \"delta_errors\": %" PRIu64
+			       ", \"delta_keys\": %" PRIu64
 			       ", \"requests_per_s\": ", first ? "" : ", ", op_names[q->ops[k].op],
 			       f.now->requests, f.now->errors, f.now->keys, f.now->sum_ns, f.d_req,
 			       f.d_err, f.d_keys);
@@ -389,7 +394,8 @@ static void frame_json(const struct poll *p, const struct poll *q, double dt, un
 		uint64_t dl[TOP_HIST_BUCKETS + 1];
 		top_hist_delta(q->wal.flush_le, p->wal.present ? p->wal.flush_le : NULL, dl);
 		bool o50, o99;
-		double f50 = top_hist_quantile(dl, 0.50, &o50), f99 = top_hist_quantile(dl, 0.99, &o99);
+		double f50 = top_hist_quantile(dl, 0.50, &o50);
+		double f99 = top_hist_quantile(dl, 0.99, &o99);
 		printf("{\"state\": \"%s\", \"last_lsn\": %" PRIu64 ", \"durable_lsn\": %" PRIu64
 		       ", \"lag_records\": %" PRIu64 ", \"bytes_written\": %" PRIu64
 		       ", \"flushes\": %" PRIu64 ", \"fsyncs\": %" PRIu64 ", \"bytes_per_s\": ",

@@ -36,7 +36,8 @@ struct srv_table_persist; /* persist_*.c */
 /*
  * Per-op counters of a table, for /metrics (metrics.c): one set per enum de_op, added to
  * by the worker that completes a descriptor (relaxed atomics, once per descriptor, never
- * per key) and read by the scrape thread. A descriptor's latency runs from the worker
+ * per key) and read by the scrape thread and the control thread's OPSTATS
+ * (srv_op_counters_read). A descriptor's latency runs from the worker
  * starting it to its completion being ready (a chunked LOOKUP: first chunk to last; TOPK
  * and SAMPLE: queued to the slow pool until the worker takes their completion back). It
  * lands in the first bucket i whose bound SRV_LAT_BOUND_NS(i) (1 us * 2^i, i <
@@ -91,7 +92,7 @@ struct srv_table {
 	/* control thread only: connections that have the table open (a DROP needs 0) */
 	unsigned refs;
 	struct srv_table *next;
-	struct srv_op_counters ops[SRV_OP_SLOTS]; /* workers add, /metrics reads (above) */
+	struct srv_op_counters ops[SRV_OP_SLOTS]; /* workers add, /metrics, OPSTATS read */
 };
 
 /*
