@@ -169,3 +169,39 @@ def test_top_rates_and_percentiles_against_the_calls_made(daemon, tname):
         w = f["wal"]
         assert w is not None and w["lag_records"] == w["last_lsn"] - w["durable_lsn"]
         assert w["bytes_per_s"] >= 0
+
+
+def test_top_on_a_terminal_redraws_until_interrupted(daemon):
+    """stdout a terminal, no --iterations: frames redrawn (ANSI clear) until SIGINT, then
+    exit 0 at once."""
+    import pty
+    import signal
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: dynembctl on the pty
+        try:
+            os.execv(_dynembctl(), ["dynembctl", "--socket", daemon, "top", "--interval", "50"])
+        finally:
+            os._exit(127)
+    out = b""
+    try:
+        end = time.monotonic() + 10
+        while out.count(b"\x1b[2J") < 3 and time.monotonic() < end:
+            try:
+                out += os.read(fd, 65536)
+            except OSError:
+                break
+        os.kill(pid, signal.SIGINT)
+        t0 = time.monotonic()
+        _, st = os.waitpid(pid, 0)
+        waited = time.monotonic() - t0
+    finally:
+        try:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+        except (ProcessLookupError, ChildProcessError):
+            pass
+        os.close(fd)
+    assert out.count(b"\x1b[H\x1b[2J") >= 3, out[-500:]
+    assert b"frame 3, interval" in out and b"peers  none" in out, out[-500:]
+    assert os.waitstatus_to_exitcode(st) == 0
+    assert waited < 2.0, waited
