@@ -199,19 +199,8 @@ int dynemb_set_log_level(dynemb_client *c, const char *level)
 
 /* ---- OPSTATS ---------------------------------------------------------------------------- */
 
-#define SAME(a, b) _Static_assert((long long)(a) == (long long)(b), #a " == " #b)
-SAME(DYNEMB_OP_LOOKUP, DE_OP_LOOKUP);
-SAME(DYNEMB_OP_UPDATE, DE_OP_UPDATE);
-SAME(DYNEMB_OP_ERASE, DE_OP_ERASE);
-SAME(DYNEMB_OP_STATS, DE_OP_STATS);
-SAME(DYNEMB_OP_APPLY_GRADS, DE_OP_APPLY_GRADS);
-SAME(DYNEMB_OP_SAMPLE, DE_OP_SAMPLE);
-SAME(DYNEMB_OP_TOPK, DE_OP_TOPK);
-SAME(DYNEMB_OP_KEY_STRINGS, DE_OP_KEY_STRINGS);
-SAME(DYNEMB_OP_MAX, DE_OP_MAX);
-SAME(DYNEMB_LAT_BUCKETS, DE_OPSTATS_BUCKETS);
-SAME(DYNEMB_CAP_OPSTATS, DE_CAP_OPSTATS);
-#undef SAME
+/* dynemb.h's DYNEMB_OP_*, DYNEMB_LAT_BUCKETS, DYNEMB_CAP_OPSTATS are the wire's: client.c
+ * asserts it. */
 
 static int bad_reply(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 static int bad_reply(const char *fmt, ...)
