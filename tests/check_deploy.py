@@ -5,6 +5,7 @@ drift from the code. Meson tests of suite 'deploy' (tests/meson.build), run with
 project venv's python (PyYAML, kubernetes-validate):
 
   check_deploy.py k8s       SRC BUILD DYNEMBD DYNEMBCTL
+  check_deploy.py seccomp   SRC BUILD DYNEMBD DYNEMBCTL
   check_deploy.py systemd   SRC BUILD DYNEMBD DYNEMBCTL
   check_deploy.py container SRC BUILD DYNEMBD DYNEMBCTL
 
@@ -16,8 +17,9 @@ k8s: every object of tools/deploy/kubernetes/*.yaml validates (strict: no unknow
   (the INI's socket, the DaemonSet's hostPath, the trainer pod's same hostPath at the
   same path, which is libdynemb's default socket), huge pages (requests equal to limits,
   memory and cpu requested, [quota] host_bytes within them), the security context (not
-  privileged, no privilege escalation, drop ALL, add only SYS_NICE to the daemon and
-  CHOWN to the directory-owning init container; non-root pods; the daemon's uid in
+  privileged, no privilege escalation, drop ALL, add nothing to the daemon under the
+  shipped seccomp profile (SYS_NICE only under RuntimeDefault) and only CHOWN to the
+  directory-owning init container; non-root pods; the daemon's uid in
   allow_uids so its probes get in, the trainer's group in allow_gids), the metrics port
   (INI, containerPort, annotation, Service), the rolling update and the PDB. The
   ConfigMap's INI is printed back by `dynembd --config INI --print-config` with the same
@@ -25,6 +27,13 @@ k8s: every object of tools/deploy/kubernetes/*.yaml validates (strict: no unknow
   DaemonSet's own probe commands (dynembctl's path rewritten) pass while it serves,
   readiness fails on a degraded daemon (a stand-in dynembctl that exits 1) and
   liveness only on a down one (exit 2), /metrics answers, and SIGTERM exits 0.
+seccomp: tools/deploy/kubernetes/seccomp/dynembd.json (the DaemonSet's Localhost profile)
+  allows io_uring and mbind and none of a list of calls no sidecar needs (unshare,
+  setns, ptrace, bpf, keyctl, ...); loaded with libseccomp, it runs the daemon with a
+  data_dir through a client's durable writes, a snapshot, /metrics, the DaemonSet's
+  probes (under the profile too) and SIGTERM with no EPERM in the log; the same profile
+  without io_uring_setup must stop the daemon (so the filter is known to apply). SKIP
+  (77) without libseccomp.
 systemd: ExecStart is meson's installed dynembd; RuntimeDirectory, StateDirectory and
   CacheDirectory hold the INI's socket, data_dir and tier_dir; the hardening keys are
   set; tools/deploy/systemd/dynembd.ini starts the daemon; `systemd-analyze verify`
@@ -43,6 +52,8 @@ Exit 0 when everything holds, 1 with one line per problem.
 
 import configparser
 import copy
+import ctypes
+import ctypes.util
 import json
 import os
 import re
@@ -56,7 +67,9 @@ import time
 import urllib.request
 
 KUBE_VERSIONS = ("1.29.0", "1.37.0")  # oldest and newest checked (bundled by kubernetes-validate)
-DAEMON_CAPS = {"SYS_NICE"}  # dynembd.yaml says why; nothing else
+# The daemon's capabilities (dynembd.yaml says why): none under the shipped seccomp
+# profile; SYS_NICE under RuntimeDefault, which passes mbind only to holders of it.
+DAEMON_CAPS = {"Localhost": set(), "RuntimeDefault": {"SYS_NICE"}}
 INIT_CAPS = {"CHOWN"}  # the init container that chowns the hostPath directories
 BASE_IMAGE_PACKAGES = {"libc6"}  # in debian:12-slim
 
@@ -303,10 +316,11 @@ def probe_argvs(container):
             ("startupProbe", "readinessProbe", "livenessProbe") if k in container}
 
 
-def run_probe(argv, dynembctl_path, installed_ctl, socket_default, sock):
+def run_probe(argv, dynembctl_path, installed_ctl, socket_default, sock, preexec=None):
     argv = [a.replace(installed_ctl, dynembctl_path).replace(socket_default, sock)
             for a in argv]
-    return subprocess.run(argv, capture_output=True, text=True, timeout=30).returncode
+    return subprocess.run(argv, capture_output=True, text=True, timeout=30,
+                          preexec_fn=preexec).returncode
 
 
 def check_k8s(src, build, dynembd, dynembctl):
@@ -433,7 +447,10 @@ def check_k8s(src, build, dynembd, dynembctl):
         fail(f"DaemonSet: {workers} workers on {req.get('cpu')} CPUs")
 
     # security
-    check_security("DaemonSet container dynembd", spec, main, DAEMON_CAPS)
+    seccomp = spec.get("securityContext", {}).get("seccompProfile", {}).get("type")
+    if seccomp not in DAEMON_CAPS:
+        fail(f"DaemonSet: seccompProfile {seccomp}, want one of {sorted(DAEMON_CAPS)}")
+    check_security("DaemonSet container dynembd", spec, main, DAEMON_CAPS.get(seccomp, set()))
     for c in spec.get("initContainers", []):
         check_security(f"DaemonSet init container {c['name']}", spec, c, INIT_CAPS, nonroot=False)
     check_security("trainer pod", trainer["spec"], tmain, set())
@@ -446,9 +463,6 @@ def check_k8s(src, build, dynembd, dynembctl):
     tsc = {**trainer["spec"].get("securityContext", {}), **tmain.get("securityContext", {})}
     if str(tsc.get("runAsUser")) not in allow_uids and str(tsc.get("runAsGroup")) not in allow_gids:
         fail("trainer pod: neither its uid nor its group is in allow_uids / allow_gids")
-    seccomp = spec.get("securityContext", {}).get("seccompProfile", {}).get("type")
-    if seccomp not in ("RuntimeDefault", "Localhost"):
-        fail(f"DaemonSet: seccompProfile {seccomp}, want RuntimeDefault or Localhost")
     cf_user = containerfile_user(src)
     if cf_user and cf_user.split(":")[0] != str(uid):
         fail(f"Containerfile: USER {cf_user}, the DaemonSet runs as {uid}")
@@ -523,6 +537,157 @@ def write_tmp(text):
         f.write(text)
     _tmpfiles.append(path)
     return path
+
+
+# ---- seccomp ---------------------------------------------------------------------------
+
+SCMP_ACT_ALLOW = 0x7FFF0000
+CMP_OPS = {"SCMP_CMP_NE": 1, "SCMP_CMP_LT": 2, "SCMP_CMP_LE": 3, "SCMP_CMP_EQ": 4,
+           "SCMP_CMP_GE": 5, "SCMP_CMP_GT": 6, "SCMP_CMP_MASKED_EQ": 7}
+# what the profile must never allow (the container runtimes' defaults refuse them too)
+NEVER = {"unshare", "setns", "clone3", "mount", "umount2", "pivot_root", "chroot", "ptrace",
+         "bpf", "perf_event_open", "keyctl", "add_key", "request_key", "userfaultfd",
+         "process_vm_readv", "process_vm_writev", "kcmp", "init_module", "finit_module",
+         "delete_module", "kexec_load", "reboot", "swapon", "acct", "open_by_handle_at",
+         "move_pages", "migrate_pages"}
+
+
+def scmp_act_errno(e):
+    return 0x00050000 | (e & 0xFFFF)
+
+
+class ScmpArg(ctypes.Structure):  # libseccomp's struct scmp_arg_cmp
+    _fields_ = [("arg", ctypes.c_uint), ("op", ctypes.c_int), ("datum_a", ctypes.c_uint64),
+                ("datum_b", ctypes.c_uint64)]
+
+
+def seccomp_filter(profile, without=()):
+    """A libseccomp filter context built from an OCI (Kubernetes Localhost) profile, for
+    the native architecture; syscalls in `without` are left to the default action."""
+    lib = ctypes.CDLL("libseccomp.so.2", use_errno=True)
+    lib.seccomp_init.restype = ctypes.c_void_p
+    lib.seccomp_init.argtypes = [ctypes.c_uint32]
+    lib.seccomp_syscall_resolve_name.argtypes = [ctypes.c_char_p]
+    lib.seccomp_rule_add_array.argtypes = [ctypes.c_void_p, ctypes.c_uint32, ctypes.c_int,
+                                           ctypes.c_uint, ctypes.POINTER(ScmpArg)]
+    lib.seccomp_load.argtypes = [ctypes.c_void_p]
+    if profile["defaultAction"] != "SCMP_ACT_ERRNO":
+        fail(f"seccomp profile: defaultAction {profile['defaultAction']}, want SCMP_ACT_ERRNO")
+    ctx = lib.seccomp_init(scmp_act_errno(profile.get("defaultErrnoRet", 1)))
+    for rule in profile["syscalls"]:
+        act = {"SCMP_ACT_ALLOW": SCMP_ACT_ALLOW,
+               "SCMP_ACT_ERRNO": scmp_act_errno(rule.get("errnoRet", 1))}[rule["action"]]
+        args = rule.get("args") or []
+        arr = (ScmpArg * max(1, len(args)))(*[ScmpArg(a["index"], CMP_OPS[a["op"]],
+                                                      a["value"], a.get("valueTwo", 0))
+                                              for a in args])
+        for name in rule["names"]:
+            if name in without:
+                continue
+            nr = lib.seccomp_syscall_resolve_name(name.encode())
+            if nr < 0:  # not a syscall of this architecture (runc skips these too)
+                continue
+            r = lib.seccomp_rule_add_array(ctx, act, nr, len(args), arr)
+            if r != 0:
+                fail(f"seccomp profile: libseccomp refuses the rule for {name}: {r}")
+    return lambda: lib.seccomp_load(ctx)
+
+
+def check_seccomp(src, build, dynembd, dynembctl):
+    if not ctypes.util.find_library("seccomp"):
+        skip("libseccomp is not installed")
+    path = os.path.join(src, "tools", "deploy", "kubernetes", "seccomp", "dynembd.json")
+    with open(path) as f:
+        profile = json.load(f)
+    allowed = {n for r in profile["syscalls"] if r["action"] == "SCMP_ACT_ALLOW"
+               for n in r["names"] if not r.get("args")}
+    for n in sorted(allowed & NEVER):
+        fail(f"seccomp profile: allows {n}")
+    for n in ("io_uring_setup", "io_uring_enter", "io_uring_register", "mbind", "memfd_create"):
+        if n not in allowed:
+            fail(f"seccomp profile: does not allow {n}, which dynembd calls")
+    # the DaemonSet names it
+    ds = next(d for d in load_yaml(os.path.join(src, "tools", "deploy", "kubernetes",
+                                                "dynembd.yaml")) if d["kind"] == "DaemonSet")
+    sp = ds["spec"]["template"]["spec"].get("securityContext", {}).get("seccompProfile", {})
+    if sp.get("type") == "Localhost" and \
+            sp.get("localhostProfile") != "dynemb/" + os.path.basename(path):
+        fail(f"DaemonSet: localhostProfile {sp.get('localhostProfile')}, want "
+             f"dynemb/{os.path.basename(path)} (the kubelet's seccomp directory)")
+
+    # the daemon under the profile, with persistence (io_uring) and a client's writes
+    sys.path.insert(0, os.path.join(src, "tf_op", "python"))
+    os.environ["DYNEMB_LIB"] = next(s_ for s_ in installed_paths(build)
+                                    if os.path.basename(s_).startswith("libdynemb.so.0."))
+    import numpy as np
+    import dynemb
+    with tempfile.TemporaryDirectory(prefix="dynemb-deploy.") as tmp:
+        for without, want_ok in (((), True), (("io_uring_setup",), False)):
+            sock = os.path.join(tmp, "run", "dynemb.sock")
+            data = os.path.join(tmp, "data" + str(len(without)))
+            port = free_port()
+            log = os.path.join(tmp, "seccomp.log")
+            with open(log, "w") as lf:
+                p = subprocess.Popen(
+                    [dynembd, "--foreground", "--socket", sock, "--data-dir", data,
+                     "--tier-dir", os.path.join(tmp, "tier"), "--allow-uid", str(os.getuid()),
+                     "--metrics-listen", f"127.0.0.1:{port}", "--workers", "2"],
+                    stdout=lf, stderr=lf, preexec_fn=seccomp_filter(profile, without))
+            d = Daemon.__new__(Daemon)
+            d.p, d.log = p, open(os.devnull, "w")
+            up = d.wait_socket(sock) and p.poll() is None
+            if up:
+                time.sleep(0.2)  # the WAL opens after the socket is bound
+                up = p.poll() is None
+            if not want_ok:
+                d.stop()
+                if up:
+                    fail("dynembd with io_uring_setup denied kept running: the filter was "
+                         "not applied, so the profile check above means nothing")
+                continue
+            try:
+                if not up:
+                    raise RuntimeError("did not start")
+                with dynemb.Client(sock) as c:
+                    t = c.open("seccomp", dim=8, init="zeros", optimizer="adagrad", lr=0.1,
+                               durability="sync")
+                    keys = np.arange(1000, dtype=np.int64)
+                    t.lookup(keys)
+                    t.apply_gradients(keys, np.ones((1000, 8), np.float32))
+                for argv in (["health"], ["snapshot"], ["status"]):
+                    r = run([dynembctl, "--socket", sock, "--quiet"] + argv)
+                    if r.returncode != 0:
+                        fail(f"under the seccomp profile: dynembctl {argv[0]}: exit "
+                             f"{r.returncode}: {r.stdout.strip()} {r.stderr.strip()}")
+                if not metrics_ok(port):
+                    fail("under the seccomp profile: GET /metrics fails")
+                # the kubelet runs exec probes in the container, under its profile
+                main = next(c for c in ds["spec"]["template"]["spec"]["containers"]
+                            if c["name"] == "dynembd")
+                for k, argv in probe_argvs(main).items():
+                    rc = run_probe(argv, dynembctl, installed(build, "dynembctl"),
+                                   "/run/dynemb/dynemb.sock", sock,
+                                   seccomp_filter(profile))
+                    if rc != 0:
+                        fail(f"DaemonSet {k} exits {rc} under the seccomp profile")
+                # and they still see a down daemon (the shell must get its child's status)
+                fake = os.path.join(tmp, "dynembctl-down")
+                with open(fake, "w") as f:
+                    f.write("#!/bin/sh\nexit 2\n")
+                os.chmod(fake, 0o755)
+                for k, argv in probe_argvs(main).items():
+                    if run_probe(argv, fake, installed(build, "dynembctl"),
+                                 "/run/dynemb/dynemb.sock", sock,
+                                 seccomp_filter(profile)) == 0:
+                        fail(f"DaemonSet {k} passes on a down daemon under the seccomp profile")
+            except Exception as e:  # noqa: BLE001 - reported with the daemon's log
+                fail(f"dynembd under the seccomp profile: {e}")
+            finally:
+                rc = d.stop()
+            with open(log) as lf:
+                text = lf.read()
+            if rc != 0 or "Operation not permitted" in text:
+                fail(f"dynembd under the seccomp profile: exit {rc}; log: {text[-2000:]}")
 
 
 # ---- systemd ---------------------------------------------------------------------------
@@ -805,11 +970,12 @@ def check_container(src, build, dynembd, dynembctl):
 
 
 def main():
-    if len(sys.argv) != 6 or sys.argv[1] not in ("k8s", "systemd", "container"):
+    if len(sys.argv) != 6 or sys.argv[1] not in ("k8s", "seccomp", "systemd", "container"):
         sys.exit(__doc__)
     what, src, build, dynembd, dynembctl = sys.argv[1:]
     try:
-        {"k8s": check_k8s, "systemd": check_systemd, "container": check_container}[what](
+        {"k8s": check_k8s, "seccomp": check_seccomp, "systemd": check_systemd,
+         "container": check_container}[what](
             src, build, dynembd, dynembctl)
     finally:
         for p in _tmpfiles:
