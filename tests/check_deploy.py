@@ -45,7 +45,8 @@ container: the runtime stage of tools/deploy/Containerfile installs a package fo
   is in the base image), every library `ldd` resolves belongs to one of those packages or
   their dependencies (dpkg's Depends), and every library package it names provides one
   of the NEEDED libraries; the build stage copies every directory meson.build descends
-  into; the entry point is the installed dynembd and the USER the DaemonSet's uid.
+  into, and Containerfile.dockerignore lets each of them into the context; the entry
+  point is the installed dynembd and the USER the DaemonSet's uid.
   SKIP (77) without dpkg, ldd or readelf.
 Exit 0 when everything holds, 1 with one line per problem.
 """
@@ -958,6 +959,11 @@ def check_container(src, build, dynembd, dynembctl):
                 if not os.path.exists(os.path.join(src, s)):
                     fail(f"Containerfile: COPY {s}: no such file in the tree")
                 copied.add(s.rstrip("/"))
+    ignore = os.path.join(src, "tools", "deploy", "Containerfile.dockerignore")
+    with open(ignore) as f:
+        let_in = {l.strip()[1:].rstrip("/") for l in f if l.strip().startswith("!")}
+    for s_ in sorted(copied - let_in):
+        fail(f"Containerfile.dockerignore: COPY {s_} is not let into the build context")
     for d in sorted(top - copied):
         fail(f"Containerfile: the build stage does not copy {d}/ (meson.build descends into it)")
     for f in ("meson.build", "meson_options.txt"):
