@@ -29,11 +29,13 @@ k8s: every object of tools/deploy/kubernetes/*.yaml validates (strict: no unknow
   liveness only on a down one (exit 2), /metrics answers, and SIGTERM exits 0.
 seccomp: tools/deploy/kubernetes/seccomp/dynembd.json (the DaemonSet's Localhost profile)
   allows io_uring and mbind and none of a list of calls no sidecar needs (unshare,
-  setns, ptrace, bpf, keyctl, ...); loaded with libseccomp, it runs the daemon with a
-  data_dir through a client's durable writes, a snapshot, /metrics, the DaemonSet's
-  probes (under the profile too) and SIGTERM with no EPERM in the log; the same profile
-  without io_uring_setup must stop the daemon (so the filter is known to apply). SKIP
-  (77) without libseccomp.
+  setns, ptrace, bpf, keyctl, ...); loaded with libseccomp, it runs the daemon on the
+  ConfigMap's INI (paths moved) as the DaemonSet's uid and group with no capability
+  (when the test runs as root), a trainer of trainer-pod.yaml's uid and group stepping
+  a durable (WAL, io_uring) Adagrad table, a snapshot, /metrics, the DaemonSet's probes
+  (as the daemon's uid, under the profile: they pass, and fail on a down daemon) and
+  SIGTERM, with no EPERM or error in the log; the same profile without io_uring_setup
+  must stop the daemon (so the filter is known to apply). SKIP (77) without libseccomp.
 systemd: ExecStart is meson's installed dynembd; RuntimeDirectory, StateDirectory and
   CacheDirectory hold the INI's socket, data_dir and tier_dir; the hardening keys are
   set; tools/deploy/systemd/dynembd.ini starts the daemon; `systemd-analyze verify`
@@ -595,7 +597,23 @@ def seccomp_filter(profile, without=()):
     return lambda: lib.seccomp_load(ctx)
 
 
+def others_can_reach(path):
+    """Whether a user other than the owner can read path (every directory above it
+    searchable by others)."""
+    path = os.path.realpath(path)
+    if not os.stat(path).st_mode & 0o004:
+        return False
+    d = os.path.dirname(path)
+    while True:
+        if not os.stat(d).st_mode & 0o001:
+            return False
+        if d == "/":
+            return True
+        d = os.path.dirname(d)
+
+
 def check_seccomp(src, build, dynembd, dynembctl):
+    import numpy as np
     if not ctypes.util.find_library("seccomp"):
         skip("libseccomp is not installed")
     path = os.path.join(src, "tools", "deploy", "kubernetes", "seccomp", "dynembd.json")
@@ -617,29 +635,75 @@ def check_seccomp(src, build, dynembd, dynembctl):
         fail(f"DaemonSet: localhostProfile {sp.get('localhostProfile')}, want "
              f"dynemb/{os.path.basename(path)} (the kubelet's seccomp directory)")
 
-    # the daemon under the profile, with persistence (io_uring) and a client's writes
-    sys.path.insert(0, os.path.join(src, "tf_op", "python"))
-    os.environ["DYNEMB_LIB"] = next(s_ for s_ in installed_paths(build)
-                                    if os.path.basename(s_).startswith("libdynemb.so.0."))
-    import numpy as np
-    import dynemb
+    # The pod as the kubelet runs it: the ConfigMap's INI (paths moved to a temporary
+    # directory), under the profile, as the DaemonSet's uid with no capability (when
+    # this test runs as root), probes as that uid, and a trainer of trainer-pod.yaml's
+    # uid and group writing durably (io_uring) through the socket.
+    docs = load_yaml(os.path.join(src, "tools", "deploy", "kubernetes", "dynembd.yaml"))
+    cm = next(d for d in docs if d["kind"] == "ConfigMap")
+    ini_text = next(iter(cm["data"].values()))
+    pod_sc = ds["spec"]["template"]["spec"].get("securityContext", {})
+    uid, gid = pod_sc.get("runAsUser", 0), pod_sc.get("runAsGroup", 0)
+    trainer = load_yaml(os.path.join(src, "tools", "deploy", "kubernetes", "trainer-pod.yaml"))[0]
+    tsc = trainer["spec"].get("securityContext", {})
+    tuid, tgid = tsc.get("runAsUser", 0), tsc.get("runAsGroup", 0)
+    # other uids must reach the binaries, the package and the interpreter
+    needed_paths = [dynembd, dynembctl, os.path.join(src, "tf_op", "python"),
+                    os.path.realpath(sys.executable), os.path.dirname(np.__file__)]
+    as_root = os.getuid() == 0 and all(others_can_reach(p_) for p_ in needed_paths)
+    if not as_root:
+        print("check_deploy: not root, or the build is out of other users' reach: the "
+              "daemon and the trainer run as this user, not as the manifests' uids")
+
+    def become(u, g, then=None):
+        def pre():
+            if as_root:
+                os.setgroups([])
+                os.setgid(g)
+                os.setuid(u)
+            if then:
+                then()
+        return pre
+
+    main = next(c for c in ds["spec"]["template"]["spec"]["containers"] if c["name"] == "dynembd")
+    probes = probe_argvs(main)
+    ctl = installed(build, "dynembctl")
+    lib = next(s_ for s_ in installed_paths(build)
+               if os.path.basename(s_).startswith("libdynemb.so.0."))
+    client_env = dict(os.environ, DYNEMB_LIB=lib,
+                      PYTHONPATH=os.path.realpath(os.path.join(src, "tf_op", "python")),
+                      PYTHONDONTWRITEBYTECODE="1")
     with tempfile.TemporaryDirectory(prefix="dynemb-deploy.") as tmp:
+        os.chmod(tmp, 0o755)
+        ini_path = os.path.join(tmp, "dynembd.ini")
+        with open(ini_path, "w") as f:
+            f.write(ini_text)
+        os.chmod(ini_path, 0o644)
         for without, want_ok in (((), True), (("io_uring_setup",), False)):
-            sock = os.path.join(tmp, "run", "dynemb.sock")
-            data = os.path.join(tmp, "data" + str(len(without)))
+            run_dir = os.path.join(tmp, "run" + str(len(without)))
+            data = os.path.join(tmp, "lib" + str(len(without)))
+            for d_ in (run_dir, data):
+                os.mkdir(d_, 0o755)
+                if as_root:
+                    os.chown(d_, uid, gid)
+            sock = os.path.join(run_dir, "dynemb.sock")
             port = free_port()
             log = os.path.join(tmp, "seccomp.log")
+            flags = ["--foreground", "--config", ini_path, "--socket", sock,
+                     "--data-dir", os.path.join(data, "data"),
+                     "--export-dir", os.path.join(data, "exports"),
+                     "--tier-dir", os.path.join(data, "tier"),
+                     "--metrics-listen", f"127.0.0.1:{port}"]
+            if not as_root:
+                flags += ["--allow-uid", str(os.getuid())]
             with open(log, "w") as lf:
-                p = subprocess.Popen(
-                    [dynembd, "--foreground", "--socket", sock, "--data-dir", data,
-                     "--tier-dir", os.path.join(tmp, "tier"), "--allow-uid", str(os.getuid()),
-                     "--metrics-listen", f"127.0.0.1:{port}", "--workers", "2"],
-                    stdout=lf, stderr=lf, preexec_fn=seccomp_filter(profile, without))
+                p = subprocess.Popen([dynembd] + flags, stdout=lf, stderr=lf,
+                                     preexec_fn=become(uid, gid, seccomp_filter(profile, without)))
             d = Daemon.__new__(Daemon)
             d.p, d.log = p, open(os.devnull, "w")
             up = d.wait_socket(sock) and p.poll() is None
             if up:
-                time.sleep(0.2)  # the WAL opens after the socket is bound
+                time.sleep(0.3)  # the WAL opens after the socket is bound
                 up = p.poll() is None
             if not want_ok:
                 d.stop()
@@ -650,26 +714,24 @@ def check_seccomp(src, build, dynembd, dynembctl):
             try:
                 if not up:
                     raise RuntimeError("did not start")
-                with dynemb.Client(sock) as c:
-                    t = c.open("seccomp", dim=8, init="zeros", optimizer="adagrad", lr=0.1,
-                               durability="sync")
-                    keys = np.arange(1000, dtype=np.int64)
-                    t.lookup(keys)
-                    t.apply_gradients(keys, np.ones((1000, 8), np.float32))
-                for argv in (["health"], ["snapshot"], ["status"]):
-                    r = run([dynembctl, "--socket", sock, "--quiet"] + argv)
-                    if r.returncode != 0:
-                        fail(f"under the seccomp profile: dynembctl {argv[0]}: exit "
-                             f"{r.returncode}: {r.stdout.strip()} {r.stderr.strip()}")
+                r = subprocess.run([sys.executable, "-c", TRAINER, sock], env=client_env,
+                                   capture_output=True, text=True, timeout=60,
+                                   preexec_fn=become(tuid, tgid))
+                if r.returncode != 0 or r.stdout.strip() != "ok":
+                    fail(f"the trainer (uid {tuid} gid {tgid}) on the daemon under the "
+                         f"profile: exit {r.returncode}: {r.stdout.strip()} {r.stderr.strip()[-1500:]}")
+                r = subprocess.run([dynembctl, "--socket", sock, "--quiet", "snapshot"],
+                                   capture_output=True, text=True, timeout=60,
+                                   preexec_fn=become(tuid, tgid))
+                if r.returncode != 0:
+                    fail(f"under the seccomp profile: dynembctl snapshot: exit "
+                         f"{r.returncode}: {r.stdout.strip()} {r.stderr.strip()}")
                 if not metrics_ok(port):
                     fail("under the seccomp profile: GET /metrics fails")
-                # the kubelet runs exec probes in the container, under its profile
-                main = next(c for c in ds["spec"]["template"]["spec"]["containers"]
-                            if c["name"] == "dynembd")
-                for k, argv in probe_argvs(main).items():
-                    rc = run_probe(argv, dynembctl, installed(build, "dynembctl"),
-                                   "/run/dynemb/dynemb.sock", sock,
-                                   seccomp_filter(profile))
+                # the kubelet runs exec probes in the container: its uid, its profile
+                for k, argv in probes.items():
+                    rc = run_probe(argv, dynembctl, ctl, "/run/dynemb/dynemb.sock", sock,
+                                   become(uid, gid, seccomp_filter(profile)))
                     if rc != 0:
                         fail(f"DaemonSet {k} exits {rc} under the seccomp profile")
                 # and they still see a down daemon (the shell must get its child's status)
@@ -677,10 +739,9 @@ def check_seccomp(src, build, dynembd, dynembctl):
                 with open(fake, "w") as f:
                     f.write("#!/bin/sh\nexit 2\n")
                 os.chmod(fake, 0o755)
-                for k, argv in probe_argvs(main).items():
-                    if run_probe(argv, fake, installed(build, "dynembctl"),
-                                 "/run/dynemb/dynemb.sock", sock,
-                                 seccomp_filter(profile)) == 0:
+                for k, argv in probes.items():
+                    if run_probe(argv, fake, ctl, "/run/dynemb/dynemb.sock", sock,
+                                 become(uid, gid, seccomp_filter(profile))) == 0:
                         fail(f"DaemonSet {k} passes on a down daemon under the seccomp profile")
             except Exception as e:  # noqa: BLE001 - reported with the daemon's log
                 fail(f"dynembd under the seccomp profile: {e}")
@@ -688,8 +749,23 @@ def check_seccomp(src, build, dynembd, dynembctl):
                 rc = d.stop()
             with open(log) as lf:
                 text = lf.read()
-            if rc != 0 or "Operation not permitted" in text:
+            if rc != 0 or "Operation not permitted" in text or "level=error" in text or \
+                    '"level":"error"' in text:
                 fail(f"dynembd under the seccomp profile: exit {rc}; log: {text[-2000:]}")
+
+
+# A trainer: a table with server-side Adagrad and sync durability (every update through
+# the WAL), lookups and gradients; prints ok.
+TRAINER = """
+import sys, numpy as np, dynemb
+with dynemb.Client(sys.argv[1]) as c:
+    t = c.open("seccomp", dim=8, init="zeros", optimizer="adagrad", lr=0.1, durability="sync")
+    keys = np.arange(1, 1001, dtype=np.int64)
+    t.lookup(keys)
+    assert t.apply_gradients(keys, np.ones((1000, 8), np.float32)) == 1000
+    assert np.allclose(t.lookup(keys), -0.1), "the Adagrad step did not apply"
+print("ok")
+"""
 
 
 # ---- systemd ---------------------------------------------------------------------------
