@@ -38,7 +38,9 @@ seccomp: tools/deploy/kubernetes/seccomp/dynembd.json (the DaemonSet's Localhost
   must stop the daemon (so the filter is known to apply). SKIP (77) without libseccomp.
 systemd: ExecStart is meson's installed dynembd; RuntimeDirectory, StateDirectory and
   CacheDirectory hold the INI's socket, data_dir and tier_dir; the hardening keys are
-  set; tools/deploy/systemd/dynembd.ini starts the daemon; `systemd-analyze verify`
+  set; tools/deploy/systemd/dynembd.ini starts the daemon with no_new_privs and (on
+  kernels with PR_SET_MDWE) MemoryDenyWriteExecute's refusal of executable mappings,
+  and a trainer steps a durable table on it; `systemd-analyze verify`
   prints nothing on the unit (ExecStart pointed at the build's daemon, as the installed
   one may be absent; verify exits 0 on unknown keys, so any output fails, and a
   misspelt copy must make it print). SKIP (77) without systemd-analyze (after the
@@ -192,10 +194,10 @@ def free_port():
 class Daemon:
     """dynembd in the foreground on INI, with the given flags (paths in a temp dir)."""
 
-    def __init__(self, dynembd, ini_path, flags, log):
+    def __init__(self, dynembd, ini_path, flags, log, preexec=None):
         self.log = open(log, "w")
         self.p = subprocess.Popen([dynembd, "--foreground", "--config", ini_path] + flags,
-                                  stdout=self.log, stderr=self.log)
+                                  stdout=self.log, stderr=self.log, preexec_fn=preexec)
 
     def wait_socket(self, path):
         for _ in range(200):
@@ -218,7 +220,7 @@ class Daemon:
             self.log.close()
 
 
-def serve_check(name, dynembd, ini_text, tmp, extra_flags, port):
+def serve_check(name, dynembd, ini_text, tmp, extra_flags, port, preexec=None):
     """Start the daemon on ini_text (its paths moved under tmp); returns (daemon, socket)."""
     ini_path = os.path.join(tmp, name + ".ini")
     with open(ini_path, "w") as f:
@@ -228,7 +230,7 @@ def serve_check(name, dynembd, ini_text, tmp, extra_flags, port):
              "--export-dir", os.path.join(tmp, name + "-exports"),
              "--tier-dir", os.path.join(tmp, name + "-tier"),
              "--metrics-listen", f"127.0.0.1:{port}"] + extra_flags
-    d = Daemon(dynembd, ini_path, flags, os.path.join(tmp, name + ".log"))
+    d = Daemon(dynembd, ini_path, flags, os.path.join(tmp, name + ".log"), preexec)
     if not d.wait_socket(sock):
         d.stop()
         with open(os.path.join(tmp, name + ".log")) as f:
@@ -848,16 +850,38 @@ def check_systemd(src, build, dynembd, dynembctl):
         check_printed("dynembd.ini", parse_ini(test_ini), printed)
     with tempfile.TemporaryDirectory(prefix="dynemb-deploy.") as tmp:
         port = free_port()
-        d, tsock = serve_check("systemd", dynembd, test_ini, tmp, [], port)
+        # NoNewPrivileges and MemoryDenyWriteExecute as the kernel applies them (the
+        # latter through PR_SET_MDWE where the kernel has it, 6.3 and later)
+        def sandbox():
+            libc = ctypes.CDLL(None, use_errno=True)
+            if libc.prctl(38, 1, 0, 0, 0) != 0:  # PR_SET_NO_NEW_PRIVS
+                os._exit(120)
+            libc.prctl(65, 1, 0, 0, 0)  # PR_SET_MDWE, PR_MDWE_REFUSE_EXEC_GAIN (6.3+)
+
+        d, tsock = serve_check("systemd", dynembd, test_ini, tmp, [], port, sandbox)
         if d is not None:
             try:
                 rc = run([dynembctl, "--socket", tsock, "--quiet", "health"]).returncode
                 if rc != 0:
                     fail(f"dynembd on dynembd.ini: dynembctl health exits {rc} "
                          "(allow_gids with the caller's group)")
+                lib = next(s_ for s_ in installed_paths(build)
+                           if os.path.basename(s_).startswith("libdynemb.so.0."))
+                env = dict(os.environ, DYNEMB_LIB=lib, PYTHONDONTWRITEBYTECODE="1",
+                           PYTHONPATH=os.path.join(src, "tf_op", "python"))
+                r = run([sys.executable, "-c", TRAINER, tsock], env=env)
+                if r.returncode != 0 or r.stdout.strip() != "ok":
+                    fail(f"dynembd on dynembd.ini, sandboxed: a trainer fails: "
+                         f"{r.stdout.strip()} {r.stderr.strip()[-1500:]}")
+                if not metrics_ok(port):
+                    fail("dynembd on dynembd.ini: GET /metrics fails")
             finally:
                 if d.stop() != 0:
                     fail("dynembd on dynembd.ini: nonzero exit on SIGTERM")
+            with open(os.path.join(tmp, "systemd.log")) as f:
+                text = f.read()
+            if "level=error" in text or "Operation not permitted" in text:
+                fail(f"dynembd on dynembd.ini, sandboxed: {text[-1500:]}")
         if cfg_installed != "/etc/dynemb/dynembd.ini":
             fail(f"dynembd.service: --config {cfg_installed}, the unit's comment installs "
                  "the INI as /etc/dynemb/dynembd.ini")
