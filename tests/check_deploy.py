@@ -167,7 +167,7 @@ def check_printed(name, ini, printed):
                 want = ",".join(ids(val, key == "allow_gids"))
             if size_bytes(val) is not None and size_bytes(got) is not None:
                 want, got = size_bytes(val), size_bytes(got)
-            if str(want) != str(got):
+            if re.sub(r"\s*,\s*", ",", str(want)) != str(got):  # lists print without spaces
                 fail(f"{name}: [{sec}] {key} = {val}, the daemon prints {got}")
 
 
@@ -410,12 +410,17 @@ def check_k8s(src, build, dynembd, dynembctl):
     if trainer["spec"].get("nodeSelector") != spec.get("nodeSelector"):
         fail("trainer pod: its nodeSelector is not the DaemonSet's (it may land on a node "
              "without a daemon)")
-    data_dir = ini.get("persistence", "data_dir", fallback="")
-    if data_dir:
-        vol, _ = mount_of(main, volumes, os.path.dirname(data_dir))
-        if not vol or "hostPath" not in vol:
-            fail(f"DaemonSet: data_dir {data_dir} is not under a hostPath mount "
-                 "(tables would not outlive the pod)")
+    for k in ("data_dir", "export_dir"):
+        path = ini.get("persistence", k, fallback="")
+        vol, _ = mount_of(main, volumes, os.path.dirname(path))
+        if path and (not vol or "hostPath" not in vol):
+            fail(f"DaemonSet: {k} {path} is not under a hostPath mount (it would not "
+                 "outlive the pod)")
+    exports = ini.get("persistence", "export_dir", fallback="")
+    init_cmd = " ".join(" ".join(c.get("command", []) + c.get("args", []))
+                        for c in spec.get("initContainers", []))
+    if exports and f"mkdir -p {exports}" not in init_cmd:
+        fail(f"DaemonSet: no init container makes export_dir {exports} (the daemon does not)")
     tier = default.get("memory", "tier_dir") if default else ""
     tier = ini.get("memory", "tier_dir", fallback=tier)
     if tier and mount_of(main, volumes, tier)[0] is None and \
@@ -684,7 +689,7 @@ def check_seccomp(src, build, dynembd, dynembctl):
         for without, want_ok in (((), True), (("io_uring_setup",), False)):
             run_dir = os.path.join(tmp, "run" + str(len(without)))
             data = os.path.join(tmp, "lib" + str(len(without)))
-            for d_ in (run_dir, data):
+            for d_ in (run_dir, data, os.path.join(data, "exports")):  # the init container
                 os.mkdir(d_, 0o755)
                 if as_root:
                     os.chown(d_, uid, gid)
@@ -722,12 +727,19 @@ def check_seccomp(src, build, dynembd, dynembctl):
                 if r.returncode != 0 or r.stdout.strip() != "ok":
                     fail(f"the trainer (uid {tuid} gid {tgid}) on the daemon under the "
                          f"profile: exit {r.returncode}: {r.stdout.strip()} {r.stderr.strip()[-1500:]}")
-                r = subprocess.run([dynembctl, "--socket", sock, "--quiet", "snapshot"],
-                                   capture_output=True, text=True, timeout=60,
-                                   preexec_fn=become(tuid, tgid))
-                if r.returncode != 0:
-                    fail(f"under the seccomp profile: dynembctl snapshot: exit "
-                         f"{r.returncode}: {r.stdout.strip()} {r.stderr.strip()}")
+                # `kubectl exec` of dynembctl in the daemon's container: its uid, its
+                # profile ([namespace all] grants it snapshot and export)
+                exported = os.path.join(data, "exports", "seccomp.dexp")
+                for argv in (["snapshot"], ["export", "seccomp", exported], ["status"]):
+                    r = subprocess.run([dynembctl, "--socket", sock, "--quiet"] + argv,
+                                       capture_output=True, text=True, timeout=60,
+                                       preexec_fn=become(uid, gid, seccomp_filter(profile)))
+                    if r.returncode != 0:
+                        fail(f"under the seccomp profile, as uid {uid}: dynembctl "
+                             f"{argv[0]}: exit {r.returncode}: {r.stdout.strip()} "
+                             f"{r.stderr.strip()}")
+                if not os.path.isfile(exported) or os.path.getsize(exported) == 0:
+                    fail(f"dynembctl export as uid {uid}: no file {exported}")
                 if not metrics_ok(port):
                     fail("under the seccomp profile: GET /metrics fails")
                 # the kubelet runs exec probes in the container: its uid, its profile
