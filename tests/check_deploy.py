@@ -837,8 +837,12 @@ def check_systemd(src, build, dynembd, dynembctl):
                                     ("persistence", "export_dir", "/var/lib/", "StateDirectory"),
                                     ("memory", "tier_dir", "/var/cache/", "CacheDirectory")):
         path = ini.get(sec, k, fallback="")
-        writable = [base + (get(directive) or "")] + \
+        made = [base + d_ for d_ in (get(directive) or "").split()]
+        writable = made + \
             [p.lstrip("-") for v in svc.get("ReadWritePaths", []) for p in v.split()]
+        if k == "export_dir" and path and path not in made:
+            fail(f"dynembd.service: export_dir {path} is not made by {directive} "
+                 "(the daemon does not make it)")
         if path and not any(path == w or path.startswith(w.rstrip("/") + "/") for w in writable):
             fail(f"dynembd.ini: {k} {path} is not writable under ProtectSystem=strict "
                  f"({directive}, ReadWritePaths)")
