@@ -239,6 +239,17 @@ def serve_check(name, dynembd, ini_text, tmp, extra_flags, port, preexec=None):
     return d, sock
 
 
+def wait_ready(dynembctl, sock, preexec=None):
+    """The socket exists once bound, a moment before it listens: wait for health 0."""
+    for _ in range(100):
+        r = subprocess.run([dynembctl, "--socket", sock, "--quiet", "health"],
+                           capture_output=True, timeout=30, preexec_fn=preexec)
+        if r.returncode == 0:
+            return True
+        time.sleep(0.05)
+    return False
+
+
 def metrics_ok(port):
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
@@ -512,6 +523,8 @@ def check_k8s(src, build, dynembd, dynembctl):
         if d is None:
             return
         try:
+            if not wait_ready(dynembctl, tsock):
+                fail("the daemon on the ConfigMap's INI never reports healthy")
             for k, argv in probes.items():
                 rc = run_probe(argv, dynembctl, installed_ctl, sock, tsock)
                 if rc != 0:
@@ -711,7 +724,7 @@ def check_seccomp(src, build, dynembd, dynembctl):
             up = d.wait_socket(sock) and p.poll() is None
             if up:
                 time.sleep(0.3)  # the WAL opens after the socket is bound
-                up = p.poll() is None
+                up = p.poll() is None and wait_ready(dynembctl, sock, become(uid, gid))
             if not want_ok:
                 d.stop()
                 if up:
@@ -877,6 +890,7 @@ def check_systemd(src, build, dynembd, dynembctl):
         d, tsock = serve_check("systemd", dynembd, test_ini, tmp, [], port, sandbox)
         if d is not None:
             try:
+                wait_ready(dynembctl, tsock)
                 rc = run([dynembctl, "--socket", tsock, "--quiet", "health"]).returncode
                 if rc != 0:
                     fail(f"dynembd on dynembd.ini: dynembctl health exits {rc} "
@@ -991,7 +1005,16 @@ def ldd(path):
     return out
 
 
+_owners = {}
+
+
 def owner(path):
+    if path not in _owners:
+        _owners[path] = _owner(path)
+    return _owners[path]
+
+
+def _owner(path):
     for p in (os.path.realpath(path), path):
         r = run(["dpkg", "-S", p])
         if r.returncode == 0:
@@ -1042,10 +1065,11 @@ def check_container(src, build, dynembd, dynembctl):
     closure = depends_closure(have)
     providers = set()
     for b in binaries:
+        loaded = ldd(b)
         for so in needed(b):
             if so in ours:
                 continue
-            path = ldd(b).get(so)
+            path = loaded.get(so)
             pkg = owner(path) if path else None
             if pkg is None:
                 fail(f"{os.path.basename(b)} needs {so}: no Debian package owns {path}")
@@ -1054,7 +1078,7 @@ def check_container(src, build, dynembd, dynembctl):
             if pkg not in have:
                 fail(f"Containerfile: {os.path.basename(b)} needs {so} ({pkg}), which the "
                      "runtime stage does not install")
-        for so, path in ldd(b).items():
+        for so, path in loaded.items():
             if so in ours:
                 continue
             pkg = owner(path)
