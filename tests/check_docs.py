@@ -15,10 +15,20 @@ docs/configuration.md must document exactly what dynembd knows:
     no backticked flag the daemon does not have.
 docs/operations.md must name every command of `dynembctl --help`'s command list on a
 line that says "dynembctl CMD" (a command line or a table cell).
+docs/c-api.md must have a heading "### `dynemb_NAME`" for every function the installed
+header (src/client/dynemb.h, next to DOCS_DIR) declares, and none for a function it
+does not declare.
+docs/python.md must name, in backticks, every public name of the Python package
+(tf_op/python/dynemb): each module's __all__ (dynemb, dynemb.torch, dynemb.tensorflow),
+or, for a module without one (dynemb.losses), its top-level functions and classes whose
+names do not start with "_"; and the public methods of dynemb's classes.
+docs/protocol.md must name every control message (DE_MSG_*) and data-plane op (DE_OP_*)
+of the wire header (src/proto.h) by its name without the prefix, in backticks.
 
 Exit 0 when all of this holds, 1 with one line per problem otherwise. Plain python3.
 """
 
+import ast
 import os
 import re
 import subprocess
@@ -124,6 +134,108 @@ def same_default(doc_cell, printed):
     return a is not None and a == b
 
 
+def header_functions(path):
+    """Names of the functions a C header declares: "type name(" at the start of a line
+    (declarations of the public header start at column 0), typedefs and macros left out."""
+    text = open(path, encoding="utf-8").read()
+    text = re.sub(r"/\*.*?\*/", "", text, flags=re.S)
+    names = []
+    for m in re.finditer(r"^(?!typedef|#|static)[A-Za-z_][^;{}()#]*?\b(dynemb_[a-z0-9_]+)\s*\(",
+                         text, re.M):
+        names.append(m.group(1))
+    return names
+
+
+def python_public(pkg_dir):
+    """{module: [names]}: __all__ where a module has one, else its public top-level
+    functions and classes; plus "Class.method" for the public methods of dynemb's
+    classes (read with ast: nothing is imported)."""
+    out = {}
+    for mod, fname in (("dynemb", "__init__.py"), ("dynemb.torch", "torch.py"),
+                       ("dynemb.tensorflow", "tensorflow.py"), ("dynemb.losses", "losses.py")):
+        tree = ast.parse(open(os.path.join(pkg_dir, fname), encoding="utf-8").read())
+        names = None
+        for node in tree.body:
+            if (isinstance(node, ast.Assign) and len(node.targets) == 1
+                    and getattr(node.targets[0], "id", None) == "__all__"):
+                names = [ast.literal_eval(e) for e in node.value.elts]
+        if names is None:
+            names = [n.name for n in tree.body
+                     if isinstance(n, (ast.FunctionDef, ast.ClassDef))
+                     and not n.name.startswith("_")]
+        if mod == "dynemb":
+            for n in tree.body:
+                if isinstance(n, ast.ClassDef) and n.name in names:
+                    names += [f"{n.name}.{f.name}" for f in n.body
+                              if isinstance(f, ast.FunctionDef) and not f.name.startswith("_")]
+        out[mod] = names
+    return out
+
+
+def proto_names(path):
+    """The control messages and data-plane ops of the wire header, without prefixes."""
+    text = open(path, encoding="utf-8").read()
+    msgs = re.findall(r"^\s*DE_MSG_([A-Z_]+)\s*=", text, re.M)
+    ops = re.findall(r"\bDE_OP_([A-Z_]+)\s*=", text)
+    return msgs, ops
+
+
+def backticked(text, name):
+    """Whether name appears inside some `...` span of text (as a whole identifier);
+    fenced code blocks do not count."""
+    text = re.sub(r"^```.*?^```", "", text, flags=re.S | re.M)
+    return any(re.search(r"(?<![A-Za-z0-9_])" + re.escape(name) + r"(?![A-Za-z0-9_])", span)
+               for span in re.findall(r"`([^`]+)`", text))
+
+
+def read_doc(path, problems):
+    """The text of a docs file, or "" with the problem noted."""
+    try:
+        return open(path, encoding="utf-8").read()
+    except OSError as e:
+        problems.append(f"{path}: {e.strerror}")
+        return ""
+
+
+def check_reference(docs, problems):
+    root = os.path.dirname(os.path.abspath(docs))
+    capi_md = os.path.join(docs, "c-api.md")
+    py_md = os.path.join(docs, "python.md")
+    proto_md = os.path.join(docs, "protocol.md")
+    header = os.path.join(root, "src", "client", "dynemb.h")
+    funcs = header_functions(header)
+    if not funcs:
+        problems.append(f"{header}: no function declarations found (has its layout changed?)")
+    capi = read_doc(capi_md, problems)
+    documented = re.findall(r"^### `(dynemb_[a-z0-9_]+)`", capi, re.M)
+    for f in funcs:
+        if f not in documented:
+            problems.append(f"{capi_md}: {f} ({header}) is not documented")
+    for f in documented:
+        if f not in funcs:
+            problems.append(f"{capi_md}: {f} is documented but {header} does not declare it")
+
+    py = read_doc(py_md, problems)
+    names = python_public(os.path.join(root, "tf_op", "python", "dynemb"))
+    for mod, ns in names.items():
+        for n in ns:
+            if "." in n:  # a method: a backticked span that starts with it
+                cls, meth = n.split(".")
+                ok = re.search(r"`(?:" + cls + r"\.)?" + re.escape(meth) + r"\b", py)
+            else:
+                ok = backticked(py, n)
+            if not ok:
+                problems.append(f"{py_md}: {mod}.{n} is not documented")
+
+    proto = read_doc(proto_md, problems)
+    msgs, ops = proto_names(os.path.join(root, "src", "proto.h"))
+    for kind, ns in (("message", msgs), ("op", ops)):
+        for n in ns:
+            if not backticked(proto, n):
+                problems.append(f"{proto_md}: {kind} {n} (src/proto.h) is not documented")
+    return len(funcs), sum(len(v) for v in names.values()), len(msgs) + len(ops)
+
+
 def main(argv):
     if len(argv) != 3:
         print(__doc__, file=sys.stderr)
@@ -161,10 +273,13 @@ def main(argv):
         if not re.search(r"dynembctl(?: +--?[a-z-]+(?: +\S+)?)* +" + re.escape(c) + r"\b", ops):
             problems.append(f"{ops_md}: dynembctl {c} (dynembctl --help) is not documented")
 
+    nfuncs, npy, nproto = check_reference(docs, problems)
+
     for p in problems:
         print(p)
     print(f"check_docs: {len(printed)} keys, {len(flags)} flags, {len(cmds)} dynembctl "
-          f"commands; {len(problems)} problems")
+          f"commands, {nfuncs} C functions, {npy} Python names, {nproto} wire names; "
+          f"{len(problems)} problems")
     return 1 if problems else 0
 
 

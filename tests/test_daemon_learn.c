@@ -375,28 +375,31 @@ Test(quota, accounts)
 	cr_assert_eq(srv_quota_create(&l, &q), 0);
 	struct srv_quota_acct *a, *b, *c, *x;
 	char msg[240];
-	cr_assert_eq(srv_quota_table_begin(q, 1000, "a", 10, &a, msg, sizeof msg), 0);
-	cr_assert_eq(srv_quota_table_begin(q, 1000, "b", 10, &b, msg, sizeof msg), 0);
-	cr_expect_eq(srv_quota_table_begin(q, 1000, "c", 10, &x, msg, sizeof msg), -EDQUOT);
+	cr_assert_eq(srv_quota_table_begin(q, 1000, "a", 10, false, &a, msg, sizeof msg), 0);
+	cr_assert_eq(srv_quota_table_begin(q, 1000, "b", 10, false, &b, msg, sizeof msg), 0);
+	cr_expect_eq(srv_quota_table_begin(q, 1000, "c", 10, false, &x, msg, sizeof msg), -EDQUOT);
 	cr_expect(strstr(msg, "uid 1000") && strstr(msg, "uid_tables"), "%s", msg);
 	cr_expect_null(x);
 	cr_expect_eq(srv_quota_charge(a, 41, msg, sizeof msg), -EDQUOT, "uid_bytes 60");
 	cr_expect(strstr(msg, "uid_bytes"), "%s", msg);
 	cr_assert_eq(srv_quota_charge(a, 40, msg, sizeof msg), 0);
-	cr_assert_eq(srv_quota_table_begin(q, 2000, "c", 30, &c, msg, sizeof msg), 0);
+	cr_assert_eq(srv_quota_table_begin(q, 2000, "c", 30, false, &c, msg, sizeof msg), 0);
 	cr_expect_eq(srv_quota_charge(c, 11, msg, sizeof msg), -ENOSPC, "host_bytes 100");
 	cr_expect(strstr(msg, "host_bytes"), "%s", msg);
-	cr_expect_eq(srv_quota_table_begin(q, 3000, "d", 0, &x, msg, sizeof msg), -ENOSPC);
+	cr_expect_eq(srv_quota_table_begin(q, 3000, "d", 0, false, &x, msg, sizeof msg), -ENOSPC);
 	cr_expect(strstr(msg, "host_tables"), "%s", msg);
-	/* a recovered table is never refused, and counts for the host */
-	cr_assert_eq(srv_quota_table_begin(q, SRV_QUOTA_UID_NONE, "r", 500, &x, msg, sizeof msg), 0);
+	/* a recovered table is never refused (uid 1000 is at both of its limits and the
+	 * host at its table count), and is charged to its creator as well as the host */
+	cr_assert_eq(srv_quota_table_begin(q, 1000, "r", 500, true, &x, msg, sizeof msg), 0);
 	uint32_t n;
 	uint64_t bytes;
 	srv_quota_usage(q, SRV_QUOTA_UID_NONE, &n, &bytes);
 	cr_expect(n == 4 && bytes == 590, "host: %u tables, %llu bytes", n, (unsigned long long)bytes);
 	srv_quota_usage(q, 1000, &n, &bytes);
-	cr_expect(n == 2 && bytes == 60, "uid 1000: %u tables, %llu bytes", n,
+	cr_expect(n == 3 && bytes == 560, "uid 1000: %u tables, %llu bytes", n,
 		  (unsigned long long)bytes);
+	cr_expect_eq(srv_quota_charge(x, 1, msg, sizeof msg), -EDQUOT,
+		     "a recovered table's growth is checked against its creator's quota");
 	srv_quota_give_back(a, 1000); /* more than it holds: cut to its account */
 	cr_expect_eq(srv_quota_acct_bytes(a), 0);
 	srv_quota_table_end(a);

@@ -43,7 +43,7 @@ Test(keystore, keep_and_fetch, .timeout = 20)
 	struct srv_table *t;
 	bool created;
 	struct de_wire_learn_config none = { 0 };
-	cr_assert_eq(srv_registry_open(&r, 0, "s", &cfg, &none, &t, &created, msg, sizeof msg), 0,
+	cr_assert_eq(srv_registry_open(&r, 0, false, "s", &cfg, &none, &t, &created, msg, sizeof msg), 0,
 		     "%s", msg);
 	cr_assert(created);
 	char s[300];
@@ -76,17 +76,17 @@ Test(keystore, keep_and_fetch, .timeout = 20)
 
 	/* same name: same config shares, another config is -EEXIST naming the field */
 	struct srv_table *t2;
-	cr_assert_eq(srv_registry_open(&r, 0, "s", &cfg, &none, &t2, &created, msg, sizeof msg), 0);
+	cr_assert_eq(srv_registry_open(&r, 0, false, "s", &cfg, &none, &t2, &created, msg, sizeof msg), 0);
 	cr_assert_eq(t2, t);
 	cr_assert_not(created);
 	struct de_wire_table_config other = cfg;
 	other.seed = 7;
-	cr_assert_eq(srv_registry_open(&r, 0, "s", &other, &none, &t2, &created, msg, sizeof msg), -EEXIST);
+	cr_assert_eq(srv_registry_open(&r, 0, false, "s", &other, &none, &t2, &created, msg, sizeof msg), -EEXIST);
 	cr_assert_not_null(strstr(msg, "seed"), "%s", msg);
 	/* int tables keep no strings */
 	struct de_wire_table_config ic = int_cfg(4, 0);
 	cr_assert_eq(srv_wire_config_normalize(&ic, msg, sizeof msg), 0);
-	cr_assert_eq(srv_registry_open(&r, 0, "i", &ic, &none, &t2, &created, msg, sizeof msg), 0);
+	cr_assert_eq(srv_registry_open(&r, 0, false, "i", &ic, &none, &t2, &created, msg, sizeof msg), 0);
 	cr_assert_eq(srv_table_key_string(t2, 1, got, sizeof got, &len), -EINVAL);
 	srv_registry_destroy(&r);
 }
@@ -121,7 +121,7 @@ Test(keystore, a_string_never_takes_another_strings_fingerprint, .timeout = 20)
 	struct srv_table *t;
 	bool created;
 	struct de_wire_learn_config none = { 0 };
-	cr_assert_eq(srv_registry_open(&r, 0, "s", &cfg, &none, &t, &created, msg, sizeof msg), 0,
+	cr_assert_eq(srv_registry_open(&r, 0, false, "s", &cfg, &none, &t, &created, msg, sizeof msg), 0,
 		     "%s", msg);
 	/* "alice"'s fingerprint, kept for a fake string (as if it collided) */
 	uint64_t fa = de_key_from_string(cfg.seed, "alice", 5);

@@ -268,6 +268,18 @@ Test(config, durability_needs_data_dir)
 	cr_expect_eq(dynemb_open(c, &s, &t), -EINVAL);
 	s = spec("none_t", DYNEMB_DURABLE_NONE, 0);
 	cr_expect_eq(dynemb_open(c, &s, &t), 0, "durability none needs no data_dir");
+	/* a refused open leaves no table behind: the name takes another config */
+	s = spec("sync_t", DYNEMB_DURABLE_NONE, 0);
+	err = dynemb_open(c, &s, &t);
+	cr_expect_eq(err, 0, "the refused sync table stayed registered: %s", dynemb_strerror(err));
+	struct dynemb_table_info ti[8];
+	size_t nt = 0, total = 0;
+	cr_assert_eq(dynemb_list_tables(c, 0, ti, 8, &nt, &total), 0);
+	bool async_left = false;
+	for (size_t i = 0; i < nt && i < 8; i++)
+		async_left |= !strcmp(ti[i].name, "async_t");
+	cr_expect_eq(total, 2, "tables: %zu (none_t and sync_t)", total);
+	cr_expect(!async_left, "the refused async table is listed");
 	cr_expect_eq(dynemb_snapshot(c, NULL, false, NULL, NULL, NULL), -EINVAL, "no data_dir");
 	dynemb_close(c);
 }
@@ -772,6 +784,19 @@ Test(faults, enospc_on_tmpfs)
 	struct dynemb_stats st;
 	cr_assert_eq(dynemb_stats(c, t, &st), 0);
 	cr_expect_eq(st.read_only, 1);
+	/* a new table whose catalog entry or first snapshot cannot be written is refused
+	 * and leaves nothing registered */
+	struct dynemb_table_spec s2 = spec("another", DYNEMB_DURABLE_SYNC, 0);
+	int t2;
+	err = dynemb_open(c, &s2, &t2);
+	if (err) {
+		struct dynemb_table_info ti[4];
+		size_t n = 0, total = 0;
+		cr_assert_eq(dynemb_list_tables(c, 0, ti, 4, &n, &total), 0);
+		cr_expect_eq(total, 1, "a refused open left a table behind (%zu tables)", total);
+	} else {
+		cr_log_warn("the full tmpfs still took a new table's files");
+	}
 	dynemb_close(c);
 	crash();
 	/* make room (a bigger tmpfs over the same files is not possible: remount) */

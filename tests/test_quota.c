@@ -18,6 +18,8 @@
  *                  (-EBUSY); with a data_dir a restart does not bring the table back and a
  *                  new table never takes its id (its WAL records are not replayed into it);
  *                  dynembctl drop does the same from the command line
+ *   recovered      a table brought back at startup counts against its creator's quota
+ *                  (never refused itself, even when the limits shrank)
  * Every bound is generous (CI is a loaded 2-core box under ASan): the assertions are on
  * error codes, messages and counts, and on memory only with a wide margin.
  */
@@ -514,6 +516,55 @@ Test(quota, drop_is_durable_and_ids_are_not_reused, .timeout = 120)
 	dmn_start(&d, true, NULL);
 	c = conn(&d);
 	cr_expect_eq(present(c, "again", 64), 0, "the dropped table's rows came back");
+	dynemb_close(c);
+	dmn_stop(&d);
+	dmn_cleanup(&d);
+}
+
+/* A table recovered at startup is charged to its creator (the catalog records it), so a
+ * restart is no way around [quota] uid_tables; it comes back even when the limits shrank
+ * below what its creator holds, and dropping it gives the count back. */
+Test(quota, recovered_tables_count_against_their_creator, .timeout = 120)
+{
+	struct dmn d = { 0 };
+	const char *const two[] = { "--uid-tables", "2", NULL };
+	const char *const one[] = { "--uid-tables", "1", NULL };
+	dmn_start(&d, true, two);
+	dynemb_client *c = conn(&d);
+	struct dynemb_table_spec s = sync_spec("r1");
+	int t, err;
+	cr_assert_eq(present(c, "r1", 1), 0);
+	cr_assert_eq(present(c, "r2", 1), 0);
+	uint64_t key = 1;
+	float row[4] = { 1, 2, 3, 4 };
+	cr_assert_eq(dynemb_open(c, &s, &t), 0);
+	cr_assert_eq(dynemb_update(c, t, &key, 1, row, 1, NULL), 0);
+	dynemb_close(c);
+	dmn_stop(&d);
+
+	dmn_start(&d, true, two);
+	c = conn(&d);
+	err = open_as(c, "r3", 4, &t);
+	cr_expect_eq(err, -EDQUOT, "after a restart uid 0 opened a 3rd table (%d: %s)", err,
+		     dynemb_strerror(err));
+	cr_expect(strstr(dynemb_strerror(err), "uid_tables"), "%s", dynemb_strerror(err));
+	dynemb_close(c);
+	dmn_stop(&d);
+
+	dmn_start(&d, true, one); /* uid 0 holds 2 of 1 now: both still come back */
+	c = conn(&d);
+	cr_expect_eq(present(c, "r1", 1), 1, "the recovered table lost its row");
+	cr_expect_eq(open_as(c, "r3", 4, &t), -EDQUOT);
+	dynemb_close(c);
+	dmn_stop(&d);
+
+	dmn_start(&d, true, two);
+	c = conn(&d);
+	err = dynemb_drop_table(c, "r2", NULL);
+	cr_assert_eq(err, 0, "%s", dynemb_strerror(err));
+	err = open_as(c, "r3", 4, &t);
+	cr_expect_eq(err, 0, "the dropped recovered table did not give its count back: %s",
+		     dynemb_strerror(err));
 	dynemb_close(c);
 	dmn_stop(&d);
 	dmn_cleanup(&d);

@@ -10,7 +10,9 @@
  * lookups, read-only lookups from the mapping, updates, gradients, erases) fails with
  * -EEXIST and a text naming b, and a's row keeps a's values (the reference: what a was
  * given). Two fresh colliding strings in one request are refused as a whole. On a table
- * with admission the admitted string owns the fingerprint.
+ * with admission the admitted string owns the fingerprint. An erase of b in flight while
+ * a is first created (another worker; the daemon holds the erase between its check and
+ * its erase) leaves a's new row alone.
  */
 #include <criterion/criterion.h>
 
@@ -18,7 +20,9 @@
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <pthread.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "dynemb.h"
@@ -53,6 +57,20 @@ static void daemon_stop(void)
 }
 
 TestSuite(collide, .init = daemon_start, .fini = daemon_stop, .timeout = TIMEOUT);
+
+/* Two workers, and each string ERASE held 400 ms between its check and its erase. */
+static void daemon_start_slow_erase(void)
+{
+	setenv("DE_FAULT_KEY_BITS", "8", 1);
+	setenv("DYNEMBD_TEST_ERASE_DELAY_MS", "400", 1);
+	snprintf(d_sock, sizeof d_sock, "/tmp/de-coll-%d.sock", (int)getpid());
+	unlink(d_sock);
+	const char *argv[32];
+	daemon_argv(argv, 32, daemon_bin(), d_sock, "warn", NULL,
+		    (const char *const[]){ "--workers", "2", NULL });
+	d_pid = daemon_spawn(argv, SIGTERM, NULL);
+	daemon_wait_listen(d_pid, d_sock, 5, NULL);
+}
 
 static dynemb_client *connect_ok(void)
 {
@@ -248,5 +266,57 @@ Test(collide, admission_table)
 	expect_conflict(dynemb_update_str(c, t, &a, NULL, 1, v, 3, NULL), a, 0);
 	expect_conflict(dynemb_apply_gradients_str(c, t, &a, NULL, 1, v, 3, 0, NULL), a, 0);
 	expect_row(c, t, b, 5);
+	dynemb_close(c);
+}
+
+struct eraser {
+	const char *b;
+	int ready;      /* 1: connected and opened; the erase goes next */
+	int err;        /* the erase's result (or a setup error) */
+	size_t erased;
+};
+
+static void *erase_b(void *arg)
+{
+	struct eraser *e = arg;
+	dynemb_client *c = NULL;
+	struct dynemb_connect_opts o = { .name = "eraser", .timeout_ms = 5000 };
+	struct dynemb_table_spec s = { .name = "race", .dim = DIM, .init = DYNEMB_ZEROS,
+				       .keys = DYNEMB_STRING_KEYS,
+				       .optim = { .kind = DYNEMB_OPTIM_SGD, .lr = 1.0 } };
+	int t = -1;
+	e->err = dynemb_connect(d_sock, &o, &c);
+	if (!e->err)
+		e->err = dynemb_open(c, &s, &t);
+	__atomic_store_n(&e->ready, 1, __ATOMIC_RELEASE);
+	if (!e->err)
+		e->err = dynemb_erase_str(c, t, &e->b, NULL, 1, &e->erased);
+	if (c)
+		dynemb_close(c);
+	return NULL;
+}
+
+Test(collide, an_erase_in_flight_never_erases_a_colliding_new_row,
+     .init = daemon_start_slow_erase)
+{
+	dynemb_client *c = connect_ok(); /* worker 0; the eraser gets worker 1 */
+	int t = open_words(c, "race");
+	const char *p[1][2];
+	find_pairs(c, t, p, 1);
+	const char *a = p[0][0];
+	struct eraser e = { .b = p[0][1] };
+	pthread_t th;
+	cr_assert_eq(pthread_create(&th, NULL, erase_b, &e), 0);
+	while (!__atomic_load_n(&e.ready, __ATOMIC_ACQUIRE))
+		nanosleep(&(struct timespec){ 0, 1000000 }, NULL);
+	nanosleep(&(struct timespec){ 0, 150000000 }, NULL); /* the erase is held now */
+	float v[DIM];
+	set_row(v, 20);
+	int err = dynemb_update_str(c, t, &a, NULL, 1, v, 1, NULL); /* a's first create */
+	cr_assert_eq(err, 0, "%s", dynemb_strerror(err));
+	pthread_join(th, NULL);
+	cr_expect_eq(e.err, 0, "the erase of b: %d (%s)", e.err, dynemb_strerror(e.err));
+	cr_expect_eq(e.erased, 0, "b had no row, yet the erase erased %zu", e.erased);
+	expect_row(c, t, a, 20);
 	dynemb_close(c);
 }

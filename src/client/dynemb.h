@@ -17,7 +17,7 @@
  * are stepped, each with its own step count (bias corrections count that key's steps),
  * the optimizer state lives in the row's slots, and results agree with torch's to fp32
  * rounding (not bit for bit). Duplicate keys in one call are summed and stepped once.
- * README.md ("Learning") lists each optimizer's hyperparameters and ranges.
+ * docs/c-api.md ("Optimizer") lists each optimizer's hyperparameters, defaults and ranges.
  *
  * Concurrent trainers: several clients (threads, processes) may push gradients to the
  * same rows at once. Each row's step is atomic: two steps of one row are serialized in
@@ -47,8 +47,8 @@
  *     daemon served that row to the same string. The seed is readable, so such a string
  *     can be made on purpose; by chance, with n distinct strings in a table, some pair
  *     collides with probability about n^2 / 2^65 (3e-6 for 10 million, 2.7% for a
- *     billion). Not covered: an erase of a string that collides with a new key, at the
- *     instant that key is first created, may erase the new key's row.
+ *     billion). An erase of a string that collides with a key being created at that
+ *     instant never erases the new key's row (it erases nothing, or is -EEXIST).
  */
 #ifndef DYNEMB_H
 #define DYNEMB_H
@@ -183,7 +183,7 @@ struct dynemb_eviction_spec {
  * acknowledgements are held while a late flush would leave them older than the window, so
  * a process crash loses at most window_ms (plus one buffer write and scheduling), a power
  * loss at most that plus one fdatasync's latency. SYNC: acknowledged after the WAL record
- * is fdatasync'ed. Other clients may read a row before it is durable (README, Persistence). */
+ * is fdatasync'ed. Other clients may read a row before it is durable (docs/persistence.md). */
 enum dynemb_durability_mode {
 	DYNEMB_DURABLE_NONE = 0, DYNEMB_DURABLE_ASYNC = 1, DYNEMB_DURABLE_SYNC = 2,
 };
@@ -422,8 +422,8 @@ int dynemb_snapshot(dynemb_client *c, const char *table_name, bool full, dynemb_
 /* The daemon writes table_name to path (absolute, under its export_dir) in the export
  * format of uring/README.md, with the caller's uid and gid when the daemon runs as root
  * (else as the daemon's user); a symlink at path.tmp is never followed. Needs the export
- * right on the table (-EACCES, README "Who may use a table"). records, bytes (out, may be
- * NULL). */
+ * right on the table (-EACCES, docs/security.md "Who may use a table"). records, bytes
+ * (out, may be NULL). */
 int dynemb_export(dynemb_client *c, const char *table_name, const char *path, dynemb_progress_cb cb,
 		  void *ctx, uint64_t *records /* out */, uint64_t *bytes /* out */);
 

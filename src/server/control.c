@@ -504,12 +504,13 @@ static int send_with_segments(struct srv_client *c, struct srv_table *t, const v
 
 /* Find or create a table: registry, then (a new table) learning, whose failure undoes
  * the creation. Persistence is the caller's next step. */
-static int open_table(struct srv_server *s, uid_t uid, const char *name,
+static int open_table(struct srv_server *s, uid_t uid, bool recovered, const char *name,
 		      const struct de_wire_table_config *cfg,
 		      const struct de_wire_learn_config *learn, struct srv_table **out,
 		      bool *created, char *msg, size_t cap)
 {
-	int err = srv_registry_open(&s->reg, uid, name, cfg, learn, out, created, msg, cap);
+	int err = srv_registry_open(&s->reg, uid, recovered, name, cfg, learn, out, created, msg,
+				    cap);
 	if (err || !*created)
 		return err;
 	/* last step of creating it: once the evictor holds the table nothing may fail */
@@ -530,7 +531,8 @@ int srv_control_recover(struct srv_server *s)
 		char msg[240];
 		struct srv_table *t;
 		bool created;
-		int err = open_table(s, SRV_QUOTA_UID_NONE, cat[i].name, &cat[i].cfg,
+		/* charged to its creator (a version 1 catalog: the daemon's euid) */
+		int err = open_table(s, cat[i].owner, true, cat[i].name, &cat[i].cfg,
 				     &cat[i].learn, &t, &created, msg, sizeof msg);
 		if (!err) {
 			t->owner = cat[i].owner;
@@ -574,14 +576,28 @@ static bool on_open(struct ctl *x, struct srv_client *c, const struct de_msg_ope
 		send_error(c, m->h.seq, err, "%s", msg);
 		return true;
 	}
+	/* a new table its persistence would refuse is never created */
+	if (!t && (err = srv_persist_table_admit(x->s->persist, name, learn.durability.mode, msg,
+						 sizeof msg))) {
+		srv_logf(SRV_LOG_INFO, SRV_KV(CLIENT_FIELDS(c), SRV_F_TABLE(name), SRV_F_ERRNO(err)),
+			 "client %u: open '%s': %s", c->id, name, msg);
+		send_error(c, m->h.seq, err, "%s", msg);
+		return true;
+	}
 	srv_registry_lock(&x->s->reg); /* a new table's layers attach unseen by /metrics */
-	err = open_table(x->s, c->uid, name, &cfg, &learn, &t, &created, msg, sizeof msg);
+	err = open_table(x->s, c->uid, false, name, &cfg, &learn, &t, &created, msg, sizeof msg);
 	if (!err && created) { /* the creator owns it (before the catalog records it) */
 		t->owner = c->uid;
 		rights = srv_authz_rights(&x->s->cfg, c->uid, c->gid, name, true, t->owner);
 	}
 	if (!err) /* durability: catalog entry and first snapshot */
 		err = srv_persist_table_open(x->s->persist, t, msg, sizeof msg);
+	char why[160];
+	if (err && created && !srv_learn_table_can_drop(t, why, sizeof why)) {
+		/* its catalog entry could not be written: no client saw it, it goes */
+		srv_learn_table_detach(x->s->learn, t);
+		srv_registry_discard(&x->s->reg, t);
+	}
 	srv_registry_unlock(&x->s->reg);
 	if (err) {
 		srv_logf(SRV_LOG_INFO, SRV_KV(CLIENT_FIELDS(c), SRV_F_TABLE(name), SRV_F_ERRNO(err)),

@@ -156,28 +156,48 @@ void srv_persist_set_checkpoint_hook(struct srv_persist *p,
 	p->checkpointed_ctx = ctx;
 }
 
-int srv_persist_table_open(struct srv_persist *p, struct srv_table *t, char *msg, size_t cap)
+static int table_admit(const struct srv_persist *p, const char *name, uint32_t mode,
+		       char *msg, size_t cap)
 {
-	uint32_t mode = t->learn.durability.mode;
 	if (!p || !p->on) {
 		if (mode != DE_WDURABLE_NONE) {
 			snprintf(msg, cap, "table '%s': durability %s needs the daemon's [persistence] "
-				 "data_dir (dynembd --data-dir DIR)", t->name,
+				 "data_dir (dynembd --data-dir DIR)", name,
 				 mode == DE_WDURABLE_SYNC ? "sync" : "async");
 			return -EINVAL;
 		}
 		return 0;
 	}
+	if (p->ntables >= DE_MANIFEST_MAX_TABLES) { /* p->mu held, or the control thread */
+		snprintf(msg, cap, "table '%s': a daemon with a data_dir persists at most %u "
+			 "tables", name, DE_MANIFEST_MAX_TABLES);
+		return -ENOSPC;
+	}
+	return 0;
+}
+
+int srv_persist_table_admit(struct srv_persist *p, const char *name, uint32_t mode, char *msg,
+			    size_t cap)
+{
+	if (p && p->on)
+		pthread_mutex_lock(&p->mu);
+	int err = table_admit(p, name, mode, msg, cap);
+	if (p && p->on)
+		pthread_mutex_unlock(&p->mu);
+	return err;
+}
+
+int srv_persist_table_open(struct srv_persist *p, struct srv_table *t, char *msg, size_t cap)
+{
+	uint32_t mode = t->learn.durability.mode;
+	if (!p || !p->on)
+		return table_admit(p, t->name, mode, msg, cap);
 	if (t->ps)
 		return 0;
 	pthread_mutex_lock(&p->mu);
-	int err = 0;
-	if (p->ntables == DE_MANIFEST_MAX_TABLES) {
-		snprintf(msg, cap, "a daemon with a data_dir persists at most %u tables",
-			 DE_MANIFEST_MAX_TABLES);
-		err = -ENOSPC;
+	int err = table_admit(p, t->name, mode, msg, cap);
+	if (err)
 		goto out;
-	}
 	struct srv_table_persist *ps;
 	if ((err = persist_tp_create(p->next_id, mode, &ps))) {
 		snprintf(msg, cap, "table '%s': %s", t->name, strerror(-err));

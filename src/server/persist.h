@@ -76,6 +76,11 @@ void srv_persist_free(struct srv_persist *p);
  * without data_dir (-EINVAL + msg); give a new table its id, catalog entry and first
  * (empty) snapshot. Idempotent for a table that has them. */
 int srv_persist_table_open(struct srv_persist *p, struct srv_table *t, char *msg, size_t cap);
+/* Before a new table called name with durability mode (DE_WDURABLE_*) is created: would
+ * srv_persist_table_open refuse it for its config (durability without data_dir:
+ * -EINVAL; the most tables a data_dir persists: -ENOSPC)? 0, or the error with msg. */
+int srv_persist_table_admit(struct srv_persist *p, const char *name, uint32_t mode, char *msg,
+			    size_t cap);
 
 /* DROP, control thread, once no connection has t open: the catalog forgets t durably
  * (its id is never given again), then its manifest entry, snapshots and strings file go

@@ -106,7 +106,7 @@ static int bytes_fit(const struct srv_quota *q, const struct uid_total *u, const
 }
 
 int srv_quota_table_begin(struct srv_quota *q, uid_t uid, const char *name, uint64_t bytes,
-			  struct srv_quota_acct **out, char *msg, size_t cap)
+			  bool recovered, struct srv_quota_acct **out, char *msg, size_t cap)
 {
 	*out = NULL;
 	struct srv_quota_acct *a = calloc(1, sizeof *a);
@@ -122,8 +122,8 @@ int srv_quota_table_begin(struct srv_quota *q, uid_t uid, const char *name, uint
 		snprintf(msg, cap, "table '%s': out of memory", name);
 		goto out;
 	}
-	if (uid == SRV_QUOTA_UID_NONE)
-		goto take; /* a recovered table comes back whatever the limits are now */
+	if (recovered)
+		goto take; /* an acknowledged table comes back whatever the limits are now */
 	if (u && q->lim.uid_tables && u->tables >= q->lim.uid_tables) {
 		snprintf(msg, cap, "table '%s' not created: uid %u has %u tables, its quota "
 			 "([quota] uid_tables); drop one it no longer needs", name, (unsigned)uid,

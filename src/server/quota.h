@@ -31,10 +31,8 @@ struct srv_quota_limits {
 struct srv_quota;      /* the accounts of the host and of every uid */
 struct srv_quota_acct; /* one table's charge */
 
-/* The uid of tables recovered from a catalog that does not record their creator: they
- * count against the host only, and srv_quota_table_begin never refuses them (a table
- * that was acknowledged comes back whatever the limits are now; their growth is
- * checked against the host quota as any other's). */
+/* "No uid": srv_quota_usage of the host as a whole, or a table charged to the host
+ * only (a caller that knows no creator). */
 #define SRV_QUOTA_UID_NONE ((uid_t)-1)
 
 int srv_quota_create(const struct srv_quota_limits *l, struct srv_quota **out);
@@ -42,9 +40,13 @@ int srv_quota_create(const struct srv_quota_limits *l, struct srv_quota **out);
 void srv_quota_destroy(struct srv_quota *q);
 
 /* A new table of uid called name: counts it (table quotas) and charges `bytes` (what
- * its creation maps). 0 with *out, or -EDQUOT / -ENOSPC / -ENOMEM with msg. */
+ * its creation maps). 0 with *out, or -EDQUOT / -ENOSPC / -ENOMEM with msg.
+ * recovered: a table brought back from the catalog at startup, charged to its creator
+ * and the host like any other but never refused (an acknowledged table comes back
+ * whatever the limits are now; only -ENOMEM fails it). A uid it puts over its quota
+ * can create nothing more until it drops enough; its growth is checked as any other's. */
 int srv_quota_table_begin(struct srv_quota *q, uid_t uid, const char *name, uint64_t bytes,
-			  struct srv_quota_acct **out, char *msg, size_t cap);
+			  bool recovered, struct srv_quota_acct **out, char *msg, size_t cap);
 /* Charge more bytes to the table's account (its growth): 0, or -EDQUOT / -ENOSPC with
  * msg (msg may be NULL). */
 int srv_quota_charge(struct srv_quota_acct *a, uint64_t bytes, char *msg, size_t cap);

@@ -43,8 +43,10 @@
  * creates rows; with admission, the lookup keeps the strings of the keys admitted just
  * before it creates them: learnops.c), so the first request of a fingerprint owns it;
  * writes are checked before they write, and a lookup without create AFTER it read (a
- * row it found had its string kept by then, or being stored: waited for). The gap left:
- * an ERASE checked just before another string's first create may erase that new row.
+ * row it found had its string kept by then, or being stored: waited for). An ERASE of a
+ * fingerprint with no string kept reads the row after the names: no row, nothing to
+ * erase (the erase comes first); a row, the erase claims the fingerprint for its own
+ * string before erasing (a creator that kept another string first refuses it).
  */
 #include "tables.h"
 #include "batch.h"
@@ -140,7 +142,7 @@ static int make_arena(const struct srv_registry *r, const char *memfd_name, uint
 	return err;
 }
 
-static int table_create(struct srv_registry *r, uid_t uid, const char *name,
+static int table_create(struct srv_registry *r, uid_t uid, bool recovered, const char *name,
 			const struct de_wire_table_config *w,
 			const struct de_wire_learn_config *learn, struct srv_table **out, char *msg,
 			size_t msgcap)
@@ -182,7 +184,8 @@ static int table_create(struct srv_registry *r, uid_t uid, const char *name,
 	t->quota_uid = uid;
 	if (r->quota) {
 		uint64_t first = seg + (strings ? DE_ARENA_ALIGN : 0) + t->sketch_bytes;
-		err = srv_quota_table_begin(r->quota, uid, name, first, &t->quota, msg, msgcap);
+		err = srv_quota_table_begin(r->quota, uid, name, first, recovered, &t->quota, msg,
+					    msgcap);
 		if (err)
 			goto fail;
 	}
@@ -229,7 +232,7 @@ fail:
 	return err;
 }
 
-int srv_registry_open(struct srv_registry *r, uid_t uid, const char *name,
+int srv_registry_open(struct srv_registry *r, uid_t uid, bool recovered, const char *name,
 		      const struct de_wire_table_config *cfg,
 		      const struct de_wire_learn_config *learn, struct srv_table **out,
 		      bool *created, char *msg, size_t msgcap)
@@ -247,7 +250,7 @@ int srv_registry_open(struct srv_registry *r, uid_t uid, const char *name,
 		return 0;
 	}
 	struct srv_table *t;
-	int err = table_create(r, uid, name, cfg, learn, &t, msg, msgcap);
+	int err = table_create(r, uid, recovered, name, cfg, learn, &t, msg, msgcap);
 	if (err)
 		return err;
 	t->next = r->head;
@@ -363,15 +366,38 @@ static int batch_collision(const uint64_t *keys, const char *sbuf, const uint32_
 	return err;
 }
 
-int srv_table_check_strings(struct srv_table *t, const uint64_t *keys, const char *sbuf,
-			    const uint32_t *slen, const uint64_t *soff, uint32_t n, bool creating,
-			    uint32_t *bad)
+/* An ERASE's key i whose fingerprint has no string kept: a row of it now can only be
+ * one whose string was not kept (a keep that failed after the create: learnops.c), or
+ * one created since the names were read, whose creator kept its string first. No row:
+ * nothing to erase (*absent). A row: the erase claims the fingerprint for its string
+ * (-EEXIST when the row's creator kept another one first), then erases it. *vbuf: a
+ * row's values, allocated on first use (the caller frees it). */
+static int erase_unkept(struct srv_table *t, uint64_t key, const char *s, uint32_t len,
+			float **vbuf, uint8_t *absent)
+{
+	if (!*vbuf && !(*vbuf = malloc(4ull * (t->wcfg.dim ? t->wcfg.dim : 1))))
+		return -ENOMEM;
+	uint8_t st;
+	int err = de_table_find(t->t, &key, 1, *vbuf, &st);
+	if (err)
+		return err;
+	*absent = st != DE_FOUND;
+	return *absent ? 0 : srv_table_keep_string(t, key, s, len);
+}
+
+enum check_how { CHECK_READ, CHECK_CREATE, CHECK_ERASE };
+
+static int check_strings(struct srv_table *t, const uint64_t *keys, const char *sbuf,
+			 const uint32_t *slen, const uint64_t *soff, uint32_t n,
+			 enum check_how how, uint8_t *absent, uint32_t *bad)
 {
 	if (!t->names)
 		return -EINVAL;
 	/* without admission a creating request creates every key: keeping its strings
 	 * first costs nothing more, and makes the first request of a fingerprint own it */
-	bool claim = creating && t->learn.admission.mode == DE_WADMIT_ALL;
+	bool claim = how == CHECK_CREATE && t->learn.admission.mode == DE_WADMIT_ALL;
+	if (absent)
+		memset(absent, 0, n);
 	if (n > 1) {
 		int err = batch_collision(keys, sbuf, slen, soff, n, bad);
 		if (err)
@@ -380,38 +406,58 @@ int srv_table_check_strings(struct srv_table *t, const uint64_t *keys, const cha
 	enum { CHUNK = 256 };
 	float rows[2 * CHUNK];
 	uint8_t st[CHUNK];
-	for (uint32_t base = 0; base < n; base += CHUNK) {
+	float *vbuf = NULL;
+	int err = 0;
+	for (uint32_t base = 0; base < n && !err; base += CHUNK) {
 		uint32_t m = n - base < CHUNK ? n - base : CHUNK;
-		int err = de_table_find(t->names, keys + base, m, rows, st);
-		if (err)
-			return err;
-		for (uint32_t j = 0; j < m; j++) {
+		err = de_table_find(t->names, keys + base, m, rows, st);
+		for (uint32_t j = 0; j < m && !err; j++) {
 			uint32_t i = base + j;
 			if (!keys[i])
 				continue; /* the empty string */
+			if (st[j] != DE_FOUND && how == CHECK_ERASE) {
+				err = erase_unkept(t, keys[i], sbuf + soff[i], slen[i], &vbuf, &absent[i]);
+				if (err == -EEXIST)
+					*bad = i;
+				continue;
+			}
 			if (st[j] != DE_FOUND) { /* no string kept: the first creator keeps its own */
 				err = claim ? srv_table_keep_string(t, keys[i], sbuf + soff[i], slen[i])
 					    : 0;
-				if (err == -EEXIST) { /* kept by another request meanwhile */
+				if (err == -EEXIST) /* kept by another request meanwhile */
 					*bad = i;
-					return err;
-				}
-				continue; /* another error: kept after the create, as without claim */
+				else /* another error: kept after the create, as without claim */
+					err = 0;
+				continue;
 			}
 			uint64_t off;
 			memcpy(&off, rows + 2 * j, sizeof off);
 			if (!off && (err = names_offset(t, keys[i], &off)))
-				return err;
+				break;
 			if (!off)
 				continue;
 			err = same_string(t, off, sbuf + soff[i], slen[i]);
-			if (err) {
+			if (err)
 				*bad = i;
-				return err;
-			}
 		}
 	}
-	return 0;
+	free(vbuf);
+	return err;
+}
+
+int srv_table_check_strings(struct srv_table *t, const uint64_t *keys, const char *sbuf,
+			    const uint32_t *slen, const uint64_t *soff, uint32_t n, bool creating,
+			    uint32_t *bad)
+{
+	return check_strings(t, keys, sbuf, slen, soff, n, creating ? CHECK_CREATE : CHECK_READ,
+			     NULL, bad);
+}
+
+int srv_table_check_erase_strings(struct srv_table *t, const uint64_t *keys, const char *sbuf,
+				  const uint32_t *slen, const uint64_t *soff, uint32_t n,
+				  uint8_t *absent, uint32_t *bad)
+{
+	return check_strings(t, keys, sbuf, slen, soff, n, CHECK_ERASE, absent, bad);
 }
 
 int srv_table_keep_string(struct srv_table *t, uint64_t key, const void *s, uint32_t len)

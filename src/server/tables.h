@@ -83,7 +83,7 @@ struct srv_table {
 	/* memory (quota.h): the creator's charge for the arenas' segments and the sketch;
 	 * grown by the arenas' charge hook (any thread), ended by the table's free */
 	struct srv_quota_acct *quota;
-	uid_t quota_uid;                  /* who is charged (SRV_QUOTA_UID_NONE: recovered) */
+	uid_t quota_uid;                  /* who is charged: the creator */
 	uint64_t sketch_bytes;            /* admission COUNT: de_admit_sketch_bytes */
 	int growth_logged;                /* atomic: the first refused growth was logged */
 	/* control thread only: connections that have the table open (a DROP needs 0) */
@@ -121,13 +121,14 @@ void srv_registry_destroy(struct srv_registry *r);
 
 /*
  * Find or create table `name` (name and cfg already checked by the validators) for uid
- * (SRV_QUOTA_UID_NONE: a table recovered at startup). Same config: the existing table.
+ * (recovered: a table of uid's brought back from the catalog at startup, charged to uid
+ * but never refused by a quota: quota.h). Same config: the existing table.
  * Another config: -EEXIST with msg naming the first field that differs. New: sizes its
  * reservation from its budget (quota.h), refuses an admission sketch larger than the
  * table's budget (-EINVAL), charges uid's quota (-EDQUOT / -ENOSPC naming the quota),
  * creates its arena(s) and opens it; *created tells which. Control thread only.
  */
-int srv_registry_open(struct srv_registry *r, uid_t uid, const char *name,
+int srv_registry_open(struct srv_registry *r, uid_t uid, bool recovered, const char *name,
 		      const struct de_wire_table_config *cfg,
 		      const struct de_wire_learn_config *learn, struct srv_table **out,
 		      bool *created, char *msg, size_t msgcap);
@@ -153,8 +154,8 @@ int srv_table_keep_string(struct srv_table *t, uint64_t key, const void *s, uint
  * fingerprint) with the string kept for that fingerprint and with the request's other
  * strings. creating (UPDATE, APPLY_GRADS, LOOKUP with create; called before the request
  * touches rows): on a table without admission a key with no string kept has its string
- * kept now. Else (ERASE: before; LOOKUP without create: after it read, before its
- * completion) such a key passes. A string being stored right now is waited for.
+ * kept now. Else (LOOKUP without create: after it read, before its completion) such a
+ * key passes. A string being stored right now is waited for.
  * -EEXIST with *bad = i: key i's fingerprint belongs to another string, so key i has no
  * row of its own and the request must not serve or write that row. 0, -EEXIST, or a
  * negative errno of the index.
@@ -162,6 +163,16 @@ int srv_table_keep_string(struct srv_table *t, uint64_t key, const void *s, uint
 int srv_table_check_strings(struct srv_table *t, const uint64_t *keys, const char *sbuf,
 			    const uint32_t *slen, const uint64_t *soff, uint32_t n, bool creating,
 			    uint32_t *bad /* out */);
+/*
+ * The same for an ERASE, before it erases: a key whose fingerprint has no string kept
+ * and no row has absent[i] = 1 (nothing to erase: the caller leaves it out, so a row a
+ * colliding string creates meanwhile is never erased); one with a row (its string was
+ * not kept) is claimed for the erase's string first. absent: n bytes. 0, -EEXIST with
+ * *bad, or a negative errno.
+ */
+int srv_table_check_erase_strings(struct srv_table *t, const uint64_t *keys, const char *sbuf,
+				  const uint32_t *slen, const uint64_t *soff, uint32_t n,
+				  uint8_t *absent /* out */, uint32_t *bad /* out */);
 /*
  * The string of a key: copies up to cap bytes into buf (not NUL-terminated) and sets
  * *len to the full length. -ENOENT: not known (or being stored right now); -ENOSPC: cap

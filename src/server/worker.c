@@ -146,6 +146,24 @@ static struct srv_batch batch_of(struct srv_worker *w, struct srv_table *t,
 				   .slen = w->slen, .soff = w->soff };
 }
 
+#ifdef DE_FAULT_INJECTION
+/* Test builds: DYNEMBD_TEST_ERASE_DELAY_MS=n sleeps n ms between a string ERASE's check
+ * and its erase (test_strcollide: a colliding create lands in between). Read once. */
+static void test_erase_delay(void)
+{
+	static long ms = -1;
+	long v = __atomic_load_n(&ms, __ATOMIC_RELAXED);
+	if (v < 0) {
+		const char *e = getenv("DYNEMBD_TEST_ERASE_DELAY_MS");
+		v = e ? strtol(e, NULL, 10) : 0;
+		v = v > 0 && v < 10000 ? v : 0;
+		__atomic_store_n(&ms, v, __ATOMIC_RELAXED);
+	}
+	if (v)
+		nanosleep(&(struct timespec){ v / 1000, (v % 1000) * 1000000L }, NULL);
+}
+#endif
+
 /* After a write: its WAL record (persistence); a SYNC one holds the completion until
  * the round's sync covers the LSN it returned, an ASYNC one waits here while a WAL
  * flush that does not carry it is in flight (srv_persist_ack_hold). */
@@ -436,9 +454,22 @@ static int execute(struct srv_worker *w, struct srv_client *c, const struct de_s
 		load_int_keys(w, data, e);
 	bool create = e->op == DE_OP_LOOKUP && (e->flags & DE_LOOKUP_CREATE);
 	bool reads = e->op == DE_OP_LOOKUP && !create; /* checked after the read */
-	if (str && !err && !reads) /* a fingerprint of another key's string: no row of its own */
-		err = srv_table_check_strings(t, w->keys, w->sbuf, w->slen, w->soff, n,
-					      e->op != DE_OP_ERASE, &bad);
+	/* a fingerprint of another key's string: no row of its own */
+	if (str && !err && e->op == DE_OP_ERASE) {
+		err = srv_table_check_erase_strings(t, w->keys, w->sbuf, w->slen, w->soff, n,
+						    w->status, &bad);
+		uint32_t m = 0; /* leave out the keys with nothing to erase */
+		for (uint32_t i = 0; !err && i < n; i++)
+			if (!w->status[i])
+				w->keys[m++] = w->keys[i];
+		n = m;
+#ifdef DE_FAULT_INJECTION
+		test_erase_delay(); /* widens the gap a create could race into */
+#endif
+	} else if (str && !err && !reads) {
+		err = srv_table_check_strings(t, w->keys, w->sbuf, w->slen, w->soff, n, true,
+					      &bad);
+	}
 	if (err) {
 		q->res = err;
 		q->count = err == -EEXIST ? bad : 0; /* which key (proto.h) */
@@ -450,6 +481,7 @@ static int execute(struct srv_worker *w, struct srv_client *c, const struct de_s
 	}
 	float *vals = (float *)(void *)(data + e->vals_off);
 	struct srv_batch b = batch_of(w, t, e, vals);
+	b.n = n; /* an ERASE of strings: the keys left */
 	size_t erased = 0;
 	/* no eviction between a write and its log (persisted tables with eviction) */
 	bool held = (e->op != DE_OP_LOOKUP || create) && srv_learn_write_begin(t);

@@ -69,7 +69,7 @@ static double secs(const struct drv *r) { return (double)(dproc_now_ns() - r->t0
 /* --wal-segment-bytes 8M: recovery reads a whole WAL segment into one malloc'd buffer,
  * and glibc keeps that memory after the free (its mmap threshold has grown by then), so
  * a daemon restarted on a 64 MiB segment (the default) holds up to 64 MiB more than the
- * one before it. Small segments keep that under the RSS slack; README, "Soak". */
+ * one before it. Small segments keep that under the RSS slack; docs/testing.md, "Soak". */
 static int daemon_start(struct drv *r)
 {
 	char uid[16];
