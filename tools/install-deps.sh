@@ -21,6 +21,8 @@ pkgs=(
   libmicrohttpd-dev                         # the daemon's /metrics endpoint (Prometheus)
   valgrind                                  # callgrind and its headers: the instruction-count
                                             # gate (tools/bench/icount.py, .ci/run)
+  systemd                                   # systemd-analyze verify of tools/deploy/systemd's
+                                            # unit (meson test deploy_systemd)
 )
 
 missing=()
