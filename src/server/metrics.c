@@ -226,24 +226,40 @@ static uint64_t op_requests(const struct srv_op_counters *k)
 	return n;
 }
 
+static uint64_t op_errors(const struct srv_op_counters *k)
+{
+	return k->errors;
+}
+
+static uint64_t op_keys(const struct srv_op_counters *k)
+{
+	return k->keys;
+}
+
+/* One counter family with a series per table and op. */
+static void put_op_counter(struct buf *b, const char *name, const char *help,
+			   const struct snap *x, unsigned n,
+			   uint64_t (*get)(const struct srv_op_counters *))
+{
+	family(b, name, "counter", help);
+	for (unsigned i = 0; i < n; i++)
+		for (unsigned op = 1; op < SRV_OP_SLOTS; op++) {
+			put(b, "%s{", name);
+			table_label(b, &x[i]);
+			put(b, ",op=\"%s\"} %" PRIu64 "\n", OP_NAMES[op], get(&x[i].ops[op]));
+		}
+}
+
 static void put_ops(struct buf *b, const struct snap *x, unsigned n)
 {
-	family(b, "dynemb_requests_total", "counter",
-	       "Requests (descriptors) completed on a table, by op.");
-	for (unsigned i = 0; i < n; i++)
-		for (unsigned op = 1; op < SRV_OP_SLOTS; op++) {
-			put(b, "dynemb_requests_total{");
-			table_label(b, &x[i]);
-			put(b, ",op=\"%s\"} %" PRIu64 "\n", OP_NAMES[op], op_requests(&x[i].ops[op]));
-		}
-	family(b, "dynemb_request_errors_total", "counter",
-	       "Requests completed with an error (a negative res), by table and op.");
-	for (unsigned i = 0; i < n; i++)
-		for (unsigned op = 1; op < SRV_OP_SLOTS; op++) {
-			put(b, "dynemb_request_errors_total{");
-			table_label(b, &x[i]);
-			put(b, ",op=\"%s\"} %" PRIu64 "\n", OP_NAMES[op], x[i].ops[op].errors);
-		}
+	put_op_counter(b, "dynemb_requests_total",
+		       "Requests (descriptors) completed on a table, by op.", x, n, op_requests);
+	put_op_counter(b, "dynemb_request_errors_total",
+		       "Requests completed with an error (a negative res), by table and op.", x,
+		       n, op_errors);
+	put_op_counter(b, "dynemb_request_keys_total",
+		       "Keys (or queries) the completed requests carried, by table and op.", x,
+		       n, op_keys);
 	/* histograms only of the ops a table has seen: 24 series each, and most tables see
 	 * two or three of the eight ops (the counters above are there from the start, so
 	 * that rate() and increase() see their first requests) */

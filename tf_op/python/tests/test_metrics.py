@@ -203,6 +203,10 @@ def test_counts_follow_the_work(mdaemon):
     assert value(after, *req, table="m_counts", op="lookup") == n_lookups
     assert value(after, *req, table="m_counts", op="update") == 0
     assert value(after, *err, table="m_counts", op="lookup") == 0
+    keys_total = ("dynemb_request_keys", "dynemb_request_keys_total")
+    assert value(after, *keys_total, table="m_counts", op="lookup") == n_lookups * n_keys
+    assert value(after, *keys_total, table="m_noopt", op="apply_grads") == 3
+    assert value(after, *keys_total, table="m_chunked", op="lookup") == 20000
     assert value(after, *req, table="m_noopt", op="apply_grads") == 1
     assert value(after, *err, table="m_noopt", op="apply_grads") == 1
     assert value(after, "dynemb_table_rows", table="m_counts") == n_keys
