@@ -33,8 +33,8 @@
  * result), 2 bad usage.
  *
  * Ownership: cmd_table owns everything it allocates; per-dim memory (arena, table, gather
- * and index arrays, output buffers) is freed before the next dim starts, the keys, the permutation and
- * the query arrays live for the whole run. This file keeps no mutable global state.
+ * and index arrays, output buffers) is freed before the next dim starts, the keys, the
+ * permutation and the query arrays live for the whole run. This file keeps no mutable global state.
  */
 #include <ctype.h>
 #include <errno.h>
@@ -154,8 +154,8 @@ static const char table_usage[] =
 	"  -h, --help         this text\n"
 	"\n"
 	"Memory: the table (~N * (4 * dim * (1 + slots) + 40) bytes), the gather array\n"
-	"(N * dim * 4 bytes) and the index array (N * 4 bytes) exist together, one dim at a time: at N = 10M and dim 128 about\n"
-	"11 GB.\n";
+	"(N * dim * 4 bytes) and the index array (N * 4 bytes) exist together, one dim at a\n"
+	"time: at N = 10M and dim 128 about 11 GB.\n";
 
 static int usage_error(const char *fmt, ...) __attribute__((format(printf, 1, 2), cold));
 static int usage_error(const char *fmt, ...)

@@ -17,7 +17,10 @@ if [ "$rc" -ne 0 ]; then
   echo "FAIL: dynemb-bench table exited $rc" >&2
   exit 1
 fi
-grep -q "find / gather2 bound" "$tmp/human.txt" || { echo "FAIL: no gather2 line in the summary" >&2; exit 1; }
+if ! grep -q "find / gather2 bound" "$tmp/human.txt"; then
+  echo "FAIL: no gather2 line in the summary" >&2
+  exit 1
+fi
 "$py" - "$tmp/out.json" <<'PY'
 import json, sys
 d = json.load(open(sys.argv[1]))
