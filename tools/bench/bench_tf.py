@@ -17,6 +17,9 @@ embeddings) and the same Zipf(1.05) stream of ids over a vocabulary of V:
   lookup_rows_per_s_gather      tf.gather from a tf.Variable (the floor, in-process)
   steps_per_s_no_embedding      the same step with a constant in place of the embedding
                                 (the ceiling any embedding can reach)
+  ..._dynemb_tfra_venv          dynemb's steps and lookups again in TFRA's TensorFlow, with
+                                an op library built for it (--tfra-build), so that dynemb and
+                                TFRA are compared in one TensorFlow
 TFRA runs in a second virtual environment (--tfra-python; TFRA 0.8.1 is built for one
 TensorFlow, 2.16.2 with Keras 2, while the project venv has 2.21.0): this script runs itself there
 with --tfra-part and reads its JSON. Where that venv is missing or TFRA fails, its figures
@@ -24,7 +27,7 @@ are null with the reason. Prints a table with ratios, the command and the machin
 prints one JSON object.
 
 Usage: tools/bench/bench_tf.py [--build DIR] [--steps N] [--json]
-                               [--tfra-python PATH] [--lookup-reps N]
+                               [--tfra-python PATH] [--tfra-build DIR] [--lookup-reps N]
 """
 
 import argparse
@@ -125,30 +128,38 @@ def gather_rows_per_s(tf, reps):
     return rows_per_s(tf.function(lambda k: tf.gather(var, k)), lookup_keys(tf), reps)
 
 
-def dynemb_part(a, sock):
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    import tensorflow as tf
+def dynemb_model(tf, a, sock, ids, y, suffix=""):
+    """dynemb's training steps/s and lookup rows/s in this TensorFlow (keys ..._suffix)."""
     import dynemb.tensorflow as detf
-    ids, y = stream(1, a.steps)
-    out = dict(tensorflow=tf.__version__)
-    out["steps_per_s_keras_embedding"] = keras_part(tf, ids, y)
-    out["steps_per_s_no_embedding"] = train_steps_per_s(tf, NoEmbedding(tf), None, ids, y)
     cfg = detf.DynamicEmbeddingConfig(DIM, optimizer="adagrad", lr=0.05)
     emb = detf.DynamicEmbedding(cfg, f"bench_tf_{os.getpid()}", service_address=sock)
-    out["steps_per_s_dynemb"] = train_steps_per_s(tf, emb, None, ids, y, training=True)
+    out = {"steps_per_s_dynemb" + suffix: train_steps_per_s(tf, emb, None, ids, y,
+                                                             training=True)}
     lcfg = detf.DynamicEmbeddingConfig(LOOKUP_DIM, seed=2)
     name = f"bench_tf_lookup_{os.getpid()}"
     keys = lookup_keys(tf)
     detf.dynamic_embedding_lookup(keys, lcfg, name, sock, skip_gradient_update=True)
     f = tf.function(lambda k: detf.dynamic_embedding_lookup(
         k, lcfg, name, sock, skip_gradient_update=True, readonly=True))
-    out["lookup_rows_per_s_dynemb"] = rows_per_s(f, keys, a.lookup_reps)
+    out["lookup_rows_per_s_dynemb" + suffix] = rows_per_s(f, keys, a.lookup_reps)
+    return out
+
+
+def dynemb_part(a, sock):
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import tensorflow as tf
+    ids, y = stream(1, a.steps)
+    out = dict(tensorflow=tf.__version__)
+    out["steps_per_s_keras_embedding"] = keras_part(tf, ids, y)
+    out["steps_per_s_no_embedding"] = train_steps_per_s(tf, NoEmbedding(tf), None, ids, y)
+    out.update(dynemb_model(tf, a, sock, ids, y))
     out["lookup_rows_per_s_gather"] = gather_rows_per_s(tf, a.lookup_reps)
     return out
 
 
 def tfra_part(a):
-    """Runs in the TFRA venv: prints one JSON object."""
+    """Runs in the TFRA venv: prints one JSON object. With --sock (and DYNEMB_TF_LIB: an op
+    library built against this venv's TensorFlow), dynemb's model runs here too."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import tensorflow as tf
     import tensorflow_recommenders_addons as tfra
@@ -156,6 +167,8 @@ def tfra_part(a):
     ids, y = stream(1, a.steps)
     out = dict(tensorflow=tf.__version__, tfra=tfra.__version__)
     out["steps_per_s_keras_embedding_tfra_venv"] = keras_part(tf, ids, y)
+    if a.sock:
+        out.update(dynemb_model(tf, a, a.sock, ids, y, suffix="_tfra_venv"))
     emb = de.keras.layers.Embedding(DIM, initializer=tf.keras.initializers.RandomUniform(
         -0.05, 0.05), name="tfra_emb")
     opt_e = de.DynamicEmbeddingOptimizer(tf.keras.optimizers.Adagrad(0.05))
@@ -182,40 +195,62 @@ def start_daemon(build):
     sys.exit("bench_tf: dynembd did not start")
 
 
+def tfra_run(a, sock):
+    """This script's --tfra-part in the TFRA venv, with dynemb's model when a.tfra_build
+    has an op library for that venv's TensorFlow."""
+    env = dict(os.environ, TF_USE_LEGACY_KERAS="1")  # TFRA's layers are Keras 2's
+    cmd = [a.tfra_python, os.path.abspath(__file__), "--tfra-part", "--steps", str(a.steps),
+           "--lookup-reps", str(a.lookup_reps)]
+    lib = os.path.join(os.path.abspath(a.tfra_build), "tf_op", "libdynemb_tf.so")
+    out = {}
+    if os.path.exists(lib):
+        env.update(DYNEMB_TF_LIB=lib, DYNEMB_BUILD=os.path.abspath(a.tfra_build))
+        cmd += ["--sock", sock]
+    else:
+        out["dynemb_tfra_venv_reason"] = (f"no {lib}: meson setup {a.tfra_build} "
+                                          "-Dtf_python=.venv-tfra/bin/python (BENCHMARKS.md)")
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=1800, env=env)
+    if r.returncode == 0:
+        t = json.loads(r.stdout.strip().splitlines()[-1])
+        t["tensorflow_tfra_venv"] = t.pop("tensorflow")
+        out.update(t)
+    else:
+        out["tfra_reason"] = f"TFRA run failed ({r.returncode}): {r.stderr[-800:]}"
+    return out
+
+
 def main(argv):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--build", default="build-release")
     p.add_argument("--steps", type=int, default=200)
     p.add_argument("--lookup-reps", type=int, default=300)
     p.add_argument("--tfra-python", default=os.path.join(ROOT, ".venv-tfra", "bin", "python"))
+    p.add_argument("--tfra-build", default=os.path.join(ROOT, "build-tf216"),
+                   help="a dynemb build whose op library links the TFRA venv's TensorFlow "
+                        "(meson setup DIR -Dtf_python=.venv-tfra/bin/python): dynemb's model "
+                        "runs in that TensorFlow too, beside TFRA's")
     p.add_argument("--json", action="store_true")
     p.add_argument("--tfra-part", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--sock", help=argparse.SUPPRESS)
     a = p.parse_args(argv)
+    sys.path.insert(0, os.path.join(ROOT, "tf_op", "python"))
     if a.tfra_part:
         return tfra_part(a)
     build = os.path.abspath(a.build)
     os.environ.setdefault("DYNEMB_BUILD", build)
-    sys.path.insert(0, os.path.join(ROOT, "tf_op", "python"))
     proc, sock = start_daemon(build)
     try:
         res = dynemb_part(a, sock)
+        res.update(steps_per_s_tfra=None, lookup_rows_per_s_tfra=None, tfra_reason=None,
+                   steps_per_s_dynemb_tfra_venv=None, lookup_rows_per_s_dynemb_tfra_venv=None,
+                   dynemb_tfra_venv_reason=None)
+        if not os.access(a.tfra_python, os.X_OK):
+            res["tfra_reason"] = f"no TFRA venv at {a.tfra_python} (see BENCHMARKS.md)"
+        else:
+            res.update(tfra_run(a, sock))
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=20)
-    res.update(steps_per_s_tfra=None, lookup_rows_per_s_tfra=None, tfra_reason=None)
-    if not os.access(a.tfra_python, os.X_OK):
-        res["tfra_reason"] = f"no TFRA venv at {a.tfra_python} (see BENCHMARKS.md)"
-    else:
-        env = dict(os.environ, TF_USE_LEGACY_KERAS="1")  # TFRA's layers are Keras 2's
-        r = subprocess.run([a.tfra_python, os.path.abspath(__file__), "--tfra-part",
-                            "--steps", str(a.steps), "--lookup-reps", str(a.lookup_reps)],
-                           capture_output=True, text=True, timeout=1800, env=env)
-        if r.returncode == 0:
-            t = json.loads(r.stdout.strip().splitlines()[-1])
-            t["tensorflow_tfra_venv"] = t.pop("tensorflow")
-            res.update(t)
-        else:
-            res["tfra_reason"] = f"TFRA run failed ({r.returncode}): {r.stderr[-800:]}"
     res["command"] = " ".join(shlex.quote(x) for x in ["tools/bench/bench_tf.py"] + argv)
     res["machine"] = f"{platform.node()} {os.cpu_count()} CPUs {platform.processor()}"
     if a.json:
@@ -240,8 +275,17 @@ def main(argv):
     ld, lt = res["lookup_rows_per_s_dynemb"], res["lookup_rows_per_s_tfra"]
     print(f"  lookup rows/s dynemb {ld:.3g}, tf.gather {res['lookup_rows_per_s_gather']:.3g}, "
           f"TFRA {num(lt, '.3g')} (dynemb/TFRA {ratio(ld, lt)})")
-    if res["tfra_reason"]:
-        print(f"  TFRA: {res['tfra_reason']}")
+    dv, tv = res["steps_per_s_dynemb_tfra_venv"], res.get("tensorflow_tfra_venv")
+    if dv is not None:
+        print(f"  in TFRA's TensorFlow {tv}: steps/s dynemb {dv:.1f}, TFRA "
+              f"{num(res['steps_per_s_tfra'], '.1f')} (dynemb/TFRA "
+              f"{ratio(dv, res['steps_per_s_tfra'])}), Keras Embedding "
+              f"{num(res.get('steps_per_s_keras_embedding_tfra_venv'), '.1f')}; lookup rows/s "
+              f"dynemb {res['lookup_rows_per_s_dynemb_tfra_venv']:.3g} (dynemb/TFRA "
+              f"{ratio(res['lookup_rows_per_s_dynemb_tfra_venv'], lt)})")
+    for k in ("tfra_reason", "dynemb_tfra_venv_reason"):
+        if res[k]:
+            print(f"  {k}: {res[k]}")
     print(f"command: {res['command']}\nmachine: {res['machine']}")
     return 0
 
