@@ -41,6 +41,10 @@ struct srv_server {
 	int release_fd;           /* eventfd: a worker released a client */
 	hwloc_topology_t topo;    /* NULL when hwloc could not load one */
 	uint64_t start_ns;        /* srv_mono_ns at startup (STATUS: uptime) */
+	uint64_t revoke_gen;      /* forced DROP (worker.h "Revoked handles"): bumped by the
+	                             control thread (release) after it cleared client slots */
+	/* DROPs (control_drop.c; relaxed atomics, /metrics reads them) */
+	uint64_t n_drops, n_drops_forced, n_drops_refused, n_handles_revoked;
 };
 
 #endif /* DE_SRV_SERVER_H */
