@@ -805,3 +805,68 @@ Test(quota, dynembctl_drop_force, .timeout = 60)
 	dmn_stop(&d);
 	dmn_cleanup(&d);
 }
+
+struct exporter {
+	const struct dmn *d;
+	char path[200];
+	int err;
+	int progressed;   /* atomic: the first PROGRESS came */
+};
+
+static int export_progress(void *ctx, const struct dynemb_progress *p)
+{
+	(void)p;
+	__atomic_store_n(&((struct exporter *)ctx)->progressed, 1, __ATOMIC_RELEASE);
+	return 0;
+}
+
+static void *export_main(void *arg)
+{
+	struct exporter *x = arg;
+	dynemb_client *c = conn_named(x->d, "exporter");
+	x->err = dynemb_export(c, "big", x->path, export_progress, x, NULL, NULL);
+	dynemb_close(c);
+	return NULL;
+}
+
+/* An export of the table runs when a forced drop comes: the drop cancels it (or, when it
+ * was just ending, waits for it) and then frees the table; nothing crashes (ASan). */
+Test(quota, forced_drop_cancels_a_job_on_the_table, .timeout = 180)
+{
+	struct dmn d = { 0 };
+	char exp[160];
+	strcpy(d.dir, "/tmp/dynembd-quota.XXXXXX");
+	cr_assert_not_null(mkdtemp(d.dir));
+	chmod(d.dir, 0755);
+	snprintf(d.sock, sizeof d.sock, "%s/d.sock", d.dir);
+	snprintf(d.log, sizeof d.log, "%s/log", d.dir);
+	snprintf(d.data, sizeof d.data, "%s/data", d.dir);
+	snprintf(exp, sizeof exp, "%s/exp", d.dir);
+	cr_assert_eq(mkdir(exp, 0777), 0);
+	dmn_start(&d, false, (const char *const[]){ "--export-dir", exp, NULL });
+	dynemb_client *b = conn_named(&d, "holder");
+	int t;
+	cr_assert_eq(open_as(b, "big", 64, &t), 0);
+	uint64_t done;
+	cr_assert_eq(fill(b, t, 1 << 18, &done), 0);
+	struct exporter x = { .d = &d };
+	snprintf(x.path, sizeof x.path, "%s/big.dexp", exp);
+	pthread_t th;
+	cr_assert_eq(pthread_create(&th, NULL, export_main, &x), 0);
+	while (!__atomic_load_n(&x.progressed, __ATOMIC_ACQUIRE))
+		usleep(200);
+	dynemb_client *a = conn_named(&d, "dropper");
+	int err = dynemb_drop_table(a, "big", NULL);
+	cr_expect_eq(err, -EBUSY, "a plain drop: %d", err);
+	err = dynemb_drop_table_flags(a, "big", DYNEMB_DROP_FORCE, NULL);
+	cr_assert_eq(err, 0, "forced drop during an export: %s", dynemb_strerror(err));
+	pthread_join(th, NULL);
+	cr_expect(x.err == -ECANCELED || x.err == 0, "the export: %d", x.err);
+	cr_log_info("the export ended %d (%s)\n", x.err,
+		    x.err == -ECANCELED ? "cancelled by the drop" : "before the drop's cancel");
+	cr_expect_eq(dynemb_drop_table(a, "big", NULL), -ENOENT);
+	dynemb_close(a);
+	dynemb_close(b);
+	dmn_stop(&d);
+	dmn_cleanup(&d);
+}

@@ -24,7 +24,8 @@
  *     stream admit the same keys.
  *
  * Eviction (a table with an eviction policy): the table joins the daemon's evictor (one
- * per daemon, DE_EVICT_MAX_TABLES tables at most, -ENOSPC past that) with its budget;
+ * per daemon, DE_EVICT_MAX_TABLES tables at most, -ENOSPC past that; a DROP takes it
+ * out again, srv_learn_table_evict_leave, and its slot is reused) with its budget;
  * [memory] host_budget_bytes bounds all evicting tables together (tables without a
  * policy are not counted). The evictor's thread runs every 10 ms; after each lookup,
  * update or gradient push that created keys, de_evict_after_lookup restores returning

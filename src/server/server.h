@@ -16,7 +16,8 @@
  * evictor and sampler threads (learnops.c), the persistence committer, checkpointer and
  * job threads (persist*.c), and libmicrohttpd's thread serving /metrics (metrics.c:
  * it reads tables under the registry's lock, tables.h). Tables live until the daemon exits or a DROP frees one
- * that no connection has open (control_drop.c).
+ * that no connection has open, or a forced DROP one whose handles it revoked
+ * (control_drop.c).
  */
 #ifndef DE_SRV_SERVER_H
 #define DE_SRV_SERVER_H
