@@ -24,7 +24,8 @@
  *                  zero-copy reads of the old mapping return -EIDRM without a crash, a
  *                  table of that name opened again starts empty, a crash right after
  *                  does not bring it back; a forced drop still needs the drop right;
- *                  dynembctl drop --force
+ *                  it cancels an export running on the table (-ECANCELED) and waits
+ *                  for it; dynembctl drop --force
  * Every bound is generous (CI is a loaded 2-core box under ASan): the assertions are on
  * error codes, messages and counts, and on memory only with a wide margin.
  */
