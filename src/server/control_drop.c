@@ -144,8 +144,9 @@ void srv_control_drop(struct srv_server *s, struct srv_client *clients, struct s
 	if (!err && !force && t->refs) {
 		char who[300];
 		holders(clients, t, who, sizeof who);
-		snprintf(msg, sizeof msg, "table '%s' is open on %u connection%s (%s; this one "
-			 "counts too): close them first, or force the drop (dynembctl drop --force)",
+		/* the holders last: the reply's text (240 bytes) may cut their list short */
+		snprintf(msg, sizeof msg, "table '%s' is open on %u connection%s (this one counts "
+			 "too): close them, or force the drop (dynembctl drop --force); held by %s",
 			 name, t->refs, t->refs == 1 ? "" : "s", who);
 		err = -EBUSY;
 	}
@@ -185,9 +186,9 @@ void srv_control_drop(struct srv_server *s, struct srv_client *clients, struct s
 		 SRV_KV(SRV_F_UINT("client", c->id), SRV_F_INT("pid", c->pid),
 			SRV_F_UINT("uid", c->uid), SRV_F_TABLE(name), SRV_F_UINT("bytes", bytes),
 			SRV_F_UINT("forced", force), SRV_F_UINT("revoked", revoked)),
-		 "client %u (uid %u) %sdropped table '%s': %" PRIu64 " MiB given back%s", c->id,
-		 (unsigned)c->uid, force ? "force-" : "", name, bytes >> 20,
-		 revoked ? " (handles of other connections revoked)" : "");
+		 "client %u (uid %u) %sdropped table '%s': %" PRIu64 " MiB given back, %u "
+		 "connection handle%s revoked", c->id, (unsigned)c->uid, force ? "force-" : "",
+		 name, bytes >> 20, revoked, revoked == 1 ? "" : "s");
 	struct de_msg_drop_ok ok;
 	memset(&ok, 0, sizeof ok);
 	srv_reply_hdr(&ok.h, DE_MSG_DROP_OK, sizeof ok, m->h.seq);
