@@ -664,17 +664,18 @@ Test(quota, forced_drop_revokes_holders_and_lasts, .timeout = 120)
 	cr_expect_gt(bytes, 0);
 	cr_expect_eq(maps_with(d.pid, "dynemb:held"), 0, "the table's memfds left the daemon");
 
-	/* B's old handle: every call fails -EIDRM naming the table; nothing crashes */
+	/* B's old handle: every call fails -EIDRM naming the table; nothing crashes. First a
+	 * zero-copy read: it walks the old mapping (still valid memory: the memfd keeps its
+	 * pages while B maps them), finds every key there, and sees the table retired */
+	memset(out, 0, sizeof out);
+	err = dynemb_lookup(b, tb, keys, 64, out, st, DYNEMB_READONLY, 0);
+	cr_expect(dropped_named(err, "held"), "read-only lookup: %d %s", err, dynemb_strerror(err));
+	cr_expect_eq(out[63 * 4], 63.5f, "the old mapping still reads");
 	err = dynemb_lookup(b, tb, keys, 64, out, st, 0, 2);
 	cr_expect(dropped_named(err, "held"), "lookup on a revoked handle: %d %s", err,
 		  dynemb_strerror(err));
 	err = dynemb_update(b, tb, keys, 64, out, 2, NULL);
 	cr_expect(dropped_named(err, "held"), "update: %d %s", err, dynemb_strerror(err));
-	/* zero-copy reads walk the old mapping (still valid memory: the memfd keeps its
-	 * pages while B maps them) and see it retired */
-	memset(out, 0, sizeof out);
-	err = dynemb_lookup(b, tb, keys, 64, out, st, DYNEMB_READONLY, 0);
-	cr_expect(dropped_named(err, "held"), "read-only lookup: %d %s", err, dynemb_strerror(err));
 	struct dynemb_stats ss;
 	cr_expect_eq(dynemb_stats(b, tb, &ss), -EIDRM);
 	/* B's connection still works: the name opens again as a new, empty table */
@@ -798,9 +799,11 @@ Test(quota, dynembctl_drop_force, .timeout = 60)
 	st = pclose(p);
 	cr_expect(WIFEXITED(st) && WEXITSTATUS(st) == 0, "dynembctl drop --force: %s", out);
 	cr_expect(strstr(out, "\"forced\": true"), "%s", out);
-	uint64_t k = 1;
+	uint64_t k = 1, req = 0;
 	float v[4];
-	int err = dynemb_lookup(c, t, &k, 1, v, NULL, 0, 0);
+	int err = dynemb_submit_lookup(c, t, &k, 1, DYNEMB_READONLY, 0, &req);
+	cr_expect(dropped_named(err, "cli"), "async read-only: %d %s", err, dynemb_strerror(err));
+	err = dynemb_lookup(c, t, &k, 1, v, NULL, 0, 0);
 	cr_expect(dropped_named(err, "cli"), "%d %s", err, dynemb_strerror(err));
 	dynemb_close(c);
 	dmn_stop(&d);

@@ -1960,6 +1960,8 @@ int dynemb_submit_lookup(dynemb_client *c, int table, const uint64_t *keys, size
 			return -ENOMEM;
 		}
 		err = de_table_find(t->ro, keys, n, (float *)(d + voff), st);
+		if (!err && de_table_retired(t->ro)) /* dropped: what it read may be stale */
+			err = dropped_err(t);
 		size_t found = 0, retry = 0;
 		for (size_t i = 0; !err && i < n; i++) {
 			found += st[i] == DE_FOUND;
