@@ -425,6 +425,11 @@ int de_table_init_row(const de_table *t, uint64_t key, float *out /* out: dim fl
 int de_table_stats(de_table *t, struct de_table_stats *out);
 /* Just index_refusals (one load: cheap enough to read around every write). */
 uint64_t de_table_index_refusals(const de_table *t);
+/* The owner (a writable attach) marks the table dropped, before it destroys it; any
+ * mapping that outlives it (a reader's, read-only) then sees de_table_retired true. A
+ * read-only reader checks it after a probe: what it read may be the last values. */
+void de_table_retire(de_table *t);
+bool de_table_retired(const de_table *t);
 
 /* Read-only attaches: where to get fds for arena segments added after attaching. */
 void de_table_set_fd_source(de_table *t, de_fd_source src, void *ctx);

@@ -22,7 +22,9 @@
  *   60   u32 chunk_shift (a chunk holds 1 << chunk_shift rows)
  *   64   u64 chunk_bytes (rows * row_stride, then rows * 32 bytes of metadata)
  *   72   u64 chunk_tab (offset of u64[chunk_cap], the chunk offsets; 0 = not yet)
- *   80   u32 chunk_cap, u32 pad
+ *   80   u32 chunk_cap, u32 retired (0; 1 once the owner dropped the table: release-stored
+ *        by de_table_retire before the owner lets go of the memory, acquire-loaded by
+ *        de_table_retired: a read-only mapping that outlives the table says so)
  *   128  u64 dir      (own line) directory offset | global depth in the low 6 bits;
  *                    release-stored when the directory doubles, acquire-loaded by readers
  *   192  u64 next_row (own line) next never-used row id
@@ -172,7 +174,7 @@ struct table_hdr {
 	uint32_t row_stride, chunk_shift;
 	uint64_t chunk_bytes;
 	uint64_t chunk_tab;
-	uint32_t chunk_cap, pad0;
+	uint32_t chunk_cap, retired;
 	uint64_t pad1[5];
 	/* 128 */ uint64_t dir;
 	uint64_t pad2[7];
@@ -193,6 +195,7 @@ _Static_assert(offsetof(struct bucket, row) == 40 && offsetof(struct bucket, seq
 _Static_assert(sizeof(struct seg) == 64, "segment header is one cache line");
 _Static_assert(offsetof(struct table_hdr, seed) == 48, "layout");
 _Static_assert(offsetof(struct table_hdr, chunk_tab) == 72, "layout");
+_Static_assert(offsetof(struct table_hdr, retired) == 84, "layout");
 _Static_assert(offsetof(struct table_hdr, dir) == 128, "layout");
 _Static_assert(offsetof(struct table_hdr, next_row) == 192, "layout");
 _Static_assert(offsetof(struct table_hdr, free_lock) == 256, "layout");
@@ -1891,6 +1894,18 @@ int de_table_iterate_range(de_table *t, uint64_t *cursor, uint64_t end, uint64_t
 	*cursor = r;
 	*n = got;
 	return 0;
+}
+
+void de_table_retire(de_table *t)
+{
+	/* release: pairs with the acquire in de_table_retired (another process's mapping) */
+	if (t && !t->ro)
+		__atomic_store_n(&t->hdr->retired, 1u, __ATOMIC_RELEASE);
+}
+
+bool de_table_retired(const de_table *t)
+{
+	return t && __atomic_load_n(&t->hdr->retired, __ATOMIC_ACQUIRE) != 0;
 }
 
 uint64_t de_table_index_refusals(const de_table *t)

@@ -21,7 +21,8 @@
  *                                                arena segments, at most DE_FDS_PER_MSG]
  *   SEGMENTS {table_id, first}               ->  (the zero-copy path found a new segment)
  *                                            <-  SEGMENTS_OK {table_id, first, count} + [fds]
- *   DROP {name}                              ->  (below: a table no connection has open)
+ *   DROP {name, flags}                       ->  (below: a table no connection has open,
+ *                                                or with DE_DROP_FORCE one it revokes)
  *                                            <-  DROP_OK {bytes} or ERROR
  *   BYE                                      ->  (or just close the socket)
  * A reply carries the seq of its request. One request at a time per connection.
@@ -206,6 +207,8 @@ struct de_msg_hello_ok {
 #define DE_CAP_QUERY (1ull << 9)         /* messages STATUS, TABLES, STATS_BY_NAME, EVICT,
                                             LOG_LEVEL */
 #define DE_CAP_OPSTATS (1ull << 10)      /* message OPSTATS */
+#define DE_CAP_DROP_FORCE (1ull << 11)   /* DROP's flags (DE_DROP_FORCE); without it a DROP
+                                            is 80 bytes, name only */
 #define DE_CAP_PERSISTENCE (1ull << 32)  /* [persistence] data_dir set: WAL, snapshots,
                                            durability ASYNC / SYNC */
 #define DE_CAP_EXPORT_DIR (1ull << 33)   /* [persistence] export_dir set */
@@ -474,16 +477,34 @@ struct de_msg_progress {
  *                                  it back, and its id is never given again (its WAL
  *                                  records are skipped by replay until gc drops them)
  *                              <-  DROP_OK {bytes: the quota charge given back} or ERROR:
- *                                  -ENOENT no such table; -EPERM the caller is neither
- *                                  its creator nor root; -EBUSY a connection has it open
- *                                  (this one included: dynemb_close first), a snapshot,
- *                                  export or import job runs, or the table has eviction
- *                                  (the evictor keeps its tables while the daemon runs)
+ *                                  -ENOENT no such table; -EACCES the caller lacks the
+ *                                  drop right (checked first, whether or not the table
+ *                                  exists); -EBUSY a connection has it open (this one
+ *                                  included: dynemb_close first; the message counts the
+ *                                  holders and names their clients), or a snapshot,
+ *                                  export or import job runs
+ *   flags DE_DROP_FORCE: dropped even while connections hold it. Every connection's handle
+ *                                  to it is revoked first (a later descriptor on it
+ *                                  completes -EIDRM, SEGMENTS of it is ERROR -EIDRM; the
+ *                                  memfds mapped read-only stay valid memory until the
+ *                                  client unmaps them, but nothing updates them), jobs
+ *                                  on it (export, import, snapshots) are cancelled and
+ *                                  waited for, then the drop goes on as above (the
+ *                                  catalog write is the commit point). -ETIMEDOUT: the
+ *                                  workers or jobs did not let go in time (the handles
+ *                                  stay revoked, the table stays). Other flag bits:
+ *                                  -EINVAL.
+ * A DROP of 80 bytes (no flags: a client older than DE_CAP_DROP_FORCE) is flags 0.
  */
+#define DE_DROP_FORCE 0x1u
+
 struct de_msg_drop {
 	struct de_msg_hdr h;
 	char name[DE_NAME_MAX];
+	uint32_t flags;          /* DE_DROP_* */
+	uint32_t pad;            /* 0 */
 };
+#define DE_MSG_DROP_V0_LEN (sizeof(struct de_msg_hdr) + DE_NAME_MAX) /* no flags */
 
 struct de_msg_drop_ok {
 	struct de_msg_hdr h;
@@ -754,7 +775,8 @@ _Static_assert(sizeof(struct de_msg_export_ok) == 32, "layout");
 _Static_assert(sizeof(struct de_msg_import) == 1112, "layout");
 _Static_assert(sizeof(struct de_msg_import_ok) == 168, "layout");
 _Static_assert(sizeof(struct de_msg_progress) == 104, "layout");
-_Static_assert(sizeof(struct de_msg_drop) == 80, "layout");
+_Static_assert(sizeof(struct de_msg_drop) == 88, "layout");
+_Static_assert(offsetof(struct de_msg_drop, flags) == DE_MSG_DROP_V0_LEN, "layout");
 _Static_assert(sizeof(struct de_msg_drop_ok) == 24, "layout");
 
 _Static_assert(sizeof(struct de_msg_status_ok) == 272, "layout");

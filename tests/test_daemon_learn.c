@@ -352,6 +352,38 @@ Test(msg, drop_checked)
 	cr_expect(strstr(msg, "NUL-terminated"), "%s", msg);
 }
 
+/* DROP's flags: the force flag passes, other bits and a nonzero pad are -EINVAL naming
+ * them, and the 80-byte DROP of a client without flags still passes as flags 0. */
+Test(msg, drop_flags_checked)
+{
+	struct de_msg_drop m;
+	memset(&m, 0, sizeof m);
+	m.h = (struct de_msg_hdr){ .magic = DE_MSG_MAGIC, .type = DE_MSG_DROP,
+				   .version = DE_PROTO_VERSION, .len = sizeof m, .seq = 5 };
+	strcpy(m.name, "emb");
+	m.flags = DE_DROP_FORCE;
+	union srv_msg out;
+	char msg[240];
+	cr_assert_eq(srv_check_msg(&m, sizeof m, false, true, &out, msg, sizeof msg), 0, "%s", msg);
+	cr_expect_eq(out.drop.flags, DE_DROP_FORCE);
+	m.flags = DE_DROP_FORCE | 0x10;
+	cr_expect_eq(srv_check_msg(&m, sizeof m, false, true, &out, msg, sizeof msg), -EINVAL);
+	cr_expect(strstr(msg, "unknown flags 0x10"), "%s", msg);
+	m.flags = DE_DROP_FORCE;
+	m.pad = 1;
+	cr_expect_eq(srv_check_msg(&m, sizeof m, false, true, &out, msg, sizeof msg), -EINVAL);
+	cr_expect(strstr(msg, "pad"), "%s", msg);
+	/* without flags: 80 bytes, flags read as 0 */
+	m.h.len = DE_MSG_DROP_V0_LEN;
+	cr_assert_eq(srv_check_msg(&m, DE_MSG_DROP_V0_LEN, false, true, &out, msg, sizeof msg), 0,
+		     "%s", msg);
+	cr_expect_eq(out.drop.flags, 0u, "the bytes past the 80 are not read");
+	cr_expect_str_eq(out.drop.name, "emb");
+	m.h.len = DE_MSG_DROP_V0_LEN + 4; /* neither length */
+	cr_expect_eq(srv_check_msg(&m, DE_MSG_DROP_V0_LEN + 4, false, true, &out, msg, sizeof msg),
+		     -EBADMSG);
+}
+
 /* A table's reservation from its budget, and the name index's. */
 Test(quota, reservation_sizing)
 {

@@ -13,11 +13,19 @@
  *   sketch         an admission sketch larger than the table's budget is refused at OPEN
  *                  (-EINVAL naming the sketch and the budget); one that fits is accepted
  *   drop           DROP gives memory back (the table's memfds leave the daemon's maps,
- *                  its quota count returns), is refused while open (-EBUSY), for a name
- *                  not there (-ENOENT), to another uid (-EACCES: the drop right), for an evicting table
- *                  (-EBUSY); with a data_dir a restart does not bring the table back and a
- *                  new table never takes its id (its WAL records are not replayed into it);
- *                  dynembctl drop does the same from the command line
+ *                  its quota count returns), is refused while open (-EBUSY naming the
+ *                  holders), for a name not there (-ENOENT), to another uid (-EACCES: the
+ *                  drop right); an evicting table drops (plain, and forced while the
+ *                  evictor works on it); with a data_dir a restart does not bring the
+ *                  table back and a new table never takes its id (its WAL records are not
+ *                  replayed into it); dynembctl drop does the same from the command line
+ *   forced drop    DYNEMB_DROP_FORCE drops a table another connection holds: the holder's
+ *                  lookups and updates on the old handle fail -EIDRM naming the table, its
+ *                  zero-copy reads of the old mapping return -EIDRM without a crash, a
+ *                  table of that name opened again starts empty, a crash right after
+ *                  does not bring it back; a forced drop still needs the drop right;
+ *                  it cancels an export running on the table (-ECANCELED) and waits
+ *                  for it; dynembctl drop --force
  *   recovered      a table brought back at startup counts against its creator's quota
  *                  (never refused itself, even when the limits shrank)
  * Every bound is generous (CI is a loaded 2-core box under ASan): the assertions are on
@@ -26,6 +34,7 @@
 #include <criterion/criterion.h>
 
 #include <dirent.h>
+#include <pthread.h>
 #include <errno.h>
 #include <signal.h>
 #include <stdint.h>
@@ -89,6 +98,16 @@ static dynemb_client *conn(const struct dmn *d)
 {
 	dynemb_client *c = NULL;
 	struct dynemb_connect_opts o = { .name = "test_quota", .timeout_ms = 10000,
+					 .data_bytes = 8 * MiB };
+	int err = dynemb_connect(d->sock, &o, &c);
+	cr_assert_eq(err, 0, "connect: %s", dynemb_strerror(err));
+	return c;
+}
+
+static dynemb_client *conn_named(const struct dmn *d, const char *name)
+{
+	dynemb_client *c = NULL;
+	struct dynemb_connect_opts o = { .name = name, .timeout_ms = 20000,
 					 .data_bytes = 8 * MiB };
 	int err = dynemb_connect(d->sock, &o, &c);
 	cr_assert_eq(err, 0, "connect: %s", dynemb_strerror(err));
@@ -418,21 +437,42 @@ Test(quota, drop_returns_memory_and_refuses_what_it_must, .timeout = 60)
 	dmn_cleanup(&d);
 }
 
-Test(quota, drop_of_an_evicting_table_is_refused, .timeout = 60)
+static bool has_file(const char *dir, const char *prefix);
+
+/* An evicting table: dim 64, LRU, a budget of a few MiB (what 65536 rows overrun). */
+static struct dynemb_table_spec evict_spec(const char *name, bool tier)
+{
+	struct dynemb_table_spec s = spec(name, 64);
+	s.eviction = (struct dynemb_eviction_spec){ .policy = DYNEMB_EVICTION_LRU,
+						    .budget_bytes = 4 * MiB, .disk_tier = tier };
+	return s;
+}
+
+Test(quota, drop_of_an_evicting_table, .timeout = 120)
 {
 	struct dmn d = { 0 };
-	dmn_start(&d, false, NULL);
+	dmn_start(&d, true, NULL); /* a data_dir: eviction is logged, the tier is a file */
 	dynemb_client *c = conn(&d);
-	struct dynemb_table_spec s = spec("ev", 8);
-	s.eviction = (struct dynemb_eviction_spec){ .policy = DYNEMB_EVICTION_LRU,
-						    .budget_bytes = 8 * MiB };
+	struct dynemb_table_spec s = evict_spec("ev", true);
 	int t;
 	cr_assert_eq(dynemb_open(c, &s, &t), 0);
+	uint64_t done;
+	cr_assert_eq(fill(c, t, 65536, &done), 0);
+	struct dynemb_stats st;
+	cr_assert_eq(dynemb_stats(c, t, &st), 0);
+	cr_expect_gt(st.evicted, 0, "the evictor worked on the table");
 	dynemb_close(c);
 	c = conn(&d);
-	int err = dynemb_drop_table(c, "ev", NULL);
-	cr_expect_eq(err, -EBUSY);
-	cr_expect(strstr(dynemb_strerror(err), "eviction"), "%s", dynemb_strerror(err));
+	uint64_t bytes = 0;
+	int err = dynemb_drop_table(c, "ev", &bytes);
+	cr_expect_eq(err, 0, "drop of an evicting table: %s", dynemb_strerror(err));
+	cr_expect(!has_file(d.data, "tier-"), "the dropped table's disk tier file went");
+	/* the evictor forgot it: a new table of the name (and more) evicts as before */
+	cr_assert_eq(dynemb_open(c, &s, &t), 0);
+	cr_assert_eq(fill(c, t, 65536, &done), 0);
+	cr_assert_eq(dynemb_stats(c, t, &st), 0);
+	cr_expect_gt(st.evicted, 0, "the new table evicts");
+	cr_expect_eq(st.restored_from_tier, 0, "nothing of the old table's tier came back");
 	dynemb_close(c);
 	dmn_stop(&d);
 	dmn_cleanup(&d);
@@ -596,6 +636,292 @@ Test(quota, dynembctl_drop, .timeout = 60)
 	st = pclose(p);
 	cr_expect(WIFEXITED(st) && WEXITSTATUS(st) == 1, "a second drop fails: %s", out);
 	cr_expect(strstr(out, "no table 'cli'"), "%s", out);
+	dmn_stop(&d);
+	dmn_cleanup(&d);
+}
+
+/* ---- forced drop ------------------------------------------------------------------------ */
+
+/* Keys 1..n with value i + 0.5 in every column (dim 4). */
+static void put4(dynemb_client *c, int t, unsigned n)
+{
+	uint64_t keys[64];
+	float vals[64 * 4];
+	for (unsigned i = 0; i < n; i++) {
+		keys[i] = i + 1;
+		for (unsigned j = 0; j < 4; j++)
+			vals[i * 4 + j] = (float)i + 0.5f;
+	}
+	int err = dynemb_update(c, t, keys, n, vals, 1, NULL);
+	cr_assert_eq(err, 0, "update: %s", dynemb_strerror(err));
+}
+
+static bool dropped_named(int err, const char *table)
+{
+	char want[96];
+	snprintf(want, sizeof want, "table '%s' was dropped", table);
+	return err == -EIDRM && strstr(dynemb_strerror(err), want) != NULL;
+}
+
+static int nobody_forces(const struct dmn *d)
+{
+	dynemb_client *c = conn_quiet(d);
+	if (!c)
+		return 10;
+	int err = dynemb_drop_table_flags(c, "held", DYNEMB_DROP_FORCE, NULL);
+	bool named = strstr(dynemb_strerror(err), "has no 'drop' right on table 'held'") != NULL;
+	dynemb_close(c);
+	return err == -EACCES && named ? 0 : 11;
+}
+
+Test(quota, forced_drop_revokes_holders_and_lasts, .timeout = 120)
+{
+	struct dmn d = { 0 };
+	bool root = geteuid() == 0;
+	dmn_start(&d, true, root ? (const char *const[]){ "--allow-uid", "0,65534", NULL } : NULL);
+	dynemb_client *b = conn_named(&d, "holder-b");
+	struct dynemb_table_spec s = sync_spec("held");
+	int tb;
+	cr_assert_eq(dynemb_open(b, &s, &tb), 0);
+	put4(b, tb, 64);
+	uint64_t keys[64];
+	float out[64 * 4];
+	uint8_t st[64];
+	for (unsigned i = 0; i < 64; i++)
+		keys[i] = i + 1;
+	/* B reads through its mapping (zero-copy): all found there, nothing asked remotely */
+	cr_assert_eq(dynemb_lookup(b, tb, keys, 64, out, st, DYNEMB_READONLY, 0), 0);
+	uint64_t local = 0, remote = 0;
+	dynemb_zero_copy_counts(b, &local, &remote);
+	cr_expect_eq(local, 64, "served from the mapping: %llu", (unsigned long long)local);
+	cr_expect_eq(out[63 * 4], 63.5f);
+
+	/* A: a plain drop is refused and names the holder */
+	dynemb_client *a = conn_named(&d, "dropper-a");
+	int err = dynemb_drop_table(a, "held", NULL);
+	cr_expect_eq(err, -EBUSY, "plain drop of a held table: %d", err);
+	cr_expect(strstr(dynemb_strerror(err), "open on 1 connection") &&
+		  strstr(dynemb_strerror(err), "'holder-b'"), "%s", dynemb_strerror(err));
+	cr_expect(strstr(dynemb_strerror(err), "--force"), "%s", dynemb_strerror(err));
+	if (root) /* the force does not replace the drop right */
+		cr_expect_eq(as_nobody(nobody_forces, &d), 0, "uid 65534 force-dropped uid 0's table");
+	cr_expect_eq(dynemb_drop_table_flags(a, "held", 0x80, NULL), -EINVAL, "unknown flag");
+	cr_expect_eq(dynemb_drop_table_flags(a, "nosuch", DYNEMB_DROP_FORCE, NULL), -ENOENT);
+
+	/* A: forced */
+	uint64_t bytes = 0;
+	err = dynemb_drop_table_flags(a, "held", DYNEMB_DROP_FORCE, &bytes);
+	cr_assert_eq(err, 0, "forced drop: %s", dynemb_strerror(err));
+	cr_expect_gt(bytes, 0);
+	cr_expect_eq(maps_with(d.pid, "dynemb:held"), 0, "the table's memfds left the daemon");
+
+	/* B's old handle: every call fails -EIDRM naming the table; nothing crashes. First a
+	 * zero-copy read: it walks the old mapping (still valid memory: the memfd keeps its
+	 * pages while B maps them), finds every key there, and sees the table retired */
+	memset(out, 0, sizeof out);
+	err = dynemb_lookup(b, tb, keys, 64, out, st, DYNEMB_READONLY, 0);
+	cr_expect(dropped_named(err, "held"), "read-only lookup: %d %s", err, dynemb_strerror(err));
+	cr_expect_eq(out[63 * 4], 63.5f, "the old mapping still reads");
+	err = dynemb_lookup(b, tb, keys, 64, out, st, 0, 2);
+	cr_expect(dropped_named(err, "held"), "lookup on a revoked handle: %d %s", err,
+		  dynemb_strerror(err));
+	err = dynemb_update(b, tb, keys, 64, out, 2, NULL);
+	cr_expect(dropped_named(err, "held"), "update: %d %s", err, dynemb_strerror(err));
+	struct dynemb_stats ss;
+	cr_expect_eq(dynemb_stats(b, tb, &ss), -EIDRM);
+	/* B's connection still works: the name opens again as a new, empty table */
+	int tb2;
+	err = dynemb_open(b, &s, &tb2);
+	cr_assert_eq(err, 0, "reopen: %s", dynemb_strerror(err));
+	cr_expect_neq(tb2, tb, "a new handle");
+	cr_assert_eq(dynemb_lookup(b, tb2, keys, 64, out, st, DYNEMB_READONLY, 0), 0);
+	unsigned found = 0;
+	for (unsigned i = 0; i < 64; i++)
+		found += st[i] == DYNEMB_ST_FOUND;
+	cr_expect_eq(found, 0, "the new table starts empty (%u found)", found);
+	put4(b, tb2, 8); /* the new one works */
+	dynemb_close(b);
+	/* and it drops plainly once nobody holds it */
+	cr_expect_eq(dynemb_drop_table(a, "held", NULL), 0, "%s", dynemb_strerror(-EBUSY));
+	/* a forced drop again, right before a crash: the catalog write was the commit point */
+	b = conn_named(&d, "holder-b2");
+	cr_assert_eq(dynemb_open(b, &s, &tb), 0);
+	put4(b, tb, 64);
+	cr_assert_eq(dynemb_drop_table_flags(a, "held", DYNEMB_DROP_FORCE, NULL), 0);
+	dynemb_close(a);
+	kill(d.pid, SIGKILL);
+	waitpid(d.pid, NULL, 0);
+	dynemb_close(b);
+
+	dmn_start(&d, true, NULL);
+	a = conn(&d);
+	cr_expect_eq(dynemb_drop_table(a, "held", NULL), -ENOENT, "the forced drop did not last");
+	cr_expect_eq(present(a, "held", 64), 0, "a table of that name starts empty");
+	dynemb_close(a);
+	dmn_stop(&d);
+	dmn_cleanup(&d);
+}
+
+struct churn {
+	dynemb_client *c;
+	int t;
+	int err;          /* the first error */
+	bool named;       /* its text (thread-local) names the dropped table */
+	uint64_t rounds;
+	int started;      /* atomic */
+};
+
+/* Insert fresh keys until a call fails: keeps the evictor busy on the table. */
+static void *churn_main(void *arg)
+{
+	struct churn *ch = arg;
+	enum { B = 1024, DIM = 64 };
+	static uint64_t keys[B];
+	static float out[B * DIM];
+	for (uint64_t k = 1; !ch->err; ch->rounds++) {
+		for (unsigned i = 0; i < B; i++)
+			keys[i] = k++;
+		ch->err = dynemb_lookup(ch->c, ch->t, keys, B, out, NULL, 0, ch->rounds + 1);
+		if (ch->rounds == 64)
+			__atomic_store_n(&ch->started, 1, __ATOMIC_RELEASE);
+	}
+	ch->named = dropped_named(ch->err, "hot");
+	return NULL;
+}
+
+Test(quota, forced_drop_of_an_evicting_table_while_it_evicts, .timeout = 180)
+{
+	struct dmn d = { 0 };
+	dmn_start(&d, true, NULL);
+	struct dynemb_table_spec s = evict_spec("hot", true);
+	struct churn ch = { .c = conn_named(&d, "churner") };
+	cr_assert_eq(dynemb_open(ch.c, &s, &ch.t), 0);
+	pthread_t th;
+	cr_assert_eq(pthread_create(&th, NULL, churn_main, &ch), 0);
+	while (!__atomic_load_n(&ch.started, __ATOMIC_ACQUIRE))
+		usleep(1000);
+	dynemb_client *a = conn_named(&d, "dropper");
+	struct dynemb_stats st;
+	cr_assert_eq(dynemb_stats_by_name(a, "hot", &st), 0);
+	cr_expect_gt(st.evicted, 0, "the evictor is at work on the table");
+	int err = dynemb_drop_table_flags(a, "hot", DYNEMB_DROP_FORCE, NULL);
+	cr_assert_eq(err, 0, "forced drop while evicting: %s", dynemb_strerror(err));
+	pthread_join(th, NULL);
+	cr_expect(ch.err == -EIDRM && ch.named, "the churner's error: %d (named: %d)", ch.err,
+		  ch.named);
+	cr_expect(!has_file(d.data, "tier-"), "the dropped table's disk tier file went");
+	dynemb_close(ch.c);
+	/* the name again: empty, nothing restored from the old tier, and it evicts */
+	int t;
+	cr_assert_eq(dynemb_open(a, &s, &t), 0);
+	uint64_t done;
+	cr_assert_eq(fill(a, t, 65536, &done), 0);
+	cr_assert_eq(dynemb_stats(a, t, &st), 0);
+	cr_expect_eq(st.restored_from_tier, 0);
+	cr_expect_gt(st.evicted, 0);
+	dynemb_close(a);
+	dmn_stop(&d);
+	dmn_cleanup(&d);
+}
+
+Test(quota, dynembctl_drop_force, .timeout = 60)
+{
+	const char *ctl = getenv("DYNEMBCTL");
+	if (!ctl)
+		cr_skip_test("DYNEMBCTL is not set (meson sets it)");
+	struct dmn d = { 0 };
+	dmn_start(&d, false, NULL);
+	dynemb_client *c = conn_named(&d, "cli-holder");
+	int t;
+	cr_assert_eq(open_as(c, "cli", 4, &t), 0);
+	char cmd[400], out[512] = "";
+	snprintf(cmd, sizeof cmd, "'%s' --socket '%s' drop cli 2>&1", ctl, d.sock);
+	FILE *p = popen(cmd, "r");
+	cr_assert_not_null(p);
+	size_t n = fread(out, 1, sizeof out - 1, p);
+	out[n] = 0;
+	int st = pclose(p);
+	cr_expect(WIFEXITED(st) && WEXITSTATUS(st) == 1, "a held table: %s", out);
+	cr_expect(strstr(out, "cli-holder"), "the holder is named: %s", out);
+	snprintf(cmd, sizeof cmd, "'%s' --socket '%s' --json drop --force cli 2>&1", ctl, d.sock);
+	p = popen(cmd, "r");
+	n = fread(out, 1, sizeof out - 1, p);
+	out[n] = 0;
+	st = pclose(p);
+	cr_expect(WIFEXITED(st) && WEXITSTATUS(st) == 0, "dynembctl drop --force: %s", out);
+	cr_expect(strstr(out, "\"forced\": true"), "%s", out);
+	uint64_t k = 1, req = 0;
+	float v[4];
+	int err = dynemb_submit_lookup(c, t, &k, 1, DYNEMB_READONLY, 0, &req);
+	cr_expect(dropped_named(err, "cli"), "async read-only: %d %s", err, dynemb_strerror(err));
+	err = dynemb_lookup(c, t, &k, 1, v, NULL, 0, 0);
+	cr_expect(dropped_named(err, "cli"), "%d %s", err, dynemb_strerror(err));
+	dynemb_close(c);
+	dmn_stop(&d);
+	dmn_cleanup(&d);
+}
+
+struct exporter {
+	const struct dmn *d;
+	char path[200];
+	int err;
+	int progressed;   /* atomic: the first PROGRESS came */
+};
+
+static int export_progress(void *ctx, const struct dynemb_progress *p)
+{
+	(void)p;
+	__atomic_store_n(&((struct exporter *)ctx)->progressed, 1, __ATOMIC_RELEASE);
+	return 0;
+}
+
+static void *export_main(void *arg)
+{
+	struct exporter *x = arg;
+	dynemb_client *c = conn_named(x->d, "exporter");
+	x->err = dynemb_export(c, "big", x->path, export_progress, x, NULL, NULL);
+	dynemb_close(c);
+	return NULL;
+}
+
+/* An export of the table runs when a forced drop comes: the drop cancels it (or, when it
+ * was just ending, waits for it) and then frees the table; nothing crashes (ASan). */
+Test(quota, forced_drop_cancels_a_job_on_the_table, .timeout = 180)
+{
+	struct dmn d = { 0 };
+	char exp[160];
+	strcpy(d.dir, "/tmp/dynembd-quota.XXXXXX");
+	cr_assert_not_null(mkdtemp(d.dir));
+	chmod(d.dir, 0755);
+	snprintf(d.sock, sizeof d.sock, "%s/d.sock", d.dir);
+	snprintf(d.log, sizeof d.log, "%s/log", d.dir);
+	snprintf(d.data, sizeof d.data, "%s/data", d.dir);
+	snprintf(exp, sizeof exp, "%s/exp", d.dir);
+	cr_assert_eq(mkdir(exp, 0777), 0);
+	dmn_start(&d, false, (const char *const[]){ "--export-dir", exp, NULL });
+	dynemb_client *b = conn_named(&d, "holder");
+	int t;
+	cr_assert_eq(open_as(b, "big", 64, &t), 0);
+	uint64_t done;
+	cr_assert_eq(fill(b, t, 1 << 18, &done), 0);
+	struct exporter x = { .d = &d };
+	snprintf(x.path, sizeof x.path, "%s/big.dexp", exp);
+	pthread_t th;
+	cr_assert_eq(pthread_create(&th, NULL, export_main, &x), 0);
+	while (!__atomic_load_n(&x.progressed, __ATOMIC_ACQUIRE))
+		usleep(200);
+	dynemb_client *a = conn_named(&d, "dropper");
+	int err = dynemb_drop_table(a, "big", NULL);
+	cr_expect_eq(err, -EBUSY, "a plain drop: %d", err);
+	err = dynemb_drop_table_flags(a, "big", DYNEMB_DROP_FORCE, NULL);
+	cr_assert_eq(err, 0, "forced drop during an export: %s", dynemb_strerror(err));
+	pthread_join(th, NULL);
+	cr_expect(x.err == -ECANCELED || x.err == 0, "the export: %d", x.err);
+	cr_log_info("the export ended %d (%s)\n", x.err,
+		    x.err == -ECANCELED ? "cancelled by the drop" : "before the drop's cancel");
+	cr_expect_eq(dynemb_drop_table(a, "big", NULL), -ENOENT);
+	dynemb_close(a);
+	dynemb_close(b);
 	dmn_stop(&d);
 	dmn_cleanup(&d);
 }

@@ -2,14 +2,14 @@
  * dynembctl.c — the operator's command line for dynembd: snapshots, export and import
  * (ARCHITECTURE.md section 9), through libdynemb's persistence calls (dynemb.h:
  * dynemb_snapshot, dynemb_export, dynemb_import), and dropping a table
- * (dynemb_drop_table). The queries (status, tables, stats, health, evict, log-level,
- * top) are dynembctl_query.c's (top: dynembctl_top.c); this file parses every
- * command's arguments.
+ * (dynemb_drop_table_flags; --force: DYNEMB_DROP_FORCE). The queries (status, tables,
+ * stats, health, evict, log-level, top) are dynembctl_query.c's (top: dynembctl_top.c);
+ * this file parses every command's arguments.
  *
  *   dynembctl [--socket PATH] [--timeout-ms N] [--quiet] [--json] snapshot [TABLE] [--full]
  *   dynembctl [...] export TABLE FILE
  *   dynembctl [...] import TABLE FILE [--salvage]
- *   dynembctl [...] drop TABLE
+ *   dynembctl [...] drop [--force] TABLE
  *
  * --json (before or after the command): the result as one JSON object on stdout (a
  * failure too: {"ok": false, "errno", "error"}; the text stays on stderr).
@@ -196,8 +196,10 @@ static void usage(FILE *f)
 		"                              uring/README.md; NumPy reads it)\n"
 		"  import TABLE FILE [--salvage]  read FILE into TABLE (same config); --salvage\n"
 		"                              keeps the verified prefix of a damaged file\n"
-		"  drop TABLE                  remove TABLE from the daemon (and its data_dir) and\n"
-		"                              give its memory back; no client may have it open\n"
+		"  drop [--force] TABLE        remove TABLE from the daemon (and its data_dir) and\n"
+		"                              give its memory back; no client may have it open,\n"
+		"                              unless --force: the daemon then revokes the clients'\n"
+		"                              handles (their calls fail) and cancels its jobs\n"
 		"\n"
 		"The daemon's state:\n"
 		"  status                      version, uptime, pages, NUMA node, clients, tables,\n"
@@ -385,12 +387,14 @@ int main(int argc, char **argv)
 	/* the command's own arguments: positionals and its flags, in any order */
 	const char *pos[3];
 	int npos = 0;
-	bool full = false, salvage = false;
+	bool full = false, salvage = false, force = false;
 	for (; i < argc; i++) {
 		if (!strcmp(argv[i], "--full") && !strcmp(cmd, "snapshot"))
 			full = true;
 		else if (!strcmp(argv[i], "--salvage") && !strcmp(cmd, "import"))
 			salvage = true;
+		else if (!strcmp(argv[i], "--force") && !strcmp(cmd, "drop"))
+			force = true;
 		else if (!strcmp(argv[i], "--json"))
 			g_opts.json = true;
 		else if (!strcmp(cmd, "top") && (!strcmp(argv[i], "--interval") ||
@@ -443,7 +447,7 @@ int main(int argc, char **argv)
 	} else if (!strcmp(cmd, "drop")) {
 		which = C_DROP;
 		if (npos != 1)
-			return bad_usage("drop takes TABLE");
+			return bad_usage("drop takes [--force] TABLE");
 	} else {
 		return bad_usage("unknown command '%s' (snapshot, export, import, drop, status, "
 				 "tables, stats, health, evict, log-level, top)", cmd);
@@ -547,7 +551,7 @@ int main(int argc, char **argv)
 	}
 	case C_DROP: {
 		uint64_t bytes = 0;
-		err = dynemb_drop_table(c, pos[0], &bytes);
+		err = dynemb_drop_table_flags(c, pos[0], force ? DYNEMB_DROP_FORCE : 0, &bytes);
 		if (err) {
 			rc = fail("drop", pos[0], err);
 			break;
@@ -555,9 +559,11 @@ int main(int argc, char **argv)
 		if (g_opts.json) {
 			printf("{\"ok\": true, \"command\": \"drop\", \"table\": ");
 			ctl_json_str(stdout, pos[0]);
-			printf(", \"bytes\": %" PRIu64 "}\n", bytes);
+			printf(", \"bytes\": %" PRIu64 ", \"forced\": %s}\n", bytes,
+			       force ? "true" : "false");
 		} else {
-			printf("dropped %s: %" PRIu64 " MiB given back\n", pos[0], bytes >> 20);
+			printf("%sdropped %s: %" PRIu64 " MiB given back\n", force ? "force-" : "",
+			       pos[0], bytes >> 20);
 		}
 		break;
 	}

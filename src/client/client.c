@@ -170,6 +170,9 @@ struct ctable {
 	int segfd[DE_ARENA_MAX_SEGMENTS]; /* fds received ahead of need, -1 when none; owned */
 	struct vset verified;   /* string tables: fingerprints whose row the daemon served to
 	                           this key's string (zero-copy may serve them); owned */
+	char name[DE_NAME_MAX];
+	bool dropped;           /* the daemon said -EIDRM (a forced DROP revoked it), or its
+	                           mapping is retired: every later call fails -EIDRM */
 };
 
 enum slot_state {
@@ -188,6 +191,7 @@ struct slot {
 	                           cannot take a new one until the tail moved past */
 	bool local;             /* async request served from the read-only mapping */
 	uint8_t op;             /* async: DE_OP_LOOKUP or DE_OP_APPLY_GRADS */
+	uint16_t table;         /* the descriptor's wire table id (-EIDRM names the table) */
 	uint32_t n, dim;
 	uint64_t start, end;    /* ring counters of its region */
 	uint64_t vals_off;      /* data-area offset of its values */
@@ -292,6 +296,7 @@ const char *dynemb_strerror(int err)
 	case -EBUSY: s = "the daemon is busy"; break;
 	case -ENFILE: s = "too many open files in the system"; break;
 	case -EOPNOTSUPP: s = "the table has no optimizer: open it with one to apply gradients"; break;
+	case -EIDRM: s = "the table was dropped (a forced drop revoked this handle): open it again"; break;
 	default: {
 		const char *d = err < 0 ? strerrordesc_np(-err) : NULL;
 		s = d ? d : "unknown error";
@@ -700,6 +705,17 @@ void dynemb_close(dynemb_client *c)
 /* Tables                                                                     */
 /* ------------------------------------------------------------------------- */
 
+/* -EIDRM: t's table was dropped by a forced DROP (the daemon revoked this handle, or its
+ * mapping is retired); t stays dead. */
+static int dropped_err(struct ctable *t)
+{
+	t->dropped = true;
+	return de_priv_data_err(-EIDRM, "table '%s' was dropped from the daemon (a forced drop, "
+				"dynembctl drop --force): this handle no longer works; close it "
+				"and open the table again (a new, empty table if it is created "
+				"again)", t->name);
+}
+
 static struct ctable *table_get(const struct dynemb_client *c, int table)
 {
 	if (!c || table < 0 || (unsigned)table >= c->ntables)
@@ -997,6 +1013,7 @@ int dynemb_open(dynemb_client *c, const struct dynemb_table_spec *spec, int *tab
 	for (unsigned i = 0; i < DE_ARENA_MAX_SEGMENTS; i++)
 		t->segfd[i] = -1;
 	t->c = c;
+	memcpy(t->name, m.name, sizeof t->name);
 	t->wire_id = ok.table_id;
 	t->dim = ok.dim;
 	t->key_type = ok.key_type;
@@ -1159,6 +1176,10 @@ static int wait_slot(struct dynemb_client *c, struct slot *s, int timeout_ms)
 		}
 		o->cqe = e;
 		o->state = S_REAPED;
+		if (e.res == -EIDRM) /* its table was dropped (forced) */
+			for (unsigned i = 0; i < c->ntables; i++)
+				if (c->tables[i]->wire_id == o->table)
+					dropped_err(c->tables[i]);
 	}
 	return 0;
 }
@@ -1166,6 +1187,7 @@ static int wait_slot(struct dynemb_client *c, struct slot *s, int timeout_ms)
 static int submit(struct dynemb_client *c, struct slot *s, struct de_sqe *e)
 {
 	e->user_data = s->id;
+	s->table = e->table;
 	int err = de_channel_submit(c->ch, e);
 	if (err) {
 		if (err == -EBADMSG)
@@ -1494,6 +1516,8 @@ static int check_call(dynemb_client *c, int table, uint32_t key_type, struct cta
 	*t = table_get(c, table);
 	if (!*t)
 		return bad_handle(c, table);
+	if ((*t)->dropped)
+		return dropped_err(*t);
 	if ((*t)->key_type != key_type)
 		return de_priv_err(-EINVAL, "table handle %d has %s keys: use the %s calls "
 				   "(dynemb_*%s)", table, keys_word((*t)->key_type),
@@ -1528,6 +1552,8 @@ static int lookup(dynemb_client *c, struct ctable *t, struct keyset *ks, const u
 		goto out;
 	}
 	err = de_table_find(t->ro, hashes, ks->n, out, st);
+	if (!err && de_table_retired(t->ro)) /* dropped: what it read may be stale */
+		err = dropped_err(t);
 	if (err)
 		goto out;
 	size_t nr = 0;
@@ -1945,6 +1971,8 @@ int dynemb_submit_lookup(dynemb_client *c, int table, const uint64_t *keys, size
 			return -ENOMEM;
 		}
 		err = de_table_find(t->ro, keys, n, (float *)(d + voff), st);
+		if (!err && de_table_retired(t->ro)) /* dropped: what it read may be stale */
+			err = dropped_err(t);
 		size_t found = 0, retry = 0;
 		for (size_t i = 0; !err && i < n; i++) {
 			found += st[i] == DE_FOUND;

@@ -128,17 +128,35 @@ int dynemb_import(dynemb_client *c, const char *table_name, const char *path, un
 
 int dynemb_drop_table(dynemb_client *c, const char *table_name, uint64_t *bytes)
 {
+	return dynemb_drop_table_flags(c, table_name, 0, bytes);
+}
+
+_Static_assert(DYNEMB_DROP_FORCE == DE_DROP_FORCE, "one definition on the wire");
+_Static_assert(DYNEMB_CAP_DROP_FORCE == DE_CAP_DROP_FORCE, "one definition on the wire");
+
+int dynemb_drop_table_flags(dynemb_client *c, const char *table_name, unsigned flags,
+			    uint64_t *bytes)
+{
 	if (!c)
 		return -EINVAL;
+	if (flags & ~DYNEMB_DROP_FORCE)
+		return de_priv_err(-EINVAL, "drop flags 0x%x: only DYNEMB_DROP_FORCE is known",
+				   flags);
 	if (!(dynemb_capabilities(c) & DE_CAP_DROP))
 		return -EOPNOTSUPP;
+	if (flags && !(dynemb_capabilities(c) & DE_CAP_DROP_FORCE))
+		return de_priv_err(-EOPNOTSUPP, "this daemon has no forced drop (an older dynembd)");
 	struct de_msg_drop m;
 	memset(&m, 0, sizeof m);
 	m.h.type = DE_MSG_DROP;
 	if (put_name(m.name, table_name))
 		return -EINVAL;
+	m.flags = flags;
+	/* a daemon without flags takes the 80-byte DROP only (proto.h) */
+	size_t len = flags || (dynemb_capabilities(c) & DE_CAP_DROP_FORCE) ? sizeof m
+									    : DE_MSG_DROP_V0_LEN;
 	struct de_msg_drop_ok ok;
-	int err = de_priv_ctl_request(c, &m, sizeof m, DE_MSG_DROP_OK, &ok, sizeof ok, NULL, NULL);
+	int err = de_priv_ctl_request(c, &m, len, DE_MSG_DROP_OK, &ok, sizeof ok, NULL, NULL);
 	if (!err && bytes)
 		*bytes = ok.bytes;
 	return err;

@@ -96,6 +96,7 @@ void dynemb_close(dynemb_client *c); /* NULL is fine */
                                                 dynemb_stats_by_name, dynemb_evict_table,
                                                 dynemb_set_log_level */
 #define DYNEMB_CAP_OPSTATS (1ull << 10)      /* dynemb_op_stats */
+#define DYNEMB_CAP_DROP_FORCE (1ull << 11)   /* dynemb_drop_table_flags' DYNEMB_DROP_FORCE */
 /* ... and the daemon's configuration: */
 #define DYNEMB_CAP_PERSISTENCE (1ull << 32)  /* a data directory: snapshots, durability */
 #define DYNEMB_CAP_EXPORT_DIR (1ull << 33)   /* an export directory for export / import */
@@ -444,12 +445,27 @@ int dynemb_import(dynemb_client *c, const char *table_name, const char *path, un
  * memory is given back to its creator's quota (bytes, out, may be NULL: how much), and a
  * daemon with a data_dir forgets it durably before this returns (a restart does not
  * bring it back). Only a table no connection has open (dynemb_close first: this one
- * counts too), asked by its creator or root.
- * Errors: -ENOENT no such table; -EPERM another uid created it; -EBUSY a connection has
- * it open, a snapshot/export/import runs, or it has eviction (not droppable while the
- * daemon runs); -EOPNOTSUPP a daemon without DROP; the catalog write's error (then
- * nothing changed). dynemb_strerror(err) has the daemon's text. */
+ * counts too), asked by a uid with the drop right on it (its creator, root, or what a
+ * [namespace] grants). Tables with eviction drop like any other.
+ * Errors: -EACCES no drop right (decided before whether the table exists); -ENOENT no
+ * such table; -EBUSY a connection has it open (the text names the holders) or a
+ * snapshot/export/import that may use it runs; -EOPNOTSUPP a daemon without DROP; the
+ * catalog write's error (then nothing changed). dynemb_strerror(err) has the daemon's
+ * text. The same as dynemb_drop_table_flags(c, table_name, 0, bytes). */
 int dynemb_drop_table(dynemb_client *c, const char *table_name, uint64_t *bytes /* out */);
+
+/* flags: DYNEMB_DROP_FORCE drops the table even while connections hold it (rights as
+ * above). The daemon revokes every connection's handle to it first: their later calls on
+ * that handle fail -EIDRM ("table 'NAME' was dropped ..."; read-only lookups too, once
+ * they see the table's mapping retired), and their mappings of it stay readable memory
+ * until they close the handle; it cancels and waits for snapshot, export and import jobs
+ * that may use it (they fail -ECANCELED). Durable like a plain drop. -ETIMEDOUT: a worker
+ * or a job did not let go within the daemon's wait (the handles stay revoked, the table
+ * stays). -EOPNOTSUPP: a daemon without DYNEMB_CAP_DROP_FORCE (and flags != 0); -EINVAL:
+ * unknown flags. */
+#define DYNEMB_DROP_FORCE 0x1u
+int dynemb_drop_table_flags(dynemb_client *c, const char *table_name, unsigned flags,
+			    uint64_t *bytes /* out */);
 
 /* ---- The operator's view (DYNEMB_CAP_QUERY; a daemon without it: -EOPNOTSUPP) ---- */
 

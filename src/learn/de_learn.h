@@ -383,13 +383,22 @@ struct de_evict_stats {
 int de_evict_create(const struct de_evict_config *cfg, de_evict **out);
 /* Stops the thread if running. Tables and tiers are not closed. NULL is fine. */
 void de_evict_destroy(de_evict *ev);
-/* Register a table (and the arena it lives in). Before de_evict_start only: -EBUSY
+/* Register a table (and the arena it lives in), in a slot a removed table left or a new
+ * one. Before de_evict_start only: -EBUSY
  * after (the daemon stops the thread, adds, and starts it again: other threads may call
  * de_evict_after_lookup / _stats on tables added earlier meanwhile, as the table count is
  * published with release/acquire); -ENOSPC past DE_EVICT_MAX_TABLES; -EINVAL for a bad config (TTL without ttl, a
  * tier whose row size differs from the table's). id: the table's index. */
 int de_evict_add_table(de_evict *ev, de_table *t, de_arena *a,
 		       const struct de_evict_table_config *cfg, uint32_t *id /* out */);
+/* Forget table id (DROP of a table): waits for any pass over it (the thread's, a host
+ * pass from another table's lookup) to end, flushes what it staged, frees its state; the
+ * table, its arena and its tier are not touched afterwards and stay the caller's. The
+ * thread may be running. The caller makes sure no other call names id meanwhile or
+ * later (after_lookup, inline, table_step, stats, set_budget, now: -EINVAL once it is
+ * gone); add may give id to a new table. Not with the table's pass_lock held.
+ * -EINVAL: bad id. */
+int de_evict_remove_table(de_evict *ev, uint32_t id);
 /* Change table id's budget (or the host's: DE_EVICT_HOST) at any time. -EINVAL: bad id. */
 int de_evict_set_budget(de_evict *ev, uint32_t id, uint64_t budget_bytes);
 /* Resident bytes of table id now (or of all tables: DE_EVICT_HOST); 0 for a bad id. */

@@ -18,6 +18,15 @@
  * Logged eviction (on_evict, pass_lock: de_learn.h): each pass collects the keys it erased
  * and hands them to on_evict in flush_stage, after the stage's tier put returned; a pass
  * takes the table's pass_lock (writing) before its mutex, always in that order.
+ * Removal (de_evict_remove_table): tab[] may hold NULL slots (a table removed; add reuses
+ * them). Every walk over tab[] (de_evict_step, host_pass, the host totals) holds tab_lock
+ * for reading across its use of the tables it walks; removal and add hold it for writing
+ * while they change a slot, so a removed table is freed only once no walk can see it.
+ * Functions given one table id (after_lookup, inline, table_step, stats, set_budget, now)
+ * take no tab_lock: their caller owns that id and never passes it once it removed it.
+ * Lock order: tab_lock, then a table's pass_lock, then its mutex; no thread that holds
+ * tab_lock asks for it again (the rwlock prefers writers: a second read could wait behind
+ * a removal that waits for the first).
  * Callers: the daemon (after lookups, and its thread), tests/evict.
  */
 #include "de_learn.h"
@@ -77,8 +86,9 @@ struct etable {
 
 struct de_evict {
 	struct de_evict_config cfg;
-	struct etable *tab[DE_EVICT_MAX_TABLES];
-	uint32_t ntab;
+	struct etable *tab[DE_EVICT_MAX_TABLES]; /* NULL: a removed table's free slot */
+	uint32_t ntab;            /* slots used so far (live or free) */
+	pthread_rwlock_t tab_lock; /* walks read, add/remove write (top of the file) */
 	uint64_t step;
 	pthread_mutex_t run_lock; /* thread start/stop and the stop flag */
 	pthread_cond_t run_cond;
@@ -126,6 +136,11 @@ int de_evict_create(const struct de_evict_config *cfg, de_evict **out)
 	pthread_mutex_init(&ev->run_lock, NULL);
 	pthread_cond_init(&ev->run_cond, NULL);
 	pthread_mutex_init(&ev->host_lock, NULL);
+	pthread_rwlockattr_t ra; /* writer preference: a removal is not starved by passes */
+	pthread_rwlockattr_init(&ra);
+	pthread_rwlockattr_setkind_np(&ra, PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
+	pthread_rwlock_init(&ev->tab_lock, &ra);
+	pthread_rwlockattr_destroy(&ra);
 	*out = ev;
 	return 0;
 }
@@ -146,6 +161,10 @@ static void etable_free(struct etable *e)
 }
 
 static void flush_stage(struct etable *e);
+static void table_lock(struct etable *e);
+static void table_unlock(struct etable *e);
+/* The table of a slot: its owner's id (acquire: pairs with the release in add). */
+#define SLOT(ev, i) __atomic_load_n(&(ev)->tab[i], __ATOMIC_ACQUIRE)
 
 void de_evict_destroy(de_evict *ev)
 {
@@ -153,6 +172,8 @@ void de_evict_destroy(de_evict *ev)
 		return;
 	de_evict_stop(ev);
 	for (uint32_t i = 0; i < ev->ntab; i++) {
+		if (!ev->tab[i])
+			continue;
 		pthread_mutex_lock(&ev->tab[i]->lock);
 		flush_stage(ev->tab[i]);
 		pthread_mutex_unlock(&ev->tab[i]->lock);
@@ -161,6 +182,7 @@ void de_evict_destroy(de_evict *ev)
 	pthread_mutex_destroy(&ev->run_lock);
 	pthread_cond_destroy(&ev->run_cond);
 	pthread_mutex_destroy(&ev->host_lock);
+	pthread_rwlock_destroy(&ev->tab_lock);
 	free(ev);
 }
 
@@ -182,7 +204,10 @@ int de_evict_add_table(de_evict *ev, de_table *t, de_arena *a,
 		return -EBUSY;
 	}
 	pthread_mutex_unlock(&ev->run_lock);
-	if (ev->ntab >= DE_EVICT_MAX_TABLES)
+	uint32_t slot = 0;
+	while (slot < ev->ntab && ev->tab[slot]) /* a removed table's slot first */
+		slot++;
+	if (slot >= DE_EVICT_MAX_TABLES)
 		return -ENOSPC;
 	struct etable *e = calloc(1, sizeof *e);
 	if (!e)
@@ -194,7 +219,7 @@ int de_evict_add_table(de_evict *ev, de_table *t, de_arena *a,
 	e->dim = tc.dim;
 	e->row_floats = de_table_row_floats(t);
 	e->row_cost = de_table_bytes_per_row(t);
-	e->rng = (ev->cfg.seed ^ (0x9E3779B97F4A7C15ull * (ev->ntab + 1))) | 1;
+	e->rng = (ev->cfg.seed ^ (0x9E3779B97F4A7C15ull * (slot + 1))) | 1;
 	e->pool = calloc(ev->cfg.pool, sizeof *e->pool);
 	e->vals = malloc(4ull * e->dim);
 	e->stage_rows = malloc(4ull * e->row_floats * STAGE_ROWS);
@@ -214,16 +239,37 @@ int de_evict_add_table(de_evict *ev, de_table *t, de_arena *a,
 			return err ? err : -EINVAL;
 		}
 	}
-	*id = ev->ntab;
-	ev->tab[ev->ntab] = e;
-	/* release: publishes tab[ntab]; pairs with NTAB's acquire */
-	__atomic_store_n(&ev->ntab, ev->ntab + 1, __ATOMIC_RELEASE);
+	pthread_rwlock_wrlock(&ev->tab_lock);
+	*id = slot;
+	/* release (both): publish tab[slot] built; pair with NTAB's acquire and SLOT's */
+	__atomic_store_n(&ev->tab[slot], e, __ATOMIC_RELEASE);
+	if (slot == ev->ntab)
+		__atomic_store_n(&ev->ntab, ev->ntab + 1, __ATOMIC_RELEASE);
+	pthread_rwlock_unlock(&ev->tab_lock);
+	return 0;
+}
+
+int de_evict_remove_table(de_evict *ev, uint32_t id)
+{
+	if (!ev || id >= NTAB(ev))
+		return -EINVAL;
+	pthread_rwlock_wrlock(&ev->tab_lock); /* no walk (thread, host pass) is inside e */
+	struct etable *e = ev->tab[id];
+	__atomic_store_n(&ev->tab[id], NULL, __ATOMIC_RELAXED);
+	pthread_rwlock_unlock(&ev->tab_lock);
+	if (!e)
+		return -EINVAL;
+	/* every pass flushed its stage before it let go of e; the caller runs none on id */
+	table_lock(e);
+	flush_stage(e);
+	table_unlock(e);
+	etable_free(e);
 	return 0;
 }
 
 int de_evict_set_budget(de_evict *ev, uint32_t id, uint64_t budget_bytes)
 {
-	if (!ev || (id >= NTAB(ev) && id != DE_EVICT_HOST))
+	if (!ev || (id >= NTAB(ev) && id != DE_EVICT_HOST) || (id != DE_EVICT_HOST && !SLOT(ev, id)))
 		return -EINVAL;
 	uint64_t *p = id == DE_EVICT_HOST ? &ev->cfg.host_budget_bytes : &ev->tab[id]->cfg.budget_bytes;
 	__atomic_store_n(p, budget_bytes, __ATOMIC_RELAXED);
@@ -238,9 +284,11 @@ uint64_t de_evict_resident(de_evict *ev, uint32_t id)
 	if (!ev || (id >= nt && id != DE_EVICT_HOST))
 		return 0;
 	uint64_t sum = 0;
+	pthread_rwlock_rdlock(&ev->tab_lock);
 	for (uint32_t i = 0; i < nt; i++)
-		if (id == DE_EVICT_HOST || id == i)
+		if ((id == DE_EVICT_HOST || id == i) && ev->tab[i])
 			sum += resident(ev->tab[i]);
+	pthread_rwlock_unlock(&ev->tab_lock);
 	return sum;
 }
 
@@ -262,7 +310,7 @@ static uint64_t now_of(de_evict *ev, const struct etable *e)
 
 uint64_t de_evict_now(de_evict *ev, uint32_t id)
 {
-	if (!ev || id >= NTAB(ev))
+	if (!ev || id >= NTAB(ev) || !SLOT(ev, id))
 		return UINT64_MAX;
 	return now_of(ev, ev->tab[id]);
 }
@@ -546,17 +594,21 @@ static uint64_t rows_over(const struct etable *e, uint64_t res, double start, do
 
 #define STEP_CHUNK 64u
 
-/* Host budget: take rows from the table with the highest resident / share. */
+/* Host budget: take rows from the table with the highest resident / share. tab_lock
+ * held for reading. */
 static long host_pass(de_evict *ev, double start, uint64_t max_rows)
 {
 	uint64_t hb = LD(&ev->cfg.host_budget_bytes);
-	uint32_t nt = NTAB(ev);
+	uint32_t nt = NTAB(ev), live = 0;
 	if (!hb || !nt)
 		return 0;
 	pthread_mutex_lock(&ev->host_lock);
 	uint64_t res[DE_EVICT_MAX_TABLES], sum = 0;
-	for (uint32_t i = 0; i < nt; i++)
-		sum += res[i] = resident(ev->tab[i]);
+	for (uint32_t i = 0; i < nt; i++) {
+		res[i] = ev->tab[i] ? resident(ev->tab[i]) : 0;
+		sum += res[i];
+		live += ev->tab[i] != NULL;
+	}
 	long done = 0;
 	if ((double)sum > start * (double)hb) {
 		double low = ev->cfg.low * (double)hb;
@@ -564,8 +616,10 @@ static long host_pass(de_evict *ev, double start, uint64_t max_rows)
 			uint32_t w = 0;
 			double worst = -1;
 			for (uint32_t i = 0; i < nt; i++) {
+				if (!ev->tab[i])
+					continue;
 				uint64_t share = LD(&ev->tab[i]->cfg.budget_bytes) ? LD(&ev->tab[i]->cfg.budget_bytes)
-									       : hb / nt;
+									       : hb / live;
 				double r = (double)res[i] / (double)(share ? share : 1);
 				if (r > worst) {
 					worst = r;
@@ -573,6 +627,8 @@ static long host_pass(de_evict *ev, double start, uint64_t max_rows)
 				}
 			}
 			struct etable *e = ev->tab[w];
+			if (!e)
+				break;
 			uint64_t want = (uint64_t)ceil((sum - low) / (double)e->row_cost);
 			if (want > HOST_BATCH)
 				want = HOST_BATCH;
@@ -604,8 +660,11 @@ int de_evict_step(de_evict *ev, size_t max_rows, size_t *evicted)
 	uint64_t total = 0;
 	int err = 0;
 	uint32_t nt = NTAB(ev);
+	pthread_rwlock_rdlock(&ev->tab_lock); /* no table of the walk is removed meanwhile */
 	for (uint32_t i = 0; i < nt && !err && left; i++) {
 		struct etable *e = ev->tab[i];
+		if (!e)
+			continue;
 		table_lock(e);
 		long r = 0;
 		if (e->cfg.policy == DE_EVICT_TTL)
@@ -639,6 +698,7 @@ int de_evict_step(de_evict *ev, size_t max_rows, size_t *evicted)
 		else
 			total += (uint64_t)r;
 	}
+	pthread_rwlock_unlock(&ev->tab_lock);
 	if (evicted)
 		*evicted = total;
 	return err;
@@ -648,7 +708,7 @@ int de_evict_table_step(de_evict *ev, uint32_t id, size_t max_rows, size_t *evic
 {
 	if (evicted)
 		*evicted = 0;
-	if (!ev || id >= NTAB(ev))
+	if (!ev || id >= NTAB(ev) || !SLOT(ev, id))
 		return -EINVAL;
 	struct etable *e = ev->tab[id];
 	uint64_t left = max_rows ? max_rows : UINT64_MAX;
@@ -759,7 +819,7 @@ int de_evict_after_lookup(de_evict *ev, uint32_t id, const uint64_t *keys, size_
 {
 	if (restored)
 		*restored = 0;
-	if (!ev || id >= NTAB(ev) || (n && (!keys || !status)))
+	if (!ev || id >= NTAB(ev) || !SLOT(ev, id) || (n && (!keys || !status)))
 		return -EINVAL;
 	struct etable *e = ev->tab[id];
 	size_t created = 0, back = 0;
@@ -822,7 +882,7 @@ int de_evict_after_lookup(de_evict *ev, uint32_t id, const uint64_t *keys, size_
 
 int de_evict_inline(de_evict *ev, uint32_t id)
 {
-	if (!ev || id >= NTAB(ev))
+	if (!ev || id >= NTAB(ev) || !SLOT(ev, id))
 		return -EINVAL;
 	struct etable *e = ev->tab[id];
 	/* inline eviction: the budget holds even when inserts outpace the thread */
@@ -839,7 +899,9 @@ int de_evict_inline(de_evict *ev, uint32_t id)
 		}
 	}
 	if (LD(&ev->cfg.host_budget_bytes)) {
+		pthread_rwlock_rdlock(&ev->tab_lock);
 		long r = host_pass(ev, 1.0, ev->cfg.inline_max);
+		pthread_rwlock_unlock(&ev->tab_lock);
 		if (r < 0)
 			return (int)r;
 	}
@@ -849,12 +911,15 @@ int de_evict_inline(de_evict *ev, uint32_t id)
 int de_evict_stats(de_evict *ev, uint32_t id, struct de_evict_stats *out)
 {
 	uint32_t nt = ev ? NTAB(ev) : 0;
-	if (!ev || !out || (id >= nt && id != DE_EVICT_HOST))
+	if (!ev || !out || (id >= nt && id != DE_EVICT_HOST) || (id != DE_EVICT_HOST && !SLOT(ev, id)))
 		return -EINVAL;
 	memset(out, 0, sizeof *out);
 	uint32_t lo = id == DE_EVICT_HOST ? 0 : id, hi = id == DE_EVICT_HOST ? nt : id + 1;
+	pthread_rwlock_rdlock(&ev->tab_lock);
 	for (uint32_t i = lo; i < hi; i++) {
 		struct etable *e = ev->tab[i];
+		if (!e)
+			continue;
 		out->resident_bytes += resident(e);
 		out->budget_bytes += LD(&e->cfg.budget_bytes);
 		out->evicted += LD(&e->evicted);
@@ -866,6 +931,7 @@ int de_evict_stats(de_evict *ev, uint32_t id, struct de_evict_stats *out)
 		out->kept_touched += LD(&e->kept);
 		out->sweeps += LD(&e->sweeps);
 	}
+	pthread_rwlock_unlock(&ev->tab_lock);
 	if (id == DE_EVICT_HOST)
 		out->budget_bytes = LD(&ev->cfg.host_budget_bytes);
 	return 0;

@@ -30,7 +30,8 @@
  *      (-EACCES, the same whether or not the table exists; a snapshot of every table
  *      needs the snapshot right on each), then a persistence job replies
  *      (persist_jobs.c), touching files with the client's uid and gid.
- *   5. DROP: control_drop.c (a table no connection has open; rights, then the catalog).
+ *   5. DROP: control_drop.c (a table no connection has open, or with the force flag one
+ *      whose handles it revokes; rights, then the catalog).
  *   6. STATUS, TABLES, STATS_BY_NAME, EVICT, LOG_LEVEL, OPSTATS: control_query.c (the
  *      operator's view; rights as OPEN decides them).
  * Hang-up: the socket is closed at once; the client's channel stays until its worker
@@ -189,7 +190,8 @@ static void client_free(struct ctl *x, struct srv_client *c)
 	if (c->w)
 		__atomic_fetch_sub(&c->w->nclients, 1, __ATOMIC_RELAXED); /* /metrics reads it */
 	for (uint32_t i = 0; i < c->ntables; i++) /* its worker let go: a DROP may free them */
-		c->tables[i]->refs--;
+		if (c->tables[i]) /* NULL: revoked by a forced DROP, which took its ref */
+			c->tables[i]->refs--;
 	de_channel_destroy(c->ch);
 	free(c);
 	x->nconn--;
@@ -456,7 +458,7 @@ static bool on_hello(struct ctl *x, struct srv_client *c, const struct de_msg_he
 	ok.data_bytes = cc.data_bytes;
 	ok.capabilities = DE_CAP_APPLY_GRADS | DE_CAP_ADMISSION | DE_CAP_EVICTION | DE_CAP_SAMPLE |
 			  DE_CAP_TOPK | DE_CAP_KEY_STRINGS | DE_CAP_SNAPSHOT | DE_CAP_EXPORT_IMPORT |
-			  DE_CAP_DROP | DE_CAP_QUERY | DE_CAP_OPSTATS |
+			  DE_CAP_DROP | DE_CAP_DROP_FORCE | DE_CAP_QUERY | DE_CAP_OPSTATS |
 			  (cfg->data_dir[0] ? DE_CAP_PERSISTENCE : 0) |
 			  (cfg->export_dir[0] ? DE_CAP_EXPORT_DIR : 0) |
 			  (cfg->tier_dir[0] ? DE_CAP_DISK_TIER : 0);
@@ -651,6 +653,11 @@ static bool on_segments(struct srv_client *c, const struct de_msg_segments *m)
 		return true;
 	}
 	struct srv_table *t = c->tables[m->table_id];
+	if (!t) {
+		send_error(c, m->h.seq, -EIDRM, "table id %u of this connection was dropped "
+			   "(forced DROP by another connection): open it again", m->table_id);
+		return true;
+	}
 	uint32_t nseg = de_arena_nsegments(t->arena);
 	uint32_t count = m->first < nseg ? nseg - m->first : 0;
 	if (count > DE_FDS_PER_MSG)

@@ -24,7 +24,8 @@
  *     stream admit the same keys.
  *
  * Eviction (a table with an eviction policy): the table joins the daemon's evictor (one
- * per daemon, DE_EVICT_MAX_TABLES tables at most, -ENOSPC past that) with its budget;
+ * per daemon, DE_EVICT_MAX_TABLES tables at most, -ENOSPC past that; a DROP takes it
+ * out again, srv_learn_table_evict_leave, and its slot is reused) with its budget;
  * [memory] host_budget_bytes bounds all evicting tables together (tables without a
  * policy are not counted). The evictor's thread runs every 10 ms; after each lookup,
  * update or gradient push that created keys, de_evict_after_lookup restores returning
@@ -126,8 +127,11 @@ struct srv_table_learn {
 	bool reject_zeros;
 	bool evict;                   /* registered with h->ev as evict_id */
 	uint32_t evict_id;
+	struct de_evict_table_config ecfg; /* what it registered with (a DROP that fails after
+	                                 srv_learn_table_evict_leave registers it again) */
 	bool time_clock;
 	de_tier *tier;                /* owned */
+	bool tier_durable;            /* tier is data_dir's tier file (a DROP removes it) */
 	bool logged;                  /* persisted: eviction logged, pass lock, durable tier */
 	char *admit_path;             /* persisted COUNT admission: its saved sketch (malloc'd) */
 	pthread_mutex_t save_mu;      /* one save of the sketch at a time */
@@ -231,14 +235,29 @@ int srv_learn_table_attach(struct srv_learn_host *h, struct srv_table *t, char *
 	return 0;
 }
 
-int srv_learn_table_can_drop(const struct srv_table *t, char *msg, size_t msgcap)
+static int evict_join(struct srv_learn_host *h, struct srv_table *t, struct srv_table_learn *L,
+		      char *msg, size_t msgcap);
+static void name_path(char *buf, size_t cap, const struct srv_learn_host *h,
+		      const struct srv_table *t, const char *prefix, const char *suffix);
+
+void srv_learn_table_evict_leave(struct srv_table *t)
 {
-	if (t->rt && t->rt->evict) {
-		snprintf(msg, msgcap, "table '%s' has eviction: the evictor keeps its tables while "
-			 "the daemon runs, so it cannot be dropped yet", t->name);
-		return -EBUSY;
-	}
-	return 0;
+	struct srv_table_learn *L = t->rt;
+	if (!L || !L->evict)
+		return;
+	/* waits for a pass over it (the thread's, or a host pass of another table's lookup):
+	 * after this nothing of the evictor reads t, its tier or its persistence state */
+	de_evict_remove_table(L->h->ev, L->evict_id);
+	L->evict = false;
+	L->h->ntables--;
+}
+
+int srv_learn_table_evict_rejoin(struct srv_table *t, char *msg, size_t msgcap)
+{
+	struct srv_table_learn *L = t->rt;
+	if (!L || L->evict || L->ecfg.policy == DE_EVICT_NONE)
+		return 0;
+	return evict_join(L->h, t, L, msg, msgcap);
 }
 
 int srv_learn_evict_now(struct srv_table *t, uint64_t *evicted, char *msg, size_t msgcap)
@@ -277,7 +296,16 @@ void srv_learn_table_detach(struct srv_learn_host *h, struct srv_table *t)
 			}
 	if (L->admit_path)
 		unlink(L->admit_path); /* the saved sketch: a table of that name starts afresh */
-	learn_free(t);
+	char tier[sizeof L->h->data_dir + 40];
+	bool durable = L->tier_durable;
+	if (durable)
+		name_path(tier, sizeof tier, L->h, t, "tier", ".dt");
+	learn_free(t); /* closes the tier */
+	if (durable && unlink(tier) && errno != ENOENT) /* its evicted rows: none comes back */
+		srv_logf(SRV_LOG_WARN, SRV_KV(SRV_F_TABLE(t->name), SRV_F_PATH(tier),
+					     SRV_F_ERRNO(errno)),
+			 "dropped table '%s': cannot remove its disk tier %s: %s", t->name, tier,
+			 strerror(errno));
 }
 
 /* data_dir/<prefix>-<FNV-1a 64 of the table's name, 16 hex><suffix> */
@@ -316,8 +344,10 @@ static int tier_open_durable(struct srv_learn_host *h, struct srv_table *t,
 	int err = srv_mkdir_p(h->data_dir, 0700);
 	if (!err)
 		err = de_tier_open_file(path, de_table_row_floats(t->t), &L->tier);
-	if (!err)
+	if (!err) {
 		de_tier_set_compact_hook(L->tier, before_compact, L);
+		L->tier_durable = true;
+	}
 	return err;
 }
 
@@ -431,11 +461,19 @@ static int attach(struct srv_learn_host *h, struct srv_table *t, struct srv_tabl
 		break;
 	}
 	L->time_clock = tc.clock == DE_CLOCK_TIME;
+	L->ecfg = tc;
+	return evict_join(h, t, L, msg, msgcap);
+}
+
+/* Register t (its L->ecfg) with the evictor. */
+static int evict_join(struct srv_learn_host *h, struct srv_table *t, struct srv_table_learn *L,
+		      char *msg, size_t msgcap)
+{
 	/* the library registers tables with its thread stopped: stop, add, start. Workers
 	 * may be inside de_evict_after_lookup for other tables meanwhile (evict.c publishes
 	 * the table count with release/acquire). */
 	de_evict_stop(h->ev);
-	err = de_evict_add_table(h->ev, t->t, t->arena, &tc, &L->evict_id);
+	int err = de_evict_add_table(h->ev, t->t, t->arena, &L->ecfg, &L->evict_id);
 	int serr = (h->ntables || !err) && !h->recovering ? de_evict_start(h->ev) : 0;
 	if (err) {
 		snprintf(msg, msgcap, "table '%s': eviction: %s%s", t->name, strerror(-err),

@@ -43,11 +43,16 @@ void srv_learn_host_destroy(struct srv_learn_host *h);
 int srv_learn_table_attach(struct srv_learn_host *h, struct srv_table *t, char *msg,
 			   size_t msgcap);
 
-/* DROP: whether t's learning state can go while the daemon runs (-EBUSY with msg for a
- * table with eviction: the evictor keeps its tables), then detach frees it (samplers
- * stopped, the sketch and its saved file in data_dir removed; t->rt = NULL). Control
- * thread, once no connection has t open. h may be NULL. */
-int srv_learn_table_can_drop(const struct srv_table *t, char *msg, size_t msgcap);
+/* DROP, control thread, once no connection's worker serves t any more. First
+ * evict_leave: an evicting table leaves the evictor (de_evict_remove_table: it waits
+ * for a pass over t to end), so that nothing of the evictor reads t, its tier or its
+ * persistence state (the eviction log) afterwards; before persistence forgets t. A DROP
+ * refused after it (the catalog write failed) registers t again with evict_rejoin (0, or
+ * a negative errno with msg: t then keeps its rows, unevicted). Then detach frees the
+ * learning state (samplers stopped, the sketch and its saved file in data_dir removed;
+ * t->rt = NULL). h may be NULL. */
+void srv_learn_table_evict_leave(struct srv_table *t);
+int srv_learn_table_evict_rejoin(struct srv_table *t, char *msg, size_t msgcap);
 void srv_learn_table_detach(struct srv_learn_host *h, struct srv_table *t);
 /* An operator's "evict now" (EVICT, control thread): one pass of the evictor over t
  * alone, down to its low watermark (de_evict_table_step), at most EVICT_NOW_MAX_ROWS

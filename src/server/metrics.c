@@ -396,6 +396,20 @@ int srv_metrics_render(struct srv_server *s, uint64_t start_mono_ns, double star
 	family(&b, "dynemb_dataplane_wake_backoffs_total", "counter",
 	       "Times a channel's wakes were ignored for a while (a wake storm).");
 	put(&b, "dynemb_dataplane_wake_backoffs_total %" PRIu64 "\n", backoffs);
+	family(&b, "dynemb_table_drops_total", "counter",
+	       "Tables dropped (forced: while connections held them, their handles revoked).");
+	put(&b, "dynemb_table_drops_total{forced=\"false\"} %" PRIu64 "\n",
+	    __atomic_load_n(&s->n_drops, __ATOMIC_RELAXED));
+	put(&b, "dynemb_table_drops_total{forced=\"true\"} %" PRIu64 "\n",
+	    __atomic_load_n(&s->n_drops_forced, __ATOMIC_RELAXED));
+	family(&b, "dynemb_table_drops_refused_total", "counter",
+	       "DROPs refused (no right, no table, held without force, a job, a failed write).");
+	put(&b, "dynemb_table_drops_refused_total %" PRIu64 "\n",
+	    __atomic_load_n(&s->n_drops_refused, __ATOMIC_RELAXED));
+	family(&b, "dynemb_table_handles_revoked_total", "counter",
+	       "Connections' handles to a table revoked by a forced DROP.");
+	put(&b, "dynemb_table_handles_revoked_total %" PRIu64 "\n",
+	    __atomic_load_n(&s->n_handles_revoked, __ATOMIC_RELAXED));
 	put_ops(&b, x, n);
 	put_tables(&b, x, n, now);
 	put_wal(&b, s);

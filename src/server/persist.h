@@ -85,8 +85,15 @@ int srv_persist_table_admit(struct srv_persist *p, const char *name, uint32_t mo
 /* DROP, control thread, once no connection has t open: the catalog forgets t durably
  * (its id is never given again), then its manifest entry, snapshots and strings file go
  * and t->ps is freed (NULL). 0 (also for a table without persistence), -EBUSY while a
- * job runs, or the catalog write's error (then nothing changed); msg says which. */
+ * job that may use t runs (one on t, or a snapshot of every table), or the catalog
+ * write's error (then nothing changed); msg says which. */
 int srv_persist_table_drop(struct srv_persist *p, struct srv_table *t, char *msg, size_t cap);
+/* Forced DROP, control thread, before srv_persist_table_drop: cancel every job that may
+ * use t (their progress callback says stop: they end -ECANCELED) and join them, within
+ * timeout_ms (-ETIMEDOUT with msg). No job on t can start meanwhile (the control thread
+ * starts them). 0 also when there are none. */
+int srv_persist_table_jobs_cancel(struct srv_persist *p, const struct srv_table *t,
+				  unsigned timeout_ms, char *msg, size_t cap);
 
 /* Worker, before a write (UPDATE, ERASE, APPLY_GRADS) on t executes: -EROFS when the
  * table's WAL failed. */

@@ -19,8 +19,10 @@
  * of that id, which cannot happen, removes them).
  *
  * Callers: the control plane (control_drop.c), on the control thread, after it checked
- * that no connection has the table open. Never: drops while a job runs (a job may hold
- * any table: -EBUSY), or holds p->mu across I/O other than the catalog write.
+ * that no connection has the table open. Never: drops while a job that may use the table
+ * runs (one on it, or a snapshot of every table: -EBUSY; a forced DROP cancelled them
+ * first, srv_persist_table_jobs_cancel), or holds p->mu across I/O other than the
+ * catalog write.
  */
 #include "persist_int.h"
 
@@ -105,16 +107,19 @@ static int manifest_forget(const char *dir, uint32_t id)
 
 int srv_persist_table_drop(struct srv_persist *p, struct srv_table *t, char *msg, size_t cap)
 {
-	if (!p || !p->on || !t->ps)
+	if (!p)
 		return 0;
-	persist_jobs_reap(p, false);
-	pthread_mutex_lock(&p->mu);
-	if (p->njobs) {
-		pthread_mutex_unlock(&p->mu);
+	/* a job holds its table without a reference: also without a data_dir (EXPORT) */
+	unsigned nj = persist_jobs_on(p, t);
+	if (nj) {
 		snprintf(msg, cap, "table '%s' cannot be dropped while a snapshot, export or import "
-			 "runs (%u jobs); try again when it ends", t->name, p->njobs);
+			 "that may use it runs (%u job%s); try again when it ends, or force the "
+			 "drop", t->name, nj, nj == 1 ? "" : "s");
 		return -EBUSY;
 	}
+	if (!p->on || !t->ps)
+		return 0;
+	pthread_mutex_lock(&p->mu);
 	unsigned k = 0, n = p->ntables;
 	while (k < n && p->tables[k] != t)
 		k++;

@@ -104,5 +104,7 @@ void persist_checkpoint_dirty(struct srv_persist *p, const char *why);
 /* ---- persist_jobs.c ---- */
 /* Join finished jobs (all: every job, waiting). Not under p->mu. */
 void persist_jobs_reap(struct srv_persist *p, bool all);
+/* Jobs not ended that may work on t (one on t, or a snapshot of every table). */
+unsigned persist_jobs_on(struct srv_persist *p, const struct srv_table *t);
 
 #endif /* DE_SRV_PERSIST_INT_H */

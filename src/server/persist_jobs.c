@@ -53,6 +53,7 @@ struct srv_job {
 	union srv_msg m;
 	struct srv_table *t;      /* EXPORT / IMPORT */
 	int done;                 /* atomic: the thread ended */
+	int cancel;               /* atomic: a forced DROP of its table: stop (-ECANCELED) */
 	int replying;             /* atomic: the final reply is being sent */
 	uint64_t last_ns;
 	uint32_t phase, index;
@@ -70,8 +71,9 @@ static void finishing(struct srv_job *j)
 static int job_progress(void *ctx, uint64_t done, uint64_t total)
 {
 	struct srv_job *j = ctx;
-	if (__atomic_load_n(&j->p->stop, __ATOMIC_ACQUIRE))
-		return 1; /* the daemon is stopping: -ECANCELED */
+	if (__atomic_load_n(&j->p->stop, __ATOMIC_ACQUIRE) ||
+	    __atomic_load_n(&j->cancel, __ATOMIC_ACQUIRE))
+		return 1; /* the daemon is stopping, or a forced DROP: -ECANCELED */
 	uint64_t now = srv_mono_ns();
 	if (now - j->last_ns < PROGRESS_NS && done != total)
 		return 0;
@@ -308,6 +310,52 @@ void persist_jobs_reap(struct srv_persist *p, bool all)
 		pthread_join(j->thread, NULL);
 		free(j);
 	}
+}
+
+/* Jobs that may work on t (EXPORT, IMPORT, SNAPSHOT of t, or a SNAPSHOT of every table,
+ * whose copy of the list may hold t) and have not ended; cancel: tell them to stop. */
+static unsigned jobs_on(struct srv_persist *p, const struct srv_table *t, bool cancel)
+{
+	unsigned n = 0;
+	pthread_mutex_lock(&p->mu);
+	for (struct srv_job *j = p->jobs; j; j = j->next)
+		if ((j->t == t || !j->t) && !__atomic_load_n(&j->done, __ATOMIC_ACQUIRE)) {
+			n++;
+			if (cancel)
+				__atomic_store_n(&j->cancel, 1, __ATOMIC_RELEASE);
+		}
+	pthread_mutex_unlock(&p->mu);
+	return n;
+}
+
+unsigned persist_jobs_on(struct srv_persist *p, const struct srv_table *t)
+{
+	persist_jobs_reap(p, false);
+	return jobs_on(p, t, false);
+}
+
+int srv_persist_table_jobs_cancel(struct srv_persist *p, const struct srv_table *t,
+				  unsigned timeout_ms, char *msg, size_t cap)
+{
+	if (!p)
+		return 0;
+	unsigned n = jobs_on(p, t, true);
+	if (!n)
+		return 0;
+	srv_logf(SRV_LOG_INFO, SRV_KV(SRV_F_TABLE(t->name), SRV_F_UINT("jobs", n)),
+		 "persistence: forced drop of table '%s' cancels %u job(s) that may use it",
+		 t->name, n);
+	uint64_t deadline = srv_mono_ns() + (uint64_t)timeout_ms * 1000000ull;
+	while ((n = jobs_on(p, t, false))) {
+		if (srv_mono_ns() > deadline) {
+			snprintf(msg, cap, "table '%s' not dropped: %u snapshot, export or import "
+				 "job(s) on it did not stop within %u ms", t->name, n, timeout_ms);
+			return -ETIMEDOUT;
+		}
+		usleep(1000);
+	}
+	persist_jobs_reap(p, false); /* joined: no job thread reads t any more */
+	return 0;
 }
 
 /* Is path (checked: absolute, no . or ..) inside export_dir? Its directory must resolve

@@ -16,7 +16,8 @@
  * evictor and sampler threads (learnops.c), the persistence committer, checkpointer and
  * job threads (persist*.c), and libmicrohttpd's thread serving /metrics (metrics.c:
  * it reads tables under the registry's lock, tables.h). Tables live until the daemon exits or a DROP frees one
- * that no connection has open (control_drop.c).
+ * that no connection has open, or a forced DROP one whose handles it revoked
+ * (control_drop.c).
  */
 #ifndef DE_SRV_SERVER_H
 #define DE_SRV_SERVER_H
@@ -41,6 +42,10 @@ struct srv_server {
 	int release_fd;           /* eventfd: a worker released a client */
 	hwloc_topology_t topo;    /* NULL when hwloc could not load one */
 	uint64_t start_ns;        /* srv_mono_ns at startup (STATUS: uptime) */
+	uint64_t revoke_gen;      /* forced DROP (worker.h "Revoked handles"): bumped by the
+	                             control thread (release) after it cleared client slots */
+	/* DROPs (control_drop.c; relaxed atomics, /metrics reads them) */
+	uint64_t n_drops, n_drops_forced, n_drops_refused, n_handles_revoked;
 };
 
 #endif /* DE_SRV_SERVER_H */

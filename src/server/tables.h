@@ -7,7 +7,8 @@
  * control thread opens tables; tables live until the daemon exits, a table no client saw
  * yet until srv_registry_discard, a dropped one until srv_registry_drop (only once no
  * connection has it open: a worker serves a table only to connections that opened it,
- * so workers hold pointers freely). A table's config
+ * so workers hold pointers freely; a forced DROP first revokes the connections' slots
+ * and waits for the workers, worker.h "Revoked handles"). A table's config
  * (wcfg, learn, optim) is written once before the table is published to any client and
  * never changes: workers read it freely.
  *
@@ -89,7 +90,8 @@ struct srv_table {
 	uid_t quota_uid;                  /* who is charged: the creator */
 	uint64_t sketch_bytes;            /* admission COUNT: de_admit_sketch_bytes */
 	int growth_logged;                /* atomic: the first refused growth was logged */
-	/* control thread only: connections that have the table open (a DROP needs 0) */
+	/* control thread only: connections that have the table open (a DROP needs 0; a
+	 * forced one takes them away as it revokes their slots) */
 	unsigned refs;
 	struct srv_table *next;
 	struct srv_op_counters ops[SRV_OP_SLOTS]; /* workers add, /metrics, OPSTATS read */

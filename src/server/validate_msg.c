@@ -44,8 +44,10 @@ int srv_check_msg(const void *buf, size_t n, bool trunc, bool hello_done, union 
 	if (n >= sizeof h)
 		memcpy(&h, buf, sizeof h);
 	out->h = h;
+	/* DROP without flags (proto.h): shorter, its flags read as 0 */
+	bool drop_v0 = n >= sizeof h && h.type == DE_MSG_DROP && n == DE_MSG_DROP_V0_LEN;
 	if (trunc || n < sizeof h || h.magic != DE_MSG_MAGIC || h.len != n ||
-	    !srv_request_len(h.type) || n != srv_request_len(h.type)) {
+	    !srv_request_len(h.type) || (n != srv_request_len(h.type) && !drop_v0)) {
 		snprintf(msg, msgcap, "malformed message (%zu bytes, type %u)", n,
 			 n >= sizeof h ? h.type : 0);
 		return -EBADMSG;
@@ -58,7 +60,7 @@ int srv_check_msg(const void *buf, size_t n, bool trunc, bool hello_done, union 
 		snprintf(msg, msgcap, "HELLO twice");
 		return -EPROTO;
 	}
-	memcpy(out, buf, n); /* n == srv_request_len(h.type) <= sizeof *out */
+	memcpy(out, buf, n); /* n <= srv_request_len(h.type) <= sizeof *out */
 	if (h.type == DE_MSG_HELLO)
 		return 0;    /* its version: after the allow-list, in on_hello */
 	if (h.version != DE_PROTO_VERSION) {
@@ -76,6 +78,12 @@ int srv_check_msg(const void *buf, size_t n, bool trunc, bool hello_done, union 
 	}
 	if (h.type == DE_MSG_SNAPSHOT || h.type == DE_MSG_EXPORT || h.type == DE_MSG_IMPORT)
 		return srv_check_persist_msg(out, msg, msgcap);
+	if (h.type == DE_MSG_DROP && (out->drop.flags & ~DE_DROP_FORCE || out->drop.pad)) {
+		snprintf(msg, msgcap, "DROP: unknown flags 0x%x (known: 0x%x force)%s",
+			 out->drop.flags & ~DE_DROP_FORCE, DE_DROP_FORCE,
+			 out->drop.pad ? ", and a nonzero pad" : "");
+		return -EINVAL;
+	}
 	if (h.type == DE_MSG_DROP)
 		return srv_name_check(out->drop.name, msg, msgcap);
 	if (h.type == DE_MSG_STATS_BY_NAME || h.type == DE_MSG_EVICT)

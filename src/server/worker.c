@@ -384,11 +384,17 @@ static int slow_op(struct srv_worker *w, struct srv_client *c, struct srv_table 
 		return 0;
 	}
 	c->slow_e = *e;
-	c->slow_t = t;
+	__atomic_store_n(&c->slow_t, t, __ATOMIC_RELAXED);
 	__atomic_store_n(&c->slow_done, 0, __ATOMIC_RELAXED);
-	c->slow_busy = true;
+	__atomic_store_n(&c->slow_busy, true, __ATOMIC_RELAXED);
 	srv_slowpool_submit(w->srv->slow, c);
 	return 2;
+}
+
+/* c's table in slot i (of nt published), or NULL: no such slot, or revoked (worker.h). */
+static struct srv_table *slot_table(const struct srv_client *c, uint32_t i, uint32_t nt)
+{
+	return i < nt ? __atomic_load_n(&c->tables[i], __ATOMIC_RELAXED) : NULL;
 }
 
 /* -EACCES for a descriptor that writes (a creating LOOKUP included) on a table c opened
@@ -412,9 +418,13 @@ static int execute(struct srv_worker *w, struct srv_client *c, const struct de_s
 		return 0;
 	/* acquire: pairs with the release in the control thread's OPEN */
 	uint32_t nt = __atomic_load_n(&c->ntables, __ATOMIC_ACQUIRE);
-	struct srv_table *t = e->table < nt ? c->tables[e->table] : NULL;
+	struct srv_table *t = slot_table(c, e->table, nt);
 	uint64_t bytes;
 	char *data = de_channel_data(c->ch, &bytes);
+	if (e->table < nt && !t) {
+		q->res = -EIDRM; /* its table was dropped (forced) */
+		return 0;
+	}
 	q->res = srv_check_sqe(e, nt, t ? t->wcfg.dim : 0, t ? t->wcfg.key_type : 0,
 			       cfg->max_batch, bytes);
 	if (q->res)
@@ -617,7 +627,7 @@ static int step(struct srv_worker *w, struct srv_client *c, const struct de_sqe 
 {
 	/* acquire: pairs with the release in the control thread's OPEN */
 	uint32_t nt = __atomic_load_n(&c->ntables, __ATOMIC_ACQUIRE);
-	struct srv_table *t = e->table < nt ? c->tables[e->table] : NULL;
+	struct srv_table *t = slot_table(c, e->table, nt);
 	uint64_t r0 = t ? de_table_index_refusals(t->t) : 0;
 	bool cont = c->has_cur && c->cur_started; /* a chunked LOOKUP going on */
 	uint64_t t0 = srv_mono_ns();
@@ -639,6 +649,11 @@ static int step(struct srv_worker *w, struct srv_client *c, const struct de_sqe 
 static int step_run(struct srv_worker *w, struct srv_client *c, struct srv_table *t,
 		    uint32_t nt, const struct de_sqe *e, struct de_cqe *q, int64_t *left)
 {
+	if (c->has_cur && c->cur_started && !t) { /* its table was dropped (forced) meanwhile */
+		c->has_cur = false;
+		*q = (struct de_cqe){ .user_data = e->user_data, .res = -EIDRM };
+		return 0;
+	}
 	if (c->has_cur && c->cur_started)
 		return lookup_chunk(w, c, t, q, left); /* checked when it started */
 	c->has_cur = false;
@@ -672,9 +687,11 @@ static int serve(struct srv_worker *w, struct srv_client *c)
 		/* acquire: pairs with the release in slowpool.c's run_job (slow_q, the data) */
 		if (!__atomic_load_n(&c->slow_done, __ATOMIC_ACQUIRE))
 			return 0; /* nothing else of c runs while its job is out */
-		c->slow_busy = false;
 		count_op(c->slow_t, c->slow_e.op, c->slow_e.count, c->slow_q.res,
 			 c->slow_t0);
+		/* release: the last use of slow_t above happens before; pairs with the acquire
+		 * in srv_workers_slow_on (a forced DROP frees the table after it) */
+		__atomic_store_n(&c->slow_busy, false, __ATOMIC_RELEASE);
 		/* after the completions held before it (at most BUDGET - 1 of them) */
 		c->pending[c->npending++] = c->slow_q;
 		c->has_pending = true;
@@ -712,7 +729,7 @@ static int serve(struct srv_worker *w, struct srv_client *c)
 			}
 			if (i > 0) { /* too large for what is left: first thing next pass */
 				uint32_t nt = __atomic_load_n(&c->ntables, __ATOMIC_ACQUIRE);
-				if (cost_of(&e, e.table < nt ? c->tables[e.table] : NULL) >
+				if (cost_of(&e, slot_table(c, e.table, nt)) >
 				    (uint64_t)left) {
 					c->cur = e;
 					c->has_cur = true;
@@ -912,6 +929,12 @@ static void *worker_main(void *arg)
 	uint64_t poll_ns = (uint64_t)s->cfg.poll_us * 1000;
 	uint64_t last_work = srv_mono_ns();
 	for (;;) {
+		/* the top of a round: no table pointer held (worker.h "Revoked handles");
+		 * acquire pairs with the release in the forced DROP's bump, release with the
+		 * acquire in srv_workers_quiesce */
+		uint64_t g = __atomic_load_n(&s->revoke_gen, __ATOMIC_ACQUIRE);
+		if (g != __atomic_load_n(&w->revoke_seen, __ATOMIC_RELAXED))
+			__atomic_store_n(&w->revoke_seen, g, __ATOMIC_RELEASE);
 		if (drain_ctl(w))
 			take_mail(w);
 		if (__atomic_load_n(&w->stop, __ATOMIC_ACQUIRE)) {
@@ -945,6 +968,35 @@ static void *worker_main(void *arg)
 }
 
 /* ---- lifecycle ---------------------------------------------------------------------- */
+
+int srv_workers_quiesce(struct srv_server *s, uint64_t gen, unsigned timeout_ms)
+{
+	for (unsigned i = 0; i < s->nworkers; i++)
+		if (s->workers[i].started)
+			srv_worker_kick(&s->workers[i]);
+	uint64_t deadline = srv_mono_ns() + (uint64_t)timeout_ms * 1000000ull;
+	for (unsigned i = 0; i < s->nworkers; i++) {
+		struct srv_worker *w = &s->workers[i];
+		/* acquire: pairs with the worker's release at the top of its round */
+		while (w->started && __atomic_load_n(&w->revoke_seen, __ATOMIC_ACQUIRE) < gen) {
+			if (srv_mono_ns() > deadline)
+				return -ETIMEDOUT;
+			srv_worker_kick(w); /* a kick it drained before the bump */
+			usleep(200);
+		}
+	}
+	return 0;
+}
+
+bool srv_workers_slow_on(const struct srv_client *clients, const struct srv_table *t)
+{
+	for (const struct srv_client *k = clients; k; k = k->next)
+		/* acquire: pairs with the worker's release once it is done with slow_t */
+		if (__atomic_load_n(&k->slow_busy, __ATOMIC_ACQUIRE) &&
+		    __atomic_load_n(&k->slow_t, __ATOMIC_RELAXED) == t)
+			return true;
+	return false;
+}
 
 void srv_worker_kick(struct srv_worker *w)
 {

@@ -17,6 +17,14 @@
  *   - A client's table list is append-only: the control thread writes the pointer and
  *     the client's rights on it, then publishes ntables (release); the worker reads
  *     ntables (acquire) before indexing. A write without the write right is -EACCES.
+ *   - Revoked handles (a forced DROP, control_drop.c): the control thread stores NULL
+ *     into the client's tables[i] (the slot stays: ntables never shrinks), then bumps
+ *     srv_server.revoke_gen (release) and kicks every worker. At the top of each round,
+ *     where it holds no table pointer, a worker loads revoke_gen (acquire) and publishes
+ *     it in its revoke_seen (release); once every worker's revoke_seen reached the gen
+ *     (srv_workers_quiesce), no worker holds or can find the table (a descriptor on a
+ *     NULL slot completes -EIDRM) except a TOPK / SAMPLE job on the slow pool, which
+ *     the control thread waits for (slow_busy with slow_t, srv_workers_slow_on).
  *   - A worker owns its batch (its copies of the keys, statuses, strings, gradients) and
  *     hands the operations layers (learnops.h, persist.h) a description of it (batch.h).
  *
@@ -61,7 +69,7 @@ struct srv_client {
 	/* shared with the worker (see the top of this file) */
 	de_channel *ch;
 	struct srv_worker *w;
-	struct srv_table *tables[SRV_MAX_TABLES_PER_CLIENT];
+	struct srv_table *tables[SRV_MAX_TABLES_PER_CLIENT]; /* NULL: revoked (atomics) */
 	uint8_t rights[SRV_MAX_TABLES_PER_CLIENT]; /* SRV_RIGHT_BIT set (authz.h) of this
 	                             client on tables[i]: written with tables[i] */
 	uint32_t ntables;         /* release by control, acquire by worker */
@@ -87,10 +95,11 @@ struct srv_client {
 	/* TOPK / SAMPLE on the slow pool (slowpool.h): the worker sets slow_busy, queues
 	 * the job and serves nothing else of c; the pool fills slow_q and stores slow_done
 	 * (release); the worker posts slow_q after its acquire load of slow_done */
-	bool slow_busy;           /* worker only */
+	bool slow_busy;           /* worker writes (atomic: cleared with release after its
+	                             last use of slow_t), a forced DROP reads (acquire) */
 	int slow_done;            /* pool -> worker (atomic) */
 	struct de_sqe slow_e;     /* worker writes before queueing; the pool reads */
-	struct srv_table *slow_t;
+	struct srv_table *slow_t; /* atomic (a forced DROP reads it) */
 	struct de_cqe slow_q;     /* pool writes, worker reads after slow_done */
 	struct srv_client *slow_next; /* the pool's queue (under its lock) */
 	uint64_t slow_t0;         /* worker only: monotonic ns it was queued (metrics) */
@@ -128,6 +137,8 @@ struct srv_worker {
 	uint64_t n_chunks;        /* passes that served part of a large lookup */
 	uint64_t last_storm_log;  /* monotonic ns of the last wake-storm warning */
 	uint64_t last_refuse_log; /* ... of the last refused TOPK / SAMPLE */
+	uint64_t revoke_seen;     /* worker -> control (atomic, release): the revoke_gen seen
+	                             at the top of its latest round */
 	/* group commit of the round's SYNC writes (srv_persist_log returns each one's LSN) */
 	uint64_t sync_lsn;        /* largest LSN a SYNC write of this round appended; 0: none */
 	bool sync_pending;        /* the descriptor just executed waits for sync_lsn */
@@ -137,6 +148,13 @@ int srv_workers_start(struct srv_server *s);
 /* Ask every worker to drain its rings and exit, and join them. */
 void srv_workers_stop(struct srv_server *s);
 void srv_workers_free(struct srv_server *s);
+/* Forced DROP (control thread, after it cleared the slots and bumped revoke_gen to gen):
+ * kick every worker and wait until each saw gen at the top of a round (timeout_ms; then
+ * -ETIMEDOUT). Afterwards no worker holds a cleared slot's table. */
+int srv_workers_quiesce(struct srv_server *s, uint64_t gen, unsigned timeout_ms);
+/* Whether some client's TOPK / SAMPLE job on the slow pool still works on t (control
+ * thread, after srv_workers_quiesce: no new one can start). */
+bool srv_workers_slow_on(const struct srv_client *clients, const struct srv_table *t);
 /* Wake a worker to read its mailbox and flags, or a finished slow-pool job. Any thread
  * (kick_mu orders the producers of ctl_kick). */
 void srv_worker_kick(struct srv_worker *w);

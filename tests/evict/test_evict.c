@@ -595,6 +595,70 @@ Test(evict, host_budget_two_tables)
 	rm_table(y);
 }
 
+/* ---- removing a table ------------------------------------------------------------- */
+
+/* A table leaves while the thread evicts it and another table's lookups run host passes
+ * over both: afterwards its memory is freed at once (ASan: nothing of the evictor reads
+ * it again), its id is refused, the host totals count only the live table, and a new
+ * table takes the free slot and is evicted. */
+Test(evict, remove_table_while_passes_run, .timeout = 300)
+{
+	const uint64_t budget = 8ull << 20;
+	struct tab x = mk_table(16, 1), y = mk_table(16, 1);
+	de_evict *ev = mk_ev((struct de_evict_config){ .interval_ms = 1, .seed = 9,
+						       .host_budget_bytes = 3 * budget });
+	uint32_t ix = add(ev, x, (struct de_evict_table_config){ .budget_bytes = budget,
+								 .policy = DE_EVICT_LRU });
+	uint32_t iy = add(ev, y, (struct de_evict_table_config){ .budget_bytes = budget,
+								 .policy = DE_EVICT_LFU });
+	/* x over its budget before the thread starts: the thread has work on it at once */
+	struct ins_arg ax = { x, ev, ix, 3, false, 0 };
+	inserter(&ax);
+	cr_assert_eq(ax.err, 0);
+	cr_assert_eq(de_evict_start(ev), 0);
+	pthread_t th;
+	struct ins_arg ay = { y, ev, iy, 4, true, 0 }; /* inline: host passes over x and y */
+	pthread_create(&th, NULL, inserter, &ay);
+	struct de_evict_stats es;
+	double t0 = now_s();
+	do {
+		usleep(500);
+		cr_assert_eq(de_evict_stats(ev, ix, &es), 0);
+	} while (!es.evicted && now_s() - t0 < 60);
+	cr_assert_gt(es.evicted, 0, "the thread works on x");
+	cr_assert_eq(de_evict_remove_table(ev, ix), 0);
+	rm_table(x); /* freed while the thread and y's host passes go on */
+	cr_expect_eq(de_evict_remove_table(ev, ix), -EINVAL, "removed twice");
+	cr_expect_eq(de_evict_stats(ev, ix, &es), -EINVAL);
+	cr_expect_eq(de_evict_set_budget(ev, ix, 1), -EINVAL);
+	cr_expect_eq(de_evict_now(ev, ix), UINT64_MAX);
+	cr_expect_eq(de_evict_inline(ev, ix), -EINVAL);
+	cr_expect_eq(de_evict_table_step(ev, ix, 0, NULL), -EINVAL);
+	pthread_join(th, NULL);
+	cr_assert_eq(ay.err, 0);
+	struct de_evict_stats h, sy;
+	cr_assert_eq(de_evict_stop(ev), 0);
+	cr_assert_eq(de_evict_stats(ev, DE_EVICT_HOST, &h), 0);
+	cr_assert_eq(de_evict_stats(ev, iy, &sy), 0);
+	cr_expect_eq(h.resident_bytes, sy.resident_bytes, "the host counts the live table only");
+	cr_expect_eq(h.evicted, sy.evicted);
+	/* a new table takes the slot, and the evictor works on it */
+	struct tab z = mk_table(16, 1);
+	uint32_t iz = add(ev, z, (struct de_evict_table_config){ .budget_bytes = budget,
+								 .policy = DE_EVICT_LRU });
+	cr_expect_eq(iz, ix, "the free slot is reused");
+	cr_assert_eq(de_evict_start(ev), 0);
+	struct ins_arg az = { z, ev, iz, 5, true, 0 };
+	inserter(&az);
+	cr_assert_eq(az.err, 0);
+	cr_assert_eq(de_evict_stats(ev, iz, &es), 0);
+	cr_expect_gt(es.evicted, 0);
+	cr_expect_leq(es.resident_bytes, DE_EVICT_INLINE_OVER * budget);
+	de_evict_destroy(ev);
+	rm_table(y);
+	rm_table(z);
+}
+
 /* ---- the disk tier --------------------------------------------------------------------- */
 
 struct snap {

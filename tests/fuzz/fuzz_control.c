@@ -76,8 +76,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	CHECK(memcmp(&m.h, &h, sizeof h) == 0);
 	if (r != -EBADMSG) { /* framing was good */
 		CHECK(!trunc && n >= sizeof h && h.magic == DE_MSG_MAGIC && h.len == n);
-		CHECK(srv_request_len(h.type) == n);
+		CHECK(srv_request_len(h.type) == n ||
+		      (h.type == DE_MSG_DROP && n == DE_MSG_DROP_V0_LEN)); /* DROP without flags */
 	}
+	if (r == 0 && h.type == DE_MSG_DROP)
+		CHECK(!(m.drop.flags & ~DE_DROP_FORCE) && !m.drop.pad);
 	if (r == 0 || r == -EINVAL) {
 		CHECK(hello_done == (h.type != DE_MSG_HELLO));
 		CHECK(h.type == DE_MSG_HELLO || h.version == DE_PROTO_VERSION);

@@ -130,6 +130,10 @@ CONTROL = {
     'drop': (HELLO_DONE, hdr(DROP, 80) + name('emb')),
     'drop_bad_name': (HELLO_DONE, hdr(DROP, 80) + name('a\x01b')),
     'drop_short': (HELLO_DONE, (hdr(DROP, 80) + name('emb'))[:40]),
+    # DROP with flags (88 bytes): force, then an unknown flag and a nonzero pad (-EINVAL)
+    'drop_force': (HELLO_DONE, hdr(DROP, 88) + name('emb') + struct.pack('<II', 1, 0)),
+    'drop_bad_flags': (HELLO_DONE, hdr(DROP, 88) + name('emb') + struct.pack('<II', 6, 0)),
+    'drop_bad_pad': (HELLO_DONE, hdr(DROP, 88) + name('emb') + struct.pack('<II', 1, 9)),
     # the operator's queries (types 23..33): exact lengths, names, a pad, a level
     'status': (HELLO_DONE, hdr(STATUS, 16)),
     'status_long': (HELLO_DONE, hdr(STATUS, 24) + bytes(8)),

@@ -413,17 +413,20 @@ class Client:
         _check(rc)
         return {"tables": r.tables, "lsn": r.lsn, "rows": r.rows, "bytes": r.bytes}
 
-    def drop_table(self, name):
+    def drop_table(self, name, force=False):
         """Drop the table ``name`` from the daemon (its rows, memory and files; durably with
         a data dir). Only a table no connection has open, this one included: close the
-        clients that opened it first. Returns the bytes given back to its creator's quota.
-        Raises :class:`DynembError` with the daemon's text: ``ENOENT`` no such table,
-        ``EBUSY`` a connection has it open (or a job runs, or it evicts), ``EPERM``
-        another uid created it, ``EOPNOTSUPP`` a daemon without drop."""
+        clients that opened it first, or pass ``force=True``: the daemon then revokes every
+        connection's handle to it (their later calls raise ``EIDRM``) and cancels the
+        snapshot, export and import jobs that may use it. Returns the bytes given back to
+        its creator's quota. Raises :class:`DynembError` with the daemon's text: ``ENOENT``
+        no such table, ``EBUSY`` a connection has it open (the text names them) or a job
+        runs, ``EACCES`` no drop right, ``EOPNOTSUPP`` a daemon without drop (or without
+        forced drop), ``ETIMEDOUT`` (forced) a worker or job did not let go in time."""
         b = ctypes.c_uint64()
         with self._lock:
-            rc = _native.api.dynemb_drop_table(self._handle(), str(name).encode("utf-8"),
-                                           ctypes.byref(b))
+            rc = _native.api.dynemb_drop_table_flags(self._handle(), str(name).encode("utf-8"),
+                                                 1 if force else 0, ctypes.byref(b))
         _check(rc)
         return b.value
 

@@ -208,6 +208,7 @@ _PROTOS = {
     "dynemb_import": (ctypes.c_int, [c_vp, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_uint,
                                  ProgressCb, c_vp, ctypes.POINTER(ImportResult)]),
     "dynemb_drop_table": (ctypes.c_int, [c_vp, ctypes.c_char_p, c_u64_p]),
+    "dynemb_drop_table_flags": (ctypes.c_int, [c_vp, ctypes.c_char_p, ctypes.c_uint, c_u64_p]),
     "dynemb_status": (ctypes.c_int, [c_vp, ctypes.POINTER(Status)]),
     "dynemb_list_tables": (ctypes.c_int, [c_vp, ctypes.c_size_t, ctypes.POINTER(TableInfo),
                                           ctypes.c_size_t, ctypes.POINTER(ctypes.c_size_t),

@@ -233,6 +233,33 @@ def test_label_values_escaped_and_dropped_tables_go(mdaemon):
     assert value(fams, "dynemb_table_rows", table=name) is None
 
 
+def test_drops_counted(mdaemon):
+    """DROPs, plain and forced, refusals and revoked handles are counted."""
+    sock, base = mdaemon
+    _, fams = scrape(base)
+
+    def get(fams, fam, **labels):
+        return value(fams, fam, fam + "_total", **labels)
+
+    before = (get(fams, "dynemb_table_drops", forced="false"),
+              get(fams, "dynemb_table_drops", forced="true"),
+              get(fams, "dynemb_table_drops_refused"), get(fams, "dynemb_table_handles_revoked"))
+    with dynemb.Client(sock, name="holder") as a, dynemb.Client(sock, name="dropper") as b:
+        a.open("counted_f", DIM)
+        b.open("counted_f", DIM)
+        with pytest.raises(dynemb.DynembError):
+            b.drop_table("counted_f")
+        b.drop_table("counted_f", force=True)  # two handles: a's and b's
+        a.open("counted_p", DIM)
+    with dynemb.Client(sock, name="dropper") as c:
+        c.drop_table("counted_p")
+        _, fams = scrape(base)
+    after = (get(fams, "dynemb_table_drops", forced="false"),
+             get(fams, "dynemb_table_drops", forced="true"),
+             get(fams, "dynemb_table_drops_refused"), get(fams, "dynemb_table_handles_revoked"))
+    assert [y - x for x, y in zip(before, after)] == [1, 1, 1, 2], (before, after)
+
+
 def test_scrapes_while_tables_come_and_go(mdaemon):
     """Scrapes in a loop on another thread while tables are created, used and dropped: a
     scrape reads each table under the registry's lock, so it never sees one half freed
