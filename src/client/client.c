@@ -257,6 +257,17 @@ int de_priv_err(int err, const char *fmt, ...)
 	return err;
 }
 
+int de_priv_put_name(char dst[DE_NAME_MAX], const char *name)
+{
+	size_t n = name ? strlen(name) : 0;
+	if (!n || n >= DE_NAME_MAX)
+		return de_priv_err(-EINVAL, "table name %s: a table name is 1 to %u bytes, "
+				   "without control characters", n ? "too long" : "empty",
+				   DE_NAME_MAX - 1);
+	memcpy(dst, name, n);
+	return 0;
+}
+
 int de_priv_data_err(int err, const char *fmt, ...)
 {
 	va_list ap;

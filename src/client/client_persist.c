@@ -36,18 +36,6 @@ static int on_progress(void *ctx, const void *msg)
 	return pc->cb(pc->ctx, &p);
 }
 
-/* name: 1..63 bytes (the daemon checks the characters). */
-static int put_name(char dst[DE_NAME_MAX], const char *name)
-{
-	size_t n = name ? strlen(name) : 0;
-	if (!n || n >= DE_NAME_MAX)
-		return de_priv_err(-EINVAL, "table name %s: a table name is 1 to %u bytes, "
-				   "without control characters", n ? "too long" : "empty",
-				   DE_NAME_MAX - 1);
-	memcpy(dst, name, n);
-	return 0;
-}
-
 static int put_path(char dst[DE_PATH_MAX], const char *path)
 {
 	size_t n = path ? strlen(path) : 0;
@@ -65,7 +53,7 @@ int dynemb_snapshot(dynemb_client *c, const char *table_name, bool full, dynemb_
 	struct de_msg_snapshot m;
 	memset(&m, 0, sizeof m);
 	m.h.type = DE_MSG_SNAPSHOT;
-	if (table_name && put_name(m.name, table_name))
+	if (table_name && de_priv_put_name(m.name, table_name))
 		return -EINVAL;
 	m.flags = full ? DE_SNAP_FULL : 0;
 	struct de_msg_snapshot_ok ok;
@@ -84,7 +72,7 @@ int dynemb_export(dynemb_client *c, const char *table_name, const char *path, dy
 	struct de_msg_export m;
 	memset(&m, 0, sizeof m);
 	m.h.type = DE_MSG_EXPORT;
-	if (put_name(m.name, table_name) || put_path(m.path, path))
+	if (de_priv_put_name(m.name, table_name) || put_path(m.path, path))
 		return -EINVAL;
 	struct de_msg_export_ok ok;
 	struct prog_ctx pc = { cb, ctx };
@@ -105,7 +93,7 @@ int dynemb_import(dynemb_client *c, const char *table_name, const char *path, un
 	struct de_msg_import m;
 	memset(&m, 0, sizeof m);
 	m.h.type = DE_MSG_IMPORT;
-	if (put_name(m.name, table_name) || put_path(m.path, path))
+	if (de_priv_put_name(m.name, table_name) || put_path(m.path, path))
 		return -EINVAL;
 	if (flags & ~DYNEMB_IMPORT_SALVAGE_PREFIX)
 		return de_priv_err(-EINVAL, "flags 0x%x: only DYNEMB_IMPORT_SALVAGE_PREFIX is "
@@ -149,7 +137,7 @@ int dynemb_drop_table_flags(dynemb_client *c, const char *table_name, unsigned f
 	struct de_msg_drop m;
 	memset(&m, 0, sizeof m);
 	m.h.type = DE_MSG_DROP;
-	if (put_name(m.name, table_name))
+	if (de_priv_put_name(m.name, table_name))
 		return -EINVAL;
 	m.flags = flags;
 	/* a daemon without flags takes the 80-byte DROP only (proto.h) */

@@ -10,6 +10,7 @@
 
 #include "de_shm.h"
 #include "dynemb.h"
+#include "proto.h"
 
 /* -EINVAL, with a message for dynemb_strerror naming what (a struct) and the index, when
  * one of r[0..n) is not 0: the reserved tail of a public struct. */
@@ -22,6 +23,10 @@ int de_priv_reserved(const uint64_t *r, size_t n, const char *what);
 __attribute__((format(printf, 2, 3))) int de_priv_err(int err, const char *fmt, ...);
 /* The same, for a data-plane request the daemon refused (-EEXIST: a key conflict). */
 __attribute__((format(printf, 2, 3))) int de_priv_data_err(int err, const char *fmt, ...);
+
+/* A message's table name (dst zeroed by the caller): 1..DE_NAME_MAX - 1 bytes (the
+ * daemon checks the characters), else -EINVAL naming the problem. */
+int de_priv_put_name(char dst[DE_NAME_MAX], const char *name);
 
 /* A table handle as the wire knows it, and the room one request may use now. */
 struct de_priv_table {

@@ -40,17 +40,6 @@ static int need_query(dynemb_client *c)
 	return 0;
 }
 
-static int put_name(char dst[DE_NAME_MAX], const char *name)
-{
-	size_t n = name ? strlen(name) : 0;
-	if (!n || n >= DE_NAME_MAX)
-		return de_priv_err(-EINVAL, "table name %s: a table name is 1 to %u bytes, "
-				   "without control characters", n ? "too long" : "empty",
-				   DE_NAME_MAX - 1);
-	memcpy(dst, name, n);
-	return 0;
-}
-
 int dynemb_status(dynemb_client *c, struct dynemb_status *out)
 {
 	int err = need_query(c);
@@ -148,7 +137,7 @@ int dynemb_stats_by_name(dynemb_client *c, const char *table_name, struct dynemb
 	struct de_msg_by_name m;
 	memset(&m, 0, sizeof m);
 	m.h.type = DE_MSG_STATS_BY_NAME;
-	if (put_name(m.name, table_name))
+	if (de_priv_put_name(m.name, table_name))
 		return -EINVAL;
 	struct de_msg_stats_by_name_ok ok;
 	err = de_priv_ctl_request(c, &m, sizeof m, DE_MSG_STATS_BY_NAME_OK, &ok, sizeof ok, NULL,
@@ -167,7 +156,7 @@ int dynemb_evict_table(dynemb_client *c, const char *table_name, uint64_t *evict
 	struct de_msg_by_name m;
 	memset(&m, 0, sizeof m);
 	m.h.type = DE_MSG_EVICT;
-	if (put_name(m.name, table_name))
+	if (de_priv_put_name(m.name, table_name))
 		return -EINVAL;
 	struct de_msg_evict_ok ok;
 	err = de_priv_ctl_request(c, &m, sizeof m, DE_MSG_EVICT_OK, &ok, sizeof ok, NULL, NULL);

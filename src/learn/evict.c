@@ -652,6 +652,27 @@ static long host_pass(de_evict *ev, double start, uint64_t max_rows)
 	return done;
 }
 
+/* want rows of e evicted, STEP_CHUNK per hold of its lock (a request's inline eviction
+ * never waits for a whole pass), at most *left; *left and *total follow. The last
+ * evict_rows result: < 0 an error, else >= 0. */
+static long evict_down(de_evict *ev, struct etable *e, uint64_t want, uint64_t *left,
+		       uint64_t *total)
+{
+	long r = 0;
+	while (want && *left) {
+		uint64_t chunk = want < STEP_CHUNK ? want : STEP_CHUNK;
+		table_lock(e);
+		r = evict_rows(ev, e, chunk < *left ? chunk : *left);
+		table_unlock(e);
+		if (r <= 0)
+			break;
+		*total += (uint64_t)r;
+		*left -= (uint64_t)r;
+		want = want > (uint64_t)r ? want - (uint64_t)r : 0;
+	}
+	return r;
+}
+
 int de_evict_step(de_evict *ev, size_t max_rows, size_t *evicted)
 {
 	if (!ev)
@@ -676,18 +697,9 @@ int de_evict_step(de_evict *ev, size_t max_rows, size_t *evicted)
 		table_unlock(e);
 		/* from the high watermark to the low one, STEP_CHUNK rows per hold of the
 		 * table's lock: a request's inline eviction never waits for a whole pass */
-		uint64_t want = r >= 0 ? rows_over(e, resident(e), ev->cfg.high, ev->cfg.low) : 0;
-		while (r >= 0 && want && left) {
-			uint64_t chunk = want < STEP_CHUNK ? want : STEP_CHUNK;
-			table_lock(e);
-			r = evict_rows(ev, e, chunk < left ? chunk : left);
-			table_unlock(e);
-			if (r <= 0)
-				break;
-			total += (uint64_t)r;
-			left -= (uint64_t)r;
-			want = want > (uint64_t)r ? want - (uint64_t)r : 0;
-		}
+		if (r >= 0)
+			r = evict_down(ev, e, rows_over(e, resident(e), ev->cfg.high, ev->cfg.low),
+				       &left, &total);
 		if (r < 0)
 			err = (int)r;
 	}
@@ -721,18 +733,9 @@ int de_evict_table_step(de_evict *ev, uint32_t id, size_t max_rows, size_t *evic
 		left -= (uint64_t)r;
 	}
 	/* from anywhere above the low watermark down to it, STEP_CHUNK rows per hold */
-	uint64_t want = r >= 0 ? rows_over(e, resident(e), ev->cfg.low, ev->cfg.low) : 0;
-	while (r >= 0 && want && left) {
-		uint64_t chunk = want < STEP_CHUNK ? want : STEP_CHUNK;
-		table_lock(e);
-		r = evict_rows(ev, e, chunk < left ? chunk : left);
-		table_unlock(e);
-		if (r <= 0)
-			break;
-		total += (uint64_t)r;
-		left -= (uint64_t)r;
-		want = want > (uint64_t)r ? want - (uint64_t)r : 0;
-	}
+	if (r >= 0)
+		r = evict_down(ev, e, rows_over(e, resident(e), ev->cfg.low, ev->cfg.low), &left,
+			       &total);
 	if (evicted)
 		*evicted = total;
 	return r < 0 ? (int)r : 0;

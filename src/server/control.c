@@ -594,9 +594,8 @@ static bool on_open(struct ctl *x, struct srv_client *c, const struct de_msg_ope
 	}
 	if (!err) /* durability: catalog entry and first snapshot */
 		err = srv_persist_table_open(x->s->persist, t, msg, sizeof msg);
-	char why[160];
-	if (err && created && !srv_learn_table_can_drop(t, why, sizeof why)) {
-		/* its catalog entry could not be written: no client saw it, it goes */
+	if (err && created) { /* its catalog entry could not be written: no client saw it */
+		srv_learn_table_evict_leave(t);
 		srv_learn_table_detach(x->s->learn, t);
 		srv_registry_discard(&x->s->reg, t);
 	}

@@ -81,6 +81,18 @@ static void checkpointed(void *ctx, struct srv_table *t)
 	srv_learn_save_table(t);
 }
 
+/* A start that failed after recovery began: everything made so far goes, in order. */
+static int undo_start(struct srv_server *s, struct srv_quota *quota, int status)
+{
+	srv_persist_free(s->persist);
+	srv_learn_host_destroy(s->learn);
+	srv_registry_destroy(&s->reg);
+	srv_quota_destroy(quota); /* after every table gave its charge back */
+	if (s->topo)
+		hwloc_topology_destroy(s->topo);
+	return status;
+}
+
 int main(int argc, char **argv)
 {
 	struct srv_server s = { .release_fd = -1, .start_ns = srv_mono_ns() };
@@ -150,37 +162,17 @@ int main(int argc, char **argv)
 	r = srv_persist_open(&s.cfg, &s.persist);
 	if (!r)
 		r = srv_control_recover(&s);
-	if (r) {
-		srv_persist_free(s.persist);
-		srv_learn_host_destroy(s.learn);
-		srv_registry_destroy(&s.reg);
-		srv_quota_destroy(quota); /* after every table gave its charge back */
-		if (s.topo)
-			hwloc_topology_destroy(s.topo);
-		return r;
-	}
+	if (r)
+		return undo_start(&s, quota, r);
 
 	int listen_fd;
-	if (srv_listen(s.cfg.socket, &listen_fd)) {
-		srv_persist_free(s.persist);
-		srv_learn_host_destroy(s.learn);
-		srv_registry_destroy(&s.reg);
-		srv_quota_destroy(quota);
-		if (s.topo)
-			hwloc_topology_destroy(s.topo);
-		return 1;
-	}
+	if (srv_listen(s.cfg.socket, &listen_fd))
+		return undo_start(&s, quota, 1);
 	struct srv_metrics *metrics; /* [metrics] listen: bound now, served once workers run */
 	if (srv_metrics_bind(&s.cfg, &metrics)) {
 		close(listen_fd);
 		unlink(s.cfg.socket);
-		srv_persist_free(s.persist);
-		srv_learn_host_destroy(s.learn);
-		srv_registry_destroy(&s.reg);
-		srv_quota_destroy(quota);
-		if (s.topo)
-			hwloc_topology_destroy(s.topo);
-		return 1;
+		return undo_start(&s, quota, 1);
 	}
 	if (!s.cfg.foreground && daemon(0, 1) != 0) {
 		srv_logf(SRV_LOG_ERROR, SRV_KV(SRV_F_ERRNO(errno)), "cannot detach: %s",
