@@ -28,6 +28,9 @@
  *                  for it; dynembctl drop --force
  *   recovered      a table brought back at startup counts against its creator's quota
  *                  (never refused itself, even when the limits shrank)
+ *   timed out      a forced drop that gave up waiting for a top-k job keeps the table,
+ *                  and no plain drop frees it under the job; a plain drop refused for a
+ *                  running job leaves the table's eviction alone
  * Every bound is generous (CI is a loaded 2-core box under ASan): the assertions are on
  * error codes, messages and counts, and on memory only with a wide margin.
  */
@@ -922,6 +925,139 @@ Test(quota, forced_drop_cancels_a_job_on_the_table, .timeout = 180)
 	cr_expect_eq(dynemb_drop_table(a, "big", NULL), -ENOENT);
 	dynemb_close(a);
 	dynemb_close(b);
+	dmn_stop(&d);
+	dmn_cleanup(&d);
+}
+
+struct topker {
+	const struct dmn *d;
+	int started, err;
+};
+
+/* Top-k queries over "slow" that take the slow pool a while (its own connection). */
+static void *topk_main(void *arg)
+{
+	struct topker *x = arg;
+	enum { NQ = 256, DIM = 64, K = 4 };
+	static float q[NQ * DIM];
+	static uint64_t keys[NQ * K];
+	static float scores[NQ * K];
+	static uint32_t found[NQ];
+	for (unsigned i = 0; i < NQ * DIM; i++)
+		q[i] = (float)(i % 7) - 3.0f;
+	dynemb_client *c = NULL;
+	struct dynemb_connect_opts o = { .name = "topk", .timeout_ms = 60000 };
+	x->err = dynemb_connect(x->d->sock, &o, &c);
+	int t = -1;
+	if (!x->err)
+		x->err = open_as(c, "slow", DIM, &t);
+	__atomic_store_n(&x->started, 1, __ATOMIC_RELEASE);
+	for (int r = 0; r < 4 && !x->err; r++)
+		x->err = dynemb_topk(c, t, q, NQ, K, DYNEMB_METRIC_DOT, keys, scores, found);
+	if (c)
+		dynemb_close(c);
+	return NULL;
+}
+
+/* A forced drop that gave up waiting for a top-k job (the daemon's wait cut to 1 ms in
+ * this test build) keeps the table; neither a plain drop nor another forced one frees it
+ * while the job still runs (the revoked handles took the table's refs to 0, which used to
+ * let a plain drop free it under the job: a use after free), and a forced drop after the
+ * job ended drops it. */
+Test(quota, a_forced_drop_that_timed_out_is_not_undone_by_a_plain_one, .timeout = 180)
+{
+#ifndef DE_FAULT_INJECTION
+	cr_skip_test("needs a fault-injection build (DYNEMBD_TEST_FORCE_WAIT_MS)");
+#else
+	struct dmn d = { 0 };
+	setenv("DYNEMBD_TEST_FORCE_WAIT_MS", "1", 1);
+	dmn_start(&d, false, NULL);
+	unsetenv("DYNEMBD_TEST_FORCE_WAIT_MS");
+	dynemb_client *a = conn_named(&d, "dropper");
+	int t;
+	cr_assert_eq(open_as(a, "slow", 64, &t), 0);
+	uint64_t done;
+	cr_assert_eq(fill(a, t, 1 << 18, &done), 0);
+	dynemb_close(a);
+	struct topker x = { .d = &d };
+	pthread_t th;
+	cr_assert_eq(pthread_create(&th, NULL, topk_main, &x), 0);
+	while (!__atomic_load_n(&x.started, __ATOMIC_ACQUIRE))
+		usleep(200);
+	usleep(100000); /* its first request is on the slow pool now */
+	a = conn_named(&d, "dropper");
+	int err = dynemb_drop_table_flags(a, "slow", DYNEMB_DROP_FORCE, NULL);
+	bool timed_out = err == -ETIMEDOUT;
+	if (timed_out) {
+		err = dynemb_drop_table(a, "slow", NULL);
+		cr_expect_eq(err, -EBUSY, "a plain drop after a forced one gave up: %d (%s)", err,
+			     dynemb_strerror(err));
+		cr_expect(strstr(dynemb_strerror(err), "--force again"), "%s",
+			  dynemb_strerror(err));
+	} else {
+		cr_log_warn("the top-k job ended before the forced drop: %d", err);
+	}
+	pthread_join(th, NULL);
+	cr_expect(x.err == -EIDRM || x.err == 0, "the top-k client: %d", x.err);
+	if (timed_out) {
+		err = dynemb_drop_table_flags(a, "slow", DYNEMB_DROP_FORCE, NULL);
+		cr_expect_eq(err, 0, "the forced drop once the job ended: %s", dynemb_strerror(err));
+	}
+	cr_expect_eq(dynemb_drop_table(a, "slow", NULL), -ENOENT);
+	dynemb_close(a);
+	dmn_stop(&d);
+	dmn_cleanup(&d);
+#endif
+}
+
+/* A plain drop refused because a job may use the table leaves the table's eviction as it
+ * was: it used to take the table out of the evictor and put it back (a new evictor entry:
+ * its counters started again from 0) before it found the job. */
+Test(quota, a_drop_refused_for_a_job_keeps_the_eviction_state, .timeout = 180)
+{
+	struct dmn d = { 0 };
+	char exp[160];
+	strcpy(d.dir, "/tmp/dynembd-quota.XXXXXX");
+	cr_assert_not_null(mkdtemp(d.dir));
+	chmod(d.dir, 0755);
+	snprintf(d.sock, sizeof d.sock, "%s/d.sock", d.dir);
+	snprintf(d.log, sizeof d.log, "%s/log", d.dir);
+	snprintf(d.data, sizeof d.data, "%s/data", d.dir);
+	snprintf(exp, sizeof exp, "%s/exp", d.dir);
+	cr_assert_eq(mkdir(exp, 0777), 0);
+	dmn_start(&d, false, (const char *const[]){ "--export-dir", exp, NULL });
+	dynemb_client *c = conn(&d);
+	struct dynemb_table_spec s = evict_spec("big", false);
+	s.eviction.budget_bytes = 48 * MiB;
+	int t;
+	cr_assert_eq(dynemb_open(c, &s, &t), 0);
+	uint64_t done;
+	cr_assert_eq(fill(c, t, 1 << 18, &done), 0);
+	struct dynemb_stats before, after;
+	cr_assert_eq(dynemb_stats(c, t, &before), 0);
+	cr_assert_gt(before.evicted, 0, "the evictor worked on the table");
+	dynemb_close(c);
+	struct exporter x = { .d = &d };
+	snprintf(x.path, sizeof x.path, "%s/big.dexp", exp);
+	pthread_t th;
+	cr_assert_eq(pthread_create(&th, NULL, export_main, &x), 0);
+	while (!__atomic_load_n(&x.progressed, __ATOMIC_ACQUIRE))
+		usleep(200);
+	c = conn(&d);
+	int err = dynemb_drop_table(c, "big", NULL);
+	pthread_join(th, NULL);
+	if (err == 0) {
+		cr_log_warn("the export ended before the drop came: nothing to check");
+	} else {
+		cr_expect_eq(err, -EBUSY, "%s", dynemb_strerror(err));
+		cr_assert_eq(dynemb_open(c, &s, &t), 0);
+		cr_assert_eq(dynemb_stats(c, t, &after), 0);
+		cr_expect_geq(after.evicted, before.evicted,
+			      "the evictor's count went back from %llu to %llu: the table left and "
+			      "rejoined it", (unsigned long long)before.evicted,
+			      (unsigned long long)after.evicted);
+	}
+	dynemb_close(c);
 	dmn_stop(&d);
 	dmn_cleanup(&d);
 }

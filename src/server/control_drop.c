@@ -35,6 +35,7 @@
 #include <errno.h>
 #include <inttypes.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "authz.h"
@@ -46,6 +47,18 @@
 #include "util.h"
 
 #define FORCE_WAIT_MS 10000u /* workers and jobs letting go of a force-dropped table */
+
+/* FORCE_WAIT_MS; test builds: DYNEMBD_TEST_FORCE_WAIT_MS (1..60000) instead. */
+static unsigned force_wait_ms(void)
+{
+#ifdef DE_FAULT_INJECTION
+	const char *e = getenv("DYNEMBD_TEST_FORCE_WAIT_MS");
+	long v = e ? strtol(e, NULL, 10) : 0;
+	if (v > 0 && v <= 60000)
+		return (unsigned)v;
+#endif
+	return FORCE_WAIT_MS;
+}
 
 /* References to t from connections already closed (their worker has not released
  * them yet: they go within a worker's round). */
@@ -97,11 +110,13 @@ static int revoke_handles(struct srv_server *s, struct srv_client *clients, stru
 				n++;
 			}
 	*revoked = n;
-	if (n) {
+	unsigned wait_ms = force_wait_ms();
+	if (n || t->revoke_pending) { /* pending: an earlier forced DROP's waits gave up */
+		t->revoke_pending = true;
 		/* release: the NULL slots above; pairs with the acquire at a worker's round */
 		uint64_t gen = __atomic_add_fetch(&s->revoke_gen, 1, __ATOMIC_RELEASE);
-		int err = srv_workers_quiesce(s, gen, FORCE_WAIT_MS);
-		uint64_t deadline = srv_mono_ns() + FORCE_WAIT_MS * 1000000ull;
+		int err = srv_workers_quiesce(s, gen, wait_ms);
+		uint64_t deadline = srv_mono_ns() + wait_ms * 1000000ull;
 		while (!err && srv_workers_slow_on(clients, t)) {
 			if (srv_mono_ns() > deadline)
 				err = -ETIMEDOUT;
@@ -110,12 +125,13 @@ static int revoke_handles(struct srv_server *s, struct srv_client *clients, stru
 		}
 		if (err) {
 			snprintf(msg, cap, "table '%s' not dropped: %u handle%s revoked, but a worker "
-				 "or a top-k / sampling job still used it after %u ms", t->name, n,
-				 n == 1 ? "" : "s", FORCE_WAIT_MS);
+				 "or a top-k / sampling job still used it after %u ms; force the drop "
+				 "again", t->name, n, n == 1 ? "" : "s", wait_ms);
 			return err;
 		}
+		t->revoke_pending = false;
 	}
-	return srv_persist_table_jobs_cancel(s->persist, t, FORCE_WAIT_MS, msg, cap);
+	return srv_persist_table_jobs_cancel(s->persist, t, wait_ms, msg, cap);
 }
 
 void srv_control_drop(struct srv_server *s, struct srv_client *clients, struct srv_client *c,
@@ -135,6 +151,12 @@ void srv_control_drop(struct srv_server *s, struct srv_client *clients, struct s
 		snprintf(msg, sizeof msg, "no table '%s' in this daemon", name);
 		err = -ENOENT;
 	}
+	if (!err && !force && t->revoke_pending) {
+		snprintf(msg, sizeof msg, "table '%s': a forced drop of it gave up waiting for a "
+			 "worker or a top-k / sampling job to let go; drop it with --force again",
+			 name);
+		err = -EBUSY;
+	}
 	if (!err && !force && t->refs && t->refs == closing_refs(clients, t)) {
 		c->drop_wait = true; /* a client that closed just before: answered at the reap */
 		c->drop_seq = m->h.seq;
@@ -152,6 +174,9 @@ void srv_control_drop(struct srv_server *s, struct srv_client *clients, struct s
 	}
 	if (!err && force)
 		err = revoke_handles(s, clients, t, &revoked, msg, sizeof msg);
+	/* before the evictor lets go of it: a refusal for a job leaves its eviction alone */
+	if (!err)
+		err = srv_persist_table_drop_check(s->persist, t, msg, sizeof msg);
 	/* /metrics reads t's layer state under the registry's lock: held from persistence's
 	 * teardown to the free */
 	srv_registry_lock(&s->reg);

@@ -88,6 +88,11 @@ int srv_persist_table_admit(struct srv_persist *p, const char *name, uint32_t mo
  * job that may use t runs (one on t, or a snapshot of every table), or the catalog
  * write's error (then nothing changed); msg says which. */
 int srv_persist_table_drop(struct srv_persist *p, struct srv_table *t, char *msg, size_t cap);
+/* The -EBUSY of srv_persist_table_drop alone (a job that may use t runs), without
+ * changing anything: the DROP asks it before its other steps (jobs start only on the
+ * control thread, so the answer holds until the drop). 0 or -EBUSY with msg. */
+int srv_persist_table_drop_check(struct srv_persist *p, const struct srv_table *t, char *msg,
+				 size_t cap);
 /* Forced DROP, control thread, before srv_persist_table_drop: cancel every job that may
  * use t (their progress callback says stop: they end -ECANCELED) and join them, within
  * timeout_ms (-ETIMEDOUT with msg). No job on t can start meanwhile (the control thread

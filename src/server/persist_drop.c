@@ -105,18 +105,27 @@ static int manifest_forget(const char *dir, uint32_t id)
 	return err;
 }
 
-int srv_persist_table_drop(struct srv_persist *p, struct srv_table *t, char *msg, size_t cap)
+int srv_persist_table_drop_check(struct srv_persist *p, const struct srv_table *t, char *msg,
+				 size_t cap)
 {
-	if (!p)
-		return 0;
 	/* a job holds its table without a reference: also without a data_dir (EXPORT) */
-	unsigned nj = persist_jobs_on(p, t);
+	unsigned nj = p ? persist_jobs_on(p, t) : 0;
 	if (nj) {
 		snprintf(msg, cap, "table '%s' cannot be dropped while a snapshot, export or import "
 			 "that may use it runs (%u job%s); try again when it ends, or force the "
 			 "drop", t->name, nj, nj == 1 ? "" : "s");
 		return -EBUSY;
 	}
+	return 0;
+}
+
+int srv_persist_table_drop(struct srv_persist *p, struct srv_table *t, char *msg, size_t cap)
+{
+	if (!p)
+		return 0;
+	int err = srv_persist_table_drop_check(p, t, msg, cap);
+	if (err)
+		return err;
 	if (!p->on || !t->ps)
 		return 0;
 	pthread_mutex_lock(&p->mu);
@@ -130,7 +139,7 @@ int srv_persist_table_drop(struct srv_persist *p, struct srv_table *t, char *msg
 	struct srv_table *rest[DE_MANIFEST_MAX_TABLES];
 	memcpy(rest, p->tables, k * sizeof rest[0]);
 	memcpy(rest + k, p->tables + k + 1, (n - k - 1) * sizeof rest[0]);
-	int err = persist_cat_write(p->dir, rest, n - 1, p->next_id);
+	err = persist_cat_write(p->dir, rest, n - 1, p->next_id);
 	if (err) {
 		pthread_mutex_unlock(&p->mu);
 		snprintf(msg, cap, "table '%s' not dropped: cannot rewrite %s/CATALOG: %s", t->name,

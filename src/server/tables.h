@@ -93,6 +93,10 @@ struct srv_table {
 	/* control thread only: connections that have the table open (a DROP needs 0; a
 	 * forced one takes them away as it revokes their slots) */
 	unsigned refs;
+	/* control thread only: a forced DROP revoked handles but a worker or slow-pool job
+	 * had not let go when it gave up (-ETIMEDOUT), so refs 0 does not mean unused: any
+	 * later DROP waits for them again (a plain one is refused) */
+	bool revoke_pending;
 	struct srv_table *next;
 	struct srv_op_counters ops[SRV_OP_SLOTS]; /* workers add, /metrics, OPSTATS read */
 };
