@@ -929,6 +929,7 @@ Test(quota, forced_drop_cancels_a_job_on_the_table, .timeout = 180)
 	dmn_cleanup(&d);
 }
 
+#ifdef DE_FAULT_INJECTION /* the test below needs DYNEMBD_TEST_FORCE_WAIT_MS */
 struct topker {
 	const struct dmn *d;
 	int started, err;
@@ -964,6 +965,8 @@ static void *topk_main(void *arg)
  * while the job still runs (the revoked handles took the table's refs to 0, which used to
  * let a plain drop free it under the job: a use after free), and a forced drop after the
  * job ended drops it. */
+#endif
+
 Test(quota, a_forced_drop_that_timed_out_is_not_undone_by_a_plain_one, .timeout = 180)
 {
 #ifndef DE_FAULT_INJECTION
