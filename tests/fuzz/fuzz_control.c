@@ -89,15 +89,15 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		CHECK(h.type == DE_MSG_OPEN || h.type == DE_MSG_SNAPSHOT || h.type == DE_MSG_EXPORT ||
 		      h.type == DE_MSG_IMPORT || h.type == DE_MSG_DROP || h.type == DE_MSG_TABLES ||
 		      h.type == DE_MSG_STATS_BY_NAME || h.type == DE_MSG_EVICT ||
-		      h.type == DE_MSG_LOG_LEVEL);
+		      h.type == DE_MSG_LOG_LEVEL || h.type == DE_MSG_OPSTATS);
 	if (r == 0 && (h.type == DE_MSG_STATS_BY_NAME || h.type == DE_MSG_EVICT)) {
 		size_t len = strnlen(m.by_name.name, DE_NAME_MAX);
 		CHECK(len >= 1 && len < DE_NAME_MAX);
 	}
 	if (r == 0 && h.type == DE_MSG_LOG_LEVEL)
 		CHECK(m.log_level.level <= DE_LOG_LEVEL_MAX && !m.log_level.pad);
-	if (r == 0 && h.type == DE_MSG_TABLES)
-		CHECK(!m.tables.pad);
+	if (r == 0 && (h.type == DE_MSG_TABLES || h.type == DE_MSG_OPSTATS))
+		CHECK(!m.tables.pad); /* OPSTATS shares TABLES' layout */
 	if (r == 0 && (h.type == DE_MSG_EXPORT || h.type == DE_MSG_IMPORT)) {
 		/* srv_check_persist_msg's rule: an absolute, NUL-terminated path */
 		const char *p = h.type == DE_MSG_EXPORT ? m.exp.path : m.imp.path;
