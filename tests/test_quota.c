@@ -60,7 +60,7 @@ struct dmn {
 
 /* Start dynembd (small pages and segments: daemon_argv) with extra flags; data_dir set
  * when with_data. The directory is reused by a restart. */
-static void dmn_start(struct dmn *d, bool with_data, const char *const *extra)
+static void dmn_dirs(struct dmn *d)
 {
 	if (!d->dir[0]) {
 		strcpy(d->dir, "/tmp/dynembd-quota.XXXXXX");
@@ -70,6 +70,11 @@ static void dmn_start(struct dmn *d, bool with_data, const char *const *extra)
 		snprintf(d->log, sizeof d->log, "%s/log", d->dir);
 		snprintf(d->data, sizeof d->data, "%s/data", d->dir);
 	}
+}
+
+static void dmn_start(struct dmn *d, bool with_data, const char *const *extra)
+{
+	dmn_dirs(d);
 	const char *more[] = { "--data-dir", d->data, NULL };
 	const char *argv[48];
 	daemon_argv(argv, 48, daemon_bin(), d->sock, "info", with_data ? more : NULL, extra);
@@ -864,6 +869,15 @@ Test(quota, dynembctl_drop_force, .timeout = 60)
 	dmn_cleanup(&d);
 }
 
+/* dmn_start without a data_dir, with an export directory exp (cap bytes) in d's. */
+static void dmn_start_exports(struct dmn *d, char *exp, size_t cap)
+{
+	dmn_dirs(d);
+	snprintf(exp, cap, "%s/exp", d->dir);
+	cr_assert_eq(mkdir(exp, 0777), 0);
+	dmn_start(d, false, (const char *const[]){ "--export-dir", exp, NULL });
+}
+
 struct exporter {
 	const struct dmn *d;
 	char path[200];
@@ -893,15 +907,7 @@ Test(quota, forced_drop_cancels_a_job_on_the_table, .timeout = 180)
 {
 	struct dmn d = { 0 };
 	char exp[160];
-	strcpy(d.dir, "/tmp/dynembd-quota.XXXXXX");
-	cr_assert_not_null(mkdtemp(d.dir));
-	chmod(d.dir, 0755);
-	snprintf(d.sock, sizeof d.sock, "%s/d.sock", d.dir);
-	snprintf(d.log, sizeof d.log, "%s/log", d.dir);
-	snprintf(d.data, sizeof d.data, "%s/data", d.dir);
-	snprintf(exp, sizeof exp, "%s/exp", d.dir);
-	cr_assert_eq(mkdir(exp, 0777), 0);
-	dmn_start(&d, false, (const char *const[]){ "--export-dir", exp, NULL });
+	dmn_start_exports(&d, exp, sizeof exp);
 	dynemb_client *b = conn_named(&d, "holder");
 	int t;
 	cr_assert_eq(open_as(b, "big", 64, &t), 0);
@@ -1020,15 +1026,7 @@ Test(quota, a_drop_refused_for_a_job_keeps_the_eviction_state, .timeout = 180)
 {
 	struct dmn d = { 0 };
 	char exp[160];
-	strcpy(d.dir, "/tmp/dynembd-quota.XXXXXX");
-	cr_assert_not_null(mkdtemp(d.dir));
-	chmod(d.dir, 0755);
-	snprintf(d.sock, sizeof d.sock, "%s/d.sock", d.dir);
-	snprintf(d.log, sizeof d.log, "%s/log", d.dir);
-	snprintf(d.data, sizeof d.data, "%s/data", d.dir);
-	snprintf(exp, sizeof exp, "%s/exp", d.dir);
-	cr_assert_eq(mkdir(exp, 0777), 0);
-	dmn_start(&d, false, (const char *const[]){ "--export-dir", exp, NULL });
+	dmn_start_exports(&d, exp, sizeof exp);
 	dynemb_client *c = conn(&d);
 	struct dynemb_table_spec s = evict_spec("big", false);
 	s.eviction.budget_bytes = 48 * MiB;

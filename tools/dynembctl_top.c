@@ -239,6 +239,17 @@ static uint64_t table_mem(const struct ttab *t)
 	return t->st.budget_bytes ? t->st.resident_bytes : t->st.arena_bytes;
 }
 
+/* p50 and p99 of the WAL's flush (write + fdatasync) latency between polls p and q, in
+ * ns (over: past the last bucket), from its bucket deltas dl. */
+static void wal_flush_quantiles(const struct poll *p, const struct poll *q,
+				uint64_t dl[TOP_HIST_BUCKETS + 1], double *f50, bool *o50,
+				double *f99, bool *o99)
+{
+	top_hist_delta(q->wal.flush_le, p->wal.present ? p->wal.flush_le : NULL, dl);
+	*f50 = top_hist_quantile(dl, 0.50, o50);
+	*f99 = top_hist_quantile(dl, 0.99, o99);
+}
+
 static void frame_text(const struct poll *p, const struct poll *q, double dt, unsigned frame,
 		       bool redraw)
 {
@@ -296,10 +307,9 @@ static void frame_text(const struct poll *p, const struct poll *q, double dt, un
 		printf("wal    none (no data directory)\n");
 	} else {
 		uint64_t dl[TOP_HIST_BUCKETS + 1];
-		top_hist_delta(q->wal.flush_le, p->wal.present ? p->wal.flush_le : NULL, dl);
 		bool o50, o99;
-		double f50 = top_hist_quantile(dl, 0.50, &o50);
-		double f99 = top_hist_quantile(dl, 0.99, &o99);
+		double f50, f99;
+		wal_flush_quantiles(p, q, dl, &f50, &o50, &f99, &o99);
 		printf("wal    %s, lag %" PRIu64 " records (durable lsn %" PRIu64 " of %" PRIu64
 		       "), %s/s written, %s flushes/s, fsync p50 %s p99 %s\n",
 		       q->status.wal_state == DYNEMB_WAL_FAILED ? "FAILED" : "ok",
@@ -392,10 +402,9 @@ static void frame_json(const struct poll *p, const struct poll *q, double dt, un
 		printf("null");
 	} else {
 		uint64_t dl[TOP_HIST_BUCKETS + 1];
-		top_hist_delta(q->wal.flush_le, p->wal.present ? p->wal.flush_le : NULL, dl);
 		bool o50, o99;
-		double f50 = top_hist_quantile(dl, 0.50, &o50);
-		double f99 = top_hist_quantile(dl, 0.99, &o99);
+		double f50, f99;
+		wal_flush_quantiles(p, q, dl, &f50, &o50, &f99, &o99);
 		printf("{\"state\": \"%s\", \"last_lsn\": %" PRIu64 ", \"durable_lsn\": %" PRIu64
 		       ", \"lag_records\": %" PRIu64 ", \"bytes_written\": %" PRIu64
 		       ", \"flushes\": %" PRIu64 ", \"fsyncs\": %" PRIu64 ", \"bytes_per_s\": ",
