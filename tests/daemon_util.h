@@ -208,4 +208,55 @@ static inline void daemon_show_log_if_asked(const char *log)
 		daemon_show_log(log);
 }
 
+/* The whole of file path into buf (cap bytes, NUL-terminated; empty when unreadable). */
+static inline void daemon_slurp(const char *path, char *buf, size_t cap)
+{
+	buf[0] = 0;
+	FILE *f = fopen(path, "r");
+	if (!f)
+		return;
+	size_t n = fread(buf, 1, cap - 1, f);
+	buf[n] = 0;
+	fclose(f);
+}
+
+/*
+ * $DYNEMBCTL --socket sock ARGS... (args NULL-terminated) with stdout and stderr to files
+ * in dir (not a terminal; the child is killed after 30 s, so a test never hangs): their
+ * text into out and err, the stdout file's path into out_path. Its exit status (128 + the
+ * signal that killed it), or -1 when DYNEMBCTL is unset or the fork failed.
+ */
+static inline int daemon_ctl_run(const char *sock, const char *dir, const char *const *args,
+				 char *out, size_t outcap, char *err, size_t errcap,
+				 char *out_path, size_t pathcap)
+{
+	const char *bin = getenv("DYNEMBCTL");
+	if (!bin || !*bin)
+		return -1;
+	static unsigned seq;
+	char errp[160];
+	snprintf(out_path, pathcap, "%s/out.%u", dir, ++seq);
+	snprintf(errp, sizeof errp, "%s/err.%u", dir, seq);
+	pid_t pid = fork();
+	if (pid < 0)
+		return -1;
+	if (pid == 0) {
+		if (!freopen(out_path, "w", stdout) || !freopen(errp, "w", stderr))
+			_exit(126);
+		const char *argv[24] = { bin, "--socket", sock };
+		unsigned a = 3;
+		for (unsigned i = 0; args[i] && a < 23; i++)
+			argv[a++] = args[i];
+		argv[a] = NULL;
+		alarm(30);
+		execv(bin, (char *const *)argv);
+		_exit(127);
+	}
+	int st = 0;
+	waitpid(pid, &st, 0);
+	daemon_slurp(out_path, out, outcap);
+	daemon_slurp(errp, err, errcap);
+	return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+}
+
 #endif /* DE_DAEMON_UTIL_H */

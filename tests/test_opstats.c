@@ -564,47 +564,14 @@ struct out {
 	double secs;
 };
 
-static void slurp(const char *path, char *buf, size_t cap)
-{
-	buf[0] = 0;
-	FILE *f = fopen(path, "r");
-	if (!f)
-		return;
-	size_t n = fread(buf, 1, cap - 1, f);
-	buf[n] = 0;
-	fclose(f);
-}
-
-/* $DYNEMBCTL --socket sock ARGS... with stdout and stderr to files (not a terminal). */
+/* $DYNEMBCTL --socket sock ARGS... with stdout and stderr to files (daemon_util.h). */
 static void ctl_run(struct out *o, const char *const *args)
 {
-	const char *bin = getenv("DYNEMBCTL");
-	cr_assert(bin && *bin, "DYNEMBCTL names the dynembctl binary");
-	static unsigned seq;
-	char errp[160];
-	snprintf(o->out_path, sizeof o->out_path, "%s/out.%u", work, ++seq);
-	snprintf(errp, sizeof errp, "%s/err.%u", work, seq);
 	double t0 = now_s();
-	pid_t pid = fork();
-	cr_assert_geq(pid, 0);
-	if (pid == 0) {
-		if (!freopen(o->out_path, "w", stdout) || !freopen(errp, "w", stderr))
-			_exit(126);
-		const char *argv[24] = { bin, "--socket", sock };
-		unsigned a = 3;
-		for (unsigned i = 0; args[i] && a < 23; i++)
-			argv[a++] = args[i];
-		argv[a] = NULL;
-		alarm(30); /* never hangs a test */
-		execv(bin, (char *const *)argv);
-		_exit(127);
-	}
-	int st = 0;
-	waitpid(pid, &st, 0);
+	o->status = daemon_ctl_run(sock, work, args, o->out, sizeof o->out, o->err,
+				   sizeof o->err, o->out_path, sizeof o->out_path);
 	o->secs = now_s() - t0;
-	o->status = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
-	slurp(o->out_path, o->out, sizeof o->out);
-	slurp(errp, o->err, sizeof o->err);
+	cr_assert_geq(o->status, 0, "DYNEMBCTL names the dynembctl binary, which could run");
 }
 #define CTL(o, ...) ctl_run((o), (const char *const[]){ __VA_ARGS__, NULL })
 
