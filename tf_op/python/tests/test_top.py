@@ -128,7 +128,10 @@ def test_top_rates_and_percentiles_against_the_calls_made(daemon, tname):
     for f in frames:
         assert f["ok"] and f["command"] == "top" and f["peers"] == "none"
         dt = (f["poll_end_ns"] - f["prev_poll_end_ns"]) / 1e9
-        assert abs(f["interval_s"] - dt) < 1e-5 and 0.15 <= dt <= 2.0, f["interval_s"]
+        # polls run on a fixed schedule (every 200 ms from the first): a slow poll on a
+        # loaded box shortens the next interval (CI saw 0.1485 s); rates divide by the
+        # real one, which is what is checked here
+        assert abs(f["interval_s"] - dt) < 1e-5 and 0.05 <= dt <= 2.0, f["interval_s"]
         mine = [x for x in f["tables"] if x["name"] == tname]
         assert len(mine) == 1 and mine[0]["rows"] == N, mine
         ops = {o["op"]: o for o in mine[0]["ops"]}
