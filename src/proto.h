@@ -362,13 +362,18 @@ struct de_msg_open {
 struct de_msg_open_ok {
 	struct de_msg_hdr h;
 	uint16_t table_id;    /* per connection */
-	uint16_t pad;
+	uint16_t flags;       /* DE_OPEN_* (0 from daemons before peers) */
 	uint32_t dim;
 	uint32_t key_type;
 	uint32_t nsegments;   /* fds attached: the first min(nsegments, DE_FDS_PER_MSG) */
 	uint64_t seed;
 	/* SCM_RIGHTS: read-only fds of the table's arena segments 0.. */
 };
+
+/* de_msg_open_ok.flags: the table is sharded over [peers] members, so a key missing from
+ * the local mapping may live on another host: a zero-copy reader asks the daemon about
+ * every key it does not find (DE_MISSING read as DE_RETRY). */
+#define DE_OPEN_MISS_REMOTE 0x1u
 
 struct de_msg_segments {
 	struct de_msg_hdr h;

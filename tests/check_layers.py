@@ -21,8 +21,9 @@ The layer order, bottom (0) to top:
   4 learn     learnops.h            admission, eviction, sampling, top-k on a batch
     persist   persist.h             WAL, snapshots, catalog, recovery, jobs on a batch
               persist_int.h         (private to the persist*.c files)
-  5 peer      (src/peer, later)     forwarding and rebalancing, between the operations
-                                    and the worker: it takes batches like the worker
+  5 peer      peers.h               forwarding to other hosts' dynembd (src/peer holds
+                                    the wire, the handshake and the owner hash), between
+                                    the operations and the worker
   6 worker    worker.h server.h     the data plane; it owns its batch
               slowpool.h            (TOPK and SAMPLE off the workers)
   7 control   control.h             the control plane (open -> learning -> persistence)
@@ -31,7 +32,8 @@ The layer order, bottom (0) to top:
     metrics   metrics.h             Prometheus /metrics on its own thread (libmicrohttpd)
   8 main                            main.c
 
-Headers from outside src/server (proto.h, de_shm.h, de_learn.h, de_uring.h) are below
+Headers from outside src/server (proto.h, de_shm.h, de_learn.h, de_uring.h, de_peer.h, and
+the client library's dynemb.h, which the peer layer uses to reach its own daemon) are below
 every layer and always allowed. Exit 0 when every include goes down, 1 otherwise.
 """
 import os
@@ -53,6 +55,7 @@ HEADERS = {
     "learnops.h": (4, "learn"),
     "persist.h": (4, "persist"),
     "persist_int.h": (4, "persist"),
+    "peers.h": (5, "peer"),
     "server.h": (6, "worker"),
     "worker.h": (6, "worker"),
     "slowpool.h": (6, "worker"),
@@ -85,6 +88,7 @@ SOURCES = {
     "persist_drop.c": "persist",
     "worker.c": "worker",
     "slowpool.c": "worker",
+    "peers.c": "peer",
     "control.c": "control",
     "control_drop.c": "control",
     "control_query.c": "control",

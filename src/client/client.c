@@ -171,6 +171,8 @@ struct ctable {
 	struct vset verified;   /* string tables: fingerprints whose row the daemon served to
 	                           this key's string (zero-copy may serve them); owned */
 	char name[DE_NAME_MAX];
+	bool miss_remote;       /* DE_OPEN_MISS_REMOTE: sharded over peers; a zero-copy miss
+	                           asks the daemon (the key may be another host's) */
 	bool dropped;           /* the daemon said -EIDRM (a forced DROP revoked it), or its
 	                           mapping is retired: every later call fails -EIDRM */
 };
@@ -1029,6 +1031,7 @@ int dynemb_open(dynemb_client *c, const struct dynemb_table_spec *spec, int *tab
 	t->dim = ok.dim;
 	t->key_type = ok.key_type;
 	t->seed = ok.seed;
+	t->miss_remote = ok.flags & DE_OPEN_MISS_REMOTE;
 	err = de_arena_attach_ro(fds, nfds, &t->arena); /* dups the fds it keeps */
 	close_fds(fds, nfds);
 	if (!err)
@@ -1572,6 +1575,8 @@ static int lookup(dynemb_client *c, struct ctable *t, struct keyset *ks, const u
 		/* a string the daemon has not served this row to yet: it compares the string */
 		if (ks->sk && st[i] == DE_FOUND && hashes[i] && !vset_has(&t->verified, hashes[i]))
 			st[i] = DE_RETRY;
+		if (t->miss_remote && st[i] == DE_MISSING)
+			st[i] = DE_RETRY;
 		if (st[i] == DE_RETRY)
 			idx[nr++] = i;
 	}
@@ -1987,7 +1992,7 @@ int dynemb_submit_lookup(dynemb_client *c, int table, const uint64_t *keys, size
 		size_t found = 0, retry = 0;
 		for (size_t i = 0; !err && i < n; i++) {
 			found += st[i] == DE_FOUND;
-			retry += st[i] == DE_RETRY;
+			retry += st[i] == DE_RETRY || (t->miss_remote && st[i] == DE_MISSING);
 		}
 		if (st != stbuf)
 			free(st);

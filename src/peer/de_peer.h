@@ -70,6 +70,81 @@ int de_peer_auth(int fd, const struct de_peer_secret *s, bool initiator, const c
 int de_peer_write_full(int fd, const struct iovec *iov, int iovcnt, int timeout_ms);
 int de_peer_read_full(int fd, void *buf, size_t len, int timeout_ms);
 
-/* ---- frames (wire.c) ------------------------------------------------------------- */
+/* ---- frames (wire.c: the byte layout) -------------------------------------------- */
+
+#define DE_PEER_MAGIC 0x52504544u   /* "DEPR" */
+#define DE_PEER_VERSION 1u
+#define DE_PEER_HDR_BYTES 24u
+#define DE_PEER_FRAME_MAX (64u << 20) /* payload bytes of one frame */
+#define DE_PEER_MSG_MAX 512u          /* an error reply's message */
+#define DE_PEER_MAX_KEYS 65536u       /* keys of one batch frame */
+#define DE_PEER_OPEN_BYTES 384u       /* name[64] + table config + learning config */
+#define DE_PEER_REPLY 0x80u
+
+enum de_peer_type {
+	DE_PEER_OPEN = 1, DE_PEER_LOOKUP = 2, DE_PEER_UPDATE = 3, DE_PEER_APPLY = 4,
+	DE_PEER_ERASE = 5, DE_PEER_PING = 6,
+};
+#define DE_PEER_LOOKUP_CREATE 0x1u
+#define DE_PEER_APPLY_LR 0x1u
+
+struct de_peer_hdr {
+	uint32_t magic;
+	uint16_t version, type;
+	uint64_t req_id;
+	uint32_t len;
+	int32_t status;
+};
+
+/* A parsed OPEN: the name (NUL-padded) and the config bytes (pointing into the payload:
+ * struct de_wire_table_config then struct de_wire_learn_config, unchecked here). */
+struct de_peer_open {
+	char name[64];
+	const void *cfg;
+	size_t cfg_len;
+};
+
+/* A parsed batch request; keys and vals point into the payload (8- and 4-aligned when
+ * the payload is 8-aligned). vals: UPDATE's rows or APPLY's gradients (all finite). */
+struct de_peer_batch {
+	uint16_t type;
+	uint32_t handle, flags, n;
+	uint64_t step;
+	double lr;
+	const uint64_t *keys;
+	const float *vals;
+};
+
+/* A parsed reply. status < 0: the owner refused, msg is its reason (control characters
+ * replaced). Else a, b: the counts (wire.c); LOOKUP: st[n] and rows[n * dim] point
+ * into the payload; OPEN: handle, dim. */
+struct de_peer_reply {
+	int32_t status;
+	uint32_t a, b, handle, dim;
+	const uint8_t *st;      /* LOOKUP: n statuses */
+	const float *rows;
+	char msg[DE_PEER_MSG_MAX + 1];
+};
+
+void de_peer_hdr_init(struct de_peer_hdr *h, uint16_t type, uint64_t req_id, uint32_t len,
+		      int32_t status);
+/* The header's own rules (magic, version, type, length bound, status sign): 0 or -EPROTO
+ * with msg. Before the payload is read. */
+int de_peer_hdr_check(const struct de_peer_hdr *h, char *msg, size_t cap);
+/* Bytes before the keys of a batch request of type (24; APPLY 32). */
+uint64_t de_peer_batch_fixed(uint16_t type);
+/* Bytes of a LOOKUP reply's payload for n keys at dim. */
+uint64_t de_peer_lookup_reply_bytes(uint32_t n, uint32_t dim);
+/* Parsers of a payload of h->len bytes at p (h checked): 0 or -EPROTO with msg.
+ * parse_batch takes the dim of the handle the request names (its caller looks it up;
+ * an unknown handle is the caller's error). parse_reply checks a reply against the
+ * request it answers (type, req_id, n keys at dim). */
+int de_peer_parse_open(const struct de_peer_hdr *h, const void *p, struct de_peer_open *out,
+		       char *msg, size_t cap);
+int de_peer_parse_batch(const struct de_peer_hdr *h, const void *p, uint32_t dim,
+			struct de_peer_batch *out, char *msg, size_t cap);
+int de_peer_parse_reply(const struct de_peer_hdr *h, const void *p, uint16_t type,
+			uint64_t req_id, uint32_t n, uint32_t dim, struct de_peer_reply *out,
+			char *msg, size_t cap);
 
 #endif /* DE_PEER_H */

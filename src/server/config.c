@@ -75,7 +75,15 @@ static const char DEFAULT_CONFIG[] =
 	"level = info\n"
 	"format = logfmt\n"
 	"[metrics]\n"
-	"listen =\n";
+	"listen =\n"
+	"[peers]\n"
+	"members =\n"
+	"self =\n"
+	"secret_file =\n"
+	"listen =\n"
+	"timeout_ms = 2000\n"
+	"threads = 4\n"
+	"sharded = *\n";
 
 static const char *trim(char *s)
 {
@@ -284,12 +292,188 @@ void srv_config_metrics_addr(const struct srv_config *c, char *buf, size_t cap)
 	}
 }
 
+/* ---- [peers] -------------------------------------------------------------------------- */
+
+/* A numeric HOST:PORT ("[V6]:PORT") into ss; -1 with err. */
+static int parse_addr(const char *what, const char *v, struct sockaddr_storage *ss,
+		      socklen_t *len, char *err, size_t errcap)
+{
+	char host[DE_PEER_HOST_MAX];
+	const char *colon = strrchr(v, ':');
+	if (!colon || colon == v) {
+		snprintf(err, errcap, "%s '%s' is not HOST:PORT", what, v);
+		return -1;
+	}
+	const char *h = v;
+	size_t hl = (size_t)(colon - v);
+	if (*h == '[' && hl >= 2 && h[hl - 1] == ']') {
+		h++;
+		hl -= 2;
+	}
+	if (hl >= sizeof host) {
+		snprintf(err, errcap, "%s '%s': the host is too long", what, v);
+		return -1;
+	}
+	memcpy(host, h, hl);
+	host[hl] = 0;
+	uint64_t port;
+	if (parse_u64(colon + 1, 1, 65535, &port)) {
+		snprintf(err, errcap, "%s '%s': port '%s' is not a number in 1..65535", what, v,
+			 colon + 1);
+		return -1;
+	}
+	memset(ss, 0, sizeof *ss);
+	struct sockaddr_in *a4 = (struct sockaddr_in *)ss;
+	struct sockaddr_in6 *a6 = (struct sockaddr_in6 *)ss;
+	if (inet_pton(AF_INET, host, &a4->sin_addr) == 1) {
+		a4->sin_family = AF_INET;
+		a4->sin_port = htons((uint16_t)port);
+		*len = sizeof *a4;
+	} else if (inet_pton(AF_INET6, host, &a6->sin6_addr) == 1) {
+		a6->sin6_family = AF_INET6;
+		a6->sin6_port = htons((uint16_t)port);
+		*len = sizeof *a6;
+	} else {
+		snprintf(err, errcap, "%s '%s': '%s' is not a numeric IPv4 or IPv6 address", what,
+			 v, host);
+		return -1;
+	}
+	return 0;
+}
+
+static int set_peers_key(struct srv_config *c, const char *key, const char *v, char *err,
+			 size_t errcap)
+{
+	uint64_t x;
+	if (!strcmp(key, "members")) {
+		c->peers.n = 0;
+		if (*v && de_peer_members_parse(v, &c->peers, err, errcap))
+			return -1;
+	} else if (!strcmp(key, "self")) {
+		if (strlen(v) >= sizeof c->peer_self_name) {
+			snprintf(err, errcap, "[peers] self '%s' is longer than a member name (%u "
+				 "bytes)", v, DE_PEER_NAME_MAX - 1);
+			return -1;
+		}
+		strcpy(c->peer_self_name, v);
+	} else if (!strcmp(key, "secret_file")) {
+		if (*v && (*v != '/' || strlen(v) >= sizeof c->peer_secret_file)) {
+			snprintf(err, errcap, "[peers] secret_file '%s' is not an absolute path of at "
+				 "most %zu bytes", v, sizeof c->peer_secret_file - 1);
+			return -1;
+		}
+		strcpy(c->peer_secret_file, v);
+	} else if (!strcmp(key, "listen")) {
+		if (strlen(v) >= sizeof c->peer_listen_text) {
+			snprintf(err, errcap, "[peers] listen '%s' is too long", v);
+			return -1;
+		}
+		if (*v && parse_addr("[peers] listen", v, &c->peer_listen, &c->peer_listen_len,
+				     err, errcap))
+			return -1;
+		strcpy(c->peer_listen_text, v);
+	} else if (!strcmp(key, "timeout_ms")) {
+		if (parse_u64(v, 1, 600000, &x)) {
+			snprintf(err, errcap, "[peers] timeout_ms '%s' is not a number in 1..600000",
+				 v);
+			return -1;
+		}
+		c->peer_timeout_ms = (unsigned)x;
+	} else if (!strcmp(key, "threads")) {
+		if (parse_u64(v, 1, 64, &x)) {
+			snprintf(err, errcap, "[peers] threads '%s' is not a number in 1..64", v);
+			return -1;
+		}
+		c->peer_threads = (unsigned)x;
+	} else if (!strcmp(key, "sharded")) {
+		if (strlen(v) >= sizeof c->peer_sharded) {
+			snprintf(err, errcap, "[peers] sharded is longer than %zu bytes",
+				 sizeof c->peer_sharded - 1);
+			return -1;
+		}
+		strcpy(c->peer_sharded, v);
+	} else {
+		snprintf(err, errcap, "unknown key '%s' in [peers]", key);
+		return -2;
+	}
+	return 0;
+}
+
+/* After the file and the flags: [peers] whole, or off. -1 with err. */
+static int peers_finish(struct srv_config *c, char *err, size_t errcap)
+{
+	if (!c->peers.n) {
+		if (*c->peer_self_name || *c->peer_secret_file || *c->peer_listen_text) {
+			snprintf(err, errcap, "[peers] self, secret_file or listen is set but members "
+				 "is empty (peers are off without members)");
+			return -1;
+		}
+		return 0;
+	}
+	if (!*c->peer_self_name) {
+		snprintf(err, errcap, "[peers] members is set but self is not: which member is "
+			 "this daemon?");
+		return -1;
+	}
+	int i = de_peer_members_find(&c->peers, c->peer_self_name);
+	if (i < 0) {
+		snprintf(err, errcap, "[peers] self '%s' is not one of the %u members",
+			 c->peer_self_name, c->peers.n);
+		return -1;
+	}
+	c->peer_self = (unsigned)i;
+	if (!*c->peer_secret_file) {
+		snprintf(err, errcap, "[peers] members is set but secret_file is not: peers "
+			 "authenticate with a shared secret");
+		return -1;
+	}
+	if (c->max_batch > DE_PEER_MAX_KEYS) {
+		snprintf(err, errcap, "[server] max_batch %u is over %u, the most keys a peer "
+			 "frame carries", c->max_batch, DE_PEER_MAX_KEYS);
+		return -1;
+	}
+	if (!*c->peer_listen_text) { /* self's own address, which must then be numeric */
+		const struct de_peer_member *m = &c->peers.m[i];
+		char a[DE_PEER_HOST_MAX + 16];
+		snprintf(a, sizeof a, strchr(m->host, ':') ? "[%s]:%u" : "%s:%u", m->host, m->port);
+		char e2[400];
+		if (parse_addr("[peers] listen", a, &c->peer_listen, &c->peer_listen_len, e2,
+			       sizeof e2)) {
+			snprintf(err, errcap, "%s (self's address in members; set [peers] listen)",
+				 e2);
+			return -1;
+		}
+	}
+	return 0;
+}
+
+bool srv_config_sharded(const struct srv_config *c, const char *name)
+{
+	if (!c->peers.n)
+		return false;
+	const char *p = c->peer_sharded;
+	size_t nl = strlen(name);
+	while (*p) {
+		while (*p == ',' || isspace((unsigned char)*p))
+			p++;
+		size_t l = strcspn(p, ", \t");
+		if ((l == 1 && *p == '*') || (l == nl && !memcmp(p, name, l)))
+			return true;
+		p += l;
+	}
+	return false;
+}
+
 /* Set one key. 0, or -1 with a message in err ("unknown key" gets -2). */
 static int set_key(struct srv_config *c, const char *section, const char *key, const char *val,
 		   char *err, size_t errcap)
 {
-	char vbuf[1024];
-	snprintf(vbuf, sizeof vbuf, "%s", val ? val : "");
+	char vbuf[4096];
+	if (snprintf(vbuf, sizeof vbuf, "%s", val ? val : "") >= (int)sizeof vbuf) {
+		snprintf(err, errcap, "the value of '%s' in [%s] is longer than %zu bytes", key,
+			 section, sizeof vbuf - 1);
+		return -1;
+	}
 	const char *v = trim(vbuf);
 	uint64_t x;
 #define BAD(...) do { snprintf(err, errcap, __VA_ARGS__); return -1; } while (0)
@@ -454,6 +638,8 @@ static int set_key(struct srv_config *c, const char *section, const char *key, c
 		return set_log_key(c, key, v, err, errcap);
 	} else if (!strcmp(section, "metrics")) {
 		return set_metrics_key(c, key, v, err, errcap);
+	} else if (!strcmp(section, "peers")) {
+		return set_peers_key(c, key, v, err, errcap) ? -1 : 0;
 	} else if (!strncmp(section, "namespace", 9)) {
 		return srv_ns_set(&c->ns, section + 9, key, val, err, errcap);
 	} else {
@@ -742,6 +928,11 @@ int srv_config_load(struct srv_config *c, int argc, char **argv)
 			return 2;
 		}
 	}
+	char pe[600];
+	if (peers_finish(c, pe, sizeof pe)) {
+		fprintf(stderr, "dynembd: %s\n", pe);
+		return 2;
+	}
 	if (c->data_bytes > c->max_data_bytes) {
 		fprintf(stderr, "dynembd: data_bytes (%" PRIu64 ") is above max_data_bytes (%" PRIu64 ")\n",
 			c->data_bytes, c->max_data_bytes);
@@ -795,5 +986,15 @@ void srv_config_print(const struct srv_config *c, FILE *f)
 	char addr[80];
 	srv_config_metrics_addr(c, addr, sizeof addr);
 	fprintf(f, "[metrics]\nlisten = %s\n", addr);
+	fprintf(f, "[peers]\nmembers =");
+	for (unsigned i = 0; i < c->peers.n; i++) {
+		const struct de_peer_member *m = &c->peers.m[i];
+		fprintf(f, strchr(m->host, ':') ? "%s%s=[%s]:%u*%g" : "%s%s=%s:%u*%g", i ? "," : " ",
+			m->name, m->host, m->port, m->weight);
+	}
+	fprintf(f, "\nself = %s\nsecret_file = %s\nlisten = %s\ntimeout_ms = %u\nthreads = %u\n"
+		   "sharded = %s\n", c->peers.n ? c->peers.m[c->peer_self].name : "",
+		c->peer_secret_file, c->peer_listen_text, c->peer_timeout_ms, c->peer_threads,
+		c->peer_sharded);
 	srv_ns_print(&c->ns, f);
 }

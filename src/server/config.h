@@ -14,6 +14,7 @@
 #include <sys/types.h>
 
 #include "config_ns.h"
+#include "de_peer.h"
 #include "de_shm.h"
 
 /* The version meson's project() gives (-DDYNEMB_VERSION on the daemon's library). */
@@ -63,6 +64,18 @@ struct srv_config {
 	bool metrics_on;
 	struct sockaddr_storage metrics_addr; /* AF_INET or AF_INET6, port set */
 	socklen_t metrics_addrlen;
+	/* [peers] (peers.c): the dynembd of other hosts. On when members is set: then self,
+	 * secret_file and a listen address are there too (checked at load) */
+	struct de_peer_members peers;  /* n == 0: off */
+	unsigned peer_self;            /* this daemon's index in peers */
+	char peer_self_name[DE_PEER_NAME_MAX]; /* [peers] self, as given */
+	char peer_secret_file[256];
+	struct sockaddr_storage peer_listen; /* default: self's address */
+	socklen_t peer_listen_len;
+	char peer_listen_text[300];    /* as given ("" = self's host:port) */
+	unsigned peer_timeout_ms;      /* a peer's answer, connect and handshake included */
+	unsigned peer_threads;         /* the forwarding threads */
+	char peer_sharded[1024];       /* tables sharded over the members: "*" or names */
 	struct srv_namespaces ns; /* [namespace NAME] sections: who may do what to which
 	                             tables (config_ns.h; authz.c decides) */
 	bool foreground;
@@ -75,6 +88,8 @@ struct srv_config {
  * an error to stderr (the exit status for bad configuration). */
 int srv_config_load(struct srv_config *cfg, int argc, char **argv);
 void srv_config_print(const struct srv_config *cfg, FILE *f);
+/* Is the table of this name sharded over [peers] members (else host-local)? */
+bool srv_config_sharded(const struct srv_config *cfg, const char *name);
 /* [metrics] listen as "HOST:PORT" ("[V6]:PORT"), "" when off: for messages. */
 void srv_config_metrics_addr(const struct srv_config *cfg, char *buf, size_t cap);
 

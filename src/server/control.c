@@ -284,7 +284,7 @@ static unsigned conns_of(const struct ctl *x, uid_t uid)
 {
 	unsigned n = 0;
 	for (const struct srv_client *c = x->clients; c; c = c->next)
-		n += c->sock >= 0 && c->uid == uid;
+		n += c->sock >= 0 && c->uid == uid && !c->internal;
 	return n;
 }
 
@@ -334,7 +334,9 @@ static void accept_all(struct ctl *x)
 			close(fd);
 			continue;
 		}
-		if (!allowed(cfg, cr.uid, cr.gid)) {
+		/* this daemon's own peer layer (peers.h) connects through its socket too */
+		bool internal = cr.pid == getpid();
+		if (!internal && !allowed(cfg, cr.uid, cr.gid)) {
 			refused(&x->denied, now, "denied pid %d uid %u gid %u: not in allow_uids / "
 				"allow_gids", (int)cr.pid, (unsigned)cr.uid, (unsigned)cr.gid);
 			turn_away(fd, -EACCES, "uid %u gid %u is not allowed to use dynembd "
@@ -349,7 +351,7 @@ static void accept_all(struct ctl *x)
 			continue;
 		}
 		unsigned held = conns_of(x, cr.uid);
-		if (held >= cfg->max_conn_per_uid) {
+		if (!internal && held >= cfg->max_conn_per_uid) {
 			refused(&x->uid_full, now, "refused pid %d uid %u: it holds %u connections "
 				"(max_connections_per_uid)", (int)cr.pid, (unsigned)cr.uid, held);
 			turn_away(fd, -EUSERS, "uid %u holds %u connections, the most one uid may "
@@ -367,6 +369,7 @@ static void accept_all(struct ctl *x)
 		c->sock = fd;
 		c->pid = cr.pid;
 		c->uid = cr.uid;
+		c->internal = internal;
 		c->gid = cr.gid;
 		c->accepted_ms = now;
 		struct epoll_event ev = { .events = EPOLLIN | EPOLLRDHUP, .data.ptr = c };
@@ -565,6 +568,8 @@ static bool on_open(struct ctl *x, struct srv_client *c, const struct de_msg_ope
 	/* rights first: a refusal must not depend on whether the table exists */
 	unsigned rights = srv_authz_rights(&x->s->cfg, c->uid, c->gid, name, t != NULL,
 					   t ? t->owner : 0);
+	if (c->internal) /* the peer layer acts for other members' clients (peers.h) */
+		rights = SRV_RIGHTS_ALL;
 	/* A new name needs create; a caller with neither open nor create hears about open
 	 * whether or not the table exists (one with either may learn the name is free). */
 	enum srv_right need = SRV_RIGHT_OPEN;
@@ -591,6 +596,8 @@ static bool on_open(struct ctl *x, struct srv_client *c, const struct de_msg_ope
 	if (!err && created) { /* the creator owns it (before the catalog records it) */
 		t->owner = c->uid;
 		rights = srv_authz_rights(&x->s->cfg, c->uid, c->gid, name, true, t->owner);
+		if (c->internal)
+			rights = SRV_RIGHTS_ALL;
 	}
 	if (!err) /* durability: catalog entry and first snapshot */
 		err = srv_persist_table_open(x->s->persist, t, msg, sizeof msg);
@@ -626,6 +633,8 @@ static bool on_open(struct ctl *x, struct srv_client *c, const struct de_msg_ope
 	memset(&ok, 0, sizeof ok);
 	srv_reply_hdr(&ok.h, DE_MSG_OPEN_OK, sizeof ok, m->h.seq);
 	ok.table_id = (uint16_t)id;
+	if (!c->internal && t->wcfg.key_type == DE_KEYS_INT64 && srv_config_sharded(&x->s->cfg, name))
+		ok.flags = DE_OPEN_MISS_REMOTE; /* peers.h: a miss may be another host's key */
 	ok.dim = t->wcfg.dim;
 	ok.key_type = t->wcfg.key_type;
 	ok.seed = t->wcfg.seed;

@@ -37,6 +37,7 @@
 #include "learnops.h"
 #include "log.h"
 #include "metrics.h"
+#include "peers.h"
 #include "persist.h"
 #include "quota.h"
 #include "tables.h"
@@ -185,7 +186,16 @@ int main(int argc, char **argv)
 	const struct srv_learn_log lg = { .evicted = log_evicted, .flush = log_flush,
 					  .ctx = s.persist };
 	srv_persist_set_checkpoint_hook(s.persist, checkpointed, NULL); /* admission sketches */
-	if (s.release_fd < 0 || srv_persist_start(s.persist) != 0 ||
+	/* [peers]: the listener, before the workers (their forwarding pool uses it) */
+	char pmsg[400] = "";
+	int perr = srv_peers_start(&s.cfg, &s.peers, pmsg, sizeof pmsg);
+	if (perr)
+		srv_logf(SRV_LOG_ERROR, SRV_KV(SRV_F_ERRNO(-perr)), "cannot start the peers: %s",
+			 pmsg);
+	if (perr) {
+		close(listen_fd);
+		unlink(s.cfg.socket);
+	} else if (s.release_fd < 0 || srv_persist_start(s.persist) != 0 ||
 	    srv_learn_host_set_log(s.learn, &lg) != 0 || srv_workers_start(&s) != 0) {
 		srv_log(SRV_LOG_ERROR, "cannot start the workers");
 		srv_workers_stop(&s);
@@ -210,6 +220,8 @@ int main(int argc, char **argv)
 	}
 	srv_metrics_free(metrics); /* a scrape reads the workers and the tables: first */
 	srv_workers_free(&s);
+	srv_peers_stop(s.peers); /* after the forwarding pool (in the workers) */
+	s.peers = NULL;
 	srv_learn_host_set_log(s.learn, NULL); /* the evictor stopped: nothing logs any more */
 	srv_learn_save_all(s.learn);           /* admission sketches (clean shutdown) */
 	srv_persist_free(s.persist); /* after the workers: jobs, shutdown checkpoint, WAL */

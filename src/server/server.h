@@ -6,7 +6,7 @@
  * Layers of the daemon (calls go down, never up; tests/check_layers.py enforces it on
  * the #include lines): the validators (validate.h) -> the log and util (log.h, util.h)
  * -> config and the reply encoder (config.h, reply.h) -> the table registry (tables.h, batch.h) -> learning (learnops.h) and
- * persistence (persist.h) on a batch description -> peers (src/peer, later) -> the worker
+ * persistence (persist.h) on a batch description -> peers (peers.h, src/peer) -> the worker
  * (worker.h, this header) -> the control plane (control.h) and, beside it, the /metrics
  * endpoint (metrics.h) -> main.c.
  *
@@ -39,6 +39,8 @@ struct srv_server {
 	struct srv_worker *workers;
 	unsigned nworkers;
 	struct srv_slowpool *slow;  /* slowpool.c: TOPK and SAMPLE, off the workers */
+	struct srv_peers *peers;    /* peers.c: NULL without [peers] members */
+	struct srv_slowpool *fwd;   /* the forwarding pool (peers.h); NULL without peers */
 	int release_fd;           /* eventfd: a worker released a client */
 	hwloc_topology_t topo;    /* NULL when hwloc could not load one */
 	uint64_t start_ns;        /* srv_mono_ns at startup (STATUS: uptime) */

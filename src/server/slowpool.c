@@ -15,6 +15,10 @@
  * The pool's threads run at nice SLOW_NICE: where the cores are fewer than the busy
  * threads, a scan gives way to the workers rather than taking a time slice from them.
  *
+ * The forwarding pool (peers.h, [peers] threads of them) is the same machinery at nice
+ * 0: its jobs are LOOKUP, UPDATE, APPLY_GRADS and ERASE of sharded tables with remote
+ * keys, which a thread runs with srv_peer_forward on its own forwarding context.
+ *
  * Never: touch a client after storing slow_done (the worker may release it at once), or
  * run a job whose client its worker released (it cannot: a worker releases no client
  * whose job is out).
@@ -32,6 +36,7 @@
 #include "batch.h"
 #include "learnops.h"
 #include "log.h"
+#include "peers.h"
 
 #define SLOW_NICE 10 /* the pool's threads' nice value */
 
@@ -39,6 +44,7 @@ struct slow_thread {
 	struct srv_slowpool *p;
 	pthread_t thread;
 	bool started;
+	struct srv_peer_fwd *fwd;     /* the forwarding pool's threads: their connections */
 	uint64_t *keys;
 	uint8_t *status;
 	uint32_t *slen;
@@ -51,6 +57,7 @@ struct srv_slowpool {
 	pthread_cond_t cv;
 	struct srv_client *head, *tail; /* queued jobs, through slow_next */
 	bool stop;
+	bool forward;                 /* the forwarding pool (peers.h), at nice 0 */
 	unsigned n;
 	struct slow_thread th[];
 };
@@ -75,10 +82,14 @@ static void run_job(struct slow_thread *th, struct srv_client *c)
 	struct de_cqe q = { .user_data = e->user_data };
 	uint64_t bytes;
 	char *data = de_channel_data(c->ch, &bytes);
-	struct srv_batch b = { .t = t, .n = e->count, .cap = th->p->srv->cfg.max_batch,
-			       .keys = th->keys, .status = th->status, .step = e->arg,
-			       .slen = th->slen, .soff = th->soff };
-	srv_learn_execute(&b, data, e, &q);
+	if (th->fwd) {
+		srv_peer_forward(th->fwd, t, data, e, &q);
+	} else {
+		struct srv_batch b = { .t = t, .n = e->count, .cap = th->p->srv->cfg.max_batch,
+				       .keys = th->keys, .status = th->status, .step = e->arg,
+				       .slen = th->slen, .soff = th->soff };
+		srv_learn_execute(&b, data, e, &q);
+	}
 	c->slow_q = q;
 	struct srv_worker *w = c->w;
 	/* release: slow_q (and the job's writes into the data area) happen before; pairs with
@@ -93,7 +104,7 @@ static void *slow_main(void *arg)
 	struct srv_slowpool *p = th->p;
 	/* below the workers: on a box with fewer cores than busy threads, a scan yields to
 	 * the data plane at once (the top-k threads it starts inherit this) */
-	if (setpriority(PRIO_PROCESS, (id_t)syscall(SYS_gettid), SLOW_NICE) != 0)
+	if (!p->forward && setpriority(PRIO_PROCESS, (id_t)syscall(SYS_gettid), SLOW_NICE) != 0)
 		srv_log(SRV_LOG_WARN, "top-k / sampling pool: setpriority: %s", strerror(errno));
 	pthread_mutex_lock(&p->mu);
 	for (;;) {
@@ -143,13 +154,15 @@ void srv_slowpool_stop(struct srv_slowpool *p)
 		free(th->status);
 		free(th->slen);
 		free(th->soff);
+		srv_peer_fwd_free(th->fwd);
 	}
 	pthread_cond_destroy(&p->cv);
 	pthread_mutex_destroy(&p->mu);
 	free(p);
 }
 
-int srv_slowpool_start(struct srv_server *s, unsigned nthreads, struct srv_slowpool **out)
+int srv_slowpool_start(struct srv_server *s, unsigned nthreads, bool forward,
+		       struct srv_slowpool **out)
 {
 	*out = NULL;
 	struct srv_slowpool *p = calloc(1, sizeof *p + nthreads * sizeof p->th[0]);
@@ -157,6 +170,7 @@ int srv_slowpool_start(struct srv_server *s, unsigned nthreads, struct srv_slowp
 		return -ENOMEM;
 	p->srv = s;
 	p->n = nthreads;
+	p->forward = forward;
 	pthread_mutex_init(&p->mu, NULL);
 	pthread_cond_init(&p->cv, NULL);
 	uint32_t mb = s->cfg.max_batch;
@@ -172,11 +186,14 @@ int srv_slowpool_start(struct srv_server *s, unsigned nthreads, struct srv_slowp
 			err = -ENOMEM;
 			break;
 		}
+		if (forward && (err = srv_peer_fwd_create(s->peers, mb, &th->fwd)))
+			break;
 		err = -pthread_create(&th->thread, NULL, slow_main, th);
 		th->started = !err;
 	}
 	if (err) {
-		srv_log(SRV_LOG_ERROR, "top-k / sampling pool: %s", strerror(-err));
+		srv_log(SRV_LOG_ERROR, "%s pool: %s", forward ? "forwarding" : "top-k / sampling",
+			strerror(-err));
 		srv_slowpool_stop(p);
 		return err;
 	}

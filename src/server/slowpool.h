@@ -12,6 +12,7 @@
 #ifndef DE_SRV_SLOWPOOL_H
 #define DE_SRV_SLOWPOOL_H
 
+#include <stdbool.h>
 #include <stdint.h>
 
 #include "worker.h"
@@ -22,8 +23,11 @@
 
 struct srv_slowpool;
 
-/* nthreads >= 1 threads; max_batch sizes each thread's scratch batch. */
-int srv_slowpool_start(struct srv_server *s, unsigned nthreads, struct srv_slowpool **out);
+/* nthreads >= 1 threads; max_batch sizes each thread's scratch batch. forward: the
+ * forwarding pool (s->peers set): its threads run srv_peer_forward, at the workers'
+ * priority. */
+int srv_slowpool_start(struct srv_server *s, unsigned nthreads, bool forward,
+		       struct srv_slowpool **out);
 /* Run c's job (c->slow_e on c->slow_t, after srv_check_sqe passed): the pool fills
  * c->slow_q, stores c->slow_done (release) and kicks c->w. Worker of c only. */
 void srv_slowpool_submit(struct srv_slowpool *p, struct srv_client *c);

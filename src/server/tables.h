@@ -97,6 +97,8 @@ struct srv_table {
 	 * had not let go when it gave up (-ETIMEDOUT), so refs 0 does not mean unused: any
 	 * later DROP waits for them again (a plain one is refused) */
 	bool revoke_pending;
+	int shard;                        /* atomic, worker.c's cache: 0 not looked up, 1
+	                                     sharded over [peers] members, 2 host-local */
 	struct srv_table *next;
 	struct srv_op_counters ops[SRV_OP_SLOTS]; /* workers add, /metrics, OPSTATS read */
 };

@@ -50,6 +50,13 @@
  * cur_done) and completed when its last chunk is done; nothing else of that client runs
  * meanwhile, so its completions stay in order. Other large requests (writes, string keys)
  * run whole once they start a pass: their records and semantics are per request.
+ * Peers ([peers], peers.h): a LOOKUP, UPDATE, APPLY_GRADS or ERASE of a sharded table
+ * with a key another member owns goes to the forwarding pool the way TOPK goes to the
+ * slow pool (c->slow_*), whole (a sharded LOOKUP is never served in slices), and its
+ * completion is posted when the pool is done; the worker never waits on the network.
+ * The forwarding pool's own requests to this daemon (its local parts, and the owner's
+ * side of other members' requests) come on internal connections (c->internal), which
+ * are never forwarded.
  * TOPK and SAMPLE run on the slow pool (slowpool.c), never on a worker; one whose cost is
  * over the config's topk_max_cost is refused (-E2BIG, aux0 = its cost, aux1 = the cap,
  * logged).
@@ -86,6 +93,7 @@
 #include "batch.h"
 #include "learnops.h"
 #include "log.h"
+#include "peers.h"
 #include "persist.h"
 #include "slowpool.h"
 #include "util.h"
@@ -391,6 +399,46 @@ static int slow_op(struct srv_worker *w, struct srv_client *c, struct srv_table 
 	return 2;
 }
 
+/* Is t sharded over [peers] members (cached in t->shard: 1 yes, 2 no)? */
+static bool sharded(struct srv_worker *w, struct srv_table *t)
+{
+	int v = __atomic_load_n(&t->shard, __ATOMIC_RELAXED);
+	if (!v) {
+		v = srv_peers_shards(w->srv->peers, t) ? 1 : 2;
+		__atomic_store_n(&t->shard, v, __ATOMIC_RELAXED);
+	}
+	return v == 1;
+}
+
+/* Does checked e go to the forwarding pool: a LOOKUP, UPDATE, APPLY_GRADS or ERASE of a
+ * sharded table, from a client that is not this daemon's own, with a remote key? (A
+ * client rewriting its keys after this look only misplaces its own rows: the pool copies
+ * them again.) Leaves the keys in w->keys. */
+static bool forwarded(struct srv_worker *w, const struct srv_client *c, struct srv_table *t,
+		      const char *data, const struct de_sqe *e)
+{
+	if (!w->srv->peers || c->internal || !sharded(w, t))
+		return false;
+	if (e->op != DE_OP_LOOKUP && e->op != DE_OP_UPDATE && e->op != DE_OP_APPLY_GRADS &&
+	    e->op != DE_OP_ERASE)
+		return false;
+	load_int_keys(w, data, e);
+	return srv_peers_any_remote(w->srv->peers, w->keys, e->count);
+}
+
+/* Queue checked e on the forwarding pool (as slow_op does on the slow pool): 2. */
+static int forward_op(struct srv_worker *w, struct srv_client *c, struct srv_table *t,
+		      const struct de_sqe *e)
+{
+	c->slow_e = *e;
+	__atomic_store_n(&c->slow_t, t, __ATOMIC_RELAXED);
+	__atomic_store_n(&c->slow_done, 0, __ATOMIC_RELAXED);
+	__atomic_store_n(&c->slow_busy, true, __ATOMIC_RELAXED);
+	__atomic_fetch_add(&w->n_forwarded, 1, __ATOMIC_RELAXED);
+	srv_slowpool_submit(w->srv->fwd, c);
+	return 2;
+}
+
 /* c's table in slot i (of nt published), or NULL: no such slot, or revoked (worker.h). */
 static struct srv_table *slot_table(const struct srv_client *c, uint32_t i, uint32_t nt)
 {
@@ -450,6 +498,13 @@ static int execute(struct srv_worker *w, struct srv_client *c, const struct de_s
 	uint32_t n = e->count;
 	bool str = t->wcfg.key_type == DE_KEYS_STRING;
 	int err = 0;
+	if (forwarded(w, c, t, data, e)) {
+		if (e->op == DE_OP_APPLY_GRADS && !t->has_optim) {
+			q->res = -EOPNOTSUPP;
+			return 0;
+		}
+		return forward_op(w, c, t, e);
+	}
 	if (e->op == DE_OP_LOOKUP && !str) {
 		uint32_t found = 0, created = 0;
 		q->res = lookup_range(w, t, data, e, 0, n, &found, &created);
@@ -659,7 +714,7 @@ static int step_run(struct srv_worker *w, struct srv_client *c, struct srv_table
 	c->has_cur = false;
 	uint64_t cost = cost_of(e, t);
 	if (e->op == DE_OP_LOOKUP && t && t->wcfg.key_type == DE_KEYS_INT64 &&
-	    cost > (uint64_t)*left) {
+	    cost > (uint64_t)*left && !(w->srv->peers && !c->internal && sharded(w, t))) {
 		uint64_t bytes;
 		de_channel_data(c->ch, &bytes);
 		*q = (struct de_cqe){ .user_data = e->user_data };
@@ -1034,10 +1089,13 @@ int srv_workers_start(struct srv_server *s)
 		pthread_mutex_init(&s->workers[i].kick_mu, NULL);
 	}
 	/* one thread: TOPK and SAMPLE queue behind each other, never behind a lookup */
-	int perr = srv_slowpool_start(s, 1, &s->slow);
+	int perr = srv_slowpool_start(s, 1, false, &s->slow);
 	if (perr)
 		srv_log(SRV_LOG_WARN, "no top-k / sampling pool (%s): the workers run them",
 			strerror(-perr));
+	/* [peers]: the descriptors with remote keys go to the forwarding pool */
+	if (s->peers && (perr = srv_slowpool_start(s, cfg->peer_threads, true, &s->fwd)))
+		return perr; /* logged */
 	for (unsigned i = 0; i < s->nworkers; i++) {
 		struct srv_worker *w = &s->workers[i];
 		w->idx = i;
@@ -1092,6 +1150,8 @@ void srv_workers_stop(struct srv_server *s)
 	}
 	srv_slowpool_stop(s->slow); /* after the workers: they waited for their jobs */
 	s->slow = NULL;
+	srv_slowpool_stop(s->fwd);
+	s->fwd = NULL;
 }
 
 void srv_workers_free(struct srv_server *s)
@@ -1113,6 +1173,8 @@ void srv_workers_free(struct srv_server *s)
 	}
 	srv_slowpool_stop(s->slow);
 	s->slow = NULL;
+	srv_slowpool_stop(s->fwd);
+	s->fwd = NULL;
 	free(s->workers);
 	s->workers = NULL;
 	s->nworkers = 0;

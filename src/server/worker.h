@@ -56,6 +56,8 @@ struct srv_client {
 	int sock;                 /* -1 once closed */
 	pid_t pid;
 	uid_t uid;
+	bool internal;            /* this daemon's own connection (SO_PEERCRED pid): the peer
+	                             layer's (peers.h); set at accept, then read-only */
 	gid_t gid;
 	char name[DE_NAME_MAX];
 	bool hello_done;
@@ -135,6 +137,7 @@ struct srv_worker {
 	uint64_t n_empty_wakes;   /* wakes of a client channel that brought no work */
 	uint64_t n_backoffs;      /* times a channel's wakes were ignored for an interval */
 	uint64_t n_chunks;        /* passes that served part of a large lookup */
+	uint64_t n_forwarded;     /* descriptors handed to the forwarding pool (peers.h) */
 	uint64_t last_storm_log;  /* monotonic ns of the last wake-storm warning */
 	uint64_t last_refuse_log; /* ... of the last refused TOPK / SAMPLE */
 	uint64_t revoke_seen;     /* worker -> control (atomic, release): the revoke_gen seen

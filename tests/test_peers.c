@@ -1,0 +1,486 @@
+/*
+ * test_peers.c — dynembd over several hosts: three (or two) real daemons on loopback
+ * ports of this machine, each with its own socket, data directory and [peers] member
+ * name, against a fourth daemon without peers as the single-host reference. Every
+ * expectation comes from the reference daemon or from values kept here, never from the
+ * sharded daemons' own output. (Loopback ports, not network namespaces: what differs
+ * between the two is the addresses, not the code paths under test.)
+ *
+ * Suites:
+ *   shard    lookups (creating and read-only), gradients (with and without an lr),
+ *            updates and erases through one member give the single-host rows, statuses
+ *            and counts bit for bit; the other members read the same rows; each member
+ *            holds its own share of the keys and the shares add up.
+ *   failure  a member with a wrong secret: its keys fail, the others work, both logs say
+ *            why; a member stopped (SIGSTOP): only batches with its keys fail, within
+ *            the timeout, and it serves again after SIGCONT; a member SIGKILLed and
+ *            restarted comes back with its sync-durable rows; a table whose config
+ *            differs on the owner is refused with the field named.
+ *   config   [peers] mistakes exit 2 naming the problem.
+ */
+#include <criterion/criterion.h>
+
+/* the paths below are built from short fixed parts that fit; GCC cannot see that */
+#pragma GCC diagnostic ignored "-Wformat-truncation"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <math.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "de_peer.h"
+#include "dynemb.h"
+#include "daemon_util.h"
+
+#define DIM 8
+#define NKEYS 3000
+#define TIMEOUT_MS 1500
+
+struct node {
+	char name[4];
+	char sock[108];
+	char log[100];
+	char conf[100];
+	char data[100];
+	unsigned port;
+	pid_t pid;
+};
+
+static char tdir[48];
+static char secret[80], secret2[80];
+static struct node nodes[4]; /* a, b, c (members), and r: the reference */
+static struct de_peer_members members; /* the same list the daemons parse: to pick keys */
+
+static unsigned free_port(void)
+{
+	int fd = socket(AF_INET, SOCK_STREAM, 0);
+	struct sockaddr_in a = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+	cr_assert_eq(bind(fd, (struct sockaddr *)&a, sizeof a), 0);
+	socklen_t l = sizeof a;
+	getsockname(fd, (struct sockaddr *)&a, &l);
+	close(fd);
+	return ntohs(a.sin_port);
+}
+
+static void write_file(const char *path, const char *text, mode_t mode)
+{
+	FILE *f = fopen(path, "w");
+	cr_assert(f, "cannot write %s", path);
+	fputs(text, f);
+	fclose(f);
+	chmod(path, mode);
+}
+
+/* nm members named a, b, c...; member i's secret is secret2 when it is odd_one. */
+static void setup_nodes(unsigned nm, int odd_one)
+{
+	snprintf(tdir, sizeof tdir, "/tmp/de-peers-%d", (int)getpid());
+	char cmd[300];
+	snprintf(cmd, sizeof cmd, "rm -rf %s && mkdir -p %s", tdir, tdir);
+	cr_assert_eq(system(cmd), 0);
+	snprintf(secret, sizeof secret, "%s/secret", tdir);
+	snprintf(secret2, sizeof secret2, "%s/secret2", tdir);
+	write_file(secret, "correct horse battery staple 1\n", 0600);
+	write_file(secret2, "a different secret altogether\n", 0600);
+	char list[256] = "";
+	for (unsigned i = 0; i < 4; i++) {
+		struct node *n = &nodes[i];
+		memset(n, 0, sizeof *n);
+		n->name[0] = (char)(i < 3 ? 'a' + i : 'r');
+		n->name[1] = 0;
+		snprintf(n->sock, sizeof n->sock, "%s/%s.sock", tdir, n->name);
+		snprintf(n->log, sizeof n->log, "%s/%s.log", tdir, n->name);
+		snprintf(n->conf, sizeof n->conf, "%s/%s.conf", tdir, n->name);
+		snprintf(n->data, sizeof n->data, "%s/%s.data", tdir, n->name);
+		mkdir(n->data, 0700);
+		n->port = free_port();
+		n->pid = -1;
+		if (i < nm) {
+			char e[40];
+			snprintf(e, sizeof e, "%s%s=127.0.0.1:%u", i ? "," : "", n->name, n->port);
+			strcat(list, e);
+		}
+	}
+	char msg[200];
+	cr_assert_eq(de_peer_members_parse(list, &members, msg, sizeof msg), 0, "%s", msg);
+	for (unsigned i = 0; i < 4; i++) {
+		char text[1400];
+		if (i < nm)
+			snprintf(text, sizeof text, "[peers]\nmembers = %s\nself = %s\nsecret_file = %s\n"
+				 "timeout_ms = %u\nsharded = emb, dur, cfgx\n", list, nodes[i].name,
+				 (int)i == odd_one ? secret2 : secret, TIMEOUT_MS);
+		else
+			snprintf(text, sizeof text, "[server]\n");
+		write_file(nodes[i].conf, text, 0644);
+	}
+}
+
+static void start_node(struct node *n)
+{
+	const char *more[] = { "--config", n->conf, "--data-dir", n->data, "--workers", "1", NULL };
+	const char *argv[40];
+	daemon_argv(argv, 40, daemon_bin(), n->sock, "info", more, NULL);
+	unlink(n->sock);
+	n->pid = daemon_spawn(argv, SIGKILL, n->log);
+	daemon_wait_listen(n->pid, n->sock, 15, n->log);
+}
+
+static void start_all(unsigned nm, int odd_one)
+{
+	setup_nodes(nm, odd_one);
+	for (unsigned i = 0; i < nm; i++)
+		start_node(&nodes[i]);
+	start_node(&nodes[3]);
+}
+
+static void stop_all(void)
+{
+	for (unsigned i = 0; i < 4; i++)
+		if (nodes[i].pid > 0) {
+			kill(nodes[i].pid, SIGCONT);
+			daemon_terminate(nodes[i].pid, 10);
+			daemon_show_log_if_asked(nodes[i].log);
+			nodes[i].pid = -1;
+		}
+}
+
+static dynemb_client *connect_to(const struct node *n)
+{
+	dynemb_client *c = NULL;
+	struct dynemb_connect_opts o = { .name = "test_peers", .timeout_ms = 20000 };
+	int err = dynemb_connect(n->sock, &o, &c);
+	cr_assert_eq(err, 0, "connect %s: %s", n->sock, dynemb_strerror(err));
+	return c;
+}
+
+static void emb_spec(struct dynemb_table_spec *s, const char *name)
+{
+	memset(s, 0, sizeof *s);
+	s->name = name;
+	s->dim = DIM;
+	s->init = DYNEMB_UNIFORM;
+	s->init_a = -0.5f;
+	s->init_b = 0.5f;
+	s->seed = 1234;
+	dynemb_optim_spec_defaults(DYNEMB_OPTIM_ADAGRAD, &s->optim);
+	s->optim.lr = 0.05;
+}
+
+static int open_table(dynemb_client *c, const struct dynemb_table_spec *s)
+{
+	int h = -1;
+	int err = dynemb_open(c, s, &h);
+	cr_assert_eq(err, 0, "open %s: %s", s->name, dynemb_strerror(err));
+	return h;
+}
+
+static uint64_t rng = 88172645463325252ull;
+static uint64_t next_rand(void)
+{
+	rng ^= rng << 13;
+	rng ^= rng >> 7;
+	rng ^= rng << 17;
+	return rng;
+}
+
+/* Keys of member `owner` (by the members' hash), or of any member when owner < 0. */
+static void pick_keys(uint64_t *k, size_t n, int owner)
+{
+	for (size_t i = 0; i < n;) {
+		uint64_t x = next_rand() >> 1;
+		if (owner < 0 || (int)de_peer_owner(&members, x) == owner)
+			k[i++] = x;
+	}
+}
+
+static size_t log_count(const char *log, const char *needle)
+{
+	static char buf[1 << 20];
+	daemon_slurp(log, buf, sizeof buf);
+	size_t c = 0;
+	for (const char *p = buf; (p = strstr(p, needle)); p++)
+		c++;
+	return c;
+}
+
+/* Read-only rows of keys through c (table h): into out, statuses into st. */
+static void read_rows(dynemb_client *c, int h, const uint64_t *k, size_t n, float *out,
+		      uint8_t *st)
+{
+	int err = dynemb_lookup(c, h, k, n, out, st, DYNEMB_READONLY, 0);
+	cr_assert_eq(err, 0, "read-only lookup: %s", dynemb_strerror(err));
+}
+
+TestSuite(shard, .timeout = 240);
+TestSuite(failure, .timeout = 240);
+TestSuite(config, .timeout = 120);
+
+Test(shard, matches_single_host)
+{
+	start_all(3, -1);
+	dynemb_client *ca = connect_to(&nodes[0]), *cr = connect_to(&nodes[3]);
+	struct dynemb_table_spec s;
+	emb_spec(&s, "emb");
+	int ha = open_table(ca, &s), hr = open_table(cr, &s);
+
+	static uint64_t keys[NKEYS];
+	pick_keys(keys, NKEYS, -1);
+	for (size_t i = 0; i < NKEYS; i += 97) /* duplicates, and key 0 ("no feature") */
+		keys[i] = keys[(i * 7 + 3) % NKEYS];
+	keys[5] = 0;
+	static float va[NKEYS * DIM], vr[NKEYS * DIM], g[NKEYS * DIM];
+	static uint8_t sa[NKEYS], sr[NKEYS];
+	/* creating lookups: the rows and the CREATED / FOUND statuses of one host */
+	int e1 = dynemb_lookup(ca, ha, keys, NKEYS, va, sa, 0, 1);
+	int e2 = dynemb_lookup(cr, hr, keys, NKEYS, vr, sr, 0, 1);
+	cr_assert_eq(e1, 0, "sharded lookup: %s", dynemb_strerror(e1));
+	cr_assert_eq(e2, 0);
+	cr_assert_eq(memcmp(sa, sr, NKEYS), 0, "statuses differ from the single host");
+	cr_assert_eq(memcmp(va, vr, sizeof va), 0, "rows differ from the single host");
+	/* gradient steps (duplicate keys summed by the owner), one with its own lr */
+	for (int step = 2; step <= 4; step++) {
+		for (size_t i = 0; i < NKEYS * DIM; i++)
+			g[i] = (float)((int)(next_rand() % 2001) - 1000) / 1000.0f;
+		double lr = step == 3 ? 0.2 : 0;
+		size_t aa = 0, ar = 0;
+		e1 = dynemb_apply_gradients(ca, ha, keys, NKEYS, g, (uint64_t)step, lr, &aa);
+		e2 = dynemb_apply_gradients(cr, hr, keys, NKEYS, g, (uint64_t)step, lr, &ar);
+		cr_assert_eq(e1, 0, "sharded gradients: %s", dynemb_strerror(e1));
+		cr_assert_eq(e2, 0);
+		cr_assert_eq(aa, ar, "keys stepped: %zu sharded, %zu single host", aa, ar);
+	}
+	/* updates of a slice, then erases of another */
+	for (size_t i = 0; i < 500 * DIM; i++)
+		g[i] = (float)i * 0.25f;
+	size_t ca1 = 0, cr1 = 0;
+	uint64_t fresh[500];
+	memcpy(fresh, keys + 1000, 250 * sizeof *fresh);
+	pick_keys(fresh + 250, 250, -1); /* new keys: created by the update */
+	cr_assert_eq(dynemb_update(ca, ha, fresh, 500, g, 5, &ca1), 0);
+	cr_assert_eq(dynemb_update(cr, hr, fresh, 500, g, 5, &cr1), 0);
+	cr_assert_eq(ca1, cr1, "created by the update: %zu sharded, %zu single host", ca1, cr1);
+	size_t ea = 0, er = 0;
+	cr_assert_eq(dynemb_erase(ca, ha, keys + 2000, 300, &ea), 0);
+	cr_assert_eq(dynemb_erase(cr, hr, keys + 2000, 300, &er), 0);
+	cr_assert_eq(ea, er, "erased: %zu sharded, %zu single host", ea, er);
+	cr_assert_gt(ea, 250);
+
+	/* every row, read back read-only through each member, is the single host's */
+	static uint64_t all[NKEYS + 500];
+	memcpy(all, keys, sizeof keys);
+	memcpy(all + NKEYS, fresh, sizeof fresh);
+	static float want[(NKEYS + 500) * DIM], got[(NKEYS + 500) * DIM];
+	static uint8_t swant[NKEYS + 500], sgot[NKEYS + 500];
+	read_rows(cr, hr, all, NKEYS + 500, want, swant);
+	for (unsigned m = 0; m < 3; m++) {
+		dynemb_client *c = m ? connect_to(&nodes[m]) : ca;
+		int h = m ? open_table(c, &s) : ha;
+		read_rows(c, h, all, NKEYS + 500, got, sgot);
+		cr_assert_eq(memcmp(sgot, swant, sizeof swant), 0,
+			     "member %s: statuses differ from the single host", nodes[m].name);
+		for (size_t i = 0; i < (NKEYS + 500) * DIM; i++)
+			cr_assert_eq(memcmp(&got[i], &want[i], 4), 0,
+				     "member %s: key %zu col %zu: %.9g, single host %.9g",
+				     nodes[m].name, i / DIM, i % DIM, got[i], want[i]);
+		if (m)
+			dynemb_close(c);
+	}
+	/* each member holds its share; the shares add up to the single host's keys */
+	struct dynemb_stats st;
+	cr_assert_eq(dynemb_stats(cr, hr, &st), 0);
+	uint64_t total = 0;
+	for (unsigned m = 0; m < 3; m++) {
+		dynemb_client *c = connect_to(&nodes[m]);
+		struct dynemb_stats sm;
+		cr_assert_eq(dynemb_stats_by_name(c, "emb", &sm), 0);
+		cr_log_info("member %s holds %llu of %llu keys", nodes[m].name,
+			    (unsigned long long)sm.keys, (unsigned long long)st.keys);
+		cr_assert_gt(sm.keys, st.keys / 5, "member %s holds %llu of %llu keys",
+			     nodes[m].name, (unsigned long long)sm.keys, (unsigned long long)st.keys);
+		total += sm.keys;
+		dynemb_close(c);
+	}
+	cr_assert_eq(total, st.keys, "members hold %llu keys, the single host %llu",
+		     (unsigned long long)total, (unsigned long long)st.keys);
+	dynemb_close(ca);
+	dynemb_close(cr);
+	stop_all();
+}
+
+Test(failure, wrong_secret_refused)
+{
+	start_all(3, 2); /* c has another secret */
+	dynemb_client *ca = connect_to(&nodes[0]);
+	struct dynemb_table_spec s;
+	emb_spec(&s, "emb");
+	int ha = open_table(ca, &s);
+	uint64_t kc[64], kb[64];
+	pick_keys(kc, 64, 2);
+	pick_keys(kb, 64, 1);
+	static float v[64 * DIM];
+	int err = dynemb_lookup(ca, ha, kc, 64, v, NULL, 0, 1);
+	cr_assert_eq(err, -EACCES, "a lookup of c's keys: %d (%s), not -EACCES", err,
+		     dynemb_strerror(err));
+	err = dynemb_lookup(ca, ha, kb, 64, v, NULL, 0, 1);
+	cr_assert_eq(err, 0, "b's keys: %s", dynemb_strerror(err));
+	usleep(200000);
+	cr_assert_geq(log_count(nodes[0].log, "authentication failed"), 1,
+		      "a's log does not say why c was refused");
+	cr_assert_geq(log_count(nodes[2].log, "authentication failed"), 1,
+		      "c's log does not say why a was refused");
+	dynemb_close(ca);
+	stop_all();
+}
+
+Test(failure, stopped_member_fails_only_its_keys)
+{
+	start_all(3, -1);
+	dynemb_client *ca = connect_to(&nodes[0]);
+	struct dynemb_table_spec s;
+	emb_spec(&s, "emb");
+	int ha = open_table(ca, &s);
+	uint64_t kc[64], kab[64];
+	pick_keys(kc, 64, 2);
+	for (unsigned i = 0; i < 64; i++) {
+		pick_keys(&kab[i], 1, (int)(i % 2));
+	}
+	static float v[64 * DIM];
+	cr_assert_eq(dynemb_lookup(ca, ha, kc, 64, v, NULL, 0, 1), 0);
+	cr_assert_eq(dynemb_lookup(ca, ha, kab, 64, v, NULL, 0, 1), 0);
+	kill(nodes[2].pid, SIGSTOP);
+	double t0 = now_s();
+	int err = dynemb_lookup(ca, ha, kc, 64, v, NULL, DYNEMB_READONLY, 0);
+	double dt = now_s() - t0;
+	cr_assert_eq(err, -ETIMEDOUT, "c's keys with c stopped: %d (%s)", err, dynemb_strerror(err));
+	cr_assert_geq(dt, TIMEOUT_MS / 1000.0 * 0.8, "failed after %.3f s, before the timeout", dt);
+	cr_assert_lt(dt, TIMEOUT_MS / 1000.0 + 5, "failed after %.3f s", dt);
+	err = dynemb_lookup(ca, ha, kab, 64, v, NULL, DYNEMB_READONLY, 0);
+	cr_assert_eq(err, 0, "a's and b's keys with c stopped: %s", dynemb_strerror(err));
+	kill(nodes[2].pid, SIGCONT);
+	/* back within the backoff (at most 2 s) plus a reconnect */
+	double end = now_s() + 15;
+	while ((err = dynemb_lookup(ca, ha, kc, 64, v, NULL, DYNEMB_READONLY, 0)) != 0 &&
+	       now_s() < end)
+		usleep(100000);
+	cr_assert_eq(err, 0, "c's keys after SIGCONT: %s", dynemb_strerror(err));
+	cr_assert_geq(log_count(nodes[0].log, "peer c"), 1, "a's log does not name c");
+	dynemb_close(ca);
+	stop_all();
+}
+
+Test(failure, killed_member_comes_back_with_its_rows)
+{
+	start_all(3, -1);
+	dynemb_client *ca = connect_to(&nodes[0]);
+	struct dynemb_table_spec s;
+	emb_spec(&s, "dur");
+	s.durability.mode = DYNEMB_DURABLE_SYNC;
+	int ha = open_table(ca, &s);
+	uint64_t k[300];
+	pick_keys(k, 300, -1);
+	static float v[300 * DIM], got[300 * DIM];
+	for (size_t i = 0; i < 300 * DIM; i++)
+		v[i] = (float)(i % 977) * 0.5f;
+	cr_assert_eq(dynemb_update(ca, ha, k, 300, v, 1, NULL), 0);
+	kill(nodes[2].pid, SIGKILL);
+	waitpid(nodes[2].pid, NULL, 0);
+	nodes[2].pid = -1;
+	uint64_t kc[16];
+	pick_keys(kc, 16, 2);
+	int err = dynemb_lookup(ca, ha, kc, 16, got, NULL, DYNEMB_READONLY, 0);
+	cr_assert_lt(err, 0, "c's keys with c dead: %d", err);
+	start_node(&nodes[2]);
+	double end = now_s() + 15;
+	while ((err = dynemb_lookup(ca, ha, k, 300, got, NULL, DYNEMB_READONLY, 0)) != 0 &&
+	       now_s() < end)
+		usleep(100000);
+	cr_assert_eq(err, 0, "after c's restart: %s", dynemb_strerror(err));
+	cr_assert_eq(memcmp(got, v, sizeof v), 0, "rows lost across c's SIGKILL");
+	dynemb_close(ca);
+	stop_all();
+}
+
+Test(failure, config_mismatch_named)
+{
+	start_all(3, -1);
+	struct dynemb_table_spec s;
+	emb_spec(&s, "cfgx");
+	dynemb_client *cb = connect_to(&nodes[1]);
+	struct dynemb_table_spec s2 = s;
+	s2.optim.lr = 0.5; /* b's table differs */
+	open_table(cb, &s2);
+	dynemb_client *ca = connect_to(&nodes[0]);
+	int ha = open_table(ca, &s);
+	uint64_t kb[8];
+	pick_keys(kb, 8, 1);
+	static float v[8 * DIM];
+	int err = dynemb_lookup(ca, ha, kb, 8, v, NULL, 0, 1);
+	cr_assert_eq(err, -EEXIST, "b's keys of a table b has with another config: %d", err);
+	usleep(100000);
+	cr_assert_geq(log_count(nodes[0].log, "refused table 'cfgx'"), 1);
+	cr_assert_geq(log_count(nodes[0].log, "lr"), 1, "a's log does not name the field");
+	dynemb_close(ca);
+	dynemb_close(cb);
+	stop_all();
+}
+
+/* dynembd with conf: exits 2 and stderr has want. */
+static void bad_config(const char *text, const char *want)
+{
+	setup_nodes(3, -1);
+	write_file(nodes[0].conf, text, 0644);
+	const char *more[] = { "--config", nodes[0].conf, NULL };
+	const char *argv[40];
+	daemon_argv(argv, 40, daemon_bin(), nodes[0].sock, "info", more, NULL);
+	unlink(nodes[0].log);
+	pid_t pid = daemon_spawn(argv, SIGKILL, nodes[0].log);
+	int st = 0;
+	double end = now_s() + 10;
+	while (waitpid(pid, &st, WNOHANG) == 0) {
+		if (now_s() > end) {
+			kill(pid, SIGKILL);
+			cr_assert_fail("dynembd ran with a bad [peers]: %s", text);
+		}
+		usleep(5000);
+	}
+	cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 2, "exit status %d for %s", st, text);
+	cr_assert_geq(log_count(nodes[0].log, want), 1, "stderr does not say '%s'", want);
+}
+
+Test(config, peers_mistakes_exit_2)
+{
+	char t[600];
+	bad_config("[peers]\nmembers = a=127.0.0.1:7001,b=127.0.0.1:7002\n", "self is not");
+	bad_config("[peers]\nmembers = a=127.0.0.1:7001\nself = z\n", "not one of the 1 members");
+	bad_config("[peers]\nmembers = a=127.0.0.1:7001\nself = a\n", "secret_file is not");
+	bad_config("[peers]\nself = a\n", "members is empty");
+	bad_config("[peers]\nmembers = a=127.0.0.1:70001\n", "a=127.0.0.1:70001");
+	bad_config("[peers]\ntimeout_ms = 0\n", "timeout_ms");
+	bad_config("[peers]\nbogus = 1\n", "unknown key 'bogus' in [peers]");
+	snprintf(t, sizeof t, "[peers]\nmembers = a=127.0.0.1:7001\nself = a\nsecret_file = %s\n"
+		 "[server]\nmax_batch = 100000\n", secret);
+	bad_config(t, "max_batch");
+	/* a secret others can read: the daemon does not start */
+	chmod(secret, 0644);
+	snprintf(t, sizeof t, "[peers]\nmembers = a=127.0.0.1:%u\nself = a\nsecret_file = %s\n",
+		 free_port(), secret);
+	setup_nodes(3, -1);
+	chmod(secret, 0644);
+	write_file(nodes[0].conf, t, 0644);
+	const char *more[] = { "--config", nodes[0].conf, NULL };
+	const char *argv[40];
+	daemon_argv(argv, 40, daemon_bin(), nodes[0].sock, "info", more, NULL);
+	pid_t pid = daemon_spawn(argv, SIGKILL, nodes[0].log);
+	int st = 0;
+	waitpid(pid, &st, 0);
+	cr_assert(WIFEXITED(st) && WEXITSTATUS(st) != 0, "started with a 0644 secret");
+	cr_assert_geq(log_count(nodes[0].log, "chmod 600"), 1, "the log does not say chmod 600");
+}
