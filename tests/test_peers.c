@@ -38,6 +38,7 @@
 
 #include "de_peer.h"
 #include "dynemb.h"
+#include "proto.h"
 #include "daemon_util.h"
 
 #define DIM 8
@@ -429,6 +430,150 @@ Test(failure, config_mismatch_named)
 	cr_assert_geq(log_count(nodes[0].log, "lr"), 1, "a's log does not name the field");
 	dynemb_close(ca);
 	dynemb_close(cb);
+	stop_all();
+}
+
+/* A TCP connection to member n's peer port. */
+static int tcp_to(const struct node *n)
+{
+	int fd = socket(AF_INET, SOCK_STREAM, 0);
+	struct sockaddr_in a = { .sin_family = AF_INET, .sin_port = htons((uint16_t)n->port),
+				 .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+	cr_assert_eq(connect(fd, (struct sockaddr *)&a, sizeof a), 0, "connect to %s", n->name);
+	return fd;
+}
+
+/* The peer closes fd within 5 s (what it still sends before is read and dropped). */
+static void assert_closed(int fd, const char *what)
+{
+	struct timeval tv = { .tv_sec = 5 };
+	setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+	char b[4096];
+	ssize_t r;
+	while ((r = recv(fd, b, sizeof b, 0)) > 0)
+		;
+	cr_assert(r == 0 || (r < 0 && errno == ECONNRESET), "%s: the connection stayed open (%s)",
+		  what, r < 0 ? strerror(errno) : "");
+	close(fd);
+}
+
+static void send_bytes(int fd, const void *b, size_t n)
+{
+	struct iovec v = { (void *)b, n };
+	cr_assert_eq(de_peer_write_full(fd, &v, 1, 5000), 0);
+}
+
+/* An authenticated connection to b as member `as` (the test holds the secret). */
+static int authed_to_b(const char *as)
+{
+	int fd = tcp_to(&nodes[1]);
+	struct de_peer_secret sec;
+	char msg[256], who[DE_PEER_NAME_MAX];
+	cr_assert_eq(de_peer_secret_load(secret, &sec, msg, sizeof msg), 0, "%s", msg);
+	int err = de_peer_auth(fd, &sec, true, as, "b", 5000, who, sizeof who, msg, sizeof msg);
+	cr_assert_eq(err, 0, "handshake with b: %s", msg);
+	return fd;
+}
+
+/* A forwarded lookup through a still works: b's keys, created. */
+static void still_serving(dynemb_client *ca, int ha, const char *after)
+{
+	uint64_t kb[32];
+	pick_keys(kb, 32, 1);
+	static float v[32 * DIM];
+	int err = dynemb_lookup(ca, ha, kb, 32, v, NULL, 0, 1);
+	cr_assert_eq(err, 0, "a's lookup of b's keys after %s: %s", after, dynemb_strerror(err));
+}
+
+Test(failure, hostile_frames_close_only_their_connection)
+{
+	start_all(3, -1);
+	dynemb_client *ca = connect_to(&nodes[0]);
+	struct dynemb_table_spec s;
+	emb_spec(&s, "emb");
+	int ha = open_table(ca, &s);
+	still_serving(ca, ha, "start");
+
+	/* no handshake: a batch frame straight away is not a HELLO */
+	int fd = tcp_to(&nodes[1]);
+	struct de_peer_hdr h;
+	de_peer_hdr_init(&h, DE_PEER_LOOKUP, 1, 32, 0);
+	unsigned char body[32] = { 0 };
+	body[16] = 1; /* n = 1 */
+	send_bytes(fd, &h, sizeof h);
+	send_bytes(fd, body, sizeof body);
+	assert_closed(fd, "a frame without the handshake");
+	still_serving(ca, ha, "an unauthenticated frame");
+
+	/* authenticated, but not a member's name */
+	fd = tcp_to(&nodes[1]);
+	struct de_peer_secret sec;
+	char msg[256], who[DE_PEER_NAME_MAX];
+	cr_assert_eq(de_peer_secret_load(secret, &sec, msg, sizeof msg), 0, "%s", msg);
+	de_peer_auth(fd, &sec, true, "intruder", "b", 5000, who, sizeof who, msg, sizeof msg);
+	assert_closed(fd, "a non-member");
+
+	/* a bad magic */
+	fd = authed_to_b("a");
+	de_peer_hdr_init(&h, DE_PEER_PING, 1, 0, 0);
+	h.magic ^= 1;
+	send_bytes(fd, &h, sizeof h);
+	assert_closed(fd, "a bad magic");
+	still_serving(ca, ha, "a bad magic");
+
+	/* a batch on a handle never opened */
+	fd = authed_to_b("a");
+	de_peer_hdr_init(&h, DE_PEER_LOOKUP, 2, 32, 0);
+	memset(body, 0, sizeof body);
+	body[16] = 1;
+	send_bytes(fd, &h, sizeof h);
+	send_bytes(fd, body, sizeof body);
+	assert_closed(fd, "an unknown handle");
+
+	/* OPEN, then a LOOKUP whose length does not match its key count */
+	fd = authed_to_b("a");
+	unsigned char open[DE_PEER_OPEN_BYTES] = { 0 };
+	strcpy((char *)open, "emb");
+	struct de_wire_table_config wc = { .dim = DIM, .init = DYNEMB_UNIFORM, .init_a = -0.5f,
+					   .init_b = 0.5f, .seed = 1234 };
+	memcpy(open + DE_NAME_MAX, &wc, sizeof wc);
+	de_peer_hdr_init(&h, DE_PEER_OPEN, 3, sizeof open, 0);
+	send_bytes(fd, &h, sizeof h);
+	send_bytes(fd, open, sizeof open);
+	struct de_peer_hdr rh;
+	cr_assert_eq(de_peer_read_full(fd, &rh, sizeof rh, 5000), 0);
+	cr_assert_eq(rh.type, DE_PEER_OPEN | DE_PEER_REPLY);
+	static char rb[DE_PEER_MSG_MAX + 8];
+	cr_assert_leq(rh.len, sizeof rb);
+	cr_assert_eq(de_peer_read_full(fd, rb, rh.len, 5000), 0);
+	/* the config differs from a's table (no optimizer): b refuses it, naming why */
+	cr_assert_lt(rh.status, 0, "b opened a table whose config differs from its own");
+	rb[rh.len] = 0;
+	cr_assert(strstr(rb, "emb"), "b's refusal does not name the table: %s", rb);
+	/* a table nobody has: opened with this config, handle 0 */
+	memset(open, 0, DE_NAME_MAX);
+	strcpy((char *)open, "cfgx");
+	de_peer_hdr_init(&h, DE_PEER_OPEN, 4, sizeof open, 0);
+	send_bytes(fd, &h, sizeof h);
+	send_bytes(fd, open, sizeof open);
+	cr_assert_eq(de_peer_read_full(fd, &rh, sizeof rh, 5000), 0);
+	cr_assert_eq(rh.status, 0, "OPEN of cfgx: %d", rh.status);
+	cr_assert_eq(rh.len, 8);
+	cr_assert_eq(de_peer_read_full(fd, rb, 8, 5000), 0);
+	de_peer_hdr_init(&h, DE_PEER_LOOKUP, 5, 24 + 8 * 3, 0);
+	unsigned char lk[24 + 8 * 3] = { 0 };
+	lk[16] = 2; /* n = 2, but three keys' bytes */
+	send_bytes(fd, &h, sizeof h);
+	send_bytes(fd, lk, sizeof lk);
+	assert_closed(fd, "a length that does not match");
+	still_serving(ca, ha, "a malformed batch");
+	usleep(200000);
+	cr_assert_geq(log_count(nodes[1].log, "peer connection from 127.0.0.1"), 2,
+		      "b's log does not name the refused connections");
+	cr_assert_geq(log_count(nodes[1].log, "frame magic"), 1, "b's log: the bad magic");
+	cr_assert_geq(log_count(nodes[1].log, "never opened"), 1, "b's log: the unknown handle");
+	cr_assert_geq(log_count(nodes[1].log, "keys at dim"), 1, "b's log: the bad length");
+	dynemb_close(ca);
 	stop_all();
 }
 

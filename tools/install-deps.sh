@@ -19,6 +19,7 @@ pkgs=(
   python3-venv python3-setuptools python3-pip  # .venv, and the venvs the tests make from it
   fio                                       # dynemb-bench persist's file-system baseline
   libmicrohttpd-dev                         # the daemon's /metrics endpoint (Prometheus)
+  libssl-dev                                # libcrypto: HMAC-SHA256 of the peer handshake (src/peer)
   valgrind                                  # callgrind and its headers: the instruction-count
                                             # gate (tools/bench/icount.py, .ci/run)
   systemd                                   # systemd-analyze verify of tools/deploy/systemd's

@@ -4,7 +4,8 @@
  * then command-line flags, each later source overriding the earlier. Every value goes
  * through one setter (set_key), so a key means the same in the file and as a flag.
  *
- * Sections: [server], [pages], [memory], [quota], [learn], [persistence], [metrics]
+ * Sections: [server], [pages], [memory], [quota], [learn], [persistence], [metrics],
+ * [peers] (set_peers_key, peers_finish: the other hosts' dynembd)
  * (set_metrics_key: the /metrics listen address), [namespace NAME] (config_ns.c).
  *
  * Errors name where the value came from ("FILE:LINE: ..." or "--flag: ...") and make
@@ -682,7 +683,7 @@ static void usage(FILE *f)
 		"\n"
 		"  -c, --config FILE         INI file with [server], [pages], [memory], [quota],\n"
 		"                            [learn], [persistence], [log], [metrics],\n"
-		"                            [namespace NAME] (table rights)\n"
+		"                            [peers], [namespace NAME] (table rights)\n"
 		"  -s, --socket PATH         [server] socket: control socket (default %s;\n"
 		"                            its directory is created)\n"
 		"  -w, --workers N           [server] workers: data-plane threads, 1..%u (default 1)\n"
@@ -743,6 +744,10 @@ static void usage(FILE *f)
 		"      --metrics-listen ADDR [metrics] listen: serve Prometheus /metrics over HTTP\n"
 		"                            at ADDR: PORT or :PORT (127.0.0.1), IPV4:PORT,\n"
 		"                            localhost:PORT, [IPV6]:PORT (default empty: off)\n"
+		"  [peers] (config file only; docs/peers.md): members (name=host:port[*weight],...),\n"
+		"                            self, secret_file, listen, timeout_ms (2000),\n"
+		"                            threads (4), sharded (*): shard tables over other\n"
+		"                            hosts' dynembd (off while members is empty)\n"
 		"  -f, --foreground          stay in the foreground (default: detach after binding)\n"
 		"      --print-config        print the effective configuration and exit\n"
 		"  -h, --help                this text\n"

@@ -546,8 +546,10 @@ bool srv_peers_any_remote(const struct srv_peers *p, const uint64_t *keys, size_
 
 /* ---- forwarding side --------------------------------------------------------------- */
 
+/* A table's handle, known by name (a table dropped and made again may reuse the address
+ * of another: names are what both sides agree on). */
 struct rtable {
-	const struct srv_table *t;
+	char name[DE_NAME_MAX];
 	uint32_t handle;
 };
 
@@ -570,7 +572,7 @@ struct srv_peer_fwd {
 	struct srv_peers *p;
 	uint32_t max_batch;
 	dynemb_client *ic;
-	struct { const struct srv_table *t; int h; } itabs[FWD_TABLES];
+	struct { char name[DE_NAME_MAX]; int h; } itabs[FWD_TABLES];
 	unsigned nitabs;
 	uint64_t *keys, *okeys;
 	uint16_t *owner;
@@ -744,7 +746,7 @@ static int member_table(struct srv_peer_fwd *f, unsigned i, const struct srv_tab
 {
 	struct member *m = &f->m[i];
 	for (unsigned k = 0; k < m->ntabs; k++)
-		if (m->tabs[k].t == t) {
+		if (!strcmp(m->tabs[k].name, t->name)) {
 			*handle = m->tabs[k].handle;
 			return 0;
 		}
@@ -773,7 +775,8 @@ static int member_table(struct srv_peer_fwd *f, unsigned i, const struct srv_tab
 			t->name, r.msg);
 		return r.status;
 	}
-	m->tabs[m->ntabs++] = (struct rtable){ .t = t, .handle = r.handle };
+	snprintf(m->tabs[m->ntabs].name, DE_NAME_MAX, "%s", t->name);
+	m->tabs[m->ntabs++].handle = r.handle;
 	*handle = r.handle;
 	return 0;
 }
@@ -839,6 +842,8 @@ static int recv_part(struct srv_peer_fwd *f, unsigned i, const struct srv_table 
 	int err = read_reply(f, i, type, m->n, dim, deadline, &r);
 	if (err)
 		return err;
+	if (r.status == -EIDRM)
+		member_close(m); /* its table was dropped: a new connection opens it anew */
 	if (r.status < 0)
 		return r.status; /* the owner's refusal of this batch (its message: r.msg) */
 	if (type == DE_PEER_LOOKUP) {
@@ -854,7 +859,7 @@ static int recv_part(struct srv_peer_fwd *f, unsigned i, const struct srv_table 
 static int local_table(struct srv_peer_fwd *f, const struct srv_table *t, int *h)
 {
 	for (unsigned k = 0; k < f->nitabs; k++)
-		if (f->itabs[k].t == t) {
+		if (!strcmp(f->itabs[k].name, t->name)) {
 			*h = f->itabs[k].h;
 			return 0;
 		}
@@ -876,7 +881,7 @@ static int local_table(struct srv_peer_fwd *f, const struct srv_table *t, int *h
 			dynemb_strerror(err));
 		return err;
 	}
-	f->itabs[f->nitabs].t = t;
+	snprintf(f->itabs[f->nitabs].name, DE_NAME_MAX, "%s", t->name);
 	f->itabs[f->nitabs++].h = *h;
 	return 0;
 }
@@ -915,7 +920,7 @@ static int local_part(struct srv_peer_fwd *f, unsigned self, const struct srv_ta
 		err = dynemb_erase(f->ic, h, k, m->n, &x);
 		break;
 	}
-	if (err == -ECONNRESET || err == -EPIPE) { /* reconnect next time */
+	if (err == -ECONNRESET || err == -EPIPE || err == -EIDRM) { /* reopen next time */
 		dynemb_close(f->ic);
 		f->ic = NULL;
 		f->nitabs = 0;
