@@ -294,6 +294,23 @@ Test(shard, matches_single_host)
 		if (m)
 			dynemb_close(c);
 	}
+	/* top-k over every member, merged: the single host's keys and scores */
+	for (int metric = 0; metric < 2; metric++) {
+		enum { NQ = 3, K = 20 };
+		float qv[NQ * DIM];
+		for (size_t i = 0; i < NQ * DIM; i++)
+			qv[i] = (float)((int)(next_rand() % 2001) - 1000) / 1000.0f;
+		uint64_t ka[NQ * K], kr[NQ * K];
+		float sa2[NQ * K], sr2[NQ * K];
+		uint32_t fa[NQ], fr[NQ];
+		e1 = dynemb_topk(ca, ha, qv, NQ, K, (enum dynemb_metric)metric, ka, sa2, fa);
+		e2 = dynemb_topk(cr, hr, qv, NQ, K, (enum dynemb_metric)metric, kr, sr2, fr);
+		cr_assert_eq(e1, 0, "sharded top-k: %s", dynemb_strerror(e1));
+		cr_assert_eq(e2, 0);
+		cr_assert_eq(memcmp(fa, fr, sizeof fa), 0, "found differs");
+		cr_assert_eq(memcmp(ka, kr, sizeof ka), 0, "top-k keys differ from the single host");
+		cr_assert_eq(memcmp(sa2, sr2, sizeof sa2), 0, "top-k scores differ");
+	}
 	/* each member holds its share; the shares add up to the single host's keys */
 	struct dynemb_stats st;
 	cr_assert_eq(dynemb_stats(cr, hr, &st), 0);

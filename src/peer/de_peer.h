@@ -83,10 +83,13 @@ int de_peer_read_full(int fd, void *buf, size_t len, int timeout_ms);
 
 enum de_peer_type {
 	DE_PEER_OPEN = 1, DE_PEER_LOOKUP = 2, DE_PEER_UPDATE = 3, DE_PEER_APPLY = 4,
-	DE_PEER_ERASE = 5, DE_PEER_PING = 6,
+	DE_PEER_ERASE = 5, DE_PEER_PING = 6, DE_PEER_TOPK = 7,
 };
 #define DE_PEER_LOOKUP_CREATE 0x1u
 #define DE_PEER_APPLY_LR 0x1u
+#define DE_PEER_TOPK_COSINE 0x1u
+#define DE_PEER_TOPK_MAX_K 65536u
+#define DE_PEER_TOPK_MAX_RESULTS (1u << 24) /* nq * k of one TOPK */
 
 struct de_peer_hdr {
 	uint32_t magic;
@@ -105,7 +108,8 @@ struct de_peer_open {
 };
 
 /* A parsed batch request; keys and vals point into the payload (8- and 4-aligned when
- * the payload is 8-aligned). vals: UPDATE's rows or APPLY's gradients (all finite). */
+ * the payload is 8-aligned). vals: UPDATE's rows or APPLY's gradients (all finite).
+ * TOPK: n queries in vals (n * dim, finite), k in step, no keys. */
 struct de_peer_batch {
 	uint16_t type;
 	uint32_t handle, flags, n;
@@ -117,12 +121,14 @@ struct de_peer_batch {
 
 /* A parsed reply. status < 0: the owner refused, msg is its reason (control characters
  * replaced). Else a, b: the counts (wire.c); LOOKUP: st[n] and rows[n * dim] point
- * into the payload; OPEN: handle, dim. */
+ * into the payload; TOPK: tkeys[n * k] and tscores[n * k]; OPEN: handle, dim. */
 struct de_peer_reply {
 	int32_t status;
 	uint32_t a, b, handle, dim;
 	const uint8_t *st;      /* LOOKUP: n statuses */
 	const float *rows;
+	const uint64_t *tkeys;
+	const float *tscores;
 	char msg[DE_PEER_MSG_MAX + 1];
 };
 
@@ -133,12 +139,14 @@ void de_peer_hdr_init(struct de_peer_hdr *h, uint16_t type, uint64_t req_id, uin
 int de_peer_hdr_check(const struct de_peer_hdr *h, char *msg, size_t cap);
 /* Bytes before the keys of a batch request of type (24; APPLY 32). */
 uint64_t de_peer_batch_fixed(uint16_t type);
-/* Bytes of a LOOKUP reply's payload for n keys at dim. */
+/* Bytes of a LOOKUP reply's payload for n keys at dim; of a TOPK reply's for n queries
+ * and k. */
+uint64_t de_peer_topk_reply_bytes(uint32_t n, uint32_t k);
 uint64_t de_peer_lookup_reply_bytes(uint32_t n, uint32_t dim);
 /* Parsers of a payload of h->len bytes at p (h checked): 0 or -EPROTO with msg.
  * parse_batch takes the dim of the handle the request names (its caller looks it up;
  * an unknown handle is the caller's error). parse_reply checks a reply against the
- * request it answers (type, req_id, n keys at dim). */
+ * request it answers (type, req_id, n keys at dim; TOPK: n queries, and k in dim). */
 int de_peer_parse_open(const struct de_peer_hdr *h, const void *p, struct de_peer_open *out,
 		       char *msg, size_t cap);
 int de_peer_parse_batch(const struct de_peer_hdr *h, const void *p, uint32_t dim,

@@ -41,6 +41,13 @@
  *
  *   PING (6): no payload; reply: no payload.
  *
+ *   TOPK (7): the batch layout above with n = queries (1..DE_PEER_MAX_KEYS), step = k
+ *     (1..DE_PEER_TOPK_MAX_K, n * k <= DE_PEER_TOPK_MAX_RESULTS), flags bit 0 cosine
+ *     (else dot), no keys, then f32 queries[n * dim] (finite)
+ *     reply: the 16 bytes (n, a = found per query <= k, 0, 0), then u64 keys[n * k] and
+ *     f32 scores[n * k], each query's best first; past `found` a key is 0 and its score
+ *     -inf; a score is finite or -inf
+ *
  * A frame that breaks any rule above is refused with -EPROTO (and a message that names
  * the field): the connection it came on is closed by the caller, nothing else.
  * The lengths are exact: a payload longer or shorter than its type says is refused.
@@ -90,7 +97,7 @@ int de_peer_hdr_check(const struct de_peer_hdr *h, char *msg, size_t cap)
 		return bad(msg, cap, "frame version %u, this side speaks %u", h->version,
 			   DE_PEER_VERSION);
 	unsigned base = h->type & ~DE_PEER_REPLY;
-	if (base < DE_PEER_OPEN || base > DE_PEER_PING || (h->type & ~(DE_PEER_REPLY | 0x7f)))
+	if (base < DE_PEER_OPEN || base > DE_PEER_TOPK || (h->type & ~(DE_PEER_REPLY | 0x7f)))
 		return bad(msg, cap, "frame type %u is not a peer frame", h->type);
 	if (h->len > DE_PEER_FRAME_MAX)
 		return bad(msg, cap, "frame of type %u: length %u over the most a frame carries "
@@ -110,6 +117,11 @@ int de_peer_hdr_check(const struct de_peer_hdr *h, char *msg, size_t cap)
 uint64_t de_peer_batch_fixed(uint16_t type)
 {
 	return type == DE_PEER_APPLY ? 32 : 24;
+}
+
+uint64_t de_peer_topk_reply_bytes(uint32_t n, uint32_t k)
+{
+	return 16 + 12ull * n * k;
 }
 
 uint64_t de_peer_lookup_reply_bytes(uint32_t n, uint32_t dim)
@@ -144,9 +156,9 @@ int de_peer_parse_batch(const struct de_peer_hdr *h, const void *p, uint32_t dim
 			struct de_peer_batch *out, char *msg, size_t cap)
 {
 	static const char *const names[] = { "", "OPEN", "LOOKUP", "UPDATE", "APPLY", "ERASE",
-					     "PING" };
+					     "PING", "TOPK" };
 	uint16_t type = h->type;
-	if (type < DE_PEER_LOOKUP || type > DE_PEER_ERASE)
+	if (type < DE_PEER_LOOKUP || type > DE_PEER_TOPK || type == DE_PEER_PING)
 		return bad(msg, cap, "frame type %u is not a batch", type);
 	const char *what = names[type];
 	uint64_t fixed = de_peer_batch_fixed(type);
@@ -164,7 +176,8 @@ int de_peer_parse_batch(const struct de_peer_hdr *h, const void *p, uint32_t dim
 	if (res)
 		return bad(msg, cap, "%s: reserved field at byte 20 is %u, not 0", what, res);
 	unsigned allowed = type == DE_PEER_LOOKUP ? DE_PEER_LOOKUP_CREATE
-			 : type == DE_PEER_APPLY ? DE_PEER_APPLY_LR : 0;
+			 : type == DE_PEER_APPLY ? DE_PEER_APPLY_LR
+			 : type == DE_PEER_TOPK ? DE_PEER_TOPK_COSINE : 0;
 	if (x.flags & ~allowed)
 		return bad(msg, cap, "%s: flags 0x%x (only 0x%x are defined)", what, x.flags,
 			   allowed);
@@ -181,14 +194,21 @@ int de_peer_parse_batch(const struct de_peer_hdr *h, const void *p, uint32_t dim
 		if (!(x.flags & DE_PEER_APPLY_LR) && x.lr != 0)
 			return bad(msg, cap, "APPLY: learning rate %g without its flag", x.lr);
 	}
-	bool vals = type == DE_PEER_UPDATE || type == DE_PEER_APPLY;
-	uint64_t want = fixed + 8ull * x.n + (vals ? 4ull * x.n * dim : 0);
+	bool topk = type == DE_PEER_TOPK;
+	if (topk && (x.step < 1 || x.step > DE_PEER_TOPK_MAX_K ||
+		     x.step * x.n > DE_PEER_TOPK_MAX_RESULTS))
+		return bad(msg, cap, "TOPK: k %llu for %u queries (k 1..%u, queries x k at most %u)",
+			   (unsigned long long)x.step, x.n, DE_PEER_TOPK_MAX_K,
+			   DE_PEER_TOPK_MAX_RESULTS);
+	bool vals = type == DE_PEER_UPDATE || type == DE_PEER_APPLY || topk;
+	uint64_t kb = topk ? 0 : 8ull * x.n;
+	uint64_t want = fixed + kb + (vals ? 4ull * x.n * dim : 0);
 	if (h->len != want)
 		return bad(msg, cap, "%s of %u keys at dim %u is %llu bytes, not %u", what, x.n,
 			   dim, (unsigned long long)want, h->len);
-	x.keys = (const uint64_t *)(const void *)(b + fixed);
+	x.keys = topk ? NULL : (const uint64_t *)(const void *)(b + fixed);
 	if (vals) {
-		x.vals = (const float *)(const void *)(b + fixed + 8ull * x.n);
+		x.vals = (const float *)(const void *)(b + fixed + kb);
 		for (uint64_t i = 0; i < (uint64_t)x.n * dim; i++)
 			if (!isfinite(x.vals[i]))
 				return bad(msg, cap, "%s: value %llu (key %llu, column %llu) is not "
@@ -232,7 +252,8 @@ int de_peer_parse_reply(const struct de_peer_hdr *h, const void *p, uint16_t typ
 			return bad(msg, cap, "OPEN reply: dim %u, the table has %u", out->dim, dim);
 		return 0;
 	}
-	uint64_t want = type == DE_PEER_LOOKUP ? de_peer_lookup_reply_bytes(n, dim) : 16;
+	uint64_t want = type == DE_PEER_LOOKUP ? de_peer_lookup_reply_bytes(n, dim)
+		      : type == DE_PEER_TOPK ? de_peer_topk_reply_bytes(n, dim) : 16;
 	if (h->len != want)
 		return bad(msg, cap, "reply of %u bytes to a batch of %u keys, not %llu", h->len, n,
 			   (unsigned long long)want);
@@ -244,6 +265,23 @@ int de_peer_parse_reply(const struct de_peer_hdr *h, const void *p, uint16_t typ
 	if (rn != n || res)
 		return bad(msg, cap, "reply for %u keys (reserved %u), the request had %u", rn, res,
 			   n);
+	if (type == DE_PEER_TOPK) { /* dim is k here */
+		if (out->a > dim || out->b)
+			return bad(msg, cap, "TOPK reply: %u found of k %u, second count %u", out->a,
+				   dim, out->b);
+		out->tkeys = (const uint64_t *)(const void *)(b + 16);
+		out->tscores = (const float *)(const void *)(b + 16 + 8ull * n * dim);
+		for (uint64_t i = 0; i < (uint64_t)n * dim; i++) {
+			float sc = out->tscores[i];
+			bool past = i % dim >= out->a;
+			if (past ? (out->tkeys[i] || !(isinf(sc) && sc < 0))
+				 : !(isfinite(sc) || (isinf(sc) && sc < 0)))
+				return bad(msg, cap, "TOPK reply: result %llu (key %llu, score %g) "
+					   "breaks the rules", (unsigned long long)i,
+					   (unsigned long long)out->tkeys[i], sc);
+		}
+		return 0;
+	}
 	if (out->a > n || out->b > n)
 		return bad(msg, cap, "reply counts %u and %u for %u keys", out->a, out->b, n);
 	if (type == DE_PEER_LOOKUP) {

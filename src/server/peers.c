@@ -256,6 +256,27 @@ static int on_batch(struct oconn *o, const struct de_peer_hdr *rq)
 	uint32_t c[4] = { b.n, 0, 0, 0 };
 	int err = 0;
 	size_t x = 0;
+	if (b.type == DE_PEER_TOPK) {
+		uint32_t k = (uint32_t)b.step;
+		uint64_t bytes = de_peer_topk_reply_bytes(b.n, k);
+		uint32_t *found = calloc(b.n, sizeof *found);
+		if (!found || (err = grow(&o->out, &o->ocap, bytes))) {
+			free(found);
+			return reply_err(o, rq, -ENOMEM, "out of memory for a TOPK reply");
+		}
+		uint64_t *keys = (uint64_t *)(void *)((char *)o->out + 16);
+		float *scores = (float *)(void *)(keys + (uint64_t)b.n * k);
+		err = dynemb_topk(o->ic, hd->h, b.vals, b.n, k,
+				  (b.flags & DE_PEER_TOPK_COSINE) ? DYNEMB_METRIC_COSINE
+								  : DYNEMB_METRIC_DOT,
+				  keys, scores, found);
+		c[1] = found[0];
+		free(found);
+		if (err)
+			return reply_err(o, rq, err, dynemb_strerror(err));
+		memcpy(o->out, c, sizeof c);
+		return reply(o, rq, 0, o->out, (uint32_t)bytes);
+	}
 	switch (b.type) {
 	case DE_PEER_LOOKUP: {
 		uint64_t bytes = de_peer_lookup_reply_bytes(b.n, hd->dim);
@@ -784,7 +805,8 @@ static int member_table(struct srv_peer_fwd *f, unsigned i, const struct srv_tab
 static uint16_t wire_type(uint32_t op)
 {
 	return op == DE_OP_LOOKUP ? DE_PEER_LOOKUP : op == DE_OP_UPDATE ? DE_PEER_UPDATE
-	       : op == DE_OP_APPLY_GRADS ? DE_PEER_APPLY : DE_PEER_ERASE;
+	       : op == DE_OP_APPLY_GRADS ? DE_PEER_APPLY : op == DE_OP_TOPK ? DE_PEER_TOPK
+	       : DE_PEER_ERASE;
 }
 
 /* Send member i its part (f->m[i].start, .n) of e. */
@@ -807,19 +829,22 @@ static int send_part(struct srv_peer_fwd *f, unsigned i, const struct srv_table 
 		flags = DE_PEER_APPLY_LR;
 		lr = de_lr_from_wire(e->status_off);
 	}
-	uint64_t step = type == DE_PEER_ERASE ? 0 : e->arg;
+	if (type == DE_PEER_TOPK && (e->flags & DE_WTOPK_COSINE))
+		flags = DE_PEER_TOPK_COSINE;
+	uint64_t step = type == DE_PEER_ERASE ? 0 : e->arg; /* TOPK: k */
 	memcpy(fixed, &handle, 4);
 	memcpy(fixed + 4, &flags, 4);
 	memcpy(fixed + 8, &step, 8);
 	memcpy(fixed + 16, &m->n, 4);
 	memcpy(fixed + 24, &lr, 8);
 	uint64_t nf = de_peer_batch_fixed(type);
-	bool vals = type == DE_PEER_UPDATE || type == DE_PEER_APPLY;
-	uint64_t vb = vals ? 4ull * m->n * dim : 0;
+	bool topk = type == DE_PEER_TOPK; /* every query to every member: no keys */
+	bool vals = type == DE_PEER_UPDATE || type == DE_PEER_APPLY || topk;
+	uint64_t vb = vals ? 4ull * m->n * dim : 0, kb = topk ? 0 : 8ull * m->n;
 	struct de_peer_hdr h;
-	de_peer_hdr_init(&h, type, ++m->req, (uint32_t)(nf + 8ull * m->n + vb), 0);
+	de_peer_hdr_init(&h, type, ++m->req, (uint32_t)(nf + kb + vb), 0);
 	struct iovec iov[4] = {
-		{ &h, sizeof h }, { fixed, nf }, { f->okeys + m->start, 8ull * m->n },
+		{ &h, sizeof h }, { fixed, nf }, { topk ? NULL : f->okeys + m->start, kb },
 		{ vals ? f->vals + (uint64_t)m->start * dim : NULL, vb },
 	};
 	err = de_peer_write_full(m->fd, iov, vals ? 4 : 3, ms_left(deadline));
@@ -929,6 +954,105 @@ static int local_part(struct srv_peer_fwd *f, unsigned self, const struct srv_ta
 	return err;
 }
 
+/* Is result (ka, sa) before (kb, sb): the higher score, ties by the lower key (topk.c's
+ * order), a -inf (no result) last? */
+static bool before(uint64_t ka, float sa, uint64_t kb, float sb)
+{
+	return sa > sb || (sa == sb && ka < kb);
+}
+
+/* Merge the k best of (bk, bs: fb valid) into query row (ak, as: *fa valid). */
+static void merge_k(uint64_t *ak, float *as, uint32_t *fa, const uint64_t *bk, const float *bs,
+		    uint32_t fb, uint32_t k, uint64_t *tk, float *ts)
+{
+	uint32_t i = 0, j = 0, o = 0;
+	while (o < k && (i < *fa || j < fb)) {
+		bool a = j >= fb || (i < *fa && before(ak[i], as[i], bk[j], bs[j]));
+		tk[o] = a ? ak[i] : bk[j];
+		ts[o++] = a ? as[i++] : bs[j++];
+	}
+	*fa = o;
+	memcpy(ak, tk, o * sizeof *ak);
+	memcpy(as, ts, o * sizeof *as);
+	for (uint32_t x = o; x < k; x++) {
+		ak[x] = 0;
+		as[x] = -__builtin_inff();
+	}
+}
+
+/* A TOPK of a sharded table: every member's k best of every query (the queries copied
+ * once, so each member sees the same), merged. */
+static void forward_topk(struct srv_peer_fwd *f, const struct srv_table *t, char *data,
+			 const struct de_sqe *e, struct de_cqe *q)
+{
+	const struct srv_config *cfg = f->p->cfg;
+	unsigned nm = cfg->peers.n, self = cfg->peer_self;
+	uint32_t nq = e->count, k = (uint32_t)e->arg, dim = t->wcfg.dim;
+	uint64_t nr = (uint64_t)nq * k, nf = (uint64_t)nq * dim;
+	uint64_t *ak = (uint64_t *)(void *)(data + e->vals_off);
+	float *as = (float *)(void *)(ak + nr);
+	uint32_t *found = calloc(nq, sizeof *found);
+	uint64_t *tk = malloc(k * sizeof *tk);
+	float *ts = malloc(k * sizeof *ts);
+	int err = !found || !tk || !ts ? -ENOMEM : 0;
+	if (!err && nf > f->vcap) {
+		float *v = realloc(f->vals, nf * sizeof *v);
+		if (v) {
+			f->vals = v;
+			float *r = realloc(f->rows, nf * sizeof *r);
+			if (r) {
+				f->rows = r;
+				f->vcap = nf;
+			}
+		}
+		if (f->vcap < nf)
+			err = -ENOMEM;
+	}
+	if (err)
+		goto out;
+	memcpy(f->vals, data + e->keys_off, 4 * nf);
+	uint64_t deadline = srv_mono_ns() + cfg->peer_timeout_ms * 1000000ull;
+	for (unsigned i = 0; i < nm; i++) {
+		f->m[i].start = 0;
+		f->m[i].n = nq;
+		f->m[i].err = 0;
+		f->m[i].sent = false;
+		if (i != self) {
+			f->m[i].err = send_part(f, i, t, e, deadline);
+			f->m[i].sent = !f->m[i].err;
+		}
+	}
+	int h;
+	err = local_table(f, t, &h);
+	if (!err)
+		err = dynemb_topk(f->ic, h, f->vals, nq, k,
+				  (e->flags & DE_WTOPK_COSINE) ? DYNEMB_METRIC_COSINE : DYNEMB_METRIC_DOT,
+				  ak, as, found);
+	for (unsigned i = 0; i < nm; i++) {
+		if (!f->m[i].sent)
+			continue;
+		struct de_peer_reply r;
+		int e2 = read_reply(f, i, DE_PEER_TOPK, nq, k, deadline, &r);
+		if (!e2 && r.status < 0)
+			e2 = r.status;
+		if (e2) {
+			f->m[i].err = e2;
+			continue;
+		}
+		for (uint32_t qi = 0; !err && qi < nq; qi++)
+			merge_k(ak + (uint64_t)qi * k, as + (uint64_t)qi * k, &found[qi],
+				r.tkeys + (uint64_t)qi * k, r.tscores + (uint64_t)qi * k, r.a, k, tk, ts);
+	}
+	for (unsigned i = 0; i < nm && !err; i++)
+		err = f->m[i].err;
+out:
+	q->res = err;
+	q->count = err ? 0 : found[0];
+	free(found);
+	free(tk);
+	free(ts);
+}
+
 void srv_peer_forward(struct srv_peer_fwd *f, const struct srv_table *t, char *data,
 		      const struct de_sqe *e, struct de_cqe *q)
 {
@@ -936,6 +1060,10 @@ void srv_peer_forward(struct srv_peer_fwd *f, const struct srv_table *t, char *d
 	unsigned nm = cfg->peers.n, self = cfg->peer_self;
 	uint32_t n = e->count, dim = t->wcfg.dim;
 	*q = (struct de_cqe){ .user_data = e->user_data };
+	if (e->op == DE_OP_TOPK) {
+		forward_topk(f, t, data, e, q);
+		return;
+	}
 	if (n > f->max_batch) {
 		q->res = -E2BIG;
 		return;

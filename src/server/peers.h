@@ -51,9 +51,10 @@ bool srv_peers_any_remote(const struct srv_peers *p, const uint64_t *keys, size_
  * One per pool thread; max_batch sizes its scratch. */
 int srv_peer_fwd_create(struct srv_peers *p, uint32_t max_batch, struct srv_peer_fwd **out);
 void srv_peer_fwd_free(struct srv_peer_fwd *f);
-/* Run the checked LOOKUP, UPDATE, APPLY_GRADS or ERASE e of an int64 table t whose keys
- * lie in the channel data area data: fills q (res, count, aux0 as the worker would) and
- * writes LOOKUP's rows and statuses into data. A part that fails (a peer down, past
+/* Run the checked LOOKUP, UPDATE, APPLY_GRADS, ERASE or TOPK e of an int64 table t whose
+ * keys (TOPK: queries) lie in the channel data area data: fills q (res, count, aux0 as
+ * the worker would) and writes LOOKUP's rows and statuses, TOPK's keys and scores (each
+ * member's k best, merged: best first, ties by key), into data. A part that fails (a peer down, past
  * [peers] timeout_ms, or refusing) fails the descriptor with its errno; the other parts
  * may have been applied (as with a batch split over several requests). */
 void srv_peer_forward(struct srv_peer_fwd *f, const struct srv_table *t, char *data,

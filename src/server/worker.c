@@ -368,8 +368,13 @@ static void apply_grads(struct srv_worker *w, struct srv_table *t, const char *d
 	q->aux0 = created;
 }
 
-/* TOPK or SAMPLE (checked): refused over the cap, else queued on the slow pool. 0: *q
- * is its completion; 2: the pool has it (c->slow_busy). */
+static bool sharded(struct srv_worker *w, struct srv_table *t);
+static int forward_op(struct srv_worker *w, struct srv_client *c, struct srv_table *t,
+		      const struct de_sqe *e);
+
+/* TOPK or SAMPLE (checked): refused over the cap, else queued on the slow pool (a TOPK
+ * of a sharded table: on the forwarding pool, which asks every member for its k best).
+ * 0: *q is its completion; 2: a pool has it (c->slow_busy). */
 static int slow_op(struct srv_worker *w, struct srv_client *c, struct srv_table *t,
 		   char *data, const struct de_sqe *e, struct de_cqe *q)
 {
@@ -386,6 +391,8 @@ static int slow_op(struct srv_worker *w, struct srv_client *c, struct srv_table 
 				e->op == DE_OP_TOPK ? "TOPK" : "SAMPLE", cost, cap);
 		return 0;
 	}
+	if (e->op == DE_OP_TOPK && w->srv->peers && !c->internal && sharded(w, t))
+		return forward_op(w, c, t, e);
 	if (!w->srv->slow) { /* no pool (it could not start): on the worker */
 		struct srv_batch b = batch_of(w, t, e, NULL);
 		srv_learn_execute(&b, data, e, q);
