@@ -18,7 +18,11 @@
  *            differs on the owner is refused with the field named.
  *   config   [peers] mistakes exit 2 naming the problem.
  */
+#ifdef DE_MINI_CRITERION
+#include "mini_criterion.h" /* ThreadSanitizer build: see that header */
+#else
 #include <criterion/criterion.h>
+#endif
 
 /* the paths below are built from short fixed parts that fit; GCC cannot see that */
 #pragma GCC diagnostic ignored "-Wformat-truncation"
@@ -147,10 +151,20 @@ static void stop_all(void)
 	for (unsigned i = 0; i < 4; i++)
 		if (nodes[i].pid > 0) {
 			kill(nodes[i].pid, SIGCONT);
-			daemon_terminate(nodes[i].pid, 10);
-			daemon_show_log_if_asked(nodes[i].log);
+			int st = daemon_terminate(nodes[i].pid, 10);
 			nodes[i].pid = -1;
+			if (!WIFEXITED(st) || WEXITSTATUS(st))
+				daemon_show_log(nodes[i].log);
+			else
+				daemon_show_log_if_asked(nodes[i].log);
+			cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0,
+				  "member %s did not exit cleanly at SIGTERM (status 0x%x)", nodes[i].name,
+				  st);
 		}
+	char cmd[100];
+	snprintf(cmd, sizeof cmd, "rm -rf %s", tdir);
+	if (system(cmd) != 0)
+		cr_log_warn("could not remove %s", tdir);
 }
 
 static dynemb_client *connect_to(const struct node *n)
@@ -645,4 +659,5 @@ Test(config, peers_mistakes_exit_2)
 	waitpid(pid, &st, 0);
 	cr_assert(WIFEXITED(st) && WEXITSTATUS(st) != 0, "started with a 0644 secret");
 	cr_assert_geq(log_count(nodes[0].log, "chmod 600"), 1, "the log does not say chmod 600");
+	stop_all();
 }
