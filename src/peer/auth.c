@@ -76,7 +76,9 @@ static int fail(int err, char *msg, size_t cap, const char *fmt, ...)
 int de_peer_secret_load(const char *path, struct de_peer_secret *out, char *msg, size_t cap)
 {
 	memset(out, 0, sizeof *out);
-	int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+	/* A symbolic link is followed (a Kubernetes Secret volume's files are links); the
+	 * checks below are of the file it names (fstat). */
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
 	if (fd < 0)
 		return fail(-errno, msg, cap, "[peers] secret_file %s: %s", path, strerror(errno));
 	struct stat st;
@@ -385,7 +387,8 @@ int de_peer_auth(int fd, const struct de_peer_secret *s, bool is_initiator, cons
 		 const char *expect_peer, int timeout_ms, char *peer_name, size_t peer_cap,
 		 char *msg, size_t msgcap)
 {
-	if (!good_name(self, strlen(self)) || s->len < DE_PEER_SECRET_MIN)
+	if (!good_name(self, strlen(self)) || s->len < DE_PEER_SECRET_MIN ||
+	    s->len > DE_PEER_SECRET_MAX)
 		return fail(-EINVAL, msg, msgcap, "peer handshake: a bad own name or secret");
 	int64_t dl = timeout_ms < 0 ? -1 : now_ms() + timeout_ms;
 	if (peer_name && peer_cap)
