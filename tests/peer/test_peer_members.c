@@ -15,6 +15,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <xxhash.h>
 
 #include "de_peer.h"
@@ -309,4 +310,24 @@ Test(owner, depends_on_names_and_weights_only)
 	for (uint64_t i = 0; i < 100000; i++)
 		moved += de_peer_owner(&m, mix(i)) != de_peer_owner(&p, mix(i));
 	cr_assert_gt(moved, 0);
+}
+
+/* Not a timed assertion: the speed of the batch form, printed for the log. */
+Test(owner, batch_speed_printed)
+{
+	const char *lists[] = { "a=h:1 b=h:1 c=h:1 d=h:1 e=h:1 f=h:1 g=h:1 i=h:1",
+				"a=h:1 b=h:1 c=h:1 d=h:1 e=h:1 f=h:1 g=h:1 i=h:1*2" };
+	for (int l = 0; l < 2; l++) {
+		struct de_peer_members m;
+		parse_ok(lists[l], &m);
+		struct timespec t0, t1;
+		clock_gettime(CLOCK_MONOTONIC, &t0);
+		uint16_t *o = owners_of(&m, NKEYS);
+		clock_gettime(CLOCK_MONOTONIC, &t1);
+		double ns = ((double)(t1.tv_sec - t0.tv_sec) * 1e9 + (double)(t1.tv_nsec - t0.tv_nsec)) / NKEYS;
+		printf("owner: de_peer_owners, 8 members, %s weights: %.1f ns per key (key generation included)\n",
+		       l ? "unequal" : "equal", ns);
+		cr_log_info("de_peer_owners, 8 members, %s weights: %.1f ns per key", l ? "unequal" : "equal", ns);
+		free(o);
+	}
 }
