@@ -365,7 +365,8 @@ static int responder(int fd, const struct de_peer_secret *s, const char *self, i
 		return fail(-EPROTO, msg, cap, "peer %s: a malformed PROOF", iname);
 	if (proof[4] != 1)
 		return fail(-EACCES, msg, cap, "peer %s: authentication failed (wrong shared "
-			    "secret?): it refused ours", iname);
+			    "secret?): it refused this side's proof, or it expected another member "
+			    "than '%s' at this address", iname, self);
 	if (mac_of(s, LABEL_I, nr, ni, self, iname, want))
 		return fail(-EIO, msg, cap, "peer handshake: HMAC failed");
 	bool ok = !CRYPTO_memcmp(want, proof + 8, MAC);

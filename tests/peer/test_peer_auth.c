@@ -229,7 +229,8 @@ Test(auth, expected_peer_mismatch_refused)
 	cr_assert_eq(i.rc, -EACCES, "%d %s", i.rc, i.msg);
 	cr_assert(strstr(i.msg, "'node-b'") && strstr(i.msg, "'node-c'"), "%s", i.msg);
 	cr_assert_eq(r.rc, -EACCES, "%d %s", r.rc, r.msg);
-	cr_assert(strstr(r.msg, "node-a"), "%s", r.msg);
+	cr_assert(strstr(r.msg, "peer node-a: authentication failed") &&
+		  strstr(r.msg, "another member than 'node-b'"), "%s", r.msg);
 }
 
 Test(auth, bad_arguments)
