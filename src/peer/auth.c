@@ -76,7 +76,9 @@ static int fail(int err, char *msg, size_t cap, const char *fmt, ...)
 int de_peer_secret_load(const char *path, struct de_peer_secret *out, char *msg, size_t cap)
 {
 	memset(out, 0, sizeof *out);
-	int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+	/* A symbolic link is followed (a Kubernetes Secret volume's files are links); the
+	 * checks below are of the file it names (fstat). */
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
 	if (fd < 0)
 		return fail(-errno, msg, cap, "[peers] secret_file %s: %s", path, strerror(errno));
 	struct stat st;
@@ -363,7 +365,8 @@ static int responder(int fd, const struct de_peer_secret *s, const char *self, i
 		return fail(-EPROTO, msg, cap, "peer %s: a malformed PROOF", iname);
 	if (proof[4] != 1)
 		return fail(-EACCES, msg, cap, "peer %s: authentication failed (wrong shared "
-			    "secret?): it refused ours", iname);
+			    "secret?): it refused this side's proof, or it expected another member "
+			    "than '%s' at this address", iname, self);
 	if (mac_of(s, LABEL_I, nr, ni, self, iname, want))
 		return fail(-EIO, msg, cap, "peer handshake: HMAC failed");
 	bool ok = !CRYPTO_memcmp(want, proof + 8, MAC);
@@ -385,7 +388,8 @@ int de_peer_auth(int fd, const struct de_peer_secret *s, bool is_initiator, cons
 		 const char *expect_peer, int timeout_ms, char *peer_name, size_t peer_cap,
 		 char *msg, size_t msgcap)
 {
-	if (!good_name(self, strlen(self)) || s->len < DE_PEER_SECRET_MIN)
+	if (!good_name(self, strlen(self)) || s->len < DE_PEER_SECRET_MIN ||
+	    s->len > DE_PEER_SECRET_MAX)
 		return fail(-EINVAL, msg, msgcap, "peer handshake: a bad own name or secret");
 	int64_t dl = timeout_ms < 0 ? -1 : now_ms() + timeout_ms;
 	if (peer_name && peer_cap)

@@ -11,8 +11,19 @@
  *
  * Errors: 0 or a negative errno; where a msg buffer is taken, it names the problem.
  *
- * Caveats: membership is static (no DNS re-resolution yet); ownership moves when the
- * member list changes, and nothing here moves rows (no rebalancing yet).
+ * Caveats:
+ * - Membership is static (no DNS re-resolution yet); ownership moves when the member list
+ *   changes, and nothing here moves rows (no rebalancing yet).
+ * - Every member must parse the same list (names and weights; addresses may differ) to
+ *   agree on owners. With unequal weights the owner goes through libm's log: hosts whose
+ *   log differs in the last bit could disagree on a key whose two best scores are that
+ *   close (within an ulp: vanishingly rare); equal weights use integers only and
+ *   always agree.
+ * - The handshake authenticates the connection; it does not encrypt or authenticate the
+ *   frames after it (no TLS). Anyone who can read the link sees the rows.
+ * - The responder's memory of the nonces it issued (to refuse reflections) is the last
+ *   64, per process, shared by all threads (a mutex).
+ * - The I/O calls take stream sockets only (recv/sendmsg), at most 16 iovecs.
  */
 #ifndef DE_PEER_H
 #define DE_PEER_H
@@ -41,10 +52,23 @@ struct de_peer_members {
 	struct de_peer_member m[DE_PEER_MAX_MEMBERS];
 };
 
+/* Parses spec: entries `name=host:port` or `name=host:port*weight` separated by commas
+ * and/or white space; host a DNS name, an IPv4 address or [IPv6] (stored without the
+ * brackets); weight a finite number in (0, 1e6], 1 when absent. 0, or -EINVAL (empty
+ * list; a name not 1..63 bytes of [A-Za-z0-9._-], twice, or hashing like another; no
+ * '='; no, or a bad, port 1..65535; host empty or too long; bad weight) or -E2BIG (more
+ * than DE_PEER_MAX_MEMBERS) with msg naming the entry. *out is written only on success,
+ * in the list's order. spec NULL is the empty list. */
 int de_peer_members_parse(const char *spec, struct de_peer_members *out /* out */, char *msg,
 			  size_t msgcap);
+/* The index of the member named name, or -ENOENT. */
 int de_peer_members_find(const struct de_peer_members *m, const char *name);
+/* The index in m of key's owner (m->n >= 1): weighted rendezvous hashing (members.c
+ * has the formula). Depends only on key and the set of (name, weight): not on the
+ * list's order nor on the addresses. Pure, thread-safe. */
 unsigned de_peer_owner(const struct de_peer_members *m, uint64_t key);
+/* de_peer_owner of each of keys[0..n) into owner[0..n) (the same answers; the path is
+ * chosen once per call). */
 void de_peer_owners(const struct de_peer_members *m, const uint64_t *keys, size_t n,
 		    uint16_t *owner /* out: n */);
 
@@ -58,16 +82,42 @@ struct de_peer_secret {
 	unsigned char key[DE_PEER_SECRET_MAX];
 };
 
+/* Reads the secret file at path (a symbolic link is followed; its target is checked):
+ * its bytes, less one trailing "\n" or "\r\n", into *out. 0, or with msg naming path:
+ * -ENOENT (or another open error), -EINVAL (not a regular file; under
+ * DE_PEER_SECRET_MIN bytes), -EPERM (group or others have any access: the mode and
+ * "chmod 600" said), -E2BIG (over DE_PEER_SECRET_MAX). *out is zeroed first; the
+ * caller wipes it (de_peer_secret_wipe) when done. */
 int de_peer_secret_load(const char *path, struct de_peer_secret *out /* out */, char *msg,
 			size_t msgcap);
+/* Zeroes *s in a way the compiler keeps (OPENSSL_cleanse). */
 void de_peer_secret_wipe(struct de_peer_secret *s);
+/* The mutual handshake on a connected stream socket fd (byte layout at the top of
+ * auth.c), as the initiator (the side that connected) or the responder, all of it
+ * within timeout_ms (< 0: no deadline). Both sides succeed or both fail. 0: the peer
+ * proved it holds *s, and its name is in peer_name (may be NULL). Else: -EACCES (a wrong
+ * secret: "peer X: authentication failed (wrong shared secret?)" on both sides; the
+ * initiator's expect_peer, when not NULL, is not the responder's name: both named; a
+ * reflected nonce), -EPROTO (not this protocol: garbage, a wrong magic or version, a
+ * bad name length), -ECONNRESET (the peer closed), -ETIMEDOUT, -EINVAL (self_name not a
+ * member name, s->len out of MIN..MAX), -EIO (libcrypto failed); msg says which. The fd
+ * is left open either way (the caller closes it after a failure); it may be blocking or
+ * not. */
 int de_peer_auth(int fd, const struct de_peer_secret *s, bool initiator, const char *self_name,
 		 const char *expect_peer, int timeout_ms, char *peer_name /* out */,
 		 size_t peer_cap, char *msg, size_t msgcap);
 
 /* ---- socket I/O under a deadline (io.c) ------------------------------------------ */
 
+/* Writes all of iov[0..iovcnt) (iovcnt 0..16, else -EINVAL) within timeout_ms for the
+ * whole call (< 0: no deadline; 0: what the socket takes at once), on a blocking or
+ * non-blocking stream socket; partial writes and EINTR are retried, SIGPIPE is never
+ * raised. 0, -ETIMEDOUT, -ECONNRESET (the peer is gone), or another -errno. After a
+ * failure an unknown prefix was sent: the connection is unusable. */
 int de_peer_write_full(int fd, const struct iovec *iov, int iovcnt, int timeout_ms);
+/* Reads exactly len bytes into buf within timeout_ms for the whole call (as above).
+ * 0, -ECONNRESET (EOF before len bytes), -ETIMEDOUT, or another -errno; after a failure
+ * buf holds an unknown prefix. */
 int de_peer_read_full(int fd, void *buf, size_t len, int timeout_ms);
 
 /* ---- frames (wire.c: the byte layout) -------------------------------------------- */

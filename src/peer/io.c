@@ -1,12 +1,15 @@
 /*
  * io.c — whole-buffer reads and writes on a stream socket under one deadline: what the
  * handshake (auth.c) and the daemon's peer layer use for every byte they exchange.
- * Works on blocking and non-blocking fds alike (it polls before each call and uses
- * MSG_DONTWAIT), never raises SIGPIPE (MSG_NOSIGNAL), and retries EINTR.
+ * Works on blocking and non-blocking fds alike (every call is MSG_DONTWAIT, and each
+ * but the first waits in poll until the deadline), never raises SIGPIPE (MSG_NOSIGNAL),
+ * and retries EINTR. The first try never waits, so a timeout of 0 moves what the socket
+ * takes or holds at once; after it the deadline is strict.
  */
 #include "de_peer.h"
 
 #include <errno.h>
+#include <stdbool.h>
 #include <poll.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -50,12 +53,14 @@ int de_peer_write_full(int fd, const struct iovec *iov, int iovcnt, int timeout_
 		return -EINVAL;
 	memcpy(v, iov, (size_t)iovcnt * sizeof *v);
 	int i = 0;
+	bool first = true; /* the first try does not wait: timeout 0 sends what fits now */
 	while (i < iovcnt) {
 		if (!v[i].iov_len) {
 			i++;
 			continue;
 		}
-		int err = wait_fd(fd, POLLOUT, deadline);
+		int err = first ? 0 : wait_fd(fd, POLLOUT, deadline);
+		first = false;
 		if (err)
 			return err;
 		struct msghdr m = { .msg_iov = v + i, .msg_iovlen = (size_t)(iovcnt - i) };
@@ -82,8 +87,10 @@ int de_peer_read_full(int fd, void *buf, size_t len, int timeout_ms)
 {
 	int64_t deadline = timeout_ms < 0 ? -1 : now_ms() + timeout_ms;
 	char *p = buf;
+	bool first = true; /* the first try does not wait: timeout 0 takes what is there */
 	while (len) {
-		int err = wait_fd(fd, POLLIN, deadline);
+		int err = first ? 0 : wait_fd(fd, POLLIN, deadline);
+		first = false;
 		if (err)
 			return err;
 		ssize_t r = recv(fd, p, len, MSG_DONTWAIT);

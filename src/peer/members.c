@@ -11,7 +11,9 @@
  * name_hash, so the list's order never matters). A member's share of the keys is its
  * weight over the sum of weights; adding or removing a member moves only the keys it
  * gains or loses, and none between two members that stayed. With equal weights this is
- * plain rendezvous hashing (the largest -1/ln(u) is the largest u).
+ * plain rendezvous hashing (the largest -1/ln(u) is the largest u), and that is how it is
+ * computed then: the 53-bit u compared as integers, no log, exact (tests/peer measures
+ * the speed of both paths).
  */
 #include "de_peer.h"
 
@@ -155,14 +157,42 @@ int de_peer_members_find(const struct de_peer_members *m, const char *name)
 	return -ENOENT;
 }
 
+static inline uint64_t hash_of(const struct de_peer_member *m, uint64_t key)
+{
+	return XXH3_64bits_withSeed(&key, sizeof key, m->name_hash);
+}
+
 static inline double score(const struct de_peer_member *m, uint64_t key)
 {
-	uint64_t h = XXH3_64bits_withSeed(&key, sizeof key, m->name_hash);
-	double u = ((double)(h >> 11) + 0.5) * 0x1p-53; /* in (0, 1) */
+	double u = ((double)(hash_of(m, key) >> 11) + 0.5) * 0x1p-53; /* in (0, 1) */
 	return -m->weight / log(u);
 }
 
-unsigned de_peer_owner(const struct de_peer_members *m, uint64_t key)
+static bool equal_weights(const struct de_peer_members *m)
+{
+	for (unsigned i = 1; i < m->n; i++)
+		if (m->m[i].weight != m->m[0].weight)
+			return false;
+	return true;
+}
+
+/* Equal weights: the score is increasing in u, so the largest u (its 53 bits, compared
+ * as integers) wins, without a log; the same tie rule. */
+static inline unsigned owner_plain(const struct de_peer_members *m, uint64_t key)
+{
+	unsigned best = 0;
+	uint64_t bu = hash_of(&m->m[0], key) >> 11;
+	for (unsigned i = 1; i < m->n; i++) {
+		uint64_t u = hash_of(&m->m[i], key) >> 11;
+		if (u > bu || (u == bu && m->m[i].name_hash < m->m[best].name_hash)) {
+			bu = u;
+			best = i;
+		}
+	}
+	return best;
+}
+
+static inline unsigned owner_weighted(const struct de_peer_members *m, uint64_t key)
 {
 	unsigned best = 0;
 	double bs = -1;
@@ -176,9 +206,23 @@ unsigned de_peer_owner(const struct de_peer_members *m, uint64_t key)
 	return best;
 }
 
+unsigned de_peer_owner(const struct de_peer_members *m, uint64_t key)
+{
+	if (m->n <= 1)
+		return 0;
+	return equal_weights(m) ? owner_plain(m, key) : owner_weighted(m, key);
+}
+
 void de_peer_owners(const struct de_peer_members *m, const uint64_t *keys, size_t n,
 		    uint16_t *owner)
 {
-	for (size_t j = 0; j < n; j++)
-		owner[j] = (uint16_t)de_peer_owner(m, keys[j]);
+	if (m->n <= 1) {
+		memset(owner, 0, n * sizeof *owner);
+	} else if (equal_weights(m)) {
+		for (size_t j = 0; j < n; j++)
+			owner[j] = (uint16_t)owner_plain(m, keys[j]);
+	} else {
+		for (size_t j = 0; j < n; j++)
+			owner[j] = (uint16_t)owner_weighted(m, keys[j]);
+	}
 }
