@@ -1437,6 +1437,10 @@ static int replay(const char *dir, uint64_t from_lsn, unsigned flags, de_wal_rec
 		first = false;
 		expect = segs[i].lsn;
 		uint64_t off = SEG_HDR;
+		/* Where this segment's intact records end, and the unneeded damage skipped since
+		 * then: a torn tail found right after such damage starts where the damage does
+		 * (cutting at the torn record alone would leave the damage as the new tail). */
+		uint64_t clean_end = SEG_HDR, adj_bytes = 0, adj_records = 0, clean_expect = expect;
 		while (off < size) {
 			struct rec_hdr h;
 			why = check_record(p + off, size - off, expect, &h);
@@ -1454,21 +1458,29 @@ static int replay(const char *dir, uint64_t from_lsn, unsigned flags, de_wal_rec
 				uint64_t rl = 0, q = find_resume(p, off + 8, size, expect, &rl);
 				if (q < size && (rl == expect || rl <= from_lsn)) {
 					note_unneeded(res, &sl, expect, rl, q - off, why, segs[i].name, off);
+					adj_bytes += q - off;
+					adj_records += rl - expect;
 					expect = rl;
 					off = q;
 					continue;
 				}
+				/* the damage just skipped belongs to the torn tail now: the log ends
+				 * with the last intact record (account_tail raises the floor above
+				 * every LSN the dropped bytes name, so none is used again) */
+				res->unneeded_bytes -= adj_bytes;
+				res->unneeded_records -= adj_records;
+				expect = clean_expect;
 				if (q < size) {
 					res->problem = why;
 					bad_seg = i;
-					bad_off = off;
+					bad_off = clean_end;
 				} else { /* maybe the next segment resumes */
 					dmg = true;
 					dseg = i;
-					doff = off;
+					doff = clean_end;
 					dexpect = expect;
 					dwhy = why;
-					dbytes = size - off;
+					dbytes = size - clean_end;
 				}
 				break;
 			}
@@ -1481,6 +1493,9 @@ static int replay(const char *dir, uint64_t from_lsn, unsigned flags, de_wal_rec
 			}
 			expect++;
 			off += h.length;
+			clean_end = off;
+			clean_expect = expect;
+			adj_bytes = adj_records = 0;
 		}
 	}
 	if (dmg && bad_seg == n) { /* nothing intact after the damage: the torn tail */

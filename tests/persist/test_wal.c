@@ -849,3 +849,64 @@ Test(wal, bad_unneeded_record_keeps_the_needed_after_it)
 	cr_assert_eq(got[3], 11);
 	rm_dir(d);
 }
+
+/* Damage that replay skips (an intact record with the expected LSN follows it), then that
+ * record fails after all (key 0 under a right CRC) with nothing intact after it: the torn
+ * tail starts at the skipped damage, not at the failing record, so the cut log replays
+ * clean. (A fuzz_wal find: cutting at the failing record left the damage as the tail.) */
+Test(wal, torn_tail_right_after_skipped_damage_takes_the_damage_with_it)
+{
+	char d[64], p[128];
+	mk_dir(d, sizeof d);
+	de_wal *w;
+	cr_assert_eq(de_wal_open(d, NULL, &w), 0);
+	for (size_t i = 0; i < 3; i++)
+		put_one(w, i);
+	cr_assert_eq(de_wal_close(w), 0);
+	seg_path(p, sizeof p, d, 1);
+	size_t len = (size_t)(rec_off(3) - rec_off(2));
+	unsigned char *r3 = xcalloc(1, len);
+	FILE *f = fopen(p, "r+b");
+	cr_assert_not_null(f);
+	fseek(f, rec_off(2), SEEK_SET);
+	cr_assert_eq(fread(r3, 1, len, f), len);
+	memset(r3 + 40, 0, 8); /* its key */
+	uint32_t crc = de_crc32c(de_crc32c(0, r3, 32), r3 + 36, len - 36);
+	memcpy(r3 + 32, &crc, 4);
+	unsigned char junk[64];
+	memset(junk, 0xab, sizeof junk);
+	fseek(f, rec_off(2), SEEK_SET);
+	cr_assert_eq(fwrite(junk, 1, sizeof junk, f), sizeof junk);
+	cr_assert_eq(fwrite(r3, 1, len, f), len);
+	fclose(f);
+	free(r3);
+
+	struct de_wal_replay_result res;
+	cr_assert_eq(de_wal_replay(d, 1, 0, NULL, NULL, quiet_log, NULL, &res), 0);
+	cr_assert_eq(res.records, 2);
+	cr_assert_eq(res.last_lsn, 2);
+	cr_assert_str_eq(res.problem, "record with key 0");
+	cr_assert_eq(res.bytes_dropped, sizeof junk + len, "the junk belongs to the tail");
+	cr_assert_eq(res.unneeded_bytes, 0);
+	cr_assert_eq(de_wal_replay(d, 1, DE_WAL_REPLAY_TRUNCATE, NULL, NULL, quiet_log, NULL,
+				   &res), 0);
+	cr_assert_eq(file_size(p), rec_off(2), "cut after the last intact record");
+	uint64_t floor = res.lsn_floor;
+	cr_assert_geq(floor, 4, "LSN 3 (named by the dropped record) is not used again");
+	cr_assert_eq(de_wal_replay(d, 1, 0, NULL, NULL, quiet_log, NULL, &res), 0);
+	cr_assert_null(res.problem, "%s", res.problem);
+	cr_assert_eq(res.records, 2);
+	cr_assert_eq(res.bytes_dropped, 0);
+	/* as recovery does: the floor given to the open; every record reads back */
+	cr_assert_eq(de_wal_open(d, &(struct de_wal_options){ .start_lsn = floor }, &w), 0);
+	uint64_t next = de_wal_next_lsn(w);
+	cr_assert_eq(next, floor);
+	cr_assert_eq(put_one(w, 9), next);
+	cr_assert_eq(de_wal_close(w), 0);
+	uint64_t got[16] = { 0 };
+	cr_assert_eq(de_wal_replay(d, 1, 0, lsns_cb, got, quiet_log, NULL, &res), 0);
+	cr_assert_null(res.problem, "%s", res.problem);
+	cr_assert_eq(got[0], 3);
+	cr_assert_eq(got[3], next);
+	rm_dir(d);
+}
