@@ -8,7 +8,8 @@
 # that did it is in build-fuzz/artifacts/ (replay: build-fuzz/tests/fuzz/fuzz_NAME FILE).
 #
 # Each target links only what it fuzzes (tests/fuzz/meson.build): the daemon's validators
-# (src/server/validate*.c) for control and sqe, libdeuring/libdeshm for the readers.
+# (src/server/validate*.c) for control and sqe, libdeuring/libdeshm for the readers,
+# libdepeer for the peer frames (peer).
 # Needs clang and libFuzzer (Debian: clang libclang-rt-14-dev; tools/install-deps.sh).
 # CLANG=... picks another compiler; FUZZ_ARGS adds libFuzzer flags (e.g. -jobs=4).
 set -euo pipefail
@@ -20,7 +21,7 @@ out=$root/build-fuzz
 cc=${CLANG:-clang}
 command -v "$cc" >/dev/null || { echo "fuzz.sh: no $cc (apt-get install clang libclang-rt-14-dev)" >&2; exit 2; }
 
-names=(control sqe export wal snapshot manifest)
+names=(control sqe export wal snapshot manifest peer)
 mkdir -p "$out"
 if [ ! -f "$out/build.ninja" ]; then
   CC=$cc meson setup "$out" "$root" -Dfuzz=true -Db_sanitize=address,undefined \

@@ -10,7 +10,7 @@
  *   header, 24 bytes
  *     0  u32 magic     0x52504544 ("DEPR")
  *     4  u16 version   1
- *     6  u16 type      a request (1..6) or its reply (request | 0x80)
+ *     6  u16 type      a request (1..7) or its reply (request | 0x80)
  *     8  u64 req_id    chosen by the requester, echoed by the reply
  *    16  u32 len       payload bytes that follow, <= DE_PEER_FRAME_MAX
  *    20  i32 status    a request: 0; a reply: 0, or a negative errno (then the payload

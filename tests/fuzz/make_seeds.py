@@ -1,7 +1,8 @@
 #!/usr/bin/python3
-"""make_seeds.py - writes the seed inputs of the two libFuzzer targets in tests/fuzz/.
+"""make_seeds.py - writes the seed inputs of three libFuzzer targets in tests/fuzz/.
 
-    /usr/bin/python3 tests/fuzz/make_seeds.py      (rewrites corpus_control/, corpus_sqe/)
+    /usr/bin/python3 tests/fuzz/make_seeds.py      (rewrites corpus_control/, corpus_sqe/,
+                                                    corpus_peer/)
 
 The layouts are those of src/proto.h and shm/de_shm.h (little-endian, packed by layout);
 the framing of each input is the one its fuzz target reads:
@@ -14,7 +15,12 @@ the framing of each input is the one its fuzz target reads:
                   touched), 3 bytes pad, u32 area (pages: small mode 1 + v % 4, large mode
                   1 + v % 2^20),
                 then the first bytes of the data area (the rest is zeros).
-Keep this file in step with tests/fuzz/fuzz_control.c and fuzz_sqe.c.
+  fuzz_peer:    the 24-byte peer frame header (src/peer/wire.c), 4 bytes of context
+                  u8 dim, u16 n (of the request a reply answers), u8 flags (bits 0-2: the
+                  request type a reply answers, 0: the header's own; bit 3: another
+                  req_id; bit 7: the header alone, its len kept),
+                then the payload (the header's len is set to its size unless bit 7).
+Keep this file in step with tests/fuzz/fuzz_control.c, fuzz_sqe.c and fuzz_peer.c.
 """
 import os
 import struct
@@ -222,6 +228,96 @@ SQE = {
 }
 
 
+# ---- peer frames (src/peer/wire.c) ----
+PEER_MAGIC = 0x52504544
+P_OPEN, P_LOOKUP, P_UPDATE, P_APPLY, P_ERASE, P_PING, P_TOPK, P_REPLY = 1, 2, 3, 4, 5, 6, 7, 0x80
+
+
+def phdr(typ, length, status=0, req=7, version=1, magic=PEER_MAGIC):
+    return struct.pack('<IHHQIi', magic, version, typ, req, length, status)
+
+
+def peer(typ, payload, dim=4, n=0, flags=0, status=0, req=7, **kw):
+    return phdr(typ, len(payload), status, req, **kw) + struct.pack('<BHB', dim, n, flags) + payload
+
+
+def pbatch(typ, n, dim, flags=0, handle=1, step=5, lr=0.0, reserved=0, vals=None):
+    b = struct.pack('<IIQII', handle, flags, step, n, reserved)
+    if typ == P_APPLY:
+        b += struct.pack('<d', lr)
+    if typ != P_TOPK:
+        b += struct.pack('<%dQ' % n, *[1000 + i for i in range(n)])
+    if typ in (P_UPDATE, P_APPLY, P_TOPK):
+        v = vals if vals is not None else [i * 0.25 - 3 for i in range(n * dim)]
+        b += struct.pack('<%df' % (n * dim), *v)
+    return b
+
+
+def topk_reply(n, k, found):
+    keys, scores = [], []
+    for q in range(n):
+        for j in range(k):
+            keys.append(500 + q * k + j if j < found else 0)
+            scores.append(float(k - j) if j < found else float('-inf'))
+    return (struct.pack('<IIII', n, found, 0, 0) + struct.pack('<%dQ' % (n * k), *keys)
+            + struct.pack('<%df' % (n * k), *scores))
+
+
+def lookup_reply(st, dim, found=None, created=None):
+    n = len(st)
+    found = st.count(1) if found is None else found
+    created = st.count(2) if created is None else created
+    pad = (n + 7) // 8 * 8
+    return (struct.pack('<IIII', n, found, created, 0) + bytes(st) + bytes(pad - n)
+            + struct.pack('<%df' % (n * dim), *[float(i) for i in range(n * dim)]))
+
+
+LST = [0, 1, 2, 1, 1, 0, 2, 2, 1, 0, 1]
+PEER = {
+    'open': peer(P_OPEN, name('emb') + wire_cfg(dim=16) + learn_cfg()),
+    'open_bad_pad': peer(P_OPEN, b'emb\0\0x' + bytes(58) + wire_cfg() + learn_cfg()),
+    'open_ctl_name': peer(P_OPEN, name('e\nb') + wire_cfg() + learn_cfg()),
+    'open_short': peer(P_OPEN, name('emb') + wire_cfg()),
+    'lookup': peer(P_LOOKUP, pbatch(P_LOOKUP, 3, 4, flags=1), dim=4),
+    'lookup_bad_flags': peer(P_LOOKUP, pbatch(P_LOOKUP, 3, 4, flags=2), dim=4),
+    'update': peer(P_UPDATE, pbatch(P_UPDATE, 4, 3), dim=3),
+    'update_nan': peer(P_UPDATE, pbatch(P_UPDATE, 2, 2, vals=[1.0, float('nan'), 0.0, 2.0]), dim=2),
+    'update_dim0': peer(P_UPDATE, pbatch(P_UPDATE, 2, 2), dim=0),
+    'apply_lr': peer(P_APPLY, pbatch(P_APPLY, 4, 2, flags=1, lr=0.05), dim=2),
+    'apply_bad_lr': peer(P_APPLY, pbatch(P_APPLY, 1, 2, flags=1, lr=float('inf')), dim=2),
+    'apply_lr_noflag': peer(P_APPLY, pbatch(P_APPLY, 1, 2, lr=0.5), dim=2),
+    'erase': peer(P_ERASE, pbatch(P_ERASE, 5, 1), dim=1),
+    'erase_reserved': peer(P_ERASE, pbatch(P_ERASE, 5, 1, reserved=1), dim=1),
+    'batch_zero': peer(P_ERASE, pbatch(P_ERASE, 0, 1), dim=1),
+    'topk': peer(P_TOPK, pbatch(P_TOPK, 2, 3, flags=1, step=4), dim=3),
+    'topk_k0': peer(P_TOPK, pbatch(P_TOPK, 2, 3, step=0), dim=3),
+    'topk_many': peer(P_TOPK, pbatch(P_TOPK, 300, 1, step=65536), dim=1),
+    'topk_reply': peer(P_TOPK | P_REPLY, topk_reply(2, 4, 3), dim=4, n=2),
+    'topk_reply_full': peer(P_TOPK | P_REPLY, topk_reply(3, 2, 2), dim=2, n=3),
+    'topk_reply_over': peer(P_TOPK | P_REPLY, topk_reply(1, 2, 2), dim=1, n=1),
+    'ping': peer(P_PING, b''),
+    'ping_reply': peer(P_PING | P_REPLY, b''),
+    'open_reply': peer(P_OPEN | P_REPLY, struct.pack('<II', 3, 16), dim=16),
+    'lookup_reply': peer(P_LOOKUP | P_REPLY, lookup_reply(LST, 3), dim=3, n=len(LST)),
+    'lookup_reply_counts': peer(P_LOOKUP | P_REPLY, lookup_reply(LST, 3, found=4), dim=3,
+                                n=len(LST)),
+    'lookup_reply_8': peer(P_LOOKUP | P_REPLY, lookup_reply([1] * 8, 2), dim=2, n=8),
+    'update_reply': peer(P_UPDATE | P_REPLY, struct.pack('<IIII', 6, 2, 0, 0), n=6),
+    'apply_reply': peer(P_APPLY | P_REPLY, struct.pack('<IIII', 6, 6, 2, 0), n=6),
+    'erase_reply': peer(P_ERASE | P_REPLY, struct.pack('<IIII', 6, 3, 0, 0), n=6),
+    'erase_reply_b': peer(P_ERASE | P_REPLY, struct.pack('<IIII', 6, 3, 1, 0), n=6),
+    'error_reply': peer(P_LOOKUP | P_REPLY, b"no table 'x'\n\x1b[31m", status=-2, n=3),
+    'reply_other_req': peer(P_UPDATE | P_REPLY, struct.pack('<IIII', 6, 2, 0, 0), n=6,
+                            flags=8),
+    'reply_other_type': peer(P_UPDATE | P_REPLY, struct.pack('<IIII', 6, 2, 0, 0), n=6,
+                             flags=P_ERASE),
+    'bad_magic': peer(P_PING, b'', magic=0x52504545),
+    'bad_version': peer(P_PING, b'', version=2),
+    'request_status': peer(P_PING, b'', status=-5),
+    'header_len_over': phdr(P_LOOKUP, (64 << 20) + 1) + struct.pack('<BHB', 4, 0, 0x80),
+}
+
+
 def write(dirname, items):
     d = os.path.join(HERE, dirname)
     os.makedirs(d, exist_ok=True)
@@ -234,4 +330,6 @@ def write(dirname, items):
 
 write('corpus_control', {k: bytes([fl]) + m for k, (fl, m) in CONTROL.items()})
 write('corpus_sqe', SQE)
-print('make_seeds: %d control seeds, %d descriptor seeds' % (len(CONTROL), len(SQE)))
+write('corpus_peer', PEER)
+print('make_seeds: %d control seeds, %d descriptor seeds, %d peer frame seeds'
+      % (len(CONTROL), len(SQE), len(PEER)))
