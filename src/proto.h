@@ -59,7 +59,8 @@
  *               8-aligned, copied out and checked); vals out,
  *               back to back: u64 sampled[ns], f32 sampled_expected[ns],
  *               f32 true_expected[count], u8 accidental[ns]:
- *               vals_len == 13 * ns + 4 * count, vals_off 8-aligned. ns (num_sampled)
+ *               vals_len == 13 * ns + 4 * count (+ 8 with DE_SAMPLE_WEIGHT: the
+ *               f64 weight last), vals_off 8-aligned. ns (num_sampled)
  *               1..min(max_batch, DE_SAMPLE_MAX). -ENOENT: no live key; -ERANGE: unique
  *               and ns > population; -EAGAIN: draw limit.
  *   TOPK        count = nq queries at keys (nq * dim f32, keys_len  res, count = found
@@ -525,6 +526,9 @@ enum de_op { DE_OP_NOP = 0, DE_OP_LOOKUP = 1, DE_OP_UPDATE = 2, DE_OP_ERASE = 3,
 #define DE_SQE_STATUS 0x02u    /* sqe.flags: write count status bytes at status_off */
 #define DE_GRAD_LR 0x04u       /* sqe.flags, APPLY_GRADS: status_off carries an lr */
 #define DE_SAMPLE_STR 0x01u    /* sqe.flags, SAMPLE: positives are strings (string table) */
+#define DE_SAMPLE_WEIGHT 0x02u /* sqe.flags, SAMPLE: vals end with the f64 weight the
+                                  probabilities are normalized by (de_sample_info.weight;
+                                  8 more bytes, not aligned) */
 #define DE_WTOPK_COSINE 0x01u  /* sqe.flags, TOPK: cosine similarity instead of dot (the
                                   flags are the metric: 0 dot, 1 cosine, as de_learn.h's
                                   enum de_topk_metric) */

@@ -10,7 +10,9 @@
  *   shard    lookups (creating and read-only), gradients (with and without an lr),
  *            updates and erases through one member give the single-host rows, statuses
  *            and counts bit for bit; the other members read the same rows; each member
- *            holds its own share of the keys and the shares add up.
+ *            holds its own share of the keys and the shares add up; sampling (uniform
+ *            and unigram, with and without unique) draws live keys with the single
+ *            host's expected counts and member shares; log-uniform is refused.
  *   failure  a member with a wrong secret: its keys fail, the others work, both logs say
  *            why; a member stopped (SIGSTOP): only batches with its keys fail, within
  *            the timeout, and it serves again after SIGCONT; a member SIGKILLed and
@@ -120,7 +122,7 @@ static void setup_nodes(unsigned nm, int odd_one)
 		char text[1400];
 		if (i < nm)
 			snprintf(text, sizeof text, "[peers]\nmembers = %s\nself = %s\nsecret_file = %s\n"
-				 "timeout_ms = %u\nsharded = emb, dur, cfgx\n", list, nodes[i].name,
+				 "timeout_ms = %u\nsharded = emb, dur, cfgx, smp\n", list, nodes[i].name,
 				 (int)i == odd_one ? secret2 : secret, TIMEOUT_MS);
 		else
 			snprintf(text, sizeof text, "[server]\n");
@@ -234,6 +236,148 @@ static void read_rows(dynemb_client *c, int h, const uint64_t *k, size_t n, floa
 	cr_assert_eq(err, 0, "read-only lookup: %s", dynemb_strerror(err));
 }
 
+/* P(k) of one draw by the reference's sampler (kind, power) for each of keys[n]: its
+ * expected counts of n draws without unique, over n. */
+static void ref_prob(dynemb_client *cr, int hr, enum dynemb_sampler kind, const uint64_t *keys,
+		     size_t n, double *p)
+{
+	static uint64_t drawn[1 << 14];
+	static float te[1 << 14];
+	cr_assert_leq(n, 1u << 14);
+	struct dynemb_sample_spec sp = { .kind = kind, .num_sampled = 64, .seed = 5 };
+	int err = dynemb_sample(cr, hr, &sp, keys, n, drawn, NULL, te, NULL);
+	cr_assert_eq(err, 0, "reference sample: %s", dynemb_strerror(err));
+	for (size_t i = 0; i < n; i++)
+		p[i] = te[i] / 64.0;
+}
+
+static bool near(double a, double b)
+{
+	return fabs(a - b) <= 2e-4 * fabs(b) + 1e-12;
+}
+
+/* Sampling a sharded table through member a against the single host's sampler, on a
+ * table of its own whose keys are skewed over the members (a 600 keys used 4 times, b
+ * 1200 used 1 to 4 times, c 2400 used once, then 300 of c's erased): every
+ * draw a live key; its expected count (and the live positives') the single host's P(k)
+ * under the formula of de_learn.h; the accidental hits; unique; and, over 20,000 draws,
+ * each member's share of the draws against the sum of the single host's P over that
+ * member's keys; log-uniform refused by name. */
+static void check_sampling(dynemb_client *ca, dynemb_client *cr)
+{
+	enum { NS = 2000, NP = 40, NA = 600, NB = 1200, NC = 2400, NL = NA + NB + NC - 300 };
+	static uint64_t all[NA + NB + NC], sk[NS];
+	static uint64_t *live = all + 300; /* c's first 300 are erased */
+	static double pl[NL], ps[NS], pp[NP];
+	static float se[NS], te[NP], rows[(NA + NB + NC) * DIM];
+	static uint8_t acc[NS];
+	struct dynemb_table_spec spec;
+	emb_spec(&spec, "smp");
+	int ha = open_table(ca, &spec), hr = open_table(cr, &spec);
+	pick_keys(all, NC, 2);
+	pick_keys(all + NC, NA, 0);
+	pick_keys(all + NC + NA, NB, 1);
+	/* uses: c's keys once, a's 4 times, b's 1 to 4 times by a hash of i (unigram's
+	 * shares are not uniform's) */
+	for (int use = 0; use < 4; use++) {
+		size_t n = 0;
+		static uint64_t batch[NA + NB + NC];
+		for (size_t i = 0; i < NA + NB + NC; i++)
+			if (use == 0 || (i >= NC && i < NC + NA) ||
+			    (i >= NC + NA && (i * 2654435761u) % 4 >= (size_t)use))
+				batch[n++] = all[i];
+		cr_assert_eq(dynemb_lookup(ca, ha, batch, n, rows, NULL, 0, 1), 0);
+		cr_assert_eq(dynemb_lookup(cr, hr, batch, n, rows, NULL, 0, 1), 0);
+	}
+	size_t er = 0;
+	cr_assert_eq(dynemb_erase(ca, ha, all, 300, &er), 0);
+	cr_assert_eq(er, 300);
+	cr_assert_eq(dynemb_erase(cr, hr, all, 300, &er), 0);
+	struct dynemb_stats rst;
+	cr_assert_eq(dynemb_stats(cr, hr, &rst), 0);
+	cr_assert_eq(rst.keys, NL);
+	const size_t nl = NL;
+	const uint64_t gone0 = all[0];
+	uint64_t pos[NP];
+	for (size_t j = 0; j < NP; j++) /* live ones, an erased one and key 0 */
+		pos[j] = j == 0 ? 0 : j == 1 ? gone0 : live[(j * 53) % nl];
+	for (int kind = 0; kind < 2; kind++) {
+		enum dynemb_sampler sk_kind = kind ? DYNEMB_SAMPLER_UNIGRAM : DYNEMB_SAMPLER_UNIFORM;
+		const char *kn = kind ? "unigram" : "uniform";
+		for (int uniq = 0; uniq < 2; uniq++) {
+			struct dynemb_sample_spec sp = { .kind = sk_kind, .num_sampled = NS,
+							 .unique = uniq, .seed = 77 + (uint64_t)uniq };
+			struct dynemb_sample_info info;
+			int err = dynemb_sample_ex(ca, ha, &sp, pos, NP, sk, se, te, acc, &info);
+			cr_assert_eq(err, 0, "%s sample (unique %d) of a sharded table: %s", kn, uniq,
+				     dynemb_strerror(err));
+			cr_assert_eq(info.population, rst.keys,
+				     "population %llu, the single host has %llu keys",
+				     (unsigned long long)info.population, (unsigned long long)rst.keys);
+			if (!kind)
+				cr_assert_eq(info.weight, (double)rst.keys);
+			uint64_t T = info.num_tries;
+			cr_assert(uniq ? T >= NS : T == NS, "%llu tries", (unsigned long long)T);
+			ref_prob(cr, hr, sk_kind, sk, NS, ps);
+			ref_prob(cr, hr, sk_kind, pos, NP, pp);
+			for (size_t i = 0; i < NS; i++) {
+				cr_assert_gt(ps[i], 0, "%s draw %zu: key %llu is not one the single host "
+					     "can draw", kn, i, (unsigned long long)sk[i]);
+				double want = T == NS ? NS * ps[i] : -expm1((double)T * log1p(-ps[i]));
+				cr_assert(near(se[i], want), "%s (unique %d) draw %zu: expected %.7g, the "
+					  "single host's P gives %.7g", kn, uniq, i, se[i], want);
+				bool hit = false;
+				for (size_t j = 0; j < NP && !hit; j++)
+					hit = pos[j] && pos[j] == sk[i];
+				cr_assert_eq(acc[i], hit, "%s draw %zu: accidental %u", kn, i, acc[i]);
+				for (size_t j = 0; uniq && j < i; j++)
+					cr_assert_neq(sk[j], sk[i], "unique draws %zu and %zu repeat", j, i);
+			}
+			for (size_t j = 0; j < NP; j++) {
+				/* key 0: 0; an erased key: the floor, which is the single host's for
+				 * uniform (1/L) only */
+				if (j == 1 && kind) {
+					cr_assert(te[j] > 0 && isfinite(te[j]));
+					continue;
+				}
+				double want = T == NS ? NS * pp[j] : -expm1((double)T * log1p(-pp[j]));
+				cr_assert(near(te[j], want), "%s (unique %d) positive %zu: expected %.7g, "
+					  "the single host's P gives %.7g", kn, uniq, j, te[j], want);
+			}
+		}
+		/* the members' shares of 20,000 draws: within 5 standard deviations of the
+		 * single host's P summed over each member's keys */
+		double share[3] = { 0 };
+		ref_prob(cr, hr, sk_kind, live, nl, pl);
+		for (size_t i = 0; i < nl; i++)
+			share[de_peer_owner(&members, live[i])] += pl[i];
+		cr_assert(fabs(share[0] + share[1] + share[2] - 1) < 1e-3, "%s: P adds up to %.6f over "
+			  "the keys it can draw", kn, share[0] + share[1] + share[2]);
+		unsigned long cnt[3] = { 0 };
+		for (int call = 0; call < 10; call++) {
+			struct dynemb_sample_spec sp = { .kind = sk_kind, .num_sampled = NS,
+							 .seed = 1000 + (uint64_t)call };
+			cr_assert_eq(dynemb_sample(ca, ha, &sp, NULL, 0, sk, NULL, NULL, NULL), 0);
+			for (size_t i = 0; i < NS; i++)
+				cnt[de_peer_owner(&members, sk[i])]++;
+		}
+		for (unsigned m = 0; m < 3; m++)
+			cr_log_info("%s: member %s drew %lu of %d (the single host's P: %.1f)", kn,
+				    nodes[m].name, cnt[m], 10 * NS, 10.0 * NS * share[m]);
+		for (unsigned m = 0; m < 3; m++) {
+			double n = 10.0 * NS, mean = n * share[m], sd = sqrt(n * share[m] * (1 - share[m]));
+			cr_assert(fabs((double)cnt[m] - mean) <= 5 * sd + 1, "%s: member %s drew %lu of "
+				  "%.0f draws, the single host's P says %.1f +- %.1f", kn, nodes[m].name,
+				  cnt[m], n, mean, sd);
+		}
+	}
+	/* log-uniform ranks the keys of one table: refused on a sharded one, by name */
+	struct dynemb_sample_spec lu = { .kind = DYNEMB_SAMPLER_LOG_UNIFORM, .num_sampled = 10 };
+	cr_assert_eq(dynemb_sample(ca, ha, &lu, NULL, 0, sk, NULL, NULL, NULL), -EOPNOTSUPP);
+	cr_assert_geq(log_count(nodes[0].log, "log-uniform sampling ranks the keys of one table"),
+		      1);
+}
+
 TestSuite(shard, .timeout = 240);
 TestSuite(failure, .timeout = 240);
 TestSuite(config, .timeout = 120);
@@ -287,6 +431,9 @@ Test(shard, matches_single_host)
 	cr_assert_eq(dynemb_erase(cr, hr, keys + 2000, 300, &er), 0);
 	cr_assert_eq(ea, er, "erased: %zu sharded, %zu single host", ea, er);
 	cr_assert_gt(ea, 250);
+
+	/* sampling over the members: the single host's distribution */
+	check_sampling(ca, cr);
 
 	/* every row, read back read-only through each member, is the single host's */
 	static uint64_t all[NKEYS + 500];

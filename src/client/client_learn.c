@@ -37,7 +37,7 @@ static uint64_t room_of(const struct de_priv_table *t)
 static int sample(dynemb_client *c, int table, const struct dynemb_sample_spec *s, bool str,
 		  const uint64_t *ipos, const char *const *spos, const size_t *lens, size_t npos,
 		  uint64_t *sampled, float *sampled_expected, float *true_expected,
-		  uint8_t *accidental)
+		  uint8_t *accidental, struct dynemb_sample_info *info)
 {
 	struct de_priv_table t;
 	int err = de_priv_table(c, table, &t);
@@ -83,7 +83,7 @@ static int sample(dynemb_client *c, int table, const struct dynemb_sample_spec *
 			kb += l;
 		}
 	}
-	uint64_t vb = 13 * ns + 4 * (uint64_t)npos;
+	uint64_t vb = 13 * ns + 4 * (uint64_t)npos + (info ? 8 : 0);
 	char *kbuf = malloc(kb ? kb : 1), *vbuf = malloc(vb);
 	if (!kbuf || !vbuf) {
 		err = -ENOMEM;
@@ -104,7 +104,8 @@ static int sample(dynemb_client *c, int table, const struct dynemb_sample_spec *
 	struct de_wire_sample_args a = { .kind = (uint32_t)s->kind, .num_sampled = s->num_sampled,
 					 .unique = (uint32_t)s->unique, .power = power,
 					 .seed = s->seed };
-	struct de_sqe e = { .op = DE_OP_SAMPLE, .flags = str ? DE_SAMPLE_STR : 0,
+	struct de_sqe e = { .op = DE_OP_SAMPLE,
+			    .flags = (str ? DE_SAMPLE_STR : 0) | (info ? DE_SAMPLE_WEIGHT : 0),
 			    .table = t.wire_id, .count = (uint32_t)npos };
 	struct de_cqe q;
 	err = de_priv_call(c, &e, kbuf, kb, NULL, vb, vbuf, &a, sizeof a, &q);
@@ -130,6 +131,16 @@ static int sample(dynemb_client *c, int table, const struct dynemb_sample_spec *
 		memcpy(true_expected, vbuf + 12 * ns, 4 * npos);
 	if (accidental)
 		memcpy(accidental, acc, ns);
+	if (info) {
+		double w;
+		memcpy(&w, vbuf + 13 * ns + 4 * npos, 8);
+		if (!(isfinite(w) && w >= 0) || q.aux0 < ns) {
+			err = -EBADMSG;
+			goto out;
+		}
+		*info = (struct dynemb_sample_info){ .num_tries = q.aux0, .population = q.aux1,
+						     .weight = w };
+	}
 out:
 	free(kbuf);
 	free(vbuf);
@@ -141,7 +152,18 @@ int dynemb_sample(dynemb_client *c, int table, const struct dynemb_sample_spec *
 		  float *sampled_expected, float *true_expected, uint8_t *accidental)
 {
 	return sample(c, table, s, false, positives, NULL, NULL, npos, sampled, sampled_expected,
-		      true_expected, accidental);
+		      true_expected, accidental, NULL);
+}
+
+int dynemb_sample_ex(dynemb_client *c, int table, const struct dynemb_sample_spec *s,
+		     const uint64_t *positives, size_t npos, uint64_t *sampled,
+		     float *sampled_expected, float *true_expected, uint8_t *accidental,
+		     struct dynemb_sample_info *info)
+{
+	if (!info)
+		return de_priv_err(-EINVAL, "info is NULL: use dynemb_sample");
+	return sample(c, table, s, false, positives, NULL, NULL, npos, sampled, sampled_expected,
+		      true_expected, accidental, info);
 }
 
 int dynemb_sample_str(dynemb_client *c, int table, const struct dynemb_sample_spec *s,
@@ -150,7 +172,7 @@ int dynemb_sample_str(dynemb_client *c, int table, const struct dynemb_sample_sp
 		      uint8_t *accidental)
 {
 	return sample(c, table, s, true, NULL, positives, lens, npos, sampled, sampled_expected,
-		      true_expected, accidental);
+		      true_expected, accidental, NULL);
 }
 
 /* ---- TOPK ------------------------------------------------------------------------------- */

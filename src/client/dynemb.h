@@ -348,6 +348,21 @@ struct dynemb_sample_spec {
 int dynemb_sample(dynemb_client *c, int table, const struct dynemb_sample_spec *s,
 		  const uint64_t *positives, size_t npos, uint64_t *sampled,
 		  float *sampled_expected, float *true_expected, uint8_t *accidental);
+/* What one draw was, for a caller that mixes draws from several tables (dynembd's
+ * peer layer samples a sharded table this way): P(k) of every key is its weight over
+ * `weight`, so a mixture of tables draws table i with probability weight_i / sum. */
+struct dynemb_sample_info {
+	uint64_t num_tries;   /* draws made (num_sampled unless unique) */
+	uint64_t population;  /* keys the sampler draws from */
+	double weight;        /* UNIFORM: population; UNIGRAM: the sum of frequency^power;
+	                         LOG_UNIFORM: 0 (ranks do not mix across tables) */
+	uint64_t reserved[5];
+};
+/* dynemb_sample with info (not NULL) filled in. */
+int dynemb_sample_ex(dynemb_client *c, int table, const struct dynemb_sample_spec *s,
+		     const uint64_t *positives, size_t npos, uint64_t *sampled,
+		     float *sampled_expected, float *true_expected, uint8_t *accidental,
+		     struct dynemb_sample_info *info);
 /* The same with string positives (lens NULL: NUL-terminated) on a string table; sampled
  * keys are fingerprints: see dynemb_key_strings. */
 int dynemb_sample_str(dynemb_client *c, int table, const struct dynemb_sample_spec *s,

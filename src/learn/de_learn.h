@@ -507,6 +507,9 @@ struct de_sample_info {
 	uint64_t num_tries;  /* T above */
 	uint64_t population; /* L (UNIFORM) or keys in the snapshot */
 	uint64_t generation; /* snapshot generation used (0 for UNIFORM) */
+	double weight;       /* what P(k) is normalized by: UNIFORM L; UNIGRAM the sum of
+	                        freq^power over the snapshot; LOG_UNIFORM 0 (its ranks do
+	                        not add up across tables) */
 };
 
 /* 0, or -EINVAL with the reason written to why (may be NULL, cap bytes). */

@@ -50,6 +50,7 @@ struct snap {
 	uint32_t *index;   /* open addressing, key -> position; NOIDX = empty */
 	size_t imask;
 	double floor;      /* probability reported for positives not in the snapshot */
+	double total;      /* UNIGRAM: the sum of the weights (freq^power) of the keys */
 	double log_range;  /* LOG_UNIFORM: log(n + 1) */
 };
 
@@ -358,6 +359,7 @@ static int snap_build(de_sampler *s, struct snap *p)
 			total += wt;
 		}
 		p->n = n = w;
+		p->total = total;
 		if ((rc = snap_index(p, freq))) /* rebuild the index over the kept keys */
 			goto out;
 		p->floor = 0;
@@ -620,6 +622,8 @@ static int sample_impl(de_sampler *s, bool unique, uint64_t rng0, size_t n,
 		info->num_tries = tries;
 		info->population = pop;
 		info->generation = p ? p->gen : 0;
+		info->weight = uniform ? (double)pop
+			       : s->cfg.kind == DE_SAMPLER_UNIGRAM ? p->total : 0;
 	}
 out:
 	if (p)

@@ -133,8 +133,10 @@ int de_peer_read_full(int fd, void *buf, size_t len, int timeout_ms);
 
 enum de_peer_type {
 	DE_PEER_OPEN = 1, DE_PEER_LOOKUP = 2, DE_PEER_UPDATE = 3, DE_PEER_APPLY = 4,
-	DE_PEER_ERASE = 5, DE_PEER_PING = 6, DE_PEER_TOPK = 7,
+	DE_PEER_ERASE = 5, DE_PEER_PING = 6, DE_PEER_TOPK = 7, DE_PEER_SAMPLE = 8,
 };
+#define DE_PEER_SAMPLE_UNIFORM 0u  /* SAMPLE's kind (the samplers' wire numbers) */
+#define DE_PEER_SAMPLE_UNIGRAM 2u
 #define DE_PEER_LOOKUP_CREATE 0x1u
 #define DE_PEER_APPLY_LR 0x1u
 #define DE_PEER_TOPK_COSINE 0x1u
@@ -159,10 +161,12 @@ struct de_peer_open {
 
 /* A parsed batch request; keys and vals point into the payload (8- and 4-aligned when
  * the payload is 8-aligned). vals: UPDATE's rows or APPLY's gradients (all finite).
- * TOPK: n queries in vals (n * dim, finite), k in step, no keys. */
+ * TOPK: n queries in vals (n * dim, finite), k in step, no keys. SAMPLE: the kind in
+ * flags, the seed in step, n draws, the power in lr, npos positives in keys (NULL when
+ * none). */
 struct de_peer_batch {
 	uint16_t type;
-	uint32_t handle, flags, n;
+	uint32_t handle, flags, n, npos;
 	uint64_t step;
 	double lr;
 	const uint64_t *keys;
@@ -171,10 +175,15 @@ struct de_peer_batch {
 
 /* A parsed reply. status < 0: the owner refused, msg is its reason (control characters
  * replaced). Else a, b: the counts (wire.c); LOOKUP: st[n] and rows[n * dim] point
- * into the payload; TOPK: tkeys[n * k] and tscores[n * k]; OPEN: handle, dim. */
+ * into the payload; TOPK: tkeys[n * k] and tscores[n * k]; OPEN: handle, dim; SAMPLE:
+ * population, weight, the draws in tkeys[n] with their probabilities in tscores[n], and
+ * pprob[npos]. */
 struct de_peer_reply {
 	int32_t status;
 	uint32_t a, b, handle, dim;
+	uint64_t population;
+	double weight;
+	const float *pprob;
 	const uint8_t *st;      /* LOOKUP: n statuses */
 	const float *rows;
 	const uint64_t *tkeys;
@@ -193,10 +202,13 @@ uint64_t de_peer_batch_fixed(uint16_t type);
  * and k. */
 uint64_t de_peer_topk_reply_bytes(uint32_t n, uint32_t k);
 uint64_t de_peer_lookup_reply_bytes(uint32_t n, uint32_t dim);
+/* Bytes of a SAMPLE request's payload is 32 + 8 * npos; of its reply: */
+uint64_t de_peer_sample_reply_bytes(uint32_t n, uint32_t npos);
 /* Parsers of a payload of h->len bytes at p (h checked): 0 or -EPROTO with msg.
  * parse_batch takes the dim of the handle the request names (its caller looks it up;
  * an unknown handle is the caller's error). parse_reply checks a reply against the
- * request it answers (type, req_id, n keys at dim; TOPK: n queries, and k in dim). */
+ * request it answers (type, req_id, n keys at dim; TOPK: n queries, and k in dim;
+ * SAMPLE: n draws, and npos in dim). */
 int de_peer_parse_open(const struct de_peer_hdr *h, const void *p, struct de_peer_open *out,
 		       char *msg, size_t cap);
 int de_peer_parse_batch(const struct de_peer_hdr *h, const void *p, uint32_t dim,

@@ -10,7 +10,7 @@
  *   header, 24 bytes
  *     0  u32 magic     0x52504544 ("DEPR")
  *     4  u16 version   1
- *     6  u16 type      a request (1..7) or its reply (request | 0x80)
+ *     6  u16 type      a request (1..8) or its reply (request | 0x80)
  *     8  u64 req_id    chosen by the requester, echoed by the reply
  *    16  u32 len       payload bytes that follow, <= DE_PEER_FRAME_MAX
  *    20  i32 status    a request: 0; a reply: 0, or a negative errno (then the payload
@@ -47,6 +47,20 @@
  *     reply: the 16 bytes (n, a = found per query <= k, 0, 0), then u64 keys[n * k] and
  *     f32 scores[n * k], each query's best first; past `found` a key is 0 and its score
  *     -inf; a score is finite or -inf
+ *
+ *   SAMPLE (8): draws with replacement from the owner's sampler of a table (the
+ *     requester mixes the members' draws by their weights: src/server/peers.c)
+ *     0  u32 handle
+ *     4  u32 kind      0 UNIFORM, 2 UNIGRAM (LOG_UNIFORM's ranks do not mix)
+ *     8  u64 seed
+ *    16  u32 n         draws, 1..DE_PEER_MAX_KEYS
+ *    20  u32 npos      positives, 0..DE_PEER_MAX_KEYS
+ *    24  f64 power     UNIGRAM: in (0, 16]; UNIFORM: 0
+ *    32  u64 positives[npos]   (0: no class)
+ *     reply: u32 n, u32 npos (as asked), u64 population (>= 1), f64 weight (finite,
+ *     > 0: what the owner's probabilities are normalized by), u64 keys[n] (not 0),
+ *     f32 prob[n] (in (0, 1]: P(keys[i]) on the owner), f32 pos_prob[npos] (in [0, 1]).
+ *     An owner with no key to draw answers -ENOENT.
  *
  * A frame that breaks any rule above is refused with -EPROTO (and a message that names
  * the field): the connection it came on is closed by the caller, nothing else.
@@ -97,7 +111,7 @@ int de_peer_hdr_check(const struct de_peer_hdr *h, char *msg, size_t cap)
 		return bad(msg, cap, "frame version %u, this side speaks %u", h->version,
 			   DE_PEER_VERSION);
 	unsigned base = h->type & ~DE_PEER_REPLY;
-	if (base < DE_PEER_OPEN || base > DE_PEER_TOPK || (h->type & ~(DE_PEER_REPLY | 0x7f)))
+	if (base < DE_PEER_OPEN || base > DE_PEER_SAMPLE || (h->type & ~(DE_PEER_REPLY | 0x7f)))
 		return bad(msg, cap, "frame type %u is not a peer frame", h->type);
 	if (h->len > DE_PEER_FRAME_MAX)
 		return bad(msg, cap, "frame of type %u: length %u over the most a frame carries "
@@ -129,6 +143,75 @@ uint64_t de_peer_lookup_reply_bytes(uint32_t n, uint32_t dim)
 	return 16 + (((uint64_t)n + 7) & ~7ull) + 4ull * n * dim;
 }
 
+uint64_t de_peer_sample_reply_bytes(uint32_t n, uint32_t npos)
+{
+	return 24 + 12ull * n + 4ull * npos;
+}
+
+static int parse_sample(const struct de_peer_hdr *h, const unsigned char *b,
+			struct de_peer_batch *out, char *msg, size_t cap)
+{
+	if (h->len < 32)
+		return bad(msg, cap, "SAMPLE of %u bytes: shorter than its 32 fixed bytes", h->len);
+	struct de_peer_batch x = { .type = DE_PEER_SAMPLE };
+	memcpy(&x.handle, b, 4);
+	memcpy(&x.flags, b + 4, 4);
+	memcpy(&x.step, b + 8, 8);
+	memcpy(&x.n, b + 16, 4);
+	memcpy(&x.npos, b + 20, 4);
+	memcpy(&x.lr, b + 24, 8);
+	if (x.flags != DE_PEER_SAMPLE_UNIFORM && x.flags != DE_PEER_SAMPLE_UNIGRAM)
+		return bad(msg, cap, "SAMPLE: sampler kind %u (0 uniform or 2 unigram)", x.flags);
+	if (x.flags == DE_PEER_SAMPLE_UNIGRAM ? !(x.lr > 0 && x.lr <= 16.0)
+					      : (x.lr != 0 || signbit(x.lr)))
+		return bad(msg, cap, "SAMPLE: power %g for sampler kind %u (unigram: (0, 16]; "
+			   "uniform: 0)", x.lr, x.flags);
+	if (x.n < 1 || x.n > DE_PEER_MAX_KEYS)
+		return bad(msg, cap, "SAMPLE of %u draws: 1..%u", x.n, DE_PEER_MAX_KEYS);
+	if (x.npos > DE_PEER_MAX_KEYS)
+		return bad(msg, cap, "SAMPLE with %u positives: at most %u", x.npos,
+			   DE_PEER_MAX_KEYS);
+	if (h->len != 32 + 8ull * x.npos)
+		return bad(msg, cap, "SAMPLE with %u positives is %llu bytes, not %u", x.npos,
+			   32 + 8ull * x.npos, h->len);
+	x.keys = x.npos ? (const uint64_t *)(const void *)(b + 32) : NULL;
+	*out = x;
+	return 0;
+}
+
+static int parse_sample_reply(const struct de_peer_hdr *h, const unsigned char *b, uint32_t n,
+			      uint32_t npos, struct de_peer_reply *out, char *msg, size_t cap)
+{
+	uint64_t want = de_peer_sample_reply_bytes(n, npos);
+	if (h->len != want)
+		return bad(msg, cap, "SAMPLE reply of %u bytes for %u draws and %u positives, not "
+			   "%llu", h->len, n, npos, (unsigned long long)want);
+	uint32_t rn, rp;
+	memcpy(&rn, b, 4);
+	memcpy(&rp, b + 4, 4);
+	memcpy(&out->population, b + 8, 8);
+	memcpy(&out->weight, b + 16, 8);
+	if (rn != n || rp != npos)
+		return bad(msg, cap, "SAMPLE reply for %u draws and %u positives, the request had "
+			   "%u and %u", rn, rp, n, npos);
+	if (!out->population || !(isfinite(out->weight) && out->weight > 0))
+		return bad(msg, cap, "SAMPLE reply: population %llu, weight %g (both must be > 0)",
+			   (unsigned long long)out->population, out->weight);
+	out->a = n;
+	out->tkeys = (const uint64_t *)(const void *)(b + 24);
+	out->tscores = (const float *)(const void *)(b + 24 + 8ull * n);
+	out->pprob = out->tscores + n;
+	for (uint32_t i = 0; i < n; i++)
+		if (!out->tkeys[i] || !(out->tscores[i] > 0 && out->tscores[i] <= 1))
+			return bad(msg, cap, "SAMPLE reply: draw %u (key %llu, probability %g) breaks "
+				   "the rules", i, (unsigned long long)out->tkeys[i], out->tscores[i]);
+	for (uint32_t j = 0; j < npos; j++)
+		if (!(out->pprob[j] >= 0 && out->pprob[j] <= 1))
+			return bad(msg, cap, "SAMPLE reply: positive %u has probability %g", j,
+				   out->pprob[j]);
+	return 0;
+}
+
 int de_peer_parse_open(const struct de_peer_hdr *h, const void *p, struct de_peer_open *out,
 		       char *msg, size_t cap)
 {
@@ -158,6 +241,8 @@ int de_peer_parse_batch(const struct de_peer_hdr *h, const void *p, uint32_t dim
 	static const char *const names[] = { "", "OPEN", "LOOKUP", "UPDATE", "APPLY", "ERASE",
 					     "PING", "TOPK" };
 	uint16_t type = h->type;
+	if (type == DE_PEER_SAMPLE)
+		return parse_sample(h, p, out, msg, cap);
 	if (type < DE_PEER_LOOKUP || type > DE_PEER_TOPK || type == DE_PEER_PING)
 		return bad(msg, cap, "frame type %u is not a batch", type);
 	const char *what = names[type];
@@ -243,6 +328,8 @@ int de_peer_parse_reply(const struct de_peer_hdr *h, const void *p, uint16_t typ
 	const unsigned char *b = p;
 	if (type == DE_PEER_PING)
 		return h->len ? bad(msg, cap, "PING reply with %u bytes", h->len) : 0;
+	if (type == DE_PEER_SAMPLE) /* dim is npos here */
+		return parse_sample_reply(h, b, n, dim, out, msg, cap);
 	if (type == DE_PEER_OPEN) {
 		if (h->len != 8)
 			return bad(msg, cap, "OPEN reply of %u bytes, not 8", h->len);

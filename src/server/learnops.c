@@ -943,7 +943,7 @@ static void do_sample(struct srv_batch *b, struct srv_table *t, char *data,
 		q->res = err;
 		return;
 	}
-	size_t bytes = (size_t)ns * 13 + (size_t)np * 4;
+	size_t bytes = (size_t)ns * 13 + (size_t)np * 4 + ((e->flags & DE_SAMPLE_WEIGHT) ? 8 : 0);
 	char *out = malloc(bytes);
 	if (!out) {
 		pthread_rwlock_unlock(&t->rt->slock);
@@ -965,6 +965,8 @@ static void do_sample(struct srv_batch *b, struct srv_table *t, char *data,
 					       acc, texp, &info);
 	}
 	pthread_rwlock_unlock(&t->rt->slock);
+	if (!err && (e->flags & DE_SAMPLE_WEIGHT))
+		memcpy(out + bytes - 8, &info.weight, 8);
 	if (!err) {
 		memcpy(data + e->vals_off, out, bytes);
 		q->count = ns;

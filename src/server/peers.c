@@ -37,6 +37,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
+#include <math.h>
 #include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -54,6 +55,7 @@
 #include "dynemb.h"
 #include "log.h"
 #include "util.h"
+#include "validate.h"
 
 #define MAX_CONNS 256u           /* owner's side: peer connections at once */
 #define MAX_HANDLES 256u         /* tables one peer connection opens */
@@ -232,6 +234,41 @@ static int on_open(struct oconn *o, const struct de_peer_hdr *rq)
 	return reply(o, rq, 0, body, sizeof body);
 }
 
+/* SAMPLE: b->n draws with replacement from this member's sampler, with the weight the
+ * requester mixes them by (wire.c). */
+static int on_sample(struct oconn *o, const struct de_peer_hdr *rq, const struct handle *hd,
+		     const struct de_peer_batch *b)
+{
+	uint64_t bytes = de_peer_sample_reply_bytes(b->n, b->npos);
+	if (grow(&o->out, &o->ocap, bytes))
+		return reply_err(o, rq, -ENOMEM, "out of memory for a SAMPLE reply");
+	char *out = o->out;
+	uint64_t *keys = (uint64_t *)(void *)(out + 24);
+	float *prob = (float *)(void *)(keys + b->n), *pprob = prob + b->n;
+	struct dynemb_sample_spec spec = {
+		.kind = b->flags == DE_PEER_SAMPLE_UNIGRAM ? DYNEMB_SAMPLER_UNIGRAM
+							   : DYNEMB_SAMPLER_UNIFORM,
+		.num_sampled = b->n, .power = b->lr, .seed = b->step,
+	};
+	struct dynemb_sample_info info;
+	int err = dynemb_sample_ex(o->ic, hd->h, &spec, b->keys, b->npos, keys, prob, pprob,
+				   NULL, &info);
+	if (!err && !(info.population && info.weight > 0))
+		err = -ENOENT;
+	if (err)
+		return reply_err(o, rq, err, dynemb_strerror(err));
+	/* expected counts of n draws with replacement are n * P: P back, within (0, 1] */
+	for (uint64_t i = 0; i < (uint64_t)b->n + b->npos; i++) {
+		float p = prob[i] / (float)b->n;
+		prob[i] = p > 1 ? 1 : i < b->n && !(p > 0) ? 0x1p-126f : p;
+	}
+	uint32_t cnt[2] = { b->n, b->npos };
+	memcpy(out, cnt, 8);
+	memcpy(out + 8, &info.population, 8);
+	memcpy(out + 16, &info.weight, 8);
+	return reply(o, rq, 0, out, (uint32_t)bytes);
+}
+
 static int on_batch(struct oconn *o, const struct de_peer_hdr *rq)
 {
 	char msg[256];
@@ -253,6 +290,8 @@ static int on_batch(struct oconn *o, const struct de_peer_hdr *rq)
 		srv_log(SRV_LOG_WARN, "peer %s: %s: closing its connection", o->peer, msg);
 		return -EPROTO;
 	}
+	if (b.type == DE_PEER_SAMPLE)
+		return on_sample(o, rq, hd, &b);
 	uint32_t c[4] = { b.n, 0, 0, 0 };
 	int err = 0;
 	size_t x = 0;
@@ -1053,6 +1092,330 @@ out:
 	free(ts);
 }
 
+/* ---- SAMPLE of a sharded table -------------------------------------------------------
+ * The sharded table's distribution is the mixture of the members' samplers: member i is
+ * drawn with probability W_i / W (W_i its weight: live keys for UNIFORM, the sum of
+ * freq^power for UNIGRAM; W the sum), then a key from P_i, so P(k) = W_i / W * P_i(k) is
+ * what one host holding every key would give. Each member sends a stream of draws with
+ * replacement (ns at first, more when one runs out) with W_i and P_i of its keys; the
+ * streams are interleaved by the mixture's choices, draw by draw, from a generator
+ * seeded by the caller's seed: that is ns i.i.d. draws from P (without unique) or the
+ * draws until ns distinct keys (with unique, T counting them all), and the expected
+ * counts follow de_learn.h's formulas with the global P. LOG_UNIFORM ranks keys over
+ * one table: its ranks do not mix, and a sharded table refuses it (-EOPNOTSUPP). */
+
+struct sstream {
+	uint64_t *k;
+	float *p;
+	uint32_t len, at, round;
+	double w;
+	uint64_t pop;
+};
+
+/* The seed of member i's stream number round: every stream of a call its own. */
+static uint64_t stream_seed(uint64_t seed, unsigned i, uint32_t round)
+{
+	return de_mix64(seed ^ de_mix64(((uint64_t)i << 32) | round));
+}
+
+/* Ask member i for a stream of n draws (its round; positives pk[np] the first time). */
+static int sample_request(struct srv_peer_fwd *f, unsigned i, const struct srv_table *t,
+			  const struct de_wire_sample_args *a, const struct sstream *s,
+			  uint32_t n, const uint64_t *pk, uint32_t np, uint64_t deadline)
+{
+	struct member *m = &f->m[i];
+	uint32_t handle = 0;
+	int err = member_table(f, i, t, deadline, &handle);
+	if (err)
+		return err;
+	unsigned char fixed[32];
+	uint64_t seed = stream_seed(a->seed, i, s->round);
+	memcpy(fixed, &handle, 4);
+	memcpy(fixed + 4, &a->kind, 4);
+	memcpy(fixed + 8, &seed, 8);
+	memcpy(fixed + 16, &n, 4);
+	memcpy(fixed + 20, &np, 4);
+	memcpy(fixed + 24, &a->power, 8);
+	struct de_peer_hdr h;
+	de_peer_hdr_init(&h, DE_PEER_SAMPLE, ++m->req, 32 + 8 * np, 0);
+	struct iovec iov[3] = { { &h, sizeof h }, { fixed, 32 }, { (void *)pk, 8ull * np } };
+	err = de_peer_write_full(m->fd, iov, np ? 3 : 2, ms_left(deadline));
+	if (err)
+		return member_fail(f, i, err, "sending SAMPLE: %s", strerror(-err));
+	return 0;
+}
+
+/* Member i's stream (and its positives' probabilities into pp), as sent or run locally. */
+static int sample_take(struct srv_peer_fwd *f, unsigned i, struct sstream *s, uint32_t n,
+		       uint32_t np, float *pp, uint64_t deadline)
+{
+	struct de_peer_reply r;
+	int err = read_reply(f, i, DE_PEER_SAMPLE, n, np, deadline, &r);
+	if (err)
+		return err;
+	if (r.status < 0)
+		return r.status;
+	memcpy(s->k, r.tkeys, 8ull * n);
+	memcpy(s->p, r.tscores, 4ull * n);
+	if (np)
+		memcpy(pp, r.pprob, 4ull * np);
+	s->len = n;
+	s->at = 0;
+	if (!s->round) {
+		s->w = r.weight;
+		s->pop = r.population;
+	}
+	return 0;
+}
+
+static int sample_local(struct srv_peer_fwd *f, const struct srv_table *t,
+			const struct de_wire_sample_args *a, struct sstream *s, uint32_t n,
+			const uint64_t *pk, uint32_t np, float *pp, unsigned self)
+{
+	int h;
+	int err = local_table(f, t, &h);
+	if (err)
+		return err;
+	struct dynemb_sample_spec spec = { .kind = (enum dynemb_sampler)a->kind, .num_sampled = n,
+					   .power = a->power,
+					   .seed = stream_seed(a->seed, self, s->round) };
+	struct dynemb_sample_info info;
+	err = dynemb_sample_ex(f->ic, h, &spec, pk, np, s->k, s->p, pp, NULL, &info);
+	if (!err && !(info.population && info.weight > 0))
+		err = -ENOENT;
+	if (err)
+		return err;
+	for (uint32_t j = 0; j < n; j++)
+		s->p[j] /= (float)n;
+	for (uint32_t j = 0; j < np; j++)
+		pp[j] /= (float)n;
+	s->len = n;
+	s->at = 0;
+	if (!s->round) {
+		s->w = info.weight;
+		s->pop = info.population;
+	}
+	return 0;
+}
+
+/* A set of nonzero keys (open addressing, 2^bits slots). */
+struct keyset {
+	uint64_t *slot;
+	size_t mask;
+};
+
+static int keyset_init(struct keyset *s, size_t n)
+{
+	size_t cap = 16;
+	while (cap < 2 * n + 16)
+		cap <<= 1;
+	s->slot = calloc(cap, sizeof *s->slot);
+	s->mask = cap - 1;
+	return s->slot ? 0 : -ENOMEM;
+}
+
+/* Adds k (not 0): true when it was not there. */
+static bool keyset_add(struct keyset *s, uint64_t k)
+{
+	for (size_t i = de_mix64(k) & s->mask;; i = (i + 1) & s->mask) {
+		if (s->slot[i] == k)
+			return false;
+		if (!s->slot[i]) {
+			s->slot[i] = k;
+			return true;
+		}
+	}
+}
+
+static bool keyset_has(const struct keyset *s, uint64_t k)
+{
+	for (size_t i = de_mix64(k) & s->mask;; i = (i + 1) & s->mask) {
+		if (s->slot[i] == k)
+			return true;
+		if (!s->slot[i])
+			return false;
+	}
+}
+
+static double expected_of(double p, uint64_t n, uint64_t tries)
+{
+	return tries == n ? (double)n * p : -expm1((double)tries * log1p(-p));
+}
+
+static void forward_sample(struct srv_peer_fwd *f, const struct srv_table *t, char *data,
+			   const struct de_sqe *e, struct de_cqe *q)
+{
+	const struct srv_config *cfg = f->p->cfg;
+	unsigned nm = cfg->peers.n, self = cfg->peer_self;
+	struct de_wire_sample_args a;
+	memcpy(&a, data + e->status_off, sizeof a); /* checked on the copy */
+	if ((q->res = srv_check_sample_args(&a, e, f->max_batch)))
+		return;
+	if (a.kind == DE_SAMPLER_LOG_UNIFORM || (e->flags & DE_SAMPLE_STR)) {
+		static struct srv_log_limit lim;
+		uint64_t quiet;
+		if (srv_log_limit_due(&lim, &quiet))
+			srv_logf(SRV_LOG_WARN, SRV_KV(SRV_F_TABLE(t->name), SRV_F_UINT("suppressed", quiet)),
+				 "table '%s' is sharded: %s", t->name,
+				 a.kind == DE_SAMPLER_LOG_UNIFORM
+					 ? "log-uniform sampling ranks the keys of one table, its "
+					   "ranks do not mix across members: use uniform or unigram"
+					 : "string positives are not sharded");
+		q->res = -EOPNOTSUPP;
+		return;
+	}
+	uint32_t ns = a.num_sampled, np = e->count;
+	if (np > f->max_batch || ns > DE_PEER_MAX_KEYS) {
+		q->res = -E2BIG;
+		return;
+	}
+	struct sstream *ss = calloc(nm, sizeof *ss);
+	float *pp = malloc(4ull * (np ? np : 1)); /* positives' P_i, in owner order */
+	double *gp = malloc(8ull * ns);
+	struct keyset seen = { 0 }, pos = { 0 };
+	int err = !ss || !pp || !gp ? -ENOMEM : 0;
+	for (unsigned i = 0; !err && i < nm; i++) {
+		ss[i].k = malloc(8ull * ns);
+		ss[i].p = malloc(4ull * ns);
+		if (!ss[i].k || !ss[i].p)
+			err = -ENOMEM;
+	}
+	if (!err && a.unique)
+		err = keyset_init(&seen, ns);
+	if (!err && np)
+		err = keyset_init(&pos, np);
+	if (err)
+		goto out;
+	/* the positives split by owner (stable), as a batch is: f->okeys[start..start+n) */
+	memcpy(f->keys, data + e->keys_off, 8ull * np);
+	de_peer_owners(&cfg->peers, f->keys, np, f->owner);
+	for (unsigned i = 0; i < nm; i++) {
+		f->m[i].n = 0;
+		f->m[i].err = 0;
+		f->m[i].sent = false;
+	}
+	for (uint32_t j = 0; j < np; j++)
+		f->m[f->owner[j]].n++;
+	uint32_t at = 0;
+	for (unsigned i = 0; i < nm; i++) {
+		f->m[i].start = at;
+		at += f->m[i].n;
+		f->m[i].n = 0;
+	}
+	for (uint32_t j = 0; j < np; j++) {
+		struct member *m = &f->m[f->owner[j]];
+		uint32_t to = m->start + m->n++;
+		f->pos[to] = j;
+		f->okeys[to] = f->keys[j];
+		if (np && f->keys[j])
+			keyset_add(&pos, f->keys[j]);
+	}
+	/* the first streams: remote ones in flight while the local one is drawn */
+	uint64_t deadline = srv_mono_ns() + cfg->peer_timeout_ms * 1000000ull;
+	for (unsigned i = 0; i < nm; i++)
+		if (i != self) {
+			f->m[i].err = sample_request(f, i, t, &a, &ss[i], ns, f->okeys + f->m[i].start,
+						     f->m[i].n, deadline);
+			f->m[i].sent = !f->m[i].err;
+		}
+	f->m[self].err = sample_local(f, t, &a, &ss[self], ns, f->okeys + f->m[self].start,
+				      f->m[self].n, pp + f->m[self].start, self);
+	for (unsigned i = 0; i < nm; i++)
+		if (f->m[i].sent)
+			f->m[i].err = sample_take(f, i, &ss[i], ns, f->m[i].n, pp + f->m[i].start,
+						  deadline);
+	double W = 0;
+	uint64_t pop = 0;
+	for (unsigned i = 0; i < nm; i++) {
+		if (f->m[i].err == -ENOENT) { /* nothing to draw there: weight 0 */
+			f->m[i].err = 0;
+			ss[i].w = 0;
+			ss[i].pop = 0;
+			ss[i].len = 0;
+			for (uint32_t j = 0; j < f->m[i].n; j++)
+				pp[f->m[i].start + j] = 0;
+		}
+		if (f->m[i].err && !err)
+			err = f->m[i].err;
+		W += ss[i].w;
+		pop += ss[i].pop;
+	}
+	if (err)
+		goto out;
+	if (!(W > 0)) {
+		err = -ENOENT;
+		goto out;
+	}
+	if (a.unique && ns > pop) {
+		err = -ERANGE;
+		goto out;
+	}
+	/* the mixture's draws, one by one */
+	uint64_t *sk = (uint64_t *)(void *)(data + e->vals_off);
+	float *sexp = (float *)(void *)(data + e->vals_off + 8ull * ns), *texp = sexp + ns;
+	uint8_t *acc = (uint8_t *)(texp + np);
+	uint64_t rng = de_mix64(a.seed ^ 0x5a4d504cull), tries = 0;
+	uint64_t max_tries = DE_SAMPLE_MAX_TRIES(ns);
+	for (uint32_t got = 0; got < ns;) {
+		if (tries >= max_tries) {
+			err = -EAGAIN;
+			goto out;
+		}
+		double u = (double)(de_splitmix64_next(&rng) >> 11) * 0x1p-53 * W, c = 0;
+		unsigned i = 0;
+		while (i + 1 < nm && (c += ss[i].w, u >= c || !(ss[i].w > 0)))
+			i++;
+		while (!(ss[i].w > 0)) /* u rounded past the last weight */
+			i--;
+		struct sstream *s = &ss[i];
+		if (s->at == s->len) { /* its stream ran out: the next one */
+			s->round++;
+			if (i == self)
+				err = sample_local(f, t, &a, s, ns, NULL, 0, NULL, self);
+			else if (!(err = sample_request(f, i, t, &a, s, ns, NULL, 0, deadline)))
+				err = sample_take(f, i, s, ns, 0, NULL, deadline);
+			if (err == -ENOENT) /* it emptied meanwhile: its weight is still counted */
+				err = -EAGAIN;
+			if (err)
+				goto out;
+		}
+		tries++;
+		uint64_t k = s->k[s->at];
+		double p = s->w / W * (double)s->p[s->at++];
+		if (a.unique && !keyset_add(&seen, k))
+			continue;
+		sk[got] = k;
+		gp[got++] = p;
+	}
+	for (uint32_t j = 0; j < ns; j++) {
+		sexp[j] = (float)expected_of(gp[j], ns, tries);
+		acc[j] = np && keyset_has(&pos, sk[j]);
+	}
+	for (unsigned i = 0; i < nm; i++)
+		for (uint32_t j = 0; j < f->m[i].n; j++) {
+			uint32_t x = f->m[i].start + j;
+			double p = f->okeys[x] ? ss[i].w / W * (double)pp[x] : 0;
+			texp[f->pos[x]] = (float)expected_of(p, ns, tries);
+		}
+	if (e->flags & DE_SAMPLE_WEIGHT)
+		memcpy(acc + ns, &W, 8);
+	q->count = ns;
+	q->aux0 = tries;
+	q->aux1 = pop;
+out:
+	q->res = err;
+	free(gp);
+	free(pp);
+	free(seen.slot);
+	free(pos.slot);
+	if (ss)
+		for (unsigned i = 0; i < nm; i++) {
+			free(ss[i].k);
+			free(ss[i].p);
+		}
+	free(ss);
+}
+
 void srv_peer_forward(struct srv_peer_fwd *f, const struct srv_table *t, char *data,
 		      const struct de_sqe *e, struct de_cqe *q)
 {
@@ -1062,6 +1425,10 @@ void srv_peer_forward(struct srv_peer_fwd *f, const struct srv_table *t, char *d
 	*q = (struct de_cqe){ .user_data = e->user_data };
 	if (e->op == DE_OP_TOPK) {
 		forward_topk(f, t, data, e, q);
+		return;
+	}
+	if (e->op == DE_OP_SAMPLE) {
+		forward_sample(f, t, data, e, q);
 		return;
 	}
 	if (n > f->max_batch) {

@@ -99,7 +99,7 @@ int srv_check_learn_sqe(const struct de_sqe *e, uint32_t dim, uint32_t key_type,
 		return -EINVAL;
 	switch (e->op) {
 	case DE_OP_SAMPLE:
-		if ((e->flags & ~DE_SAMPLE_STR) || e->arg || e->vals_off % 8 ||
+		if ((e->flags & ~(DE_SAMPLE_STR | DE_SAMPLE_WEIGHT)) || e->arg || e->vals_off % 8 ||
 		    e->status_off % 8 ||
 		    !range_ok(data_bytes, e->status_off, sizeof(struct de_wire_sample_args)))
 			return -EINVAL;
@@ -144,7 +144,8 @@ int srv_check_sample_args(const struct de_wire_sample_args *a, const struct de_s
 		return -EINVAL;
 	if (a->num_sampled > lim)
 		return -E2BIG;
-	if (e->vals_len != 13ull * a->num_sampled + 4ull * e->count)
+	if (e->vals_len != 13ull * a->num_sampled + 4ull * e->count +
+			   ((e->flags & DE_SAMPLE_WEIGHT) ? 8 : 0))
 		return -EINVAL;
 	return 0;
 }

@@ -372,8 +372,9 @@ static bool sharded(struct srv_worker *w, struct srv_table *t);
 static int forward_op(struct srv_worker *w, struct srv_client *c, struct srv_table *t,
 		      const struct de_sqe *e);
 
-/* TOPK or SAMPLE (checked): refused over the cap, else queued on the slow pool (a TOPK
- * of a sharded table: on the forwarding pool, which asks every member for its k best).
+/* TOPK or SAMPLE (checked): refused over the cap, else queued on the slow pool (of a
+ * sharded table: on the forwarding pool, which asks every member for its k best, or
+ * mixes the members' draws).
  * 0: *q is its completion; 2: a pool has it (c->slow_busy). */
 static int slow_op(struct srv_worker *w, struct srv_client *c, struct srv_table *t,
 		   char *data, const struct de_sqe *e, struct de_cqe *q)
@@ -391,7 +392,7 @@ static int slow_op(struct srv_worker *w, struct srv_client *c, struct srv_table 
 				e->op == DE_OP_TOPK ? "TOPK" : "SAMPLE", cost, cap);
 		return 0;
 	}
-	if (e->op == DE_OP_TOPK && w->srv->peers && !c->internal && sharded(w, t))
+	if (w->srv->peers && !c->internal && sharded(w, t)) /* TOPK, SAMPLE over the members */
 		return forward_op(w, c, t, e);
 	if (!w->srv->slow) { /* no pool (it could not start): on the worker */
 		struct srv_batch b = batch_of(w, t, e, NULL);

@@ -6,10 +6,10 @@
  * then the payload (the rest; copied into a buffer of exactly its size, so ASan sees
  * any read past it). Context:
  *   byte 0  dim: of the handle a batch names, and of the request a reply answers (0..255;
- *           a TOPK reply's k)
+ *           a TOPK reply's k, a SAMPLE reply's positives)
  *   byte 1-2  u16 n: the keys of the request a reply answers
- *   byte 3  bits 0-2: the request type a reply answers (1..7; else the header's own)
- *           bit 3: the reply answers another req_id (it must be refused)
+ *   byte 3  bits 0-3: the request type a reply answers (1..8; else the header's own)
+ *           bit 4: the reply answers another req_id (it must be refused)
  *           bit 7: the header's len is kept as given (only de_peer_hdr_check runs);
  *                  otherwise it is set to the payload's size, as a reader that read
  *                  exactly hdr.len bytes sees it
@@ -88,6 +88,26 @@ static void fuzz_open(const struct de_peer_hdr *h, const uint8_t *p)
 		CHECK(strcmp(msg, msg2) == 0);
 }
 
+/* A SAMPLE request (parse_batch's other layout). */
+static void check_sample(const struct de_peer_hdr *h, const uint8_t *p,
+			 const struct de_peer_batch *b)
+{
+	double power;
+	memcpy(&power, p + 24, 8);
+	CHECK(b->type == DE_PEER_SAMPLE && b->handle == le32(p) && b->flags == le32(p + 4) &&
+	      b->step == le64(p + 8) && b->n == le32(p + 16) && b->npos == le32(p + 20) &&
+	      !memcmp(&b->lr, &power, 8));
+	CHECK(b->flags == DE_PEER_SAMPLE_UNIFORM || b->flags == DE_PEER_SAMPLE_UNIGRAM);
+	if (b->flags == DE_PEER_SAMPLE_UNIGRAM)
+		CHECK(power > 0 && power <= 16);
+	else
+		CHECK(power == 0 && !signbit(power));
+	CHECK(b->n >= 1 && b->n <= DE_PEER_MAX_KEYS && b->npos <= DE_PEER_MAX_KEYS);
+	CHECK(h->len == 32 + 8ull * b->npos);
+	CHECK(b->npos ? (const uint8_t *)b->keys == p + 32 : b->keys == NULL);
+	CHECK(b->vals == NULL);
+}
+
 static void fuzz_batch(const struct de_peer_hdr *h, const uint8_t *p, uint32_t dim)
 {
 	struct de_peer_batch b, b2;
@@ -96,6 +116,14 @@ static void fuzz_batch(const struct de_peer_hdr *h, const uint8_t *p, uint32_t d
 	int r = de_peer_parse_batch(h, p, dim, &b, msg, sizeof msg);
 	CHECK(r == 0 || r == -EPROTO);
 	uint16_t t = h->type;
+	if (t == DE_PEER_SAMPLE) {
+		if (r)
+			check_msg(msg, sizeof msg);
+		else
+			check_sample(h, p, &b);
+		CHECK(de_peer_parse_batch(h, p, dim, &b2, msg2, sizeof msg2) == r);
+		return;
+	}
 	bool batch_type = t >= DE_PEER_LOOKUP && t <= DE_PEER_TOPK && t != DE_PEER_PING;
 	if (!batch_type)
 		CHECK(r == -EPROTO);
@@ -181,6 +209,25 @@ static void fuzz_reply(const struct de_peer_hdr *h, const uint8_t *p, uint16_t t
 		} else if (type == DE_PEER_OPEN) {
 			CHECK(h->len == 8 && o.handle == le32(p) && o.dim == le32(p + 4) &&
 			      o.dim == dim);
+		} else if (type == DE_PEER_SAMPLE) { /* dim is npos */
+			CHECK(h->len == 24 + 12ull * n + 4ull * dim);
+			CHECK(h->len == de_peer_sample_reply_bytes(n, dim));
+			CHECK(le32(p) == n && le32(p + 4) == dim && o.a == n);
+			CHECK(o.population == le64(p + 8) && o.population >= 1);
+			CHECK(isfinite(o.weight) && o.weight > 0);
+			CHECK((const uint8_t *)o.tkeys == p + 24);
+			CHECK((const uint8_t *)o.tscores == p + 24 + 8ull * n);
+			CHECK((const uint8_t *)(o.pprob + dim) == p + h->len);
+			for (uint32_t i = 0; i < n; i++) {
+				float pr;
+				memcpy(&pr, p + 24 + 8ull * n + 4ull * i, 4);
+				CHECK(le64(p + 24 + 8ull * i) != 0 && pr > 0 && pr <= 1);
+			}
+			for (uint32_t j = 0; j < dim; j++) {
+				float pr;
+				memcpy(&pr, p + 24 + 12ull * n + 4ull * j, 4);
+				CHECK(pr >= 0 && pr <= 1);
+			}
 		} else if (type == DE_PEER_TOPK) { /* dim is k */
 			CHECK(le32(p) == n && le32(p + 12) == 0);
 			CHECK(o.a == le32(p + 4) && o.b == 0 && le32(p + 8) == 0 && o.a <= dim);
@@ -232,7 +279,8 @@ static void fuzz_reply(const struct de_peer_hdr *h, const uint8_t *p, uint16_t t
 		CHECK(o.status == o2.status && o.a == o2.a && o.b == o2.b &&
 		      o.handle == o2.handle && o.dim == o2.dim && o.st == o2.st &&
 		      o.rows == o2.rows && o.tkeys == o2.tkeys && o.tscores == o2.tscores &&
-		      !strcmp(o.msg, o2.msg));
+		      o.pprob == o2.pprob && o.population == o2.population &&
+		      !memcmp(&o.weight, &o2.weight, 8) && !strcmp(o.msg, o2.msg));
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
@@ -269,7 +317,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	} else {
 		unsigned base = h.type & ~DE_PEER_REPLY;
 		CHECK(h.magic == DE_PEER_MAGIC && h.version == DE_PEER_VERSION);
-		CHECK(h.type <= 0xff && base >= DE_PEER_OPEN && base <= DE_PEER_TOPK);
+		CHECK(h.type <= 0xff && base >= DE_PEER_OPEN && base <= DE_PEER_SAMPLE);
 		CHECK(h.len <= DE_PEER_FRAME_MAX);
 		if (!(h.type & DE_PEER_REPLY))
 			CHECK(h.status == 0);
@@ -280,9 +328,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 				fuzz_open(&h, p);
 			fuzz_batch(&h, p, dim); /* non-batch types must be refused */
 		} else {
-			unsigned t = ctx[3] & 7;
-			uint16_t type = (uint16_t)(t >= DE_PEER_OPEN && t <= DE_PEER_TOPK ? t : base);
-			uint64_t req = h.req_id ^ (ctx[3] & 8 ? 1 : 0);
+			unsigned t = ctx[3] & 15;
+			uint16_t type = (uint16_t)(t >= DE_PEER_OPEN && t <= DE_PEER_SAMPLE ? t : base);
+			uint64_t req = h.req_id ^ (ctx[3] & 16 ? 1 : 0);
 			fuzz_reply(&h, p, type, req, n, dim);
 		}
 	}

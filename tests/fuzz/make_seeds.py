@@ -16,8 +16,8 @@ the framing of each input is the one its fuzz target reads:
                   1 + v % 2^20),
                 then the first bytes of the data area (the rest is zeros).
   fuzz_peer:    the 24-byte peer frame header (src/peer/wire.c), 4 bytes of context
-                  u8 dim, u16 n (of the request a reply answers), u8 flags (bits 0-2: the
-                  request type a reply answers, 0: the header's own; bit 3: another
+                  u8 dim, u16 n (of the request a reply answers), u8 flags (bits 0-3: the
+                  request type a reply answers, 0: the header's own; bit 4: another
                   req_id; bit 7: the header alone, its len kept),
                 then the payload (the header's len is set to its size unless bit 7).
 Keep this file in step with tests/fuzz/fuzz_control.c, fuzz_sqe.c and fuzz_peer.c.
@@ -230,7 +230,8 @@ SQE = {
 
 # ---- peer frames (src/peer/wire.c) ----
 PEER_MAGIC = 0x52504544
-P_OPEN, P_LOOKUP, P_UPDATE, P_APPLY, P_ERASE, P_PING, P_TOPK, P_REPLY = 1, 2, 3, 4, 5, 6, 7, 0x80
+P_OPEN, P_LOOKUP, P_UPDATE, P_APPLY, P_ERASE, P_PING, P_TOPK, P_SAMPLE = 1, 2, 3, 4, 5, 6, 7, 8
+P_REPLY = 0x80
 
 
 def phdr(typ, length, status=0, req=7, version=1, magic=PEER_MAGIC):
@@ -261,6 +262,17 @@ def topk_reply(n, k, found):
             scores.append(float(k - j) if j < found else float('-inf'))
     return (struct.pack('<IIII', n, found, 0, 0) + struct.pack('<%dQ' % (n * k), *keys)
             + struct.pack('<%df' % (n * k), *scores))
+
+
+def sample_req(kind, n, pos, power=0.0, seed=9):
+    return struct.pack('<IIQIId', 0, kind, seed, n, len(pos), power) + struct.pack(
+        '<%dQ' % len(pos), *pos)
+
+
+def sample_reply(keys, probs, pprobs, pop=100, weight=100.0):
+    return (struct.pack('<IIQd', len(keys), len(pprobs), pop, weight)
+            + struct.pack('<%dQ' % len(keys), *keys) + struct.pack('<%df' % len(probs), *probs)
+            + struct.pack('<%df' % len(pprobs), *pprobs))
 
 
 def lookup_reply(st, dim, found=None, created=None):
@@ -295,6 +307,14 @@ PEER = {
     'topk_reply': peer(P_TOPK | P_REPLY, topk_reply(2, 4, 3), dim=4, n=2),
     'topk_reply_full': peer(P_TOPK | P_REPLY, topk_reply(3, 2, 2), dim=2, n=3),
     'topk_reply_over': peer(P_TOPK | P_REPLY, topk_reply(1, 2, 2), dim=1, n=1),
+    'sample': peer(P_SAMPLE, sample_req(0, 5, [3, 0, 9])),
+    'sample_unigram': peer(P_SAMPLE, sample_req(2, 64, [], power=0.75)),
+    'sample_bad_power': peer(P_SAMPLE, sample_req(0, 5, [], power=0.5)),
+    'sample_kind1': peer(P_SAMPLE, sample_req(1, 5, [1])),
+    'sample_reply': peer(P_SAMPLE | P_REPLY, sample_reply([5, 6, 7], [0.25, 0.5, 1.0], [0.0, 0.1]),
+                         dim=2, n=3),
+    'sample_reply_key0': peer(P_SAMPLE | P_REPLY, sample_reply([5, 0], [0.2, 0.2], []), n=2),
+    'sample_reply_w0': peer(P_SAMPLE | P_REPLY, sample_reply([5], [0.2], [], weight=0.0), n=1),
     'ping': peer(P_PING, b''),
     'ping_reply': peer(P_PING | P_REPLY, b''),
     'open_reply': peer(P_OPEN | P_REPLY, struct.pack('<II', 3, 16), dim=16),
@@ -308,7 +328,7 @@ PEER = {
     'erase_reply_b': peer(P_ERASE | P_REPLY, struct.pack('<IIII', 6, 3, 1, 0), n=6),
     'error_reply': peer(P_LOOKUP | P_REPLY, b"no table 'x'\n\x1b[31m", status=-2, n=3),
     'reply_other_req': peer(P_UPDATE | P_REPLY, struct.pack('<IIII', 6, 2, 0, 0), n=6,
-                            flags=8),
+                            flags=16),
     'reply_other_type': peer(P_UPDATE | P_REPLY, struct.pack('<IIII', 6, 2, 0, 0), n=6,
                              flags=P_ERASE),
     'bad_magic': peer(P_PING, b'', magic=0x52504545),
