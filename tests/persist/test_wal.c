@@ -90,6 +90,8 @@ Test(wal, round_trip_two_tables_and_roll)
 	cr_assert_eq(de_wal_replay(d, 550, 0, NULL, NULL, quiet_log, NULL, &res), 0);
 	cr_assert_eq(res.records, 101);
 	cr_assert_eq(res.last_lsn, 650);
+	free(r0.r);
+	free(r1.r);
 	rm_table(&t0);
 	rm_table(&t1);
 	rm_table(&u0);
