@@ -1092,6 +1092,40 @@ out:
 	free(ts);
 }
 
+/* One copy of n keys out of the data area (the client may rewrite it meanwhile), their
+ * owners, and a stable split by owner: member i's part is f->okeys[m[i].start ..
+ * + m[i].n), in the caller's order, f->pos[x] the caller's index of okeys[x]; with src
+ * (dim floats a key), the values go along into f->vals. */
+static void split_by_owner(struct srv_peer_fwd *f, const char *keys, uint32_t n,
+			   const float *src, uint32_t dim)
+{
+	const struct srv_config *cfg = f->p->cfg;
+	unsigned nm = cfg->peers.n;
+	memcpy(f->keys, keys, 8ull * n);
+	de_peer_owners(&cfg->peers, f->keys, n, f->owner);
+	for (unsigned i = 0; i < nm; i++) {
+		f->m[i].n = 0;
+		f->m[i].err = 0;
+		f->m[i].sent = false;
+	}
+	for (uint32_t j = 0; j < n; j++)
+		f->m[f->owner[j]].n++;
+	uint32_t at = 0;
+	for (unsigned i = 0; i < nm; i++) {
+		f->m[i].start = at;
+		at += f->m[i].n;
+		f->m[i].n = 0;
+	}
+	for (uint32_t j = 0; j < n; j++) {
+		struct member *m = &f->m[f->owner[j]];
+		uint32_t to = m->start + m->n++;
+		f->pos[to] = j;
+		f->okeys[to] = f->keys[j];
+		if (src)
+			memcpy(f->vals + (uint64_t)to * dim, src + (uint64_t)j * dim, 4ull * dim);
+	}
+}
+
 /* ---- SAMPLE of a sharded table -------------------------------------------------------
  * The sharded table's distribution is the mixture of the members' samplers: member i is
  * drawn with probability W_i / W (W_i its weight: live keys for UNIFORM, the sum of
@@ -1286,30 +1320,11 @@ static void forward_sample(struct srv_peer_fwd *f, const struct srv_table *t, ch
 		err = keyset_init(&pos, np);
 	if (err)
 		goto out;
-	/* the positives split by owner (stable), as a batch is: f->okeys[start..start+n) */
-	memcpy(f->keys, data + e->keys_off, 8ull * np);
-	de_peer_owners(&cfg->peers, f->keys, np, f->owner);
-	for (unsigned i = 0; i < nm; i++) {
-		f->m[i].n = 0;
-		f->m[i].err = 0;
-		f->m[i].sent = false;
-	}
+	/* the positives split by owner, as a batch is */
+	split_by_owner(f, data + e->keys_off, np, NULL, 0);
 	for (uint32_t j = 0; j < np; j++)
-		f->m[f->owner[j]].n++;
-	uint32_t at = 0;
-	for (unsigned i = 0; i < nm; i++) {
-		f->m[i].start = at;
-		at += f->m[i].n;
-		f->m[i].n = 0;
-	}
-	for (uint32_t j = 0; j < np; j++) {
-		struct member *m = &f->m[f->owner[j]];
-		uint32_t to = m->start + m->n++;
-		f->pos[to] = j;
-		f->okeys[to] = f->keys[j];
-		if (np && f->keys[j])
+		if (f->keys[j])
 			keyset_add(&pos, f->keys[j]);
-	}
 	/* the first streams: remote ones in flight while the local one is drawn */
 	uint64_t deadline = srv_mono_ns() + cfg->peer_timeout_ms * 1000000ull;
 	for (unsigned i = 0; i < nm; i++)
@@ -1450,32 +1465,8 @@ void srv_peer_forward(struct srv_peer_fwd *f, const struct srv_table *t, char *d
 		}
 		f->vcap = nf;
 	}
-	/* one copy of the keys (the client may rewrite its area meanwhile), their owners,
-	 * and a stable split by owner */
-	memcpy(f->keys, data + e->keys_off, 8ull * n);
-	de_peer_owners(&cfg->peers, f->keys, n, f->owner);
-	for (unsigned i = 0; i < nm; i++) {
-		f->m[i].n = 0;
-		f->m[i].err = 0;
-		f->m[i].sent = false;
-	}
-	for (uint32_t j = 0; j < n; j++)
-		f->m[f->owner[j]].n++;
-	uint32_t at = 0;
-	for (unsigned i = 0; i < nm; i++) {
-		f->m[i].start = at;
-		at += f->m[i].n;
-		f->m[i].n = 0;
-	}
-	const float *src = vals ? (const float *)(const void *)(data + e->vals_off) : NULL;
-	for (uint32_t j = 0; j < n; j++) {
-		struct member *m = &f->m[f->owner[j]];
-		uint32_t to = m->start + m->n++;
-		f->pos[to] = j;
-		f->okeys[to] = f->keys[j];
-		if (src)
-			memcpy(f->vals + (uint64_t)to * dim, src + (uint64_t)j * dim, 4ull * dim);
-	}
+	split_by_owner(f, data + e->keys_off, n,
+		       vals ? (const float *)(const void *)(data + e->vals_off) : NULL, dim);
 	uint64_t deadline = srv_mono_ns() + cfg->peer_timeout_ms * 1000000ull;
 	for (unsigned i = 0; i < nm; i++)
 		if (i != self && f->m[i].n) {

@@ -799,16 +799,23 @@ Test(wal, gap_at_a_segment_start)
 	rm_dir(d);
 }
 
+/* A fresh log directory d holding n records (put_one 0..n-1) in one segment, path p. */
+static void log_of(char *d, size_t dcap, size_t n, char *p, size_t pcap)
+{
+	mk_dir(d, dcap);
+	de_wal *w;
+	cr_assert_eq(de_wal_open(d, NULL, &w), 0);
+	for (size_t i = 0; i < n; i++)
+		put_one(w, i);
+	cr_assert_eq(de_wal_close(w), 0);
+	seg_path(p, pcap, d, 1);
+}
+
 Test(wal, bad_unneeded_record_keeps_the_needed_after_it)
 {
 	char d[64], p[128];
-	mk_dir(d, sizeof d);
 	de_wal *w;
-	cr_assert_eq(de_wal_open(d, NULL, &w), 0);
-	for (size_t i = 0; i < 10; i++)
-		put_one(w, i);
-	cr_assert_eq(de_wal_close(w), 0);
-	seg_path(p, sizeof p, d, 1);
+	log_of(d, sizeof d, 10, p, sizeof p);
 	long size = file_size(p);
 	xor_byte(p, rec_off(2) + 48, 0x04); /* a bit in record 3's key */
 	/* replay from 6 (every table's start): record 3 is not needed; 6..10 are read */
@@ -859,13 +866,8 @@ Test(wal, bad_unneeded_record_keeps_the_needed_after_it)
 Test(wal, torn_tail_right_after_skipped_damage_takes_the_damage_with_it)
 {
 	char d[64], p[128];
-	mk_dir(d, sizeof d);
 	de_wal *w;
-	cr_assert_eq(de_wal_open(d, NULL, &w), 0);
-	for (size_t i = 0; i < 3; i++)
-		put_one(w, i);
-	cr_assert_eq(de_wal_close(w), 0);
-	seg_path(p, sizeof p, d, 1);
+	log_of(d, sizeof d, 3, p, sizeof p);
 	size_t len = (size_t)(rec_off(3) - rec_off(2));
 	unsigned char *r3 = xcalloc(1, len);
 	FILE *f = fopen(p, "r+b");
