@@ -22,14 +22,7 @@
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
-#define CHECK(c)                                                                           \
-	do {                                                                               \
-		if (!(c)) {                                                                \
-			fprintf(stderr, "fuzz_control: %s:%d: check failed: %s\n", __FILE__,     \
-				__LINE__, #c);                                             \
-			abort();                                                           \
-		}                                                                          \
-	} while (0)
+#include "fuzz_check.h"
 
 /* What a normalized config from srv_wire_config_normalize must satisfy. */
 static void check_config(const struct de_wire_table_config *c)

@@ -31,14 +31,7 @@
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
-#define CHECK(c)                                                                           \
-	do {                                                                               \
-		if (!(c)) {                                                                \
-			fprintf(stderr, "fuzz_peer: %s:%d: check failed: %s\n", __FILE__,        \
-				__LINE__, #c);                                             \
-			abort();                                                           \
-		}                                                                          \
-	} while (0)
+#include "fuzz_check.h"
 
 #define MAX_DIM 4096u /* DE_MAX_DIM (shm/de_shm.h) */
 

@@ -33,14 +33,7 @@
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
-#define CHECK(c)                                                                           \
-	do {                                                                               \
-		if (!(c)) {                                                                \
-			fprintf(stderr, "fuzz_sqe: %s:%d: check failed: %s\n", __FILE__,         \
-				__LINE__, #c);                                             \
-			abort();                                                           \
-		}                                                                          \
-	} while (0)
+#include "fuzz_check.h"
 
 typedef unsigned __int128 u128;
 
