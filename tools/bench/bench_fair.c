@@ -149,19 +149,7 @@ static int start_daemon(struct fair *r, const char *path, unsigned workers)
 		r->dpid = 0;
 		return -errno;
 	}
-	struct dynemb_connect_opts co = { .name = "dynemb-bench fair victim" };
-	int err = -ETIMEDOUT;
-	for (int i = 0; i < BENCH_START_WAIT_MS / 10; i++) {
-		if (bench_child_gone(r->dpid)) {
-			r->dpid = 0;
-			err = -ECHILD;
-			break;
-		}
-		err = dynemb_connect(r->sock, &co, &r->c);
-		if (err != -ENOENT && err != -ECONNREFUSED)
-			break;
-		usleep(10000);
-	}
+	int err = bench_connect_daemon(r->sock, "dynemb-bench fair victim", &r->dpid, &r->c);
 	if (err) {
 		fail("dynembd did not come up", err);
 		log_tail(r->log);

@@ -130,21 +130,7 @@ static double unit(uint64_t *rng)
 	return (double)(key_of(*rng * 0x2545f4914f6cdd1dull) >> 11) * 0x1.0p-53;
 }
 
-/* The first float of every row: checked by each phase to catch a wrong row. */
-static float tag(uint64_t key)
-{
-	return (float)(key & 0xffffff);
-}
-
-static void fail(const char *fmt, ...)
-{
-	va_list ap;
-	va_start(ap, fmt);
-	fprintf(stderr, PROG " sidecar: ");
-	vfprintf(stderr, fmt, ap);
-	fputc('\n', stderr);
-	va_end(ap);
-}
+#define fail(...) bench_fail("sidecar", __VA_ARGS__)
 
 /* ---- round trips ---------------------------------------------------------------------- */
 
@@ -165,7 +151,7 @@ static int ring_call(void *ctx, const uint64_t *k, uint32_t n, uint64_t *ns)
 	int err = dynemb_lookup(r->c, rc->t, k, n, r->out, r->st, 0, 1);
 	*ns = ns_now() - t0;
 	for (uint32_t j = 0; j < n && !err; j++)
-		if (r->st[j] != DYNEMB_ST_FOUND || r->out[j * DIM] != tag(k[j]))
+		if (r->st[j] != DYNEMB_ST_FOUND || r->out[j * DIM] != row_tag(k[j]))
 			err = -EBADMSG;
 	return err;
 }
@@ -286,7 +272,7 @@ static double thr(struct run *r, int path, int t, const uint64_t *pool, double s
 	/* the last batch must be rows of existing keys with their tags */
 	const uint64_t *k = pool + ((b + nb - 1) % nb) * BATCH;
 	for (uint32_t j = 0; j < BATCH && !*err; j++)
-		if (r->st[j] != DYNEMB_ST_FOUND || r->out[(size_t)j * DIM] != tag(k[j]))
+		if (r->st[j] != DYNEMB_ST_FOUND || r->out[(size_t)j * DIM] != row_tag(k[j]))
 			*err = -EBADMSG;
 	return rate;
 }
@@ -329,44 +315,14 @@ static int make_pools(struct run *r, uint64_t n)
 /* Connect to redis at path, retrying until the server answers PING (BENCH_START_WAIT_MS). */
 static int redis_connect(struct run *r)
 {
-	for (int i = 0; i < BENCH_START_WAIT_MS / 10; i++) {
-		if (bench_child_gone(r->rpid)) {
-			r->rpid = 0;
-			return -ECHILD;
-		}
-		int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-		if (fd < 0)
-			return -errno;
-		struct sockaddr_un a = { .sun_family = AF_UNIX };
-		if (strlen(r->rsock) >= sizeof a.sun_path) {
-			close(fd);
-			return -ENAMETOOLONG;
-		}
-		memcpy(a.sun_path, r->rsock, strlen(r->rsock) + 1);
-		if (connect(fd, (struct sockaddr *)&a, sizeof a) == 0) {
-			bench_sock_timeouts(fd);
-			int err = resp_open(&r->rr, fd, RBUF);
-			if (!err)
-				err = resp_ping(&r->rr);
-			if (!err)
-				return 0;
-			resp_close(&r->rr);
-			if (err != -EPROTO) /* LOADING and the like: try again */
-				return err;
-		} else {
-			close(fd);
-		}
-		usleep(10000);
-	}
-	return -ETIMEDOUT;
-}
-
-/* The 256-byte value of key k: its row as the table returns it (first float its tag). */
-static void redis_value(float *v, uint64_t k)
-{
-	for (uint32_t d = 0; d < DIM; d++)
-		v[d] = (float)d / DIM;
-	v[0] = tag(k);
+	struct sockaddr_un a = { .sun_family = AF_UNIX };
+	if (strlen(r->rsock) >= sizeof a.sun_path)
+		return -ENAMETOOLONG;
+	memcpy(a.sun_path, r->rsock, strlen(r->rsock) + 1);
+	int err = resp_connect(&r->rr, (struct sockaddr *)&a, sizeof a, r->rpid, RBUF);
+	if (err == -ECHILD)
+		r->rpid = 0;
+	return err;
 }
 
 static int redis_load(struct run *r, uint64_t nkeys, double *rate)
@@ -378,20 +334,15 @@ static int redis_load(struct run *r, uint64_t nkeys, double *rate)
 		uint64_t n = nkeys - i < BATCH ? nkeys - i : BATCH;
 		char *p = r->wbuf;
 		for (uint64_t j = 0; j < n; j++) {
-			redis_value(v, r->keys[i + j]);
+			bench_row(v, DIM, r->keys[i + j]); /* the row as the table returns it */
 			p = resp_put_array(p, 3);
 			p = resp_put_bulk(p, "SET", 3);
 			p = resp_put_bulk(p, &r->keys[i + j], 8);
 			p = resp_put_bulk(p, v, ROW_BYTES);
 		}
 		err = resp_write_all(r->rr.fd, r->wbuf, (size_t)(p - r->wbuf));
-		for (uint64_t j = 0; j < n && !err; j++) {
-			const char *l;
-			size_t len;
-			err = resp_line(&r->rr, &l, &len);
-			if (!err && (len != 3 || memcmp(l, "+OK", 3)))
-				err = -EPROTO;
-		}
+		if (!err)
+			err = resp_ok(&r->rr, n);
 	}
 	*rate = (double)nkeys / ((double)(ns_now() - t0) / 1e9);
 	return err;
@@ -413,7 +364,7 @@ static int redis_read_mget(struct run *r, const uint64_t *keys, uint32_t n)
 		if (!err) {
 			float *row = r->out + (size_t)j * DIM;
 			memcpy(row, v, ROW_BYTES);
-			if (row[0] != tag(keys[j]))
+			if (row[0] != row_tag(keys[j]))
 				err = -EBADMSG;
 		}
 	}
@@ -496,19 +447,7 @@ static int start_daemon(struct run *r, const char *path)
 		r->dpid = 0;
 		return -errno;
 	}
-	struct dynemb_connect_opts co = { .name = "dynemb-bench sidecar" };
-	int err = -ETIMEDOUT;
-	for (int i = 0; i < BENCH_START_WAIT_MS / 10; i++) {
-		if (bench_child_gone(r->dpid)) {
-			r->dpid = 0;
-			err = -ECHILD;
-			break;
-		}
-		err = dynemb_connect(r->dsock, &co, &r->c);
-		if (err != -ENOENT && err != -ECONNREFUSED)
-			break;
-		usleep(10000);
-	}
+	int err = bench_connect_daemon(r->dsock, "dynemb-bench sidecar", &r->dpid, &r->c);
 	if (err) {
 		fail("dynembd (%s) did not come up on %s: %s", path, r->dsock,
 		     dynemb_strerror(err));
@@ -519,18 +458,7 @@ static int start_daemon(struct run *r, const char *path)
 
 static int fill_daemon(struct run *r, int t, uint64_t n, double *rate)
 {
-	uint64_t t0 = ns_now();
-	int err = 0;
-	for (uint32_t j = 0; j < BATCH; j++)
-		for (uint32_t d = 0; d < DIM; d++)
-			r->vals[(size_t)j * DIM + d] = (float)d / DIM;
-	for (uint64_t i = 0; i < n && !err; i += BATCH) {
-		uint64_t m = n - i < BATCH ? n - i : BATCH;
-		for (uint64_t j = 0; j < m; j++)
-			r->vals[j * DIM] = tag(r->keys[i + j]);
-		err = dynemb_update(r->c, t, r->keys + i, m, r->vals, 1, NULL);
-	}
-	*rate = (double)n / ((double)(ns_now() - t0) / 1e9);
+	int err = bench_fill(r->c, t, r->keys, n, r->vals, DIM, BATCH, rate);
 	struct dynemb_stats s;
 	if (!err)
 		err = dynemb_stats(r->c, t, &s);
@@ -603,11 +531,8 @@ static int run_inproc(struct run *r, const struct opts *o, struct figures *f)
 		err = de_table_open(r->arena, &tc, &r->table);
 	for (uint64_t i = 0; !err && i < o->keys; i += BATCH) {
 		uint64_t n = o->keys - i < BATCH ? o->keys - i : BATCH;
-		for (uint64_t j = 0; j < n; j++) { /* the same rows as the daemon's */
-			for (uint32_t d = 0; d < DIM; d++)
-				r->vals[j * DIM + d] = (float)d / DIM;
-			r->vals[j * DIM] = tag(r->keys[i + j]);
-		}
+		for (uint64_t j = 0; j < n; j++) /* the same rows as the daemon's */
+			bench_row(r->vals + j * DIM, DIM, r->keys[i + j]);
 		err = de_table_assign(r->table, r->keys + i, n, r->vals, NULL, 1);
 	}
 	if (!err)
@@ -625,11 +550,6 @@ static int run_inproc(struct run *r, const struct opts *o, struct figures *f)
 }
 
 /* ---- the report ------------------------------------------------------------------------- */
-
-static const char *met(bool ok)
-{
-	return ok ? "met" : "NOT met";
-}
 
 static void report(const struct opts *o, const struct figures *f)
 {
@@ -673,21 +593,21 @@ static void report(const struct opts *o, const struct figures *f)
 	}
 	fprintf(h, "goals (uniform):\n");
 	fprintf(h, "  ring >= 60%% of in-process           %-8s (%.2f)\n",
-		met(t[0][0] >= 0.6 * t[2][0]), t[0][0] / t[2][0]);
+		bench_met(t[0][0] >= 0.6 * t[2][0]), t[0][0] / t[2][0]);
 	fprintf(h, "  zero-copy >= 85%% of in-process      %-8s (%.2f)\n",
-		met(t[1][0] >= 0.85 * t[2][0]), t[1][0] / t[2][0]);
+		bench_met(t[1][0] >= 0.85 * t[2][0]), t[1][0] / t[2][0]);
 	if (f->have_redis) {
 		fprintf(h, "  ring >= 20x redis                   %-8s (%.1fx)\n",
-			met(t[0][0] >= 20 * f->redis_rows_per_s), t[0][0] / f->redis_rows_per_s);
+			bench_met(t[0][0] >= 20 * f->redis_rows_per_s), t[0][0] / f->redis_rows_per_s);
 		fprintf(h, "  zero-copy >= 20x redis              %-8s (%.1fx)\n",
-			met(t[1][0] >= 20 * f->redis_rows_per_s), t[1][0] / f->redis_rows_per_s);
+			bench_met(t[1][0] >= 20 * f->redis_rows_per_s), t[1][0] / f->redis_rows_per_s);
 	} else {
 		fprintf(h, "  ring, zero-copy >= 20x redis        n/a (%s)\n", f->redis_note);
 	}
 	fprintf(h, "  1-key ring round trip p50 < 1.5 us  %-8s (%.0f ns)\n",
-		met(f->rtt[0][0][0] < 1500), f->rtt[0][0][0]);
+		bench_met(f->rtt[0][0][0] < 1500), f->rtt[0][0][0]);
 	fprintf(h, "  1-key ring round trip p99 < 5 us    %-8s (%.0f ns)\n",
-		met(f->rtt[0][0][1] < 5000), f->rtt[0][0][1]);
+		bench_met(f->rtt[0][0][1] < 5000), f->rtt[0][0][1]);
 	if (!o->json)
 		return;
 	char redis[64] = "null", ring_x[32] = "null", zc_x[32] = "null";
@@ -774,16 +694,11 @@ static int parse(int argc, char **argv, struct opts *o)
 		case 'h': usage(stdout); return 1;
 		default: usage(stderr); return EXIT_USAGE;
 		}
-		if (end && (*end || end == optarg || errno || optarg[0] == '-')) {
-			fprintf(stderr, PROG " sidecar: bad number '%s'\n", optarg);
+		if (bench_check_number("sidecar", optarg, end))
 			return EXIT_USAGE;
-		}
 	}
-	if (optind < argc) {
-		fprintf(stderr, PROG " sidecar: unexpected argument '%s'\n", argv[optind]);
-		usage(stderr);
+	if (bench_check_operands("sidecar", argc, argv, optind, usage))
 		return EXIT_USAGE;
-	}
 	if (o->shrt) {
 		o->keys = keys_set ? o->keys : 1000000;
 		o->iters = iters_set ? o->iters : 20000;
@@ -795,15 +710,7 @@ static int parse(int argc, char **argv, struct opts *o)
 			PROG " sidecar: --keys 4096..2^31, --iters 100..1e7, --seconds 0.01..600\n");
 		return EXIT_USAGE;
 	}
-	if (o->redis && !strcmp(o->redis, "none")) {
-		o->redis = NULL;
-		o->redis_none = true;
-	} else if (o->redis && !bench_executable(o->redis)) {
-		fprintf(stderr, PROG " sidecar: --redis %s: not an executable file (or 'none')\n",
-			o->redis);
-		return EXIT_USAGE;
-	}
-	return 0;
+	return bench_server_opt("sidecar", "--redis", &o->redis, &o->redis_none);
 }
 
 static void run_free(struct run *r)
@@ -868,11 +775,8 @@ int cmd_sidecar(int argc, char **argv)
 	}
 	if (!r.keys || !r.vals || !r.out || !r.st || !r.lat || (o.redis && !r.wbuf))
 		err = -ENOMEM;
-	strcpy(r.dir, "/tmp/dynemb-sidecar.XXXXXX");
-	if (!err && !mkdtemp(r.dir)) {
-		err = -errno;
-		r.dir[0] = 0;
-	}
+	if (!err)
+		err = bench_mkdtemp(r.dir, sizeof r.dir, "dynemb-sidecar");
 	if (err) {
 		fail("setup: %s", strerror(-err));
 		run_free(&r);

@@ -11,6 +11,7 @@
  * given.
  */
 #include <ctype.h>
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
@@ -23,6 +24,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <signal.h>
+#include <stdarg.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -32,6 +36,7 @@
 #include <unistd.h>
 
 #include "bench_util.h"
+#include "dynemb.h"
 
 /* ------------------------------------------------------------------------- */
 /* Percentiles and formatting                                                */
@@ -351,6 +356,96 @@ uint64_t zipf_draw(const struct zipf *z, uint64_t *rng)
 }
 
 /* ------------------------------------------------------------------------- */
+/* Rows of the daemon benchmarks                                             */
+/* ------------------------------------------------------------------------- */
+
+void bench_row(float *v, uint32_t dim, uint64_t key)
+{
+	for (uint32_t d = 0; d < dim; d++)
+		v[d] = (float)d / (float)dim;
+	v[0] = row_tag(key);
+}
+
+int bench_fill(struct dynemb_client *c, int t, const uint64_t *keys, uint64_t n, float *vals,
+	       uint32_t dim, uint32_t batch, double *rate)
+{
+	uint64_t t0 = ns_now();
+	int err = 0;
+	for (uint64_t i = 0; i < n && !err; i += batch) {
+		uint64_t m = n - i < batch ? n - i : batch;
+		for (uint64_t j = 0; j < m; j++)
+			bench_row(vals + j * dim, dim, keys[i + j]);
+		err = dynemb_update(c, t, keys + i, m, vals, 1, NULL);
+	}
+	*rate = (double)n / ((double)(ns_now() - t0) / 1e9);
+	return err;
+}
+
+void bench_fail(const char *cmd, const char *fmt, ...)
+{
+	va_list ap;
+	va_start(ap, fmt);
+	fprintf(stderr, PROG " %s: ", cmd);
+	vfprintf(stderr, fmt, ap);
+	fputc('\n', stderr);
+	va_end(ap);
+}
+
+const char *bench_met(bool ok)
+{
+	return ok ? "met" : "NOT met";
+}
+
+/* ------------------------------------------------------------------------- */
+/* Option parsing                                                            */
+/* ------------------------------------------------------------------------- */
+
+int bench_check_number(const char *cmd, const char *optarg, const char *end)
+{
+	if (end && (*end || end == optarg || errno || optarg[0] == '-')) {
+		fprintf(stderr, PROG " %s: bad number '%s'\n", cmd, optarg);
+		return EXIT_USAGE;
+	}
+	return 0;
+}
+
+int bench_check_operands(const char *cmd, int argc, char **argv, int optind,
+			 void (*usage)(FILE *))
+{
+	if (optind >= argc)
+		return 0;
+	fprintf(stderr, PROG " %s: unexpected argument '%s'\n", cmd, argv[optind]);
+	usage(stderr);
+	return EXIT_USAGE;
+}
+
+int bench_server_opt(const char *cmd, const char *flag, const char **path, bool *none)
+{
+	if (*path && !strcmp(*path, "none")) {
+		*path = NULL;
+		*none = true;
+	} else if (*path && !bench_executable(*path)) {
+		fprintf(stderr, PROG " %s: %s %s: not an executable file (or 'none')\n", cmd, flag,
+			*path);
+		return EXIT_USAGE;
+	}
+	return 0;
+}
+
+int bench_mkdtemp(char *dir, size_t cap, const char *prefix)
+{
+	if (snprintf(dir, cap, "/tmp/%s.XXXXXX", prefix) >= (int)cap) {
+		dir[0] = 0;
+		return -ENAMETOOLONG;
+	}
+	if (!mkdtemp(dir)) {
+		dir[0] = 0;
+		return -errno;
+	}
+	return 0;
+}
+
+/* ------------------------------------------------------------------------- */
 /* Child servers                                                             */
 /* ------------------------------------------------------------------------- */
 
@@ -360,8 +455,15 @@ pid_t bench_spawn(char *const argv[], const char *log, int cpu)
 	if (pid != 0)
 		return pid; /* the parent, or -1 */
 	prctl(PR_SET_PDEATHSIG, SIGTERM);
-	if (cpu >= 0)
+	if (cpu >= 0) {
 		pin(cpu);
+	} else { /* not the parent's pinning: every CPU online */
+		cpu_set_t all;
+		CPU_ZERO(&all);
+		for (long i = 0; i < sysconf(_SC_NPROCESSORS_ONLN) && i < CPU_SETSIZE; i++)
+			CPU_SET((int)i, &all);
+		(void)sched_setaffinity(0, sizeof all, &all);
+	}
 	int fd = open(log, O_WRONLY | O_CREAT | O_TRUNC, 0600);
 	if (fd >= 0) {
 		dup2(fd, 1);
@@ -424,6 +526,24 @@ int bench_find_dynembd(char *out, size_t cap)
 	return bench_executable(out) ? 0 : -ENOENT;
 }
 
+int bench_connect_daemon(const char *sock, const char *name, pid_t *pid,
+			 struct dynemb_client **c)
+{
+	struct dynemb_connect_opts co = { .name = name };
+	int err = -ETIMEDOUT;
+	for (int i = 0; i < BENCH_START_WAIT_MS / 10; i++) {
+		if (bench_child_gone(*pid)) {
+			*pid = 0;
+			return -ECHILD;
+		}
+		err = dynemb_connect(sock, &co, c);
+		if (err != -ENOENT && err != -ECONNREFUSED)
+			break;
+		usleep(10000);
+	}
+	return err;
+}
+
 char *bench_find_on_path(const char *name, char *buf, size_t cap)
 {
 	const char *path = getenv("PATH");
@@ -454,6 +574,27 @@ void bench_log_tail(const char *path)
 	buf[n] = 0;
 	fclose(f);
 	fprintf(stderr, "---- %s (tail) ----\n%s---- end ----\n", path, buf);
+}
+
+void bench_rm_tree(const char *dir, int depth)
+{
+	DIR *d = opendir(dir);
+	struct dirent *e;
+	while (d && (e = readdir(d))) {
+		if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, ".."))
+			continue;
+		char p[PATH_MAX];
+		if (snprintf(p, sizeof p, "%s/%s", dir, e->d_name) >= (int)sizeof p)
+			continue;
+		struct stat st;
+		if (!lstat(p, &st) && S_ISDIR(st.st_mode) && depth > 0)
+			bench_rm_tree(p, depth - 1);
+		else
+			unlink(p);
+	}
+	if (d)
+		closedir(d);
+	rmdir(dir);
 }
 
 void bench_sock_timeouts(int fd)
@@ -573,6 +714,49 @@ int resp_bulk(struct resp *r, const char **p, size_t *n)
 	*n = (size_t)len;
 	r->pos += (size_t)len + 2;
 	return 0;
+}
+
+int resp_connect(struct resp *r, const struct sockaddr *a, unsigned alen, pid_t server,
+		 size_t cap)
+{
+	for (int i = 0; i < BENCH_START_WAIT_MS / 10; i++) {
+		if (bench_child_gone(server))
+			return -ECHILD;
+		int fd = socket(a->sa_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+		if (fd < 0)
+			return -errno;
+		if (connect(fd, a, alen) == 0) {
+			int one = 1;
+			if (a->sa_family == AF_INET)
+				setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+			bench_sock_timeouts(fd);
+			int err = resp_open(r, fd, cap);
+			if (!err)
+				err = resp_ping(r);
+			if (!err)
+				return 0;
+			resp_close(r);
+			if (err != -EPROTO) /* LOADING and the like: try again */
+				return err;
+		} else {
+			close(fd);
+		}
+		usleep(10000);
+	}
+	return -ETIMEDOUT;
+}
+
+int resp_ok(struct resp *r, uint64_t n)
+{
+	int err = 0;
+	for (uint64_t j = 0; j < n && !err; j++) {
+		const char *l;
+		size_t len;
+		err = resp_line(r, &l, &len);
+		if (!err && (len != 3 || memcmp(l, "+OK", 3)))
+			err = -EPROTO;
+	}
+	return err;
 }
 
 int resp_ping(struct resp *r)

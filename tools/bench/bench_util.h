@@ -187,13 +187,55 @@ void machine_json(FILE *f, const struct machine *m);
 /* The machine, for the figures' header: one human line, or a JSON object (no newline). */
 void bench_machine_print(FILE *f, bool json);
 
+/* ---- rows of the daemon benchmarks (bench_sidecar.c, bench_peers.c) -------------------- */
+
+/* The first float of every row those benchmarks write: each read checks it. */
+static inline float row_tag(uint64_t key)
+{
+	return (float)(key & 0xffffff);
+}
+
+/* The row of key at dim (d / dim, the tag first), into v[0, dim). */
+void bench_row(float *v, uint32_t dim, uint64_t key);
+
+/* Fills table t of c (through dynemb_update) with the rows of keys[0, n) in batches of
+ * batch keys; vals holds batch rows of dim. *rate: rows per second. 0 or the first error
+ * of dynemb_update. */
+struct dynemb_client;
+int bench_fill(struct dynemb_client *c, int t, const uint64_t *keys, uint64_t n, float *vals,
+	       uint32_t dim, uint32_t batch, double *rate);
+
+/* "dynemb-bench CMD: " and the message, on one line of stderr. */
+__attribute__((format(printf, 2, 3)))
+void bench_fail(const char *cmd, const char *fmt, ...);
+
+/* "met" or "NOT met", for the goals. */
+const char *bench_met(bool ok);
+
+/* ---- option parsing (the sub-commands with getopt_long) --------------------------------- */
+
+/* After one option of sub-command cmd: a number option's strto* left end (NULL for other
+ * options) must have taken all of optarg, without errno and without a sign. 0, or
+ * EXIT_USAGE with the bad number said. */
+int bench_check_number(const char *cmd, const char *optarg, const char *end);
+/* After getopt_long: no operands left (0), else EXIT_USAGE with the first said and usage
+ * printed to stderr. */
+int bench_check_operands(const char *cmd, int argc, char **argv, int optind,
+			 void (*usage)(FILE *));
+/* A server option (--flag PATH|none) of cmd: "none" makes *path NULL and *none true; any
+ * other value must be an executable file (else EXIT_USAGE, said). 0 when *path is NULL. */
+int bench_server_opt(const char *cmd, const char *flag, const char **path, bool *none);
+/* mkdtemp of "/tmp/<prefix>.XXXXXX" into dir (cap bytes): 0, or -errno with dir "". */
+int bench_mkdtemp(char *dir, size_t cap, const char *prefix);
+
 /* ---- child servers (bench_sidecar.c, bench_peers.c, bench_fair.c) ---------------------- */
 
 #define BENCH_START_WAIT_MS 10000 /* a server's socket must answer within this */
 #define BENCH_STOP_WAIT_MS 10000  /* SIGTERM, then SIGKILL after this */
 #define BENCH_SOCK_TIMEOUT_S 10   /* SO_RCVTIMEO / SO_SNDTIMEO of the benchmarks' sockets */
 
-/* Forks and execs argv[0] with argv, pinned to cpu (< 0: not pinned), stdout and stderr to
+/* Forks and execs argv[0] with argv, pinned to cpu (< 0: on every CPU online, whatever the
+ * caller's own pinning), stdout and stderr to
  * the file log (created, mode 0600); the child gets SIGTERM when this process dies
  * (PR_SET_PDEATHSIG). The child's pid, or -1 with errno (fork failed). */
 pid_t bench_spawn(char *const argv[], const char *log, int cpu);
@@ -208,10 +250,18 @@ bool bench_executable(const char *p);
  * directory. 0, -ENOENT (not an executable there; out holds the path tried) or
  * -ENAMETOOLONG. */
 int bench_find_dynembd(char *out, size_t cap);
+/* dynemb_connect to the daemon *pid listening on sock as client name, retrying every
+ * 10 ms while the socket is not there yet, for BENCH_START_WAIT_MS. 0, -ECHILD (the
+ * daemon exited: reaped, *pid becomes 0), -ETIMEDOUT or dynemb_connect's error. */
+int bench_connect_daemon(const char *sock, const char *name, pid_t *pid,
+			 struct dynemb_client **c /* out */);
 /* The first executable name in $PATH into buf (cap bytes); buf, or NULL when none. */
 char *bench_find_on_path(const char *name, char *buf, size_t cap);
 /* Prints the last ~1500 bytes of the log at path to stderr, between marker lines. */
 void bench_log_tail(const char *path);
+/* rm -r of a directory this run made, depth levels of subdirectories below it (deeper
+ * ones, and anything that cannot be removed, stay). */
+void bench_rm_tree(const char *dir, int depth);
 /* BENCH_SOCK_TIMEOUT_S as fd's send and receive timeouts. */
 void bench_sock_timeouts(int fd);
 
@@ -241,6 +291,15 @@ int resp_header(struct resp *r, char c, long long *v);
 /* A bulk string: *p points at its *n bytes in the buffer until the next call (a nil
  * is -ENOENT). */
 int resp_bulk(struct resp *r, const char **p, size_t *n);
+/* Connects a stream socket to the address a (AF_UNIX or AF_INET; TCP gets TCP_NODELAY)
+ * and opens r on it with a cap-byte buffer, retrying every 10 ms until the server answers
+ * PING, for BENCH_START_WAIT_MS. The socket gets bench_sock_timeouts. 0, -ECHILD (the
+ * child server exited: it is reaped), -ETIMEDOUT, or another -errno. */
+struct sockaddr;
+int resp_connect(struct resp *r, const struct sockaddr *a, unsigned alen, pid_t server,
+		 size_t cap);
+/* n replies "+OK" (SET's): 0, -EPROTO (another reply) or the I/O error. */
+int resp_ok(struct resp *r, uint64_t n);
 /* PING, and +PONG back: 0, -EPROTO (another answer, e.g. -LOADING) or the I/O error. */
 int resp_ping(struct resp *r);
 /* Writes all n bytes of p to fd (each pass writes something or fails): 0, -ETIMEDOUT (the
