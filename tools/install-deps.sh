@@ -18,6 +18,7 @@ pkgs=(
   clang libclang-rt-14-dev                  # libFuzzer targets (tools/fuzz.sh)
   python3-venv python3-setuptools python3-pip  # .venv, and the venvs the tests make from it
   fio                                       # dynemb-bench persist's file-system baseline
+  redis-server redis-tools                  # dynemb-bench sidecar/peers baselines
   libmicrohttpd-dev                         # the daemon's /metrics endpoint (Prometheus)
   libssl-dev                                # libcrypto: HMAC-SHA256 of the peer handshake (src/peer)
   valgrind                                  # callgrind and its headers: the instruction-count

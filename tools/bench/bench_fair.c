@@ -48,7 +48,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
-#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
@@ -139,63 +138,18 @@ static void log_tail(const char *path)
 
 /* ---- the daemon -------------------------------------------------------------------- */
 
-static int find_dynembd(char *out, size_t cap)
-{
-	const char *env = getenv("DYNEMBD");
-	if (env && *env) {
-		snprintf(out, cap, "%s", env);
-	} else {
-		char exe[PATH_MAX];
-		ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
-		if (n <= 0)
-			return -errno;
-		exe[n] = 0;
-		char *slash = strrchr(exe, '/');
-		if (slash)
-			*slash = 0;
-		if (snprintf(out, cap, "%s/../../src/server/dynembd", exe) >= (int)cap)
-			return -ENAMETOOLONG;
-	}
-	return access(out, X_OK) == 0 ? 0 : -ENOENT;
-}
-
 static int start_daemon(struct fair *r, const char *path, unsigned workers)
 {
 	char w[16];
 	snprintf(w, sizeof w, "%u", workers);
 	char *argv[] = { (char *)path, "--foreground", "--socket", r->sock, "--workers", w,
 			 "--numa-node", "none", "--max-batch", "65536", NULL };
-	r->dpid = fork();
+	r->dpid = bench_spawn(argv, r->log, SERVER_CPU);
 	if (r->dpid < 0) {
 		r->dpid = 0;
 		return -errno;
 	}
-	if (r->dpid == 0) {
-		prctl(PR_SET_PDEATHSIG, SIGTERM);
-		pin(SERVER_CPU);
-		int fd = open(r->log, O_WRONLY | O_CREAT | O_TRUNC, 0600);
-		if (fd >= 0) {
-			dup2(fd, 1);
-			dup2(fd, 2);
-			close(fd);
-		}
-		execv(argv[0], argv);
-		_exit(127);
-	}
-	struct dynemb_connect_opts co = { .name = "dynemb-bench fair victim" };
-	int err = -ETIMEDOUT;
-	for (int i = 0; i < 1000; i++) {
-		int st;
-		if (waitpid(r->dpid, &st, WNOHANG) == r->dpid) {
-			r->dpid = 0;
-			err = -ECHILD;
-			break;
-		}
-		err = dynemb_connect(r->sock, &co, &r->c);
-		if (err != -ENOENT && err != -ECONNREFUSED)
-			break;
-		usleep(10000);
-	}
+	int err = bench_connect_daemon(r->sock, "dynemb-bench fair victim", &r->dpid, &r->c);
 	if (err) {
 		fail("dynembd did not come up", err);
 		log_tail(r->log);
@@ -205,21 +159,7 @@ static int start_daemon(struct fair *r, const char *path, unsigned workers)
 
 static int stop_daemon(struct fair *r)
 {
-	int status = -1;
-	if (r->dpid <= 0)
-		return 0;
-	kill(r->dpid, SIGTERM);
-	for (int i = 0; i < 1000; i++) {
-		if (waitpid(r->dpid, &status, WNOHANG) == r->dpid) {
-			r->dpid = 0;
-			return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-		}
-		usleep(10000);
-	}
-	kill(r->dpid, SIGKILL);
-	waitpid(r->dpid, &status, 0);
-	r->dpid = 0;
-	return -1;
+	return bench_stop_child(&r->dpid);
 }
 
 static unsigned long long cpu_ticks(pid_t pid)
@@ -682,7 +622,7 @@ int cmd_fair(int argc, char **argv, const char *command_line)
 	struct phase ph[NPHASE] = { 0 };
 	struct de_wire_stats s = { 0 };
 	char path[PATH_MAX];
-	int err = find_dynembd(path, sizeof path);
+	int err = bench_find_dynembd(path, sizeof path);
 	if (err) {
 		fprintf(stderr, PROG " fair: no dynembd binary (set DYNEMBD)\n");
 		return 1;

@@ -166,28 +166,6 @@ static void drop_cache_dir(const char *dir)
 		closedir(d);
 }
 
-/* rm -r of a directory this run made (one level of subdirectories below it) */
-static void rm_tree(const char *dir, int depth)
-{
-	DIR *d = opendir(dir);
-	struct dirent *e;
-	while (d && (e = readdir(d))) {
-		if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, ".."))
-			continue;
-		char p[PATH_MAX];
-		if (join(p, sizeof p, dir, e->d_name))
-			continue;
-		struct stat st;
-		if (!lstat(p, &st) && S_ISDIR(st.st_mode) && depth > 0)
-			rm_tree(p, depth - 1);
-		else
-			unlink(p);
-	}
-	if (d)
-		closedir(d);
-	rmdir(dir);
-}
-
 static int mk_sub(char *out, size_t cap, const char *dir, const char *name)
 {
 	if (join(out, cap, dir, name))
@@ -889,7 +867,7 @@ int cmd_persist(int argc, char **argv, const char *command_line)
 		fprintf(stderr, PROG " persist: the table needs about %.1f GiB, %.1f GiB available:"
 				" use fewer --rows\n", (double)need / (1 << 30),
 			(double)avail / (1 << 30));
-		rm_tree(base, 1);
+		bench_rm_tree(base, 1);
 		return 1;
 	}
 
@@ -961,7 +939,7 @@ int cmd_persist(int argc, char **argv, const char *command_line)
 	    (err = wal_async_case(wdir, &o, x.t, pool, &wa)))
 		goto out;
 	cpu_async = cpu_s() - c0;
-	rm_tree(wdir, 0);
+	bench_rm_tree(wdir, 0);
 	fprintf(hu, "WAL async: %" PRIu64 " records of %u rows, %.1f MiB in %.2f s: %.1f MB/s, "
 		    "%.2f M rows/s, %" PRIu64 " fdatasyncs (cpu %.2f s)\n",
 		wa.records, o.batch, (double)wa.bytes / (1 << 20), wa.seconds,
@@ -973,7 +951,7 @@ int cmd_persist(int argc, char **argv, const char *command_line)
 	    (err = wal_sync_case(wdir, &o, x.t, pool, &ws)))
 		goto out;
 	cpu_sync = cpu_s() - c0;
-	rm_tree(wdir, 0);
+	bench_rm_tree(wdir, 0);
 	fprintf(hu, "WAL sync: %u threads, %" PRIu64 " records of %u rows, %.1f MiB in %.2f s: "
 		    "%.1f MB/s, %.0f rows/s; %" PRIu64 " fdatasyncs (%.1f records each); append +"
 		    " sync p50 %.0f us, p99 %.0f us (cpu %.2f s)\n",
@@ -1150,7 +1128,7 @@ out:
 	free(man);
 	free(pool);
 	if (made && !o.keep)
-		rm_tree(base, 1);
+		bench_rm_tree(base, 1);
 	else if (made)
 		fprintf(hu, "kept %s\n", base);
 	return err ? 1 : 0;

@@ -50,23 +50,18 @@
 #include "bench_util.h"
 
 #include <errno.h>
-#include <fcntl.h>
 #include <getopt.h>
 #include <inttypes.h>
 #include <limits.h>
 #include <math.h>
 #include <pthread.h>
 #include <sched.h>
-#include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/prctl.h>
 #include <sys/socket.h>
-#include <sys/stat.h>
 #include <sys/un.h>
-#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -82,9 +77,6 @@
 #define REDIS_MAX_KEYS 1000000ull
 #define REDIS_DEPTH 4              /* MGETs written before their replies are read */
 #define RBUF (4u << 20)            /* the RESP reader's buffer */
-#define SOCK_TIMEOUT_S 10
-#define START_WAIT_MS 10000
-#define STOP_WAIT_MS 10000
 #define CLIENT_CPU 0
 #define SERVER_CPU 1
 
@@ -126,8 +118,8 @@ struct run {
 	uint64_t *lat;            /* iters latencies */
 	de_arena *arena;
 	de_table *table;
-	int rfd;
-	char *rbuf, *wbuf;
+	struct resp rr;           /* the Redis connection and its reader */
+	char *wbuf;
 };
 
 /* ---- small helpers ---------------------------------------------------------------- */
@@ -138,130 +130,7 @@ static double unit(uint64_t *rng)
 	return (double)(key_of(*rng * 0x2545f4914f6cdd1dull) >> 11) * 0x1.0p-53;
 }
 
-/* The first float of every row: checked by each phase to catch a wrong row. */
-static float tag(uint64_t key)
-{
-	return (float)(key & 0xffffff);
-}
-
-static void fail(const char *fmt, ...)
-{
-	va_list ap;
-	va_start(ap, fmt);
-	fprintf(stderr, PROG " sidecar: ");
-	vfprintf(stderr, fmt, ap);
-	fputc('\n', stderr);
-	va_end(ap);
-}
-
-/* Print the last ~1500 bytes of a server's log. */
-static void log_tail(const char *path)
-{
-	char buf[1536];
-	FILE *f = fopen(path, "r");
-	if (!f)
-		return;
-	long sz = fseek(f, 0, SEEK_END) == 0 ? ftell(f) : 0;
-	fseek(f, sz > (long)sizeof buf - 1 ? sz - (long)sizeof buf + 1 : 0, SEEK_SET);
-	size_t n = fread(buf, 1, sizeof buf - 1, f);
-	buf[n] = 0;
-	fclose(f);
-	fprintf(stderr, "---- %s (tail) ----\n%s---- end ----\n", path, buf);
-}
-
-/* ---- child servers -------------------------------------------------------------------- */
-
-/* Fork and exec argv[0] pinned to cpu, stdout/stderr to log; dies with this process. */
-static pid_t spawn(char *const argv[], const char *log, int cpu)
-{
-	pid_t pid = fork();
-	if (pid != 0)
-		return pid; /* the parent, or -1 */
-	prctl(PR_SET_PDEATHSIG, SIGTERM);
-	pin(cpu);
-	int fd = open(log, O_WRONLY | O_CREAT | O_TRUNC, 0600);
-	if (fd >= 0) {
-		dup2(fd, 1);
-		dup2(fd, 2);
-		close(fd);
-	}
-	execv(argv[0], argv);
-	fprintf(stderr, "exec %s: %s\n", argv[0], strerror(errno));
-	_exit(127);
-}
-
-/* SIGTERM, wait up to STOP_WAIT_MS, then SIGKILL. Returns the exit status or -1. */
-static int stop_child(pid_t *pid)
-{
-	int status = -1;
-	if (*pid <= 0)
-		return 0;
-	kill(*pid, SIGTERM);
-	for (int i = 0; i < STOP_WAIT_MS / 10; i++) {
-		if (waitpid(*pid, &status, WNOHANG) == *pid) {
-			*pid = 0;
-			return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-		}
-		usleep(10000);
-	}
-	kill(*pid, SIGKILL);
-	waitpid(*pid, &status, 0);
-	*pid = 0;
-	return -1;
-}
-
-static bool child_gone(pid_t pid)
-{
-	int status;
-	return waitpid(pid, &status, WNOHANG) == pid;
-}
-
-static bool executable(const char *p)
-{
-	struct stat s;
-	return stat(p, &s) == 0 && S_ISREG(s.st_mode) && access(p, X_OK) == 0;
-}
-
-/* $DYNEMBD, else <dir of /proc/self/exe>/../../src/server/dynembd. */
-static int find_dynembd(char *out, size_t cap)
-{
-	const char *env = getenv("DYNEMBD");
-	if (env && *env) {
-		snprintf(out, cap, "%s", env);
-	} else {
-		char exe[PATH_MAX];
-		ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
-		if (n <= 0)
-			return -errno;
-		exe[n] = 0;
-		char *slash = strrchr(exe, '/');
-		if (slash)
-			*slash = 0;
-		if (snprintf(out, cap, "%s/../../src/server/dynembd", exe) >= (int)cap)
-			return -ENAMETOOLONG;
-	}
-	return executable(out) ? 0 : -ENOENT;
-}
-
-/* redis-server on $PATH, or NULL. */
-static char *find_on_path(const char *name)
-{
-	static char buf[PATH_MAX];
-	const char *path = getenv("PATH");
-	if (!path)
-		path = "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin";
-	for (int i = 0; i < 256 && *path; i++) {
-		const char *colon = strchr(path, ':');
-		size_t len = colon ? (size_t)(colon - path) : strlen(path);
-		snprintf(buf, sizeof buf, "%.*s/%s", (int)len, path, name);
-		if (len && executable(buf))
-			return buf;
-		if (!colon)
-			break;
-		path = colon + 1;
-	}
-	return NULL;
-}
+#define fail(...) bench_fail("sidecar", __VA_ARGS__)
 
 /* ---- round trips ---------------------------------------------------------------------- */
 
@@ -282,7 +151,7 @@ static int ring_call(void *ctx, const uint64_t *k, uint32_t n, uint64_t *ns)
 	int err = dynemb_lookup(r->c, rc->t, k, n, r->out, r->st, 0, 1);
 	*ns = ns_now() - t0;
 	for (uint32_t j = 0; j < n && !err; j++)
-		if (r->st[j] != DYNEMB_ST_FOUND || r->out[j * DIM] != tag(k[j]))
+		if (r->st[j] != DYNEMB_ST_FOUND || r->out[j * DIM] != row_tag(k[j]))
 			err = -EBADMSG;
 	return err;
 }
@@ -305,7 +174,7 @@ static void *echo_main(void *arg)
 	static uint64_t keys[64];
 	static float rows[64 * DIM];
 	pin(SERVER_CPU);
-	for (;;) { /* ends when the client shuts its end down, or after SOCK_TIMEOUT_S idle */
+	for (;;) { /* ends when the client shuts its end down, or after BENCH_SOCK_TIMEOUT_S idle */
 		ssize_t n = recv(e->sk, keys, sizeof keys, 0);
 		if (n <= 0 || n % 8)
 			return NULL;
@@ -315,13 +184,6 @@ static void *echo_main(void *arg)
 		if (send(e->sk, rows, nk * ROW_BYTES, 0) < 0)
 			return NULL;
 	}
-}
-
-static void sock_timeouts(int fd)
-{
-	struct timeval tv = { .tv_sec = SOCK_TIMEOUT_S };
-	setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-	setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
 }
 
 /* The baseline request: keys over the socket, rows back. ctx: the client's socket. */
@@ -345,8 +207,8 @@ static int rtt_socket(struct run *r, const struct opts *o, double out[2][2])
 	int sk[2];
 	if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sk))
 		return -errno;
-	sock_timeouts(sk[0]);
-	sock_timeouts(sk[1]);
+	bench_sock_timeouts(sk[0]);
+	bench_sock_timeouts(sk[1]);
 	/* the echo's array: the tag of row i is i */
 	float *rows = malloc((size_t)ECHO_ROWS * ROW_BYTES);
 	if (!rows) {
@@ -410,7 +272,7 @@ static double thr(struct run *r, int path, int t, const uint64_t *pool, double s
 	/* the last batch must be rows of existing keys with their tags */
 	const uint64_t *k = pool + ((b + nb - 1) % nb) * BATCH;
 	for (uint32_t j = 0; j < BATCH && !*err; j++)
-		if (r->st[j] != DYNEMB_ST_FOUND || r->out[(size_t)j * DIM] != tag(k[j]))
+		if (r->st[j] != DYNEMB_ST_FOUND || r->out[(size_t)j * DIM] != row_tag(k[j]))
 			*err = -EBADMSG;
 	return rate;
 }
@@ -448,180 +310,19 @@ static int make_pools(struct run *r, uint64_t n)
 	return 0;
 }
 
-/* ---- RESP over a unix socket ---------------------------------------------------------- */
+/* ---- Redis over a unix socket (RESP: bench_util.c) ---------------------------------------------------------- */
 
-static size_t rlen, rpos; /* the reader's window in r->rbuf */
-
-static int r_more(struct run *r)
-{
-	if (rpos) {
-		memmove(r->rbuf, r->rbuf + rpos, rlen - rpos);
-		rlen -= rpos;
-		rpos = 0;
-	}
-	if (rlen == RBUF)
-		return -EMSGSIZE;
-	ssize_t n = read(r->rfd, r->rbuf + rlen, RBUF - rlen);
-	if (n == 0)
-		return -EPIPE;
-	if (n < 0)
-		return errno == EAGAIN || errno == EWOULDBLOCK ? -ETIMEDOUT : -errno;
-	rlen += (size_t)n;
-	return 0;
-}
-
-/* The next line, without its \r\n: *line points into the buffer until the next call. */
-static int r_line(struct run *r, const char **line, size_t *len)
-{
-	for (int i = 0; i < 1024; i++) { /* each pass reads more or fails */
-		char *p = memchr(r->rbuf + rpos, '\n', rlen - rpos);
-		if (p && p > r->rbuf + rpos && p[-1] == '\r') {
-			*line = r->rbuf + rpos;
-			*len = (size_t)(p - 1 - (r->rbuf + rpos));
-			rpos = (size_t)(p + 1 - r->rbuf);
-			return 0;
-		}
-		if (p)
-			return -EPROTO;
-		int err = r_more(r);
-		if (err)
-			return err;
-	}
-	return -EPROTO;
-}
-
-static int r_need(struct run *r, size_t n)
-{
-	for (int i = 0; i < 1 << 20 && rlen - rpos < n; i++) {
-		int err = r_more(r);
-		if (err)
-			return err;
-	}
-	return rlen - rpos >= n ? 0 : -EPROTO;
-}
-
-/* A RESP header line: c followed by a decimal (possibly -1). */
-static int r_header(struct run *r, char c, long long *v)
-{
-	const char *l;
-	size_t n;
-	int err = r_line(r, &l, &n);
-	if (err)
-		return err;
-	if (n < 2 || l[0] != c) {
-		if (n && l[0] == '-')
-			fprintf(stderr, PROG " sidecar: redis: %.*s\n", (int)(n < 200 ? n : 200),
-				l);
-		return -EPROTO;
-	}
-	long long x = 0;
-	bool neg = l[1] == '-';
-	for (size_t i = neg ? 2 : 1; i < n; i++) {
-		if (l[i] < '0' || l[i] > '9' || x > (1ll << 40))
-			return -EPROTO;
-		x = x * 10 + (l[i] - '0');
-	}
-	*v = neg ? -x : x;
-	return 0;
-}
-
-static int w_all(int fd, const char *p, size_t n)
-{
-	for (int i = 0; n && i < 1 << 20; i++) { /* each pass writes something or fails */
-		ssize_t w = write(fd, p, n);
-		if (w <= 0)
-			return w < 0 && (errno == EAGAIN || errno == EWOULDBLOCK) ? -ETIMEDOUT
-			       : w < 0 ? -errno : -EPIPE;
-		p += w;
-		n -= (size_t)w;
-	}
-	return n ? -EIO : 0;
-}
-
-static char *put_uint(char *p, uint64_t v)
-{
-	char tmp[24];
-	int n = 0;
-	do {
-		tmp[n++] = (char)('0' + v % 10);
-		v /= 10;
-	} while (v && n < 24);
-	while (n)
-		*p++ = tmp[--n];
-	return p;
-}
-
-static char *put_bulk(char *p, const void *s, size_t n)
-{
-	*p++ = '$';
-	p = put_uint(p, n);
-	*p++ = '\r';
-	*p++ = '\n';
-	memcpy(p, s, n);
-	p += n;
-	*p++ = '\r';
-	*p++ = '\n';
-	return p;
-}
-
-static char *put_array(char *p, size_t n)
-{
-	*p++ = '*';
-	p = put_uint(p, n);
-	*p++ = '\r';
-	*p++ = '\n';
-	return p;
-}
-
-/* Connect to redis at path, retrying until the server answers PING (START_WAIT_MS). */
+/* Connect to redis at path, retrying until the server answers PING (BENCH_START_WAIT_MS). */
 static int redis_connect(struct run *r)
 {
-	for (int i = 0; i < START_WAIT_MS / 10; i++) {
-		if (child_gone(r->rpid)) {
-			r->rpid = 0;
-			return -ECHILD;
-		}
-		int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-		if (fd < 0)
-			return -errno;
-		struct sockaddr_un a = { .sun_family = AF_UNIX };
-		if (strlen(r->rsock) >= sizeof a.sun_path) {
-			close(fd);
-			return -ENAMETOOLONG;
-		}
-		memcpy(a.sun_path, r->rsock, strlen(r->rsock) + 1);
-		if (connect(fd, (struct sockaddr *)&a, sizeof a) == 0) {
-			sock_timeouts(fd);
-			r->rfd = fd;
-			rlen = rpos = 0;
-			static const char ping[] = "*1\r\n$4\r\nPING\r\n";
-			const char *l;
-			size_t n;
-			int err = w_all(fd, ping, sizeof ping - 1);
-			if (!err)
-				err = r_line(r, &l, &n);
-			if (!err && (n != 5 || memcmp(l, "+PONG", 5)))
-				err = -EPROTO;
-			if (!err)
-				return 0;
-			close(fd);
-			r->rfd = -1;
-			if (err != -EPROTO) /* LOADING and the like: try again */
-				return err;
-		} else {
-			close(fd);
-		}
-		usleep(10000);
-	}
-	return -ETIMEDOUT;
-}
-
-/* The 256-byte value of key k: its row as the table returns it (first float its tag). */
-static void redis_value(float *v, uint64_t k)
-{
-	for (uint32_t d = 0; d < DIM; d++)
-		v[d] = (float)d / DIM;
-	v[0] = tag(k);
+	struct sockaddr_un a = { .sun_family = AF_UNIX };
+	if (strlen(r->rsock) >= sizeof a.sun_path)
+		return -ENAMETOOLONG;
+	memcpy(a.sun_path, r->rsock, strlen(r->rsock) + 1);
+	int err = resp_connect(&r->rr, (struct sockaddr *)&a, sizeof a, r->rpid, RBUF);
+	if (err == -ECHILD)
+		r->rpid = 0;
+	return err;
 }
 
 static int redis_load(struct run *r, uint64_t nkeys, double *rate)
@@ -633,20 +334,15 @@ static int redis_load(struct run *r, uint64_t nkeys, double *rate)
 		uint64_t n = nkeys - i < BATCH ? nkeys - i : BATCH;
 		char *p = r->wbuf;
 		for (uint64_t j = 0; j < n; j++) {
-			redis_value(v, r->keys[i + j]);
-			p = put_array(p, 3);
-			p = put_bulk(p, "SET", 3);
-			p = put_bulk(p, &r->keys[i + j], 8);
-			p = put_bulk(p, v, ROW_BYTES);
+			bench_row(v, DIM, r->keys[i + j]); /* the row as the table returns it */
+			p = resp_put_array(p, 3);
+			p = resp_put_bulk(p, "SET", 3);
+			p = resp_put_bulk(p, &r->keys[i + j], 8);
+			p = resp_put_bulk(p, v, ROW_BYTES);
 		}
-		err = w_all(r->rfd, r->wbuf, (size_t)(p - r->wbuf));
-		for (uint64_t j = 0; j < n && !err; j++) {
-			const char *l;
-			size_t len;
-			err = r_line(r, &l, &len);
-			if (!err && (len != 3 || memcmp(l, "+OK", 3)))
-				err = -EPROTO;
-		}
+		err = resp_write_all(r->rr.fd, r->wbuf, (size_t)(p - r->wbuf));
+		if (!err)
+			err = resp_ok(&r->rr, n);
 	}
 	*rate = (double)nkeys / ((double)(ns_now() - t0) / 1e9);
 	return err;
@@ -655,21 +351,20 @@ static int redis_load(struct run *r, uint64_t nkeys, double *rate)
 /* Read one MGET reply of n values into r->out; check every tag against keys. */
 static int redis_read_mget(struct run *r, const uint64_t *keys, uint32_t n)
 {
-	long long cnt, len;
-	int err = r_header(r, '*', &cnt);
+	long long cnt;
+	int err = resp_header(&r->rr, '*', &cnt);
 	if (!err && cnt != n)
 		err = -EPROTO;
 	for (uint32_t j = 0; j < n && !err; j++) {
-		err = r_header(r, '$', &len);
+		const char *v;
+		size_t len;
+		err = resp_bulk(&r->rr, &v, &len); /* -ENOENT: a nil, the key is not there */
 		if (!err && len != ROW_BYTES)
-			err = len < 0 ? -ENOENT : -EPROTO; /* a nil: the key is not there */
-		if (!err)
-			err = r_need(r, ROW_BYTES + 2);
+			err = -EPROTO;
 		if (!err) {
 			float *row = r->out + (size_t)j * DIM;
-			memcpy(row, r->rbuf + rpos, ROW_BYTES);
-			rpos += ROW_BYTES + 2;
-			if (row[0] != tag(keys[j]))
+			memcpy(row, v, ROW_BYTES);
+			if (row[0] != row_tag(keys[j]))
 				err = -EBADMSG;
 		}
 	}
@@ -693,12 +388,12 @@ static double redis_mget(struct run *r, uint64_t nkeys, double secs, int *err)
 			char *p = r->wbuf;
 			for (uint32_t d = 0; d < REDIS_DEPTH; d++) {
 				const uint64_t *k = pool + ((b + d) % nb) * BATCH;
-				p = put_array(p, BATCH + 1);
-				p = put_bulk(p, "MGET", 4);
+				p = resp_put_array(p, BATCH + 1);
+				p = resp_put_bulk(p, "MGET", 4);
 				for (uint32_t j = 0; j < BATCH; j++)
-					p = put_bulk(p, &k[j], 8);
+					p = resp_put_bulk(p, &k[j], 8);
 			}
-			*err = w_all(r->rfd, r->wbuf, (size_t)(p - r->wbuf));
+			*err = resp_write_all(r->rr.fd, r->wbuf, (size_t)(p - r->wbuf));
 			for (uint32_t d = 0; d < REDIS_DEPTH && !*err; d++) {
 				*err = redis_read_mget(r, pool + ((b + d) % nb) * BATCH, BATCH);
 				rows += BATCH;
@@ -715,7 +410,7 @@ static int run_redis(struct run *r, const struct opts *o, struct figures *f)
 			 "--unixsocketperm", "700", "--save", "", "--appendonly", "no",
 			 "--daemonize", "no", "--loglevel", "warning", NULL };
 	f->redis_keys = o->keys < REDIS_MAX_KEYS ? o->keys : REDIS_MAX_KEYS;
-	r->rpid = spawn(argv, r->rlog, SERVER_CPU);
+	r->rpid = bench_spawn(argv, r->rlog, SERVER_CPU);
 	if (r->rpid < 0) {
 		r->rpid = 0;
 		return -errno;
@@ -724,7 +419,7 @@ static int run_redis(struct run *r, const struct opts *o, struct figures *f)
 	if (err) {
 		fail("redis-server (%s) did not answer on %s: %s", o->redis, r->rsock,
 		     strerror(-err));
-		log_tail(r->rlog);
+		bench_log_tail(r->rlog);
 		return err;
 	}
 	err = redis_load(r, f->redis_keys, &f->redis_load_rows_per_s);
@@ -734,9 +429,8 @@ static int run_redis(struct run *r, const struct opts *o, struct figures *f)
 		fail("redis: %s", strerror(-err));
 	else
 		f->have_redis = true;
-	close(r->rfd);
-	r->rfd = -1;
-	stop_child(&r->rpid);
+	resp_close(&r->rr);
+	bench_stop_child(&r->rpid);
 	return err;
 }
 
@@ -748,46 +442,23 @@ static int start_daemon(struct run *r, const char *path)
 	snprintf(uid, sizeof uid, "%u", (unsigned)geteuid()); /* dynembd allows listed uids only */
 	char *argv[] = { (char *)path, "--foreground", "--socket", r->dsock, "--poll-us", "1000000",
 			 "--workers", "1", "--numa-node", "none", "--allow-uid", uid, NULL };
-	r->dpid = spawn(argv, r->dlog, SERVER_CPU);
+	r->dpid = bench_spawn(argv, r->dlog, SERVER_CPU);
 	if (r->dpid < 0) {
 		r->dpid = 0;
 		return -errno;
 	}
-	struct dynemb_connect_opts co = { .name = "dynemb-bench sidecar" };
-	int err = -ETIMEDOUT;
-	for (int i = 0; i < START_WAIT_MS / 10; i++) {
-		if (child_gone(r->dpid)) {
-			r->dpid = 0;
-			err = -ECHILD;
-			break;
-		}
-		err = dynemb_connect(r->dsock, &co, &r->c);
-		if (err != -ENOENT && err != -ECONNREFUSED)
-			break;
-		usleep(10000);
-	}
+	int err = bench_connect_daemon(r->dsock, "dynemb-bench sidecar", &r->dpid, &r->c);
 	if (err) {
 		fail("dynembd (%s) did not come up on %s: %s", path, r->dsock,
 		     dynemb_strerror(err));
-		log_tail(r->dlog);
+		bench_log_tail(r->dlog);
 	}
 	return err;
 }
 
 static int fill_daemon(struct run *r, int t, uint64_t n, double *rate)
 {
-	uint64_t t0 = ns_now();
-	int err = 0;
-	for (uint32_t j = 0; j < BATCH; j++)
-		for (uint32_t d = 0; d < DIM; d++)
-			r->vals[(size_t)j * DIM + d] = (float)d / DIM;
-	for (uint64_t i = 0; i < n && !err; i += BATCH) {
-		uint64_t m = n - i < BATCH ? n - i : BATCH;
-		for (uint64_t j = 0; j < m; j++)
-			r->vals[j * DIM] = tag(r->keys[i + j]);
-		err = dynemb_update(r->c, t, r->keys + i, m, r->vals, 1, NULL);
-	}
-	*rate = (double)n / ((double)(ns_now() - t0) / 1e9);
+	int err = bench_fill(r->c, t, r->keys, n, r->vals, DIM, BATCH, rate);
 	struct dynemb_stats s;
 	if (!err)
 		err = dynemb_stats(r->c, t, &s);
@@ -835,14 +506,14 @@ static int run_daemon(struct run *r, const char *path, const struct opts *o, str
 	}
 	if (err && r->c) {
 		fail("dynembd: %s: %s", what, dynemb_strerror(err));
-		log_tail(r->dlog);
+		bench_log_tail(r->dlog);
 	}
 	dynemb_close(r->c);
 	r->c = NULL;
-	int st = stop_child(&r->dpid);
+	int st = bench_stop_child(&r->dpid);
 	if (!err && st != 0) {
 		fail("dynembd did not stop cleanly (status %d)", st);
-		log_tail(r->dlog);
+		bench_log_tail(r->dlog);
 		err = -EIO;
 	}
 	return err;
@@ -860,11 +531,8 @@ static int run_inproc(struct run *r, const struct opts *o, struct figures *f)
 		err = de_table_open(r->arena, &tc, &r->table);
 	for (uint64_t i = 0; !err && i < o->keys; i += BATCH) {
 		uint64_t n = o->keys - i < BATCH ? o->keys - i : BATCH;
-		for (uint64_t j = 0; j < n; j++) { /* the same rows as the daemon's */
-			for (uint32_t d = 0; d < DIM; d++)
-				r->vals[j * DIM + d] = (float)d / DIM;
-			r->vals[j * DIM] = tag(r->keys[i + j]);
-		}
+		for (uint64_t j = 0; j < n; j++) /* the same rows as the daemon's */
+			bench_row(r->vals + j * DIM, DIM, r->keys[i + j]);
 		err = de_table_assign(r->table, r->keys + i, n, r->vals, NULL, 1);
 	}
 	if (!err)
@@ -882,11 +550,6 @@ static int run_inproc(struct run *r, const struct opts *o, struct figures *f)
 }
 
 /* ---- the report ------------------------------------------------------------------------- */
-
-static const char *met(bool ok)
-{
-	return ok ? "met" : "NOT met";
-}
 
 static void report(const struct opts *o, const struct figures *f)
 {
@@ -930,21 +593,21 @@ static void report(const struct opts *o, const struct figures *f)
 	}
 	fprintf(h, "goals (uniform):\n");
 	fprintf(h, "  ring >= 60%% of in-process           %-8s (%.2f)\n",
-		met(t[0][0] >= 0.6 * t[2][0]), t[0][0] / t[2][0]);
+		bench_met(t[0][0] >= 0.6 * t[2][0]), t[0][0] / t[2][0]);
 	fprintf(h, "  zero-copy >= 85%% of in-process      %-8s (%.2f)\n",
-		met(t[1][0] >= 0.85 * t[2][0]), t[1][0] / t[2][0]);
+		bench_met(t[1][0] >= 0.85 * t[2][0]), t[1][0] / t[2][0]);
 	if (f->have_redis) {
 		fprintf(h, "  ring >= 20x redis                   %-8s (%.1fx)\n",
-			met(t[0][0] >= 20 * f->redis_rows_per_s), t[0][0] / f->redis_rows_per_s);
+			bench_met(t[0][0] >= 20 * f->redis_rows_per_s), t[0][0] / f->redis_rows_per_s);
 		fprintf(h, "  zero-copy >= 20x redis              %-8s (%.1fx)\n",
-			met(t[1][0] >= 20 * f->redis_rows_per_s), t[1][0] / f->redis_rows_per_s);
+			bench_met(t[1][0] >= 20 * f->redis_rows_per_s), t[1][0] / f->redis_rows_per_s);
 	} else {
 		fprintf(h, "  ring, zero-copy >= 20x redis        n/a (%s)\n", f->redis_note);
 	}
 	fprintf(h, "  1-key ring round trip p50 < 1.5 us  %-8s (%.0f ns)\n",
-		met(f->rtt[0][0][0] < 1500), f->rtt[0][0][0]);
+		bench_met(f->rtt[0][0][0] < 1500), f->rtt[0][0][0]);
 	fprintf(h, "  1-key ring round trip p99 < 5 us    %-8s (%.0f ns)\n",
-		met(f->rtt[0][0][1] < 5000), f->rtt[0][0][1]);
+		bench_met(f->rtt[0][0][1] < 5000), f->rtt[0][0][1]);
 	if (!o->json)
 		return;
 	char redis[64] = "null", ring_x[32] = "null", zc_x[32] = "null";
@@ -1031,16 +694,11 @@ static int parse(int argc, char **argv, struct opts *o)
 		case 'h': usage(stdout); return 1;
 		default: usage(stderr); return EXIT_USAGE;
 		}
-		if (end && (*end || end == optarg || errno || optarg[0] == '-')) {
-			fprintf(stderr, PROG " sidecar: bad number '%s'\n", optarg);
+		if (bench_check_number("sidecar", optarg, end))
 			return EXIT_USAGE;
-		}
 	}
-	if (optind < argc) {
-		fprintf(stderr, PROG " sidecar: unexpected argument '%s'\n", argv[optind]);
-		usage(stderr);
+	if (bench_check_operands("sidecar", argc, argv, optind, usage))
 		return EXIT_USAGE;
-	}
 	if (o->shrt) {
 		o->keys = keys_set ? o->keys : 1000000;
 		o->iters = iters_set ? o->iters : 20000;
@@ -1052,24 +710,15 @@ static int parse(int argc, char **argv, struct opts *o)
 			PROG " sidecar: --keys 4096..2^31, --iters 100..1e7, --seconds 0.01..600\n");
 		return EXIT_USAGE;
 	}
-	if (o->redis && !strcmp(o->redis, "none")) {
-		o->redis = NULL;
-		o->redis_none = true;
-	} else if (o->redis && !executable(o->redis)) {
-		fprintf(stderr, PROG " sidecar: --redis %s: not an executable file (or 'none')\n",
-			o->redis);
-		return EXIT_USAGE;
-	}
-	return 0;
+	return bench_server_opt("sidecar", "--redis", &o->redis, &o->redis_none);
 }
 
 static void run_free(struct run *r)
 {
 	dynemb_close(r->c);
-	if (r->rfd >= 0)
-		close(r->rfd);
-	stop_child(&r->dpid);
-	stop_child(&r->rpid);
+	resp_close(&r->rr);
+	bench_stop_child(&r->dpid);
+	bench_stop_child(&r->rpid);
 	de_table_close(r->table);
 	de_arena_destroy(r->arena);
 	free(r->keys);
@@ -1079,7 +728,6 @@ static void run_free(struct run *r)
 	free(r->out);
 	free(r->st);
 	free(r->lat);
-	free(r->rbuf);
 	free(r->wbuf);
 	if (r->dir[0]) {
 		unlink(r->dsock);
@@ -1097,21 +745,23 @@ int cmd_sidecar(int argc, char **argv)
 	if (pr)
 		return pr == 1 ? 0 : pr;
 	char dynembd[PATH_MAX];
-	if (find_dynembd(dynembd, sizeof dynembd)) {
+	if (bench_find_dynembd(dynembd, sizeof dynembd)) {
 		fail("dynembd not found at %s: build it (ninja) or set DYNEMBD to its path",
 		     dynembd);
 		return 1;
 	}
 	struct figures f = { 0 };
+	char redis_path[PATH_MAX];
 	if (o.redis_none) {
 		snprintf(f.redis_note, sizeof f.redis_note, "skipped: --redis none");
-	} else if (!o.redis && !(o.redis = find_on_path("redis-server"))) {
+	} else if (!o.redis && !(o.redis = bench_find_on_path("redis-server", redis_path,
+								     sizeof redis_path))) {
 		snprintf(f.redis_note, sizeof f.redis_note,
 			 "skipped: no redis-server on $PATH (apt-get install -y redis-server)");
 	}
 	FILE *h = o.json ? stderr : stdout;
 
-	struct run r = { .rfd = -1 };
+	struct run r = { .rr = { .fd = -1 } };
 	int err = 0;
 	r.keys = malloc(o.keys * 8);
 	r.vals = malloc((size_t)BATCH * ROW_BYTES);
@@ -1119,18 +769,14 @@ int cmd_sidecar(int argc, char **argv)
 	r.st = malloc(BATCH);
 	r.lat = malloc(o.iters * sizeof *r.lat);
 	if (o.redis) {
-		r.rbuf = malloc(RBUF);
 		/* REDIS_DEPTH MGETs of BATCH 8-byte keys, or BATCH SETs of 256-byte values */
 		r.wbuf = malloc((size_t)BATCH * (ROW_BYTES + 64) +
 				(size_t)REDIS_DEPTH * BATCH * 20 + 4096);
 	}
-	if (!r.keys || !r.vals || !r.out || !r.st || !r.lat || (o.redis && (!r.rbuf || !r.wbuf)))
+	if (!r.keys || !r.vals || !r.out || !r.st || !r.lat || (o.redis && !r.wbuf))
 		err = -ENOMEM;
-	strcpy(r.dir, "/tmp/dynemb-sidecar.XXXXXX");
-	if (!err && !mkdtemp(r.dir)) {
-		err = -errno;
-		r.dir[0] = 0;
-	}
+	if (!err)
+		err = bench_mkdtemp(r.dir, sizeof r.dir, "dynemb-sidecar");
 	if (err) {
 		fail("setup: %s", strerror(-err));
 		run_free(&r);

@@ -1,14 +1,21 @@
 /*
  * bench_util.c — the helpers the dynemb-bench sub-commands share (bench_util.h declares
  * them): percentiles, the 1-key / 64-key round-trip sampler, human formatting of figures,
- * JSON output, the machine description (/proc, /sys, uname) and the Zipf sampler.
- * Callers: bench_table.c, bench_channel.c, bench_sidecar.c, bench_learn.c, bench_persist.c.
+ * JSON output, the machine description (/proc, /sys, uname), the Zipf sampler, the child
+ * servers (fork + exec with a log, stop with SIGTERM then SIGKILL) and a RESP client.
+ * Callers: bench_table.c, bench_channel.c, bench_sidecar.c, bench_learn.c, bench_persist.c,
+ * bench_fair.c, bench_peers.c.
  *
- * Never: keeps state between calls, allocates, or writes anywhere but the FILE or the
- * buffers it is given.
+ * Never: keeps state between calls, allocates (but resp_open's buffer, which resp_close
+ * frees), or writes anywhere but the FILE, the buffers, the sockets or the log files it is
+ * given.
  */
 #include <ctype.h>
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
 #include <inttypes.h>
+#include <limits.h>
 #include <math.h>
 #include <sched.h>
 #include <stdbool.h>
@@ -16,10 +23,20 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/time.h>
 #include <sys/utsname.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "bench_util.h"
+#include "dynemb.h"
 
 /* ------------------------------------------------------------------------- */
 /* Percentiles and formatting                                                */
@@ -336,4 +353,469 @@ uint64_t zipf_draw(const struct zipf *z, uint64_t *rng)
 		if (kd - x <= z->squeeze || u >= zipf_H(z, kd + 0.5) - zipf_h(z, kd))
 			return (uint64_t)kd - 1;
 	}
+}
+
+/* ------------------------------------------------------------------------- */
+/* Rows of the daemon benchmarks                                             */
+/* ------------------------------------------------------------------------- */
+
+void bench_row(float *v, uint32_t dim, uint64_t key)
+{
+	for (uint32_t d = 0; d < dim; d++)
+		v[d] = (float)d / (float)dim;
+	v[0] = row_tag(key);
+}
+
+int bench_fill(struct dynemb_client *c, int t, const uint64_t *keys, uint64_t n, float *vals,
+	       uint32_t dim, uint32_t batch, double *rate)
+{
+	uint64_t t0 = ns_now();
+	int err = 0;
+	for (uint64_t i = 0; i < n && !err; i += batch) {
+		uint64_t m = n - i < batch ? n - i : batch;
+		for (uint64_t j = 0; j < m; j++)
+			bench_row(vals + j * dim, dim, keys[i + j]);
+		err = dynemb_update(c, t, keys + i, m, vals, 1, NULL);
+	}
+	*rate = (double)n / ((double)(ns_now() - t0) / 1e9);
+	return err;
+}
+
+void bench_fail(const char *cmd, const char *fmt, ...)
+{
+	va_list ap;
+	va_start(ap, fmt);
+	fprintf(stderr, PROG " %s: ", cmd);
+	vfprintf(stderr, fmt, ap);
+	fputc('\n', stderr);
+	va_end(ap);
+}
+
+const char *bench_met(bool ok)
+{
+	return ok ? "met" : "NOT met";
+}
+
+/* ------------------------------------------------------------------------- */
+/* Option parsing                                                            */
+/* ------------------------------------------------------------------------- */
+
+int bench_check_number(const char *cmd, const char *optarg, const char *end)
+{
+	if (end && (*end || end == optarg || errno || optarg[0] == '-')) {
+		fprintf(stderr, PROG " %s: bad number '%s'\n", cmd, optarg);
+		return EXIT_USAGE;
+	}
+	return 0;
+}
+
+int bench_check_operands(const char *cmd, int argc, char **argv, int optind,
+			 void (*usage)(FILE *))
+{
+	if (optind >= argc)
+		return 0;
+	fprintf(stderr, PROG " %s: unexpected argument '%s'\n", cmd, argv[optind]);
+	usage(stderr);
+	return EXIT_USAGE;
+}
+
+int bench_server_opt(const char *cmd, const char *flag, const char **path, bool *none)
+{
+	if (*path && !strcmp(*path, "none")) {
+		*path = NULL;
+		*none = true;
+	} else if (*path && !bench_executable(*path)) {
+		fprintf(stderr, PROG " %s: %s %s: not an executable file (or 'none')\n", cmd, flag,
+			*path);
+		return EXIT_USAGE;
+	}
+	return 0;
+}
+
+int bench_mkdtemp(char *dir, size_t cap, const char *prefix)
+{
+	if (snprintf(dir, cap, "/tmp/%s.XXXXXX", prefix) >= (int)cap) {
+		dir[0] = 0;
+		return -ENAMETOOLONG;
+	}
+	if (!mkdtemp(dir)) {
+		dir[0] = 0;
+		return -errno;
+	}
+	return 0;
+}
+
+/* ------------------------------------------------------------------------- */
+/* Child servers                                                             */
+/* ------------------------------------------------------------------------- */
+
+pid_t bench_spawn(char *const argv[], const char *log, int cpu)
+{
+	pid_t pid = fork();
+	if (pid != 0)
+		return pid; /* the parent, or -1 */
+	prctl(PR_SET_PDEATHSIG, SIGTERM);
+	if (cpu >= 0) {
+		pin(cpu);
+	} else { /* not the parent's pinning: every CPU online */
+		cpu_set_t all;
+		CPU_ZERO(&all);
+		for (long i = 0; i < sysconf(_SC_NPROCESSORS_ONLN) && i < CPU_SETSIZE; i++)
+			CPU_SET((int)i, &all);
+		(void)sched_setaffinity(0, sizeof all, &all);
+	}
+	int fd = open(log, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+	if (fd >= 0) {
+		dup2(fd, 1);
+		dup2(fd, 2);
+		close(fd);
+	}
+	execv(argv[0], argv);
+	fprintf(stderr, "exec %s: %s\n", argv[0], strerror(errno));
+	_exit(127);
+}
+
+int bench_stop_child(pid_t *pid)
+{
+	int status = -1;
+	if (*pid <= 0)
+		return 0;
+	kill(*pid, SIGTERM);
+	for (int i = 0; i < BENCH_STOP_WAIT_MS / 10; i++) {
+		if (waitpid(*pid, &status, WNOHANG) == *pid) {
+			*pid = 0;
+			return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+		}
+		usleep(10000);
+	}
+	kill(*pid, SIGKILL);
+	waitpid(*pid, &status, 0);
+	*pid = 0;
+	return -1;
+}
+
+bool bench_child_gone(pid_t pid)
+{
+	int status;
+	return waitpid(pid, &status, WNOHANG) == pid;
+}
+
+bool bench_executable(const char *p)
+{
+	struct stat s;
+	return stat(p, &s) == 0 && S_ISREG(s.st_mode) && access(p, X_OK) == 0;
+}
+
+int bench_find_dynembd(char *out, size_t cap)
+{
+	const char *env = getenv("DYNEMBD");
+	if (env && *env) {
+		snprintf(out, cap, "%s", env);
+	} else {
+		char exe[PATH_MAX];
+		ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
+		if (n <= 0)
+			return -errno;
+		exe[n] = 0;
+		char *slash = strrchr(exe, '/');
+		if (slash)
+			*slash = 0;
+		if (snprintf(out, cap, "%s/../../src/server/dynembd", exe) >= (int)cap)
+			return -ENAMETOOLONG;
+	}
+	return bench_executable(out) ? 0 : -ENOENT;
+}
+
+int bench_connect_daemon(const char *sock, const char *name, pid_t *pid,
+			 struct dynemb_client **c)
+{
+	struct dynemb_connect_opts co = { .name = name };
+	int err = -ETIMEDOUT;
+	for (int i = 0; i < BENCH_START_WAIT_MS / 10; i++) {
+		if (bench_child_gone(*pid)) {
+			*pid = 0;
+			return -ECHILD;
+		}
+		err = dynemb_connect(sock, &co, c);
+		if (err != -ENOENT && err != -ECONNREFUSED)
+			break;
+		usleep(10000);
+	}
+	return err;
+}
+
+char *bench_find_on_path(const char *name, char *buf, size_t cap)
+{
+	const char *path = getenv("PATH");
+	if (!path)
+		path = "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin";
+	for (int i = 0; i < 256 && *path; i++) {
+		const char *colon = strchr(path, ':');
+		size_t len = colon ? (size_t)(colon - path) : strlen(path);
+		int w = snprintf(buf, cap, "%.*s/%s", (int)len, path, name);
+		if (len && w > 0 && (size_t)w < cap && bench_executable(buf))
+			return buf;
+		if (!colon)
+			break;
+		path = colon + 1;
+	}
+	return NULL;
+}
+
+void bench_log_tail(const char *path)
+{
+	char buf[1536];
+	FILE *f = fopen(path, "r");
+	if (!f)
+		return;
+	long sz = fseek(f, 0, SEEK_END) == 0 ? ftell(f) : 0;
+	fseek(f, sz > (long)sizeof buf - 1 ? sz - (long)sizeof buf + 1 : 0, SEEK_SET);
+	size_t n = fread(buf, 1, sizeof buf - 1, f);
+	buf[n] = 0;
+	fclose(f);
+	fprintf(stderr, "---- %s (tail) ----\n%s---- end ----\n", path, buf);
+}
+
+void bench_rm_tree(const char *dir, int depth)
+{
+	DIR *d = opendir(dir);
+	struct dirent *e;
+	while (d && (e = readdir(d))) {
+		if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, ".."))
+			continue;
+		char p[PATH_MAX];
+		if (snprintf(p, sizeof p, "%s/%s", dir, e->d_name) >= (int)sizeof p)
+			continue;
+		struct stat st;
+		if (!lstat(p, &st) && S_ISDIR(st.st_mode) && depth > 0)
+			bench_rm_tree(p, depth - 1);
+		else
+			unlink(p);
+	}
+	if (d)
+		closedir(d);
+	rmdir(dir);
+}
+
+void bench_sock_timeouts(int fd)
+{
+	struct timeval tv = { .tv_sec = BENCH_SOCK_TIMEOUT_S };
+	setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+	setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+}
+
+/* ------------------------------------------------------------------------- */
+/* RESP                                                                      */
+/* ------------------------------------------------------------------------- */
+
+int resp_open(struct resp *r, int fd, size_t cap)
+{
+	*r = (struct resp){ .fd = fd, .cap = cap, .buf = malloc(cap) };
+	if (!r->buf) {
+		close(fd);
+		r->fd = -1;
+		return -ENOMEM;
+	}
+	return 0;
+}
+
+void resp_close(struct resp *r)
+{
+	if (r->buf && r->fd >= 0) /* opened (a zeroed struct resp was not: its fd 0 stays) */
+		close(r->fd);
+	free(r->buf);
+	*r = (struct resp){ .fd = -1 };
+}
+
+/* Reads more into the buffer (moving the unread bytes to its start first). */
+static int resp_more(struct resp *r)
+{
+	if (r->pos) {
+		memmove(r->buf, r->buf + r->pos, r->len - r->pos);
+		r->len -= r->pos;
+		r->pos = 0;
+	}
+	if (r->len == r->cap)
+		return -EMSGSIZE;
+	ssize_t n = read(r->fd, r->buf + r->len, r->cap - r->len);
+	if (n == 0)
+		return -EPIPE;
+	if (n < 0)
+		return errno == EAGAIN || errno == EWOULDBLOCK ? -ETIMEDOUT : -errno;
+	r->len += (size_t)n;
+	return 0;
+}
+
+int resp_line(struct resp *r, const char **line, size_t *len)
+{
+	for (int i = 0; i < 1024; i++) { /* each pass reads more or fails */
+		char *p = memchr(r->buf + r->pos, '\n', r->len - r->pos);
+		if (p && p > r->buf + r->pos && p[-1] == '\r') {
+			*line = r->buf + r->pos;
+			*len = (size_t)(p - 1 - (r->buf + r->pos));
+			r->pos = (size_t)(p + 1 - r->buf);
+			return 0;
+		}
+		if (p)
+			return -EPROTO;
+		int err = resp_more(r);
+		if (err)
+			return err;
+	}
+	return -EPROTO;
+}
+
+int resp_need(struct resp *r, size_t n)
+{
+	for (int i = 0; i < 1 << 20 && r->len - r->pos < n; i++) {
+		int err = resp_more(r);
+		if (err)
+			return err;
+	}
+	return r->len - r->pos >= n ? 0 : -EPROTO;
+}
+
+int resp_header(struct resp *r, char c, long long *v)
+{
+	const char *l;
+	size_t n;
+	int err = resp_line(r, &l, &n);
+	if (err)
+		return err;
+	if (n < 2 || l[0] != c) {
+		if (n && l[0] == '-')
+			fprintf(stderr, PROG ": redis: %.*s\n", (int)(n < 200 ? n : 200), l);
+		return -EPROTO;
+	}
+	long long x = 0;
+	bool neg = l[1] == '-';
+	for (size_t i = neg ? 2 : 1; i < n; i++) {
+		if (l[i] < '0' || l[i] > '9' || x > (1ll << 40))
+			return -EPROTO;
+		x = x * 10 + (l[i] - '0');
+	}
+	*v = neg ? -x : x;
+	return 0;
+}
+
+int resp_bulk(struct resp *r, const char **p, size_t *n)
+{
+	long long len;
+	int err = resp_header(r, '$', &len);
+	if (err)
+		return err;
+	if (len < 0)
+		return -ENOENT;
+	if ((unsigned long long)len + 2 > r->cap)
+		return -EMSGSIZE;
+	if ((err = resp_need(r, (size_t)len + 2)))
+		return err;
+	*p = r->buf + r->pos;
+	*n = (size_t)len;
+	r->pos += (size_t)len + 2;
+	return 0;
+}
+
+int resp_connect(struct resp *r, const struct sockaddr *a, unsigned alen, pid_t server,
+		 size_t cap)
+{
+	for (int i = 0; i < BENCH_START_WAIT_MS / 10; i++) {
+		if (bench_child_gone(server))
+			return -ECHILD;
+		int fd = socket(a->sa_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+		if (fd < 0)
+			return -errno;
+		if (connect(fd, a, alen) == 0) {
+			int one = 1;
+			if (a->sa_family == AF_INET)
+				setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+			bench_sock_timeouts(fd);
+			int err = resp_open(r, fd, cap);
+			if (!err)
+				err = resp_ping(r);
+			if (!err)
+				return 0;
+			resp_close(r);
+			if (err != -EPROTO) /* LOADING and the like: try again */
+				return err;
+		} else {
+			close(fd);
+		}
+		usleep(10000);
+	}
+	return -ETIMEDOUT;
+}
+
+int resp_ok(struct resp *r, uint64_t n)
+{
+	int err = 0;
+	for (uint64_t j = 0; j < n && !err; j++) {
+		const char *l;
+		size_t len;
+		err = resp_line(r, &l, &len);
+		if (!err && (len != 3 || memcmp(l, "+OK", 3)))
+			err = -EPROTO;
+	}
+	return err;
+}
+
+int resp_ping(struct resp *r)
+{
+	static const char ping[] = "*1\r\n$4\r\nPING\r\n";
+	const char *l;
+	size_t n;
+	int err = resp_write_all(r->fd, ping, sizeof ping - 1);
+	if (!err)
+		err = resp_line(r, &l, &n);
+	if (!err && (n != 5 || memcmp(l, "+PONG", 5)))
+		err = -EPROTO;
+	return err;
+}
+
+int resp_write_all(int fd, const char *p, size_t n)
+{
+	for (int i = 0; n && i < 1 << 20; i++) { /* each pass writes something or fails */
+		ssize_t w = write(fd, p, n);
+		if (w <= 0)
+			return w < 0 && (errno == EAGAIN || errno == EWOULDBLOCK) ? -ETIMEDOUT
+			       : w < 0 ? -errno : -EPIPE;
+		p += w;
+		n -= (size_t)w;
+	}
+	return n ? -EIO : 0;
+}
+
+char *resp_put_uint(char *p, uint64_t v)
+{
+	char tmp[24];
+	int n = 0;
+	do {
+		tmp[n++] = (char)('0' + v % 10);
+		v /= 10;
+	} while (v && n < 24);
+	while (n)
+		*p++ = tmp[--n];
+	return p;
+}
+
+char *resp_put_bulk(char *p, const void *s, size_t n)
+{
+	*p++ = '$';
+	p = resp_put_uint(p, n);
+	*p++ = '\r';
+	*p++ = '\n';
+	memcpy(p, s, n);
+	p += n;
+	*p++ = '\r';
+	*p++ = '\n';
+	return p;
+}
+
+char *resp_put_array(char *p, size_t n)
+{
+	*p++ = '*';
+	p = resp_put_uint(p, n);
+	*p++ = '\r';
+	*p++ = '\n';
+	return p;
 }

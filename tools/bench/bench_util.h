@@ -3,11 +3,13 @@
  * usage exit code, each sub-command's entry point, and the helpers more than one
  * benchmark uses (clocks, CPU pinning, seeded draws, the keys of the fills, percentiles,
  * the round-trip sampler, human formatting of rates / ratios / microseconds, JSON output,
- * the machine description, the Zipf sampler). Every bench_*.c and dynemb-bench.c include
- * it.
+ * the machine description, the Zipf sampler, the child servers a benchmark starts
+ * (dynembd, redis-server) and a RESP client for Redis). Every bench_*.c and dynemb-bench.c
+ * include it.
  *
  * The clocks and the draws are static inline: they run inside timed loops. The rest is
- * in bench_util.c, which keeps no state; nothing here allocates.
+ * in bench_util.c, which keeps no state; only resp_open allocates (its buffer, freed by
+ * resp_close).
  */
 #ifndef DE_BENCH_UTIL_H
 #define DE_BENCH_UTIL_H
@@ -15,6 +17,7 @@
 #include <sched.h>
 #include <stdbool.h>
 #include <stddef.h>
+#include <sys/types.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -49,6 +52,10 @@ int cmd_persist(int argc, char **argv, const char *command_line);
 /* dynemb-bench fair: a victim client's latency alone and while another client floods the
  * daemon (bench_fair.c). */
 int cmd_fair(int argc, char **argv, const char *command_line);
+
+/* dynemb-bench peers: three dynembd members on loopback TCP, lookups of local / half /
+ * remote keys, wire bytes per key, against a 3-node Redis Cluster (bench_peers.c). */
+int cmd_peers(int argc, char **argv, const char *command_line);
 
 /* ---- clocks and pinning ----------------------------------------------------------------- */
 
@@ -179,6 +186,130 @@ void machine_json(FILE *f, const struct machine *m);
 
 /* The machine, for the figures' header: one human line, or a JSON object (no newline). */
 void bench_machine_print(FILE *f, bool json);
+
+/* ---- rows of the daemon benchmarks (bench_sidecar.c, bench_peers.c) -------------------- */
+
+/* The first float of every row those benchmarks write: each read checks it. */
+static inline float row_tag(uint64_t key)
+{
+	return (float)(key & 0xffffff);
+}
+
+/* The row of key at dim (d / dim, the tag first), into v[0, dim). */
+void bench_row(float *v, uint32_t dim, uint64_t key);
+
+/* Fills table t of c (through dynemb_update) with the rows of keys[0, n) in batches of
+ * batch keys; vals holds batch rows of dim. *rate: rows per second. 0 or the first error
+ * of dynemb_update. */
+struct dynemb_client;
+int bench_fill(struct dynemb_client *c, int t, const uint64_t *keys, uint64_t n, float *vals,
+	       uint32_t dim, uint32_t batch, double *rate);
+
+/* "dynemb-bench CMD: " and the message, on one line of stderr. */
+__attribute__((format(printf, 2, 3)))
+void bench_fail(const char *cmd, const char *fmt, ...);
+
+/* "met" or "NOT met", for the goals. */
+const char *bench_met(bool ok);
+
+/* ---- option parsing (the sub-commands with getopt_long) --------------------------------- */
+
+/* After one option of sub-command cmd: a number option's strto* left end (NULL for other
+ * options) must have taken all of optarg, without errno and without a sign. 0, or
+ * EXIT_USAGE with the bad number said. */
+int bench_check_number(const char *cmd, const char *optarg, const char *end);
+/* After getopt_long: no operands left (0), else EXIT_USAGE with the first said and usage
+ * printed to stderr. */
+int bench_check_operands(const char *cmd, int argc, char **argv, int optind,
+			 void (*usage)(FILE *));
+/* A server option (--flag PATH|none) of cmd: "none" makes *path NULL and *none true; any
+ * other value must be an executable file (else EXIT_USAGE, said). 0 when *path is NULL. */
+int bench_server_opt(const char *cmd, const char *flag, const char **path, bool *none);
+/* mkdtemp of "/tmp/<prefix>.XXXXXX" into dir (cap bytes): 0, or -errno with dir "". */
+int bench_mkdtemp(char *dir, size_t cap, const char *prefix);
+
+/* ---- child servers (bench_sidecar.c, bench_peers.c, bench_fair.c) ---------------------- */
+
+#define BENCH_START_WAIT_MS 10000 /* a server's socket must answer within this */
+#define BENCH_STOP_WAIT_MS 10000  /* SIGTERM, then SIGKILL after this */
+#define BENCH_SOCK_TIMEOUT_S 10   /* SO_RCVTIMEO / SO_SNDTIMEO of the benchmarks' sockets */
+
+/* Forks and execs argv[0] with argv, pinned to cpu (< 0: on every CPU online, whatever the
+ * caller's own pinning), stdout and stderr to
+ * the file log (created, mode 0600); the child gets SIGTERM when this process dies
+ * (PR_SET_PDEATHSIG). The child's pid, or -1 with errno (fork failed). */
+pid_t bench_spawn(char *const argv[], const char *log, int cpu);
+/* SIGTERM to *pid, waits up to BENCH_STOP_WAIT_MS, then SIGKILL; *pid becomes 0. The
+ * child's exit status, or -1 (killed by a signal, or SIGKILLed here); 0 when *pid <= 0. */
+int bench_stop_child(pid_t *pid);
+/* true when the child pid has exited (it is reaped). */
+bool bench_child_gone(pid_t pid);
+/* true when p is a regular file this process may execute. */
+bool bench_executable(const char *p);
+/* The dynembd binary into out: $DYNEMBD, else ../../src/server/dynembd from this binary's
+ * directory. 0, -ENOENT (not an executable there; out holds the path tried) or
+ * -ENAMETOOLONG. */
+int bench_find_dynembd(char *out, size_t cap);
+/* dynemb_connect to the daemon *pid listening on sock as client name, retrying every
+ * 10 ms while the socket is not there yet, for BENCH_START_WAIT_MS. 0, -ECHILD (the
+ * daemon exited: reaped, *pid becomes 0), -ETIMEDOUT or dynemb_connect's error. */
+int bench_connect_daemon(const char *sock, const char *name, pid_t *pid,
+			 struct dynemb_client **c /* out */);
+/* The first executable name in $PATH into buf (cap bytes); buf, or NULL when none. */
+char *bench_find_on_path(const char *name, char *buf, size_t cap);
+/* Prints the last ~1500 bytes of the log at path to stderr, between marker lines. */
+void bench_log_tail(const char *path);
+/* rm -r of a directory this run made, depth levels of subdirectories below it (deeper
+ * ones, and anything that cannot be removed, stay). */
+void bench_rm_tree(const char *dir, int depth);
+/* BENCH_SOCK_TIMEOUT_S as fd's send and receive timeouts. */
+void bench_sock_timeouts(int fd);
+
+/* ---- RESP (Redis's protocol), no hiredis ------------------------------------------------ */
+
+/* A connection's reader: replies are parsed out of buf[pos, len). Owns buf and fd. */
+struct resp {
+	int fd;
+	char *buf;
+	size_t cap, len, pos;
+};
+
+/* r reading from fd (which it now owns) with a cap-byte buffer. 0 or -ENOMEM (fd is then
+ * closed). */
+int resp_open(struct resp *r, int fd, size_t cap);
+/* Closes the fd and frees the buffer of an opened r; a zeroed or closed r is left alone. */
+void resp_close(struct resp *r);
+/* The next line, without its \r\n: *line points into r->buf until the next call. 0, or
+ * -EPROTO (a bare \n, or no line within the buffer), -EPIPE (the server closed),
+ * -ETIMEDOUT, -EMSGSIZE or another -errno. */
+int resp_line(struct resp *r, const char **line, size_t *len);
+/* Waits until n unread bytes are in the buffer (from r->buf + r->pos). */
+int resp_need(struct resp *r, size_t n);
+/* A header line: c followed by a decimal (possibly -1) into *v. A line of another type is
+ * -EPROTO; an error line ("-MOVED ...") is printed to stderr first. */
+int resp_header(struct resp *r, char c, long long *v);
+/* A bulk string: *p points at its *n bytes in the buffer until the next call (a nil
+ * is -ENOENT). */
+int resp_bulk(struct resp *r, const char **p, size_t *n);
+/* Connects a stream socket to the address a (AF_UNIX or AF_INET; TCP gets TCP_NODELAY)
+ * and opens r on it with a cap-byte buffer, retrying every 10 ms until the server answers
+ * PING, for BENCH_START_WAIT_MS. The socket gets bench_sock_timeouts. 0, -ECHILD (the
+ * child server exited: it is reaped), -ETIMEDOUT, or another -errno. */
+struct sockaddr;
+int resp_connect(struct resp *r, const struct sockaddr *a, unsigned alen, pid_t server,
+		 size_t cap);
+/* n replies "+OK" (SET's): 0, -EPROTO (another reply) or the I/O error. */
+int resp_ok(struct resp *r, uint64_t n);
+/* PING, and +PONG back: 0, -EPROTO (another answer, e.g. -LOADING) or the I/O error. */
+int resp_ping(struct resp *r);
+/* Writes all n bytes of p to fd (each pass writes something or fails): 0, -ETIMEDOUT (the
+ * socket's send timeout), -EPIPE or another -errno. */
+int resp_write_all(int fd, const char *p, size_t n);
+/* Encoders: each writes at p and returns the end. A command is put_array(argc) and argc
+ * put_bulk. */
+char *resp_put_uint(char *p, uint64_t v);
+char *resp_put_bulk(char *p, const void *s, size_t n);
+char *resp_put_array(char *p, size_t n);
 
 /* ---- Zipf sampler -------------------------------------------------------------------------- */
 

@@ -6,8 +6,9 @@
  * latency), `channel` (bench_channel.c: shm channel round trips), `sidecar`
  * (bench_sidecar.c: the daemon end to end through libdynemb), `learn` (bench_learn.c:
  * optimizer steps, eviction, top-k), `persist` (bench_persist.c: WAL, snapshots,
- * restore) and `fair` (bench_fair.c: a victim client's latency while another floods the
- * daemon). Each has its own cmd_<name>() and options, declared in bench_util.h with the
+ * restore), `fair` (bench_fair.c: a victim client's latency while another floods the
+ * daemon) and `peers` (bench_peers.c: one table over three members on loopback TCP
+ * against a Redis Cluster). Each has its own cmd_<name>() and options, declared in bench_util.h with the
  * helpers they share (bench_util.c). main() hands a sub-command argv from its name on and
  * the whole command line, quoted, for the figures' header.
  *
@@ -71,6 +72,8 @@ static const struct command commands[] = {
 	 "WAL async / sync, snapshot write, restore and restart time against fio"},
 	{"fair", cmd_fair,
 	 "a victim client's p50/p99 alone and under a flood (max-size lookups, top-k, wake storm)"},
+	{"peers", cmd_peers,
+	 "3 dynembd members on loopback TCP: local / half / remote lookups, wire bytes, Redis Cluster"},
 };
 
 static void usage(FILE *f)
