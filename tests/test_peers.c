@@ -371,6 +371,25 @@ static void check_sampling(dynemb_client *ca, dynemb_client *cr)
 				  cnt[m], n, mean, sd);
 		}
 	}
+	/* member c emptied: its weight is 0 (it answers -ENOENT), draws come from a and b
+	 * only, and a positive c owns gets one host's floor (uniform: 1 / L), not 0 */
+	cr_assert_eq(dynemb_erase(ca, ha, all + 300, NC - 300, &er), 0);
+	cr_assert_eq(dynemb_erase(cr, hr, all + 300, NC - 300, &er), 0);
+	{
+		struct dynemb_sample_spec sp = { .kind = DYNEMB_SAMPLER_UNIFORM, .num_sampled = NS,
+						 .seed = 3 };
+		uint64_t cpos[2] = { all[400], all[NC] }; /* c's (erased), a's */
+		float cte[2];
+		cr_assert_eq(dynemb_sample(ca, ha, &sp, cpos, 2, sk, se, cte, acc), 0);
+		double cp[2];
+		ref_prob(cr, hr, DYNEMB_SAMPLER_UNIFORM, cpos, 2, cp);
+		for (size_t i = 0; i < NS; i++)
+			cr_assert_neq(de_peer_owner(&members, sk[i]), 2u, "a draw from emptied c");
+		for (int j = 0; j < 2; j++)
+			cr_assert(cte[j] > 0 && near(cte[j], NS * cp[j]), "positive %d: expected %.7g, "
+				  "the single host's %.7g", j, cte[j], NS * cp[j]);
+	}
+
 	/* log-uniform ranks the keys of one table: refused on a sharded one, by name */
 	struct dynemb_sample_spec lu = { .kind = DYNEMB_SAMPLER_LOG_UNIFORM, .num_sampled = 10 };
 	cr_assert_eq(dynemb_sample(ca, ha, &lu, NULL, 0, sk, NULL, NULL, NULL), -EOPNOTSUPP);

@@ -1469,6 +1469,7 @@ static int replay(const char *dir, uint64_t from_lsn, unsigned flags, de_wal_rec
 				 * every LSN the dropped bytes name, so none is used again) */
 				res->unneeded_bytes -= adj_bytes;
 				res->unneeded_records -= adj_records;
+				floor = max_u64(floor, expect); /* rl of a skip: never used again */
 				expect = clean_expect;
 				if (q < size) {
 					res->problem = why;

@@ -63,6 +63,7 @@
 #define BACKOFF_MIN_MS 50u
 #define BACKOFF_MAX_MS 2000u
 #define LOG_EVERY_NS 1000000000ull /* a member's failures: one line a second */
+#define REFILL_MIN 4096u           /* SAMPLE: draws a member's stream refill asks for */
 
 struct srv_peers {
 	const struct srv_config *cfg;
@@ -1303,14 +1304,21 @@ static void forward_sample(struct srv_peer_fwd *f, const struct srv_table *t, ch
 		q->res = -E2BIG;
 		return;
 	}
+	/* a refill draws at least REFILL_MIN (unique over skewed weights may need many draws
+	 * of one member: 64 * ns + 2^20 at most) */
+	uint32_t rn = ns < REFILL_MIN ? REFILL_MIN : ns;
+	if (rn > f->max_batch)
+		rn = f->max_batch;
+	if (rn < ns)
+		rn = ns;
 	struct sstream *ss = calloc(nm, sizeof *ss);
 	float *pp = malloc(4ull * (np ? np : 1)); /* positives' P_i, in owner order */
 	double *gp = malloc(8ull * ns);
 	struct keyset seen = { 0 }, pos = { 0 };
 	int err = !ss || !pp || !gp ? -ENOMEM : 0;
 	for (unsigned i = 0; !err && i < nm; i++) {
-		ss[i].k = malloc(8ull * ns);
-		ss[i].p = malloc(4ull * ns);
+		ss[i].k = malloc(8ull * rn);
+		ss[i].p = malloc(4ull * rn);
 		if (!ss[i].k || !ss[i].p)
 			err = -ENOMEM;
 	}
@@ -1353,12 +1361,16 @@ static void forward_sample(struct srv_peer_fwd *f, const struct srv_table *t, ch
 		if (f->m[i].err && !err)
 			err = f->m[i].err;
 		W += ss[i].w;
-		pop += ss[i].pop;
+		pop = ss[i].pop > UINT64_MAX - pop ? UINT64_MAX : pop + ss[i].pop;
 	}
 	if (err)
 		goto out;
 	if (!(W > 0)) {
 		err = -ENOENT;
+		goto out;
+	}
+	if (!isfinite(W)) { /* the members' weights add up past a double: not a table's */
+		err = -EOVERFLOW;
 		goto out;
 	}
 	if (a.unique && ns > pop) {
@@ -1385,10 +1397,12 @@ static void forward_sample(struct srv_peer_fwd *f, const struct srv_table *t, ch
 		struct sstream *s = &ss[i];
 		if (s->at == s->len) { /* its stream ran out: the next one */
 			s->round++;
+			/* each refill has its own deadline: a long call is no member's fault */
+			uint64_t rd = srv_mono_ns() + cfg->peer_timeout_ms * 1000000ull;
 			if (i == self)
-				err = sample_local(f, t, &a, s, ns, NULL, 0, NULL, self);
-			else if (!(err = sample_request(f, i, t, &a, s, ns, NULL, 0, deadline)))
-				err = sample_take(f, i, s, ns, 0, NULL, deadline);
+				err = sample_local(f, t, &a, s, rn, NULL, 0, NULL, self);
+			else if (!(err = sample_request(f, i, t, &a, s, rn, NULL, 0, rd)))
+				err = sample_take(f, i, s, rn, 0, NULL, rd);
 			if (err == -ENOENT) /* it emptied meanwhile: its weight is still counted */
 				err = -EAGAIN;
 			if (err)
@@ -1406,10 +1420,18 @@ static void forward_sample(struct srv_peer_fwd *f, const struct srv_table *t, ch
 		sexp[j] = (float)expected_of(gp[j], ns, tries);
 		acc[j] = np && keyset_has(&pos, sk[j]);
 	}
+	/* a positive whose owner has nothing to draw gets a floor, as on one host: uniform
+	 * 1 / L, unigram the smallest P seen (never 0: log(expected) stays finite) */
+	double pmin = 1;
+	for (uint32_t j = 0; j < ns; j++)
+		pmin = gp[j] > 0 && gp[j] < pmin ? gp[j] : pmin;
 	for (unsigned i = 0; i < nm; i++)
 		for (uint32_t j = 0; j < f->m[i].n; j++) {
 			uint32_t x = f->m[i].start + j;
-			double p = f->okeys[x] ? ss[i].w / W * (double)pp[x] : 0;
+			double p = !f->okeys[x] ? 0
+				   : !(ss[i].w > 0) ? (a.kind == DE_SAMPLER_UNIFORM ? 1.0 / (double)pop
+										      : pmin)
+				   : ss[i].w / W * (double)pp[x];
 			texp[f->pos[x]] = (float)expected_of(p, ns, tries);
 		}
 	if (e->flags & DE_SAMPLE_WEIGHT)
