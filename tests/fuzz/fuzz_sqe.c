@@ -76,7 +76,8 @@ static int learn_op(const struct de_sqe *e, uint32_t key_type, uint32_t dim, uin
 	CHECK(e->count <= max_batch && e->keys_off % 8 == 0);
 	CHECK(in_area(e->keys_off, e->keys_len, bytes) && in_area(e->vals_off, e->vals_len, bytes));
 	if (e->op == DE_OP_SAMPLE) {
-		CHECK(!(e->flags & ~DE_SAMPLE_STR) && e->arg == 0 && e->vals_off % 8 == 0);
+		CHECK(!(e->flags & ~(DE_SAMPLE_STR | DE_SAMPLE_WEIGHT)) && e->arg == 0 &&
+		      e->vals_off % 8 == 0);
 		CHECK(e->status_off % 8 == 0 &&
 		      in_area(e->status_off, sizeof(struct de_wire_sample_args), bytes));
 		if (e->flags & DE_SAMPLE_STR)
@@ -111,7 +112,8 @@ static int learn_op(const struct de_sqe *e, uint32_t key_type, uint32_t dim, uin
 		if (r == 0) {
 			CHECK(a.kind <= 2 && a.unique <= 1 && a.num_sampled >= 1 &&
 			      a.num_sampled <= max_batch && a.reserved == 0);
-			CHECK((u128)e->vals_len == (u128)13 * a.num_sampled + (u128)4 * e->count);
+			CHECK((u128)e->vals_len == (u128)13 * a.num_sampled + (u128)4 * e->count +
+						   ((e->flags & DE_SAMPLE_WEIGHT) ? 8 : 0));
 			if (e->flags & DE_SAMPLE_STR)
 				string_keys(keys, e->keys_len, e->count, a.seed);
 		}
