@@ -1180,6 +1180,18 @@ static int sample_request(struct srv_peer_fwd *f, unsigned i, const struct srv_t
 	return 0;
 }
 
+/* s holds n fresh draws; its weight and population are those of its first stream (the
+ * mixture's weights stay fixed for the call). */
+static void stream_filled(struct sstream *s, uint32_t n, double w, uint64_t pop)
+{
+	s->len = n;
+	s->at = 0;
+	if (!s->round) {
+		s->w = w;
+		s->pop = pop;
+	}
+}
+
 /* Member i's stream (and its positives' probabilities into pp), as sent or run locally. */
 static int sample_take(struct srv_peer_fwd *f, unsigned i, struct sstream *s, uint32_t n,
 		       uint32_t np, float *pp, uint64_t deadline)
@@ -1194,12 +1206,7 @@ static int sample_take(struct srv_peer_fwd *f, unsigned i, struct sstream *s, ui
 	memcpy(s->p, r.tscores, 4ull * n);
 	if (np)
 		memcpy(pp, r.pprob, 4ull * np);
-	s->len = n;
-	s->at = 0;
-	if (!s->round) {
-		s->w = r.weight;
-		s->pop = r.population;
-	}
+	stream_filled(s, n, r.weight, r.population);
 	return 0;
 }
 
@@ -1224,12 +1231,7 @@ static int sample_local(struct srv_peer_fwd *f, const struct srv_table *t,
 		s->p[j] /= (float)n;
 	for (uint32_t j = 0; j < np; j++)
 		pp[j] /= (float)n;
-	s->len = n;
-	s->at = 0;
-	if (!s->round) {
-		s->w = info.weight;
-		s->pop = info.population;
-	}
+	stream_filled(s, n, info.weight, info.population);
 	return 0;
 }
 
