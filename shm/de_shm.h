@@ -430,6 +430,14 @@ uint64_t de_table_index_refusals(const de_table *t);
  * read-only reader checks it after a probe: what it read may be the last values. */
 void de_table_retire(de_table *t);
 bool de_table_retired(const de_table *t);
+/* Serving tables (read-only versions of a name, src/server/control_serve.c): the owner
+ * writes the version number before any reader maps the table, and marks a version
+ * superseded once a newer one serves its name (never dropped after that: its readers
+ * move on to the newer one, they were not cut off). Readers load both with acquire. */
+void de_table_set_serve_version(de_table *t, uint64_t version);
+uint64_t de_table_serve_version(const de_table *t); /* 0: not a serving table */
+void de_table_supersede(de_table *t);
+bool de_table_superseded(const de_table *t);
 
 /* Read-only attaches: where to get fds for arena segments added after attaching. */
 void de_table_set_fd_source(de_table *t, de_fd_source src, void *ctx);

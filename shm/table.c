@@ -24,7 +24,11 @@
  *   72   u64 chunk_tab (offset of u64[chunk_cap], the chunk offsets; 0 = not yet)
  *   80   u32 chunk_cap, u32 retired (0; 1 once the owner dropped the table: release-stored
  *        by de_table_retire before the owner lets go of the memory, acquire-loaded by
- *        de_table_retired: a read-only mapping that outlives the table says so)
+ *        de_table_retired: a read-only mapping that outlives the table says so; 2 once a
+ *        newer version of its serving table replaced it: de_table_supersede, read by
+ *        de_table_superseded; a superseded table is never marked dropped)
+ *   88   u64 serve_version (0: not a serving table; else its version number, written by
+ *        the owner before any reader maps it: de_table_set_serve_version)
  *   128  u64 dir      (own line) directory offset | global depth in the low 6 bits;
  *                    release-stored when the directory doubles, acquire-loaded by readers
  *   192  u64 next_row (own line) next never-used row id
@@ -175,7 +179,8 @@ struct table_hdr {
 	uint64_t chunk_bytes;
 	uint64_t chunk_tab;
 	uint32_t chunk_cap, retired;
-	uint64_t pad1[5];
+	uint64_t serve_version;
+	uint64_t pad1[4];
 	/* 128 */ uint64_t dir;
 	uint64_t pad2[7];
 	/* 192 */ uint64_t next_row;
@@ -196,6 +201,7 @@ _Static_assert(sizeof(struct seg) == 64, "segment header is one cache line");
 _Static_assert(offsetof(struct table_hdr, seed) == 48, "layout");
 _Static_assert(offsetof(struct table_hdr, chunk_tab) == 72, "layout");
 _Static_assert(offsetof(struct table_hdr, retired) == 84, "layout");
+_Static_assert(offsetof(struct table_hdr, serve_version) == 88, "layout");
 _Static_assert(offsetof(struct table_hdr, dir) == 128, "layout");
 _Static_assert(offsetof(struct table_hdr, next_row) == 192, "layout");
 _Static_assert(offsetof(struct table_hdr, free_lock) == 256, "layout");
@@ -1896,16 +1902,45 @@ int de_table_iterate_range(de_table *t, uint64_t *cursor, uint64_t end, uint64_t
 	return 0;
 }
 
+/* retired: 0 live, 1 dropped, 2 superseded (the header's comment) */
+#define RETIRED_DROPPED 1u
+#define RETIRED_SUPERSEDED 2u
+
 void de_table_retire(de_table *t)
 {
-	/* release: pairs with the acquire in de_table_retired (another process's mapping) */
+	/* release: pairs with the acquire in de_table_retired (another process's mapping);
+	 * a superseded table stays superseded (its readers reopen the newer version) */
+	uint32_t live = 0;
 	if (t && !t->ro)
-		__atomic_store_n(&t->hdr->retired, 1u, __ATOMIC_RELEASE);
+		__atomic_compare_exchange_n(&t->hdr->retired, &live, RETIRED_DROPPED, false,
+					    __ATOMIC_RELEASE, __ATOMIC_RELAXED);
 }
 
 bool de_table_retired(const de_table *t)
 {
-	return t && __atomic_load_n(&t->hdr->retired, __ATOMIC_ACQUIRE) != 0;
+	return t && __atomic_load_n(&t->hdr->retired, __ATOMIC_ACQUIRE) == RETIRED_DROPPED;
+}
+
+void de_table_supersede(de_table *t)
+{
+	if (t && !t->ro) /* release: as de_table_retire */
+		__atomic_store_n(&t->hdr->retired, RETIRED_SUPERSEDED, __ATOMIC_RELEASE);
+}
+
+bool de_table_superseded(const de_table *t)
+{
+	return t && __atomic_load_n(&t->hdr->retired, __ATOMIC_ACQUIRE) == RETIRED_SUPERSEDED;
+}
+
+void de_table_set_serve_version(de_table *t, uint64_t version)
+{
+	if (t && !t->ro)
+		__atomic_store_n(&t->hdr->serve_version, version, __ATOMIC_RELEASE);
+}
+
+uint64_t de_table_serve_version(const de_table *t)
+{
+	return t ? __atomic_load_n(&t->hdr->serve_version, __ATOMIC_ACQUIRE) : 0;
 }
 
 uint64_t de_table_index_refusals(const de_table *t)

@@ -160,6 +160,10 @@ enum de_msg_type {
 	DE_MSG_LOG_LEVEL_OK = 32,
 	DE_MSG_OPSTATS = 33,
 	DE_MSG_OPSTATS_OK = 34,
+	/* 35..40: serving tables (src/server/control_serve.c) */
+	DE_MSG_SERVE_LOAD = 35,
+	DE_MSG_SERVE_LOAD_OK = 36,
+	DE_MSG_SERVE_OPEN = 37, /* answered by OPEN_OK */
 };
 
 struct de_msg_hdr {
@@ -210,6 +214,8 @@ struct de_msg_hello_ok {
 #define DE_CAP_OPSTATS (1ull << 10)      /* message OPSTATS */
 #define DE_CAP_DROP_FORCE (1ull << 11)   /* DROP's flags (DE_DROP_FORCE); without it a DROP
                                             is 80 bytes, name only */
+#define DE_CAP_SERVING (1ull << 12)     /* messages SERVE_LOAD, SERVE_OPEN (serving tables;
+                                            loading needs DE_CAP_EXPORT_DIR) */
 #define DE_CAP_PERSISTENCE (1ull << 32)  /* [persistence] data_dir set: WAL, snapshots,
                                            durability ASYNC / SYNC */
 #define DE_CAP_EXPORT_DIR (1ull << 33)   /* [persistence] export_dir set */
@@ -375,6 +381,12 @@ struct de_msg_open_ok {
  * the local mapping may live on another host: a zero-copy reader asks the daemon about
  * every key it does not find (DE_MISSING read as DE_RETRY). */
 #define DE_OPEN_MISS_REMOTE 0x1u
+/* de_msg_open_ok.flags of SERVE_OPEN's reply: a serving table's current version (read-only;
+ * a zero-copy reader never asks the daemon about a miss: it reads the default), and with
+ * DE_OPEN_MISS_INIT that default is the table's initializer (de_table_init_row), else
+ * zeros. */
+#define DE_OPEN_SERVING 0x2u
+#define DE_OPEN_MISS_INIT 0x4u
 
 struct de_msg_segments {
 	struct de_msg_hdr h;
@@ -425,7 +437,8 @@ struct de_msg_error {
 #define DE_SNAP_FULL 0x1u          /* de_msg_snapshot.flags */
 #define DE_WIMPORT_SALVAGE 0x1u    /* de_msg_import.flags (uring's DE_IMPORT_SALVAGE) */
 
-enum de_progress_phase { DE_PHASE_SNAPSHOT = 1, DE_PHASE_EXPORT = 2, DE_PHASE_IMPORT = 3 };
+enum de_progress_phase { DE_PHASE_SNAPSHOT = 1, DE_PHASE_EXPORT = 2, DE_PHASE_IMPORT = 3,
+			 DE_PHASE_SERVE_LOAD = 4 };
 
 struct de_msg_snapshot {
 	struct de_msg_hdr h;
@@ -754,8 +767,69 @@ struct de_msg_opstats_ok {
 	struct de_wire_op_stat op[DE_OPSTATS_ENTRIES];
 };
 
+/*
+ * ---- Serving tables (types 35..37; src/server/control_serve.c) --------------------------
+ *
+ * A serving table is a name whose rows come from an export file, read-only, in versions:
+ *   SERVE_LOAD {name, flags, path} ->  loads path (the export format of uring/README.md,
+ *                                  read as the client, under [persistence] export_dir as
+ *                                  for IMPORT) into a new version of the serving table
+ *                                  `name` (created by the first load, owned by the loading
+ *                                  uid; later loads need the import right on it) beside the
+ *                                  current one, then switches the name to it atomically
+ *                              <-  PROGRESS* (phase DE_PHASE_SERVE_LOAD) then
+ *                                  SERVE_LOAD_OK {version, records, bytes (the version's
+ *                                  memory), previous (the version it replaced, 0: none)}
+ *                                  or ERROR: the file's damage or config (-EBADMSG,
+ *                                  -EPROTO), memory (-ENOSPC / -EDQUOT: the version did
+ *                                  not fit beside the current one), -EEXIST (the name is
+ *                                  an ordinary table), -EBUSY (a load of it runs). On any
+ *                                  error the current version keeps serving, unchanged.
+ *                                  flags DE_SERVE_MISS_INIT: missing keys read the
+ *                                  initializer of the file's config (else zeros), from
+ *                                  this version on.
+ *   SERVE_OPEN {name, release_id}  ->  the current version, as OPEN_OK (flags
+ *                                  DE_OPEN_SERVING [| DE_OPEN_MISS_INIT], the version's
+ *                                  read-only segment fds). release_id (DE_SERVE_NO_RELEASE:
+ *                                  none) is this connection's handle of an older version
+ *                                  of the same name: its slot is given the current version
+ *                                  (the same table_id comes back), so a client that
+ *                                  follows versions never runs out of slots.
+ * A version's shared table header holds its number (de_table_serve_version); the daemon
+ * marks the one it replaced superseded (de_table_superseded) before SERVE_LOAD_OK, so a
+ * reader checks that word before each batch and reopens, and a batch is read wholly from
+ * one version. A superseded version is freed once no connection holds it, or
+ * [serving] grace_ms after the switch (then its holders' handles are revoked; their
+ * mapping stays readable memory and still says superseded, so they reopen too).
+ */
+#define DE_SERVE_MISS_INIT 0x1u
+#define DE_SERVE_NO_RELEASE 0xffffu
+#define DE_SERVE_NAME_MAX 40u /* bytes of a serving name (its versions are "name@vN") */
+
+struct de_msg_serve_load {
+	struct de_msg_hdr h;
+	char name[DE_NAME_MAX];
+	uint32_t flags;          /* DE_SERVE_MISS_INIT */
+	uint32_t pad;            /* 0 */
+	char path[DE_PATH_MAX];
+};
+
+struct de_msg_serve_load_ok {
+	struct de_msg_hdr h;
+	uint64_t version, records, bytes, previous;
+};
+
+struct de_msg_serve_open {
+	struct de_msg_hdr h;
+	char name[DE_NAME_MAX];
+	uint16_t release_id;     /* DE_SERVE_NO_RELEASE or a table_id of this connection */
+	uint16_t pad[3];         /* 0 */
+};
 
 _Static_assert(sizeof(struct de_msg_hdr) == 16, "layout");
+_Static_assert(sizeof(struct de_msg_serve_load) == 16 + 64 + 8 + DE_PATH_MAX, "layout");
+_Static_assert(sizeof(struct de_msg_serve_load_ok) == 48, "layout");
+_Static_assert(sizeof(struct de_msg_serve_open) == 88, "layout");
 _Static_assert(sizeof(struct de_msg_hello) == 96, "layout");
 _Static_assert(sizeof(struct de_msg_hello_ok) == 48, "layout");
 _Static_assert(offsetof(struct de_msg_hello_ok, data_bytes) == 32, "layout");

@@ -28,7 +28,8 @@ The layer order, bottom (0) to top:
               slowpool.h            (TOPK and SAMPLE off the workers)
   7 control   control.h             the control plane (open -> learning -> persistence)
               control_int.h         (private to control*.c: DROP in control_drop.c,
-                                    the queries in control_query.c)
+                                    the queries in control_query.c, serving tables
+                                    in control_serve.c)
     metrics   metrics.h             Prometheus /metrics on its own thread (libmicrohttpd)
   8 main                            main.c
 
@@ -92,6 +93,7 @@ SOURCES = {
     "control.c": "control",
     "control_drop.c": "control",
     "control_query.c": "control",
+    "control_serve.c": "control",
     "metrics.c": "metrics",
     "main.c": "main",
 }

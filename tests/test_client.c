@@ -387,7 +387,8 @@ Test(basic, capabilities_of_a_default_daemon)
 	const uint64_t ops = DYNEMB_CAP_APPLY_GRADS | DYNEMB_CAP_ADMISSION | DYNEMB_CAP_EVICTION |
 			     DYNEMB_CAP_SAMPLE | DYNEMB_CAP_TOPK | DYNEMB_CAP_KEY_STRINGS |
 			     DYNEMB_CAP_SNAPSHOT | DYNEMB_CAP_EXPORT_IMPORT | DYNEMB_CAP_DROP |
-			     DYNEMB_CAP_QUERY | DYNEMB_CAP_OPSTATS | DYNEMB_CAP_DROP_FORCE;
+			     DYNEMB_CAP_QUERY | DYNEMB_CAP_OPSTATS | DYNEMB_CAP_DROP_FORCE |
+			     DYNEMB_CAP_SERVING;
 	dynemb_client *c = connect_ok();
 	uint64_t caps = dynemb_capabilities(c);
 	cr_assert_eq(caps, ops | DYNEMB_CAP_DISK_TIER, "capabilities %#llx",

@@ -10,6 +10,7 @@
  *   dynembctl [...] export TABLE FILE
  *   dynembctl [...] import TABLE FILE [--salvage]
  *   dynembctl [...] drop [--force] TABLE
+ *   dynembctl [...] serve-load NAME FILE [--miss-init]   (dynemb_serve_load)
  *
  * --json (before or after the command): the result as one JSON object on stdout (a
  * failure too: {"ok": false, "errno", "error"}; the text stays on stderr).
@@ -88,6 +89,8 @@ static const char *phase_name(const struct progress *p, int phase)
 		return "export";
 	case DYNEMB_PROGRESS_IMPORT:
 		return "import";
+	case DYNEMB_PROGRESS_SERVE_LOAD:
+		return "serve-load";
 	default:
 		return p->verb;
 	}
@@ -200,6 +203,10 @@ static void usage(FILE *f)
 		"                              give its memory back; no client may have it open,\n"
 		"                              unless --force: the daemon then revokes the clients'\n"
 		"                              handles (their calls fail) and cancels its jobs\n"
+		"  serve-load NAME FILE [--miss-init]  load FILE (an export) as the next version of\n"
+		"                              serving table NAME beside the current one, then\n"
+		"                              switch readers to it; --miss-init: missing keys\n"
+		"                              read the initializer, not zeros\n"
 		"\n"
 		"The daemon's state:\n"
 		"  status                      version, uptime, pages, NUMA node, clients, tables,\n"
@@ -299,8 +306,9 @@ static int job_fail(const char *cmd, const char *table, const char *file, int er
 	struct stat st;
 	switch (err) {
 	case -ENOENT:
-		if (file && !strcmp(cmd, "import") && stat(file, &st) && errno == ENOENT)
-			return fail_msg(cmd, err, "import %s: %s does not exist", shown, file);
+		if (file && (!strcmp(cmd, "import") || !strcmp(cmd, "serve-load")) &&
+		    stat(file, &st) && errno == ENOENT)
+			return fail_msg(cmd, err, "%s %s: %s does not exist", cmd, shown, file);
 		snprintf(dir, sizeof dir, "%s", file ? file : "");
 		if (file && strrchr(dir, '/'))
 			*strrchr(dir, '/') = 0;
@@ -380,14 +388,14 @@ int main(int argc, char **argv)
 		}
 	}
 	if (i >= argc)
-		return bad_usage("no command (snapshot, export, import, drop, status, tables, "
-				 "stats, health, evict, log-level, top)");
+		return bad_usage("no command (snapshot, export, import, drop, serve-load, "
+				 "status, tables, stats, health, evict, log-level, top)");
 	const char *cmd = argv[i++];
 
 	/* the command's own arguments: positionals and its flags, in any order */
 	const char *pos[3];
 	int npos = 0;
-	bool full = false, salvage = false, force = false;
+	bool full = false, salvage = false, force = false, miss_init = false;
 	for (; i < argc; i++) {
 		if (!strcmp(argv[i], "--full") && !strcmp(cmd, "snapshot"))
 			full = true;
@@ -395,6 +403,8 @@ int main(int argc, char **argv)
 			salvage = true;
 		else if (!strcmp(argv[i], "--force") && !strcmp(cmd, "drop"))
 			force = true;
+		else if (!strcmp(argv[i], "--miss-init") && !strcmp(cmd, "serve-load"))
+			miss_init = true;
 		else if (!strcmp(argv[i], "--json"))
 			g_opts.json = true;
 		else if (!strcmp(cmd, "top") && (!strcmp(argv[i], "--interval") ||
@@ -435,7 +445,7 @@ int main(int argc, char **argv)
 	g_opts.quiet = quiet;
 	if (ctl_is_query(cmd)) /* dynembctl_query.c */
 		return ctl_query(cmd, npos, pos, &g_opts);
-	enum { C_SNAPSHOT, C_EXPORT, C_IMPORT, C_DROP } which;
+	enum { C_SNAPSHOT, C_EXPORT, C_IMPORT, C_DROP, C_SERVE } which;
 	if (!strcmp(cmd, "snapshot")) {
 		which = C_SNAPSHOT;
 		if (npos > 1)
@@ -444,18 +454,22 @@ int main(int argc, char **argv)
 		which = cmd[0] == 'e' ? C_EXPORT : C_IMPORT;
 		if (npos != 2)
 			return bad_usage("%s takes TABLE FILE", cmd);
+	} else if (!strcmp(cmd, "serve-load")) {
+		which = C_SERVE;
+		if (npos != 2)
+			return bad_usage("serve-load takes NAME FILE [--miss-init]");
 	} else if (!strcmp(cmd, "drop")) {
 		which = C_DROP;
 		if (npos != 1)
 			return bad_usage("drop takes [--force] TABLE");
 	} else {
-		return bad_usage("unknown command '%s' (snapshot, export, import, drop, status, "
-				 "tables, stats, health, evict, log-level, top)", cmd);
+		return bad_usage("unknown command '%s' (snapshot, export, import, drop, serve-load, "
+				 "status, tables, stats, health, evict, log-level, top)", cmd);
 	}
 	if (npos && (!pos[0][0] || strlen(pos[0]) > 63))
 		return bad_usage("a table name has 1..63 bytes: '%s'", pos[0]);
 	char path[PATH_MAX];
-	if (which == C_EXPORT || which == C_IMPORT) {
+	if (which == C_EXPORT || which == C_IMPORT || which == C_SERVE) {
 		if (!pos[1][0])
 			return bad_usage("%s: an empty FILE", cmd);
 		int err = absolute(pos[1], path, sizeof path);
@@ -547,6 +561,32 @@ int main(int argc, char **argv)
 		if (res.dropped || res.problem[0])
 			printf("salvage: %" PRIu64 " records dropped: %s\n", res.dropped,
 			       res.problem[0] ? res.problem : "(no reason given)");
+		break;
+	}
+	case C_SERVE: {
+		struct dynemb_serve_result res;
+		memset(&res, 0, sizeof res);
+		p.verb = "serve-load";
+		err = dynemb_serve_load(c, pos[0], path, miss_init ? DYNEMB_SERVE_MISS_INIT : 0,
+					on_progress, &p, &res);
+		progress_end_line(&p);
+		if (err) {
+			rc = job_fail("serve-load", pos[0], path, err);
+			break;
+		}
+		if (g_opts.json) {
+			printf("{\"ok\": true, \"command\": \"serve-load\", \"table\": ");
+			ctl_json_str(stdout, pos[0]);
+			printf(", \"file\": ");
+			ctl_json_str(stdout, path);
+			printf(", \"version\": %" PRIu64 ", \"previous\": %" PRIu64 ", \"records\": %"
+			       PRIu64 ", \"bytes\": %" PRIu64 ", \"seconds\": %.3f}\n", res.version,
+			       res.previous, res.records, res.bytes, now_s() - t0);
+			break;
+		}
+		printf("serving %s: version %" PRIu64 " (%" PRIu64 " records, %" PRIu64 " MiB) from %s"
+		       "%s, %.2f s\n", pos[0], res.version, res.records, res.bytes >> 20, path,
+		       res.previous ? " replaces the previous version" : "", now_s() - t0);
 		break;
 	}
 	case C_DROP: {

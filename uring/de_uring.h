@@ -112,6 +112,11 @@ int de_import(de_table *t, const char *path, unsigned flags, de_progress_fn cb, 
 /* Validate a file without a table: 0 when intact, else -EBADMSG / -EPROTO / an I/O
  * error. out (may be NULL) is filled as far as the header could be read. */
 int de_export_check(const char *path, struct de_export_info *out /* out */);
+/* Only the header (one read): 0 with version, config, records, record_bytes,
+ * header_bytes and file_bytes, and problem set (nothing else fails) when the file's size
+ * does not match the records it announces; else -EBADMSG / -EPROTO / an I/O error with
+ * problem naming it. valid_records stays 0: nothing past the header was read. */
+int de_export_header(const char *path, struct de_export_info *out /* out */);
 
 /* CRC32C (Castagnoli, reflected, init and xorout 0xffffffff), continuing from crc (0 to
  * start): de_crc32c(0, "123456789", 9) == 0xe3069283. */

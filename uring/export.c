@@ -515,6 +515,33 @@ out:
 	return err;
 }
 
+int de_export_header(const char *path, struct de_export_info *out)
+{
+	if (!path || !out)
+		return -EINVAL;
+	memset(out, 0, sizeof *out);
+	struct reader rd;
+	struct du_io io;
+	const char *problem = NULL;
+	int fd;
+	int err = open_verified(path, &rd, &io, &fd, &problem);
+	if (!err || err == -EPROTO)
+		out->version = rd.h.version;
+	if (!err) {
+		out->config = rd.cfg;
+		out->records = rd.h.records;
+		out->record_bytes = rd.h.record_bytes;
+		out->header_bytes = rd.h.header_bytes;
+		if (!rd.exact)
+			problem = "the file's size does not match its header's record count";
+	}
+	out->file_bytes = rd.size;
+	out->problem = problem;
+	du_io_close(&io);
+	close(fd);
+	return err;
+}
+
 int de_import(de_table *t, const char *path, unsigned flags, de_progress_fn cb, void *ctx,
 	      struct de_import_report *rep)
 {

@@ -175,6 +175,10 @@ struct ctable {
 	                           asks the daemon (the key may be another host's) */
 	bool dropped;           /* the daemon said -EIDRM (a forced DROP revoked it), or its
 	                           mapping is retired: every later call fails -EIDRM */
+	/* serving handles (dynemb_open_serving): name is the serving name; ro maps the version
+	 * current when it was opened or last switched (serve_switch) */
+	bool serving, miss_init;
+	uint64_t serve_found, serve_missing, serve_switches;
 };
 
 enum slot_state {
@@ -354,6 +358,7 @@ size_t dynemb_struct_size(const char *name)
 		S(dynemb_eviction_spec), S(dynemb_durability_spec), S(dynemb_table_spec),
 		S(dynemb_stats), S(dynemb_sample_spec), S(dynemb_progress),
 		S(dynemb_snapshot_result), S(dynemb_import_result), S(dynemb_status),
+		S(dynemb_serve_result), S(dynemb_serve_info),
 		S(dynemb_table_info), S(dynemb_op_stat), S(dynemb_wal_stats),
 #undef S
 	};
@@ -950,6 +955,9 @@ SAME(DYNEMB_METRIC_COSINE, DE_WTOPK_COSINE);
 SAME(DYNEMB_PROGRESS_SNAPSHOT, DE_PHASE_SNAPSHOT);
 SAME(DYNEMB_PROGRESS_EXPORT, DE_PHASE_EXPORT);
 SAME(DYNEMB_PROGRESS_IMPORT, DE_PHASE_IMPORT);
+SAME(DYNEMB_PROGRESS_SERVE_LOAD, DE_PHASE_SERVE_LOAD);
+SAME(DYNEMB_CAP_SERVING, DE_CAP_SERVING);
+SAME(DYNEMB_SERVE_MISS_INIT, DE_SERVE_MISS_INIT);
 SAME(DYNEMB_IMPORT_SALVAGE_PREFIX, DE_WIMPORT_SALVAGE);
 SAME(DYNEMB_CAP_APPLY_GRADS, DE_CAP_APPLY_GRADS);
 SAME(DYNEMB_CAP_ADMISSION, DE_CAP_ADMISSION);
@@ -978,6 +986,30 @@ void dynemb_optim_spec_defaults(enum dynemb_optim_kind kind, struct dynemb_optim
 		.initial_accumulator_value = d.initial_accumulator_value, .alpha = d.alpha,
 		.l1 = d.l1, .l2 = d.l2, .lr_power = d.lr_power, .ftrl_beta = d.ftrl_beta,
 	};
+}
+
+/* The read-only mapping of t's table from the nfds fds of its OPEN_OK (closed here, in
+ * every case): *arena and *ro (t->dim checked), reading further segments through t. */
+static int map_table(struct ctable *t, int *fds, unsigned nfds, de_arena **arena,
+		     de_table **ro)
+{
+	*arena = NULL;
+	*ro = NULL;
+	int err = de_arena_attach_ro(fds, nfds, arena); /* dups the fds it keeps */
+	close_fds(fds, nfds);
+	if (!err)
+		err = de_table_attach_ro(*arena, ro);
+	if (!err && de_table_dim(*ro) != t->dim)
+		err = -EBADMSG;
+	if (err) {
+		de_table_close(*ro);
+		de_arena_destroy(*arena);
+		*ro = NULL;
+		*arena = NULL;
+		return err;
+	}
+	de_table_set_fd_source(*ro, seg_source, t);
+	return 0;
 }
 
 int dynemb_open(dynemb_client *c, const struct dynemb_table_spec *spec, int *table)
@@ -1032,19 +1064,149 @@ int dynemb_open(dynemb_client *c, const struct dynemb_table_spec *spec, int *tab
 	t->key_type = ok.key_type;
 	t->seed = ok.seed;
 	t->miss_remote = ok.flags & DE_OPEN_MISS_REMOTE;
-	err = de_arena_attach_ro(fds, nfds, &t->arena); /* dups the fds it keeps */
-	close_fds(fds, nfds);
-	if (!err)
-		err = de_table_attach_ro(t->arena, &t->ro);
-	if (!err && de_table_dim(t->ro) != t->dim)
-		err = -EBADMSG;
+	err = map_table(t, fds, nfds, &t->arena, &t->ro);
 	if (err) {
 		table_free(t);
 		return err;
 	}
-	de_table_set_fd_source(t->ro, seg_source, t);
 	c->tables[c->ntables] = t;
 	*table = (int)c->ntables++;
+	return 0;
+}
+
+/* ------------------------------------------------------------------------- */
+/* Serving tables (proto.h "Serving tables")                                  */
+/* ------------------------------------------------------------------------- */
+
+/* SERVE_OPEN of name (release: a wire id or DE_SERVE_NO_RELEASE): its OPEN_OK, checked,
+ * with its fds (the caller owns them). */
+static int serve_open_rq(dynemb_client *c, const char *name, uint16_t release,
+			 struct de_msg_open_ok *ok, int *fds, unsigned *nfds)
+{
+	*nfds = 0;
+	if (!(c->capabilities & DE_CAP_SERVING))
+		return de_priv_err(-EOPNOTSUPP, "this daemon has no serving tables (it is older "
+				   "than DYNEMB_CAP_SERVING)");
+	struct de_msg_serve_open m;
+	memset(&m, 0, sizeof m);
+	if (de_priv_put_name(m.name, name))
+		return -EINVAL;
+	m.release_id = release;
+	hdr_init(c, &m.h, DE_MSG_SERVE_OPEN, sizeof m);
+	int err = ctl_send(c, &m, sizeof m);
+	if (err)
+		return ctl_fail(c, err);
+	err = ctl_recv(c, DE_MSG_OPEN_OK, sizeof *ok, ok, fds, DE_FDS_PER_MSG, nfds);
+	if (err)
+		return ctl_fail(c, err);
+	unsigned want = ok->nsegments < DE_FDS_PER_MSG ? ok->nsegments : DE_FDS_PER_MSG;
+	if (ok->nsegments < 1 || ok->nsegments > DE_ARENA_MAX_SEGMENTS || *nfds != want ||
+	    ok->key_type != DE_KEYS_INT64 || !(ok->flags & DE_OPEN_SERVING) || !ok->dim ||
+	    ok->dim > DE_MAX_DIM || (release != DE_SERVE_NO_RELEASE && ok->table_id != release)) {
+		close_fds(fds, *nfds);
+		*nfds = 0;
+		return ctl_fail(c, -EPROTO);
+	}
+	return 0;
+}
+
+int dynemb_open_serving(dynemb_client *c, const char *name, int *table)
+{
+	err_clear();
+	if (!c || !table || !name)
+		return de_priv_err(-EINVAL, "dynemb_open_serving: %s is NULL",
+				   !c ? "the client" : !table ? "table" : "name");
+	if (c->broken)
+		return broken_err(c);
+	if (c->ntables >= MAX_TABLES)
+		return -EMFILE;
+	struct de_msg_open_ok ok;
+	int fds[SCM_MAX];
+	unsigned nfds;
+	int err = serve_open_rq(c, name, DE_SERVE_NO_RELEASE, &ok, fds, &nfds);
+	if (err)
+		return err;
+	for (unsigned i = 0; i < c->ntables; i++)
+		if (c->tables[i]->wire_id == ok.table_id) { /* opened already: one handle */
+			close_fds(fds, nfds);
+			*table = (int)i;
+			return 0;
+		}
+	struct ctable *t = calloc(1, sizeof *t);
+	if (!t) {
+		close_fds(fds, nfds);
+		return -ENOMEM;
+	}
+	for (unsigned i = 0; i < DE_ARENA_MAX_SEGMENTS; i++)
+		t->segfd[i] = -1;
+	t->c = c;
+	snprintf(t->name, sizeof t->name, "%s", name);
+	t->wire_id = ok.table_id;
+	t->dim = ok.dim;
+	t->key_type = DE_KEYS_INT64;
+	t->seed = ok.seed;
+	t->serving = true;
+	t->miss_init = ok.flags & DE_OPEN_MISS_INIT;
+	err = map_table(t, fds, nfds, &t->arena, &t->ro);
+	if (err) {
+		table_free(t);
+		return err;
+	}
+	c->tables[c->ntables] = t;
+	*table = (int)c->ntables++;
+	return 0;
+}
+
+/* t's version was superseded: move its handle to the current version (the daemon gives
+ * the same slot the new version), between two batches. */
+static int serve_switch(dynemb_client *c, struct ctable *t)
+{
+	struct de_msg_open_ok ok;
+	int fds[SCM_MAX];
+	unsigned nfds;
+	int err = serve_open_rq(c, t->name, t->wire_id, &ok, fds, &nfds);
+	if (err)
+		return err;
+	if (ok.dim != t->dim) { /* the caller's buffers are for this dim */
+		close_fds(fds, nfds);
+		t->dropped = true;
+		return de_priv_err(-ESTALE, "serving table '%s': its new version has dim %u, this "
+				   "handle dim %u: open it again (dynemb_open_serving)", t->name,
+				   ok.dim, t->dim);
+	}
+	/* the old version's fds ahead of need go: the fd source serves the new one now */
+	close_fds(t->segfd, DE_ARENA_MAX_SEGMENTS);
+	for (unsigned i = 0; i < DE_ARENA_MAX_SEGMENTS; i++)
+		t->segfd[i] = -1;
+	de_arena *arena;
+	de_table *ro;
+	err = map_table(t, fds, nfds, &arena, &ro);
+	if (err)
+		return err; /* the old mapping stays: still readable, still superseded */
+	de_table_close(t->ro);
+	de_arena_destroy(t->arena);
+	t->arena = arena;
+	t->ro = ro;
+	t->seed = ok.seed;
+	t->miss_init = ok.flags & DE_OPEN_MISS_INIT;
+	t->serve_switches++;
+	return 0;
+}
+
+int dynemb_serve_info(const dynemb_client *c, int table, struct dynemb_serve_info *out)
+{
+	const struct ctable *t = table_get(c, table);
+	if (!out)
+		return de_priv_err(-EINVAL, "out is NULL");
+	if (!t)
+		return bad_handle(c, table);
+	if (!t->serving)
+		return de_priv_err(-EINVAL, "table handle %d is not a serving table", table);
+	memset(out, 0, sizeof *out);
+	out->version = de_table_serve_version(t->ro);
+	out->found = t->serve_found;
+	out->missing = t->serve_missing;
+	out->switches = t->serve_switches;
 	return 0;
 }
 
@@ -1540,6 +1702,90 @@ static int check_call(dynemb_client *c, int table, uint32_t key_type, struct cta
 	return 0;
 }
 
+/* check_call for an int64 call that writes: -EROFS on a serving handle. */
+static int check_write(dynemb_client *c, int table, struct ctable **t)
+{
+	int err = check_call(c, table, DE_KEYS_INT64, t);
+	if (!err && (*t)->serving)
+		err = de_priv_err(-EROFS, "table handle %d is serving table '%s': read-only "
+				  "(versions come from dynemb_serve_load; writes go to the "
+				  "trainer's table)", table, (*t)->name);
+	return err;
+}
+
+/* A serving handle's batch, wholly from the version it maps once a superseded one was
+ * left: found rows, the default for missing keys, the daemon (no create) for a key the
+ * mapping could not read stably (DE_RETRY: not expected, nothing writes a version). */
+static int serve_read(dynemb_client *c, struct ctable *t, const uint64_t *keys, size_t n,
+		      float *out, uint8_t *status, uint64_t *version)
+{
+	if (n && (!keys || !out))
+		return de_priv_err(-EINVAL, "%s is NULL with n = %zu", keys ? "out" : "keys", n);
+	int err = 0;
+	if (de_table_superseded(t->ro) && (err = serve_switch(c, t)))
+		return err;
+	uint8_t stbuf[256];
+	uint8_t *st = status ? status : n <= sizeof stbuf ? stbuf : malloc(n);
+	if (!st)
+		return -ENOMEM;
+	err = de_table_find(t->ro, keys, n, out, st);
+	size_t nr = 0, found = 0;
+	for (size_t i = 0; !err && i < n; i++) {
+		if (st[i] == DE_FOUND) {
+			found++;
+		} else if (st[i] == DE_MISSING) {
+			float *row = out + i * (size_t)t->dim;
+			if (t->miss_init)
+				de_table_init_row(t->ro, keys[i], row);
+			else
+				memset(row, 0, (size_t)t->dim * sizeof *row);
+		} else {
+			nr++;
+		}
+	}
+	if (!err && nr) {
+		size_t *idx = malloc(nr * sizeof *idx);
+		if (!idx) {
+			err = -ENOMEM;
+		} else {
+			size_t k = 0;
+			for (size_t i = 0; i < n; i++)
+				if (st[i] != DE_FOUND && st[i] != DE_MISSING)
+					idx[k++] = i;
+			struct keyset rk = { .ik = keys, .idx = idx, .n = nr };
+			struct batch b = { .op = DE_OP_LOOKUP, .vals_out = out, .status = st };
+			err = run_batch(c, t, &rk, &b);
+			for (size_t j = 0; !err && j < nr; j++) {
+				size_t i = idx[j];
+				found += st[i] == DE_FOUND;
+				if (st[i] != DE_FOUND && t->miss_init)
+					de_table_init_row(t->ro, keys[i], out + i * (size_t)t->dim);
+			}
+			free(idx);
+		}
+	}
+	if (!err) {
+		t->serve_found += found;
+		t->serve_missing += n - found;
+		if (version)
+			*version = de_table_serve_version(t->ro);
+	}
+	if (st != status && st != stbuf)
+		free(st);
+	return err;
+}
+
+int dynemb_serve_lookup(dynemb_client *c, int table, const uint64_t *keys, size_t n,
+			float *out, uint8_t *status, uint64_t *version)
+{
+	struct ctable *t;
+	int err = check_call(c, table, DE_KEYS_INT64, &t);
+	if (!err && !t->serving)
+		err = de_priv_err(-EINVAL, "table handle %d is not a serving table (open one with "
+				  "dynemb_open_serving)", table);
+	return err ? err : serve_read(c, t, keys, n, out, status, version);
+}
+
 /*
  * Lookups. DYNEMB_READONLY: probe the read-only mapping (hashes: the int64 keys, or the
  * strings' fingerprints); DE_RETRY keys go to the daemon without create.
@@ -1554,6 +1800,8 @@ static int lookup(dynemb_client *c, struct ctable *t, struct keyset *ks, const u
 	int err = ks_check(ks);
 	if (err)
 		return err;
+	if (t->serving) /* never creates, whatever the flags */
+		return serve_read(c, t, hashes, ks->n, out, status, NULL);
 	struct batch b = { .op = DE_OP_LOOKUP, .arg = step, .vals_out = out, .status = status };
 	if (!(flags & DYNEMB_READONLY)) {
 		b.flags = DE_LOOKUP_CREATE;
@@ -1668,7 +1916,7 @@ int dynemb_update(dynemb_client *c, int table, const uint64_t *keys, size_t n, c
 		  uint64_t step, size_t *created)
 {
 	struct ctable *t;
-	int err = check_call(c, table, DE_KEYS_INT64, &t);
+	int err = check_write(c, table, &t);
 	if (err)
 		return err;
 	if (n && !keys)
@@ -1705,7 +1953,7 @@ static int erase(dynemb_client *c, struct ctable *t, struct keyset *ks, size_t *
 int dynemb_erase(dynemb_client *c, int table, const uint64_t *keys, size_t n, size_t *erased)
 {
 	struct ctable *t;
-	int err = check_call(c, table, DE_KEYS_INT64, &t);
+	int err = check_write(c, table, &t);
 	if (err)
 		return err;
 	if (n && !keys)
@@ -1874,7 +2122,7 @@ int dynemb_apply_gradients(dynemb_client *c, int table, const uint64_t *keys, si
 			   const float *grads, uint64_t step, double lr, size_t *applied)
 {
 	struct ctable *t;
-	int err = check_call(c, table, DE_KEYS_INT64, &t);
+	int err = check_write(c, table, &t);
 	if (err)
 		return err;
 	if (n && !keys)
@@ -1977,6 +2225,19 @@ int dynemb_submit_lookup(dynemb_client *c, int table, const uint64_t *keys, size
 		return err;
 	uint8_t *d = c->data + base;
 
+	if (t->serving) { /* answered here and now: the request is complete */
+		err = serve_read(c, t, keys, n, (float *)(void *)(d + voff), NULL, NULL);
+		if (err) {
+			slot_release(c, s, S_FREE);
+			return err;
+		}
+		c->local_keys += n;
+		s->local = true;
+		s->state = S_REAPED;
+		s->cqe = (struct de_cqe){ .user_data = s->id, .count = (uint32_t)n };
+		*req = s->id;
+		return 0;
+	}
 	if (flags & DYNEMB_READONLY) {
 		/* Zero-copy: probe into the request's own values; done unless a key needs the
 		 * daemon, in which case the whole request goes there. */
@@ -2075,7 +2336,7 @@ int dynemb_submit_apply_gradients(dynemb_client *c, int table, const uint64_t *k
 				  const float *grads, uint64_t step, double lr, uint64_t *req)
 {
 	struct ctable *t;
-	int err = check_call(c, table, DE_KEYS_INT64, &t);
+	int err = check_write(c, table, &t);
 	if (err)
 		return err;
 	if (!req || (n && (!keys || !grads)))

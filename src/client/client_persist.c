@@ -1,6 +1,6 @@
 /*
  * client_persist.c — libdynemb's calls on named tables: dynemb_snapshot, dynemb_export,
- * dynemb_import, dynemb_drop_table (dynemb.h). Each is one control request (proto.h types 9..15) answered by a job thread
+ * dynemb_import, dynemb_serve_load, dynemb_drop_table (dynemb.h). Each is one control request (proto.h types 9..15) answered by a job thread
  * of the daemon: PROGRESS messages, then the OK reply or ERROR. The transport (send,
  * replies checked for magic, version, type, exact length and seq; the timeout restarting
  * at each message) is client.c's, through de_priv_ctl_request.
@@ -110,6 +110,35 @@ int dynemb_import(dynemb_client *c, const char *table_name, const char *path, un
 		out->dropped = ok.dropped;
 		memcpy(out->problem, ok.problem, sizeof out->problem);
 		out->problem[sizeof out->problem - 1] = 0;
+	}
+	return err;
+}
+
+int dynemb_serve_load(dynemb_client *c, const char *name, const char *path, unsigned flags,
+		      dynemb_progress_cb cb, void *ctx, struct dynemb_serve_result *out)
+{
+	struct de_msg_serve_load m;
+	memset(&m, 0, sizeof m);
+	m.h.type = DE_MSG_SERVE_LOAD;
+	if (de_priv_put_name(m.name, name) || put_path(m.path, path))
+		return -EINVAL;
+	if (flags & ~DYNEMB_SERVE_MISS_INIT)
+		return de_priv_err(-EINVAL, "flags 0x%x: only DYNEMB_SERVE_MISS_INIT is known",
+				   flags);
+	if (c && !(dynemb_capabilities(c) & DYNEMB_CAP_SERVING))
+		return de_priv_err(-EOPNOTSUPP, "this daemon has no serving tables (it is older "
+				   "than DYNEMB_CAP_SERVING)");
+	m.flags = flags; /* DYNEMB_SERVE_MISS_INIT is DE_SERVE_MISS_INIT (client.c) */
+	struct de_msg_serve_load_ok ok;
+	struct prog_ctx pc = { cb, ctx };
+	int err = de_priv_ctl_request(c, &m, sizeof m, DE_MSG_SERVE_LOAD_OK, &ok, sizeof ok,
+				      on_progress, &pc);
+	if (!err && out) {
+		memset(out, 0, sizeof *out);
+		out->version = ok.version;
+		out->records = ok.records;
+		out->bytes = ok.bytes;
+		out->previous = ok.previous;
 	}
 	return err;
 }

@@ -97,6 +97,8 @@ void dynemb_close(dynemb_client *c); /* NULL is fine */
                                                 dynemb_set_log_level */
 #define DYNEMB_CAP_OPSTATS (1ull << 10)      /* dynemb_op_stats */
 #define DYNEMB_CAP_DROP_FORCE (1ull << 11)   /* dynemb_drop_table_flags' DYNEMB_DROP_FORCE */
+#define DYNEMB_CAP_SERVING (1ull << 12)      /* serving tables: dynemb_serve_load,
+                                                dynemb_open_serving */
 /* ... and the daemon's configuration: */
 #define DYNEMB_CAP_PERSISTENCE (1ull << 32)  /* a data directory: snapshots, durability */
 #define DYNEMB_CAP_EXPORT_DIR (1ull << 33)   /* an export directory for export / import */
@@ -414,7 +416,7 @@ int dynemb_string_key(dynemb_client *c, int table, const char *s, size_t len, ui
  * (dynemb_strerror names the field). dynemb_strerror(err) has the daemon's text.
  */
 enum dynemb_progress_phase { DYNEMB_PROGRESS_SNAPSHOT = 1, DYNEMB_PROGRESS_EXPORT = 2,
-			      DYNEMB_PROGRESS_IMPORT = 3 };
+			      DYNEMB_PROGRESS_IMPORT = 3, DYNEMB_PROGRESS_SERVE_LOAD = 4 };
 struct dynemb_progress {
 	uint64_t done, total;     /* rows so far and expected (total is an estimate) */
 	enum dynemb_progress_phase phase; /* import then snapshots the table: SNAPSHOT */
@@ -481,6 +483,59 @@ int dynemb_drop_table(dynemb_client *c, const char *table_name, uint64_t *bytes 
 #define DYNEMB_DROP_FORCE 0x1u
 int dynemb_drop_table_flags(dynemb_client *c, const char *table_name, unsigned flags,
 			    uint64_t *bytes /* out */);
+
+/* ---- Serving tables (DYNEMB_CAP_SERVING; a daemon without it: -EOPNOTSUPP) ----------
+ *
+ * A serving table is a read-only name for inference, loaded from an export file
+ * (dynemb_export's format) in versions: a new version loads beside the one that serves,
+ * then the name switches to it atomically. Readers (dynemb_open_serving) are answered from
+ * the table's memory, zero-copy, with no daemon round trip: a batch is read wholly from
+ * one version (the one current when it started; dynemb_serve_lookup says which), and a
+ * handle moves to a newer version between two batches by itself. Missing keys read as
+ * the default (zeros, or with DYNEMB_SERVE_MISS_INIT the initializer of the file's
+ * config) and are counted, never created; every write on a serving handle fails -EROFS.
+ * The daemon frees a replaced version once no reader holds it any more, and at the
+ * latest [serving] grace_ms after the switch. Serving tables have int64 keys and are not
+ * persisted (the export file is the copy: load it again after a restart).
+ */
+#define DYNEMB_SERVE_MISS_INIT 0x1u /* dynemb_serve_load: missing keys read the initializer */
+
+struct dynemb_serve_result {
+	uint64_t version;   /* the version now serving */
+	uint64_t records;   /* rows it holds */
+	uint64_t bytes;     /* its memory (charged to the loader's quota) */
+	uint64_t previous;  /* the version it replaced (0: the first) */
+	uint64_t reserved[4];
+};
+/* Load path (absolute, under the daemon's [persistence] export_dir, read as the caller)
+ * into a new version of serving table name (1..40 bytes; the first load creates it and
+ * makes the caller its owner, later ones need the import right on it), then switch to
+ * it. cb (may be NULL) sees the load's progress (phase DYNEMB_PROGRESS_SERVE_LOAD). Errors,
+ * after which the current version serves on unchanged: -EBADMSG / -EPROTO (a damaged or
+ * foreign file: nothing of it is used), -ENOSPC / -EDQUOT (the new version does not fit
+ * beside the current one), -EEXIST (name is an ordinary table), -EBUSY (a load of name
+ * runs), -EPERM (the path is not under export_dir); dynemb_strerror names the cause. */
+int dynemb_serve_load(dynemb_client *c, const char *name, const char *path, unsigned flags,
+		      dynemb_progress_cb cb, void *ctx, struct dynemb_serve_result *out /* out */);
+/* Open serving table name for reading: a handle for dynemb_serve_lookup (and
+ * dynemb_lookup, which reads it the same way whatever its flags). -ENOENT: no such
+ * serving table; -EAGAIN: its first version is still loading. */
+int dynemb_open_serving(dynemb_client *c, const char *name, int *table /* out */);
+/* Read n keys of a serving handle into out (n * dim floats); status (may be NULL): per
+ * key DYNEMB_ST_FOUND or DYNEMB_ST_MISSING (the default was written). version (out, may
+ * be NULL): the version that answered the whole batch. -ESTALE: the name's new version
+ * has another dim than this handle (open it again). */
+int dynemb_serve_lookup(dynemb_client *c, int table, const uint64_t *keys, size_t n,
+			float *out, uint8_t *status, uint64_t *version /* out */);
+struct dynemb_serve_info {
+	uint64_t version;   /* the version this handle reads now */
+	uint64_t found;     /* keys answered from a row, by this handle */
+	uint64_t missing;   /* keys answered with the default */
+	uint64_t switches;  /* versions this handle moved to after its first */
+	uint64_t reserved[4];
+};
+/* This handle's counts (-EINVAL: not a serving handle). */
+int dynemb_serve_info(const dynemb_client *c, int table, struct dynemb_serve_info *out);
 
 /* ---- The operator's view (DYNEMB_CAP_QUERY; a daemon without it: -EOPNOTSUPP) ---- */
 

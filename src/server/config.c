@@ -72,6 +72,8 @@ static const char DEFAULT_CONFIG[] =
 	"snapshot_interval_s = 0\n"
 	"wal_segment_bytes = 64M\n"
 	"export_dir =\n"
+	"[serving]\n"
+	"grace_ms = 30000\n"
 	"[log]\n"
 	"level = info\n"
 	"format = logfmt\n"
@@ -635,6 +637,14 @@ static int set_key(struct srv_config *c, const char *section, const char *key, c
 		} else {
 			BAD("unknown key '%s' in [%s]", key, section);
 		}
+	} else if (!strcmp(section, "serving")) {
+		if (!strcmp(key, "grace_ms")) {
+			if (parse_u64(v, 1, 3600000, &x))
+				BAD("grace_ms '%s' is not a number of milliseconds in 1..3600000", v);
+			c->serve_grace_ms = (unsigned)x;
+		} else {
+			BAD("unknown key '%s' in [%s]", key, section);
+		}
 	} else if (!strcmp(section, "log")) {
 		return set_log_key(c, key, v, err, errcap);
 	} else if (!strcmp(section, "metrics")) {
@@ -737,6 +747,9 @@ static void usage(FILE *f)
 		"      --wal-segment-bytes SIZE [persistence] wal_segment_bytes: 64K..1G (64M)\n"
 		"      --export-dir DIR      [persistence] export_dir: EXPORT/IMPORT requests may only\n"
 		"                            name files under it (default empty: refused)\n"
+		"      --serve-grace-ms N    [serving] grace_ms: a replaced version of a serving\n"
+		"                            table is freed this long after the switch at the\n"
+		"                            latest, its last readers' handles revoked (30000)\n"
 		"      --recover-from-wal    salvage: start even when data_dir lost its CATALOG or\n"
 		"                            MANIFEST while snapshots or WAL segments remain (else\n"
 		"                            exit 3): without CATALOG no table is recovered, without\n"
@@ -764,7 +777,7 @@ static void usage(FILE *f)
 enum { O_POLL = 256, O_BATCH, O_SQ, O_DATA, O_MAXDATA, O_PAGES, O_NUMA, O_SEG, O_RES,
        O_PRINT, O_VERSION, O_HOSTB, O_TIER, O_TOPK, O_REBUILD, O_SNAPINT, O_WALSEG, O_EXPDIR,
        O_SALVAGE, O_HELLO_TO, O_PERUID, O_QUT, O_QHT, O_QUB, O_QHB, O_QTB, O_TOPKCOST,
-       O_LOGFMT, O_METRICS };
+       O_LOGFMT, O_METRICS, O_GRACE };
 
 static const struct option opts[] = {
 	{ "config", required_argument, NULL, 'c' },
@@ -780,6 +793,7 @@ static const struct option opts[] = {
 	{ "log-level", required_argument, NULL, 'l' },
 	{ "log-format", required_argument, NULL, O_LOGFMT },
 	{ "hello-timeout-ms", required_argument, NULL, O_HELLO_TO },
+	{ "serve-grace-ms", required_argument, NULL, O_GRACE },
 	{ "max-connections-per-uid", required_argument, NULL, O_PERUID },
 	{ "pages", required_argument, NULL, O_PAGES },
 	{ "numa-node", required_argument, NULL, O_NUMA },
@@ -836,6 +850,7 @@ static bool flag_key(int o, const char **section, const char **key)
 		{ O_WALSEG, "persistence", "wal_segment_bytes" },
 		{ O_EXPDIR, "persistence", "export_dir" },
 		{ O_METRICS, "metrics", "listen" },
+		{ O_GRACE, "serving", "grace_ms" },
 	};
 	for (size_t i = 0; i < sizeof map / sizeof map[0]; i++)
 		if (map[i].o == o) {
@@ -986,6 +1001,7 @@ void srv_config_print(const struct srv_config *c, FILE *f)
 	fprintf(f, "[persistence]\ndata_dir = %s\nsnapshot_interval_s = %u\n"
 		   "wal_segment_bytes = %" PRIu64 "\nexport_dir = %s\n",
 		c->data_dir, c->snapshot_interval_s, c->wal_segment_bytes, c->export_dir);
+	fprintf(f, "[serving]\ngrace_ms = %u\n", c->serve_grace_ms);
 	fprintf(f, "[log]\nlevel = %s\nformat = %s\n", srv_log_level_name(c->log_level),
 		srv_log_format_name(c->log_format));
 	char addr[80];

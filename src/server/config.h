@@ -59,6 +59,8 @@ struct srv_config {
 	char data_dir[200];      /* [persistence]: WAL, snapshots, manifest, catalog; "" = off */
 	unsigned snapshot_interval_s; /* [persistence]: checkpoint dirty tables; 0 = never */
 	uint64_t wal_segment_bytes;   /* [persistence]: WAL segment size (64K..1G) */
+	unsigned serve_grace_ms; /* [serving]: a superseded version's holders are revoked
+	                            this long after the switch (control_serve.c) */
 	char export_dir[200];    /* [persistence]: EXPORT/IMPORT paths must lie under it; "" = off */
 	/* [metrics] listen: the Prometheus /metrics address (metrics.c); off when empty */
 	bool metrics_on;

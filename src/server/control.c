@@ -34,6 +34,8 @@
  *      whose handles it revokes; rights, then the catalog).
  *   6. STATUS, TABLES, STATS_BY_NAME, EVICT, LOG_LEVEL, OPSTATS: control_query.c (the
  *      operator's view; rights as OPEN decides them).
+ *   7. SERVE_LOAD, SERVE_OPEN: control_serve.c (serving tables; an OPEN of a serving
+ *      name or of one of its versions is refused there: srv_serving_open_check).
  * Hang-up: the socket is closed at once; the client's channel stays until its worker
  * released it (see worker.h), then the reaper destroys it.
  *
@@ -461,7 +463,7 @@ static bool on_hello(struct ctl *x, struct srv_client *c, const struct de_msg_he
 	ok.data_bytes = cc.data_bytes;
 	ok.capabilities = DE_CAP_APPLY_GRADS | DE_CAP_ADMISSION | DE_CAP_EVICTION | DE_CAP_SAMPLE |
 			  DE_CAP_TOPK | DE_CAP_KEY_STRINGS | DE_CAP_SNAPSHOT | DE_CAP_EXPORT_IMPORT |
-			  DE_CAP_DROP | DE_CAP_DROP_FORCE | DE_CAP_QUERY | DE_CAP_OPSTATS |
+			  DE_CAP_DROP | DE_CAP_DROP_FORCE | DE_CAP_QUERY | DE_CAP_OPSTATS | DE_CAP_SERVING |
 			  (cfg->data_dir[0] ? DE_CAP_PERSISTENCE : 0) |
 			  (cfg->export_dir[0] ? DE_CAP_EXPORT_DIR : 0) |
 			  (cfg->tier_dir[0] ? DE_CAP_DISK_TIER : 0);
@@ -487,8 +489,8 @@ static bool on_hello(struct ctl *x, struct srv_client *c, const struct de_msg_he
 }
 
 /* Send fds of segments first.. (at most DE_FDS_PER_MSG) with a reply. */
-static int send_with_segments(struct srv_client *c, struct srv_table *t, const void *msg,
-			      size_t len, uint32_t first, uint32_t count)
+int srv_control_send_segments(struct srv_client *c, struct srv_table *t, const void *msg,
+			       size_t len, uint32_t first, uint32_t count)
 {
 	int fds[DE_FDS_PER_MSG];
 	unsigned n = 0;
@@ -583,6 +585,11 @@ static bool on_open(struct ctl *x, struct srv_client *c, const struct de_msg_ope
 		send_error(c, m->h.seq, err, "%s", msg);
 		return true;
 	}
+	/* serving tables and their versions are opened with SERVE_OPEN only */
+	if ((err = srv_serving_open_check(x->s, name, t, msg, sizeof msg))) {
+		send_error(c, m->h.seq, err, "%s", msg);
+		return true;
+	}
 	/* a new table its persistence would refuse is never created */
 	if (!t && (err = srv_persist_table_admit(x->s->persist, name, learn.durability.mode, msg,
 						 sizeof msg))) {
@@ -640,7 +647,7 @@ static bool on_open(struct ctl *x, struct srv_client *c, const struct de_msg_ope
 	ok.seed = t->wcfg.seed;
 	ok.nsegments = de_arena_nsegments(t->arena);
 	uint32_t n = ok.nsegments < DE_FDS_PER_MSG ? ok.nsegments : DE_FDS_PER_MSG;
-	if (send_with_segments(c, t, &ok, sizeof ok, 0, n))
+	if (srv_control_send_segments(c, t, &ok, sizeof ok, 0, n))
 		return false;
 	srv_logf(SRV_LOG_INFO, SRV_KV(CLIENT_FIELDS(c), SRV_F_TABLE(name), SRV_F_UINT("dim", t->wcfg.dim)),
 		 "client %u opened table '%s' dim %u%s optimizer %s (%s, id %u)",
@@ -676,7 +683,7 @@ static bool on_segments(struct srv_client *c, const struct de_msg_segments *m)
 	ok.table_id = m->table_id;
 	ok.first = m->first;
 	ok.count = count;
-	return send_with_segments(c, t, &ok, sizeof ok, m->first, count) == 0;
+	return srv_control_send_segments(c, t, &ok, sizeof ok, m->first, count) == 0;
 }
 
 /* SNAPSHOT / EXPORT / IMPORT: the client's right on the table, before anything looks at
@@ -694,6 +701,13 @@ static bool job_allowed(struct ctl *x, struct srv_client *c, const union srv_msg
 		const struct srv_table *t = srv_registry_find(&x->s->reg, name);
 		unsigned r = srv_authz_rights(cfg, c->uid, c->gid, name, t != NULL, t ? t->owner : 0);
 		err = srv_authz_need(cfg, r, right, c->uid, c->gid, name, msg, sizeof msg);
+		if (!err && t && t->serve_version) { /* never persisted, freed by its switch */
+			snprintf(msg, sizeof msg, "table '%s' is version %llu of serving table '%s' "
+				 "(read-only, not persisted; its export file is the copy): no %s",
+				 name, (unsigned long long)t->serve_version, t->serve_name,
+				 srv_right_name(right));
+			err = -EROFS;
+		}
 	} else if (c->uid != 0) { /* every table: the right on each (names stay unsaid) */
 		for (const struct srv_table *t = x->s->reg.head; t && !err; t = t->next)
 			if (!(srv_authz_rights(cfg, c->uid, c->gid, t->name, true, t->owner) &
@@ -754,6 +768,11 @@ static bool on_message(struct ctl *x, struct srv_client *c, const void *buf, siz
 	case DE_MSG_OPSTATS: /* control_query.c */
 		srv_control_query(x->s, x->clients, c, &m);
 		return true;
+	case DE_MSG_SERVE_LOAD: /* control_serve.c; its load thread replies */
+		srv_serving_load(x->s, c, &m.serve_load);
+		return true;
+	case DE_MSG_SERVE_OPEN:
+		return srv_serving_open(x->s, c, &m.serve_open);
 	case DE_MSG_DROP: /* control_drop.c */
 		srv_control_drop(x->s, x->clients, c, &m.drop);
 		return true;
@@ -833,7 +852,10 @@ int srv_control_run(struct srv_server *s, int listen_fd, int sig_fd)
 
 	while (!x.stopping) {
 		struct epoll_event evs[64];
-		int n = epoll_wait(x.ep, evs, 64, x.npending ? SWEEP_MS : -1);
+		int timeout = srv_serving_next_ms(s); /* a superseded version's grace */
+		if (x.npending && (timeout < 0 || timeout > SWEEP_MS))
+			timeout = SWEEP_MS;
+		int n = epoll_wait(x.ep, evs, 64, timeout);
 		if (n < 0) {
 			if (errno == EINTR)
 				continue;
@@ -856,6 +878,8 @@ int srv_control_run(struct srv_server *s, int listen_fd, int sig_fd)
 					srv_log(SRV_LOG_INFO, "signal %u: finishing queued requests, then exiting",
 						si.ssi_signo);
 					x.stopping = true;
+					/* release: load threads stop (control_serve.c) */
+					__atomic_store_n(&s->stopping, 1, __ATOMIC_RELEASE);
 				}
 			} else {
 				struct srv_client *c = evs[i].data.ptr;
@@ -865,6 +889,7 @@ int srv_control_run(struct srv_server *s, int listen_fd, int sig_fd)
 		}
 		if (released)
 			reap_released(&x);
+		srv_serving_poll(s, x.clients); /* loads that ended, versions to free */
 		int64_t now = now_ms();
 		if (x.npending && now >= x.next_sweep_ms) {
 			sweep_hello(&x, now);
@@ -879,6 +904,8 @@ int srv_control_run(struct srv_server *s, int listen_fd, int sig_fd)
 	epoll_ctl(x.ep, EPOLL_CTL_DEL, listen_fd, NULL);
 	close(listen_fd);
 	unlink(s->cfg.socket);
+	__atomic_store_n(&s->stopping, 1, __ATOMIC_RELEASE);
+	srv_serving_stop(s); /* joins the loads */
 	srv_workers_stop(s);
 	reap_released(&x);
 	while (x.clients) /* not handed to any worker (no HELLO yet) */

@@ -147,6 +147,8 @@ void srv_control_drop(struct srv_server *s, struct srv_client *clients, struct s
 					   t ? t->owner : 0);
 	int err = srv_authz_need(&s->cfg, rights, SRV_RIGHT_DROP, c->uid, c->gid, name, msg,
 				 sizeof msg);
+	if (!err)
+		err = srv_serving_drop_check(s, name, t, msg, sizeof msg);
 	if (!err && !t) {
 		snprintf(msg, sizeof msg, "no table '%s' in this daemon", name);
 		err = -ENOENT;

@@ -24,4 +24,36 @@ void srv_control_drop_retry(struct srv_server *s, struct srv_client *clients);
 void srv_control_query(struct srv_server *s, const struct srv_client *clients,
 		       const struct srv_client *c, const union srv_msg *m);
 
+/* Reply msg (len bytes) on c->sock with read-only fds of t's arena segments
+ * first..first+count-1 (count <= DE_FDS_PER_MSG): 0, or the send's error (then c is
+ * closed by the caller). control.c. */
+int srv_control_send_segments(struct srv_client *c, struct srv_table *t, const void *msg,
+			      size_t len, uint32_t first, uint32_t count);
+
+/* ---- serving tables (control_serve.c; control thread) ---------------------------------- */
+
+/* OPEN of name (t: the registry's table of that name, or NULL): -EROFS for a version of a
+ * serving table, -EEXIST for a serving name, with msg; else 0. */
+int srv_serving_open_check(const struct srv_server *s, const char *name,
+			   const struct srv_table *t, char *msg, size_t cap);
+/* DROP of name (t as above): -EBUSY for a version (the daemon frees those), -EOPNOTSUPP for
+ * a serving name, with msg; else 0. */
+int srv_serving_drop_check(const struct srv_server *s, const char *name,
+			   const struct srv_table *t, char *msg, size_t cap);
+/* SERVE_LOAD from c (m checked by srv_check_msg): refused at once with ERROR, or a load
+ * thread runs and srv_serving_poll replies when it ended. */
+void srv_serving_load(struct srv_server *s, struct srv_client *c,
+		      const struct de_msg_serve_load *m);
+/* SERVE_OPEN from c: OPEN_OK or ERROR. false: the reply could not be sent (close c). */
+bool srv_serving_open(struct srv_server *s, struct srv_client *c,
+		      const struct de_msg_serve_open *m);
+/* Every control-loop turn: switch to (or discard) versions whose load ended, free
+ * superseded versions nobody holds or whose grace is over. */
+void srv_serving_poll(struct srv_server *s, struct srv_client *clients);
+/* Milliseconds until the next grace ends (0: now), or -1 when none is pending. */
+int srv_serving_next_ms(const struct srv_server *s);
+/* At shutdown, after s->stopping was set: join the loads, forget the names (the
+ * registry frees the version tables). */
+void srv_serving_stop(struct srv_server *s);
+
 #endif /* DE_SRV_CONTROL_INT_H */

@@ -24,6 +24,7 @@
 
 #include "batch.h"
 #include "config.h"
+#include "util.h"
 #include "proto.h"
 #include "tables.h"
 #include "validate.h"
@@ -143,6 +144,14 @@ uint64_t srv_persist_snapshot_mono_ns(const struct srv_table *t);
  * ERROR (on a dup of sock); a refusal is an ERROR reply at once. The export and import
  * files are created and opened with the client's uid and gid (a root daemon; any other
  * daemon can only act as itself). Control thread. */
+/* srv_fs_as_daemon (util.h) for a job thread that acted as its client, logging a failure. */
+void srv_persist_fs_back(struct srv_fs_ids *ids);
+/* May uid (gid) name path for EXPORT / IMPORT / SERVE_LOAD? path (checked: absolute, no
+ * . or ..) must lie in [persistence] export_dir: its directory, resolved as the client,
+ * is export_dir or below it (the file may not exist yet). 0, or -EPERM / an errno with
+ * msg. Any thread. */
+int srv_persist_path_allowed(const struct srv_config *cfg, uid_t uid, gid_t gid,
+			     const char *path, char *msg, size_t cap);
 void srv_persist_request(struct srv_persist *p, const struct srv_registry *reg,
 			 unsigned client, uid_t uid, gid_t gid, int sock, const union srv_msg *m);
 

@@ -142,42 +142,12 @@ static void job_snapshot(struct srv_job *j)
 	srv_reply_send(j->sock, &ok, sizeof ok, NULL, 0, FINAL_SEND_MS);
 }
 
-/* The daemon's file identity of this thread while it acts for a client. */
-struct fs_ids {
-	bool switched;
-	int ngroups;
-	gid_t groups[256];
-};
-
-/* Act on files as uid/gid on this thread only (see the top of the file). A daemon that
- * is not root cannot, and acts as itself; root clients need nothing. 0 or -EPERM. */
-static int fs_as_client(struct fs_ids *s, uid_t uid, gid_t gid)
+void srv_persist_fs_back(struct srv_fs_ids *ids)
 {
-	s->switched = false;
-	if (geteuid() != 0 || uid == 0)
-		return 0;
-	s->ngroups = getgroups((int)(sizeof s->groups / sizeof s->groups[0]), s->groups);
-	if (s->ngroups < 0 || syscall(SYS_setgroups, 0, NULL))
-		return -EPERM;
-	setfsgid(gid);
-	setfsuid(uid);
-	s->switched = true;
-	/* setfsuid returns the previous value and reports no error: ask again */
-	if ((uid_t)setfsuid((uid_t)-1) != uid || (gid_t)setfsgid((gid_t)-1) != gid)
-		return -EPERM;
-	return 0;
-}
-
-static void fs_as_daemon(struct fs_ids *s)
-{
-	if (!s->switched)
-		return;
-	setfsuid(geteuid());
-	setfsgid(getegid());
-	if (syscall(SYS_setgroups, (size_t)s->ngroups, s->groups))
-		srv_logf(SRV_LOG_WARN, SRV_KV(SRV_F_ERRNO(errno)),
-			 "job: cannot restore the supplementary groups: %s", strerror(errno));
-	s->switched = false;
+	int err = srv_fs_as_daemon(ids);
+	if (err)
+		srv_logf(SRV_LOG_WARN, SRV_KV(SRV_F_ERRNO(err)),
+			 "job: cannot restore the supplementary groups: %s", strerror(-err));
 }
 
 static void job_export(struct srv_job *j)
@@ -185,13 +155,13 @@ static void job_export(struct srv_job *j)
 	j->phase = DE_PHASE_EXPORT;
 	j->tname = j->t->name;
 	uint64_t records = 0;
-	struct fs_ids ids;
-	int err = fs_as_client(&ids, j->uid, j->gid);
+	struct srv_fs_ids ids;
+	int err = srv_fs_as_client(&ids, j->uid, j->gid);
 	if (!err)
 		err = de_export(j->t->t, j->m.exp.path, job_progress, j, &records);
 	struct stat st;
 	bool have_st = !err && stat(j->m.exp.path, &st) == 0;
-	fs_as_daemon(&ids);
+	srv_persist_fs_back(&ids);
 	if (err) {
 		srv_logf(SRV_LOG_WARN, SRV_KV(SRV_F_TABLE(j->t->name), SRV_F_PATH(j->m.exp.path),
 					     SRV_F_UINT("uid", j->uid), SRV_F_ERRNO(err)),
@@ -224,11 +194,11 @@ static void job_import(struct srv_job *j)
 	struct de_import_report rep;
 	memset(&rep, 0, sizeof rep);
 	unsigned flags = (j->m.imp.flags & DE_WIMPORT_SALVAGE) ? DE_IMPORT_SALVAGE : 0;
-	struct fs_ids ids;
-	int err = fs_as_client(&ids, j->uid, j->gid);
+	struct srv_fs_ids ids;
+	int err = srv_fs_as_client(&ids, j->uid, j->gid);
 	if (!err)
 		err = de_import(j->t->t, j->m.imp.path, flags, job_progress, j, &rep);
-	fs_as_daemon(&ids);
+	srv_persist_fs_back(&ids);
 	if (err) {
 		srv_logf(SRV_LOG_WARN, SRV_KV(SRV_F_TABLE(j->t->name), SRV_F_PATH(j->m.imp.path),
 					     SRV_F_UINT("uid", j->uid), SRV_F_ERRNO(err)),
@@ -361,7 +331,7 @@ int srv_persist_table_jobs_cancel(struct srv_persist *p, const struct srv_table 
 /* Is path (checked: absolute, no . or ..) inside export_dir? Its directory must resolve
  * (realpath, as the client: what it cannot search it does not learn about) to export_dir
  * or below it; the file itself may not exist yet. */
-static int path_allowed(const struct srv_config *cfg, uid_t uid, gid_t gid, const char *path,
+int srv_persist_path_allowed(const struct srv_config *cfg, uid_t uid, gid_t gid, const char *path,
 			char *msg, size_t cap)
 {
 	if (!cfg->export_dir[0]) {
@@ -372,12 +342,12 @@ static int path_allowed(const struct srv_config *cfg, uid_t uid, gid_t gid, cons
 	char dir[DE_PATH_MAX], real_dir[PATH_MAX], real_base[PATH_MAX];
 	snprintf(dir, sizeof dir, "%s", path);
 	*strrchr(dir, '/') = 0;
-	struct fs_ids ids;
-	int err = fs_as_client(&ids, uid, gid);
+	struct srv_fs_ids ids;
+	int err = srv_fs_as_client(&ids, uid, gid);
 	const char *real = err ? NULL : realpath(dir[0] ? dir : "/", real_dir);
 	if (!err && !real)
 		err = -errno;
-	fs_as_daemon(&ids);
+	srv_persist_fs_back(&ids);
 	if (err) {
 		snprintf(msg, cap, "%.180s: %s", dir[0] ? dir : "/", strerror(-err));
 		return err;
@@ -419,7 +389,7 @@ void srv_persist_request(struct srv_persist *p, const struct srv_registry *reg,
 		snprintf(msg, sizeof msg, "table '%s' is read-only: its WAL failed", name);
 		err = -EROFS;
 	} else if (m->h.type != DE_MSG_SNAPSHOT) {
-		err = path_allowed(p->cfg, uid, gid,
+		err = srv_persist_path_allowed(p->cfg, uid, gid,
 				   m->h.type == DE_MSG_EXPORT ? m->exp.path : m->imp.path, msg,
 				   sizeof msg);
 	}

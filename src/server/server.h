@@ -30,6 +30,7 @@ struct srv_worker;
 struct srv_persist;
 struct srv_learn_host;
 struct srv_slowpool;
+struct srv_serving;
 
 struct srv_server {
 	struct srv_config cfg;
@@ -46,6 +47,8 @@ struct srv_server {
 	uint64_t start_ns;        /* srv_mono_ns at startup (STATUS: uptime) */
 	uint64_t revoke_gen;      /* forced DROP (worker.h "Revoked handles"): bumped by the
 	                             control thread (release) after it cleared client slots */
+	struct srv_serving *serving; /* control_serve.c: serving names; control thread only */
+	int stopping;             /* atomic: the daemon is shutting down (load threads stop) */
 	/* DROPs (control_drop.c; relaxed atomics, /metrics reads them) */
 	uint64_t n_drops, n_drops_forced, n_drops_refused, n_handles_revoked;
 };

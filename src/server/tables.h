@@ -97,6 +97,11 @@ struct srv_table {
 	 * had not let go when it gave up (-ETIMEDOUT), so refs 0 does not mean unused: any
 	 * later DROP waits for them again (a plain one is refused) */
 	bool revoke_pending;
+	/* a version of a serving table (control_serve.c): its number (0: an ordinary table)
+	 * and the serving name; set before any client sees it, then never changes. Every
+	 * descriptor that writes is refused on it (-EROFS, worker.c) */
+	uint64_t serve_version;
+	char serve_name[DE_NAME_MAX];
 	int shard;                        /* atomic, worker.c's cache: 0 not looked up, 1
 	                                     sharded over [peers] members, 2 host-local */
 	struct srv_table *next;

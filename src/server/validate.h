@@ -45,10 +45,13 @@ union srv_msg {
 	struct de_msg_tables tables;   /* TABLES, OPSTATS */
 	struct de_msg_by_name by_name; /* STATS_BY_NAME, EVICT */
 	struct de_msg_log_level log_level;
+	struct de_msg_serve_load serve_load;
+	struct de_msg_serve_open serve_open;
 };
 
 /* The exact length of a request a client may send (HELLO, OPEN, SEGMENTS, BYE, SNAPSHOT,
- * EXPORT, IMPORT, DROP, STATUS, TABLES, STATS_BY_NAME, EVICT, LOG_LEVEL, OPSTATS); 0 for any
+ * EXPORT, IMPORT, DROP, STATUS, TABLES, STATS_BY_NAME, EVICT, LOG_LEVEL, OPSTATS,
+ * SERVE_LOAD, SERVE_OPEN); 0 for any
  * other type. The one table srv_check_msg frames by. */
 size_t srv_request_len(uint16_t type);
 

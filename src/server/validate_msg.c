@@ -2,8 +2,8 @@
  * validate_msg.c — the pure checks of control packets (validate.h): srv_check_msg frames
  * one SOCK_SEQPACKET packet (size, magic, type, exact length from srv_request_len, order,
  * version) and checks its body: an OPEN's name and configs (validate_config.c), the
- * names, flags and paths of SNAPSHOT, EXPORT, IMPORT (srv_check_persist_msg), the name
- * of a DROP, STATS_BY_NAME or EVICT, a TABLES or OPSTATS pad, a LOG_LEVEL's level.
+ * names, flags and paths of SNAPSHOT, EXPORT, IMPORT, SERVE_LOAD (srv_check_persist_msg),
+ * the name and pad of a SERVE_OPEN, the name of a DROP, STATS_BY_NAME or EVICT, a TABLES or OPSTATS pad, a LOG_LEVEL's level.
  *
  * Callers: control.c on every packet it receives, tests/fuzz/fuzz_control.c. Never: read
  * past n bytes, or a body before its framing is good; an error always leaves the reply
@@ -32,6 +32,8 @@ size_t srv_request_len(uint16_t type)
 	case DE_MSG_EVICT: return sizeof(struct de_msg_by_name);
 	case DE_MSG_LOG_LEVEL: return sizeof(struct de_msg_log_level);
 	case DE_MSG_OPSTATS: return sizeof(struct de_msg_tables);
+	case DE_MSG_SERVE_LOAD: return sizeof(struct de_msg_serve_load);
+	case DE_MSG_SERVE_OPEN: return sizeof(struct de_msg_serve_open);
 	default: return 0; /* not a request a client sends */
 	}
 }
@@ -76,8 +78,16 @@ int srv_check_msg(const void *buf, size_t n, bool trunc, bool hello_done, union 
 			err = srv_learn_config_normalize(&out->open.learn, &out->open.cfg, msg, msgcap);
 		return err;
 	}
-	if (h.type == DE_MSG_SNAPSHOT || h.type == DE_MSG_EXPORT || h.type == DE_MSG_IMPORT)
+	if (h.type == DE_MSG_SNAPSHOT || h.type == DE_MSG_EXPORT || h.type == DE_MSG_IMPORT ||
+	    h.type == DE_MSG_SERVE_LOAD)
 		return srv_check_persist_msg(out, msg, msgcap);
+	if (h.type == DE_MSG_SERVE_OPEN) {
+		if (!srv_all_zero(out->serve_open.pad, sizeof out->serve_open.pad)) {
+			snprintf(msg, msgcap, "SERVE_OPEN: a nonzero pad");
+			return -EINVAL;
+		}
+		return srv_name_check(out->serve_open.name, msg, msgcap);
+	}
 	if (h.type == DE_MSG_DROP && (out->drop.flags & ~DE_DROP_FORCE || out->drop.pad)) {
 		snprintf(msg, msgcap, "DROP: unknown flags 0x%x (known: 0x%x force)%s",
 			 out->drop.flags & ~DE_DROP_FORCE, DE_DROP_FORCE,
@@ -165,6 +175,16 @@ int srv_check_persist_msg(union srv_msg *m, char *msg, size_t cap)
 		}
 		int err = srv_name_check(m->imp.name, msg, cap);
 		return err ? err : path_check(m->imp.path, msg, cap);
+	}
+	case DE_MSG_SERVE_LOAD: {
+		if ((m->serve_load.flags & ~DE_SERVE_MISS_INIT) || m->serve_load.pad) {
+			snprintf(msg, cap, "SERVE_LOAD: unknown flags 0x%x (known: 0x%x miss-init)%s",
+				 m->serve_load.flags & ~DE_SERVE_MISS_INIT, DE_SERVE_MISS_INIT,
+				 m->serve_load.pad ? ", and a nonzero pad" : "");
+			return -EINVAL;
+		}
+		int err = srv_name_check(m->serve_load.name, msg, cap);
+		return err ? err : path_check(m->serve_load.path, msg, cap);
 	}
 	default:
 		return 0;

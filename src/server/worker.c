@@ -453,13 +453,17 @@ static struct srv_table *slot_table(const struct srv_client *c, uint32_t i, uint
 	return i < nt ? __atomic_load_n(&c->tables[i], __ATOMIC_RELAXED) : NULL;
 }
 
-/* -EACCES for a descriptor that writes (a creating LOOKUP included) on a table c opened
- * without the write right (c->rights, set at OPEN: authz.h), else 0. e is checked. */
-static int write_right(const struct srv_client *c, const struct de_sqe *e)
+/* For a descriptor that writes (a creating LOOKUP included): -EROFS on a version of a
+ * serving table (read-only: control_serve.c), -EACCES on a table c opened without the
+ * write right (c->rights, set at OPEN: authz.h); else 0. e is checked. */
+static int write_right(const struct srv_client *c, const struct srv_table *t,
+		       const struct de_sqe *e)
 {
 	bool writes = e->op == DE_OP_UPDATE || e->op == DE_OP_ERASE ||
 		      e->op == DE_OP_APPLY_GRADS ||
 		      (e->op == DE_OP_LOOKUP && (e->flags & DE_LOOKUP_CREATE));
+	if (writes && t->serve_version)
+		return -EROFS;
 	return writes && !(c->rights[e->table] & SRV_RIGHT_BIT(SRV_RIGHT_WRITE)) ? -EACCES : 0;
 }
 
@@ -485,7 +489,7 @@ static int execute(struct srv_worker *w, struct srv_client *c, const struct de_s
 			       cfg->max_batch, bytes);
 	if (q->res)
 		return 0;
-	if ((q->res = write_right(c, e)))
+	if ((q->res = write_right(c, t, e)))
 		return 0;
 
 	if (e->op == DE_OP_STATS) {
@@ -712,7 +716,8 @@ static int step(struct srv_worker *w, struct srv_client *c, const struct de_sqe 
 static int step_run(struct srv_worker *w, struct srv_client *c, struct srv_table *t,
 		    uint32_t nt, const struct de_sqe *e, struct de_cqe *q, int64_t *left)
 {
-	if (c->has_cur && c->cur_started && !t) { /* its table was dropped (forced) meanwhile */
+	if (c->has_cur && c->cur_started && (!t || t->wcfg.dim != c->cur_dim)) {
+		/* its table was dropped (forced) meanwhile, or its slot holds another version */
 		c->has_cur = false;
 		*q = (struct de_cqe){ .user_data = e->user_data, .res = -EIDRM };
 		return 0;
@@ -728,10 +733,11 @@ static int step_run(struct srv_worker *w, struct srv_client *c, struct srv_table
 		*q = (struct de_cqe){ .user_data = e->user_data };
 		q->res = srv_check_sqe(e, nt, t->wcfg.dim, t->wcfg.key_type,
 				       w->srv->cfg.max_batch, bytes);
-		if (q->res || (q->res = write_right(c, e)))
+		if (q->res || (q->res = write_right(c, t, e)))
 			return 0;
 		c->cur = *e;
 		c->has_cur = c->cur_started = true;
+		c->cur_dim = t->wcfg.dim;
 		c->cur_done = c->cur_found = c->cur_created = 0;
 		return lookup_chunk(w, c, t, q, left);
 	}

@@ -88,6 +88,9 @@ struct srv_client {
 	bool cur_started;         /* checked, and cur_done keys of it served */
 	struct de_sqe cur;
 	uint32_t cur_done, cur_found, cur_created;
+	uint32_t cur_dim;         /* its table's dim when it was checked: a slot given another
+	                             table meanwhile (a forced DROP, SERVE_OPEN's release) with
+	                             another dim ends it -EIDRM, never writes past its values */
 	uint64_t cur_t0;          /* monotonic ns its first chunk started (metrics) */
 	/* worker only: wake accounting (worker.c "Wake storms") */
 	bool woke;                /* its futex word moved while the worker slept */

@@ -82,7 +82,20 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		CHECK(h.type == DE_MSG_OPEN || h.type == DE_MSG_SNAPSHOT || h.type == DE_MSG_EXPORT ||
 		      h.type == DE_MSG_IMPORT || h.type == DE_MSG_DROP || h.type == DE_MSG_TABLES ||
 		      h.type == DE_MSG_STATS_BY_NAME || h.type == DE_MSG_EVICT ||
-		      h.type == DE_MSG_LOG_LEVEL || h.type == DE_MSG_OPSTATS);
+		      h.type == DE_MSG_LOG_LEVEL || h.type == DE_MSG_OPSTATS ||
+		      h.type == DE_MSG_SERVE_LOAD || h.type == DE_MSG_SERVE_OPEN);
+	if (r == 0 && h.type == DE_MSG_SERVE_LOAD) {
+		const char *p = m.serve_load.path;
+		size_t len = strnlen(m.serve_load.name, DE_NAME_MAX);
+		CHECK(len >= 1 && len < DE_NAME_MAX);
+		CHECK(!(m.serve_load.flags & ~DE_SERVE_MISS_INIT) && !m.serve_load.pad);
+		CHECK(memchr(p, 0, DE_PATH_MAX) && p[0] == '/' && !strstr(p, "/../"));
+	}
+	if (r == 0 && h.type == DE_MSG_SERVE_OPEN) {
+		size_t len = strnlen(m.serve_open.name, DE_NAME_MAX);
+		CHECK(len >= 1 && len < DE_NAME_MAX);
+		CHECK(!m.serve_open.pad[0] && !m.serve_open.pad[1] && !m.serve_open.pad[2]);
+	}
 	if (r == 0 && (h.type == DE_MSG_STATS_BY_NAME || h.type == DE_MSG_EVICT)) {
 		size_t len = strnlen(m.by_name.name, DE_NAME_MAX);
 		CHECK(len >= 1 && len < DE_NAME_MAX);
