@@ -146,6 +146,17 @@ static bool is_version(const uint64_t *k, size_t n, const float *out, uint64_t v
 	return true;
 }
 
+/* The trainer table, versions 1 and 2 exported to p1 and p2, "srv" serving version 1. */
+static void two_versions(dynemb_client *c, char p1[300], char p2[300])
+{
+	struct dynemb_table_spec s = spec();
+	int tt;
+	cr_assert_eq(dynemb_open(c, &s, &tt), 0);
+	make_version(c, tt, 1, p1, 300);
+	make_version(c, tt, 2, p2, 300);
+	cr_assert_eq(dynemb_serve_load(c, "srv", p1, 0, NULL, NULL, NULL), 0);
+}
+
 TestSuite(serve, .fini = stop, .timeout = 120);
 
 Test(serve, load_and_read)
@@ -324,13 +335,9 @@ Test(serve, damaged_version)
 {
 	start("30000");
 	dynemb_client *c = conn();
-	struct dynemb_table_spec s = spec();
-	int tt, h;
-	cr_assert_eq(dynemb_open(c, &s, &tt), 0);
+	int h;
 	char p1[300], p2[300];
-	make_version(c, tt, 1, p1, sizeof p1);
-	make_version(c, tt, 2, p2, sizeof p2);
-	cr_assert_eq(dynemb_serve_load(c, "srv", p1, 0, NULL, NULL, NULL), 0);
+	two_versions(c, p1, p2);
 	cr_assert_eq(dynemb_open_serving(c, "srv", &h), 0);
 	FILE *f = fopen(p2, "r+b");
 	cr_assert(f);
@@ -367,13 +374,8 @@ Test(serve, dead_reader)
 {
 	start("600000"); /* a grace far longer than the test: only the death frees it */
 	dynemb_client *c = conn();
-	struct dynemb_table_spec s = spec();
-	int tt;
-	cr_assert_eq(dynemb_open(c, &s, &tt), 0);
 	char p1[300], p2[300];
-	make_version(c, tt, 1, p1, sizeof p1);
-	make_version(c, tt, 2, p2, sizeof p2);
-	cr_assert_eq(dynemb_serve_load(c, "srv", p1, 0, NULL, NULL, NULL), 0);
+	two_versions(c, p1, p2);
 	int pipefd[2];
 	cr_assert_eq(pipe(pipefd), 0);
 	pid_t kid = fork();
@@ -406,13 +408,9 @@ Test(serve, grace)
 {
 	start("300");
 	dynemb_client *c = conn();
-	struct dynemb_table_spec s = spec();
-	int tt, h;
-	cr_assert_eq(dynemb_open(c, &s, &tt), 0);
+	int h;
 	char p1[300], p2[300];
-	make_version(c, tt, 1, p1, sizeof p1);
-	make_version(c, tt, 2, p2, sizeof p2);
-	cr_assert_eq(dynemb_serve_load(c, "srv", p1, 0, NULL, NULL, NULL), 0);
+	two_versions(c, p1, p2);
 	dynemb_client *idle = conn();
 	cr_assert_eq(dynemb_open_serving(idle, "srv", &h), 0);
 	uint64_t k[3] = { 1, 8, 15 };

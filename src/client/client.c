@@ -1012,6 +1012,45 @@ static int map_table(struct ctable *t, int *fds, unsigned nfds, de_arena **arena
 	return 0;
 }
 
+/* The handle of the table OPEN_OK ok (its nfds fds, closed here) announced, as name: the
+ * one this connection has already for that table id, or a new one mapping it. */
+static int add_handle(dynemb_client *c, const char *name, const struct de_msg_open_ok *ok,
+		      int *fds, unsigned nfds, int *table)
+{
+	/* The same table opened twice on this connection: one handle. */
+	for (unsigned i = 0; i < c->ntables; i++) {
+		if (c->tables[i]->wire_id == ok->table_id) {
+			close_fds(fds, nfds);
+			*table = (int)i;
+			return 0;
+		}
+	}
+	struct ctable *t = calloc(1, sizeof *t);
+	if (!t) {
+		close_fds(fds, nfds);
+		return -ENOMEM;
+	}
+	for (unsigned i = 0; i < DE_ARENA_MAX_SEGMENTS; i++)
+		t->segfd[i] = -1;
+	t->c = c;
+	snprintf(t->name, sizeof t->name, "%s", name);
+	t->wire_id = ok->table_id;
+	t->dim = ok->dim;
+	t->key_type = ok->key_type;
+	t->seed = ok->seed;
+	t->miss_remote = ok->flags & DE_OPEN_MISS_REMOTE;
+	t->serving = ok->flags & DE_OPEN_SERVING;
+	t->miss_init = ok->flags & DE_OPEN_MISS_INIT;
+	int err = map_table(t, fds, nfds, &t->arena, &t->ro);
+	if (err) {
+		table_free(t);
+		return err;
+	}
+	c->tables[c->ntables] = t;
+	*table = (int)c->ntables++;
+	return 0;
+}
+
 int dynemb_open(dynemb_client *c, const struct dynemb_table_spec *spec, int *table)
 {
 	err_clear();
@@ -1042,36 +1081,7 @@ int dynemb_open(dynemb_client *c, const struct dynemb_table_spec *spec, int *tab
 		close_fds(fds, nfds);
 		return ctl_fail(c, -EPROTO);
 	}
-	/* The same table opened twice on this connection: one handle. */
-	for (unsigned i = 0; i < c->ntables; i++) {
-		if (c->tables[i]->wire_id == ok.table_id) {
-			close_fds(fds, nfds);
-			*table = (int)i;
-			return 0;
-		}
-	}
-	struct ctable *t = calloc(1, sizeof *t);
-	if (!t) {
-		close_fds(fds, nfds);
-		return -ENOMEM;
-	}
-	for (unsigned i = 0; i < DE_ARENA_MAX_SEGMENTS; i++)
-		t->segfd[i] = -1;
-	t->c = c;
-	memcpy(t->name, m.name, sizeof t->name);
-	t->wire_id = ok.table_id;
-	t->dim = ok.dim;
-	t->key_type = ok.key_type;
-	t->seed = ok.seed;
-	t->miss_remote = ok.flags & DE_OPEN_MISS_REMOTE;
-	err = map_table(t, fds, nfds, &t->arena, &t->ro);
-	if (err) {
-		table_free(t);
-		return err;
-	}
-	c->tables[c->ntables] = t;
-	*table = (int)c->ntables++;
-	return 0;
+	return add_handle(c, m.name, &ok, fds, nfds, table);
 }
 
 /* ------------------------------------------------------------------------- */
@@ -1124,37 +1134,7 @@ int dynemb_open_serving(dynemb_client *c, const char *name, int *table)
 	int fds[SCM_MAX];
 	unsigned nfds;
 	int err = serve_open_rq(c, name, DE_SERVE_NO_RELEASE, &ok, fds, &nfds);
-	if (err)
-		return err;
-	for (unsigned i = 0; i < c->ntables; i++)
-		if (c->tables[i]->wire_id == ok.table_id) { /* opened already: one handle */
-			close_fds(fds, nfds);
-			*table = (int)i;
-			return 0;
-		}
-	struct ctable *t = calloc(1, sizeof *t);
-	if (!t) {
-		close_fds(fds, nfds);
-		return -ENOMEM;
-	}
-	for (unsigned i = 0; i < DE_ARENA_MAX_SEGMENTS; i++)
-		t->segfd[i] = -1;
-	t->c = c;
-	snprintf(t->name, sizeof t->name, "%s", name);
-	t->wire_id = ok.table_id;
-	t->dim = ok.dim;
-	t->key_type = DE_KEYS_INT64;
-	t->seed = ok.seed;
-	t->serving = true;
-	t->miss_init = ok.flags & DE_OPEN_MISS_INIT;
-	err = map_table(t, fds, nfds, &t->arena, &t->ro);
-	if (err) {
-		table_free(t);
-		return err;
-	}
-	c->tables[c->ntables] = t;
-	*table = (int)c->ntables++;
-	return 0;
+	return err ? err : add_handle(c, name, &ok, fds, nfds, table);
 }
 
 /* t's version was superseded: move its handle to the current version (the daemon gives

@@ -37,6 +37,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "authz.h"
 #include "learnops.h"
@@ -94,11 +95,8 @@ static void holders(const struct srv_client *all, const struct srv_table *t, cha
 	}
 }
 
-/* Forced DROP: every connection's handle to t revoked, then no worker, slow-pool job or
- * persistence job uses t any more. *revoked: handles revoked. 0 or a negative errno with
- * msg (the handles stay revoked). */
-static int revoke_handles(struct srv_server *s, struct srv_client *clients, struct srv_table *t,
-			  unsigned *revoked, char *msg, size_t cap)
+int srv_control_revoke(struct srv_server *s, struct srv_client *clients, struct srv_table *t,
+		       unsigned wait_ms, unsigned *revoked)
 {
 	unsigned n = 0;
 	for (struct srv_client *k = clients; k; k = k->next)
@@ -110,26 +108,37 @@ static int revoke_handles(struct srv_server *s, struct srv_client *clients, stru
 				n++;
 			}
 	*revoked = n;
-	unsigned wait_ms = force_wait_ms();
-	if (n || t->revoke_pending) { /* pending: an earlier forced DROP's waits gave up */
-		t->revoke_pending = true;
-		/* release: the NULL slots above; pairs with the acquire at a worker's round */
-		uint64_t gen = __atomic_add_fetch(&s->revoke_gen, 1, __ATOMIC_RELEASE);
-		int err = srv_workers_quiesce(s, gen, wait_ms);
-		uint64_t deadline = srv_mono_ns() + wait_ms * 1000000ull;
-		while (!err && srv_workers_slow_on(clients, t)) {
-			if (srv_mono_ns() > deadline)
-				err = -ETIMEDOUT;
-			else
-				usleep(1000);
-		}
-		if (err) {
-			snprintf(msg, cap, "table '%s' not dropped: %u handle%s revoked, but a worker "
-				 "or a top-k / sampling job still used it after %u ms; force the drop "
-				 "again", t->name, n, n == 1 ? "" : "s", wait_ms);
-			return err;
-		}
+	if (!n && !t->revoke_pending) /* pending: slots were cleared earlier, not waited for */
+		return 0;
+	t->revoke_pending = true;
+	/* release: the NULL slots above; pairs with the acquire at a worker's round */
+	uint64_t gen = __atomic_add_fetch(&s->revoke_gen, 1, __ATOMIC_RELEASE);
+	int err = srv_workers_quiesce(s, gen, wait_ms);
+	uint64_t deadline = srv_mono_ns() + wait_ms * 1000000ull;
+	while (!err && srv_workers_slow_on(clients, t)) {
+		if (srv_mono_ns() > deadline)
+			err = -ETIMEDOUT;
+		else
+			usleep(1000);
+	}
+	if (!err)
 		t->revoke_pending = false;
+	return err;
+}
+
+/* Forced DROP: every connection's handle to t revoked, then no worker, slow-pool job or
+ * persistence job uses t any more. *revoked: handles revoked. 0 or a negative errno with
+ * msg (the handles stay revoked). */
+static int revoke_handles(struct srv_server *s, struct srv_client *clients, struct srv_table *t,
+			  unsigned *revoked, char *msg, size_t cap)
+{
+	unsigned wait_ms = force_wait_ms();
+	int err = srv_control_revoke(s, clients, t, wait_ms, revoked);
+	if (err) {
+		snprintf(msg, cap, "table '%s' not dropped: %u handle%s revoked, but a worker "
+			 "or a top-k / sampling job still used it after %u ms; force the drop "
+			 "again", t->name, *revoked, *revoked == 1 ? "" : "s", wait_ms);
+		return err;
 	}
 	return srv_persist_table_jobs_cancel(s->persist, t, wait_ms, msg, cap);
 }

@@ -500,32 +500,11 @@ static void load_finished(struct srv_server *s, struct sname *n)
 static int version_free(struct srv_server *s, struct srv_client *clients, struct srv_table *t)
 {
 	unsigned revoked = 0;
-	for (struct srv_client *k = clients; k; k = k->next)
-		for (uint32_t i = 0; i < k->ntables; i++)
-			if (k->tables[i] == t) {
-				/* relaxed: published by the revoke_gen bump (release) below */
-				__atomic_store_n(&k->tables[i], NULL, __ATOMIC_RELAXED);
-				t->refs--;
-				revoked++;
-			}
-	if (revoked || t->revoke_pending) {
-		t->revoke_pending = true;
-		uint64_t gen = __atomic_add_fetch(&s->revoke_gen, 1, __ATOMIC_RELEASE);
-		int err = srv_workers_quiesce(s, gen, REVOKE_WAIT_MS);
-		uint64_t deadline = srv_mono_ns() + REVOKE_WAIT_MS * 1000000ull;
-		while (!err && srv_workers_slow_on(clients, t)) {
-			if (srv_mono_ns() > deadline)
-				err = -ETIMEDOUT;
-			else
-				usleep(1000);
-		}
-		if (err) {
-			srv_logf(SRV_LOG_WARN, SRV_KV(SRV_F_TABLE(t->name)),
-				 "serving: version '%s' stays: a worker or a top-k job still used it "
-				 "after %u ms", t->name, REVOKE_WAIT_MS);
-			return err;
-		}
-		t->revoke_pending = false;
+	if (srv_control_revoke(s, clients, t, REVOKE_WAIT_MS, &revoked)) {
+		srv_logf(SRV_LOG_WARN, SRV_KV(SRV_F_TABLE(t->name)),
+			 "serving: version '%s' stays: a worker or a top-k job still used it "
+			 "after %u ms", t->name, REVOKE_WAIT_MS);
+		return -ETIMEDOUT;
 	}
 	uint64_t bytes = t->quota ? srv_quota_acct_bytes(t->quota) : 0;
 	srv_logf(SRV_LOG_INFO, SRV_KV(SRV_F_TABLE(t->serve_name),
