@@ -6,7 +6,8 @@
  *
  *   serve/load_and_read     rows, missing keys (zeros, counted, never created; with
  *                           --miss-init the trainer's own initial row), -EROFS on every
- *                           write, OPEN of a serving name or of a version refused
+ *                           write, OPEN of a serving name or of a version refused, a
+ *                           version name an ordinary table took is skipped
  *   serve/swap_under_load   a reader thread verifies every batch is wholly one version
  *                           while versions 2..5 load; the superseded ones are freed once
  *                           it moved on
@@ -243,6 +244,18 @@ Test(serve, load_and_read)
 	cr_expect_eq(st[0], DYNEMB_ST_CREATED);
 	cr_expect_arr_eq(got, want, sizeof got, "the initializer's row");
 	cr_expect(gone_within(c, "srv@v1", 10), "version 1 freed once its reader moved on");
+
+	/* an ordinary table holding the next version's name is skipped, not a dead end */
+	bad.name = "srv@v3";
+	err = dynemb_open(c, &bad, &x);
+	cr_assert_eq(err, 0, "an ordinary table called srv@v3: %s", dynemb_strerror(err));
+	err = dynemb_serve_load(c, "srv", p1, 0, NULL, NULL, &r);
+	cr_assert_eq(err, 0, "load past a taken version name: %s", dynemb_strerror(err));
+	cr_expect_eq(r.version, 4, "version 3's name is taken: the load is version 4");
+	cr_expect_eq(r.previous, 2);
+	cr_assert_eq(dynemb_serve_lookup(c, h, kf, 3, of, st, &v), 0);
+	cr_expect_eq(v, 4);
+	cr_expect(is_version(kf, 3, of, 1), "version 4 holds the file's rows");
 	dynemb_close(c);
 }
 

@@ -190,18 +190,30 @@ static void *load_main(void *arg)
 
 /* ---- SERVE_LOAD ---------------------------------------------------------------------- */
 
-/* The new version's table from the file's header: registry, owner, version. */
+/* Versions whose name an ordinary table took are skipped, this many at most. */
+#define SERVE_SKIP_MAX 64u
+
+/* The new version's table from the file's header: registry, owner, version. *v is the
+ * first version number to try; a number whose name (name@vN) an ordinary table holds is
+ * skipped, so *v (in, out) is the version made. */
 static int version_create(struct srv_server *s, struct sname *n, const char *name, uid_t uid,
-			  const struct de_export_info *info, uint64_t v, struct srv_table **out,
+			  const struct de_export_info *info, uint64_t *v, struct srv_table **out,
 			  char *msg, size_t cap)
 {
 	char vname[DE_NAME_MAX];
-	snprintf(vname, sizeof vname, "%s@v%" PRIu64, name, v);
-	struct srv_table *t = srv_registry_find(&s->reg, vname);
-	if (t) {
-		snprintf(msg, cap, "serving table '%s': the name of its version %" PRIu64 ", '%s', "
-			 "is taken by an ordinary table", name, v, vname);
-		return -EEXIST;
+	struct srv_table *t;
+	unsigned skipped = 0;
+	for (;;) {
+		snprintf(vname, sizeof vname, "%s@v%" PRIu64, name, *v);
+		if (!srv_registry_find(&s->reg, vname))
+			break;
+		if (++skipped > SERVE_SKIP_MAX) {
+			snprintf(msg, cap, "serving table '%s': the names of its next %u versions "
+				 "(up to '%s') are all taken by ordinary tables", name,
+				 SERVE_SKIP_MAX, vname);
+			return -EEXIST;
+		}
+		(*v)++;
 	}
 	const struct de_table_config *c = &info->config;
 	struct de_wire_table_config w;
@@ -227,10 +239,10 @@ static int version_create(struct srv_server *s, struct sname *n, const char *nam
 	err = srv_registry_open(&s->reg, uid, false, vname, &w, &learn, &t, &created, msg, cap);
 	if (!err) {
 		t->owner = uid;
-		t->serve_version = v;
+		t->serve_version = *v;
 		snprintf(t->serve_name, sizeof t->serve_name, "%s", n ? n->name : name);
 		__atomic_store_n(&t->shard, 2, __ATOMIC_RELAXED); /* host-local: never forwarded */
-		de_table_set_serve_version(t->t, v);
+		de_table_set_serve_version(t->t, *v);
 	}
 	srv_registry_unlock(&s->reg);
 	if (!err)
@@ -298,7 +310,7 @@ void srv_serving_load(struct srv_server *s, struct srv_client *c, const struct d
 	struct srv_table *t = NULL;
 	uint64_t v = n ? n->next_version : 1;
 	if (!err)
-		err = version_create(s, n, name, c->uid, &info, v, &t, msg, sizeof msg);
+		err = version_create(s, n, name, c->uid, &info, &v, &t, msg, sizeof msg);
 	struct load *l = NULL;
 	if (!err && !n && (!s->serving && !(s->serving = calloc(1, sizeof *s->serving))))
 		err = -ENOMEM;
