@@ -4,7 +4,7 @@
  * JSON output, the machine description (/proc, /sys, uname), the Zipf sampler, the child
  * servers (fork + exec with a log, stop with SIGTERM then SIGKILL) and a RESP client.
  * Callers: bench_table.c, bench_channel.c, bench_sidecar.c, bench_learn.c, bench_persist.c,
- * bench_fair.c, bench_peers.c.
+ * bench_fair.c, bench_peers.c, bench_serve.c.
  *
  * Never: keeps state between calls, allocates (but resp_open's buffer, which resp_close
  * frees), or writes anywhere but the FILE, the buffers, the sockets or the log files it is

@@ -57,6 +57,10 @@ int cmd_fair(int argc, char **argv, const char *command_line);
  * remote keys, wire bytes per key, against a 3-node Redis Cluster (bench_peers.c). */
 int cmd_peers(int argc, char **argv, const char *command_line);
 
+/* dynemb-bench serve: an inference reader of a serving table without and during version
+ * swaps, against an in-process hash map and HPS-style Redis (bench_serve.c). */
+int cmd_serve(int argc, char **argv, const char *command_line);
+
 /* ---- clocks and pinning ----------------------------------------------------------------- */
 
 /* CLOCK_MONOTONIC in nanoseconds. */

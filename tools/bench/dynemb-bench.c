@@ -7,9 +7,10 @@
  * (bench_sidecar.c: the daemon end to end through libdynemb), `learn` (bench_learn.c:
  * optimizer steps, eviction, top-k), `persist` (bench_persist.c: WAL, snapshots,
  * restore), `fair` (bench_fair.c: a victim client's latency while another floods the
- * daemon) and `peers` (bench_peers.c: one table over three members on loopback TCP
- * against a Redis Cluster). Each has its own cmd_<name>() and options, declared in bench_util.h with the
- * helpers they share (bench_util.c). main() hands a sub-command argv from its name on and
+ * daemon), `peers` (bench_peers.c: one table over three members on loopback TCP
+ * against a Redis Cluster) and `serve` (bench_serve.c: a serving table's latency without
+ * and during version swaps). Each has its own cmd_<name>() and options, declared in
+ * bench_util.h with the helpers they share (bench_util.c). main() hands a sub-command argv from its name on and
  * the whole command line, quoted, for the figures' header.
  *
  * Exit status: 0 done, 1 a run-time failure, 2 bad usage (EXIT_USAGE). This file keeps no
@@ -74,6 +75,8 @@ static const struct command commands[] = {
 	 "a victim client's p50/p99 alone and under a flood (max-size lookups, top-k, wake storm)"},
 	{"peers", cmd_peers,
 	 "3 dynembd members on loopback TCP: local / half / remote lookups, wire bytes, Redis Cluster"},
+	{"serve", cmd_serve,
+	 "a serving table's p50/p99/p99.9 without and during version swaps, vs a hash map and Redis"},
 };
 
 static void usage(FILE *f)
