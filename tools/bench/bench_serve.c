@@ -54,6 +54,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/un.h>
 #include <unistd.h>
@@ -100,6 +101,8 @@ struct figures {
 	uint64_t redis_keys;
 	char redis_note[160];
 	struct machine machine;
+	int64_t inproc_thp_kb;     /* AnonHugePages of this process with the map built */
+	char daemon_pages[16];     /* the serving version's pages (dynembctl tables' pages) */
 };
 
 struct run {
@@ -112,10 +115,12 @@ struct run {
 	float *vals, *out;
 	uint8_t *st;
 	uint64_t *lat;             /* MAX_SAMPLES */
-	/* the in-process map */
-	uint64_t *mkeys;
+	/* the in-process map (map_alloc'd) */
+	struct mslot *mslots;
 	float *mrows;
+	size_t mslots_bytes, mrows_bytes;
 	uint64_t mmask;
+	uint64_t *mat;             /* FILL_BATCH slots / rows of the batch */
 	struct resp rr;
 	char *wbuf;
 };
@@ -295,6 +300,20 @@ static int read_serving(struct run *r, const struct opts *o, int h, uint64_t unt
 	return 0;
 }
 
+/* The pages the daemon's memory of table name got, into f->daemon_pages ("?" unknown). */
+static void version_pages(struct run *r, const char *name, struct figures *f)
+{
+	static const char *pn[4] = { "auto", "hugetlb", "thp", "small" };
+	struct dynemb_table_info ti[16];
+	size_t n = 0;
+	snprintf(f->daemon_pages, sizeof f->daemon_pages, "?");
+	if (dynemb_list_tables(r->c, 0, ti, 16, &n, NULL))
+		return;
+	for (size_t i = 0; i < n; i++)
+		if (!strcmp(ti[i].name, name) && ti[i].pages < 4)
+			snprintf(f->daemon_pages, sizeof f->daemon_pages, "%s", pn[ti[i].pages]);
+}
+
 static int run_daemon(struct run *r, const char *path, const struct opts *o, struct figures *f)
 {
 	char uid[16];
@@ -330,6 +349,8 @@ static int run_daemon(struct run *r, const char *path, const struct opts *o, str
 		fail("serve_load of version 1: %s", dynemb_strerror(err));
 	if (!err && (err = dynemb_open_serving(r->c, SERVE_NAME, &h)))
 		fail("open_serving: %s", dynemb_strerror(err));
+	if (!err)
+		version_pages(r, SERVE_NAME "@v1", f);
 	uint64_t n = 0;
 	if (!err) {
 		/* untimed: fault the version's mapping in, warm the caches */
@@ -373,9 +394,56 @@ static int run_daemon(struct run *r, const char *path, const struct opts *o, str
 
 /* ---- in-process: an open-addressing hash map ------------------------------------------- */
 
+/* A slot of the map: a key (0: free) and its row's index, 16 bytes, so a probe is one
+ * cache line. */
+struct mslot {
+	uint64_t key, row;
+};
+
 static inline uint64_t map_slot(uint64_t key, uint64_t mask)
 {
 	return (key * 0x9e3779b97f4a7c15ull >> 17) & mask;
+}
+
+/* bytes of anonymous memory with transparent huge pages asked for (MADV_HUGEPAGE: what
+ * a user's in-process map would get on this kernel's "madvise" policy); NULL on failure. */
+static void *map_alloc(size_t bytes)
+{
+	void *p = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	if (p == MAP_FAILED)
+		return NULL;
+	(void)madvise(p, bytes, MADV_HUGEPAGE);
+	return p;
+}
+
+/* One batch of the map, as a tuned in-process lookup would do it: every key's slot
+ * prefetched, then probed (its row prefetched), then the rows copied out. */
+static void map_batch(struct run *r, const uint64_t *k, unsigned n)
+{
+	uint64_t *at = r->mat;
+	for (unsigned j = 0; j < n; j++) {
+		at[j] = map_slot(k[j], r->mmask);
+		__builtin_prefetch(&r->mslots[at[j]]);
+	}
+	for (unsigned j = 0; j < n; j++) {
+		uint64_t s = at[j];
+		while (r->mslots[s].key && r->mslots[s].key != k[j])
+			s = (s + 1) & r->mmask;
+		at[j] = r->mslots[s].key == k[j] ? r->mslots[s].row : UINT64_MAX;
+		if (at[j] != UINT64_MAX) {
+			const char *row = (const char *)(r->mrows + at[j] * DIM);
+			for (unsigned o = 0; o < ROW_BYTES; o += 64)
+				__builtin_prefetch(row + o);
+		}
+	}
+	for (unsigned j = 0; j < n; j++) {
+		bool found = at[j] != UINT64_MAX;
+		r->st[j] = found ? DYNEMB_ST_FOUND : DYNEMB_ST_MISSING;
+		if (found)
+			memcpy(r->out + (size_t)j * DIM, r->mrows + at[j] * DIM, ROW_BYTES);
+		else
+			memset(r->out + (size_t)j * DIM, 0, ROW_BYTES);
+	}
 }
 
 static int run_inproc(struct run *r, const struct opts *o, struct figures *f)
@@ -384,23 +452,23 @@ static int run_inproc(struct run *r, const struct opts *o, struct figures *f)
 	while (cap < 2 * o->keys)
 		cap <<= 1;
 	r->mmask = cap - 1;
-	r->mkeys = calloc(cap, sizeof *r->mkeys);
-	r->mrows = malloc(o->keys * ROW_BYTES);
-	uint64_t *idx = malloc(cap * sizeof *idx);
-	if (!r->mkeys || !r->mrows || !idx) {
-		free(idx);
-		fail("in-process map: out of memory");
+	r->mslots_bytes = cap * sizeof *r->mslots;
+	r->mrows_bytes = o->keys * ROW_BYTES;
+	r->mslots = map_alloc(r->mslots_bytes);
+	r->mrows = map_alloc(r->mrows_bytes);
+	if (!r->mslots || !r->mrows) {
+		fail("in-process map: %s", strerror(errno));
 		return -ENOMEM;
 	}
 	for (uint64_t i = 0; i < o->keys; i++) { /* keys are non-zero: 0 marks a free slot */
 		uint64_t s = map_slot(r->keys[i], r->mmask);
-		while (r->mkeys[s])
+		while (r->mslots[s].key)
 			s = (s + 1) & r->mmask;
-		r->mkeys[s] = r->keys[i];
-		idx[s] = i;
+		r->mslots[s] = (struct mslot){ r->keys[i], i };
 		bench_row(r->mrows + i * DIM, DIM, r->keys[i]);
 		r->mrows[i * DIM + 1] = 1.0f;
 	}
+	f->inproc_thp_kb = proc_kb("/proc/self/smaps_rollup", "AnonHugePages");
 	const unsigned b = o->batch, nb = POOL_KEYS / b;
 	uint64_t n = 0;
 	for (int timed = 0; timed < 2; timed++) {
@@ -409,18 +477,7 @@ static int run_inproc(struct run *r, const struct opts *o, struct figures *f)
 		for (uint64_t i = 0; n < MAX_SAMPLES && ns_now() < end; i++) {
 			const uint64_t *k = r->pool + (i % nb) * b;
 			uint64_t a = ns_now();
-			for (unsigned j = 0; j < b; j++) {
-				uint64_t s = map_slot(k[j], r->mmask);
-				while (r->mkeys[s] && r->mkeys[s] != k[j])
-					s = (s + 1) & r->mmask;
-				bool found = r->mkeys[s] == k[j];
-				r->st[j] = found ? DYNEMB_ST_FOUND : DYNEMB_ST_MISSING;
-				if (found)
-					memcpy(r->out + (size_t)j * DIM, r->mrows + idx[s] * DIM,
-					       ROW_BYTES);
-				else
-					memset(r->out + (size_t)j * DIM, 0, ROW_BYTES);
-			}
+			map_batch(r, k, b);
 			r->lat[n++] = ns_now() - a;
 			int err = check_serve(r, k, b, 1.0f);
 			if (err == -EBADMSG)
@@ -430,11 +487,6 @@ static int run_inproc(struct run *r, const struct opts *o, struct figures *f)
 		}
 	}
 	lat_of(r->lat, n, &f->inproc);
-	free(idx);
-	free(r->mkeys);
-	free(r->mrows);
-	r->mkeys = NULL;
-	r->mrows = NULL;
 	return 0;
 }
 
@@ -611,6 +663,8 @@ static void report(const struct opts *o, const struct figures *f, const char *cm
 		PRIu64 " times, saw versions %" PRIu64 "..%" PRIu64 "\n", f->swaps, o->keys,
 		gib(f->version_bytes), f->load_s_max, f->load_rows_per_s / 1e6, f->switches,
 		f->first_v, f->last_v);
+	fprintf(h, "pages: the serving version %s; the in-process map %.0f MiB of THP "
+		"(MADV_HUGEPAGE)\n", f->daemon_pages, (double)f->inproc_thp_kb / 1048576.0);
 	fprintf(h, "failed requests %" PRIu64 ", batches with rows of two versions %" PRIu64 "\n",
 		f->failed, f->mixed);
 	fprintf(h, "goal p99 < 20 us: no swap %s, during a swap %s, during deltas NOT met "
@@ -638,6 +692,9 @@ static void report(const struct opts *o, const struct figures *f, const char *cm
 	json_num(j, f->load_s_max, "%.3f");
 	fprintf(j, ",\"load_rows_per_s\":");
 	json_num(j, f->load_rows_per_s, "%.0f");
+	fprintf(j, ",\"version_pages\":");
+	json_str(j, f->daemon_pages);
+	fprintf(j, ",\"inproc_thp_bytes\":%" PRId64, f->inproc_thp_kb);
 	fprintf(j, ",\"version_bytes\":%" PRIu64 ",\"redis_keys\":%" PRIu64 ",\"redis_note\":",
 		f->version_bytes, f->have_redis ? f->redis_keys : 0);
 	json_str(j, f->redis_note);
@@ -726,8 +783,11 @@ static void run_free(struct run *r)
 	free(r->out);
 	free(r->st);
 	free(r->lat);
-	free(r->mkeys);
-	free(r->mrows);
+	if (r->mslots)
+		munmap(r->mslots, r->mslots_bytes);
+	if (r->mrows)
+		munmap(r->mrows, r->mrows_bytes);
+	free(r->mat);
 	free(r->wbuf);
 	if (r->dir[0])
 		bench_rm_tree(r->dir, 1);
@@ -763,9 +823,10 @@ int cmd_serve(int argc, char **argv, const char *command_line)
 	r.vals = malloc((size_t)FILL_BATCH * ROW_BYTES);
 	r.out = malloc((size_t)FILL_BATCH * ROW_BYTES);
 	r.st = malloc(FILL_BATCH);
+	r.mat = malloc(FILL_BATCH * sizeof *r.mat);
 	r.lat = malloc((size_t)MAX_SAMPLES * sizeof *r.lat);
 	r.wbuf = o.redis ? malloc(wcap) : NULL;
-	if (!r.keys || !r.pool || !r.vals || !r.out || !r.st || !r.lat || (o.redis && !r.wbuf))
+	if (!r.keys || !r.pool || !r.vals || !r.out || !r.st || !r.mat || !r.lat || (o.redis && !r.wbuf))
 		err = -ENOMEM;
 	if (!err)
 		err = bench_mkdtemp(r.dir, sizeof r.dir, "dynemb-serve");

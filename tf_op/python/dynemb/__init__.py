@@ -51,6 +51,15 @@ the table, ``table.key_strings(fingerprints)`` maps a string table's keys back t
 strings; ``dynemb.losses`` has ``sampled_softmax_loss`` / ``sampled_sigmoid_loss`` for
 PyTorch with the output classes in a table.
 
+Serving
+-------
+``client.serve_load(name, path)`` loads an export file into a new version of the serving
+table ``name`` beside the one that serves, then switches to it (docs/serving.md);
+``client.open_serving(name)`` gives a :class:`ServingTable`, read-only, whose
+``lookup(keys)`` reads the version's memory directly: a batch is answered wholly from one
+version (``with_version=True`` says which), and the handle follows a newer version
+between two batches by itself.
+
 Errors from the C library raise :class:`DynembError` (an ``OSError``: ``.errno`` is the
 positive errno, the message comes from ``dynemb_strerror``, including the daemon's own
 explanation when it sent one). Bad arguments raise ``TypeError`` / ``ValueError`` before
@@ -73,9 +82,9 @@ import numpy as np
 from . import _native
 from ._native import (AdmissionSpec, ConnectOpts, DurabilitySpec, EvictionSpec,
                       OptimSpec, SampleSpec, Stats, TableSpec)
-from ._native import ImportResult, ProgressCb, SnapshotResult
+from ._native import ImportResult, ProgressCb, ServeInfo, ServeResult, SnapshotResult
 
-__all__ = ["Client", "Table", "Request", "GradRequest", "DynembError", "READONLY", "ST_MISSING",
+__all__ = ["Client", "Table", "ServingTable", "Request", "GradRequest", "DynembError", "READONLY", "ST_MISSING",
            "ST_FOUND", "ST_CREATED", "strerror"]
 
 READONLY = 0x1
@@ -258,7 +267,7 @@ class _StrKeys:
         self.ptrs = (offs + np.uintp(self.buf.ctypes.data)).astype(np.uintp)
 
 
-_PHASES = {1: "snapshot", 2: "export", 3: "import"}
+_PHASES = {1: "snapshot", 2: "export", 3: "import", 4: "serve_load"}
 
 
 def _progress_cb(progress):
@@ -429,6 +438,43 @@ class Client:
                                                  1 if force else 0, ctypes.byref(b))
         _check(rc)
         return b.value
+
+    # ---- serving tables -------------------------------------------------------------
+
+    def serve_load(self, name, path, miss_init=False, progress=None):
+        """Load the export file ``path`` (absolute, under the daemon's ``export_dir``, read
+        as this client's user) into a new version of serving table ``name`` beside the one
+        that serves, then switch ``name`` to it. ``miss_init``: missing keys read the
+        file's initializer instead of zeros. ``progress(done, total, "serve_load", name)``
+        sees the load. Returns ``{"version", "records", "bytes", "previous"}``. On any
+        error the current version serves on: ``EBADMSG`` / ``EPROTO`` a damaged or foreign
+        file, ``ENOSPC`` / ``EDQUOT`` it does not fit beside the current version, ``EEXIST``
+        ``name`` is an ordinary table, ``EBUSY`` a load of ``name`` runs, ``EPERM`` the
+        path is outside ``export_dir`` (the message names the cause)."""
+        if not isinstance(name, str):
+            raise TypeError(f"serving table name must be a str, not {type(name).__name__}")
+        r = ServeResult()
+        cb, err = _progress_cb(progress)
+        with self._lock:
+            rc = _native.api.dynemb_serve_load(self._handle(), name.encode("utf-8"),
+                                           os.fsencode(path), 1 if miss_init else 0, cb,
+                                           None, ctypes.byref(r))
+        _progress_raise(err)
+        _check(rc)
+        return {"version": r.version, "records": r.records, "bytes": r.bytes,
+                "previous": r.previous}
+
+    def open_serving(self, name):
+        """Open serving table ``name`` for reading: a :class:`ServingTable`. ``ENOENT``: no
+        such serving table; ``EAGAIN``: its first version is still loading."""
+        if not isinstance(name, str):
+            raise TypeError(f"serving table name must be a str, not {type(name).__name__}")
+        h = ctypes.c_int()
+        with self._lock:
+            _check(_native.api.dynemb_open_serving(self._handle(), name.encode("utf-8"),
+                                                   ctypes.byref(h)))
+            dim = _native.api.dynemb_table_dim(self._c, h.value)
+        return ServingTable(self, h.value, name, dim, "int64")
 
     # ---- the operator's view ------------------------------------------------------
 
@@ -898,6 +944,58 @@ class Table:
                 self.client._handle(), self.handle, k.ctypes.data, n, g.ctypes.data, step,
                 lr, ctypes.byref(req)))
         return GradRequest(self, req.value)
+
+
+class ServingTable(Table):
+    """A serving table opened by :meth:`Client.open_serving`: read-only, int64 keys.
+    Every write (update, apply_gradients, erase, ...) raises ``EROFS``."""
+
+    def __repr__(self):
+        return f"<dynemb.ServingTable {self.name!r} dim={self.dim}>"
+
+    def lookup(self, keys, readonly=True, step=0, out=None, with_status=False,
+               with_version=False):
+        """Embeddings of ``keys`` (float32 of shape ``keys.shape + (dim,)``), read from the
+        current version's memory without a daemon round trip; missing keys read the
+        table's default (zeros, or the initializer with ``miss_init``) and are never
+        created. ``out``, ``with_status`` as :meth:`Table.lookup` (ST_FOUND / ST_MISSING);
+        ``with_version``: also return the version that answered the whole batch (last in
+        the tuple). ``ESTALE``: the name's new version has another dim (open it again).
+        ``readonly`` and ``step`` are accepted for :meth:`Table.lookup`'s signature and
+        change nothing."""
+        k, shape, n = self._keys(keys)
+        out = self._out(out, shape)
+        status = np.empty(shape, dtype=np.uint8) if with_status else None
+        version = ctypes.c_uint64()
+        with self.client._lock:
+            c = self.client._handle()
+            if n:
+                rc = _native.api.dynemb_serve_lookup(
+                    c, self.handle, k.ctypes.data, n, out.ctypes.data,
+                    None if status is None else status.ctypes.data, ctypes.byref(version))
+                _check(rc)
+            else:
+                info = ServeInfo()
+                _check(_native.api.dynemb_serve_info(c, self.handle, ctypes.byref(info)))
+                version.value = info.version
+        res = (out,) + ((status,) if with_status else ()) + \
+            ((version.value,) if with_version else ())
+        return res if len(res) > 1 else out
+
+    def info(self):
+        """This handle's view: ``{"version", "found", "missing", "switches"}`` (the version
+        it reads now, keys answered from a row and with the default, versions moved to)."""
+        s = ServeInfo()
+        with self.client._lock:
+            _check(_native.api.dynemb_serve_info(self.client._handle(), self.handle,
+                                                 ctypes.byref(s)))
+        return {"version": s.version, "found": s.found, "missing": s.missing,
+                "switches": s.switches}
+
+    @property
+    def version(self):
+        """The version this handle reads now (it moves at the next lookup after a swap)."""
+        return self.info()["version"]
 
 
 class GradRequest:

@@ -154,6 +154,18 @@ class ImportResult(ctypes.Structure):
                 ("dropped", ctypes.c_uint64), ("problem", ctypes.c_char * 128)] + _reserved(8)
 
 
+class ServeResult(ctypes.Structure):
+    """struct dynemb_serve_result"""
+    _fields_ = [("version", ctypes.c_uint64), ("records", ctypes.c_uint64),
+                ("bytes", ctypes.c_uint64), ("previous", ctypes.c_uint64)] + _reserved(4)
+
+
+class ServeInfo(ctypes.Structure):
+    """struct dynemb_serve_info"""
+    _fields_ = [("version", ctypes.c_uint64), ("found", ctypes.c_uint64),
+                ("missing", ctypes.c_uint64), ("switches", ctypes.c_uint64)] + _reserved(4)
+
+
 # name: (restype, argtypes). Pointers to caller data are c_void_p so that a NumPy
 # buffer address (ndarray.ctypes.data, an int) is passed as is: no copy, no conversion.
 _PROTOS = {
@@ -208,6 +220,13 @@ _PROTOS = {
     "dynemb_import": (ctypes.c_int, [c_vp, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_uint,
                                  ProgressCb, c_vp, ctypes.POINTER(ImportResult)]),
     "dynemb_drop_table": (ctypes.c_int, [c_vp, ctypes.c_char_p, c_u64_p]),
+    # serving tables
+    "dynemb_serve_load": (ctypes.c_int, [c_vp, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_uint,
+                                     ProgressCb, c_vp, ctypes.POINTER(ServeResult)]),
+    "dynemb_open_serving": (ctypes.c_int, [c_vp, ctypes.c_char_p, c_int_p]),
+    "dynemb_serve_lookup": (ctypes.c_int, [c_vp, ctypes.c_int, c_vp, ctypes.c_size_t, c_vp,
+                                       c_vp, c_u64_p]),
+    "dynemb_serve_info": (ctypes.c_int, [c_vp, ctypes.c_int, ctypes.POINTER(ServeInfo)]),
     "dynemb_drop_table_flags": (ctypes.c_int, [c_vp, ctypes.c_char_p, ctypes.c_uint, c_u64_p]),
     "dynemb_status": (ctypes.c_int, [c_vp, ctypes.POINTER(Status)]),
     "dynemb_list_tables": (ctypes.c_int, [c_vp, ctypes.c_size_t, ctypes.POINTER(TableInfo),
@@ -231,6 +250,7 @@ STRUCTS = {
     "dynemb_snapshot_result": SnapshotResult, "dynemb_import_result": ImportResult,
     "dynemb_status": Status, "dynemb_table_info": TableInfo,
     "dynemb_op_stat": OpStat, "dynemb_wal_stats": WalStats,
+    "dynemb_serve_result": ServeResult, "dynemb_serve_info": ServeInfo,
 }
 
 
