@@ -13,6 +13,9 @@
  *                           it moved on
  *   serve/damaged_version   a flipped byte: the load fails naming the damage, the
  *                           current version serves on, unchanged
+ *   serve/does_not_fit      under [quota] uid_bytes: a version whose rows cannot fit is
+ *                           refused before anything is made; one that runs out while it
+ *                           loads is discarded; the current version serves on
  *   serve/dead_reader       a reader SIGKILLed while it reads does not pin its version
  *   serve/grace             an idle live reader is revoked after grace_ms; its next batch
  *                           moves to the current version by itself
@@ -47,21 +50,30 @@ static float val(uint64_t k, uint64_t v, unsigned j)
 	return (float)(v * 1000003u % 9973u) + (float)(k % 1000u) * 0.001f + (float)j * 0.0001f;
 }
 
-static void start(const char *grace_ms)
+/* A daemon on d_sock with d_dir as its export_dir; fresh: d_dir emptied first. uid_bytes:
+ * its [quota] uid_bytes (NULL: the default). */
+static void start_with(const char *grace_ms, bool fresh, const char *uid_bytes)
 {
 	snprintf(d_dir, sizeof d_dir, "/tmp/de-serve-%d", (int)getpid());
 	char cmd[400];
-	snprintf(cmd, sizeof cmd, "rm -rf %s && mkdir -p %s", d_dir, d_dir);
+	snprintf(cmd, sizeof cmd, "%s%s && mkdir -p %s", fresh ? "rm -rf " : "true ",
+		 fresh ? d_dir : "", d_dir);
 	cr_assert_eq(system(cmd), 0);
 	snprintf(d_sock, sizeof d_sock, "%s.sock", d_dir);
 	snprintf(d_log, sizeof d_log, "%s.log", d_dir);
 	unlink(d_log);
 	const char *more[] = { "--export-dir", d_dir, "--serve-grace-ms", grace_ms,
-			       "--workers", "2", NULL };
+			       "--workers", "2", "--segment-bytes", "2M",
+			       uid_bytes ? "--uid-bytes" : NULL, uid_bytes, NULL };
 	const char *argv[40];
 	daemon_argv(argv, 40, daemon_bin(), d_sock, "info", more, NULL);
 	d_pid = daemon_spawn(argv, SIGKILL, d_log);
 	daemon_wait_listen(d_pid, d_sock, 10, d_log);
+}
+
+static void start(const char *grace_ms)
+{
+	start_with(grace_ms, true, NULL);
 }
 
 static void stop(void)
@@ -380,6 +392,78 @@ Test(serve, damaged_version)
 	cr_expect_eq(err, -EBADMSG, "%s", dynemb_strerror(err));
 	cr_assert_eq(dynemb_serve_lookup(c, h, k, 3, out, NULL, &v), 0);
 	cr_expect_eq(v, 1);
+	dynemb_close(c);
+}
+
+/* An export of n keys at dim into d_dir/name.dexp, made by a table of that name. */
+static void export_big(dynemb_client *c, const char *name, uint32_t dim, unsigned n,
+		       char *path, size_t cap)
+{
+	struct dynemb_table_spec s = spec();
+	s.name = name;
+	s.dim = dim;
+	int t;
+	cr_assert_eq(dynemb_open(c, &s, &t), 0);
+	uint64_t keys[256];
+	float *rows = calloc(256, dim * sizeof(float));
+	cr_assert(rows);
+	for (unsigned i = 0; i < n; i += 256) {
+		unsigned m = n - i < 256 ? n - i : 256;
+		for (unsigned j = 0; j < m; j++)
+			keys[j] = 1 + i + j;
+		cr_assert_eq(dynemb_update(c, t, keys, m, rows, 0, NULL), 0);
+	}
+	free(rows);
+	snprintf(path, cap, "%s/%s.dexp", d_dir, name);
+	int err = dynemb_export(c, name, path, NULL, NULL, NULL, NULL);
+	cr_assert_eq(err, 0, "export %s: %s", name, dynemb_strerror(err));
+}
+
+Test(serve, does_not_fit)
+{
+	/* the files, made by a daemon without a quota */
+	start("30000");
+	dynemb_client *c = conn();
+	struct dynemb_table_spec s = spec();
+	int tt;
+	char p1[300], big[300], edge[300];
+	cr_assert_eq(dynemb_open(c, &s, &tt), 0);
+	make_version(c, tt, 1, p1, sizeof p1);
+	export_big(c, "big", 1024, 20000, big, sizeof big);   /* 80 MiB of rows */
+	export_big(c, "edge", 1024, 15000, edge, sizeof edge); /* 60 MiB of rows */
+	dynemb_close(c);
+	daemon_terminate(d_pid, 10);
+
+	/* the serving daemon: 64 MiB for the loader's uid */
+	start_with("30000", false, "64M");
+	c = conn();
+	struct dynemb_serve_result r;
+	int err = dynemb_serve_load(c, "srv", p1, 0, NULL, NULL, &r);
+	cr_assert_eq(err, 0, "the small version fits: %s", dynemb_strerror(err));
+	int h;
+	cr_assert_eq(dynemb_open_serving(c, "srv", &h), 0);
+	err = dynemb_serve_load(c, "srv", big, 0, NULL, NULL, NULL);
+	cr_expect_eq(err, -EDQUOT, "%s", dynemb_strerror(err));
+	cr_expect(strstr(dynemb_strerror(err), "does not fit") &&
+		  strstr(dynemb_strerror(err), "uid_bytes"), "%s", dynemb_strerror(err));
+	cr_expect(!listed(c, "srv@v2"), "refused before a version was made");
+	/* rows that fit but a version that does not: the load runs out and is discarded */
+	err = dynemb_serve_load(c, "srv", edge, 0, NULL, NULL, NULL);
+	cr_expect(err == -EDQUOT || err == -ENOSPC, "%s", dynemb_strerror(err));
+	for (int v = 2; v <= 3; v++) {
+		char name[32];
+		snprintf(name, sizeof name, "srv@v%d", v);
+		cr_expect(!listed(c, name), "%s discarded", name);
+	}
+	uint64_t k[3] = { 1, 8, 15 };
+	float out[3 * DIM];
+	uint64_t v = 0;
+	cr_assert_eq(dynemb_serve_lookup(c, h, k, 3, out, NULL, &v), 0);
+	cr_expect_eq(v, 1, "version 1 serves on");
+	cr_expect(is_version(k, 3, out, 1));
+	/* and a version that fits still loads afterwards */
+	err = dynemb_serve_load(c, "srv", p1, 0, NULL, NULL, &r);
+	cr_expect_eq(err, 0, "%s", dynemb_strerror(err));
 	dynemb_close(c);
 }
 

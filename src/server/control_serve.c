@@ -12,7 +12,8 @@
  *   SERVE_LOAD: rights (import on a serving name that exists, create on a new one) ->
  *     the name is no ordinary table (-EEXIST) and no load of it runs (-EBUSY) -> the path
  *     lies under export_dir (as IMPORT) -> the file's header, read as the client
- *     (de_export_header: a bad header is refused before any memory is taken) -> a new
+ *     (de_export_header: a bad header is refused before any memory is taken) -> its rows
+ *     fit in what the loader's uid and the host have left (version_fits) -> a new
  *     version table in the registry (charged to the loader's quota like any table, so
  *     while two versions coexist the host and uid budgets count both) -> a load thread
  *     imports the file as the client (de_import, strict: a damaged file imports nothing),
@@ -190,6 +191,54 @@ static void *load_main(void *arg)
 
 /* ---- SERVE_LOAD ---------------------------------------------------------------------- */
 
+/* Refused before anything is mapped: the new version's rows alone (records x dim x 4
+ * bytes, less than all it will map) must fit in what the loader's uid ([quota] uid_bytes,
+ * -EDQUOT) and the host (host_bytes, -ENOSPC) have left beside the versions that exist.
+ * The rest (index, row metadata) is charged as the load maps it: a load that runs out
+ * there fails the same way and is discarded. */
+static int version_fits(struct srv_server *s, uid_t uid, const char *name,
+			const struct de_export_info *info, char *msg, size_t cap)
+{
+	uint64_t need;
+	if (__builtin_mul_overflow(info->records, (uint64_t)info->config.dim * 4, &need))
+		need = UINT64_MAX;
+	struct srv_quota *q = s->reg.quota;
+	if (!q)
+		return 0;
+	const struct {
+		uint64_t limit;
+		uid_t who;
+		int err;
+		const char *what;
+	} k[2] = { { s->cfg.quota_uid_bytes, uid, -EDQUOT, "uid_bytes" },
+		   { s->cfg.quota_host_bytes, SRV_QUOTA_UID_NONE, -ENOSPC, "host_bytes" } };
+	for (int i = 0; i < 2; i++) {
+		uint32_t tables;
+		uint64_t used;
+		if (!k[i].limit)
+			continue;
+		srv_quota_usage(q, k[i].who, &tables, &used);
+		uint64_t left = used < k[i].limit ? k[i].limit - used : 0;
+		if (need <= left)
+			continue;
+		char who[32];
+		if (i == 0)
+			snprintf(who, sizeof who, "uid %u", (unsigned)uid);
+		else
+			snprintf(who, sizeof who, "the host");
+		char text[400]; /* at most ~330; a reply carries 240: the tail may be cut */
+		snprintf(text, sizeof text, "serving '%.40s': a new version does not fit: its rows "
+			 "need %" PRIu64 " bytes (%" PRIu64 " x dim %u), %s has %" PRIu64 " of "
+			 "[quota] %s %" PRIu64 " left; the current version serves on", name, need,
+			 info->records, info->config.dim, who, left, k[i].what, k[i].limit);
+		size_t len = strnlen(text, cap - 1);
+		memcpy(msg, text, len);
+		msg[len] = '\0';
+		return k[i].err;
+	}
+	return 0;
+}
+
 /* Versions whose name an ordinary table took are skipped, this many at most. */
 #define SERVE_SKIP_MAX 64u
 
@@ -307,6 +356,8 @@ void srv_serving_load(struct srv_server *s, struct srv_client *c, const struct d
 				 m->path, strerror(-err), info.problem ? " (" : "",
 				 info.problem ? info.problem : "", info.problem ? ")" : "");
 	}
+	if (!err)
+		err = version_fits(s, c->uid, name, &info, msg, sizeof msg);
 	struct srv_table *t = NULL;
 	uint64_t v = n ? n->next_version : 1;
 	if (!err)
