@@ -16,6 +16,9 @@
  *   serve/does_not_fit      under [quota] uid_bytes: a version whose rows cannot fit is
  *                           refused before anything is made; one that runs out while it
  *                           loads is discarded; the current version serves on
+ *   serve/unload            DROP of a serving name: refused while a reader holds it,
+ *                           forced revokes the reader (-ENOENT next) and frees every
+ *                           version; the name loads anew; plain once nobody reads
  *   serve/dead_reader       a reader SIGKILLed while it reads does not pin its version
  *   serve/grace             an idle live reader is revoked after grace_ms; its next batch
  *                           moves to the current version by itself
@@ -464,6 +467,55 @@ Test(serve, does_not_fit)
 	/* and a version that fits still loads afterwards */
 	err = dynemb_serve_load(c, "srv", p1, 0, NULL, NULL, &r);
 	cr_expect_eq(err, 0, "%s", dynemb_strerror(err));
+	dynemb_close(c);
+}
+
+Test(serve, unload)
+{
+	start("30000");
+	dynemb_client *c = conn();
+	int h;
+	char p1[300], p2[300];
+	two_versions(c, p1, p2);
+	cr_assert_eq(dynemb_serve_load(c, "srv", p2, 0, NULL, NULL, NULL), 0); /* v2 */
+	dynemb_client *rd = conn();
+	cr_assert_eq(dynemb_open_serving(rd, "srv", &h), 0);
+	uint64_t k[3] = { 1, 8, 15 };
+	float out[3 * DIM];
+	uint64_t v = 0;
+	cr_assert_eq(dynemb_serve_lookup(rd, h, k, 3, out, NULL, &v), 0);
+	cr_expect_eq(v, 2);
+	/* a reader holds it: a plain unload is refused and changes nothing */
+	int err = dynemb_drop_table(c, "srv", NULL);
+	cr_expect_eq(err, -EBUSY, "%s", dynemb_strerror(err));
+	cr_expect(strstr(dynemb_strerror(err), "reader handle"), "%s", dynemb_strerror(err));
+	cr_assert_eq(dynemb_serve_lookup(rd, h, k, 3, out, NULL, &v), 0);
+	cr_expect(v == 2 && is_version(k, 3, out, 2), "still serving version 2");
+	/* forced: gone at once, the reader's next lookup fails, every version is freed */
+	uint64_t bytes = 0;
+	err = dynemb_drop_table_flags(c, "srv", DYNEMB_DROP_FORCE, &bytes);
+	cr_assert_eq(err, 0, "forced unload: %s", dynemb_strerror(err));
+	cr_expect_gt(bytes, 0);
+	err = dynemb_serve_lookup(rd, h, k, 3, out, NULL, &v);
+	cr_expect_eq(err, -ENOENT, "a revoked reader: %s", dynemb_strerror(err));
+	cr_expect(!listed(c, "srv@v1") && !listed(c, "srv@v2"), "its versions are freed");
+	cr_expect_eq(dynemb_open_serving(c, "srv", &h), -ENOENT);
+	cr_expect_eq(dynemb_drop_table(c, "srv", NULL), -ENOENT);
+	dynemb_close(rd);
+	/* the name can be loaded again; with no reader a plain unload frees it */
+	struct dynemb_serve_result r;
+	cr_assert_eq(dynemb_serve_load(c, "srv", p1, 0, NULL, NULL, &r), 0);
+	cr_expect_eq(r.previous, 0, "a new name");
+	cr_assert_eq(dynemb_open_serving(c, "srv", &h), 0);
+	cr_assert_eq(dynemb_serve_lookup(c, h, k, 3, out, NULL, &v), 0);
+	cr_expect(is_version(k, 3, out, 1));
+	dynemb_close(c);
+	c = conn();
+	err = dynemb_drop_table(c, "srv", &bytes);
+	cr_expect_eq(err, 0, "plain unload: %s", dynemb_strerror(err));
+	char name[32];
+	snprintf(name, sizeof name, "srv@v%llu", (unsigned long long)r.version);
+	cr_expect(!listed(c, name));
 	dynemb_close(c);
 }
 

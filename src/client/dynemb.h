@@ -495,8 +495,10 @@ int dynemb_drop_table_flags(dynemb_client *c, const char *table_name, unsigned f
  * the default (zeros, or with DYNEMB_SERVE_MISS_INIT the initializer of the file's
  * config) and are counted, never created; every write on a serving handle fails -EROFS.
  * The daemon frees a replaced version once no reader holds it any more, and at the
- * latest [serving] grace_ms after the switch. Serving tables have int64 keys and are not
- * persisted (the export file is the copy: load it again after a restart).
+ * latest [serving] grace_ms after the switch. dynemb_drop_table(_flags) of a serving name
+ * unloads it: every version freed (DYNEMB_DROP_FORCE: readers revoked, their next lookup
+ * fails -ENOENT; without it -EBUSY while one reads). Serving tables have int64 keys and
+ * are not persisted (the export file is the copy: load it again after a restart).
  */
 #define DYNEMB_SERVE_MISS_INIT 0x1u /* dynemb_serve_load: missing keys read the initializer */
 

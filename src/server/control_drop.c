@@ -63,7 +63,7 @@ static unsigned force_wait_ms(void)
 
 /* References to t from connections already closed (their worker has not released
  * them yet: they go within a worker's round). */
-static unsigned closing_refs(const struct srv_client *all, const struct srv_table *t)
+unsigned srv_control_closing_refs(const struct srv_client *all, const struct srv_table *t)
 {
 	unsigned n = 0;
 	for (const struct srv_client *k = all; k; k = k->next)
@@ -151,6 +151,10 @@ void srv_control_drop(struct srv_server *s, struct srv_client *clients, struct s
 	unsigned revoked = 0;
 	const char *name = m->name;
 	struct srv_table *t = srv_registry_find(&s->reg, name);
+	if (!t && srv_serving_is_name(s, name)) {
+		srv_serving_drop(s, clients, c, m); /* unload: rights on the name, as below */
+		return;
+	}
 	/* rights first: a refusal must not depend on whether the table exists */
 	unsigned rights = srv_authz_rights(&s->cfg, c->uid, c->gid, name, t != NULL,
 					   t ? t->owner : 0);
@@ -168,7 +172,7 @@ void srv_control_drop(struct srv_server *s, struct srv_client *clients, struct s
 			 name);
 		err = -EBUSY;
 	}
-	if (!err && !force && t->refs && t->refs == closing_refs(clients, t)) {
+	if (!err && !force && t->refs && t->refs == srv_control_closing_refs(clients, t)) {
 		c->drop_wait = true; /* a client that closed just before: answered at the reap */
 		c->drop_seq = m->h.seq;
 		memcpy(c->drop_name, m->name, DE_NAME_MAX);

@@ -44,10 +44,21 @@ int srv_control_send_segments(struct srv_client *c, struct srv_table *t, const v
  * serving table, -EEXIST for a serving name, with msg; else 0. */
 int srv_serving_open_check(const struct srv_server *s, const char *name,
 			   const struct srv_table *t, char *msg, size_t cap);
-/* DROP of name (t as above): -EBUSY for a version (the daemon frees those), -EOPNOTSUPP for
- * a serving name, with msg; else 0. */
+/* DROP of name (t as above): -EBUSY for a version (the daemon frees those), with msg;
+ * else 0. */
 int srv_serving_drop_check(const struct srv_server *s, const char *name,
 			   const struct srv_table *t, char *msg, size_t cap);
+/* References to t from connections already closed whose worker has not released them yet
+ * (control_drop.c): a DROP that only they block waits for the reap (c->drop_wait). */
+unsigned srv_control_closing_refs(const struct srv_client *all, const struct srv_table *t);
+/* Is name a serving name (one srv_serving_drop unloads)? */
+bool srv_serving_is_name(const struct srv_server *s, const char *name);
+/* DROP of serving name m->name from c (srv_serving_is_name): the drop right on it, no load
+ * running (-EBUSY), no reader handle unless DE_DROP_FORCE (-EBUSY; forced: revoked, their
+ * next lookup fails -ENOENT); then the name is gone and its versions are freed: DROP_OK
+ * with the bytes, or -ETIMEDOUT when a version was still used (freed later). */
+void srv_serving_drop(struct srv_server *s, struct srv_client *clients, struct srv_client *c,
+		      const struct de_msg_drop *m);
 /* SERVE_LOAD from c (m checked by srv_check_msg): refused at once with ERROR, or a load
  * thread runs and srv_serving_poll replies when it ended. */
 void srv_serving_load(struct srv_server *s, struct srv_client *c,

@@ -93,13 +93,14 @@ struct sname {
 	uint64_t next_version;
 	bool miss_init;           /* DE_SERVE_MISS_INIT of the current version */
 	struct load *load;        /* the load that runs, or NULL */
-	struct old old[SERVE_MAX_OLD];
+	struct old old[SERVE_MAX_OLD + 1]; /* + 1: the current one, once unloaded */
 	unsigned nold;
 	struct sname *next;
 };
 
 struct srv_serving {
 	struct sname *head;
+	struct sname *dropped; /* unloaded names whose versions are not all freed yet */
 };
 
 static int64_t now_ms(void) { return (int64_t)(srv_mono_ns() / 1000000); }
@@ -582,30 +583,147 @@ static int version_free(struct srv_server *s, struct srv_client *clients, struct
 	return 0;
 }
 
+/* Frees n's superseded versions that nobody holds or whose grace is over. */
+static void free_old(struct srv_server *s, struct srv_client *clients, struct sname *n,
+		     int64_t now)
+{
+	for (unsigned i = 0; i < n->nold;) {
+		struct srv_table *t = n->old[i].t;
+		bool due = now - n->old[i].since_ms >= (int64_t)s->cfg.serve_grace_ms;
+		if ((t->refs == 0 || due) && !version_free(s, clients, t)) {
+			n->old[i] = n->old[--n->nold];
+			continue;
+		}
+		if (due) /* a free that timed out: try again a grace later */
+			n->old[i].since_ms = now;
+		i++;
+	}
+}
+
 void srv_serving_poll(struct srv_server *s, struct srv_client *clients)
 {
 	int64_t now = now_ms();
 	for (struct sname *n = s->serving ? s->serving->head : NULL; n; n = n->next) {
 		if (n->load && __atomic_load_n(&n->load->finished, __ATOMIC_ACQUIRE))
 			load_finished(s, n);
-		for (unsigned i = 0; i < n->nold;) {
-			struct srv_table *t = n->old[i].t;
-			bool due = now - n->old[i].since_ms >= (int64_t)s->cfg.serve_grace_ms;
-			if ((t->refs == 0 || due) && !version_free(s, clients, t)) {
-				n->old[i] = n->old[--n->nold];
-				continue;
-			}
-			if (due) /* a free that timed out: try again a grace later */
-				n->old[i].since_ms = now;
-			i++;
-		}
+		free_old(s, clients, n, now);
 	}
+	for (struct sname **pp = s->serving ? &s->serving->dropped : NULL; pp && *pp;) {
+		struct sname *n = *pp;
+		free_old(s, clients, n, now);
+		if (n->nold) {
+			pp = &n->next;
+			continue;
+		}
+		*pp = n->next;
+		free(n);
+	}
+}
+
+/* ---- unloading (DROP of a serving name) ------------------------------------------------ */
+
+/* Connections holding a version of n. */
+static unsigned held(const struct sname *n)
+{
+	unsigned refs = n->cur ? n->cur->refs : 0;
+	for (unsigned i = 0; i < n->nold; i++)
+		refs += n->old[i].t->refs;
+	return refs;
+}
+
+/* ... of them, from connections already closed (released at their reap). */
+static unsigned closing(const struct srv_client *clients, const struct sname *n)
+{
+	unsigned refs = n->cur ? srv_control_closing_refs(clients, n->cur) : 0;
+	for (unsigned i = 0; i < n->nold; i++)
+		refs += srv_control_closing_refs(clients, n->old[i].t);
+	return refs;
+}
+
+void srv_serving_drop(struct srv_server *s, struct srv_client *clients, struct srv_client *c,
+		      const struct de_msg_drop *m)
+{
+	char msg[240];
+	bool force = m->flags & DE_DROP_FORCE;
+	const char *name = m->name;
+	struct sname *n = sname_find(s, name), **pp;
+	unsigned rights = srv_authz_rights(&s->cfg, c->uid, c->gid, name, true, n->owner);
+	int err = srv_authz_need(&s->cfg, rights, SRV_RIGHT_DROP, c->uid, c->gid, name, msg,
+				 sizeof msg);
+	if (!err && n->load) {
+		snprintf(msg, sizeof msg, "serving table '%.40s': version %" PRIu64 " is loading "
+			 "(from %.100s); unload it when the load ended", name, n->load->version,
+			 n->load->path);
+		err = -EBUSY;
+	}
+	unsigned refs = held(n);
+	if (!err && refs && !force && refs == closing(clients, n)) {
+		c->drop_wait = true; /* only connections that closed just before: at the reap */
+		c->drop_seq = m->h.seq;
+		memcpy(c->drop_name, m->name, DE_NAME_MAX);
+		return;
+	}
+	if (!err && refs && !force) {
+		snprintf(msg, sizeof msg, "serving table '%.40s': %u reader handle%s hold%s its "
+			 "versions: close them, or force the unload (dynembctl drop --force; their "
+			 "next lookup fails -ENOENT)", name, refs, refs == 1 ? "" : "s",
+			 refs == 1 ? "s" : "");
+		err = -EBUSY;
+	}
+	if (err) {
+		srv_reply_error(c->sock, m->h.seq, err, 0, "%s", msg);
+		return;
+	}
+	/* off the list first: no SERVE_OPEN finds it, a new load starts a new name */
+	for (pp = &s->serving->head; *pp != n; pp = &(*pp)->next)
+		;
+	*pp = n->next;
+	n->next = s->serving->dropped;
+	s->serving->dropped = n;
+	int64_t now = now_ms();
+	if (n->cur) {
+		de_table_supersede(n->cur->t); /* readers' next batch asks SERVE_OPEN: -ENOENT */
+		n->old[n->nold++] = (struct old){ .t = n->cur, .since_ms = now };
+		n->cur = NULL;
+	}
+	uint64_t bytes = 0;
+	unsigned stay = 0;
+	for (unsigned i = 0; i < n->nold;) {
+		struct srv_table *t = n->old[i].t;
+		uint64_t b = t->quota ? srv_quota_acct_bytes(t->quota) : 0;
+		if (!version_free(s, clients, t)) {
+			bytes += b;
+			n->old[i] = n->old[--n->nold];
+			continue;
+		}
+		stay++;
+		i++;
+	}
+	srv_logf(SRV_LOG_INFO, SRV_KV(SRV_F_UINT("client", c->id), SRV_F_UINT("uid", c->uid),
+				      SRV_F_TABLE(name), SRV_F_UINT("bytes", bytes),
+				      SRV_F_UINT("forced", force), SRV_F_UINT("readers", refs)),
+		 "client %u (uid %u) %sunloaded serving table '%s': %" PRIu64 " MiB given back%s",
+		 c->id, (unsigned)c->uid, force ? "force-" : "", name, bytes >> 20,
+		 stay ? "; some versions are freed later (still used by a worker)" : "");
+	if (stay) {
+		srv_reply_error(c->sock, m->h.seq, -ETIMEDOUT, 0, "serving table '%s' unloaded, "
+				"but %u of its versions were still used by a worker or a job after "
+				"%u ms: the daemon frees them later", name, stay, REVOKE_WAIT_MS);
+		return;
+	}
+	struct de_msg_drop_ok ok;
+	memset(&ok, 0, sizeof ok);
+	srv_reply_hdr(&ok.h, DE_MSG_DROP_OK, sizeof ok, m->h.seq);
+	ok.bytes = bytes;
+	srv_reply_send(c->sock, &ok, sizeof ok, NULL, 0, 0);
 }
 
 int srv_serving_next_ms(const struct srv_server *s)
 {
 	int64_t now = now_ms(), best = -1;
-	for (const struct sname *n = s->serving ? s->serving->head : NULL; n; n = n->next)
+	for (int list = 0; list < 2; list++)
+	for (const struct sname *n = !s->serving ? NULL : list ? s->serving->dropped
+							      : s->serving->head; n; n = n->next)
 		for (unsigned i = 0; i < n->nold; i++) {
 			int64_t due = n->old[i].since_ms + (int64_t)s->cfg.serve_grace_ms - now;
 			if (due < 0)
@@ -619,18 +737,19 @@ int srv_serving_next_ms(const struct srv_server *s)
 int srv_serving_drop_check(const struct srv_server *s, const char *name,
 			   const struct srv_table *t, char *msg, size_t cap)
 {
+	(void)s;
 	if (t && t->serve_version) {
 		snprintf(msg, cap, "table '%s' is version %" PRIu64 " of serving table '%s': the "
 			 "daemon frees superseded versions itself", name, t->serve_version,
 			 t->serve_name);
 		return -EBUSY;
 	}
-	if (!t && sname_find(s, name)) {
-		snprintf(msg, cap, "'%s' is a serving table: unloading one is not supported yet "
-			 "(load a new version over it instead)", name);
-		return -EOPNOTSUPP;
-	}
 	return 0;
+}
+
+bool srv_serving_is_name(const struct srv_server *s, const char *name)
+{
+	return sname_find(s, name) != NULL;
 }
 
 void srv_serving_stop(struct srv_server *s)
@@ -645,6 +764,10 @@ void srv_serving_stop(struct srv_server *s)
 			free(n->load);
 		}
 		free(n); /* the versions are registry tables: srv_registry_destroy frees them */
+	}
+	for (struct sname *n = s->serving->dropped, *next; n; n = next) {
+		next = n->next;
+		free(n);
 	}
 	free(s->serving);
 	s->serving = NULL;
