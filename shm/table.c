@@ -52,7 +52,8 @@
  * b2 = (h >> 16) mod B (b1 ^ 1 if equal).
  *
  * Row chunk: rows * row_stride bytes of rows (values: dim f32, then nslots * dim f32),
- * then rows * 32 bytes of metadata (struct de_row_meta: key, last_step, freq, flags).
+ * then rows * 32 bytes of metadata (struct de_row_meta: key, last_step, freq, flags; a
+ * free row's key is the free list's link, row_free).
  *
  * ---- Concurrency ---------------------------------------------------------------------
  *
@@ -1067,7 +1068,7 @@ static int row_alloc(struct de_table *t, uint32_t *out)
 		uint32_t r = LD(&h->free_head);
 		if (r != ROW_NONE) {
 			struct de_row_meta *m = row_ok(t, r) ? meta_at(t, r) : NULL;
-			uint64_t next = m ? LD(&m->last_step) : 0;
+			uint64_t next = m ? LD(&m->key) : 0; /* row_free: the link */
 			/* a free row is not live, and links to a row id or to the end; a cycle
 			 * hands out a live row again, and its flags catch it */
 			if (!m || (LD(&m->flags) & ROW_LIVE) || (next != ROW_NONE && next >= MAX_ROWS)) {
@@ -1104,7 +1105,11 @@ static int row_alloc(struct de_table *t, uint32_t *out)
 }
 
 /* Put row r on the free list. A lock that times out leaks the row (a corrupt header:
- * losing one row id is the safe way out). */
+ * losing one row id is the safe way out). The link to the next free row goes in the
+ * row's key: lock-free writers never store a key. last_step, freq and aux are written
+ * without a lock by readers that found the row just before it was erased (meta_touch,
+ * the Hogwild step): a link there was overwritten by a step number, and the list then
+ * handed out a live row (-EBADMSG on a later insert). */
 static void row_free(struct de_table *t, uint32_t r)
 {
 	struct table_hdr *h = t->hdr;
@@ -1112,7 +1117,9 @@ static void row_free(struct de_table *t, uint32_t r)
 	if (!m || spin_lock(&h->free_lock))
 		return;
 	ST(&m->flags, 0u);
-	ST(&m->last_step, (uint64_t)h->free_head);
+	/* release: a reader that sees the link as the key also sees the row not live
+	 * (de_table_peek's acquire), so a link is never taken for a key */
+	STR(&m->key, (uint64_t)h->free_head);
 	h->free_head = r;
 	ST(&h->nfree, LD(&h->nfree) + 1);
 	spin_unlock(&h->free_lock);
@@ -1829,7 +1836,8 @@ int de_table_peek(de_table *t, uint64_t row, struct de_row_meta *meta, float *va
 	float *r = row_at(t, (uint32_t)row);
 	if (!m || !r)
 		return -ENOENT; /* chunk not published (or not mapped here yet) */
-	struct de_row_meta mc = { LD(&m->key), LD(&m->last_step), LD(&m->freq), LD(&m->flags),
+	/* acquire: pairs with row_free's release of the free list's link into key */
+	struct de_row_meta mc = { LDA(&m->key), LD(&m->last_step), LD(&m->freq), LD(&m->flags),
 				  LD(&m->aux) };
 	if (!(mc.flags & ROW_LIVE) || !mc.key)
 		return -ENOENT;

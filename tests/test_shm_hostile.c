@@ -50,6 +50,9 @@
 #define H_DIR 128
 #define H_NEXT_ROW 192
 #define H_FREE_LOCK 256
+#define H_ROW_STRIDE 56
+#define H_CHUNK_SHIFT 60
+#define H_CHUNK_TAB 72
 #define H_FREE_HEAD 260
 #define H_NFREE 264
 #define S_DEPTH_PREFIX 0
@@ -363,6 +366,50 @@ Test(scribbled, free_head_names_a_live_row, .timeout = 60)
 	*(uint32_t *)(hdr_of(a) + H_FREE_HEAD) = live;
 	cr_expect_eq(insert_one(t, 0xabcdef4), -EBADMSG);
 	expect_keys(t, keys + 100, NK - 100, "untouched keys");
+	de_table_close(t);
+	de_arena_destroy(a);
+	free(keys);
+}
+
+/* The metadata of row r (struct de_row_meta), found through the header's chunk table. */
+static struct de_row_meta *meta_of(de_arena *a, uint32_t r)
+{
+	char *h = hdr_of(a);
+	uint32_t stride = *(uint32_t *)(h + H_ROW_STRIDE), shift = *(uint32_t *)(h + H_CHUNK_SHIFT);
+	uint64_t *ctab = (uint64_t *)de_arena_at(a, *(uint64_t *)(h + H_CHUNK_TAB));
+	char *chunk = de_arena_at(a, ctab[r >> shift]);
+	return (struct de_row_meta *)(chunk + ((uint64_t)stride << shift) +
+				      (uint64_t)(r & ((1u << shift) - 1)) * sizeof(struct de_row_meta));
+}
+
+/* What a lock-free reader that found a row just before it was erased does: it stores
+ * last_step (and freq) into the row's metadata after the row went on the free list. The
+ * step it stores may be any number, here a live row's id. The free list must not care. */
+Test(scribbled, late_touch_of_a_freed_row, .timeout = 60)
+{
+	de_arena *a = mk_arena(0);
+	uint64_t *keys;
+	de_table *t = scribble_table(a, &keys);
+	uint32_t live = UINT32_MAX;
+	for (uint64_t r = 0; r < de_table_row_limit(t) && live == UINT32_MAX; r++) {
+		struct de_row_meta m;
+		if (de_table_peek(t, r, &m, NULL) == 0)
+			live = (uint32_t)r;
+	}
+	cr_assert_neq(live, UINT32_MAX);
+	uint32_t head = *(uint32_t *)(hdr_of(a) + H_FREE_HEAD);
+	struct de_row_meta *m = meta_of(a, head);
+	m->last_step = live; /* the late touch */
+	m->freq += 1;
+	m->aux = live;
+	for (uint64_t k = 0; k < 100; k++)
+		cr_assert_eq(insert_one(t, 0x1234500 + k), 0, "insert %llu into a freed row",
+			     (unsigned long long)k);
+	expect_keys(t, keys + 100, NK - 100, "untouched keys");
+	uint64_t fresh[100];
+	for (uint64_t k = 0; k < 100; k++)
+		fresh[k] = 0x1234500 + k;
+	expect_keys(t, fresh, 100, "the keys put in the freed rows");
 	de_table_close(t);
 	de_arena_destroy(a);
 	free(keys);

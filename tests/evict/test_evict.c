@@ -635,7 +635,7 @@ Test(evict, remove_table_while_passes_run, .timeout = 300)
 	cr_expect_eq(de_evict_inline(ev, ix), -EINVAL);
 	cr_expect_eq(de_evict_table_step(ev, ix, 0, NULL), -EINVAL);
 	pthread_join(th, NULL);
-	cr_assert_eq(ay.err, 0);
+	cr_assert_eq(ay.err, 0, "y's lookups and inline passes: %s", strerror(-ay.err));
 	struct de_evict_stats h, sy;
 	cr_assert_eq(de_evict_stop(ev), 0);
 	cr_assert_eq(de_evict_stats(ev, DE_EVICT_HOST, &h), 0);
