@@ -173,6 +173,20 @@ static void two_versions(dynemb_client *c, char p1[300], char p2[300])
 	cr_assert_eq(dynemb_serve_load(c, "srv", p1, 0, NULL, NULL, NULL), 0);
 }
 
+/* Keys 1, 8, 15 read through serving handle h of c: the batch is answered by version
+ * want and holds its rows. */
+static void expect_serves(dynemb_client *c, int h, uint64_t want, const char *who)
+{
+	uint64_t k[3] = { 1, 8, 15 };
+	float out[3 * DIM];
+	uint64_t v = 0;
+	int err = dynemb_serve_lookup(c, h, k, 3, out, NULL, &v);
+	cr_assert_eq(err, 0, "%s: %s", who, dynemb_strerror(err));
+	cr_expect_eq(v, want, "%s: answered by version %llu", who, (unsigned long long)v);
+	cr_expect(is_version(k, 3, out, want), "%s: the rows of version %llu", who,
+		  (unsigned long long)want);
+}
+
 TestSuite(serve, .fini = stop, .timeout = 120);
 
 Test(serve, load_and_read)
@@ -378,12 +392,7 @@ Test(serve, damaged_version)
 	cr_expect_eq(err, -EBADMSG, "%s", dynemb_strerror(err));
 	cr_expect(strstr(dynemb_strerror(err), "current version serves on"), "%s",
 		  dynemb_strerror(err));
-	uint64_t k[3] = { 1, 8, 15 };
-	float out[3 * DIM];
-	uint64_t v = 0;
-	cr_assert_eq(dynemb_serve_lookup(c, h, k, 3, out, NULL, &v), 0);
-	cr_expect_eq(v, 1);
-	cr_expect(is_version(k, 3, out, 1));
+	expect_serves(c, h, 1, "after the damaged load");
 	cr_expect(!listed(c, "srv@v2"), "the damaged version left nothing behind");
 	/* a file that is no export at all: refused from its header */
 	snprintf(p2, sizeof p2, "%s/junk.dexp", d_dir);
@@ -393,8 +402,7 @@ Test(serve, damaged_version)
 	fclose(f);
 	err = dynemb_serve_load(c, "srv", p2, 0, NULL, NULL, NULL);
 	cr_expect_eq(err, -EBADMSG, "%s", dynemb_strerror(err));
-	cr_assert_eq(dynemb_serve_lookup(c, h, k, 3, out, NULL, &v), 0);
-	cr_expect_eq(v, 1);
+	expect_serves(c, h, 1, "after the junk file");
 	dynemb_close(c);
 }
 
@@ -458,12 +466,7 @@ Test(serve, does_not_fit)
 		snprintf(name, sizeof name, "srv@v%d", v);
 		cr_expect(!listed(c, name), "%s discarded", name);
 	}
-	uint64_t k[3] = { 1, 8, 15 };
-	float out[3 * DIM];
-	uint64_t v = 0;
-	cr_assert_eq(dynemb_serve_lookup(c, h, k, 3, out, NULL, &v), 0);
-	cr_expect_eq(v, 1, "version 1 serves on");
-	cr_expect(is_version(k, 3, out, 1));
+	expect_serves(c, h, 1, "version 1 serves on");
 	/* and a version that fits still loads afterwards */
 	err = dynemb_serve_load(c, "srv", p1, 0, NULL, NULL, &r);
 	cr_expect_eq(err, 0, "%s", dynemb_strerror(err));
@@ -480,17 +483,15 @@ Test(serve, unload)
 	cr_assert_eq(dynemb_serve_load(c, "srv", p2, 0, NULL, NULL, NULL), 0); /* v2 */
 	dynemb_client *rd = conn();
 	cr_assert_eq(dynemb_open_serving(rd, "srv", &h), 0);
-	uint64_t k[3] = { 1, 8, 15 };
-	float out[3 * DIM];
-	uint64_t v = 0;
-	cr_assert_eq(dynemb_serve_lookup(rd, h, k, 3, out, NULL, &v), 0);
-	cr_expect_eq(v, 2);
+	expect_serves(rd, h, 2, "before the unload");
 	/* a reader holds it: a plain unload is refused and changes nothing */
 	int err = dynemb_drop_table(c, "srv", NULL);
 	cr_expect_eq(err, -EBUSY, "%s", dynemb_strerror(err));
 	cr_expect(strstr(dynemb_strerror(err), "reader handle"), "%s", dynemb_strerror(err));
-	cr_assert_eq(dynemb_serve_lookup(rd, h, k, 3, out, NULL, &v), 0);
-	cr_expect(v == 2 && is_version(k, 3, out, 2), "still serving version 2");
+	expect_serves(rd, h, 2, "still serving version 2");
+	uint64_t k[3] = { 1, 8, 15 };
+	float out[3 * DIM];
+	uint64_t v = 0;
 	/* forced: gone at once, the reader's next lookup fails, every version is freed */
 	uint64_t bytes = 0;
 	err = dynemb_drop_table_flags(c, "srv", DYNEMB_DROP_FORCE, &bytes);
@@ -507,8 +508,7 @@ Test(serve, unload)
 	cr_assert_eq(dynemb_serve_load(c, "srv", p1, 0, NULL, NULL, &r), 0);
 	cr_expect_eq(r.previous, 0, "a new name");
 	cr_assert_eq(dynemb_open_serving(c, "srv", &h), 0);
-	cr_assert_eq(dynemb_serve_lookup(c, h, k, 3, out, NULL, &v), 0);
-	cr_expect(is_version(k, 3, out, 1));
+	expect_serves(c, h, r.version, "the name loaded anew");
 	dynemb_close(c);
 	c = conn();
 	err = dynemb_drop_table(c, "srv", &bytes);
