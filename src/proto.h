@@ -77,6 +77,13 @@
  *               arg and status_off 0. Once one string does not fit  aux0 = bytes the
  *               no later string is written (lens still are).        strings need
  *
+ * A batch is not atomic: a write that fails midway keeps the keys it applied before the
+ * failure, and other readers see its rows change one by one. An int64 LOOKUP or UPDATE
+ * larger than a worker's slice (about 4,096 / (dim + 1) keys) is served in slices over
+ * several passes (server/worker.c, "Fairness"), so meanwhile a prefix of it is visible
+ * (and, for UPDATE, in the WAL: a crash before its completion may keep a prefix of an
+ * unacknowledged UPDATE, never a part of an acknowledged one).
+ *
  * A LOOKUP (create), UPDATE or APPLY_GRADS that fails -ENOSPC because the table's hash
  * index refused a key (shm/de_shm.h: its seeded hashes collide with keys that fill its
  * bucket pair) completes with aux1 = the table's index_refusals (> 0); 0 otherwise.

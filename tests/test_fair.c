@@ -5,7 +5,8 @@
  *
  * The attacks, each against a victim doing small lookups of rows it checks value by value:
  *   - 4,096 in-flight lookups of max_batch keys each (the flooder keeps its ring full;
- *     every descriptor names the same data-area range, which the daemon allows);
+ *     every descriptor names the same data-area range, which the daemon allows), and the
+ *     same with UPDATEs of max_batch rows into the flooder's own table;
  *   - long TOPK requests, and a TOPK over the daemon's cost cap (refused, the cap named in
  *     the completion; libdynemb's dynemb_topk then splits its queries under the cap, or
  *     names the cap when one query alone is over it);
@@ -260,7 +261,7 @@ static double victim_run(struct cli *v, int t, double secs, unsigned *done)
 
 /* ---- the flooder --------------------------------------------------------------------- */
 
-enum flood_kind { FLOOD_LOOKUP, FLOOD_TOPK, FLOOD_WAKE };
+enum flood_kind { FLOOD_LOOKUP, FLOOD_UPDATE, FLOOD_TOPK, FLOOD_WAKE };
 
 struct flood {
 	struct cli c;
@@ -290,8 +291,10 @@ static void *flood_main(void *arg)
 		return NULL;
 	}
 	struct de_sqe e;
-	if (f->kind == FLOOD_LOOKUP) {
+	if (f->kind == FLOOD_LOOKUP || f->kind == FLOOD_UPDATE) {
 		e = lookup_sqe(f->t, NKEYS, 0, MiB); /* every descriptor: the same range */
+		if (f->kind == FLOOD_UPDATE)
+			e.op = DE_OP_UPDATE; /* rows in, into its own table */
 	} else {
 		e = (struct de_sqe){ .op = DE_OP_TOPK, .table = (uint16_t)f->t, .count = f->topk_nq,
 				     .keys_off = 0, .keys_len = 4ull * f->topk_nq * DIM,
@@ -303,7 +306,7 @@ static void *flood_main(void *arg)
 		struct de_cqe q;
 		while (de_channel_reap(f->c.ch, &q, true, 0, 50) == 0) {
 			__atomic_fetch_add(&f->completed, 1, __ATOMIC_RELAXED);
-			bool ok = q.res == 0 && (f->kind == FLOOD_TOPK || q.count == NKEYS);
+			bool ok = q.res == 0 && (f->kind != FLOOD_LOOKUP || q.count == NKEYS);
 			if (!ok)
 				__atomic_fetch_add(&f->wrong, 1, __ATOMIC_RELAXED);
 			if (__atomic_load_n(&f->stop, __ATOMIC_RELAXED))
@@ -322,12 +325,14 @@ static void flood_start(struct flood *f, pthread_t *th, const char *sock, enum f
 	f->kind = kind;
 	f->topk_nq = topk_nq;
 	cli_hello(&f->c, sock, sq, 32 * MiB);
-	f->t = cli_open(&f->c, "victim");
-	if (kind == FLOOD_LOOKUP) {
+	f->t = cli_open(&f->c, kind == FLOOD_UPDATE ? "flood" : "victim");
+	if (kind == FLOOD_LOOKUP || kind == FLOOD_UPDATE) {
 		for (uint32_t i = 0; i < NKEYS; i++) {
 			uint64_t k = key_i(i);
 			memcpy(f->c.data + 8ull * i, &k, 8);
 		}
+		if (kind == FLOOD_UPDATE) /* its rows: NKEYS x DIM floats at MiB */
+			memset(f->c.data + MiB, 0, 4ull * DIM * NKEYS);
 	} else if (kind == FLOOD_TOPK) {
 		float *qv = (float *)(void *)f->c.data;
 		for (uint64_t i = 0; i < (uint64_t)f->topk_nq * DIM; i++)
@@ -362,7 +367,8 @@ static void check_victim(struct dmn *d, enum flood_kind kind, uint32_t topk_nq, 
 	double alone = victim_run(&v, t, 30, &n_alone);
 	struct flood f;
 	pthread_t th;
-	flood_start(&f, &th, d->sock, kind, kind == FLOOD_LOOKUP ? 4096 : 64, topk_nq);
+	flood_start(&f, &th, d->sock, kind,
+		    kind == FLOOD_LOOKUP || kind == FLOOD_UPDATE ? 4096 : 64, topk_nq);
 	double flooded = victim_run(&v, t, VICTIM_SECS, &n_flood);
 	uint64_t fdone = __atomic_load_n(&f.completed, __ATOMIC_RELAXED);
 	flood_stop(&f, th);
@@ -383,6 +389,89 @@ Test(fair, lookup_flood, .timeout = 120)
 	struct dmn d;
 	dmn_start(&d, NULL);
 	check_victim(&d, FLOOD_LOOKUP, 0, "lookup flood");
+	dmn_stop(&d);
+}
+
+/* 4,096 in-flight UPDATEs of max_batch keys each, into the flooder's own table: each is
+ * served in slices too (before, one ran whole within a pass: the victim waited for a
+ * whole 16 MiB write at every pass). */
+Test(fair, update_flood, .timeout = 120)
+{
+	struct dmn d;
+	dmn_start(&d, NULL);
+	check_victim(&d, FLOOD_UPDATE, 0, "update flood");
+	dmn_stop(&d);
+}
+
+/* A large UPDATE served in slices writes exactly what it would whole, checked against a
+ * reference of its own (the last position of each key wins, within a slice and across
+ * slices; a new key's first position is CREATED, later ones FOUND), with another
+ * client's requests in between and its completion after the one before it. */
+Test(fair, split_update_is_exact, .timeout = 60)
+{
+	struct dmn d;
+	dmn_start(&d, NULL);
+	struct cli c, o;
+	cli_hello(&c, d.sock, 64, 32 * MiB);
+	cli_hello(&o, d.sock, 64, 1 * MiB);
+	int t = cli_open(&c, "split");
+	cr_assert_eq(cli_open(&o, "split"), t);
+	fill(&c, t);
+	/* odd positions: the known key i; even ones: new keys, each at two positions (i and
+	 * i + 2 of the same group of 4: inside a slice or across a slice's end) */
+	static uint64_t want_key[NKEYS];
+	static uint32_t last_pos[NKEYS]; /* reference: by position, the last one of its key */
+	for (uint32_t i = 0; i < NKEYS; i++) {
+		uint64_t k = i % 2 ? key_i(i) : key_i(NKEYS + i / 4);
+		want_key[i] = k;
+		memcpy(c.data + 8ull * i, &k, 8);
+		float *row = (float *)(void *)(c.data + MiB + 4ull * DIM * i);
+		for (int j = 0; j < DIM; j++)
+			row[j] = (float)i + (float)j / 128.0f;
+	}
+	for (uint32_t i = 0; i < NKEYS; i++)
+		last_pos[i] = i % 2 ? i : (i % 4 == 0 ? i + 2 : i);
+	struct de_sqe nop = { .op = DE_OP_NOP, .user_data = 1 };
+	cr_assert_eq(de_channel_submit(c.ch, &nop), 0); /* before it: completes before it */
+	struct de_sqe e = lookup_sqe(t, NKEYS, 0, MiB);
+	e.op = DE_OP_UPDATE;
+	e.flags = DE_SQE_STATUS;
+	e.status_off = 30 * MiB;
+	e.user_data = 0xabc;
+	cr_assert_eq(de_channel_submit(c.ch, &e), 0);
+	cr_assert_eq(de_channel_submit(c.ch, &(struct de_sqe){ .op = DE_OP_NOP, .user_data = 2 }), 0);
+	struct de_cqe q2 = cli_do(&o, &(struct de_sqe){ .op = DE_OP_NOP, .user_data = 5 });
+	cr_assert_eq(q2.res, 0);
+	struct de_cqe q;
+	uint64_t order[3] = { 1, 0xabc, 2 };
+	for (int k = 0; k < 3; k++) {
+		cr_assert_eq(de_channel_reap(c.ch, &q, true, 0, TIMEOUT_MS), 0);
+		cr_assert_eq(q.user_data, order[k], "completions stay in order (%d)", k);
+		cr_assert_eq(q.res, 0);
+		if (k == 1)
+			cr_assert_eq(q.count, NKEYS / 4, "created: the distinct new keys");
+	}
+	const uint8_t *st = (const uint8_t *)c.data + 30 * MiB;
+	for (uint32_t i = 0; i < NKEYS; i++) {
+		uint8_t want = i % 2 || i % 4 == 2 ? DE_FOUND : DE_CREATED;
+		cr_assert_eq(st[i], want, "status of position %u", i);
+	}
+	/* read every position's key back (a large lookup: in slices too, tested above) */
+	memcpy(c.data, want_key, sizeof want_key);
+	struct de_sqe le = lookup_sqe(t, NKEYS, 0, MiB);
+	struct de_cqe r = cli_do(&c, &le);
+	cr_assert_eq(r.res, 0);
+	cr_assert_eq(r.count, NKEYS);
+	for (uint32_t i = 0; i < NKEYS; i++) {
+		const float *row = (const float *)(void *)(c.data + MiB + 4ull * DIM * i);
+		for (int j = 0; j < DIM; j += 21)
+			cr_assert_eq(row[j], (float)last_pos[i] + (float)j / 128.0f,
+				     "position %u, float %d: the row of position %u", i, j,
+				     last_pos[i]);
+	}
+	cr_assert_eq(stats(&c, t).keys, (uint64_t)NKEYS + NKEYS / 4);
+	cli_close(&o);
+	cli_close(&c);
 	dmn_stop(&d);
 }
 

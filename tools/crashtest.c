@@ -75,7 +75,7 @@
 #include "mix.h"
 
 #define DIM 8u
-#define MAX_BATCH 64u
+#define MAX_BATCH 2048u
 #define LOG_CAP (1u << 18) /* updates one writer may log per iteration */
 #define EXIT_USAGE 2
 #define EXIT_SKIP 77
@@ -924,7 +924,7 @@ static int parse(int argc, char **argv, struct opts *o)
 		else if (!strcmp(a, "--keys"))
 			o->keys = (unsigned)(x > (1u << 24) ? (1u << 24) + 1 : x);
 		else if (!strcmp(a, "--batch"))
-			o->batch = (unsigned)(x > 1000 ? 1000 : x);
+			o->batch = (unsigned)(x > MAX_BATCH ? MAX_BATCH + 1 : x);
 		else if (!strcmp(a, "--window-ms"))
 			o->window_ms = (unsigned)(x > 100000 ? 100000 : x);
 		else if (!strcmp(a, "--slack-ms"))

@@ -377,11 +377,12 @@ int srv_metrics_render(struct srv_server *s, uint64_t start_mono_ns, double star
 	put_seconds(&b, now - start_mono_ns);
 	put(&b, "\n");
 	unsigned clients = 0;
-	uint64_t wakes = 0, backoffs = 0;
+	uint64_t wakes = 0, backoffs = 0, slices = 0;
 	for (unsigned i = 0; i < s->nworkers; i++) {
 		clients += __atomic_load_n(&s->workers[i].nclients, __ATOMIC_RELAXED);
 		wakes += __atomic_load_n(&s->workers[i].n_empty_wakes, __ATOMIC_RELAXED);
 		backoffs += __atomic_load_n(&s->workers[i].n_backoffs, __ATOMIC_RELAXED);
+		slices += __atomic_load_n(&s->workers[i].n_chunks, __ATOMIC_RELAXED);
 	}
 	family(&b, "dynemb_clients_connected", "gauge",
 	       "Client connections that said HELLO and have a worker.");
@@ -396,6 +397,9 @@ int srv_metrics_render(struct srv_server *s, uint64_t start_mono_ns, double star
 	family(&b, "dynemb_dataplane_wake_backoffs_total", "counter",
 	       "Times a channel's wakes were ignored for a while (a wake storm).");
 	put(&b, "dynemb_dataplane_wake_backoffs_total %" PRIu64 "\n", backoffs);
+	family(&b, "dynemb_dataplane_slices_total", "counter",
+	       "Slices of int64 LOOKUPs and UPDATEs too large for one pass, served pass by pass.");
+	put(&b, "dynemb_dataplane_slices_total %" PRIu64 "\n", slices);
 	family(&b, "dynemb_table_drops_total", "counter",
 	       "Tables dropped (forced: while connections held them, their handles revoked).");
 	put(&b, "dynemb_table_drops_total{forced=\"false\"} %" PRIu64 "\n",

@@ -45,11 +45,16 @@
  * units of work (keys x (dim + 1): the rows copied and the keys hashed) and BUDGET
  * descriptors, so one client's backlog costs another at most a slice of the pass. A
  * descriptor that does not fit what is left of a client's slice waits for the next pass
- * (c->cur, not started), where it starts with a whole slice. An int64 LOOKUP larger than
- * a slice is served in slices (chunks of keys, resumed pass after pass: c->cur,
- * cur_done) and completed when its last chunk is done; nothing else of that client runs
- * meanwhile, so its completions stay in order. Other large requests (writes, string keys)
- * run whole once they start a pass: their records and semantics are per request.
+ * (c->cur, not started), where it starts with a whole slice. An int64 LOOKUP or UPDATE
+ * larger than a slice is served in slices (chunks of keys, resumed pass after pass:
+ * c->cur, cur_done) and completed when its last chunk is done; nothing else of that
+ * client runs meanwhile, so its completions stay in order. An UPDATE's chunk is a WAL
+ * record of its own; only the last one's is synced or held before the completion
+ * (log_write_part), so a SYNC UPDATE still costs one fdatasync, and a crash midway
+ * leaves a prefix of an unacknowledged UPDATE, as a failure midway does (proto.h).
+ * Other large requests run whole once they start a pass: APPLY_GRADS sums a key's
+ * gradients over the whole request before one optimizer step (a slice would step a key
+ * twice), and string keys are parsed and checked as one region.
  * Peers ([peers], peers.h): a LOOKUP, UPDATE, APPLY_GRADS or ERASE of a sharded table
  * with a key another member owns goes to the forwarding pool the way TOPK goes to the
  * slow pool (c->slow_*), whole (a sharded LOOKUP is never served in slices), and its
@@ -174,11 +179,17 @@ static void test_erase_delay(void)
 
 /* After a write: its WAL record (persistence); a SYNC one holds the completion until
  * the round's sync covers the LSN it returned, an ASYNC one waits here while a WAL
- * flush that does not carry it is in flight (srv_persist_ack_hold). */
-static int log_write(struct srv_worker *w, const struct srv_batch *b, bool erase)
+ * flush that does not carry it is in flight (srv_persist_ack_hold). A chunk of an
+ * UPDATE served in slices that is not its last (!last) does neither: nothing is
+ * acknowledged yet, and the last chunk's record comes after it in the table's WAL, so
+ * the sync or hold of the last covers it (no fdatasync per slice). */
+static int log_write_part(struct srv_worker *w, const struct srv_batch *b, bool erase,
+			  bool last)
 {
 	uint64_t lsn = 0;
 	int err = srv_persist_log(w->srv->persist, b, erase, &lsn);
+	if (!last)
+		return err;
 	if (!err && lsn) {
 		if (lsn > w->sync_lsn)
 			w->sync_lsn = lsn;
@@ -187,6 +198,11 @@ static int log_write(struct srv_worker *w, const struct srv_batch *b, bool erase
 	if (!err && !lsn) /* ASYNC: held while a flush that leaves the record behind is late */
 		err = srv_persist_ack_hold(w->srv->persist, b->t);
 	return err;
+}
+
+static int log_write(struct srv_worker *w, const struct srv_batch *b, bool erase)
+{
+	return log_write_part(w, b, erase, true);
 }
 
 /* A LOOKUP that created keys of a table with a durable tier: the rows it may have restored
@@ -231,6 +247,40 @@ static int lookup_range(struct srv_worker *w, struct srv_table *t, char *data,
 		*found += w->status[i] == DE_FOUND;
 		*created += w->status[i] == DE_CREATED;
 	}
+	if (e->flags & DE_SQE_STATUS)
+		memcpy(data + e->status_off + off, w->status, n);
+	return 0;
+}
+
+/*
+ * An int64 UPDATE (descriptor checked) on keys [off, off + n) of e, served in slices:
+ * copy the keys out, assign their rows from the data area, log the chunk (last: it ends
+ * the request), write the statuses at their places. *created: its count. The table's
+ * WAL is checked per chunk: one that failed meanwhile fails the rest (the chunks already
+ * applied stay, as the keys before a failing one do in a whole UPDATE).
+ */
+static int update_range(struct srv_worker *w, struct srv_table *t, char *data,
+			const struct de_sqe *e, uint32_t off, uint32_t n, bool last,
+			uint32_t *created)
+{
+	int err = srv_persist_write_check(w->srv->persist, t);
+	if (err)
+		return err; /* the table's WAL failed: read-only */
+	uint64_t dim = t->wcfg.dim;
+	memcpy(w->keys, data + e->keys_off + 8ull * off, 8ull * n);
+	float *vals = (float *)(void *)(data + e->vals_off + 4ull * dim * off);
+	struct srv_batch b = batch_of(w, t, e, vals);
+	b.n = n;
+	bool held = srv_learn_write_begin(t); /* no eviction between a write and its log */
+	err = srv_learn_update(&b);
+	if (!err)
+		err = log_write_part(w, &b, false, last);
+	srv_learn_write_end(t, held);
+	if (err)
+		return err;
+	*created = 0;
+	for (uint32_t i = 0; i < n; i++)
+		*created += w->status[i] == DE_CREATED;
 	if (e->flags & DE_SQE_STATUS)
 		memcpy(data + e->status_off + off, w->status, n);
 	return 0;
@@ -647,10 +697,11 @@ static void take_mail(struct srv_worker *w)
 			release(w, i, false);
 }
 
-/* The next chunk of c->cur (an int64 LOOKUP larger than a slice, started) on t: as many
- * keys as *left allows (at least one). 1: keys remain; 0: done, *q is its completion. */
-static int lookup_chunk(struct srv_worker *w, struct srv_client *c, struct srv_table *t,
-			struct de_cqe *q, int64_t *left)
+/* The next chunk of c->cur (an int64 LOOKUP or UPDATE larger than a slice, started) on
+ * t: as many keys as *left allows (at least one). 1: keys remain; 0: done, *q is its
+ * completion. */
+static int chunk_run(struct srv_worker *w, struct srv_client *c, struct srv_table *t,
+		     struct de_cqe *q, int64_t *left)
 {
 	const struct de_sqe *e = &c->cur;
 	uint64_t per = (uint64_t)t->wcfg.dim + 1;
@@ -661,8 +712,11 @@ static int lookup_chunk(struct srv_worker *w, struct srv_client *c, struct srv_t
 	if (n > fit)
 		n = (uint32_t)fit;
 	uint32_t found = 0, created = 0;
-	int err = lookup_range(w, t, de_channel_data(c->ch, NULL), e, c->cur_done, n, &found,
-			       &created);
+	char *data = de_channel_data(c->ch, NULL);
+	int err = e->op == DE_OP_UPDATE
+			  ? update_range(w, t, data, e, c->cur_done, n,
+					 c->cur_done + n == e->count, &created)
+			  : lookup_range(w, t, data, e, c->cur_done, n, &found, &created);
 	__atomic_fetch_add(&w->n_chunks, 1, __ATOMIC_RELAXED);
 	*left -= (int64_t)(n * per);
 	c->cur_done += n;
@@ -671,15 +725,19 @@ static int lookup_chunk(struct srv_worker *w, struct srv_client *c, struct srv_t
 	if (!err && c->cur_done < e->count)
 		return 1;
 	c->has_cur = false;
-	*q = (struct de_cqe){ .user_data = e->user_data, .res = err,
-			      .count = err ? 0 : c->cur_found, .aux0 = err ? 0 : c->cur_created };
+	*q = (struct de_cqe){ .user_data = e->user_data, .res = err };
+	if (!err && e->op == DE_OP_UPDATE)
+		q->count = c->cur_created; /* as a whole UPDATE completes */
+	else if (!err)
+		*q = (struct de_cqe){ .user_data = e->user_data, .count = c->cur_found,
+				      .aux0 = c->cur_created };
 	return 0;
 }
 
 /*
- * Run e (popped, or c->cur) within what is left of c's slice: a large int64 LOOKUP
- * starts or continues in chunks, anything else runs whole. 0: done, *q is its
- * completion; 1: a chunked LOOKUP goes on next pass (c->cur); 2: on the slow pool.
+ * Run e (popped, or c->cur) within what is left of c's slice: a large int64 LOOKUP or
+ * UPDATE starts or continues in chunks, anything else runs whole. 0: done, *q is its
+ * completion; 1: a chunked one goes on next pass (c->cur); 2: on the slow pool.
  */
 static int step_run(struct srv_worker *w, struct srv_client *c, struct srv_table *t,
 		    uint32_t nt, const struct de_sqe *e, struct de_cqe *q, int64_t *left);
@@ -696,7 +754,7 @@ static int step(struct srv_worker *w, struct srv_client *c, const struct de_sqe 
 	uint32_t nt = __atomic_load_n(&c->ntables, __ATOMIC_ACQUIRE);
 	struct srv_table *t = slot_table(c, e->table, nt);
 	uint64_t r0 = t ? de_table_index_refusals(t->t) : 0;
-	bool cont = c->has_cur && c->cur_started; /* a chunked LOOKUP going on */
+	bool cont = c->has_cur && c->cur_started; /* a chunked LOOKUP / UPDATE going on */
 	uint64_t t0 = srv_mono_ns();
 	int st = step_run(w, c, t, nt, e, q, left);
 	if (!st && t && q->res == -ENOSPC && e->op != DE_OP_KEY_STRINGS) {
@@ -723,11 +781,12 @@ static int step_run(struct srv_worker *w, struct srv_client *c, struct srv_table
 		return 0;
 	}
 	if (c->has_cur && c->cur_started)
-		return lookup_chunk(w, c, t, q, left); /* checked when it started */
+		return chunk_run(w, c, t, q, left); /* checked when it started */
 	c->has_cur = false;
 	uint64_t cost = cost_of(e, t);
-	if (e->op == DE_OP_LOOKUP && t && t->wcfg.key_type == DE_KEYS_INT64 &&
-	    cost > (uint64_t)*left && !(w->srv->peers && !c->internal && sharded(w, t))) {
+	if ((e->op == DE_OP_LOOKUP || e->op == DE_OP_UPDATE) && t &&
+	    t->wcfg.key_type == DE_KEYS_INT64 && cost > (uint64_t)*left &&
+	    !(w->srv->peers && !c->internal && sharded(w, t))) {
 		uint64_t bytes;
 		de_channel_data(c->ch, &bytes);
 		*q = (struct de_cqe){ .user_data = e->user_data };
@@ -739,7 +798,7 @@ static int step_run(struct srv_worker *w, struct srv_client *c, struct srv_table
 		c->has_cur = c->cur_started = true;
 		c->cur_dim = t->wcfg.dim;
 		c->cur_done = c->cur_found = c->cur_created = 0;
-		return lookup_chunk(w, c, t, q, left);
+		return chunk_run(w, c, t, q, left);
 	}
 	*left -= cost > (uint64_t)INT64_MAX ? INT64_MAX : (int64_t)cost;
 	return execute(w, c, e, q);

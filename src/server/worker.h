@@ -139,7 +139,7 @@ struct srv_worker {
 	/* counters, read by STATS of any worker (relaxed atomics) */
 	uint64_t n_empty_wakes;   /* wakes of a client channel that brought no work */
 	uint64_t n_backoffs;      /* times a channel's wakes were ignored for an interval */
-	uint64_t n_chunks;        /* passes that served part of a large lookup */
+	uint64_t n_chunks;        /* slices of large LOOKUPs / UPDATEs served (a pass each) */
 	uint64_t n_forwarded;     /* descriptors handed to the forwarding pool (peers.h) */
 	uint64_t last_storm_log;  /* monotonic ns of the last wake-storm warning */
 	uint64_t last_refuse_log; /* ... of the last refused TOPK / SAMPLE */

@@ -16,6 +16,7 @@
  *   alone     no flood (after a warm-up run);
  *   lookups   the flooder keeps 4,096 lookups of max_batch (65,536) keys each in flight,
  *             every descriptor naming the same data-area range (which the daemon allows);
+ *   updates   the same with UPDATEs of max_batch rows (16 MiB each) into its own table;
  *   topk      the flooder keeps 8 TOPK requests of 256 queries over its whole table in
  *             flight (a scan of --keys rows each);
  *   wakes     the flooder bumps its channel's futex word and FUTEX_WAKEs it in a loop
@@ -73,10 +74,10 @@
 #define CPU_WINDOW_S 2.0 /* the daemon's CPU is measured over this, the victim idle */
 #define SQ_FUTEX_OFF 324 /* shm/channel.c: u32 sq_futex */
 
-enum { PH_ALONE, PH_LOOKUP, PH_TOPK, PH_WAKE, PH_ALONE2, NPHASE };
-static const char *const phase_name[NPHASE] = { "alone", "lookup flood", "top-k flood",
-						"wake storm", "alone again" };
-enum flood_kind { FLOOD_NONE, FLOOD_LOOKUP, FLOOD_TOPK, FLOOD_WAKE };
+enum { PH_ALONE, PH_LOOKUP, PH_UPDATE, PH_TOPK, PH_WAKE, PH_ALONE2, NPHASE };
+static const char *const phase_name[NPHASE] = { "alone", "lookup flood", "update flood",
+						"top-k flood", "wake storm", "alone again" };
+enum flood_kind { FLOOD_NONE, FLOOD_LOOKUP, FLOOD_UPDATE, FLOOD_TOPK, FLOOD_WAKE };
 
 struct opts {
 	uint64_t keys;
@@ -322,8 +323,9 @@ static void *flood_main(void *arg)
 	}
 	struct de_sqe e;
 	unsigned inflight = 0, cap;
-	if (f->kind == FLOOD_LOOKUP) {
-		e = (struct de_sqe){ .op = DE_OP_LOOKUP, .table = (uint16_t)f->table,
+	if (f->kind == FLOOD_LOOKUP || f->kind == FLOOD_UPDATE) {
+		e = (struct de_sqe){ .op = f->kind == FLOOD_LOOKUP ? DE_OP_LOOKUP : DE_OP_UPDATE,
+				     .table = (uint16_t)f->table,
 				     .count = MAX_BATCH, .keys_len = 8ull * MAX_BATCH,
 				     .vals_off = MiB, .vals_len = 4ull * DIM * MAX_BATCH };
 		cap = FLOOD_SQ;
@@ -362,11 +364,13 @@ static int flood_start(struct flooder *f, enum flood_kind kind)
 	f->kind = kind;
 	f->stop = 0;
 	f->completed = f->wrong = 0;
-	if (kind == FLOOD_LOOKUP) {
+	if (kind == FLOOD_LOOKUP || kind == FLOOD_UPDATE) {
 		for (uint32_t j = 0; j < MAX_BATCH; j++) {
 			uint64_t k = key_of(j);
 			memcpy(f->data + 8ull * j, &k, 8);
 		}
+		if (kind == FLOOD_UPDATE) /* the rows it writes */
+			memset(f->data + MiB, 0, 4ull * DIM * MAX_BATCH);
 	} else if (kind == FLOOD_TOPK) {
 		float *qv = (float *)(void *)f->data;
 		for (uint64_t i = 0; i < (uint64_t)TOPK_NQ * DIM; i++)
@@ -448,8 +452,8 @@ static int victim_run(struct fair *r, const struct opts *o, struct phase *ph)
 
 static int run_phase(struct fair *r, const struct opts *o, int phase, struct phase *ph)
 {
-	static const enum flood_kind kind[NPHASE] = { FLOOD_NONE, FLOOD_LOOKUP, FLOOD_TOPK,
-						      FLOOD_WAKE, FLOOD_NONE };
+	static const enum flood_kind kind[NPHASE] = { FLOOD_NONE, FLOOD_LOOKUP, FLOOD_UPDATE,
+						      FLOOD_TOPK, FLOOD_WAKE, FLOOD_NONE };
 	int err = 0;
 	if (kind[phase] != FLOOD_NONE && (err = flood_start(&r->f, kind[phase]))) {
 		fail("flooder", err);
@@ -541,7 +545,8 @@ static void usage(FILE *f)
 	fprintf(f,
 		"usage: " PROG " fair [options]\n"
 		"  A victim client's lookup latency alone, then while another client floods the\n"
-		"  daemon: 4,096 in-flight max-size lookups, top-k scans, a futex wake storm.\n"
+		"  daemon: 4,096 in-flight max-size lookups, the same of updates, top-k scans, a\n"
+		"  futex wake storm.\n"
 		"  --keys N         rows of the victim's and the flooder's tables (default 65536)\n"
 		"  --iters N        victim lookups per phase (default 20000)\n"
 		"  --victim-keys N  keys per victim lookup, 1..64 (default 16)\n"

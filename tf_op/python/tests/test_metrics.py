@@ -194,7 +194,15 @@ def test_counts_follow_the_work(mdaemon):
         # libdynemb sends a blocking batch as up to 4 descriptors, the worker would make
         # about 25 chunks of them
         big = c.open("m_chunked", DIM)
+        slices = ("dynemb_dataplane_slices", "dynemb_dataplane_slices_total")
+        s0 = value(scrape(base)[1], *slices)
         big.lookup(np.arange(1, 20001, dtype=np.uint64))
+        s1 = value(scrape(base)[1], *slices)
+        # an UPDATE that large is served in slices too (each slice a WAL record)
+        big.update(np.arange(1, 20001, dtype=np.uint64),
+                   np.full((20000, DIM), 0.25, np.float32))
+        s2 = value(scrape(base)[1], *slices)
+        assert np.all(big.lookup(np.arange(1, 20001, dtype=np.uint64)) == 0.25)
         with pytest.raises(dynemb.DynembError):
             nopt.apply_gradients(keys[:3], np.ones((3, DIM), np.float32))
         _, after = scrape(base)
@@ -206,12 +214,15 @@ def test_counts_follow_the_work(mdaemon):
     keys_total = ("dynemb_request_keys", "dynemb_request_keys_total")
     assert value(after, *keys_total, table="m_counts", op="lookup") == n_lookups * n_keys
     assert value(after, *keys_total, table="m_noopt", op="apply_grads") == 3
-    assert value(after, *keys_total, table="m_chunked", op="lookup") == 20000
+    assert value(after, *keys_total, table="m_chunked", op="lookup") == 40000  # two calls
     assert value(after, *req, table="m_noopt", op="apply_grads") == 1
     assert value(after, *err, table="m_noopt", op="apply_grads") == 1
     assert value(after, "dynemb_table_rows", table="m_counts") == n_keys
-    assert 1 <= value(after, *req, table="m_chunked", op="lookup") <= 4
+    assert 2 <= value(after, *req, table="m_chunked", op="lookup") <= 8
     assert value(after, "dynemb_table_rows", table="m_chunked") == 20000
+    fit = 4096 // (DIM + 1)  # keys per slice
+    assert s1 - s0 >= 20000 // fit and s2 - s1 >= 20000 // fit, (s0, s1, s2)
+    assert 1 <= value(after, *req, table="m_chunked", op="update") <= 4
     assert value(after, "dynemb_table_arena_bytes", table="m_counts") > 0
     hist_count = value(after, "dynemb_request_duration_seconds",
                        "dynemb_request_duration_seconds_count", table="m_counts", op="lookup")
