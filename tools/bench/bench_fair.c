@@ -17,7 +17,7 @@
  *
  * The phases, each a victim run of --iters lookups (bounded by --seconds), p50 and p99:
  *   alone     no flood (after a warm-up run);
- *   lookups   the flooder keeps 4,096 lookups of max_batch (65,536) keys each in flight,
+ *   lookups   the flooder keeps 4,096 (--flood-depth) lookups of max_batch (65,536) keys each in flight,
  *             every descriptor naming the same data-area range (which the daemon allows);
  *   updates   the same with UPDATEs of max_batch rows (16 MiB each) into its own table;
  *   topk      the flooder keeps 8 TOPK requests of 256 queries over its whole table in
@@ -85,6 +85,7 @@ enum flood_kind { FLOOD_NONE, FLOOD_LOOKUP, FLOOD_UPDATE, FLOOD_TOPK, FLOOD_WAKE
 struct opts {
 	uint64_t keys;
 	unsigned iters, victim_keys, workers;
+	unsigned depth;         /* the row floods' descriptors in flight (--flood-depth) */
 	double seconds;
 	bool json;
 };
@@ -98,6 +99,7 @@ struct phase {
 
 /* The raw hostile client. */
 struct flooder {
+	unsigned depth;         /* in flight, lookup and update floods */
 	int sock;
 	de_channel *ch;
 	char *data;
@@ -332,7 +334,7 @@ static void *flood_main(void *arg)
 				     .table = (uint16_t)f->table,
 				     .count = MAX_BATCH, .keys_len = 8ull * MAX_BATCH,
 				     .vals_off = MiB, .vals_len = 4ull * DIM * MAX_BATCH };
-		cap = FLOOD_SQ;
+		cap = f->depth;
 	} else {
 		e = (struct de_sqe){ .op = DE_OP_TOPK, .table = (uint16_t)f->table, .count = TOPK_NQ,
 				     .keys_len = 4ull * TOPK_NQ * DIM, .vals_off = MiB,
@@ -558,6 +560,8 @@ static void usage(FILE *f)
 		"  --victim-keys N  keys per victim lookup, 1..64 (default 16)\n"
 		"  --seconds S      bound of each phase (default 20)\n"
 		"  --workers N      dynembd workers (default 1)\n"
+		"  --flood-depth N  max-size lookups / updates the flooder keeps in flight, 1..4096\n"
+		"                   (default 4096; the smoke test uses a few, which drain fast)\n"
 		"  --json           one JSON object on stdout (the table goes to stderr)\n"
 		"  $DYNEMBD: the daemon binary (default: the build tree's)\n");
 }
@@ -565,12 +569,13 @@ static void usage(FILE *f)
 static int parse(int argc, char **argv, struct opts *o)
 {
 	*o = (struct opts){ .keys = 65536, .iters = 20000, .victim_keys = 16, .workers = 1,
-			    .seconds = 20 };
+			    .seconds = 20, .depth = FLOOD_SQ };
 	static const struct option lo[] = {
 		{ "keys", required_argument, NULL, 'k' },   { "iters", required_argument, NULL, 'i' },
 		{ "victim-keys", required_argument, NULL, 'v' },
 		{ "seconds", required_argument, NULL, 's' },
 		{ "workers", required_argument, NULL, 'w' }, { "json", no_argument, NULL, 'j' },
+		{ "flood-depth", required_argument, NULL, 'd' },
 		{ "help", no_argument, NULL, 'h' },          { NULL, 0, NULL, 0 }
 	};
 	int ch;
@@ -583,6 +588,7 @@ static int parse(int argc, char **argv, struct opts *o)
 		case 'v': o->victim_keys = (unsigned)strtoul(optarg, &end, 10); break;
 		case 's': o->seconds = strtod(optarg, &end); break;
 		case 'w': o->workers = (unsigned)strtoul(optarg, &end, 10); break;
+		case 'd': o->depth = (unsigned)strtoul(optarg, &end, 10); break;
 		case 'j': o->json = true; break;
 		case 'h': usage(stdout); exit(0);
 		default: usage(stderr); return EXIT_USAGE;
@@ -594,9 +600,10 @@ static int parse(int argc, char **argv, struct opts *o)
 	}
 	if (o->keys < MAX_BATCH || o->keys > (1ull << 26) || !o->iters ||
 	    o->iters > 10000000 || !o->victim_keys || o->victim_keys > 64 ||
-	    !(o->seconds > 0) || !o->workers || o->workers > 64) {
+	    !(o->seconds > 0) || !o->workers || o->workers > 64 || !o->depth ||
+	    o->depth > FLOOD_SQ) {
 		fprintf(stderr, PROG " fair: --keys 65536..2^26, --iters 1..10^7, --victim-keys "
-				"1..64, --seconds > 0, --workers 1..64\n");
+				"1..64, --seconds > 0, --workers 1..64, --flood-depth 1..4096\n");
 		return EXIT_USAGE;
 	}
 	return 0;
@@ -629,7 +636,7 @@ int cmd_fair(int argc, char **argv, const char *command_line)
 	int rc = parse(argc, argv, &o);
 	if (rc)
 		return rc;
-	struct fair r = { .f = { .sock = -1 } };
+	struct fair r = { .f = { .sock = -1, .depth = o.depth } };
 	struct phase ph[NPHASE] = { 0 };
 	struct de_wire_stats s = { 0 };
 	char path[PATH_MAX];
