@@ -392,6 +392,19 @@ Test(fair, lookup_flood, .timeout = 120)
 	dmn_stop(&d);
 }
 
+/* The split tests' setup: a daemon, client c (32 MiB) and o (1 MiB) on table "split"
+ * (its id), filled by c. */
+static int split_setup(struct dmn *d, struct cli *c, struct cli *o)
+{
+	dmn_start(d, NULL);
+	cli_hello(c, d->sock, 64, 32 * MiB);
+	cli_hello(o, d->sock, 64, 1 * MiB);
+	int t = cli_open(c, "split");
+	cr_assert_eq(cli_open(o, "split"), t);
+	fill(c, t);
+	return t;
+}
+
 /* 4,096 in-flight UPDATEs of max_batch keys each, into the flooder's own table: each is
  * served in slices too (before, one ran whole within a pass: the victim waited for a
  * whole 16 MiB write at every pass). */
@@ -410,13 +423,8 @@ Test(fair, update_flood, .timeout = 120)
 Test(fair, split_update_is_exact, .timeout = 60)
 {
 	struct dmn d;
-	dmn_start(&d, NULL);
 	struct cli c, o;
-	cli_hello(&c, d.sock, 64, 32 * MiB);
-	cli_hello(&o, d.sock, 64, 1 * MiB);
-	int t = cli_open(&c, "split");
-	cr_assert_eq(cli_open(&o, "split"), t);
-	fill(&c, t);
+	int t = split_setup(&d, &c, &o);
 	/* odd positions: the known key i; even ones: new keys, each at two positions (i and
 	 * i + 2 of the same group of 4: inside a slice or across a slice's end) */
 	static uint64_t want_key[NKEYS];
@@ -480,13 +488,8 @@ Test(fair, split_update_is_exact, .timeout = 60)
 Test(fair, split_lookup_is_exact, .timeout = 60)
 {
 	struct dmn d;
-	dmn_start(&d, NULL);
 	struct cli c, o;
-	cli_hello(&c, d.sock, 64, 32 * MiB);
-	cli_hello(&o, d.sock, 64, 1 * MiB);
-	int t = cli_open(&c, "split");
-	cr_assert_eq(cli_open(&o, "split"), t);
-	fill(&c, t);
+	int t = split_setup(&d, &c, &o);
 	/* half known keys, half new ones (create), in an interleaved order */
 	for (uint32_t i = 0; i < NKEYS; i++) {
 		uint64_t k = i % 2 ? key_i(i) : key_i(i + NKEYS);
