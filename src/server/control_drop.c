@@ -47,7 +47,12 @@
 #include "tables.h"
 #include "util.h"
 
-#define FORCE_WAIT_MS 10000u /* workers and jobs letting go of a force-dropped table */
+/* The whole wait of a forced DROP for the workers, the slow pool's jobs and the
+ * persistence jobs to let go of the table: one deadline over the three, under libdynemb's
+ * default control timeout (10 s), so that the client gets the daemon's answer (before,
+ * each of the three waits had 10 s of its own: up to 30 s, and the client timed out
+ * while the daemon went on). */
+#define FORCE_WAIT_MS 8000u
 
 /* FORCE_WAIT_MS; test builds: DYNEMBD_TEST_FORCE_WAIT_MS (1..60000) instead. */
 static unsigned force_wait_ms(void)
@@ -113,8 +118,8 @@ int srv_control_revoke(struct srv_server *s, struct srv_client *clients, struct 
 	t->revoke_pending = true;
 	/* release: the NULL slots above; pairs with the acquire at a worker's round */
 	uint64_t gen = __atomic_add_fetch(&s->revoke_gen, 1, __ATOMIC_RELEASE);
+	uint64_t deadline = srv_mono_ns() + wait_ms * 1000000ull; /* for both waits */
 	int err = srv_workers_quiesce(s, gen, wait_ms);
-	uint64_t deadline = srv_mono_ns() + wait_ms * 1000000ull;
 	while (!err && srv_workers_slow_on(clients, t)) {
 		if (srv_mono_ns() > deadline)
 			err = -ETIMEDOUT;
@@ -133,6 +138,7 @@ static int revoke_handles(struct srv_server *s, struct srv_client *clients, stru
 			  unsigned *revoked, char *msg, size_t cap)
 {
 	unsigned wait_ms = force_wait_ms();
+	uint64_t end = srv_mono_ns() + wait_ms * 1000000ull; /* one deadline for all of it */
 	int err = srv_control_revoke(s, clients, t, wait_ms, revoked);
 	if (err) {
 		snprintf(msg, cap, "table '%s' not dropped: %u handle%s revoked, but a worker "
@@ -140,7 +146,9 @@ static int revoke_handles(struct srv_server *s, struct srv_client *clients, stru
 			 "again", t->name, *revoked, *revoked == 1 ? "" : "s", wait_ms);
 		return err;
 	}
-	return srv_persist_table_jobs_cancel(s->persist, t, wait_ms, msg, cap);
+	uint64_t now = srv_mono_ns();
+	unsigned left = now < end ? (unsigned)((end - now + 999999) / 1000000) : 1;
+	return srv_persist_table_jobs_cancel(s->persist, t, left, msg, cap);
 }
 
 void srv_control_drop(struct srv_server *s, struct srv_client *clients, struct srv_client *c,

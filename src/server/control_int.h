@@ -26,8 +26,8 @@ void srv_control_query(struct srv_server *s, const struct srv_client *clients,
 
 /* Revoke every connection's handle to t (worker.h "Revoked handles": the slots go NULL
  * and their refs with them; *revoked counts them) and, when any was cleared now or before
- * (t->revoke_pending), wait up to wait_ms for every worker to pass the top of a round and
- * for the slow pool's TOPK / SAMPLE jobs on t. 0: no worker or slow-pool job uses t any
+ * (t->revoke_pending), wait up to wait_ms (both waits together) for every worker to pass
+ * the top of a round and for the slow pool's TOPK / SAMPLE jobs on t. 0: no worker or slow-pool job uses t any
  * more; -ETIMEDOUT (t stays revoke_pending). control_drop.c. */
 int srv_control_revoke(struct srv_server *s, struct srv_client *clients, struct srv_table *t,
 		       unsigned wait_ms, unsigned *revoked);
