@@ -43,8 +43,8 @@
 #include "de_shm.h"
 #include "dynemb.h"
 #include "proto.h"
+#include "raw_client.h"
 
-#define TIMEOUT_MS 10000
 #define MiB (1ull << 20)
 #define DIM 64
 #define NKEYS 65536u          /* the table's keys, and the flooder's batch (max_batch) */
@@ -84,104 +84,21 @@ static void dmn_stop(struct dmn *d)
 	cr_expect_eq(system(cmd), 0);
 }
 
-/* ---- the raw protocol ------------------------------------------------------------------ */
-
-struct cli {
-	int sock;
-	de_channel *ch;
-	char *data;
-	uint64_t data_bytes;
-	uint32_t seq;
-};
-
-static void hdr(struct de_msg_hdr *h, uint16_t type, uint32_t len, uint32_t seq)
-{
-	*h = (struct de_msg_hdr){ .magic = DE_MSG_MAGIC, .type = type,
-				  .version = DE_PROTO_VERSION, .len = len, .seq = seq };
-}
-
-/* One packet (bounded wait); fds received are closed except the first, in *fd. */
-static ssize_t recv_pkt(int sock, void *buf, size_t cap, int *fd)
-{
-	if (fd)
-		*fd = -1;
-	struct pollfd p = { .fd = sock, .events = POLLIN };
-	if (poll(&p, 1, TIMEOUT_MS) != 1)
-		return -ETIMEDOUT;
-	union {
-		char b[CMSG_SPACE(sizeof(int) * 253)];
-		struct cmsghdr a;
-	} u;
-	struct iovec iov = { .iov_base = buf, .iov_len = cap };
-	struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = u.b,
-			     .msg_controllen = sizeof u.b };
-	ssize_t r = recvmsg(sock, &mh, MSG_CMSG_CLOEXEC);
-	if (r < 0)
-		return -errno;
-	for (struct cmsghdr *cm = CMSG_FIRSTHDR(&mh); cm; cm = CMSG_NXTHDR(&mh, cm)) {
-		unsigned k = (unsigned)((cm->cmsg_len - CMSG_LEN(0)) / sizeof(int));
-		for (unsigned j = 0; j < k; j++) {
-			int f;
-			memcpy(&f, CMSG_DATA(cm) + j * sizeof(int), sizeof f);
-			if (fd && *fd < 0)
-				*fd = f;
-			else
-				close(f);
-		}
-	}
-	return r;
-}
-
-static void cli_hello(struct cli *c, const char *path, uint32_t sq, uint64_t data)
-{
-	memset(c, 0, sizeof *c);
-	c->sock = daemon_connect(path);
-	cr_assert_geq(c->sock, 0, "connect: %s", strerror(-c->sock));
-	struct de_msg_hello h = { .sq_entries = sq, .data_bytes = data };
-	hdr(&h.h, DE_MSG_HELLO, sizeof h, ++c->seq);
-	strcpy(h.name, "fair");
-	cr_assert_eq(send(c->sock, &h, sizeof h, MSG_NOSIGNAL), (ssize_t)sizeof h);
-	char buf[DE_MSG_MAX];
-	int fd;
-	ssize_t r = recv_pkt(c->sock, buf, sizeof buf, &fd);
-	cr_assert_eq(r, (ssize_t)sizeof(struct de_msg_hello_ok), "HELLO_OK (got %zd bytes)", r);
-	cr_assert_eq(((struct de_msg_hdr *)(void *)buf)->type, DE_MSG_HELLO_OK);
-	cr_assert_geq(fd, 0, "HELLO_OK passes the channel");
-	cr_assert_eq(de_channel_attach(fd, &c->ch), 0);
-	close(fd);
-	c->data = de_channel_data(c->ch, &c->data_bytes);
-}
+/* ---- the raw protocol (raw_client.h) -------------------------------------------------- */
 
 static int cli_open(struct cli *c, const char *name)
 {
 	struct de_msg_open m;
 	memset(&m, 0, sizeof m);
-	hdr(&m.h, DE_MSG_OPEN, sizeof m, ++c->seq);
 	snprintf(m.name, sizeof m.name, "%s", name);
 	m.cfg = (struct de_wire_table_config){ .dim = DIM, .init = DE_INIT_CONSTANT,
 					       .init_a = 0.0f, .seed = 42,
 					       .key_type = DE_KEYS_INT64 };
-	cr_assert_eq(send(c->sock, &m, sizeof m, MSG_NOSIGNAL), (ssize_t)sizeof m);
 	char buf[DE_MSG_MAX];
-	ssize_t r = recv_pkt(c->sock, buf, sizeof buf, NULL);
+	ssize_t r = cli_call(c, &m, DE_MSG_OPEN, sizeof m, buf, sizeof buf);
 	cr_assert_gt(r, 0);
 	cr_assert_eq(((struct de_msg_hdr *)(void *)buf)->type, DE_MSG_OPEN_OK, "OPEN of '%s'", name);
 	return ((struct de_msg_open_ok *)(void *)buf)->table_id;
-}
-
-static void cli_close(struct cli *c)
-{
-	de_channel_destroy(c->ch);
-	close(c->sock);
-}
-
-static struct de_cqe cli_do(struct cli *c, const struct de_sqe *e)
-{
-	cr_assert_eq(de_channel_submit(c->ch, e), 0);
-	struct de_cqe q;
-	cr_assert_eq(de_channel_reap(c->ch, &q, true, 1000000, TIMEOUT_MS), 0, "no completion");
-	cr_assert_eq(q.user_data, e->user_data);
-	return q;
 }
 
 static struct de_sqe lookup_sqe(int t, uint32_t n, uint64_t koff, uint64_t voff)
@@ -453,7 +370,7 @@ Test(fair, split_update_is_exact, .timeout = 60)
 	struct de_cqe q;
 	uint64_t order[3] = { 1, 0xabc, 2 };
 	for (int k = 0; k < 3; k++) {
-		cr_assert_eq(de_channel_reap(c.ch, &q, true, 0, TIMEOUT_MS), 0);
+		cr_assert_eq(de_channel_reap(c.ch, &q, true, 0, RAW_TIMEOUT_MS), 0);
 		cr_assert_eq(q.user_data, order[k], "completions stay in order (%d)", k);
 		cr_assert_eq(q.res, 0);
 		if (k == 1)
@@ -505,12 +422,12 @@ Test(fair, split_lookup_is_exact, .timeout = 60)
 	struct de_cqe q2 = cli_do(&o, &(struct de_sqe){ .op = DE_OP_NOP, .user_data = 5 });
 	cr_assert_eq(q2.res, 0);
 	struct de_cqe q;
-	cr_assert_eq(de_channel_reap(c.ch, &q, true, 0, TIMEOUT_MS), 0);
+	cr_assert_eq(de_channel_reap(c.ch, &q, true, 0, RAW_TIMEOUT_MS), 0);
 	cr_assert_eq(q.user_data, 0xabc, "completions stay in order");
 	cr_assert_eq(q.res, 0);
 	cr_assert_eq(q.count, NKEYS / 2, "found");
 	cr_assert_eq(q.aux0, NKEYS / 2, "created");
-	cr_assert_eq(de_channel_reap(c.ch, &q, true, 0, TIMEOUT_MS), 0);
+	cr_assert_eq(de_channel_reap(c.ch, &q, true, 0, RAW_TIMEOUT_MS), 0);
 	cr_assert_eq(q.user_data, 1);
 	const uint8_t *st = (const uint8_t *)c.data + 30 * MiB;
 	for (uint32_t i = 0; i < NKEYS; i++) {

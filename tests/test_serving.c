@@ -22,6 +22,11 @@
  *   serve/dead_reader       a reader SIGKILLed while it reads does not pin its version
  *   serve/grace             an idle live reader is revoked after grace_ms; its next batch
  *                           moves to the current version by itself
+ *   serve/raw_writes_refused  descriptors libdynemb would never send on a serving handle
+ *                           (UPDATE small and large enough to be sliced, ERASE,
+ *                           APPLY_GRADS, a creating LOOKUP), straight on the ring: each
+ *                           -EROFS from the worker, the version's rows unchanged; a
+ *                           read-only LOOKUP through the worker reads them
  */
 #ifdef DE_MINI_CRITERION
 #include "mini_criterion.h"
@@ -41,6 +46,7 @@
 
 #include "daemon_util.h"
 #include "dynemb.h"
+#include "raw_client.h"
 
 #define DIM 8
 #define NKEYS 4000u
@@ -575,4 +581,86 @@ Test(serve, grace)
 	cr_expect(is_version(k, 3, out, 2));
 	dynemb_close(idle);
 	dynemb_close(c);
+}
+
+/* A write descriptor on a serving handle, sent raw: the worker's own -EROFS. */
+static void expect_erofs(struct cli *rc, uint16_t h, uint32_t op, uint32_t n, uint32_t flags,
+			 const char *what)
+{
+	struct de_sqe e = { .op = op, .table = h, .count = n, .flags = flags, .user_data = op,
+			    .keys_off = 0, .keys_len = 8ull * n };
+	if (op != DE_OP_ERASE) {
+		e.vals_off = 1 << 20;
+		e.vals_len = 4ull * DIM * n;
+	}
+	struct de_cqe q = cli_do(rc, &e);
+	cr_expect_eq(q.res, -EROFS, "%s on a serving version: %d, not -EROFS", what, q.res);
+}
+
+Test(serve, raw_writes_refused)
+{
+	start("30000");
+	dynemb_client *c = conn();
+	struct dynemb_table_spec s = spec();
+	int tt;
+	cr_assert_eq(dynemb_open(c, &s, &tt), 0);
+	char p1[300];
+	make_version(c, tt, 1, p1, sizeof p1);
+	struct dynemb_serve_result r;
+	int err = dynemb_serve_load(c, "srv", p1, 0, NULL, NULL, &r);
+	cr_assert_eq(err, 0, "serve_load: %s", dynemb_strerror(err));
+
+	struct cli rc;
+	cli_hello(&rc, d_sock, 64, 4 << 20);
+	struct de_msg_serve_open m = { .release_id = DE_SERVE_NO_RELEASE };
+	snprintf(m.name, sizeof m.name, "srv");
+	char buf[DE_MSG_MAX];
+	ssize_t n = cli_call(&rc, &m, DE_MSG_SERVE_OPEN, sizeof m, buf, sizeof buf);
+	cr_assert_gt(n, 0);
+	cr_assert_eq(((struct de_msg_hdr *)(void *)buf)->type, DE_MSG_OPEN_OK, "SERVE_OPEN");
+	const struct de_msg_open_ok *ok = (const void *)buf;
+	cr_assert(ok->flags & DE_OPEN_SERVING);
+	uint16_t h = ok->table_id;
+
+	/* keys 1 + 7i (the version's) and 1,000,000 + i (never written); rows of 3s */
+	const uint32_t big = 1000; /* > 4096 / (DIM + 1): the worker slices such an UPDATE */
+	for (uint32_t i = 0; i < big; i++) {
+		uint64_t k = i % 2 ? 1 + 7ull * i : 1000000 + i;
+		memcpy(rc.data + 8ull * i, &k, 8);
+	}
+	for (uint64_t i = 0; i < (uint64_t)big * DIM; i++)
+		((float *)(void *)(rc.data + (1 << 20)))[i] = 3.0f;
+	expect_erofs(&rc, h, DE_OP_UPDATE, 4, 0, "UPDATE");
+	expect_erofs(&rc, h, DE_OP_UPDATE, big, 0, "an UPDATE served in slices");
+	expect_erofs(&rc, h, DE_OP_ERASE, big, 0, "ERASE");
+	expect_erofs(&rc, h, DE_OP_APPLY_GRADS, big, 0, "APPLY_GRADS");
+	expect_erofs(&rc, h, DE_OP_LOOKUP, big, DE_LOOKUP_CREATE, "a creating LOOKUP");
+
+	/* a read-only LOOKUP through the worker: version 1's rows, the new keys missing */
+	struct de_sqe e = { .op = DE_OP_LOOKUP, .table = h, .count = big, .user_data = 9,
+			    .flags = DE_SQE_STATUS, .status_off = 3 << 20, .keys_len = 8ull * big,
+			    .vals_off = 1 << 20, .vals_len = 4ull * DIM * big };
+	struct de_cqe q = cli_do(&rc, &e);
+	cr_assert_eq(q.res, 0);
+	cr_expect_eq(q.count, big / 2, "found: the version's keys");
+	for (uint32_t i = 1; i < big; i += 2) {
+		uint64_t k = 1 + 7ull * i;
+		const float *row = (const float *)(void *)(rc.data + (1 << 20) + 4ull * DIM * i);
+		cr_assert_eq(((uint8_t *)rc.data)[(3 << 20) + i], DE_FOUND);
+		for (unsigned j = 0; j < DIM; j++)
+			cr_assert_eq(row[j], val(k, 1, j), "key %llu float %u: version 1's",
+				     (unsigned long long)k, j);
+	}
+	cli_close(&rc);
+	int hs;
+	cr_assert_eq(dynemb_open_serving(c, "srv", &hs), 0);
+	expect_serves(c, hs, 1, "after the refused writes");
+	uint64_t nk[2] = { 1000000, 1000002 }; /* the creating LOOKUP's and UPDATE's keys */
+	float no[2 * DIM];
+	uint8_t nst[2];
+	cr_assert_eq(dynemb_serve_lookup(c, hs, nk, 2, no, nst, NULL), 0);
+	cr_expect(nst[0] == DYNEMB_ST_MISSING && nst[1] == DYNEMB_ST_MISSING,
+		  "no key was created");
+	dynemb_close(c);
+	stop();
 }
